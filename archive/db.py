@@ -1,0 +1,260 @@
+"""Engines, transactions and every difference between SQLite and PostgreSQL.
+
+The rest of the code speaks SQLAlchemy; what depends on the backend (pragmas,
+how a write transaction begins, bulk loading, read-only access) lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from archive.exceptions import (
+    CatalogNotFound,
+    DatabaseError,
+    ReadOnlyViolation,
+    SchemaOutOfDate,
+)
+
+DEFAULT_URL = "sqlite:///obsarch.db"
+ENV_VAR = "OBSARCH_DB"
+SQLITE_BUSY_TIMEOUT_S = 120
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The catalog URL: the argument, else ``$OBSARCH_DB``, else ``./obsarch.db``.
+
+    ``postgresql://`` is given the psycopg (3) driver; a bare file path is
+    taken as a SQLite file.
+    """
+    url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).expanduser()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
+    """An engine for the catalog at ``url`` (see :func:`resolve_url`)."""
+    url = resolve_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, read_only)
+    connect_args = {}
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _sqlite_engine(parsed, read_only: bool) -> Engine:
+    database = parsed.database or ""
+    if read_only and database not in ("", ":memory:"):
+        # mode=ro makes the file itself unwritable for this connection,
+        # whatever pragma a user's statement tries to change.
+        path = Path(database).resolve()
+        engine = create_engine(
+            f"sqlite:///file:{path}?mode=ro&uri=true",
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+    else:
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # We emit BEGIN ourselves (below) so that writers can take the lock
+        # up front; pysqlite's implicit transactions cannot do that.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # A deferred transaction that reads and then writes fails at once with
+        # SQLITE_BUSY when another writer committed in between; writers
+        # therefore take the write lock when they begin and queue on the
+        # busy timeout instead.
+        if conn.get_execution_options().get("obsarch_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _writer(engine: Engine) -> Engine:
+    return engine.execution_options(obsarch_write=True)
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """One ORM session that commits on success, rolls back on error.
+
+    Driver errors come out as :class:`DatabaseError`. Functions that receive
+    the session never commit.
+    """
+    bind = _writer(engine) if write else engine
+    with Session(bind, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise DatabaseError(_one_line(exc)) from exc
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
+    """A Core connection inside one transaction (committed on success)."""
+    bind = _writer(engine) if write else engine
+    try:
+        with bind.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise DatabaseError(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())
+
+
+def bulk_insert(
+    conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence]
+) -> None:
+    """Insert many rows below the ORM: executemany on SQLite, COPY on PostgreSQL.
+
+    The card table takes hundreds of rows per file; going through the ORM or
+    Core executemany costs several times more than the driver's own path.
+    """
+    driver_conn = conn.connection.driver_connection
+    names = ", ".join(columns)
+    if is_sqlite(conn):
+        marks = ", ".join("?" * len(columns))
+        cursor = driver_conn.cursor()
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+        cursor.close()
+        return
+    with driver_conn.cursor() as cursor:
+        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+# -- schema versions -------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def alembic_config(engine: Engine):
+    """An alembic Config whose scripts come from the installed package."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option(
+        "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    config.attributes["engine"] = engine
+    return config
+
+
+def head_revision(engine: Engine) -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse a catalog that is missing or not at this code's schema."""
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        current = current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open the catalog at {where}: {_one_line(exc)}") from exc
+    head = head_revision(engine)
+    if current == head:
+        return
+    if current is None:
+        tables = set(inspect(engine).get_table_names())
+        if "files" in tables:
+            raise SchemaOutOfDate(
+                f"the catalog at {where} has no schema version; run `obsarch db upgrade`"
+            )
+        raise CatalogNotFound(f"no obsarch catalog at {where}; run `obsarch init` first")
+    raise SchemaOutOfDate(
+        f"the catalog at {where} is at schema {current}, this obsarch needs {head}; "
+        "run `obsarch db upgrade`"
+    )
+
+
+# -- read-only SQL ---------------------------------------------------------
+
+_WRITE_REFUSALS = re.compile(
+    r"readonly database|read-only transaction|attempt to write|query_only", re.IGNORECASE
+)
+
+
+def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run one statement on a read-only connection; return column names and rows."""
+    engine = make_engine(url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            driver_conn = conn.connection.driver_connection
+            cursor = driver_conn.cursor()
+            try:
+                if is_sqlite(conn):
+                    cursor.execute(sql)
+                else:
+                    # Parameters force the extended protocol, which refuses a
+                    # second statement (e.g. one that turns read-only off).
+                    cursor.execute(sql.replace("%", "%%"), ())
+                names = [d[0] for d in cursor.description or []]
+                rows = [tuple(r) for r in cursor.fetchall()] if names else []
+            finally:
+                cursor.close()
+            conn.rollback()
+            return names, rows
+    except Exception as exc:  # driver errors differ per backend; all become one line
+        message = _one_line(exc)
+        if _WRITE_REFUSALS.search(message):
+            raise ReadOnlyViolation(
+                f"`obsarch sql` is read-only; the statement was refused: {message}"
+            ) from exc
+        raise DatabaseError(f"SQL error: {message}") from exc
+    finally:
+        engine.dispose()

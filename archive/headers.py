@@ -1,0 +1,345 @@
+"""Reading FITS headers without reading pixel data.
+
+A FITS file is a chain of HDUs; each header is a whole number of 2880-byte
+blocks of 80-character cards ending with ``END``, followed by data whose size
+the header gives. We read the header blocks, parse the cards, and seek past
+the data, so a multi-GB cube costs what a small frame costs. gzip-compressed
+files are read through :mod:`gzip` (seeking decompresses without keeping the
+data); tile-compressed (fpack) HDUs are binary tables whose ``Z*`` cards give
+the image they hold.
+
+Parsing the value of every card through astropy costs ~3 ms per header; the
+parser here handles the fixed-format cases FITS files are made of and hands
+anything unusual (non-ASCII bytes, unterminated strings) to astropy, keeping
+the raw text of any card that astropy cannot interpret either.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archive.exceptions import FitsReadError
+
+BLOCK = 2880
+CARD = 80
+_READ_BLOCKS = 8
+_COMMENTARY = frozenset(("COMMENT", "HISTORY", ""))
+
+# A card as stored: (position, keyword, value_text, value_num, vtype, comment)
+Card = tuple[int, str, str | None, float | None, str, str | None]
+
+
+@dataclass(slots=True)
+class HeaderUnit:
+    """The header of one HDU, parsed."""
+
+    index: int
+    cards: list[Card]
+    hdu_type: str
+    extname: str | None = None
+    shape: str | None = None
+    bitpix: int | None = None
+    invalid: list[str] = field(default_factory=list)
+
+    def values(self) -> dict[str, Card]:
+        """Keyword -> first card with that keyword (commentary excluded)."""
+        found: dict[str, Card] = {}
+        for card in self.cards:
+            if card[4] != "C" and card[1] not in found:
+                found[card[1]] = card
+        return found
+
+
+class _Unusual(Exception):
+    """A header the fast parser leaves to astropy."""
+
+
+# -- card parsing ----------------------------------------------------------
+
+
+def normalize_keyword(keyword: str) -> str:
+    """``hierarch eso ins  mode`` -> ``ESO INS MODE`` (the form stored)."""
+    words = keyword.upper().split()
+    if words and words[0] == "HIERARCH":
+        words = words[1:]
+    return " ".join(words)
+
+
+def _parse_value(rest: str) -> tuple[str | None, float | None, str, str | None]:
+    """Parse the text after ``= `` into (text, number, vtype, comment)."""
+    s = rest.lstrip()
+    if s.startswith("'"):
+        end = s.find("'", 1)
+        while end != -1 and s[end + 1 : end + 2] == "'":
+            end = s.find("'", end + 2)
+        if end == -1:
+            raise _Unusual("unterminated string")
+        text = s[1:end].replace("''", "'").rstrip()
+        after = s[end + 1 :]
+        slash = after.find("/")
+        comment = after[slash + 1 :].strip() if slash >= 0 else None
+        return text, None, "s", comment or None
+    slash = s.find("/")
+    token = (s[:slash] if slash >= 0 else s).strip()
+    comment = (s[slash + 1 :].strip() or None) if slash >= 0 else None
+    if not token:
+        return None, None, "u", comment
+    if token == "T":
+        return "T", 1.0, "b", comment
+    if token == "F":
+        return "F", 0.0, "b", comment
+    first = token[0]
+    if first.isdigit() or first in "+-.":
+        try:
+            return token, float(int(token)), "i", comment
+        except ValueError:
+            pass
+        try:
+            number = float(token.replace("D", "E").replace("d", "e"))
+        except ValueError:
+            return token, None, "x", comment
+        if math.isfinite(number):
+            return token, number, "f", comment
+        return token, None, "x", comment
+    if first == "(":
+        return token, None, "c", comment
+    return token, None, "x", comment
+
+
+def parse_cards(text: str) -> list[Card]:
+    """Parse the cards of one header (text up to, not including, END)."""
+    cards: list[Card] = []
+    append = cards.append
+    for start in range(0, len(text), CARD):
+        image = text[start : start + CARD]
+        position = start // CARD
+        head = image[:8]
+        if head == "HIERARCH":
+            equals = image.find("=")
+            if equals < 0:
+                raise _Unusual("HIERARCH card without '='")
+            keyword = " ".join(image[9:equals].upper().split())
+            append((position, keyword, *_parse_value(image[equals + 1 :])))
+            continue
+        keyword = head.rstrip().upper()
+        if keyword == "CONTINUE" and cards and cards[-1][4] == "s" and (cards[-1][2] or "").endswith("&"):
+            _join_continue(cards, image)
+            continue
+        if keyword in _COMMENTARY or image[8:10] != "= ":
+            body = image[8:].rstrip()
+            if keyword or body:
+                append((position, keyword, body, None, "C", None))
+            continue
+        append((position, keyword, *_parse_value(image[10:])))
+    return cards
+
+
+def _join_continue(cards: list[Card], image: str) -> None:
+    """Join a CONTINUE card onto the long string before it (OGIP LONGSTRN)."""
+    position, keyword, text, _, vtype, comment = cards[-1]
+    more, _, _, more_comment = _parse_value(image[8:])
+    joined_comment = " ".join(c for c in (comment, more_comment) if c) or None
+    cards[-1] = (position, keyword, text[:-1] + (more or ""), None, vtype, joined_comment)
+
+
+def _parse_with_astropy(raw: bytes) -> tuple[list[Card], list[str]]:
+    """Parse an unusual header with astropy; keep raw text where it fails."""
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
+
+    text = raw.decode("ascii", errors="replace")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        try:
+            header = fits.Header.fromstring(text)
+        except Exception as exc:  # astropy raises several types for bad headers
+            raise FitsReadError(f"header cannot be parsed: {exc}") from exc
+        cards: list[Card] = []
+        invalid: list[str] = []
+        for position, card in enumerate(header.cards):
+            keyword = normalize_keyword(card.keyword)
+            try:
+                value, comment = card.value, card.comment or None
+            except Exception:  # an invalid card: keep its image, say so
+                image = card.image
+                cards.append((position, keyword, image[8:].rstrip(), None, "x", None))
+                invalid.append(f"{keyword or '(blank)'}: {image.strip()[:60]!r}")
+                continue
+            cards.append((position, keyword, *_from_python(keyword, value), comment))
+    return cards, invalid
+
+
+def _from_python(keyword: str, value) -> tuple[str | None, float | None, str]:
+    from astropy.io.fits.card import Undefined
+
+    if keyword in _COMMENTARY:
+        return str(value), None, "C"
+    if isinstance(value, bool):
+        return ("T" if value else "F"), float(value), "b"
+    if isinstance(value, int):
+        return str(value), float(value), "i"
+    if isinstance(value, float):
+        return repr(value), (value if math.isfinite(value) else None), "f"
+    if isinstance(value, complex):
+        return f"({value.real}, {value.imag})", None, "c"
+    if value is None or isinstance(value, Undefined):
+        return None, None, "u"
+    return str(value).rstrip(), None, "s"
+
+
+def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
+    """Cards of one raw header (bytes up to END) and a list of invalid cards."""
+    try:
+        cards = parse_cards(raw.decode("ascii"))
+    except (UnicodeDecodeError, _Unusual):
+        return _parse_with_astropy(raw)
+    invalid = [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
+    return cards, invalid
+
+
+# -- file reading ----------------------------------------------------------
+
+
+def _open(path: Path):
+    raw = open(path, "rb")
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True
+    return raw, False
+
+
+def _read_header_bytes(stream, first: bytes, chunk: int) -> tuple[bytes, int]:
+    """Read on until the END card; return the header bytes before END and the
+    header's size in bytes (whole blocks). ``(b"", 0)`` when there is no END."""
+    data = first
+    scanned = 0
+    while True:
+        for offset in range(scanned, len(data) - len(data) % CARD, CARD):
+            if data[offset : offset + 3] == b"END" and not data[offset + 3 : offset + CARD].strip():
+                return data[:offset], (offset // BLOCK + 1) * BLOCK
+        scanned = len(data) - len(data) % CARD
+        more = stream.read(chunk)
+        if not more:
+            return b"", 0
+        data += more
+
+
+def _int_card(values: dict[str, Card], keyword: str, index: int, default: int | None = None) -> int:
+    card = values.get(keyword)
+    if card is None or card[4] != "i":
+        if default is not None:
+            return default
+        raise FitsReadError(f"HDU {index} has no valid {keyword} card")
+    return int(card[3])
+
+
+def _describe(index: int, cards: list[Card]) -> tuple[HeaderUnit, int]:
+    """Make a HeaderUnit and return it with the byte size of its data."""
+    values = {}
+    for card in cards:
+        if card[4] != "C":
+            values.setdefault(card[1], card)
+    bitpix = _int_card(values, "BITPIX", index)
+    naxis = _int_card(values, "NAXIS", index)
+    axes = [_int_card(values, f"NAXIS{i}", index) for i in range(1, naxis + 1)]
+    pcount = _int_card(values, "PCOUNT", index, 0)
+    gcount = _int_card(values, "GCOUNT", index, 1)
+    nelem = math.prod(axes) if axes else 0
+    if axes and axes[0] == 0 and "GROUPS" in values:  # random groups
+        nelem = math.prod(axes[1:])
+    size = abs(bitpix) // 8 * gcount * (pcount + nelem) if naxis else 0
+
+    xtension = values.get("XTENSION")
+    kind = (xtension[2] or "").strip().upper() if xtension else "PRIMARY"
+    extname = values.get("EXTNAME")
+    unit = HeaderUnit(index=index, cards=cards, hdu_type="image", bitpix=bitpix)
+    unit.extname = extname[2].strip() if extname and extname[2] else ("PRIMARY" if index == 0 else None)
+    if kind in ("PRIMARY", "IMAGE", "IUEIMAGE"):
+        unit.shape = "x".join(str(n) for n in reversed(axes)) or None
+    elif kind == "BINTABLE" and values.get("ZIMAGE", (0, 0, 0, 0))[3] == 1.0:
+        unit.hdu_type = "compressed"
+        znaxis = _int_card(values, "ZNAXIS", index, 0)
+        zaxes = [_int_card(values, f"ZNAXIS{i}", index, 0) for i in range(1, znaxis + 1)]
+        unit.shape = "x".join(str(n) for n in reversed(zaxes)) or None
+        unit.bitpix = _int_card(values, "ZBITPIX", index, bitpix)
+    else:
+        unit.hdu_type = "bintable" if kind == "BINTABLE" else "table" if kind == "TABLE" else kind.lower()
+        unit.shape = str(axes[1]) if len(axes) > 1 else None
+        unit.bitpix = None
+    return unit, size
+
+
+def read_headers(path: str | Path) -> tuple[list[HeaderUnit], str]:
+    """Every HDU's header of a FITS file, and a hash of the header bytes.
+
+    Raises :class:`FitsReadError` with a one-line reason for anything that is
+    not a readable FITS file (empty, not FITS, truncated, corrupt gzip).
+    """
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    units: list[HeaderUnit] = []
+    try:
+        stream, compressed = _open(path)
+    except OSError as exc:
+        raise FitsReadError(f"cannot open: {exc.strerror or exc}") from exc
+    try:
+        with stream:
+            units = _read_all(stream, compressed, path, digest)
+    except OSError as exc:  # includes gzip.BadGzipFile
+        raise FitsReadError(f"cannot read: {exc}") from exc
+    except (EOFError, zlib.error) as exc:
+        raise FitsReadError(f"truncated or corrupt gzip stream: {exc}") from exc
+    return units, digest.hexdigest()
+
+
+def _read_all(stream, compressed: bool, path: Path, digest) -> list[HeaderUnit]:
+    # A gzip stream can only seek forward cheaply, so it is read one block at
+    # a time and never past the current header; a plain file is read in
+    # larger chunks and seeks freely.
+    chunk = BLOCK if compressed else BLOCK * _READ_BLOCKS
+    file_size = None if compressed else os.fstat(stream.fileno()).st_size
+    units: list[HeaderUnit] = []
+    offset = 0  # byte offset of the current HDU's header
+    while True:
+        stream.seek(offset)
+        first = stream.read(chunk)
+        if not units:
+            _check_start(first)
+        elif len(first) < BLOCK or not first.startswith(b"XTENSION"):
+            return units  # end of file (anything after the last HDU is not FITS)
+        raw, header_size = _read_header_bytes(stream, first, chunk)
+        if not header_size:
+            which = "the primary header" if not units else f"the header of HDU {len(units)}"
+            raise FitsReadError(f"truncated: {which} has no END card")
+        digest.update(raw)
+        cards, invalid = parse_header(raw)
+        unit, data_size = _describe(len(units), cards)
+        unit.invalid = invalid
+        units.append(unit)
+        needed = offset + header_size + data_size
+        offset += header_size + math.ceil(data_size / BLOCK) * BLOCK
+        if compressed:
+            stream.seek(needed)
+            reached = stream.tell()
+        else:
+            reached = min(file_size, needed)
+        if reached < needed:
+            raise FitsReadError(
+                f"truncated: HDU {unit.index}'s data end at byte {needed}, the file has {reached}"
+            )
+
+
+def _check_start(first: bytes) -> None:
+    if not first:
+        raise FitsReadError("empty file")
+    if not first.startswith(b"SIMPLE  ="):
+        shown = first[:16].decode("ascii", errors="replace")
+        raise FitsReadError(f"not a FITS file (starts with {shown!r}, not 'SIMPLE  =')")

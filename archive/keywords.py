@@ -1,0 +1,475 @@
+"""Header cards -> the normalized columns of an exposure.
+
+Which keywords feed which column, and how their values are spelled, is data
+(``keywords.toml`` in this package, overridable under ``[keywords]`` in the
+user's ``obsarch.toml``). What cannot be normalized stays ``None``: the raw
+cards stay queryable with ``hdr['KEY']``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from importlib.resources import files
+from pathlib import PurePath
+
+from archive.exceptions import ConfigError
+from archive.headers import Card, HeaderUnit
+
+MJD_EPOCH = datetime(1858, 11, 17)
+COLUMNS = (
+    "instrument", "telescope", "obsid", "object", "frame_type", "band", "exptime",
+    "date_obs", "mjd", "night", "ra", "dec", "airmass", "readout_mode", "frame_number",
+)  # fmt: skip
+_XRAY_TELESCOPES = frozenset(
+    ("XMM", "CHANDRA", "NUSTAR", "SWIFT", "XTE", "EROSITA", "SRG", "NICER", "ROSAT",
+     "SUZAKU", "HITOMI", "XRISM", "INTEGRAL", "ASTROSAT", "EINSTEIN PROBE")
+)  # fmt: skip
+_XRAY_EXTNAMES = frozenset(("EVENTS", "SPECTRUM", "RATE", "GTI", "STDGTI"))
+_TT_SCALES = frozenset(("TT", "TDB", "TAI", "TDT", "ET"))
+
+
+@dataclass(frozen=True)
+class KeywordMaps:
+    sources: dict[str, list[str]]
+    placeholders: frozenset[str]
+    frame_types: dict[str, str]
+    bands: dict[str, str]
+    filename_pattern: re.Pattern | None
+
+
+def load_maps(config: dict | None = None) -> KeywordMaps:
+    """The default maps, updated by ``config['keywords']`` if given."""
+    defaults = tomllib.loads(files("archive").joinpath("keywords.toml").read_text())
+    user = (config or {}).get("keywords", {})
+    try:
+        sources = {**defaults["sources"], **user.get("sources", {})}
+        frame_types = {k.lower(): v for k, v in {**defaults["frame_types"], **user.get("frame_types", {})}.items()}
+        bands = {**defaults["bands"], **user.get("bands", {})}
+        placeholders = user.get("placeholders", defaults["placeholders"])["values"]
+        pattern = user.get("frame_number", {}).get(
+            "filename_pattern", defaults["frame_number"]["filename_pattern"]
+        )
+        compiled = re.compile(pattern) if pattern else None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"[keywords] in obsarch.toml is not in the expected form: {exc}") from exc
+    except re.error as exc:
+        raise ConfigError(f"[keywords.frame_number] filename_pattern is not a regular expression: {exc}") from exc
+    return KeywordMaps(
+        sources={k: [_key(x) for x in v] for k, v in sources.items()},
+        placeholders=frozenset(p.upper() for p in placeholders),
+        frame_types=frame_types,
+        bands=bands,
+        filename_pattern=compiled,
+    )
+
+
+def _key(keyword: str) -> str:
+    words = keyword.upper().split()
+    return " ".join(words[1:] if words and words[0] == "HIERARCH" else words)
+
+
+class _Values:
+    """The cards of a file by keyword: primary first, extensions fill the gaps
+    (LCO and X-ray files keep their metadata in extension 1)."""
+
+    def __init__(self, units: list[HeaderUnit], maps: KeywordMaps):
+        merged: dict[str, Card] = {}
+        for unit in units:
+            for keyword, card in unit.values().items():
+                merged.setdefault(keyword, card)
+        self.cards = merged
+        self.maps = maps
+        self.sources: dict[str, str] = {}
+        self.utc_offset: timedelta | None = None
+
+    def card(self, keyword: str) -> Card | None:
+        card = self.cards.get(keyword)
+        if card is None or card[2] is None:
+            return None
+        if card[4] in "sx" and card[2].strip().upper() in self.maps.placeholders:
+            return None
+        return card
+
+    def first(self, field: str) -> tuple[str, Card] | None:
+        for keyword in self.maps.sources.get(field, ()):
+            card = self.card(keyword)
+            if card is not None:
+                return keyword, card
+        return None
+
+    def text(self, field: str) -> str | None:
+        found = self.first(field)
+        if found is None:
+            return None
+        keyword, card = found
+        self.note(field, keyword, card)
+        return card[2].strip() or None
+
+    def number(self, keyword: str) -> float | None:
+        card = self.card(keyword)
+        return card[3] if card is not None and card[4] in "if" else None
+
+    def note(self, field: str, keyword: str, card: Card) -> None:
+        self.sources[field] = f"{keyword}={card[2]!r}"
+
+
+def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict:
+    """The exposure columns of one file, plus ``sources`` (JSON text)."""
+    values = _Values(units, maps)
+    xray = _is_xray(units, values)
+    row = {
+        "instrument": values.text("instrument"),
+        "telescope": values.text("telescope"),
+        "obsid": _obsid(values),
+        "object": values.text("object"),
+        "readout_mode": values.text("readout_mode"),
+        "frame_type": _frame_type(values),
+        "band": _band(values),
+        "exptime": _exptime(values, xray),
+        "airmass": _airmass(values),
+        "frame_number": _frame_number(values, None if xray else filename),
+    }
+    row["date_obs"] = _date_obs(values)
+    row["mjd"] = (row["date_obs"] - MJD_EPOCH).total_seconds() / 86400 if row["date_obs"] else None
+    row["night"] = _night(values, row["date_obs"], xray)
+    row["ra"], row["dec"] = _pointing(values, units)
+    row["sources"] = json.dumps(values.sources, sort_keys=True)
+    return row
+
+
+def _is_xray(units: list[HeaderUnit], values: _Values) -> bool:
+    telescope = values.card("TELESCOP")
+    if telescope and telescope[2].strip().upper() in _XRAY_TELESCOPES:
+        return True
+    return any((u.extname or "").upper() in _XRAY_EXTNAMES for u in units)
+
+
+def _frame_type(values: _Values) -> str | None:
+    first_seen = None
+    for keyword in values.maps.sources["frame_type"]:
+        card = values.card(keyword)
+        if card is None:
+            continue
+        mapped = values.maps.frame_types.get(card[2].strip().lower())
+        if mapped:
+            values.note("frame_type", keyword, card)
+            return mapped
+        first_seen = first_seen or (keyword, card)
+    if first_seen:
+        values.note("frame_type", *first_seen)
+        return "other"
+    return None
+
+
+def _band(values: _Values) -> str | None:
+    bands = values.maps.bands
+    names: list[str] = []
+    for keyword in values.maps.sources["band"]:
+        card = values.card(keyword)
+        if card is None or card[4] != "s" or not card[2].strip():
+            continue
+        name = card[2].strip()
+        if keyword == "FILTER":  # a combined name wins over its parts
+            values.note("band", keyword, card)
+            return bands.get(name, name)
+        band = bands.get(name, name)
+        if band != "clear" and band not in names:
+            names.append(band)
+            values.note("band", keyword, card)
+    if not names:
+        return None
+    return "+".join(names)
+
+
+def _exptime(values: _Values, xray: bool) -> float | None:
+    # X-ray files: EXPTIME is the CCD frame time (e.g. 3.2 s), EXPOSURE the
+    # exposure that matters.
+    for keyword in values.maps.sources["exptime_xray" if xray else "exptime"]:
+        number = values.number(keyword)
+        if number is not None and number >= 0:
+            values.note("exptime", keyword, values.cards[keyword])
+            return number
+    return None
+
+
+def _airmass(values: _Values) -> float | None:
+    found = None
+    for keyword in values.maps.sources["airmass"]:
+        number = values.number(keyword)
+        if number is not None and 1.0 <= number < 100:
+            found = (keyword, number)
+            break
+    if found is None:
+        return None
+    keyword, number = found
+    values.note("airmass", keyword, values.cards[keyword])
+    if keyword == "ESO TEL AIRM START":
+        for end_keyword in values.maps.sources.get("airmass_end", ()):
+            end = values.number(end_keyword)
+            if end is not None and 1.0 <= end < 100:
+                return (number + end) / 2
+    return number
+
+
+def _obsid(values: _Values) -> str | None:
+    found = values.first("obsid")
+    if found is None:
+        return None
+    keyword, card = found
+    if card[4] == "i" and card[3] < 0:  # ESO writes -2147483648 for "no OB"
+        return None
+    values.note("obsid", keyword, card)
+    return card[2].strip() or None
+
+
+def _frame_number(values: _Values, filename: str | None) -> int | None:
+    for keyword in values.maps.sources["frame_number"]:
+        card = values.card(keyword)
+        if card is not None and card[4] == "i":
+            values.note("frame_number", keyword, card)
+            return int(card[2])
+    pattern = values.maps.filename_pattern
+    match = pattern.search(PurePath(filename).name) if pattern and filename else None
+    if match:
+        values.sources["frame_number"] = f"file name {match.group(0)!r}"
+        return int(match.group(1))
+    return None
+
+
+# -- time --------------------------------------------------------------------
+
+_OLD_DATE = re.compile(r"^\s*(\d\d)/(\d\d)/(\d\d)\s*$")
+_DATE_ONLY = re.compile(r"^\s*\d{4}-\d\d-\d\d\s*$")
+_CLOCK = re.compile(r"^\s*(\d{1,2}):(\d\d):(\d\d(?:\.\d*)?)\s*$")
+
+
+def parse_fits_date(text: str) -> datetime | date | None:
+    """A FITS date string -> aware/naive datetime, or a date when it has no time.
+
+    Handles ISO 8601 with an optional UTC offset (``-0700``), the old
+    ``dd/mm/yy`` form (1900-1999 by the FITS standard) and date-only values.
+    """
+    text = text.strip()
+    old = _OLD_DATE.match(text)
+    if old:
+        day, month, year = (int(g) for g in old.groups())
+        try:
+            return date(1900 + year, month, day)
+        except ValueError:
+            return None
+    if _DATE_ONLY.match(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            return None
+    try:
+        return datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+
+
+def _clock(text: str) -> timedelta | None:
+    match = _CLOCK.match(text)
+    if not match:
+        return None
+    hours, minutes, seconds = int(match[1]), int(match[2]), float(match[3])
+    if hours > 23 or minutes > 59 or seconds >= 61:
+        return None
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _date_obs(values: _Values) -> datetime | None:
+    """Start of the exposure in UTC (naive), or None."""
+    found = _from_date_keywords(values) or _from_mjd(values) or _from_tstart(values)
+    if found is None:
+        return None
+    moment, field = found
+    if moment.tzinfo is not None:
+        values.utc_offset = moment.utcoffset()
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    scale = values.card("TIMESYS")
+    if scale and scale[4] == "s" and scale[2].strip().upper() in _TT_SCALES and field != "mjd-utc":
+        moment = _to_utc(moment, scale[2].strip().lower())
+        values.sources["timesys"] = scale[2].strip()
+    return moment
+
+
+def _from_date_keywords(values: _Values):
+    for keyword in values.maps.sources["date"]:
+        card = values.card(keyword)
+        if card is None or card[4] != "s":
+            continue
+        parsed = parse_fits_date(card[2])
+        if isinstance(parsed, datetime):
+            values.note("date_obs", keyword, card)
+            return parsed, "date"
+        if isinstance(parsed, date):
+            for time_keyword in values.maps.sources["time"]:
+                time_card = values.card(time_keyword)
+                offset = _clock(time_card[2]) if time_card and time_card[4] == "s" else None
+                if offset is not None:
+                    values.sources["date_obs"] = f"{keyword}={card[2]!r} + {time_keyword}={time_card[2]!r}"
+                    return datetime.combine(parsed, datetime.min.time()) + offset, "date"
+    return None
+
+
+def _from_mjd(values: _Values):
+    for keyword in values.maps.sources["mjd"]:
+        number = values.number(keyword)
+        # A whole-number MJD-OBS (SAAO) is the day, not the time: not used.
+        if number is not None and number > 0 and number != int(number):
+            values.note("date_obs", keyword, values.cards[keyword])
+            return MJD_EPOCH + timedelta(days=number), "mjd"
+    return None
+
+
+def _from_tstart(values: _Values):
+    tstart = values.number("TSTART")
+    if tstart is None:
+        return None
+    mjdref = values.number("MJDREF")
+    if mjdref is None:
+        integer, fraction = values.number("MJDREFI"), values.number("MJDREFF")
+        if integer is None:
+            return None
+        mjdref = integer + (fraction or 0.0)
+    if mjdref <= 0:
+        return None
+    timezero = values.number("TIMEZERO") or 0.0
+    values.sources["date_obs"] = f"TSTART={tstart!r} MJDREF={mjdref!r}"
+    return MJD_EPOCH + timedelta(days=mjdref) + timedelta(seconds=tstart + timezero), "tstart"
+
+
+def _to_utc(moment: datetime, scale: str) -> datetime:
+    from astropy.time import Time
+
+    converted = Time(moment, scale="tt" if scale in ("tdt", "et") else scale).utc
+    return converted.to_datetime()
+
+
+def _night(values: _Values, date_obs: datetime | None, space: bool = False) -> str | None:
+    """The observing night: the local date of the evening the night began
+    (for an X-ray observatory in space, the UTC date)."""
+    found = values.first("night")
+    if found:
+        keyword, card = found
+        text = card[2].strip().replace("-", "")
+        if len(text) == 8 and text.isdigit():
+            values.note("night", keyword, card)
+            return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    if date_obs is None:
+        return None
+    if space:
+        return date_obs.date().isoformat()
+    longitude = _longitude(values)
+    if longitude is not None:
+        local = date_obs + timedelta(hours=longitude / 15.0)
+    elif values.utc_offset is not None:
+        local = date_obs + values.utc_offset
+    else:
+        values.sources["night"] = "UTC date of the start minus 12 h (no site longitude)"
+        local = date_obs
+    return (local - timedelta(hours=12)).date().isoformat()
+
+
+def _longitude(values: _Values) -> float | None:
+    for keyword in values.maps.sources.get("longitude", ()):
+        card = values.card(keyword)
+        if card is None:
+            continue
+        degrees = card[3] if card[4] in "if" else _sexagesimal(card[2], 1.0) if card[4] == "s" else None
+        if degrees is not None and -360 <= degrees <= 360:
+            values.note("longitude", keyword, card)
+            return degrees
+    x, y = values.number("OBSGEO-X"), values.number("OBSGEO-Y")
+    if x is not None and y is not None and (x or y):
+        values.sources["longitude"] = "OBSGEO-X/Y"
+        return math.degrees(math.atan2(y, x))
+    return None
+
+
+# -- pointing ----------------------------------------------------------------
+
+
+def _sexagesimal(text: str, scale: float) -> float | None:
+    """``'-00:55:31'`` or ``'20 57 04.40'`` -> degrees (``scale`` 15 for hours)."""
+    text = text.strip()
+    parts = text.replace(":", " ").split()
+    if not parts or len(parts) > 3:
+        return None
+    try:
+        numbers = [abs(float(p)) for p in parts]
+    except ValueError:
+        return None
+    if len(numbers) == 1:  # a plain number written as a string: degrees
+        return float(parts[0])
+    value = sum(n / 60**i for i, n in enumerate(numbers))
+    return -value * scale if text.startswith("-") else value * scale
+
+
+def _angle(card: Card, hours: bool) -> float | None:
+    if card[4] in "if":
+        return card[3]
+    if card[4] != "s":
+        return None
+    text = card[2].strip()
+    sexagesimal = ":" in text or " " in text
+    return _sexagesimal(text, 15.0 if hours and sexagesimal else 1.0)
+
+
+def _pointing(values: _Values, units: list[HeaderUnit]) -> tuple[float | None, float | None]:
+    for ra_key, dec_key in zip(values.maps.sources["ra"], values.maps.sources["dec"]):
+        ra_card, dec_card = values.card(ra_key), values.card(dec_key)
+        if ra_card is None or dec_card is None:
+            continue
+        ra, dec = _angle(ra_card, hours=True), _angle(dec_card, hours=False)
+        if ra is not None and dec is not None and 0 <= ra < 360 and -90 <= dec <= 90:
+            values.note("ra", ra_key, ra_card)
+            values.note("dec", dec_key, dec_card)
+            return ra, dec
+    return _pointing_from_wcs(values, units)
+
+
+def _pointing_from_wcs(values: _Values, units: list[HeaderUnit]) -> tuple[float | None, float | None]:
+    """The sky position of the image centre from a celestial WCS, if any."""
+    for unit in units:
+        cards = unit.values()
+        ctype1, ctype2 = cards.get("CTYPE1"), cards.get("CTYPE2")
+        if not (ctype1 and ctype2 and (ctype1[2] or "").startswith("RA") and (ctype2[2] or "").startswith("DEC")):
+            continue
+        try:
+            centre = _wcs_centre(unit)
+        except Exception:  # any WCS astropy cannot build: no pointing from it
+            continue
+        if centre is not None:
+            values.sources["ra"] = values.sources["dec"] = f"WCS of HDU {unit.index}"
+            return centre
+    return None, None
+
+
+def _wcs_centre(unit: HeaderUnit) -> tuple[float, float] | None:
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    header = fits.Header()
+    for _, keyword, text, number, vtype, _ in unit.cards:
+        if vtype in "if":
+            header[keyword] = number if vtype == "f" else int(text)
+        elif vtype == "s" and len(keyword) <= 8:
+            header[keyword] = text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header, naxis=2)
+    shape = [int(n) for n in (unit.shape or "").split("x") if n]
+    ny, nx = shape[-2:] if len(shape) >= 2 else (1, 1)
+    ra, dec = wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        return None
+    return float(ra) % 360.0, float(dec)

@@ -1,0 +1,229 @@
+"""The catalog's schema as SQLAlchemy 2.0 typed models.
+
+The schema is created and changed only by the alembic migrations in
+``migrations/``; ``tests/test_migrations.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Root(Base):
+    """A directory an archive lives in; files are stored relative to it."""
+
+    __tablename__ = "roots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class IngestRun(Base):
+    """One scan: what it was asked to do and what it found."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(String(16))  # running, done, failed, interrupted
+    paths: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    user: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    code_version: Mapped[str] = mapped_column(String(64))
+    n_new: Mapped[int] = mapped_column(Integer, default=0)
+    n_changed: Mapped[int] = mapped_column(Integer, default=0)
+    n_unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    n_missing: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class File(Base):
+    """One row per file ever seen; a scan never deletes one."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("root_id", "relpath"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
+    relpath: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    header_hash: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # present | missing | unreadable
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen: Mapped[datetime] = mapped_column(DateTime)
+    last_seen: Mapped[datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+
+    root: Mapped[Root] = relationship()
+
+
+class FileVersion(Base):
+    """The headers a file had before it changed on disk."""
+
+    __tablename__ = "file_versions"
+    __table_args__ = (UniqueConstraint("file_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    header_hash: Mapped[str | None] = mapped_column(String(64))
+    headers_json: Mapped[str] = mapped_column(Text)
+    replaced_at: Mapped[datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+
+
+class Hdu(Base):
+    """One header-data unit of a file (its data are never read at ingest)."""
+
+    __tablename__ = "hdus"
+
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    hdu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extname: Mapped[str | None] = mapped_column(Text)
+    hdu_type: Mapped[str] = mapped_column(String(16))  # image, compressed, table, bintable
+    shape: Mapped[str | None] = mapped_column(String(64))  # numpy order, e.g. "3681x320x317"
+    bitpix: Mapped[int | None] = mapped_column(Integer)
+    ncards: Mapped[int] = mapped_column(Integer)
+
+
+class HeaderCard(Base):
+    """Every card of every HDU, in order; CONTINUE strings joined.
+
+    ``value_num`` holds numbers and logicals (1/0); ``value_text`` the value as
+    written (strings unquoted). ``vtype`` is one of ``s`` string, ``i`` integer,
+    ``f`` float, ``b`` logical, ``c`` complex, ``u`` undefined, ``x`` a value
+    that is not valid FITS, ``C`` commentary (COMMENT, HISTORY, blank keyword).
+    Each card is in exactly one of the two partial indexes, so a keyword query
+    is an index range and an insert pays for one index, not two.
+    """
+
+    __tablename__ = "header_cards"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["file_id", "hdu_index"], ["hdus.file_id", "hdus.hdu_index"], ondelete="CASCADE"
+        ),
+        Index(
+            "ix_header_cards_num",
+            "keyword",
+            "value_num",
+            "file_id",
+            sqlite_where=text("value_num IS NOT NULL"),
+            postgresql_where=text("value_num IS NOT NULL"),
+        ),
+        Index(
+            "ix_header_cards_text",
+            "keyword",
+            "value_text",
+            "file_id",
+            sqlite_where=text("value_num IS NULL"),
+            postgresql_where=text("value_num IS NULL"),
+        ),
+        {"sqlite_with_rowid": False},
+    )
+
+    file_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hdu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keyword: Mapped[str] = mapped_column(String(80))
+    value_text: Mapped[str | None] = mapped_column(Text)
+    value_num: Mapped[float | None] = mapped_column(Float)
+    vtype: Mapped[str] = mapped_column(String(1))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class Observation(Base):
+    """An archive-level unit (mission + obsid) that exposures belong to."""
+
+    __tablename__ = "observations"
+    __table_args__ = (UniqueConstraint("mission", "obsid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mission: Mapped[str] = mapped_column(String(32))
+    obsid: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    ra: Mapped[float | None] = mapped_column(Float)
+    dec: Mapped[float | None] = mapped_column(Float)
+    t_start: Mapped[datetime | None] = mapped_column(DateTime)
+    t_end: Mapped[datetime | None] = mapped_column(DateTime)
+    public_date: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Exposure(Base):
+    """The normalized view of one file. NULL where a value could not be
+    normalized; ``sources`` (JSON) says which keyword and raw value each
+    column came from."""
+
+    __tablename__ = "exposures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
+    observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
+    instrument: Mapped[str | None] = mapped_column(String(80), index=True)
+    telescope: Mapped[str | None] = mapped_column(String(80))
+    obsid: Mapped[str | None] = mapped_column(String(80), index=True)
+    object: Mapped[str | None] = mapped_column(String(80))
+    frame_type: Mapped[str | None] = mapped_column(String(16), index=True)
+    band: Mapped[str | None] = mapped_column(String(32), index=True)
+    exptime: Mapped[float | None] = mapped_column(Float)
+    date_obs: Mapped[datetime | None] = mapped_column(DateTime)
+    mjd: Mapped[float | None] = mapped_column(Float, index=True)
+    night: Mapped[str | None] = mapped_column(String(10), index=True)
+    ra: Mapped[float | None] = mapped_column(Float)
+    dec: Mapped[float | None] = mapped_column(Float)
+    airmass: Mapped[float | None] = mapped_column(Float)
+    readout_mode: Mapped[str | None] = mapped_column(String(80))
+    frame_number: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    sources: Mapped[str | None] = mapped_column(Text)
+
+
+class IngestError(Base):
+    """A file a scan could not read, and why (one row per run and file)."""
+
+    __tablename__ = "ingest_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ingest_runs.id"), index=True)
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    path: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
