@@ -53,10 +53,17 @@ def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
-    connect_args = {}
+    engine = create_engine(url, pool_pre_ping=True)
     if read_only:
-        connect_args["options"] = "-c default_transaction_read_only=on"
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # Per connection rather than a connect option, so that options given
+        # in the URL (a search_path, say) are kept.
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            dbapi_conn.commit()
+
+    return engine
 
 
 def _sqlite_engine(parsed, read_only: bool) -> Engine:
@@ -258,3 +265,20 @@ def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
         raise DatabaseError(f"SQL error: {message}") from exc
     finally:
         engine.dispose()
+
+
+def insert_ignoring_conflicts(conn: Connection, table, rows: list[dict], keys: Sequence[str]):
+    """INSERT ... ON CONFLICT (keys) DO NOTHING; returns the insert statement
+    so the caller can add RETURNING. Both backends spell it the same way in
+    SQLAlchemy, but through their own dialect's ``insert``."""
+    if is_sqlite(conn):
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table).values(rows).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def lock_rows(statement, conn: Connection):
+    """SELECT ... FOR UPDATE on PostgreSQL; SQLite writers already hold the
+    database lock (BEGIN IMMEDIATE)."""
+    return statement if is_sqlite(conn) else statement.with_for_update()

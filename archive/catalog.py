@@ -1,0 +1,253 @@
+"""The catalog from Python.
+
+    >>> from archive.catalog import Catalog
+    >>> cat = Catalog("sqlite:///obsarch.db")
+    >>> df = cat.query("band == 'V' and exptime > 30")          # pandas
+    >>> table = df.to_table()                                    # astropy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine, func, select
+
+from archive import db
+from archive.exceptions import NotFoundError
+from archive.ingest import IngestSummary, ingest
+from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Root
+from archive.query import (
+    DEFAULT_COLUMNS,
+    Column,
+    Compiler,
+    base_select,
+    column_expressions,
+    header_columns,
+    parse,
+    parse_columns,
+    sort_expressions,
+)
+
+
+class QueryResult(pd.DataFrame):
+    """A DataFrame of exposures that can also become an astropy Table."""
+
+    @property
+    def _constructor(self):
+        return QueryResult
+
+    def to_table(self):
+        """The same rows as an :class:`astropy.table.Table`."""
+        from astropy.table import Table
+
+        return Table.from_pandas(pd.DataFrame(self))
+
+
+class Catalog:
+    """An obsarch catalog at ``url`` (see :func:`archive.db.resolve_url`).
+
+    Refuses a database without a catalog, or at another schema version,
+    with the command that fixes it.
+    """
+
+    def __init__(self, url: str | None = None, *, engine: Engine | None = None, check: bool = True):
+        self.engine = engine or db.make_engine(url)
+        if check:
+            db.check_schema(self.engine)
+
+    @classmethod
+    def create(cls, url: str | None = None) -> Catalog:
+        """Create (or upgrade) the catalog at ``url`` and open it."""
+        engine = db.make_engine(url)
+        db.upgrade(engine)
+        return cls(engine=engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ingest(self, paths, **options) -> IngestSummary:
+        """Scan directories or files into the catalog (see :func:`archive.ingest.ingest`)."""
+        return ingest(self.engine, list(paths), **options)
+
+    # -- selecting -----------------------------------------------------------
+
+    def query(
+        self,
+        selection: str | None = None,
+        columns: str | list[str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+    ) -> QueryResult:
+        """Exposures matching ``selection``, one row each.
+
+        Parameters
+        ----------
+        selection : str, optional
+            An expression of the selection language; all exposures if empty.
+        columns : str or list of str, optional
+            Names or ``hdr['KEY']``; by default the usual columns plus every
+            header keyword the selection mentions.
+        sort : str, optional
+            Comma-separated names, ``-`` before one for descending order.
+        limit : int, optional
+            At most this many rows.
+        """
+        node = parse(selection) if selection and selection.strip() else None
+        if columns:
+            text = columns if isinstance(columns, str) else ",".join(columns)
+            fields = parse_columns(text)
+        else:
+            fields = [Column(c) for c in DEFAULT_COLUMNS] + (header_columns(node) if node else [])
+        pairs = [pair for field in fields for pair in column_expressions(field, self.dialect)]
+        statement = base_select(*[expr.label(f"c{i}") for i, (_, expr) in enumerate(pairs)])
+        if node is not None:
+            statement = statement.where(Compiler(self.dialect)(node))
+        order = sort_expressions(sort, self.dialect) if sort else []
+        statement = statement.order_by(*order, Exposure.id)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=[label for label, _ in pairs])
+        return QueryResult(_merge_header_columns(frame))
+
+    def to_table(self, selection: str | None = None, **options):
+        """:meth:`query` as an astropy Table."""
+        return self.query(selection, **options).to_table()
+
+    def exposure_ids(self, selection: str | None = None) -> list[int]:
+        """Ids of the exposures matching ``selection``, in id order."""
+        statement = base_select(Exposure.id).order_by(Exposure.id)
+        if selection and selection.strip():
+            statement = statement.where(Compiler(self.dialect)(parse(selection)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(statement).scalars())
+
+    # -- one exposure --------------------------------------------------------
+
+    def resolve(self, ref: str | int, *, by_id: bool = False) -> int:
+        """The exposure id for a frame number, an exposure id or a file path."""
+        with self.engine.connect() as conn:
+            if by_id:
+                found = conn.execute(select(Exposure.id).where(Exposure.id == int(ref))).scalars().all()
+                what = f"exposure id {ref}"
+            elif str(ref).isdigit():
+                found = conn.execute(
+                    base_select(Exposure.id, Root.path, File.relpath).where(Exposure.frame_number == int(ref))
+                ).all()
+                if len(found) > 1:
+                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id})" for r in found[:5])
+                    raise NotFoundError(
+                        f"frame {ref} is {len(found)} exposures: {paths}; name one with --id or its path"
+                    )
+                found = [r.id for r in found]
+                what = f"frame number {ref}"
+            else:
+                found = self._ids_for_path(conn, Path(ref).expanduser().absolute())
+                what = f"file {ref}"
+        if not found:
+            raise NotFoundError(f"no exposure with {what} in the catalog")
+        return found[0]
+
+    def _ids_for_path(self, conn, path: Path) -> list[int]:
+        for root_id, root_path in conn.execute(select(Root.id, Root.path)):
+            root = Path(root_path)
+            if root in path.parents:
+                relpath = path.relative_to(root).as_posix()
+                ids = conn.execute(
+                    base_select(Exposure.id).where(File.root_id == root_id, File.relpath == relpath)
+                ).scalars().all()
+                if ids:
+                    return ids
+        return []
+
+    def headers(self, exposure_id: int) -> list[dict]:
+        """Every HDU of an exposure's file with its cards, as stored."""
+        with self.engine.connect() as conn:
+            file_id = conn.execute(select(Exposure.file_id).where(Exposure.id == exposure_id)).scalar_one()
+            hdus = conn.execute(select(Hdu).where(Hdu.file_id == file_id).order_by(Hdu.hdu_index)).all()
+            cards = conn.execute(
+                select(HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.vtype, HeaderCard.comment)
+                .where(HeaderCard.file_id == file_id)
+                .order_by(HeaderCard.hdu_index, HeaderCard.position)
+            ).all()
+        by_hdu: dict[int, list] = {}
+        for hdu_index, keyword, text, vtype, comment in cards:
+            by_hdu.setdefault(hdu_index, []).append((keyword, text, vtype, comment))
+        return [
+            {"index": h.hdu_index, "extname": h.extname, "type": h.hdu_type, "shape": h.shape,
+             "bitpix": h.bitpix, "cards": by_hdu.get(h.hdu_index, [])}
+            for h in hdus
+        ]
+
+    def exposure(self, exposure_id: int) -> dict:
+        """The normalized row of one exposure, with its path."""
+        result = self.query(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
+            "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
+        return result.iloc[0].to_dict()
+
+    # -- overviews -----------------------------------------------------------
+
+    def summary(self) -> dict[str, pd.DataFrame]:
+        """Counts of exposures per instrument, night, frame type and band,
+        and of files per status."""
+        result = {}
+        with self.engine.connect() as conn:
+            for name in ("instrument", "night", "frame_type", "band"):
+                column = getattr(Exposure, name)
+                rows = conn.execute(
+                    select(column, func.count()).group_by(column).order_by(column)
+                ).all()
+                result[name] = pd.DataFrame([tuple(r) for r in rows], columns=[name, "exposures"])
+            rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
+            result["status"] = pd.DataFrame([tuple(r) for r in rows], columns=["status", "files"])
+        return result
+
+    def errors(self) -> pd.DataFrame:
+        """Files with a problem now: unreadable ones, and ones ingested with
+        invalid cards, with the reason."""
+        statement = (
+            select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
+            .join(Root, Root.id == File.root_id)
+            .where(File.error.is_not(None))
+            .order_by(File.status.desc(), Root.path, File.relpath)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=["path", "status", "reason"])
+
+    def runs(self, limit: int = 20) -> pd.DataFrame:
+        """The latest ingest runs with their counts."""
+        columns = ["id", "started_at", "finished_at", "state", "n_new", "n_changed", "n_unchanged", "n_missing", "n_failed", "paths"]
+        statement = select(*[getattr(IngestRun, c) for c in columns]).order_by(IngestRun.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+    def roots(self) -> pd.DataFrame:
+        statement = (
+            select(Root.id, Root.path, func.count(File.id).label("files"))
+            .outerjoin(File, File.root_id == Root.id)
+            .group_by(Root.id, Root.path)
+            .order_by(Root.path)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "path", "files"])
+
+
+def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Join each header keyword's number and text columns into one: numbers
+    where every value is numeric, text otherwise."""
+    for label in [c[: -len("#num")] for c in frame.columns if c.endswith("#num")]:
+        where = frame.columns.get_loc(f"{label}#num")
+        numbers, texts = frame.pop(f"{label}#num"), frame.pop(f"{label}#text")
+        present = texts.notna()
+        if present.any() and numbers[present].notna().all():
+            merged = numbers.astype(float)
+        else:
+            merged = texts
+        frame.insert(where, label, merged)
+    return frame

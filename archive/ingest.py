@@ -1,0 +1,482 @@
+"""Scanning directories into the catalog, incrementally.
+
+A scan stats every file under the given paths and compares with the catalog:
+new files and files whose size or mtime changed are read (headers only, in
+worker processes); vanished files are marked missing; unchanged files cost a
+stat. One process writes, in batches, each batch one transaction: a scan
+killed at any point leaves every file either fully stored or not at all, and
+the next scan completes the rest. Two scans of the same tree at once both
+finish: inserts skip rows the other scan already wrote, and a changed file is
+re-checked under a lock before its new version replaces the old.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import multiprocessing
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+from archive import __version__
+from archive.db import bulk_insert, insert_ignoring_conflicts, lock_rows, transaction
+from archive.exceptions import FitsReadError, NotFoundError, ObsarchError
+from archive.headers import read_headers
+from archive.keywords import KeywordMaps, load_maps, normalize
+from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun, Root
+
+FITS_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",
+    ".rmf", ".arf", ".bkg", ".rsp", ".mt", ".ds",
+)  # fmt: skip
+BATCH_FILES = int(os.environ.get("OBSARCH_INGEST_BATCH", "250"))
+_IN_PROCESS_BELOW = 64  # fewer files than this are read without a pool
+CARD_COLUMNS = ("file_id", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestSummary:
+    run_id: int
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    failed: int = 0
+    ignored: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def files_seen(self) -> int:
+        return self.new + self.changed + self.unchanged + self.failed
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A file found on disk by the scan."""
+
+    root_id: int
+    relpath: str
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    error: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def is_fits_name(name: str) -> bool:
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        lower = lower[:-3]
+    return lower.endswith(FITS_SUFFIXES)
+
+
+# -- roots -------------------------------------------------------------------
+
+
+def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
+    """The root a scanned path belongs to: the deepest known root holding it,
+    or a new root (the directory itself, or a file's parent)."""
+    roots = conn.execute(select(Root.id, Root.path)).all()
+    best = None
+    for root_id, root_path in roots:
+        if path == Path(root_path) or Path(root_path) in path.parents:
+            if best is None or len(root_path) > len(best[1]):
+                best = (root_id, root_path)
+    if best:
+        return best[0], Path(best[1])
+    new_root = path if path.is_dir() else path.parent
+    conn.execute(
+        insert_ignoring_conflicts(conn, Root.__table__, [{"path": str(new_root), "created_at": now}], ["path"])
+    )
+    root_id = conn.execute(select(Root.id).where(Root.path == str(new_root))).scalar_one()
+    return root_id, new_root
+
+
+def move_root(engine: Engine, old: str | Path, new: str | Path) -> int:
+    """Point the root at ``old`` to ``new`` (the tree was moved); return how
+    many files it holds. Nothing is re-read."""
+    old_path, new_path = Path(old).expanduser().resolve(), Path(new).expanduser().resolve()
+    if not new_path.is_dir():
+        raise NotFoundError(f"{new_path}: not a directory")
+    with transaction(engine, write=True) as conn:
+        root_id = conn.execute(select(Root.id).where(Root.path == str(old_path))).scalar()
+        if root_id is None:
+            known = ", ".join(p for (p,) in conn.execute(select(Root.path))) or "none"
+            raise NotFoundError(f"{old_path}: not a root of this catalog (roots: {known})")
+        if conn.execute(select(Root.id).where(Root.path == str(new_path))).scalar() is not None:
+            raise ObsarchError(f"{new_path}: already a root of this catalog")
+        conn.execute(update(Root).where(Root.id == root_id).values(path=str(new_path)))
+        return conn.execute(select(func.count()).where(File.root_id == root_id)).scalar_one()
+
+
+# -- scanning ----------------------------------------------------------------
+
+
+def _display_name(name: str) -> tuple[str, bool]:
+    """The name as text, and whether it is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+        return name, True
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", errors="backslashreplace"), False
+
+
+def _walk(directory: Path, prefix: str, ignored: list[str]) -> Iterator[tuple[str, os.DirEntry | None, str | None]]:
+    """(relpath, entry, error) for every FITS-named file below ``directory``;
+    other names go to ``ignored``. Directory symlinks are not followed (they
+    could loop)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
+        return
+    for entry in entries:
+        name, valid = _display_name(entry.name)
+        relpath = prefix + name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(Path(entry.path), relpath + "/", ignored)
+        elif is_fits_name(name):
+            yield relpath, entry, None if valid else "file name is not valid UTF-8"
+        else:
+            ignored.append(relpath)
+
+
+def _stat(entry: os.DirEntry) -> tuple[int | None, int | None, str | None]:
+    try:
+        st = entry.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader
+            return st.st_size, st.st_mtime_ns, "not a regular file"
+        return st.st_size, st.st_mtime_ns, None
+    except FileNotFoundError:
+        if entry.is_symlink():
+            return None, None, f"broken symbolic link (to {os.readlink(entry.path)})"
+        return None, None, "vanished during the scan"
+    except OSError as exc:
+        return None, None, f"cannot stat: {exc.strerror}"
+
+
+def _scan(path: Path, root_id: int, root: Path, ignored: list[str]) -> list[_Seen]:
+    seen = []
+    if path.is_file() or path.is_symlink() and not path.is_dir():
+        relpath = path.relative_to(root).as_posix()
+        entry = next((e for e in os.scandir(path.parent) if e.name == path.name), None)
+        walk = [(relpath, entry, None)] if entry else []
+    else:
+        prefix = "" if path == root else path.relative_to(root).as_posix() + "/"
+        walk = _walk(path, prefix, ignored)
+    for relpath, entry, error in walk:
+        size = mtime = None
+        if entry is not None and error is None:
+            size, mtime, error = _stat(entry)
+        full = str(root / relpath) if entry is None else entry.path
+        seen.append(_Seen(root_id, relpath, full, size, mtime, error))
+    return seen
+
+
+# -- reading (in workers) ----------------------------------------------------
+
+_MAPS: KeywordMaps | None = None
+
+
+def _init_worker(config: dict | None) -> None:
+    global _MAPS
+    _MAPS = load_maps(config)
+
+
+def read_file(path: str, relpath: str) -> tuple:
+    """Read one file's headers and normalize them: ``("ok", hash, hdus,
+    exposure, warnings)`` or ``("error", reason)``. Runs in a worker."""
+    try:
+        units, header_hash = read_headers(path)
+    except FitsReadError as exc:
+        return ("error", str(exc))
+    except OSError as exc:
+        return ("error", f"cannot read: {exc.strerror or exc}")
+    exposure = normalize(units, relpath, _MAPS or load_maps())
+    hdus = [(u.index, u.extname, u.hdu_type, u.shape, u.bitpix, u.cards) for u in units]
+    warnings = [f"HDU {u.index}: invalid card kept as text: {bad}" for u in units for bad in u.invalid]
+    return ("ok", header_hash, hdus, exposure, warnings)
+
+
+def _read_star(args: tuple[str, str]) -> tuple:
+    return read_file(*args)
+
+
+def _read_all(tasks: list[_Seen], config: dict | None, workers: int | None) -> Iterator[tuple[_Seen, tuple]]:
+    args = [(t.path, t.relpath) for t in tasks]
+    if len(tasks) < _IN_PROCESS_BELOW or workers == 1:
+        _init_worker(config)
+        for task, arg in zip(tasks, args):
+            yield task, read_file(*arg)
+        return
+    workers = workers or os.cpu_count() or 1
+    chunksize = max(1, min(64, len(tasks) // (workers * 8)))
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
+        yield from zip(tasks, pool.imap(_read_star, args, chunksize=chunksize))
+
+
+# -- writing (one process) ---------------------------------------------------
+
+
+def _file_values(seen: _Seen, result: tuple, run_id: int, now: datetime) -> dict:
+    ok = result[0] == "ok"
+    warnings = result[4] if ok else []
+    return {
+        "size": seen.size,
+        "mtime_ns": seen.mtime_ns,
+        "header_hash": result[1] if ok else None,
+        "status": "present" if ok else "unreadable",
+        "error": "; ".join(warnings) if ok and warnings else None if ok else result[1],
+        "last_seen": now,
+        "run_id": run_id,
+    }
+
+
+def _write_contents(conn: Connection, file_id: int, result: tuple) -> None:
+    _, _, hdus, exposure, _ = result
+    conn.execute(
+        insert(Hdu),
+        [
+            {"file_id": file_id, "hdu_index": i, "extname": e, "hdu_type": t, "shape": s, "bitpix": b, "ncards": len(c)}
+            for i, e, t, s, b, c in hdus
+        ],
+    )
+    bulk_insert(conn, "header_cards", CARD_COLUMNS, ((file_id, h[0], *card) for h in hdus for card in h[5]))
+    existing = conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalar()
+    if existing is None:
+        conn.execute(insert(Exposure).values(file_id=file_id, **exposure))
+    else:
+        conn.execute(update(Exposure).where(Exposure.id == existing).values(**exposure))
+
+
+def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> None:
+    """Keep the headers a file had before they are replaced."""
+    cards = conn.execute(
+        select(HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.comment)
+        .where(HeaderCard.file_id == file_row.id)
+        .order_by(HeaderCard.hdu_index, HeaderCard.position)
+    ).all()
+    if not cards:
+        return
+    headers: dict[int, list] = {}
+    for hdu_index, position, keyword, text, comment in cards:
+        headers.setdefault(hdu_index, []).append([position, keyword, text, comment])
+    conn.execute(
+        insert(FileVersion).values(
+            file_id=file_row.id, version=file_row.version, size=file_row.size, mtime_ns=file_row.mtime_ns,
+            header_hash=file_row.header_hash, headers_json=json.dumps(headers), replaced_at=now, run_id=run_id,
+        )
+    )
+    conn.execute(delete(HeaderCard).where(HeaderCard.file_id == file_row.id))
+    conn.execute(delete(Hdu).where(Hdu.file_id == file_row.id))
+
+
+def _write_batch(engine: Engine, batch: list[tuple[_Seen, tuple]], known: dict, run_id: int, summary: IngestSummary) -> None:
+    now = utcnow()
+    with transaction(engine, write=True) as conn:
+        new = [(s, r) for s, r in batch if (s.root_id, s.relpath) not in known]
+        old = [(s, r) for s, r in batch if (s.root_id, s.relpath) in known]
+        if new:
+            rows = [
+                {"root_id": s.root_id, "relpath": s.relpath, "first_seen": now, "version": 1, **_file_values(s, r, run_id, now)}
+                for s, r in new
+            ]
+            stmt = insert_ignoring_conflicts(conn, File.__table__, rows, ["root_id", "relpath"])
+            inserted = {relpath: fid for fid, relpath in conn.execute(stmt.returning(File.id, File.relpath))}
+            for seen, result in new:
+                file_id = inserted.get(seen.relpath)
+                if file_id is None:  # a concurrent scan stored it first
+                    summary.unchanged += 1
+                    continue
+                _count(conn, summary, seen, result, file_id, run_id, now, "new")
+                if result[0] == "ok":
+                    _write_contents(conn, file_id, result)
+        for seen, result in old:
+            _replace(conn, seen, result, known[(seen.root_id, seen.relpath)], run_id, now, summary)
+
+
+def _replace(conn: Connection, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime, summary: IngestSummary) -> None:
+    row = conn.execute(lock_rows(select(File).where(File.id == file_id), conn)).one()
+    if row.status == "present" and (row.size, row.mtime_ns) == (seen.size, seen.mtime_ns) and row.run_id != run_id:
+        summary.unchanged += 1  # a concurrent scan already stored this version
+        return
+    values = _file_values(seen, result, run_id, now)
+    if result[0] == "ok":
+        if row.header_hash is not None:
+            _archive_version(conn, row, now, run_id)
+            values["version"] = row.version + 1
+        _write_contents(conn, file_id, result)
+    else:
+        # Keep what was stored from the last good read; only say what is wrong.
+        values.pop("header_hash")
+    conn.execute(update(File).where(File.id == file_id).values(**values))
+    _count(conn, summary, seen, result, file_id, run_id, now, "changed")
+
+
+def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime, kind: str) -> None:
+    if result[0] == "ok":
+        setattr(summary, kind, getattr(summary, kind) + 1)
+        reasons = result[4]
+    else:
+        summary.failed += 1
+        reasons = [result[1]]
+    for reason in reasons:
+        summary.errors.append((seen.path, reason))
+        conn.execute(insert(IngestError).values(run_id=run_id, file_id=file_id, path=seen.path, reason=reason, created_at=now))
+
+
+# -- the scan ----------------------------------------------------------------
+
+
+def _start_run(engine: Engine, paths: list[Path]) -> int:
+    host = socket.gethostname()
+    with transaction(engine, write=True) as conn:
+        _close_dead_runs(conn, host)
+        return conn.execute(
+            insert(IngestRun)
+            .values(
+                started_at=utcnow(), state="running", paths="\n".join(map(str, paths)), host=host,
+                user=getpass.getuser(), pid=os.getpid(), code_version=__version__,
+                n_new=0, n_changed=0, n_unchanged=0, n_missing=0, n_failed=0,
+            )
+            .returning(IngestRun.id)
+        ).scalar_one()
+
+
+def _close_dead_runs(conn: Connection, host: str) -> None:
+    """Runs left 'running' by a process of this host that no longer exists
+    were killed: say so."""
+    for run_id, pid in conn.execute(
+        select(IngestRun.id, IngestRun.pid).where(IngestRun.state == "running", IngestRun.host == host)
+    ):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            conn.execute(update(IngestRun).where(IngestRun.id == run_id).values(state="interrupted"))
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:
+    with transaction(engine, write=True) as conn:
+        conn.execute(
+            update(IngestRun)
+            .where(IngestRun.id == summary.run_id)
+            .values(
+                finished_at=utcnow(), state=state, error=error, n_new=summary.new, n_changed=summary.changed,
+                n_unchanged=summary.unchanged, n_missing=summary.missing, n_failed=summary.failed,
+            )
+        )
+
+
+def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
+    """Scan the paths; return (files to read, files with a problem, known ids, ids gone)."""
+    to_read, bad, gone, ignored = [], [], [], []
+    known: dict[tuple[int, str], int] = {}
+    for path in paths:
+        with transaction(engine, write=True) as conn:
+            root_id, root = _root_for(conn, path, utcnow())
+        seen = _scan(path, root_id, root, ignored)
+        prefix = "" if path == root else path.relative_to(root).as_posix()
+        with transaction(engine) as conn:
+            stored = conn.execute(
+                select(File.id, File.relpath, File.size, File.mtime_ns, File.status).where(File.root_id == root_id)
+            ).all()
+        in_scope = {
+            r.relpath: r for r in stored
+            if not prefix or r.relpath == prefix or r.relpath.startswith(prefix + "/")
+        }
+        found = set()
+        for item in seen:
+            found.add(item.relpath)
+            row = in_scope.get(item.relpath)
+            if row is not None:
+                known[(root_id, item.relpath)] = row.id
+            if item.error:
+                bad.append(item)
+            elif row is None or row.status != "present" or (row.size, row.mtime_ns) != (item.size, item.mtime_ns):
+                to_read.append(item)
+            else:
+                summary.unchanged += 1
+        gone += [r.id for relpath, r in in_scope.items() if relpath not in found and r.status != "missing"]
+    summary.ignored = len(ignored)
+    return to_read, bad, known, gone
+
+
+def ingest(
+    engine: Engine,
+    paths: list[str | Path],
+    *,
+    config: dict | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """Scan ``paths`` (directories or files) into the catalog.
+
+    Returns the counts of new, changed, unchanged, missing and failed files;
+    the same counts are stored on the ingest run.
+    """
+    started = datetime.now()
+    resolved = []
+    for p in paths:
+        path = Path(p).expanduser().absolute()
+        if not path.exists() and not path.is_symlink():
+            raise NotFoundError(f"{path}: no such file or directory")
+        resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+    run_id = _start_run(engine, resolved)
+    summary = IngestSummary(run_id=run_id)
+    try:
+        to_read, bad, known, gone = _plan(engine, resolved, summary)
+        bad_results = [(item, ("error", item.error)) for item in bad]
+        total = len(to_read) + len(bad)
+        done = 0
+        batch: list = []
+        for item in _chain(bad_results, _read_all(to_read, config, workers)):
+            batch.append(item)
+            done += 1
+            if len(batch) >= BATCH_FILES:
+                _write_batch(engine, batch, known, run_id, summary)
+                batch = []
+                if progress:
+                    progress(done, total)
+        if batch:
+            _write_batch(engine, batch, known, run_id, summary)
+        if progress:
+            progress(done, total)
+        if gone:
+            with transaction(engine, write=True) as conn:
+                for start in range(0, len(gone), 500):
+                    conn.execute(
+                        update(File).where(File.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
+                    )
+            summary.missing = len(gone)
+    except BaseException as exc:
+        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary.seconds = (datetime.now() - started).total_seconds()
+        _finish_run(engine, summary, state, f"{type(exc).__name__}: {exc}")
+        raise
+    summary.seconds = (datetime.now() - started).total_seconds()
+    _finish_run(engine, summary, "done")
+    return summary
+
+
+def _chain(*iterables):
+    for iterable in iterables:
+        yield from iterable

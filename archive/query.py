@@ -1,0 +1,636 @@
+"""The selection language: text -> a small tree -> SQLAlchemy expressions.
+
+    band == 'V' and frame_type == 'science' and exptime >= 60
+    hdr['ESO INS DROT POSANG'] > 100 and night == '2014-07-27'
+    hdr[1]['EXTNAME'] == 'SCI' or object like 'ngc%'
+    3852-3861,3885
+
+The parser builds a tree that knows nothing of SQL; :func:`compile_selection`
+turns it into a SQLAlchemy clause with bound parameters, so no user text is
+ever formatted into SQL and the same tree runs on SQLite and PostgreSQL.
+Names are resolved through :data:`FIELDS`, which later modules extend.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Boolean, ColumnElement, Select, and_, func, not_, or_, select, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import literal
+from sqlalchemy.sql.functions import FunctionElement
+
+from archive.exceptions import SelectionError
+from archive.keywords import parse_fits_date
+from archive.models import Exposure, File, HeaderCard, Root
+
+# -- tree --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pos: int = 0
+
+
+@dataclass(frozen=True)
+class Header:
+    keyword: str
+    hdu: int | None = None
+    pos: int = 0
+
+    @property
+    def label(self) -> str:
+        hdu = f"[{self.hdu}]" if self.hdu is not None else ""
+        return f"hdr{hdu}['{self.keyword}']"
+
+
+@dataclass(frozen=True)
+class Call:
+    function: str
+    argument: Column | Header
+    pos: int = 0
+
+
+Field = Column | Header | Call
+
+
+@dataclass(frozen=True)
+class Compare:
+    field: Field
+    op: str
+    value: object
+
+
+@dataclass(frozen=True)
+class In:
+    field: Field
+    values: tuple
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Between:
+    field: Field
+    low: object
+    high: object
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    field: Field
+    pattern: str
+    glob: bool
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class IsNull:
+    field: Field
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Frames:
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # and | or
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Not:
+    item: object
+
+
+# -- tokens ------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)
+  | (?P<string>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*")
+  | (?P<op>==|!=|<>|<=|>=|<|>|=)
+  | (?P<punct>[()\[\],\-])
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    """,
+    re.VERBOSE,
+)
+_WORDS = {"and", "or", "not", "in", "between", "like", "glob", "is", "null", "true", "false"}
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # number, string, op, punct, name, word, end
+    text: str
+    pos: int
+    value: object = None
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match:
+            raise _error(text, pos, f"unexpected character {text[pos]!r}")
+        kind, raw = match.lastgroup, match.group()
+        if kind == "number":
+            value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            tokens.append(Token(kind, raw, pos, value))
+        elif kind == "string":
+            quote = raw[0]
+            body = raw[1:-1].replace(quote * 2, quote)
+            tokens.append(Token(kind, raw, pos, re.sub(r"\\(.)", r"\1", body)))
+        elif kind == "name" and raw.lower() in _WORDS:
+            tokens.append(Token("word", raw.lower(), pos))
+        elif kind != "ws":
+            tokens.append(Token(kind, raw, pos))
+        pos = match.end()
+    tokens.append(Token("end", "", len(text)))
+    return tokens
+
+
+def _error(text: str, pos: int, message: str) -> SelectionError:
+    near = text[pos : pos + 20] or "the end"
+    return SelectionError(f"selection {text!r}: {message} at column {pos + 1} (near {near!r})")
+
+
+# -- parser ------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def peek(self, ahead: int = 1) -> Token:
+        return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
+
+    def take(self) -> Token:
+        token = self.tok
+        self.i += 1
+        return token
+
+    def accept(self, kind: str, text: str | None = None) -> Token | None:
+        if self.tok.kind == kind and (text is None or self.tok.text == text):
+            return self.take()
+        return None
+
+    def expect(self, kind: str, text: str | None, what: str) -> Token:
+        token = self.accept(kind, text)
+        if token is None:
+            raise self.fail(f"expected {what}")
+        return token
+
+    def fail(self, message: str) -> SelectionError:
+        found = self.tok.text or "the end"
+        return _error(self.text, self.tok.pos, f"{message}, found {found!r}")
+
+    def parse(self):
+        if self.tok.kind == "end":
+            raise self.fail("empty selection: expected a condition")
+        node = self.parse_or()
+        if self.tok.kind != "end":
+            raise self.fail("expected 'and', 'or' or the end")
+        return node
+
+    def parse_or(self):
+        items = [self.parse_and()]
+        while self.accept("word", "or"):
+            items.append(self.parse_and())
+        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+
+    def parse_and(self):
+        items = [self.parse_not()]
+        while self.accept("word", "and"):
+            items.append(self.parse_not())
+        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+
+    def parse_not(self):
+        if self.accept("word", "not"):
+            return Not(self.parse_not())
+        return self.parse_predicate()
+
+    def parse_predicate(self):
+        if self.accept("punct", "("):
+            node = self.parse_or()
+            self.expect("punct", ")", "')'")
+            return node
+        if self.tok.kind == "number" and isinstance(self.tok.value, int) and self.peek().kind != "op":
+            return self.parse_frames()
+        field = self.parse_field()
+        return self.parse_condition(field)
+
+    def parse_frames(self) -> Frames:
+        ranges = []
+        while True:
+            low = self.take()
+            if low.kind != "number" or not isinstance(low.value, int):
+                self.i -= 1
+                raise self.fail("expected a frame number")
+            high = low
+            if self.accept("punct", "-"):
+                high = self.take()
+                if high.kind != "number" or not isinstance(high.value, int):
+                    self.i -= 1
+                    raise self.fail("expected the last frame number of the range")
+                if high.value < low.value:
+                    raise _error(self.text, low.pos, f"range {low.value}-{high.value} runs backwards")
+            ranges.append((low.value, high.value))
+            if not self.accept("punct", ","):
+                return Frames(tuple(ranges))
+
+    def parse_field(self) -> Field:
+        token = self.tok
+        if token.kind != "name":
+            raise self.fail("expected a name (a column or hdr['KEY'])")
+        self.take()
+        if token.text == "hdr":
+            return self.parse_header(token.pos)
+        if self.accept("punct", "("):
+            argument = self.parse_field()
+            self.expect("punct", ")", "')'")
+            if token.text.lower() != "abs":
+                raise _error(self.text, token.pos, f"unknown function {token.text!r} (known: abs)")
+            return Call("abs", argument, token.pos)
+        return Column(token.text.lower(), token.pos)
+
+    def parse_header(self, pos: int) -> Header:
+        self.expect("punct", "[", "'[' after hdr")
+        hdu = None
+        if self.tok.kind == "number":
+            hdu = self.take().value
+            if not isinstance(hdu, int):
+                raise self.fail("expected an HDU number")
+            self.expect("punct", "]", "']'")
+            self.expect("punct", "[", "'[' and a keyword")
+        key = self.expect("string", None, "a quoted keyword such as 'EXPTIME'")
+        self.expect("punct", "]", "']'")
+        keyword = " ".join(str(key.value).upper().split())
+        if keyword.startswith("HIERARCH "):
+            keyword = keyword[len("HIERARCH ") :]
+        if not keyword:
+            raise _error(self.text, key.pos, "empty keyword")
+        return Header(keyword, hdu, pos)
+
+    def parse_condition(self, field: Field):
+        if (op := self.accept("op")) is not None:
+            return Compare(field, {"=": "==", "<>": "!="}.get(op.text, op.text), self.parse_value())
+        negate = bool(self.accept("word", "not"))
+        if self.accept("word", "in"):
+            self.expect("punct", "(", "'(' after in")
+            values = [self.parse_value()]
+            while self.accept("punct", ","):
+                values.append(self.parse_value())
+            self.expect("punct", ")", "')'")
+            return In(field, tuple(values), negate)
+        if self.accept("word", "between"):
+            low = self.parse_value()
+            self.expect("word", "and", "'and' in between ... and ...")
+            return Between(field, low, self.parse_value(), negate)
+        for word in ("like", "glob"):
+            if self.accept("word", word):
+                pattern = self.expect("string", None, f"a quoted pattern after {word}")
+                return Match(field, pattern.value, word == "glob", negate)
+        if not negate and self.accept("word", "is"):
+            negate = bool(self.accept("word", "not"))
+            self.expect("word", "null", "null after is")
+            return IsNull(field, negate)
+        raise self.fail("expected a comparison (==, !=, <, >, in, between, like, glob, is null)")
+
+    def parse_value(self):
+        token = self.tok
+        if token.kind in ("number", "string"):
+            return self.take().value
+        if self.accept("punct", "-"):
+            number = self.expect("number", None, "a number after '-'")
+            return -number.value
+        if token.kind == "word" and token.text in ("true", "false", "null"):
+            self.take()
+            return {"true": True, "false": False, "null": None}[token.text]
+        raise self.fail("expected a value (a number, a quoted string, true, false or null)")
+
+
+def parse(text: str):
+    """Parse a selection into its tree; raise :class:`SelectionError`."""
+    return _Parser(text).parse()
+
+
+def parse_columns(text: str) -> list[Field]:
+    """Parse ``frame_number,hdr['EXPTIME'],path`` into fields."""
+    parser = _Parser(text)
+    fields = [parser.parse_field()]
+    while parser.accept("punct", ","):
+        fields.append(parser.parse_field())
+    if parser.tok.kind != "end":
+        raise parser.fail("expected ',' or the end of the column list")
+    return fields
+
+
+# -- names -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    """A name in the language: its SQL expression and its kind of value."""
+
+    expression: Callable[[], ColumnElement]
+    kind: str  # number, text, datetime
+
+
+def _path() -> ColumnElement:
+    return Root.path + "/" + File.relpath
+
+
+FIELDS: dict[str, FieldDef] = {
+    "id": FieldDef(lambda: Exposure.id, "number"),
+    "file_id": FieldDef(lambda: Exposure.file_id, "number"),
+    "path": FieldDef(_path, "text"),
+    "relpath": FieldDef(lambda: File.relpath, "text"),
+    "root": FieldDef(lambda: Root.path, "text"),
+    "status": FieldDef(lambda: File.status, "text"),
+    "size": FieldDef(lambda: File.size, "number"),
+    "version": FieldDef(lambda: File.version, "number"),
+    "header_hash": FieldDef(lambda: File.header_hash, "text"),
+    "date_obs": FieldDef(lambda: Exposure.date_obs, "datetime"),
+}
+for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode"):
+    FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "text")
+for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
+    FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
+
+
+def register_field(name: str, expression: Callable[[], ColumnElement], kind: str) -> None:
+    """Make ``name`` usable in selections (used by processing modules)."""
+    FIELDS[name] = FieldDef(expression, kind)
+
+
+def _field_def(column: Column) -> FieldDef:
+    found = FIELDS.get(column.name)
+    if found is None:
+        close = difflib.get_close_matches(column.name, FIELDS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(FIELDS))}"
+        raise SelectionError(f"unknown name {column.name!r} at column {column.pos + 1}{hint}")
+    return found
+
+
+# -- compiler ----------------------------------------------------------------
+
+_OPS = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+class _Glob(FunctionElement):
+    """Case-sensitive shell pattern (``*``, ``?``) on both backends."""
+
+    inherit_cache = True
+    type = Boolean()
+
+
+@compiles(_Glob, "sqlite")
+def _glob_sqlite(element, compiler, **kw):
+    value, pattern = list(element.clauses)
+    return f"{compiler.process(value, **kw)} GLOB {compiler.process(pattern, **kw)}"
+
+
+@compiles(_Glob)
+def _glob_default(element, compiler, **kw):
+    value, pattern = list(element.clauses)
+    return f"{compiler.process(value, **kw)} LIKE {compiler.process(pattern, **kw)} ESCAPE '\\'"
+
+
+def _glob_to_like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
+    return _Glob(value, literal(pattern if sqlite else _glob_to_like(pattern)))
+
+
+class Compiler:
+    """Compiles a selection tree for one backend (``dialect`` name)."""
+
+    def __init__(self, dialect: str):
+        self.sqlite = dialect == "sqlite"
+
+    def __call__(self, node) -> ColumnElement:
+        method = getattr(self, f"_{type(node).__name__.lower()}")
+        return method(node)
+
+    def _boolop(self, node: BoolOp):
+        parts = [self(item) for item in node.items]
+        return and_(*parts) if node.op == "and" else or_(*parts)
+
+    def _not(self, node: Not):
+        return not_(self(node.item))
+
+    def _frames(self, node: Frames):
+        singles = [low for low, high in node.ranges if low == high]
+        parts = [Exposure.frame_number.between(low, high) for low, high in node.ranges if low != high]
+        if singles:
+            parts.append(Exposure.frame_number.in_(singles))
+        return or_(*parts)
+
+    def _compare(self, node: Compare):
+        if isinstance(node.field, Header):
+            return self._header(node.field, lambda col: _OPS[node.op](col, node.value), node.value)
+        if node.value is None:
+            return self._isnull(IsNull(node.field, negate=node.op == "!="))
+        expression, kind = self._expression(node.field)
+        return _OPS[node.op](expression, self._coerce(node.field, kind, node.value))
+
+    def _in(self, node: In):
+        if isinstance(node.field, Header):
+            by_kind: dict[str, list] = {}
+            for value in node.values:
+                by_kind.setdefault(_value_kind(value), []).append(value)
+            parts = [
+                self._header(node.field, lambda col, vs=values: col.in_(vs), values[0])
+                for values in by_kind.values()
+            ]
+            clause = or_(*parts)
+        else:
+            expression, kind = self._expression(node.field)
+            clause = expression.in_([self._coerce(node.field, kind, v) for v in node.values])
+        return not_(clause) if node.negate else clause
+
+    def _between(self, node: Between):
+        if isinstance(node.field, Header):
+            clause = self._header(node.field, lambda col: col.between(node.low, node.high), node.low)
+        else:
+            expression, kind = self._expression(node.field)
+            clause = expression.between(self._coerce(node.field, kind, node.low), self._coerce(node.field, kind, node.high))
+        return not_(clause) if node.negate else clause
+
+    def _match(self, node: Match):
+        def predicate(col):
+            return _glob(col, node.pattern, self.sqlite) if node.glob else col.ilike(node.pattern)
+
+        if isinstance(node.field, Header):
+            clause = self._header(node.field, predicate, "text")
+        else:
+            expression, _ = self._expression(node.field)
+            clause = predicate(expression)
+        return not_(clause) if node.negate else clause
+
+    def _isnull(self, node: IsNull):
+        if isinstance(node.field, Header):
+            has = Exposure.file_id.in_(self._cards(node.field))
+            return has if node.negate else not_(has)
+        expression, _ = self._expression(node.field)
+        return expression.is_not(None) if node.negate else expression.is_(None)
+
+    # helpers
+
+    def _expression(self, field: Field) -> tuple[ColumnElement, str]:
+        if isinstance(field, Call):
+            inner, kind = self._expression(field.argument)
+            if kind != "number":
+                raise SelectionError(f"abs() needs a number, {_label(field.argument)} is {kind}")
+            return func.abs(inner), "number"
+        if isinstance(field, Header):
+            raise SelectionError(f"{field.label} cannot be used inside a function")
+        definition = _field_def(field)
+        return definition.expression(), definition.kind
+
+    def _coerce(self, field: Field, kind: str, value):
+        if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SelectionError(f"{_label(field)} is a number; compare it with a number, not {value!r}")
+        if kind == "text" and not isinstance(value, str):
+            raise SelectionError(f"{_label(field)} is text; compare it with a quoted string, not {value!r}")
+        if kind == "datetime":
+            parsed = parse_fits_date(value) if isinstance(value, str) else None
+            if parsed is None:
+                raise SelectionError(
+                    f"{_label(field)} is a time; compare it with a quoted ISO date such as '2017-08-16T03:00', not {value!r}"
+                )
+            if not isinstance(parsed, datetime):
+                return datetime(parsed.year, parsed.month, parsed.day)
+            return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+        return value
+
+    def _cards(self, header: Header, *conditions):
+        where = [HeaderCard.keyword == header.keyword, *conditions]
+        if header.hdu is not None:
+            where.append(HeaderCard.hdu_index == header.hdu)
+        return select(HeaderCard.file_id).where(*where)
+
+    def _header(self, header: Header, predicate, sample) -> ColumnElement:
+        """Files with a card ``header`` whose value satisfies ``predicate``.
+
+        Numbers compare with numeric cards (and logicals as 1/0), strings with
+        the text of non-numeric cards: each then uses its partial index.
+        """
+        kind = _value_kind(sample)
+        if kind == "bool":
+            conditions = [HeaderCard.vtype == "b", HeaderCard.value_num.is_not(None), predicate(HeaderCard.value_num)]
+        elif kind == "number":
+            conditions = [HeaderCard.value_num.is_not(None), predicate(HeaderCard.value_num)]
+        else:
+            conditions = [HeaderCard.value_num.is_(None), predicate(HeaderCard.value_text)]
+        return Exposure.file_id.in_(self._cards(header, *conditions))
+
+
+def _value_kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text"
+
+
+def _label(field: Field) -> str:
+    if isinstance(field, Header):
+        return field.label
+    if isinstance(field, Call):
+        return f"{field.function}({_label(field.argument)})"
+    return field.name
+
+
+def compile_selection(text: str | None, dialect: str) -> ColumnElement:
+    """The SQL condition for a selection (everything when ``text`` is empty)."""
+    if text is None or not text.strip():
+        return true()
+    return Compiler(dialect)(parse(text))
+
+
+# -- building queries --------------------------------------------------------
+
+DEFAULT_COLUMNS = ("id", "frame_number", "path", "frame_type", "band", "exptime", "date_obs", "object", "instrument")
+
+
+def base_select(*columns) -> Select:
+    """SELECT ... FROM exposures JOIN files JOIN roots."""
+    return select(*columns).select_from(Exposure).join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+
+
+def header_columns(node) -> list[Header]:
+    """The header keywords a selection mentions, in order, once each."""
+    found: list[Header] = []
+
+    def walk(item):
+        if isinstance(item, BoolOp):
+            for sub in item.items:
+                walk(sub)
+        elif isinstance(item, Not):
+            walk(item.item)
+        elif isinstance(getattr(item, "field", None), Header) and item.field not in found:
+            found.append(Header(item.field.keyword, item.field.hdu))
+
+    walk(node)
+    return found
+
+
+def column_expressions(field: Field, dialect: str) -> list[tuple[str, ColumnElement]]:
+    """(label, expression) pairs that show ``field`` as a result column.
+
+    A header keyword gives two: its number and its text (the first card with
+    that keyword, primary HDU first); they are merged after fetching.
+    """
+    if isinstance(field, Header):
+        where = [HeaderCard.file_id == Exposure.file_id, HeaderCard.keyword == field.keyword]
+        if field.hdu is not None:
+            where.append(HeaderCard.hdu_index == field.hdu)
+
+        def first(column):
+            return (
+                select(column).where(*where).order_by(HeaderCard.hdu_index, HeaderCard.position)
+                .limit(1).correlate(Exposure).scalar_subquery()
+            )
+
+        return [(f"{field.label}#num", first(HeaderCard.value_num)), (f"{field.label}#text", first(HeaderCard.value_text))]
+    expression, _ = Compiler(dialect)._expression(field)
+    return [(_label(field), expression)]
+
+
+def sort_expressions(sort: str, dialect: str) -> list[ColumnElement]:
+    """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending)."""
+    result = []
+    for part in (p.strip() for p in sort.split(",") if p.strip()):
+        descending = part.startswith("-")
+        fields = parse_columns(part.lstrip("-+"))
+        for field in fields:
+            for _, expression in column_expressions(field, dialect)[:1]:
+                result.append(expression.desc() if descending else expression.asc())
+    return result
+

@@ -1,0 +1,284 @@
+"""The ``obsarch`` command line: parse, call the library, render."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from archive import __version__, db
+from archive.catalog import Catalog
+from archive.config import load_config
+from archive.exceptions import ObsarchError
+from archive.ingest import move_root
+from cli.render import Format, console, err_console, show_frame
+
+app = typer.Typer(
+    help="obsarch: a catalog of your observations (FITS headers, quality, groups, products) in SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The catalog's schema: upgrade, current, history.", no_args_is_help=True)
+roots_app = typer.Typer(help="The directories the catalog's files live in.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(roots_app, name="roots")
+
+
+class _State:
+    db: str | None = None
+    config: Path | None = None
+    debug: bool = False
+
+
+STATE = _State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"obsarch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    database: Annotated[Optional[str], typer.Option("--db", help="Catalog URL (default: $OBSARCH_DB, else sqlite:///obsarch.db).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="obsarch.toml to use (default: $OBSARCH_CONFIG, else ./obsarch.toml).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    STATE.db, STATE.config, STATE.debug = database, config, debug
+
+
+def reports_errors(function):
+    """Turn obsarch's errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ObsarchError as exc:
+            if STATE.debug:
+                raise
+            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def command(parent: typer.Typer = app, name: str | None = None):
+    def decorate(function):
+        return parent.command(name)(reports_errors(function))
+
+    return decorate
+
+
+def open_catalog() -> Catalog:
+    return Catalog(STATE.db)
+
+
+# -- commands ---------------------------------------------------------------
+
+
+@command()
+def init() -> None:
+    """Create the catalog at the current schema (./obsarch.db unless --db).
+
+    Example: obsarch init && obsarch --db postgresql://localhost/obs init
+    """
+    engine = db.make_engine(STATE.db)
+    db.upgrade(engine)
+    console.print(f"catalog ready at {engine.url.render_as_string(hide_password=True)} (schema {db.head_revision(engine)})")
+
+
+@command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
+    workers: Annotated[Optional[int], typer.Option(help="Processes reading headers (default: all cores).")] = None,
+) -> None:
+    """Scan directories into the catalog: new and changed files are read,
+    vanished ones marked missing, unchanged ones only stat'ed.
+
+    Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
+    """
+    catalog = open_catalog()
+    config = load_config(STATE.config)
+    with Progress(
+        TextColumn("reading headers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task("ingest", total=None)
+        summary = catalog.ingest(
+            paths, config=config, workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
+        f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
+        f"({summary.seconds:.2f} s)" + (f"; {summary.ignored} files without a FITS name ignored" if summary.ignored else "")
+    )
+    for path, reason in summary.errors[:20]:
+        err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
+    if len(summary.errors) > 20:
+        err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+
+
+@command()
+def query(
+    selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
+    sort: Annotated[Optional[str], typer.Option(help="Comma-separated names; -name for descending.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """List the exposures a selection matches.
+
+    Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
+    """
+    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit)
+    show_frame(frame, fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(frame)} exposures")
+
+
+@command()
+def show(
+    ref: Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")],
+    by_id: Annotated[bool, typer.Option("--id", help="REF is an exposure id.")] = False,
+    hdu: Annotated[Optional[int], typer.Option(help="Only this HDU.")] = None,
+) -> None:
+    """Show every HDU's header of one exposure, as stored, and its normalized values.
+
+    Example: obsarch show 3852
+    """
+    catalog = open_catalog()
+    exposure_id = catalog.resolve(ref, by_id=by_id)
+    row = catalog.exposure(exposure_id)
+    console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})")
+    console.print("  ".join(f"{k}={_plain(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _plain(v)))
+    for unit in catalog.headers(exposure_id):
+        if hdu is not None and unit["index"] != hdu:
+            continue
+        console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}")
+        for keyword, text, vtype, comment in unit["cards"]:
+            value = "" if text is None else f"'{text}'" if vtype == "s" else text
+            line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
+            console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+
+
+def _plain(value) -> str:
+    from cli.render import _cell
+
+    return _cell(value)
+
+
+@command()
+def summary() -> None:
+    """Counts of exposures per instrument, night, frame type and band.
+
+    Example: obsarch summary
+    """
+    for name, frame in open_catalog().summary().items():
+        show_frame(frame, Format.table, title=name)
+
+
+@command()
+def errors(
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Files that could not be read, or were read with invalid cards, and why.
+
+    Example: obsarch errors --format csv
+    """
+    frame = open_catalog().errors()
+    show_frame(frame, fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(frame)} files with problems")
+
+
+@command()
+def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> None:
+    """The latest ingest runs and what each found.
+
+    Example: obsarch runs --limit 5
+    """
+    show_frame(open_catalog().runs(limit))
+
+
+@command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Run one read-only SQL statement on the catalog.
+
+    Example: obsarch sql "select band, count(*) from exposures group by band"
+    """
+    import pandas as pd
+
+    db.check_schema(db.make_engine(STATE.db))
+    names, rows = db.run_read_only(STATE.db, statement)
+    show_frame(pd.DataFrame(rows, columns=names), fmt)
+
+
+@command(roots_app, "list")
+def roots_list() -> None:
+    """The root directories and how many files each holds.
+
+    Example: obsarch roots list
+    """
+    show_frame(open_catalog().roots())
+
+
+@command(roots_app, "move")
+def roots_move(
+    old: Annotated[str, typer.Argument(help="The root's old path.")],
+    new: Annotated[Path, typer.Argument(help="Where the tree is now.")],
+) -> None:
+    """Tell the catalog a tree has moved; nothing is re-read.
+
+    Example: obsarch roots move /data/old/ngc3293 /mnt/big/ngc3293
+    """
+    count = move_root(open_catalog().engine, old, new)
+    console.print(f"root moved: {old} -> {new.resolve()} ({count} files)")
+
+
+@command(db_app, "upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Bring the catalog's schema to this obsarch's version (creates it if empty).
+
+    Example: obsarch db upgrade
+    """
+    engine = db.make_engine(STATE.db)
+    before = db.current_revision(engine)
+    db.upgrade(engine, revision)
+    console.print(f"schema {before or '(none)'} -> {db.current_revision(engine)}")
+
+
+@command(db_app, "current")
+def db_current() -> None:
+    """The catalog's schema revision and the one this obsarch needs.
+
+    Example: obsarch db current
+    """
+    engine = db.make_engine(STATE.db)
+    current, head = db.current_revision(engine), db.head_revision(engine)
+    state = "up to date" if current == head else "run `obsarch db upgrade`"
+    console.print(f"catalog: {current or '(none)'}  obsarch: {head}  ({state})")
+
+
+@command(db_app, "history")
+def db_history() -> None:
+    """The schema migrations this obsarch carries.
+
+    Example: obsarch db history
+    """
+    from alembic.script import ScriptDirectory
+
+    engine = db.make_engine(STATE.db)
+    scripts = ScriptDirectory.from_config(db.alembic_config(engine))
+    for script in scripts.walk_revisions():
+        console.print(f"{script.revision}  {script.doc}", markup=False)
