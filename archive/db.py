@@ -136,6 +136,8 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
             yield conn
     except SQLAlchemyError as exc:
         raise DatabaseError(_one_line(exc)) from exc
+    except engine.dialect.dbapi.Error as exc:  # raised below SQLAlchemy (bulk_insert)
+        raise DatabaseError(_one_line(exc)) from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -247,9 +249,9 @@ def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
                 if is_sqlite(conn):
                     cursor.execute(sql)
                 else:
-                    # Parameters force the extended protocol, which refuses a
-                    # second statement (e.g. one that turns read-only off).
-                    cursor.execute(sql.replace("%", "%%"), ())
+                    # A prepared statement cannot hold a second statement
+                    # (one that commits and turns read-only off, say).
+                    cursor.execute(sql, prepare=True)
                 names = [d[0] for d in cursor.description or []]
                 rows = [tuple(r) for r in cursor.fetchall()] if names else []
             finally:
@@ -258,6 +260,8 @@ def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
             return names, rows
     except Exception as exc:  # driver errors differ per backend; all become one line
         message = _one_line(exc)
+        if "multiple commands" in message or "one statement at a time" in message:
+            raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
         if _WRITE_REFUSALS.search(message):
             raise ReadOnlyViolation(
                 f"`obsarch sql` is read-only; the statement was refused: {message}"

@@ -33,6 +33,14 @@ NAMING_CONVENTION = {
 }
 
 
+# The partial-index predicates, written as literals: a partial index is used
+# only when the query repeats its predicate with the same constants.
+TEXT_INDEX_LIMIT = 256
+NUMERIC = "value_num IS NOT NULL"
+SHORT_TEXT = f"value_num IS NULL AND length(value_text) <= {TEXT_INDEX_LIMIT}"
+LONG_TEXT = f"value_num IS NULL AND length(value_text) > {TEXT_INDEX_LIMIT}"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -133,8 +141,10 @@ class HeaderCard(Base):
     written (strings unquoted). ``vtype`` is one of ``s`` string, ``i`` integer,
     ``f`` float, ``b`` logical, ``c`` complex, ``u`` undefined, ``x`` a value
     that is not valid FITS, ``C`` commentary (COMMENT, HISTORY, blank keyword).
-    Each card is in exactly one of the two partial indexes, so a keyword query
-    is an index range and an insert pays for one index, not two.
+    Each card is in exactly one of three partial indexes (numbers, text up
+    to 256 characters, longer text by keyword only, since PostgreSQL cannot
+    index long values), so a keyword query is an index range and an insert
+    pays for one index.
     """
 
     __tablename__ = "header_cards"
@@ -147,16 +157,23 @@ class HeaderCard(Base):
             "keyword",
             "value_num",
             "file_id",
-            sqlite_where=text("value_num IS NOT NULL"),
-            postgresql_where=text("value_num IS NOT NULL"),
+            sqlite_where=text(NUMERIC),
+            postgresql_where=text(NUMERIC),
         ),
         Index(
             "ix_header_cards_text",
             "keyword",
             "value_text",
             "file_id",
-            sqlite_where=text("value_num IS NULL"),
-            postgresql_where=text("value_num IS NULL"),
+            sqlite_where=text(SHORT_TEXT),
+            postgresql_where=text(SHORT_TEXT),
+        ),
+        Index(
+            "ix_header_cards_long",
+            "keyword",
+            "file_id",
+            sqlite_where=text(LONG_TEXT),
+            postgresql_where=text(LONG_TEXT),
         ),
         {"sqlite_with_rowid": False},
     )

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, func, not_, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, Select, and_, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
 
 from archive.exceptions import SelectionError
 from archive.keywords import parse_fits_date
-from archive.models import Exposure, File, HeaderCard, Root
+from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT, Exposure, File, HeaderCard, Root
 
 # -- tree --------------------------------------------------------------------
 
@@ -453,7 +453,8 @@ class Compiler:
 
     def _compare(self, node: Compare):
         if isinstance(node.field, Header):
-            return self._header(node.field, lambda col: _OPS[node.op](col, node.value), node.value)
+            short = node.op == "==" and _short(node.value)
+            return self._header(node.field, lambda col: _OPS[node.op](col, node.value), node.value, short)
         if node.value is None:
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
@@ -465,7 +466,7 @@ class Compiler:
             for value in node.values:
                 by_kind.setdefault(_value_kind(value), []).append(value)
             parts = [
-                self._header(node.field, lambda col, vs=values: col.in_(vs), values[0])
+                self._header(node.field, lambda col, vs=values: col.in_(vs), values[0], all(map(_short, values)))
                 for values in by_kind.values()
             ]
             clause = or_(*parts)
@@ -495,7 +496,8 @@ class Compiler:
 
     def _isnull(self, node: IsNull):
         if isinstance(node.field, Header):
-            has = Exposure.file_id.in_(self._cards(node.field))
+            branches = [[text(NUMERIC)], [text(SHORT_TEXT)], [text(LONG_TEXT)]]
+            has = Exposure.file_id.in_(self._union(node.field, branches))
             return has if node.negate else not_(has)
         expression, _ = self._expression(node.field)
         return expression.is_not(None) if node.negate else expression.is_(None)
@@ -535,20 +537,31 @@ class Compiler:
             where.append(HeaderCard.hdu_index == header.hdu)
         return select(HeaderCard.file_id).where(*where)
 
-    def _header(self, header: Header, predicate, sample) -> ColumnElement:
+    def _header(self, header: Header, predicate, sample, short_literals: bool = False) -> ColumnElement:
         """Files with a card ``header`` whose value satisfies ``predicate``.
 
-        Numbers compare with numeric cards (and logicals as 1/0), strings with
-        the text of non-numeric cards: each then uses its partial index.
+        Numbers compare with numeric cards (logicals as 1/0), strings with the
+        text of the others; each branch repeats the predicate of one partial
+        index so that it is an index range on both backends.
         """
         kind = _value_kind(sample)
         if kind == "bool":
-            conditions = [HeaderCard.vtype == "b", HeaderCard.value_num.is_not(None), predicate(HeaderCard.value_num)]
+            branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
         elif kind == "number":
-            conditions = [HeaderCard.value_num.is_not(None), predicate(HeaderCard.value_num)]
+            branches = [[text(NUMERIC), predicate(HeaderCard.value_num)]]
         else:
-            conditions = [HeaderCard.value_num.is_(None), predicate(HeaderCard.value_text)]
-        return Exposure.file_id.in_(self._cards(header, *conditions))
+            branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
+            if not short_literals:  # a pattern or range may match a long value
+                branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
+        return Exposure.file_id.in_(self._union(header, branches))
+
+    def _union(self, header: Header, branches: list[list]):
+        selects = [self._cards(header, *conditions) for conditions in branches]
+        return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+def _short(value) -> bool:
+    return isinstance(value, str) and len(value) <= TEXT_INDEX_LIMIT
 
 
 def _value_kind(value) -> str:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 00:18:05.099181
+Create Date: 2026-11-21 00:26:17.349505
 """
 
 from alembic import op
@@ -164,15 +164,17 @@ def upgrade() -> None:
     sqlite_with_rowid=False
     )
     with op.batch_alter_table('header_cards', schema=None) as batch_op:
+        batch_op.create_index('ix_header_cards_long', ['keyword', 'file_id'], unique=False, sqlite_where=sa.text('value_num IS NULL AND length(value_text) > 256'), postgresql_where=sa.text('value_num IS NULL AND length(value_text) > 256'))
         batch_op.create_index('ix_header_cards_num', ['keyword', 'value_num', 'file_id'], unique=False, sqlite_where=sa.text('value_num IS NOT NULL'), postgresql_where=sa.text('value_num IS NOT NULL'))
-        batch_op.create_index('ix_header_cards_text', ['keyword', 'value_text', 'file_id'], unique=False, sqlite_where=sa.text('value_num IS NULL'), postgresql_where=sa.text('value_num IS NULL'))
+        batch_op.create_index('ix_header_cards_text', ['keyword', 'value_text', 'file_id'], unique=False, sqlite_where=sa.text('value_num IS NULL AND length(value_text) <= 256'), postgresql_where=sa.text('value_num IS NULL AND length(value_text) <= 256'))
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('header_cards', schema=None) as batch_op:
-        batch_op.drop_index('ix_header_cards_text', sqlite_where=sa.text('value_num IS NULL'), postgresql_where=sa.text('value_num IS NULL'))
+        batch_op.drop_index('ix_header_cards_text', sqlite_where=sa.text('value_num IS NULL AND length(value_text) <= 256'), postgresql_where=sa.text('value_num IS NULL AND length(value_text) <= 256'))
         batch_op.drop_index('ix_header_cards_num', sqlite_where=sa.text('value_num IS NOT NULL'), postgresql_where=sa.text('value_num IS NOT NULL'))
+        batch_op.drop_index('ix_header_cards_long', sqlite_where=sa.text('value_num IS NULL AND length(value_text) > 256'), postgresql_where=sa.text('value_num IS NULL AND length(value_text) > 256'))
 
     op.drop_table('header_cards')
     with op.batch_alter_table('ingest_errors', schema=None) as batch_op:
