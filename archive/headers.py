@@ -167,12 +167,11 @@ def _parse_with_astropy(raw: bytes) -> tuple[list[Card], list[str]]:
             keyword = normalize_keyword(card.keyword)
             try:
                 value, comment = card.value, card.comment or None
+                cards.append((position, keyword, *_from_python(keyword, value), comment))
             except Exception:  # an invalid card: keep its image, say so
-                image = card.image
+                image = text[position * CARD : (position + 1) * CARD]
                 cards.append((position, keyword, image[8:].rstrip(), None, "x", None))
                 invalid.append(f"{keyword or '(blank)'}: {image.strip()[:60]!r}")
-                continue
-            cards.append((position, keyword, *_from_python(keyword, value), comment))
     return cards, invalid
 
 
@@ -195,12 +194,27 @@ def _from_python(keyword: str, value) -> tuple[str | None, float | None, str]:
 
 
 def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
-    """Cards of one raw header (bytes up to END) and a list of invalid cards."""
+    """Cards of one raw header (bytes up to END) and a list of invalid cards.
+
+    Bytes outside ASCII (not allowed in FITS) become ``?`` and the cards
+    holding them are listed as invalid; malformed cards go to astropy.
+    """
+    invalid = []
     try:
-        cards = parse_cards(raw.decode("ascii"))
-    except (UnicodeDecodeError, _Unusual):
-        return _parse_with_astropy(raw)
-    invalid = [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = raw.decode("ascii", errors="replace").replace("\ufffd", "?")
+        invalid = [
+            f"non-ASCII bytes replaced by '?': {raw[i:i + CARD].decode('ascii', 'replace').strip()[:60]!r}"
+            for i in range(0, len(raw), CARD)
+            if not raw[i : i + CARD].isascii()
+        ]
+    try:
+        cards = parse_cards(text)
+    except _Unusual:
+        cards, astropy_invalid = _parse_with_astropy(text.encode("ascii"))
+        return cards, invalid + astropy_invalid
+    invalid += [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
     return cards, invalid
 
 

@@ -1,0 +1,87 @@
+"""Fixtures shared by the suite.
+
+Every catalog test takes ``url`` (or ``catalog``) and so runs twice: on a
+fresh SQLite file and on a fresh schema of the local PostgreSQL server. In CI
+(``CI`` set) an unreachable PostgreSQL fails the run; elsewhere its half of
+the suite is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from archive.catalog import Catalog
+
+PG_URL = os.environ.get("OBSARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+_pg_problem: str | None = None
+_pg_checked = False
+
+
+def _postgres_problem() -> str | None:
+    global _pg_checked, _pg_problem
+    if not _pg_checked:
+        _pg_checked = True
+        try:
+            engine = create_engine(PG_URL, connect_args={"connect_timeout": 5})
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+            engine.dispose()
+        except Exception as exc:  # any failure to connect means: no PostgreSQL here
+            _pg_problem = f"PostgreSQL not reachable at {PG_URL}: {' '.join(str(exc).split())[:200]}"
+    return _pg_problem
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    if request.param == "postgresql":
+        problem = _postgres_problem()
+        if problem:
+            if os.environ.get("CI"):
+                pytest.fail(f"{problem} (CI runs every database test on PostgreSQL too)")
+            pytest.skip(problem)
+    return request.param
+
+
+@pytest.fixture
+def url(backend, tmp_path) -> str:
+    """An empty database of the backend under test (no catalog yet)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def catalog(url) -> Catalog:
+    """A catalog at the current schema on the backend under test."""
+    cat = Catalog.create(url)
+    yield cat
+    cat.engine.dispose()
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(20261121)

@@ -1,0 +1,292 @@
+"""The header reader: card parsing, file structure, bad files, real files vs astropy."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from factories import write_frame
+
+from archive import headers
+from archive.exceptions import FitsReadError
+from archive.headers import normalize_keyword, parse_cards, parse_header, read_headers
+
+
+def card(text: str) -> str:
+    return f"{text:<80}"[:80]
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        ("EXPTIME =                 60.0 / [s] exposure", ("EXPTIME", "60.0", 60.0, "f", "[s] exposure")),
+        ("NAXIS   =                    2", ("NAXIS", "2", 2.0, "i", None)),
+        ("SIMPLE  =                    T", ("SIMPLE", "T", 1.0, "b", None)),
+        ("FLAG    =                    F / no", ("FLAG", "F", 0.0, "b", "no")),
+        ("OBJECT  = 'NGC 3293'           / target", ("OBJECT", "NGC 3293", None, "s", "target")),
+        ("OBSERVER= 'O''Brien / x'", ("OBSERVER", "O'Brien / x", None, "s", None)),
+        ("RA      = ' 22:04:08'", ("RA", " 22:04:08", None, "s", None)),
+        ("BIG     =   1.0D+03", ("BIG", "1.0D+03", 1000.0, "f", None)),
+        ("EXPTIME =   9.00000000000E+001", ("EXPTIME", "9.00000000000E+001", 90.0, "f", None)),
+        ("EXPTIME = 060.00", ("EXPTIME", "060.00", 60.0, "f", None)),
+        ("BLANKV  =", ("BLANKV", None, None, "u", None)),
+        ("CPLX    = (1.0, 2.0)", ("CPLX", "(1.0, 2.0)", None, "c", None)),
+        ("AIRMASS = INDEF", ("AIRMASS", "INDEF", None, "x", None)),
+        ("HIERARCH ESO INS DROT POSANG = 135.6 / [deg] angle", ("ESO INS DROT POSANG", "135.6", 135.6, "f", "[deg] angle")),
+        ("HIERARCH ESO DET READ CURNAME = 'SCI1.0'", ("ESO DET READ CURNAME", "SCI1.0", None, "s", None)),
+        ("COMMENT   FITS (Flexible Image Transport System) format", ("COMMENT", "  FITS (Flexible Image Transport System) format", None, "C", None)),
+        ("HISTORY bias subtracted", ("HISTORY", "bias subtracted", None, "C", None)),
+        ("          / PTF DMASK BIT DEFINITIONS", ("", "  / PTF DMASK BIT DEFINITIONS", None, "C", None)),
+        ("COMMENT = 'with an equals sign'", ("COMMENT", "= 'with an equals sign'", None, "C", None)),
+    ],
+)
+def test_card_values(image, expected):
+    (parsed,) = parse_cards(card(image))
+    assert parsed[1:] == expected
+
+
+def test_blank_cards_are_dropped_but_positions_kept():
+    cards = parse_cards(card("A       = 1") + card("") + card("B       = 2"))
+    assert [(c[0], c[1]) for c in cards] == [(0, "A"), (2, "B")]
+
+
+def test_continue_long_strings_are_joined():
+    text = (
+        card("LONGSTRN= 'OGIP 1.0'")
+        + card("FILENAME= 'a very long &' / first")
+        + card("CONTINUE  'file name &'")
+        + card("CONTINUE  'ends here' / last")
+        + card("NEXT    = 1")
+    )
+    cards = parse_cards(text)
+    assert [c[1] for c in cards] == ["LONGSTRN", "FILENAME", "NEXT"]
+    assert cards[1][2] == "a very long file name ends here"
+    assert cards[1][5] == "first last"
+
+
+def test_keywords_are_normalized():
+    assert normalize_keyword("hierarch  eso ins drot posang") == "ESO INS DROT POSANG"
+    assert normalize_keyword("HIERARCH ESO OBS ID") == "ESO OBS ID"
+
+
+def test_non_ascii_bytes_are_replaced_and_reported():
+    raw = (card("SIMPLE  =                    T") + card("OBSERVER= 'Jos\xe9'") + card("EXPTIME = 5")).encode("latin-1")
+    cards, invalid = parse_header(raw)
+    assert [c[1] for c in cards] == ["SIMPLE", "OBSERVER", "EXPTIME"]
+    assert cards[1][2] == "Jos?"
+    assert cards[2][3] == 5.0
+    assert len(invalid) == 1 and "non-ASCII" in invalid[0]
+
+
+def test_unterminated_string_is_kept_as_invalid_text():
+    raw = (card("SIMPLE  =                    T") + card("OBJECT  = 'no end") + card("EXPTIME = 5")).encode()
+    cards, invalid = parse_header(raw)
+    assert cards[2][3] == 5.0
+    assert len(invalid) == 1 and "OBJECT" in invalid[0]
+
+
+def test_multi_extension_file(tmp_path, rng):
+    path = write_frame(tmp_path / "mef.fits", rng, extensions=2)
+    units, digest = read_headers(path)
+    assert [(u.index, u.extname, u.hdu_type, u.shape) for u in units] == [
+        (0, "PRIMARY", "image", "32x32"), (1, "EXT1", "image", "8x8"), (2, "EXT2", "image", "8x8"),
+    ]
+    assert len(digest) == 32
+
+
+def test_tile_compressed_image_is_described(tmp_path, rng):
+    path = write_frame(tmp_path / "frame.fits.fz", rng, compress=True)
+    units, _ = read_headers(path)
+    assert units[1].hdu_type == "compressed"
+    assert units[1].extname == "SCI"
+    assert units[1].shape == "32x32"
+    assert units[1].bitpix == -32
+
+
+def test_gzip_file_reads_every_hdu(tmp_path, rng):
+    path = write_frame(tmp_path / "frame.fits.gz", rng, extensions=1, gzipped=True)
+    units, _ = read_headers(path)
+    assert [u.extname for u in units] == ["PRIMARY", "EXT1"]
+
+
+def test_table_extension_shape_is_its_row_count(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(7.0))], name="EVENTS")
+    path = tmp_path / "events.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    units, _ = read_headers(path)
+    assert (units[1].hdu_type, units[1].extname, units[1].shape) == ("bintable", "EVENTS", "7")
+
+
+def test_large_data_is_not_read(tmp_path, monkeypatch):
+    """A 64 MB data section costs no more than its header: it is skipped."""
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": 256, "NAXIS2": 256, "NAXIS3": 256})
+    path = tmp_path / "cube.fits"
+    with open(path, "wb") as stream:
+        stream.write(header.tostring().encode())
+        stream.seek(256**3 * 4 - 1, 1)
+        stream.write(b"\0")
+    read = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.stream = real_open(*a, **k)
+
+        def read(self, n=-1):
+            data = self.stream.read(n)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+    monkeypatch.setattr(headers, "open", Counting, raising=False)
+    units, _ = read_headers(path)
+    assert units[0].shape == "256x256x256"
+    assert sum(read) < 100_000
+
+
+# -- bad files: each gets one clear reason ------------------------------------
+
+
+def _truncated(tmp_path, rng):
+    path = write_frame(tmp_path / "t.fits", rng, shape=(64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 5000])
+    return path
+
+
+def _no_end(tmp_path, rng):
+    path = tmp_path / "noend.fits"
+    path.write_bytes(card("SIMPLE  =                    T").encode() * 36)
+    return path
+
+
+def _truncated_gzip(tmp_path, rng):
+    path = write_frame(tmp_path / "t.fits.gz", rng, gzipped=True, shape=(64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _not_gzip_inside(tmp_path, rng):
+    path = tmp_path / "fake.fits.gz"
+    path.write_bytes(b"\x1f\x8b" + b"garbage" * 100)
+    return path
+
+
+def _empty(tmp_path, rng):
+    path = tmp_path / "empty.fits"
+    path.write_bytes(b"")
+    return path
+
+
+def _text(tmp_path, rng):
+    path = tmp_path / "notes.fits"
+    path.write_text("observing log: clouds after 2am\n")
+    return path
+
+
+def _no_naxis(tmp_path, rng):
+    path = tmp_path / "nonaxis.fits"
+    path.write_bytes((card("SIMPLE  =                    T") + card("BITPIX  =                   16") + card("END")).ljust(2880).encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_empty, "empty file"),
+        (_text, "not a FITS file (starts with 'observing log: c'"),
+        (_truncated, "truncated: HDU 0's data end at byte"),
+        (_no_end, "truncated: the primary header has no END card"),
+        (_truncated_gzip, "truncated or corrupt gzip stream"),
+        (_not_gzip_inside, "cannot read"),
+        (_no_naxis, "HDU 0 has no valid NAXIS card"),
+    ],
+)
+def test_bad_files_raise_one_clear_reason(tmp_path, rng, make, message):
+    path = make(tmp_path, rng)
+    with pytest.raises(FitsReadError) as info:
+        read_headers(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_file_reason(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(headers, "open", refuse, raising=False)
+    with pytest.raises(FitsReadError, match="cannot open: Permission denied"):
+        read_headers(tmp_path / "x.fits")
+
+
+# -- real files: the fast parser agrees with astropy -----------------------------
+
+
+def _fits_files(root):
+    from archive.ingest import is_fits_name
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_fits_name(p.name))
+
+
+def test_parser_agrees_with_astropy_on_every_real_file(real_data):
+    checked = 0
+    for path in _fits_files(real_data):
+        units, _ = read_headers(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, disable_image_compression=True) as hdul:
+                assert len(hdul) == len(units), path
+                for unit, hdu in zip(units, hdul):
+                    ours = [c for c in unit.cards if not (c[1] == "" and not (c[2] or "").strip())]
+                    theirs = [c for c in hdu.header.cards if not (c.keyword == "" and not str(c.value).strip())]
+                    assert [c[1] for c in ours] == [normalize_keyword(c.keyword) for c in theirs], path
+                    for mine, card_ in zip(ours, theirs):
+                        checked += 1
+                        _assert_same_value(path, mine, card_)
+    assert checked > 10_000
+
+
+def _assert_same_value(path, mine, theirs):
+    _, keyword, text, number, vtype, _ = mine
+    if vtype == "x":  # not valid FITS: astropy "fixes" it, we keep the text
+        return
+    value = theirs.value
+    if vtype == "C":
+        assert text.strip() == str(value).strip(), (path, keyword)
+    elif isinstance(value, bool):
+        assert number == float(value), (path, keyword)
+    elif isinstance(value, int):
+        assert int(text) == value, (path, keyword)  # exact, even past 2**53
+    elif isinstance(value, float):
+        assert number == value or (math.isnan(value) and number is None), (path, keyword)
+    elif isinstance(value, str):
+        assert text == value.rstrip(), (path, keyword)
+
+
+def test_every_real_file_is_read_or_refused_with_a_reason(real_data):
+    for path in _fits_files(real_data):
+        try:
+            units, _ = read_headers(path)
+        except FitsReadError as exc:
+            pytest.fail(f"{path} refused: {exc}")
+        assert units
+
+
+def test_gzip_stream_is_read_forward_only(real_data):
+    units, _ = read_headers(real_data / "xray" / "xte_test.evt.gz")
+    assert [u.extname for u in units] == ["PRIMARY", "XTE_SE", "GTI", "GTI"]
+    with gzip.open(real_data / "xray" / "xte_test.evt.gz") as stream:
+        assert stream.read(9) == b"SIMPLE  ="
