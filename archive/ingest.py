@@ -139,7 +139,7 @@ def _walk(directory: Path, prefix: str, ignored: list[str]) -> Iterator[tuple[st
     other names go to ``ignored``. Directory symlinks are not followed (they
     could loop)."""
     try:
-        entries = list(os.scandir(directory))
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
         yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
         return
@@ -185,7 +185,8 @@ def _scan(path: Path, root_id: int, root: Path, ignored: list[str]) -> list[_See
         size = mtime = None
         if entry is not None and error is None:
             size, mtime, error = _stat(entry)
-        full = str(root / relpath) if entry is None else entry.path
+        # A name that is not UTF-8 is never read; it is shown and stored escaped.
+        full = entry.path if entry is not None and _display_name(entry.path)[1] else str(root / relpath)
         seen.append(_Seen(root_id, relpath, full, size, mtime, error))
     return seen
 

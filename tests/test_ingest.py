@@ -1,0 +1,295 @@
+"""Ingest on both backends: incremental scans, history, bad input, crashes, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from factories import night_of_frames, write_frame
+from sqlalchemy import func, select
+
+from archive import ingest as ingest_module
+from archive.exceptions import NotFoundError
+from archive.ingest import move_root
+from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun
+
+
+def count(catalog, column, *where):
+    with catalog.engine.connect() as conn:
+        return conn.execute(select(func.count(column)).where(*where)).scalar_one()
+
+
+def assert_consistent(catalog):
+    """Every present file has its HDUs, cards and one exposure; nothing dangles."""
+    with catalog.engine.connect() as conn:
+        present = conn.execute(select(File.id).where(File.header_hash.is_not(None))).scalars().all()
+        for file_id in present:
+            hdus = conn.execute(select(func.count(), func.sum(Hdu.ncards)).where(Hdu.file_id == file_id)).one()
+            cards = conn.execute(select(func.count()).where(HeaderCard.file_id == file_id)).scalar_one()
+            exposures = conn.execute(select(func.count()).where(Exposure.file_id == file_id)).scalar_one()
+            assert hdus[0] >= 1 and exposures == 1, file_id
+            assert cards <= hdus[1], file_id
+        orphans = conn.execute(
+            select(func.count()).select_from(Exposure).outerjoin(File, File.id == Exposure.file_id).where(File.id.is_(None))
+        ).scalar_one()
+        assert orphans == 0
+
+
+def test_first_scan_then_unchanged_rescan_reads_nothing(catalog, tmp_path, rng, monkeypatch):
+    night_of_frames(tmp_path / "night", rng)
+    first = catalog.ingest([tmp_path / "night"])
+    assert (first.new, first.changed, first.unchanged, first.missing, first.failed) == (24, 0, 0, 0, 0)
+    assert count(catalog, Exposure.id) == 24
+
+    def must_not_read(*args):
+        raise AssertionError("an unchanged file was read")
+
+    monkeypatch.setattr(ingest_module, "read_headers", must_not_read)
+    second = catalog.ingest([tmp_path / "night"])
+    assert (second.new, second.changed, second.unchanged, second.missing, second.failed) == (0, 0, 24, 0, 0)
+    with catalog.engine.connect() as conn:
+        runs = conn.execute(select(IngestRun.state, IngestRun.n_new, IngestRun.n_unchanged).order_by(IngestRun.id)).all()
+    assert [tuple(r) for r in runs] == [("done", 24, 0), ("done", 0, 24)]
+    assert_consistent(catalog)
+
+
+def test_normalized_values_are_stored(catalog, tmp_path, rng):
+    night_of_frames(tmp_path, rng)
+    catalog.ingest([tmp_path])
+    frame = catalog.query("band == 'V' and frame_type == 'science'", columns="frame_number,exptime,night,readout_mode", sort="frame_number")
+    assert frame["frame_number"].tolist() == [3868, 3869, 3870, 3871]
+    assert frame["exptime"].tolist() == [60.0, 90.0, 120.0, 150.0]
+    assert set(frame["night"]) == {"2017-08-15"}
+    assert set(frame["readout_mode"]) == {"SCI1.0"}
+
+
+def test_changed_file_is_reread_and_its_old_headers_kept(catalog, tmp_path, rng):
+    path = write_frame(tmp_path / "a-0001.fits", rng, {"EXPTIME": 30.0})
+    catalog.ingest([tmp_path])
+    exposure_id = catalog.resolve("1")
+    time.sleep(0.01)
+    write_frame(path, rng, {"EXPTIME": 45.0, "OBSERVER": "me"})
+    summary = catalog.ingest([tmp_path])
+    assert (summary.new, summary.changed, summary.unchanged) == (0, 1, 0)
+    assert catalog.resolve("1") == exposure_id  # flags and groups keep pointing at it
+    assert catalog.query("exptime == 45")["id"].tolist() == [exposure_id]
+    assert catalog.query("hdr['OBSERVER'] == 'me'")["id"].tolist() == [exposure_id]
+    with catalog.engine.connect() as conn:
+        version, headers = conn.execute(select(FileVersion.version, FileVersion.headers_json)).one()
+        current = conn.execute(select(File.version)).scalar_one()
+    assert (version, current) == (1, 2)
+    old = {card[1]: card[2] for card in json.loads(headers)["0"]}
+    assert old["EXPTIME"] == "30.0" and "OBSERVER" not in old
+    assert_consistent(catalog)
+
+
+def test_vanished_file_is_marked_missing_never_deleted(catalog, tmp_path, rng):
+    paths = night_of_frames(tmp_path, rng)
+    catalog.ingest([tmp_path])
+    content = paths[0].read_bytes()
+    paths[0].unlink()
+    summary = catalog.ingest([tmp_path])
+    assert (summary.missing, summary.unchanged) == (1, 23)
+    assert catalog.query("status == 'missing'")["frame_number"].tolist() == [3852]
+    assert count(catalog, Exposure.id) == 24
+    paths[0].write_bytes(content)
+    again = catalog.ingest([tmp_path])
+    assert (again.changed, again.missing) == (1, 0)
+    assert catalog.query("status == 'missing'").empty
+
+
+def test_scanning_a_subdirectory_stays_in_its_root(catalog, tmp_path, rng):
+    write_frame(tmp_path / "a" / "f1.fits", rng)
+    write_frame(tmp_path / "b" / "f2.fits", rng)
+    catalog.ingest([tmp_path])
+    (tmp_path / "b" / "f2.fits").unlink()
+    summary = catalog.ingest([tmp_path / "a"])
+    assert (summary.unchanged, summary.missing) == (1, 0)  # b/ was not scanned
+    assert catalog.roots()["path"].tolist() == [str(tmp_path.resolve())]
+    assert sorted(catalog.query()["path"]) == [f"{tmp_path.resolve()}/a/f1.fits", f"{tmp_path.resolve()}/b/f2.fits"]
+
+
+def test_single_file_can_be_ingested(catalog, tmp_path, rng):
+    path = write_frame(tmp_path / "one.fits", rng)
+    assert catalog.ingest([path]).new == 1
+    assert catalog.ingest([path]).unchanged == 1
+
+
+def test_moved_tree_is_relocated_without_rereading(catalog, tmp_path, rng, monkeypatch):
+    night_of_frames(tmp_path / "old", rng)
+    catalog.ingest([tmp_path / "old"])
+    (tmp_path / "old").rename(tmp_path / "new")
+    assert move_root(catalog.engine, tmp_path / "old", tmp_path / "new") == 24
+    monkeypatch.setattr(ingest_module, "read_headers", lambda *a: pytest.fail("re-read after a move"))
+    summary = catalog.ingest([tmp_path / "new"])
+    assert (summary.unchanged, summary.new, summary.missing) == (24, 0, 0)
+    assert all(p.startswith(str((tmp_path / "new").resolve())) for p in catalog.query()["path"])
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [("nowhere", "here", "not a root of this catalog"), ("root", "absent", "not a directory")],
+)
+def test_bad_root_moves_are_refused(catalog, tmp_path, rng, old, new, message):
+    write_frame(tmp_path / "root" / "f.fits", rng)
+    catalog.ingest([tmp_path / "root"])
+    (tmp_path / "here").mkdir()
+    with pytest.raises(NotFoundError, match=message):
+        move_root(catalog.engine, tmp_path / old, tmp_path / new)
+
+
+def test_missing_path_is_refused(catalog, tmp_path):
+    with pytest.raises(NotFoundError, match="no such file or directory"):
+        catalog.ingest([tmp_path / "nope"])
+
+
+def test_many_files_are_read_in_worker_processes(catalog, tmp_path, rng):
+    for i in range(80):
+        write_frame(tmp_path / f"f{i:04d}.fits", rng, {"EXPTIME": float(i)}, shape=(4, 4))
+    summary = catalog.ingest([tmp_path], workers=2)
+    assert summary.new == 80
+    assert catalog.query("exptime >= 70")["exptime"].tolist() == [float(i) for i in range(70, 80)]
+    assert_consistent(catalog)
+
+
+# -- bad input: recorded with a reason, the scan goes on, nothing is lost ----------
+
+
+def _bad_tree(tmp_path: Path, rng) -> dict[str, str]:
+    """Files of every kind of bad input, and the reason each must get."""
+    bad = tmp_path / "bad"
+    write_frame(bad / "good.fits", rng)
+    (bad / "empty.fits").write_bytes(b"")
+    (bad / "notes.fits").write_text("not a fits file\n")
+    truncated = write_frame(bad / "truncated.fits", rng, shape=(64, 64)).read_bytes()
+    (bad / "truncated.fits").write_bytes(truncated[:-4000])
+    write_frame(bad / "invalid-card.fits", rng, {"AIRMASS": None})
+    data = (bad / "invalid-card.fits").read_bytes()
+    at = data.index(b"READOUTM=")
+    (bad / "invalid-card.fits").write_bytes(data[:at] + b"AIRMASS = INDEF".ljust(80) + data[at + 80 :])
+    os.symlink(bad / "gone.fits", bad / "dangling.fits")
+    os.mkfifo(bad / "pipe.fits")
+    write_frame(Path(os.fsdecode(bytes(bad) + b"/caf\xe9.fits")), rng)
+    return {
+        "empty.fits": "empty file",
+        "notes.fits": "not a FITS file",
+        "truncated.fits": "truncated: HDU 0's data end at byte",
+        "dangling.fits": "broken symbolic link",
+        "pipe.fits": "not a regular file",
+        "caf\\xe9.fits": "file name is not valid UTF-8",
+    }
+
+
+def test_every_bad_file_is_recorded_and_the_scan_goes_on(catalog, tmp_path, rng):
+    expected = _bad_tree(tmp_path, rng)
+    summary = catalog.ingest([tmp_path / "bad"])
+    assert (summary.new, summary.failed) == (2, 6)
+    errors = catalog.errors()
+    reasons = {Path(p).name: (status, reason) for p, status, reason in errors.itertuples(index=False)}
+    for name, reason in expected.items():
+        assert reasons[name][0] == "unreadable" and reason in reasons[name][1], name
+    assert reasons["invalid-card.fits"][0] == "present"
+    assert "invalid card kept as text: AIRMASS = 'INDEF'" in reasons["invalid-card.fits"][1]
+    assert catalog.query("hdr['AIRMASS'] == 'INDEF'")["path"].str.endswith("invalid-card.fits").all()
+    with catalog.engine.connect() as conn:
+        logged = conn.execute(select(func.count()).select_from(IngestError)).scalar_one()
+    assert logged == 7
+
+
+def test_unreadable_file_is_recorded(catalog, tmp_path, rng, monkeypatch):
+    write_frame(tmp_path / "locked.fits", rng)
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("locked.fits"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("archive.headers.open", refuse, raising=False)
+    catalog.ingest([tmp_path])
+    assert catalog.errors()["reason"].tolist() == ["cannot open: Permission denied"]
+
+
+def test_a_good_file_gone_bad_keeps_what_was_stored(catalog, tmp_path, rng):
+    path = write_frame(tmp_path / "f-0007.fits", rng, {"OBJECT": "M31"}, shape=(64, 64))
+    catalog.ingest([tmp_path])
+    path.write_bytes(path.read_bytes()[:-4000])
+    summary = catalog.ingest([tmp_path])
+    assert summary.failed == 1
+    frame = catalog.query("hdr['OBJECT'] == 'M31'", columns="frame_number,object,status")
+    assert frame.values.tolist() == [[7, "M31", "unreadable"]]
+    again = catalog.ingest([tmp_path])  # still bad: tried again, still kept
+    assert again.failed == 1 and len(catalog.query("object == 'M31'")) == 1
+    write_frame(path, rng, {"OBJECT": "M31"}, shape=(64, 64))
+    fixed = catalog.ingest([tmp_path])
+    assert fixed.changed == 1 and catalog.errors().empty
+
+
+def test_ingest_twice_leaves_the_same_catalog(catalog, tmp_path, rng):
+    night_of_frames(tmp_path, rng)
+    catalog.ingest([tmp_path])
+    columns = "id,frame_number,band,exptime,path,header_hash,version,status"
+    before = catalog.query(columns=columns)
+    catalog.ingest([tmp_path])
+    after = catalog.query(columns=columns)
+    assert before.equals(after)
+
+
+# -- crashes and concurrency (separate processes) -----------------------------------
+
+INGEST_SCRIPT = "import sys; from archive.catalog import Catalog; Catalog(sys.argv[1]).ingest([sys.argv[2]], workers=2)"
+
+
+def _many_frames(directory: Path, rng, n: int) -> None:
+    for i in range(n):
+        write_frame(directory / f"f{i:05d}.fits", rng, {"EXPTIME": float(i)}, shape=(4, 4))
+
+
+def _spawn(url: str, directory: Path, batch: int) -> subprocess.Popen:
+    env = {**os.environ, "OBSARCH_INGEST_BATCH": str(batch)}
+    return subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, url, str(directory)], env=env,
+                            start_new_session=True, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_ingest_killed_half_way_leaves_a_consistent_catalog(catalog, url, tmp_path, rng):
+    _many_frames(tmp_path / "data", rng, 400)
+    process = _spawn(url, tmp_path / "data", batch=10)
+    deadline = time.time() + 60
+    while count(catalog, File.id) < 30:
+        assert time.time() < deadline and process.poll() is None, "ingest finished before it could be killed"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stored = count(catalog, File.id)
+    assert 30 <= stored < 400
+    assert_consistent(catalog)
+    summary = catalog.ingest([tmp_path / "data"])
+    assert summary.new == 400 - stored and summary.unchanged == stored
+    assert count(catalog, Exposure.id) == 400
+    assert_consistent(catalog)
+    with catalog.engine.connect() as conn:
+        states = conn.execute(select(IngestRun.state).order_by(IngestRun.id)).scalars().all()
+    assert states == ["interrupted", "done"]
+
+
+@pytest.mark.slow
+def test_two_ingests_at_once_both_finish_correctly(catalog, url, tmp_path, rng):
+    _many_frames(tmp_path / "data", rng, 300)
+    first, second = _spawn(url, tmp_path / "data", 25), _spawn(url, tmp_path / "data", 25)
+    for process in (first, second):
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    assert count(catalog, File.id) == 300
+    assert count(catalog, Exposure.id) == 300
+    assert_consistent(catalog)
+    with catalog.engine.connect() as conn:
+        runs = conn.execute(select(IngestRun.state, IngestRun.n_new, IngestRun.n_unchanged)).all()
+    assert [r.state for r in runs] == ["done", "done"]
+    assert sum(r.n_new for r in runs) == 300
