@@ -413,18 +413,35 @@ def _glob_sqlite(element, compiler, **kw):
 
 
 @compiles(_Glob)
-def _glob_default(element, compiler, **kw):
+def _glob_regex(element, compiler, **kw):
     value, pattern = list(element.clauses)
-    return f"{compiler.process(value, **kw)} LIKE {compiler.process(pattern, **kw)} ESCAPE '\\'"
+    return f"{compiler.process(value, **kw)} ~ {compiler.process(pattern, **kw)}"
 
 
-def _glob_to_like(pattern: str) -> str:
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
+def glob_to_regex(pattern: str) -> str:
+    """A shell pattern (``*``, ``?``, ``[abc]``, ``[!abc]``) as an anchored POSIX regex."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        char = pattern[i]
+        end = pattern.find("]", i + 2) if char == "[" else -1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and end != -1:
+            body = pattern[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out) + "$"
 
 
 def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
-    return _Glob(value, literal(pattern if sqlite else _glob_to_like(pattern)))
+    # SQLite's GLOB negates a class with [^...], the shell with [!...]
+    return _Glob(value, literal(pattern.replace("[!", "[^") if sqlite else glob_to_regex(pattern)))
 
 
 class Compiler:
@@ -453,8 +470,9 @@ class Compiler:
 
     def _compare(self, node: Compare):
         if isinstance(node.field, Header):
-            short = node.op == "==" and _short(node.value)
-            return self._header(node.field, lambda col: _OPS[node.op](col, node.value), node.value, short)
+            kind, value = _value_kind(node.value), _card_value(node.value)
+            short = node.op == "==" and _short(value)
+            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short)
         if node.value is None:
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
@@ -466,8 +484,8 @@ class Compiler:
             for value in node.values:
                 by_kind.setdefault(_value_kind(value), []).append(value)
             parts = [
-                self._header(node.field, lambda col, vs=values: col.in_(vs), values[0], all(map(_short, values)))
-                for values in by_kind.values()
+                self._header(node.field, lambda col, vs=[_card_value(v) for v in values]: col.in_(vs), kind, all(map(_short, values)))
+                for kind, values in by_kind.items()
             ]
             clause = or_(*parts)
         else:
@@ -477,7 +495,8 @@ class Compiler:
 
     def _between(self, node: Between):
         if isinstance(node.field, Header):
-            clause = self._header(node.field, lambda col: col.between(node.low, node.high), node.low)
+            low, high = _card_value(node.low), _card_value(node.high)
+            clause = self._header(node.field, lambda col: col.between(low, high), _value_kind(node.low))
         else:
             expression, kind = self._expression(node.field)
             clause = expression.between(self._coerce(node.field, kind, node.low), self._coerce(node.field, kind, node.high))
@@ -537,14 +556,13 @@ class Compiler:
             where.append(HeaderCard.hdu_index == header.hdu)
         return select(HeaderCard.file_id).where(*where)
 
-    def _header(self, header: Header, predicate, sample, short_literals: bool = False) -> ColumnElement:
+    def _header(self, header: Header, predicate, kind: str, short_literals: bool = False) -> ColumnElement:
         """Files with a card ``header`` whose value satisfies ``predicate``.
 
         Numbers compare with numeric cards (logicals as 1/0), strings with the
         text of the others; each branch repeats the predicate of one partial
         index so that it is an index range on both backends.
         """
-        kind = _value_kind(sample)
         if kind == "bool":
             branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
         elif kind == "number":
@@ -558,6 +576,11 @@ class Compiler:
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
         return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+def _card_value(value):
+    """Logicals are stored as 1/0 in value_num."""
+    return float(value) if isinstance(value, bool) else value
 
 
 def _short(value) -> bool:

@@ -157,12 +157,12 @@ def show(
     catalog = open_catalog()
     exposure_id = catalog.resolve(ref, by_id=by_id)
     row = catalog.exposure(exposure_id)
-    console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})")
-    console.print("  ".join(f"{k}={_plain(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _plain(v)))
+    console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
+    console.print("  ".join(f"{k}={_plain(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _plain(v)), soft_wrap=True)
     for unit in catalog.headers(exposure_id):
         if hdu is not None and unit["index"] != hdu:
             continue
-        console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}")
+        console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}", soft_wrap=True)
         for keyword, text, vtype, comment in unit["cards"]:
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"

@@ -1,0 +1,211 @@
+"""The command line, through typer's CliRunner, on both backends."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import typer
+from factories import night_of_frames, write_frame
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def run(url, *args, code=0):
+    result = runner.invoke(app, ["--db", url, *args])
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture
+def ingested(url, tmp_path, rng):
+    night_of_frames(tmp_path / "night", rng)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "night"))
+    return url
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_has_help_with_an_example():
+    group = typer.main.get_command(app)
+    names = []
+    for path, command in _commands(group):
+        names.append(" ".join(path))
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert command.help and "Example: obsarch" in command.help, path
+    assert {"init", "ingest", "query", "show", "summary", "errors", "sql", "roots move", "db upgrade"} <= set(names)
+
+
+def test_tour(ingested, tmp_path):
+    out = run(ingested, "query", "band == 'V' and frame_type == 'science' and exptime >= 60",
+              "--columns", "frame_number,date_obs,exptime,path", "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["frame_number"] for r in rows] == ["3868", "3869", "3870", "3871"]
+    assert rows[0]["path"].endswith("night/ngc3293-3868.fits")
+
+    out = run(ingested, "query", "3852-3854,3875", "--columns", "frame_number", "--format", "json").stdout
+    assert [r["frame_number"] for r in json.loads(out)] == [3852, 3853, 3854, 3875]
+
+    out = run(ingested, "query", "hdr['EXPTIME'] > 100", "--format", "ecsv").stdout
+    assert out.startswith("# %ECSV") and "hdr['EXPTIME']" in out
+
+    table = run(ingested, "query", "frame_type == 'bias'").stdout
+    assert "3852" in table and "bias" in table
+
+    shown = run(ingested, "show", "3852").stdout
+    assert "IMAGETYP = 'Bias Frame'" in shown and "HDU 0" in shown and "frame_type=bias" in shown
+
+    summary = run(ingested, "summary").stdout
+    assert "frame_type" in summary and "science" in summary
+
+    out = run(ingested, "sql", "select band, count(*) as n from exposures group by band order by band", "--format", "csv").stdout
+    assert "V,7" in out
+
+    assert "0 files with problems" in run(ingested, "errors").stderr
+    assert "done" in run(ingested, "runs").stdout
+    assert "night" in run(ingested, "roots", "list").stdout
+
+
+def test_rescan_prints_the_counts(ingested, tmp_path):
+    out = run(ingested, "ingest", str(tmp_path / "night")).stdout
+    assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
+
+
+def test_show_by_path_and_id(ingested, tmp_path):
+    by_path = run(ingested, "show", str(tmp_path / "night" / "ngc3293-3860.fits")).stdout
+    by_id = run(ingested, "show", "--id", "9").stdout
+    assert "ngc3293-3860.fits" in by_path and "exposure 9" in by_id
+
+
+def test_roots_move(ingested, tmp_path):
+    (tmp_path / "night").rename(tmp_path / "moved")
+    out = run(ingested, "roots", "move", str(tmp_path / "night"), str(tmp_path / "moved")).stdout
+    assert "24 files" in out
+    out = run(ingested, "ingest", str(tmp_path / "moved")).stdout
+    assert "24 unchanged" in out
+
+
+def test_db_commands(url):
+    run(url, "init")
+    assert "up to date" in run(url, "db", "current").stdout
+    assert "0001" in run(url, "db", "history").stdout
+    assert "0001 -> 0001" in run(url, "db", "upgrade").stdout
+
+
+def test_default_url_is_obsarch_db_in_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OBSARCH_DB", raising=False)
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert (tmp_path / "obsarch.db").is_file()
+    monkeypatch.setenv("OBSARCH_DB", f"sqlite:///{tmp_path / 'other.db'}")
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert (tmp_path / "other.db").is_file()
+
+
+# -- what a user sees when something is wrong: one line, exit status 1 -----------
+
+
+def one_line_error(result, expected: str):
+    assert result.exit_code == 1, (result.stdout, result.exception)
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and expected in message, message
+    assert "Traceback" not in result.stderr
+    return message
+
+
+def test_refuses_a_missing_catalog(url):
+    one_line_error(runner.invoke(app, ["--db", url, "query"]), "no obsarch catalog at")
+    one_line_error(runner.invoke(app, ["--db", url, "query"]), "run `obsarch init` first")
+
+
+def test_refuses_an_out_of_date_schema(ingested):
+    from archive.db import make_engine
+
+    engine = make_engine(ingested)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    engine.dispose()
+    for command in (["query"], ["ingest", "."], ["summary"], ["sql", "select 1"], ["show", "1"]):
+        message = one_line_error(runner.invoke(app, ["--db", ingested, *command]), "run `obsarch db upgrade`")
+        assert "is at schema 0000, this obsarch needs 0001" in message
+
+
+@pytest.mark.parametrize(
+    "statement, expected",
+    [
+        ("delete from files", "`obsarch sql` is read-only; the statement was refused"),
+        ("drop table exposures", "`obsarch sql` is read-only; the statement was refused"),
+        ("update exposures set band = 'X'", "`obsarch sql` is read-only; the statement was refused"),
+        ("select 1; delete from files", "one statement at a time"),
+        ("commit; delete from files", "one statement at a time"),
+        ("selec band from exposures", "SQL error"),
+    ],
+)
+def test_sql_cannot_write(ingested, statement, expected):
+    one_line_error(runner.invoke(app, ["--db", ingested, "sql", statement]), expected)
+    out = run(ingested, "sql", "select count(*) as n from files", "--format", "csv").stdout
+    assert out.splitlines()[1] == "24"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["query", "band =="], "expected a value"),
+        (["query", "bnd == 'V'"], "unknown name 'bnd' at column 1; did you mean band?"),
+        (["query", "band == 'V'", "--columns", "frame_number,,path"], "expected a name"),
+        (["show", "99999"], "no exposure with frame number 99999"),
+        (["show", "/no/such/file.fits"], "no exposure with file /no/such/file.fits"),
+        (["ingest", "/no/such/dir"], "/no/such/dir: no such file or directory"),
+        (["roots", "move", "/nowhere", "/"], "not a root of this catalog"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(ingested, args, expected):
+    one_line_error(runner.invoke(app, ["--db", ingested, *args]), expected)
+
+
+def test_ambiguous_frame_number_names_the_candidates(url, tmp_path, rng):
+    write_frame(tmp_path / "a" / "x-0001.fits", rng)
+    write_frame(tmp_path / "b" / "y-0001.fits", rng)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path))
+    message = one_line_error(runner.invoke(app, ["--db", url, "show", "1"]), "frame 1 is 2 exposures")
+    assert "name one with --id or its path" in message
+
+
+def test_bad_config_file(ingested, tmp_path):
+    bad = tmp_path / "obsarch.toml"
+    bad.write_text("[keywords\n")
+    result = runner.invoke(app, ["--db", ingested, "--config", str(bad), "ingest", str(tmp_path / "night")])
+    one_line_error(result, "not valid TOML")
+
+
+def test_ingest_reports_bad_files(url, tmp_path, rng):
+    write_frame(tmp_path / "good.fits", rng)
+    (tmp_path / "empty.fits").write_bytes(b"")
+    run(url, "init")
+    result = run(url, "ingest", str(tmp_path))
+    assert "1 new" in result.stdout and "1 failed" in result.stdout
+    assert "empty.fits: empty file" in result.stderr
+    out = run(url, "errors", "--format", "csv").stdout
+    assert "empty.fits,unreadable,empty file" in out
+
+
+def test_debug_shows_the_traceback(url):
+    from archive.exceptions import CatalogNotFound
+
+    result = runner.invoke(app, ["--db", url, "--debug", "query"])
+    assert isinstance(result.exception, CatalogNotFound)
