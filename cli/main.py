@@ -95,6 +95,27 @@ def init() -> None:
 
 
 @command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
+) -> None:
+    """Make a small synthetic night of frames, ingest it into DIRECTORY/obsarch.db and query it.
+
+    Example: obsarch demo /tmp/obsarch-demo
+    """
+    from cli.demo import make_night
+
+    paths = make_night(directory / "ngc3293")
+    url = STATE.db or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
+    catalog = Catalog.create(url)
+    summary = catalog.ingest([directory / "ngc3293"])
+    console.print(f"wrote {len(paths)} frames to {directory / 'ngc3293'}; ingested: {summary.new} new")
+    selection = "band == 'V' and frame_type == 'science' and exptime >= 60"
+    console.print(f"\n$ obsarch --db {url} query \"{selection}\"", markup=False, soft_wrap=True)
+    show_frame(catalog.query(selection, columns="frame_number,band,exptime,date_obs,relpath"))
+    console.print(f"\ntry: obsarch --db {url} summary", soft_wrap=True, markup=False)
+
+
+@command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: Annotated[Optional[int], typer.Option(help="Processes reading headers (default: all cores).")] = None,

@@ -209,3 +209,10 @@ def test_debug_shows_the_traceback(url):
 
     result = runner.invoke(app, ["--db", url, "--debug", "query"])
     assert isinstance(result.exception, CatalogNotFound)
+
+
+def test_demo(tmp_path):
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.stdout
+    assert "ingested: 26 new" in result.stdout
+    assert "ngc3293-3871.fits" in result.stdout

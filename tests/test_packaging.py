@@ -1,0 +1,34 @@
+"""The wheel carries the migrations: `obsarch db upgrade` works from a plain install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_db_upgrade_from_an_installed_wheel(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("obsarch-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True)
+    assert (site / "migrations" / "env.py").is_file()
+    assert (site / "archive" / "keywords.toml").is_file()
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import migrations; assert migrations.__file__.startswith(sys.argv[1]), migrations.__file__;"
+        "from cli.main import app; app(['--db', 'sqlite:///cat.db', 'db', 'upgrade'])"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "schema (none) -> 0001" in result.stdout
+    assert (tmp_path / "cat.db").is_file()
