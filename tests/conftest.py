@@ -18,7 +18,22 @@ from sqlalchemy import create_engine, text
 from archive.catalog import Catalog
 
 PG_URL = os.environ.get("OBSARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+def _find_real_data() -> Path:
+    """``$OBSARCH_REAL_DATA``, else ``shared/data/real`` beside the repository
+    (or beside one of its parents)."""
+    if os.environ.get("OBSARCH_REAL_DATA"):
+        return Path(os.environ["OBSARCH_REAL_DATA"])
+    repo = Path(__file__).resolve().parents[1]
+    for parent in repo.parents:
+        candidate = parent / "shared" / "data" / "real"
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "data" / "real"
+
+
+REAL_DATA = _find_real_data()
 
 _pg_problem: str | None = None
 _pg_checked = False
