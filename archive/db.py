@@ -128,12 +128,24 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
 
 
 @contextmanager
-def transaction(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
-    """A Core connection inside one transaction (committed on success)."""
+def transaction(engine: Engine, *, write: bool = False, attach: str | None = None) -> Iterator[Connection]:
+    """A Core connection inside one transaction (committed on success).
+
+    ``attach`` (SQLite): a scratch database file attached as ``scratch`` for
+    the transaction; SQLite attaches and detaches only outside one.
+    """
     bind = _writer(engine) if write else engine
     try:
-        with bind.begin() as conn:
-            yield conn
+        with bind.connect() as conn:
+            driver = conn.connection.driver_connection
+            if attach:
+                driver.execute("ATTACH DATABASE ? AS scratch", (attach,))
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if attach:
+                    driver.execute("DETACH DATABASE scratch")
     except SQLAlchemyError as exc:
         raise DatabaseError(_one_line(exc)) from exc
     except engine.dialect.dbapi.Error as exc:  # raised below SQLAlchemy (bulk_insert)
@@ -153,6 +165,8 @@ def bulk_insert(
     The card table takes hundreds of rows per file; going through the ORM or
     Core executemany costs several times more than the driver's own path.
     """
+    if not rows:
+        return
     driver_conn = conn.connection.driver_connection
     names = ", ".join(columns)
     if is_sqlite(conn):
@@ -165,6 +179,54 @@ def bulk_insert(
         with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+
+SCRATCH_COLUMNS = ("local", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
+
+
+def write_scratch_cards(directory: str, rows: list[tuple]) -> str:
+    """Write card rows (keyed by a file's place in its chunk) to a new scratch
+    SQLite file; return its path. Runs in a worker: the catalog is untouched."""
+    import sqlite3
+    import uuid
+
+    path = str(Path(directory) / f"cards-{uuid.uuid4().hex}.db")
+    scratch = sqlite3.connect(path, isolation_level=None)
+    try:
+        scratch.execute("PRAGMA journal_mode=OFF")
+        scratch.execute("PRAGMA synchronous=OFF")
+        scratch.execute(f"CREATE TABLE cards ({', '.join(SCRATCH_COLUMNS)})")
+        scratch.execute("BEGIN")
+        scratch.executemany(f"INSERT INTO cards VALUES ({', '.join('?' * len(SCRATCH_COLUMNS))})", rows)
+        scratch.execute("COMMIT")
+    finally:
+        scratch.close()
+    return path
+
+
+def copy_scratch_cards(conn: Connection, file_ids: dict[int, int]) -> None:
+    """Copy the attached scratch file's cards into header_cards, giving each
+    the id of its file; cards of files not in ``file_ids`` are left out.
+    The copy runs inside SQLite: ~4x faster than inserting rows from Python."""
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scratch_ids (local INTEGER PRIMARY KEY, file_id INTEGER)")
+    cursor.execute("DELETE FROM temp.scratch_ids")
+    cursor.executemany("INSERT INTO temp.scratch_ids VALUES (?, ?)", file_ids.items())
+    cursor.execute(
+        "INSERT INTO header_cards (file_id, hdu_index, position, keyword, value_text, value_num, vtype, comment) "
+        "SELECT m.file_id, c.hdu_index, c.position, c.keyword, c.value_text, c.value_num, c.vtype, c.comment "
+        "FROM scratch.cards c JOIN temp.scratch_ids m ON m.local = c.local ORDER BY m.file_id, c.hdu_index, c.position"
+    )
+    cursor.close()
+
+
+def sql_datetime(conn: Connection, value):
+    """A datetime as the driver should receive it below the ORM: SQLite keeps
+    SQLAlchemy's text form (so comparisons with bound datetimes are exact),
+    PostgreSQL takes the object."""
+    if value is None or not is_sqlite(conn):
+        return value
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 # -- schema versions -------------------------------------------------------
@@ -271,15 +333,14 @@ def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
         engine.dispose()
 
 
-def insert_ignoring_conflicts(conn: Connection, table, rows: list[dict], keys: Sequence[str]):
-    """INSERT ... ON CONFLICT (keys) DO NOTHING; returns the insert statement
-    so the caller can add RETURNING. Both backends spell it the same way in
-    SQLAlchemy, but through their own dialect's ``insert``."""
+def insert_ignoring_conflicts(conn: Connection, table, keys: Sequence[str]):
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, to execute with a list of
+    rows (and RETURNING, which SQLAlchemy batches for both backends)."""
     if is_sqlite(conn):
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert
-    return insert(table).values(rows).on_conflict_do_nothing(index_elements=list(keys))
+    return insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def lock_rows(statement, conn: Connection):
