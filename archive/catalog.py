@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from archive import db
@@ -29,19 +29,10 @@ from archive.query import (
     sort_expressions,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-class QueryResult(pd.DataFrame):
-    """A DataFrame of exposures that can also become an astropy Table."""
-
-    @property
-    def _constructor(self):
-        return QueryResult
-
-    def to_table(self):
-        """The same rows as an :class:`astropy.table.Table`."""
-        from astropy.table import Table
-
-        return Table.from_pandas(pd.DataFrame(self))
+    from archive.results import QueryResult
 
 
 class Catalog:
@@ -94,22 +85,28 @@ class Catalog:
         limit : int, optional
             At most this many rows.
         """
+        import pandas as pd
+
         node = parse(selection) if selection and selection.strip() else None
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
         else:
             fields = [Column(c) for c in DEFAULT_COLUMNS] + (header_columns(node) if node else [])
-        pairs = [pair for field in fields for pair in column_expressions(field, self.dialect)]
-        statement = base_select(*[expr.label(f"c{i}") for i, (_, expr) in enumerate(pairs)])
-        if node is not None:
-            statement = statement.where(Compiler(self.dialect)(node))
-        order = sort_expressions(sort, self.dialect) if sort else []
+        compiler = Compiler(self.dialect)
+        where = compiler(node) if node is not None else None
+        pairs = [pair for field in fields for pair in column_expressions(field, compiler)]
+        order = sort_expressions(sort, compiler) if sort else []
+        statement = base_select(*[expr.label(f"c{i}") for i, (_, expr) in enumerate(pairs)], tables=compiler.tables)
+        if where is not None:
+            statement = statement.where(where)
         statement = statement.order_by(*order, Exposure.id)
         if limit is not None:
             statement = statement.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
+        from archive.results import QueryResult
+
         frame = pd.DataFrame([tuple(r) for r in rows], columns=[label for label, _ in pairs])
         return QueryResult(_merge_header_columns(frame))
 
@@ -119,9 +116,11 @@ class Catalog:
 
     def exposure_ids(self, selection: str | None = None) -> list[int]:
         """Ids of the exposures matching ``selection``, in id order."""
-        statement = base_select(Exposure.id).order_by(Exposure.id)
-        if selection and selection.strip():
-            statement = statement.where(Compiler(self.dialect)(parse(selection)))
+        compiler = Compiler(self.dialect)
+        where = compiler(parse(selection)) if selection and selection.strip() else None
+        statement = base_select(Exposure.id, tables=compiler.tables).order_by(Exposure.id)
+        if where is not None:
+            statement = statement.where(where)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
 
@@ -193,6 +192,8 @@ class Catalog:
     def summary(self) -> dict[str, pd.DataFrame]:
         """Counts of exposures per instrument, night, frame type and band,
         and of files per status."""
+        import pandas as pd
+
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
@@ -208,6 +209,8 @@ class Catalog:
     def errors(self) -> pd.DataFrame:
         """Files with a problem now: unreadable ones, and ones ingested with
         invalid cards, with the reason."""
+        import pandas as pd
+
         statement = (
             select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
             .join(Root, Root.id == File.root_id)
@@ -220,6 +223,8 @@ class Catalog:
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
         """The latest ingest runs with their counts."""
+        import pandas as pd
+
         columns = ["id", "started_at", "finished_at", "state", "n_new", "n_changed", "n_unchanged", "n_missing", "n_failed", "paths"]
         statement = select(*[getattr(IngestRun, c) for c in columns]).order_by(IngestRun.id.desc()).limit(limit)
         with self.engine.connect() as conn:
@@ -227,6 +232,8 @@ class Catalog:
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
     def roots(self) -> pd.DataFrame:
+
+        import pandas as pd
         statement = (
             select(Root.id, Root.path, func.count(File.id).label("files"))
             .outerjoin(File, File.root_id == Root.id)

@@ -215,7 +215,7 @@ def copy_scratch_cards(conn: Connection, file_ids: dict[int, int]) -> None:
     cursor.execute(
         "INSERT INTO header_cards (file_id, hdu_index, position, keyword, value_text, value_num, vtype, comment) "
         "SELECT m.file_id, c.hdu_index, c.position, c.keyword, c.value_text, c.value_num, c.vtype, c.comment "
-        "FROM scratch.cards c JOIN temp.scratch_ids m ON m.local = c.local ORDER BY m.file_id, c.hdu_index, c.position"
+        "FROM scratch.cards c JOIN temp.scratch_ids m ON m.local = c.local"
     )
     cursor.close()
 

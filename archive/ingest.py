@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
 
 from archive import __version__
 from archive.db import (
@@ -295,7 +295,9 @@ def _file_values(seen: _Seen, result: tuple, run_id: int, now: datetime) -> dict
     }
 
 
-EXPOSURE_COLUMNS = ("file_id", *COLUMNS, "sources")
+# An exposure has the id of its file (one exposure per file): a header card's
+# file_id is then directly the exposure it belongs to.
+EXPOSURE_COLUMNS = ("id", "file_id", *COLUMNS, "sources")
 HDU_COLUMNS = ("file_id", "hdu_index", "extname", "hdu_type", "shape", "bitpix", "ncards")
 
 
@@ -313,7 +315,7 @@ class _Rows:
         self.file_ids[local] = file_id
         self.hdus.extend((file_id, *hdu) for hdu in hdus)
         if new_exposure:
-            self.exposures.append((file_id, *(exposure[c] for c in EXPOSURE_COLUMNS[1:])))
+            self.exposures.append((file_id, file_id, *(exposure[c] for c in EXPOSURE_COLUMNS[2:])))
 
     def flush(self, conn: Connection, cards: list[tuple] | str) -> None:
         bulk_insert(conn, "hdus", HDU_COLUMNS, self.hdus)
@@ -332,7 +334,7 @@ class _Rows:
 def _update_exposure(conn: Connection, file_id: int, exposure: dict) -> None:
     existing = conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalar()
     if existing is None:
-        conn.execute(insert(Exposure).values(file_id=file_id, **exposure))
+        conn.execute(insert(Exposure).values(id=file_id, file_id=file_id, **exposure))
     else:
         conn.execute(update(Exposure).where(Exposure.id == existing).values(**exposure))
 
@@ -434,9 +436,13 @@ def card_indexes():
 
 def ensure_card_indexes(engine: Engine) -> None:
     """Create any card index a killed bulk load left missing (cheap when none is)."""
-    with transaction(engine, write=True) as conn:
-        for index in card_indexes():
-            index.create(conn, checkfirst=True)
+    with transaction(engine) as conn:
+        present = {index["name"] for index in inspect(conn).get_indexes("header_cards")}
+    missing = [index for index in card_indexes() if index.name not in present]
+    if missing:
+        with transaction(engine, write=True) as conn:
+            for index in missing:
+                index.create(conn, checkfirst=True)
 
 
 def _drop_card_indexes(engine: Engine) -> None:

@@ -208,11 +208,12 @@ class Observation(Base):
 class Exposure(Base):
     """The normalized view of one file. NULL where a value could not be
     normalized; ``sources`` (JSON) says which keyword and raw value each
-    column came from."""
+    column came from. ``id`` is the id of its file (one exposure per file),
+    so a card's ``file_id`` finds its exposure by primary key."""
 
     __tablename__ = "exposures"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
     observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
     instrument: Mapped[str | None] = mapped_column(String(80), index=True)

@@ -345,26 +345,29 @@ def parse_columns(text: str) -> list[Field]:
 
 @dataclass(frozen=True)
 class FieldDef:
-    """A name in the language: its SQL expression and its kind of value."""
+    """A name in the language: its SQL expression, its kind of value, and
+    the tables beyond ``exposures`` it needs joined."""
 
     expression: Callable[[], ColumnElement]
     kind: str  # number, text, datetime
+    tables: tuple[str, ...] = ()
 
 
 def _path() -> ColumnElement:
     return Root.path + "/" + File.relpath
 
 
+_FILES, _ROOTS = ("files",), ("files", "roots")
 FIELDS: dict[str, FieldDef] = {
     "id": FieldDef(lambda: Exposure.id, "number"),
     "file_id": FieldDef(lambda: Exposure.file_id, "number"),
-    "path": FieldDef(_path, "text"),
-    "relpath": FieldDef(lambda: File.relpath, "text"),
-    "root": FieldDef(lambda: Root.path, "text"),
-    "status": FieldDef(lambda: File.status, "text"),
-    "size": FieldDef(lambda: File.size, "number"),
-    "version": FieldDef(lambda: File.version, "number"),
-    "header_hash": FieldDef(lambda: File.header_hash, "text"),
+    "path": FieldDef(_path, "text", _ROOTS),
+    "relpath": FieldDef(lambda: File.relpath, "text", _FILES),
+    "root": FieldDef(lambda: Root.path, "text", _ROOTS),
+    "status": FieldDef(lambda: File.status, "text", _FILES),
+    "size": FieldDef(lambda: File.size, "number", _FILES),
+    "version": FieldDef(lambda: File.version, "number", _FILES),
+    "header_hash": FieldDef(lambda: File.header_hash, "text", _FILES),
     "date_obs": FieldDef(lambda: Exposure.date_obs, "datetime"),
 }
 for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode"):
@@ -373,9 +376,9 @@ for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
 
 
-def register_field(name: str, expression: Callable[[], ColumnElement], kind: str) -> None:
+def register_field(name: str, expression: Callable[[], ColumnElement], kind: str, tables: tuple[str, ...] = ()) -> None:
     """Make ``name`` usable in selections (used by processing modules)."""
-    FIELDS[name] = FieldDef(expression, kind)
+    FIELDS[name] = FieldDef(expression, kind, tables)
 
 
 def _field_def(column: Column) -> FieldDef:
@@ -449,6 +452,7 @@ class Compiler:
 
     def __init__(self, dialect: str):
         self.sqlite = dialect == "sqlite"
+        self.tables: set[str] = set()  # joins the compiled names need
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
@@ -516,7 +520,7 @@ class Compiler:
     def _isnull(self, node: IsNull):
         if isinstance(node.field, Header):
             branches = [[text(NUMERIC)], [text(SHORT_TEXT)], [text(LONG_TEXT)]]
-            has = Exposure.file_id.in_(self._union(node.field, branches))
+            has = Exposure.id.in_(self._union(node.field, branches))
             return has if node.negate else not_(has)
         expression, _ = self._expression(node.field)
         return expression.is_not(None) if node.negate else expression.is_(None)
@@ -532,6 +536,7 @@ class Compiler:
         if isinstance(field, Header):
             raise SelectionError(f"{field.label} cannot be used inside a function")
         definition = _field_def(field)
+        self.tables.update(definition.tables)
         return definition.expression(), definition.kind
 
     def _coerce(self, field: Field, kind: str, value):
@@ -571,7 +576,7 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
-        return Exposure.file_id.in_(self._union(header, branches))
+        return Exposure.id.in_(self._union(header, branches))
 
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
@@ -615,9 +620,14 @@ def compile_selection(text: str | None, dialect: str) -> ColumnElement:
 DEFAULT_COLUMNS = ("id", "frame_number", "path", "frame_type", "band", "exptime", "date_obs", "object", "instrument")
 
 
-def base_select(*columns) -> Select:
-    """SELECT ... FROM exposures JOIN files JOIN roots."""
-    return select(*columns).select_from(Exposure).join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+def base_select(*columns, tables: set[str] | tuple[str, ...] = ("files", "roots")) -> Select:
+    """SELECT ... FROM exposures, joined to files and roots where ``tables`` says."""
+    statement = select(*columns).select_from(Exposure)
+    if "files" in tables or "roots" in tables:
+        statement = statement.join(File, File.id == Exposure.file_id)
+    if "roots" in tables:
+        statement = statement.join(Root, Root.id == File.root_id)
+    return statement
 
 
 def header_columns(node) -> list[Header]:
@@ -637,14 +647,14 @@ def header_columns(node) -> list[Header]:
     return found
 
 
-def column_expressions(field: Field, dialect: str) -> list[tuple[str, ColumnElement]]:
+def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, ColumnElement]]:
     """(label, expression) pairs that show ``field`` as a result column.
 
     A header keyword gives two: its number and its text (the first card with
     that keyword, primary HDU first); they are merged after fetching.
     """
     if isinstance(field, Header):
-        where = [HeaderCard.file_id == Exposure.file_id, HeaderCard.keyword == field.keyword]
+        where = [HeaderCard.file_id == Exposure.id, HeaderCard.keyword == field.keyword]
         if field.hdu is not None:
             where.append(HeaderCard.hdu_index == field.hdu)
 
@@ -655,18 +665,18 @@ def column_expressions(field: Field, dialect: str) -> list[tuple[str, ColumnElem
             )
 
         return [(f"{field.label}#num", first(HeaderCard.value_num)), (f"{field.label}#text", first(HeaderCard.value_text))]
-    expression, _ = Compiler(dialect)._expression(field)
+    expression, _ = compiler._expression(field)
     return [(_label(field), expression)]
 
 
-def sort_expressions(sort: str, dialect: str) -> list[ColumnElement]:
+def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
     """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending)."""
     result = []
     for part in (p.strip() for p in sort.split(",") if p.strip()):
         descending = part.startswith("-")
         fields = parse_columns(part.lstrip("-+"))
         for field in fields:
-            for _, expression in column_expressions(field, dialect)[:1]:
+            for _, expression in column_expressions(field, compiler)[:1]:
                 result.append(expression.desc() if descending else expression.asc())
     return result
 

@@ -6,7 +6,6 @@ import io
 import math
 from enum import Enum
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,8 @@ class Format(str, Enum):
 
 
 def _cell(value) -> str:
+    import pandas as pd
+
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
         return ""
     if isinstance(value, float):
@@ -32,7 +33,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def show_frame(frame: pd.DataFrame, fmt: Format = Format.table, title: str | None = None) -> None:
+def show_frame(frame: "pd.DataFrame", fmt: Format = Format.table, title: str | None = None) -> None:
     """Print a DataFrame in the chosen format."""
     if fmt is Format.csv:
         typer.echo(frame.to_csv(index=False), nl=False)

@@ -293,3 +293,51 @@ def test_two_ingests_at_once_both_finish_correctly(catalog, url, tmp_path, rng):
         runs = conn.execute(select(IngestRun.state, IngestRun.n_new, IngestRun.n_unchanged)).all()
     assert [r.state for r in runs] == ["done", "done"]
     assert sum(r.n_new for r in runs) == 300
+
+
+def _card_index_names(catalog) -> set[str]:
+    from sqlalchemy import inspect
+
+    with catalog.engine.connect() as conn:
+        return {index["name"] for index in inspect(conn).get_indexes("header_cards")}
+
+
+EXPECTED_CARD_INDEXES = {"ix_header_cards_num", "ix_header_cards_text", "ix_header_cards_long"}
+
+
+def test_bulk_load_builds_the_card_indexes_after(catalog, tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    dropped = []
+    real_drop = ingest_module._drop_card_indexes
+    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    _many_frames(tmp_path / "data", rng, 30)
+    assert catalog.ingest([tmp_path / "data"]).new == 30
+    assert dropped and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert catalog.query("hdr['EXPTIME'] between 10 and 12")["exptime"].tolist() == [10.0, 11.0, 12.0]
+    _many_frames(tmp_path / "more", rng, 5)
+    dropped.clear()
+    catalog.ingest([tmp_path / "more"])  # small next to the catalog: indexes stay
+    assert not dropped
+
+
+@pytest.mark.slow
+def test_bulk_load_killed_half_way_gets_its_indexes_back(catalog, url, tmp_path, rng):
+    from test_migrations import schema_diff
+
+    _many_frames(tmp_path / "data", rng, 400)
+    env_process = subprocess.Popen(
+        [sys.executable, "-c", INGEST_SCRIPT, url, str(tmp_path / "data")],
+        env={**os.environ, "OBSARCH_INGEST_BATCH": "10", "OBSARCH_BULK_MIN_FILES": "100"}, start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while count(catalog, File.id) < 30:
+        assert time.time() < deadline and env_process.poll() is None
+        time.sleep(0.02)
+    os.killpg(env_process.pid, signal.SIGKILL)
+    env_process.wait()
+    assert _card_index_names(catalog) == set()  # killed mid-load: the indexes are gone
+    assert_consistent(catalog)
+    catalog.ingest([tmp_path / "data"])
+    assert _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert schema_diff(catalog.engine) == []
+    assert count(catalog, Exposure.id) == 400

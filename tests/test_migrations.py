@@ -10,12 +10,17 @@ from archive import db
 from archive.models import Base
 
 
+def schema_diff(engine) -> list:
+    """What alembic would change to make the database match the models."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, Base.metadata)
+
+
 def test_models_and_migrations_agree(url):
     engine = db.make_engine(url)
     db.upgrade(engine)
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        diff = compare_metadata(context, Base.metadata)
+    diff = schema_diff(engine)
     engine.dispose()
     assert diff == []
 

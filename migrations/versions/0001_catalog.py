@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 00:26:17.349505
+Create Date: 2026-11-21 00:43:50.814302
 """
 
 from alembic import op
@@ -77,7 +77,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_files_status'), ['status'], unique=False)
 
     op.create_table('exposures',
-    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('file_id', sa.Integer(), nullable=False),
     sa.Column('observation_id', sa.Integer(), nullable=True),
     sa.Column('instrument', sa.String(length=80), nullable=True),
