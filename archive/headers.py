@@ -97,15 +97,16 @@ def _parse_value(rest: str) -> tuple[str | None, float | None, str, str | None]:
         return "F", 0.0, "b", comment
     first = token[0]
     if first.isdigit() or first in "+-.":
-        try:
+        # Test the characters rather than let int() fail on every float:
+        # an exception costs more than parsing the card.
+        digits = token[1:] if first in "+-" else token
+        if digits.isdigit() and digits.isascii():
             return token, float(int(token)), "i", comment
-        except ValueError:
-            pass
         try:
-            number = float(token.replace("D", "E").replace("d", "e"))
+            number = float(token.replace("D", "E").replace("d", "e") if "D" in token or "d" in token else token)
         except ValueError:
             return token, None, "x", comment
-        if math.isfinite(number):
+        if math.isfinite(number) and "_" not in token:
             return token, number, "f", comment
         return token, None, "x", comment
     if first == "(":
