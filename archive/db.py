@@ -251,17 +251,20 @@ def alembic_config(engine: Engine):
     return config
 
 
-def head_revision(engine: Engine) -> str:
-    from alembic.script import ScriptDirectory
+def head_revision(engine: Engine | None = None) -> str:
+    """The schema revision this code needs."""
+    from migrations import HEAD
 
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    return HEAD
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
+    """The catalog's schema revision, read without loading alembic (every
+    command checks it before doing anything)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

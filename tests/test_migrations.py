@@ -53,3 +53,10 @@ def test_url_resolution(monkeypatch):
     assert db.resolve_url() == "postgresql+psycopg://u@h/d"
     assert db.resolve_url("sqlite:///x.db") == "sqlite:///x.db"
     assert db.resolve_url("/data/cat.db") == "sqlite:////data/cat.db"
+
+
+def test_head_constant_is_alembics_head(tmp_path):
+    from alembic.script import ScriptDirectory
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    assert ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head() == db.head_revision()
