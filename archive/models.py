@@ -245,3 +245,78 @@ class IngestError(Base):
     path: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Run(Base):
+    """A processing step run: what it did, with which parameters and code."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[str] = mapped_column(String(64), index=True)
+    params_json: Mapped[str] = mapped_column(Text)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    user: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(String(16))  # running, done, failed, interrupted
+    error: Mapped[str | None] = mapped_column(Text)
+    summary_json: Mapped[str | None] = mapped_column(Text)
+
+
+class Metric(Base):
+    """Quality numbers of one exposure's image (the latest computation).
+
+    Pixel values are in the file's data units; ``fwhm`` and the other sizes
+    in pixels, ``fwhm_arcsec`` in arcseconds. ``error`` says why a frame
+    could not be measured (the numbers are then NULL).
+    """
+
+    __tablename__ = "metrics"
+
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    file_version: Mapped[int] = mapped_column(Integer)
+    hdu_index: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    mean: Mapped[float | None] = mapped_column(Float)
+    median: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    background: Mapped[float | None] = mapped_column(Float)
+    background_rms: Mapped[float | None] = mapped_column(Float)
+    saturation_level: Mapped[float | None] = mapped_column(Float)
+    saturated_fraction: Mapped[float | None] = mapped_column(Float)
+    nstars: Mapped[int | None] = mapped_column(Integer)
+    fwhm: Mapped[float | None] = mapped_column(Float)
+    fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
+    elongation: Mapped[float | None] = mapped_column(Float)
+    sharpness: Mapped[float | None] = mapped_column(Float)
+    pixel_scale: Mapped[float | None] = mapped_column(Float)
+
+
+class Flag(Base):
+    """A quality verdict on one exposure. Every flag is kept; the current
+    one (view ``current_flags``) is the latest from a person, else the latest
+    from a rule."""
+
+    __tablename__ = "flags"
+    __table_args__ = (Index("ix_flags_exposure_id_id", "exposure_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"))
+    grade: Mapped[str] = mapped_column(String(16))  # great, ok, marginal, bad
+    reason: Mapped[str | None] = mapped_column(String(32))  # clouds, tracking, focus, trail, saturation, manual, other
+    note: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # person | rule
+    rule: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    who: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, and_, case, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
 
 from archive.exceptions import SelectionError
 from archive.keywords import parse_fits_date
-from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT, Exposure, File, HeaderCard, Root
+from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT, Exposure, File, Flag, HeaderCard, Metric, Root
 
 # -- tree --------------------------------------------------------------------
 
@@ -374,6 +374,31 @@ for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band"
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "text")
 for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
+
+
+def _metric(name: str) -> Callable[[], ColumnElement]:
+    return lambda: select(getattr(Metric, name)).where(Metric.exposure_id == Exposure.id).correlate(Exposure).scalar_subquery()
+
+
+def _current_flag(name: str) -> Callable[[], ColumnElement]:
+    """A column of the exposure's current flag: its latest from a person,
+    else its latest from a rule (as the ``current_flags`` view)."""
+    return lambda: (
+        select(getattr(Flag, name))
+        .where(Flag.exposure_id == Exposure.id)
+        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
+        .limit(1)
+        .correlate(Exposure)
+        .scalar_subquery()
+    )
+
+
+for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
+              "nstars", "fwhm", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
+    FIELDS[_name] = FieldDef(_metric(_name), "number")
+FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
+FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
+FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")
 
 
 def register_field(name: str, expression: Callable[[], ColumnElement], kind: str, tables: tuple[str, ...] = ()) -> None:

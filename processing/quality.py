@@ -1,0 +1,620 @@
+"""Quality of frames: image statistics, background, stars, FWHM, elongation,
+and the flags that rules and people put on frames.
+
+The pixel functions (:func:`load_image`, :func:`measure`) take arrays and
+headers and return numbers; :func:`compute` and :func:`apply_rules` read and
+write the catalog.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import statistics
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, case, delete, insert, select
+
+from archive.db import bulk_insert, transaction
+from archive.exceptions import ObsarchError
+from archive.ingest import utcnow
+from archive.models import Exposure, File, Flag, Metric, Root
+from archive.query import Compiler, parse
+from processing.executor import Progress, parallel_map
+from processing.runs import params_hash, recorded_run
+
+# Bump when the way a metric is computed changes: stored metrics are then
+# recomputed on the next `quality compute`.
+ALGORITHM = "quality-1"
+
+GRADES = ("great", "ok", "marginal", "bad")
+REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
+METRICS = (
+    "min", "max", "mean", "median", "std", "background", "background_rms", "saturation_level",
+    "saturated_fraction", "nstars", "fwhm", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale",
+)  # fmt: skip
+
+
+class QualityError(ObsarchError):
+    """A frame that cannot be measured; the message says why."""
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """How frames are measured.
+
+    detect_sigma : detection threshold, in background rms
+    npixels : connected pixels a source needs
+    box_size : background mesh size, pixels
+    max_stars : brightest unsaturated stars used for FWHM, elongation, sharpness
+    saturation : saturation level in data units (default: SATURATE, else the data type's range)
+    chunk_planes : wavelength planes summed at a time for a cube's white-light image
+    """
+
+    detect_sigma: float = 5.0
+    npixels: int = 5
+    box_size: int = 128
+    max_stars: int = 20
+    saturation: float | None = None
+    chunk_planes: int = 32
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> QualityParams:
+        section = dict((config or {}).get("quality", {}))
+        section.pop("rules", None)
+        try:
+            return cls(**section)
+        except TypeError as exc:
+            raise ObsarchError(f"[quality] in obsarch.toml: {exc}") from exc
+
+
+# -- reading the image -----------------------------------------------------------
+
+
+def load_image(path: str | Path, chunk_planes: int = 32) -> tuple[np.ndarray, dict, int]:
+    """The science image of a file: the primary HDU, else the first image
+    extension with data (tile-compressed included). A cube (NAXIS=3) gives
+    its white-light image, summed ``chunk_planes`` planes at a time so that
+    memory stays near one chunk whatever the cube's size.
+
+    Returns the image (float32), its header as a dict, and the HDU index.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise QualityError(f"{path}: file not found (gone since it was ingested? run `obsarch ingest`)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # No memmap: astropy cannot map scaled (BZERO) integers; a cube is
+            # still read a chunk of planes at a time through `section`.
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                for index, hdu in enumerate(hdul):
+                    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                        continue
+                    shape = hdu.shape
+                    if len(shape) < 2 or 0 in shape:
+                        continue
+                    header = {k: hdu.header[k] for k in hdu.header if k and k not in ("COMMENT", "HISTORY")}
+                    header["__BITPIX__"] = hdu.header.get("BITPIX")
+                    if index > 0:  # LCO: the observation's cards are in the primary or here
+                        header = {**{k: hdul[0].header[k] for k in hdul[0].header if k}, **header}
+                    return _image_of(hdu, chunk_planes), header, index
+    except OSError as exc:
+        raise QualityError(f"{path}: cannot read: {exc}") from exc
+    raise QualityError(f"{path}: no HDU with image data")
+
+
+def _image_of(hdu, chunk_planes: int) -> np.ndarray:
+    if len(hdu.shape) == 2:
+        return np.asarray(hdu.data, dtype=np.float32)
+    if len(hdu.shape) != 3:
+        raise QualityError(f"cannot measure a {len(hdu.shape)}-dimensional image")
+    nplanes = hdu.shape[0]
+    white = np.zeros(hdu.shape[1:], dtype=np.float64)
+    for start in range(0, nplanes, chunk_planes):
+        chunk = np.asarray(hdu.section[start : start + chunk_planes], dtype=np.float32)
+        white += np.nansum(chunk, axis=0, dtype=np.float64)
+        del chunk
+    return white.astype(np.float32)
+
+
+# -- measuring --------------------------------------------------------------------
+
+_INTEGER_MAX = {8: 255, 16: 32767, 32: 2147483647}
+
+
+def saturation_level(header: dict, configured: float | None = None) -> float | None:
+    """The level at which pixels saturate, in data units: the configured
+    level, else SATURATE, else the top of the integer data type's range."""
+    if configured is not None:
+        return float(configured)
+    for key in ("SATURATE", "SATLEVEL", "MAXLIN"):
+        value = header.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    bitpix = header.get("__BITPIX__", header.get("BITPIX"))
+    if bitpix in _INTEGER_MAX:
+        top = _INTEGER_MAX[bitpix]
+        bzero, bscale = header.get("BZERO", 0) or 0, header.get("BSCALE", 1) or 1
+        return float(top * bscale + bzero)
+    return None
+
+
+def pixel_scale(header: dict) -> float | None:
+    """Arcseconds per pixel from PIXSCALE-like cards or the celestial WCS."""
+    for key in ("PIXSCALE", "PIXSCAL1", "SECPIX", "SECPIX1", "PLATESCL"):
+        value = header.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
+            return float(value)
+    if str(header.get("CTYPE1", "")).startswith("RA"):
+        try:
+            from astropy.io import fits
+            from astropy.wcs import WCS
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            cards = fits.Header()
+            for key, value in header.items():
+                if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
+                    cards[key] = value
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scales = proj_plane_pixel_scales(WCS(cards, naxis=2))
+            return float(np.mean(scales) * 3600.0)
+        except Exception:  # a WCS astropy cannot build gives no scale
+            return None
+    return None
+
+
+def measure(data: np.ndarray, header: dict | None = None, params: QualityParams = QualityParams()) -> dict:
+    """Quality metrics of one image.
+
+    Returns min, max, mean, median, std (data units), sigma-clipped
+    background and its rms (photutils Background2D), saturation level and
+    the fraction of pixels at or above it, the number of detected sources,
+    the median FWHM of the brightest unsaturated stars (pixels, photutils
+    ``fit_fwhm``; arcsec when the pixel scale is known), their median
+    elongation (second moments, a/b) and sharpness (peak / flux).
+    Raises :class:`QualityError` for images that cannot be measured.
+    """
+    header = header or {}
+    if data.ndim != 2 or min(data.shape) < 8:
+        raise QualityError(f"image of shape {data.shape} is too small to measure")
+    finite = np.isfinite(data)
+    values = data[finite] if not finite.all() else data.ravel()
+    if values.size == 0:
+        raise QualityError("no finite pixels (all NaN)")
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        raise QualityError(f"constant image (every pixel is {low:g})")
+    result = {
+        "min": low, "max": high, "mean": float(values.mean(dtype=np.float64)),
+        "median": float(np.median(values)), "std": float(values.std(dtype=np.float64)),
+    }
+    level = saturation_level(header, params.saturation)
+    result["saturation_level"] = level
+    result["saturated_fraction"] = float(np.count_nonzero(values >= level) / values.size) if level else None
+    result["pixel_scale"] = pixel_scale(header)
+    result.update(_stars(data, ~finite, level, params))
+    scale = result["pixel_scale"]
+    result["fwhm_arcsec"] = result["fwhm"] * scale if scale and result["fwhm"] is not None else None
+    return result
+
+
+def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: QualityParams) -> dict:
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, BkgZoomInterpolator
+    from photutils.segmentation import SourceCatalog, detect_sources
+
+    box = int(min(params.box_size, max(8, min(data.shape) // 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        background = Background2D(
+            data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask if mask.any() else None,
+            interpolator=BkgZoomInterpolator(order=1),
+        )
+        # Each access to .background interpolates the full-size map again.
+        sky = background.background
+    rms = float(background.background_rms_median)
+    result = {
+        "background": float(background.background_median), "background_rms": rms,
+        "nstars": 0, "fwhm": None, "elongation": None, "sharpness": None,
+    }
+    subtracted = data - sky
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no sources found" is an answer, not a problem
+        segments = detect_sources(
+            subtracted, params.detect_sigma * rms, n_pixels=params.npixels, mask=mask if mask.any() else None
+        )
+    if segments is None:
+        return result
+    catalog = SourceCatalog(subtracted, segments, mask=mask if mask.any() else None)
+    result["nstars"] = int(len(catalog))
+    stars = _pick_stars(catalog, sky, level, data.shape, params.max_stars)
+    if not stars:
+        return result
+    result["elongation"] = float(np.median([s["elongation"] for s in stars]))
+    result["sharpness"] = float(np.median([s["max_value"] / s["segment_flux"] for s in stars]))
+    result["fwhm"] = _fit_fwhm(subtracted, stars, mask)
+    return result
+
+
+def _pick_stars(catalog, background: np.ndarray, level: float | None, shape: tuple, limit: int) -> list[dict]:
+    """The brightest sources that are not saturated and not at the edge."""
+    table = catalog.to_table(columns=["x_centroid", "y_centroid", "max_value", "segment_flux", "elongation", "fwhm"])
+    stars = []
+    for row in sorted(table, key=lambda r: -float(r["segment_flux"])):
+        x, y = float(row["x_centroid"]), float(row["y_centroid"])
+        size = float(getattr(row["fwhm"], "value", row["fwhm"]))
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(size)) or row["segment_flux"] <= 0:
+            continue
+        margin = 3 * size + 3
+        if x < margin or y < margin or x > shape[1] - 1 - margin or y > shape[0] - 1 - margin:
+            continue
+        peak = float(row["max_value"]) + float(background[int(y), int(x)])
+        if level is not None and peak >= 0.9 * level:
+            continue
+        stars.append({"x": x, "y": y, "size": size, "max_value": float(row["max_value"]),
+                      "segment_flux": float(row["segment_flux"]), "elongation": float(row["elongation"])})
+        if len(stars) >= limit:
+            break
+    return stars
+
+
+def _fit_fwhm(subtracted: np.ndarray, stars: list[dict], mask: np.ndarray) -> float | None:
+    from photutils.psf import fit_fwhm
+
+    guess = float(np.median([s["size"] for s in stars]))
+    fit_shape = int(min(41, max(7, 2 * math.ceil(1.5 * guess) + 1)))
+    xy = np.array([(s["x"], s["y"]) for s in stars])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fwhm = np.asarray(fit_fwhm(subtracted, xypos=xy, fit_shape=fit_shape, mask=mask if mask.any() else None))
+        except (ValueError, RuntimeError):  # no star could be fitted
+            return None
+    fwhm = fwhm[np.isfinite(fwhm) & (fwhm > 0)]
+    return float(np.median(fwhm)) if fwhm.size else None
+
+
+def measure_file(task: tuple[int, str, QualityParams]) -> tuple[int, int | None, dict | None, str | None]:
+    """(exposure id, HDU index, metrics, error) of one file. Runs in a worker."""
+    exposure_id, path, params = task
+    try:
+        data, header, hdu_index = load_image(path, params.chunk_planes)
+        return exposure_id, hdu_index, measure(data, header, params), None
+    except QualityError as exc:
+        return exposure_id, None, None, str(exc)
+    except MemoryError:
+        return exposure_id, None, None, f"{path}: not enough memory to measure"
+
+
+# -- computing over a selection ----------------------------------------------------
+
+
+@dataclass
+class QualitySummary:
+    run_id: int
+    computed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[tuple[int, str]] | None = None
+
+
+def _targets(engine: Engine, selection: str | None, digest: str, force: bool) -> tuple[list[tuple[int, str]], int]:
+    compiler = Compiler(engine.dialect.name)
+    statement = (
+        select(Exposure.id, (Root.path + "/" + File.relpath).label("path"), File.version, Metric.params_hash, Metric.file_version)
+        .select_from(Exposure)
+        .join(File, File.id == Exposure.file_id)
+        .join(Root, Root.id == File.root_id)
+        .outerjoin(Metric, Metric.exposure_id == Exposure.id)
+        .order_by(Exposure.id)
+    )
+    if selection and selection.strip():
+        statement = statement.where(compiler(parse(selection)))
+    with transaction(engine) as conn:
+        rows = conn.execute(statement).all()
+    todo = [
+        (row.id, row.path) for row in rows
+        if force or row.params_hash != digest or row.file_version != row.version
+    ]
+    return todo, len(rows) - len(todo)
+
+
+def compute(
+    engine: Engine,
+    selection: str | None = None,
+    *,
+    params: QualityParams = QualityParams(),
+    force: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    batch: int = 50,
+) -> QualitySummary:
+    """Measure every exposure of ``selection`` whose metrics are missing, were
+    made with other parameters, or predate a change of its file; ``force``
+    measures them all again. Frames are measured in parallel; the catalog is
+    written here, in batches."""
+    digest = params_hash("quality", asdict(params), ALGORITHM)
+    todo, skipped = _targets(engine, selection, digest, force)
+    with transaction(engine) as conn:
+        versions = dict(conn.execute(select(Exposure.id, File.version).join(File, File.id == Exposure.file_id)).all())
+    with recorded_run(engine, "quality", asdict(params), ALGORITHM) as run:
+        summary = QualitySummary(run.id, skipped=skipped, errors=[])
+        rows: list[tuple] = []
+        tasks = [(exposure_id, path, params) for exposure_id, path in todo]
+        for _, (exposure_id, hdu_index, metrics, error) in parallel_map(measure_file, tasks, workers=workers, progress=progress):
+            rows.append(_metric_row(exposure_id, run.id, digest, versions[exposure_id], hdu_index, metrics, error))
+            if error:
+                summary.failed += 1
+                summary.errors.append((exposure_id, error))
+            else:
+                summary.computed += 1
+            if len(rows) >= batch:
+                _store_metrics(engine, rows)
+                rows = []
+        _store_metrics(engine, rows)
+        run.summary = {"computed": summary.computed, "skipped": summary.skipped, "failed": summary.failed}
+    return summary
+
+
+METRIC_COLUMNS = ("exposure_id", "run_id", "params_hash", "file_version", "hdu_index", "error", *METRICS)
+
+
+def _metric_row(exposure_id, run_id, digest, version, hdu_index, metrics, error) -> tuple:
+    values = metrics or {}
+    return (exposure_id, run_id, digest, version, hdu_index, error, *(values.get(name) for name in METRICS))
+
+
+def _store_metrics(engine: Engine, rows: list[tuple]) -> None:
+    if not rows:
+        return
+    with transaction(engine, write=True) as conn:
+        conn.execute(delete(Metric).where(Metric.exposure_id.in_([row[0] for row in rows])))
+        bulk_insert(conn, "metrics", METRIC_COLUMNS, rows)
+
+
+# -- flags -------------------------------------------------------------------------
+
+
+def _check_flag(grade: str, reason: str | None) -> None:
+    if grade not in GRADES:
+        raise ObsarchError(f"unknown grade {grade!r}; use one of {', '.join(GRADES)}")
+    if reason is not None and reason not in REASONS:
+        raise ObsarchError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+
+
+def flag(
+    engine: Engine,
+    selection: str,
+    grade: str,
+    *,
+    reason: str | None = None,
+    note: str | None = None,
+    who: str | None = None,
+) -> int:
+    """A person's verdict on every exposure of ``selection``; returns how many.
+    Earlier flags are kept as history."""
+    _check_flag(grade, reason)
+    compiler = Compiler(engine.dialect.name)
+    where = compiler(parse(selection))
+    statement = select(Exposure.id).select_from(Exposure)
+    if compiler.tables:
+        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+    with transaction(engine, write=True) as conn:
+        ids = conn.execute(statement.where(where).order_by(Exposure.id)).scalars().all()
+        if not ids:
+            raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
+        now = utcnow()
+        conn.execute(
+            insert(Flag),
+            [
+                {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+                 "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
+                for i in ids
+            ],
+        )
+    return len(ids)
+
+
+def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
+    """Every flag of an exposure, oldest first, with which one is current."""
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Flag.id, Flag.created_at, Flag.grade, Flag.reason, Flag.source, Flag.rule, Flag.value,
+                   Flag.threshold, Flag.who, Flag.note)
+            .where(Flag.exposure_id == exposure_id)
+            .order_by(Flag.id)
+        ).all()
+    current = _current(rows)
+    return [{**row._asdict(), "current": row.id == current} for row in rows]
+
+
+def _current(rows) -> int | None:
+    people = [r for r in rows if r.source == "person"]
+    chosen = (people or list(rows))[-1:] if rows else []
+    return chosen[0].id if chosen else None
+
+
+# -- rules ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A metric above (or below) a threshold gives a grade and a reason.
+    ``relative``: the threshold is a factor of the median of the frame's
+    night and band (computed over frames with that metric)."""
+
+    name: str
+    metric: str
+    grade: str
+    reason: str
+    above: float | None = None
+    below: float | None = None
+    relative: bool = False
+
+
+DEFAULT_RULES = (
+    Rule("clouds", "background", "bad", "clouds", above=3.0, relative=True),
+    Rule("focus", "fwhm", "bad", "focus", above=1.5, relative=True),
+    Rule("tracking", "elongation", "bad", "tracking", above=1.6),
+    Rule("transparency", "nstars", "marginal", "clouds", below=0.4, relative=True),
+    Rule("saturation", "saturated_fraction", "marginal", "saturation", above=0.01),
+)
+MIN_GROUP = 3  # a relative rule needs this many frames of the night and band
+
+
+def rules_from_config(config: dict | None) -> tuple[Rule, ...]:
+    """``[quality.rules.NAME]`` tables of obsarch.toml replace the default of
+    that name (``enabled = false`` removes it) or add a rule."""
+    rules = {rule.name: rule for rule in DEFAULT_RULES}
+    for name, table in (config or {}).get("quality", {}).get("rules", {}).items():
+        table = dict(table)
+        if not table.pop("enabled", True):
+            rules.pop(name, None)
+            continue
+        base = asdict(rules[name]) if name in rules else {"name": name}
+        base.update(table)
+        try:
+            rule = Rule(**base)
+        except TypeError as exc:
+            raise ObsarchError(f"[quality.rules.{name}] in obsarch.toml: {exc}") from exc
+        if rule.metric not in METRICS:
+            raise ObsarchError(f"[quality.rules.{name}]: unknown metric {rule.metric!r}; use one of {', '.join(METRICS)}")
+        if (rule.above is None) == (rule.below is None):
+            raise ObsarchError(f"[quality.rules.{name}]: give exactly one of 'above' or 'below'")
+        _check_flag(rule.grade, rule.reason)
+        rules[name] = rule
+    return tuple(rules.values())
+
+
+def _threshold(rule: Rule, medians: dict[str, float | None]) -> float | None:
+    limit = rule.above if rule.above is not None else rule.below
+    if not rule.relative:
+        return limit
+    median = medians.get(rule.metric)
+    return None if median is None else limit * median
+
+
+def evaluate(row: dict, rules: tuple[Rule, ...], medians: dict[str, float | None]) -> tuple[Rule, float, float] | None:
+    """The worst rule a frame breaks (in rule order among equals), with the
+    measured value and the threshold; None when it breaks none."""
+    broken = []
+    for rule in rules:
+        value, threshold = row.get(rule.metric), _threshold(rule, medians)
+        if value is None or threshold is None:
+            continue
+        if (rule.above is not None and value > threshold) or (rule.below is not None and value < threshold):
+            broken.append((GRADES.index(rule.grade), rule, value, threshold))
+    if not broken:
+        return None
+    worst = max(grade for grade, *_ in broken)
+    _, rule, value, threshold = next(b for b in broken if b[0] == worst)
+    return rule, value, threshold
+
+
+@dataclass
+class RulesSummary:
+    run_id: int
+    evaluated: int = 0
+    flagged: dict | None = None
+    passed: int = 0
+    kept_person: int = 0
+    unchanged: int = 0
+
+
+def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selection: str | None = None) -> RulesSummary:
+    """Grade every measured science frame of ``selection`` by ``rules``.
+
+    A frame that breaks a rule gets that rule's grade and reason, with the
+    measured value and the threshold; one that breaks none gets 'ok'.
+    Frames a person has flagged are left alone, and a frame whose verdict is
+    unchanged gets no new flag, so running the rules twice changes nothing.
+    """
+    rows = _measured(engine, selection)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["night"], row["band"]), []).append(row)
+    params = {"rules": [asdict(r) for r in rules], "min_group": MIN_GROUP}
+    with recorded_run(engine, "quality-rules", params, ALGORITHM) as run:
+        summary = RulesSummary(run.id, flagged={})
+        new_flags = []
+        now = utcnow()
+        for members in groups.values():
+            medians = _medians(members)
+            for row in members:
+                summary.evaluated += 1
+                if row["current_source"] == "person":
+                    summary.kept_person += 1
+                    continue
+                verdict = evaluate(row, rules, medians)
+                flag_row = _rule_flag(row["id"], verdict, run.id, now)
+                if (row["current_grade"], row["current_rule"]) == (flag_row["grade"], flag_row["rule"]):
+                    summary.unchanged += 1
+                    continue
+                new_flags.append(flag_row)
+                if verdict:
+                    summary.flagged[verdict[0].reason] = summary.flagged.get(verdict[0].reason, 0) + 1
+                else:
+                    summary.passed += 1
+        if new_flags:
+            with transaction(engine, write=True) as conn:
+                conn.execute(insert(Flag), new_flags)
+        run.summary = asdict(summary)
+    return summary
+
+
+def _medians(members: list[dict]) -> dict[str, float | None]:
+    medians = {}
+    for metric in METRICS:
+        values = [m[metric] for m in members if m.get(metric) is not None]
+        medians[metric] = statistics.median(values) if len(values) >= MIN_GROUP else None
+    return medians
+
+
+def _rule_flag(exposure_id: int, verdict, run_id: int, now: datetime) -> dict:
+    if verdict is None:
+        return {"exposure_id": exposure_id, "grade": "ok", "reason": None, "source": "rule", "rule": "passed",
+                "value": None, "threshold": None, "who": "rules", "created_at": now, "run_id": run_id,
+                "note": "passed every rule"}
+    rule, value, threshold = verdict
+    comparison = ">" if rule.above is not None else "<"
+    return {"exposure_id": exposure_id, "grade": rule.grade, "reason": rule.reason, "source": "rule",
+            "rule": rule.name, "value": float(value), "threshold": float(threshold), "who": "rules",
+            "created_at": now, "run_id": run_id, "note": f"{rule.metric} {value:.4g} {comparison} {threshold:.4g}"}
+
+
+def _measured(engine: Engine, selection: str | None) -> list[dict]:
+    """Science frames with metrics, their night and band, and their current flag."""
+    latest = (
+        select(Flag.source, Flag.grade, Flag.rule)
+        .where(Flag.exposure_id == Exposure.id)
+        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
+        .limit(1)
+        .correlate(Exposure)
+    )
+    compiler = Compiler(engine.dialect.name)
+    statement = (
+        select(
+            Exposure.id, Exposure.night, Exposure.band, *[getattr(Metric, m) for m in METRICS],
+            latest.with_only_columns(Flag.source).scalar_subquery().label("current_source"),
+            latest.with_only_columns(Flag.grade).scalar_subquery().label("current_grade"),
+            latest.with_only_columns(Flag.rule).scalar_subquery().label("current_rule"),
+        )
+        .select_from(Exposure)
+        .join(Metric, Metric.exposure_id == Exposure.id)
+        .join(File, File.id == Exposure.file_id)
+        .join(Root, Root.id == File.root_id)
+        .where(Exposure.frame_type == "science", Metric.error.is_(None))
+        .order_by(Exposure.id)
+    )
+    if selection and selection.strip():
+        statement = statement.where(compiler(parse(selection)))
+    with transaction(engine) as conn:
+        return [row._asdict() for row in conn.execute(statement)]
