@@ -294,6 +294,7 @@ class Metric(Base):
     saturated_fraction: Mapped[float | None] = mapped_column(Float)
     nstars: Mapped[int | None] = mapped_column(Integer)
     fwhm: Mapped[float | None] = mapped_column(Float)
+    fwhm_minor: Mapped[float | None] = mapped_column(Float)
     fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
     elongation: Mapped[float | None] = mapped_column(Float)
     sharpness: Mapped[float | None] = mapped_column(Float)

@@ -394,7 +394,7 @@ def _current_flag(name: str) -> Callable[[], ColumnElement]:
 
 
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
-              "nstars", "fwhm", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
+              "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
     FIELDS[_name] = FieldDef(_metric(_name), "number")
 FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")

@@ -54,6 +54,8 @@ def thumbnail(data: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
     to 0..1 with astropy's zscale interval."""
     from astropy.visualization import ZScaleInterval
 
+    if not np.isfinite(data).any():
+        raise QualityError("no finite pixels to show")
     factor = max(1, math.ceil(max(data.shape) / size))
     ny, nx = (data.shape[0] // factor) * factor, (data.shape[1] // factor) * factor
     small = np.nanmean(data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor), axis=(1, 3))

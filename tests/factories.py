@@ -73,3 +73,55 @@ def night_of_frames(directory: Path, rng: np.random.Generator, first: int = 3852
                 paths.append(write_frame(directory / f"ngc3293-{number}.fits", rng, header))
                 number += 1
     return paths
+
+
+def star_field(
+    rng: np.random.Generator,
+    shape: tuple[int, int] = (256, 256),
+    *,
+    nstars: int = 40,
+    fwhm: float = 3.0,
+    elongation: float = 1.0,
+    theta_deg: float = 30.0,
+    background: float = 1000.0,
+    noise: float = 5.0,
+    flux: tuple[float, float] = (3e3, 3e4),
+    positions: np.ndarray | None = None,
+    oversample: int = 5,
+) -> np.ndarray:
+    """An image of Gaussian stars integrated over pixels (oversampled), with
+    a known FWHM (along the minor axis times ``elongation`` along the major),
+    on a flat background with Gaussian noise."""
+    ny, nx = shape
+    image = np.full(shape, background, dtype=np.float64)
+    sigma_minor = fwhm / 2.3548200450309493
+    sigma_major = sigma_minor * elongation
+    theta = np.radians(theta_deg)
+    half = int(np.ceil(5 * sigma_major)) + 2
+    if positions is None:
+        positions = np.column_stack([rng.uniform(half, nx - half - 1, nstars), rng.uniform(half, ny - half - 1, nstars)])
+    fluxes = rng.uniform(*flux, len(positions))
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    for (x0, y0), total in zip(positions, fluxes):
+        ix, iy = int(round(x0)), int(round(y0))
+        ys, xs = np.mgrid[iy - half : iy + half + 1, ix - half : ix + half + 1]
+        xx = (xs[..., None, None] + sub[None, None, None, :] - x0)
+        yy = (ys[..., None, None] + sub[None, None, :, None] - y0)
+        u = xx * np.cos(theta) + yy * np.sin(theta)
+        v = -xx * np.sin(theta) + yy * np.cos(theta)
+        profile = np.exp(-0.5 * ((u / sigma_major) ** 2 + (v / sigma_minor) ** 2)).mean(axis=(2, 3))
+        profile *= total / (2 * np.pi * sigma_major * sigma_minor)
+        y_lo, y_hi, x_lo, x_hi = max(0, iy - half), min(ny, iy + half + 1), max(0, ix - half), min(nx, ix + half + 1)
+        image[y_lo:y_hi, x_lo:x_hi] += profile[y_lo - (iy - half) : y_hi - (iy - half), x_lo - (ix - half) : x_hi - (ix - half)]
+    image += rng.normal(0, noise, shape)
+    return image.astype(np.float32)
+
+
+def write_image(path: Path, data: np.ndarray, header: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdu = fits.PrimaryHDU(data)
+    for key, value in {**CCD_HEADER, **(header or {})}.items():
+        if value is not None:
+            hdu.header[key] = value
+    hdu.writeto(path, overwrite=True)
+    return path

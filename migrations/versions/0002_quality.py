@@ -26,7 +26,7 @@ WHERE f.id = (
 EXPOSURE_QUALITY = """
 CREATE VIEW exposure_quality AS
 SELECT e.id AS exposure_id, e.frame_number, e.night, e.band, e.frame_type, e.object, e.date_obs, e.mjd,
-       e.exptime, e.airmass, m.background, m.background_rms, m.nstars, m.fwhm, m.fwhm_arcsec,
+       e.exptime, e.airmass, m.background, m.background_rms, m.nstars, m.fwhm, m.fwhm_minor, m.fwhm_arcsec,
        m.elongation, m.sharpness, m.saturated_fraction, m.error AS metrics_error,
        c.grade, c.reason, c.source AS flag_source, c.note
 FROM exposures e
@@ -110,6 +110,7 @@ def upgrade() -> None:
     sa.Column('saturated_fraction', sa.Float(), nullable=True),
     sa.Column('nstars', sa.Integer(), nullable=True),
     sa.Column('fwhm', sa.Float(), nullable=True),
+    sa.Column('fwhm_minor', sa.Float(), nullable=True),
     sa.Column('fwhm_arcsec', sa.Float(), nullable=True),
     sa.Column('elongation', sa.Float(), nullable=True),
     sa.Column('sharpness', sa.Float(), nullable=True),

@@ -1,0 +1,420 @@
+"""Quality: metrics accuracy, bad frames, incremental compute, rules, flags, views, report."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from factories import star_field, write_frame, write_image
+from sqlalchemy import func, select, text
+from typer.testing import CliRunner
+
+from archive.exceptions import ObsarchError
+from archive.models import Flag, Metric, Run
+from cli.main import app
+from processing import quality
+from processing.quality import QualityError, QualityParams, load_image, measure
+
+# -- pixels ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fwhm", [2.5, 3.0, 4.5, 6.0])
+def test_fwhm_of_known_stars_within_5_percent(rng, fwhm):
+    result = measure(star_field(rng, (400, 400), nstars=30, fwhm=fwhm))
+    assert result["fwhm"] == pytest.approx(fwhm, rel=0.05)
+    assert result["fwhm_minor"] == pytest.approx(fwhm, rel=0.05)
+    assert result["elongation"] < 1.1
+
+
+@pytest.mark.parametrize("background", [150.0, 1000.0, 20000.0])
+def test_known_background_within_1_percent(rng, background):
+    result = measure(star_field(rng, background=background, noise=np.sqrt(background)))
+    assert result["background"] == pytest.approx(background, rel=0.01)
+    assert result["background_rms"] == pytest.approx(np.sqrt(background), rel=0.1)
+
+
+def test_trailed_stars_are_elongated_but_keep_their_minor_axis(rng):
+    result = measure(star_field(rng, (400, 400), nstars=30, elongation=3.0))
+    assert result["elongation"] > 2.5
+    assert result["fwhm_minor"] == pytest.approx(3.0, rel=0.15)
+
+
+def test_statistics_and_saturation(rng):
+    data = star_field(rng)
+    data[:4, :4] = 65535
+    result = measure(data, {"SATURATE": 60000.0})
+    assert result["saturation_level"] == 60000.0
+    assert result["saturated_fraction"] == pytest.approx(16 / data.size)
+    assert result["max"] == 65535 and result["min"] < result["median"] < result["max"]
+    assert result["mean"] == pytest.approx(float(data.mean(dtype=np.float64)))
+
+
+@pytest.mark.parametrize(
+    "header, level",
+    [({"BITPIX": 16, "BZERO": 32768}, 65535.0), ({"BITPIX": 16}, 32767.0), ({"BITPIX": -32}, None), ({"SATURATE": 4095}, 4095.0)],
+)
+def test_saturation_level(header, level):
+    assert quality.saturation_level(header) == level
+
+
+def test_pixel_scale_gives_fwhm_in_arcsec(rng):
+    result = measure(star_field(rng, fwhm=3.0), {"PIXSCALE": 0.5})
+    assert result["fwhm_arcsec"] == pytest.approx(1.5, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.full((64, 64), np.nan, dtype=np.float32), "no finite pixels (all NaN)"),
+        (np.full((64, 64), 7.0, dtype=np.float32), "constant image (every pixel is 7)"),
+        (np.zeros((1, 1), dtype=np.float32), "image of shape (1, 1) is too small to measure"),
+    ],
+)
+def test_frames_that_cannot_be_measured(data, message):
+    with pytest.raises(QualityError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        measure(data)
+
+
+def test_file_gone_and_file_without_image(tmp_path):
+    with pytest.raises(QualityError, match="file not found"):
+        load_image(tmp_path / "gone.fits")
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "table.fits")
+    with pytest.raises(QualityError, match="no HDU with image data"):
+        load_image(tmp_path / "table.fits")
+
+
+def test_compressed_frame_is_measured(tmp_path, rng):
+    data = star_field(rng)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, name="SCI", quantize_level=64)]).writeto(tmp_path / "f.fits.fz")
+    image, _, hdu_index = load_image(tmp_path / "f.fits.fz")
+    assert hdu_index == 1 and measure(image)["fwhm"] == pytest.approx(3.0, rel=0.05)
+
+
+def test_cube_white_light_is_summed_in_chunks_with_bounded_memory(tmp_path, rng):
+    planes, shape = 240, (256, 256)
+    plane = star_field(rng, shape) / planes
+    path = tmp_path / "cube.fits"
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": shape[1], "NAXIS2": shape[0], "NAXIS3": planes})
+    with open(path, "wb") as stream:
+        stream.write(header.tostring().encode())
+        for _ in range(planes):
+            stream.write(plane.astype(">f4").tobytes())
+        stream.write(b"\0" * (-stream.tell() % 2880))
+    cube_bytes = planes * shape[0] * shape[1] * 4
+    tracemalloc.start()
+    white, _, _ = load_image(path, chunk_planes=16)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < cube_bytes / 4, f"peak {peak / 1e6:.1f} MB for a {cube_bytes / 1e6:.0f} MB cube"
+    np.testing.assert_allclose(white, plane * planes, rtol=1e-4)
+    assert measure(white)["fwhm"] == pytest.approx(3.0, rel=0.05)
+
+
+# -- computing over the catalog -------------------------------------------------------
+
+
+def science(directory, rng, number, **field):
+    return write_image(directory / f"f-{number}.fits", star_field(rng, **field), {"IMAGETYP": "Light Frame", "FILTER": "V"})
+
+
+def test_compute_stores_metrics_and_is_incremental(catalog, tmp_path, rng):
+    for number in range(1, 5):
+        science(tmp_path, rng, number)
+    catalog.ingest([tmp_path])
+    first = quality.compute(catalog.engine, workers=1)
+    assert (first.computed, first.skipped, first.failed) == (4, 0, 0)
+    assert catalog.query("fwhm between 2.85 and 3.15 and background > 990", columns="frame_number")["frame_number"].tolist() == [1, 2, 3, 4]
+
+    again = quality.compute(catalog.engine, workers=1)
+    assert (again.computed, again.skipped) == (0, 4)
+
+    time.sleep(0.01)
+    science(tmp_path, rng, 2, fwhm=6.0)  # the file changes: only it is measured again
+    catalog.ingest([tmp_path])
+    changed = quality.compute(catalog.engine, workers=1)
+    assert (changed.computed, changed.skipped) == (1, 3)
+    assert catalog.query("fwhm > 5", columns="frame_number")["frame_number"].tolist() == [2]
+
+    forced = quality.compute(catalog.engine, "1-2", force=True, workers=1)
+    assert (forced.computed, forced.skipped) == (2, 0)
+    other = quality.compute(catalog.engine, params=QualityParams(detect_sigma=8.0), workers=1)
+    assert other.computed == 4  # other parameters: measured again
+    with catalog.engine.connect() as conn:
+        runs = conn.execute(select(Run.step, Run.state, Run.summary_json).order_by(Run.id)).all()
+    assert [r.step for r in runs] == ["quality"] * 5 and {r.state for r in runs} == {"done"}
+
+
+def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog, tmp_path, rng):
+    science(tmp_path, rng, 1)
+    write_image(tmp_path / "f-2.fits", np.full((32, 32), np.nan, dtype=np.float32))
+    write_image(tmp_path / "f-3.fits", np.full((32, 32), 5.0, dtype=np.float32))
+    write_image(tmp_path / "f-4.fits", np.zeros((1, 1), dtype=np.float32))
+    write_frame(tmp_path / "f-5.fits", rng)
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header({"FRAMENUM": 6})), table]).writeto(tmp_path / "f-6.fits")
+    catalog.ingest([tmp_path])
+    (tmp_path / "f-5.fits").unlink()  # gone since ingest
+    summary = quality.compute(catalog.engine, workers=2)
+    assert (summary.computed, summary.failed) == (1, 5)
+    with catalog.engine.connect() as conn:
+        errors = dict(conn.execute(text("SELECT frame_number, metrics_error FROM exposure_quality WHERE metrics_error IS NOT NULL")).all())
+    assert "no finite pixels (all NaN)" in errors[2]
+    assert "constant image (every pixel is 5)" in errors[3]
+    assert "too small to measure" in errors[4]
+    assert "file not found" in errors[5]
+    assert "no HDU with image data" in errors[6]
+
+
+def _night_with_defects(directory, rng):
+    """36 science frames, V and R, one night; 3 with clouds (background x10),
+    3 with trailed stars, 3 defocused (FWHM x2.5); the rest clean."""
+    defects = {}
+    positions = np.column_stack([rng.uniform(20, 236, 40), rng.uniform(20, 236, 40)])
+    for number in range(1, 37):
+        band = "V" if number <= 18 else "R"
+        kind = {4: "clouds", 22: "clouds", 30: "clouds", 7: "tracking", 25: "tracking", 33: "tracking",
+                10: "focus", 15: "focus", 28: "focus"}.get(number)
+        field = {"positions": positions + rng.normal(0, 1.5, positions.shape), "fwhm": 3.0 * rng.uniform(0.95, 1.05),
+                 "noise": np.sqrt(1000.0)}
+        if kind == "clouds":
+            field.update(background=10000.0, noise=np.sqrt(10000.0), flux=(1e3, 1e4))
+        elif kind == "tracking":
+            field.update(elongation=3.0)
+        elif kind == "focus":
+            field.update(fwhm=7.5)
+        header = {"IMAGETYP": "Light Frame", "FILTER": band, "DATE-OBS": f"2017-08-16T0{number // 10}:{number:02d}:00"}
+        write_image(directory / f"n-{number}.fits", star_field(rng, **field), header)
+        if kind:
+            defects[number] = kind
+    return defects
+
+
+@pytest.mark.slow
+def test_default_rules_flag_each_defect_with_its_reason_and_no_clean_frame(catalog, tmp_path, rng):
+    defects = _night_with_defects(tmp_path, rng)
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=2)
+    summary = quality.apply_rules(catalog.engine)
+    assert summary.evaluated == 36
+    grades = catalog.query(columns="frame_number,grade,reason,flag_source")
+    for number, grade, reason, source in grades.itertuples(index=False):
+        assert source == "rule"
+        if number in defects:
+            assert (grade, reason) == ("bad", defects[number]), number
+        else:
+            assert grade == "ok" and pd.isna(reason), number
+    again = quality.apply_rules(catalog.engine)  # nothing changed: no new flag
+    assert again.unchanged == 36
+    with catalog.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Flag)).scalar_one() == 36
+        value, threshold = conn.execute(select(Flag.value, Flag.threshold).where(Flag.rule == "clouds")).first()
+    assert value > threshold
+
+
+def test_a_rule_never_overwrites_a_persons_flag(catalog, tmp_path, rng):
+    for number in range(1, 5):
+        science(tmp_path, rng, number, elongation=3.0 if number == 1 else 1.0)
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.flag(catalog.engine, "1", "great", note="I looked: fine", who="ann")
+    summary = quality.apply_rules(catalog.engine)
+    assert summary.kept_person == 1
+    frame = catalog.query("1", columns="grade,flag_source")
+    assert frame.values.tolist() == [["great", "person"]]
+
+
+def test_person_flags_history_and_queries(catalog, tmp_path, rng):
+    for number in range(3920, 3930):
+        science(tmp_path, rng, number)
+    catalog.ingest([tmp_path])
+    assert catalog.query("grade is null").shape[0] == 10  # never flagged: unreviewed
+    assert quality.flag(catalog.engine, "3920,3921,3924,3928", "bad", reason="tracking", note="big tracking errors", who="ann") == 4
+    assert quality.flag(catalog.engine, "3926-3927", "bad", reason="clouds") == 2
+    assert quality.flag(catalog.engine, "3920", "ok", who="bob") == 1
+    bad = catalog.query("grade == 'bad'", columns="frame_number")["frame_number"].tolist()
+    assert bad == [3921, 3924, 3926, 3927, 3928]
+    assert catalog.query("reason == 'clouds'", columns="frame_number")["frame_number"].tolist() == [3926, 3927]
+    history = quality.flag_history(catalog.engine, catalog.resolve("3920"))
+    assert [(h["grade"], h["who"], h["current"]) for h in history] == [("bad", "ann", False), ("ok", "bob", True)]
+    assert history[0]["note"] == "big tracking errors"
+
+
+@pytest.mark.parametrize(
+    "selection, grade, reason, message",
+    [
+        ("1", "awful", None, "unknown grade 'awful'; use one of great, ok, marginal, bad"),
+        ("1", "bad", "ufo", "unknown reason 'ufo'"),
+        ("9999", "bad", None, "no exposure matches '9999'; nothing flagged"),
+    ],
+)
+def test_bad_flags_are_refused(catalog, tmp_path, rng, selection, grade, reason, message):
+    science(tmp_path, rng, 1)
+    catalog.ingest([tmp_path])
+    with pytest.raises(ObsarchError, match=message):
+        quality.flag(catalog.engine, selection, grade, reason=reason)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"quality": {"rules": {"clouds": {"metric": "colour"}}}}, "unknown metric 'colour'"),
+        ({"quality": {"rules": {"new": {"metric": "fwhm", "grade": "bad", "reason": "focus"}}}}, "give exactly one of 'above' or 'below'"),
+        ({"quality": {"rules": {"clouds": {"grade": "terrible"}}}}, "unknown grade 'terrible'"),
+        ({"quality": {"rules": {"clouds": {"factor": 3}}}}, "unexpected keyword argument 'factor'"),
+        ({"quality": {"sigma": 3}}, "[quality] in obsarch.toml"),
+    ],
+)
+def test_bad_rule_config_is_refused(config, message):
+    with pytest.raises(ObsarchError) as info:
+        quality.rules_from_config(config)
+        QualityParams.from_config(config)
+    assert message in str(info.value)
+
+
+def test_rules_from_config_replace_and_disable():
+    rules = {r.name: r for r in quality.rules_from_config({"quality": {"rules": {
+        "clouds": {"above": 5.0}, "saturation": {"enabled": False},
+        "wind": {"metric": "elongation", "above": 1.3, "grade": "marginal", "reason": "tracking"}}}})}
+    assert rules["clouds"].above == 5.0 and rules["clouds"].relative
+    assert "saturation" not in rules and rules["wind"].grade == "marginal"
+
+
+def test_views_from_sql(catalog, tmp_path, rng):
+    for number in range(1, 4):
+        science(tmp_path, rng, number)
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.flag(catalog.engine, "1", "bad", reason="clouds")
+    quality.apply_rules(catalog.engine)
+    with catalog.engine.connect() as conn:
+        summary = conn.execute(text("SELECT grade, exposures FROM quality_summary ORDER BY grade")).all()
+        current = conn.execute(text("SELECT grade, source FROM current_flags ORDER BY exposure_id")).all()
+    assert [tuple(r) for r in summary] == [("bad", 1), ("ok", 2)]
+    assert [tuple(r) for r in current] == [("bad", "person"), ("ok", "rule"), ("ok", "rule")]
+
+
+# -- the command line -----------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def test_quality_tour(url, tmp_path, rng):
+    for number in range(3920, 3926):
+        science(tmp_path / "data", rng, number, elongation=3.0 if number == 3922 else 1.0)
+
+    def run(*args):
+        result = runner.invoke(app, ["--db", url, *args])
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result.stdout
+
+    run("init")
+    run("ingest", str(tmp_path / "data"))
+    assert "6 measured" in run("quality", "compute", "frame_type == 'science'", "--workers", "1")
+    assert "6 up to date" in run("quality", "compute", "--workers", "1")
+    assert "1 tracking" in run("quality", "rules")
+    assert "flagged 2 exposures bad (clouds)" in run("flag", "3924-3925", "--grade", "bad", "--reason", "clouds", "--by", "ann")
+    history = run("flags", "history", "3925", "--format", "csv")
+    assert "ann" in history and "rules" in history
+    out = run("query", "grade in ('great', 'ok') and fwhm < 3.5", "--columns", "frame_number", "--format", "csv")
+    assert out.split() == ["frame_number", "3920", "3921", "3923"]
+    assert "bad" in run("report", "quality")
+    csv = run("sql", "select grade, exposures from quality_summary order by grade", "--format", "csv")
+    assert csv.split() == ["grade,exposures", "bad,3", "ok,3"]
+    result = runner.invoke(app, ["--db", url, "flag", "3920", "--grade", "superb"])
+    assert result.exit_code == 1 and "unknown grade 'superb'" in result.stderr
+
+
+# -- the HTML report in a real browser -------------------------------------------------
+
+
+def _chromium():
+    import shutil
+
+    paths = [shutil.which(name) for name in ("chromium", "chromium-browser")]
+    driver = shutil.which("chromedriver")
+    found = next((p for p in paths if p), None)
+    if not (found and driver):
+        import os
+
+        message = "headless Chromium test needs Debian's chromium and chromium-driver (installed by .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found, driver
+
+
+@pytest.mark.slow
+def test_html_report_loads_in_chromium_and_shows_every_frame(catalog, tmp_path, rng):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from processing.report import write_html
+
+    binary, driver_path = _chromium()
+    for number in range(1, 7):
+        science(tmp_path / "data", rng, number)
+    write_image(tmp_path / "data" / "f-7.fits", np.full((32, 32), np.nan, dtype=np.float32), {"FILTER": "R"})
+    catalog.ingest([tmp_path / "data"])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    report = write_html(catalog.engine, tmp_path / "report", workers=1)
+    assert report.frames == 7 and report.thumbnails_failed == 1
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(report.index.as_uri())
+        frames = browser.find_elements("css selector", ".frame")
+        assert len(frames) == 7
+        broken = browser.execute_script(
+            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+        )
+        assert broken == []
+        assert len(browser.find_elements("css selector", ".frame img")) == 6
+        assert "no finite pixels" in browser.find_element("id", f"exposure-{catalog.resolve('7')}").text
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+# -- real frames -------------------------------------------------------------------------
+
+
+def test_real_trailed_frame_is_more_elongated(real_data):
+    good = measure(*load_image(real_data / "ccd_imaging" / "UB17-001-c.fit")[:2])
+    trailed = measure(*load_image(real_data / "ccd_imaging" / "UB17-033-c.fit")[:2])
+    assert trailed["elongation"] > good["elongation"]
+
+
+@pytest.mark.parametrize("name", ["1159", "1160", "1161"])
+def test_real_lco_fwhm_agrees_with_the_pipeline(real_data, name):
+    path = next((real_data / "ccd_imaging").glob(f"ogg0m404-kb82-20170815-{name}-e91.fits.fz"))
+    data, header, _ = load_image(path)
+    result = measure(data, header)
+    assert result["pixel_scale"] == 1.16
+    assert result["fwhm_arcsec"] == pytest.approx(header["L1FWHM"], rel=0.15)
+
+
+def test_real_lco_frame_of_next_night(real_data):
+    data, header, _ = load_image(next((real_data / "ccd_imaging").glob("*0816-0339*")))
+    assert measure(data, header)["fwhm_arcsec"] == pytest.approx(header["L1FWHM"], rel=0.15)
+
+
+def test_real_cube_white_light(real_data):
+    data, _, hdu_index = load_image(real_data / "eso_muse" / "subcub_mosaic.fits")
+    assert hdu_index == 1 and data.shape == (30, 30)
+    assert np.isfinite(measure(data)["background"])
