@@ -94,7 +94,8 @@ def band_plot(rows: list[dict], band: str, target: Path) -> None:
                 times, values = zip(*points)
                 axis.scatter(times, values, s=18, color=colour, label=grade or "unreviewed")
         axis.set_ylabel(label)
-    axes[0].legend(fontsize=8, ncol=5, loc="upper left")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, ncol=5, loc="upper left")
     axes[0].set_title(f"band {band}")
     axes[-1].set_xlabel("time (UTC)")
     figure.autofmt_xdate()

@@ -102,8 +102,10 @@ def test_roots_move(ingested, tmp_path):
 def test_db_commands(url):
     run(url, "init")
     assert "up to date" in run(url, "db", "current").stdout
+    from archive.db import head_revision
+
     assert "0001" in run(url, "db", "history").stdout
-    assert "0001 -> 0001" in run(url, "db", "upgrade").stdout
+    assert f"{head_revision()} -> {head_revision()}" in run(url, "db", "upgrade").stdout
 
 
 def test_default_url_is_obsarch_db_in_the_current_directory(tmp_path, monkeypatch):
@@ -132,16 +134,18 @@ def test_refuses_a_missing_catalog(url):
     one_line_error(runner.invoke(app, ["--db", url, "query"]), "run `obsarch init` first")
 
 
-def test_refuses_an_out_of_date_schema(ingested):
-    from archive.db import make_engine
+def test_refuses_an_out_of_date_schema_until_upgraded(url, tmp_path, rng):
+    from archive.db import head_revision, make_engine, upgrade
 
-    engine = make_engine(ingested)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    write_frame(tmp_path / "night" / "f-1.fits", rng)
+    engine = make_engine(url)
+    upgrade(engine, "0001")  # a catalog made by an older obsarch
     engine.dispose()
-    for command in (["query"], ["ingest", "."], ["summary"], ["sql", "select 1"], ["show", "1"]):
-        message = one_line_error(runner.invoke(app, ["--db", ingested, *command]), "run `obsarch db upgrade`")
-        assert "is at schema 0000, this obsarch needs 0001" in message
+    for command in (["query"], ["ingest", str(tmp_path / "night")], ["summary"], ["sql", "select 1"], ["show", "1"]):
+        message = one_line_error(runner.invoke(app, ["--db", url, *command]), "run `obsarch db upgrade`")
+        assert f"is at schema 0001, this obsarch needs {head_revision()}" in message
+    assert f"0001 -> {head_revision()}" in run(url, "db", "upgrade").stdout
+    assert "1 new" in run(url, "ingest", str(tmp_path / "night")).stdout
 
 
 @pytest.mark.parametrize(
