@@ -321,3 +321,57 @@ class Flag(Base):
     who: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+
+
+class Group(Base):
+    """A named set of exposures, made by a method (kmeans, dbscan, header
+    keys, a manual list) with its parameters."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    method: Mapped[str] = mapped_column(String(32))
+    params_json: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True, index=True)
+    role: Mapped[str | None] = mapped_column(String(32))  # "reference" or NULL
+
+
+class Offset(Base):
+    """The transform of an exposure onto a reference exposure:
+    ``(x_ref, y_ref) = scale * R(rotation) (x, y) + (dx, dy)`` in pixels (0-based),
+    rotation in degrees counter-clockwise. A failed registration has
+    ``status = 'failed'`` and a reason in ``error``, never numbers."""
+
+    __tablename__ = "offsets"
+    __table_args__ = (Index("ix_offsets_exposure_id_id", "exposure_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"))
+    reference_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    method: Mapped[str] = mapped_column(String(16))  # stars, centroid, wcs, composed
+    stage: Mapped[int] = mapped_column(Integer)  # 1: onto a reference; 2: composed onto a global one
+    status: Mapped[str] = mapped_column(String(16))  # ok, failed
+    error: Mapped[str | None] = mapped_column(Text)
+    dx: Mapped[float | None] = mapped_column(Float)
+    dy: Mapped[float | None] = mapped_column(Float)
+    rotation: Mapped[float | None] = mapped_column(Float)
+    scale: Mapped[float | None] = mapped_column(Float)
+    dx_err: Mapped[float | None] = mapped_column(Float)
+    dy_err: Mapped[float | None] = mapped_column(Float)
+    rotation_err: Mapped[float | None] = mapped_column(Float)
+    scale_err: Mapped[float | None] = mapped_column(Float)
+    nmatched: Mapped[int | None] = mapped_column(Integer)
+    residual: Mapped[float | None] = mapped_column(Float)  # rms of matched stars after the fit, pixels
+    chain_json: Mapped[str | None] = mapped_column(Text)  # ids of the offsets composed
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)

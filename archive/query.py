@@ -26,7 +26,21 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from archive.exceptions import SelectionError
 from archive.keywords import parse_fits_date
-from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT, Exposure, File, Flag, HeaderCard, Metric, Root
+from archive.models import (
+    LONG_TEXT,
+    NUMERIC,
+    SHORT_TEXT,
+    TEXT_INDEX_LIMIT,
+    Exposure,
+    File,
+    Flag,
+    Group,
+    GroupMember,
+    HeaderCard,
+    Metric,
+    Offset,
+    Root,
+)
 
 # -- tree --------------------------------------------------------------------
 
@@ -396,6 +410,27 @@ def _current_flag(name: str) -> Callable[[], ColumnElement]:
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
               "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
     FIELDS[_name] = FieldDef(_metric(_name), "number")
+def _latest_offset(name: str) -> Callable[[], ColumnElement]:
+    """A column of the exposure's latest successful offset."""
+    return lambda: (
+        select(getattr(Offset, name))
+        .where(Offset.exposure_id == Exposure.id, Offset.status == "ok")
+        .order_by(Offset.id.desc())
+        .limit(1)
+        .correlate(Exposure)
+        .scalar_subquery()
+    )
+
+
+for _name in ("dx", "dy", "rotation", "scale", "nmatched", "residual"):
+    FIELDS[_name] = FieldDef(_latest_offset(_name), "number")
+
+# Set-valued names: an exposure may be in many groups. Their expression is a
+# SELECT of (exposure_id, value) pairs; comparisons become membership tests.
+FIELDS["group"] = FieldDef(
+    lambda: select(GroupMember.exposure_id, Group.name).join(Group, Group.id == GroupMember.group_id), "set"
+)
+FIELDS["group_role"] = FieldDef(lambda: select(GroupMember.exposure_id, GroupMember.role), "set")
 FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
 FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")
@@ -497,7 +532,24 @@ class Compiler:
             parts.append(Exposure.frame_number.in_(singles))
         return or_(*parts)
 
+    def _set_def(self, field: Field) -> FieldDef | None:
+        if isinstance(field, Column) and FIELDS.get(field.name) and FIELDS[field.name].kind == "set":
+            return FIELDS[field.name]
+        return None
+
+    def _member(self, definition: FieldDef, predicate=None) -> ColumnElement:
+        pairs = definition.expression().subquery()
+        exposure, value = list(pairs.columns)
+        members = select(exposure)
+        if predicate is not None:
+            members = members.where(predicate(value))
+        return Exposure.id.in_(members)
+
     def _compare(self, node: Compare):
+        if (definition := self._set_def(node.field)) is not None:
+            if node.op == "!=":
+                return not_(self._member(definition, lambda v: v == node.value))
+            return self._member(definition, lambda v: _OPS[node.op](v, node.value))
         if isinstance(node.field, Header):
             kind, value = _value_kind(node.value), _card_value(node.value)
             short = node.op == "==" and _short(value)
@@ -508,6 +560,9 @@ class Compiler:
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value))
 
     def _in(self, node: In):
+        if (definition := self._set_def(node.field)) is not None:
+            clause = self._member(definition, lambda v: v.in_(node.values))
+            return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
             by_kind: dict[str, list] = {}
             for value in node.values:
@@ -535,6 +590,9 @@ class Compiler:
         def predicate(col):
             return _glob(col, node.pattern, self.sqlite) if node.glob else col.ilike(node.pattern)
 
+        if (definition := self._set_def(node.field)) is not None:
+            clause = self._member(definition, predicate)
+            return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
             clause = self._header(node.field, predicate, "text")
         else:
@@ -543,6 +601,9 @@ class Compiler:
         return not_(clause) if node.negate else clause
 
     def _isnull(self, node: IsNull):
+        if (definition := self._set_def(node.field)) is not None:
+            has = self._member(definition, lambda v: v.is_not(None))
+            return has if node.negate else not_(has)
         if isinstance(node.field, Header):
             branches = [[text(NUMERIC)], [text(SHORT_TEXT)], [text(LONG_TEXT)]]
             has = Exposure.id.in_(self._union(node.field, branches))
@@ -553,6 +614,8 @@ class Compiler:
     # helpers
 
     def _expression(self, field: Field) -> tuple[ColumnElement, str]:
+        if self._set_def(field) is not None:
+            raise SelectionError(f"{field.name} is a set (an exposure may have several); compare it with ==, in, like or is null")
         if isinstance(field, Call):
             inner, kind = self._expression(field.argument)
             if kind != "number":

@@ -87,6 +87,7 @@ def star_field(
     noise: float = 5.0,
     flux: tuple[float, float] = (3e3, 3e4),
     positions: np.ndarray | None = None,
+    fluxes: np.ndarray | None = None,
     oversample: int = 5,
 ) -> np.ndarray:
     """An image of Gaussian stars integrated over pixels (oversampled), with
@@ -100,7 +101,8 @@ def star_field(
     half = int(np.ceil(5 * sigma_major)) + 2
     if positions is None:
         positions = np.column_stack([rng.uniform(half, nx - half - 1, nstars), rng.uniform(half, ny - half - 1, nstars)])
-    fluxes = rng.uniform(*flux, len(positions))
+    if fluxes is None:
+        fluxes = rng.uniform(*flux, len(positions))
     sub = (np.arange(oversample) + 0.5) / oversample - 0.5
     for (x0, y0), total in zip(positions, fluxes):
         ix, iy = int(round(x0)), int(round(y0))

@@ -1,0 +1,222 @@
+"""Groups of exposures: pointing clusters, equal header values, manual lists.
+
+Pointing clusters work on unit vectors on the sphere, so RA = 0/360 and the
+poles need no special case; DBSCAN's radius is an angle turned into the
+chord length between unit vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import Engine, delete, insert, select
+
+from archive.db import transaction
+from archive.exceptions import ObsarchError
+from archive.ingest import utcnow
+from archive.models import Exposure, File, Group, GroupMember, Root
+from archive.query import FIELDS, Column, Compiler, parse, parse_columns
+from processing.runs import recorded_run
+
+ALGORITHM = "grouping-1"
+
+
+@dataclass
+class GroupingResult:
+    groups: dict[str, list[int]] = field(default_factory=dict)  # name -> exposure ids
+    without_pointing: list[int] = field(default_factory=list)
+    run_id: int | None = None
+
+
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def cluster_pointings(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, *, method: str, k: int | None = None, radius_deg: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cluster labels of sky positions: KMeans into ``k`` clusters, or DBSCAN
+    joining positions within ``radius_deg`` (-1 for a position left alone)."""
+    vectors = unit_vectors(np.asarray(ra_deg, float), np.asarray(dec_deg, float))
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        if not k or k < 1:
+            raise ObsarchError("kmeans needs --k, the number of clusters (1 or more)")
+        if k > len(vectors):
+            raise ObsarchError(f"kmeans: --k {k} is more than the {len(vectors)} exposures with a pointing")
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+    if method == "dbscan":
+        from sklearn.cluster import DBSCAN
+
+        if not radius_deg or radius_deg <= 0:
+            raise ObsarchError("dbscan needs --radius, e.g. 30arcsec or 0.5deg")
+        chord = 2 * math.sin(math.radians(radius_deg) / 2)
+        return DBSCAN(eps=chord, min_samples=1).fit_predict(vectors)
+    raise ObsarchError(f"unknown pointing method {method!r}; use kmeans or dbscan")
+
+
+def parse_angle(text: str) -> float:
+    """``30arcsec``, ``2arcmin``, ``0.5deg`` or a number of degrees -> degrees."""
+    from astropy import units as u
+
+    try:
+        quantity = u.Quantity(text)
+        if quantity.unit == u.dimensionless_unscaled:
+            return float(quantity.value)
+        return float(quantity.to_value(u.deg))
+    except (TypeError, ValueError, u.UnitsError) as exc:
+        raise ObsarchError(f"cannot read the angle {text!r}: give e.g. 30arcsec, 2arcmin or 0.5deg") from exc
+
+
+def _selected(engine: Engine, selection: str | None, *columns):
+    compiler = Compiler(engine.dialect.name)
+    where = compiler(parse(selection)) if selection and selection.strip() else None
+    statement = select(Exposure.id, *columns).select_from(Exposure)
+    if compiler.tables:
+        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+    if where is not None:
+        statement = statement.where(where)
+    with transaction(engine) as conn:
+        return conn.execute(statement.order_by(Exposure.id)).all()
+
+
+def _store(engine: Engine, result: GroupingResult, method: str, params: dict, references: dict[str, int] | None = None) -> None:
+    """Write the groups, replacing groups of the same names (idempotent)."""
+    references = references or {}
+    now = utcnow()
+    with transaction(engine, write=True) as conn:
+        for name, members in result.groups.items():
+            old = conn.execute(select(Group.id).where(Group.name == name)).scalar()
+            if old is not None:
+                conn.execute(delete(GroupMember).where(GroupMember.group_id == old))
+                conn.execute(delete(Group).where(Group.id == old))
+            group_id = conn.execute(
+                insert(Group).values(name=name, method=method, params_json=json.dumps(params, sort_keys=True),
+                                     run_id=result.run_id, created_at=now).returning(Group.id)
+            ).scalar_one()
+            conn.execute(insert(GroupMember), [
+                {"group_id": group_id, "exposure_id": e, "role": "reference" if references.get(name) == e else None}
+                for e in members
+            ])
+
+
+def group_by_pointing(
+    engine: Engine, *, method: str, name: str, k: int | None = None, radius: str | None = None,
+    selection: str | None = None,
+) -> GroupingResult:
+    """Cluster the pointings of ``selection`` into groups ``NAME-1``, ``NAME-2``...
+    (numbered by right ascension of their centre)."""
+    radius_deg = parse_angle(radius) if radius else None
+    rows = _selected(engine, selection, Exposure.ra, Exposure.dec)
+    with_pointing = [r for r in rows if r.ra is not None and r.dec is not None]
+    result = GroupingResult(without_pointing=[r.id for r in rows if r.ra is None or r.dec is None])
+    if not with_pointing:
+        raise ObsarchError("no selected exposure has a pointing (RA/Dec); nothing to cluster")
+    params = {"method": method, "k": k, "radius_deg": radius_deg, "selection": selection}
+    labels = cluster_pointings([r.ra for r in with_pointing], [r.dec for r in with_pointing], method=method, k=k, radius_deg=radius_deg)
+    clusters: dict[int, list] = {}
+    for row, label in zip(with_pointing, labels):
+        clusters.setdefault(int(label), []).append(row)
+    ordered = sorted(clusters.values(), key=lambda members: _mean_ra(members))
+    with recorded_run(engine, "group-pointing", params, ALGORITHM) as run:
+        result.run_id = run.id
+        result.groups = {f"{name}-{i}": [r.id for r in members] for i, members in enumerate(ordered, start=1)}
+        _store(engine, result, method, params)
+        run.summary = {"groups": len(result.groups), "without_pointing": len(result.without_pointing)}
+    return result
+
+
+def _mean_ra(members) -> float:
+    vector = unit_vectors(np.array([m.ra for m in members]), np.array([m.dec for m in members])).sum(axis=0)
+    return math.degrees(math.atan2(vector[1], vector[0])) % 360
+
+
+def group_by_values(engine: Engine, keys: str, *, selection: str | None = None, prefix: str | None = None) -> GroupingResult:
+    """One group per distinct combination of the named values (normalized
+    columns or hdr['KEY']), named ``band=V,readout_mode=SCI1.0``."""
+    from archive.catalog import Catalog
+
+    fields = parse_columns(keys)
+    for field_ in fields:
+        if isinstance(field_, Column) and field_.name not in FIELDS:
+            raise ObsarchError(f"unknown name {field_.name!r} to group by")
+    frame = Catalog(engine=engine, check=False).query(selection, columns=["id", *[_text(f) for f in fields]])
+    labels = [c for c in frame.columns if c != "id"]
+    result = GroupingResult()
+    for values, members in frame.groupby(labels, dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        shown = ",".join(f"{label}={_value(v)}" for label, v in zip(labels, values))
+        result.groups[f"{prefix}:{shown}" if prefix else shown] = [int(i) for i in members["id"]]
+    params = {"keys": keys, "selection": selection}
+    with recorded_run(engine, "group-by", params, ALGORITHM) as run:
+        result.run_id = run.id
+        _store(engine, result, "header", params)
+        run.summary = {"groups": len(result.groups)}
+    return result
+
+
+def _text(field_) -> str:
+    return field_.name if isinstance(field_, Column) else field_.label
+
+
+def _value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def create_group(engine: Engine, name: str, selection: str, *, reference: str | None = None) -> GroupingResult:
+    """A group of the exposures of ``selection`` (frame numbers, ranges, any
+    selection), with an optional reference member."""
+    ids = [r.id for r in _selected(engine, selection)]
+    if not ids:
+        raise ObsarchError(f"no exposure matches {selection!r}; group {name!r} not made")
+    references = {}
+    if reference is not None:
+        (ref_id, *more) = [r.id for r in _selected(engine, reference)] or [None]
+        if ref_id is None or more:
+            raise ObsarchError(f"--reference {reference!r} must select exactly one exposure")
+        if ref_id not in ids:
+            raise ObsarchError(f"--reference {reference!r} is not in the group's selection")
+        references[name] = ref_id
+    result = GroupingResult(groups={name: ids})
+    params = {"selection": selection, "reference": reference}
+    with recorded_run(engine, "group-manual", params, ALGORITHM) as run:
+        result.run_id = run.id
+        _store(engine, result, "manual", params, references)
+    return result
+
+
+def list_groups(engine: Engine) -> list[dict]:
+    from sqlalchemy import func
+
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Group.name, Group.method, func.count(GroupMember.exposure_id).label("members"), Group.created_at)
+            .outerjoin(GroupMember, GroupMember.group_id == Group.id)
+            .group_by(Group.id, Group.name, Group.method, Group.created_at)
+            .order_by(Group.name)
+        ).all()
+    return [row._asdict() for row in rows]
+
+
+def group_members(engine: Engine, name: str) -> tuple[int, list[tuple[int, str | None]]]:
+    """(group id, [(exposure id, role)]) of a group, reference first."""
+    with transaction(engine) as conn:
+        group_id = conn.execute(select(Group.id).where(Group.name == name)).scalar()
+        if group_id is None:
+            known = ", ".join(conn.execute(select(Group.name).order_by(Group.name).limit(20)).scalars()) or "none"
+            raise ObsarchError(f"no group named {name!r} (groups: {known})")
+        members = conn.execute(
+            select(GroupMember.exposure_id, GroupMember.role).where(GroupMember.group_id == group_id)
+            .order_by(GroupMember.role.is_(None), GroupMember.exposure_id)
+        ).all()
+    return group_id, [tuple(m) for m in members]

@@ -1,0 +1,643 @@
+"""Registering frames: the similarity transform of each frame onto a reference.
+
+``(x_ref, y_ref) = scale * R(rotation) (x, y) + (dx, dy)``, pixels 0-based,
+rotation in degrees counter-clockwise.
+
+Methods:
+
+* ``stars``: stars are detected in both frames and matched with no starting
+  guess. Triangles of each star and its nearest neighbours are described by
+  two side ratios that do not change with shift, rotation or scale; equal
+  descriptions propose a transform, the proposal that maps the most stars
+  wins, and a least-squares fit over all matched stars, with outliers
+  clipped, gives the transform, its uncertainties and the residual.
+* ``centroid``: a 2D Gaussian centroid of one star in a box, the manual way.
+* ``wcs``: from the two frames' celestial WCS.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sqlalchemy import Engine, insert, select
+
+from archive.db import transaction
+from archive.exceptions import ObsarchError
+from archive.ingest import utcnow
+from archive.models import Exposure, File, Group, GroupMember, Offset, Root
+from archive.query import Compiler, parse
+from processing.executor import Progress, parallel_map
+from processing.quality import QualityError, QualityParams, load_image, saturation_level
+from processing.runs import recorded_run
+
+ALGORITHM = "offsets-1"
+
+
+class MatchError(ObsarchError):
+    """A frame that cannot be registered; the message says why."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    dx: float
+    dy: float
+    rotation: float = 0.0  # degrees, counter-clockwise
+    scale: float = 1.0
+    dx_err: float | None = None
+    dy_err: float | None = None
+    rotation_err: float | None = None
+    scale_err: float | None = None
+    nmatched: int | None = None
+    residual: float | None = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        angle = math.radians(self.rotation)
+        c, s = self.scale * math.cos(angle), self.scale * math.sin(angle)
+        return np.array([[c, -s, self.dx], [s, c, self.dy], [0.0, 0.0, 1.0]])
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.atleast_2d(np.asarray(xy, dtype=float))
+        return xy @ self.matrix[:2, :2].T + self.matrix[:2, 2]
+
+    def then(self, outer: Transform) -> Transform:
+        """This transform followed by ``outer`` (frame -> group reference ->
+        global reference); uncertainties add in quadrature."""
+        matrix = outer.matrix @ self.matrix
+        def quad(a, b):
+            return None if a is None or b is None else math.hypot(a, b)
+        return Transform(
+            dx=float(matrix[0, 2]), dy=float(matrix[1, 2]),
+            rotation=math.degrees(math.atan2(matrix[1, 0], matrix[0, 0])),
+            scale=float(math.hypot(matrix[0, 0], matrix[1, 0])),
+            dx_err=quad(self.dx_err, outer.dx_err), dy_err=quad(self.dy_err, outer.dy_err),
+            rotation_err=quad(self.rotation_err, outer.rotation_err), scale_err=quad(self.scale_err, outer.scale_err),
+            nmatched=min(x for x in (self.nmatched, outer.nmatched) if x is not None) if self.nmatched or outer.nmatched else None,
+            residual=quad(self.residual, outer.residual),
+        )
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """max_stars: brightest stars used; neighbours: of each star, for its
+    triangles; invariant_tol: on the two side ratios; match_px: distance
+    within which a star is matched; min_matched: fewer matched stars is a
+    failure; scale_range: plausible scales."""
+
+    max_stars: int = 60
+    neighbours: int = 6
+    invariant_tol: float = 0.01
+    match_px: float = 3.0
+    min_matched: int = 5
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    max_rotation: float | None = None  # degrees; None: any (a meridian flip turns frames by 180)
+    max_candidates: int = 400
+
+
+# -- stars ---------------------------------------------------------------------------
+
+
+def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, detect_sigma: float = 5.0) -> np.ndarray:
+    """Centroids (x, y, 0-based) of the brightest unsaturated sources, brightest first."""
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, BkgZoomInterpolator
+    from photutils.segmentation import SourceCatalog, detect_sources
+
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise MatchError("no finite pixels")
+    mask = ~finite if not finite.all() else None
+    box = int(min(128, max(8, min(data.shape) // 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        background = Background2D(data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask,
+                                  interpolator=BkgZoomInterpolator(order=1))
+        sky = background.background
+        subtracted = data - sky
+        segments = detect_sources(subtracted, detect_sigma * background.background_rms_median, n_pixels=5, mask=mask)
+    if segments is None:
+        return np.empty((0, 2))
+    table = SourceCatalog(subtracted, segments, mask=mask).to_table(columns=["x_centroid", "y_centroid", "segment_flux", "max_value"])
+    level = saturation_level(header or {})
+    rows = []
+    for row in table:
+        x, y, flux = float(row["x_centroid"]), float(row["y_centroid"]), float(row["segment_flux"])
+        if not (math.isfinite(x) and math.isfinite(y)) or flux <= 0:
+            continue
+        if level is not None and float(row["max_value"]) + float(sky[int(y), int(x)]) >= 0.9 * level:
+            continue
+        rows.append((flux, x, y))
+    rows.sort(reverse=True)
+    return np.array([(x, y) for _, x, y in rows[:limit]]).reshape(-1, 2)
+
+
+# -- matching ------------------------------------------------------------------------
+
+
+def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles of each star with pairs of its nearest neighbours.
+
+    Returns their invariants (longest/middle side, middle/shortest side) and
+    their vertices ordered by the side opposite each (shortest first), so that
+    equal invariants give corresponding vertices.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(xy)
+    if n < 3:
+        return np.empty((0, 2)), np.empty((0, 3), dtype=int)
+    k = min(neighbours, n - 1)
+    _, near = cKDTree(xy).query(xy, k=k + 1)
+    seen = set()
+    for i in range(n):
+        for j, l in itertools.combinations(near[i, 1:], 2):
+            seen.add(tuple(sorted((i, int(j), int(l)))))
+    vertices = np.array(sorted(seen), dtype=int)
+    p = xy[vertices]  # (m, 3, 2)
+    # side opposite vertex v
+    opposite = np.stack([
+        np.linalg.norm(p[:, 1] - p[:, 2], axis=1),
+        np.linalg.norm(p[:, 0] - p[:, 2], axis=1),
+        np.linalg.norm(p[:, 0] - p[:, 1], axis=1),
+    ], axis=1)
+    order = np.argsort(opposite, axis=1)
+    sides = np.take_along_axis(opposite, order, axis=1)
+    good = sides[:, 0] > 1e-6
+    invariants = np.column_stack([sides[good, 2] / sides[good, 1], sides[good, 1] / sides[good, 0]])
+    return invariants, np.take_along_axis(vertices, order, axis=1)[good]
+
+
+def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[Transform, np.ndarray]:
+    """Least-squares similarity transform source -> target, with the
+    uncertainties of its parameters; returns it and the residuals (pixels)."""
+    n = len(source)
+    x, y = source[:, 0], source[:, 1]
+    a_matrix = np.zeros((2 * n, 4))
+    a_matrix[0::2] = np.column_stack([x, -y, np.ones(n), np.zeros(n)])
+    a_matrix[1::2] = np.column_stack([y, x, np.zeros(n), np.ones(n)])
+    b = target.reshape(-1)
+    params, *_ = np.linalg.lstsq(a_matrix, b, rcond=None)
+    a, bb, c, d = params
+    residuals = (a_matrix @ params - b).reshape(-1, 2)
+    distance = np.hypot(residuals[:, 0], residuals[:, 1])
+    dof = max(1, 2 * n - 4)
+    variance = float((residuals**2).sum() / dof)
+    try:
+        covariance = variance * np.linalg.inv(a_matrix.T @ a_matrix)
+        errors = np.sqrt(np.clip(np.diag(covariance), 0, None))
+    except np.linalg.LinAlgError:
+        errors = np.full(4, np.nan)
+    scale = math.hypot(a, bb)
+    transform = Transform(
+        dx=float(c), dy=float(d), rotation=math.degrees(math.atan2(bb, a)), scale=float(scale),
+        dx_err=float(errors[2]), dy_err=float(errors[3]),
+        rotation_err=math.degrees(float(math.hypot(errors[0], errors[1])) / scale / math.sqrt(2)),
+        scale_err=float(math.hypot(errors[0], errors[1]) / math.sqrt(2)),
+        nmatched=n, residual=float(np.sqrt(np.mean(distance**2))),
+    )
+    return transform, distance
+
+
+def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius: float) -> np.ndarray:
+    """Mutual nearest neighbours within ``radius`` after the transform."""
+    from scipy.spatial import cKDTree
+
+    moved = transform.apply(source)
+    d_forward, forward = cKDTree(target).query(moved, distance_upper_bound=radius)
+    _, backward = cKDTree(moved).query(target, distance_upper_bound=radius)
+    pairs = [(i, j) for i, (dist, j) in enumerate(zip(d_forward, forward))
+             if np.isfinite(dist) and j < len(target) and backward[j] == i]
+    return np.array(pairs, dtype=int).reshape(-1, 2)
+
+
+def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = MatchParams()) -> Transform:
+    """The transform of star list ``source`` onto ``target``, with no starting
+    guess. Raises :class:`MatchError` when too few stars can be matched."""
+    from scipy.spatial import cKDTree
+
+    all_source, all_target = source, target
+    source, target = source[: params.max_stars], target[: params.max_stars]
+    if len(source) < 3 or len(target) < 3:
+        raise MatchError(f"too few stars to match ({len(source)} in the frame, {len(target)} in the reference)")
+    inv_s, tri_s = triangles(source, params.neighbours)
+    inv_t, tri_t = triangles(target, params.neighbours)
+    if not len(inv_s) or not len(inv_t):
+        raise MatchError("no triangles of stars to match")
+    candidates = cKDTree(inv_t).query_ball_point(inv_s, r=params.invariant_tol)
+    proposals = [(i, j) for i, js in enumerate(candidates) for j in js]
+    if not proposals:
+        raise MatchError("no triangle of stars in the frame matches one in the reference")
+    if len(proposals) > params.max_candidates:
+        step = len(proposals) / params.max_candidates
+        proposals = [proposals[int(k * step)] for k in range(params.max_candidates)]
+    target_tree = cKDTree(target)
+    best, best_count = None, 0
+    enough = max(params.min_matched, int(0.6 * min(len(source), len(target))))
+    for i, j in proposals:
+        guess, _ = fit_similarity(source[tri_s[i]], target[tri_t[j]])
+        if not params.scale_range[0] <= guess.scale <= params.scale_range[1]:
+            continue
+        if params.max_rotation is not None and abs(guess.rotation) > params.max_rotation:
+            continue
+        distances, _ = target_tree.query(guess.apply(source), distance_upper_bound=params.match_px)
+        count = int(np.isfinite(distances).sum())
+        if count > best_count:
+            best, best_count = guess, count
+            if count >= enough:
+                break
+    if best is None or best_count < params.min_matched:
+        raise MatchError(
+            f"no transform maps {params.min_matched} or more stars (best: {best_count} of {len(source)}); "
+            "a different field, or too few stars?"
+        )
+    # Matched on the brightest stars; fitted on every star both frames share.
+    return _refine(all_source, all_target, best, params)
+
+
+def _refine(source: np.ndarray, target: np.ndarray, transform: Transform, params: MatchParams) -> Transform:
+    """Least squares over mutual nearest neighbours, clipping pairs farther
+    than 3 robust sigmas (from the median distance, so that a few wrong
+    pairs cannot inflate it) until the transform settles."""
+    radius = params.match_px
+    for _ in range(8):
+        pairs = _pairs(source, target, transform, radius)
+        if len(pairs) < params.min_matched:
+            raise MatchError(f"only {len(pairs)} stars matched after refining (need {params.min_matched})")
+        fitted, distance = fit_similarity(source[pairs[:, 0]], target[pairs[:, 1]])
+        sigma = float(np.median(distance)) / 1.1774  # the median of a 2D Gaussian distance is 1.1774 sigma
+        keep = distance <= max(3.0 * sigma, 0.02)
+        if keep.sum() >= params.min_matched and not keep.all():
+            fitted, _ = fit_similarity(source[pairs[keep, 0]], target[pairs[keep, 1]])
+        settled = abs(fitted.dx - transform.dx) < 1e-4 and abs(fitted.dy - transform.dy) < 1e-4
+        transform = fitted
+        radius = min(params.match_px, max(0.5, 4.0 * sigma))
+        if settled:
+            break
+    return transform
+
+
+# -- the manual way and the WCS way -----------------------------------------------------
+
+
+def parse_box(text: str) -> tuple[slice, slice]:
+    """``x1:x2,y1:y2`` (1-based, inclusive, x first, as IRAF sections) -> numpy slices (rows, columns)."""
+    try:
+        xs, ys = text.split(",")
+        x1, x2 = (int(v) for v in xs.split(":"))
+        y1, y2 = (int(v) for v in ys.split(":"))
+    except ValueError as exc:
+        raise ObsarchError(f"--box {text!r}: give x1:x2,y1:y2 in 1-based pixels, e.g. 437:485,1171:1204") from exc
+    if x2 - x1 < 4 or y2 - y1 < 4 or x1 < 1 or y1 < 1:
+        raise ObsarchError(f"--box {text!r}: the box must be at least 5x5 pixels inside the image")
+    return slice(y1 - 1, y2), slice(x1 - 1, x2)
+
+
+def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, float]:
+    """(x, y) of the star in ``box`` by photutils ``centroid_2dg``, 0-based."""
+    from photutils.centroids import centroid_2dg
+
+    rows, cols = box
+    if rows.stop > data.shape[0] or cols.stop > data.shape[1]:
+        raise MatchError(f"the box runs outside the {data.shape[1]}x{data.shape[0]} image")
+    cutout = np.asarray(data[rows, cols], dtype=float)
+    cutout = cutout - np.nanmedian(cutout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, y = centroid_2dg(cutout)
+    height, width = cutout.shape
+    if not (math.isfinite(x) and math.isfinite(y)) or not (1 <= x <= width - 2 and 1 <= y <= height - 2):
+        raise MatchError("no star in the box (its centroid is at the box's edge): did it move out?")
+    return cols.start + float(x), rows.start + float(y)
+
+
+def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, int]) -> Transform:
+    """The transform implied by two celestial WCS, fitted over a grid of the frame."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    def wcs_of(cards: dict):
+        header_ = fits.Header()
+        for key, value in cards.items():
+            if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
+                header_[key] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header_, naxis=2)
+        if not wcs.has_celestial:
+            raise MatchError("no celestial WCS in the header")
+        return wcs
+
+    frame_wcs, reference_wcs = wcs_of(header), wcs_of(reference_header)
+    ny, nx = shape
+    xs, ys = np.meshgrid(np.linspace(0, nx - 1, 7), np.linspace(0, ny - 1, 7))
+    grid = np.column_stack([xs.ravel(), ys.ravel()])
+    sky = frame_wcs.all_pix2world(grid, 0)
+    mapped = reference_wcs.all_world2pix(sky, 0)
+    transform, _ = fit_similarity(grid, mapped)
+    return transform
+
+
+# -- over the catalog ------------------------------------------------------------------
+
+
+@dataclass
+class OffsetsSummary:
+    run_id: int | None = None
+    measured: int = 0
+    failed: list[tuple[int, str]] | None = None
+    offsets: dict[int, Transform] | None = None
+    row_ids: dict[int, int] | None = None  # exposure -> id of its stored offset
+
+
+def _paths(engine: Engine, ids: list[int]) -> dict[int, str]:
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Exposure.id, Root.path + "/" + File.relpath)
+            .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+            .where(Exposure.id.in_(ids))
+        ).all()
+    return dict(rows)
+
+
+def _stars_of(path: str) -> tuple[np.ndarray, dict, tuple[int, int]]:
+    data, header, _ = load_image(path, QualityParams().chunk_planes)
+    return find_stars(data, header), header, data.shape
+
+
+def register(task: tuple) -> tuple[int, Transform | None, str | None]:
+    """Register one frame onto the reference. Runs in a worker."""
+    exposure_id, path, method, reference, params = task
+    try:
+        if method == "stars":
+            stars, _, _ = _stars_of(path)
+            return exposure_id, match_stars(stars, reference, params), None
+        if method == "centroid":
+            box, (x_ref, y_ref) = reference
+            data, _, _ = load_image(path)
+            x, y = centroid_in_box(data, box)
+            return exposure_id, Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), None
+        if method == "wcs":
+            data, header, _ = load_image(path)
+            return exposure_id, transform_from_wcs(header, reference, data.shape), None
+        raise MatchError(f"unknown method {method!r}")
+    except (MatchError, QualityError) as exc:
+        return exposure_id, None, str(exc)
+
+
+def _reference_input(path: str, method: str, box: tuple | None):
+    if method == "stars":
+        stars, _, _ = _stars_of(path)
+        if len(stars) < 3:
+            raise MatchError(f"the reference {path} has only {len(stars)} stars to match against")
+        return stars
+    data, header, _ = load_image(path)
+    if method == "centroid":
+        if box is None:
+            raise ObsarchError("the centroid method needs --box x1:x2,y1:y2 around one star")
+        return box, centroid_in_box(data, box)
+    return header
+
+
+def compute_offsets(
+    engine: Engine,
+    ids: list[int],
+    reference_id: int,
+    *,
+    method: str = "stars",
+    box: str | None = None,
+    group_id: int | None = None,
+    params: MatchParams = MatchParams(),
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> OffsetsSummary:
+    """Register exposures ``ids`` onto ``reference_id`` and store every result
+    (a failure with its reason)."""
+    if method not in ("stars", "centroid", "wcs"):
+        raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
+    paths = _paths(engine, [*ids, reference_id])
+    if reference_id not in paths:
+        raise ObsarchError(f"reference exposure {reference_id} is not in the catalog")
+    slices = parse_box(box) if box else None
+    reference = _reference_input(paths[reference_id], method, slices)
+    run_params = {"method": method, "box": box, "reference": reference_id, "match": asdict(params)}
+    with recorded_run(engine, f"offsets-{method}", run_params, ALGORITHM) as run:
+        summary = OffsetsSummary(run.id, failed=[], offsets={})
+        tasks = [(i, paths[i], method, reference, params) for i in ids if i != reference_id]
+        rows = [_offset_row(reference_id, reference_id, Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), None,
+                            method, 1, group_id, run.id)]
+        summary.offsets[reference_id] = Transform(0.0, 0.0)
+        for _, (exposure_id, transform, error) in parallel_map(register, tasks, workers=workers, progress=progress):
+            rows.append(_offset_row(exposure_id, reference_id, transform, error, method, 1, group_id, run.id))
+            if error:
+                summary.failed.append((exposure_id, error))
+            else:
+                summary.measured += 1
+                summary.offsets[exposure_id] = transform
+        summary.row_ids = dict(zip((row["exposure_id"] for row in rows), _store(engine, rows)))
+        run.summary = {"measured": summary.measured, "failed": len(summary.failed)}
+    return summary
+
+
+def _offset_row(exposure_id, reference_id, transform, error, method, stage, group_id, run_id, chain=None) -> dict:
+    values = asdict(transform) if transform else {}
+    return {
+        "exposure_id": exposure_id, "reference_id": reference_id, "group_id": group_id, "method": method,
+        "stage": stage, "status": "failed" if error else "ok", "error": error,
+        **{k: values.get(k) for k in ("dx", "dy", "rotation", "scale", "dx_err", "dy_err", "rotation_err", "scale_err",
+                                      "nmatched", "residual")},
+        "chain_json": json.dumps(chain) if chain else None, "run_id": run_id, "created_at": utcnow(),
+    }
+
+
+def _store(engine: Engine, rows: list[dict]) -> list[int]:
+    with transaction(engine, write=True) as conn:
+        return [conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one() for row in rows]
+
+
+def compute_multistage(
+    engine: Engine, group_names: list[str], global_reference: int, *, params: MatchParams = MatchParams(),
+    workers: int | None = None,
+) -> dict[str, OffsetsSummary]:
+    """Register each group's members onto the group's reference member (stage 1),
+    each group reference onto ``global_reference``, and store the composed
+    transform of every member onto the global reference (stage 2, its chain
+    of offset ids recorded)."""
+    from processing.grouping import group_members
+
+    results = {}
+    for name in group_names:
+        group_id, members = group_members(engine, name)
+        ids = [e for e, _ in members]
+        group_reference = next((e for e, role in members if role == "reference"), ids[0])
+        inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers)
+        outer = compute_offsets(engine, [group_reference], global_reference, group_id=group_id, params=params, workers=1)
+        link = outer.offsets.get(group_reference)
+        if link is None:
+            inner.failed.append((group_reference, f"group {name}'s reference could not be registered onto {global_reference}"))
+            results[name] = inner
+            continue
+        rows = [
+            _offset_row(member, global_reference, transform.then(link), None, "composed", 2, group_id, inner.run_id,
+                        chain=[inner.row_ids[member], outer.row_ids[group_reference]])
+            for member, transform in inner.offsets.items()
+        ]
+        _store(engine, rows)
+        results[name] = inner
+    return results
+
+
+def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | None = None) -> list[dict]:
+    """The latest offset of each exposure (stage 2 before stage 1), with MUSE's
+    derotator angle when the header has one."""
+    from archive.models import HeaderCard
+
+    statement = (
+        select(Offset.exposure_id, Exposure.frame_number, Offset.reference_id, Offset.method, Offset.stage, Offset.status,
+               Offset.dx, Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched,
+               Offset.residual, Offset.error, Offset.id)
+        .join(Exposure, Exposure.id == Offset.exposure_id)
+        .order_by(Offset.exposure_id, Offset.stage, Offset.id)
+    )
+    if group:
+        statement = statement.join(Group, Group.id == Offset.group_id).where(Group.name == group)
+    if ids is not None:
+        statement = statement.where(Offset.exposure_id.in_(ids))
+    with transaction(engine) as conn:
+        rows = conn.execute(statement).all()
+        posang = dict(conn.execute(
+            select(HeaderCard.file_id, HeaderCard.value_num).where(HeaderCard.keyword == "ESO INS DROT POSANG")
+        ).all())
+    latest: dict[int, dict] = {}
+    for row in rows:
+        latest[row.exposure_id] = {**row._asdict(), "drot_posang": posang.get(row.exposure_id)}
+    return list(latest.values())
+
+
+def select_ids(engine: Engine, selection: str) -> list[int]:
+    compiler = Compiler(engine.dialect.name)
+    where = compiler(parse(selection))
+    statement = select(Exposure.id).select_from(Exposure)
+    if compiler.tables:
+        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+    with transaction(engine) as conn:
+        return list(conn.execute(statement.where(where).order_by(Exposure.id)).scalars())
+
+
+def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
+    """(group id, member ids, reference member) of a group."""
+    from processing.grouping import group_members
+
+    group_id, members = group_members(engine, name)
+    ids = [e for e, _ in members]
+    return group_id, ids, next((e for e, role in members if role == "reference"), ids[0])
+
+
+
+# -- two source lists on the sky ------------------------------------------------------------
+
+_RA_NAMES = ("ra", "raj2000", "ra_deg", "_raj2000", "alpha")
+_DEC_NAMES = ("dec", "dej2000", "decj2000", "dec_deg", "_dej2000", "delta")
+_BRIGHTNESS = (("flux", -1), ("net_counts", -1), ("counts", -1), ("mag", 1), ("magnitude", 1))
+
+
+@dataclass
+class CatalogAlignment:
+    transform: Transform  # of list A onto list B, on the tangent plane, arcsec
+    pairs: list[dict]
+    n_a: int
+    n_b: int
+    centre: tuple[float, float]
+
+
+def read_sources(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """RA, Dec (degrees) of a source list (CSV, ECSV, FITS table...), brightest
+    first when it has a flux or magnitude column (then the third value is True)."""
+    from astropy.table import Table
+
+    try:
+        table = Table.read(path, format="ascii.csv" if str(path).lower().endswith(".csv") else None)
+    except Exception as exc:  # astropy raises many kinds for unreadable tables
+        raise ObsarchError(f"{path}: cannot read a table: {exc}") from exc
+    names = {name.lower(): name for name in table.colnames}
+    ra = next((names[n] for n in _RA_NAMES if n in names), None)
+    dec = next((names[n] for n in _DEC_NAMES if n in names), None)
+    if ra is None or dec is None:
+        raise ObsarchError(f"{path}: no RA/Dec columns (looked for {', '.join(_RA_NAMES[:3])} and {', '.join(_DEC_NAMES[:3])})")
+    ordered = False
+    for name, sign in _BRIGHTNESS:
+        if name in names:
+            table.sort(names[name], reverse=sign < 0)
+            ordered = True
+            break
+    ra_deg, dec_deg = np.asarray(table[ra], dtype=float), np.asarray(table[dec], dtype=float)
+    good = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    if good.sum() < 3:
+        raise ObsarchError(f"{path}: fewer than 3 sources with RA and Dec")
+    return ra_deg[good], dec_deg[good], ordered
+
+
+def _tangent(ra: np.ndarray, dec: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """Gnomonic projection about ``centre``, arcsec (x towards east)."""
+    ra0, dec0 = np.radians(centre)
+    ra_r, dec_r = np.radians(ra), np.radians(dec)
+    cos_c = np.sin(dec0) * np.sin(dec_r) + np.cos(dec0) * np.cos(dec_r) * np.cos(ra_r - ra0)
+    x = np.cos(dec_r) * np.sin(ra_r - ra0) / cos_c
+    y = (np.cos(dec0) * np.sin(dec_r) - np.sin(dec0) * np.cos(dec_r) * np.cos(ra_r - ra0)) / cos_c
+    return np.degrees(np.column_stack([x, y])) * 3600.0
+
+
+def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, fit_scale: bool = False) -> CatalogAlignment:
+    """Shift and rotation (and scale with ``fit_scale``) that take source list
+    A onto B, found with no starting guess, with the matched pairs and their
+    residuals."""
+    ra_a, dec_a, bright_a = read_sources(path_a)
+    ra_b, dec_b, bright_b = read_sources(path_b)
+    vector = np.array([np.cos(np.radians(dec_b)) * np.cos(np.radians(ra_b)),
+                       np.cos(np.radians(dec_b)) * np.sin(np.radians(ra_b)), np.sin(np.radians(dec_b))]).sum(axis=1)
+    centre = (math.degrees(math.atan2(vector[1], vector[0])) % 360, math.degrees(math.atan2(vector[2], math.hypot(vector[0], vector[1]))))
+    a, b = _tangent(ra_a, dec_a, centre), _tangent(ra_b, dec_b, centre)
+    if not (bright_a and bright_b):
+        # Without brightness in both lists, the sources matched first are the
+        # ones nearest the common centre: lists that need aligning overlap.
+        order_a, order_b = np.argsort(np.hypot(*a.T)), np.argsort(np.hypot(*b.T))
+        a, ra_a, dec_a = a[order_a], ra_a[order_a], dec_a[order_a]
+        b, ra_b, dec_b = b[order_b], ra_b[order_b], dec_b[order_b]
+    params = MatchParams(max_stars=200, match_px=tolerance_arcsec, min_matched=4, max_rotation=10.0)
+    transform = match_stars(a, b, params)
+    if not fit_scale:
+        transform = _without_scale(a, b, transform, tolerance_arcsec)
+    pairs = _pairs(a, b, transform, min(tolerance_arcsec, max(0.5, 4 * (transform.residual or 0))))
+    moved = transform.apply(a[pairs[:, 0]]) if len(pairs) else np.empty((0, 2))
+    rows = [
+        {"a": int(i), "b": int(j), "ra_a": float(ra_a[i]), "dec_a": float(dec_a[i]), "ra_b": float(ra_b[j]),
+         "dec_b": float(dec_b[j]), "residual_arcsec": float(np.hypot(*(moved[k] - b[j])))}
+        for k, (i, j) in enumerate(pairs)
+    ]
+    return CatalogAlignment(transform, rows, len(ra_a), len(ra_b), centre)
+
+
+def _without_scale(a: np.ndarray, b: np.ndarray, transform: Transform, tolerance: float) -> Transform:
+    """Refit shift and rotation only (Kabsch) over the matched pairs."""
+    pairs = _pairs(a, b, transform, tolerance)
+    source, target = a[pairs[:, 0]], b[pairs[:, 1]]
+    ms, mt = source.mean(axis=0), target.mean(axis=0)
+    u, _, vt = np.linalg.svd((source - ms).T @ (target - mt))
+    rotation = (u @ vt).T
+    if np.linalg.det(rotation) < 0:
+        vt[-1] *= -1
+        rotation = (u @ vt).T
+    shift = mt - rotation @ ms
+    residuals = np.hypot(*((source @ rotation.T + shift) - target).T)
+    n = len(pairs)
+    rms = float(np.sqrt(np.mean(residuals**2)))
+    lever = float(np.sqrt(np.mean(np.sum((source - ms) ** 2, axis=1)))) or 1.0
+    return Transform(
+        dx=float(shift[0]), dy=float(shift[1]), rotation=math.degrees(math.atan2(rotation[1, 0], rotation[0, 0])), scale=1.0,
+        dx_err=rms / math.sqrt(n), dy_err=rms / math.sqrt(n), rotation_err=math.degrees(rms / lever / math.sqrt(n)),
+        scale_err=0.0, nmatched=n, residual=rms,
+    )
