@@ -136,6 +136,9 @@ class Catalog:
                 found = conn.execute(
                     base_select(Exposure.id, Root.path, File.relpath).where(Exposure.frame_number == int(ref))
                 ).all()
+                if len(found) > 1:  # a frame number names the camera's frame, not its products
+                    raw = set(self.exposure_ids(f"{int(ref)} and product is null"))
+                    found = [r for r in found if r.id in raw] if len(raw) == 1 else found
                 if len(found) > 1:
                     paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id})" for r in found[:5])
                     raise NotFoundError(

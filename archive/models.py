@@ -265,6 +265,38 @@ class Run(Base):
     state: Mapped[str] = mapped_column(String(16))  # running, done, failed, interrupted
     error: Mapped[str | None] = mapped_column(Text)
     summary_json: Mapped[str | None] = mapped_column(Text)
+    # step + parameters + code + the content of every input: a done run with
+    # the same fingerprint whose products exist need not run again
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    item: Mapped[str | None] = mapped_column(Text)  # what a per-item run worked on (an obsid, a group)
+    stdout: Mapped[str | None] = mapped_column(Text)
+    stderr: Mapped[str | None] = mapped_column(Text)
+
+
+class RunInput(Base):
+    """What a run read, and the content it had then (so a later change shows)."""
+
+    __tablename__ = "run_inputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"), index=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="SET NULL"))
+    role: Mapped[str] = mapped_column(String(32))  # e.g. frame, bias, dark, flat, offset
+    content: Mapped[str | None] = mapped_column(String(128))
+
+
+class Product(Base):
+    """A file a run wrote; it is ingested like any other file."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # master_bias, master_dark, master_flat, calibrated, stack, output
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Metric(Base):

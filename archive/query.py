@@ -39,6 +39,7 @@ from archive.models import (
     HeaderCard,
     Metric,
     Offset,
+    Product,
     Root,
 )
 
@@ -431,6 +432,11 @@ FIELDS["group"] = FieldDef(
     lambda: select(GroupMember.exposure_id, Group.name).join(Group, Group.id == GroupMember.group_id), "set"
 )
 FIELDS["group_role"] = FieldDef(lambda: select(GroupMember.exposure_id, GroupMember.role), "set")
+FIELDS["product"] = FieldDef(
+    lambda: select(Product.kind).where(Product.file_id == Exposure.file_id).order_by(Product.id.desc()).limit(1)
+    .correlate(Exposure).scalar_subquery(),
+    "text",
+)
 FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
 FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")

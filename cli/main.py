@@ -30,6 +30,7 @@ group_app = typer.Typer(help="Make groups of exposures: by pointing, by header v
 groups_app = typer.Typer(help="The groups: list them, show one.", no_args_is_help=True)
 offsets_app = typer.Typer(help="Offsets of frames onto a reference: compute, show.", no_args_is_help=True)
 align_app = typer.Typer(help="Align source lists.", no_args_is_help=True)
+calib_app = typer.Typer(help="Calibration masters: bias, dark, flat.", no_args_is_help=True)
 roots_app = typer.Typer(help="The directories the catalog's files live in.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(roots_app, name="roots")
@@ -40,6 +41,7 @@ app.add_typer(group_app, name="group")
 app.add_typer(groups_app, name="groups")
 app.add_typer(offsets_app, name="offsets")
 app.add_typer(align_app, name="align")
+app.add_typer(calib_app, name="calib")
 
 
 class _State:
@@ -594,6 +596,8 @@ def _one(engine, selection: str) -> int:
     from processing import offsets
 
     ids = offsets.select_ids(engine, selection)
+    if len(ids) > 1:  # a frame number names the camera's frame, not its products
+        ids = offsets.select_ids(engine, f"({selection}) and product is null") or ids
     if len(ids) != 1:
         raise ObsarchError(f"--reference {selection!r} selects {len(ids)} exposures; it must select one")
     return ids[0]
@@ -658,3 +662,226 @@ def align_catalogs(
     )
     if pairs:
         show_frame(pd.DataFrame(result.pairs), fmt)
+
+
+# -- processing with provenance ----------------------------------------------------------
+
+ExecutorOption = Annotated[str, typer.Option("--executor", help="pool (default), serial or dask.")]
+SchedulerOption = Annotated[Optional[str], typer.Option(help="dask scheduler address, e.g. tcp://host:8786 (default: a local cluster).")]
+
+
+def _report_step(label: str, summary) -> None:
+    for path in summary.made:
+        console.print(f"{label}: wrote {path}", markup=False, soft_wrap=True)
+    for path in summary.skipped:
+        console.print(f"{label}: {path} is up to date (same inputs, parameters and code); skipped", markup=False, soft_wrap=True)
+    for path, reason in summary.failed:
+        err_console.print(f"{label}: {path}: {reason}", markup=False, soft_wrap=True)
+
+
+def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force) -> None:
+    from processing import calibration
+
+    params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
+    summary = calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
+                                      params=params, out_dir=out, force=force)
+    _report_step(f"master {kind}", summary)
+
+
+SelectionArg = Annotated[Optional[str], typer.Argument(help="Which frames (default: all of that type).")]
+NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
+ToOption = Annotated[Optional[str], typer.Option("--to", help="Date or time, e.g. 2014-07-27.")]
+MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
+SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
+MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
+ForceOption = Annotated[bool, typer.Option(help="Run even if an identical run's products exist.")]
+
+
+@command(calib_app, "bias")
+def calib_bias(selection: SelectionArg = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
+               sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB",
+               out: Annotated[Path, typer.Option(help="Directory for the master.")] = Path("masters"), force: ForceOption = False) -> None:
+    """A master bias from raw bias frames of one read-out mode.
+
+    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 11 --to 2014-07-27
+    """
+    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force)
+
+
+@command(calib_app, "dark")
+def calib_dark(selection: SelectionArg = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
+               sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB",
+               out: Annotated[Path, typer.Option(help="Directory for the master.")] = Path("masters"), force: ForceOption = False) -> None:
+    """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
+
+    Example: obsarch calib dark "exptime == 300"
+    """
+    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force)
+
+
+@command(calib_app, "flat")
+def calib_flat(selection: SelectionArg = None, band: Annotated[Optional[str], typer.Option(help="The band.")] = None,
+               nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median", sigma: SigmaOption = 3.0,
+               memory: MemoryOption = "2GB", out: Annotated[Path, typer.Option(help="Directory for the master.")] = Path("masters"),
+               force: ForceOption = False) -> None:
+    """A master flat of one band: flats bias- and dark-subtracted, each scaled to a median of 1, combined.
+
+    Example: obsarch calib flat --band V
+    """
+    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force)
+
+
+@command()
+def calibrate(
+    selection: SelectionArg = None,
+    no_dark: Annotated[bool, typer.Option("--no-dark", help="Skip dark subtraction.")] = False,
+    no_flat: Annotated[bool, typer.Option("--no-flat", help="Skip flat division.")] = False,
+    out: Annotated[Path, typer.Option(help="Directory for the calibrated frames.")] = Path("calibrated"),
+    workers: Annotated[Optional[int], typer.Option(help="Processes.")] = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Bias, dark and flat correction of science frames, with the masters chosen by
+    rule (same read-out mode, same band for flats, nearest in time).
+
+    Example: obsarch calibrate "frame_type == 'science' and night == '2017-08-15'"
+    """
+    from processing import calibration
+
+    use = tuple(k for k in ("bias", "dark", "flat") if not (k == "dark" and no_dark) and not (k == "flat" and no_flat))
+    with _progress_bar("calibrating") as bar:
+        task = bar.add_task("calibrate", total=None)
+        summary = calibration.calibrate(open_catalog().engine, selection, use=use, out_dir=out, workers=workers, executor=executor,
+                                        scheduler=scheduler, force=force,
+                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"calibrated {len(summary.made)}, up to date {len(summary.skipped)}, failed {len(summary.failed)}")
+    for path, reason in summary.failed[:20]:
+        err_console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+
+
+@command(name="stack")
+def stack_command(
+    selection: Annotated[str, typer.Argument(help="The frames to stack.")],
+    method: MethodOption = "median",
+    sigma_clip: Annotated[Optional[float], typer.Option("--sigma-clip", help="Sigma-clipped mean at this threshold instead of --method.")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for the stack.")] = Path("stacks"),
+    name: Annotated[Optional[str], typer.Option(help="File name (default: BAND_stack.fits).")] = None,
+    include_bad: Annotated[bool, typer.Option(help="Keep frames graded bad.")] = False,
+    memory: MemoryOption = "2GB", workers: Annotated[Optional[int], typer.Option(help="Processes.")] = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Resample frames onto their reference by their stored offsets and combine
+    them with rejection; writes the stack with a COVERAGE extension.
+
+    Example: obsarch stack "band == 'V' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
+    """
+    from processing import stacking
+
+    with _progress_bar("resampling") as bar:
+        task = bar.add_task("stack", total=None)
+        summary = stacking.stack(open_catalog().engine, selection, method="sigclip" if sigma_clip else method,
+                                 sigma=sigma_clip or 3.0, out_dir=out, name=name, include_bad=include_bad, memory=memory,
+                                 workers=workers, executor=executor, scheduler=scheduler, force=force,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _report_step("stack", summary)
+
+
+@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@reports_errors
+def run_command(
+    ctx: typer.Context,
+    selection: Annotated[Optional[str], typer.Argument(help="Which exposures.")] = None,
+    each: Annotated[str, typer.Option(help="exposure, obsid or group: one run per item.")] = "exposure",
+    workdir: Annotated[str, typer.Option(help="Working directory of each item ({item}, {obsid}, {group}...).")] = "runs/{item}",
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Items run at once.")] = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Run an external tool once per exposure, obsid or group, in parallel, in a
+    working directory per item. Arguments after -- may hold {path}, {paths},
+    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}. Output is logged with the
+    run, written files become products with lineage, items done with the same
+    command and inputs are skipped.
+
+    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
+    """
+    from processing import external
+
+    command_ = list(ctx.args)
+    summary = external.run_each(open_catalog().engine, each, selection, command_, workdir=workdir, workers=workers,
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force)
+    console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
+                  f"{summary.products} files registered as products")
+    for key, reason in summary.failed[:20]:
+        err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
+
+
+@command()
+def products(
+    kind: Annotated[Optional[str], typer.Option(help="Only this kind (master_bias, calibrated, stack, output...).")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Files made by obsarch's steps and wrapped tools, with the run that made each.
+
+    Example: obsarch products --kind stack
+    """
+    import pandas as pd
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import File, Product, Run
+
+    engine = open_catalog().engine
+    statement = (select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
+                 .join(Run, Run.id == Product.run_id).outerjoin(File, File.id == Product.file_id).order_by(Product.id))
+    if kind:
+        statement = statement.where(Product.kind == kind)
+    with transaction(engine) as conn:
+        rows = [tuple(r) for r in conn.execute(statement)]
+    show_frame(pd.DataFrame(rows, columns=["id", "kind", "path", "run", "step", "made", "status"]), fmt)
+
+
+@command()
+def lineage(
+    path: Annotated[Path, typer.Argument(help="A product (or any ingested file).")],
+) -> None:
+    """The tree of runs and inputs a file was made from, down to raw files.
+
+    Example: obsarch lineage stacks/V_stack.fits
+    """
+    from processing import runs
+
+    catalog = open_catalog()
+    exposure_id = catalog.resolve(str(path))
+    tree = runs.lineage(catalog.engine, exposure_id)
+
+    def show(node, indent=0, role=None):
+        label = f"{'  ' * indent}{'[' + role + '] ' if role else ''}{node['path']}"
+        if node["shown_above"]:
+            label += "  (shown above)"
+        elif node["run"]:
+            run = node["run"]
+            label += f"  <- run {run['id']} {run['step']} ({run['finished_at']})"
+        else:
+            label += "  (raw)"
+        console.print(label, markup=False, soft_wrap=True)
+        for child in node["inputs"]:
+            show(child, indent + 1, child["role"])
+
+    show(tree)
+
+
+@command()
+def stale(fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table) -> None:
+    """Products whose inputs changed, went missing, were graded bad, or were rebuilt;
+    re-running their step rebuilds only those.
+
+    Example: obsarch stale
+    """
+    import pandas as pd
+
+    from processing import runs
+
+    rows = runs.stale_products(open_catalog().engine)
+    show_frame(pd.DataFrame(rows, columns=["product_id", "kind", "path", "run_id", "reason"]), fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(rows)} stale products")

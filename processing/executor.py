@@ -13,20 +13,35 @@ from collections.abc import Callable, Iterable, Iterator
 Progress = Callable[[int, int], None]
 
 
+EXECUTORS = ("pool", "serial", "dask")
+
+
 def parallel_map(
     function: Callable,
     items: list,
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    executor: str = "pool",
+    scheduler: str | None = None,
 ) -> Iterator[tuple[int, object]]:
     """Yield ``(index, function(item))`` for every item, in completion order.
 
-    ``workers`` 1 runs here; otherwise a pool of that many processes (default:
-    all cores). ``function`` must be importable (a module-level function).
+    ``executor``: ``pool`` (default) runs a pool of ``workers`` processes
+    (default: all cores), ``serial`` runs here, ``dask`` submits to the
+    dask.distributed scheduler at ``scheduler`` (``tcp://host:8786``), or to a
+    local cluster of ``workers`` processes when none is given. ``function``
+    must be importable (a module-level function).
     """
+    from archive.exceptions import ObsarchError
+
+    if executor not in EXECUTORS:
+        raise ObsarchError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     total = len(items)
-    workers = workers or os.cpu_count() or 1
+    if executor == "dask":
+        yield from _dask_map(function, items, workers, scheduler, progress)
+        return
+    workers = 1 if executor == "serial" else (workers or os.cpu_count() or 1)
     if workers == 1 or total <= 1:
         for done, (index, item) in enumerate(enumerate(items), start=1):
             yield index, function(item)
@@ -50,3 +65,28 @@ class _Indexed:
     def __call__(self, pair: tuple[int, object]) -> tuple[int, object]:
         index, item = pair
         return index, self.function(item)
+
+
+def _dask_map(function, items, workers, scheduler, progress):
+    from archive.exceptions import ObsarchError
+
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise ObsarchError("the dask executor needs dask.distributed: pip install 'obsarch[dask]'") from exc
+    cluster = None if scheduler else LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                                  processes=True, dashboard_address=None)
+    try:
+        client = Client(scheduler or cluster, timeout="30s")
+    except OSError as exc:
+        raise ObsarchError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+    try:
+        futures = {client.submit(function, item, pure=False): index for index, item in enumerate(items)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            yield futures[future], future.result()
+            if progress:
+                progress(done, len(items))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

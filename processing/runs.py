@@ -67,3 +67,187 @@ def _finish(engine: Engine, record: RunRecord, state: str, error: str | None) ->
             .where(Run.id == record.id)
             .values(finished_at=utcnow(), state=state, error=error, summary_json=json.dumps(record.summary, default=str))
         )
+
+
+# -- provenance -------------------------------------------------------------------------
+
+
+def file_content(row) -> str:
+    """What identifies a file's content without reading it: its header hash,
+    size and modification time (any rewrite changes one of them)."""
+    return f"{row.header_hash}:{row.size}:{row.mtime_ns}"
+
+
+def fingerprint(step: str, params: dict, algorithm: str, contents: list[str]) -> str:
+    text = json.dumps({"step": step, "params": params, "algorithm": algorithm, "code": __version__,
+                       "inputs": sorted(contents)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def done_before(engine: Engine, print_: str) -> int | None:
+    """The id of a done run with this fingerprint whose products all still exist."""
+    from sqlalchemy import select
+
+    from archive.models import File, Product
+
+    with transaction(engine) as conn:
+        for (run_id,) in conn.execute(
+            select(Run.id).where(Run.fingerprint == print_, Run.state == "done").order_by(Run.id.desc())
+        ):
+            products = conn.execute(
+                select(Product.path, File.status).select_from(Product).outerjoin(File, File.id == Product.file_id)
+                .where(Product.run_id == run_id)
+            ).all()
+            # a product that is not FITS is not ingested: its existence is what counts
+            if all(status == "present" if status else os.path.exists(path) for path, status in products):
+                return run_id
+    return None
+
+
+def set_fingerprint(engine: Engine, run_id: int, print_: str, item: str | None = None) -> None:
+    with transaction(engine, write=True) as conn:
+        conn.execute(update(Run).where(Run.id == run_id).values(fingerprint=print_, item=item))
+
+
+def record_inputs(engine: Engine, run_id: int, inputs: list[tuple[int, str, str]], group_id: int | None = None) -> None:
+    """Inputs as (file id, role, content)."""
+    from archive.models import RunInput
+
+    if not inputs:
+        return
+    with transaction(engine, write=True) as conn:
+        conn.execute(insert(RunInput), [
+            {"run_id": run_id, "file_id": file_id, "role": role, "content": content, "group_id": group_id}
+            for file_id, role, content in inputs
+        ])
+
+
+def write_product(path, write) -> None:
+    """Write a file atomically: ``write(tmp_path)`` then rename, so that an
+    interrupted step leaves no half-written product under the real name."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def add_product(engine: Engine, run_id: int, path, kind: str) -> int:
+    """Ingest a written product and link it to its run; returns its file id."""
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from archive.ingest import ingest, is_fits_name
+    from archive.models import File, Product, Root
+
+    path = Path(path).resolve()
+    fits_file = is_fits_name(path.name)
+    if fits_file:  # other outputs (logs, text) are products, not catalog files
+        ingest(engine, [path])
+    with transaction(engine, write=True) as conn:
+        file_id = None
+        for root_id, root_path in conn.execute(select(Root.id, Root.path)) if fits_file else []:
+            if Path(root_path) in path.parents:
+                found = conn.execute(select(File.id).where(File.root_id == root_id,
+                                                           File.relpath == path.relative_to(root_path).as_posix())).scalar()
+                file_id = found or file_id
+        conn.execute(insert(Product).values(run_id=run_id, file_id=file_id, kind=kind, path=str(path), created_at=utcnow()))
+    return file_id
+
+
+def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None) -> dict:
+    """The tree of what a file was made from: its run, that run's inputs, and
+    theirs, down to raw files (files no run made)."""
+    from sqlalchemy import select
+
+    from archive.models import File, Product, Root, RunInput
+
+    seen = seen if seen is not None else set()
+    with transaction(engine) as conn:
+        path = conn.execute(
+            select(Root.path + "/" + File.relpath).select_from(File).join(Root, Root.id == File.root_id).where(File.id == file_id)
+        ).scalar()
+        made_by = conn.execute(
+            select(Product.run_id, Product.kind, Run.step, Run.finished_at, Run.params_json)
+            .join(Run, Run.id == Product.run_id).where(Product.file_id == file_id).order_by(Product.id.desc()).limit(1)
+        ).first()
+        inputs = [] if made_by is None else conn.execute(
+            select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)
+        ).all()
+    node = {"file_id": file_id, "path": path, "run": None, "inputs": [], "shown_above": file_id in seen}
+    if made_by is None or file_id in seen:
+        return node
+    seen.add(file_id)
+    node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
+                   "params": json.loads(made_by.params_json)}
+    node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+    return node
+
+
+def stale_products(engine: Engine) -> list[dict]:
+    """Products whose inputs changed since they were made, went missing, were
+    graded bad, or are themselves stale or rebuilt: with the reason."""
+    from sqlalchemy import select
+
+    from archive.models import Exposure, File, Flag, Product, Root, RunInput
+
+    with transaction(engine) as conn:
+        products = conn.execute(
+            select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path).order_by(Product.id)
+        ).all()
+        inputs = conn.execute(select(RunInput.run_id, RunInput.file_id, RunInput.role, RunInput.content)).all()
+        files = {row.id: row for row in conn.execute(select(File.id, File.header_hash, File.size, File.mtime_ns, File.status))}
+        latest_flag = {}
+        for exposure_id, grade, source in conn.execute(select(Flag.exposure_id, Flag.grade, Flag.source).order_by(Flag.id)):
+            if source == "person" or latest_flag.get(exposure_id, (None, None))[1] != "person":
+                latest_flag[exposure_id] = (grade, source)
+        made_by = {row.file_id: row for row in products}
+        newest = {}
+        for row in products:  # the newest product at each path supersedes older ones
+            newest[row.path] = row.id
+    by_run: dict[int, list] = {}
+    for row in inputs:
+        by_run.setdefault(row.run_id, []).append(row)
+    memo: dict[int, str | None] = {}
+
+    def reason(product) -> str | None:
+        if product.id in memo:
+            return memo[product.id]
+        memo[product.id] = None
+        found = None
+        for item in by_run.get(product.run_id, []):
+            current = files.get(item.file_id)
+            name = f"input {item.role} (file {item.file_id})"
+            if current is None or current.status == "missing":
+                found = f"{name} is missing"
+            elif item.content and file_content(current) != item.content:
+                found = f"{name} changed"
+            elif latest_flag.get(item.file_id, (None,))[0] == "bad":
+                found = f"{name} is graded bad"
+            elif item.file_id in made_by:
+                upstream = made_by[item.file_id]
+                if newest.get(upstream.path) != upstream.id:
+                    found = f"{name} was rebuilt"
+                elif (why := reason(upstream)) is not None:
+                    found = f"{name} is stale: {why}"
+            if found:
+                break
+        memo[product.id] = found
+        return found
+
+    result = []
+    for product in products:
+        if newest.get(product.path) != product.id:
+            continue  # superseded: its newer version is what matters
+        why = reason(product)
+        if why:
+            result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
+                           "reason": why})
+    return result

@@ -1,0 +1,188 @@
+"""Combining frames within a memory budget, calibrating, resampling.
+
+Pure array code: paths and arrays in, arrays out. Combining reads a band of
+rows from every frame at a time (``hdu.section``), so memory is bounded by
+``memory_bytes`` however many and however large the frames are.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from archive.exceptions import ObsarchError
+
+METHODS = ("median", "mean", "sigclip")
+DEFAULT_MEMORY = "2GB"
+_WORK_COPIES = 3  # the stack of a band (float64), and numpy's copies while reducing it
+
+
+class CombineError(ObsarchError):
+    pass
+
+
+def parse_memory(text: str | int) -> int:
+    """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?i?[bB]?)\s*", str(text))
+    if not match:
+        raise CombineError(f"--memory {text!r}: give a size such as 2GB or 500MB")
+    number, unit = float(match[1]), match[2].upper().rstrip("B").rstrip("I")
+    factor = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[unit]
+    if "I" in match[2].upper():
+        factor = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    return int(number * factor)
+
+
+@dataclass
+class _Frame:
+    path: Path
+    hdul: object
+    hdu: object
+
+
+def _open(path: Path) -> _Frame:
+    from astropy.io import fits
+
+    hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+    for hdu in hdul:
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and len(hdu.shape) == 2 and 0 not in hdu.shape:
+            return _Frame(path, hdul, hdu)
+    hdul.close()
+    raise CombineError(f"{path}: no 2D image to combine")
+
+
+def combine_files(
+    paths: list[Path | str],
+    *,
+    method: str = "median",
+    sigma: float = 3.0,
+    scales: list[float] | None = None,
+    subtract: np.ndarray | None = None,
+    memory_bytes: int = parse_memory(DEFAULT_MEMORY),
+    dtype=np.float32,
+    coverage: np.ndarray | None = None,
+) -> np.ndarray:
+    """Combine same-shaped images by median, mean, or sigma-clipped mean.
+
+    ``subtract`` (an image) comes off each image, then ``scales`` multiply
+    each (flats normalized to 1); NaN pixels are left out, and ``coverage``,
+    if given, receives the number of images that had a value. The images
+    are read a band of rows at a time so that the working memory stays
+    within ``memory_bytes`` (the output itself, one image of ``dtype``,
+    counts too).
+    """
+    if method not in METHODS:
+        raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not paths:
+        raise CombineError("nothing to combine")
+    frames = [_open(Path(p)) for p in paths]
+    try:
+        shape = frames[0].hdu.shape
+        for frame in frames[1:]:
+            if frame.hdu.shape != shape:
+                raise CombineError(f"{frame.path}: shape {frame.hdu.shape} differs from {frames[0].path}'s {shape}")
+        output = np.empty(shape, dtype=dtype)
+        budget = memory_bytes - output.nbytes
+        per_row = len(frames) * shape[1] * 8 * _WORK_COPIES
+        rows = budget // per_row
+        if rows < 1:
+            raise CombineError(
+                f"--memory {memory_bytes / 1e6:.0f} MB is too small: {len(frames)} frames of {shape[1]}x{shape[0]} need at least "
+                f"{(output.nbytes + per_row) / 1e6:.0f} MB"
+            )
+        factors = np.asarray(scales if scales is not None else np.ones(len(frames)), dtype=np.float64)
+        band = np.empty((len(frames), min(rows, shape[0]), shape[1]), dtype=np.float64)
+        for start in range(0, shape[0], band.shape[1]):
+            stop = min(start + band.shape[1], shape[0])
+            stack = band[:, : stop - start]
+            for i, frame in enumerate(frames):
+                stack[i] = frame.hdu.section[start:stop, :]
+            if subtract is not None:
+                stack -= subtract[start:stop]
+            stack *= factors[:, None, None]
+            output[start:stop] = _reduce(stack, method, sigma)
+            if coverage is not None:
+                coverage[start:stop] = np.isfinite(stack).sum(axis=0)
+        return output
+    finally:
+        for frame in frames:
+            frame.hdul.close()
+
+
+def _reduce(stack: np.ndarray, method: str, sigma: float) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+        if method == "median":
+            return np.nanmedian(stack, axis=0)
+        if method == "mean":
+            return np.nanmean(stack, axis=0)
+        from astropy.stats import sigma_clip
+
+        clipped = sigma_clip(stack, sigma=sigma, maxiters=1, cenfunc="mean", stdfunc="std", axis=0, masked=True)
+        return np.ma.mean(clipped, axis=0).filled(np.nan)
+
+
+def image_median(path: Path | str) -> float:
+    """The median of an image (for normalizing flats), from every 4th row."""
+    frame = _open(Path(path))
+    try:
+        data = np.asarray(frame.hdu.section[::4, :], dtype=np.float64)
+    finally:
+        frame.hdul.close()
+    median = float(np.nanmedian(data))
+    if not np.isfinite(median) or median == 0:
+        raise CombineError(f"{path}: median {median} cannot normalize a flat")
+    return median
+
+
+def calibrate_array(
+    data: np.ndarray,
+    *,
+    bias: np.ndarray | None = None,
+    dark: np.ndarray | None = None,
+    dark_exptime: float | None = None,
+    exptime: float | None = None,
+    flat: np.ndarray | None = None,
+) -> np.ndarray:
+    """(data - bias - dark * exptime / dark_exptime) / (flat / mean(flat)).
+
+    The dark is a bias-subtracted master scaled by exposure time (seconds);
+    the flat is normalized by its mean, as ccdproc's ``flat_correct`` does.
+    """
+    result = np.asarray(data, dtype=np.float64).copy()
+    if bias is not None:
+        result -= bias
+    if dark is not None:
+        if not dark_exptime or exptime is None:
+            raise CombineError("a dark needs both exposure times to be scaled (EXPTIME of the frame and the dark)")
+        result -= dark * (exptime / dark_exptime)
+    if flat is not None:
+        flat = np.asarray(flat, dtype=np.float64)
+        normalized = flat / np.nanmean(flat)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result /= normalized
+    return result
+
+
+def resample(data: np.ndarray, transform, shape: tuple[int, int], order: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A frame resampled onto the reference's pixel grid by its transform
+    (frame -> reference); returns the image (NaN where the frame does not
+    reach) and its coverage (1 where it does)."""
+    from scipy.ndimage import affine_transform
+
+    inverse = np.linalg.inv(transform.matrix)
+    # scipy works in (row, column) = (y, x) order
+    matrix = inverse[:2, :2][::-1, ::-1]
+    offset = inverse[:2, 2][::-1]
+    finite = np.isfinite(data)
+    filled = np.where(finite, data, 0.0).astype(np.float64)
+    image = affine_transform(filled, matrix, offset=offset, output_shape=shape, order=order, mode="constant", cval=0.0)
+    coverage = affine_transform(finite.astype(np.float32), matrix, offset=offset, output_shape=shape, order=0, mode="constant", cval=0.0)
+    image[coverage < 0.5] = np.nan
+    return image, (coverage >= 0.5).astype(np.float32)
