@@ -163,8 +163,8 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     header["COMBMETH"] = (params.method, "combine method")
     for role, master in masters.items():
         header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} subtracted")
-    for frame in inputs:
-        header.add_history(f"obsarch input: {frame.path}")
+    for frame in inputs:  # the full paths are in the catalog's provenance
+        header.add_history(f"obsarch input: {Path(frame.path).name}")
     return header
 
 

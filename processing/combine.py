@@ -18,7 +18,9 @@ from archive.exceptions import ObsarchError
 
 METHODS = ("median", "mean", "sigclip")
 DEFAULT_MEMORY = "2GB"
-_WORK_COPIES = 3  # the stack of a band (float64), and numpy's copies while reducing it
+# Working copies of a band (float64) while reducing it, measured (with NaN
+# gaps, the worst case): median 3.8, mean 2.4, sigma-clipped mean 7.4; plus the band.
+_WORK_COPIES = {"median": 4.8, "mean": 3.4, "sigclip": 8.4}
 
 
 class CombineError(ObsarchError):
@@ -89,12 +91,12 @@ def combine_files(
                 raise CombineError(f"{frame.path}: shape {frame.hdu.shape} differs from {frames[0].path}'s {shape}")
         output = np.empty(shape, dtype=dtype)
         budget = memory_bytes - output.nbytes
-        per_row = len(frames) * shape[1] * 8 * _WORK_COPIES
+        per_row = int(len(frames) * shape[1] * 8 * _WORK_COPIES[method])
         rows = budget // per_row
         if rows < 1:
             raise CombineError(
-                f"--memory {memory_bytes / 1e6:.0f} MB is too small: {len(frames)} frames of {shape[1]}x{shape[0]} need at least "
-                f"{(output.nbytes + per_row) / 1e6:.0f} MB"
+                f"--memory {_size(memory_bytes)} is too small: {len(frames)} frames of {shape[1]}x{shape[0]} need at least "
+                f"{_size(output.nbytes + per_row)}"
             )
         factors = np.asarray(scales if scales is not None else np.ones(len(frames)), dtype=np.float64)
         band = np.empty((len(frames), min(rows, shape[0]), shape[1]), dtype=np.float64)
@@ -115,13 +117,24 @@ def combine_files(
             frame.hdul.close()
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _reduce(stack: np.ndarray, method: str, sigma: float) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+        gaps = bool(np.isnan(stack).any())
         if method == "median":
+            if not gaps:  # the band is scratch: partition it in place, no copy
+                return np.median(stack, axis=0, overwrite_input=True)
             return np.nanmedian(stack, axis=0)
         if method == "mean":
-            return np.nanmean(stack, axis=0)
+            return np.nanmean(stack, axis=0) if gaps else np.mean(stack, axis=0)
         from astropy.stats import sigma_clip
 
         clipped = sigma_clip(stack, sigma=sigma, maxiters=1, cenfunc="mean", stdfunc="std", axis=0, masked=True)

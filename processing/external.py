@@ -39,9 +39,9 @@ def items_of(engine, each: str, selection: str | None) -> list[Item]:
     """The items a command runs on: one per exposure, obsid or group."""
     if each not in EACH:
         raise ObsarchError(f"--each {each!r}: use exposure, obsid or group")
-    chosen = frames(engine, selection)
+    chosen = frames(engine, selection, "product is null")  # a tool's own outputs are not its inputs
     if not chosen:
-        raise ObsarchError(f"no exposure matches {selection!r}")
+        raise ObsarchError(f"no raw exposure matches {selection!r}")
     if each == "exposure":
         return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
                      {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "dir": str(Path(f.path).parent)})

@@ -82,9 +82,15 @@ def stack(
 
     shape = load_image(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path)[0].shape
     sources = {f.exposure_id: (product_of(engine, f.file_id, "calibrated") or f.path) for f in chosen}
+    # what is stacked: the calibrated product of a frame where there is one
+    calibrated = {}
+    for f in chosen:
+        if sources[f.exposure_id] != f.path:
+            calibrated.update({f.exposure_id: c for c in frames(engine, f"path == '{sources[f.exposure_id].replace(chr(39), chr(39) * 2)}'")})
     bands = sorted({f.band for f in chosen if f.band}, key=str)
     target = (Path(out_dir) / (name or f"{safe_name(bands[0]) if len(bands) == 1 else 'mixed'}_stack.fits")).resolve()
-    contents = [f.content for f in chosen] + [offsets[f.exposure_id][2] for f in chosen]
+    contents = ([f.content for f in chosen] + [offsets[f.exposure_id][2] for f in chosen]
+                + [c.content for c in calibrated.values()])
     params = {"method": method, "sigma": sigma, "reference": reference_id, "include_bad": include_bad,
               "frames": sorted(f.file_id for f in chosen), "sources": sorted(sources.values()), "out": str(target)}
     print_ = fingerprint("stack", params, ALGORITHM, contents)
@@ -107,11 +113,8 @@ def stack(
         with recorded_run(engine, "stack", params, ALGORITHM) as run:
             set_fingerprint(engine, run.id, print_)
             inputs = [(f.file_id, "frame", f.content) for f in used]
-            for f in used:
-                source = sources[f.exposure_id]
-                if source != f.path:
-                    calibrated = frames(engine, f"path == '{source.replace(chr(39), chr(39) * 2)}'")
-                    inputs += [(c.file_id, "calibrated", c.content) for c in calibrated]
+            inputs += [(calibrated[f.exposure_id].file_id, "calibrated", calibrated[f.exposure_id].content)
+                       for f in used if f.exposure_id in calibrated]
             record_inputs(engine, run.id, inputs)
             coverage = np.zeros(shape, dtype=np.int16)
             image = combine_files([tasks[chosen.index(f)][4] for f in used], method=method, sigma=sigma,
@@ -124,7 +127,7 @@ def stack(
                 header["FILTER"] = bands[0]
             header["IMAGETYP"] = ("STACK", "made by obsarch")
             for f in used:
-                header.add_history(f"obsarch input: {sources[f.exposure_id]} {offsets[f.exposure_id][2]}")
+                header.add_history(f"obsarch input: {Path(sources[f.exposure_id]).name} {offsets[f.exposure_id][2]}")
             cover = fits.ImageHDU(coverage, name="COVERAGE")
             cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
             write_product(target, lambda tmp: fits.HDUList([fits.PrimaryHDU(image, header), cover]).writeto(tmp))

@@ -1,0 +1,389 @@
+"""Processing with provenance: combine and calibration against ccdproc, masters,
+calibrate, stack, external tools, lineage, staleness, interruption, executors."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from factories import star_field, write_image
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from archive.exceptions import ObsarchError
+from archive.models import Product, Run
+from cli.main import app
+from processing import calibration, external, grouping, offsets, runs, stacking
+from processing.combine import CombineError, calibrate_array, combine_files, parse_memory
+from processing.executor import parallel_map
+
+# -- arrays against ccdproc ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_frames(tmp_path, rng):
+    paths = []
+    for i in range(7):
+        data = rng.normal(1000, 10, (40, 50)).astype(np.float32)
+        data[rng.integers(0, 40, 3), rng.integers(0, 50, 3)] += 5000  # cosmic rays
+        fits.PrimaryHDU(data).writeto(tmp_path / f"f{i}.fits")
+        paths.append(tmp_path / f"f{i}.fits")
+    return paths
+
+
+@pytest.mark.parametrize(
+    "method, ccdproc_options",
+    [
+        ("median", {"method": "median"}),
+        ("mean", {"method": "average"}),
+        ("sigclip", {"method": "average", "sigma_clip": True, "sigma_clip_low_thresh": 3, "sigma_clip_high_thresh": 3,
+                     "sigma_clip_func": np.ma.mean, "sigma_clip_dev_func": np.ma.std}),
+    ],
+)
+@pytest.mark.parametrize("memory", [10**9, 80_000])  # one band, and a band of a few rows at a time
+def test_combine_equals_ccdproc(small_frames, method, ccdproc_options, memory):
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ccdproc.combine([CCDData.read(p, unit="adu") for p in small_frames], **ccdproc_options)
+    ours = combine_files(small_frames, method=method, memory_bytes=memory, dtype=np.float64)
+    np.testing.assert_allclose(ours, theirs.data, rtol=1e-12, atol=0)
+
+
+def test_scaled_combine_equals_ccdproc(small_frames):
+    import ccdproc
+    from astropy.nddata import CCDData
+
+    scales = [1 / (i + 1.0) for i in range(len(small_frames))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = ccdproc.combine([CCDData.read(p, unit="adu") for p in small_frames], method="median", scale=scales)
+    np.testing.assert_allclose(combine_files(small_frames, scales=scales, dtype=np.float64), theirs.data, rtol=1e-12)
+
+
+def test_calibration_equals_ccdproc(rng):
+    import ccdproc
+    from astropy import units as u
+    from astropy.nddata import CCDData
+
+    bias, dark = rng.normal(500, 2, (30, 40)), rng.normal(5, 1, (30, 40))
+    flat, science = rng.normal(20000, 100, (30, 40)), rng.normal(3000, 30, (30, 40))
+    ours = calibrate_array(science, bias=bias, dark=dark, dark_exptime=300.0, exptime=60.0, flat=flat)
+    expected = CCDData(science, unit="adu", meta={"exptime": 60.0})
+    expected = ccdproc.subtract_bias(expected, CCDData(bias, unit="adu"))
+    expected = ccdproc.subtract_dark(expected, CCDData(dark, unit="adu", meta={"exptime": 300.0}),
+                                     exposure_time="exptime", exposure_unit=u.s, scale=True)
+    expected = ccdproc.flat_correct(expected, CCDData(flat, unit="adu"))
+    np.testing.assert_allclose(ours, expected.data, rtol=1e-12)
+
+
+def test_combine_stays_within_its_memory(tmp_path, rng):
+    paths = []
+    for i in range(12):
+        fits.PrimaryHDU(rng.normal(0, 1, (512, 512)).astype(np.float32)).writeto(tmp_path / f"m{i}.fits")
+        paths.append(tmp_path / f"m{i}.fits")
+    limit = 8 * 2**20  # the frames alone would take 12 MB as float32, 25 MB as float64
+    tracemalloc.start()
+    combine_files(paths, memory_bytes=limit)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < limit, f"peak {peak / 2**20:.1f} MiB over a {limit / 2**20:.0f} MiB limit"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: combine_files(p, memory_bytes=1000), "is too small: 7 frames of 50x40 need at least"),
+        (lambda p: combine_files(p, method="mode"), "unknown method 'mode'"),
+        (lambda p: combine_files([]), "nothing to combine"),
+        (lambda p: parse_memory("lots"), "give a size such as 2GB"),
+    ],
+)
+def test_combine_refusals(small_frames, call, message):
+    with pytest.raises(CombineError, match=message):
+        call(small_frames)
+
+
+def test_combine_refuses_mixed_shapes(small_frames, tmp_path):
+    fits.PrimaryHDU(np.zeros((10, 10), dtype=np.float32)).writeto(tmp_path / "odd.fits")
+    with pytest.raises(CombineError, match=r"shape \(10, 10\) differs"):
+        combine_files([*small_frames, tmp_path / "odd.fits"])
+
+
+@pytest.mark.parametrize("text, size", [("2GB", 2 * 10**9), ("500MB", 5 * 10**8), ("1GiB", 2**30), ("123", 123)])
+def test_parse_memory(text, size):
+    assert parse_memory(text) == size
+
+
+# -- a synthetic night, end to end ---------------------------------------------------------------
+
+SHAPE = (128, 128)
+
+
+def _night(directory, rng, *, modes=("SCI1.0",)):
+    """Bias and V flats in each read-out mode, and 4 V science frames with
+    known shifts; all share one star field."""
+    stars = np.column_stack([rng.uniform(10, 118, 25), rng.uniform(10, 118, 25)])
+    fluxes = rng.uniform(3e3, 3e4, 25)
+    number = 1
+    for mode in modes:
+        for i in range(5):
+            write_image(directory / f"b-{number}.fits", rng.normal(500, 3, SHAPE).astype(np.float32),
+                        {"IMAGETYP": "Bias Frame", "FILTER": None, "EXPTIME": 0.0, "READOUTM": mode,
+                         "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+            number += 1
+    for i in range(3):
+        write_image(directory / f"fl-{number}.fits", (500 + rng.normal(20000, 100, SHAPE)).astype(np.float32),
+                    {"IMAGETYP": "Flat Field", "FILTER": "V", "EXPTIME": 2.0, "DATE-OBS": f"2017-08-16T05:0{i}:00"})
+        number += 1
+    shifts = [(0.0, 0.0), (3.4, -2.1), (-5.2, 4.7), (1.1, 6.3)]
+    for i, (dx, dy) in enumerate(shifts):
+        image = star_field(rng, SHAPE, positions=stars - [dx, dy], fluxes=fluxes, background=1500.0) + 500
+        write_image(directory / f"s-{number}.fits", image, {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0,
+                                                           "DATE-OBS": f"2017-08-16T03:0{i}:00"})
+        number += 1
+
+
+@pytest.fixture
+def night(catalog, tmp_path, rng):
+    _night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    return catalog, tmp_path
+
+
+def _kinds(catalog) -> list[str]:
+    with catalog.engine.connect() as conn:
+        return conn.execute(select(Product.kind).order_by(Product.id)).scalars().all()
+
+
+@pytest.mark.slow
+def test_raw_to_masters_to_calibrated_to_stack(night):
+    catalog, tmp = night
+    engine = catalog.engine
+    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").made
+    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").made
+    made = calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
+    assert len(made.made) == 4 and not made.failed
+    ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1)
+    result = stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
+    (stack_path,) = result.made
+    assert _kinds(catalog) == ["master_bias", "master_flat"] + ["calibrated"] * 4 + ["stack"]
+
+    with fits.open(stack_path) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 4 and "COVERAGE" in hdul
+        coverage = hdul["COVERAGE"].data
+        assert coverage.max() == 4 and coverage.min() >= 1  # the shifted frames leave the edges less covered
+        calibrated = hdul[0].data
+    assert np.nanmedian(calibrated) == pytest.approx(1500 / 1.0, rel=0.05)  # bias off, flat ~1
+
+    tree = runs.lineage(engine, catalog.resolve(stack_path))
+    assert tree["run"]["step"] == "stack"
+    calibrated_node = next(n for n in tree["inputs"] if n["role"] == "calibrated")
+    roles = {n["role"] for n in calibrated_node["inputs"]}
+    assert roles == {"frame", "bias", "flat"}
+    bias_node = next(n for n in calibrated_node["inputs"] if n["role"] == "bias")
+    assert bias_node["run"]["step"] == "master-bias" and len(bias_node["inputs"]) == 5
+    assert all(child["run"] is None for child in bias_node["inputs"])  # raw files end the walk
+
+    # nothing changed: every step is skipped
+    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").skipped
+    assert len(calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1).skipped) == 4
+    assert stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1).skipped
+    assert runs.stale_products(engine) == []
+
+    # a raw bias changes: what depends on it is stale, and re-running rebuilds only that
+    time.sleep(0.01)
+    bias_file = sorted((tmp / "raw").glob("b-*.fits"))[0]
+    write_image(bias_file, np.full(SHAPE, 520.0, dtype=np.float32), {"IMAGETYP": "Bias Frame", "FILTER": None, "EXPTIME": 0.0,
+                                                                    "DATE-OBS": "2017-08-16T00:00:00"})
+    catalog.ingest([tmp / "raw"])
+    stale = {row["kind"]: row["reason"] for row in runs.stale_products(engine)}
+    assert set(stale) == {"master_bias", "master_flat", "calibrated", "stack"}
+    assert "changed" in stale["master_bias"] and "is stale" in stale["stack"]
+    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").made
+    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").made
+    assert len(calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1).made) == 4
+    assert stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1).made
+    assert runs.stale_products(engine) == []
+
+
+def test_a_frame_graded_bad_makes_its_products_stale_and_is_left_out_of_stacks(night):
+    from processing import quality
+
+    catalog, tmp = night
+    engine = catalog.engine
+    calibration.make_master(engine, "bias", out_dir=tmp / "m")
+    calibration.make_master(engine, "flat", band="V", out_dir=tmp / "m")
+    calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
+    quality.flag(engine, "frame_type == 'science' and product is null and frame_number == 12", "bad", reason="clouds")
+    stale = runs.stale_products(engine)
+    assert [row["kind"] for row in stale] == ["calibrated"] and "graded bad" in stale[0]["reason"]
+    ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1)
+    result = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
+    with fits.open(result.made[0]) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 3
+    everything = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "all", include_bad=True, workers=1)
+    with fits.open(everything.made[0]) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 4
+
+
+def test_master_choice_rules(catalog, tmp_path, rng):
+    _night(tmp_path / "raw", rng, modes=("SCI1.0", "FAST"))
+    catalog.ingest([tmp_path / "raw"])
+    engine = catalog.engine
+    with pytest.raises(ObsarchError, match=r"several readout modes \(FAST, SCI1.0\); select one"):
+        calibration.make_master(engine, "bias", out_dir=tmp_path / "m")
+    with pytest.raises(ObsarchError, match="--nearest needs --to"):
+        calibration.make_master(engine, "bias", "readout_mode == 'FAST'", nearest_count=2, out_dir=tmp_path / "m")
+    summary = calibration.make_master(engine, "bias", "readout_mode == 'FAST'", nearest_count=2, to="2017-08-16T03:10",
+                                      out_dir=tmp_path / "m")
+    with fits.open(summary.made[0]) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 2 and hdul[0].header["READOUTM"] == "FAST"
+        inputs = [line for line in hdul[0].header["HISTORY"] if "obsarch input" in line]
+    assert [line.split()[-1] for line in inputs] == ["b-9.fits", "b-10.fits"]  # the two nearest 03:10
+    with pytest.raises(ObsarchError, match="no raw dark frames match"):
+        calibration.make_master(engine, "dark", out_dir=tmp_path / "m")
+
+
+def test_calibrate_reports_frames_without_masters(night):
+    catalog, tmp = night
+    summary = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
+    assert len(summary.failed) == 4 and "no master bias or flat" in summary.failed[0][1]
+    assert "run `obsarch calib bias` first" in summary.failed[0][1]
+
+
+def test_an_interrupted_step_leaves_no_product_and_no_successful_run(night, monkeypatch):
+    catalog, tmp = night
+    engine = catalog.engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibration, "combine_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        calibration.make_master(engine, "bias", out_dir=tmp / "m")
+    assert not list((tmp / "m").glob("*")) if (tmp / "m").exists() else True
+    with engine.connect() as conn:
+        states = conn.execute(select(Run.state).where(Run.step == "master-bias")).scalars().all()
+        products = conn.execute(select(Product.id)).scalars().all()
+    assert states == ["interrupted"] and products == []
+
+    def half_written(path):
+        with open(path, "wb") as stream:
+            stream.write(b"SIMPLE  =                    T")
+        raise OSError("disk full")
+
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="disk full"):
+        runs.write_product(tmp / "out" / "p.fits", half_written)
+    assert list((tmp / "out").iterdir()) == []  # neither the product nor its partial file
+
+
+# -- external tools ---------------------------------------------------------------------------
+
+
+def test_run_an_external_tool_per_obsid(catalog, tmp_path, rng):
+    for obsid, count in (("0013140101", 2), ("0761220101", 1), ("0000000009", 1)):
+        for i in range(count):
+            write_image(tmp_path / "xmm" / obsid / f"ev{i}.fits", rng.normal(0, 1, (8, 8)).astype(np.float32),
+                        {"OBS_ID": obsid, "TELESCOP": "XMM"})
+    catalog.ingest([tmp_path / "xmm"])
+    script = "echo obsid {obsid}; ls {dir} > files.txt; cp {path} product.fits; test {obsid} != 0000000009"
+    summary = external.run_each(catalog.engine, "obsid", None, ["sh", "-c", script], workdir=str(tmp_path / "work" / "{obsid}"),
+                                workers=2)
+    assert sorted(summary.done) == ["0013140101", "0761220101"]
+    assert summary.failed[0][0] == "0000000009" and "exit status 1" in summary.failed[0][1]
+    assert summary.products == 4
+    assert (tmp_path / "work" / "0013140101" / "files.txt").read_text().split() == ["ev0.fits", "ev1.fits"]
+    with catalog.engine.connect() as conn:
+        logged = conn.execute(select(Run.item, Run.state, Run.stdout).where(Run.step == "run:sh").order_by(Run.item)).all()
+    assert [(r.item, r.state) for r in logged] == [("0000000009", "failed"), ("0013140101", "done"), ("0761220101", "done")]
+    assert logged[1].stdout.strip() == "obsid 0013140101"
+    again = external.run_each(catalog.engine, "obsid", None, ["sh", "-c", script], workdir=str(tmp_path / "work" / "{obsid}"), workers=2)
+    assert sorted(again.skipped) == ["0013140101", "0761220101"] and len(again.failed) == 1
+    product = catalog.query("path like '%0761220101/product.fits'", columns="id,product")
+    assert product["product"].tolist() == ["output"]
+    tree = runs.lineage(catalog.engine, int(product["id"][0]))
+    assert tree["run"]["step"] == "run:sh" and tree["inputs"][0]["path"].endswith("0761220101/ev0.fits")
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [(["echo", "{nothing}"], "{nothing} in '{nothing}' is not known for this item"), ([], "give the command after --")],
+)
+def test_bad_external_commands(night, command, message):
+    catalog, _ = night
+    with pytest.raises(ObsarchError, match=message):
+        external.run_each(catalog.engine, "exposure", "1", command)
+
+
+def test_a_missing_tool_is_a_failed_item(night, tmp_path):
+    catalog, _ = night
+    summary = external.run_each(catalog.engine, "exposure", "1-2", ["no-such-tool-xyz"], workdir=str(tmp_path / "w" / "{item}"), workers=1)
+    assert len(summary.failed) == 2 and "command not found: no-such-tool-xyz" in summary.failed[0][1]
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+
+def _square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("executor, workers", [("serial", None), ("pool", 2), ("dask", 2)])
+def test_executors_give_the_same_results(executor, workers):
+    results = dict(parallel_map(_square, list(range(12)), executor=executor, workers=workers))
+    assert results == {i: i * i for i in range(12)}
+
+
+@pytest.mark.slow
+def test_calibrate_on_a_dask_local_cluster(night):
+    catalog, tmp = night
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
+    summary = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", executor="dask", workers=2)
+    assert len(summary.made) == 4
+
+
+def test_unknown_executor():
+    with pytest.raises(ObsarchError, match="unknown executor 'slurm'"):
+        list(parallel_map(_square, [1, 2], executor="slurm"))
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_processing_tour(url, tmp_path, rng, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _night(tmp_path / "raw", rng)
+    runner = CliRunner()
+
+    def run(*args, code=0):
+        result = runner.invoke(app, ["--db", url, *args])
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+
+    run("init")
+    run("ingest", "raw")
+    assert "wrote" in run("calib", "bias", "readout_mode == 'SCI1.0'", "--nearest", "3", "--to", "2017-08-16").stdout
+    assert "up to date" in run("calib", "bias", "readout_mode == 'SCI1.0'", "--nearest", "3", "--to", "2017-08-16").stdout
+    run("calib", "flat", "--band", "V")
+    assert "calibrated 4" in run("calibrate", "frame_type == 'science'", "--workers", "1").stdout
+    run("offsets", "compute", "frame_type == 'science' and product is null", "--reference", "12", "--workers", "1")
+    assert "V_stack.fits" in run("stack", "band == 'V'", "--sigma-clip", "3", "--out", "stacks/", "--workers", "1").stdout
+    assert "stack" in run("products", "--format", "csv").stdout
+    tree = run("lineage", "stacks/V_stack.fits").stdout
+    assert "master-bias" in tree and "(raw)" in tree
+    assert "0 stale products" in run("stale").stderr
+    out = run("run", "--each", "exposure", "11-12 and product is null", "--workdir", "work/{item}", "--workers", "1", "--",
+              "sh", "-c", "echo {frame} > n.txt").stdout
+    assert "2 done" in out and "2 files registered as products" in out
+    assert "unknown method 'mode'" in run("calib", "bias", "--method", "mode", code=1).stderr
