@@ -203,6 +203,47 @@ class Observation(Base):
     t_start: Mapped[datetime | None] = mapped_column(DateTime)
     t_end: Mapped[datetime | None] = mapped_column(DateTime)
     public_date: Mapped[datetime | None] = mapped_column(DateTime)
+    archive: Mapped[str | None] = mapped_column(String(32))  # heasarc, eso, mast
+    instrument: Mapped[str | None] = mapped_column(String(64))
+    exptime: Mapped[float | None] = mapped_column(Float)
+    row_json: Mapped[str | None] = mapped_column(Text)  # the archive's answer, as it came
+    first_seen: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Download(Base):
+    """One file to fetch for an observation: the download queue."""
+
+    __tablename__ = "downloads"
+    __table_args__ = (UniqueConstraint("url", "local_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    local_path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued, downloading, done, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    size_expected: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(128))  # "md5:..." or "sha256:..." when the archive gives one
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Search(Base):
+    """An archive search to repeat (``obsarch sync``)."""
+
+    __tablename__ = "searches"
+    __table_args__ = (UniqueConstraint("archive", "mission", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive: Mapped[str] = mapped_column(String(32))
+    mission: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(Text)
+    params_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Exposure(Base):

@@ -136,7 +136,9 @@ def _reduce(stack: np.ndarray, method: str, sigma: float) -> np.ndarray:
         if method == "mean":
             return np.nanmean(stack, axis=0) if gaps else np.mean(stack, axis=0)
         from astropy.stats import sigma_clip
+        from astropy.utils.exceptions import AstropyUserWarning
 
+        warnings.simplefilter("ignore", AstropyUserWarning)  # NaN gaps (stack edges) are meant
         clipped = sigma_clip(stack, sigma=sigma, maxiters=1, cenfunc="mean", stdfunc="std", axis=0, masked=True)
         return np.ma.mean(clipped, axis=0).filled(np.nan)
 
