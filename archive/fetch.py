@@ -284,8 +284,8 @@ def record_observations(engine: Engine, rows: list[dict]) -> tuple[int, int]:
         for row in rows:
             existing = conn.execute(select(Observation.id).where(Observation.mission == row["mission"], Observation.obsid == row["obsid"])).scalar()
             if existing is None:
-                result = conn.execute(insert_ignoring_conflicts(conn, Observation.__table__, ["mission", "obsid"]), [{**row, "first_seen": now}])
-                new += result.rowcount or 0
+                stmt = insert_ignoring_conflicts(conn, Observation.__table__, ["mission", "obsid"]).returning(Observation.id)
+                new += len(conn.execute(stmt, [{**row, "first_seen": now}]).all())
             else:
                 conn.execute(update(Observation).where(Observation.id == existing).values(**row))
     return new, len(rows) - new
@@ -315,8 +315,8 @@ def enqueue(engine: Engine, observation_id: int | None, files: list[tuple[str, P
     if not rows:
         return 0
     with transaction(engine, write=True) as conn:
-        result = conn.execute(insert_ignoring_conflicts(conn, Download.__table__, ["url", "local_path"]), rows)
-    return result.rowcount or 0
+        stmt = insert_ignoring_conflicts(conn, Download.__table__, ["url", "local_path"]).returning(Download.id)
+        return len(conn.execute(stmt, rows).all())
 
 
 # -- downloading ---------------------------------------------------------------------------
@@ -368,6 +368,9 @@ def download_file(session, url: str, target: Path, *, size: int | None = None, c
                     have = 0
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length and length.isdigit() else None
+                # Keep what arrives even if the connection breaks early; the
+                # size check below says so, and the next try resumes from it.
+                response.raw.enforce_content_length = False
                 with open(part, "ab" if have else "wb") as stream:
                     for chunk in response.iter_content(CHUNK):
                         stream.write(chunk)

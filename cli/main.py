@@ -31,6 +31,7 @@ groups_app = typer.Typer(help="The groups: list them, show one.", no_args_is_hel
 offsets_app = typer.Typer(help="Offsets of frames onto a reference: compute, show.", no_args_is_help=True)
 align_app = typer.Typer(help="Align source lists.", no_args_is_help=True)
 calib_app = typer.Typer(help="Calibration masters: bias, dark, flat.", no_args_is_help=True)
+archive_app = typer.Typer(help="Search the archives (HEASARC, ESO).", no_args_is_help=True)
 roots_app = typer.Typer(help="The directories the catalog's files live in.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(roots_app, name="roots")
@@ -42,6 +43,7 @@ app.add_typer(groups_app, name="groups")
 app.add_typer(offsets_app, name="offsets")
 app.add_typer(align_app, name="align")
 app.add_typer(calib_app, name="calib")
+app.add_typer(archive_app, name="archive")
 
 
 class _State:
@@ -262,12 +264,12 @@ def sql(
 
 
 @command(roots_app, "list")
-def roots_list() -> None:
+def roots_list(fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table) -> None:
     """The root directories and how many files each holds.
 
     Example: obsarch roots list
     """
-    show_frame(open_catalog().roots())
+    show_frame(open_catalog().roots(), fmt)
 
 
 @command(roots_app, "move")
@@ -885,3 +887,116 @@ def stale(fmt: Annotated[Format, typer.Option("--format", help="Output format.")
     show_frame(pd.DataFrame(rows, columns=["product_id", "kind", "path", "run_id", "reason"]), fmt)
     if fmt is Format.table:
         err_console.print(f"{len(rows)} stale products")
+
+
+# -- archives -------------------------------------------------------------------------------
+
+
+def _bytes_bar():
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console,
+                    transient=True)
+
+
+@command(archive_app, "search")
+def archive_search(
+    archive: Annotated[str, typer.Argument(help="heasarc or eso.")],
+    mission: Annotated[str, typer.Option(help="xmm, nustar, chandra (heasarc); an instrument such as muse (eso).")],
+    target: Annotated[str, typer.Option(help="A name (resolved by Sesame) or coordinates.")],
+    radius: Annotated[float, typer.Option(help="Search radius, arcmin (heasarc).")] = 10.0,
+    night: Annotated[Optional[str], typer.Option(help="Night, YYYY-MM-DD (eso).")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """List an archive's observations of a target and record them as known
+    observations (the search is kept for `obsarch sync`).
+
+    Example: obsarch archive search heasarc --mission xmm --target "NGC 5506"
+    """
+    import pandas as pd
+
+    from archive import fetch
+
+    rows, new = fetch.search(open_catalog().engine, archive, mission, target, radius_arcmin=radius, night=night,
+                             config=load_config(STATE.config))
+    show_frame(pd.DataFrame(rows, columns=["mission", "obsid", "target", "ra", "dec", "t_start", "exptime", "public_date"]), fmt)
+    err_console.print(f"{len(rows)} observations, {new} new")
+
+
+@command(name="fetch")
+def fetch_command(
+    mission: Annotated[Optional[str], typer.Argument(help="xmm, nustar, chandra or eso (none: run the queue).")] = None,
+    obsids: Annotated[Optional[list[str]], typer.Argument(help="Observation ids (HEASARC missions).")] = None,
+    instrument: Annotated[Optional[str], typer.Option(help="ESO instrument, e.g. MUSE.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="ESO target.")] = None,
+    night: Annotated[Optional[str], typer.Option(help="ESO night, YYYY-MM-DD.")] = None,
+    with_calib: Annotated[bool, typer.Option(help="Also the raw calibrations CalSelector associates (ESO).")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Queue failed downloads again and run the queue.")] = False,
+    dest: Annotated[Path, typer.Option(help="Where data go: DEST/MISSION/OBSID/.")] = Path("archive-data"),
+    parallel: Annotated[int, typer.Option(help="Downloads at once.")] = 4,
+    retries: Annotated[int, typer.Option(help="Tries per file.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds without data before a try fails.")] = 60.0,
+) -> None:
+    """Queue, download (resuming, verified), unpack and ingest observations; each
+    file is linked to its observation.
+
+    Example: obsarch fetch xmm 0013140101 0201830201 0761220101
+    """
+    from archive import fetch
+
+    engine = open_catalog().engine
+    config = load_config(STATE.config)
+    options = {"parallel": parallel, "retries": retries, "timeout": timeout, "config": config}
+    with _bytes_bar() as bar:
+        task = bar.add_task("fetch", total=None)
+        options["on_bytes"] = lambda n: bar.advance(task, n)
+        if retry_failed:
+            err_console.print(f"{fetch.retry_failed(engine)} failed downloads queued again")
+        if mission is None:
+            summary = fetch.fetch_queue(engine, **options)
+        elif mission == "eso":
+            if not instrument:
+                raise ObsarchError("fetch eso needs --instrument (e.g. MUSE)")
+            summary = fetch.fetch_eso(engine, instrument, target=target, night=night, with_calib=with_calib, dest=dest, **options)
+        else:
+            if not obsids:
+                raise ObsarchError(f"give the {mission} observation ids to fetch, e.g. obsarch fetch {mission} 0761220101")
+            summary = fetch.fetch_heasarc(engine, mission, obsids, dest=dest, **options)
+    queue = summary.queue
+    console.print(f"{summary.observations} observations ({summary.new_observations} new); {queue.done} files downloaded "
+                  f"({queue.bytes / 1e6:.1f} MB), {queue.unpacked} unpacked, {len(queue.failed)} failed; "
+                  f"{summary.linked} exposures linked to their observation", soft_wrap=True)
+    for url, reason in queue.failed[:20]:
+        err_console.print(f"  {url}: {reason}", markup=False, soft_wrap=True)
+    if queue.failed:
+        err_console.print("see `obsarch downloads`; `obsarch fetch --retry-failed` tries them again")
+
+
+@command()
+def downloads(fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table) -> None:
+    """Each known observation: known, queued, downloading, done or failed (with the reason).
+
+    Example: obsarch downloads
+    """
+    import pandas as pd
+
+    from archive import fetch
+
+    rows = fetch.downloads_table(open_catalog().engine)
+    show_frame(pd.DataFrame(rows, columns=["mission", "obsid", "target", "start", "state", "files", "done", "bytes", "last_error"]), fmt)
+
+
+@command(name="sync")
+def sync_command(dest: Annotated[Path, typer.Option(help="Where new data will go.")] = Path("archive-data")) -> None:
+    """Ask the archives again for every target searched before; record new
+    observations and queue their data (`obsarch fetch` downloads the queue).
+
+    Example: obsarch sync
+    """
+    from archive import fetch
+
+    results = fetch.sync(open_catalog().engine, dest=dest, config=load_config(STATE.config))
+    for archive, target, new in results:
+        console.print(f"{archive} {target}: {new} new observations" + (" queued" if new else ""), markup=False)
+    if not results:
+        console.print("no searches to repeat: run `obsarch archive search` first")

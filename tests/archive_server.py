@@ -144,6 +144,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # a client that gave up (the timeout test)
+            pass
+
     def _body(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -205,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         parsed = urlparse(self.path)
         path = unquote(parsed.path)
-        self.archive.requests.append(("GET", path, dict(self.headers)))
+        self.archive.requests.append(("GET", path, {**dict(self.headers), "query": unquote(parsed.query)}))
         if path.endswith("/tap/tables"):
             return self._send(200, TABLESET, "text/xml")
         if path.startswith("/sesame/"):

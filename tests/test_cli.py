@@ -77,7 +77,7 @@ def test_tour(ingested, tmp_path):
 
     assert "0 files with problems" in run(ingested, "errors").stderr
     assert "done" in run(ingested, "runs").stdout
-    assert "night" in run(ingested, "roots", "list").stdout
+    assert "night" in run(ingested, "roots", "list", "--format", "csv").stdout
 
 
 def test_rescan_prints_the_counts(ingested, tmp_path):
