@@ -59,6 +59,7 @@ class Endpoints:
     eso_query: str | None = None
     eso_calselector: str | None = None
     eso_download: str | None = None
+    mast: str | None = None
     sesame: str | None = None
 
     @classmethod
@@ -269,6 +270,65 @@ def eso_url(dp_id: str, endpoints: Endpoints) -> str:
     from astroquery.eso import EsoClass
 
     return (endpoints.eso_download or EsoClass.DOWNLOAD_URL) + dp_id
+
+
+def _mast(endpoints: Endpoints):
+    from astroquery.mast import Observations, ObservationsClass
+
+    if not endpoints.mast:
+        return Observations
+    client = ObservationsClass()
+    api = client._portal_api_connection
+    api.MAST_REQUEST_URL = endpoints.mast + "/api/v0/invoke"
+    api.COLUMNS_CONFIG_URL = endpoints.mast + "/portal/Mashup/Mashup.asmx/columnsconfig"
+    api.MAST_DOWNLOAD_URL = endpoints.mast + "/api/v0.1/Download/file"
+    return client
+
+
+def mast_search(collection: str, target: str, radius_arcmin: float, endpoints: Endpoints) -> list[dict]:
+    """Observations of a MAST collection (HST, JWST, TESS...) around a target."""
+    from astropy import units as u
+
+    position = _position(target, endpoints)
+    table = _mast(endpoints).query_region(position, radius=radius_arcmin * u.arcmin)
+    rows = []
+    for row in table:
+        row = _plain(row)
+        if str(row.get("obs_collection", "")).upper() != collection.upper():
+            continue
+        rows.append({
+            "archive": "mast", "mission": f"mast-{collection.lower()}", "obsid": str(row.get("obs_id")),
+            "target": row.get("target_name"), "ra": _float(row.get("s_ra")), "dec": _float(row.get("s_dec")),
+            "t_start": _mjd(row.get("t_min")), "t_end": _mjd(row.get("t_max")), "public_date": _mjd(row.get("t_obs_release")),
+            "exptime": _float(row.get("t_exptime")), "instrument": row.get("instrument_name"), "row_json": json.dumps(row, default=str),
+        })
+    return rows
+
+
+def mast_products(engine: Engine, collection: str, obs_ids: list[str], endpoints: Endpoints) -> dict[str, list[dict]]:
+    """Science products (FITS) of observations found before by a MAST search."""
+    mission = f"mast-{collection.lower()}"
+    with transaction(engine) as conn:
+        known = dict(conn.execute(select(Observation.obsid, Observation.row_json).where(
+            Observation.mission == mission, Observation.obsid.in_(obs_ids))).all())
+    missing = [o for o in obs_ids if o not in known]
+    if missing:
+        raise FetchError(f"{', '.join(missing)}: not a known {collection} observation; run `obsarch archive search mast "
+                         f"--mission {collection.lower()} --target ...` first")
+    groups = {str(json.loads(known[o])["obsid"]): o for o in obs_ids}
+    client = _mast(endpoints)
+    products = client.get_product_list(list(groups))
+    result: dict[str, list[dict]] = {o: [] for o in obs_ids}
+    for row in products:
+        row = _plain(row)
+        name = str(row.get("productFilename") or "")
+        if row.get("productType") != "SCIENCE" or not name.lower().endswith((".fits", ".fits.gz", ".fit")):
+            continue
+        obs_id = groups.get(str(row.get("obsID") or row.get("parent_obsid")))
+        if obs_id:
+            url = f"{client._portal_api_connection.MAST_DOWNLOAD_URL}?uri={row['dataURI']}"
+            result[obs_id].append({"url": url, "name": name, "size": row.get("size")})
+    return result
 
 
 # -- the catalog side --------------------------------------------------------------------
@@ -600,8 +660,10 @@ def search(engine: Engine, archive: str, mission: str, target: str, *, radius_ar
         rows = heasarc_search(mission, target, radius_arcmin, endpoints)
     elif archive == "eso":
         rows = eso_search(mission, target, night, endpoints)
+    elif archive == "mast":
+        rows = mast_search(mission, target, radius_arcmin, endpoints)
     else:
-        raise FetchError(f"unknown archive {archive!r}; use heasarc or eso")
+        raise FetchError(f"unknown archive {archive!r}; use heasarc, eso or mast")
     new, _ = record_observations(engine, rows)
     save_search(engine, archive, mission.lower(), target, {"radius_arcmin": radius_arcmin, "night": night})
     return rows, new
@@ -663,6 +725,33 @@ def fetch_eso(engine: Engine, instrument: str, *, target: str | None = None, nig
     return summary
 
 
+def fetch_mast(engine: Engine, collection: str, obs_ids: list[str], *, dest: Path = Path("archive-data"), parallel: int = 4,
+               retries: int = 3, backoff: float = 1.0, timeout: float = 60.0, config: dict | None = None,
+               on_bytes=None) -> FetchSummary:
+    """Queue, download and ingest the science products of MAST observations."""
+    endpoints = Endpoints.from_config(config)
+    mission = f"mast-{collection.lower()}"
+    products = mast_products(engine, collection, obs_ids, endpoints)
+    ids = observation_ids(engine, mission, obs_ids)
+    places, queued = {}, 0
+    for obs_id, files in products.items():
+        directory = (dest / mission / obs_id).resolve()
+        for product in files:
+            queued += enqueue(engine, ids[obs_id], [(product["url"], directory / product["name"])])
+        places[obs_id] = (ids[obs_id], directory)
+    if queued:
+        with transaction(engine, write=True) as conn:
+            for obs_id, files in products.items():
+                for product in files:
+                    if product["size"]:
+                        conn.execute(update(Download).where(Download.url == product["url"]).values(size_expected=int(product["size"])))
+    summary = FetchSummary(observations=len(obs_ids), queued=queued)
+    summary.queue = run_queue(engine, parallel=parallel, retries=retries, backoff=backoff, timeout=timeout,
+                              observation_ids=list(ids.values()), on_bytes=on_bytes)
+    summary.linked = ingest_observations(engine, places, config)
+    return summary
+
+
 def fetch_queue(engine: Engine, *, parallel: int = 4, retries: int = 3, backoff: float = 1.0, timeout: float = 60.0,
                 config: dict | None = None, on_bytes=None) -> FetchSummary:
     """Run whatever is queued (after ``sync`` or ``--retry-failed``), then ingest it."""
@@ -696,9 +785,11 @@ def sync(engine: Engine, *, dest: Path = Path("archive-data"), config: dict | No
         params = json.loads(params_json)
         with transaction(engine) as conn:
             known = set(conn.execute(select(Observation.obsid).where(
-                Observation.mission == (mission if archive == "heasarc" else f"eso-{mission}"))).scalars())
+                Observation.mission == (mission if archive == "heasarc" else f"{archive}-{mission}"))).scalars())
         if archive == "heasarc":
             rows = heasarc_search(mission, target, params.get("radius_arcmin", 10.0), endpoints)
+        elif archive == "mast":
+            rows = mast_search(mission, target, params.get("radius_arcmin", 10.0), endpoints)
         else:
             rows = eso_search(mission, target, params.get("night"), endpoints, with_calib=params.get("with_calib", False))
         fresh = [r for r in rows if r["obsid"] not in known]
@@ -706,6 +797,10 @@ def sync(engine: Engine, *, dest: Path = Path("archive-data"), config: dict | No
         save_search(engine, archive, mission, target, params)
         if fresh and archive == "heasarc":
             _queue_heasarc(engine, mission, [r["obsid"] for r in fresh], dest, endpoints)
+        elif fresh and archive == "mast":
+            for obs_id, files in mast_products(engine, mission, [r["obsid"] for r in fresh], endpoints).items():
+                ids = observation_ids(engine, f"mast-{mission}", [obs_id])
+                enqueue(engine, ids[obs_id], [(f["url"], (dest / f"mast-{mission}" / obs_id / f["name"]).resolve()) for f in files])
         elif fresh:
             ids = observation_ids(engine, f"eso-{mission}", [r["obsid"] for r in fresh])
             for row in fresh:

@@ -901,8 +901,8 @@ def _bytes_bar():
 
 @command(archive_app, "search")
 def archive_search(
-    archive: Annotated[str, typer.Argument(help="heasarc or eso.")],
-    mission: Annotated[str, typer.Option(help="xmm, nustar, chandra (heasarc); an instrument such as muse (eso).")],
+    archive: Annotated[str, typer.Argument(help="heasarc, eso or mast.")],
+    mission: Annotated[str, typer.Option(help="xmm, nustar, chandra (heasarc); an instrument such as muse (eso); a collection such as hst (mast).")],
     target: Annotated[str, typer.Option(help="A name (resolved by Sesame) or coordinates.")],
     radius: Annotated[float, typer.Option(help="Search radius, arcmin (heasarc).")] = 10.0,
     night: Annotated[Optional[str], typer.Option(help="Night, YYYY-MM-DD (eso).")] = None,
@@ -925,9 +925,9 @@ def archive_search(
 
 @command(name="fetch")
 def fetch_command(
-    mission: Annotated[Optional[str], typer.Argument(help="xmm, nustar, chandra or eso (none: run the queue).")] = None,
+    mission: Annotated[Optional[str], typer.Argument(help="xmm, nustar, chandra, eso or mast (none: run the queue).")] = None,
     obsids: Annotated[Optional[list[str]], typer.Argument(help="Observation ids (HEASARC missions).")] = None,
-    instrument: Annotated[Optional[str], typer.Option(help="ESO instrument, e.g. MUSE.")] = None,
+    instrument: Annotated[Optional[str], typer.Option(help="ESO instrument (e.g. MUSE), or MAST collection (e.g. HST).")] = None,
     target: Annotated[Optional[str], typer.Option(help="ESO target.")] = None,
     night: Annotated[Optional[str], typer.Option(help="ESO night, YYYY-MM-DD.")] = None,
     with_calib: Annotated[bool, typer.Option(help="Also the raw calibrations CalSelector associates (ESO).")] = False,
@@ -958,6 +958,10 @@ def fetch_command(
             if not instrument:
                 raise ObsarchError("fetch eso needs --instrument (e.g. MUSE)")
             summary = fetch.fetch_eso(engine, instrument, target=target, night=night, with_calib=with_calib, dest=dest, **options)
+        elif mission == "mast":
+            if not instrument or not obsids:
+                raise ObsarchError("fetch mast needs --instrument COLLECTION (e.g. HST) and obs_ids found by `obsarch archive search mast`")
+            summary = fetch.fetch_mast(engine, instrument, obsids, dest=dest, **options)
         else:
             if not obsids:
                 raise ObsarchError(f"give the {mission} observation ids to fetch, e.g. obsarch fetch {mission} 0761220101")

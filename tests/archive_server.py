@@ -64,6 +64,7 @@ class Archive:
         for dp_id, *_ in self.eso_rows:
             self.files[f"/dataPortal/file/{dp_id}"] = fits_bytes({"INSTRUME": "MUSE", "HIERARCH ESO DPR TYPE": "OBJECT",
                                                                  "DATE-OBS": dp_id[5:], "HIERARCH ESO OBS ID": 1}, 3)
+        self.files["/mast/24842601_flt.fits"] = fits_bytes({"TELESCOP": "HST", "INSTRUME": "WFC3", "ROOTNAME": "icdm01010"}, 7)
         for dp_id in self.eso_calibs:
             self.files[f"/dataPortal/file/{dp_id}"] = fits_bytes({"INSTRUME": "MUSE", "HIERARCH ESO DPR TYPE": "BIAS",
                                                                  "DATE-OBS": dp_id[5:]}, 4)
@@ -168,6 +169,8 @@ class Handler(BaseHTTPRequestHandler):
         path = urlparse(self.path).path
         form = self._body()
         self.archive.requests.append(("POST", path, form))
+        if mast_routes(self, "POST", path, form):
+            return None
         if path.endswith("/tap/sync"):
             return self._tap(form.get("QUERY", [""])[0])
         if path.startswith("/xamin/vo/datalink/"):
@@ -223,6 +226,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._listing(path)
         if path in self.archive.files:
             return self._file(path)
+        if path == "/api/v0.1/Download/file":
+            name = parse_qs(parsed.query)["uri"][0].rsplit("/", 1)[-1]
+            return self._file(f"/mast/{name}")
         return self._send(404, b"not found", "text/plain")
 
     def _listing(self, path: str):
@@ -286,4 +292,47 @@ class Server:
     def config(self) -> dict:
         return {"archives": {"heasarc_vo": f"{self.url}/xamin/vo", "eso_query": f"{self.url}/wdb/wdb/eso",
                              "eso_calselector": f"{self.url}/calselector", "eso_download": f"{self.url}/dataPortal/file/",
-                             "sesame": f"{self.url}/sesame/"}}
+                             "mast": self.url, "sesame": f"{self.url}/sesame/"}}
+
+
+# -- MAST's Mashup API ----------------------------------------------------------------
+
+MAST_OBSERVATIONS = [
+    {"obsid": "24842601", "obs_id": "icdm01010", "obs_collection": "HST", "target_name": "NGC5506", "s_ra": 213.31,
+     "s_dec": -3.21, "t_min": 57000.1, "t_max": 57000.2, "t_exptime": 2400.0, "t_obs_release": 57365.0,
+     "instrument_name": "WFC3/IR"},
+    {"obsid": "90000001", "obs_id": "tess-s0023", "obs_collection": "TESS", "target_name": "TIC 1", "s_ra": 213.3,
+     "s_dec": -3.2, "t_min": 58900.0, "t_max": 58925.0, "t_exptime": 1800.0, "t_obs_release": 59000.0,
+     "instrument_name": "Photometer"},
+]
+
+
+def _mashup(rows: list[dict]) -> bytes:
+    import json
+
+    fields = [{"name": name, "type": "float" if isinstance(value, float) else "string"} for name, value in rows[0].items()] if rows else []
+    return json.dumps({"status": "COMPLETE", "msg": "", "data": rows, "fields": fields,
+                       "paging": {"page": 1, "pageSize": len(rows), "pagesFiltered": 1, "rows": len(rows),
+                                  "rowsFiltered": len(rows), "rowsTotal": len(rows)}}).encode()
+
+
+def mast_routes(handler, method: str, path: str, body: dict) -> bool:
+    """Answer MAST's API; True when the request was for it."""
+    import json
+
+    if path == "/portal/Mashup/Mashup.asmx/columnsconfig":
+        handler._send(200, b"{}", "application/json")
+        return True
+    if path == "/api/v0/invoke":
+        request = json.loads(body.get("request", ["{}"])[0])
+        if request.get("service") == "Mast.Caom.Cone":
+            handler._send(200, _mashup(MAST_OBSERVATIONS), "application/json")
+        else:  # Mast.Caom.Products
+            group = request["params"]["obsid"]
+            rows = [{"obsID": group, "productType": "SCIENCE", "productFilename": f"{group}_flt.fits",
+                     "dataURI": f"mast:HST/product/{group}_flt.fits", "size": float(len(handler.archive.files[f"/mast/{group}_flt.fits"]))},
+                    {"obsID": group, "productType": "AUXILIARY", "productFilename": f"{group}_log.txt",
+                     "dataURI": f"mast:HST/product/{group}_log.txt", "size": 10.0}]
+            handler._send(200, _mashup(rows), "application/json")
+        return True
+    return False

@@ -239,3 +239,13 @@ def test_archive_tour(url, server, tmp_path, monkeypatch):
     assert len(run("query", "obsid == '0761220101'", "--columns", "relpath", "--format", "csv").stdout.split()) == 3
     assert "fetch eso needs --instrument" in run("fetch", "eso", code=1).stderr
     assert "give the xmm observation ids" in run("fetch", "xmm", code=1).stderr
+
+
+def test_mast_search_and_fetch(catalog, server, tmp_path):
+    rows, new = fetch.search(catalog.engine, "mast", "hst", "NGC 5506", config=server.config())
+    assert [r["obsid"] for r in rows] == ["icdm01010"] and rows[0]["instrument"] == "WFC3/IR" and new == 1
+    summary = fetch.fetch_mast(catalog.engine, "HST", ["icdm01010"], dest=tmp_path / "data", config=server.config())
+    assert summary.queue.done == 1 and summary.linked == 1  # the science product only, not the log
+    assert catalog.query("telescope == 'HST'", columns="relpath")["relpath"].tolist() == ["24842601_flt.fits"]
+    with pytest.raises(ObsarchError, match="not a known HST observation; run `obsarch archive search mast"):
+        fetch.fetch_mast(catalog.engine, "HST", ["nope"], dest=tmp_path, config=server.config())
