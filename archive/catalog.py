@@ -26,6 +26,7 @@ from archive.query import (
     header_columns,
     parse,
     parse_columns,
+    select_exposures,
     sort_expressions,
 )
 
@@ -116,11 +117,7 @@ class Catalog:
 
     def exposure_ids(self, selection: str | None = None) -> list[int]:
         """Ids of the exposures matching ``selection``, in id order."""
-        compiler = Compiler(self.dialect)
-        where = compiler(parse(selection)) if selection and selection.strip() else None
-        statement = base_select(Exposure.id, tables=compiler.tables).order_by(Exposure.id)
-        if where is not None:
-            statement = statement.where(where)
+        statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
 

@@ -724,6 +724,18 @@ def base_select(*columns, tables: set[str] | tuple[str, ...] = ("files", "roots"
     return statement
 
 
+def select_exposures(selection: str | None, dialect: str, *columns) -> Select:
+    """SELECT exposures.id (and ``columns``) WHERE the selection holds, joined
+    to files and roots only when the selection or the columns need them."""
+    compiler = Compiler(dialect)
+    where = compiler(parse(selection)) if selection and selection.strip() else None
+    tables = set(compiler.tables)
+    if any(getattr(c, "table", None) is not None and c.table.name in ("files", "roots") for c in columns):
+        tables |= {"files", "roots"}
+    statement = base_select(Exposure.id, *columns, tables=tables)
+    return statement if where is None else statement.where(where)
+
+
 def header_columns(node) -> list[Header]:
     """The header keywords a selection mentions, in order, once each."""
     found: list[Header] = []

@@ -17,8 +17,8 @@ from sqlalchemy import Engine, delete, insert, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Group, GroupMember, Root
-from archive.query import FIELDS, Column, Compiler, parse, parse_columns
+from archive.models import Exposure, Group, GroupMember
+from archive.query import FIELDS, Column, parse_columns, select_exposures
 from processing.runs import recorded_run
 
 ALGORITHM = "grouping-1"
@@ -75,15 +75,8 @@ def parse_angle(text: str) -> float:
 
 
 def _selected(engine: Engine, selection: str | None, *columns):
-    compiler = Compiler(engine.dialect.name)
-    where = compiler(parse(selection)) if selection and selection.strip() else None
-    statement = select(Exposure.id, *columns).select_from(Exposure)
-    if compiler.tables:
-        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
-    if where is not None:
-        statement = statement.where(where)
     with transaction(engine) as conn:
-        return conn.execute(statement.order_by(Exposure.id)).all()
+        return conn.execute(select_exposures(selection, engine.dialect.name, *columns).order_by(Exposure.id)).all()
 
 
 def _store(engine: Engine, result: GroupingResult, method: str, params: dict, references: dict[str, int] | None = None) -> None:

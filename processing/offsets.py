@@ -29,8 +29,8 @@ from sqlalchemy import Engine, insert, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Group, GroupMember, Offset, Root
-from archive.query import Compiler, parse
+from archive.models import Exposure, File, Group, Offset, Root
+from archive.query import select_exposures
 from processing.executor import Progress, parallel_map
 from processing.quality import QualityError, QualityParams, load_image, saturation_level
 from processing.runs import recorded_run
@@ -519,13 +519,8 @@ def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | Non
 
 
 def select_ids(engine: Engine, selection: str) -> list[int]:
-    compiler = Compiler(engine.dialect.name)
-    where = compiler(parse(selection))
-    statement = select(Exposure.id).select_from(Exposure)
-    if compiler.tables:
-        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
     with transaction(engine) as conn:
-        return list(conn.execute(statement.where(where).order_by(Exposure.id)).scalars())
+        return list(conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars())
 
 
 def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:

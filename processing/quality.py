@@ -23,7 +23,7 @@ from archive.db import bulk_insert, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, File, Flag, Metric, Root
-from archive.query import Compiler, parse
+from archive.query import Compiler, parse, select_exposures
 from processing.executor import Progress, parallel_map
 from processing.runs import params_hash, recorded_run
 
@@ -323,17 +323,12 @@ class QualitySummary:
 
 
 def _targets(engine: Engine, selection: str | None, digest: str, force: bool) -> tuple[list[tuple[int, str]], int]:
-    compiler = Compiler(engine.dialect.name)
     statement = (
-        select(Exposure.id, (Root.path + "/" + File.relpath).label("path"), File.version, Metric.params_hash, Metric.file_version)
-        .select_from(Exposure)
-        .join(File, File.id == Exposure.file_id)
-        .join(Root, Root.id == File.root_id)
+        select_exposures(selection, engine.dialect.name, (Root.path + "/" + File.relpath).label("path"), File.version,
+                         Metric.params_hash, Metric.file_version)
         .outerjoin(Metric, Metric.exposure_id == Exposure.id)
         .order_by(Exposure.id)
     )
-    if selection and selection.strip():
-        statement = statement.where(compiler(parse(selection)))
     with transaction(engine) as conn:
         rows = conn.execute(statement).all()
     todo = [
@@ -418,13 +413,8 @@ def flag(
     """A person's verdict on every exposure of ``selection``; returns how many.
     Earlier flags are kept as history."""
     _check_flag(grade, reason)
-    compiler = Compiler(engine.dialect.name)
-    where = compiler(parse(selection))
-    statement = select(Exposure.id).select_from(Exposure)
-    if compiler.tables:
-        statement = statement.join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
     with transaction(engine, write=True) as conn:
-        ids = conn.execute(statement.where(where).order_by(Exposure.id)).scalars().all()
+        ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
         now = utcnow()

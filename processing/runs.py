@@ -196,7 +196,7 @@ def stale_products(engine: Engine) -> list[dict]:
     graded bad, or are themselves stale or rebuilt: with the reason."""
     from sqlalchemy import select
 
-    from archive.models import Exposure, File, Flag, Product, Root, RunInput
+    from archive.models import File, Flag, Product, RunInput
 
     with transaction(engine) as conn:
         products = conn.execute(

@@ -9,7 +9,6 @@ import json
 import pytest
 import typer
 from factories import night_of_frames, write_frame
-from sqlalchemy import text
 from typer.testing import CliRunner
 
 from cli.main import app

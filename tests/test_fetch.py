@@ -213,8 +213,6 @@ def test_sync_finds_and_queues_what_is_new(catalog, server, tmp_path):
 
 
 def test_archive_tour(url, server, tmp_path, monkeypatch):
-    import tomllib  # noqa: F401  (the config file is TOML)
-
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "obsarch.toml"
     config.write_text("[archives]\n" + "".join(f'{k} = "{v}"\n' for k, v in server.config()["archives"].items()))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from archive.exceptions import ObsarchError
 from archive.models import Product, Run
 from cli.main import app
-from processing import calibration, external, grouping, offsets, runs, stacking
+from processing import calibration, external, offsets, runs, stacking
 from processing.combine import CombineError, calibrate_array, combine_files, parse_memory
 from processing.executor import parallel_map
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from archive.exceptions import ObsarchError
-from archive.models import Flag, Metric, Run
+from archive.models import Flag, Run
 from cli.main import app
 from processing import quality
 from processing.quality import QualityError, QualityParams, load_image, measure
