@@ -13,6 +13,7 @@ re-checked under a lock before its new version replaces the old.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import multiprocessing
 import os
@@ -571,7 +572,7 @@ def ingest(
         scratch_dir = tempfile.mkdtemp(prefix="obsarch-ingest-") if is_sqlite(engine) else None
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
-            for chunk in _chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, scratch_dir)):
+            for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, scratch_dir)):
                 _write_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
@@ -600,7 +601,3 @@ def ingest(
     _finish_run(engine, summary, "done")
     return summary
 
-
-def _chain(*iterables):
-    for iterable in iterables:
-        yield from iterable

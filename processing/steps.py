@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.models import Exposure, File, Product, Root
-from archive.query import Compiler, parse
+from archive.query import FIELDS, select_exposures
 from processing.runs import file_content
 
 
@@ -44,20 +44,12 @@ class StepSummary:
 def frames(engine: Engine, selection: str | None, *extra: str) -> list[Frame]:
     """The frames of ``selection`` (and ``extra`` conditions), with what steps need."""
     text = " and ".join(f"({part})" for part in (selection, *extra) if part and part.strip()) or None
-    compiler = Compiler(engine.dialect.name)
-    where = compiler(parse(text)) if text else None
-    from archive.query import FIELDS
-
-    statement = (
-        select(Exposure.id, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"), File.header_hash,
-               File.size, File.mtime_ns, File.status, Exposure.frame_type, Exposure.band, Exposure.readout_mode,
-               Exposure.exptime, Exposure.mjd, Exposure.night, Exposure.frame_number,
-               FIELDS["product"].expression().label("product"))
-        .select_from(Exposure).join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
-        .order_by(Exposure.mjd, Exposure.id)
-    )
-    if where is not None:
-        statement = statement.where(where)
+    statement = select_exposures(
+        text, engine.dialect.name, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
+        File.header_hash, File.size, File.mtime_ns, File.status, Exposure.frame_type, Exposure.band,
+        Exposure.readout_mode, Exposure.exptime, Exposure.mjd, Exposure.night, Exposure.frame_number,
+        FIELDS["product"].expression().label("product"),
+    ).order_by(Exposure.mjd, Exposure.id)
     with transaction(engine) as conn:
         rows = conn.execute(statement).all()
     return [
