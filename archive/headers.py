@@ -11,7 +11,9 @@ the image they hold.
 Parsing the value of every card through astropy costs ~3 ms per header; the
 parser here handles the fixed-format cases FITS files are made of and hands
 anything unusual (non-ASCII bytes, unterminated strings) to astropy, keeping
-the raw text of any card that astropy cannot interpret either.
+the raw text of any card that astropy cannot interpret either. The same
+parser, compiled (``archive/_cards.pyx``), takes every header of printable
+ASCII; where it was not built, the Python one here does all the work.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archive.exceptions import FitsReadError
+
+try:
+    from archive._cards import parse_cards as _compiled_parse_cards
+except ImportError:  # built without a C compiler: the Python parser below
+    _compiled_parse_cards = None
 
 BLOCK = 2880
 CARD = 80
@@ -47,14 +54,19 @@ class HeaderUnit:
     shape: str | None = None
     bitpix: int | None = None
     invalid: list[str] = field(default_factory=list)
+    by_keyword: dict[str, Card] | None = None
 
     def values(self) -> dict[str, Card]:
         """Keyword -> first card with that keyword (commentary excluded)."""
-        found: dict[str, Card] = {}
-        for card in self.cards:
-            if card[4] != "C" and card[1] not in found:
-                found[card[1]] = card
-        return found
+        if self.by_keyword is None:
+            self.by_keyword = first_cards(self.cards)
+        return self.by_keyword
+
+
+def first_cards(cards: list[Card]) -> dict[str, Card]:
+    """Keyword -> first card with that keyword (commentary excluded)."""
+    # Built from the end, so that the first of a repeated keyword stays.
+    return {card[1]: card for card in reversed(cards) if card[4] != "C"}
 
 
 class _Unusual(Exception):
@@ -200,6 +212,10 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     Bytes outside ASCII (not allowed in FITS) become ``?`` and the cards
     holding them are listed as invalid; malformed cards go to astropy.
     """
+    if _compiled_parse_cards is not None:
+        cards = _compiled_parse_cards(raw)
+        if cards is not None:
+            return cards, [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
     invalid = []
     try:
         text = raw.decode("ascii")
@@ -258,10 +274,7 @@ def _int_card(values: dict[str, Card], keyword: str, index: int, default: int | 
 
 def _describe(index: int, cards: list[Card]) -> tuple[HeaderUnit, int]:
     """Make a HeaderUnit and return it with the byte size of its data."""
-    values = {}
-    for card in cards:
-        if card[4] != "C":
-            values.setdefault(card[1], card)
+    values = first_cards(cards)
     bitpix = _int_card(values, "BITPIX", index)
     naxis = _int_card(values, "NAXIS", index)
     axes = [_int_card(values, f"NAXIS{i}", index) for i in range(1, naxis + 1)]
@@ -275,7 +288,7 @@ def _describe(index: int, cards: list[Card]) -> tuple[HeaderUnit, int]:
     xtension = values.get("XTENSION")
     kind = (xtension[2] or "").strip().upper() if xtension else "PRIMARY"
     extname = values.get("EXTNAME")
-    unit = HeaderUnit(index=index, cards=cards, hdu_type="image", bitpix=bitpix)
+    unit = HeaderUnit(index=index, cards=cards, hdu_type="image", bitpix=bitpix, by_keyword=values)
     unit.extname = extname[2].strip() if extname and extname[2] else ("PRIMARY" if index == 0 else None)
     if kind in ("PRIMARY", "IMAGE", "IUEIMAGE"):
         unit.shape = "x".join(str(n) for n in reversed(axes)) or None

@@ -79,9 +79,8 @@ class _Values:
 
     def __init__(self, units: list[HeaderUnit], maps: KeywordMaps):
         merged: dict[str, Card] = {}
-        for unit in units:
-            for keyword, card in unit.values().items():
-                merged.setdefault(keyword, card)
+        for unit in reversed(units):  # the primary's cards are written last: they win
+            merged.update(unit.values())
         self.cards = merged
         self.maps = maps
         self.sources: dict[str, str] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import random
 import warnings
 
 import numpy as np
@@ -18,6 +20,26 @@ from archive.headers import normalize_keyword, parse_cards, parse_header, read_h
 
 def card(text: str) -> str:
     return f"{text:<80}"[:80]
+
+
+def _compiled():
+    """The compiled parser; in CI it must have been built."""
+    try:
+        from archive._cards import parse_cards as compiled
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the compiled card parser was not built: {exc}")
+        pytest.skip(f"the compiled card parser was not built ({exc}); the Python one is used")
+    return compiled
+
+
+@pytest.fixture(params=["python", "compiled"])
+def parse(request):
+    """Each card parser, as ``text -> cards``."""
+    if request.param == "python":
+        return parse_cards
+    compiled = _compiled()
+    return lambda text: compiled(text.encode("ascii"))
 
 
 @pytest.mark.parametrize(
@@ -44,17 +66,17 @@ def card(text: str) -> str:
         ("COMMENT = 'with an equals sign'", ("COMMENT", "= 'with an equals sign'", None, "C", None)),
     ],
 )
-def test_card_values(image, expected):
-    (parsed,) = parse_cards(card(image))
+def test_card_values(parse, image, expected):
+    (parsed,) = parse(card(image))
     assert parsed[1:] == expected
 
 
-def test_blank_cards_are_dropped_but_positions_kept():
-    cards = parse_cards(card("A       = 1") + card("") + card("B       = 2"))
+def test_blank_cards_are_dropped_but_positions_kept(parse):
+    cards = parse(card("A       = 1") + card("") + card("B       = 2"))
     assert [(c[0], c[1]) for c in cards] == [(0, "A"), (2, "B")]
 
 
-def test_continue_long_strings_are_joined():
+def test_continue_long_strings_are_joined(parse):
     text = (
         card("LONGSTRN= 'OGIP 1.0'")
         + card("FILENAME= 'a very long &' / first")
@@ -62,7 +84,7 @@ def test_continue_long_strings_are_joined():
         + card("CONTINUE  'ends here' / last")
         + card("NEXT    = 1")
     )
-    cards = parse_cards(text)
+    cards = parse(text)
     assert [c[1] for c in cards] == ["LONGSTRN", "FILENAME", "NEXT"]
     assert cards[1][2] == "a very long file name ends here"
     assert cards[1][5] == "first last"
@@ -87,6 +109,78 @@ def test_unterminated_string_is_kept_as_invalid_text():
     cards, invalid = parse_header(raw)
     assert cards[2][3] == 5.0
     assert len(invalid) == 1 and "OBJECT" in invalid[0]
+
+
+# -- the compiled parser gives what the Python one gives ------------------------
+
+_VALUES = [
+    "1", "-42", "+7", "0012", "123456789012345678901234567890", "9007199254740993", "1.5", "-.5", "5.", ".",
+    "1.0E-5", "1.0D+03", "2.5d-2", "1e999", "-1E999", "+nan", "-inf", "1_000", "1.5_0", "0x1A", "1.5e", "1.5 2",
+    "--1", "+", "-", "T", "F", "t", "TRUE", "(1.0, 2.0)", "(1, 2", "INDEF", "NaN", "'x'", "''", "'O''Brien'",
+    "'a''''b'", "'  lead and trail  '", "'with / slash'", "'amp &'", "'unterminated", "'end'' ", "",
+]
+_COMMENTS = ["", " / a comment", " /", "/ x / y", " / 'quoted' / slashes", "   /    padded   "]
+_KEYS = ["EXPTIME", "A", "DATE-OBS", "NAXIS1", "exptime", "Key_1", "CONTINUE", "COMMENT", "HISTORY", "", "END0"]
+
+
+def _random_card(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.1:  # any printable text at all
+        return "".join(chr(rng.randint(32, 126)) for _ in range(rng.randint(0, 80)))
+    if kind < 0.2:
+        words = " ".join(rng.choice(["ESO", "INS", "drot", "POSANG", "DET", "x"]) for _ in range(rng.randint(0, 4)))
+        sep = rng.choice(["=", " = ", "  =  ", ""])
+        return f"HIERARCH {words}{sep}{rng.choice(_VALUES)}{rng.choice(_COMMENTS)}"
+    if kind < 0.3:
+        head = rng.choice(["CONTINUE", "CONTINUE  ", "COMMENT ", "HISTORY "])
+        return f"{head}{rng.choice(_VALUES)}{rng.choice(_COMMENTS)}"
+    key = rng.choice(_KEYS)
+    sep = rng.choice(["= ", "= ", "= ", "=", " ", "=  "])
+    pad = " " * rng.randint(0, 12)
+    return f"{key:<8}{sep}{pad}{rng.choice(_VALUES)}{rng.choice(_COMMENTS)}"
+
+
+def _python_or_unusual(text: str):
+    try:
+        return parse_cards(text)
+    except headers._Unusual:
+        return None
+
+
+def test_compiled_parser_matches_python_on_random_headers():
+    compiled = _compiled()
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(card(_random_card(rng)) for _ in range(rng.randint(1, 12)))
+        if rng.random() < 0.05:
+            text = text[: rng.randint(0, len(text))]  # a header cut inside a card
+        # The compiled parser defers (None) exactly where the Python one
+        # hands the header to astropy.
+        assert compiled(text.encode("ascii")) == _python_or_unusual(text), text
+
+
+def test_compiled_parser_defers_non_printable_headers():
+    compiled = _compiled()
+    assert compiled(card("OBJECT  = 'tab\there'").encode()) is None
+    assert compiled(card("OBJECT  = 'ok'").encode() + b"\xe9") is None
+    cards, invalid = parse_header(card("OBJECT  = 'tab\there'").encode())
+    assert cards[0][2] == "tab\there" and not invalid
+
+
+def test_compiled_parser_matches_python_on_every_real_header(real_data, monkeypatch):
+    compiled = _compiled()
+    raws = []
+    original = headers.parse_header
+    monkeypatch.setattr(headers, "parse_header", lambda raw: raws.append(raw) or original(raw))
+    for path in _fits_files(real_data):
+        try:
+            read_headers(path)
+        except FitsReadError:
+            pass
+    printable = [raw for raw in raws if all(32 <= b <= 126 for b in raw)]
+    assert len(printable) > 80
+    for raw in printable:
+        assert compiled(raw) == _python_or_unusual(raw.decode("ascii"))
 
 
 def test_multi_extension_file(tmp_path, rng):

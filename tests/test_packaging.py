@@ -1,4 +1,5 @@
-"""The wheel carries the migrations: `obsarch db upgrade` works from a plain install."""
+"""The wheel carries the migrations (`obsarch db upgrade` works from a plain
+install) and the compiled card parser."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def test_db_upgrade_from_an_installed_wheel(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True)
     assert (site / "migrations" / "env.py").is_file()
     assert (site / "archive" / "keywords.toml").is_file()
+    assert list((site / "archive").glob("_cards.*.so")), "the wheel has no compiled card parser"
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import migrations; assert migrations.__file__.startswith(sys.argv[1]), migrations.__file__;"
