@@ -6,6 +6,8 @@ how a write transaction begins, bulk loading, read-only access) lives here.
 
 from __future__ import annotations
 
+import itertools
+
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -181,23 +183,38 @@ def bulk_insert(
                 copy.write_row(row)
 
 
-SCRATCH_COLUMNS = ("local", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
+CARD_FIELDS = ("position", "keyword", "value_text", "value_num", "vtype", "comment")
 
 
-def write_scratch_cards(directory: str, rows: list[tuple]) -> str:
-    """Write card rows (keyed by a file's place in its chunk) to a new scratch
-    SQLite file; return its path. Runs in a worker: the catalog is untouched."""
+def write_scratch_cards(directory: str, hdus: list[tuple[int, int, list[tuple]]]) -> str:
+    """Write the cards of a chunk's HDUs, given as (the file's place in the
+    chunk, HDU index, cards), to a new scratch SQLite file; return its path.
+
+    The cards go in as the parser made them, one HDU after another, and a
+    small table gives each HDU's span of rowids: building a wider tuple for
+    every card would cost a third of the write. Runs in a worker; the
+    catalog is untouched.
+    """
     import sqlite3
     import uuid
 
     path = str(Path(directory) / f"cards-{uuid.uuid4().hex}.db")
+    spans, first = [], 1  # a new table numbers its rows 1, 2, 3...
+    for local, index, cards in hdus:
+        spans.append((local, index, first, first + len(cards) - 1))
+        first += len(cards)
     scratch = sqlite3.connect(path, isolation_level=None)
     try:
         scratch.execute("PRAGMA journal_mode=OFF")
         scratch.execute("PRAGMA synchronous=OFF")
-        scratch.execute(f"CREATE TABLE cards ({', '.join(SCRATCH_COLUMNS)})")
+        scratch.execute(f"CREATE TABLE cards ({', '.join(CARD_FIELDS)})")
+        scratch.execute("CREATE TABLE hdus (local, hdu_index, first, last)")
         scratch.execute("BEGIN")
-        scratch.executemany(f"INSERT INTO cards VALUES ({', '.join('?' * len(SCRATCH_COLUMNS))})", rows)
+        scratch.executemany(
+            f"INSERT INTO cards VALUES ({', '.join('?' * len(CARD_FIELDS))})",
+            itertools.chain.from_iterable(cards for _, _, cards in hdus),
+        )
+        scratch.executemany("INSERT INTO hdus VALUES (?, ?, ?, ?)", spans)
         scratch.execute("COMMIT")
     finally:
         scratch.close()
@@ -212,10 +229,12 @@ def copy_scratch_cards(conn: Connection, file_ids: dict[int, int]) -> None:
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scratch_ids (local INTEGER PRIMARY KEY, file_id INTEGER)")
     cursor.execute("DELETE FROM temp.scratch_ids")
     cursor.executemany("INSERT INTO temp.scratch_ids VALUES (?, ?)", file_ids.items())
+    # CROSS JOIN fixes the loop order: each HDU, then its span of cards.
     cursor.execute(
         "INSERT INTO header_cards (file_id, hdu_index, position, keyword, value_text, value_num, vtype, comment) "
-        "SELECT m.file_id, c.hdu_index, c.position, c.keyword, c.value_text, c.value_num, c.vtype, c.comment "
-        "FROM scratch.cards c JOIN temp.scratch_ids m ON m.local = c.local"
+        "SELECT m.file_id, h.hdu_index, c.position, c.keyword, c.value_text, c.value_num, c.vtype, c.comment "
+        "FROM scratch.hdus h CROSS JOIN temp.scratch_ids m CROSS JOIN scratch.cards c "
+        "WHERE m.local = h.local AND c.rowid BETWEEN h.first AND h.last"
     )
     cursor.close()
 

@@ -233,18 +233,17 @@ def read_file(path: str, relpath: str) -> tuple:
 
 def read_chunk(args: tuple[list[tuple[str, str]], str | None]) -> tuple[list[tuple], list[tuple] | str]:
     """Read a chunk of files. Returns one result per file (its HDUs without
-    their cards) and the chunk's cards, keyed by the file's place in the
-    chunk: as rows, or written to a scratch SQLite file in ``scratch_dir``
-    whose path is returned (then only small results cross the process
-    boundary, and the writer copies the cards inside SQLite)."""
+    their cards) and the chunk's cards as ``(place of the file in the chunk,
+    HDU index, cards)``: as such, or written to a scratch SQLite file in
+    ``scratch_dir`` whose path is returned (then only small results cross
+    the process boundary, and the writer copies the cards inside SQLite)."""
     tasks, scratch_dir = args
     results, cards = [], []
     for local, (path, relpath) in enumerate(tasks):
         result = read_file(path, relpath)
         if result[0] == "ok":
             status, header_hash, hdus, exposure, warnings = result
-            for index, _, _, _, _, hdu_cards in hdus:
-                cards.extend((local, index, *card) for card in hdu_cards)
+            cards.extend((local, index, hdu_cards) for index, _, _, _, _, hdu_cards in hdus)
             hdus = [(i, e, t, s, b, len(c)) for i, e, t, s, b, c in hdus]
             result = (status, header_hash, hdus, exposure, warnings)
         results.append(result)
@@ -324,7 +323,8 @@ class _Rows:
             copy_scratch_cards(conn, self.file_ids)
         else:
             ids = self.file_ids
-            bulk_insert(conn, "header_cards", CARD_COLUMNS, [(ids[c[0]], *c[1:]) for c in cards if c[0] in ids])
+            rows = [(ids[local], index, *card) for local, index, hdu in cards if local in ids for card in hdu]
+            bulk_insert(conn, "header_cards", CARD_COLUMNS, rows)
         date_at = EXPOSURE_COLUMNS.index("date_obs")
         exposures = [
             (*row[:date_at], sql_datetime(conn, row[date_at]), *row[date_at + 1 :]) for row in self.exposures
