@@ -193,29 +193,34 @@ def write_scratch_cards(directory: str, hdus: list[tuple[int, int, list[tuple]]]
     The cards go in as the parser made them, one HDU after another, and a
     small table gives each HDU's span of rowids: building a wider tuple for
     every card would cost a third of the write. Runs in a worker; the
-    catalog is untouched.
+    catalog is untouched. Written through apsw, whose executemany binds a
+    row in under half the time of the standard sqlite3 module's: this write
+    was half of a worker's time.
     """
-    import sqlite3
     import uuid
+
+    import apsw
 
     path = str(Path(directory) / f"cards-{uuid.uuid4().hex}.db")
     spans, first = [], 1  # a new table numbers its rows 1, 2, 3...
     for local, index, cards in hdus:
         spans.append((local, index, first, first + len(cards) - 1))
         first += len(cards)
-    scratch = sqlite3.connect(path, isolation_level=None)
+    scratch = apsw.Connection(path)
     try:
-        scratch.execute("PRAGMA journal_mode=OFF")
-        scratch.execute("PRAGMA synchronous=OFF")
-        scratch.execute(f"CREATE TABLE cards ({', '.join(CARD_FIELDS)})")
-        scratch.execute("CREATE TABLE hdus (local, hdu_index, first, last)")
-        scratch.execute("BEGIN")
-        scratch.executemany(
-            f"INSERT INTO cards VALUES ({', '.join('?' * len(CARD_FIELDS))})",
-            itertools.chain.from_iterable(cards for _, _, cards in hdus),
-        )
-        scratch.executemany("INSERT INTO hdus VALUES (?, ?, ?, ?)", spans)
-        scratch.execute("COMMIT")
+        for statement in (
+            "PRAGMA journal_mode=OFF",
+            "PRAGMA synchronous=OFF",
+            f"CREATE TABLE cards ({', '.join(CARD_FIELDS)})",
+            "CREATE TABLE hdus (local, hdu_index, first, last)",
+        ):
+            scratch.execute(statement).fetchall()  # apsw runs a statement as its rows are read
+        with scratch:  # one transaction
+            scratch.executemany(
+                f"INSERT INTO cards VALUES ({', '.join('?' * len(CARD_FIELDS))})",
+                itertools.chain.from_iterable(cards for _, _, cards in hdus),
+            )
+            scratch.executemany("INSERT INTO hdus VALUES (?, ?, ?, ?)", spans)
     finally:
         scratch.close()
     return path
