@@ -30,9 +30,10 @@ from pathlib import Path
 from archive.exceptions import FitsReadError
 
 try:
+    from archive._cards import find_end as _compiled_find_end
     from archive._cards import parse_cards as _compiled_parse_cards
-except ImportError:  # built without a C compiler: the Python parser below
-    _compiled_parse_cards = None
+except ImportError:  # built without a C compiler: the Python code below
+    _compiled_parse_cards = _compiled_find_end = None
 
 BLOCK = 2880
 CARD = 80
@@ -253,14 +254,24 @@ def _read_header_bytes(stream, first: bytes, chunk: int) -> tuple[bytes, int]:
     data = first
     scanned = 0
     while True:
-        for offset in range(scanned, len(data) - len(data) % CARD, CARD):
-            if data[offset : offset + 3] == b"END" and not data[offset + 3 : offset + CARD].strip():
-                return data[:offset], (offset // BLOCK + 1) * BLOCK
-        scanned = len(data) - len(data) % CARD
+        whole = len(data) - len(data) % CARD  # only complete cards
+        end = (_compiled_find_end or _find_end)(data, scanned, whole)
+        if end >= 0:
+            return data[:end], (end // BLOCK + 1) * BLOCK
+        scanned = whole
         more = stream.read(chunk)
         if not more:
             return b"", 0
         data += more
+
+
+def _find_end(data: bytes, start: int, stop: int) -> int:
+    """Offset of the first END card among the whole cards of data[start:stop]
+    (start a multiple of 80), or -1."""
+    for offset in range(start, min(stop, len(data)) - CARD + 1, CARD):
+        if data[offset : offset + 3] == b"END" and not data[offset + 3 : offset + CARD].strip():
+            return offset
+    return -1
 
 
 def _int_card(values: dict[str, Card], keyword: str, index: int, default: int | None = None) -> int:

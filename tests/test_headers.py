@@ -384,3 +384,21 @@ def test_gzip_stream_is_read_forward_only(real_data):
     assert [u.extname for u in units] == ["PRIMARY", "XTE_SE", "GTI", "GTI"]
     with gzip.open(real_data / "xray" / "xte_test.evt.gz") as stream:
         assert stream.read(9) == b"SIMPLE  ="
+
+
+def test_compiled_end_search_matches_python():
+    from archive.headers import _find_end
+
+    _compiled()
+    from archive._cards import find_end
+
+    rng = random.Random(3)
+    kinds = ["END".ljust(80), " END".ljust(80), "ENDING  = 1".ljust(80), "KEY     = 1".ljust(80)]
+    for _ in range(5000):
+        cards = [
+            "END" + "".join(rng.choice(" \t\n\r\x0b\x0cX") for _ in range(77)) if rng.random() < 0.2 else rng.choice(kinds)
+            for _ in range(rng.randint(0, 6))
+        ]
+        data = "".join(cards).encode() + b"E" * rng.randint(0, 100)
+        start, stop = 80 * rng.randint(0, len(cards)), rng.randint(0, len(data) + 10)
+        assert find_end(data, start, stop) == _find_end(data, start, stop), (data, start, stop)
