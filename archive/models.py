@@ -160,11 +160,12 @@ class HeaderCard(Base):
             sqlite_where=text(NUMERIC),
             postgresql_where=text(NUMERIC),
         ),
-        Index(
+        Index(  # value_num too: then the index alone answers a query repeating SHORT_TEXT
             "ix_header_cards_text",
             "keyword",
             "value_text",
             "file_id",
+            "value_num",
             sqlite_where=text(SHORT_TEXT),
             postgresql_where=text(SHORT_TEXT),
         ),
