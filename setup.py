@@ -1,7 +1,7 @@
 """Only the compiled card parser needs setup.py; everything else is in pyproject.toml.
 
 The extension is optional: where it cannot be built, archive.headers uses
-its Python parser (the same answers, ~10x slower).
+its Python parser (the same answers, three to four times slower per card).
 """
 
 from Cython.Build import cythonize

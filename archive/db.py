@@ -7,7 +7,6 @@ how a write transaction begins, bulk loading, read-only access) lives here.
 from __future__ import annotations
 
 import itertools
-
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence

@@ -216,7 +216,7 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     if _compiled_parse_cards is not None:
         cards = _compiled_parse_cards(raw)
         if cards is not None:
-            return cards, [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
+            return cards, _invalid_values(cards)
     invalid = []
     try:
         text = raw.decode("ascii")
@@ -232,8 +232,12 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     except _Unusual:
         cards, astropy_invalid = _parse_with_astropy(text.encode("ascii"))
         return cards, invalid + astropy_invalid
-    invalid += [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
-    return cards, invalid
+    return cards, invalid + _invalid_values(cards)
+
+
+def _invalid_values(cards: list[Card]) -> list[str]:
+    """The cards whose value is not valid FITS (kept as text)."""
+    return [f"{c[1] or '(blank)'} = {c[2]!r}" for c in cards if c[4] == "x"]
 
 
 # -- file reading ----------------------------------------------------------
