@@ -3,6 +3,8 @@ install) and the compiled card parser."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +38,28 @@ def test_db_upgrade_from_an_installed_wheel(tmp_path):
 
     assert f"schema (none) -> {head_revision()}" in result.stdout
     assert (tmp_path / "cat.db").is_file()
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_the_wheel_has_the_python_parser(tmp_path):
+    source = tmp_path / "source"  # without any earlier build's output
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "*.so", "*.c", "__pycache__"))
+    wheels = tmp_path / "wheels"
+    env = {**os.environ, "CC": "false"}  # every compile fails
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
+        check=True, cwd=tmp_path, env=env,
+    )
+    (wheel,) = wheels.glob("obsarch-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True)
+    assert not list((site / "archive").glob("_cards*")), "nothing of the extension should be installed"
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from archive import headers; assert headers._compiled_parse_cards is None;"
+        "cards, _ = headers.parse_header(b'EXPTIME = 60.0 / [s]'.ljust(80));"
+        "assert cards == [(0, 'EXPTIME', '60.0', 60.0, 'f', '[s]')], cards"
+    )
+    # -I -S: no site-packages, so nothing but this install can provide archive
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
