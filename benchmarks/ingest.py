@@ -101,6 +101,18 @@ def time_obsarch(db: Path, directory: Path) -> float:
     return time.perf_counter() - start
 
 
+def time_startup() -> float:
+    """``obsarch --version``: Python and obsarch's imports, which every
+    command pays once (median of five)."""
+    obsarch = Path(sys.executable).with_name("obsarch")
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([str(obsarch), "--version"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def time_library(db: Path, directory: Path) -> tuple[float, float]:
     """First scan and re-scan through the Python API: the scan itself,
     without the interpreter's start-up that the command line pays."""
@@ -240,7 +252,8 @@ def main() -> None:
             print(f"first scan: {command:.1f}x ImageFileCollection (command), {library:.1f}x (in Python); "
                   "median of the rounds' ratios")
         print(f"re-scan: {first / rescan:.0f}x the first scan (command, start-up included), "
-              f"{lib_first / lib_rescan:.0f}x (in Python)")
+              f"{lib_first / lib_rescan:.0f}x (in Python); a command's start-up alone "
+              f"(obsarch --version) takes {time_startup():.2f} s")
 
         start = time.perf_counter()
         load_exposures(work / "big.db", args.exposures, args.cards)
