@@ -205,7 +205,14 @@ def write_scratch_cards(directory: str, hdus: list[tuple[int, int, list[tuple]]]
     for local, index, cards in hdus:
         spans.append((local, index, first, first + len(cards) - 1))
         first += len(cards)
-    scratch = apsw.Connection(path)
+    try:
+        _write_scratch(apsw.Connection(path), hdus, spans)
+    except apsw.Error as exc:  # a full disk, an unwritable temporary directory
+        raise DatabaseError(f"{path}: cannot write the ingest's scratch file: {exc}") from None
+    return path
+
+
+def _write_scratch(scratch, hdus: list[tuple[int, int, list[tuple]]], spans: list[tuple]) -> None:
     try:
         for statement in (
             "PRAGMA journal_mode=OFF",
@@ -222,7 +229,6 @@ def write_scratch_cards(directory: str, hdus: list[tuple[int, int, list[tuple]]]
             scratch.executemany("INSERT INTO hdus VALUES (?, ?, ?, ?)", spans)
     finally:
         scratch.close()
-    return path
 
 
 def copy_scratch_cards(conn: Connection, file_ids: dict[int, int]) -> None:

@@ -219,3 +219,24 @@ def test_demo(tmp_path):
     assert result.exit_code == 0, result.stdout
     assert "ingested: 26 new" in result.stdout
     assert "ngc3293-3871.fits" in result.stdout
+
+
+def test_a_scratch_file_that_cannot_be_written_stops_the_ingest_in_one_line(tmp_path, rng, monkeypatch):
+    from archive import ingest as ingest_module
+    from archive.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path / 'cat.db'}"  # scratch files are SQLite's way of loading cards
+    write_frame(tmp_path / "first" / "kept.fits", rng)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "first"))
+    for i in range(70):  # enough for the worker pool, which writes scratch files
+        write_frame(tmp_path / "more" / f"f{i:03d}.fits", rng, shape=(4, 4))
+    not_a_directory = tmp_path / "not-a-directory"
+    not_a_directory.write_text("")
+    monkeypatch.setattr(ingest_module.tempfile, "mkdtemp", lambda **_: str(not_a_directory))
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "more"), "--workers", "2"])
+    message = one_line_error(result, "cannot write the ingest's scratch file")
+    assert str(not_a_directory) in message and "\n" not in message
+    catalog = Catalog(url)
+    assert catalog.query(None, columns="relpath")["relpath"].tolist() == ["kept.fits"]  # what was stored stays
+    assert catalog.runs()["state"].tolist() == ["failed", "done"]  # newest first
