@@ -85,7 +85,9 @@ def _position(target: str, endpoints: Endpoints):
     if endpoints.sesame:
         name_resolve.sesame_url.set([endpoints.sesame])
     try:
-        return SkyCoord.from_name(target)
+        # Not from astropy's download cache: it is keyed by URL, so a cached
+        # answer could come from another Sesame endpoint that had that URL.
+        return SkyCoord.from_name(target, cache=False)
     except name_resolve.NameResolveError as exc:
         raise FetchError(f"cannot resolve the target {target!r}: {exc}") from exc
 
