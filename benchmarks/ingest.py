@@ -1,6 +1,6 @@
 """Ingest and query speed, next to ccdproc.ImageFileCollection, in one run.
 
-    python benchmarks/ingest.py [--single 5000] [--multi 1000] [--exposures 1000000] [--rounds 3]
+    python benchmarks/ingest.py [--single 5000] [--multi 1000] [--exposures 1000000] [--rounds 5]
 
 Prints files/s of a first ``obsarch ingest`` (the command, as a user runs
 it), of a re-scan of the unchanged tree, of
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--multi", type=int, default=1000)
     parser.add_argument("--exposures", type=int, default=1_000_000)
     parser.add_argument("--cards", type=int, default=12, help="cards per exposure in the query catalog")
-    parser.add_argument("--rounds", type=int, default=3, help="times every reader is timed")
+    parser.add_argument("--rounds", type=int, default=5, help="times every reader is timed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
 
