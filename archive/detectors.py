@@ -1,0 +1,104 @@
+"""Which HDUs of a file are its detectors, and what each is called.
+
+One home for the rule, used at ingest (the exposure's detector columns), by
+the calibration rules (detectors paired by name) and by the pixel steps
+(one output HDU per detector). A detector is an image HDU with data (two
+dimensions, or three for a cube) that is not a companion plane: a bad-pixel
+mask, a variance, a weight or coverage map describes a detector, it is not
+one (LCO's ``BPM`` beside ``SCI``, MUSE's ``STAT`` and ``FIELDMAP`` beside
+``DATA``). Its name is its EXTNAME, else a detector keyword of its header,
+else ``PRIMARY`` for the primary HDU and ``HDU<n>`` for another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# EXTNAMEs of planes that accompany detectors (compared in upper case)
+COMPANION_PLANES = frozenset((
+    "BPM", "MASK", "DQ", "QUAL", "QUALITY", "FLAGS", "STAT", "ERR", "ERROR", "SIGMA", "VAR", "VARIANCE", "IVAR",
+    "WHT", "WEIGHT", "CONF", "COVERAGE", "EXPMAP", "FIELDMAP", "UNCERT",
+))  # fmt: skip
+# Keywords naming a detector when its HDU has no EXTNAME, in this order
+NAME_KEYWORDS = ("CCDNAME", "ESO DET CHIP NAME", "DETNAME", "ESO DET CHIP INDEX", "DETSEC")
+_IMAGE_TYPES = frozenset(("image", "compressed"))
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One detector of a file: its HDU, its name and its data shape (numpy order)."""
+
+    hdu_index: int
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def shape_text(self) -> str:
+        return "x".join(str(n) for n in self.shape)
+
+
+def parse_shape(text: str | None) -> tuple[int, ...]:
+    """``"1020x1523"`` -> ``(1020, 1523)``; ``()`` for none."""
+    try:
+        return tuple(int(n) for n in (text or "").split("x") if n)
+    except ValueError:
+        return ()
+
+
+def is_detector(hdu_type: str, extname: str | None, shape: tuple[int, ...]) -> bool:
+    """An image HDU with 2- or 3-dimensional data that is not a companion plane."""
+    if hdu_type not in _IMAGE_TYPES or len(shape) not in (2, 3) or 0 in shape:
+        return False
+    return (extname or "").strip().upper() not in COMPANION_PLANES
+
+
+def detector_name(hdu_index: int, extname: str | None, keywords: dict[str, str | None]) -> str:
+    """EXTNAME, else the first detector keyword present, else PRIMARY / HDU<n>."""
+    if extname and extname.strip() and not (hdu_index == 0 and extname.strip() == "PRIMARY"):
+        return extname.strip()
+    for keyword in NAME_KEYWORDS:
+        value = keywords.get(keyword)
+        if value is not None and str(value).strip() and str(value).strip().upper() != "UNKNOWN":
+            text = str(value).strip()
+            return f"CHIP{text}" if keyword == "ESO DET CHIP INDEX" else text
+    return "PRIMARY" if hdu_index == 0 else f"HDU{hdu_index}"
+
+
+def detectors_of_units(units) -> list[Detector]:
+    """The detectors of a file from its parsed headers (:class:`archive.headers.HeaderUnit`)."""
+    found = []
+    for unit in units:
+        shape = parse_shape(unit.shape)
+        if not is_detector(unit.hdu_type, unit.extname, shape):
+            continue
+        values = unit.values()
+        keywords = {k: (values[k][2] if k in values else None) for k in NAME_KEYWORDS}
+        found.append(Detector(unit.index, detector_name(unit.index, unit.extname, keywords), shape))
+    return _unique(found)
+
+
+def _unique(found: list[Detector]) -> list[Detector]:
+    """Two detectors of one name would be paired with the same master HDU: the
+    later ones are told apart by their HDU index."""
+    seen: set[str] = set()
+    result = []
+    for detector in found:
+        name = detector.name if detector.name not in seen else f"{detector.name}#{detector.hdu_index}"
+        seen.add(name)
+        result.append(Detector(detector.hdu_index, name, detector.shape))
+    return result
+
+
+def select_detectors(detectors: list[Detector], names: tuple[str, ...] | None) -> list[Detector]:
+    """The detectors named in ``names`` (``--hdu``), all when ``names`` is empty;
+    an unknown name is an error naming the ones there are."""
+    from archive.exceptions import ObsarchError
+
+    if not names:
+        return list(detectors)
+    by_name = {d.name.upper(): d for d in detectors}
+    unknown = [n for n in names if n.upper() not in by_name]
+    if unknown:
+        known = ", ".join(d.name for d in detectors) or "none"
+        raise ObsarchError(f"--hdu {','.join(unknown)}: no such detector (this file has {known})")
+    return [by_name[n.upper()] for n in names]
