@@ -102,3 +102,43 @@ def select_detectors(detectors: list[Detector], names: tuple[str, ...] | None) -
         known = ", ".join(d.name for d in detectors) or "none"
         raise ObsarchError(f"--hdu {','.join(unknown)}: no such detector (this file has {known})")
     return [by_name[n.upper()] for n in names]
+
+
+def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
+    """The detectors of catalogued files, from their ``hdus`` rows and the
+    detector keywords of their cards (no file is opened)."""
+    from sqlalchemy import select
+
+    from archive.models import HeaderCard, Hdu
+
+    if not file_ids:
+        return {}
+    hdus = conn.execute(
+        select(Hdu.file_id, Hdu.hdu_index, Hdu.extname, Hdu.hdu_type, Hdu.shape)
+        .where(Hdu.file_id.in_(file_ids)).order_by(Hdu.file_id, Hdu.hdu_index)
+    ).all()
+    unnamed = [(h.file_id, h.hdu_index) for h in hdus if not h.extname or (h.hdu_index == 0 and h.extname == "PRIMARY")]
+    keywords: dict[tuple[int, int], dict[str, str | None]] = {}
+    if unnamed:
+        for row in conn.execute(
+            select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text)
+            .where(HeaderCard.file_id.in_({f for f, _ in unnamed}), HeaderCard.keyword.in_(NAME_KEYWORDS))
+        ):
+            keywords.setdefault((row.file_id, row.hdu_index), {}).setdefault(row.keyword, row.value_text)
+    found: dict[int, list[Detector]] = {file_id: [] for file_id in file_ids}
+    for h in hdus:
+        shape = parse_shape(h.shape)
+        if is_detector(h.hdu_type, h.extname, shape):
+            name = detector_name(h.hdu_index, h.extname, keywords.get((h.file_id, h.hdu_index), {}))
+            found[h.file_id].append(Detector(h.hdu_index, name, shape))
+    return {file_id: _unique(detectors) for file_id, detectors in found.items()}
+
+
+def pair_detectors(frame: list[Detector], master: list[Detector]) -> tuple[list[tuple[Detector, Detector]], list[str]]:
+    """Each detector of a frame with the master's detector of the same name
+    (one detector each: with each other); and the names the master lacks."""
+    if len(frame) == 1 and len(master) == 1:
+        return [(frame[0], master[0])], []
+    by_name = {d.name: d for d in master}
+    pairs = [(d, by_name[d.name]) for d in frame if d.name in by_name]
+    return pairs, [d.name for d in frame if d.name not in by_name]

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from archive.db import transaction
+from archive.detectors import Detector, detectors_of_files, select_detectors
 from archive.exceptions import ObsarchError
+from archive.keywords import load_maps
+from processing import detectors as pixels
+from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
 from processing.combine import DEFAULT_MEMORY, calibrate_array, combine_files, parse_memory
 from processing.executor import Progress, parallel_map
 from processing.runs import (
@@ -26,11 +31,15 @@ from processing.runs import (
     set_fingerprint,
     write_product,
 )
-from processing.steps import Frame, StepSummary, choose_master, frames, mjd_of, nearest, one_value, safe_name
+from processing.steps import Frame, StepSummary, frames, mjd_of, nearest, one_value, safe_name
 
-ALGORITHM = "calibration-1"
+ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
 KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
+# the keywords normalized columns come from: a master copies them from its
+# first input so that it is catalogued with the same mode, binning, gain...
+_SOURCED = ("instrument", "telescope", "readout_mode", "band", "xbinning", "ybinning", "binning", "gain", "ccd_temp",
+            "detector")
 
 
 @dataclass(frozen=True)
@@ -63,26 +72,28 @@ def _master_inputs(engine, kind: str, selection: str | None, band: str | None, c
 def make_master(
     engine, kind: str, selection: str | None = None, *, band: str | None = None, nearest_count: int | None = None,
     to: str | None = None, params: MasterParams = MasterParams(), out_dir: Path = Path("masters"), force: bool = False,
+    hdus: tuple[str, ...] | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
 ) -> StepSummary:
-    """Combine raw frames of ``kind`` into a master, bias-subtracted for darks
-    and flats (and dark-subtracted for flats) when such masters exist."""
+    """Combine raw frames of ``kind`` into a master with one HDU per detector
+    (``hdus``: only those), bias-subtracted for darks and flats (and
+    dark-subtracted for flats) by the masters ``rules`` choose for its first
+    input. ``params.memory`` bounds the whole step: detectors are combined
+    and written one after another."""
     if kind not in KINDS:
         raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
     inputs = _master_inputs(engine, kind, selection, band, nearest_count, to)
     first = inputs[0]
-    masters = {}
-    if kind in ("dark", "flat"):
-        masters["bias"] = choose_master(engine, "bias", first)
-    if kind == "flat":
-        masters["dark"] = choose_master(engine, "dark", first)
-    masters = {k: v for k, v in masters.items() if v is not None}
+    detectors = _common_detectors(engine, inputs, hdus)
+    masters = _masters_for(engine, first, ("bias",) if kind == "dark" else ("bias", "dark") if kind == "flat" else (),
+                           rules, hdus)
     night = first.night or "unknown-night"
     name = f"master_{kind}_{safe_name(first.readout_mode)}" + (f"_{safe_name(first.band)}" if kind == "flat" else "")
     name += f"_{safe_name(first.exptime) + 's_' if kind == 'dark' else ''}{night}.fits"
     target = (Path(out_dir) / name).resolve()
     contents = [f.content for f in inputs] + [m.content for m in masters.values()]
     run_params = {"kind": kind, **asdict(params), "inputs": [f.file_id for f in inputs],
-                  "masters": {k: m.file_id for k, m in masters.items()}, "out": str(target)}
+                  "masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
+                  "detectors": [d.name for d in detectors[first.file_id]]}
     print_ = fingerprint(f"master-{kind}", run_params, ALGORITHM, contents)
     summary = StepSummary()
     if not force and done_before(engine, print_):
@@ -92,44 +103,97 @@ def make_master(
         set_fingerprint(engine, run.id, print_)
         record_inputs(engine, run.id, [(f.file_id, "frame", f.content) for f in inputs]
                       + [(m.file_id, k, m.content) for k, m in masters.items()])
-        data = _combine_master(kind, inputs, masters, params)
         header = _master_header(kind, inputs, masters, params)
-        write_product(target, lambda tmp: fits.PrimaryHDU(data.astype(np.float32), header).writeto(tmp))
+        combine = _detector_combiner(kind, inputs, detectors, masters, params)
+        with pixels.opened(first.path) as hdul:
+            headers = {d.name: pixels.detector_header(hdul, d) for d in detectors[first.file_id]}
+        write_product(target, lambda tmp: pixels.write_detectors(
+            tmp, header, detectors[first.file_id], lambda d: (combine(d), headers[d.name])))
         add_product(engine, run.id, target, f"master_{kind}")
-        run.summary = {"product": str(target), "frames": len(inputs)}
+        run.summary = {"product": str(target), "frames": len(inputs), "detectors": len(detectors[first.file_id])}
     summary.made.append(str(target))
     return summary
 
 
-def _read(path: str) -> np.ndarray:
-    from processing.quality import load_image
+def _common_detectors(engine, inputs: list[Frame], hdus: tuple[str, ...] | None) -> dict[int, list[Detector]]:
+    """The detectors to combine, per input: those of the first input (``hdus``:
+    only those), found by name and shape in every other input."""
+    with transaction(engine) as conn:
+        found = detectors_of_files(conn, [f.file_id for f in inputs])
+    wanted = select_detectors(found[inputs[0].file_id], hdus)
+    if not wanted:
+        raise ObsarchError(f"{inputs[0].path}: no detector (image HDU with data) to combine")
+    result = {}
+    for frame in inputs:
+        by_name = {d.name: d for d in found[frame.file_id]}
+        if len(wanted) == 1 and len(by_name) == 1:
+            by_name = {wanted[0].name: next(iter(by_name.values()))}
+        chosen = []
+        for detector in wanted:
+            own = by_name.get(detector.name)
+            if own is None:
+                raise ObsarchError(f"{frame.path}: no detector {detector.name}, which {Path(inputs[0].path).name} has")
+            if own.shape != detector.shape:
+                raise ObsarchError(f"{frame.path}: detector {detector.name} is {own.shape_text}, "
+                                   f"{Path(inputs[0].path).name}'s is {detector.shape_text}")
+            chosen.append(own)
+        result[frame.file_id] = chosen
+    return result
 
-    return load_image(path)[0].astype(np.float64)
+
+def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
+    """The masters the rules choose for ``frame`` (a master's own first input)."""
+    masters = {}
+    for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
+        if choice.chosen is not None:
+            m = choice.chosen.master
+            masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+    return masters
 
 
-def _combine_master(kind: str, inputs: list[Frame], masters: dict[str, Frame], params: MasterParams) -> np.ndarray:
+def _detector_combiner(kind: str, inputs: list[Frame], detectors: dict[int, list[Detector]],
+                       masters: dict[str, Frame], params: MasterParams):
+    """``combine(detector) -> image`` for one detector of the first input; the
+    arrays held beside the combine (bias, dark) come off the memory budget."""
     memory = parse_memory(params.memory)
-    if kind == "bias":
-        return combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory)
-    bias = _read(masters["bias"].path) if "bias" in masters else None
-    if kind == "dark":
+    names = [d.name for d in detectors[inputs[0].file_id]]
+    position = {d.name: i for i, d in enumerate(detectors[inputs[0].file_id])}
+
+    def subtrahend(detector: Detector) -> np.ndarray | None:
+        offset = None
+        for role in ("bias", "dark"):
+            if role not in masters:
+                continue
+            with pixels.opened(masters[role].path) as hdul:
+                image = pixels.read(hdul, pixels.paired(hdul, names, single=True)[detector.name])
+            if role == "dark":
+                image = image * ((inputs[0].exptime or 0.0) / _exptime(masters["dark"].path))
+            offset = image if offset is None else offset + image
+        return offset
+
+    def combine(detector: Detector) -> np.ndarray:
+        hdus = [detectors[f.file_id][position[detector.name]].hdu_index for f in inputs]
+        paths = [f.path for f in inputs]
+        offset = subtrahend(detector) if kind in ("dark", "flat") else None
+        held = offset.nbytes if offset is not None else 0
+        budget = memory - held
+        if budget <= 0:
+            raise ObsarchError(f"--memory {params.memory} is too small to hold the master bias/dark of detector {detector.name}")
+        if kind == "flat":
+            scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, hdus)]
+            return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
+                                 subtract=offset, hdus=hdus)
+        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdus=hdus)
         # combining is linear in a constant: the bias comes off the combined darks
-        combined = combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory)
-        return combined - bias if bias is not None else combined
-    offset = np.zeros(1)
-    if bias is not None:
-        offset = offset + bias
-    if "dark" in masters:
-        dark_exptime = _exptime(masters["dark"].path)
-        offset = offset + _read(masters["dark"].path) * ((inputs[0].exptime or 0.0) / dark_exptime)
-    scales = [1.0 / _median_after(f.path, offset) for f in inputs]
-    return combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory,
-                         scales=scales, subtract=offset if offset.ndim == 2 else None)
+        return combined - offset if offset is not None else combined
+
+    return combine
 
 
-def _median_after(path: str, offset: np.ndarray) -> float:
-    data = _read(path)
-    value = float(np.nanmedian(data[::4] - (offset[::4] if offset.ndim == 2 else offset)))
+def _median_after(path: str, hdu_index: int, offset: np.ndarray | None) -> float:
+    with pixels.opened(path) as hdul:
+        data = np.asarray(hdul[hdu_index].section[::4, :], dtype=np.float64)
+    value = float(np.nanmedian(data - (offset[::4] if offset is not None else 0.0)))
     if not np.isfinite(value) or value == 0:
         raise ObsarchError(f"{path}: median {value} cannot normalize a flat")
     return value
@@ -144,11 +208,18 @@ def _exptime(path: str) -> float:
 
 
 def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], params: MasterParams) -> fits.Header:
-    first_header = fits.getheader(inputs[0].path, ext=_image_hdu(inputs[0].path))
+    with pixels.opened(inputs[0].path) as hdul:
+        first_header = hdul[0].header.copy()
+        for hdu in hdul[1:]:  # LCO: the observation's cards are in the SCI extension
+            for card in hdu.header.cards:
+                if card.keyword and card.keyword not in first_header and card.keyword not in pixels.STRUCTURE:
+                    first_header.append(card)
     header = fits.Header()
-    for key in _COPIED:
-        if key in first_header:
-            header[key] = first_header[key]
+    maps = load_maps()
+    sourced = [k for field in _SOURCED for k in maps.sources.get(field, ())]
+    for key in (*_COPIED, *sourced):
+        if key in first_header and key not in header:
+            header.append(first_header.cards[key])
     header["IMAGETYP"] = (f"MASTER_{kind.upper()}", "made by obsarch")
     if kind == "dark":
         header["EXPTIME"] = (inputs[0].exptime, "[s] of the combined darks")
@@ -168,78 +239,103 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     return header
 
 
-def _image_hdu(path: str) -> int:
-    from processing.quality import load_image
-
-    return load_image(path)[2]
-
-
 # -- calibrating science frames ---------------------------------------------------------
 
 
 def _calibrate_one(task: tuple) -> tuple[int, str | None, str | None]:
-    """Calibrate one frame and write its product (atomically). Runs in a worker."""
-    frame, masters, target = task
+    """Calibrate one frame, detector by detector, and write its product
+    (atomically) with one HDU per detector and its masks. Runs in a worker."""
+    frame, detectors, masters, target = task
     try:
-        from processing.quality import load_image
+        names = [d.name for d in detectors]
+        dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
+        with pixels.opened(frame.path) as hdul:
+            opened = {k: pixels.opened(m.path) for k, m in masters.items()}
+            master_hduls = {k: cm.__enter__() for k, cm in opened.items()}
+            try:
+                pairs = {k: pixels.paired(h, names, single=True) for k, h in master_hduls.items()}
 
-        data, _, hdu_index = load_image(frame.path)
-        loaded = {k: _read(m.path) for k, m in masters.items()}
-        result = calibrate_array(
-            data, bias=loaded.get("bias"), dark=loaded.get("dark"),
-            dark_exptime=_exptime(masters["dark"].path) if "dark" in masters else None, exptime=frame.exptime,
-            flat=loaded.get("flat"),
-        )
-        header = fits.getheader(frame.path, ext=hdu_index)
-        for key in ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE", "PCOUNT", "GCOUNT"):
-            header.remove(key, ignore_missing=True, remove_all=True)
-        for role, master in masters.items():
-            header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} used by obsarch")
-        header.add_history(f"obsarch calibrated {Path(frame.path).name}: " + ", ".join(f"{k} {Path(m.path).name}" for k, m in masters.items()))
-        write_product(target, lambda tmp: fits.PrimaryHDU(result.astype(np.float32), header).writeto(tmp))
+                def make(detector: Detector) -> tuple[np.ndarray, fits.Header]:
+                    loaded = {k: pixels.read(master_hduls[k], pairs[k][detector.name]) for k in master_hduls}
+                    result = calibrate_array(pixels.read(hdul, detector), bias=loaded.get("bias"), dark=loaded.get("dark"),
+                                             dark_exptime=dark_exptime, exptime=frame.exptime, flat=loaded.get("flat"))
+                    return result, _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+
+                def companions():
+                    for index in pixels.companions_of(hdul):
+                        yield fits.ImageHDU(hdul[index].data, pixels.header_only(hdul[index].header), name=hdul[index].name)
+
+                primary = hdul[0].header if detectors[0].hdu_index != 0 else fits.Header()
+                write_product(target, lambda tmp: pixels.write_detectors(tmp, primary, detectors, make, companions))
+            finally:
+                for cm in opened.values():
+                    cm.__exit__(None, None, None)
         return frame.exposure_id, target, None
     except (ObsarchError, OSError, ValueError) as exc:
         return frame.exposure_id, None, f"{frame.path}: {exc}"
 
 
+def _calibrated_header(header: fits.Header, frame, masters: dict) -> fits.Header:
+    for role, master in masters.items():
+        header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} used by obsarch")
+    header.add_history(f"obsarch calibrated {Path(frame.path).name}: " + ", ".join(f"{k} {Path(m.path).name}" for k, m in masters.items()))
+    return header
+
+
+def _plan(choices: list[Choice]) -> tuple[dict[str, Choice], str | None]:
+    """The masters of one frame's choices, or why it cannot be calibrated. A
+    dark is optional (dark current is often negligible) when the catalog has
+    no master dark at all; one refused by the rules is a reason."""
+    chosen, reasons = {}, []
+    for choice in choices:
+        if choice.chosen is not None:
+            chosen[choice.kind] = choice
+        elif choice.kind != "dark" or choice.verdicts:
+            reasons.append(choice.reason)
+    return chosen, ("; ".join(reasons) or None)
+
+
 def calibrate(
     engine, selection: str | None, *, use: tuple[str, ...] = KINDS, out_dir: Path = Path("calibrated"),
     workers: int | None = None, executor: str = "pool", scheduler: str | None = None, force: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES, hdus: tuple[str, ...] | None = None,
 ) -> StepSummary:
     """Bias, dark and flat correction of every raw science frame of
-    ``selection``, with masters chosen by rule (same read-out mode; same band
-    for flats; nearest in time). A dark is used when a master dark exists
-    (dark current is often negligible); a frame lacking its bias or flat is
-    reported, and the others go on."""
+    ``selection``, detector by detector (``hdus``: only those), with the
+    masters ``rules`` choose (see :mod:`processing.calib_rules`). A frame
+    that no master fits is reported with the rule that refused each
+    candidate, and the others go on."""
     summary = StepSummary()
     science = frames(engine, selection, "frame_type == 'science'", "product is null")
     if not science:
         raise ObsarchError(f"no raw science frames match {selection or 'the catalog'}")
+    by_id = {f.exposure_id: f for f in science}
+    choices: dict[int, list[Choice]] = {}
+    for choice in choose_all(engine, list(by_id), use, rules, hdus):
+        choices.setdefault(choice.frame.exposure_id, []).append(choice)
     tasks, plans = [], {}
-    for frame in science:
-        masters, missing = {}, []
-        for kind in use:
-            master = choose_master(engine, kind, frame, same_band=kind == "flat")
-            if master is None and kind != "dark":
-                missing.append(kind)
-            elif master is None:
-                continue
-            else:
-                masters[kind] = master
-        target = (Path(out_dir) / f"{Path(frame.path).name.split('.')[0]}_cal.fits").resolve()
-        if missing:
-            summary.failed.append((frame.path, f"no master {' or '.join(missing)} in read-out mode {frame.readout_mode}"
-                                   + (f" and band {frame.band}" if "flat" in missing else "")
-                                   + f"; run `obsarch calib {missing[0]}` first"))
+    for exposure_id, frame_choices in choices.items():
+        frame = by_id[exposure_id]
+        chosen, reason = _plan(frame_choices)
+        if reason:
+            summary.failed.append((frame.path, reason))
             continue
-        params = {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target)}
+        try:
+            detectors = select_detectors(frame_choices[0].frame.detectors, hdus)
+        except ObsarchError as exc:
+            summary.failed.append((frame.path, str(exc)))
+            continue
+        masters = {k: Frame(c.chosen.master.exposure_id, c.chosen.master.file_id, c.chosen.master.path, c.chosen.master.content)
+                   for k, c in chosen.items()}
+        target = (Path(out_dir) / f"{Path(frame.path).name.split('.')[0]}_cal.fits").resolve()
+        params = {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
+                  "detectors": [d.name for d in detectors]}
         print_ = fingerprint("calibrate", params, ALGORITHM, [frame.content] + [m.content for m in masters.values()])
         if not force and done_before(engine, print_):
             summary.skipped.append(str(target))
             continue
         plans[frame.exposure_id] = (frame, masters, params, print_)
-        tasks.append((frame, masters, target))
+        tasks.append((frame, detectors, masters, target))
     for _, (exposure_id, target, error) in parallel_map(_calibrate_one, tasks, workers=workers, executor=executor,
                                                         scheduler=scheduler, progress=progress):
         frame, masters, params, print_ = plans[exposure_id]
