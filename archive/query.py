@@ -478,13 +478,25 @@ def _current_flag(name: str) -> Callable[[], ColumnElement]:
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
               "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
     FIELDS[_name] = FieldDef(_metric(_name), "number")
+def current_offset(exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
+    """The id of an exposure's current offset: its latest registration, the
+    one the user asked for last (whatever its stage). When that one failed,
+    the exposure has no current offset: an older one is never used instead.
+    The one rule for selections, ``offsets show`` and ``stack``."""
+    from sqlalchemy.orm import aliased
+
+    latest = aliased(Offset)
+    return (
+        select(latest.id).where(latest.exposure_id == exposure_id).order_by(latest.id.desc()).limit(1)
+        .correlate_except(latest).scalar_subquery()
+    )
+
+
 def _latest_offset(name: str) -> Callable[[], ColumnElement]:
-    """A column of the exposure's latest successful offset."""
+    """A column of the exposure's current offset (NULL when it failed)."""
     return lambda: (
         select(getattr(Offset, name))
-        .where(Offset.exposure_id == Exposure.id, Offset.status == "ok")
-        .order_by(Offset.id.desc())
-        .limit(1)
+        .where(Offset.id == current_offset(), Offset.status == "ok")
         .correlate(Exposure)
         .scalar_subquery()
     )
@@ -504,7 +516,10 @@ FIELDS["product"] = FieldDef(
     .correlate(Exposure).scalar_subquery(),
     "text",
 )
-FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
+# A frame nobody and no rule has graded has the grade 'ungraded' (not NULL),
+# so that "grade != 'bad'" keeps it.
+UNGRADED = "ungraded"
+FIELDS["grade"] = FieldDef(lambda: func.coalesce(_current_flag("grade")(), UNGRADED), "text")
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
 FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")
 

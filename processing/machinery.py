@@ -72,6 +72,12 @@ from processing.runs import done_before, fingerprint, params_hash
 EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
 
+class ItemFailed(Exception):
+    """Raised by a step's ``write`` for an item that failed but whose record
+    (an external tool's log, say) is kept: the item counts as failed with
+    this reason, and what ``write`` stored stays."""
+
+
 @dataclass(frozen=True)
 class Input:
     """A file an item reads: its id, its role (frame, bias, flat...) and its
@@ -338,6 +344,11 @@ def _item_done(conn, step, result, item, value, prints) -> None:
         step.write(out, item, value)
         savepoint.commit()
         result.done.append(item.key)
+    except ItemFailed as exc:
+        savepoint.commit()
+        result.failed.append((item.key, str(exc)))
+        if step.item_runs:
+            conn.execute(update(Run).where(Run.id == run_id).values(state="failed", error=str(exc), fingerprint=None))
     except Exception as exc:  # a write that fails costs only its item
         savepoint.rollback()
         _item_failed(conn, step, result, item, _one_line(exc), prints)

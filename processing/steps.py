@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 
@@ -88,16 +88,30 @@ def frames(engine: Engine, selection: Node | str | None, *conditions: Node | Non
     return resolve(engine, selection, *conditions)
 
 
-def mjd_of(text: str) -> float:
-    """An ISO date or time -> MJD (a date means its noon, the middle of a night)."""
+def mjd_of(engine: Engine, text: str) -> float:
+    """What ``--to`` names, as an MJD: an ISO date (its noon, the middle of a
+    night) or time; an MJD (a number with a decimal point); a frame number
+    (of a raw exposure); or a selection (the mean time of its exposures)."""
     from archive.keywords import MJD_EPOCH, parse_fits_date
 
-    parsed = parse_fits_date(text)
-    if parsed is None:
-        raise ObsarchError(f"--to {text!r}: give a date (2014-07-27) or time (2014-07-27T23:00)")
-    if not isinstance(parsed, datetime):
-        parsed = datetime(parsed.year, parsed.month, parsed.day, 12)
-    return (parsed.replace(tzinfo=None) - MJD_EPOCH).total_seconds() / 86400
+    text = str(text).strip()
+    parsed = parse_fits_date(text) if re.match(r"^\d{4}-\d\d-\d\d", text) else None
+    if parsed is not None:
+        if not isinstance(parsed, datetime):
+            parsed = datetime(parsed.year, parsed.month, parsed.day, 12)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        return (parsed - MJD_EPOCH).total_seconds() / 86400
+    if re.fullmatch(r"\d+\.\d*", text):
+        return float(text)
+    try:
+        chosen = [f.mjd for f in resolve(engine, text) if f.mjd is not None]
+    except SelectionError as exc:
+        raise ObsarchError(f"--to {text!r}: give a date (2014-07-27), a time (2014-07-27T23:00), an MJD (56865.5), "
+                           f"a frame number or a selection ({exc})") from exc
+    if not chosen:
+        raise ObsarchError(f"--to {text!r}: no exposure with a time matches it")
+    return sum(chosen) / len(chosen)
 
 
 def nearest(candidates: list[Frame], count: int, mjd: float) -> list[Frame]:
