@@ -323,6 +323,9 @@ class Run(Base):
     item: Mapped[str | None] = mapped_column(Text)  # what a per-item run worked on (an obsid, a group)
     stdout: Mapped[str | None] = mapped_column(Text)
     stderr: Mapped[str | None] = mapped_column(Text)
+    # A step's run over a selection is the parent of one run per item that
+    # made a product (so each product's inputs are its own).
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
 
 
 class RunInput(Base):

@@ -29,13 +29,14 @@ from sqlalchemy import Engine, insert, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Group, Offset, Root
-from archive.query import select_exposures
-from processing.executor import Progress, parallel_map
-from processing.quality import QualityError, QualityParams, load_image, saturation_level
-from processing.runs import recorded_run
+from archive.models import Exposure, Group, Offset
+from archive.query import is_null
+from processing.executor import Progress
+from processing.machinery import Item, Step, StepResult, Writer, run_step
+from processing.quality import QualityParams, load_image, saturation_level
+from processing.steps import resolve
 
-ALGORITHM = "offsets-1"
+ALGORITHM = "offsets-2"
 
 
 class MatchError(ObsarchError):
@@ -342,26 +343,72 @@ def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, i
     return transform
 
 
+# -- one more try: a pure shift by phase correlation ---------------------------------------
+
+
+def phase_shift(data: np.ndarray, reference: np.ndarray, stars: np.ndarray, reference_stars: np.ndarray,
+                params: MatchParams = MatchParams()) -> Transform:
+    """The pure shift of a frame onto the reference by phase correlation
+    (scikit-image), accepted only when the shifted stars land on the
+    reference's: at least ``min_matched`` of them and a third of the fewer
+    list (chance coincidences are far fewer). Raises :class:`MatchError`."""
+    from skimage.registration import phase_cross_correlation
+
+    rows, cols = min(data.shape[0], reference.shape[0]), min(data.shape[1], reference.shape[1])
+    frame = np.nan_to_num(np.asarray(data[:rows, :cols], dtype=np.float64) - np.nanmedian(data))
+    target = np.nan_to_num(np.asarray(reference[:rows, :cols], dtype=np.float64) - np.nanmedian(reference))
+    (shift_y, shift_x), _, _ = phase_cross_correlation(target, frame, upsample_factor=20)
+    guess = Transform(float(shift_x), float(shift_y))
+    if len(stars) == 0 or len(reference_stars) == 0:
+        raise MatchError("phase correlation: no stars to confirm its shift")
+    pairs = _pairs(stars, reference_stars, guess, params.match_px)
+    needed = max(params.min_matched, math.ceil(min(len(stars), len(reference_stars)) / 3))
+    if len(pairs) < needed:
+        raise MatchError(f"phase correlation's shift ({shift_x:+.1f}, {shift_y:+.1f}) puts only {len(pairs)} stars on the "
+                         f"reference's (need {needed})")
+    moved = stars[pairs[:, 0]] - reference_stars[pairs[:, 1]]
+    dx, dy = -moved.mean(axis=0)
+    residual = np.hypot(*(moved + [dx, dy]).T)
+    error = float(np.sqrt(np.mean(residual**2)) / math.sqrt(len(pairs)))
+    return Transform(float(dx), float(dy), 0.0, 1.0, error, error, 0.0, 0.0, int(len(pairs)), float(np.sqrt(np.mean(residual**2))))
+
+
 # -- over the catalog ------------------------------------------------------------------
 
-
-@dataclass
-class OffsetsSummary:
-    run_id: int | None = None
-    measured: int = 0
-    failed: list[tuple[int, str]] | None = None
-    offsets: dict[int, Transform] | None = None
-    row_ids: dict[int, int] | None = None  # exposure -> id of its stored offset
+METHODS = ("stars", "centroid", "wcs")
 
 
-def _paths(engine: Engine, ids: list[int]) -> dict[int, str]:
+@dataclass(frozen=True)
+class CurrentOffset:
+    """An exposure's current offset (see :func:`archive.query.current_offset`)."""
+
+    offset_id: int
+    reference_id: int
+    ok: bool
+    error: str | None
+    transform: Transform | None
+
+    @property
+    def identity(self) -> str:
+        """What a product made with this offset depends on."""
+        t = self.transform
+        return f"offset {self.offset_id}" + (f": {t.dx:.4f} {t.dy:.4f} {t.rotation:.5f} {t.scale:.6f}" if t else " failed")
+
+
+def current_offsets(engine: Engine, ids: list[int]) -> dict[int, CurrentOffset]:
+    """The current offset of each exposure of ``ids`` that has one."""
+    from archive.query import current_offset
+
     with transaction(engine) as conn:
         rows = conn.execute(
-            select(Exposure.id, Root.path + "/" + File.relpath)
-            .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
-            .where(Exposure.id.in_(ids))
-        ).all()
-    return dict(rows)
+            select(Offset).where(Offset.exposure_id.in_(ids), Offset.id == current_offset(Offset.exposure_id))
+        ).scalars().all() if ids else []
+    return {
+        row.exposure_id: CurrentOffset(row.id, row.reference_id, row.status == "ok", row.error, Transform(
+            row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0, row.dx_err, row.dy_err, row.rotation_err, row.scale_err,
+            row.nmatched, row.residual) if row.status == "ok" else None)
+        for row in rows
+    }
 
 
 def _stars_of(path: str) -> tuple[np.ndarray, dict, tuple[int, int]]:
@@ -369,24 +416,28 @@ def _stars_of(path: str) -> tuple[np.ndarray, dict, tuple[int, int]]:
     return find_stars(data, header), header, data.shape
 
 
-def register(task: tuple) -> tuple[int, Transform | None, str | None]:
-    """Register one frame onto the reference. Runs in a worker."""
-    exposure_id, path, method, reference, params = task
-    try:
-        if method == "stars":
-            stars, _, _ = _stars_of(path)
-            return exposure_id, match_stars(stars, reference, params), None
-        if method == "centroid":
-            box, (x_ref, y_ref) = reference
-            data, _, _ = load_image(path)
-            x, y = centroid_in_box(data, box)
-            return exposure_id, Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), None
-        if method == "wcs":
-            data, header, _ = load_image(path)
-            return exposure_id, transform_from_wcs(header, reference, data.shape), None
-        raise MatchError(f"unknown method {method!r}")
-    except (MatchError, QualityError) as exc:
-        return exposure_id, None, str(exc)
+def register(task: tuple) -> tuple[Transform, str]:
+    """Register one frame onto the reference: (transform, method used). Runs in a worker."""
+    path, method, reference, reference_path, params = task
+    if method == "reference":
+        return Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), reference
+    if method == "stars":
+        data, header, _ = load_image(path, QualityParams().chunk_planes)
+        stars = find_stars(data, header)
+        try:
+            return match_stars(stars, reference, params), "stars"
+        except MatchError as first:
+            try:
+                return phase_shift(data, load_image(reference_path)[0], stars, reference, params), "phase"
+            except MatchError as second:
+                raise MatchError(f"{first}; {second}") from None
+    if method == "centroid":
+        box, (x_ref, y_ref) = reference
+        data, _, _ = load_image(path)
+        x, y = centroid_in_box(data, box)
+        return Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), "centroid"
+    data, header, _ = load_image(path)
+    return transform_from_wcs(header, reference, data.shape), "wcs"
 
 
 def _reference_input(path: str, method: str, box: tuple | None):
@@ -403,44 +454,123 @@ def _reference_input(path: str, method: str, box: tuple | None):
     return header
 
 
+class OffsetsStep(Step):
+    """Register exposures onto a reference; every result is stored (a
+    failure with its reason, never numbers)."""
+
+    algorithm = ALGORITHM
+
+    def __init__(self, ids: list[int], reference_id: int, method: str, box: str | None, group_id: int | None,
+                 params: MatchParams, stage: int = 1):
+        if method not in METHODS:
+            raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
+        self.name = f"offsets-{method}"
+        self.ids, self.reference_id, self.method, self.box = ids, reference_id, method, box
+        self.group_id, self.match, self.stage = group_id, params, stage
+        self.stored: dict[int, tuple[int, Transform]] = {}  # exposure -> (offset row id, transform)
+
+    def params(self) -> dict:
+        return {"method": self.method, "box": self.box, "reference": self.reference_id, "match": asdict(self.match)}
+
+    def items(self, engine) -> list[Item]:
+        frames = {f.exposure_id: f for f in resolve(engine, None, ids=sorted({*self.ids, self.reference_id}))}
+        if self.reference_id not in frames:
+            raise ObsarchError(f"reference exposure {self.reference_id} is not in the catalog (or its file is missing)")
+        reference_path = frames[self.reference_id].path
+        reference = _reference_input(reference_path, self.method, parse_box(self.box) if self.box else None)
+        items = [Item(reference_path, (reference_path, "reference", self.method, None, None), data=self.reference_id)]
+        for exposure_id in self.ids:
+            frame = frames.get(exposure_id)
+            if exposure_id == self.reference_id:
+                continue
+            if frame is None:
+                items.append(Item(f"exposure {exposure_id}", error="its file is missing", data=exposure_id))
+                continue
+            items.append(Item(frame.path, (frame.path, self.method, reference, reference_path, self.match), data=exposure_id))
+        return items
+
+    work = staticmethod(register)
+
+    def write(self, out: Writer, item: Item, result) -> None:
+        transform, method = result
+        self._store(out, item.data, transform, None, method)
+
+    def record_failure(self, out: Writer, item: Item, reason: str) -> None:
+        self._store(out, item.data, None, reason, self.method)
+
+    def _store(self, out: Writer, exposure_id: int, transform, error, method) -> None:
+        row = _offset_row(exposure_id, self.reference_id, transform, error, method, self.stage, self.group_id, out.run_id)
+        row_id = out.conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one()
+        if transform is not None:
+            self.stored[exposure_id] = (row_id, transform)
+
+
 def compute_offsets(
-    engine: Engine,
-    ids: list[int],
-    reference_id: int,
-    *,
-    method: str = "stars",
-    box: str | None = None,
-    group_id: int | None = None,
-    params: MatchParams = MatchParams(),
-    workers: int | None = None,
-    progress: Progress | None = None,
-) -> OffsetsSummary:
+    engine: Engine, ids: list[int], reference_id: int, *, method: str = "stars", box: str | None = None,
+    group_id: int | None = None, params: MatchParams = MatchParams(), workers: int | None = None,
+    executor: str = "pool", progress: Progress | None = None,
+) -> OffsetsResult:
     """Register exposures ``ids`` onto ``reference_id`` and store every result
-    (a failure with its reason)."""
-    if method not in ("stars", "centroid", "wcs"):
-        raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
-    paths = _paths(engine, [*ids, reference_id])
-    if reference_id not in paths:
-        raise ObsarchError(f"reference exposure {reference_id} is not in the catalog")
-    slices = parse_box(box) if box else None
-    reference = _reference_input(paths[reference_id], method, slices)
-    run_params = {"method": method, "box": box, "reference": reference_id, "match": asdict(params)}
-    with recorded_run(engine, f"offsets-{method}", run_params, ALGORITHM) as run:
-        summary = OffsetsSummary(run.id, failed=[], offsets={})
-        tasks = [(i, paths[i], method, reference, params) for i in ids if i != reference_id]
-        rows = [_offset_row(reference_id, reference_id, Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), None,
-                            method, 1, group_id, run.id)]
-        summary.offsets[reference_id] = Transform(0.0, 0.0)
-        for _, (exposure_id, transform, error) in parallel_map(register, tasks, workers=workers, progress=progress):
-            rows.append(_offset_row(exposure_id, reference_id, transform, error, method, 1, group_id, run.id))
-            if error:
-                summary.failed.append((exposure_id, error))
-            else:
-                summary.measured += 1
-                summary.offsets[exposure_id] = transform
-        summary.row_ids = dict(zip((row["exposure_id"] for row in rows), _store(engine, rows)))
-        run.summary = {"measured": summary.measured, "failed": len(summary.failed)}
-    return summary
+    (a failure with its reason). A frame the star matcher cannot register
+    gets one more try for a pure shift by phase correlation."""
+    step = OffsetsStep(ids, reference_id, method, box, group_id, params)
+    result = run_step(engine, step, executor=executor, workers=workers, progress=progress)
+    return OffsetsResult(result, reference_id, {e: t for e, (_, t) in step.stored.items()},
+                         {e: row for e, (row, _) in step.stored.items()})
+
+
+@dataclass
+class OffsetsResult:
+    """A :class:`StepResult` with the transforms stored, by exposure."""
+
+    step: StepResult
+    reference_id: int
+    offsets: dict[int, Transform]
+    row_ids: dict[int, int]
+    reference_reason: str | None = None
+
+    @property
+    def run_id(self):
+        return self.step.run_id
+
+    @property
+    def measured(self) -> int:
+        return len(self.offsets) - (1 if self.reference_id in self.offsets else 0)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.step.failed
+
+
+def choose_reference(engine: Engine, ids: list[int], *, workers: int | None = None, executor: str = "pool") -> tuple[int, str]:
+    """The best frame of ``ids`` to register onto, and why: not graded bad,
+    the smallest FWHM, then the most stars. Frames without quality metrics
+    are measured first."""
+    from archive.query import FIELDS
+
+    def rows():
+        with transaction(engine) as conn:
+            return conn.execute(
+                select(Exposure.id, Exposure.frame_number, FIELDS["fwhm"].expression().label("fwhm"),
+                       FIELDS["nstars"].expression().label("nstars"), FIELDS["grade"].expression().label("grade"))
+                .where(Exposure.id.in_(ids))
+            ).all()
+
+    found = rows()
+    unmeasured = [r.id for r in found if r.fwhm is None]
+    if unmeasured:
+        from processing.quality import compute
+
+        compute(engine, ids=unmeasured, workers=workers, executor=executor)
+        found = rows()
+    candidates = [r for r in found if r.grade != "bad" and r.fwhm is not None]
+    if not candidates:
+        raise ObsarchError("no frame of the selection can be the reference (none measured with stars, or all graded bad); "
+                           "give --reference")
+    best = min(candidates, key=lambda r: (r.fwhm, -(r.nstars or 0), r.id))
+    name = f"frame {best.frame_number}" if best.frame_number is not None else f"exposure {best.id}"
+    return best.id, (f"reference: {name} (id {best.id}): FWHM {best.fwhm:.2f} px, {best.nstars} stars; the smallest FWHM "
+                     f"of {len(candidates)} frames not graded bad" + (f", {len(unmeasured)} measured first" if unmeasured else ""))
 
 
 def _offset_row(exposure_id, reference_id, transform, error, method, stage, group_id, run_id, chain=None) -> dict:
@@ -454,19 +584,14 @@ def _offset_row(exposure_id, reference_id, transform, error, method, stage, grou
     }
 
 
-def _store(engine: Engine, rows: list[dict]) -> list[int]:
-    with transaction(engine, write=True) as conn:
-        return [conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one() for row in rows]
-
-
 def compute_multistage(
     engine: Engine, group_names: list[str], global_reference: int, *, params: MatchParams = MatchParams(),
-    workers: int | None = None,
-) -> dict[str, OffsetsSummary]:
+    workers: int | None = None, executor: str = "pool",
+) -> dict[str, OffsetsResult]:
     """Register each group's members onto the group's reference member (stage 1),
     each group reference onto ``global_reference``, and store the composed
     transform of every member onto the global reference (stage 2, its chain
-    of offset ids recorded)."""
+    of offset ids recorded): the composed offsets are then the current ones."""
     from processing.grouping import group_members
 
     results = {}
@@ -474,34 +599,40 @@ def compute_multistage(
         group_id, members = group_members(engine, name)
         ids = [e for e, _ in members]
         group_reference = next((e for e, role in members if role == "reference"), ids[0])
-        inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers)
-        outer = compute_offsets(engine, [group_reference], global_reference, group_id=group_id, params=params, workers=1)
+        inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers, executor=executor)
+        results[name] = inner
+        if group_reference == global_reference:
+            continue  # its members are already on the global reference
+        outer = compute_offsets(engine, [group_reference], global_reference, group_id=group_id, params=params, workers=1,
+                                executor="serial")
         link = outer.offsets.get(group_reference)
         if link is None:
-            inner.failed.append((group_reference, f"group {name}'s reference could not be registered onto {global_reference}"))
-            results[name] = inner
+            inner.step.failed.append((f"group {name}", f"its reference could not be registered onto {global_reference}: "
+                                      + "; ".join(why for _, why in outer.failed)))
             continue
         rows = [
             _offset_row(member, global_reference, transform.then(link), None, "composed", 2, group_id, inner.run_id,
                         chain=[inner.row_ids[member], outer.row_ids[group_reference]])
             for member, transform in inner.offsets.items()
         ]
-        _store(engine, rows)
-        results[name] = inner
+        with transaction(engine, write=True) as conn:
+            conn.execute(insert(Offset), rows)
     return results
 
 
 def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | None = None) -> list[dict]:
-    """The latest offset of each exposure (stage 2 before stage 1), with MUSE's
-    derotator angle when the header has one."""
+    """The current offset of each exposure (its latest registration), with
+    MUSE's derotator angle when the header has one."""
     from archive.models import HeaderCard
+    from archive.query import current_offset
 
     statement = (
         select(Offset.exposure_id, Exposure.frame_number, Offset.reference_id, Offset.method, Offset.stage, Offset.status,
                Offset.dx, Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched,
                Offset.residual, Offset.error, Offset.id)
         .join(Exposure, Exposure.id == Offset.exposure_id)
-        .order_by(Offset.exposure_id, Offset.stage, Offset.id)
+        .where(Offset.id == current_offset(Offset.exposure_id))
+        .order_by(Offset.exposure_id)
     )
     if group:
         statement = statement.join(Group, Group.id == Offset.group_id).where(Group.name == group)
@@ -512,15 +643,13 @@ def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | Non
         posang = dict(conn.execute(
             select(HeaderCard.file_id, HeaderCard.value_num).where(HeaderCard.keyword == "ESO INS DROT POSANG")
         ).all())
-    latest: dict[int, dict] = {}
-    for row in rows:
-        latest[row.exposure_id] = {**row._asdict(), "drot_posang": posang.get(row.exposure_id)}
-    return list(latest.values())
+    return [{**row._asdict(), "drot_posang": posang.get(row.exposure_id)} for row in rows]
 
 
-def select_ids(engine: Engine, selection: str) -> list[int]:
-    with transaction(engine) as conn:
-        return list(conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars())
+def select_ids(engine: Engine, selection, *, products: bool = False) -> list[int]:
+    """Ids of the exposures of ``selection`` (a tree or a person's text): raw
+    exposures only unless ``products``."""
+    return [f.exposure_id for f in resolve(engine, selection, None if products else is_null("product"))]
 
 
 def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
@@ -530,7 +659,6 @@ def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
     group_id, members = group_members(engine, name)
     ids = [e for e, _ in members]
     return group_id, ids, next((e for e, role in members if role == "reference"), ids[0])
-
 
 
 # -- two source lists on the sky ------------------------------------------------------------

@@ -6,7 +6,7 @@ temperature and detector shape; the pixel steps work per detector and store
 each detector's metrics beside the exposure's summary.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-01 15:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0009'
-down_revision = '0006'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
