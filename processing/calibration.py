@@ -286,8 +286,9 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     header = fits.Header()
     maps = load_maps()
     for key in (*_COPIED, *(k for field in _SOURCED for k in maps.sources.get(field, ()))):
-        if key in first_header and key not in header:
-            header.append(first_header.cards[key])
+        name = f"HIERARCH {key}" if len(key) > 8 or " " in key else key
+        if name in first_header and name not in header:
+            header.append(first_header.cards[name])
     header["IMAGETYP"] = (f"MASTER_{kind.upper()}", "made by obsarch")
     if kind == "dark":
         header["EXPTIME"] = (inputs[0].exptime, "[s] of the combined darks")
@@ -363,6 +364,17 @@ def plan(choices: list[Choice]) -> tuple[dict[str, Frame], str | None]:
     return chosen, ("; ".join(reasons) or None)
 
 
+def fits_stem(path: str) -> str:
+    """The file name without its FITS and compression suffixes: MUSE names
+    (``MUSE.2014-07-27T23:01:00.123.fits``) are full of dots."""
+    name = Path(path).name
+    for suffix in (".gz", ".fz", ".bz2"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    for suffix in (".fits", ".fit", ".fts"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    return name
+
+
 class CalibrateStep(Step):
     """Bias, dark and flat correction of raw science frames, one product each
     with one HDU per detector, by the masters the declared rules choose."""
@@ -394,7 +406,7 @@ class CalibrateStep(Step):
                 detectors = select_detectors(choices[0].frame.detectors, self.hdus)
             except ObsarchError as exc:
                 error = str(exc)
-        target = (self.out_dir / f"{Path(frame.path).name.split('.')[0]}_cal.fits").resolve()
+        target = (self.out_dir / f"{fits_stem(frame.path)}_cal.fits").resolve()
         inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
         return Item(frame.path, (frame, detectors, masters, target), inputs,
                     {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),

@@ -1,0 +1,186 @@
+"""Every detector of a file: masters, calibrate, quality and stack per detector,
+on a synthetic multi-extension set with known levels (both backends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from processing import calibration
+from processing.calib_rules import DEFAULT_RULES, rules_from_config
+from processing.machinery import EXIT_DONE, EXIT_PARTIAL
+
+CHANNELS = ("CHAN01", "CHAN02", "CHAN03", "CHAN04")
+SHAPE = (16, 12)
+BIAS = {"SCI1.0": 100.0, "FAST": 150.0}  # per channel n: level * n
+SIGNAL = 500.0  # science signal of channel n: SIGNAL * n
+FLAT = 1000.0
+
+
+def write_mef(path: Path, rng, level: dict[str, float], header: dict, shape=SHAPE, noise: float = 0.5) -> Path:
+    """A MUSE-like raw file: a header-only primary and one image extension per
+    channel, each at its own level."""
+    primary = fits.PrimaryHDU()
+    for key, value in header.items():
+        primary.header[key] = value
+    hdus = [primary]
+    for index, name in enumerate(CHANNELS, start=1):
+        data = (level[name] + rng.normal(0, noise, shape)).astype(np.float32)
+        ext = fits.ImageHDU(data, name=name)
+        ext.header["HIERARCH ESO DET CHIP INDEX"] = index
+        hdus.append(ext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+def _header(dpr: str, mode: str, minute: int, **extra) -> dict:
+    return {"INSTRUME": "MUSE", "HIERARCH ESO DPR TYPE": dpr, "HIERARCH ESO DET READ CURNAME": mode,
+            "DATE-OBS": f"2014-07-27T23:{minute:02d}:00", "EXPTIME": 0.0 if dpr == "BIAS" else 10.0,
+            "FILTER": "V", "HIERARCH ESO DET BINX": 1, "HIERARCH ESO DET BINY": 1, "CCD-TEMP": -110.0, **extra}
+
+
+def _bias(mode: str) -> dict[str, float]:
+    return {name: BIAS[mode] * n for n, name in enumerate(CHANNELS, start=1)}
+
+
+@pytest.fixture
+def muse(catalog, tmp_path, rng):
+    """3 biases in each of two read-out modes, 3 flats, 2 science frames per
+    mode, and a 2x2-binned science frame of half the size."""
+    raw = tmp_path / "raw"
+    minute = 0
+    for mode in BIAS:
+        for i in range(3):
+            write_mef(raw / f"bias_{mode}_{i}.fits", rng, _bias(mode), _header("BIAS", mode, minute := minute + 1))
+    for i in range(3):
+        level = {name: b + FLAT * (1 + 0.1 * i) for name, b in _bias("SCI1.0").items()}
+        write_mef(raw / f"flat_{i}.fits", rng, level, _header("FLAT,LAMP", "SCI1.0", minute := minute + 1))
+    for mode in BIAS:
+        for i in range(2):
+            level = {name: b + SIGNAL * n for n, (name, b) in enumerate(_bias(mode).items(), start=1)}
+            write_mef(raw / f"sci_{mode}_{i}.fits", rng, level, _header("OBJECT", mode, minute := minute + 1))
+    binned = {name: b + SIGNAL for name, b in _bias("SCI1.0").items()}
+    write_mef(raw / "sci_binned.fits", rng, binned, _header("OBJECT", "SCI1.0", minute + 1, **{
+        "HIERARCH ESO DET BINX": 2, "HIERARCH ESO DET BINY": 2}), shape=(8, 6))
+    catalog.ingest([raw])
+    return catalog, tmp_path
+
+
+def _levels(path: str | Path) -> dict[str, float]:
+    with fits.open(path) as hdul:
+        return {hdu.name: float(np.median(hdu.data)) for hdu in hdul[1:] if hdu.data is not None}
+
+
+def _masters(catalog, tmp: Path) -> None:
+    for mode in BIAS:
+        result = calibration.make_master(catalog.engine, "bias", f"readout_mode == '{mode}'", out_dir=tmp / "masters")
+        assert result.exit_code == EXIT_DONE, result.last_line()
+    result = calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "masters")
+    assert result.exit_code == EXIT_DONE, result.last_line()
+
+
+def test_masters_keep_every_detector_with_its_level(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    products = sorted((tmp / "masters").glob("master_bias_*"))
+    assert len(products) == 2
+    for path in products:
+        mode = "FAST" if "FAST" in path.name else "SCI1.0"
+        assert _levels(path) == pytest.approx(_bias(mode), abs=0.5)
+        with fits.open(path) as hdul:
+            assert [h.name for h in hdul[1:]] == list(CHANNELS)
+            assert hdul["CHAN03"].header["HIERARCH ESO DET CHIP INDEX"] == 3  # the detector's header is kept
+            assert hdul[0].header["READOUTM"] == mode
+    (flat,) = (tmp / "masters").glob("master_flat_*")
+    # each flat bias-subtracted and scaled to a median of 1, per detector
+    assert _levels(flat) == pytest.approx({name: 1.0 for name in CHANNELS}, abs=0.01)
+    row = catalog.query("product == 'master_bias' and readout_mode == 'FAST'",
+                        columns="n_detectors,detector_shape,binning,ccd_temp")
+    assert list(row.iloc[0]) == [4, "16x12", "1x1", -110.0]
+
+
+def test_calibrate_per_detector_and_refuse_another_shape(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    result = calibration.calibrate(catalog.engine, "readout_mode == 'SCI1.0'", out_dir=tmp / "cal", workers=1)
+    assert result.exit_code == EXIT_PARTIAL
+    assert len(result.done) == 2
+    for name in ("sci_SCI1.0_0", "sci_SCI1.0_1"):
+        expected = {ch: SIGNAL * n for n, ch in enumerate(CHANNELS, start=1)}
+        assert _levels(tmp / "cal" / f"{name}_cal.fits") == pytest.approx(expected, rel=0.01)
+    (failed,) = result.failed
+    assert failed[0].endswith("sci_binned.fits")
+    assert "binning: frame 2x2, master 1x1" in failed[1] and "no master bias fits" in failed[1]
+
+
+def test_two_readout_modes_each_get_their_own_bias(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    result = calibration.calibrate(catalog.engine, "readout_mode == 'FAST'", use=("bias",), out_dir=tmp / "cal", workers=1)
+    assert result.exit_code == EXIT_DONE and len(result.done) == 2
+    for path in (tmp / "cal").glob("sci_FAST_*_cal.fits"):
+        assert _levels(path) == pytest.approx({ch: SIGNAL * n for n, ch in enumerate(CHANNELS, start=1)}, rel=0.01)
+        with fits.open(path) as hdul:
+            assert hdul["CHAN02"].header["BIASFILE"].startswith("master_bias_FAST")
+
+
+def test_shape_is_checked_even_when_no_rule_names_it(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    rules = rules_from_config({"calibration": {"bias": {"match": ["readout_mode"]}}})
+    result = calibration.calibrate(catalog.engine, "frame_number is null and xbin == 2", use=("bias",),
+                                   out_dir=tmp / "cal", workers=1, rules=rules)
+    assert result.exit_code == 1
+    assert "shape: frame CHAN01 8x6, master CHAN01 16x12" in result.failed[0][1]
+
+
+def test_hdu_option_restricts_the_detectors(muse):
+    catalog, tmp = muse
+    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m",
+                                     hdus=("CHAN02", "CHAN04"))
+    assert result.exit_code == EXIT_DONE
+    (path,) = (tmp / "m").glob("*.fits")
+    assert _levels(path) == pytest.approx({"CHAN02": 200.0, "CHAN04": 400.0}, abs=0.5)
+    result = calibration.calibrate(catalog.engine, "readout_mode == 'SCI1.0' and xbin == 1", use=("bias",),
+                                   out_dir=tmp / "cal", workers=1, hdus=("CHAN02",))
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    for path in (tmp / "cal").glob("*_cal.fits"):
+        assert _levels(path) == pytest.approx({"CHAN02": SIGNAL * 2 + FLAT * 0}, rel=0.01)
+
+
+def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
+    catalog, tmp = muse
+    odd = tmp / "raw2" / "bias_odd.fits"
+    odd.parent.mkdir()
+    primary = fits.PrimaryHDU()
+    for key, value in _header("BIAS", "SCI1.0", 59).items():
+        primary.header[key] = value
+    fits.HDUList([primary, fits.ImageHDU(np.zeros(SHAPE, np.float32), name="CHAN01")]).writeto(odd)
+    catalog.ingest([odd.parent])
+    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m")
+    assert result.exit_code == EXIT_PARTIAL
+    assert result.failed == [(str(odd), "no detector CHAN02, which bias_SCI1.0_0.fits has")]
+
+
+def test_memory_bounds_the_step_whatever_the_number_of_detectors(muse):
+    catalog, tmp = muse
+    # one detector's output (768 B) and one band of rows of 3 frames (1,382 B)
+    # fit in 2.2 kB; the four detectors' outputs alone would not
+    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m",
+                                     params=calibration.MasterParams(memory="2.2kB"))
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    (path,) = (tmp / "m").glob("*.fits")
+    assert _levels(path) == pytest.approx(_bias("SCI1.0"), abs=0.5)
+    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m2",
+                                     params=calibration.MasterParams(memory="2kB"))
+    assert result.exit_code == 1
+    assert "--memory 2.0 kB is too small: 3 frames of 12x16 need at least 2.1 kB" in result.failed[0][1]
+
+
+def test_default_rules_are_declared():
+    assert DEFAULT_RULES["flat"].match[-1] == "band"
+    assert dict(DEFAULT_RULES["bias"].tolerance) == {"ccd_temp": 2.0}
