@@ -3,6 +3,7 @@ on a synthetic multi-extension set with known levels (both backends)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,100 @@ def test_memory_bounds_the_step_whatever_the_number_of_detectors(muse):
 def test_default_rules_are_declared():
     assert DEFAULT_RULES["flat"].match[-1] == "band"
     assert dict(DEFAULT_RULES["bias"].tolerance) == {"ccd_temp": 2.0}
+
+
+# -- the rules: configuration and explanation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"arc": {}}, "cfg.toml: [calibration.arc]: unknown calibration type 'arc'; expected one of bias, dark, flat"),
+        ({"bias": {"maxage": 3}}, "cfg.toml: [calibration.bias] maxage: unknown key; expected one of match, tolerance, "
+                                  "prefer, max_age_days, min_inputs"),
+        ({"bias": {"match": ["binnig"]}}, "cfg.toml: [calibration.bias] match: unknown name 'binnig'; expected names from"),
+        ({"bias": {"match": "binning"}}, "cfg.toml: [calibration.bias] match: expected a list of names from"),
+        ({"dark": {"tolerance": {"ccd_temp": "2C"}}}, "cfg.toml: [calibration.dark] tolerance.ccd_temp: expected a number >= 0, got '2C'"),
+        ({"dark": {"tolerance": {"airmass": 1}}}, "cfg.toml: [calibration.dark] tolerance.airmass: unknown column; expected one of"),
+        ({"flat": {"max_age_days": "week"}}, "cfg.toml: [calibration.flat] max_age_days: expected a number of days >= 0, got 'week'"),
+        ({"flat": {"min_inputs": 2.5}}, "cfg.toml: [calibration.flat] min_inputs: expected a whole number >= 1, got 2.5"),
+        ({"flat": {"prefer": ["closest"]}}, "cfg.toml: [calibration.flat] prefer: unknown name 'closest'; expected names from "
+                                            "same_night, nearest_time, most_inputs"),
+        ({"flat": 3}, "cfg.toml: [calibration.flat]: expected a table with match, tolerance"),
+    ],
+)
+def test_a_bad_rule_is_one_line_naming_file_key_and_expected(table, message):
+    from archive.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        rules_from_config({"calibration": table}, "cfg.toml")
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_table_replaces_only_the_keys_it_gives():
+    rules = rules_from_config({"calibration": {"dark": {"tolerance": {"ccd_temp": 0.5}, "max_age_days": 3}}})
+    assert dict(rules["dark"].tolerance) == {"ccd_temp": 0.5} and rules["dark"].max_age_days == 3.0
+    assert rules["dark"].match == DEFAULT_RULES["dark"].match and rules["bias"] == DEFAULT_RULES["bias"]
+
+
+def _explain(catalog, selection, kinds=("bias",), rules=DEFAULT_RULES):
+    from processing.calib_rules import choose_all
+    from processing.steps import resolve
+
+    return choose_all(catalog.engine, [f.exposure_id for f in resolve(catalog.engine, selection)], kinds, rules)
+
+
+def test_explain_names_the_winner_and_each_refusal(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    choice = _explain(catalog, "readout_mode == 'FAST' and frame_type == 'science'")[0]
+    assert Path(choice.chosen.master.path).name.startswith("master_bias_FAST")
+    assert "readout_mode FAST" in choice.reason and "shape 16x12 (4 detectors)" in choice.reason
+    assert "ccd_temp |-110 - -110| = 0 C <= 2 C" in choice.reason and "inputs 3 >= 2" in choice.reason
+    assert "preferred: same night" in choice.reason
+    refused = [v for v in choice.verdicts if v.refused]
+    assert [v.refused for v in refused] == ["readout_mode: frame FAST, master SCI1.0"]
+
+
+def test_rules_refuse_by_tolerance_age_and_count(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    selection = "readout_mode == 'FAST' and frame_type == 'science'"
+    colder = rules_from_config({"calibration": {"bias": {"tolerance": {"ccd_temp": 2.0, "gain": 0.1}}}})
+    assert _explain(catalog, selection, rules=colder)[0].chosen is not None  # unknown on both: no refusal
+    strict = rules_from_config({"calibration": {"bias": {"min_inputs": 4}}})
+    choice = _explain(catalog, selection, rules=strict)[0]
+    assert choice.chosen is None and "inputs: 3 < min_inputs 4" in choice.reason
+    young = rules_from_config({"calibration": {"bias": {"max_age_days": 0.001}}})
+    choice = _explain(catalog, selection, rules=young)[0]
+    assert choice.chosen is None and "age: 0.00" in choice.reason and "> max_age_days 0.001" in choice.reason
+
+
+def test_calib_explain_command(muse):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "frame_type == 'science' and xbin == 2", "--type", "bias,flat"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "sci_binned.fits bias: no master fits"
+    assert any("refused by binning: frame 2x2, master 1x1" in line for line in lines)
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert len(answer) == 6 and {a["type"] for a in answer} == {"bias", "dark", "flat"}
+    flats = [a for a in answer if a["type"] == "flat"]
+    assert all(Path(a["chosen"]).name.startswith("master_flat_") for a in flats)
+    darks = [a for a in answer if a["type"] == "dark"]
+    assert all(a["chosen"] is None and a["reason"].startswith("no master dark in the catalog") for a in darks)
+    config = tmp / "bad.toml"
+    config.write_text("[calibration.bias]\nmatch = ['binnig']\n")
+    result = runner.invoke(app, ["--db", url, "--config", str(config), "calib", "explain"])
+    assert result.exit_code == 1
+    assert f"{config}: [calibration.bias] match: unknown name 'binnig'" in result.stderr
