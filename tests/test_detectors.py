@@ -15,7 +15,7 @@ from processing.calib_rules import DEFAULT_RULES, rules_from_config
 from processing.machinery import EXIT_DONE, EXIT_PARTIAL
 
 CHANNELS = ("CHAN01", "CHAN02", "CHAN03", "CHAN04")
-SHAPE = (16, 12)
+SHAPE = (16, 16)
 BIAS = {"SCI1.0": 100.0, "FAST": 150.0}  # per channel n: level * n
 SIGNAL = 500.0  # science signal of channel n: SIGNAL * n
 FLAT = 1000.0
@@ -66,7 +66,7 @@ def muse(catalog, tmp_path, rng):
             write_mef(raw / f"sci_{mode}_{i}.fits", rng, level, _header("OBJECT", mode, minute := minute + 1))
     binned = {name: b + SIGNAL for name, b in _bias("SCI1.0").items()}
     write_mef(raw / "sci_binned.fits", rng, binned, _header("OBJECT", "SCI1.0", minute + 1, **{
-        "HIERARCH ESO DET BINX": 2, "HIERARCH ESO DET BINY": 2}), shape=(8, 6))
+        "HIERARCH ESO DET BINX": 2, "HIERARCH ESO DET BINY": 2}), shape=(8, 8))
     catalog.ingest([raw])
     return catalog, tmp_path
 
@@ -101,7 +101,7 @@ def test_masters_keep_every_detector_with_its_level(muse):
     assert _levels(flat) == pytest.approx({name: 1.0 for name in CHANNELS}, abs=0.01)
     row = catalog.query("product == 'master_bias' and readout_mode == 'FAST'",
                         columns="n_detectors,detector_shape,binning,ccd_temp")
-    assert list(row.iloc[0]) == [4, "16x12", "1x1", -110.0]
+    assert list(row.iloc[0]) == [4, "16x16", "1x1", -110.0]
 
 
 def test_calibrate_per_detector_and_refuse_another_shape(muse):
@@ -136,7 +136,7 @@ def test_shape_is_checked_even_when_no_rule_names_it(muse):
     result = calibration.calibrate(catalog.engine, "frame_number is null and xbin == 2", use=("bias",),
                                    out_dir=tmp / "cal", workers=1, rules=rules)
     assert result.exit_code == 1
-    assert "shape: frame CHAN01 8x6, master CHAN01 16x12" in result.failed[0][1]
+    assert "shape: frame CHAN01 8x8, master CHAN01 16x16" in result.failed[0][1]
 
 
 def test_hdu_option_restricts_the_detectors(muse):
@@ -169,17 +169,17 @@ def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
 
 def test_memory_bounds_the_step_whatever_the_number_of_detectors(muse):
     catalog, tmp = muse
-    # one detector's output (768 B) and one band of rows of 3 frames (1,382 B)
-    # fit in 2.2 kB; the four detectors' outputs alone would not
+    # one detector's output (1,024 B) and one band of rows of 3 frames (1,843 B)
+    # fit in 2.9 kB; the four detectors' outputs and bands would not
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m",
-                                     params=calibration.MasterParams(memory="2.2kB"))
+                                     params=calibration.MasterParams(memory="2.9kB"))
     assert result.exit_code == EXIT_DONE, result.last_line()
     (path,) = (tmp / "m").glob("*.fits")
     assert _levels(path) == pytest.approx(_bias("SCI1.0"), abs=0.5)
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m2",
-                                     params=calibration.MasterParams(memory="2kB"))
+                                     params=calibration.MasterParams(memory="2.8kB"))
     assert result.exit_code == 1
-    assert "--memory 2.0 kB is too small: 3 frames of 12x16 need at least 2.1 kB" in result.failed[0][1]
+    assert "--memory 2.8 kB is too small: 3 frames of 16x16 need at least 2.9 kB" in result.failed[0][1]
 
 
 def test_default_rules_are_declared():
@@ -233,7 +233,7 @@ def test_explain_names_the_winner_and_each_refusal(muse):
     _masters(catalog, tmp)
     choice = _explain(catalog, "readout_mode == 'FAST' and frame_type == 'science'")[0]
     assert Path(choice.chosen.master.path).name.startswith("master_bias_FAST")
-    assert "readout_mode FAST" in choice.reason and "shape 16x12 (4 detectors)" in choice.reason
+    assert "readout_mode FAST" in choice.reason and "shape 16x16 (4 detectors)" in choice.reason
     assert "ccd_temp |-110 - -110| = 0 C <= 2 C" in choice.reason and "inputs 3 >= 2" in choice.reason
     assert "preferred: same night" in choice.reason
     refused = [v for v in choice.verdicts if v.refused]
@@ -282,3 +282,50 @@ def test_calib_explain_command(muse):
     result = runner.invoke(app, ["--db", url, "--config", str(config), "calib", "explain"])
     assert result.exit_code == 1
     assert f"{config}: [calibration.bias] match: unknown name 'binnig'" in result.stderr
+
+
+# -- quality per detector ------------------------------------------------------------------
+
+
+def test_quality_per_detector_with_the_median_as_the_exposures(muse):
+    from sqlalchemy import select
+
+    from archive.models import DetectorMetric
+    from processing import quality
+
+    catalog, tmp = muse
+    result = quality.compute(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1", workers=1)
+    assert result.exit_code == EXIT_DONE and len(result.done) == 2
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(select(DetectorMetric.exposure_id, DetectorMetric.detector, DetectorMetric.hdu_index,
+                                   DetectorMetric.median).order_by(DetectorMetric.exposure_id, DetectorMetric.detector)).all()
+    assert len(rows) == 8
+    for _, name, index, median in rows:  # raw science: bias 100 n + signal 500 n
+        n = CHANNELS.index(name) + 1
+        assert index == n and median == pytest.approx(600.0 * n, abs=1)
+    # the exposure's summary, what selections see: the median over its four detectors
+    assert len(catalog.query("frame_type == 'science' and median > 1499 and median < 1501 and xbin == 1")) == 2
+    result = quality.compute(catalog.engine, "xbin == 2", workers=1, hdus=("CHAN03",), force=True)
+    assert result.exit_code == EXIT_DONE
+    frame = catalog.query("xbin == 2", columns="median")
+    assert frame["median"].iloc[0] == pytest.approx(300.0 + SIGNAL, abs=1)  # CHAN03 of the binned frame only
+
+
+def test_a_detector_that_cannot_be_measured_costs_only_itself(muse):
+    from processing import quality
+
+    catalog, tmp = muse
+    path = tmp / "raw" / "sci_FAST_0.fits"
+    with fits.open(path, mode="update") as hdul:
+        hdul["CHAN02"].data[:] = np.nan
+    catalog.ingest([path])
+    result = quality.compute(catalog.engine, "readout_mode == 'FAST' and frame_type == 'science'", workers=1)
+    assert result.exit_code == EXIT_DONE
+    frame = catalog.query("readout_mode == 'FAST' and frame_type == 'science'", columns="relpath,median", sort="relpath")
+    # FAST: bias 150 n + signal 500 n; without CHAN02 the median of 650, 1950, 2600
+    assert list(frame["median"]) == [pytest.approx(1950, abs=1), pytest.approx(650 * 2.5, abs=1)]
+    with catalog.engine.connect() as conn:
+        from sqlalchemy import text
+
+        errors = conn.execute(text("select detector, error from detector_metrics where error is not null")).all()
+    assert len(errors) == 1 and errors[0][0] == "CHAN02" and errors[0][1].startswith("detector CHAN02: ")
