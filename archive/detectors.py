@@ -49,7 +49,9 @@ def is_detector(hdu_type: str, extname: str | None, shape: tuple[int, ...]) -> b
     """An image HDU with 2- or 3-dimensional data that is not a companion plane."""
     if hdu_type not in _IMAGE_TYPES or len(shape) not in (2, 3) or 0 in shape:
         return False
-    return (extname or "").strip().upper() not in COMPANION_PLANES
+    name = (extname or "").strip().upper()
+    # COVERAGE_CHAN01: the plane of one detector of a multi-detector product
+    return name not in COMPANION_PLANES and name.split("_")[0] not in COMPANION_PLANES
 
 
 def detector_name(hdu_index: int, extname: str | None, keywords: dict[str, str | None]) -> str:

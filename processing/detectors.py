@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from archive.detectors import COMPANION_PLANES, NAME_KEYWORDS, Detector, _unique, detector_name, is_detector
+from archive.detectors import NAME_KEYWORDS, Detector, _unique, detector_name, is_detector
 from archive.exceptions import ObsarchError
 
 # Cards that describe an HDU's layout, not its detector: never copied
@@ -71,8 +71,8 @@ def detectors_of(hdul: fits.HDUList) -> list[Detector]:
 
 def companions_of(hdul: fits.HDUList) -> list[int]:
     """The HDUs of masks and other planes that accompany the detectors."""
-    return [i for i, hdu in enumerate(hdul) if _kind(hdu) != "table" and (hdu.name or "").upper() in COMPANION_PLANES
-            and hdu.shape and 0 not in hdu.shape]
+    return [i for i, hdu in enumerate(hdul) if _kind(hdu) != "table" and len(hdu.shape) in (2, 3) and 0 not in hdu.shape
+            and not is_detector(_kind(hdu), hdu.name, tuple(hdu.shape))]
 
 
 def read(hdul: fits.HDUList, detector: Detector) -> np.ndarray:
@@ -103,26 +103,36 @@ def write_detectors(
     extra: Callable[[], Iterator[fits.ImageHDU]] | None = None,
 ) -> None:
     """Write ``target`` with one image HDU per detector, made one at a time by
-    ``make(detector) -> (data, header)``: a detector that was the primary HDU
-    stays the primary, the others are extensions named as in the input.
+    ``make(detector) -> (data, header[, hdus to append after it])``: a
+    detector that was the primary HDU stays the primary, the others are
+    extensions named as in the input.
     ``extra`` yields more HDUs to append (companion planes)."""
     target = Path(target)
     first = detectors[0] if detectors else None
     if first is not None and first.hdu_index == 0:
-        data, header = make(first)
+        data, header, *after = make(first)
         merged = header_only(primary)
         merged.update(header)
         fits.PrimaryHDU(data.astype(np.float32), merged).writeto(target)
+        _append(target, after)
         rest = detectors[1:]
     else:
         fits.PrimaryHDU(header=header_only(primary)).writeto(target)
         rest = detectors
     for detector in rest:
-        data, header = make(detector)
+        data, header, *after = make(detector)
         header["EXTNAME"] = detector.name
         fits.append(target, data.astype(np.float32), header)
         del data
+        _append(target, after)
     for hdu in extra() if extra else ():
+        fits.append(target, hdu.data, hdu.header)
+
+
+def _append(target: Path, after: list) -> None:
+    """HDUs that follow a detector (its coverage map), written now so that
+    none is held until the end."""
+    for hdu in after[0] if after else ():
         fits.append(target, hdu.data, hdu.header)
 
 

@@ -329,3 +329,61 @@ def test_a_detector_that_cannot_be_measured_costs_only_itself(muse):
 
         errors = conn.execute(text("select detector, error from detector_metrics where error is not null")).all()
     assert len(errors) == 1 and errors[0][0] == "CHAN02" and errors[0][1].startswith("detector CHAN02: ")
+
+
+# -- stack per detector --------------------------------------------------------------------
+
+
+def _offsets(catalog, shifts: dict[str, tuple[float, float, float]]) -> None:
+    """Offsets of the calibrated SCI1.0 frames' raw exposures onto the first, as a registration would store them."""
+    from datetime import datetime
+
+    from sqlalchemy import insert
+
+    from archive.models import Offset
+
+    ids = dict(zip(catalog.query("frame_type == 'science' and readout_mode == 'SCI1.0' and xbin == 1 and product is null",
+                                 columns="relpath,id", sort="relpath")["relpath"],
+                   catalog.query("frame_type == 'science' and readout_mode == 'SCI1.0' and xbin == 1 and product is null",
+                                 columns="relpath,id", sort="relpath")["id"]))
+    reference = ids["sci_SCI1.0_0.fits"]
+    with catalog.engine.begin() as conn:
+        for name, (dx, dy, rotation) in shifts.items():
+            conn.execute(insert(Offset).values(exposure_id=ids[name], reference_id=reference, method="stars", stage=1,
+                                               status="ok", dx=dx, dy=dy, rotation=rotation, scale=1.0,
+                                               created_at=datetime(2026, 12, 1)))
+
+
+def test_stack_combines_like_detectors(muse):
+    from processing import stacking
+
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    assert calibration.calibrate(catalog.engine, "readout_mode == 'SCI1.0' and xbin == 1", out_dir=tmp / "cal",
+                                 workers=1).exit_code == EXIT_DONE
+    _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": (2.0, -1.0, 0)})
+    result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                            out_dir=tmp / "stacks", workers=1)
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    (path,) = (tmp / "stacks").glob("*.fits")
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul[1:]] == [n for ch in CHANNELS for n in (ch, f"COVERAGE_{ch}")]
+        for n, name in enumerate(CHANNELS, start=1):
+            assert float(np.nanmedian(hdul[name].data)) == pytest.approx(SIGNAL * n, rel=0.01)
+            coverage = hdul[f"COVERAGE_{name}"].data
+            assert coverage.max() == 2 and coverage.min() == 1  # the shifted frame leaves a border
+    row = catalog.query("product == 'stack'", columns="n_detectors,detector_shape")
+    assert list(row.iloc[0]) == [4, "16x16"]
+
+
+def test_stack_of_several_detectors_refuses_a_rotation(muse):
+    from processing import stacking
+
+    catalog, tmp = muse
+    _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": (0.5, 0, 0.3)})
+    result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                            out_dir=tmp / "stacks", workers=1)
+    assert result.exit_code == EXIT_PARTIAL
+    (failed,) = result.failed
+    assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: its 4 detectors move differently " \
+                        "and need a WCS to be mosaicked"
