@@ -25,6 +25,7 @@ from archive.query import (
     column_expressions,
     header_columns,
     parse,
+    as_tree,
     parse_columns,
     select_exposures,
     sort_expressions,
@@ -88,7 +89,7 @@ class Catalog:
         """
         import pandas as pd
 
-        node = parse(selection) if selection and selection.strip() else None
+        node = as_tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
@@ -236,13 +237,16 @@ class Catalog:
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
-        """Files made by steps and wrapped tools, with the run that made each."""
+        """Files made by steps and wrapped tools, each once (its latest making),
+        with the run that made it."""
         import pandas as pd
 
+        latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
             .join(Run, Run.id == Product.run_id)
             .outerjoin(File, File.id == Product.file_id)
+            .where(Product.id.in_(latest))
             .order_by(Product.id)
         )
         if kind:
