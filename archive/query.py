@@ -468,17 +468,25 @@ def _metric(name: str) -> Callable[[], ColumnElement]:
     return lambda: select(getattr(Metric, name)).where(Metric.exposure_id == Exposure.id).correlate(Exposure).scalar_subquery()
 
 
-def _current_flag(name: str) -> Callable[[], ColumnElement]:
-    """A column of the exposure's current flag: its latest from a person,
-    else its latest from a rule (as the ``current_flags`` view)."""
-    return lambda: (
-        select(getattr(Flag, name))
-        .where(Flag.exposure_id == Exposure.id)
-        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
-        .limit(1)
-        .correlate(Exposure)
-        .scalar_subquery()
+def current_flag_order(flag=Flag) -> tuple:
+    """The one rule of which flag of an exposure is current: a person's beats
+    a rule's, and the latest wins among equals (ORDER BY, first row)."""
+    return case((flag.source == "person", 0), else_=1), flag.id.desc()
+
+
+def current_flag(name: str, exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
+    """A column of the current flag of ``exposure_id`` (see :func:`current_flag_order`)."""
+    from sqlalchemy.orm import aliased
+
+    flag = aliased(Flag)
+    return (
+        select(getattr(flag, name)).where(flag.exposure_id == exposure_id).order_by(*current_flag_order(flag)).limit(1)
+        .correlate_except(flag).scalar_subquery()
     )
+
+
+def _current_flag(name: str) -> Callable[[], ColumnElement]:
+    return lambda: current_flag(name)
 
 
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",

@@ -24,6 +24,7 @@ from cli.app import (
 )
 from cli.calib_rules import HduOption, hdu_names
 from cli.render import Format, console, err_console, show_frame
+from cli.steps import finish_step
 
 
 @command(quality_app, "compute")
@@ -43,9 +44,7 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     with progress("measuring") as on_progress:
         summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress,
                                   hdus=hdu_names(hdu))
-    console.print(f"quality run {summary.run_id}: {summary.computed} measured, {summary.skipped} up to date, {summary.failed} could not be measured")
-    for exposure_id, reason in (summary.errors or [])[:20]:
-        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+    finish_step(summary)
 
 
 @command(quality_app, "rules")

@@ -168,12 +168,14 @@ class StepResult:
 
     def counts(self) -> str:
         text = f"{len(self.done)} done, {len(self.skipped)} up to date (skipped), {len(self.failed)} failed"
-        return text + (f", {len(self.short)} short of inputs" if self.short else "")
+        text += f", {len(self.short)} short of inputs" if self.short else ""
+        count = len(self.products)
+        return text + (f"; {count} product{'' if count == 1 else 's'} written" if count else "")
 
     def last_line(self) -> str:
         """The summary a user reads last: counts, and the failures in brief."""
         line = f"{self.step}: {self.counts()}"
-        problems = [f"{key}: {why}" for key, why in self.failed + self.short]
+        problems = [f"{key}: {why}" for key, why in self.short + self.failed]
         if problems:
             shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             line += f" -- {shown}"

@@ -402,7 +402,7 @@ def current_offsets(engine: Engine, ids: list[int]) -> dict[int, CurrentOffset]:
     with transaction(engine) as conn:
         rows = conn.execute(
             select(Offset).where(Offset.exposure_id.in_(ids), Offset.id == current_offset(Offset.exposure_id))
-        ).scalars().all() if ids else []
+        ).all() if ids else []
     return {
         row.exposure_id: CurrentOffset(row.id, row.reference_id, row.status == "ok", row.error, Transform(
             row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0, row.dx_err, row.dy_err, row.rotation_err, row.scale_err,

@@ -17,16 +17,16 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, case, delete, insert, select
+from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import Compiler, all_of, parse, select_exposures
+from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
-from processing.machinery import Item, Step, StepResult, Writer, run_step
+from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
 from processing.runs import params_hash, recorded_run
 from processing.steps import refuse_ambiguous_frames
 
@@ -385,7 +385,10 @@ class QualityStep(Step):
                 if item.data.params_hash == self.digest and item.data.measured_version == item.data.version}
 
     def write(self, out: Writer, item: Item, result) -> None:
-        self._store(out, item, *summary_of(result), result)
+        hdu_index, metrics, error = summary_of(result)
+        self._store(out, item, hdu_index, metrics, error, result)
+        if error:  # no detector could be measured: the frame failed, with its reasons stored
+            raise ItemFailed(error)
 
     def record_failure(self, out: Writer, item: Item, reason: str) -> None:
         self._store(out, item, None, None, reason, [])
@@ -459,6 +462,7 @@ def flag(
     Earlier flags are kept as history."""
     _check_flag(grade, reason)
     with transaction(engine, write=True) as conn:
+        refuse_ambiguous_frames(conn, as_tree(selection))
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
@@ -483,14 +487,8 @@ def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
             .where(Flag.exposure_id == exposure_id)
             .order_by(Flag.id)
         ).all()
-    current = _current(rows)
+        current = conn.execute(select(current_flag("id", literal(exposure_id)))).scalar()
     return [{**row._asdict(), "current": row.id == current} for row in rows]
-
-
-def _current(rows) -> int | None:
-    people = [r for r in rows if r.source == "person"]
-    chosen = (people or list(rows))[-1:] if rows else []
-    return chosen[0].id if chosen else None
 
 
 # -- rules ---------------------------------------------------------------------------
@@ -646,20 +644,12 @@ def _rule_flag(exposure_id: int, verdict, run_id: int, now: datetime) -> dict:
 
 def _measured(engine: Engine, selection: str | None) -> list[dict]:
     """Science frames with metrics, their night and band, and their current flag."""
-    latest = (
-        select(Flag.source, Flag.grade, Flag.rule)
-        .where(Flag.exposure_id == Exposure.id)
-        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
-        .limit(1)
-        .correlate(Exposure)
-    )
     compiler = Compiler(engine.dialect.name)
     statement = (
         select(
             Exposure.id, Exposure.night, Exposure.band, *[getattr(Metric, m) for m in METRICS],
-            latest.with_only_columns(Flag.source).scalar_subquery().label("current_source"),
-            latest.with_only_columns(Flag.grade).scalar_subquery().label("current_grade"),
-            latest.with_only_columns(Flag.rule).scalar_subquery().label("current_rule"),
+            current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
+            current_flag("rule").label("current_rule"),
         )
         .select_from(Exposure)
         .join(Metric, Metric.exposure_id == Exposure.id)
@@ -668,7 +658,7 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
         .where(Exposure.frame_type == "science", Metric.error.is_(None))
         .order_by(Exposure.id)
     )
-    if selection and selection.strip():
-        statement = statement.where(compiler(parse(selection)))
+    if (tree := as_tree(selection)) is not None:
+        statement = statement.where(compiler(tree))
     with transaction(engine) as conn:
         return [row._asdict() for row in conn.execute(statement)]
