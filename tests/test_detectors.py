@@ -361,6 +361,15 @@ def test_stack_combines_like_detectors(muse):
     _masters(catalog, tmp)
     assert calibration.calibrate(catalog.engine, "readout_mode == 'SCI1.0' and xbin == 1", out_dir=tmp / "cal",
                                  workers=1).exit_code == EXIT_DONE
+    from sqlalchemy import text
+
+    from processing import quality
+
+    assert quality.compute(catalog.engine, "product == 'calibrated'", workers=1).exit_code == EXIT_DONE
+    with catalog.engine.connect() as conn:
+        measured = conn.execute(text("select detector, median from detector_metrics")).all()
+    assert len(measured) == 8 and all(m == pytest.approx(SIGNAL * (CHANNELS.index(d) + 1), rel=0.01) for d, m in measured)
+    assert len(catalog.query("product == 'calibrated' and median > 1249 and median < 1251")) == 2  # median of 500..2000
     _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": (2.0, -1.0, 0)})
     result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
                             out_dir=tmp / "stacks", workers=1)
@@ -387,3 +396,21 @@ def test_stack_of_several_detectors_refuses_a_rotation(muse):
     (failed,) = result.failed
     assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: its 4 detectors move differently " \
                         "and need a WCS to be mosaicked"
+
+
+def test_calibrate_command_gives_the_rule_that_refused_each_master(muse):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(app, ["--db", url, "calibrate", "readout_mode == 'SCI1.0'", "--out", str(tmp / "cal"),
+                                      "--executor", "serial", "--hdu", "CHAN01,CHAN04"])
+    assert result.exit_code == 3, result.output
+    assert "sci_binned.fits: no master bias fits: " in result.stderr
+    assert "refused by" not in result.stderr and "binning: frame 2x2, master 1x1" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("calibrate: 2 done, 0 up to date (skipped), 1 failed")
+    for path in (tmp / "cal").glob("*_cal.fits"):
+        assert _levels(path) == pytest.approx({"CHAN01": SIGNAL, "CHAN04": SIGNAL * 4}, rel=0.01)
