@@ -14,6 +14,7 @@ from cli import quality  # noqa: F401
 from cli import groups  # noqa: F401
 from cli import processing  # noqa: F401
 from cli import calib_rules  # noqa: F401
+from cli import detectors  # noqa: F401
 from cli import archives  # noqa: F401
 from cli import admin  # noqa: F401
 from cli.app import app

@@ -143,3 +143,25 @@ def test_selection_names_on_ingested_real_frames(catalog, real_data):
     assert names("detector_shape == '1020x1523' and n_detectors == 1") == lco
     assert names("detector == 'ccdkb82-1'") == lco
     assert names("ccd_temp < -90") == ["a8280271.fits"]
+
+
+def test_renormalize_fills_the_columns_of_files_ingested_before_them(catalog, real_data):
+    from sqlalchemy import update
+    from typer.testing import CliRunner
+
+    from archive.models import Exposure
+    from cli.main import app
+
+    catalog.ingest([real_data / "ccd_imaging"])
+    columns = "relpath,xbin,ybin,gain,ccd_temp,detector,detector_shape,n_detectors"
+    before = catalog.query(None, columns=columns, sort="relpath")
+    with catalog.engine.begin() as conn:  # as a catalog upgraded to 0009 has them
+        conn.execute(update(Exposure).values(**{c: None for c in DETECTOR_COLUMNS}))
+    assert catalog.query("xbin is not null or n_detectors is not null", columns="relpath").empty
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(app, ["--db", url, "db", "renormalize"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"renormalized {len(before)} exposures"
+    after = catalog.query(None, columns=columns, sort="relpath")
+    assert after.astype(object).where(after.notna(), None).values.tolist() == \
+        before.astype(object).where(before.notna(), None).values.tolist()

@@ -3,7 +3,8 @@ exposure, and quality metrics per detector
 
 The calibration rules match frames and masters on binning, gain, CCD
 temperature and detector shape; the pixel steps work per detector and store
-each detector's metrics beside the exposure's summary.
+each detector's metrics beside the exposure's summary. Exposures ingested
+before are filled by `obsarch db renormalize`, from their stored cards.
 
 Revision ID: 0009
 Revises: 0008
