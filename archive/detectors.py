@@ -111,7 +111,7 @@ def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
     detector keywords of their cards (no file is opened)."""
     from sqlalchemy import select
 
-    from archive.models import HeaderCard, Hdu
+    from archive.models import Hdu, HeaderCard
 
     if not file_ids:
         return {}

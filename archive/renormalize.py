@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from archive.db import transaction
 from archive.headers import HeaderUnit
 from archive.keywords import load_maps, normalize
-from archive.models import Exposure, File, HeaderCard, Hdu, Product
+from archive.models import Exposure, File, Hdu, HeaderCard, Product
 
 DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors")
 _SOURCES = {"xbinning", "ybinning", "binning", "gain", "ccd_temp", "detector", "detector_shape"}

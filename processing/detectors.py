@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from archive.detectors import NAME_KEYWORDS, Detector, _unique, detector_name, is_detector
+from archive.detectors import (
+    NAME_KEYWORDS,
+    Detector,
+    _unique,
+    detector_name,
+    is_detector,
+)
 from archive.exceptions import ObsarchError
 
 # Cards that describe an HDU's layout, not its detector: never copied

@@ -194,16 +194,16 @@ def test_default_rules_are_declared():
     "table, message",
     [
         ({"arc": {}}, "cfg.toml: [calibration.arc]: unknown calibration type 'arc'; expected one of bias, dark, flat"),
-        ({"bias": {"maxage": 3}}, "cfg.toml: [calibration.bias] maxage: unknown key; expected one of match, tolerance, "
-                                  "prefer, max_age_days, min_inputs"),
+        ({"bias": {"maxage": 3}}, ("cfg.toml: [calibration.bias] maxage: unknown key; expected one of match, tolerance, "
+                                  "prefer, max_age_days, min_inputs")),
         ({"bias": {"match": ["binnig"]}}, "cfg.toml: [calibration.bias] match: unknown name 'binnig'; expected names from"),
         ({"bias": {"match": "binning"}}, "cfg.toml: [calibration.bias] match: expected a list of names from"),
         ({"dark": {"tolerance": {"ccd_temp": "2C"}}}, "cfg.toml: [calibration.dark] tolerance.ccd_temp: expected a number >= 0, got '2C'"),
         ({"dark": {"tolerance": {"airmass": 1}}}, "cfg.toml: [calibration.dark] tolerance.airmass: unknown column; expected one of"),
         ({"flat": {"max_age_days": "week"}}, "cfg.toml: [calibration.flat] max_age_days: expected a number of days >= 0, got 'week'"),
         ({"flat": {"min_inputs": 2.5}}, "cfg.toml: [calibration.flat] min_inputs: expected a whole number >= 1, got 2.5"),
-        ({"flat": {"prefer": ["closest"]}}, "cfg.toml: [calibration.flat] prefer: unknown name 'closest'; expected names from "
-                                            "same_night, nearest_time, most_inputs"),
+        ({"flat": {"prefer": ["closest"]}}, ("cfg.toml: [calibration.flat] prefer: unknown name 'closest'; expected names from "
+                                            "same_night, nearest_time, most_inputs")),
         ({"flat": 3}, "cfg.toml: [calibration.flat]: expected a table with match, tolerance"),
     ],
 )
@@ -293,7 +293,7 @@ def test_quality_per_detector_with_the_median_as_the_exposures(muse):
     from archive.models import DetectorMetric
     from processing import quality
 
-    catalog, tmp = muse
+    catalog, _tmp = muse
     result = quality.compute(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1", workers=1)
     assert result.exit_code == EXIT_DONE and len(result.done) == 2
     with catalog.engine.connect() as conn:
