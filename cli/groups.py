@@ -209,11 +209,14 @@ def align_catalogs(
     b: Annotated[Path, typer.Argument(help="Source list B.")],
     tolerance: Annotated[float, typer.Option(help="Match radius, arcsec.")] = 2.0,
     scale: Annotated[bool, typer.Option("--scale/--no-scale", help="Fit a scale too.")] = False,
+    max_shift: Annotated[float, typer.Option(help="Largest shift searched, arcsec (any rotation is searched).")] = 120.0,
     pairs: Annotated[bool, typer.Option(help="List the matched pairs.")] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Shift and rotation that take list A onto list B (e.g. X-ray sources onto
-    optical stars), found without a starting guess, with the residuals.
+    optical stars), found without a starting guess and at any rotation, with the
+    residuals and the match's significance. A match no better than chance is
+    refused (exit 3, one line): no transform is printed.
 
     Example: obsarch align catalogs chandra_srcs.csv muse_stars.csv
     """
@@ -221,10 +224,15 @@ def align_catalogs(
 
     from processing import offsets
 
-    result = offsets.align_catalogs(str(a), str(b), tolerance_arcsec=tolerance, fit_scale=scale)
+    try:
+        result = offsets.align_catalogs(str(a), str(b), tolerance_arcsec=tolerance, fit_scale=scale, max_shift_arcsec=max_shift)
+    except offsets.NotSignificant as exc:
+        err_console.print(f"align catalogs: refused: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     t = result.transform
     console.print(
-        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B; about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
+        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B ({result.chance:.1f} expected by chance; "
+        f"chance probability 10^{result.log10_p:.0f}, by {result.method}); about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
         f"shift east {t.dx:+.3f}\" +- {t.dx_err:.3f}, north {t.dy:+.3f}\" +- {t.dy_err:.3f}; rotation {t.rotation:+.4f} deg +- {t.rotation_err:.4f}; "
         f"scale {t.scale:.6f}; residual rms {t.residual:.3f}\"", markup=False, soft_wrap=True,
     )

@@ -17,6 +17,7 @@ Methods:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -37,6 +38,7 @@ from processing.quality import QualityParams, load_image, saturation_level
 from processing.steps import resolve
 
 ALGORITHM = "offsets-2"
+MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
 
 
 class MatchError(ObsarchError):
@@ -668,6 +670,10 @@ _DEC_NAMES = ("dec", "dej2000", "decj2000", "dec_deg", "_dej2000", "delta")
 _BRIGHTNESS = (("flux", -1), ("net_counts", -1), ("counts", -1), ("mag", 1), ("magnitude", 1))
 
 
+class NotSignificant(ObsarchError):
+    """A match of two source lists no better than chance: no transform is given."""
+
+
 @dataclass
 class CatalogAlignment:
     transform: Transform  # of list A onto list B, on the tangent plane, arcsec
@@ -675,6 +681,9 @@ class CatalogAlignment:
     n_a: int
     n_b: int
     centre: tuple[float, float]
+    chance: float = 0.0  # matches expected by chance with this tolerance
+    log10_p: float = 0.0  # log10 of the probability of as many matches by chance, over every transform tried
+    method: str = "triangles"
 
 
 def read_sources(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -714,26 +723,49 @@ def _tangent(ra: np.ndarray, dec: np.ndarray, centre: tuple[float, float]) -> np
     return np.degrees(np.column_stack([x, y])) * 3600.0
 
 
-def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, fit_scale: bool = False) -> CatalogAlignment:
+def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, fit_scale: bool = False,
+                   max_log10_p: float = -3.0, max_shift_arcsec: float = MAX_SHIFT_ARCSEC) -> CatalogAlignment:
     """Shift and rotation (and scale with ``fit_scale``) that take source list
-    A onto B, found with no starting guess, with the matched pairs and their
-    residuals."""
-    ra_a, dec_a, bright_a = read_sources(path_a)
+    A onto B, found with no starting guess and any rotation, with the matched
+    pairs, their residuals and the match's significance.
+
+    Lists of similar depth are matched by triangles of neighbours; a short
+    list against a long one (150 X-ray sources against 3,000 stars), or
+    lists the triangles cannot match, by voting over rotations for the shift
+    that puts most sources on one another. The shift, about the lists' common
+    centre, is searched within ``max_shift_arcsec``. A transform is given only when its
+    matches are unlikely by chance (probability below 10**max_log10_p, counting
+    every transform tried); otherwise :class:`NotSignificant` says how many
+    matched and how many chance would give.
+    """
+    ra_a, dec_a, _ = read_sources(path_a)
     ra_b, dec_b, bright_b = read_sources(path_b)
     vector = np.array([np.cos(np.radians(dec_b)) * np.cos(np.radians(ra_b)),
                        np.cos(np.radians(dec_b)) * np.sin(np.radians(ra_b)), np.sin(np.radians(dec_b))]).sum(axis=1)
     centre = (math.degrees(math.atan2(vector[1], vector[0])) % 360, math.degrees(math.atan2(vector[2], math.hypot(vector[0], vector[1]))))
     a, b = _tangent(ra_a, dec_a, centre), _tangent(ra_b, dec_b, centre)
-    if not (bright_a and bright_b):
-        # Without brightness in both lists, the sources matched first are the
-        # ones nearest the common centre: lists that need aligning overlap.
-        order_a, order_b = np.argsort(np.hypot(*a.T)), np.argsort(np.hypot(*b.T))
-        a, ra_a, dec_a = a[order_a], ra_a[order_a], dec_a[order_a]
-        b, ra_b, dec_b = b[order_b], ra_b[order_b], dec_b[order_b]
-    params = MatchParams(max_stars=200, match_px=tolerance_arcsec, min_matched=4, max_rotation=10.0)
-    transform = match_stars(a, b, params)
-    if not fit_scale:
-        transform = _without_scale(a, b, transform, tolerance_arcsec)
+    best = None
+    votes = functools.partial(_by_votes, max_shift=max_shift_arcsec)
+    for method, search in (("triangles", _by_triangles), ("votes", votes)):
+        try:
+            found = search(a, b, tolerance_arcsec, bright_b)
+        except MatchError:
+            continue
+        transform = _without_scale(a, b, found, tolerance_arcsec) if not fit_scale else _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
+        if best is None or log10_p < best[2]:
+            best = (transform, chance, log10_p, method)
+        if log10_p <= max_log10_p:
+            break
+    if best is None:
+        raise NotSignificant(f"no transform matches 4 or more sources of {path_a} ({len(a)}) to {path_b} ({len(b)}) "
+                             f"within {tolerance_arcsec}\"")
+    transform, chance, log10_p, method = best
+    if log10_p > max_log10_p:
+        raise NotSignificant(
+            f"the best match ({transform.nmatched} of {len(a)} sources within {tolerance_arcsec}\", shift {transform.dx:+.1f}\" "
+            f"{transform.dy:+.1f}\", rotation {transform.rotation:+.2f} deg) is no better than chance ({chance:.1f} expected; "
+            f"chance probability 10^{log10_p:.1f}); no transform given")
     pairs = _pairs(a, b, transform, min(tolerance_arcsec, max(0.5, 4 * (transform.residual or 0))))
     moved = transform.apply(a[pairs[:, 0]]) if len(pairs) else np.empty((0, 2))
     rows = [
@@ -741,7 +773,101 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
          "dec_b": float(dec_b[j]), "residual_arcsec": float(np.hypot(*(moved[k] - b[j])))}
         for k, (i, j) in enumerate(pairs)
     ]
-    return CatalogAlignment(transform, rows, len(ra_a), len(ra_b), centre)
+    return CatalogAlignment(transform, rows, len(ra_a), len(ra_b), centre, chance, log10_p, method)
+
+
+def _catalog_params(tolerance: float) -> MatchParams:
+    return MatchParams(max_stars=200, match_px=tolerance, min_matched=4, max_rotation=None, scale_range=(0.98, 1.02))
+
+
+def _by_triangles(a: np.ndarray, b: np.ndarray, tolerance: float, bright_b: bool) -> Transform:
+    """Triangles of neighbours: lists of similar depth over the same field."""
+    order_a, order_b = np.argsort(np.hypot(*a.T)), np.argsort(np.hypot(*b.T))
+    return match_stars(a[order_a], b[order_b], _catalog_params(tolerance))
+
+
+_NEAREST = 128  # sources of the long list each source of the short one votes with, at most
+_COARSE_BIN = 8.0  # tolerances: the first grid's shift bins, rotations spaced so that no source moves more
+
+
+def _by_votes(a: np.ndarray, b: np.ndarray, tolerance: float, bright_b: bool, max_shift: float = MAX_SHIFT_ARCSEC) -> Transform:
+    """For each rotation of a grid, every source of the short list votes for
+    the shifts that put it on a source of the long list no farther than
+    ``max_shift`` away; rotations are spaced so that no source moves more
+    than a shift bin between two of them. The best few rotations are
+    searched again on finer grids. Works for a short list against a long one,
+    where neighbours in one are not neighbours in the other."""
+    from scipy.spatial import cKDTree
+
+    short, long_, swapped = (a, b, False) if len(a) <= len(b) else (b, a, True)
+    tree = cKDTree(long_)
+    lever = float(np.max(np.hypot(*short.T))) or 1.0
+    bin_size = _COARSE_BIN * tolerance
+    step = math.degrees(bin_size / (2 * lever))
+    votes = [_vote(short, long_, tree, angle, bin_size, max_shift) for angle in np.arange(-180.0, 180.0, step)]
+    best = None
+    for count, angle, shift in sorted(votes, key=lambda v: -v[0])[:3]:
+        size, spacing = bin_size, step
+        while size > tolerance * 1.01:
+            size = max(tolerance, size / 4)
+            fine = math.degrees(size / (2 * lever))
+            count, angle, shift = max((_vote(short, long_, tree, x, size, max_shift)
+                                       for x in np.arange(angle - spacing, angle + spacing + fine, fine)), key=lambda v: v[0])
+            spacing = fine
+        if best is None or count > best[0]:
+            best = (count, angle, shift)
+    _, angle, shift = best
+    guess = Transform(float(shift[0]), float(shift[1]), float((angle + 180.0) % 360.0 - 180.0))
+    if swapped:
+        guess = _inverse(guess)
+    if len(_pairs(a, b, guess, 2 * tolerance)) < 4:
+        raise MatchError("voting found no shift that puts 4 sources on one another")
+    return guess
+
+
+def _vote(short: np.ndarray, long_: np.ndarray, tree, angle: float, bin_size: float, half: float) -> tuple[int, float, np.ndarray]:
+    """(votes, angle, shift) of the best shift bin (2x2 bins, so that a peak
+    split by a bin edge is whole) at one rotation, shifts within ``half``."""
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    rotated = short @ np.array([[c, s], [-s, c]])
+    distance, near = tree.query(rotated, k=min(len(long_), _NEAREST), distance_upper_bound=half)
+    found = np.isfinite(distance)
+    if not found.any():
+        return 0, float(angle), np.zeros(2)
+    d = long_[near[found]] - np.broadcast_to(rotated[:, None, :], (*near.shape, 2))[found]
+    d = d[np.all(np.abs(d) < half, axis=1)]
+    bins = int(2 * half / bin_size) + 2
+    index = ((d + half) / bin_size).astype(np.int64)
+    grid = np.bincount(index[:, 0] * bins + index[:, 1], minlength=bins * bins).reshape(bins, bins)
+    boxes = grid[:-1, :-1] + grid[1:, :-1] + grid[:-1, 1:] + grid[1:, 1:]
+    row, col = divmod(int(boxes.argmax()), boxes.shape[1])
+    centre = np.array([row + 1, col + 1]) * bin_size - half
+    inside = d[np.all(np.abs(d - centre) <= bin_size, axis=1)]
+    return int(boxes[row, col]), float(angle), np.median(inside, axis=0) if len(inside) else centre
+
+
+def _inverse(t: Transform) -> Transform:
+    m = np.linalg.inv(t.matrix)
+    return Transform(float(m[0, 2]), float(m[1, 2]), math.degrees(math.atan2(m[1, 0], m[0, 0])), float(math.hypot(m[0, 0], m[1, 0])))
+
+
+def _significance(a: np.ndarray, b: np.ndarray, transform: Transform, tolerance: float) -> tuple[float, float]:
+    """(matches chance would give, log10 of the chance probability of as many
+    as were found): sources of A that land within B's field, times B's
+    density times the match area, Poisson; multiplied by the number of
+    distinct transforms a search can try (shifts over the field, rotations)."""
+    from scipy.stats import poisson
+
+    moved = transform.apply(a)
+    low, high = b.min(axis=0), b.max(axis=0)
+    inside = np.all((moved >= low) & (moved <= high), axis=1).sum()
+    area = float(np.prod(np.maximum(high - low, tolerance)))
+    chance = float(inside * len(b) * math.pi * tolerance**2 / area)
+    matched = len(_pairs(a, b, transform, tolerance))
+    extent = float(np.max(np.hypot(*a.T)))
+    trials = (area / (math.pi * tolerance**2)) * (360.0 / max(1e-3, math.degrees(tolerance / max(extent, tolerance))))
+    log10_p = float(poisson.logsf(matched - 1, max(chance, 1e-12)) / math.log(10) + math.log10(max(trials, 1.0)))
+    return chance, max(-300.0, min(0.0, log10_p))  # logsf reaches -inf for certainties
 
 
 def _without_scale(a: np.ndarray, b: np.ndarray, transform: Transform, tolerance: float) -> Transform:
