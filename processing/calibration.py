@@ -304,7 +304,7 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     header["NCOMBINE"] = (len(inputs), "frames combined")
     header["COMBMETH"] = (params.method, "combine method")
     for role, master in masters.items():
-        header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} subtracted")
+        _file_card(header, f"{role.upper()[:4]}FILE", master.path, f"master {role} subtracted")
     for frame in inputs:  # the full paths are in the catalog's provenance
         header.add_history(f"obsarch input: {Path(frame.path).name}")
     return header
@@ -343,9 +343,16 @@ def _calibrate_one(task: tuple) -> str:
     return target
 
 
+def _file_card(header: fits.Header, key: str, path: str, comment: str) -> None:
+    """A card naming a master: its comment only where the card has room
+    (master names are long; astropy would warn as it cut the comment)."""
+    name = Path(path).name
+    header[key] = (name, comment) if len(name) + len(comment) <= 62 else name
+
+
 def _calibrated_header(header: fits.Header, frame: Frame, masters: dict[str, Frame]) -> fits.Header:
     for role, master in masters.items():
-        header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} used by obsarch")
+        _file_card(header, f"{role.upper()[:4]}FILE", master.path, f"master {role} used by obsarch")
     header.add_history(f"obsarch calibrated {Path(frame.path).name}: " + ", ".join(f"{k} {Path(m.path).name}" for k, m in masters.items()))
     return header
 
