@@ -414,3 +414,20 @@ def test_calibrate_command_gives_the_rule_that_refused_each_master(muse):
     assert result.stderr.strip().splitlines()[-1].startswith("calibrate: 2 done, 0 up to date (skipped), 1 failed")
     for path in (tmp / "cal").glob("*_cal.fits"):
         assert _levels(path) == pytest.approx({"CHAN01": SIGNAL, "CHAN04": SIGNAL * 4}, rel=0.01)
+
+
+def test_darks_per_detector_bias_subtracted_and_scaled(muse, rng):
+    catalog, tmp = muse
+    for i in range(3):  # 0.2 n ADU/s of dark current in channel n, 30 s darks
+        level = {name: b + 0.2 * n * 30 for n, (name, b) in enumerate(_bias("SCI1.0").items(), start=1)}
+        write_mef(tmp / "darks" / f"dark_{i}.fits", rng, level, _header("DARK", "SCI1.0", 40 + i, EXPTIME=30.0))
+    catalog.ingest([tmp / "darks"])
+    assert calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m").exit_code == 0
+    assert calibration.make_master(catalog.engine, "dark", out_dir=tmp / "m").exit_code == 0
+    (dark,) = (tmp / "m").glob("master_dark_*")
+    assert _levels(dark) == pytest.approx({name: 6.0 * n for n, name in enumerate(CHANNELS, start=1)}, abs=0.5)
+    result = calibration.calibrate(catalog.engine, "readout_mode == 'SCI1.0' and xbin == 1", use=("bias", "dark"),
+                                   out_dir=tmp / "cal", workers=1)
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    for path in (tmp / "cal").glob("*_cal.fits"):  # 10 s frames: 2 n ADU of dark come off
+        assert _levels(path) == pytest.approx({ch: (SIGNAL - 2.0) * n for n, ch in enumerate(CHANNELS, start=1)}, abs=0.5)
