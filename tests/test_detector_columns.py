@@ -165,3 +165,40 @@ def test_renormalize_fills_the_columns_of_files_ingested_before_them(catalog, re
     after = catalog.query(None, columns=columns, sort="relpath")
     assert after.astype(object).where(after.notna(), None).values.tolist() == \
         before.astype(object).where(before.notna(), None).values.tolist()
+
+
+def test_detectors_sharing_an_extname_are_told_apart_by_extver(tmp_path):
+    import numpy as np
+    from astropy.io import fits
+
+    from processing import detectors as pixels
+
+    hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(np.zeros((4, 4), np.float32), name="SCI", ver=v) for v in (1, 2, 3)]
+    hdus.append(fits.ImageHDU(np.zeros((4, 4), np.int16), name="DQ", ver=1))
+    fits.HDUList(hdus).writeto(tmp_path / "gmos.fits")
+    headers, _ = read_headers(tmp_path / "gmos.fits")
+    expected = [(1, "SCI.1"), (2, "SCI.2"), (3, "SCI.3")]
+    assert [(d.hdu_index, d.name) for d in detectors_of_units(headers)] == expected
+    with pixels.opened(tmp_path / "gmos.fits") as hdul:
+        assert [(d.hdu_index, d.name) for d in pixels.detectors_of(hdul)] == expected
+        assert pixels.companions_of(hdul) == [4]
+
+
+def test_catalog_and_file_agree_on_detectors(catalog, tmp_path):
+    import numpy as np
+    from astropy.io import fits
+
+    from archive.detectors import detectors_of_files
+    from processing import detectors as pixels
+
+    hdus = [fits.PrimaryHDU(np.zeros((6, 5), np.float32))]
+    hdus += [fits.ImageHDU(np.zeros((4, 4), np.float32), name="SCI", ver=v) for v in (1, 2)]
+    unnamed = fits.ImageHDU(np.zeros((3, 3), np.float32))
+    unnamed.header["CCDNAME"] = "amp7"
+    fits.HDUList([*hdus, unnamed]).writeto(tmp_path / "mixed.fits")
+    catalog.ingest([tmp_path / "mixed.fits"])
+    with catalog.engine.connect() as conn:
+        (stored,) = detectors_of_files(conn, [1]).values()
+    with pixels.opened(tmp_path / "mixed.fits") as hdul:
+        assert stored == pixels.detectors_of(hdul)
+    assert [d.name for d in stored] == ["PRIMARY", "SCI.1", "SCI.2", "amp7"]
