@@ -366,9 +366,9 @@ def plan(choices: list[Choice]) -> tuple[dict[str, Frame], str | None]:
         if choice.chosen is not None:
             m = choice.chosen.master
             chosen[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
-        elif choice.kind != "dark" or choice.verdicts:
+        elif choice.kind != "dark" or choice.verdicts or choice.problem:
             reasons.append(choice.reason)
-    return chosen, ("; ".join(reasons) or None)
+    return chosen, ("; ".join(dict.fromkeys(reasons)) or None)
 
 
 def fits_stem(path: str) -> str:

@@ -431,3 +431,24 @@ def test_darks_per_detector_bias_subtracted_and_scaled(muse, rng):
     assert result.exit_code == EXIT_DONE, result.last_line()
     for path in (tmp / "cal").glob("*_cal.fits"):  # 10 s frames: 2 n ADU of dark come off
         assert _levels(path) == pytest.approx({ch: (SIGNAL - 2.0) * n for n, ch in enumerate(CHANNELS, start=1)}, abs=0.5)
+
+
+def test_usage_errors_of_the_calibration_commands(muse):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "--type", "arc"])
+    assert result.exit_code == 2 and "arc: use one or more of bias, dark, flat" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "--hdu", ","])
+    assert result.exit_code == 2 and "give detector names separated by commas" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "object == 'nothing'"])
+    assert result.exit_code == 1 and "no exposure matches \"object == 'nothing'\"" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calibrate", "readout_mode == 'FAST' and frame_type == 'science'",
+                                 "--no-flat", "--hdu", "CHAN09", "--out", str(tmp / "cal"), "--executor", "serial"])
+    assert result.exit_code == 1
+    assert "sci_FAST_0.fits: --hdu CHAN09: no such detector (this file has CHAN01, CHAN02, CHAN03, CHAN04)" in result.stderr
