@@ -156,3 +156,30 @@ def pair_detectors(frame: list[Detector], master: list[Detector]) -> tuple[list[
     by_name = {d.name: d for d in master}
     pairs = [(d, by_name[d.name]) for d in frame if d.name in by_name]
     return pairs, [d.name for d in frame if d.name not in by_name]
+
+
+DETECTOR_METRIC_NAMES = (
+    "median", "std", "background", "background_rms", "saturated_fraction", "nstars", "fwhm", "fwhm_minor",
+    "elongation", "error",
+)  # fmt: skip
+
+
+def detector_metrics(engine, selection) -> list[dict]:
+    """Each detector's quality numbers for the exposures of ``selection`` (a
+    tree, or a person's text), in exposure and HDU order."""
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import DetectorMetric, Exposure
+    from archive.query import select_exposures
+
+    chosen = select_exposures(selection, engine.dialect.name).subquery()
+    statement = (
+        select(DetectorMetric.exposure_id, Exposure.frame_number, DetectorMetric.detector, DetectorMetric.hdu_index,
+               *[getattr(DetectorMetric, name) for name in DETECTOR_METRIC_NAMES])
+        .join(Exposure, Exposure.id == DetectorMetric.exposure_id)
+        .where(DetectorMetric.exposure_id.in_(select(chosen.c.id)))
+        .order_by(DetectorMetric.exposure_id, DetectorMetric.hdu_index)
+    )
+    with transaction(engine) as conn:
+        return [row._asdict() for row in conn.execute(statement)]

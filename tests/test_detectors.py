@@ -305,6 +305,16 @@ def test_quality_per_detector_with_the_median_as_the_exposures(muse):
         assert index == n and median == pytest.approx(600.0 * n, abs=1)
     # the exposure's summary, what selections see: the median over its four detectors
     assert len(catalog.query("frame_type == 'science' and median > 1499 and median < 1501 and xbin == 1")) == 2
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(app, ["--db", url, "quality", "detectors", "readout_mode == 'SCI1.0'", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    listed = json.loads(shown.stdout)
+    assert [row["detector"] for row in listed] == list(CHANNELS) * 2
+    assert [round(row["median"]) for row in listed[:4]] == [600, 1200, 1800, 2400]
     result = quality.compute(catalog.engine, "xbin == 2", workers=1, hdus=("CHAN03",), force=True)
     assert result.exit_code == EXIT_DONE
     frame = catalog.query("xbin == 2", columns="median")
