@@ -11,9 +11,10 @@ from cli.render import Format, console, show_frame
 @command(db_app, "renormalize")
 def db_renormalize() -> None:
     """Fill the detector columns (binning, gain, CCD temperature, detector,
-    detector shape and count) of raw exposures from their stored header cards,
+    detector shape and count) of exposures from their stored header cards,
     with the keyword maps of obsarch.toml. Run it once after `obsarch db upgrade`
-    to 0009; no file is opened. Products keep the values their step gave them.
+    to 0009; no file is opened. Products keep the values their step gave them
+    and get their empty ones from their own cards.
 
     Example: obsarch db renormalize
     """

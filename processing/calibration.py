@@ -40,7 +40,7 @@ KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
 # the keywords normalized columns come from: a master copies them from its
 # first input, so that its headers say what its catalog row says
-_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain", "ccd_temp")
+_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain")
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,8 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     values = inherited(inputs, kind)
     if values["readout_mode"] is not None:  # whatever keyword the inputs had it in
         header["READOUTM"] = (values["readout_mode"], "read-out mode of the combined frames")
+    if values.get("ccd_temp") is not None:  # what the catalog says of the master, whatever keyword the inputs had
+        header["CCD-TEMP"] = (round(values["ccd_temp"], 4), "[C] mean of the combined frames")
     if values.get("mjd") is not None:
         header["MJD-OBS"] = (values["mjd"], "middle of the combined frames")
     if values.get("night"):

@@ -202,3 +202,26 @@ def test_catalog_and_file_agree_on_detectors(catalog, tmp_path):
     with pixels.opened(tmp_path / "mixed.fits") as hdul:
         assert stored == pixels.detectors_of(hdul)
     assert [d.name for d in stored] == ["PRIMARY", "SCI.1", "SCI.2", "amp7"]
+
+
+def test_renormalize_keeps_what_a_step_gave_a_product(catalog, tmp_path, rng):
+    from sqlalchemy import update
+
+    from archive.models import Exposure
+    from archive.renormalize import renormalize
+    from processing import calibration
+    from tests.factories import write_frame
+
+    for i in range(3):
+        write_frame(tmp_path / "raw" / f"b-{i}.fits", rng, {"IMAGETYP": "Bias Frame", "XBINNING": 2, "YBINNING": 2,
+                                                            "CCD-TEMP": -20.0 - i, "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+    catalog.ingest([tmp_path / "raw"])
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "m").exit_code == 0
+    master = "product == 'master_bias'"
+    assert list(catalog.query(master, columns="binning,ccd_temp,n_detectors").iloc[0]) == ["2x2", -21.0, 1]
+    with catalog.engine.begin() as conn:  # as a product made before 0009: n_detectors unknown
+        conn.execute(update(Exposure).where(Exposure.frame_type == "bias", Exposure.frame_number.is_(None))
+                     .values(n_detectors=None))
+    renormalize(catalog.engine)
+    # the mean temperature the step gave stays; its card says the same
+    assert list(catalog.query(master, columns="binning,ccd_temp,n_detectors").iloc[0]) == ["2x2", -21.0, 1]
