@@ -442,6 +442,18 @@ def register(task: tuple) -> tuple[Transform, str]:
     return transform_from_wcs(header, reference, data.shape), "wcs"
 
 
+def chain_step(task: tuple) -> tuple[float, float] | None:
+    """The shift of a frame onto another (stars, else phase correlation), or
+    None when neither registers it. Runs in a worker; never raises."""
+    path, other, params = task
+    try:
+        stars, _, _ = _stars_of(other)
+        transform, _ = register((path, "stars", stars, other, params))
+        return transform.dx, transform.dy
+    except (ObsarchError, OSError, ValueError):
+        return None
+
+
 def _reference_input(path: str, method: str, box: tuple | None):
     if method == "stars":
         stars, _, _ = _stars_of(path)

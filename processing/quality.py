@@ -335,7 +335,7 @@ class QualityStep(Step):
         statement = select_exposures(
             all_of(self.selection, query_ids(self.ids) if self.ids is not None else None), engine.dialect.name,
             (Root.path + "/" + File.relpath).label("path"), File.version, File.status, Metric.params_hash,
-            Metric.file_version.label("measured_version"),
+            Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
         ).outerjoin(Metric, Metric.exposure_id == Exposure.id).order_by(Exposure.id)
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
@@ -344,9 +344,10 @@ class QualityStep(Step):
                      error=f"{row.path}: the file is missing" if row.status == "missing" else None) for row in rows]
 
     def up_to_date(self, engine, items, prints) -> set[str]:
-        """Frames whose metrics were made with these parameters from this version of their file."""
-        return {item.key for item in items
-                if item.data.params_hash == self.digest and item.data.measured_version == item.data.version}
+        """Frames measured with these parameters from this version of their file
+        (a frame that could not be measured is tried again: it is not done)."""
+        return {item.key for item in items if item.data.params_hash == self.digest
+                and item.data.measured_version == item.data.version and item.data.measure_error is None}
 
     def write(self, out: Writer, item: Item, result) -> None:
         hdu_index, metrics = result

@@ -3,6 +3,7 @@ offset, combined with rejection, written with a coverage map."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,17 @@ from processing.runs import write_product
 from processing.steps import Frame, inherited, product_of, resolve, safe_name
 
 ALGORITHM = "stack-2"
+
+
+def _remove_dead_scratch() -> None:
+    """Scratch directories of stacks whose process was killed (kill -9 leaves them)."""
+    for directory in Path(tempfile.gettempdir()).glob("obsarch-stack-*-*"):
+        try:
+            os.kill(int(directory.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours, or another user's live process
 
 
 def _resample_one(task: tuple) -> str:
@@ -70,7 +82,8 @@ class StackStep(Step):
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
-        self.scratch = Path(tempfile.mkdtemp(prefix="obsarch-stack-"))
+        _remove_dead_scratch()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"obsarch-stack-{os.getpid()}-"))
         return [self._item(engine, f, offsets.get(f.exposure_id)) for f in chosen]
 
     def _item(self, engine, frame: Frame, offset) -> Item:
