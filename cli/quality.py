@@ -22,7 +22,7 @@ from cli.app import (
     quality_app,
     report_app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, show_frame
 from cli.steps import finish_step
 
 
