@@ -158,21 +158,12 @@ def pixel_scale(header: dict) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
             return float(value)
     if str(header.get("CTYPE1", "")).startswith("RA"):
-        try:
-            from astropy.io import fits
-            from astropy.wcs import WCS
-            from astropy.wcs.utils import proj_plane_pixel_scales
+        from astropy.wcs.utils import proj_plane_pixel_scales
 
-            cards = fits.Header()
-            for key, value in header.items():
-                if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                    cards[key] = value
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scales = proj_plane_pixel_scales(WCS(cards, naxis=2))
-            return float(np.mean(scales) * 3600.0)
-        except Exception:  # a WCS astropy cannot build gives no scale
-            return None
+        from processing.wcs import celestial_wcs
+
+        wcs = celestial_wcs(header)
+        return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0) if wcs is not None else None
     return None
 
 
