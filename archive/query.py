@@ -787,7 +787,8 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     if not terms:
         return []
     raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
-    condition = or_(*[_frame_condition(term) for term in terms])
+    # what the whole selection picks, among the frame numbers it names
+    condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term) for term in terms]))
     rows = conn.execute(
         select(Exposure.frame_number, func.coalesce(Exposure.instrument, "(no instrument)"))
         .where(condition, raw, Exposure.frame_number.in_(

@@ -48,7 +48,7 @@ def group_pointing(
 def group_by(
     keys: Annotated[str, typer.Argument(help="Comma-separated names or hdr['KEY'], e.g. band,readout_mode.")],
     selection: GroupSelectionOption = None,
-    prefix: Annotated[Optional[str], typer.Option(help="Put PREFIX: before each group's name.")] = None,
+    prefix: Annotated[Optional[str], typer.Option("--name", "--prefix", help="Name the groups NAME:band=V,...; making them again under NAME replaces them all.")] = None,
 ) -> None:
     """One group per distinct combination of values, named like band=V,readout_mode=SCI1.0.
 
@@ -58,6 +58,29 @@ def group_by(
 
     result = grouping.group_by_values(open_catalog().engine, keys, selection=selection, prefix=prefix)
     console.print(f"{len(result.groups)} groups by {keys}")
+    _show_groups(result)
+
+
+@command(group_app, "positions")
+def group_positions(
+    radius: Annotated[str, typer.Option(help="Join frames whose positions are closer than this, e.g. 20px.")],
+    name: Annotated[str, typer.Option(help="Groups are named NAME-1, NAME-2, ... in time order; again under NAME replaces them.")] = "position",
+    selection: GroupSelectionOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Group frames by their measured position on the sky, in pixels: from their
+    current offsets when they all have one onto one reference, else by registering
+    each frame onto the one before it (a drifting night no single reference
+    reaches). Each group's member nearest its centre is its reference, so that
+    `obsarch offsets compute --groups 'NAME-*'` is the second and last command of
+    a two-stage registration.
+
+    Example: obsarch group positions --radius 20px --name drift --selection "night == '2017-08-15'"
+    """
+    from processing import grouping
+
+    result = grouping.group_by_position(open_catalog().engine, radius=radius, name=name, selection=selection, workers=workers)
+    console.print(f"{len(result.groups)} groups by position (within {radius})")
     _show_groups(result)
 
 

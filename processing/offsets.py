@@ -320,18 +320,11 @@ def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, 
 
 def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, int]) -> Transform:
     """The transform implied by two celestial WCS, fitted over a grid of the frame."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
+    from processing.wcs import celestial_wcs
 
     def wcs_of(cards: dict):
-        header_ = fits.Header()
-        for key, value in cards.items():
-            if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                header_[key] = value
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(header_, naxis=2)
-        if not wcs.has_celestial:
+        wcs = celestial_wcs(cards)
+        if wcs is None:
             raise MatchError("no celestial WCS in the header")
         return wcs
 
@@ -440,6 +433,18 @@ def register(task: tuple) -> tuple[Transform, str]:
         return Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), "centroid"
     data, header, _ = load_image(path)
     return transform_from_wcs(header, reference, data.shape), "wcs"
+
+
+def chain_step(task: tuple) -> tuple[float, float] | None:
+    """The shift of a frame onto another (stars, else phase correlation), or
+    None when neither registers it. Runs in a worker; never raises."""
+    path, other, params = task
+    try:
+        stars, _, _ = _stars_of(other)
+        transform, _ = register((path, "stars", stars, other, params))
+        return transform.dx, transform.dy
+    except (ObsarchError, OSError, ValueError):
+        return None
 
 
 def _reference_input(path: str, method: str, box: tuple | None):
@@ -751,7 +756,10 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
             found = search(a, b, tolerance_arcsec, bright_b)
         except MatchError:
             continue
-        transform = _without_scale(a, b, found, tolerance_arcsec) if not fit_scale else _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        if fit_scale:
+            transform = _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        else:  # twice: a guess a little off loses the farthest pairs the first time
+            transform = _without_scale(a, b, _without_scale(a, b, found, tolerance_arcsec), tolerance_arcsec)
         chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
         if best is None or log10_p < best[2]:
             best = (transform, chance, log10_p, method)

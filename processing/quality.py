@@ -158,21 +158,12 @@ def pixel_scale(header: dict) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
             return float(value)
     if str(header.get("CTYPE1", "")).startswith("RA"):
-        try:
-            from astropy.io import fits
-            from astropy.wcs import WCS
-            from astropy.wcs.utils import proj_plane_pixel_scales
+        from astropy.wcs.utils import proj_plane_pixel_scales
 
-            cards = fits.Header()
-            for key, value in header.items():
-                if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                    cards[key] = value
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scales = proj_plane_pixel_scales(WCS(cards, naxis=2))
-            return float(np.mean(scales) * 3600.0)
-        except Exception:  # a WCS astropy cannot build gives no scale
-            return None
+        from processing.wcs import celestial_wcs
+
+        wcs = celestial_wcs(header)
+        return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0) if wcs is not None else None
     return None
 
 
@@ -371,7 +362,7 @@ class QualityStep(Step):
         statement = select_exposures(
             all_of(self.selection, query_ids(self.ids) if self.ids is not None else None), engine.dialect.name,
             (Root.path + "/" + File.relpath).label("path"), File.version, File.status, Metric.params_hash,
-            Metric.file_version.label("measured_version"),
+            Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
         ).outerjoin(Metric, Metric.exposure_id == Exposure.id).order_by(Exposure.id)
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
@@ -380,9 +371,10 @@ class QualityStep(Step):
                      error=f"{row.path}: the file is missing" if row.status == "missing" else None) for row in rows]
 
     def up_to_date(self, engine, items, prints) -> set[str]:
-        """Frames whose metrics were made with these parameters from this version of their file."""
-        return {item.key for item in items
-                if item.data.params_hash == self.digest and item.data.measured_version == item.data.version}
+        """Frames measured with these parameters from this version of their file
+        (a frame that could not be measured is tried again: it is not done)."""
+        return {item.key for item in items if item.data.params_hash == self.digest
+                and item.data.measured_version == item.data.version and item.data.measure_error is None}
 
     def write(self, out: Writer, item: Item, result) -> None:
         hdu_index, metrics, error = summary_of(result)

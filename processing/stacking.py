@@ -10,6 +10,7 @@ such frames need a WCS to be mosaicked, and are refused with that reason.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,17 @@ from processing.steps import Frame, inherited, product_of, resolve, safe_name
 ALGORITHM = "stack-3"  # 3: detector by detector
 # Rotation (degrees) and scale change under which a multi-detector offset is a shift
 _SHIFT_ROTATION_DEG, _SHIFT_SCALE = 1e-3, 1e-5
+
+
+def _remove_dead_scratch() -> None:
+    """Scratch directories of stacks whose process was killed (kill -9 leaves them)."""
+    for directory in Path(tempfile.gettempdir()).glob("obsarch-stack-*-*"):
+        try:
+            os.kill(int(directory.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours, or another user's live process
 
 
 def _resample_one(task: tuple) -> str:
@@ -97,7 +109,8 @@ class StackStep(Step):
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
-        self.scratch = Path(tempfile.mkdtemp(prefix="obsarch-stack-"))
+        _remove_dead_scratch()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"obsarch-stack-{os.getpid()}-"))
         return [self._item(engine, f, offsets.get(f.exposure_id)) for f in chosen]
 
     def _item(self, engine, frame: Frame, offset) -> Item:
