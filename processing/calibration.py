@@ -244,8 +244,8 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
         if kind == "flat":
             scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, own)]
             return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
-                                 subtract=offset, hdus=own)
-        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdus=own)
+                                 subtract=offset, hdu=own)
+        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
         # combining is linear in a constant: the bias comes off the combined darks
         return combined - offset if offset is not None else combined
 
