@@ -3,6 +3,8 @@ on a synthetic multi-extension set with known levels (both backends)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -277,6 +279,11 @@ def test_calib_explain_command(muse):
     assert all(Path(a["chosen"]).name.startswith("master_flat_") for a in flats)
     darks = [a for a in answer if a["type"] == "dark"]
     assert all(a["chosen"] is None and a["reason"].startswith("no master dark in the catalog") for a in darks)
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "xbin == 2", "--type", "bias", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["verdict"] for r in rows} == {"refused"} and len(rows) == 2  # the SCI1.0 and the FAST master
+    assert sorted(r["reason"] for r in rows) == ["binning: frame 2x2, master 1x1", "readout_mode: frame SCI1.0, master FAST"]
     config = tmp / "bad.toml"
     config.write_text("[calibration.bias]\nmatch = ['binnig']\n")
     result = runner.invoke(app, ["--db", url, "--config", str(config), "calib", "explain"])
