@@ -191,13 +191,18 @@ class MasterStep(Step):
 
 
 def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
-    """The masters the rules choose for ``frame`` (a master's own first input);
-    a dark or flat is made without one that no rule lets through."""
+    """The masters the rules choose for ``frame`` (a master's own first input).
+    Without any master of a kind in the catalog, a dark or flat is made without
+    it; masters that are there but all refused by the rules are an error (a
+    flat silently left with its bias would be wrong)."""
     masters = {}
     for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
         if choice.chosen is not None:
             m = choice.chosen.master
             masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+        elif choice.verdicts or choice.problem:
+            raise ObsarchError(f"{Path(frame.path).name}, the first input: {choice.reason} "
+                               f"(see `obsarch calib explain`, or [calibration.{choice.kind}] in obsarch.toml)")
     return masters
 
 

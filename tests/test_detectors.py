@@ -469,3 +469,13 @@ def test_usage_errors_of_the_calibration_commands(muse):
                                  "--no-flat", "--hdu", "CHAN09", "--out", str(tmp / "cal"), "--executor", "serial"])
     assert result.exit_code == 1
     assert "sci_FAST_0.fits: --hdu CHAN09: no such detector (this file has CHAN01, CHAN02, CHAN03, CHAN04)" in result.stderr
+
+
+def test_a_flat_is_not_made_without_the_bias_the_rules_refuse(muse):
+    catalog, tmp = muse
+    assert calibration.make_master(catalog.engine, "bias", "readout_mode == 'FAST'", out_dir=tmp / "m").exit_code == 0
+    from archive.exceptions import ObsarchError
+
+    with pytest.raises(ObsarchError, match=r"flat_0.fits, the first input: no master bias fits: master_bias_FAST\S+: "
+                                           r"readout_mode: frame SCI1.0, master FAST"):
+        calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
