@@ -52,10 +52,13 @@ def opened(path: str | Path) -> Iterator[fits.HDUList]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # no memmap: astropy cannot map scaled (BZERO) integers
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                yield hdul
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            hdul.readall()  # every header now (no data): a truncated file is a read error here
     except OSError as exc:
         raise DetectorError(f"{path}: cannot read: {exc}") from exc
+    # what the caller does with the file (writing a product, say) is not a read error of it
+    with hdul:
+        yield hdul
 
 
 def _kind(hdu) -> str:
