@@ -176,11 +176,13 @@ def calibrate_array(
     dark_exptime: float | None = None,
     exptime: float | None = None,
     flat: np.ndarray | None = None,
+    flat_mean: float | None = None,
 ) -> np.ndarray:
     """(data - bias - dark * exptime / dark_exptime) / (flat / mean(flat)).
 
     The dark is a bias-subtracted master scaled by exposure time (seconds);
-    the flat is normalized by its mean, as ccdproc's ``flat_correct`` does.
+    the flat is normalized by its mean, as ccdproc's ``flat_correct`` does
+    (``flat_mean``: the mean of the whole flat, when the arrays are a band of rows).
     """
     result = np.asarray(data, dtype=np.float64).copy()
     if bias is not None:
@@ -191,7 +193,7 @@ def calibrate_array(
         result -= dark * (exptime / dark_exptime)
     if flat is not None:
         flat = np.asarray(flat, dtype=np.float64)
-        normalized = flat / np.nanmean(flat)
+        normalized = flat / (np.nanmean(flat) if flat_mean is None else flat_mean)
         with np.errstate(divide="ignore", invalid="ignore"):
             result /= normalized
     return result

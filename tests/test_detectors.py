@@ -479,3 +479,22 @@ def test_a_flat_is_not_made_without_the_bias_the_rules_refuse(muse):
     with pytest.raises(ObsarchError, match=r"flat_0.fits, the first input: no master bias fits: master_bias_FAST\S+: "
                                            r"readout_mode: frame SCI1.0, master FAST"):
         calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
+
+
+def test_calibrate_works_a_band_of_rows_at_a_time_within_memory(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    selection = "readout_mode == 'SCI1.0' and xbin == 1"
+    # a 16x16 detector's output (1,024 B) and 2 rows of frame, bias and flat (1,536 B): bands of 2 rows
+    result = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", executor="serial", memory="2.6kB")
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    calibration.calibrate(catalog.engine, selection, out_dir=tmp / "whole", executor="serial", force=True)
+    for path in (tmp / "cal").glob("*_cal.fits"):
+        assert _levels(path) == pytest.approx({ch: SIGNAL * n for n, ch in enumerate(CHANNELS, start=1)}, rel=0.01)
+        with fits.open(path) as banded, fits.open(tmp / "whole" / path.name) as at_once:
+            for name in CHANNELS:
+                np.testing.assert_allclose(banded[name].data, at_once[name].data, rtol=1e-6)
+    result = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "c2", executor="serial", memory="1kB",
+                                   force=True)
+    assert result.exit_code == 1
+    assert result.failed[0][1] == "--memory is too small: detector CHAN01 of 16x16 needs at least 1.8 kB per worker"
