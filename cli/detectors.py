@@ -4,7 +4,15 @@ of files ingested before they existed, from the cards the catalog holds) and
 
 from __future__ import annotations
 
-from cli.app import FormatOption, Selection, command, db_app, load_config, open_catalog, quality_app
+from cli.app import (
+    FormatOption,
+    Selection,
+    command,
+    db_app,
+    load_config,
+    open_catalog,
+    quality_app,
+)
 from cli.render import Format, console, show_frame
 
 

@@ -23,7 +23,12 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from archive.db import transaction
-from archive.detectors import Detector, detectors_of_files, pair_detectors, select_detectors
+from archive.detectors import (
+    Detector,
+    detectors_of_files,
+    pair_detectors,
+    select_detectors,
+)
 from archive.exceptions import ConfigError, ObsarchError
 from archive.models import Exposure, File, HeaderCard, Product, Root
 from processing.runs import file_content
