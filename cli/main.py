@@ -164,6 +164,9 @@ def ingest(
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    from cli.xray import after_ingest
+
+    after_ingest(catalog.engine, summary.run_id, paths)
 
 
 @command()
@@ -207,6 +210,9 @@ def show(
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
             console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+    from cli.xray import show_xray
+
+    show_xray(catalog, exposure_id)
 
 
 def _plain(value) -> str:
@@ -798,12 +804,14 @@ def run_command(
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Items run at once.")] = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    metrics_from: Annotated[Optional[str], typer.Option("--metrics-from", help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
 ) -> None:
     """Run an external tool once per exposure, obsid or group, in parallel, in a
     working directory per item. Arguments after -- may hold {path}, {paths},
-    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}. Output is logged with the
+    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}, {region}, {regions}. Output is logged with the
     run, written files become products with lineage, items done with the same
-    command and inputs are skipped.
+    command and inputs are skipped; with --metrics-from the numbers the tool
+    wrote are stored as metric['name'] of the item's exposures.
 
     Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
     """
@@ -811,7 +819,7 @@ def run_command(
 
     command_ = list(ctx.args)
     summary = external.run_each(open_catalog().engine, each, selection, command_, workdir=workdir, workers=workers,
-                                executor=executor, scheduler=scheduler, timeout=timeout, force=force)
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
     console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
                   f"{summary.products} files registered as products")
     for key, reason in summary.failed[:20]:
@@ -1017,3 +1025,6 @@ def run() -> None:
     """
     gc.freeze()
     app()
+
+
+from cli import xray as _xray  # noqa: E402,F401  (registers the X-ray commands on app)

@@ -79,7 +79,8 @@ def items_of(engine, each: str, selection: str | None) -> list[Item]:
 
 
 def expand(template: list[str], values: dict) -> list[str]:
-    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}`` in each argument."""
+    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}``,
+    ``{region}``, ``{regions}`` in each argument."""
     result = []
     for argument in template:
         try:
@@ -88,7 +89,7 @@ def expand(template: list[str], values: dict) -> list[str]:
             raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item (known: {', '.join(sorted(values))})") from exc
         except (ValueError, IndexError) as exc:
             raise ObsarchError(f"cannot fill in {argument!r}: {exc}") from exc
-        if argument.strip() == "{paths}":
+        if argument.strip() in ("{paths}", "{regions}"):
             result.extend(shlex.split(expanded))
         else:
             result.append(expanded)
@@ -121,11 +122,13 @@ def run_command(task: tuple) -> dict:
 def run_each(
     engine, each: str, selection: str | None, command: list[str], *, workdir: str = "runs/{item}", workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, timeout: float | None = None, force: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, metrics_from: str | None = None,
 ) -> RunSummary:
     """Run ``command`` once per item, in parallel. Items already done with the
     same command and inputs are skipped; a failing item is recorded and the
-    others go on."""
+    others go on. ``metrics_from``: a file (in the item's working directory)
+    the tool writes, whose numbers become named metrics of the item's
+    exposures, with this run as their lineage."""
     if not command:
         raise ObsarchError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
     summary = RunSummary()
@@ -133,9 +136,11 @@ def run_each(
     tasks, plans = [], {}
     for item in items_of(engine, each, selection):
         directory = Path(workdir.format(item=safe_name(item.key), **{k: safe_name(v) for k, v in item.values.items()})).resolve()
-        values = {**item.values, "workdir": str(directory), "item": item.key}
+        values = {**item.values, **item_regions(engine, item), "workdir": str(directory), "item": item.key}
         arguments = expand(command, values)
         params = {"each": each, "item": item.key, "command": arguments, "workdir": str(directory)}
+        if metrics_from:
+            params["metrics_from"] = metrics_from
         print_ = fingerprint(step, params, ALGORITHM, [f.content for f in item.frames])
         if not force and done_before(engine, print_):
             summary.skipped.append(item.key)
@@ -163,6 +168,8 @@ def _record(engine, step: str, item: Item, params: dict, print_: str, result: di
                 conn.execute(update(Run).where(Run.id == run.id).values(stdout=result["stdout"][-200_000:], stderr=result["stderr"][-200_000:]))
             if result["code"] != 0:
                 raise ObsarchError(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
+            if params.get("metrics_from"):
+                store_tool_metrics(engine, run.id, item, Path(params["workdir"]) / params["metrics_from"])
             for path in result["written"]:
                 add_product(engine, run.id, path, "output")
                 count += 1
@@ -172,3 +179,30 @@ def _record(engine, step: str, item: Item, params: dict, print_: str, result: di
         return count
     summary.done.append(item.key)
     return count
+
+
+def store_tool_metrics(engine, run_id: int, item: Item, path: Path) -> None:
+    """The numbers the tool wrote to ``path``, as named metrics of the
+    item's exposures from this run (a missing or bad file fails the item)."""
+    from archive.db import transaction
+    from processing.named_metrics import read_metrics_file, store
+
+    values = read_metrics_file(path)
+    with transaction(engine, write=True) as conn:
+        store(conn, [f.exposure_id for f in item.frames], values, source="tool", run_id=run_id)
+
+
+def item_regions(engine, item: Item) -> dict:
+    """``{region}``: the latest region file attached to the item's exposures
+    (``{regions}``: all of them), when there is one."""
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import RegionFile
+
+    with transaction(engine) as conn:
+        paths = list(conn.execute(select(RegionFile.path).where(RegionFile.exposure_id.in_([f.exposure_id for f in item.frames]))
+                                  .order_by(RegionFile.id)).scalars())
+    if not paths:
+        return {}
+    return {"region": paths[-1], "regions": " ".join(shlex.quote(p) for p in dict.fromkeys(paths))}
