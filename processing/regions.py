@@ -23,7 +23,7 @@ from archive.ingest import utcnow
 from archive.models import Exposure, File, RegionFile, Root
 from archive.query import select_exposures
 
-_PHYSICAL = re.compile(r"^\s*physical\s*(;|$)", re.I | re.M)
+_PHYSICAL = re.compile(r"^\s*physical\s*(;|$)", re.IGNORECASE | re.MULTILINE)
 _SEPARATORS = "_.-"
 
 

@@ -36,7 +36,7 @@ _EXTNAME = {
 _CONTENT = (("PHA", "spectrum"), ("SPECTRUM", "spectrum"), ("EVT", "events"), ("EVENTS", "events"),
             ("LIGHT CURVE", "lightcurve"), ("LIGHTCURVE", "lightcurve"), ("RESPONSE", "response"),
             ("MATRIX", "response"), ("ARF", "arf"), ("SPECRESP", "arf"), ("IMAGE", "image"))
-_BACKGROUND_NAME = re.compile(r"(^|[^a-z0-9])(bg|bkg|bgd|back|background)([^a-z]|$)|bgspec|specbg|bkgspec|_bg\.", re.I)
+_BACKGROUND_NAME = re.compile(r"(^|[^a-z0-9])(bg|bkg|bgd|back|background)([^a-z]|$)|bgspec|specbg|bkgspec|_bg\.", re.IGNORECASE)
 
 
 @dataclass
@@ -173,19 +173,24 @@ def _column_name(hdu, wanted: str) -> str | None:
     return next((n for n in hdu.columns.names if n.upper() == wanted), None)
 
 
-def column_chunks(hdu, name: str, chunk_rows: int = CHUNK_ROWS):
-    """One column of a table HDU, ``chunk_rows`` rows at a time (scaled)."""
-    rows = hdu.header.get("NAXIS2", 0)
-    data = hdu.data
+def column_chunks(hdu, name: str, chunk_rows: int | None = None):
+    """One column of a table HDU, ``chunk_rows`` (default :data:`CHUNK_ROWS`)
+    rows at a time, with TSCAL/TZERO applied.
+
+    The chunks are cut from the records as stored (a view of the memory
+    map): astropy's own ``field()`` converts and caches the whole column
+    even when asked for a slice, which is what this avoids."""
+    column = hdu.columns[name]
+    if any(letter in str(column.format) for letter in "LPQA"):
+        raise ValueError(f"column {name} ({column.format}) is not numeric")
+    records = np.ndarray.view(hdu.data, np.ndarray)
+    scale, zero = column.bscale, column.bzero
+    rows, chunk_rows = len(records), chunk_rows or CHUNK_ROWS
     for start in range(0, rows, chunk_rows):
-        yield np.asarray(data[start : start + chunk_rows].field(name))
-
-
-def _first_hdu(hdul, kinds: tuple[str, ...]):
-    for hdu in hdul:
-        if hdu_kind(hdu.header, hdu.is_image is False, hdu.header.get("NAXIS", 0) > 0) in kinds:
-            return hdu
-    return None
+        chunk = records[name][start : start + chunk_rows]
+        if scale not in (None, 1) or zero not in (None, 0):
+            chunk = chunk * (1.0 if scale is None else scale) + (0.0 if zero is None else zero)
+        yield chunk
 
 
 def gti_exposure(hdul) -> float | None:

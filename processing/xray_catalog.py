@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, or_, select, update
 
 from archive.db import transaction
 from archive.ingest import utcnow
-from archive.models import File, HeaderCard, Hdu, Root, XraySummary
+from archive.models import File, Hdu, HeaderCard, Root, XraySummary
 from processing.executor import parallel_map
 from processing.xray import net_rate, summarize_task
 
@@ -68,7 +68,7 @@ def summarize(
     result = XrayStepSummary()
     with transaction(engine) as conn:
         candidates = candidate_files(conn, run_id=run_id, file_ids=file_ids)
-        done = dict(conn.execute(select(XraySummary.file_id, XraySummary.file_version)).tuples().all())
+        done = {fid: version for fid, version in conn.execute(select(XraySummary.file_id, XraySummary.file_version))}
     todo = [(fid, path) for fid, (path, version) in sorted(candidates.items()) if force or done.get(fid) != version]
     result.skipped = len(candidates) - len(todo)
     rows, gone = [], []
@@ -195,7 +195,15 @@ def spectra_report(engine: Engine, selection: str | None = None, min_exposure_s:
     ``min_exposure_s``), sorted by mid-time: a pandas DataFrame."""
     import pandas as pd
 
-    from archive.query import BoolOp, Column, Compare, Compiler, base_select, column_expressions, parse
+    from archive.query import (
+        BoolOp,
+        Column,
+        Compare,
+        Compiler,
+        base_select,
+        column_expressions,
+        parse,
+    )
 
     conditions = [Compare(Column("xray_kind"), "==", "spectrum")]
     if selection and selection.strip():
