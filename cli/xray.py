@@ -1,6 +1,6 @@
 """X-ray commands: summaries, the spectra report, named metrics, regions.
 
-Registers on the app of :mod:`cli.main` (imported at its end)."""
+Registers on the app of :mod:`cli.app` (imported by :mod:`cli.main`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.main import app, command, open_catalog, report_app
+from cli.app import (
+    ByIdOption,
+    FormatOption,
+    RefArg,
+    WorkersOption,
+    app,
+    command,
+    open_catalog,
+    report_app,
+)
 from cli.render import Format, console, err_console, show_frame
 
 xray_app = typer.Typer(help="X-ray products: summaries of spectra, events and light curves.", no_args_is_help=True)
@@ -66,7 +75,7 @@ def after_ingest(engine, run_id: int, paths: list[Path]) -> bool:
 def xray_summarize(
     selection: Annotated[Optional[str], typer.Argument(help="Which exposures (default: every X-ray file).")] = None,
     force: Annotated[bool, typer.Option(help="Summarize again files summarized at their current version.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Summarize X-ray files from their tables (counts, rates, exposure, GTI,
     MJD in UTC) and link spectra to their background, response and ARF.
@@ -99,7 +108,7 @@ def _seconds(value: Optional[str]) -> Optional[float]:
 def report_spectra(
     selection: Annotated[Optional[str], typer.Argument(help="Which exposures (default: all spectra).")] = None,
     min_exposure: Annotated[Optional[str], typer.Option("--min-exposure", help="Keep spectra with at least this exposure: 5ks, 5000s.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Per spectrum: obsid, instrument, role, mid-time (MJD, UTC), counts,
     rate, net rate, exposure in ks and linked files, sorted by time.
@@ -149,9 +158,9 @@ def regions_attach(
 
 @command(regions_app, "list")
 def regions_list(
-    ref: Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")],
-    by_id: Annotated[bool, typer.Option("--id", help="REF is an exposure id.")] = False,
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    ref: RefArg,
+    by_id: ByIdOption = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """The region files attached to one exposure.
 
