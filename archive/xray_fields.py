@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, exists, func, select
 from sqlalchemy.orm import aliased
 
-from archive.models import Exposure, File, NamedMetric, RegionFile, Root, XraySummary
+from archive.models import (
+    Exposure,
+    File,
+    NamedMetric,
+    Observation,
+    RegionFile,
+    Root,
+    XraySummary,
+)
 
 
 def _current(column, scale: float = 1.0) -> Callable[[], ColumnElement]:
@@ -62,7 +70,17 @@ def _region_count() -> ColumnElement:
     return select(func.count(RegionFile.id)).where(RegionFile.exposure_id == Exposure.id).correlate(Exposure).scalar_subquery()
 
 
+def _mission() -> ColumnElement:
+    """The observation's mission (xmm, nustar, chandra as fetched), else for
+    an X-ray file its TELESCOP in lower case (xmm, nustar, chandra, swift,
+    xte, erosita); NULL for other files, whose telescope is no mission."""
+    fetched = select(Observation.mission).where(Observation.id == Exposure.observation_id).correlate(Exposure).scalar_subquery()
+    is_xray = exists().where(XraySummary.file_id == Exposure.file_id).correlate(Exposure)
+    return func.coalesce(fetched, case((is_xray, func.lower(Exposure.telescope))))
+
+
 def register(register_field) -> None:
+    register_field("mission", _mission, "text")
     register_field("xray_kind", _current(XraySummary.kind), "text")
     register_field("xray_role", _current(XraySummary.role), "text")
     for name in ("counts", "rate", "net_rate", "backscal", "channels", "n_events", "mean_rate", "frac_rms",

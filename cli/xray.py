@@ -179,8 +179,7 @@ def show_xray(catalog, exposure_id: int) -> None:
     """The X-ray summary, links, named metrics and regions of one exposure, for `show`."""
     from processing import named_metrics, regions, xray_catalog
 
-    frame = catalog.query(f"id == {int(exposure_id)}", columns=list(_SHOW_COLUMNS))
-    values = {k: v for k, v in frame.iloc[0].to_dict().items() if _filled(v)} if len(frame) else {}
+    values = {k: v for k, v in xray_catalog.values_of(catalog.engine, exposure_id, _SHOW_COLUMNS).items() if _filled(v)}
     if values:
         console.print("\n[bold]X-ray[/bold] " + "  ".join(f"{k}={_text(v)}" for k, v in values.items()), soft_wrap=True)
     for label, text in xray_catalog.summary_notes(catalog.engine, exposure_id):

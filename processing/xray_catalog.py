@@ -238,3 +238,16 @@ def summary_notes(engine: Engine, file_id: int) -> list[tuple[str, str]]:
             if getattr(row, keyword) and getattr(row, column) is None:
                 notes.append((keyword.upper(), f"{getattr(row, keyword)} (not linked)"))
     return notes
+
+
+def values_of(engine: Engine, exposure_id: int, names: tuple[str, ...]) -> dict:
+    """The selection names ``names`` of one exposure (None where unset)."""
+    from archive.models import Exposure
+    from archive.query import Column, Compiler, base_select, column_expressions
+
+    compiler = Compiler(engine.dialect.name)
+    pairs = [pair for name in names for pair in column_expressions(Column(name), compiler)]
+    statement = base_select(*[e.label(f"c{i}") for i, (_, e) in enumerate(pairs)], tables=compiler.tables)
+    with transaction(engine) as conn:
+        row = conn.execute(statement.where(Exposure.id == exposure_id)).first()
+    return {} if row is None else {label: value for (label, _), value in zip(pairs, row)}

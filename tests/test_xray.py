@@ -242,6 +242,10 @@ def test_selections_over_summaries(ingested):
                                                  "chandra_test.fits"}
     out = run(url, "query", "frac_rms > 0.1", "--columns", "relpath,mean_rate", "--format", "csv").stdout
     assert [r["relpath"] for r in _csv(out)] == ["LightCurve_bexvar.fits"]
+    out = run(url, "query", "mission in ('xmm', 'nustar')", "--columns", "relpath,mission", "--format", "csv").stdout
+    assert {(r["relpath"], r["mission"]) for r in _csv(out)} == {
+        ("MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "xmm"), ("dummy_evt.evt", "nustar"),
+        ("nu30002041016A01_cl_3to20keV_det1.fits", "nustar")}
 
 
 def test_report_spectra(ingested):
