@@ -36,7 +36,7 @@ def ingest(
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
     from cli.xray import after_ingest
 
-    after_ingest(catalog.engine, summary.run_id, paths)
+    after_ingest(catalog.engine, summary)
 
 
 @command()

@@ -48,27 +48,23 @@ def report_xray(summary, prefix: str = "x-ray") -> None:
         err_console.print(f"{len(summary.failed)} X-ray files could not be summarized", markup=False)
 
 
-def after_ingest(engine, run_id: int, paths: list[Path]) -> bool:
+def after_ingest(engine, summary) -> bool:
     """Summarize the X-ray files an ingest run read and attach the region
     files next to them by name; True when everything could be summarized.
-    Costs one indexed query when the run read no X-ray file."""
-    from sqlalchemy import select
-
-    from archive.db import transaction
-    from archive.models import File, Root
+    A run that read nothing costs nothing; one that read no X-ray file,
+    one query."""
     from processing import regions, xray_catalog
 
-    summary = xray_catalog.summarize(engine, run_id=run_id)
-    if summary.summarized or summary.failed:
-        report_xray(summary)
-    with transaction(engine) as conn:
-        directories = {Path(root, relpath).parent for root, relpath in conn.execute(
-            select(Root.path, File.relpath).join(Root, Root.id == File.root_id).where(File.run_id == run_id))}
-    attached, problems = regions.attach_by_name(engine, sorted(directories))
+    if not summary.new and not summary.changed:
+        return True
+    result = xray_catalog.summarize(engine, run_id=summary.run_id)
+    if result.summarized or result.failed:
+        report_xray(result)
+    attached, problems = regions.attach_by_name(engine, summary.run_id)
     for region, data, _ in attached:
         console.print(f"region {region} attached to {data}", markup=False, soft_wrap=True)
     _print_problems("", problems)
-    return not summary.failed and not problems
+    return not result.failed and not problems
 
 
 @command(xray_app, "summarize")

@@ -195,34 +195,41 @@ def _stem(name: str) -> str:
     return lower.rsplit(".", 1)[0] if "." in lower else lower
 
 
-def attach_by_name(engine: Engine, directories: list[Path]) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
-    """Attach the region files in ``directories`` (``*.reg``, and FITS files
-    the X-ray summaries found to hold only REGION tables) to the catalogued
-    data file their name names. Returns (region path, data path, exposure
-    id) attached, and (path, problem) of region files that could not be read."""
+def attach_by_name(engine: Engine, run_id: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """Attach the region files next to the files an ingest run read
+    (``*.reg``, and FITS files the X-ray summaries found to hold only REGION
+    tables) to the catalogued data file their name names. Returns (region
+    path, data path, exposure id) attached, and (path, problem) of region
+    files that could not be read. A directory without a region file costs
+    one listing."""
     from archive.models import XraySummary
 
-    wanted = {Path(d) for d in directories}
-    attached, problems = [], []
     with transaction(engine) as conn:
-        rows = conn.execute(
-            select(Exposure.id, Root.path, File.relpath, XraySummary.kind).join(File, File.id == Exposure.file_id)
-            .join(Root, Root.id == File.root_id).outerjoin(XraySummary, XraySummary.file_id == File.id)
-            .where(File.status == "present")
-        ).all()
-    data: dict[Path, dict[str, int]] = {}
-    fits_regions: dict[Path, list[str]] = {}
-    for exposure_id, root, relpath, kind in rows:
-        full = Path(root) / relpath
-        if full.parent in wanted:
-            data.setdefault(full.parent, {})[full.name] = exposure_id
-            if kind == "region":
-                fits_regions.setdefault(full.parent, []).append(full.name)
-    for directory in sorted(wanted):
-        names = data.get(directory, {})
-        found = [e.name for e in os.scandir(directory) if e.name.lower().endswith(".reg") and e.is_file()]
-        for region in sorted(found + fits_regions.get(directory, [])):
-            owner = owner_of(region, [n for n in names if n != region and n not in fits_regions.get(directory, [])])
+        read = conn.execute(select(File.root_id, Root.path, File.relpath, XraySummary.kind).join(Root, Root.id == File.root_id)
+                            .outerjoin(XraySummary, XraySummary.file_id == File.id).where(File.run_id == run_id)).all()
+    directories = {(root_id, root, str(Path(relpath).parent)) for root_id, root, relpath, _ in read}
+    with_fits_regions = {(root_id, str(Path(relpath).parent)) for root_id, _, relpath, kind in read if kind == "region"}
+    attached, problems = [], []
+    for root_id, root, folder in sorted(directories):
+        directory = Path(root) / folder
+        try:
+            texts = [e.name for e in os.scandir(directory) if e.name.lower().endswith(".reg") and e.is_file()]
+        except OSError:
+            continue
+        if not texts and (root_id, folder) not in with_fits_regions:
+            continue
+        prefix = "" if folder == "." else folder + "/"
+        with transaction(engine) as conn:  # the directory's files: a range of the (root, relpath) key
+            rows = conn.execute(
+                select(Exposure.id, File.relpath, XraySummary.kind).join(File, File.id == Exposure.file_id)
+                .outerjoin(XraySummary, XraySummary.file_id == File.id)
+                .where(File.root_id == root_id, File.status == "present", File.relpath >= prefix, File.relpath < prefix + "\uffff")
+            ).all()
+        names = {relpath[len(prefix):]: (exposure_id, kind) for exposure_id, relpath, kind in rows if "/" not in relpath[len(prefix):]}
+        fits_regions = [name for name, (_, kind) in names.items() if kind == "region"]
+        data = [name for name in names if name not in fits_regions]
+        for region in sorted(texts + fits_regions):
+            owner = owner_of(region, data)
             if owner is None:
                 continue
             try:
@@ -231,6 +238,6 @@ def attach_by_name(engine: Engine, directories: list[Path]) -> tuple[list[tuple[
                 problems.append((str(directory / region), str(exc)))
                 continue
             with transaction(engine, write=True) as conn:
-                _store(conn, info, [names[owner]], "ingest")
-            attached.append((str(directory / region), str(directory / owner), names[owner]))
+                _store(conn, info, [names[owner][0]], "ingest")
+            attached.append((str(directory / region), str(directory / owner), names[owner][0]))
     return attached, problems

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, delete, exists, or_, select, update
 
 from archive.db import transaction
 from archive.ingest import utcnow
@@ -46,11 +46,12 @@ def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | No
     by_class = select(HeaderCard.file_id).where(
         HeaderCard.keyword == "HDUCLAS1", HeaderCard.value_num.is_(None), HeaderCard.value_text.in_(XRAY_CLASSES)
     )
-    by_name = select(Hdu.file_id).where(Hdu.extname.in_(XRAY_EXTNAMES))
+    # by primary key (file_id, hdu_index): a few rows per file, no scan of every HDU
+    by_name = exists().where(Hdu.file_id == File.id, Hdu.extname.in_(XRAY_EXTNAMES))
     statement = (
         select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version)
         .join(Root, Root.id == File.root_id)
-        .where(File.status == "present", or_(File.id.in_(by_class), File.id.in_(by_name)))
+        .where(File.status == "present", or_(File.id.in_(by_class), by_name))
     )
     if run_id is not None:
         statement = statement.where(File.run_id == run_id)
@@ -90,8 +91,9 @@ def summarize(
             conn.execute(delete(XraySummary).where(XraySummary.file_id.in_(ids)))
         if rows:
             conn.execute(XraySummary.__table__.insert(), rows)
-        summarized = {r["file_id"] for r in rows}
-        result.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in summarized)
+        if ids:  # new summaries can make or complete links; none: nothing to link anew
+            summarized = {r["file_id"] for r in rows}
+            result.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in summarized)
     return result
 
 
@@ -111,18 +113,42 @@ def link_target(directory: str, value: str | None) -> str | None:
     return os.path.normpath(os.path.join(directory, os.path.expandvars(name)))
 
 
-def _file_ids_by_path(conn) -> dict[str, int]:
-    rows = conn.execute(select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id).where(File.status == "present"))
-    return {os.path.normpath(os.path.join(root, relpath)): file_id for file_id, root, relpath in rows}
+def _file_ids_by_path(conn, paths: set[str]) -> dict[str, int]:
+    """{path: file id} of the present catalogued files among ``paths``."""
+    roots = conn.execute(select(Root.id, Root.path)).all()
+    wanted: dict[int, list[str]] = {}
+    for path in paths:
+        for root_id, root in roots:
+            if path.startswith(root.rstrip("/") + "/"):
+                wanted.setdefault(root_id, []).append(os.path.relpath(path, root))
+    found = {}
+    for root_id, relpaths in wanted.items():
+        root = next(r for i, r in roots if i == root_id)
+        for start in range(0, len(relpaths), 500):
+            rows = conn.execute(select(File.id, File.relpath).where(
+                File.root_id == root_id, File.relpath.in_(relpaths[start : start + 500]), File.status == "present"))
+            found.update({os.path.normpath(os.path.join(root, relpath)): file_id for file_id, relpath in rows})
+    return found
+
+
+def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
+    found = {}
+    for start in range(0, len(file_ids), 500):
+        rows = conn.execute(select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id)
+                            .where(File.id.in_(file_ids[start : start + 500])))
+        found.update({file_id: os.path.normpath(os.path.join(root, relpath)) for file_id, root, relpath in rows})
+    return found
 
 
 def link_all(conn) -> list[tuple[int, str, str]]:
     """Resolve every spectrum's links to catalogued files, mark spectra named
     by a BACKFILE as backgrounds, and compute net rates. Returns warnings
     (file id, path, message) for links that name nothing catalogued."""
-    paths = _file_ids_by_path(conn)
-    by_id = {file_id: path for path, file_id in paths.items()}
     spectra = conn.execute(select(XraySummary).where(XraySummary.kind == "spectrum")).all()
+    by_id = _paths_of(conn, [row.file_id for row in spectra])
+    targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
+                             for keyword, _ in LINKS} for row in spectra if row.file_id in by_id}
+    paths = _file_ids_by_path(conn, {t for found in targets.values() for t in found.values() if t})
     warnings, links, backgrounds = [], {}, set()
     for row in spectra:
         path = by_id.get(row.file_id)
@@ -130,7 +156,7 @@ def link_all(conn) -> list[tuple[int, str, str]]:
             continue
         values = {}
         for keyword, column in LINKS:
-            target = link_target(os.path.dirname(path), getattr(row, keyword))
+            target = targets[row.file_id][keyword]
             values[column] = paths.get(target) if target else None
             message = _link_problem(keyword, getattr(row, keyword), target, values[column])
             if message and row.role != "background":
