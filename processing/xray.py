@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from astropy.io import fits  # imported before any warning is caught: its logger hooks warnings on import
 
 ALGORITHM = "xray-summary-1"
 CHUNK_ROWS = 1_000_000
@@ -152,18 +154,18 @@ def time_range(headers: list) -> tuple[float | None, float | None, list[str]]:
     header that has all three, else the earliest TSTART and latest TSTOP of
     the headers that have them (an XMM spectrum keeps them only in its GTI
     extensions), else DATE-OBS/DATE-END."""
-    warnings: list[str] = []
+    notes: list[str] = []
     timed = [h for h in headers if "TSTART" in h and "TSTOP" in h and mjd_reference(h) is not None]
     if timed:
         start = min(mission_time_to_mjd_utc(h["TSTART"], h) for h in timed)
         stop = max(mission_time_to_mjd_utc(h["TSTOP"], h) for h in timed)
-        return start, stop, warnings
+        return start, stop, notes
     dated = next((h for h in headers if "DATE-OBS" in h), None)
     if dated is None:
         return None, None, ["no TSTART/TSTOP with MJDREF and no DATE-OBS: times unknown"]
     start = _date_to_mjd_utc(str(dated["DATE-OBS"]), dated)
     stop = _date_to_mjd_utc(str(dated["DATE-END"]), dated) if "DATE-END" in dated else None
-    return start, stop, warnings
+    return start, stop, notes
 
 
 # -- columns, a chunk at a time --------------------------------------------------
@@ -323,13 +325,28 @@ def summarize_matrix(hdu, result: XraySummary) -> None:
 # -- one file ----------------------------------------------------------------------
 
 
+_FROM_TABLES = ("counts", "rate", "n_events", "gti_exposure_s", "time_span_s", "mean_rate", "frac_rms")
+
+
 def summarize_file(path: str) -> XraySummary | None:
     """The kind and summary of the X-ray file at ``path``; None when it is
     not an X-ray product. A table that cannot be read gives a summary with
-    ``error`` set, never made-up numbers."""
-    from pathlib import Path
+    ``error`` set and no number read from the tables, never a partial one;
+    astropy's warnings (a truncated file) become the summary's warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _summarize(path)
+    if result is not None:
+        for message in dict.fromkeys(str(w.message).strip() for w in caught if issubclass(w.category, UserWarning)):
+            result.warnings.append(message)
+        if result.error:
+            for name in _FROM_TABLES:
+                setattr(result, name, None)
+    return result
 
-    from astropy.io import fits
+
+def _summarize(path: str) -> XraySummary | None:
+    from pathlib import Path
 
     with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
         hdus = [(i, h.header, not h.is_image, h.header.get("NAXIS", 0) > 0) for i, h in enumerate(hdul)]
@@ -355,10 +372,10 @@ def summarize_file(path: str) -> XraySummary | None:
         except (KeyError, ValueError, TypeError, OSError) as exc:
             result.error = f"cannot read the {hdu.header.get('EXTNAME', 'table')} table: {exc}"
         headers = [hdu.header, hdul[0].header] + [h.header for h in hdul[1:] if h is not hdu]
-        start, stop, warnings = time_range(headers)
+        start, stop, notes = time_range(headers)
     result.mjd_start, result.mjd_stop = start, stop
     result.mjd_mid = (start + stop) / 2 if start is not None and stop is not None else None
-    result.warnings.extend(warnings)
+    result.warnings.extend(notes)
     return result
 
 

@@ -448,3 +448,48 @@ def test_region_owner_by_name():
     assert owner_of("3c273_bg.reg", data) == "3c273_bg.pi"
     assert owner_of("acisf07999_000N001_r0035_reg3.fits", data) == data[2]
     assert owner_of("src.reg", data) is None
+
+
+def test_a_truncated_event_list_gives_no_numbers_from_its_table(real_data, tmp_path):
+    path = tmp_path / "cut.evt"
+    path.write_bytes((real_data / "xray" / "dummy_evt.evt").read_bytes()[:200_000])
+    summary = xray.summarize_file(str(path))
+    assert summary.error == "cannot read the EVENTS table: buffer is too small for requested array"
+    assert (summary.n_events, summary.rate, summary.gti_exposure_s) == (None, None, None)
+    assert any(w.startswith("File may have been truncated") for w in summary.warnings)
+
+
+def test_a_light_curve_without_rates_is_refused(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="TIME", format="D", array=[0.0, 1.0])], name="RATE")
+    table.header["HDUCLAS1"] = "LIGHTCURVE"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "lc.fits")
+    summary = xray.summarize_file(str(tmp_path / "lc.fits"))
+    assert (summary.kind, summary.error) == ("lightcurve", "light curve without a RATE column: not summarized")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('{"pileup": "high"}', "pileup = 'high' is not a number"),
+     ('{"pileup": 0.1', "not valid JSON"),
+     ('{"pileup": true}', "pileup = True is not a number"),
+     ("pileup 0.1", "'pileup 0.1' is not name=value"),
+     ("pileup=nan", "is not a finite number"),
+     ("# nothing\n", "no numbers in it"),
+     ('{"2x": 1}', "metric name '2x'")],
+)
+def test_bad_metrics_files_are_refused_with_a_reason(tmp_path, text, message):
+    from archive.exceptions import ObsarchError
+    from processing.named_metrics import MetricsFileError, read_metrics_file
+
+    path = tmp_path / "m.txt"
+    path.write_text(text)
+    with pytest.raises((MetricsFileError, ObsarchError), match=re.escape(message)):
+        read_metrics_file(path)
+
+
+def test_metrics_files_of_both_forms(tmp_path):
+    from processing.named_metrics import read_metrics_file
+
+    (tmp_path / "a.json").write_text('{"Pileup": 0.12, "single_frac": 1}')
+    (tmp_path / "b.txt").write_text("# from my tool\npileup = 0.12\n\nsingle_frac=1e0\n")
+    assert read_metrics_file(tmp_path / "a.json") == read_metrics_file(tmp_path / "b.txt") == {"pileup": 0.12, "single_frac": 1.0}
