@@ -165,10 +165,15 @@ def run_command(
     """
     from processing import external
 
-    summary = external.run_each(open_catalog().engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
+    engine = open_catalog().engine
+    summary = external.run_each(engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
                                 executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
     console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
                   f"{summary.products} files registered as products")
+    if summary.products:
+        from cli.xray import catch_up
+
+        catch_up(engine)  # products that are X-ray files get their summaries
     for key, reason in summary.failed[:20]:
         err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
 

@@ -67,6 +67,16 @@ def after_ingest(engine, summary) -> bool:
     return not result.failed and not problems
 
 
+def catch_up(engine) -> None:
+    """Summarize the X-ray files not summarized at their current version
+    (after a command that catalogued files: fetch, a tool's products)."""
+    from processing import xray_catalog
+
+    result = xray_catalog.summarize(engine)
+    if result.summarized or result.failed:
+        report_xray(result)
+
+
 @command(xray_app, "summarize")
 def xray_summarize(
     selection: Annotated[Optional[str], typer.Argument(help="Which exposures (default: every X-ray file).")] = None,

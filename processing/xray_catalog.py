@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, delete, exists, or_, select, update
 
-from archive.db import transaction
+from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
 from archive.models import File, Hdu, HeaderCard, Root, XraySummary
 from processing.executor import parallel_map
@@ -89,8 +89,8 @@ def summarize(
         ids = [r["file_id"] for r in rows] + gone
         if ids:
             conn.execute(delete(XraySummary).where(XraySummary.file_id.in_(ids)))
-        if rows:
-            conn.execute(XraySummary.__table__.insert(), rows)
+        if rows:  # a concurrent scan may have stored the same file's summary first: the same numbers
+            conn.execute(insert_ignoring_conflicts(conn, XraySummary.__table__, ["file_id"]), rows)
         if ids:  # new summaries can make or complete links; none: nothing to link anew
             summarized = {r["file_id"] for r in rows}
             result.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in summarized)

@@ -344,7 +344,8 @@ def test_metrics_set_by_a_person_and_selected(ingested):
 _TOOL = """import json, sys
 from astropy.io import fits
 json.dump({"pileup": 0.31, "double_frac": 0.05}, open("pileup.json", "w"))
-fits.writeto("product.fits", fits.getdata(sys.argv[1], 1).field("COUNTS"), overwrite=True)
+with fits.open(sys.argv[1]) as spectrum:
+    spectrum.writeto("grouped.pi", overwrite=True)
 """
 
 
@@ -359,12 +360,13 @@ def test_metrics_from_a_wrapped_tool_with_lineage(ingested, tmp_path):
     out = run(url, "run", "relpath == '3c273.pi'", "--each", "exposure", "--workdir", workdir, "--metrics-from",
               "pileup.json", "--workers", "1", "--", sys.executable, str(tool), "{path}").stdout
     assert "1 done" in out
+    assert "x-ray: 1 summarized" in out  # the product is an X-ray file too
     rows = _csv(run(url, "query", "metric['pileup'] > 0.3", "--columns", "relpath,metric['double_frac']", "--format", "csv").stdout)
     assert rows == [{"relpath": "3c273.pi", "metric['double_frac']": "0.05"}]
     shown = run(url, "show", str(directory / "3c273.pi")).stdout
     assert "metric pileup = 0.31  (tool, run " in shown
     catalog = Catalog(url)
-    (product,) = catalog.exposure_ids("product == 'output'")
+    (product,) = catalog.exposure_ids("product == 'output' and xray_kind == 'spectrum' and counts == 736")
     tree = lineage(catalog.engine, product)
     (spectrum,) = tree["inputs"]
     assert spectrum["path"] == str(directory / "3c273.pi")
