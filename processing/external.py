@@ -169,7 +169,9 @@ def _record(engine, step: str, item: Item, params: dict, print_: str, result: di
             if result["code"] != 0:
                 raise ObsarchError(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
             if params.get("metrics_from"):
-                store_tool_metrics(engine, run.id, item, Path(params["workdir"]) / params["metrics_from"])
+                with transaction(engine, write=True) as conn:
+                    store_tool_metrics(conn, run.id, [f.exposure_id for f in item.frames],
+                                       Path(params["workdir"]) / params["metrics_from"])
             for path in result["written"]:
                 add_product(engine, run.id, path, "output")
                 count += 1
@@ -181,15 +183,13 @@ def _record(engine, step: str, item: Item, params: dict, print_: str, result: di
     return count
 
 
-def store_tool_metrics(engine, run_id: int, item: Item, path: Path) -> None:
+def store_tool_metrics(conn, run_id: int, exposure_ids: list[int], path: Path) -> None:
     """The numbers the tool wrote to ``path``, as named metrics of the
-    item's exposures from this run (a missing or bad file fails the item)."""
-    from archive.db import transaction
+    item's exposures from this run (a missing or bad file raises, failing
+    the item with the reason). ``conn``: the transaction the run's rows go in."""
     from processing.named_metrics import read_metrics_file, store
 
-    values = read_metrics_file(path)
-    with transaction(engine, write=True) as conn:
-        store(conn, [f.exposure_id for f in item.frames], values, source="tool", run_id=run_id)
+    store(conn, exposure_ids, read_metrics_file(path), source="tool", run_id=run_id)
 
 
 def item_regions(engine, item: Item) -> dict:
