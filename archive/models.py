@@ -313,6 +313,9 @@ class Run(Base):
     item: Mapped[str | None] = mapped_column(Text)  # what a per-item run worked on (an obsid, a group)
     stdout: Mapped[str | None] = mapped_column(Text)
     stderr: Mapped[str | None] = mapped_column(Text)
+    # A step's run over a selection is the parent of one run per item that
+    # made a product (so each product's inputs are its own).
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
 
 
 class RunInput(Base):
@@ -458,7 +461,8 @@ class XraySummary(Base):
     image; ``role`` of a spectrum: source or background. Times are MJD (UTC),
     durations in seconds. The links are catalogued files named by BACKFILE,
     RESPFILE and ANCRFILE (NULL when absent, ``none`` or not catalogued; the
-    keyword's text is kept beside). ``error`` says why numbers are missing."""
+    keyword's text is kept beside). ``error`` says why numbers are missing;
+    ``run_id`` is the run of the summary step that wrote the row."""
 
     __tablename__ = "xray_summaries"
 
@@ -489,6 +493,7 @@ class XraySummary(Base):
     arf_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
     warnings: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     computed_at: Mapped[datetime] = mapped_column(DateTime)
 
 

@@ -23,9 +23,11 @@ from cli.app import (
     app,
 )
 from cli.render import Format, console, err_console, show_frame
+from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
-ToOption = Annotated[Optional[str], typer.Option("--to", help="Date or time, e.g. 2014-07-27.")]
+ToOption = Annotated[Optional[str], typer.Option(
+    "--to", help="What the frames are nearest to: a date (2014-07-27), a time, an MJD (56865.5), a frame number or a selection.")]
 MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
 SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
 MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
@@ -41,22 +43,12 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> Non
     show_frame(open_catalog().runs(limit))
 
 
-def _report_step(label: str, summary) -> None:
-    for path in summary.made:
-        console.print(f"{label}: wrote {path}", markup=False, soft_wrap=True)
-    for path in summary.skipped:
-        console.print(f"{label}: {path} is up to date (same inputs, parameters and code); skipped", markup=False, soft_wrap=True)
-    for path, reason in summary.failed:
-        err_console.print(f"{label}: {path}: {reason}", markup=False, soft_wrap=True)
-
-
 def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force) -> None:
     from processing import calibration
 
     params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
-    summary = calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
-                                      params=params, out_dir=out, force=force)
-    _report_step(f"master {kind}", summary)
+    finish_step(calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
+                                        params=params, out_dir=out, force=force))
 
 
 @command(calib_app, "bias")
@@ -112,9 +104,7 @@ def calibrate(
     with progress("calibrating") as on_progress:
         summary = calibration.calibrate(open_catalog().engine, selection, use=use, out_dir=out, workers=workers, executor=executor,
                                         scheduler=scheduler, force=force, progress=on_progress)
-    console.print(f"calibrated {len(summary.made)}, up to date {len(summary.skipped)}, failed {len(summary.failed)}")
-    for path, reason in summary.failed[:20]:
-        err_console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+    finish_step(summary)
 
 
 @command(name="stack")
@@ -139,7 +129,7 @@ def stack_command(
         summary = stacking.stack(open_catalog().engine, selection, method="sigclip" if sigma_clip else method,
                                  sigma=sigma_clip or 3.0, out_dir=out, name=name, include_bad=include_bad, memory=memory,
                                  workers=workers, executor=executor, scheduler=scheduler, force=force, progress=on_progress)
-    _report_step("stack", summary)
+    finish_step(summary)
 
 
 @app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -168,14 +158,11 @@ def run_command(
     engine = open_catalog().engine
     summary = external.run_each(engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
                                 executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
-    console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
-                  f"{summary.products} files registered as products")
     if summary.products:
         from cli.xray import catch_up
 
         catch_up(engine)  # products that are X-ray files get their summaries
-    for key, reason in summary.failed[:20]:
-        err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
+    finish_step(summary)
 
 
 @command()

@@ -23,6 +23,7 @@ from cli.app import (
     report_app,
 )
 from cli.render import Format, console, err_console, show_frame
+from cli.steps import finish_step
 
 
 @command(quality_app, "compute")
@@ -38,9 +39,7 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     params = quality.QualityParams.from_config(load_config())
     with progress("measuring") as on_progress:
         summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress)
-    console.print(f"quality run {summary.run_id}: {summary.computed} measured, {summary.skipped} up to date, {summary.failed} could not be measured")
-    for exposure_id, reason in (summary.errors or [])[:20]:
-        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+    finish_step(summary)
 
 
 @command(quality_app, "rules")

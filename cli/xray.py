@@ -95,8 +95,8 @@ def xray_summarize(
     ids = catalog.exposure_ids(selection) if selection else None
     summary = xray_catalog.summarize(catalog.engine, file_ids=ids, force=force, workers=workers)
     report_xray(summary)
-    if summary.failed:
-        raise typer.Exit(3 if summary.summarized else 1)
+    if summary.result.exit_code:
+        raise typer.Exit(summary.result.exit_code)
 
 
 def _seconds(value: Optional[str]) -> Optional[float]:

@@ -21,7 +21,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from astropy.io import fits  # imported before any warning is caught: its logger hooks warnings on import
+from astropy.io import (
+    fits,  # imported before any warning is caught: its logger hooks warnings on import
+)
 
 ALGORITHM = "xray-summary-1"
 CHUNK_ROWS = 1_000_000
@@ -379,14 +381,16 @@ def _summarize(path: str) -> XraySummary | None:
     return result
 
 
-def summarize_task(task: tuple[int, str]) -> tuple[int, dict | None, str | None]:
-    """(file id, summary row or None, error) for one file. Runs in a worker."""
-    file_id, path = task
+def summary_row(task: tuple[int, str]) -> dict | None:
+    """The summary of one file as a row (None: not an X-ray product). Runs in a worker."""
+    from archive.exceptions import ObsarchError
+
+    _, path = task
     try:
         summary = summarize_file(path)
     except OSError as exc:
-        return file_id, None, f"cannot read: {exc.strerror or exc}"
-    return file_id, summary.row() if summary else None, None
+        raise ObsarchError(f"cannot read: {exc.strerror or exc}") from None
+    return summary.row() if summary else None
 
 
 def net_rate(source: dict, background: dict) -> float | None:

@@ -21,8 +21,17 @@ from sqlalchemy import Engine, delete, exists, or_, select, update
 from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
 from archive.models import File, Hdu, HeaderCard, Root, XraySummary
-from processing.executor import parallel_map
-from processing.xray import net_rate, summarize_task
+from processing.machinery import (
+    Input,
+    Item,
+    ItemFailed,
+    Step,
+    StepResult,
+    Writer,
+    run_step,
+)
+from processing.runs import file_content
+from processing.xray import ALGORITHM, net_rate, summary_row
 
 # Cards that make a file worth opening: one indexed query finds them, so a
 # scan of optical frames pays nothing per file.
@@ -33,23 +42,36 @@ LINKS = (("backfile", "background_id"), ("respfile", "response_id"), ("ancrfile"
 
 @dataclass
 class XrayStepSummary:
-    summarized: list[str] = field(default_factory=list)
-    skipped: int = 0
-    not_xray: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    """What a summary step did: the step's result, with the warnings (data
+    problems that did not stop a summary, links that name nothing)."""
+
+    result: StepResult
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def summarized(self) -> list[str]:
+        return self.result.done
 
-def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | None = None) -> dict[int, tuple[str, int]]:
-    """{file id: (path, version)} of present files whose headers say X-ray
-    (HDUCLAS1 or EXTNAME), limited to one ingest run or to ``file_ids``."""
+    @property
+    def skipped(self) -> int:
+        return len(self.result.skipped)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.result.failed
+
+
+def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | None = None) -> dict[int, tuple]:
+    """{file id: (path, version, content)} of present files whose headers
+    say X-ray (HDUCLAS1 or EXTNAME), limited to one ingest run or to ``file_ids``."""
     by_class = select(HeaderCard.file_id).where(
         HeaderCard.keyword == "HDUCLAS1", HeaderCard.value_num.is_(None), HeaderCard.value_text.in_(XRAY_CLASSES)
     )
     # by primary key (file_id, hdu_index): a few rows per file, no scan of every HDU
     by_name = exists().where(Hdu.file_id == File.id, Hdu.extname.in_(XRAY_EXTNAMES))
     statement = (
-        select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version)
+        select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version, File.header_hash, File.size,
+               File.mtime_ns)
         .join(Root, Root.id == File.root_id)
         .where(File.status == "present", or_(File.id.in_(by_class), by_name))
     )
@@ -57,7 +79,47 @@ def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | No
         statement = statement.where(File.run_id == run_id)
     if file_ids is not None:
         statement = statement.where(File.id.in_(file_ids))
-    return {row.id: (row.path, row.version) for row in conn.execute(statement)}
+    return {row.id: (row.path, row.version, file_content(row)) for row in conn.execute(statement)}
+
+
+class XraySummaries(Step):
+    """The X-ray summary step: each X-ray file's tables summarized in a
+    worker, stored for its current version, with the step's run."""
+
+    name, algorithm = "xray-summaries", ALGORITHM
+    work = staticmethod(summary_row)
+
+    def __init__(self, run_id: int | None = None, file_ids: list[int] | None = None):
+        self.run_id, self.file_ids = run_id, file_ids
+        self.warnings: list[tuple[int, str, str]] = []
+        self.written: set[int] = set()
+
+    def items(self, engine: Engine) -> list[Item]:
+        with transaction(engine) as conn:
+            candidates = candidate_files(conn, run_id=self.run_id, file_ids=self.file_ids)
+        return [Item(path, (file_id, path), [Input(file_id, "file", content)], data=(file_id, version))
+                for file_id, (path, version, content) in sorted(candidates.items())]
+
+    def up_to_date(self, engine: Engine, items: list[Item], prints: dict[str, str]) -> set[str]:
+        """A file whose summary describes its current version is done (the
+        numbers depend on the file only, not on the run that made them)."""
+        with transaction(engine) as conn:
+            stored = {fid: version for fid, version in conn.execute(select(XraySummary.file_id, XraySummary.file_version))}
+        return {item.key for item in items if stored.get(item.data[0]) == item.data[1]}
+
+    def write(self, out: Writer, item: Item, row: dict | None) -> None:
+        file_id, version = item.data
+        self.written.add(file_id)
+        out.conn.execute(delete(XraySummary).where(XraySummary.file_id == file_id))
+        if row is None:
+            return  # its headers named X-ray extensions, its tables are none of the kinds
+        # a concurrent scan may have stored the same file's summary first: the same numbers
+        out.conn.execute(insert_ignoring_conflicts(out.conn, XraySummary.__table__, ["file_id"]),
+                         [{**row, "file_id": file_id, "file_version": version, "run_id": out.run_id, "computed_at": utcnow()}])
+        if row["warnings"]:
+            self.warnings.append((file_id, item.key, row["warnings"]))
+        if row["error"]:
+            raise ItemFailed(row["error"])  # the row stays: the reason, and no number
 
 
 def summarize(
@@ -65,36 +127,15 @@ def summarize(
     workers: int | None = None, executor: str = "pool", progress=None,
 ) -> XrayStepSummary:
     """Summarize the X-ray files of an ingest run (or ``file_ids``, or all)
-    whose summary is missing or of an older version; then make the links."""
-    result = XrayStepSummary()
-    with transaction(engine) as conn:
-        candidates = candidate_files(conn, run_id=run_id, file_ids=file_ids)
-        done = {fid: version for fid, version in conn.execute(select(XraySummary.file_id, XraySummary.file_version))}
-    todo = [(fid, path) for fid, (path, version) in sorted(candidates.items()) if force or done.get(fid) != version]
-    result.skipped = len(candidates) - len(todo)
-    rows, gone = [], []
-    for _, (file_id, row, error) in parallel_map(summarize_task, todo, workers=workers, executor=executor, progress=progress):
-        path, version = candidates[file_id]
-        if error:
-            result.failed.append((path, error))
-        elif row is None:
-            result.not_xray += 1
-            gone.append(file_id)
-        else:
-            rows.append({**row, "file_id": file_id, "file_version": version, "computed_at": utcnow()})
-            (result.failed if row["error"] else result.summarized).append((path, row["error"]) if row["error"] else path)
-            if row["warnings"]:
-                result.warnings.append((path, row["warnings"]))
-    with transaction(engine, write=True) as conn:
-        ids = [r["file_id"] for r in rows] + gone
-        if ids:
-            conn.execute(delete(XraySummary).where(XraySummary.file_id.in_(ids)))
-        if rows:  # a concurrent scan may have stored the same file's summary first: the same numbers
-            conn.execute(insert_ignoring_conflicts(conn, XraySummary.__table__, ["file_id"]), rows)
-        if ids:  # new summaries can make or complete links; none: nothing to link anew
-            summarized = {r["file_id"] for r in rows}
-            result.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in summarized)
-    return result
+    whose summary is missing or of an older version, on the step machinery;
+    then make the links."""
+    step = XraySummaries(run_id, file_ids)
+    result = run_step(engine, step, force=force, executor=executor, workers=workers, progress=progress)
+    summary = XrayStepSummary(result, [(path, message) for _, path, message in step.warnings])
+    if step.written:  # new summaries can make or complete links; none: nothing to link anew
+        with transaction(engine, write=True) as conn:
+            summary.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in step.written)
+    return summary
 
 
 # -- links -------------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """X-ray summaries, named metrics, region files
 
+xray_summaries: one row per X-ray file, for one version of it, with the run
+of the summary step; named_metrics: numbers by name from tools or people;
+region_files: DS9 region files attached to exposures.
+
 Revision ID: 0010
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-01 15:00:00
 """
 
@@ -10,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0010'
-down_revision = '0006'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
@@ -44,11 +48,13 @@ def upgrade() -> None:
     sa.Column('arf_id', sa.Integer(), nullable=True),
     sa.Column('warnings', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('run_id', sa.Integer(), nullable=True),
     sa.Column('computed_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['arf_id'], ['files.id'], name=op.f('fk_xray_summaries_arf_id_files'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['background_id'], ['files.id'], name=op.f('fk_xray_summaries_background_id_files'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['file_id'], ['files.id'], name=op.f('fk_xray_summaries_file_id_files'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['response_id'], ['files.id'], name=op.f('fk_xray_summaries_response_id_files'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_xray_summaries_run_id_runs')),
     sa.PrimaryKeyConstraint('file_id', name=op.f('pk_xray_summaries'))
     )
     op.create_index(op.f('ix_xray_summaries_kind'), 'xray_summaries', ['kind'], unique=False)
