@@ -15,6 +15,7 @@ from cli import groups  # noqa: F401
 from cli import processing  # noqa: F401
 from cli import archives  # noqa: F401
 from cli import admin  # noqa: F401
+from cli import xray  # noqa: F401
 from cli.app import app
 
 __all__ = ["app", "run"]

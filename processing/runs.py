@@ -153,14 +153,24 @@ def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = Non
         inputs = [] if made_by is None else conn.execute(
             select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)
         ).all()
+        links = _linked_files(conn, file_id)
     node = {"file_id": file_id, "path": path, "run": None, "inputs": [], "shown_above": file_id in seen}
-    if made_by is None or file_id in seen:
+    if (made_by is None and not links) or file_id in seen:
         return node
     seen.add(file_id)
-    node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
-                   "params": json.loads(made_by.params_json)}
-    node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+    if made_by is not None:
+        node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
+                       "params": json.loads(made_by.params_json)}
+        node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+    node["inputs"] += [{"role": role, **lineage(engine, linked, depth + 1, seen)} for role, linked in links]
     return node
+
+
+def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:
+    """A spectrum's background, response and ARF (BACKFILE, RESPFILE, ANCRFILE)."""
+    from processing.xray_catalog import linked_files
+
+    return linked_files(conn, file_id)
 
 
 def stale_products(engine: Engine) -> list[dict]:
