@@ -756,7 +756,10 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
             found = search(a, b, tolerance_arcsec, bright_b)
         except MatchError:
             continue
-        transform = _without_scale(a, b, found, tolerance_arcsec) if not fit_scale else _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        if fit_scale:
+            transform = _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        else:  # twice: a guess a little off loses the farthest pairs the first time
+            transform = _without_scale(a, b, _without_scale(a, b, found, tolerance_arcsec), tolerance_arcsec)
         chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
         if best is None or log10_p < best[2]:
             best = (transform, chance, log10_p, method)
