@@ -227,6 +227,9 @@ def test_ingest_summarizes_and_links(ingested, real_data):
     assert float(by_name["3c273.pi"]["net_rate"]) == pytest.approx(net, rel=1e-9)
     assert float(by_name["3c273.pi"]["exposure_ks"]) == pytest.approx(38.564608926889)
     assert by_name["target_sr.pha"]["net_rate"] == ""  # BACKFILE none: no net rate, never a made-up one
+    shown = run(url, "show", str(directory / "3c273.pi"), "--hdu", "9").stdout
+    assert f"background_file={directory / '3c273_bg.pi'}" in shown
+    assert "RESPFILE: 3c273.rmf (not linked)" in shown and "xray_role=source" in shown
     # the spectrum named by BACKFILE is a background, though its HDUCLAS2 says TOTAL
     out = run(url, "query", "xray_role == 'background'", "--columns", "relpath", "--format", "csv").stdout
     assert {r["relpath"] for r in _csv(out)} == {"3c273_bg.pi", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits"}
