@@ -86,9 +86,9 @@ def test_events_are_astropy_sums(real_data, name):
     path = real_data / "xray" / name
     with fits.open(path) as hdul:
         events = hdul[1]
-        times = np.asarray(events.data.field([n for n in events.columns.names if n.upper() == "TIME"][0]))
+        times = np.asarray(events.data.field(next(n for n in events.columns.names if n.upper() == "TIME")))
         gti = next(h for h in hdul[2:] if h.name in ("GTI", "STDGTI"))
-        start, stop = ([n for n in gti.columns.names if n.upper() == w][0] for w in ("START", "STOP"))
+        start, stop = (next(n for n in gti.columns.names if n.upper() == w) for w in ("START", "STOP"))
         good = float(np.sum(gti.data[stop] - gti.data[start]))
         exposure = events.header.get("EXPOSURE")
     summary = xray.summarize_file(str(path))
@@ -252,7 +252,7 @@ def test_selections_over_summaries(ingested):
 
 
 def test_report_spectra(ingested):
-    url, directory, _ = ingested
+    url, _, _ = ingested
     rows = json.loads(run(url, "report", "spectra", "--format", "json").stdout)
     assert [r["obsid"] for r in rows] == ["459", "459", "0670580101", "00092220001"]  # by time
     assert [r["mjd_mid"] for r in rows] == sorted(r["mjd_mid"] for r in rows)
