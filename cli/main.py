@@ -138,9 +138,14 @@ def demo(
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: Annotated[Optional[int], typer.Option(help="Processes reading headers (default: all cores).")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="pool (default) or dask: read headers on dask workers.")] = "pool",
+    scheduler: Annotated[Optional[str], typer.Option(help="dask scheduler address, e.g. tcp://host:8786 (default: a local cluster).")] = None,
 ) -> None:
     """Scan directories into the catalog: new and changed files are read,
     vanished ones marked missing, unchanged ones only stat'ed.
+
+    With --executor dask the headers are read on the workers of a dask
+    cluster (sharing the file system, same paths) and this process writes.
 
     Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
     """
@@ -152,7 +157,7 @@ def ingest(
     ) as bar:
         task = bar.add_task("ingest", total=None)
         summary = catalog.ingest(
-            paths, config=config, workers=workers,
+            paths, config=config, workers=workers, executor=executor, scheduler=scheduler,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     console.print(
