@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+try:
+    from archive._cards import copy_lines as _compiled_copy_lines
+except ImportError:  # built without a C compiler
+    _compiled_copy_lines = None
+
 _NULL = "\x00"  # stands for SQL NULL while a line is built (a value never holds it: checked)
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -42,6 +47,11 @@ def _careful_lines(hdu_index: int, cards: list[tuple]) -> str:
 
 def hdu_lines(hdu_index: int, cards: list[tuple]) -> str:
     """The COPY lines of one HDU's cards (see :class:`CardText`)."""
+    if _compiled_copy_lines is not None:
+        text = _compiled_copy_lines(hdu_index, cards)
+        if text is not None:
+            return text
+        return _careful_lines(hdu_index, cards)
     null = _NULL
     text = "".join(
         f"{hdu_index}\t{pos}\t{kw}\t{null if value is None else value}\t{null if num is None else repr(num)}\t{vtype}\t{null if comment is None else comment}\n"

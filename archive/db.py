@@ -432,3 +432,19 @@ def add_card_constraints(conn: Connection) -> None:
             f"ALTER TABLE header_cards ADD CONSTRAINT {CARD_FKEY} FOREIGN KEY (file_id, hdu_index) "
             "REFERENCES hdus (file_id, hdu_index) ON DELETE CASCADE"
         )
+
+
+def fetch_tuples(conn: Connection, statement) -> list[tuple]:
+    """The rows of a Core SELECT as the driver returns them (plain tuples,
+    no result processing): for statements that return very many rows whose
+    columns need no conversion (integers, text)."""
+    compiled = statement.compile(dialect=conn.dialect)
+    params = compiled.params
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(compiled.string, params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()

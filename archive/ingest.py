@@ -36,6 +36,7 @@ from archive.db import (
     copy_card_text,
     copy_scratch_cards,
     drop_card_constraints,
+    fetch_tuples,
     insert_ignoring_conflicts,
     is_sqlite,
     lock_rows,
@@ -156,6 +157,8 @@ def move_root(engine: Engine, old: str | Path, new: str | Path) -> int:
 
 def _display_name(name: str) -> tuple[str, bool]:
     """The name as text, and whether it is valid UTF-8."""
+    if name.isascii():  # nearly every name, and a re-scan looks at each one
+        return name, True
     try:
         name.encode("utf-8")
         return name, True
@@ -565,26 +568,26 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
         seen = _scan(path, root_id, root, ignored)
         prefix = "" if path == root else path.relative_to(root).as_posix()
         with transaction(engine) as conn:
-            stored = conn.execute(
-                select(File.id, File.relpath, File.size, File.mtime_ns, File.status).where(File.root_id == root_id)
-            ).all()
+            # plain tuples: a re-scan compares every stored file, and Row
+            # objects cost as much as the comparison
+            stored = fetch_tuples(
+                conn, select(File.relpath, File.id, File.size, File.mtime_ns, File.status).where(File.root_id == root_id)
+            )
         in_scope = {
-            r.relpath: r for r in stored
-            if not prefix or r.relpath == prefix or r.relpath.startswith(prefix + "/")
+            r[0]: r for r in stored
+            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/")
         }
-        found = set()
+        unchanged = summary.unchanged
         for item in seen:
-            found.add(item.relpath)
-            row = in_scope.get(item.relpath)
+            row = in_scope.pop(item.relpath, None)  # what is left at the end is gone
+            if row is not None and not item.error and row[4] == "present" and row[2] == item.size and row[3] == item.mtime_ns:
+                unchanged += 1
+                continue
             if row is not None:
-                known[(root_id, item.relpath)] = row.id
-            if item.error:
-                bad.append(item)
-            elif row is None or row.status != "present" or (row.size, row.mtime_ns) != (item.size, item.mtime_ns):
-                to_read.append(item)
-            else:
-                summary.unchanged += 1
-        gone += [r.id for relpath, r in in_scope.items() if relpath not in found and r.status != "missing"]
+                known[(root_id, item.relpath)] = row[1]
+            (bad if item.error else to_read).append(item)
+        summary.unchanged = unchanged
+        gone += [r[1] for r in in_scope.values() if r[4] != "missing"]
     summary.ignored = len(ignored)
     return to_read, bad, known, gone
 

@@ -256,9 +256,12 @@ EXPOSURE_COLUMNS = "id, file_id, frame_type, band, exptime, night, frame_number,
 def load_sqlite(url: str, n: int, cards_per_exposure: int) -> None:
     """Put n exposures (file, HDU, cards, normalized row) straight into an
     obsarch catalog, as many ingests would have."""
+    from archive import ingest
     from archive.catalog import Catalog
 
-    Catalog.create(url).engine.dispose()
+    catalog = Catalog.create(url)
+    ingest._drop_card_indexes(catalog.engine)  # built after, as a first ingest does
+    catalog.engine.dispose()
     conn = sqlite3.connect(url.removeprefix("sqlite:///"))
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
@@ -269,9 +272,11 @@ def load_sqlite(url: str, n: int, cards_per_exposure: int) -> None:
         conn.executemany(f"INSERT INTO exposures ({EXPOSURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", exposures)
         conn.executemany("INSERT INTO header_cards VALUES (?, ?, ?, ?, ?, ?, ?, ?)", cards)
         conn.commit()
-    conn.execute("ANALYZE")
-    conn.commit()
     conn.close()
+    ingest.ensure_card_indexes(catalog.engine)
+    with catalog.engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE")
+    catalog.engine.dispose()
 
 
 def load_postgresql(url: str, n: int, cards_per_exposure: int) -> None:

@@ -132,3 +132,24 @@ def test_bulk_load_takes_back_the_card_keys(catalog, tmp_path, rng, monkeypatch)
     assert _keys(catalog) == before and schema_diff(catalog.engine) == []
     with catalog.engine.connect() as conn:
         assert conn.execute(select(HeaderCard.file_id).limit(1)).scalar() is not None
+
+
+def test_compiled_copy_lines_match_the_python_ones(monkeypatch):
+    import random
+
+    from archive import cardtext
+
+    if cardtext._compiled_copy_lines is None:
+        pytest.skip("the card parser was not compiled")
+    rng = random.Random(5)
+    alphabet = "AZaz09 '=/-.\\\t\n\r\x00é"
+    cards = [
+        (i, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))),
+         rng.choice([None, "", "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))]),
+         rng.choice([None, 0.0, -1.5e300, 3.0, 1 / 3]), rng.choice("sifbuxC"),
+         rng.choice([None, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))]))
+        for i in range(2000)
+    ]
+    compiled = [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
+    monkeypatch.setattr(cardtext, "_compiled_copy_lines", None)
+    assert compiled == [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
