@@ -12,6 +12,7 @@ re-checked under a lock before its new version replaces the old.
 
 from __future__ import annotations
 
+import collections
 import getpass
 import itertools
 import json
@@ -299,8 +300,21 @@ def _read_all(
     chunks = _chunks(tasks, size)
     args = [([(t.path, t.relpath) for t in chunk], sink) for chunk in chunks]
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
-        for chunk, (results, cards) in zip(chunks, pool.imap(read_chunk, args)):
+        for chunk, (results, cards) in zip(chunks, _bounded_imap(pool, read_chunk, args, 3 * workers)):
             yield _Chunk(list(zip(chunk, results)), cards)
+
+
+def _bounded_imap(pool, function: Callable, args: list, window: int) -> Iterator:
+    """``pool.imap(function, args)`` with at most ``window`` calls submitted
+    and not yet consumed: imap reads ahead without limit, so when the writer
+    is slower than the readers (PostgreSQL) every chunk's cards would pile up
+    in this process's memory."""
+    pending = iter(args)
+    running = collections.deque(pool.apply_async(function, (arg,)) for arg in itertools.islice(pending, window))
+    while running:
+        result = running.popleft().get()
+        running.extend(pool.apply_async(function, (arg,)) for arg in itertools.islice(pending, 1))
+        yield result
 
 
 def _read_on_dask(tasks: list[_Seen], config: dict | None, workers: int | None, sink: str | None, scheduler: str | bool) -> Iterator[_Chunk]:
