@@ -448,3 +448,15 @@ def fetch_tuples(conn: Connection, statement) -> list[tuple]:
         return cursor.fetchall()
     finally:
         cursor.close()
+
+
+def analyze_after_bulk_load(conn: Connection) -> None:
+    """Fresh planner statistics for the tables a first ingest filled, so
+    that the first queries are planned on what is there (PostgreSQL's
+    autovacuum would come to it later; SQLite with an approximate pass)."""
+    if is_sqlite(conn):
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+        return
+    for table in ("files", "hdus", "exposures", "header_cards"):
+        conn.exec_driver_sql(f"ANALYZE {table}")

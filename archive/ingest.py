@@ -33,6 +33,7 @@ from archive import __version__
 from archive.cardtext import CardText, card_text
 from archive.db import (
     add_card_constraints,
+    analyze_after_bulk_load,
     bulk_insert,
     copy_card_text,
     copy_scratch_cards,
@@ -507,6 +508,11 @@ def _drop_card_indexes(engine: Engine) -> None:
             index.drop(conn, checkfirst=True)
 
 
+def _analyze(engine: Engine) -> None:
+    with transaction(engine, write=True) as conn:
+        analyze_after_bulk_load(conn)
+
+
 def ensure_card_constraints(engine: Engine) -> None:
     """Add back the card table's keys a bulk load dropped (PostgreSQL; see
     :func:`archive.db.drop_card_constraints`)."""
@@ -680,6 +686,7 @@ def ingest(
         if bulk:
             ensure_card_constraints(engine)
             ensure_card_indexes(engine)
+            _analyze(engine)
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary

@@ -153,3 +153,15 @@ def test_compiled_copy_lines_match_the_python_ones(monkeypatch):
     compiled = [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
     monkeypatch.setattr(cardtext, "_compiled_copy_lines", None)
     assert compiled == [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
+
+
+def test_postgresql_knows_which_keyword_goes_with_which_value(catalog, backend, tmp_path, rng):
+    if backend != "postgresql":
+        pytest.skip("multivariate statistics are PostgreSQL's")
+    from sqlalchemy import text
+
+    with catalog.engine.connect() as conn:
+        names = conn.execute(text(
+            "SELECT stxname, stxstattarget FROM pg_statistic_ext WHERE stxnamespace = current_schema()::regnamespace"
+        )).all()
+    assert [tuple(n) for n in names] == [("st_header_cards_keyword_text", 1000)]
