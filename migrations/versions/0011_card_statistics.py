@@ -17,7 +17,6 @@ Create Date: 2026-12-01 15:25:00
 
 from alembic import op
 
-
 revision = '0011'
 down_revision = '0006'
 branch_labels = None
