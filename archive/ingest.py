@@ -622,10 +622,12 @@ def ingest(
     Returns the counts of new, changed, unchanged, missing and failed files;
     the same counts are stored on the ingest run.
     """
-    if executor not in ("pool", "dask"):
-        raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool or dask")
+    if executor not in ("pool", "serial", "dask"):
+        raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
     if scheduler is not None and executor != "dask":
         raise ObsarchError("--scheduler needs --executor dask")
+    if executor == "serial":
+        workers = 1
     on_dask = (scheduler or True) if executor == "dask" else None
     started = datetime.now()
     resolved = []

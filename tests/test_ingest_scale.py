@@ -72,7 +72,7 @@ def test_ingest_command_takes_a_dask_scheduler(url, tmp_path, rng, cluster):
     [
         (["--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the dask scheduler at tcp://127.0.0.1:9"),
         (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler needs --executor dask"),
-        (["--executor", "threads"], "unknown executor 'threads' for ingest; use pool or dask"),
+        (["--executor", "threads"], "unknown executor 'threads' for ingest; use pool, serial or dask"),
     ],
 )
 def test_bad_executor_options_are_one_line(url, tmp_path, rng, options, message):
