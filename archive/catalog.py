@@ -16,17 +16,17 @@ from sqlalchemy import Engine, func, select
 from archive import db
 from archive.exceptions import NotFoundError
 from archive.ingest import IngestSummary, ingest
-from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Root
+from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Root
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
+    Node,
     base_select,
     column_expressions,
     header_columns,
     parse,
     parse_columns,
-    select_exposures,
     sort_expressions,
 )
 
@@ -67,7 +67,7 @@ class Catalog:
 
     def query(
         self,
-        selection: str | None = None,
+        selection: str | Node | None = None,
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
@@ -76,8 +76,10 @@ class Catalog:
 
         Parameters
         ----------
-        selection : str, optional
-            An expression of the selection language; all exposures if empty.
+        selection : str or a query tree, optional
+            An expression of the selection language (people write text;
+            programs pass a tree of :mod:`archive.query` nodes); all
+            exposures if empty.
         columns : str or list of str, optional
             Names or ``hdr['KEY']``; by default the usual columns plus every
             header keyword the selection mentions.
@@ -88,7 +90,7 @@ class Catalog:
         """
         import pandas as pd
 
-        node = parse(selection) if selection and selection.strip() else None
+        node = _tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
@@ -115,9 +117,15 @@ class Catalog:
         """:meth:`query` as an astropy Table."""
         return self.query(selection, **options).to_table()
 
-    def exposure_ids(self, selection: str | None = None) -> list[int]:
-        """Ids of the exposures matching ``selection``, in id order."""
-        statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
+    def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
+        """Ids of the exposures matching ``selection`` (text or tree), in id order."""
+        node = _tree(selection)
+        statement = base_select(Exposure.id, tables=())
+        if node is not None:
+            compiler = Compiler(self.dialect)
+            where = compiler(node)
+            statement = base_select(Exposure.id, tables=compiler.tables).where(where)
+        statement = statement.order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
 
@@ -231,6 +239,22 @@ class Catalog:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
+    def nights(self) -> list[dict]:
+        """Exposures per night and band, newest night first, with how many
+        carry a person's flag."""
+        reviewed = (
+            select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
+        )
+        statement = (
+            select(Exposure.night, Exposure.band, func.count().label("exposures"),
+                   func.count(reviewed.c.exposure_id).label("reviewed"))
+            .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .group_by(Exposure.night, Exposure.band)
+            .order_by(Exposure.night.desc(), Exposure.band)
+        )
+        with self.engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(statement)]
+
     def roots(self) -> pd.DataFrame:
 
         import pandas as pd
@@ -243,6 +267,15 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=["id", "path", "files"])
+
+
+def _tree(selection: str | Node | None) -> Node | None:
+    """The query tree of a selection given as text (parsed) or as a tree."""
+    if selection is None:
+        return None
+    if isinstance(selection, str):
+        return parse(selection) if selection.strip() else None
+    return selection
 
 
 def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:

@@ -434,6 +434,7 @@ def report_quality(
     import pandas as pd
 
     from processing import report
+    from web.report import write_html
 
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
@@ -444,7 +445,7 @@ def report_quality(
         ids = catalog.exposure_ids(selection) if selection else None
         with _progress_bar("thumbnails") as bar:
             task = bar.add_task("report", total=None)
-            result = report.write_html(catalog.engine, html_dir, ids=ids,
+            result = write_html(catalog.engine, html_dir, ids=ids,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
         console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail)", soft_wrap=True)
 
@@ -1017,3 +1018,7 @@ def run() -> None:
     """
     gc.freeze()
     app()
+
+
+# Commands kept in modules of their own register on `app` when imported.
+from cli import web  # noqa: E402,F401

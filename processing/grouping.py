@@ -213,3 +213,19 @@ def group_members(engine: Engine, name: str) -> tuple[int, list[tuple[int, str |
             .order_by(GroupMember.role.is_(None), GroupMember.exposure_id)
         ).all()
     return group_id, [tuple(m) for m in members]
+
+
+def groups_of(engine: Engine, exposure_id: int) -> list[dict]:
+    """The groups an exposure is a member of, with its role and the group's size."""
+    from sqlalchemy import func
+
+    size = (select(GroupMember.group_id, func.count().label("members")).group_by(GroupMember.group_id).subquery())
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Group.id, Group.name, Group.method, GroupMember.role, size.c.members, Group.created_at)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .join(size, size.c.group_id == Group.id)
+            .where(GroupMember.exposure_id == exposure_id)
+            .order_by(Group.name)
+        ).all()
+    return [row._asdict() for row in rows]
