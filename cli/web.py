@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from cli.main import STATE, command, open_catalog
+from cli.app import STATE, command, open_catalog
 from cli.render import console, err_console
 
 LOOPBACK_NAMES = ("localhost",)
