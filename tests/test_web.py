@@ -399,3 +399,30 @@ def test_every_page_is_html_that_loads_only_from_this_server(night, tmp_path):
             assert "http://" not in body.replace('href="http://127.0.0.1', "") and "https://" not in body, path
         assert http.get("/static/htmx.min.js").status_code == 200
         assert "Zero-Clause BSD" in http.get("/static/htmx.LICENSE").text
+
+
+# -- the static report, on the same templates ------------------------------------------------
+
+
+def test_static_report_uses_the_review_templates_and_needs_only_its_directory(night, tmp_path):
+    out = cli(night, "report", "quality", "--html", str(tmp_path / "report"))
+    assert "26 frames, 0 without a thumbnail" in out
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count('class="card ') == 26 and page.count('<svg class="plot"') == 9  # 3 plots for each of B, V, R
+    assert "<script" not in page and "http://" not in page and "https://" not in page and "/static/" not in page
+    assert len(list((tmp_path / "report" / "thumbs").glob("*.png"))) == 26
+
+
+def test_time_plot_places_points_inside_its_box_and_skips_missing_values():
+    from datetime import datetime
+
+    from web.plots import time_plot
+
+    rows = [{"id": i, "frame_number": 10 + i, "grade": "ok", "date_obs": datetime(2017, 8, 16, 3, i * 10), "fwhm": v}
+            for i, v in enumerate([2.0, 3.0, float("nan"), None, 4.0])]
+    plot = time_plot(rows, "fwhm", "FWHM [px]")
+    assert [p["id"] for p in plot.points] == [0, 1, 4]
+    assert all(plot.left <= p["x"] <= plot.width and 0 <= p["y"] <= plot.bottom for p in plot.points)
+    assert plot.points[0]["y"] > plot.points[1]["y"] > plot.points[2]["y"]  # larger values higher up
+    assert [label for _, label in plot.x_ticks] == ["03:00", "03:10", "03:20", "03:30", "03:40"]
+    assert time_plot([{"id": 1, "date_obs": None, "fwhm": 2.0}], "fwhm", "FWHM") is None

@@ -37,6 +37,16 @@ def _ticks(low: float, high: float, count: int = 4) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step) + 1)]
 
 
+_TIME_STEPS_S = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def _time_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Ticks on whole minutes or hours, at most about ``count`` of them."""
+    step = next((s for s in _TIME_STEPS_S if (high - low) / s <= count), _TIME_STEPS_S[-1])
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step) + 1)]
+
+
 def _scale(low: float, high: float, start: float, end: float):
     span = (high - low) or 1.0
     return lambda value: start + (value - low) / span * (end - start)
@@ -60,7 +70,7 @@ def time_plot(rows: list[dict], metric: str, label: str) -> Plot | None:
         plot.points.append({"x": round(x_of(t), 1), "y": round(y_of(v), 1), "id": row["id"], "grade": row.get("grade"),
                             "title": f"#{row.get('frame_number') or row['id']} {row['date_obs']:%H:%M:%S} {label} {v:.4g}"})
     plot.y_ticks = [(round(y_of(v), 1), f"{v:.4g}") for v in _ticks(y_low, y_high)]
-    plot.x_ticks = [(round(x_of(t), 1), (EPOCH + timedelta(seconds=t)).strftime("%H:%M")) for t in _ticks(t_low, t_high, 5)]
+    plot.x_ticks = [(round(x_of(t), 1), (EPOCH + timedelta(seconds=t)).strftime("%H:%M")) for t in _time_ticks(t_low, t_high)]
     return plot
 
 
