@@ -66,7 +66,7 @@ def time_plot(rows: list[dict], metric: str, label: str) -> Plot | None:
     t_low, t_high = min(times) - t_pad, max(times) + t_pad
     x_of = _scale(t_low, t_high, plot.left, plot.width - 8)
     y_of = _scale(y_low, y_high, plot.bottom, MARGIN_TOP)
-    for row, t, v in zip(usable, times, values):
+    for row, t, v in zip(usable, times, values, strict=True):
         plot.points.append({"x": round(x_of(t), 1), "y": round(y_of(v), 1), "id": row["id"], "grade": row.get("grade"),
                             "title": f"#{row.get('frame_number') or row['id']} {row['date_obs']:%H:%M:%S} {label} {v:.4g}"})
     plot.y_ticks = [(round(y_of(v), 1), f"{v:.4g}") for v in _ticks(y_low, y_high)]
