@@ -239,9 +239,9 @@ class Catalog:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
-    def nights(self) -> list[dict]:
-        """Exposures per night and band, newest night first, with how many
-        carry a person's flag."""
+    def nights(self, night: str | None = None) -> list[dict]:
+        """Exposures per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag."""
         reviewed = (
             select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
         )
@@ -252,6 +252,8 @@ class Catalog:
             .group_by(Exposure.night, Exposure.band)
             .order_by(Exposure.night.desc(), Exposure.band)
         )
+        if night is not None:
+            statement = statement.where(Exposure.night == night)
         with self.engine.connect() as conn:
             return [row._asdict() for row in conn.execute(statement)]
 

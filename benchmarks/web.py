@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--db", help="catalog URL (default: a SQLite file in the scratch directory)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--reuse", type=Path, help="a scratch directory kept by --keep: its frames and catalog are used "
+                                                   "again (its thumbnails are made again)")
     args = parser.parse_args()
 
     import httpx
@@ -98,17 +100,22 @@ def main() -> None:
     from processing import quality
     from web.app import create_app
 
-    scratch = Path(tempfile.mkdtemp(prefix="obsarch-web-bench-"))
+    scratch = args.reuse or Path(tempfile.mkdtemp(prefix="obsarch-web-bench-"))
     try:
         url = args.db or f"sqlite:///{scratch / 'catalog.db'}"
-        print(f"{args.frames} frames of {args.size}x{args.size} (uint16), catalog {url.split('://')[0]}")
-        make_night(scratch / "night", args.frames, args.size)
-        catalog = Catalog.create(url)
-        catalog.ingest([scratch / "night"])
-        start = time.perf_counter()
-        quality.compute(catalog.engine, workers=2)
-        quality.apply_rules(catalog.engine)
-        print(f"  (ingested, and measured in {time.perf_counter() - start:.1f} s)")
+        if args.reuse:
+            shutil.rmtree(scratch / "thumbs", ignore_errors=True)
+            catalog = Catalog(url)
+            print(f"{len(catalog.exposure_ids())} frames of {scratch}, catalog {url.split('://')[0]}")
+        else:
+            print(f"{args.frames} frames of {args.size}x{args.size} (uint16), catalog {url.split('://')[0]}")
+            make_night(scratch / "night", args.frames, args.size)
+            catalog = Catalog.create(url)
+            catalog.ingest([scratch / "night"])
+            start = time.perf_counter()
+            quality.compute(catalog.engine, workers=2)
+            quality.apply_rules(catalog.engine)
+            print(f"  (ingested, and measured in {time.perf_counter() - start:.1f} s)")
         night = catalog.query(None, columns="night", limit=1)["night"][0]
         ids = catalog.exposure_ids()
 
@@ -131,10 +138,11 @@ def main() -> None:
         if while_making:
             row("night view (one band) while they were made", while_making, f"({len(while_making)} requests)")
 
-        print(f"\npages once the thumbnails exist ({args.rounds} requests each, real HTTP, one client)")
+        print(f"\npages once the thumbnails exist ({args.rounds} requests each, real HTTP, one client; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         selection = "band == 'V' and fwhm < 4 and exptime >= 60"
         pages = {
-            f"GET /nights/{night}  ({args.frames} frames)": f"/nights/{night}",
+            f"GET /nights/{night}  ({len(ids)} frames)": f"/nights/{night}",
             f"GET /nights/{night}?band=V": f"/nights/{night}?band=V",
             "GET /nights": "/nights",
             "GET /exposures?q=... (search page)": f"/exposures?q={selection}",
@@ -158,7 +166,7 @@ def main() -> None:
         row("Catalog.query (in-process, no HTTP)", timed(lambda: catalog.query(f"night == '{night}'"), args.rounds))
         server.should_exit = True
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)

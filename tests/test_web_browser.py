@@ -194,6 +194,10 @@ def test_shift_click_grades_a_range_and_a_plot_point_selects_its_frame(server, b
         _grade_shown(browser, exposure_id, "bad")
     assert catalog.query("grade == 'bad' and band == 'V'", columns="id")["id"].tolist() == ids[3:7]
 
+    cards[0].click()
+    _press(browser, "JJ")  # shift-j extends the selection as shift-click does
+    assert [int(c.get_attribute("data-id")) for c in browser.find_elements("css selector", ".card.selected")] == ids[:3]
+
     point = browser.find_element("css selector", f'svg.plot .point[data-id="{ids[4]}"]')
     ActionChains(browser).move_to_element(point).click().perform()
     assert [int(c.get_attribute("data-id")) for c in browser.find_elements("css selector", ".card.selected")] == [ids[4]]

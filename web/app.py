@@ -139,7 +139,7 @@ class Review:
             row["thumb"] = self.thumbnails.state(self.item(row))
         self.thumbnails.request([self.item(r) for r in rows if r["thumb"][0] == "pending"])
         plots = [p for p in (time_plot(rows, metric, label) for metric, label in PLOTS) if p]
-        bands = sorted({r["band"] or "" for r in await run_in_threadpool(self.night_rows, night, None)})
+        bands = sorted({r["band"] or "" for r in await run_in_threadpool(self.catalog.nights, night)})
         return self.page(request, "night.html", night=night, band=band, rows=rows, plots=plots, bands=bands,
                          grades=quality.GRADES, reasons=quality.REASONS)
 

@@ -136,7 +136,7 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
-    const key = event.key;
+    const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;  // shift-j extends as shift-arrow does
     if (key === "j" || key === "ArrowRight" || key === "ArrowDown") select(cursor + 1, event.shiftKey);
     else if (key === "k" || key === "ArrowLeft" || key === "ArrowUp") select(cursor - 1, event.shiftKey);
     else if (key >= "1" && key <= String(grades.length)) grade(grades[Number(key) - 1]);
