@@ -65,6 +65,14 @@ def test_exposures_csv_and_json_are_what_obsarch_query_gives(night, tmp_path, fm
         assert [row["frame_number"] for row in json.loads(answer.text)] == [3871, 3872, 3873]
 
 
+def test_csv_has_every_row_as_the_cli_unless_a_limit_is_given(night, tmp_path):
+    with client(night, tmp_path) as http:
+        everything = http.get("/exposures.csv")
+        some = http.get("/exposures.csv", params={"sort": "-frame_number", "limit": 2, "columns": "frame_number"})
+    assert everything.text == cli(night, "query", "--format", "csv")
+    assert some.text.split() == ["frame_number", "3877", "3876"]
+
+
 def test_search_page_is_a_sortable_table_with_bookmarkable_urls(night, tmp_path):
     with client(night, tmp_path) as http:
         page = http.get("/exposures", params={"q": "frame_type == 'science'", "columns": "id,frame_number,band",
@@ -426,3 +434,28 @@ def test_time_plot_places_points_inside_its_box_and_skips_missing_values():
     assert plot.points[0]["y"] > plot.points[1]["y"] > plot.points[2]["y"]  # larger values higher up
     assert [label for _, label in plot.x_ticks] == ["03:00", "03:10", "03:20", "03:30", "03:40"]
     assert time_plot([{"id": 1, "date_obs": None, "fwhm": 2.0}], "fwhm", "FWHM") is None
+
+
+# -- real files ------------------------------------------------------------------------------
+
+
+def test_every_real_file_has_its_pages_and_a_picture_or_the_reason(catalog, real_data, tmp_path):
+    catalog.ingest([real_data])
+    with client(catalog, tmp_path) as http:
+        for night in {row["night"] for row in catalog.nights() if row["night"]}:
+            assert http.get(f"/nights/{night}").status_code == 200, night
+        pictures = 0
+        for exposure_id in catalog.exposure_ids():
+            assert http.get(f"/exposures/{exposure_id}").status_code == 200, exposure_id
+            answer = http.get(f"/exposures/{exposure_id}/thumbnail.png")
+            assert answer.status_code in (200, 404), (exposure_id, answer.text)
+            if answer.status_code == 404:
+                assert answer.text.startswith("no picture: ") and len(answer.text.strip().splitlines()) == 1
+            pictures += answer.status_code == 200
+    lco = catalog.exposure_ids("relpath glob '*1159-e91.fits.fz'")[0]  # tile-compressed SCI with its BPM
+    assert (tmp_path / "thumbs" / f"{lco}-v1.png").exists()
+    from processing.report import detector_images
+
+    path = catalog.query(f"id == {lco}", columns="path")["path"][0]
+    assert [name for _, name, _ in detector_images(path)] == ["SCI"]  # the mask is no detector
+    assert pictures >= 20

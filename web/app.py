@@ -35,7 +35,7 @@ from archive.exceptions import NotFoundError, ObsarchError
 from archive.query import BoolOp, Column, Compare, In, IsNull
 from archive.results import to_csv, to_json
 from processing import grouping, offsets, quality, runs
-from processing.report import GRADE_COLOURS, STRETCHES, picture, write_png
+from processing.report import AUXILIARY_EXTNAMES, GRADE_COLOURS, STRETCHES, picture, write_png
 from web.plots import PLOTS, time_plot
 from web.security import Guard, Policy
 from web.templating import STATIC, environment
@@ -85,9 +85,10 @@ class Review:
 
     # -- search ------------------------------------------------------------------
 
-    def search(self, request: Request) -> tuple[object, str | None]:
+    def search(self, request: Request, default_limit: int | None = None) -> tuple[object, str | None]:
+        """The rows of ``q`` with ``columns``, ``sort`` and ``limit`` as `obsarch query` takes them."""
         params = request.query_params
-        limit = _int(params.get("limit"), DEFAULT_LIMIT)
+        limit = _int(params.get("limit"), default_limit)
         try:
             frame = self.catalog.query(params.get("q") or None, columns=params.get("columns") or None,
                                        sort=params.get("sort") or None, limit=limit)
@@ -96,7 +97,7 @@ class Review:
         return frame, None
 
     async def exposures(self, request: Request) -> Response:
-        frame, error = await run_in_threadpool(self.search, request)
+        frame, error = await run_in_threadpool(self.search, request, DEFAULT_LIMIT)  # a page shows the first rows
         template = "_results.html" if request.headers.get("hx-request") else "search.html"
         rows = records(frame) if frame is not None else []
         return self.page(request, template, 400 if error else 200, error=error, rows=rows,
@@ -199,7 +200,8 @@ class Review:
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
             "groups": grouping.groups_of(self.engine, exposure_id),
             "made_from": runs.lineage(self.engine, row["file_id"]), "made_into": runs.derived(self.engine, row["file_id"]),
-            "detectors": [h for h in headers if h["type"] in ("image", "compressed") and h["shape"]],
+            "detectors": [h for h in headers if h["type"] in ("image", "compressed") and h["shape"]
+                          and (h["extname"] or "").strip().upper() not in AUXILIARY_EXTNAMES],
         }
 
     async def exposure(self, request: Request) -> Response:
