@@ -114,9 +114,10 @@ def detector_images(path: str | Path, chunk_planes: int = 32) -> list[tuple[int,
 def _is_detector(hdu) -> bool:
     from astropy.io import fits
 
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return False
     shape = hdu.shape or ()
-    return (isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and 2 <= len(shape) <= 3
-            and 0 not in shape and str(hdu.header.get("EXTNAME", "")).strip().upper() not in AUXILIARY_EXTNAMES)
+    return 2 <= len(shape) <= 3 and 0 not in shape and str(hdu.header.get("EXTNAME", "")).strip().upper() not in AUXILIARY_EXTNAMES
 
 
 def picture(path: str | Path, size: int = THUMBNAIL_PX, how: str = "zscale", hdu: int | None = None) -> np.ndarray:

@@ -194,7 +194,8 @@ def test_with_a_token_every_request_needs_it_and_flags_carry_its_name(night, tmp
     exposure_id = night.resolve("3870")
     tokens = parse_tokens(["ann:s3cret", "bob:other"], "root")
     with client(night, tmp_path, allow_write=True, tokens=tokens) as http:
-        assert http.get("/nights").status_code == 401
+        refused = http.get("/nights")
+        assert refused.status_code == 401 and refused.text.startswith("refused: this server needs a token")
         assert http.get("/nights", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert http.get("/nights", headers={"authorization": "Bearer s3cret"}).status_code == 200
         posted = http.post(f"/exposures/{exposure_id}/flags", data={"grade": "great"},
@@ -205,6 +206,22 @@ def test_with_a_token_every_request_needs_it_and_flags_carry_its_name(night, tmp
         assert http.get("/nights").status_code == 200  # the cookie from now on
     assert posted.status_code == 201 and posted.json()["who"] == "ann"
     assert quality.flag_history(night.engine, exposure_id)[-1]["who"] == "ann"
+
+
+def test_a_malformed_token_is_refused_in_one_line():
+    result = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0", "--token", "ann:"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: token 'ann:': give SECRET or NAME:SECRET"]
+
+
+@pytest.mark.parametrize("path, form, message", [
+    ("/flags/retract", {"ids": "1,x"}, "ids: flag ids separated by commas"),
+    ("/flags/retract", {"ids": "999999"}, "flags 999999 are not"),
+])
+def test_bad_undo_requests_say_why(night, tmp_path, path, form, message):
+    with client(night, tmp_path, allow_write=True) as http:
+        answer = http.post(path, data=form)
+    assert answer.status_code in (400, 403) and message in answer.text
 
 
 def test_tokens_are_named_and_compared_whole():
@@ -322,7 +339,7 @@ def test_a_frame_without_a_picture_says_why(night, tmp_path):
         bad = http.get("/thumbnails/state", params={"ids": "a,b"})
     assert answer.status_code == 404 and "no finite pixels" in answer.text
     assert state == {str(exposure_id): {"state": "failed", "reason": "no finite pixels to show"}}
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and bad.text == "ids: exposure ids separated by commas\n"
 
 
 def test_the_night_view_asks_for_its_thumbnails_in_the_background(night, tmp_path):
@@ -459,3 +476,19 @@ def test_every_real_file_has_its_pages_and_a_picture_or_the_reason(catalog, real
     path = catalog.query(f"id == {lco}", columns="path")["path"][0]
     assert [name for _, name, _ in detector_images(path)] == ["SCI"]  # the mask is no detector
     assert pictures >= 20
+
+
+def test_the_thumbnail_worker_survives_a_file_it_cannot_picture(tmp_path, monkeypatch):
+    from web import thumbnails
+
+    def broken(path, size):
+        if "odd" in path:
+            raise KeyError("a surprise")
+        return np.zeros((4, 4))
+
+    monkeypatch.setattr(thumbnails, "picture", broken)
+    cache = thumbnails.ThumbnailCache(tmp_path / "thumbs")
+    odd, fine = thumbnails.Item(1, 1, "odd.fits"), thumbnails.Item(2, 1, "fine.fits")
+    assert cache.wait(odd, 10) == ("failed", "cannot make a picture: KeyError: 'a surprise'")
+    assert cache.wait(fine, 10) == ("ready", None)
+    cache.close()

@@ -136,12 +136,17 @@ class ThumbnailCache:
             write_png(picture(item.path, self.size), self.png(item))
             outcome = "made"
         except (QualityError, ValueError, OSError, MemoryError) as exc:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._reason_file(item).write_text(" ".join(str(exc).split()) or type(exc).__name__, encoding="utf-8")
-            outcome = "failed"
+            outcome = self._failed(item, str(exc) or type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001  one odd file must not stop the worker for every other one
+            outcome = self._failed(item, f"cannot make a picture: {type(exc).__name__}: {exc}")
         with self._done:
             setattr(self.progress, outcome, getattr(self.progress, outcome) + 1)
             self._done.notify_all()
+
+    def _failed(self, item: Item, reason: str) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._reason_file(item).write_text(" ".join(reason.split()), encoding="utf-8")
+        return "failed"
 
     def close(self) -> None:
         self._stopping = True
