@@ -12,7 +12,7 @@ EPOCH = datetime(1970, 1, 1)
 
 # The metrics a night is judged by, against time.
 PLOTS = (("background", "background"), ("fwhm", "FWHM [px]"), ("elongation", "elongation"))
-WIDTH, HEIGHT, MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 420, 150, 56, 22, 10
+WIDTH, HEIGHT, MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 380, 150, 56, 22, 10
 
 
 @dataclass
