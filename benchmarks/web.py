@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--no-quality", action="store_true", help="skip measuring the frames (pages without metrics)")
     parser.add_argument("--db", help="catalog URL (default: a SQLite file in the scratch directory)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--reuse", type=Path, help="a scratch directory kept by --keep: its frames and catalog are used "
@@ -112,10 +113,11 @@ def main() -> None:
             make_night(scratch / "night", args.frames, args.size)
             catalog = Catalog.create(url)
             catalog.ingest([scratch / "night"])
-            start = time.perf_counter()
-            quality.compute(catalog.engine, workers=2)
-            quality.apply_rules(catalog.engine)
-            print(f"  (ingested, and measured in {time.perf_counter() - start:.1f} s)")
+            if not args.no_quality:
+                start = time.perf_counter()
+                quality.compute(catalog.engine, workers=2)
+                quality.apply_rules(catalog.engine)
+                print(f"  (ingested, and measured in {time.perf_counter() - start:.1f} s)")
         night = catalog.query(None, columns="night", limit=1)["night"][0]
         ids = catalog.exposure_ids()
 
