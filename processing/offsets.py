@@ -34,6 +34,7 @@ from archive.query import select_exposures
 from processing.executor import Progress, parallel_map
 from processing.quality import QualityError, QualityParams, load_image, saturation_level
 from processing.runs import recorded_run
+from processing.stars import DetectionError, detect_stars, unsaturated
 
 ALGORITHM = "offsets-1"
 
@@ -104,36 +105,14 @@ class MatchParams:
 
 def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, detect_sigma: float = 5.0) -> np.ndarray:
     """Centroids (x, y, 0-based) of the brightest unsaturated sources, brightest first."""
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, BkgZoomInterpolator
-    from photutils.segmentation import SourceCatalog, detect_sources
-
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise MatchError("no finite pixels")
-    mask = ~finite if not finite.all() else None
-    box = int(min(128, max(8, min(data.shape) // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        background = Background2D(data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask,
-                                  interpolator=BkgZoomInterpolator(order=1))
-        sky = background.background
-        subtracted = data - sky
-        segments = detect_sources(subtracted, detect_sigma * background.background_rms_median, n_pixels=5, mask=mask)
-    if segments is None:
-        return np.empty((0, 2))
-    table = SourceCatalog(subtracted, segments, mask=mask).to_table(columns=["x_centroid", "y_centroid", "segment_flux", "max_value"])
-    level = saturation_level(header or {})
-    rows = []
-    for row in table:
-        x, y, flux = float(row["x_centroid"]), float(row["y_centroid"]), float(row["segment_flux"])
-        if not (math.isfinite(x) and math.isfinite(y)) or flux <= 0:
-            continue
-        if level is not None and float(row["max_value"]) + float(sky[int(y), int(x)]) >= 0.9 * level:
-            continue
-        rows.append((flux, x, y))
-    rows.sort(reverse=True)
-    return np.array([(x, y) for _, x, y in rows[:limit]]).reshape(-1, 2)
+    try:
+        field = detect_stars(data, detect_sigma=detect_sigma)
+    except DetectionError as exc:
+        raise MatchError(str(exc)) from exc
+    stars = field.stars
+    keep = np.isfinite(stars["x"]) & np.isfinite(stars["y"]) & (stars["flux"] > 0)
+    keep &= unsaturated(stars, saturation_level(header or {}))
+    return field.xy[keep][:limit]
 
 
 # -- matching ------------------------------------------------------------------------
