@@ -36,7 +36,7 @@ from processing.quality import QualityError, QualityParams, load_image, saturati
 from processing.runs import recorded_run
 from processing.stars import DetectionError, detect_stars, unsaturated
 
-ALGORITHM = "offsets-1"
+ALGORITHM = "offsets-2"  # 2: stars found by SEP (processing.stars)
 
 
 class MatchError(ObsarchError):
