@@ -117,6 +117,48 @@ def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, d
 
 # -- matching ------------------------------------------------------------------------
 
+# Below this many point pairs, distances by numpy beat a k-d tree, and spare
+# a registration worker scipy.spatial's import (~0.3 s of CPU, as much as
+# registering four frames).
+_BRUTE_FORCE_PAIRS = 1_000_000
+
+
+def _tree(points: np.ndarray, queries: int):
+    """Nearest-neighbour queries on ``points`` (scipy's cKDTree interface)."""
+    if len(points) * max(queries, 1) <= _BRUTE_FORCE_PAIRS:
+        return _Pairwise(points)
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points)
+
+
+class _Pairwise:
+    """cKDTree's ``query`` and ``query_ball_point`` by all pairwise distances."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.asarray(points, dtype=float).reshape(len(points), -1)
+
+    def _distances(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, dtype=float).reshape(len(queries), -1)
+        return np.sqrt(((queries[:, None, :] - self.points[None, :, :]) ** 2).sum(axis=2))
+
+    def query(self, queries: np.ndarray, k: int = 1, distance_upper_bound: float = np.inf):
+        distances = self._distances(queries)
+        count = min(k, len(self.points))
+        index = np.argsort(distances, axis=1, kind="stable")[:, :count]
+        nearest = np.take_along_axis(distances, index, axis=1)
+        if count < k:  # cKDTree pads missing neighbours with inf and n
+            pad = k - count
+            nearest = np.pad(nearest, ((0, 0), (0, pad)), constant_values=np.inf)
+            index = np.pad(index, ((0, 0), (0, pad)), constant_values=len(self.points))
+        beyond = nearest > distance_upper_bound
+        nearest[beyond], index[beyond] = np.inf, len(self.points)
+        return (nearest[:, 0], index[:, 0]) if k == 1 else (nearest, index)
+
+    def query_ball_point(self, queries: np.ndarray, r: float) -> list[list[int]]:
+        within = self._distances(queries) <= r
+        return [np.flatnonzero(row).tolist() for row in within]
+
 
 def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
     """Triangles of each star with pairs of its nearest neighbours.
@@ -125,13 +167,11 @@ def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
     their vertices ordered by the side opposite each (shortest first), so that
     equal invariants give corresponding vertices.
     """
-    from scipy.spatial import cKDTree
-
     n = len(xy)
     if n < 3:
         return np.empty((0, 2)), np.empty((0, 3), dtype=int)
     k = min(neighbours, n - 1)
-    _, near = cKDTree(xy).query(xy, k=k + 1)
+    _, near = _tree(xy, n).query(xy, k=k + 1)
     seen = set()
     for i in range(n):
         for j, l in itertools.combinations(near[i, 1:], 2):
@@ -184,11 +224,9 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[Transform, n
 
 def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius: float) -> np.ndarray:
     """Mutual nearest neighbours within ``radius`` after the transform."""
-    from scipy.spatial import cKDTree
-
     moved = transform.apply(source)
-    d_forward, forward = cKDTree(target).query(moved, distance_upper_bound=radius)
-    _, backward = cKDTree(moved).query(target, distance_upper_bound=radius)
+    d_forward, forward = _tree(target, len(moved)).query(moved, distance_upper_bound=radius)
+    _, backward = _tree(moved, len(target)).query(target, distance_upper_bound=radius)
     pairs = [(i, j) for i, (dist, j) in enumerate(zip(d_forward, forward))
              if np.isfinite(dist) and j < len(target) and backward[j] == i]
     return np.array(pairs, dtype=int).reshape(-1, 2)
@@ -197,8 +235,6 @@ def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius:
 def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = MatchParams()) -> Transform:
     """The transform of star list ``source`` onto ``target``, with no starting
     guess. Raises :class:`MatchError` when too few stars can be matched."""
-    from scipy.spatial import cKDTree
-
     all_source, all_target = source, target
     source, target = source[: params.max_stars], target[: params.max_stars]
     if len(source) < 3 or len(target) < 3:
@@ -207,14 +243,14 @@ def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = Ma
     inv_t, tri_t = triangles(target, params.neighbours)
     if not len(inv_s) or not len(inv_t):
         raise MatchError("no triangles of stars to match")
-    candidates = cKDTree(inv_t).query_ball_point(inv_s, r=params.invariant_tol)
+    candidates = _tree(inv_t, len(inv_s)).query_ball_point(inv_s, r=params.invariant_tol)
     proposals = [(i, j) for i, js in enumerate(candidates) for j in js]
     if not proposals:
         raise MatchError("no triangle of stars in the frame matches one in the reference")
     if len(proposals) > params.max_candidates:
         step = len(proposals) / params.max_candidates
         proposals = [proposals[int(k * step)] for k in range(params.max_candidates)]
-    target_tree = cKDTree(target)
+    target_tree = _tree(target, len(source))
     best, best_count = None, 0
     enough = max(params.min_matched, int(0.6 * min(len(source), len(target))))
     for i, j in proposals:

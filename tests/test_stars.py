@@ -185,3 +185,21 @@ def test_a_blank_frame_has_no_stars_and_is_measured(rng):
 def test_an_all_nan_frame_is_refused_by_quality():
     with pytest.raises(QualityError, match="no finite pixels"):
         measure(np.full((40, 40), np.nan))
+
+
+@pytest.mark.parametrize("n, m", [(1, 5), (7, 7), (60, 200), (300, 40)])
+def test_pairwise_neighbours_answer_as_scipy_ckdtree(rng, n, m):
+    from scipy.spatial import cKDTree
+
+    from processing.offsets import _Pairwise
+
+    points, queries = rng.uniform(0, 100, (n, 2)), rng.uniform(0, 100, (m, 2))
+    ours, theirs = _Pairwise(points), cKDTree(points)
+    for k in (1, 3):
+        for bound in (np.inf, 8.0):
+            d1, i1 = ours.query(queries, k=k, distance_upper_bound=bound)
+            d2, i2 = theirs.query(queries, k=k, distance_upper_bound=bound)
+            np.testing.assert_allclose(d1, d2)
+            np.testing.assert_array_equal(i1, i2)
+    assert [sorted(x) for x in ours.query_ball_point(queries, r=9.0)] == \
+        [sorted(x) for x in theirs.query_ball_point(queries, r=9.0)]
