@@ -54,7 +54,8 @@ MUSE_CHILD = r"""
 import json, sys, time, warnings
 import numpy as np
 from pathlib import Path
-which, directory, memory, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+which, directory, memory = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+detectors = [int(d) for d in sys.argv[4].split(",")]
 paths = sorted(directory.glob("*.fits"))
 warnings.simplefilter("ignore")
 
@@ -70,10 +71,10 @@ if which == "ccdproc":
 elif which == "obsarch":
     from processing.combine import combine_files
 from astropy.io import fits
-for detector in range(1, count + 1):
+for detector in detectors:
     name = f"CHAN{detector:02d}"
     reset_peak()
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     median_s = None
     if which == "obsarch":
         result = combine_files(paths, method="median", memory_bytes=memory, hdu=name)
@@ -85,8 +86,8 @@ for detector in range(1, count + 1):
         result = np.median(cube, axis=0)
         median_s = time.perf_counter() - begin
         del cube
-    seconds = time.perf_counter() - start
-    print(json.dumps({"detector": name, "seconds": seconds, "median_s": median_s, "peak": peak(),
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"detector": name, "seconds": seconds, "cpu": cpu, "median_s": median_s, "peak": peak(),
                       "checksum": float(np.asarray(result, dtype=np.float64)[::97, ::89].sum())}), flush=True)
     del result
 """
@@ -138,37 +139,46 @@ def muse(args) -> None:
             with path.open("rb") as f:
                 while f.read(1 << 24):
                     pass
-        peers = min(args.peer_detectors, detectors)
-        runs = {}
-        for which, count in (("obsarch", detectors), ("numpy", peers), ("ccdproc", peers)):
-            out = subprocess.run([sys.executable, "-c", MUSE_CHILD, which, str(work / "bias"), str(memory), str(count)],
+        peers = ",".join(str(d) for d in range(1, min(args.peer_detectors, detectors) + 1))
+
+        def child(which: str, chosen: str) -> dict:
+            out = subprocess.run([sys.executable, "-c", MUSE_CHILD, which, str(work / "bias"), str(memory), chosen],
                                  check=False, capture_output=True, text=True)
             lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
             if out.returncode != 0:
                 tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
                 print(f"{which}: failed after {len(lines)} detectors: {tail}")
-            runs[which] = {row["detector"]: row for row in lines}
-        print(f"{'detector':10}{'obsarch s':>11}{'peak MB':>9}{'numpy s':>10}{'(median)':>10}{'peak MB':>9}"
-              f"{'ccdproc s':>11}{'peak MB':>9}  same")
-        for name, ours in runs["obsarch"].items():
-            cells = [f"{name:10}{ours['seconds']:11.2f}{ours['peak'] / 1e6:9.0f}"]
-            floor, theirs = runs["numpy"].get(name), runs["ccdproc"].get(name)
-            cells.append(f"{floor['seconds']:10.2f}{floor['median_s']:10.2f}{floor['peak'] / 1e6:9.0f}" if floor else " " * 29)
-            cells.append(f"{theirs['seconds']:11.2f}{theirs['peak'] / 1e6:9.0f}" if theirs else " " * 20)
-            reference = floor or theirs
-            if reference:
-                cells.append(f"  {abs(ours['checksum'] - reference['checksum']) <= 1e-6 * abs(reference['checksum'])}")
-            print("".join(cells))
-        ours = [row["seconds"] for row in runs["obsarch"].values()]
-        if ours:
-            print(f"obsarch: {len(ours)} detectors in {sum(ours):.1f} s ({np.mean(ours):.2f} s each, "
-                  f"{min(ours):.2f}-{max(ours):.2f}), peak {max(r['peak'] for r in runs['obsarch'].values()) / 1e6:.0f} MB "
-                  f"under a {memory / 1e6:.0f} MB limit")
-        for which in ("numpy", "ccdproc"):
-            shared = [name for name in runs[which] if name in runs["obsarch"]]
-            if shared:
-                ratio = np.mean([runs["obsarch"][n]["seconds"] / runs[which][n]["seconds"] for n in shared])
-                print(f"obsarch / {which} time on the same {len(shared)} detectors: {ratio:.2f}")
+            return {row["detector"]: row for row in lines}
+
+        every = child("obsarch", ",".join(str(d) for d in range(1, detectors + 1)))
+        ours = [row["seconds"] for row in every.values()]
+        print(f"obsarch, every detector in one process: {len(ours)} in {sum(ours):.1f} s ({np.mean(ours):.2f} s each, "
+              f"{min(ours):.2f}-{max(ours):.2f}; CPU {np.mean([r['cpu'] for r in every.values()]):.2f} s each), "
+              f"peak RSS {max(r['peak'] for r in every.values()) / 1e6:.0f} MB under a {memory / 1e6:.0f} MB limit")
+        print(f"the first {peers.count(',') + 1} detectors again, each tool right after the other:")
+        print(f"{'':10}{'obsarch':>24}{'numpy in memory':>36}{'ccdproc.combine':>24}")
+        print(f"{'detector':10}{'s':>8}{'CPU s':>8}{'peak MB':>8}{'s':>8}{'CPU s':>8}{'median s':>10}{'peak MB':>10}"
+              f"{'s':>8}{'CPU s':>8}{'peak MB':>8}  same")
+        ratios = {"numpy": [], "ccdproc": []}
+        for round_ in range(args.rounds):
+            floor, ours, theirs = child("numpy", peers), child("obsarch", peers), child("ccdproc", peers) if round_ == 0 else {}
+            for name, row in ours.items():
+                cells = [f"{name:10}{row['seconds']:8.2f}{row['cpu']:8.2f}{row['peak'] / 1e6:8.0f}"]
+                low, high = floor.get(name), theirs.get(name)
+                cells.append(f"{low['seconds']:8.2f}{low['cpu']:8.2f}{low['median_s']:10.2f}{low['peak'] / 1e6:10.0f}" if low else " " * 36)
+                cells.append(f"{high['seconds']:8.2f}{high['cpu']:8.2f}{high['peak'] / 1e6:8.0f}" if high else " " * 24)
+                reference = low or high
+                if reference:
+                    cells.append(f"  {abs(row['checksum'] - reference['checksum']) <= 1e-6 * abs(reference['checksum'])}")
+                print("".join(cells))
+                for which, peer in (("numpy", low), ("ccdproc", high)):
+                    if peer:
+                        ratios[which].append((row["seconds"] / peer["seconds"], row["cpu"] / peer["cpu"]))
+        for which, pairs in ratios.items():
+            if pairs:
+                wall, cpu = np.array(pairs).T
+                print(f"obsarch / {which}: time {np.mean(wall):.2f} ({wall.min():.2f}-{wall.max():.2f}), "
+                      f"CPU time {np.mean(cpu):.2f} ({cpu.min():.2f}-{cpu.max():.2f}), over {len(pairs)} detector runs")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -184,6 +194,7 @@ def main() -> None:
     parser.add_argument("--detectors", type=int, default=24)
     parser.add_argument("--detector", default="4096x4112", help="NAXIS1xNAXIS2 of a detector")
     parser.add_argument("--peer-detectors", type=int, default=2, help="detectors ccdproc and numpy combine")
+    parser.add_argument("--rounds", type=int, default=1, help="with --muse: rounds of obsarch next to numpy")
     parser.add_argument("--keep", default=None, help="with --muse: write the files here once and keep them for next runs")
     args = parser.parse_args()
     if args.muse:
