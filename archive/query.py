@@ -126,6 +126,10 @@ class Not:
     item: object
 
 
+# What a parsed selection is; programs may build one from these nodes.
+Node = Compare | In | Between | Match | IsNull | Frames | BoolOp | Not
+
+
 # -- tokens ------------------------------------------------------------------
 
 _TOKEN = re.compile(
@@ -275,6 +279,8 @@ class _Parser:
         self.take()
         if token.text == "hdr":
             return self.parse_header(token.pos)
+        if token.text.lower() == "metric" and self.tok.text == "[":
+            return self.parse_metric(token.pos)
         if self.accept("punct", "("):
             argument = self.parse_field()
             self.expect("punct", ")", "')'")
@@ -300,6 +306,13 @@ class _Parser:
         if not keyword:
             raise _error(self.text, key.pos, "empty keyword")
         return Header(keyword, hdu, pos)
+
+    def parse_metric(self, pos: int) -> Column:
+        """``metric['pileup']``: a named metric (from a tool or a person)."""
+        self.expect("punct", "[", "'[' after metric")
+        name = self.expect("string", None, "a quoted metric name such as 'pileup'")
+        self.expect("punct", "]", "']'")
+        return Column(f"metric['{str(name.value).strip().lower()}']", pos)
 
     def parse_condition(self, field: Field):
         if (op := self.accept("op")) is not None:
@@ -543,7 +556,16 @@ def register_field(name: str, expression: Callable[[], ColumnElement], kind: str
     FIELDS[name] = FieldDef(expression, kind, tables)
 
 
+from archive import xray_fields  # noqa: E402  (X-ray summaries, named metrics, regions)
+
+xray_fields.register(register_field)
+
+
 def _field_def(column: Column) -> FieldDef:
+    if column.name.startswith("metric['"):
+        from archive.xray_fields import named_metric
+
+        return FieldDef(named_metric(column.name[len("metric['") : -2]), "number")
     found = FIELDS.get(column.name)
     if found is None:
         close = difflib.get_close_matches(column.name, FIELDS, n=3)

@@ -152,19 +152,26 @@ def run_command(
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    metrics_from: Annotated[Optional[str], typer.Option("--metrics-from", help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
 ) -> None:
     """Run an external tool once per exposure, obsid or group, in parallel, in a
     working directory per item. Arguments after -- may hold {path}, {paths},
-    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}. Output is logged with the
+    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}, {region}, {regions}. Output is logged with the
     run, written files become products with lineage, items done with the same
-    command and inputs are skipped.
+    command and inputs are skipped; with --metrics-from the numbers the tool
+    wrote are stored as metric['name'] of the item's exposures.
 
     Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
     """
     from processing import external
 
-    summary = external.run_each(open_catalog().engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
-                                executor=executor, scheduler=scheduler, timeout=timeout, force=force)
+    engine = open_catalog().engine
+    summary = external.run_each(engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
+    if summary.products:
+        from cli.xray import catch_up
+
+        catch_up(engine)  # products that are X-ray files get their summaries
     finish_step(summary)
 
 
