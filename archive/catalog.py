@@ -26,7 +26,6 @@ from archive.query import (
     base_select,
     column_expressions,
     header_columns,
-    parse,
     as_tree,
     parse_columns,
     select_exposures,

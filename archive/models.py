@@ -273,6 +273,16 @@ class Exposure(Base):
     airmass: Mapped[float | None] = mapped_column(Float)
     readout_mode: Mapped[str | None] = mapped_column(String(80))
     frame_number: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # the detector: binning, gain (e-/ADU), CCD temperature (C), its name when
+    # the file holds one, the shape its detectors share ("1020x1523", numpy
+    # order; NULL when they differ) and how many detectors the file has
+    xbin: Mapped[int | None] = mapped_column(Integer)
+    ybin: Mapped[int | None] = mapped_column(Integer)
+    gain: Mapped[float | None] = mapped_column(Float)
+    ccd_temp: Mapped[float | None] = mapped_column(Float)
+    detector: Mapped[str | None] = mapped_column(String(80))
+    detector_shape: Mapped[str | None] = mapped_column(String(64))
+    n_detectors: Mapped[int | None] = mapped_column(Integer)
     sources: Mapped[str | None] = mapped_column(Text)
 
 
@@ -359,6 +369,35 @@ class Metric(Base):
     params_hash: Mapped[str] = mapped_column(String(64))
     file_version: Mapped[int] = mapped_column(Integer)
     hdu_index: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    mean: Mapped[float | None] = mapped_column(Float)
+    median: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    background: Mapped[float | None] = mapped_column(Float)
+    background_rms: Mapped[float | None] = mapped_column(Float)
+    saturation_level: Mapped[float | None] = mapped_column(Float)
+    saturated_fraction: Mapped[float | None] = mapped_column(Float)
+    nstars: Mapped[int | None] = mapped_column(Integer)
+    fwhm: Mapped[float | None] = mapped_column(Float)
+    fwhm_minor: Mapped[float | None] = mapped_column(Float)
+    fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
+    elongation: Mapped[float | None] = mapped_column(Float)
+    sharpness: Mapped[float | None] = mapped_column(Float)
+    pixel_scale: Mapped[float | None] = mapped_column(Float)
+
+
+class DetectorMetric(Base):
+    """Quality numbers of one detector of an exposure (the latest computation);
+    ``metrics`` holds the exposure's summary, the median over its detectors."""
+
+    __tablename__ = "detector_metrics"
+
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
+    detector: Mapped[str] = mapped_column(String(80), primary_key=True)
+    hdu_index: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     min: Mapped[float | None] = mapped_column(Float)
     max: Mapped[float | None] = mapped_column(Float)

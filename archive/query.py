@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, case, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, cast, and_, case, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
@@ -461,10 +461,16 @@ FIELDS: dict[str, FieldDef] = {
     "header_hash": FieldDef(lambda: File.header_hash, "text", _FILES),
     "date_obs": FieldDef(lambda: Exposure.date_obs, "datetime"),
 }
-for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode"):
+for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode",
+              "detector", "detector_shape"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "text")
-for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
+for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number", "xbin", "ybin", "gain", "ccd_temp",
+              "n_detectors"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
+# "2x2": x then y, as binning is spoken of
+FIELDS["binning"] = FieldDef(
+    lambda: cast(Exposure.xbin, String) + "x" + cast(Exposure.ybin, String), "text"
+)
 
 
 def _metric(name: str) -> Callable[[], ColumnElement]:

@@ -320,18 +320,11 @@ def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, 
 
 def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, int]) -> Transform:
     """The transform implied by two celestial WCS, fitted over a grid of the frame."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
+    from processing.wcs import celestial_wcs
 
     def wcs_of(cards: dict):
-        header_ = fits.Header()
-        for key, value in cards.items():
-            if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                header_[key] = value
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(header_, naxis=2)
-        if not wcs.has_celestial:
+        wcs = celestial_wcs(cards)
+        if wcs is None:
             raise MatchError("no celestial WCS in the header")
         return wcs
 

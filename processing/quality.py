@@ -22,17 +22,17 @@ from sqlalchemy import Engine, delete, insert, literal, select
 from archive.db import bulk_insert, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Flag, Metric, Root
+from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
-from processing.machinery import Item, Step, StepResult, Writer, run_step
+from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
 from processing.runs import params_hash, recorded_run
 from processing.steps import refuse_ambiguous_frames
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
-ALGORITHM = "quality-1"
+ALGORITHM = "quality-2"  # 2: every detector measured, the exposure summarized by their median
 
 GRADES = ("great", "ok", "marginal", "bad")
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
@@ -158,21 +158,12 @@ def pixel_scale(header: dict) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
             return float(value)
     if str(header.get("CTYPE1", "")).startswith("RA"):
-        try:
-            from astropy.io import fits
-            from astropy.wcs import WCS
-            from astropy.wcs.utils import proj_plane_pixel_scales
+        from astropy.wcs.utils import proj_plane_pixel_scales
 
-            cards = fits.Header()
-            for key, value in header.items():
-                if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                    cards[key] = value
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scales = proj_plane_pixel_scales(WCS(cards, naxis=2))
-            return float(np.mean(scales) * 3600.0)
-        except Exception:  # a WCS astropy cannot build gives no scale
-            return None
+        from processing.wcs import celestial_wcs
+
+        wcs = celestial_wcs(header)
+        return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0) if wcs is not None else None
     return None
 
 
@@ -301,20 +292,56 @@ def _fit_fwhm(subtracted: np.ndarray, stars: list[dict], mask: np.ndarray) -> tu
     return float(np.median(fwhm[good])), float(np.median(fwhm[good] / np.sqrt(elongation[good])))
 
 
-def measure_file(task: tuple[str, QualityParams]) -> tuple[int, dict]:
-    """(HDU index, metrics) of one file. Runs in a worker."""
-    path, params = task
-    try:
-        data, header, hdu_index = load_image(path, params.chunk_planes)
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # a file astropy cannot decode (a corrupt tile, say)
-        raise QualityError(f"{path}: cannot read the image: {exc}") from None
-    return hdu_index, measure(data, header, params)
+def measure_file(task: tuple) -> list[tuple[str, int, dict | None, str | None]]:
+    """(detector, HDU index, metrics, error) of every detector of one file
+    (``hdus``: the ones named), measured one at a time: a cube gives its
+    white-light image; a detector that cannot be measured costs only itself.
+    Runs in a worker."""
+    from archive.detectors import select_detectors
+    from processing import detectors as pixels
+
+    path, params, *rest = task
+    hdus = rest[0] if rest else None
+    results = []
+    with pixels.opened(path) as hdul:
+        detectors = select_detectors(pixels.detectors_of(hdul), hdus)
+        if not detectors:
+            raise QualityError(f"{path}: no HDU with image data")
+        primary = {k: hdul[0].header[k] for k in hdul[0].header if k and k not in ("COMMENT", "HISTORY")}
+        for detector in detectors:
+            try:
+                hdu = hdul[detector.hdu_index]
+                header = {**primary, **{k: hdu.header[k] for k in hdu.header if k and k not in ("COMMENT", "HISTORY")}}
+                header["__BITPIX__"] = hdu.header.get("BITPIX")
+                metrics = measure(_image_of(hdu, params.chunk_planes), header, params)
+                results.append((detector.name, detector.hdu_index, metrics, None))
+            except (OSError, ValueError, TypeError, KeyError, ObsarchError) as exc:  # a corrupt tile, say
+                results.append((detector.name, detector.hdu_index, None, f"detector {detector.name}: {exc}"))
+    return results
+
+
+def summary_of(detectors: list[tuple[str, int, dict | None, str | None]]) -> tuple[int | None, dict | None, str | None]:
+    """The exposure's metrics: the median over its detectors that were measured
+    (a single detector's own), its HDU index when it has one detector, and
+    an error only when no detector could be measured."""
+    measured = [metrics for _, _, metrics, _ in detectors if metrics is not None]
+    hdu_index = detectors[0][1] if len(detectors) == 1 else None
+    if not measured:
+        return hdu_index, None, "; ".join(error for *_, error in detectors if error)
+    summary = {}
+    for name in METRICS:
+        values = [m[name] for m in measured if m.get(name) is not None]
+        summary[name] = float(np.median(values)) if values else None
+    if summary.get("nstars") is not None:
+        summary["nstars"] = int(round(summary["nstars"]))
+    return hdu_index, summary, None
 
 
 # -- computing over a selection ----------------------------------------------------
 
 
 METRIC_COLUMNS = ("exposure_id", "run_id", "params_hash", "file_version", "hdu_index", "error", *METRICS)
+DETECTOR_METRIC_COLUMNS = ("exposure_id", "detector", "hdu_index", "run_id", "error", *METRICS)
 
 
 class QualityStep(Step):
@@ -324,9 +351,9 @@ class QualityStep(Step):
     name, algorithm = "quality", ALGORITHM
     work = staticmethod(measure_file)
 
-    def __init__(self, selection, params: QualityParams, ids: list[int] | None = None):
-        self.selection, self.quality, self.ids = selection, params, ids
-        self.digest = params_hash("quality", asdict(params), ALGORITHM)
+    def __init__(self, selection, params: QualityParams, ids: list[int] | None = None, hdus: tuple[str, ...] | None = None):
+        self.selection, self.quality, self.ids, self.hdus = selection, params, ids, hdus
+        self.digest = params_hash("quality", {**asdict(params), **({"hdus": list(hdus)} if hdus else {})}, ALGORITHM)
 
     def params(self) -> dict:
         return asdict(self.quality)
@@ -340,7 +367,7 @@ class QualityStep(Step):
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
             rows = conn.execute(statement).all()
-        return [Item(row.path, (row.path, self.quality), data=row,
+        return [Item(row.path, (row.path, self.quality, self.hdus), data=row,
                      error=f"{row.path}: the file is missing" if row.status == "missing" else None) for row in rows]
 
     def up_to_date(self, engine, items, prints) -> set[str]:
@@ -350,16 +377,24 @@ class QualityStep(Step):
                 and item.data.measured_version == item.data.version and item.data.measure_error is None}
 
     def write(self, out: Writer, item: Item, result) -> None:
-        hdu_index, metrics = result
-        self._store(out, item, hdu_index, metrics, None)
+        hdu_index, metrics, error = summary_of(result)
+        self._store(out, item, hdu_index, metrics, error, result)
+        if error:  # no detector could be measured: the frame failed, with its reasons stored
+            raise ItemFailed(error)
 
     def record_failure(self, out: Writer, item: Item, reason: str) -> None:
-        self._store(out, item, None, None, reason)
+        self._store(out, item, None, None, reason, [])
 
-    def _store(self, out: Writer, item: Item, hdu_index, metrics, error) -> None:
+    def _store(self, out: Writer, item: Item, hdu_index, metrics, error, detectors) -> None:
+        """The exposure's summary in ``metrics``, each detector's in ``detector_metrics``."""
         out.conn.execute(delete(Metric).where(Metric.exposure_id == item.data.id))
+        out.conn.execute(delete(DetectorMetric).where(DetectorMetric.exposure_id == item.data.id))
         bulk_insert(out.conn, "metrics", METRIC_COLUMNS,
                     [_metric_row(item.data.id, out.run_id, self.digest, item.data.version, hdu_index, metrics, error)])
+        rows = [(item.data.id, name, index, out.run_id, why, *(_plain((values or {}).get(m)) for m in METRICS))
+                for name, index, values, why in detectors]
+        if rows:
+            bulk_insert(out.conn, "detector_metrics", DETECTOR_METRIC_COLUMNS, rows)
 
 
 def compute(
@@ -373,15 +408,22 @@ def compute(
     executor: str = "pool",
     scheduler: str | None = None,
     progress: Progress | None = None,
+    hdus: tuple[str, ...] | None = None,
 ) -> StepResult:
-    """Measure every exposure of ``selection`` (a tree, or a person's text)
+    """Measure every detector (``hdus``: the ones named) of every exposure of
+    ``selection`` (a tree, or a person's text)
     and ``ids`` whose metrics are missing, were made with other parameters,
     or predate a change of its file; ``force`` measures them all again.
     Frames are measured in workers; one that cannot be measured is stored
     with its reason and costs only itself; the catalog is written in one
     transaction."""
-    return run_step(engine, QualityStep(selection, params, ids), force=force, executor=executor, workers=workers,
+    return run_step(engine, QualityStep(selection, params, ids, hdus), force=force, executor=executor, workers=workers,
                     scheduler=scheduler, progress=progress)
+
+
+def _plain(value):
+    """A numpy number as the Python number a database driver binds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _metric_row(exposure_id, run_id, digest, version, hdu_index, metrics, error) -> tuple:

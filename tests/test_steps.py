@@ -3,7 +3,6 @@ with its exit codes."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ from astropy.io import fits
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from archive.exceptions import ObsarchError, SelectionError
-from archive.models import Exposure, Flag, Offset, Product
+from archive.exceptions import SelectionError
+from archive.models import Flag, Offset
 from cli.main import app
 from processing import calibration, grouping, offsets, quality, stacking
 from processing.steps import mjd_of
