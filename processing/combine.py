@@ -100,16 +100,20 @@ def combine_files(
     dtype=np.float32,
     coverage: np.ndarray | None = None,
     hdu: int | str | None = None,
+    hdus: list[int | str] | None = None,
 ) -> np.ndarray:
     """Combine same-shaped images by median, mean, or sigma-clipped mean.
+
+    ``hdus``, if given, is the HDU of each file to combine (one detector of
+    multi-detector files); ``hdu`` the same HDU (index or EXTNAME) of every
+    file; else the first 2D image of each.
 
     ``subtract`` (an image) comes off each image, then ``scales`` multiply
     each (flats normalized to 1); NaN pixels are left out, and ``coverage``,
     if given, receives the number of images that had a value. The images
     are read a band of rows at a time so that the working memory stays
     within ``memory_bytes`` (the output itself, one image of ``dtype``,
-    counts too). ``hdu`` (index or EXTNAME) picks one detector of
-    multi-extension files; by default the first 2D image of each file.
+    counts too).
     """
     if method not in METHODS:
         raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -117,8 +121,8 @@ def combine_files(
         raise CombineError("nothing to combine")
     frames: list[_Frame] = []
     try:
-        for p in paths:
-            frames.append(_open(Path(p), hdu))
+        for i, p in enumerate(paths):
+            frames.append(_open(Path(p), hdu if hdus is None else hdus[i]))
         shape = frames[0].hdu.shape
         for frame in frames[1:]:
             if frame.hdu.shape != shape:
