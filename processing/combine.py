@@ -158,6 +158,8 @@ def combine_files(
 
 
 def _size(n: float) -> str:
+    if n < 10_000:  # exact below 10 kB, where rounding would print limit and need alike
+        return f"{n:,.0f} B"
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -169,17 +169,18 @@ def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
 
 def test_memory_bounds_the_step_whatever_the_number_of_detectors(muse):
     catalog, tmp = muse
-    # one detector's output (1,024 B) and one band of rows of 3 frames (1,843 B)
-    # fit in 2.9 kB; the four detectors' outputs and bands would not
+    # one detector's output (1,024 B) and one band of rows of 3 frames (921 B:
+    # 16-bit frames are combined in float32) fit in 1,945 B; the four
+    # detectors' outputs and bands would not
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m",
-                                     params=calibration.MasterParams(memory="2.9kB"))
+                                     params=calibration.MasterParams(memory="1945"))
     assert result.exit_code == EXIT_DONE, result.last_line()
     (path,) = (tmp / "m").glob("*.fits")
     assert _levels(path) == pytest.approx(_bias("SCI1.0"), abs=0.5)
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m2",
-                                     params=calibration.MasterParams(memory="2.8kB"))
+                                     params=calibration.MasterParams(memory="1944"))
     assert result.exit_code == 1
-    assert "--memory 2.8 kB is too small: 3 frames of 16x16 need at least 2.9 kB" in result.failed[0][1]
+    assert "--memory 1,944 B is too small: 3 frames of 16x16 need at least 1,945 B" in result.failed[0][1]
 
 
 def test_default_rules_are_declared():
