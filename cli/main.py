@@ -18,6 +18,7 @@ from cli import detectors  # noqa: F401
 from cli import archives  # noqa: F401
 from cli import admin  # noqa: F401
 from cli import xray  # noqa: F401
+from cli import web  # noqa: F401
 from cli.app import app
 
 __all__ = ["app", "run"]

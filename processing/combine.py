@@ -55,7 +55,7 @@ def _open(path: Path, hdu: int | str | None = None) -> _Frame:
 
     hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
     try:
-        if hdu is not None:
+        if hdu is not None:  # one detector of a multi-detector file
             try:
                 chosen = hdul[hdu]
             except (KeyError, IndexError):
@@ -99,30 +99,30 @@ def combine_files(
     memory_bytes: int = parse_memory(DEFAULT_MEMORY),
     dtype=np.float32,
     coverage: np.ndarray | None = None,
-    hdu: int | str | None = None,
-    hdus: list[int | str] | None = None,
+    hdu: int | str | list | tuple | None = None,
 ) -> np.ndarray:
     """Combine same-shaped images by median, mean, or sigma-clipped mean.
 
-    ``hdus``, if given, is the HDU of each file to combine (one detector of
-    multi-detector files); ``hdu`` the same HDU (index or EXTNAME) of every
-    file; else the first 2D image of each.
+    ``hdu`` (index or EXTNAME, or a list of one per path) picks one detector
+    of multi-extension files; by default the first 2D image of each file.
 
     ``subtract`` (an image) comes off each image, then ``scales`` multiply
     each (flats normalized to 1); NaN pixels are left out, and ``coverage``,
     if given, receives the number of images that had a value. The images
     are read a band of rows at a time so that the working memory stays
     within ``memory_bytes`` (the output itself, one image of ``dtype``,
-    counts too).
+    counts too). ``hdu`` (index or EXTNAME) picks one detector of
+    multi-extension files; by default the first 2D image of each file.
     """
     if method not in METHODS:
         raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if not paths:
         raise CombineError("nothing to combine")
+    each = hdu if isinstance(hdu, (list, tuple)) else [hdu] * len(paths)
     frames: list[_Frame] = []
     try:
-        for i, p in enumerate(paths):
-            frames.append(_open(Path(p), hdu if hdus is None else hdus[i]))
+        for p, h in zip(paths, each):
+            frames.append(_open(Path(p), h))
         shape = frames[0].hdu.shape
         for frame in frames[1:]:
             if frame.hdu.shape != shape:
@@ -158,8 +158,6 @@ def combine_files(
 
 
 def _size(n: float) -> str:
-    if n < 10_000:  # exact below 10 kB, where rounding would print limit and need alike
-        return f"{n:,.0f} B"
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

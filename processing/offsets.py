@@ -38,8 +38,7 @@ from processing.quality import QualityParams, load_image, saturation_level
 from processing.stars import DetectionError, detect_stars, unsaturated
 from processing.steps import resolve
 
-# 2: the step machinery; 3: stars found by SEP (processing.stars)
-ALGORITHM = "offsets-3"
+ALGORITHM = "offsets-3"  # 3: stars found by SEP (processing.stars)
 MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
 
 
@@ -772,7 +771,10 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
             found = search(a, b, tolerance_arcsec, bright_b)
         except MatchError:
             continue
-        transform = _without_scale(a, b, found, tolerance_arcsec) if not fit_scale else _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        if fit_scale:
+            transform = _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        else:  # twice: a guess a little off loses the farthest pairs the first time
+            transform = _without_scale(a, b, _without_scale(a, b, found, tolerance_arcsec), tolerance_arcsec)
         chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
         if best is None or log10_p < best[2]:
             best = (transform, chance, log10_p, method)

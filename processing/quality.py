@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
@@ -33,9 +33,7 @@ from processing.steps import refuse_ambiguous_frames
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
-# 2: every detector measured, the exposure summarized by their median;
-# 3: stars found by SEP, FWHM fitted by scipy (processing.stars)
-ALGORITHM = "quality-3"
+ALGORITHM = "quality-3"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy
 
 GRADES = ("great", "ok", "marginal", "bad")
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
@@ -174,11 +172,10 @@ def measure(data: np.ndarray, header: dict | None = None, params: QualityParams 
     """Quality metrics of one image.
 
     Returns min, max, mean, median, std (data units), sigma-clipped
-    background and its rms (a mesh background by SEP, as photutils'
-    Background2D), saturation level and the fraction of pixels at or above
-    it, the number of detected sources (:func:`processing.stars.detect_stars`),
+    background and its rms (photutils Background2D), saturation level and
+    the fraction of pixels at or above it, the number of detected sources,
     the median FWHM of the brightest unsaturated stars (pixels, photutils
-    ``fit_fwhm``'s PRF fit; arcsec when the pixel scale is known), their median
+    ``fit_fwhm``; arcsec when the pixel scale is known), their median
     elongation (second moments, a/b) and sharpness (peak / flux).
     Raises :class:`QualityError` for images that cannot be measured.
     """
@@ -429,16 +426,59 @@ def flag(
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
-        now = utcnow()
-        conn.execute(
-            insert(Flag),
-            [
-                {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
-                 "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
-                for i in ids
-            ],
-        )
+        _record_flags(conn, ids, grade, reason, note, who)
     return len(ids)
+
+
+def flag_exposures(
+    engine: Engine,
+    ids: list[int],
+    grade: str,
+    *,
+    reason: str | None = None,
+    note: str | None = None,
+    who: str | None = None,
+) -> list[int]:
+    """A person's verdict on the exposures ``ids``, recorded as :func:`flag`
+    records it; returns the new flags' ids."""
+    _check_flag(grade, reason)
+    with transaction(engine, write=True) as conn:
+        known = set(conn.execute(select(Exposure.id).where(Exposure.id.in_(ids))).scalars())
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise NotFoundError(f"no exposure with id {', '.join(map(str, missing[:10]))}; nothing flagged")
+        return _record_flags(conn, sorted(known), grade, reason, note, who)
+
+
+def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
+    now = utcnow()
+    rows = [
+        {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+         "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
+        for i in ids
+    ]
+    return list(conn.execute(insert(Flag).returning(Flag.id, sort_by_parameter_order=True), rows).scalars())
+
+
+def retract_flags(engine: Engine, flag_ids: list[int], who: str) -> int:
+    """Take back flags a person just made (an undo): only ``who``'s own
+    flags; returns how many were removed. The flags before them are current again."""
+    with transaction(engine, write=True) as conn:
+        owned = conn.execute(
+            select(Flag.id).where(Flag.id.in_(flag_ids), Flag.source == "person", Flag.who == who)
+        ).scalars().all()
+        if len(owned) != len(set(flag_ids)):
+            raise ObsarchError(f"flags {', '.join(map(str, sorted(set(flag_ids) - set(owned))))} are not {who}'s to take back")
+        conn.execute(delete(Flag).where(Flag.id.in_(owned)))
+    return len(owned)
+
+
+def metrics_of(engine: Engine, exposure_id: int) -> dict | None:
+    """The stored metrics of one exposure (with the run and the reason it
+    could not be measured, if so), or None if never measured."""
+    with transaction(engine) as conn:
+        row = conn.execute(select(*Metric.__table__.columns).where(Metric.exposure_id == exposure_id)).first()
+    return None if row is None else row._asdict()
 
 
 def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
