@@ -83,17 +83,14 @@ def thumbnail(data: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
     return stretch(downsample(data, size), "zscale")
 
 
-# Planes that accompany an image rather than being a detector of their own.
-AUXILIARY_EXTNAMES = frozenset({"BPM", "MASK", "DQ", "ERR", "ERROR", "VAR", "VARIANCE", "STAT", "WHT", "WEIGHT", "EXP",
-                                "EXPMAP", "COVERAGE", "CONF", "SIGMA", "NOISE", "UNCERT", "QUALITY"})
-
-
 def detector_images(path: str | Path, chunk_planes: int = 32) -> list[tuple[int, str | None, np.ndarray]]:
     """Every image of a file as (HDU index, EXTNAME, image): each detector of a
-    multi-extension file, a cube as its white-light image. Planes that go with
-    an image (a bad-pixel mask, variance, data quality, coverage) are left out."""
+    multi-extension file (by the catalog's rule, :func:`archive.detectors.is_detector`:
+    masks, variance and coverage planes are not detectors), a cube as its
+    white-light image."""
     from astropy.io import fits
 
+    from processing.detectors import detectors_of
     from processing.quality import _image_of
 
     images = []
@@ -101,23 +98,14 @@ def detector_images(path: str | Path, chunk_planes: int = 32) -> list[tuple[int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                for index, hdu in enumerate(hdul):
-                    if _is_detector(hdu):
-                        images.append((index, hdu.header.get("EXTNAME"), _image_of(hdu, chunk_planes)))
+                for detector in detectors_of(hdul):
+                    hdu = hdul[detector.hdu_index]
+                    images.append((detector.hdu_index, hdu.header.get("EXTNAME"), _image_of(hdu, chunk_planes)))
     except (OSError, FileNotFoundError) as exc:
         raise QualityError(f"{path}: cannot read: {exc}") from exc
     if not images:
         raise QualityError(f"{path}: no HDU with image data")
     return images
-
-
-def _is_detector(hdu) -> bool:
-    from astropy.io import fits
-
-    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-        return False
-    shape = hdu.shape or ()
-    return 2 <= len(shape) <= 3 and 0 not in shape and str(hdu.header.get("EXTNAME", "")).strip().upper() not in AUXILIARY_EXTNAMES
 
 
 def picture(path: str | Path, size: int = THUMBNAIL_PX, how: str = "zscale", hdu: int | None = None) -> np.ndarray:

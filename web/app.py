@@ -31,11 +31,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from archive.catalog import Catalog
+from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.query import BoolOp, Column, Compare, In, IsNull
 from archive.results import to_csv, to_json
 from processing import grouping, offsets, quality, runs
-from processing.report import AUXILIARY_EXTNAMES, GRADE_COLOURS, STRETCHES, picture, write_png
+from processing.report import GRADE_COLOURS, STRETCHES, picture, write_png
 from web.plots import PLOTS, time_plot
 from web.security import Guard, Policy
 from web.templating import STATIC, environment
@@ -200,8 +201,7 @@ class Review:
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
             "groups": grouping.groups_of(self.engine, exposure_id),
             "made_from": runs.lineage(self.engine, row["file_id"]), "made_into": runs.derived(self.engine, row["file_id"]),
-            "detectors": [h for h in headers if h["type"] in ("image", "compressed") and h["shape"]
-                          and (h["extname"] or "").strip().upper() not in AUXILIARY_EXTNAMES],
+            "detectors": [h for h in headers if is_detector(h["type"], h["extname"], parse_shape(h["shape"]))],
         }
 
     async def exposure(self, request: Request) -> Response:
