@@ -11,14 +11,14 @@ keyword by that of the value, as if they were independent: for
 queries the same way with or without statistics: nothing to do there.
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0010
 Create Date: 2026-12-01 15:25:00
 """
 
 from alembic import op
 
 revision = '0011'
-down_revision = '0006'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
