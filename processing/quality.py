@@ -441,10 +441,16 @@ def flag_exposures(
         return _record_flags(conn, sorted(known), grade, reason, note, who)
 
 
+def person_reason(grade: str, reason: str | None) -> str | None:
+    """The reason a person's flag is recorded with: the one given, else
+    'manual' for a frame graded down (bad, marginal)."""
+    return reason or ("manual" if grade in ("bad", "marginal") else None)
+
+
 def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
     now = utcnow()
     rows = [
-        {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+        {"exposure_id": i, "grade": grade, "reason": person_reason(grade, reason),
          "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
         for i in ids
     ]
