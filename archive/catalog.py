@@ -21,12 +21,15 @@ from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
+    Frames,
     Node,
+    ids,
     base_select,
     column_expressions,
     header_columns,
-    parse,
+    as_tree,
     parse_columns,
+    select_exposures,
     sort_expressions,
 )
 
@@ -90,7 +93,7 @@ class Catalog:
         """
         import pandas as pd
 
-        node = _tree(selection)
+        node = as_tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
@@ -119,13 +122,7 @@ class Catalog:
 
     def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
         """Ids of the exposures matching ``selection`` (text or tree), in id order."""
-        node = _tree(selection)
-        statement = base_select(Exposure.id, tables=())
-        if node is not None:
-            compiler = Compiler(self.dialect)
-            where = compiler(node)
-            statement = base_select(Exposure.id, tables=compiler.tables).where(where)
-        statement = statement.order_by(Exposure.id)
+        statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
 
@@ -138,14 +135,11 @@ class Catalog:
                 found = conn.execute(select(Exposure.id).where(Exposure.id == int(ref))).scalars().all()
                 what = f"exposure id {ref}"
             elif str(ref).isdigit():
-                found = conn.execute(
-                    base_select(Exposure.id, Root.path, File.relpath).where(Exposure.frame_number == int(ref))
-                ).all()
-                if len(found) > 1:  # a frame number names the camera's frame, not its products
-                    raw = set(self.exposure_ids(f"{int(ref)} and product is null"))
-                    found = [r for r in found if r.id in raw] if len(raw) == 1 else found
+                # a frame number names the camera's raw frame, never a product (the tree says so)
+                frame = Compiler(self.dialect)(Frames(((int(ref), int(ref)),)))
+                found = conn.execute(base_select(Exposure.id, Exposure.instrument, Root.path, File.relpath).where(frame)).all()
                 if len(found) > 1:
-                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id})" for r in found[:5])
+                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id}, {r.instrument or 'no instrument'})" for r in found[:5])
                     raise NotFoundError(
                         f"frame {ref} is {len(found)} exposures: {paths}; name one with --id or its path"
                     )
@@ -191,7 +185,7 @@ class Catalog:
 
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path."""
-        result = self.query(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
+        result = self.query(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
         return result.iloc[0].to_dict()
 
@@ -262,13 +256,16 @@ class Catalog:
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
-        """Files made by steps and wrapped tools, with the run that made each."""
+        """Files made by steps and wrapped tools, each once (its latest making),
+        with the run that made it."""
         import pandas as pd
 
+        latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
             .join(Run, Run.id == Product.run_id)
             .outerjoin(File, File.id == Product.file_id)
+            .where(Product.id.in_(latest))
             .order_by(Product.id)
         )
         if kind:
@@ -290,15 +287,6 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=["id", "path", "files"])
-
-
-def _tree(selection: str | Node | None) -> Node | None:
-    """The query tree of a selection given as text (parsed) or as a tree."""
-    if selection is None:
-        return None
-    if isinstance(selection, str):
-        return parse(selection) if selection.strip() else None
-    return selection
 
 
 def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:

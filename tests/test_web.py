@@ -378,6 +378,10 @@ def test_a_multi_extension_file_is_a_mosaic_or_one_detector(catalog, tmp_path, r
         bad = http.get(f"/exposures/{exposure_id}/preview.png", params={"stretch": "sqrt"})
     assert mosaic.status_code == one.status_code == 200 and mosaic.content != one.content
     assert page.text.count('<option value="') >= 4 and "CHIP3" in page.text
+    quality.compute(catalog.engine, workers=1)
+    with client(catalog, tmp_path) as http:
+        measured = http.get(f"/exposures/{exposure_id}")
+    assert "Per detector" in measured.text and measured.text.count("<td>CHIP") == 4
     assert bad.status_code == 400 and "unknown stretch 'sqrt'" in bad.text
     with client(catalog, tmp_path) as http:
         sneaky = http.get(f"/exposures/{exposure_id}/preview.png", params={"hdu": "../../../x"})

@@ -200,6 +200,7 @@ class Review:
         headers = self.catalog.headers(exposure_id)
         return {
             "row": row, "headers": headers, "metrics": quality.metrics_of(self.engine, exposure_id),
+            "detector_metrics": quality.detector_metrics_of(self.engine, exposure_id),
             "flags": quality.flag_history(self.engine, exposure_id),
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
             "groups": grouping.groups_of(self.engine, exposure_id),
