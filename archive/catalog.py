@@ -192,16 +192,17 @@ class Catalog:
     # -- overviews -----------------------------------------------------------
 
     def summary(self) -> dict[str, pd.DataFrame]:
-        """Counts of exposures per instrument, night, frame type and band,
-        and of files per status."""
+        """Counts of raw exposures (products are counted by ``products``) per
+        instrument, night, frame type and band, and of files per status."""
         import pandas as pd
 
+        raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
                 column = getattr(Exposure, name)
                 rows = conn.execute(
-                    select(column, func.count()).group_by(column).order_by(column)
+                    select(column, func.count()).where(raw).group_by(column).order_by(column)
                 ).all()
                 result[name] = pd.DataFrame([tuple(r) for r in rows], columns=[name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()

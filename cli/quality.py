@@ -23,7 +23,7 @@ from cli.app import (
     report_app,
 )
 from cli.calib_rules import HduOption, hdu_names
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, show_frame
 from cli.steps import finish_step
 
 

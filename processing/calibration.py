@@ -40,7 +40,7 @@ KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
 # the keywords normalized columns come from: a master copies them from its
 # first input, so that its headers say what its catalog row says
-_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain", "ccd_temp")
+_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain")
 
 
 @dataclass(frozen=True)
@@ -191,13 +191,18 @@ class MasterStep(Step):
 
 
 def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
-    """The masters the rules choose for ``frame`` (a master's own first input);
-    a dark or flat is made without one that no rule lets through."""
+    """The masters the rules choose for ``frame`` (a master's own first input).
+    Without any master of a kind in the catalog, a dark or flat is made without
+    it; masters that are there but all refused by the rules are an error (a
+    flat silently left with its bias would be wrong)."""
     masters = {}
     for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
         if choice.chosen is not None:
             m = choice.chosen.master
             masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+        elif choice.verdicts or choice.problem:
+            raise ObsarchError(f"{Path(frame.path).name}, the first input: {choice.reason} "
+                               f"(see `obsarch calib explain`, or [calibration.{choice.kind}] in obsarch.toml)")
     return masters
 
 
@@ -244,8 +249,8 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
         if kind == "flat":
             scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, own)]
             return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
-                                 subtract=offset, hdus=own)
-        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdus=own)
+                                 subtract=offset, hdu=own)
+        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
         # combining is linear in a constant: the bias comes off the combined darks
         return combined - offset if offset is not None else combined
 
@@ -297,6 +302,8 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     values = inherited(inputs, kind)
     if values["readout_mode"] is not None:  # whatever keyword the inputs had it in
         header["READOUTM"] = (values["readout_mode"], "read-out mode of the combined frames")
+    if values.get("ccd_temp") is not None:  # what the catalog says of the master, whatever keyword the inputs had
+        header["CCD-TEMP"] = (round(values["ccd_temp"], 4), "[C] mean of the combined frames")
     if values.get("mjd") is not None:
         header["MJD-OBS"] = (values["mjd"], "middle of the combined frames")
     if values.get("night"):
@@ -366,9 +373,9 @@ def plan(choices: list[Choice]) -> tuple[dict[str, Frame], str | None]:
         if choice.chosen is not None:
             m = choice.chosen.master
             chosen[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
-        elif choice.kind != "dark" or choice.verdicts:
+        elif choice.kind != "dark" or choice.verdicts or choice.problem:
             reasons.append(choice.reason)
-    return chosen, ("; ".join(reasons) or None)
+    return chosen, ("; ".join(dict.fromkeys(reasons)) or None)
 
 
 def fits_stem(path: str) -> str:
