@@ -16,12 +16,13 @@ from sqlalchemy import Engine, func, select
 from archive import db
 from archive.exceptions import NotFoundError
 from archive.ingest import IngestSummary, ingest, move_root
-from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Product, Root, Run
+from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Product, Root, Run
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
     Frames,
+    Node,
     ids,
     base_select,
     column_expressions,
@@ -69,7 +70,7 @@ class Catalog:
 
     def query(
         self,
-        selection: str | None = None,
+        selection: str | Node | None = None,
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
@@ -78,8 +79,10 @@ class Catalog:
 
         Parameters
         ----------
-        selection : str, optional
-            An expression of the selection language; all exposures if empty.
+        selection : str or a query tree, optional
+            An expression of the selection language (people write text;
+            programs pass a tree of :mod:`archive.query` nodes); all
+            exposures if empty.
         columns : str or list of str, optional
             Names or ``hdr['KEY']``; by default the usual columns plus every
             header keyword the selection mentions.
@@ -117,8 +120,8 @@ class Catalog:
         """:meth:`query` as an astropy Table."""
         return self.query(selection, **options).to_table()
 
-    def exposure_ids(self, selection: str | None = None) -> list[int]:
-        """Ids of the exposures matching ``selection``, in id order."""
+    def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
+        """Ids of the exposures matching ``selection`` (text or tree), in id order."""
         statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
@@ -230,6 +233,24 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+    def nights(self, night: str | None = None) -> list[dict]:
+        """Exposures per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag."""
+        reviewed = (
+            select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
+        )
+        statement = (
+            select(Exposure.night, Exposure.band, func.count().label("exposures"),
+                   func.count(reviewed.c.exposure_id).label("reviewed"))
+            .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .group_by(Exposure.night, Exposure.band)
+            .order_by(Exposure.night.desc(), Exposure.band)
+        )
+        if night is not None:
+            statement = statement.where(Exposure.night == night)
+        with self.engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(statement)]
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""

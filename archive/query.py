@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, case, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, cast, and_, case, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
@@ -124,6 +124,10 @@ class BoolOp:
 @dataclass(frozen=True)
 class Not:
     item: object
+
+
+# What a parsed selection is; programs may build one from these nodes.
+Node = Compare | In | Between | Match | IsNull | Frames | BoolOp | Not
 
 
 # -- tokens ------------------------------------------------------------------
@@ -275,6 +279,8 @@ class _Parser:
         self.take()
         if token.text == "hdr":
             return self.parse_header(token.pos)
+        if token.text.lower() == "metric" and self.tok.text == "[":
+            return self.parse_metric(token.pos)
         if self.accept("punct", "("):
             argument = self.parse_field()
             self.expect("punct", ")", "')'")
@@ -300,6 +306,13 @@ class _Parser:
         if not keyword:
             raise _error(self.text, key.pos, "empty keyword")
         return Header(keyword, hdu, pos)
+
+    def parse_metric(self, pos: int) -> Column:
+        """``metric['pileup']``: a named metric (from a tool or a person)."""
+        self.expect("punct", "[", "'[' after metric")
+        name = self.expect("string", None, "a quoted metric name such as 'pileup'")
+        self.expect("punct", "]", "']'")
+        return Column(f"metric['{str(name.value).strip().lower()}']", pos)
 
     def parse_condition(self, field: Field):
         if (op := self.accept("op")) is not None:
@@ -452,10 +465,16 @@ FIELDS: dict[str, FieldDef] = {
     "header_hash": FieldDef(lambda: File.header_hash, "text", _FILES),
     "date_obs": FieldDef(lambda: Exposure.date_obs, "datetime"),
 }
-for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode"):
+for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode",
+              "detector", "detector_shape"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "text")
-for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
+for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number", "xbin", "ybin", "gain", "ccd_temp",
+              "n_detectors"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
+# "2x2": x then y, as binning is spoken of
+FIELDS["binning"] = FieldDef(
+    lambda: cast(Exposure.xbin, String) + "x" + cast(Exposure.ybin, String), "text"
+)
 
 
 def _metric(name: str) -> Callable[[], ColumnElement]:
@@ -537,7 +556,16 @@ def register_field(name: str, expression: Callable[[], ColumnElement], kind: str
     FIELDS[name] = FieldDef(expression, kind, tables)
 
 
+from archive import xray_fields  # noqa: E402  (X-ray summaries, named metrics, regions)
+
+xray_fields.register(register_field)
+
+
 def _field_def(column: Column) -> FieldDef:
+    if column.name.startswith("metric['"):
+        from archive.xray_fields import named_metric
+
+        return FieldDef(named_metric(column.name[len("metric['") : -2]), "number")
     found = FIELDS.get(column.name)
     if found is None:
         close = difflib.get_close_matches(column.name, FIELDS, n=3)

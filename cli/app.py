@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from archive import __version__
+from rich.markup import escape
+
 from archive.exceptions import ObsarchError
 from cli.render import Format, err_console
 
@@ -79,7 +81,8 @@ def reports_errors(function):
         except ObsarchError as exc:
             if STATE.debug:
                 raise
-            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            # escaped: a message naming [calibration.bias] is text, not rich markup
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

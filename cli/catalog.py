@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import STATE, ByIdOption, FormatOption, RefArg, WorkersOption, command, load_config, open_catalog, progress
+from cli.app import STATE, ByIdOption, ExecutorOption, FormatOption, RefArg, SchedulerOption, WorkersOption, command, load_config, open_catalog, progress
 from cli.render import Format, _cell, console, err_console, show_frame
 
 
@@ -15,16 +15,23 @@ from cli.render import Format, _cell, console, err_console, show_frame
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: WorkersOption = None,
+    executor: ExecutorOption = "pool",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Scan directories into the catalog: new and changed files are read,
     vanished ones marked missing, unchanged ones only stat'ed.
+
+    With --executor dask the headers are read on the workers of a dask
+    cluster (sharing the file system, same paths) and this process writes.
 
     Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
     """
     catalog = open_catalog()
     config = load_config()
     with progress("reading headers") as on_progress:
-        summary = catalog.ingest(paths, config=config, workers=workers, progress=on_progress)
+        summary = catalog.ingest(
+            paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress
+        )
     console.print(
         f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
@@ -34,6 +41,9 @@ def ingest(
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    from cli.xray import after_ingest
+
+    after_ingest(catalog.engine, summary)
 
 
 @command()
@@ -77,6 +87,9 @@ def show(
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
             console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+    from cli.xray import show_xray
+
+    show_xray(catalog, exposure_id)
 
 
 @command()

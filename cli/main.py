@@ -13,8 +13,12 @@ from cli import catalog  # noqa: F401,I001
 from cli import quality  # noqa: F401
 from cli import groups  # noqa: F401
 from cli import processing  # noqa: F401
+from cli import calib_rules  # noqa: F401
+from cli import detectors  # noqa: F401
 from cli import archives  # noqa: F401
 from cli import admin  # noqa: F401
+from cli import xray  # noqa: F401
+from cli import web  # noqa: F401
 from cli.app import app
 
 __all__ = ["app", "run"]

@@ -73,7 +73,8 @@ def _many(key: str, members: list[Frame], **values) -> Item:
 
 
 def expand(template: list[str], values: dict) -> list[str]:
-    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}`` in each argument."""
+    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}``,
+    ``{region}``, ``{regions}`` in each argument."""
     result = []
     for argument in template:
         try:
@@ -82,7 +83,7 @@ def expand(template: list[str], values: dict) -> list[str]:
             raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item (known: {', '.join(sorted(values))})") from exc
         except (ValueError, IndexError) as exc:
             raise ObsarchError(f"cannot fill in {argument!r}: {exc}") from exc
-        if argument.strip() == "{paths}":
+        if argument.strip() in ("{paths}", "{regions}"):
             result.extend(shlex.split(expanded))
         else:
             result.append(expanded)
@@ -119,20 +120,23 @@ class ExternalStep(Step):
     algorithm, item_runs = ALGORITHM, True
     work = staticmethod(run_command)
 
-    def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None):
+    def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None,
+                 metrics_from: str | None = None):
         if not command:
             raise ObsarchError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
         self.name = f"run:{Path(command[0]).name}"
         self.each, self.selection, self.command, self.workdir, self.timeout = each, selection, command, workdir, timeout
+        self.metrics_from = metrics_from
 
     def params(self) -> dict:
-        return {"each": self.each}
+        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {})}
 
     def items(self, engine) -> list[Item]:
         result = []
         for item in items_of(engine, self.each, self.selection):
             directory = Path(self.workdir.format(item=safe_name(item.key), **{k: safe_name(v) for k, v in item.values.items()})).resolve()
-            arguments = expand(self.command, {**item.values, "workdir": str(directory), "item": item.key})
+            arguments = expand(self.command, {**item.values, **item_regions(engine, item), "workdir": str(directory),
+                                              "item": item.key})
             result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout),
                                     [Input(f.file_id, "frame", f.content) for f in item.frames],
                                     {"item": item.key, "command": arguments, "workdir": str(directory)}))
@@ -143,6 +147,12 @@ class ExternalStep(Step):
                                                                       stderr=result["stderr"][-200_000:]))
         if result["code"] != 0:
             raise ItemFailed(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
+        if self.metrics_from:
+            try:
+                store_tool_metrics(out.conn, out.run_id, [i.file_id for i in item.inputs],  # an exposure has its file's id
+                                   Path(item.params["workdir"]) / self.metrics_from)
+            except ObsarchError as exc:
+                raise ItemFailed(str(exc)) from None
         for path in result["written"]:
             out.product(path, "output")
 
@@ -150,10 +160,37 @@ class ExternalStep(Step):
 def run_each(
     engine, each: str, selection, command: list[str], *, workdir: str = "runs/{item}", workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, timeout: float | None = None, force: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, metrics_from: str | None = None,
 ) -> StepResult:
     """Run ``command`` once per item, in parallel. Items already done with the
     same command and inputs are skipped; a failing item is recorded with its
-    log and the others go on."""
-    step = ExternalStep(each, selection, command, workdir, timeout)
+    log and the others go on. ``metrics_from``: a file (in the item's working
+    directory) the tool writes, whose numbers become named metrics of the
+    item's exposures, with the item's run as their lineage."""
+    step = ExternalStep(each, selection, command, workdir, timeout, metrics_from)
     return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
+
+
+def store_tool_metrics(conn, run_id: int, exposure_ids: list[int], path: Path) -> None:
+    """The numbers the tool wrote to ``path``, as named metrics of the
+    item's exposures from this run (a missing or bad file raises, failing
+    the item with the reason). ``conn``: the transaction the run's rows go in."""
+    from processing.named_metrics import read_metrics_file, store
+
+    store(conn, exposure_ids, read_metrics_file(path), source="tool", run_id=run_id)
+
+
+def item_regions(engine, item: Item) -> dict:
+    """``{region}``: the latest region file attached to the item's exposures
+    (``{regions}``: all of them), when there is one."""
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import RegionFile
+
+    with transaction(engine) as conn:
+        paths = list(conn.execute(select(RegionFile.path).where(RegionFile.exposure_id.in_([f.exposure_id for f in item.frames]))
+                                  .order_by(RegionFile.id)).scalars())
+    if not paths:
+        return {}
+    return {"region": paths[-1], "regions": " ".join(shlex.quote(p) for p in dict.fromkeys(paths))}

@@ -1,5 +1,12 @@
 """Shift-and-stack: every frame resampled onto its reference by its current
-offset, combined with rejection, written with a coverage map."""
+offset, combined with rejection, written with a coverage map.
+
+Frames of several detectors are stacked detector by detector (like with
+like, paired by name), each detector shifted by its exposure's offset: exact
+for the pure shifts of a dither, since every detector of a camera moves
+with it. An offset that rotates or scales moves each detector differently;
+such frames need a WCS to be mosaicked, and are refused with that reason.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +17,21 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
 from archive.query import compare, is_null
 from processing.combine import DEFAULT_MEMORY, combine_files, parse_memory, resample
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.offsets import current_offsets
+from processing.calibration import detector_values
+from processing.detectors import write_detectors
 from processing.runs import write_product
 from processing.steps import Frame, inherited, product_of, resolve, safe_name
 
-ALGORITHM = "stack-2"
+ALGORITHM = "stack-3"  # 3: detector by detector
+# Rotation (degrees) and scale change under which a multi-detector offset is a shift
+_SHIFT_ROTATION_DEG, _SHIFT_SCALE = 1e-3, 1e-5
 
 
 def _remove_dead_scratch() -> None:
@@ -34,13 +46,22 @@ def _remove_dead_scratch() -> None:
 
 
 def _resample_one(task: tuple) -> str:
-    """Resample one frame onto the reference grid into a scratch FITS file. Runs in a worker."""
-    path, transform, shape, target = task
-    from processing.quality import load_image
+    """Resample each detector of one frame onto the reference grid into a
+    scratch FITS file, one detector at a time. Runs in a worker."""
+    path, transform, detectors, target = task
+    from processing import detectors as pixels
+    from processing.quality import _image_of
 
-    data, _, _ = load_image(path)
-    image, _ = resample(data, transform, shape)
-    fits.PrimaryHDU(image.astype(np.float32)).writeto(target, overwrite=True)
+    with pixels.opened(path) as hdul:
+        own = pixels.paired(hdul, [d.name for d in detectors], single=True)
+        fits.PrimaryHDU().writeto(target, overwrite=True)
+        for detector in detectors:
+            data = _image_of(hdul[own[detector.name].hdu_index], 32)
+            if data.shape != detector.shape[-2:]:
+                raise ObsarchError(f"{path}: detector {detector.name} is {data.shape}, the reference's {detector.shape}")
+            image, _ = resample(data, transform, data.shape)
+            fits.append(target, image.astype(np.float32), fits.Header([("EXTNAME", detector.name)]))
+            del data, image
     return target
 
 
@@ -51,13 +72,15 @@ class StackStep(Step):
     name, algorithm, whole = "stack", ALGORITHM, True
     work = staticmethod(_resample_one)
 
-    def __init__(self, selection, method: str, sigma: float, out_dir: Path, name: str | None, include_bad: bool, memory: str):
+    def __init__(self, selection, method: str, sigma: float, out_dir: Path, name: str | None, include_bad: bool, memory: str,
+                 hdus: tuple[str, ...] | None = None):
         self.selection, self.method, self.sigma, self.out_dir = selection, method, sigma, Path(out_dir)
-        self.file_name, self.include_bad, self.memory = name, include_bad, memory
+        self.file_name, self.include_bad, self.memory, self.hdus = name, include_bad, memory, hdus
         self.scratch = None
 
     def params(self) -> dict:
-        return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target)}
+        return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target),
+                "detectors": [d.name for d in self.detectors]}
 
     def items(self, engine) -> list[Item]:
         not_bad = None if self.include_bad else compare("grade", "!=", "bad")  # never-graded frames have grade 'ungraded'
@@ -76,9 +99,13 @@ class StackStep(Step):
         reference = resolve(engine, None, ids=[self.reference_id])
         if not reference:
             raise ObsarchError(f"the reference exposure {self.reference_id} is gone from the catalog")
-        from processing.quality import load_image
+        from processing import detectors as pixels
 
-        self.shape = load_image(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path)[0].shape
+        with pixels.opened(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path) as hdul:
+            self.detectors = [d if len(d.shape) == 2 else type(d)(d.hdu_index, d.name, d.shape[-2:])
+                              for d in select_detectors(pixels.detectors_of(hdul), self.hdus)]
+        if not self.detectors:
+            raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
@@ -96,14 +123,17 @@ class StackStep(Step):
             why = "no offset; run `obsarch offsets compute` first" if offset is None else f"its latest registration failed: {offset.error}"
             return Item(frame.path, error=why, inputs=inputs, data=frame)
         inputs.append(Input(None, "offset", offset.identity))
-        task = (source or frame.path, offset.transform, self.shape, str(self.scratch / f"{frame.exposure_id}.fits"))
+        transform = offset.transform
+        if len(self.detectors) > 1 and (abs(transform.rotation) > _SHIFT_ROTATION_DEG or abs(transform.scale - 1) > _SHIFT_SCALE):
+            return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by {transform.scale:.6f}: "
+                        f"its {len(self.detectors)} detectors move differently and need a WCS to be mosaicked",
+                        inputs=inputs, data=frame)
+        task = (source or frame.path, transform, self.detectors, str(self.scratch / f"{frame.exposure_id}.fits"))
         return Item(frame.path, task, inputs, {"source": source or frame.path}, data=frame)
 
     def finish(self, out: Writer, done, failed) -> str | None:
         used = [item for item, _ in done]
-        coverage = np.zeros(self.shape, dtype=np.int16)
-        image = combine_files([scratch for _, scratch in done], method=self.method, sigma=self.sigma,
-                              memory_bytes=parse_memory(self.memory), coverage=coverage)
+        scratches = [scratch for _, scratch in done]
         header = fits.Header()
         header["NCOMBINE"] = (len(used), "frames stacked")
         header["COMBMETH"] = (self.method, "combine method")
@@ -113,10 +143,20 @@ class StackStep(Step):
         header["IMAGETYP"] = ("STACK", "made by obsarch")
         for item in used:
             header.add_history(f"obsarch input: {Path(item.task[0]).name}")
-        cover = fits.ImageHDU(coverage, name="COVERAGE")
-        cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
-        write_product(self.target, lambda tmp: fits.HDUList([fits.PrimaryHDU(image, header), cover]).writeto(tmp))
-        out.product(self.target, "stack", inherited([item.data for item in used], "science", exptime=False))
+        single = len(self.detectors) == 1
+
+        def make(detector):
+            coverage = np.zeros(detector.shape, dtype=np.int16)
+            index = self.detectors.index(detector) + 1
+            image = combine_files(scratches, method=self.method, sigma=self.sigma, memory_bytes=parse_memory(self.memory),
+                                  coverage=coverage, hdu=index)
+            cover = fits.ImageHDU(coverage, name="COVERAGE" if single else f"COVERAGE_{detector.name}")
+            cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
+            return image, fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)]), [cover]
+
+        write_product(self.target, lambda tmp: write_detectors(tmp, header, self.detectors, make))
+        values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
+        out.product(self.target, "stack", values)
         if failed:
             return f"stacked {len(used)} of {len(used) + len(failed)} selected frames"
         return None
@@ -130,9 +170,11 @@ def stack(
     engine, selection, *, method: str = "median", sigma: float = 3.0, out_dir: Path = Path("stacks"),
     name: str | None = None, include_bad: bool = False, memory: str = DEFAULT_MEMORY, workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, force: bool = False, progress: Progress | None = None,
+    hdus: tuple[str, ...] | None = None,
 ) -> StepResult:
     """Stack the frames of ``selection`` (a tree, or a person's text; their
     calibrated products when they exist) onto the reference of their current
-    offsets. Fewer frames stacked than selected is a short result (exit 3)."""
-    step = StackStep(selection, method, sigma, out_dir, name, include_bad, memory)
+    offsets, detector by detector (``hdus``: only those). Fewer frames
+    stacked than selected is a short result (exit 3)."""
+    step = StackStep(selection, method, sigma, out_dir, name, include_bad, memory, hdus)
     return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)

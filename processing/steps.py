@@ -39,6 +39,11 @@ class Frame:
     date_obs: datetime | None = None
     ra: float | None = None
     dec: float | None = None
+    xbin: int | None = None
+    ybin: int | None = None
+    gain: float | None = None
+    ccd_temp: float | None = None
+    detector: str | None = None
     product: str | None = None
 
 
@@ -70,7 +75,7 @@ def resolve(engine: Engine, selection: Node | str | None, *conditions: Node | No
 
 
 _FRAME_COLUMNS = ("frame_type", "band", "readout_mode", "exptime", "mjd", "night", "frame_number", "instrument",
-                  "telescope", "object", "obsid", "date_obs", "ra", "dec")
+                  "telescope", "object", "obsid", "date_obs", "ra", "dec", "xbin", "ybin", "gain", "ccd_temp", "detector")
 
 
 def refuse_ambiguous_frames(conn, tree: Node | None) -> None:
@@ -163,7 +168,8 @@ def product_of(engine: Engine, file_id: int, kind: str) -> str | None:
 
 
 # Values a product takes from its inputs only when they all agree on them.
-_SHARED = ("instrument", "telescope", "object", "obsid", "band", "readout_mode", "exptime")
+_SHARED = ("instrument", "telescope", "object", "obsid", "band", "readout_mode", "xbin", "ybin", "gain", "detector",
+           "exptime")
 
 
 def inherited(inputs: list[Frame], frame_type: str | None, *, exptime: bool = True) -> dict:
@@ -180,6 +186,9 @@ def inherited(inputs: list[Frame], frame_type: str | None, *, exptime: bool = Tr
         found = [getattr(f, name) for f in inputs]
         if found and None not in found and max(found) - min(found) < 1 / 3600:
             values[name] = float(sum(found) / len(found))
+    temperatures = [f.ccd_temp for f in inputs]
+    if temperatures and None not in temperatures:  # the mean: a master's temperature is its inputs'
+        values["ccd_temp"] = float(sum(temperatures) / len(temperatures))
     times = [f for f in inputs if f.mjd is not None]
     if times:
         middle = (min(f.mjd for f in times) + max(f.mjd for f in times)) / 2
