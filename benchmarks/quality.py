@@ -75,7 +75,7 @@ def obsarch(paths: list[Path], work: Path, workers: int) -> tuple[float, float]:
     cpu, start = cpu_seconds(), time.perf_counter()
     summary = quality.compute(catalog.engine, workers=workers)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    assert summary.computed == len(paths), summary
+    assert len(summary.done) == len(paths) and not summary.failed, summary
     catalog.engine.dispose()
     return seconds, cpu
 
