@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from archive import db
 from archive.exceptions import NotFoundError
 from archive.ingest import IngestSummary, ingest, move_root
-from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Product, Root, Run
+from archive.models import Exposure, File, Flag, HeaderCard, Hdu, IngestRun, Metric, Offset, Product, Root, Run, RunInput
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
@@ -86,7 +86,7 @@ class Catalog:
         limit : int, optional
             At most this many rows.
         """
-        import pandas as pd
+        from archive.results import frame_of
 
         node = parse(selection) if selection and selection.strip() else None
         if columns:
@@ -108,7 +108,7 @@ class Catalog:
             rows = conn.execute(statement).all()
         from archive.results import QueryResult
 
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=[label for label, _ in pairs])
+        frame = frame_of(rows, [label for label, _ in pairs])
         return QueryResult(_merge_header_columns(frame))
 
     def to_table(self, selection: str | None = None, **options):
@@ -192,7 +192,7 @@ class Catalog:
     def summary(self) -> dict[str, pd.DataFrame]:
         """Counts of exposures per instrument, night, frame type and band,
         and of files per status."""
-        import pandas as pd
+        from archive.results import frame_of
 
         result = {}
         with self.engine.connect() as conn:
@@ -201,15 +201,15 @@ class Catalog:
                 rows = conn.execute(
                     select(column, func.count()).group_by(column).order_by(column)
                 ).all()
-                result[name] = pd.DataFrame([tuple(r) for r in rows], columns=[name, "exposures"])
+                result[name] = frame_of(rows, [name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
-            result["status"] = pd.DataFrame([tuple(r) for r in rows], columns=["status", "files"])
+            result["status"] = frame_of(rows, ["status", "files"])
         return result
 
     def errors(self) -> pd.DataFrame:
         """Files with a problem now: unreadable ones, and ones ingested with
         invalid cards, with the reason."""
-        import pandas as pd
+        from archive.results import frame_of
 
         statement = (
             select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
@@ -219,17 +219,89 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["path", "status", "reason"])
+        return frame_of(rows, ["path", "status", "reason"])
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
-        """The latest ingest runs with their counts."""
-        import pandas as pd
+        """The latest runs of every kind, newest first: ingests (ids ``i1``,
+        ``i2``...) and processing steps (``1``, ``2``...), with what each did."""
+        from archive.results import frame_of
 
-        columns = ["id", "started_at", "finished_at", "state", "n_new", "n_changed", "n_unchanged", "n_missing", "n_failed", "paths"]
-        statement = select(*[getattr(IngestRun, c) for c in columns]).order_by(IngestRun.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+            ingests = conn.execute(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
+            steps = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit)).all()
+        rows = [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error) for r in ingests]
+        rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error)
+                 for r in steps]
+        rows.sort(key=lambda row: row[4], reverse=True)
+        return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error"])
+
+    def run(self, ref: str) -> dict:
+        """One run: ``i3`` is ingest run 3, ``3`` processing run 3. A dict of
+        its fields, ``inputs``, ``products`` and ``items`` (per-item state:
+        the exposures it measured, registered or flagged, or the files an
+        ingest could not read), and an external tool's ``stdout``/``stderr``."""
+        text = str(ref).strip()
+        if not text.lstrip("i").isdigit():
+            raise NotFoundError(f"{ref!r} is no run id: give a number from `obsarch runs` (i3 for ingest run 3)")
+        with self.engine.connect() as conn:
+            if text.startswith("i"):
+                return self._ingest_run(conn, int(text[1:]))
+            return self._step_run(conn, int(text))
+
+    def _ingest_run(self, conn, run_id: int) -> dict:
+        run = conn.execute(select(IngestRun).where(IngestRun.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no ingest run i{run_id} in the catalog")
+        failed = conn.execute(
+            select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
+            .join(Root, Root.id == File.root_id)
+            .where(File.run_id == run_id, File.error.is_not(None))
+            .order_by(Root.path, File.relpath)
+        ).all()
+        fields = {"run": f"i{run.id}", "step": "ingest", "paths": run.paths, "state": run.state,
+                  "started_at": run.started_at, "finished_at": run.finished_at, "host": run.host, "user": run.user,
+                  "code_version": run.code_version, "summary": _ingest_counts(run), "error": run.error}
+        return {**fields, "params": {}, "inputs": [], "products": [],
+                "items": [{"item": r.path, "state": r.status, "error": r.error} for r in failed]}
+
+    def _step_run(self, conn, run_id: int) -> dict:
+        import json
+
+        run = conn.execute(select(Run).where(Run.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no run {run_id} in the catalog (ingest runs are i1, i2...)")
+        path = (Root.path + "/" + File.relpath).label("path")
+        inputs = conn.execute(
+            select(RunInput.role, path, Exposure.frame_number)
+            .join(File, File.id == RunInput.file_id).join(Root, Root.id == File.root_id)
+            .outerjoin(Exposure, Exposure.file_id == File.id)
+            .where(RunInput.run_id == run_id).order_by(RunInput.id)
+        ).all()
+        products = conn.execute(select(Product.kind, Product.path).where(Product.run_id == run_id).order_by(Product.id)).all()
+        fields = {"run": str(run.id), "step": run.step, "item": run.item, "state": run.state, "started_at": run.started_at,
+                  "finished_at": run.finished_at, "host": run.host, "user": run.user, "code_version": run.code_version,
+                  "summary": _summary_text(run.summary_json), "error": run.error}
+        return {**fields, "params": json.loads(run.params_json or "{}"),
+                "inputs": [{"role": r.role, "path": r.path, "frame_number": r.frame_number} for r in inputs],
+                "products": [{"kind": r.kind, "path": r.path} for r in products],
+                "items": self._items(conn, run_id), "stdout": run.stdout, "stderr": run.stderr}
+
+    def _items(self, conn, run_id: int) -> list[dict]:
+        """What a step did to each exposure: measured (metrics), registered
+        (offsets) or flagged, with the reason of a failure."""
+        items = []
+        path = (Root.path + "/" + File.relpath).label("path")
+        for table, state in ((Metric, case((Metric.error.is_(None), "measured"), else_="failed")),
+                             (Offset, Offset.status), (Flag, Flag.grade)):
+            error = Flag.reason if table is Flag else table.error
+            rows = conn.execute(
+                select(Exposure.frame_number, path, state.label("state"), error.label("error"))
+                .select_from(table).join(Exposure, Exposure.id == table.exposure_id)
+                .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+                .where(table.run_id == run_id).order_by(Exposure.id)
+            ).all()
+            items += [{"item": r.path, "frame_number": r.frame_number, "state": r.state, "error": r.error} for r in rows]
+        return items
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""
@@ -237,7 +309,7 @@ class Catalog:
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
         """Files made by steps and wrapped tools, with the run that made each."""
-        import pandas as pd
+        from archive.results import frame_of
 
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
@@ -249,11 +321,11 @@ class Catalog:
             statement = statement.where(Product.kind == kind)
         with db.transaction(self.engine) as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "kind", "path", "run", "step", "made", "status"])
+        return frame_of(rows, ["id", "kind", "path", "run", "step", "made", "status"])
 
     def roots(self) -> pd.DataFrame:
         """The root directories and how many files each holds."""
-        import pandas as pd
+        from archive.results import frame_of
 
         statement = (
             select(Root.id, Root.path, func.count(File.id).label("files"))
@@ -263,7 +335,26 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "path", "files"])
+        return frame_of(rows, ["id", "path", "files"])
+
+
+def _seconds(run) -> float | None:
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return round((run.finished_at - run.started_at).total_seconds(), 3)
+
+
+def _ingest_counts(run) -> str:
+    return (f"{run.n_new} new, {run.n_changed} changed, {run.n_unchanged} unchanged, "
+            f"{run.n_missing} missing, {run.n_failed} failed")
+
+
+def _summary_text(summary_json: str | None) -> str:
+    """A step's summary as one line, ``key=value`` separated by commas."""
+    import json
+
+    summary = json.loads(summary_json) if summary_json else {}
+    return ", ".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}" for k, v in summary.items())
 
 
 def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:

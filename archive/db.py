@@ -287,9 +287,22 @@ def head_revision(engine: Engine | None = None) -> str:
     return HEAD
 
 
+def missing_file(engine: Engine) -> bool:
+    """Whether the catalog is a SQLite file that does not exist: connecting
+    would create it, and a command that only reads must not leave one behind."""
+    if not is_sqlite(engine):
+        return False
+    database = engine.url.database or ""
+    if database.startswith("file:"):  # a read-only URI
+        database = database[len("file:"):].split("?", 1)[0]
+    return database not in ("", ":memory:") and not Path(database).exists()
+
+
 def current_revision(engine: Engine) -> str | None:
     """The catalog's schema revision, read without loading alembic (every
     command checks it before doing anything)."""
+    if missing_file(engine):
+        return None
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
@@ -313,12 +326,14 @@ def check_schema(engine: Engine) -> None:
     if current == head:
         return
     if current is None:
-        tables = set(inspect(engine).get_table_names())
+        tables = set() if missing_file(engine) else set(inspect(engine).get_table_names())
         if "files" in tables:
             raise SchemaOutOfDate(
                 f"the catalog at {where} has no schema version; run `obsarch db upgrade`"
             )
-        raise CatalogNotFound(f"no obsarch catalog at {where}; run `obsarch init` first")
+        raise CatalogNotFound(
+            f"no obsarch catalog at {where}; run `obsarch init` first (or name one with --db or ${ENV_VAR})"
+        )
     raise SchemaOutOfDate(
         f"the catalog at {where} is at schema {current}, this obsarch needs {head}; "
         "run `obsarch db upgrade`"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import pandas as pd
 
 
@@ -17,3 +19,24 @@ class QueryResult(pd.DataFrame):
         from astropy.table import Table
 
         return Table.from_pandas(pd.DataFrame(self))
+
+
+def frame_of(rows: Iterable[Sequence], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows from the database as a DataFrame whose columns keep the rows'
+    types: a column of integers with NULLs stays integer (pandas' nullable
+    Int64) instead of becoming float, so frame 3866 never prints as 3866.0."""
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
+    for name in frame.columns:
+        frame[name] = _typed(frame[name])
+    return frame
+
+
+def _typed(column: pd.Series) -> pd.Series:
+    values = column.dropna()
+    if values.empty:
+        return column
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return column.astype("Int64")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return column.astype("float64")
+    return column.infer_objects()

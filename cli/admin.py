@@ -11,7 +11,7 @@ from cli.app import STATE, FormatOption, command, db_app, open_catalog, roots_ap
 from cli.render import Format, console, show_frame
 
 
-@command()
+@command(panel="admin")
 def init() -> None:
     """Create the catalog at the current schema (./obsarch.db unless --db).
 
@@ -24,7 +24,7 @@ def init() -> None:
     console.print(f"catalog ready at {engine.url.render_as_string(hide_password=True)} (schema {db.head_revision(engine)})")
 
 
-@command()
+@command(panel="admin")
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
 ) -> None:

@@ -11,7 +11,7 @@ from cli.app import STATE, ByIdOption, FormatOption, RefArg, WorkersOption, comm
 from cli.render import Format, _cell, console, err_console, show_frame
 
 
-@command()
+@command(panel="catalog")
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: WorkersOption = None,
@@ -36,7 +36,7 @@ def ingest(
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
 
 
-@command()
+@command(panel="catalog")
 def query(
     selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
@@ -54,7 +54,7 @@ def query(
         err_console.print(f"{len(frame)} exposures")
 
 
-@command()
+@command(panel="catalog")
 def show(
     ref: RefArg,
     by_id: ByIdOption = False,
@@ -79,7 +79,7 @@ def show(
             console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
 
 
-@command()
+@command(panel="catalog")
 def summary() -> None:
     """Counts of exposures per instrument, night, frame type and band.
 
@@ -89,7 +89,7 @@ def summary() -> None:
         show_frame(frame, Format.table, title=name)
 
 
-@command()
+@command(panel="catalog")
 def errors(fmt: FormatOption = Format.table) -> None:
     """Files that could not be read, or were read with invalid cards, and why.
 
@@ -101,7 +101,7 @@ def errors(fmt: FormatOption = Format.table) -> None:
         err_console.print(f"{len(frame)} files with problems")
 
 
-@command()
+@command(panel="catalog")
 def sql(
     statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
     fmt: FormatOption = Format.table,

@@ -75,11 +75,11 @@ def group_create(
     console.print(f"group {name}: {len(result.groups[name])} exposures" + (f", reference {reference}" if reference else ""))
 
 
-@command(groups_app, "list")
+@command(group_app, "list", aliases=[(groups_app, "list")])
 def groups_list(fmt: FormatOption = Format.table) -> None:
     """Every group with its method and size.
 
-    Example: obsarch groups list
+    Example: obsarch group list
     """
     import pandas as pd
 
@@ -88,11 +88,11 @@ def groups_list(fmt: FormatOption = Format.table) -> None:
     show_frame(pd.DataFrame(grouping.list_groups(open_catalog().engine), columns=["name", "method", "members", "created_at"]), fmt)
 
 
-@command(groups_app, "show")
+@command(group_app, "show", aliases=[(groups_app, "show")])
 def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], fmt: FormatOption = Format.table) -> None:
     """The members of a group, reference first, with their normalized values.
 
-    Example: obsarch groups show B0
+    Example: obsarch group show B0
     """
     catalog = open_catalog()
     quoted = name.replace("'", "''")

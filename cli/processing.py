@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+import json
+from datetime import datetime
+
 from cli.app import (
     ExecutorOption,
     ForceOption,
@@ -15,14 +18,15 @@ from cli.app import (
     SchedulerOption,
     Selection,
     WorkersOption,
+    ColumnsOption,
     calib_app,
     command,
+    reports_errors,
+    runs_app,
     open_catalog,
     progress,
-    reports_errors,
-    app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, err_console, exact, iso, show_frame
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
 ToOption = Annotated[Optional[str], typer.Option("--to", help="Date or time, e.g. 2014-07-27.")]
@@ -32,13 +36,53 @@ MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 
 MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
 
 
-@command()
-def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> None:
-    """The latest ingest runs and what each found.
+@runs_app.callback(invoke_without_command=True)
+@reports_errors
+def runs(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+    fmt: FormatOption = Format.table,
+    columns: ColumnsOption = None,
+) -> None:
+    """Every run, newest first: ingests (i1, i2...) and processing steps (1, 2...),
+    with state and what each did; `obsarch runs show N` tells one run in full.
 
     Example: obsarch runs --limit 5
     """
-    show_frame(open_catalog().runs(limit))
+    if ctx.invoked_subcommand is None:
+        show_frame(open_catalog().runs(limit), fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+
+
+@command(runs_app, "show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="A run id from `obsarch runs` (i3 is ingest run 3).")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """One run in full: parameters, code, inputs, products, the state of each
+    item, and an external tool's stdout and stderr as stored.
+
+    Example: obsarch runs show i1
+    """
+    import pandas as pd
+
+    detail = open_catalog().run(run)
+    if fmt is Format.json:
+        typer.echo(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)))
+        return
+    head = ("run", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
+    for key in head:
+        if detail.get(key) not in (None, ""):
+            console.print(f"{key}: {exact(detail[key])}", markup=False, soft_wrap=True)
+    if detail["params"]:
+        console.print(f"params: {json.dumps(detail['params'], sort_keys=True)}", markup=False, soft_wrap=True)
+    for part in ("inputs", "products", "items"):
+        if detail[part]:
+            console.print(f"\n{part} ({len(detail[part])}):", markup=False)
+            show_frame(pd.DataFrame(detail[part]), fmt if fmt is not Format.json else Format.table)
+    for stream in ("stdout", "stderr"):
+        if detail.get(stream):
+            console.print(f"\n{stream}:", markup=False)
+            typer.echo(detail[stream], nl=not detail[stream].endswith("\n"))
 
 
 def _report_step(label: str, summary) -> None:
@@ -92,7 +136,7 @@ def calib_flat(selection: Selection = None, band: Annotated[Optional[str], typer
     _master("flat", selection, nearest, to, band, method, sigma, memory, out, force)
 
 
-@command()
+@command(panel="processing")
 def calibrate(
     selection: Selection = None,
     no_dark: Annotated[bool, typer.Option("--no-dark", help="Skip dark subtraction.")] = False,
@@ -117,7 +161,7 @@ def calibrate(
         err_console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
 
 
-@command(name="stack")
+@command(name="stack", panel="processing")
 def stack_command(
     selection: Annotated[str, typer.Argument(help="The frames to stack.")],
     method: MethodOption = "median",
@@ -142,8 +186,7 @@ def stack_command(
     _report_step("stack", summary)
 
 
-@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@reports_errors
+@command(name="run", panel="processing", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_command(
     ctx: typer.Context,
     selection: Selection = None,
@@ -171,7 +214,7 @@ def run_command(
         err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
 
 
-@command()
+@command(panel="processing")
 def products(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind (master_bias, calibrated, stack, output...).")] = None,
     fmt: FormatOption = Format.table,
@@ -183,7 +226,7 @@ def products(
     show_frame(open_catalog().products(kind), fmt)
 
 
-@command()
+@command(panel="processing")
 def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingested file).")]) -> None:
     """The tree of runs and inputs a file was made from, down to raw files.
 
@@ -210,7 +253,7 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
     show(tree)
 
 
-@command()
+@command(panel="processing")
 def stale(fmt: FormatOption = Format.table) -> None:
     """Products whose inputs changed, went missing, were graded bad, or were rebuilt;
     re-running their step rebuilds only those.

@@ -15,6 +15,7 @@ from cli.app import (
     Selection,
     WorkersOption,
     command,
+    flag_app,
     flags_app,
     load_config,
     open_catalog,
@@ -63,8 +64,8 @@ def quality_rules(selection: Selection = None) -> None:
     )
 
 
-@command(name="flag")
-def flag_command(
+@command(flag_app, "set")
+def flag_set(
     selection: Annotated[str, typer.Argument(help="Frame numbers (3920,3921,4058-4059) or a selection.")],
     grade: Annotated[str, typer.Option(help="great, ok, marginal or bad.")],
     reason: Annotated[Optional[str], typer.Option(help="clouds, tracking, focus, trail, saturation, manual or other.")] = None,
@@ -74,7 +75,7 @@ def flag_command(
     """Record your verdict on frames; earlier flags are kept as history, and yours
     wins over any rule's.
 
-    Example: obsarch flag 3920,3921,3924 --grade bad --reason tracking --note "big tracking errors"
+    Example: obsarch flag set 3920,3921,3924 --grade bad --reason tracking --note "big tracking errors"
     """
     from processing import quality
 
@@ -82,11 +83,11 @@ def flag_command(
     console.print(f"flagged {count} exposures {grade}" + (f" ({reason})" if reason else ""))
 
 
-@command(flags_app, "history")
-def flags_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
+@command(flag_app, "history", aliases=[(flags_app, "history")])
+def flag_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
     """Every flag of one frame, oldest first; the current one is marked.
 
-    Example: obsarch flags history 3920
+    Example: obsarch flag history 3920
     """
     import pandas as pd
 

@@ -191,19 +191,29 @@ def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = Non
     return node
 
 
+def _file_name(row, file_id: int) -> str:
+    """How a stale product's input is named to a person: its path and frame number."""
+    if row is None:
+        return f"(file {file_id}, no longer in the catalog)"
+    return row.path + (f" (frame {row.frame_number})" if row.frame_number is not None else "")
+
+
 def stale_products(engine: Engine) -> list[dict]:
     """Products whose inputs changed since they were made, went missing, were
     graded bad, or are themselves stale or rebuilt: with the reason."""
     from sqlalchemy import select
 
-    from archive.models import File, Flag, Product, RunInput
+    from archive.models import Exposure, File, Flag, Product, Root, RunInput
 
     with transaction(engine) as conn:
         products = conn.execute(
             select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path).order_by(Product.id)
         ).all()
         inputs = conn.execute(select(RunInput.run_id, RunInput.file_id, RunInput.role, RunInput.content)).all()
-        files = {row.id: row for row in conn.execute(select(File.id, File.header_hash, File.size, File.mtime_ns, File.status))}
+        files = {row.id: row for row in conn.execute(
+            select(File.id, File.header_hash, File.size, File.mtime_ns, File.status, (Root.path + "/" + File.relpath).label("path"),
+                   Exposure.frame_number)
+            .join(Root, Root.id == File.root_id).outerjoin(Exposure, Exposure.file_id == File.id))}
         latest_flag = {}
         for exposure_id, grade, source in conn.execute(select(Flag.exposure_id, Flag.grade, Flag.source).order_by(Flag.id)):
             if source == "person" or latest_flag.get(exposure_id, (None, None))[1] != "person":
@@ -224,7 +234,7 @@ def stale_products(engine: Engine) -> list[dict]:
         found = None
         for item in by_run.get(product.run_id, []):
             current = files.get(item.file_id)
-            name = f"input {item.role} (file {item.file_id})"
+            name = f"input {item.role} {_file_name(files.get(item.file_id), item.file_id)}"
             if current is None or current.status == "missing":
                 found = f"{name} is missing"
             elif item.content and file_content(current) != item.content:
