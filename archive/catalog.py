@@ -15,7 +15,6 @@ from sqlalchemy import Engine, case, func, select
 
 from archive import db
 from archive.exceptions import NotFoundError
-from archive.ingest import IngestSummary, ingest, move_root
 from archive.models import Exposure, File, Flag, HeaderCard, Hdu, IngestRun, Metric, Offset, Product, Root, Run, RunInput
 from archive.query import (
     DEFAULT_COLUMNS,
@@ -33,6 +32,7 @@ from archive.query import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from archive.ingest import IngestSummary
     from archive.results import QueryResult
 
 
@@ -61,6 +61,8 @@ class Catalog:
 
     def ingest(self, paths, **options) -> IngestSummary:
         """Scan directories or files into the catalog (see :func:`archive.ingest.ingest`)."""
+        from archive.ingest import ingest
+
         return ingest(self.engine, list(paths), **options)
 
     # -- selecting -----------------------------------------------------------
@@ -86,8 +88,20 @@ class Catalog:
         limit : int, optional
             At most this many rows.
         """
-        from archive.results import frame_of
+        from archive.results import QueryResult, frame_of
 
+        names, rows = self.rows(selection, columns=columns, sort=sort, limit=limit)
+        return QueryResult(frame_of(rows, names))
+
+    def rows(
+        self,
+        selection: str | None = None,
+        columns: str | list[str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[str], list[tuple]]:
+        """:meth:`query` as column names and plain rows, without pandas (a
+        command that prints a few rows should not pay for importing it)."""
         node = parse(selection) if selection and selection.strip() else None
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
@@ -105,11 +119,8 @@ class Catalog:
         if limit is not None:
             statement = statement.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        from archive.results import QueryResult
-
-        frame = frame_of(rows, [label for label, _ in pairs])
-        return QueryResult(_merge_header_columns(frame))
+            rows = [tuple(r) for r in conn.execute(statement)]
+        return _merge_header_columns([label for label, _ in pairs], rows)
 
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""
@@ -183,9 +194,9 @@ class Catalog:
 
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path."""
-        result = self.query(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
+        names, rows = self.rows(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
-        return result.iloc[0].to_dict()
+        return dict(zip(names, rows[0]))
 
     # -- overviews -----------------------------------------------------------
 
@@ -305,6 +316,8 @@ class Catalog:
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""
+        from archive.ingest import move_root
+
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
@@ -357,16 +370,19 @@ def _summary_text(summary_json: str | None) -> str:
     return ", ".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}" for k, v in summary.items())
 
 
-def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """Join each header keyword's number and text columns into one: numbers
     where every value is numeric, text otherwise."""
-    for label in [c[: -len("#num")] for c in frame.columns if c.endswith("#num")]:
-        where = frame.columns.get_loc(f"{label}#num")
-        numbers, texts = frame.pop(f"{label}#num"), frame.pop(f"{label}#text")
-        present = texts.notna()
-        if present.any() and numbers[present].notna().all():
-            merged = numbers.astype(float)
-        else:
-            merged = texts
-        frame.insert(where, label, merged)
-    return frame
+    keep, merged = [], []
+    for i, name in enumerate(names):
+        if name.endswith("#text"):
+            continue
+        if not name.endswith("#num"):
+            keep.append(name)
+            merged.append(lambda row, i=i: row[i])
+            continue
+        label, j = name[: -len("#num")], names.index(name[: -len("#num")] + "#text")
+        numeric = all(row[i] is not None for row in rows if row[j] is not None)
+        keep.append(label)
+        merged.append((lambda row, i=i: None if row[i] is None else float(row[i])) if numeric else (lambda row, j=j: row[j]))
+    return keep, [tuple(get(row) for get in merged) for row in rows]

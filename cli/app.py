@@ -3,6 +3,7 @@ options shared by several commands (declared once, here)."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import typing
 from contextlib import contextmanager
@@ -41,14 +42,67 @@ def _placeholder(param) -> str | None:
     return word + ("..." if desc is not None and desc.is_list else "")
 
 
+def _light_runtime_param(param):
+    """A value converter for plain types (text, numbers, flags, paths, an enum, a
+    list of one of these), or None for anything else.
+
+    Typer (0.2x) converts every value through a pydantic TypeAdapter, and
+    importing pydantic and building the adapters was a third of a short
+    command's start-up; these types need no more than a call to the type.
+    """
+    try:
+        from typer._coercion import RuntimeParam
+    except ImportError:  # another typer: its own conversion stands
+        return None
+    desc = param.type_descriptor
+    info = desc.parameter_info
+    element = typing.get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+    plain = element in (str, int, float, bool, Path) or (isinstance(element, type) and issubclass(element, enum.Enum))
+    constrained = any(getattr(info, name, None) for name in ("parser", "min", "max", "exists", "resolve_path", "click_type"))
+    if not plain or constrained or desc.is_tuple or desc.file_annotation is not None:
+        return None
+
+    class Light(RuntimeParam):
+        def _coerce_value(self, value, param, ctx):
+            if isinstance(value, (list, tuple)):
+                return [_convert(element, item, param, ctx) for item in value]
+            return _convert(element, value, param, ctx)
+
+    return Light(parameter_info=info, annotation=desc.annotation)
+
+
+def _convert(kind, value, param, ctx):
+    from typer._click.exceptions import BadParameter
+
+    if isinstance(value, kind):
+        return value
+    if kind is bool:
+        return str(value).lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except ValueError:
+        if issubclass(kind, enum.Enum):
+            choices = ", ".join(repr(c.value) for c in kind)
+            raise BadParameter(f"{value!r} is not one of {choices}.", ctx=ctx, param=param) from None
+        word = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise BadParameter(f"{value!r} is not {word}.", ctx=ctx, param=param) from None
+
+
 class _Option(TyperOption):
     def display_type_rich(self, ctx) -> str | None:
         return _placeholder(self)
+
+    def get_runtime_param(self):
+        if getattr(self, "_runtime_param", None) is None:
+            self._runtime_param = _light_runtime_param(self) or super().get_runtime_param()
+        return self._runtime_param
 
 
 class _Argument(TyperArgument):
     def display_type_rich(self, ctx) -> str | None:
         return None  # the argument's name says it
+
+    get_runtime_param = _Option.get_runtime_param
 
 
 def _plain(params: list) -> list:
@@ -208,7 +262,7 @@ def progress(label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+                  console=err_console.unwrap(), transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

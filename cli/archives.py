@@ -15,7 +15,7 @@ from cli.render import Format, console, err_console, show_frame
 def _bytes_bar():
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console,
+    return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console.unwrap(),
                     transient=True)
 
 

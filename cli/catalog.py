@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import STATE, ByIdOption, FormatOption, RefArg, WorkersOption, command, load_config, open_catalog, progress
-from cli.render import Format, _cell, console, err_console, show_frame
+from cli.render import Format, console, err_console, readable, show_frame, show_rows
 
 
 @command(panel="catalog")
@@ -48,10 +48,10 @@ def query(
 
     Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
     """
-    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit)
-    show_frame(frame, fmt)
+    names, rows = open_catalog().rows(selection, columns=columns, sort=sort, limit=limit)
+    show_rows(names, rows, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(frame)} exposures")
+        err_console.print(f"{len(rows)} exposures")
 
 
 @command(panel="catalog")
@@ -68,7 +68,7 @@ def show(
     exposure_id = catalog.resolve(ref, by_id=by_id)
     row = catalog.exposure(exposure_id)
     console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
-    console.print("  ".join(f"{k}={_cell(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _cell(v)), soft_wrap=True)
+    console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)), soft_wrap=True)
     for unit in catalog.headers(exposure_id):
         if hdu is not None and unit["index"] != hdu:
             continue

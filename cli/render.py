@@ -17,13 +17,32 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+class _LazyConsole:
+    """A rich Console made on first use: importing rich.console is a fifth of
+    a short command's start-up, and ``obsarch --version`` needs none."""
+
+    def __init__(self, **options):
+        self._options, self._console = options, None
+
+    def unwrap(self) -> Console:
+        """The Console itself (for rich objects that take one, like Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.unwrap(), name)
+
+
+console: Console = _LazyConsole(highlight=False, soft_wrap=True)
+err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Format(str, Enum):
@@ -45,12 +64,7 @@ def _missing(value) -> bool:
         return True
     if isinstance(value, float):
         return math.isnan(value)
-    try:
-        import pandas as pd
-
-        return value is pd.NA or value is pd.NaT
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        return False
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing values, without importing pandas
 
 
 def exact(value) -> str:
@@ -76,82 +90,92 @@ def readable(value) -> str:
 _cell = readable  # the name older callers use
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with times as ISO text and integers kept integers."""
-    import pandas as pd
-
-    frame = frame.copy()
-    for name in frame.columns:
-        column = frame[name]
-        first = column.dropna().iloc[0] if column.dtype == object and column.notna().any() else None
-        if pd.api.types.is_datetime64_any_dtype(column) or isinstance(first, (datetime, date)):
-            frame[name] = column.map(lambda v: None if _missing(v) else iso(pd.Timestamp(v).to_pydatetime()))
-    return frame
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return [{str(k): (None if _missing(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
-
-
 def show_frame(frame: pd.DataFrame, fmt: Format = Format.table, title: str | None = None,
                brief: list[str] | None = None, columns: str | None = None) -> None:
-    """Print a DataFrame in the chosen format.
+    """Print a DataFrame in the chosen format (see :func:`show_rows`)."""
+    show_rows([str(c) for c in frame.columns], list(frame.itertuples(index=False, name=None)), fmt, title, brief, columns)
+
+
+def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, title: str | None = None,
+              brief: list[str] | None = None, columns: str | None = None) -> None:
+    """Print rows in the chosen format.
 
     ``brief``: the columns a terminal table shows unless ``columns`` (a
     comma-separated list, or ``all``) says otherwise; pipes get every column.
     """
-    frame = _choose(frame, columns)
-    if fmt is Format.table and console.is_terminal:
-        _rich_table(frame, title, brief if columns is None else None)
-        return
-    frame = _plain(frame)
+    names, rows = _choose(names, rows, columns)
     if fmt is Format.csv:
-        typer.echo(frame.to_csv(index=False), nl=False)
-    elif fmt is Format.json:
-        typer.echo(json.dumps(_records(frame), indent=1, default=str))
-    elif fmt is Format.ecsv:
-        from astropy.table import Table as AstropyTable
+        import csv
 
         buffer = io.StringIO()
-        AstropyTable.from_pandas(frame).write(buffer, format="ascii.ecsv")
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([exact(v) for v in row] for row in rows)
         typer.echo(buffer.getvalue(), nl=False)
+    elif fmt is Format.json:
+        typer.echo(json.dumps([dict(zip(names, map(_json_value, row))) for row in rows], indent=1))
+    elif fmt is Format.ecsv:
+        _ecsv(names, rows)
+    elif console.is_terminal:
+        _rich_table(names, rows, title, brief if columns is None else None)
     else:
-        _tab_separated(frame, title)
+        _tab_separated(names, rows, title)
 
 
-def _choose(frame: pd.DataFrame, columns: str | None) -> pd.DataFrame:
+def _json_value(value):
+    if _missing(value):
+        return None
+    if isinstance(value, (datetime, date)):
+        return iso(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
+
+
+def _ecsv(names: list[str], rows: list[tuple]) -> None:
+    from astropy.table import Table
+
+    from archive.results import frame_of
+
+    frame = frame_of([[iso(v) if isinstance(v, (datetime, date)) else v for v in row] for row in rows], names)
+    buffer = io.StringIO()
+    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")
+    typer.echo(buffer.getvalue(), nl=False)
+
+
+def _choose(names: list[str], rows: list[tuple], columns: str | None) -> tuple[list[str], list[tuple]]:
     if not columns or columns == "all":
-        return frame
-    names = [c.strip() for c in columns.split(",") if c.strip()]
-    unknown = [n for n in names if n not in frame.columns]
+        return names, rows
+    chosen = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [n for n in chosen if n not in names]
     if unknown:
         from archive.exceptions import ObsarchError
 
-        raise ObsarchError(f"no column {', '.join(unknown)}; the columns are {', '.join(map(str, frame.columns))}")
-    return frame[names]
+        raise ObsarchError(f"no column {', '.join(unknown)}; the columns are {', '.join(names)}")
+    where = [names.index(n) for n in chosen]
+    return chosen, [tuple(row[i] for i in where) for row in rows]
 
 
-def _tab_separated(frame: pd.DataFrame, title: str | None) -> None:
+def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> None:
     if title:
         typer.echo(f"# {title}")
-    lines = ["\t".join(map(str, frame.columns))]
-    lines += ["\t".join(exact(v).replace("\t", " ").replace("\n", " ") for v in row) for row in frame.itertuples(index=False)]
+    lines = ["\t".join(names)]
+    lines += ["\t".join(exact(v).replace("\t", " ").replace("\n", " ") for v in row) for row in rows]
     typer.echo("\n".join(lines))
 
 
-def _rich_table(frame: pd.DataFrame, title: str | None, brief: list[str] | None) -> None:
+def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None) -> None:
     from rich.table import Table
 
-    hidden = [c for c in frame.columns if brief and c not in brief]
-    shown = [c for c in frame.columns if c not in hidden]
+    shown = [i for i, name in enumerate(names) if not brief or name in brief]
+    hidden = [name for i, name in enumerate(names) if i not in shown]
+    cells = [[readable(row[i]) for i in shown] for row in rows]
     table = Table(title=title, show_lines=False)
-    rows = [[readable(v) for v in row] for row in frame[shown].itertuples(index=False)]
-    for i, name in enumerate(shown):
-        short = all(len(row[i]) <= 24 for row in rows)  # numbers, times, names: never broken
-        table.add_column(str(name), overflow="fold", no_wrap=short)
-    for row in rows:
+    for k, i in enumerate(shown):
+        short = all(len(row[k]) <= 24 for row in cells)  # numbers, times, names: never broken
+        table.add_column(names[i], overflow="fold", no_wrap=short)
+    for row in cells:
         table.add_row(*row)
     console.print(table)
     if hidden:
-        err_console.print(f"not shown: {', '.join(map(str, hidden))} (--columns all, or name them)", markup=False)
+        err_console.print(f"not shown: {', '.join(hidden)} (--columns all, or name them)", markup=False)
