@@ -15,7 +15,7 @@ from sqlalchemy import Engine, case, func, select
 
 from archive import db
 from archive.exceptions import NotFoundError
-from archive.models import Exposure, File, Flag, HeaderCard, Hdu, IngestRun, Metric, Offset, Product, Root, Run, RunInput
+from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Metric, Offset, Product, Root, Run, RunInput
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,

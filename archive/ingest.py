@@ -42,7 +42,7 @@ from archive.db import (
 from archive.exceptions import FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
 from archive.keywords import COLUMNS, KeywordMaps, load_maps, normalize
-from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun, Root
+from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root
 
 FITS_SUFFIXES = (
     ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",

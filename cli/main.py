@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 
-__all__ = ["app", "run"]
+__all__ = ["run"]  # and `app`, built on first use (see __getattr__)
 
 
 def __getattr__(name: str):

@@ -3,28 +3,27 @@ tools, and what they made (runs, products, lineage, stale)."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-import json
-from datetime import datetime
-
 from cli.app import (
+    ColumnsOption,
     ExecutorOption,
     ForceOption,
     FormatOption,
     SchedulerOption,
     Selection,
     WorkersOption,
-    ColumnsOption,
     calib_app,
     command,
-    reports_errors,
-    runs_app,
     open_catalog,
     progress,
+    reports_errors,
+    runs_app,
 )
 from cli.render import Format, console, err_console, exact, iso, show_frame
 

@@ -86,7 +86,7 @@ def stack(
     calibrated = {}
     for f in chosen:
         if sources[f.exposure_id] != f.path:
-            calibrated.update({f.exposure_id: c for c in frames(engine, f"path == '{sources[f.exposure_id].replace(chr(39), chr(39) * 2)}'")})
+            calibrated.update({f.exposure_id: c for c in frames(engine, f"path == '{sources[f.exposure_id].replace(chr(39), chr(39) * 2)}'")})  # noqa: B035 (the last found)
     bands = sorted({f.band for f in chosen if f.band}, key=str)
     target = (Path(out_dir) / (name or f"{safe_name(bands[0]) if len(bands) == 1 else 'mixed'}_stack.fits")).resolve()
     contents = ([f.content for f in chosen] + [offsets[f.exposure_id][2] for f in chosen]
