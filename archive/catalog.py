@@ -291,7 +291,7 @@ class Catalog:
         products = conn.execute(select(Product.kind, Product.path).where(Product.run_id == run_id).order_by(Product.id)).all()
         fields = {"run": str(run.id), "step": run.step, "item": run.item, "state": run.state, "started_at": run.started_at,
                   "finished_at": run.finished_at, "host": run.host, "user": run.user, "code_version": run.code_version,
-                  "summary": _summary_text(run.summary_json), "error": run.error}
+                  "summary": json.loads(run.summary_json or "{}"), "error": run.error}
         return {**fields, "params": json.loads(run.params_json or "{}"),
                 "inputs": [{"role": r.role, "path": r.path, "frame_number": r.frame_number} for r in inputs],
                 "products": [{"kind": r.kind, "path": r.path} for r in products],
@@ -363,11 +363,13 @@ def _ingest_counts(run) -> str:
 
 
 def _summary_text(summary_json: str | None) -> str:
-    """A step's summary as one line, ``key=value`` separated by commas."""
+    """A step's summary as one line, ``key=value`` separated by commas; long
+    values are left to ``obsarch runs show``."""
     import json
 
     summary = json.loads(summary_json) if summary_json else {}
-    return ", ".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}" for k, v in summary.items())
+    values = {k: len(v) if isinstance(v, (list, dict)) else v for k, v in summary.items()}
+    return ", ".join(f"{k}={v}" for k, v in values.items() if len(str(v)) <= 60)
 
 
 def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:

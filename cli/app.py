@@ -220,7 +220,9 @@ def reports_errors(function):
         except ObsarchError as exc:
             if STATE.debug:
                 raise
-            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # [quality] is text, not markup
             raise typer.Exit(1) from None
 
     return wrapper

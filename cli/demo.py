@@ -70,7 +70,7 @@ def _render(stars: np.ndarray, origin: tuple[float, float], fwhm_px: float, trai
 def _science(frame: Frame, stars: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, fits.Header]:
     origin = (86.0 + (40.0 if frame.pointing == 2 else 0.0) + rng.uniform(-5, 5), 79.0 + rng.uniform(-5, 5))
     scale = frame.exptime / 60 * {"B": 0.6, "V": 1.0, "R": 1.2}[frame.band]
-    sky, transparency = (600.0, 0.5) if frame.trouble == "clouds" else (120.0, 1.0)
+    sky, transparency = (4000.0, 0.5) if frame.trouble == "clouds" else (120.0, 1.0)
     image = _render(stars, origin, 3.0, 2.4 if frame.trouble == "trail" else 1.0) * scale * transparency
     image += sky * frame.exptime / 60
     header = fits.Header()

@@ -70,10 +70,11 @@ def runs_show(
         return
     head = ("run", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
     for key in head:
-        if detail.get(key) not in (None, ""):
+        if detail.get(key) not in (None, "") and not isinstance(detail[key], dict):
             console.print(f"{key}: {exact(detail[key])}", markup=False, soft_wrap=True)
-    if detail["params"]:
-        console.print(f"params: {json.dumps(detail['params'], sort_keys=True)}", markup=False, soft_wrap=True)
+    for key in ("params", "summary"):
+        if isinstance(detail[key], dict) and detail[key]:
+            console.print(f"{key}: {json.dumps(detail[key], sort_keys=True)}", markup=False, soft_wrap=True)
     for part in ("inputs", "products", "items"):
         if detail[part]:
             console.print(f"\n{part} ({len(detail[part])}):", markup=False)

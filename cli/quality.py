@@ -117,7 +117,7 @@ def report_quality(
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
     if fmt is Format.table and not summary.empty:
-        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", fill_value=0).reset_index()
+        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", aggfunc="sum", fill_value=0).reset_index()
     show_frame(summary, fmt, title="science frames per night, band and grade")
     if html_dir is not None:
         ids = catalog.exposure_ids(selection) if selection else None
