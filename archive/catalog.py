@@ -28,6 +28,7 @@ from archive.query import (
     select_exposures,
     sort_expressions,
 )
+from archive.roots import file_id_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,23 +156,12 @@ class Catalog:
                 found = [r.id for r in found]
                 what = f"frame number {ref}"
             else:
-                found = self._ids_for_path(conn, Path(ref).expanduser().absolute())
+                file_id = file_id_of(conn, Path(ref).expanduser().absolute())
+                found = list(conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalars())
                 what = f"file {ref}"
         if not found:
             raise NotFoundError(f"no exposure with {what} in the catalog")
         return found[0]
-
-    def _ids_for_path(self, conn, path: Path) -> list[int]:
-        for root_id, root_path in conn.execute(select(Root.id, Root.path)):
-            root = Path(root_path)
-            if root in path.parents:
-                relpath = path.relative_to(root).as_posix()
-                ids = conn.execute(
-                    base_select(Exposure.id).where(File.root_id == root_id, File.relpath == relpath)
-                ).scalars().all()
-                if ids:
-                    return ids
-        return []
 
     def headers(self, exposure_id: int) -> list[dict]:
         """Every HDU of an exposure's file with its cards, as stored."""

@@ -16,7 +16,6 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from archive.exceptions import (
     CatalogNotFound,
@@ -109,23 +108,6 @@ def _sqlite_engine(parsed, read_only: bool) -> Engine:
 
 def _writer(engine: Engine) -> Engine:
     return engine.execution_options(obsarch_write=True)
-
-
-@contextmanager
-def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
-    """One ORM session that commits on success, rolls back on error.
-
-    Driver errors come out as :class:`DatabaseError`. Functions that receive
-    the session never commit.
-    """
-    bind = _writer(engine) if write else engine
-    with Session(bind, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except SQLAlchemyError as exc:
-            session.rollback()
-            raise DatabaseError(_one_line(exc)) from exc
 
 
 @contextmanager

@@ -142,22 +142,16 @@ def add_product(engine: Engine, run_id: int, path, kind: str) -> int:
     """Ingest a written product and link it to its run; returns its file id."""
     from pathlib import Path
 
-    from sqlalchemy import select
-
     from archive.ingest import ingest, is_fits_name
-    from archive.models import File, Product, Root
+    from archive.models import Product
+    from archive.roots import file_id_of
 
     path = Path(path).resolve()
     fits_file = is_fits_name(path.name)
     if fits_file:  # other outputs (logs, text) are products, not catalog files
         ingest(engine, [path])
     with transaction(engine, write=True) as conn:
-        file_id = None
-        for root_id, root_path in conn.execute(select(Root.id, Root.path)) if fits_file else []:
-            if Path(root_path) in path.parents:
-                found = conn.execute(select(File.id).where(File.root_id == root_id,
-                                                           File.relpath == path.relative_to(root_path).as_posix())).scalar()
-                file_id = found or file_id
+        file_id = file_id_of(conn, path) if fits_file else None
         conn.execute(insert(Product).values(run_id=run_id, file_id=file_id, kind=kind, path=str(path), created_at=utcnow()))
     return file_id
 
