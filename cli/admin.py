@@ -15,7 +15,9 @@ from cli.render import Format, console, show_frame, show_rows
 def init() -> None:
     """Create the catalog at the current schema (./obsarch.db unless --db).
 
-    Example: obsarch init && obsarch --db postgresql://localhost/obs init
+    A team's catalog: `obsarch --db postgresql://HOST/DBNAME init`.
+
+    Example: obsarch init
     """
     from archive import db
 
@@ -29,10 +31,10 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
 ) -> None:
     """Write the night the README's tour uses (B, V, R frames of one field at two
-    pointings, bias, flats, two XMM obsids, two source lists), ingest it into
+    pointings, bias, darks, flats, two XMM obsids, two source lists), ingest it into
     DIRECTORY/obsarch.db and query it; then `cd DIRECTORY` and follow the tour.
 
-    Example: obsarch demo /tmp/obsarch-demo
+    Example: obsarch demo obsarch-demo
     """
     from archive.catalog import Catalog
     from cli.demo import make_night
@@ -66,7 +68,7 @@ def roots_move(
 ) -> None:
     """Tell the catalog a tree has moved; nothing is re-read.
 
-    Example: obsarch roots move /data/old/ngc3293 /mnt/big/ngc3293
+    Example: obsarch roots move ngc3293 /mnt/big/ngc3293
     """
     count = open_catalog().move_root(old, new)
     console.print(f"root moved: {old} -> {new.resolve()} ({count} files)")

@@ -27,6 +27,12 @@ PANELS = {
 }
 
 
+# Within a panel, the order of a night's work; commands not named here follow.
+ORDER = ["ingest", "query", "show", "summary", "errors", "sql", "quality", "flag", "report", "group", "offsets", "align",
+         "calib", "calibrate", "stack", "run", "runs", "products", "lineage", "stale",
+         "archive", "fetch", "downloads", "sync", "init", "demo", "db", "roots"]
+
+
 def _placeholder(param) -> str | None:
     """What an option takes, as a word (no ``<bool>``, ``<list[Path]>``):
     nothing for a flag, the choices of a choice, else PATH, N, NUMBER or TEXT."""
@@ -132,10 +138,17 @@ class Group(TyperGroup):
         return _plain(super().get_params(ctx))
 
     def list_commands(self, ctx) -> list[str]:
-        order = list(PANELS.values())
+        panels = list(PANELS.values())
         names = super().list_commands(ctx)
         panel = {n: getattr(self.commands[n], "rich_help_panel", None) for n in names}
-        return sorted(names, key=lambda n: order.index(panel[n]) if panel[n] in order else len(order))
+        if not any(panel.values()):  # a command group: the order its commands were made in
+            return names
+
+        def place(name):
+            return (panels.index(panel[name]) if panel[name] in panels else len(panels),
+                    ORDER.index(name) if name in ORDER else len(ORDER))
+
+        return sorted(names, key=place)
 
     def resolve_command(self, ctx, args):
         if self.default and args and args[0] not in self.commands and args[0] not in ctx.help_option_names:

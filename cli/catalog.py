@@ -19,7 +19,7 @@ def ingest(
     """Scan directories into the catalog: new and changed files are read,
     vanished ones marked missing, unchanged ones only stat'ed.
 
-    Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
+    Example: obsarch ingest ngc3293 xmm
     """
     catalog = open_catalog()
     config = load_config()

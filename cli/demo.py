@@ -2,7 +2,7 @@
 
 Real FITS files from a seeded rng: one star field seen through B, V and R,
 dithered by a few pixels between frames, at two pointings 40" apart; bias
-frames and flats; a trailed frame and a cloudy pair for the quality rules;
+frames, darks and flats; a trailed frame and a cloudy pair for the quality rules;
 two XMM-Newton event files (two obsids); and two source lists of the field
 for ``align catalogs``. Frame numbers, bands and the star in the centroid
 box are those the README names.
@@ -44,6 +44,7 @@ def plan() -> list[Frame]:
     frames += [Frame(3882 + i, "Light Frame", "B", 120.0, pointing=2) for i in range(8)]
     frames += [Frame(3890 + i, "Bias Frame", None, 0.0) for i in range(5)]
     frames += [Frame(3895 + 3 * b + i, "Flat Field", band, 2.0) for b, band in enumerate("BVR") for i in range(3)]
+    frames += [Frame(3904 + i, "Dark Frame", None, 60.0) for i in range(3)]
     trouble = {3857: "trail", 3874: "clouds", 3875: "clouds"}
     return [Frame(f.number, f.kind, f.band, f.exptime, f.pointing, trouble.get(f.number)) for f in frames]
 
@@ -144,6 +145,8 @@ def make_night(directory: Path, seed: int = 3293) -> list[Path]:
             signal, extra = _science(frame, fields[1], rng)
             data += signal
             header.update(extra)
+        elif frame.kind == "Dark Frame":
+            data += rng.poisson(3.0, SHAPE).astype(np.float32)
         elif frame.kind == "Flat Field":
             data += 20000.0 * (1 + 0.02 * rng.standard_normal(SHAPE)).astype(np.float32)
         header["IMAGETYP"] = frame.kind

@@ -118,7 +118,7 @@ def offsets_compute(
 ) -> None:
     """Measure the shift, rotation and scale of frames onto a reference.
 
-    Example: obsarch offsets compute "band == 'B' and grade != 'bad'" --reference 4056
+    Example: obsarch offsets compute "band == 'B' and grade != 'bad'" --reference 3852
     """
     import fnmatch
 
@@ -208,7 +208,7 @@ def align_catalogs(
     """Shift and rotation that take list A onto list B (e.g. X-ray sources onto
     optical stars), found without a starting guess, with the residuals.
 
-    Example: obsarch align catalogs chandra_srcs.csv muse_stars.csv
+    Example: obsarch align catalogs xray_sources.csv optical_stars.csv
     """
     import pandas as pd
 

@@ -109,7 +109,7 @@ def calib_bias(selection: Selection = None, nearest: NearestOption = None, to: T
                force: ForceOption = False) -> None:
     """A master bias from raw bias frames of one read-out mode.
 
-    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 11 --to 2014-07-27
+    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 5 --to 2017-08-16
     """
     _master("bias", selection, nearest, to, None, method, sigma, memory, out, force)
 
@@ -120,7 +120,7 @@ def calib_dark(selection: Selection = None, nearest: NearestOption = None, to: T
                force: ForceOption = False) -> None:
     """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
 
-    Example: obsarch calib dark "exptime == 300"
+    Example: obsarch calib dark "exptime == 60"
     """
     _master("dark", selection, nearest, to, None, method, sigma, memory, out, force)
 
@@ -148,7 +148,7 @@ def calibrate(
     """Bias, dark and flat correction of science frames, with the masters chosen by
     rule (same read-out mode, same band for flats, nearest in time).
 
-    Example: obsarch calibrate "frame_type == 'science' and night == '2017-08-15'"
+    Example: obsarch calibrate "band == 'V' and frame_type == 'science' and night == '2017-08-15'"
     """
     from processing import calibration
 
@@ -175,7 +175,7 @@ def stack_command(
     """Resample frames onto their reference by their stored offsets and combine
     them with rejection; writes the stack with a COVERAGE extension.
 
-    Example: obsarch stack "band == 'V' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
+    Example: obsarch stack "band == 'B' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
     """
     from processing import stacking
 
@@ -202,7 +202,7 @@ def run_command(
     run, written files become products with lineage, items done with the same
     command and inputs are skipped.
 
-    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
+    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- sh -c 'echo {obsid}: {paths}'
     """
     from processing import external
 
@@ -230,7 +230,7 @@ def products(
 def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingested file).")]) -> None:
     """The tree of runs and inputs a file was made from, down to raw files.
 
-    Example: obsarch lineage stacks/V_stack.fits
+    Example: obsarch lineage stacks/B_stack.fits
     """
     from processing import runs as runs_
 

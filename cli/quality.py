@@ -31,7 +31,7 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     """Measure frames: statistics, background, stars, FWHM, elongation, sharpness.
     Frames measured before with the same parameters and unchanged files are skipped.
 
-    Example: obsarch quality compute "frame_type == 'science'"
+    Example: obsarch quality compute "frame_type == 'science' and telescope != 'XMM'"
     """
     from processing import quality
 
@@ -75,7 +75,7 @@ def flag_set(
     """Record your verdict on frames; earlier flags are kept as history, and yours
     wins over any rule's.
 
-    Example: obsarch flag set 3920,3921,3924 --grade bad --reason tracking --note "big tracking errors"
+    Example: obsarch flag set 3856,3857,3870 --grade bad --reason tracking --note "big tracking errors"
     """
     from processing import quality
 
@@ -87,7 +87,7 @@ def flag_set(
 def flag_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
     """Every flag of one frame, oldest first; the current one is marked.
 
-    Example: obsarch flag history 3920
+    Example: obsarch flag history 3857
     """
     import pandas as pd
 
