@@ -22,10 +22,12 @@ class QueryResult(pd.DataFrame):
 
 
 def frame_of(rows: Iterable[Sequence], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows from the database as a DataFrame whose columns keep the rows'
+    """Rows from the database (tuples, or dicts by column name) as a DataFrame whose columns keep the rows'
     types: a column of integers with NULLs stays integer (pandas' nullable
     Int64) instead of becoming float, so frame 3866 never prints as 3866.0."""
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(columns), dtype=object)
+    columns = list(columns)
+    rows = [tuple(r.get(c) for c in columns) if isinstance(r, dict) else tuple(r) for r in rows]
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
     for name in frame.columns:
         frame[name] = _typed(frame[name])
     return frame

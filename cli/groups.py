@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from cli.app import FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
+from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
 from cli.render import Format, console, err_console, show_frame
 
 GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]
@@ -175,25 +175,28 @@ def offsets_show(
     selection: Selection = None,
     group: Annotated[Optional[str], typer.Option(help="Offsets measured for this group.")] = None,
     fmt: FormatOption = Format.table,
+    columns: ColumnsOption = None,
 ) -> None:
     """The latest offset of each exposure: dx, dy (px), rotation (deg), scale,
     uncertainties, matched stars, residual; MUSE's derotator angle when present.
 
     Example: obsarch offsets show --group B0
     """
-    import pandas as pd
 
     from processing import offsets
 
     engine = open_catalog().engine
     ids = offsets.select_ids(engine, selection) if selection else None
+    from archive.results import frame_of
+
     rows = offsets.offsets_table(engine, ids=ids, group=group)
-    columns = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
-               "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
-    frame = pd.DataFrame(rows, columns=columns)
+    names = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
+             "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
+    frame = frame_of(rows, names)
     if frame["drot_posang"].isna().all():
         frame = frame.drop(columns="drot_posang")
-    show_frame(frame, fmt)
+    main = ["frame_number", "reference_id", "method", "status", "dx", "dy", "rotation", "nmatched", "residual", "drot_posang"]
+    show_frame(frame, fmt, brief=main, columns=columns)
 
 
 @command(align_app, "catalogs")

@@ -165,17 +165,26 @@ def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> No
 
 
 def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None) -> None:
+    """A table drawn for reading: rounded numbers, short columns never broken
+    nor cut, long ones folded; columns that do not fit the terminal are left
+    out, from the right, and named on stderr."""
     from rich.table import Table
 
     shown = [i for i, name in enumerate(names) if not brief or name in brief]
-    hidden = [name for i, name in enumerate(names) if i not in shown]
-    cells = [[readable(row[i]) for i in shown] for row in rows]
+    cells = {i: [readable(row[i]) for row in rows] for i in shown}
+    widths = {i: max([len(names[i])] + [len(c) for c in cells[i]]) for i in shown}
+    least = {i: widths[i] if widths[i] <= 26 else 20 for i in shown}  # a long column folds, at least 20 wide
+    while len(shown) > 1 and sum(least[i] + 3 for i in shown) + 1 > console.width:
+        shown.pop()
     table = Table(title=title, show_lines=False)
-    for k, i in enumerate(shown):
-        short = all(len(row[k]) <= 24 for row in cells)  # numbers, times, names: never broken
-        table.add_column(names[i], overflow="fold", no_wrap=short)
-    for row in cells:
-        table.add_row(*row)
+    for i in shown:
+        if widths[i] <= 26:
+            table.add_column(names[i], no_wrap=True, min_width=widths[i])
+        else:
+            table.add_column(names[i], overflow="fold", min_width=least[i])
+    for r in range(len(rows)):
+        table.add_row(*(cells[i][r] for i in shown))
     console.print(table)
+    hidden = [name for i, name in enumerate(names) if i not in shown]
     if hidden:
-        err_console.print(f"not shown: {', '.join(hidden)} (--columns all, or name them)", markup=False)
+        err_console.print(f"not shown: {', '.join(hidden)} (name columns with --columns, or pipe the output)", markup=False)
