@@ -20,10 +20,12 @@ from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
+    Frames,
+    as_tree,
     base_select,
     column_expressions,
     header_columns,
-    parse,
+    ids,
     parse_columns,
     select_exposures,
     sort_expressions,
@@ -103,7 +105,7 @@ class Catalog:
     ) -> tuple[list[str], list[tuple]]:
         """:meth:`query` as column names and plain rows, without pandas (a
         command that prints a few rows should not pay for importing it)."""
-        node = parse(selection) if selection and selection.strip() else None
+        node = as_tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
@@ -142,14 +144,11 @@ class Catalog:
                 found = conn.execute(select(Exposure.id).where(Exposure.id == int(ref))).scalars().all()
                 what = f"exposure id {ref}"
             elif str(ref).isdigit():
-                found = conn.execute(
-                    base_select(Exposure.id, Root.path, File.relpath).where(Exposure.frame_number == int(ref))
-                ).all()
-                if len(found) > 1:  # a frame number names the camera's frame, not its products
-                    raw = set(self.exposure_ids(f"{int(ref)} and product is null"))
-                    found = [r for r in found if r.id in raw] if len(raw) == 1 else found
+                # a frame number names the camera's raw frame, never a product (the tree says so)
+                frame = Compiler(self.dialect)(Frames(((int(ref), int(ref)),)))
+                found = conn.execute(base_select(Exposure.id, Exposure.instrument, Root.path, File.relpath).where(frame)).all()
                 if len(found) > 1:
-                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id})" for r in found[:5])
+                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id}, {r.instrument or 'no instrument'})" for r in found[:5])
                     raise NotFoundError(
                         f"frame {ref} is {len(found)} exposures: {paths}; name one with --id or its path"
                     )
@@ -184,7 +183,7 @@ class Catalog:
 
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path."""
-        names, rows = self.rows(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
+        names, rows = self.rows(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
         return dict(zip(names, rows[0]))
 
@@ -311,13 +310,16 @@ class Catalog:
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
-        """Files made by steps and wrapped tools, with the run that made each."""
+        """Files made by steps and wrapped tools, each once (its latest making),
+        with the run that made it."""
         from archive.results import frame_of
 
+        latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
             .join(Run, Run.id == Product.run_id)
             .outerjoin(File, File.id == Product.file_id)
+            .where(Product.id.in_(latest))
             .order_by(Product.id)
         )
         if kind:

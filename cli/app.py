@@ -29,7 +29,7 @@ PANELS = {
 
 # Within a panel, the order of a night's work; commands not named here follow.
 ORDER = ["ingest", "query", "show", "summary", "errors", "sql", "quality", "flag", "report", "group", "offsets", "align",
-         "calib", "calibrate", "stack", "run", "runs", "products", "lineage", "stale",
+         "calib", "calibrate", "stack", "run", "xray", "runs", "products", "lineage", "stale",
          "archive", "fetch", "downloads", "sync", "init", "demo", "db", "roots"]
 
 
@@ -233,9 +233,10 @@ def reports_errors(function):
         except ObsarchError as exc:
             if STATE.debug:
                 raise
-            from rich.markup import escape
+            from rich.markup import escape  # imported here: rich is not needed before an error
 
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # [quality] is text, not markup
+            # escaped: a message naming [calibration.bias] is text, not rich markup
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

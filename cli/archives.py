@@ -91,6 +91,10 @@ def fetch_command(
                   f"{summary.linked} exposures linked to their observation", soft_wrap=True)
     for url, reason in queue.failed[:20]:
         err_console.print(f"  {url}: {reason}", markup=False, soft_wrap=True)
+    if queue.done:
+        from cli.xray import catch_up
+
+        catch_up(engine)  # downloaded X-ray files get their summaries
     if queue.failed:
         err_console.print("see `obsarch downloads`; `obsarch fetch --retry-failed` tries them again")
 

@@ -34,6 +34,9 @@ def ingest(
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    from cli.xray import after_ingest
+
+    after_ingest(catalog.engine, summary)
 
 
 @command(panel="catalog")
@@ -77,6 +80,9 @@ def show(
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
             console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+    from cli.xray import show_xray
+
+    show_xray(catalog, exposure_id)
 
 
 @command(panel="catalog")

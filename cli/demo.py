@@ -3,8 +3,8 @@
 Real FITS files from a seeded rng: one star field seen through B, V and R,
 dithered by a few pixels between frames, at two pointings 40" apart; bias
 frames, darks and flats; a trailed frame and a cloudy pair for the quality rules;
-two XMM-Newton event files (two obsids); and two source lists of the field
-for ``align catalogs``. Frame numbers, bands and the star in the centroid
+two XMM-Newton event files (two obsids) and a DS9 region; and two source
+lists of the field for ``align catalogs``. Frame numbers, bands and the star in the centroid
 box are those the README names.
 """
 
@@ -129,6 +129,13 @@ def _source_lists(directory: Path, stars: np.ndarray, rng: np.random.Generator) 
             writer.writerow([f"{ra + 0.8 / 3600 / np.cos(np.radians(dec)):.7f}", f"{dec + 0.5 / 3600:.7f}", f"{flux / 50:.0f}"])
 
 
+def _region(directory: Path) -> None:
+    """A DS9 region around the X-ray source, for ``regions attach``."""
+    (directory / "src.reg").write_text(
+        "# Region file format: DS9 version 4.1\nglobal color=green\nfk5\n"
+        f"circle({CENTRE[0]:.5f},{CENTRE[1]:.5f},20\")\n")
+
+
 def make_night(directory: Path, seed: int = 3293) -> list[Path]:
     """Write the night's frames to ``directory/ngc3293``, two XMM obsids to
     ``directory/xmm`` and two source lists to ``directory``; return the paths
@@ -163,4 +170,5 @@ def make_night(directory: Path, seed: int = 3293) -> list[Path]:
     xmm = directory / "xmm"
     paths += [_xray(xmm, obsid, START + timedelta(days=400 * k), rng) for k, obsid in enumerate(("0013140101", "0761220101"))]
     _source_lists(directory, fields[1], rng)
+    _region(directory)
     return paths

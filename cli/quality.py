@@ -23,13 +23,18 @@ from cli.app import (
     quality_app,
     report_app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.calib_rules import HduOption, hdu_names
+from cli.render import Format, console, show_frame
+from cli.steps import finish_step
 
 
 @command(quality_app, "compute")
-def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None) -> None:
+def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None,
+                    hdu: HduOption = None) -> None:
     """Measure frames: statistics, background, stars, FWHM, elongation, sharpness.
-    Frames measured before with the same parameters and unchanged files are skipped.
+    Every detector is measured and stored; the exposure's metrics (what selections
+    use) are the median over its detectors. Frames measured before with the same
+    parameters and unchanged files are skipped.
 
     Example: obsarch quality compute "frame_type == 'science' and telescope != 'XMM'"
     """
@@ -38,10 +43,9 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     catalog = open_catalog()
     params = quality.QualityParams.from_config(load_config())
     with progress("measuring") as on_progress:
-        summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress)
-    console.print(f"quality run {summary.run_id}: {summary.computed} measured, {summary.skipped} up to date, {summary.failed} could not be measured")
-    for exposure_id, reason in (summary.errors or [])[:20]:
-        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+        summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress,
+                                  hdus=hdu_names(hdu))
+    finish_step(summary)
 
 
 @command(quality_app, "rules")

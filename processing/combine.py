@@ -48,10 +48,12 @@ class _Frame:
     hdu: object
 
 
-def _open(path: Path) -> _Frame:
+def _open(path: Path, hdu_index: int | None = None) -> _Frame:
     from astropy.io import fits
 
     hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+    if hdu_index is not None:  # one detector of a multi-detector file
+        return _Frame(path, hdul, hdul[hdu_index])
     for hdu in hdul:
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and len(hdu.shape) == 2 and 0 not in hdu.shape:
             return _Frame(path, hdul, hdu)
@@ -69,8 +71,12 @@ def combine_files(
     memory_bytes: int = parse_memory(DEFAULT_MEMORY),
     dtype=np.float32,
     coverage: np.ndarray | None = None,
+    hdus: list[int] | None = None,
 ) -> np.ndarray:
     """Combine same-shaped images by median, mean, or sigma-clipped mean.
+
+    ``hdus``, if given, is the HDU of each file to combine (one detector of
+    multi-detector files); else the first 2D image of each.
 
     ``subtract`` (an image) comes off each image, then ``scales`` multiply
     each (flats normalized to 1); NaN pixels are left out, and ``coverage``,
@@ -83,7 +89,7 @@ def combine_files(
         raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if not paths:
         raise CombineError("nothing to combine")
-    frames = [_open(Path(p)) for p in paths]
+    frames = [_open(Path(p), None if hdus is None else hdus[i]) for i, p in enumerate(paths)]
     try:
         shape = frames[0].hdu.shape
         for frame in frames[1:]:
