@@ -229,11 +229,12 @@ class Catalog:
         with self.engine.connect() as conn:
             ingests = conn.execute(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
             steps = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit)).all()
-        rows = [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error) for r in ingests]
-        rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error)
-                 for r in steps]
+        rows = [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error, None)
+                for r in ingests]
+        rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error,
+                  None if r.parent_id is None else str(r.parent_id)) for r in steps]
         rows.sort(key=lambda row: row[4], reverse=True)
-        return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error"])
+        return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error", "parent"])
 
     def run(self, ref: str) -> dict:
         """One run: ``i3`` is ingest run 3, ``3`` processing run 3. A dict of
@@ -262,7 +263,7 @@ class Catalog:
                   "started_at": run.started_at, "finished_at": run.finished_at, "host": run.host, "user": run.user,
                   "code_version": run.code_version, "summary": _ingest_counts(run), "error": run.error}
         return {**fields, "params": {}, "inputs": [], "products": [],
-                "items": [{"item": r.path, "state": r.status, "error": r.error} for r in failed]}
+                "items": [_item(r.path, None, r.status, r.error) for r in failed]}
 
     def _step_run(self, conn, run_id: int) -> dict:
         import json
@@ -278,7 +279,8 @@ class Catalog:
             .where(RunInput.run_id == run_id).order_by(RunInput.id)
         ).all()
         products = conn.execute(select(Product.kind, Product.path).where(Product.run_id == run_id).order_by(Product.id)).all()
-        fields = {"run": str(run.id), "step": run.step, "item": run.item, "state": run.state, "started_at": run.started_at,
+        fields = {"run": str(run.id), "parent": run.parent_id, "step": run.step, "item": run.item, "state": run.state,
+                  "started_at": run.started_at,
                   "finished_at": run.finished_at, "host": run.host, "user": run.user, "code_version": run.code_version,
                   "summary": json.loads(run.summary_json or "{}"), "error": run.error}
         return {**fields, "params": json.loads(run.params_json or "{}"),
@@ -287,9 +289,11 @@ class Catalog:
                 "items": self._items(conn, run_id), "stdout": run.stdout, "stderr": run.stderr}
 
     def _items(self, conn, run_id: int) -> list[dict]:
-        """What a step did to each exposure: measured (metrics), registered
-        (offsets) or flagged, with the reason of a failure."""
-        items = []
+        """What a step did to each item: the runs it made per item (a tool's
+        run per obsid, a product's run), and each exposure it measured
+        (metrics), registered (offsets) or flagged, with the reason of a failure."""
+        children = conn.execute(select(Run.id, Run.item, Run.state, Run.error).where(Run.parent_id == run_id).order_by(Run.id)).all()
+        items = [_item(r.item, None, r.state, r.error, r.id) for r in children]
         path = (Root.path + "/" + File.relpath).label("path")
         for table, state in ((Metric, case((Metric.error.is_(None), "measured"), else_="failed")),
                              (Offset, Offset.status), (Flag, Flag.grade)):
@@ -300,7 +304,7 @@ class Catalog:
                 .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
                 .where(table.run_id == run_id).order_by(Exposure.id)
             ).all()
-            items += [{"item": r.path, "frame_number": r.frame_number, "state": r.state, "error": r.error} for r in rows]
+            items += [_item(r.path, r.frame_number, r.state, r.error) for r in rows]
         return items
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
@@ -341,6 +345,11 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
         return frame_of(rows, ["id", "path", "files"])
+
+
+def _item(item, frame_number, state, error, run_id=None) -> dict:
+    """One item of a run, the same keys for every kind."""
+    return {"item": item, "frame_number": frame_number, "state": state, "error": error, "run": run_id}
 
 
 def _seconds(run) -> float | None:

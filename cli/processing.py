@@ -65,13 +65,13 @@ def runs_show(
 
     Example: obsarch runs show i1
     """
-    import pandas as pd
+    from archive.results import frame_of
 
     detail = open_catalog().run(run)
     if fmt is Format.json:
         typer.echo(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)))
         return
-    head = ("run", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
+    head = ("run", "parent", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
     for key in head:
         if detail.get(key) not in (None, "") and not isinstance(detail[key], dict):
             console.print(f"{key}: {exact(detail[key])}", markup=False, soft_wrap=True)
@@ -81,7 +81,7 @@ def runs_show(
     for part in ("inputs", "products", "items"):
         if detail[part]:
             console.print(f"\n{part} ({len(detail[part])}):", markup=False)
-            show_frame(pd.DataFrame(detail[part]), fmt if fmt is not Format.json else Format.table)
+            show_frame(frame_of(detail[part], list(detail[part][0])), fmt)
     for stream in ("stdout", "stderr"):
         if detail.get(stream):
             console.print(f"\n{stream}:", markup=False)

@@ -89,10 +89,13 @@ def test_old_spellings_still_work(ingested):
 
 def test_runs_lists_every_run_and_shows_a_tools_output(ingested):
     run(ingested, "run", "3852", "--", "sh", "-c", "echo made {frame}; echo complaint >&2")
-    listing = run(ingested, "runs").stdout.splitlines()
-    assert [line.split("\t")[:2] for line in listing[1:]] == [["1", "run:sh"], ["i1", "ingest"]]
-    shown = run(ingested, "runs", "show", "1").stdout
-    assert "step: run:sh" in shown and "made 3852" in shown and "complaint" in shown
+    listing = [line.split("\t") for line in run(ingested, "runs").stdout.splitlines()]
+    assert listing[0][-1] == "parent"
+    assert [(row[0], row[1], row[-1]) for row in listing[1:]] == [("2", "run:sh", "1"), ("1", "run:sh", ""), ("i1", "ingest", "")]
+    parent = run(ingested, "runs", "show", "1").stdout
+    assert "items (1):" in parent and "3852\t\tdone\t\t2" in parent  # the item, its state and its run
+    shown = run(ingested, "runs", "show", "2").stdout
+    assert "parent: 1" in shown and "step: run:sh" in shown and "made 3852" in shown and "complaint" in shown
     assert "frame\t" in shown and "ngc3293-3852.fits\t3852" in shown  # the input, by path and frame number
     assert json.loads(run(ingested, "runs", "show", "i1", "--format", "json").stdout)["step"] == "ingest"
     assert "no run 7 in the catalog" in run(ingested, "runs", "show", "7", code=1).stderr
