@@ -149,7 +149,7 @@ def offsets_compute(
     stars; frames are measured first if need be) and named. A frame the star
     matcher cannot register gets one more try for a pure shift (phase correlation).
 
-    Example: obsarch offsets compute "band == 'B' and grade != 'bad'"
+    Example: obsarch offsets compute "band == 'B' and frame_type == 'science' and grade != 'bad'"
     """
     import fnmatch
 
