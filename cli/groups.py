@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from archive.query import all_of, compare
 from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
 from cli.render import Format, console, err_console, show_frame
 from cli.steps import finish_step, merge_results
@@ -120,6 +119,8 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
 
     Example: obsarch group show B0
     """
+    from archive.query import all_of, compare
+
     catalog = open_catalog()
     members = compare("group", "==", name)
     frame = catalog.query(members, columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -128,3 +130,14 @@ def test_a_configuration_mistake_is_one_line_with_file_and_key(ingested, tmp_pat
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert "obsarch.toml" in result.stderr and "__init__" not in result.stderr
+
+
+def test_building_the_command_line_imports_no_heavy_library():
+    """Start-up: a command imports what it uses, so the app and its help
+    import neither the catalog's SQLAlchemy nor pandas, numpy, astropy or
+    pydantic (benchmarks/startup.py measures the time)."""
+    heavy = ("sqlalchemy", "pandas", "numpy", "astropy", "pydantic")
+    code = ("import sys; from cli.main import app; from typer.main import get_command; get_command(app); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
