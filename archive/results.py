@@ -38,7 +38,8 @@ def _typed(column: pd.Series) -> pd.Series:
     if values.empty:
         return column
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return column.astype("Int64")
+        # plain int64 when nothing is missing: its values iterate as Python ints
+        return column.astype("int64" if len(values) == len(column) else "Int64")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return column.astype("float64")
     return column.infer_objects()

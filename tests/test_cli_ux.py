@@ -117,7 +117,7 @@ def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command
 
 @pytest.mark.parametrize("toml, message", [
     ("[quality]\nsatur = 4095\n", "unknown key 'quality.satur' in [quality]; known: detect_sigma"),
-    ("[qualty]\n", "unknown key 'qualty' at the top level; known: keywords, quality, archives"),
+    ("[qualty]\n", "unknown key 'qualty' at the top level; known: keywords, quality, archives, calibration"),
     ("[quality]\nnpixels = 'five'\n", "quality.npixels: expected an integer, got 'five'"),
     ("[quality.rules.wind]\nabove = 'high'\n", "quality.rules.wind.above: expected a number, got 'high'"),
     ("[quality.rules.wind]\nabove = 1.4\n", "a new rule needs metric, grade, reason"),
