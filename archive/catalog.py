@@ -21,6 +21,7 @@ from archive.query import (
     Column,
     Compiler,
     Frames,
+    Node,
     as_tree,
     base_select,
     column_expressions,
@@ -72,7 +73,7 @@ class Catalog:
 
     def query(
         self,
-        selection: str | None = None,
+        selection: str | Node | None = None,
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
@@ -81,8 +82,10 @@ class Catalog:
 
         Parameters
         ----------
-        selection : str, optional
-            An expression of the selection language; all exposures if empty.
+        selection : str or a query tree, optional
+            An expression of the selection language (people write text;
+            programs pass a tree of :mod:`archive.query` nodes); all
+            exposures if empty.
         columns : str or list of str, optional
             Names or ``hdr['KEY']``; by default the usual columns plus every
             header keyword the selection mentions.
@@ -129,8 +132,8 @@ class Catalog:
         """:meth:`query` as an astropy Table."""
         return self.query(selection, **options).to_table()
 
-    def exposure_ids(self, selection: str | None = None) -> list[int]:
-        """Ids of the exposures matching ``selection``, in id order."""
+    def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
+        """Ids of the exposures matching ``selection`` (text or tree), in id order."""
         statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
@@ -190,16 +193,17 @@ class Catalog:
     # -- overviews -----------------------------------------------------------
 
     def summary(self) -> dict[str, pd.DataFrame]:
-        """Counts of exposures per instrument, night, frame type and band,
-        and of files per status."""
+        """Counts of raw exposures (products are counted by ``products``) per
+        instrument, night, frame type and band, and of files per status."""
         from archive.results import frame_of
 
+        raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
                 column = getattr(Exposure, name)
                 rows = conn.execute(
-                    select(column, func.count()).group_by(column).order_by(column)
+                    select(column, func.count()).where(raw).group_by(column).order_by(column)
                 ).all()
                 result[name] = frame_of(rows, [name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
@@ -306,6 +310,24 @@ class Catalog:
             ).all()
             items += [_item(r.path, r.frame_number, r.state, r.error) for r in rows]
         return items
+
+    def nights(self, night: str | None = None) -> list[dict]:
+        """Exposures per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag."""
+        reviewed = (
+            select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
+        )
+        statement = (
+            select(Exposure.night, Exposure.band, func.count().label("exposures"),
+                   func.count(reviewed.c.exposure_id).label("reviewed"))
+            .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .group_by(Exposure.night, Exposure.band)
+            .order_by(Exposure.night.desc(), Exposure.band)
+        )
+        if night is not None:
+            statement = statement.where(Exposure.night == night)
+        with self.engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(statement)]
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""

@@ -68,7 +68,7 @@ def detector_name(hdu_index: int, extname: str | None, keywords: dict[str, str |
 
 def detectors_of_units(units) -> list[Detector]:
     """The detectors of a file from its parsed headers (:class:`archive.headers.HeaderUnit`)."""
-    found = []
+    found, versions = [], {}
     for unit in units:
         shape = parse_shape(unit.shape)
         if not is_detector(unit.hdu_type, unit.extname, shape):
@@ -76,19 +76,27 @@ def detectors_of_units(units) -> list[Detector]:
         values = unit.values()
         keywords = {k: (values[k][2] if k in values else None) for k in NAME_KEYWORDS}
         found.append(Detector(unit.index, detector_name(unit.index, unit.extname, keywords), shape))
-    return _unique(found)
+        if "EXTVER" in unit.values() and unit.values()["EXTVER"][4] == "i":
+            versions[unit.index] = int(unit.values()["EXTVER"][3])
+    return _unique(found, versions)
 
 
-def _unique(found: list[Detector]) -> list[Detector]:
-    """Two detectors of one name would be paired with the same master HDU: the
-    later ones are told apart by their HDU index."""
-    seen: set[str] = set()
-    result = []
+def _unique(found: list[Detector], versions: dict[int, int] | None = None) -> list[Detector]:
+    """Detectors sharing a name are told apart by their EXTVER (Gemini's
+    ``SCI`` 1..12 become ``SCI.1``..``SCI.12``), else by their HDU index
+    (``SCI#3``), so that each pairs with its own master HDU."""
+    versions = versions or {}
+    counts: dict[str, int] = {}
     for detector in found:
-        name = detector.name if detector.name not in seen else f"{detector.name}#{detector.hdu_index}"
-        seen.add(name)
-        result.append(Detector(detector.hdu_index, name, detector.shape))
-    return result
+        counts[detector.name] = counts.get(detector.name, 0) + 1
+    named = []
+    for detector in found:
+        name = detector.name
+        if counts[name] > 1:
+            version = versions.get(detector.hdu_index)
+            name = f"{name}.{version}" if version is not None else f"{name}#{detector.hdu_index}"
+        named.append(Detector(detector.hdu_index, name, detector.shape))
+    return named
 
 
 def select_detectors(detectors: list[Detector], names: tuple[str, ...] | None) -> list[Detector]:
@@ -119,13 +127,17 @@ def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
         select(Hdu.file_id, Hdu.hdu_index, Hdu.extname, Hdu.hdu_type, Hdu.shape)
         .where(Hdu.file_id.in_(file_ids)).order_by(Hdu.file_id, Hdu.hdu_index)
     ).all()
-    unnamed = [(h.file_id, h.hdu_index) for h in hdus if not h.extname or (h.hdu_index == 0 and h.extname == "PRIMARY")]
     keywords: dict[tuple[int, int], dict[str, str | None]] = {}
-    if unnamed:
-        for row in conn.execute(
-            select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text)
-            .where(HeaderCard.file_id.in_({f for f, _ in unnamed}), HeaderCard.keyword.in_(NAME_KEYWORDS))
-        ):
+    versions: dict[int, dict[int, int]] = {}
+    for row in conn.execute(
+        select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.value_num,
+               HeaderCard.vtype)
+        .where(HeaderCard.file_id.in_(sorted(set(file_ids))), HeaderCard.keyword.in_((*NAME_KEYWORDS, "EXTVER")))
+    ):
+        if row.keyword == "EXTVER":
+            if row.vtype == "i":
+                versions.setdefault(row.file_id, {})[row.hdu_index] = int(row.value_num)
+        else:
             keywords.setdefault((row.file_id, row.hdu_index), {}).setdefault(row.keyword, row.value_text)
     found: dict[int, list[Detector]] = {file_id: [] for file_id in file_ids}
     for h in hdus:
@@ -133,7 +145,7 @@ def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
         if is_detector(h.hdu_type, h.extname, shape):
             name = detector_name(h.hdu_index, h.extname, keywords.get((h.file_id, h.hdu_index), {}))
             found[h.file_id].append(Detector(h.hdu_index, name, shape))
-    return {file_id: _unique(detectors) for file_id, detectors in found.items()}
+    return {file_id: _unique(detectors, versions.get(file_id)) for file_id, detectors in found.items()}
 
 
 def pair_detectors(frame: list[Detector], master: list[Detector]) -> tuple[list[tuple[Detector, Detector]], list[str]]:
@@ -144,3 +156,30 @@ def pair_detectors(frame: list[Detector], master: list[Detector]) -> tuple[list[
     by_name = {d.name: d for d in master}
     pairs = [(d, by_name[d.name]) for d in frame if d.name in by_name]
     return pairs, [d.name for d in frame if d.name not in by_name]
+
+
+DETECTOR_METRIC_NAMES = (
+    "median", "std", "background", "background_rms", "saturated_fraction", "nstars", "fwhm", "fwhm_minor",
+    "elongation", "error",
+)  # fmt: skip
+
+
+def detector_metrics(engine, selection) -> list[dict]:
+    """Each detector's quality numbers for the exposures of ``selection`` (a
+    tree, or a person's text), in exposure and HDU order."""
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import DetectorMetric, Exposure
+    from archive.query import select_exposures
+
+    chosen = select_exposures(selection, engine.dialect.name).subquery()
+    statement = (
+        select(DetectorMetric.exposure_id, Exposure.frame_number, DetectorMetric.detector, DetectorMetric.hdu_index,
+               *[getattr(DetectorMetric, name) for name in DETECTOR_METRIC_NAMES])
+        .join(Exposure, Exposure.id == DetectorMetric.exposure_id)
+        .where(DetectorMetric.exposure_id.in_(select(chosen.c.id)))
+        .order_by(DetectorMetric.exposure_id, DetectorMetric.hdu_index)
+    )
+    with transaction(engine) as conn:
+        return [row._asdict() for row in conn.execute(statement)]

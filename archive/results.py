@@ -43,3 +43,14 @@ def _typed(column: pd.Series) -> pd.Series:
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return column.astype("float64")
     return column.infer_objects()
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """Rows as CSV, as ``obsarch query --format csv`` and ``GET /exposures.csv`` give them."""
+    return frame.to_csv(index=False)
+
+
+def to_json(frame: pd.DataFrame) -> str:
+    """Rows as a JSON list of objects (times in ISO 8601), as ``obsarch query
+    --format json`` and ``GET /exposures.json`` give them."""
+    return frame.to_json(orient="records", date_format="iso", indent=1)

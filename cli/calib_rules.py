@@ -10,7 +10,15 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from cli.app import STATE, FormatOption, Selection, calib_app, command, load_config, open_catalog
+from cli.app import (
+    STATE,
+    FormatOption,
+    Selection,
+    calib_app,
+    command,
+    load_config,
+    open_catalog,
+)
 from cli.render import Format, console, show_frame
 
 HduOption = Annotated[Optional[str], typer.Option("--hdu", help="Only these detectors, by name: CHAN01,CHAN02 (default: every detector).")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import STATE, ByIdOption, FormatOption, RefArg, WorkersOption, command, load_config, open_catalog, progress
+from cli.app import STATE, ByIdOption, ExecutorOption, FormatOption, RefArg, SchedulerOption, WorkersOption, command, load_config, open_catalog, progress
 from cli.render import Format, console, err_console, readable, show_frame, show_rows
 
 
@@ -15,16 +15,23 @@ from cli.render import Format, console, err_console, readable, show_frame, show_
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: WorkersOption = None,
+    executor: ExecutorOption = "pool",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Scan directories into the catalog: new and changed files are read,
     vanished ones marked missing, unchanged ones only stat'ed.
+
+    With --executor dask the headers are read on the workers of a dask
+    cluster (sharing the file system, same paths) and this process writes.
 
     Example: obsarch ingest ngc3293 xmm
     """
     catalog = open_catalog()
     config = load_config()
     with progress("reading headers") as on_progress:
-        summary = catalog.ingest(paths, config=config, workers=workers, progress=on_progress)
+        summary = catalog.ingest(
+            paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress
+        )
     console.print(
         f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "

@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
 def _app():
     # Each module registers its commands on the app; panels order the help.
-    from cli import admin, archives, calib_rules, catalog, detectors, groups, processing, quality, xray  # noqa: F401
+    from cli import admin, archives, calib_rules, catalog, detectors, groups, processing, quality, web, xray  # noqa: F401
     from cli.app import app
 
     return app

@@ -139,7 +139,7 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="Directory for the calibrated frames.")] = Path("calibrated"),
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
-    hdu: HduOption = None,
+    hdu: HduOption = None, memory: MemoryOption = "2GB",
 ) -> None:
     """Bias, dark and flat correction of science frames, detector by detector, with
     the masters the calibration rules choose ([calibration] of obsarch.toml; see
@@ -154,7 +154,7 @@ def calibrate(
     with progress("calibrating") as on_progress:
         summary = calibration.calibrate(open_catalog().engine, selection, use=use, out_dir=out, workers=workers, executor=executor,
                                         scheduler=scheduler, force=force, progress=on_progress, rules=configured_rules(),
-                                        hdus=hdu_names(hdu))
+                                        hdus=hdu_names(hdu), memory=memory)
     finish_step(summary)
 
 

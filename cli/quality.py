@@ -117,6 +117,7 @@ def report_quality(
     import pandas as pd
 
     from processing import report
+    from web.report import write_html
 
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
@@ -126,5 +127,5 @@ def report_quality(
     if html_dir is not None:
         ids = catalog.exposure_ids(selection) if selection else None
         with progress("thumbnails") as on_progress:
-            result = report.write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
+            result = write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
         console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail)", soft_wrap=True)

@@ -50,15 +50,14 @@ def report_xray(summary, prefix: str = "x-ray") -> None:
         err_console.print(f"{len(summary.failed)} X-ray files could not be summarized", markup=False)
 
 
-def after_ingest(engine, summary) -> bool:
+def after_ingest(engine, summary) -> None:
     """Summarize the X-ray files an ingest run read and attach the region
-    files next to them by name; True when everything could be summarized.
-    A run that read nothing costs nothing; one that read no X-ray file,
-    one query."""
+    files next to them by name, saying what failed. A run that read nothing
+    costs nothing; one that read no X-ray file, one query."""
     from processing import regions, xray_catalog
 
     if not summary.new and not summary.changed:
-        return True
+        return
     result = xray_catalog.summarize(engine, run_id=summary.run_id)
     if result.summarized or result.failed:
         report_xray(result)
@@ -66,7 +65,6 @@ def after_ingest(engine, summary) -> bool:
     for region, data, _ in attached:
         console.print(f"region {region} attached to {data}", markup=False, soft_wrap=True)
     _print_problems("", problems)
-    return not result.failed and not problems
 
 
 def catch_up(engine) -> None:

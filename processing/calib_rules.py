@@ -23,8 +23,13 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from archive.db import transaction
-from archive.detectors import Detector, detectors_of_files, pair_detectors
-from archive.exceptions import ConfigError
+from archive.detectors import (
+    Detector,
+    detectors_of_files,
+    pair_detectors,
+    select_detectors,
+)
+from archive.exceptions import ConfigError, ObsarchError
 from archive.models import Exposure, File, HeaderCard, Product, Root
 from processing.runs import file_content
 
@@ -221,10 +226,13 @@ class Choice:
     chosen: Verdict | None
     verdicts: list[Verdict]
     rule: CalibrationRule
+    problem: str | None = None  # the frame itself cannot be judged (--hdu names no detector of it)
 
     @property
     def reason(self) -> str:
         """One line: why this master, or why none."""
+        if self.problem is not None:
+            return self.problem
         if self.chosen is not None:
             return f"{Path(self.chosen.master.path).name}: " + "; ".join(self.chosen.met)
         if not self.verdicts:
@@ -238,7 +246,10 @@ def choose(frame: Calib, kind: str, candidates: list[Calib], rule: CalibrationRu
     """Judge every candidate master of ``kind`` for ``frame`` by ``rule``; the
     winner is the best passing one by the rule's preferences. ``hdus``
     restricts the frame's detectors (``--hdu``)."""
-    detectors = [d for d in frame.detectors if not hdus or d.name.upper() in {h.upper() for h in hdus}]
+    try:
+        detectors = select_detectors(frame.detectors, hdus)
+    except ObsarchError as exc:
+        return Choice(frame, kind, None, [], rule, problem=str(exc))
     verdicts = [_judge(frame, detectors, master, rule) for master in candidates]
     passing = [v for v in verdicts if v.refused is None]
     chosen = min(passing, key=lambda v: _rank(frame, v, rule)) if passing else None

@@ -29,7 +29,7 @@ from archive.keywords import load_maps
 from archive.query import Node, compare, is_null, one_of
 from processing import detectors as pixels
 from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
-from processing.combine import DEFAULT_MEMORY, calibrate_array, combine_files, parse_memory
+from processing.combine import DEFAULT_MEMORY, _size, calibrate_array, combine_files, parse_memory
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.runs import params_hash, write_product
@@ -40,7 +40,7 @@ KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
 # the keywords normalized columns come from: a master copies them from its
 # first input, so that its headers say what its catalog row says
-_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain", "ccd_temp")
+_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain")
 
 
 @dataclass(frozen=True)
@@ -191,13 +191,18 @@ class MasterStep(Step):
 
 
 def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
-    """The masters the rules choose for ``frame`` (a master's own first input);
-    a dark or flat is made without one that no rule lets through."""
+    """The masters the rules choose for ``frame`` (a master's own first input).
+    Without any master of a kind in the catalog, a dark or flat is made without
+    it; masters that are there but all refused by the rules are an error (a
+    flat silently left with its bias would be wrong)."""
     masters = {}
     for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
         if choice.chosen is not None:
             m = choice.chosen.master
             masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+        elif choice.verdicts or choice.problem:
+            raise ObsarchError(f"{Path(frame.path).name}, the first input: {choice.reason} "
+                               f"(see `obsarch calib explain`, or [calibration.{choice.kind}] in obsarch.toml)")
     return masters
 
 
@@ -244,8 +249,8 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
         if kind == "flat":
             scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, own)]
             return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
-                                 subtract=offset, hdus=own)
-        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdus=own)
+                                 subtract=offset, hdu=own)
+        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
         # combining is linear in a constant: the bias comes off the combined darks
         return combined - offset if offset is not None else combined
 
@@ -297,6 +302,8 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
     values = inherited(inputs, kind)
     if values["readout_mode"] is not None:  # whatever keyword the inputs had it in
         header["READOUTM"] = (values["readout_mode"], "read-out mode of the combined frames")
+    if values.get("ccd_temp") is not None:  # what the catalog says of the master, whatever keyword the inputs had
+        header["CCD-TEMP"] = (round(values["ccd_temp"], 4), "[C] mean of the combined frames")
     if values.get("mjd") is not None:
         header["MJD-OBS"] = (values["mjd"], "middle of the combined frames")
     if values.get("night"):
@@ -313,10 +320,14 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
 # -- calibrating science frames ---------------------------------------------------------
 
 
+_CALIBRATE_COPIES = 4  # float64 rows held per master and frame row: the frame, its result, the normalized flat, a temporary
+
+
 def _calibrate_one(task: tuple) -> str:
-    """Calibrate one frame detector by detector and write its product
-    (atomically): one HDU per detector, then the frame's masks. Runs in a worker."""
-    frame, detectors, masters, target = task
+    """Calibrate one frame detector by detector, a band of rows at a time
+    within ``memory_bytes``, and write its product (atomically): one HDU per
+    detector, then the frame's masks. Runs in a worker."""
+    frame, detectors, masters, target, memory_bytes = task
     names = [d.name for d in detectors]
     dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
     with ExitStack() as stack:
@@ -325,14 +336,22 @@ def _calibrate_one(task: tuple) -> str:
         pairs = {k: pixels.paired(h, names, single=True) for k, h in opened.items()}
 
         def make(detector: Detector) -> tuple[np.ndarray, fits.Header]:
-            loaded = {k: pixels.read(opened[k], pairs[k][detector.name]) for k in opened}
-            for kind, master in loaded.items():  # the rules checked the catalog; the files must agree
-                if master.shape != detector.shape:
-                    raise ObsarchError(f"the master {kind} {Path(masters[kind].path).name} is {master.shape}, "
+            own = {k: opened[k][pairs[k][detector.name].hdu_index] for k in opened}
+            for kind, hdu in own.items():  # the rules checked the catalog; the files must agree
+                if tuple(hdu.shape) != detector.shape:
+                    raise ObsarchError(f"the master {kind} {Path(masters[kind].path).name} is {tuple(hdu.shape)}, "
                                        f"detector {detector.name} {detector.shape}")
-            result = calibrate_array(pixels.read(hdul, detector), bias=loaded.get("bias"), dark=loaded.get("dark"),
-                                     dark_exptime=dark_exptime, exptime=frame.exptime, flat=loaded.get("flat"))
-            return result, _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+            output = np.empty(detector.shape, dtype=np.float32)
+            rows = _rows_within(memory_bytes - output.nbytes, detector, len(own))
+            flat_mean = _mean_by_bands(own["flat"], rows) if "flat" in own else None
+            for start in range(0, detector.shape[0], rows):
+                band = slice(start, min(start + rows, detector.shape[0]))
+                read = {k: np.asarray(hdu.section[band], dtype=np.float64) for k, hdu in own.items()}
+                output[band] = calibrate_array(
+                    np.asarray(hdul[detector.hdu_index].section[band], dtype=np.float64), bias=read.get("bias"),
+                    dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime, flat=read.get("flat"),
+                    flat_mean=flat_mean)
+            return output, _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
 
         def masks():
             for index in pixels.companions_of(hdul):
@@ -341,6 +360,28 @@ def _calibrate_one(task: tuple) -> str:
         primary = hdul[0].header if detectors[0].hdu_index != 0 else fits.Header()
         write_product(target, lambda tmp: pixels.write_detectors(tmp, primary, detectors, make, masks))
     return target
+
+
+def _rows_within(budget: int, detector: Detector, masters: int) -> int:
+    """Rows of a detector calibrated at once within ``budget`` bytes."""
+    per_row = int(np.prod(detector.shape[1:])) * 8 * (masters + _CALIBRATE_COPIES)
+    if budget < per_row:
+        need = int(np.prod(detector.shape)) * 4 + per_row
+        raise ObsarchError(f"--memory is too small: detector {detector.name} of {detector.shape_text} needs at least "
+                           f"{_size(need)} per worker")
+    return int(budget // per_row)
+
+
+def _mean_by_bands(hdu, rows: int) -> float:
+    """The mean of an image's finite pixels, read a band of rows at a time."""
+    total, count = 0.0, 0
+    for start in range(0, hdu.shape[0], rows):
+        band = np.asarray(hdu.section[start : start + rows], dtype=np.float64)
+        finite = np.isfinite(band)
+        total, count = total + float(band[finite].sum()), count + int(finite.sum())
+    if count == 0:
+        raise ObsarchError("the master flat has no finite pixel")
+    return total / count
 
 
 def _file_card(header: fits.Header, key: str, path: str, comment: str) -> None:
@@ -366,9 +407,9 @@ def plan(choices: list[Choice]) -> tuple[dict[str, Frame], str | None]:
         if choice.chosen is not None:
             m = choice.chosen.master
             chosen[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
-        elif choice.kind != "dark" or choice.verdicts:
+        elif choice.kind != "dark" or choice.verdicts or choice.problem:
             reasons.append(choice.reason)
-    return chosen, ("; ".join(reasons) or None)
+    return chosen, ("; ".join(dict.fromkeys(reasons)) or None)
 
 
 def fits_stem(path: str) -> str:
@@ -390,8 +431,9 @@ class CalibrateStep(Step):
     work = staticmethod(_calibrate_one)
 
     def __init__(self, selection, use: tuple[str, ...], out_dir: Path, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
-                 hdus: tuple[str, ...] | None = None):
+                 hdus: tuple[str, ...] | None = None, worker_memory: int = parse_memory(DEFAULT_MEMORY)):
         self.selection, self.use, self.out_dir, self.rules, self.hdus = selection, use, Path(out_dir), rules, hdus
+        self.worker_memory = worker_memory
 
     def params(self) -> dict:
         return {"hdus": list(self.hdus or ())}
@@ -415,7 +457,7 @@ class CalibrateStep(Step):
                 error = str(exc)
         target = (self.out_dir / f"{fits_stem(frame.path)}_cal.fits").resolve()
         inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
-        return Item(frame.path, (frame, detectors, masters, target), inputs,
+        return Item(frame.path, (frame, detectors, masters, target, self.worker_memory), inputs,
                     {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
                      "detectors": [d.name for d in detectors]}, error, (frame, detectors))
 
@@ -428,11 +470,17 @@ def calibrate(
     engine, selection, *, use: tuple[str, ...] = KINDS, out_dir: Path = Path("calibrated"),
     workers: int | None = None, executor: str = "pool", scheduler: str | None = None, force: bool = False,
     progress: Progress | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES, hdus: tuple[str, ...] | None = None,
+    memory: str = DEFAULT_MEMORY,
 ) -> StepResult:
     """Bias, dark and flat correction of every raw science frame of
     ``selection`` (a tree, or a person's text), detector by detector
     (``hdus``: only those), with the masters ``rules`` choose (see
     :mod:`processing.calib_rules`). A frame that no master fits is reported
-    with the rule that refused each candidate, and the others go on."""
-    return run_step(engine, CalibrateStep(selection, use, out_dir, rules, hdus), force=force, executor=executor,
-                    workers=workers, scheduler=scheduler, progress=progress)
+    with the rule that refused each candidate, and the others go on.
+    ``memory`` bounds the step: each of the workers calibrates a band of
+    rows of one detector at a time within its share."""
+    import os
+
+    processes = 1 if executor == "serial" else (workers or os.cpu_count() or 1)
+    step = CalibrateStep(selection, use, out_dir, rules, hdus, parse_memory(memory) // processes)
+    return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)

@@ -52,10 +52,13 @@ def opened(path: str | Path) -> Iterator[fits.HDUList]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # no memmap: astropy cannot map scaled (BZERO) integers
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                yield hdul
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            hdul.readall()  # every header now (no data): a truncated file is a read error here
     except OSError as exc:
         raise DetectorError(f"{path}: cannot read: {exc}") from exc
+    # what the caller does with the file (writing a product, say) is not a read error of it
+    with hdul:
+        yield hdul
 
 
 def _kind(hdu) -> str:
@@ -66,13 +69,15 @@ def _kind(hdu) -> str:
 
 def detectors_of(hdul: fits.HDUList) -> list[Detector]:
     """The detectors of an open file, by the catalog's rule."""
-    found = []
+    found, versions = [], {}
     for index, hdu in enumerate(hdul):
         shape = tuple(hdu.shape) if _kind(hdu) != "table" else ()
         if is_detector(_kind(hdu), hdu.name, shape):
             keywords = {k: hdu.header.get(f"HIERARCH {k}" if " " in k else k) for k in NAME_KEYWORDS}
             found.append(Detector(index, detector_name(index, hdu.name or None, keywords), shape))
-    return _unique(found)
+            if isinstance(hdu.header.get("EXTVER"), int) and not isinstance(hdu.header.get("EXTVER"), bool):
+                versions[index] = hdu.header["EXTVER"]
+    return _unique(found, versions)
 
 
 def companions_of(hdul: fits.HDUList) -> list[int]:
@@ -127,7 +132,8 @@ def write_detectors(
         rest = detectors
     for detector in rest:
         data, header, *after = make(detector)
-        header["EXTNAME"] = detector.name
+        if "EXTNAME" not in header:  # a name from a keyword; an EXTNAME (and its EXTVER) stays as it was
+            header["EXTNAME"] = detector.name
         fits.append(target, data.astype(np.float32), header)
         del data
         _append(target, after)

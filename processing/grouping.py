@@ -301,3 +301,19 @@ def _chained_positions(engine: Engine, frames, workers, executor) -> dict[int, t
             x, y = x - shift[0], y - shift[1]
         positions[frames[i].exposure_id] = (x, y)
     return positions
+
+
+def groups_of(engine: Engine, exposure_id: int) -> list[dict]:
+    """The groups an exposure is a member of, with its role and the group's size."""
+    from sqlalchemy import func
+
+    size = (select(GroupMember.group_id, func.count().label("members")).group_by(GroupMember.group_id).subquery())
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Group.id, Group.name, Group.method, GroupMember.role, size.c.members, Group.created_at)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .join(size, size.c.group_id == Group.id)
+            .where(GroupMember.exposure_id == exposure_id)
+            .order_by(Group.name)
+        ).all()
+    return [row._asdict() for row in rows]

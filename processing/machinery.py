@@ -44,6 +44,16 @@ Two shapes of step:
   that worked, and the result is *short* when fewer inputs went in than
   were selected.
 
+Optional hooks: ``up_to_date(engine, items, prints)`` when a step's output
+is rows rather than files (quality: metrics made with these parameters from
+this file version); ``record_failure(out, item, reason)`` to store a failed
+item's row (a metric or offset with its error); ``close()`` to remove scratch
+files. ``write`` may raise :class:`ItemFailed` to fail an item yet keep what
+it stored (an external tool's log). ``Writer.product(path, kind, values)``
+catalogues a written file directly (:func:`archive.products.register_product`):
+``values`` are the normalized columns it inherits, usually
+:func:`processing.steps.inherited` of its inputs.
+
 A step may raise :class:`~archive.exceptions.ObsarchError` from ``items``
 (nothing to do, a usage problem): that is an error (exit 1) and no run is
 recorded.
@@ -233,7 +243,7 @@ def run_step(
             prints = {"*": whole_print}
         current = set() if force else step.up_to_date(engine, items, prints)
         if step.whole and "*" in current:
-            result.skipped = [step.name]
+            result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
             return result
         todo = [item for item in items if item.error is None and item.key not in current]
         result.skipped = [item.key for item in items if item.key in current]

@@ -35,9 +35,10 @@ from archive.query import is_null
 from processing.executor import Progress
 from processing.machinery import Item, Step, StepResult, Writer, run_step
 from processing.quality import QualityParams, load_image, saturation_level
+from processing.stars import DetectionError, detect_stars, unsaturated
 from processing.steps import resolve
 
-ALGORITHM = "offsets-2"
+ALGORITHM = "offsets-3"  # 3: stars found by SEP (processing.stars)
 MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
 
 
@@ -107,39 +108,59 @@ class MatchParams:
 
 def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, detect_sigma: float = 5.0) -> np.ndarray:
     """Centroids (x, y, 0-based) of the brightest unsaturated sources, brightest first."""
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, BkgZoomInterpolator
-    from photutils.segmentation import SourceCatalog, detect_sources
-
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise MatchError("no finite pixels")
-    mask = ~finite if not finite.all() else None
-    box = int(min(128, max(8, min(data.shape) // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        background = Background2D(data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask,
-                                  interpolator=BkgZoomInterpolator(order=1))
-        sky = background.background
-        subtracted = data - sky
-        segments = detect_sources(subtracted, detect_sigma * background.background_rms_median, n_pixels=5, mask=mask)
-    if segments is None:
-        return np.empty((0, 2))
-    table = SourceCatalog(subtracted, segments, mask=mask).to_table(columns=["x_centroid", "y_centroid", "segment_flux", "max_value"])
-    level = saturation_level(header or {})
-    rows = []
-    for row in table:
-        x, y, flux = float(row["x_centroid"]), float(row["y_centroid"]), float(row["segment_flux"])
-        if not (math.isfinite(x) and math.isfinite(y)) or flux <= 0:
-            continue
-        if level is not None and float(row["max_value"]) + float(sky[int(y), int(x)]) >= 0.9 * level:
-            continue
-        rows.append((flux, x, y))
-    rows.sort(reverse=True)
-    return np.array([(x, y) for _, x, y in rows[:limit]]).reshape(-1, 2)
+    try:
+        field = detect_stars(data, detect_sigma=detect_sigma)
+    except DetectionError as exc:
+        raise MatchError(str(exc)) from exc
+    stars = field.stars
+    keep = np.isfinite(stars["x"]) & np.isfinite(stars["y"]) & (stars["flux"] > 0)
+    keep &= unsaturated(stars, saturation_level(header or {}))
+    return field.xy[keep][:limit]
 
 
 # -- matching ------------------------------------------------------------------------
+
+# Below this many point pairs, distances by numpy beat a k-d tree, and spare
+# a registration worker scipy.spatial's import (~0.3 s of CPU, as much as
+# registering four frames).
+_BRUTE_FORCE_PAIRS = 1_000_000
+
+
+def _tree(points: np.ndarray, queries: int):
+    """Nearest-neighbour queries on ``points`` (scipy's cKDTree interface)."""
+    if len(points) * max(queries, 1) <= _BRUTE_FORCE_PAIRS:
+        return _Pairwise(points)
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points)
+
+
+class _Pairwise:
+    """cKDTree's ``query`` and ``query_ball_point`` by all pairwise distances."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.asarray(points, dtype=float).reshape(len(points), -1)
+
+    def _distances(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, dtype=float).reshape(len(queries), -1)
+        return np.sqrt(((queries[:, None, :] - self.points[None, :, :]) ** 2).sum(axis=2))
+
+    def query(self, queries: np.ndarray, k: int = 1, distance_upper_bound: float = np.inf):
+        distances = self._distances(queries)
+        count = min(k, len(self.points))
+        index = np.argsort(distances, axis=1, kind="stable")[:, :count]
+        nearest = np.take_along_axis(distances, index, axis=1)
+        if count < k:  # cKDTree pads missing neighbours with inf and n
+            pad = k - count
+            nearest = np.pad(nearest, ((0, 0), (0, pad)), constant_values=np.inf)
+            index = np.pad(index, ((0, 0), (0, pad)), constant_values=len(self.points))
+        beyond = nearest > distance_upper_bound
+        nearest[beyond], index[beyond] = np.inf, len(self.points)
+        return (nearest[:, 0], index[:, 0]) if k == 1 else (nearest, index)
+
+    def query_ball_point(self, queries: np.ndarray, r: float) -> list[list[int]]:
+        within = self._distances(queries) <= r
+        return [np.flatnonzero(row).tolist() for row in within]
 
 
 def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +170,11 @@ def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
     their vertices ordered by the side opposite each (shortest first), so that
     equal invariants give corresponding vertices.
     """
-    from scipy.spatial import cKDTree
-
     n = len(xy)
     if n < 3:
         return np.empty((0, 2)), np.empty((0, 3), dtype=int)
     k = min(neighbours, n - 1)
-    _, near = cKDTree(xy).query(xy, k=k + 1)
+    _, near = _tree(xy, n).query(xy, k=k + 1)
     seen = set()
     for i in range(n):
         for j, k in itertools.combinations(near[i, 1:], 2):
@@ -208,11 +227,9 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[Transform, n
 
 def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius: float) -> np.ndarray:
     """Mutual nearest neighbours within ``radius`` after the transform."""
-    from scipy.spatial import cKDTree
-
     moved = transform.apply(source)
-    d_forward, forward = cKDTree(target).query(moved, distance_upper_bound=radius)
-    _, backward = cKDTree(moved).query(target, distance_upper_bound=radius)
+    d_forward, forward = _tree(target, len(moved)).query(moved, distance_upper_bound=radius)
+    _, backward = _tree(moved, len(target)).query(target, distance_upper_bound=radius)
     pairs = [(i, j) for i, (dist, j) in enumerate(zip(d_forward, forward))
              if np.isfinite(dist) and j < len(target) and backward[j] == i]
     return np.array(pairs, dtype=int).reshape(-1, 2)
@@ -221,8 +238,6 @@ def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius:
 def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = MatchParams()) -> Transform:
     """The transform of star list ``source`` onto ``target``, with no starting
     guess. Raises :class:`MatchError` when too few stars can be matched."""
-    from scipy.spatial import cKDTree
-
     all_source, all_target = source, target
     source, target = source[: params.max_stars], target[: params.max_stars]
     if len(source) < 3 or len(target) < 3:
@@ -231,14 +246,14 @@ def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = Ma
     inv_t, tri_t = triangles(target, params.neighbours)
     if not len(inv_s) or not len(inv_t):
         raise MatchError("no triangles of stars to match")
-    candidates = cKDTree(inv_t).query_ball_point(inv_s, r=params.invariant_tol)
+    candidates = _tree(inv_t, len(inv_s)).query_ball_point(inv_s, r=params.invariant_tol)
     proposals = [(i, j) for i, js in enumerate(candidates) for j in js]
     if not proposals:
         raise MatchError("no triangle of stars in the frame matches one in the reference")
     if len(proposals) > params.max_candidates:
         step = len(proposals) / params.max_candidates
         proposals = [proposals[int(k * step)] for k in range(params.max_candidates)]
-    target_tree = cKDTree(target)
+    target_tree = _tree(target, len(source))
     best, best_count = None, 0
     enough = max(params.min_matched, int(0.6 * min(len(source), len(target))))
     for i, j in proposals:
@@ -756,7 +771,10 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
             found = search(a, b, tolerance_arcsec, bright_b)
         except MatchError:
             continue
-        transform = _without_scale(a, b, found, tolerance_arcsec) if not fit_scale else _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        if fit_scale:
+            transform = _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        else:  # twice: a guess a little off loses the farthest pairs the first time
+            transform = _without_scale(a, b, _without_scale(a, b, found, tolerance_arcsec), tolerance_arcsec)
         chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
         if best is None or log10_p < best[2]:
             best = (transform, chance, log10_p, method)

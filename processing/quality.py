@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
@@ -28,11 +28,12 @@ from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
 from processing.runs import params_hash, recorded_run
+from processing.stars import DetectionError, StarField, detect_stars, gaussian_fwhm, unsaturated
 from processing.steps import refuse_ambiguous_frames
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
-ALGORITHM = "quality-2"  # 2: every detector measured, the exposure summarized by their median
+ALGORITHM = "quality-3"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy
 
 GRADES = ("great", "ok", "marginal", "bad")
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
@@ -214,89 +215,56 @@ def measure(data: np.ndarray, header: dict | None = None, params: QualityParams 
 
 
 def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: QualityParams) -> dict:
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, BkgZoomInterpolator
-    from photutils.segmentation import SourceCatalog, detect_sources
-
-    box = int(min(params.box_size, max(8, min(data.shape) // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        background = Background2D(
-            data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask if mask.any() else None,
-            interpolator=BkgZoomInterpolator(order=1),
-        )
-        # Each access to .background interpolates the full-size map again.
-        sky = background.background
-    rms = float(background.background_rms_median)
+    try:
+        field = detect_stars(data, mask=mask if mask.any() else None, detect_sigma=params.detect_sigma,
+                             npixels=params.npixels, box_size=params.box_size)
+    except DetectionError as exc:
+        raise QualityError(str(exc)) from exc
     result = {
-        "background": float(background.background_median), "background_rms": rms,
-        "nstars": 0, "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
+        "background": field.background, "background_rms": field.background_rms,
+        "nstars": len(field.stars), "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
     }
-    subtracted = data - sky
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no sources found" is an answer, not a problem
-        segments = detect_sources(
-            subtracted, params.detect_sigma * rms, n_pixels=params.npixels, mask=mask if mask.any() else None
-        )
-    if segments is None:
-        return result
-    catalog = SourceCatalog(subtracted, segments, mask=mask if mask.any() else None)
-    result["nstars"] = int(len(catalog))
-    stars = _pick_stars(catalog, sky, level, data.shape, params.max_stars)
-    if not stars:
+    stars = _pick_stars(field, level, data.shape, params.max_stars)
+    if not len(stars):
         return result
     # Trails show best in the brightest stars: a faint star's trail breaks
     # into round blobs in the noise (UB17-033's trailed star, in the tests).
     # Elongation is therefore the median of the brightest few.
-    result["elongation"] = float(np.median([s["elongation"] for s in stars[: params.elongation_stars]]))
-    result["sharpness"] = float(np.median([s["max_value"] / s["segment_flux"] for s in stars]))
-    result["fwhm"], result["fwhm_minor"] = _fit_fwhm(subtracted, stars, mask)
+    result["elongation"] = float(np.median(stars["elongation"][: params.elongation_stars]))
+    result["sharpness"] = float(np.median(stars["peak"] / stars["flux"]))
+    result["fwhm"], result["fwhm_minor"] = _fit_fwhm(field.subtracted, stars, mask)
     return result
 
 
 _EDGE_PX = 20  # half the largest FWHM fitting box
 
 
-def _pick_stars(catalog, background: np.ndarray, level: float | None, shape: tuple, limit: int) -> list[dict]:
-    """The brightest sources that are not saturated and not at the edge."""
-    table = catalog.to_table(columns=["x_centroid", "y_centroid", "max_value", "segment_flux", "elongation", "fwhm"])
-    stars = []
-    for row in sorted(table, key=lambda r: -float(r["segment_flux"])):
-        x, y = float(row["x_centroid"]), float(row["y_centroid"])
-        size = float(getattr(row["fwhm"], "value", row["fwhm"]))
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(size)) or row["segment_flux"] <= 0:
-            continue
-        margin = _EDGE_PX
-        if x < margin or y < margin or x > shape[1] - 1 - margin or y > shape[0] - 1 - margin:
-            continue
-        peak = float(row["max_value"]) + float(background[int(y), int(x)])
-        if level is not None and peak >= 0.9 * level:
-            continue
-        stars.append({"x": x, "y": y, "size": size, "max_value": float(row["max_value"]),
-                      "segment_flux": float(row["segment_flux"]), "elongation": float(row["elongation"])})
-        if len(stars) >= limit:
-            break
-    return stars
+def _pick_stars(field: StarField, level: float | None, shape: tuple, limit: int) -> np.ndarray:
+    """The brightest sources that are not saturated and not at the edge,
+    with their elongation and moment FWHM."""
+    from numpy.lib import recfunctions
+
+    stars = recfunctions.append_fields(field.stars, ("elongation", "size"), (field.elongation, field.fwhm),
+                                       usemask=False)
+    x, y = stars["x"], stars["y"]
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(stars["size"]) & (stars["flux"] > 0)
+    margin = _EDGE_PX
+    keep &= (x >= margin) & (y >= margin) & (x <= shape[1] - 1 - margin) & (y <= shape[0] - 1 - margin)
+    keep &= unsaturated(field.stars, level)
+    return stars[keep][:limit]
 
 
-def _fit_fwhm(subtracted: np.ndarray, stars: list[dict], mask: np.ndarray) -> tuple[float | None, float | None]:
+def _fit_fwhm(subtracted: np.ndarray, stars: np.ndarray, mask: np.ndarray) -> tuple[float | None, float | None]:
     """Median FWHM of a circular Gaussian fit to each star, and median FWHM
     along the stars' minor axes (the fit's FWHM over the square root of the
     star's elongation: a circular fit to an elliptical star gives about the
     geometric mean of its axes). A trail stretches the first, not the second,
     so focus is judged on the second."""
-    from photutils.psf import fit_fwhm
-
-    guess = float(np.median([s["size"] for s in stars]))
+    guess = float(np.median(stars["size"]))
     fit_shape = int(min(41, max(7, 2 * math.ceil(1.5 * guess) + 1)))
-    xy = np.array([(s["x"], s["y"]) for s in stars])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fwhm = np.asarray(fit_fwhm(subtracted, xypos=xy, fit_shape=fit_shape, mask=mask if mask.any() else None))
-        except (ValueError, RuntimeError):  # no star could be fitted
-            return None, None
-    elongation = np.array([s["elongation"] for s in stars])
+    xy = np.column_stack([stars["x"], stars["y"]])
+    fwhm = gaussian_fwhm(subtracted, xy, fit_shape, mask if mask.any() else None)
+    elongation = stars["elongation"]
     good = np.isfinite(fwhm) & (fwhm > 0) & np.isfinite(elongation)
     if not good.any():
         return None, None
@@ -469,16 +437,59 @@ def flag(
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
-        now = utcnow()
-        conn.execute(
-            insert(Flag),
-            [
-                {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
-                 "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
-                for i in ids
-            ],
-        )
+        _record_flags(conn, ids, grade, reason, note, who)
     return len(ids)
+
+
+def flag_exposures(
+    engine: Engine,
+    ids: list[int],
+    grade: str,
+    *,
+    reason: str | None = None,
+    note: str | None = None,
+    who: str | None = None,
+) -> list[int]:
+    """A person's verdict on the exposures ``ids``, recorded as :func:`flag`
+    records it; returns the new flags' ids."""
+    _check_flag(grade, reason)
+    with transaction(engine, write=True) as conn:
+        known = set(conn.execute(select(Exposure.id).where(Exposure.id.in_(ids))).scalars())
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise NotFoundError(f"no exposure with id {', '.join(map(str, missing[:10]))}; nothing flagged")
+        return _record_flags(conn, sorted(known), grade, reason, note, who)
+
+
+def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
+    now = utcnow()
+    rows = [
+        {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+         "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
+        for i in ids
+    ]
+    return list(conn.execute(insert(Flag).returning(Flag.id, sort_by_parameter_order=True), rows).scalars())
+
+
+def retract_flags(engine: Engine, flag_ids: list[int], who: str) -> int:
+    """Take back flags a person just made (an undo): only ``who``'s own
+    flags; returns how many were removed. The flags before them are current again."""
+    with transaction(engine, write=True) as conn:
+        owned = conn.execute(
+            select(Flag.id).where(Flag.id.in_(flag_ids), Flag.source == "person", Flag.who == who)
+        ).scalars().all()
+        if len(owned) != len(set(flag_ids)):
+            raise ObsarchError(f"flags {', '.join(map(str, sorted(set(flag_ids) - set(owned))))} are not {who}'s to take back")
+        conn.execute(delete(Flag).where(Flag.id.in_(owned)))
+    return len(owned)
+
+
+def metrics_of(engine: Engine, exposure_id: int) -> dict | None:
+    """The stored metrics of one exposure (with the run and the reason it
+    could not be measured, if so), or None if never measured."""
+    with transaction(engine) as conn:
+        row = conn.execute(select(*Metric.__table__.columns).where(Metric.exposure_id == exposure_id)).first()
+    return None if row is None else row._asdict()
 
 
 def flag_history(engine: Engine, exposure_id: int) -> list[dict]:

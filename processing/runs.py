@@ -241,3 +241,79 @@ def stale_products(engine: Engine) -> list[dict]:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why})
     return result
+
+
+def derived(engine: Engine, file_id: int, seen: set | None = None) -> list[dict]:
+    """What was made from a file: the products of every run that read it,
+    and what was made from those, down to the last product (lineage down)."""
+    from sqlalchemy import select
+
+    from archive.models import Product, RunInput
+
+    seen = seen if seen is not None else {file_id}
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Product.file_id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, RunInput.role)
+            .join(RunInput, RunInput.run_id == Product.run_id)
+            .join(Run, Run.id == Product.run_id)
+            .where(RunInput.file_id == file_id)
+            .order_by(Product.id)
+        ).all()
+    result = []
+    for row in rows:
+        node = {**row._asdict(), "shown_above": row.file_id in seen, "products": []}
+        if row.file_id is not None and row.file_id not in seen:
+            seen.add(row.file_id)
+            node["products"] = derived(engine, row.file_id, seen)
+        result.append(node)
+    return result
+
+
+def list_runs(engine: Engine, limit: int = 100, step: str | None = None) -> list[dict]:
+    """The latest processing runs, newest first, with how many inputs and products each has."""
+    from sqlalchemy import func, select
+
+    from archive.models import Product, RunInput
+
+    inputs = select(RunInput.run_id, func.count().label("n")).group_by(RunInput.run_id).subquery()
+    made = select(Product.run_id, func.count().label("n")).group_by(Product.run_id).subquery()
+    statement = (
+        select(Run.id, Run.step, Run.state, Run.started_at, Run.finished_at, Run.user, Run.host, Run.item,
+               Run.error, Run.params_json, Run.summary_json,
+               func.coalesce(inputs.c.n, 0).label("inputs"), func.coalesce(made.c.n, 0).label("products"))
+        .outerjoin(inputs, inputs.c.run_id == Run.id)
+        .outerjoin(made, made.c.run_id == Run.id)
+        .order_by(Run.id.desc())
+        .limit(limit)
+    )
+    if step:
+        statement = statement.where(Run.step == step)
+    with transaction(engine) as conn:
+        return [row._asdict() for row in conn.execute(statement)]
+
+
+def run_detail(engine: Engine, run_id: int) -> dict:
+    """One run: its record (parameters, summary, logs), its inputs and its products."""
+    from sqlalchemy import select
+
+    from archive.exceptions import NotFoundError
+    from archive.models import File, Product, Root, RunInput
+
+    path = Root.path + "/" + File.relpath
+    with transaction(engine) as conn:
+        run = conn.execute(select(*Run.__table__.columns).where(Run.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no processing run {run_id}")
+        record = run._asdict()
+        record["inputs"] = [row._asdict() for row in conn.execute(
+            select(RunInput.file_id, RunInput.role, RunInput.content, path.label("path"))
+            .outerjoin(File, File.id == RunInput.file_id).outerjoin(Root, Root.id == File.root_id)
+            .where(RunInput.run_id == run_id).order_by(RunInput.id)
+        )]
+        record["products"] = [row._asdict() for row in conn.execute(
+            select(Product.id, Product.file_id, Product.kind, Product.path, Product.created_at)
+            .where(Product.run_id == run_id).order_by(Product.id)
+        )]
+    record["params"] = json.loads(record["params_json"] or "{}")
+    record["summary"] = json.loads(record["summary_json"] or "null")
+    return record

@@ -150,7 +150,7 @@ class StackStep(Step):
             coverage = np.zeros(detector.shape, dtype=np.int16)
             index = self.detectors.index(detector) + 1
             image = combine_files(scratches, method=self.method, sigma=self.sigma, memory_bytes=parse_memory(self.memory),
-                                  coverage=coverage, hdus=[index] * len(scratches))
+                                  coverage=coverage, hdu=index)
             cover = fits.ImageHDU(coverage, name="COVERAGE" if single else f"COVERAGE_{detector.name}")
             cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
             return image, fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)]), [cover]

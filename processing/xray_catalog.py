@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, exists, or_, select, update
+from sqlalchemy import Engine, delete, exists, or_, select, text, update
 
 from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
-from archive.models import File, Hdu, HeaderCard, Root, XraySummary
+from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
 from processing.machinery import (
     Input,
     Item,
@@ -64,21 +64,23 @@ class XrayStepSummary:
 def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | None = None) -> dict[int, tuple]:
     """{file id: (path, version, content)} of present files whose headers
     say X-ray (HDUCLAS1 or EXTNAME), limited to one ingest run or to ``file_ids``."""
+    # the predicate of the partial text index, repeated so that this is a range of it
     by_class = select(HeaderCard.file_id).where(
-        HeaderCard.keyword == "HDUCLAS1", HeaderCard.value_num.is_(None), HeaderCard.value_text.in_(XRAY_CLASSES)
+        HeaderCard.keyword == "HDUCLAS1", text(SHORT_TEXT), HeaderCard.value_text.in_(XRAY_CLASSES)
     )
     # by primary key (file_id, hdu_index): a few rows per file, no scan of every HDU
     by_name = exists().where(Hdu.file_id == File.id, Hdu.extname.in_(XRAY_EXTNAMES))
+    scope = [File.status == "present"]  # the cheap conditions first: the X-ray tests run on what they leave
+    if run_id is not None:
+        scope.append(File.run_id == run_id)
+    if file_ids is not None:
+        scope.append(File.id.in_(file_ids))
     statement = (
         select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version, File.header_hash, File.size,
                File.mtime_ns)
         .join(Root, Root.id == File.root_id)
-        .where(File.status == "present", or_(File.id.in_(by_class), by_name))
+        .where(*scope, or_(File.id.in_(by_class), by_name))
     )
-    if run_id is not None:
-        statement = statement.where(File.run_id == run_id)
-    if file_ids is not None:
-        statement = statement.where(File.id.in_(file_ids))
     return {row.id: (row.path, row.version, file_content(row)) for row in conn.execute(statement)}
 
 

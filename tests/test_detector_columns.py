@@ -166,3 +166,63 @@ def test_renormalize_fills_the_columns_of_files_ingested_before_them(catalog, re
     after = catalog.query(None, columns=columns, sort="relpath")
     assert after.astype(object).where(after.notna(), None).values.tolist() == \
         before.astype(object).where(before.notna(), None).values.tolist()
+
+
+def test_detectors_sharing_an_extname_are_told_apart_by_extver(tmp_path):
+    import numpy as np
+    from astropy.io import fits
+
+    from processing import detectors as pixels
+
+    hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(np.zeros((4, 4), np.float32), name="SCI", ver=v) for v in (1, 2, 3)]
+    hdus.append(fits.ImageHDU(np.zeros((4, 4), np.int16), name="DQ", ver=1))
+    fits.HDUList(hdus).writeto(tmp_path / "gmos.fits")
+    headers, _ = read_headers(tmp_path / "gmos.fits")
+    expected = [(1, "SCI.1"), (2, "SCI.2"), (3, "SCI.3")]
+    assert [(d.hdu_index, d.name) for d in detectors_of_units(headers)] == expected
+    with pixels.opened(tmp_path / "gmos.fits") as hdul:
+        assert [(d.hdu_index, d.name) for d in pixels.detectors_of(hdul)] == expected
+        assert pixels.companions_of(hdul) == [4]
+
+
+def test_catalog_and_file_agree_on_detectors(catalog, tmp_path):
+    import numpy as np
+    from astropy.io import fits
+
+    from archive.detectors import detectors_of_files
+    from processing import detectors as pixels
+
+    hdus = [fits.PrimaryHDU(np.zeros((6, 5), np.float32))]
+    hdus += [fits.ImageHDU(np.zeros((4, 4), np.float32), name="SCI", ver=v) for v in (1, 2)]
+    unnamed = fits.ImageHDU(np.zeros((3, 3), np.float32))
+    unnamed.header["CCDNAME"] = "amp7"
+    fits.HDUList([*hdus, unnamed]).writeto(tmp_path / "mixed.fits")
+    catalog.ingest([tmp_path / "mixed.fits"])
+    with catalog.engine.connect() as conn:
+        (stored,) = detectors_of_files(conn, [1]).values()
+    with pixels.opened(tmp_path / "mixed.fits") as hdul:
+        assert stored == pixels.detectors_of(hdul)
+    assert [d.name for d in stored] == ["PRIMARY", "SCI.1", "SCI.2", "amp7"]
+
+
+def test_renormalize_keeps_what_a_step_gave_a_product(catalog, tmp_path, rng):
+    from sqlalchemy import update
+
+    from archive.models import Exposure
+    from archive.renormalize import renormalize
+    from processing import calibration
+    from tests.factories import write_frame
+
+    for i in range(3):
+        write_frame(tmp_path / "raw" / f"b-{i}.fits", rng, {"IMAGETYP": "Bias Frame", "XBINNING": 2, "YBINNING": 2,
+                                                            "CCD-TEMP": -20.0 - i, "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+    catalog.ingest([tmp_path / "raw"])
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "m").exit_code == 0
+    master = "product == 'master_bias'"
+    assert list(catalog.query(master, columns="binning,ccd_temp,n_detectors").iloc[0]) == ["2x2", -21.0, 1]
+    with catalog.engine.begin() as conn:  # as a product made before 0009: n_detectors unknown
+        conn.execute(update(Exposure).where(Exposure.frame_type == "bias", Exposure.frame_number.is_(None))
+                     .values(n_detectors=None))
+    renormalize(catalog.engine)
+    # the mean temperature the step gave stays; its card says the same
+    assert list(catalog.query(master, columns="binning,ccd_temp,n_detectors").iloc[0]) == ["2x2", -21.0, 1]

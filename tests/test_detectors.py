@@ -3,6 +3,8 @@ on a synthetic multi-extension set with known levels (both backends)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -169,17 +171,21 @@ def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
 
 def test_memory_bounds_the_step_whatever_the_number_of_detectors(muse):
     catalog, tmp = muse
-    # one detector's output (1,024 B) and one band of rows of 3 frames (1,843 B)
-    # fit in 2.9 kB; the four detectors' outputs and bands would not
+    # The step needs room for one detector at a time: its output (16x16
+    # float32, 1,024 B) and one band of rows of the 3 frames. Four detectors'
+    # outputs alone (4,096 B) would not fit in what it asks for.
+    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "small",
+                                     params=calibration.MasterParams(memory="100B"))
+    assert result.exit_code == 1
+    message = result.failed[0][1]
+    assert "--memory 100 B is too small: 3 frames of 16x16 need at least " in message
+    need = message.rsplit("need at least ", 1)[1].split()[0]
+    assert 1.0 < float(need) < 4.096  # kB: one detector's worth, not four
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m",
-                                     params=calibration.MasterParams(memory="2.9kB"))
+                                     params=calibration.MasterParams(memory=f"{float(need) + 0.1:.1f}kB"))  # shown rounded
     assert result.exit_code == EXIT_DONE, result.last_line()
     (path,) = (tmp / "m").glob("*.fits")
     assert _levels(path) == pytest.approx(_bias("SCI1.0"), abs=0.5)
-    result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m2",
-                                     params=calibration.MasterParams(memory="2.8kB"))
-    assert result.exit_code == 1
-    assert "--memory 2.8 kB is too small: 3 frames of 16x16 need at least 2.9 kB" in result.failed[0][1]
 
 
 def test_default_rules_are_declared():
@@ -277,6 +283,11 @@ def test_calib_explain_command(muse):
     assert all(Path(a["chosen"]).name.startswith("master_flat_") for a in flats)
     darks = [a for a in answer if a["type"] == "dark"]
     assert all(a["chosen"] is None and a["reason"].startswith("no master dark in the catalog") for a in darks)
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "xbin == 2", "--type", "bias", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["verdict"] for r in rows} == {"refused"} and len(rows) == 2  # the SCI1.0 and the FAST master
+    assert sorted(r["reason"] for r in rows) == ["binning: frame 2x2, master 1x1", "readout_mode: frame SCI1.0, master FAST"]
     config = tmp / "bad.toml"
     config.write_text("[calibration.bias]\nmatch = ['binnig']\n")
     result = runner.invoke(app, ["--db", url, "--config", str(config), "calib", "explain"])
@@ -305,6 +316,16 @@ def test_quality_per_detector_with_the_median_as_the_exposures(muse):
         assert index == n and median == pytest.approx(600.0 * n, abs=1)
     # the exposure's summary, what selections see: the median over its four detectors
     assert len(catalog.query("frame_type == 'science' and median > 1499 and median < 1501 and xbin == 1")) == 2
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(app, ["--db", url, "quality", "detectors", "readout_mode == 'SCI1.0'", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    listed = json.loads(shown.stdout)
+    assert [row["detector"] for row in listed] == list(CHANNELS) * 2
+    assert [round(row["median"]) for row in listed[:4]] == [600, 1200, 1800, 2400]
     result = quality.compute(catalog.engine, "xbin == 2", workers=1, hdus=("CHAN03",), force=True)
     assert result.exit_code == EXIT_DONE
     frame = catalog.query("xbin == 2", columns="median")
@@ -431,3 +452,53 @@ def test_darks_per_detector_bias_subtracted_and_scaled(muse, rng):
     assert result.exit_code == EXIT_DONE, result.last_line()
     for path in (tmp / "cal").glob("*_cal.fits"):  # 10 s frames: 2 n ADU of dark come off
         assert _levels(path) == pytest.approx({ch: (SIGNAL - 2.0) * n for n, ch in enumerate(CHANNELS, start=1)}, abs=0.5)
+
+
+def test_usage_errors_of_the_calibration_commands(muse):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "--type", "arc"])
+    assert result.exit_code == 2 and "arc: use one or more of bias, dark, flat" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "--hdu", ","])
+    assert result.exit_code == 2 and "give detector names separated by commas" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calib", "explain", "object == 'nothing'"])
+    assert result.exit_code == 1 and "no exposure matches \"object == 'nothing'\"" in result.stderr
+    result = runner.invoke(app, ["--db", url, "calibrate", "readout_mode == 'FAST' and frame_type == 'science'",
+                                 "--no-flat", "--hdu", "CHAN09", "--out", str(tmp / "cal"), "--executor", "serial"])
+    assert result.exit_code == 1
+    assert "sci_FAST_0.fits: --hdu CHAN09: no such detector (this file has CHAN01, CHAN02, CHAN03, CHAN04)" in result.stderr
+
+
+def test_a_flat_is_not_made_without_the_bias_the_rules_refuse(muse):
+    catalog, tmp = muse
+    assert calibration.make_master(catalog.engine, "bias", "readout_mode == 'FAST'", out_dir=tmp / "m").exit_code == 0
+    from archive.exceptions import ObsarchError
+
+    with pytest.raises(ObsarchError, match=r"flat_0.fits, the first input: no master bias fits: master_bias_FAST\S+: "
+                                           r"readout_mode: frame SCI1.0, master FAST"):
+        calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
+
+
+def test_calibrate_works_a_band_of_rows_at_a_time_within_memory(muse):
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    selection = "readout_mode == 'SCI1.0' and xbin == 1"
+    # a 16x16 detector's output (1,024 B) and 2 rows of frame, bias and flat (1,536 B): bands of 2 rows
+    result = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", executor="serial", memory="2.6kB")
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    calibration.calibrate(catalog.engine, selection, out_dir=tmp / "whole", executor="serial", force=True)
+    for path in (tmp / "cal").glob("*_cal.fits"):
+        assert _levels(path) == pytest.approx({ch: SIGNAL * n for n, ch in enumerate(CHANNELS, start=1)}, rel=0.01)
+        with fits.open(path) as banded, fits.open(tmp / "whole" / path.name) as at_once:
+            for name in CHANNELS:
+                np.testing.assert_allclose(banded[name].data, at_once[name].data, rtol=1e-6)
+    result = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "c2", executor="serial", memory="1kB",
+                                   force=True)
+    assert result.exit_code == 1
+    assert result.failed[0][1] == "--memory is too small: detector CHAN01 of 16x16 needs at least 1.8 kB per worker"

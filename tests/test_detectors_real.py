@@ -67,3 +67,17 @@ def test_lco_frames_calibrated_per_detector_with_their_mask(lco, real_data):
     with catalog.engine.connect() as conn:
         detectors = conn.execute(text("select distinct detector from detector_metrics")).scalars().all()
     assert detectors == ["SCI"]
+
+
+def test_a_muse_cube_is_one_detector_measured_on_its_white_light(catalog, real_data):
+    from sqlalchemy import text
+
+    catalog.ingest([real_data / "eso_muse"])
+    result = quality.compute(catalog.engine, "instrument == 'MUSE'", workers=1)
+    # the header-only files have no detector; the mosaic's DATA cube is one (STAT and FIELDMAP describe it)
+    assert sorted(key.rsplit("/", 1)[1] for key in result.done) == ["subcub_mosaic.fits"]
+    assert all("no HDU with image data" in why for _, why in result.failed) and len(result.failed) == 3
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(text("select detector, hdu_index, error from detector_metrics")).all()
+    assert [tuple(r) for r in rows] == [("DATA", 1, None)]
+    assert list(catalog.query("n_detectors == 1", columns="detector_shape")["detector_shape"]) == ["500x30x30"]

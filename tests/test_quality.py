@@ -356,7 +356,7 @@ def test_html_report_loads_in_chromium_and_shows_every_frame(catalog, tmp_path, 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from processing.report import write_html
+    from web.report import write_html
 
     binary, driver_path = _chromium()
     for number in range(1, 7):
@@ -378,13 +378,13 @@ def test_html_report_loads_in_chromium_and_shows_every_frame(catalog, tmp_path, 
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(report.index.as_uri())
-        frames = browser.find_elements("css selector", ".frame")
+        frames = browser.find_elements("css selector", ".card")
         assert len(frames) == 7
         broken = browser.execute_script(
             "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
         )
         assert broken == []
-        assert len(browser.find_elements("css selector", ".frame img")) == 6
+        assert len(browser.find_elements("css selector", ".card img")) == 6
         assert "no finite pixels" in browser.find_element("id", f"exposure-{catalog.resolve('7')}").text
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []

@@ -92,7 +92,7 @@ def test_kill_9_during_stack(url, tmp_path, rng):
     _kill_when_running(process, url, "stack", 1.0)
     assert _count(url, select(func.count()).select_from(Product)) == 0
     assert not (tmp_path / "stacks" / "mixed_stack.fits").exists() and not (tmp_path / "stacks" / "V_stack.fits").exists()
-    again = runner.invoke(app, ["--db", url, "stack", "1-16", "--workers", "1", "--out", "stacks"])
+    again = runner.invoke(app, ["--db", url, "stack", "1-16", "--workers", "1", "--out", str(tmp_path / "stacks")])
     assert again.exit_code == 0, again.stderr
     assert _count(url, select(func.count()).select_from(Product)) == 1
     assert not list(Path("/tmp").glob(f"obsarch-stack-{process.pid}-*"))  # the killed stack's scratch is gone

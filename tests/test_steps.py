@@ -9,7 +9,7 @@ from astropy.io import fits
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from archive.exceptions import SelectionError
+from archive.exceptions import ObsarchError, SelectionError
 from archive.models import Flag, Offset
 from cli.main import app
 from processing import calibration, grouping, offsets, quality, stacking
@@ -75,7 +75,8 @@ def test_products_take_no_frame_number_from_their_name_and_frame_numbers_address
     products = catalog.query("product is not null", columns="frame_number,product,band,readout_mode,night,frame_type")
     assert products["frame_number"].isna().all() and len(products) == 6
     assert set(products["readout_mode"]) == {"SCI1.0"} and set(products["night"]) == {"2017-08-15"}
-    assert catalog.query("frame_type == 'science' and product is null").shape[0] == 4  # summary counts raw frames
+    counts = catalog.summary()["frame_type"].set_index("frame_type")["exposures"].to_dict()
+    assert counts == {"bias": 5, "flat": 3, "science": 4}  # raw frames only: products are not counted as frames
     assert quality.flag(catalog.engine, str(numbers[0]), "bad", reason="clouds") == 1  # not also its calibrated product
     assert catalog.query(str(numbers[0]), columns="id").shape[0] == 1
 
@@ -294,3 +295,32 @@ def test_a_night_end_to_end(url, tmp_path, rng, monkeypatch):
     assert len(listed) == 1 + 2 + 4 + 1
     stale = run("stale", "--format", "csv").stdout
     assert stale.strip().splitlines()[1:] == []
+
+
+def test_an_option_value_is_never_read_as_selection_text(raw):
+    catalog, tmp, _ = raw
+    with pytest.raises(ObsarchError, match="no raw flat frames match the catalog in band V' or band == 'B"):
+        calibration.make_master(catalog.engine, "flat", band="V' or band == 'B", out_dir=tmp / "m")
+
+
+def test_run_each_exits_1_when_every_item_failed_and_3_when_some_did(raw, tmp_path):
+    from processing import external
+
+    catalog, _, numbers = raw
+    failed = external.run_each(catalog.engine, "exposure", f"{numbers[0]}-{numbers[1]}", ["sh", "-c", "exit 2"],
+                               workdir=str(tmp_path / "w" / "{item}"), workers=1)
+    assert failed.exit_code == 1 and len(failed.failed) == 2 and "exit status 2" in failed.last_line()
+    some = external.run_each(catalog.engine, "exposure", f"{numbers[0]}-{numbers[1]}",
+                             ["sh", "-c", f"test {{frame}} != {numbers[0]}"], workdir=str(tmp_path / "v" / "{item}"), workers=1)
+    assert some.exit_code == 3 and [key for key, _ in some.failed] == [str(numbers[0])]
+
+
+def test_stale_names_the_input_file_and_its_frame_number(raw):
+    from processing import runs
+
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
+    quality.flag(catalog.engine, str(numbers[1]), "bad", reason="clouds")
+    (row,) = runs.stale_products(catalog.engine)
+    assert f"ngc3293-{numbers[1]}.fits (frame {numbers[1]}) is graded bad" in row["reason"]

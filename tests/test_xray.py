@@ -86,9 +86,9 @@ def test_events_are_astropy_sums(real_data, name):
     path = real_data / "xray" / name
     with fits.open(path) as hdul:
         events = hdul[1]
-        times = np.asarray(events.data.field([n for n in events.columns.names if n.upper() == "TIME"][0]))
+        times = np.asarray(events.data.field(next(n for n in events.columns.names if n.upper() == "TIME")))
         gti = next(h for h in hdul[2:] if h.name in ("GTI", "STDGTI"))
-        start, stop = ([n for n in gti.columns.names if n.upper() == w][0] for w in ("START", "STOP"))
+        start, stop = (next(n for n in gti.columns.names if n.upper() == w) for w in ("START", "STOP"))
         good = float(np.sum(gti.data[stop] - gti.data[start]))
         exposure = events.header.get("EXPOSURE")
     summary = xray.summarize_file(str(path))
@@ -227,6 +227,9 @@ def test_ingest_summarizes_and_links(ingested, real_data):
     assert float(by_name["3c273.pi"]["net_rate"]) == pytest.approx(net, rel=1e-9)
     assert float(by_name["3c273.pi"]["exposure_ks"]) == pytest.approx(38.564608926889)
     assert by_name["target_sr.pha"]["net_rate"] == ""  # BACKFILE none: no net rate, never a made-up one
+    shown = run(url, "show", str(directory / "3c273.pi"), "--hdu", "9").stdout
+    assert f"background_file={directory / '3c273_bg.pi'}" in shown
+    assert "RESPFILE: 3c273.rmf (not linked)" in shown and "xray_role=source" in shown
     # the spectrum named by BACKFILE is a background, though its HDUCLAS2 says TOTAL
     out = run(url, "query", "xray_role == 'background'", "--columns", "relpath", "--format", "csv").stdout
     assert {r["relpath"] for r in _csv(out)} == {"3c273_bg.pi", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits"}
@@ -249,7 +252,7 @@ def test_selections_over_summaries(ingested):
 
 
 def test_report_spectra(ingested):
-    url, directory, _ = ingested
+    url, _, _ = ingested
     rows = json.loads(run(url, "report", "spectra", "--format", "json").stdout)
     assert [r["obsid"] for r in rows] == ["459", "459", "0670580101", "00092220001"]  # by time
     assert [r["mjd_mid"] for r in rows] == sorted(r["mjd_mid"] for r in rows)
