@@ -11,31 +11,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from archive import db
 from archive.exceptions import NotFoundError
-from archive.ingest import IngestSummary, ingest, move_root
-from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Product, Root, Run
+from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Metric, Offset, Product, Root, Run, RunInput
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
     Frames,
     Node,
-    ids,
+    as_tree,
     base_select,
     column_expressions,
     header_columns,
-    as_tree,
+    ids,
     parse_columns,
     select_exposures,
     sort_expressions,
 )
+from archive.roots import file_id_of
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from archive.ingest import IngestSummary
     from archive.results import QueryResult
 
 
@@ -64,6 +65,8 @@ class Catalog:
 
     def ingest(self, paths, **options) -> IngestSummary:
         """Scan directories or files into the catalog (see :func:`archive.ingest.ingest`)."""
+        from archive.ingest import ingest
+
         return ingest(self.engine, list(paths), **options)
 
     # -- selecting -----------------------------------------------------------
@@ -91,8 +94,20 @@ class Catalog:
         limit : int, optional
             At most this many rows.
         """
-        import pandas as pd
+        from archive.results import QueryResult, frame_of
 
+        names, rows = self.rows(selection, columns=columns, sort=sort, limit=limit)
+        return QueryResult(frame_of(rows, names))
+
+    def rows(
+        self,
+        selection: str | None = None,
+        columns: str | list[str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[str], list[tuple]]:
+        """:meth:`query` as column names and plain rows, without pandas (a
+        command that prints a few rows should not pay for importing it)."""
         node = as_tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
@@ -110,11 +125,8 @@ class Catalog:
         if limit is not None:
             statement = statement.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        from archive.results import QueryResult
-
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=[label for label, _ in pairs])
-        return QueryResult(_merge_header_columns(frame))
+            rows = [tuple(r) for r in conn.execute(statement)]
+        return _merge_header_columns([label for label, _ in pairs], rows)
 
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""
@@ -146,23 +158,12 @@ class Catalog:
                 found = [r.id for r in found]
                 what = f"frame number {ref}"
             else:
-                found = self._ids_for_path(conn, Path(ref).expanduser().absolute())
+                file_id = file_id_of(conn, Path(ref).expanduser().absolute())
+                found = list(conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalars())
                 what = f"file {ref}"
         if not found:
             raise NotFoundError(f"no exposure with {what} in the catalog")
         return found[0]
-
-    def _ids_for_path(self, conn, path: Path) -> list[int]:
-        for root_id, root_path in conn.execute(select(Root.id, Root.path)):
-            root = Path(root_path)
-            if root in path.parents:
-                relpath = path.relative_to(root).as_posix()
-                ids = conn.execute(
-                    base_select(Exposure.id).where(File.root_id == root_id, File.relpath == relpath)
-                ).scalars().all()
-                if ids:
-                    return ids
-        return []
 
     def headers(self, exposure_id: int) -> list[dict]:
         """Every HDU of an exposure's file with its cards, as stored."""
@@ -185,16 +186,16 @@ class Catalog:
 
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path."""
-        result = self.query(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
+        names, rows = self.rows(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
-        return result.iloc[0].to_dict()
+        return dict(zip(names, rows[0]))
 
     # -- overviews -----------------------------------------------------------
 
     def summary(self) -> dict[str, pd.DataFrame]:
         """Counts of raw exposures (products are counted by ``products``) per
         instrument, night, frame type and band, and of files per status."""
-        import pandas as pd
+        from archive.results import frame_of
 
         raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
         result = {}
@@ -204,15 +205,15 @@ class Catalog:
                 rows = conn.execute(
                     select(column, func.count()).where(raw).group_by(column).order_by(column)
                 ).all()
-                result[name] = pd.DataFrame([tuple(r) for r in rows], columns=[name, "exposures"])
+                result[name] = frame_of(rows, [name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
-            result["status"] = pd.DataFrame([tuple(r) for r in rows], columns=["status", "files"])
+            result["status"] = frame_of(rows, ["status", "files"])
         return result
 
     def errors(self) -> pd.DataFrame:
         """Files with a problem now: unreadable ones, and ones ingested with
         invalid cards, with the reason."""
-        import pandas as pd
+        from archive.results import frame_of
 
         statement = (
             select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
@@ -222,17 +223,93 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["path", "status", "reason"])
+        return frame_of(rows, ["path", "status", "reason"])
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
-        """The latest ingest runs with their counts."""
-        import pandas as pd
+        """The latest runs of every kind, newest first: ingests (ids ``i1``,
+        ``i2``...) and processing steps (``1``, ``2``...), with what each did."""
+        from archive.results import frame_of
 
-        columns = ["id", "started_at", "finished_at", "state", "n_new", "n_changed", "n_unchanged", "n_missing", "n_failed", "paths"]
-        statement = select(*[getattr(IngestRun, c) for c in columns]).order_by(IngestRun.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+            ingests = conn.execute(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
+            steps = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit)).all()
+        rows = [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error, None)
+                for r in ingests]
+        rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error,
+                  None if r.parent_id is None else str(r.parent_id)) for r in steps]
+        rows.sort(key=lambda row: row[4], reverse=True)
+        return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error", "parent"])
+
+    def run(self, ref: str) -> dict:
+        """One run: ``i3`` is ingest run 3, ``3`` processing run 3. A dict of
+        its fields, ``inputs``, ``products`` and ``items`` (per-item state:
+        the exposures it measured, registered or flagged, or the files an
+        ingest could not read), and an external tool's ``stdout``/``stderr``."""
+        text = str(ref).strip()
+        if not text.lstrip("i").isdigit():
+            raise NotFoundError(f"{ref!r} is no run id: give a number from `obsarch runs` (i3 for ingest run 3)")
+        with self.engine.connect() as conn:
+            if text.startswith("i"):
+                return self._ingest_run(conn, int(text[1:]))
+            return self._step_run(conn, int(text))
+
+    def _ingest_run(self, conn, run_id: int) -> dict:
+        run = conn.execute(select(IngestRun).where(IngestRun.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no ingest run i{run_id} in the catalog")
+        failed = conn.execute(
+            select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
+            .join(Root, Root.id == File.root_id)
+            .where(File.run_id == run_id, File.error.is_not(None))
+            .order_by(Root.path, File.relpath)
+        ).all()
+        fields = {"run": f"i{run.id}", "step": "ingest", "paths": run.paths, "state": run.state,
+                  "started_at": run.started_at, "finished_at": run.finished_at, "host": run.host, "user": run.user,
+                  "code_version": run.code_version, "summary": _ingest_counts(run), "error": run.error}
+        return {**fields, "params": {}, "inputs": [], "products": [],
+                "items": [_item(r.path, None, r.status, r.error) for r in failed]}
+
+    def _step_run(self, conn, run_id: int) -> dict:
+        import json
+
+        run = conn.execute(select(Run).where(Run.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no run {run_id} in the catalog (ingest runs are i1, i2...)")
+        path = (Root.path + "/" + File.relpath).label("path")
+        inputs = conn.execute(
+            select(RunInput.role, path, Exposure.frame_number)
+            .join(File, File.id == RunInput.file_id).join(Root, Root.id == File.root_id)
+            .outerjoin(Exposure, Exposure.file_id == File.id)
+            .where(RunInput.run_id == run_id).order_by(RunInput.id)
+        ).all()
+        products = conn.execute(select(Product.kind, Product.path).where(Product.run_id == run_id).order_by(Product.id)).all()
+        fields = {"run": str(run.id), "parent": run.parent_id, "step": run.step, "item": run.item, "state": run.state,
+                  "started_at": run.started_at,
+                  "finished_at": run.finished_at, "host": run.host, "user": run.user, "code_version": run.code_version,
+                  "summary": json.loads(run.summary_json or "{}"), "error": run.error}
+        return {**fields, "params": json.loads(run.params_json or "{}"),
+                "inputs": [{"role": r.role, "path": r.path, "frame_number": r.frame_number} for r in inputs],
+                "products": [{"kind": r.kind, "path": r.path} for r in products],
+                "items": self._items(conn, run_id), "stdout": run.stdout, "stderr": run.stderr}
+
+    def _items(self, conn, run_id: int) -> list[dict]:
+        """What a step did to each item: the runs it made per item (a tool's
+        run per obsid, a product's run), and each exposure it measured
+        (metrics), registered (offsets) or flagged, with the reason of a failure."""
+        children = conn.execute(select(Run.id, Run.item, Run.state, Run.error).where(Run.parent_id == run_id).order_by(Run.id)).all()
+        items = [_item(r.item, None, r.state, r.error, r.id) for r in children]
+        path = (Root.path + "/" + File.relpath).label("path")
+        for table, state in ((Metric, case((Metric.error.is_(None), "measured"), else_="failed")),
+                             (Offset, Offset.status), (Flag, Flag.grade)):
+            error = Flag.reason if table is Flag else table.error
+            rows = conn.execute(
+                select(Exposure.frame_number, path, state.label("state"), error.label("error"))
+                .select_from(table).join(Exposure, Exposure.id == table.exposure_id)
+                .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+                .where(table.run_id == run_id).order_by(Exposure.id)
+            ).all()
+            items += [_item(r.path, r.frame_number, r.state, r.error) for r in rows]
+        return items
 
     def nights(self, night: str | None = None) -> list[dict]:
         """Exposures per night (or of one ``night``) and band, newest night
@@ -254,12 +331,14 @@ class Catalog:
 
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""
+        from archive.ingest import move_root
+
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
         """Files made by steps and wrapped tools, each once (its latest making),
         with the run that made it."""
-        import pandas as pd
+        from archive.results import frame_of
 
         latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
@@ -273,11 +352,11 @@ class Catalog:
             statement = statement.where(Product.kind == kind)
         with db.transaction(self.engine) as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "kind", "path", "run", "step", "made", "status"])
+        return frame_of(rows, ["id", "kind", "path", "run", "step", "made", "status"])
 
     def roots(self) -> pd.DataFrame:
         """The root directories and how many files each holds."""
-        import pandas as pd
+        from archive.results import frame_of
 
         statement = (
             select(Root.id, Root.path, func.count(File.id).label("files"))
@@ -287,19 +366,48 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "path", "files"])
+        return frame_of(rows, ["id", "path", "files"])
 
 
-def _merge_header_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def _item(item, frame_number, state, error, run_id=None) -> dict:
+    """One item of a run, the same keys for every kind."""
+    return {"item": item, "frame_number": frame_number, "state": state, "error": error, "run": run_id}
+
+
+def _seconds(run) -> float | None:
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return round((run.finished_at - run.started_at).total_seconds(), 3)
+
+
+def _ingest_counts(run) -> str:
+    return (f"{run.n_new} new, {run.n_changed} changed, {run.n_unchanged} unchanged, "
+            f"{run.n_missing} missing, {run.n_failed} failed")
+
+
+def _summary_text(summary_json: str | None) -> str:
+    """A step's summary as one line, ``key=value`` separated by commas; long
+    values are left to ``obsarch runs show``."""
+    import json
+
+    summary = json.loads(summary_json) if summary_json else {}
+    values = {k: len(v) if isinstance(v, (list, dict)) else v for k, v in summary.items()}
+    return ", ".join(f"{k}={v}" for k, v in values.items() if len(str(v)) <= 60)
+
+
+def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """Join each header keyword's number and text columns into one: numbers
     where every value is numeric, text otherwise."""
-    for label in [c[: -len("#num")] for c in frame.columns if c.endswith("#num")]:
-        where = frame.columns.get_loc(f"{label}#num")
-        numbers, texts = frame.pop(f"{label}#num"), frame.pop(f"{label}#text")
-        present = texts.notna()
-        if present.any() and numbers[present].notna().all():
-            merged = numbers.astype(float)
-        else:
-            merged = texts
-        frame.insert(where, label, merged)
-    return frame
+    keep, merged = [], []
+    for i, name in enumerate(names):
+        if name.endswith("#text"):
+            continue
+        if not name.endswith("#num"):
+            keep.append(name)
+            merged.append(lambda row, i=i: row[i])
+            continue
+        label, j = name[: -len("#num")], names.index(name[: -len("#num")] + "#text")
+        numeric = all(row[i] is not None for row in rows if row[j] is not None)
+        keep.append(label)
+        merged.append((lambda row, i=i: None if row[i] is None else float(row[i])) if numeric else (lambda row, j=j: row[j]))
+    return keep, [tuple(get(row) for get in merged) for row in rows]

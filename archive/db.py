@@ -16,7 +16,6 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from archive.exceptions import (
     CatalogNotFound,
@@ -109,23 +108,6 @@ def _sqlite_engine(parsed, read_only: bool) -> Engine:
 
 def _writer(engine: Engine) -> Engine:
     return engine.execution_options(obsarch_write=True)
-
-
-@contextmanager
-def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
-    """One ORM session that commits on success, rolls back on error.
-
-    Driver errors come out as :class:`DatabaseError`. Functions that receive
-    the session never commit.
-    """
-    bind = _writer(engine) if write else engine
-    with Session(bind, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except SQLAlchemyError as exc:
-            session.rollback()
-            raise DatabaseError(_one_line(exc)) from exc
 
 
 @contextmanager
@@ -287,9 +269,22 @@ def head_revision(engine: Engine | None = None) -> str:
     return HEAD
 
 
+def missing_file(engine: Engine) -> bool:
+    """Whether the catalog is a SQLite file that does not exist: connecting
+    would create it, and a command that only reads must not leave one behind."""
+    if not is_sqlite(engine):
+        return False
+    database = engine.url.database or ""
+    if database.startswith("file:"):  # a read-only URI
+        database = database[len("file:"):].split("?", 1)[0]
+    return database not in ("", ":memory:") and not Path(database).exists()
+
+
 def current_revision(engine: Engine) -> str | None:
     """The catalog's schema revision, read without loading alembic (every
     command checks it before doing anything)."""
+    if missing_file(engine):
+        return None
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
@@ -313,12 +308,14 @@ def check_schema(engine: Engine) -> None:
     if current == head:
         return
     if current is None:
-        tables = set(inspect(engine).get_table_names())
+        tables = set() if missing_file(engine) else set(inspect(engine).get_table_names())
         if "files" in tables:
             raise SchemaOutOfDate(
                 f"the catalog at {where} has no schema version; run `obsarch db upgrade`"
             )
-        raise CatalogNotFound(f"no obsarch catalog at {where}; run `obsarch init` first")
+        raise CatalogNotFound(
+            f"no obsarch catalog at {where}; run `obsarch init` first (or name one with --db or ${ENV_VAR})"
+        )
     raise SchemaOutOfDate(
         f"the catalog at {where} is at schema {current}, this obsarch needs {head}; "
         "run `obsarch db upgrade`"

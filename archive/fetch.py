@@ -42,7 +42,8 @@ from archive.db import insert_ignoring_conflicts, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import ingest, utcnow
 from archive.keywords import MJD_EPOCH
-from archive.models import Download, Exposure, File, Observation, Root, Search
+from archive.models import Download, Exposure, Observation, Search
+from archive.roots import files_below
 
 HEASARC_TABLES = {"xmm": "xmmmaster", "nustar": "numaster", "chandra": "chanmaster"}
 _EXPOSURE_COLUMNS = ("exposure", "duration", "exposure_a", "ontime", "exptime")
@@ -603,11 +604,8 @@ def ingest_observations(engine: Engine, observations: dict[str, tuple[int, Path]
         for path in list(directory.rglob("*.Z")):
             _uncompress(path)
         ingest(engine, [directory], config=config)
-        prefix = directory.resolve()
         with transaction(engine, write=True) as conn:
-            ids = [fid for fid, path in conn.execute(
-                select(File.id, Root.path + "/" + File.relpath).join(Root, Root.id == File.root_id)
-            ).all() if Path(path).is_relative_to(prefix)]
+            ids = files_below(conn, directory.resolve())
             if ids:
                 linked += conn.execute(update(Exposure).where(Exposure.file_id.in_(ids)).values(observation_id=observation_id)).rowcount
     return linked

@@ -49,7 +49,8 @@ from archive.db import (
 from archive.exceptions import FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
 from archive.keywords import COLUMNS, KeywordMaps, load_maps, normalize
-from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun, Root
+from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root
+from archive.roots import root_of
 
 FITS_SUFFIXES = (
     ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",
@@ -79,10 +80,6 @@ class IngestSummary:
     ignored: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def files_seen(self) -> int:
-        return self.new + self.changed + self.unchanged + self.failed
 
 
 @dataclass(slots=True)
@@ -114,14 +111,9 @@ def is_fits_name(name: str) -> bool:
 def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
     """The root a scanned path belongs to: the deepest known root holding it,
     or a new root (the directory itself, or a file's parent)."""
-    roots = conn.execute(select(Root.id, Root.path)).all()
-    best = None
-    for root_id, root_path in roots:
-        if path == Path(root_path) or Path(root_path) in path.parents:
-            if best is None or len(root_path) > len(best[1]):
-                best = (root_id, root_path)
-    if best:
-        return best[0], Path(best[1])
+    found = root_of(conn, path)
+    if found:
+        return found[0], found[1]
     new_root = path if path.is_dir() else path.parent
     conn.execute(insert_ignoring_conflicts(conn, Root.__table__, ["path"]), [{"path": str(new_root), "created_at": now}])
     root_id = conn.execute(select(Root.id).where(Root.path == str(new_root))).scalar_one()

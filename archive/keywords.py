@@ -19,7 +19,7 @@ from pathlib import PurePath
 
 from archive.detectors import detectors_of_units
 from archive.exceptions import ConfigError
-from archive.headers import Card, HeaderUnit
+from archive.headers import Card, HeaderUnit, normalize_keyword
 
 MJD_EPOCH = datetime(1858, 11, 17)
 COLUMNS = (
@@ -62,17 +62,12 @@ def load_maps(config: dict | None = None) -> KeywordMaps:
     except re.error as exc:
         raise ConfigError(f"[keywords.frame_number] filename_pattern is not a regular expression: {exc}") from exc
     return KeywordMaps(
-        sources={k: [_key(x) for x in v] for k, v in sources.items()},
+        sources={k: [normalize_keyword(x) for x in v] for k, v in sources.items()},
         placeholders=frozenset(p.upper() for p in placeholders),
         frame_types=frame_types,
         bands=bands,
         filename_pattern=compiled,
     )
-
-
-def _key(keyword: str) -> str:
-    words = keyword.upper().split()
-    return " ".join(words[1:] if words and words[0] == "HIERARCH" else words)
 
 
 class _Values:

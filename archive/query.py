@@ -5,10 +5,10 @@
     hdr[1]['EXTNAME'] == 'SCI' or object like 'ngc%'
     3852-3861,3885
 
-The parser builds a tree that knows nothing of SQL; :func:`compile_selection`
+The parser builds a tree that knows nothing of SQL; :class:`Compiler`
 turns it into a SQLAlchemy clause with bound parameters, so no user text is
 ever formatted into SQL and the same tree runs on SQLite and PostgreSQL.
-Names are resolved through :data:`FIELDS`, which later modules extend.
+Names are resolved through :data:`FIELDS`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, String, cast, and_, case, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, not_, or_, select, text, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
 
 from archive.exceptions import SelectionError
+from archive.headers import normalize_keyword
 from archive.keywords import parse_fits_date
 from archive.models import (
     LONG_TEXT,
@@ -296,9 +297,7 @@ class _Parser:
             self.expect("punct", "[", "'[' and a keyword")
         key = self.expect("string", None, "a quoted keyword such as 'EXPTIME'")
         self.expect("punct", "]", "']'")
-        keyword = " ".join(str(key.value).upper().split())
-        if keyword.startswith("HIERARCH "):
-            keyword = keyword[len("HIERARCH ") :]
+        keyword = normalize_keyword(str(key.value))
         if not keyword:
             raise _error(self.text, key.pos, "empty keyword")
         return Header(keyword, hdu, pos)
@@ -843,13 +842,6 @@ def _label(field: Field) -> str:
     if isinstance(field, Call):
         return f"{field.function}({_label(field.argument)})"
     return field.name
-
-
-def compile_selection(text: str | None, dialect: str) -> ColumnElement:
-    """The SQL condition for a selection (everything when ``text`` is empty)."""
-    if text is None or not text.strip():
-        return true()
-    return Compiler(dialect)(parse(text))
 
 
 # -- building queries --------------------------------------------------------

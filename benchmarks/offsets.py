@@ -144,8 +144,8 @@ def run_command(url: str, n: int, workers: int) -> tuple[float, float, list]:
     from processing.offsets import Transform, offsets_table
 
     # what the console script `obsarch` runs (pyproject: obsarch = "cli.main:run")
-    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'obsarch'; from cli.main import run; run()", "--db", url, "offsets", "compute", f"1-{n}", "--reference", "1",
-               "--workers", str(workers)]
+    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'obsarch'; from cli.main import run; run()",
+               "--db", url, "offsets", "compute", f"1-{n}", "--reference", "1", "--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})

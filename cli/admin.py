@@ -8,14 +8,16 @@ from typing import Annotated
 import typer
 
 from cli.app import STATE, FormatOption, command, db_app, open_catalog, roots_app
-from cli.render import Format, console, show_frame
+from cli.render import Format, console, show_frame, show_rows
 
 
-@command()
+@command(panel="admin")
 def init() -> None:
     """Create the catalog at the current schema (./obsarch.db unless --db).
 
-    Example: obsarch init && obsarch --db postgresql://localhost/obs init
+    A team's catalog: `obsarch --db postgresql://HOST/DBNAME init`.
+
+    Example: obsarch init
     """
     from archive import db
 
@@ -24,26 +26,30 @@ def init() -> None:
     console.print(f"catalog ready at {engine.url.render_as_string(hide_password=True)} (schema {db.head_revision(engine)})")
 
 
-@command()
+@command(panel="admin")
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
 ) -> None:
-    """Make a small synthetic night of frames, ingest it into DIRECTORY/obsarch.db and query it.
+    """Write the night the README's tour uses (B, V, R frames of one field at two
+    pointings, bias, darks, flats, two XMM obsids, two source lists), ingest it into
+    DIRECTORY/obsarch.db and query it; then `cd DIRECTORY` and follow the tour.
 
-    Example: obsarch demo /tmp/obsarch-demo
+    Example: obsarch demo obsarch-demo
     """
     from archive.catalog import Catalog
     from cli.demo import make_night
 
-    paths = make_night(directory / "ngc3293")
+    paths = make_night(directory)
     url = STATE.db or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
     catalog = Catalog.create(url)
-    summary = catalog.ingest([directory / "ngc3293"])
-    console.print(f"wrote {len(paths)} frames to {directory / 'ngc3293'}; ingested: {summary.new} new")
-    selection = "band == 'V' and frame_type == 'science' and exptime >= 60"
-    console.print(f"\n$ obsarch --db {url} query \"{selection}\"", markup=False, soft_wrap=True)
-    show_frame(catalog.query(selection, columns="frame_number,band,exptime,date_obs,relpath"))
-    console.print(f"\ntry: obsarch --db {url} summary", soft_wrap=True, markup=False)
+    summary = catalog.ingest([directory / "ngc3293", directory / "xmm"])
+    console.print(f"wrote {len(paths)} files to {directory}; ingested: {summary.new} new", soft_wrap=True, markup=False)
+    selection = "band == 'V' and frame_type == 'science'"
+    console.print(f"\n$ obsarch query \"{selection}\" --columns frame_number,band,exptime,date_obs,relpath", markup=False, soft_wrap=True)
+    names, rows = catalog.rows(selection, columns="frame_number,band,exptime,date_obs,relpath", limit=5)
+    show_rows(names, rows)
+    console.print(f"\nnext: cd {directory} and follow the tour in the README (obsarch summary, obsarch quality compute ...)",
+                  soft_wrap=True, markup=False)
 
 
 @command(roots_app, "list")
@@ -62,7 +68,7 @@ def roots_move(
 ) -> None:
     """Tell the catalog a tree has moved; nothing is re-read.
 
-    Example: obsarch roots move /data/old/ngc3293 /mnt/big/ngc3293
+    Example: obsarch roots move ngc3293 /mnt/big/ngc3293
     """
     count = open_catalog().move_root(old, new)
     console.print(f"root moved: {old} -> {new.resolve()} ({count} files)")

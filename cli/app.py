@@ -3,47 +3,199 @@ options shared by several commands (declared once, here)."""
 
 from __future__ import annotations
 
+import enum
 import functools
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from archive import __version__
-from rich.markup import escape
-
 from archive.exceptions import ObsarchError
 from cli.render import Format, err_console
+
+PANELS = {
+    "catalog": "Catalog",
+    "quality": "Quality",
+    "groups": "Groups and offsets",
+    "processing": "Processing",
+    "archives": "Archives",
+    "admin": "Administration",
+}
+
+
+# Within a panel, the order of a night's work; commands not named here follow.
+ORDER = ["ingest", "query", "show", "summary", "errors", "sql", "quality", "flag", "report", "group", "offsets", "align",
+         "calib", "calibrate", "stack", "run", "xray", "runs", "products", "lineage", "stale",
+         "archive", "fetch", "downloads", "sync", "init", "demo", "db", "roots"]
+
+
+def _placeholder(param) -> str | None:
+    """What an option takes, as a word (no ``<bool>``, ``<list[Path]>``):
+    nothing for a flag, the choices of a choice, else PATH, N, NUMBER or TEXT."""
+    desc = getattr(param, "type_descriptor", None)
+    annotation = getattr(desc, "annotation", None)
+    if getattr(param, "is_flag", False) or annotation is bool:
+        return None
+    if desc is not None and desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices)
+    if desc is not None and desc.is_list:
+        annotation = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+    word = "PATH" if desc is not None and desc.is_path else {int: "N", float: "NUMBER"}.get(annotation, "TEXT")
+    return word + ("..." if desc is not None and desc.is_list else "")
+
+
+def _light_runtime_param(param):
+    """A value converter for plain types (text, numbers, flags, paths, an enum, a
+    list of one of these), or None for anything else.
+
+    Typer (0.2x) converts every value through a pydantic TypeAdapter, and
+    importing pydantic and building the adapters was a third of a short
+    command's start-up; these types need no more than a call to the type.
+    """
+    try:
+        from typer._coercion import RuntimeParam
+    except ImportError:  # another typer: its own conversion stands
+        return None
+    desc = param.type_descriptor
+    info = desc.parameter_info
+    element = typing.get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+    plain = element in (str, int, float, bool, Path) or (isinstance(element, type) and issubclass(element, enum.Enum))
+    constrained = any(getattr(info, name, None) for name in ("parser", "min", "max", "exists", "resolve_path", "click_type"))
+    if not plain or constrained or desc.is_tuple or desc.file_annotation is not None:
+        return None
+
+    class Light(RuntimeParam):
+        def _coerce_value(self, value, param, ctx):
+            if isinstance(value, (list, tuple)):
+                return [_convert(element, item, param, ctx) for item in value]
+            return _convert(element, value, param, ctx)
+
+    return Light(parameter_info=info, annotation=desc.annotation)
+
+
+def _convert(kind, value, param, ctx):
+    from typer._click.exceptions import BadParameter
+
+    if isinstance(value, kind):
+        return value
+    if kind is bool:
+        return str(value).lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except ValueError:
+        if issubclass(kind, enum.Enum):
+            choices = ", ".join(repr(c.value) for c in kind)
+            raise BadParameter(f"{value!r} is not one of {choices}.", ctx=ctx, param=param) from None
+        word = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise BadParameter(f"{value!r} is not {word}.", ctx=ctx, param=param) from None
+
+
+class _Option(TyperOption):
+    def display_type_rich(self, ctx) -> str | None:
+        return _placeholder(self)
+
+    def get_runtime_param(self):
+        if getattr(self, "_runtime_param", None) is None:
+            self._runtime_param = _light_runtime_param(self) or super().get_runtime_param()
+        return self._runtime_param
+
+
+class _Argument(TyperArgument):
+    def display_type_rich(self, ctx) -> str | None:
+        return None  # the argument's name says it
+
+    get_runtime_param = _Option.get_runtime_param
+
+
+def _plain(params: list) -> list:
+    for param in params:
+        if type(param) is TyperOption:
+            param.__class__ = _Option
+        elif type(param) is TyperArgument:
+            param.__class__ = _Argument
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose help shows words, not Python types."""
+
+    def get_params(self, ctx):
+        return _plain(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group whose help shows words, not Python types; with
+    ``default`` set, arguments that name none of its commands go to that one
+    (``obsarch flag 3920 --grade bad`` is ``obsarch flag set 3920 ...``)."""
+
+    default: str | None = None
+
+    def get_params(self, ctx):
+        return _plain(super().get_params(ctx))
+
+    def list_commands(self, ctx) -> list[str]:
+        panels = list(PANELS.values())
+        names = super().list_commands(ctx)
+        panel = {n: getattr(self.commands[n], "rich_help_panel", None) for n in names}
+        if not any(panel.values()):  # a command group: the order its commands were made in
+            return names
+
+        def place(name):
+            return (panels.index(panel[name]) if panel[name] in panels else len(panels),
+                    ORDER.index(name) if name in ORDER else len(ORDER))
+
+        return sorted(names, key=place)
+
+    def resolve_command(self, ctx, args):
+        if self.default and args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().resolve_command(ctx, args)
+
+
+def group(help: str, default: str | None = None, no_args_is_help: bool = True) -> typer.Typer:
+    """A command group (a Typer app) with obsarch's help conventions."""
+    cls = type("DefaultGroup", (Group,), {"default": default}) if default else Group
+    return typer.Typer(help=help, no_args_is_help=no_args_is_help, cls=cls, rich_markup_mode="markdown")
+
 
 app = typer.Typer(
     help="obsarch: a catalog of your observations (FITS headers, quality, groups, products) in SQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=Group,
+    rich_markup_mode="markdown",
 )
-db_app = typer.Typer(help="The catalog's schema: upgrade, current, history.", no_args_is_help=True)
-quality_app = typer.Typer(help="Quality metrics of frames and the rules that flag them.", no_args_is_help=True)
-flags_app = typer.Typer(help="Quality flags: their history.", no_args_is_help=True)
-report_app = typer.Typer(help="Reports over the catalog.", no_args_is_help=True)
-group_app = typer.Typer(help="Make groups of exposures: by pointing, by header values, by hand.", no_args_is_help=True)
-groups_app = typer.Typer(help="The groups: list them, show one.", no_args_is_help=True)
-offsets_app = typer.Typer(help="Offsets of frames onto a reference: compute, show.", no_args_is_help=True)
-align_app = typer.Typer(help="Align source lists.", no_args_is_help=True)
-calib_app = typer.Typer(help="Calibration masters: bias, dark, flat.", no_args_is_help=True)
-archive_app = typer.Typer(help="Search the archives (HEASARC, ESO).", no_args_is_help=True)
-roots_app = typer.Typer(help="The directories the catalog's files live in.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(roots_app, name="roots")
-app.add_typer(quality_app, name="quality")
-app.add_typer(flags_app, name="flags")
-app.add_typer(report_app, name="report")
-app.add_typer(group_app, name="group")
-app.add_typer(groups_app, name="groups")
-app.add_typer(offsets_app, name="offsets")
-app.add_typer(align_app, name="align")
-app.add_typer(calib_app, name="calib")
-app.add_typer(archive_app, name="archive")
+db_app = group("The catalog's schema: upgrade, current, history.")
+quality_app = group("Quality metrics of frames and the rules that flag them.")
+flag_app = group("Quality flags: set a grade on frames, see a frame's history.", default="set")
+flags_app = group("Old spelling of `obsarch flag`.")
+report_app = group("Reports over the catalog.")
+group_app = group("Groups of exposures: make them (by pointing, by header values, by hand), list them, show one.")
+groups_app = group("Old spelling of `obsarch group`.")
+offsets_app = group("Offsets of frames onto a reference: compute, show.")
+align_app = group("Align source lists.")
+calib_app = group("Calibration masters: bias, dark, flat.")
+archive_app = group("Search the archives (HEASARC, ESO, MAST).")
+roots_app = group("The directories the catalog's files live in.")
+runs_app = group("Every run, ingest and processing: list them, show one.", no_args_is_help=False)
+app.add_typer(quality_app, name="quality", rich_help_panel=PANELS["quality"])
+app.add_typer(flag_app, name="flag", rich_help_panel=PANELS["quality"])
+app.add_typer(report_app, name="report", rich_help_panel=PANELS["quality"])
+app.add_typer(group_app, name="group", rich_help_panel=PANELS["groups"])
+app.add_typer(offsets_app, name="offsets", rich_help_panel=PANELS["groups"])
+app.add_typer(align_app, name="align", rich_help_panel=PANELS["groups"])
+app.add_typer(calib_app, name="calib", rich_help_panel=PANELS["processing"])
+app.add_typer(runs_app, name="runs", rich_help_panel=PANELS["processing"])
+app.add_typer(archive_app, name="archive", rich_help_panel=PANELS["archives"])
+app.add_typer(db_app, name="db", rich_help_panel=PANELS["admin"])
+app.add_typer(roots_app, name="roots", rich_help_panel=PANELS["admin"])
+app.add_typer(flags_app, name="flags", hidden=True)
+app.add_typer(groups_app, name="groups", hidden=True)
 
 
 class _State:
@@ -81,6 +233,8 @@ def reports_errors(function):
         except ObsarchError as exc:
             if STATE.debug:
                 raise
+            from rich.markup import escape  # imported here: rich is not needed before an error
+
             # escaped: a message naming [calibration.bias] is text, not rich markup
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
@@ -88,11 +242,18 @@ def reports_errors(function):
     return wrapper
 
 
-def command(parent: typer.Typer = app, name: str | None = None, **settings):
-    """Register a command on ``parent`` with obsarch's error handling."""
+def command(parent: typer.Typer = app, name: str | None = None, *, panel: str | None = None, aliases=(), **settings):
+    """Register a command on ``parent`` with obsarch's error handling.
+
+    ``panel``: a key of :data:`PANELS` (top-level commands); ``aliases``:
+    (group, name) pairs where an old spelling stays reachable, hidden.
+    """
 
     def decorate(function):
-        return parent.command(name, **settings)(reports_errors(function))
+        wrapped = reports_errors(function)
+        for alias_parent, alias in aliases:
+            alias_parent.command(alias, cls=Command, hidden=True, **settings)(wrapped)
+        return parent.command(name, cls=Command, rich_help_panel=PANELS.get(panel, panel), **settings)(wrapped)
 
     return decorate
 
@@ -117,7 +278,7 @@ def progress(label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+                  console=err_console.unwrap(), transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -125,6 +286,7 @@ def progress(label: str):
 # -- options shared by several commands ----------------------------------------------
 
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+ColumnsOption = Annotated[Optional[str], typer.Option("--columns", help="Comma-separated columns to show, or all (a terminal shows the main ones).")]
 Selection = Annotated[Optional[str], typer.Argument(help="Which exposures: a selection or frame numbers (default: all).")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="Processes working at once (default: all cores).")]
 ExecutorOption = Annotated[str, typer.Option("--executor", help="pool (default), serial or dask.")]

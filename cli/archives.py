@@ -15,7 +15,7 @@ from cli.render import Format, console, err_console, show_frame
 def _bytes_bar():
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console,
+    return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console.unwrap(),
                     transient=True)
 
 
@@ -43,7 +43,7 @@ def archive_search(
     err_console.print(f"{len(rows)} observations, {new} new")
 
 
-@command(name="fetch")
+@command(name="fetch", panel="archives")
 def fetch_command(
     mission: Annotated[Optional[str], typer.Argument(help="xmm, nustar, chandra, eso or mast (none: run the queue).")] = None,
     obsids: Annotated[Optional[list[str]], typer.Argument(help="Observation ids (HEASARC missions).")] = None,
@@ -99,7 +99,7 @@ def fetch_command(
         err_console.print("see `obsarch downloads`; `obsarch fetch --retry-failed` tries them again")
 
 
-@command()
+@command(panel="archives")
 def downloads(fmt: FormatOption = Format.table) -> None:
     """Each known observation: known, queued, downloading, done or failed (with the reason).
 
@@ -113,7 +113,7 @@ def downloads(fmt: FormatOption = Format.table) -> None:
     show_frame(pd.DataFrame(rows, columns=["mission", "obsid", "target", "start", "state", "files", "done", "bytes", "last_error"]), fmt)
 
 
-@command(name="sync")
+@command(name="sync", panel="archives")
 def sync_command(dest: Annotated[Path, typer.Option(help="Where new data will go.")] = Path("archive-data")) -> None:
     """Ask the archives again for every target searched before; record new
     observations and queue their data (`obsarch fetch` downloads the queue).

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import STATE, ByIdOption, ExecutorOption, FormatOption, RefArg, SchedulerOption, WorkersOption, command, load_config, open_catalog, progress
-from cli.render import Format, _cell, console, err_console, show_frame
+from cli.render import Format, console, err_console, readable, show_frame, show_rows
 
 
-@command()
+@command(panel="catalog")
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: WorkersOption = None,
@@ -24,7 +24,7 @@ def ingest(
     With --executor dask the headers are read on the workers of a dask
     cluster (sharing the file system, same paths) and this process writes.
 
-    Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
+    Example: obsarch ingest ngc3293 xmm
     """
     catalog = open_catalog()
     config = load_config()
@@ -46,7 +46,7 @@ def ingest(
     after_ingest(catalog.engine, summary)
 
 
-@command()
+@command(panel="catalog")
 def query(
     selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
@@ -58,13 +58,13 @@ def query(
 
     Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
     """
-    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit)
-    show_frame(frame, fmt)
+    names, rows = open_catalog().rows(selection, columns=columns, sort=sort, limit=limit)
+    show_rows(names, rows, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(frame)} exposures")
+        err_console.print(f"{len(rows)} exposures")
 
 
-@command()
+@command(panel="catalog")
 def show(
     ref: RefArg,
     by_id: ByIdOption = False,
@@ -78,7 +78,7 @@ def show(
     exposure_id = catalog.resolve(ref, by_id=by_id)
     row = catalog.exposure(exposure_id)
     console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
-    console.print("  ".join(f"{k}={_cell(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _cell(v)), soft_wrap=True)
+    console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)), soft_wrap=True)
     for unit in catalog.headers(exposure_id):
         if hdu is not None and unit["index"] != hdu:
             continue
@@ -92,7 +92,7 @@ def show(
     show_xray(catalog, exposure_id)
 
 
-@command()
+@command(panel="catalog")
 def summary() -> None:
     """Counts of exposures per instrument, night, frame type and band.
 
@@ -102,7 +102,7 @@ def summary() -> None:
         show_frame(frame, Format.table, title=name)
 
 
-@command()
+@command(panel="catalog")
 def errors(fmt: FormatOption = Format.table) -> None:
     """Files that could not be read, or were read with invalid cards, and why.
 
@@ -114,7 +114,7 @@ def errors(fmt: FormatOption = Format.table) -> None:
         err_console.print(f"{len(frame)} files with problems")
 
 
-@command()
+@command(panel="catalog")
 def sql(
     statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
     fmt: FormatOption = Format.table,

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from cli.app import FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
-from archive.query import all_of, compare
+from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
 from cli.render import Format, console, err_console, show_frame
 from cli.steps import finish_step, merge_results
 
@@ -48,7 +47,8 @@ def group_pointing(
 def group_by(
     keys: Annotated[str, typer.Argument(help="Comma-separated names or hdr['KEY'], e.g. band,readout_mode.")],
     selection: GroupSelectionOption = None,
-    prefix: Annotated[Optional[str], typer.Option("--name", "--prefix", help="Name the groups NAME:band=V,...; making them again under NAME replaces them all.")] = None,
+    prefix: Annotated[Optional[str], typer.Option(
+        "--name", "--prefix", help="Name the groups NAME:band=V,...; making them again under NAME replaces them all.")] = None,
 ) -> None:
     """One group per distinct combination of values, named like band=V,readout_mode=SCI1.0.
 
@@ -100,11 +100,11 @@ def group_create(
     console.print(f"group {name}: {len(result.groups[name])} exposures" + (f", reference {reference}" if reference else ""))
 
 
-@command(groups_app, "list")
+@command(group_app, "list", aliases=[(groups_app, "list")])
 def groups_list(fmt: FormatOption = Format.table) -> None:
     """Every group with its method and size.
 
-    Example: obsarch groups list
+    Example: obsarch group list
     """
     import pandas as pd
 
@@ -113,12 +113,14 @@ def groups_list(fmt: FormatOption = Format.table) -> None:
     show_frame(pd.DataFrame(grouping.list_groups(open_catalog().engine), columns=["name", "method", "members", "created_at"]), fmt)
 
 
-@command(groups_app, "show")
+@command(group_app, "show", aliases=[(groups_app, "show")])
 def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], fmt: FormatOption = Format.table) -> None:
     """The members of a group, reference first, with their normalized values.
 
-    Example: obsarch groups show B0
+    Example: obsarch group show B0
     """
+    from archive.query import all_of, compare
+
     catalog = open_catalog()
     members = compare("group", "==", name)
     frame = catalog.query(members, columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
@@ -134,7 +136,8 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
 @command(offsets_app, "compute")
 def offsets_compute(
     selection: Selection = None,
-    reference: Annotated[Optional[str], typer.Option(help="The reference exposure, a frame number or selection (default: the best frame of the selection).")] = None,
+    reference: Annotated[Optional[str], typer.Option(
+        help="The reference exposure, a frame number or selection (default: the best frame of the selection).")] = None,
     method: Annotated[str, typer.Option(help="stars (no starting guess), centroid (one star in --box) or wcs.")] = "stars",
     box: Annotated[Optional[str], typer.Option(help="x1:x2,y1:y2 around one star, 1-based (centroid method).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Register this group's members onto its reference.")] = None,
@@ -147,7 +150,7 @@ def offsets_compute(
     stars; frames are measured first if need be) and named. A frame the star
     matcher cannot register gets one more try for a pure shift (phase correlation).
 
-    Example: obsarch offsets compute "band == 'B' and grade != 'bad'"
+    Example: obsarch offsets compute "band == 'B' and frame_type == 'science' and grade != 'bad'"
     """
     import fnmatch
 
@@ -205,25 +208,28 @@ def offsets_show(
     selection: Selection = None,
     group: Annotated[Optional[str], typer.Option(help="Offsets measured for this group.")] = None,
     fmt: FormatOption = Format.table,
+    columns: ColumnsOption = None,
 ) -> None:
     """The current offset of each exposure (its latest registration): dx, dy (px), rotation (deg), scale,
     uncertainties, matched stars, residual; MUSE's derotator angle when present.
 
     Example: obsarch offsets show --group B0
     """
-    import pandas as pd
 
     from processing import offsets
 
     engine = open_catalog().engine
     ids = offsets.select_ids(engine, selection) if selection else None
+    from archive.results import frame_of
+
     rows = offsets.offsets_table(engine, ids=ids, group=group)
-    columns = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
-               "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
-    frame = pd.DataFrame(rows, columns=columns)
+    names = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
+             "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
+    frame = frame_of(rows, names)
     if frame["drot_posang"].isna().all():
         frame = frame.drop(columns="drot_posang")
-    show_frame(frame, fmt)
+    main = ["frame_number", "reference_id", "method", "status", "dx", "dy", "rotation", "nmatched", "residual", "drot_posang"]
+    show_frame(frame, fmt, brief=main, columns=columns)
 
 
 @command(align_app, "catalogs")
@@ -241,7 +247,7 @@ def align_catalogs(
     residuals and the match's significance. A match no better than chance is
     refused (exit 3, one line): no transform is printed.
 
-    Example: obsarch align catalogs chandra_srcs.csv muse_stars.csv
+    Example: obsarch align catalogs xray_sources.csv optical_stars.csv
     """
     import pandas as pd
 

@@ -3,12 +3,15 @@ tools, and what they made (runs, products, lineage, stale)."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cli.app import (
+    ColumnsOption,
     ExecutorOption,
     ForceOption,
     FormatOption,
@@ -20,10 +23,10 @@ from cli.app import (
     open_catalog,
     progress,
     reports_errors,
-    app,
+    runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, err_console, exact, iso, show_frame
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
@@ -35,13 +38,54 @@ MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 
 MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
 
 
-@command()
-def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> None:
-    """The latest ingest runs and what each found.
+@runs_app.callback(invoke_without_command=True)
+@reports_errors
+def runs(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+    fmt: FormatOption = Format.table,
+    columns: ColumnsOption = None,
+) -> None:
+    """Every run, newest first: ingests (i1, i2...) and processing steps (1, 2...),
+    with state and what each did; `obsarch runs show N` tells one run in full.
 
     Example: obsarch runs --limit 5
     """
-    show_frame(open_catalog().runs(limit))
+    if ctx.invoked_subcommand is None:
+        show_frame(open_catalog().runs(limit), fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+
+
+@command(runs_app, "show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="A run id from `obsarch runs` (i3 is ingest run 3).")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """One run in full: parameters, code, inputs, products, the state of each
+    item, and an external tool's stdout and stderr as stored.
+
+    Example: obsarch runs show i1
+    """
+    from archive.results import frame_of
+
+    detail = open_catalog().run(run)
+    if fmt is Format.json:
+        typer.echo(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)))
+        return
+    head = ("run", "parent", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
+    for key in head:
+        if detail.get(key) not in (None, "") and not isinstance(detail[key], dict):
+            console.print(f"{key}: {exact(detail[key])}", markup=False, soft_wrap=True)
+    for key in ("params", "summary"):
+        if isinstance(detail[key], dict) and detail[key]:
+            console.print(f"{key}: {json.dumps(detail[key], sort_keys=True)}", markup=False, soft_wrap=True)
+    for part in ("inputs", "products", "items"):
+        if detail[part]:
+            console.print(f"\n{part} ({len(detail[part])}):", markup=False)
+            show_frame(frame_of(detail[part], list(detail[part][0])), fmt)
+    for stream in ("stdout", "stderr"):
+        if detail.get(stream):
+            console.print(f"\n{stream}:", markup=False)
+            typer.echo(detail[stream], nl=not detail[stream].endswith("\n"))
 
 
 def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force, hdu=None) -> None:
@@ -59,7 +103,7 @@ def calib_bias(selection: Selection = None, nearest: NearestOption = None, to: T
                force: ForceOption = False, hdu: HduOption = None) -> None:
     """A master bias from raw bias frames of one read-out mode.
 
-    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 11 --to 2014-07-27
+    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 5 --to 2017-08-16
     """
     _master("bias", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
 
@@ -70,7 +114,7 @@ def calib_dark(selection: Selection = None, nearest: NearestOption = None, to: T
                force: ForceOption = False, hdu: HduOption = None) -> None:
     """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
 
-    Example: obsarch calib dark "exptime == 300"
+    Example: obsarch calib dark "exptime == 60"
     """
     _master("dark", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
 
@@ -87,7 +131,7 @@ def calib_flat(selection: Selection = None, band: Annotated[Optional[str], typer
     _master("flat", selection, nearest, to, band, method, sigma, memory, out, force, hdu)
 
 
-@command()
+@command(panel="processing")
 def calibrate(
     selection: Selection = None,
     no_dark: Annotated[bool, typer.Option("--no-dark", help="Skip dark subtraction.")] = False,
@@ -102,7 +146,7 @@ def calibrate(
     `obsarch calib explain`). A frame no master fits is reported with the rule
     that refused each candidate.
 
-    Example: obsarch calibrate "frame_type == 'science' and night == '2017-08-15'"
+    Example: obsarch calibrate "band == 'V' and frame_type == 'science' and night == '2017-08-15'"
     """
     from processing import calibration
 
@@ -114,7 +158,7 @@ def calibrate(
     finish_step(summary)
 
 
-@command(name="stack")
+@command(name="stack", panel="processing")
 def stack_command(
     selection: Annotated[str, typer.Argument(help="The frames to stack.")],
     method: MethodOption = "median",
@@ -130,7 +174,7 @@ def stack_command(
     them with rejection, detector by detector; writes the stack with a COVERAGE
     extension per detector.
 
-    Example: obsarch stack "band == 'V' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
+    Example: obsarch stack "band == 'B' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
     """
     from processing import stacking
 
@@ -142,8 +186,7 @@ def stack_command(
     finish_step(summary)
 
 
-@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@reports_errors
+@command(name="run", panel="processing", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_command(
     ctx: typer.Context,
     selection: Selection = None,
@@ -152,7 +195,9 @@ def run_command(
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
-    metrics_from: Annotated[Optional[str], typer.Option("--metrics-from", help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
+    metrics_from: Annotated[Optional[str], typer.Option(
+        "--metrics-from",
+        help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
 ) -> None:
     """Run an external tool once per exposure, obsid or group, in parallel, in a
     working directory per item. Arguments after -- may hold {path}, {paths},
@@ -161,7 +206,7 @@ def run_command(
     command and inputs are skipped; with --metrics-from the numbers the tool
     wrote are stored as metric['name'] of the item's exposures.
 
-    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
+    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- sh -c 'echo {obsid}: {paths}'
     """
     from processing import external
 
@@ -175,7 +220,7 @@ def run_command(
     finish_step(summary)
 
 
-@command()
+@command(panel="processing")
 def products(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind (master_bias, calibrated, stack, output...).")] = None,
     fmt: FormatOption = Format.table,
@@ -187,11 +232,11 @@ def products(
     show_frame(open_catalog().products(kind), fmt)
 
 
-@command()
+@command(panel="processing")
 def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingested file).")]) -> None:
     """The tree of runs and inputs a file was made from, down to raw files.
 
-    Example: obsarch lineage stacks/V_stack.fits
+    Example: obsarch lineage stacks/B_stack.fits
     """
     from processing import runs as runs_
 
@@ -214,7 +259,7 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
     show(tree)
 
 
-@command()
+@command(panel="processing")
 def stale(fmt: FormatOption = Format.table) -> None:
     """Products whose inputs changed, went missing, were graded bad, or were rebuilt;
     re-running their step rebuilds only those.

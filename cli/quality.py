@@ -15,6 +15,7 @@ from cli.app import (
     Selection,
     WorkersOption,
     command,
+    flag_app,
     flags_app,
     load_config,
     open_catalog,
@@ -35,7 +36,7 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     use) are the median over its detectors. Frames measured before with the same
     parameters and unchanged files are skipped.
 
-    Example: obsarch quality compute "frame_type == 'science'"
+    Example: obsarch quality compute "frame_type == 'science' and telescope != 'XMM'"
     """
     from processing import quality
 
@@ -67,8 +68,8 @@ def quality_rules(selection: Selection = None) -> None:
     )
 
 
-@command(name="flag")
-def flag_command(
+@command(flag_app, "set")
+def flag_set(
     selection: Annotated[str, typer.Argument(help="Frame numbers (3920,3921,4058-4059) or a selection.")],
     grade: Annotated[str, typer.Option(help="great, ok, marginal or bad.")],
     reason: Annotated[Optional[str], typer.Option(help="clouds, tracking, focus, trail, saturation, manual or other.")] = None,
@@ -78,7 +79,7 @@ def flag_command(
     """Record your verdict on frames; earlier flags are kept as history, and yours
     wins over any rule's.
 
-    Example: obsarch flag 3920,3921,3924 --grade bad --reason tracking --note "big tracking errors"
+    Example: obsarch flag set 3856,3857,3870 --grade bad --reason tracking --note "big tracking errors"
     """
     from processing import quality
 
@@ -86,11 +87,11 @@ def flag_command(
     console.print(f"flagged {count} exposures {grade}" + (f" ({reason})" if reason else ""))
 
 
-@command(flags_app, "history")
-def flags_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
+@command(flag_app, "history", aliases=[(flags_app, "history")])
+def flag_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
     """Every flag of one frame, oldest first; the current one is marked.
 
-    Example: obsarch flags history 3920
+    Example: obsarch flag history 3857
     """
     import pandas as pd
 
@@ -121,7 +122,7 @@ def report_quality(
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
     if fmt is Format.table and not summary.empty:
-        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", fill_value=0).reset_index()
+        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", aggfunc="sum", fill_value=0).reset_index()
     show_frame(summary, fmt, title="science frames per night, band and grade")
     if html_dir is not None:
         ids = catalog.exposure_ids(selection) if selection else None

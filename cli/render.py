@@ -1,21 +1,48 @@
-"""Showing results: rich tables for people, csv/json/ecsv for scripts."""
+"""Showing results: rich tables for people, whole rows for scripts.
+
+In a terminal a table is drawn for reading: numbers rounded, and a command
+may name the columns worth showing (``--columns`` gets the rest). When
+stdout is a pipe or a file, a table is printed tab-separated, whole: every
+column, numbers at full precision. In every format integers stay integers
+and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC).
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import math
+from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+class _LazyConsole:
+    """A rich Console made on first use: importing rich.console is a fifth of
+    a short command's start-up, and ``obsarch --version`` needs none."""
+
+    def __init__(self, **options):
+        self._options, self._console = options, None
+
+    def unwrap(self) -> Console:
+        """The Console itself (for rich objects that take one, like Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.unwrap(), name)
+
+
+console: Console = _LazyConsole(highlight=False, soft_wrap=True)
+err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Format(str, Enum):
@@ -25,36 +52,139 @@ class Format(str, Enum):
     ecsv = "ecsv"
 
 
-def _cell(value) -> str:
-    import pandas as pd
+def iso(value: datetime | date) -> str:
+    """The one way obsarch writes a time: ISO 8601, no zone (times are UTC)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds")
+    return value.isoformat()
 
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
-        return ""
+
+def _missing(value) -> bool:
+    if value is None:
+        return True
     if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing values, without importing pandas
+
+
+def exact(value) -> str:
+    """A value written whole, for scripts: floats at full precision."""
+    if _missing(value):
+        return ""
+    if isinstance(value, (datetime, date)):
+        return iso(value)
     return str(value)
 
 
-def show_frame(frame: "pd.DataFrame", fmt: Format = Format.table, title: str | None = None) -> None:
-    """Print a DataFrame in the chosen format."""
-    from archive.results import to_csv, to_json
+def readable(value) -> str:
+    """A value rounded for reading in a terminal."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None, microsecond=0).isoformat()
+    if isinstance(value, float) and not _missing(value):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.5f}".rstrip("0").rstrip(".")
+    return exact(value)
 
+
+_cell = readable  # the name older callers use
+
+
+def show_frame(frame: pd.DataFrame, fmt: Format = Format.table, title: str | None = None,
+               brief: list[str] | None = None, columns: str | None = None) -> None:
+    """Print a DataFrame in the chosen format (see :func:`show_rows`)."""
+    show_rows([str(c) for c in frame.columns], list(frame.itertuples(index=False, name=None)), fmt, title, brief, columns)
+
+
+def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, title: str | None = None,
+              brief: list[str] | None = None, columns: str | None = None) -> None:
+    """Print rows in the chosen format.
+
+    ``brief``: the columns a terminal table shows unless ``columns`` (a
+    comma-separated list, or ``all``) says otherwise; pipes get every column.
+    """
+    names, rows = _choose(names, rows, columns)
     if fmt is Format.csv:
-        typer.echo(to_csv(frame), nl=False)
-    elif fmt is Format.json:
-        typer.echo(to_json(frame))
-    elif fmt is Format.ecsv:
-        from astropy.table import Table as AstropyTable
+        import csv
 
         buffer = io.StringIO()
-        AstropyTable.from_pandas(frame).write(buffer, format="ascii.ecsv")
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([exact(v) for v in row] for row in rows)
         typer.echo(buffer.getvalue(), nl=False)
+    elif fmt is Format.json:
+        typer.echo(json.dumps([dict(zip(names, map(_json_value, row))) for row in rows], indent=1))
+    elif fmt is Format.ecsv:
+        _ecsv(names, rows)
+    elif console.is_terminal:
+        _rich_table(names, rows, title, brief if columns is None else None)
     else:
-        table = Table(title=title, show_lines=False)
-        for name in frame.columns:
-            table.add_column(str(name), overflow="fold")
-        for row in frame.itertuples(index=False):
-            table.add_row(*(_cell(v) for v in row))
-        console.print(table)
+        _tab_separated(names, rows, title)
+
+
+def _json_value(value):
+    if _missing(value):
+        return None
+    if isinstance(value, (datetime, date)):
+        return iso(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
+
+
+def _ecsv(names: list[str], rows: list[tuple]) -> None:
+    from astropy.table import Table
+
+    from archive.results import frame_of
+
+    frame = frame_of([[iso(v) if isinstance(v, (datetime, date)) else v for v in row] for row in rows], names)
+    buffer = io.StringIO()
+    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")
+    typer.echo(buffer.getvalue(), nl=False)
+
+
+def _choose(names: list[str], rows: list[tuple], columns: str | None) -> tuple[list[str], list[tuple]]:
+    if not columns or columns == "all":
+        return names, rows
+    chosen = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        from archive.exceptions import ObsarchError
+
+        raise ObsarchError(f"no column {', '.join(unknown)}; the columns are {', '.join(names)}")
+    where = [names.index(n) for n in chosen]
+    return chosen, [tuple(row[i] for i in where) for row in rows]
+
+
+def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> None:
+    if title:
+        typer.echo(f"# {title}")
+    lines = ["\t".join(names)]
+    lines += ["\t".join(exact(v).replace("\t", " ").replace("\n", " ") for v in row) for row in rows]
+    typer.echo("\n".join(lines))
+
+
+def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None) -> None:
+    """A table drawn for reading: rounded numbers, short columns never broken
+    nor cut, long ones folded; columns that do not fit the terminal are left
+    out, from the right, and named on stderr."""
+    from rich.table import Table
+
+    shown = [i for i, name in enumerate(names) if not brief or name in brief]
+    cells = {i: [readable(row[i]) for row in rows] for i in shown}
+    widths = {i: max([len(names[i])] + [len(c) for c in cells[i]]) for i in shown}
+    least = {i: widths[i] if widths[i] <= 26 else 20 for i in shown}  # a long column folds, at least 20 wide
+    while len(shown) > 1 and sum(least[i] + 3 for i in shown) + 1 > console.width:
+        shown.pop()
+    table = Table(title=title, show_lines=False)
+    for i in shown:
+        if widths[i] <= 26:
+            table.add_column(names[i], no_wrap=True, min_width=widths[i])
+        else:
+            table.add_column(names[i], overflow="fold", min_width=least[i])
+    for r in range(len(rows)):
+        table.add_row(*(cells[i][r] for i in shown))
+    console.print(table)
+    hidden = [name for i, name in enumerate(names) if i not in shown]
+    if hidden:
+        err_console.print(f"not shown: {', '.join(hidden)} (name columns with --columns, or pipe the output)", markup=False)

@@ -10,23 +10,25 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import (
+    PANELS,
     ByIdOption,
     FormatOption,
     RefArg,
     WorkersOption,
     app,
     command,
+    group,
     open_catalog,
     report_app,
 )
 from cli.render import Format, console, err_console, show_frame
 
-xray_app = typer.Typer(help="X-ray products: summaries of spectra, events and light curves.", no_args_is_help=True)
-metrics_app = typer.Typer(help="Named metrics of exposures (from tools or people).", no_args_is_help=True)
-regions_app = typer.Typer(help="DS9 region files attached to exposures.", no_args_is_help=True)
-app.add_typer(xray_app, name="xray")
-app.add_typer(metrics_app, name="metrics")
-app.add_typer(regions_app, name="regions")
+xray_app = group("X-ray products: summaries of spectra, events and light curves.")
+metrics_app = group("Named metrics of exposures (from tools or people).")
+regions_app = group("DS9 region files attached to exposures.")
+app.add_typer(xray_app, name="xray", rich_help_panel=PANELS["processing"])
+app.add_typer(metrics_app, name="metrics", rich_help_panel=PANELS["quality"])
+app.add_typer(regions_app, name="regions", rich_help_panel=PANELS["catalog"])
 
 _SHOWN = 20
 
@@ -168,7 +170,7 @@ def regions_list(
 ) -> None:
     """The region files attached to one exposure.
 
-    Example: obsarch regions list data/nustar/nu30002041016A01_cl_3to20keV_det1.fits
+    Example: obsarch regions list xmm/0761220101/P0761220101PNS003PIEVLI0000.fits
     """
     import pandas as pd
 

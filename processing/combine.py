@@ -197,19 +197,6 @@ def _median_in_place(stack: np.ndarray) -> np.ndarray:
     return (stack[half - 1] + stack[half]) / 2
 
 
-def image_median(path: Path | str) -> float:
-    """The median of an image (for normalizing flats), from every 4th row."""
-    frame = _open(Path(path))
-    try:
-        data = np.asarray(frame.hdu.section[::4, :], dtype=np.float64)
-    finally:
-        frame.hdul.close()
-    median = float(np.nanmedian(data))
-    if not np.isfinite(median) or median == 0:
-        raise CombineError(f"{path}: median {median} cannot normalize a flat")
-    return median
-
-
 def calibrate_array(
     data: np.ndarray,
     *,

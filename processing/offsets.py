@@ -177,8 +177,8 @@ def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
     _, near = _tree(xy, n).query(xy, k=k + 1)
     seen = set()
     for i in range(n):
-        for j, l in itertools.combinations(near[i, 1:], 2):
-            seen.add(tuple(sorted((i, int(j), int(l)))))
+        for j, k in itertools.combinations(near[i, 1:], 2):
+            seen.add(tuple(sorted((i, int(j), int(k)))))
     vertices = np.array(sorted(seen), dtype=int)
     p = xy[vertices]  # (m, 3, 2)
     # side opposite vertex v

@@ -70,12 +70,23 @@ class QualityParams:
 
     @classmethod
     def from_config(cls, config: dict | None) -> QualityParams:
+        _check_section(config)
         section = dict((config or {}).get("quality", {}))
         section.pop("rules", None)
         try:
             return cls(**section)
         except TypeError as exc:
             raise ObsarchError(f"[quality] in obsarch.toml: {exc}") from exc
+
+
+def _check_section(config: dict | None) -> None:
+    """Refuse an unknown key or a wrong type in [quality] (a configuration
+    given as a dict rather than read by :func:`archive.config.load_config`)."""
+    from archive.config import SCHEMA, check
+
+    problem = check((config or {}).get("quality", {}), SCHEMA["quality"], "quality")
+    if problem:
+        raise ObsarchError(f"obsarch.toml: {problem}")
 
 
 # -- reading the image -----------------------------------------------------------
@@ -542,6 +553,7 @@ MIN_GROUP = 3  # a relative rule needs this many frames of the night and band
 def rules_from_config(config: dict | None) -> tuple[Rule, ...]:
     """``[quality.rules.NAME]`` tables of obsarch.toml replace the default of
     that name (``enabled = false`` removes it) or add a rule."""
+    _check_section(config)
     rules = {rule.name: rule for rule in DEFAULT_RULES}
     for name, table in (config or {}).get("quality", {}).get("rules", {}).items():
         table = dict(table)
@@ -550,10 +562,11 @@ def rules_from_config(config: dict | None) -> tuple[Rule, ...]:
             continue
         base = asdict(rules[name]) if name in rules else {"name": name}
         base.update(table)
-        try:
-            rule = Rule(**base)
-        except TypeError as exc:
-            raise ObsarchError(f"[quality.rules.{name}] in obsarch.toml: {exc}") from exc
+        missing = [key for key in ("metric", "grade", "reason") if key not in base]
+        if missing:
+            raise ObsarchError(f"[quality.rules.{name}] in obsarch.toml: a new rule needs {', '.join(missing)} "
+                               f"(the rules it could change are {', '.join(rules)})")
+        rule = Rule(**base)
         if rule.metric not in METRICS:
             raise ObsarchError(f"[quality.rules.{name}]: unknown metric {rule.metric!r}; use one of {', '.join(METRICS)}")
         if (rule.above is None) == (rule.below is None):

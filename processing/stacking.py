@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
 from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
 from archive.query import compare, is_null
+from processing.calibration import detector_values
 from processing.combine import DEFAULT_MEMORY, combine_files, parse_memory, resample
+from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.offsets import current_offsets
-from processing.calibration import detector_values
-from processing.detectors import write_detectors
 from processing.runs import write_product
 from processing.steps import Frame, inherited, product_of, resolve, safe_name
 

@@ -217,8 +217,8 @@ def test_debug_shows_the_traceback(url):
 def test_demo(tmp_path):
     result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.stdout
-    assert "ingested: 26 new" in result.stdout
-    assert "ngc3293-3871.fits" in result.stdout
+    assert "ingested: 57 new" in result.stdout  # 55 frames and 2 XMM event files
+    assert "ngc3293-3866.fits" in result.stdout
 
 
 def test_a_scratch_file_that_cannot_be_written_stops_the_ingest_in_one_line(tmp_path, rng, monkeypatch):

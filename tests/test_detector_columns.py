@@ -136,7 +136,8 @@ def test_lco_bpm_is_not_a_detector(real_data):
 
 def test_selection_names_on_ingested_real_frames(catalog, real_data):
     catalog.ingest([real_data / "ccd_imaging"])
-    names = lambda selection: sorted(catalog.query(selection, columns="relpath")["relpath"])
+    def names(selection):
+        return sorted(catalog.query(selection, columns="relpath")["relpath"])
     lco = names("binning == '2x2'")
     assert len(lco) == 4 and all(n.startswith("ogg0m404") for n in lco)
     assert names("xbin == 2 and ybin == 2 and gain == 1 and ccd_temp < -20") == lco

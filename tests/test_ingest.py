@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from archive import ingest as ingest_module
 from archive.exceptions import NotFoundError
 from archive.ingest import move_root
-from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun
+from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun
 
 
 def count(catalog, column, *where):

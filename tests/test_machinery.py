@@ -28,9 +28,9 @@ def _copy_or_fail(task):
     if "bad" in source:
         raise _Unpicklable()
     data = np.zeros((4, 4), dtype=np.float32)
-    from astropy.io import fits
-
     from pathlib import Path
+
+    from astropy.io import fits
 
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     fits.PrimaryHDU(data).writeto(target, overwrite=True)

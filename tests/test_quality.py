@@ -266,8 +266,10 @@ def test_bad_flags_are_refused(catalog, tmp_path, rng, selection, grade, reason,
         ({"quality": {"rules": {"clouds": {"metric": "colour"}}}}, "unknown metric 'colour'"),
         ({"quality": {"rules": {"new": {"metric": "fwhm", "grade": "bad", "reason": "focus"}}}}, "give exactly one of 'above' or 'below'"),
         ({"quality": {"rules": {"clouds": {"grade": "terrible"}}}}, "unknown grade 'terrible'"),
-        ({"quality": {"rules": {"clouds": {"factor": 3}}}}, "unexpected keyword argument 'factor'"),
-        ({"quality": {"sigma": 3}}, "[quality] in obsarch.toml"),
+        ({"quality": {"rules": {"clouds": {"factor": 3}}}}, "unknown key 'quality.rules.clouds.factor' in [quality.rules.clouds]"),
+        ({"quality": {"sigma": 3}}, "unknown key 'quality.sigma' in [quality]"),
+        ({"quality": {"rules": {"clouds": {"above": "high"}}}}, "quality.rules.clouds.above: expected a number, got 'high'"),
+        ({"quality": {"rules": {"wind": {"above": 1.4}}}}, "a new rule needs metric, grade, reason"),
     ],
 )
 def test_bad_rule_config_is_refused(config, message):

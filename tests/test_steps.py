@@ -3,7 +3,6 @@ with its exit codes."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from astropy.io import fits

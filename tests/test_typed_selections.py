@@ -66,8 +66,7 @@ def _reads_like_selection(text: str, names: set[str]) -> bool:
 
 def _sources():
     for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            yield path
+        yield from sorted((REPO / package).rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", list(_sources()), ids=lambda p: str(p.relative_to(REPO)))

@@ -1,0 +1,56 @@
+"""Where a path lives in the catalog: its root and its path relative to it.
+
+The one home of the rule "a path belongs to the deepest root that holds it".
+Only the roots table is read (a handful of rows), never the files table, so
+finding one file or the files below a directory costs an indexed lookup
+whatever the size of the catalog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Connection, or_, select
+
+from archive.models import File, Root
+
+
+def root_of(conn: Connection, path: str | Path) -> tuple[int, Path, str] | None:
+    """(root id, root path, relative path in POSIX form) of the deepest root
+    holding ``path`` (an absolute path), or None when no root holds it."""
+    path = Path(path)
+    best = None
+    for root_id, root_path in conn.execute(select(Root.id, Root.path)):
+        root = Path(root_path)
+        if (path == root or root in path.parents) and (best is None or len(root.parts) > len(best[1].parts)):
+            best = (root_id, root)
+    if best is None:
+        return None
+    relpath = "" if path == best[1] else path.relative_to(best[1]).as_posix()
+    return best[0], best[1], relpath
+
+
+def file_id_of(conn: Connection, path: str | Path) -> int | None:
+    """The id of the catalogued file at ``path`` (absolute), or None."""
+    found = root_of(conn, path)
+    if found is None or not found[2]:
+        return None
+    return conn.execute(select(File.id).where(File.root_id == found[0], File.relpath == found[2])).scalar()
+
+
+def files_below(conn: Connection, directory: str | Path) -> list[int]:
+    """Ids of the catalogued files in ``directory`` (absolute) and below it,
+    whether the directory lies inside a root or holds whole roots."""
+    directory = Path(directory)
+    conditions = []
+    found = root_of(conn, directory)
+    if found is not None:
+        root_id, _, prefix = found
+        inside = File.relpath.startswith(prefix + "/", autoescape=True) if prefix else True
+        conditions.append((File.root_id == root_id) & inside)
+    for root_id, root_path in conn.execute(select(Root.id, Root.path)):
+        if directory in Path(root_path).parents:
+            conditions.append(File.root_id == root_id)
+    if not conditions:
+        return []
+    return list(conn.execute(select(File.id).where(or_(*conditions)).order_by(File.id)).scalars())

@@ -1,0 +1,84 @@
+"""Start-up of the command line, next to a bare Python started in the same run.
+
+    python benchmarks/startup.py [--rounds 15] [--importtime]
+
+Prints the median wall and CPU time of ``python3 -c pass``, of ``obsarch --version``
+and of a 10-row ``obsarch query`` on a small catalog (the demo night, 26
+exposures, SQLite), each as a multiple of the bare Python. Targets (issue
+15): --version within 6x, the query within 15x. With --importtime, the
+modules each command imports that cost most (``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The console script's own entry point, run by the same interpreter: what
+# `obsarch` costs whether it is installed or run from a source tree.
+OBSARCH = [sys.executable, "-c", "import sys; sys.argv[0] = 'obsarch'; from cli.main import run; run()"]
+
+
+def median_seconds(command: list[str], rounds: int, cwd: Path | None = None) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of ``command``.
+    On a shared machine the CPU time is the steadier of the two: waiting for
+    a core does not count."""
+    walls, cpus = [], []
+    for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def heaviest_imports(command: list[str], cwd: Path | None, count: int = 8) -> list[tuple[float, str]]:
+    """The top-level imports of ``command`` that took longest (cumulative ms)."""
+    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True, cwd=cwd)
+    rows = []
+    for line in result.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("   "):
+            rows.append((int(parts[1]) / 1000, parts[2].strip()))
+    return sorted(rows, reverse=True)[:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--importtime", action="store_true")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="obsarch-startup-"))
+    try:
+        subprocess.run([*OBSARCH, "demo", str(directory)], check=True, stdout=subprocess.DEVNULL)
+        query = [*OBSARCH, "query", "band == 'V'", "--limit", "10"]
+        bare = median_seconds([sys.executable, "-c", "pass"], args.rounds)
+        version = median_seconds([*OBSARCH, "--version"], args.rounds)
+        rows = median_seconds(query, args.rounds, cwd=directory)
+        print(f"{'':29}{'wall':>9}{'':17}{'CPU':>9}")
+        print(f"{'python3 -c pass':29}{bare[0] * 1000:7.1f} ms{'':17}{bare[1] * 1000:7.1f} ms")
+        for label, figures, target in (("obsarch --version", version, 6), ("obsarch query ... --limit 10", rows, 15)):
+            wall, cpu = figures
+            print(f"{label:29}{wall * 1000:7.1f} ms {wall / bare[0]:5.1f}x python{'':4}{cpu * 1000:7.1f} ms "
+                  f"{cpu / bare[1]:5.1f}x python  (target {target}x)")
+        if args.importtime:
+            for label, command in (("--version", [*OBSARCH, "--version"]), ("query", query)):
+                heavy = ", ".join(f"{name} {ms:.0f} ms" for ms, name in heaviest_imports(command, directory))
+                print(f"imports of {label}: {heavy}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,143 @@
+"""The command line as people and scripts meet it: whole output in pipes,
+help without type placeholders, old spellings kept, every run listed, no
+stray catalogs, configuration mistakes in one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+from factories import night_of_frames, write_frame
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def run(url, *args, code=0):
+    result = runner.invoke(app, ["--db", url, *args])
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture
+def ingested(url, tmp_path, rng):
+    night_of_frames(tmp_path / "a-directory-with-a-rather-long-name-to-test-wrapping" / "night", rng)
+    write_frame(tmp_path / "odd.fits", rng, {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 12.345678901234,
+                                            "DATE-OBS": "2017-08-16T03:00:00.25"})
+    run(url, "init")
+    run(url, "ingest", str(tmp_path))
+    return url
+
+
+def test_a_piped_table_is_whole_tab_separated_and_exact(ingested):
+    out = run(ingested, "query", "exptime > 10", "--columns", "frame_number,path,exptime,mjd,date_obs").stdout
+    lines = out.splitlines()
+    assert lines[0].split("\t") == ["frame_number", "path", "exptime", "mjd", "date_obs"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 5 for row in rows)
+    long = [row for row in rows if "rather-long-name" in row[1]]
+    assert long and all(row[1].endswith(".fits") for row in long)  # a path is never cut
+    odd = next(row for row in rows if row[1].endswith("odd.fits"))
+    assert odd[0] == "" and odd[2] == "12.345678901234" and odd[3] == repr(57981.0 + (3 * 3600 + 0.25) / 86400)
+    assert odd[4] == "2017-08-16T03:00:00.250000"
+    assert all(row[0] == "" or row[0].isdigit() for row in rows)  # integers next to NULLs stay integers
+
+
+def test_integers_and_times_are_the_same_in_every_format(ingested):
+    selection = "frame_number == 3852 or exptime == 12.345678901234"
+    text = run(ingested, "query", selection, "--columns", "frame_number,date_obs", "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["frame_number"] for r in rows] == ["3852", ""]
+    records = json.loads(run(ingested, "query", selection, "--columns", "frame_number,date_obs", "--format", "json").stdout)
+    assert [r["frame_number"] for r in records] == [3852, None]
+    tsv = run(ingested, "query", selection, "--columns", "frame_number,date_obs").stdout.splitlines()[1:]
+    assert [r["date_obs"] for r in rows] == [r["date_obs"] for r in records] == [line.split("\t")[1] for line in tsv]
+    assert rows[0]["date_obs"].startswith("2017-08-16T")
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_help_shows_no_type_placeholders_and_groups_commands_in_panels():
+    for path, _ in _commands(typer.main.get_command(app)):
+        text = runner.invoke(app, [*path, "--help"], terminal_width=200).stdout
+        assert not any(p in text for p in ("<bool>", "<str>", "<int>", "<path>", "<list", "<float>")), (path, text)
+    top = runner.invoke(app, ["--help"], terminal_width=200).stdout
+    for panel in ("Catalog", "Quality", "Groups and offsets", "Processing", "Archives", "Administration"):
+        assert f"─ {panel} " in top
+    assert "groups " not in top and "flags " not in top  # the old spellings are hidden
+
+
+def test_old_spellings_still_work(ingested):
+    run(ingested, "group", "create", "B0", "3852-3854", "--reference", "3852")
+    assert "3853" in run(ingested, "groups", "show", "B0").stdout
+    assert "B0" in run(ingested, "groups", "list").stdout
+    assert "flagged 2 exposures bad" in run(ingested, "flag", "3852,3853", "--grade", "bad").stdout
+    assert "flagged 1 exposures ok" in run(ingested, "flag", "set", "3852", "--grade", "ok").stdout
+    assert run(ingested, "flags", "history", "3852").stdout == run(ingested, "flag", "history", "3852").stdout
+
+
+def test_runs_lists_every_run_and_shows_a_tools_output(ingested):
+    run(ingested, "run", "3852", "--", "sh", "-c", "echo made {frame}; echo complaint >&2")
+    listing = [line.split("\t") for line in run(ingested, "runs").stdout.splitlines()]
+    assert listing[0][-1] == "parent"
+    assert [(row[0], row[1], row[-1]) for row in listing[1:]] == [("2", "run:sh", "1"), ("1", "run:sh", ""), ("i1", "ingest", "")]
+    parent = run(ingested, "runs", "show", "1").stdout
+    assert "items (1):" in parent and "3852\t\tdone\t\t2" in parent  # the item, its state and its run
+    shown = run(ingested, "runs", "show", "2").stdout
+    assert "parent: 1" in shown and "step: run:sh" in shown and "made 3852" in shown and "complaint" in shown
+    assert "frame\t" in shown and "ngc3293-3852.fits\t3852" in shown  # the input, by path and frame number
+    assert json.loads(run(ingested, "runs", "show", "i1", "--format", "json").stdout)["step"] == "ingest"
+    assert "no run 7 in the catalog" in run(ingested, "runs", "show", "7", code=1).stderr
+    assert "'x' is no run id" in run(ingested, "runs", "show", "x", code=1).stderr
+
+
+@pytest.mark.parametrize("command", [["query"], ["summary"], ["runs"], ["group", "list"], ["stale"], ["show", "3852"]])
+def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OBSARCH_DB", raising=False)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert "no obsarch catalog at sqlite:///obsarch.db; run `obsarch init` first" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[quality]\nsatur = 4095\n", "unknown key 'quality.satur' in [quality]; known: detect_sigma"),
+    ("[qualty]\n", "unknown key 'qualty' at the top level; known: keywords, quality, archives, calibration"),
+    ("[quality]\nnpixels = 'five'\n", "quality.npixels: expected an integer, got 'five'"),
+    ("[quality.rules.wind]\nabove = 'high'\n", "quality.rules.wind.above: expected a number, got 'high'"),
+    ("[quality.rules.wind]\nabove = 1.4\n", "a new rule needs metric, grade, reason"),
+    ("[keywords.bands]\nV = 3\n", "keywords.bands.V: expected text, got 3"),
+])
+def test_a_configuration_mistake_is_one_line_with_file_and_key(ingested, tmp_path, toml, message):
+    config = tmp_path / "obsarch.toml"
+    config.write_text(toml)
+    result = runner.invoke(app, ["--db", ingested, "--config", str(config), "quality", "rules"])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert "obsarch.toml" in result.stderr and "__init__" not in result.stderr
+
+
+def test_building_the_command_line_imports_no_heavy_library():
+    """Start-up: a command imports what it uses, so the app and its help
+    import neither the catalog's SQLAlchemy nor pandas, numpy, astropy or
+    pydantic (benchmarks/startup.py measures the time)."""
+    heavy = ("sqlalchemy", "pandas", "numpy", "astropy", "pydantic")
+    code = ("import sys; from cli.main import app; from typer.main import get_command; get_command(app); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
