@@ -71,6 +71,7 @@ class Catalog:
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
+        timeout_s: float | None = None,
     ) -> QueryResult:
         """Exposures matching ``selection``, one row each.
 
@@ -85,6 +86,8 @@ class Catalog:
             Comma-separated names, ``-`` before one for descending order.
         limit : int, optional
             At most this many rows.
+        timeout_s : float, optional
+            Seconds after which the server cancels the query (QueryTimeout).
         """
         import pandas as pd
 
@@ -104,7 +107,7 @@ class Catalog:
         statement = statement.order_by(*order, Exposure.id)
         if limit is not None:
             statement = statement.limit(limit)
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, db.statement_timeout(conn, timeout_s):
             rows = conn.execute(statement).all()
         from archive.results import QueryResult
 

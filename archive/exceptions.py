@@ -39,3 +39,7 @@ class NotFoundError(ObsarchError):
 
 class FetchError(ObsarchError):
     """An archive that cannot be reached or answers with an error."""
+
+
+class QueryTimeout(ObsarchError):
+    """A statement that ran past its timeout and was cancelled on the server."""

@@ -7,6 +7,7 @@ import gc
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -72,20 +73,45 @@ def main(
     STATE.db, STATE.config, STATE.debug = database, config, debug
 
 
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", min=0, help="Seconds before the statement is cancelled on the server (0: no limit).")]
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line, whatever bytes it carries."""
+    return " ".join(str(text).replace("\x00", "\\0").split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def reports_errors(function):
-    """Turn obsarch's errors into one line on stderr and exit status 1."""
+    """Turn every error into one line on stderr: obsarch's own and a
+    driver's exit 1, an interrupt 130; anything unexpected also exits 1,
+    with a pointer to --debug, which shows the traceback."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
         except ObsarchError as exc:
             if STATE.debug:
                 raise
-            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            if STATE.debug:
+                raise
+            _fail("interrupted; nothing half-written was kept", code=130)
+        except Exception as exc:  # noqa: BLE001  (no traceback reaches a user: the one line says what broke)
+            if STATE.debug:
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
 
     return wrapper
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"error: {_one_line(message)}", soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(code) from None
 
 
 def command(parent: typer.Typer = app, name: str | None = None):
@@ -173,12 +199,13 @@ def query(
     sort: Annotated[Optional[str], typer.Option(help="Comma-separated names; -name for descending.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most this many rows.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    timeout: TimeoutOption = db.DEFAULT_TIMEOUT_S,
 ) -> None:
     """List the exposures a selection matches.
 
     Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
     """
-    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit)
+    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit, timeout_s=timeout or None)
     show_frame(frame, fmt)
     if fmt is Format.table:
         err_console.print(f"{len(frame)} exposures")
@@ -252,6 +279,7 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> Non
 def sql(
     statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    timeout: TimeoutOption = db.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Run one read-only SQL statement on the catalog.
 
@@ -260,7 +288,7 @@ def sql(
     import pandas as pd
 
     db.check_schema(db.make_engine(STATE.db))
-    names, rows = db.run_read_only(STATE.db, statement)
+    names, rows = db.run_read_only(STATE.db, statement, timeout_s=timeout or None)
     show_frame(pd.DataFrame(rows, columns=names), fmt)
 
 
