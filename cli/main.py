@@ -197,7 +197,7 @@ def query(
     selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
     sort: Annotated[Optional[str], typer.Option(help="Comma-separated names; -name for descending.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.", min=0, max=2**63 - 1)] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     timeout: TimeoutOption = db.DEFAULT_TIMEOUT_S,
 ) -> None:
