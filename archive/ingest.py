@@ -152,25 +152,31 @@ def _display_name(name: str) -> tuple[str, bool]:
 def _walk(directory: Path, prefix: str, ignored: list[str]) -> Iterator[tuple[str, os.DirEntry | None, str | None]]:
     """(relpath, entry, error) for every FITS-named file below ``directory``;
     other names go to ``ignored``. Directory symlinks are not followed (they
-    could loop)."""
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
-        return
-    for entry in entries:
-        name, valid = _display_name(entry.name)
-        relpath = prefix + name
+    could loop), and directories wait on a stack rather than in recursion:
+    a tree 1,200 levels deep is a tree like any other."""
+    stack = [(directory, prefix)]
+    while stack:
+        directory, prefix = stack.pop()
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            yield from _walk(Path(entry.path), relpath + "/", ignored)
-        elif is_fits_name(name):
-            yield relpath, entry, None if valid else "file name is not valid UTF-8"
-        else:
-            ignored.append(relpath)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
+            continue
+        below = []
+        for entry in entries:
+            name, valid = _display_name(entry.name)
+            relpath = prefix + name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                below.append((Path(entry.path), relpath + "/"))
+            elif is_fits_name(name):
+                yield relpath, entry, None if valid else "file name is not valid UTF-8"
+            else:
+                ignored.append(relpath)
+        stack.extend(reversed(below))
 
 
 def _stat(entry: os.DirEntry) -> tuple[int | None, int | None, str | None]:

@@ -151,6 +151,9 @@ class Token:
 
 
 def tokenize(text: str) -> list[Token]:
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:  # an argument whose bytes were not UTF-8 (Python keeps them as surrogates)
+        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8")
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)

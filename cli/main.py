@@ -190,6 +190,9 @@ def ingest(
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    if summary.failed:  # partial: the others were stored
+        err_console.print(f"{summary.failed} files failed, the others were stored; see `obsarch errors`", markup=False)
+        raise typer.Exit(3)
 
 
 @command()
