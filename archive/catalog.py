@@ -15,8 +15,8 @@ from sqlalchemy import Engine, func, select
 
 from archive import db
 from archive.exceptions import NotFoundError
-from archive.ingest import IngestSummary, ingest
-from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Root
+from archive.ingest import IngestSummary, ingest, move_root
+from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Product, Root, Run
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
@@ -234,9 +234,30 @@ class Catalog:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
-    def roots(self) -> pd.DataFrame:
+    def move_root(self, old: str | Path, new: str | Path) -> int:
+        """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""
+        return move_root(self.engine, old, new)
 
+    def products(self, kind: str | None = None) -> pd.DataFrame:
+        """Files made by steps and wrapped tools, with the run that made each."""
         import pandas as pd
+
+        statement = (
+            select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
+            .join(Run, Run.id == Product.run_id)
+            .outerjoin(File, File.id == Product.file_id)
+            .order_by(Product.id)
+        )
+        if kind:
+            statement = statement.where(Product.kind == kind)
+        with db.transaction(self.engine) as conn:
+            rows = conn.execute(statement).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=["id", "kind", "path", "run", "step", "made", "status"])
+
+    def roots(self) -> pd.DataFrame:
+        """The root directories and how many files each holds."""
+        import pandas as pd
+
         statement = (
             select(Root.id, Root.path, func.count(File.id).label("files"))
             .outerjoin(File, File.root_id == Root.id)

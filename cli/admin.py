@@ -1,0 +1,112 @@
+"""Administration: init, demo, the schema (db), the roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import STATE, FormatOption, command, db_app, open_catalog, roots_app
+from cli.render import Format, console, show_frame
+
+
+@command()
+def init() -> None:
+    """Create the catalog at the current schema (./obsarch.db unless --db).
+
+    Example: obsarch init && obsarch --db postgresql://localhost/obs init
+    """
+    from archive import db
+
+    engine = db.make_engine(STATE.db)
+    db.upgrade(engine)
+    console.print(f"catalog ready at {engine.url.render_as_string(hide_password=True)} (schema {db.head_revision(engine)})")
+
+
+@command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
+) -> None:
+    """Make a small synthetic night of frames, ingest it into DIRECTORY/obsarch.db and query it.
+
+    Example: obsarch demo /tmp/obsarch-demo
+    """
+    from archive.catalog import Catalog
+    from cli.demo import make_night
+
+    paths = make_night(directory / "ngc3293")
+    url = STATE.db or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
+    catalog = Catalog.create(url)
+    summary = catalog.ingest([directory / "ngc3293"])
+    console.print(f"wrote {len(paths)} frames to {directory / 'ngc3293'}; ingested: {summary.new} new")
+    selection = "band == 'V' and frame_type == 'science' and exptime >= 60"
+    console.print(f"\n$ obsarch --db {url} query \"{selection}\"", markup=False, soft_wrap=True)
+    show_frame(catalog.query(selection, columns="frame_number,band,exptime,date_obs,relpath"))
+    console.print(f"\ntry: obsarch --db {url} summary", soft_wrap=True, markup=False)
+
+
+@command(roots_app, "list")
+def roots_list(fmt: FormatOption = Format.table) -> None:
+    """The root directories and how many files each holds.
+
+    Example: obsarch roots list
+    """
+    show_frame(open_catalog().roots(), fmt)
+
+
+@command(roots_app, "move")
+def roots_move(
+    old: Annotated[str, typer.Argument(help="The root's old path.")],
+    new: Annotated[Path, typer.Argument(help="Where the tree is now.")],
+) -> None:
+    """Tell the catalog a tree has moved; nothing is re-read.
+
+    Example: obsarch roots move /data/old/ngc3293 /mnt/big/ngc3293
+    """
+    count = open_catalog().move_root(old, new)
+    console.print(f"root moved: {old} -> {new.resolve()} ({count} files)")
+
+
+@command(db_app, "upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Bring the catalog's schema to this obsarch's version (creates it if empty).
+
+    Example: obsarch db upgrade
+    """
+    from archive import db
+
+    engine = db.make_engine(STATE.db)
+    before = db.current_revision(engine)
+    db.upgrade(engine, revision)
+    console.print(f"schema {before or '(none)'} -> {db.current_revision(engine)}")
+
+
+@command(db_app, "current")
+def db_current() -> None:
+    """The catalog's schema revision and the one this obsarch needs.
+
+    Example: obsarch db current
+    """
+    from archive import db
+
+    engine = db.make_engine(STATE.db)
+    current, head = db.current_revision(engine), db.head_revision(engine)
+    state = "up to date" if current == head else "run `obsarch db upgrade`"
+    console.print(f"catalog: {current or '(none)'}  obsarch: {head}  ({state})")
+
+
+@command(db_app, "history")
+def db_history() -> None:
+    """The schema migrations this obsarch carries.
+
+    Example: obsarch db history
+    """
+    from alembic.script import ScriptDirectory
+
+    from archive import db
+
+    engine = db.make_engine(STATE.db)
+    scripts = ScriptDirectory.from_config(db.alembic_config(engine))
+    for script in scripts.walk_revisions():
+        console.print(f"{script.revision}  {script.doc}", markup=False)

@@ -1,0 +1,136 @@
+"""Catalog commands: ingest, query, show, summary, errors, sql."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.app import (
+    DEFAULT_TIMEOUT_S,
+    STATE,
+    ByIdOption,
+    FormatOption,
+    RefArg,
+    TimeoutOption,
+    WorkersOption,
+    command,
+    load_config,
+    open_catalog,
+    progress,
+)
+from cli.render import Format, _cell, console, err_console, show_frame
+
+
+@command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
+    workers: WorkersOption = None,
+) -> None:
+    """Scan directories into the catalog: new and changed files are read,
+    vanished ones marked missing, unchanged ones only stat'ed.
+
+    Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
+    """
+    catalog = open_catalog()
+    config = load_config()
+    with progress("reading headers") as on_progress:
+        summary = catalog.ingest(paths, config=config, workers=workers, progress=on_progress)
+    console.print(
+        f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
+        f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
+        f"({summary.seconds:.2f} s)" + (f"; {summary.ignored} files without a FITS name ignored" if summary.ignored else "")
+    )
+    for path, reason in summary.errors[:20]:
+        err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
+    if len(summary.errors) > 20:
+        err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    if summary.failed:  # partial: the others were stored
+        err_console.print(f"{summary.failed} files failed, the others were stored; see `obsarch errors`", markup=False)
+        raise typer.Exit(3)
+
+
+@command()
+def query(
+    selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
+    sort: Annotated[Optional[str], typer.Option(help="Comma-separated names; -name for descending.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.", min=0, max=2**63 - 1)] = None,
+    fmt: FormatOption = Format.table,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+) -> None:
+    """List the exposures a selection matches.
+
+    Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
+    """
+    frame = open_catalog().query(selection, columns=columns, sort=sort, limit=limit, timeout_s=timeout or None)
+    show_frame(frame, fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(frame)} exposures")
+
+
+@command()
+def show(
+    ref: RefArg,
+    by_id: ByIdOption = False,
+    hdu: Annotated[Optional[int], typer.Option(help="Only this HDU.")] = None,
+) -> None:
+    """Show every HDU's header of one exposure, as stored, and its normalized values.
+
+    Example: obsarch show 3852
+    """
+    catalog = open_catalog()
+    exposure_id = catalog.resolve(ref, by_id=by_id)
+    row = catalog.exposure(exposure_id)
+    console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
+    console.print("  ".join(f"{k}={_cell(v)}" for k, v in row.items() if k not in ("path", "id", "status") and _cell(v)), soft_wrap=True)
+    for unit in catalog.headers(exposure_id):
+        if hdu is not None and unit["index"] != hdu:
+            continue
+        console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}", soft_wrap=True)
+        for keyword, text, vtype, comment in unit["cards"]:
+            value = "" if text is None else f"'{text}'" if vtype == "s" else text
+            line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
+            console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+
+
+@command()
+def summary() -> None:
+    """Counts of exposures per instrument, night, frame type and band.
+
+    Example: obsarch summary
+    """
+    for name, frame in open_catalog().summary().items():
+        show_frame(frame, Format.table, title=name)
+
+
+@command()
+def errors(fmt: FormatOption = Format.table) -> None:
+    """Files that could not be read, or were read with invalid cards, and why.
+
+    Example: obsarch errors --format csv
+    """
+    frame = open_catalog().errors()
+    show_frame(frame, fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(frame)} files with problems")
+
+
+@command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
+    fmt: FormatOption = Format.table,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Run one read-only SQL statement on the catalog.
+
+    Example: obsarch sql "select band, count(*) from exposures group by band"
+    """
+    import pandas as pd
+
+    from archive import db
+
+    open_catalog()  # refuses a missing or out-of-date catalog
+    names, rows = db.run_read_only(STATE.db, statement, timeout_s=timeout or None)
+    show_frame(pd.DataFrame(rows, columns=names), fmt)

@@ -1,0 +1,236 @@
+"""Groups and offsets: group, groups, offsets, align."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from archive.exceptions import ObsarchError
+from cli.app import (
+    FormatOption,
+    Selection,
+    WorkersOption,
+    align_app,
+    command,
+    group_app,
+    groups_app,
+    offsets_app,
+    open_catalog,
+    progress,
+)
+from cli.render import Format, console, err_console, show_frame
+
+GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]
+
+
+def _show_groups(result) -> None:
+    for name, members in result.groups.items():
+        console.print(f"  {name}: {len(members)} exposures", markup=False)
+    if result.without_pointing:
+        err_console.print(f"{len(result.without_pointing)} exposures have no pointing and joined no group "
+                          f"(ids {', '.join(map(str, result.without_pointing[:20]))}{'...' if len(result.without_pointing) > 20 else ''})")
+
+
+@command(group_app, "pointing")
+def group_pointing(
+    method: Annotated[str, typer.Option(help="kmeans or dbscan.")] = "dbscan",
+    k: Annotated[Optional[int], typer.Option("--k", help="Number of clusters (kmeans).")] = None,
+    radius: Annotated[Optional[str], typer.Option(help="Join pointings closer than this (dbscan), e.g. 30arcsec.")] = None,
+    name: Annotated[str, typer.Option(help="Groups are named NAME-1, NAME-2, ... by right ascension.")] = "pointing",
+    selection: GroupSelectionOption = None,
+) -> None:
+    """Cluster exposures by pointing on the sky (scikit-learn KMeans or DBSCAN on
+    unit vectors: RA 0/360 and the poles are no special case).
+
+    Example: obsarch group pointing --method kmeans --k 5 --name regions
+    """
+    from processing import grouping
+
+    result = grouping.group_by_pointing(open_catalog().engine, method=method, k=k, radius=radius, name=name, selection=selection)
+    console.print(f"{len(result.groups)} groups by pointing ({method})")
+    _show_groups(result)
+
+
+@command(group_app, "by")
+def group_by(
+    keys: Annotated[str, typer.Argument(help="Comma-separated names or hdr['KEY'], e.g. band,readout_mode.")],
+    selection: GroupSelectionOption = None,
+    prefix: Annotated[Optional[str], typer.Option(help="Put PREFIX: before each group's name.")] = None,
+) -> None:
+    """One group per distinct combination of values, named like band=V,readout_mode=SCI1.0.
+
+    Example: obsarch group by band,readout_mode
+    """
+    from processing import grouping
+
+    result = grouping.group_by_values(open_catalog().engine, keys, selection=selection, prefix=prefix)
+    console.print(f"{len(result.groups)} groups by {keys}")
+    _show_groups(result)
+
+
+@command(group_app, "create")
+def group_create(
+    name: Annotated[str, typer.Argument(help="The group's name.")],
+    selection: Annotated[str, typer.Argument(help="Frame numbers, ranges or a selection.")],
+    reference: Annotated[Optional[str], typer.Option(help="The member that is the group's reference (a frame number or selection).")] = None,
+) -> None:
+    """Make a group by hand (it replaces a group of the same name).
+
+    Example: obsarch group create B0 3852-3861 --reference 3852
+    """
+    from processing import grouping
+
+    result = grouping.create_group(open_catalog().engine, name, selection, reference=reference)
+    console.print(f"group {name}: {len(result.groups[name])} exposures" + (f", reference {reference}" if reference else ""))
+
+
+@command(groups_app, "list")
+def groups_list(fmt: FormatOption = Format.table) -> None:
+    """Every group with its method and size.
+
+    Example: obsarch groups list
+    """
+    import pandas as pd
+
+    from processing import grouping
+
+    show_frame(pd.DataFrame(grouping.list_groups(open_catalog().engine), columns=["name", "method", "members", "created_at"]), fmt)
+
+
+@command(groups_app, "show")
+def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], fmt: FormatOption = Format.table) -> None:
+    """The members of a group, reference first, with their normalized values.
+
+    Example: obsarch groups show B0
+    """
+    catalog = open_catalog()
+    quoted = name.replace("'", "''")
+    frame = catalog.query(f"group == '{quoted}'", columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
+    if frame.empty:
+        from processing import grouping
+
+        grouping.group_members(catalog.engine, name)  # says which groups exist
+    references = set(catalog.exposure_ids(f"group == '{quoted}' and group_role == 'reference'"))
+    frame.insert(1, "role", ["reference" if i in references else "" for i in frame["id"]])
+    show_frame(frame.sort_values("role", ascending=False, kind="stable"), fmt)
+
+
+@command(offsets_app, "compute")
+def offsets_compute(
+    selection: Selection = None,
+    reference: Annotated[Optional[str], typer.Option(help="The reference exposure (frame number or selection).")] = None,
+    method: Annotated[str, typer.Option(help="stars (no starting guess), centroid (one star in --box) or wcs.")] = "stars",
+    box: Annotated[Optional[str], typer.Option(help="x1:x2,y1:y2 around one star, 1-based (centroid method).")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Register this group's members onto its reference.")] = None,
+    groups: Annotated[Optional[str], typer.Option(help="Groups matching this glob: each onto its reference, then onto --reference.")] = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Measure the shift, rotation and scale of frames onto a reference.
+
+    Example: obsarch offsets compute "band == 'B' and grade != 'bad'" --reference 4056
+    """
+    import fnmatch
+
+    from processing import grouping, offsets
+
+    engine = open_catalog().engine
+    reference_id = _one(engine, reference) if reference else None
+    if groups:
+        if reference_id is None:
+            raise ObsarchError("--groups needs --reference, the global reference exposure")
+        names = [g["name"] for g in grouping.list_groups(engine) if fnmatch.fnmatch(g["name"], groups)]
+        if not names:
+            raise ObsarchError(f"no group matches {groups!r}")
+        for name, summary in offsets.compute_multistage(engine, names, reference_id, workers=workers).items():
+            _report_offsets(f"group {name}", summary)
+        return
+    group_id = None
+    if group:
+        group_id, ids, group_reference = offsets.group_exposures(engine, group)
+        reference_id = reference_id or group_reference
+    elif selection:
+        ids = offsets.select_ids(engine, selection)
+    else:
+        raise ObsarchError("say which exposures: a selection, --group NAME or --groups PATTERN")
+    if not ids:
+        raise ObsarchError(f"no exposure matches {selection!r}")
+    if reference_id is None:
+        raise ObsarchError("give --reference, the exposure the others are registered onto")
+    with progress("registering") as on_progress:
+        summary = offsets.compute_offsets(engine, ids, reference_id, method=method, box=box, group_id=group_id, workers=workers,
+                                          progress=on_progress)
+    _report_offsets("offsets", summary)
+
+
+def _one(engine, selection: str) -> int:
+    from processing import offsets
+
+    ids = offsets.select_ids(engine, selection)
+    if len(ids) > 1:  # a frame number names the camera's frame, not its products
+        ids = offsets.select_ids(engine, f"({selection}) and product is null") or ids
+    if len(ids) != 1:
+        raise ObsarchError(f"--reference {selection!r} selects {len(ids)} exposures; it must select one")
+    return ids[0]
+
+
+def _report_offsets(label: str, summary) -> None:
+    console.print(f"{label}: run {summary.run_id}: {summary.measured} registered, {len(summary.failed)} could not be")
+    for exposure_id, reason in summary.failed[:20]:
+        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+
+
+@command(offsets_app, "show")
+def offsets_show(
+    selection: Selection = None,
+    group: Annotated[Optional[str], typer.Option(help="Offsets measured for this group.")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The latest offset of each exposure: dx, dy (px), rotation (deg), scale,
+    uncertainties, matched stars, residual; MUSE's derotator angle when present.
+
+    Example: obsarch offsets show --group B0
+    """
+    import pandas as pd
+
+    from processing import offsets
+
+    engine = open_catalog().engine
+    ids = offsets.select_ids(engine, selection) if selection else None
+    rows = offsets.offsets_table(engine, ids=ids, group=group)
+    columns = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
+               "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame["drot_posang"].isna().all():
+        frame = frame.drop(columns="drot_posang")
+    show_frame(frame, fmt)
+
+
+@command(align_app, "catalogs")
+def align_catalogs(
+    a: Annotated[Path, typer.Argument(help="Source list A (CSV, ECSV, FITS) with RA/Dec in degrees.")],
+    b: Annotated[Path, typer.Argument(help="Source list B.")],
+    tolerance: Annotated[float, typer.Option(help="Match radius, arcsec.")] = 2.0,
+    scale: Annotated[bool, typer.Option("--scale/--no-scale", help="Fit a scale too.")] = False,
+    pairs: Annotated[bool, typer.Option(help="List the matched pairs.")] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Shift and rotation that take list A onto list B (e.g. X-ray sources onto
+    optical stars), found without a starting guess, with the residuals.
+
+    Example: obsarch align catalogs chandra_srcs.csv muse_stars.csv
+    """
+    import pandas as pd
+
+    from processing import offsets
+
+    result = offsets.align_catalogs(str(a), str(b), tolerance_arcsec=tolerance, fit_scale=scale)
+    t = result.transform
+    console.print(
+        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B; about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
+        f"shift east {t.dx:+.3f}\" +- {t.dx_err:.3f}, north {t.dy:+.3f}\" +- {t.dy_err:.3f}; rotation {t.rotation:+.4f} deg +- {t.rotation_err:.4f}; "
+        f"scale {t.scale:.6f}; residual rms {t.residual:.3f}\"", markup=False, soft_wrap=True,
+    )
+    if pairs:
+        show_frame(pd.DataFrame(result.pairs), fmt)

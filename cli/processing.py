@@ -1,0 +1,227 @@
+"""Processing with provenance: calibration masters, calibrate, stack, external
+tools, and what they made (runs, products, lineage, stale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.app import (
+    ExecutorOption,
+    ForceOption,
+    FormatOption,
+    SchedulerOption,
+    Selection,
+    WorkersOption,
+    app,
+    calib_app,
+    command,
+    open_catalog,
+    progress,
+    reports_errors,
+)
+from cli.render import Format, console, err_console, show_frame
+
+NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
+ToOption = Annotated[Optional[str], typer.Option("--to", help="Date or time, e.g. 2014-07-27.")]
+MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
+SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
+MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
+MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
+
+
+@command()
+def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> None:
+    """The latest ingest runs and what each found.
+
+    Example: obsarch runs --limit 5
+    """
+    show_frame(open_catalog().runs(limit))
+
+
+def _report_step(label: str, summary) -> None:
+    for path in summary.made:
+        console.print(f"{label}: wrote {path}", markup=False, soft_wrap=True)
+    for path in summary.skipped:
+        console.print(f"{label}: {path} is up to date (same inputs, parameters and code); skipped", markup=False, soft_wrap=True)
+    for path, reason in summary.failed:
+        err_console.print(f"{label}: {path}: {reason}", markup=False, soft_wrap=True)
+
+
+def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force) -> None:
+    from processing import calibration
+
+    params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
+    summary = calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
+                                      params=params, out_dir=out, force=force)
+    _report_step(f"master {kind}", summary)
+
+
+@command(calib_app, "bias")
+def calib_bias(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
+               sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
+               force: ForceOption = False) -> None:
+    """A master bias from raw bias frames of one read-out mode.
+
+    Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 11 --to 2014-07-27
+    """
+    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force)
+
+
+@command(calib_app, "dark")
+def calib_dark(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
+               sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
+               force: ForceOption = False) -> None:
+    """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
+
+    Example: obsarch calib dark "exptime == 300"
+    """
+    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force)
+
+
+@command(calib_app, "flat")
+def calib_flat(selection: Selection = None, band: Annotated[Optional[str], typer.Option(help="The band.")] = None,
+               nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median", sigma: SigmaOption = 3.0,
+               memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"), force: ForceOption = False) -> None:
+    """A master flat of one band: flats bias- and dark-subtracted, each scaled to a median of 1, combined.
+
+    Example: obsarch calib flat --band V
+    """
+    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force)
+
+
+@command()
+def calibrate(
+    selection: Selection = None,
+    no_dark: Annotated[bool, typer.Option("--no-dark", help="Skip dark subtraction.")] = False,
+    no_flat: Annotated[bool, typer.Option("--no-flat", help="Skip flat division.")] = False,
+    out: Annotated[Path, typer.Option(help="Directory for the calibrated frames.")] = Path("calibrated"),
+    workers: WorkersOption = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Bias, dark and flat correction of science frames, with the masters chosen by
+    rule (same read-out mode, same band for flats, nearest in time).
+
+    Example: obsarch calibrate "frame_type == 'science' and night == '2017-08-15'"
+    """
+    from processing import calibration
+
+    use = tuple(k for k in ("bias", "dark", "flat") if not (k == "dark" and no_dark) and not (k == "flat" and no_flat))
+    with progress("calibrating") as on_progress:
+        summary = calibration.calibrate(open_catalog().engine, selection, use=use, out_dir=out, workers=workers, executor=executor,
+                                        scheduler=scheduler, force=force, progress=on_progress)
+    console.print(f"calibrated {len(summary.made)}, up to date {len(summary.skipped)}, failed {len(summary.failed)}")
+    for path, reason in summary.failed[:20]:
+        err_console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+
+
+@command(name="stack")
+def stack_command(
+    selection: Annotated[str, typer.Argument(help="The frames to stack.")],
+    method: MethodOption = "median",
+    sigma_clip: Annotated[Optional[float], typer.Option("--sigma-clip", help="Sigma-clipped mean at this threshold instead of --method.")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for the stack.")] = Path("stacks"),
+    name: Annotated[Optional[str], typer.Option(help="File name (default: BAND_stack.fits).")] = None,
+    include_bad: Annotated[bool, typer.Option(help="Keep frames graded bad.")] = False,
+    memory: MemoryOption = "2GB", workers: WorkersOption = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Resample frames onto their reference by their stored offsets and combine
+    them with rejection; writes the stack with a COVERAGE extension.
+
+    Example: obsarch stack "band == 'V' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
+    """
+    from processing import stacking
+
+    with progress("resampling") as on_progress:
+        summary = stacking.stack(open_catalog().engine, selection, method="sigclip" if sigma_clip else method,
+                                 sigma=sigma_clip or 3.0, out_dir=out, name=name, include_bad=include_bad, memory=memory,
+                                 workers=workers, executor=executor, scheduler=scheduler, force=force, progress=on_progress)
+    _report_step("stack", summary)
+
+
+@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@reports_errors
+def run_command(
+    ctx: typer.Context,
+    selection: Selection = None,
+    each: Annotated[str, typer.Option(help="exposure, obsid or group: one run per item.")] = "exposure",
+    workdir: Annotated[str, typer.Option(help="Working directory of each item ({item}, {obsid}, {group}...).")] = "runs/{item}",
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+) -> None:
+    """Run an external tool once per exposure, obsid or group, in parallel, in a
+    working directory per item. Arguments after -- may hold {path}, {paths},
+    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}. Output is logged with the
+    run, written files become products with lineage, items done with the same
+    command and inputs are skipped.
+
+    Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
+    """
+    from processing import external
+
+    summary = external.run_each(open_catalog().engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force)
+    console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
+                  f"{summary.products} files registered as products")
+    for key, reason in summary.failed[:20]:
+        err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
+
+
+@command()
+def products(
+    kind: Annotated[Optional[str], typer.Option(help="Only this kind (master_bias, calibrated, stack, output...).")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Files made by obsarch's steps and wrapped tools, with the run that made each.
+
+    Example: obsarch products --kind stack
+    """
+    show_frame(open_catalog().products(kind), fmt)
+
+
+@command()
+def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingested file).")]) -> None:
+    """The tree of runs and inputs a file was made from, down to raw files.
+
+    Example: obsarch lineage stacks/V_stack.fits
+    """
+    from processing import runs as runs_
+
+    catalog = open_catalog()
+    tree = runs_.lineage(catalog.engine, catalog.resolve(str(path)))
+
+    def show(node, indent=0, role=None):
+        label = f"{'  ' * indent}{'[' + role + '] ' if role else ''}{node['path']}"
+        if node["shown_above"]:
+            label += "  (shown above)"
+        elif node["run"]:
+            run = node["run"]
+            label += f"  <- run {run['id']} {run['step']} ({run['finished_at']})"
+        else:
+            label += "  (raw)"
+        console.print(label, markup=False, soft_wrap=True)
+        for child in node["inputs"]:
+            show(child, indent + 1, child["role"])
+
+    show(tree)
+
+
+@command()
+def stale(fmt: FormatOption = Format.table) -> None:
+    """Products whose inputs changed, went missing, were graded bad, or were rebuilt;
+    re-running their step rebuilds only those.
+
+    Example: obsarch stale
+    """
+    import pandas as pd
+
+    from processing import runs as runs_
+
+    rows = runs_.stale_products(open_catalog().engine)
+    show_frame(pd.DataFrame(rows, columns=["product_id", "kind", "path", "run_id", "reason"]), fmt)
+    if fmt is Format.table:
+        err_console.print(f"{len(rows)} stale products")

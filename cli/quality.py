@@ -1,0 +1,125 @@
+"""Quality: metrics, rules, flags and the quality report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.app import (
+    ByIdOption,
+    ForceOption,
+    FormatOption,
+    RefArg,
+    Selection,
+    WorkersOption,
+    command,
+    flags_app,
+    load_config,
+    open_catalog,
+    progress,
+    quality_app,
+    report_app,
+)
+from cli.render import Format, console, err_console, show_frame
+
+
+@command(quality_app, "compute")
+def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None) -> None:
+    """Measure frames: statistics, background, stars, FWHM, elongation, sharpness.
+    Frames measured before with the same parameters and unchanged files are skipped.
+
+    Example: obsarch quality compute "frame_type == 'science'"
+    """
+    from processing import quality
+
+    catalog = open_catalog()
+    params = quality.QualityParams.from_config(load_config())
+    with progress("measuring") as on_progress:
+        summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress)
+    console.print(f"quality run {summary.run_id}: {summary.computed} measured, {summary.skipped} up to date, {summary.failed} could not be measured")
+    for exposure_id, reason in (summary.errors or [])[:20]:
+        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+
+
+@command(quality_app, "rules")
+def quality_rules(selection: Selection = None) -> None:
+    """Flag measured science frames by the rules of obsarch.toml (defaults: background,
+    FWHM and star count against the median of their night and band, elongation, saturation).
+    A person's flag is never overwritten.
+
+    Example: obsarch quality rules
+    """
+    from processing import quality
+
+    catalog = open_catalog()
+    rules = quality.rules_from_config(load_config())
+    summary = quality.apply_rules(catalog.engine, rules, selection)
+    flagged = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.flagged.items())) or "none"
+    console.print(
+        f"rules run {summary.run_id}: {summary.evaluated} frames; flagged: {flagged}; {summary.passed} passed; "
+        f"{summary.unchanged} unchanged; {summary.kept_person} flagged by a person, left alone"
+    )
+
+
+@command(name="flag")
+def flag_command(
+    selection: Annotated[str, typer.Argument(help="Frame numbers (3920,3921,4058-4059) or a selection.")],
+    grade: Annotated[str, typer.Option(help="great, ok, marginal or bad.")],
+    reason: Annotated[Optional[str], typer.Option(help="clouds, tracking, focus, trail, saturation, manual or other.")] = None,
+    note: Annotated[Optional[str], typer.Option(help="Free text.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Who (default: your user name).")] = None,
+) -> None:
+    """Record your verdict on frames; earlier flags are kept as history, and yours
+    wins over any rule's.
+
+    Example: obsarch flag 3920,3921,3924 --grade bad --reason tracking --note "big tracking errors"
+    """
+    from processing import quality
+
+    count = quality.flag(open_catalog().engine, selection, grade, reason=reason, note=note, who=by)
+    console.print(f"flagged {count} exposures {grade}" + (f" ({reason})" if reason else ""))
+
+
+@command(flags_app, "history")
+def flags_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = Format.table) -> None:
+    """Every flag of one frame, oldest first; the current one is marked.
+
+    Example: obsarch flags history 3920
+    """
+    import pandas as pd
+
+    from processing import quality
+
+    catalog = open_catalog()
+    rows = quality.flag_history(catalog.engine, catalog.resolve(ref, by_id=by_id))
+    show_frame(pd.DataFrame(rows, columns=["id", "created_at", "grade", "reason", "source", "rule", "value",
+                                            "threshold", "who", "note", "current"]), fmt)
+
+
+@command(report_app, "quality")
+def report_quality(
+    html_dir: Annotated[Optional[Path], typer.Option("--html", help="Also write a static page with thumbnails and plots here.")] = None,
+    selection: Annotated[Optional[str], typer.Option(help="Frames to show in the page (default: all).")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Science frames per night, band and grade (SQL view quality_summary); with
+    --html, a page with a thumbnail, metrics and flag per frame and plots per band.
+
+    Example: obsarch report quality --html report/
+    """
+    import pandas as pd
+
+    from processing import report
+
+    catalog = open_catalog()
+    summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
+    if fmt is Format.table and not summary.empty:
+        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", fill_value=0).reset_index()
+    show_frame(summary, fmt, title="science frames per night, band and grade")
+    if html_dir is not None:
+        ids = catalog.exposure_ids(selection) if selection else None
+        with progress("thumbnails") as on_progress:
+            result = report.write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
+        console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail)", soft_wrap=True)
