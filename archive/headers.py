@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -207,17 +208,25 @@ def _from_python(keyword: str, value) -> tuple[str | None, float | None, str]:
     return str(value).rstrip(), None, "s"
 
 
+_CONTROL = re.compile(rb"\x00")  # other control bytes are kept (astropy reads them); a NUL no text column holds
+
+
 def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     """Cards of one raw header (bytes up to END) and a list of invalid cards.
 
     Bytes outside ASCII (not allowed in FITS) become ``?`` and the cards
     holding them are listed as invalid; malformed cards go to astropy.
     """
+    control = []
+    if _CONTROL.search(raw):  # not FITS, and PostgreSQL text cannot hold it
+        control = [f"NUL bytes replaced by '?': {raw[i:i + CARD].decode('ascii', 'replace').strip()[:60]!r}"
+                   for i in range(0, len(raw), CARD) if _CONTROL.search(raw[i : i + CARD])]
+        raw = _CONTROL.sub(b"?", raw)
     if _compiled_parse_cards is not None:
         cards = _compiled_parse_cards(raw)
         if cards is not None:
-            return cards, _invalid_values(cards)
-    invalid = []
+            return cards, control + _invalid_values(cards)
+    invalid = control
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
