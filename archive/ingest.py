@@ -22,7 +22,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from archive.db import (
     transaction,
     write_scratch_cards,
 )
-from archive.exceptions import FitsReadError, NotFoundError, ObsarchError
+from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
 from archive.keywords import COLUMNS, KeywordMaps, load_maps, normalize
 from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun, Root
@@ -368,12 +368,44 @@ def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> 
     conn.execute(delete(Hdu).where(Hdu.file_id == file_row.id))
 
 
-def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
-    """Store one chunk in one transaction: a kill leaves each file whole or absent."""
+def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
+    """Store a chunk in one transaction; when the catalog refuses it, store
+    its files one at a time, so that only the file it refuses is recorded
+    (with the reason) and the counts say what was stored."""
+    saved = replace(summary, errors=list(summary.errors))
+    try:
+        _write_chunk(engine, chunk, known, run_id, summary)
+        return
+    except DatabaseError:
+        _restore(summary, saved)
+    try:
+        for local, (seen, _) in enumerate(chunk.items):
+            saved = replace(summary, errors=list(summary.errors))
+            try:
+                _write_chunk(engine, chunk, known, run_id, summary, only={local})
+            except DatabaseError as exc:
+                _restore(summary, saved)
+                refused = _Chunk([(seen, ("error", f"the catalog refused it: {exc}"))], [])
+                _write_chunk(engine, refused, known, run_id, summary)
+    finally:
+        if isinstance(chunk.cards, str) and os.path.exists(chunk.cards):
+            os.unlink(chunk.cards)
+
+
+def _restore(summary: IngestSummary, saved: IngestSummary) -> None:
+    """Counts as they were before a transaction that rolled back."""
+    for name in ("new", "changed", "unchanged", "missing", "failed", "ignored", "errors"):
+        setattr(summary, name, getattr(saved, name))
+
+
+def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary,
+                 only: set[int] | None = None) -> None:
+    """Store one chunk (or its files at the places ``only``) in one
+    transaction: a kill leaves each file whole or absent."""
     now = utcnow()
     scratch = chunk.cards if isinstance(chunk.cards, str) else None
     with transaction(engine, write=True, attach=scratch) as conn:
-        items = list(enumerate(chunk.items))
+        items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
         new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
         old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
         rows_out = _Rows()
@@ -395,7 +427,7 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
         for local, seen, result in old:
             _replace(conn, local, seen, result, known[(seen.root_id, seen.relpath)], run_id, now, summary, rows_out)
         rows_out.flush(conn, chunk.cards)
-    if scratch:
+    if scratch and only is None:
         os.unlink(scratch)
 
 
@@ -579,7 +611,7 @@ def ingest(
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, scratch_dir)):
-                _write_chunk(engine, chunk, known, run_id, summary)
+                _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
                     progress(done, total)

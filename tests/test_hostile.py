@@ -28,6 +28,11 @@ def card(keyword: str, value: str | None = None) -> str:
     return text_[:80].ljust(80)
 
 
+def cont(text_: str, more: bool = True) -> str:
+    """A CONTINUE card (no value indicator)."""
+    return f"CONTINUE  '{text_}{'&' if more else ''}'".ljust(80)
+
+
 def raw_fits(cards: list[str], data: bytes = b"", extension: list[str] | None = None) -> bytes:
     def unit(cs: list[str]) -> bytes:
         header = "".join(cs) + "END".ljust(80)
@@ -70,8 +75,7 @@ FITS_CASES = {
     "20-digit FRAMENUM": (raw_fits(primary(card("FRAMENUM", "12345678901234567890"))), 0, "", True),
     "59-character FILTER": (raw_fits(primary(card("FILTER", "'" + "B" * 59 + "'"))), 0, "", True),
     "OBJECT from CONTINUE cards": (raw_fits(primary(
-        card("OBJECT", "'" + "x" * 67 + "&'"), *[card("CONTINUE", "  '" + "y" * 66 + "&'") for _ in range(60)],
-        card("CONTINUE", "  'end'"))), 0, "", True),
+        card("OBJECT", "'" + "x" * 67 + "&'"), *[cont("y" * 66) for _ in range(60)], cont("end", more=False))), 0, "", True),
     "40 axes": (raw_fits(primary(*[card(f"NAXIS{i}", "1") for i in range(1, 41)], naxis="40"), b"\0\0"), 0, "", True),
     "EXPTIME as text": (raw_fits(primary(card("EXPTIME", "'long'"))), 0, "", True),
     "EXPTIME NaN": (raw_fits(primary(card("EXPTIME", "NAN"))), 0, "", True),
@@ -181,6 +185,34 @@ def test_bad_fits_costs_only_itself(stocked, tmp_path, kind):
     assert neighbour == 1 and bad == int(stored)
     again = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "bad")])  # a re-run does not stop at the same place
     assert again.exit_code == code and "0 new" in again.stdout
+
+
+def test_a_file_the_catalog_refuses_costs_only_itself(stocked, backend, tmp_path):
+    """A 6,000-character INSTRUME is legal FITS; PostgreSQL's index on the
+    instrument column refuses it. The batch is then stored file by file."""
+    url, snapshot, before = stocked
+    from factories import write_frame
+
+    import hashlib
+
+    noise = [hashlib.sha256(str(i).encode()).hexdigest()[:66] for i in range(90)]  # incompressible
+    long = [card("INSTRUME", "'" + "I" * 67 + "&'"), *[cont(n) for n in noise], cont("end", more=False)]
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "long.fits").write_bytes(raw_fits(primary(*long)))
+    for i in range(3):
+        write_frame(tmp_path / "mixed" / f"n{i}.fits", header={"FRAMENUM": 700 + i})
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "mixed")])
+    refused = backend == "postgresql"
+    assert result.exit_code == (3 if refused else 0), result.stderr
+    assert ("long.fits: the catalog refused it" in result.stderr) == refused
+    assert (f"{3 + (not refused)} new" in result.stdout) and (f"{int(refused)} failed" in result.stdout)
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(text("select count(*) from exposures where frame_number between 700 and 702")).scalar()
+        status = conn.execute(text("select status from files where relpath = 'long.fits'")).scalar()
+    engine.dispose()
+    assert stored == 3 and status == ("unreadable" if refused else "present")
+    assert snapshot() == before
 
 
 def _fs_case(kind: str, where: Path) -> None:
