@@ -537,6 +537,14 @@ def insert_ignoring_conflicts(conn: Connection, table, keys: Sequence[str]):
     return insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
+def serialize(conn: Connection, name: str) -> None:
+    """Let one transaction at a time past this point for ``name`` (PostgreSQL:
+    an advisory lock held to the end of the transaction; SQLite writers
+    already hold the database lock)."""
+    if not is_sqlite(conn):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": f"obsarch {name}"})
+
+
 def lock_rows(statement, conn: Connection):
     """SELECT ... FOR UPDATE on PostgreSQL; SQLite writers already hold the
     database lock (BEGIN IMMEDIATE)."""

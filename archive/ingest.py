@@ -33,6 +33,7 @@ from archive.db import (
     bulk_insert,
     copy_scratch_cards,
     insert_ignoring_conflicts,
+    serialize,
     is_sqlite,
     lock_rows,
     sql_datetime,
@@ -106,6 +107,7 @@ def is_fits_name(name: str) -> bool:
 def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
     """The root a scanned path belongs to: the deepest known root holding it,
     or a new root (the directory itself, or a file's parent)."""
+    serialize(conn, "roots")  # two scans of one new directory make one root
     roots = conn.execute(select(Root.id, Root.path)).all()
     best = None
     for root_id, root_path in roots:
@@ -480,12 +482,14 @@ def ensure_card_indexes(engine: Engine) -> None:
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
+            serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
             for index in missing:
                 index.create(conn, checkfirst=True)
 
 
 def _drop_card_indexes(engine: Engine) -> None:
     with transaction(engine, write=True) as conn:
+        serialize(conn, "card indexes")
         for index in card_indexes():
             index.drop(conn, checkfirst=True)
 
@@ -499,6 +503,32 @@ def _is_bulk(engine: Engine, n_to_read: int) -> bool:
 
 
 # -- the scan ----------------------------------------------------------------
+
+
+SCRATCH_PREFIX = "obsarch-ingest-"
+
+
+def remove_dead_scratch(directory: str | None = None) -> int:
+    """Remove the scratch directories of ingests whose process is gone
+    (killed: a finished ingest removes its own). Returns how many."""
+    removed = 0
+    base = Path(directory or tempfile.gettempdir())
+    for candidate in base.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = candidate.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and candidate.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _start_run(engine: Engine, paths: list[Path]) -> int:
@@ -542,6 +572,32 @@ def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str |
         )
 
 
+def _inner_roots(engine: Engine, root_id: int, root: Path, path: Path) -> dict[str, int]:
+    """Roots inside the scanned ``path`` (a directory ingested before its
+    parent), as {their path relative to ``root`` + '/': id}: their files stay
+    theirs, so that a file has one row whichever directory was given first."""
+    with transaction(engine) as conn:
+        roots = conn.execute(select(Root.id, Root.path)).all()
+    inner = {}
+    for inner_id, inner_path in roots:
+        candidate = Path(inner_path)
+        if inner_id != root_id and (candidate == path or path in candidate.parents):
+            inner[candidate.relative_to(root).as_posix() + "/"] = inner_id
+    return inner
+
+
+def _rehome(seen: list[_Seen], inner: dict[str, int]) -> None:
+    """Give each file found below an inner root to that root (the deepest)."""
+    if not inner:
+        return
+    prefixes = sorted(inner, key=len, reverse=True)
+    for item in seen:
+        for prefix in prefixes:
+            if item.relpath.startswith(prefix):
+                item.root_id, item.relpath = inner[prefix], item.relpath[len(prefix):]
+                break
+
+
 def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
     """Scan the paths; return (files to read, files with a problem, known ids, ids gone)."""
     to_read, bad, gone, ignored = [], [], [], []
@@ -551,27 +607,31 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
             root_id, root = _root_for(conn, path, utcnow())
         seen = _scan(path, root_id, root, ignored)
         prefix = "" if path == root else path.relative_to(root).as_posix()
+        inner = _inner_roots(engine, root_id, root, path)
+        _rehome(seen, inner)
         with transaction(engine) as conn:
             stored = conn.execute(
-                select(File.id, File.relpath, File.size, File.mtime_ns, File.status).where(File.root_id == root_id)
+                select(File.id, File.root_id, File.relpath, File.size, File.mtime_ns, File.status)
+                .where(File.root_id.in_([root_id, *inner.values()]))
             ).all()
         in_scope = {
-            r.relpath: r for r in stored
-            if not prefix or r.relpath == prefix or r.relpath.startswith(prefix + "/")
+            (r.root_id, r.relpath): r for r in stored
+            if r.root_id != root_id or not prefix or r.relpath == prefix or r.relpath.startswith(prefix + "/")
         }
         found = set()
         for item in seen:
-            found.add(item.relpath)
-            row = in_scope.get(item.relpath)
+            key = (item.root_id, item.relpath)
+            found.add(key)
+            row = in_scope.get(key)
             if row is not None:
-                known[(root_id, item.relpath)] = row.id
+                known[key] = row.id
             if item.error:
                 bad.append(item)
             elif row is None or row.status != "present" or (row.size, row.mtime_ns) != (item.size, item.mtime_ns):
                 to_read.append(item)
             else:
                 summary.unchanged += 1
-        gone += [r.id for relpath, r in in_scope.items() if relpath not in found and r.status != "missing"]
+        gone += [r.id for key, r in in_scope.items() if key not in found and r.status != "missing"]
     summary.ignored = len(ignored)
     return to_read, bad, known, gone
 
@@ -596,6 +656,7 @@ def ingest(
         if not path.exists() and not path.is_symlink():
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+    remove_dead_scratch()
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
@@ -607,7 +668,7 @@ def ingest(
             _drop_card_indexes(engine)
         total = len(to_read) + len(bad)
         done = 0
-        scratch_dir = tempfile.mkdtemp(prefix="obsarch-ingest-") if is_sqlite(engine) else None
+        scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, scratch_dir)):

@@ -404,3 +404,106 @@ def test_the_card_parser_raises_only_its_own_errors(tmp_path_factory, cards):
         read_headers(path)
     except ObsarchError:
         pass
+
+
+# -- overlapping roots, concurrency, kills ---------------------------------------------------
+
+
+def _tree(base: Path) -> Path:
+    from factories import write_frame
+
+    for sub, n in (("a", 3), ("b", 3), ("a/deep", 2)):
+        for i in range(n):
+            write_frame(base / sub / f"{sub.replace('/', '_')}{i}.fits", header={"FRAMENUM": 1000 + 10 * len(sub) + i + n})
+    return base
+
+
+def _file_rows(url: str) -> list[tuple]:
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("select r.path || '/' || f.relpath, count(*) from files f join roots r on r.id = f.root_id "
+                                 "group by r.path || '/' || f.relpath")).all()
+    engine.dispose()
+    return sorted(tuple(r) for r in rows)
+
+
+@pytest.mark.parametrize("order", ["child first", "parent first"])
+def test_overlapping_roots_keep_one_row_per_file(url, tmp_path, order):
+    tree = _tree(tmp_path / "tree")
+    runner.invoke(app, ["--db", url, "init"])
+    paths = [tree / "a", tree] if order == "child first" else [tree, tree / "a"]
+    for path in paths:
+        result = runner.invoke(app, ["--db", url, "ingest", str(path)])
+        assert result.exit_code == 0, result.stderr
+    rows = _file_rows(url)
+    assert len(rows) == 8 and all(n == 1 for _, n in rows)
+    again = runner.invoke(app, ["--db", url, "ingest", str(tree)])
+    assert "0 new" in again.stdout and "8 unchanged" in again.stdout and "0 missing" in again.stdout
+    (tree / "a" / "a0.fits").unlink()
+    gone = runner.invoke(app, ["--db", url, "ingest", str(tree)])
+    assert "1 missing" in gone.stdout and len(_file_rows(url)) == 8
+
+
+def test_four_concurrent_ingests_of_overlapping_trees(url, backend, tmp_path):
+    if backend != "postgresql":
+        pytest.skip("SQLite writers queue on one lock; the race was PostgreSQL's")
+    import subprocess
+    import sys
+
+    tree = _tree(tmp_path / "tree")
+    runner.invoke(app, ["--db", url, "init"])
+    env = {**os.environ, "OBSARCH_BULK_MIN_FILES": "1"}  # every ingest takes the bulk path (index DDL) too
+    commands = [[sys.executable, "-c", "from cli.main import run; run()", "--db", url, "ingest", str(path), "--workers", "1"]
+                for path in (tree, tree / "a", tree, tree / "b")]
+    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    rows = _file_rows(url)
+    assert len(rows) == 8 and all(n == 1 for _, n in rows), rows
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        exposures = conn.execute(text("select count(*) from exposures")).scalar()
+        indexes = conn.execute(text("select count(*) from pg_indexes where tablename = 'header_cards' "
+                                    "and schemaname = current_schema()")).scalar()
+        cards = conn.execute(text("select count(*), count(distinct (file_id, hdu_index, position)) from header_cards")).one()
+    engine.dispose()
+    assert exposures == 8 and indexes >= 3 and cards[0] == cards[1]
+
+
+def test_a_killed_ingest_leaves_a_consistent_catalog_and_no_scratch(url, backend, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from factories import write_frame
+
+    for i in range(400):
+        write_frame(tmp_path / "many" / f"f{i:03d}.fits", header={"FRAMENUM": 5000 + i}, shape=(4, 4))
+    runner.invoke(app, ["--db", url, "init"])
+    env = {**os.environ, "OBSARCH_INGEST_BATCH": "10"}
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "ingest",
+                                str(tmp_path / "many"), "--workers", "2"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = db.make_engine(url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(text("select count(*) from files")).scalar() >= 20:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with engine.connect() as conn:  # each file whole or absent: every stored exposure has its cards
+        orphans = conn.execute(text("select count(*) from exposures e where not exists "
+                                    "(select 1 from header_cards c where c.file_id = e.file_id)")).scalar()
+    assert orphans == 0
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "many")])
+    assert result.exit_code == 0, result.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from exposures")).scalar() == 400
+        states = conn.execute(text("select state from ingest_runs order by id")).scalars().all()
+    engine.dispose()
+    assert states == ["interrupted", "done"]
+    assert not list(Path(tempfile.gettempdir()).glob(f"obsarch-ingest-{process.pid}-*"))
