@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
@@ -406,6 +407,25 @@ class MastClient(ArchiveClient):
 
     def files(self, key: str, rows: list[dict]) -> dict[str, list[RemoteFile]]:
         return mast_products({r["obsid"]: r.get("_row_json") or r["row_json"] for r in rows}, self.endpoints)
+
+
+@contextmanager
+def reaching(archive: str):
+    """Network and protocol failures of an archive (no network, a refused
+    connection, an answer that is not what was asked) as one FetchError."""
+    try:
+        yield
+    except FetchError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (requests, pyvo, astroquery and OS errors alike)
+        from archive.exceptions import ObsarchError
+
+        if isinstance(exc, ObsarchError):
+            raise
+        cause = " ".join(str(exc).split())
+        cause = cause if len(cause) <= 160 else cause[:157] + "..."
+        raise FetchError(f"{archive}: the archive cannot be reached or did not answer as expected ({type(exc).__name__}: "
+                         f"{cause})") from exc
 
 
 CLIENTS: dict[str, type[ArchiveClient]] = {c.name: c for c in (HeasarcClient, EsoClient, MastClient)}

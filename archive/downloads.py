@@ -186,7 +186,8 @@ def run_queue(
     """Download every queued file (and any left 'downloading' by an
     interrupted run), ``parallel`` at a time. States are written here, in the
     main thread."""
-    statement = select(Download).where(Download.state.in_(("queued", "downloading"))).order_by(Download.id)
+    statement = (select(Download).where(Download.state.in_(("queued", "downloading")), ~Download.url.startswith(LOCATE))
+                 .order_by(Download.id))
     if observation_ids is not None:
         statement = statement.where(Download.observation_id.in_(observation_ids))
     with transaction(engine) as conn:
@@ -228,6 +229,43 @@ def run_queue(
     return summary
 
 
+LOCATE = "locate:"  # a queue entry for what could not even be listed: "locate:ARCHIVE/KEY/obsid|target/VALUE"
+
+
+def record_unreachable(engine: Engine, archive: str, key: str, what: str, values: list[str], dest: Path, error: str) -> None:
+    """Record in the queue that the archive could not be asked for these
+    observations (``what``: obsid or target), so that `obsarch downloads`
+    shows why and `obsarch fetch --retry-failed` asks again."""
+    now = utcnow()
+    urls = [f"{LOCATE}{archive}/{key}/{what}/{value}" for value in values]
+    rows = [{"observation_id": None, "url": url, "local_path": str(dest), "state": "failed", "attempts": 1, "last_error": error,
+             "created_at": now, "updated_at": now} for url in urls]
+    with transaction(engine, write=True) as conn:
+        conn.execute(insert_ignoring_conflicts(conn, Download.__table__, ["url", "local_path"]), rows)
+        conn.execute(update(Download).where(Download.url.in_(urls), Download.local_path == str(dest))
+                     .values(state="failed", last_error=error, updated_at=now, attempts=Download.attempts + 1))
+
+
+def pending_locates(engine: Engine) -> list[tuple[int, str, str, str, str, Path]]:
+    """Queued entries of :func:`record_unreachable`: (id, archive, key, what, value, dest)."""
+    with transaction(engine) as conn:
+        rows = conn.execute(select(Download.id, Download.url, Download.local_path).where(
+            Download.state == "queued", Download.url.startswith(LOCATE))).all()
+    result = []
+    for download_id, url, dest in rows:
+        archive, key, what, value = url[len(LOCATE):].split("/", 3)
+        result.append((download_id, archive, key, what, value, Path(dest)))
+    return result
+
+
+def settle_locate(engine: Engine, download_id: int, error: str | None) -> None:
+    """A located entry is done (its files are queued under their own rows), or failed again."""
+    with transaction(engine, write=True) as conn:
+        conn.execute(update(Download).where(Download.id == download_id).values(
+            state="failed" if error else "done", last_error=error, updated_at=utcnow(),
+            attempts=Download.attempts + 1, finished_at=None if error else utcnow()))
+
+
 def retry_failed(engine: Engine) -> int:
     with transaction(engine, write=True) as conn:
         return conn.execute(update(Download).where(Download.state == "failed").values(state="queued", updated_at=utcnow())).rowcount
@@ -261,4 +299,11 @@ def downloads_table(engine: Engine) -> list[dict]:
         rows.append({"mission": obs.mission, "obsid": obs.obsid, "target": obs.target, "start": obs.t_start, "state": state,
                      "files": files, "done": (entry or {}).get("states", {}).get("done", 0),
                      "bytes": (entry or {}).get("bytes", 0), "last_error": (entry or {}).get("error")})
+    with transaction(engine) as conn:
+        unreached = conn.execute(select(Download.url, Download.state, Download.last_error).where(
+            Download.url.startswith(LOCATE), Download.state != "done").order_by(Download.id)).all()
+    for url, state, error in unreached:  # asked for, but the archive was never reached
+        archive, key, what, value = url[len(LOCATE):].split("/", 3)
+        rows.append({"mission": key, "obsid": value if what == "obsid" else None, "target": value if what == "target" else None,
+                     "start": None, "state": state, "files": 0, "done": 0, "bytes": 0, "last_error": error})
     return rows

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 
-from archive.clients import CLIENTS, FETCH_NAMES, ArchiveClient, Endpoints, Request, client
+from archive.clients import (
+    CLIENTS,
+    FETCH_NAMES,
+    ArchiveClient,
+    Endpoints,
+    Request,
+    client,
+    reaching,
+)
 from archive.db import transaction
 from archive.downloads import (  # noqa: F401  (the queue's API, as before the split)
     QueueSummary,
@@ -30,10 +38,13 @@ from archive.downloads import (  # noqa: F401  (the queue's API, as before the s
     downloads_table,
     enqueue,
     observation_ids,
+    pending_locates,
     record_observations,
+    record_unreachable,
     retry_failed,
     run_queue,
     save_search,
+    settle_locate,
 )
 from archive.exceptions import FetchError
 from archive.ingest import ingest
@@ -57,7 +68,8 @@ def search(engine: Engine, archive: str, mission: str, target: str, *, radius_ar
     """Search an archive and record every result as a known observation; the
     search is kept for ``sync``. Returns the rows and how many were new."""
     archive_client = client(archive, Endpoints.from_config(config))
-    rows = archive_client.search(Request(mission.lower(), target=target, radius_arcmin=radius_arcmin, night=night))
+    with reaching(archive_client.name):
+        rows = archive_client.search(Request(mission.lower(), target=target, radius_arcmin=radius_arcmin, night=night))
     new, _ = record_observations(engine, rows)
     save_search(engine, archive_client.name, mission.lower(), target, {"radius_arcmin": radius_arcmin, "night": night})
     return rows, new
@@ -80,7 +92,14 @@ def fetch(engine: Engine, name: str, obsids: list[str] | None = None, *, instrum
     mission = archive_client.mission(key)
     with transaction(engine) as conn:
         known = dict(conn.execute(select(Observation.obsid, Observation.row_json).where(Observation.mission == mission)).all())
-    rows = archive_client.wanted(request, known)
+    try:
+        with reaching(archive_client.name):
+            rows = archive_client.wanted(request, known)
+    except FetchError as exc:
+        if exc.__cause__ is not None:  # the archive was not reached: the queue keeps the request and why
+            what, values = ("obsid", request.obsids) if request.obsids else ("target", [request.target or ""])
+            record_unreachable(engine, archive_client.name, key, what, values, dest, str(exc))
+        raise
     new, _ = record_observations(engine, [r for r in rows if not r.get("_known")])
     if archive_client.fetch_is_search and target:
         save_search(engine, archive_client.name, key, target, {"night": night, "with_calib": with_calib})
@@ -96,7 +115,9 @@ def _queue(engine: Engine, archive_client: ArchiveClient, key: str, rows: list[d
     mission = archive_client.mission(key)
     ids = observation_ids(engine, mission, [r["obsid"] for r in rows])
     places, queued = {}, 0
-    for obsid, files in archive_client.files(key, rows).items():
+    with reaching(archive_client.name):
+        remote = archive_client.files(key, rows)
+    for obsid, files in remote.items():
         directory = (dest / mission / obsid).resolve()
         queued += enqueue(engine, ids[obsid], [(f.url, directory / f.relpath) for f in files],
                           sizes={f.url: f.size for f in files if f.size})
@@ -127,7 +148,25 @@ def fetch_queue(engine: Engine, *, config: dict | None = None, **queue_options) 
         pending = conn.execute(select(Download.observation_id, Download.local_path).where(
             Download.state.in_(("queued", "downloading")))).all()
     summary = FetchSummary(queued=len(pending))
-    summary.queue = run_queue(engine, **queue_options)
+    summary.queue = QueueSummary()
+    for download_id, archive, key, what, value, dest in pending_locates(engine):  # observations not reached before
+        options = {"obsids": [value]} if what == "obsid" else {"target": value or None}
+        try:
+            located = fetch(engine, archive, instrument=key, dest=dest, config=config, **options, **queue_options)
+        except FetchError as exc:
+            settle_locate(engine, download_id, str(exc))
+            summary.queue.failed.append((f"{archive} {key} {value}", str(exc)))
+            continue
+        settle_locate(engine, download_id, None)
+        summary.queue.done += located.queue.done
+        summary.queue.bytes += located.queue.bytes
+        summary.queue.failed += located.queue.failed
+        summary.linked += located.linked
+    rest = run_queue(engine, **queue_options)
+    summary.queue.done += rest.done
+    summary.queue.bytes += rest.bytes
+    summary.queue.unpacked += rest.unpacked
+    summary.queue.failed += rest.failed
     places = {}
     for observation_id, local_path in pending:
         if observation_id is not None:
@@ -138,7 +177,7 @@ def fetch_queue(engine: Engine, *, config: dict | None = None, **queue_options) 
                 directory = directory.parent
             places[obs.obsid] = (observation_id, directory if directory.name == obs.obsid else Path(local_path).parent)
     summary.observations = len(places)
-    summary.linked = ingest_observations(engine, places, config)
+    summary.linked += ingest_observations(engine, places, config)
     return summary
 
 
@@ -154,8 +193,9 @@ def sync(engine: Engine, *, dest: Path = Path("archive-data"), config: dict | No
         archive_client = client(archive, endpoints)
         with transaction(engine) as conn:
             known = set(conn.execute(select(Observation.obsid).where(Observation.mission == archive_client.mission(key))).scalars())
-        rows = archive_client.search(Request(key, target=target, radius_arcmin=params.get("radius_arcmin") or 10.0,
-                                             night=params.get("night"), with_calib=params.get("with_calib", False)))
+        with reaching(archive):
+            rows = archive_client.search(Request(key, target=target, radius_arcmin=params.get("radius_arcmin") or 10.0,
+                                                 night=params.get("night"), with_calib=params.get("with_calib", False)))
         fresh = [r for r in rows if r["obsid"] not in known]
         record_observations(engine, rows)
         save_search(engine, archive, key, target, params)

@@ -507,3 +507,29 @@ def test_a_killed_ingest_leaves_a_consistent_catalog_and_no_scratch(url, backend
     engine.dispose()
     assert states == ["interrupted", "done"]
     assert not list(Path(tempfile.gettempdir()).glob(f"obsarch-ingest-{process.pid}-*"))
+
+
+def test_an_unreachable_archive_is_one_line_and_kept_in_the_queue(stocked, tmp_path):
+    url, snapshot, before = stocked
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "offline.toml"
+    dead = f"http://127.0.0.1:{port}"
+    config.write_text(f'[archives]\nheasarc_vo = "{dead}/tap"\neso_query = "{dead}/eso"\nmast = "{dead}"\nsesame = "{dead}/s"\n')
+
+    def run(*args):
+        return runner.invoke(app, ["--db", url, "--config", str(config), *args])
+
+    one_line(run("archive", "search", "heasarc", "--mission", "xmm", "--target", "10.0 20.0"), 1,
+             "heasarc: the archive cannot be reached")
+    one_line(run("archive", "search", "mast", "--mission", "hst", "--target", "10.0 20.0"), 1, "mast: the archive cannot be reached")
+    one_line(run("fetch", "eso", "--instrument", "MUSE", "--target", "NGC 6397"), 1, "eso: the archive cannot be reached")
+    one_line(run("fetch", "xmm", "0123456789", "--dest", str(tmp_path / "d")), 1, "heasarc: the archive cannot be reached")
+    table = run("downloads", "--format", "csv").stdout
+    assert "0123456789" in table and "NGC 6397" in table and table.count("failed") == 2
+    retried = run("fetch", "--retry-failed")
+    assert retried.exit_code == 3 and "cannot be reached" in retried.stderr
+    assert snapshot() == before
