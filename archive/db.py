@@ -351,6 +351,8 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
     """
     if "\x00" in sql:
         raise ReadOnlyViolation("the statement holds a NUL byte")
+    if any("\ud800" <= c <= "\udfff" for c in sql):  # bytes that were not UTF-8 (kept by Python as surrogates)
+        raise DatabaseError("SQL error: the statement is not valid UTF-8")
     engine = make_engine(url, read_only=True)
     try:
         if is_sqlite(engine):
@@ -448,7 +450,7 @@ def _refuse_leaving_the_role(cursor, sql: str) -> None:
     import psycopg
 
     cursor.execute("SAVEPOINT plan")
-    parsed = cursor.connection.pgconn.prepare(b"", sql.encode("utf-8", "surrogateescape"))  # parsed, not run
+    parsed = cursor.connection.pgconn.prepare(b"", sql.encode())  # parsed, not run
     if parsed.status == psycopg.pq.ExecStatus.FATAL_ERROR and b"multiple commands" in (parsed.error_message or b""):
         raise ReadOnlyViolation("`obsarch sql` runs one statement at a time")
     cursor.execute("ROLLBACK TO SAVEPOINT plan")

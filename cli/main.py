@@ -7,6 +7,7 @@ registers its commands on it from its own module, imported here.
 from __future__ import annotations
 
 import gc
+import sys
 
 # Each module registers its commands on the app; the order is the order of `obsarch --help`.
 from cli import (
@@ -31,4 +32,13 @@ def run() -> None:
     final collection skips it (exit went from ~0.25 s to ~0.06 s).
     """
     gc.freeze()
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001  (raised outside any command: still one line, --debug for the traceback)
+        if "--debug" in sys.argv:
+            raise
+        from cli.app import _one_line
+
+        print(f"error: {_one_line(f'unexpected {type(exc).__name__}: {exc}')} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

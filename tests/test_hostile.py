@@ -110,6 +110,7 @@ SQL_BOTH = {
     "delete": ("delete from files", "is read-only"),
     "two statements": ("select 1; delete from files", "one statement at a time"),
     "NUL byte": ("select 'a\0b'", "NUL byte"),
+    "invalid UTF-8": ("select '\udcff'", "not valid UTF-8"),
 }
 SQL_SQLITE = {
     "VACUUM INTO": ("VACUUM INTO '{tmp}/copy.db'", "is read-only"),
@@ -533,3 +534,30 @@ def test_an_unreachable_archive_is_one_line_and_kept_in_the_queue(stocked, tmp_p
     retried = run("fetch", "--retry-failed")
     assert retried.exit_code == 3 and "cannot be reached" in retried.stderr
     assert snapshot() == before
+
+
+def test_sql_as_a_user_who_cannot_set_the_role(stocked, backend):
+    if backend != "postgresql":
+        pytest.skip("roles are PostgreSQL's")
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    url, _, _ = stocked
+    user = f"obsarch_test_{uuid.uuid4().hex[:8]}"
+    admin = db.make_engine(url)
+    with admin.begin() as conn:
+        schema = conn.execute(text("select current_schema()")).scalar()
+        conn.execute(text(f"CREATE ROLE {user} LOGIN"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {user}"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {user}"))
+    try:
+        as_user = make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
+        result = runner.invoke(app, ["--db", as_user, "sql", "select count(*) from files"])
+        one_line(result, 1, f"cannot SET ROLE to it")
+        assert f"GRANT obsarch_reader TO {user}" in result.stderr
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {user}"))
+            conn.execute(text(f"DROP ROLE {user}"))
+        admin.dispose()
