@@ -21,6 +21,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import warnings as pywarnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -33,17 +34,32 @@ from archive.db import (
     bulk_insert,
     copy_scratch_cards,
     insert_ignoring_conflicts,
-    serialize,
     is_sqlite,
     lock_rows,
+    serialize,
     sql_datetime,
     transaction,
     write_scratch_cards,
 )
 from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
-from archive.keywords import COLUMNS, KeywordMaps, load_maps, normalize
-from archive.models import Exposure, File, FileVersion, HeaderCard, Hdu, IngestError, IngestRun, Root
+from archive.keywords import (
+    COLUMNS,
+    KeywordMaps,
+    NormalizationWarning,
+    load_maps,
+    normalize,
+)
+from archive.models import (
+    Exposure,
+    File,
+    FileVersion,
+    Hdu,
+    HeaderCard,
+    IngestError,
+    IngestRun,
+    Root,
+)
 
 FITS_SUFFIXES = (
     ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",
@@ -233,9 +249,12 @@ def read_file(path: str, relpath: str) -> tuple:
         return ("error", str(exc))
     except OSError as exc:
         return ("error", f"cannot read: {exc.strerror or exc}")
-    exposure = normalize(units, relpath, _MAPS or load_maps())
+    with pywarnings.catch_warnings(record=True) as unnormalized:
+        pywarnings.simplefilter("always", NormalizationWarning)
+        exposure = normalize(units, relpath, _MAPS or load_maps())
     hdus = [(u.index, u.extname, u.hdu_type, u.shape, u.bitpix, u.cards) for u in units]
     warnings = [f"HDU {u.index}: invalid card kept as text: {bad}" for u in units for bad in u.invalid]
+    warnings += [str(w.message).removeprefix(f"{relpath}: ") for w in unnormalized if w.category is NormalizationWarning]
     return ("ok", header_hash, hdus, exposure, warnings)
 
 
