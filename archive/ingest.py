@@ -59,6 +59,7 @@ from archive.models import (
     IngestError,
     IngestRun,
     Root,
+    Run,
 )
 
 FITS_SUFFIXES = (
@@ -566,17 +567,15 @@ def _start_run(engine: Engine, paths: list[Path]) -> int:
 
 
 def _close_dead_runs(conn: Connection, host: str) -> None:
-    """Runs left 'running' by a process of this host that no longer exists
-    were killed: say so."""
-    for run_id, pid in conn.execute(
-        select(IngestRun.id, IngestRun.pid).where(IngestRun.state == "running", IngestRun.host == host)
-    ):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            conn.execute(update(IngestRun).where(IngestRun.id == run_id).values(state="interrupted"))
-        except PermissionError:
-            pass  # alive, another user's
+    """Runs (ingests and processing steps) left 'running' by a process of
+    this host that no longer exists were killed: say so."""
+    for table in (IngestRun, Run):
+        dead = [run_id for run_id, pid in conn.execute(
+            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not _alive(pid)]
+        if dead:
+            values = {"state": "interrupted"} if table is IngestRun else {
+                "state": "interrupted", "error": "its process ended without finishing it (killed?)"}
+            conn.execute(update(table).where(table.id.in_(dead)).values(**values))
 
 
 def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:

@@ -193,9 +193,9 @@ def test_a_file_the_catalog_refuses_costs_only_itself(stocked, backend, tmp_path
     """A 6,000-character INSTRUME is legal FITS; PostgreSQL's index on the
     instrument column refuses it. The batch is then stored file by file."""
     url, snapshot, before = stocked
-    from factories import write_frame
-
     import hashlib
+
+    from factories import write_frame
 
     noise = [hashlib.sha256(str(i).encode()).hexdigest()[:66] for i in range(90)]  # incompressible
     long = [card("INSTRUME", "'" + "I" * 67 + "&'"), *[cont(n) for n in noise], cont("end", more=False)]
@@ -555,10 +555,39 @@ def test_sql_as_a_user_who_cannot_set_the_role(stocked, backend):
     try:
         as_user = make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
         result = runner.invoke(app, ["--db", as_user, "sql", "select count(*) from files"])
-        one_line(result, 1, f"cannot SET ROLE to it")
+        one_line(result, 1, "cannot SET ROLE to it")
         assert f"GRANT obsarch_reader TO {user}" in result.stderr
     finally:
         with admin.begin() as conn:
             conn.execute(text(f"DROP OWNED BY {user}"))
             conn.execute(text(f"DROP ROLE {user}"))
         admin.dispose()
+
+
+def test_runs_of_dead_processes_are_marked_interrupted_at_the_next_ingest(stocked, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    url, _, _ = stocked
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("insert into runs (step, params_json, params_hash, code_version, host, \"user\", pid, started_at, state) "
+                          "values ('stack', '{}', 'x', 'x', :host, 'u', :pid, CURRENT_TIMESTAMP, 'running')"),
+                     {"host": socket.gethostname(), "pid": pid})
+        conn.execute(text("insert into ingest_runs (started_at, state, paths, host, \"user\", pid, code_version, n_new, "
+                          "n_changed, n_unchanged, n_missing, n_failed) values (CURRENT_TIMESTAMP, 'running', '/x', :host, "
+                          "'u', :pid, 'x', 0, 0, 0, 0, 0)"), {"host": socket.gethostname(), "pid": pid})
+    (tmp_path / "scratch").mkdir()
+    left = tmp_path / "scratch" / f"obsarch-ingest-{pid}-abc"
+    left.mkdir()
+    from archive.ingest import remove_dead_scratch
+
+    assert remove_dead_scratch(str(tmp_path / "scratch")) == 1 and not left.exists()
+    assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "good")]).exit_code == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("select state from runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
+        assert conn.execute(text("select state from ingest_runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
+    engine.dispose()
