@@ -233,3 +233,44 @@ def find_end(bytes data, Py_ssize_t start, Py_ssize_t stop):
         else:
             return offset
     return -1
+
+
+cdef inline bint _plain(str s):
+    """No character that COPY's text format reads specially (backslash,
+    control characters) and nothing beyond ASCII."""
+    cdef Py_ssize_t i
+    cdef Py_UCS4 c
+    for c in s:
+        if c < 32 or c == 92 or c > 126:
+            return False
+    return True
+
+
+def copy_lines(Py_ssize_t hdu_index, list cards):
+    """The COPY text lines of one HDU's cards (``archive.cardtext.hdu_lines``,
+    compiled); ``None`` when a text field needs escaping (the Python path
+    escapes it)."""
+    cdef list out = []
+    cdef tuple card
+    cdef str head = f"{hdu_index}\t"
+    cdef str kw, text_field, num_field, comment_field
+    for card in cards:
+        kw = card[1]
+        text, num, comment = card[2], card[3], card[5]
+        if text is None:
+            text_field = "\\N"
+        elif _plain(text):
+            text_field = text
+        else:
+            return None
+        if comment is None:
+            comment_field = "\\N"
+        elif _plain(comment):
+            comment_field = comment
+        else:
+            return None
+        if not _plain(kw):
+            return None
+        num_field = "\\N" if num is None else repr(num)
+        out.append(f"{head}{card[0]}\t{kw}\t{text_field}\t{num_field}\t{card[4]}\t{comment_field}\n")
+    return "".join(out)

@@ -16,15 +16,18 @@ from sqlalchemy import Engine, func, select
 from archive import db
 from archive.exceptions import NotFoundError
 from archive.ingest import IngestSummary, ingest, move_root
-from archive.models import Exposure, File, HeaderCard, Hdu, IngestRun, Product, Root, Run
+from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Product, Root, Run
 from archive.query import (
     DEFAULT_COLUMNS,
     Column,
     Compiler,
+    Frames,
+    Node,
+    ids,
     base_select,
     column_expressions,
     header_columns,
-    parse,
+    as_tree,
     parse_columns,
     select_exposures,
     sort_expressions,
@@ -67,7 +70,7 @@ class Catalog:
 
     def query(
         self,
-        selection: str | None = None,
+        selection: str | Node | None = None,
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
@@ -77,8 +80,10 @@ class Catalog:
 
         Parameters
         ----------
-        selection : str, optional
-            An expression of the selection language; all exposures if empty.
+        selection : str or a query tree, optional
+            An expression of the selection language (people write text;
+            programs pass a tree of :mod:`archive.query` nodes); all
+            exposures if empty.
         columns : str or list of str, optional
             Names or ``hdr['KEY']``; by default the usual columns plus every
             header keyword the selection mentions.
@@ -91,7 +96,7 @@ class Catalog:
         """
         import pandas as pd
 
-        node = parse(selection) if selection and selection.strip() else None
+        node = as_tree(selection)
         if columns:
             text = columns if isinstance(columns, str) else ",".join(columns)
             fields = parse_columns(text)
@@ -118,8 +123,8 @@ class Catalog:
         """:meth:`query` as an astropy Table."""
         return self.query(selection, **options).to_table()
 
-    def exposure_ids(self, selection: str | None = None) -> list[int]:
-        """Ids of the exposures matching ``selection``, in id order."""
+    def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
+        """Ids of the exposures matching ``selection`` (text or tree), in id order."""
         statement = select_exposures(selection, self.dialect).order_by(Exposure.id)
         with self.engine.connect() as conn:
             return list(conn.execute(statement).scalars())
@@ -133,14 +138,11 @@ class Catalog:
                 found = conn.execute(select(Exposure.id).where(Exposure.id == int(ref))).scalars().all()
                 what = f"exposure id {ref}"
             elif str(ref).isdigit():
-                found = conn.execute(
-                    base_select(Exposure.id, Root.path, File.relpath).where(Exposure.frame_number == int(ref))
-                ).all()
-                if len(found) > 1:  # a frame number names the camera's frame, not its products
-                    raw = set(self.exposure_ids(f"{int(ref)} and product is null"))
-                    found = [r for r in found if r.id in raw] if len(raw) == 1 else found
+                # a frame number names the camera's raw frame, never a product (the tree says so)
+                frame = Compiler(self.dialect)(Frames(((int(ref), int(ref)),)))
+                found = conn.execute(base_select(Exposure.id, Exposure.instrument, Root.path, File.relpath).where(frame)).all()
                 if len(found) > 1:
-                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id})" for r in found[:5])
+                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id}, {r.instrument or 'no instrument'})" for r in found[:5])
                     raise NotFoundError(
                         f"frame {ref} is {len(found)} exposures: {paths}; name one with --id or its path"
                     )
@@ -186,23 +188,24 @@ class Catalog:
 
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path."""
-        result = self.query(f"id == {int(exposure_id)}", columns=list(DEFAULT_COLUMNS) + [
+        result = self.query(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
         return result.iloc[0].to_dict()
 
     # -- overviews -----------------------------------------------------------
 
     def summary(self) -> dict[str, pd.DataFrame]:
-        """Counts of exposures per instrument, night, frame type and band,
-        and of files per status."""
+        """Counts of raw exposures (products are counted by ``products``) per
+        instrument, night, frame type and band, and of files per status."""
         import pandas as pd
 
+        raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
                 column = getattr(Exposure, name)
                 rows = conn.execute(
-                    select(column, func.count()).group_by(column).order_by(column)
+                    select(column, func.count()).where(raw).group_by(column).order_by(column)
                 ).all()
                 result[name] = pd.DataFrame([tuple(r) for r in rows], columns=[name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
@@ -234,18 +237,39 @@ class Catalog:
             rows = conn.execute(statement).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
+    def nights(self, night: str | None = None) -> list[dict]:
+        """Exposures per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag."""
+        reviewed = (
+            select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
+        )
+        statement = (
+            select(Exposure.night, Exposure.band, func.count().label("exposures"),
+                   func.count(reviewed.c.exposure_id).label("reviewed"))
+            .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .group_by(Exposure.night, Exposure.band)
+            .order_by(Exposure.night.desc(), Exposure.band)
+        )
+        if night is not None:
+            statement = statement.where(Exposure.night == night)
+        with self.engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(statement)]
+
     def move_root(self, old: str | Path, new: str | Path) -> int:
         """Point the root at ``old`` to ``new`` (see :func:`archive.ingest.move_root`)."""
         return move_root(self.engine, old, new)
 
     def products(self, kind: str | None = None) -> pd.DataFrame:
-        """Files made by steps and wrapped tools, with the run that made each."""
+        """Files made by steps and wrapped tools, each once (its latest making),
+        with the run that made it."""
         import pandas as pd
 
+        latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
             .join(Run, Run.id == Product.run_id)
             .outerjoin(File, File.id == Product.file_id)
+            .where(Product.id.in_(latest))
             .order_by(Product.id)
         )
         if kind:

@@ -12,6 +12,7 @@ re-checked under a lock before its new version replaces the old.
 
 from __future__ import annotations
 
+import collections
 import getpass
 import itertools
 import json
@@ -30,9 +31,15 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
 
 from archive import __version__
+from archive.cardtext import CardText, card_text
 from archive.db import (
+    add_card_constraints,
+    analyze_after_bulk_load,
     bulk_insert,
+    copy_card_text,
     copy_scratch_cards,
+    drop_card_constraints,
+    fetch_tuples,
     insert_ignoring_conflicts,
     is_sqlite,
     lock_rows,
@@ -73,6 +80,7 @@ BATCH_FILES = int(os.environ.get("OBSARCH_INGEST_BATCH", "250"))
 # benchmarks/ingest.py), building them afterwards sorts once.
 BULK_MIN_FILES = int(os.environ.get("OBSARCH_BULK_MIN_FILES", "2000"))
 _IN_PROCESS_BELOW = 64  # fewer files than this are read without a pool
+COPY_TEXT = "copy-text"  # read_chunk's card sink for PostgreSQL (see archive.cardtext)
 CARD_COLUMNS = ("file_id", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
 
 Progress = Callable[[int, int], None]
@@ -161,6 +169,8 @@ def move_root(engine: Engine, old: str | Path, new: str | Path) -> int:
 
 def _display_name(name: str) -> tuple[str, bool]:
     """The name as text, and whether it is valid UTF-8."""
+    if name.isascii():  # nearly every name, and a re-scan looks at each one
+        return name, True
     try:
         name.encode("utf-8")
         return name, True
@@ -259,13 +269,14 @@ def read_file(path: str, relpath: str) -> tuple:
     return ("ok", header_hash, hdus, exposure, warnings)
 
 
-def read_chunk(args: tuple[list[tuple[str, str]], str | None]) -> tuple[list[tuple], list[tuple] | str]:
+def read_chunk(args: tuple[list[tuple[str, str]], str | None]) -> tuple[list[tuple], list[tuple] | str | CardText]:
     """Read a chunk of files. Returns one result per file (its HDUs without
     their cards) and the chunk's cards as ``(place of the file in the chunk,
-    HDU index, cards)``: as such, or written to a scratch SQLite file in
-    ``scratch_dir`` whose path is returned (then only small results cross
-    the process boundary, and the writer copies the cards inside SQLite)."""
-    tasks, scratch_dir = args
+    HDU index, cards)``: as such (``sink`` None), as COPY text (``sink`` is
+    :data:`COPY_TEXT`), or written to a scratch SQLite file in the directory
+    ``sink`` whose path is returned (then only small results cross the
+    process boundary, and the writer copies the cards inside SQLite)."""
+    tasks, sink = args
     results, cards = [], []
     for local, (path, relpath) in enumerate(tasks):
         result = read_file(path, relpath)
@@ -275,35 +286,68 @@ def read_chunk(args: tuple[list[tuple[str, str]], str | None]) -> tuple[list[tup
             hdus = [(i, e, t, s, b, len(c)) for i, e, t, s, b, c in hdus]
             result = (status, header_hash, hdus, exposure, warnings)
         results.append(result)
-    if scratch_dir is not None and cards:
-        return results, write_scratch_cards(scratch_dir, cards)
+    if sink == COPY_TEXT:
+        return results, card_text(cards)
+    if sink is not None and cards:
+        return results, write_scratch_cards(sink, cards)
     return results, cards
 
 
 @dataclass
 class _Chunk:
     items: list[tuple[_Seen, tuple]]
-    cards: list[tuple] | str
+    cards: list[tuple] | str | CardText
 
 
 def _chunks(tasks: list[_Seen], size: int) -> list[list[_Seen]]:
     return [tasks[start : start + size] for start in range(0, len(tasks), size)]
 
 
-def _read_all(tasks: list[_Seen], config: dict | None, workers: int | None, scratch_dir: str | None) -> Iterator[_Chunk]:
+def _read_all(
+    tasks: list[_Seen], config: dict | None, workers: int | None, sink: str | None, scheduler: str | bool | None = None
+) -> Iterator[_Chunk]:
+    if scheduler is not None and tasks:
+        yield from _read_on_dask(tasks, config, workers, sink, scheduler)
+        return
     if len(tasks) < _IN_PROCESS_BELOW or workers == 1:
         _init_worker(config)
         for chunk in _chunks(tasks, BATCH_FILES):
-            results, cards = read_chunk(([(t.path, t.relpath) for t in chunk], None))
+            results, cards = read_chunk(([(t.path, t.relpath) for t in chunk], sink if sink == COPY_TEXT else None))
             yield _Chunk(list(zip(chunk, results)), cards)
         return
     workers = workers or os.cpu_count() or 1
     size = max(1, min(BATCH_FILES, len(tasks) // (workers * 4)))
     chunks = _chunks(tasks, size)
-    args = [([(t.path, t.relpath) for t in chunk], scratch_dir) for chunk in chunks]
+    args = [([(t.path, t.relpath) for t in chunk], sink) for chunk in chunks]
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
-        for chunk, (results, cards) in zip(chunks, pool.imap(read_chunk, args)):
+        for chunk, (results, cards) in zip(chunks, _bounded_imap(pool, read_chunk, args, 3 * workers)):
             yield _Chunk(list(zip(chunk, results)), cards)
+
+
+def _bounded_imap(pool, function: Callable, args: list, window: int) -> Iterator:
+    """``pool.imap(function, args)`` with at most ``window`` calls submitted
+    and not yet consumed: imap reads ahead without limit, so when the writer
+    is slower than the readers (PostgreSQL) every chunk's cards would pile up
+    in this process's memory."""
+    pending = iter(args)
+    running = collections.deque(pool.apply_async(function, (arg,)) for arg in itertools.islice(pending, window))
+    while running:
+        result = running.popleft().get()
+        running.extend(pool.apply_async(function, (arg,)) for arg in itertools.islice(pending, 1))
+        yield result
+
+
+def _read_on_dask(tasks: list[_Seen], config: dict | None, workers: int | None, sink: str | None, scheduler: str | bool) -> Iterator[_Chunk]:
+    """Headers read on a dask cluster (``scheduler`` True: a local one);
+    scratch files of a worker would not be seen by the writer, so SQLite
+    gets its cards as tuples."""
+    from archive.ingest_dask import read_on_dask
+
+    chunks = _chunks(tasks, BATCH_FILES)
+    args = [([(t.path, t.relpath) for t in chunk], sink if sink == COPY_TEXT else None) for chunk in chunks]
+    address = scheduler if isinstance(scheduler, str) else None
+    for index, (results, cards) in read_on_dask(args, config, address, workers):
+        yield _Chunk(list(zip(chunks[index], results)), cards)
 
 
 # -- writing (one process) ---------------------------------------------------
@@ -345,10 +389,13 @@ class _Rows:
         if new_exposure:
             self.exposures.append((file_id, file_id, *(exposure[c] for c in EXPOSURE_COLUMNS[2:])))
 
-    def flush(self, conn: Connection, cards: list[tuple] | str) -> None:
+    def flush(self, conn: Connection, cards: list[tuple] | str | CardText) -> None:
         bulk_insert(conn, "hdus", HDU_COLUMNS, self.hdus)
         if isinstance(cards, str):
             copy_scratch_cards(conn, self.file_ids)
+        elif isinstance(cards, CardText):
+            ids = self.file_ids
+            copy_card_text(conn, ((ids[local], block) for local, block in cards.blocks if local in ids))
         else:
             ids = self.file_ids
             rows = [(ids[local], index, *card) for local, index, hdu in cards if local in ids for card in hdu]
@@ -514,6 +561,24 @@ def _drop_card_indexes(engine: Engine) -> None:
             index.drop(conn, checkfirst=True)
 
 
+def _analyze(engine: Engine) -> None:
+    with transaction(engine, write=True) as conn:
+        analyze_after_bulk_load(conn)
+
+
+def ensure_card_constraints(engine: Engine) -> None:
+    """Add back the card table's keys a bulk load dropped (PostgreSQL; see
+    :func:`archive.db.drop_card_constraints`)."""
+    if not is_sqlite(engine):
+        with transaction(engine, write=True) as conn:
+            add_card_constraints(conn)
+
+
+def _drop_card_constraints(engine: Engine) -> None:
+    with transaction(engine, write=True) as conn:
+        drop_card_constraints(conn)
+
+
 def _is_bulk(engine: Engine, n_to_read: int) -> bool:
     if n_to_read < BULK_MIN_FILES:
         return False
@@ -628,28 +693,28 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
         inner = _inner_roots(engine, root_id, root, path)
         _rehome(seen, inner)
         with transaction(engine) as conn:
-            stored = conn.execute(
-                select(File.id, File.root_id, File.relpath, File.size, File.mtime_ns, File.status)
-                .where(File.root_id.in_([root_id, *inner.values()]))
-            ).all()
+            # plain tuples: a re-scan compares every stored file, and Row
+            # objects cost as much as the comparison
+            where = File.root_id.in_([root_id, *inner.values()]) if inner else File.root_id == root_id
+            stored = fetch_tuples(
+                conn, select(File.root_id, File.relpath, File.id, File.size, File.mtime_ns, File.status).where(where)
+            )
         in_scope = {
-            (r.root_id, r.relpath): r for r in stored
-            if r.root_id != root_id or not prefix or r.relpath == prefix or r.relpath.startswith(prefix + "/")
+            (r[0], r[1]): r for r in stored
+            if r[0] != root_id or not prefix or r[1] == prefix or r[1].startswith(prefix + "/")
         }
-        found = set()
+        unchanged = summary.unchanged
         for item in seen:
             key = (item.root_id, item.relpath)
-            found.add(key)
-            row = in_scope.get(key)
+            row = in_scope.pop(key, None)  # what is left at the end is gone
+            if row is not None and not item.error and row[5] == "present" and row[3] == item.size and row[4] == item.mtime_ns:
+                unchanged += 1
+                continue
             if row is not None:
-                known[key] = row.id
-            if item.error:
-                bad.append(item)
-            elif row is None or row.status != "present" or (row.size, row.mtime_ns) != (item.size, item.mtime_ns):
-                to_read.append(item)
-            else:
-                summary.unchanged += 1
-        gone += [r.id for key, r in in_scope.items() if key not in found and r.status != "missing"]
+                known[key] = row[2]
+            (bad if item.error else to_read).append(item)
+        summary.unchanged = unchanged
+        gone += [r[2] for r in in_scope.values() if r[5] != "missing"]
     summary.ignored = len(ignored)
     return to_read, bad, known, gone
 
@@ -661,12 +726,25 @@ def ingest(
     config: dict | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    executor: str = "pool",
+    scheduler: str | None = None,
 ) -> IngestSummary:
     """Scan ``paths`` (directories or files) into the catalog.
 
+    Headers are read by a pool of ``workers`` processes (``executor``
+    ``pool``), or on the workers of the dask.distributed scheduler at
+    ``scheduler`` (``executor`` ``dask``; a local cluster of ``workers``
+    processes when no scheduler is given); this process writes.
     Returns the counts of new, changed, unchanged, missing and failed files;
     the same counts are stored on the ingest run.
     """
+    if executor not in ("pool", "serial", "dask"):
+        raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
+    if scheduler is not None and executor != "dask":
+        raise ObsarchError("--scheduler needs --executor dask")
+    if executor == "serial":
+        workers = 1
+    on_dask = (scheduler or True) if executor == "dask" else None
     started = datetime.now()
     resolved = []
     for p in paths:
@@ -675,6 +753,7 @@ def ingest(
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
     remove_dead_scratch()
+    ensure_card_constraints(engine)
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
@@ -684,12 +763,14 @@ def ingest(
         bulk = _is_bulk(engine, len(to_read))
         if bulk:
             _drop_card_indexes(engine)
+            _drop_card_constraints(engine)
         total = len(to_read) + len(bad)
         done = 0
         scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
-            for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, scratch_dir)):
+            sink = scratch_dir if scratch_dir else COPY_TEXT
+            for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
                 _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
@@ -713,7 +794,9 @@ def ingest(
         raise
     finally:
         if bulk:
+            ensure_card_constraints(engine)
             ensure_card_indexes(engine)
+            _analyze(engine)
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary

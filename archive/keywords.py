@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from importlib.resources import files
 from pathlib import PurePath
 
+from archive.detectors import detectors_of_units
 from archive.exceptions import ConfigError
 from archive.headers import Card, HeaderUnit
 
@@ -25,6 +26,7 @@ MJD_EPOCH = datetime(1858, 11, 17)
 COLUMNS = (
     "instrument", "telescope", "obsid", "object", "frame_type", "band", "exptime",
     "date_obs", "mjd", "night", "ra", "dec", "airmass", "readout_mode", "frame_number",
+    "xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors",
 )  # fmt: skip
 _XRAY_TELESCOPES = frozenset(
     ("XMM", "CHANDRA", "NUSTAR", "SWIFT", "XTE", "EROSITA", "SRG", "NICER", "ROSAT",
@@ -138,6 +140,7 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
     row["mjd"] = (row["date_obs"] - MJD_EPOCH).total_seconds() / 86400 if row["date_obs"] else None
     row["night"] = _guarded(values, filename, "night", lambda: _night(values, row["date_obs"], xray))
     row["ra"], row["dec"] = _pointing(values, units)
+    row.update(_detector_columns(values, units))
     row["sources"] = json.dumps(values.sources, sort_keys=True)
     return row
 
@@ -259,6 +262,72 @@ def _frame_number(values: _Values, filename: str | None) -> int | None:
     if match:
         values.sources["frame_number"] = f"file name {match.group(0)!r}"
         return int(match.group(1))
+    return None
+
+
+# -- the detector -----------------------------------------------------------
+
+_BINNING = re.compile(r"^\s*(\d+)\s*[ x,*]\s*(\d+)\s*$")
+_KELVIN_ABOVE = 100.0  # no CCD runs above 100 C; a larger value is in kelvin
+
+
+def _detector_columns(values: _Values, units: list[HeaderUnit]) -> dict:
+    xbin, ybin = _binning(values)
+    detectors = detectors_of_units(units)
+    shapes = sorted({d.shape_text for d in detectors})
+    if len(shapes) > 1:
+        values.sources["detector_shape"] = f"detectors differ: {', '.join(shapes)}"
+    return {
+        "xbin": xbin, "ybin": ybin, "gain": _positive(values, "gain"), "ccd_temp": _ccd_temp(values),
+        "detector": values.text("detector") if len(detectors) <= 1 else None,
+        "detector_shape": shapes[0] if len(shapes) == 1 else None,
+        "n_detectors": len(detectors),
+    }
+
+
+def _binning(values: _Values) -> tuple[int | None, int | None]:
+    x, y = _whole(values, "xbinning"), _whole(values, "ybinning")
+    if x is not None and y is not None:
+        return x, y
+    for keyword in values.maps.sources.get("binning", ()):
+        card = values.card(keyword)
+        match = _BINNING.match(card[2]) if card is not None and card[4] == "s" else None
+        if match and int(match[1]) > 0 and int(match[2]) > 0:
+            values.note("binning", keyword, card)
+            return int(match[1]), int(match[2])
+    return x, y
+
+
+def _whole(values: _Values, field: str) -> int | None:
+    for keyword in values.maps.sources.get(field, ()):
+        number = values.number(keyword)
+        if number is not None and number >= 1 and number == int(number):
+            values.note(field, keyword, values.cards[keyword])
+            return int(number)
+    return None
+
+
+def _positive(values: _Values, field: str) -> float | None:
+    for keyword in values.maps.sources.get(field, ()):
+        number = values.number(keyword)
+        if number is not None and number > 0 and math.isfinite(number):
+            values.note(field, keyword, values.cards[keyword])
+            return number
+    return None
+
+
+def _ccd_temp(values: _Values) -> float | None:
+    """Degrees Celsius; a value above 100 is read as kelvin (SAAO's STE3
+    writes CCD-TEMP = 180.2), one below absolute zero is no temperature."""
+    for keyword in values.maps.sources.get("ccd_temp", ()):
+        number = values.number(keyword)
+        if number is None or not math.isfinite(number) or number < -273.15:
+            continue
+        values.note("ccd_temp", keyword, values.cards[keyword])
+        if number > _KELVIN_ABOVE:
+            values.sources["ccd_temp"] += " (kelvin)"
+            return round(number - 273.15, 6)
+        return number
     return None
 
 

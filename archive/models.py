@@ -273,6 +273,16 @@ class Exposure(Base):
     airmass: Mapped[float | None] = mapped_column(Float)
     readout_mode: Mapped[str | None] = mapped_column(Text)
     frame_number: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # the detector: binning, gain (e-/ADU), CCD temperature (C), its name when
+    # the file holds one, the shape its detectors share ("1020x1523", numpy
+    # order; NULL when they differ) and how many detectors the file has
+    xbin: Mapped[int | None] = mapped_column(Integer)
+    ybin: Mapped[int | None] = mapped_column(Integer)
+    gain: Mapped[float | None] = mapped_column(Float)
+    ccd_temp: Mapped[float | None] = mapped_column(Float)
+    detector: Mapped[str | None] = mapped_column(Text)
+    detector_shape: Mapped[str | None] = mapped_column(Text)
+    n_detectors: Mapped[int | None] = mapped_column(Integer)
     sources: Mapped[str | None] = mapped_column(Text)
 
 
@@ -313,6 +323,9 @@ class Run(Base):
     item: Mapped[str | None] = mapped_column(Text)  # what a per-item run worked on (an obsid, a group)
     stdout: Mapped[str | None] = mapped_column(Text)
     stderr: Mapped[str | None] = mapped_column(Text)
+    # A step's run over a selection is the parent of one run per item that
+    # made a product (so each product's inputs are its own).
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
 
 
 class RunInput(Base):
@@ -356,6 +369,35 @@ class Metric(Base):
     params_hash: Mapped[str] = mapped_column(String(64))
     file_version: Mapped[int] = mapped_column(Integer)
     hdu_index: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    mean: Mapped[float | None] = mapped_column(Float)
+    median: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    background: Mapped[float | None] = mapped_column(Float)
+    background_rms: Mapped[float | None] = mapped_column(Float)
+    saturation_level: Mapped[float | None] = mapped_column(Float)
+    saturated_fraction: Mapped[float | None] = mapped_column(Float)
+    nstars: Mapped[int | None] = mapped_column(Integer)
+    fwhm: Mapped[float | None] = mapped_column(Float)
+    fwhm_minor: Mapped[float | None] = mapped_column(Float)
+    fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
+    elongation: Mapped[float | None] = mapped_column(Float)
+    sharpness: Mapped[float | None] = mapped_column(Float)
+    pixel_scale: Mapped[float | None] = mapped_column(Float)
+
+
+class DetectorMetric(Base):
+    """Quality numbers of one detector of an exposure (the latest computation);
+    ``metrics`` holds the exposure's summary, the median over its detectors."""
+
+    __tablename__ = "detector_metrics"
+
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
+    detector: Mapped[str] = mapped_column(Text, primary_key=True)
+    hdu_index: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     min: Mapped[float | None] = mapped_column(Float)
     max: Mapped[float | None] = mapped_column(Float)
@@ -448,4 +490,82 @@ class Offset(Base):
     residual: Mapped[float | None] = mapped_column(Float)  # rms of matched stars after the fit, pixels
     chain_json: Mapped[str | None] = mapped_column(Text)  # ids of the offsets composed
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class XraySummary(Base):
+    """What an X-ray file's tables say, computed from its columns for one
+    version of the file (``file_version``; a changed file is summarized
+    again). ``kind``: events, spectrum, response, arf, lightcurve, gti,
+    image; ``role`` of a spectrum: source or background. Times are MJD (UTC),
+    durations in seconds. The links are catalogued files named by BACKFILE,
+    RESPFILE and ANCRFILE (NULL when absent, ``none`` or not catalogued; the
+    keyword's text is kept beside). ``error`` says why numbers are missing;
+    ``run_id`` is the run of the summary step that wrote the row."""
+
+    __tablename__ = "xray_summaries"
+
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    file_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    hdu_index: Mapped[int | None] = mapped_column(Integer)
+    counts: Mapped[float | None] = mapped_column(Float)
+    exposure_s: Mapped[float | None] = mapped_column(Float)
+    rate: Mapped[float | None] = mapped_column(Float)
+    net_rate: Mapped[float | None] = mapped_column(Float)
+    backscal: Mapped[float | None] = mapped_column(Float)
+    channels: Mapped[int | None] = mapped_column(Integer)
+    n_events: Mapped[int | None] = mapped_column(BigInteger)
+    gti_exposure_s: Mapped[float | None] = mapped_column(Float)
+    time_span_s: Mapped[float | None] = mapped_column(Float)
+    mean_rate: Mapped[float | None] = mapped_column(Float)
+    frac_rms: Mapped[float | None] = mapped_column(Float)
+    mjd_start: Mapped[float | None] = mapped_column(Float)
+    mjd_stop: Mapped[float | None] = mapped_column(Float)
+    mjd_mid: Mapped[float | None] = mapped_column(Float, index=True)
+    backfile: Mapped[str | None] = mapped_column(Text)
+    respfile: Mapped[str | None] = mapped_column(Text)
+    ancrfile: Mapped[str | None] = mapped_column(Text)
+    background_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    response_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    arf_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    warnings: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    computed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class NamedMetric(Base):
+    """A number by name for one exposure: from a wrapped tool's output
+    (``run_id`` says which run, its inputs give the lineage) or from a
+    person. The latest per exposure and name is the current value."""
+
+    __tablename__ = "named_metrics"
+    __table_args__ = (Index("ix_named_metrics_name_exposure_id_id", "name", "exposure_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16))  # tool | person
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    who: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class RegionFile(Base):
+    """A DS9 region file (text or a FITS region table) attached to an exposure."""
+
+    __tablename__ = "region_files"
+    __table_args__ = (UniqueConstraint("exposure_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))  # ds9, fits
+    frame: Mapped[str | None] = mapped_column(String(32))  # sky (fk5, icrs, ...), image, physical
+    n_shapes: Mapped[int] = mapped_column(Integer)
+    shapes: Mapped[str | None] = mapped_column(Text)  # e.g. "circle x2, polygon"
+    how: Mapped[str] = mapped_column(String(16))  # attach (a person), ingest (by its name)
     created_at: Mapped[datetime] = mapped_column(DateTime)

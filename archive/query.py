@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, case, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, cast, and_, case, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
@@ -124,6 +124,10 @@ class BoolOp:
 @dataclass(frozen=True)
 class Not:
     item: object
+
+
+# What a parsed selection is; programs may build one from these nodes.
+Node = Compare | In | Between | Match | IsNull | Frames | BoolOp | Not
 
 
 # -- tokens ------------------------------------------------------------------
@@ -298,6 +302,8 @@ class _Parser:
         self.take()
         if token.text == "hdr":
             return self.parse_header(token.pos)
+        if token.text.lower() == "metric" and self.tok.text == "[":
+            return self.parse_metric(token.pos)
         if self.accept("punct", "("):
             argument = self.parse_field()
             self.expect("punct", ")", "')'")
@@ -323,6 +329,13 @@ class _Parser:
         if not keyword:
             raise _error(self.text, key.pos, "empty keyword")
         return Header(keyword, hdu, pos)
+
+    def parse_metric(self, pos: int) -> Column:
+        """``metric['pileup']``: a named metric (from a tool or a person)."""
+        self.expect("punct", "[", "'[' after metric")
+        name = self.expect("string", None, "a quoted metric name such as 'pileup'")
+        self.expect("punct", "]", "']'")
+        return Column(f"metric['{str(name.value).strip().lower()}']", pos)
 
     def parse_condition(self, field: Field):
         if (op := self.accept("op")) is not None:
@@ -367,6 +380,73 @@ def parse(text: str):
     return _Parser(text).parse()
 
 
+# -- building trees in code ----------------------------------------------------
+#
+# Programs compose trees; only people write selection text. A value given
+# here is a value of the tree (bound as a parameter when compiled), so a
+# quote, a backslash or "' or 1 == 1" in it is only ever that value.
+
+Node = Compare | In | Between | Match | IsNull | Frames | BoolOp | Not
+
+
+def as_tree(selection: str | Node | None) -> Node | None:
+    """A person's selection text (parsed) or a tree (as is); None for all."""
+    if selection is None or isinstance(selection, str) and not selection.strip():
+        return None
+    return parse(selection) if isinstance(selection, str) else selection
+
+
+def compare(name: str, op: str, value) -> Compare:
+    """``name op value`` on a named column, e.g. ``compare("band", "==", "V")``."""
+    if op not in _OPS:
+        raise SelectionError(f"unknown comparison {op!r}")
+    return Compare(Column(name), op, value)
+
+
+def one_of(name: str, values) -> In:
+    """``name in (values)``."""
+    return In(Column(name), tuple(values))
+
+
+def is_null(name: str, negate: bool = False) -> IsNull:
+    return IsNull(Column(name), negate)
+
+
+def header_is(keyword: str, value) -> Compare:
+    """``hdr['KEYWORD'] == value``."""
+    return Compare(Header(" ".join(keyword.upper().split())), "==", value)
+
+
+def ids(values) -> In:
+    """The exposures with these ids."""
+    return In(Column("id"), tuple(int(v) for v in values))
+
+
+def all_of(*nodes: Node | str | None) -> Node | None:
+    """The AND of the given trees (text is parsed; None is left out)."""
+    items = tuple(node for node in (as_tree(n) for n in nodes) if node is not None)
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else BoolOp("and", items)
+
+
+def frame_ranges(node: Node | None) -> list[Frames]:
+    """The frame-number terms of a tree."""
+    found: list[Frames] = []
+
+    def walk(item):
+        if isinstance(item, Frames):
+            found.append(item)
+        elif isinstance(item, BoolOp):
+            for sub in item.items:
+                walk(sub)
+        elif isinstance(item, Not):
+            walk(item.item)
+
+    walk(node)
+    return found
+
+
 def parse_columns(text: str) -> list[Field]:
     """Parse ``frame_number,hdr['EXPTIME'],path`` into fields."""
     parser = _Parser(text)
@@ -408,39 +488,65 @@ FIELDS: dict[str, FieldDef] = {
     "header_hash": FieldDef(lambda: File.header_hash, "text", _FILES),
     "date_obs": FieldDef(lambda: Exposure.date_obs, "datetime"),
 }
-for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode"):
+for _name in ("instrument", "telescope", "obsid", "object", "frame_type", "band", "night", "readout_mode",
+              "detector", "detector_shape"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "text")
-for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number"):
+for _name in ("exptime", "mjd", "ra", "dec", "airmass", "frame_number", "xbin", "ybin", "gain", "ccd_temp",
+              "n_detectors"):
     FIELDS[_name] = FieldDef(lambda n=_name: getattr(Exposure, n), "number")
+# "2x2": x then y, as binning is spoken of
+FIELDS["binning"] = FieldDef(
+    lambda: cast(Exposure.xbin, String) + "x" + cast(Exposure.ybin, String), "text"
+)
 
 
 def _metric(name: str) -> Callable[[], ColumnElement]:
     return lambda: select(getattr(Metric, name)).where(Metric.exposure_id == Exposure.id).correlate(Exposure).scalar_subquery()
 
 
-def _current_flag(name: str) -> Callable[[], ColumnElement]:
-    """A column of the exposure's current flag: its latest from a person,
-    else its latest from a rule (as the ``current_flags`` view)."""
-    return lambda: (
-        select(getattr(Flag, name))
-        .where(Flag.exposure_id == Exposure.id)
-        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
-        .limit(1)
-        .correlate(Exposure)
-        .scalar_subquery()
+def current_flag_order(flag=Flag) -> tuple:
+    """The one rule of which flag of an exposure is current: a person's beats
+    a rule's, and the latest wins among equals (ORDER BY, first row)."""
+    return case((flag.source == "person", 0), else_=1), flag.id.desc()
+
+
+def current_flag(name: str, exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
+    """A column of the current flag of ``exposure_id`` (see :func:`current_flag_order`)."""
+    from sqlalchemy.orm import aliased
+
+    flag = aliased(Flag)
+    return (
+        select(getattr(flag, name)).where(flag.exposure_id == exposure_id).order_by(*current_flag_order(flag)).limit(1)
+        .correlate_except(flag).scalar_subquery()
     )
+
+
+def _current_flag(name: str) -> Callable[[], ColumnElement]:
+    return lambda: current_flag(name)
 
 
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
               "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
     FIELDS[_name] = FieldDef(_metric(_name), "number")
+def current_offset(exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
+    """The id of an exposure's current offset: its latest registration, the
+    one the user asked for last (whatever its stage). When that one failed,
+    the exposure has no current offset: an older one is never used instead.
+    The one rule for selections, ``offsets show`` and ``stack``."""
+    from sqlalchemy.orm import aliased
+
+    latest = aliased(Offset)
+    return (
+        select(latest.id).where(latest.exposure_id == exposure_id).order_by(latest.id.desc()).limit(1)
+        .correlate_except(latest).scalar_subquery()
+    )
+
+
 def _latest_offset(name: str) -> Callable[[], ColumnElement]:
-    """A column of the exposure's latest successful offset."""
+    """A column of the exposure's current offset (NULL when it failed)."""
     return lambda: (
         select(getattr(Offset, name))
-        .where(Offset.exposure_id == Exposure.id, Offset.status == "ok")
-        .order_by(Offset.id.desc())
-        .limit(1)
+        .where(Offset.id == current_offset(), Offset.status == "ok")
         .correlate(Exposure)
         .scalar_subquery()
     )
@@ -460,7 +566,10 @@ FIELDS["product"] = FieldDef(
     .correlate(Exposure).scalar_subquery(),
     "text",
 )
-FIELDS["grade"] = FieldDef(_current_flag("grade"), "text")
+# A frame nobody and no rule has graded has the grade 'ungraded' (not NULL),
+# so that "grade != 'bad'" keeps it.
+UNGRADED = "ungraded"
+FIELDS["grade"] = FieldDef(lambda: func.coalesce(_current_flag("grade")(), UNGRADED), "text")
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
 FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")
 
@@ -470,7 +579,16 @@ def register_field(name: str, expression: Callable[[], ColumnElement], kind: str
     FIELDS[name] = FieldDef(expression, kind, tables)
 
 
+from archive import xray_fields  # noqa: E402  (X-ray summaries, named metrics, regions)
+
+xray_fields.register(register_field)
+
+
 def _field_def(column: Column) -> FieldDef:
+    if column.name.startswith("metric['"):
+        from archive.xray_fields import named_metric
+
+        return FieldDef(named_metric(column.name[len("metric['") : -2]), "number")
     found = FIELDS.get(column.name)
     if found is None:
         close = difflib.get_close_matches(column.name, FIELDS, n=3)
@@ -585,11 +703,9 @@ class Compiler:
         return not_(self(node.item))
 
     def _frames(self, node: Frames):
-        singles = [low for low, high in node.ranges if low == high]
-        parts = [Exposure.frame_number.between(low, high) for low, high in node.ranges if low != high]
-        if singles:
-            parts.append(_in_values(Exposure.frame_number, singles, self.sqlite))
-        return _balanced(or_, parts)
+        # A frame number names a camera's raw exposure, never a product made from it.
+        return and_(_frame_condition(node, self.sqlite),
+                    Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None))))
 
     def _set_def(self, field: Field) -> FieldDef | None:
         if isinstance(field, Column) and FIELDS.get(field.name) and FIELDS[field.name].kind == "set":
@@ -730,6 +846,38 @@ class Compiler:
         return selects[0] if len(selects) == 1 else union_all(*selects)
 
 
+def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
+    singles = [low for low, high in node.ranges if low == high]
+    parts = [Exposure.frame_number.between(low, high) for low, high in node.ranges if low != high]
+    if singles:
+        parts.append(_in_values(Exposure.frame_number, singles, sqlite))
+    return _balanced(or_, parts)
+
+
+def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
+    """Frame numbers of the tree that raw exposures of several instruments
+    share: (frame number, [instrument, ...]). Such a number names no one frame."""
+    from sqlalchemy import distinct
+
+    terms = frame_ranges(node)
+    if not terms:
+        return []
+    raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
+    # what the whole selection picks, among the frame numbers it names
+    condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term, conn.dialect.name == "sqlite") for term in terms]))
+    rows = conn.execute(
+        select(Exposure.frame_number, func.coalesce(Exposure.instrument, "(no instrument)"))
+        .where(condition, raw, Exposure.frame_number.in_(
+            select(Exposure.frame_number).where(condition, raw).group_by(Exposure.frame_number)
+            .having(func.count(distinct(func.coalesce(Exposure.instrument, ""))) > 1)))
+        .distinct().order_by(Exposure.frame_number)
+    ).all()
+    found: dict[int, list[str]] = {}
+    for number, instrument in rows:
+        found.setdefault(int(number), []).append(instrument)
+    return [(number, sorted(names)) for number, names in found.items()]
+
+
 def _card_value(value):
     """Logicals are stored as 1/0 in value_num."""
     return float(value) if isinstance(value, bool) else value
@@ -777,11 +925,13 @@ def base_select(*columns, tables: set[str] | tuple[str, ...] = ("files", "roots"
     return statement
 
 
-def select_exposures(selection: str | None, dialect: str, *columns) -> Select:
-    """SELECT exposures.id (and ``columns``) WHERE the selection holds, joined
-    to files and roots only when the selection or the columns need them."""
+def select_exposures(selection: str | Node | None, dialect: str, *columns) -> Select:
+    """SELECT exposures.id (and ``columns``) WHERE the selection (a person's
+    text or a tree) holds, joined to files and roots only when the selection
+    or the columns need them."""
     compiler = Compiler(dialect)
-    where = compiler(parse(selection)) if selection and selection.strip() else None
+    node = as_tree(selection)
+    where = compiler(node) if node is not None else None
     tables = set(compiler.tables)
     if any(getattr(c, "table", None) is not None and c.table.name in ("files", "roots") for c in columns):
         tables |= {"files", "roots"}

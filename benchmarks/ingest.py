@@ -1,13 +1,26 @@
-"""Ingest and query speed, next to ccdproc.ImageFileCollection, in one run.
+"""Ingest and query speed on SQLite and PostgreSQL, next to peers of the same run.
 
-    python benchmarks/ingest.py [--single 5000] [--multi 1000] [--exposures 1000000] [--rounds 5]
+    python benchmarks/ingest.py [--single 5000] [--multi 1000] [--rounds 3]
+        [--rescan-files 48000] [--rss-files 100000] [--exposures 1000000]
+        [--backends sqlite,postgresql] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
 
-Prints files/s of a first ``obsarch ingest`` (the command, as a user runs
-it), of a re-scan of the unchanged tree, of
-``ccdproc.ImageFileCollection(location, keywords='*')`` on the same files,
-and the time of a two-predicate query (a normalized column and a header
-keyword) over N exposures loaded straight into a SQLite catalog.
-Needs ccdproc (``pip install '.[bench]'``).
+Prints, for each backend:
+
+- files/s of a first ``obsarch ingest`` (the command, as a user runs it) and
+  of ``Catalog.ingest``, next to ``ccdproc.ImageFileCollection(location,
+  keywords='*')`` on the same files in the same round;
+- a re-scan of an unchanged tree of ``--rescan-files`` files through the
+  command, next to that tree's first scan;
+- the peak memory of a first ingest of ``--rss-files`` files (the largest
+  process, and the sum over the command and its workers), next to the same
+  command on the small tree;
+- two-predicate queries (a normalized column and a header keyword) over
+  ``--exposures`` exposures loaded straight into the catalog, each with its
+  plan's shape, next to fetching as many ids by primary key.
+
+PostgreSQL catalogs are made in fresh schemas of ``--pg-url`` and dropped at
+the end. Needs ccdproc and psutil (``pip install '.[bench]'``); a size of 0
+skips a part.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 BANDS = ("U", "B", "V", "R", "I")
@@ -73,7 +87,7 @@ def data_bytes(naxis: tuple[int, int]) -> bytes:
     return b"\0" * ((size + 2879) // 2880 * 2880)
 
 
-def make_files(directory: Path, single: int, multi: int, seed: int = 1) -> None:
+def make_files(directory: Path, single: int, multi: int = 0, seed: int = 1) -> None:
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     shape = (64, 64)
@@ -88,42 +102,104 @@ def make_files(directory: Path, single: int, multi: int, seed: int = 1) -> None:
         (directory / f"mosaic{i:06d}.fits").write_bytes(b"".join(parts))
 
 
-def time_obsarch(db: Path, directory: Path) -> float:
+
+
+# -- backends ------------------------------------------------------------------
+
+
+class Backends:
+    """Fresh catalog URLs on each backend; PostgreSQL schemas dropped at the end."""
+
+    def __init__(self, work: Path, names: list[str], pg_url: str):
+        self.work, self.names, self.pg_url = work, names, pg_url
+        self.schemas: list[str] = []
+
+    def url(self, backend: str, label: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{self.work / (label + '.db')}"
+        import psycopg
+
+        schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        self.schemas.append(schema)
+        return f"{self.pg_url}?options=-csearch_path%3D{schema}"
+
+    def drop(self) -> None:
+        if not self.schemas:
+            return
+        import psycopg
+
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            for schema in self.schemas:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _env(url: str) -> dict:
     # As after a pip install, which compiles every module to bytecode: the
     # untimed ``obsarch init`` writes it here when the environment forbids it.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    env["OBSARCH_DB"] = f"sqlite:///{db}"
-    obsarch = Path(sys.executable).with_name("obsarch")
-    if not db.exists():
-        subprocess.run([str(obsarch), "init"], check=True, env=env, stdout=subprocess.DEVNULL)
+    env["OBSARCH_DB"] = url
+    return env
+
+
+def _obsarch() -> str:
+    return str(Path(sys.executable).with_name("obsarch"))
+
+
+def init_catalog(url: str) -> None:
+    subprocess.run([_obsarch(), "init"], check=True, env=_env(url), stdout=subprocess.DEVNULL)
+
+
+def time_obsarch(url: str, directory: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([str(obsarch), "ingest", str(directory)], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([_obsarch(), "ingest", str(directory)], check=True, env=_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def peak_memory(url: str, directory: Path) -> tuple[float, float, float]:
+    """A first ``obsarch ingest`` of ``directory``: (seconds, peak RSS of its
+    largest process, peak of the summed RSS of the command and its workers),
+    sampled every 50 ms; in MB."""
+    import psutil
+
+    start = time.perf_counter()
+    process = psutil.Popen([_obsarch(), "ingest", str(directory)], env=_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    largest = total = 0
+    while process.poll() is None:
+        try:
+            rss = [p.memory_info().rss for p in [process, *process.children(recursive=True)]]
+        except psutil.Error:
+            continue
+        largest, total = max(largest, *rss), max(total, sum(rss))
+        time.sleep(0.05)
+    if process.returncode:
+        raise RuntimeError(f"obsarch ingest {directory} exited with {process.returncode}")
+    return time.perf_counter() - start, largest / 1e6, total / 1e6
 
 
 def time_startup() -> float:
     """``obsarch --version``: Python and obsarch's imports, which every
     command pays once (median of five)."""
-    obsarch = Path(sys.executable).with_name("obsarch")
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        subprocess.run([str(obsarch), "--version"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([_obsarch(), "--version"], check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def time_library(db: Path, directory: Path) -> tuple[float, float]:
+def time_library(url: str, directory: Path) -> tuple[float, float]:
     """First scan and re-scan through the Python API: the scan itself,
     without the interpreter's start-up that the command line pays."""
     from archive.catalog import Catalog
 
-    catalog = Catalog.create(f"sqlite:///{db}")
+    catalog = Catalog.create(url)
     start = time.perf_counter()
     catalog.ingest([directory])
     first = time.perf_counter() - start
     rescans = []
-    for _ in range(5):
+    for _ in range(3):
         start = time.perf_counter()
         catalog.ingest([directory])
         rescans.append(time.perf_counter() - start)
@@ -146,54 +222,108 @@ def time_ccdproc(directory: Path) -> float | None:
     return time.perf_counter() - start
 
 
-def load_exposures(db: Path, n: int, cards_per_exposure: int, seed: int = 2) -> None:
+# -- the query catalog ---------------------------------------------------------
+
+OBSERVERS = ["ann"] * 33 + ["bob"] * 33 + ["eve"] * 33 + ["kim"]  # kim: 1 in 100
+
+
+def exposure_rows(n: int, cards_per_exposure: int, seed: int = 2, chunk: int = 50_000):
+    """(files, hdus, exposures, cards) rows of n exposures, chunk by chunk;
+    the same on both backends."""
+    rng = random.Random(seed)
+    for start in range(0, n, chunk):
+        ids = range(start + 1, min(n, start + chunk) + 1)
+        files = [(i, 1, f"f{i:07d}.fits", 8640, 0, "x", "present", 1, "2026-01-01", "2026-01-01") for i in ids]
+        hdus = [(i, 0, "PRIMARY", "image", "64x64", 16, cards_per_exposure) for i in ids]
+        exposures = [
+            (i, i, "science", rng.choice(BANDS), rng.uniform(1, 300), f"2017-08-{rng.randint(1, 28):02d}", i, "BenchCam")
+            for i in ids
+        ]
+        cards = []
+        for i in ids:
+            cards.append((i, 0, 0, "CCD-TEMP", None, rng.uniform(-30, -10), "f", None))
+            cards.append((i, 0, 1, "OBSERVER", rng.choice(OBSERVERS), None, "s", None))
+            for k in range(2, cards_per_exposure):
+                value = rng.uniform(0, 1000)
+                cards.append((i, 0, k, f"KEY{k:03d}", f"{value:.3f}", value, "f", None))
+        yield files, hdus, exposures, cards
+
+
+FILE_COLUMNS = "id, root_id, relpath, size, mtime_ns, header_hash, status, version, first_seen, last_seen"
+EXPOSURE_COLUMNS = "id, file_id, frame_type, band, exptime, night, frame_number, instrument"
+
+
+def load_sqlite(url: str, n: int, cards_per_exposure: int) -> None:
     """Put n exposures (file, HDU, cards, normalized row) straight into an
     obsarch catalog, as many ingests would have."""
-    from archive.db import make_engine, upgrade
+    from archive import ingest
+    from archive.catalog import Catalog
 
-    engine = make_engine(f"sqlite:///{db}")
-    upgrade(engine)
-    engine.dispose()
-    rng = random.Random(seed)
-    conn = sqlite3.connect(db)
+    catalog = Catalog.create(url)
+    ingest._drop_card_indexes(catalog.engine)  # built after, as a first ingest does
+    catalog.engine.dispose()
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("INSERT INTO roots (id, path, created_at) VALUES (1, '/bench', '2026-01-01')")
-    chunk = 50_000
-    for start in range(0, n, chunk):
-        ids = range(start + 1, min(n, start + chunk) + 1)
-        conn.executemany(
-            "INSERT INTO files (id, root_id, relpath, size, mtime_ns, header_hash, status, version, first_seen, last_seen)"
-            " VALUES (?, 1, ?, 8640, 0, 'x', 'present', 1, '2026-01-01', '2026-01-01')",
-            ((i, f"f{i:07d}.fits") for i in ids),
-        )
-        conn.executemany(
-            "INSERT INTO hdus (file_id, hdu_index, extname, hdu_type, shape, bitpix, ncards) VALUES (?, 0, 'PRIMARY', 'image', '64x64', 16, ?)",
-            ((i, cards_per_exposure) for i in ids),
-        )
-        conn.executemany(
-            "INSERT INTO exposures (id, file_id, frame_type, band, exptime, night, frame_number, instrument)"
-            " VALUES (?, ?, 'science', ?, ?, ?, ?, 'BenchCam')",
-            ((i, i, rng.choice(BANDS), rng.uniform(1, 300), f"2017-08-{rng.randint(1, 28):02d}", i) for i in ids),
-        )
-        rows = []
-        for i in ids:
-            rows.append((i, 0, 0, "CCD-TEMP", None, rng.uniform(-30, -10), "f", None))
-            rows.append((i, 0, 1, "OBSERVER", rng.choice(["ann", "bob", "eve"]), None, "s", None))
-            for k in range(2, cards_per_exposure):
-                value = rng.uniform(0, 1000)
-                rows.append((i, 0, k, f"KEY{k:03d}", f"{value:.3f}", value, "f", None))
-        conn.executemany("INSERT INTO header_cards VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    for files, hdus, exposures, cards in exposure_rows(n, cards_per_exposure):
+        conn.executemany(f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", files)
+        conn.executemany("INSERT INTO hdus (file_id, hdu_index, extname, hdu_type, shape, bitpix, ncards) VALUES (?, ?, ?, ?, ?, ?, ?)", hdus)
+        conn.executemany(f"INSERT INTO exposures ({EXPOSURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", exposures)
+        conn.executemany("INSERT INTO header_cards VALUES (?, ?, ?, ?, ?, ?, ?, ?)", cards)
         conn.commit()
-    conn.execute("ANALYZE")
-    conn.commit()
     conn.close()
+    ingest.ensure_card_indexes(catalog.engine)
+    with catalog.engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE")
+    catalog.engine.dispose()
 
 
-def time_query(db: Path, selection: str, repeat: int = 7) -> tuple[float, int]:
+def load_postgresql(url: str, n: int, cards_per_exposure: int) -> None:
+    """The same rows by COPY, the card table's keys and indexes built after
+    (as a first ingest does), then ANALYZE."""
+    from archive import ingest
     from archive.catalog import Catalog
 
-    catalog = Catalog(f"sqlite:///{db}")
+    catalog = Catalog.create(url)
+    ingest._drop_card_indexes(catalog.engine)
+    ingest._drop_card_constraints(catalog.engine)
+    with catalog.engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        cursor.execute("INSERT INTO roots (id, path, created_at) VALUES (1, '/bench', '2026-01-01')")
+        for files, hdus, exposures, cards in exposure_rows(n, cards_per_exposure):
+            for table, columns, rows in (
+                ("files", FILE_COLUMNS, files),
+                ("hdus", "file_id, hdu_index, extname, hdu_type, shape, bitpix, ncards", hdus),
+                ("exposures", EXPOSURE_COLUMNS, exposures),
+                ("header_cards", "file_id, hdu_index, position, keyword, value_text, value_num, vtype, comment", cards),
+            ):
+                with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        conn.connection.driver_connection.commit()
+    ingest.ensure_card_constraints(catalog.engine)
+    ingest.ensure_card_indexes(catalog.engine)
+    with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+    catalog.engine.dispose()
+
+
+def plan_shape(catalog, selection: str) -> str:
+    """The plan of the selection's statement, in one line."""
+    from archive.query import select_exposures
+
+    statement = select_exposures(selection, catalog.dialect)
+    with catalog.engine.connect() as conn:
+        sql = str(statement.compile(conn, compile_kwargs={"literal_binds": True}))
+        if catalog.dialect == "sqlite":
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+            return "; ".join(row[-1] for row in rows)
+        rows = conn.exec_driver_sql(f"EXPLAIN (COSTS OFF) {sql}").all()
+        return "; ".join(" ".join(row[0].replace("->", "").split()) for row in rows if "->" in row[0] or not row[0].startswith(" "))
+
+
+def time_query(catalog, selection: str, repeat: int = 7) -> tuple[float, int]:
     catalog.exposure_ids(selection)  # warm
     times = []
     for _ in range(repeat):
@@ -203,71 +333,166 @@ def time_query(db: Path, selection: str, repeat: int = 7) -> tuple[float, int]:
     return statistics.median(times), len(ids)
 
 
+def time_fetch_ids(catalog, count: int, repeat: int = 7) -> float:
+    """The peer of a query: fetching as many exposure ids by primary key."""
+    from sqlalchemy import select
+
+    from archive.models import Exposure
+
+    statement = select(Exposure.id).where(Exposure.id <= count).order_by(Exposure.id)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with catalog.engine.connect() as conn:
+            list(conn.execute(statement).scalars())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+SELECTIONS = (
+    "band == 'V' and hdr['CCD-TEMP'] < -29.5",  # numeric, selective
+    "band == 'V' and hdr['CCD-TEMP'] < -25",  # numeric, unselective
+    "hdr['OBSERVER'] == 'kim' and band == 'V'",  # text, selective
+    "hdr['OBSERVER'] == 'eve' and night == '2017-08-03'",  # text, unselective keyword
+    "hdr['OBSERVER'] == 'eve' and band == 'V'",  # text, both unselective
+    "hdr['KEY007'] between 500 and 500.5",  # one keyword
+)
+
+
+# -- the parts -------------------------------------------------------------------
+
+
+def ingest_rounds(args, backends: Backends, data: Path, n: int) -> None:
+    # The machine's speed drifts between runs (shared virtual cores), so
+    # each round times every reader once, back to back, and the speed-ups
+    # are taken within a round; the table gives the median round.
+    rounds: dict[str, list[tuple]] = {b: [] for b in backends.names}
+    peers = []
+    for r in range(args.rounds):
+        peer = time_ccdproc(data)
+        peers.append(peer)
+        line = [f"round {r + 1}: ImageFileCollection {peer:.2f} s" if peer else f"round {r + 1}:"]
+        for backend in backends.names:
+            url = backends.url(backend, f"cat{r}")
+            init_catalog(url)
+            first = time_obsarch(url, data)
+            rescan = time_obsarch(url, data)
+            lib_first, lib_rescan = time_library(backends.url(backend, f"lib{r}"), data)
+            rounds[backend].append((peer, first, rescan, lib_first, lib_rescan))
+            ratio = f" ({peer / first:.1f}x)" if peer else ""
+            line.append(f"{backend} command {first:.2f} s{ratio}, Catalog.ingest {lib_first:.2f} s")
+        print("; ".join(line), flush=True)
+    if None in peers:
+        print("ccdproc not installed: pip install '.[bench]' to measure ImageFileCollection")
+    else:
+        peer = statistics.median(peers)
+        print(f"\n{'':46}{'seconds':>9}{'files/s':>10}   (median of {args.rounds} rounds)")
+        print(f"{'ccdproc.ImageFileCollection(keywords=*)':46}{peer:9.2f}{n / peer:10.0f}")
+    for backend, rows in rounds.items():
+        _, first, rescan, lib_first, lib_rescan = (statistics.median(column) for column in zip(*rows))
+        print(f"{backend + ': obsarch ingest, command (first scan)':46}{first:9.2f}{n / first:10.0f}")
+        print(f"{backend + ': obsarch ingest, command (re-scan)':46}{rescan:9.2f}{n / rescan:10.0f}")
+        print(f"{backend + ': Catalog.ingest, in Python (first scan)':46}{lib_first:9.2f}{n / lib_first:10.0f}")
+        print(f"{backend + ': Catalog.ingest, in Python (re-scan)':46}{lib_rescan:9.3f}{n / lib_rescan:10.0f}")
+        if None not in peers:
+            command = [p / f for p, f, *_ in rows]
+            library = [p / f for p, _, _, f, _ in rows]
+            print(f"{backend}: first scan {statistics.median(command):.1f}x ImageFileCollection via the command "
+                  f"(rounds {min(command):.1f}-{max(command):.1f}x), {statistics.median(library):.1f}x in Python")
+    print(f"a command's start-up alone (obsarch --version): {time_startup():.2f} s", flush=True)
+
+
+def big_tree(args, backends: Backends, work: Path) -> None:
+    """Re-scan of --rescan-files unchanged files; peak memory of a first
+    ingest of --rss-files (the re-scan tree and more beside it)."""
+    tree = work / "tree"
+    start = time.perf_counter()
+    make_files(tree / "a", args.rescan_files, seed=3)
+    if args.rss_files > args.rescan_files:
+        make_files(tree / "b", args.rss_files - args.rescan_files, seed=4)
+    print(f"\nmade {args.rescan_files} + {max(0, args.rss_files - args.rescan_files)} files in {time.perf_counter() - start:.0f} s", flush=True)
+    small_peaks = {}
+    for backend in backends.names:
+        url = backends.url(backend, "small")
+        init_catalog(url)
+        small_peaks[backend] = peak_memory(url, work / "frames")
+    for backend in backends.names:
+        if args.rescan_files:
+            url = backends.url(backend, "rescan")
+            init_catalog(url)
+            first = time_obsarch(url, tree / "a")
+            rescans = [time_obsarch(url, tree / "a") for _ in range(3)]
+            rescan = statistics.median(rescans)
+            print(f"{backend}: re-scan of {args.rescan_files} unchanged files via the command {rescan:.2f} s "
+                  f"(runs {min(rescans):.2f}-{max(rescans):.2f} s), {first / rescan:.0f}x faster than its first scan "
+                  f"{first:.1f} s ({args.rescan_files / first:.0f} files/s)", flush=True)
+        if args.rss_files:
+            url = backends.url(backend, "rss")
+            init_catalog(url)
+            seconds, largest, total = peak_memory(url, tree)
+            _, s_largest, s_total = small_peaks[backend]
+            print(f"{backend}: first ingest of {args.rss_files} files ({seconds:.0f} s): peak RSS {largest:.0f} MB "
+                  f"(largest process), {total:.0f} MB (command and workers summed); the same command on the "
+                  f"{args.single + args.multi} files: {s_largest:.0f} MB, {s_total:.0f} MB", flush=True)
+    shutil.rmtree(tree, ignore_errors=True)
+
+
+def queries(args, backends: Backends) -> None:
+    from archive.catalog import Catalog
+
+    results = {}
+    for backend in backends.names:
+        url = backends.url(backend, "big")
+        start = time.perf_counter()
+        (load_sqlite if backend == "sqlite" else load_postgresql)(url, args.exposures, args.cards)
+        print(f"\n{backend}: {args.exposures} exposures x {args.cards} cards loaded in {time.perf_counter() - start:.0f} s", flush=True)
+        catalog = Catalog(url)
+        for selection in SELECTIONS:
+            seconds, count = time_query(catalog, selection)
+            peer = time_fetch_ids(catalog, count)
+            results.setdefault(selection, {})[backend] = seconds
+            print(f"{backend}: {selection!r:54} {seconds * 1000:7.1f} ms  ({count} exposures; "
+                  f"fetching {count} ids by primary key {peer * 1000:.1f} ms)")
+            print(f"    plan: {plan_shape(catalog, selection)}", flush=True)
+        catalog.engine.dispose()
+    if len(backends.names) > 1:
+        print("\nside by side (ms): " + ", ".join(backends.names))
+        for selection, by_backend in results.items():
+            print(f"  {selection!r:54} " + "  ".join(f"{by_backend[b] * 1000:7.1f}" for b in backends.names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--single", type=int, default=5000)
     parser.add_argument("--multi", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="times every reader is timed")
+    parser.add_argument("--rescan-files", type=int, default=48_000)
+    parser.add_argument("--rss-files", type=int, default=100_000)
     parser.add_argument("--exposures", type=int, default=1_000_000)
     parser.add_argument("--cards", type=int, default=12, help="cards per exposure in the query catalog")
-    parser.add_argument("--rounds", type=int, default=5, help="times every reader is timed")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pg-url", default=os.environ.get("OBSARCH_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="obsarch-bench-"))
+    backends = Backends(work, args.backends.split(","), args.pg_url)
     try:
         data = work / "frames"
         make_files(data, args.single, args.multi)
         n = args.single + args.multi
         for path in data.iterdir():  # warm cache for every reader
             path.read_bytes()
-        print(f"{n} files ({args.single} single-HDU, {args.multi} with 4 extensions), ~150 cards per header, {os.cpu_count()} cores")
-
-        # The machine's speed drifts between runs (shared virtual cores), so
-        # each round times every reader once, back to back, and the speed-ups
-        # are taken within a round; the table gives the median round.
-        rounds = []
-        for r in range(args.rounds):
-            peer = time_ccdproc(data)
-            first = time_obsarch(work / f"cat{r}.db", data)
-            rescan = time_obsarch(work / f"cat{r}.db", data)
-            lib_first, lib_rescan = time_library(work / f"lib{r}.db", data)
-            rounds.append((peer, first, rescan, lib_first, lib_rescan))
-            if peer is not None:
-                print(f"round {r + 1}: ImageFileCollection {peer:.2f} s, obsarch ingest {first:.2f} s "
-                      f"({peer / first:.1f}x), Catalog.ingest {lib_first:.2f} s ({peer / lib_first:.1f}x)")
-        peer, first, rescan, lib_first, lib_rescan = (
-            statistics.median(column) if None not in column else None for column in zip(*rounds)
-        )
-        print(f"{'':44}{'seconds':>9}{'files/s':>10}   (median of {args.rounds} rounds)")
-        print(f"{'obsarch ingest, command (first scan)':44}{first:9.2f}{n / first:10.0f}")
-        print(f"{'obsarch ingest, command (re-scan)':44}{rescan:9.2f}{n / rescan:10.0f}")
-        print(f"{'Catalog.ingest, in Python (first scan)':44}{lib_first:9.2f}{n / lib_first:10.0f}")
-        print(f"{'Catalog.ingest, in Python (re-scan)':44}{lib_rescan:9.3f}{n / lib_rescan:10.0f}")
-        if peer is None:
-            print("ccdproc not installed: pip install '.[bench]' to measure ImageFileCollection")
-        else:
-            print(f"{'ccdproc.ImageFileCollection(keywords=*)':44}{peer:9.2f}{n / peer:10.0f}")
-            command = statistics.median(p / f for p, f, *_ in rounds)
-            library = statistics.median(p / f for p, _, _, f, _ in rounds)
-            print(f"first scan: {command:.1f}x ImageFileCollection (command), {library:.1f}x (in Python); "
-                  "median of the rounds' ratios")
-        print(f"re-scan: {first / rescan:.0f}x the first scan (command, start-up included), "
-              f"{lib_first / lib_rescan:.0f}x (in Python); a command's start-up alone "
-              f"(obsarch --version) takes {time_startup():.2f} s")
-
-        start = time.perf_counter()
-        load_exposures(work / "big.db", args.exposures, args.cards)
-        print(f"\n{args.exposures} exposures x {args.cards} cards loaded into SQLite in {time.perf_counter() - start:.0f} s"
-              f" ({(work / 'big.db').stat().st_size / 1e9:.2f} GB)")
-        for selection in (
-            "band == 'V' and hdr['CCD-TEMP'] < -29.5",
-            "band == 'V' and hdr['CCD-TEMP'] < -25",
-            "hdr['OBSERVER'] == 'eve' and night == '2017-08-03'",
-            "hdr['KEY007'] between 500 and 500.5",
-        ):
-            seconds, count = time_query(work / "big.db", selection)
-            print(f"query {selection!r:58} {seconds * 1000:7.1f} ms  ({count} exposures)")
+        print(f"{n} files ({args.single} single-HDU, {args.multi} with 4 extensions), ~150 cards per header, "
+              f"{os.cpu_count()} cores; backends: {', '.join(backends.names)}", flush=True)
+        if args.rounds:
+            ingest_rounds(args, backends, data, n)
+        if args.rescan_files or args.rss_files:
+            big_tree(args, backends, work)
+        if args.exposures:
+            queries(args, backends)
     finally:
+        backends.drop()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -43,12 +44,18 @@ def make_frames(directory: Path, n: int, size: int, seed: int = 7) -> list[Path]
     return paths
 
 
-def observer_script(paths: list[Path]) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def observer_script(paths: list[Path]) -> tuple[float, float]:
     """What observers do today, one file after another."""
     from astropy.stats import sigma_clipped_stats
     from photutils.detection import DAOStarFinder
 
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for path in paths:
@@ -56,27 +63,28 @@ def observer_script(paths: list[Path]) -> float:
             mean, median, std = sigma_clipped_stats(data, sigma=3.0)
             sources = DAOStarFinder(fwhm=3.0, threshold=5.0 * std)(data - median)
             assert sources is not None and len(sources) > 0
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def obsarch(paths: list[Path], work: Path, workers: int) -> float:
+def obsarch(paths: list[Path], work: Path, workers: int) -> tuple[float, float]:
     from archive.catalog import Catalog
     from processing import quality
 
-    catalog = Catalog.create(f"sqlite:///{work / f'q{workers}.db'}")
+    catalog = Catalog.create(f"sqlite:///{work / f'q{workers}-{time.monotonic_ns()}.db'}")
     catalog.ingest([paths[0].parent])
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     summary = quality.compute(catalog.engine, workers=workers)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert summary.computed == len(paths), summary
     catalog.engine.dispose()
-    return seconds
+    return seconds, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the measurements (this machine's speed drifts)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="obsarch-bench-quality-"))
     try:
@@ -85,14 +93,15 @@ def main() -> None:
             path.read_bytes()
         cores = os.cpu_count() or 1
         print(f"{args.frames} frames of {args.size}x{args.size} 16-bit, ~400 stars each, {cores} cores")
-        peer = observer_script(paths)
-        one = obsarch(paths, work, 1)
-        every = obsarch(paths, work, cores)
-        print(f"{'':52}{'seconds':>9}{'frames/s':>10}")
-        print(f"{'sigma_clipped_stats + DAOStarFinder, one by one':52}{peer:9.2f}{args.frames / peer:10.2f}")
-        print(f"{'obsarch quality compute, 1 process':52}{one:9.2f}{args.frames / one:10.2f}")
-        print(f"{f'obsarch quality compute, {cores} processes':52}{every:9.2f}{args.frames / every:10.2f}")
-        print("obsarch measures more per frame: Background2D, segmentation, PSF-fit FWHM, elongation, saturation")
+        print(f"{'':52}{'seconds':>9}{'frames/s':>10}{'CPU s':>8}{'frames/CPU s':>14}")
+        for round_ in range(1, args.rounds + 1):
+            rows = [("sigma_clipped_stats + DAOStarFinder, one by one", *observer_script(paths)),
+                    ("obsarch quality compute, 1 process", *obsarch(paths, work, 1)),
+                    (f"obsarch quality compute, {cores} processes", *obsarch(paths, work, cores))]
+            for label, seconds, cpu in rows:
+                print(f"{label:52}{seconds:9.2f}{args.frames / seconds:10.2f}{cpu:8.2f}{args.frames / cpu:14.2f}")
+            print(f"round {round_}: obsarch on 1 process {rows[0][1] / rows[1][1]:.2f}x the observer script's speed")
+        print("obsarch measures more per frame: mesh background, segmentation, PSF-fit FWHM, elongation, saturation")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

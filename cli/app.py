@@ -12,6 +12,7 @@ import click
 import typer
 
 from archive import __version__
+
 from archive.exceptions import ObsarchError
 from cli.render import Format, err_console
 
@@ -134,13 +135,7 @@ def load_config():
 @contextmanager
 def progress(label: str):
     """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:

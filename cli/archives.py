@@ -12,13 +12,7 @@ from cli.render import Format, console, err_console, show_frame
 
 
 def _bytes_bar():
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console,
                     transient=True)
@@ -87,6 +81,10 @@ def fetch_command(
                   f"{summary.linked} exposures linked to their observation", soft_wrap=True)
     for url, reason in queue.failed[:20]:
         err_console.print(f"  {url}: {reason}", markup=False, soft_wrap=True)
+    if queue.done:
+        from cli.xray import catch_up
+
+        catch_up(engine)  # downloaded X-ray files get their summaries
     if queue.failed:  # partial: what arrived is stored; the queue keeps the failures with their reasons
         err_console.print(f"{len(queue.failed)} of {len(queue.failed) + queue.done} files failed: see `obsarch downloads`; "
                           "`obsarch fetch --retry-failed` tries them again", markup=False)

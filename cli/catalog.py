@@ -11,8 +11,10 @@ from cli.app import (
     DEFAULT_TIMEOUT_S,
     STATE,
     ByIdOption,
+    ExecutorOption,
     FormatOption,
     RefArg,
+    SchedulerOption,
     TimeoutOption,
     WorkersOption,
     command,
@@ -27,16 +29,23 @@ from cli.render import Format, _cell, console, err_console, show_frame
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
     workers: WorkersOption = None,
+    executor: ExecutorOption = "pool",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Scan directories into the catalog: new and changed files are read,
     vanished ones marked missing, unchanged ones only stat'ed.
+
+    With --executor dask the headers are read on the workers of a dask
+    cluster (sharing the file system, same paths) and this process writes.
 
     Example: obsarch ingest ~/data/ngc3293 ~/data/xmm
     """
     catalog = open_catalog()
     config = load_config()
     with progress("reading headers") as on_progress:
-        summary = catalog.ingest(paths, config=config, workers=workers, progress=on_progress)
+        summary = catalog.ingest(
+            paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress
+        )
     console.print(
         f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
@@ -46,6 +55,9 @@ def ingest(
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
+    from cli.xray import after_ingest
+
+    after_ingest(catalog.engine, summary)
     if summary.failed:  # partial: the others were stored
         err_console.print(f"{summary.failed} files failed, the others were stored; see `obsarch errors`", markup=False)
         raise typer.Exit(3)
@@ -93,6 +105,9 @@ def show(
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"
             console.print(line + (f" / {comment}" if comment else ""), markup=False, soft_wrap=True)
+    from cli.xray import show_xray
+
+    show_xray(catalog, exposure_id)
 
 
 @command()

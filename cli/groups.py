@@ -8,19 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
-from cli.app import (
-    FormatOption,
-    Selection,
-    WorkersOption,
-    align_app,
-    command,
-    group_app,
-    groups_app,
-    offsets_app,
-    open_catalog,
-    progress,
-)
+from cli.app import FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
+from archive.query import all_of, compare
 from cli.render import Format, console, err_console, show_frame
+from cli.steps import finish_step, merge_results
 
 GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]
 
@@ -57,7 +48,7 @@ def group_pointing(
 def group_by(
     keys: Annotated[str, typer.Argument(help="Comma-separated names or hdr['KEY'], e.g. band,readout_mode.")],
     selection: GroupSelectionOption = None,
-    prefix: Annotated[Optional[str], typer.Option(help="Put PREFIX: before each group's name.")] = None,
+    prefix: Annotated[Optional[str], typer.Option("--name", "--prefix", help="Name the groups NAME:band=V,...; making them again under NAME replaces them all.")] = None,
 ) -> None:
     """One group per distinct combination of values, named like band=V,readout_mode=SCI1.0.
 
@@ -67,6 +58,29 @@ def group_by(
 
     result = grouping.group_by_values(open_catalog().engine, keys, selection=selection, prefix=prefix)
     console.print(f"{len(result.groups)} groups by {keys}")
+    _show_groups(result)
+
+
+@command(group_app, "positions")
+def group_positions(
+    radius: Annotated[str, typer.Option(help="Join frames whose positions are closer than this, e.g. 20px.")],
+    name: Annotated[str, typer.Option(help="Groups are named NAME-1, NAME-2, ... in time order; again under NAME replaces them.")] = "position",
+    selection: GroupSelectionOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Group frames by their measured position on the sky, in pixels: from their
+    current offsets when they all have one onto one reference, else by registering
+    each frame onto the one before it (a drifting night no single reference
+    reaches). Each group's member nearest its centre is its reference, so that
+    `obsarch offsets compute --groups 'NAME-*'` is the second and last command of
+    a two-stage registration.
+
+    Example: obsarch group positions --radius 20px --name drift --selection "night == '2017-08-15'"
+    """
+    from processing import grouping
+
+    result = grouping.group_by_position(open_catalog().engine, radius=radius, name=name, selection=selection, workers=workers)
+    console.print(f"{len(result.groups)} groups by position (within {radius})")
     _show_groups(result)
 
 
@@ -106,13 +120,13 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
     Example: obsarch groups show B0
     """
     catalog = open_catalog()
-    quoted = name.replace("'", "''")
-    frame = catalog.query(f"group == '{quoted}'", columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
+    members = compare("group", "==", name)
+    frame = catalog.query(members, columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
     if frame.empty:
         from processing import grouping
 
         grouping.group_members(catalog.engine, name)  # says which groups exist
-    references = set(catalog.exposure_ids(f"group == '{quoted}' and group_role == 'reference'"))
+    references = set(catalog.exposure_ids(all_of(members, compare("group_role", "==", "reference"))))
     frame.insert(1, "role", ["reference" if i in references else "" for i in frame["id"]])
     show_frame(frame.sort_values("role", ascending=False, kind="stable"), fmt)
 
@@ -120,16 +134,20 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
 @command(offsets_app, "compute")
 def offsets_compute(
     selection: Selection = None,
-    reference: Annotated[Optional[str], typer.Option(help="The reference exposure (frame number or selection).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="The reference exposure, a frame number or selection (default: the best frame of the selection).")] = None,
     method: Annotated[str, typer.Option(help="stars (no starting guess), centroid (one star in --box) or wcs.")] = "stars",
     box: Annotated[Optional[str], typer.Option(help="x1:x2,y1:y2 around one star, 1-based (centroid method).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Register this group's members onto its reference.")] = None,
     groups: Annotated[Optional[str], typer.Option(help="Groups matching this glob: each onto its reference, then onto --reference.")] = None,
+    products: Annotated[bool, typer.Option("--products", help="Register products (calibrated frames...) of the selection too.")] = False,
     workers: WorkersOption = None,
 ) -> None:
-    """Measure the shift, rotation and scale of frames onto a reference.
+    """Measure the shift, rotation and scale of frames onto a reference. Without
+    --reference the best frame is chosen (not graded bad, smallest FWHM, most
+    stars; frames are measured first if need be) and named. A frame the star
+    matcher cannot register gets one more try for a pure shift (phase correlation).
 
-    Example: obsarch offsets compute "band == 'B' and grade != 'bad'" --reference 4056
+    Example: obsarch offsets compute "band == 'B' and grade != 'bad'"
     """
     import fnmatch
 
@@ -138,47 +156,48 @@ def offsets_compute(
     engine = open_catalog().engine
     reference_id = _one(engine, reference) if reference else None
     if groups:
-        if reference_id is None:
-            raise ObsarchError("--groups needs --reference, the global reference exposure")
         names = [g["name"] for g in grouping.list_groups(engine) if fnmatch.fnmatch(g["name"], groups)]
         if not names:
             raise ObsarchError(f"no group matches {groups!r}")
-        for name, summary in offsets.compute_multistage(engine, names, reference_id, workers=workers).items():
-            _report_offsets(f"group {name}", summary)
+        if reference_id is None:
+            members = sorted({e for name in names for e in offsets.group_exposures(engine, name)[1]})
+            reference_id = _automatic(engine, members, workers)
+        results = offsets.compute_multistage(engine, names, reference_id, workers=workers)
+        finish_step(merge_results("offsets", [r.step for r in results.values()]))
         return
     group_id = None
     if group:
         group_id, ids, group_reference = offsets.group_exposures(engine, group)
         reference_id = reference_id or group_reference
     elif selection:
-        ids = offsets.select_ids(engine, selection)
+        ids = offsets.select_ids(engine, selection, products=products)
     else:
         raise ObsarchError("say which exposures: a selection, --group NAME or --groups PATTERN")
     if not ids:
-        raise ObsarchError(f"no exposure matches {selection!r}")
+        raise ObsarchError(f"no {'' if products else 'raw '}exposure matches {selection!r}")
     if reference_id is None:
-        raise ObsarchError("give --reference, the exposure the others are registered onto")
+        reference_id = _automatic(engine, ids, workers)
     with progress("registering") as on_progress:
-        summary = offsets.compute_offsets(engine, ids, reference_id, method=method, box=box, group_id=group_id, workers=workers,
-                                          progress=on_progress)
-    _report_offsets("offsets", summary)
+        result = offsets.compute_offsets(engine, ids, reference_id, method=method, box=box, group_id=group_id, workers=workers,
+                                         progress=on_progress)
+    finish_step(result.step)
+
+
+def _automatic(engine, ids: list[int], workers) -> int:
+    from processing import offsets
+
+    reference_id, why = offsets.choose_reference(engine, ids, workers=workers)
+    console.print(why, markup=False, soft_wrap=True)
+    return reference_id
 
 
 def _one(engine, selection: str) -> int:
     from processing import offsets
 
-    ids = offsets.select_ids(engine, selection)
-    if len(ids) > 1:  # a frame number names the camera's frame, not its products
-        ids = offsets.select_ids(engine, f"({selection}) and product is null") or ids
+    ids = offsets.select_ids(engine, selection)  # a frame number names the camera's frame, not its products
     if len(ids) != 1:
-        raise ObsarchError(f"--reference {selection!r} selects {len(ids)} exposures; it must select one")
+        raise ObsarchError(f"--reference {selection!r} selects {len(ids)} raw exposures; it must select one")
     return ids[0]
-
-
-def _report_offsets(label: str, summary) -> None:
-    console.print(f"{label}: run {summary.run_id}: {summary.measured} registered, {len(summary.failed)} could not be")
-    for exposure_id, reason in summary.failed[:20]:
-        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
 
 
 @command(offsets_app, "show")
@@ -187,7 +206,7 @@ def offsets_show(
     group: Annotated[Optional[str], typer.Option(help="Offsets measured for this group.")] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """The latest offset of each exposure: dx, dy (px), rotation (deg), scale,
+    """The current offset of each exposure (its latest registration): dx, dy (px), rotation (deg), scale,
     uncertainties, matched stars, residual; MUSE's derotator angle when present.
 
     Example: obsarch offsets show --group B0
@@ -213,11 +232,14 @@ def align_catalogs(
     b: Annotated[Path, typer.Argument(help="Source list B.")],
     tolerance: Annotated[float, typer.Option(help="Match radius, arcsec.")] = 2.0,
     scale: Annotated[bool, typer.Option("--scale/--no-scale", help="Fit a scale too.")] = False,
+    max_shift: Annotated[float, typer.Option(help="Largest shift searched, arcsec (any rotation is searched).")] = 120.0,
     pairs: Annotated[bool, typer.Option(help="List the matched pairs.")] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Shift and rotation that take list A onto list B (e.g. X-ray sources onto
-    optical stars), found without a starting guess, with the residuals.
+    optical stars), found without a starting guess and at any rotation, with the
+    residuals and the match's significance. A match no better than chance is
+    refused (exit 3, one line): no transform is printed.
 
     Example: obsarch align catalogs chandra_srcs.csv muse_stars.csv
     """
@@ -225,10 +247,15 @@ def align_catalogs(
 
     from processing import offsets
 
-    result = offsets.align_catalogs(str(a), str(b), tolerance_arcsec=tolerance, fit_scale=scale)
+    try:
+        result = offsets.align_catalogs(str(a), str(b), tolerance_arcsec=tolerance, fit_scale=scale, max_shift_arcsec=max_shift)
+    except offsets.NotSignificant as exc:
+        err_console.print(f"align catalogs: refused: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     t = result.transform
     console.print(
-        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B; about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
+        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B ({result.chance:.1f} expected by chance; "
+        f"chance probability 10^{result.log10_p:.0f}, by {result.method}); about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
         f"shift east {t.dx:+.3f}\" +- {t.dx_err:.3f}, north {t.dy:+.3f}\" +- {t.dy_err:.3f}; rotation {t.rotation:+.4f} deg +- {t.rotation_err:.4f}; "
         f"scale {t.scale:.6f}; residual rms {t.residual:.3f}\"", markup=False, soft_wrap=True,
     )

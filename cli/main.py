@@ -10,14 +10,16 @@ import gc
 import sys
 
 # Each module registers its commands on the app; the order is the order of `obsarch --help`.
-from cli import (
-    admin,  # noqa: F401
-    archives,  # noqa: F401
-    catalog,  # noqa: F401,I001
-    groups,  # noqa: F401
-    processing,  # noqa: F401
-    quality,  # noqa: F401
-)
+from cli import catalog  # noqa: F401,I001
+from cli import quality  # noqa: F401
+from cli import groups  # noqa: F401
+from cli import processing  # noqa: F401
+from cli import calib_rules  # noqa: F401
+from cli import detectors  # noqa: F401
+from cli import archives  # noqa: F401
+from cli import admin  # noqa: F401
+from cli import xray  # noqa: F401
+from cli import web  # noqa: F401
 from cli.app import app
 
 __all__ = ["app", "run"]

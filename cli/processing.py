@@ -15,17 +15,20 @@ from cli.app import (
     SchedulerOption,
     Selection,
     WorkersOption,
-    app,
     calib_app,
     command,
     open_catalog,
     progress,
     reports_errors,
+    app,
 )
+from cli.calib_rules import HduOption, configured_rules, hdu_names
 from cli.render import Format, console, err_console, show_frame
+from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
-ToOption = Annotated[Optional[str], typer.Option("--to", help="Date or time, e.g. 2014-07-27.")]
+ToOption = Annotated[Optional[str], typer.Option(
+    "--to", help="What the frames are nearest to: a date (2014-07-27), a time, an MJD (56865.5), a frame number or a selection.")]
 MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
 SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
 MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
@@ -41,55 +44,47 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> Non
     show_frame(open_catalog().runs(limit))
 
 
-def _report_step(label: str, summary) -> None:
-    for path in summary.made:
-        console.print(f"{label}: wrote {path}", markup=False, soft_wrap=True)
-    for path in summary.skipped:
-        console.print(f"{label}: {path} is up to date (same inputs, parameters and code); skipped", markup=False, soft_wrap=True)
-    for path, reason in summary.failed:
-        err_console.print(f"{label}: {path}: {reason}", markup=False, soft_wrap=True)
-
-
-def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force) -> None:
+def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force, hdu=None) -> None:
     from processing import calibration
 
     params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
-    summary = calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
-                                      params=params, out_dir=out, force=force)
-    _report_step(f"master {kind}", summary)
+    finish_step(calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
+                                        params=params, out_dir=out, force=force, hdus=hdu_names(hdu),
+                                        rules=configured_rules()))
 
 
 @command(calib_app, "bias")
 def calib_bias(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
                sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
-               force: ForceOption = False) -> None:
+               force: ForceOption = False, hdu: HduOption = None) -> None:
     """A master bias from raw bias frames of one read-out mode.
 
     Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 11 --to 2014-07-27
     """
-    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force)
+    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
 
 
 @command(calib_app, "dark")
 def calib_dark(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
                sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
-               force: ForceOption = False) -> None:
+               force: ForceOption = False, hdu: HduOption = None) -> None:
     """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
 
     Example: obsarch calib dark "exptime == 300"
     """
-    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force)
+    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
 
 
 @command(calib_app, "flat")
 def calib_flat(selection: Selection = None, band: Annotated[Optional[str], typer.Option(help="The band.")] = None,
                nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median", sigma: SigmaOption = 3.0,
-               memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"), force: ForceOption = False) -> None:
+               memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"), force: ForceOption = False,
+               hdu: HduOption = None) -> None:
     """A master flat of one band: flats bias- and dark-subtracted, each scaled to a median of 1, combined.
 
     Example: obsarch calib flat --band V
     """
-    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force)
+    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force, hdu)
 
 
 @command()
@@ -100,9 +95,12 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="Directory for the calibrated frames.")] = Path("calibrated"),
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    hdu: HduOption = None,
 ) -> None:
-    """Bias, dark and flat correction of science frames, with the masters chosen by
-    rule (same read-out mode, same band for flats, nearest in time).
+    """Bias, dark and flat correction of science frames, detector by detector, with
+    the masters the calibration rules choose ([calibration] of obsarch.toml; see
+    `obsarch calib explain`). A frame no master fits is reported with the rule
+    that refused each candidate.
 
     Example: obsarch calibrate "frame_type == 'science' and night == '2017-08-15'"
     """
@@ -111,10 +109,9 @@ def calibrate(
     use = tuple(k for k in ("bias", "dark", "flat") if not (k == "dark" and no_dark) and not (k == "flat" and no_flat))
     with progress("calibrating") as on_progress:
         summary = calibration.calibrate(open_catalog().engine, selection, use=use, out_dir=out, workers=workers, executor=executor,
-                                        scheduler=scheduler, force=force, progress=on_progress)
-    console.print(f"calibrated {len(summary.made)}, up to date {len(summary.skipped)}, failed {len(summary.failed)}")
-    for path, reason in summary.failed[:20]:
-        err_console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+                                        scheduler=scheduler, force=force, progress=on_progress, rules=configured_rules(),
+                                        hdus=hdu_names(hdu))
+    finish_step(summary)
 
 
 @command(name="stack")
@@ -127,9 +124,11 @@ def stack_command(
     include_bad: Annotated[bool, typer.Option(help="Keep frames graded bad.")] = False,
     memory: MemoryOption = "2GB", workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    hdu: HduOption = None,
 ) -> None:
     """Resample frames onto their reference by their stored offsets and combine
-    them with rejection; writes the stack with a COVERAGE extension.
+    them with rejection, detector by detector; writes the stack with a COVERAGE
+    extension per detector.
 
     Example: obsarch stack "band == 'V' and grade in ('great', 'ok')" --method median --sigma-clip 3 --out stacks/
     """
@@ -138,8 +137,9 @@ def stack_command(
     with progress("resampling") as on_progress:
         summary = stacking.stack(open_catalog().engine, selection, method="sigclip" if sigma_clip else method,
                                  sigma=sigma_clip or 3.0, out_dir=out, name=name, include_bad=include_bad, memory=memory,
-                                 workers=workers, executor=executor, scheduler=scheduler, force=force, progress=on_progress)
-    _report_step("stack", summary)
+                                 workers=workers, executor=executor, scheduler=scheduler, force=force, progress=on_progress,
+                                 hdus=hdu_names(hdu))
+    finish_step(summary)
 
 
 @app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -152,23 +152,27 @@ def run_command(
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    metrics_from: Annotated[Optional[str], typer.Option("--metrics-from", help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
 ) -> None:
     """Run an external tool once per exposure, obsid or group, in parallel, in a
     working directory per item. Arguments after -- may hold {path}, {paths},
-    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}. Output is logged with the
+    {obsid}, {dir}, {group}, {id}, {frame}, {workdir}, {region}, {regions}. Output is logged with the
     run, written files become products with lineage, items done with the same
-    command and inputs are skipped.
+    command and inputs are skipped; with --metrics-from the numbers the tool
+    wrote are stored as metric['name'] of the item's exposures.
 
     Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- epchain exposure=2
     """
     from processing import external
 
-    summary = external.run_each(open_catalog().engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
-                                executor=executor, scheduler=scheduler, timeout=timeout, force=force)
-    console.print(f"{len(summary.done)} done, {len(summary.skipped)} already done (skipped), {len(summary.failed)} failed; "
-                  f"{summary.products} files registered as products")
-    for key, reason in summary.failed[:20]:
-        err_console.print(f"  {key}: {reason}", markup=False, soft_wrap=True)
+    engine = open_catalog().engine
+    summary = external.run_each(engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
+    if summary.products:
+        from cli.xray import catch_up
+
+        catch_up(engine)  # products that are X-ray files get their summaries
+    finish_step(summary)
 
 
 @command()

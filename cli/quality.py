@@ -22,13 +22,18 @@ from cli.app import (
     quality_app,
     report_app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.calib_rules import HduOption, hdu_names
+from cli.render import Format, console, show_frame
+from cli.steps import finish_step
 
 
 @command(quality_app, "compute")
-def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None) -> None:
+def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None,
+                    hdu: HduOption = None) -> None:
     """Measure frames: statistics, background, stars, FWHM, elongation, sharpness.
-    Frames measured before with the same parameters and unchanged files are skipped.
+    Every detector is measured and stored; the exposure's metrics (what selections
+    use) are the median over its detectors. Frames measured before with the same
+    parameters and unchanged files are skipped.
 
     Example: obsarch quality compute "frame_type == 'science'"
     """
@@ -37,10 +42,9 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
     catalog = open_catalog()
     params = quality.QualityParams.from_config(load_config())
     with progress("measuring") as on_progress:
-        summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress)
-    console.print(f"quality run {summary.run_id}: {summary.computed} measured, {summary.skipped} up to date, {summary.failed} could not be measured")
-    for exposure_id, reason in (summary.errors or [])[:20]:
-        err_console.print(f"  exposure {exposure_id}: {reason}", markup=False, soft_wrap=True)
+        summary = quality.compute(catalog.engine, selection, params=params, force=force, workers=workers, progress=on_progress,
+                                  hdus=hdu_names(hdu))
+    finish_step(summary)
 
 
 @command(quality_app, "rules")
@@ -112,6 +116,7 @@ def report_quality(
     import pandas as pd
 
     from processing import report
+    from web.report import write_html
 
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
@@ -121,5 +126,5 @@ def report_quality(
     if html_dir is not None:
         ids = catalog.exposure_ids(selection) if selection else None
         with progress("thumbnails") as on_progress:
-            result = report.write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
+            result = write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
         console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail)", soft_wrap=True)

@@ -39,10 +39,12 @@ def _cell(value) -> str:
 
 def show_frame(frame: "pd.DataFrame", fmt: Format = Format.table, title: str | None = None) -> None:
     """Print a DataFrame in the chosen format."""
+    from archive.results import to_csv, to_json
+
     if fmt is Format.csv:
-        typer.echo(frame.to_csv(index=False), nl=False)
+        typer.echo(to_csv(frame), nl=False)
     elif fmt is Format.json:
-        typer.echo(frame.to_json(orient="records", date_format="iso", indent=1))
+        typer.echo(to_json(frame))
     elif fmt is Format.ecsv:
         from astropy.table import Table as AstropyTable
 

@@ -4,4 +4,4 @@
 without loading alembic (tests/test_migrations.py checks that it matches).
 """
 
-HEAD = "0007"
+HEAD = "0007"  # 0007 (hostile input) follows 0011

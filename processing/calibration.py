@@ -1,36 +1,46 @@
-"""Calibration masters (bias, dark, flat) and calibrated science frames.
+"""Calibration masters (bias, dark, flat) and calibrated science frames,
+detector by detector.
 
-Masters are chosen the way observers choose them: one read-out mode, the N
+Masters are made the way observers make them: one read-out mode, the N
 frames nearest in time to a night, flats of one band each scaled to a median
-of 1. Each product is written atomically, ingested, and linked to its inputs;
-a step whose inputs, parameters and code are unchanged is skipped.
+of 1. Every detector of the inputs (``--hdu``: the ones named) is combined
+and written one after another, one HDU each with its EXTNAME and header, so
+``--memory`` bounds the step whatever the number of detectors. Which master
+calibrates which frame is decided by the declared rules of
+:mod:`processing.calib_rules`, apart from applying it here; a frame that no
+master fits fails with the rule that refused each candidate. Each product
+is written atomically, catalogued, and linked to its inputs; a step whose
+inputs, parameters and code are unchanged is skipped.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+from archive.db import transaction
+from archive.detectors import Detector, detectors_of_files, select_detectors
 from archive.exceptions import ObsarchError
+from archive.keywords import load_maps
+from archive.query import Node, compare, is_null, one_of
+from processing import detectors as pixels
+from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
 from processing.combine import DEFAULT_MEMORY, calibrate_array, combine_files, parse_memory
-from processing.executor import Progress, parallel_map
-from processing.runs import (
-    add_product,
-    done_before,
-    fingerprint,
-    record_inputs,
-    recorded_run,
-    set_fingerprint,
-    write_product,
-)
-from processing.steps import Frame, StepSummary, choose_master, frames, mjd_of, nearest, one_value, safe_name
+from processing.executor import Progress
+from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
+from processing.runs import params_hash, write_product
+from processing.steps import Frame, inherited, mjd_of, nearest, one_value, resolve, safe_name
 
-ALGORITHM = "calibration-1"
+ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
 KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
+# the keywords normalized columns come from: a master copies them from its
+# first input, so that its headers say what its catalog row says
+_SOURCED = ("instrument", "telescope", "band", "xbinning", "ybinning", "binning", "gain")
 
 
 @dataclass(frozen=True)
@@ -40,96 +50,217 @@ class MasterParams:
     memory: str = DEFAULT_MEMORY
 
 
-def _master_inputs(engine, kind: str, selection: str | None, band: str | None, count: int | None, to: str | None) -> list[Frame]:
-    types = "frame_type in ('flat', 'twilight')" if kind == "flat" else f"frame_type == '{kind}'"
-    extra = [types, "product is null"]
-    if band is not None:
-        extra.append(f"band == '{band}'")
-    candidates = frames(engine, selection, *extra)
+def _kind_condition(kind: str) -> Node:
+    return one_of("frame_type", ("flat", "twilight")) if kind == "flat" else compare("frame_type", "==", kind)
+
+
+def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None) -> tuple[list[Frame], str | None]:
+    """The raw frames a master combines, and why they are fewer than asked (if they are)."""
+    conditions = [_kind_condition(kind), is_null("product"), compare("band", "==", band) if band is not None else None]
+    candidates = resolve(engine, selection, *conditions)
     if not candidates:
-        raise ObsarchError(f"no raw {kind} frames match {selection or 'the catalog'}" + (f" in band {band}" if band else ""))
+        raise ObsarchError(f"no raw {kind} frames match {_shown(selection)}" + (f" in band {band}" if band else ""))
+    short = None
     if count is not None:
         if to is None:
-            raise ObsarchError("--nearest needs --to, the date or time the frames should be nearest to")
-        candidates = nearest(candidates, count, mjd_of(to))
+            raise ObsarchError("--nearest needs --to: a date, a time, an MJD, a frame number or a selection")
+        if len(candidates) < count:
+            short = f"--nearest {count} asked, only {len(candidates)} {kind} frames match"
+        candidates = nearest(candidates, count, mjd_of(engine, to))
     one_value(candidates, "readout_mode", kind)
     if kind == "flat":
         one_value(candidates, "band", kind)
     if kind == "dark":
         one_value(candidates, "exptime", kind)
-    return sorted(candidates, key=lambda f: f.mjd or 0)
+    return sorted(candidates, key=lambda f: f.mjd or 0), short
+
+
+def _shown(selection) -> str:
+    return repr(selection) if isinstance(selection, str) else "the catalog" if selection is None else "the selection"
+
+
+def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: dict[str, Frame]) -> str:
+    """``master_KIND_MODE[_BAND][_EXPs]_NIGHT_METHOD_DIGEST.fits``: the night is
+    the middle night of the inputs; the digest stands for the parameters, the
+    inputs and the masters used, so a master made otherwise never takes the
+    name (and the file) of another."""
+    values = inherited(inputs, kind)
+    parts = [f"master_{kind}", safe_name(values["readout_mode"])]
+    if kind == "flat":
+        parts.append(safe_name(values["band"]))
+    if kind == "dark":
+        parts.append(f"{safe_name(values['exptime'])}s")
+    parts += [values.get("night") or "unknown-night", params.method]
+    digest = params_hash(kind, {**asdict(params), "inputs": sorted(f.file_id for f in inputs),
+                                "masters": {k: m.file_id for k, m in masters.items()}}, ALGORITHM)[:8]
+    return "_".join(parts + [digest]) + ".fits"
+
+
+def _check_frame(task: tuple[str, tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+    """The shape of each detector of one input, read one at a time: reading
+    finds a corrupt frame before it spoils the combination. Runs in a worker."""
+    path, hdu_indices = task
+    shapes = []
+    with pixels.opened(path) as hdul:
+        for index in hdu_indices:
+            data = hdul[index].data
+            if data is None:
+                raise ObsarchError(f"{path}: HDU {index} has no data")
+            shapes.append(tuple(data.shape))
+            del data
+    return tuple(shapes)
+
+
+def detector_values(detectors: list[Detector]) -> dict:
+    """The catalog's detector columns of a product with these detectors."""
+    shapes = {d.shape_text for d in detectors}
+    return {"n_detectors": len(detectors), "detector_shape": shapes.pop() if len(shapes) == 1 else None}
+
+
+def _own_detectors(wanted: list[Detector], found: list[Detector], first: str) -> tuple[list[Detector], str | None]:
+    """An input's detectors matching the first input's by name and shape (one
+    detector each: with each other), or why it has none of them."""
+    by_name = {d.name: d for d in found}
+    if len(wanted) == 1 and len(found) == 1:
+        by_name = {wanted[0].name: found[0]}
+    own = []
+    for detector in wanted:
+        mine = by_name.get(detector.name)
+        if mine is None:
+            return [], f"no detector {detector.name}, which {first} has"
+        if mine.shape != detector.shape:
+            return [], f"detector {detector.name} is {mine.shape_text}, {first}'s is {detector.shape_text}"
+        own.append(mine)
+    return own, None
+
+
+class MasterStep(Step):
+    """A master of ``kind`` from raw frames, one HDU per detector: each frame
+    is checked in a worker (one unreadable frame, or one without the first
+    frame's detectors, costs only itself), then combined detector by detector."""
+
+    algorithm, item_runs, whole = ALGORITHM, False, True
+    work = staticmethod(_check_frame)
+
+    def __init__(self, engine, kind, selection, band, count, to, params: MasterParams, out_dir: Path,
+                 hdus: tuple[str, ...] | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES):
+        if kind not in KINDS:
+            raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
+        self.name, self.kind, self.master_params = f"master-{kind}", kind, params
+        self.inputs, self.shortfall = _master_inputs(engine, kind, selection, band, count, to)
+        first = self.inputs[0]
+        with transaction(engine) as conn:
+            self.found = detectors_of_files(conn, [f.file_id for f in self.inputs])
+        self.detectors = select_detectors(self.found[first.file_id], hdus)
+        if not self.detectors:
+            raise ObsarchError(f"{first.path}: no detector (image HDU with data) to combine")
+        needed = {"dark": ("bias",), "flat": ("bias", "dark")}.get(kind, ())
+        self.masters = _masters_for(engine, first, needed, rules, hdus)
+        self.target = (Path(out_dir) / master_name(kind, self.inputs, params, self.masters)).resolve()
+
+    def params(self) -> dict:
+        return {"kind": self.kind, **asdict(self.master_params), "masters": {k: m.file_id for k, m in self.masters.items()},
+                "master_contents": {k: m.content for k, m in self.masters.items()}, "out": str(self.target),
+                "detectors": [d.name for d in self.detectors]}
+
+    def items(self, engine) -> list[Item]:
+        first = Path(self.inputs[0].path).name
+        items = []
+        for frame in self.inputs:
+            own, error = _own_detectors(self.detectors, self.found[frame.file_id], first)
+            items.append(Item(frame.path, (frame.path, tuple(d.hdu_index for d in own)),
+                              [Input(frame.file_id, "frame", frame.content)], error=error, data=(frame, own)))
+        return items
+
+    def finish(self, out: Writer, done, failed) -> str | None:
+        used = [item.data[0] for item, _ in done]
+        hdus = {item.data[0].file_id: [d.hdu_index for d in item.data[1]] for item, _ in done}
+        out.inputs([Input(m.file_id, k, m.content) for k, m in self.masters.items()])
+        combine = _detector_combiner(self.kind, used, hdus, self.detectors, self.masters, self.master_params)
+        header = _master_header(self.kind, used, self.masters, self.master_params)
+        with pixels.opened(used[0].path) as hdul:
+            own = dict(zip((d.name for d in self.detectors), done[0][0].data[1]))
+            headers = {name: pixels.detector_header(hdul, d) for name, d in own.items()}
+        write_product(self.target, lambda tmp: pixels.write_detectors(
+            tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
+        values = {**inherited(used, self.kind), **detector_values(self.detectors)}
+        out.product(self.target, f"master_{self.kind}", values)
+        if failed:
+            return f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames"
+        return self.shortfall
+
+
+def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
+    """The masters the rules choose for ``frame`` (a master's own first input).
+    Without any master of a kind in the catalog, a dark or flat is made without
+    it; masters that are there but all refused by the rules are an error (a
+    flat silently left with its bias would be wrong)."""
+    masters = {}
+    for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
+        if choice.chosen is not None:
+            m = choice.chosen.master
+            masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+        elif choice.verdicts or choice.problem:
+            raise ObsarchError(f"{Path(frame.path).name}, the first input: {choice.reason} "
+                               f"(see `obsarch calib explain`, or [calibration.{choice.kind}] in obsarch.toml)")
+    return masters
 
 
 def make_master(
-    engine, kind: str, selection: str | None = None, *, band: str | None = None, nearest_count: int | None = None,
+    engine, kind: str, selection=None, *, band: str | None = None, nearest_count: int | None = None,
     to: str | None = None, params: MasterParams = MasterParams(), out_dir: Path = Path("masters"), force: bool = False,
-) -> StepSummary:
-    """Combine raw frames of ``kind`` into a master, bias-subtracted for darks
-    and flats (and dark-subtracted for flats) when such masters exist."""
-    if kind not in KINDS:
-        raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
-    inputs = _master_inputs(engine, kind, selection, band, nearest_count, to)
-    first = inputs[0]
-    masters = {}
-    if kind in ("dark", "flat"):
-        masters["bias"] = choose_master(engine, "bias", first)
-    if kind == "flat":
-        masters["dark"] = choose_master(engine, "dark", first)
-    masters = {k: v for k, v in masters.items() if v is not None}
-    night = first.night or "unknown-night"
-    name = f"master_{kind}_{safe_name(first.readout_mode)}" + (f"_{safe_name(first.band)}" if kind == "flat" else "")
-    name += f"_{safe_name(first.exptime) + 's_' if kind == 'dark' else ''}{night}.fits"
-    target = (Path(out_dir) / name).resolve()
-    contents = [f.content for f in inputs] + [m.content for m in masters.values()]
-    run_params = {"kind": kind, **asdict(params), "inputs": [f.file_id for f in inputs],
-                  "masters": {k: m.file_id for k, m in masters.items()}, "out": str(target)}
-    print_ = fingerprint(f"master-{kind}", run_params, ALGORITHM, contents)
-    summary = StepSummary()
-    if not force and done_before(engine, print_):
-        summary.skipped.append(str(target))
-        return summary
-    with recorded_run(engine, f"master-{kind}", run_params, ALGORITHM) as run:
-        set_fingerprint(engine, run.id, print_)
-        record_inputs(engine, run.id, [(f.file_id, "frame", f.content) for f in inputs]
-                      + [(m.file_id, k, m.content) for k, m in masters.items()])
-        data = _combine_master(kind, inputs, masters, params)
-        header = _master_header(kind, inputs, masters, params)
-        write_product(target, lambda tmp: fits.PrimaryHDU(data.astype(np.float32), header).writeto(tmp))
-        add_product(engine, run.id, target, f"master_{kind}")
-        run.summary = {"product": str(target), "frames": len(inputs)}
-    summary.made.append(str(target))
-    return summary
+    executor: str = "serial", workers: int | None = None, hdus: tuple[str, ...] | None = None,
+    rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+) -> StepResult:
+    """Combine raw frames of ``kind`` into a master with one HDU per detector
+    (``hdus``: only those), bias-subtracted for darks and flats (and
+    dark-subtracted for flats) by the masters ``rules`` choose for its first
+    input. ``selection``: a tree, or a person's text."""
+    step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules)
+    return run_step(engine, step, force=force, executor=executor, workers=workers)
 
 
-def _read(path: str) -> np.ndarray:
-    from processing.quality import load_image
-
-    return load_image(path)[0].astype(np.float64)
-
-
-def _combine_master(kind: str, inputs: list[Frame], masters: dict[str, Frame], params: MasterParams) -> np.ndarray:
+def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]], detectors: list[Detector],
+                       masters: dict[str, Frame], params: MasterParams):
+    """``combine(detector) -> image`` for one detector (of the first input);
+    the arrays held beside the combination (bias, dark) come off the budget."""
     memory = parse_memory(params.memory)
-    if kind == "bias":
-        return combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory)
-    bias = _read(masters["bias"].path) if "bias" in masters else None
-    if kind == "dark":
+    names = [d.name for d in detectors]
+    position = {d.name: i for i, d in enumerate(detectors)}
+    paths = [f.path for f in inputs]
+
+    def offset_of(detector: Detector) -> np.ndarray | None:
+        offset = None
+        for role in ("bias", "dark"):
+            if role in masters:
+                with pixels.opened(masters[role].path) as hdul:
+                    image = pixels.read(hdul, pixels.paired(hdul, names, single=True)[detector.name])
+                if role == "dark":
+                    image *= (inputs[0].exptime or 0.0) / _exptime(masters["dark"].path)
+                offset = image if offset is None else offset + image
+        return offset
+
+    def combine(detector: Detector) -> np.ndarray:
+        own = [hdus[f.file_id][position[detector.name]] for f in inputs]
+        offset = offset_of(detector) if kind in ("dark", "flat") else None
+        budget = memory - (offset.nbytes if offset is not None else 0)
+        if budget <= 0:
+            raise ObsarchError(f"--memory {params.memory} cannot even hold the master bias of detector {detector.name}")
+        if kind == "flat":
+            scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, own)]
+            return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
+                                 subtract=offset, hdu=own)
+        combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
         # combining is linear in a constant: the bias comes off the combined darks
-        combined = combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory)
-        return combined - bias if bias is not None else combined
-    offset = np.zeros(1)
-    if bias is not None:
-        offset = offset + bias
-    if "dark" in masters:
-        dark_exptime = _exptime(masters["dark"].path)
-        offset = offset + _read(masters["dark"].path) * ((inputs[0].exptime or 0.0) / dark_exptime)
-    scales = [1.0 / _median_after(f.path, offset) for f in inputs]
-    return combine_files([f.path for f in inputs], method=params.method, sigma=params.sigma, memory_bytes=memory,
-                         scales=scales, subtract=offset if offset.ndim == 2 else None)
+        return combined - offset if offset is not None else combined
+
+    return combine
 
 
-def _median_after(path: str, offset: np.ndarray) -> float:
-    data = _read(path)
-    value = float(np.nanmedian(data[::4] - (offset[::4] if offset.ndim == 2 else offset)))
+def _median_after(path: str, hdu_index: int, offset: np.ndarray | None) -> float:
+    with pixels.opened(path) as hdul:
+        data = np.asarray(hdul[hdu_index].section[::4, :], dtype=np.float64)
+    value = float(np.nanmedian(data - (offset[::4] if offset is not None else 0.0)))
     if not np.isfinite(value) or value == 0:
         raise ObsarchError(f"{path}: median {value} cannot normalize a flat")
     return value
@@ -143,113 +274,172 @@ def _exptime(path: str) -> float:
     return float(value)
 
 
+def _first_header(path: str) -> fits.Header:
+    """The primary header of a file with the cards of its extensions that it
+    lacks (LCO keeps the observation's cards in the SCI extension)."""
+    with pixels.opened(path) as hdul:
+        header = hdul[0].header.copy()
+        for hdu in hdul[1:]:
+            for card in hdu.header.cards:
+                if card.keyword and card.keyword not in header and card.keyword not in pixels.STRUCTURE:
+                    header.append(card)
+    return header
+
+
 def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], params: MasterParams) -> fits.Header:
-    first_header = fits.getheader(inputs[0].path, ext=_image_hdu(inputs[0].path))
+    first_header = _first_header(inputs[0].path)
     header = fits.Header()
-    for key in _COPIED:
-        if key in first_header:
-            header[key] = first_header[key]
+    maps = load_maps()
+    for key in (*_COPIED, *(k for field in _SOURCED for k in maps.sources.get(field, ()))):
+        name = f"HIERARCH {key}" if len(key) > 8 or " " in key else key
+        if name in first_header and name not in header:
+            header.append(first_header.cards[name])
     header["IMAGETYP"] = (f"MASTER_{kind.upper()}", "made by obsarch")
     if kind == "dark":
         header["EXPTIME"] = (inputs[0].exptime, "[s] of the combined darks")
     elif "EXPTIME" in first_header:
         header["EXPTIME"] = first_header["EXPTIME"]
-    times = [f.mjd for f in inputs if f.mjd is not None]
-    if times:
-        header["MJD-OBS"] = (float(np.mean(times)), "mean of the combined frames")
-    if inputs[0].night:
-        header["DAY-OBS"] = inputs[0].night.replace("-", "")
+    values = inherited(inputs, kind)
+    if values["readout_mode"] is not None:  # whatever keyword the inputs had it in
+        header["READOUTM"] = (values["readout_mode"], "read-out mode of the combined frames")
+    if values.get("ccd_temp") is not None:  # what the catalog says of the master, whatever keyword the inputs had
+        header["CCD-TEMP"] = (round(values["ccd_temp"], 4), "[C] mean of the combined frames")
+    if values.get("mjd") is not None:
+        header["MJD-OBS"] = (values["mjd"], "middle of the combined frames")
+    if values.get("night"):
+        header["DAY-OBS"] = (values["night"].replace("-", ""), "middle night of the combined frames")
     header["NCOMBINE"] = (len(inputs), "frames combined")
     header["COMBMETH"] = (params.method, "combine method")
     for role, master in masters.items():
-        header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} subtracted")
+        _file_card(header, f"{role.upper()[:4]}FILE", master.path, f"master {role} subtracted")
     for frame in inputs:  # the full paths are in the catalog's provenance
         header.add_history(f"obsarch input: {Path(frame.path).name}")
     return header
 
 
-def _image_hdu(path: str) -> int:
-    from processing.quality import load_image
-
-    return load_image(path)[2]
-
-
 # -- calibrating science frames ---------------------------------------------------------
 
 
-def _calibrate_one(task: tuple) -> tuple[int, str | None, str | None]:
-    """Calibrate one frame and write its product (atomically). Runs in a worker."""
-    frame, masters, target = task
-    try:
-        from processing.quality import load_image
+def _calibrate_one(task: tuple) -> str:
+    """Calibrate one frame detector by detector and write its product
+    (atomically): one HDU per detector, then the frame's masks. Runs in a worker."""
+    frame, detectors, masters, target = task
+    names = [d.name for d in detectors]
+    dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
+    with ExitStack() as stack:
+        hdul = stack.enter_context(pixels.opened(frame.path))
+        opened = {k: stack.enter_context(pixels.opened(m.path)) for k, m in masters.items()}
+        pairs = {k: pixels.paired(h, names, single=True) for k, h in opened.items()}
 
-        data, _, hdu_index = load_image(frame.path)
-        loaded = {k: _read(m.path) for k, m in masters.items()}
-        result = calibrate_array(
-            data, bias=loaded.get("bias"), dark=loaded.get("dark"),
-            dark_exptime=_exptime(masters["dark"].path) if "dark" in masters else None, exptime=frame.exptime,
-            flat=loaded.get("flat"),
-        )
-        header = fits.getheader(frame.path, ext=hdu_index)
-        for key in ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE", "PCOUNT", "GCOUNT"):
-            header.remove(key, ignore_missing=True, remove_all=True)
-        for role, master in masters.items():
-            header[f"{role.upper()[:4]}FILE"] = (Path(master.path).name, f"master {role} used by obsarch")
-        header.add_history(f"obsarch calibrated {Path(frame.path).name}: " + ", ".join(f"{k} {Path(m.path).name}" for k, m in masters.items()))
-        write_product(target, lambda tmp: fits.PrimaryHDU(result.astype(np.float32), header).writeto(tmp))
-        return frame.exposure_id, target, None
-    except (ObsarchError, OSError, ValueError) as exc:
-        return frame.exposure_id, None, f"{frame.path}: {exc}"
+        def make(detector: Detector) -> tuple[np.ndarray, fits.Header]:
+            loaded = {k: pixels.read(opened[k], pairs[k][detector.name]) for k in opened}
+            for kind, master in loaded.items():  # the rules checked the catalog; the files must agree
+                if master.shape != detector.shape:
+                    raise ObsarchError(f"the master {kind} {Path(masters[kind].path).name} is {master.shape}, "
+                                       f"detector {detector.name} {detector.shape}")
+            result = calibrate_array(pixels.read(hdul, detector), bias=loaded.get("bias"), dark=loaded.get("dark"),
+                                     dark_exptime=dark_exptime, exptime=frame.exptime, flat=loaded.get("flat"))
+            return result, _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+
+        def masks():
+            for index in pixels.companions_of(hdul):
+                yield fits.ImageHDU(hdul[index].data, pixels.header_only(hdul[index].header), name=hdul[index].name)
+
+        primary = hdul[0].header if detectors[0].hdu_index != 0 else fits.Header()
+        write_product(target, lambda tmp: pixels.write_detectors(tmp, primary, detectors, make, masks))
+    return target
+
+
+def _file_card(header: fits.Header, key: str, path: str, comment: str) -> None:
+    """A card naming a master: its comment only where the card has room
+    (master names are long; astropy would warn as it cut the comment)."""
+    name = Path(path).name
+    header[key] = (name, comment) if len(name) + len(comment) <= 62 else name
+
+
+def _calibrated_header(header: fits.Header, frame: Frame, masters: dict[str, Frame]) -> fits.Header:
+    for role, master in masters.items():
+        _file_card(header, f"{role.upper()[:4]}FILE", master.path, f"master {role} used by obsarch")
+    header.add_history(f"obsarch calibrated {Path(frame.path).name}: " + ", ".join(f"{k} {Path(m.path).name}" for k, m in masters.items()))
+    return header
+
+
+def plan(choices: list[Choice]) -> tuple[dict[str, Frame], str | None]:
+    """The masters of one frame's choices, or why it cannot be calibrated. A
+    dark is optional (dark current is often negligible) when the catalog has
+    no master dark at all; darks that the rules all refuse are a reason."""
+    chosen, reasons = {}, []
+    for choice in choices:
+        if choice.chosen is not None:
+            m = choice.chosen.master
+            chosen[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
+        elif choice.kind != "dark" or choice.verdicts or choice.problem:
+            reasons.append(choice.reason)
+    return chosen, ("; ".join(dict.fromkeys(reasons)) or None)
+
+
+def fits_stem(path: str) -> str:
+    """The file name without its FITS and compression suffixes: MUSE names
+    (``MUSE.2014-07-27T23:01:00.123.fits``) are full of dots."""
+    name = Path(path).name
+    for suffix in (".gz", ".fz", ".bz2"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    for suffix in (".fits", ".fit", ".fts"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    return name
+
+
+class CalibrateStep(Step):
+    """Bias, dark and flat correction of raw science frames, one product each
+    with one HDU per detector, by the masters the declared rules choose."""
+
+    name, algorithm, item_runs = "calibrate", ALGORITHM, True
+    work = staticmethod(_calibrate_one)
+
+    def __init__(self, selection, use: tuple[str, ...], out_dir: Path, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+                 hdus: tuple[str, ...] | None = None):
+        self.selection, self.use, self.out_dir, self.rules, self.hdus = selection, use, Path(out_dir), rules, hdus
+
+    def params(self) -> dict:
+        return {"hdus": list(self.hdus or ())}
+
+    def items(self, engine) -> list[Item]:
+        science = resolve(engine, self.selection, compare("frame_type", "==", "science"), is_null("product"))
+        if not science:
+            raise ObsarchError(f"no raw science frames match {_shown(self.selection)}")
+        choices: dict[int, list[Choice]] = {}
+        for choice in choose_all(engine, [f.exposure_id for f in science], self.use, self.rules, self.hdus):
+            choices.setdefault(choice.frame.exposure_id, []).append(choice)
+        return [self._item(frame, choices[frame.exposure_id]) for frame in science]
+
+    def _item(self, frame: Frame, choices: list[Choice]) -> Item:
+        masters, error = plan(choices)
+        detectors: list[Detector] = []
+        if error is None:
+            try:
+                detectors = select_detectors(choices[0].frame.detectors, self.hdus)
+            except ObsarchError as exc:
+                error = str(exc)
+        target = (self.out_dir / f"{fits_stem(frame.path)}_cal.fits").resolve()
+        inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
+        return Item(frame.path, (frame, detectors, masters, target), inputs,
+                    {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
+                     "detectors": [d.name for d in detectors]}, error, (frame, detectors))
+
+    def write(self, out: Writer, item: Item, result) -> None:
+        frame, detectors = item.data
+        out.product(result, "calibrated", {**inherited([frame], "science"), **detector_values(detectors)})
 
 
 def calibrate(
-    engine, selection: str | None, *, use: tuple[str, ...] = KINDS, out_dir: Path = Path("calibrated"),
+    engine, selection, *, use: tuple[str, ...] = KINDS, out_dir: Path = Path("calibrated"),
     workers: int | None = None, executor: str = "pool", scheduler: str | None = None, force: bool = False,
-    progress: Progress | None = None,
-) -> StepSummary:
+    progress: Progress | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES, hdus: tuple[str, ...] | None = None,
+) -> StepResult:
     """Bias, dark and flat correction of every raw science frame of
-    ``selection``, with masters chosen by rule (same read-out mode; same band
-    for flats; nearest in time). A dark is used when a master dark exists
-    (dark current is often negligible); a frame lacking its bias or flat is
-    reported, and the others go on."""
-    summary = StepSummary()
-    science = frames(engine, selection, "frame_type == 'science'", "product is null")
-    if not science:
-        raise ObsarchError(f"no raw science frames match {selection or 'the catalog'}")
-    tasks, plans = [], {}
-    for frame in science:
-        masters, missing = {}, []
-        for kind in use:
-            master = choose_master(engine, kind, frame, same_band=kind == "flat")
-            if master is None and kind != "dark":
-                missing.append(kind)
-            elif master is None:
-                continue
-            else:
-                masters[kind] = master
-        target = (Path(out_dir) / f"{Path(frame.path).name.split('.')[0]}_cal.fits").resolve()
-        if missing:
-            summary.failed.append((frame.path, f"no master {' or '.join(missing)} in read-out mode {frame.readout_mode}"
-                                   + (f" and band {frame.band}" if "flat" in missing else "")
-                                   + f"; run `obsarch calib {missing[0]}` first"))
-            continue
-        params = {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target)}
-        print_ = fingerprint("calibrate", params, ALGORITHM, [frame.content] + [m.content for m in masters.values()])
-        if not force and done_before(engine, print_):
-            summary.skipped.append(str(target))
-            continue
-        plans[frame.exposure_id] = (frame, masters, params, print_)
-        tasks.append((frame, masters, target))
-    for _, (exposure_id, target, error) in parallel_map(_calibrate_one, tasks, workers=workers, executor=executor,
-                                                        scheduler=scheduler, progress=progress):
-        frame, masters, params, print_ = plans[exposure_id]
-        if error:
-            summary.failed.append((frame.path, error))
-            continue
-        with recorded_run(engine, "calibrate", params, ALGORITHM) as run:
-            set_fingerprint(engine, run.id, print_)
-            record_inputs(engine, run.id, [(frame.file_id, "frame", frame.content)]
-                          + [(m.file_id, k, m.content) for k, m in masters.items()])
-            add_product(engine, run.id, target, "calibrated")
-        summary.made.append(str(target))
-    return summary
+    ``selection`` (a tree, or a person's text), detector by detector
+    (``hdus``: only those), with the masters ``rules`` choose (see
+    :mod:`processing.calib_rules`). A frame that no master fits is reported
+    with the rule that refused each candidate, and the others go on."""
+    return run_step(engine, CalibrateStep(selection, use, out_dir, rules, hdus), force=force, executor=executor,
+                    workers=workers, scheduler=scheduler, progress=progress)

@@ -10,10 +10,15 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import update
+
 from archive.exceptions import ObsarchError
-from processing.executor import Progress, parallel_map
-from processing.runs import add_product, done_before, fingerprint, record_inputs, recorded_run, set_fingerprint
-from processing.steps import Frame, frames, safe_name
+from archive.models import Run
+from archive.query import compare, is_null
+from processing.executor import Progress
+from processing.machinery import Input, ItemFailed, Step, StepResult, Writer, run_step
+from processing.machinery import Item as StepItem
+from processing.steps import Frame, resolve, safe_name
 
 ALGORITHM = "external-1"
 EACH = ("exposure", "obsid", "group")
@@ -22,64 +27,54 @@ _TAIL = 2000
 
 @dataclass
 class Item:
+    """What one run of the command works on: the frames and the values its arguments may name."""
+
     key: str
     frames: list[Frame]
     values: dict = field(default_factory=dict)
 
 
-@dataclass
-class RunSummary:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    products: int = 0
-
-
-def items_of(engine, each: str, selection: str | None) -> list[Item]:
-    """The items a command runs on: one per exposure, obsid or group."""
+def items_of(engine, each: str, selection) -> list[Item]:
+    """The items a command runs on: one per exposure, obsid or group.
+    ``selection``: a tree, or a person's text."""
     if each not in EACH:
         raise ObsarchError(f"--each {each!r}: use exposure, obsid or group")
-    chosen = frames(engine, selection, "product is null")  # a tool's own outputs are not its inputs
+    chosen = resolve(engine, selection, is_null("product"))  # a tool's own outputs are not its inputs
     if not chosen:
-        raise ObsarchError(f"no raw exposure matches {selection!r}")
+        raise ObsarchError("no raw exposure matches the selection")
     if each == "exposure":
         return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
                      {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "dir": str(Path(f.path).parent)})
                 for f in chosen]
     if each == "obsid":
-        from sqlalchemy import select
-
-        from archive.db import transaction
-        from archive.models import Exposure
-
-        with transaction(engine) as conn:
-            obsids = dict(conn.execute(select(Exposure.id, Exposure.obsid).where(Exposure.id.in_([f.exposure_id for f in chosen]))).all())
         grouped: dict[str, list[Frame]] = {}
         for frame in chosen:
-            if obsids.get(frame.exposure_id):
-                grouped.setdefault(obsids[frame.exposure_id], []).append(frame)
+            if frame.obsid:
+                grouped.setdefault(frame.obsid, []).append(frame)
         if not grouped:
             raise ObsarchError("none of the selected exposures has an obsid")
-        return [Item(obsid, members, {"obsid": obsid, "dir": os.path.commonpath([str(Path(m.path).parent) for m in members]),
-                                      "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)})
-                for obsid, members in sorted(grouped.items())]
+        return [_many(obsid, members, obsid=obsid) for obsid, members in sorted(grouped.items())]
     from processing.grouping import list_groups
 
-    names = [g["name"] for g in list_groups(engine)]
-    result = []
     ids = {f.exposure_id for f in chosen}
-    for name in names:
-        members = [f for f in frames(engine, f"group == '{name.replace(chr(39), chr(39) * 2)}'") if f.exposure_id in ids]
+    result = []
+    for name in [g["name"] for g in list_groups(engine)]:
+        members = [f for f in resolve(engine, compare("group", "==", name)) if f.exposure_id in ids]
         if members:
-            result.append(Item(name, members, {"group": name, "dir": os.path.commonpath([str(Path(m.path).parent) for m in members]),
-                                               "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)}))
+            result.append(_many(name, members, group=name))
     if not result:
         raise ObsarchError("none of the selected exposures is in a group")
     return result
 
 
+def _many(key: str, members: list[Frame], **values) -> Item:
+    return Item(key, members, {**values, "dir": os.path.commonpath([str(Path(m.path).parent) for m in members]),
+                               "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)})
+
+
 def expand(template: list[str], values: dict) -> list[str]:
-    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}`` in each argument."""
+    """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}``,
+    ``{region}``, ``{regions}`` in each argument."""
     result = []
     for argument in template:
         try:
@@ -88,7 +83,7 @@ def expand(template: list[str], values: dict) -> list[str]:
             raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item (known: {', '.join(sorted(values))})") from exc
         except (ValueError, IndexError) as exc:
             raise ObsarchError(f"cannot fill in {argument!r}: {exc}") from exc
-        if argument.strip() == "{paths}":
+        if argument.strip() in ("{paths}", "{regions}"):
             result.extend(shlex.split(expanded))
         else:
             result.append(expanded)
@@ -118,57 +113,84 @@ def run_command(task: tuple) -> dict:
             "stderr": stderr if isinstance(stderr, str) else stderr.decode(errors="replace"), "written": written}
 
 
+class ExternalStep(Step):
+    """A command run once per item in its working directory; its log is kept
+    with the item's run, the files it wrote become products."""
+
+    algorithm, item_runs = ALGORITHM, True
+    work = staticmethod(run_command)
+
+    def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None,
+                 metrics_from: str | None = None):
+        if not command:
+            raise ObsarchError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
+        self.name = f"run:{Path(command[0]).name}"
+        self.each, self.selection, self.command, self.workdir, self.timeout = each, selection, command, workdir, timeout
+        self.metrics_from = metrics_from
+
+    def params(self) -> dict:
+        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {})}
+
+    def items(self, engine) -> list[Item]:
+        result = []
+        for item in items_of(engine, self.each, self.selection):
+            directory = Path(self.workdir.format(item=safe_name(item.key), **{k: safe_name(v) for k, v in item.values.items()})).resolve()
+            arguments = expand(self.command, {**item.values, **item_regions(engine, item), "workdir": str(directory),
+                                              "item": item.key})
+            result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout),
+                                    [Input(f.file_id, "frame", f.content) for f in item.frames],
+                                    {"item": item.key, "command": arguments, "workdir": str(directory)}))
+        return result
+
+    def write(self, out: Writer, item, result: dict) -> None:
+        out.conn.execute(update(Run).where(Run.id == out.run_id).values(stdout=result["stdout"][-200_000:],
+                                                                      stderr=result["stderr"][-200_000:]))
+        if result["code"] != 0:
+            raise ItemFailed(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
+        if self.metrics_from:
+            try:
+                store_tool_metrics(out.conn, out.run_id, [i.file_id for i in item.inputs],  # an exposure has its file's id
+                                   Path(item.params["workdir"]) / self.metrics_from)
+            except ObsarchError as exc:
+                raise ItemFailed(str(exc)) from None
+        for path in result["written"]:
+            out.product(path, "output")
+
+
 def run_each(
-    engine, each: str, selection: str | None, command: list[str], *, workdir: str = "runs/{item}", workers: int | None = None,
+    engine, each: str, selection, command: list[str], *, workdir: str = "runs/{item}", workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, timeout: float | None = None, force: bool = False,
-    progress: Progress | None = None,
-) -> RunSummary:
+    progress: Progress | None = None, metrics_from: str | None = None,
+) -> StepResult:
     """Run ``command`` once per item, in parallel. Items already done with the
-    same command and inputs are skipped; a failing item is recorded and the
-    others go on."""
-    if not command:
-        raise ObsarchError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
-    summary = RunSummary()
-    step = f"run:{Path(command[0]).name}"
-    tasks, plans = [], {}
-    for item in items_of(engine, each, selection):
-        directory = Path(workdir.format(item=safe_name(item.key), **{k: safe_name(v) for k, v in item.values.items()})).resolve()
-        values = {**item.values, "workdir": str(directory), "item": item.key}
-        arguments = expand(command, values)
-        params = {"each": each, "item": item.key, "command": arguments, "workdir": str(directory)}
-        print_ = fingerprint(step, params, ALGORITHM, [f.content for f in item.frames])
-        if not force and done_before(engine, print_):
-            summary.skipped.append(item.key)
-            continue
-        plans[item.key] = (item, params, print_)
-        tasks.append((item.key, arguments, str(directory), timeout))
-    for _, result in parallel_map(run_command, tasks, workers=workers, executor=executor, scheduler=scheduler, progress=progress):
-        item, params, print_ = plans[result["key"]]
-        summary.products += _record(engine, step, item, params, print_, result, summary)
-    return summary
+    same command and inputs are skipped; a failing item is recorded with its
+    log and the others go on. ``metrics_from``: a file (in the item's working
+    directory) the tool writes, whose numbers become named metrics of the
+    item's exposures, with the item's run as their lineage."""
+    step = ExternalStep(each, selection, command, workdir, timeout, metrics_from)
+    return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
 
 
-def _record(engine, step: str, item: Item, params: dict, print_: str, result: dict, summary: RunSummary) -> int:
-    from sqlalchemy import update
+def store_tool_metrics(conn, run_id: int, exposure_ids: list[int], path: Path) -> None:
+    """The numbers the tool wrote to ``path``, as named metrics of the
+    item's exposures from this run (a missing or bad file raises, failing
+    the item with the reason). ``conn``: the transaction the run's rows go in."""
+    from processing.named_metrics import read_metrics_file, store
+
+    store(conn, exposure_ids, read_metrics_file(path), source="tool", run_id=run_id)
+
+
+def item_regions(engine, item: Item) -> dict:
+    """``{region}``: the latest region file attached to the item's exposures
+    (``{regions}``: all of them), when there is one."""
+    from sqlalchemy import select
 
     from archive.db import transaction
-    from archive.models import Run
+    from archive.models import RegionFile
 
-    count = 0
-    try:
-        with recorded_run(engine, step, params, ALGORITHM) as run:
-            set_fingerprint(engine, run.id, print_, item=item.key)
-            record_inputs(engine, run.id, [(f.file_id, "frame", f.content) for f in item.frames])
-            with transaction(engine, write=True) as conn:
-                conn.execute(update(Run).where(Run.id == run.id).values(stdout=result["stdout"][-200_000:], stderr=result["stderr"][-200_000:]))
-            if result["code"] != 0:
-                raise ObsarchError(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
-            for path in result["written"]:
-                add_product(engine, run.id, path, "output")
-                count += 1
-            run.summary = {"exit": result["code"], "written": result["written"]}
-    except ObsarchError as exc:
-        summary.failed.append((item.key, str(exc)))
-        return count
-    summary.done.append(item.key)
-    return count
+    with transaction(engine) as conn:
+        paths = list(conn.execute(select(RegionFile.path).where(RegionFile.exposure_id.in_([f.exposure_id for f in item.frames]))
+                                  .order_by(RegionFile.id)).scalars())
+    if not paths:
+        return {}
+    return {"region": paths[-1], "regions": " ".join(shlex.quote(p) for p in dict.fromkeys(paths))}

@@ -79,18 +79,23 @@ def _selected(engine: Engine, selection: str | None, *columns):
         return conn.execute(select_exposures(selection, engine.dialect.name, *columns).order_by(Exposure.id)).all()
 
 
-def _store(engine: Engine, result: GroupingResult, method: str, params: dict, references: dict[str, int] | None = None) -> None:
-    """Write the groups, replacing groups of the same names (idempotent)."""
+def _store(engine: Engine, result: GroupingResult, method: str, params: dict, references: dict[str, int] | None = None,
+           *, family: str | None = None) -> None:
+    """Write the groups. Making groups again under a name replaces every
+    group made before under that name (``family``: NAME-1, NAME-2... of an
+    earlier run with more clusters too), and any group of the same name."""
     references = references or {}
     now = utcnow()
+    params = {**params, "family": family}
     with transaction(engine, write=True) as conn:
+        old = [row.id for row in conn.execute(select(Group.id, Group.name, Group.params_json))
+               if row.name in result.groups or (family is not None and json.loads(row.params_json or "{}").get("family") == family)]
+        if old:
+            conn.execute(delete(GroupMember).where(GroupMember.group_id.in_(old)))
+            conn.execute(delete(Group).where(Group.id.in_(old)))
         for name, members in result.groups.items():
-            old = conn.execute(select(Group.id).where(Group.name == name)).scalar()
-            if old is not None:
-                conn.execute(delete(GroupMember).where(GroupMember.group_id == old))
-                conn.execute(delete(Group).where(Group.id == old))
             group_id = conn.execute(
-                insert(Group).values(name=name, method=method, params_json=json.dumps(params, sort_keys=True),
+                insert(Group).values(name=name, method=method, params_json=json.dumps(params, sort_keys=True, default=str),
                                      run_id=result.run_id, created_at=now).returning(Group.id)
             ).scalar_one()
             conn.execute(insert(GroupMember), [
@@ -111,7 +116,7 @@ def group_by_pointing(
     result = GroupingResult(without_pointing=[r.id for r in rows if r.ra is None or r.dec is None])
     if not with_pointing:
         raise ObsarchError("no selected exposure has a pointing (RA/Dec); nothing to cluster")
-    params = {"method": method, "k": k, "radius_deg": radius_deg, "selection": selection}
+    params = {"method": method, "k": k, "radius_deg": radius_deg, "selection": selection if isinstance(selection, str) else None}
     labels = cluster_pointings([r.ra for r in with_pointing], [r.dec for r in with_pointing], method=method, k=k, radius_deg=radius_deg)
     clusters: dict[int, list] = {}
     for row, label in zip(with_pointing, labels):
@@ -120,7 +125,7 @@ def group_by_pointing(
     with recorded_run(engine, "group-pointing", params, ALGORITHM) as run:
         result.run_id = run.id
         result.groups = {f"{name}-{i}": [r.id for r in members] for i, members in enumerate(ordered, start=1)}
-        _store(engine, result, method, params)
+        _store(engine, result, method, params, family=name)
         run.summary = {"groups": len(result.groups), "without_pointing": len(result.without_pointing)}
     return result
 
@@ -130,9 +135,10 @@ def _mean_ra(members) -> float:
     return math.degrees(math.atan2(vector[1], vector[0])) % 360
 
 
-def group_by_values(engine: Engine, keys: str, *, selection: str | None = None, prefix: str | None = None) -> GroupingResult:
+def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | None = None) -> GroupingResult:
     """One group per distinct combination of the named values (normalized
-    columns or hdr['KEY']), named ``band=V,readout_mode=SCI1.0``."""
+    columns or hdr['KEY']), named ``band=V,readout_mode=SCI1.0`` (``PREFIX:band=V``
+    with a prefix, the name of the family made again next time)."""
     from archive.catalog import Catalog
 
     fields = parse_columns(keys)
@@ -146,10 +152,10 @@ def group_by_values(engine: Engine, keys: str, *, selection: str | None = None, 
         values = values if isinstance(values, tuple) else (values,)
         shown = ",".join(f"{label}={_value(v)}" for label, v in zip(labels, values))
         result.groups[f"{prefix}:{shown}" if prefix else shown] = [int(i) for i in members["id"]]
-    params = {"keys": keys, "selection": selection}
+    params = {"keys": keys, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-by", params, ALGORITHM) as run:
         result.run_id = run.id
-        _store(engine, result, "header", params)
+        _store(engine, result, "header", params, family=prefix or f"by {keys}")
         run.summary = {"groups": len(result.groups)}
     return result
 
@@ -184,7 +190,7 @@ def create_group(engine: Engine, name: str, selection: str, *, reference: str | 
     params = {"selection": selection, "reference": reference}
     with recorded_run(engine, "group-manual", params, ALGORITHM) as run:
         result.run_id = run.id
-        _store(engine, result, "manual", params, references)
+        _store(engine, result, "manual", params, references, family=name)
     return result
 
 
@@ -213,3 +219,101 @@ def group_members(engine: Engine, name: str) -> tuple[int, list[tuple[int, str |
             .order_by(GroupMember.role.is_(None), GroupMember.exposure_id)
         ).all()
     return group_id, [tuple(m) for m in members]
+
+
+# -- by measured position ------------------------------------------------------------------
+
+
+def parse_pixels(text: str) -> float:
+    """``20px``, ``20 pix`` or ``20`` -> pixels."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(px|pix|pixels?)?\s*", str(text))
+    if not match or float(match[1]) <= 0:
+        raise ObsarchError(f"--radius {text!r}: give a distance in pixels, e.g. 20px")
+    return float(match[1])
+
+
+def group_by_position(
+    engine: Engine, *, radius: str, name: str, selection=None, workers: int | None = None, executor: str = "pool",
+) -> GroupingResult:
+    """Groups of frames at similar positions on the sky, in pixels, named
+    ``NAME-1``, ``NAME-2``... in time order, each with the member nearest its
+    centre as reference. Positions are the frames' current offsets when they
+    all have one onto one reference; otherwise each frame is registered onto
+    the one before it (stars, else a phase-correlation shift) and the shifts
+    are added up, which follows a drifting night that no single reference
+    reaches. A frame that cannot be registered starts a new chain."""
+    from sklearn.cluster import DBSCAN
+
+    from archive.query import is_null
+    from processing.offsets import current_offsets
+    from processing.steps import resolve
+
+    radius_px = parse_pixels(radius)
+    frames = sorted(resolve(engine, selection, is_null("product")), key=lambda f: (f.mjd is None, f.mjd, f.exposure_id))
+    if not frames:
+        raise ObsarchError("no raw exposure matches the selection; nothing to group")
+    current = current_offsets(engine, [f.exposure_id for f in frames])
+    references = {c.reference_id for c in current.values() if c.ok}
+    if len(references) == 1 and all(current.get(f.exposure_id) and current[f.exposure_id].ok for f in frames):
+        positions = {f.exposure_id: (-current[f.exposure_id].transform.dx, -current[f.exposure_id].transform.dy) for f in frames}
+        how = "current offsets"
+    else:
+        positions, how = _chained_positions(engine, frames, workers, executor), "frame-to-frame registration"
+    ids = list(positions)
+    labels = DBSCAN(eps=radius_px, min_samples=1).fit_predict(np.array([positions[i] for i in ids]))
+    clusters: dict[int, list[int]] = {}
+    for exposure_id, label in zip(ids, labels):
+        clusters.setdefault(int(label), []).append(exposure_id)
+    order = {f.exposure_id: i for i, f in enumerate(frames)}
+    ordered = sorted(clusters.values(), key=lambda members: min(order[m] for m in members))
+    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)})
+    chosen = {group: _central(members, positions) for group, members in result.groups.items()}
+    params = {"radius_px": radius_px, "positions": how, "selection": selection if isinstance(selection, str) else None}
+    with recorded_run(engine, "group-positions", params, ALGORITHM) as run:
+        result.run_id = run.id
+        _store(engine, result, "positions", params, chosen, family=name)
+        run.summary = {"groups": len(result.groups), "positions": how}
+    return result
+
+
+def _central(members: list[int], positions: dict[int, tuple[float, float]]) -> int:
+    xy = np.array([positions[m] for m in members])
+    return members[int(np.argmin(np.hypot(*(xy - xy.mean(axis=0)).T)))]
+
+
+def _chained_positions(engine: Engine, frames, workers, executor) -> dict[int, tuple[float, float]]:
+    """Each frame registered onto the one before it, in workers; positions are
+    the running sums of the shifts (a frame that cannot be registered starts
+    again far from the others, so it is grouped alone)."""
+    from processing.executor import parallel_map
+    from processing.offsets import MatchParams, chain_step
+
+    tasks = [(frames[i].path, frames[i - 1].path, MatchParams()) for i in range(1, len(frames))]
+    shifts = dict(parallel_map(chain_step, tasks, workers=workers, executor=executor))
+    positions, x, y = {frames[0].exposure_id: (0.0, 0.0)}, 0.0, 0.0
+    for i in range(1, len(frames)):
+        shift = shifts[i - 1]
+        if shift is None:
+            x, y = x + 1e6, y  # no link to the chain so far
+        else:
+            x, y = x - shift[0], y - shift[1]
+        positions[frames[i].exposure_id] = (x, y)
+    return positions
+
+
+def groups_of(engine: Engine, exposure_id: int) -> list[dict]:
+    """The groups an exposure is a member of, with its role and the group's size."""
+    from sqlalchemy import func
+
+    size = (select(GroupMember.group_id, func.count().label("members")).group_by(GroupMember.group_id).subquery())
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Group.id, Group.name, Group.method, GroupMember.role, size.c.members, Group.created_at)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .join(size, size.c.group_id == Group.id)
+            .where(GroupMember.exposure_id == exposure_id)
+            .order_by(Group.name)
+        ).all()
+    return [row._asdict() for row in rows]

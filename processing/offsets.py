@@ -17,6 +17,7 @@ Methods:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -29,13 +30,16 @@ from sqlalchemy import Engine, insert, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Group, Offset, Root
-from archive.query import select_exposures
-from processing.executor import Progress, parallel_map
-from processing.quality import QualityError, QualityParams, load_image, saturation_level
-from processing.runs import recorded_run
+from archive.models import Exposure, Group, Offset
+from archive.query import is_null
+from processing.executor import Progress
+from processing.machinery import Item, Step, StepResult, Writer, run_step
+from processing.quality import QualityParams, load_image, saturation_level
+from processing.stars import DetectionError, detect_stars, unsaturated
+from processing.steps import resolve
 
-ALGORITHM = "offsets-1"
+ALGORITHM = "offsets-3"  # 3: stars found by SEP (processing.stars)
+MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
 
 
 class MatchError(ObsarchError):
@@ -104,39 +108,59 @@ class MatchParams:
 
 def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, detect_sigma: float = 5.0) -> np.ndarray:
     """Centroids (x, y, 0-based) of the brightest unsaturated sources, brightest first."""
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, BkgZoomInterpolator
-    from photutils.segmentation import SourceCatalog, detect_sources
-
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise MatchError("no finite pixels")
-    mask = ~finite if not finite.all() else None
-    box = int(min(128, max(8, min(data.shape) // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        background = Background2D(data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask,
-                                  interpolator=BkgZoomInterpolator(order=1))
-        sky = background.background
-        subtracted = data - sky
-        segments = detect_sources(subtracted, detect_sigma * background.background_rms_median, n_pixels=5, mask=mask)
-    if segments is None:
-        return np.empty((0, 2))
-    table = SourceCatalog(subtracted, segments, mask=mask).to_table(columns=["x_centroid", "y_centroid", "segment_flux", "max_value"])
-    level = saturation_level(header or {})
-    rows = []
-    for row in table:
-        x, y, flux = float(row["x_centroid"]), float(row["y_centroid"]), float(row["segment_flux"])
-        if not (math.isfinite(x) and math.isfinite(y)) or flux <= 0:
-            continue
-        if level is not None and float(row["max_value"]) + float(sky[int(y), int(x)]) >= 0.9 * level:
-            continue
-        rows.append((flux, x, y))
-    rows.sort(reverse=True)
-    return np.array([(x, y) for _, x, y in rows[:limit]]).reshape(-1, 2)
+    try:
+        field = detect_stars(data, detect_sigma=detect_sigma)
+    except DetectionError as exc:
+        raise MatchError(str(exc)) from exc
+    stars = field.stars
+    keep = np.isfinite(stars["x"]) & np.isfinite(stars["y"]) & (stars["flux"] > 0)
+    keep &= unsaturated(stars, saturation_level(header or {}))
+    return field.xy[keep][:limit]
 
 
 # -- matching ------------------------------------------------------------------------
+
+# Below this many point pairs, distances by numpy beat a k-d tree, and spare
+# a registration worker scipy.spatial's import (~0.3 s of CPU, as much as
+# registering four frames).
+_BRUTE_FORCE_PAIRS = 1_000_000
+
+
+def _tree(points: np.ndarray, queries: int):
+    """Nearest-neighbour queries on ``points`` (scipy's cKDTree interface)."""
+    if len(points) * max(queries, 1) <= _BRUTE_FORCE_PAIRS:
+        return _Pairwise(points)
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points)
+
+
+class _Pairwise:
+    """cKDTree's ``query`` and ``query_ball_point`` by all pairwise distances."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.asarray(points, dtype=float).reshape(len(points), -1)
+
+    def _distances(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, dtype=float).reshape(len(queries), -1)
+        return np.sqrt(((queries[:, None, :] - self.points[None, :, :]) ** 2).sum(axis=2))
+
+    def query(self, queries: np.ndarray, k: int = 1, distance_upper_bound: float = np.inf):
+        distances = self._distances(queries)
+        count = min(k, len(self.points))
+        index = np.argsort(distances, axis=1, kind="stable")[:, :count]
+        nearest = np.take_along_axis(distances, index, axis=1)
+        if count < k:  # cKDTree pads missing neighbours with inf and n
+            pad = k - count
+            nearest = np.pad(nearest, ((0, 0), (0, pad)), constant_values=np.inf)
+            index = np.pad(index, ((0, 0), (0, pad)), constant_values=len(self.points))
+        beyond = nearest > distance_upper_bound
+        nearest[beyond], index[beyond] = np.inf, len(self.points)
+        return (nearest[:, 0], index[:, 0]) if k == 1 else (nearest, index)
+
+    def query_ball_point(self, queries: np.ndarray, r: float) -> list[list[int]]:
+        within = self._distances(queries) <= r
+        return [np.flatnonzero(row).tolist() for row in within]
 
 
 def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +170,11 @@ def triangles(xy: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
     their vertices ordered by the side opposite each (shortest first), so that
     equal invariants give corresponding vertices.
     """
-    from scipy.spatial import cKDTree
-
     n = len(xy)
     if n < 3:
         return np.empty((0, 2)), np.empty((0, 3), dtype=int)
     k = min(neighbours, n - 1)
-    _, near = cKDTree(xy).query(xy, k=k + 1)
+    _, near = _tree(xy, n).query(xy, k=k + 1)
     seen = set()
     for i in range(n):
         for j, l in itertools.combinations(near[i, 1:], 2):
@@ -205,11 +227,9 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[Transform, n
 
 def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius: float) -> np.ndarray:
     """Mutual nearest neighbours within ``radius`` after the transform."""
-    from scipy.spatial import cKDTree
-
     moved = transform.apply(source)
-    d_forward, forward = cKDTree(target).query(moved, distance_upper_bound=radius)
-    _, backward = cKDTree(moved).query(target, distance_upper_bound=radius)
+    d_forward, forward = _tree(target, len(moved)).query(moved, distance_upper_bound=radius)
+    _, backward = _tree(moved, len(target)).query(target, distance_upper_bound=radius)
     pairs = [(i, j) for i, (dist, j) in enumerate(zip(d_forward, forward))
              if np.isfinite(dist) and j < len(target) and backward[j] == i]
     return np.array(pairs, dtype=int).reshape(-1, 2)
@@ -218,8 +238,6 @@ def _pairs(source: np.ndarray, target: np.ndarray, transform: Transform, radius:
 def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = MatchParams()) -> Transform:
     """The transform of star list ``source`` onto ``target``, with no starting
     guess. Raises :class:`MatchError` when too few stars can be matched."""
-    from scipy.spatial import cKDTree
-
     all_source, all_target = source, target
     source, target = source[: params.max_stars], target[: params.max_stars]
     if len(source) < 3 or len(target) < 3:
@@ -228,14 +246,14 @@ def match_stars(source: np.ndarray, target: np.ndarray, params: MatchParams = Ma
     inv_t, tri_t = triangles(target, params.neighbours)
     if not len(inv_s) or not len(inv_t):
         raise MatchError("no triangles of stars to match")
-    candidates = cKDTree(inv_t).query_ball_point(inv_s, r=params.invariant_tol)
+    candidates = _tree(inv_t, len(inv_s)).query_ball_point(inv_s, r=params.invariant_tol)
     proposals = [(i, j) for i, js in enumerate(candidates) for j in js]
     if not proposals:
         raise MatchError("no triangle of stars in the frame matches one in the reference")
     if len(proposals) > params.max_candidates:
         step = len(proposals) / params.max_candidates
         proposals = [proposals[int(k * step)] for k in range(params.max_candidates)]
-    target_tree = cKDTree(target)
+    target_tree = _tree(target, len(source))
     best, best_count = None, 0
     enough = max(params.min_matched, int(0.6 * min(len(source), len(target))))
     for i, j in proposals:
@@ -317,18 +335,11 @@ def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, 
 
 def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, int]) -> Transform:
     """The transform implied by two celestial WCS, fitted over a grid of the frame."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
+    from processing.wcs import celestial_wcs
 
     def wcs_of(cards: dict):
-        header_ = fits.Header()
-        for key, value in cards.items():
-            if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                header_[key] = value
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(header_, naxis=2)
-        if not wcs.has_celestial:
+        wcs = celestial_wcs(cards)
+        if wcs is None:
             raise MatchError("no celestial WCS in the header")
         return wcs
 
@@ -342,26 +353,72 @@ def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, i
     return transform
 
 
+# -- one more try: a pure shift by phase correlation ---------------------------------------
+
+
+def phase_shift(data: np.ndarray, reference: np.ndarray, stars: np.ndarray, reference_stars: np.ndarray,
+                params: MatchParams = MatchParams()) -> Transform:
+    """The pure shift of a frame onto the reference by phase correlation
+    (scikit-image), accepted only when the shifted stars land on the
+    reference's: at least ``min_matched`` of them and a third of the fewer
+    list (chance coincidences are far fewer). Raises :class:`MatchError`."""
+    from skimage.registration import phase_cross_correlation
+
+    rows, cols = min(data.shape[0], reference.shape[0]), min(data.shape[1], reference.shape[1])
+    frame = np.nan_to_num(np.asarray(data[:rows, :cols], dtype=np.float64) - np.nanmedian(data))
+    target = np.nan_to_num(np.asarray(reference[:rows, :cols], dtype=np.float64) - np.nanmedian(reference))
+    (shift_y, shift_x), _, _ = phase_cross_correlation(target, frame, upsample_factor=20)
+    guess = Transform(float(shift_x), float(shift_y))
+    if len(stars) == 0 or len(reference_stars) == 0:
+        raise MatchError("phase correlation: no stars to confirm its shift")
+    pairs = _pairs(stars, reference_stars, guess, params.match_px)
+    needed = max(params.min_matched, math.ceil(min(len(stars), len(reference_stars)) / 3))
+    if len(pairs) < needed:
+        raise MatchError(f"phase correlation's shift ({shift_x:+.1f}, {shift_y:+.1f}) puts only {len(pairs)} stars on the "
+                         f"reference's (need {needed})")
+    moved = stars[pairs[:, 0]] - reference_stars[pairs[:, 1]]
+    dx, dy = -moved.mean(axis=0)
+    residual = np.hypot(*(moved + [dx, dy]).T)
+    error = float(np.sqrt(np.mean(residual**2)) / math.sqrt(len(pairs)))
+    return Transform(float(dx), float(dy), 0.0, 1.0, error, error, 0.0, 0.0, int(len(pairs)), float(np.sqrt(np.mean(residual**2))))
+
+
 # -- over the catalog ------------------------------------------------------------------
 
-
-@dataclass
-class OffsetsSummary:
-    run_id: int | None = None
-    measured: int = 0
-    failed: list[tuple[int, str]] | None = None
-    offsets: dict[int, Transform] | None = None
-    row_ids: dict[int, int] | None = None  # exposure -> id of its stored offset
+METHODS = ("stars", "centroid", "wcs")
 
 
-def _paths(engine: Engine, ids: list[int]) -> dict[int, str]:
+@dataclass(frozen=True)
+class CurrentOffset:
+    """An exposure's current offset (see :func:`archive.query.current_offset`)."""
+
+    offset_id: int
+    reference_id: int
+    ok: bool
+    error: str | None
+    transform: Transform | None
+
+    @property
+    def identity(self) -> str:
+        """What a product made with this offset depends on."""
+        t = self.transform
+        return f"offset {self.offset_id}" + (f": {t.dx:.4f} {t.dy:.4f} {t.rotation:.5f} {t.scale:.6f}" if t else " failed")
+
+
+def current_offsets(engine: Engine, ids: list[int]) -> dict[int, CurrentOffset]:
+    """The current offset of each exposure of ``ids`` that has one."""
+    from archive.query import current_offset
+
     with transaction(engine) as conn:
         rows = conn.execute(
-            select(Exposure.id, Root.path + "/" + File.relpath)
-            .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
-            .where(Exposure.id.in_(ids))
-        ).all()
-    return dict(rows)
+            select(Offset).where(Offset.exposure_id.in_(ids), Offset.id == current_offset(Offset.exposure_id))
+        ).all() if ids else []
+    return {
+        row.exposure_id: CurrentOffset(row.id, row.reference_id, row.status == "ok", row.error, Transform(
+            row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0, row.dx_err, row.dy_err, row.rotation_err, row.scale_err,
+            row.nmatched, row.residual) if row.status == "ok" else None)
+        for row in rows
+    }
 
 
 def _stars_of(path: str) -> tuple[np.ndarray, dict, tuple[int, int]]:
@@ -369,24 +426,40 @@ def _stars_of(path: str) -> tuple[np.ndarray, dict, tuple[int, int]]:
     return find_stars(data, header), header, data.shape
 
 
-def register(task: tuple) -> tuple[int, Transform | None, str | None]:
-    """Register one frame onto the reference. Runs in a worker."""
-    exposure_id, path, method, reference, params = task
+def register(task: tuple) -> tuple[Transform, str]:
+    """Register one frame onto the reference: (transform, method used). Runs in a worker."""
+    path, method, reference, reference_path, params = task
+    if method == "reference":
+        return Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), reference
+    if method == "stars":
+        data, header, _ = load_image(path, QualityParams().chunk_planes)
+        stars = find_stars(data, header)
+        try:
+            return match_stars(stars, reference, params), "stars"
+        except MatchError as first:
+            try:
+                return phase_shift(data, load_image(reference_path)[0], stars, reference, params), "phase"
+            except MatchError as second:
+                raise MatchError(f"{first}; {second}") from None
+    if method == "centroid":
+        box, (x_ref, y_ref) = reference
+        data, _, _ = load_image(path)
+        x, y = centroid_in_box(data, box)
+        return Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), "centroid"
+    data, header, _ = load_image(path)
+    return transform_from_wcs(header, reference, data.shape), "wcs"
+
+
+def chain_step(task: tuple) -> tuple[float, float] | None:
+    """The shift of a frame onto another (stars, else phase correlation), or
+    None when neither registers it. Runs in a worker; never raises."""
+    path, other, params = task
     try:
-        if method == "stars":
-            stars, _, _ = _stars_of(path)
-            return exposure_id, match_stars(stars, reference, params), None
-        if method == "centroid":
-            box, (x_ref, y_ref) = reference
-            data, _, _ = load_image(path)
-            x, y = centroid_in_box(data, box)
-            return exposure_id, Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), None
-        if method == "wcs":
-            data, header, _ = load_image(path)
-            return exposure_id, transform_from_wcs(header, reference, data.shape), None
-        raise MatchError(f"unknown method {method!r}")
-    except (MatchError, QualityError) as exc:
-        return exposure_id, None, str(exc)
+        stars, _, _ = _stars_of(other)
+        transform, _ = register((path, "stars", stars, other, params))
+        return transform.dx, transform.dy
+    except (ObsarchError, OSError, ValueError):
+        return None
 
 
 def _reference_input(path: str, method: str, box: tuple | None):
@@ -403,44 +476,123 @@ def _reference_input(path: str, method: str, box: tuple | None):
     return header
 
 
+class OffsetsStep(Step):
+    """Register exposures onto a reference; every result is stored (a
+    failure with its reason, never numbers)."""
+
+    algorithm = ALGORITHM
+
+    def __init__(self, ids: list[int], reference_id: int, method: str, box: str | None, group_id: int | None,
+                 params: MatchParams, stage: int = 1):
+        if method not in METHODS:
+            raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
+        self.name = f"offsets-{method}"
+        self.ids, self.reference_id, self.method, self.box = ids, reference_id, method, box
+        self.group_id, self.match, self.stage = group_id, params, stage
+        self.stored: dict[int, tuple[int, Transform]] = {}  # exposure -> (offset row id, transform)
+
+    def params(self) -> dict:
+        return {"method": self.method, "box": self.box, "reference": self.reference_id, "match": asdict(self.match)}
+
+    def items(self, engine) -> list[Item]:
+        frames = {f.exposure_id: f for f in resolve(engine, None, ids=sorted({*self.ids, self.reference_id}))}
+        if self.reference_id not in frames:
+            raise ObsarchError(f"reference exposure {self.reference_id} is not in the catalog (or its file is missing)")
+        reference_path = frames[self.reference_id].path
+        reference = _reference_input(reference_path, self.method, parse_box(self.box) if self.box else None)
+        items = [Item(reference_path, (reference_path, "reference", self.method, None, None), data=self.reference_id)]
+        for exposure_id in self.ids:
+            frame = frames.get(exposure_id)
+            if exposure_id == self.reference_id:
+                continue
+            if frame is None:
+                items.append(Item(f"exposure {exposure_id}", error="its file is missing", data=exposure_id))
+                continue
+            items.append(Item(frame.path, (frame.path, self.method, reference, reference_path, self.match), data=exposure_id))
+        return items
+
+    work = staticmethod(register)
+
+    def write(self, out: Writer, item: Item, result) -> None:
+        transform, method = result
+        self._store(out, item.data, transform, None, method)
+
+    def record_failure(self, out: Writer, item: Item, reason: str) -> None:
+        self._store(out, item.data, None, reason, self.method)
+
+    def _store(self, out: Writer, exposure_id: int, transform, error, method) -> None:
+        row = _offset_row(exposure_id, self.reference_id, transform, error, method, self.stage, self.group_id, out.run_id)
+        row_id = out.conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one()
+        if transform is not None:
+            self.stored[exposure_id] = (row_id, transform)
+
+
 def compute_offsets(
-    engine: Engine,
-    ids: list[int],
-    reference_id: int,
-    *,
-    method: str = "stars",
-    box: str | None = None,
-    group_id: int | None = None,
-    params: MatchParams = MatchParams(),
-    workers: int | None = None,
-    progress: Progress | None = None,
-) -> OffsetsSummary:
+    engine: Engine, ids: list[int], reference_id: int, *, method: str = "stars", box: str | None = None,
+    group_id: int | None = None, params: MatchParams = MatchParams(), workers: int | None = None,
+    executor: str = "pool", progress: Progress | None = None,
+) -> OffsetsResult:
     """Register exposures ``ids`` onto ``reference_id`` and store every result
-    (a failure with its reason)."""
-    if method not in ("stars", "centroid", "wcs"):
-        raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
-    paths = _paths(engine, [*ids, reference_id])
-    if reference_id not in paths:
-        raise ObsarchError(f"reference exposure {reference_id} is not in the catalog")
-    slices = parse_box(box) if box else None
-    reference = _reference_input(paths[reference_id], method, slices)
-    run_params = {"method": method, "box": box, "reference": reference_id, "match": asdict(params)}
-    with recorded_run(engine, f"offsets-{method}", run_params, ALGORITHM) as run:
-        summary = OffsetsSummary(run.id, failed=[], offsets={})
-        tasks = [(i, paths[i], method, reference, params) for i in ids if i != reference_id]
-        rows = [_offset_row(reference_id, reference_id, Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), None,
-                            method, 1, group_id, run.id)]
-        summary.offsets[reference_id] = Transform(0.0, 0.0)
-        for _, (exposure_id, transform, error) in parallel_map(register, tasks, workers=workers, progress=progress):
-            rows.append(_offset_row(exposure_id, reference_id, transform, error, method, 1, group_id, run.id))
-            if error:
-                summary.failed.append((exposure_id, error))
-            else:
-                summary.measured += 1
-                summary.offsets[exposure_id] = transform
-        summary.row_ids = dict(zip((row["exposure_id"] for row in rows), _store(engine, rows)))
-        run.summary = {"measured": summary.measured, "failed": len(summary.failed)}
-    return summary
+    (a failure with its reason). A frame the star matcher cannot register
+    gets one more try for a pure shift by phase correlation."""
+    step = OffsetsStep(ids, reference_id, method, box, group_id, params)
+    result = run_step(engine, step, executor=executor, workers=workers, progress=progress)
+    return OffsetsResult(result, reference_id, {e: t for e, (_, t) in step.stored.items()},
+                         {e: row for e, (row, _) in step.stored.items()})
+
+
+@dataclass
+class OffsetsResult:
+    """A :class:`StepResult` with the transforms stored, by exposure."""
+
+    step: StepResult
+    reference_id: int
+    offsets: dict[int, Transform]
+    row_ids: dict[int, int]
+    reference_reason: str | None = None
+
+    @property
+    def run_id(self):
+        return self.step.run_id
+
+    @property
+    def measured(self) -> int:
+        return len(self.offsets) - (1 if self.reference_id in self.offsets else 0)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.step.failed
+
+
+def choose_reference(engine: Engine, ids: list[int], *, workers: int | None = None, executor: str = "pool") -> tuple[int, str]:
+    """The best frame of ``ids`` to register onto, and why: not graded bad,
+    the smallest FWHM, then the most stars. Frames without quality metrics
+    are measured first."""
+    from archive.query import FIELDS
+
+    def rows():
+        with transaction(engine) as conn:
+            return conn.execute(
+                select(Exposure.id, Exposure.frame_number, FIELDS["fwhm"].expression().label("fwhm"),
+                       FIELDS["nstars"].expression().label("nstars"), FIELDS["grade"].expression().label("grade"))
+                .where(Exposure.id.in_(ids))
+            ).all()
+
+    found = rows()
+    unmeasured = [r.id for r in found if r.fwhm is None]
+    if unmeasured:
+        from processing.quality import compute
+
+        compute(engine, ids=unmeasured, workers=workers, executor=executor)
+        found = rows()
+    candidates = [r for r in found if r.grade != "bad" and r.fwhm is not None]
+    if not candidates:
+        raise ObsarchError("no frame of the selection can be the reference (none measured with stars, or all graded bad); "
+                           "give --reference")
+    best = min(candidates, key=lambda r: (r.fwhm, -(r.nstars or 0), r.id))
+    name = f"frame {best.frame_number}" if best.frame_number is not None else f"exposure {best.id}"
+    return best.id, (f"reference: {name} (id {best.id}): FWHM {best.fwhm:.2f} px, {best.nstars} stars; the smallest FWHM "
+                     f"of {len(candidates)} frames not graded bad" + (f", {len(unmeasured)} measured first" if unmeasured else ""))
 
 
 def _offset_row(exposure_id, reference_id, transform, error, method, stage, group_id, run_id, chain=None) -> dict:
@@ -454,19 +606,14 @@ def _offset_row(exposure_id, reference_id, transform, error, method, stage, grou
     }
 
 
-def _store(engine: Engine, rows: list[dict]) -> list[int]:
-    with transaction(engine, write=True) as conn:
-        return [conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one() for row in rows]
-
-
 def compute_multistage(
     engine: Engine, group_names: list[str], global_reference: int, *, params: MatchParams = MatchParams(),
-    workers: int | None = None,
-) -> dict[str, OffsetsSummary]:
+    workers: int | None = None, executor: str = "pool",
+) -> dict[str, OffsetsResult]:
     """Register each group's members onto the group's reference member (stage 1),
     each group reference onto ``global_reference``, and store the composed
     transform of every member onto the global reference (stage 2, its chain
-    of offset ids recorded)."""
+    of offset ids recorded): the composed offsets are then the current ones."""
     from processing.grouping import group_members
 
     results = {}
@@ -474,34 +621,40 @@ def compute_multistage(
         group_id, members = group_members(engine, name)
         ids = [e for e, _ in members]
         group_reference = next((e for e, role in members if role == "reference"), ids[0])
-        inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers)
-        outer = compute_offsets(engine, [group_reference], global_reference, group_id=group_id, params=params, workers=1)
+        inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers, executor=executor)
+        results[name] = inner
+        if group_reference == global_reference:
+            continue  # its members are already on the global reference
+        outer = compute_offsets(engine, [group_reference], global_reference, group_id=group_id, params=params, workers=1,
+                                executor="serial")
         link = outer.offsets.get(group_reference)
         if link is None:
-            inner.failed.append((group_reference, f"group {name}'s reference could not be registered onto {global_reference}"))
-            results[name] = inner
+            inner.step.failed.append((f"group {name}", f"its reference could not be registered onto {global_reference}: "
+                                      + "; ".join(why for _, why in outer.failed)))
             continue
         rows = [
             _offset_row(member, global_reference, transform.then(link), None, "composed", 2, group_id, inner.run_id,
                         chain=[inner.row_ids[member], outer.row_ids[group_reference]])
             for member, transform in inner.offsets.items()
         ]
-        _store(engine, rows)
-        results[name] = inner
+        with transaction(engine, write=True) as conn:
+            conn.execute(insert(Offset), rows)
     return results
 
 
 def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | None = None) -> list[dict]:
-    """The latest offset of each exposure (stage 2 before stage 1), with MUSE's
-    derotator angle when the header has one."""
+    """The current offset of each exposure (its latest registration), with
+    MUSE's derotator angle when the header has one."""
     from archive.models import HeaderCard
+    from archive.query import current_offset
 
     statement = (
         select(Offset.exposure_id, Exposure.frame_number, Offset.reference_id, Offset.method, Offset.stage, Offset.status,
                Offset.dx, Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched,
                Offset.residual, Offset.error, Offset.id)
         .join(Exposure, Exposure.id == Offset.exposure_id)
-        .order_by(Offset.exposure_id, Offset.stage, Offset.id)
+        .where(Offset.id == current_offset(Offset.exposure_id))
+        .order_by(Offset.exposure_id)
     )
     if group:
         statement = statement.join(Group, Group.id == Offset.group_id).where(Group.name == group)
@@ -512,15 +665,13 @@ def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | Non
         posang = dict(conn.execute(
             select(HeaderCard.file_id, HeaderCard.value_num).where(HeaderCard.keyword == "ESO INS DROT POSANG")
         ).all())
-    latest: dict[int, dict] = {}
-    for row in rows:
-        latest[row.exposure_id] = {**row._asdict(), "drot_posang": posang.get(row.exposure_id)}
-    return list(latest.values())
+    return [{**row._asdict(), "drot_posang": posang.get(row.exposure_id)} for row in rows]
 
 
-def select_ids(engine: Engine, selection: str) -> list[int]:
-    with transaction(engine) as conn:
-        return list(conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars())
+def select_ids(engine: Engine, selection, *, products: bool = False) -> list[int]:
+    """Ids of the exposures of ``selection`` (a tree or a person's text): raw
+    exposures only unless ``products``."""
+    return [f.exposure_id for f in resolve(engine, selection, None if products else is_null("product"))]
 
 
 def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
@@ -532,12 +683,15 @@ def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
     return group_id, ids, next((e for e, role in members if role == "reference"), ids[0])
 
 
-
 # -- two source lists on the sky ------------------------------------------------------------
 
 _RA_NAMES = ("ra", "raj2000", "ra_deg", "_raj2000", "alpha")
 _DEC_NAMES = ("dec", "dej2000", "decj2000", "dec_deg", "_dej2000", "delta")
 _BRIGHTNESS = (("flux", -1), ("net_counts", -1), ("counts", -1), ("mag", 1), ("magnitude", 1))
+
+
+class NotSignificant(ObsarchError):
+    """A match of two source lists no better than chance: no transform is given."""
 
 
 @dataclass
@@ -547,6 +701,9 @@ class CatalogAlignment:
     n_a: int
     n_b: int
     centre: tuple[float, float]
+    chance: float = 0.0  # matches expected by chance with this tolerance
+    log10_p: float = 0.0  # log10 of the probability of as many matches by chance, over every transform tried
+    method: str = "triangles"
 
 
 def read_sources(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -586,26 +743,52 @@ def _tangent(ra: np.ndarray, dec: np.ndarray, centre: tuple[float, float]) -> np
     return np.degrees(np.column_stack([x, y])) * 3600.0
 
 
-def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, fit_scale: bool = False) -> CatalogAlignment:
+def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, fit_scale: bool = False,
+                   max_log10_p: float = -3.0, max_shift_arcsec: float = MAX_SHIFT_ARCSEC) -> CatalogAlignment:
     """Shift and rotation (and scale with ``fit_scale``) that take source list
-    A onto B, found with no starting guess, with the matched pairs and their
-    residuals."""
-    ra_a, dec_a, bright_a = read_sources(path_a)
+    A onto B, found with no starting guess and any rotation, with the matched
+    pairs, their residuals and the match's significance.
+
+    Lists of similar depth are matched by triangles of neighbours; a short
+    list against a long one (150 X-ray sources against 3,000 stars), or
+    lists the triangles cannot match, by voting over rotations for the shift
+    that puts most sources on one another. The shift, about the lists' common
+    centre, is searched within ``max_shift_arcsec``. A transform is given only when its
+    matches are unlikely by chance (probability below 10**max_log10_p, counting
+    every transform tried); otherwise :class:`NotSignificant` says how many
+    matched and how many chance would give.
+    """
+    ra_a, dec_a, _ = read_sources(path_a)
     ra_b, dec_b, bright_b = read_sources(path_b)
     vector = np.array([np.cos(np.radians(dec_b)) * np.cos(np.radians(ra_b)),
                        np.cos(np.radians(dec_b)) * np.sin(np.radians(ra_b)), np.sin(np.radians(dec_b))]).sum(axis=1)
     centre = (math.degrees(math.atan2(vector[1], vector[0])) % 360, math.degrees(math.atan2(vector[2], math.hypot(vector[0], vector[1]))))
     a, b = _tangent(ra_a, dec_a, centre), _tangent(ra_b, dec_b, centre)
-    if not (bright_a and bright_b):
-        # Without brightness in both lists, the sources matched first are the
-        # ones nearest the common centre: lists that need aligning overlap.
-        order_a, order_b = np.argsort(np.hypot(*a.T)), np.argsort(np.hypot(*b.T))
-        a, ra_a, dec_a = a[order_a], ra_a[order_a], dec_a[order_a]
-        b, ra_b, dec_b = b[order_b], ra_b[order_b], dec_b[order_b]
-    params = MatchParams(max_stars=200, match_px=tolerance_arcsec, min_matched=4, max_rotation=10.0)
-    transform = match_stars(a, b, params)
-    if not fit_scale:
-        transform = _without_scale(a, b, transform, tolerance_arcsec)
+    best = None
+    votes = functools.partial(_by_votes, max_shift=max_shift_arcsec)
+    for method, search in (("triangles", _by_triangles), ("votes", votes)):
+        try:
+            found = search(a, b, tolerance_arcsec, bright_b)
+        except MatchError:
+            continue
+        if fit_scale:
+            transform = _refine(a, b, found, _catalog_params(tolerance_arcsec))
+        else:  # twice: a guess a little off loses the farthest pairs the first time
+            transform = _without_scale(a, b, _without_scale(a, b, found, tolerance_arcsec), tolerance_arcsec)
+        chance, log10_p = _significance(a, b, transform, tolerance_arcsec)
+        if best is None or log10_p < best[2]:
+            best = (transform, chance, log10_p, method)
+        if log10_p <= max_log10_p:
+            break
+    if best is None:
+        raise NotSignificant(f"no transform matches 4 or more sources of {path_a} ({len(a)}) to {path_b} ({len(b)}) "
+                             f"within {tolerance_arcsec}\"")
+    transform, chance, log10_p, method = best
+    if log10_p > max_log10_p:
+        raise NotSignificant(
+            f"the best match ({transform.nmatched} of {len(a)} sources within {tolerance_arcsec}\", shift {transform.dx:+.1f}\" "
+            f"{transform.dy:+.1f}\", rotation {transform.rotation:+.2f} deg) is no better than chance ({chance:.1f} expected; "
+            f"chance probability 10^{log10_p:.1f}); no transform given")
     pairs = _pairs(a, b, transform, min(tolerance_arcsec, max(0.5, 4 * (transform.residual or 0))))
     moved = transform.apply(a[pairs[:, 0]]) if len(pairs) else np.empty((0, 2))
     rows = [
@@ -613,7 +796,101 @@ def align_catalogs(path_a: str, path_b: str, *, tolerance_arcsec: float = 2.0, f
          "dec_b": float(dec_b[j]), "residual_arcsec": float(np.hypot(*(moved[k] - b[j])))}
         for k, (i, j) in enumerate(pairs)
     ]
-    return CatalogAlignment(transform, rows, len(ra_a), len(ra_b), centre)
+    return CatalogAlignment(transform, rows, len(ra_a), len(ra_b), centre, chance, log10_p, method)
+
+
+def _catalog_params(tolerance: float) -> MatchParams:
+    return MatchParams(max_stars=200, match_px=tolerance, min_matched=4, max_rotation=None, scale_range=(0.98, 1.02))
+
+
+def _by_triangles(a: np.ndarray, b: np.ndarray, tolerance: float, bright_b: bool) -> Transform:
+    """Triangles of neighbours: lists of similar depth over the same field."""
+    order_a, order_b = np.argsort(np.hypot(*a.T)), np.argsort(np.hypot(*b.T))
+    return match_stars(a[order_a], b[order_b], _catalog_params(tolerance))
+
+
+_NEAREST = 128  # sources of the long list each source of the short one votes with, at most
+_COARSE_BIN = 8.0  # tolerances: the first grid's shift bins, rotations spaced so that no source moves more
+
+
+def _by_votes(a: np.ndarray, b: np.ndarray, tolerance: float, bright_b: bool, max_shift: float = MAX_SHIFT_ARCSEC) -> Transform:
+    """For each rotation of a grid, every source of the short list votes for
+    the shifts that put it on a source of the long list no farther than
+    ``max_shift`` away; rotations are spaced so that no source moves more
+    than a shift bin between two of them. The best few rotations are
+    searched again on finer grids. Works for a short list against a long one,
+    where neighbours in one are not neighbours in the other."""
+    from scipy.spatial import cKDTree
+
+    short, long_, swapped = (a, b, False) if len(a) <= len(b) else (b, a, True)
+    tree = cKDTree(long_)
+    lever = float(np.max(np.hypot(*short.T))) or 1.0
+    bin_size = _COARSE_BIN * tolerance
+    step = math.degrees(bin_size / (2 * lever))
+    votes = [_vote(short, long_, tree, angle, bin_size, max_shift) for angle in np.arange(-180.0, 180.0, step)]
+    best = None
+    for count, angle, shift in sorted(votes, key=lambda v: -v[0])[:3]:
+        size, spacing = bin_size, step
+        while size > tolerance * 1.01:
+            size = max(tolerance, size / 4)
+            fine = math.degrees(size / (2 * lever))
+            count, angle, shift = max((_vote(short, long_, tree, x, size, max_shift)
+                                       for x in np.arange(angle - spacing, angle + spacing + fine, fine)), key=lambda v: v[0])
+            spacing = fine
+        if best is None or count > best[0]:
+            best = (count, angle, shift)
+    _, angle, shift = best
+    guess = Transform(float(shift[0]), float(shift[1]), float((angle + 180.0) % 360.0 - 180.0))
+    if swapped:
+        guess = _inverse(guess)
+    if len(_pairs(a, b, guess, 2 * tolerance)) < 4:
+        raise MatchError("voting found no shift that puts 4 sources on one another")
+    return guess
+
+
+def _vote(short: np.ndarray, long_: np.ndarray, tree, angle: float, bin_size: float, half: float) -> tuple[int, float, np.ndarray]:
+    """(votes, angle, shift) of the best shift bin (2x2 bins, so that a peak
+    split by a bin edge is whole) at one rotation, shifts within ``half``."""
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    rotated = short @ np.array([[c, s], [-s, c]])
+    distance, near = tree.query(rotated, k=min(len(long_), _NEAREST), distance_upper_bound=half)
+    found = np.isfinite(distance)
+    if not found.any():
+        return 0, float(angle), np.zeros(2)
+    d = long_[near[found]] - np.broadcast_to(rotated[:, None, :], (*near.shape, 2))[found]
+    d = d[np.all(np.abs(d) < half, axis=1)]
+    bins = int(2 * half / bin_size) + 2
+    index = ((d + half) / bin_size).astype(np.int64)
+    grid = np.bincount(index[:, 0] * bins + index[:, 1], minlength=bins * bins).reshape(bins, bins)
+    boxes = grid[:-1, :-1] + grid[1:, :-1] + grid[:-1, 1:] + grid[1:, 1:]
+    row, col = divmod(int(boxes.argmax()), boxes.shape[1])
+    centre = np.array([row + 1, col + 1]) * bin_size - half
+    inside = d[np.all(np.abs(d - centre) <= bin_size, axis=1)]
+    return int(boxes[row, col]), float(angle), np.median(inside, axis=0) if len(inside) else centre
+
+
+def _inverse(t: Transform) -> Transform:
+    m = np.linalg.inv(t.matrix)
+    return Transform(float(m[0, 2]), float(m[1, 2]), math.degrees(math.atan2(m[1, 0], m[0, 0])), float(math.hypot(m[0, 0], m[1, 0])))
+
+
+def _significance(a: np.ndarray, b: np.ndarray, transform: Transform, tolerance: float) -> tuple[float, float]:
+    """(matches chance would give, log10 of the chance probability of as many
+    as were found): sources of A that land within B's field, times B's
+    density times the match area, Poisson; multiplied by the number of
+    distinct transforms a search can try (shifts over the field, rotations)."""
+    from scipy.stats import poisson
+
+    moved = transform.apply(a)
+    low, high = b.min(axis=0), b.max(axis=0)
+    inside = np.all((moved >= low) & (moved <= high), axis=1).sum()
+    area = float(np.prod(np.maximum(high - low, tolerance)))
+    chance = float(inside * len(b) * math.pi * tolerance**2 / area)
+    matched = len(_pairs(a, b, transform, tolerance))
+    extent = float(np.max(np.hypot(*a.T)))
+    trials = (area / (math.pi * tolerance**2)) * (360.0 / max(1e-3, math.degrees(tolerance / max(extent, tolerance))))
+    log10_p = float(poisson.logsf(matched - 1, max(chance, 1e-12)) / math.log(10) + math.log10(max(trials, 1.0)))
+    return chance, max(-300.0, min(0.0, log10_p))  # logsf reaches -inf for certainties
 
 
 def _without_scale(a: np.ndarray, b: np.ndarray, transform: Transform, tolerance: float) -> Transform:

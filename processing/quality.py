@@ -17,19 +17,23 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, case, delete, insert, select
+from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
-from archive.models import Exposure, File, Flag, Metric, Root
-from archive.query import Compiler, parse, select_exposures
-from processing.executor import Progress, parallel_map
+from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
+from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
+from archive.query import ids as query_ids
+from processing.executor import Progress
+from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
 from processing.runs import params_hash, recorded_run
+from processing.stars import DetectionError, StarField, detect_stars, gaussian_fwhm, unsaturated
+from processing.steps import refuse_ambiguous_frames
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
-ALGORITHM = "quality-1"
+ALGORITHM = "quality-3"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy
 
 GRADES = ("great", "ok", "marginal", "bad")
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
@@ -155,21 +159,12 @@ def pixel_scale(header: dict) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
             return float(value)
     if str(header.get("CTYPE1", "")).startswith("RA"):
-        try:
-            from astropy.io import fits
-            from astropy.wcs import WCS
-            from astropy.wcs.utils import proj_plane_pixel_scales
+        from astropy.wcs.utils import proj_plane_pixel_scales
 
-            cards = fits.Header()
-            for key, value in header.items():
-                if len(key) <= 8 and not key.startswith("__") and isinstance(value, (int, float, str)):
-                    cards[key] = value
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scales = proj_plane_pixel_scales(WCS(cards, naxis=2))
-            return float(np.mean(scales) * 3600.0)
-        except Exception:  # a WCS astropy cannot build gives no scale
-            return None
+        from processing.wcs import celestial_wcs
+
+        wcs = celestial_wcs(header)
+        return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0) if wcs is not None else None
     return None
 
 
@@ -209,186 +204,199 @@ def measure(data: np.ndarray, header: dict | None = None, params: QualityParams 
 
 
 def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: QualityParams) -> dict:
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, BkgZoomInterpolator
-    from photutils.segmentation import SourceCatalog, detect_sources
-
-    box = int(min(params.box_size, max(8, min(data.shape) // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        background = Background2D(
-            data, box, filter_size=3, sigma_clip=SigmaClip(3.0), mask=mask if mask.any() else None,
-            interpolator=BkgZoomInterpolator(order=1),
-        )
-        # Each access to .background interpolates the full-size map again.
-        sky = background.background
-    rms = float(background.background_rms_median)
+    try:
+        field = detect_stars(data, mask=mask if mask.any() else None, detect_sigma=params.detect_sigma,
+                             npixels=params.npixels, box_size=params.box_size)
+    except DetectionError as exc:
+        raise QualityError(str(exc)) from exc
     result = {
-        "background": float(background.background_median), "background_rms": rms,
-        "nstars": 0, "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
+        "background": field.background, "background_rms": field.background_rms,
+        "nstars": len(field.stars), "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
     }
-    subtracted = data - sky
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no sources found" is an answer, not a problem
-        segments = detect_sources(
-            subtracted, params.detect_sigma * rms, n_pixels=params.npixels, mask=mask if mask.any() else None
-        )
-    if segments is None:
-        return result
-    catalog = SourceCatalog(subtracted, segments, mask=mask if mask.any() else None)
-    result["nstars"] = int(len(catalog))
-    stars = _pick_stars(catalog, sky, level, data.shape, params.max_stars)
-    if not stars:
+    stars = _pick_stars(field, level, data.shape, params.max_stars)
+    if not len(stars):
         return result
     # Trails show best in the brightest stars: a faint star's trail breaks
     # into round blobs in the noise (UB17-033's trailed star, in the tests).
     # Elongation is therefore the median of the brightest few.
-    result["elongation"] = float(np.median([s["elongation"] for s in stars[: params.elongation_stars]]))
-    result["sharpness"] = float(np.median([s["max_value"] / s["segment_flux"] for s in stars]))
-    result["fwhm"], result["fwhm_minor"] = _fit_fwhm(subtracted, stars, mask)
+    result["elongation"] = float(np.median(stars["elongation"][: params.elongation_stars]))
+    result["sharpness"] = float(np.median(stars["peak"] / stars["flux"]))
+    result["fwhm"], result["fwhm_minor"] = _fit_fwhm(field.subtracted, stars, mask)
     return result
 
 
 _EDGE_PX = 20  # half the largest FWHM fitting box
 
 
-def _pick_stars(catalog, background: np.ndarray, level: float | None, shape: tuple, limit: int) -> list[dict]:
-    """The brightest sources that are not saturated and not at the edge."""
-    table = catalog.to_table(columns=["x_centroid", "y_centroid", "max_value", "segment_flux", "elongation", "fwhm"])
-    stars = []
-    for row in sorted(table, key=lambda r: -float(r["segment_flux"])):
-        x, y = float(row["x_centroid"]), float(row["y_centroid"])
-        size = float(getattr(row["fwhm"], "value", row["fwhm"]))
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(size)) or row["segment_flux"] <= 0:
-            continue
-        margin = _EDGE_PX
-        if x < margin or y < margin or x > shape[1] - 1 - margin or y > shape[0] - 1 - margin:
-            continue
-        peak = float(row["max_value"]) + float(background[int(y), int(x)])
-        if level is not None and peak >= 0.9 * level:
-            continue
-        stars.append({"x": x, "y": y, "size": size, "max_value": float(row["max_value"]),
-                      "segment_flux": float(row["segment_flux"]), "elongation": float(row["elongation"])})
-        if len(stars) >= limit:
-            break
-    return stars
+def _pick_stars(field: StarField, level: float | None, shape: tuple, limit: int) -> np.ndarray:
+    """The brightest sources that are not saturated and not at the edge,
+    with their elongation and moment FWHM."""
+    from numpy.lib import recfunctions
+
+    stars = recfunctions.append_fields(field.stars, ("elongation", "size"), (field.elongation, field.fwhm),
+                                       usemask=False)
+    x, y = stars["x"], stars["y"]
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(stars["size"]) & (stars["flux"] > 0)
+    margin = _EDGE_PX
+    keep &= (x >= margin) & (y >= margin) & (x <= shape[1] - 1 - margin) & (y <= shape[0] - 1 - margin)
+    keep &= unsaturated(field.stars, level)
+    return stars[keep][:limit]
 
 
-def _fit_fwhm(subtracted: np.ndarray, stars: list[dict], mask: np.ndarray) -> tuple[float | None, float | None]:
+def _fit_fwhm(subtracted: np.ndarray, stars: np.ndarray, mask: np.ndarray) -> tuple[float | None, float | None]:
     """Median FWHM of a circular Gaussian fit to each star, and median FWHM
     along the stars' minor axes (the fit's FWHM over the square root of the
     star's elongation: a circular fit to an elliptical star gives about the
     geometric mean of its axes). A trail stretches the first, not the second,
     so focus is judged on the second."""
-    from photutils.psf import fit_fwhm
-
-    guess = float(np.median([s["size"] for s in stars]))
+    guess = float(np.median(stars["size"]))
     fit_shape = int(min(41, max(7, 2 * math.ceil(1.5 * guess) + 1)))
-    xy = np.array([(s["x"], s["y"]) for s in stars])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fwhm = np.asarray(fit_fwhm(subtracted, xypos=xy, fit_shape=fit_shape, mask=mask if mask.any() else None))
-        except (ValueError, RuntimeError):  # no star could be fitted
-            return None, None
-    elongation = np.array([s["elongation"] for s in stars])
+    xy = np.column_stack([stars["x"], stars["y"]])
+    fwhm = gaussian_fwhm(subtracted, xy, fit_shape, mask if mask.any() else None)
+    elongation = stars["elongation"]
     good = np.isfinite(fwhm) & (fwhm > 0) & np.isfinite(elongation)
     if not good.any():
         return None, None
     return float(np.median(fwhm[good])), float(np.median(fwhm[good] / np.sqrt(elongation[good])))
 
 
-def measure_file(task: tuple[int, str, QualityParams]) -> tuple[int, int | None, dict | None, str | None]:
-    """(exposure id, HDU index, metrics, error) of one file. Runs in a worker."""
-    exposure_id, path, params = task
-    try:
-        data, header, hdu_index = load_image(path, params.chunk_planes)
-        return exposure_id, hdu_index, measure(data, header, params), None
-    except QualityError as exc:
-        return exposure_id, None, None, str(exc)
-    except MemoryError:
-        return exposure_id, None, None, f"{path}: not enough memory to measure"
+def measure_file(task: tuple) -> list[tuple[str, int, dict | None, str | None]]:
+    """(detector, HDU index, metrics, error) of every detector of one file
+    (``hdus``: the ones named), measured one at a time: a cube gives its
+    white-light image; a detector that cannot be measured costs only itself.
+    Runs in a worker."""
+    from archive.detectors import select_detectors
+    from processing import detectors as pixels
+
+    path, params, *rest = task
+    hdus = rest[0] if rest else None
+    results = []
+    with pixels.opened(path) as hdul:
+        detectors = select_detectors(pixels.detectors_of(hdul), hdus)
+        if not detectors:
+            raise QualityError(f"{path}: no HDU with image data")
+        primary = {k: hdul[0].header[k] for k in hdul[0].header if k and k not in ("COMMENT", "HISTORY")}
+        for detector in detectors:
+            try:
+                hdu = hdul[detector.hdu_index]
+                header = {**primary, **{k: hdu.header[k] for k in hdu.header if k and k not in ("COMMENT", "HISTORY")}}
+                header["__BITPIX__"] = hdu.header.get("BITPIX")
+                metrics = measure(_image_of(hdu, params.chunk_planes), header, params)
+                results.append((detector.name, detector.hdu_index, metrics, None))
+            except (OSError, ValueError, TypeError, KeyError, ObsarchError) as exc:  # a corrupt tile, say
+                results.append((detector.name, detector.hdu_index, None, f"detector {detector.name}: {exc}"))
+    return results
+
+
+def summary_of(detectors: list[tuple[str, int, dict | None, str | None]]) -> tuple[int | None, dict | None, str | None]:
+    """The exposure's metrics: the median over its detectors that were measured
+    (a single detector's own), its HDU index when it has one detector, and
+    an error only when no detector could be measured."""
+    measured = [metrics for _, _, metrics, _ in detectors if metrics is not None]
+    hdu_index = detectors[0][1] if len(detectors) == 1 else None
+    if not measured:
+        return hdu_index, None, "; ".join(error for *_, error in detectors if error)
+    summary = {}
+    for name in METRICS:
+        values = [m[name] for m in measured if m.get(name) is not None]
+        summary[name] = float(np.median(values)) if values else None
+    if summary.get("nstars") is not None:
+        summary["nstars"] = int(round(summary["nstars"]))
+    return hdu_index, summary, None
 
 
 # -- computing over a selection ----------------------------------------------------
 
 
-@dataclass
-class QualitySummary:
-    run_id: int
-    computed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[tuple[int, str]] | None = None
+METRIC_COLUMNS = ("exposure_id", "run_id", "params_hash", "file_version", "hdu_index", "error", *METRICS)
+DETECTOR_METRIC_COLUMNS = ("exposure_id", "detector", "hdu_index", "run_id", "error", *METRICS)
 
 
-def _targets(engine: Engine, selection: str | None, digest: str, force: bool) -> tuple[list[tuple[int, str]], int]:
-    statement = (
-        select_exposures(selection, engine.dialect.name, (Root.path + "/" + File.relpath).label("path"), File.version,
-                         Metric.params_hash, Metric.file_version)
-        .outerjoin(Metric, Metric.exposure_id == Exposure.id)
-        .order_by(Exposure.id)
-    )
-    with transaction(engine) as conn:
-        rows = conn.execute(statement).all()
-    todo = [
-        (row.id, row.path) for row in rows
-        if force or row.params_hash != digest or row.file_version != row.version
-    ]
-    return todo, len(rows) - len(todo)
+class QualityStep(Step):
+    """Measure exposures; each one's metrics (or why it could not be
+    measured) replace its earlier ones."""
+
+    name, algorithm = "quality", ALGORITHM
+    work = staticmethod(measure_file)
+
+    def __init__(self, selection, params: QualityParams, ids: list[int] | None = None, hdus: tuple[str, ...] | None = None):
+        self.selection, self.quality, self.ids, self.hdus = selection, params, ids, hdus
+        self.digest = params_hash("quality", {**asdict(params), **({"hdus": list(hdus)} if hdus else {})}, ALGORITHM)
+
+    def params(self) -> dict:
+        return asdict(self.quality)
+
+    def items(self, engine) -> list[Item]:
+        statement = select_exposures(
+            all_of(self.selection, query_ids(self.ids) if self.ids is not None else None), engine.dialect.name,
+            (Root.path + "/" + File.relpath).label("path"), File.version, File.status, Metric.params_hash,
+            Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
+        ).outerjoin(Metric, Metric.exposure_id == Exposure.id).order_by(Exposure.id)
+        with transaction(engine) as conn:
+            refuse_ambiguous_frames(conn, all_of(self.selection))
+            rows = conn.execute(statement).all()
+        return [Item(row.path, (row.path, self.quality, self.hdus), data=row,
+                     error=f"{row.path}: the file is missing" if row.status == "missing" else None) for row in rows]
+
+    def up_to_date(self, engine, items, prints) -> set[str]:
+        """Frames measured with these parameters from this version of their file
+        (a frame that could not be measured is tried again: it is not done)."""
+        return {item.key for item in items if item.data.params_hash == self.digest
+                and item.data.measured_version == item.data.version and item.data.measure_error is None}
+
+    def write(self, out: Writer, item: Item, result) -> None:
+        hdu_index, metrics, error = summary_of(result)
+        self._store(out, item, hdu_index, metrics, error, result)
+        if error:  # no detector could be measured: the frame failed, with its reasons stored
+            raise ItemFailed(error)
+
+    def record_failure(self, out: Writer, item: Item, reason: str) -> None:
+        self._store(out, item, None, None, reason, [])
+
+    def _store(self, out: Writer, item: Item, hdu_index, metrics, error, detectors) -> None:
+        """The exposure's summary in ``metrics``, each detector's in ``detector_metrics``."""
+        out.conn.execute(delete(Metric).where(Metric.exposure_id == item.data.id))
+        out.conn.execute(delete(DetectorMetric).where(DetectorMetric.exposure_id == item.data.id))
+        bulk_insert(out.conn, "metrics", METRIC_COLUMNS,
+                    [_metric_row(item.data.id, out.run_id, self.digest, item.data.version, hdu_index, metrics, error)])
+        rows = [(item.data.id, name, index, out.run_id, why, *(_plain((values or {}).get(m)) for m in METRICS))
+                for name, index, values, why in detectors]
+        if rows:
+            bulk_insert(out.conn, "detector_metrics", DETECTOR_METRIC_COLUMNS, rows)
 
 
 def compute(
     engine: Engine,
-    selection: str | None = None,
+    selection=None,
     *,
+    ids: list[int] | None = None,
     params: QualityParams = QualityParams(),
     force: bool = False,
     workers: int | None = None,
+    executor: str = "pool",
+    scheduler: str | None = None,
     progress: Progress | None = None,
-    batch: int = 50,
-) -> QualitySummary:
-    """Measure every exposure of ``selection`` whose metrics are missing, were
-    made with other parameters, or predate a change of its file; ``force``
-    measures them all again. Frames are measured in parallel; the catalog is
-    written here, in batches."""
-    digest = params_hash("quality", asdict(params), ALGORITHM)
-    todo, skipped = _targets(engine, selection, digest, force)
-    with transaction(engine) as conn:
-        versions = dict(conn.execute(select(Exposure.id, File.version).join(File, File.id == Exposure.file_id)).all())
-    with recorded_run(engine, "quality", asdict(params), ALGORITHM) as run:
-        summary = QualitySummary(run.id, skipped=skipped, errors=[])
-        rows: list[tuple] = []
-        tasks = [(exposure_id, path, params) for exposure_id, path in todo]
-        for _, (exposure_id, hdu_index, metrics, error) in parallel_map(measure_file, tasks, workers=workers, progress=progress):
-            rows.append(_metric_row(exposure_id, run.id, digest, versions[exposure_id], hdu_index, metrics, error))
-            if error:
-                summary.failed += 1
-                summary.errors.append((exposure_id, error))
-            else:
-                summary.computed += 1
-            if len(rows) >= batch:
-                _store_metrics(engine, rows)
-                rows = []
-        _store_metrics(engine, rows)
-        run.summary = {"computed": summary.computed, "skipped": summary.skipped, "failed": summary.failed}
-    return summary
+    hdus: tuple[str, ...] | None = None,
+) -> StepResult:
+    """Measure every detector (``hdus``: the ones named) of every exposure of
+    ``selection`` (a tree, or a person's text)
+    and ``ids`` whose metrics are missing, were made with other parameters,
+    or predate a change of its file; ``force`` measures them all again.
+    Frames are measured in workers; one that cannot be measured is stored
+    with its reason and costs only itself; the catalog is written in one
+    transaction."""
+    return run_step(engine, QualityStep(selection, params, ids, hdus), force=force, executor=executor, workers=workers,
+                    scheduler=scheduler, progress=progress)
 
 
-METRIC_COLUMNS = ("exposure_id", "run_id", "params_hash", "file_version", "hdu_index", "error", *METRICS)
+def _plain(value):
+    """A numpy number as the Python number a database driver binds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _metric_row(exposure_id, run_id, digest, version, hdu_index, metrics, error) -> tuple:
     values = metrics or {}
     return (exposure_id, run_id, digest, version, hdu_index, error, *(values.get(name) for name in METRICS))
-
-
-def _store_metrics(engine: Engine, rows: list[tuple]) -> None:
-    if not rows:
-        return
-    with transaction(engine, write=True) as conn:
-        conn.execute(delete(Metric).where(Metric.exposure_id.in_([row[0] for row in rows])))
-        bulk_insert(conn, "metrics", METRIC_COLUMNS, rows)
 
 
 # -- flags -------------------------------------------------------------------------
@@ -414,19 +422,63 @@ def flag(
     Earlier flags are kept as history."""
     _check_flag(grade, reason)
     with transaction(engine, write=True) as conn:
+        refuse_ambiguous_frames(conn, as_tree(selection))
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
-        now = utcnow()
-        conn.execute(
-            insert(Flag),
-            [
-                {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
-                 "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
-                for i in ids
-            ],
-        )
+        _record_flags(conn, ids, grade, reason, note, who)
     return len(ids)
+
+
+def flag_exposures(
+    engine: Engine,
+    ids: list[int],
+    grade: str,
+    *,
+    reason: str | None = None,
+    note: str | None = None,
+    who: str | None = None,
+) -> list[int]:
+    """A person's verdict on the exposures ``ids``, recorded as :func:`flag`
+    records it; returns the new flags' ids."""
+    _check_flag(grade, reason)
+    with transaction(engine, write=True) as conn:
+        known = set(conn.execute(select(Exposure.id).where(Exposure.id.in_(ids))).scalars())
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise NotFoundError(f"no exposure with id {', '.join(map(str, missing[:10]))}; nothing flagged")
+        return _record_flags(conn, sorted(known), grade, reason, note, who)
+
+
+def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
+    now = utcnow()
+    rows = [
+        {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+         "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
+        for i in ids
+    ]
+    return list(conn.execute(insert(Flag).returning(Flag.id, sort_by_parameter_order=True), rows).scalars())
+
+
+def retract_flags(engine: Engine, flag_ids: list[int], who: str) -> int:
+    """Take back flags a person just made (an undo): only ``who``'s own
+    flags; returns how many were removed. The flags before them are current again."""
+    with transaction(engine, write=True) as conn:
+        owned = conn.execute(
+            select(Flag.id).where(Flag.id.in_(flag_ids), Flag.source == "person", Flag.who == who)
+        ).scalars().all()
+        if len(owned) != len(set(flag_ids)):
+            raise ObsarchError(f"flags {', '.join(map(str, sorted(set(flag_ids) - set(owned))))} are not {who}'s to take back")
+        conn.execute(delete(Flag).where(Flag.id.in_(owned)))
+    return len(owned)
+
+
+def metrics_of(engine: Engine, exposure_id: int) -> dict | None:
+    """The stored metrics of one exposure (with the run and the reason it
+    could not be measured, if so), or None if never measured."""
+    with transaction(engine) as conn:
+        row = conn.execute(select(*Metric.__table__.columns).where(Metric.exposure_id == exposure_id)).first()
+    return None if row is None else row._asdict()
 
 
 def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
@@ -438,14 +490,8 @@ def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
             .where(Flag.exposure_id == exposure_id)
             .order_by(Flag.id)
         ).all()
-    current = _current(rows)
+        current = conn.execute(select(current_flag("id", literal(exposure_id)))).scalar()
     return [{**row._asdict(), "current": row.id == current} for row in rows]
-
-
-def _current(rows) -> int | None:
-    people = [r for r in rows if r.source == "person"]
-    chosen = (people or list(rows))[-1:] if rows else []
-    return chosen[0].id if chosen else None
 
 
 # -- rules ---------------------------------------------------------------------------
@@ -601,20 +647,12 @@ def _rule_flag(exposure_id: int, verdict, run_id: int, now: datetime) -> dict:
 
 def _measured(engine: Engine, selection: str | None) -> list[dict]:
     """Science frames with metrics, their night and band, and their current flag."""
-    latest = (
-        select(Flag.source, Flag.grade, Flag.rule)
-        .where(Flag.exposure_id == Exposure.id)
-        .order_by(case((Flag.source == "person", 0), else_=1), Flag.id.desc())
-        .limit(1)
-        .correlate(Exposure)
-    )
     compiler = Compiler(engine.dialect.name)
     statement = (
         select(
             Exposure.id, Exposure.night, Exposure.band, *[getattr(Metric, m) for m in METRICS],
-            latest.with_only_columns(Flag.source).scalar_subquery().label("current_source"),
-            latest.with_only_columns(Flag.grade).scalar_subquery().label("current_grade"),
-            latest.with_only_columns(Flag.rule).scalar_subquery().label("current_rule"),
+            current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
+            current_flag("rule").label("current_rule"),
         )
         .select_from(Exposure)
         .join(Metric, Metric.exposure_id == Exposure.id)
@@ -623,7 +661,7 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
         .where(Exposure.frame_type == "science", Metric.error.is_(None))
         .order_by(Exposure.id)
     )
-    if selection and selection.strip():
-        statement = statement.where(compiler(parse(selection)))
+    if (tree := as_tree(selection)) is not None:
+        statement = statement.where(compiler(tree))
     with transaction(engine) as conn:
         return [row._asdict() for row in conn.execute(statement)]

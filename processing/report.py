@@ -1,12 +1,13 @@
-"""The quality report: tables in SQL views, and a static HTML page with a
-thumbnail per frame and plots per band. The page needs nothing but its
-directory: images are files beside it, there is no script and no link out."""
+"""The quality report's data and pictures: tables from the SQL views, and
+the pictures of frames (thumbnails, previews, mosaics of detectors) as
+0..1 arrays and PNG files. The pages themselves are drawn by :mod:`web`."""
 
 from __future__ import annotations
 
-import html
 import math
-from dataclasses import dataclass
+import os
+import threading
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -15,8 +16,7 @@ from sqlalchemy import Engine, select, text
 
 from archive.db import transaction
 from archive.models import File, Root
-from processing.executor import Progress, parallel_map
-from processing.quality import QualityError, load_image
+from processing.quality import QualityError
 
 GRADE_COLOURS = {"great": "#1a9850", "ok": "#91cf60", "marginal": "#fc8d59", "bad": "#d73027", None: "#999999"}
 THUMBNAIL_PX = 256
@@ -49,140 +49,121 @@ def frame_rows(engine: Engine, ids: list[int] | None = None) -> list[dict]:
 # -- pictures ------------------------------------------------------------------
 
 
+STRETCHES = ("zscale", "minmax", "percentile", "asinh")
+
+
+def downsample(data: np.ndarray, size: int) -> np.ndarray:
+    """A block-averaged copy of ``data`` no larger than ``size`` pixels a side."""
+    factor = max(1, math.ceil(max(data.shape) / size))
+    ny, nx = (data.shape[0] // factor) * factor, (data.shape[1] // factor) * factor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        return np.nanmean(data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor), axis=(1, 3))
+
+
+def stretch(data: np.ndarray, how: str = "zscale") -> np.ndarray:
+    """``data`` scaled to 0..1: astropy's zscale interval, the full range, the
+    0.5-99.5 percentiles, or those percentiles through an asinh stretch."""
+    from astropy.visualization import AsinhStretch, MinMaxInterval, PercentileInterval, ZScaleInterval
+
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        raise QualityError("no finite pixels to show")
+    if how not in STRETCHES:
+        raise QualityError(f"unknown stretch {how!r}; use one of {', '.join(STRETCHES)}")
+    interval = {"zscale": ZScaleInterval(), "minmax": MinMaxInterval()}.get(how, PercentileInterval(99.0))
+    low, high = interval.get_limits(finite)
+    scaled = np.clip((data - low) / (high - low or 1.0), 0.0, 1.0)
+    return AsinhStretch()(scaled) if how == "asinh" else scaled
+
+
 def thumbnail(data: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
     """A block-averaged copy of ``data`` no larger than ``size`` pixels, scaled
     to 0..1 with astropy's zscale interval."""
-    from astropy.visualization import ZScaleInterval
+    return stretch(downsample(data, size), "zscale")
 
-    if not np.isfinite(data).any():
-        raise QualityError("no finite pixels to show")
-    factor = max(1, math.ceil(max(data.shape) / size))
-    ny, nx = (data.shape[0] // factor) * factor, (data.shape[1] // factor) * factor
-    small = np.nanmean(data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor), axis=(1, 3))
-    low, high = ZScaleInterval().get_limits(small[np.isfinite(small)])
-    return np.clip((small - low) / (high - low or 1.0), 0.0, 1.0)
+
+# Planes that accompany an image rather than being a detector of their own.
+AUXILIARY_EXTNAMES = frozenset({"BPM", "MASK", "DQ", "ERR", "ERROR", "VAR", "VARIANCE", "STAT", "WHT", "WEIGHT", "EXP",
+                                "EXPMAP", "COVERAGE", "CONF", "SIGMA", "NOISE", "UNCERT", "QUALITY"})
+
+
+def detector_images(path: str | Path, chunk_planes: int = 32) -> list[tuple[int, str | None, np.ndarray]]:
+    """Every image of a file as (HDU index, EXTNAME, image): each detector of a
+    multi-extension file, a cube as its white-light image. Planes that go with
+    an image (a bad-pixel mask, variance, data quality, coverage) are left out."""
+    from astropy.io import fits
+
+    from processing.quality import _image_of
+
+    images = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                for index, hdu in enumerate(hdul):
+                    if _is_detector(hdu):
+                        images.append((index, hdu.header.get("EXTNAME"), _image_of(hdu, chunk_planes)))
+    except (OSError, FileNotFoundError) as exc:
+        raise QualityError(f"{path}: cannot read: {exc}") from exc
+    if not images:
+        raise QualityError(f"{path}: no HDU with image data")
+    return images
+
+
+def _is_detector(hdu) -> bool:
+    from astropy.io import fits
+
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return False
+    shape = hdu.shape or ()
+    return 2 <= len(shape) <= 3 and 0 not in shape and str(hdu.header.get("EXTNAME", "")).strip().upper() not in AUXILIARY_EXTNAMES
+
+
+def picture(path: str | Path, size: int = THUMBNAIL_PX, how: str = "zscale", hdu: int | None = None) -> np.ndarray:
+    """A 0..1 picture of a file for people: its one image, or one detector
+    (``hdu``), or a mosaic of all its detectors side by side in a grid."""
+    images = detector_images(path)
+    if hdu is not None:
+        images = [item for item in images if item[0] == hdu]
+        if not images:
+            raise QualityError(f"{path}: HDU {hdu} has no image")
+    if len(images) == 1:
+        return stretch(downsample(images[0][2], size), how)
+    columns = math.ceil(math.sqrt(len(images)))
+    tiles = [downsample(data, size // columns) for _, _, data in images]
+    return stretch(_mosaic(tiles, columns), how)
+
+
+def _mosaic(tiles: list[np.ndarray], columns: int) -> np.ndarray:
+    height, width = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    rows = math.ceil(len(tiles) / columns)
+    canvas = np.full((rows * (height + 2), columns * (width + 2)), np.nan, dtype=np.float32)
+    for i, tile in enumerate(tiles):  # bottom-up, as origin="lower" draws them
+        y, x = (i // columns) * (height + 2), (i % columns) * (width + 2)
+        canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    return canvas
+
+
+def write_png(picture_: np.ndarray, target: str | Path) -> None:
+    """Save a 0..1 picture as a grey PNG (NaN black), written atomically."""
+    from matplotlib.image import imsave
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        imsave(partial, np.nan_to_num(picture_, nan=0.0), cmap="gray", vmin=0.0, vmax=1.0, origin="lower", format="png")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_thumbnail(task: tuple[str, str]) -> str | None:
     """Write the thumbnail of one file to a PNG; the reason when it cannot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     source, target = task
     try:
-        data, _, _ = load_image(source)
-        plt.imsave(target, thumbnail(data), cmap="gray", origin="lower")
+        write_png(picture(source), target)
     except (QualityError, ValueError) as exc:
         return str(exc)
     return None
-
-
-def band_plot(rows: list[dict], band: str, target: Path) -> None:
-    """Background, FWHM and elongation against time for one band, one colour per grade."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    for axis, metric, label in zip(axes, ("background", "fwhm", "elongation"), ("background", "FWHM [px]", "elongation")):
-        for grade, colour in GRADE_COLOURS.items():
-            points = [(r["date_obs"], r[metric]) for r in rows if r["grade"] == grade and r[metric] is not None and r["date_obs"]]
-            if points:
-                times, values = zip(*points)
-                axis.scatter(times, values, s=18, color=colour, label=grade or "unreviewed")
-        axis.set_ylabel(label)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8, ncol=5, loc="upper left")
-    axes[0].set_title(f"band {band}")
-    axes[-1].set_xlabel("time (UTC)")
-    figure.autofmt_xdate()
-    figure.tight_layout()
-    figure.savefig(target, dpi=80)
-    plt.close(figure)
-
-
-# -- the page -----------------------------------------------------------------------
-
-
-@dataclass
-class HtmlReport:
-    index: Path
-    frames: int
-    thumbnails_failed: int
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def write_html(engine: Engine, directory: Path, *, ids: list[int] | None = None, workers: int | None = None,
-               progress: Progress | None = None) -> HtmlReport:
-    """Write ``directory/index.html`` with its thumbnails and plots."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "thumbs").mkdir(exist_ok=True)
-    (directory / "plots").mkdir(exist_ok=True)
-    rows = frame_rows(engine, ids)
-    tasks = [(row["path"], str(directory / "thumbs" / f"{row['exposure_id']}.png")) for row in rows]
-    problems = {}
-    for index, problem in parallel_map(write_thumbnail, tasks, workers=workers, progress=progress):
-        if problem:
-            problems[rows[index]["exposure_id"]] = problem
-    science = [r for r in rows if r["frame_type"] == "science"]
-    bands = sorted({row["band"] or "none" for row in science})
-    for band in bands:
-        band_plot([r for r in science if (r["band"] or "none") == band], band, directory / "plots" / f"{band}.png")
-    page = _page(summary_rows(engine), rows, bands, problems)
-    index = directory / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return HtmlReport(index, len(rows), len(problems))
-
-
-def _page(summary: list[dict], rows: list[dict], bands: list[str], problems: dict) -> str:
-    summary_html = "".join(
-        f"<tr><td>{_cell(s['night'])}</td><td>{_cell(s['band'])}</td><td>{_cell(s['grade'])}</td><td>{s['exposures']}</td></tr>"
-        for s in summary
-    )
-    plots = "".join(f'<figure><img src="plots/{html.escape(b)}.png" alt="band {html.escape(b)}"></figure>' for b in bands)
-    cards = []
-    for row in rows:
-        colour = GRADE_COLOURS.get(row["grade"], GRADE_COLOURS[None])
-        image = (f'<p class="problem">{html.escape(problems[row["exposure_id"]])}</p>' if row["exposure_id"] in problems
-                 else f'<img src="thumbs/{row["exposure_id"]}.png" alt="frame {row["exposure_id"]}">')
-        facts = " ".join(
-            f"<span>{name} {_cell(row[key])}</span>"
-            for name, key in (("bkg", "background"), ("rms", "background_rms"), ("FWHM", "fwhm"),
-                              ("elong", "elongation"), ("stars", "nstars"))
-            if row[key] is not None
-        )
-        cards.append(
-            f'<div class="frame" id="exposure-{row["exposure_id"]}" style="border-color:{colour}">{image}'
-            f'<h3>#{_cell(row["frame_number"]) or row["exposure_id"]} {_cell(row["band"])} {_cell(row["frame_type"])}</h3>'
-            f'<p>{_cell(row["night"])} {_cell(row["date_obs"])} {_cell(row["exptime"])} s</p><p>{facts}</p>'
-            f'<p class="grade" style="color:{colour}">{_cell(row["grade"]) or "unreviewed"} {_cell(row["reason"])} '
-            f'{_cell(row["flag_source"])} {_cell(row["note"])}</p>'
-            f'{"<p class=problem>" + html.escape(row["metrics_error"]) + "</p>" if row["metrics_error"] else ""}</div>'
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>obsarch quality report</title>
-<style>
-body {{ font-family: sans-serif; margin: 1em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; }}
-.frames {{ display: flex; flex-wrap: wrap; gap: 8px; }}
-.frame {{ border: 4px solid; width: 270px; padding: 4px; font-size: 12px; }}
-.frame img {{ width: 256px; }} .frame h3 {{ margin: 2px 0; font-size: 14px; }} .frame p {{ margin: 2px 0; }}
-.problem {{ color: #b00; }} figure img {{ max-width: 100%; }}
-</style></head><body>
-<h1>Quality report</h1>
-<h2>Science frames per night, band and grade</h2>
-<table><tr><th>night</th><th>band</th><th>grade</th><th>frames</th></tr>{summary_html}</table>
-<h2>Per band</h2>{plots}
-<h2>Frames ({len(rows)})</h2><div class="frames">{''.join(cards)}</div>
-</body></html>
-"""

@@ -104,24 +104,6 @@ def done_before(engine: Engine, print_: str) -> int | None:
     return None
 
 
-def set_fingerprint(engine: Engine, run_id: int, print_: str, item: str | None = None) -> None:
-    with transaction(engine, write=True) as conn:
-        conn.execute(update(Run).where(Run.id == run_id).values(fingerprint=print_, item=item))
-
-
-def record_inputs(engine: Engine, run_id: int, inputs: list[tuple[int, str, str]], group_id: int | None = None) -> None:
-    """Inputs as (file id, role, content)."""
-    from archive.models import RunInput
-
-    if not inputs:
-        return
-    with transaction(engine, write=True) as conn:
-        conn.execute(insert(RunInput), [
-            {"run_id": run_id, "file_id": file_id, "role": role, "content": content, "group_id": group_id}
-            for file_id, role, content in inputs
-        ])
-
-
 def write_product(path, write) -> None:
     """Write a file atomically: ``write(tmp_path)`` then rename, so that an
     interrupted step leaves no half-written product under the real name."""
@@ -129,6 +111,10 @@ def write_product(path, write) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for left in path.parent.glob(f".{path.name}.*.partial"):  # of a writer killed before it could clean up
+        pid = left.name[len(path.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not _alive(int(pid)):
+            left.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(temporary)
@@ -138,28 +124,14 @@ def write_product(path, write) -> None:
             temporary.unlink()
 
 
-def add_product(engine: Engine, run_id: int, path, kind: str) -> int:
-    """Ingest a written product and link it to its run; returns its file id."""
-    from pathlib import Path
-
-    from sqlalchemy import select
-
-    from archive.ingest import ingest, is_fits_name
-    from archive.models import File, Product, Root
-
-    path = Path(path).resolve()
-    fits_file = is_fits_name(path.name)
-    if fits_file:  # other outputs (logs, text) are products, not catalog files
-        ingest(engine, [path])
-    with transaction(engine, write=True) as conn:
-        file_id = None
-        for root_id, root_path in conn.execute(select(Root.id, Root.path)) if fits_file else []:
-            if Path(root_path) in path.parents:
-                found = conn.execute(select(File.id).where(File.root_id == root_id,
-                                                           File.relpath == path.relative_to(root_path).as_posix())).scalar()
-                file_id = found or file_id
-        conn.execute(insert(Product).values(run_id=run_id, file_id=file_id, kind=kind, path=str(path), created_at=utcnow()))
-    return file_id
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None) -> dict:
@@ -181,41 +153,58 @@ def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = Non
         inputs = [] if made_by is None else conn.execute(
             select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)
         ).all()
+        links = _linked_files(conn, file_id)
     node = {"file_id": file_id, "path": path, "run": None, "inputs": [], "shown_above": file_id in seen}
-    if made_by is None or file_id in seen:
+    if (made_by is None and not links) or file_id in seen:
         return node
     seen.add(file_id)
-    node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
-                   "params": json.loads(made_by.params_json)}
-    node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+    if made_by is not None:
+        node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
+                       "params": json.loads(made_by.params_json)}
+        node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+    node["inputs"] += [{"role": role, **lineage(engine, linked, depth + 1, seen)} for role, linked in links]
     return node
+
+
+def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:
+    """A spectrum's background, response and ARF (BACKFILE, RESPFILE, ANCRFILE)."""
+    from processing.xray_catalog import linked_files
+
+    return linked_files(conn, file_id)
 
 
 def stale_products(engine: Engine) -> list[dict]:
     """Products whose inputs changed since they were made, went missing, were
-    graded bad, or are themselves stale or rebuilt: with the reason."""
+    graded bad, or are themselves stale or rebuilt: with the reason, naming
+    each input by its path (and frame number, for a raw frame)."""
     from sqlalchemy import select
 
-    from archive.models import File, Flag, Product, RunInput
+    from archive.models import Exposure, File, Product, Root, RunInput
+    from archive.query import current_flag
 
     with transaction(engine) as conn:
         products = conn.execute(
             select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path).order_by(Product.id)
         ).all()
         inputs = conn.execute(select(RunInput.run_id, RunInput.file_id, RunInput.role, RunInput.content)).all()
-        files = {row.id: row for row in conn.execute(select(File.id, File.header_hash, File.size, File.mtime_ns, File.status))}
-        latest_flag = {}
-        for exposure_id, grade, source in conn.execute(select(Flag.exposure_id, Flag.grade, Flag.source).order_by(Flag.id)):
-            if source == "person" or latest_flag.get(exposure_id, (None, None))[1] != "person":
-                latest_flag[exposure_id] = (grade, source)
-        made_by = {row.file_id: row for row in products}
-        newest = {}
-        for row in products:  # the newest product at each path supersedes older ones
-            newest[row.path] = row.id
+        files = {row.id: row for row in conn.execute(
+            select(File.id, File.header_hash, File.size, File.mtime_ns, File.status, (Root.path + "/" + File.relpath).label("path"),
+                   Exposure.frame_number, current_flag("grade", Exposure.id).label("grade"))
+            .join(Root, Root.id == File.root_id).outerjoin(Exposure, Exposure.file_id == File.id)
+        )}
+    made_by = {row.file_id: row for row in products}
+    newest = {row.path: row.id for row in products}  # the newest product at each path supersedes older ones
     by_run: dict[int, list] = {}
     for row in inputs:
         by_run.setdefault(row.run_id, []).append(row)
     memo: dict[int, str | None] = {}
+
+    def name(item) -> str:
+        current = files.get(item.file_id)
+        if current is None:
+            return f"input {item.role} (file {item.file_id})"
+        number = f" (frame {current.frame_number})" if current.frame_number is not None else ""
+        return f"input {item.role} {current.path}{number}"
 
     def reason(product) -> str | None:
         if product.id in memo:
@@ -223,20 +212,21 @@ def stale_products(engine: Engine) -> list[dict]:
         memo[product.id] = None
         found = None
         for item in by_run.get(product.run_id, []):
+            if item.file_id is None:
+                continue  # an offset or another row, not a file
             current = files.get(item.file_id)
-            name = f"input {item.role} (file {item.file_id})"
             if current is None or current.status == "missing":
-                found = f"{name} is missing"
+                found = f"{name(item)} is missing"
             elif item.content and file_content(current) != item.content:
-                found = f"{name} changed"
-            elif latest_flag.get(item.file_id, (None,))[0] == "bad":
-                found = f"{name} is graded bad"
+                found = f"{name(item)} changed"
+            elif current.grade == "bad":
+                found = f"{name(item)} is graded bad"
             elif item.file_id in made_by:
                 upstream = made_by[item.file_id]
                 if newest.get(upstream.path) != upstream.id:
-                    found = f"{name} was rebuilt"
+                    found = f"{name(item)} was rebuilt"
                 elif (why := reason(upstream)) is not None:
-                    found = f"{name} is stale: {why}"
+                    found = f"{name(item)} is stale: {why}"
             if found:
                 break
         memo[product.id] = found
@@ -251,3 +241,79 @@ def stale_products(engine: Engine) -> list[dict]:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why})
     return result
+
+
+def derived(engine: Engine, file_id: int, seen: set | None = None) -> list[dict]:
+    """What was made from a file: the products of every run that read it,
+    and what was made from those, down to the last product (lineage down)."""
+    from sqlalchemy import select
+
+    from archive.models import Product, RunInput
+
+    seen = seen if seen is not None else {file_id}
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(Product.file_id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, RunInput.role)
+            .join(RunInput, RunInput.run_id == Product.run_id)
+            .join(Run, Run.id == Product.run_id)
+            .where(RunInput.file_id == file_id)
+            .order_by(Product.id)
+        ).all()
+    result = []
+    for row in rows:
+        node = {**row._asdict(), "shown_above": row.file_id in seen, "products": []}
+        if row.file_id is not None and row.file_id not in seen:
+            seen.add(row.file_id)
+            node["products"] = derived(engine, row.file_id, seen)
+        result.append(node)
+    return result
+
+
+def list_runs(engine: Engine, limit: int = 100, step: str | None = None) -> list[dict]:
+    """The latest processing runs, newest first, with how many inputs and products each has."""
+    from sqlalchemy import func, select
+
+    from archive.models import Product, RunInput
+
+    inputs = select(RunInput.run_id, func.count().label("n")).group_by(RunInput.run_id).subquery()
+    made = select(Product.run_id, func.count().label("n")).group_by(Product.run_id).subquery()
+    statement = (
+        select(Run.id, Run.step, Run.state, Run.started_at, Run.finished_at, Run.user, Run.host, Run.item,
+               Run.error, Run.params_json, Run.summary_json,
+               func.coalesce(inputs.c.n, 0).label("inputs"), func.coalesce(made.c.n, 0).label("products"))
+        .outerjoin(inputs, inputs.c.run_id == Run.id)
+        .outerjoin(made, made.c.run_id == Run.id)
+        .order_by(Run.id.desc())
+        .limit(limit)
+    )
+    if step:
+        statement = statement.where(Run.step == step)
+    with transaction(engine) as conn:
+        return [row._asdict() for row in conn.execute(statement)]
+
+
+def run_detail(engine: Engine, run_id: int) -> dict:
+    """One run: its record (parameters, summary, logs), its inputs and its products."""
+    from sqlalchemy import select
+
+    from archive.exceptions import NotFoundError
+    from archive.models import File, Product, Root, RunInput
+
+    path = Root.path + "/" + File.relpath
+    with transaction(engine) as conn:
+        run = conn.execute(select(*Run.__table__.columns).where(Run.id == run_id)).first()
+        if run is None:
+            raise NotFoundError(f"no processing run {run_id}")
+        record = run._asdict()
+        record["inputs"] = [row._asdict() for row in conn.execute(
+            select(RunInput.file_id, RunInput.role, RunInput.content, path.label("path"))
+            .outerjoin(File, File.id == RunInput.file_id).outerjoin(Root, Root.id == File.root_id)
+            .where(RunInput.run_id == run_id).order_by(RunInput.id)
+        )]
+        record["products"] = [row._asdict() for row in conn.execute(
+            select(Product.id, Product.file_id, Product.kind, Product.path, Product.created_at)
+            .where(Product.run_id == run_id).order_by(Product.id)
+        )]
+    record["params"] = json.loads(record["params_json"] or "{}")
+    record["summary"] = json.loads(record["summary_json"] or "null")
+    return record

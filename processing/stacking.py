@@ -1,140 +1,180 @@
-"""Shift-and-stack: every frame resampled onto its reference by its stored
-offset, combined with rejection, written with a coverage map."""
+"""Shift-and-stack: every frame resampled onto its reference by its current
+offset, combined with rejection, written with a coverage map.
+
+Frames of several detectors are stacked detector by detector (like with
+like, paired by name), each detector shifted by its exposure's offset: exact
+for the pure shifts of a dither, since every detector of a camera moves
+with it. An offset that rotates or scales moves each detector differently;
+such frames need a WCS to be mosaicked, and are refused with that reason.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import select
-
-from archive.db import transaction
+from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
-from archive.models import Offset
+from archive.query import compare, is_null
 from processing.combine import DEFAULT_MEMORY, combine_files, parse_memory, resample
-from processing.executor import Progress, parallel_map
-from processing.offsets import Transform
-from processing.runs import add_product, done_before, fingerprint, record_inputs, recorded_run, set_fingerprint, write_product
-from processing.steps import StepSummary, frames, product_of, safe_name
+from processing.executor import Progress
+from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
+from processing.offsets import current_offsets
+from processing.calibration import detector_values
+from processing.detectors import write_detectors
+from processing.runs import write_product
+from processing.steps import Frame, inherited, product_of, resolve, safe_name
 
-ALGORITHM = "stack-1"
-
-
-def _offsets(engine, exposure_ids: list[int]) -> dict[int, tuple[int, Transform, str]]:
-    """The latest successful offset of each exposure: (reference, transform, its identity)."""
-    with transaction(engine) as conn:
-        rows = conn.execute(
-            select(Offset.id, Offset.exposure_id, Offset.reference_id, Offset.dx, Offset.dy, Offset.rotation, Offset.scale)
-            .where(Offset.exposure_id.in_(exposure_ids), Offset.status == "ok").order_by(Offset.stage, Offset.id)
-        ).all()
-    found = {}
-    for row in rows:
-        transform = Transform(row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0)
-        found[row.exposure_id] = (row.reference_id, transform, f"offset {row.id}: {row.dx:.4f} {row.dy:.4f} {row.rotation or 0:.5f}")
-    return found
+ALGORITHM = "stack-3"  # 3: detector by detector
+# Rotation (degrees) and scale change under which a multi-detector offset is a shift
+_SHIFT_ROTATION_DEG, _SHIFT_SCALE = 1e-3, 1e-5
 
 
-def _resample_one(task: tuple) -> tuple[int, str | None]:
-    """Resample one frame onto the reference grid into a scratch FITS file. Runs in a worker."""
-    exposure_id, path, transform, shape, target = task
-    from processing.quality import load_image
+def _remove_dead_scratch() -> None:
+    """Scratch directories of stacks whose process was killed (kill -9 leaves them)."""
+    for directory in Path(tempfile.gettempdir()).glob("obsarch-stack-*-*"):
+        try:
+            os.kill(int(directory.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours, or another user's live process
 
-    try:
-        data, _, _ = load_image(path)
-        image, _ = resample(data, transform, shape)
-        fits.PrimaryHDU(image.astype(np.float32)).writeto(target, overwrite=True)
-        return exposure_id, None
-    except (ObsarchError, OSError, ValueError) as exc:
-        return exposure_id, f"{path}: {exc}"
+
+def _resample_one(task: tuple) -> str:
+    """Resample each detector of one frame onto the reference grid into a
+    scratch FITS file, one detector at a time. Runs in a worker."""
+    path, transform, detectors, target = task
+    from processing import detectors as pixels
+    from processing.quality import _image_of
+
+    with pixels.opened(path) as hdul:
+        own = pixels.paired(hdul, [d.name for d in detectors], single=True)
+        fits.PrimaryHDU().writeto(target, overwrite=True)
+        for detector in detectors:
+            data = _image_of(hdul[own[detector.name].hdu_index], 32)
+            if data.shape != detector.shape[-2:]:
+                raise ObsarchError(f"{path}: detector {detector.name} is {data.shape}, the reference's {detector.shape}")
+            image, _ = resample(data, transform, data.shape)
+            fits.append(target, image.astype(np.float32), fits.Header([("EXTNAME", detector.name)]))
+            del data, image
+    return target
+
+
+class StackStep(Step):
+    """One stack from the frames of a selection (their calibrated products
+    where they exist), each resampled in a worker by its current offset."""
+
+    name, algorithm, whole = "stack", ALGORITHM, True
+    work = staticmethod(_resample_one)
+
+    def __init__(self, selection, method: str, sigma: float, out_dir: Path, name: str | None, include_bad: bool, memory: str,
+                 hdus: tuple[str, ...] | None = None):
+        self.selection, self.method, self.sigma, self.out_dir = selection, method, sigma, Path(out_dir)
+        self.file_name, self.include_bad, self.memory, self.hdus = name, include_bad, memory, hdus
+        self.scratch = None
+
+    def params(self) -> dict:
+        return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target),
+                "detectors": [d.name for d in self.detectors]}
+
+    def items(self, engine) -> list[Item]:
+        not_bad = None if self.include_bad else compare("grade", "!=", "bad")  # never-graded frames have grade 'ungraded'
+        chosen = resolve(engine, self.selection, is_null("product"), not_bad)
+        if not chosen:
+            raise ObsarchError("no frames to stack in the selection"
+                               + ("" if self.include_bad else " (frames graded bad are left out; --include-bad keeps them)"))
+        offsets = current_offsets(engine, [f.exposure_id for f in chosen])
+        references = {offsets[f.exposure_id].reference_id for f in chosen if offsets.get(f.exposure_id, None) and offsets[f.exposure_id].ok}
+        if len(references) > 1:
+            raise ObsarchError(f"the frames' current offsets point to {len(references)} references ({sorted(references)}); "
+                               "register them onto one (offsets compute --reference N, or --groups ... --reference N)")
+        if not references:
+            raise ObsarchError("no frame of the selection has an offset to stack by; run `obsarch offsets compute` first")
+        (self.reference_id,) = references
+        reference = resolve(engine, None, ids=[self.reference_id])
+        if not reference:
+            raise ObsarchError(f"the reference exposure {self.reference_id} is gone from the catalog")
+        from processing import detectors as pixels
+
+        with pixels.opened(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path) as hdul:
+            self.detectors = [d if len(d.shape) == 2 else type(d)(d.hdu_index, d.name, d.shape[-2:])
+                              for d in select_detectors(pixels.detectors_of(hdul), self.hdus)]
+        if not self.detectors:
+            raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
+        bands = sorted({f.band for f in chosen if f.band}, key=str)
+        self.band = bands[0] if len(bands) == 1 else None
+        self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
+        _remove_dead_scratch()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"obsarch-stack-{os.getpid()}-"))
+        return [self._item(engine, f, offsets.get(f.exposure_id)) for f in chosen]
+
+    def _item(self, engine, frame: Frame, offset) -> Item:
+        source = product_of(engine, frame.file_id, "calibrated")
+        inputs = [Input(frame.file_id, "frame", frame.content)]
+        if source:
+            calibrated = resolve(engine, compare("path", "==", source))
+            inputs += [Input(c.file_id, "calibrated", c.content) for c in calibrated]
+        if offset is None or not offset.ok:
+            why = "no offset; run `obsarch offsets compute` first" if offset is None else f"its latest registration failed: {offset.error}"
+            return Item(frame.path, error=why, inputs=inputs, data=frame)
+        inputs.append(Input(None, "offset", offset.identity))
+        transform = offset.transform
+        if len(self.detectors) > 1 and (abs(transform.rotation) > _SHIFT_ROTATION_DEG or abs(transform.scale - 1) > _SHIFT_SCALE):
+            return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by {transform.scale:.6f}: "
+                        f"its {len(self.detectors)} detectors move differently and need a WCS to be mosaicked",
+                        inputs=inputs, data=frame)
+        task = (source or frame.path, transform, self.detectors, str(self.scratch / f"{frame.exposure_id}.fits"))
+        return Item(frame.path, task, inputs, {"source": source or frame.path}, data=frame)
+
+    def finish(self, out: Writer, done, failed) -> str | None:
+        used = [item for item, _ in done]
+        scratches = [scratch for _, scratch in done]
+        header = fits.Header()
+        header["NCOMBINE"] = (len(used), "frames stacked")
+        header["COMBMETH"] = (self.method, "combine method")
+        header["REFEXP"] = (self.reference_id, "obsarch exposure id of the reference frame")
+        if self.band:
+            header["FILTER"] = self.band
+        header["IMAGETYP"] = ("STACK", "made by obsarch")
+        for item in used:
+            header.add_history(f"obsarch input: {Path(item.task[0]).name}")
+        single = len(self.detectors) == 1
+
+        def make(detector):
+            coverage = np.zeros(detector.shape, dtype=np.int16)
+            index = self.detectors.index(detector) + 1
+            image = combine_files(scratches, method=self.method, sigma=self.sigma, memory_bytes=parse_memory(self.memory),
+                                  coverage=coverage, hdu=index)
+            cover = fits.ImageHDU(coverage, name="COVERAGE" if single else f"COVERAGE_{detector.name}")
+            cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
+            return image, fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)]), [cover]
+
+        write_product(self.target, lambda tmp: write_detectors(tmp, header, self.detectors, make))
+        values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
+        out.product(self.target, "stack", values)
+        if failed:
+            return f"stacked {len(used)} of {len(used) + len(failed)} selected frames"
+        return None
+
+    def close(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def stack(
-    engine, selection: str, *, method: str = "median", sigma: float = 3.0, out_dir: Path = Path("stacks"),
+    engine, selection, *, method: str = "median", sigma: float = 3.0, out_dir: Path = Path("stacks"),
     name: str | None = None, include_bad: bool = False, memory: str = DEFAULT_MEMORY, workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, force: bool = False, progress: Progress | None = None,
-) -> StepSummary:
-    """Stack the frames of ``selection`` (their calibrated products when they
-    exist) onto the reference of their offsets."""
-    summary = StepSummary()
-    extra = ["product is null"] + ([] if include_bad else ["(grade is null or grade != 'bad')"])
-    chosen = frames(engine, selection, *extra)
-    if not chosen:
-        raise ObsarchError(f"no frames to stack in {selection!r}" + ("" if include_bad else " (frames graded bad are left out; --include-bad keeps them)"))
-    offsets = _offsets(engine, [f.exposure_id for f in chosen])
-    for frame in [f for f in chosen if f.exposure_id not in offsets]:
-        summary.failed.append((frame.path, "no offset; run `obsarch offsets compute` first"))
-    chosen = [f for f in chosen if f.exposure_id in offsets]
-    references = {offsets[f.exposure_id][0] for f in chosen}
-    if len(references) != 1:
-        raise ObsarchError(f"the frames' offsets point to {len(references)} references ({sorted(references)}); "
-                           "register them onto one (offsets compute --reference N, or --groups ... --reference N)")
-    if not chosen:
-        raise ObsarchError("no frame of the selection has an offset to stack by")
-    (reference_id,) = references
-    reference = frames(engine, f"id == {reference_id}")
-    if not reference:
-        raise ObsarchError(f"the reference exposure {reference_id} is gone from the catalog")
-    from processing.quality import load_image
-
-    shape = load_image(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path)[0].shape
-    sources = {f.exposure_id: (product_of(engine, f.file_id, "calibrated") or f.path) for f in chosen}
-    # what is stacked: the calibrated product of a frame where there is one
-    calibrated = {}
-    for f in chosen:
-        if sources[f.exposure_id] != f.path:
-            calibrated.update({f.exposure_id: c for c in frames(engine, f"path == '{sources[f.exposure_id].replace(chr(39), chr(39) * 2)}'")})
-    bands = sorted({f.band for f in chosen if f.band}, key=str)
-    target = (Path(out_dir) / (name or f"{safe_name(bands[0]) if len(bands) == 1 else 'mixed'}_stack.fits")).resolve()
-    contents = ([f.content for f in chosen] + [offsets[f.exposure_id][2] for f in chosen]
-                + [c.content for c in calibrated.values()])
-    params = {"method": method, "sigma": sigma, "reference": reference_id, "include_bad": include_bad,
-              "frames": sorted(f.file_id for f in chosen), "sources": sorted(sources.values()), "out": str(target)}
-    print_ = fingerprint("stack", params, ALGORITHM, contents)
-    if not force and done_before(engine, print_):
-        summary.skipped.append(str(target))
-        return summary
-    scratch = Path(tempfile.mkdtemp(prefix="obsarch-stack-"))
-    try:
-        tasks = [(f.exposure_id, sources[f.exposure_id], offsets[f.exposure_id][1], shape, str(scratch / f"{f.exposure_id}.fits"))
-                 for f in chosen]
-        failed = {}
-        for _, (exposure_id, error) in parallel_map(_resample_one, tasks, workers=workers, executor=executor,
-                                                     scheduler=scheduler, progress=progress):
-            if error:
-                failed[exposure_id] = error
-        used = [f for f in chosen if f.exposure_id not in failed]
-        summary.failed += [(f.path, failed[f.exposure_id]) for f in chosen if f.exposure_id in failed]
-        if not used:
-            raise ObsarchError("no frame could be resampled")
-        with recorded_run(engine, "stack", params, ALGORITHM) as run:
-            set_fingerprint(engine, run.id, print_)
-            inputs = [(f.file_id, "frame", f.content) for f in used]
-            inputs += [(calibrated[f.exposure_id].file_id, "calibrated", calibrated[f.exposure_id].content)
-                       for f in used if f.exposure_id in calibrated]
-            record_inputs(engine, run.id, inputs)
-            coverage = np.zeros(shape, dtype=np.int16)
-            image = combine_files([tasks[chosen.index(f)][4] for f in used], method=method, sigma=sigma,
-                                  memory_bytes=parse_memory(memory), coverage=coverage)
-            header = fits.Header()
-            header["NCOMBINE"] = (len(used), "frames stacked")
-            header["COMBMETH"] = (method, "combine method")
-            header["REFEXP"] = (reference_id, "obsarch exposure id of the reference frame")
-            if len(bands) == 1:
-                header["FILTER"] = bands[0]
-            header["IMAGETYP"] = ("STACK", "made by obsarch")
-            for f in used:
-                header.add_history(f"obsarch input: {Path(sources[f.exposure_id]).name} {offsets[f.exposure_id][2]}")
-            cover = fits.ImageHDU(coverage, name="COVERAGE")
-            cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
-            write_product(target, lambda tmp: fits.HDUList([fits.PrimaryHDU(image, header), cover]).writeto(tmp))
-            add_product(engine, run.id, target, "stack")
-            run.summary = {"product": str(target), "frames": len(used), "failed": len(summary.failed),
-                           "offsets": json.dumps({f.exposure_id: offsets[f.exposure_id][2] for f in used})}
-        summary.made.append(str(target))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return summary
+    hdus: tuple[str, ...] | None = None,
+) -> StepResult:
+    """Stack the frames of ``selection`` (a tree, or a person's text; their
+    calibrated products when they exist) onto the reference of their current
+    offsets, detector by detector (``hdus``: only those). Fewer frames
+    stacked than selected is a short result (exit 3)."""
+    step = StackStep(selection, method, sigma, out_dir, name, include_bad, memory, hdus)
+    return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 
 from archive.db import transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, SelectionError
 from archive.models import Exposure, File, Product, Root
-from archive.query import FIELDS, select_exposures
+from archive.query import FIELDS, Node, all_of, ambiguous_frames, compare, is_null, select_exposures
+from archive.query import ids as query_ids
 from processing.runs import file_content
 
 
@@ -31,6 +32,18 @@ class Frame:
     mjd: float | None = None
     night: str | None = None
     frame_number: int | None = None
+    instrument: str | None = None
+    telescope: str | None = None
+    object: str | None = None
+    obsid: str | None = None
+    date_obs: datetime | None = None
+    ra: float | None = None
+    dec: float | None = None
+    xbin: int | None = None
+    ybin: int | None = None
+    gain: float | None = None
+    ccd_temp: float | None = None
+    detector: str | None = None
     product: str | None = None
 
 
@@ -41,34 +54,69 @@ class StepSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def frames(engine: Engine, selection: str | None, *extra: str) -> list[Frame]:
-    """The frames of ``selection`` (and ``extra`` conditions), with what steps need."""
-    text = " and ".join(f"({part})" for part in (selection, *extra) if part and part.strip()) or None
+def resolve(engine: Engine, selection: Node | str | None, *conditions: Node | None, ids: list[int] | None = None) -> list[Frame]:
+    """The frames of ``selection`` (a tree, or a person's text) and every one of
+    ``conditions`` (trees), with what steps need; missing files left out. A
+    frame number shared by raw exposures of several instruments is refused
+    with the list."""
+    tree = all_of(selection, *conditions, query_ids(ids) if ids is not None else None)
     statement = select_exposures(
-        text, engine.dialect.name, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
-        File.header_hash, File.size, File.mtime_ns, File.status, Exposure.frame_type, Exposure.band,
-        Exposure.readout_mode, Exposure.exptime, Exposure.mjd, Exposure.night, Exposure.frame_number,
+        tree, engine.dialect.name, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
+        File.header_hash, File.size, File.mtime_ns, File.status, *[getattr(Exposure, c) for c in _FRAME_COLUMNS],
         FIELDS["product"].expression().label("product"),
     ).order_by(Exposure.mjd, Exposure.id)
     with transaction(engine) as conn:
+        refuse_ambiguous_frames(conn, tree)
         rows = conn.execute(statement).all()
     return [
-        Frame(r.id, r.file_id, r.path, file_content(r), r.frame_type, r.band, r.readout_mode, r.exptime, r.mjd, r.night,
-              r.frame_number, r.product)
+        Frame(r.id, r.file_id, r.path, file_content(r), *[getattr(r, c) for c in _FRAME_COLUMNS], product=r.product)
         for r in rows if r.status != "missing"
     ]
 
 
-def mjd_of(text: str) -> float:
-    """An ISO date or time -> MJD (a date means its noon, the middle of a night)."""
+_FRAME_COLUMNS = ("frame_type", "band", "readout_mode", "exptime", "mjd", "night", "frame_number", "instrument",
+                  "telescope", "object", "obsid", "date_obs", "ra", "dec", "xbin", "ybin", "gain", "ccd_temp", "detector")
+
+
+def refuse_ambiguous_frames(conn, tree: Node | None) -> None:
+    """A frame number that raw exposures of several instruments share names
+    no one frame: refuse it, listing them."""
+    clashes = ambiguous_frames(conn, tree)
+    if clashes:
+        listed = "; ".join(f"{number}: {', '.join(names)}" for number, names in clashes[:10])
+        raise SelectionError(f"frame numbers name exposures of several instruments ({listed}); "
+                             "add e.g. \"and instrument == '...'\" to say which")
+
+
+def frames(engine: Engine, selection: Node | str | None, *conditions: Node | None) -> list[Frame]:
+    """:func:`resolve` (kept for callers of the first name)."""
+    return resolve(engine, selection, *conditions)
+
+
+def mjd_of(engine: Engine, text: str) -> float:
+    """What ``--to`` names, as an MJD: an ISO date (its noon, the middle of a
+    night) or time; an MJD (a number with a decimal point); a frame number
+    (of a raw exposure); or a selection (the mean time of its exposures)."""
     from archive.keywords import MJD_EPOCH, parse_fits_date
 
-    parsed = parse_fits_date(text)
-    if parsed is None:
-        raise ObsarchError(f"--to {text!r}: give a date (2014-07-27) or time (2014-07-27T23:00)")
-    if not isinstance(parsed, datetime):
-        parsed = datetime(parsed.year, parsed.month, parsed.day, 12)
-    return (parsed.replace(tzinfo=None) - MJD_EPOCH).total_seconds() / 86400
+    text = str(text).strip()
+    parsed = parse_fits_date(text) if re.match(r"^\d{4}-\d\d-\d\d", text) else None
+    if parsed is not None:
+        if not isinstance(parsed, datetime):
+            parsed = datetime(parsed.year, parsed.month, parsed.day, 12)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        return (parsed - MJD_EPOCH).total_seconds() / 86400
+    if re.fullmatch(r"\d+\.\d*", text):
+        return float(text)
+    try:
+        chosen = [f.mjd for f in resolve(engine, text) if f.mjd is not None]
+    except SelectionError as exc:
+        raise ObsarchError(f"--to {text!r}: give a date (2014-07-27), a time (2014-07-27T23:00), an MJD (56865.5), "
+                           f"a frame number or a selection ({exc})") from exc
+    if not chosen:
+        raise ObsarchError(f"--to {text!r}: no exposure with a time matches it")
+    return sum(chosen) / len(chosen)
 
 
 def nearest(candidates: list[Frame], count: int, mjd: float) -> list[Frame]:
@@ -87,12 +135,10 @@ def one_value(frames_: list[Frame], attribute: str, what: str) -> str | None:
 def choose_master(engine: Engine, kind: str, frame: Frame, *, same_band: bool = False) -> Frame | None:
     """The master of ``kind`` for a frame: same read-out mode (and band for
     flats), nearest in time; the newest product at a path only."""
-    conditions = [f"product == 'master_{kind}'"]
-    if frame.readout_mode is not None:
-        conditions.append(f"readout_mode == '{_quote(frame.readout_mode)}'")
+    conditions = [compare("product", "==", f"master_{kind}"), _same("readout_mode", frame.readout_mode)]
     if same_band:
-        conditions.append(f"band == '{_quote(frame.band)}'" if frame.band is not None else "band is null")
-    candidates = frames(engine, " and ".join(conditions))
+        conditions.append(_same("band", frame.band))
+    candidates = resolve(engine, None, *conditions)
     if not candidates:
         return None
     if frame.mjd is None:
@@ -100,8 +146,8 @@ def choose_master(engine: Engine, kind: str, frame: Frame, *, same_band: bool = 
     return nearest(candidates, 1, frame.mjd)[0]
 
 
-def _quote(text: str) -> str:
-    return str(text).replace("'", "''")
+def _same(name: str, value) -> Node:
+    return is_null(name) if value is None else compare(name, "==", value)
 
 
 def safe_name(text: str) -> str:
@@ -119,3 +165,38 @@ def product_of(engine: Engine, file_id: int, kind: str) -> str | None:
             .order_by(Product.id.desc()).limit(1)
         ).first()
     return row.path if row else None
+
+
+# Values a product takes from its inputs only when they all agree on them.
+_SHARED = ("instrument", "telescope", "object", "obsid", "band", "readout_mode", "xbin", "ybin", "gain", "detector",
+           "exptime")
+
+
+def inherited(inputs: list[Frame], frame_type: str | None, *, exptime: bool = True) -> dict:
+    """The normalized values of a product made from ``inputs``: what they all
+    share (instrument, band, read-out mode whatever keyword it came from,
+    exposure time when ``exptime``...), the middle of their times and the
+    night of the input nearest that middle, and ``frame_type``. Never a
+    frame number."""
+    values: dict = {"frame_type": frame_type}
+    for name in _SHARED if exptime else _SHARED[:-1]:
+        found = {getattr(f, name) for f in inputs}
+        values[name] = found.pop() if len(found) == 1 else None
+    for name in ("ra", "dec"):  # a pointing shared to within an arcsecond
+        found = [getattr(f, name) for f in inputs]
+        if found and None not in found and max(found) - min(found) < 1 / 3600:
+            values[name] = float(sum(found) / len(found))
+    temperatures = [f.ccd_temp for f in inputs]
+    if temperatures and None not in temperatures:  # the mean: a master's temperature is its inputs'
+        values["ccd_temp"] = float(sum(temperatures) / len(temperatures))
+    times = [f for f in inputs if f.mjd is not None]
+    if times:
+        middle = (min(f.mjd for f in times) + max(f.mjd for f in times)) / 2
+        values["mjd"] = middle
+        values["night"] = min(times, key=lambda f: abs(f.mjd - middle)).night
+        from datetime import timedelta
+
+        from archive.keywords import MJD_EPOCH
+
+        values["date_obs"] = MJD_EPOCH + timedelta(days=middle)
+    return values

@@ -166,14 +166,14 @@ def _kinds(catalog) -> list[str]:
 def test_raw_to_masters_to_calibrated_to_stack(night):
     catalog, tmp = night
     engine = catalog.engine
-    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").made
-    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").made
+    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").products
+    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").products
     made = calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
-    assert len(made.made) == 4 and not made.failed
+    assert len(made.products) == 4 and not made.failed
     ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
     offsets.compute_offsets(engine, ids, ids[0], workers=1)
     result = stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
-    (stack_path,) = result.made
+    (stack_path,) = result.products
     assert _kinds(catalog) == ["master_bias", "master_flat"] + ["calibrated"] * 4 + ["stack"]
 
     with fits.open(stack_path) as hdul:
@@ -207,10 +207,10 @@ def test_raw_to_masters_to_calibrated_to_stack(night):
     stale = {row["kind"]: row["reason"] for row in runs.stale_products(engine)}
     assert set(stale) == {"master_bias", "master_flat", "calibrated", "stack"}
     assert "changed" in stale["master_bias"] and "is stale" in stale["stack"]
-    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").made
-    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").made
-    assert len(calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1).made) == 4
-    assert stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1).made
+    assert calibration.make_master(engine, "bias", out_dir=tmp / "masters").products
+    assert calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters").products
+    assert len(calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1).products) == 4
+    assert stacking.stack(engine, "band == 'V' and frame_type == 'science'", out_dir=tmp / "stacks", workers=1).products
     assert runs.stale_products(engine) == []
 
 
@@ -228,10 +228,11 @@ def test_a_frame_graded_bad_makes_its_products_stale_and_is_left_out_of_stacks(n
     ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
     offsets.compute_offsets(engine, ids, ids[0], workers=1)
     result = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
-    with fits.open(result.made[0]) as hdul:
+    with fits.open(result.products[0]) as hdul:
         assert hdul[0].header["NCOMBINE"] == 3
+    assert result.exit_code == 0  # a frame graded bad is not selected: the stack is whole
     everything = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "all", include_bad=True, workers=1)
-    with fits.open(everything.made[0]) as hdul:
+    with fits.open(everything.products[0]) as hdul:
         assert hdul[0].header["NCOMBINE"] == 4
 
 
@@ -245,7 +246,7 @@ def test_master_choice_rules(catalog, tmp_path, rng):
         calibration.make_master(engine, "bias", "readout_mode == 'FAST'", nearest_count=2, out_dir=tmp_path / "m")
     summary = calibration.make_master(engine, "bias", "readout_mode == 'FAST'", nearest_count=2, to="2017-08-16T03:10",
                                       out_dir=tmp_path / "m")
-    with fits.open(summary.made[0]) as hdul:
+    with fits.open(summary.products[0]) as hdul:
         assert hdul[0].header["NCOMBINE"] == 2 and hdul[0].header["READOUTM"] == "FAST"
         inputs = [line for line in hdul[0].header["HISTORY"] if "obsarch input" in line]
     assert [line.split()[-1] for line in inputs] == ["b-9.fits", "b-10.fits"]  # the two nearest 03:10
@@ -256,7 +257,8 @@ def test_master_choice_rules(catalog, tmp_path, rng):
 def test_calibrate_reports_frames_without_masters(night):
     catalog, tmp = night
     summary = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
-    assert len(summary.failed) == 4 and "no master bias or flat" in summary.failed[0][1]
+    assert len(summary.failed) == 4 and "no master bias in the catalog" in summary.failed[0][1]
+    assert summary.exit_code == 1 and not summary.done  # calibrated 0, failed 4: an error, never exit 0
     assert "run `obsarch calib bias` first" in summary.failed[0][1]
 
 
@@ -301,10 +303,10 @@ def test_run_an_external_tool_per_obsid(catalog, tmp_path, rng):
                                 workers=2)
     assert sorted(summary.done) == ["0013140101", "0761220101"]
     assert summary.failed[0][0] == "0000000009" and "exit status 1" in summary.failed[0][1]
-    assert summary.products == 4
+    assert len(summary.products) == 4
     assert (tmp_path / "work" / "0013140101" / "files.txt").read_text().split() == ["ev0.fits", "ev1.fits"]
     with catalog.engine.connect() as conn:
-        logged = conn.execute(select(Run.item, Run.state, Run.stdout).where(Run.step == "run:sh").order_by(Run.item)).all()
+        logged = conn.execute(select(Run.item, Run.state, Run.stdout).where(Run.step == "run:sh", Run.parent_id.is_not(None)).order_by(Run.item)).all()
     assert [(r.item, r.state) for r in logged] == [("0000000009", "failed"), ("0013140101", "done"), ("0761220101", "done")]
     assert logged[1].stdout.strip() == "obsid 0013140101"
     again = external.run_each(catalog.engine, "obsid", None, ["sh", "-c", script], workdir=str(tmp_path / "work" / "{obsid}"), workers=2)
@@ -350,7 +352,7 @@ def test_calibrate_on_a_dask_local_cluster(night):
     calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
     calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
     summary = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", executor="dask", workers=2)
-    assert len(summary.made) == 4
+    assert len(summary.products) == 4
 
 
 def test_unknown_executor():
@@ -376,14 +378,18 @@ def test_processing_tour(url, tmp_path, rng, monkeypatch):
     assert "wrote" in run("calib", "bias", "readout_mode == 'SCI1.0'", "--nearest", "3", "--to", "2017-08-16").stdout
     assert "up to date" in run("calib", "bias", "readout_mode == 'SCI1.0'", "--nearest", "3", "--to", "2017-08-16").stdout
     run("calib", "flat", "--band", "V")
-    assert "calibrated 4" in run("calibrate", "frame_type == 'science'", "--workers", "1").stdout
+    assert "calibrate: 4 done, 0 up to date (skipped), 0 failed" in run("calibrate", "frame_type == 'science'", "--workers", "1").stdout
     run("offsets", "compute", "frame_type == 'science' and product is null", "--reference", "12", "--workers", "1")
-    assert "V_stack.fits" in run("stack", "band == 'V'", "--sigma-clip", "3", "--out", "stacks/", "--workers", "1").stdout
+    # frames without an offset (the flats) make a stack short of what was selected: exit 3, the last line says why
+    short = run("stack", "band == 'V'", "--out", "short/", "--workers", "1", code=3)
+    assert "stacked 4 of 7 selected frames" in short.stderr.strip().splitlines()[-1]
+    assert "V_stack.fits" in run("stack", "band == 'V' and frame_type == 'science'", "--sigma-clip", "3", "--out", "stacks/",
+                                 "--workers", "1").stdout
     assert "stack" in run("products", "--format", "csv").stdout
     tree = run("lineage", "stacks/V_stack.fits").stdout
     assert "master-bias" in tree and "(raw)" in tree
     assert "0 stale products" in run("stale").stderr
     out = run("run", "--each", "exposure", "11-12 and product is null", "--workdir", "work/{item}", "--workers", "1", "--",
               "sh", "-c", "echo {frame} > n.txt").stdout
-    assert "2 done" in out and "2 files registered as products" in out
+    assert "2 done" in out and "2 products written" in out
     assert "unknown method 'mode'" in run("calib", "bias", "--method", "mode", code=1).stderr

@@ -127,26 +127,26 @@ def test_compute_stores_metrics_and_is_incremental(catalog, tmp_path, rng):
         science(tmp_path, rng, number)
     catalog.ingest([tmp_path])
     first = quality.compute(catalog.engine, workers=1)
-    assert (first.computed, first.skipped, first.failed) == (4, 0, 0)
+    assert (len(first.done), len(first.skipped), len(first.failed)) == (4, 0, 0)
     assert catalog.query("fwhm between 2.85 and 3.15 and background > 990", columns="frame_number")["frame_number"].tolist() == [1, 2, 3, 4]
 
     again = quality.compute(catalog.engine, workers=1)
-    assert (again.computed, again.skipped) == (0, 4)
+    assert (len(again.done), len(again.skipped)) == (0, 4)
 
     time.sleep(0.01)
     science(tmp_path, rng, 2, fwhm=6.0)  # the file changes: only it is measured again
     catalog.ingest([tmp_path])
     changed = quality.compute(catalog.engine, workers=1)
-    assert (changed.computed, changed.skipped) == (1, 3)
+    assert (len(changed.done), len(changed.skipped)) == (1, 3)
     assert catalog.query("fwhm > 5", columns="frame_number")["frame_number"].tolist() == [2]
 
     forced = quality.compute(catalog.engine, "1-2", force=True, workers=1)
-    assert (forced.computed, forced.skipped) == (2, 0)
+    assert (len(forced.done), len(forced.skipped)) == (2, 0)
     other = quality.compute(catalog.engine, params=QualityParams(detect_sigma=8.0), workers=1)
-    assert other.computed == 4  # other parameters: measured again
+    assert len(other.done) == 4  # other parameters: measured again
     with catalog.engine.connect() as conn:
         runs = conn.execute(select(Run.step, Run.state, Run.summary_json).order_by(Run.id)).all()
-    assert [r.step for r in runs] == ["quality"] * 5 and {r.state for r in runs} == {"done"}
+    assert [r.step for r in runs] == ["quality"] * 4 and {r.state for r in runs} == {"done"}  # nothing to do: no run
 
 
 def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog, tmp_path, rng):
@@ -160,7 +160,7 @@ def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog
     catalog.ingest([tmp_path])
     (tmp_path / "f-5.fits").unlink()  # gone since ingest
     summary = quality.compute(catalog.engine, workers=2)
-    assert (summary.computed, summary.failed) == (1, 5)
+    assert (len(summary.done), len(summary.failed)) == (1, 5) and summary.exit_code == 3
     with catalog.engine.connect() as conn:
         errors = dict(conn.execute(text("SELECT frame_number, metrics_error FROM exposure_quality WHERE metrics_error IS NOT NULL")).all())
     assert "no finite pixels (all NaN)" in errors[2]
@@ -232,7 +232,8 @@ def test_person_flags_history_and_queries(catalog, tmp_path, rng):
     for number in range(3920, 3930):
         science(tmp_path, rng, number)
     catalog.ingest([tmp_path])
-    assert catalog.query("grade is null").shape[0] == 10  # never flagged: unreviewed
+    assert catalog.query("grade == 'ungraded'").shape[0] == 10  # never flagged
+    assert catalog.query("grade != 'bad'").shape[0] == 10  # ... so "not bad" keeps them
     assert quality.flag(catalog.engine, "3920,3921,3924,3928", "bad", reason="tracking", note="big tracking errors", who="ann") == 4
     assert quality.flag(catalog.engine, "3926-3927", "bad", reason="clouds") == 2
     assert quality.flag(catalog.engine, "3920", "ok", who="bob") == 1
@@ -314,7 +315,7 @@ def test_quality_tour(url, tmp_path, rng):
 
     run("init")
     run("ingest", str(tmp_path / "data"))
-    assert "6 measured" in run("quality", "compute", "frame_type == 'science'", "--workers", "1")
+    assert "6 done" in run("quality", "compute", "frame_type == 'science'", "--workers", "1")
     assert "6 up to date" in run("quality", "compute", "--workers", "1")
     assert "1 tracking" in run("quality", "rules")
     assert "flagged 2 exposures bad (clouds)" in run("flag", "3924-3925", "--grade", "bad", "--reason", "clouds", "--by", "ann")
@@ -353,7 +354,7 @@ def test_html_report_loads_in_chromium_and_shows_every_frame(catalog, tmp_path, 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from processing.report import write_html
+    from web.report import write_html
 
     binary, driver_path = _chromium()
     for number in range(1, 7):
@@ -375,13 +376,13 @@ def test_html_report_loads_in_chromium_and_shows_every_frame(catalog, tmp_path, 
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(report.index.as_uri())
-        frames = browser.find_elements("css selector", ".frame")
+        frames = browser.find_elements("css selector", ".card")
         assert len(frames) == 7
         broken = browser.execute_script(
             "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
         )
         assert broken == []
-        assert len(browser.find_elements("css selector", ".frame img")) == 6
+        assert len(browser.find_elements("css selector", ".card img")) == 6
         assert "no finite pixels" in browser.find_element("id", f"exposure-{catalog.resolve('7')}").text
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []

@@ -8,7 +8,7 @@ missing and may only read this schema's tables: ``obsarch sql`` runs its
 statement after ``SET ROLE obsarch_reader`` inside a read-only transaction.
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0011
 Create Date: 2026-12-01 15:20:00
 """
 
@@ -17,14 +17,16 @@ import sqlalchemy as sa
 
 
 revision = '0007'
-down_revision = '0006'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
 READER = 'obsarch_reader'
 WIDENED = {
-    'exposures': {'instrument': 80, 'telescope': 80, 'obsid': 80, 'object': 80, 'band': 32, 'readout_mode': 80},
+    'exposures': {'instrument': 80, 'telescope': 80, 'obsid': 80, 'object': 80, 'band': 32, 'readout_mode': 80,
+                  'detector': 80, 'detector_shape': 64},
     'hdus': {'shape': 64},
+    'detector_metrics': {'detector': 80},
 }
 
 
@@ -60,7 +62,7 @@ def _widen() -> None:
     for table, columns in WIDENED.items():
         with op.batch_alter_table(table) as batch:
             for column, width in columns.items():
-                batch.alter_column(column, type_=sa.Text(), existing_type=sa.String(width), existing_nullable=True)
+                batch.alter_column(column, type_=sa.Text(), existing_type=sa.String(width))
     with op.batch_alter_table('hdus') as batch:
         batch.alter_column('bitpix', type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=True)
 
@@ -114,4 +116,4 @@ def _narrow() -> None:
     for table, columns in reversed(list(WIDENED.items())):
         with op.batch_alter_table(table) as batch:
             for column, width in columns.items():
-                batch.alter_column(column, type_=sa.String(width), existing_type=sa.Text(), existing_nullable=True)
+                batch.alter_column(column, type_=sa.String(width), existing_type=sa.Text())

@@ -1,0 +1,74 @@
+"""Filling normalized columns again from the header cards the catalog holds.
+
+A column added by a migration (the detector columns of 0009: binning, gain,
+CCD temperature, detector shape) is NULL for every file ingested before it,
+and an incremental scan does not read unchanged files again. The cards and
+HDUs are in the catalog, so the columns are computed from them, without
+opening a file. Products keep the values their step gave them; their
+empty ones are filled from their own cards.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Engine, select, update
+
+from archive.db import transaction
+from archive.headers import HeaderUnit
+from archive.keywords import load_maps, normalize
+from archive.models import Exposure, File, Hdu, HeaderCard, Product
+
+DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors")
+_SOURCES = {"xbinning", "ybinning", "binning", "gain", "ccd_temp", "detector", "detector_shape"}
+
+
+def _units(hdus, cards) -> list[HeaderUnit]:
+    by_hdu: dict[int, list] = {}
+    for card in cards:
+        by_hdu.setdefault(card.hdu_index, []).append(
+            (card.position, card.keyword, card.value_text, card.value_num, card.vtype, card.comment))
+    return [HeaderUnit(h.hdu_index, sorted(by_hdu.get(h.hdu_index, [])), h.hdu_type, extname=h.extname, shape=h.shape,
+                       bitpix=h.bitpix) for h in hdus]
+
+
+def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500) -> int:
+    """Compute the detector columns of every exposure from its stored cards
+    (``config``: the user's keyword maps); returns how many were updated.
+    A product's columns that its step gave are kept: only its empty ones
+    are filled. Each batch of files is one transaction."""
+    maps = load_maps(config)
+    with transaction(engine) as conn:
+        ids = conn.execute(select(Exposure.id).order_by(Exposure.id)).scalars().all()
+        products = set(conn.execute(select(Product.file_id).where(Product.file_id.is_not(None))).scalars())
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        with transaction(engine, write=True) as conn:
+            rows = conn.execute(select(Exposure.id, Exposure.file_id, Exposure.sources, File.relpath,
+                                       *[getattr(Exposure, c) for c in DETECTOR_COLUMNS])
+                                .join(File, File.id == Exposure.file_id).where(Exposure.id.in_(chunk))).all()
+            hdus = conn.execute(select(Hdu).where(Hdu.file_id.in_(chunk)).order_by(Hdu.file_id, Hdu.hdu_index)).all()
+            cards = conn.execute(select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword,
+                                        HeaderCard.value_text, HeaderCard.value_num, HeaderCard.vtype, HeaderCard.comment)
+                                 .where(HeaderCard.file_id.in_(chunk))).all()
+            hdus_of, cards_of = _grouped(hdus), _grouped(cards)
+            for row in rows:
+                _update(conn, row, hdus_of.get(row.id, []), cards_of.get(row.id, []), maps, row.file_id in products)
+    return len(ids)
+
+
+def _grouped(rows) -> dict[int, list]:
+    grouped: dict[int, list] = {}
+    for row in rows:
+        grouped.setdefault(row.file_id, []).append(row)
+    return grouped
+
+
+def _update(conn, row, hdus, cards, maps, product: bool) -> None:
+    normalized = normalize(_units(hdus, cards), row.relpath, maps)
+    columns = [c for c in DETECTOR_COLUMNS if not product or getattr(row, c) is None]
+    found = {k: v for k, v in json.loads(normalized["sources"]).items() if k in _SOURCES}
+    sources = json.loads(row.sources or "{}")
+    sources.update({k: v for k, v in found.items() if not product or k not in sources})
+    conn.execute(update(Exposure).where(Exposure.id == row.id)
+                 .values(**{c: normalized[c] for c in columns}, sources=json.dumps(sources, sort_keys=True)))

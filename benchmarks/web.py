@@ -1,0 +1,178 @@
+"""How fast the review app answers, next to the same question asked of `obsarch query`.
+
+    python benchmarks/web.py [--frames 300] [--size 1024] [--rounds 20] [--db URL]
+
+Writes a night of N 16-bit frames with stars, ingests and measures them, starts
+`obsarch serve` (uvicorn, in this process) and prints:
+
+- how fast the background worker makes thumbnails, and how fast the night
+  view answers while it does;
+- the median and 95th-percentile answer time of each page once the thumbnails
+  exist, over real HTTP;
+- next to them, the same night's rows through `obsarch query --format csv`
+  (a new process, as a user runs it) and through ``Catalog.query`` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+ROOT = Path(__file__).resolve().parents[1]
+# This script's own directory would make `import web` find this file, not the package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def make_night(directory: Path, n: int, size: int, seed: int = 11) -> None:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:15, 0:15]
+    stars = np.column_stack([rng.uniform(10, size - 10, 60), rng.uniform(10, size - 10, 60), rng.uniform(3e3, 5e4, 60)])
+    for i in range(n):
+        image = rng.normal(1200.0, 12.0, (size, size)).astype(np.float32)
+        sigma = rng.uniform(2.6, 3.6) / 2.3548
+        for px, py, flux in stars:
+            ix, iy = int(px) + i % 3, int(py)
+            image[iy - 7 : iy + 8, ix - 7 : ix + 8] += flux / (2 * np.pi * sigma**2) * np.exp(
+                -((x - 7) ** 2 + (y - 7) ** 2) / (2 * sigma**2))
+        hdu = fits.PrimaryHDU(np.clip(image, 0, 65535).astype(np.uint16))
+        minutes = 60 + i
+        hdu.header.update({"IMAGETYP": "Light Frame", "FILTER": "BVR"[i % 3], "EXPTIME": 60.0, "OBJECT": "NGC 3293",
+                           "DATE-OBS": f"2017-08-16T{minutes // 60:02d}:{minutes % 60:02d}:00"})
+        hdu.writeto(directory / f"night-{4000 + i}.fits", overwrite=True)
+
+
+def timed(function, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def row(label: str, times: list[float], note: str = "") -> None:
+    ordered = sorted(times)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    print(f"  {label:<46} median {statistics.median(times) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms  {note}")
+
+
+def start_server(app):
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--no-quality", action="store_true", help="skip measuring the frames (pages without metrics)")
+    parser.add_argument("--db", help="catalog URL (default: a SQLite file in the scratch directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--reuse", type=Path, help="a scratch directory kept by --keep: its frames and catalog are used "
+                                                   "again (its thumbnails are made again)")
+    args = parser.parse_args()
+
+    import httpx
+
+    from archive.catalog import Catalog
+    from processing import quality
+    from web.app import create_app
+
+    scratch = args.reuse or Path(tempfile.mkdtemp(prefix="obsarch-web-bench-"))
+    try:
+        url = args.db or f"sqlite:///{scratch / 'catalog.db'}"
+        if args.reuse:
+            shutil.rmtree(scratch / "thumbs", ignore_errors=True)
+            catalog = Catalog(url)
+            print(f"{len(catalog.exposure_ids())} frames of {scratch}, catalog {url.split('://')[0]}")
+        else:
+            print(f"{args.frames} frames of {args.size}x{args.size} (uint16), catalog {url.split('://')[0]}")
+            make_night(scratch / "night", args.frames, args.size)
+            catalog = Catalog.create(url)
+            catalog.ingest([scratch / "night"])
+            if not args.no_quality:
+                start = time.perf_counter()
+                quality.compute(catalog.engine, workers=2)
+                quality.apply_rules(catalog.engine)
+                print(f"  (ingested, and measured in {time.perf_counter() - start:.1f} s)")
+        night = catalog.query(None, columns="night", limit=1)["night"][0]
+        ids = catalog.exposure_ids()
+
+        app = create_app(catalog=catalog, allow_write=True, thumbnails=scratch / "thumbs")
+        server, base = start_server(app)
+        http = httpx.Client(base_url=base, timeout=120)
+        cache = app.state.review.thumbnails
+
+        print("\nthumbnails, made by one background thread")
+        start = time.perf_counter()
+        first = http.get(f"/nights/{night}")
+        assert first.status_code == 200, first.text[:200]
+        while_making = []
+        while cache.progress.waiting:
+            while_making.append(timed(lambda: http.get(f"/nights/{night}?band=V"), 1)[0])
+            time.sleep(0.2)
+        made = time.perf_counter() - start
+        print(f"  {cache.progress.made} made in {made:.1f} s ({cache.progress.made / made:.1f} frames/s), "
+              f"{cache.progress.failed} failed; the first night page answered in {first.elapsed.total_seconds() * 1000:.0f} ms")
+        if while_making:
+            row("night view (one band) while they were made", while_making, f"({len(while_making)} requests)")
+
+        print(f"\npages once the thumbnails exist ({args.rounds} requests each, real HTTP, one client; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        selection = "band == 'V' and fwhm < 4 and exptime >= 60"
+        pages = {
+            f"GET /nights/{night}  ({len(ids)} frames)": f"/nights/{night}",
+            f"GET /nights/{night}?band=V": f"/nights/{night}?band=V",
+            "GET /nights": "/nights",
+            "GET /exposures?q=... (search page)": f"/exposures?q={selection}",
+            f"GET /exposures.csv?q=night == '{night}'": f"/exposures.csv?q=night == '{night}'",
+            "GET /exposures/ID  (frame page)": f"/exposures/{ids[len(ids) // 2]}",
+            "GET /exposures/ID/thumbnail.png": f"/exposures/{ids[0]}/thumbnail.png",
+            "GET /processing": "/processing",
+        }
+        for label, path in pages.items():
+            assert http.get(path).status_code == 200, path
+            row(label, timed(lambda p=path: http.get(p), args.rounds))
+        row("POST /exposures/ID/flags", timed(lambda: http.post(f"/exposures/{ids[1]}/flags", data={"grade": "ok"}), args.rounds))
+
+        print("\nthe peer: the same night's rows")
+        # what the `obsarch` console script runs, started as a new process
+        command = [sys.executable, "-c", "from cli.main import run; run()", "--db", url, "query", f"night == '{night}'",
+                   "--format", "csv"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        cli_times = timed(lambda: subprocess.run(command, check=True, capture_output=True, env=env), min(args.rounds, 5))
+        row(f"obsarch query \"night == '{night}'\" --format csv", cli_times, "(a new process each time)")
+        row("Catalog.query (in-process, no HTTP)", timed(lambda: catalog.query(f"night == '{night}'"), args.rounds))
+        server.should_exit = True
+    finally:
+        if args.keep or args.reuse:
+            print(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

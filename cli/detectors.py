@@ -1,0 +1,39 @@
+"""Detectors in the catalog: ``obsarch db renormalize`` (the detector columns
+of files ingested before they existed, from the cards the catalog holds) and
+``obsarch quality detectors`` (each detector's quality numbers)."""
+
+from __future__ import annotations
+
+from cli.app import FormatOption, Selection, command, db_app, load_config, open_catalog, quality_app
+from cli.render import Format, console, show_frame
+
+
+@command(db_app, "renormalize")
+def db_renormalize() -> None:
+    """Fill the detector columns (binning, gain, CCD temperature, detector,
+    detector shape and count) of exposures from their stored header cards,
+    with the keyword maps of obsarch.toml. Run it once after `obsarch db upgrade`
+    to 0009; no file is opened. Products keep the values their step gave them
+    and get their empty ones from their own cards.
+
+    Example: obsarch db renormalize
+    """
+    from archive.renormalize import renormalize
+
+    count = renormalize(open_catalog().engine, load_config())
+    console.print(f"renormalized {count} exposures")
+
+
+@command(quality_app, "detectors")
+def quality_detectors(selection: Selection = None, fmt: FormatOption = Format.table) -> None:
+    """Each detector's quality numbers (the exposure's own are their median).
+
+    Example: obsarch quality detectors "instrument == 'MUSE' and night == '2014-07-27'"
+    """
+    import pandas as pd
+
+    from archive.detectors import DETECTOR_METRIC_NAMES, detector_metrics
+
+    rows = detector_metrics(open_catalog().engine, selection)
+    columns = ["exposure_id", "frame_number", "detector", "hdu_index", *DETECTOR_METRIC_NAMES]
+    show_frame(pd.DataFrame(rows, columns=columns), fmt)

@@ -1,0 +1,412 @@
+"""The step machinery: the one routine every processing step runs on.
+
+A step is a small definition, the way a BANZAI stage writes only
+``do_stage`` and ``Stage.run`` owns the rest. :func:`run_step` owns:
+
+1. resolving the selection into items (the step's :meth:`Step.items`, given
+   a parsed tree or ids, never selection text assembled by code);
+2. a fingerprint per item (its inputs' content, the parameters, the code
+   version) and skipping what is unchanged since a done run;
+3. the run record ('running' in a transaction of its own, so a killed step
+   stays visibly unfinished), then each item's work in workers (``pool``,
+   ``serial`` or ``dask``, :mod:`processing.executor`); an exception in a
+   worker is caught there and turned into one plain line, so one bad item
+   costs only itself and nothing unpicklable crosses the process boundary;
+4. every catalog write of the step (runs of items, inputs, products, metrics,
+   offsets...) in ONE transaction in the main process, each item inside a
+   savepoint so that one item's failing write costs only that item;
+5. a :class:`StepResult`: done / skipped / failed / short per item, and the
+   exit code (0 all done, 3 partial, 1 nothing done).
+
+Writing a step::
+
+    class Calibrate(Step):
+        name, algorithm = "calibrate", "calibration-2"
+        item_runs = True                       # a child run per item: lineage per product
+
+        def items(self, engine) -> list[Item]: ...   # main process; may read the catalog
+        work = staticmethod(calibrate_one)           # module-level: task -> result, in a worker
+        def write(self, out: Writer, item, result): # main process, inside the transaction
+            out.product(result, "calibrated", values)
+
+    result = run_step(engine, Calibrate(...), executor="pool", workers=None)
+    raise typer.Exit(result.exit_code)
+
+Two shapes of step:
+
+* per-item outputs (calibrate, external tools, quality, offsets): each item is
+  fingerprinted and skipped on its own; with ``item_runs`` each done or
+  failed item gets a child run (``runs.parent_id``) holding its inputs and
+  products;
+* one output made of all items (``whole = True``: a master, a stack): one
+  fingerprint over every item; workers prepare each input (a corrupt frame
+  fails alone), then :meth:`Step.finish` makes the product from the items
+  that worked, and the result is *short* when fewer inputs went in than
+  were selected.
+
+Optional hooks: ``up_to_date(engine, items, prints)`` when a step's output
+is rows rather than files (quality: metrics made with these parameters from
+this file version); ``record_failure(out, item, reason)`` to store a failed
+item's row (a metric or offset with its error); ``close()`` to remove scratch
+files. ``write`` may raise :class:`ItemFailed` to fail an item yet keep what
+it stored (an external tool's log). ``Writer.product(path, kind, values)``
+catalogues a written file directly (:func:`archive.products.register_product`):
+``values`` are the normalized columns it inherits, usually
+:func:`processing.steps.inherited` of its inputs.
+
+A step may raise :class:`~archive.exceptions.ObsarchError` from ``items``
+(nothing to do, a usage problem): that is an error (exit 1) and no run is
+recorded.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, update
+
+from archive import __version__
+from archive.db import transaction
+from archive.ingest import utcnow
+from archive.models import Product, Run, RunInput
+from processing.executor import Progress, parallel_map
+from processing.runs import done_before, fingerprint, params_hash
+
+EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+
+
+class ItemFailed(Exception):
+    """Raised by a step's ``write`` for an item that failed but whose record
+    (an external tool's log, say) is kept: the item counts as failed with
+    this reason, and what ``write`` stored stays."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file an item reads: its id, its role (frame, bias, flat...) and its
+    content when read (see :func:`processing.runs.file_content`)."""
+
+    file_id: int | None
+    role: str
+    content: str
+
+
+@dataclass
+class Item:
+    """One unit of a step's work.
+
+    key : what a person reads in the report (a path, a frame number, an obsid)
+    task : what the worker gets (picklable; only ``work`` looks at it)
+    inputs : the files it reads, recorded with the run and fingerprinted
+    params : item parameters that enter the fingerprint (output path, masters chosen)
+    error : set when the item cannot be done at all (no master, say): it is
+        recorded as failed with this reason and never sent to a worker
+    data : anything the step keeps for its own ``write`` (not fingerprinted)
+    """
+
+    key: str
+    task: Any = None
+    inputs: list[Input] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    error: str | None = None
+    data: Any = None
+
+
+class Step:
+    """A processing step: override :meth:`items`, ``work`` and :meth:`write`
+    (or :meth:`finish` for a ``whole`` step); see the module docstring."""
+
+    name: str = "step"
+    algorithm: str = "1"
+    item_runs: bool = False
+    whole: bool = False
+
+    def params(self) -> dict:
+        """The step's parameters as JSON-able values (recorded, fingerprinted)."""
+        return {}
+
+    def items(self, engine: Engine) -> list[Item]:
+        raise NotImplementedError
+
+    work: Callable[[Any], Any] | None = None  # a module-level function: task -> result
+
+    def up_to_date(self, engine: Engine, items: list[Item], prints: dict[str, str]) -> set[str]:
+        """Keys of items whose output is current. By default: a done run with
+        the item's fingerprint whose products all still exist."""
+        return {key for key, print_ in prints.items() if done_before(engine, print_)}
+
+    def write(self, out: Writer, item: Item, result: Any) -> None:
+        """Store one item's result (main process, inside the step's transaction)."""
+
+    def finish(self, out: Writer, done: list[tuple[Item, Any]], failed: list[Item]) -> str | None:
+        """A ``whole`` step makes its product from the items that worked;
+        returns why the result is short, if it is."""
+        return None
+
+    def close(self) -> None:
+        """Remove what the step made for itself (scratch files)."""
+
+
+@dataclass
+class StepResult:
+    """What a step did: keys done, skipped and failed (with the reason), and
+    short ones (done with fewer inputs than asked, with the reason)."""
+
+    step: str
+    run_id: int | None = None
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    short: list[tuple[str, str]] = field(default_factory=list)
+    products: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 everything asked was done; 3 partial; 1 nothing was done and something failed."""
+        if self.failed and not (self.done or self.skipped):
+            return EXIT_ERROR
+        if self.failed or self.short:
+            return EXIT_PARTIAL
+        return EXIT_DONE
+
+    def counts(self) -> str:
+        text = f"{len(self.done)} done, {len(self.skipped)} up to date (skipped), {len(self.failed)} failed"
+        text += f", {len(self.short)} short of inputs" if self.short else ""
+        count = len(self.products)
+        return text + (f"; {count} product{'' if count == 1 else 's'} written" if count else "")
+
+    def last_line(self) -> str:
+        """The summary a user reads last: counts, and the failures in brief."""
+        line = f"{self.step}: {self.counts()}"
+        problems = [f"{key}: {why}" for key, why in self.short + self.failed]
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            line += f" -- {shown}"
+        return line
+
+
+class Writer:
+    """What a step's ``write``/``finish`` writes through: the transaction's
+    connection and the run the rows belong to."""
+
+    def __init__(self, conn: Connection, run_id: int, step: Step, result: StepResult):
+        self.conn, self.run_id, self._step, self._result = conn, run_id, step, result
+
+    def inputs(self, inputs: list[Input], group_id: int | None = None) -> None:
+        if inputs:
+            self.conn.execute(insert(RunInput), [
+                {"run_id": self.run_id, "file_id": i.file_id, "role": i.role, "content": i.content, "group_id": group_id}
+                for i in inputs
+            ])
+
+    def product(self, path, kind: str, values: dict | None = None) -> int | None:
+        """Catalog a written file as a product of this run (a FITS file with
+        the exposure ``values`` its inputs give it; another file by its path
+        only) and return its file id."""
+        from pathlib import Path
+
+        from archive.ingest import is_fits_name
+        from archive.products import register_product
+
+        path = Path(path).resolve()
+        file_id = register_product(self.conn, path, values or {}) if is_fits_name(path.name) else None
+        self.conn.execute(insert(Product).values(run_id=self.run_id, file_id=file_id, kind=kind, path=str(path),
+                                                 created_at=utcnow()))
+        self._result.products.append(str(path))
+        return file_id
+
+
+# -- the routine ----------------------------------------------------------------------------
+
+
+def run_step(
+    engine: Engine, step: Step, *, force: bool = False, executor: str = "pool", workers: int | None = None,
+    scheduler: str | None = None, progress: Progress | None = None,
+) -> StepResult:
+    """Run ``step`` over its items; see the module docstring."""
+    result = StepResult(step.name)
+    try:
+        items = step.items(engine)
+        run_params = step.params()
+        prints = {item.key: fingerprint(step.name, {**run_params, **item.params}, step.algorithm,
+                                        [i.content for i in item.inputs])
+                  for item in items if item.error is None}
+        if step.whole:
+            whole_print = fingerprint(step.name, {**run_params, "items": sorted(prints.values())}, step.algorithm, [])
+            prints = {"*": whole_print}
+        current = set() if force else step.up_to_date(engine, items, prints)
+        if step.whole and "*" in current:
+            result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
+            return result
+        todo = [item for item in items if item.error is None and item.key not in current]
+        result.skipped = [item.key for item in items if item.key in current]
+        if not todo and not any(item.error for item in items):
+            return result
+        result.run_id = _start(engine, step, run_params, prints.get("*"))
+        try:
+            outcomes = _compute(step, todo, executor, workers, scheduler, progress)
+            failed_early = [item for item in items if item.error is not None]
+            _store(engine, step, result, items, todo, outcomes, failed_early, prints)
+        except BaseException as exc:
+            _finish(engine, result.run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    f"{type(exc).__name__}: {exc}", result)
+            raise
+        return result
+    finally:
+        step.close()
+
+
+def _start(engine: Engine, step: Step, params: dict, whole_print: str | None) -> int:
+    with transaction(engine, write=True) as conn:
+        _close_dead_runs(conn)
+        return conn.execute(insert(Run).values(**_run_row(step, params, "running"), fingerprint=whole_print)
+                            .returning(Run.id)).scalar_one()
+
+
+def _close_dead_runs(conn: Connection) -> None:
+    """Runs left 'running' by a process of this host that no longer exists
+    were killed (kill -9, a power cut): they are marked interrupted, never done."""
+    from sqlalchemy import select
+
+    for run_id, pid in conn.execute(select(Run.id, Run.pid).where(Run.state == "running", Run.host == socket.gethostname())):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            conn.execute(update(Run).where(Run.id == run_id).values(state="interrupted", error="the process was killed"))
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _run_row(step: Step, params: dict, state: str) -> dict:
+    return {"step": step.name, "params_json": json.dumps(params, sort_keys=True, default=str),
+            "params_hash": params_hash(step.name, params, step.algorithm), "code_version": f"{__version__} {step.algorithm}"[:64],
+            "host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(), "started_at": utcnow(),
+            "state": state}
+
+
+class _Isolated:
+    """Runs a step's work on one task and returns ("ok", result) or
+    ("failed", one line): an exception stays in the worker, as text."""
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __call__(self, task):
+        try:
+            return "ok", self.function(task)
+        except MemoryError:
+            return "failed", "not enough memory"
+        except Exception as exc:  # the boundary of the item: whatever it raised, it costs only this item
+            return "failed", _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    from archive.exceptions import ObsarchError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ObsarchError) and text:
+        return text
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    place = f" (in {os.path.basename(where[0].filename)}:{where[0].lineno})" if where else ""
+    return f"{type(exc).__name__}: {text or 'no message'}{place}"
+
+
+def _compute(step, todo, executor, workers, scheduler, progress) -> dict[int, tuple[str, Any]]:
+    if step.work is None or not todo:
+        return {index: ("ok", None) for index in range(len(todo))}
+    work = _Isolated(step.work)
+    return dict(parallel_map(work, [item.task for item in todo], workers=workers, executor=executor,
+                             scheduler=scheduler, progress=progress))
+
+
+def _store(engine, step, result, items, todo, outcomes, failed_early, prints) -> None:
+    with transaction(engine, write=True) as conn:
+        parent = Writer(conn, result.run_id, step, result)
+        worked = []
+        for item in failed_early:
+            _item_failed(conn, step, result, item, item.error, prints)
+        for index, item in enumerate(todo):
+            status, value = outcomes[index]
+            if status != "ok":
+                _item_failed(conn, step, result, item, value, prints)
+            elif step.whole:
+                worked.append((item, value))
+            else:
+                _item_done(conn, step, result, item, value, prints)
+        if step.whole:
+            _finish_whole(parent, step, result, worked, [i for i in items if i.key in dict(result.failed)])
+        # a parent that made nothing must not pass for a done run with its fingerprint
+        _close(conn, result.run_id, "done" if result.done else "failed", None, result)
+
+
+def _item_done(conn, step, result, item, value, prints) -> None:
+    savepoint = conn.begin_nested()
+    try:
+        run_id = _child(conn, step, result, item, "done", None, prints) if step.item_runs else result.run_id
+        out = Writer(conn, run_id, step, result)
+        if step.item_runs:
+            out.inputs(item.inputs)
+        step.write(out, item, value)
+        savepoint.commit()
+        result.done.append(item.key)
+    except ItemFailed as exc:
+        savepoint.commit()
+        result.failed.append((item.key, str(exc)))
+        if step.item_runs:
+            conn.execute(update(Run).where(Run.id == run_id).values(state="failed", error=str(exc), fingerprint=None))
+    except Exception as exc:  # a write that fails costs only its item
+        savepoint.rollback()
+        _item_failed(conn, step, result, item, _one_line(exc), prints)
+
+
+def _item_failed(conn, step, result, item, reason: str, prints) -> None:
+    result.failed.append((item.key, reason))
+    if step.item_runs:
+        run_id = _child(conn, step, result, item, "failed", reason, prints)
+        Writer(conn, run_id, step, result).inputs(item.inputs)
+    elif hasattr(step, "record_failure"):
+        step.record_failure(Writer(conn, result.run_id, step, result), item, reason)
+
+
+def _child(conn, step, result, item, state, error, prints) -> int:
+    row = _run_row(step, {**step.params(), **item.params}, state)
+    return conn.execute(
+        insert(Run).values(**row, parent_id=result.run_id, item=item.key, fingerprint=prints.get(item.key) if state == "done" else None,
+                           finished_at=utcnow(), error=error).returning(Run.id)
+    ).scalar_one()
+
+
+def _finish_whole(out: Writer, step, result, worked, failed) -> None:
+    if not worked:
+        return
+    savepoint = out.conn.begin_nested()
+    try:
+        out.inputs([i for item, _ in worked for i in item.inputs])
+        short = step.finish(out, worked, failed)
+        savepoint.commit()
+    except Exception as exc:  # the product could not be made: the step failed, its inputs' results stand
+        savepoint.rollback()
+        result.failed.append((step.name, _one_line(exc)))
+        return
+    result.done.append(result.products[-1] if result.products else step.name)
+    if failed or short:
+        result.short.append((result.done[-1], short or f"made from {len(worked)} of {len(worked) + len(failed)} selected inputs"))
+
+
+def _close(conn, run_id: int, state: str, error: str | None, result: StepResult) -> None:
+    summary = {"done": len(result.done), "skipped": len(result.skipped), "failed": result.failed[:100],
+               "short": result.short, "products": result.products[:100]}
+    conn.execute(update(Run).where(Run.id == run_id).values(finished_at=utcnow(), state=state, error=error,
+                                                         summary_json=json.dumps(summary, default=str)))
+
+
+def _finish(engine, run_id, state, error, result) -> None:
+    with transaction(engine, write=True) as conn:
+        _close(conn, run_id, state, error, result)

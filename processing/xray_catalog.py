@@ -1,0 +1,322 @@
+"""X-ray summaries in the catalog: which files to summarize, storing them
+per file version, and the links BACKFILE / RESPFILE / ANCRFILE make.
+
+Storage (a design decision): one row per file in ``xray_summaries`` with
+the file version it describes, rather than rows of ``metrics`` (whose
+columns are image statistics of one exposure) or name/value rows (which
+would need a pivot for every selection). A changed file is summarized
+again; a summary of another version than the file's current one is never
+shown (the selection names check the version).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, delete, exists, or_, select, text, update
+
+from archive.db import insert_ignoring_conflicts, transaction
+from archive.ingest import utcnow
+from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
+from processing.machinery import (
+    Input,
+    Item,
+    ItemFailed,
+    Step,
+    StepResult,
+    Writer,
+    run_step,
+)
+from processing.runs import file_content
+from processing.xray import ALGORITHM, net_rate, summary_row
+
+# Cards that make a file worth opening: one indexed query finds them, so a
+# scan of optical frames pays nothing per file.
+XRAY_CLASSES = ("EVENTS", "SPECTRUM", "LIGHTCURVE", "RESPONSE", "SPECRESP", "REGION", "GTI", "IMAGE")
+XRAY_EXTNAMES = ("EVENTS", "SPECTRUM", "RATE", "MATRIX", "SPECRESP MATRIX", "SPECRESP", "STDGTI", "GTI")
+LINKS = (("backfile", "background_id"), ("respfile", "response_id"), ("ancrfile", "arf_id"))
+
+
+@dataclass
+class XrayStepSummary:
+    """What a summary step did: the step's result, with the warnings (data
+    problems that did not stop a summary, links that name nothing)."""
+
+    result: StepResult
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def summarized(self) -> list[str]:
+        return self.result.done
+
+    @property
+    def skipped(self) -> int:
+        return len(self.result.skipped)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.result.failed
+
+
+def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | None = None) -> dict[int, tuple]:
+    """{file id: (path, version, content)} of present files whose headers
+    say X-ray (HDUCLAS1 or EXTNAME), limited to one ingest run or to ``file_ids``."""
+    # the predicate of the partial text index, repeated so that this is a range of it
+    by_class = select(HeaderCard.file_id).where(
+        HeaderCard.keyword == "HDUCLAS1", text(SHORT_TEXT), HeaderCard.value_text.in_(XRAY_CLASSES)
+    )
+    # by primary key (file_id, hdu_index): a few rows per file, no scan of every HDU
+    by_name = exists().where(Hdu.file_id == File.id, Hdu.extname.in_(XRAY_EXTNAMES))
+    scope = [File.status == "present"]  # the cheap conditions first: the X-ray tests run on what they leave
+    if run_id is not None:
+        scope.append(File.run_id == run_id)
+    if file_ids is not None:
+        scope.append(File.id.in_(file_ids))
+    statement = (
+        select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version, File.header_hash, File.size,
+               File.mtime_ns)
+        .join(Root, Root.id == File.root_id)
+        .where(*scope, or_(File.id.in_(by_class), by_name))
+    )
+    return {row.id: (row.path, row.version, file_content(row)) for row in conn.execute(statement)}
+
+
+class XraySummaries(Step):
+    """The X-ray summary step: each X-ray file's tables summarized in a
+    worker, stored for its current version, with the step's run."""
+
+    name, algorithm = "xray-summaries", ALGORITHM
+    work = staticmethod(summary_row)
+
+    def __init__(self, run_id: int | None = None, file_ids: list[int] | None = None):
+        self.run_id, self.file_ids = run_id, file_ids
+        self.warnings: list[tuple[int, str, str]] = []
+        self.written: set[int] = set()
+
+    def items(self, engine: Engine) -> list[Item]:
+        with transaction(engine) as conn:
+            candidates = candidate_files(conn, run_id=self.run_id, file_ids=self.file_ids)
+        return [Item(path, (file_id, path), [Input(file_id, "file", content)], data=(file_id, version))
+                for file_id, (path, version, content) in sorted(candidates.items())]
+
+    def up_to_date(self, engine: Engine, items: list[Item], prints: dict[str, str]) -> set[str]:
+        """A file whose summary describes its current version is done (the
+        numbers depend on the file only, not on the run that made them)."""
+        with transaction(engine) as conn:
+            stored = {fid: version for fid, version in conn.execute(select(XraySummary.file_id, XraySummary.file_version))}
+        return {item.key for item in items if stored.get(item.data[0]) == item.data[1]}
+
+    def write(self, out: Writer, item: Item, row: dict | None) -> None:
+        file_id, version = item.data
+        self.written.add(file_id)
+        out.conn.execute(delete(XraySummary).where(XraySummary.file_id == file_id))
+        if row is None:
+            return  # its headers named X-ray extensions, its tables are none of the kinds
+        # a concurrent scan may have stored the same file's summary first: the same numbers
+        out.conn.execute(insert_ignoring_conflicts(out.conn, XraySummary.__table__, ["file_id"]),
+                         [{**row, "file_id": file_id, "file_version": version, "run_id": out.run_id, "computed_at": utcnow()}])
+        if row["warnings"]:
+            self.warnings.append((file_id, item.key, row["warnings"]))
+        if row["error"]:
+            raise ItemFailed(row["error"])  # the row stays: the reason, and no number
+
+
+def summarize(
+    engine: Engine, *, run_id: int | None = None, file_ids: list[int] | None = None, force: bool = False,
+    workers: int | None = None, executor: str = "pool", progress=None,
+) -> XrayStepSummary:
+    """Summarize the X-ray files of an ingest run (or ``file_ids``, or all)
+    whose summary is missing or of an older version, on the step machinery;
+    then make the links."""
+    step = XraySummaries(run_id, file_ids)
+    result = run_step(engine, step, force=force, executor=executor, workers=workers, progress=progress)
+    summary = XrayStepSummary(result, [(path, message) for _, path, message in step.warnings])
+    if step.written:  # new summaries can make or complete links; none: nothing to link anew
+        with transaction(engine, write=True) as conn:
+            summary.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in step.written)
+    return summary
+
+
+# -- links -------------------------------------------------------------------------
+
+
+_EXTENSION_SPEC = re.compile(r"(\[[^\]]*\]|\{[^}]*\})+$")
+
+
+def link_target(directory: str, value: str | None) -> str | None:
+    """The absolute path a BACKFILE/RESPFILE/ANCRFILE value names, relative
+    to the file's directory; None for absent or ``none``. An extension or
+    row spec (``file.pha[2]``, ``file.pha{3}``) is dropped."""
+    if value is None or value.strip().lower() in ("", "none", "null"):
+        return None
+    name = _EXTENSION_SPEC.sub("", value.strip())
+    return os.path.normpath(os.path.join(directory, os.path.expandvars(name)))
+
+
+def _file_ids_by_path(conn, paths: set[str]) -> dict[str, int]:
+    """{path: file id} of the present catalogued files among ``paths``."""
+    roots = conn.execute(select(Root.id, Root.path)).all()
+    wanted: dict[int, list[str]] = {}
+    for path in paths:
+        for root_id, root in roots:
+            if path.startswith(root.rstrip("/") + "/"):
+                wanted.setdefault(root_id, []).append(os.path.relpath(path, root))
+    found = {}
+    for root_id, relpaths in wanted.items():
+        root = next(r for i, r in roots if i == root_id)
+        for start in range(0, len(relpaths), 500):
+            rows = conn.execute(select(File.id, File.relpath).where(
+                File.root_id == root_id, File.relpath.in_(relpaths[start : start + 500]), File.status == "present"))
+            found.update({os.path.normpath(os.path.join(root, relpath)): file_id for file_id, relpath in rows})
+    return found
+
+
+def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
+    found = {}
+    for start in range(0, len(file_ids), 500):
+        rows = conn.execute(select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id)
+                            .where(File.id.in_(file_ids[start : start + 500])))
+        found.update({file_id: os.path.normpath(os.path.join(root, relpath)) for file_id, root, relpath in rows})
+    return found
+
+
+def link_all(conn) -> list[tuple[int, str, str]]:
+    """Resolve every spectrum's links to catalogued files, mark spectra named
+    by a BACKFILE as backgrounds, and compute net rates. Returns warnings
+    (file id, path, message) for links that name nothing catalogued."""
+    spectra = conn.execute(select(XraySummary).where(XraySummary.kind == "spectrum")).all()
+    by_id = _paths_of(conn, [row.file_id for row in spectra])
+    targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
+                             for keyword, _ in LINKS} for row in spectra if row.file_id in by_id}
+    paths = _file_ids_by_path(conn, {t for found in targets.values() for t in found.values() if t})
+    warnings, links, backgrounds = [], {}, set()
+    for row in spectra:
+        path = by_id.get(row.file_id)
+        if path is None:
+            continue
+        values = {}
+        for keyword, column in LINKS:
+            target = targets[row.file_id][keyword]
+            values[column] = paths.get(target) if target else None
+            message = _link_problem(keyword, getattr(row, keyword), target, values[column])
+            if message and row.role != "background":
+                warnings.append((row.file_id, path, message))
+        links[row.file_id] = values
+        if values["background_id"]:
+            backgrounds.add(values["background_id"])
+    numbers = {r.file_id: dict(r._mapping) for r in
+               conn.execute(select(XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal))}
+    for file_id, values in links.items():
+        background = values["background_id"]
+        net = net_rate(numbers[file_id], numbers[background]) if background in numbers else None
+        conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
+    if backgrounds:
+        conn.execute(update(XraySummary).where(XraySummary.file_id.in_(backgrounds), XraySummary.kind == "spectrum")
+                     .values(role="background"))
+    return warnings
+
+
+def _link_problem(keyword: str, value: str | None, target: str | None, file_id: int | None) -> str | None:
+    name = keyword.upper()
+    if value is None:
+        return f"{name} absent: no {_WHAT[keyword]} linked"
+    if target is None:
+        return f"{name} is {value!r}: no {_WHAT[keyword]} linked"
+    if file_id is None:
+        where = "not in the catalog (ingest it)" if Path(target).exists() else "no such file"
+        return f"{name} {value!r}: {where}"
+    return None
+
+
+_WHAT = {"backfile": "background", "respfile": "response", "ancrfile": "ARF"}
+
+
+def linked_files(conn, file_id: int) -> list[tuple[str, int]]:
+    """(role, file id) of the background, response and ARF a file links to."""
+    row = conn.execute(select(XraySummary.background_id, XraySummary.response_id, XraySummary.arf_id)
+                       .where(XraySummary.file_id == file_id)).first()
+    if row is None:
+        return []
+    return [(role, fid) for role, fid in zip(("background", "response", "arf"), row) if fid is not None]
+
+
+
+
+# -- the spectra report ----------------------------------------------------------------
+
+SPECTRA_COLUMNS = ("obsid", "instrument", "object", "xray_role", "mjd_mid", "counts", "rate", "net_rate", "exposure_ks",
+                   "background_file", "response", "arf", "path")
+
+
+def parse_duration_s(text: str) -> float:
+    """``5ks``, ``5 ks``, ``5000s``, ``5000`` -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ks|s)?\s*", text or "")
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: give a number with s or ks, e.g. 5ks or 5000s")
+    return float(match.group(1)) * (1000.0 if match.group(2) == "ks" else 1.0)
+
+
+def spectra_report(engine: Engine, selection: str | None = None, min_exposure_s: float | None = None):
+    """One row per spectrum of ``selection`` (exposure at least
+    ``min_exposure_s``), sorted by mid-time: a pandas DataFrame."""
+    import pandas as pd
+
+    from archive.query import (
+        BoolOp,
+        Column,
+        Compare,
+        Compiler,
+        base_select,
+        column_expressions,
+        parse,
+    )
+
+    conditions = [Compare(Column("xray_kind"), "==", "spectrum")]
+    if selection and selection.strip():
+        conditions.append(parse(selection))
+    if min_exposure_s is not None:
+        conditions.append(Compare(Column("exposure"), ">=", float(min_exposure_s)))
+    compiler = Compiler(engine.dialect.name)
+    where = compiler(BoolOp("and", tuple(conditions)))
+    pairs = [pair for name in SPECTRA_COLUMNS for pair in column_expressions(Column(name), compiler)]
+    statement = base_select(*[e.label(f"c{i}") for i, (_, e) in enumerate(pairs)], tables={"files", "roots"}).where(where)
+    mid = column_expressions(Column("mjd_mid"), compiler)[0][1]
+    from archive.models import Exposure
+
+    statement = statement.order_by(mid.is_(None), mid, Exposure.id)
+    with transaction(engine) as conn:
+        rows = [tuple(r) for r in conn.execute(statement)]
+    frame = pd.DataFrame(rows, columns=[label for label, _ in pairs])
+    return frame.rename(columns={"xray_role": "role", "background_file": "background"})
+
+
+def summary_notes(engine: Engine, file_id: int) -> list[tuple[str, str]]:
+    """The warnings and error of a file's summary, and the link keywords
+    that name nothing catalogued, as (label, text)."""
+    with transaction(engine) as conn:
+        row = conn.execute(select(XraySummary.__table__).where(XraySummary.file_id == file_id)).first()
+        if row is None:
+            return []
+        notes = [("warning", w) for w in (row.warnings or "").split("; ") if w]
+        if row.error:
+            notes.append(("not summarized", row.error))
+        for keyword, column in LINKS if row.kind == "spectrum" else ():
+            if getattr(row, keyword) and getattr(row, column) is None:
+                notes.append((keyword.upper(), f"{getattr(row, keyword)} (not linked)"))
+    return notes
+
+
+def values_of(engine: Engine, exposure_id: int, names: tuple[str, ...]) -> dict:
+    """The selection names ``names`` of one exposure (None where unset)."""
+    from archive.models import Exposure
+    from archive.query import Column, Compiler, base_select, column_expressions
+
+    compiler = Compiler(engine.dialect.name)
+    pairs = [pair for name in names for pair in column_expressions(Column(name), compiler)]
+    statement = base_select(*[e.label(f"c{i}") for i, (_, e) in enumerate(pairs)], tables=compiler.tables)
+    with transaction(engine) as conn:
+        row = conn.execute(statement.where(Exposure.id == exposure_id)).first()
+    return {} if row is None else {label: value for (label, _), value in zip(pairs, row)}

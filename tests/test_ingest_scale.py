@@ -1,0 +1,167 @@
+"""Ingest at scale, on both backends: headers read on dask workers, cards
+sent as COPY text, the card table's keys dropped and rebuilt by a bulk load."""
+
+from __future__ import annotations
+
+import pytest
+from factories import write_frame
+from sqlalchemy import inspect, select
+from typer.testing import CliRunner
+
+from archive import ingest as ingest_module
+from archive.cardtext import card_text, hdu_lines, with_file_id
+from archive.models import Exposure, HeaderCard
+from cli.main import app
+
+runner = CliRunner()
+
+
+def _frames(directory, rng, n, odd=None):
+    for i in range(n):
+        header = {"EXPTIME": float(i), "FRAMENUM": 100 + i, **(odd or {})}
+        write_frame(directory / f"f{i:03d}.fits", rng, header, shape=(4, 4), extensions=i % 2)
+    return directory
+
+
+def _cards(catalog) -> list[tuple]:
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(
+            select(HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword, HeaderCard.value_text,
+                   HeaderCard.value_num, HeaderCard.vtype, HeaderCard.comment, Exposure.frame_number)
+            .join(Exposure, Exposure.id == HeaderCard.file_id)
+            .order_by(Exposure.frame_number, HeaderCard.hdu_index, HeaderCard.position)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        yield local
+
+
+def test_headers_read_on_dask_workers_give_the_same_catalog(catalog, url, tmp_path, rng, cluster):
+    from archive.catalog import Catalog
+
+    data = _frames(tmp_path / "data", rng, 12)
+    summary = catalog.ingest([data], executor="dask", scheduler=cluster.scheduler_address)
+    assert (summary.new, summary.failed) == (12, 0)
+    assert catalog.query("exptime >= 10")["exptime"].tolist() == [10.0, 11.0]
+    # The same files read by the process pool of another catalog: the same cards.
+    other_url = url.replace("catalog.db", "other.db") if url.startswith("sqlite") else None
+    if other_url:
+        other = Catalog.create(other_url)
+        other.ingest([data], workers=1)
+        assert _cards(other) == _cards(catalog)
+        other.engine.dispose()
+    again = catalog.ingest([data], executor="dask", scheduler=cluster.scheduler_address)
+    assert (again.new, again.unchanged) == (0, 12)
+
+
+def test_ingest_command_takes_a_dask_scheduler(url, tmp_path, rng, cluster):
+    data = _frames(tmp_path / "data", rng, 3)
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    result = runner.invoke(app, ["--db", url, "ingest", str(data), "--executor", "dask", "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "3 new" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the dask scheduler at tcp://127.0.0.1:9"),
+        (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler needs --executor dask"),
+        (["--executor", "threads"], "unknown executor 'threads' for ingest; use pool, serial or dask"),
+    ],
+)
+def test_bad_executor_options_are_one_line(url, tmp_path, rng, options, message):
+    data = _frames(tmp_path / "data", rng, 1)
+    runner.invoke(app, ["--db", url, "init"])
+    result = runner.invoke(app, ["--db", url, "ingest", str(data), *options])
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_odd_characters_survive_the_copy_text(catalog, tmp_path, rng):
+    # a backslash (Windows paths in headers) and NULL-looking text must come back exact
+    odd = {"ORIGPATH": "C:\\data\\night\\N001.fit", "NOTE": "\\N is not null", "TABS": "a\\tb"}
+    data = _frames(tmp_path / "data", rng, 2, odd)
+    catalog.ingest([data], workers=1)
+    for keyword, value in odd.items():
+        assert catalog.query(f"hdr['{keyword}'] == '{value.replace(chr(92), chr(92) * 2)}'").shape[0] == 2, keyword
+
+
+def test_copy_lines_escape_what_copy_would_misread():
+    cards = [
+        (0, "SIMPLE", "T", 1.0, "b", "conforms"),
+        (1, "PATH", "a\\b\tc", None, "s", None),
+        (2, "EMPTY", "", None, "s", "line\nend"),
+        (3, "UNDEF", None, None, "u", None),
+    ]
+    lines = hdu_lines(1, cards).splitlines()
+    assert lines == [
+        "1\t0\tSIMPLE\tT\t1.0\tb\tconforms",
+        "1\t1\tPATH\ta\\\\b\\tc\t\\N\ts\t\\N",
+        "1\t2\tEMPTY\t\t\\N\ts\tline\\nend",
+        "1\t3\tUNDEF\t\\N\t\\N\tu\t\\N",
+    ]
+    assert hdu_lines(0, cards[:1]) == "0\t0\tSIMPLE\tT\t1.0\tb\tconforms\n"
+    (local, block), = card_text([(4, 0, cards[:1]), (4, 1, cards[3:])]).blocks
+    assert local == 4
+    assert with_file_id(77, block) == b"77\t0\t0\tSIMPLE\tT\t1.0\tb\tconforms\n77\t1\t3\tUNDEF\t\\N\t\\N\tu\t\\N\n"
+
+
+def _keys(catalog) -> tuple[str | None, list[str]]:
+    with catalog.engine.connect() as conn:
+        inspector = inspect(conn)
+        return (inspector.get_pk_constraint("header_cards").get("name"),
+                [fk["name"] for fk in inspector.get_foreign_keys("header_cards")])
+
+
+def test_bulk_load_takes_back_the_card_keys(catalog, tmp_path, rng, monkeypatch):
+    from test_migrations import schema_diff
+
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    dropped = []
+    real = ingest_module._drop_card_constraints
+    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine: (dropped.append(_keys(catalog)), real(engine)))
+    before = _keys(catalog)
+    catalog.ingest([_frames(tmp_path / "data", rng, 12)])
+    assert dropped == [before]
+    assert _keys(catalog) == before and schema_diff(catalog.engine) == []
+    with catalog.engine.connect() as conn:
+        assert conn.execute(select(HeaderCard.file_id).limit(1)).scalar() is not None
+
+
+def test_compiled_copy_lines_match_the_python_ones(monkeypatch):
+    import random
+
+    from archive import cardtext
+
+    if cardtext._compiled_copy_lines is None:
+        pytest.skip("the card parser was not compiled")
+    rng = random.Random(5)
+    alphabet = "AZaz09 '=/-.\\\t\n\r\x00é"
+    cards = [
+        (i, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))),
+         rng.choice([None, "", "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))]),
+         rng.choice([None, 0.0, -1.5e300, 3.0, 1 / 3]), rng.choice("sifbuxC"),
+         rng.choice([None, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))]))
+        for i in range(2000)
+    ]
+    compiled = [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
+    monkeypatch.setattr(cardtext, "_compiled_copy_lines", None)
+    assert compiled == [cardtext.hdu_lines(2, cards[i : i + 5]) for i in range(0, len(cards), 5)]
+
+
+def test_postgresql_knows_which_keyword_goes_with_which_value(catalog, backend, tmp_path, rng):
+    if backend != "postgresql":
+        pytest.skip("multivariate statistics are PostgreSQL's")
+    from sqlalchemy import text
+
+    with catalog.engine.connect() as conn:
+        names = conn.execute(text(
+            "SELECT stxname, stxstattarget FROM pg_statistic_ext WHERE stxnamespace = current_schema()::regnamespace"
+        )).all()
+    assert [tuple(n) for n in names] == [("st_header_cards_keyword_text", 1000)]

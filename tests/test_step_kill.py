@@ -1,0 +1,99 @@
+"""kill -9 in the middle of a step: the run is never counted as done, the
+catalog keeps what it had, and the next run completes the work (both backends)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from archive.db import make_engine, transaction
+from archive.ingest import utcnow
+from archive.models import Exposure, Metric, Offset, Product, Run
+from cli.main import app
+from tests.factories import star_field, write_image
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _start(url: str, *args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_when_running(process: subprocess.Popen, url: str, step: str, after_s: float) -> None:
+    engine = make_engine(url)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with engine.connect() as conn:
+                if conn.execute(select(Run.id).where(Run.step == step, Run.state == "running")).first():
+                    break
+            time.sleep(0.05)
+        time.sleep(after_s)
+        assert process.poll() is None, "the step ended before it could be killed: give it more work"
+        os.killpg(process.pid, signal.SIGKILL)  # the step and its workers
+        process.wait()
+    finally:
+        engine.dispose()
+
+
+def _count(url: str, statement):
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(statement).scalar()
+    finally:
+        engine.dispose()
+
+
+def _frames(directory: Path, rng, n: int, shape: tuple[int, int]) -> None:
+    for i in range(n):
+        write_image(directory / f"k-{i + 1}.fits", star_field(rng, shape, nstars=30), {"FRAMENUM": i + 1})
+
+
+def test_kill_9_during_quality(url, tmp_path, rng):
+    _frames(tmp_path / "raw", rng, 24, (384, 384))
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "raw")]).exit_code == 0
+    process = _start(url, "quality", "compute", "--workers", "1", cwd=tmp_path)
+    _kill_when_running(process, url, "quality", 1.5)
+    assert _count(url, select(func.count()).select_from(Metric)) == 0  # one transaction: nothing half-stored
+    assert _count(url, select(Run.state).where(Run.step == "quality")) == "running"  # never counted as done
+    again = runner.invoke(app, ["--db", url, "quality", "compute", "--workers", "1"])
+    assert again.exit_code == 0 and "24 done" in again.stdout
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        states = conn.execute(select(Run.state).where(Run.step == "quality").order_by(Run.id)).scalars().all()
+    engine.dispose()
+    assert states == ["interrupted", "done"]
+
+
+def test_kill_9_during_stack(url, tmp_path, rng):
+    _frames(tmp_path / "raw", rng, 16, (1024, 1024))
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "raw")]).exit_code == 0
+    engine = make_engine(url)
+    with transaction(engine, write=True) as conn:  # offsets as if measured: small shifts onto frame 1
+        exposures = conn.execute(select(Exposure.id).order_by(Exposure.id)).scalars().all()
+        conn.execute(Offset.__table__.insert(), [
+            {"exposure_id": e, "reference_id": exposures[0], "method": "stars", "stage": 1, "status": "ok", "dx": 0.3 * i,
+             "dy": -0.2 * i, "rotation": 0.0, "scale": 1.0, "created_at": utcnow()} for i, e in enumerate(exposures)])
+    engine.dispose()
+    process = _start(url, "stack", "1-16", "--workers", "1", "--out", "stacks", cwd=tmp_path)
+    _kill_when_running(process, url, "stack", 1.0)
+    assert _count(url, select(func.count()).select_from(Product)) == 0
+    assert not (tmp_path / "stacks" / "mixed_stack.fits").exists() and not (tmp_path / "stacks" / "V_stack.fits").exists()
+    again = runner.invoke(app, ["--db", url, "stack", "1-16", "--workers", "1", "--out", "stacks"])
+    assert again.exit_code == 0, again.stderr
+    assert _count(url, select(func.count()).select_from(Product)) == 1
+    assert not list(Path("/tmp").glob(f"obsarch-stack-{process.pid}-*"))  # the killed stack's scratch is gone
+    assert not list((tmp_path / "stacks").glob(".*.partial"))

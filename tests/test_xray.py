@@ -1,0 +1,500 @@
+"""X-ray products on the real files of shared/data/real/xray: kinds,
+summaries checked against sums made here with astropy and against
+MANIFEST.md, links, the spectra report, named metrics and regions."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.time import Time
+from typer.testing import CliRunner
+
+from cli.main import app
+from processing import xray
+from processing.xray_catalog import candidate_files, parse_duration_s, summarize
+
+runner = CliRunner()
+
+# From MANIFEST.md: (file, kind, EXPOSURE or None, rows of the summarized table)
+MANIFEST = [
+    ("3c273.pi", "spectrum", 38564.608926889, 1024),
+    ("3c273_bg.pi", "spectrum", 38564.608926889, 1024),
+    ("MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "spectrum", 42589.3742691135, 800),
+    ("target_sr.pha", "spectrum", 4812.266998952208, 1024),
+    ("chandra_test.fits", "events", None, 4612),
+    ("dummy_evt.evt", "events", 38221.4331837686, 937),
+    ("xte_test.evt.gz", "events", None, 1000),
+    ("LightCurve_bexvar.fits", "lightcurve", None, 3740),
+    ("nu30002041016A01_cl_3to20keV_det1.fits", "image", 29526.04058639671, None),
+]
+
+
+def run(url, *args, code=0):
+    result = runner.invoke(app, ["--db", url, *args])
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def _mjd_utc(seconds, header, mjdref):
+    whole, fraction = mjdref
+    offset = (seconds + header.get("TIMEZERO", 0.0)) / 86400
+    return Time(whole, fraction + offset, format="mjd", scale="tt").utc.mjd
+
+
+# -- pure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "kind", "exposure", "rows"), MANIFEST)
+def test_kind_and_table_size_as_the_manifest_says(real_data, name, kind, exposure, rows):
+    summary = xray.summarize_file(str(real_data / "xray" / name))
+    assert summary.kind == kind
+    if exposure is not None:
+        assert summary.exposure_s == pytest.approx(exposure, rel=1e-12)
+    if kind == "spectrum":
+        assert summary.channels == rows
+    if kind == "events":
+        assert summary.n_events == rows
+
+
+@pytest.mark.parametrize("name", ["3c273.pi", "3c273_bg.pi", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "target_sr.pha"])
+def test_spectrum_counts_and_rate_are_astropy_sums(real_data, name):
+    path = real_data / "xray" / name
+    with fits.open(path) as hdul:
+        counts = float(np.sum(hdul["SPECTRUM"].data["COUNTS"], dtype=float))
+        exposure = hdul["SPECTRUM"].header["EXPOSURE"]
+    summary = xray.summarize_file(str(path))
+    assert summary.counts == counts
+    assert summary.rate == pytest.approx(counts / exposure, rel=1e-12)
+
+
+def test_spectrum_roles(real_data):
+    roles = {name: xray.summarize_file(str(real_data / "xray" / name)).role
+             for name in ("3c273.pi", "target_sr.pha", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits")}
+    assert roles == {"3c273.pi": "source", "target_sr.pha": "source",
+                     "MNLup_2138_0670580101_EMOS1_S001_specbg.fits": "background"}
+
+
+@pytest.mark.parametrize("name", ["chandra_test.fits", "dummy_evt.evt", "xte_test.evt.gz"])
+def test_events_are_astropy_sums(real_data, name):
+    path = real_data / "xray" / name
+    with fits.open(path) as hdul:
+        events = hdul[1]
+        times = np.asarray(events.data.field(next(n for n in events.columns.names if n.upper() == "TIME")))
+        gti = next(h for h in hdul[2:] if h.name in ("GTI", "STDGTI"))
+        start, stop = (next(n for n in gti.columns.names if n.upper() == w) for w in ("START", "STOP"))
+        good = float(np.sum(gti.data[stop] - gti.data[start]))
+        exposure = events.header.get("EXPOSURE")
+    summary = xray.summarize_file(str(path))
+    assert summary.n_events == len(times)
+    assert summary.gti_exposure_s == pytest.approx(good, rel=1e-12)
+    assert summary.time_span_s == pytest.approx(float(times.max() - times.min()), rel=1e-12)
+    per = good if not exposure or exposure > good * 1.001 else exposure
+    assert summary.rate == pytest.approx(len(times) / per, rel=1e-12)
+
+
+def test_a_cut_event_list_is_rated_by_its_good_time_and_says_so(real_data):
+    # MANIFEST: chandra_test.fits is trimmed to ~945 s while EXPOSURE describes the whole observation
+    summary = xray.summarize_file(str(real_data / "xray" / "chandra_test.fits"))
+    assert summary.gti_exposure_s == pytest.approx(945.3, abs=0.1)
+    assert summary.rate == pytest.approx(4612 / summary.gti_exposure_s)
+    assert any("exceeds the good time intervals" in w for w in summary.warnings)
+
+
+def test_light_curve_mean_rate_and_fractional_rms(real_data):
+    path = real_data / "xray" / "LightCurve_bexvar.fits"
+    data = fits.getdata(path, "RATE")
+    rate = data["RATE"][:, 0].astype(float)
+    weight = data["FRACEXP"][:, 0] * data["TIMEDEL"]
+    keep = np.isfinite(rate) & (weight > 0)
+    mean = np.average(rate[keep], weights=weight[keep])
+    rms = np.sqrt(np.average((rate[keep] - mean) ** 2, weights=weight[keep])) / mean
+    summary = xray.summarize_file(str(path))
+    assert summary.mean_rate == pytest.approx(mean, rel=1e-9)
+    assert summary.frac_rms == pytest.approx(rms, rel=1e-9)
+    assert any("3 energy bands" in w for w in summary.warnings)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [("3c273.pi", "mjdref"), ("dummy_evt.evt", "mjdrefi"), ("target_sr.pha", "mjdrefi"), ("xte_test.evt.gz", "mjdrefi"),
+     ("MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "mjdref")],
+)
+def test_mjd_from_tstart_tstop_in_utc(real_data, name, reference):
+    path = real_data / "xray" / name
+    with fits.open(path) as hdul:
+        timed = [h.header for h in hdul if "TSTART" in h.header and ("MJDREF" in h.header or "MJDREFI" in h.header)]
+    header = timed[0]
+    mjdref = (header["MJDREFI"], header["MJDREFF"]) if reference == "mjdrefi" else (int(header["MJDREF"]), header["MJDREF"] % 1)
+    start = min(_mjd_utc(h["TSTART"], h, mjdref) for h in timed)
+    stop = max(_mjd_utc(h["TSTOP"], h, mjdref) for h in timed)
+    summary = xray.summarize_file(str(path))
+    assert summary.mjd_start == pytest.approx(start, abs=1e-9)
+    assert summary.mjd_stop == pytest.approx(stop, abs=1e-9)
+    assert summary.mjd_mid == pytest.approx((start + stop) / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "scale"), [("3c273.pi", "tt"), ("xte_test.evt.gz", "tt"), ("target_sr.pha", "utc")])
+def test_mjd_start_agrees_with_date_obs(real_data, name, scale):
+    # Chandra and RXTE write DATE-OBS in TT, Swift in UTC: both agree with
+    # TSTART converted to UTC to within the second DATE-OBS is rounded to;
+    # without the TT -> UTC step they would differ by 64-68 s
+    header = fits.getheader(real_data / "xray" / name, 1)
+    summary = xray.summarize_file(str(real_data / "xray" / name))
+    date_obs = Time(header["DATE-OBS"], scale=scale).utc.mjd
+    assert abs(summary.mjd_start - date_obs) * 86400 < 1.0
+
+
+def test_columns_are_read_in_chunks_not_whole(tmp_path, monkeypatch, rng):
+    rows = 200_000
+    columns = [fits.Column(name="TIME", format="D", array=np.sort(rng.uniform(0, 1e4, rows)))]
+    columns += [fits.Column(name=f"C{i}", format="D", array=np.zeros(rows)) for i in range(5)]
+    events = fits.BinTableHDU.from_columns(columns, name="EVENTS")
+    events.header["HDUCLAS1"], events.header["EXPOSURE"] = "EVENTS", 1e4
+    gti = fits.BinTableHDU.from_columns([fits.Column(name="START", format="D", array=[0.0]),
+                                         fits.Column(name="STOP", format="D", array=[1e4])], name="GTI")
+    path = tmp_path / "big.evt"
+    fits.HDUList([fits.PrimaryHDU(), events, gti]).writeto(path)
+    xray.summarize_file(str(path))  # imports and caches outside the measurement
+    monkeypatch.setattr(xray, "CHUNK_ROWS", 10_000)
+    tracemalloc.start()
+    try:
+        summary = xray.summarize_file(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.n_events == rows
+    assert summary.time_span_s == pytest.approx(float(np.ptp(columns[0].array)))
+    assert peak < rows * 8 / 4  # a quarter of the TIME column alone
+
+
+def test_durations():
+    assert parse_duration_s("5ks") == 5000.0
+    assert parse_duration_s("5 ks") == 5000.0
+    assert parse_duration_s("4812s") == 4812.0
+    assert parse_duration_s("300") == 300.0
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_s("5 min")
+
+
+# -- catalog, both backends ---------------------------------------------------------------
+
+
+@pytest.fixture
+def xray_dir(tmp_path, real_data):
+    """A copy of the X-ray files (the links are relative to each file, and
+    some tests add or remove files next to them)."""
+    target = tmp_path / "xray"
+    shutil.copytree(real_data / "xray", target)
+    return target
+
+
+@pytest.fixture
+def ingested(url, xray_dir):
+    run(url, "init")
+    result = run(url, "ingest", str(xray_dir))
+    return url, xray_dir, result
+
+
+def _csv(text):
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_ingest_summarizes_and_links(ingested, real_data):
+    url, directory, result = ingested
+    assert "x-ray: 9 summarized, 0 up to date, 0 failed" in result.stdout
+    assert "3c273.pi: RESPFILE '3c273.rmf': no such file" in result.stderr
+    assert "target_sr.pha: BACKFILE is 'none': no background linked" in result.stderr
+    rows = _csv(run(url, "query", "xray_kind == 'spectrum' and xray_role == 'source'", "--columns",
+                    "relpath,counts,rate,net_rate,exposure_ks,background_file,response,arf", "--format", "csv").stdout)
+    by_name = {r["relpath"]: r for r in rows}
+    assert set(by_name) == {"3c273.pi", "target_sr.pha"}
+    assert by_name["3c273.pi"]["background_file"] == str(directory / "3c273_bg.pi")
+    assert by_name["3c273.pi"]["response"] == "" and by_name["3c273.pi"]["arf"] == ""
+    with fits.open(directory / "3c273.pi") as source, fits.open(directory / "3c273_bg.pi") as background:
+        s, b = source["SPECTRUM"], background["SPECTRUM"]
+        net = (s.data["COUNTS"].sum() / s.header["EXPOSURE"]
+               - b.data["COUNTS"].sum() / b.header["EXPOSURE"] * s.header["BACKSCAL"] / b.header["BACKSCAL"])
+    assert float(by_name["3c273.pi"]["net_rate"]) == pytest.approx(net, rel=1e-9)
+    assert float(by_name["3c273.pi"]["exposure_ks"]) == pytest.approx(38.564608926889)
+    assert by_name["target_sr.pha"]["net_rate"] == ""  # BACKFILE none: no net rate, never a made-up one
+    shown = run(url, "show", str(directory / "3c273.pi"), "--hdu", "9").stdout
+    assert f"background_file={directory / '3c273_bg.pi'}" in shown
+    assert "RESPFILE: 3c273.rmf (not linked)" in shown and "xray_role=source" in shown
+    # the spectrum named by BACKFILE is a background, though its HDUCLAS2 says TOTAL
+    out = run(url, "query", "xray_role == 'background'", "--columns", "relpath", "--format", "csv").stdout
+    assert {r["relpath"] for r in _csv(out)} == {"3c273_bg.pi", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits"}
+
+
+def test_selections_over_summaries(ingested):
+    url, _, _ = ingested
+    out = run(url, "query", "xray_kind == 'events' and n_events > 900 and gti_exposure_ks < 2", "--columns", "relpath",
+              "--format", "csv").stdout
+    assert {r["relpath"] for r in _csv(out)} == {"chandra_test.fits", "xte_test.evt.gz"}
+    out = run(url, "query", "rate > 0.01 and exposure_ks >= 5", "--columns", "relpath,rate", "--format", "csv").stdout
+    assert {r["relpath"] for r in _csv(out)} == {"3c273.pi", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "dummy_evt.evt",
+                                                 "chandra_test.fits"}
+    out = run(url, "query", "frac_rms > 0.1", "--columns", "relpath,mean_rate", "--format", "csv").stdout
+    assert [r["relpath"] for r in _csv(out)] == ["LightCurve_bexvar.fits"]
+    out = run(url, "query", "mission in ('xmm', 'nustar')", "--columns", "relpath,mission", "--format", "csv").stdout
+    assert {(r["relpath"], r["mission"]) for r in _csv(out)} == {
+        ("MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "xmm"), ("dummy_evt.evt", "nustar"),
+        ("nu30002041016A01_cl_3to20keV_det1.fits", "nustar")}
+
+
+def test_report_spectra(ingested):
+    url, _, _ = ingested
+    rows = json.loads(run(url, "report", "spectra", "--format", "json").stdout)
+    assert [r["obsid"] for r in rows] == ["459", "459", "0670580101", "00092220001"]  # by time
+    assert [r["mjd_mid"] for r in rows] == sorted(r["mjd_mid"] for r in rows)
+    rows = _csv(run(url, "report", "spectra", "--min-exposure", "5ks", "--format", "csv").stdout)
+    assert "00092220001" not in {r["obsid"] for r in rows}  # 4.8 ks
+    rows = _csv(run(url, "report", "spectra", "obsid == '00092220001'", "--min-exposure", "4812s", "--format", "csv").stdout)
+    assert [(r["obsid"], r["role"], r["counts"]) for r in rows] == [("00092220001", "source", "58.0")]
+    ecsv = run(url, "report", "spectra", "obsid == '459'", "--format", "ecsv").stdout
+    assert ecsv.startswith("# %ECSV") and "3c273_bg.pi" in ecsv
+    bad = run(url, "report", "spectra", "--min-exposure", "5 min", code=2)
+    assert "'5 min' is not a duration: give a number with s or ks" in " ".join(re.sub("[│╭╮╰╯─]", " ", bad.stderr).split())
+
+
+def test_background_ingested_later_is_linked_then(url, tmp_path, real_data):
+    directory = tmp_path / "late"
+    directory.mkdir()
+    shutil.copy(real_data / "xray" / "3c273.pi", directory)
+    run(url, "init")
+    first = run(url, "ingest", str(directory))
+    assert "BACKFILE '3c273_bg.pi': no such file" in first.stderr
+    shutil.copy(real_data / "xray" / "3c273_bg.pi", directory)
+    run(url, "ingest", str(directory))
+    rows = _csv(run(url, "query", "relpath == '3c273.pi'", "--columns", "background_file,net_rate", "--format", "csv").stdout)
+    assert rows[0]["background_file"] == str(directory / "3c273_bg.pi") and rows[0]["net_rate"] != ""
+
+
+def test_summaries_of_another_file_version_are_not_shown(ingested, url):
+    from sqlalchemy import update
+
+    from archive.catalog import Catalog
+    from archive.db import transaction
+    from archive.models import File
+
+    _, directory, _ = ingested
+    catalog = Catalog(url)
+    (file_id,) = catalog.exposure_ids("relpath == 'target_sr.pha'")
+    with transaction(catalog.engine, write=True) as conn:
+        conn.execute(update(File).where(File.id == file_id).values(version=2))
+    assert catalog.query("relpath == 'target_sr.pha'", columns="counts")["counts"].isna().all()
+    summary = summarize(catalog.engine)
+    assert summary.summarized == [str(directory / "target_sr.pha")] and summary.skipped == 8
+    assert catalog.query("relpath == 'target_sr.pha'", columns="counts")["counts"].tolist() == [58.0]
+    catalog.engine.dispose()
+
+
+def test_a_scan_of_optical_frames_opens_no_file(catalog, real_data):
+    summary = catalog.ingest([real_data / "ccd_imaging"])
+    with catalog.engine.connect() as conn:
+        assert candidate_files(conn, run_id=summary.run_id) == {}
+
+
+def _spectrum(path, columns, **header):
+    table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
+    table.header.update({"HDUCLAS1": "SPECTRUM", "HDUCLAS2": "TOTAL", "EXPOSURE": 1000.0, **header})
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+
+
+def test_bad_x_ray_tables_are_refused_with_a_reason(url, tmp_path):
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    channel = fits.Column(name="CHANNEL", format="J", array=np.arange(4))
+    _spectrum(directory / "nocounts.pha", [channel])
+    _spectrum(directory / "typeii.pha", [fits.Column(name="COUNTS", format="4J", array=np.ones((3, 4)))], HDUCLAS4="TYPE:II")
+    _spectrum(directory / "good.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.arange(4))])
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    result = run(url, "xray", "summarize", "--force", code=3)
+    assert "nocounts.pha: spectrum has neither a COUNTS nor a RATE column" in result.stderr
+    assert "typeii.pha: type II spectrum (3 spectra in one table): not summarized" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "2 X-ray files could not be summarized"
+    rows = _csv(run(url, "query", "xray_kind == 'spectrum'", "--columns", "relpath,counts", "--format", "csv").stdout)
+    assert {r["relpath"]: r["counts"] for r in rows} == {"good.pha": "6.0", "nocounts.pha": "", "typeii.pha": ""}
+    assert "not summarized: spectrum has neither" in run(url, "show", str(directory / "nocounts.pha")).stdout
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def test_metrics_set_by_a_person_and_selected(ingested):
+    url, _, _ = ingested
+    out = run(url, "metrics", "set", "obsid == '459'", "pileup=0.12", "single_frac=0.7").stdout
+    assert "set on 2 exposures" in out
+    run(url, "metrics", "set", "relpath == '3c273.pi'", "pileup=0.2")  # the latest counts
+    rows = _csv(run(url, "query", "metric['pileup'] > 0.15", "--columns", "relpath,metric['pileup']", "--format", "csv").stdout)
+    assert rows == [{"relpath": "3c273.pi", "metric['pileup']": "0.2"}]
+    assert "metric pileup = 0.2  (person" in run(url, "show", str(ingested[1] / "3c273.pi")).stdout
+    assert "pileup = 'high' is not a number" in run(url, "metrics", "set", "obsid == '459'", "pileup=high", code=1).stderr
+    assert "'pileup' is not name=value" in run(url, "metrics", "set", "obsid == '459'", "pileup", code=1).stderr
+    assert "no exposure matches" in run(url, "metrics", "set", "obsid == 'nope'", "pileup=1", code=1).stderr
+
+
+_TOOL = """import json, sys
+from astropy.io import fits
+json.dump({"pileup": 0.31, "double_frac": 0.05}, open("pileup.json", "w"))
+with fits.open(sys.argv[1]) as spectrum:
+    spectrum.writeto("grouped.pi", overwrite=True)
+"""
+
+
+def test_metrics_from_a_wrapped_tool_with_lineage(ingested, tmp_path):
+    from archive.catalog import Catalog
+    from processing.runs import lineage
+
+    url, directory, _ = ingested
+    workdir = str(tmp_path / "runs" / "{item}")
+    tool = tmp_path / "pileup_check.py"
+    tool.write_text(_TOOL)
+    out = run(url, "run", "relpath == '3c273.pi'", "--each", "exposure", "--workdir", workdir, "--metrics-from",
+              "pileup.json", "--workers", "1", "--", sys.executable, str(tool), "{path}").stdout
+    assert "1 done" in out
+    assert "x-ray: 1 summarized" in out  # the product is an X-ray file too
+    rows = _csv(run(url, "query", "metric['pileup'] > 0.3", "--columns", "relpath,metric['double_frac']", "--format", "csv").stdout)
+    assert rows == [{"relpath": "3c273.pi", "metric['double_frac']": "0.05"}]
+    shown = run(url, "show", str(directory / "3c273.pi")).stdout
+    assert "metric pileup = 0.31  (tool, run " in shown
+    catalog = Catalog(url)
+    (product,) = catalog.exposure_ids("product == 'output' and xray_kind == 'spectrum' and counts == 736")
+    tree = lineage(catalog.engine, product)
+    (spectrum,) = tree["inputs"]
+    assert spectrum["path"] == str(directory / "3c273.pi")
+    assert [(i["role"], i["path"]) for i in spectrum["inputs"]] == [("background", str(directory / "3c273_bg.pi"))]
+    catalog.engine.dispose()
+    # a tool that wrote no metrics file fails its item with the reason
+    result = run(url, "run", "relpath == 'target_sr.pha'", "--each", "exposure", "--workdir", workdir, "--metrics-from",
+                 "pileup.json", "--workers", "1", "--", sys.executable, "-c", "pass", code=1)
+    assert "pileup.json: the tool did not write it" in result.stderr.strip().splitlines()[-1]
+
+
+# -- regions ----------------------------------------------------------------------------
+
+
+def test_regions_attached_listed_and_passed_to_run(ingested, real_data, tmp_path):
+    url, directory, _ = ingested
+    region = real_data / "regions" / "30002041016A_StrayCatsI_704.reg"
+    out = run(url, "regions", "attach", str(region), "--to", "obsid == '30002041016'").stdout
+    assert "1 shapes (circle; image coordinates) attached to 1 exposures" in out
+    image = directory / "nu30002041016A01_cl_3to20keV_det1.fits"
+    assert f"region {region}  (ds9, image, 1 shapes: circle; attach)" in run(url, "show", str(image)).stdout
+    rows = _csv(run(url, "query", "region like '%StrayCats%'", "--columns", "relpath,n_regions", "--format", "csv").stdout)
+    assert rows == [{"relpath": image.name, "n_regions": "1"}]
+    workdir = tmp_path / "runs"
+    run(url, "run", "obsid == '30002041016'", "--each", "exposure", "--workdir", str(workdir / "{item}"), "--workers", "1",
+        "--", sys.executable, "-c", "import sys; open('used.txt', 'w').write(sys.argv[1])", "{region}")
+    (used,) = workdir.glob("*/used.txt")
+    assert used.read_text() == str(region)
+
+
+@pytest.mark.parametrize(
+    ("name", "frame", "shapes"),
+    [("test01_fk5.reg", "fk5", "circle, ellipse, polygon, rectangle"),
+     ("test01_img.reg", "image", "circle, ellipse, polygon, rectangle"),
+     ("srcA01.reg", "fk5", "circle"),
+     ("acisf07999_000N001_r0035_reg3.fits", "physical", "ellipse x4")],
+)
+def test_region_files_of_every_kind(real_data, name, frame, shapes):
+    from processing.regions import read_region_file
+
+    info = read_region_file(real_data / "regions" / name)
+    assert (info.frame, info.shapes) == (frame, shapes)
+
+
+def test_physical_coordinates_are_kept_as_physical(tmp_path):
+    from processing.regions import read_region_file
+
+    path = tmp_path / "src.reg"
+    path.write_text("# Region file format: DS9 version 4.1\nphysical\ncircle(4096.5,4096.5,20)\n")
+    info = read_region_file(path)
+    assert (info.frame, info.shapes, info.n_shapes) == ("physical", "circle", 1)
+
+
+def test_unreadable_region_files_are_refused(ingested, real_data, tmp_path):
+    url, _, _ = ingested
+    ciao = real_data / "regions" / "test01_ciao.reg"
+    result = run(url, "regions", "attach", str(ciao), "--to", "obsid == '459'", code=1)
+    assert f"{ciao}: no region the regions package can read (4 shapes it cannot read)" in result.stderr
+    empty = tmp_path / "empty.reg"
+    empty.write_text("# Region file format: DS9 version 4.1\n")
+    assert "no region the regions package can read" in run(url, "regions", "attach", str(empty), "--to", "obsid == '459'", code=1).stderr
+    missing = tmp_path / "absent.reg"
+    assert "cannot read the region file" in run(url, "regions", "attach", str(missing), "--to", "obsid == '459'", code=1).stderr
+
+
+def test_region_files_next_to_the_data_are_attached_at_ingest(url, real_data):
+    run(url, "init")
+    out = run(url, "ingest", str(real_data / "regions")).stdout
+    image = real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits"
+    assert f"region {real_data / 'regions' / 'acisf07999_000N001_r0035_reg3.fits'} attached to {image}" in out
+    listed = _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)
+    assert [(r["format"], r["frame"], r["how"]) for r in listed] == [("fits", "physical", "ingest")]
+
+
+def test_region_owner_by_name():
+    from processing.regions import owner_of
+
+    data = ["3c273.pi", "3c273_bg.pi", "acisf07999_000N001_r0035_regevt3_srcimg.fits"]
+    assert owner_of("3c273.reg", data) == "3c273.pi"
+    assert owner_of("3c273_src.reg", data) == "3c273.pi"
+    assert owner_of("3c273_bg.reg", data) == "3c273_bg.pi"
+    assert owner_of("acisf07999_000N001_r0035_reg3.fits", data) == data[2]
+    assert owner_of("src.reg", data) is None
+
+
+def test_a_truncated_event_list_gives_no_numbers_from_its_table(real_data, tmp_path):
+    path = tmp_path / "cut.evt"
+    path.write_bytes((real_data / "xray" / "dummy_evt.evt").read_bytes()[:200_000])
+    summary = xray.summarize_file(str(path))
+    assert summary.error == "cannot read the EVENTS table: buffer is too small for requested array"
+    assert (summary.n_events, summary.rate, summary.gti_exposure_s) == (None, None, None)
+    assert any(w.startswith("File may have been truncated") for w in summary.warnings)
+
+
+def test_a_light_curve_without_rates_is_refused(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="TIME", format="D", array=[0.0, 1.0])], name="RATE")
+    table.header["HDUCLAS1"] = "LIGHTCURVE"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "lc.fits")
+    summary = xray.summarize_file(str(tmp_path / "lc.fits"))
+    assert (summary.kind, summary.error) == ("lightcurve", "light curve without a RATE column: not summarized")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('{"pileup": "high"}', "pileup = 'high' is not a number"),
+     ('{"pileup": 0.1', "not valid JSON"),
+     ('{"pileup": true}', "pileup = True is not a number"),
+     ("pileup 0.1", "'pileup 0.1' is not name=value"),
+     ("pileup=nan", "is not a finite number"),
+     ("# nothing\n", "no numbers in it"),
+     ('{"2x": 1}', "metric name '2x'")],
+)
+def test_bad_metrics_files_are_refused_with_a_reason(tmp_path, text, message):
+    from archive.exceptions import ObsarchError
+    from processing.named_metrics import MetricsFileError, read_metrics_file
+
+    path = tmp_path / "m.txt"
+    path.write_text(text)
+    with pytest.raises((MetricsFileError, ObsarchError), match=re.escape(message)):
+        read_metrics_file(path)
+
+
+def test_metrics_files_of_both_forms(tmp_path):
+    from processing.named_metrics import read_metrics_file
+
+    (tmp_path / "a.json").write_text('{"Pileup": 0.12, "single_frac": 1}')
+    (tmp_path / "b.txt").write_text("# from my tool\npileup = 0.12\n\nsingle_frac=1e0\n")
+    assert read_metrics_file(tmp_path / "a.json") == read_metrics_file(tmp_path / "b.txt") == {"pileup": 0.12, "single_frac": 1.0}

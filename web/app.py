@@ -1,0 +1,344 @@
+"""The review web app: ``create_app(url)`` is a Starlette application over
+one catalog. Every page reads through :mod:`archive.catalog` and
+:mod:`processing`; grading writes through :func:`processing.quality.flag_exposures`,
+exactly as ``obsarch flag`` records a person's flag.
+
+HTTP interface (read-only unless writes are allowed):
+
+- ``GET /exposures?q=SELECTION&columns=&sort=&limit=`` the search page
+- ``GET /exposures.csv?q=...`` / ``GET /exposures.json?q=...`` the rows ``obsarch query --format csv|json`` gives
+- ``GET /exposures/ID`` the frame page; ``GET /exposures/ID/thumbnail.png``; ``GET /exposures/ID/preview.png?stretch=&hdu=``
+- ``POST /exposures/ID/flags`` form fields ``grade``, ``reason``, ``note`` (403 unless writes are allowed)
+- ``POST /flags/retract`` form field ``ids``: take back one's own flags just made (the night view's undo)
+- ``GET /nights``, ``GET /nights/NIGHT?band=B`` the night view; ``GET /processing``, ``GET /processing/runs/ID``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from archive.catalog import Catalog
+from archive.exceptions import NotFoundError, ObsarchError
+from archive.query import BoolOp, Column, Compare, In, IsNull
+from archive.results import to_csv, to_json
+from processing import grouping, offsets, quality, runs
+from processing.report import AUXILIARY_EXTNAMES, GRADE_COLOURS, STRETCHES, picture, write_png
+from web.plots import PLOTS, time_plot
+from web.security import Guard, Policy
+from web.templating import STATIC, environment
+from web.thumbnails import Item, ThumbnailCache, default_directory
+
+NIGHT_COLUMNS = ["id", "file_id", "version", "path", "frame_number", "date_obs", "exptime", "band", "frame_type",
+                 "object", "background", "fwhm", "elongation", "nstars", "grade", "reason", "flag_source"]
+PREVIEW_PX = 1024
+THUMBNAIL_WAIT_S = 60.0
+DEFAULT_LIMIT = 500
+
+
+def records(frame) -> list[dict]:
+    """DataFrame rows as dicts, with None for missing values."""
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT"
+
+
+class Review:
+    """The state the pages share: the catalog, the thumbnail cache, the templates."""
+
+    def __init__(self, catalog: Catalog, policy: Policy, thumbnails: ThumbnailCache):
+        self.catalog, self.policy, self.thumbnails = catalog, policy, thumbnails
+        self.templates = Jinja2Templates(env=environment())
+
+    @property
+    def engine(self):
+        return self.catalog.engine
+
+    def page(self, request: Request, name: str, status: int = 200, **context) -> Response:
+        context.update(request=request, can_write=self.policy.allow_write, who=getattr(request.state, "who", None),
+                       progress=self.thumbnails.progress, grade_colours=GRADE_COLOURS)
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    def exposure_row(self, exposure_id: int) -> dict:
+        frame = self.catalog.query(Compare(Column("id"), "==", exposure_id), columns=NIGHT_COLUMNS + [
+            "instrument", "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
+        if frame.empty:
+            raise HTTPException(404, f"no exposure with id {exposure_id}")
+        return records(frame)[0]
+
+    def item(self, row: dict) -> Item:
+        return Item(int(row["file_id"]), int(row["version"]), row["path"])
+
+    # -- search ------------------------------------------------------------------
+
+    def search(self, request: Request, default_limit: int | None = None) -> tuple[object, str | None]:
+        """The rows of ``q`` with ``columns``, ``sort`` and ``limit`` as `obsarch query` takes them."""
+        params = request.query_params
+        limit = _int(params.get("limit"), default_limit)
+        try:
+            frame = self.catalog.query(params.get("q") or None, columns=params.get("columns") or None,
+                                       sort=params.get("sort") or None, limit=limit)
+        except ObsarchError as exc:
+            return None, str(exc)
+        return frame, None
+
+    async def exposures(self, request: Request) -> Response:
+        frame, error = await run_in_threadpool(self.search, request, DEFAULT_LIMIT)  # a page shows the first rows
+        template = "_results.html" if request.headers.get("hx-request") else "search.html"
+        rows = records(frame) if frame is not None else []
+        return self.page(request, template, 400 if error else 200, error=error, rows=rows,
+                         columns=list(frame.columns) if frame is not None else [], q=request.query_params.get("q", ""),
+                         chosen=request.query_params.get("columns", ""), sort=request.query_params.get("sort", ""),
+                         limit=_int(request.query_params.get("limit"), DEFAULT_LIMIT), fields=_field_names())
+
+    async def exposures_csv(self, request: Request) -> Response:
+        frame, error = await run_in_threadpool(self.search, request)
+        if error:
+            return PlainTextResponse(error + "\n", 400)
+        return Response(to_csv(frame), media_type="text/csv; charset=utf-8")
+
+    async def exposures_json(self, request: Request) -> Response:
+        frame, error = await run_in_threadpool(self.search, request)
+        if error:
+            return JSONResponse({"error": error}, 400)
+        return Response(to_json(frame), media_type="application/json")
+
+    # -- nights ------------------------------------------------------------------
+
+    async def nights(self, request: Request) -> Response:
+        rows = await run_in_threadpool(self.catalog.nights)
+        return self.page(request, "nights.html", nights=rows)
+
+    def night_rows(self, night: str, band: str | None) -> list[dict]:
+        conditions = [Compare(Column("night"), "==", night)]
+        if band is not None:
+            conditions.append(IsNull(Column("band")) if band == "" else Compare(Column("band"), "==", band))
+        frame = self.catalog.query(BoolOp("and", tuple(conditions)), columns=NIGHT_COLUMNS, sort="date_obs,frame_number")
+        return records(frame)
+
+    async def night(self, request: Request) -> Response:
+        night = request.path_params["night"]
+        band = request.query_params.get("band")
+        rows = await run_in_threadpool(self.night_rows, night, band)
+        if not rows:
+            raise HTTPException(404, f"no exposures in night {night}" + (f" band {band}" if band else ""))
+        for row in rows:
+            row["thumb"] = self.thumbnails.state(self.item(row))
+        self.thumbnails.request([self.item(r) for r in rows if r["thumb"][0] == "pending"])
+        plots = [p for p in (time_plot(rows, metric, label) for metric, label in PLOTS) if p]
+        bands = sorted({r["band"] or "" for r in await run_in_threadpool(self.catalog.nights, night)})
+        return self.page(request, "night.html", night=night, band=band, rows=rows, plots=plots, bands=bands,
+                         grades=quality.GRADES, reasons=quality.REASONS)
+
+    def _items(self, ids: list[int]) -> dict[int, Item]:
+        frame = self.catalog.query(In(Column("id"), tuple(ids)), columns=["id", "file_id", "version", "path"])
+        return {int(r["id"]): self.item(r) for r in records(frame)}
+
+    async def thumbnail_states(self, request: Request) -> Response:
+        """{id: {state, reason}} of the thumbnails of ``ids`` (the night view asks while they are made)."""
+        try:
+            ids = [int(i) for i in request.query_params.get("ids", "").split(",") if i.strip()][:500]
+        except ValueError:
+            return PlainTextResponse("ids: exposure ids separated by commas\n", 400)
+        items = await run_in_threadpool(self._items, ids) if ids else {}
+        answer = {}
+        for exposure_id, item in items.items():
+            state, reason = self.thumbnails.state(item)
+            answer[exposure_id] = {"state": state, "reason": reason}
+        return JSONResponse(answer)
+
+    async def progress(self, request: Request) -> Response:
+        return self.page(request, "_progress.html")
+
+    # -- one exposure ---------------------------------------------------------------
+
+    async def thumbnail_png(self, request: Request) -> Response:
+        row = await run_in_threadpool(self.exposure_row, request.path_params["id"])
+        state, reason = await run_in_threadpool(self.thumbnails.wait, self.item(row), THUMBNAIL_WAIT_S)
+        if state == "ready":
+            return FileResponse(self.thumbnails.png(self.item(row)), media_type="image/png",
+                                headers={"Cache-Control": "private, max-age=86400"})
+        if state == "failed":
+            return PlainTextResponse(f"no picture: {reason}\n", 404)
+        return PlainTextResponse("the thumbnail is being made; ask again\n", 503, headers={"Retry-After": "2"})
+
+    async def preview_png(self, request: Request) -> Response:
+        row = await run_in_threadpool(self.exposure_row, request.path_params["id"])
+        how = request.query_params.get("stretch", "zscale")
+        hdu = request.query_params.get("hdu")
+        if how not in STRETCHES:
+            return PlainTextResponse(f"unknown stretch {how!r}; use one of {', '.join(STRETCHES)}\n", 400)
+        target = self.thumbnails.directory / "previews" / f"{row['file_id']}-v{row['version']}-{how}-{hdu or 'all'}.png"
+        if not target.exists():
+            try:
+                image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, _int(hdu, None))
+            except (quality.QualityError, ValueError, OSError) as exc:
+                return PlainTextResponse(f"no picture: {exc}\n", 404)
+            await run_in_threadpool(write_png, image, target)
+        return FileResponse(target, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    def frame_context(self, exposure_id: int) -> dict:
+        row = self.exposure_row(exposure_id)
+        headers = self.catalog.headers(exposure_id)
+        return {
+            "row": row, "headers": headers, "metrics": quality.metrics_of(self.engine, exposure_id),
+            "flags": quality.flag_history(self.engine, exposure_id),
+            "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
+            "groups": grouping.groups_of(self.engine, exposure_id),
+            "made_from": runs.lineage(self.engine, row["file_id"]), "made_into": runs.derived(self.engine, row["file_id"]),
+            "detectors": [h for h in headers if h["type"] in ("image", "compressed") and h["shape"]
+                          and (h["extname"] or "").strip().upper() not in AUXILIARY_EXTNAMES],
+        }
+
+    async def exposure(self, request: Request) -> Response:
+        context = await run_in_threadpool(self.frame_context, request.path_params["id"])
+        return self.page(request, "frame.html", stretches=STRETCHES, grades=quality.GRADES, reasons=quality.REASONS,
+                         filter="", **context)
+
+    async def headers(self, request: Request) -> Response:
+        exposure_id = request.path_params["id"]
+        headers = await run_in_threadpool(self.catalog.headers, exposure_id)
+        return self.page(request, "_headers.html", headers=headers, filter=request.query_params.get("filter", ""),
+                         row={"id": exposure_id})
+
+    # -- grading ----------------------------------------------------------------
+
+    async def post_flag(self, request: Request) -> Response:
+        exposure_id = request.path_params["id"]
+        form = await request.form()
+        grade = (form.get("grade") or "").strip()
+        reason = (form.get("reason") or "").strip() or None
+        note = (form.get("note") or "").strip() or None
+        try:
+            flag_ids = await run_in_threadpool(quality.flag_exposures, self.engine, [exposure_id], grade, reason=reason,
+                                               note=note, who=request.state.who)
+        except NotFoundError as exc:
+            return PlainTextResponse(f"{exc}\n", 404)
+        except ObsarchError as exc:
+            return PlainTextResponse(f"{exc}\n", 400)
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse(f"/exposures/{exposure_id}", 303)
+        return JSONResponse({"exposure_id": exposure_id, "flag_ids": flag_ids, "grade": grade, "reason": reason,
+                             "note": note, "who": request.state.who}, 201)
+
+    async def retract(self, request: Request) -> Response:
+        form = await request.form()
+        try:
+            ids = [int(i) for i in str(form.get("ids", "")).replace(",", " ").split()]
+            removed = await run_in_threadpool(quality.retract_flags, self.engine, ids, request.state.who)
+        except ValueError:
+            return PlainTextResponse("ids: flag ids separated by commas\n", 400)
+        except ObsarchError as exc:
+            return PlainTextResponse(f"{exc}\n", 403)
+        return JSONResponse({"retracted": removed})
+
+    # -- processing ----------------------------------------------------------------
+
+    async def processing(self, request: Request) -> Response:
+        run_rows = await run_in_threadpool(runs.list_runs, self.engine, _int(request.query_params.get("limit"), 100),
+                                           request.query_params.get("step") or None)
+        stale = await run_in_threadpool(runs.stale_products, self.engine)
+        return self.page(request, "processing.html", runs=run_rows, stale=stale)
+
+    async def run(self, request: Request) -> Response:
+        try:
+            record = await run_in_threadpool(runs.run_detail, self.engine, request.path_params["id"])
+        except NotFoundError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return self.page(request, "run.html", run=record)
+
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse("/nights", 307)
+
+
+def _int(value, default):
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _field_names() -> list[str]:
+    from archive.query import FIELDS
+
+    return sorted(FIELDS)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if request.url.path.endswith((".png", ".csv", ".json")) or request.method != "GET":
+        return PlainTextResponse(f"{exc.detail}\n", exc.status_code)
+    review: Review = request.app.state.review
+    return review.page(request, "error.html", exc.status_code, message=exc.detail)
+
+
+async def _obsarch_error(request: Request, exc: ObsarchError) -> Response:
+    """A library error reaches the page as its one line, never as a traceback."""
+    return PlainTextResponse(f"{exc}\n", 404 if isinstance(exc, NotFoundError) else 400)
+
+
+def create_app(
+    url: str | None = None,
+    *,
+    catalog: Catalog | None = None,
+    allow_write: bool = False,
+    tokens: dict[str, str] | None = None,
+    user: str | None = None,
+    thumbnails: Path | None = None,
+    thumbnail_workers: int = 1,
+    allowed_hosts: list[str] | None = None,
+) -> Starlette:
+    """The review app over the catalog at ``url`` (or ``catalog``).
+
+    ``tokens`` maps secrets to names (then every request needs one);
+    ``allowed_hosts`` limits the Host header (against DNS rebinding).
+    """
+    catalog = catalog or Catalog(url)
+    policy = Policy(allow_write=allow_write, tokens=dict(tokens or {}), **({"user": user} if user else {}))
+    cache = ThumbnailCache(thumbnails or default_directory(catalog.engine), workers=thumbnail_workers)
+    review = Review(catalog, policy, cache)
+    routes = [
+        Route("/", review.home),
+        Route("/exposures", review.exposures),
+        Route("/exposures.csv", review.exposures_csv),
+        Route("/exposures.json", review.exposures_json),
+        Route("/exposures/{id:int}", review.exposure),
+        Route("/exposures/{id:int}/thumbnail.png", review.thumbnail_png),
+        Route("/exposures/{id:int}/preview.png", review.preview_png),
+        Route("/exposures/{id:int}/headers", review.headers),
+        Route("/exposures/{id:int}/flags", review.post_flag, methods=["POST"]),
+        Route("/flags/retract", review.retract, methods=["POST"]),
+        Route("/nights", review.nights),
+        Route("/nights/{night}", review.night),
+        Route("/thumbnails/progress", review.progress),
+        Route("/thumbnails/state", review.thumbnail_states),
+        Route("/processing", review.processing),
+        Route("/processing/runs/{id:int}", review.run),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware.append(Middleware(Guard, policy=policy))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        cache.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, ObsarchError: _obsarch_error})
+    app.state.review = review
+    return app
+

@@ -1,0 +1,50 @@
+"""The Jinja2 environment shared by the web app and the static quality
+report (``obsarch report quality --html``): one set of templates, one stylesheet."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+
+from processing.report import GRADE_COLOURS
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+def cell(value) -> str:
+    """A value as a table shows it: blank for missing, 4 significant digits for floats."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def clock(value) -> str:
+    return value.strftime("%H:%M:%S") if isinstance(value, datetime) else ""
+
+
+def colour(grade) -> str:
+    return GRADE_COLOURS.get(grade, GRADE_COLOURS[None])
+
+
+def pretty_json(value) -> str:
+    return json.dumps(value, indent=1, sort_keys=True, default=str)
+
+
+def environment() -> jinja2.Environment:
+    """Templates from the package; the stylesheet can be included inline (static pages)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(TEMPLATES), str(STATIC)]),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(cell=cell, clock=clock, colour=colour, pretty_json=pretty_json)
+    return env
