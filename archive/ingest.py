@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, inspect, or_, select, update
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
@@ -695,7 +695,7 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
         with transaction(engine) as conn:
             # plain tuples: a re-scan compares every stored file, and Row
             # objects cost as much as the comparison
-            where = File.root_id.in_([root_id, *inner.values()]) if inner else File.root_id == root_id
+            where = or_(*(File.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
             stored = fetch_tuples(
                 conn, select(File.root_id, File.relpath, File.id, File.size, File.mtime_ns, File.status).where(where)
             )

@@ -85,22 +85,28 @@ def reports_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
-            raise
-        except ObsarchError as exc:
-            if STATE.debug:
-                raise
-            fail(str(exc))
+        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.ClickException):
+            raise  # usage errors and exits keep their own status
+        except Exception as exc:
+            if type(exc).__module__.startswith(("typer", "click")) and hasattr(exc, "exit_code"):
+                raise  # typer's own click (typer._click) raises usage errors of other classes
+            _reported(exc)
         except KeyboardInterrupt:
             if STATE.debug:
                 raise
             fail("interrupted; nothing half-written was kept", code=130)
-        except Exception as exc:  # noqa: BLE001  (no traceback reaches a user: the one line says what broke)
-            if STATE.debug:
-                raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
 
     return wrapper
+
+
+def _reported(exc: Exception) -> None:
+    """obsarch's own errors as their one line; anything unexpected too (no
+    traceback reaches a user); both exit 1, and --debug raises instead."""
+    if STATE.debug:
+        raise exc
+    if isinstance(exc, ObsarchError):
+        fail(str(exc))
+    fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
 
 
 def fail(message: str, code: int = 1) -> None:
