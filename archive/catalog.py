@@ -77,6 +77,7 @@ class Catalog:
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
+        timeout_s: float | None = None,
     ) -> QueryResult:
         """Exposures matching ``selection``, one row each.
 
@@ -93,10 +94,12 @@ class Catalog:
             Comma-separated names, ``-`` before one for descending order.
         limit : int, optional
             At most this many rows.
+        timeout_s : float, optional
+            Seconds after which the server cancels the query (QueryTimeout).
         """
         from archive.results import QueryResult, frame_of
 
-        names, rows = self.rows(selection, columns=columns, sort=sort, limit=limit)
+        names, rows = self.rows(selection, columns=columns, sort=sort, limit=limit, timeout_s=timeout_s)
         return QueryResult(frame_of(rows, names))
 
     def rows(
@@ -105,6 +108,7 @@ class Catalog:
         columns: str | list[str] | None = None,
         sort: str | None = None,
         limit: int | None = None,
+        timeout_s: float | None = None,
     ) -> tuple[list[str], list[tuple]]:
         """:meth:`query` as column names and plain rows, without pandas (a
         command that prints a few rows should not pay for importing it)."""
@@ -124,7 +128,7 @@ class Catalog:
         statement = statement.order_by(*order, Exposure.id)
         if limit is not None:
             statement = statement.limit(limit)
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, db.statement_timeout(conn, timeout_s):
             rows = [tuple(r) for r in conn.execute(statement)]
         return _merge_header_columns([label for label, _ in pairs], rows)
 

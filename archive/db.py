@@ -7,10 +7,13 @@ how a write transaction begins, bulk loading, read-only access) lives here.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
@@ -20,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from archive.exceptions import (
     CatalogNotFound,
     DatabaseError,
+    QueryTimeout,
     ReadOnlyViolation,
     SchemaOutOfDate,
 )
@@ -324,42 +328,202 @@ def check_schema(engine: Engine) -> None:
 
 # -- read-only SQL ---------------------------------------------------------
 
+READER_ROLE = "obsarch_reader"  # created by migration 0007 on PostgreSQL
+DEFAULT_TIMEOUT_S = 60.0
+_CHECK_CLIENT_MS = 1000  # how soon PostgreSQL notices a client that went away
+
+
+def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[list[str], list[tuple]]:
+    """Run one query, read-only by privilege; return column names and rows.
+
+    SQLite: a read-only connection whose authorizer allows reading only
+    (no ATTACH, hence no ``VACUUM INTO``; no pragma that writes). PostgreSQL:
+    a read-only transaction under ``SET ROLE obsarch_reader``, a role that
+    may only read the catalog's tables, so server files and programs,
+    signals to other sessions and writes fail even for a superuser; the
+    server's own plan of the statement is checked for ``set_config``, the one
+    way a query could leave that role. ``timeout_s`` is enforced by the
+    server (``statement_timeout``), which also drops the statement within a
+    second when the client goes away.
+    """
+    if "\x00" in sql:
+        raise ReadOnlyViolation("the statement holds a NUL byte")
+    if any("\ud800" <= c <= "\udfff" for c in sql):  # bytes that were not UTF-8 (kept by Python as surrogates)
+        raise DatabaseError("SQL error: the statement is not valid UTF-8")
+    engine = make_engine(url, read_only=True)
+    try:
+        if is_sqlite(engine):
+            return _sqlite_read_only(engine, sql, timeout_s)
+        return _postgres_read_only(engine, sql, timeout_s)
+    finally:
+        engine.dispose()
+
+
+_SQLITE_ALLOWED = {21, 20, 31, 33, 22}  # SELECT, READ, FUNCTION, RECURSIVE, TRANSACTION (sqlite3's codes)
+_SQLITE_PRAGMA = 19
+_PRAGMAS_WITH_ARGUMENT = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+                          "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check", "pragma_list",
+                          "function_list", "collation_list", "database_list", "compile_options"}
+_PRAGMAS_THAT_WRITE = {"optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory"}
+
+
+def _sqlite_authorizer(action, arg1, arg2, _db, _trigger):
+    if action in _SQLITE_ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == _SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if name not in _PRAGMAS_THAT_WRITE and (arg2 is None or name in _PRAGMAS_WITH_ARGUMENT):
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tuple[list[str], list[tuple]]:
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        driver.set_authorizer(_sqlite_authorizer)
+        if deadline is not None:
+            driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            cursor = driver.execute(sql)
+            names = [d[0] for d in cursor.description or []]
+            rows = [tuple(r) for r in cursor.fetchall()] if names else []
+        except sqlite3.Warning as exc:  # more than one statement
+            raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
+        except sqlite3.Error as exc:
+            raise _sql_error(exc, timeout_s, interrupted=deadline is not None and time.monotonic() > deadline) from exc
+        finally:
+            driver.set_authorizer(None)
+            driver.set_progress_handler(None, 0)
+        conn.rollback()
+        return names, rows
+
+
+def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tuple[list[str], list[tuple]]:
+    import psycopg
+
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    try:
+        driver.autocommit = True
+        with driver.cursor() as cursor:
+            cursor.execute("BEGIN READ ONLY")
+            _postgres_limits(cursor, driver, timeout_s)
+            try:
+                cursor.execute(f"SET LOCAL ROLE {READER_ROLE}")
+            except psycopg.Error as exc:
+                raise ReadOnlyViolation(
+                    f"`obsarch sql` runs as the role {READER_ROLE}, and the user {driver.info.user!r} cannot SET ROLE to it "
+                    f"({_one_line(exc)}); run `obsarch db upgrade` as a user who may create roles, or "
+                    f"GRANT {READER_ROLE} TO {driver.info.user}") from None
+            try:
+                _refuse_leaving_the_role(cursor, sql)
+                # prepare: a prepared statement cannot hold a second statement
+                cursor.execute(sql, prepare=True)
+                names = [d.name for d in cursor.description or []]
+                rows = [tuple(r) for r in cursor.fetchall()] if names else []
+            except psycopg.errors.QueryCanceled as exc:
+                raise _sql_error(exc, timeout_s, interrupted=True) from None
+            except psycopg.Error as exc:
+                raise _sql_error(exc, timeout_s) from None
+            return names, rows
+    finally:
+        with suppress(psycopg.Error):  # a broken connection is dropped below anyway
+            driver.execute("ROLLBACK")
+        raw.invalidate()  # never hand a connection that ran a user's SQL back to a pool
+
+
+def _postgres_limits(cursor, driver, timeout_s: float | None) -> None:
+    if timeout_s:
+        cursor.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+    if driver.info.server_version >= 140000:
+        cursor.execute(f"SET LOCAL client_connection_check_interval = {_CHECK_CLIENT_MS}")
+
+
+def _refuse_leaving_the_role(cursor, sql: str) -> None:
+    """Ask the server how it would run ``sql`` (without running it) and
+    refuse a plan that calls ``set_config``: as a superuser's session, a
+    query could set ``role`` back. Only what EXPLAIN takes is a query here."""
+    import psycopg
+
+    cursor.execute("SAVEPOINT plan")
+    parsed = cursor.connection.pgconn.prepare(b"", sql.encode())  # parsed, not run
+    if parsed.status == psycopg.pq.ExecStatus.FATAL_ERROR and b"multiple commands" in (parsed.error_message or b""):
+        raise ReadOnlyViolation("`obsarch sql` runs one statement at a time")
+    cursor.execute("ROLLBACK TO SAVEPOINT plan")
+    try:
+        cursor.execute("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, prepare=True)
+    except psycopg.errors.SyntaxError as exc:
+        message = _one_line(exc).split(" LINE 1:")[0]  # the rest quotes our EXPLAIN, not the user's text
+        if "multiple commands" in message:
+            raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from None
+        first = sql.split(None, 1)[0].lower() if sql.strip() else ""
+        cursor.execute("ROLLBACK TO SAVEPOINT plan")
+        if cursor.execute("SELECT 1 FROM pg_get_keywords() WHERE word = %s", (first,)).fetchone():
+            raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query "
+                                    f"(SELECT, WITH, VALUES or TABLE), not {first.upper()}") from None
+        raise DatabaseError(f"SQL error: {message}") from None
+    plan = json.dumps(cursor.fetchall())
+    if "set_config(" in plan.lower():
+        raise ReadOnlyViolation("`obsarch sql` refuses set_config(): it could leave the read-only role")
+
+
 _WRITE_REFUSALS = re.compile(
-    r"readonly database|read-only transaction|attempt to write|query_only", re.IGNORECASE
+    r"readonly database|read-only transaction|attempt to write|query_only|not authorized|authorization denied|"
+    r"permission denied|"
+    r"must be superuser|must be a superuser|must be a member|privilege",
+    re.IGNORECASE,
 )
 
 
-def run_read_only(url: str | None, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run one statement on a read-only connection; return column names and rows."""
-    engine = make_engine(url, read_only=True)
+def _sql_error(exc: Exception, timeout_s: float | None, *, interrupted: bool = False) -> Exception:
+    message = _one_line(exc)
+    if interrupted and timeout_s and ("cancel" in message or "interrupt" in message):
+        return QueryTimeout(f"the statement ran past the {timeout_s:g} s timeout and was cancelled on the server (--timeout)")
+    if interrupted:
+        return QueryTimeout(f"the statement was cancelled: {message}")
+    if "multiple commands" in message or "one statement at a time" in message:
+        return ReadOnlyViolation("`obsarch sql` runs one statement at a time")
+    if _WRITE_REFUSALS.search(message):
+        return ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: {message}")
+    return DatabaseError(f"SQL error: {message}")
+
+
+@contextmanager
+def statement_timeout(conn: Connection, timeout_s: float | None) -> Iterator[None]:
+    """Cancel, on the server, what ``conn`` runs inside this block once
+    ``timeout_s`` has passed (or the client has gone away): QueryTimeout."""
+    if not timeout_s:
+        yield
+        return
+    if is_sqlite(conn):
+        driver = conn.connection.driver_connection
+        deadline = time.monotonic() + timeout_s
+        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            yield
+        except DatabaseError as exc:
+            raise (QueryTimeout(_timed_out(timeout_s)) if time.monotonic() > deadline else exc) from exc
+        except SQLAlchemyError as exc:
+            if time.monotonic() > deadline:
+                raise QueryTimeout(_timed_out(timeout_s)) from exc
+            raise
+        finally:
+            driver.set_progress_handler(None, 0)
+        return
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+    if conn.connection.driver_connection.info.server_version >= 140000:
+        conn.exec_driver_sql(f"SET LOCAL client_connection_check_interval = {_CHECK_CLIENT_MS}")
     try:
-        with engine.connect() as conn:
-            driver_conn = conn.connection.driver_connection
-            cursor = driver_conn.cursor()
-            try:
-                if is_sqlite(conn):
-                    cursor.execute(sql)
-                else:
-                    # A prepared statement cannot hold a second statement
-                    # (one that commits and turns read-only off, say).
-                    cursor.execute(sql, prepare=True)
-                names = [d[0] for d in cursor.description or []]
-                rows = [tuple(r) for r in cursor.fetchall()] if names else []
-            finally:
-                cursor.close()
-            conn.rollback()
-            return names, rows
-    except Exception as exc:  # driver errors differ per backend; all become one line
-        message = _one_line(exc)
-        if "multiple commands" in message or "one statement at a time" in message:
-            raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
-        if _WRITE_REFUSALS.search(message):
-            raise ReadOnlyViolation(
-                f"`obsarch sql` is read-only; the statement was refused: {message}"
-            ) from exc
-        raise DatabaseError(f"SQL error: {message}") from exc
-    finally:
-        engine.dispose()
+        yield
+    except SQLAlchemyError as exc:
+        if "statement timeout" in str(exc):
+            raise QueryTimeout(_timed_out(timeout_s)) from exc
+        raise
+
+
+def _timed_out(timeout_s: float) -> str:
+    return f"the query ran past the {timeout_s:g} s timeout and was cancelled (--timeout)"
 
 
 def insert_ignoring_conflicts(conn: Connection, table, keys: Sequence[str]):
@@ -370,6 +534,14 @@ def insert_ignoring_conflicts(conn: Connection, table, keys: Sequence[str]):
     else:
         from sqlalchemy.dialects.postgresql import insert
     return insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def serialize(conn: Connection, name: str) -> None:
+    """Let one transaction at a time past this point for ``name`` (PostgreSQL:
+    an advisory lock held to the end of the transaction; SQLite writers
+    already hold the database lock)."""
+    if not is_sqlite(conn):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": f"obsarch {name}"})
 
 
 def lock_rows(statement, conn: Connection):

@@ -35,3 +35,11 @@ class ConfigError(ObsarchError):
 
 class NotFoundError(ObsarchError):
     """Something asked for by name or number is not in the catalog."""
+
+
+class FetchError(ObsarchError):
+    """An archive that cannot be reached or answers with an error."""
+
+
+class QueryTimeout(ObsarchError):
+    """A statement that ran past its timeout and was cancelled on the server."""

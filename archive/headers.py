@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -207,17 +208,25 @@ def _from_python(keyword: str, value) -> tuple[str | None, float | None, str]:
     return str(value).rstrip(), None, "s"
 
 
+_CONTROL = re.compile(rb"\x00")  # other control bytes are kept (astropy reads them); a NUL no text column holds
+
+
 def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     """Cards of one raw header (bytes up to END) and a list of invalid cards.
 
     Bytes outside ASCII (not allowed in FITS) become ``?`` and the cards
     holding them are listed as invalid; malformed cards go to astropy.
     """
+    control = []
+    if _CONTROL.search(raw):  # not FITS, and PostgreSQL text cannot hold it
+        control = [f"NUL bytes replaced by '?': {raw[i:i + CARD].decode('ascii', 'replace').strip()[:60]!r}"
+                   for i in range(0, len(raw), CARD) if _CONTROL.search(raw[i : i + CARD])]
+        raw = _CONTROL.sub(b"?", raw)
     if _compiled_parse_cards is not None:
         cards = _compiled_parse_cards(raw)
         if cards is not None:
-            return cards, _invalid_values(cards)
-    invalid = []
+            return cards, control + _invalid_values(cards)
+    invalid = control
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -287,14 +296,32 @@ def _int_card(values: dict[str, Card], keyword: str, index: int, default: int | 
     return int(card[3])
 
 
+LEGAL_BITPIX = (8, 16, 32, 64, -32, -64)
+MAX_NAXIS = 999  # the FITS standard's limit
+MAX_AXIS = 2**48  # any real axis is far smaller; a larger one is a corrupt card, not data to skip
+
+
+def _check_structure(index: int, bitpix: int, naxis: int) -> None:
+    """Refuse, from the cards alone, a structure no FITS file has (before
+    anything sized by it is computed or read)."""
+    if bitpix not in LEGAL_BITPIX:
+        raise FitsReadError(f"HDU {index} has BITPIX = {bitpix}; FITS allows {', '.join(map(str, LEGAL_BITPIX))}")
+    if not 0 <= naxis <= MAX_NAXIS:
+        raise FitsReadError(f"HDU {index} has NAXIS = {naxis}, outside 0 to {MAX_NAXIS}")
+
+
 def _describe(index: int, cards: list[Card]) -> tuple[HeaderUnit, int]:
     """Make a HeaderUnit and return it with the byte size of its data."""
     values = first_cards(cards)
     bitpix = _int_card(values, "BITPIX", index)
     naxis = _int_card(values, "NAXIS", index)
+    _check_structure(index, bitpix, naxis)
     axes = [_int_card(values, f"NAXIS{i}", index) for i in range(1, naxis + 1)]
     pcount = _int_card(values, "PCOUNT", index, 0)
     gcount = _int_card(values, "GCOUNT", index, 1)
+    for name, value in (*((f"NAXIS{i}", n) for i, n in enumerate(axes, 1)), ("PCOUNT", pcount), ("GCOUNT", gcount)):
+        if not 0 <= value < MAX_AXIS:
+            raise FitsReadError(f"HDU {index} has {name} = {value}, outside 0 to {MAX_AXIS - 1}")
     nelem = math.prod(axes) if axes else 0
     if axes and axes[0] == 0 and "GROUPS" in values:  # random groups
         nelem = math.prod(axes[1:])
@@ -309,7 +336,7 @@ def _describe(index: int, cards: list[Card]) -> tuple[HeaderUnit, int]:
         unit.shape = "x".join(str(n) for n in reversed(axes)) or None
     elif kind == "BINTABLE" and values.get("ZIMAGE", (0, 0, 0, 0))[3] == 1.0:
         unit.hdu_type = "compressed"
-        znaxis = _int_card(values, "ZNAXIS", index, 0)
+        znaxis = min(max(_int_card(values, "ZNAXIS", index, 0), 0), MAX_NAXIS)
         zaxes = [_int_card(values, f"ZNAXIS{i}", index, 0) for i in range(1, znaxis + 1)]
         unit.shape = "x".join(str(n) for n in reversed(zaxes)) or None
         unit.bitpix = _int_card(values, "ZBITPIX", index, bitpix)

@@ -22,12 +22,13 @@ import shutil
 import socket
 import stat
 import tempfile
+import warnings as pywarnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, inspect, or_, select, update
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
@@ -42,14 +43,15 @@ from archive.db import (
     insert_ignoring_conflicts,
     is_sqlite,
     lock_rows,
+    serialize,
     sql_datetime,
     transaction,
     write_scratch_cards,
 )
-from archive.exceptions import FitsReadError, NotFoundError, ObsarchError
+from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
-from archive.keywords import COLUMNS, KeywordMaps, load_maps, normalize
-from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root
+from archive.keywords import COLUMNS, KeywordMaps, NormalizationWarning, load_maps, normalize
+from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run
 from archive.roots import root_of
 
 FITS_SUFFIXES = (
@@ -111,6 +113,7 @@ def is_fits_name(name: str) -> bool:
 def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
     """The root a scanned path belongs to: the deepest known root holding it,
     or a new root (the directory itself, or a file's parent)."""
+    serialize(conn, "roots")  # two scans of one new directory make one root
     found = root_of(conn, path)
     if found:
         return found[0], found[1]
@@ -154,25 +157,31 @@ def _display_name(name: str) -> tuple[str, bool]:
 def _walk(directory: Path, prefix: str, ignored: list[str]) -> Iterator[tuple[str, os.DirEntry | None, str | None]]:
     """(relpath, entry, error) for every FITS-named file below ``directory``;
     other names go to ``ignored``. Directory symlinks are not followed (they
-    could loop)."""
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
-        return
-    for entry in entries:
-        name, valid = _display_name(entry.name)
-        relpath = prefix + name
+    could loop), and directories wait on a stack rather than in recursion:
+    a tree 1,200 levels deep is a tree like any other."""
+    stack = [(directory, prefix)]
+    while stack:
+        directory, prefix = stack.pop()
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            yield from _walk(Path(entry.path), relpath + "/", ignored)
-        elif is_fits_name(name):
-            yield relpath, entry, None if valid else "file name is not valid UTF-8"
-        else:
-            ignored.append(relpath)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            yield prefix.rstrip("/") or ".", None, f"cannot list directory: {exc.strerror}"
+            continue
+        below = []
+        for entry in entries:
+            name, valid = _display_name(entry.name)
+            relpath = prefix + name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                below.append((Path(entry.path), relpath + "/"))
+            elif is_fits_name(name):
+                yield relpath, entry, None if valid else "file name is not valid UTF-8"
+            else:
+                ignored.append(relpath)
+        stack.extend(reversed(below))
 
 
 def _stat(entry: os.DirEntry) -> tuple[int | None, int | None, str | None]:
@@ -227,9 +236,12 @@ def read_file(path: str, relpath: str) -> tuple:
         return ("error", str(exc))
     except OSError as exc:
         return ("error", f"cannot read: {exc.strerror or exc}")
-    exposure = normalize(units, relpath, _MAPS or load_maps())
+    with pywarnings.catch_warnings(record=True) as unnormalized:
+        pywarnings.simplefilter("always", NormalizationWarning)
+        exposure = normalize(units, relpath, _MAPS or load_maps())
     hdus = [(u.index, u.extname, u.hdu_type, u.shape, u.bitpix, u.cards) for u in units]
     warnings = [f"HDU {u.index}: invalid card kept as text: {bad}" for u in units for bad in u.invalid]
+    warnings += [str(w.message).removeprefix(f"{relpath}: ") for w in unnormalized if w.category is NormalizationWarning]
     return ("ok", header_hash, hdus, exposure, warnings)
 
 
@@ -401,12 +413,44 @@ def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> 
     conn.execute(delete(Hdu).where(Hdu.file_id == file_row.id))
 
 
-def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
-    """Store one chunk in one transaction: a kill leaves each file whole or absent."""
+def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
+    """Store a chunk in one transaction; when the catalog refuses it, store
+    its files one at a time, so that only the file it refuses is recorded
+    (with the reason) and the counts say what was stored."""
+    saved = replace(summary, errors=list(summary.errors))
+    try:
+        _write_chunk(engine, chunk, known, run_id, summary)
+        return
+    except DatabaseError:
+        _restore(summary, saved)
+    try:
+        for local, (seen, _) in enumerate(chunk.items):
+            saved = replace(summary, errors=list(summary.errors))
+            try:
+                _write_chunk(engine, chunk, known, run_id, summary, only={local})
+            except DatabaseError as exc:
+                _restore(summary, saved)
+                refused = _Chunk([(seen, ("error", f"the catalog refused it: {exc}"))], [])
+                _write_chunk(engine, refused, known, run_id, summary)
+    finally:
+        if isinstance(chunk.cards, str) and os.path.exists(chunk.cards):
+            os.unlink(chunk.cards)
+
+
+def _restore(summary: IngestSummary, saved: IngestSummary) -> None:
+    """Counts as they were before a transaction that rolled back."""
+    for name in ("new", "changed", "unchanged", "missing", "failed", "ignored", "errors"):
+        setattr(summary, name, getattr(saved, name))
+
+
+def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary,
+                 only: set[int] | None = None) -> None:
+    """Store one chunk (or its files at the places ``only``) in one
+    transaction: a kill leaves each file whole or absent."""
     now = utcnow()
     scratch = chunk.cards if isinstance(chunk.cards, str) else None
     with transaction(engine, write=True, attach=scratch) as conn:
-        items = list(enumerate(chunk.items))
+        items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
         new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
         old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
         rows_out = _Rows()
@@ -428,7 +472,7 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
         for local, seen, result in old:
             _replace(conn, local, seen, result, known[(seen.root_id, seen.relpath)], run_id, now, summary, rows_out)
         rows_out.flush(conn, chunk.cards)
-    if scratch:
+    if scratch and only is None:
         os.unlink(scratch)
 
 
@@ -481,12 +525,14 @@ def ensure_card_indexes(engine: Engine) -> None:
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
+            serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
             for index in missing:
                 index.create(conn, checkfirst=True)
 
 
 def _drop_card_indexes(engine: Engine) -> None:
     with transaction(engine, write=True) as conn:
+        serialize(conn, "card indexes")
         for index in card_indexes():
             index.drop(conn, checkfirst=True)
 
@@ -520,6 +566,32 @@ def _is_bulk(engine: Engine, n_to_read: int) -> bool:
 # -- the scan ----------------------------------------------------------------
 
 
+SCRATCH_PREFIX = "obsarch-ingest-"
+
+
+def remove_dead_scratch(directory: str | None = None) -> int:
+    """Remove the scratch directories of ingests whose process is gone
+    (killed: a finished ingest removes its own). Returns how many."""
+    removed = 0
+    base = Path(directory or tempfile.gettempdir())
+    for candidate in base.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = candidate.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and candidate.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def _start_run(engine: Engine, paths: list[Path]) -> int:
     host = socket.gethostname()
     with transaction(engine, write=True) as conn:
@@ -536,17 +608,15 @@ def _start_run(engine: Engine, paths: list[Path]) -> int:
 
 
 def _close_dead_runs(conn: Connection, host: str) -> None:
-    """Runs left 'running' by a process of this host that no longer exists
-    were killed: say so."""
-    for run_id, pid in conn.execute(
-        select(IngestRun.id, IngestRun.pid).where(IngestRun.state == "running", IngestRun.host == host)
-    ):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            conn.execute(update(IngestRun).where(IngestRun.id == run_id).values(state="interrupted"))
-        except PermissionError:
-            pass  # alive, another user's
+    """Runs (ingests and processing steps) left 'running' by a process of
+    this host that no longer exists were killed: say so."""
+    for table in (IngestRun, Run):
+        dead = [run_id for run_id, pid in conn.execute(
+            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not _alive(pid)]
+        if dead:
+            values = {"state": "interrupted"} if table is IngestRun else {
+                "state": "interrupted", "error": "its process ended without finishing it (killed?)"}
+            conn.execute(update(table).where(table.id.in_(dead)).values(**values))
 
 
 def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:
@@ -561,6 +631,32 @@ def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str |
         )
 
 
+def _inner_roots(engine: Engine, root_id: int, root: Path, path: Path) -> dict[str, int]:
+    """Roots inside the scanned ``path`` (a directory ingested before its
+    parent), as {their path relative to ``root`` + '/': id}: their files stay
+    theirs, so that a file has one row whichever directory was given first."""
+    with transaction(engine) as conn:
+        roots = conn.execute(select(Root.id, Root.path)).all()
+    inner = {}
+    for inner_id, inner_path in roots:
+        candidate = Path(inner_path)
+        if inner_id != root_id and (candidate == path or path in candidate.parents):
+            inner[candidate.relative_to(root).as_posix() + "/"] = inner_id
+    return inner
+
+
+def _rehome(seen: list[_Seen], inner: dict[str, int]) -> None:
+    """Give each file found below an inner root to that root (the deepest)."""
+    if not inner:
+        return
+    prefixes = sorted(inner, key=len, reverse=True)
+    for item in seen:
+        for prefix in prefixes:
+            if item.relpath.startswith(prefix):
+                item.root_id, item.relpath = inner[prefix], item.relpath[len(prefix):]
+                break
+
+
 def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
     """Scan the paths; return (files to read, files with a problem, known ids, ids gone)."""
     to_read, bad, gone, ignored = [], [], [], []
@@ -570,27 +666,31 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
             root_id, root = _root_for(conn, path, utcnow())
         seen = _scan(path, root_id, root, ignored)
         prefix = "" if path == root else path.relative_to(root).as_posix()
+        inner = _inner_roots(engine, root_id, root, path)
+        _rehome(seen, inner)
         with transaction(engine) as conn:
             # plain tuples: a re-scan compares every stored file, and Row
             # objects cost as much as the comparison
+            where = or_(*(File.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
             stored = fetch_tuples(
-                conn, select(File.relpath, File.id, File.size, File.mtime_ns, File.status).where(File.root_id == root_id)
+                conn, select(File.root_id, File.relpath, File.id, File.size, File.mtime_ns, File.status).where(where)
             )
         in_scope = {
-            r[0]: r for r in stored
-            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/")
+            (r[0], r[1]): r for r in stored
+            if r[0] != root_id or not prefix or r[1] == prefix or r[1].startswith(prefix + "/")
         }
         unchanged = summary.unchanged
         for item in seen:
-            row = in_scope.pop(item.relpath, None)  # what is left at the end is gone
-            if row is not None and not item.error and row[4] == "present" and row[2] == item.size and row[3] == item.mtime_ns:
+            key = (item.root_id, item.relpath)
+            row = in_scope.pop(key, None)  # what is left at the end is gone
+            if row is not None and not item.error and row[5] == "present" and row[3] == item.size and row[4] == item.mtime_ns:
                 unchanged += 1
                 continue
             if row is not None:
-                known[(root_id, item.relpath)] = row[1]
+                known[key] = row[2]
             (bad if item.error else to_read).append(item)
         summary.unchanged = unchanged
-        gone += [r[1] for r in in_scope.values() if r[4] != "missing"]
+        gone += [r[2] for r in in_scope.values() if r[5] != "missing"]
     summary.ignored = len(ignored)
     return to_read, bad, known, gone
 
@@ -628,6 +728,7 @@ def ingest(
         if not path.exists() and not path.is_symlink():
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+    remove_dead_scratch()
     ensure_card_constraints(engine)
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
@@ -641,12 +742,12 @@ def ingest(
             _drop_card_constraints(engine)
         total = len(to_read) + len(bad)
         done = 0
-        scratch_dir = tempfile.mkdtemp(prefix="obsarch-ingest-") if is_sqlite(engine) else None
+        scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             sink = scratch_dir if scratch_dir else COPY_TEXT
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
-                _write_chunk(engine, chunk, known, run_id, summary)
+                _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
                     progress(done, total)

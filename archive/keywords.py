@@ -12,6 +12,7 @@ import json
 import math
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from importlib.resources import files
@@ -128,15 +129,36 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
         "band": _band(values),
         "exptime": _exptime(values, xray),
         "airmass": _airmass(values),
-        "frame_number": _frame_number(values, None if xray else filename),
+        "frame_number": _guarded(values, filename, "frame_number", lambda: _frame_number(values, None if xray else filename)),
     }
-    row["date_obs"] = _date_obs(values)
+    row["date_obs"] = _guarded(values, filename, "date_obs", lambda: _date_obs(values))
     row["mjd"] = (row["date_obs"] - MJD_EPOCH).total_seconds() / 86400 if row["date_obs"] else None
-    row["night"] = _night(values, row["date_obs"], xray)
+    row["night"] = _guarded(values, filename, "night", lambda: _night(values, row["date_obs"], xray))
     row["ra"], row["dec"] = _pointing(values, units)
     row.update(_detector_columns(values, units))
     row["sources"] = json.dumps(values.sources, sort_keys=True)
     return row
+
+
+class NormalizationWarning(UserWarning):
+    """A header value that is kept raw (in its card) but not normalized."""
+
+
+def _guarded(values: _Values, filename: str, field: str, compute):
+    """``compute()``, or None with a warning naming the file and the card
+    when the value is legal FITS but beyond what the column holds (a date
+    past year 9999, an integer beyond 64 bits): the card keeps it raw."""
+    try:
+        value = compute()
+    except (ValueError, OverflowError, ArithmeticError) as exc:
+        problem = str(exc)
+    else:
+        if not isinstance(value, int) or -(2**63) <= value < 2**63:
+            return value
+        problem = "does not fit in 64 bits"
+    card = values.sources.get(field) or "its card"
+    warnings.warn(f"{filename}: {field} left empty, {card} kept as written: {problem}", NormalizationWarning, stacklevel=2)
+    return None
 
 
 def _is_xray(units: list[HeaderUnit], values: _Values) -> bool:

@@ -129,8 +129,8 @@ class Hdu(Base):
     hdu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     extname: Mapped[str | None] = mapped_column(Text)
     hdu_type: Mapped[str] = mapped_column(String(16))  # image, compressed, table, bintable
-    shape: Mapped[str | None] = mapped_column(String(64))  # numpy order, e.g. "3681x320x317"
-    bitpix: Mapped[int | None] = mapped_column(Integer)
+    shape: Mapped[str | None] = mapped_column(Text)  # numpy order, e.g. "3681x320x317"
+    bitpix: Mapped[int | None] = mapped_column(BigInteger)
     ncards: Mapped[int] = mapped_column(Integer)
 
 
@@ -258,12 +258,12 @@ class Exposure(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
     observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
-    instrument: Mapped[str | None] = mapped_column(String(80), index=True)
-    telescope: Mapped[str | None] = mapped_column(String(80))
-    obsid: Mapped[str | None] = mapped_column(String(80), index=True)
-    object: Mapped[str | None] = mapped_column(String(80))
+    instrument: Mapped[str | None] = mapped_column(Text, index=True)
+    telescope: Mapped[str | None] = mapped_column(Text)
+    obsid: Mapped[str | None] = mapped_column(Text, index=True)
+    object: Mapped[str | None] = mapped_column(Text)
     frame_type: Mapped[str | None] = mapped_column(String(16), index=True)
-    band: Mapped[str | None] = mapped_column(String(32), index=True)
+    band: Mapped[str | None] = mapped_column(Text, index=True)
     exptime: Mapped[float | None] = mapped_column(Float)
     date_obs: Mapped[datetime | None] = mapped_column(DateTime)
     mjd: Mapped[float | None] = mapped_column(Float, index=True)
@@ -271,7 +271,7 @@ class Exposure(Base):
     ra: Mapped[float | None] = mapped_column(Float)
     dec: Mapped[float | None] = mapped_column(Float)
     airmass: Mapped[float | None] = mapped_column(Float)
-    readout_mode: Mapped[str | None] = mapped_column(String(80))
+    readout_mode: Mapped[str | None] = mapped_column(Text)
     frame_number: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # the detector: binning, gain (e-/ADU), CCD temperature (C), its name when
     # the file holds one, the shape its detectors share ("1020x1523", numpy
@@ -280,8 +280,8 @@ class Exposure(Base):
     ybin: Mapped[int | None] = mapped_column(Integer)
     gain: Mapped[float | None] = mapped_column(Float)
     ccd_temp: Mapped[float | None] = mapped_column(Float)
-    detector: Mapped[str | None] = mapped_column(String(80))
-    detector_shape: Mapped[str | None] = mapped_column(String(64))
+    detector: Mapped[str | None] = mapped_column(Text)
+    detector_shape: Mapped[str | None] = mapped_column(Text)
     n_detectors: Mapped[int | None] = mapped_column(Integer)
     sources: Mapped[str | None] = mapped_column(Text)
 
@@ -395,7 +395,7 @@ class DetectorMetric(Base):
     __tablename__ = "detector_metrics"
 
     exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
-    detector: Mapped[str] = mapped_column(String(80), primary_key=True)
+    detector: Mapped[str] = mapped_column(Text, primary_key=True)
     hdu_index: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     error: Mapped[str | None] = mapped_column(Text)

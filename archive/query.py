@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, not_, or_, select, text, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
@@ -152,6 +152,9 @@ class Token:
 
 
 def tokenize(text: str) -> list[Token]:
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:  # an argument whose bytes were not UTF-8 (Python keeps them as surrogates)
+        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8")
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
@@ -160,10 +163,14 @@ def tokenize(text: str) -> list[Token]:
         kind, raw = match.lastgroup, match.group()
         if kind == "number":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits")
             tokens.append(Token(kind, raw, pos, value))
         elif kind == "string":
             quote = raw[0]
             body = raw[1:-1].replace(quote * 2, quote)
+            if "\x00" in body:
+                raise _error(text, pos, "a string holds a NUL byte, which no stored value has")
             tokens.append(Token(kind, raw, pos, re.sub(r"\\(.)", r"\1", body)))
         elif kind == "name" and raw.lower() in _WORDS:
             tokens.append(Token("word", raw.lower(), pos))
@@ -176,10 +183,15 @@ def tokenize(text: str) -> list[Token]:
 
 def _error(text: str, pos: int, message: str) -> SelectionError:
     near = text[pos : pos + 20] or "the end"
-    return SelectionError(f"selection {text!r}: {message} at column {pos + 1} (near {near!r})")
+    shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+    return SelectionError(f"selection {shown!r}: {message} at column {pos + 1} (near {near!r})")
 
 
 # -- parser ------------------------------------------------------------------
+
+
+MAX_NESTING = 100  # parentheses and nots; deeper is no selection a person writes
+MAX_IN_PARAMETERS = 500  # a longer value list is sent as one parameter (backends cap bound parameters)
 
 
 class _Parser:
@@ -187,6 +199,12 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(f"nested more than {MAX_NESTING} deep")
 
     @property
     def tok(self) -> Token:
@@ -237,13 +255,18 @@ class _Parser:
 
     def parse_not(self):
         if self.accept("word", "not"):
-            return Not(self.parse_not())
+            self.nest()
+            node = Not(self.parse_not())
+            self.depth -= 1
+            return node
         return self.parse_predicate()
 
     def parse_predicate(self):
         if self.accept("punct", "("):
+            self.nest()
             node = self.parse_or()
             self.expect("punct", ")", "')'")
+            self.depth -= 1
             return node
         if self.tok.kind == "number" and isinstance(self.tok.value, int) and self.peek().kind != "op":
             return self.parse_frames()
@@ -622,8 +645,38 @@ def glob_to_regex(pattern: str) -> str:
 
 
 def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
+    try:  # the same refusal on both backends (PostgreSQL's regex engine would fail mid-query)
+        re.compile(glob_to_regex(pattern))
+    except re.error as exc:
+        raise SelectionError(f"the pattern {pattern!r} is no valid glob: {exc}") from None
     # SQLite's GLOB negates a class with [^...], the shell with [!...]
     return _Glob(value, literal(pattern.replace("[!", "[^") if sqlite else glob_to_regex(pattern)))
+
+
+def _balanced(combine, parts: list[ColumnElement]) -> ColumnElement:
+    """``combine`` (and_/or_) of ``parts`` as a tree of logarithmic depth:
+    a flat chain of 2,000 terms is deeper than SQLite's expression limit."""
+    if len(parts) <= 32:
+        return combine(*parts)
+    middle = len(parts) // 2
+    # "= true" keeps each half a unit (SQLAlchemy flattens nested and/or,
+    # parentheses included) with the same three-valued result.
+    return combine(_balanced(combine, parts[:middle]) == true(), _balanced(combine, parts[middle:]) == true())
+
+
+def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnElement:
+    """``expression IN values``; a long list travels as one parameter (a JSON
+    array on SQLite, an array on PostgreSQL) rather than one per value."""
+    if len(values) <= MAX_IN_PARAMETERS:
+        return expression.in_(values)
+    if sqlite:
+        import json
+
+        return expression.in_(select(text("value")).select_from(func.json_each(json.dumps(values, default=str))))
+    from sqlalchemy import any_, bindparam
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return expression == any_(bindparam(None, values, type_=ARRAY(expression.type)))
 
 
 class Compiler:
@@ -639,14 +692,15 @@ class Compiler:
 
     def _boolop(self, node: BoolOp):
         parts = [self(item) for item in node.items]
-        return and_(*parts) if node.op == "and" else or_(*parts)
+        return _balanced(and_ if node.op == "and" else or_, parts)
 
     def _not(self, node: Not):
         return not_(self(node.item))
 
     def _frames(self, node: Frames):
         # A frame number names a camera's raw exposure, never a product made from it.
-        return and_(_frame_condition(node), Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None))))
+        return and_(_frame_condition(node, self.sqlite),
+                    Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None))))
 
     def _set_def(self, field: Field) -> FieldDef | None:
         if isinstance(field, Column) and FIELDS.get(field.name) and FIELDS[field.name].kind == "set":
@@ -677,20 +731,20 @@ class Compiler:
 
     def _in(self, node: In):
         if (definition := self._set_def(node.field)) is not None:
-            clause = self._member(definition, lambda v: v.in_(node.values))
+            clause = self._member(definition, lambda v: _in_values(v, list(node.values), self.sqlite))
             return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
             by_kind: dict[str, list] = {}
             for value in node.values:
                 by_kind.setdefault(_value_kind(value), []).append(value)
             parts = [
-                self._header(node.field, lambda col, vs=[_card_value(v) for v in values]: col.in_(vs), kind, all(map(_short, values)))
+                self._header(node.field, lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite), kind, all(map(_short, values)))
                 for kind, values in by_kind.items()
             ]
             clause = or_(*parts)
         else:
             expression, kind = self._expression(node.field)
-            clause = expression.in_([self._coerce(node.field, kind, v) for v in node.values])
+            clause = _in_values(expression, [self._coerce(node.field, kind, v) for v in node.values], self.sqlite)
         return not_(clause) if node.negate else clause
 
     def _between(self, node: Between):
@@ -787,12 +841,12 @@ class Compiler:
         return selects[0] if len(selects) == 1 else union_all(*selects)
 
 
-def _frame_condition(node: Frames) -> ColumnElement:
+def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
     singles = [low for low, high in node.ranges if low == high]
     parts = [Exposure.frame_number.between(low, high) for low, high in node.ranges if low != high]
     if singles:
-        parts.append(Exposure.frame_number.in_(singles))
-    return or_(*parts)
+        parts.append(_in_values(Exposure.frame_number, singles, sqlite))
+    return _balanced(or_, parts)
 
 
 def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
@@ -805,7 +859,7 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
         return []
     raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
     # what the whole selection picks, among the frame numbers it names
-    condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term) for term in terms]))
+    condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term, conn.dialect.name == "sqlite") for term in terms]))
     rows = conn.execute(
         select(Exposure.frame_number, func.coalesce(Exposure.instrument, "(no instrument)"))
         .where(condition, raw, Exposure.frame_number.in_(

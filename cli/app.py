@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -223,23 +224,48 @@ def main(
     STATE.db, STATE.config, STATE.debug = database, config, debug
 
 
+def _one_line(text: str) -> str:
+    """A message as one printable line, whatever bytes it carries."""
+    return " ".join(str(text).replace("\x00", "\\0").split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def reports_errors(function):
-    """Turn obsarch's errors into one line on stderr and exit status 1."""
+    """Turn every error into one line on stderr: obsarch's own exit 1, an
+    interrupt 130; anything unexpected also exits 1 with a pointer to
+    --debug, which shows the traceback."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except ObsarchError as exc:
+        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.ClickException):
+            raise  # usage errors and exits keep their own status
+        except Exception as exc:
+            if type(exc).__module__.startswith(("typer", "click")) and hasattr(exc, "exit_code"):
+                raise  # typer's own click (typer._click) raises usage errors of other classes
+            _reported(exc)
+        except KeyboardInterrupt:
             if STATE.debug:
                 raise
-            from rich.markup import escape  # imported here: rich is not needed before an error
-
-            # escaped: a message naming [calibration.bias] is text, not rich markup
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            fail("interrupted; nothing half-written was kept", code=130)
 
     return wrapper
+
+
+def _reported(exc: Exception) -> None:
+    """obsarch's own errors as their one line; anything unexpected too (no
+    traceback reaches a user); both exit 1, and --debug raises instead."""
+    if STATE.debug:
+        raise exc
+    if isinstance(exc, ObsarchError):
+        fail(str(exc))
+    fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``message`` as one line on stderr and exit with ``code``."""
+    err_console.print(f"error: {_one_line(message)}", soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(code) from None
 
 
 def command(parent: typer.Typer = app, name: str | None = None, *, panel: str | None = None, aliases=(), **settings):
@@ -294,3 +320,6 @@ SchedulerOption = Annotated[Optional[str], typer.Option(help="dask scheduler add
 ForceOption = Annotated[bool, typer.Option(help="Do it again even where an identical earlier run's results exist.")]
 RefArg = Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")]
 ByIdOption = Annotated[bool, typer.Option("--id", help="REF is an exposure id.")]
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", min=0, help="Seconds before the statement is cancelled on the server (0: no limit).")]
+DEFAULT_TIMEOUT_S = 60.0

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.exceptions import ObsarchError
 from cli.app import FormatOption, archive_app, command, load_config, open_catalog
 from cli.render import Format, console, err_console, show_frame
 
@@ -73,18 +72,9 @@ def fetch_command(
             err_console.print(f"{fetch.retry_failed(engine)} failed downloads queued again")
         if mission is None:
             summary = fetch.fetch_queue(engine, **options)
-        elif mission == "eso":
-            if not instrument:
-                raise ObsarchError("fetch eso needs --instrument (e.g. MUSE)")
-            summary = fetch.fetch_eso(engine, instrument, target=target, night=night, with_calib=with_calib, dest=dest, **options)
-        elif mission == "mast":
-            if not instrument or not obsids:
-                raise ObsarchError("fetch mast needs --instrument COLLECTION (e.g. HST) and obs_ids found by `obsarch archive search mast`")
-            summary = fetch.fetch_mast(engine, instrument, obsids, dest=dest, **options)
         else:
-            if not obsids:
-                raise ObsarchError(f"give the {mission} observation ids to fetch, e.g. obsarch fetch {mission} 0761220101")
-            summary = fetch.fetch_heasarc(engine, mission, obsids, dest=dest, **options)
+            summary = fetch.fetch(engine, mission, obsids, instrument=instrument, target=target, night=night,
+                                  with_calib=with_calib, dest=dest, **options)
     queue = summary.queue
     console.print(f"{summary.observations} observations ({summary.new_observations} new); {queue.done} files downloaded "
                   f"({queue.bytes / 1e6:.1f} MB), {queue.unpacked} unpacked, {len(queue.failed)} failed; "
@@ -95,8 +85,10 @@ def fetch_command(
         from cli.xray import catch_up
 
         catch_up(engine)  # downloaded X-ray files get their summaries
-    if queue.failed:
-        err_console.print("see `obsarch downloads`; `obsarch fetch --retry-failed` tries them again")
+    if queue.failed:  # partial: what arrived is stored; the queue keeps the failures with their reasons
+        err_console.print(f"{len(queue.failed)} of {len(queue.failed) + queue.done} files failed: see `obsarch downloads`; "
+                          "`obsarch fetch --retry-failed` tries them again", markup=False)
+        raise typer.Exit(3)
 
 
 @command(panel="archives")

@@ -7,7 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import STATE, ByIdOption, ExecutorOption, FormatOption, RefArg, SchedulerOption, WorkersOption, command, load_config, open_catalog, progress
+from cli.app import (
+    DEFAULT_TIMEOUT_S,
+    STATE,
+    ByIdOption,
+    ExecutorOption,
+    FormatOption,
+    RefArg,
+    SchedulerOption,
+    TimeoutOption,
+    WorkersOption,
+    command,
+    load_config,
+    open_catalog,
+    progress,
+)
 from cli.render import Format, console, err_console, readable, show_frame, show_rows
 
 
@@ -44,6 +58,9 @@ def ingest(
     from cli.xray import after_ingest
 
     after_ingest(catalog.engine, summary)
+    if summary.failed:  # partial: the others were stored
+        err_console.print(f"{summary.failed} files failed, the others were stored; see `obsarch errors`", markup=False)
+        raise typer.Exit(3)
 
 
 @command(panel="catalog")
@@ -51,14 +68,15 @@ def query(
     selection: Annotated[Optional[str], typer.Argument(help="A selection, e.g. \"band == 'V' and exptime > 30\".")] = None,
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated names or hdr['KEY'].")] = None,
     sort: Annotated[Optional[str], typer.Option(help="Comma-separated names; -name for descending.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many rows.", min=0, max=2**63 - 1)] = None,
     fmt: FormatOption = Format.table,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:
     """List the exposures a selection matches.
 
     Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
     """
-    names, rows = open_catalog().rows(selection, columns=columns, sort=sort, limit=limit)
+    names, rows = open_catalog().rows(selection, columns=columns, sort=sort, limit=limit, timeout_s=timeout or None)
     show_rows(names, rows, fmt)
     if fmt is Format.table:
         err_console.print(f"{len(rows)} exposures")
@@ -118,6 +136,7 @@ def errors(fmt: FormatOption = Format.table) -> None:
 def sql(
     statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
     fmt: FormatOption = Format.table,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Run one read-only SQL statement on the catalog.
 
@@ -128,5 +147,5 @@ def sql(
     from archive import db
 
     open_catalog()  # refuses a missing or out-of-date catalog
-    names, rows = db.run_read_only(STATE.db, statement)
+    names, rows = db.run_read_only(STATE.db, statement, timeout_s=timeout or None)
     show_frame(pd.DataFrame(rows, columns=names), fmt)

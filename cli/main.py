@@ -44,4 +44,13 @@ def run() -> None:
         return
     app = _app()
     gc.freeze()
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001  (raised outside any command: still one line, --debug for the traceback)
+        if "--debug" in sys.argv:
+            raise
+        from cli.app import _one_line
+
+        print(f"error: {_one_line(f'unexpected {type(exc).__name__}: {exc}')} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

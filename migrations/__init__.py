@@ -4,4 +4,4 @@
 without loading alembic (tests/test_migrations.py checks that it matches).
 """
 
-HEAD = "0011"
+HEAD = "0012"

@@ -200,7 +200,7 @@ def test_ingest_reports_bad_files(url, tmp_path, rng):
     write_frame(tmp_path / "good.fits", rng)
     (tmp_path / "empty.fits").write_bytes(b"")
     run(url, "init")
-    result = run(url, "ingest", str(tmp_path))
+    result = run(url, "ingest", str(tmp_path), code=3)  # partial: the good file is stored
     assert "1 new" in result.stdout and "1 failed" in result.stdout
     assert "empty.fits: empty file" in result.stderr
     out = run(url, "errors", "--format", "csv").stdout

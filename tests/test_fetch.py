@@ -11,7 +11,7 @@ from archive_server import Server, good_tar, malicious_tar
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from archive import fetch
+from archive import downloads, fetch
 from archive.exceptions import ObsarchError
 from archive.models import Download, Observation
 from cli.main import app
@@ -183,7 +183,7 @@ def test_downloads_run_a_bounded_number_at_once(catalog, server, tmp_path, monke
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(fetch, "download_file", counting)
+    monkeypatch.setattr(downloads, "download_file", counting)
     for i in range(8):
         server.archive.files[f"/files/n{i}.fits"] = b"x" * 100
         _queue_one(catalog, server, tmp_path, f"/files/n{i}.fits")

@@ -1,0 +1,244 @@
+"""Unpacking tar archives so that no member can land outside the target.
+
+The whole archive is planned before one byte is written: every member is
+resolved against a model of the target as it will be laid out, that is the
+files already on disk plus the members before it, with each link followed
+relative to its own directory, link after link, the way the kernel will
+follow them later. Nothing relies on ``os.path.realpath``, whose resolution
+stops at PATH_MAX (CVE-2025-4517 bypasses tarfile's data filter that way).
+One bad member refuses the whole archive, with one line naming it.
+
+The writer then lays out only what the plan resolved: directories and files
+are written at their resolved paths (which hold no link), files are opened
+with ``O_NOFOLLOW``, hard links become copies of a member written before, and
+no mode bit beyond rwx survives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from archive.exceptions import ObsarchError
+
+MAX_LINK_HOPS = 40  # Linux's own limit (MAXSYMLINKS)
+PATH_MAX = 4096
+_FILE_MODE, _DIR_MODE = 0o644, 0o755
+
+
+class UnpackRefused(ObsarchError):
+    """An archive with a member that would escape its target, refused whole."""
+
+
+class _Escape(Exception):
+    def __init__(self, why: str):
+        self.why = why
+
+
+@dataclass
+class _Entry:
+    kind: str  # dir, file, link
+    linkname: str = ""
+
+
+@dataclass
+class _Step:
+    member: tarfile.TarInfo
+    kind: str
+    parts: tuple[str, ...]
+    source: tuple[str, ...] = ()  # a hard link's file
+
+
+def is_archive(path: str | Path) -> bool:
+    return str(path).lower().endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def safe_extract(archive_path: Path, target: Path) -> int:
+    """Extract a tar (plain or gzip) into ``target``; return how many members.
+
+    Raises :class:`UnpackRefused` before anything is written when a member
+    would land or point outside ``target`` (``..``, absolute names, links
+    and chains of links, hard links to anything but a member, devices, FIFOs,
+    set-uid or set-gid bits).
+    """
+    target = Path(target).resolve()
+    try:
+        with tarfile.open(archive_path) as tar:
+            members = tar.getmembers()
+            steps = _Plan(target, archive_path.name).check_all(members)
+            target.mkdir(parents=True, exist_ok=True)
+            _write(tar, target, steps)
+    except tarfile.TarError as exc:
+        raise UnpackRefused(f"{archive_path.name}: not a readable tar archive: {exc}") from exc
+    except OSError as exc:
+        raise UnpackRefused(f"{archive_path.name}: cannot unpack into {target}: {exc.strerror or exc}") from exc
+    return len(members)
+
+
+class _Plan:
+    """The target as it will be once the members checked so far are written."""
+
+    def __init__(self, target: Path, archive_name: str):
+        self.target, self.archive_name = target, archive_name
+        self.laid: dict[tuple[str, ...], _Entry] = {}
+        self.written_files: set[tuple[str, ...]] = set()
+
+    def check_all(self, members: list[tarfile.TarInfo]) -> list[_Step]:
+        steps = [self._check(member) for member in members]
+        for parts, entry in list(self.laid.items()):
+            if entry.kind == "link":  # links are final now: each must stay inside however it was reached
+                try:
+                    self.resolve(parts, follow_last=True)
+                except _Escape as escape:
+                    raise UnpackRefused(f"{self.archive_name} refused, nothing extracted: the link "
+                                        f"{'/'.join(parts)!r} {escape.why}") from None
+        return steps
+
+    def _check(self, member: tarfile.TarInfo) -> _Step:
+        try:
+            return self._step(member)
+        except _Escape as escape:
+            raise UnpackRefused(f"{self.archive_name} refused, nothing extracted: member {member.name!r} {escape.why}") from None
+
+    def _step(self, member: tarfile.TarInfo) -> _Step:
+        name = member.name
+        if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+            raise _Escape("has an absolute path" if name else "has no name")
+        if member.isdev() or member.isfifo():
+            raise _Escape("is a device or a pipe")
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise _Escape("has the set-uid or set-gid bit")
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            raise _Escape(f"is of an unknown kind (type {member.type!r})")
+        *parents, last = name.rstrip("/").split("/")
+        if last in ("", ".", ".."):
+            if member.isdir() and last in ("", "."):
+                return _Step(member, "dir", self.resolve(tuple(parents), follow_last=True))
+            raise _Escape(f"would land outside {self.target}")
+        where = self.resolve(tuple(parents), follow_last=True)
+        if self.kind_at(where) not in ("dir", None):
+            raise _Escape(f"needs {'/'.join(where)!r} as a directory, but it is a file")
+        parts = (*where, last)
+        self._too_long(parts)
+        existing = self.kind_at(parts)
+        if member.isdir():
+            if existing == "link":
+                parts = self.resolve(parts, follow_last=True)
+            if self.kind_at(parts) not in ("dir", None):
+                raise _Escape("would replace a file with a directory")
+            self.laid[parts] = _Entry("dir")
+            return _Step(member, "dir", parts)
+        if existing == "dir":
+            raise _Escape("would replace a directory")
+        if member.issym():
+            return self._symlink(member, parts)
+        if member.islnk():
+            return self._hardlink(member, parts)
+        self.laid[parts] = _Entry("file")
+        self.written_files.add(parts)
+        return _Step(member, "file", parts)
+
+    def _symlink(self, member: tarfile.TarInfo, parts: tuple[str, ...]) -> _Step:
+        link = member.linkname
+        if not link or link.startswith("/") or re.match(r"^[A-Za-z]:", link):
+            raise _Escape(f"links to {link!r}, outside {self.target}")
+        self.laid[parts] = _Entry("link", link)
+        try:
+            self.resolve(parts, follow_last=True)
+        except _Escape as escape:
+            raise _Escape(f"links to {link!r}, outside {self.target}" if "outside" in escape.why else escape.why) from None
+        return _Step(member, "link", parts)
+
+    def _hardlink(self, member: tarfile.TarInfo, parts: tuple[str, ...]) -> _Step:
+        link = member.linkname
+        if not link or link.startswith("/"):
+            raise _Escape(f"links to {link!r}, outside {self.target}")
+        try:
+            source = self.resolve(tuple(link.split("/")), follow_last=True)
+        except _Escape:
+            raise _Escape(f"links to {link!r}, outside {self.target}") from None
+        if source not in self.written_files:
+            raise _Escape(f"is a hard link to {link!r}, which is no file of this archive")
+        self.laid[parts] = _Entry("file")
+        self.written_files.add(parts)
+        return _Step(member, "hardlink", parts, source)
+
+    def _too_long(self, parts: tuple[str, ...]) -> None:
+        if len(str(self.target)) + sum(len(p) + 1 for p in parts) >= PATH_MAX:
+            raise _Escape(f"resolves to a path longer than the system's limit ({PATH_MAX})")
+
+    def kind_at(self, parts: tuple[str, ...]) -> str | None:
+        """What is at ``parts`` (whose parents hold no link): planned, else on disk."""
+        if not parts:
+            return "dir"
+        entry = self.laid.get(parts)
+        if entry is not None:
+            return entry.kind
+        try:
+            mode = os.lstat(self.target.joinpath(*parts)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _Escape(f"cannot be checked: {exc.strerror}") from None
+        return "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "file"
+
+    def link_text(self, parts: tuple[str, ...]) -> str:
+        entry = self.laid.get(parts)
+        return entry.linkname if entry is not None else os.readlink(self.target.joinpath(*parts))
+
+    def resolve(self, parts: tuple[str, ...], *, follow_last: bool) -> tuple[str, ...]:
+        """Where ``parts`` (relative to the target) lands, following links as
+        the kernel would; raises _Escape when it leaves the target."""
+        todo = list(reversed(parts))
+        current: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not current:
+                    raise _Escape(f"would land outside {self.target}")
+                current.pop()
+                continue
+            candidate = (*current, part)
+            if self.kind_at(candidate) == "link" and (todo or follow_last):
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    raise _Escape(f"goes through more than {MAX_LINK_HOPS} links")
+                link = self.link_text(candidate)
+                if link.startswith("/"):
+                    raise _Escape(f"would land outside {self.target} (through the link {'/'.join(candidate)!r})")
+                todo.extend(reversed(link.split("/")))
+                continue
+            current.append(part)
+            self._too_long(tuple(current))
+        return tuple(current)
+
+
+def _write(tar: tarfile.TarFile, target: Path, steps: list[_Step]) -> None:
+    for step in steps:
+        path = target.joinpath(*step.parts)
+        if step.kind == "dir":
+            path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            path.unlink()
+        if step.kind == "link":
+            os.symlink(step.member.linkname, path)
+        elif step.kind == "hardlink":
+            shutil.copyfile(target.joinpath(*step.source), path, follow_symlinks=False)
+        else:
+            _write_file(tar, step.member, path)
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), _FILE_MODE | (member.mode & 0o111))
+    with os.fdopen(fd, "wb") as out, tar.extractfile(member) as data:
+        shutil.copyfileobj(data, out, 1 << 20)

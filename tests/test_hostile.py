@@ -1,0 +1,593 @@
+"""A corpus of bad input, made here, on both backends: each kind gets one
+line naming the problem, the documented exit status, no traceback, and the
+catalog's earlier data unchanged. (Archives that try to escape: test_unpack.)"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from archive import db
+from archive.exceptions import ObsarchError
+from archive.query import parse
+from cli.main import app
+
+runner = CliRunner()
+BLOCK = 2880
+
+
+def card(keyword: str, value: str | None = None) -> str:
+    text_ = keyword.ljust(8) if value is None else f"{keyword.ljust(8)}= {value}"
+    return text_[:80].ljust(80)
+
+
+def cont(text_: str, more: bool = True) -> str:
+    """A CONTINUE card (no value indicator)."""
+    return f"CONTINUE  '{text_}{'&' if more else ''}'".ljust(80)
+
+
+def raw_fits(cards: list[str], data: bytes = b"", extension: list[str] | None = None) -> bytes:
+    def unit(cs: list[str]) -> bytes:
+        header = "".join(cs) + "END".ljust(80)
+        header += " " * (-len(header) % BLOCK)
+        return header.encode("latin-1")
+
+    out = unit(cards) + data + b"\0" * (-len(data) % BLOCK)
+    if extension is not None:
+        out += unit(extension)
+    return out
+
+
+def primary(*extra: str, naxis: str = "0", bitpix: str = "16") -> list[str]:
+    return [card("SIMPLE", "T"), card("BITPIX", bitpix), card("NAXIS", naxis), *extra]
+
+
+IMAGE_EXT = [card("XTENSION", "'IMAGE   '"), card("BITPIX", "16"), card("NAXIS", "1"), card("NAXIS1", "-5"),
+             card("PCOUNT", "0"), card("GCOUNT", "1")]
+
+# kind -> (file bytes, exit status, a piece of the line printed, whether the file is stored as an exposure)
+FITS_CASES = {
+    "empty file": (b"", 3, "empty", False),
+    "text, not FITS": (b"hello world\n" * 300, 3, "bad.fits:", False),
+    "no END card": ("".join(primary()).ljust(BLOCK).encode(), 3, "bad.fits:", False),
+    "BITPIX 4294967296": (raw_fits(primary(bitpix="4294967296")), 3, "BITPIX = 4294967296", False),
+    "BITPIX 7": (raw_fits(primary(bitpix="7")), 3, "BITPIX = 7", False),
+    "NAXIS -1": (raw_fits(primary(naxis="-1")), 3, "NAXIS = -1", False),
+    "NAXIS 1000": (raw_fits(primary(naxis="1000")), 3, "NAXIS = 1000", False),
+    "negative NAXIS1 in an extension": (raw_fits(primary(card("EXTEND", "T")), extension=IMAGE_EXT), 3, "NAXIS1 = -5", False),
+    "huge NAXIS1": (raw_fits(primary(card("NAXIS1", "99999999999999999"), naxis="1")), 3, "outside 0 to", False),
+    "negative GCOUNT": (raw_fits(primary(card("GCOUNT", "-3"))), 3, "GCOUNT = -3", False),
+    "no BITPIX": (raw_fits([card("SIMPLE", "T"), card("NAXIS", "0")]), 3, "BITPIX", False),
+    "corrupt gzip": (gzip.compress(raw_fits(primary()))[:60], 3, "bad.fits:", False),
+    "truncated data": (raw_fits(primary(card("NAXIS1", "100"), card("NAXIS2", "100"), naxis="2"))[:BLOCK + 100], 3, "trunc", False),
+    "MJD-OBS 12345678901.5": (raw_fits(primary(card("MJD-OBS", "12345678901.5"))), 0, "date_obs left empty", True),
+    "TSTART 1.0E20": (raw_fits(primary(card("TSTART", "1.0E20"), card("TELESCOP", "'XMM     '"))), 0, "", True),
+    "DATE-OBS year 1": (raw_fits(primary(card("DATE-OBS", "'0001-01-01T00:00:00'"))), 0, "", True),
+    "DATE-OBS year 9999": (raw_fits(primary(card("DATE-OBS", "'9999-12-31T23:59:59.999'"))), 0, "", True),
+    "DATE-OBS garbage": (raw_fits(primary(card("DATE-OBS", "'yesterday'"))), 0, "", True),
+    "20-digit FRAMENUM": (raw_fits(primary(card("FRAMENUM", "12345678901234567890"))), 0,
+                          "frame_number left empty, FRAMENUM='12345678901234567890' kept as written", True),
+    "59-character FILTER": (raw_fits(primary(card("FILTER", "'" + "B" * 59 + "'"))), 0, "", True),
+    "OBJECT from CONTINUE cards": (raw_fits(primary(
+        card("OBJECT", "'" + "x" * 67 + "&'"), *[cont("y" * 66) for _ in range(60)], cont("end", more=False))), 0, "", True),
+    "40 axes": (raw_fits(primary(*[card(f"NAXIS{i}", "1") for i in range(1, 41)], naxis="40"), b"\0\0"), 0, "", True),
+    "EXPTIME as text": (raw_fits(primary(card("EXPTIME", "'long'"))), 0, "", True),
+    "EXPTIME NaN": (raw_fits(primary(card("EXPTIME", "NAN"))), 0, "", True),
+    "RA nonsense": (raw_fits(primary(card("RA", "'99:99:99'"), card("DEC", "'+999:00:00'"))), 0, "", True),
+    "duplicated keywords": (raw_fits(primary(card("FILTER", "'V'"), card("FILTER", "'R'"))), 0, "", True),
+    "non-ASCII bytes": (raw_fits(primary("OBSERVER= 'J\xf6rg'".ljust(80))), 0, "", True),
+    "NUL bytes in a card": (raw_fits(primary("OBSERVER= 'a\0b'".ljust(80))), 0, "", True),
+    "complex value": (raw_fits(primary(card("CPLX", "(1.0, 2.0)"))), 0, "", True),
+    "long HIERARCH": (raw_fits(primary(("HIERARCH ESO " + "X " * 25 + "= 1").ljust(80))), 0, "", True),
+    "keyword without value": (raw_fits(primary(card("EMPTY", ""))), 0, "", True),
+    "integer beyond 64 bits": (raw_fits(primary(card("BIG", "123456789012345678901234567890"))), 0, "", True),
+}
+
+SELECTIONS = {
+    "300 nested parentheses": ("(" * 300 + "band == 'V'" + ")" * 300, 1, "nested more than 100 deep"),
+    "300 nots": ("not " * 300 + "band == 'V'", 1, "nested more than 100 deep"),
+    "integer beyond 64 bits": ("frame_number == 123456789012345678901234567890", 1, "does not fit in 64 bits"),
+    "NUL byte": ("band == 'V\0'", 1, "NUL byte"),
+    "reversed glob range": ("object glob '[z-a]*'", 1, "no valid glob"),
+    "unterminated string": ("band == 'V", 1, "selection"),
+    "unknown name": ("bnd == 'V'", 1, "unknown name 'bnd'"),
+    "empty in list": ("band in ()", 1, "selection"),
+    "unterminated hdr": ("hdr['FILTER == 'V'", 1, "selection"),
+    "invalid UTF-8 argument": ("band == '\udcff'", 1, "not valid UTF-8"),
+    "2,000-term or": (" or ".join(f"exptime == {i}" for i in range(2000)), 0, ""),
+    "1,000 frame ranges": (",".join(f"{i}-{i + 1}" for i in range(0, 3000, 3)), 0, ""),
+    "100,000-value in": ("frame_number in (" + ",".join(map(str, range(100_000))) + ")", 0, ""),
+    "100,000 header values": ("hdr['OBJECT'] in (" + ",".join(f"'{i}'" for i in range(100_000)) + ")", 0, ""),
+}
+
+SQL_BOTH = {
+    "delete": ("delete from files", "is read-only"),
+    "two statements": ("select 1; delete from files", "one statement at a time"),
+    "NUL byte": ("select 'a\0b'", "NUL byte"),
+    "invalid UTF-8": ("select '\udcff'", "not valid UTF-8"),
+}
+SQL_SQLITE = {
+    "VACUUM INTO": ("VACUUM INTO '{tmp}/copy.db'", "is read-only"),
+    "ATTACH": ("ATTACH '{tmp}/other.db' AS other", "is read-only"),
+    "writing pragma": ("PRAGMA journal_mode=DELETE", "is read-only"),
+    "load_extension": ("select load_extension('{tmp}/x')", "is read-only"),
+}
+SQL_POSTGRES = {
+    "COPY TO PROGRAM": ("COPY (select 1) TO PROGRAM 'touch {tmp}/pwned'", "is read-only"),
+    "COPY TO a server file": ("COPY files TO '{tmp}/files.csv'", "is read-only"),
+    "pg_read_file": ("select pg_read_file('/etc/hostname')", "is read-only"),
+    "pg_terminate_backend": ("select pg_terminate_backend(pid) from pg_stat_activity where pid <> pg_backend_pid()", "is read-only"),
+    "set_config role": ("select set_config('role', 'postgres', true)", "refuses set_config"),
+    "DO block": ("DO $$ BEGIN RESET ROLE; END $$", "is read-only"),
+    "lo_export": ("select lo_export(1, '{tmp}/lo')", "is read-only"),
+}
+
+
+@pytest.fixture
+def stocked(url, tmp_path):
+    """A catalog holding two good frames; returns (url, snapshot function)."""
+    from factories import write_frame
+
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    for i in range(2):
+        write_frame(tmp_path / "good" / f"g{i}.fits", header={"FRAMENUM": 100 + i})
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "good")])
+    assert result.exit_code == 0, result.stderr
+
+    def snapshot():
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "select f.relpath, f.status, e.frame_number, (select count(*) from header_cards c where c.file_id = f.id) "
+                "from files f join exposures e on e.file_id = f.id where f.relpath like 'g%' order by f.relpath")).all()
+        engine.dispose()
+        return [tuple(r) for r in rows]
+
+    before = snapshot()
+    assert len(before) == 2
+    return url, snapshot, before
+
+
+def one_line(result, code: int, piece: str) -> None:
+    output = result.stderr + result.stdout
+    assert result.exit_code == code, output
+    assert "Traceback" not in output and not isinstance(result.exception, Exception) or result.exit_code in (0, 1, 2, 3)
+    if piece:
+        lines = [line for line in result.stderr.splitlines() if piece in line]
+        assert lines, result.stderr
+
+
+@pytest.mark.parametrize("kind", list(FITS_CASES))
+def test_bad_fits_costs_only_itself(stocked, tmp_path, kind):
+    url, snapshot, before = stocked
+    data, code, piece, stored = FITS_CASES[kind]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "bad.fits").write_bytes(data)
+    write_good = tmp_path / "bad" / "neighbour.fits"
+    from factories import write_frame
+
+    write_frame(write_good, header={"FRAMENUM": 555})
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "bad")])
+    one_line(result, code, piece)
+    if code == 3:
+        assert result.stderr.strip().splitlines()[-1].startswith("1 files failed")
+    assert snapshot() == before
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        neighbour = conn.execute(text("select count(*) from exposures where frame_number = 555")).scalar()
+        bad = conn.execute(text("select count(*) from files f join exposures e on e.file_id = f.id where relpath = 'bad.fits'")).scalar()
+    engine.dispose()
+    assert neighbour == 1 and bad == int(stored)
+    again = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "bad")])  # a re-run does not stop at the same place
+    assert again.exit_code == code and "0 new" in again.stdout
+
+
+def test_a_file_the_catalog_refuses_costs_only_itself(stocked, backend, tmp_path):
+    """A 6,000-character INSTRUME is legal FITS; PostgreSQL's index on the
+    instrument column refuses it. The batch is then stored file by file."""
+    url, snapshot, before = stocked
+    import hashlib
+
+    from factories import write_frame
+
+    noise = [hashlib.sha256(str(i).encode()).hexdigest()[:66] for i in range(90)]  # incompressible
+    long = [card("INSTRUME", "'" + "I" * 67 + "&'"), *[cont(n) for n in noise], cont("end", more=False)]
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "long.fits").write_bytes(raw_fits(primary(*long)))
+    for i in range(3):
+        write_frame(tmp_path / "mixed" / f"n{i}.fits", header={"FRAMENUM": 700 + i})
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "mixed")])
+    refused = backend == "postgresql"
+    assert result.exit_code == (3 if refused else 0), result.stderr
+    assert ("long.fits: the catalog refused it" in result.stderr) == refused
+    assert (f"{3 + (not refused)} new" in result.stdout) and (f"{int(refused)} failed" in result.stdout)
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(text("select count(*) from exposures where frame_number between 700 and 702")).scalar()
+        status = conn.execute(text("select status from files where relpath = 'long.fits'")).scalar()
+    engine.dispose()
+    assert stored == 3 and status == ("unreadable" if refused else "present")
+    assert snapshot() == before
+
+
+def _fs_case(kind: str, where: Path) -> None:
+    where.mkdir()
+    if kind == "FIFO named .fits":
+        os.mkfifo(where / "pipe.fits")
+    elif kind == "broken symlink":
+        (where / "gone.fits").symlink_to(where / "nowhere.fits")
+    elif kind == "symlink loop":
+        (where / "loop").symlink_to(where)
+    elif kind == "invalid UTF-8 name":
+        open(os.fsencode(where) + b"/bad\xff.fits", "wb").close()
+    elif kind == "newline in a name":
+        (where / "two\nlines.fits").write_bytes(b"")
+    elif kind == "1,200 levels deep":
+        deep = where
+        for _ in range(1200):
+            deep = deep / "d"
+            try:
+                deep.mkdir()
+            except OSError:  # past PATH_MAX: what is there is deep enough
+                break
+
+
+FS_CASES = {"FIFO named .fits": "not a regular file", "broken symlink": "broken symbolic link",
+            "invalid UTF-8 name": "not valid UTF-8", "newline in a name": "two\\nlines.fits",
+            "symlink loop": "", "1,200 levels deep": ""}
+
+
+@pytest.mark.parametrize("kind", list(FS_CASES))
+def test_file_system_oddities(stocked, tmp_path, kind):
+    url, snapshot, before = stocked
+    _fs_case(kind, tmp_path / "odd")
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "odd")])
+    piece = FS_CASES[kind]
+    if kind == "1,200 levels deep":  # pytest's clean-up recurses: take the tree down from the bottom
+        levels = [tmp_path / "odd"]
+        while (levels[-1] / "d").is_dir():
+            levels.append(levels[-1] / "d")
+        for level in reversed(levels[1:]):
+            level.rmdir()
+    assert result.exit_code in (0, 3) and "Traceback" not in result.stderr
+    if piece and kind != "newline in a name":
+        assert result.exit_code == 3 and piece in result.stderr, result.stderr
+    assert snapshot() == before
+
+
+def test_ingest_of_a_missing_path(stocked):
+    url, snapshot, before = stocked
+    one_line(runner.invoke(app, ["--db", url, "ingest", "/no/such/dir"]), 1, "no such file or directory")
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("kind", list(SELECTIONS))
+def test_hostile_selections(stocked, kind):
+    url, snapshot, before = stocked
+    selection, code, piece = SELECTIONS[kind]
+    result = runner.invoke(app, ["--db", url, "query", selection, "--format", "csv"])
+    one_line(result, code, piece)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("args, code, piece", [
+    (["query", "--limit", "99999999999999999999999"], 2, ""),
+    (["query", "--timeout", "-1"], 2, ""),
+    (["show", "99999999999999999999999"], 1, ""),
+])
+def test_hostile_options(stocked, args, code, piece):
+    url, snapshot, before = stocked
+    one_line(runner.invoke(app, ["--db", url, *args]), code, piece)
+    assert snapshot() == before
+
+
+def _sql_cases(backend: str) -> dict:
+    return {**SQL_BOTH, **(SQL_SQLITE if backend == "sqlite" else SQL_POSTGRES)}
+
+
+@pytest.mark.parametrize("kind", sorted({*SQL_BOTH, *SQL_SQLITE, *SQL_POSTGRES}))
+def test_sql_cannot_escape(stocked, backend, tmp_path, kind):
+    url, snapshot, before = stocked
+    cases = _sql_cases(backend)
+    if kind not in cases:
+        pytest.skip(f"{kind}: a {('PostgreSQL' if backend == 'sqlite' else 'SQLite')} statement")
+    statement, piece = cases[kind]
+    result = runner.invoke(app, ["--db", url, "sql", statement.format(tmp=tmp_path)])
+    one_line(result, 1, piece)
+    assert not any(p.name in ("pwned", "files.csv", "copy.db", "other.db", "lo") for p in tmp_path.iterdir())
+    assert snapshot() == before
+
+
+def test_sql_timeout_is_cancelled_on_the_server(stocked, backend):
+    url, snapshot, before = stocked
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c" if backend == "sqlite"
+            else "select pg_sleep(30)")
+    result = runner.invoke(app, ["--db", url, "sql", "--timeout", "1", slow])
+    one_line(result, 1, "timeout and was cancelled")
+    if backend == "postgresql":
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            running = conn.execute(text("select count(*) from pg_stat_activity where query = :q"), {"q": slow}).scalar()
+        engine.dispose()
+        assert running == 0
+
+
+def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
+    if backend != "postgresql":
+        pytest.skip("SQLite runs in the client's own process")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url, _, _ = stocked
+    marker = f"select pg_sleep(120), '{tmp_path.name}'"
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "sql", marker], env=os.environ.copy(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = db.make_engine(url)
+
+    def running() -> int:
+        with engine.connect() as conn:
+            return conn.execute(text("select count(*) from pg_stat_activity where query like :q and pid <> pg_backend_pid()"),
+                                {"q": f"%{tmp_path.name}%"}).scalar()
+
+    deadline = time.monotonic() + 30
+    while running() == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running() == 1
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running() == 0
+    engine.dispose()
+
+
+def test_query_timeout(stocked, backend):
+    url, _, _ = stocked
+    from archive.catalog import Catalog
+    from archive.exceptions import QueryTimeout
+
+    catalog = Catalog(url)
+    with catalog.engine.connect() as conn, pytest.raises(QueryTimeout, match="0.2 s timeout"), db.statement_timeout(conn, 0.2):
+        slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c" if backend == "sqlite"
+                else "select pg_sleep(5)")
+        conn.execute(text(slow)).all()
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_it(stocked, monkeypatch):
+    url, _, _ = stocked
+    from archive import catalog
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(catalog.Catalog, "query", broken)
+    result = runner.invoke(app, ["--db", url, "query", "band == 'V'"])
+    assert result.exit_code == 1 and result.stderr.strip() == "error: unexpected KeyError: 'boom' (run with --debug for the traceback)"
+    debug = runner.invoke(app, ["--db", url, "--debug", "query", "band == 'V'"])
+    assert isinstance(debug.exception, KeyError)
+
+
+# -- property-based: the parsers raise nothing but the project's own errors -------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(list("()'\"[]!=<>-,.*? \\\0\udcff") + ["and", "or", "not", "in", "band", "hdr", "glob",
+                                                                          "1", "99999999999999999999", "e9"]),
+                max_size=40).map(" ".join) | st.text(max_size=60))
+def test_the_selection_parser_raises_only_its_own_errors(selection):
+    try:
+        parse(selection)
+    except ObsarchError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=80, max_size=80) | st.sampled_from([
+    card("SIMPLE", "T").encode(), card("BITPIX", "-32").encode(), card("NAXIS", "2").encode(), card("NAXIS1", "-1").encode(),
+    b"CONTINUE  '&'".ljust(80), b"HIERARCH ESO A = 'x'".ljust(80), card("X", "'unterminated").encode(),
+    card("Y", "(1,").encode(), card("Z", "1.0D99999").encode()]), max_size=12))
+def test_the_card_parser_raises_only_its_own_errors(tmp_path_factory, cards):
+    from archive.headers import read_headers
+
+    path = tmp_path_factory.mktemp("fuzz") / "f.fits"
+    header = b"".join(cards) + b"END".ljust(80)
+    path.write_bytes(header + b" " * (-len(header) % BLOCK))
+    try:
+        read_headers(path)
+    except ObsarchError:
+        pass
+
+
+# -- overlapping roots, concurrency, kills ---------------------------------------------------
+
+
+def _tree(base: Path) -> Path:
+    from factories import write_frame
+
+    for sub, n in (("a", 3), ("b", 3), ("a/deep", 2)):
+        for i in range(n):
+            write_frame(base / sub / f"{sub.replace('/', '_')}{i}.fits", header={"FRAMENUM": 1000 + 10 * len(sub) + i + n})
+    return base
+
+
+def _file_rows(url: str) -> list[tuple]:
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("select r.path || '/' || f.relpath, count(*) from files f join roots r on r.id = f.root_id "
+                                 "group by r.path || '/' || f.relpath")).all()
+    engine.dispose()
+    return sorted(tuple(r) for r in rows)
+
+
+@pytest.mark.parametrize("order", ["child first", "parent first"])
+def test_overlapping_roots_keep_one_row_per_file(url, tmp_path, order):
+    tree = _tree(tmp_path / "tree")
+    runner.invoke(app, ["--db", url, "init"])
+    paths = [tree / "a", tree] if order == "child first" else [tree, tree / "a"]
+    for path in paths:
+        result = runner.invoke(app, ["--db", url, "ingest", str(path)])
+        assert result.exit_code == 0, result.stderr
+    rows = _file_rows(url)
+    assert len(rows) == 8 and all(n == 1 for _, n in rows)
+    again = runner.invoke(app, ["--db", url, "ingest", str(tree)])
+    assert "0 new" in again.stdout and "8 unchanged" in again.stdout and "0 missing" in again.stdout
+    (tree / "a" / "a0.fits").unlink()
+    gone = runner.invoke(app, ["--db", url, "ingest", str(tree)])
+    assert "1 missing" in gone.stdout and len(_file_rows(url)) == 8
+
+
+def test_four_concurrent_ingests_of_overlapping_trees(url, backend, tmp_path):
+    if backend != "postgresql":
+        pytest.skip("SQLite writers queue on one lock; the race was PostgreSQL's")
+    import subprocess
+    import sys
+
+    tree = _tree(tmp_path / "tree")
+    runner.invoke(app, ["--db", url, "init"])
+    env = {**os.environ, "OBSARCH_BULK_MIN_FILES": "1"}  # every ingest takes the bulk path (index DDL) too
+    commands = [[sys.executable, "-c", "from cli.main import run; run()", "--db", url, "ingest", str(path), "--workers", "1"]
+                for path in (tree, tree / "a", tree, tree / "b")]
+    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    rows = _file_rows(url)
+    assert len(rows) == 8 and all(n == 1 for _, n in rows), rows
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        exposures = conn.execute(text("select count(*) from exposures")).scalar()
+        indexes = conn.execute(text("select count(*) from pg_indexes where tablename = 'header_cards' "
+                                    "and schemaname = current_schema()")).scalar()
+        cards = conn.execute(text("select count(*), count(distinct (file_id, hdu_index, position)) from header_cards")).one()
+    engine.dispose()
+    assert exposures == 8 and indexes >= 3 and cards[0] == cards[1]
+
+
+def test_a_killed_ingest_leaves_a_consistent_catalog_and_no_scratch(url, backend, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from factories import write_frame
+
+    for i in range(400):
+        write_frame(tmp_path / "many" / f"f{i:03d}.fits", header={"FRAMENUM": 5000 + i}, shape=(4, 4))
+    runner.invoke(app, ["--db", url, "init"])
+    env = {**os.environ, "OBSARCH_INGEST_BATCH": "10"}
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "ingest",
+                                str(tmp_path / "many"), "--workers", "2"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = db.make_engine(url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(text("select count(*) from files")).scalar() >= 20:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with engine.connect() as conn:  # each file whole or absent: every stored exposure has its cards
+        orphans = conn.execute(text("select count(*) from exposures e where not exists "
+                                    "(select 1 from header_cards c where c.file_id = e.file_id)")).scalar()
+    assert orphans == 0
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "many")])
+    assert result.exit_code == 0, result.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from exposures")).scalar() == 400
+        states = conn.execute(text("select state from ingest_runs order by id")).scalars().all()
+    engine.dispose()
+    assert states == ["interrupted", "done"]
+    assert not list(Path(tempfile.gettempdir()).glob(f"obsarch-ingest-{process.pid}-*"))
+
+
+def test_an_unreachable_archive_is_one_line_and_kept_in_the_queue(stocked, tmp_path):
+    url, snapshot, before = stocked
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "offline.toml"
+    dead = f"http://127.0.0.1:{port}"
+    config.write_text(f'[archives]\nheasarc_vo = "{dead}/tap"\neso_query = "{dead}/eso"\nmast = "{dead}"\nsesame = "{dead}/s"\n')
+
+    def run(*args):
+        return runner.invoke(app, ["--db", url, "--config", str(config), *args])
+
+    one_line(run("archive", "search", "heasarc", "--mission", "xmm", "--target", "10.0 20.0"), 1,
+             "heasarc: the archive cannot be reached")
+    one_line(run("archive", "search", "mast", "--mission", "hst", "--target", "10.0 20.0"), 1, "mast: the archive cannot be reached")
+    one_line(run("fetch", "eso", "--instrument", "MUSE", "--target", "NGC 6397"), 1, "eso: the archive cannot be reached")
+    one_line(run("fetch", "xmm", "0123456789", "--dest", str(tmp_path / "d")), 1, "heasarc: the archive cannot be reached")
+    table = run("downloads", "--format", "csv").stdout
+    assert "0123456789" in table and "NGC 6397" in table and table.count("failed") == 2
+    retried = run("fetch", "--retry-failed")
+    assert retried.exit_code == 3 and "cannot be reached" in retried.stderr
+    assert snapshot() == before
+
+
+def test_sql_as_a_user_who_cannot_set_the_role(stocked, backend):
+    if backend != "postgresql":
+        pytest.skip("roles are PostgreSQL's")
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    url, _, _ = stocked
+    user = f"obsarch_test_{uuid.uuid4().hex[:8]}"
+    admin = db.make_engine(url)
+    with admin.begin() as conn:
+        schema = conn.execute(text("select current_schema()")).scalar()
+        conn.execute(text(f"CREATE ROLE {user} LOGIN"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {user}"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {user}"))
+    try:
+        as_user = make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
+        result = runner.invoke(app, ["--db", as_user, "sql", "select count(*) from files"])
+        one_line(result, 1, "cannot SET ROLE to it")
+        assert f"GRANT obsarch_reader TO {user}" in result.stderr
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {user}"))
+            conn.execute(text(f"DROP ROLE {user}"))
+        admin.dispose()
+
+
+def test_runs_of_dead_processes_are_marked_interrupted_at_the_next_ingest(stocked, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    url, _, _ = stocked
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("insert into runs (step, params_json, params_hash, code_version, host, \"user\", pid, started_at, state) "
+                          "values ('stack', '{}', 'x', 'x', :host, 'u', :pid, CURRENT_TIMESTAMP, 'running')"),
+                     {"host": socket.gethostname(), "pid": pid})
+        conn.execute(text("insert into ingest_runs (started_at, state, paths, host, \"user\", pid, code_version, n_new, "
+                          "n_changed, n_unchanged, n_missing, n_failed) values (CURRENT_TIMESTAMP, 'running', '/x', :host, "
+                          "'u', :pid, 'x', 0, 0, 0, 0, 0)"), {"host": socket.gethostname(), "pid": pid})
+    (tmp_path / "scratch").mkdir()
+    left = tmp_path / "scratch" / f"obsarch-ingest-{pid}-abc"
+    left.mkdir()
+    from archive.ingest import remove_dead_scratch
+
+    assert remove_dead_scratch(str(tmp_path / "scratch")) == 1 and not left.exists()
+    assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "good")]).exit_code == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("select state from runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
+        assert conn.execute(text("select state from ingest_runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
+    engine.dispose()

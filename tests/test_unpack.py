@@ -1,0 +1,118 @@
+"""Unpacking refuses, whole and before writing anything, every member that
+would land or point outside the target; a good archive is laid out as is."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from archive.unpack import UnpackRefused, safe_extract
+
+
+def make_tar(path: Path, entries: list[tuple]) -> Path:
+    """entries: (name, kind, extra): kind file (extra: bytes), dir, sym/lnk (extra: link name),
+    fifo, chr, setuid (a file with mode 4755)."""
+    with tarfile.open(path, "w") as tar:
+        for name, kind, extra in entries:
+            info = tarfile.TarInfo(name)
+            if kind in ("dir", "fifo", "chr"):
+                info.type = {"dir": tarfile.DIRTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}[kind]
+                tar.addfile(info)
+            elif kind in ("sym", "lnk"):
+                info.type, info.linkname = (tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE), extra
+                tar.addfile(info)
+            else:
+                payload = extra or b"data"
+                info.size = len(payload)
+                if kind == "setuid":
+                    info.mode = 0o4755
+                tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def _chain(component_length: int, levels: int = 16) -> list[tuple]:
+    """The shape of CVE-2025-4517: nested directories reached through a link
+    each, then a link climbing back and a link through them to outside."""
+    comp, path, entries = "d" * component_length, "", []
+    steps = "abcdefghijklmnop"[:levels]
+    for step in steps:
+        entries.append((os.path.join(path, comp), "dir", None))
+        entries.append((os.path.join(path, step), "sym", comp))
+        path = os.path.join(path, comp)
+    linkpath = os.path.join(*steps, "l" * 254)
+    entries.append((linkpath, "sym", "../" * levels))
+    entries.append(("escape", "sym", linkpath + "/../../../../tmp"))
+    entries.append(("escape/flag", "file", b"pwned"))
+    return entries
+
+
+CASES = {
+    "dotdot": ([("ok.fits", "file", None), ("../../escaped.txt", "file", None)], "'../../escaped.txt' would land outside"),
+    "dotdot inside a name": ([("a/../../x", "file", None)], "'a/../../x' would land outside"),
+    "absolute": ([("/tmp/obsarch-abs.txt", "file", None)], "has an absolute path"),
+    "symlink absolute": ([("l", "sym", "/etc/passwd")], "'l' links to '/etc/passwd', outside"),
+    "symlink up": ([("d", "dir", None), ("d/l", "sym", "../..")], "'d/l' links to '../..', outside"),
+    "two-step link": ([("a", "sym", "."), ("a/b", "sym", ".."), ("a/b/out", "file", None)], "'a/b' links to '..', outside"),
+    "write through a link": ([("l", "sym", "sub"), ("sub", "sym", "/tmp"), ("l/x", "file", None)], "'sub' links to '/tmp'"),
+    "link replaced later": ([("sub", "dir", None), ("l", "sym", "sub/x"), ("sub/x", "sym", "../../..")], "'sub/x' links to"),
+    "long chain (CVE-2025-4517)": (_chain(247), "longer than the system's limit"),
+    "chain within PATH_MAX": (_chain(20), "'escape' links to"),
+    "link loop": ([("a", "sym", "b"), ("b", "sym", "a"), ("a/x", "file", None)], "more than 40 links"),
+    "hard link outside": ([("h", "lnk", "../../etc/passwd")], "'h' links to '../../etc/passwd', outside"),
+    "hard link to no member": ([("h", "lnk", "pre-existing.txt")], "which is no file of this archive"),
+    "hard link absolute": ([("h", "lnk", "/etc/passwd")], "links to '/etc/passwd', outside"),
+    "device": ([("dev", "chr", None)], "'dev' is a device or a pipe"),
+    "fifo": ([("pipe", "fifo", None)], "'pipe' is a device or a pipe"),
+    "set-uid": ([("run", "setuid", None)], "'run' has the set-uid or set-gid bit"),
+    "file over a directory": ([("d", "dir", None), ("d", "file", None)], "would replace a directory"),
+    "directory under a file": ([("f", "file", None), ("f/x", "file", None)], "it is a file"),
+    "disk link out": ([("out/secret", "file", None)], "'out/secret' would land outside"),
+}
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_an_escaping_archive_is_refused_whole_before_writing(tmp_path, kind):
+    entries, message = CASES[kind]
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "pre-existing.txt").write_text("kept")
+    (target / "out").symlink_to(tmp_path)  # a link already on disk, pointing out
+    before = _listing(target)
+    archive = make_tar(tmp_path / "bad.tar", entries)
+    with pytest.raises(UnpackRefused) as refused:
+        safe_extract(archive, target)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("bad.tar refused, nothing extracted:") and message in line, line
+    assert _listing(target) == before
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/obsarch-abs.txt").exists()
+    assert not Path("/tmp/flag").exists()
+
+
+def test_a_good_archive_is_laid_out_with_its_links(tmp_path):
+    archive = make_tar(tmp_path / "good.tar", [
+        ("obs", "dir", None), ("obs/a.fits", "file", b"A" * 10), ("obs/latest.fits", "sym", "a.fits"),
+        ("obs/copy.fits", "lnk", "obs/a.fits"), ("obs/sub/", "dir", None), ("obs/sub/up", "sym", "../a.fits"),
+    ])
+    target = tmp_path / "t"
+    assert safe_extract(archive, target) == 6
+    assert (target / "obs" / "latest.fits").read_bytes() == b"A" * 10
+    assert (target / "obs" / "sub" / "up").read_bytes() == b"A" * 10
+    copy = target / "obs" / "copy.fits"
+    assert copy.read_bytes() == b"A" * 10 and not copy.is_symlink() and copy.stat().st_nlink == 1
+    assert stat.S_IMODE((target / "obs" / "a.fits").stat().st_mode) & 0o7000 == 0
+
+
+def test_an_unreadable_archive_is_one_line(tmp_path):
+    bad = tmp_path / "x.tar"
+    bad.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(UnpackRefused, match="x.tar: not a readable tar archive"):
+        safe_extract(bad, tmp_path / "t")
