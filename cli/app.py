@@ -65,7 +65,9 @@ def _light_runtime_param(param):
     info = desc.parameter_info
     element = typing.get_args(desc.annotation)[0] if desc.is_list else desc.annotation
     plain = element in (str, int, float, bool, Path) or (isinstance(element, type) and issubclass(element, enum.Enum))
-    constrained = any(getattr(info, name, None) for name in ("parser", "min", "max", "exists", "resolve_path", "click_type"))
+    # "is not None": a bound of 0 (min=0) is a constraint too
+    constrained = any(getattr(info, name, None) not in (None, False)
+                      for name in ("parser", "min", "max", "exists", "resolve_path", "click_type"))
     if not plain or constrained or desc.is_tuple or desc.file_annotation is not None:
         return None
 

@@ -370,7 +370,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(stocked, monkeypatch
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(catalog.Catalog, "query", broken)
+    monkeypatch.setattr(catalog.Catalog, "rows", broken)  # what `obsarch query` calls
     result = runner.invoke(app, ["--db", url, "query", "band == 'V'"])
     assert result.exit_code == 1 and result.stderr.strip() == "error: unexpected KeyError: 'boom' (run with --debug for the traceback)"
     debug = runner.invoke(app, ["--db", url, "--debug", "query", "band == 'V'"])
