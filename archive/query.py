@@ -127,10 +127,6 @@ class Not:
     item: object
 
 
-# What a parsed selection is; programs may build one from these nodes.
-Node = Compare | In | Between | Match | IsNull | Frames | BoolOp | Not
-
-
 # -- tokens ------------------------------------------------------------------
 
 _TOKEN = re.compile(

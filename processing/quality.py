@@ -461,10 +461,16 @@ def flag_exposures(
         return _record_flags(conn, sorted(known), grade, reason, note, who)
 
 
+def person_reason(grade: str, reason: str | None) -> str | None:
+    """The reason a person's flag is recorded with: the one given, else
+    'manual' for a frame graded down (bad, marginal)."""
+    return reason or ("manual" if grade in ("bad", "marginal") else None)
+
+
 def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
     now = utcnow()
     rows = [
-        {"exposure_id": i, "grade": grade, "reason": reason or ("manual" if grade in ("bad", "marginal") else None),
+        {"exposure_id": i, "grade": grade, "reason": person_reason(grade, reason),
          "note": note, "source": "person", "who": who or getpass.getuser(), "created_at": now}
         for i in ids
     ]
@@ -490,6 +496,14 @@ def metrics_of(engine: Engine, exposure_id: int) -> dict | None:
     with transaction(engine) as conn:
         row = conn.execute(select(*Metric.__table__.columns).where(Metric.exposure_id == exposure_id)).first()
     return None if row is None else row._asdict()
+
+
+def detector_metrics_of(engine: Engine, exposure_id: int) -> list[dict]:
+    """The stored metrics of each detector of one exposure, in HDU order."""
+    with transaction(engine) as conn:
+        rows = conn.execute(select(*DetectorMetric.__table__.columns).where(DetectorMetric.exposure_id == exposure_id)
+                            .order_by(DetectorMetric.hdu_index)).all()
+    return [row._asdict() for row in rows]
 
 
 def flag_history(engine: Engine, exposure_id: int) -> list[dict]:

@@ -26,6 +26,9 @@ def test_db_upgrade_from_an_installed_wheel(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True)
     assert (site / "migrations" / "env.py").is_file()
     assert (site / "archive" / "keywords.toml").is_file()
+    for served in ("templates/night.html", "templates/report.html", "static/htmx.min.js", "static/htmx.LICENSE",
+                   "static/review.js", "static/obsarch.css"):
+        assert (site / "web" / served).is_file(), served  # `obsarch serve` needs nothing from outside the wheel
     assert list((site / "archive").glob("_cards.*.so")), "the wheel has no compiled card parser"
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

@@ -110,6 +110,7 @@ def test_a_grade_is_a_persons_flag_recorded_as_obsarch_flag_records_it(night, tm
         answer = http.post(f"/exposures/{web_id}/flags", data={"grade": "bad", "reason": "tracking", "note": "trail"})
     assert answer.status_code == 201
     assert answer.json()["who"] == getpass.getuser() and len(answer.json()["flag_ids"]) == 1
+    assert answer.json()["reason"] == "tracking"
     cli(night, "flag", "3871", "--grade", "bad", "--reason", "tracking", "--note", "trail")
     by_web, by_cli = quality.flag_history(night.engine, web_id)[-1], quality.flag_history(night.engine, cli_id)[-1]
     ignore = ("id", "created_at")
@@ -377,7 +378,17 @@ def test_a_multi_extension_file_is_a_mosaic_or_one_detector(catalog, tmp_path, r
         bad = http.get(f"/exposures/{exposure_id}/preview.png", params={"stretch": "sqrt"})
     assert mosaic.status_code == one.status_code == 200 and mosaic.content != one.content
     assert page.text.count('<option value="') >= 4 and "CHIP3" in page.text
+    quality.compute(catalog.engine, workers=1)
+    with client(catalog, tmp_path) as http:
+        measured = http.get(f"/exposures/{exposure_id}")
+    assert "Per detector" in measured.text and measured.text.count("<td>CHIP") == 4
     assert bad.status_code == 400 and "unknown stretch 'sqrt'" in bad.text
+    with client(catalog, tmp_path) as http:
+        sneaky = http.get(f"/exposures/{exposure_id}/preview.png", params={"hdu": "../../../x"})
+        absent = http.get(f"/exposures/{exposure_id}/preview.png", params={"hdu": "9"})
+    assert sneaky.status_code == 400 and "give an HDU index" in sneaky.text
+    assert absent.status_code == 404 and "HDU 9 has no image" in absent.text
+    assert not list(tmp_path.glob("x*"))
 
 
 def test_default_thumbnail_directory_is_beside_the_catalog(catalog, monkeypatch, tmp_path):

@@ -180,13 +180,17 @@ class Review:
     async def preview_png(self, request: Request) -> Response:
         row = await run_in_threadpool(self.exposure_row, request.path_params["id"])
         how = request.query_params.get("stretch", "zscale")
-        hdu = request.query_params.get("hdu")
+        hdu = request.query_params.get("hdu") or None
         if how not in STRETCHES:
             return PlainTextResponse(f"unknown stretch {how!r}; use one of {', '.join(STRETCHES)}\n", 400)
-        target = self.thumbnails.directory / "previews" / f"{row['file_id']}-v{row['version']}-{how}-{hdu or 'all'}.png"
+        if hdu is not None and not hdu.isdigit():
+            return PlainTextResponse(f"hdu {hdu!r}: give an HDU index (0, 1, ...)\n", 400)
+        hdu_index = None if hdu is None else int(hdu)
+        name = f"{row['file_id']}-v{row['version']}-{how}-{'all' if hdu_index is None else hdu_index}.png"
+        target = self.thumbnails.directory / "previews" / name
         if not target.exists():
             try:
-                image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, _int(hdu, None))
+                image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, hdu_index)
             except (quality.QualityError, ValueError, OSError) as exc:
                 return PlainTextResponse(f"no picture: {exc}\n", 404)
             await run_in_threadpool(write_png, image, target)
@@ -197,6 +201,7 @@ class Review:
         headers = self.catalog.headers(exposure_id)
         return {
             "row": row, "headers": headers, "metrics": quality.metrics_of(self.engine, exposure_id),
+            "detector_metrics": quality.detector_metrics_of(self.engine, exposure_id),
             "flags": quality.flag_history(self.engine, exposure_id),
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
             "groups": grouping.groups_of(self.engine, exposure_id),
@@ -232,8 +237,8 @@ class Review:
             return PlainTextResponse(f"{exc}\n", 400)
         if "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(f"/exposures/{exposure_id}", 303)
-        return JSONResponse({"exposure_id": exposure_id, "flag_ids": flag_ids, "grade": grade, "reason": reason,
-                             "note": note, "who": request.state.who}, 201)
+        return JSONResponse({"exposure_id": exposure_id, "flag_ids": flag_ids, "grade": grade,
+                             "reason": quality.person_reason(grade, reason), "note": note, "who": request.state.who}, 201)
 
     async def retract(self, request: Request) -> Response:
         form = await request.form()
