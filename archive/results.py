@@ -47,10 +47,14 @@ def _typed(column: pd.Series) -> pd.Series:
 
 def to_csv(frame: pd.DataFrame) -> str:
     """Rows as CSV, as ``obsarch query --format csv`` and ``GET /exposures.csv`` give them."""
-    return frame.to_csv(index=False)
+    from archive.formats import rows_to_csv
+
+    return rows_to_csv([str(c) for c in frame.columns], frame.itertuples(index=False, name=None))
 
 
 def to_json(frame: pd.DataFrame) -> str:
     """Rows as a JSON list of objects (times in ISO 8601), as ``obsarch query
     --format json`` and ``GET /exposures.json`` give them."""
-    return frame.to_json(orient="records", date_format="iso", indent=1)
+    from archive.formats import rows_to_json
+
+    return rows_to_json([str(c) for c in frame.columns], frame.itertuples(index=False, name=None))

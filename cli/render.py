@@ -4,19 +4,21 @@ In a terminal a table is drawn for reading: numbers rounded, and a command
 may name the columns worth showing (``--columns`` gets the rest). When
 stdout is a pipe or a file, a table is printed tab-separated, whole: every
 column, numbers at full precision. In every format integers stay integers
-and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC).
+and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC):
+:mod:`archive.formats`, which the web app's downloads use too.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
 from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
+
+from archive.formats import exact, iso, rows_to_csv, rows_to_json
+from archive.formats import missing as _missing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,30 +54,6 @@ class Format(str, Enum):
     ecsv = "ecsv"
 
 
-def iso(value: datetime | date) -> str:
-    """The one way obsarch writes a time: ISO 8601, no zone (times are UTC)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds")
-    return value.isoformat()
-
-
-def _missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing values, without importing pandas
-
-
-def exact(value) -> str:
-    """A value written whole, for scripts: floats at full precision."""
-    if _missing(value):
-        return ""
-    if isinstance(value, (datetime, date)):
-        return iso(value)
-    return str(value)
-
-
 def readable(value) -> str:
     """A value rounded for reading in a terminal."""
     if isinstance(value, datetime):
@@ -105,31 +83,15 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
     """
     names, rows = _choose(names, rows, columns)
     if fmt is Format.csv:
-        import csv
-
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([exact(v) for v in row] for row in rows)
-        typer.echo(buffer.getvalue(), nl=False)
+        typer.echo(rows_to_csv(names, rows), nl=False)
     elif fmt is Format.json:
-        typer.echo(json.dumps([dict(zip(names, map(_json_value, row))) for row in rows], indent=1))
+        typer.echo(rows_to_json(names, rows))
     elif fmt is Format.ecsv:
         _ecsv(names, rows)
     elif console.is_terminal:
         _rich_table(names, rows, title, brief if columns is None else None)
     else:
         _tab_separated(names, rows, title)
-
-
-def _json_value(value):
-    if _missing(value):
-        return None
-    if isinstance(value, (datetime, date)):
-        return iso(value)
-    if hasattr(value, "item"):  # a numpy scalar
-        return value.item()
-    return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
 
 
 def _ecsv(names: list[str], rows: list[tuple]) -> None:

@@ -15,7 +15,7 @@ import pytest
 from factories import write_image
 from typer.testing import CliRunner
 
-from cli.demo import make_night
+from cli.demo import make_small_night as make_night
 from cli.main import app as cli_app
 from processing import quality
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.demo import make_night
+from cli.demo import make_small_night as make_night
 from cli.main import app as cli_app
 from processing import quality
 

@@ -1,0 +1,59 @@
+"""How values are written for scripts, in one place for the command line and
+the web app: floats whole, integers as integers, times in one ISO 8601 form
+(``2017-08-16T01:06:00``, UTC), missing values empty (CSV) or null (JSON).
+Pure Python: printing a few rows should not import pandas."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import date, datetime
+
+
+def missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing values, without importing pandas
+
+
+def iso(value: datetime | date) -> str:
+    """The one way obsarch writes a time: ISO 8601, no zone (times are UTC)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).isoformat(timespec="microseconds" if value.microsecond else "seconds")
+    return value.isoformat()
+
+
+def exact(value) -> str:
+    """A value written whole, for scripts: floats at full precision."""
+    if missing(value):
+        return ""
+    if isinstance(value, (datetime, date)):
+        return iso(value)
+    return str(value)
+
+
+def json_value(value):
+    if missing(value):
+        return None
+    if isinstance(value, (datetime, date)):
+        return iso(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
+
+
+def rows_to_csv(names: list[str], rows) -> str:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows([exact(v) for v in row] for row in rows)
+    return buffer.getvalue()
+
+
+def rows_to_json(names: list[str], rows) -> str:
+    return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1)
