@@ -322,6 +322,12 @@ SchedulerOption = Annotated[Optional[str], typer.Option(help="dask scheduler add
 ForceOption = Annotated[bool, typer.Option(help="Do it again even where an identical earlier run's results exist.")]
 RefArg = Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")]
 ByIdOption = Annotated[bool, typer.Option("--id", help="REF is an exposure id.")]
+def _not_negative(value: float) -> float:
+    if value < 0:
+        raise typer.BadParameter(f"{value:g} is below 0; give seconds, or 0 for no limit")
+    return value
+
+
 TimeoutOption = Annotated[float, typer.Option(
-    "--timeout", min=0, help="Seconds before the statement is cancelled on the server (0: no limit).")]
+    "--timeout", callback=_not_negative, help="Seconds before the statement is cancelled on the server (0: no limit).")]
 DEFAULT_TIMEOUT_S = 60.0
