@@ -18,16 +18,43 @@ from archive.models import File, Root
 def root_of(conn: Connection, path: str | Path) -> tuple[int, Path, str] | None:
     """(root id, root path, relative path in POSIX form) of the deepest root
     holding ``path`` (an absolute path), or None when no root holds it."""
-    path = Path(path)
+    return _deepest(_roots(conn), Path(path))
+
+
+def _roots(conn: Connection) -> list[tuple[int, Path]]:
+    return [(root_id, Path(root_path)) for root_id, root_path in conn.execute(select(Root.id, Root.path))]
+
+
+def _deepest(roots: list[tuple[int, Path]], path: Path) -> tuple[int, Path, str] | None:
     best = None
-    for root_id, root_path in conn.execute(select(Root.id, Root.path)):
-        root = Path(root_path)
+    for root_id, root in roots:
         if (path == root or root in path.parents) and (best is None or len(root.parts) > len(best[1].parts)):
             best = (root_id, root)
     if best is None:
         return None
     relpath = "" if path == best[1] else path.relative_to(best[1]).as_posix()
     return best[0], best[1], relpath
+
+
+def file_ids_at(conn: Connection, paths, *, status: str | None = None) -> dict[str, int]:
+    """{path: file id} of the catalogued files at ``paths`` (absolute, as
+    given), optionally only those of one ``status``; the roots table is read
+    once, the files table in batches."""
+    roots = _roots(conn)
+    wanted: dict[int, dict[str, str]] = {}
+    for path in paths:
+        found = _deepest(roots, Path(path))
+        if found is not None and found[2]:
+            wanted.setdefault(found[0], {})[found[2]] = path
+    ids = {}
+    for root_id, by_relpath in wanted.items():
+        relpaths = list(by_relpath)
+        for start in range(0, len(relpaths), 500):
+            statement = select(File.id, File.relpath).where(File.root_id == root_id, File.relpath.in_(relpaths[start:start + 500]))
+            if status is not None:
+                statement = statement.where(File.status == status)
+            ids.update({by_relpath[relpath]: file_id for file_id, relpath in conn.execute(statement)})
+    return ids
 
 
 def file_id_of(conn: Connection, path: str | Path) -> int | None:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, exists, or_, select, text, update
 from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
 from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
+from archive.roots import file_ids_at
 from processing.machinery import (
     Input,
     Item,
@@ -156,24 +157,6 @@ def link_target(directory: str, value: str | None) -> str | None:
     return os.path.normpath(os.path.join(directory, os.path.expandvars(name)))
 
 
-def _file_ids_by_path(conn, paths: set[str]) -> dict[str, int]:
-    """{path: file id} of the present catalogued files among ``paths``."""
-    roots = conn.execute(select(Root.id, Root.path)).all()
-    wanted: dict[int, list[str]] = {}
-    for path in paths:
-        for root_id, root in roots:
-            if path.startswith(root.rstrip("/") + "/"):
-                wanted.setdefault(root_id, []).append(os.path.relpath(path, root))
-    found = {}
-    for root_id, relpaths in wanted.items():
-        root = next(r for i, r in roots if i == root_id)
-        for start in range(0, len(relpaths), 500):
-            rows = conn.execute(select(File.id, File.relpath).where(
-                File.root_id == root_id, File.relpath.in_(relpaths[start : start + 500]), File.status == "present"))
-            found.update({os.path.normpath(os.path.join(root, relpath)): file_id for file_id, relpath in rows})
-    return found
-
-
 def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
     found = {}
     for start in range(0, len(file_ids), 500):
@@ -191,7 +174,7 @@ def link_all(conn) -> list[tuple[int, str, str]]:
     by_id = _paths_of(conn, [row.file_id for row in spectra])
     targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
                              for keyword, _ in LINKS} for row in spectra if row.file_id in by_id}
-    paths = _file_ids_by_path(conn, {t for found in targets.values() for t in found.values() if t})
+    paths = file_ids_at(conn, {t for found in targets.values() for t in found.values() if t}, status="present")
     warnings, links, backgrounds = [], {}, set()
     for row in spectra:
         path = by_id.get(row.file_id)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from archive.db import transaction
 from archive.models import File
-from archive.roots import file_id_of, files_below, root_of
+from archive.roots import file_id_of, file_ids_at, files_below, root_of
 
 
 def test_the_deepest_root_holds_a_path(catalog, tmp_path, rng):
@@ -30,3 +30,19 @@ def test_the_deepest_root_holds_a_path(catalog, tmp_path, rng):
         every = sorted(conn.execute(select(File.id)).scalars())
         assert files_below(conn, tmp_path) == every  # a directory holding whole roots
     assert catalog.exposure(catalog.resolve(str(outer / "night%1" / "c.fits")))["path"].endswith("night%1/c.fits")
+
+
+def test_many_paths_at_once_each_under_its_deepest_root(catalog, tmp_path, rng):
+    outer, inner = tmp_path / "data", tmp_path / "data" / "night_1"
+    write_frame(outer / "a.fits", rng, {})
+    write_frame(inner / "b.fits", rng, {})
+    catalog.ingest([inner])
+    catalog.ingest([outer])
+    (outer / "a.fits").unlink()
+    catalog.ingest([outer])  # a.fits is now missing
+    paths = {str(outer / "a.fits"), str(inner / "b.fits"), str(tmp_path / "elsewhere.fits")}
+    with transaction(catalog.engine) as conn:
+        every = file_ids_at(conn, paths)
+        assert set(every) == {str(outer / "a.fits"), str(inner / "b.fits")}
+        assert every[str(inner / "b.fits")] == file_id_of(conn, inner / "b.fits")
+        assert file_ids_at(conn, paths, status="present") == {str(inner / "b.fits"): every[str(inner / "b.fits")]}
