@@ -576,13 +576,14 @@ def remove_dead_scratch(directory: str | None = None) -> int:
     base = Path(directory or tempfile.gettempdir())
     for candidate in base.glob(f"{SCRATCH_PREFIX}*-*"):
         pid = candidate.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and candidate.is_dir() and not _alive(int(pid)):
+        if pid.isdigit() and candidate.is_dir() and not process_alive(int(pid)):
             shutil.rmtree(candidate, ignore_errors=True)
             removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -612,7 +613,7 @@ def _close_dead_runs(conn: Connection, host: str) -> None:
     this host that no longer exists were killed: say so."""
     for table in (IngestRun, Run):
         dead = [run_id for run_id, pid in conn.execute(
-            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not _alive(pid)]
+            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not process_alive(pid)]
         if dead:
             values = {"state": "interrupted"} if table is IngestRun else {
                 "state": "interrupted", "error": "its process ended without finishing it (killed?)"}

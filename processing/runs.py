@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, update
 
 from archive import __version__
 from archive.db import transaction
-from archive.ingest import utcnow
+from archive.ingest import process_alive, utcnow
 from archive.models import Run
 
 
@@ -113,7 +113,7 @@ def write_product(path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for left in path.parent.glob(f".{path.name}.*.partial"):  # of a writer killed before it could clean up
         pid = left.name[len(path.name) + 2 : -len(".partial")]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             left.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -122,16 +122,6 @@ def write_product(path, write) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None) -> dict:
