@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from test_keywords import norm, units
 
 from archive.detectors import Detector, detectors_of_units, select_detectors
 from archive.exceptions import ObsarchError
 from archive.headers import read_headers
 from archive.keywords import load_maps, normalize
-from tests.test_keywords import norm, units
 
 DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors")
 
@@ -206,12 +206,12 @@ def test_catalog_and_file_agree_on_detectors(catalog, tmp_path):
 
 
 def test_renormalize_keeps_what_a_step_gave_a_product(catalog, tmp_path, rng):
+    from factories import write_frame
     from sqlalchemy import update
 
     from archive.models import Exposure
     from archive.renormalize import renormalize
     from processing import calibration
-    from tests.factories import write_frame
 
     for i in range(3):
         write_frame(tmp_path / "raw" / f"b-{i}.fits", rng, {"IMAGETYP": "Bias Frame", "XBINNING": 2, "YBINNING": 2,

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from factories import write_frame
 from sqlalchemy import select
 
 from archive.models import Exposure, Product, Run, RunInput
@@ -14,7 +15,6 @@ from archive.query import compare
 from processing.machinery import EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL, Input, Item, Step, StepResult, run_step
 from processing.runs import file_content
 from processing.steps import resolve
-from tests.factories import write_frame
 
 
 class _Unpicklable(Exception):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from factories import star_field, write_image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -17,7 +18,6 @@ from archive.db import make_engine, transaction
 from archive.ingest import utcnow
 from archive.models import Exposure, Metric, Offset, Product, Run
 from cli.main import app
-from tests.factories import star_field, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
+from factories import star_field, write_image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -14,7 +15,6 @@ from archive.models import Flag, Offset
 from cli.main import app
 from processing import calibration, grouping, offsets, quality, stacking
 from processing.steps import mjd_of
-from tests.factories import star_field, write_image
 
 SHAPE = (128, 128)
 runner = CliRunner()
