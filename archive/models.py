@@ -489,6 +489,7 @@ class Offset(Base):
     nmatched: Mapped[int | None] = mapped_column(Integer)
     residual: Mapped[float | None] = mapped_column(Float)  # rms of matched stars after the fit, pixels
     chain_json: Mapped[str | None] = mapped_column(Text)  # ids of the offsets composed
+    matched_json: Mapped[str | None] = mapped_column(Text)  # [[x, y, x_ref, y_ref], ...] of the stars fitted, 0-based px
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime)
 

@@ -22,7 +22,7 @@ import itertools
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from sqlalchemy import Engine, insert, select
@@ -58,6 +58,9 @@ class Transform:
     scale_err: float | None = None
     nmatched: int | None = None
     residual: float | None = None
+    # (x, y, x_ref, y_ref) of the stars the fit used, for people to see the
+    # match; not part of the transform's value, so equality ignores it
+    matched: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -282,6 +285,7 @@ def _refine(source: np.ndarray, target: np.ndarray, transform: Transform, params
     than 3 robust sigmas (from the median distance, so that a few wrong
     pairs cannot inflate it) until the transform settles."""
     radius = params.match_px
+    used = None
     for _ in range(8):
         pairs = _pairs(source, target, transform, radius)
         if len(pairs) < params.min_matched:
@@ -289,14 +293,16 @@ def _refine(source: np.ndarray, target: np.ndarray, transform: Transform, params
         fitted, distance = fit_similarity(source[pairs[:, 0]], target[pairs[:, 1]])
         sigma = float(np.median(distance)) / 1.1774  # the median of a 2D Gaussian distance is 1.1774 sigma
         keep = distance <= max(3.0 * sigma, 0.02)
+        used = pairs
         if keep.sum() >= params.min_matched and not keep.all():
-            fitted, _ = fit_similarity(source[pairs[keep, 0]], target[pairs[keep, 1]])
+            used = pairs[keep]
+            fitted, _ = fit_similarity(source[used[:, 0]], target[used[:, 1]])
         settled = abs(fitted.dx - transform.dx) < 1e-4 and abs(fitted.dy - transform.dy) < 1e-4
         transform = fitted
         radius = min(params.match_px, max(0.5, 4.0 * sigma))
         if settled:
             break
-    return transform
+    return replace(transform, matched=np.column_stack([source[used[:, 0]], target[used[:, 1]]]))
 
 
 # -- the manual way and the WCS way -----------------------------------------------------
@@ -603,7 +609,29 @@ def _offset_row(exposure_id, reference_id, transform, error, method, stage, grou
         **{k: values.get(k) for k in ("dx", "dy", "rotation", "scale", "dx_err", "dy_err", "rotation_err", "scale_err",
                                       "nmatched", "residual")},
         "chain_json": json.dumps(chain) if chain else None, "run_id": run_id, "created_at": utcnow(),
+        "matched_json": _matched_json(transform.matched if transform else None),
     }
+
+
+MAX_MATCHED_STORED = 200  # pairs kept for the frame page; enough to see the match, small in the row
+
+
+def _matched_json(matched: np.ndarray | None) -> str | None:
+    """Compact JSON of the first pairs (brightest first), 0.01 px."""
+    if matched is None or not len(matched):
+        return None
+    return json.dumps(np.round(matched[:MAX_MATCHED_STORED], 2).tolist(), separators=(",", ":"))
+
+
+def matched_stars(engine: Engine, exposure_id: int) -> np.ndarray:
+    """(x, y, x_ref, y_ref) pixel pairs (0-based) of the exposure's current
+    offset's matched stars; empty when none were stored."""
+    from archive.query import current_offset
+
+    with transaction(engine) as conn:
+        text = conn.execute(select(Offset.matched_json).where(
+            Offset.exposure_id == exposure_id, Offset.id == current_offset(Offset.exposure_id))).scalar()
+    return np.array(json.loads(text), dtype=float).reshape(-1, 4) if text else np.empty((0, 4))
 
 
 def compute_multistage(
