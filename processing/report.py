@@ -52,9 +52,14 @@ def frame_rows(engine: Engine, ids: list[int] | None = None) -> list[dict]:
 STRETCHES = ("zscale", "minmax", "percentile", "asinh")
 
 
+def downsample_factor(shape: tuple[int, ...], size: int) -> int:
+    """The block size :func:`downsample` averages an image of ``shape`` by."""
+    return max(1, math.ceil(max(shape) / size))
+
+
 def downsample(data: np.ndarray, size: int) -> np.ndarray:
     """A block-averaged copy of ``data`` no larger than ``size`` pixels a side."""
-    factor = max(1, math.ceil(max(data.shape) / size))
+    factor = downsample_factor(data.shape, size)
     ny, nx = (data.shape[0] // factor) * factor, (data.shape[1] // factor) * factor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
@@ -121,6 +126,17 @@ def picture(path: str | Path, size: int = THUMBNAIL_PX, how: str = "zscale", hdu
     columns = math.ceil(math.sqrt(len(images)))
     tiles = [downsample(data, size // columns) for _, _, data in images]
     return stretch(_mosaic(tiles, columns), how)
+
+
+def picture_points(xy: np.ndarray, shape: tuple[int, int], size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Where 0-based image pixels ``xy`` fall on the :func:`picture` of one
+    image of ``shape`` (numpy order), in its PNG's pixels (y down, since the
+    PNG is drawn with FITS y up), and the PNG's (width, height)."""
+    factor = downsample_factor(shape, size)
+    width, height = shape[1] // factor, shape[0] // factor
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    # a pixel's centre is 0.5 into it; blocks start at pixel 0
+    return np.column_stack([(xy[:, 0] + 0.5) / factor, height - (xy[:, 1] + 0.5) / factor]), (width, height)
 
 
 def _mosaic(tiles: list[np.ndarray], columns: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from archive.exceptions import NotFoundError, ObsarchError
 from archive.query import BoolOp, Column, Compare, In, IsNull
 from archive.results import to_csv, to_json
 from processing import grouping, offsets, quality, runs
-from processing.report import GRADE_COLOURS, STRETCHES, picture, write_png
+from processing.report import GRADE_COLOURS, STRETCHES, picture, picture_points, write_png
 from web.plots import PLOTS, time_plot
 from web.security import Guard, Policy
 from web.templating import STATIC, environment
@@ -199,6 +199,7 @@ class Review:
     def frame_context(self, exposure_id: int) -> dict:
         row = self.exposure_row(exposure_id)
         headers = self.catalog.headers(exposure_id)
+        detectors = [h for h in headers if is_detector(h["type"], h["extname"], parse_shape(h["shape"]))]
         return {
             "row": row, "headers": headers, "metrics": quality.metrics_of(self.engine, exposure_id),
             "detector_metrics": quality.detector_metrics_of(self.engine, exposure_id),
@@ -206,8 +207,21 @@ class Review:
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
             "groups": grouping.groups_of(self.engine, exposure_id),
             "made_from": runs.lineage(self.engine, row["file_id"]), "made_into": runs.derived(self.engine, row["file_id"]),
-            "detectors": [h for h in headers if is_detector(h["type"], h["extname"], parse_shape(h["shape"]))],
+            "detectors": detectors, "matched": self.matched_overlay(exposure_id, detectors),
         }
+
+    def matched_overlay(self, exposure_id: int, detectors: list[dict]) -> dict:
+        """The current offset's matched stars in the preview's pixels: ``points``
+        (empty when none are stored), the preview's ``width`` and ``height``,
+        and ``why`` when they cannot be drawn."""
+        pairs = offsets.matched_stars(self.engine, exposure_id)
+        if not len(pairs):
+            return {"points": [], "why": "no matched stars stored"}
+        shape = parse_shape(detectors[0]["shape"])[-2:] if len(detectors) == 1 else ()
+        if len(shape) != 2:  # the registration used one image: a mosaic's tiles are not its pixels
+            return {"points": [], "why": f"{len(pairs)} matched stars stored; drawn only on a one-image preview"}
+        points, (width, height) = picture_points(pairs[:, :2], shape, PREVIEW_PX)
+        return {"points": points.round(2).tolist(), "width": width, "height": height, "why": None}
 
     async def exposure(self, request: Request) -> Response:
         context = await run_in_threadpool(self.frame_context, request.path_params["id"])

@@ -6,6 +6,7 @@
   const stretch = document.getElementById("stretch");
   const detector = document.getElementById("detector");
   const level = document.getElementById("zoom-level");
+  const stage = document.getElementById("stage") || image;  // zooms the picture and its matched stars together
   let zoom = 1;
   function source() {
     const params = new URLSearchParams({ stretch: stretch.value });
@@ -14,7 +15,7 @@
   }
   function setZoom(value) {
     zoom = Math.min(16, Math.max(0.25, value));
-    image.style.width = (zoom * 100) + "%";
+    stage.style.width = (zoom * 100) + "%";
     level.textContent = Math.round(zoom * 100) + "%";
   }
   stretch.addEventListener("change", source);
