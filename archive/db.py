@@ -584,6 +584,7 @@ def card_constraint_names(conn: Connection) -> set[str]:
 def drop_card_constraints(conn: Connection) -> None:
     if is_sqlite(conn):
         return
+    serialize(conn, "card indexes")  # as for the indexes: concurrent bulk loads take turns
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_FKEY}")
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_PKEY}")
 
@@ -592,6 +593,7 @@ def add_card_constraints(conn: Connection) -> None:
     """Add back whichever of the two a bulk load (perhaps killed) dropped."""
     if is_sqlite(conn):
         return
+    serialize(conn, "card indexes")  # then look: another ingest may have added them meanwhile
     present = card_constraint_names(conn)
     if CARD_PKEY not in present:
         conn.exec_driver_sql(f"ALTER TABLE header_cards ADD CONSTRAINT {CARD_PKEY} PRIMARY KEY (file_id, hdu_index, position)")
