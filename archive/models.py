@@ -354,22 +354,15 @@ class Product(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class Metric(Base):
-    """Quality numbers of one exposure's image (the latest computation).
+class ImageNumbers:
+    """The quality numbers of one image, shared by an exposure's summary
+    (``metrics``) and each of its detectors (``detector_metrics``).
 
     Pixel values are in the file's data units; ``fwhm`` and the other sizes
-    in pixels, ``fwhm_arcsec`` in arcseconds. ``error`` says why a frame
-    could not be measured (the numbers are then NULL).
+    in pixels, ``fwhm_arcsec`` in arcseconds; NULL where the image could not
+    be measured (``error`` says why).
     """
 
-    __tablename__ = "metrics"
-
-    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    params_hash: Mapped[str] = mapped_column(String(64))
-    file_version: Mapped[int] = mapped_column(Integer)
-    hdu_index: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
     min: Mapped[float | None] = mapped_column(Float)
     max: Mapped[float | None] = mapped_column(Float)
     mean: Mapped[float | None] = mapped_column(Float)
@@ -388,7 +381,21 @@ class Metric(Base):
     pixel_scale: Mapped[float | None] = mapped_column(Float)
 
 
-class DetectorMetric(Base):
+class Metric(ImageNumbers, Base):
+    """Quality numbers of one exposure's image (the latest computation);
+    ``error`` says why a frame could not be measured."""
+
+    __tablename__ = "metrics"
+
+    exposure_id: Mapped[int] = mapped_column(ForeignKey("exposures.id"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    params_hash: Mapped[str] = mapped_column(String(64))
+    file_version: Mapped[int] = mapped_column(Integer)
+    hdu_index: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DetectorMetric(ImageNumbers, Base):
     """Quality numbers of one detector of an exposure (the latest computation);
     ``metrics`` holds the exposure's summary, the median over its detectors."""
 
@@ -399,22 +406,6 @@ class DetectorMetric(Base):
     hdu_index: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     error: Mapped[str | None] = mapped_column(Text)
-    min: Mapped[float | None] = mapped_column(Float)
-    max: Mapped[float | None] = mapped_column(Float)
-    mean: Mapped[float | None] = mapped_column(Float)
-    median: Mapped[float | None] = mapped_column(Float)
-    std: Mapped[float | None] = mapped_column(Float)
-    background: Mapped[float | None] = mapped_column(Float)
-    background_rms: Mapped[float | None] = mapped_column(Float)
-    saturation_level: Mapped[float | None] = mapped_column(Float)
-    saturated_fraction: Mapped[float | None] = mapped_column(Float)
-    nstars: Mapped[int | None] = mapped_column(Integer)
-    fwhm: Mapped[float | None] = mapped_column(Float)
-    fwhm_minor: Mapped[float | None] = mapped_column(Float)
-    fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
-    elongation: Mapped[float | None] = mapped_column(Float)
-    sharpness: Mapped[float | None] = mapped_column(Float)
-    pixel_scale: Mapped[float | None] = mapped_column(Float)
 
 
 class Flag(Base):

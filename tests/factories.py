@@ -127,3 +127,16 @@ def write_image(path: Path, data: np.ndarray, header: dict | None = None) -> Pat
             hdu.header[key] = value
     hdu.writeto(path, overwrite=True)
     return path
+
+
+def obsarch(url: str, *args: str, code: int = 0, config: Path | None = None):
+    """Run an obsarch command on the catalog at url, as a user would, and
+    check its exit status; the typer result (stdout, stderr) is returned."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    options = ["--db", url] + (["--config", str(config)] if config else [])
+    result = CliRunner().invoke(app, [*options, *args])
+    assert result.exit_code == code, (args, result.stdout, result.stderr, result.exception)
+    return result

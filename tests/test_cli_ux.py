@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import typer
-from factories import night_of_frames, write_frame
+from factories import night_of_frames, obsarch, write_frame
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -20,10 +20,7 @@ from cli.main import app
 runner = CliRunner()
 
 
-def run(url, *args, code=0):
-    result = runner.invoke(app, ["--db", url, *args])
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
+run = obsarch  # run(url, *args, code=0)
 
 
 @pytest.fixture

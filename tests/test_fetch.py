@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from archive_server import Server, good_tar, malicious_tar
+from factories import obsarch
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from archive import downloads, fetch
 from archive.exceptions import ObsarchError
 from archive.models import Download, Observation
-from cli.main import app
 
 
 @pytest.fixture
@@ -217,12 +216,9 @@ def test_archive_tour(url, server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "obsarch.toml"
     config.write_text("[archives]\n" + "".join(f'{k} = "{v}"\n' for k, v in server.config()["archives"].items()))
-    runner = CliRunner()
 
     def run(*args, code=0):
-        result = runner.invoke(app, ["--db", url, "--config", str(config), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
+        return obsarch(url, *args, code=code, config=config)
 
     run("init")
     assert "3 observations, 3 new" in run("archive", "search", "heasarc", "--mission", "xmm", "--target", "NGC 5506").stderr

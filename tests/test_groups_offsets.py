@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 from astropy.table import Table
-from factories import star_field, write_frame, write_image
+from factories import obsarch, star_field, write_frame, write_image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from archive.exceptions import ObsarchError
 from archive.models import Offset
-from cli.main import app
 from processing import grouping, offsets
 from processing.offsets import MatchError, Transform, find_stars, match_stars, parse_box
 
@@ -309,9 +308,7 @@ def test_groups_and_offsets_tour(url, tmp_path, rng):
                     {"FILTER": "B", "HIERARCH ESO INS DROT POSANG": 100.0 + number})
 
     def run(*args, code=0):
-        result = runner.invoke(app, ["--db", url, *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
+        return obsarch(url, *args, code=code)
 
     run("init")
     run("ingest", str(tmp_path / "d"))

@@ -10,13 +10,11 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
-from factories import star_field, write_image
+from factories import obsarch, star_field, write_image
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from archive.exceptions import ObsarchError
 from archive.models import Product, Run
-from cli.main import app
 from processing import calibration, external, offsets, runs, stacking
 from processing.combine import CombineError, calibrate_array, combine_files, parse_memory
 from processing.executor import parallel_map
@@ -366,12 +364,9 @@ def test_unknown_executor():
 def test_processing_tour(url, tmp_path, rng, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _night(tmp_path / "raw", rng)
-    runner = CliRunner()
 
     def run(*args, code=0):
-        result = runner.invoke(app, ["--db", url, *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
+        return obsarch(url, *args, code=code)
 
     run("init")
     run("ingest", "raw")

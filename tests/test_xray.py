@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time
+from factories import obsarch
 from typer.testing import CliRunner
 
-from cli.main import app
 from processing import xray
 from processing.xray_catalog import candidate_files, parse_duration_s, summarize
 
@@ -36,10 +36,7 @@ MANIFEST = [
 ]
 
 
-def run(url, *args, code=0):
-    result = runner.invoke(app, ["--db", url, *args])
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
+run = obsarch  # run(url, *args, code=0)
 
 
 def _mjd_utc(seconds, header, mjdref):
