@@ -5,8 +5,9 @@
 Writes a night of N 16-bit frames with stars, ingests and measures them, starts
 `obsarch serve` (uvicorn, in this process) and prints:
 
-- how fast the background worker makes thumbnails, and how fast the night
-  view answers while it does;
+- how fast the background worker makes thumbnails, when an open night view
+  shows 10 %, half and all of them (its script asks every 2 s), and how fast
+  the whole night's page answers meanwhile;
 - the median and 95th-percentile answer time of each page once the thumbnails
   exist, over real HTTP;
 - next to them, the same night's rows through `obsarch query --format csv`
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -126,19 +128,35 @@ def main() -> None:
         http = httpx.Client(base_url=base, timeout=120)
         cache = app.state.review.thumbnails
 
-        print("\nthumbnails, made by one background thread")
+        print(f"\nthumbnails, made by one background thread; the night view ({len(ids)} frames) opened once, its "
+              "script asking which are made every 2 s (as review.js does), and the whole page asked again every second")
         start = time.perf_counter()
         first = http.get(f"/nights/{night}")
         assert first.status_code == 200, first.text[:200]
-        while_making = []
-        while cache.progress.waiting:
-            while_making.append(timed(lambda: http.get(f"/nights/{night}?band=V"), 1)[0])
-            time.sleep(0.2)
+        pending = [int(i) for i in re.findall(r'data-pending="(\d+)"', first.text)]
+        while_making, shown = [], []  # answer times of the page; (seconds since it opened, pictures it shows)
+        next_poll = next_page = time.perf_counter()
+        while pending:
+            now = time.perf_counter()
+            if now >= next_poll:  # the page's script: the first 200 placeholders
+                states = http.get("/thumbnails/state", params={"ids": ",".join(map(str, pending[:200]))}).json()
+                pending = [i for i in pending if states.get(str(i), {}).get("state", "pending") == "pending"]
+                shown.append((time.perf_counter() - start, len(ids) - len(pending)))
+                next_poll = now + 2.0
+            if now >= next_page:  # a person reloading the whole night meanwhile
+                while_making.append(timed(lambda: http.get(f"/nights/{night}"), 1)[0])
+                next_page = now + 1.0
+            time.sleep(0.05)
         made = time.perf_counter() - start
-        print(f"  {cache.progress.made} made in {made:.1f} s ({cache.progress.made / made:.1f} frames/s), "
-              f"{cache.progress.failed} failed; the first night page answered in {first.elapsed.total_seconds() * 1000:.0f} ms")
+        print(f"  {cache.progress.made} made, {cache.progress.failed} failed in {made:.1f} s: "
+              f"{(cache.progress.made + cache.progress.failed) / made:.1f} frames/s; the first night page answered in "
+              f"{first.elapsed.total_seconds() * 1000:.0f} ms, with a placeholder for each of its "
+              f"{first.text.count('data-pending=')} frames without a picture yet")
+        for fraction in (0.1, 0.5, 1.0) if shown else ():
+            seconds = next(t for t, count in shown if count >= fraction * len(ids))
+            print(f"  the open night view showed {fraction:.0%} of its thumbnails after {seconds:.1f} s")
         if while_making:
-            row("night view (one band) while they were made", while_making, f"({len(while_making)} requests)")
+            row(f"night view ({len(ids)} frames) while they were made", while_making, f"({len(while_making)} requests)")
 
         print(f"\npages once the thumbnails exist ({args.rounds} requests each, real HTTP, one client; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
