@@ -209,9 +209,16 @@ def test_the_night_view_is_browsable_while_its_thumbnails_arrive(catalog, tmp_pa
             assert len(cards) == len(catalog.exposure_ids(f"night == '{NIGHT}'")) > 7
             assert len(browser.find_elements("css selector", "[data-pending]")) == len(cards)
             assert f"thumbnails 0/{len(cards)}" in browser.find_element("id", "progress").text
-            _press(browser, "jj2")
+            from selenium.webdriver.common.keys import Keys
+
+            _press(browser, "j" + Keys.ARROW_RIGHT + "2")
             _grade_shown(browser, cards[2], "ok")
             assert browser.find_elements("css selector", ".card.cursor")[0].get_attribute("data-id") == str(cards[2])
+            _press(browser, "n")  # a note on the grade just given: it keeps the frame's reason (none for 'ok')
+            _wait(browser, lambda b: b.switch_to.active_element.get_attribute("name") == "note")
+            browser.switch_to.active_element.send_keys("satellite trail\n")
+            _wait(browser, lambda b: [(f["grade"], f["reason"], f["note"]) for f in quality.flag_history(
+                catalog.engine, cards[2]) if f["source"] == "person"] == [("ok", None, None), ("ok", None, "satellite trail")])
             artifacts(browser, "night-while-thumbnails-arrive")
 
             held.set()

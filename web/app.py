@@ -314,6 +314,8 @@ class Review:
     async def run(self, request: Request) -> Response:
         try:
             record = await run_in_threadpool(runs.run_detail, self.engine, request.path_params["id"])
+            # what it did to each item, as `obsarch runs show` lists it (a tool's run per item, each frame measured...)
+            record["items"] = (await run_in_threadpool(self.catalog.run, str(request.path_params["id"])))["items"]
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
         return self.page(request, "run.html", run=record)
