@@ -49,6 +49,7 @@ class Catalog:
 
     def __init__(self, url: str | None = None, *, engine: Engine | None = None, check: bool = True):
         self.engine = engine or db.make_engine(url)
+        self._statements: dict = {}  # (tree, columns, sort, limit) -> (labels, SELECT), see rows()
         if check:
             db.check_schema(self.engine)
 
@@ -113,9 +114,24 @@ class Catalog:
         """:meth:`query` as column names and plain rows, without pandas (a
         command that prints a few rows should not pay for importing it)."""
         node = as_tree(selection)
+        text = None if not columns else columns if isinstance(columns, str) else ",".join(columns)
+        key = (repr(node), text, sort, limit)  # repr: 1, 1.0 and True are equal keys but not equal SQL
+        try:
+            labels, statement = self._statements[key]
+        except KeyError:
+            labels, statement = self._statement(node, text, sort, limit)
+            if len(self._statements) >= 256:
+                self._statements.clear()
+            self._statements[key] = labels, statement
+        with self.engine.connect() as conn, db.statement_timeout(conn, timeout_s):
+            rows = [tuple(r) for r in conn.execute(statement)]
+        return _merge_header_columns(labels, rows)
+
+    def _statement(self, node: Node | None, columns: str | None, sort: str | None, limit: int | None):
+        """(labels, SELECT) of :meth:`rows`. Building it costs more than running it on
+        a night's rows, so the same question (a page asked again) reuses it."""
         if columns:
-            text = columns if isinstance(columns, str) else ",".join(columns)
-            fields = parse_columns(text)
+            fields = parse_columns(columns)
         else:
             fields = [Column(c) for c in DEFAULT_COLUMNS] + (header_columns(node) if node else [])
         compiler = Compiler(self.dialect)
@@ -128,9 +144,7 @@ class Catalog:
         statement = statement.order_by(*order, Exposure.id)
         if limit is not None:
             statement = statement.limit(limit)
-        with self.engine.connect() as conn, db.statement_timeout(conn, timeout_s):
-            rows = [tuple(r) for r in conn.execute(statement)]
-        return _merge_header_columns([label for label, _ in pairs], rows)
+        return [label for label, _ in pairs], statement
 
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""
@@ -402,6 +416,8 @@ def _summary_text(summary_json: str | None) -> str:
 def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """Join each header keyword's number and text columns into one: numbers
     where every value is numeric, text otherwise."""
+    if not any(name.endswith("#num") for name in names):
+        return names, rows
     keep, merged = [], []
     for i, name in enumerate(names):
         if name.endswith("#text"):

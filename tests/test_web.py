@@ -309,6 +309,25 @@ def test_processing_page_lists_runs_with_parameters_and_stale_products(night, tm
     assert missing.status_code == 404 and "no processing run 99999" in missing.text
 
 
+def test_a_run_page_lists_its_items_and_each_tool_run_shows_its_output(night, tmp_path):
+    frame = night.resolve("3871")
+    cli(night, "run", "--each", "exposure", "3870-3871", "--workdir", str(tmp_path / "work" / "{item}"), "--workers", "1",
+        "--", "sh", "-c", "echo out-{frame}; echo err-{frame} >&2")
+    from sqlalchemy import func, select
+
+    from archive.models import Run
+
+    with night.engine.connect() as conn:
+        parent = conn.execute(select(func.max(Run.id)).where(Run.parent_id.is_(None))).scalar_one()
+    with client(night, tmp_path) as http:
+        assert f'href="/processing/runs/{parent}"' in http.get("/processing").text
+        run = http.get(f"/processing/runs/{parent}")
+        children = [int(part.split('"')[0]) for part in run.text.split('href="/processing/runs/')[1:]]
+        logs = [http.get(f"/processing/runs/{child}").text for child in children]
+    assert run.status_code == 200 and "Items (2)" in run.text and len(children) == 2
+    assert any("out-3871" in log and "err-3871" in log and "<h3>stderr</h3>" in log for log in logs), frame
+
+
 # -- thumbnails ---------------------------------------------------------------------------
 
 
@@ -328,6 +347,20 @@ def test_thumbnails_are_made_once_per_file_version_and_kept(night, tmp_path):
         changed = http.get(f"/exposures/{exposure_id}/thumbnail.png")
     assert changed.status_code == 200 and changed.content != first.content
     assert sorted(p.name for p in (tmp_path / "thumbs").glob("*.png")) == [f"{exposure_id}-v1.png", f"{exposure_id}-v2.png"]
+
+
+def test_the_thumbnail_directory_can_be_removed_while_serving(night, tmp_path):
+    """The README says deleting the cache is always safe: the pictures are made again on demand."""
+    import shutil
+
+    exposure_id = night.resolve("3870")
+    with client(night, tmp_path) as http:
+        first = http.get(f"/exposures/{exposure_id}/thumbnail.png")
+        assert f"/exposures/{exposure_id}/thumbnail.png" in http.get(f"/nights/{NIGHT}").text  # known as made
+        shutil.rmtree(tmp_path / "thumbs")
+        again = http.get(f"/exposures/{exposure_id}/thumbnail.png")
+    assert first.status_code == again.status_code == 200 and again.content == first.content
+    assert (tmp_path / "thumbs" / f"{exposure_id}-v1.png").exists()
 
 
 def test_a_frame_without_a_picture_says_why(night, tmp_path):

@@ -8,6 +8,7 @@ test's tmp_path) as ``web-<backend>-<page>.png``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -49,6 +50,12 @@ def _free_port() -> int:
 @pytest.fixture
 def server(catalog, tmp_path):
     """The demo night, measured, served with grading allowed on a free local port."""
+    with _serving(catalog, tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serving(catalog, tmp_path):
     import uvicorn
 
     from web.app import create_app
@@ -67,9 +74,11 @@ def server(catalog, tmp_path):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield f"http://127.0.0.1:{port}", catalog
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}", catalog
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture
@@ -176,6 +185,52 @@ def test_grade_three_frames_from_the_keyboard_and_find_them_after_a_reload(serve
     last = history.stdout.strip().splitlines()[-1].split(",")
     assert last[2:5] == ["bad", "tracking", "person"] and last[-2:] == ["big tracking errors", "True"]
     assert _console_errors(browser) == []
+
+
+@pytest.mark.slow
+def test_the_night_view_is_browsable_while_its_thumbnails_arrive(catalog, tmp_path, browser, artifacts, monkeypatch):
+    """No thumbnail made yet (the worker is held): the whole night is on the page with a
+    placeholder per frame and the progress; frames can be moved through and graded; the
+    pictures then replace the placeholders in place, without a reload."""
+    from web import thumbnails
+
+    held = threading.Event()
+    make = thumbnails.picture
+
+    def picture_when_released(*args, **kwargs):
+        held.wait(120)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(thumbnails, "picture", picture_when_released)
+    try:
+        with _serving(catalog, tmp_path) as (base, _):
+            browser.get(f"{base}/nights/{NIGHT}")
+            cards = [int(c.get_attribute("data-id")) for c in browser.find_elements("css selector", ".card")]
+            assert len(cards) == len(catalog.exposure_ids(f"night == '{NIGHT}'")) > 7
+            assert len(browser.find_elements("css selector", "[data-pending]")) == len(cards)
+            assert f"thumbnails 0/{len(cards)}" in browser.find_element("id", "progress").text
+            from selenium.webdriver.common.keys import Keys
+
+            _press(browser, "j" + Keys.ARROW_RIGHT + "2")
+            _grade_shown(browser, cards[2], "ok")
+            assert browser.find_elements("css selector", ".card.cursor")[0].get_attribute("data-id") == str(cards[2])
+            _press(browser, "n")  # a note on the grade just given: it keeps the frame's reason (none for 'ok')
+            _wait(browser, lambda b: b.switch_to.active_element.get_attribute("name") == "note")
+            browser.switch_to.active_element.send_keys("satellite trail\n")
+            _wait(browser, lambda b: [(f["grade"], f["reason"], f["note"]) for f in quality.flag_history(
+                catalog.engine, cards[2]) if f["source"] == "person"] == [("ok", None, None), ("ok", None, "satellite trail")])
+            artifacts(browser, "night-while-thumbnails-arrive")
+
+            held.set()
+            _wait(browser, lambda b: not b.find_elements("css selector", "[data-pending]"), 120)
+            _wait(browser, lambda b: f"thumbnails {len(cards)}/{len(cards)}" in b.find_element("id", "progress").text, 30)
+            _wait(browser, lambda b: b.execute_script("return Array.from(document.images).every(i => i.complete)"))
+            assert len(browser.find_elements("css selector", ".card img")) == len(cards)
+            assert browser.execute_script("return Array.from(document.images).filter(i => i.naturalWidth === 0).length") == 0
+            assert _card(browser, cards[2]).get_attribute("data-grade") == "ok"  # the page was never reloaded
+            assert _console_errors(browser) == []
+    finally:
+        held.set()
 
 
 @pytest.mark.slow

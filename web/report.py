@@ -33,6 +33,8 @@ def write_html(engine: Engine, directory: Path, *, ids: list[int] | None = None,
     for index, problem in parallel_map(write_thumbnail, tasks, workers=workers, progress=progress):
         if problem:
             problems[rows[index]["id"]] = problem
+    for row in rows:
+        row["picture"] = ("problem", problems[row["id"]]) if row["id"] in problems else ("img", f"thumbs/{row['id']}.png")
     science = [r for r in rows if r["frame_type"] == "science"]
     bands = sorted({row["band"] or "none" for row in science})
     plots = {band: [p for p in (time_plot([r for r in science if (r["band"] or "none") == band], metric, label)

@@ -79,6 +79,7 @@ class ThumbnailCache:
         self._counter = 0
         self._threads = [threading.Thread(target=self._work, name=f"thumbnails-{i}", daemon=True) for i in range(workers)]
         self._stopping = False
+        self._ready: set[tuple[int, int]] = set()  # seen on disk: a night's page need not look at each file again
         for thread in self._threads:
             thread.start()
 
@@ -90,12 +91,22 @@ class ThumbnailCache:
 
     def state(self, item: Item) -> tuple[str, str | None]:
         """('ready', None), ('failed', reason) or ('pending', None)."""
+        key = (item.file_id, item.version)
+        if key in self._ready:
+            return "ready", None
         if self.png(item).exists():
+            self._ready.add(key)
             return "ready", None
         reason = self._reason_file(item)
         if reason.exists():
             return "failed", reason.read_text(encoding="utf-8")
         return "pending", None
+
+    def forget(self, item: Item) -> None:
+        """The picture of ``item`` is gone from the disk (the directory was removed): make it again when asked."""
+        with self._done:
+            self._ready.discard((item.file_id, item.version))
+            self._queued.discard((item.file_id, item.version))
 
     def request(self, items: list[Item], urgent: bool = False) -> None:
         """Queue the pictures not made yet; ``urgent`` ones go first."""

@@ -118,6 +118,10 @@
     if (!writable) { say("read-only: start obsarch serve --allow-write to grade", true); return; }
     const ungraded = chosen().filter(function (card) { return !card.dataset.grade; });
     if (ungraded.length) { say("grade the frame first (1-4), then give a reason or a note", true); return; }
+    annotate.dataset.mode = focus;
+    // r chooses a reason (the frame's own shown first); n adds a note and keeps each frame's reason
+    annotate.elements.reason.value = cards[cursor].dataset.reason || annotate.elements.reason.options[0].value;
+    annotate.elements.reason.disabled = focus === "note";
     annotate.hidden = false;
     annotate.elements[focus].focus();
   }
@@ -125,9 +129,12 @@
   annotate.addEventListener("submit", function (event) {
     event.preventDefault();
     const reason = annotate.elements.reason.value, note = annotate.elements.note.value;
+    const noteOnly = annotate.dataset.mode === "note";
     annotate.hidden = true;
     annotate.elements.note.value = "";
-    record(function (card) { return { grade: card.dataset.grade, reason: reason, note: note }; }, "reason " + reason);
+    record(function (card) {
+      return { grade: card.dataset.grade, reason: noteOnly ? card.dataset.reason : reason, note: note };
+    }, noteOnly ? "note" : "reason " + reason);
   });
   annotate.querySelector(".cancel").addEventListener("click", function () { annotate.hidden = true; });
   annotate.addEventListener("keydown", function (event) {
