@@ -57,6 +57,9 @@ def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
+    from archive.models import postgresql_options
+
+    postgresql_options()
     engine = create_engine(url, pool_pre_ping=True)
     if read_only:
         # Per connection rather than a connect option, so that options given

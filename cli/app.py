@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -253,11 +252,11 @@ def reports_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise  # usage errors and exits keep their own status
         except Exception as exc:
             if type(exc).__module__.startswith(("typer", "click")) and hasattr(exc, "exit_code"):
-                raise  # typer's own click (typer._click) raises usage errors of other classes
+                raise  # click's usage errors (typer's own click, typer._click, and click itself, not imported for this)
             _reported(exc)
         except KeyboardInterrupt:
             if STATE.debug:
@@ -315,13 +314,31 @@ def load_config():
 
 @contextmanager
 def progress(label: str):
-    """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take.
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console.unwrap(), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+    The bar is drawn from the first call with something left to do, and only
+    on a terminal (rich draws a transient bar nowhere else): a re-scan that
+    finds nothing to read does not import rich at all."""
+    bar = task = None
+
+    def update(done, total):
+        nonlocal bar, task
+        if bar is None:
+            if total is None or done >= total or not err_console.is_terminal:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=err_console.unwrap(), transient=True)
+            bar.start()
+            task = bar.add_task(label, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 # -- options shared by several commands ----------------------------------------------

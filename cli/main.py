@@ -24,7 +24,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("flag", "flags"), ("quality",)),
     "report": ("quality", "xray"),
     **dict.fromkeys(("group", "groups", "offsets", "align"), ("groups",)),
-    "calib": ("calib_rules", "processing", "quality"),
+    "calib": ("calib_rules", "processing"),
     **dict.fromkeys(("calibrate", "stack", "run", "runs", "products", "lineage", "stale"), ("processing",)),
     **dict.fromkeys(("archive", "fetch", "downloads", "sync"), ("archives",)),
     **dict.fromkeys(("xray", "metrics", "regions"), ("xray",)),
@@ -82,7 +82,11 @@ def run() -> None:
 
         print(f"obsarch {__version__}")
         return
-    app = _app(_modules_for(sys.argv[1:]))
+    modules = _modules_for(sys.argv[1:])
+    app = _app(modules)
+    if modules is not ALL:
+        # the other command groups stay empty: Typer need not build them
+        app.registered_groups = [g for g in app.registered_groups if g.typer_instance.registered_commands]
     gc.freeze()
     try:
         app()
