@@ -205,3 +205,12 @@ print(json.dumps(by_name))
     from cli.main import MODULES
 
     assert json.loads(result.stdout) == {name: list(modules) for name, modules in MODULES.items()}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["query", "--help"]])
+def test_help_imports_no_catalog_library(tmp_path, args):
+    """Help needs rich (it draws the help) and nothing of the catalog."""
+    result, modules = imported_by(args, tmp_path)
+    assert result.returncode == 0 and "Usage" in result.stdout
+    heavy = ("pandas", "astropy", "numpy", "pydantic", "alembic", "sqlalchemy")
+    assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
