@@ -51,10 +51,8 @@ def _app(modules=ALL):
     return app
 
 
-def _modules_for(args: list[str]) -> tuple[str, ...]:
-    """The modules the command named in ``args`` needs: its own, or all of
-    them when no command is named or the name is unknown (help lists
-    every command, a typo is answered with the nearest ones)."""
+def _command_name(args: list[str]) -> str | None:
+    """The top-level command or group ``args`` name, if any."""
     skip = False
     for arg in args:
         if skip:
@@ -62,8 +60,21 @@ def _modules_for(args: list[str]) -> tuple[str, ...]:
         elif arg in _VALUED:
             skip = True
         elif not arg.startswith("-"):
-            return MODULES.get(arg, ALL)
-    return ALL
+            return arg
+    return None
+
+
+def _only(app, name: str):
+    """A copy of ``app`` with only the command or group ``name``: Typer
+    builds every command it holds (their signatures, their types) before
+    running one."""
+    import copy
+
+    only = copy.copy(app)
+    only.registered_commands = [c for c in app.registered_commands
+                                if (c.name or c.callback.__name__.replace("_", "-")) == name]
+    only.registered_groups = [g for g in app.registered_groups if g.name == name]
+    return only
 
 
 def run() -> None:
@@ -82,11 +93,10 @@ def run() -> None:
 
         print(f"obsarch {__version__}")
         return
-    modules = _modules_for(sys.argv[1:])
-    app = _app(modules)
-    if modules is not ALL:
-        # the other command groups stay empty: Typer need not build them
-        app.registered_groups = [g for g in app.registered_groups if g.typer_instance.registered_commands]
+    # A known command imports the modules that register it, and Typer builds
+    # it alone; help, no command or a mistyped one get every command.
+    name = _command_name(sys.argv[1:])
+    app = _only(_app(MODULES[name]), name) if name in MODULES else _app()
     gc.freeze()
     try:
         app()
