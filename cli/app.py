@@ -316,29 +316,17 @@ def load_config():
 def progress(label: str):
     """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take.
 
-    The bar is drawn from the first call with something left to do, and only
-    on a terminal (rich draws a transient bar nowhere else): a re-scan that
-    finds nothing to read does not import rich at all."""
-    bar = task = None
+    Only on a terminal: rich draws a transient bar nowhere else, so a pipe or
+    a file (scripts, cron) gets no bar and the command does not import rich."""
+    if not err_console.is_terminal:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def update(done, total):
-        nonlocal bar, task
-        if bar is None:
-            if total is None or done >= total or not err_console.is_terminal:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           console=err_console.unwrap(), transient=True)
-            bar.start()
-            task = bar.add_task(label, total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.stop()
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console.unwrap(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 # -- options shared by several commands ----------------------------------------------
