@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from archive.exceptions import (
     CatalogNotFound,
@@ -57,6 +57,9 @@ def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only)
+    from archive.models import postgresql_options
+
+    postgresql_options()
     engine = create_engine(url, pool_pre_ping=True)
     if read_only:
         # Per connection rather than a connect option, so that options given
@@ -290,9 +293,13 @@ def current_revision(engine: Engine) -> str | None:
     if missing_file(engine):
         return None
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
+        try:  # one SELECT for a catalog; the table is looked for only when it fails
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except DBAPIError:
+            conn.rollback()
+            if inspect(conn).has_table("alembic_version"):
+                raise
             return None
-        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -1,15 +1,25 @@
-"""The catalog's schema as SQLAlchemy 2.0 typed models.
+"""The catalog's schema: a SQLAlchemy Core table per class.
 
 The schema is created and changed only by the alembic migrations in
 ``migrations/``; ``tests/test_migrations.py`` checks that the two agree.
+
+The classes read like SQLAlchemy's typed ORM models, but nothing is mapped:
+obsarch speaks Core only (no sessions, no instances), and mapping the
+classes cost a short command as much as importing SQLAlchemy itself. Each
+class carries its :class:`~sqlalchemy.Table` (``Exposure.__table__``), its
+columns as attributes (``Exposure.band``), and stands for its table in a
+statement (``select(Hdu)``, ``insert(File)``, ``.join(Root, ...)``). As with
+the ORM, a column is NOT NULL unless its annotation allows ``None``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -18,11 +28,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Mapped  # what the attributes stand for, to a type checker
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -41,8 +54,69 @@ SHORT_TEXT = f"value_num IS NULL AND length(value_text) <= {TEXT_INDEX_LIMIT}"
 LONG_TEXT = f"value_num IS NULL AND length(value_text) > {TEXT_INDEX_LIMIT}"
 
 
-class Base(DeclarativeBase):
+def postgresql_options() -> None:
+    """Give the card indexes their PostgreSQL predicates (the same as
+    SQLite's). Called by :func:`archive.db.make_engine` for a PostgreSQL
+    catalog: declaring a ``postgresql_`` option imports SQLAlchemy's
+    PostgreSQL dialect, which a command on SQLite should not pay for."""
+    for index in HeaderCard.__table__.indexes:
+        where = index.dialect_options["sqlite"]["where"]
+        if where is not None and index.dialect_options["postgresql"]["where"] is None:
+            index.dialect_kwargs["postgresql_where"] = where
+
+
+class _Column:
+    """A column declared in a class body; made when the class is."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+
+def mapped_column(*args: Any, **kwargs: Any) -> Any:
+    """A column, declared as with SQLAlchemy's ORM (same arguments)."""
+    return _Column(*args, **kwargs)
+
+
+class Base:
+    """A table declared as a class: ``__tablename__``, ``__table_args__``
+    (constraints, then optionally a dict of table options) and one
+    ``name: Mapped[type] = mapped_column(...)`` per column, in order."""
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    __table__: Table
+    __tablename__: str
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        columns = []
+        # the class's own columns, then those of its mixins (ImageNumbers), as the ORM orders them
+        for owner in (cls, *(c for c in cls.__mro__[1:] if c not in (Base, object))):
+            annotations = owner.__dict__.get("__annotations__", {})
+            for name, spec in list(owner.__dict__.items()):
+                if isinstance(spec, _Column):
+                    options = dict(spec.kwargs)
+                    if "nullable" not in options and not options.get("primary_key"):
+                        options["nullable"] = "None" in str(annotations.get(name, "")) or "Optional" in str(annotations.get(name, ""))
+                    columns.append(Column(name, *spec.args, **options))
+        table_args = cls.__dict__.get("__table_args__", ())
+        options = table_args[-1] if table_args and isinstance(table_args[-1], dict) else {}
+        constraints = table_args[:-1] if options else table_args
+        cls.__table__ = Table(cls.__tablename__, cls.metadata, *columns, *constraints, **options)
+        for column in cls.__table__.columns:
+            setattr(cls, column.key, column)
+
+    @classmethod
+    def __clause_element__(cls) -> Table:
+        return cls.__table__
+
+
+def aliased(model: type[Base], name: str | None = None) -> type[Base]:
+    """``model`` over an alias of its table (the same table twice in one
+    statement), as ``sqlalchemy.orm.aliased`` gives for a mapped class."""
+    alias = model.__table__.alias(name)
+    namespace = {column.key: column for column in alias.columns}
+    namespace.update(__table__=alias, __clause_element__=staticmethod(lambda: alias))
+    return type(model.__name__, (), namespace)
 
 
 class Root(Base):
@@ -98,7 +172,6 @@ class File(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
 
-    root: Mapped[Root] = relationship()
 
 
 class FileVersion(Base):
@@ -157,8 +230,7 @@ class HeaderCard(Base):
             "keyword",
             "value_num",
             "file_id",
-            sqlite_where=text(NUMERIC),
-            postgresql_where=text(NUMERIC),
+            sqlite_where=text(NUMERIC),  # postgresql_where: see postgresql_options
         ),
         Index(  # value_num too: then the index alone answers a query repeating SHORT_TEXT
             "ix_header_cards_text",
@@ -166,15 +238,13 @@ class HeaderCard(Base):
             "value_text",
             "file_id",
             "value_num",
-            sqlite_where=text(SHORT_TEXT),
-            postgresql_where=text(SHORT_TEXT),
+            sqlite_where=text(SHORT_TEXT),  # postgresql_where: see postgresql_options
         ),
         Index(
             "ix_header_cards_long",
             "keyword",
             "file_id",
-            sqlite_where=text(LONG_TEXT),
-            postgresql_where=text(LONG_TEXT),
+            sqlite_where=text(LONG_TEXT),  # postgresql_where: see postgresql_options
         ),
         {"sqlite_with_rowid": False},
     )

@@ -507,7 +507,7 @@ def current_flag_order(flag=Flag) -> tuple:
 
 def current_flag(name: str, exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
     """A column of the current flag of ``exposure_id`` (see :func:`current_flag_order`)."""
-    from sqlalchemy.orm import aliased
+    from archive.models import aliased
 
     flag = aliased(Flag)
     return (
@@ -528,7 +528,7 @@ def current_offset(exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
     one the user asked for last (whatever its stage). When that one failed,
     the exposure has no current offset: an older one is never used instead.
     The one rule for selections, ``offsets show`` and ``stack``."""
-    from sqlalchemy.orm import aliased
+    from archive.models import aliased
 
     latest = aliased(Offset)
     return (

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, case, exists, func, select
-from sqlalchemy.orm import aliased
 
 from archive.models import (
     Exposure,
@@ -19,6 +18,7 @@ from archive.models import (
     RegionFile,
     Root,
     XraySummary,
+    aliased,
 )
 
 

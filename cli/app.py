@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -50,8 +49,8 @@ def _placeholder(param) -> str | None:
 
 
 def _light_runtime_param(param):
-    """A value converter for plain types (text, numbers, flags, paths, an enum, a
-    list of one of these), or None for anything else.
+    """A value converter for plain types (text, numbers within min/max, flags,
+    paths, an enum, a list of one of these), or None for anything else.
 
     Typer (0.2x) converts every value through a pydantic TypeAdapter, and
     importing pydantic and building the adapters was a third of a short
@@ -65,26 +64,39 @@ def _light_runtime_param(param):
     info = desc.parameter_info
     element = typing.get_args(desc.annotation)[0] if desc.is_list else desc.annotation
     plain = element in (str, int, float, bool, Path) or (isinstance(element, type) and issubclass(element, enum.Enum))
-    # "is not None": a bound of 0 (min=0) is a constraint too
     constrained = any(getattr(info, name, None) not in (None, False)
-                      for name in ("parser", "min", "max", "exists", "resolve_path", "click_type"))
-    if not plain or constrained or desc.is_tuple or desc.file_annotation is not None:
+                      for name in ("parser", "exists", "resolve_path", "click_type", "clamp"))
+    bounded = info.min is not None or info.max is not None  # "is not None": min=0 is a bound too
+    if not plain or constrained or (bounded and element not in (int, float)) or desc.is_tuple \
+            or desc.file_annotation is not None:
         return None
+    bounds = (info.min, info.max)
 
     class Light(RuntimeParam):
         def _coerce_value(self, value, param, ctx):
             if isinstance(value, (list, tuple)):
-                return [_convert(element, item, param, ctx) for item in value]
-            return _convert(element, value, param, ctx)
+                return [_convert(element, item, param, ctx, bounds) for item in value]
+            return _convert(element, value, param, ctx, bounds)
 
     return Light(parameter_info=info, annotation=desc.annotation)
 
 
-def _convert(kind, value, param, ctx):
+def _convert(kind, value, param, ctx, bounds=(None, None)):
     from typer._click.exceptions import BadParameter
 
-    if isinstance(value, kind):
-        return value
+    if not isinstance(value, kind) or kind is int and isinstance(value, bool):
+        value = _convert_text(kind, value, param, ctx)
+    low, high = bounds
+    if low is not None and value < low:
+        raise BadParameter(f"{value!r} is below {low}.", ctx=ctx, param=param)
+    if high is not None and value > high:
+        raise BadParameter(f"{value!r} is above {high}.", ctx=ctx, param=param)
+    return value
+
+
+def _convert_text(kind, value, param, ctx):
+    from typer._click.exceptions import BadParameter
+
     if kind is bool:
         return str(value).lower() in ("1", "true", "yes", "on")
     try:
@@ -240,11 +252,11 @@ def reports_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.BadParameter, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise  # usage errors and exits keep their own status
         except Exception as exc:
             if type(exc).__module__.startswith(("typer", "click")) and hasattr(exc, "exit_code"):
-                raise  # typer's own click (typer._click) raises usage errors of other classes
+                raise  # click's usage errors (typer's own click, typer._click, and click itself, not imported for this)
             _reported(exc)
         except KeyboardInterrupt:
             if STATE.debug:
@@ -302,7 +314,13 @@ def load_config():
 
 @contextmanager
 def progress(label: str):
-    """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take."""
+    """A progress bar on stderr; yields the ``progress(done, total)`` callback steps take.
+
+    Only on a terminal: rich draws a transient bar nowhere else, so a pipe or
+    a file (scripts, cron) gets no bar and the command does not import rich."""
+    if not err_console.is_terminal:
+        yield lambda done, total: None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -1,7 +1,9 @@
 """The ``obsarch`` command line: parse, call the library, render.
 
 The app and its shared options live in :mod:`cli.app`; each command group
-registers its commands on it from its own module, imported by :func:`app`.
+registers its commands on it from its own module. A run imports only the
+modules of the command it runs (:data:`MODULES`); help, a mistyped command
+and ``cli.main.app`` get them all.
 """
 
 from __future__ import annotations
@@ -9,7 +11,27 @@ from __future__ import annotations
 import gc
 import sys
 
-__all__ = ["run"]  # and `app`, built on first use (see __getattr__)
+__all__ = ["run", "MODULES"]  # and `app`, built on first use (see __getattr__)
+
+# The modules of cli that register each top-level command or group (hidden
+# old spellings included). tests/test_cli_ux.py checks it against what the
+# modules register.
+MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("ingest", "query", "show", "summary", "errors", "sql"), ("catalog",)),
+    **dict.fromkeys(("init", "demo", "roots"), ("admin",)),
+    "db": ("admin", "detectors"),
+    "quality": ("detectors", "quality"),
+    **dict.fromkeys(("flag", "flags"), ("quality",)),
+    "report": ("quality", "xray"),
+    **dict.fromkeys(("group", "groups", "offsets", "align"), ("groups",)),
+    "calib": ("calib_rules", "processing"),
+    **dict.fromkeys(("calibrate", "stack", "run", "runs", "products", "lineage", "stale"), ("processing",)),
+    **dict.fromkeys(("archive", "fetch", "downloads", "sync"), ("archives",)),
+    **dict.fromkeys(("xray", "metrics", "regions"), ("xray",)),
+    "serve": ("web",),
+}
+ALL = ("admin", "archives", "calib_rules", "catalog", "detectors", "groups", "processing", "quality", "web", "xray")
+_VALUED = ("--db", "--config")  # the app's options that take a value
 
 
 def __getattr__(name: str):
@@ -18,12 +40,41 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def _app():
+def _app(modules=ALL):
     # Each module registers its commands on the app; panels order the help.
-    from cli import admin, archives, calib_rules, catalog, detectors, groups, processing, quality, web, xray  # noqa: F401
+    import importlib
+
     from cli.app import app
 
+    for module in modules:
+        importlib.import_module(f"cli.{module}")
     return app
+
+
+def _command_name(args: list[str]) -> str | None:
+    """The top-level command or group ``args`` name, if any."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _only(app, name: str):
+    """A copy of ``app`` with only the command or group ``name``: Typer
+    builds every command it holds (their signatures, their types) before
+    running one."""
+    import copy
+
+    only = copy.copy(app)
+    only.registered_commands = [c for c in app.registered_commands
+                                if (c.name or c.callback.__name__.replace("_", "-")) == name]
+    only.registered_groups = [g for g in app.registered_groups if g.name == name]
+    return only
 
 
 def run() -> None:
@@ -42,7 +93,10 @@ def run() -> None:
 
         print(f"obsarch {__version__}")
         return
-    app = _app()
+    # A known command imports the modules that register it, and Typer builds
+    # it alone; help, no command or a mistyped one get every command.
+    name = _command_name(sys.argv[1:])
+    app = _only(_app(MODULES[name]), name) if name in MODULES else _app()
     gc.freeze()
     try:
         app()

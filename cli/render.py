@@ -11,6 +11,9 @@ and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC):
 from __future__ import annotations
 
 import io
+import os
+import re
+import sys
 from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -41,6 +44,36 @@ class _LazyConsole:
 
     def __getattr__(self, name):
         return getattr(self.unwrap(), name)
+
+    def _plain_stream(self):
+        """The stream written to when it is no terminal (rich would draw
+        nothing there), else None; a console already made answers itself."""
+        if self._console is not None or "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+            return None
+        stream = sys.stderr if self._options.get("stderr") else sys.stdout
+        isatty = getattr(stream, "isatty", None)
+        return None if isatty is None or isatty() else stream
+
+    @property
+    def is_terminal(self) -> bool:
+        return self._plain_stream() is None and self.unwrap().is_terminal
+
+    def print(self, *objects, **options) -> None:
+        """Plain text to a pipe or a file is written as it is, without
+        importing rich; anything rich would change (markup, emoji codes,
+        tabs, control characters, styles) goes through rich."""
+        stream = self._plain_stream()
+        text = objects[0] if len(objects) == 1 else None
+        if (stream is not None and isinstance(text, str) and set(options) <= {"markup", "highlight", "soft_wrap"}
+                and options.get("soft_wrap", True) and not options.get("highlight")
+                and (text.isprintable() or text.replace("\n", "").isprintable())
+                and ("[" not in text or options.get("markup") is False) and not _EMOJI_CODE.search(text)):
+            stream.write(text + "\n")
+            return
+        self.unwrap().print(*objects, **options)
+
+
+_EMOJI_CODE = re.compile(r":\S*?:")  # what rich would take for an emoji code
 
 
 console: Console = _LazyConsole(highlight=False, soft_wrap=True)

@@ -54,10 +54,10 @@ def after_ingest(engine, summary) -> None:
     """Summarize the X-ray files an ingest run read and attach the region
     files next to them by name, saying what failed. A run that read nothing
     costs nothing; one that read no X-ray file, one query."""
-    from processing import regions, xray_catalog
-
     if not summary.new and not summary.changed:
         return
+    from processing import regions, xray_catalog  # astropy and numpy: only when there is something to do
+
     result = xray_catalog.summarize(engine, run_id=summary.run_id)
     if result.summarized or result.failed:
         report_xray(result)

@@ -16,6 +16,10 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine") or create_engine(config.get_main_option("sqlalchemy.url"))
+    if engine.dialect.name == "postgresql":
+        from archive.models import postgresql_options
+
+        postgresql_options()
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
             # A migration that rebuilds a table (SQLite's way to alter one)

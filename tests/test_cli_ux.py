@@ -139,3 +139,75 @@ def test_building_the_command_line_imports_no_heavy_library():
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+# What a command must not import for the few rows it prints (the PostgreSQL
+# dialect: not on a SQLite catalog); benchmarks/startup.py measures the time.
+NOT_FOR_A_QUERY = ("pandas", "astropy", "numpy", "pydantic", "alembic", "sqlalchemy.dialects.postgresql",
+                   "sqlalchemy.orm", "rich")
+
+
+def imported_by(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``obsarch ARGS`` as the console script does, in a fresh process
+    with stdout and stderr pipes; the result and the modules it imported."""
+    listing = cwd / "modules.txt"
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+            f"sys.argv[:] = ['obsarch', *{args!r}]\n"
+            "from cli.main import run\nrun()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    return result, set(listing.read_text().split())
+
+
+@pytest.mark.parametrize("args", [
+    ["--version"],
+    ["query", "frame_type == 'science' and hdr['OBJECT'] like 'NGC%'", "--limit", "10"],
+    ["query", "band == 'V'", "--limit", "10", "--columns", "frame_number,band,hdr['AIRMASS']"],
+])
+def test_version_and_a_short_query_import_only_what_they_use(tmp_path, rng, args):
+    night_of_frames(tmp_path / "night", rng)
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "night"))
+    result, modules = imported_by(["--db", url, *args] if args[0] != "--version" else args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert sorted(m for m in modules if m.split(".")[0] in NOT_FOR_A_QUERY or m in NOT_FOR_A_QUERY) == []
+    if args[0] == "query":
+        assert "cli.catalog" in modules and "cli.admin" not in modules  # only its own command module
+
+
+def test_each_command_names_the_modules_that_register_it():
+    """cli.main.MODULES, by which a run imports only its command's modules,
+    says exactly which modules register each top-level command and group."""
+    code = """
+import importlib, json
+from cli import main
+from cli.app import app
+def names():
+    found = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    return found | {g.name for g in app.registered_groups if g.typer_instance.registered_commands}
+def sizes():
+    return {g.name: len(g.typer_instance.registered_commands) for g in app.registered_groups}
+by_name = {}
+for module in main.ALL:
+    before, counts = names(), sizes()
+    importlib.import_module("cli." + module)
+    grown = {n for n, size in sizes().items() if size > counts.get(n, 0)}
+    for name in (names() - before) | grown:
+        by_name.setdefault(name, []).append(module)
+print(json.dumps(by_name))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from cli.main import MODULES
+
+    assert json.loads(result.stdout) == {name: list(modules) for name, modules in MODULES.items()}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["query", "--help"]])
+def test_help_imports_no_catalog_library(tmp_path, args):
+    """Help needs rich (it draws the help) and nothing of the catalog."""
+    result, modules = imported_by(args, tmp_path)
+    assert result.returncode == 0 and "Usage" in result.stdout
+    heavy = ("pandas", "astropy", "numpy", "pydantic", "alembic", "sqlalchemy")
+    assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
