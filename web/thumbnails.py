@@ -156,7 +156,11 @@ class ThumbnailCache:
 
     def _failed(self, item: Item, reason: str) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._reason_file(item).write_text(" ".join(reason.split()), encoding="utf-8")
+        target = self._reason_file(item)
+        # written aside and renamed, as the PNGs are: a page asking meanwhile must not read an empty reason
+        partial = target.with_name(f".{target.name}.{threading.get_ident()}.partial")
+        partial.write_text(" ".join(reason.split()), encoding="utf-8")
+        os.replace(partial, target)
         return "failed"
 
     def close(self) -> None:
