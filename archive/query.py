@@ -682,8 +682,8 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
 # Exposure columns with an index that starts with them: an equality on one is
 # a short index range SQLite can drive a query from.
 INDEXED_COLUMNS = frozenset({"id", "file_id", "instrument", "obsid", "frame_type", "band", "night", "mjd", "frame_number"})
-# SQLite: a keyword equality is tested card by card (EXISTS) only when an
-# indexed column of the same AND picks fewer exposures than this.
+# SQLite: a keyword equality is tested exposure by exposure (EXISTS) only when
+# an indexed column of the same AND picks fewer exposures than this.
 DRIVING_ROWS_CAP = 50_000
 
 
@@ -698,7 +698,7 @@ class Compiler:
         self.sqlite = dialect == "sqlite"
         self.tables: set[str] = set()  # joins the compiled names need
         self.conn = conn if self.sqlite else None
-        self.driving_rows: int | None = None  # exposures the root AND's cheapest indexed equality picks
+        self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
@@ -707,24 +707,11 @@ class Compiler:
     def root(self, node) -> ColumnElement:
         """The clause of a whole selection (the tree's root)."""
         if self.conn is not None and isinstance(node, BoolOp) and node.op == "and":
-            self.driving_rows = self._driving_rows(node.items)
+            self.driving = [Compiler("sqlite")(item) for item in node.items if _indexed_equality(item)]
         try:
             return self(node)
         finally:
-            self.driving_rows = None
-
-    def _driving_rows(self, items) -> int | None:
-        """How many exposures the cheapest indexed equality among ``items``
-        picks, counted up to DRIVING_ROWS_CAP (None: none picks fewer)."""
-        counts = []
-        for item in items:
-            if (isinstance(item, Compare) and item.op == "==" and item.value is not None
-                    or isinstance(item, In) and not item.negate and len(item.values) <= MAX_IN_PARAMETERS) \
-                    and isinstance(item.field, Column) and item.field.name in INDEXED_COLUMNS:
-                clause = Compiler("sqlite")(item)
-                counts.append(_count(self.conn, select(Exposure.id).where(clause), DRIVING_ROWS_CAP))
-        best = min(counts, default=DRIVING_ROWS_CAP)
-        return best if best < DRIVING_ROWS_CAP else None
+            self.driving = []
 
     def _boolop(self, node: BoolOp):
         parts = [self(item) for item in node.items]
@@ -866,11 +853,12 @@ class Compiler:
         before it looks at exposures (PostgreSQL merges or hashes it, as its
         statistics say), so for a value a third of a million files share it
         builds a third of a million entries to keep the 36,000 exposures of
-        one night. When the selection's AND has an indexed equality picking
-        fewer exposures than half as many cards as the value has (both counted,
-        bounded), and the value is an equality (``seek``: an index seek on
-        keyword, value and file id), SQLite tests each of those exposures
-        instead: ``EXISTS (its card)``. The same rows either way.
+        one night. When the value is an equality (``seek``: an index seek on
+        keyword, value and file id) and the selection's AND has an indexed
+        equality picking fewer exposures than twice the value's cards, and
+        fewer than DRIVING_ROWS_CAP (both counted, bounded), SQLite tests each
+        of those exposures instead: ``EXISTS (its card)``, a seek each where
+        the list costs an insert and a seek per card. The same rows either way.
         """
         if kind == "bool":
             branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
@@ -880,15 +868,29 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
-        if seek and self.driving_rows is not None and len(branches) == 1:
+        if seek and self.driving and len(branches) == 1:
             cards = self._cards(header, *branches[0])
-            if _count(self.conn, cards, self.driving_rows // 2 + 1) > self.driving_rows // 2:
+            # the counts read a few times the cards the list itself would read, at most
+            n_cards = _count(self.conn, cards, DRIVING_ROWS_CAP // 2 + 1)
+            cap = min(DRIVING_ROWS_CAP, 2 * n_cards)
+            if min(_count(self.conn, select(Exposure.id).where(clause), cap) for clause in self.driving) < cap:
                 return cards.where(HeaderCard.file_id == Exposure.id).correlate(Exposure).exists()
         return Exposure.id.in_(self._union(header, branches))
 
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
         return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+def _indexed_equality(node) -> bool:
+    """``column == value`` or ``column in (values)`` on an indexed exposure column."""
+    if isinstance(node, Compare):
+        equality = node.op == "==" and node.value is not None
+    elif isinstance(node, In):
+        equality = not node.negate and len(node.values) <= MAX_IN_PARAMETERS
+    else:
+        return False
+    return equality and isinstance(node.field, Column) and node.field.name in INDEXED_COLUMNS
 
 
 def _count(conn, statement: Select, cap: int) -> int:
