@@ -324,20 +324,24 @@ class Exposure(Base):
     so a card's ``file_id`` finds its exposure by primary key."""
 
     __tablename__ = "exposures"
+    # (value, id): the ids of one value come out in id order, so PostgreSQL
+    # merges them with a keyword's cards (file_id order within one value)
+    # instead of hashing (migration 0014); SQLite's indexes end in the id anyway.
+    __table_args__ = tuple(Index(f"ix_exposures_{name}_id", name, "id") for name in ("instrument", "obsid", "frame_type", "band", "night"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
     observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
-    instrument: Mapped[str | None] = mapped_column(Text, index=True)
+    instrument: Mapped[str | None] = mapped_column(Text)
     telescope: Mapped[str | None] = mapped_column(Text)
-    obsid: Mapped[str | None] = mapped_column(Text, index=True)
+    obsid: Mapped[str | None] = mapped_column(Text)
     object: Mapped[str | None] = mapped_column(Text)
-    frame_type: Mapped[str | None] = mapped_column(String(16), index=True)
-    band: Mapped[str | None] = mapped_column(Text, index=True)
+    frame_type: Mapped[str | None] = mapped_column(String(16))
+    band: Mapped[str | None] = mapped_column(Text)
     exptime: Mapped[float | None] = mapped_column(Float)
     date_obs: Mapped[datetime | None] = mapped_column(DateTime)
     mjd: Mapped[float | None] = mapped_column(Float, index=True)
-    night: Mapped[str | None] = mapped_column(String(10), index=True)
+    night: Mapped[str | None] = mapped_column(String(10))
     ra: Mapped[float | None] = mapped_column(Float)
     dec: Mapped[float | None] = mapped_column(Float)
     airmass: Mapped[float | None] = mapped_column(Float)

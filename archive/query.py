@@ -679,16 +679,39 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
     return expression == any_(bindparam(None, values, type_=ARRAY(expression.type)))
 
 
-class Compiler:
-    """Compiles a selection tree for one backend (``dialect`` name)."""
+# Exposure columns with an index that starts with them: an equality on one is
+# a short index range SQLite can drive a query from.
+INDEXED_COLUMNS = frozenset({"id", "file_id", "instrument", "obsid", "frame_type", "band", "night", "mjd", "frame_number"})
+# SQLite: a keyword equality is tested exposure by exposure (EXISTS) only when
+# an indexed column of the same AND picks fewer exposures than this.
+DRIVING_ROWS_CAP = 50_000
 
-    def __init__(self, dialect: str):
+
+class Compiler:
+    """Compiles a selection tree for one backend (``dialect`` name).
+
+    Given a connection to a SQLite catalog (``conn``), it counts a few rows
+    (bounded) to choose the shape of a keyword equality; see :meth:`_header`.
+    """
+
+    def __init__(self, dialect: str, conn=None):
         self.sqlite = dialect == "sqlite"
         self.tables: set[str] = set()  # joins the compiled names need
+        self.conn = conn if self.sqlite else None
+        self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
         return method(node)
+
+    def root(self, node) -> ColumnElement:
+        """The clause of a whole selection (the tree's root)."""
+        if self.conn is not None and isinstance(node, BoolOp) and node.op == "and":
+            self.driving = [Compiler("sqlite")(item) for item in node.items if _indexed_equality(item)]
+        try:
+            return self(node)
+        finally:
+            self.driving = []
 
     def _boolop(self, node: BoolOp):
         parts = [self(item) for item in node.items]
@@ -723,7 +746,7 @@ class Compiler:
         if isinstance(node.field, Header):
             kind, value = _value_kind(node.value), _card_value(node.value)
             short = node.op == "==" and _short(value)
-            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short)
+            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short, seek=node.op == "==")
         if node.value is None:
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
@@ -819,12 +842,23 @@ class Compiler:
             where.append(HeaderCard.hdu_index == header.hdu)
         return select(HeaderCard.file_id).where(*where)
 
-    def _header(self, header: Header, predicate, kind: str, short_literals: bool = False) -> ColumnElement:
+    def _header(self, header: Header, predicate, kind: str, short_literals: bool = False, seek: bool = False) -> ColumnElement:
         """Files with a card ``header`` whose value satisfies ``predicate``.
 
         Numbers compare with numeric cards (logicals as 1/0), strings with the
         text of the others; each branch repeats the predicate of one partial
         index so that it is an index range on both backends.
+
+        The clause is ``id IN (the cards' file ids)``. SQLite makes that list
+        before it looks at exposures (PostgreSQL merges or hashes it, as its
+        statistics say), so for a value a third of a million files share it
+        builds a third of a million entries to keep the 36,000 exposures of
+        one night. When the value is an equality (``seek``: an index seek on
+        keyword, value and file id) and the selection's AND has an indexed
+        equality picking fewer exposures than twice the value's cards, and
+        fewer than DRIVING_ROWS_CAP (both counted, bounded), SQLite tests each
+        of those exposures instead: ``EXISTS (its card)``, a seek each where
+        the list costs an insert and a seek per card. The same rows either way.
         """
         if kind == "bool":
             branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
@@ -834,11 +868,34 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
+        if seek and self.driving and len(branches) == 1:
+            cards = self._cards(header, *branches[0])
+            # the counts read a few times the cards the list itself would read, at most
+            n_cards = _count(self.conn, cards, DRIVING_ROWS_CAP // 2 + 1)
+            cap = min(DRIVING_ROWS_CAP, 2 * n_cards)
+            if min(_count(self.conn, select(Exposure.id).where(clause), cap) for clause in self.driving) < cap:
+                return cards.where(HeaderCard.file_id == Exposure.id).correlate(Exposure).exists()
         return Exposure.id.in_(self._union(header, branches))
 
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
         return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+def _indexed_equality(node) -> bool:
+    """``column == value`` or ``column in (values)`` on an indexed exposure column."""
+    if isinstance(node, Compare):
+        equality = node.op == "==" and node.value is not None
+    elif isinstance(node, In):
+        equality = not node.negate and len(node.values) <= MAX_IN_PARAMETERS
+    else:
+        return False
+    return equality and isinstance(node.field, Column) and node.field.name in INDEXED_COLUMNS
+
+
+def _count(conn, statement: Select, cap: int) -> int:
+    """The rows of ``statement``, counted up to ``cap``."""
+    return conn.execute(select(func.count()).select_from(statement.limit(cap).subquery())).scalar_one()
 
 
 def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
@@ -913,13 +970,14 @@ def base_select(*columns, tables: set[str] | tuple[str, ...] = ("files", "roots"
     return statement
 
 
-def select_exposures(selection: str | Node | None, dialect: str, *columns) -> Select:
+def select_exposures(selection: str | Node | None, dialect: str, *columns, conn=None) -> Select:
     """SELECT exposures.id (and ``columns``) WHERE the selection (a person's
     text or a tree) holds, joined to files and roots only when the selection
-    or the columns need them."""
-    compiler = Compiler(dialect)
+    or the columns need them. ``conn``: the connection it will run on, when
+    the compiler may count rows to choose a shape (see :class:`Compiler`)."""
+    compiler = Compiler(dialect, conn)
     node = as_tree(selection)
-    where = compiler(node) if node is not None else None
+    where = compiler.root(node) if node is not None else None
     tables = set(compiler.tables)
     if any(getattr(c, "table", None) is not None and c.table.name in ("files", "roots") for c in columns):
         tables |= {"files", "roots"}

@@ -274,8 +274,7 @@ def load_sqlite(url: str, n: int, cards_per_exposure: int) -> None:
         conn.commit()
     conn.close()
     ingest.ensure_card_indexes(catalog.engine)
-    with catalog.engine.connect() as connection:
-        connection.exec_driver_sql("ANALYZE")
+    ingest._analyze(catalog.engine)  # as a first ingest does (a bare ANALYZE here was rolled back)
     catalog.engine.dispose()
 
 
@@ -313,8 +312,8 @@ def plan_shape(catalog, selection: str) -> str:
     """The plan of the selection's statement, in one line."""
     from archive.query import select_exposures
 
-    statement = select_exposures(selection, catalog.dialect)
     with catalog.engine.connect() as conn:
+        statement = select_exposures(selection, catalog.dialect, conn=conn)  # the shape exposure_ids runs
         sql = str(statement.compile(conn, compile_kwargs={"literal_binds": True}))
         if catalog.dialect == "sqlite":
             rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
@@ -334,7 +333,8 @@ def time_query(catalog, selection: str, repeat: int = 7) -> tuple[float, int]:
 
 
 def time_fetch_ids(catalog, count: int, repeat: int = 7) -> float:
-    """The peer of a query: fetching as many exposure ids by primary key."""
+    """The peer of a query: fetching as many exposure ids by primary key,
+    as :meth:`Catalog.exposure_ids` fetches them (plain ints from the cursor)."""
     from sqlalchemy import select
 
     from archive.models import Exposure
@@ -344,7 +344,7 @@ def time_fetch_ids(catalog, count: int, repeat: int = 7) -> float:
     for _ in range(repeat):
         start = time.perf_counter()
         with catalog.engine.connect() as conn:
-            list(conn.execute(statement).scalars())
+            [row[0] for row in conn.execute(statement).cursor.fetchall()]
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -445,7 +445,8 @@ def queries(args, backends: Backends) -> None:
         url = backends.url(backend, "big")
         start = time.perf_counter()
         (load_sqlite if backend == "sqlite" else load_postgresql)(url, args.exposures, args.cards)
-        print(f"\n{backend}: {args.exposures} exposures x {args.cards} cards loaded in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"\n{backend}: {args.exposures} exposures x {args.cards} cards loaded in {time.perf_counter() - start:.0f} s; "
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
         catalog = Catalog(url)
         for selection in SELECTIONS:
             seconds, count = time_query(catalog, selection)
@@ -456,7 +457,7 @@ def queries(args, backends: Backends) -> None:
             print(f"    plan: {plan_shape(catalog, selection)}", flush=True)
         catalog.engine.dispose()
     if len(backends.names) > 1:
-        print("\nside by side (ms): " + ", ".join(backends.names))
+        print("\nside by side (ms): " + ", ".join(backends.names) + f"; load average {os.getloadavg()[0]:.1f}")
         for selection, by_backend in results.items():
             print(f"  {selection!r:54} " + "  ".join(f"{by_backend[b] * 1000:7.1f}" for b in backends.names))
 

@@ -1,0 +1,132 @@
+"""A keyword selection answers the same whatever shape the compiler gives it.
+
+On SQLite, a keyword equality next to an indexed column that picks fewer
+exposures than the value has cards becomes ``EXISTS (a card of this
+exposure)`` instead of ``id IN (the cards' file ids)`` (archive.query,
+Compiler._header). Both shapes must give the same ids, on both backends:
+NULL columns, missing keywords, a keyword in several HDUs, numbers and text
+under the same keyword, long text, logicals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from factories import write_frame
+
+from archive import query
+from archive.models import Exposure
+from archive.query import select_exposures
+
+N = 60
+OBSERVERS = ["eve", "eve", "kim", "ann", None]  # None: no OBSERVER card
+
+
+def _file(i: int) -> dict:
+    """What file i holds (the test's own record of it)."""
+    return {
+        "i": i,
+        "band": None if i % 11 == 0 else "V" if i % 3 else "B",
+        "night_day": 16 if i % 2 else 17,
+        "observer": 42 if i % 13 == 0 else OBSERVERS[i % 5],  # a number under a text keyword
+        "ext_observer": "kim" if i % 4 == 0 else None,  # the same keyword in HDU 1
+        "long": i % 9 == 0,
+        "flagged": i % 6 == 0,
+    }
+
+
+@pytest.fixture
+def shapes(catalog, tmp_path):
+    rng = np.random.default_rng(7)
+    directory = tmp_path / "shapes"
+    for i in range(N):
+        f = _file(i)
+        header = {"FILTER": f["band"], "DATE-OBS": f"2017-08-{f['night_day']}T03:00:00", "OBSERVER": f["observer"],
+                  "LONGSTR": "x" * 300 if f["long"] else None, "FLAGGED": f["flagged"], "FRAMENUM": i}
+        path = write_frame(directory / f"f{i:03d}.fits", rng, header, extensions=1)
+        if f["ext_observer"]:
+            with fits.open(path, mode="update") as hdus:
+                hdus[1].header["OBSERVER"] = f["ext_observer"]
+    catalog.ingest([directory])
+    return catalog
+
+
+def _by_file(catalog) -> dict[int, dict]:
+    """Exposure id -> the test's record of its file."""
+    from sqlalchemy import select
+
+    from archive.models import File
+
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(select(Exposure.id, File.relpath).join(File, File.id == Exposure.file_id)).all()
+    return {exposure_id: _file(int(relpath.removesuffix(".fits").rsplit("f", 1)[1])) for exposure_id, relpath in rows}
+
+
+def _observers(f: dict, hdu: int | None = None) -> list:
+    values = {0: f["observer"], 1: f["ext_observer"]}
+    return [v for h, v in values.items() if v is not None and (hdu is None or h == hdu)]
+
+
+SELECTIONS = [
+    ("hdr['OBSERVER'] == 'eve' and band == 'V'", lambda f: "eve" in _observers(f) and f["band"] == "V"),
+    ("band == 'V' and hdr['OBSERVER'] == 'kim'", lambda f: "kim" in _observers(f) and f["band"] == "V"),
+    ("hdr['OBSERVER'] == 'kim' and band == 'B'", lambda f: "kim" in _observers(f) and f["band"] == "B"),
+    ("hdr[1]['OBSERVER'] == 'kim' and band == 'V'", lambda f: "kim" in _observers(f, 1) and f["band"] == "V"),
+    ("hdr[0]['OBSERVER'] == 'kim' and band == 'V'", lambda f: "kim" in _observers(f, 0) and f["band"] == "V"),
+    ("hdr['OBSERVER'] == 42 and band in ('V', 'B')", lambda f: 42 in _observers(f) and f["band"] in ("V", "B")),
+    ("hdr['OBSERVER'] == 'eve' and band in ('B')", lambda f: "eve" in _observers(f) and f["band"] == "B"),
+    ("not hdr['OBSERVER'] == 'eve' and band == 'V'", lambda f: "eve" not in _observers(f) and f["band"] == "V"),
+    ("hdr['OBSERVER'] != 'eve' and band == 'V'",
+     lambda f: any(v != "eve" for v in _observers(f) if isinstance(v, str)) and f["band"] == "V"),
+    ("hdr['OBSERVER'] == 'eve' and band == 'V' and night == '2017-08-15'",
+     lambda f: "eve" in _observers(f) and f["band"] == "V" and f["night_day"] == 16),
+    ("hdr['OBSERVER'] == 'eve' and band is null", lambda f: "eve" in _observers(f) and f["band"] is None),
+    ("(hdr['OBSERVER'] == 'eve' or hdr['OBSERVER'] == 'ann') and band == 'V'",
+     lambda f: {"eve", "ann"} & set(_observers(f)) and f["band"] == "V"),
+    ("hdr['OBSERVER'] == 'nobody' and band == 'V'", lambda f: False),
+    ("hdr['NOSUCHKEY'] == 'eve' and band == 'V'", lambda f: False),
+    ("hdr['LONGSTR'] == '" + "x" * 300 + "' and band == 'V'", lambda f: f["long"] and f["band"] == "V"),
+    ("hdr['FLAGGED'] == true and band == 'V'", lambda f: f["flagged"] and f["band"] == "V"),
+    ("hdr['FLAGGED'] == false and band == 'B'", lambda f: not f["flagged"] and f["band"] == "B"),
+    ("hdr['FRAMENUM'] == 12 and band == 'B'", lambda f: f["i"] == 12),
+    ("hdr['FRAMENUM'] == 12 and band == 'B' or hdr['FRAMENUM'] == 15", lambda f: f["i"] in (12, 15)),
+    ("hdr['OBSERVER'] == 'eve'", lambda f: "eve" in _observers(f)),
+]
+
+
+@pytest.mark.parametrize("selection, holds", SELECTIONS)
+def test_each_shape_gives_the_same_ids(shapes, selection, holds):
+    files = _by_file(shapes)
+    expected = sorted(i for i, f in files.items() if holds(f))
+    with shapes.engine.connect() as conn:
+        plain = [row[0] for row in conn.execute(select_exposures(selection, shapes.dialect).order_by(Exposure.id))]
+    assert plain == expected
+    assert shapes.exposure_ids(selection) == expected
+    assert sorted(shapes.rows(selection, columns="id")[1]) == [(i,) for i in expected]
+
+
+def test_sqlite_tests_each_exposure_when_the_column_picks_fewer(shapes):
+    """The shape chosen, on SQLite: EXISTS only where it reads less."""
+    if shapes.dialect != "sqlite":
+        pytest.skip("PostgreSQL plans the semi-join itself")
+    with shapes.engine.connect() as conn:
+        def sql(selection):
+            return str(select_exposures(selection, "sqlite", conn=conn))
+
+        # 'eve' is on 2 files in 5, band 'B' on a third of them: EXISTS
+        assert "EXISTS" in sql("hdr['OBSERVER'] == 'eve' and band == 'B'")
+        # no indexed column beside it: the list of its files
+        assert "EXISTS" not in sql("hdr['OBSERVER'] == 'eve' and exptime > 1")
+        assert "EXISTS" not in sql("hdr['OBSERVER'] == 'eve'")
+        # a rare value (one frame number): the list of its files
+        assert "EXISTS" not in sql("hdr['FRAMENUM'] == 12 and band == 'V'")
+        # not an equality: no seek on (keyword, value, file id)
+        assert "EXISTS" not in sql("hdr['OBSERVER'] like 'e%' and band == 'B'")
+        # a column picking more than DRIVING_ROWS_CAP: the list
+        original = query.DRIVING_ROWS_CAP
+        query.DRIVING_ROWS_CAP = 5
+        try:
+            assert "EXISTS" not in sql("hdr['OBSERVER'] == 'eve' and band == 'B'")
+        finally:
+            query.DRIVING_ROWS_CAP = original
