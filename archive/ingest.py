@@ -17,6 +17,7 @@ import getpass
 import itertools
 import json
 import multiprocessing
+import operator
 import os
 import shutil
 import socket
@@ -41,6 +42,7 @@ from archive.db import (
     drop_card_constraints,
     fetch_tuples,
     insert_ignoring_conflicts,
+    insert_new_rows,
     is_sqlite,
     lock_rows,
     serialize,
@@ -346,6 +348,7 @@ def _file_values(seen: _Seen, result: tuple, run_id: int, now: datetime) -> dict
 # An exposure has the id of its file (one exposure per file): a header card's
 # file_id is then directly the exposure it belongs to.
 EXPOSURE_COLUMNS = ("id", "file_id", *COLUMNS, "sources")
+_EXPOSURE_VALUES = operator.itemgetter(*EXPOSURE_COLUMNS[2:])
 HDU_COLUMNS = ("file_id", "hdu_index", "extname", "hdu_type", "shape", "bitpix", "ncards")
 
 
@@ -363,7 +366,7 @@ class _Rows:
         self.file_ids[local] = file_id
         self.hdus.extend((file_id, *hdu) for hdu in hdus)
         if new_exposure:
-            self.exposures.append((file_id, file_id, *(exposure[c] for c in EXPOSURE_COLUMNS[2:])))
+            self.exposures.append((file_id, file_id, *_EXPOSURE_VALUES(exposure)))
 
     def flush(self, conn: Connection, cards: list[tuple] | str | CardText) -> None:
         bulk_insert(conn, "hdus", HDU_COLUMNS, self.hdus)
@@ -459,10 +462,10 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
                 {"root_id": s.root_id, "relpath": s.relpath, "first_seen": now, "version": 1, **_file_values(s, r, run_id, now)}
                 for _, s, r in new
             ]
-            stmt = insert_ignoring_conflicts(conn, File.__table__, ["root_id", "relpath"]).returning(File.id, File.relpath)
-            inserted = {relpath: fid for fid, relpath in conn.execute(stmt, rows)}
+            returned = insert_new_rows(conn, File.__table__, ["root_id", "relpath"], rows, ["id", "root_id", "relpath"])
+            inserted = {(root_id, relpath): fid for fid, root_id, relpath in returned}
             for local, seen, result in new:
-                file_id = inserted.get(seen.relpath)
+                file_id = inserted.get((seen.root_id, seen.relpath))
                 if file_id is None:  # a concurrent scan stored it first
                     summary.unchanged += 1
                     continue
