@@ -66,6 +66,10 @@ BATCH_FILES = int(os.environ.get("OBSARCH_INGEST_BATCH", "250"))
 # inserting into three indexes halves the write rate (measured in
 # benchmarks/ingest.py), building them afterwards sorts once.
 BULK_MIN_FILES = int(os.environ.get("OBSARCH_BULK_MIN_FILES", "2000"))
+# PostgreSQL's statistics of keyword-value pairs cost seconds at any size
+# (a fixed sample); a bulk load this large refreshes them, a smaller one
+# leaves them to autovacuum or the next large load.
+PAIR_STATISTICS_MIN_FILES = int(os.environ.get("OBSARCH_PAIR_STATISTICS_MIN_FILES", "20000"))
 _IN_PROCESS_BELOW = 64  # fewer files than this are read without a pool
 COPY_TEXT = "copy-text"  # read_chunk's card sink for PostgreSQL (see archive.cardtext)
 CARD_COLUMNS = ("file_id", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
@@ -453,6 +457,11 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
     now = utcnow()
     scratch = chunk.cards if isinstance(chunk.cards, str) else None
     with transaction(engine, write=True, attach=scratch) as conn:
+        if not is_sqlite(conn):
+            # Committed without waiting for the WAL to reach disk: a server
+            # crash may lose the last chunks (whole; the next scan reads them
+            # again), never part of one. The run's last commit waits for all.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
         new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
         old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
@@ -529,6 +538,7 @@ def ensure_card_indexes(engine: Engine) -> None:
     if missing:
         with transaction(engine, write=True) as conn:
             serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
+            _sort_memory(conn)
             for index in missing:
                 index.create(conn, checkfirst=True)
 
@@ -540,9 +550,9 @@ def _drop_card_indexes(engine: Engine) -> None:
             index.drop(conn, checkfirst=True)
 
 
-def _analyze(engine: Engine) -> None:
+def _analyze(engine: Engine, n_read: int) -> None:
     with transaction(engine, write=True) as conn:
-        analyze_after_bulk_load(conn)
+        analyze_after_bulk_load(conn, card_pairs=n_read >= PAIR_STATISTICS_MIN_FILES)
 
 
 def ensure_card_constraints(engine: Engine) -> None:
@@ -550,7 +560,15 @@ def ensure_card_constraints(engine: Engine) -> None:
     :func:`archive.db.drop_card_constraints`)."""
     if not is_sqlite(engine):
         with transaction(engine, write=True) as conn:
+            _sort_memory(conn)
             add_card_constraints(conn)
+
+
+def _sort_memory(conn: Connection) -> None:
+    """More memory for PostgreSQL's sorts of an index build than its 64 MB
+    default: a large card table's keys sort in fewer passes."""
+    if not is_sqlite(conn):
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
 
 
 def _drop_card_constraints(engine: Engine) -> None:
@@ -776,7 +794,7 @@ def ingest(
         if bulk:
             ensure_card_constraints(engine)
             ensure_card_indexes(engine)
-            _analyze(engine)
+            _analyze(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary
