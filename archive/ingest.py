@@ -56,6 +56,12 @@ from archive.keywords import COLUMNS, KeywordMaps, NormalizationWarning, load_ma
 from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run
 from archive.roots import root_of
 
+# The tables, not the mapped classes: a statement over a class configures
+# every mapper of the ORM first (~40 ms of each command's first statement).
+FILES, ROOTS, INGEST_RUNS, RUNS = File.__table__, Root.__table__, IngestRun.__table__, Run.__table__
+EXPOSURES, HDUS, HEADER_CARDS = Exposure.__table__, Hdu.__table__, HeaderCard.__table__
+FILE_VERSIONS, INGEST_ERRORS = FileVersion.__table__, IngestError.__table__
+
 FITS_SUFFIXES = (
     ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",
     ".rmf", ".arf", ".bkg", ".rsp", ".mt", ".ds",
@@ -108,6 +114,11 @@ def utcnow() -> datetime:
 
 _SUFFIXES = frozenset(FITS_SUFFIXES)
 
+try:
+    from archive._scan import settle_unchanged as _settle_unchanged
+except ImportError:  # built without a C compiler: os.scandir does it all
+    _settle_unchanged = None
+
 
 def is_fits_name(name: str) -> bool:
     lower = name.lower()
@@ -127,8 +138,8 @@ def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
     if found:
         return found[0], found[1]
     new_root = path if path.is_dir() else path.parent
-    conn.execute(insert_ignoring_conflicts(conn, Root.__table__, ["path"]), [{"path": str(new_root), "created_at": now}])
-    root_id = conn.execute(select(Root.id).where(Root.path == str(new_root))).scalar_one()
+    conn.execute(insert_ignoring_conflicts(conn, ROOTS, ["path"]), [{"path": str(new_root), "created_at": now}])
+    root_id = conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(new_root))).scalar_one()
     return root_id, new_root
 
 
@@ -139,14 +150,14 @@ def move_root(engine: Engine, old: str | Path, new: str | Path) -> int:
     if not new_path.is_dir():
         raise NotFoundError(f"{new_path}: not a directory")
     with transaction(engine, write=True) as conn:
-        root_id = conn.execute(select(Root.id).where(Root.path == str(old_path))).scalar()
+        root_id = conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(old_path))).scalar()
         if root_id is None:
-            known = ", ".join(p for (p,) in conn.execute(select(Root.path))) or "none"
+            known = ", ".join(p for (p,) in conn.execute(select(ROOTS.c.path))) or "none"
             raise NotFoundError(f"{old_path}: not a root of this catalog (roots: {known})")
-        if conn.execute(select(Root.id).where(Root.path == str(new_path))).scalar() is not None:
+        if conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(new_path))).scalar() is not None:
             raise ObsarchError(f"{new_path}: already a root of this catalog")
-        conn.execute(update(Root).where(Root.id == root_id).values(path=str(new_path)))
-        return conn.execute(select(func.count()).where(File.root_id == root_id)).scalar_one()
+        conn.execute(update(ROOTS).where(ROOTS.c.id == root_id).values(path=str(new_path)))
+        return conn.execute(select(func.count()).where(FILES.c.root_id == root_id)).scalar_one()
 
 
 # -- scanning ----------------------------------------------------------------
@@ -236,19 +247,27 @@ def _scan_compare(
     cost a stat and a dict lookup, no object (a re-scan of 48,000 files)."""
     found: list[tuple[_Seen, tuple | None]] = []
     unchanged = 0
-    pop, by_name, regular = stored.pop, operator.attrgetter("name"), stat.S_IFREG
+    pop, regular = stored.pop, stat.S_IFREG
     stack = [(str(path), "" if path == root else path.relative_to(root).as_posix() + "/")]
     while stack:
         directory, prefix = stack.pop()
+        wanted = None
+        if _settle_unchanged is not None:  # compiled: the unchanged files settled in C, the rest below
+            settled, others = _settle_unchanged(os.fsencode(directory), prefix, stored, _SUFFIXES)
+            if settled >= 0:
+                unchanged += settled
+                if not others:
+                    continue
+                wanted = set(map(os.fsdecode, others))
         try:
             with os.scandir(directory) as listing:
-                entries = sorted(listing, key=by_name)
+                entries = list(listing) if wanted is None else [e for e in listing if e.name in wanted]
         except OSError as exc:
             relpath = prefix.rstrip("/") or "."
             found.append((_Seen(root_id, relpath, str(root / relpath), None, None,
                                 f"cannot list directory: {exc.strerror}"), pop(relpath, None)))
             continue
-        below = []
+        below, here = [], []
         for entry in entries:
             name, valid = entry.name, True
             if not name.isascii():
@@ -280,8 +299,11 @@ def _scan_compare(
                     continue
             # A name that is not UTF-8 is never read; it is shown and stored escaped.
             full = entry.path if _display_name(entry.path)[1] else str(root / relpath)
-            found.append((_Seen(root_id, relpath, full, size, mtime, error), row))
-        stack.extend(reversed(below))
+            here.append((_Seen(root_id, relpath, full, size, mtime, error), row))
+        # in name order, files before the directories below (only what is
+        # to read is sorted: a re-scan's listing of 48,000 names is not)
+        found += sorted(here, key=lambda pair: pair[0].relpath)
+        stack.extend(sorted(below, reverse=True))
     return found, unchanged
 
 
@@ -350,7 +372,9 @@ def _chunks(tasks: list[_Seen], size: int) -> list[list[_Seen]]:
 def _read_all(
     tasks: list[_Seen], config: dict | None, workers: int | None, sink: str | None, scheduler: str | bool | None = None
 ) -> Iterator[_Chunk]:
-    if scheduler is not None and tasks:
+    if not tasks:
+        return  # a re-scan with nothing new: not even the keyword maps to load
+    if scheduler is not None:
         yield from _read_on_dask(tasks, config, workers, sink, scheduler)
         return
     if len(tasks) < _IN_PROCESS_BELOW or workers == 1:
@@ -453,19 +477,19 @@ class _Rows:
 
 
 def _update_exposure(conn: Connection, file_id: int, exposure: dict) -> None:
-    existing = conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalar()
+    existing = conn.execute(select(EXPOSURES.c.id).where(EXPOSURES.c.file_id == file_id)).scalar()
     if existing is None:
-        conn.execute(insert(Exposure).values(id=file_id, file_id=file_id, **exposure))
+        conn.execute(insert(EXPOSURES).values(id=file_id, file_id=file_id, **exposure))
     else:
-        conn.execute(update(Exposure).where(Exposure.id == existing).values(**exposure))
+        conn.execute(update(EXPOSURES).where(EXPOSURES.c.id == existing).values(**exposure))
 
 
 def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> None:
     """Keep the headers a file had before they are replaced."""
     cards = conn.execute(
-        select(HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.comment)
-        .where(HeaderCard.file_id == file_row.id)
-        .order_by(HeaderCard.hdu_index, HeaderCard.position)
+        select(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position, HEADER_CARDS.c.keyword, HEADER_CARDS.c.value_text, HEADER_CARDS.c.comment)
+        .where(HEADER_CARDS.c.file_id == file_row.id)
+        .order_by(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position)
     ).all()
     if not cards:
         return
@@ -473,13 +497,13 @@ def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> 
     for hdu_index, position, keyword, text, comment in cards:
         headers.setdefault(hdu_index, []).append([position, keyword, text, comment])
     conn.execute(
-        insert(FileVersion).values(
+        insert(FILE_VERSIONS).values(
             file_id=file_row.id, version=file_row.version, size=file_row.size, mtime_ns=file_row.mtime_ns,
             header_hash=file_row.header_hash, headers_json=json.dumps(headers), replaced_at=now, run_id=run_id,
         )
     )
-    conn.execute(delete(HeaderCard).where(HeaderCard.file_id == file_row.id))
-    conn.execute(delete(Hdu).where(Hdu.file_id == file_row.id))
+    conn.execute(delete(HEADER_CARDS).where(HEADER_CARDS.c.file_id == file_row.id))
+    conn.execute(delete(HDUS).where(HDUS.c.file_id == file_row.id))
 
 
 def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
@@ -533,7 +557,7 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
                 {"root_id": s.root_id, "relpath": s.relpath, "first_seen": now, "version": 1, **_file_values(s, r, run_id, now)}
                 for _, s, r in new
             ]
-            returned = insert_new_rows(conn, File.__table__, ["root_id", "relpath"], rows, ["id", "root_id", "relpath"])
+            returned = insert_new_rows(conn, FILES, ["root_id", "relpath"], rows, ["id", "root_id", "relpath"])
             inserted = {(root_id, relpath): fid for fid, root_id, relpath in returned}
             for local, seen, result in new:
                 file_id = inserted.get((seen.root_id, seen.relpath))
@@ -554,7 +578,7 @@ def _replace(
     conn: Connection, local: int, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime,
     summary: IngestSummary, rows: _Rows,
 ) -> None:
-    row = conn.execute(lock_rows(select(File).where(File.id == file_id), conn)).one()
+    row = conn.execute(lock_rows(select(FILES).where(FILES.c.id == file_id), conn)).one()
     if row.status == "present" and (row.size, row.mtime_ns) == (seen.size, seen.mtime_ns) and row.run_id != run_id:
         summary.unchanged += 1  # a concurrent scan already stored this version
         return
@@ -568,7 +592,7 @@ def _replace(
     else:
         # Keep what was stored from the last good read; only say what is wrong.
         values.pop("header_hash")
-    conn.execute(update(File).where(File.id == file_id).values(**values))
+    conn.execute(update(FILES).where(FILES.c.id == file_id).values(**values))
     _count(conn, summary, seen, result, file_id, run_id, now, "changed")
 
 
@@ -581,7 +605,7 @@ def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: in
         reasons = [result[1]]
     for reason in reasons:
         summary.errors.append((seen.path, reason))
-        conn.execute(insert(IngestError).values(run_id=run_id, file_id=file_id, path=seen.path, reason=reason, created_at=now))
+        conn.execute(insert(INGEST_ERRORS).values(run_id=run_id, file_id=file_id, path=seen.path, reason=reason, created_at=now))
 
 
 # -- the card indexes --------------------------------------------------------
@@ -589,7 +613,7 @@ def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: in
 
 def card_indexes():
     """The header_cards indexes, as the models (and so the migrations) define them."""
-    return sorted(HeaderCard.__table__.indexes, key=lambda index: index.name)
+    return sorted(HEADER_CARDS.indexes, key=lambda index: index.name)
 
 
 def ensure_card_indexes(engine: Engine) -> None:
@@ -685,33 +709,33 @@ def _start_run(engine: Engine, paths: list[Path]) -> int:
     with transaction(engine, write=True) as conn:
         _close_dead_runs(conn, host)
         return conn.execute(
-            insert(IngestRun)
+            insert(INGEST_RUNS)
             .values(
                 started_at=utcnow(), state="running", paths="\n".join(map(str, paths)), host=host,
                 user=getpass.getuser(), pid=os.getpid(), code_version=__version__,
                 n_new=0, n_changed=0, n_unchanged=0, n_missing=0, n_failed=0,
             )
-            .returning(IngestRun.id)
+            .returning(INGEST_RUNS.c.id)
         ).scalar_one()
 
 
 def _close_dead_runs(conn: Connection, host: str) -> None:
     """Runs (ingests and processing steps) left 'running' by a process of
     this host that no longer exists were killed: say so."""
-    for table in (IngestRun, Run):
+    for table in (INGEST_RUNS, RUNS):
         dead = [run_id for run_id, pid in conn.execute(
-            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not process_alive(pid)]
+            select(table.c.id, table.c.pid).where(table.c.state == "running", table.c.host == host)) if not process_alive(pid)]
         if dead:
-            values = {"state": "interrupted"} if table is IngestRun else {
+            values = {"state": "interrupted"} if table is INGEST_RUNS else {
                 "state": "interrupted", "error": "its process ended without finishing it (killed?)"}
-            conn.execute(update(table).where(table.id.in_(dead)).values(**values))
+            conn.execute(update(table).where(table.c.id.in_(dead)).values(**values))
 
 
 def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:
     with transaction(engine, write=True) as conn:
         conn.execute(
-            update(IngestRun)
-            .where(IngestRun.id == summary.run_id)
+            update(INGEST_RUNS)
+            .where(INGEST_RUNS.c.id == summary.run_id)
             .values(
                 finished_at=utcnow(), state=state, error=error, n_new=summary.new, n_changed=summary.changed,
                 n_unchanged=summary.unchanged, n_missing=summary.missing, n_failed=summary.failed,
@@ -724,7 +748,7 @@ def _inner_roots(engine: Engine, root_id: int, root: Path, path: Path) -> dict[s
     parent), as {their path relative to ``root`` + '/': id}: their files stay
     theirs, so that a file has one row whichever directory was given first."""
     with transaction(engine) as conn:
-        roots = conn.execute(select(Root.id, Root.path)).all()
+        roots = conn.execute(select(ROOTS.c.id, ROOTS.c.path)).all()
     inner = {}
     for inner_id, inner_path in roots:
         candidate = Path(inner_path)
@@ -757,9 +781,9 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
         with transaction(engine) as conn:
             # plain tuples: a re-scan compares every stored file, and Row
             # objects cost as much as the comparison
-            where = or_(*(File.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
+            where = or_(*(FILES.c.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
             stored = fetch_tuples(
-                conn, select(File.root_id, File.relpath, File.id, File.size, File.mtime_ns, File.status).where(where)
+                conn, select(FILES.c.root_id, FILES.c.relpath, FILES.c.id, FILES.c.size, FILES.c.mtime_ns, FILES.c.status).where(where)
             )
         if not inner and path.is_dir() and not path.is_symlink():
             by_relpath = {
@@ -860,7 +884,7 @@ def ingest(
             with transaction(engine, write=True) as conn:
                 for start in range(0, len(gone), 500):
                     conn.execute(
-                        update(File).where(File.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
+                        update(FILES).where(FILES.c.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
                     )
             summary.missing = len(gone)
     except BaseException as exc:
