@@ -582,6 +582,16 @@ def card_constraint_names(conn: Connection) -> set[str]:
     return {name for (name,) in rows}
 
 
+def card_index_names(conn: Connection) -> set[str]:
+    """The names of header_cards' indexes present now, in one query (every
+    ingest asks; reflection through the inspector took ~25 ms on PostgreSQL)."""
+    if is_sqlite(conn):
+        return {row[1] for row in conn.exec_driver_sql("PRAGMA index_list(header_cards)")}
+    rows = conn.exec_driver_sql(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'header_cards'")
+    return {name for (name,) in rows}
+
+
 def drop_card_constraints(conn: Connection) -> None:
     if is_sqlite(conn):
         return

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, or_, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
@@ -37,6 +37,7 @@ from archive.db import (
     add_card_constraints,
     analyze_after_bulk_load,
     bulk_insert,
+    card_index_names,
     copy_card_text,
     copy_scratch_cards,
     drop_card_constraints,
@@ -619,7 +620,7 @@ def card_indexes():
 def ensure_card_indexes(engine: Engine) -> None:
     """Create any card index a killed bulk load left missing (cheap when none is)."""
     with transaction(engine) as conn:
-        present = {index["name"] for index in inspect(conn).get_indexes("header_cards")}
+        present = card_index_names(conn)
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
