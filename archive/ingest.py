@@ -708,6 +708,10 @@ def process_alive(pid: int) -> bool:
 def _start_run(engine: Engine, paths: list[Path]) -> int:
     host = socket.gethostname()
     with transaction(engine, write=True) as conn:
+        if not is_sqlite(conn):
+            # not waiting for the WAL flush (a re-scan's one commit besides the
+            # last): the run's last commit flushes this row with the rest
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _close_dead_runs(conn, host)
         return conn.execute(
             insert(INGEST_RUNS)
