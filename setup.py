@@ -1,15 +1,18 @@
-"""Only the compiled card parser needs setup.py; everything else is in pyproject.toml.
+"""Only the compiled modules (card parser, re-scan) need setup.py; everything else is in pyproject.toml.
 
-The extension is optional: where it cannot be built (no C compiler),
+The extensions are optional: where they cannot be built (no C compiler),
 archive.headers uses its Python parser (the same answers, three to four
-times slower per card).
+times slower per card) and a re-scan stats through os.scandir.
 """
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = cythonize(
-    [Extension("archive._cards", ["archive/_cards.pyx"])],
+    [
+        Extension("archive._cards", ["archive/_cards.pyx"]),
+        Extension("archive._scan", ["archive/_scan.pyx"]),  # a re-scan's unchanged files (POSIX)
+    ],
     compiler_directives={"language_level": "3"},
 )
 for extension in extensions:

@@ -218,7 +218,7 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     holding them are listed as invalid; malformed cards go to astropy.
     """
     control = []
-    if _CONTROL.search(raw):  # not FITS, and PostgreSQL text cannot hold it
+    if b"\x00" in raw:  # not FITS, and PostgreSQL text cannot hold it
         control = [f"NUL bytes replaced by '?': {raw[i:i + CARD].decode('ascii', 'replace').strip()[:60]!r}"
                    for i in range(0, len(raw), CARD) if _CONTROL.search(raw[i : i + CARD])]
         raw = _CONTROL.sub(b"?", raw)
@@ -252,7 +252,7 @@ def _invalid_values(cards: list[Card]) -> list[str]:
 # -- file reading ----------------------------------------------------------
 
 
-def _open(path: Path):
+def _open(path: str | Path):
     raw = open(path, "rb")
     magic = raw.read(2)
     raw.seek(0)
@@ -353,7 +353,6 @@ def read_headers(path: str | Path) -> tuple[list[HeaderUnit], str]:
     Raises :class:`FitsReadError` with a one-line reason for anything that is
     not a readable FITS file (empty, not FITS, truncated, corrupt gzip).
     """
-    path = Path(path)
     digest = hashlib.blake2b(digest_size=16)
     units: list[HeaderUnit] = []
     try:
@@ -370,7 +369,7 @@ def read_headers(path: str | Path) -> tuple[list[HeaderUnit], str]:
     return units, digest.hexdigest()
 
 
-def _read_all(stream, compressed: bool, path: Path, digest) -> list[HeaderUnit]:
+def _read_all(stream, compressed: bool, path: str | Path, digest) -> list[HeaderUnit]:
     # A gzip stream can only seek forward cheaply, so it is read one block at
     # a time and never past the current header; a plain file is read in
     # larger chunks and seeks freely.

@@ -17,6 +17,7 @@ import getpass
 import itertools
 import json
 import multiprocessing
+import operator
 import os
 import shutil
 import socket
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, or_, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
@@ -36,11 +37,13 @@ from archive.db import (
     add_card_constraints,
     analyze_after_bulk_load,
     bulk_insert,
+    card_index_names,
     copy_card_text,
     copy_scratch_cards,
     drop_card_constraints,
     fetch_tuples,
     insert_ignoring_conflicts,
+    insert_new_rows,
     is_sqlite,
     lock_rows,
     serialize,
@@ -54,6 +57,12 @@ from archive.keywords import COLUMNS, KeywordMaps, NormalizationWarning, load_ma
 from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run
 from archive.roots import root_of
 
+# The tables, not the mapped classes: a statement over a class configures
+# every mapper of the ORM first (~40 ms of each command's first statement).
+FILES, ROOTS, INGEST_RUNS, RUNS = File.__table__, Root.__table__, IngestRun.__table__, Run.__table__
+EXPOSURES, HDUS, HEADER_CARDS = Exposure.__table__, Hdu.__table__, HeaderCard.__table__
+FILE_VERSIONS, INGEST_ERRORS = FileVersion.__table__, IngestError.__table__
+
 FITS_SUFFIXES = (
     ".fits", ".fit", ".fts", ".fz", ".evt", ".pha", ".pi", ".lc", ".img",
     ".rmf", ".arf", ".bkg", ".rsp", ".mt", ".ds",
@@ -64,6 +73,10 @@ BATCH_FILES = int(os.environ.get("OBSARCH_INGEST_BATCH", "250"))
 # inserting into three indexes halves the write rate (measured in
 # benchmarks/ingest.py), building them afterwards sorts once.
 BULK_MIN_FILES = int(os.environ.get("OBSARCH_BULK_MIN_FILES", "2000"))
+# PostgreSQL's statistics of keyword-value pairs cost seconds at any size
+# (a fixed sample); a bulk load this large refreshes them, a smaller one
+# leaves them to autovacuum or the next large load.
+PAIR_STATISTICS_MIN_FILES = int(os.environ.get("OBSARCH_PAIR_STATISTICS_MIN_FILES", "20000"))
 _IN_PROCESS_BELOW = 64  # fewer files than this are read without a pool
 COPY_TEXT = "copy-text"  # read_chunk's card sink for PostgreSQL (see archive.cardtext)
 CARD_COLUMNS = ("file_id", "hdu_index", "position", "keyword", "value_text", "value_num", "vtype", "comment")
@@ -100,6 +113,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+_SUFFIXES = frozenset(FITS_SUFFIXES)
+
+try:
+    from archive._scan import settle_unchanged as _settle_unchanged
+except ImportError:  # built without a C compiler: os.scandir does it all
+    _settle_unchanged = None
+
+
 def is_fits_name(name: str) -> bool:
     lower = name.lower()
     if lower.endswith(".gz"):
@@ -118,8 +139,8 @@ def _root_for(conn: Connection, path: Path, now: datetime) -> tuple[int, Path]:
     if found:
         return found[0], found[1]
     new_root = path if path.is_dir() else path.parent
-    conn.execute(insert_ignoring_conflicts(conn, Root.__table__, ["path"]), [{"path": str(new_root), "created_at": now}])
-    root_id = conn.execute(select(Root.id).where(Root.path == str(new_root))).scalar_one()
+    conn.execute(insert_ignoring_conflicts(conn, ROOTS, ["path"]), [{"path": str(new_root), "created_at": now}])
+    root_id = conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(new_root))).scalar_one()
     return root_id, new_root
 
 
@@ -130,14 +151,14 @@ def move_root(engine: Engine, old: str | Path, new: str | Path) -> int:
     if not new_path.is_dir():
         raise NotFoundError(f"{new_path}: not a directory")
     with transaction(engine, write=True) as conn:
-        root_id = conn.execute(select(Root.id).where(Root.path == str(old_path))).scalar()
+        root_id = conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(old_path))).scalar()
         if root_id is None:
-            known = ", ".join(p for (p,) in conn.execute(select(Root.path))) or "none"
+            known = ", ".join(p for (p,) in conn.execute(select(ROOTS.c.path))) or "none"
             raise NotFoundError(f"{old_path}: not a root of this catalog (roots: {known})")
-        if conn.execute(select(Root.id).where(Root.path == str(new_path))).scalar() is not None:
+        if conn.execute(select(ROOTS.c.id).where(ROOTS.c.path == str(new_path))).scalar() is not None:
             raise ObsarchError(f"{new_path}: already a root of this catalog")
-        conn.execute(update(Root).where(Root.id == root_id).values(path=str(new_path)))
-        return conn.execute(select(func.count()).where(File.root_id == root_id)).scalar_one()
+        conn.execute(update(ROOTS).where(ROOTS.c.id == root_id).values(path=str(new_path)))
+        return conn.execute(select(func.count()).where(FILES.c.root_id == root_id)).scalar_one()
 
 
 # -- scanning ----------------------------------------------------------------
@@ -217,6 +238,76 @@ def _scan(path: Path, root_id: int, root: Path, ignored: list[str]) -> list[_See
     return seen
 
 
+def _scan_compare(
+    path: Path, root_id: int, root: Path, stored: dict[str, tuple], ignored: list[str]
+) -> tuple[list[tuple[_Seen, tuple | None]], int]:
+    """:func:`_scan` of a directory and the comparison with the stored rows
+    (``stored``, {relpath: row}, loses every path found) in one pass, for a
+    tree without inner roots. Returns the files to read or with a problem,
+    each with its stored row (or None), and how many are unchanged: those
+    cost a stat and a dict lookup, no object (a re-scan of 48,000 files)."""
+    found: list[tuple[_Seen, tuple | None]] = []
+    unchanged = 0
+    pop, regular = stored.pop, stat.S_IFREG
+    stack = [(str(path), "" if path == root else path.relative_to(root).as_posix() + "/")]
+    while stack:
+        directory, prefix = stack.pop()
+        wanted = None
+        if _settle_unchanged is not None:  # compiled: the unchanged files settled in C, the rest below
+            settled, others = _settle_unchanged(os.fsencode(directory), prefix, stored, _SUFFIXES)
+            if settled >= 0:
+                unchanged += settled
+                if not others:
+                    continue
+                wanted = set(map(os.fsdecode, others))
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing) if wanted is None else [e for e in listing if e.name in wanted]
+        except OSError as exc:
+            relpath = prefix.rstrip("/") or "."
+            found.append((_Seen(root_id, relpath, str(root / relpath), None, None,
+                                f"cannot list directory: {exc.strerror}"), pop(relpath, None)))
+            continue
+        below, here = [], []
+        for entry in entries:
+            name, valid = entry.name, True
+            if not name.isascii():
+                name, valid = _display_name(name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                below.append((entry.path, prefix + name + "/"))
+                continue
+            relpath = prefix + name
+            if name[name.rfind(".") :] not in _SUFFIXES and not is_fits_name(name):  # the set: most names, at once
+                ignored.append(relpath)
+                continue
+            row = pop(relpath, None)
+            if not valid:
+                size = mtime = None
+                error = "file name is not valid UTF-8"
+            else:
+                try:
+                    st = entry.stat()
+                    size, mtime = st.st_size, st.st_mtime_ns
+                    error = None if st.st_mode & 0o170000 == regular else "not a regular file"
+                except OSError:
+                    size, mtime, error = _stat(entry)  # again, for the reason
+                if error is None and row is not None and row[5] == "present" and row[3] == size and row[4] == mtime:
+                    unchanged += 1
+                    continue
+            # A name that is not UTF-8 is never read; it is shown and stored escaped.
+            full = entry.path if _display_name(entry.path)[1] else str(root / relpath)
+            here.append((_Seen(root_id, relpath, full, size, mtime, error), row))
+        # in name order, files before the directories below (only what is
+        # to read is sorted: a re-scan's listing of 48,000 names is not)
+        found += sorted(here, key=lambda pair: pair[0].relpath)
+        stack.extend(sorted(below, reverse=True))
+    return found, unchanged
+
+
 # -- reading (in workers) ----------------------------------------------------
 
 _MAPS: KeywordMaps | None = None
@@ -282,7 +373,9 @@ def _chunks(tasks: list[_Seen], size: int) -> list[list[_Seen]]:
 def _read_all(
     tasks: list[_Seen], config: dict | None, workers: int | None, sink: str | None, scheduler: str | bool | None = None
 ) -> Iterator[_Chunk]:
-    if scheduler is not None and tasks:
+    if not tasks:
+        return  # a re-scan with nothing new: not even the keyword maps to load
+    if scheduler is not None:
         yield from _read_on_dask(tasks, config, workers, sink, scheduler)
         return
     if len(tasks) < _IN_PROCESS_BELOW or workers == 1:
@@ -346,6 +439,7 @@ def _file_values(seen: _Seen, result: tuple, run_id: int, now: datetime) -> dict
 # An exposure has the id of its file (one exposure per file): a header card's
 # file_id is then directly the exposure it belongs to.
 EXPOSURE_COLUMNS = ("id", "file_id", *COLUMNS, "sources")
+_EXPOSURE_VALUES = operator.itemgetter(*EXPOSURE_COLUMNS[2:])
 HDU_COLUMNS = ("file_id", "hdu_index", "extname", "hdu_type", "shape", "bitpix", "ncards")
 
 
@@ -363,7 +457,7 @@ class _Rows:
         self.file_ids[local] = file_id
         self.hdus.extend((file_id, *hdu) for hdu in hdus)
         if new_exposure:
-            self.exposures.append((file_id, file_id, *(exposure[c] for c in EXPOSURE_COLUMNS[2:])))
+            self.exposures.append((file_id, file_id, *_EXPOSURE_VALUES(exposure)))
 
     def flush(self, conn: Connection, cards: list[tuple] | str | CardText) -> None:
         bulk_insert(conn, "hdus", HDU_COLUMNS, self.hdus)
@@ -384,19 +478,19 @@ class _Rows:
 
 
 def _update_exposure(conn: Connection, file_id: int, exposure: dict) -> None:
-    existing = conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalar()
+    existing = conn.execute(select(EXPOSURES.c.id).where(EXPOSURES.c.file_id == file_id)).scalar()
     if existing is None:
-        conn.execute(insert(Exposure).values(id=file_id, file_id=file_id, **exposure))
+        conn.execute(insert(EXPOSURES).values(id=file_id, file_id=file_id, **exposure))
     else:
-        conn.execute(update(Exposure).where(Exposure.id == existing).values(**exposure))
+        conn.execute(update(EXPOSURES).where(EXPOSURES.c.id == existing).values(**exposure))
 
 
 def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> None:
     """Keep the headers a file had before they are replaced."""
     cards = conn.execute(
-        select(HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.comment)
-        .where(HeaderCard.file_id == file_row.id)
-        .order_by(HeaderCard.hdu_index, HeaderCard.position)
+        select(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position, HEADER_CARDS.c.keyword, HEADER_CARDS.c.value_text, HEADER_CARDS.c.comment)
+        .where(HEADER_CARDS.c.file_id == file_row.id)
+        .order_by(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position)
     ).all()
     if not cards:
         return
@@ -404,13 +498,13 @@ def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> 
     for hdu_index, position, keyword, text, comment in cards:
         headers.setdefault(hdu_index, []).append([position, keyword, text, comment])
     conn.execute(
-        insert(FileVersion).values(
+        insert(FILE_VERSIONS).values(
             file_id=file_row.id, version=file_row.version, size=file_row.size, mtime_ns=file_row.mtime_ns,
             header_hash=file_row.header_hash, headers_json=json.dumps(headers), replaced_at=now, run_id=run_id,
         )
     )
-    conn.execute(delete(HeaderCard).where(HeaderCard.file_id == file_row.id))
-    conn.execute(delete(Hdu).where(Hdu.file_id == file_row.id))
+    conn.execute(delete(HEADER_CARDS).where(HEADER_CARDS.c.file_id == file_row.id))
+    conn.execute(delete(HDUS).where(HDUS.c.file_id == file_row.id))
 
 
 def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
@@ -450,6 +544,11 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
     now = utcnow()
     scratch = chunk.cards if isinstance(chunk.cards, str) else None
     with transaction(engine, write=True, attach=scratch) as conn:
+        if not is_sqlite(conn):
+            # Committed without waiting for the WAL to reach disk: a server
+            # crash may lose the last chunks (whole; the next scan reads them
+            # again), never part of one. The run's last commit waits for all.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
         new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
         old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
@@ -459,10 +558,10 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
                 {"root_id": s.root_id, "relpath": s.relpath, "first_seen": now, "version": 1, **_file_values(s, r, run_id, now)}
                 for _, s, r in new
             ]
-            stmt = insert_ignoring_conflicts(conn, File.__table__, ["root_id", "relpath"]).returning(File.id, File.relpath)
-            inserted = {relpath: fid for fid, relpath in conn.execute(stmt, rows)}
+            returned = insert_new_rows(conn, FILES, ["root_id", "relpath"], rows, ["id", "root_id", "relpath"])
+            inserted = {(root_id, relpath): fid for fid, root_id, relpath in returned}
             for local, seen, result in new:
-                file_id = inserted.get(seen.relpath)
+                file_id = inserted.get((seen.root_id, seen.relpath))
                 if file_id is None:  # a concurrent scan stored it first
                     summary.unchanged += 1
                     continue
@@ -480,7 +579,7 @@ def _replace(
     conn: Connection, local: int, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime,
     summary: IngestSummary, rows: _Rows,
 ) -> None:
-    row = conn.execute(lock_rows(select(File).where(File.id == file_id), conn)).one()
+    row = conn.execute(lock_rows(select(FILES).where(FILES.c.id == file_id), conn)).one()
     if row.status == "present" and (row.size, row.mtime_ns) == (seen.size, seen.mtime_ns) and row.run_id != run_id:
         summary.unchanged += 1  # a concurrent scan already stored this version
         return
@@ -494,7 +593,7 @@ def _replace(
     else:
         # Keep what was stored from the last good read; only say what is wrong.
         values.pop("header_hash")
-    conn.execute(update(File).where(File.id == file_id).values(**values))
+    conn.execute(update(FILES).where(FILES.c.id == file_id).values(**values))
     _count(conn, summary, seen, result, file_id, run_id, now, "changed")
 
 
@@ -507,7 +606,7 @@ def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: in
         reasons = [result[1]]
     for reason in reasons:
         summary.errors.append((seen.path, reason))
-        conn.execute(insert(IngestError).values(run_id=run_id, file_id=file_id, path=seen.path, reason=reason, created_at=now))
+        conn.execute(insert(INGEST_ERRORS).values(run_id=run_id, file_id=file_id, path=seen.path, reason=reason, created_at=now))
 
 
 # -- the card indexes --------------------------------------------------------
@@ -515,17 +614,18 @@ def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: in
 
 def card_indexes():
     """The header_cards indexes, as the models (and so the migrations) define them."""
-    return sorted(HeaderCard.__table__.indexes, key=lambda index: index.name)
+    return sorted(HEADER_CARDS.indexes, key=lambda index: index.name)
 
 
 def ensure_card_indexes(engine: Engine) -> None:
     """Create any card index a killed bulk load left missing (cheap when none is)."""
     with transaction(engine) as conn:
-        present = {index["name"] for index in inspect(conn).get_indexes("header_cards")}
+        present = card_index_names(conn)
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
             serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
+            _sort_memory(conn)
             for index in missing:
                 index.create(conn, checkfirst=True)
 
@@ -537,9 +637,13 @@ def _drop_card_indexes(engine: Engine) -> None:
             index.drop(conn, checkfirst=True)
 
 
-def _analyze(engine: Engine) -> None:
+def _analyze(engine: Engine, n_read: int) -> None:
     with transaction(engine, write=True) as conn:
-        analyze_after_bulk_load(conn)
+        # Under the lock of the card keys' DDL: holding hdus (analyzed) while
+        # waiting for header_cards, whose keys another ingest is adding with
+        # a foreign key to hdus, was a deadlock.
+        serialize(conn, "card indexes")
+        analyze_after_bulk_load(conn, card_pairs=n_read >= PAIR_STATISTICS_MIN_FILES)
 
 
 def ensure_card_constraints(engine: Engine) -> None:
@@ -547,7 +651,15 @@ def ensure_card_constraints(engine: Engine) -> None:
     :func:`archive.db.drop_card_constraints`)."""
     if not is_sqlite(engine):
         with transaction(engine, write=True) as conn:
+            _sort_memory(conn)
             add_card_constraints(conn)
+
+
+def _sort_memory(conn: Connection) -> None:
+    """More memory for PostgreSQL's sorts of an index build than its 64 MB
+    default: a large card table's keys sort in fewer passes."""
+    if not is_sqlite(conn):
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
 
 
 def _drop_card_constraints(engine: Engine) -> None:
@@ -596,35 +708,39 @@ def process_alive(pid: int) -> bool:
 def _start_run(engine: Engine, paths: list[Path]) -> int:
     host = socket.gethostname()
     with transaction(engine, write=True) as conn:
+        if not is_sqlite(conn):
+            # not waiting for the WAL flush (a re-scan's one commit besides the
+            # last): the run's last commit flushes this row with the rest
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _close_dead_runs(conn, host)
         return conn.execute(
-            insert(IngestRun)
+            insert(INGEST_RUNS)
             .values(
                 started_at=utcnow(), state="running", paths="\n".join(map(str, paths)), host=host,
                 user=getpass.getuser(), pid=os.getpid(), code_version=__version__,
                 n_new=0, n_changed=0, n_unchanged=0, n_missing=0, n_failed=0,
             )
-            .returning(IngestRun.id)
+            .returning(INGEST_RUNS.c.id)
         ).scalar_one()
 
 
 def _close_dead_runs(conn: Connection, host: str) -> None:
     """Runs (ingests and processing steps) left 'running' by a process of
     this host that no longer exists were killed: say so."""
-    for table in (IngestRun, Run):
+    for table in (INGEST_RUNS, RUNS):
         dead = [run_id for run_id, pid in conn.execute(
-            select(table.id, table.pid).where(table.state == "running", table.host == host)) if not process_alive(pid)]
+            select(table.c.id, table.c.pid).where(table.c.state == "running", table.c.host == host)) if not process_alive(pid)]
         if dead:
-            values = {"state": "interrupted"} if table is IngestRun else {
+            values = {"state": "interrupted"} if table is INGEST_RUNS else {
                 "state": "interrupted", "error": "its process ended without finishing it (killed?)"}
-            conn.execute(update(table).where(table.id.in_(dead)).values(**values))
+            conn.execute(update(table).where(table.c.id.in_(dead)).values(**values))
 
 
 def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:
     with transaction(engine, write=True) as conn:
         conn.execute(
-            update(IngestRun)
-            .where(IngestRun.id == summary.run_id)
+            update(INGEST_RUNS)
+            .where(INGEST_RUNS.c.id == summary.run_id)
             .values(
                 finished_at=utcnow(), state=state, error=error, n_new=summary.new, n_changed=summary.changed,
                 n_unchanged=summary.unchanged, n_missing=summary.missing, n_failed=summary.failed,
@@ -637,7 +753,7 @@ def _inner_roots(engine: Engine, root_id: int, root: Path, path: Path) -> dict[s
     parent), as {their path relative to ``root`` + '/': id}: their files stay
     theirs, so that a file has one row whichever directory was given first."""
     with transaction(engine) as conn:
-        roots = conn.execute(select(Root.id, Root.path)).all()
+        roots = conn.execute(select(ROOTS.c.id, ROOTS.c.path)).all()
     inner = {}
     for inner_id, inner_path in roots:
         candidate = Path(inner_path)
@@ -665,17 +781,29 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
     for path in paths:
         with transaction(engine, write=True) as conn:
             root_id, root = _root_for(conn, path, utcnow())
-        seen = _scan(path, root_id, root, ignored)
         prefix = "" if path == root else path.relative_to(root).as_posix()
         inner = _inner_roots(engine, root_id, root, path)
-        _rehome(seen, inner)
         with transaction(engine) as conn:
             # plain tuples: a re-scan compares every stored file, and Row
             # objects cost as much as the comparison
-            where = or_(*(File.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
+            where = or_(*(FILES.c.root_id == i for i in (root_id, *inner.values())))  # fetch_tuples binds no IN list
             stored = fetch_tuples(
-                conn, select(File.root_id, File.relpath, File.id, File.size, File.mtime_ns, File.status).where(where)
+                conn, select(FILES.c.root_id, FILES.c.relpath, FILES.c.id, FILES.c.size, FILES.c.mtime_ns, FILES.c.status).where(where)
             )
+        if not inner and path.is_dir() and not path.is_symlink():
+            by_relpath = {
+                r[1]: r for r in stored if not prefix or r[1] == prefix or r[1].startswith(prefix + "/")
+            }
+            found, unchanged = _scan_compare(path, root_id, root, by_relpath, ignored)
+            summary.unchanged += unchanged
+            for item, row in found:
+                if row is not None:
+                    known[(root_id, item.relpath)] = row[2]
+                (bad if item.error else to_read).append(item)
+            gone += [r[2] for r in by_relpath.values() if r[5] != "missing"]
+            continue
+        seen = _scan(path, root_id, root, ignored)
+        _rehome(seen, inner)
         in_scope = {
             (r[0], r[1]): r for r in stored
             if r[0] != root_id or not prefix or r[1] == prefix or r[1].startswith(prefix + "/")
@@ -761,7 +889,7 @@ def ingest(
             with transaction(engine, write=True) as conn:
                 for start in range(0, len(gone), 500):
                     conn.execute(
-                        update(File).where(File.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
+                        update(FILES).where(FILES.c.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
                     )
             summary.missing = len(gone)
     except BaseException as exc:
@@ -773,7 +901,7 @@ def ingest(
         if bulk:
             ensure_card_constraints(engine)
             ensure_card_indexes(engine)
-            _analyze(engine)
+            _analyze(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary

@@ -14,6 +14,8 @@ from sqlalchemy import Connection, or_, select
 
 from archive.models import File, Root
 
+FILES, ROOTS = File.__table__, Root.__table__  # not the classes: see archive.ingest
+
 
 def root_of(conn: Connection, path: str | Path) -> tuple[int, Path, str] | None:
     """(root id, root path, relative path in POSIX form) of the deepest root
@@ -22,7 +24,7 @@ def root_of(conn: Connection, path: str | Path) -> tuple[int, Path, str] | None:
 
 
 def _roots(conn: Connection) -> list[tuple[int, Path]]:
-    return [(root_id, Path(root_path)) for root_id, root_path in conn.execute(select(Root.id, Root.path))]
+    return [(root_id, Path(root_path)) for root_id, root_path in conn.execute(select(ROOTS.c.id, ROOTS.c.path))]
 
 
 def _deepest(roots: list[tuple[int, Path]], path: Path) -> tuple[int, Path, str] | None:
@@ -50,9 +52,9 @@ def file_ids_at(conn: Connection, paths, *, status: str | None = None) -> dict[s
     for root_id, by_relpath in wanted.items():
         relpaths = list(by_relpath)
         for start in range(0, len(relpaths), 500):
-            statement = select(File.id, File.relpath).where(File.root_id == root_id, File.relpath.in_(relpaths[start:start + 500]))
+            statement = select(FILES.c.id, FILES.c.relpath).where(FILES.c.root_id == root_id, FILES.c.relpath.in_(relpaths[start:start + 500]))
             if status is not None:
-                statement = statement.where(File.status == status)
+                statement = statement.where(FILES.c.status == status)
             ids.update({by_relpath[relpath]: file_id for file_id, relpath in conn.execute(statement)})
     return ids
 
@@ -62,7 +64,7 @@ def file_id_of(conn: Connection, path: str | Path) -> int | None:
     found = root_of(conn, path)
     if found is None or not found[2]:
         return None
-    return conn.execute(select(File.id).where(File.root_id == found[0], File.relpath == found[2])).scalar()
+    return conn.execute(select(FILES.c.id).where(FILES.c.root_id == found[0], FILES.c.relpath == found[2])).scalar()
 
 
 def files_below(conn: Connection, directory: str | Path) -> list[int]:
@@ -73,11 +75,11 @@ def files_below(conn: Connection, directory: str | Path) -> list[int]:
     found = root_of(conn, directory)
     if found is not None:
         root_id, _, prefix = found
-        inside = File.relpath.startswith(prefix + "/", autoescape=True) if prefix else True
-        conditions.append((File.root_id == root_id) & inside)
-    for root_id, root_path in conn.execute(select(Root.id, Root.path)):
+        inside = FILES.c.relpath.startswith(prefix + "/", autoescape=True) if prefix else True
+        conditions.append((FILES.c.root_id == root_id) & inside)
+    for root_id, root_path in conn.execute(select(ROOTS.c.id, ROOTS.c.path)):
         if directory in Path(root_path).parents:
-            conditions.append(File.root_id == root_id)
+            conditions.append(FILES.c.root_id == root_id)
     if not conditions:
         return []
-    return list(conn.execute(select(File.id).where(or_(*conditions)).order_by(File.id)).scalars())
+    return list(conn.execute(select(FILES.c.id).where(or_(*conditions)).order_by(FILES.c.id)).scalars())
