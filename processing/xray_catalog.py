@@ -32,7 +32,6 @@ from processing.machinery import (
     run_step,
 )
 from processing.runs import file_content
-from processing.xray import ALGORITHM, net_rate, summary_row
 
 # Cards that make a file worth opening: one indexed query finds them, so a
 # scan of optical frames pays nothing per file.
@@ -85,12 +84,26 @@ def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | No
     return {row.id: (row.path, row.version, file_content(row)) for row in conn.execute(statement)}
 
 
+def _summary_row(task):
+    """The worker's part (processing.xray, which needs astropy and numpy: an
+    ingest that read no X-ray file does not import them)."""
+    from processing.xray import summary_row
+
+    return summary_row(task)
+
+
 class XraySummaries(Step):
     """The X-ray summary step: each X-ray file's tables summarized in a
     worker, stored for its current version, with the step's run."""
 
-    name, algorithm = "xray-summaries", ALGORITHM
-    work = staticmethod(summary_row)
+    name = "xray-summaries"
+    work = staticmethod(_summary_row)
+
+    @property
+    def algorithm(self) -> str:
+        from processing.xray import ALGORITHM
+
+        return ALGORITHM
 
     def __init__(self, run_id: int | None = None, file_ids: list[int] | None = None):
         self.run_id, self.file_ids = run_id, file_ids
@@ -192,6 +205,8 @@ def link_all(conn) -> list[tuple[int, str, str]]:
             backgrounds.add(values["background_id"])
     numbers = {r.file_id: dict(r._mapping) for r in
                conn.execute(select(XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal))}
+    from processing.xray import net_rate
+
     for file_id, values in links.items():
         background = values["background_id"]
         net = net_rate(numbers[file_id], numbers[background]) if background in numbers else None

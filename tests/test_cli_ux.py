@@ -177,6 +177,17 @@ def test_version_and_a_short_query_import_only_what_they_use(tmp_path, rng, args
         assert "cli.catalog" in modules and "cli.admin" not in modules  # only its own command module
 
 
+def test_an_ingest_of_ccd_frames_imports_no_pixel_library_in_the_command(tmp_path, rng):
+    """The command only plans and writes (its workers read the headers): with
+    no X-ray file among the new ones, it imports neither astropy nor numpy."""
+    night_of_frames(tmp_path / "night", rng)
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    run(url, "init")
+    result, modules = imported_by(["--db", url, "ingest", str(tmp_path / "night")], tmp_path)
+    assert result.returncode == 0 and "new" in result.stderr + result.stdout, result.stderr
+    assert sorted(m for m in modules if m.split(".")[0] in ("astropy", "numpy", "pandas")) == []
+
+
 def test_each_command_names_the_modules_that_register_it():
     """cli.main.MODULES, by which a run imports only its command's modules,
     says exactly which modules register each top-level command and group."""
