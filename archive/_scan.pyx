@@ -45,7 +45,7 @@ def settle_unchanged(bytes directory, str prefix, dict stored, frozenset suffixe
     cdef dirent* entry
     cdef struct_stat st
     cdef int fd
-    cdef Py_ssize_t settled = 0, i, length
+    cdef Py_ssize_t i, length
     cdef bint plain
     cdef bytes raw
     cdef str name, relpath
@@ -55,6 +55,7 @@ def settle_unchanged(bytes directory, str prefix, dict stored, frozenset suffixe
         return -1, None
     fd = dirfd(listing)
     others = []
+    settled_paths = []  # taken out of ``stored`` only once the whole directory was read
     try:
         while True:
             obsarch_clear_errno()  # readdir tells an error from the end only by errno
@@ -88,10 +89,11 @@ def settle_unchanged(bytes directory, str prefix, dict stored, frozenset suffixe
                 continue
             mtime = <long long>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec
             if row[5] == "present" and row[3] == st.st_size and row[4] == mtime:
-                del stored[relpath]
-                settled += 1
+                settled_paths.append(relpath)
             else:
                 others.append(raw)
     finally:
         closedir(listing)
-    return settled, others
+    for relpath in settled_paths:
+        del stored[relpath]
+    return len(settled_paths), others

@@ -54,7 +54,7 @@ from archive.db import (
 from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError
 from archive.headers import read_headers
 from archive.keywords import COLUMNS, KeywordMaps, NormalizationWarning, load_maps, normalize
-from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run
+from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run, postgresql_options
 from archive.roots import root_of
 
 # The tables, not the mapped classes: a statement over a class configures
@@ -621,6 +621,9 @@ def ensure_card_indexes(engine: Engine) -> None:
     """Create any card index a killed bulk load left missing (cheap when none is)."""
     with transaction(engine) as conn:
         present = card_index_names(conn)
+    if engine.dialect.name == "postgresql":
+        # their partial predicates, whichever way the engine was made (Catalog(engine=...) skips make_engine)
+        postgresql_options()
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
