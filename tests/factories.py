@@ -140,3 +140,12 @@ def obsarch(url: str, *args: str, code: int = 0, config: Path | None = None):
     result = CliRunner().invoke(app, [*options, *args])
     assert result.exit_code == code, (args, result.stdout, result.stderr, result.exception)
     return result
+
+
+def leaf_commands(group, prefix=()):
+    """(path, command) of every command under a click group, groups walked."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from leaf_commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command

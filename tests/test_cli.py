@@ -8,7 +8,7 @@ import json
 
 import pytest
 import typer
-from factories import night_of_frames, obsarch, write_frame
+from factories import leaf_commands, night_of_frames, obsarch, write_frame
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -27,18 +27,10 @@ def ingested(url, tmp_path, rng):
     return url
 
 
-def _commands(group, prefix=()):
-    for name, command in group.commands.items():
-        if hasattr(command, "commands"):
-            yield from _commands(command, (*prefix, name))
-        else:
-            yield (*prefix, name), command
-
-
 def test_every_command_has_help_with_an_example():
     group = typer.main.get_command(app)
     names = []
-    for path, command in _commands(group):
+    for path, command in leaf_commands(group):
         names.append(" ".join(path))
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, path

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import typer
-from factories import night_of_frames, obsarch, write_frame
+from factories import leaf_commands, night_of_frames, obsarch, write_frame
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -60,16 +60,8 @@ def test_integers_and_times_are_the_same_in_every_format(ingested):
     assert all(r["date_obs"][:4] == "2017" and r["date_obs"][10] == "T" for r in rows)  # one ISO form
 
 
-def _commands(group, prefix=()):
-    for name, command in group.commands.items():
-        if hasattr(command, "commands"):
-            yield from _commands(command, (*prefix, name))
-        else:
-            yield (*prefix, name), command
-
-
 def test_help_shows_no_type_placeholders_and_groups_commands_in_panels():
-    for path, _ in _commands(typer.main.get_command(app)):
+    for path, _ in leaf_commands(typer.main.get_command(app)):
         text = runner.invoke(app, [*path, "--help"], terminal_width=200).stdout
         assert not any(p in text for p in ("<bool>", "<str>", "<int>", "<path>", "<list", "<float>")), (path, text)
     top = runner.invoke(app, ["--help"], terminal_width=200).stdout
