@@ -52,3 +52,33 @@ def test_compiled_and_python_rescans_plan_the_same(catalog, tmp_path, rng, monke
     assert {relpath for relpath, _ in bad} >= {"broken.fits", "pipe.fits"}
     assert len(gone) == 1 and ignored == 2  # gone.fits; notes.txt and dirlink (a directory link is not followed)
     assert unchanged >= 7  # a, b, UPPER, c.fits.gz, link, sub/d, sub/deeper/e (and é, by the Python path)
+
+
+@pytest.mark.skipif(ingest._settle_unchanged is None, reason="the compiled re-scan is not built")
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_threaded_stats_settle_the_same_files(tmp_path, monkeypatch, threads):
+    """The stats split over threads settle exactly the files one thread
+    settles: unchanged ones only, each once, whatever share a thread got."""
+    from archive import _scan
+
+    monkeypatch.setattr(_scan, "PARALLEL_FROM", 0)  # threads even for a few files
+    stored = {}
+    for number in range(40):
+        path = tmp_path / f"f{number:02d}.fits"
+        path.write_bytes(b"x" * (2880 + number))
+        st = path.stat()
+        status = "missing" if number == 5 else "present"
+        size = st.st_size + (1 if number % 7 == 3 else 0)  # changed since it was stored
+        stored[f"sub/{path.name}"] = (1, f"sub/{path.name}", number, size, st.st_mtime_ns, status)
+    (tmp_path / "new.fits").write_bytes(b"y" * 2880)  # on disk, not stored
+    (tmp_path / "dir.fits").mkdir()
+    os.symlink(tmp_path / "f00.fits", tmp_path / "link.fits")
+    del stored["sub/f09.fits"]
+    (tmp_path / "f09.fits").unlink()
+
+    left = dict(stored)
+    settled, others = _scan.settle_unchanged(os.fsencode(tmp_path), "sub/", left, frozenset({".fits"}), threads)
+    changed = {f"f{n:02d}.fits" for n in (3, 5, 10, 17, 24, 31, 38)}
+    assert settled == 39 - len(changed)
+    assert sorted(map(os.fsdecode, others)) == sorted(changed | {"new.fits", "dir.fits", "link.fits"})
+    assert set(left) == {f"sub/{name}" for name in changed}  # what is left is what a re-scan still looks at
