@@ -9,6 +9,9 @@ Prints, for each backend:
 - files/s of a first ``obsarch ingest`` (the command, as a user runs it) and
   of ``Catalog.ingest``, next to ``ccdproc.ImageFileCollection(location,
   keywords='*')`` on the same files in the same round;
+- the storage floor: the database alone storing the same card rows and
+  building their keys and indexes (no reading, no Python per row), the most
+  files/s any ingest keeping one row per card can reach on one writer;
 - a re-scan of an unchanged tree of ``--rescan-files`` files through the
   command, next to that tree's first scan;
 - the peak memory of a first ingest of ``--rss-files`` files (the largest
@@ -381,12 +384,14 @@ def ingest_rounds(args, backends: Backends, data: Path, n: int) -> None:
     # are taken within a round; the table gives the median round.
     rounds: dict[str, list[tuple]] = {b: [] for b in backends.names}
     peers = []
+    catalogs = {}  # backend -> the first round's catalog, for the storage floor
     for r in range(args.rounds):
         peer = time_ccdproc(data)
         peers.append(peer)
         line = [f"round {r + 1}: ImageFileCollection {peer:.2f} s (CPU {CPU['ccdproc']:.2f} s)" if peer else f"round {r + 1}:"]
         for backend in backends.names:
             url = backends.url(backend, f"cat{r}")
+            catalogs.setdefault(backend, url)
             init_catalog(url)
             first = time_obsarch(url, data)
             first_cpu = CPU["obsarch"]
@@ -413,7 +418,81 @@ def ingest_rounds(args, backends: Backends, data: Path, n: int) -> None:
             library = [p / f for p, _, _, f, _ in rows]
             print(f"{backend}: first scan {statistics.median(command):.1f}x ImageFileCollection via the command "
                   f"(rounds {min(command):.1f}-{max(command):.1f}x), {statistics.median(library):.1f}x in Python")
+        cards, seconds = storage_floor(backend, catalogs[backend])
+        versus = f", {peer / seconds:.1f}x ImageFileCollection" if None not in peers else ""
+        print(f"{backend}: storage floor: the database alone storing the same {cards} card rows in one transaction "
+              f"and building their keys and indexes took {seconds:.2f} s: one writer stores at most "
+              f"{n / seconds:.0f} files/s{versus}, with reading the files free", flush=True)
     print(f"a command's start-up alone (obsarch --version): {time_startup():.2f} s", flush=True)
+
+
+def storage_floor(backend: str, url: str) -> tuple[int, float]:
+    """(card rows, seconds): what the database alone takes to store the card
+    rows a first ingest stored in the catalog at ``url``, in one transaction
+    into an empty table of the same definition, and to build the same keys
+    and indexes after the load (as a first ingest does). Nothing of obsarch
+    runs: no reading, no Python per row. A bound on any ingest that keeps
+    one row per card with these indexes."""
+    if backend == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as catalog:
+            statements = [sql for (sql,) in catalog.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = 'header_cards' AND sql IS NOT NULL ORDER BY type DESC")]
+            cards = catalog.execute("SELECT count(*) FROM header_cards").fetchone()[0]
+        floor_path = Path(path).with_suffix(".floor.db")
+        conn = sqlite3.connect(floor_path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # as the catalog
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(statements[0])  # the table (ORDER BY type DESC: 'table' before 'index')
+            conn.execute("ATTACH ? AS catalog", (path,))
+            start = time.perf_counter()
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO main.header_cards SELECT * FROM catalog.header_cards")
+            conn.execute("COMMIT")
+            for statement in statements[1:]:
+                conn.execute(statement)
+            return cards, time.perf_counter() - start
+        finally:
+            conn.close()
+            floor_path.unlink(missing_ok=True)
+    import io
+
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = io.BytesIO()
+        with conn.cursor().copy("COPY header_cards TO STDOUT") as copy:
+            for block in copy:
+                rows.write(block)
+        cards = conn.execute("SELECT count(*) FROM header_cards").fetchone()[0]
+        indexes = [sql for (sql,) in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'header_cards'")]
+        conn.execute("CREATE TABLE floor_cards (LIKE header_cards)")  # columns only: no key, no index
+        conn.commit()
+        start = time.perf_counter()
+        with conn.cursor().copy("COPY floor_cards FROM STDIN") as copy:
+            view = rows.getbuffer()
+            for offset in range(0, len(view), 1 << 20):
+                copy.write(view[offset : offset + (1 << 20)])
+            del view
+        conn.commit()
+        conn.execute("SET maintenance_work_mem = '256MB'")  # as the ingest's index builds
+        for definition in indexes:  # the primary key's unique index among them
+            conn.execute(_floor_index(definition))
+        conn.execute("ALTER TABLE floor_cards ADD FOREIGN KEY (file_id, hdu_index) REFERENCES hdus (file_id, hdu_index)")
+        conn.commit()
+        seconds = time.perf_counter() - start
+        conn.execute("DROP TABLE floor_cards")
+        conn.commit()
+        return cards, seconds
+
+
+def _floor_index(definition: str) -> str:
+    """A header_cards index definition (pg_indexes) made on floor_cards."""
+    import re
+
+    return re.sub(r"INDEX (\S+) ON (\S+\.)?header_cards", r"INDEX floor_\1 ON floor_cards", definition, count=1)
 
 
 def big_tree(args, backends: Backends, work: Path) -> None:
