@@ -147,6 +147,15 @@ class Catalog:
             statement = statement.limit(limit)
         return [label for label, _ in pairs], statement
 
+    def hints(self, selection: str | Node | None) -> list[str]:
+        """Values the selection asks for that the catalog does not hold,
+        each with the nearest it does (see :func:`archive.query.value_hints`):
+        for saying why a selection matched nothing."""
+        from archive.query import value_hints
+
+        with db.transaction(self.engine) as conn:
+            return value_hints(conn, as_tree(selection))
+
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""
         return self.query(selection, **options).to_table()

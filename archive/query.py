@@ -14,10 +14,11 @@ Names are resolved through :data:`FIELDS`.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
@@ -163,6 +164,8 @@ def tokenize(text: str) -> list[Token]:
         kind, raw = match.lastgroup, match.group()
         if kind == "number":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            if isinstance(value, float) and math.isinf(value):
+                raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)")
             if isinstance(value, int) and not -(2**63) <= value < 2**63:
                 raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits")
             tokens.append(Token(kind, raw, pos, value))
@@ -464,6 +467,7 @@ class FieldDef:
     expression: Callable[[], ColumnElement]
     kind: str  # number, text, datetime
     tables: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()  # the only values it can hold, when they are few and fixed: others are refused
 
 
 def _path() -> ColumnElement:
@@ -477,7 +481,7 @@ FIELDS: dict[str, FieldDef] = {
     "path": FieldDef(_path, "text", _ROOTS),
     "relpath": FieldDef(lambda: File.relpath, "text", _FILES),
     "root": FieldDef(lambda: Root.path, "text", _ROOTS),
-    "status": FieldDef(lambda: File.status, "text", _FILES),
+    "status": FieldDef(lambda: File.status, "text", _FILES, ("present", "missing", "unreadable")),
     "size": FieldDef(lambda: File.size, "number", _FILES),
     "version": FieldDef(lambda: File.version, "number", _FILES),
     "header_hash": FieldDef(lambda: File.header_hash, "text", _FILES),
@@ -564,9 +568,10 @@ FIELDS["product"] = FieldDef(
 # A frame nobody and no rule has graded has the grade 'ungraded' (not NULL),
 # so that "grade != 'bad'" keeps it.
 UNGRADED = "ungraded"
-FIELDS["grade"] = FieldDef(lambda: func.coalesce(_current_flag("grade")(), UNGRADED), "text")
+GRADES = ("great", "ok", "marginal", "bad")  # best first; processing.quality grades with these
+FIELDS["grade"] = FieldDef(lambda: func.coalesce(_current_flag("grade")(), UNGRADED), "text", (), (*GRADES, UNGRADED))
 FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
-FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text")
+FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text", (), ("person", "rule"))
 
 
 def register_field(name: str, expression: Callable[[], ColumnElement], kind: str, tables: tuple[str, ...] = ()) -> None:
@@ -825,6 +830,8 @@ class Compiler:
             raise SelectionError(f"{_label(field)} is a number; compare it with a number, not {value!r}")
         if kind == "text" and not isinstance(value, str):
             raise SelectionError(f"{_label(field)} is text; compare it with a quoted string, not {value!r}")
+        if kind == "text" and isinstance(field, Column):
+            _check_value(field.name, value)
         if kind == "datetime":
             parsed = parse_fits_date(value) if isinstance(value, str) else None
             if parsed is None:
@@ -880,6 +887,27 @@ class Compiler:
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
         return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+_NIGHT = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _check_value(name: str, value: str) -> None:
+    """Refuse a value ``name`` can never hold: one outside its fixed
+    vocabulary (``grade == 'bda'``), a night that is not a date. Such a
+    selection would match nothing and look like an answer."""
+    allowed = FIELDS[name].values if name in FIELDS else ()
+    if allowed and value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SelectionError(f"{name} is one of {', '.join(allowed)}: not {value!r}{hint}")
+    if name == "night":
+        try:
+            if not _NIGHT.fullmatch(value):
+                raise ValueError
+            date.fromisoformat(value)
+        except ValueError:
+            raise SelectionError(f"night is a date written YYYY-MM-DD (the evening's date): {value!r} is not one") from None
 
 
 def _indexed_equality(node) -> bool:
@@ -953,6 +981,39 @@ def _label(field: Field) -> str:
     if isinstance(field, Call):
         return f"{field.function}({_label(field.argument)})"
     return field.name
+
+
+def value_hints(conn, node: Node | None) -> list[str]:
+    """Why a selection may have matched nothing: each value it asks an
+    indexed text column (band, night, instrument...) or a group name to
+    equal that no exposure has, with the stored value it resembles most
+    (``frame_type == 'sceince'``: did you mean 'science'?). A typo then
+    does not pass for an empty answer. One index seek per value, and a
+    read of the column's distinct values only for a value not found."""
+    asked: list[tuple[str, str]] = []
+
+    def walk(item):
+        if isinstance(item, BoolOp):
+            for sub in item.items:
+                walk(sub)
+        elif isinstance(item, Compare | In) and isinstance(item.field, Column) and not getattr(item, "negate", False):
+            values = item.values if isinstance(item, In) else (item.value,) if item.op == "==" else ()
+            name = item.field.name
+            if name == "group" or (name in INDEXED_COLUMNS and FIELDS[name].kind == "text"):
+                asked.extend((name, v) for v in values if isinstance(v, str) and (name, v) not in asked)
+
+    walk(node)
+    hints = []
+    for name, value in asked[:20]:
+        column = Group.name if name == "group" else getattr(Exposure, name)
+        if conn.execute(select(column).where(column == value).limit(1)).first() is not None:
+            continue
+        stored = [v for (v,) in conn.execute(select(column).distinct().where(column.is_not(None)).limit(10_000))]
+        close = difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
+        known = f"; did you mean {close[0]!r}?" if close else (f" (it has {', '.join(map(repr, sorted(stored)[:8]))}"
+                                                                f"{', ...' if len(stored) > 8 else ''})" if stored else "")
+        hints.append(f"no {'group is named' if name == 'group' else f'exposure has {name}'} {value!r}{known}")
+    return hints
 
 
 # -- building queries --------------------------------------------------------

@@ -23,7 +23,7 @@ from archive.db import bulk_insert, transaction
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import Compiler, all_of, as_tree, current_flag, select_exposures
+from archive.query import GRADES, Compiler, all_of, as_tree, current_flag, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -35,7 +35,6 @@ from processing.steps import refuse_ambiguous_frames
 # recomputed on the next `quality compute`.
 ALGORITHM = "quality-3"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy
 
-GRADES = ("great", "ok", "marginal", "bad")
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
 METRICS = (
     "min", "max", "mean", "median", "std", "background", "background_rms", "saturation_level",

@@ -1,0 +1,51 @@
+"""A selection asking for a value its name can never hold is refused; one
+asking for a value no exposure holds still runs, and says so with the
+nearest value the catalog has. Either way a typo does not pass for an
+empty answer. Hints on both backends."""
+
+from __future__ import annotations
+
+import pytest
+from factories import write_frame
+
+from archive.exceptions import SelectionError
+from archive.query import Compiler, parse
+
+
+@pytest.mark.parametrize("selection, message", [
+    ("grade == 'bda'", "grade is one of great, ok, marginal, bad, ungraded: not 'bda'; did you mean 'bad'?"),
+    ("grade in ('ok', 'grate')", "grade is one of great, ok, marginal, bad, ungraded: not 'grate'; did you mean 'great'?"),
+    ("status != 'gone'", "status is one of present, missing, unreadable: not 'gone'"),
+    ("flag_source == 'robot'", "flag_source is one of person, rule: not 'robot'"),
+    ("night == '2017-13-45'", "night is a date written YYYY-MM-DD (the evening's date): '2017-13-45' is not one"),
+    ("night between '2017-08-01' and '2017-8-3'",
+     "night is a date written YYYY-MM-DD (the evening's date): '2017-8-3' is not one"),
+])
+def test_a_value_the_name_cannot_hold_is_refused(selection, message):
+    with pytest.raises(SelectionError) as caught:
+        Compiler("sqlite")(parse(selection))
+    assert str(caught.value) == message
+
+
+def test_a_number_beyond_float_range_is_refused():
+    with pytest.raises(SelectionError, match=r"the number 1e400 is beyond the largest a catalog stores"):
+        parse("exptime > 1e400")
+
+
+@pytest.mark.parametrize("selection", ["grade == 'ungraded'", "grade != 'bad'", "night like '2017-08%'",
+                                       "night < '2017-08-16'", "status in ('present', 'missing')", "exptime > 1e300"])
+def test_values_it_can_hold_pass(selection):
+    Compiler("sqlite")(parse(selection))
+
+
+def test_values_no_exposure_has_are_named_with_the_nearest(catalog, tmp_path, rng):
+    write_frame(tmp_path / "night" / "a.fits", rng, {"FILTER": "V", "IMAGETYP": "Light Frame"})
+    write_frame(tmp_path / "night" / "b.fits", rng, {"FILTER": "R", "IMAGETYP": "Bias Frame"})
+    catalog.ingest([tmp_path / "night"])
+    hints = catalog.hints("frame_type == 'sceince' and band in ('V', 'Vv') and night == '2017-08-15' and group == 'B0'")
+    assert hints == ["no exposure has frame_type 'sceince'; did you mean 'science'?",
+                     "no exposure has band 'Vv'; did you mean 'V'?",
+                     "no group is named 'B0'"]
+    assert catalog.hints("frame_type == 'science' and band == 'V'") == []
+    assert catalog.hints("instrument == 'zzz'") == ["no exposure has instrument 'zzz' (it has 'TestCam')"]
+    assert catalog.hints("band != 'Vv' and not band == 'Vv'") == []  # asking for its absence is no typo
