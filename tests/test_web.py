@@ -85,6 +85,15 @@ def test_search_page_is_a_sortable_table_with_bookmarkable_urls(night, tmp_path)
     assert 'value="frame_type == &#39;science&#39;"' in body  # the selection stays in its box
 
 
+def test_a_search_that_finds_nothing_says_which_value_no_exposure_has(night, tmp_path):
+    with client(night, tmp_path) as http:
+        page = http.get("/exposures", params={"q": "frame_type == 'sceince' and band == 'V'"})
+        found = http.get("/exposures", params={"q": "frame_type == 'science' and band == 'V'"})
+    assert page.status_code == 200 and "0 exposures" in page.text
+    assert '<p class="hint">no exposure has frame_type &#39;sceince&#39;; did you mean &#39;science&#39;?</p>' in page.text
+    assert 'class="hint"' not in found.text
+
+
 @pytest.mark.parametrize("selection, message", [
     ("band ==", "at column 8"),
     ("band == 'V' and", "at column 16"),

@@ -105,7 +105,8 @@ class Review:
         frame, error = await run_in_threadpool(self.search, request, DEFAULT_LIMIT)  # a page shows the first rows
         template = "_results.html" if request.headers.get("hx-request") else "search.html"
         rows = records(frame) if frame is not None else []
-        return self.page(request, template, 400 if error else 200, error=error, rows=rows,
+        hints = await run_in_threadpool(self.catalog.hints, request.query_params.get("q")) if frame is not None and not rows else []
+        return self.page(request, template, 400 if error else 200, error=error, rows=rows, hints=hints,
                          columns=list(frame.columns) if frame is not None else [], q=request.query_params.get("q", ""),
                          chosen=request.query_params.get("columns", ""), sort=request.query_params.get("sort", ""),
                          limit=_int(request.query_params.get("limit"), DEFAULT_LIMIT), fields=_field_names())
