@@ -85,7 +85,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     engine = db.make_engine(STATE.db)
     before = db.current_revision(engine)
     db.upgrade(engine, revision)
-    console.print(f"schema {before or '(none)'} -> {db.current_revision(engine)}")
+    after = db.current_revision(engine)
+    console.print(f"schema {after}: already up to date" if after == before else f"schema {before or '(none)'} -> {after}")
 
 
 @command(db_app, "current")
