@@ -290,7 +290,7 @@ def load_sqlite(url: str, n: int, cards_per_exposure: int) -> None:
         conn.commit()
     conn.close()
     ingest.ensure_card_indexes(catalog.engine)
-    ingest._analyze(catalog.engine)  # as a first ingest does (a bare ANALYZE here was rolled back)
+    ingest._analyze(catalog.engine, n)  # as a first ingest does (a bare ANALYZE here was rolled back)
     catalog.engine.dispose()
 
 
