@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, not_, or_, select, text, true, union_all
+from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, func, intersect, not_, or_, select, text, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import FunctionElement
@@ -704,6 +704,7 @@ class Compiler:
         self.tables: set[str] = set()  # joins the compiled names need
         self.conn = conn if self.sqlite else None
         self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
+        self.merge: list[Select] = []  # cards of common keyword values beside a column picking many (see ids_statement)
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
@@ -882,7 +883,22 @@ class Compiler:
             cap = min(DRIVING_ROWS_CAP, 2 * n_cards)
             if min(_count(self.conn, select(Exposure.id).where(clause), cap) for clause in self.driving) < cap:
                 return cards.where(HeaderCard.file_id == Exposure.id).correlate(Exposure).exists()
+            if n_cards > DRIVING_ROWS_CAP // 2:  # both many: ids_statement may merge them
+                self.merge.append(cards)
         return Exposure.id.in_(self._union(header, branches))
+
+    def seek_cards(self, node) -> Select | None:
+        """The file ids of the cards a keyword equality (``hdr['K'] == v``, a
+        number or a short text) names: one index range, in file id order,
+        the same cards :meth:`_header` reads for it. None for anything else."""
+        if not (isinstance(node, Compare) and isinstance(node.field, Header) and node.op == "=="):
+            return None
+        kind = _value_kind(node.value)
+        if kind == "number":
+            return self._cards(node.field, text(NUMERIC), HeaderCard.value_num == node.value)
+        if kind == "text" and _short(node.value):
+            return self._cards(node.field, text(SHORT_TEXT), HeaderCard.value_text == node.value)
+        return None  # a logical needs vtype, which no index holds; long text is not indexed by value
 
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
@@ -1031,12 +1047,13 @@ def base_select(*columns, tables: set[str] | tuple[str, ...] = ("files", "roots"
     return statement
 
 
-def select_exposures(selection: str | Node | None, dialect: str, *columns, conn=None) -> Select:
+def select_exposures(selection: str | Node | None, dialect: str, *columns, conn=None, compiler: Compiler | None = None) -> Select:
     """SELECT exposures.id (and ``columns``) WHERE the selection (a person's
     text or a tree) holds, joined to files and roots only when the selection
     or the columns need them. ``conn``: the connection it will run on, when
-    the compiler may count rows to choose a shape (see :class:`Compiler`)."""
-    compiler = Compiler(dialect, conn)
+    the compiler may count rows to choose a shape (see :class:`Compiler`);
+    ``compiler``: the one to use, to read its choices after."""
+    compiler = compiler or Compiler(dialect, conn)
     node = as_tree(selection)
     where = compiler.root(node) if node is not None else None
     tables = set(compiler.tables)
@@ -1044,6 +1061,39 @@ def select_exposures(selection: str | Node | None, dialect: str, *columns, conn=
         tables |= {"files", "roots"}
     statement = base_select(Exposure.id, *columns, tables=tables)
     return statement if where is None else statement.where(where)
+
+
+def ids_statement(selection: str | Node | None, dialect: str, conn=None):
+    """SELECT the ids of the exposures the selection picks, in id order (what
+    :meth:`archive.catalog.Catalog.exposure_ids` runs).
+
+    On SQLite, when the compiler found that a keyword equality and an indexed
+    equality of the selection's AND both pick many exposures (the value's
+    cards and the column's exposures beyond its caps; ``hdr['OBSERVER'] ==
+    'eve' and band == 'V'``, 330,000 cards and 200,000 exposures of
+    1,000,000), the ids are
+
+        SELECT id FROM exposures WHERE <the rest of the AND>
+        INTERSECT SELECT file_id FROM header_cards WHERE <the value's cards>
+        ORDER BY id
+
+    which SQLite runs as a merge of two index ranges that are already in id
+    order (its plan says MERGE (INTERSECT)): 44-90 ms there, where the list
+    of the value's files took 140-300 ms. SQLite merges only a compound at
+    the top of a statement, so only the ids get this shape."""
+    node = as_tree(selection)
+    compiler = Compiler(dialect, conn)
+    plain = select_exposures(node, dialect, compiler=compiler).order_by(Exposure.id)
+    if not compiler.merge:  # set only for the equalities of a root AND
+        return plain
+    cards_of = Compiler(dialect).seek_cards
+    seeks = [(item, cards) for item in node.items if (cards := cards_of(item)) is not None]
+    if not seeks:  # a logical: its cards need vtype, no index range
+        return plain
+    rest = [item for item in node.items if all(item is not seek for seek, _ in seeks)]
+    left = select_exposures(rest[0] if len(rest) == 1 else BoolOp("and", tuple(rest)), dialect)
+    compound = intersect(left, *(cards for _, cards in seeks))
+    return compound.order_by(compound.selected_columns[0])
 
 
 def header_columns(node) -> list[Header]:

@@ -130,3 +130,32 @@ def test_sqlite_tests_each_exposure_when_the_column_picks_fewer(shapes):
             assert "EXISTS" not in sql("hdr['OBSERVER'] == 'eve' and band == 'B'")
         finally:
             query.DRIVING_ROWS_CAP = original
+
+
+@pytest.mark.parametrize("selection, holds", SELECTIONS)
+def test_the_merged_shape_gives_the_same_ids(shapes, selection, holds, monkeypatch):
+    """With caps low enough that every common value and column counts as
+    many, SQLite's ids come from INTERSECT ... ORDER BY (ids_statement):
+    still the same ids."""
+    monkeypatch.setattr(query, "DRIVING_ROWS_CAP", 4)
+    files = _by_file(shapes)
+    assert shapes.exposure_ids(selection) == sorted(i for i, f in files.items() if holds(f))
+
+
+def test_sqlite_merges_a_common_value_with_a_column_picking_many(shapes, monkeypatch):
+    if shapes.dialect != "sqlite":
+        pytest.skip("PostgreSQL merges the semi-join itself")
+    with shapes.engine.connect() as conn:
+        def sql(selection):
+            return str(query.ids_statement(selection, "sqlite", conn))
+
+        assert "INTERSECT" not in sql("hdr['OBSERVER'] == 'eve' and band == 'V'")  # 60 files: under the caps
+        monkeypatch.setattr(query, "DRIVING_ROWS_CAP", 4)
+        merged = sql("hdr['OBSERVER'] == 'eve' and band == 'V' and night == '2017-08-15'")
+        assert "INTERSECT" in merged and merged.index("band") < merged.index("INTERSECT") < merged.index("header_cards")
+        assert "INTERSECT" not in sql("hdr['FLAGGED'] == true and band == 'V'")  # a logical: no index range
+        assert "INTERSECT" not in sql("hdr['OBSERVER'] like 'e%' and band == 'V'")  # not an equality
+        assert "INTERSECT" not in sql("hdr['OBSERVER'] == 'eve' or band == 'V'")
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(query.ids_statement(
+            "hdr['OBSERVER'] == 'eve' and band == 'V'", "sqlite", conn).compile(conn, compile_kwargs={"literal_binds": True}))).all()
+        assert any("MERGE (INTERSECT)" in row[-1] for row in plan)
