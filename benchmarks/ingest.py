@@ -326,10 +326,10 @@ def load_postgresql(url: str, n: int, cards_per_exposure: int) -> None:
 
 def plan_shape(catalog, selection: str) -> str:
     """The plan of the selection's statement, in one line."""
-    from archive.query import select_exposures
+    from archive.query import ids_statement
 
     with catalog.engine.connect() as conn:
-        statement = select_exposures(selection, catalog.dialect, conn=conn)  # the shape exposure_ids runs
+        statement = ids_statement(selection, catalog.dialect, conn)  # what exposure_ids runs
         sql = str(statement.compile(conn, compile_kwargs={"literal_binds": True}))
         if catalog.dialect == "sqlite":
             rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
