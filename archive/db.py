@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from archive.exceptions import (
     CatalogNotFound,
@@ -54,14 +54,22 @@ def is_sqlite(bind: Engine | Connection) -> bool:
 
 def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
     """An engine for the catalog at ``url`` (see :func:`resolve_url`)."""
-    url = resolve_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, read_only)
+    parsed = _catalog_url(resolve_url(url))
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, read_only)
+        return _postgresql_engine(parsed, read_only)
+    except (ImportError, NoSuchModuleError) as exc:  # postgresql+DRIVER, sqlite+DRIVER: one not installed
+        raise DatabaseError(f"{parsed.render_as_string(hide_password=True)}: cannot load the driver "
+                            f"{parsed.get_driver_name()} ({_one_line(exc)}); "
+                            "sqlite:/// and postgresql:// need none beyond obsarch's own") from None
+
+
+def _postgresql_engine(parsed, read_only: bool) -> Engine:
     from archive.models import postgresql_options
 
     postgresql_options()
-    engine = create_engine(url, pool_pre_ping=True)
+    engine = create_engine(parsed, pool_pre_ping=True)
     if read_only:
         # Per connection rather than a connect option, so that options given
         # in the URL (a search_path, say) are kept.
@@ -72,6 +80,21 @@ def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
             dbapi_conn.commit()
 
     return engine
+
+
+def _catalog_url(url: str):
+    """``url`` parsed, refused in one line unless it names SQLite or PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:  # a port that is no number, text that is no URL
+        raise DatabaseError(f"the catalog URL cannot be read ({_one_line(exc)}); "
+                            "write sqlite:///FILE or postgresql://USER@HOST:PORT/DBNAME") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseError(
+            f"{parsed.render_as_string(hide_password=True)}: obsarch catalogs are SQLite or PostgreSQL URLs "
+            f"(sqlite:///FILE, postgresql://HOST/DBNAME), not {parsed.get_backend_name()}"
+        )
+    return parsed
 
 
 def _sqlite_engine(parsed, read_only: bool) -> Engine:
@@ -290,9 +313,20 @@ def missing_file(engine: Engine) -> bool:
 
 def current_revision(engine: Engine) -> str | None:
     """The catalog's schema revision, read without loading alembic (every
-    command checks it before doing anything)."""
+    command checks it before doing anything); a file that is no database,
+    or a PostgreSQL search_path naming no schema, is refused in one line."""
     if missing_file(engine):
         return None
+    try:
+        current = _stored_revision(engine)
+        if current is None and not is_sqlite(engine):
+            _check_search_path(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open the catalog at {_where(engine)}: {_one_line(exc)}") from exc
+    return current
+
+
+def _stored_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         try:  # one SELECT for a catalog; the table is looked for only when it fails
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
@@ -304,18 +338,40 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the catalog's schema to ``revision``; a database that cannot
+    hold a catalog is refused in one line, before alembic runs."""
     from alembic import command
 
-    command.upgrade(alembic_config(engine), revision)
+    current_revision(engine)
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot upgrade the catalog at {_where(engine)}: {_one_line(exc)}") from exc
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _check_search_path(engine: Engine) -> None:
+    """Refuse a PostgreSQL connection whose search_path names no schema that
+    exists: every CREATE would fail with "no schema has been selected"."""
+    with engine.connect() as conn:
+        schema, path = conn.exec_driver_sql("SELECT current_schema(), current_setting('search_path')").one()
+    if schema is not None:
+        return
+    names = [n.strip().strip('"') for n in path.split(",") if n.strip() and n.strip() != '"$user"']
+    if not names:
+        raise DatabaseError(f"the catalog at {_where(engine)} has an empty search_path; name a schema in it")
+    quoted = engine.dialect.identifier_preparer.quote(names[0])
+    raise DatabaseError(f"schema {names[0]} (the search_path of {_where(engine)}) does not exist; "
+                        f"create it first: CREATE SCHEMA {quoted}")
 
 
 def check_schema(engine: Engine) -> None:
     """Refuse a catalog that is missing or not at this code's schema."""
-    where = engine.url.render_as_string(hide_password=True)
-    try:
-        current = current_revision(engine)
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot open the catalog at {where}: {_one_line(exc)}") from exc
+    where = _where(engine)
+    current = current_revision(engine)
     head = head_revision(engine)
     if current == head:
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import sys
 import typing
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from archive import __version__
 from archive.exceptions import ObsarchError
-from cli.render import Format, err_console
+from cli.render import Format, err_console, reader_gone, silence_stdout
 
 PANELS = {
     "catalog": "Catalog",
@@ -165,10 +166,55 @@ class Group(TyperGroup):
 
         return sorted(names, key=place)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        if parent is not None:
+            return super().make_context(info_name, args, parent, **extra)
+        with _plain_endings():  # the app's own options: `obsarch --db` with no URL
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx):
+        if ctx.parent is not None:
+            return super().invoke(ctx)
+        with _plain_endings():  # every command runs in here
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+            return result
+
     def resolve_command(self, ctx, args):
         if self.default and args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = [self.default, *args]
         return super().resolve_command(ctx, args)
+
+
+@contextmanager
+def _plain_endings():
+    """The one place where a run that is not a command's success or error
+    ends: a usage error as one line, exit 2 (Typer would draw a box of
+    five); a reader that went away downstream (``obsarch query | head``)
+    as a quiet exit 0, whichever command was writing."""
+    from typer._click.exceptions import ClickException
+
+    try:
+        yield
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help is the answer (Typer printed it)
+            raise
+        fail(_usage_line(exc), code=exc.exit_code)
+    except BrokenPipeError as exc:
+        if not reader_gone():
+            _reported(exc)
+        silence_stdout()
+        raise typer.Exit(0) from None
+
+
+def _usage_line(exc) -> str:
+    """Click's message, as obsarch writes one (lower case, no full stop),
+    with where to read more."""
+    message = exc.format_message().strip().rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():  # "Invalid value", not "FITS"
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see {ctx.command_path} --help)" if ctx is not None else message
 
 
 def group(help: str, default: str | None = None, no_args_is_help: bool = True) -> typer.Typer:
@@ -257,6 +303,8 @@ def reports_errors(function):
         except Exception as exc:
             if type(exc).__module__.startswith(("typer", "click")) and hasattr(exc, "exit_code"):
                 raise  # click's usage errors (typer's own click, typer._click, and click itself, not imported for this)
+            if isinstance(exc, BrokenPipeError) and reader_gone():
+                raise  # not an error: ended once for every command (_plain_endings)
             _reported(exc)
         except KeyboardInterrupt:
             if STATE.debug:
@@ -273,6 +321,8 @@ def _reported(exc: Exception) -> None:
         raise exc
     if isinstance(exc, ObsarchError):
         fail(str(exc))
+    if isinstance(exc, OSError) and exc.filename is not None:  # a path the user gave, or one made of it
+        fail(f"{exc.filename}: {exc.strerror or exc}")
     fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
 
 

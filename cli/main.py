@@ -91,7 +91,12 @@ def run() -> None:
     if sys.argv[1:] == ["--version"]:
         from archive import __version__
 
-        print(f"obsarch {__version__}")
+        try:
+            print(f"obsarch {__version__}", flush=True)
+        except BrokenPipeError:  # `obsarch --version | true`: no error (see cli.app._plain_endings)
+            from cli.render import silence_stdout
+
+            silence_stdout()
         return
     # A known command imports the modules that register it, and Typer builds
     # it alone; help, no command or a mistyped one get every command.

@@ -10,6 +10,7 @@ and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC):
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -39,7 +40,14 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._options)
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    # rich would exit 1 here; the app treats a closed pipe
+                    # once for every command (cli.app.Group)
+                    self.quiet = True
+                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+            self._console = _Console(**self._options)
         return self._console
 
     def __getattr__(self, name):
@@ -74,6 +82,28 @@ class _LazyConsole:
 
 
 _EMOJI_CODE = re.compile(r":\S*?:")  # what rich would take for an emoji code
+
+
+def reader_gone() -> bool:
+    """Whether stdout or stderr is a pipe whose reader has gone away
+    (``obsarch query | head``): a BrokenPipeError from anywhere else, a
+    socket say, is a real error."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return True
+    poll = select.poll()
+    for fd in (1, 2):
+        poll.register(fd, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _fd, event in poll.poll(0))
+
+
+def silence_stdout() -> None:
+    """Send the rest of stdout, buffered lines included, to /dev/null, so
+    that the interpreter's last flush does not fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
 
 
 console: Console = _LazyConsole(highlight=False, soft_wrap=True)
