@@ -30,10 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy.schema import CreateIndex
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
 from archive.db import (
+    CARD_PKEY_INDEX,
     add_card_constraints,
     analyze_after_bulk_load,
     bulk_insert,
@@ -46,6 +48,7 @@ from archive.db import (
     insert_new_rows,
     is_sqlite,
     lock_rows,
+    missing_card_keys,
     serialize,
     sql_datetime,
     transaction,
@@ -618,19 +621,78 @@ def card_indexes():
 
 
 def ensure_card_indexes(engine: Engine) -> None:
-    """Create any card index a killed bulk load left missing (cheap when none is)."""
+    """Create any card index a killed bulk load left missing (cheap when
+    none is); on PostgreSQL, the card table's keys too (see
+    :func:`ensure_card_keys`)."""
+    if not is_sqlite(engine):
+        ensure_card_keys(engine)
+        return
     with transaction(engine) as conn:
         present = card_index_names(conn)
-    if engine.dialect.name == "postgresql":
-        # their partial predicates, whichever way the engine was made (Catalog(engine=...) skips make_engine)
-        postgresql_options()
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
-            serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
-            _sort_memory(conn)
             for index in missing:
                 index.create(conn, checkfirst=True)
+
+
+# At most this many card indexes are made at once, each on a connection of
+# its own (the engine's pool holds 5 by default: one waits under the lock).
+CARD_BUILDERS = 4
+
+
+def ensure_card_keys(engine: Engine) -> None:
+    """Make whatever a bulk load (perhaps killed) left missing of the card
+    table's primary key, foreign key and indexes (PostgreSQL).
+
+    The indexes, the primary key's among them, are made at once, each on a
+    connection of its own: PostgreSQL's own parallel build (its
+    max_parallel_maintenance_workers) leaves cores idle while its leader
+    merges and writes an index alone, and CREATE INDEX takes a lock that
+    lets others build beside it. The index then becomes the primary key,
+    and the foreign key is added and validated, in one statement. Each
+    step commits on its own, so a kill leaves the steps done, and the next
+    ingest makes the rest; a lock held meanwhile lets one ingest at a time
+    do this, and the others find it done."""
+    with transaction(engine) as conn:
+        missing = missing_card_keys(conn), card_index_names(conn)
+    if not _card_work(*missing):
+        return
+    # their partial predicates, whichever way the engine was made (Catalog(engine=...) skips make_engine)
+    postgresql_options()
+    with transaction(engine, write=True) as lock:  # holds the lock only: the work is on other connections
+        serialize(lock, "card indexes")  # concurrent ingests: one makes them, the others find them made
+        (pkey, pkey_index, fkey), present = missing_card_keys(lock), card_index_names(lock)
+        builds = [str(CreateIndex(index).compile(dialect=engine.dialect)) for index in card_indexes() if index.name not in present]
+        builds += [CARD_PKEY_INDEX] if pkey_index else []
+        _build_at_once(engine, builds)
+        with transaction(engine, write=True) as conn:
+            add_card_constraints(conn, pkey=pkey, fkey=fkey)
+
+
+def _card_work(keys: tuple[bool, bool, bool], present: set[str]) -> bool:
+    return any(keys) or any(index.name not in present for index in card_indexes())
+
+
+def _build_at_once(engine: Engine, statements: list[str]) -> None:
+    """Run each CREATE INDEX in a transaction of its own, up to
+    :data:`CARD_BUILDERS` at once; the first error is raised once all ended."""
+
+    def build(statement: str) -> None:
+        with transaction(engine, write=True) as conn:
+            _sort_memory(conn)
+            conn.exec_driver_sql(statement)
+
+    if len(statements) <= 1:
+        for statement in statements:
+            build(statement)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(CARD_BUILDERS, len(statements)), thread_name_prefix="obsarch-index") as pool:
+        futures = [pool.submit(build, statement) for statement in statements]
+    for future in futures:
+        future.result()
 
 
 def _drop_card_indexes(engine: Engine) -> None:
@@ -651,11 +713,10 @@ def _analyze(engine: Engine, n_read: int) -> None:
 
 def ensure_card_constraints(engine: Engine) -> None:
     """Add back the card table's keys a bulk load dropped (PostgreSQL; see
-    :func:`archive.db.drop_card_constraints`)."""
+    :func:`archive.db.drop_card_constraints`), with any missing card index
+    (:func:`ensure_card_keys`)."""
     if not is_sqlite(engine):
-        with transaction(engine, write=True) as conn:
-            _sort_memory(conn)
-            add_card_constraints(conn)
+        ensure_card_keys(engine)
 
 
 def _sort_memory(conn: Connection) -> None:
@@ -861,7 +922,6 @@ def ingest(
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
     remove_dead_scratch()
-    ensure_card_constraints(engine)
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
@@ -902,7 +962,6 @@ def ingest(
         raise
     finally:
         if bulk:
-            ensure_card_constraints(engine)
             ensure_card_indexes(engine)
             _analyze(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
