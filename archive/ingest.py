@@ -665,7 +665,14 @@ def ensure_card_keys(engine: Engine) -> None:
         (pkey, pkey_index, fkey), present = missing_card_keys(lock), card_index_names(lock)
         builds = [str(CreateIndex(index).compile(dialect=engine.dialect)) for index in card_indexes() if index.name not in present]
         builds += [CARD_PKEY_INDEX] if pkey_index else []
-        _build_at_once(engine, builds)
+        spare = _spare_connections(engine)
+        if not spare:  # a pool of one connection (Catalog(engine=...)): all on this one, in turn
+            _sort_memory(lock)
+            for statement in builds:
+                lock.exec_driver_sql(statement)
+            add_card_constraints(lock, pkey=pkey, fkey=fkey)
+            return
+        _build_at_once(engine, builds, spare)
         with transaction(engine, write=True) as conn:
             add_card_constraints(conn, pkey=pkey, fkey=fkey)
 
@@ -674,22 +681,38 @@ def _card_work(keys: tuple[bool, bool, bool], present: set[str]) -> bool:
     return any(keys) or any(index.name not in present for index in card_indexes())
 
 
-def _build_at_once(engine: Engine, statements: list[str]) -> None:
-    """Run each CREATE INDEX in a transaction of its own, up to
-    :data:`CARD_BUILDERS` at once; the first error is raised once all ended."""
+def _spare_connections(engine: Engine) -> int:
+    """How many more connections the engine's pool opens without waiting
+    for one to be returned, up to :data:`CARD_BUILDERS`."""
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    pool = engine.pool
+    if isinstance(pool, NullPool):
+        return CARD_BUILDERS
+    if not isinstance(pool, QueuePool):  # one connection for all (StaticPool, SingletonThreadPool)
+        return 0
+    overflow = getattr(pool, "_max_overflow", 0)  # not public: its size() is the part kept open
+    if overflow < 0:
+        return CARD_BUILDERS
+    return max(0, min(CARD_BUILDERS, pool.size() + overflow - pool.checkedout()))
+
+
+def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
+    """Run each CREATE INDEX in a transaction of its own, up to ``at_once``
+    at a time; the first error is raised once all ended."""
 
     def build(statement: str) -> None:
         with transaction(engine, write=True) as conn:
             _sort_memory(conn)
             conn.exec_driver_sql(statement)
 
-    if len(statements) <= 1:
+    if len(statements) <= 1 or at_once <= 1:
         for statement in statements:
             build(statement)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(CARD_BUILDERS, len(statements)), thread_name_prefix="obsarch-index") as pool:
+    with ThreadPoolExecutor(min(at_once, len(statements)), thread_name_prefix="obsarch-index") as pool:
         futures = [pool.submit(build, statement) for statement in statements]
     for future in futures:
         future.result()

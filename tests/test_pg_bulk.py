@@ -169,3 +169,25 @@ def _waiting_for_lock(engine, table: str) -> bool:
     with engine.connect() as conn:
         return bool(conn.execute(text(
             "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"), {"t": table}).scalar())
+
+
+@pytest.mark.parametrize("pool", [
+    {"pool_size": 1, "max_overflow": 0},  # one connection: all made on it, in turn
+    {"pool_size": 2, "max_overflow": 0},  # one spare: made one after the other
+    {"poolclass": "NullPool"},
+    {"poolclass": "StaticPool"},
+])
+def test_a_catalog_on_a_small_pool_gets_its_keys_back_without_waiting_for_a_connection(pg_catalog, tmp_path, pool):
+    from sqlalchemy import pool as pools
+
+    from archive.catalog import Catalog
+
+    engine = pg_catalog.engine
+    before = _keys(engine)
+    _drop_card_indexes(engine)
+    _drop_card_constraints(engine)
+    options = {"poolclass": getattr(pools, pool["poolclass"])} if "poolclass" in pool else {**pool, "pool_timeout": 5}
+    small = Catalog(engine=create_engine(engine.url, **options))
+    assert small.ingest([tmp_path / "data"]).unchanged == 6
+    small.engine.dispose()
+    assert _keys(engine) == before
