@@ -661,21 +661,43 @@ def drop_card_constraints(conn: Connection) -> None:
     serialize(conn, "card indexes")  # as for the indexes: concurrent bulk loads take turns
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_FKEY}")
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_PKEY}")
+    # a key's index that a killed rebuild made but did not make the key yet
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {CARD_PKEY}")
 
 
-def add_card_constraints(conn: Connection) -> None:
-    """Add back whichever of the two a bulk load (perhaps killed) dropped."""
-    if is_sqlite(conn):
-        return
-    serialize(conn, "card indexes")  # then look: another ingest may have added them meanwhile
+# The primary key's index, made like any other index (with the card indexes,
+# each on its own connection: see archive.ingest.ensure_card_keys), then
+# made the key without another pass over the table.
+CARD_PKEY_INDEX = f"CREATE UNIQUE INDEX {CARD_PKEY} ON header_cards (file_id, hdu_index, position)"
+
+
+def missing_card_keys(conn: Connection) -> tuple[bool, bool, bool]:
+    """Which of header_cards' keys are missing (PostgreSQL): (the primary
+    key, its index, the foreign key). Two catalog queries, no table lock."""
     present = card_constraint_names(conn)
-    if CARD_PKEY not in present:
-        conn.exec_driver_sql(f"ALTER TABLE header_cards ADD CONSTRAINT {CARD_PKEY} PRIMARY KEY (file_id, hdu_index, position)")
-    if CARD_FKEY not in present:
-        conn.exec_driver_sql(
-            f"ALTER TABLE header_cards ADD CONSTRAINT {CARD_FKEY} FOREIGN KEY (file_id, hdu_index) "
-            "REFERENCES hdus (file_id, hdu_index) ON DELETE CASCADE"
+    pkey = CARD_PKEY not in present
+    return pkey, pkey and CARD_PKEY not in card_index_names(conn), CARD_FKEY not in present
+
+
+def add_card_constraints(conn: Connection, *, pkey: bool, fkey: bool) -> None:
+    """Make the primary key of its index (made before: :data:`CARD_PKEY_INDEX`)
+    and add the foreign key, whichever are asked for, in one statement:
+    one pass over the table, to validate the foreign key.
+
+    hdus is locked first: a chunk being written holds hdus (its rows
+    went in) and then asks for header_cards; adding the foreign key the
+    other way round (header_cards, then hdus) was a deadlock with it."""
+    if is_sqlite(conn) or not (pkey or fkey):
+        return
+    actions = []
+    if pkey:
+        actions.append(f"ADD CONSTRAINT {CARD_PKEY} PRIMARY KEY USING INDEX {CARD_PKEY}")
+    if fkey:
+        conn.exec_driver_sql("LOCK TABLE hdus IN SHARE ROW EXCLUSIVE MODE")
+        actions.append(
+            f"ADD CONSTRAINT {CARD_FKEY} FOREIGN KEY (file_id, hdu_index) REFERENCES hdus (file_id, hdu_index) ON DELETE CASCADE"
         )
+    conn.exec_driver_sql(f"ALTER TABLE header_cards {', '.join(actions)}")
 
 
 def fetch_tuples(conn: Connection, statement) -> list[tuple]:

@@ -30,10 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy.schema import CreateIndex
 
 from archive import __version__
 from archive.cardtext import CardText, card_text
 from archive.db import (
+    CARD_PKEY_INDEX,
     add_card_constraints,
     analyze_after_bulk_load,
     bulk_insert,
@@ -46,6 +48,7 @@ from archive.db import (
     insert_new_rows,
     is_sqlite,
     lock_rows,
+    missing_card_keys,
     serialize,
     sql_datetime,
     transaction,
@@ -618,26 +621,111 @@ def card_indexes():
 
 
 def ensure_card_indexes(engine: Engine) -> None:
-    """Create any card index a killed bulk load left missing (cheap when none is)."""
+    """Create any card index a killed bulk load left missing (cheap when
+    none is); on PostgreSQL, the card table's keys too (see
+    :func:`ensure_card_keys`)."""
+    if not is_sqlite(engine):
+        ensure_card_keys(engine)
+        return
     with transaction(engine) as conn:
         present = card_index_names(conn)
-    if engine.dialect.name == "postgresql":
-        # their partial predicates, whichever way the engine was made (Catalog(engine=...) skips make_engine)
-        postgresql_options()
     missing = [index for index in card_indexes() if index.name not in present]
     if missing:
         with transaction(engine, write=True) as conn:
-            serialize(conn, "card indexes")  # concurrent ingests: one makes them, the others find them made
-            _sort_memory(conn)
             for index in missing:
                 index.create(conn, checkfirst=True)
+
+
+# At most this many card indexes are made at once, each on a connection of
+# its own (the engine's pool holds 5 by default: one waits under the lock).
+CARD_BUILDERS = 4
+
+
+def ensure_card_keys(engine: Engine) -> None:
+    """Make whatever a bulk load (perhaps killed) left missing of the card
+    table's primary key, foreign key and indexes (PostgreSQL).
+
+    The indexes, the primary key's among them, are made at once, each on a
+    connection of its own (CREATE INDEX lets others build beside it): on
+    450,000 cards and 2 cores, 0.62 s instead of 0.78 s one after the
+    other, PostgreSQL's own parallel build included (its leader merges
+    and writes an index alone, with a core to spare). The index then
+    becomes the primary key, and the foreign key is added and validated,
+    in one statement. Each step commits on its own, so a kill leaves the
+    steps done, and the next ingest makes the rest; a lock held meanwhile
+    lets one ingest at a time do this, and the others find it done."""
+    with transaction(engine) as conn:
+        missing = missing_card_keys(conn), card_index_names(conn)
+    if not _card_work(*missing):
+        return
+    # their partial predicates, whichever way the engine was made (Catalog(engine=...) skips make_engine)
+    postgresql_options()
+    with transaction(engine, write=True) as lock:  # holds the lock only: the work is on other connections
+        serialize(lock, "card indexes")  # concurrent ingests: one makes them, the others find them made
+        (pkey, pkey_index, fkey), present = missing_card_keys(lock), card_index_names(lock)
+        builds = [str(CreateIndex(index).compile(dialect=engine.dialect)) for index in card_indexes() if index.name not in present]
+        builds += [CARD_PKEY_INDEX] if pkey_index else []
+        spare = _spare_connections(engine)
+        if not spare:  # a pool of one connection (Catalog(engine=...)): all on this one, in turn
+            _sort_memory(lock)
+            for statement in builds:
+                lock.exec_driver_sql(statement)
+            add_card_constraints(lock, pkey=pkey, fkey=fkey)
+            return
+        _build_at_once(engine, builds, spare)
+        with transaction(engine, write=True) as conn:
+            add_card_constraints(conn, pkey=pkey, fkey=fkey)
+
+
+def _card_work(keys: tuple[bool, bool, bool], present: set[str]) -> bool:
+    return any(keys) or any(index.name not in present for index in card_indexes())
+
+
+def _spare_connections(engine: Engine) -> int:
+    """How many more connections the engine's pool opens without waiting
+    for one to be returned, up to :data:`CARD_BUILDERS`."""
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    pool = engine.pool
+    if isinstance(pool, NullPool):
+        return CARD_BUILDERS
+    if not isinstance(pool, QueuePool):  # one connection for all (StaticPool, SingletonThreadPool)
+        return 0
+    overflow = getattr(pool, "_max_overflow", 0)  # not public: its size() is the part kept open
+    if overflow < 0:
+        return CARD_BUILDERS
+    return max(0, min(CARD_BUILDERS, pool.size() + overflow - pool.checkedout()))
+
+
+def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
+    """Run each CREATE INDEX in a transaction of its own, up to ``at_once``
+    at a time; the first error is raised once all ended."""
+
+    def build(statement: str) -> None:
+        with transaction(engine, write=True) as conn:
+            _sort_memory(conn)
+            conn.exec_driver_sql(statement)
+
+    if len(statements) <= 1 or at_once <= 1:
+        for statement in statements:
+            build(statement)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(at_once, len(statements)), thread_name_prefix="obsarch-index") as pool:
+        futures = [pool.submit(build, statement) for statement in statements]
+    for future in futures:
+        future.result()
 
 
 def _drop_card_indexes(engine: Engine) -> None:
     with transaction(engine, write=True) as conn:
         serialize(conn, "card indexes")
-        for index in card_indexes():
-            index.drop(conn, checkfirst=True)
+        names = [index.name for index in card_indexes()]
+        # IF EXISTS rather than Index.drop(checkfirst=True), which asks the
+        # catalog for each (~20 ms of every first ingest on PostgreSQL)
+        for statement in [names] if not is_sqlite(conn) else [[name] for name in names]:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {', '.join(statement)}")
 
 
 def _analyze(engine: Engine, n_read: int) -> None:
@@ -651,11 +739,10 @@ def _analyze(engine: Engine, n_read: int) -> None:
 
 def ensure_card_constraints(engine: Engine) -> None:
     """Add back the card table's keys a bulk load dropped (PostgreSQL; see
-    :func:`archive.db.drop_card_constraints`)."""
+    :func:`archive.db.drop_card_constraints`), with any missing card index
+    (:func:`ensure_card_keys`)."""
     if not is_sqlite(engine):
-        with transaction(engine, write=True) as conn:
-            _sort_memory(conn)
-            add_card_constraints(conn)
+        ensure_card_keys(engine)
 
 
 def _sort_memory(conn: Connection) -> None:
@@ -861,7 +948,6 @@ def ingest(
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
     remove_dead_scratch()
-    ensure_card_constraints(engine)
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
@@ -902,7 +988,6 @@ def ingest(
         raise
     finally:
         if bulk:
-            ensure_card_constraints(engine)
             ensure_card_indexes(engine)
             _analyze(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
