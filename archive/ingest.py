@@ -703,7 +703,7 @@ def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
 
     def build(statement: str) -> None:
         with transaction(engine, write=True) as conn:
-            _sort_memory(conn)
+            _sort_memory(conn, SORT_MEMORY_MB // min(at_once, len(statements)))  # the server's total stays as for one
             conn.exec_driver_sql(statement)
 
     if len(statements) <= 1 or at_once <= 1:
@@ -745,11 +745,14 @@ def ensure_card_constraints(engine: Engine) -> None:
         ensure_card_keys(engine)
 
 
-def _sort_memory(conn: Connection) -> None:
+SORT_MEMORY_MB = 256  # for the index builds of a bulk load, shared by those made at once
+
+
+def _sort_memory(conn: Connection, megabytes: int = SORT_MEMORY_MB) -> None:
     """More memory for PostgreSQL's sorts of an index build than its 64 MB
     default: a large card table's keys sort in fewer passes."""
     if not is_sqlite(conn):
-        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+        conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{max(64, int(megabytes))}MB'")
 
 
 def _drop_card_constraints(engine: Engine) -> None:
