@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 
 import pytest
 from factories import obsarch, star_field, write_image
@@ -70,3 +71,80 @@ def test_offsets_show_group_after_another_groups_run(regrouped, url):
         ("1", "B0", "1"), ("2", "R", "2"), ("3", "R", "2")]
     assert "2 of 3 members of B0 have a current offset measured in another run (R onto frame 2)" in result.stderr
     assert "no group named 'nope'" in obsarch(url, "offsets", "show", "--group", "nope", code=1).stderr
+
+
+# -- exposure times: a unit in the card's comment is honoured ------------------------------
+
+
+def _units(cards: dict, *extensions: dict):
+    from astropy.io import fits
+
+    from archive.headers import HeaderUnit, parse_cards
+
+    result = []
+    for index, header_cards in enumerate((cards, *extensions)):
+        header = fits.Header()
+        for key, value in header_cards.items():
+            header[key] = value
+        text = header.tostring(padding=False)
+        result.append(HeaderUnit(index, parse_cards(text[: text.rindex("END")]), "image", extname=header_cards.get("EXTNAME")))
+    return result
+
+
+def _normalize(cards: dict, filename: str = "plate.fits", *extensions: dict) -> dict:
+    from archive.keywords import load_maps, normalize
+
+    return normalize(_units(cards, *extensions), filename, load_maps())
+
+
+@pytest.mark.parametrize(
+    "card, seconds, warned",
+    [
+        (("EXPOSURE", 70.0, "Exposure time minutes"), 4200.0, "'EXPOSURE = 70.0 / Exposure time minutes' is in minutes: converted to 4200 s"),
+        (("EXPTIME", 2.5, "[min] Exposure"), 150.0, "is in minutes: converted to 150 s"),
+        (("EXPTIME", 0.5, "Exposure time (h)"), 1800.0, "is in hours: converted to 1800 s"),
+        (("EXPTIME", 250.0, "Exposure time in milliseconds"), 0.25, "is in milliseconds: converted to 0.25 s"),
+        (("EXPTIME", 30.0, "[ms]"), 0.03, "is in milliseconds"),
+        (("EXPTIME", 11.938, "[s] Exposure length"), 11.938, None),
+        (("EXPTIME", 150.04, "integration time in secs"), 150.04, None),
+        (("EXPTIME", 90.0, "[sec] Duration of exposure"), 90.0, None),
+        (("EXPTIME", 60.0, "Exposure time in Seconds"), 60.0, None),
+        (("EXPTIME", 900.0, "Integration time"), 900.0, None),
+        (("EXPTIME", 60.0, "[adu] not a time"), 60.0, "names the unit [adu], not understood: kept as written (60"),
+        (("EXPTIME", 60.0, "in seconds, was 1 min"), 60.0, "names several time units, not understood"),
+    ],
+)
+def test_exptime_in_the_unit_its_comment_gives(card, seconds, warned):
+    from archive.keywords import NormalizationWarning
+
+    keyword, value, comment = card
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = _normalize({keyword: (value, comment)})
+    assert row["exptime"] == pytest.approx(seconds)
+    messages = [str(w.message) for w in caught if w.category is NormalizationWarning]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith("plate.fits: exptime: ") and warned in messages[0], messages
+
+
+def test_converted_exptime_is_stored_and_the_ingest_says_so(url, tmp_path, rng):
+    from factories import write_frame
+
+    write_frame(tmp_path / "p" / "plate-1.fits", rng, {"EXPTIME": None, "EXPOSURE": (70.0, "Exposure time minutes")})
+    obsarch(url, "init")
+    out = obsarch(url, "ingest", str(tmp_path / "p"))
+    said = out.stdout + out.stderr
+    assert "plate-1.fits: exptime: 'EXPOSURE = 70.0 / Exposure time minutes' is in minutes: converted to 4200 s" in said
+    shown = obsarch(url, "query", "exptime == 4200", "--columns", "relpath,exptime", "--format", "csv").stdout
+    assert shown.split() == ["relpath,exptime", "plate-1.fits,4200.0"]
+
+
+def test_real_dss_plate_exposure_in_minutes(url, real_data):
+    obsarch(url, "init")
+    out = obsarch(url, "ingest", str(real_data / "header_quirks"))
+    assert "dss.14.29.56-62.41.05.fits.gz: exptime: 'EXPOSURE = 7.0000000000000E+01 / Exposure time minutes' is in " \
+           "minutes: converted to 4200 s" in out.stdout + out.stderr
+    shown = obsarch(url, "query", "relpath like '%dss.14.29%'", "--columns", "exptime", "--format", "csv").stdout
+    assert shown.split() == ["exptime", "4200.0"]
