@@ -148,3 +148,43 @@ def test_real_dss_plate_exposure_in_minutes(url, real_data):
            "minutes: converted to 4200 s" in out.stdout + out.stderr
     shown = obsarch(url, "query", "relpath like '%dss.14.29%'", "--columns", "exptime", "--format", "csv").stdout
     assert shown.split() == ["exptime", "4200.0"]
+
+
+# -- frame numbers from file names: a delimited run of digits, or none ---------------------------
+
+
+@pytest.mark.parametrize(
+    "filename, number",
+    [
+        ("HATP-32171220013343.FITS", None),  # was 32171220013343: HAT-P-32's "32" glued to a time stamp
+        ("night-20170815.fits", None),  # a date is no frame number
+        ("frame-12345678.fits", None),
+        ("frame-1234567.fits", 1234567),
+        ("ngc3293-3852.fits", 3852),
+        ("UB17-033-c.fit", 33),
+        ("d3920.fits.gz", 3920),
+        ("dss.14.29.56-62.41.05.fits.gz", None),
+    ],
+)
+def test_frame_number_from_a_file_name_is_a_delimited_run_of_digits(filename, number):
+    assert _normalize({}, filename)["frame_number"] == number
+
+
+# Every real file that has a frame number (all others have none): a header
+# card (LCO's FRAMENUM) or the digit run that ends the name.
+REAL_FRAME_NUMBERS = {
+    "ccd_imaging/UB17-001-c.fit": 1, "ccd_imaging/UB17-033-c.fit": 33, "ccd_imaging/a8280271.fits": 8280271,
+    "ccd_imaging/biastest1.fit": 1, "ccd_imaging/calib-001-bi.fit": 1, "ccd_imaging/calib-001-d.fit": 1,
+    "ccd_imaging/calib-002-bi.fit": 2, "ccd_imaging/calib-002-d.fit": 2, "ccd_imaging/center_cutout_1.fits": 1,
+    "ccd_imaging/darktest1.fit": 1, "ccd_imaging/flat-001-c.fit": 1, "ccd_imaging/flat-002-c.fit": 2,
+    "ccd_imaging/ogg0m404-kb82-20170815-1159-e91.fits.fz": 1159, "ccd_imaging/ogg0m404-kb82-20170815-1160-e91.fits.fz": 1160,
+    "ccd_imaging/ogg0m404-kb82-20170815-1161-e91.fits.fz": 1161, "ccd_imaging/ogg0m404-kb82-20170816-0339-e91.fits.fz": 339,
+}
+
+
+def test_real_frame_numbers(catalog, real_data):
+    catalog.ingest([real_data])
+    frame = catalog.query("frame_number is not null", columns="relpath,frame_number")
+    numbered = {path: int(n) for path, n in frame.itertuples(index=False)}
+    assert numbered == REAL_FRAME_NUMBERS
+    assert catalog.query("relpath like '%HATP-32%' and frame_number is null").shape[0] == 4
