@@ -127,7 +127,7 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
         "object": values.text("object"),
         "readout_mode": values.text("readout_mode"),
         "frame_type": _frame_type(values),
-        "band": _band(values),
+        "band": _xray_filter_note(values) if xray else _band(values),
         "exptime": _exptime(values, xray, filename),
         "airmass": _airmass(values),
         "frame_number": _guarded(values, filename, "frame_number", lambda: _frame_number(values, None if xray else filename)),
@@ -204,6 +204,17 @@ def _band(values: _Values) -> str | None:
     if not names:
         return None
     return "+".join(names)
+
+
+def _xray_filter_note(values: _Values) -> None:
+    """No band for an X-ray file: its FILTER (XMM's Thin, Medium, Thick) is an
+    optical blocking filter, not a photometric band. The card stays queryable
+    as ``xray_filter`` (and ``hdr['FILTER']``); ``sources`` says why the band is empty."""
+    found = values.first("band")
+    if found is not None:
+        keyword, card = found
+        values.sources["band"] = f"{keyword}={card[2]!r}: an X-ray filter, not a band (see xray_filter)"
+    return None
 
 
 def _exptime(values: _Values, xray: bool, filename: str = "") -> float | None:

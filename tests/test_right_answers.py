@@ -188,3 +188,27 @@ def test_real_frame_numbers(catalog, real_data):
     numbered = {path: int(n) for path, n in frame.itertuples(index=False)}
     assert numbered == REAL_FRAME_NUMBERS
     assert catalog.query("relpath like '%HATP-32%' and frame_number is null").shape[0] == 4
+
+
+# -- X-ray filters are not bands ----------------------------------------------------------------
+
+
+def test_an_xray_filter_is_no_band():
+    import json
+
+    row = _normalize({"TELESCOP": "XMM", "INSTRUME": "EMOS1", "FILTER": "Medium", "EXPOSURE": (42589.37, "[s]")}, "spec.fits")
+    assert row["band"] is None
+    assert json.loads(row["sources"])["band"] == "FILTER='Medium': an X-ray filter, not a band (see xray_filter)"
+    assert _normalize({"TELESCOP": "Test 1m", "FILTER": "Medium"})["band"] == "Medium"  # an optical filter stays a band
+    assert _normalize({"FILTER": "Medium"}, "x.fits", {"EXTNAME": "EVENTS"})["band"] is None  # X-ray by its HDUs
+
+
+def test_real_xmm_filter_is_queryable_and_out_of_the_band_summary(url, real_data):
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(real_data / "xray"))
+    shown = obsarch(url, "query", "xray_filter == 'Medium'", "--columns", "relpath,band,xray_filter", "--format", "csv").stdout
+    assert shown.split() == ["relpath,band,xray_filter", "MNLup_2138_0670580101_EMOS1_S001_specbg.fits,,Medium"]
+    assert obsarch(url, "query", "band is not null", "--columns", "relpath", "--format", "csv").stdout.split() == ["relpath"]
+    assert obsarch(url, "query", "xray_filter is not null", "--columns", "relpath", "--format", "csv").stdout.split()[1:] == [
+        "MNLup_2138_0670580101_EMOS1_S001_specbg.fits"]  # FILTER = 'NONE' (Swift), 'FILTER' (eROSITA): no filter named
+    assert "Medium" not in obsarch(url, "summary").stdout
