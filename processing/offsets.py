@@ -690,16 +690,19 @@ def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | Non
                reference.frame_number.label("reference_frame"), Offset.method, Offset.stage, Offset.status, Offset.dx,
                Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched, Offset.residual,
                Offset.error, Offset.id, Offset.group_id, measured.name.label("measured_in"))
-        .select_from(Exposure)
-        .join(Offset, (Offset.exposure_id == Exposure.id) & (Offset.id == current_offset(Exposure.id)), isouter=group is not None)
-        .join(reference, reference.id == Offset.reference_id, isouter=True)
-        .join(measured, measured.id == Offset.group_id, isouter=True)
-        .order_by(Exposure.id)
     )
     group_id = None
-    if group:
+    if group:  # every member: driven by the members, their offsets joined when they have one
         group_id, members = _members(engine, group)
-        statement = statement.where(Exposure.id.in_(members))
+        statement = statement.select_from(Exposure).where(Exposure.id.in_(members)).join(
+            Offset, (Offset.exposure_id == Exposure.id) & (Offset.id == current_offset(Exposure.id)), isouter=True)
+    else:  # only exposures with offsets: driven by the offsets
+        statement = statement.select_from(Offset).join(Exposure, Exposure.id == Offset.exposure_id).where(
+            Offset.id == current_offset(Offset.exposure_id))
+    statement = (
+        statement.join(reference, reference.id == Offset.reference_id, isouter=True)
+        .join(measured, measured.id == Offset.group_id, isouter=True).order_by(Exposure.id)
+    )
     if ids is not None:
         statement = statement.where(Exposure.id.in_(ids))
     with transaction(engine) as conn:
