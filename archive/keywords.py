@@ -8,6 +8,7 @@ cards stay queryable with ``hdr['KEY']``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -126,8 +127,8 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
         "object": values.text("object"),
         "readout_mode": values.text("readout_mode"),
         "frame_type": _frame_type(values),
-        "band": _band(values),
-        "exptime": _exptime(values, xray),
+        "band": _xray_filter_note(values) if xray else _band(values),
+        "exptime": _exptime(values, xray, filename),
         "airmass": _airmass(values),
         "frame_number": _guarded(values, filename, "frame_number", lambda: _frame_number(values, None if xray else filename)),
     }
@@ -205,15 +206,88 @@ def _band(values: _Values) -> str | None:
     return "+".join(names)
 
 
-def _exptime(values: _Values, xray: bool) -> float | None:
+def _xray_filter_note(values: _Values) -> None:
+    """No band for an X-ray file: its FILTER (XMM's Thin, Medium, Thick) is an
+    optical blocking filter, not a photometric band. The card stays queryable
+    as ``xray_filter`` (and ``hdr['FILTER']``); ``sources`` says why the band is empty."""
+    found = values.first("band")
+    if found is not None:
+        keyword, card = found
+        values.sources["band"] = f"{keyword}={card[2]!r}: an X-ray filter, not a band (see xray_filter)"
+    return None
+
+
+def _exptime(values: _Values, xray: bool, filename: str = "") -> float | None:
+    """Seconds. A card whose comment gives another time unit (DSS plates:
+    ``EXPOSURE = 70 / Exposure time minutes``) is converted, with a warning;
+    one whose comment names a unit that is not a time stays as written, with
+    a warning."""
     # X-ray files: EXPTIME is the CCD frame time (e.g. 3.2 s), EXPOSURE the
     # exposure that matters.
     for keyword in values.maps.sources["exptime_xray" if xray else "exptime"]:
         number = values.number(keyword)
         if number is not None and number >= 0:
-            values.note("exptime", keyword, values.cards[keyword])
-            return number
+            card = values.cards[keyword]
+            values.note("exptime", keyword, card)
+            return _in_seconds(values, filename, keyword, card, number)
     return None
+
+
+# Time units an exposure card's comment may give, in seconds: FITS puts a unit
+# in brackets first ("[s] Exposure length"); cameras write words ("Exposure
+# time minutes", "integration time in secs") or "(s)".
+_SECONDS_PER = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("ms", "msec", "msecs", "millisec", "millisecs", "millisecond", "milliseconds"), 1e-3),
+    **dict.fromkeys(("us", "usec", "microsec", "microsecond", "microseconds"), 1e-6),
+    **dict.fromkeys(("ks", "ksec", "kilosecond", "kiloseconds"), 1e3),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+}
+_NOT_IN_PROSE = frozenset(("s", "h", "d", "us"))  # words of English too: units only in [] or ()
+_UNIT_NAMES = {60.0: "minutes", 3600.0: "hours", 86400.0: "days", 1e-3: "milliseconds", 1e-6: "microseconds", 1e3: "kiloseconds"}
+_BRACKETED_UNIT = re.compile(r"^\s*\[([^\]]*)\]")
+_PARENTHESIZED = re.compile(r"\(\s*([A-Za-z]+)\s*\)")
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@functools.lru_cache(maxsize=1024)  # a camera writes the same comment on every frame
+def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
+    """(seconds per unit, None) when the comment gives one time unit; (None,
+    what is not understood) when it names another or several; (None, None)
+    when it names none."""
+    if not comment:
+        return None, None
+    bracketed = _BRACKETED_UNIT.match(comment)
+    if bracketed and bracketed[1].strip():
+        unit = bracketed[1].strip()
+        factor = _SECONDS_PER.get(unit.lower())
+        return (factor, None) if factor else (None, f"the unit [{unit}]")
+    found = {_SECONDS_PER[w.lower()] for w in _PARENTHESIZED.findall(comment) if w.lower() in _SECONDS_PER}
+    found |= {_SECONDS_PER[w.lower()] for w in _WORD.findall(comment)
+              if w.lower() in _SECONDS_PER and w.lower() not in _NOT_IN_PROSE}
+    if len(found) > 1:
+        return None, "several time units"
+    return (found.pop() if found else None), None
+
+
+def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number: float) -> float:
+    factor, problem = _comment_unit(card[5])
+    written = f"{keyword} = {card[2]} / {card[5]}"
+    if problem:
+        warnings.warn(f"{filename}: exptime: {written!r} names {problem}, not understood: kept as written ({number:g}, "
+                      "taken as seconds)", NormalizationWarning, stacklevel=2)
+        values.sources["exptime"] += f" (unit not understood: {problem})"
+        return number
+    if factor is None or factor == 1.0:
+        return number
+    seconds = number * factor
+    unit = _UNIT_NAMES.get(factor, f"x{factor:g} s")
+    warnings.warn(f"{filename}: exptime: {written!r} is in {unit}: converted to {seconds:g} s", NormalizationWarning,
+                  stacklevel=2)
+    values.sources["exptime"] += f" ({unit}, converted to seconds)"
+    return seconds
 
 
 def _airmass(values: _Values) -> float | None:

@@ -6,6 +6,7 @@ A summary counts only when it describes the file's current version.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, case, exists, func, select
@@ -13,6 +14,7 @@ from sqlalchemy import ColumnElement, case, exists, func, select
 from archive.models import (
     Exposure,
     File,
+    HeaderCard,
     NamedMetric,
     Observation,
     RegionFile,
@@ -79,7 +81,28 @@ def _mission() -> ColumnElement:
     return func.coalesce(fetched, case((is_xray, func.lower(Exposure.telescope))))
 
 
+@functools.cache
+def _placeholders() -> list[str]:
+    from archive.keywords import load_maps
+
+    return sorted(load_maps().placeholders)
+
+
+def _xray_filter() -> ColumnElement:
+    """An X-ray file's FILTER card (XMM EPIC: Thin1, Medium, Thick...; the
+    first HDU that has one): a blocking filter, kept out of ``band``."""
+    is_xray = exists().where(XraySummary.file_id == Exposure.file_id).correlate(Exposure)
+    value = func.trim(HeaderCard.value_text)
+    card = (
+        select(value).where(HeaderCard.file_id == Exposure.file_id, HeaderCard.keyword == "FILTER",
+                            func.upper(value).not_in(_placeholders()))  # NONE, N/A...: no filter named
+        .order_by(HeaderCard.hdu_index, HeaderCard.position).limit(1).correlate(Exposure).scalar_subquery()
+    )
+    return case((is_xray, card))
+
+
 def register(register_field) -> None:
+    register_field("xray_filter", _xray_filter, "text")
     register_field("mission", _mission, "text")
     register_field("xray_kind", _current(XraySummary.kind), "text")
     register_field("xray_role", _current(XraySummary.role), "text")

@@ -206,12 +206,17 @@ def _one(engine, selection: str) -> int:
 @command(offsets_app, "show")
 def offsets_show(
     selection: Selection = None,
-    group: Annotated[Optional[str], typer.Option(help="Offsets measured for this group.")] = None,
+    group: Annotated[Optional[str], typer.Option(
+        help="Every member of this group, with its current offset, wherever it was measured (column measured_in).")] = None,
     fmt: FormatOption = Format.table,
     columns: ColumnsOption = None,
 ) -> None:
     """The current offset of each exposure (its latest registration): dx, dy (px), rotation (deg), scale,
-    uncertainties, matched stars, residual; MUSE's derotator angle when present.
+    uncertainties, matched stars, residual; MUSE's derotator angle when present. These are the values
+    dx, dy, rotation... mean in selections (`obsarch query "abs(dx) > 2"`) and the ones `stack` applies.
+    measured_in names the group whose registration made each one (or `selection`), and
+    reference_frame the frame it is relative to. With --group, a member whose current offset was measured
+    in another run (e.g. a later `offsets compute --groups`) is listed with that offset, and counted on stderr.
 
     Example: obsarch offsets show --group B0
     """
@@ -223,13 +228,29 @@ def offsets_show(
     from archive.results import frame_of
 
     rows = offsets.offsets_table(engine, ids=ids, group=group)
-    names = ["exposure_id", "frame_number", "reference_id", "method", "stage", "status", "dx", "dy", "rotation", "scale",
-             "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
+    names = ["exposure_id", "frame_number", "reference_id", "reference_frame", "measured_in", "method", "stage", "status",
+             "dx", "dy", "rotation", "scale", "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
     frame = frame_of(rows, names)
     if frame["drot_posang"].isna().all():
         frame = frame.drop(columns="drot_posang")
-    main = ["frame_number", "reference_id", "method", "status", "dx", "dy", "rotation", "nmatched", "residual", "drot_posang"]
+    main = ["frame_number", "reference_frame", "measured_in", "method", "status", "dx", "dy", "rotation", "nmatched",
+            "residual", "drot_posang"]
     show_frame(frame, fmt, brief=main, columns=columns)
+    if group:
+        _say_where_measured(group, rows)
+
+
+def _say_where_measured(group: str, rows: list[dict]) -> None:
+    """A line on stderr for the members whose current offset is not the group's own measurement."""
+    other = [r for r in rows if r["own"] is False]
+    never = sum(r["status"] == "none" for r in rows)
+    if other:
+        runs = sorted({f"{r['measured_in']} onto frame {r['reference_frame'] or r['reference_id']}" for r in other})
+        err_console.print(f"{len(other)} of {len(rows)} members of {group} have a current offset measured in another run "
+                          f"({'; '.join(runs)}): it is the one shown, the one selections and stack use", markup=False, soft_wrap=True)
+    if never:
+        err_console.print(f"{never} of {len(rows)} members of {group} have never been registered (status none)",
+                          markup=False, soft_wrap=True)
 
 
 @command(align_app, "catalogs")

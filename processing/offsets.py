@@ -671,29 +671,65 @@ def compute_multistage(
 
 
 def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | None = None) -> list[dict]:
-    """The current offset of each exposure (its latest registration), with
-    MUSE's derotator angle when the header has one."""
-    from archive.models import HeaderCard
+    """The current offset of each exposure (its latest registration, the one
+    selections' ``dx``/``dy`` and ``stack`` use), with the group it was measured
+    for (``measured_in``: a group's name, or ``selection``), the reference's
+    frame number and MUSE's derotator angle when the header has one.
+
+    With ``group``, every member of the group is listed, whichever run measured
+    its current offset: a later run over another group that re-measured some
+    members makes theirs current, and ``own`` is False for them (a member never
+    registered has status ``none``). An unknown group raises, naming the known ones.
+    """
+    from archive.models import HeaderCard, aliased
     from archive.query import current_offset
 
+    reference, measured = aliased(Exposure, "reference"), aliased(Group, "measured")
     statement = (
-        select(Offset.exposure_id, Exposure.frame_number, Offset.reference_id, Offset.method, Offset.stage, Offset.status,
-               Offset.dx, Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched,
-               Offset.residual, Offset.error, Offset.id)
-        .join(Exposure, Exposure.id == Offset.exposure_id)
-        .where(Offset.id == current_offset(Offset.exposure_id))
-        .order_by(Offset.exposure_id)
+        select(Exposure.id.label("exposure_id"), Exposure.frame_number, Offset.reference_id,
+               reference.frame_number.label("reference_frame"), Offset.method, Offset.stage, Offset.status, Offset.dx,
+               Offset.dy, Offset.rotation, Offset.scale, Offset.dx_err, Offset.dy_err, Offset.nmatched, Offset.residual,
+               Offset.error, Offset.id, Offset.group_id, measured.name.label("measured_in"))
     )
-    if group:
-        statement = statement.join(Group, Group.id == Offset.group_id).where(Group.name == group)
+    group_id = None
+    if group:  # every member: driven by the members, their offsets joined when they have one
+        group_id, members = _members(engine, group)
+        statement = statement.select_from(Exposure).where(Exposure.id.in_(members)).join(
+            Offset, (Offset.exposure_id == Exposure.id) & (Offset.id == current_offset(Exposure.id)), isouter=True)
+    else:  # only exposures with offsets: driven by the offsets
+        statement = statement.select_from(Offset).join(Exposure, Exposure.id == Offset.exposure_id).where(
+            Offset.id == current_offset(Offset.exposure_id))
+    statement = (
+        statement.join(reference, reference.id == Offset.reference_id, isouter=True)
+        .join(measured, measured.id == Offset.group_id, isouter=True).order_by(Exposure.id)
+    )
     if ids is not None:
-        statement = statement.where(Offset.exposure_id.in_(ids))
+        statement = statement.where(Exposure.id.in_(ids))
     with transaction(engine) as conn:
         rows = conn.execute(statement).all()
         posang = dict(conn.execute(
             select(HeaderCard.file_id, HeaderCard.value_num).where(HeaderCard.keyword == "ESO INS DROT POSANG")
         ).all())
-    return [{**row._asdict(), "drot_posang": posang.get(row.exposure_id)} for row in rows]
+    return [_table_row(row._asdict(), group_id, posang) for row in rows]
+
+
+def _members(engine: Engine, group: str) -> tuple[int, list[int]]:
+    from processing.grouping import group_members
+
+    group_id, members = group_members(engine, group)
+    return group_id, [e for e, _ in members]
+
+
+def _table_row(row: dict, group_id: int | None, posang: dict) -> dict:
+    """One row of :func:`offsets_table`: where its offset was measured, and
+    whether that is the asked group's own measurement."""
+    measured = row.pop("group_id")
+    if row["id"] is None:  # a member never registered
+        row.update(status="none", measured_in=None)
+    elif measured is None:
+        row["measured_in"] = "selection"
+    row["own"] = None if group_id is None or row["id"] is None else measured == group_id
+    return {**row, "drot_posang": posang.get(row["exposure_id"])}
 
 
 def select_ids(engine: Engine, selection, *, products: bool = False) -> list[int]:
