@@ -1,12 +1,15 @@
-"""What the README's tour shows on the demo, on both backends."""
+"""What the README's tour shows on the demo, and what `summary` and
+`report quality` say they count, on both backends."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from factories import obsarch
+from factories import obsarch, write_image
 
 from archive.catalog import Catalog
 from cli.demo import make_night
+from processing import calibration
 
 
 @pytest.fixture
@@ -51,4 +54,43 @@ def test_the_demo_is_the_same_every_time(tmp_path):
     first, second = make_night(tmp_path / "a"), make_night(tmp_path / "b")
     assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
+
+
+def _night_with_a_master(directory, rng):
+    """Three bias frames and two V science frames, and a master bias made of the biases."""
+    for i in range(3):
+        write_image(directory / "raw" / f"b{i}.fits", rng.normal(500, 3, (16, 16)).astype(np.float32),
+                    {"IMAGETYP": "Bias Frame", "FILTER": None, "EXPTIME": 0.0, "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+    for i in range(2):
+        write_image(directory / "raw" / f"s{i}.fits", rng.normal(900, 3, (16, 16)).astype(np.float32),
+                    {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0, "DATE-OBS": f"2017-08-16T04:0{i}:00"})
+
+
+def test_summary_says_it_counts_raw_exposures_and_how_many_products_it_left_out(catalog, url, tmp_path, rng):
+    _night_with_a_master(tmp_path, rng)
+    catalog.ingest([tmp_path / "raw"])
+    shown = obsarch(url, "summary")
+    assert "raw exposures only; 0 products left out\n" == shown.stderr
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    shown = obsarch(url, "summary")
+    assert "raw exposures only; 1 product left out (1 master_bias): see `obsarch products`" in shown.stderr
+    assert "# raw exposures per frame_type\nframe_type\texposures\nbias\t3\nscience\t2\n" in shown.stdout
+    assert "# files per status\n" in shown.stdout
+    assert "4 exposures" in obsarch(url, "query", "frame_type == 'bias'").stderr  # query counts the master too
+
+
+def test_report_quality_says_what_its_table_and_page_count(catalog, url, tmp_path, rng):
+    _night_with_a_master(tmp_path, rng)
+    write_image(tmp_path / "raw" / "x.fits", rng.normal(900, 3, (16, 16)).astype(np.float32),
+                {"IMAGETYP": "Light Frame", "FILTER": None, "INSTRUME": "OtherCam", "EXPTIME": 60.0,
+                 "DATE-OBS": "2017-08-16T05:00:00"})
+    catalog.ingest([tmp_path / "raw"])
+    shown = obsarch(url, "report", "quality", "--html", str(tmp_path / "report")).stdout
+    assert "# science exposures (products included) per night, band and grade\n" in shown
+    assert "\t\t1\n" in shown  # the science frame without a band keeps its row (pivot_table drops NaN keys)
+    last = shown.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'report' / 'index.html'}: 6 frames of every type and instrument (3 bias, 3 science; ")
+    assert "1 OtherCam" in last and last.endswith(", 0 without a thumbnail")
+    shown = obsarch(url, "report", "quality", "--html", str(tmp_path / "v"), "--selection", "band == 'V'").stdout
+    assert "2 frames selected by \"band == 'V'\" (2 science; 2 " in shown.strip().splitlines()[-1]
 
