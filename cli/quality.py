@@ -135,6 +135,6 @@ def report_quality(
         counts = report.frame_counts(catalog.engine, ids)
         kinds = ", ".join(f"{n} {name}" for name, n in counts["frame_type"].items())
         instruments = ", ".join(f"{n} {name}" for name, n in counts["instrument"].items())
-        scope = f"selected by {selection!r}" if selection else "of every type and instrument"
-        console.print(f"wrote {result.index}: {result.frames} frames {scope} ({kinds}; {instruments}), "
-                      f"{result.thumbnails_failed} without a thumbnail", soft_wrap=True, markup=False)
+        scope = f"selected by {selection!r}" if selection else "every type and instrument"
+        console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail), "
+                      f"{scope}: {kinds}; {instruments}", soft_wrap=True, markup=False)

@@ -120,7 +120,7 @@ def test_the_rules_know_the_tour():
     ("a\tb\n1\t2\n", "0 exposures\n", 0),  # the count line wins
     ("", "warning: x\n4 spectra\n", 4),
     ("# raw exposures per band\nband\texposures\nB\t21\n# files per status\nstatus\tfiles\npresent\t65\n", "", 2),
-    ("# t\nnight\tband\tok\n2017\tV\t3\nwrote report/index.html: 65 frames\n", "", 1),
+    ("# t\nnight\tband\tok\n2017\tV\t3\nwrote report/index.html (65 frames, 10 without a thumbnail)\n", "", 1),
     ("run: 36\nstep: run:sh\n", "", 0),
 ])
 def test_listed_rows_counts_rows_not_headers(stdout, stderr, rows):
