@@ -31,7 +31,7 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the frames and the catalog.")] = Path("obsarch-demo"),
 ) -> None:
     """Write the night the README's tour uses (B, V, R frames of one field at two
-    pointings, bias, darks, flats, two XMM obsids, two source lists), ingest it into
+    pointings, bias, darks, flats, two XMM obsids with spectra, two source lists), ingest it into
     DIRECTORY/obsarch.db and query it; then `cd DIRECTORY` and follow the tour.
 
     Example: obsarch demo obsarch-demo
@@ -44,6 +44,9 @@ def demo(
     catalog = Catalog.create(url)
     summary = catalog.ingest([directory / "ngc3293", directory / "xmm"])
     console.print(f"wrote {len(paths)} files to {directory}; ingested: {summary.new} new", soft_wrap=True, markup=False)
+    from cli.xray import after_ingest
+
+    after_ingest(catalog.engine, summary)  # as `obsarch ingest` does: the tour's X-ray lines need the summaries
     selection = "band == 'V' and frame_type == 'science'"
     console.print(f"\n$ obsarch query \"{selection}\" --columns frame_number,band,exptime,date_obs,relpath", markup=False, soft_wrap=True)
     names, rows = catalog.rows(selection, columns="frame_number,band,exptime,date_obs,relpath", limit=5)

@@ -112,12 +112,27 @@ def show(
 
 @command(panel="catalog")
 def summary() -> None:
-    """Counts of exposures per instrument, night, frame type and band.
+    """Counts of raw exposures per instrument, night, frame type and band, and
+    of files per status. Products of steps (masters, calibrated frames, stacks)
+    are left out and counted in a line on stderr; `obsarch products` lists them,
+    and `query` and `sql` count both.
 
     Example: obsarch summary
     """
-    for name, frame in open_catalog().summary().items():
-        show_frame(frame, Format.table, title=name)
+    from collections import Counter
+
+    from archive.query import is_null
+
+    catalog = open_catalog()
+    names, rows = catalog.rows(is_null("product", negate=True), columns="product")
+    kinds = Counter(kind for kind, in rows)
+    left_out = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    # on stderr, as query's count: piped, stdout stays the tables
+    products = f"{len(rows)} product{'' if len(rows) == 1 else 's'} left out"
+    err_console.print(f"raw exposures only; {products}" + (f" ({left_out}): see `obsarch products`" if rows else ""),
+                      markup=False, soft_wrap=True)
+    for name, frame in catalog.summary().items():
+        show_frame(frame, Format.table, title="files per status" if name == "status" else f"raw exposures per {name}")
 
 
 @command(panel="catalog")

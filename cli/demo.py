@@ -3,7 +3,9 @@
 Real FITS files from a seeded rng: one star field seen through B, V and R,
 dithered by a few pixels between frames, at two pointings 40" apart; bias
 frames, darks and flats; a trailed frame and a cloudy pair for the quality rules;
-two XMM-Newton event files (two obsids) and a DS9 region; and two source
+two XMM-Newton EPIC-pn observations (an event list with its good time
+intervals, source and background spectra extracted from it, a response and
+an ARF; one 12 ks long, the other cut to 1.7 ks by flares) and a DS9 region; and two source
 lists of the field for ``align catalogs``. Frame numbers, bands and the star in the centroid
 box are those the README names.
 """
@@ -87,26 +89,130 @@ def _science(frame: Frame, stars: np.ndarray, rng: np.random.Generator) -> tuple
     return image, header
 
 
-def _xray(directory: Path, obsid: str, start: datetime, rng: np.random.Generator) -> Path:
-    """A small XMM-Newton EPIC-pn event list."""
-    n = 500
-    events = fits.BinTableHDU.from_columns([
-        fits.Column("TIME", "D", array=np.sort(rng.uniform(0, 3e4, n))),
-        fits.Column("PI", "J", array=rng.integers(150, 12000, n)),
-        fits.Column("X", "E", array=rng.normal(25000, 300, n)),
-        fits.Column("Y", "E", array=rng.normal(25000, 300, n)),
-    ], name="EVENTS")
-    header = events.header
-    header["HDUCLASS"], header["HDUCLAS1"] = "OGIP", "EVENTS"
+MJDREF = 50814.0  # XMM-Newton's mission time: seconds since 1998-01-01 TT
+# Per obsid: exposure segments (s from the start) left by flare filtering, and
+# source and background rates (counts/s over the whole field).
+OBSERVATIONS = {
+    "0013140101": ([(0.0, 5000.0), (7000.0, 14000.0)], 6.0, 2.0),  # 12 ks
+    "0761220101": ([(500.0, 1100.0), (4000.0, 5100.0)], 6.5, 2.0),  # 1.7 ks: flares took the rest
+}
+SOURCE_PX, ANNULUS_PX = 600.0, (1500.0, 2500.0)  # extraction radii in sky pixels of 0.05"
+CENTRE_PX = 25000.0
+
+
+def _xray_header(header, obsid: str, start: datetime, gti: list[tuple[float, float]]) -> float:
+    """XMM-like keywords; TSTART in mission time (TT) at ``start`` (UTC). Returns TSTART."""
+    from astropy.time import Time
+
+    tstart = round((Time(start, scale="utc").tt.mjd - MJDREF) * 86400.0, 3)
+    header["TELESCOP"], header["INSTRUME"], header["OBS_ID"] = "XMM", "EPN", obsid
+    header["OBJECT"], header["DATE-OBS"] = "NGC 5506", start.isoformat(timespec="seconds")
+    header["MJDREF"], header["TIMESYS"], header["TIMEREF"] = MJDREF, "TT", "LOCAL"
+    header["TSTART"], header["TSTOP"] = tstart + gti[0][0], tstart + gti[-1][1]
+    return tstart
+
+
+def _events(obsid: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Event times (from the start), PI (eV) and sky x, y of one observation:
+    a point source and a flat background, inside the good time intervals."""
+    gti, source_rate, background_rate = OBSERVATIONS[obsid]
+    exposure = sum(b - a for a, b in gti)
+    n_source, n_background = rng.poisson(source_rate * exposure), rng.poisson(background_rate * exposure)
+    pi = np.concatenate([np.clip(rng.gamma(2.0, 900.0, n_source), 150, 14999), rng.uniform(150, 15000, n_background)])
+    x = np.concatenate([rng.normal(CENTRE_PX, 120.0, n_source), rng.uniform(-4000, 4000, n_background) + CENTRE_PX])
+    y = np.concatenate([rng.normal(CENTRE_PX, 120.0, n_source), rng.uniform(-4000, 4000, n_background) + CENTRE_PX])
+    lengths = np.array([b - a for a, b in gti])
+    segment = rng.choice(len(gti), size=len(pi), p=lengths / lengths.sum())
+    times = np.array([a for a, _ in gti])[segment] + rng.uniform(0, 1, len(pi)) * lengths[segment]
+    order = np.argsort(times)
+    return times[order], pi[order].astype(np.int32), x[order].astype(np.float32), y[order].astype(np.float32)
+
+
+def _spectrum(path: Path, obsid: str, start: datetime, pi: np.ndarray, background: bool) -> None:
+    """A PN spectrum (4096 channels of 5 eV) of the events in the source
+    circle, or in the background annulus, linked to its background,
+    response and ARF by name."""
+    gti = OBSERVATIONS[obsid][0]
+    channels = np.bincount(np.minimum(pi // 5, 4095), minlength=4096).astype(np.int32)
+    area = np.pi * (ANNULUS_PX[1] ** 2 - ANNULUS_PX[0] ** 2) if background else np.pi * SOURCE_PX**2
+    hdu = fits.BinTableHDU.from_columns([
+        fits.Column("CHANNEL", "J", array=np.arange(4096, dtype=np.int32)),
+        fits.Column("COUNTS", "J", array=channels),
+    ], name="SPECTRUM")
+    header = hdu.header
+    header["HDUCLASS"], header["HDUCLAS1"] = "OGIP", "SPECTRUM"
+    header["HDUCLAS2"], header["HDUCLAS3"] = ("BKG" if background else "TOTAL"), "COUNT"
+    header["CHANTYPE"], header["DETCHANS"], header["POISSERR"] = "PI", 4096, True
+    header["EXPOSURE"] = (sum(b - a for a, b in gti), "[s]")
+    header["BACKSCAL"], header["AREASCAL"] = round(float(area), 1), 1.0
+    header["BACKFILE"] = "none" if background else "pn_bkg.pha"
+    header["RESPFILE"], header["ANCRFILE"] = "pn.rmf", "pn.arf"
     primary = fits.PrimaryHDU()
     for h in (primary.header, header):
-        h["TELESCOP"], h["INSTRUME"], h["OBS_ID"] = "XMM", "EPN", obsid
-        h["OBJECT"], h["DATE-OBS"] = "NGC 5506", start.isoformat(timespec="seconds")
-        h["EXPOSURE"] = (3.0e4, "[s]")
-    path = directory / obsid / f"P{obsid}PNS003PIEVLI0000.fits"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fits.HDUList([primary, events]).writeto(path, overwrite=True)
-    return path
+        _xray_header(h, obsid, start, gti)
+    fits.HDUList([primary, hdu]).writeto(path, overwrite=True)
+
+
+def _response(directory: Path, obsid: str, start: datetime) -> list[Path]:
+    """A diagonal response matrix (with its EBOUNDS) and a flat ARF: enough
+    to be recognized and linked, not for fitting."""
+    lo = np.arange(4096, dtype=np.float32) * 0.005  # keV
+    energies = [fits.Column("ENERG_LO", "E", array=lo), fits.Column("ENERG_HI", "E", array=lo + 0.005)]
+    matrix = fits.BinTableHDU.from_columns([*energies,
+        fits.Column("N_GRP", "I", array=np.ones(4096, np.int16)),
+        fits.Column("F_CHAN", "J", array=np.arange(4096, dtype=np.int32)),
+        fits.Column("N_CHAN", "J", array=np.ones(4096, np.int32)),
+        fits.Column("MATRIX", "E", array=np.full(4096, 0.9, np.float32))], name="MATRIX")
+    matrix.header["HDUCLASS"], matrix.header["HDUCLAS1"], matrix.header["HDUCLAS2"] = "OGIP", "RESPONSE", "RSP_MATRIX"
+    matrix.header["DETCHANS"], matrix.header["CHANTYPE"] = 4096, "PI"
+    ebounds = fits.BinTableHDU.from_columns([
+        fits.Column("CHANNEL", "J", array=np.arange(4096, dtype=np.int32)),
+        fits.Column("E_MIN", "E", array=lo), fits.Column("E_MAX", "E", array=lo + 0.005)], name="EBOUNDS")
+    ebounds.header["HDUCLASS"], ebounds.header["HDUCLAS1"], ebounds.header["HDUCLAS2"] = "OGIP", "RESPONSE", "EBOUNDS"
+    arf = fits.BinTableHDU.from_columns([*energies, fits.Column("SPECRESP", "E", array=np.full(4096, 900.0, np.float32))],
+                                        name="SPECRESP")
+    arf.header["HDUCLASS"], arf.header["HDUCLAS1"], arf.header["HDUCLAS2"] = "OGIP", "RESPONSE", "SPECRESP"
+    paths = []
+    for name, hdus in (("pn.rmf", [matrix, ebounds]), ("pn.arf", [arf])):
+        primary = fits.PrimaryHDU()
+        for h in [primary.header] + [hdu.header for hdu in hdus]:
+            h["TELESCOP"], h["INSTRUME"], h["OBS_ID"] = "XMM", "EPN", obsid
+            h["DATE-OBS"] = start.isoformat(timespec="seconds")
+        fits.HDUList([primary, *(hdu.copy() for hdu in hdus)]).writeto(directory / name, overwrite=True)
+        paths.append(directory / name)
+    return paths
+
+
+def _xray(directory: Path, obsid: str, start: datetime, rng: np.random.Generator) -> list[Path]:
+    """One XMM-Newton EPIC-pn observation: the event list (with its good time
+    intervals), the source and background spectra, a response and an ARF."""
+    gti = OBSERVATIONS[obsid][0]
+    times, pi, x, y = _events(obsid, rng)
+    folder = directory / obsid
+    folder.mkdir(parents=True, exist_ok=True)
+    primary = fits.PrimaryHDU()
+    tstart = _xray_header(primary.header, obsid, start, gti)
+    events = fits.BinTableHDU.from_columns([
+        fits.Column("TIME", "D", array=tstart + times),
+        fits.Column("PI", "J", array=pi),
+        fits.Column("X", "E", array=x),
+        fits.Column("Y", "E", array=y),
+    ], name="EVENTS")
+    good = fits.BinTableHDU.from_columns([
+        fits.Column("START", "D", array=np.array([tstart + a for a, _ in gti])),
+        fits.Column("STOP", "D", array=np.array([tstart + b for _, b in gti])),
+    ], name="STDGTI01")
+    for hdu, class1 in ((events, "EVENTS"), (good, "GTI")):
+        hdu.header["HDUCLASS"], hdu.header["HDUCLAS1"] = "OGIP", class1
+        _xray_header(hdu.header, obsid, start, gti)
+    events.header["EXPOSURE"] = (sum(b - a for a, b in gti), "[s]")
+    primary.header["EXPOSURE"] = events.header["EXPOSURE"]
+    path = folder / f"P{obsid}PNS003PIEVLI0000.fits"
+    fits.HDUList([primary, events, good]).writeto(path, overwrite=True)
+    r = np.hypot(x - CENTRE_PX, y - CENTRE_PX)
+    _spectrum(folder / "pn_src.pha", obsid, start, pi[r < SOURCE_PX], background=False)
+    _spectrum(folder / "pn_bkg.pha", obsid, start, pi[(r > ANNULUS_PX[0]) & (r < ANNULUS_PX[1])], background=True)
+    return [path, folder / "pn_src.pha", folder / "pn_bkg.pha", *_response(folder, obsid, start)]
 
 
 def _source_lists(directory: Path, stars: np.ndarray, rng: np.random.Generator) -> None:
@@ -168,7 +274,9 @@ def make_night(directory: Path, seed: int = 3293) -> list[Path]:
         fits.PrimaryHDU(data, header).writeto(path, overwrite=True)
         paths.append(path)
     xmm = directory / "xmm"
-    paths += [_xray(xmm, obsid, START + timedelta(days=400 * k), rng) for k, obsid in enumerate(("0013140101", "0761220101"))]
+    xray_rng = np.random.default_rng([seed, 1])  # the X-ray data's own draws: the frames do not depend on them
+    for k, obsid in enumerate(OBSERVATIONS):
+        paths += _xray(xmm, obsid, START + timedelta(days=400 * k), xray_rng)
     _source_lists(directory, fields[1], rng)
     _region(directory)
     return paths

@@ -109,8 +109,10 @@ def report_quality(
     selection: Annotated[Optional[str], typer.Option(help="Frames to show in the page (default: all).")] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Science frames per night, band and grade (SQL view quality_summary); with
-    --html, a page with a thumbnail, metrics and flag per frame and plots per band.
+    """Science exposures (products such as calibrated frames included) per night,
+    band and grade (SQL view quality_summary); with --html, a page with plots per
+    band and a thumbnail, metrics and flag per frame of every type (calibrations and
+    X-ray files too; --selection picks fewer), its counts on the last line.
 
     Example: obsarch report quality --html report/
     """
@@ -122,10 +124,17 @@ def report_quality(
     catalog = open_catalog()
     summary = pd.DataFrame(report.summary_rows(catalog.engine), columns=["night", "band", "grade", "exposures"])
     if fmt is Format.table and not summary.empty:
-        summary = summary.pivot_table(index=["night", "band"], columns="grade", values="exposures", aggfunc="sum", fill_value=0).reset_index()
-    show_frame(summary, fmt, title="science frames per night, band and grade")
+        keys = summary[["night", "band"]].fillna("")  # pivot_table drops rows whose key is NaN (frames without a band)
+        summary = summary.assign(night=keys["night"], band=keys["band"]).pivot_table(
+            index=["night", "band"], columns="grade", values="exposures", aggfunc="sum", fill_value=0).reset_index()
+    show_frame(summary, fmt, title="science exposures (products included) per night, band and grade")
     if html_dir is not None:
         ids = catalog.exposure_ids(selection) if selection else None
         with progress("thumbnails") as on_progress:
             result = write_html(catalog.engine, html_dir, ids=ids, progress=on_progress)
-        console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail)", soft_wrap=True)
+        counts = report.frame_counts(catalog.engine, ids)
+        kinds = ", ".join(f"{n} {name}" for name, n in counts["frame_type"].items())
+        instruments = ", ".join(f"{n} {name}" for name, n in counts["instrument"].items())
+        scope = f"selected by {selection!r}" if selection else "every type and instrument"
+        console.print(f"wrote {result.index} ({result.frames} frames, {result.thumbnails_failed} without a thumbnail), "
+                      f"{scope}: {kinds}; {instruments}", soft_wrap=True, markup=False)

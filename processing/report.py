@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import warnings
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from sqlalchemy import Engine, select, text
 
 from archive.db import transaction
-from archive.models import File, Root
+from archive.models import Exposure, File, Root
 from processing.quality import QualityError
 
 GRADE_COLOURS = {"great": "#1a9850", "ok": "#91cf60", "marginal": "#fc8d59", "bad": "#d73027", None: "#999999"}
@@ -27,6 +28,20 @@ def summary_rows(engine: Engine) -> list[dict]:
     with transaction(engine) as conn:
         rows = conn.execute(text("SELECT night, band, grade, exposures FROM quality_summary ORDER BY night, band, grade"))
         return [dict(row._mapping) for row in rows]
+
+
+def frame_counts(engine: Engine, ids: list[int] | None = None) -> dict[str, dict[str, int]]:
+    """What the quality page shows (every exposure, or ``ids``, as
+    :func:`frame_rows`), counted per frame type and per instrument, most first."""
+    with transaction(engine) as conn:
+        rows = conn.execute(select(Exposure.id, Exposure.frame_type, Exposure.instrument)).all()
+    wanted = set(ids) if ids is not None else None
+    kept = [row for row in rows if wanted is None or row[0] in wanted]
+    counts = {}
+    for name, index in (("frame_type", 1), ("instrument", 2)):
+        counted = Counter(row[index] or "unknown" for row in kept)
+        counts[name] = dict(sorted(counted.items(), key=lambda item: (-item[1], item[0])))
+    return counts
 
 
 def frame_rows(engine: Engine, ids: list[int] | None = None) -> list[dict]:

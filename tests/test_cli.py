@@ -206,7 +206,8 @@ def test_debug_shows_the_traceback(url):
 def test_demo(tmp_path):
     result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.stdout
-    assert "ingested: 57 new" in result.stdout  # 55 frames and 2 XMM event files
+    assert "ingested: 65 new" in result.stdout  # 55 frames and 2 XMM obsids of 5 files each
+    assert "x-ray: 10 summarized, 0 up to date, 0 failed" in result.stdout  # as `obsarch ingest` would
     assert "ngc3293-3866.fits" in result.stdout
 
 
