@@ -20,7 +20,13 @@ from archive.keywords import load_maps, normalize
 from archive.models import Exposure, File, Hdu, HeaderCard, Product
 
 DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors")
-_SOURCES = {"xbinning", "ybinning", "binning", "gain", "ccd_temp", "detector", "detector_shape"}
+# Columns whose rules were corrected after files were ingested: an exposure
+# time in the unit its card's comment gives (minutes on DSS plates), no
+# frame number glued from a name's digits (HAT-P-32's 32 and a time stamp),
+# no band from an X-ray file's blocking filter.
+CORRECTED_COLUMNS = ("exptime", "frame_number", "band")
+COLUMNS = DETECTOR_COLUMNS + CORRECTED_COLUMNS
+_SOURCES = {"xbinning", "ybinning", "binning", "gain", "ccd_temp", "detector", "detector_shape", *CORRECTED_COLUMNS}
 
 
 def _units(hdus, cards) -> list[HeaderUnit]:
@@ -33,7 +39,8 @@ def _units(hdus, cards) -> list[HeaderUnit]:
 
 
 def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500) -> int:
-    """Compute the detector columns of every exposure from its stored cards
+    """Compute the detector columns of every exposure, and those whose rules
+    were corrected since (:data:`CORRECTED_COLUMNS`), from its stored cards
     (``config``: the user's keyword maps); returns how many were updated.
     A product's columns that its step gave are kept: only its empty ones
     are filled. Each batch of files is one transaction."""
@@ -45,7 +52,7 @@ def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500)
         chunk = ids[start : start + batch]
         with transaction(engine, write=True) as conn:
             rows = conn.execute(select(Exposure.id, Exposure.file_id, Exposure.sources, File.relpath,
-                                       *[getattr(Exposure, c) for c in DETECTOR_COLUMNS])
+                                       *[getattr(Exposure, c) for c in COLUMNS])
                                 .join(File, File.id == Exposure.file_id).where(Exposure.id.in_(chunk))).all()
             hdus = conn.execute(select(Hdu).where(Hdu.file_id.in_(chunk)).order_by(Hdu.file_id, Hdu.hdu_index)).all()
             cards = conn.execute(select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword,
@@ -66,7 +73,7 @@ def _grouped(rows) -> dict[int, list]:
 
 def _update(conn, row, hdus, cards, maps, product: bool) -> None:
     normalized = normalize(_units(hdus, cards), row.relpath, maps)
-    columns = [c for c in DETECTOR_COLUMNS if not product or getattr(row, c) is None]
+    columns = [c for c in COLUMNS if not product or getattr(row, c) is None]
     found = {k: v for k, v in json.loads(normalized["sources"]).items() if k in _SOURCES}
     sources = json.loads(row.sources or "{}")
     sources.update({k: v for k, v in found.items() if not product or k not in sources})

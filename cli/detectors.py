@@ -18,11 +18,13 @@ from cli.render import Format, console, show_frame
 
 @command(db_app, "renormalize")
 def db_renormalize() -> None:
-    """Fill the detector columns (binning, gain, CCD temperature, detector,
-    detector shape and count) of exposures from their stored header cards,
-    with the keyword maps of obsarch.toml. Run it once after `obsarch db upgrade`
-    to 0009; no file is opened. Products keep the values their step gave them
-    and get their empty ones from their own cards.
+    """Compute again, from the stored header cards, the columns whose rules
+    came or changed after files were ingested: the detector columns (binning,
+    gain, CCD temperature, detector, detector shape and count; migration
+    0009), the exposure time in the unit its card's comment gives, frame
+    numbers from file names, and no band for X-ray files. Uses the keyword
+    maps of obsarch.toml; no file is opened. Products keep the values their
+    step gave them and get their empty ones from their own cards.
 
     Example: obsarch db renormalize
     """

@@ -212,3 +212,27 @@ def test_real_xmm_filter_is_queryable_and_out_of_the_band_summary(url, real_data
     assert obsarch(url, "query", "xray_filter is not null", "--columns", "relpath", "--format", "csv").stdout.split()[1:] == [
         "MNLup_2138_0670580101_EMOS1_S001_specbg.fits"]  # FILTER = 'NONE' (Swift), 'FILTER' (eROSITA): no filter named
     assert "Medium" not in obsarch(url, "summary").stdout
+
+
+def test_renormalize_corrects_what_catalogs_stored_under_the_old_rules(url, tmp_path, rng):
+    """A catalog ingested before the fixes keeps 70 s, a glued frame number
+    and an X-ray filter as band until `obsarch db renormalize` computes them
+    again from the stored cards (an unchanged file is not read again)."""
+    from factories import write_frame
+    from sqlalchemy import update
+
+    from archive.db import make_engine
+    from archive.models import Exposure
+
+    write_frame(tmp_path / "p" / "HATP-32171220013343.fits", rng, {"EXPTIME": None, "EXPOSURE": (70.0, "Exposure time minutes")})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "p"))
+    engine = make_engine(url)
+    with engine.begin() as conn:  # as the old rules stored them
+        conn.execute(update(Exposure).values(exptime=70.0, frame_number=32171220013343))
+    old = obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split()
+    assert old == ["exptime,frame_number", "70.0,32171220013343"]
+    assert obsarch(url, "db", "renormalize").stdout.strip() == "renormalized 1 exposures"
+    assert obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split() == \
+        ["exptime,frame_number", "4200.0,"]
+    engine.dispose()
