@@ -76,10 +76,18 @@ def query(
 
     Example: obsarch query "band == 'V' and frame_type == 'science' and exptime >= 60" --columns frame_number,date_obs,exptime,path
     """
-    names, rows = open_catalog().rows(selection, columns=columns, sort=sort, limit=limit, timeout_s=timeout or None)
+    catalog = open_catalog()
+    # one row more than the limit: to say whether more match, without counting them all
+    asked = None if limit is None else min(limit + 1, 2**63 - 1)
+    names, rows = catalog.rows(selection, columns=columns, sort=sort, limit=asked, timeout_s=timeout or None)
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if more else rows
     show_rows(names, rows, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(rows)} exposures")
+        err_console.print(f"{len(rows)} exposures" + (f" (the first {limit}: more match)" if more else ""), markup=False)
+    if not rows and selection:
+        for hint in catalog.hints(selection):  # a typo should not pass for an empty answer
+            err_console.print(f"note: {hint}", markup=False)
 
 
 @command(panel="catalog")

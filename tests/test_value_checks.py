@@ -49,3 +49,20 @@ def test_values_no_exposure_has_are_named_with_the_nearest(catalog, tmp_path, rn
     assert catalog.hints("frame_type == 'science' and band == 'V'") == []
     assert catalog.hints("instrument == 'zzz'") == ["no exposure has instrument 'zzz' (it has 'TestCam')"]
     assert catalog.hints("band != 'Vv' and not band == 'Vv'") == []  # asking for its absence is no typo
+
+
+def test_obsarch_query_says_why_it_found_nothing_and_when_a_limit_cut(url, tmp_path, rng):
+    from factories import obsarch
+
+    for n in range(3):
+        write_frame(tmp_path / "night" / f"f{n}.fits", rng, {"FILTER": "V"})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "night"))
+    empty = obsarch(url, "query", "frame_type == 'sceince'")
+    assert empty.stderr.splitlines() == ["0 exposures", "note: no exposure has frame_type 'sceince'; did you mean 'science'?"]
+    assert obsarch(url, "query", "band == 'V'", "--limit", "2").stderr.strip() == "2 exposures (the first 2: more match)"
+    assert obsarch(url, "query", "band == 'V'", "--limit", "3").stderr.strip() == "3 exposures"
+    assert obsarch(url, "query", "band == 'V'", "--limit", str(2**63 - 1)).stderr.strip() == "3 exposures"
+    assert len(obsarch(url, "query", "band == 'V'", "--limit", "2", "--format", "csv").stdout.splitlines()) == 3
+    assert obsarch(url, "query", "grade == 'bda'", code=1).stderr.strip() == \
+        "error: grade is one of great, ok, marginal, bad, ungraded: not 'bda'; did you mean 'bad'?"
