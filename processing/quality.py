@@ -116,14 +116,33 @@ def load_image(path: str | Path, chunk_planes: int = 32) -> tuple[np.ndarray, di
                     shape = hdu.shape
                     if len(shape) < 2 or 0 in shape:
                         continue
-                    header = {k: hdu.header[k] for k in hdu.header if k and k not in ("COMMENT", "HISTORY")}
+                    header = _values(hdu.header)
                     header["__BITPIX__"] = hdu.header.get("BITPIX")
                     if index > 0:  # LCO: the observation's cards are in the primary or here
-                        header = {**{k: hdul[0].header[k] for k in hdul[0].header if k}, **header}
+                        header = {**_values(hdul[0].header), **header}
                     return _image_of(hdu, chunk_planes), header, index
     except OSError as exc:
         raise QualityError(f"{path}: cannot read: {exc}") from exc
     raise QualityError(f"{path}: no HDU with image data")
+
+
+def _values(header) -> dict:
+    """A header's values by keyword (the first card of each; no COMMENT or
+    HISTORY). A value astropy cannot parse (IRAF's unquoted ``AIRMASS =
+    INDEF``, which the ingest keeps as text) is left out: it is no number to
+    use, and reading it raised VerifyError for the whole file."""
+    from astropy.io import fits
+
+    values = {}
+    for card in header.cards:
+        keyword = card.keyword
+        if not keyword or keyword in ("COMMENT", "HISTORY") or keyword in values:
+            continue
+        try:
+            values[keyword] = card.value
+        except (fits.VerifyError, ValueError):
+            continue
+    return values
 
 
 def _image_of(hdu, chunk_planes: int) -> np.ndarray:

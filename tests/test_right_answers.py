@@ -236,3 +236,24 @@ def test_renormalize_corrects_what_catalogs_stored_under_the_old_rules(url, tmp_
     assert obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split() == \
         ["exptime,frame_number", "4200.0,"]
     engine.dispose()
+
+
+def test_a_card_astropy_cannot_parse_does_not_stop_a_frame_being_used(url, tmp_path, rng):
+    """IRAF's unquoted AIRMASS = INDEF: the ingest keeps it as text, and
+    reading the frame's pixels for a step must not fail on it (group
+    positions stopped with 'unexpected VerifyError')."""
+    from factories import write_frame
+
+    from processing.quality import load_image
+
+    path = write_frame(tmp_path / "n" / "indef.fits", rng, {"AIRMASS": None})
+    data = path.read_bytes()
+    at = data.index(b"READOUTM=")
+    path.write_bytes(data[:at] + b"AIRMASS = INDEF".ljust(80) + data[at + 80:])
+    image, header, index = load_image(path)
+    assert image.shape == (32, 32) and index == 0 and "AIRMASS" not in header and header["FILTER"] == "V"
+    write_frame(tmp_path / "n" / "other.fits", rng)
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "n"))
+    done = obsarch(url, "group", "positions", "--radius", "20px", "--name", "p")
+    assert "VerifyError" not in done.stdout + done.stderr
