@@ -135,10 +135,10 @@ def summary() -> None:
     names, rows = catalog.rows(is_null("product", negate=True), columns="product")
     kinds = Counter(kind for kind, in rows)
     left_out = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-    # on stderr, as query's count: piped, stdout stays the tables
-    products = f"{len(rows)} product{'' if len(rows) == 1 else 's'} left out"
-    err_console.print(f"raw exposures only; {products}" + (f" ({left_out}): see `obsarch products`" if rows else ""),
-                      markup=False, soft_wrap=True)
+    # on stderr, as query's count: piped, stdout stays the tables; said only when something was left out
+    if rows:
+        err_console.print(f"raw exposures only; {len(rows)} product{'' if len(rows) == 1 else 's'} left out "
+                          f"({left_out}): see `obsarch products`", markup=False, soft_wrap=True)
     for name, frame in catalog.summary().items():
         show_frame(frame, Format.table, title="files per status" if name == "status" else f"raw exposures per {name}")
 
