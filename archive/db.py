@@ -392,7 +392,7 @@ def check_schema(engine: Engine) -> None:
 
 # -- read-only SQL ---------------------------------------------------------
 
-READER_ROLE = "obsarch_reader"  # created by migration 0007 on PostgreSQL
+READER_ROLE = "obsarch_reader"  # created by migration 0012 on PostgreSQL
 DEFAULT_TIMEOUT_S = 60.0
 _CHECK_CLIENT_MS = 1000  # how soon PostgreSQL notices a client that went away
 
