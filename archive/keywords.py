@@ -127,7 +127,7 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
         "object": values.text("object"),
         "readout_mode": values.text("readout_mode"),
         "frame_type": _frame_type(values),
-        "band": _xray_filter_note(values) if xray else _band(values),
+        "band": _xray_filter_note(values) if xray and not _optical_monitor(values) else _band(values),
         "exptime": _exptime(values, xray, filename),
         "airmass": _airmass(values),
         "frame_number": _guarded(values, filename, "frame_number", lambda: _frame_number(values, None if xray else filename)),
@@ -160,6 +160,16 @@ def _guarded(values: _Values, filename: str, field: str, compute):
     card = values.sources.get(field) or "its card"
     warnings.warn(f"{filename}: {field} left empty, {card} kept as written: {problem}", NormalizationWarning, stacklevel=2)
     return None
+
+
+# The optical and UV telescopes of X-ray missions (Swift's UVOT, XMM's OM,
+# AstroSat's UVIT): their FILTER is a photometric band (V, UVW1...).
+_OPTICAL_MONITORS = frozenset(("UVOT", "UVOTA", "OM", "XMM-OM", "UVIT"))
+
+
+def _optical_monitor(values: _Values) -> bool:
+    instrument = values.card("INSTRUME")
+    return bool(instrument and isinstance(instrument[2], str) and instrument[2].strip().upper() in _OPTICAL_MONITORS)
 
 
 def _is_xray(units: list[HeaderUnit], values: _Values) -> bool:
@@ -245,18 +255,20 @@ _SECONDS_PER = {
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
     **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
-_NOT_IN_PROSE = frozenset(("s", "h", "d", "us"))  # words of English too: units only in [] or ()
 _UNIT_NAMES = {60.0: "minutes", 3600.0: "hours", 86400.0: "days", 1e-3: "milliseconds", 1e-6: "microseconds", 1e3: "kiloseconds"}
-_BRACKETED_UNIT = re.compile(r"^\s*\[([^\]]*)\]")
-_PARENTHESIZED = re.compile(r"\(\s*([A-Za-z]+)\s*\)")
-_WORD = re.compile(r"[A-Za-z]+")
+_BRACKETED_UNIT = re.compile(r"^\s*\[([^\]]*)\]")  # the FITS convention: the unit first, in brackets
+_UNIT_IN_BRACKETS = re.compile(r"[\[(]\s*([A-Za-z]+)\s*[\])]")  # "[min]", "(s)" anywhere
+# A unit written as a word: right after "in" or "time" ("Exposure time minutes", "integration time in secs"), in
+# lower case (or a whole word in capitals: MINUTES). Anywhere else a word is prose ("time, HR mode", "time of day
+# flat", "in MS mode", "min of amplifiers"). A lookahead, so that "time in minutes" finds both words.
+_UNIT_AFTER_WORD = re.compile(r"\b(?:in|time)\s+(?=([A-Za-z]+)\b)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)  # a camera writes the same comment on every frame
 def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
     """(seconds per unit, None) when the comment gives one time unit; (None,
-    what is not understood) when it names another or several; (None, None)
-    when it names none."""
+    what is not understood) when it puts another unit first in brackets, or
+    names several; (None, None) when it names none."""
     if not comment:
         return None, None
     bracketed = _BRACKETED_UNIT.match(comment)
@@ -264,9 +276,9 @@ def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
         unit = bracketed[1].strip()
         factor = _SECONDS_PER.get(unit.lower())
         return (factor, None) if factor else (None, f"the unit [{unit}]")
-    found = {_SECONDS_PER[w.lower()] for w in _PARENTHESIZED.findall(comment) if w.lower() in _SECONDS_PER}
-    found |= {_SECONDS_PER[w.lower()] for w in _WORD.findall(comment)
-              if w.lower() in _SECONDS_PER and w.lower() not in _NOT_IN_PROSE}
+    found = {_SECONDS_PER[w.lower()] for w in _UNIT_IN_BRACKETS.findall(comment) if w.lower() in _SECONDS_PER}
+    found |= {_SECONDS_PER[w.lower()] for w in _UNIT_AFTER_WORD.findall(comment)
+              if w.lower() in _SECONDS_PER and (w.islower() or (w.isupper() and len(w) >= 4))}
     if len(found) > 1:
         return None, "several time units"
     return (found.pop() if found else None), None

@@ -111,7 +111,16 @@ def _normalize(cards: dict, filename: str = "plate.fits", *extensions: dict) -> 
         (("EXPTIME", 60.0, "Exposure time in Seconds"), 60.0, None),
         (("EXPTIME", 900.0, "Integration time"), 900.0, None),
         (("EXPTIME", 60.0, "[adu] not a time"), 60.0, "names the unit [adu], not understood: kept as written (60"),
-        (("EXPTIME", 60.0, "in seconds, was 1 min"), 60.0, "names several time units, not understood"),
+        (("EXPTIME", 60.0, "time in seconds (min)"), 60.0, "names several time units, not understood"),
+        # prose, not units: a word counts only right after "in" or "time", in lower case or a whole capital word
+        (("EXPTIME", 60.0, "in seconds, was 1 min"), 60.0, None),
+        (("EXPTIME", 60.0, "Exposure time, HR mode"), 60.0, None),
+        (("EXPTIME", 60.0, "Exposure time of day flat"), 60.0, None),
+        (("EXPTIME", 60.0, "Requested exposure (min 0.001)"), 60.0, None),
+        (("EXPTIME", 60.0, "exposure time (min of amplifiers)"), 60.0, None),
+        (("EXPTIME", 60.0, "Total exposure time in MS mode"), 60.0, None),
+        (("EXPTIME", 2.0, "EXPOSURE TIME IN MINUTES"), 120.0, "is in minutes: converted to 120 s"),
+        (("EXPTIME", 2.0, "exposure time in minutes"), 120.0, "is in minutes: converted to 120 s"),
     ],
 )
 def test_exptime_in_the_unit_its_comment_gives(card, seconds, warned):
@@ -201,6 +210,9 @@ def test_an_xray_filter_is_no_band():
     assert json.loads(row["sources"])["band"] == "FILTER='Medium': an X-ray filter, not a band (see xray_filter)"
     assert _normalize({"TELESCOP": "Test 1m", "FILTER": "Medium"})["band"] == "Medium"  # an optical filter stays a band
     assert _normalize({"FILTER": "Medium"}, "x.fits", {"EXTNAME": "EVENTS"})["band"] is None  # X-ray by its HDUs
+    # the optical/UV telescopes of X-ray missions keep their photometric bands
+    assert _normalize({"TELESCOP": "SWIFT", "INSTRUME": "UVOTA", "FILTER": "V"})["band"] == "V"
+    assert _normalize({"TELESCOP": "XMM", "INSTRUME": "OM", "FILTER": "UVW1"})["band"] == "UVW1"
 
 
 def test_real_xmm_filter_is_queryable_and_out_of_the_band_summary(url, real_data):
