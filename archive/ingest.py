@@ -23,6 +23,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 import warnings as pywarnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -673,8 +674,33 @@ def ensure_card_keys(engine: Engine) -> None:
             add_card_constraints(lock, pkey=pkey, fkey=fkey)
             return
         _build_at_once(engine, builds, spare)
-        with transaction(engine, write=True) as conn:
-            add_card_constraints(conn, pkey=pkey, fkey=fkey)
+        _with_deadlock_retry(lambda: _add_keys(engine, pkey, fkey))
+
+
+def _add_keys(engine: Engine, pkey: bool, fkey: bool) -> None:
+    with transaction(engine, write=True) as conn:
+        add_card_constraints(conn, pkey=pkey, fkey=fkey)
+
+
+DEADLOCK_RETRIES = 5
+
+
+def _with_deadlock_retry(work: Callable[[], None]) -> None:
+    """Run ``work`` (one transaction) again when PostgreSQL ends it as one
+    side of a deadlock. Adding the foreign key takes hdus, then
+    header_cards; a chunk writing new files takes them in that order too,
+    but one replacing a changed file deletes its cards before its HDUs, the
+    other order. No single order suits both, and the chunk side already
+    retries file by file, so the key's side retries too."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            work()
+            return
+        except DatabaseError as exc:
+            cause = getattr(exc.__cause__, "orig", exc.__cause__)  # SQLAlchemy's, or the driver's own
+            if attempt == DEADLOCK_RETRIES - 1 or getattr(cause, "sqlstate", None) != "40P01":
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _card_work(keys: tuple[bool, bool, bool], present: set[str]) -> bool:

@@ -191,3 +191,40 @@ def test_a_catalog_on_a_small_pool_gets_its_keys_back_without_waiting_for_a_conn
     assert small.ingest([tmp_path / "data"]).unchanged == 6
     small.engine.dispose()
     assert _keys(engine) == before
+
+
+def test_adding_the_keys_again_after_a_deadlock_and_only_then(monkeypatch):
+    """The foreign key's ALTER is one side of a deadlock with a chunk that
+    replaces a changed file (cards, then HDUs): PostgreSQL ends one of the
+    two, and the key's side runs again; any other error is raised at once."""
+    from archive import ingest
+    from archive.exceptions import DatabaseError
+
+    class Driver(Exception):
+        def __init__(self, sqlstate):
+            self.sqlstate = sqlstate
+
+    def failing(sqlstate, times):
+        calls = []
+
+        def work():
+            calls.append(1)
+            if len(calls) <= times:
+                try:
+                    raise Driver(sqlstate)
+                except Driver as exc:
+                    raise DatabaseError("deadlock detected") from exc
+        return work, calls
+
+    monkeypatch.setattr(ingest.time, "sleep", lambda seconds: None)
+    work, calls = failing("40P01", 2)
+    ingest._with_deadlock_retry(work)
+    assert len(calls) == 3
+    work, calls = failing("23505", 1)  # a unique violation is no deadlock
+    with pytest.raises(DatabaseError):
+        ingest._with_deadlock_retry(work)
+    assert len(calls) == 1
+    work, calls = failing("40P01", ingest.DEADLOCK_RETRIES)  # not forever
+    with pytest.raises(DatabaseError):
+        ingest._with_deadlock_retry(work)
+    assert len(calls) == ingest.DEADLOCK_RETRIES
