@@ -756,7 +756,7 @@ class Compiler:
         if node.value is None:
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
-        return _OPS[node.op](expression, self._coerce(node.field, kind, node.value))
+        return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
 
     def _in(self, node: In):
         if (definition := self._set_def(node.field)) is not None:
@@ -782,7 +782,8 @@ class Compiler:
             clause = self._header(node.field, lambda col: col.between(low, high), _value_kind(node.low))
         else:
             expression, kind = self._expression(node.field)
-            clause = expression.between(self._coerce(node.field, kind, node.low), self._coerce(node.field, kind, node.high))
+            low, high = (self._coerce(node.field, kind, v, equality=False) for v in (node.low, node.high))
+            clause = expression.between(low, high)
         return not_(clause) if node.negate else clause
 
     def _match(self, node: Match):
@@ -826,13 +827,13 @@ class Compiler:
         self.tables.update(definition.tables)
         return definition.expression(), definition.kind
 
-    def _coerce(self, field: Field, kind: str, value):
+    def _coerce(self, field: Field, kind: str, value, equality: bool = True):
         if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise SelectionError(f"{_label(field)} is a number; compare it with a number, not {value!r}")
         if kind == "text" and not isinstance(value, str):
             raise SelectionError(f"{_label(field)} is text; compare it with a quoted string, not {value!r}")
         if kind == "text" and isinstance(field, Column):
-            _check_value(field.name, value)
+            _check_value(field.name, value, equality)
         if kind == "datetime":
             parsed = parse_fits_date(value) if isinstance(value, str) else None
             if parsed is None:
@@ -908,16 +909,18 @@ class Compiler:
 _NIGHT = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _check_value(name: str, value: str) -> None:
+def _check_value(name: str, value: str, equality: bool = True) -> None:
     """Refuse a value ``name`` can never hold: one outside its fixed
-    vocabulary (``grade == 'bda'``), a night that is not a date. Such a
-    selection would match nothing and look like an answer."""
+    vocabulary (``grade == 'bda'``), a night that is not a date in an
+    equality (``night == '2017-13-45'``; ``night >= '2017-08'`` compares text,
+    as it always did). Such a selection would match nothing and look like
+    an answer."""
     allowed = FIELDS[name].values if name in FIELDS else ()
     if allowed and value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise SelectionError(f"{name} is one of {', '.join(allowed)}: not {value!r}{hint}")
-    if name == "night":
+    if name == "night" and equality:
         try:
             if not _NIGHT.fullmatch(value):
                 raise ValueError

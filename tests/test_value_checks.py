@@ -18,7 +18,7 @@ from archive.query import Compiler, parse
     ("status != 'gone'", "status is one of present, missing, unreadable: not 'gone'"),
     ("flag_source == 'robot'", "flag_source is one of person, rule: not 'robot'"),
     ("night == '2017-13-45'", "night is a date written YYYY-MM-DD (the evening's date): '2017-13-45' is not one"),
-    ("night between '2017-08-01' and '2017-8-3'",
+    ("night in ('2017-08-01', '2017-8-3')",
      "night is a date written YYYY-MM-DD (the evening's date): '2017-8-3' is not one"),
 ])
 def test_a_value_the_name_cannot_hold_is_refused(selection, message):
@@ -33,7 +33,9 @@ def test_a_number_beyond_float_range_is_refused():
 
 
 @pytest.mark.parametrize("selection", ["grade == 'ungraded'", "grade != 'bad'", "night like '2017-08%'",
-                                       "night < '2017-08-16'", "status in ('present', 'missing')", "exptime > 1e300"])
+                                       "night < '2017-08-16'", "status in ('present', 'missing')", "exptime > 1e300",
+                                       "night >= '2017-08' and night < '2018'",  # text ranges, as always
+                                       "night between '2017-08' and '2017-09'"])
 def test_values_it_can_hold_pass(selection):
     Compiler("sqlite")(parse(selection))
 
