@@ -167,6 +167,13 @@ def test_real_dss_plate_exposure_in_minutes(url, real_data):
     [
         ("HATP-32171220013343.FITS", None),  # was 32171220013343: HAT-P-32's "32" glued to a time stamp
         ("night-20170815.fits", None),  # a date is no frame number
+        ("M31_2017-08-15.fits", None),  # nor is the end of one
+        ("M31_2017_08_15.fits", None),
+        ("IMG_20231012_221533.fits", None),  # nor a time after a date
+        ("m31_20170815T031245.fits", None),
+        ("Light_M31_20231012-221533.fit", None),
+        ("ogg0m406-kb27-20170805-0339-e91.fits.fz", 339),  # LCO: the frame after the day; -e91 a reduction level
+        ("frame-123456.fits", 123456),
         ("frame-12345678.fits", None),
         ("frame-1234567.fits", 1234567),
         ("ngc3293-3852.fits", 3852),
