@@ -77,5 +77,8 @@ def _update(conn, row, hdus, cards, maps, product: bool) -> None:
     found = {k: v for k, v in json.loads(normalized["sources"]).items() if k in _SOURCES}
     sources = json.loads(row.sources or "{}")
     sources.update({k: v for k, v in found.items() if not product or k not in sources})
+    for column in CORRECTED_COLUMNS:  # a value the corrected rule leaves empty keeps no old provenance
+        if column in columns and normalized[column] is None and column not in found:
+            sources.pop(column, None)
     conn.execute(update(Exposure).where(Exposure.id == row.id)
                  .values(**{c: normalized[c] for c in columns}, sources=json.dumps(sources, sort_keys=True)))

@@ -85,6 +85,8 @@ def query(
     show_rows(names, rows, fmt)
     if fmt is Format.table:
         err_console.print(f"{len(rows)} exposures" + (f" (the first {limit}: more match)" if more else ""), markup=False)
+    elif more:  # stdout is data: the note goes beside it
+        err_console.print(f"note: the first {limit} exposures: more match", markup=False)
     if not rows and selection:
         for hint in catalog.hints(selection):  # a typo should not pass for an empty answer
             err_console.print(f"note: {hint}", markup=False)

@@ -247,13 +247,17 @@ def test_renormalize_corrects_what_catalogs_stored_under_the_old_rules(url, tmp_
     obsarch(url, "init")
     obsarch(url, "ingest", str(tmp_path / "p"))
     engine = make_engine(url)
-    with engine.begin() as conn:  # as the old rules stored them
-        conn.execute(update(Exposure).values(exptime=70.0, frame_number=32171220013343))
+    with engine.begin() as conn:  # as the old rules stored them, provenance included
+        conn.execute(update(Exposure).values(
+            exptime=70.0, frame_number=32171220013343,
+            sources='{"frame_number": "file name \'HATP-32171220013343.fits\'"}'))
     old = obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split()
     assert old == ["exptime,frame_number", "70.0,32171220013343"]
     assert obsarch(url, "db", "renormalize").stdout.strip() == "renormalized 1 exposures"
     assert obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split() == \
         ["exptime,frame_number", "4200.0,"]
+    sources = obsarch(url, "sql", "select sources from exposures").stdout
+    assert "HATP-32171220013343" not in sources  # no provenance left for a frame number it no longer has
     engine.dispose()
 
 
