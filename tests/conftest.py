@@ -100,3 +100,15 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(20261121)
+
+
+@pytest.fixture
+def ingested(url, tmp_path, rng) -> str:
+    """The URL of a catalog holding a night of frames, made and filled
+    through the command as a user does."""
+    from factories import night_of_frames, obsarch
+
+    night_of_frames(tmp_path / "night", rng)
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "night"))
+    return url

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import typer
-from factories import leaf_commands, night_of_frames, obsarch, write_frame
+from factories import leaf_commands, obsarch, write_frame
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -17,14 +17,6 @@ runner = CliRunner()
 
 
 run = obsarch  # run(url, *args, code=0)
-
-
-@pytest.fixture
-def ingested(url, tmp_path, rng):
-    night_of_frames(tmp_path / "night", rng)
-    run(url, "init")
-    run(url, "ingest", str(tmp_path / "night"))
-    return url
 
 
 def test_every_command_has_help_with_an_example():

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from conftest import PG_URL
-from factories import night_of_frames, obsarch
+from factories import obsarch
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
@@ -23,14 +23,6 @@ def one_line(result) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-@pytest.fixture
-def ingested(url, tmp_path, rng):
-    night_of_frames(tmp_path / "night", rng)
-    obsarch(url, "init")
-    obsarch(url, "ingest", str(tmp_path / "night"))
-    return url
 
 
 def exposures(url) -> int:
