@@ -48,6 +48,16 @@ def _mjd_utc(seconds, header, mjdref):
 # -- pure ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("header", "kind"), [
+    ({"HDUCLAS1": "RESPONSE", "HDUCLAS2": "SPECRESP", "EXTNAME": "SPECRESP"}, "arf"),  # OGIP ARF (was 'response')
+    ({"HDUCLAS1": "RESPONSE", "HDUCLAS2": "RSP_MATRIX", "EXTNAME": "MATRIX"}, "response"),  # OGIP RMF
+    ({"HDUCLAS1": "RESPONSE", "HDUCLAS2": "EBOUNDS", "EXTNAME": "EBOUNDS"}, None),  # the RMF's channel bounds
+    ({"EXTNAME": "SPECRESP"}, "arf"),
+])
+def test_ogip_responses_tell_an_arf_from_a_matrix(header, kind):
+    assert xray.hdu_kind(header, is_table=True, has_data=True) == kind
+
+
 @pytest.mark.parametrize(("name", "kind", "exposure", "rows"), MANIFEST)
 def test_kind_and_table_size_as_the_manifest_says(real_data, name, kind, exposure, rows):
     summary = xray.summarize_file(str(real_data / "xray" / name))
