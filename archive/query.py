@@ -704,7 +704,7 @@ class Compiler:
         self.tables: set[str] = set()  # joins the compiled names need
         self.conn = conn if self.sqlite else None
         self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
-        self.merge: list[Select] = []  # cards of common keyword values beside a column picking many (see ids_statement)
+        self.merge: list[tuple[Compare, Select]] = []  # common keyword values beside a column picking many, with their cards (see ids_statement)
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
@@ -752,7 +752,8 @@ class Compiler:
         if isinstance(node.field, Header):
             kind, value = _value_kind(node.value), _card_value(node.value)
             short = node.op == "==" and _short(value)
-            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short, seek=node.op == "==")
+            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short,
+                                seek=node if node.op == "==" else None)
         if node.value is None:
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
@@ -851,7 +852,8 @@ class Compiler:
             where.append(HeaderCard.hdu_index == header.hdu)
         return select(HeaderCard.file_id).where(*where)
 
-    def _header(self, header: Header, predicate, kind: str, short_literals: bool = False, seek: bool = False) -> ColumnElement:
+    def _header(self, header: Header, predicate, kind: str, short_literals: bool = False,
+                seek: Compare | None = None) -> ColumnElement:
         """Files with a card ``header`` whose value satisfies ``predicate``.
 
         Numbers compare with numeric cards (logicals as 1/0), strings with the
@@ -877,29 +879,16 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
-        if seek and self.driving and len(branches) == 1:
+        if seek is not None and self.driving and len(branches) == 1:
             cards = self._cards(header, *branches[0])
             # the counts read a few times the cards the list itself would read, at most
             n_cards = _count(self.conn, cards, DRIVING_ROWS_CAP // 2 + 1)
             cap = min(DRIVING_ROWS_CAP, 2 * n_cards)
             if min(_count(self.conn, select(Exposure.id).where(clause), cap) for clause in self.driving) < cap:
                 return cards.where(HeaderCard.file_id == Exposure.id).correlate(Exposure).exists()
-            if n_cards > DRIVING_ROWS_CAP // 2:  # both many: ids_statement may merge them
-                self.merge.append(cards)
+            if n_cards > DRIVING_ROWS_CAP // 2 and kind != "bool":  # both many: ids_statement merges them
+                self.merge.append((seek, cards))  # (a logical's cards need vtype, which no index holds)
         return Exposure.id.in_(self._union(header, branches))
-
-    def seek_cards(self, node) -> Select | None:
-        """The file ids of the cards a keyword equality (``hdr['K'] == v``, a
-        number or a short text) names: one index range, in file id order,
-        the same cards :meth:`_header` reads for it. None for anything else."""
-        if not (isinstance(node, Compare) and isinstance(node.field, Header) and node.op == "=="):
-            return None
-        kind = _value_kind(node.value)
-        if kind == "number":
-            return self._cards(node.field, text(NUMERIC), HeaderCard.value_num == node.value)
-        if kind == "text" and _short(node.value):
-            return self._cards(node.field, text(SHORT_TEXT), HeaderCard.value_text == node.value)
-        return None  # a logical needs vtype, which no index holds; long text is not indexed by value
 
     def _union(self, header: Header, branches: list[list]):
         selects = [self._cards(header, *conditions) for conditions in branches]
@@ -1087,15 +1076,13 @@ def ids_statement(selection: str | Node | None, dialect: str, conn=None):
     node = as_tree(selection)
     compiler = Compiler(dialect, conn)
     plain = select_exposures(node, dialect, compiler=compiler).order_by(Exposure.id)
-    if not compiler.merge:  # set only for the equalities of a root AND
+    # the equalities that are items of the root AND (one under a NOT or an OR is no intersection)
+    merged = [(seek, cards) for seek, cards in compiler.merge if isinstance(node, BoolOp) and any(seek is item for item in node.items)]
+    if not merged:
         return plain
-    cards_of = Compiler(dialect).seek_cards
-    seeks = [(item, cards) for item in node.items if (cards := cards_of(item)) is not None]
-    if not seeks:  # a logical: its cards need vtype, no index range
-        return plain
-    rest = [item for item in node.items if all(item is not seek for seek, _ in seeks)]
+    rest = [item for item in node.items if all(item is not seek for seek, _ in merged)]
     left = select_exposures(rest[0] if len(rest) == 1 else BoolOp("and", tuple(rest)), dialect)
-    compound = intersect(left, *(cards for _, cards in seeks))
+    compound = intersect(left, *(cards for _, cards in merged))
     return compound.order_by(compound.selected_columns[0])
 
 
