@@ -205,6 +205,13 @@ def _plain_endings():
             _reported(exc)
         silence_stdout()
         raise typer.Exit(0) from None
+    except SystemExit as exc:
+        # rich's own Console (Typer's help), which writes to stdout and stderr
+        # only, ends a closed pipe with exit 1 (Console.on_broken_pipe, which
+        # has sent stdout to /dev/null already: reader_gone cannot tell now)
+        if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
+            raise typer.Exit(0) from None
+        raise
 
 
 def _usage_line(exc) -> str:

@@ -115,6 +115,8 @@ def closed_stdout(url: str, *args: str) -> subprocess.CompletedProcess:
     ["query"],
     ["query", "--format", "json"],
     ["summary"],
+    ["--help"],  # Typer's help, through rich's own console
+    ["query", "--help"],
 ])
 def test_a_closed_pipe_downstream_ends_any_command_quietly(ingested, command):
     before = exposures(ingested)
