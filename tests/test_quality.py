@@ -301,6 +301,20 @@ def test_views_from_sql(catalog, tmp_path, rng):
     assert [tuple(r) for r in current] == [("bad", "person"), ("ok", "rule"), ("ok", "rule")]
 
 
+def test_the_views_call_a_frame_nobody_graded_ungraded(catalog, tmp_path, rng):
+    """As the query language does (never NULL): SQL's `grade != 'bad'` keeps it."""
+    for number in range(1, 4):
+        science(tmp_path, rng, number)
+    catalog.ingest([tmp_path])
+    quality.flag(catalog.engine, "1", "bad", reason="clouds")
+    with catalog.engine.connect() as conn:
+        summary = conn.execute(text("SELECT grade, exposures FROM quality_summary ORDER BY grade")).all()
+        kept = conn.execute(text("SELECT frame_number, grade FROM exposure_quality WHERE grade != 'bad' ORDER BY frame_number")).all()
+    assert [tuple(r) for r in summary] == [("bad", 1), ("ungraded", 2)]
+    assert [tuple(r) for r in kept] == [(2, "ungraded"), (3, "ungraded")]
+    assert len(catalog.exposure_ids("grade == 'ungraded'")) == 2
+
+
 # -- the command line -----------------------------------------------------------------
 
 runner = CliRunner()

@@ -55,7 +55,7 @@
     card.className = card.className.replace(/grade-\S+/, "grade-" + (grade || "none"));
     card.dataset.grade = grade || "";
     card.dataset.reason = reason || "";
-    card.querySelector(".grade-text").textContent = grade || "unreviewed";
+    card.querySelector(".grade-text").textContent = grade || "ungraded";
     card.querySelector(".reason").textContent = reason || "";
     card.querySelector(".source").textContent = grade ? "person" : "";
     document.querySelectorAll('svg.plot .point[data-id="' + card.dataset.id + '"]').forEach(function (point) {
