@@ -2,8 +2,9 @@
 
 On SQLite, a keyword equality next to an indexed column that picks fewer
 exposures than the value has cards becomes ``EXISTS (a card of this
-exposure)`` instead of ``id IN (the cards' file ids)`` (archive.query,
-Compiler._header). Both shapes must give the same ids, on both backends:
+exposure)`` instead of ``id IN (the cards' file ids)``, and a keyword
+condition with many cards beside an indexed equality is intersected with
+the rest (archive.query, Compiler._header and ids_statement). Both shapes must give the same ids, on both backends:
 NULL columns, missing keywords, a keyword in several HDUs, numbers and text
 under the same keyword, long text, logicals.
 """
@@ -92,6 +93,15 @@ SELECTIONS = [
     ("hdr['FRAMENUM'] == 12 and band == 'B'", lambda f: f["i"] == 12),
     ("hdr['FRAMENUM'] == 12 and band == 'B' or hdr['FRAMENUM'] == 15", lambda f: f["i"] in (12, 15)),
     ("hdr['OBSERVER'] == 'eve'", lambda f: "eve" in _observers(f)),
+    # ranges beside an indexed equality: intersected when they have many cards
+    ("hdr['FRAMENUM'] > 20 and band == 'V'", lambda f: f["i"] > 20 and f["band"] == "V"),
+    ("band == 'B' and hdr['FRAMENUM'] between 10 and 40", lambda f: 10 <= f["i"] <= 40 and f["band"] == "B"),
+    ("band == 'B' and hdr['FRAMENUM'] not between 10 and 40", lambda f: not 10 <= f["i"] <= 40 and f["band"] == "B"),
+    ("band == 'B' and not hdr['FRAMENUM'] < 30", lambda f: not f["i"] < 30 and f["band"] == "B"),
+    ("hdr['FRAMENUM'] >= 30 and hdr['OBSERVER'] == 'eve' and band == 'V'",
+     lambda f: f["i"] >= 30 and "eve" in _observers(f) and f["band"] == "V"),
+    ("hdr['OBSERVER'] > 'b' and band == 'V'",
+     lambda f: any(isinstance(v, str) and v > "b" for v in _observers(f)) and f["band"] == "V"),
 ]
 
 
@@ -156,6 +166,12 @@ def test_sqlite_merges_a_common_value_with_a_column_picking_many(shapes, monkeyp
         assert "INTERSECT" not in sql("hdr['FLAGGED'] == true and band == 'V'")  # a logical: no index range
         assert "INTERSECT" not in sql("hdr['OBSERVER'] like 'e%' and band == 'V'")  # not an equality
         assert "INTERSECT" not in sql("hdr['OBSERVER'] == 'eve' or band == 'V'")
+        # a range with many cards is intersected too (its file ids sorted first); its negation is not
+        assert "INTERSECT" in sql("hdr['FRAMENUM'] > 20 and band == 'V'")
+        assert "INTERSECT" in sql("band == 'V' and hdr['FRAMENUM'] between 10 and 40")
+        assert "INTERSECT" not in sql("band == 'V' and hdr['FRAMENUM'] not between 10 and 40")
+        assert "INTERSECT" not in sql("band == 'V' and not hdr['FRAMENUM'] > 20")
+        assert "INTERSECT" not in sql("hdr['FRAMENUM'] > 20 and exptime > 1")  # no indexed equality beside it
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(query.ids_statement(
             "hdr['OBSERVER'] == 'eve' and band == 'V'", "sqlite", conn).compile(conn, compile_kwargs={"literal_binds": True}))).all()
         assert any("MERGE (INTERSECT)" in row[-1] for row in plan)
