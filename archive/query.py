@@ -704,7 +704,8 @@ class Compiler:
         self.tables: set[str] = set()  # joins the compiled names need
         self.conn = conn if self.sqlite else None
         self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
-        self.merge: list[tuple[Compare | Between, Select]] = []  # keyword conditions with many cards beside an indexed equality, with their cards (see ids_statement)
+        # keyword conditions with many cards beside an indexed equality, with their cards (see ids_statement)
+        self.merge: list[tuple[Compare | Between, Select]] = []
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
