@@ -725,11 +725,19 @@ def _spare_connections(engine: Engine) -> int:
 
 def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
     """Run each CREATE INDEX in a transaction of its own, up to ``at_once``
-    at a time; the first error is raised once all ended."""
+    at a time; the first error is raised once all ended.
+
+    A Ctrl-C while they run asks the server to cancel each build (psycopg's
+    ``cancel``, made for another thread to call) before it is raised: the
+    builds roll back at once instead of holding the exit until they end,
+    which at tens of millions of cards is minutes. The next ingest makes
+    what is missing (ensure_card_keys)."""
+    running: list = []  # the DBAPI connections of the builds under way
 
     def build(statement: str) -> None:
         with transaction(engine, write=True) as conn:
             _sort_memory(conn, SORT_MEMORY_MB // min(at_once, len(statements)))  # the server's total stays as for one
+            running.append(conn.connection.driver_connection)
             conn.exec_driver_sql(statement)
 
     if len(statements) <= 1 or at_once <= 1:
@@ -738,8 +746,18 @@ def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(at_once, len(statements)), thread_name_prefix="obsarch-index") as pool:
+    pool = ThreadPoolExecutor(min(at_once, len(statements)), thread_name_prefix="obsarch-index")
+    try:
         futures = [pool.submit(build, statement) for statement in statements]
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for connection in list(running):
+            try:
+                connection.cancel()
+            except Exception:  # noqa: BLE001  (a build that just ended: nothing to cancel)
+                pass
+        raise
     for future in futures:
         future.result()
 

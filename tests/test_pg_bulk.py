@@ -228,3 +228,25 @@ def test_adding_the_keys_again_after_a_deadlock_and_only_then(monkeypatch):
     with pytest.raises(DatabaseError):
         ingest._with_deadlock_retry(work)
     assert len(calls) == ingest.DEADLOCK_RETRIES
+
+
+def test_a_ctrl_c_cancels_the_builds_under_way(pg_catalog):
+    """A Ctrl-C during the builds made at once cancels them on the server:
+    their threads end within seconds, not when the builds would have (at
+    tens of millions of cards, minutes the user would wait at exit)."""
+    import os
+    import signal
+
+    statements = ["SELECT pg_sleep(60)", "SELECT pg_sleep(60)"]
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # a real signal, as Ctrl-C sends
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ingest_module._build_at_once(pg_catalog.engine, statements, 2)
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("obsarch-index") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name.startswith("obsarch-index") for t in threading.enumerate())
+    assert time.monotonic() - start < 15
+    with pg_catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+                                 "AND state = 'active'")).scalar() == 0
