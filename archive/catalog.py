@@ -28,6 +28,7 @@ from archive.query import (
     header_columns,
     ids,
     ids_statement,
+    merges_sorted_ranges,
     parse_columns,
     sort_expressions,
 )
@@ -117,6 +118,7 @@ class Catalog:
         text = None if not columns else columns if isinstance(columns, str) else ",".join(columns)
         key = (repr(node), text, sort, limit)  # repr: 1, 1.0 and True are equal keys but not equal SQL
         with self.engine.connect() as conn, db.statement_timeout(conn, timeout_s):
+            self._serial_merge(conn, node)
             try:
                 labels, statement = self._statements[key]
             except KeyError:
@@ -147,6 +149,12 @@ class Catalog:
             statement = statement.limit(limit)
         return [label for label, _ in pairs], statement
 
+    def _serial_merge(self, conn, node: Node | None) -> None:
+        """On PostgreSQL, no parallel workers for this transaction when the
+        selection merges two id-ordered ranges (see :func:`archive.query.merges_sorted_ranges`)."""
+        if self.dialect == "postgresql" and merges_sorted_ranges(node):
+            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+
     def hints(self, selection: str | Node | None) -> list[str]:
         """Values the selection asks for that the catalog does not hold,
         each with the nearest it does (see :func:`archive.query.value_hints`):
@@ -162,8 +170,10 @@ class Catalog:
 
     def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
         """Ids of the exposures matching ``selection`` (text or tree), in id order."""
+        node = as_tree(selection)
         with self.engine.connect() as conn:
-            result = conn.execute(ids_statement(selection, self.dialect, conn))
+            self._serial_merge(conn, node)
+            result = conn.execute(ids_statement(node, self.dialect, conn))
             # Plain integers straight from the driver's cursor: a Row per id
             # cost more than the query itself for 66,000 ids (benchmarks/ingest.py).
             return [row[0] for row in result.cursor.fetchall()]

@@ -943,6 +943,23 @@ def _indexed_equality(node) -> bool:
     return equality and isinstance(node.field, Column) and node.field.name in INDEXED_COLUMNS
 
 
+def merges_sorted_ranges(node) -> bool:
+    """Whether the selection's AND pairs a keyword equality with an equality
+    on an indexed exposure column: two index ranges already in id order
+    (migration 0014), which PostgreSQL merges. Its parallel plan for that
+    merge gives each worker a share of the exposures but the whole of the
+    value's cards, so it reads them once per process: over 1,000,000
+    exposures ``hdr['OBSERVER'] == 'eve' and band == 'V'`` took 202-208 ms
+    with two workers, 72-122 ms in one process (benchmarks/ingest.py's
+    catalog, same minutes). :class:`archive.catalog.Catalog` runs such a
+    selection without parallel workers."""
+    if not (isinstance(node, BoolOp) and node.op == "and"):
+        return False
+    keyword = any(isinstance(item, Compare) and item.op == "==" and isinstance(item.field, Header)
+                  and item.value is not None for item in node.items)
+    return keyword and any(_indexed_equality(item) for item in node.items)
+
+
 def _count(conn, statement: Select, cap: int) -> int:
     """The rows of ``statement``, counted up to ``cap``."""
     return conn.execute(select(func.count()).select_from(statement.limit(cap).subquery())).scalar_one()

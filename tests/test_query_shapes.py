@@ -175,3 +175,28 @@ def test_sqlite_merges_a_common_value_with_a_column_picking_many(shapes, monkeyp
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(query.ids_statement(
             "hdr['OBSERVER'] == 'eve' and band == 'V'", "sqlite", conn).compile(conn, compile_kwargs={"literal_binds": True}))).all()
         assert any("MERGE (INTERSECT)" in row[-1] for row in plan)
+
+
+def test_postgresql_merges_two_id_ordered_ranges_in_one_process(shapes):
+    """A keyword equality beside an indexed equality: PostgreSQL's parallel
+    merge reads the value's cards once per worker, so the catalog runs it
+    without workers (same ids); other selections keep the server's setting."""
+    from sqlalchemy import event
+
+    assert query.merges_sorted_ranges(query.parse("hdr['OBSERVER'] == 'eve' and band == 'V'"))
+    assert query.merges_sorted_ranges(query.parse("band in ('V', 'B') and hdr['OBSERVER'] == 'eve' and exptime > 1"))
+    assert not query.merges_sorted_ranges(query.parse("hdr['OBSERVER'] == 'eve'"))
+    assert not query.merges_sorted_ranges(query.parse("hdr['OBSERVER'] > 'e' and band == 'V'"))
+    assert not query.merges_sorted_ranges(query.parse("hdr['OBSERVER'] == 'eve' or band == 'V'"))
+    assert not query.merges_sorted_ranges(None)
+    seen: list[str] = []
+    event.listen(shapes.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    files = _by_file(shapes)
+    expected = sorted(i for i, f in files.items() if "eve" in _observers(f) and f["band"] == "V")
+    assert shapes.exposure_ids("hdr['OBSERVER'] == 'eve' and band == 'V'") == expected
+    assert sorted(shapes.rows("hdr['OBSERVER'] == 'eve' and band == 'V'", columns="id")[1]) == [(i,) for i in expected]
+    serial = [s for s in seen if "max_parallel_workers_per_gather" in s]
+    assert len(serial) == (2 if shapes.dialect == "postgresql" else 0)
+    seen.clear()
+    shapes.exposure_ids("hdr['OBSERVER'] > 'e' and band == 'V'")
+    assert not any("max_parallel_workers_per_gather" in s for s in seen)
