@@ -73,10 +73,12 @@ def _grouped(rows) -> dict[int, list]:
 
 def _update(conn, row, hdus, cards, maps, product: bool) -> None:
     normalized = normalize(_units(hdus, cards), row.relpath, maps)
-    columns = [c for c in COLUMNS if not product or getattr(row, c) is None]
+    # A product is no camera frame: no frame number, whatever digits its name holds
+    # (ngc3293-3862_cal.fits, master_bias_..._5aed9c40.fits), as products.py stores it.
+    columns = [c for c in COLUMNS if not product or (getattr(row, c) is None and c != "frame_number")]
     found = {k: v for k, v in json.loads(normalized["sources"]).items() if k in _SOURCES}
     sources = json.loads(row.sources or "{}")
-    sources.update({k: v for k, v in found.items() if not product or k not in sources})
+    sources.update({k: v for k, v in found.items() if not product or (k not in sources and k != "frame_number")})
     for column in CORRECTED_COLUMNS:  # a value the corrected rule leaves empty keeps no old provenance
         if column in columns and normalized[column] is None and column not in found:
             sources.pop(column, None)

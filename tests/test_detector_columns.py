@@ -226,3 +226,30 @@ def test_renormalize_keeps_what_a_step_gave_a_product(catalog, tmp_path, rng):
     renormalize(catalog.engine)
     # the mean temperature the step gave stays; its card says the same
     assert list(catalog.query(master, columns="binning,ccd_temp,n_detectors").iloc[0]) == ["2x2", -21.0, 1]
+
+
+def test_renormalize_gives_a_product_no_frame_number(catalog, tmp_path, rng):
+    """A product is no camera frame: the digits of its name (the raw frame's
+    number in ngc3293-3862_cal.fits) give it none, at ingest or after."""
+    from factories import write_frame
+
+    from archive.renormalize import renormalize
+    from processing import calibration
+
+    for i in range(3):
+        write_frame(tmp_path / "raw" / f"bias-{i + 1}.fits", rng, {"IMAGETYP": "Bias Frame", "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+    write_frame(tmp_path / "raw" / "ngc3293-3862.fits", rng, {"IMAGETYP": "Light Frame", "DATE-OBS": "2017-08-16T05:00:00"})
+    catalog.ingest([tmp_path / "raw"])
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "m").exit_code == 0
+    assert calibration.calibrate(catalog.engine, "frame_type == 'science'", use=("bias",), out_dir=tmp_path / "cal",
+                                 workers=1).exit_code == 0
+
+    def numbers():
+        _, rows = catalog.rows("product is not null", columns="path,frame_number")
+        return {(path.split("/")[-1], number) for path, number in rows}
+
+    made = numbers()
+    assert {name for name, _ in made} >= {"ngc3293-3862_cal.fits"} and all(number is None for _, number in made)
+    renormalize(catalog.engine)
+    assert numbers() == made
+    assert catalog.exposure_ids("frame_number == 3862") == catalog.exposure_ids("frame_type == 'science' and product is null")
