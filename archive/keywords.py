@@ -358,9 +358,12 @@ def _detector_columns(values: _Values, units: list[HeaderUnit]) -> dict:
     shapes = sorted({d.shape_text for d in detectors})
     if len(shapes) > 1:
         values.sources["detector_shape"] = f"detectors differ: {', '.join(shapes)}"
+    # The detector's name only when the file has one detector: a file without
+    # pixels (a MUSE product's header-only primary, X-ray events) names none
+    # of its own; the chip it mentions is one it was made from.
     return {
         "xbin": xbin, "ybin": ybin, "gain": _positive(values, "gain"), "ccd_temp": _ccd_temp(values),
-        "detector": values.text("detector") if len(detectors) <= 1 else None,
+        "detector": values.text("detector") if len(detectors) == 1 else None,
         "detector_shape": shapes[0] if len(shapes) == 1 else None,
         "n_detectors": len(detectors),
     }

@@ -116,8 +116,9 @@ REAL = {
     "ccd_imaging/ogg0m404-kb82-20170815-1159-e91.fits.fz": (2, 2, 1.0, pytest.approx(-20.0320677), "ccdkb82-1", "1020x1523", 1),
     "ccd_imaging/UB17-001-c.fit": (1, 1, pytest.approx(2.6), pytest.approx(0.189, abs=1e-3), None, "1020x1530", 1),
     "ccd_imaging/a8280271.fits": (None, None, 1.9, pytest.approx(-92.95), None, "520x536", 1),
-    "eso_muse/MUSE.2017-06-16T01:34:56.867.fits": (1, 1, 0.97, None, "CHAN01", None, 0),
-    "eso_muse/minicube.primary-header-only.fits": (1, 1, 0.91, None, "CHAN01", None, 0),
+    # products of all 24 IFUs whose primary still names the first chip: no detector of their own
+    "eso_muse/MUSE.2017-06-16T01:34:56.867.fits": (1, 1, 0.97, None, None, None, 0),
+    "eso_muse/minicube.primary-header-only.fits": (1, 1, 0.91, None, None, None, 0),
     "eso_muse/subcub_mosaic.fits": (None, None, None, None, None, "500x30x30", 1),
 }
 
