@@ -188,6 +188,16 @@ def test_ingest_reports_bad_files(url, tmp_path, rng):
     assert "empty.fits,unreadable,empty file" in out
 
 
+def test_ingest_of_nothing_but_bad_files_is_an_error(url, tmp_path):
+    """Not a partial result: exit 1, and no word of others stored."""
+    (tmp_path / "notfits.fits").write_text("hello, I am text\n")
+    run(url, "init")
+    result = run(url, "ingest", str(tmp_path / "notfits.fits"), code=1)
+    assert "0 new" in result.stdout and "1 failed" in result.stdout
+    assert "1 file failed and no other file was found; see `obsarch errors`" in result.stderr
+    assert "others were stored" not in result.stderr
+
+
 def test_debug_shows_the_traceback(url):
     from archive.exceptions import CatalogNotFound
 
