@@ -33,7 +33,7 @@ from cli.steps import finish_step
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
 ToOption = Annotated[Optional[str], typer.Option(
     "--to", help="What the frames are nearest to: a date (2014-07-27), a time, an MJD (56865.5), a frame number or a selection.")]
-MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
+MethodOption = Annotated[str, typer.Option(help="median, mean, sigclip (sigma-clipped mean) or sigclip-median (sigma-clipped median).")]
 SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
 MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
 MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
