@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.exceptions import ObsarchError
 from cli.app import (
     ColumnsOption,
     ExecutorOption,
@@ -32,7 +33,7 @@ from cli.steps import finish_step
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
 ToOption = Annotated[Optional[str], typer.Option(
     "--to", help="What the frames are nearest to: a date (2014-07-27), a time, an MJD (56865.5), a frame number or a selection.")]
-MethodOption = Annotated[str, typer.Option(help="median, mean or sigclip (sigma-clipped mean).")]
+MethodOption = Annotated[str, typer.Option(help="median, mean, sigclip (sigma-clipped mean) or sigclip-median (sigma-clipped median).")]
 SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
 MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
 MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
@@ -161,8 +162,10 @@ def calibrate(
 @command(name="stack", panel="processing")
 def stack_command(
     selection: Annotated[str, typer.Argument(help="The frames to stack.")],
-    method: MethodOption = "median",
-    sigma_clip: Annotated[Optional[float], typer.Option("--sigma-clip", help="Sigma-clipped mean at this threshold instead of --method.")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        help="median (default), mean or sigclip (sigma-clipped mean); with --sigma-clip, median is a sigma-clipped median.")] = None,
+    sigma_clip: Annotated[Optional[float], typer.Option(
+        "--sigma-clip", help="Clip at this many standard deviations before combining (by default a sigma-clipped mean).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the stack.")] = Path("stacks"),
     name: Annotated[Optional[str], typer.Option(help="File name (default: BAND_stack.fits).")] = None,
     include_bad: Annotated[bool, typer.Option(help="Keep frames graded bad.")] = False,
@@ -178,8 +181,12 @@ def stack_command(
     """
     from processing import stacking
 
+    try:
+        combine = stacking.stack_method(method, sigma_clip)
+    except ObsarchError as exc:
+        raise typer.BadParameter(str(exc)) from None
     with progress("resampling") as on_progress:
-        summary = stacking.stack(open_catalog().engine, selection, method="sigclip" if sigma_clip else method,
+        summary = stacking.stack(open_catalog().engine, selection, method=combine,
                                  sigma=sigma_clip or 3.0, out_dir=out, name=name, include_bad=include_bad, memory=memory,
                                  workers=workers, executor=executor, scheduler=scheduler, force=force, progress=on_progress,
                                  hdus=hdu_names(hdu))

@@ -52,7 +52,8 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
 def quality_rules(selection: Selection = None) -> None:
     """Flag measured science frames by the rules of obsarch.toml (defaults: background,
     FWHM and star count against the median of their night and band, elongation, saturation).
-    A person's flag is never overwritten.
+    A person's flag is never overwritten. A frame on which no rule could be checked
+    (no stars measured, fewer than 3 frames in its night and band) is not graded.
 
     Example: obsarch quality rules
     """
@@ -62,10 +63,24 @@ def quality_rules(selection: Selection = None) -> None:
     rules = quality.rules_from_config(load_config())
     summary = quality.apply_rules(catalog.engine, rules, selection)
     flagged = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.flagged.items())) or "none"
+    partly = f" ({summary.partly_checked} on some rules only, see their notes)" if summary.partly_checked else ""
     console.print(
-        f"rules run {summary.run_id}: {summary.evaluated} frames; flagged: {flagged}; {summary.passed} passed; "
+        f"rules run {summary.run_id}: {summary.evaluated} frames; flagged: {flagged}; {summary.passed} passed{partly}; "
         f"{summary.unchanged} unchanged; {summary.kept_person} flagged by a person, left alone"
+        + _not_graded(summary), markup=False, soft_wrap=True,
     )
+
+
+def _not_graded(summary) -> str:
+    """The frames the rules could not grade, and why, as the end of the summary line."""
+    from processing import quality
+
+    if not summary.unchecked:
+        return ""
+    kinds = {"unmeasured": "without a metric the rules need (too few stars, say)",
+             "small group": f"in a night and band of fewer than {quality.MIN_GROUP} measured frames"}
+    why = "; ".join(f"{n} {kinds.get(kind, kind)}" for kind, n in sorted(summary.unchecked_why.items()))
+    return f"; {summary.unchecked} not graded: no rule could be checked ({why})"
 
 
 @command(flag_app, "set")

@@ -23,7 +23,7 @@ from archive.db import bulk_insert, transaction
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import GRADES, Compiler, all_of, as_tree, current_flag, select_exposures
+from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -605,26 +605,59 @@ def _threshold(rule: Rule, medians: dict[str, float | None]) -> float | None:
 def evaluate(row: dict, rules: tuple[Rule, ...], medians: dict[str, float | None]) -> tuple[Rule, float, float] | None:
     """The worst rule a frame breaks (in rule order among equals), with the
     measured value and the threshold; None when it breaks none."""
-    broken = []
+    return assess(row, rules, medians).broken
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the rules say of one frame: the worst rule it breaks (with value
+    and threshold), the rules that could be checked, and those that could
+    not, each with why."""
+
+    broken: tuple[Rule, float, float] | None
+    checked: tuple[str, ...]
+    skipped: tuple[tuple[str, str, str], ...]  # (rule, kind, why); kind: "unmeasured" or "small group"
+
+
+def assess(row: dict, rules: tuple[Rule, ...], medians: dict[str, float | None]) -> Assessment:
+    """Check every rule that can be checked on ``row``: a rule whose metric
+    the frame lacks, or a relative rule whose night and band have fewer than
+    MIN_GROUP frames with that metric, is skipped with its reason."""
+    broken, checked, skipped = [], [], []
     for rule in rules:
         value, threshold = row.get(rule.metric), _threshold(rule, medians)
         if value is None or threshold is None:
+            skipped.append((rule.name, *_why_skipped(rule, value)))
             continue
+        checked.append(rule.name)
         if (rule.above is not None and value > threshold) or (rule.below is not None and value < threshold):
             broken.append((GRADES.index(rule.grade), rule, value, threshold))
-    if not broken:
-        return None
-    worst = max(grade for grade, *_ in broken)
-    _, rule, value, threshold = next(b for b in broken if b[0] == worst)
-    return rule, value, threshold
+    worst = None
+    if broken:
+        grade = max(g for g, *_ in broken)
+        worst = next(tuple(b[1:]) for b in broken if b[0] == grade)
+    return Assessment(worst, tuple(checked), tuple(skipped))
+
+
+def _why_skipped(rule: Rule, value) -> tuple[str, str]:
+    if value is None:
+        return "unmeasured", f"no {rule.metric}"
+    return "small group", f"fewer than {MIN_GROUP} frames of its night and band with {rule.metric}"
 
 
 @dataclass
 class RulesSummary:
+    """``passed``: graded ok, ``partly_checked`` of them on only some rules;
+    ``unchecked``: not graded because no rule could be checked, by kind of
+    reason in ``unchecked_why`` (a frame counts once per kind)."""
+
     run_id: int
     evaluated: int = 0
     flagged: dict | None = None
     passed: int = 0
+    partly_checked: int = 0
+    unchecked: int = 0
+    unchecked_why: dict | None = None
     kept_person: int = 0
     unchanged: int = 0
 
@@ -633,7 +666,10 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
     """Grade every measured science frame of ``selection`` by ``rules``.
 
     A frame that breaks a rule gets that rule's grade and reason, with the
-    measured value and the threshold; one that breaks none gets 'ok'.
+    measured value and the threshold; one that breaks none of the rules that
+    could be checked gets 'ok', its note naming the rules skipped and why.
+    A frame on which no rule could be checked is not graded: it stays
+    ungraded (a verdict of an earlier run is withdrawn by a flag 'ungraded').
     Frames a person has flagged are left alone, and a frame whose verdict is
     unchanged gets no new flag, so running the rules twice changes nothing.
     """
@@ -643,7 +679,7 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
         groups.setdefault((row["night"], row["band"]), []).append(row)
     params = {"rules": [asdict(r) for r in rules], "min_group": MIN_GROUP}
     with recorded_run(engine, "quality-rules", params, ALGORITHM) as run:
-        summary = RulesSummary(run.id, flagged={})
+        summary = RulesSummary(run.id, flagged={}, unchecked_why={})
         new_flags = []
         now = utcnow()
         for members in groups.values():
@@ -653,21 +689,44 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
                 if row["current_source"] == "person":
                     summary.kept_person += 1
                     continue
-                verdict = evaluate(row, rules, medians)
-                flag_row = _rule_flag(row["id"], verdict, run.id, now)
-                if (row["current_grade"], row["current_rule"]) == (flag_row["grade"], flag_row["rule"]):
+                assessment = assess(row, rules, medians)
+                if not assessment.checked:
+                    new_flags += _not_graded(row, assessment, summary, run.id, now)
+                    continue
+                flag_row = _rule_flag(row["id"], assessment, run.id, now)
+                if _same_verdict(row, flag_row):
                     summary.unchanged += 1
                     continue
                 new_flags.append(flag_row)
-                if verdict:
-                    summary.flagged[verdict[0].reason] = summary.flagged.get(verdict[0].reason, 0) + 1
+                if assessment.broken:
+                    reason = assessment.broken[0].reason
+                    summary.flagged[reason] = summary.flagged.get(reason, 0) + 1
                 else:
                     summary.passed += 1
+                    summary.partly_checked += bool(assessment.skipped)
         if new_flags:
             with transaction(engine, write=True) as conn:
                 conn.execute(insert(Flag), new_flags)
         run.summary = asdict(summary)
     return summary
+
+
+def _not_graded(row: dict, assessment: Assessment, summary: RulesSummary, run_id: int, now: datetime) -> list[dict]:
+    """Count a frame on which no rule could be checked; the flag that
+    withdraws an earlier run's verdict on it, if it has one."""
+    summary.unchecked += 1
+    for kind in dict.fromkeys(kind for _, kind, _ in assessment.skipped):
+        summary.unchecked_why[kind] = summary.unchecked_why.get(kind, 0) + 1
+    if row["current_source"] != "rule" or row["current_grade"] == UNGRADED:
+        return []
+    return [_rule_flag(row["id"], assessment, run_id, now)]
+
+
+def _same_verdict(row: dict, flag_row: dict) -> bool:
+    """Whether the current flag already says this: same grade and rule, and
+    for a pass the same rules checked (its note)."""
+    same = (row["current_grade"], row["current_rule"]) == (flag_row["grade"], flag_row["rule"])
+    return same and (flag_row["rule"] != "passed" or row["current_note"] == flag_row["note"])
 
 
 def _medians(members: list[dict]) -> dict[str, float | None]:
@@ -678,16 +737,21 @@ def _medians(members: list[dict]) -> dict[str, float | None]:
     return medians
 
 
-def _rule_flag(exposure_id: int, verdict, run_id: int, now: datetime) -> dict:
-    if verdict is None:
-        return {"exposure_id": exposure_id, "grade": "ok", "reason": None, "source": "rule", "rule": "passed",
-                "value": None, "threshold": None, "who": "rules", "created_at": now, "run_id": run_id,
-                "note": "passed every rule"}
-    rule, value, threshold = verdict
+def _rule_flag(exposure_id: int, assessment: Assessment, run_id: int, now: datetime) -> dict:
+    base = {"exposure_id": exposure_id, "reason": None, "source": "rule", "value": None, "threshold": None,
+            "who": "rules", "created_at": now, "run_id": run_id}
+    skipped = "; ".join(f"{name} ({why})" for name, _, why in assessment.skipped)
+    if assessment.broken is None and not assessment.checked:
+        # Withdraws an earlier run's verdict: the frame is ungraded again.
+        return {**base, "grade": UNGRADED, "rule": "unchecked", "note": f"no rule could be checked: {skipped}"}
+    if assessment.broken is None:
+        note = (f"passed {', '.join(assessment.checked)}; not checked: {skipped}" if skipped
+                else "passed every rule")
+        return {**base, "grade": "ok", "rule": "passed", "note": note}
+    rule, value, threshold = assessment.broken
     comparison = ">" if rule.above is not None else "<"
-    return {"exposure_id": exposure_id, "grade": rule.grade, "reason": rule.reason, "source": "rule",
-            "rule": rule.name, "value": float(value), "threshold": float(threshold), "who": "rules",
-            "created_at": now, "run_id": run_id, "note": f"{rule.metric} {value:.4g} {comparison} {threshold:.4g}"}
+    return {**base, "grade": rule.grade, "reason": rule.reason, "rule": rule.name, "value": float(value),
+            "threshold": float(threshold), "note": f"{rule.metric} {value:.4g} {comparison} {threshold:.4g}"}
 
 
 def _measured(engine: Engine, selection: str | None) -> list[dict]:
@@ -697,7 +761,7 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
         select(
             Exposure.id, Exposure.night, Exposure.band, *[getattr(Metric, m) for m in METRICS],
             current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
-            current_flag("rule").label("current_rule"),
+            current_flag("rule").label("current_rule"), current_flag("note").label("current_note"),
         )
         .select_from(Exposure)
         .join(Metric, Metric.exposure_id == Exposure.id)

@@ -22,7 +22,7 @@ from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
 from archive.query import compare, is_null
 from processing.calibration import detector_values
-from processing.combine import DEFAULT_MEMORY, combine_files, parse_memory, resample
+from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, combine_files, parse_memory, resample
 from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
@@ -64,6 +64,9 @@ def _resample_one(task: tuple) -> str:
             fits.append(target, image.astype(np.float32), fits.Header([("EXTNAME", detector.name)]))
             del data, image
     return target
+
+
+_METHOD_NAMES = {"sigclip": "sigma-clipped mean, one pass", "sigclip-median": "sigma-clipped median, one pass"}
 
 
 class StackStep(Step):
@@ -137,7 +140,9 @@ class StackStep(Step):
         scratches = [scratch for _, scratch in done]
         header = fits.Header()
         header["NCOMBINE"] = (len(used), "frames stacked")
-        header["COMBMETH"] = (self.method, "combine method")
+        header["COMBMETH"] = (self.method, _METHOD_NAMES.get(self.method, "combine method"))
+        if self.method.startswith("sigclip"):
+            header["CLIPSIG"] = (self.sigma, "sigma-clip threshold, standard deviations")
         header["REFEXP"] = (self.reference_id, "obsarch exposure id of the reference frame")
         if self.band:
             header["FILTER"] = self.band
@@ -165,6 +170,20 @@ class StackStep(Step):
     def close(self) -> None:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def stack_method(method: str | None, sigma_clip: float | None) -> str:
+    """The combine method of ``--method`` and ``--sigma-clip``: ``method``
+    (default median) alone; with a clip, a median is clipped
+    (``sigclip-median``) and a mean, or no method, is a clipped mean
+    (``sigclip``). Refuses an unknown method and a clip that is not positive."""
+    if method is not None and method not in METHODS:
+        raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if sigma_clip is None:
+        return method or "median"
+    if not sigma_clip > 0:
+        raise CombineError(f"--sigma-clip {sigma_clip:g}: give a positive number of standard deviations")
+    return "sigclip-median" if method in ("median", "sigclip-median") else "sigclip"
 
 
 def stack(

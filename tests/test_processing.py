@@ -3,6 +3,7 @@ calibrate, stack, external tools, lineage, staleness, interruption, executors.""
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 import warnings
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from factories import obsarch, star_field, write_image
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from archive.exceptions import ObsarchError
 from archive.models import Product, Run
@@ -40,6 +41,8 @@ def small_frames(tmp_path, rng):
         ("mean", {"method": "average"}),
         ("sigclip", {"method": "average", "sigma_clip": True, "sigma_clip_low_thresh": 3, "sigma_clip_high_thresh": 3,
                      "sigma_clip_func": np.ma.mean, "sigma_clip_dev_func": np.ma.std}),
+        ("sigclip-median", {"method": "median", "sigma_clip": True, "sigma_clip_low_thresh": 3, "sigma_clip_high_thresh": 3,
+                            "sigma_clip_func": np.ma.median, "sigma_clip_dev_func": np.ma.std}),
     ],
 )
 @pytest.mark.parametrize("memory", [10**9, 80_000])  # one band, and a band of a few rows at a time
@@ -81,14 +84,15 @@ def test_calibration_equals_ccdproc(rng):
     np.testing.assert_allclose(ours, expected.data, rtol=1e-12)
 
 
-def test_combine_stays_within_its_memory(tmp_path, rng):
+@pytest.mark.parametrize("method", ["median", "sigclip-median"])
+def test_combine_stays_within_its_memory(tmp_path, rng, method):
     paths = []
     for i in range(12):
         fits.PrimaryHDU(rng.normal(0, 1, (512, 512)).astype(np.float32)).writeto(tmp_path / f"m{i}.fits")
         paths.append(tmp_path / f"m{i}.fits")
     limit = 8 * 2**20  # the frames alone would take 12 MB as float32, 25 MB as float64
     tracemalloc.start()
-    combine_files(paths, memory_bytes=limit)
+    combine_files(paths, method=method, memory_bytes=limit)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < limit, f"peak {peak / 2**20:.1f} MiB over a {limit / 2**20:.0f} MiB limit"
@@ -329,6 +333,48 @@ def test_a_missing_tool_is_a_failed_item(night, tmp_path):
     catalog, _ = night
     summary = external.run_each(catalog.engine, "exposure", "1-2", ["no-such-tool-xyz"], workdir=str(tmp_path / "w" / "{item}"), workers=1)
     assert len(summary.failed) == 2 and "command not found: no-such-tool-xyz" in summary.failed[0][1]
+
+
+@pytest.mark.parametrize(
+    "method, sigma_clip, combine",
+    [
+        (None, None, "median"), ("mean", None, "mean"), (None, 3.0, "sigclip"), ("mean", 3.0, "sigclip"),
+        ("sigclip", 2.5, "sigclip"), ("median", 3.0, "sigclip-median"), ("sigclip-median", None, "sigclip-median"),
+    ],
+)
+def test_the_stack_method_is_what_was_asked(method, sigma_clip, combine):
+    assert stacking.stack_method(method, sigma_clip) == combine
+
+
+@pytest.mark.parametrize("method, sigma_clip, message", [("mode", 3.0, "unknown method 'mode'"), ("median", 0.0, "positive")])
+def test_a_stack_method_that_cannot_be_made_is_refused(method, sigma_clip, message):
+    with pytest.raises(CombineError, match=message):
+        stacking.stack_method(method, sigma_clip)
+
+
+def _stack_header_and_run(url, tmp, *options):
+    out = tmp / "stacks" / "-".join(options).replace(" ", "")
+    obsarch(url, "stack", "band == 'V' and frame_type == 'science'", *options, "--out", str(out), "--workers", "1")
+    header = fits.getheader(out / "V_stack.fits")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        params = conn.execute(select(Run.params_json).where(Run.step == "stack").order_by(Run.id.desc())).scalars().first()
+    engine.dispose()
+    return header, json.loads(params)
+
+
+def test_stack_median_with_a_sigma_clip_is_a_clipped_median(night, url):
+    catalog, tmp = night
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    header, params = _stack_header_and_run(url, tmp, "--method", "median", "--sigma-clip", "2.5")
+    assert (header["COMBMETH"], header["CLIPSIG"], params["method"], params["sigma"]) == ("sigclip-median", 2.5, "sigclip-median", 2.5)
+    header, params = _stack_header_and_run(url, tmp, "--sigma-clip", "3")  # as before: a clipped mean
+    assert (header["COMBMETH"], header["CLIPSIG"], params["method"]) == ("sigclip", 3.0, "sigclip")
+    header, params = _stack_header_and_run(url, tmp)
+    assert header["COMBMETH"] == "median" and "CLIPSIG" not in header and params["method"] == "median"
+    refused = obsarch(url, "stack", "frame_type == 'science'", "--method", "mode", "--sigma-clip", "3", code=2)
+    assert "unknown method 'mode'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 # -- executors ------------------------------------------------------------------------------------
