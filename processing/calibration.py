@@ -32,7 +32,7 @@ from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choos
 from processing.combine import DEFAULT_MEMORY, _size, calibrate_array, combine_files, parse_memory
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
-from processing.runs import params_hash, write_product
+from processing.runs import identity, params_hash, write_product
 from processing.steps import Frame, inherited, mjd_of, nearest, one_value, resolve, safe_name
 
 ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
@@ -48,6 +48,10 @@ class MasterParams:
     method: str = "median"
     sigma: float = 3.0
     memory: str = DEFAULT_MEMORY
+
+
+# how much memory a master is made in does not change a pixel of it
+EXECUTION = {"memory": DEFAULT_MEMORY}
 
 
 def _kind_condition(kind: str) -> Node:
@@ -91,7 +95,7 @@ def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: d
     if kind == "dark":
         parts.append(f"{safe_name(values['exptime'])}s")
     parts += [values.get("night") or "unknown-night", params.method]
-    digest = params_hash(kind, {**asdict(params), "inputs": sorted(f.file_id for f in inputs),
+    digest = params_hash(kind, {**identity(asdict(params), EXECUTION), "inputs": sorted(f.file_id for f in inputs),
                                 "masters": {k: m.file_id for k, m in masters.items()}}, ALGORITHM)[:8]
     return "_".join(parts + [digest]) + ".fits"
 
@@ -140,6 +144,7 @@ class MasterStep(Step):
     frame's detectors, costs only itself), then combined detector by detector."""
 
     algorithm, item_runs, whole = ALGORITHM, False, True
+    execution = EXECUTION
     work = staticmethod(_check_frame)
 
     def __init__(self, engine, kind, selection, band, count, to, params: MasterParams, out_dir: Path,

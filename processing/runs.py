@@ -19,6 +19,17 @@ from archive.ingest import process_alive, utcnow
 from archive.models import Run
 
 
+def identity(params: dict, execution: dict) -> dict:
+    """``params`` as they decide a product's identity: each execution-only
+    knob (a memory budget, a chunk size: how a step runs, not what it makes)
+    present is pinned to the value given in ``execution``, its default, so
+    that changing it neither makes a second, identical product nor marks the
+    first out of date. Pinned rather than dropped: products made before this
+    rule were hashed with the default and stay up to date. The run still
+    records the value it ran with (``runs.params_json``)."""
+    return {**params, **{key: value for key, value in execution.items() if key in params}}
+
+
 def params_hash(step: str, params: dict, algorithm: str) -> str:
     """A stable hash of a step's parameters and algorithm version: a result
     made with the same hash need not be made again."""

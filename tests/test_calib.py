@@ -1,0 +1,77 @@
+"""Calibration steps agree with themselves: an execution knob (memory, chunk
+size) never makes a product again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from test_steps import night
+from typer.testing import CliRunner
+
+from archive.models import Run
+from cli.main import app
+from processing import calibration, quality
+from processing.runs import identity, params_hash
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def raw(catalog, tmp_path, rng):
+    numbers = night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    return catalog, tmp_path, numbers
+
+
+# -- execution knobs are no part of a product's identity ---------------------------------------
+
+
+def test_identity_pins_execution_knobs_to_their_default_and_keeps_the_rest():
+    execution = {"memory": "2GB"}
+    assert identity({"method": "median", "memory": "500MB"}, execution) == {"method": "median", "memory": "2GB"}
+    assert identity({"method": "median"}, execution) == {"method": "median"}  # a knob the step lacks is not added
+
+
+def test_a_master_made_again_with_another_memory_budget_is_up_to_date(raw):
+    catalog, tmp, _ = raw
+    first = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    again = calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(memory="500MB"), out_dir=tmp / "m")
+    assert again.skipped == first.products and not again.done and not again.products
+    assert len(catalog.products("master_bias")) == 1
+    flat = calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
+    assert calibration.make_master(catalog.engine, "flat", band="V", params=calibration.MasterParams(memory="100MB"),
+                                   out_dir=tmp / "m").skipped == flat.products
+
+
+def test_a_master_made_first_with_a_small_budget_takes_the_name_the_default_gives(raw):
+    """Names (and fingerprints) made before memory left the identity, with the
+    default, are the ones made now whatever the budget: nothing is made again."""
+    catalog, tmp, _ = raw
+    small = calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(memory="300MB"), out_dir=tmp / "m")
+    (path,) = small.products
+    inputs = calibration._master_inputs(catalog.engine, "bias", None, None, None, None)[0]
+    old_digest = params_hash("bias", {"method": "median", "sigma": 3.0, "memory": "2GB",
+                                      "inputs": sorted(f.file_id for f in inputs), "masters": {}}, calibration.ALGORITHM)[:8]
+    assert path.endswith(f"_median_{old_digest}.fits")
+    with catalog.engine.connect() as conn:
+        recorded = json.loads(conn.execute(select(Run.params_json).where(Run.step == "master-bias")).scalar_one())
+    assert recorded["memory"] == "300MB"  # the run says what it ran with
+
+
+def test_quality_measured_again_with_another_chunk_size_is_up_to_date(raw):
+    catalog, _, numbers = raw
+    selection = f"{numbers[0]}-{numbers[1]}"
+    first = quality.compute(catalog.engine, selection, workers=1, executor="serial")
+    again = quality.compute(catalog.engine, selection, params=quality.QualityParams(chunk_planes=4), workers=1,
+                            executor="serial")
+    assert len(first.done) == 2 and sorted(again.skipped) == sorted(first.done) and not again.done
+
+
+def test_the_cli_says_up_to_date_for_a_master_made_again_with_another_memory(raw, url):
+    _, tmp, _ = raw
+    out = str(tmp / "masters")
+    assert runner.invoke(app, ["--db", url, "calib", "bias", "--out", out]).exit_code == 0
+    result = runner.invoke(app, ["--db", url, "calib", "bias", "--memory", "500MB", "--out", out])
+    assert result.exit_code == 0 and "0 done, 1 up to date (skipped)" in result.output
