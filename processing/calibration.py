@@ -58,10 +58,29 @@ def _kind_condition(kind: str) -> Node:
     return one_of("frame_type", ("flat", "twilight")) if kind == "flat" else compare("frame_type", "==", kind)
 
 
+def raw_frames(engine, selection, *conditions: Node | None) -> list[Frame]:
+    """The frames of ``selection`` (and ``conditions``) that calibration treats:
+    raw ones only. A product (a master, a calibrated frame) is left out: it is
+    calibrated already, or calibrates others. Masters, ``calibrate`` and
+    ``calib explain`` all select through this, so they agree on every frame."""
+    return resolve(engine, selection, *conditions, is_null("product"))
+
+
+def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+            hdus: tuple[str, ...] | None = None) -> list[Choice]:
+    """The rules' choice of a master of each of ``kinds`` for every raw frame
+    of ``selection``: the frames ``calibrate`` (for science frames) and the
+    masters (for their first input) would calibrate."""
+    frames = raw_frames(engine, selection)
+    if not frames:
+        raise ObsarchError(f"no raw frames match {_shown(selection)} (products are not calibrated again)")
+    return choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus)
+
+
 def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None) -> tuple[list[Frame], str | None]:
     """The raw frames a master combines, and why they are fewer than asked (if they are)."""
-    conditions = [_kind_condition(kind), is_null("product"), compare("band", "==", band) if band is not None else None]
-    candidates = resolve(engine, selection, *conditions)
+    conditions = [_kind_condition(kind), compare("band", "==", band) if band is not None else None]
+    candidates = raw_frames(engine, selection, *conditions)
     if not candidates:
         raise ObsarchError(f"no raw {kind} frames match {_shown(selection)}" + (f" in band {band}" if band else ""))
     short = None
@@ -444,7 +463,7 @@ class CalibrateStep(Step):
         return {"hdus": list(self.hdus or ())}
 
     def items(self, engine) -> list[Item]:
-        science = resolve(engine, self.selection, compare("frame_type", "==", "science"), is_null("product"))
+        science = raw_frames(engine, self.selection, compare("frame_type", "==", "science"))
         if not science:
             raise ObsarchError(f"no raw science frames match {_shown(self.selection)}")
         choices: dict[int, list[Choice]] = {}

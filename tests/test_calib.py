@@ -1,5 +1,6 @@
 """Calibration steps agree with themselves: an execution knob (memory, chunk
-size) never makes a product again."""
+size) never makes a product again, and `calib explain` treats the frames
+`calibrate` treats."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def raw(catalog, tmp_path, rng):
     numbers = night(tmp_path / "raw", rng)
     catalog.ingest([tmp_path / "raw"])
     return catalog, tmp_path, numbers
+
+
+def _masters(engine, tmp):
+    calibration.make_master(engine, "bias", out_dir=tmp / "masters")
+    calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters")
 
 
 # -- execution knobs are no part of a product's identity ---------------------------------------
@@ -75,3 +81,29 @@ def test_the_cli_says_up_to_date_for_a_master_made_again_with_another_memory(raw
     assert runner.invoke(app, ["--db", url, "calib", "bias", "--out", out]).exit_code == 0
     result = runner.invoke(app, ["--db", url, "calib", "bias", "--memory", "500MB", "--out", out])
     assert result.exit_code == 0 and "0 done, 1 up to date (skipped)" in result.output
+
+
+# -- explain treats what calibrate treats -------------------------------------------------------
+
+
+def test_explain_leaves_out_the_products_calibrate_leaves_out(raw):
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    selection = "band == 'V' and frame_type == 'science'"
+    done = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", workers=1, executor="serial")
+    assert len(done.done) == 4
+    explained = {c.frame.exposure_id for c in calibration.explain(catalog.engine, selection)}
+    treated = {f.exposure_id for f in calibration.raw_frames(catalog.engine, selection, None)}
+    assert explained == treated and len(treated) == 4
+    assert not any("_cal" in c.frame.path for c in calibration.explain(catalog.engine, selection))
+
+
+def test_the_cli_explains_no_calibrated_product(raw, url):
+    catalog, tmp, _ = raw
+    _masters(catalog.engine, tmp)
+    selection = "band == 'V' and frame_type == 'science'"
+    calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", workers=1, executor="serial")
+    result = runner.invoke(app, ["--db", url, "calib", "explain", selection, "--type", "bias"])
+    assert result.exit_code == 0 and "_cal.fits" not in result.output and result.output.count(" bias: ") == 4
+    only = runner.invoke(app, ["--db", url, "calib", "explain", "product == 'calibrated'"])
+    assert only.exit_code == 1 and "no raw frames match" in only.stderr
