@@ -1,6 +1,7 @@
 """Calibration steps agree with themselves: an execution knob (memory, chunk
-size) never makes a product again, and `calib explain` treats the frames
-`calibrate` treats."""
+size) never makes a product again, `calib explain` treats the frames
+`calibrate` treats, and `stale` lists only what running its step again
+would change (or says what to do)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from archive.models import Run
 from cli.main import app
-from processing import calibration, quality
+from processing import calibration, offsets, quality, runs, stacking
 from processing.runs import identity, params_hash
 
 runner = CliRunner()
@@ -107,3 +108,59 @@ def test_the_cli_explains_no_calibrated_product(raw, url):
     assert result.exit_code == 0 and "_cal.fits" not in result.output and result.output.count(" bias: ") == 4
     only = runner.invoke(app, ["--db", url, "calib", "explain", "product == 'calibrated'"])
     assert only.exit_code == 1 and "no raw frames match" in only.stderr
+
+
+# -- stale agrees with the step -----------------------------------------------------------------
+
+
+def test_a_frame_graded_bad_before_it_was_calibrated_leaves_its_product_current(raw):
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    quality.flag(catalog.engine, str(numbers[1]), "bad", reason="tracking")
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    assert runs.stale_products(catalog.engine) == []
+
+
+def test_a_calibrated_frame_is_not_stale_when_its_frame_is_graded_bad_after(raw):
+    """Calibrating again would make the same file: nothing for stale to list."""
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    quality.flag(catalog.engine, str(numbers[1]), "bad", reason="clouds")
+    again = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    assert not again.done and len(again.skipped) == 4
+    assert runs.stale_products(catalog.engine) == []
+
+
+def test_a_stack_whose_frame_is_graded_bad_after_is_stale_and_stacking_again_rebuilds_it(raw):
+    catalog, tmp, numbers = raw
+    engine = catalog.engine
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1, executor="serial")
+    stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert runs.stale_products(engine) == []
+    quality.flag(engine, str(numbers[2]), "bad", reason="clouds")
+    (row,) = runs.stale_products(engine)
+    assert row["kind"] == "stack" and f"(frame {numbers[2]}) was graded bad after it was made" in row["reason"]
+    again = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert len(again.done) == 1 and runs.stale_products(engine) == []
+
+
+def test_a_stack_that_kept_bad_frames_is_not_stale_when_one_is_graded_bad(raw):
+    catalog, tmp, numbers = raw
+    engine = catalog.engine
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1, executor="serial")
+    stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", include_bad=True, workers=1, executor="serial")
+    quality.flag(engine, str(numbers[2]), "bad", reason="clouds")
+    assert runs.stale_products(engine) == []
+
+
+def test_a_master_whose_frame_is_graded_bad_after_says_how_to_make_it_without(raw):
+    catalog, tmp, _ = raw
+    _masters(catalog.engine, tmp)
+    quality.flag(catalog.engine, "3853", "bad", reason="other")
+    rows = {row["kind"]: row for row in runs.stale_products(catalog.engine)}
+    assert "(frame 3853) was graded bad after it was made" in rows["master_bias"]["reason"]
+    assert "grade != 'bad'" in rows["master_bias"]["reason"]
+    assert "is stale" in rows["master_flat"]["reason"]  # made with that bias
