@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.exceptions import ObsarchError
 from cli.app import (
     STATE,
     FormatOption,
@@ -83,21 +82,18 @@ def calib_explain(
     hdu: HduOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Which master of each type every frame of SELECTION gets, with the rule
-    values that made it win; or every candidate and the first rule that
-    refused it. The rules are [calibration.bias|dark|flat] of obsarch.toml.
+    """Which master of each type every raw frame of SELECTION gets, with the
+    rule values that made it win; or every candidate and the first rule that
+    refused it. Products (masters, calibrated frames) are left out, as
+    `obsarch calibrate` leaves them. The rules are [calibration.bias|dark|flat]
+    of obsarch.toml.
 
     Example: obsarch calib explain "frame_type == 'science' and night == '2017-08-15'" --type bias,flat
     """
-    from processing.calib_rules import choose_all, explain_rows
-    from processing.steps import resolve
+    from processing.calib_rules import explain_rows
+    from processing.calibration import explain
 
-    kinds, names, rules = _kinds(types), hdu_names(hdu), configured_rules()
-    engine = open_catalog().engine
-    exposures = [f.exposure_id for f in resolve(engine, selection)]
-    if not exposures:
-        raise ObsarchError(f"no exposure matches {selection!r}" if selection else "the catalog has no exposures")
-    choices = choose_all(engine, exposures, kinds, rules, names)
+    choices = explain(open_catalog().engine, selection, _kinds(types), configured_rules(), hdu_names(hdu))
     if fmt is Format.json:
         typer.echo(json.dumps([_choice_json(c) for c in choices], indent=1, default=str))
     elif fmt is Format.table:

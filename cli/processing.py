@@ -268,8 +268,9 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
 
 @command(panel="processing")
 def stale(fmt: FormatOption = Format.table) -> None:
-    """Products whose inputs changed, went missing, were graded bad, or were rebuilt;
-    re-running their step rebuilds only those.
+    """Products that something changed since they were made: an input changed,
+    went missing or was rebuilt, or a stack's frame was graded bad (a master's
+    says what to do); re-running their step rebuilds only those.
 
     Example: obsarch stale
     """

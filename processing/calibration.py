@@ -32,7 +32,7 @@ from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choos
 from processing.combine import DEFAULT_MEMORY, _size, calibrate_array, combine_files, parse_memory
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
-from processing.runs import params_hash, write_product
+from processing.runs import identity, params_hash, write_product
 from processing.steps import Frame, inherited, mjd_of, nearest, one_value, resolve, safe_name
 
 ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
@@ -50,14 +50,37 @@ class MasterParams:
     memory: str = DEFAULT_MEMORY
 
 
+# how much memory a master is made in does not change a pixel of it
+EXECUTION = {"memory": DEFAULT_MEMORY}
+
+
 def _kind_condition(kind: str) -> Node:
     return one_of("frame_type", ("flat", "twilight")) if kind == "flat" else compare("frame_type", "==", kind)
 
 
+def raw_frames(engine, selection, *conditions: Node | None) -> list[Frame]:
+    """The frames of ``selection`` (and ``conditions``) that calibration treats:
+    raw ones only. A product (a master, a calibrated frame) is left out: it is
+    calibrated already, or calibrates others. Masters, ``calibrate`` and
+    ``calib explain`` all select through this, so they agree on every frame."""
+    return resolve(engine, selection, *conditions, is_null("product"))
+
+
+def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+            hdus: tuple[str, ...] | None = None) -> list[Choice]:
+    """The rules' choice of a master of each of ``kinds`` for every raw frame
+    of ``selection``: the frames ``calibrate`` (for science frames) and the
+    masters (for their first input) would calibrate."""
+    frames = raw_frames(engine, selection)
+    if not frames:
+        raise ObsarchError(f"no raw frames match {_shown(selection)} (products are not calibrated again)")
+    return choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus)
+
+
 def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None) -> tuple[list[Frame], str | None]:
     """The raw frames a master combines, and why they are fewer than asked (if they are)."""
-    conditions = [_kind_condition(kind), is_null("product"), compare("band", "==", band) if band is not None else None]
-    candidates = resolve(engine, selection, *conditions)
+    conditions = [_kind_condition(kind), compare("band", "==", band) if band is not None else None]
+    candidates = raw_frames(engine, selection, *conditions)
     if not candidates:
         raise ObsarchError(f"no raw {kind} frames match {_shown(selection)}" + (f" in band {band}" if band else ""))
     short = None
@@ -91,7 +114,7 @@ def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: d
     if kind == "dark":
         parts.append(f"{safe_name(values['exptime'])}s")
     parts += [values.get("night") or "unknown-night", params.method]
-    digest = params_hash(kind, {**asdict(params), "inputs": sorted(f.file_id for f in inputs),
+    digest = params_hash(kind, {**identity(asdict(params), EXECUTION), "inputs": sorted(f.file_id for f in inputs),
                                 "masters": {k: m.file_id for k, m in masters.items()}}, ALGORITHM)[:8]
     return "_".join(parts + [digest]) + ".fits"
 
@@ -140,6 +163,7 @@ class MasterStep(Step):
     frame's detectors, costs only itself), then combined detector by detector."""
 
     algorithm, item_runs, whole = ALGORITHM, False, True
+    execution = EXECUTION
     work = staticmethod(_check_frame)
 
     def __init__(self, engine, kind, selection, band, count, to, params: MasterParams, out_dir: Path,
@@ -439,7 +463,7 @@ class CalibrateStep(Step):
         return {"hdus": list(self.hdus or ())}
 
     def items(self, engine) -> list[Item]:
-        science = resolve(engine, self.selection, compare("frame_type", "==", "science"), is_null("product"))
+        science = raw_frames(engine, self.selection, compare("frame_type", "==", "science"))
         if not science:
             raise ObsarchError(f"no raw science frames match {_shown(self.selection)}")
         choices: dict[int, list[Choice]] = {}

@@ -77,7 +77,7 @@ from archive.db import transaction
 from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
-from processing.runs import done_before, fingerprint, params_hash
+from processing.runs import done_before, fingerprint, identity, params_hash
 
 EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -127,9 +127,13 @@ class Step:
     algorithm: str = "1"
     item_runs: bool = False
     whole: bool = False
+    # execution-only parameters (memory, chunk sizes) -> the value they are
+    # fingerprinted as: recorded as given, never part of a product's identity
+    execution: dict[str, Any] = {}
 
     def params(self) -> dict:
-        """The step's parameters as JSON-able values (recorded, fingerprinted)."""
+        """The step's parameters as JSON-able values (recorded; fingerprinted
+        but for the ``execution`` ones, see :func:`processing.runs.identity`)."""
         return {}
 
     def items(self, engine: Engine) -> list[Item]:
@@ -235,11 +239,12 @@ def run_step(
     try:
         items = step.items(engine)
         run_params = step.params()
-        prints = {item.key: fingerprint(step.name, {**run_params, **item.params}, step.algorithm,
+        same = identity(run_params, step.execution)
+        prints = {item.key: fingerprint(step.name, {**same, **item.params}, step.algorithm,
                                         [i.content for i in item.inputs])
                   for item in items if item.error is None}
         if step.whole:
-            whole_print = fingerprint(step.name, {**run_params, "items": sorted(prints.values())}, step.algorithm, [])
+            whole_print = fingerprint(step.name, {**same, "items": sorted(prints.values())}, step.algorithm, [])
             prints = {"*": whole_print}
         current = set() if force else step.up_to_date(engine, items, prints)
         if step.whole and "*" in current:
@@ -286,7 +291,7 @@ def _close_dead_runs(conn: Connection) -> None:
 
 def _run_row(step: Step, params: dict, state: str) -> dict:
     return {"step": step.name, "params_json": json.dumps(params, sort_keys=True, default=str),
-            "params_hash": params_hash(step.name, params, step.algorithm), "code_version": f"{__version__} {step.algorithm}"[:64],
+            "params_hash": params_hash(step.name, identity(params, step.execution), step.algorithm), "code_version": f"{__version__} {step.algorithm}"[:64],
             "host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(), "started_at": utcnow(),
             "state": state}
 

@@ -27,7 +27,7 @@ from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_f
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
-from processing.runs import params_hash, recorded_run
+from processing.runs import identity, params_hash, recorded_run
 from processing.stars import DetectionError, StarField, detect_stars, gaussian_fwhm, unsaturated
 from processing.steps import refuse_ambiguous_frames
 
@@ -346,11 +346,12 @@ class QualityStep(Step):
     measured) replace its earlier ones."""
 
     name, algorithm = "quality", ALGORITHM
+    execution = {"chunk_planes": QualityParams().chunk_planes}  # a cube summed in more or fewer planes at a time
     work = staticmethod(measure_file)
 
     def __init__(self, selection, params: QualityParams, ids: list[int] | None = None, hdus: tuple[str, ...] | None = None):
         self.selection, self.quality, self.ids, self.hdus = selection, params, ids, hdus
-        self.digest = params_hash("quality", {**asdict(params), **({"hdus": list(hdus)} if hdus else {})}, ALGORITHM)
+        self.digest = params_hash("quality", {**identity(asdict(params), self.execution), **({"hdus": list(hdus)} if hdus else {})}, ALGORITHM)
 
     def params(self) -> dict:
         return asdict(self.quality)

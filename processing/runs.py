@@ -19,6 +19,17 @@ from archive.ingest import process_alive, utcnow
 from archive.models import Run
 
 
+def identity(params: dict, execution: dict) -> dict:
+    """``params`` as they decide a product's identity: each execution-only
+    knob (a memory budget, a chunk size: how a step runs, not what it makes)
+    present is pinned to the value given in ``execution``, its default, so
+    that changing it neither makes a second, identical product nor marks the
+    first out of date. Pinned rather than dropped: products made before this
+    rule were hashed with the default and stay up to date. The run still
+    records the value it ran with (``runs.params_json``)."""
+    return {**params, **{key: value for key, value in execution.items() if key in params}}
+
+
 def params_hash(step: str, params: dict, algorithm: str) -> str:
     """A stable hash of a step's parameters and algorithm version: a result
     made with the same hash need not be made again."""
@@ -164,22 +175,31 @@ def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:
 
 
 def stale_products(engine: Engine) -> list[dict]:
-    """Products whose inputs changed since they were made, went missing, were
-    graded bad, or are themselves stale or rebuilt: with the reason, naming
-    each input by its path (and frame number, for a raw frame)."""
-    from sqlalchemy import select
+    """Products that something changed since they were made: an input changed,
+    went missing or is itself stale or rebuilt, or a frame was graded bad
+    after the run where the grade changes what the step makes (a stack leaves
+    bad frames out; a master combines them: it is listed with what to do).
+    A grade given before the run was known to it, and a calibrated frame is
+    its frame's calibration whatever the frame's grade: neither is stale,
+    since running the step again would make the same product. Each with the
+    reason, naming the input by its path (and frame number, for a raw frame)."""
+    from sqlalchemy import func, select
 
     from archive.models import Exposure, File, Product, Root, RunInput
     from archive.query import current_flag
 
+    parent = Run.__table__.alias("parent")
     with transaction(engine) as conn:
         products = conn.execute(
-            select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path).order_by(Product.id)
+            select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path, Run.step, Run.params_json,
+                   func.coalesce(parent.c.started_at, Run.started_at).label("started_at"))
+            .join(Run, Run.id == Product.run_id).outerjoin(parent, parent.c.id == Run.parent_id).order_by(Product.id)
         ).all()
         inputs = conn.execute(select(RunInput.run_id, RunInput.file_id, RunInput.role, RunInput.content)).all()
         files = {row.id: row for row in conn.execute(
             select(File.id, File.header_hash, File.size, File.mtime_ns, File.status, (Root.path + "/" + File.relpath).label("path"),
-                   Exposure.frame_number, current_flag("grade", Exposure.id).label("grade"))
+                   Exposure.frame_number, current_flag("grade", Exposure.id).label("grade"),
+                   current_flag("created_at", Exposure.id).label("graded_at"))
             .join(Root, Root.id == File.root_id).outerjoin(Exposure, Exposure.file_id == File.id)
         )}
     made_by = {row.file_id: row for row in products}
@@ -209,8 +229,9 @@ def stale_products(engine: Engine) -> list[dict]:
                 found = f"{name(item)} is missing"
             elif item.content and file_content(current) != item.content:
                 found = f"{name(item)} changed"
-            elif current.grade == "bad":
-                found = f"{name(item)} is graded bad"
+            elif current.grade == "bad" and _graded_since(current.graded_at, product.started_at) \
+                    and (bad := _bad_since(product, name(item))):
+                found = bad
             elif item.file_id in made_by:
                 upstream = made_by[item.file_id]
                 if newest.get(upstream.path) != upstream.id:
@@ -231,6 +252,24 @@ def stale_products(engine: Engine) -> list[dict]:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why})
     return result
+
+
+def _graded_since(graded_at, started_at) -> bool:
+    """Whether a grade was given after a run began (a grade the run saw is no change)."""
+    return graded_at is not None and started_at is not None and graded_at > started_at
+
+
+def _bad_since(product, input_name: str) -> str | None:
+    """Why an input graded bad after ``product`` was made makes it stale, with
+    what to do; None where the grade does not change what the step makes."""
+    params = json.loads(product.params_json or "{}")
+    if product.step == "stack" and not params.get("include_bad"):
+        return f"{input_name} was graded bad after it was made; `obsarch stack` again leaves it out"
+    if product.step.startswith("master-"):
+        kind = product.step.removeprefix("master-")
+        return (f"{input_name} was graded bad after it was made; `obsarch calib {kind}` takes every frame selected: "
+                f"select without it (\"... and grade != 'bad'\") to make a master without it")
+    return None
 
 
 def derived(engine: Engine, file_id: int, seen: set | None = None) -> list[dict]:

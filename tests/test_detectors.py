@@ -468,7 +468,7 @@ def test_usage_errors_of_the_calibration_commands(muse):
     result = runner.invoke(app, ["--db", url, "calib", "explain", "--hdu", ","])
     assert result.exit_code == 2 and "give detector names separated by commas" in result.stderr
     result = runner.invoke(app, ["--db", url, "calib", "explain", "object == 'nothing'"])
-    assert result.exit_code == 1 and "no exposure matches \"object == 'nothing'\"" in result.stderr
+    assert result.exit_code == 1 and "no raw frames match \"object == 'nothing'\"" in result.stderr
     result = runner.invoke(app, ["--db", url, "calibrate", "readout_mode == 'FAST' and frame_type == 'science'",
                                  "--no-flat", "--hdu", "CHAN09", "--out", str(tmp / "cal"), "--executor", "serial"])
     assert result.exit_code == 1

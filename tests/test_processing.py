@@ -216,7 +216,7 @@ def test_raw_to_masters_to_calibrated_to_stack(night):
     assert runs.stale_products(engine) == []
 
 
-def test_a_frame_graded_bad_makes_its_products_stale_and_is_left_out_of_stacks(night):
+def test_a_frame_graded_bad_is_left_out_of_stacks_and_leaves_its_calibrated_frame_current(night):
     from processing import quality
 
     catalog, tmp = night
@@ -225,8 +225,8 @@ def test_a_frame_graded_bad_makes_its_products_stale_and_is_left_out_of_stacks(n
     calibration.make_master(engine, "flat", band="V", out_dir=tmp / "m")
     calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
     quality.flag(engine, "frame_type == 'science' and product is null and frame_number == 12", "bad", reason="clouds")
-    stale = runs.stale_products(engine)
-    assert [row["kind"] for row in stale] == ["calibrated"] and "graded bad" in stale[0]["reason"]
+    # calibrating again would make the same file: its calibrated frame is not stale (a stack leaves it out)
+    assert runs.stale_products(engine) == []
     ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
     offsets.compute_offsets(engine, ids, ids[0], workers=1)
     result = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1)

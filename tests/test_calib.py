@@ -1,0 +1,166 @@
+"""Calibration steps agree with themselves: an execution knob (memory, chunk
+size) never makes a product again, `calib explain` treats the frames
+`calibrate` treats, and `stale` lists only what running its step again
+would change (or says what to do)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from test_steps import night
+from typer.testing import CliRunner
+
+from archive.models import Run
+from cli.main import app
+from processing import calibration, offsets, quality, runs, stacking
+from processing.runs import identity, params_hash
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def raw(catalog, tmp_path, rng):
+    numbers = night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    return catalog, tmp_path, numbers
+
+
+def _masters(engine, tmp):
+    calibration.make_master(engine, "bias", out_dir=tmp / "masters")
+    calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters")
+
+
+# -- execution knobs are no part of a product's identity ---------------------------------------
+
+
+def test_identity_pins_execution_knobs_to_their_default_and_keeps_the_rest():
+    execution = {"memory": "2GB"}
+    assert identity({"method": "median", "memory": "500MB"}, execution) == {"method": "median", "memory": "2GB"}
+    assert identity({"method": "median"}, execution) == {"method": "median"}  # a knob the step lacks is not added
+
+
+def test_a_master_made_again_with_another_memory_budget_is_up_to_date(raw):
+    catalog, tmp, _ = raw
+    first = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    again = calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(memory="500MB"), out_dir=tmp / "m")
+    assert again.skipped == first.products and not again.done and not again.products
+    assert len(catalog.products("master_bias")) == 1
+    flat = calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "m")
+    assert calibration.make_master(catalog.engine, "flat", band="V", params=calibration.MasterParams(memory="100MB"),
+                                   out_dir=tmp / "m").skipped == flat.products
+
+
+def test_a_master_made_first_with_a_small_budget_takes_the_name_the_default_gives(raw):
+    """Names (and fingerprints) made before memory left the identity, with the
+    default, are the ones made now whatever the budget: nothing is made again."""
+    catalog, tmp, _ = raw
+    small = calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(memory="300MB"), out_dir=tmp / "m")
+    (path,) = small.products
+    inputs = calibration._master_inputs(catalog.engine, "bias", None, None, None, None)[0]
+    old_digest = params_hash("bias", {"method": "median", "sigma": 3.0, "memory": "2GB",
+                                      "inputs": sorted(f.file_id for f in inputs), "masters": {}}, calibration.ALGORITHM)[:8]
+    assert path.endswith(f"_median_{old_digest}.fits")
+    with catalog.engine.connect() as conn:
+        recorded = json.loads(conn.execute(select(Run.params_json).where(Run.step == "master-bias")).scalar_one())
+    assert recorded["memory"] == "300MB"  # the run says what it ran with
+
+
+def test_quality_measured_again_with_another_chunk_size_is_up_to_date(raw):
+    catalog, _, numbers = raw
+    selection = f"{numbers[0]}-{numbers[1]}"
+    first = quality.compute(catalog.engine, selection, workers=1, executor="serial")
+    again = quality.compute(catalog.engine, selection, params=quality.QualityParams(chunk_planes=4), workers=1,
+                            executor="serial")
+    assert len(first.done) == 2 and sorted(again.skipped) == sorted(first.done) and not again.done
+
+
+def test_the_cli_says_up_to_date_for_a_master_made_again_with_another_memory(raw, url):
+    _, tmp, _ = raw
+    out = str(tmp / "masters")
+    assert runner.invoke(app, ["--db", url, "calib", "bias", "--out", out]).exit_code == 0
+    result = runner.invoke(app, ["--db", url, "calib", "bias", "--memory", "500MB", "--out", out])
+    assert result.exit_code == 0 and "0 done, 1 up to date (skipped)" in result.output
+
+
+# -- explain treats what calibrate treats -------------------------------------------------------
+
+
+def test_explain_leaves_out_the_products_calibrate_leaves_out(raw):
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    selection = "band == 'V' and frame_type == 'science'"
+    done = calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", workers=1, executor="serial")
+    assert len(done.done) == 4
+    explained = {c.frame.exposure_id for c in calibration.explain(catalog.engine, selection)}
+    treated = {f.exposure_id for f in calibration.raw_frames(catalog.engine, selection, None)}
+    assert explained == treated and len(treated) == 4
+    assert not any("_cal" in c.frame.path for c in calibration.explain(catalog.engine, selection))
+
+
+def test_the_cli_explains_no_calibrated_product(raw, url):
+    catalog, tmp, _ = raw
+    _masters(catalog.engine, tmp)
+    selection = "band == 'V' and frame_type == 'science'"
+    calibration.calibrate(catalog.engine, selection, out_dir=tmp / "cal", workers=1, executor="serial")
+    result = runner.invoke(app, ["--db", url, "calib", "explain", selection, "--type", "bias"])
+    assert result.exit_code == 0 and "_cal.fits" not in result.output and result.output.count(" bias: ") == 4
+    only = runner.invoke(app, ["--db", url, "calib", "explain", "product == 'calibrated'"])
+    assert only.exit_code == 1 and "no raw frames match" in only.stderr
+
+
+# -- stale agrees with the step -----------------------------------------------------------------
+
+
+def test_a_frame_graded_bad_before_it_was_calibrated_leaves_its_product_current(raw):
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    quality.flag(catalog.engine, str(numbers[1]), "bad", reason="tracking")
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    assert runs.stale_products(catalog.engine) == []
+
+
+def test_a_calibrated_frame_is_not_stale_when_its_frame_is_graded_bad_after(raw):
+    """Calibrating again would make the same file: nothing for stale to list."""
+    catalog, tmp, numbers = raw
+    _masters(catalog.engine, tmp)
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    quality.flag(catalog.engine, str(numbers[1]), "bad", reason="clouds")
+    again = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, executor="serial")
+    assert not again.done and len(again.skipped) == 4
+    assert runs.stale_products(catalog.engine) == []
+
+
+def test_a_stack_whose_frame_is_graded_bad_after_is_stale_and_stacking_again_rebuilds_it(raw):
+    catalog, tmp, numbers = raw
+    engine = catalog.engine
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1, executor="serial")
+    stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert runs.stale_products(engine) == []
+    quality.flag(engine, str(numbers[2]), "bad", reason="clouds")
+    (row,) = runs.stale_products(engine)
+    assert row["kind"] == "stack" and f"(frame {numbers[2]}) was graded bad after it was made" in row["reason"]
+    again = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert len(again.done) == 1 and runs.stale_products(engine) == []
+
+
+def test_a_stack_that_kept_bad_frames_is_not_stale_when_one_is_graded_bad(raw):
+    catalog, tmp, numbers = raw
+    engine = catalog.engine
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1, executor="serial")
+    stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", include_bad=True, workers=1, executor="serial")
+    quality.flag(engine, str(numbers[2]), "bad", reason="clouds")
+    assert runs.stale_products(engine) == []
+
+
+def test_a_master_whose_frame_is_graded_bad_after_says_how_to_make_it_without(raw):
+    catalog, tmp, _ = raw
+    _masters(catalog.engine, tmp)
+    quality.flag(catalog.engine, "3853", "bad", reason="other")
+    rows = {row["kind"]: row for row in runs.stale_products(catalog.engine)}
+    assert "(frame 3853) was graded bad after it was made" in rows["master_bias"]["reason"]
+    assert "grade != 'bad'" in rows["master_bias"]["reason"]
+    assert "is stale" in rows["master_flat"]["reason"]  # made with that bias
