@@ -112,10 +112,15 @@ def _xray_filter() -> ColumnElement:
 
 
 def _xray_filters() -> Select:
-    """The filters X-ray files name (their FILTER cards in any HDU: the
-    values xray_filter may hold, and a few more), read from the few X-ray
-    files' cards: for a hint when xray_filter == '...' found nothing."""
-    return _filter_cards().join(XraySummary, XraySummary.file_id == HeaderCard.file_id)
+    """The filter each X-ray file names (what xray_filter holds), read file
+    by file from xray_summaries (a seek in each one's cards): all FILTER
+    cards would be a read of every optical frame's too. For a hint when
+    xray_filter == '...' found nothing."""
+    card = (
+        _filter_cards().where(HeaderCard.file_id == XraySummary.file_id)
+        .order_by(HeaderCard.hdu_index, HeaderCard.position).limit(1).correlate(XraySummary).scalar_subquery()
+    )
+    return select(card).select_from(XraySummary)
 
 
 def register(register_field) -> None:

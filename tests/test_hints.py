@@ -126,6 +126,8 @@ def test_show_of_a_frame_number_many_exposures_share_lists_them_or_says_how_many
     else:
         assert len(named) == 5
         assert "and 2 more (obsarch query 1 lists them all); name one with --id or its path" in " ".join(rest.split())
+        listed_all = obsarch(url, "query", "1", "--columns", "relpath", "--format", "csv").stdout.split()
+        assert sorted(listed_all[1:]) == [f"cam{k}/f-0001.fits" for k in range(shared)]
 
 
 def test_runs_says_when_more_runs_exist_than_it_shows(url, tmp_path, rng):
