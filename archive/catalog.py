@@ -41,6 +41,17 @@ if TYPE_CHECKING:
     from archive.results import QueryResult
 
 
+SHOWN_PATHS = 5  # the exposures an error names; more are counted, with the command that lists them
+
+
+def _shared_frame(ref, found) -> str:
+    """Why a frame number names no one exposure: the ones it names, the
+    first few with their path, id and instrument, and how many more."""
+    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id}, {r.instrument or 'no instrument'})" for r in found[:SHOWN_PATHS])
+    more = f", and {len(found) - SHOWN_PATHS} more (obsarch query {ref} lists them all)" if len(found) > SHOWN_PATHS else ""
+    return f"frame {ref} is {len(found)} exposures: {paths}{more}; name one with --id or its path"
+
+
 class Catalog:
     """An obsarch catalog at ``url`` (see :func:`archive.db.resolve_url`).
 
@@ -189,12 +200,10 @@ class Catalog:
             elif str(ref).isdigit():
                 # a frame number names the camera's raw frame, never a product (the tree says so)
                 frame = Compiler(self.dialect)(Frames(((int(ref), int(ref)),)))
-                found = conn.execute(base_select(Exposure.id, Exposure.instrument, Root.path, File.relpath).where(frame)).all()
+                found = conn.execute(base_select(Exposure.id, Exposure.instrument, Root.path, File.relpath)
+                                     .where(frame).order_by(Exposure.id)).all()
                 if len(found) > 1:
-                    paths = ", ".join(f"{r.path}/{r.relpath} (id {r.id}, {r.instrument or 'no instrument'})" for r in found[:5])
-                    raise NotFoundError(
-                        f"frame {ref} is {len(found)} exposures: {paths}; name one with --id or its path"
-                    )
+                    raise NotFoundError(_shared_frame(ref, found))
                 found = [r.id for r in found]
                 what = f"frame number {ref}"
             else:

@@ -468,6 +468,9 @@ class FieldDef:
     kind: str  # number, text, datetime
     tables: tuple[str, ...] = ()
     values: tuple[str, ...] = ()  # the only values it can hold, when they are few and fixed: others are refused
+    # a SELECT of the values it holds, cheap to read (an index or a few rows): for hints
+    # when a selection found nothing (see value_hints); indexed text columns need none
+    stored: Callable[[], Select] | None = None
 
 
 def _path() -> ColumnElement:
@@ -574,9 +577,11 @@ FIELDS["reason"] = FieldDef(_current_flag("reason"), "text")
 FIELDS["flag_source"] = FieldDef(_current_flag("source"), "text", (), ("person", "rule"))
 
 
-def register_field(name: str, expression: Callable[[], ColumnElement], kind: str, tables: tuple[str, ...] = ()) -> None:
-    """Make ``name`` usable in selections (used by processing modules)."""
-    FIELDS[name] = FieldDef(expression, kind, tables)
+def register_field(name: str, expression: Callable[[], ColumnElement], kind: str, tables: tuple[str, ...] = (),
+                   values: tuple[str, ...] = (), stored: Callable[[], Select] | None = None) -> None:
+    """Make ``name`` usable in selections (used by processing modules); see
+    :class:`FieldDef` for ``values`` and ``stored``."""
+    FIELDS[name] = FieldDef(expression, kind, tables, values, stored)
 
 
 from archive import xray_fields  # noqa: E402  (X-ray summaries, named metrics, regions)
@@ -920,7 +925,7 @@ def _check_value(name: str, value: str, equality: bool = True) -> None:
     an answer."""
     allowed = FIELDS[name].values if name in FIELDS else ()
     if allowed and value not in allowed:
-        close = difflib.get_close_matches(value, allowed, n=1)
+        close = difflib.get_close_matches(value, allowed, n=1) or [a for a in allowed if _abbreviates(value, a)][:1]
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise SelectionError(f"{name} is one of {', '.join(allowed)}: not {value!r}{hint}")
     if name == "night" and equality:
@@ -930,6 +935,12 @@ def _check_value(name: str, value: str, equality: bool = True) -> None:
             date.fromisoformat(value)
         except ValueError:
             raise SelectionError(f"night is a date written YYYY-MM-DD (the evening's date): {value!r} is not one") from None
+
+
+def _abbreviates(short: str, word: str) -> bool:
+    """``short`` is ``word`` with letters left out, its first kept (bkg, background)."""
+    letters = iter(word.lower())
+    return len(short) > 1 and short[:1].lower() == word[:1].lower() and all(c in letters for c in short.lower())
 
 
 def _indexed_equality(node) -> bool:
@@ -1024,35 +1035,117 @@ def _label(field: Field) -> str:
 
 def value_hints(conn, node: Node | None) -> list[str]:
     """Why a selection may have matched nothing: each value it asks an
-    indexed text column (band, night, instrument...) or a group name to
-    equal that no exposure has, with the stored value it resembles most
-    (``frame_type == 'sceince'``: did you mean 'science'?). A typo then
-    does not pass for an empty answer. One index seek per value, and a
-    read of the column's distinct values only for a value not found."""
+    indexed text column (band, night, instrument...), a group name or a
+    name with stored values (xray_filter) to equal that no exposure has,
+    with the stored value it resembles most (``frame_type == 'sceince'``:
+    did you mean 'science'?); each header keyword it tests that no file has
+    (``hdr['EXPTIM']``: did you mean EXPTIME?), or that holds only numbers
+    where it asks for text, or only text where it asks for a number. A typo
+    then does not pass for an empty answer. One index seek per value and
+    keyword; the stored values, or the keywords, are read only for one not
+    found."""
     asked: list[tuple[str, str]] = []
+    headers: list[tuple[Header, set[str]]] = []  # a keyword and the kinds of value it is compared with
 
     def walk(item):
         if isinstance(item, BoolOp):
             for sub in item.items:
                 walk(sub)
-        elif isinstance(item, Compare | In) and isinstance(item.field, Column) and not getattr(item, "negate", False):
+        elif getattr(item, "negate", False) and not isinstance(item, IsNull):
+            return  # asking for its absence is no typo
+        elif isinstance(getattr(item, "field", None), Header):
+            _asked_kinds(item, headers)
+        elif isinstance(item, Compare | In) and isinstance(item.field, Column):
             values = item.values if isinstance(item, In) else (item.value,) if item.op == "==" else ()
             name = item.field.name
-            if name == "group" or (name in INDEXED_COLUMNS and FIELDS[name].kind == "text"):
+            if _stored_values(name) is not None:
                 asked.extend((name, v) for v in values if isinstance(v, str) and (name, v) not in asked)
 
     walk(node)
-    hints = []
-    for name, value in asked[:20]:
-        column = Group.name if name == "group" else getattr(Exposure, name)
-        if conn.execute(select(column).where(column == value).limit(1)).first() is not None:
-            continue
-        stored = [v for (v,) in conn.execute(select(column).distinct().where(column.is_not(None)).limit(10_000))]
-        close = difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
-        known = f"; did you mean {close[0]!r}?" if close else (f" (it has {', '.join(map(repr, sorted(stored)[:8]))}"
-                                                                f"{', ...' if len(stored) > 8 else ''})" if stored else "")
-        hints.append(f"no {'group is named' if name == 'group' else f'exposure has {name}'} {value!r}{known}")
-    return hints
+    hints = [hint for name, value in asked[:20] if (hint := _value_hint(conn, name, value))]
+    return hints + [hint for header, kinds in headers[:20] if (hint := _keyword_hint(conn, header, kinds))]
+
+
+def _stored_values(name: str) -> Select | None:
+    """A SELECT of the values ``name`` holds, cheap to read; None for a name that has none."""
+    if name == "group":
+        return select(Group.name)
+    if name in INDEXED_COLUMNS and FIELDS[name].kind == "text":
+        return select(getattr(Exposure, name))
+    stored = FIELDS[name].stored if name in FIELDS else None
+    return stored() if stored is not None else None
+
+
+def _value_hint(conn, name: str, value: str) -> str | None:
+    values = _stored_values(name).subquery()
+    column = values.columns[0]
+    if conn.execute(select(column).where(column == value).limit(1)).first() is not None:
+        return None
+    stored = [v for (v,) in conn.execute(select(column).distinct().where(column.is_not(None)).limit(10_000))]
+    close = difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
+    known = f"; did you mean {close[0]!r}?" if close else (f" (it has {', '.join(map(repr, sorted(stored)[:8]))}"
+                                                            f"{', ...' if len(stored) > 8 else ''})" if stored else "")
+    return f"no {'group is named' if name == 'group' else f'exposure has {name}'} {value!r}{known}"
+
+
+def _asked_kinds(item, headers: list[tuple[Header, set[str]]]) -> None:
+    """Record the keyword ``item`` tests, with the kinds (number, text) of the values it compares it with."""
+    if isinstance(item, Compare):
+        values = () if item.value is None else (item.value,)
+    elif isinstance(item, In):
+        values = item.values
+    elif isinstance(item, Between):
+        values = (item.low, item.high)
+    elif isinstance(item, Match):
+        values = (item.pattern,)
+    else:
+        values = ()  # is null: a keyword asked to be absent is no typo; is not null: asked to be there
+        if not item.negate:
+            return
+    key = Header(item.field.keyword, item.field.hdu)
+    kinds = next((k for h, k in headers if h == key), None)
+    if kinds is None:
+        headers.append((key, kinds := set()))
+    kinds.update("text" if isinstance(v, str) else "number" for v in values)
+
+
+_CARD_KINDS = {"number": (NUMERIC,), "text": (SHORT_TEXT, LONG_TEXT)}  # each one of HeaderCard's partial indexes
+
+
+def _has_cards(conn, keyword: str, kind: str) -> bool:
+    """Whether any file has a card ``keyword`` holding a value of ``kind``: a seek in a partial index each."""
+    return any(conn.execute(select(HeaderCard.file_id).where(HeaderCard.keyword == keyword, text(partial)).limit(1)).first()
+               for partial in _CARD_KINDS[kind])
+
+
+def _keyword_hint(conn, header: Header, kinds: set[str]) -> str | None:
+    """Why a test of ``header`` with values of ``kinds`` may have found nothing
+    (the keyword is in any HDU: a keyword no HDU has is in none)."""
+    has = {kind for kind in _CARD_KINDS if _has_cards(conn, header.keyword, kind)}
+    if not has:
+        close = difflib.get_close_matches(header.keyword, _keywords(conn), n=1, cutoff=0.75)
+        return f"no file has a header keyword {header.keyword}" + (f"; did you mean {close[0]}?" if close else "")
+    if len(kinds) == 1 and not kinds & has:
+        (other,) = has
+        with_ = "a number" if other == "number" else "a quoted string"
+        return f"{header.label} is {'a number' if other == 'number' else 'text'} in every file that has it: compare it with {with_}"
+    return None
+
+
+def _keywords(conn, cap: int = 10_000) -> list[str]:
+    """The distinct keywords of the cards that hold a value: one seek per
+    keyword in each partial index (a loose index scan), not a read of every card."""
+    found: set[str] = set()
+    for partial in (NUMERIC, SHORT_TEXT, LONG_TEXT):
+        # only constants of the code in this text; no value of the user
+        found.update(k for (k,) in conn.execute(text(
+            "WITH RECURSIVE k(keyword) AS ("
+            f" SELECT min(keyword) FROM header_cards WHERE {partial}"
+            " UNION ALL"
+            f" SELECT (SELECT min(h.keyword) FROM header_cards h WHERE h.keyword > k.keyword AND {partial})"
+            " FROM k WHERE k.keyword IS NOT NULL"
+            ") SELECT keyword FROM k WHERE keyword IS NOT NULL LIMIT :cap"), {"cap": cap}))
+    return sorted(found)
 
 
 # -- building queries --------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, case, exists, func, select
+from sqlalchemy import ColumnElement, Select, case, exists, func, select
 
 from archive.models import (
     Exposure,
@@ -22,6 +22,12 @@ from archive.models import (
     XraySummary,
     aliased,
 )
+
+# The kinds of X-ray file a summary names, in the order a file showing several is
+# named by (processing.xray.classify), and the roles of a spectrum: the only
+# values xray_kind and xray_role hold, so that others are refused.
+XRAY_KINDS = ("spectrum", "events", "lightcurve", "response", "arf", "image", "region", "gti")
+XRAY_ROLES = ("source", "background")
 
 
 def _current(column, scale: float = 1.0) -> Callable[[], ColumnElement]:
@@ -88,24 +94,40 @@ def _placeholders() -> list[str]:
     return sorted(load_maps().placeholders)
 
 
+def _filter_cards() -> Select:
+    """The text of FILTER cards that name a filter (not NONE, N/A...)."""
+    value = func.trim(HeaderCard.value_text)
+    return select(value).where(HeaderCard.keyword == "FILTER", func.upper(value).not_in(_placeholders()))
+
+
 def _xray_filter() -> ColumnElement:
     """An X-ray file's FILTER card (XMM EPIC: Thin1, Medium, Thick...; the
     first HDU that has one): a blocking filter, kept out of ``band``."""
     is_xray = exists().where(XraySummary.file_id == Exposure.file_id).correlate(Exposure)
-    value = func.trim(HeaderCard.value_text)
     card = (
-        select(value).where(HeaderCard.file_id == Exposure.file_id, HeaderCard.keyword == "FILTER",
-                            func.upper(value).not_in(_placeholders()))  # NONE, N/A...: no filter named
+        _filter_cards().where(HeaderCard.file_id == Exposure.file_id)
         .order_by(HeaderCard.hdu_index, HeaderCard.position).limit(1).correlate(Exposure).scalar_subquery()
     )
     return case((is_xray, card))
 
 
+def _xray_filters() -> Select:
+    """The filter each X-ray file names (what xray_filter holds), read file
+    by file from xray_summaries (a seek in each one's cards): all FILTER
+    cards would be a read of every optical frame's too. For a hint when
+    xray_filter == '...' found nothing."""
+    card = (
+        _filter_cards().where(HeaderCard.file_id == XraySummary.file_id)
+        .order_by(HeaderCard.hdu_index, HeaderCard.position).limit(1).correlate(XraySummary).scalar_subquery()
+    )
+    return select(card).select_from(XraySummary)
+
+
 def register(register_field) -> None:
-    register_field("xray_filter", _xray_filter, "text")
+    register_field("xray_filter", _xray_filter, "text", stored=_xray_filters)
     register_field("mission", _mission, "text")
-    register_field("xray_kind", _current(XraySummary.kind), "text")
-    register_field("xray_role", _current(XraySummary.role), "text")
+    register_field("xray_kind", _current(XraySummary.kind), "text", values=XRAY_KINDS)
+    register_field("xray_role", _current(XraySummary.role), "text", values=XRAY_ROLES)
     for name in ("counts", "rate", "net_rate", "backscal", "channels", "n_events", "mean_rate", "frac_rms",
                  "mjd_start", "mjd_stop", "mjd_mid"):
         register_field(name, _current(getattr(XraySummary, name)), "number")

@@ -224,10 +224,11 @@ def _usage_line(exc) -> str:
     return f"{message} (see {ctx.command_path} --help)" if ctx is not None else message
 
 
-def group(help: str, default: str | None = None, no_args_is_help: bool = True) -> typer.Typer:
+def group(help: str | None, default: str | None = None, no_args_is_help: bool = True) -> typer.Typer:
     """A command group (a Typer app) with obsarch's help conventions."""
     cls = type("DefaultGroup", (Group,), {"default": default}) if default else Group
-    return typer.Typer(help=help, no_args_is_help=no_args_is_help, cls=cls, rich_markup_mode="markdown")
+    given = {} if help is None else {"help": help}  # none given: typer takes the callback's docstring
+    return typer.Typer(**given, no_args_is_help=no_args_is_help, cls=cls, rich_markup_mode="markdown")
 
 
 app = typer.Typer(
@@ -250,7 +251,8 @@ align_app = group("Align source lists.")
 calib_app = group("Calibration masters: bias, dark, flat.")
 archive_app = group("Search the archives (HEASARC, ESO, MAST).")
 roots_app = group("The directories the catalog's files live in.")
-runs_app = group("Every run, ingest and processing: list them, show one.", no_args_is_help=False)
+# no help of its own: `obsarch runs` lists runs, so its help is that of the callback (with its example)
+runs_app = group(None, no_args_is_help=False)
 app.add_typer(quality_app, name="quality", rich_help_panel=PANELS["quality"])
 app.add_typer(flag_app, name="flag", rich_help_panel=PANELS["quality"])
 app.add_typer(report_app, name="report", rich_help_panel=PANELS["quality"])

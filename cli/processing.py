@@ -43,7 +43,7 @@ MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")
 @reports_errors
 def runs(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many runs, the newest.", min=0, max=2**63 - 2)] = 20,
     fmt: FormatOption = Format.table,
     columns: ColumnsOption = None,
 ) -> None:
@@ -53,7 +53,12 @@ def runs(
     Example: obsarch runs --limit 5
     """
     if ctx.invoked_subcommand is None:
-        show_frame(open_catalog().runs(limit), fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+        # one run more than the limit: to say whether more exist, as query does
+        frame = open_catalog().runs(limit + 1)
+        more = len(frame) > limit
+        show_frame(frame.iloc[:limit], fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+        if more:
+            err_console.print(f"note: the newest {limit} runs: more exist (--limit N shows N)", markup=False)
 
 
 @command(runs_app, "show")

@@ -25,9 +25,11 @@ from astropy.io import (
     fits,  # imported before any warning is caught: its logger hooks warnings on import
 )
 
+from archive.xray_fields import XRAY_KINDS
+
 ALGORITHM = "xray-summary-1"
 CHUNK_ROWS = 1_000_000
-KIND_ORDER = ("spectrum", "events", "lightcurve", "response", "arf", "image", "region", "gti")
+KIND_ORDER = XRAY_KINDS  # one list: the selection language refuses a kind not in it
 
 _CLASS1 = {
     "SPECTRUM": "spectrum", "EVENTS": "events", "LIGHTCURVE": "lightcurve", "RESPONSE": "response",
