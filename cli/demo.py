@@ -104,9 +104,11 @@ def _xray_header(header, obsid: str, start: datetime, gti: list[tuple[float, flo
     """XMM-like keywords; TSTART in mission time (TT) at ``start`` (UTC). Returns TSTART."""
     from astropy.time import Time
 
-    tstart = round((Time(start, scale="utc").tt.mjd - MJDREF) * 86400.0, 3)
+    tt = Time(start, scale="utc").tt
+    tstart = round((tt.mjd - MJDREF) * 86400.0, 3)
     header["TELESCOP"], header["INSTRUME"], header["OBS_ID"] = "XMM", "EPN", obsid
-    header["OBJECT"], header["DATE-OBS"] = "NGC 5506", start.isoformat(timespec="seconds")
+    # TIMESYS applies to DATE-OBS too: the start in TT, as XMM writes it (UTC + 69.184 s)
+    header["OBJECT"], header["DATE-OBS"] = "NGC 5506", tt.isot
     header["MJDREF"], header["TIMESYS"], header["TIMEREF"] = MJDREF, "TT", "LOCAL"
     header["TSTART"], header["TSTOP"] = tstart + gti[0][0], tstart + gti[-1][1]
     return tstart

@@ -211,6 +211,16 @@ def test_demo(tmp_path):
     assert "ingested: 65 new" in result.stdout  # 55 frames and 2 XMM obsids of 5 files each
     assert "x-ray: 10 summarized, 0 up to date, 0 failed" in result.stdout  # as `obsarch ingest` would
     assert "ngc3293-3866.fits" in result.stdout
+    # One observation, one start: the events' DATE-OBS is in TT (their TIMESYS), read back as
+    # the UTC start the response files (UTC) give
+    from archive.catalog import Catalog
+
+    _, rows = Catalog(f"sqlite:///{tmp_path / 'demo' / 'obsarch.db'}").rows(
+        "obsid == '0761220101'", columns="relpath,date_obs,mjd,mjd_start")
+    starts = {path.split("/")[-1]: (date_obs, mjd, mjd_start) for path, date_obs, mjd, mjd_start in rows}
+    events = starts["P0761220101PNS003PIEVLI0000.fits"]
+    assert abs((events[0] - starts["pn.arf"][0]).total_seconds()) < 0.01
+    assert abs(events[1] - starts["pn.arf"][1]) * 86400 < 0.01 and events[2] >= events[1]  # the first GTI may start later
 
 
 def test_a_scratch_file_that_cannot_be_written_stops_the_ingest_in_one_line(tmp_path, rng, monkeypatch):
