@@ -517,6 +517,10 @@ def _refuse_leaving_the_role(cursor, sql: str) -> None:
     cursor.execute("ROLLBACK TO SAVEPOINT plan")
     try:
         cursor.execute("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, prepare=True)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+            psycopg.errors.DatatypeMismatch) as exc:  # the user's mistake, quoted without our EXPLAIN
+        error = _sql_error(exc, None)
+        raise type(error)(str(error).split(" LINE 1:")[0]) from None
     except psycopg.errors.SyntaxError as exc:
         message = _one_line(exc).split(" LINE 1:")[0]  # the rest quotes our EXPLAIN, not the user's text
         if "multiple commands" in message:

@@ -18,6 +18,7 @@ from cli.app import (
     TimeoutOption,
     WorkersOption,
     command,
+    fail,
     load_config,
     open_catalog,
     progress,
@@ -174,7 +175,11 @@ def sql(
     import pandas as pd
 
     from archive import db
+    from archive.results import frame_of
 
+    if not statement.strip():
+        fail("`obsarch sql` needs a statement, e.g. \"select band, count(*) from exposures group by band\"", code=2)
     open_catalog()  # refuses a missing or out-of-date catalog
     names, rows = db.run_read_only(STATE.db, statement, timeout_s=timeout or None)
-    show_frame(pd.DataFrame(rows, columns=names), fmt)
+    # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice keeps pandas' own types
+    show_frame(frame_of(rows, names) if len(set(names)) == len(names) else pd.DataFrame(rows, columns=names), fmt)

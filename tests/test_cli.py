@@ -145,6 +145,23 @@ def test_sql_cannot_write(ingested, statement, expected):
     assert out.splitlines()[1] == "24"
 
 
+def test_sql_mistakes_read_the_same_on_both_backends(ingested):
+    """The user's own text, never the EXPLAIN obsarch runs first (PostgreSQL);
+    an empty statement is a usage error on both."""
+    message = one_line_error(runner.invoke(app, ["--db", ingested, "sql", "select * from nosuchtable"]), "SQL error")
+    assert "nosuchtable" in message and "EXPLAIN" not in message and "LINE 1" not in message
+    message = one_line_error(runner.invoke(app, ["--db", ingested, "sql", "select nosuchcolumn from files"]), "SQL error")
+    assert "nosuchcolumn" in message and "EXPLAIN" not in message
+    result = runner.invoke(app, ["--db", ingested, "sql", "  "])
+    assert result.exit_code == 2 and "needs a statement" in result.stderr
+
+
+def test_sql_keeps_integers_beside_nulls(ingested):
+    out = run(ingested, "sql", "select id, case when id = 1 then null else id end as maybe from files "
+                               "order by id limit 2", "--format", "csv").stdout
+    assert out.splitlines() == ["id,maybe", "1,", "2,2"]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
