@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, exists, or_, select, text, update
+from sqlalchemy import Engine, and_, delete, exists, or_, select, text, update
 
 from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
@@ -68,6 +68,9 @@ def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | No
     by_class = select(HeaderCard.file_id).where(
         HeaderCard.keyword == "HDUCLAS1", text(SHORT_TEXT), HeaderCard.value_text.in_(XRAY_CLASSES)
     )
+    # ESO's data products classify their HDUs too (MUSE: HDUCLASS 'ESO', HDUCLAS1 'IMAGE'):
+    # such a file is no X-ray file, and would be read again at every run for no summary
+    eso = select(HeaderCard.file_id).where(HeaderCard.keyword == "HDUCLASS", text(SHORT_TEXT), HeaderCard.value_text == "ESO")
     # by primary key (file_id, hdu_index): a few rows per file, no scan of every HDU
     by_name = exists().where(Hdu.file_id == File.id, Hdu.extname.in_(XRAY_EXTNAMES))
     scope = [File.status == "present"]  # the cheap conditions first: the X-ray tests run on what they leave
@@ -79,7 +82,7 @@ def candidate_files(conn, *, run_id: int | None = None, file_ids: list[int] | No
         select(File.id, (Root.path + "/" + File.relpath).label("path"), File.version, File.header_hash, File.size,
                File.mtime_ns)
         .join(Root, Root.id == File.root_id)
-        .where(*scope, or_(File.id.in_(by_class), by_name))
+        .where(*scope, or_(and_(File.id.in_(by_class), File.id.not_in(eso)), by_name))
     )
     return {row.id: (row.path, row.version, file_content(row)) for row in conn.execute(statement)}
 

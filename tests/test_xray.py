@@ -311,6 +311,23 @@ def test_a_scan_of_optical_frames_opens_no_file(catalog, real_data):
         assert candidate_files(conn, run_id=summary.run_id) == {}
 
 
+def test_an_eso_product_is_no_x_ray_file(url, tmp_path, real_data):
+    """ESO classifies its HDUs too (MUSE: HDUCLASS 'ESO', HDUCLAS1 'IMAGE', as
+    an X-ray image says): not summarized as an X-ray image, and not read
+    again at every run (the real header-only MUSE file gave no summary, so
+    it was never up to date)."""
+    directory = tmp_path / "eso"
+    directory.mkdir()
+    data = fits.ImageHDU(np.zeros((4, 4), np.float32), name="DATA")
+    data.header.update({"HDUCLASS": "ESO", "HDUCLAS1": "IMAGE", "HDUCLAS2": "DATA"})
+    fits.HDUList([fits.PrimaryHDU(), data]).writeto(directory / "MUSE.fits")
+    shutil.copy(real_data / "eso_muse" / "MUSE.2017-06-16T01:34:56.867.fits", directory)
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    assert "0 summarized, 0 up to date, 0 failed" in run(url, "xray", "summarize").stdout
+    assert run(url, "query", "xray_kind is not null", "--format", "csv").stdout.splitlines()[1:] == []
+
+
 def _spectrum(path, columns, **header):
     table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
     table.header.update({"HDUCLAS1": "SPECTRUM", "HDUCLAS2": "TOTAL", "EXPOSURE": 1000.0, **header})
