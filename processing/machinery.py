@@ -363,15 +363,24 @@ def _item_done(conn, step, result, item, value, prints) -> None:
         result.done.append(item.key)
     except ItemFailed as exc:
         savepoint.commit()
-        result.failed.append((item.key, str(exc)))
+        reason = _without_key(item, str(exc))
+        result.failed.append((item.key, reason))
         if step.item_runs:
-            conn.execute(update(Run).where(Run.id == run_id).values(state="failed", error=str(exc), fingerprint=None))
+            conn.execute(update(Run).where(Run.id == run_id).values(state="failed", error=reason, fingerprint=None))
     except Exception as exc:  # a write that fails costs only its item
         savepoint.rollback()
         _item_failed(conn, step, result, item, _one_line(exc), prints)
 
 
+def _without_key(item, reason: str) -> str:
+    """A reason that starts by naming the item's file (a reader's error:
+    "PATH: no HDU with image data") without it: the item's key names it
+    where the failure is shown, once."""
+    return reason.removeprefix(f"{item.key}: ") or reason
+
+
 def _item_failed(conn, step, result, item, reason: str, prints) -> None:
+    reason = _without_key(item, reason)
     result.failed.append((item.key, reason))
     if step.item_runs:
         run_id = _child(conn, step, result, item, "failed", reason, prints)

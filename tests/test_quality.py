@@ -435,3 +435,16 @@ def test_real_cube_white_light(real_data):
     data, _, hdu_index = load_image(real_data / "eso_muse" / "subcub_mosaic.fits")
     assert hdu_index == 1 and data.shape == (30, 30)
     assert np.isfinite(measure(data)["background"])
+
+
+def test_a_failure_names_its_file_once(url, tmp_path):
+    """The reader's error already starts with the path: the line gives it once."""
+    from factories import obsarch
+
+    fits.PrimaryHDU().writeto(tmp_path / "header-only.fits")  # no pixels
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path))
+    result = obsarch(url, "quality", "compute", code=1)
+    path = str(tmp_path / "header-only.fits")
+    line = next(line for line in result.stderr.splitlines() if "no HDU with image data" in line)
+    assert line.strip() == f"{path}: no HDU with image data" and result.stderr.count(path) == 2  # the line and the summary
