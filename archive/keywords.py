@@ -317,6 +317,8 @@ def _airmass(values: _Values) -> float | None:
         for end_keyword in values.maps.sources.get("airmass_end", ()):
             end = values.number(end_keyword)
             if end is not None and 1.0 <= end < 100:
+                values.sources["airmass"] = (f"mean of {keyword}={values.cards[keyword][2]!r} and "
+                                             f"{end_keyword}={values.cards[end_keyword][2]!r}")
                 return (number + end) / 2
     return number
 

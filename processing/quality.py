@@ -183,7 +183,7 @@ def saturation_level(header: dict, configured: float | None = None) -> float | N
 
 def pixel_scale(header: dict) -> float | None:
     """Arcseconds per pixel from PIXSCALE-like cards or the celestial WCS."""
-    for key in ("PIXSCALE", "PIXSCAL1", "SECPIX", "SECPIX1", "PLATESCL"):
+    for key in ("PIXSCALE", "PIXSCAL1", "SECPIX", "SECPIX1", "PLATESCL", "IM_SCALE"):  # IM_SCALE: MicroObservatory
         value = header.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 3600:
             return float(value)

@@ -168,6 +168,13 @@ def test_airmass(cards, airmass):
     assert norm(cards)["airmass"] == (pytest.approx(airmass) if airmass else None)
 
 
+def test_a_mean_airmass_says_it_is_a_mean():
+    import json
+
+    sources = json.loads(norm({"HIERARCH ESO TEL AIRM START": 1.031, "HIERARCH ESO TEL AIRM END": 1.011})["sources"])
+    assert sources["airmass"] == "mean of ESO TEL AIRM START='1.031' and ESO TEL AIRM END='1.011'"
+
+
 def test_values_from_the_first_extension_when_the_primary_is_a_stub():
     row = norm({}, "lco.fits.fz", {"FILTER": "rp", "EXPTIME": 11.938, "FRAMENUM": 1159, "OBSTYPE": "EXPOSE"})
     assert (row["band"], row["exptime"], row["frame_number"], row["frame_type"]) == ("r", 11.938, 1159, "science")

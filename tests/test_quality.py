@@ -66,6 +66,12 @@ def test_pixel_scale_gives_fwhm_in_arcsec(rng):
     assert result["fwhm_arcsec"] == pytest.approx(1.5, rel=0.05)
 
 
+def test_microobservatory_gives_its_scale_in_im_scale():
+    from processing.quality import pixel_scale
+
+    assert pixel_scale({"IM_SCALE": 5.21}) == 5.21  # IM_SCALE = 5.210 / arc-secs/pixel
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
