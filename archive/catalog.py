@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -444,6 +445,9 @@ def _summary_text(summary_json: str | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items() if len(str(v)) <= 60)
 
 
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
 def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """Join each header keyword's number and text columns into one: numbers
     where every value is numeric, text otherwise."""
@@ -459,6 +463,10 @@ def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str
             continue
         label, j = name[: -len("#num")], names.index(name[: -len("#num")] + "#text")
         numeric = all(row[i] is not None for row in rows if row[j] is not None)
+        # integers where every card wrote one (TELHUM = 05 is 5, not 5.0)
+        whole = numeric and all(_INTEGER.fullmatch(row[j]) for row in rows if row[j] is not None)
         keep.append(label)
-        merged.append((lambda row, i=i: None if row[i] is None else float(row[i])) if numeric else (lambda row, j=j: row[j]))
+        number = int if whole else float
+        merged.append((lambda row, i=i, number=number: None if row[i] is None else number(row[i])) if numeric
+                      else (lambda row, j=j: row[j]))
     return keep, [tuple(get(row) for get in merged) for row in rows]

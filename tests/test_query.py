@@ -158,3 +158,13 @@ def test_selection_values_are_bound_never_formatted(night):
     hostile = "x'); drop table exposures; --"
     assert night.query(f"object == '{hostile.replace(chr(39), chr(39) * 2)}'").empty
     assert len(night.query()) == 25
+
+
+def test_a_keyword_column_of_integers_shows_integers(catalog, tmp_path, rng):
+    """TELHUM = 05 is 5, not 5.0; a keyword written with a decimal point stays a float."""
+    write_frame(tmp_path / "a.fits", rng, {"TELHUM": 5, "TEMP": 5.0, "FRAMENUM": 1})
+    write_frame(tmp_path / "b.fits", rng, {"TELHUM": 12, "TEMP": 7.5, "FRAMENUM": 2})
+    catalog.ingest([tmp_path])
+    names, rows = catalog.rows(None, columns="hdr['TELHUM'],hdr['TEMP']")
+    assert rows == [(5, 5.0), (12, 7.5)]
+    assert [type(v) for v in rows[0]] == [int, float]
