@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,9 +203,13 @@ def list_groups(engine: Engine) -> list[dict]:
             select(Group.name, Group.method, func.count(GroupMember.exposure_id).label("members"), Group.created_at)
             .outerjoin(GroupMember, GroupMember.group_id == Group.id)
             .group_by(Group.id, Group.name, Group.method, Group.created_at)
-            .order_by(Group.name)
         ).all()
-    return [row._asdict() for row in rows]
+    return sorted((row._asdict() for row in rows), key=lambda group: natural_key(group["name"]))
+
+
+def natural_key(name: str) -> tuple:
+    """Names in the order people count them: ptg-2 before ptg-10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
 
 
 def group_members(engine: Engine, name: str) -> tuple[int, list[tuple[int, str | None]]]:
@@ -314,6 +319,5 @@ def groups_of(engine: Engine, exposure_id: int) -> list[dict]:
             .join(GroupMember, GroupMember.group_id == Group.id)
             .join(size, size.c.group_id == Group.id)
             .where(GroupMember.exposure_id == exposure_id)
-            .order_by(Group.name)
         ).all()
-    return [row._asdict() for row in rows]
+    return sorted((row._asdict() for row in rows), key=lambda group: natural_key(group["name"]))

@@ -364,3 +364,10 @@ def test_real_lco_offsets_agree_with_their_wcs(real_data, name):
     measured = match_stars(stars, reference)
     implied = offsets.transform_from_wcs(header, reference_header, shape)
     assert (measured.dx, measured.dy) == pytest.approx((implied.dx, implied.dy), abs=0.5)
+
+
+def test_groups_are_listed_in_the_order_people_count():
+    from processing.grouping import natural_key
+
+    names = ["ptg-10", "ptg-2", "ptg-1", "B0", "ptg-11", "night 2017-08-16", "night 2017-08-3"]
+    assert sorted(names, key=natural_key) == ["B0", "night 2017-08-3", "night 2017-08-16", "ptg-1", "ptg-2", "ptg-10", "ptg-11"]
