@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
+import test_steps
 from sqlalchemy import select
-from test_steps import night
 from typer.testing import CliRunner
 
 from archive.models import Run
@@ -20,16 +19,8 @@ from processing.runs import identity, params_hash
 runner = CliRunner()
 
 
-@pytest.fixture
-def raw(catalog, tmp_path, rng):
-    numbers = night(tmp_path / "raw", rng)
-    catalog.ingest([tmp_path / "raw"])
-    return catalog, tmp_path, numbers
-
-
-def _masters(engine, tmp):
-    calibration.make_master(engine, "bias", out_dir=tmp / "masters")
-    calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters")
+raw = test_steps.raw  # the night of tests/test_steps.py, ingested (a fixture)
+_masters = test_steps._masters
 
 
 # -- execution knobs are no part of a product's identity ---------------------------------------
