@@ -91,7 +91,10 @@ def catalog(url) -> Catalog:
 @pytest.fixture
 def real_data() -> Path:
     if not REAL_DATA.is_dir():
-        pytest.skip(f"real data not found at {REAL_DATA}")
+        problem = f"real data not found at {REAL_DATA} (set OBSARCH_REAL_DATA to its directory)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}; CI runs every real-data test")
+        pytest.skip(problem)
     return REAL_DATA
 
 

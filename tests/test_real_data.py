@@ -146,3 +146,23 @@ def test_continue_strings_are_joined(real):
     assert len(frame) == 1
     long_values = catalog.query("hdr['LONGSTRN'] == 'OGIP 1.0'")
     assert len(long_values) >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_missing_real_data_skips_here_and_fails_in_ci(tmp_path, ci):
+    """Without ../shared a real-data test skips on a laptop and fails in CI,
+    so CI cannot pass with every real-data test skipped."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "CI": ci, "OBSARCH_REAL_DATA": str(tmp_path / "absent")}
+    target = f"{Path(__file__)}::test_muse_headers"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target, "-k", "sqlite"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    if ci:
+        assert done.returncode == 1 and "CI runs every real-data test" in done.stdout, done.stdout
+    else:
+        assert done.returncode == 0 and "1 skipped" in done.stdout and "real data not found" in done.stdout, done.stdout
