@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -235,10 +236,14 @@ class Catalog:
         ]
 
     def exposure(self, exposure_id: int) -> dict:
-        """The normalized row of one exposure, with its path."""
+        """The normalized row of one exposure, with its path, and
+        ``sources``: which card each value came from, or why it is empty."""
         names, rows = self.rows(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
-            "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
-        return dict(zip(names, rows[0]))
+            "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode",
+            "xbin", "ybin", "gain", "ccd_temp", "detector", "n_detectors", "status"])
+        with self.engine.connect() as conn:
+            sources = conn.execute(select(Exposure.sources).where(Exposure.id == exposure_id)).scalar()
+        return {**dict(zip(names, rows[0])), "sources": json.loads(sources or "{}")}
 
     # -- overviews -----------------------------------------------------------
 

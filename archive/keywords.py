@@ -364,7 +364,7 @@ def _detector_columns(values: _Values, units: list[HeaderUnit]) -> dict:
     # pixels (a MUSE product's header-only primary, X-ray events) names none
     # of its own; the chip it mentions is one it was made from.
     return {
-        "xbin": xbin, "ybin": ybin, "gain": _positive(values, "gain"), "ccd_temp": _ccd_temp(values),
+        "xbin": xbin, "ybin": ybin, "gain": _gain(values, units, detectors), "ccd_temp": _ccd_temp(values),
         "detector": values.text("detector") if len(detectors) == 1 else None,
         "detector_shape": shapes[0] if len(shapes) == 1 else None,
         "n_detectors": len(detectors),
@@ -391,6 +391,43 @@ def _whole(values: _Values, field: str) -> int | None:
             values.note(field, keyword, values.cards[keyword])
             return int(number)
     return None
+
+
+_OUTPUT = re.compile(r"^(ESO DET OUT)(\d+)( .+)$")  # ESO's cards of one amplifier: ESO DET OUT3 CONAD
+
+
+def _gain(values: _Values, units: list[HeaderUnit], detectors: list) -> float | None:
+    """The file's gain (e-/ADU), only when it has one: every amplifier of a
+    detector (ESO's OUT1..OUTn) and every detector of the file must agree.
+    Where they differ (MUSE: 4 outputs on each of 24 chips) no single value
+    is right, so the column stays empty and its source says why; each
+    detector's own header still holds its gains."""
+    gain = _positive(values, "gain")
+    if gain is None:
+        return None
+    keyword = values.sources["gain"].split("=", 1)[0]
+    output = _OUTPUT.match(keyword)
+    by_hdu = {d.hdu_index: d.name for d in detectors} if len(detectors) > 1 else {}
+    found: dict[str, float] = {}
+    for unit in [u for u in units if u.index in by_hdu] or [None]:
+        cards = values.cards if unit is None else unit.values()
+        prefix = "" if unit is None else f"{by_hdu[unit.index]} "
+        names = [(keyword, "")]
+        if output:
+            names, n = [], 1
+            while (name := f"{output[1]}{n}{output[3]}") in cards:
+                names.append((name, f"OUT{n}"))
+                n += 1
+        for name, label in names:
+            card = cards.get(name)
+            if card is not None and card[4] in "if" and card[3] > 0 and math.isfinite(card[3]):
+                found[(prefix + label).strip() or name] = card[3]
+    if len(set(found.values())) > 1:
+        shown = ", ".join(f"{label} {number:g}" for label, number in list(found.items())[:6])
+        more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+        values.sources["gain"] = f"gains differ ({keyword}): {shown}{more}"
+        return None
+    return gain
 
 
 def _positive(values: _Values, field: str) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -97,6 +98,9 @@ def query(
             err_console.print(f"note: {hint}", markup=False)
 
 
+_PLAIN_SOURCE = re.compile(r"[^=]+=(['\"]).*\1")  # KEYWORD='value': where a value came from, no reason
+
+
 @command(panel="catalog")
 def show(
     ref: RefArg,
@@ -111,7 +115,12 @@ def show(
     exposure_id = catalog.resolve(ref, by_id=by_id)
     row = catalog.exposure(exposure_id)
     console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
+    sources = row.pop("sources")
     console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)), soft_wrap=True)
+    # A value the rules found but could not trust stays empty; its source says why.
+    for name, why in sources.items():
+        if name in row and not readable(row[name]) and not _PLAIN_SOURCE.fullmatch(why):
+            console.print(f"{name} left empty: {why}", markup=False, soft_wrap=True)
     for unit in catalog.headers(exposure_id):
         if hdu is not None and unit["index"] != hdu:
             continue

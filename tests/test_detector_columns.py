@@ -39,6 +39,9 @@ def test_binning(cards, expected):
         ({"EGAIN": 2.6}, 2.6),
         ({"HIERARCH ESO DET OUT1 CONAD": 0.97, "HIERARCH ESO DET OUT1 GAIN": 1.0357}, 0.97),  # e-/ADU, not ADU/e-
         ({"HIERARCH ESO DET OUT1 GAIN": 1.0357}, None),
+        # MUSE: four amplifiers of different gain make no one gain of the chip
+        ({"HIERARCH ESO DET OUT1 CONAD": 0.91, "HIERARCH ESO DET OUT2 CONAD": 0.94}, None),
+        ({"HIERARCH ESO DET OUT1 CONAD": 0.91, "HIERARCH ESO DET OUT2 CONAD": 0.91}, 0.91),
         ({"GAIN": 0.0}, None),
         ({"GAIN": "high"}, None),
     ],
@@ -116,9 +119,10 @@ REAL = {
     "ccd_imaging/ogg0m404-kb82-20170815-1159-e91.fits.fz": (2, 2, 1.0, pytest.approx(-20.0320677), "ccdkb82-1", "1020x1523", 1),
     "ccd_imaging/UB17-001-c.fit": (1, 1, pytest.approx(2.6), pytest.approx(0.189, abs=1e-3), None, "1020x1530", 1),
     "ccd_imaging/a8280271.fits": (None, None, 1.9, pytest.approx(-92.95), None, "520x536", 1),
-    # products of all 24 IFUs whose primary still names the first chip: no detector of their own
-    "eso_muse/MUSE.2017-06-16T01:34:56.867.fits": (1, 1, 0.97, None, None, None, 0),
-    "eso_muse/minicube.primary-header-only.fits": (1, 1, 0.91, None, None, None, 0),
+    # products of all 24 IFUs whose primary still names the first chip: no detector of their own,
+    # and no gain: the four outputs' CONAD differ (0.97, 0.96, 0.91, 0.92; 0.91, 0.94, 0.88, 0.9)
+    "eso_muse/MUSE.2017-06-16T01:34:56.867.fits": (1, 1, None, None, None, None, 0),
+    "eso_muse/minicube.primary-header-only.fits": (1, 1, None, None, None, None, 0),
     "eso_muse/subcub_mosaic.fits": (None, None, None, None, None, "500x30x30", 1),
 }
 
@@ -254,3 +258,37 @@ def test_renormalize_gives_a_product_no_frame_number(catalog, tmp_path, rng):
     renormalize(catalog.engine)
     assert numbers() == made
     assert catalog.exposure_ids("frame_number == 3862") == catalog.exposure_ids("frame_type == 'science' and product is null")
+
+
+@pytest.mark.parametrize("gains, expected", [((1.5, 1.5), 1.5), ((1.5, 2.1), None)])
+def test_a_file_has_a_gain_only_when_its_detectors_agree(tmp_path, gains, expected):
+    import json
+
+    import numpy as np
+    from astropy.io import fits
+
+    hdus = [fits.PrimaryHDU()]
+    for number, gain in enumerate(gains, 1):
+        hdus.append(fits.ImageHDU(np.zeros((4, 4), np.float32), name=f"CCD{number}"))
+        hdus[-1].header["GAIN"] = gain
+    fits.HDUList(hdus).writeto(tmp_path / "mosaic.fits")
+    headers, _ = read_headers(tmp_path / "mosaic.fits")
+    row = normalize(headers, "mosaic.fits", load_maps())
+    assert row["gain"] == expected
+    if expected is None:
+        assert json.loads(row["sources"])["gain"] == "gains differ (GAIN): CCD1 1.5, CCD2 2.1"
+
+
+def test_show_says_why_muse_has_no_gain(catalog, real_data):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    catalog.ingest([real_data / "eso_muse"])
+    (exposure_id,) = catalog.query("relpath like '%minicube%'", columns="id")["id"]
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(app, ["--db", url, "show", "--id", str(exposure_id)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "xbin=1  ybin=1  n_detectors=0" in lines[1] and "gain=" not in lines[1]
+    assert lines[2] == "gain left empty: gains differ (ESO DET OUT1 CONAD): OUT1 0.91, OUT2 0.94, OUT3 0.88, OUT4 0.9"
