@@ -31,6 +31,7 @@ from archive.query import (
     ids,
     ids_statement,
     merges_sorted_ranges,
+    naming,
     parse_columns,
     sort_expressions,
 )
@@ -152,7 +153,8 @@ class Catalog:
             fields = [Column(c) for c in DEFAULT_COLUMNS] + (header_columns(node) if node else [])
         compiler = Compiler(self.dialect, conn)  # conn: SQLite picks a keyword test's shape from two capped counts
         where = compiler.root(node) if node is not None else None
-        pairs = [pair for field in fields for pair in column_expressions(field, compiler)]
+        with naming("columns", columns):
+            pairs = [pair for field in fields for pair in column_expressions(field, compiler)]
         order = sort_expressions(sort, compiler) if sort else []
         statement = base_select(*[expr.label(f"c{i}") for i, (_, expr) in enumerate(pairs)], tables=compiler.tables)
         if where is not None:

@@ -13,6 +13,7 @@ Names are resolved through :data:`FIELDS`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import re
@@ -152,28 +153,28 @@ class Token:
     value: object = None
 
 
-def tokenize(text: str) -> list[Token]:
+def tokenize(text: str, what: str = "selection") -> list[Token]:
     bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
     if bad is not None:  # an argument whose bytes were not UTF-8 (Python keeps them as surrogates)
-        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8")
+        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8", what)
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match:
-            raise _error(text, pos, f"unexpected character {text[pos]!r}")
+            raise _error(text, pos, f"unexpected character {text[pos]!r}", what)
         kind, raw = match.lastgroup, match.group()
         if kind == "number":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
             if isinstance(value, float) and math.isinf(value):
-                raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)")
+                raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)", what)
             if isinstance(value, int) and not -(2**63) <= value < 2**63:
-                raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits")
+                raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits", what)
             tokens.append(Token(kind, raw, pos, value))
         elif kind == "string":
             quote = raw[0]
             body = raw[1:-1].replace(quote * 2, quote)
             if "\x00" in body:
-                raise _error(text, pos, "a string holds a NUL byte, which no stored value has")
+                raise _error(text, pos, "a string holds a NUL byte, which no stored value has", what)
             tokens.append(Token(kind, raw, pos, re.sub(r"\\(.)", r"\1", body)))
         elif kind == "name" and raw.lower() in _WORDS:
             tokens.append(Token("word", raw.lower(), pos))
@@ -184,10 +185,23 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
-def _error(text: str, pos: int, message: str) -> SelectionError:
+def _error(text: str, pos: int, message: str, what: str = "selection") -> SelectionError:
     near = text[pos : pos + 20] or "the end"
-    shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
-    return SelectionError(f"selection {shown!r}: {message} at column {pos + 1} (near {near!r})")
+    return SelectionError(f"{what} {_shown(text)}: {message} at column {pos + 1} (near {near!r})")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)")
+
+
+@contextlib.contextmanager
+def naming(what: str, text: str | None):
+    """A name that cannot be compiled says which list it is in (``columns
+    'exptime,bnd': unknown name 'bnd' at column 9``)."""
+    try:
+        yield
+    except SelectionError as exc:
+        raise SelectionError(f"{what} {_shown(text or '')}: {exc}") from None
 
 
 # -- parser ------------------------------------------------------------------
@@ -198,9 +212,9 @@ MAX_IN_PARAMETERS = 500  # a longer value list is sent as one parameter (backend
 
 
 class _Parser:
-    def __init__(self, text: str):
-        self.text = text
-        self.tokens = tokenize(text)
+    def __init__(self, text: str, what: str = "selection"):
+        self.text, self.what = text, what
+        self.tokens = tokenize(text, what)
         self.i = 0
         self.depth = 0
 
@@ -234,7 +248,7 @@ class _Parser:
 
     def fail(self, message: str) -> SelectionError:
         found = self.tok.text or "the end"
-        return _error(self.text, self.tok.pos, f"{message}, found {found!r}")
+        return _error(self.text, self.tok.pos, f"{message}, found {found!r}", self.what)
 
     def parse(self):
         if self.tok.kind == "end":
@@ -445,15 +459,27 @@ def frame_ranges(node: Node | None) -> list[Frames]:
     return found
 
 
-def parse_columns(text: str) -> list[Field]:
+def parse_columns(text: str, what: str = "columns") -> list[Field]:
     """Parse ``frame_number,hdr['EXPTIME'],path`` into fields."""
-    parser = _Parser(text)
-    fields = [parser.parse_field()]
-    while parser.accept("punct", ","):
-        fields.append(parser.parse_field())
+    return [field for field, _ in _field_list(text, what, signed=False)]
+
+
+def parse_sort(text: str) -> list[tuple[Field, bool]]:
+    """Parse ``-exptime,date_obs`` into (field, descending) pairs."""
+    return _field_list(text, "sort", signed=True)
+
+
+def _field_list(text: str, what: str, signed: bool) -> list[tuple[Field, bool]]:
+    parser = _Parser(text, what)
+    items = []
+    while True:
+        descending = signed and parser.accept("punct", "-") is not None
+        items.append((parser.parse_field(), descending))
+        if not parser.accept("punct", ","):
+            break
     if parser.tok.kind != "end":
-        raise parser.fail("expected ',' or the end of the column list")
-    return fields
+        raise parser.fail(f"expected ',' or the end of the {'sort' if signed else 'column'} list")
+    return items
 
 
 # -- names -------------------------------------------------------------------
@@ -1254,11 +1280,9 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
 def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
     """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending)."""
     result = []
-    for part in (p.strip() for p in sort.split(",") if p.strip()):
-        descending = part.startswith("-")
-        fields = parse_columns(part.lstrip("-+"))
-        for field in fields:
-            for _, expression in column_expressions(field, compiler)[:1]:
-                result.append(expression.desc() if descending else expression.asc())
+    for field, descending in parse_sort(sort):
+        with naming("sort", sort):
+            expressions = column_expressions(field, compiler)
+        result.extend(expression.desc() if descending else expression.asc() for _, expression in expressions[:1])
     return result
 

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from archive import __version__
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, SelectionError
 from cli.render import Format, err_console, reader_gone, silence_stdout
 
 PANELS = {
@@ -328,6 +328,8 @@ def _reported(exc: Exception) -> None:
     traceback reaches a user); both exit 1, and --debug raises instead."""
     if STATE.debug:
         raise exc
+    if isinstance(exc, SelectionError):  # a selection, column or sort list the user typed: usage
+        fail(str(exc), code=2)
     if isinstance(exc, ObsarchError):
         fail(str(exc))
     if isinstance(exc, OSError) and exc.filename is not None:  # a path the user gave, or one made of it

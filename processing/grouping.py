@@ -7,6 +7,7 @@ chord length between unit vectors.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -16,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 
 from archive.db import transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, SelectionError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
 from archive.query import FIELDS, Column, parse_columns, select_exposures
@@ -142,10 +143,11 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     with a prefix, the name of the family made again next time)."""
     from archive.catalog import Catalog
 
-    fields = parse_columns(keys)
+    fields = parse_columns(keys, what="keys")
     for field_ in fields:
         if isinstance(field_, Column) and field_.name not in FIELDS:
-            raise ObsarchError(f"unknown name {field_.name!r} to group by")
+            close = difflib.get_close_matches(field_.name, FIELDS, n=3)
+            raise SelectionError(f"unknown name {field_.name!r} to group by" + (f"; did you mean {', '.join(close)}?" if close else ""))
     frame = Catalog(engine=engine, check=False).query(selection, columns=["id", *[_text(f) for f in fields]])
     labels = [c for c in frame.columns if c != "id"]
     result = GroupingResult()

@@ -101,8 +101,8 @@ def test_default_url_is_obsarch_db_in_the_current_directory(tmp_path, monkeypatc
 # -- what a user sees when something is wrong: one line, exit status 1 -----------
 
 
-def one_line_error(result, expected: str):
-    assert result.exit_code == 1, (result.stdout, result.exception)
+def one_line_error(result, expected: str, code: int = 1):
+    assert result.exit_code == code, (result.stdout, result.exception)
     message = result.stderr.strip()
     assert message.startswith("error: ") and expected in message, message
     assert "Traceback" not in result.stderr
@@ -163,19 +163,34 @@ def test_sql_keeps_integers_beside_nulls(ingested):
 
 
 @pytest.mark.parametrize(
-    "args, expected",
+    "args, expected, code",
     [
-        (["query", "band =="], "expected a value"),
-        (["query", "bnd == 'V'"], "unknown name 'bnd' at column 1; did you mean band?"),
-        (["query", "band == 'V'", "--columns", "frame_number,,path"], "expected a name"),
-        (["show", "99999"], "no exposure with frame number 99999"),
-        (["show", "/no/such/file.fits"], "no exposure with file /no/such/file.fits"),
-        (["ingest", "/no/such/dir"], "/no/such/dir: no such file or directory"),
-        (["roots", "move", "/nowhere", "/"], "not a root of this catalog"),
+        # a selection, column, sort or key list that cannot be read is a usage error
+        (["query", "band =="], "expected a value", 2),
+        (["query", "bnd == 'V'"], "unknown name 'bnd' at column 1; did you mean band?", 2),
+        (["query", "band == 'V'", "--columns", "frame_number,,path"],
+         "columns 'frame_number,,path': expected a name (a column or hdr['KEY']), found ',' at column 14", 2),
+        (["query", "band == 'V'", "--columns", "exptime,bnd"], "columns 'exptime,bnd': unknown name 'bnd' at column 9; did you mean band?", 2),
+        (["query", "band == 'V'", "--sort", "-exptme"], "sort '-exptme': unknown name 'exptme' at column 2; did you mean exptime?", 2),
+        (["query", "band == 'V'", "--sort", "exptime, -bnd"], "sort 'exptime, -bnd': unknown name 'bnd' at column 11", 2),
+        (["query", "band == 'V'", "--sort", "exptime,--band"], "sort 'exptime,--band': expected a name", 2),
+        (["group", "by", "band,bnd"], "unknown name 'bnd' to group by; did you mean band?", 2),
+        (["show", "99999"], "no exposure with frame number 99999", 1),
+        (["show", "/no/such/file.fits"], "no exposure with file /no/such/file.fits", 1),
+        (["ingest", "/no/such/dir"], "/no/such/dir: no such file or directory", 1),
+        (["roots", "move", "/nowhere", "/"], "not a root of this catalog", 1),
     ],
 )
-def test_bad_input_gets_one_clear_line(ingested, args, expected):
-    one_line_error(runner.invoke(app, ["--db", ingested, *args]), expected)
+def test_bad_input_gets_one_clear_line(ingested, args, expected, code):
+    one_line_error(runner.invoke(app, ["--db", ingested, *args]), expected, code)
+
+
+def test_sort_lists_several_names_each_way(ingested):
+    result = runner.invoke(app, ["--db", ingested, "query", "--columns", "band,exptime", "--sort", " band , -exptime",
+                                 "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in result.stdout.splitlines()[1:]]
+    assert rows == sorted(rows, key=lambda r: (r[0], -float(r[1])))
 
 
 def test_ambiguous_frame_number_names_the_candidates(url, tmp_path, rng):

@@ -90,17 +90,18 @@ FITS_CASES = {
     "integer beyond 64 bits": (raw_fits(primary(card("BIG", "123456789012345678901234567890"))), 0, "", True),
 }
 
+# an unreadable selection is a usage error (2)
 SELECTIONS = {
-    "300 nested parentheses": ("(" * 300 + "band == 'V'" + ")" * 300, 1, "nested more than 100 deep"),
-    "300 nots": ("not " * 300 + "band == 'V'", 1, "nested more than 100 deep"),
-    "integer beyond 64 bits": ("frame_number == 123456789012345678901234567890", 1, "does not fit in 64 bits"),
-    "NUL byte": ("band == 'V\0'", 1, "NUL byte"),
-    "reversed glob range": ("object glob '[z-a]*'", 1, "no valid glob"),
-    "unterminated string": ("band == 'V", 1, "selection"),
-    "unknown name": ("bnd == 'V'", 1, "unknown name 'bnd'"),
-    "empty in list": ("band in ()", 1, "selection"),
-    "unterminated hdr": ("hdr['FILTER == 'V'", 1, "selection"),
-    "invalid UTF-8 argument": ("band == '\udcff'", 1, "not valid UTF-8"),
+    "300 nested parentheses": ("(" * 300 + "band == 'V'" + ")" * 300, 2, "nested more than 100 deep"),
+    "300 nots": ("not " * 300 + "band == 'V'", 2, "nested more than 100 deep"),
+    "integer beyond 64 bits": ("frame_number == 123456789012345678901234567890", 2, "does not fit in 64 bits"),
+    "NUL byte": ("band == 'V\0'", 2, "NUL byte"),
+    "reversed glob range": ("object glob '[z-a]*'", 2, "no valid glob"),
+    "unterminated string": ("band == 'V", 2, "selection"),
+    "unknown name": ("bnd == 'V'", 2, "unknown name 'bnd'"),
+    "empty in list": ("band in ()", 2, "selection"),
+    "unterminated hdr": ("hdr['FILTER == 'V'", 2, "selection"),
+    "invalid UTF-8 argument": ("band == '\udcff'", 2, "not valid UTF-8"),
     "2,000-term or": (" or ".join(f"exptime == {i}" for i in range(2000)), 0, ""),
     "1,000 frame ranges": (",".join(f"{i}-{i + 1}" for i in range(0, 3000, 3)), 0, ""),
     "100,000-value in": ("frame_number in (" + ",".join(map(str, range(100_000))) + ")", 0, ""),
