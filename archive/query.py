@@ -1278,11 +1278,13 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
 
 
 def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
-    """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending)."""
+    """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending,
+    empty values last)."""
     result = []
     for field, descending in parse_sort(sort):
         with naming("sort", sort):
             expressions = column_expressions(field, compiler)
-        result.extend(expression.desc() if descending else expression.asc() for _, expression in expressions[:1])
+        # empty values last either way, on both backends (SQLite puts NULL first, PostgreSQL last)
+        result.extend((expression.desc() if descending else expression.asc()).nulls_last() for _, expression in expressions[:1])
     return result
 
