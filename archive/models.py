@@ -631,7 +631,11 @@ class RegionFile(Base):
     path: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))  # ds9, fits
     frame: Mapped[str | None] = mapped_column(String(32))  # sky (fk5, icrs, ...), image, physical
-    n_shapes: Mapped[int] = mapped_column(Integer)
-    shapes: Mapped[str | None] = mapped_column(Text)  # e.g. "circle x2, polygon"
+    n_shapes: Mapped[int] = mapped_column(Integer)  # every shape read, excluded and background ones too
+    shapes: Mapped[str | None] = mapped_column(Text)  # e.g. "circle x2 (1 excluded), polygon"; "source: ...; background: ..."
+    n_excluded: Mapped[int | None] = mapped_column(Integer)  # DS9 "-shape", FITS "!shape" (NULL: attached before 0016)
+    n_background: Mapped[int | None] = mapped_column(Integer)  # a BKGREG table's, a DS9 "# background" shape's
+    separation_deg: Mapped[float | None] = mapped_column(Float)  # nearest shape centre to the pointing (sky frames)
+    position: Mapped[str | None] = mapped_column(Text)  # what the position check found, as shown
     how: Mapped[str] = mapped_column(String(16))  # attach (a person), ingest (by its name)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -62,8 +62,8 @@ def after_ingest(engine, summary) -> None:
     if result.summarized or result.failed:
         report_xray(result)
     attached, problems = regions.attach_by_name(engine, summary.run_id)
-    for region, data, _ in attached:
-        console.print(f"region {region} attached to {data}", markup=False, soft_wrap=True)
+    for region, data, placement in attached:
+        console.print(f"region {region} attached to {data} ({placement.note})", markup=False, soft_wrap=True)
     _print_problems("", problems)
 
 
@@ -149,17 +149,36 @@ def metrics_set(
 def regions_attach(
     region_file: Annotated[Path, typer.Argument(help="A DS9 region file, or a FITS file with REGION tables.")],
     to: Annotated[str, typer.Option("--to", help="The exposures it belongs to (a selection).")],
+    force: Annotated[bool, typer.Option("--force", help="Attach a sky region file even where it lies far from an exposure's pointing.")] = False,
 ) -> None:
     """Attach a region file to exposures; `show` lists it and `run` passes it as {region}.
+
+    A sky-coordinate file whose nearest shape is more than 1 deg (or the
+    exposure's field radius, when larger) from an exposure's ra/dec is
+    refused, naming the exposure and the separation, unless --force.
 
     Example: obsarch regions attach src.reg --to "obsid == '0761220101'"
     """
     from processing import regions
 
-    info, count = regions.attach(open_catalog().engine, region_file, to)
+    info, placements = regions.attach(open_catalog().engine, region_file, to, force=force)
     skipped = f"; {info.skipped} shapes the regions package cannot read were skipped" if info.skipped else ""
-    console.print(f"{info.path}: {info.n_shapes} shapes ({info.shapes}; {info.frame} coordinates) attached to "
-                  f"{count} exposures{skipped}", markup=False, soft_wrap=True)
+    console.print(f"{info.path}: {info.n_shapes} shapes in {info.frame} coordinates ({info.shapes}) attached to "
+                  f"{len(placements)} exposures{skipped}", markup=False, soft_wrap=True)
+    _print_placement_notes(placements)
+
+
+def _print_placement_notes(placements) -> None:
+    """Where the position could not be checked (one line a reason), and
+    each exposure a forced file lies far from."""
+    unchecked: dict[str, list[str]] = {}
+    for placement in placements:
+        if placement.separation_deg is None:
+            unchecked.setdefault(placement.note, []).append(placement.name)
+    for note, names in unchecked.items():
+        which = names[0] if len(names) == 1 else f"{len(names)} exposures"
+        err_console.print(f"  note: {note} ({which})", markup=False, soft_wrap=True)
+    _print_problems("note: ", [(p.name, p.note) for p in placements if p.far])
 
 
 @command(regions_app, "list")
@@ -178,7 +197,7 @@ def regions_list(
 
     catalog = open_catalog()
     rows = regions.regions_of(catalog.engine, catalog.resolve(ref, by_id=by_id))
-    show_frame(pd.DataFrame(rows, columns=["path", "format", "frame", "n_shapes", "shapes", "how"]), fmt)
+    show_frame(pd.DataFrame(rows, columns=list(regions.LISTED)), fmt)
 
 
 def show_xray(catalog, exposure_id: int) -> None:
@@ -195,7 +214,8 @@ def show_xray(catalog, exposure_id: int) -> None:
         console.print(f"metric {metric['name']} = {metric['value']:g}  ({metric['source']}, {origin})", markup=False)
     for region in regions.regions_of(catalog.engine, exposure_id):
         console.print(f"region {region['path']}  ({region['format']}, {region['frame']}, {region['n_shapes']} shapes: "
-                      f"{region['shapes']}; {region['how']})", markup=False, soft_wrap=True)
+                      f"{region['shapes']}; {region['how']}; {region['position'] or 'position not checked'})",
+                      markup=False, soft_wrap=True)
 
 
 _SHOW_COLUMNS = ("xray_kind", "xray_role", "counts", "rate", "net_rate", "exposure_ks", "gti_exposure_ks", "n_events",

@@ -12,7 +12,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
@@ -29,41 +29,89 @@ _SEPARATORS = "_.-"
 
 @dataclass
 class RegionInfo:
-    """What a region file holds."""
+    """What a region file holds.
+
+    ``n_shapes`` counts every shape read; ``n_excluded`` those that cut a
+    hole (DS9 ``-circle(...)``, FITS ``!CIRCLE``) and ``n_background`` the
+    background ones (a CXC BKGREG table, DS9 ``# background``), which
+    ``shapes`` names apart: ``"source: ellipse; background: ellipse x3 (2 excluded)"``.
+    """
 
     path: str
     format: str  # ds9 | fits
     frame: str | None  # fk5, icrs, galactic, ..., image, physical
     n_shapes: int
-    shapes: str  # "circle x2, polygon"
+    shapes: str  # "circle x2 (1 excluded), polygon"
     skipped: int = 0  # shapes the regions package could not read
+    n_excluded: int = 0
+    n_background: int = 0
+    sky_points: object = field(default=None, repr=False)  # SkyCoord (ICRS) of the shapes' centres and vertices
 
 
 class RegionReadError(ObsarchError):
     """A region file with no region the regions package can read."""
 
 
+class RegionPlacementError(ObsarchError):
+    """A sky region file far from the pointing of an exposure it was to be attached to."""
+
+
 def read_region_file(path: str | Path) -> RegionInfo:
     """Read a DS9 text or FITS region file; raise :class:`RegionReadError`
     naming the file when nothing in it can be read."""
+    from regions.io.fits.core import FITSParserError
+
     path = Path(path)
     try:
         if _is_fits(path):
-            regions, frame, skipped = _read_fits(path)
+            shapes, frame, skipped = _read_fits(path)
             kind = "fits"
         else:
-            regions, frame, skipped = _read_ds9(path)
+            shapes, frame, skipped = _read_ds9(path)
             kind = "ds9"
     except (OSError, UnicodeDecodeError) as exc:
         raise RegionReadError(f"{path}: cannot read the region file: {exc}") from exc
-    except ValueError as exc:
+    except (ValueError, FITSParserError) as exc:
         raise RegionReadError(f"{path}: not a region file the regions package can read: {exc}") from exc
-    if not regions:
+    if not shapes:
         extra = f" ({skipped} shapes it cannot read)" if skipped else ""
         raise RegionReadError(f"{path}: no region the regions package can read{extra}")
-    counts = Counter(type(r).__name__.replace("Sky", "").replace("Pixel", "").replace("Region", "").lower() for r in regions)
-    shapes = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counts.items()))
-    return RegionInfo(str(path.resolve()), kind, frame, len(regions), shapes, skipped)
+    return RegionInfo(str(path.resolve()), kind, frame, len(shapes), describe(shapes), skipped,
+                      n_excluded=sum(s.excluded for s in shapes), n_background=sum(s.role == "background" for s in shapes),
+                      sky_points=_sky_points([s.region for s in shapes]))
+
+
+@dataclass
+class _Shape:
+    region: object  # a regions.Region
+    role: str | None  # source | background | None (the file does not say)
+    excluded: bool
+
+    @property
+    def name(self) -> str:
+        return type(self.region).__name__.replace("Sky", "").replace("Pixel", "").replace("Region", "").lower()
+
+
+def describe(shapes: list[_Shape]) -> str:
+    """``"circle x2 (1 excluded), polygon"``; by role when the file gives
+    roles: ``"source: circle; background: annulus"``."""
+    roles = list(dict.fromkeys(s.role for s in shapes))
+    if roles == [None]:
+        return _tally(shapes)
+    order = sorted(roles, key=lambda r: ("source", "background", None).index(r))
+    return "; ".join(f"{role or 'other'}: {_tally([s for s in shapes if s.role == role])}" for role in order)
+
+
+def _tally(shapes: list[_Shape]) -> str:
+    counts = Counter(s.name for s in shapes)
+    excluded = Counter(s.name for s in shapes if s.excluded)
+    parts = []
+    for name, n in sorted(counts.items()):
+        text = f"{name} x{n}" if n > 1 else name
+        if excluded[name]:
+            text += " (excluded)" if n == 1 else f" ({excluded[name]} excluded)"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _is_fits(path: Path) -> bool:
@@ -71,10 +119,26 @@ def _is_fits(path: Path) -> bool:
         return handle.read(9) == b"SIMPLE  ="
 
 
+_COMMENT = re.compile(r"#[^\n]*")
+_QUOTED = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"")
+_BARE_BACKGROUND = re.compile(r"(?<![\w=])background(?![\w=])", re.IGNORECASE)
+
+
+def _mark_background(text: str) -> str:
+    """DS9 writes a background shape as ``circle(...) # background``; the
+    regions package drops that bare word but keeps ``background=1``."""
+    def mark(match: re.Match) -> str:
+        meta = match.group(0)
+        plain = _QUOTED.sub("", meta)
+        return meta + " background=1" if _BARE_BACKGROUND.search(plain) and "background=" not in plain.lower() else meta
+
+    return _COMMENT.sub(mark, text)
+
+
 def _read_ds9(path: Path):
     from regions import Regions
 
-    text = path.read_text()
+    text = _mark_background(path.read_text())
     physical = bool(_PHYSICAL.search(text))
     if physical:  # the regions package knows no physical frame: read the numbers as pixels
         text = _PHYSICAL.sub(lambda m: "image" + m.group(1), text)
@@ -82,7 +146,10 @@ def _read_ds9(path: Path):
         warnings.simplefilter("always")
         regions = list(Regions.parse(text, format="ds9"))
     skipped = sum("skipping" in str(w.message) for w in caught)
-    return regions, "physical" if physical else _frame(regions), skipped
+    background = [r.meta.get("background") == 1 for r in regions]
+    shapes = [_Shape(r, "background" if b else "source" if any(background) else None, r.meta.get("include") == 0)
+              for r, b in zip(regions, background)]
+    return shapes, "physical" if physical else _frame(regions), skipped
 
 
 def _frame(regions) -> str | None:
@@ -94,25 +161,70 @@ def _frame(regions) -> str | None:
     return None
 
 
+def _sky_points(regions):
+    """Every sky shape's centre (a polygon's vertices, a line's ends) in
+    ICRS, or None when no shape is on the sky."""
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+
+    ra, dec = [], []
+    for region in regions:
+        for attribute in ("center", "vertices", "start", "end"):
+            point = getattr(region, attribute, None)
+            if isinstance(point, SkyCoord):
+                ra.extend(np.atleast_1d(point.icrs.ra.deg))
+                dec.extend(np.atleast_1d(point.icrs.dec.deg))
+    return SkyCoord(ra, dec, unit="deg", frame="icrs") if ra else None
+
+
 def _read_fits(path: Path):
     """Every table HDU with HDUCLAS1 = REGION (a CXC SRCREG/BKGREG pair, an
-    XMM REGnnnnn), in physical pixels as the standard has them."""
+    XMM REGnnnnn), in physical pixels as the standard has them. Rows are
+    parsed one at a time: the regions package drops the ``!`` of an
+    excluded shape when the table has a COMPONENT column."""
     from astropy.io import fits
     from astropy.table import QTable
-    from regions import Regions
 
-    regions = []
     with fits.open(path) as hdul:
-        names = [i for i, h in enumerate(hdul) if str(h.header.get("HDUCLAS1", "")).strip().upper() == "REGION"
+        found = [(i, _role(h.header)) for i, h in enumerate(hdul) if str(h.header.get("HDUCLAS1", "")).strip().upper() == "REGION"
                  or str(h.header.get("EXTNAME", "")).strip().upper() == "REGION"]
-    if not names:
+    if not found:
         raise ValueError("no REGION extension (HDUCLAS1 = 'REGION')")
-    for index in names:
+    shapes, skipped = [], 0
+    for index, role in found:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = QTable.read(path, hdu=index)
-        regions.extend(Regions.parse(_normalized(table), format="fits"))
-    return regions, "physical", 0
+            table = _normalized(QTable.read(path, hdu=index))
+        more, missed = _fits_rows(table, role)
+        shapes.extend(more)
+        skipped += missed
+    return shapes, "physical", skipped
+
+
+def _role(header) -> str | None:
+    """source or background from HDUCLAS2 (SRC, BKG), else from EXTNAME
+    (SRCREG, BKGREG); None when the HDU does not say."""
+    kind = str(header.get("HDUCLAS2", "")).strip().upper()
+    name = str(header.get("EXTNAME", "")).strip().upper()
+    if kind == "SRC" or (not kind and name.startswith("SRC")):
+        return "source"
+    if kind in ("BKG", "BKGD", "BACKGROUND") or (not kind and name.startswith("BKG")):
+        return "background"
+    return None
+
+
+def _fits_rows(table, role: str | None) -> tuple[list[_Shape], int]:
+    from regions import Regions
+
+    names = [str(s).strip() for s in table["SHAPE"]] if "SHAPE" in table.colnames else ["point"] * len(table)
+    shapes, skipped = [], 0
+    for row, name in enumerate(names):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parsed = list(Regions.parse(table[row : row + 1], format="fits"))
+        skipped += sum("skipping" in str(w.message) for w in caught)
+        shapes.extend(_Shape(region, role, name.startswith("!")) for region in parsed)
+    return shapes, skipped
 
 
 def _normalized(table):
@@ -131,25 +243,147 @@ def _normalized(table):
 # -- in the catalog ----------------------------------------------------------------
 
 
-def attach(engine: Engine, path: str | Path, selection: str, how: str = "attach") -> tuple[RegionInfo, int]:
+LIMIT_DEG = 1.0
+_SKY_AXES = ("RA", "GLON", "ELON")
+_WCS_KEYS = ("CTYPE1", "CTYPE2", "NAXIS1", "NAXIS2", "CDELT1", "CDELT2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
+
+
+@dataclass
+class Placement:
+    """Where a region file lies against one exposure's pointing.
+
+    ``separation_deg``: the nearest shape centre (or polygon vertex) from
+    the exposure's ra/dec; None when it could not be checked (pixel
+    coordinates, no ra/dec). ``limit_deg``: the larger of :data:`LIMIT_DEG`
+    and the exposure's field radius (half the diagonal of the field its
+    celestial WCS spans: an image's NAXIS x CDELT/CD, an event table's
+    TLMIN..TLMAX x TCDLT)."""
+
+    exposure_id: int
+    name: str  # the exposure's file, relative to its root
+    separation_deg: float | None
+    limit_deg: float | None
+    note: str  # as shown: "0.0021 deg from the pointing" or "position not checked: ..."
+
+    @property
+    def far(self) -> bool:
+        return self.separation_deg is not None and self.separation_deg > self.limit_deg
+
+
+def place(conn, info: RegionInfo, exposure_ids: list[int]) -> list[Placement]:
+    """Check a region file's shapes against each exposure's pointing."""
+    rows = []
+    for chunk in range(0, len(exposure_ids), 500):
+        rows.extend(conn.execute(select(Exposure.id, File.relpath, Exposure.ra, Exposure.dec, Exposure.file_id)
+                                 .join(File, File.id == Exposure.file_id).where(Exposure.id.in_(exposure_ids[chunk : chunk + 500]))))
+    if info.sky_points is None:
+        why = f"{info.frame} coordinates" if info.frame else "no shape on the sky"
+        return [Placement(r.id, r.relpath, None, None, f"position not checked: {why}") for r in rows]
+    from astropy.coordinates import SkyCoord
+
+    placements = []
+    for row in sorted(rows, key=lambda r: r.id):
+        if row.ra is None or row.dec is None:
+            placements.append(Placement(row.id, row.relpath, None, None, "position not checked: the exposure has no ra/dec"))
+            continue
+        pointing = SkyCoord(row.ra, row.dec, unit="deg", frame="icrs")
+        separation = float(info.sky_points.separation(pointing).deg.min())
+        limit = max(LIMIT_DEG, field_radius_deg(conn, row.file_id) or 0.0)
+        placements.append(Placement(row.id, row.relpath, separation, limit, f"{separation:.3g} deg from the pointing"))
+    return placements
+
+
+def field_radius_deg(conn, file_id: int) -> float | None:
+    """Half the diagonal of the largest sky field a file's HDUs span, from
+    the catalogued header cards; None when no HDU has a celestial WCS."""
+    from sqlalchemy import or_
+
+    from archive.models import HeaderCard
+
+    cards: dict[int, dict[str, object]] = {}
+    for hdu, keyword, text, number in conn.execute(
+        select(HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.value_num)
+        .where(HeaderCard.file_id == file_id, or_(HeaderCard.keyword.in_(_WCS_KEYS), HeaderCard.keyword.like("TC%"),
+                                                   HeaderCard.keyword.like("TL%")))
+    ):
+        cards.setdefault(hdu, {})[keyword] = number if number is not None else (text or "").strip().upper()
+    radii = [r for hdu in cards.values() for r in (_image_radius(hdu), _table_radius(hdu)) if r]
+    return max(radii) if radii else None
+
+
+def _image_radius(cards: dict) -> float | None:
+    import math
+
+    if not str(cards.get("CTYPE1", "")).startswith(_SKY_AXES):
+        return None
+    sizes = []
+    for axis in (1, 2):
+        n = cards.get(f"NAXIS{axis}")
+        scale = cards.get(f"CDELT{axis}")
+        if not isinstance(scale, float):
+            pair = (cards.get(f"CD1_{axis}"), cards.get(f"CD2_{axis}"))
+            scale = math.hypot(*pair) if all(isinstance(v, float) for v in pair) else None
+        if not isinstance(n, float) or scale is None:
+            return None
+        sizes.append(n * abs(scale))
+    return min(math.hypot(*sizes) / 2, 180.0)
+
+
+def _table_radius(cards: dict) -> float | None:
+    """An event table's sky pixels (TCTYPn RA---TAN on X): the span
+    TLMIN..TLMAX of the two sky columns."""
+    import math
+
+    sizes = []
+    for keyword, value in cards.items():
+        if keyword.startswith("TCTYP") and str(value).startswith(_SKY_AXES + ("DEC", "GLAT", "ELAT")):
+            n = keyword[5:]
+            low, high, step = cards.get(f"TLMIN{n}"), cards.get(f"TLMAX{n}"), cards.get(f"TCDLT{n}")
+            if all(isinstance(v, float) for v in (low, high, step)):
+                sizes.append((high - low) * abs(step))
+    return min(math.hypot(*sizes[:2]) / 2, 180.0) if len(sizes) >= 2 else None
+
+
+def too_far(far: list[Placement], hint: str = "--force attaches it anyway") -> str:
+    """Why a region file is not attached: the farthest-off exposure, its
+    separation and the limit (the caller names the region file)."""
+    worst = max(far, key=lambda p: p.separation_deg)
+    more = f" and of {len(far) - 1} more exposure{'s' if len(far) > 2 else ''}" if len(far) > 1 else ""
+    return (f"nearest shape {worst.separation_deg:.3g} deg from the pointing of {worst.name} (exposure {worst.exposure_id})"
+            f"{more}, more than the {worst.limit_deg:.3g} deg limit: not attached ({hint})")
+
+
+def attach(engine: Engine, path: str | Path, selection: str, how: str = "attach",
+           force: bool = False) -> tuple[RegionInfo, list[Placement]]:
     """Attach the region file at ``path`` to every exposure of ``selection``;
-    returns what the file holds and how many exposures it was attached to
-    (attaching again updates the row)."""
+    returns what the file holds and where it lies against each exposure
+    (attaching again updates the row). A sky-coordinate file whose nearest
+    shape is farther than :attr:`Placement.limit_deg` from an exposure's
+    pointing is refused with :class:`RegionPlacementError` (nothing is
+    attached) unless ``force``."""
     info = read_region_file(path)
     statement = select_exposures(selection, engine.dialect.name)
     with transaction(engine) as conn:
         ids = list(conn.execute(statement).scalars())
-    if not ids:
-        raise ObsarchError(f"no exposure matches {selection!r}")
+        if not ids:
+            raise ObsarchError(f"no exposure matches {selection!r}")
+        placements = place(conn, info, ids)
+    far = [p for p in placements if p.far]
+    if far and not force:
+        raise RegionPlacementError(f"{info.path}: {too_far(far)}")
+    for p in far:
+        p.note += f", more than {p.limit_deg:.3g} deg: attached with --force"
     with transaction(engine, write=True) as conn:
-        _store(conn, info, ids, how)
-    return info, len(ids)
+        _store(conn, info, placements, how)
+    return info, placements
 
 
-def _store(conn, info: RegionInfo, exposure_ids: list[int], how: str) -> None:
+def _store(conn, info: RegionInfo, placements: list[Placement], how: str) -> None:
     values = {"format": info.format, "frame": info.frame, "n_shapes": info.n_shapes, "shapes": info.shapes,
-              "how": how, "created_at": utcnow()}
-    for exposure_id in exposure_ids:
+              "n_excluded": info.n_excluded, "n_background": info.n_background, "how": how, "created_at": utcnow()}
+    for placement in placements:
+        exposure_id = placement.exposure_id
+        values.update(separation_deg=placement.separation_deg, position=placement.note)
         found = conn.execute(select(RegionFile.id).where(RegionFile.exposure_id == exposure_id,
                                                          RegionFile.path == info.path)).scalar()
         if found is None:
@@ -158,12 +392,14 @@ def _store(conn, info: RegionInfo, exposure_ids: list[int], how: str) -> None:
             conn.execute(update(RegionFile).where(RegionFile.id == found).values(**values))
 
 
+LISTED = ("path", "format", "frame", "n_shapes", "n_excluded", "n_background", "shapes", "position", "how")
+
+
 def regions_of(engine: Engine, exposure_id: int) -> list[dict]:
     """The region files attached to an exposure, oldest first."""
     with transaction(engine) as conn:
         rows = conn.execute(select(RegionFile.__table__).where(RegionFile.exposure_id == exposure_id).order_by(RegionFile.id)).all()
-        return [{"path": r.path, "format": r.format, "frame": r.frame, "n_shapes": r.n_shapes, "shapes": r.shapes,
-                 "how": r.how} for r in rows]
+        return [{key: getattr(r, key) for key in LISTED} for r in rows]
 
 
 def owner_of(region_name: str, data_names: list[str]) -> str | None:
@@ -195,12 +431,13 @@ def _stem(name: str) -> str:
     return lower.rsplit(".", 1)[0] if "." in lower else lower
 
 
-def attach_by_name(engine: Engine, run_id: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+def attach_by_name(engine: Engine, run_id: int) -> tuple[list[tuple[str, str, Placement]], list[tuple[str, str]]]:
     """Attach the region files next to the files an ingest run read
     (``*.reg``, and FITS files the X-ray summaries found to hold only REGION
     tables) to the catalogued data file their name names. Returns (region
-    path, data path, exposure id) attached, and (path, problem) of region
-    files that could not be read. A directory without a region file costs
+    path, data path, placement) attached, and (path, problem) of region
+    files that could not be read or lie far from the pointing of the file
+    they name (see :func:`attach`; ``regions attach --force`` attaches one). A directory without a region file costs
     one listing."""
     from archive.models import XraySummary
 
@@ -240,6 +477,10 @@ def attach_by_name(engine: Engine, run_id: int) -> tuple[list[tuple[str, str, in
                 problems.append((str(directory / region), str(exc)))
                 continue
             with transaction(engine, write=True) as conn:
-                _store(conn, info, [names[owner][0]], "ingest")
-            attached.append((str(directory / region), str(directory / owner), names[owner][0]))
+                (placement,) = place(conn, info, [names[owner][0]])
+                if placement.far:
+                    problems.append((str(directory / region), too_far([placement], "regions attach --force attaches it")))
+                    continue
+                _store(conn, info, [placement], "ingest")
+            attached.append((str(directory / region), str(directory / owner), placement))
     return attached, problems

@@ -412,9 +412,10 @@ def test_regions_attached_listed_and_passed_to_run(ingested, real_data, tmp_path
     url, directory, _ = ingested
     region = real_data / "regions" / "30002041016A_StrayCatsI_704.reg"
     out = run(url, "regions", "attach", str(region), "--to", "obsid == '30002041016'").stdout
-    assert "1 shapes (circle; image coordinates) attached to 1 exposures" in out
+    assert "1 shapes in image coordinates (circle) attached to 1 exposures" in out
     image = directory / "nu30002041016A01_cl_3to20keV_det1.fits"
-    assert f"region {region}  (ds9, image, 1 shapes: circle; attach)" in run(url, "show", str(image)).stdout
+    assert (f"region {region}  (ds9, image, 1 shapes: circle; attach; position not checked: image coordinates)"
+            in run(url, "show", str(image)).stdout)
     rows = _csv(run(url, "query", "region like '%StrayCats%'", "--columns", "relpath,n_regions", "--format", "csv").stdout)
     assert rows == [{"relpath": image.name, "n_regions": "1"}]
     workdir = tmp_path / "runs"
@@ -425,26 +426,60 @@ def test_regions_attached_listed_and_passed_to_run(ingested, real_data, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("name", "frame", "shapes"),
-    [("test01_fk5.reg", "fk5", "circle, ellipse, polygon, rectangle"),
-     ("test01_img.reg", "image", "circle, ellipse, polygon, rectangle"),
-     ("srcA01.reg", "fk5", "circle"),
-     ("acisf07999_000N001_r0035_reg3.fits", "physical", "ellipse x4")],
+    ("name", "frame", "shapes", "excluded", "background"),
+    [("test01_fk5.reg", "fk5", "source: circle, polygon, rectangle; background: ellipse (excluded)", 1, 1),  # "-ellipse(...) # background"
+     ("test01_img.reg", "image", "source: circle, polygon, rectangle; background: ellipse (excluded)", 1, 1),
+     ("srcA01.reg", "fk5", "circle", 0, 0),
+     # SRCREG: one ellipse; BKGREG: an ellipse less two "!Ellipse" rows (the regions package drops the "!")
+     ("acisf07999_000N001_r0035_reg3.fits", "physical", "source: ellipse; background: ellipse x3 (2 excluded)", 2, 3)],
 )
-def test_region_files_of_every_kind(real_data, name, frame, shapes):
+def test_region_files_of_every_kind(real_data, name, frame, shapes, excluded, background):
     from processing.regions import read_region_file
 
     info = read_region_file(real_data / "regions" / name)
-    assert (info.frame, info.shapes) == (frame, shapes)
+    assert (info.frame, info.shapes, info.n_excluded, info.n_background) == (frame, shapes, excluded, background)
 
 
-def test_physical_coordinates_are_kept_as_physical(tmp_path):
+@pytest.mark.parametrize(
+    ("lines", "shapes", "excluded"),
+    [(["-circle(150.0,2.6,10\")", "circle(150.01,2.61,20\")"], "circle x2 (1 excluded)", 1),
+     (["circle(150.0,2.6,10\") # include=0", "box(150.01,2.61,20\",10\",0)"], "circle (excluded), rectangle", 1),
+     (["circle(150.0,2.6,10\") # text={background}", "circle(150.01,2.61,20\")"], "circle x2", 0)],
+)
+def test_ds9_exclusion_shapes_are_counted_apart(tmp_path, lines, shapes, excluded):
     from processing.regions import read_region_file
 
     path = tmp_path / "src.reg"
-    path.write_text("# Region file format: DS9 version 4.1\nphysical\ncircle(4096.5,4096.5,20)\n")
+    path.write_text("\n".join(["# Region file format: DS9 version 4.1", "fk5", *lines]) + "\n")
     info = read_region_file(path)
-    assert (info.frame, info.shapes, info.n_shapes) == ("physical", "circle", 1)
+    assert (info.shapes, info.n_shapes, info.n_excluded, info.n_background) == (shapes, 2, excluded, 0)
+
+
+def _region_table(kind, shapes, radii):
+    columns = [fits.Column(name="X", format="D", array=[10.0] * len(shapes)), fits.Column(name="Y", format="D", array=[20.0] * len(shapes)),
+               fits.Column(name="SHAPE", format="16A", array=shapes), fits.Column(name="R", format="2D", array=radii)]
+    hdu = fits.BinTableHDU.from_columns(columns, name="REGION")
+    hdu.header["HDUCLAS1"], hdu.header["HDUCLAS2"] = "REGION", kind
+    return hdu
+
+
+def test_fits_region_roles_come_from_hduclas2(tmp_path):
+    from processing.regions import read_region_file
+
+    path = tmp_path / "pair.fits"
+    fits.HDUList([fits.PrimaryHDU(), _region_table("SRC", ["CIRCLE"], [[5.0, 0.0]]),
+                  _region_table("BKG", ["ANNULUS", "!CIRCLE"], [[5.0, 9.0], [2.0, 0.0]])]).writeto(path)
+    info = read_region_file(path)
+    assert (info.shapes, info.n_shapes, info.n_excluded, info.n_background) == (
+        "source: circle; background: circle (excluded), circleannulus", 3, 1, 2)
+
+
+def test_a_fits_region_table_with_an_unknown_shape_is_refused(url, real_data, tmp_path):
+    path = tmp_path / "odd.fits"
+    fits.HDUList([fits.PrimaryHDU(), _region_table("SRC", ["HEXAGON"], [[5.0, 0.0]])]).writeto(path)
+    run(url, "init")
+    result = run(url, "regions", "attach", str(path), "--to", "id > 0", code=1)
+    assert result.stderr.strip() == f"error: {path}: not a region file the regions package can read: 'hexagon' is not a valid FITS region shape"
 
 
 def test_unreadable_region_files_are_refused(ingested, real_data, tmp_path):
@@ -463,9 +498,105 @@ def test_region_files_next_to_the_data_are_attached_at_ingest(url, real_data):
     run(url, "init")
     out = run(url, "ingest", str(real_data / "regions")).stdout
     image = real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits"
-    assert f"region {real_data / 'regions' / 'acisf07999_000N001_r0035_reg3.fits'} attached to {image}" in out
+    region = real_data / "regions" / "acisf07999_000N001_r0035_reg3.fits"
+    assert f"region {region} attached to {image} (position not checked: physical coordinates)" in out
     listed = _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)
-    assert [(r["format"], r["frame"], r["how"]) for r in listed] == [("fits", "physical", "ingest")]
+    assert [(r["format"], r["frame"], r["n_shapes"], r["n_excluded"], r["n_background"], r["shapes"], r["position"], r["how"])
+            for r in listed] == [("fits", "physical", "4", "2", "3", "source: ellipse; background: ellipse x3 (2 excluded)",
+                                  "position not checked: physical coordinates", "ingest")]
+    assert (f"region {region}  (fits, physical, 4 shapes: source: ellipse; background: ellipse x3 (2 excluded); ingest; "
+            "position not checked: physical coordinates)") in run(url, "show", str(image)).stdout
+
+
+def _region(path, ra, dec, radius='10"'):
+    path.write_text(f"# Region file format: DS9 version 4.1\nfk5\ncircle({ra},{dec},{radius})\n")
+    return path
+
+
+def test_a_sky_region_far_from_the_pointing_is_refused_unless_forced(url, real_data):
+    run(url, "init")
+    run(url, "ingest", str(real_data / "regions"))
+    region = real_data / "regions" / "srcA01.reg"  # the LMC; obsid 7999 points at 150.0154, +2.6659
+    image = real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits"
+    result = run(url, "regions", "attach", str(region), "--to", f"relpath == '{image.name}'", code=1)
+    assert result.stderr.strip() == (f"error: {region}: nearest shape 84.1 deg from the pointing of {image.name} (exposure 2), "
+                                     "more than the 1 deg limit: not attached (--force attaches it anyway)")
+    assert _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)[1:] == []
+    both = run(url, "regions", "attach", str(region), "--to", "obsid == '7999'", code=1).stderr
+    assert "and of 1 more exposure, more than the 1 deg limit: not attached" in both
+    forced = run(url, "regions", "attach", str(region), "--to", f"relpath == '{image.name}'", "--force")
+    assert f"{region}: 1 shapes in fk5 coordinates (circle) attached to 1 exposures" in forced.stdout
+    assert f"note: {image.name}: 84.1 deg from the pointing, more than 1 deg: attached with --force" in forced.stderr
+    listed = _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)
+    assert listed[-1]["position"] == "84.1 deg from the pointing, more than 1 deg: attached with --force"
+
+
+def test_a_sky_region_near_the_pointing_is_attached_with_its_separation(url, real_data, tmp_path):
+    """test01_fk5.reg and the image sample_fits01.header describes (as pyregion ships them)."""
+    header = fits.Header.fromtextfile(str(real_data / "regions" / "sample_fits01.header"))
+    directory = tmp_path / "data"
+    directory.mkdir()
+    fits.PrimaryHDU(np.zeros((header["NAXIS2"], header["NAXIS1"]), dtype=np.int16), header=header).writeto(directory / "test01.fits")
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    region = real_data / "regions" / "test01_fk5.reg"
+    out = run(url, "regions", "attach", str(region), "--to", "relpath == 'test01.fits'")
+    assert f"{region}: 4 shapes in fk5 coordinates (source: circle, polygon, rectangle; background: ellipse (excluded)) attached to 1 exposures" in out.stdout
+    assert out.stderr == ""
+    (listed,) = _csv(run(url, "regions", "list", str(directory / "test01.fits"), "--format", "csv").stdout)
+    assert (listed["n_excluded"], listed["n_background"], listed["position"]) == ("1", "1", "0.00888 deg from the pointing")  # a polygon vertex
+
+
+def test_the_limit_is_the_field_when_it_is_larger_than_a_degree(url, tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    hdu = fits.PrimaryHDU(np.zeros((100, 100), dtype=np.int16))
+    hdu.header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 0.0, "CRPIX1": 50.5,
+                       "CRPIX2": 50.5, "CDELT1": -0.1, "CDELT2": 0.1, "DATE-OBS": "2024-01-01T00:00:00"})
+    hdu.writeto(directory / "wide.fits")  # 10 x 10 deg: a field radius of 7.07 deg
+    hdu.header.remove("CTYPE1"), hdu.header.remove("CTYPE2")
+    hdu.writeto(directory / "nowhere.fits")  # no pointing
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    near = run(url, "regions", "attach", str(_region(tmp_path / "near.reg", 155.0, 0.0)), "--to", "relpath == 'wide.fits'")
+    assert "attached to 1 exposures" in near.stdout
+    far = run(url, "regions", "attach", str(_region(tmp_path / "far.reg", 158.0, 0.0)), "--to", "relpath == 'wide.fits'", code=1)
+    assert "nearest shape 8 deg from the pointing of wide.fits (exposure 2), more than the 7.07 deg limit" in far.stderr
+    unknown = run(url, "regions", "attach", str(tmp_path / "far.reg"), "--to", "relpath == 'nowhere.fits'")
+    assert "note: position not checked: the exposure has no ra/dec (nowhere.fits)" in unknown.stderr
+
+
+def test_a_region_named_after_far_data_is_not_attached_at_ingest(url, real_data, tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    image = directory / "acisf07999_000N001_r0035_regevt3_srcimg.fits"
+    shutil.copy(real_data / "regions" / image.name, image)
+    far = _region(directory / "acisf07999_000N001_r0035_regevt3_srcimg.reg", 84.918732, -69.742216)
+    near = _region(directory / "acisf07999_000N001_r0035_regevt3_srcimg_src.reg", 150.02, 2.666)
+    run(url, "init")
+    result = run(url, "ingest", str(directory))
+    assert (f"{far}: nearest shape 84.1 deg from the pointing of {image.name} (exposure 1), more than the 1 deg limit: "
+            "not attached (regions attach --force attaches it)") in result.stderr
+    assert f"region {near} attached to {image} (0.00459 deg from the pointing)" in result.stdout
+    listed = _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)
+    assert [r["path"] for r in listed] == [str(near)]
+
+
+def test_the_frame_page_tells_source_from_background(url, real_data, tmp_path):
+    from starlette.testclient import TestClient
+
+    from archive.catalog import Catalog
+    from web.app import create_app
+
+    run(url, "init")
+    run(url, "ingest", str(real_data / "regions"))
+    catalog = Catalog(url)
+    image = catalog.resolve(str(real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits"))
+    with TestClient(create_app(catalog=catalog, thumbnails=tmp_path / "thumbs")) as http:
+        page = http.get(f"/exposures/{image}").text
+    catalog.engine.dispose()
+    assert "<td>4: source: ellipse; background: ellipse x3 (2 excluded)</td><td>2</td><td>3</td>" in page
+    assert "position not checked: physical coordinates" in page
 
 
 def test_region_owner_by_name():

@@ -38,7 +38,7 @@ from archive.exceptions import NotFoundError, ObsarchError
 from archive.models import Exposure, Flag
 from archive.query import UNGRADED, BoolOp, Column, Compare, In, IsNull, current_flag_order
 from archive.results import to_csv, to_json
-from processing import grouping, offsets, quality, runs
+from processing import grouping, offsets, quality, regions, runs
 from processing.report import GRADE_COLOURS, STRETCHES, picture, picture_points, write_png
 from web.plots import PLOTS, time_plot
 from web.security import Guard, Policy
@@ -244,7 +244,7 @@ class Review:
             "detector_metrics": quality.detector_metrics_of(self.engine, exposure_id),
             "flags": quality.flag_history(self.engine, exposure_id),
             "offsets": offsets.offsets_table(self.engine, ids=[exposure_id]),
-            "groups": grouping.groups_of(self.engine, exposure_id),
+            "groups": grouping.groups_of(self.engine, exposure_id), "regions": regions.regions_of(self.engine, exposure_id),
             "made_from": runs.lineage(self.engine, row["file_id"]), "made_into": runs.derived(self.engine, row["file_id"]),
             "detectors": detectors, "matched": self.matched_overlay(exposure_id, detectors),
         }
