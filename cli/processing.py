@@ -37,6 +37,7 @@ MethodOption = Annotated[str, typer.Option(help="median, mean, sigclip (sigma-cl
 SigmaOption = Annotated[float, typer.Option(help="Clipping threshold for sigclip, in standard deviations.")]
 MemoryOption = Annotated[str, typer.Option(help="Memory to combine within, e.g. 2GB.")]
 MasterOutOption = Annotated[Path, typer.Option(help="Directory for the master.")]
+IncludeBadOption = Annotated[bool, typer.Option(help="Keep frames graded bad.")]
 
 
 @runs_app.callback(invoke_without_command=True)
@@ -94,47 +95,50 @@ def runs_show(
             typer.echo(detail[stream], nl=not detail[stream].endswith("\n"))
 
 
-def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force, hdu=None) -> None:
+def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force, hdu=None, include_bad=False) -> None:
     from processing import calibration
 
     params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
     finish_step(calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
                                         params=params, out_dir=out, force=force, hdus=hdu_names(hdu),
-                                        rules=configured_rules()))
+                                        rules=configured_rules(), include_bad=include_bad))
 
 
 @command(calib_app, "bias")
 def calib_bias(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
                sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
-               force: ForceOption = False, hdu: HduOption = None) -> None:
-    """A master bias from raw bias frames of one read-out mode.
+               force: ForceOption = False, hdu: HduOption = None, include_bad: IncludeBadOption = False) -> None:
+    """A master bias from raw bias frames of one read-out mode; frames graded bad
+    are left out (and said) unless --include-bad.
 
     Example: obsarch calib bias "readout_mode == 'SCI1.0'" --nearest 5 --to 2017-08-16
     """
-    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
+    _master("bias", selection, nearest, to, None, method, sigma, memory, out, force, hdu, include_bad)
 
 
 @command(calib_app, "dark")
 def calib_dark(selection: Selection = None, nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median",
                sigma: SigmaOption = 3.0, memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"),
-               force: ForceOption = False, hdu: HduOption = None) -> None:
-    """A master dark (bias-subtracted when a master bias exists) from darks of one exposure time.
+               force: ForceOption = False, hdu: HduOption = None, include_bad: IncludeBadOption = False) -> None:
+    """A master dark (bias-subtracted when a master bias exists) from darks of one
+    exposure time; frames graded bad are left out (and said) unless --include-bad.
 
     Example: obsarch calib dark "exptime == 60"
     """
-    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force, hdu)
+    _master("dark", selection, nearest, to, None, method, sigma, memory, out, force, hdu, include_bad)
 
 
 @command(calib_app, "flat")
 def calib_flat(selection: Selection = None, band: Annotated[Optional[str], typer.Option(help="The band.")] = None,
                nearest: NearestOption = None, to: ToOption = None, method: MethodOption = "median", sigma: SigmaOption = 3.0,
                memory: MemoryOption = "2GB", out: MasterOutOption = Path("masters"), force: ForceOption = False,
-               hdu: HduOption = None) -> None:
-    """A master flat of one band: flats bias- and dark-subtracted, each scaled to a median of 1, combined.
+               hdu: HduOption = None, include_bad: IncludeBadOption = False) -> None:
+    """A master flat of one band: flats bias- and dark-subtracted, each scaled to a
+    median of 1, combined; flats graded bad are left out (and said) unless --include-bad.
 
     Example: obsarch calib flat --band V
     """
-    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force, hdu)
+    _master("flat", selection, nearest, to, band, method, sigma, memory, out, force, hdu, include_bad)
 
 
 @command(panel="processing")
@@ -173,7 +177,7 @@ def stack_command(
         "--sigma-clip", help="Clip at this many standard deviations before combining (by default a sigma-clipped mean).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the stack.")] = Path("stacks"),
     name: Annotated[Optional[str], typer.Option(help="File name (default: BAND_stack.fits).")] = None,
-    include_bad: Annotated[bool, typer.Option(help="Keep frames graded bad.")] = False,
+    include_bad: IncludeBadOption = False,
     memory: MemoryOption = "2GB", workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
     hdu: HduOption = None,
@@ -274,8 +278,8 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
 @command(panel="processing")
 def stale(fmt: FormatOption = Format.table) -> None:
     """Products that something changed since they were made: an input changed,
-    went missing or was rebuilt, or a stack's frame was graded bad (a master's
-    says what to do); re-running their step rebuilds only those.
+    went missing or was rebuilt, or a frame of a stack or master was graded bad
+    (unless it was made with --include-bad); re-running their step rebuilds only those.
 
     Example: obsarch stale
     """

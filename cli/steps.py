@@ -12,7 +12,10 @@ SHOWN = 20  # failures listed one per line before the summary line
 
 
 def finish_step(result, *, done_label: str = "done") -> None:
-    """Print ``result`` (a :class:`processing.machinery.StepResult`) and exit with its code."""
+    """Print ``result`` (a :class:`processing.machinery.StepResult`), its notes
+    on stderr first, and exit with its code."""
+    for note in result.notes:
+        err_console.print(f"{result.step}: {note}", markup=False, soft_wrap=True)
     for path in result.products:
         console.print(f"{result.step}: wrote {path}", markup=False, soft_wrap=True)
     for key, reason in (result.failed + result.short)[:SHOWN]:
@@ -34,4 +37,5 @@ def merge_results(step: str, results: list):
         merged.failed += result.failed
         merged.short += result.short
         merged.products += result.products
+        merged.notes += result.notes
     return merged

@@ -77,36 +77,66 @@ def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, 
     return choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus)
 
 
-def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None) -> tuple[list[Frame], str | None]:
-    """The raw frames a master combines, and why they are fewer than asked (if they are)."""
+def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None,
+                   include_bad: bool = False) -> tuple[list[Frame], str | None, list[Frame]]:
+    """The raw frames a master combines, why they are fewer than asked (if
+    they are), and the frames of the selection graded bad: left out (unless
+    ``include_bad``) before the nearest are picked, as ``stack`` leaves them
+    out, so that ``--nearest N`` takes the N nearest frames fit to use."""
     conditions = [_kind_condition(kind), compare("band", "==", band) if band is not None else None]
     candidates = raw_frames(engine, selection, *conditions)
+    where = f"{_shown(selection)}" + (f" in band {band}" if band else "")
     if not candidates:
-        raise ObsarchError(f"no raw {kind} frames match {_shown(selection)}" + (f" in band {band}" if band else ""))
+        raise ObsarchError(f"no raw {kind} frames match {where}")
+    kept = {f.exposure_id for f in raw_frames(engine, selection, *conditions, compare("grade", "!=", "bad"))}
+    bad = [f for f in candidates if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
+    if not include_bad:
+        candidates = [f for f in candidates if f.exposure_id in kept]
+        if not candidates:
+            raise ObsarchError(f"no raw {kind} frames to combine in {where}: the {len(bad)} that match are graded bad "
+                               "and left out (--include-bad keeps them)")
     short = None
     if count is not None:
         if to is None:
             raise ObsarchError("--nearest needs --to: a date, a time, an MJD, a frame number or a selection")
         if len(candidates) < count:
-            short = f"--nearest {count} asked, only {len(candidates)} {kind} frames match"
+            short = f"--nearest {count} asked, only {len(candidates)} {kind} frames match" + (
+                "" if include_bad or not bad else f" once {len(bad)} graded bad are left out")
         candidates = nearest(candidates, count, mjd_of(engine, to))
     one_value(candidates, "readout_mode", kind)
     if kind == "flat":
         one_value(candidates, "band", kind)
     if kind == "dark":
         one_value(candidates, "exptime", kind)
-    return sorted(candidates, key=lambda f: f.mjd or 0), short
+    return sorted(candidates, key=lambda f: f.mjd or 0), short, bad
+
+
+def _left_out(kind: str, bad: list[Frame], include_bad: bool) -> list[str]:
+    """What a master says of the frames of its selection graded bad."""
+    if not bad:
+        return []
+    names = ", ".join(_frame_name(f) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if include_bad:
+        return [f"kept {len(bad)} {kind} frame{'s' if len(bad) > 1 else ''} graded bad (--include-bad): {names}"]
+    return [f"left out {len(bad)} {kind} frame{'s' if len(bad) > 1 else ''} graded bad (--include-bad keeps them): {names}"]
+
+
+def _frame_name(frame: Frame) -> str:
+    return str(frame.frame_number) if frame.frame_number is not None else Path(frame.path).name
 
 
 def _shown(selection) -> str:
     return repr(selection) if isinstance(selection, str) else "the catalog" if selection is None else "the selection"
 
 
-def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: dict[str, Frame]) -> str:
+def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: dict[str, Frame],
+                include_bad: bool = False) -> str:
     """``master_KIND_MODE[_BAND][_EXPs]_NIGHT_METHOD_DIGEST.fits``: the night is
     the middle night of the inputs; the digest stands for the parameters, the
     inputs and the masters used, so a master made otherwise never takes the
-    name (and the file) of another."""
+    name (and the file) of another. ``include_bad`` enters the digest only
+    when set: a master made by default keeps the name it had before bad
+    frames were left out."""
     values = inherited(inputs, kind)
     parts = [f"master_{kind}", safe_name(values["readout_mode"])]
     if kind == "flat":
@@ -115,7 +145,8 @@ def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: d
         parts.append(f"{safe_name(values['exptime'])}s")
     parts += [values.get("night") or "unknown-night", params.method]
     digest = params_hash(kind, {**identity(asdict(params), EXECUTION), "inputs": sorted(f.file_id for f in inputs),
-                                "masters": {k: m.file_id for k, m in masters.items()}}, ALGORITHM)[:8]
+                                "masters": {k: m.file_id for k, m in masters.items()},
+                                **({"include_bad": True} if include_bad else {})}, ALGORITHM)[:8]
     return "_".join(parts + [digest]) + ".fits"
 
 
@@ -160,18 +191,23 @@ def _own_detectors(wanted: list[Detector], found: list[Detector], first: str) ->
 class MasterStep(Step):
     """A master of ``kind`` from raw frames, one HDU per detector: each frame
     is checked in a worker (one unreadable frame, or one without the first
-    frame's detectors, costs only itself), then combined detector by detector."""
+    frame's detectors, costs only itself), then combined detector by detector.
+    Frames graded bad are left out unless ``include_bad``; a master of fewer
+    frames than asked, or than its rule's ``min_inputs``, is short."""
 
     algorithm, item_runs, whole = ALGORITHM, False, True
     execution = EXECUTION
     work = staticmethod(_check_frame)
 
     def __init__(self, engine, kind, selection, band, count, to, params: MasterParams, out_dir: Path,
-                 hdus: tuple[str, ...] | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES):
+                 hdus: tuple[str, ...] | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+                 include_bad: bool = False):
         if kind not in KINDS:
             raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
-        self.name, self.kind, self.master_params = f"master-{kind}", kind, params
-        self.inputs, self.shortfall = _master_inputs(engine, kind, selection, band, count, to)
+        self.name, self.kind, self.master_params, self.include_bad = f"master-{kind}", kind, params, include_bad
+        self.inputs, self.shortfall, bad = _master_inputs(engine, kind, selection, band, count, to, include_bad)
+        self.said = _left_out(kind, bad, include_bad)
+        self.min_inputs = rules.get(kind, DEFAULT_RULES[kind]).min_inputs
         first = self.inputs[0]
         with transaction(engine) as conn:
             self.found = detectors_of_files(conn, [f.file_id for f in self.inputs])
@@ -180,12 +216,16 @@ class MasterStep(Step):
             raise ObsarchError(f"{first.path}: no detector (image HDU with data) to combine")
         needed = {"dark": ("bias",), "flat": ("bias", "dark")}.get(kind, ())
         self.masters = _masters_for(engine, first, needed, rules, hdus)
-        self.target = (Path(out_dir) / master_name(kind, self.inputs, params, self.masters)).resolve()
+        self.target = (Path(out_dir) / master_name(kind, self.inputs, params, self.masters, include_bad)).resolve()
 
     def params(self) -> dict:
-        return {"kind": self.kind, **asdict(self.master_params), "masters": {k: m.file_id for k, m in self.masters.items()},
+        return {"kind": self.kind, **asdict(self.master_params), "include_bad": self.include_bad,
+                "masters": {k: m.file_id for k, m in self.masters.items()},
                 "master_contents": {k: m.content for k, m in self.masters.items()}, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
+
+    def notes(self) -> list[str]:
+        return self.said
 
     def items(self, engine) -> list[Item]:
         first = Path(self.inputs[0].path).name
@@ -209,9 +249,12 @@ class MasterStep(Step):
             tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
         out.product(self.target, f"master_{self.kind}", values)
-        if failed:
-            return f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames"
-        return self.shortfall
+        reasons = [f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames" if failed else None,
+                   self.shortfall]
+        if len(used) < self.min_inputs:  # the rules would refuse it to every frame: said, not silently made
+            reasons.append(f"{len(used)} {self.kind} frame{'s' if len(used) > 1 else ''} combined, fewer than min_inputs "
+                           f"{self.min_inputs} of [calibration.{self.kind}]: calibrate will not use it")
+        return "; ".join(r for r in reasons if r) or None
 
 
 def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:
@@ -234,13 +277,14 @@ def make_master(
     engine, kind: str, selection=None, *, band: str | None = None, nearest_count: int | None = None,
     to: str | None = None, params: MasterParams = MasterParams(), out_dir: Path = Path("masters"), force: bool = False,
     executor: str = "serial", workers: int | None = None, hdus: tuple[str, ...] | None = None,
-    rules: dict[str, CalibrationRule] = DEFAULT_RULES,
+    rules: dict[str, CalibrationRule] = DEFAULT_RULES, include_bad: bool = False,
 ) -> StepResult:
     """Combine raw frames of ``kind`` into a master with one HDU per detector
     (``hdus``: only those), bias-subtracted for darks and flats (and
     dark-subtracted for flats) by the masters ``rules`` choose for its first
-    input. ``selection``: a tree, or a person's text."""
-    step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules)
+    input. ``selection``: a tree, or a person's text. Frames graded bad are
+    left out, and the result's notes say how many, unless ``include_bad``."""
+    step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules, include_bad)
     return run_step(engine, step, force=force, executor=executor, workers=workers)
 
 

@@ -139,6 +139,11 @@ class Step:
     def items(self, engine: Engine) -> list[Item]:
         raise NotImplementedError
 
+    def notes(self) -> list[str]:
+        """What a person should know of the step's choice of inputs, said
+        beside its result (frames graded bad left out); asked after ``items``."""
+        return []
+
     work: Callable[[Any], Any] | None = None  # a module-level function: task -> result
 
     def up_to_date(self, engine: Engine, items: list[Item], prints: dict[str, str]) -> set[str]:
@@ -160,8 +165,9 @@ class Step:
 
 @dataclass
 class StepResult:
-    """What a step did: keys done, skipped and failed (with the reason), and
-    short ones (done with fewer inputs than asked, with the reason)."""
+    """What a step did: keys done, skipped and failed (with the reason),
+    short ones (done with fewer inputs than asked, with the reason), and
+    notes on the inputs it chose (see :meth:`Step.notes`)."""
 
     step: str
     run_id: int | None = None
@@ -170,6 +176,7 @@ class StepResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     short: list[tuple[str, str]] = field(default_factory=list)
     products: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -238,6 +245,7 @@ def run_step(
     result = StepResult(step.name)
     try:
         items = step.items(engine)
+        result.notes = list(step.notes())
         run_params = step.params()
         same = identity(run_params, step.execution)
         prints = {item.key: fingerprint(step.name, {**same, **item.params}, step.algorithm,

@@ -177,8 +177,8 @@ def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:
 def stale_products(engine: Engine) -> list[dict]:
     """Products that something changed since they were made: an input changed,
     went missing or is itself stale or rebuilt, or a frame was graded bad
-    after the run where the grade changes what the step makes (a stack leaves
-    bad frames out; a master combines them: it is listed with what to do).
+    after the run where the grade changes what the step makes (a stack and
+    a master leave bad frames out, unless made with ``include_bad``).
     A grade given before the run was known to it, and a calibrated frame is
     its frame's calibration whatever the frame's grade: neither is stale,
     since running the step again would make the same product. Each with the
@@ -230,7 +230,7 @@ def stale_products(engine: Engine) -> list[dict]:
             elif item.content and file_content(current) != item.content:
                 found = f"{name(item)} changed"
             elif current.grade == "bad" and _graded_since(current.graded_at, product.started_at) \
-                    and (bad := _bad_since(product, name(item))):
+                    and (bad := _bad_since(product, item.role, name(item))):
                 found = bad
             elif item.file_id in made_by:
                 upstream = made_by[item.file_id]
@@ -259,16 +259,18 @@ def _graded_since(graded_at, started_at) -> bool:
     return graded_at is not None and started_at is not None and graded_at > started_at
 
 
-def _bad_since(product, input_name: str) -> str | None:
+def _bad_since(product, role: str, input_name: str) -> str | None:
     """Why an input graded bad after ``product`` was made makes it stale, with
-    what to do; None where the grade does not change what the step makes."""
+    what to do; None where the grade does not change what the step makes (a
+    step made with ``include_bad``; a master's master, which the rules choose
+    whatever its grade)."""
     params = json.loads(product.params_json or "{}")
-    if product.step == "stack" and not params.get("include_bad"):
+    if params.get("include_bad"):
+        return None
+    if product.step == "stack":
         return f"{input_name} was graded bad after it was made; `obsarch stack` again leaves it out"
-    if product.step.startswith("master-"):
-        kind = product.step.removeprefix("master-")
-        return (f"{input_name} was graded bad after it was made; `obsarch calib {kind}` takes every frame selected: "
-                f"select without it (\"... and grade != 'bad'\") to make a master without it")
+    if product.step.startswith("master-") and role == "frame":
+        return f"{input_name} was graded bad after it was made; `obsarch calib {product.step.removeprefix('master-')}` again leaves it out"
     return None
 
 

@@ -147,11 +147,95 @@ def test_a_stack_that_kept_bad_frames_is_not_stale_when_one_is_graded_bad(raw):
     assert runs.stale_products(engine) == []
 
 
-def test_a_master_whose_frame_is_graded_bad_after_says_how_to_make_it_without(raw):
+def test_a_master_whose_frame_is_graded_bad_after_is_stale_as_making_it_again_leaves_the_frame_out(raw):
     catalog, tmp, _ = raw
     _masters(catalog.engine, tmp)
     quality.flag(catalog.engine, "3853", "bad", reason="other")
     rows = {row["kind"]: row for row in runs.stale_products(catalog.engine)}
-    assert "(frame 3853) was graded bad after it was made" in rows["master_bias"]["reason"]
-    assert "grade != 'bad'" in rows["master_bias"]["reason"]
+    assert rows["master_bias"]["reason"].endswith("(frame 3853) was graded bad after it was made; "
+                                                  "`obsarch calib bias` again leaves it out")
     assert "is stale" in rows["master_flat"]["reason"]  # made with that bias
+
+
+def test_a_master_made_with_include_bad_is_not_stale_when_its_frame_is_graded_bad_after(raw):
+    catalog, tmp, _ = raw
+    kept = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m", include_bad=True)
+    default = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    assert kept.products != default.products  # another product, not the same one remade
+    quality.flag(catalog.engine, "3853", "bad", reason="other")
+    assert [row["path"] for row in runs.stale_products(catalog.engine)] == default.products
+
+
+# -- masters leave out frames graded bad, as stack does -------------------------------------------
+
+
+def _inputs_and_ncombine(engine, result) -> tuple[list[str], int]:
+    """The raw frames a master's run read (its run_inputs, what lineage walks) and its NCOMBINE."""
+    from astropy.io import fits
+
+    detail = runs.run_detail(engine, result.run_id)
+    with fits.open(result.products[0]) as hdul:
+        ncombine = hdul[0].header["NCOMBINE"]
+    return sorted(i["path"].rsplit("/", 1)[-1] for i in detail["inputs"] if i["role"] == "frame"), ncombine
+
+
+def test_a_bias_graded_bad_is_left_out_of_the_master_and_said(raw):
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3853", "bad", reason="trail")
+    result = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    assert result.exit_code == 0 and result.notes == [
+        "left out 1 bias frame graded bad (--include-bad keeps them): 3853"]
+    names, ncombine = _inputs_and_ncombine(catalog.engine, result)
+    assert names == [f"ngc3293-{n}.fits" for n in (3852, 3854, 3855, 3856)] and ncombine == 4
+    assert runs.run_detail(catalog.engine, result.run_id)["params"]["include_bad"] is False
+
+
+def test_include_bad_keeps_the_frames_graded_bad_in_the_master(raw):
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3853", "bad", reason="trail")
+    result = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m", include_bad=True)
+    assert result.exit_code == 0 and result.notes == ["kept 1 bias frame graded bad (--include-bad): 3853"]
+    names, ncombine = _inputs_and_ncombine(catalog.engine, result)
+    assert len(names) == 5 and "ngc3293-3853.fits" in names and ncombine == 5
+    assert runs.run_detail(catalog.engine, result.run_id)["params"]["include_bad"] is True
+
+
+def test_nearest_takes_the_nearest_frames_not_graded_bad_and_is_short_when_too_few_are(raw):
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3853", "bad", reason="trail")
+    two = calibration.make_master(catalog.engine, "bias", nearest_count=2, to="2017-08-16T01:00", out_dir=tmp / "m")
+    assert _inputs_and_ncombine(catalog.engine, two) == (["ngc3293-3852.fits", "ngc3293-3854.fits"], 2)
+    five = calibration.make_master(catalog.engine, "bias", nearest_count=5, to="2017-08-16", out_dir=tmp / "m")
+    assert five.exit_code == 3 and "--nearest 5 asked, only 4 bias frames match once 1 graded bad are left out" in five.last_line()
+
+
+def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3852-3855", "bad", reason="trail")
+    result = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    assert result.exit_code == 3 and result.products
+    assert "1 bias frame combined, fewer than min_inputs 2 of [calibration.bias]: calibrate will not use it" in result.last_line()
+
+
+def test_the_cli_says_how_many_frames_graded_bad_it_left_out_and_include_bad_keeps_them(raw, url):
+    from astropy.io import fits
+
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3853,3855", "bad", reason="trail")
+    left = runner.invoke(app, ["--db", url, "calib", "bias", "--out", str(tmp / "m")])
+    assert left.exit_code == 0
+    assert "master-bias: left out 2 bias frames graded bad (--include-bad keeps them): 3853, 3855\n" in left.stderr
+    kept = runner.invoke(app, ["--db", url, "calib", "bias", "--include-bad", "--out", str(tmp / "m")])
+    assert kept.exit_code == 0 and "kept 2 bias frames graded bad (--include-bad): 3853, 3855" in kept.stderr
+    (path,) = [line.split("wrote ", 1)[1] for line in kept.stdout.splitlines() if "wrote " in line]
+    assert fits.getheader(path)["NCOMBINE"] == 5
+
+
+def test_the_cli_refuses_a_master_of_frames_all_graded_bad_in_one_line(raw, url):
+    catalog, tmp, _ = raw
+    quality.flag(catalog.engine, "3852-3856", "bad", reason="trail")
+    result = runner.invoke(app, ["--db", url, "calib", "bias", "readout_mode == 'SCI1.0'", "--out", str(tmp / "m")])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "error: no raw bias frames to combine in \"readout_mode == 'SCI1.0'\": the 5 that match are graded bad "
+        "and left out (--include-bad keeps them)")
+    assert not (tmp / "m").exists()
