@@ -219,7 +219,8 @@ class MasterStep(Step):
         self.target = (Path(out_dir) / master_name(kind, self.inputs, params, self.masters, include_bad)).resolve()
 
     def params(self) -> dict:
-        return {"kind": self.kind, **asdict(self.master_params), "include_bad": self.include_bad,
+        # include_bad only when set, as in the name: masters made before it existed keep their fingerprint
+        return {"kind": self.kind, **asdict(self.master_params), **({"include_bad": True} if self.include_bad else {}),
                 "masters": {k: m.file_id for k, m in self.masters.items()},
                 "master_contents": {k: m.content for k, m in self.masters.items()}, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
