@@ -111,14 +111,15 @@ def _master_inputs(engine, kind: str, selection, band: str | None, count: int | 
     return sorted(candidates, key=lambda f: f.mjd or 0), short, bad
 
 
-def _left_out(kind: str, bad: list[Frame], include_bad: bool) -> list[str]:
-    """What a master says of the frames of its selection graded bad."""
+def left_out(kind: str | None, bad: list[Frame], include_bad: bool) -> list[str]:
+    """What a master or a stack says of the frames of its selection graded bad."""
     if not bad:
         return []
     names = ", ".join(_frame_name(f) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    frames = f"{len(bad)} {kind + ' ' if kind else ''}frame{'s' if len(bad) > 1 else ''} graded bad"
     if include_bad:
-        return [f"kept {len(bad)} {kind} frame{'s' if len(bad) > 1 else ''} graded bad (--include-bad): {names}"]
-    return [f"left out {len(bad)} {kind} frame{'s' if len(bad) > 1 else ''} graded bad (--include-bad keeps them): {names}"]
+        return [f"kept {frames} (--include-bad): {names}"]
+    return [f"left out {frames} (--include-bad keeps them): {names}"]
 
 
 def _frame_name(frame: Frame) -> str:
@@ -206,7 +207,7 @@ class MasterStep(Step):
             raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
         self.name, self.kind, self.master_params, self.include_bad = f"master-{kind}", kind, params, include_bad
         self.inputs, self.shortfall, bad = _master_inputs(engine, kind, selection, band, count, to, include_bad)
-        self.said = _left_out(kind, bad, include_bad)
+        self.said = left_out(kind, bad, include_bad)
         self.min_inputs = rules.get(kind, DEFAULT_RULES[kind]).min_inputs
         first = self.inputs[0]
         with transaction(engine) as conn:

@@ -21,7 +21,7 @@ from astropy.io import fits
 from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
 from archive.query import compare, is_null
-from processing.calibration import detector_values
+from processing.calibration import detector_values, left_out
 from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, combine_files, parse_memory, resample
 from processing.detectors import write_detectors
 from processing.executor import Progress
@@ -86,12 +86,18 @@ class StackStep(Step):
         return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
 
+    def notes(self) -> list[str]:
+        return self.said
+
     def items(self, engine) -> list[Item]:
-        not_bad = None if self.include_bad else compare("grade", "!=", "bad")  # never-graded frames have grade 'ungraded'
-        chosen = resolve(engine, self.selection, is_null("product"), not_bad)
+        selected = resolve(engine, self.selection, is_null("product"))
+        kept = {f.exposure_id for f in resolve(engine, self.selection, is_null("product"), compare("grade", "!=", "bad"))}
+        bad = [f for f in selected if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
+        self.said = left_out(None, bad, self.include_bad)
+        chosen = selected if self.include_bad else [f for f in selected if f.exposure_id in kept]
         if not chosen:
             raise ObsarchError("no frames to stack in the selection"
-                               + ("" if self.include_bad else " (frames graded bad are left out; --include-bad keeps them)"))
+                               + (f": the {len(bad)} that match are graded bad and left out (--include-bad keeps them)" if bad else ""))
         offsets = current_offsets(engine, [f.exposure_id for f in chosen])
         references = {offsets[f.exposure_id].reference_id for f in chosen if offsets.get(f.exposure_id, None) and offsets[f.exposure_id].ok}
         if len(references) > 1:

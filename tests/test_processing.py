@@ -233,9 +233,15 @@ def test_a_frame_graded_bad_is_left_out_of_stacks_and_leaves_its_calibrated_fram
     with fits.open(result.products[0]) as hdul:
         assert hdul[0].header["NCOMBINE"] == 3
     assert result.exit_code == 0  # a frame graded bad is not selected: the stack is whole
+    assert result.notes == ["left out 1 frame graded bad (--include-bad keeps them): 12"]
     everything = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "all", include_bad=True, workers=1)
     with fits.open(everything.products[0]) as hdul:
         assert hdul[0].header["NCOMBINE"] == 4
+    assert everything.notes == ["kept 1 frame graded bad (--include-bad): 12"]
+    quality.flag(engine, "frame_type == 'science' and product is null", "bad", reason="clouds")
+    with pytest.raises(ObsarchError, match=r"^no frames to stack in the selection: the 4 that match are graded bad "
+                                           r"and left out \(--include-bad keeps them\)$"):
+        stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "none", workers=1)
 
 
 def test_master_choice_rules(catalog, tmp_path, rng):
