@@ -359,14 +359,27 @@ class QualityStep(Step):
     def items(self, engine) -> list[Item]:
         statement = select_exposures(
             all_of(self.selection, query_ids(self.ids) if self.ids is not None else None), engine.dialect.name,
-            (Root.path + "/" + File.relpath).label("path"), File.version, File.status, Metric.params_hash,
-            Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
+            (Root.path + "/" + File.relpath).label("path"), File.relpath, File.version, File.status, Exposure.n_detectors,
+            Metric.params_hash, Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
         ).outerjoin(Metric, Metric.exposure_id == Exposure.id).order_by(Exposure.id)
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
             rows = conn.execute(statement).all()
+        # No image at all (X-ray event lists and spectra, header-only files): nothing to
+        # measure, which is no failure; left out and said (an unknown count is tried).
+        imageless = [row.relpath for row in rows if row.n_detectors == 0]
+        some = ", ".join(imageless[:3]) + (f" and {len(imageless) - 3} more" if len(imageless) > 3 else "")
+        if imageless and len(imageless) == len(rows):
+            raise ObsarchError(f"nothing to measure: the {len(rows)} exposure{'s' if len(rows) > 1 else ''} selected "
+                               f"{'have' if len(rows) > 1 else 'has'} no image ({some})")
+        self.said = [f"left out {len(imageless)} exposure{'s' if len(imageless) > 1 else ''} with no image to measure: {some}"] \
+            if imageless else []
         return [Item(row.path, (row.path, self.quality, self.hdus), data=row,
-                     error=f"{row.path}: the file is missing" if row.status == "missing" else None) for row in rows]
+                     error=f"{row.path}: the file is missing" if row.status == "missing" else None)
+                for row in rows if row.n_detectors != 0]
+
+    def notes(self) -> list[str]:
+        return self.said
 
     def up_to_date(self, engine, items, prints) -> set[str]:
         """Frames measured with these parameters from this version of their file

@@ -166,14 +166,15 @@ def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog
     catalog.ingest([tmp_path])
     (tmp_path / "f-5.fits").unlink()  # gone since ingest
     summary = quality.compute(catalog.engine, workers=2)
-    assert (len(summary.done), len(summary.failed)) == (1, 5) and summary.exit_code == 3
+    assert (len(summary.done), len(summary.failed)) == (1, 4) and summary.exit_code == 3
+    assert summary.notes == ["left out 1 exposure with no image to measure: f-6.fits"]  # a table only: no failure
     with catalog.engine.connect() as conn:
         errors = dict(conn.execute(text("SELECT frame_number, metrics_error FROM exposure_quality WHERE metrics_error IS NOT NULL")).all())
     assert "no finite pixels (all NaN)" in errors[2]
     assert "constant image (every pixel is 5)" in errors[3]
     assert "too small to measure" in errors[4]
     assert "file not found" in errors[5]
-    assert "no HDU with image data" in errors[6]
+    assert 6 not in errors
 
 
 def _night_with_defects(directory, rng):
@@ -447,10 +448,22 @@ def test_a_failure_names_its_file_once(url, tmp_path):
     """The reader's error already starts with the path: the line gives it once."""
     from factories import obsarch
 
-    fits.PrimaryHDU().writeto(tmp_path / "header-only.fits")  # no pixels
+    write_image(tmp_path / "nan.fits", np.full((32, 32), np.nan, dtype=np.float32))
+    fits.PrimaryHDU().writeto(tmp_path / "header-only.fits")  # no pixels: nothing to measure, no failure
     obsarch(url, "init")
     obsarch(url, "ingest", str(tmp_path))
     result = obsarch(url, "quality", "compute", code=1)
-    path = str(tmp_path / "header-only.fits")
-    line = next(line for line in result.stderr.splitlines() if "no HDU with image data" in line)
-    assert line.strip() == f"{path}: no HDU with image data" and result.stderr.count(path) == 2  # the line and the summary
+    path = str(tmp_path / "nan.fits")
+    line = next(line for line in result.stderr.splitlines() if "no finite pixels" in line)
+    assert line.strip() == f"{path}: detector PRIMARY: no finite pixels (all NaN)" and result.stderr.count(path) == 2  # the line and the summary
+    assert "quality: left out 1 exposure with no image to measure: header-only.fits" in result.stderr.splitlines()
+
+
+def test_a_selection_of_files_without_pixels_has_nothing_to_measure(url, tmp_path):
+    from factories import obsarch
+
+    fits.PrimaryHDU().writeto(tmp_path / "header-only.fits")
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path))
+    result = obsarch(url, "quality", "compute", code=1)
+    assert result.stderr.strip() == "error: nothing to measure: the 1 exposure selected has no image (header-only.fits)"
