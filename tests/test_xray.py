@@ -617,3 +617,25 @@ def test_an_event_list_has_no_image_to_calibrate(ingested):
     result = run(url, "calibrate", "frame_type == 'science'", code=1)
     assert "chandra_test.fits: no image to calibrate" in result.stdout + result.stderr
     assert "master" not in result.stdout + result.stderr
+
+
+def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, real_data, rng):
+    """An event list holds no image to register: it joins no group of
+    positions (it made one of its own, and cut the chain of the frame after
+    it), and the command says so."""
+    from factories import write_frame
+
+    directory = tmp_path / "mixed"
+    write_frame(directory / "a.fits", rng)
+    write_frame(directory / "b.fits", rng)
+    shutil.copy(real_data / "xray" / "chandra_test.fits", directory)
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    events = _csv(run(url, "query", "xray_kind == 'events'", "--columns", "id", "--format", "csv").stdout)[0]["id"]
+    done = run(url, "group", "positions", "--radius", "20px", "--name", "p", "--selection", "frame_type == 'science'")
+    assert f"1 exposures hold no image (X-ray event lists and spectra are tables) and joined no group (ids {events})" \
+        in done.stderr
+    members = _csv(run(url, "query", "group == 'p-1' or group == 'p-2'", "--columns", "relpath", "--format", "csv").stdout)
+    assert sorted(r["relpath"] for r in members) == ["a.fits", "b.fits"]
+    alone = run(url, "group", "positions", "--radius", "20px", "--name", "q", "--selection", "xray_kind == 'events'", code=1)
+    assert "none of the 1 exposures of the selection holds an image" in alone.stderr
