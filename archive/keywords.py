@@ -22,6 +22,7 @@ from pathlib import PurePath
 from archive.detectors import detectors_of_units
 from archive.exceptions import ConfigError
 from archive.headers import Card, HeaderUnit, normalize_keyword
+from archive.xray_kinds import kind_of_units
 
 MJD_EPOCH = datetime(1858, 11, 17)
 COLUMNS = (
@@ -126,7 +127,7 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
         "obsid": _obsid(values),
         "object": values.text("object"),
         "readout_mode": values.text("readout_mode"),
-        "frame_type": _frame_type(values),
+        "frame_type": _frame_type(values, units),
         "band": _xray_filter_note(values) if xray and not _optical_monitor(values) else _band(values),
         "exptime": _exptime(values, xray, filename),
         "airmass": _airmass(values),
@@ -179,7 +180,15 @@ def _is_xray(units: list[HeaderUnit], values: _Values) -> bool:
     return any((u.extname or "").upper() in _XRAY_EXTNAMES for u in units)
 
 
-def _frame_type(values: _Values) -> str | None:
+def _frame_type(values: _Values, units: list[HeaderUnit]) -> str | None:
+    """An X-ray file's frame type is its kind's, by the rule of its ``xray_kind``
+    (:func:`archive.xray_kinds.kind_of_units`): an event list is the
+    observation itself (``science``); a spectrum, response, ARF, light curve,
+    image, region or GTI file is a product of one (``other``), whatever its
+    HDUCLAS1 spells. Other files: the first frame-type card the maps know."""
+    kind = None if _optical_monitor(values) else kind_of_units(units)
+    if kind is not None:
+        return _xray_frame_type(values, units, *kind)
     first_seen = None
     for keyword in values.maps.sources["frame_type"]:
         card = values.card(keyword)
@@ -194,6 +203,17 @@ def _frame_type(values: _Values) -> str | None:
         values.note("frame_type", *first_seen)
         return "other"
     return None
+
+
+def _xray_frame_type(values: _Values, units: list[HeaderUnit], kind: str, index: int) -> str:
+    unit = next(u for u in units if u.index == index)
+    card = next((unit.values()[k] for k in ("HDUCLAS1", "EXTNAME", "CONTENT") if k in unit.values()), None)
+    said = f"{card[1]}={card[2]!r} in HDU {index}" if card else f"HDU {index}"
+    if kind == "events":
+        values.sources["frame_type"] = f"{said}: X-ray events"
+        return "science"
+    values.sources["frame_type"] = f"{said}: an X-ray {kind}, not an exposure (see xray_kind)"
+    return "other"
 
 
 def _band(values: _Values) -> str | None:

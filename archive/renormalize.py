@@ -23,8 +23,9 @@ DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_sh
 # Columns whose rules were corrected after files were ingested: an exposure
 # time in the unit its card's comment gives (minutes on DSS plates), no
 # frame number glued from a name's digits (HAT-P-32's 32 and a time stamp),
-# no band from an X-ray file's blocking filter.
-CORRECTED_COLUMNS = ("exptime", "frame_number", "band")
+# no band from an X-ray file's blocking filter, an X-ray file's frame type
+# from its kind (events science; spectra, responses, light curves... other).
+CORRECTED_COLUMNS = ("exptime", "frame_number", "band", "frame_type")
 COLUMNS = DETECTOR_COLUMNS + CORRECTED_COLUMNS
 _SOURCES = {"xbinning", "ybinning", "binning", "gain", "ccd_temp", "detector", "detector_shape", *CORRECTED_COLUMNS}
 

@@ -22,12 +22,7 @@ from archive.models import (
     XraySummary,
     aliased,
 )
-
-# The kinds of X-ray file a summary names, in the order a file showing several is
-# named by (processing.xray.classify), and the roles of a spectrum: the only
-# values xray_kind and xray_role hold, so that others are refused.
-XRAY_KINDS = ("spectrum", "events", "lightcurve", "response", "arf", "image", "region", "gti")
-XRAY_ROLES = ("source", "background")
+from archive.xray_kinds import XRAY_KINDS, XRAY_ROLES
 
 
 def _current(column, scale: float = 1.0) -> Callable[[], ColumnElement]:

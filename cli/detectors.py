@@ -22,7 +22,9 @@ def db_renormalize() -> None:
     came or changed after files were ingested: the detector columns (binning,
     gain, CCD temperature, detector, detector shape and count; migration
     0009), the exposure time in the unit its card's comment gives, frame
-    numbers from file names, and no band for X-ray files. Uses the keyword
+    numbers from file names, no band for X-ray files, and an X-ray file's
+    frame type from its kind (events science, spectra and other products
+    other). Uses the keyword
     maps of obsarch.toml; no file is opened. Products keep the values their
     step gave them and get their empty ones from their own cards.
 

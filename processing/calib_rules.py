@@ -207,6 +207,9 @@ def load_masters(engine: Engine, kind: str) -> list[Calib]:
 # -- choosing ----------------------------------------------------------------------------
 
 
+NO_IMAGE = "no image to calibrate: the file has no image HDU (an X-ray event list is a table)"
+
+
 @dataclass
 class Verdict:
     """One candidate judged: the first rule that refused it, or the values it met."""
@@ -245,7 +248,11 @@ def choose(frame: Calib, kind: str, candidates: list[Calib], rule: CalibrationRu
            hdus: tuple[str, ...] | None = None) -> Choice:
     """Judge every candidate master of ``kind`` for ``frame`` by ``rule``; the
     winner is the best passing one by the rule's preferences. ``hdus``
-    restricts the frame's detectors (``--hdu``)."""
+    restricts the frame's detectors (``--hdu``). A file with no image (an
+    X-ray event list is a table) has nothing to calibrate, whatever masters
+    there are."""
+    if not frame.detectors:
+        return Choice(frame, kind, None, [], rule, problem=NO_IMAGE)
     try:
         detectors = select_detectors(frame.detectors, hdus)
     except ObsarchError as exc:

@@ -30,6 +30,7 @@ ALGORITHM = "grouping-1"
 class GroupingResult:
     groups: dict[str, list[int]] = field(default_factory=dict)  # name -> exposure ids
     without_pointing: list[int] = field(default_factory=list)
+    without_image: list[int] = field(default_factory=list)  # by position: files with no image (X-ray event lists)
     run_id: int | None = None
 
 
@@ -261,6 +262,16 @@ def group_by_position(
     frames = sorted(resolve(engine, selection, is_null("product")), key=lambda f: (f.mjd is None, f.mjd, f.exposure_id))
     if not frames:
         raise ObsarchError("no raw exposure matches the selection; nothing to group")
+    # A file with no image (an X-ray event list or spectrum is a table) cannot be
+    # registered: in the chain it would start a group of its own and cut the next
+    # frame's chain too. It is left out and said (n_detectors NULL: not known, kept).
+    with transaction(engine) as conn:
+        imageless = set(conn.execute(select(Exposure.id).where(
+            Exposure.id.in_([f.exposure_id for f in frames]), Exposure.n_detectors == 0)).scalars())
+    frames = [f for f in frames if f.exposure_id not in imageless]
+    if not frames:
+        raise ObsarchError(f"none of the {len(imageless)} exposures of the selection holds an image (X-ray event lists "
+                           "and spectra are tables); nothing to group by position")
     current = current_offsets(engine, [f.exposure_id for f in frames])
     references = {c.reference_id for c in current.values() if c.ok}
     if len(references) == 1 and all(current.get(f.exposure_id) and current[f.exposure_id].ok for f in frames):
@@ -275,7 +286,8 @@ def group_by_position(
         clusters.setdefault(int(label), []).append(exposure_id)
     order = {f.exposure_id: i for i, f in enumerate(frames)}
     ordered = sorted(clusters.values(), key=lambda members: min(order[m] for m in members))
-    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)})
+    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)},
+                            without_image=sorted(imageless))
     chosen = {group: _central(members, positions) for group, members in result.groups.items()}
     params = {"radius_px": radius_px, "positions": how, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-positions", params, ALGORITHM) as run:

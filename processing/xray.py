@@ -16,7 +16,6 @@ named by another's BACKFILE becomes ``background`` when the links are made.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -25,24 +24,11 @@ from astropy.io import (
     fits,  # imported before any warning is caught: its logger hooks warnings on import
 )
 
-from archive.xray_fields import XRAY_KINDS
+from archive.xray_kinds import XRAY_KINDS, classify, hdu_kind
 
 ALGORITHM = "xray-summary-1"
 CHUNK_ROWS = 1_000_000
 KIND_ORDER = XRAY_KINDS  # one list: the selection language refuses a kind not in it
-
-_CLASS1 = {
-    "SPECTRUM": "spectrum", "EVENTS": "events", "LIGHTCURVE": "lightcurve", "RESPONSE": "response",
-    "SPECRESP": "arf", "IMAGE": "image", "REGION": "region", "GTI": "gti",
-}  # fmt: skip
-_EXTNAME = {
-    "SPECTRUM": "spectrum", "EVENTS": "events", "RATE": "lightcurve", "LIGHTCURVE": "lightcurve",
-    "MATRIX": "response", "SPECRESP MATRIX": "response", "SPECRESP": "arf", "GTI": "gti", "STDGTI": "gti",
-}  # fmt: skip
-_CONTENT = (("PHA", "spectrum"), ("SPECTRUM", "spectrum"), ("EVT", "events"), ("EVENTS", "events"),
-            ("LIGHT CURVE", "lightcurve"), ("LIGHTCURVE", "lightcurve"), ("RESPONSE", "response"),
-            ("MATRIX", "response"), ("ARF", "arf"), ("SPECRESP", "arf"), ("IMAGE", "image"))
-_BACKGROUND_NAME = re.compile(r"(^|[^a-z0-9])(bg|bkg|bgd|back|background)([^a-z]|$)|bgspec|specbg|bkgspec|_bg\.", re.IGNORECASE)
 
 
 @dataclass
@@ -75,48 +61,6 @@ class XraySummary:
         values = asdict(self)
         values["warnings"] = "; ".join(self.warnings) or None
         return values
-
-
-# -- kinds ---------------------------------------------------------------------
-
-
-def hdu_kind(header, is_table: bool, has_data: bool) -> str | None:
-    """The kind one HDU shows by HDUCLAS1, then EXTNAME, then CONTENT."""
-    class1 = str(header.get("HDUCLAS1", "")).strip().upper()
-    extname = str(header.get("EXTNAME", "")).strip().upper()
-    content = str(header.get("CONTENT", "")).strip().upper()
-    kind = _CLASS1.get(class1) or _EXTNAME.get(extname)
-    if kind is None and content:
-        kind = next((k for word, k in _CONTENT if content.startswith(word)), None)
-    class2 = str(header.get("HDUCLAS2", "")).strip().upper()
-    if kind == "response" and class2 == "EBOUNDS":
-        return None  # the channel bounds of a response, not its matrix
-    if kind == "response" and class2 == "SPECRESP":
-        return "arf"  # OGIP: an ARF is HDUCLAS1 RESPONSE, HDUCLAS2 SPECRESP (an RMF's is RSP_MATRIX)
-    if kind in ("events", "spectrum", "lightcurve") and not is_table:
-        return "image" if has_data else None  # an image binned from events, or a WMAP
-    if kind == "image" and not has_data:
-        return None
-    return kind
-
-
-def classify(hdus: list[tuple[int, object, bool, bool]], name: str = "") -> tuple[str, str | None, int] | None:
-    """(kind, role, HDU index) of a file from its HDUs as (index, header,
-    is_table, has_data); None when nothing says X-ray."""
-    found: dict[str, int] = {}
-    for index, header, is_table, has_data in hdus:
-        kind = hdu_kind(header, is_table, has_data)
-        if kind is not None:
-            found.setdefault(kind, index)
-    kind = next((k for k in KIND_ORDER if k in found), None)
-    if kind is None:
-        return None
-    role = None
-    if kind == "spectrum":
-        header = next(h for i, h, _, _ in hdus if i == found[kind])
-        class2 = str(header.get("HDUCLAS2", "")).strip().upper()
-        role = "background" if class2 in ("BKG", "BACKGROUND") or _BACKGROUND_NAME.search(name) else "source"
-    return kind, role, found[kind]
 
 
 # -- times ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
 from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
 from archive.roots import file_ids_at
+from archive.xray_kinds import XRAY_CLASSES, XRAY_EXTNAMES
 from processing.machinery import (
     Input,
     Item,
@@ -33,10 +34,8 @@ from processing.machinery import (
 )
 from processing.runs import file_content
 
-# Cards that make a file worth opening: one indexed query finds them, so a
-# scan of optical frames pays nothing per file.
-XRAY_CLASSES = ("EVENTS", "SPECTRUM", "LIGHTCURVE", "RESPONSE", "SPECRESP", "REGION", "GTI", "IMAGE")
-XRAY_EXTNAMES = ("EVENTS", "SPECTRUM", "RATE", "MATRIX", "SPECRESP MATRIX", "SPECRESP", "STDGTI", "GTI")
+# Cards that make a file worth opening (XRAY_CLASSES, XRAY_EXTNAMES): one indexed
+# query finds them, so a scan of optical frames pays nothing per file.
 LINKS = (("backfile", "background_id"), ("respfile", "response_id"), ("ancrfile", "arf_id"))
 
 

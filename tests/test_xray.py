@@ -653,3 +653,120 @@ def test_metrics_files_of_both_forms(tmp_path):
     (tmp_path / "a.json").write_text('{"Pileup": 0.12, "single_frac": 1}')
     (tmp_path / "b.txt").write_text("# from my tool\npileup = 0.12\n\nsingle_frac=1e0\n")
     assert read_metrics_file(tmp_path / "a.json") == read_metrics_file(tmp_path / "b.txt") == {"pileup": 0.12, "single_frac": 1.0}
+
+
+# -- frame types: an event list is the observation, every other X-ray file a product of one ----
+
+
+def _frame_types(url, selection=None):
+    args = ["query", *([selection] if selection else []), "--columns", "relpath,frame_type,xray_kind", "--format", "csv"]
+    return {r["relpath"]: (r["frame_type"], r["xray_kind"]) for r in _csv(run(url, *args).stdout)}
+
+
+def test_frame_type_follows_the_x_ray_kind(ingested):
+    """Events science; spectra (source and background), light curves and
+    images other, as their xray_kind says: ``frame_type == 'science'`` (the
+    selections of quality, calibrate, stack...) picks no spectrum."""
+    url, _, _ = ingested
+    found = _frame_types(url)
+    assert len(found) == 9
+    for name, (frame_type, kind) in found.items():
+        assert kind, name
+        assert frame_type == ("science" if kind == "events" else "other"), name
+    assert {n for n, (t, _) in found.items() if t == "science"} == {"chandra_test.fits", "dummy_evt.evt", "xte_test.evt.gz"}
+
+
+def test_summary_counts_no_spectrum_as_a_science_exposure(ingested):
+    url, _, _ = ingested
+    out = run(url, "summary").stdout
+    assert "# raw exposures per frame_type\nframe_type\texposures\nother\t6\nscience\t3\n" in out
+
+
+def test_frame_type_from_the_headers_agrees_with_the_summary_step(real_data):
+    """Ingest (cards only) and the summary step (the opened file) name the same
+    kind: the frame type is never decided by another rule than xray_kind's."""
+    from archive.headers import read_headers
+    from archive.xray_kinds import kind_of_units
+
+    paths = sorted((real_data / "xray").iterdir()) + sorted((real_data / "regions").glob("*.fits"))
+    paths += sorted((real_data / "eso_muse").glob("*.fits")) + sorted((real_data / "ccd_imaging").glob("*.fit*"))
+    for path in paths:
+        summary = xray.summarize_file(str(path))
+        units, _ = read_headers(path)
+        from_cards = kind_of_units(units)
+        assert (from_cards[0] if from_cards else None) == (summary.kind if summary else None), path.name
+    # a Chandra image binned from events says HDUCLAS1 EVENTS: an image, other, as its xray_kind
+    from archive.keywords import load_maps, normalize
+
+    units, _ = read_headers(real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits")
+    row = normalize(units, "acisf07999_000N001_r0035_regevt3_srcimg.fits", load_maps())
+    assert row["frame_type"] == "other"
+    assert json.loads(row["sources"])["frame_type"] == \
+        "HDUCLAS1='EVENTS' in HDU 0: an X-ray image, not an exposure (see xray_kind)"
+
+
+def test_renormalize_gives_a_stored_catalog_the_x_ray_frame_types(ingested):
+    """A catalog ingested before the rule has its spectra and light curve as
+    science, with HDUCLAS1 as their provenance: db renormalize corrects
+    both, from the stored cards."""
+    from sqlalchemy import create_engine, update
+
+    from archive.models import Exposure, File
+
+    url, _, _ = ingested
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as the old rule stored them
+        for name, value in (("3c273.pi", "SPECTRUM"), ("3c273_bg.pi", "SPECTRUM"), ("LightCurve_bexvar.fits", "LIGHTCURVE")):
+            file_id = conn.execute(File.__table__.select().where(File.relpath == name)).first().id
+            conn.execute(update(Exposure).where(Exposure.file_id == file_id).values(
+                frame_type="science", sources=json.dumps({"frame_type": f"HDUCLAS1={value!r}"})))
+    engine.dispose()
+    assert _frame_types(url, "frame_type == 'science'").keys() == {
+        "3c273.pi", "3c273_bg.pi", "LightCurve_bexvar.fits", "chandra_test.fits", "dummy_evt.evt", "xte_test.evt.gz"}
+    assert run(url, "db", "renormalize").stdout.strip() == "renormalized 9 exposures"
+    found = _frame_types(url)
+    assert found["3c273.pi"] == ("other", "spectrum") and found["3c273_bg.pi"] == ("other", "spectrum")
+    assert found["LightCurve_bexvar.fits"] == ("other", "lightcurve")
+    assert found["chandra_test.fits"] == ("science", "events")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(Exposure.__table__.select().join(File, File.id == Exposure.file_id)
+                              .where(File.relpath == "3c273_bg.pi")).first()
+    engine.dispose()
+    assert json.loads(stored.sources)["frame_type"] == \
+        "HDUCLAS1='SPECTRUM' in HDU 1: an X-ray spectrum, not an exposure (see xray_kind)"
+
+
+def test_an_event_list_has_no_image_to_calibrate(ingested):
+    """calibrate and calib explain say an event list has no image, not that
+    a master bias is missing."""
+    url, _, _ = ingested
+    out = run(url, "calib", "explain", "xray_kind == 'events'", "--format", "csv").stdout
+    rows = _csv(out)
+    assert len(rows) == 9 and {r["verdict"] for r in rows} == {"none"}
+    assert {r["reason"] for r in rows} == {"no image to calibrate: the file has no image HDU (an X-ray event list is a table)"}
+    result = run(url, "calibrate", "frame_type == 'science'", code=1)
+    assert "chandra_test.fits: no image to calibrate" in result.stdout + result.stderr
+    assert "master" not in result.stdout + result.stderr
+
+
+def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, real_data, rng):
+    """An event list holds no image to register: it joins no group of
+    positions (it made one of its own, and cut the chain of the frame after
+    it), and the command says so."""
+    from factories import write_frame
+
+    directory = tmp_path / "mixed"
+    write_frame(directory / "a.fits", rng)
+    write_frame(directory / "b.fits", rng)
+    shutil.copy(real_data / "xray" / "chandra_test.fits", directory)
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    events = _csv(run(url, "query", "xray_kind == 'events'", "--columns", "id", "--format", "csv").stdout)[0]["id"]
+    done = run(url, "group", "positions", "--radius", "20px", "--name", "p", "--selection", "frame_type == 'science'")
+    assert f"1 exposures hold no image (X-ray event lists and spectra are tables) and joined no group (ids {events})" \
+        in done.stderr
+    members = _csv(run(url, "query", "group == 'p-1' or group == 'p-2'", "--columns", "relpath", "--format", "csv").stdout)
+    assert sorted(r["relpath"] for r in members) == ["a.fits", "b.fits"]
+    alone = run(url, "group", "positions", "--radius", "20px", "--name", "q", "--selection", "xray_kind == 'events'", code=1)
+    assert "none of the 1 exposures of the selection holds an image" in alone.stderr
