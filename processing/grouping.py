@@ -256,7 +256,7 @@ def group_by_position(
 
     from archive.query import is_null
     from processing.offsets import current_offsets
-    from processing.steps import resolve
+    from processing.steps import resolve, without_images
 
     radius_px = parse_pixels(radius)
     frames = sorted(resolve(engine, selection, is_null("product")), key=lambda f: (f.mjd is None, f.mjd, f.exposure_id))
@@ -265,10 +265,8 @@ def group_by_position(
     # A file with no image (an X-ray event list or spectrum is a table) cannot be
     # registered: in the chain it would start a group of its own and cut the next
     # frame's chain too. It is left out and said (n_detectors NULL: not known, kept).
-    with transaction(engine) as conn:
-        imageless = set(conn.execute(select(Exposure.id).where(
-            Exposure.id.in_([f.exposure_id for f in frames]), Exposure.n_detectors == 0)).scalars())
-    frames = [f for f in frames if f.exposure_id not in imageless]
+    imageless = sorted(f.exposure_id for f in frames if f.n_detectors == 0)
+    frames, _ = without_images(frames)
     if not frames:
         raise ObsarchError(f"none of the {len(imageless)} exposures of the selection holds an image (X-ray event lists "
                            "and spectra are tables); nothing to group by position")
@@ -287,7 +285,7 @@ def group_by_position(
     order = {f.exposure_id: i for i, f in enumerate(frames)}
     ordered = sorted(clusters.values(), key=lambda members: min(order[m] for m in members))
     result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)},
-                            without_image=sorted(imageless))
+                            without_image=imageless)
     chosen = {group: _central(members, positions) for group, members in result.groups.items()}
     params = {"radius_px": radius_px, "positions": how, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-positions", params, ALGORITHM) as run:

@@ -36,7 +36,7 @@ from processing.executor import Progress
 from processing.machinery import Item, Step, StepResult, Writer, run_step
 from processing.quality import QualityParams, load_image, saturation_level
 from processing.stars import DetectionError, detect_stars, unsaturated
-from processing.steps import resolve
+from processing.steps import resolve, without_images
 
 ALGORITHM = "offsets-3"  # 3: stars found by SEP (processing.stars)
 MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
@@ -504,12 +504,17 @@ class OffsetsStep(Step):
         frames = {f.exposure_id: f for f in resolve(engine, None, ids=sorted({*self.ids, self.reference_id}))}
         if self.reference_id not in frames:
             raise ObsarchError(f"reference exposure {self.reference_id} is not in the catalog (or its file is missing)")
+        if frames[self.reference_id].n_detectors == 0:
+            raise ObsarchError(f"reference exposure {self.reference_id} ({frames[self.reference_id].path}) "
+                               "holds no image to register onto")
+        kept, self.said = without_images(list(frames.values()))  # an event list is no failure of registration
+        imageless = set(frames) - {f.exposure_id for f in kept}
         reference_path = frames[self.reference_id].path
         reference = _reference_input(reference_path, self.method, parse_box(self.box) if self.box else None)
         items = [Item(reference_path, (reference_path, "reference", self.method, None, None), data=self.reference_id)]
         for exposure_id in self.ids:
             frame = frames.get(exposure_id)
-            if exposure_id == self.reference_id:
+            if exposure_id == self.reference_id or exposure_id in imageless:
                 continue
             if frame is None:
                 items.append(Item(f"exposure {exposure_id}", error="its file is missing", data=exposure_id))
@@ -518,6 +523,9 @@ class OffsetsStep(Step):
         return items
 
     work = staticmethod(register)
+
+    def notes(self) -> list[str]:
+        return self.said
 
     def write(self, out: Writer, item: Item, result) -> None:
         transform, method = result

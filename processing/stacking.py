@@ -28,7 +28,7 @@ from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.offsets import current_offsets
 from processing.runs import write_product
-from processing.steps import Frame, inherited, product_of, resolve, safe_name
+from processing.steps import Frame, inherited, product_of, resolve, safe_name, without_images
 
 ALGORITHM = "stack-3"  # 3: detector by detector
 # Rotation (degrees) and scale change under which a multi-detector offset is a shift
@@ -93,8 +93,9 @@ class StackStep(Step):
         selected = resolve(engine, self.selection, is_null("product"))
         kept = {f.exposure_id for f in resolve(engine, self.selection, is_null("product"), compare("grade", "!=", "bad"))}
         bad = [f for f in selected if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
-        self.said = left_out(None, bad, self.include_bad)
         chosen = selected if self.include_bad else [f for f in selected if f.exposure_id in kept]
+        chosen, imageless = without_images(chosen)
+        self.said = left_out(None, bad, self.include_bad) + imageless
         if not chosen:
             raise ObsarchError("no frames to stack in the selection"
                                + (f": the {len(bad)} that match are graded bad and left out (--include-bad keeps them)" if bad else ""))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import Engine, select
 
@@ -44,6 +45,7 @@ class Frame:
     gain: float | None = None
     ccd_temp: float | None = None
     detector: str | None = None
+    n_detectors: int | None = None  # 0: no image at all (an X-ray event list, a header-only file); None: not known
     product: str | None = None
 
 
@@ -75,7 +77,25 @@ def resolve(engine: Engine, selection: Node | str | None, *conditions: Node | No
 
 
 _FRAME_COLUMNS = ("frame_type", "band", "readout_mode", "exptime", "mjd", "night", "frame_number", "instrument",
-                  "telescope", "object", "obsid", "date_obs", "ra", "dec", "xbin", "ybin", "gain", "ccd_temp", "detector")
+                  "telescope", "object", "obsid", "date_obs", "ra", "dec", "xbin", "ybin", "gain", "ccd_temp", "detector",
+                  "n_detectors")
+
+
+def without_images(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
+    """The frames that may hold an image, and what to say of those that hold
+    none (X-ray event lists and spectra are tables, a header-only file has no
+    pixels): a pixel step leaves them out, which is no failure of theirs.
+    A frame whose detectors are not known (a catalog not renormalized since
+    0009) is kept."""
+    imageless = [f for f in frames if f.n_detectors == 0]
+    if not imageless:
+        return frames, []
+    return [f for f in frames if f.n_detectors != 0], [no_image_note([Path(f.path).name for f in imageless])]
+
+
+def no_image_note(names: list[str]) -> str:
+    some = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"left out {len(names)} exposure{'s' if len(names) > 1 else ''} with no image: {some}"
 
 
 def refuse_ambiguous_frames(conn, tree: Node | None) -> None:

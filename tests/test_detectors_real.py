@@ -78,7 +78,7 @@ def test_a_muse_cube_is_one_detector_measured_on_its_white_light(catalog, real_d
     # is one (STAT and FIELDMAP describe it)
     assert sorted(key.rsplit("/", 1)[1] for key in result.done) == ["subcub_mosaic.fits"]
     assert result.failed == [] and result.exit_code == 0
-    assert result.notes == ["left out 3 exposures with no image to measure: MUSE.2017-06-16T01:34:56.867.fits, "
+    assert result.notes == ["left out 3 exposures with no image: MUSE.2017-06-16T01:34:56.867.fits, "
                             "PAE_July2013.primary-header-only.fits, minicube.primary-header-only.fits"]
     with catalog.engine.connect() as conn:
         rows = conn.execute(text("select detector, hdu_index, error from detector_metrics")).all()

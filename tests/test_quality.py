@@ -167,7 +167,7 @@ def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog
     (tmp_path / "f-5.fits").unlink()  # gone since ingest
     summary = quality.compute(catalog.engine, workers=2)
     assert (len(summary.done), len(summary.failed)) == (1, 4) and summary.exit_code == 3
-    assert summary.notes == ["left out 1 exposure with no image to measure: f-6.fits"]  # a table only: no failure
+    assert summary.notes == ["left out 1 exposure with no image: f-6.fits"]  # a table only: no failure
     with catalog.engine.connect() as conn:
         errors = dict(conn.execute(text("SELECT frame_number, metrics_error FROM exposure_quality WHERE metrics_error IS NOT NULL")).all())
     assert "no finite pixels (all NaN)" in errors[2]
@@ -456,7 +456,7 @@ def test_a_failure_names_its_file_once(url, tmp_path):
     path = str(tmp_path / "nan.fits")
     line = next(line for line in result.stderr.splitlines() if "no finite pixels" in line)
     assert line.strip() == f"{path}: detector PRIMARY: no finite pixels (all NaN)" and result.stderr.count(path) == 2  # the line and the summary
-    assert "quality: left out 1 exposure with no image to measure: header-only.fits" in result.stderr.splitlines()
+    assert "quality: left out 1 exposure with no image: header-only.fits" in result.stderr.splitlines()
 
 
 def test_a_selection_of_files_without_pixels_has_nothing_to_measure(url, tmp_path):

@@ -770,3 +770,23 @@ def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, rea
     assert sorted(r["relpath"] for r in members) == ["a.fits", "b.fits"]
     alone = run(url, "group", "positions", "--radius", "20px", "--name", "q", "--selection", "xray_kind == 'events'", code=1)
     assert "none of the 1 exposures of the selection holds an image" in alone.stderr
+
+
+def test_offsets_and_stack_leave_an_event_list_out_and_say_so(url, tmp_path, real_data, rng):
+    """Registering or stacking `frame_type == 'science'` of a mixed archive
+    leaves the event list out with a note: it is no failure (exit 0)."""
+    from factories import star_field, write_image
+
+    directory = tmp_path / "mixed"
+    field = star_field(rng, shape=(128, 128), nstars=30)
+    for number, shift in ((1, 0), (2, 3)):
+        write_image(directory / f"f-{number}.fits", np.roll(field, shift, axis=1), {"FILTER": "V", "IMAGETYP": "LIGHT"})
+    shutil.copy(real_data / "xray" / "chandra_test.fits", directory)
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    registered = run(url, "offsets", "compute", "frame_type == 'science'", "--reference", "1")
+    assert "offsets-stars: left out 1 exposure with no image: chandra_test.fits" in registered.stderr.splitlines()
+    stacked = run(url, "stack", "frame_type == 'science'", "--out", str(tmp_path / "stacks"))
+    assert "stack: left out 1 exposure with no image: chandra_test.fits" in stacked.stderr.splitlines()
+    onto = run(url, "offsets", "compute", "frame_type == 'science'", "--reference", "xray_kind == 'events'", code=1)
+    assert onto.stderr.startswith("error: reference exposure ") and onto.stderr.strip().endswith("holds no image to register onto")
