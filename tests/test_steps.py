@@ -92,7 +92,7 @@ def test_a_frame_number_of_several_instruments_is_refused_with_the_list(catalog,
     with catalog.engine.connect() as conn:
         assert len(conn.execute(select(Flag.id)).all()) == 1
     result = runner.invoke(app, ["--db", catalog.engine.url.render_as_string(hide_password=False), "flag", "1", "--grade", "bad"])
-    assert result.exit_code == 1 and "CamA, CamB, CamC" in result.stderr
+    assert result.exit_code == 2 and "CamA, CamB, CamC" in result.stderr
 
 
 def test_a_master_inherits_the_read_out_mode_whatever_keyword_it_came_from(catalog, tmp_path, rng):
