@@ -31,7 +31,7 @@ from archive.detectors import (
 )
 from archive.exceptions import ConfigError, ObsarchError
 from archive.models import Exposure, File, HeaderCard, Product, Root
-from processing.runs import file_content
+from processing.runs import file_content, stale_products
 
 KINDS = ("bias", "dark", "flat")
 # Exposure columns a rule may match on, and "binning" (x and y), "detector"
@@ -160,6 +160,7 @@ class Calib:
     frame_number: int | None = None
     detectors: list[Detector] = field(default_factory=list)
     n_inputs: int | None = None
+    stale: str | None = None  # a master: why it is stale (obsarch stale), which refuses it
 
     @property
     def binning(self) -> str | None:
@@ -199,8 +200,10 @@ def load_masters(engine: Engine, kind: str) -> list[Calib]:
             .where(HeaderCard.file_id.in_([m.file_id for m in masters]), HeaderCard.keyword == "NCOMBINE")
             .group_by(HeaderCard.file_id)
         ).all()) if masters else {}
+    stale = {row["file_id"]: row["reason"] for row in stale_products(engine)} if masters else {}
     for master in masters:
         master.n_inputs = int(counts[master.file_id]) if counts.get(master.file_id) is not None else None
+        master.stale = stale.get(master.file_id)
     return masters
 
 
@@ -267,6 +270,9 @@ def choose(frame: Calib, kind: str, candidates: list[Calib], rule: CalibrationRu
 
 def _judge(frame: Calib, detectors: list[Detector], master: Calib, rule: CalibrationRule) -> Verdict:
     met: list[str] = []
+    if master.stale:  # made from a frame since graded bad, a changed input, a master since rebuilt...
+        again = "" if "`obsarch" in master.stale else f"; make it again: `obsarch calib {rule.kind}`"
+        return Verdict(master, f"stale: {master.stale}{again}", met, _distance(frame, master))
     checks = [*(("match", key) for key in rule.match if key != "shape"), ("match", "shape"),
               *(("tolerance", key) for key, _ in rule.tolerance), ("age", None), ("inputs", None)]
     for kind, key in checks:

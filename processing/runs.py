@@ -250,7 +250,7 @@ def stale_products(engine: Engine) -> list[dict]:
         why = reason(product)
         if why:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
-                           "reason": why})
+                           "reason": why, "file_id": product.file_id})
     return result
 
 

@@ -157,6 +157,25 @@ def test_a_master_whose_frame_is_graded_bad_after_is_stale_as_making_it_again_le
     assert "is stale" in rows["master_flat"]["reason"]  # made with that bias
 
 
+def test_the_rules_refuse_a_stale_master_and_take_the_one_made_again(raw):
+    """A master made from a frame since graded bad is not used: making it
+    again writes another master (its inputs differ), which the rules take."""
+    catalog, tmp, _ = raw
+    engine = catalog.engine
+    first = calibration.make_master(engine, "bias", out_dir=tmp / "m").products[0]
+    quality.flag(engine, "3853", "bad", reason="trail")
+    (choice,) = calibration.explain(engine, "frame_number == 3860", kinds=("bias",))
+    assert choice.chosen is None and [v.master.path for v in choice.verdicts] == [first]
+    assert choice.verdicts[0].refused.startswith("stale: input frame ") and choice.verdicts[0].refused.endswith(
+        "(frame 3853) was graded bad after it was made; `obsarch calib bias` again leaves it out")
+    failed = calibration.calibrate(engine, "frame_number == 3860", use=("bias",), out_dir=tmp / "c", workers=1)
+    assert failed.exit_code == 1 and "stale: input frame" in failed.failed[0][1]
+    again = calibration.make_master(engine, "bias", out_dir=tmp / "m").products[0]
+    (choice,) = calibration.explain(engine, "frame_number == 3860", kinds=("bias",))
+    assert again != first and choice.chosen.master.path == again
+    assert calibration.calibrate(engine, "frame_number == 3860", use=("bias",), out_dir=tmp / "c", workers=1).exit_code == 0
+
+
 def test_a_master_made_with_include_bad_is_not_stale_when_its_frame_is_graded_bad_after(raw):
     catalog, tmp, _ = raw
     kept = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m", include_bad=True)
