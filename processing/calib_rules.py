@@ -210,7 +210,7 @@ def load_masters(engine: Engine, kind: str) -> list[Calib]:
 # -- choosing ----------------------------------------------------------------------------
 
 
-NO_IMAGE = "no image to calibrate: the file has no image HDU (an X-ray event list is a table)"
+NO_IMAGE = "no image to calibrate: the file has no image HDU (an X-ray event list is a table, a header-only file has no pixels)"
 
 
 @dataclass

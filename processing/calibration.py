@@ -33,7 +33,7 @@ from processing.combine import DEFAULT_MEMORY, _size, calibrate_array, combine_f
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.runs import identity, params_hash, write_product
-from processing.steps import Frame, inherited, mjd_of, nearest, one_value, resolve, safe_name
+from processing.steps import Frame, inherited, leave_out_bad, mjd_of, nearest, one_value, resolve, safe_name, without_images
 
 ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
 KINDS = ("bias", "dark", "flat")
@@ -78,23 +78,19 @@ def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, 
 
 
 def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None,
-                   include_bad: bool = False) -> tuple[list[Frame], str | None, list[Frame]]:
+                   include_bad: bool = False) -> tuple[list[Frame], str | None, list[str]]:
     """The raw frames a master combines, why they are fewer than asked (if
-    they are), and the frames of the selection graded bad: left out (unless
+    they are), and what to say of the frames of the selection graded bad: left out (unless
     ``include_bad``) before the nearest are picked, as ``stack`` leaves them
     out, so that ``--nearest N`` takes the N nearest frames fit to use."""
-    conditions = [_kind_condition(kind), compare("band", "==", band) if band is not None else None]
-    candidates = raw_frames(engine, selection, *conditions)
+    conditions = [is_null("product"), _kind_condition(kind), compare("band", "==", band) if band is not None else None]
+    candidates, bad, said = leave_out_bad(engine, selection, *conditions, include_bad=include_bad, kind=kind)
     where = f"{_shown(selection)}" + (f" in band {band}" if band else "")
-    if not candidates:
+    if not candidates and not bad:
         raise ObsarchError(f"no raw {kind} frames match {where}")
-    kept = {f.exposure_id for f in raw_frames(engine, selection, *conditions, compare("grade", "!=", "bad"))}
-    bad = [f for f in candidates if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
-    if not include_bad:
-        candidates = [f for f in candidates if f.exposure_id in kept]
-        if not candidates:
-            raise ObsarchError(f"no raw {kind} frames to combine in {where}: the {len(bad)} that match are graded bad "
-                               "and left out (--include-bad keeps them)")
+    if not candidates:
+        raise ObsarchError(f"no raw {kind} frames to combine in {where}: the {len(bad)} that match are graded bad "
+                           "and left out (--include-bad keeps them)")
     short = None
     if count is not None:
         if to is None:
@@ -108,22 +104,7 @@ def _master_inputs(engine, kind: str, selection, band: str | None, count: int | 
         one_value(candidates, "band", kind)
     if kind == "dark":
         one_value(candidates, "exptime", kind)
-    return sorted(candidates, key=lambda f: f.mjd or 0), short, bad
-
-
-def left_out(kind: str | None, bad: list[Frame], include_bad: bool) -> list[str]:
-    """What a master or a stack says of the frames of its selection graded bad."""
-    if not bad:
-        return []
-    names = ", ".join(_frame_name(f) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    frames = f"{len(bad)} {kind + ' ' if kind else ''}frame{'s' if len(bad) > 1 else ''} graded bad"
-    if include_bad:
-        return [f"kept {frames} (--include-bad): {names}"]
-    return [f"left out {frames} (--include-bad keeps them): {names}"]
-
-
-def _frame_name(frame: Frame) -> str:
-    return str(frame.frame_number) if frame.frame_number is not None else Path(frame.path).name
+    return sorted(candidates, key=lambda f: f.mjd or 0), short, said
 
 
 def _shown(selection) -> str:
@@ -206,8 +187,7 @@ class MasterStep(Step):
         if kind not in KINDS:
             raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
         self.name, self.kind, self.master_params, self.include_bad = f"master-{kind}", kind, params, include_bad
-        self.inputs, self.shortfall, bad = _master_inputs(engine, kind, selection, band, count, to, include_bad)
-        self.said = left_out(kind, bad, include_bad)
+        self.inputs, self.shortfall, self.said = _master_inputs(engine, kind, selection, band, count, to, include_bad)
         self.min_inputs = rules.get(kind, DEFAULT_RULES[kind]).min_inputs
         first = self.inputs[0]
         with transaction(engine) as conn:
@@ -512,10 +492,18 @@ class CalibrateStep(Step):
         science = raw_frames(engine, self.selection, compare("frame_type", "==", "science"))
         if not science:
             raise ObsarchError(f"no raw science frames match {_shown(self.selection)}")
+        imageless = len(science)
+        science, self.said = without_images(science)  # an event list has nothing to calibrate: no failure of its own
+        if not science:
+            raise ObsarchError(f"nothing to calibrate: the {imageless} science exposure{'s' if imageless > 1 else ''} "
+                               f"of {_shown(self.selection)} hold no image")
         choices: dict[int, list[Choice]] = {}
         for choice in choose_all(engine, [f.exposure_id for f in science], self.use, self.rules, self.hdus):
             choices.setdefault(choice.frame.exposure_id, []).append(choice)
         return [self._item(frame, choices[frame.exposure_id]) for frame in science]
+
+    def notes(self) -> list[str]:
+        return self.said
 
     def _item(self, frame: Frame, choices: list[Choice]) -> Item:
         masters, error = plan(choices)

@@ -21,14 +21,14 @@ from astropy.io import fits
 from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError
 from archive.query import compare, is_null
-from processing.calibration import detector_values, left_out
+from processing.calibration import detector_values
 from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, combine_files, parse_memory, resample
 from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.offsets import current_offsets
 from processing.runs import write_product
-from processing.steps import Frame, inherited, product_of, resolve, safe_name, without_images
+from processing.steps import Frame, inherited, leave_out_bad, product_of, resolve, safe_name, without_images
 
 ALGORITHM = "stack-3"  # 3: detector by detector
 # Rotation (degrees) and scale change under which a multi-detector offset is a shift
@@ -90,15 +90,13 @@ class StackStep(Step):
         return self.said
 
     def items(self, engine) -> list[Item]:
-        selected = resolve(engine, self.selection, is_null("product"))
-        kept = {f.exposure_id for f in resolve(engine, self.selection, is_null("product"), compare("grade", "!=", "bad"))}
-        bad = [f for f in selected if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
-        chosen = selected if self.include_bad else [f for f in selected if f.exposure_id in kept]
+        chosen, bad, self.said = leave_out_bad(engine, self.selection, is_null("product"), include_bad=self.include_bad)
         chosen, imageless = without_images(chosen)
-        self.said = left_out(None, bad, self.include_bad) + imageless
+        self.said += imageless
         if not chosen:
-            raise ObsarchError("no frames to stack in the selection"
-                               + (f": the {len(bad)} that match are graded bad and left out (--include-bad keeps them)" if bad else ""))
+            why = [f"the {len(bad)} that match are graded bad and left out (--include-bad keeps them)"] \
+                if bad and not self.include_bad else []
+            raise ObsarchError("no frames to stack in the selection" + (": " + "; ".join(why + imageless) if why + imageless else ""))
         offsets = current_offsets(engine, [f.exposure_id for f in chosen])
         references = {offsets[f.exposure_id].reference_id for f in chosen if offsets.get(f.exposure_id, None) and offsets[f.exposure_id].ok}
         if len(references) > 1:

@@ -81,6 +81,27 @@ _FRAME_COLUMNS = ("frame_type", "band", "readout_mode", "exptime", "mjd", "night
                   "n_detectors")
 
 
+def leave_out_bad(engine: Engine, selection, *conditions: Node | None, include_bad: bool,
+                  kind: str | None = None) -> tuple[list[Frame], list[Frame], list[str]]:
+    """The frames of ``selection`` and ``conditions`` a master or a stack
+    combines: those graded bad are left out unless ``include_bad``. Returns
+    the frames, the ones graded bad, and what to say of them."""
+    selected = resolve(engine, selection, *conditions)
+    kept = {f.exposure_id for f in resolve(engine, selection, *conditions, compare("grade", "!=", "bad"))}
+    bad = [f for f in selected if f.exposure_id not in kept]  # never-graded frames have grade 'ungraded'
+    chosen = selected if include_bad else [f for f in selected if f.exposure_id in kept]
+    if not bad:
+        return chosen, bad, []
+    names = ", ".join(_frame_name(f) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    frames = f"{len(bad)} {kind + ' ' if kind else ''}frame{'s' if len(bad) > 1 else ''} graded bad"
+    said = f"kept {frames} (--include-bad): {names}" if include_bad else f"left out {frames} (--include-bad keeps them): {names}"
+    return chosen, bad, [said]
+
+
+def _frame_name(frame: Frame) -> str:
+    return str(frame.frame_number) if frame.frame_number is not None else Path(frame.path).name
+
+
 def without_images(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
     """The frames that may hold an image, and what to say of those that hold
     none (X-ray event lists and spectra are tables, a header-only file has no

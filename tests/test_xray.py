@@ -744,10 +744,27 @@ def test_an_event_list_has_no_image_to_calibrate(ingested):
     out = run(url, "calib", "explain", "xray_kind == 'events'", "--format", "csv").stdout
     rows = _csv(out)
     assert len(rows) == 9 and {r["verdict"] for r in rows} == {"none"}
-    assert {r["reason"] for r in rows} == {"no image to calibrate: the file has no image HDU (an X-ray event list is a table)"}
-    result = run(url, "calibrate", "frame_type == 'science'", code=1)
-    assert "chandra_test.fits: no image to calibrate" in result.stdout + result.stderr
+    assert {r["reason"] for r in rows} == {"no image to calibrate: the file has no image HDU (an X-ray event list is a "
+                                           "table, a header-only file has no pixels)"}
+    result = run(url, "calibrate", "frame_type == 'science'", code=1)  # only event lists: nothing to calibrate
+    assert result.stderr.startswith("error: nothing to calibrate: the 3 science exposures of \"frame_type == 'science'\" "
+                                    "hold no image")
     assert "master" not in result.stdout + result.stderr
+
+
+def test_calibrate_leaves_an_event_list_out_and_says_so(url, tmp_path, real_data):
+    """Beside optical frames an event list is left out with a note, no failure."""
+    import test_steps
+
+    test_steps.night(tmp_path / "mixed", np.random.default_rng(3))
+    shutil.copy(real_data / "xray" / "chandra_test.fits", tmp_path / "mixed")
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "mixed"))
+    run(url, "calib", "bias", "--out", str(tmp_path / "m"))
+    run(url, "calib", "flat", "--band", "V", "--out", str(tmp_path / "m"))
+    done = run(url, "calibrate", "frame_type == 'science'", "--out", str(tmp_path / "c"))
+    assert "calibrate: left out 1 exposure with no image: chandra_test.fits" in done.stderr.splitlines()
+    assert len(list((tmp_path / "c").glob("*_cal.fits"))) == 4
 
 
 def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, real_data, rng):
@@ -790,3 +807,12 @@ def test_offsets_and_stack_leave_an_event_list_out_and_say_so(url, tmp_path, rea
     assert "stack: left out 1 exposure with no image: chandra_test.fits" in stacked.stderr.splitlines()
     onto = run(url, "offsets", "compute", "frame_type == 'science'", "--reference", "xray_kind == 'events'", code=1)
     assert onto.stderr.startswith("error: reference exposure ") and onto.stderr.strip().endswith("holds no image to register onto")
+
+
+def test_stack_of_event_lists_only_says_why_nothing_is_stacked(url, tmp_path, real_data):
+    shutil.copy(real_data / "xray" / "chandra_test.fits", tmp_path)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path))
+    result = run(url, "stack", "xray_kind == 'events'", "--out", str(tmp_path / "s"), code=1)
+    assert result.stderr.strip() == \
+        "error: no frames to stack in the selection: left out 1 exposure with no image: chandra_test.fits"
