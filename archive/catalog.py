@@ -136,14 +136,14 @@ class Catalog:
             try:
                 labels, statement = self._statements[key]
             except KeyError:
-                labels, statement = self._statement(conn, node, text, sort, limit)
+                labels, statement = self._statement(conn, node, text, sort, limit, selection)
                 if len(self._statements) >= 256:
                     self._statements.clear()
                 self._statements[key] = labels, statement
             rows = [tuple(r) for r in conn.execute(statement)]
         return _merge_header_columns(labels, rows)
 
-    def _statement(self, conn, node: Node | None, columns: str | None, sort: str | None, limit: int | None):
+    def _statement(self, conn, node: Node | None, columns: str | None, sort: str | None, limit: int | None, selection=None):
         """(labels, SELECT) of :meth:`rows`. Building it costs more than running it on
         a night's rows, so the same question (a page asked again) reuses it, with the
         shape chosen when it was first asked (every shape gives the same rows)."""
@@ -152,7 +152,8 @@ class Catalog:
         else:
             fields = [Column(c) for c in DEFAULT_COLUMNS] + (header_columns(node) if node else [])
         compiler = Compiler(self.dialect, conn)  # conn: SQLite picks a keyword test's shape from two capped counts
-        where = compiler.root(node) if node is not None else None
+        with naming("selection", selection):  # the text the tree came from, if any
+            where = compiler.root(node) if node is not None else None
         with naming("columns", columns):
             pairs = [pair for field in fields for pair in column_expressions(field, compiler)]
         order = sort_expressions(sort, compiler) if sort else []

@@ -195,13 +195,16 @@ def _shown(text: str) -> str:
 
 
 @contextlib.contextmanager
-def naming(what: str, text: str | None):
-    """A name that cannot be compiled says which list it is in (``columns
-    'exptime,bnd': unknown name 'bnd' at column 9``)."""
+def naming(what: str, text):
+    """A name that cannot be compiled says which text it is in (``columns
+    'exptime,bnd': unknown name 'bnd' at column 9``); a tree built by code
+    (``text`` not a string) has no text to name."""
     try:
         yield
     except SelectionError as exc:
-        raise SelectionError(f"{what} {_shown(text or '')}: {exc}") from None
+        if not isinstance(text, str) or str(exc).startswith(f"{what} "):  # a parse error names it already
+            raise
+        raise SelectionError(f"{what} {_shown(text)}: {exc}") from None
 
 
 # -- parser ------------------------------------------------------------------
@@ -613,6 +616,13 @@ def register_field(name: str, expression: Callable[[], ColumnElement], kind: str
 from archive import xray_fields  # noqa: E402  (X-ray summaries, named metrics, regions)
 
 xray_fields.register(register_field)
+
+
+def check_fields(fields: list[Field]) -> None:
+    """Raise the error of the first unknown name among ``fields``."""
+    for field in fields:
+        if isinstance(field, Column):
+            _field_def(field)
 
 
 def _field_def(column: Column) -> FieldDef:
@@ -1197,7 +1207,8 @@ def select_exposures(selection: str | Node | None, dialect: str, *columns, conn=
     ``compiler``: the one to use, to read its choices after."""
     compiler = compiler or Compiler(dialect, conn)
     node = as_tree(selection)
-    where = compiler.root(node) if node is not None else None
+    with naming("selection", selection):
+        where = compiler.root(node) if node is not None else None
     tables = set(compiler.tables)
     if any(getattr(c, "table", None) is not None and c.table.name in ("files", "roots") for c in columns):
         tables |= {"files", "roots"}
@@ -1226,7 +1237,8 @@ def ids_statement(selection: str | Node | None, dialect: str, conn=None):
     compound at the top of a statement, so only the ids get this shape."""
     node = as_tree(selection)
     compiler = Compiler(dialect, conn)
-    plain = select_exposures(node, dialect, compiler=compiler).order_by(Exposure.id)
+    with naming("selection", selection):
+        plain = select_exposures(node, dialect, compiler=compiler).order_by(Exposure.id)
     # the conditions that are items of the root AND (one under a NOT or an OR is no intersection)
     merged = [(seek, cards) for seek, cards in compiler.merge
               if isinstance(node, BoolOp) and node.op == "and" and any(seek is item for item in node.items)]

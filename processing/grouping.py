@@ -7,7 +7,6 @@ chord length between unit vectors.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -17,10 +16,10 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, select
 
 from archive.db import transaction
-from archive.exceptions import ObsarchError, SelectionError
+from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
-from archive.query import FIELDS, Column, parse_columns, select_exposures
+from archive.query import Column, check_fields, naming, parse_columns, select_exposures
 from processing.runs import recorded_run
 
 ALGORITHM = "grouping-1"
@@ -145,10 +144,8 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     from archive.catalog import Catalog
 
     fields = parse_columns(keys, what="keys")
-    for field_ in fields:
-        if isinstance(field_, Column) and field_.name not in FIELDS:
-            close = difflib.get_close_matches(field_.name, FIELDS, n=3)
-            raise SelectionError(f"unknown name {field_.name!r} to group by" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    with naming("keys", keys):
+        check_fields(fields)
     frame = Catalog(engine=engine, check=False).query(selection, columns=["id", *[_text(f) for f in fields]])
     labels = [c for c in frame.columns if c != "id"]
     result = GroupingResult()

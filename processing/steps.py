@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError, SelectionError
 from archive.models import Exposure, File, Product, Root
-from archive.query import FIELDS, Node, all_of, ambiguous_frames, compare, is_null, select_exposures
+from archive.query import FIELDS, Node, all_of, ambiguous_frames, compare, is_null, naming, select_exposures
 from archive.query import ids as query_ids
 from processing.runs import file_content
 
@@ -62,11 +62,12 @@ def resolve(engine: Engine, selection: Node | str | None, *conditions: Node | No
     frame number shared by raw exposures of several instruments is refused
     with the list."""
     tree = all_of(selection, *conditions, query_ids(ids) if ids is not None else None)
-    statement = select_exposures(
-        tree, engine.dialect.name, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
-        File.header_hash, File.size, File.mtime_ns, File.status, *[getattr(Exposure, c) for c in _FRAME_COLUMNS],
-        FIELDS["product"].expression().label("product"),
-    ).order_by(Exposure.mjd, Exposure.id)
+    with naming("selection", selection):  # only the person's text can hold an unknown name
+        statement = select_exposures(
+            tree, engine.dialect.name, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
+            File.header_hash, File.size, File.mtime_ns, File.status, *[getattr(Exposure, c) for c in _FRAME_COLUMNS],
+            FIELDS["product"].expression().label("product"),
+        ).order_by(Exposure.mjd, Exposure.id)
     with transaction(engine) as conn:
         refuse_ambiguous_frames(conn, tree)
         rows = conn.execute(statement).all()
