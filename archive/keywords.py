@@ -187,7 +187,8 @@ def _frame_type(values: _Values, units: list[HeaderUnit]) -> str | None:
     image, region or GTI file is a product of one (``other``), whatever its
     HDUCLAS1 spells. Other files: the first frame-type card the maps know."""
     kind = None if _optical_monitor(values) else kind_of_units(units)
-    if kind is not None:
+    # HDUCLAS1 = 'IMAGE' alone makes no X-ray file: an optical frame may say it beside its IMAGETYP
+    if kind is not None and (kind[0] != "image" or _is_xray(units, values)):
         return _xray_frame_type(values, units, *kind)
     first_seen = None
     for keyword in values.maps.sources["frame_type"]:

@@ -816,3 +816,19 @@ def test_stack_of_event_lists_only_says_why_nothing_is_stacked(url, tmp_path, re
     result = run(url, "stack", "xray_kind == 'events'", "--out", str(tmp_path / "s"), code=1)
     assert result.stderr.strip() == \
         "error: no frames to stack in the selection: left out 1 exposure with no image: chandra_test.fits"
+
+
+def test_an_optical_frame_that_says_hduclas1_image_keeps_its_imagetyp(tmp_path):
+    """HDUCLAS1 = 'IMAGE' (OGIP's word, some optical pipelines write it) makes
+    no X-ray file: the frame's IMAGETYP decides; a Chandra image stays other."""
+    from archive.headers import read_headers
+    from archive.keywords import load_maps, normalize
+
+    def frame_type(**cards) -> str:
+        path = tmp_path / "f.fits"
+        fits.PrimaryHDU(np.zeros((8, 8), np.float32), header=fits.Header({"HDUCLAS1": "IMAGE", **cards})).writeto(path, overwrite=True)
+        return normalize(read_headers(path)[0], "f.fits", load_maps())["frame_type"]
+
+    assert frame_type(IMAGETYP="Light Frame") == "science"
+    assert frame_type(IMAGETYP="Bias Frame") == "bias"
+    assert frame_type(TELESCOP="CHANDRA", IMAGETYP="Light Frame") == "other"
