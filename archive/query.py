@@ -153,28 +153,28 @@ class Token:
     value: object = None
 
 
-def tokenize(text: str, what: str = "selection") -> list[Token]:
+def tokenize(text: str, what: str = "selection", shown: str | None = None) -> list[Token]:
     bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
     if bad is not None:  # an argument whose bytes were not UTF-8 (Python keeps them as surrogates)
-        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8", what)
+        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8", what, shown)
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match:
-            raise _error(text, pos, f"unexpected character {text[pos]!r}", what)
+            raise _error(text, pos, f"unexpected character {text[pos]!r}", what, shown)
         kind, raw = match.lastgroup, match.group()
         if kind == "number":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
             if isinstance(value, float) and math.isinf(value):
-                raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)", what)
+                raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)", what, shown)
             if isinstance(value, int) and not -(2**63) <= value < 2**63:
-                raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits", what)
+                raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits", what, shown)
             tokens.append(Token(kind, raw, pos, value))
         elif kind == "string":
             quote = raw[0]
             body = raw[1:-1].replace(quote * 2, quote)
             if "\x00" in body:
-                raise _error(text, pos, "a string holds a NUL byte, which no stored value has", what)
+                raise _error(text, pos, "a string holds a NUL byte, which no stored value has", what, shown)
             tokens.append(Token(kind, raw, pos, re.sub(r"\\(.)", r"\1", body)))
         elif kind == "name" and raw.lower() in _WORDS:
             tokens.append(Token("word", raw.lower(), pos))
@@ -185,9 +185,11 @@ def tokenize(text: str, what: str = "selection") -> list[Token]:
     return tokens
 
 
-def _error(text: str, pos: int, message: str, what: str = "selection") -> SelectionError:
-    near = text[pos : pos + 20] or "the end"
-    return SelectionError(f"{what} {_shown(text)}: {message} at column {pos + 1} (near {near!r})")
+def _error(text: str, pos: int, message: str, what: str = "selection", shown: str | None = None) -> SelectionError:
+    """``shown``: the text as the person wrote it, where ``text`` was
+    respelled for parsing with every column kept in place."""
+    near = (shown or text)[pos : pos + 20] or "the end"
+    return SelectionError(f"{what} {_shown(shown or text)}: {message} at column {pos + 1} (near {near!r})")
 
 
 def _shown(text: str) -> str:
@@ -215,9 +217,9 @@ MAX_IN_PARAMETERS = 500  # a longer value list is sent as one parameter (backend
 
 
 class _Parser:
-    def __init__(self, text: str, what: str = "selection"):
-        self.text, self.what = text, what
-        self.tokens = tokenize(text, what)
+    def __init__(self, text: str, what: str = "selection", shown: str | None = None):
+        self.text, self.what, self.shown = text, what, shown
+        self.tokens = tokenize(text, what, shown)
         self.i = 0
         self.depth = 0
 
@@ -251,7 +253,7 @@ class _Parser:
 
     def fail(self, message: str) -> SelectionError:
         found = self.tok.text or "the end"
-        return _error(self.text, self.tok.pos, f"{message}, found {found!r}", self.what)
+        return _error(self.text, self.tok.pos, f"{message}, found {found!r}", self.what, self.shown)
 
     def parse(self):
         if self.tok.kind == "end":
@@ -468,12 +470,13 @@ def parse_columns(text: str, what: str = "columns") -> list[Field]:
 
 
 def parse_sort(text: str) -> list[tuple[Field, bool]]:
-    """Parse ``-exptime,date_obs`` into (field, descending) pairs."""
-    return _field_list(text, "sort", signed=True)
+    """Parse ``-exptime,+date_obs`` into (field, descending) pairs."""
+    # +name is ascending, as a bare name: a blank in its place keeps every column where it was
+    return _field_list(re.sub(r"(^|,)(\s*)\+", r"\1\2 ", text), "sort", signed=True, shown=text)
 
 
-def _field_list(text: str, what: str, signed: bool) -> list[tuple[Field, bool]]:
-    parser = _Parser(text, what)
+def _field_list(text: str, what: str, signed: bool, shown: str | None = None) -> list[tuple[Field, bool]]:
+    parser = _Parser(text, what, shown)
     items = []
     while True:
         descending = signed and parser.accept("punct", "-") is not None

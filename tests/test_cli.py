@@ -188,7 +188,7 @@ def test_bad_input_gets_one_clear_line(ingested, args, expected, code):
 
 
 def test_sort_lists_several_names_each_way(ingested):
-    result = runner.invoke(app, ["--db", ingested, "query", "--columns", "band,exptime", "--sort", " band , -exptime",
+    result = runner.invoke(app, ["--db", ingested, "query", "--columns", "band,exptime", "--sort", " +band , -exptime",
                                  "--format", "csv"])
     assert result.exit_code == 0, result.output
     rows = [line.split(",") for line in result.stdout.splitlines()[1:]]
