@@ -206,9 +206,6 @@ class MasterStep(Step):
                 "master_contents": {k: m.content for k, m in self.masters.items()}, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
 
-    def notes(self) -> list[str]:
-        return self.said
-
     def items(self, engine) -> list[Item]:
         first = Path(self.inputs[0].path).name
         items = []
@@ -501,9 +498,6 @@ class CalibrateStep(Step):
         for choice in choose_all(engine, [f.exposure_id for f in science], self.use, self.rules, self.hdus):
             choices.setdefault(choice.frame.exposure_id, []).append(choice)
         return [self._item(frame, choices[frame.exposure_id]) for frame in science]
-
-    def notes(self) -> list[str]:
-        return self.said
 
     def _item(self, frame: Frame, choices: list[Choice]) -> Item:
         masters, error = plan(choices)

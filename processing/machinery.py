@@ -139,10 +139,13 @@ class Step:
     def items(self, engine: Engine) -> list[Item]:
         raise NotImplementedError
 
+    said: list[str] = []  # set by ``items``: what it left out of the selection and why
+
     def notes(self) -> list[str]:
         """What a person should know of the step's choice of inputs, said
-        beside its result (frames graded bad left out); asked after ``items``."""
-        return []
+        beside its result (frames graded bad, or with no image, left out);
+        asked after ``items``."""
+        return self.said
 
     work: Callable[[Any], Any] | None = None  # a module-level function: task -> result
 

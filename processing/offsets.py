@@ -524,9 +524,6 @@ class OffsetsStep(Step):
 
     work = staticmethod(register)
 
-    def notes(self) -> list[str]:
-        return self.said
-
     def write(self, out: Writer, item: Item, result) -> None:
         transform, method = result
         self._store(out, item.data, transform, None, method)

@@ -377,9 +377,6 @@ class QualityStep(Step):
                      error=f"{row.path}: the file is missing" if row.status == "missing" else None)
                 for row in rows if row.n_detectors != 0]
 
-    def notes(self) -> list[str]:
-        return self.said
-
     def up_to_date(self, engine, items, prints) -> set[str]:
         """Frames measured with these parameters from this version of their file
         (a frame that could not be measured is tried again: it is not done)."""

@@ -86,9 +86,6 @@ class StackStep(Step):
         return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
 
-    def notes(self) -> list[str]:
-        return self.said
-
     def items(self, engine) -> list[Item]:
         chosen, bad, self.said = leave_out_bad(engine, self.selection, is_null("product"), include_bad=self.include_bad)
         chosen, imageless = without_images(chosen)
