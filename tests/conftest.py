@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from factories import missing
 from sqlalchemy import create_engine, text
 
 from archive.catalog import Catalog
@@ -58,9 +59,7 @@ def backend(request) -> str:
     if request.param == "postgresql":
         problem = _postgres_problem()
         if problem:
-            if os.environ.get("CI"):
-                pytest.fail(f"{problem} (CI runs every database test on PostgreSQL too)")
-            pytest.skip(problem)
+            missing(problem)
     return request.param
 
 
@@ -91,10 +90,7 @@ def catalog(url) -> Catalog:
 @pytest.fixture
 def real_data() -> Path:
     if not REAL_DATA.is_dir():
-        problem = f"real data not found at {REAL_DATA} (set OBSARCH_REAL_DATA to its directory)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{problem}; CI runs every real-data test")
-        pytest.skip(problem)
+        missing(f"real data not found at {REAL_DATA} (set OBSARCH_REAL_DATA to its directory)")
     return REAL_DATA
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from astropy.io import fits
+
+
+def missing(problem: str) -> None:
+    """Skip a test whose input (a server, a build, real files, a browser) is
+    not on this machine; in CI, which must run every test, fail it."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{problem} (CI runs every test)")
+    pytest.skip(problem)
 
 CCD_HEADER = {
     "IMAGETYP": "Light Frame",

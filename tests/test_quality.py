@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from factories import star_field, write_frame, write_image
+from factories import missing, star_field, write_frame, write_image
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
@@ -363,12 +363,7 @@ def _chromium():
     driver = shutil.which("chromedriver")
     found = next((p for p in paths if p), None)
     if not (found and driver):
-        import os
-
-        message = "headless Chromium test needs Debian's chromium and chromium-driver (installed by .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("headless Chromium test needs Debian's chromium and chromium-driver (installed by .ci/run)")
     return found, driver
 
 

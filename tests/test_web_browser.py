@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from factories import missing
 from typer.testing import CliRunner
 
 from cli.demo import make_small_night as make_night
@@ -34,10 +35,7 @@ def _chromium() -> tuple[str, str]:
                    if p and Path(p).exists()), None)
     driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
     if not (binary and driver):
-        message = "the browser tests need Debian's chromium and chromium-driver"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("the browser tests need Debian's chromium and chromium-driver")
     return binary, driver
 
 
