@@ -212,7 +212,8 @@ class Catalog:
                 found = [r.id for r in found]
                 what = f"frame number {ref}"
             else:
-                file_id = file_id_of(conn, Path(ref).expanduser().absolute())
+                path = Path(ref).expanduser().absolute()  # its directory as ingest stores it: links followed, `..` gone
+                file_id = file_id_of(conn, path.parent.resolve() / path.name)
                 found = list(conn.execute(select(Exposure.id).where(Exposure.file_id == file_id)).scalars())
                 what = f"file {ref}"
         if not found:

@@ -71,6 +71,15 @@ def test_show_by_path_and_id(ingested, tmp_path):
     assert "ngc3293-3860.fits" in by_path and "exposure 9" in by_id
 
 
+def test_show_by_a_relative_path_with_dots_and_a_linked_directory(ingested, tmp_path, monkeypatch):
+    (tmp_path / "link").symlink_to(tmp_path / "night")
+    monkeypatch.chdir(tmp_path / "night")
+    first = run(ingested, "show", "ngc3293-3860.fits").stdout.splitlines()[0]
+    assert first.startswith(f"{tmp_path / 'night' / 'ngc3293-3860.fits'}  (exposure ")
+    assert run(ingested, "show", "../night/./ngc3293-3860.fits").stdout.splitlines()[0] == first
+    assert run(ingested, "show", str(tmp_path / "link" / "ngc3293-3860.fits")).stdout.splitlines()[0] == first
+
+
 def test_roots_move(ingested, tmp_path):
     (tmp_path / "night").rename(tmp_path / "moved")
     out = run(ingested, "roots", "move", str(tmp_path / "night"), str(tmp_path / "moved")).stdout
