@@ -68,4 +68,4 @@ def test_obsarch_query_says_why_it_found_nothing_and_when_a_limit_cut(url, tmp_p
     as_csv = obsarch(url, "query", "band == 'V'", "--limit", "2", "--format", "csv")
     assert len(as_csv.stdout.splitlines()) == 3 and as_csv.stderr.strip() == "note: the first 2 exposures: more match"
     assert obsarch(url, "query", "grade == 'bda'", code=2).stderr.strip() == \
-        "error: grade is one of great, ok, marginal, bad, ungraded: not 'bda'; did you mean 'bad'?"
+        "error: selection \"grade == 'bda'\": grade is one of great, ok, marginal, bad, ungraded: not 'bda'; did you mean 'bad'?"
