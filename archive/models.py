@@ -453,6 +453,7 @@ class ImageNumbers:
     elongation: Mapped[float | None] = mapped_column(Float)
     sharpness: Mapped[float | None] = mapped_column(Float)
     pixel_scale: Mapped[float | None] = mapped_column(Float)
+    repeats: Mapped[int | None] = mapped_column(Integer)  # pairs of stars showing one star twice (0: none beyond chance)
 
 
 class Metric(ImageNumbers, Base):

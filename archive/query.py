@@ -560,7 +560,7 @@ def _current_flag(name: str) -> Callable[[], ColumnElement]:
 
 
 for _name in ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction",
-              "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale"):
+              "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale", "repeats"):
     FIELDS[_name] = FieldDef(_metric(_name), "number")
 def current_offset(exposure_id: ColumnElement = Exposure.id) -> ColumnElement:
     """The id of an exposure's current offset: its latest registration, the

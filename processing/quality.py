@@ -12,6 +12,7 @@ import getpass
 import math
 import statistics
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,13 +34,15 @@ from processing.steps import no_image_note, refuse_ambiguous_frames
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
-ALGORITHM = "quality-3"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy
+ALGORITHM = "quality-4"  # 3: every detector measured, the exposure summarized by their median; stars by SEP, FWHM by scipy; 4: repeats
 
 REASONS = ("clouds", "tracking", "focus", "trail", "saturation", "manual", "other")
 METRICS = (
     "min", "max", "mean", "median", "std", "background", "background_rms", "saturation_level",
     "saturated_fraction", "nstars", "fwhm", "fwhm_minor", "fwhm_arcsec", "elongation", "sharpness", "pixel_scale",
+    "repeats",
 )  # fmt: skip
+INTEGER_METRICS = ("nstars", "repeats")
 
 
 class QualityError(ObsarchError):
@@ -55,6 +58,7 @@ class QualityParams:
     box_size : background mesh size, pixels
     max_stars : brightest unsaturated stars used for FWHM and sharpness
     elongation_stars : brightest of those whose median elongation is reported
+    repeat_stars : brightest unsaturated stars searched for copies at one offset (``repeats``)
     saturation : saturation level in data units (default: SATURATE, else the data type's range)
     chunk_planes : wavelength planes summed at a time for a cube's white-light image
     """
@@ -64,6 +68,7 @@ class QualityParams:
     box_size: int = 128
     max_stars: int = 20
     elongation_stars: int = 5
+    repeat_stars: int = 40
     saturation: float | None = None
     chunk_planes: int = 32
 
@@ -205,8 +210,9 @@ def measure(data: np.ndarray, header: dict | None = None, params: QualityParams 
     the fraction of pixels at or above it, the number of detected sources,
     the median FWHM of the brightest unsaturated stars (pixels, photutils
     ``fit_fwhm``; arcsec when the pixel scale is known), their median
-    elongation (second moments, a/b) and sharpness (peak / flux).
-    Raises :class:`QualityError` for images that cannot be measured.
+    elongation (second moments, a/b) and sharpness (peak / flux), and
+    ``repeats``: how many pairs of bright stars show one star twice (see
+    :func:`repeats`). Raises :class:`QualityError` for images that cannot be measured.
     """
     header = header or {}
     if data.ndim != 2 or min(data.shape) < 8:
@@ -241,13 +247,16 @@ def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: Qual
     result = {
         "background": field.background, "background_rms": field.background_rms,
         "nstars": len(field.stars), "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
+        "repeats": None,
     }
-    stars = _pick_stars(field, level, data.shape, params.max_stars)
+    stars = _pick_stars(field, level, data.shape, max(params.max_stars, params.repeat_stars))
     if not len(stars):
         return result
+    result["repeats"] = repeats(stars[: params.repeat_stars])
+    stars = stars[: params.max_stars]
     # Trails show best in the brightest stars: a faint star's trail breaks
-    # into round blobs in the noise (UB17-033's trailed star, in the tests).
-    # Elongation is therefore the median of the brightest few.
+    # into round blobs in the noise. Elongation is therefore the median of
+    # the brightest few; a trail broken into dots is caught by ``repeats``.
     result["elongation"] = float(np.median(stars["elongation"][: params.elongation_stars]))
     result["sharpness"] = float(np.median(stars["peak"] / stars["flux"]))
     result["fwhm"], result["fwhm_minor"] = _fit_fwhm(field.subtracted, stars, mask)
@@ -255,6 +264,62 @@ def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: Qual
 
 
 _EDGE_PX = 20  # half the largest FWHM fitting box
+
+# A copy of a star is at the same offset (within REPEAT_TOLERANCE_PX) and the
+# same flux ratio (within REPEAT_RATIO_DEX) as the other copies; an offset so
+# shared is a repeat only when uniformly scattered stars would share it this
+# often with a probability under REPEAT_FALSE_ALARM, all pairs considered.
+REPEAT_TOLERANCE_PX = 3.0
+REPEAT_RATIO_DEX = 0.3
+REPEAT_FALSE_ALARM = 1e-4
+
+
+def repeats(stars: np.ndarray) -> int | None:
+    """How many pairs of ``stars`` show one star twice: the largest number of
+    pairs with one common offset and flux ratio, when chance cannot explain
+    it (else 0; None with fewer than 4 round stars to compare).
+
+    A telescope bumped or jumping during an exposure leaves every star at two
+    or more places (UB17-033 of the real frames: each star and a dotted
+    trail ~310 px away). Each copy is round, so elongation misses it; but
+    the offset between a star and its copy is the same for every star, and
+    so is their flux ratio. Unrelated stars share an offset by chance: the
+    count is compared with a Poisson expectation for stars scattered
+    uniformly over the area they cover, with every pair tried as the
+    offset. Only round sources of the stars' usual size take part, so hot
+    columns, dust rings and blends do not.
+    """
+    from scipy.stats import poisson
+
+    size, elongation = np.hypot(stars["a"], stars["b"]), stars["elongation"]
+    if len(stars) < 4:
+        return None
+    typical = np.median(size)
+    stars = stars[(elongation < 2) & (size > 0.5 * typical) & (size < 2 * typical) & (stars["flux"] > 0)]
+    if len(stars) < 4:
+        return None
+    xy = np.column_stack([stars["x"], stars["y"]])
+    first, second = np.triu_indices(len(stars), 1)
+    offsets = xy[second] - xy[first]
+    ratios = np.log10(stars["flux"][second] / stars["flux"][first])
+    flip = (offsets[:, 0] < 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] < 0))  # one direction per pair
+    offsets[flip] *= -1
+    ratios[flip] *= -1
+    alike = np.abs(ratios[:, None] - ratios[None, :]) <= REPEAT_RATIO_DEX
+    alike &= np.hypot(*(offsets[:, None, :] - offsets[None, :, :]).transpose(2, 0, 1)) <= REPEAT_TOLERANCE_PX
+    counts = alike.sum(axis=1)
+    best = int(np.argmax(counts))
+    count = int(counts[best])
+    # The chance that another pair falls within the tolerance of this offset
+    # and ratio: pairs of uniformly scattered points have offsets (dx, dy)
+    # with density 2 (w - |dx|)(h - |dy|) / (w h)^2 over one half-plane.
+    width, height = np.ptp(xy[:, 0]) + 1.0, np.ptp(xy[:, 1]) + 1.0
+    dx, dy = np.abs(offsets[best])
+    density = 2 * max(width - dx, 1.0) * max(height - dy, 1.0) / (width * height) ** 2
+    same_ratio = np.mean(np.abs(ratios - ratios[best]) <= REPEAT_RATIO_DEX)
+    expected = (len(offsets) - 1) * density * np.pi * REPEAT_TOLERANCE_PX**2 * same_ratio
+    false_alarm = poisson.sf(count - 2, expected) * len(offsets)  # P(count - 1 others or more), every pair tried
+    return count if count >= 3 and false_alarm < REPEAT_FALSE_ALARM else 0
 
 
 def _pick_stars(field: StarField, level: float | None, shape: tuple, limit: int) -> np.ndarray:
@@ -329,8 +394,9 @@ def summary_of(detectors: list[tuple[str, int, dict | None, str | None]]) -> tup
     for name in METRICS:
         values = [m[name] for m in measured if m.get(name) is not None]
         summary[name] = float(np.median(values)) if values else None
-    if summary.get("nstars") is not None:
-        summary["nstars"] = int(round(summary["nstars"]))
+    for name in INTEGER_METRICS:
+        if summary.get(name) is not None:
+            summary[name] = int(round(summary[name]))
     return hdu_index, summary, None
 
 
@@ -572,10 +638,17 @@ DEFAULT_RULES = (
     Rule("clouds", "background", "bad", "clouds", above=3.0, relative=True),
     Rule("focus", "fwhm_minor", "bad", "focus", above=1.5, relative=True),
     Rule("tracking", "elongation", "bad", "tracking", above=1.8),
+    Rule("double", "repeats", "bad", "tracking", above=2),
     Rule("transparency", "nstars", "marginal", "clouds", below=0.4, relative=True),
     Rule("saturation", "saturated_fraction", "marginal", "saturation", above=0.01),
 )
 MIN_GROUP = 3  # a relative rule needs this many frames of the night and band
+# Metrics that grow with the exposure time: a relative rule on one of them
+# compares a frame only with those of its night and band whose exposure
+# time is within SAME_EXPTIME of its own (a 300 s frame's sky is not clouds
+# next to 30 s frames, nor a 30 s frame's fewer stars).
+EXPTIME_SCALED = ("min", "max", "mean", "median", "std", "background", "background_rms", "saturated_fraction", "nstars")
+SAME_EXPTIME = 1.1  # at most 10% apart: shutter times of one setting differ by milliseconds
 
 
 def rules_from_config(config: dict | None) -> tuple[Rule, ...]:
@@ -631,8 +704,9 @@ class Assessment:
 
 def assess(row: dict, rules: tuple[Rule, ...], medians: dict[str, float | None]) -> Assessment:
     """Check every rule that can be checked on ``row``: a rule whose metric
-    the frame lacks, or a relative rule whose night and band have fewer than
-    MIN_GROUP frames with that metric, is skipped with its reason."""
+    the frame lacks, or a relative rule whose night and band (and exposure
+    time, for EXPTIME_SCALED metrics) have fewer than MIN_GROUP frames with
+    that metric, is skipped with its reason."""
     broken, checked, skipped = [], [], []
     for rule in rules:
         value, threshold = row.get(rule.metric), _threshold(rule, medians)
@@ -652,6 +726,8 @@ def assess(row: dict, rules: tuple[Rule, ...], medians: dict[str, float | None])
 def _why_skipped(rule: Rule, value) -> tuple[str, str]:
     if value is None:
         return "unmeasured", f"no {rule.metric}"
+    if rule.metric in EXPTIME_SCALED:
+        return "small group", f"fewer than {MIN_GROUP} frames of its night, band and exposure time with {rule.metric}"
     return "small group", f"fewer than {MIN_GROUP} frames of its night and band with {rule.metric}"
 
 
@@ -687,14 +763,13 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["night"], row["band"]), []).append(row)
-    params = {"rules": [asdict(r) for r in rules], "min_group": MIN_GROUP}
+    params = {"rules": [asdict(r) for r in rules], "min_group": MIN_GROUP, "same_exptime": SAME_EXPTIME}
     with recorded_run(engine, "quality-rules", params, ALGORITHM) as run:
         summary = RulesSummary(run.id, flagged={}, unchecked_why={})
         new_flags = []
         now = utcnow()
         for members in groups.values():
-            medians = _medians(members)
-            for row in members:
+            for row, medians in _group_medians(members):
                 summary.evaluated += 1
                 if row["current_source"] == "person":
                     summary.kept_person += 1
@@ -739,12 +814,32 @@ def _same_verdict(row: dict, flag_row: dict) -> bool:
     return same and (flag_row["rule"] != "passed" or row["current_note"] == flag_row["note"])
 
 
-def _medians(members: list[dict]) -> dict[str, float | None]:
+def _medians(members: list[dict], metrics: tuple[str, ...] = METRICS) -> dict[str, float | None]:
     medians = {}
-    for metric in METRICS:
+    for metric in metrics:
         values = [m[metric] for m in members if m.get(metric) is not None]
         medians[metric] = statistics.median(values) if len(values) >= MIN_GROUP else None
     return medians
+
+
+def _same_exptime(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a == b or (a > 0 and b > 0 and max(a, b) <= SAME_EXPTIME * min(a, b))
+
+
+def _group_medians(members: list[dict]) -> Iterator[tuple[dict, dict[str, float | None]]]:
+    """Each frame of one night and band with the medians it is judged
+    against: of the whole group, and for EXPTIME_SCALED metrics of the
+    frames with about its exposure time."""
+    medians = _medians(members)
+    by_exptime: dict[float | None, dict] = {}
+    for row in members:
+        exptime = row["exptime"]
+        if exptime not in by_exptime:
+            like = [m for m in members if _same_exptime(m["exptime"], exptime)]
+            by_exptime[exptime] = {**medians, **_medians(like, EXPTIME_SCALED)}
+        yield row, by_exptime[exptime]
 
 
 def _rule_flag(exposure_id: int, assessment: Assessment, run_id: int, now: datetime) -> dict:
@@ -769,7 +864,7 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
     compiler = Compiler(engine.dialect.name)
     statement = (
         select(
-            Exposure.id, Exposure.night, Exposure.band, *[getattr(Metric, m) for m in METRICS],
+            Exposure.id, Exposure.night, Exposure.band, Exposure.exptime, *[getattr(Metric, m) for m in METRICS],
             current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
             current_flag("rule").label("current_rule"), current_flag("note").label("current_note"),
         )

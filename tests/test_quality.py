@@ -43,6 +43,35 @@ def test_trailed_stars_are_elongated_but_keep_their_minor_axis(rng):
     assert result["fwhm_minor"] == pytest.approx(3.0, rel=0.15)
 
 
+def _jumped(rng, shape=(400, 400), offset=(61.0, -23.0), ratio=0.5, nstars=30):
+    """A field whose telescope jumped by ``offset`` during the exposure: every
+    star twice, the copy ``ratio`` as bright."""
+    ny, nx = shape
+    positions = np.column_stack([rng.uniform(15, nx - 16, nstars), rng.uniform(15, ny - 16, nstars)])
+    fluxes = rng.uniform(3e3, 3e4, nstars)
+    copies = positions + offset
+    inside = (copies[:, 0] > 15) & (copies[:, 0] < nx - 16) & (copies[:, 1] > 15) & (copies[:, 1] < ny - 16)
+    return star_field(rng, shape, positions=np.vstack([positions, copies[inside]]),
+                      fluxes=np.concatenate([fluxes, ratio * fluxes[inside]]))
+
+
+def test_a_jumped_exposure_shows_its_stars_twice(rng):
+    """Each copy is round (elongation passes it) but every star has one at the
+    same offset and flux ratio: ``repeats`` counts those pairs."""
+    jumped = measure(_jumped(rng))
+    assert jumped["elongation"] < 1.2
+    assert jumped["repeats"] >= 10
+    assert measure(_jumped(rng, offset=(-8.0, 140.0), ratio=1.0))["repeats"] >= 10
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_unrelated_stars_share_no_offset_beyond_chance(seed):
+    """Clean fields, sparse and crowded: their stars have no repeats."""
+    rng = np.random.default_rng(seed)
+    nstars = (20, 60, 300)[seed % 3]
+    assert measure(star_field(rng, (300, 300), nstars=nstars))["repeats"] == 0
+
+
 def test_statistics_and_saturation(rng):
     data = star_field(rng)
     data[:4, :4] = 65535
@@ -179,13 +208,14 @@ def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog
 
 def _night_with_defects(directory, rng):
     """36 science frames, V and R, one night; 3 with clouds (background x10),
-    3 with trailed stars, 3 defocused (FWHM x2.5); the rest clean."""
+    3 with trailed stars, 3 defocused (FWHM x2.5), 2 with every star twice
+    (a jump half-way); the rest clean."""
     defects = {}
     positions = np.column_stack([rng.uniform(20, 236, 40), rng.uniform(20, 236, 40)])
     for number in range(1, 37):
         band = "V" if number <= 18 else "R"
         kind = {4: "clouds", 22: "clouds", 30: "clouds", 7: "tracking", 25: "tracking", 33: "tracking",
-                10: "focus", 15: "focus", 28: "focus"}.get(number)
+                10: "focus", 15: "focus", 28: "focus", 12: "jump", 35: "jump"}.get(number)
         field = {"positions": positions + rng.normal(0, 1.5, positions.shape), "fwhm": 3.0 * rng.uniform(0.95, 1.05),
                  "noise": np.sqrt(1000.0)}
         if kind == "clouds":
@@ -194,10 +224,15 @@ def _night_with_defects(directory, rng):
             field.update(elongation=3.0)
         elif kind == "focus":
             field.update(fwhm=7.5)
+        elif kind == "jump":  # the telescope jumped 40 px half-way: every star twice
+            inside = field["positions"][:, 0] < 216
+            field["positions"] = np.vstack([field["positions"], field["positions"][inside] + (40.0, 0.0)])
+            fluxes = rng.uniform(3e3, 3e4, 40)
+            field["fluxes"] = np.concatenate([fluxes, fluxes[inside]])
         header = {"IMAGETYP": "Light Frame", "FILTER": band, "DATE-OBS": f"2017-08-16T0{number // 10}:{number:02d}:00"}
         write_image(directory / f"n-{number}.fits", star_field(rng, **field), header)
         if kind:
-            defects[number] = kind
+            defects[number] = "tracking" if kind == "jump" else kind
     return defects
 
 
@@ -215,12 +250,44 @@ def test_default_rules_flag_each_defect_with_its_reason_and_no_clean_frame(catal
             assert (grade, reason) == ("bad", defects[number]), number
         else:
             assert grade == "ok" and pd.isna(reason), number
+    assert catalog.query("repeats > 0", columns="frame_number")["frame_number"].tolist() == [12, 35]  # the jumps
     again = quality.apply_rules(catalog.engine)  # nothing changed: no new flag
     assert again.unchanged == 36
     with catalog.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Flag)).scalar_one() == 36
         value, threshold = conn.execute(select(Flag.value, Flag.threshold).where(Flag.rule == "clouds")).first()
     assert value > threshold
+
+
+def test_sky_and_star_counts_are_compared_between_frames_of_one_exposure_time(catalog, tmp_path, rng):
+    """Five 30 s frames and four 300 s frames of one night and band: the long
+    frames' sky is 4x the short ones', which is no cloud (the night's median
+    made all four cloudy); among the long ones, a frame with 5x their sky
+    is. Shutter times that differ by milliseconds (LCO: 11.935-11.941 s)
+    are one exposure time."""
+    for number, (exptime, sky) in enumerate([(30.0, 1000.0), (30.004, 1000.0), (29.996, 1000.0), (30.0, 1000.0), (30.0, 1000.0),
+                                             (300.0, 4000.0), (300.0, 4000.0), (300.0, 4000.0), (300.0, 20000.0)], 1):
+        data = star_field(rng, background=sky, noise=np.sqrt(sky), flux=(3e3 * exptime / 30, 3e4 * exptime / 30))
+        write_image(tmp_path / f"e-{number}.fits", data, {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": exptime,
+                                                          "DATE-OBS": f"2017-08-16T03:{number:02d}:00"})
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    grades = catalog.query(columns="frame_number,grade,reason", sort="frame_number").fillna("").values.tolist()
+    assert grades == [[n, "ok", ""] for n in range(1, 9)] + [[9, "bad", "clouds"]]
+    with catalog.engine.connect() as conn:
+        note = conn.execute(select(Flag.note).where(Flag.exposure_id == catalog.resolve("9"))).scalar_one()
+    assert note == "background 2e+04 > 1.2e+04"  # 3 x the 300 s frames' median, not the night's
+
+
+def test_a_frame_alone_at_its_exposure_time_is_not_judged_on_its_sky():
+    row = {"background": 9000.0, "nstars": 40, "fwhm_minor": 3.0, "elongation": 1.1, "saturated_fraction": 0.0,
+           "repeats": 0, "exptime": 300.0}
+    short = [{**row, "background": 1000.0, "exptime": 30.0, "id": n} for n in range(3)]
+    [(_, medians)] = [pair for pair in quality._group_medians([*short, row]) if pair[0] is row]
+    assessment = quality.assess(row, quality.DEFAULT_RULES, medians)
+    assert assessment.broken is None and "focus" in assessment.checked
+    assert ("clouds", "small group", "fewer than 3 frames of its night, band and exposure time with background") in assessment.skipped
 
 
 def test_a_rule_never_overwrites_a_persons_flag(catalog, tmp_path, rng):
@@ -417,6 +484,34 @@ def test_real_trailed_frame_is_more_elongated(real_data):
     good = measure(*load_image(real_data / "ccd_imaging" / "UB17-001-c.fit")[:2])
     trailed = measure(*load_image(real_data / "ccd_imaging" / "UB17-033-c.fit")[:2])
     assert trailed["elongation"] > good["elongation"]
+
+
+def test_real_frame_with_too_few_stars_has_no_repeats_measured(real_data):
+    assert measure(*load_image(real_data / "ccd_imaging" / "a8280271.fits")[:2])["repeats"] is None  # 5 sources
+
+
+@pytest.mark.parametrize("name", ["UB17-001-c.fit", "fov.fit", "HATP-32171220013343.FITS", "HATP-32171220013612.FITS",
+                                  "HATP-32171220050012.FITS", "HATP-32171220083612.FITS", "ogg0m404-kb82-20170815-1159-e91.fits.fz",
+                                  "ogg0m404-kb82-20170815-1160-e91.fits.fz", "ogg0m404-kb82-20170816-0339-e91.fits.fz"])
+def test_real_frames_without_a_jump_have_no_repeats(real_data, name):
+    assert measure(*load_image(real_data / "ccd_imaging" / name)[:2])["repeats"] == 0
+
+
+def test_real_frame_that_hit_a_tree_is_graded_bad(catalog, real_data, tmp_path):
+    """UB17-033 is the night's bad frame (the observer's log: "hit tree"):
+    each star is there twice, ~310 px apart, joined by a dotted trail. Its
+    elongation (1.34) passes; its repeats do not."""
+    for name in ("UB17-001-c.fit", "UB17-033-c.fit", "fov.fit"):
+        (tmp_path / name).symlink_to(real_data / "ccd_imaging" / name)
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    rows = catalog.query(columns="relpath,grade,reason,repeats,elongation", sort="relpath").fillna("").values.tolist()
+    assert [row[:4] for row in rows] == [["UB17-001-c.fit", "ok", "", 0], ["UB17-033-c.fit", "bad", "tracking", 6],
+                                         ["fov.fit", "ok", "", 0]]
+    assert rows[1][4] < 1.8  # the tracking rule alone passed it
+    with catalog.engine.connect() as conn:
+        assert conn.execute(select(Flag.rule).where(Flag.exposure_id == catalog.resolve("33"))).scalar_one() == "double"
 
 
 @pytest.mark.parametrize("name", ["1159", "1160", "1161"])

@@ -13,7 +13,7 @@ from processing import quality
 from processing.quality import DEFAULT_RULES, MIN_GROUP
 
 NO_STARS = {"nstars": 0, "fwhm": None, "fwhm_minor": None, "elongation": None, "sharpness": None,
-            "saturated_fraction": None}
+            "saturated_fraction": None, "repeats": None}
 
 
 def test_a_frame_without_stars_in_a_small_group_has_no_rule_checked():
@@ -29,7 +29,7 @@ def test_only_the_rules_with_a_metric_and_a_group_are_checked():
     result = quality.assess(row, DEFAULT_RULES, {"background": 1000.0, "nstars": 30})
     assert result.checked == ("clouds", "tracking", "transparency", "saturation")
     assert result.broken[0].name == "transparency"  # 2 stars < 0.4 * 30
-    assert [(name, kind) for name, kind, _ in result.skipped] == [("focus", "unmeasured")]
+    assert [(name, kind) for name, kind, _ in result.skipped] == [("focus", "unmeasured"), ("double", "unmeasured")]
 
 
 def _frames(directory, rng, numbers, **header):
@@ -71,7 +71,7 @@ def test_frames_on_which_no_rule_could_be_checked_stay_ungraded(catalog, tmp_pat
     assert summary.unchecked_why == {"small group": 2, "unmeasured": 2}
     assert _current(catalog, 1) == ("ungraded", None) and _current(catalog, 3) == ("ungraded", None)
     grade, note = _current(catalog, 2)
-    assert grade == "ok" and note.startswith("passed tracking, saturation; not checked: clouds (fewer than 3 frames")
+    assert grade == "ok" and note.startswith("passed tracking, double, saturation; not checked: clouds (fewer than 3 frames")
     assert "passed every rule" not in note
     again = quality.apply_rules(catalog.engine)
     assert (again.unchanged, again.unchecked, again.passed) == (1, 2, 0)
