@@ -33,7 +33,8 @@ class RegionInfo:
 
     ``n_shapes`` counts every shape read; ``n_excluded`` those that cut a
     hole (DS9 ``-circle(...)``, FITS ``!CIRCLE``) and ``n_background`` the
-    background ones (a CXC BKGREG table, DS9 ``# background``), which
+    background ones (a CXC BKGREG table, DS9 ``# background``, ``source=0``
+    or a ``global`` line saying so), which
     ``shapes`` names apart: ``"source: ellipse; background: ellipse x3 (2 excluded)"``.
     """
 
@@ -119,26 +120,31 @@ def _is_fits(path: Path) -> bool:
         return handle.read(9) == b"SIMPLE  ="
 
 
-_COMMENT = re.compile(r"#[^\n]*")
+_PROPERTIES = re.compile(r"#[^\n]*|^[ \t]*global\b[^\n]*", re.IGNORECASE | re.MULTILINE)  # a shape's comment, a global line
 _QUOTED = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"")
-_BARE_BACKGROUND = re.compile(r"(?<![\w=])background(?![\w=])", re.IGNORECASE)
+_BARE_ROLE = re.compile(r"(?<![\w=])(background|source)(?![\w=])", re.IGNORECASE)
 
 
-def _mark_background(text: str) -> str:
-    """DS9 writes a background shape as ``circle(...) # background``; the
-    regions package drops that bare word but keeps ``background=1``."""
+def _mark_roles(text: str) -> str:
+    """DS9 says a shape's role with a bare word, ``circle(...) # background``
+    (or ``# source``), or ``source=0`` / ``source=1``; a ``global`` line sets
+    it for the shapes that do not. The regions package drops the bare words
+    and keeps ``source=``, where a shape's own value wins over the global
+    one, so each bare word is written as its ``source=`` value."""
     def mark(match: re.Match) -> str:
-        meta = match.group(0)
-        plain = _QUOTED.sub("", meta)
-        return meta + " background=1" if _BARE_BACKGROUND.search(plain) and "background=" not in plain.lower() else meta
+        properties = match.group(0)
+        plain = _QUOTED.sub("", properties)  # a text={background} label is no role
+        if "source=" in plain.lower() or not (bare := _BARE_ROLE.search(plain)):
+            return properties
+        return properties + (" source=0" if bare.group(1).lower() == "background" else " source=1")
 
-    return _COMMENT.sub(mark, text)
+    return _PROPERTIES.sub(mark, text)
 
 
 def _read_ds9(path: Path):
     from regions import Regions
 
-    text = _mark_background(path.read_text())
+    text = _mark_roles(path.read_text())
     physical = bool(_PHYSICAL.search(text))
     if physical:  # the regions package knows no physical frame: read the numbers as pixels
         text = _PHYSICAL.sub(lambda m: "image" + m.group(1), text)
@@ -146,7 +152,7 @@ def _read_ds9(path: Path):
         warnings.simplefilter("always")
         regions = list(Regions.parse(text, format="ds9"))
     skipped = sum("skipping" in str(w.message) for w in caught)
-    background = [r.meta.get("background") == 1 for r in regions]
+    background = [r.meta.get("source") == 0 for r in regions]
     shapes = [_Shape(r, "background" if b else "source" if any(background) else None, r.meta.get("include") == 0)
               for r, b in zip(regions, background)]
     return shapes, "physical" if physical else _frame(regions), skipped

@@ -455,6 +455,27 @@ def test_ds9_exclusion_shapes_are_counted_apart(tmp_path, lines, shapes, exclude
     assert (info.shapes, info.n_shapes, info.n_excluded, info.n_background) == (shapes, 2, excluded, 0)
 
 
+@pytest.mark.parametrize(
+    ("lines", "shapes", "n_background"),
+    [(["global color=green background", "fk5", "circle(150.0,2.6,10\")", "circle(150.01,2.61,20\")"], "background: circle x2", 2),
+     (["global color=green source=0", "fk5", "circle(150.0,2.6,10\")", "circle(150.01,2.61,20\") # source"],
+      "source: circle; background: circle", 1),
+     (["global color=green dashlist=8 3 width=1 include=1 source=1", "fk5", "circle(150.0,2.6,10\") # background",
+       "circle(150.01,2.61,20\")"], "source: circle; background: circle", 1),
+     (["fk5", "circle(150.0,2.6,10\") # source=0 color=red", "circle(150.01,2.61,20\")"], "source: circle; background: circle", 1),
+     (["fk5", "circle(150.0,2.6,10\") # width=2 background", "circle(150.01,2.61,20\") # text={background}"],
+      "source: circle; background: circle", 1)],
+)
+def test_ds9_roles_from_shapes_and_global_lines(tmp_path, lines, shapes, n_background):
+    """A shape's own word or source= wins over the global line's."""
+    from processing.regions import read_region_file
+
+    path = tmp_path / "roles.reg"
+    path.write_text("\n".join(["# Region file format: DS9 version 4.1", *lines]) + "\n")
+    info = read_region_file(path)
+    assert (info.shapes, info.n_background) == (shapes, n_background)
+
+
 def _region_table(kind, shapes, radii):
     columns = [fits.Column(name="X", format="D", array=[10.0] * len(shapes)), fits.Column(name="Y", format="D", array=[20.0] * len(shapes)),
                fits.Column(name="SHAPE", format="16A", array=shapes), fits.Column(name="R", format="2D", array=radii)]
