@@ -260,6 +260,7 @@ def run_step(
         current = set() if force else step.up_to_date(engine, items, prints)
         if step.whole and "*" in current:
             result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
+            result.short = _short_before(engine, prints["*"], result.skipped[0])  # short then, short now
             return result
         todo = [item for item in items if item.error is None and item.key not in current]
         result.skipped = [item.key for item in items if item.key in current]
@@ -406,6 +407,18 @@ def _child(conn, step, result, item, state, error, prints) -> int:
         insert(Run).values(**row, parent_id=result.run_id, item=item.key, fingerprint=prints.get(item.key) if state == "done" else None,
                            finished_at=utcnow(), error=error).returning(Run.id)
     ).scalar_one()
+
+
+def _short_before(engine: Engine, print_: str, key: str) -> list[tuple[str, str]]:
+    """Why the product of the done run with this fingerprint was short, if it
+    was: a master of 2 frames where 5 were asked is still short when the same
+    command finds it up to date."""
+    from sqlalchemy import select
+
+    run_id = done_before(engine, print_)
+    with transaction(engine) as conn:
+        summary = conn.execute(select(Run.summary_json).where(Run.id == run_id)).scalar_one_or_none()
+    return [(key, why) for _, why in json.loads(summary or "{}").get("short", [])]
 
 
 def _finish_whole(out: Writer, step, result, worked, failed) -> None:

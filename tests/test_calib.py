@@ -226,6 +226,9 @@ def test_nearest_takes_the_nearest_frames_not_graded_bad_and_is_short_when_too_f
     assert _inputs_and_ncombine(catalog.engine, two) == (["ngc3293-3852.fits", "ngc3293-3854.fits"], 2)
     five = calibration.make_master(catalog.engine, "bias", nearest_count=5, to="2017-08-16", out_dir=tmp / "m")
     assert five.exit_code == 3 and "--nearest 5 asked, only 4 bias frames match once 1 graded bad are left out" in five.last_line()
+    again = calibration.make_master(catalog.engine, "bias", nearest_count=5, to="2017-08-16", out_dir=tmp / "m")
+    assert (again.done, again.skipped) == ([], five.done)  # up to date, and still short: said again
+    assert again.exit_code == 3 and "--nearest 5 asked, only 4 bias frames match once 1 graded bad are left out" in again.last_line()
 
 
 def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
@@ -234,6 +237,8 @@ def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
     result = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
     assert result.exit_code == 3 and result.products
     assert "1 bias frame combined, fewer than min_inputs 2 of [calibration.bias]: calibrate will not use it" in result.last_line()
+    again = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    assert again.skipped and again.exit_code == 3 and "fewer than min_inputs 2" in again.last_line()
 
 
 def test_the_cli_says_how_many_frames_graded_bad_it_left_out_and_include_bad_keeps_them(raw, url):
