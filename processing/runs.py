@@ -249,9 +249,36 @@ def stale_products(engine: Engine) -> list[dict]:
             continue  # superseded: its newer version is what matters
         why = reason(product)
         if why:
+            if (again := _made_again(product, products, newest, reason, by_run)) is not None:
+                why += f"; made again since as {again}"
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why, "file_id": product.file_id})
     return result
+
+
+_WHERE_AND_FROM = ("out", "masters", "master_contents")  # what a master made again from other inputs changes
+
+
+def _made_again(product, products, newest: dict, reason, by_run: dict) -> str | None:
+    """The file name of the newest current product that replaces ``product``:
+    made later by the same step, with the same parameters but its output and
+    masters (a master made again from other inputs is another file), from
+    mostly the same frames (a master of another night is no replacement)."""
+    def same(row) -> dict:
+        return {k: v for k, v in json.loads(row.params_json or "{}").items() if k not in _WHERE_AND_FROM}
+
+    def frames(row) -> set:
+        return {item.file_id for item in by_run.get(row.run_id, []) if item.role == "frame"}
+
+    mine, my_frames = same(product), frames(product)
+    for row in reversed(products):
+        if row.id <= product.id:
+            break
+        if (row.step, row.kind) == (product.step, product.kind) and newest.get(row.path) == row.id \
+                and row.path != product.path and same(row) == mine and reason(row) is None \
+                and 2 * len(frames(row) & my_frames) >= len(my_frames):
+            return row.path.rsplit("/", 1)[-1]
+    return None
 
 
 def _graded_since(graded_at, started_at) -> bool:

@@ -6,6 +6,7 @@ would change (or says what to do)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import test_steps
 from sqlalchemy import select
@@ -174,6 +175,23 @@ def test_the_rules_refuse_a_stale_master_and_take_the_one_made_again(raw):
     (choice,) = calibration.explain(engine, "frame_number == 3860", kinds=("bias",))
     assert again != first and choice.chosen.master.path == again
     assert calibration.calibrate(engine, "frame_number == 3860", use=("bias",), out_dir=tmp / "c", workers=1).exit_code == 0
+
+
+def test_a_stale_master_names_the_one_made_again_from_mostly_its_frames(raw):
+    """The old master stays listed (its file is still there, and stale), with
+    the master that replaced it; a master of other frames replaces nothing."""
+    catalog, tmp, _ = raw
+    engine = catalog.engine
+    first = calibration.make_master(engine, "bias", "3852-3854", out_dir=tmp / "m").products[0]
+    quality.flag(engine, "3853", "bad", reason="trail")
+    calibration.make_master(engine, "bias", "3855-3856", out_dir=tmp / "m")
+    (row,) = runs.stale_products(engine)
+    assert row["path"] == first and "made again" not in row["reason"]
+    again = calibration.make_master(engine, "bias", "3852-3854", out_dir=tmp / "m").products[0]
+    (row,) = runs.stale_products(engine)
+    assert row["path"] == first and row["reason"].endswith(
+        "(frame 3853) was graded bad after it was made; `obsarch calib bias` again leaves it out; "
+        f"made again since as {Path(again).name}")
 
 
 def test_a_master_made_with_include_bad_is_not_stale_when_its_frame_is_graded_bad_after(raw):
