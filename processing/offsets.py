@@ -508,6 +508,11 @@ class OffsetsStep(Step):
             raise ObsarchError(f"reference exposure {self.reference_id} ({frames[self.reference_id].path}) "
                                "holds no image to register onto")
         kept, self.said = without_images(list(frames.values()))  # an event list is no failure of registration
+        several = sorted(f.frame_number or f.exposure_id for f in kept if (f.n_detectors or 0) > 1)
+        if several:  # measured on one detector: said, since the others are not looked at
+            listed = ", ".join(map(str, several[:5])) + (f" and {len(several) - 5} more" if len(several) > 5 else "")
+            self.said = [*self.said, f"registered on its first image HDU, the other detectors not measured: "
+                                     f"{len(several)} exposure{'s' if len(several) > 1 else ''} of several detectors ({listed})"]
         imageless = set(frames) - {f.exposure_id for f in kept}
         reference_path = frames[self.reference_id].path
         reference = _reference_input(reference_path, self.method, parse_box(self.box) if self.box else None)
