@@ -21,10 +21,8 @@ def _show_groups(result) -> None:
     if result.without_pointing:
         err_console.print(f"{len(result.without_pointing)} exposures have no pointing and joined no group "
                           f"(ids {', '.join(map(str, result.without_pointing[:20]))}{'...' if len(result.without_pointing) > 20 else ''})")
-    if result.without_image:
-        err_console.print(f"{len(result.without_image)} exposures hold no image (X-ray event lists and spectra are tables) "
-                          f"and joined no group (ids {', '.join(map(str, result.without_image[:20]))}"
-                          f"{'...' if len(result.without_image) > 20 else ''})")
+    for note in result.notes:
+        err_console.print(f"group: {note}", markup=False)
 
 
 @command(group_app, "pointing")

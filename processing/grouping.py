@@ -29,7 +29,7 @@ ALGORITHM = "grouping-1"
 class GroupingResult:
     groups: dict[str, list[int]] = field(default_factory=dict)  # name -> exposure ids
     without_pointing: list[int] = field(default_factory=list)
-    without_image: list[int] = field(default_factory=list)  # by position: files with no image (X-ray event lists)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (files with no image, by position)
     run_id: int | None = None
 
 
@@ -262,10 +262,10 @@ def group_by_position(
     # A file with no image (an X-ray event list or spectrum is a table) cannot be
     # registered: in the chain it would start a group of its own and cut the next
     # frame's chain too. It is left out and said (n_detectors NULL: not known, kept).
-    imageless = sorted(f.exposure_id for f in frames if f.n_detectors == 0)
-    frames, _ = without_images(frames)
+    selected = len(frames)
+    frames, notes = without_images(frames)
     if not frames:
-        raise ObsarchError(f"none of the {len(imageless)} exposures of the selection holds an image (X-ray event lists "
+        raise ObsarchError(f"none of the {selected} exposures of the selection holds an image (X-ray event lists "
                            "and spectra are tables); nothing to group by position")
     current = current_offsets(engine, [f.exposure_id for f in frames])
     references = {c.reference_id for c in current.values() if c.ok}
@@ -281,8 +281,7 @@ def group_by_position(
         clusters.setdefault(int(label), []).append(exposure_id)
     order = {f.exposure_id: i for i, f in enumerate(frames)}
     ordered = sorted(clusters.values(), key=lambda members: min(order[m] for m in members))
-    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)},
-                            without_image=imageless)
+    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)}, notes=notes)
     chosen = {group: _central(members, positions) for group, members in result.groups.items()}
     params = {"radius_px": radius_px, "positions": how, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-positions", params, ALGORITHM) as run:

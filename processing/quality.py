@@ -30,7 +30,7 @@ from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
 from processing.runs import identity, params_hash, recorded_run
 from processing.stars import DetectionError, StarField, detect_stars, gaussian_fwhm, unsaturated
-from processing.steps import no_image_note, refuse_ambiguous_frames
+from processing.steps import refuse_ambiguous_frames, some_names, without_images
 
 # Bump when the way a metric is computed changes: stored metrics are then
 # recomputed on the next `quality compute`.
@@ -431,17 +431,13 @@ class QualityStep(Step):
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
             rows = conn.execute(statement).all()
-        # No image at all (X-ray event lists and spectra, header-only files): nothing to
-        # measure, which is no failure; left out and said (an unknown count is tried).
-        imageless = [Path(row.relpath).name for row in rows if row.n_detectors == 0]
-        some = ", ".join(imageless[:3]) + (f" and {len(imageless) - 3} more" if len(imageless) > 3 else "")
-        if imageless and len(imageless) == len(rows):
+        kept, self.said = without_images(rows)
+        if rows and not kept:
             raise ObsarchError(f"nothing to measure: the {len(rows)} exposure{'s' if len(rows) > 1 else ''} selected "
-                               f"{'have' if len(rows) > 1 else 'has'} no image ({some})")
-        self.said = [no_image_note(imageless)] if imageless else []
+                               f"{'have' if len(rows) > 1 else 'has'} no image ({some_names([Path(r.path).name for r in rows])})")
         return [Item(row.path, (row.path, self.quality, self.hdus), data=row,
                      error=f"{row.path}: the file is missing" if row.status == "missing" else None)
-                for row in rows if row.n_detectors != 0]
+                for row in kept]
 
     def up_to_date(self, engine, items, prints) -> set[str]:
         """Frames measured with these parameters from this version of their file

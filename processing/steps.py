@@ -103,21 +103,26 @@ def _frame_name(frame: Frame) -> str:
     return str(frame.frame_number) if frame.frame_number is not None else Path(frame.path).name
 
 
-def without_images(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
+def without_images(frames: list) -> tuple[list, list[str]]:
     """The frames that may hold an image, and what to say of those that hold
     none (X-ray event lists and spectra are tables, a header-only file has no
     pixels): a pixel step leaves them out, which is no failure of theirs.
     A frame whose detectors are not known (a catalog not renormalized since
-    0009) is kept."""
+    0009) is kept. Frames are anything with ``path`` and ``n_detectors``
+    (a :class:`Frame`, a row)."""
     imageless = [f for f in frames if f.n_detectors == 0]
     if not imageless:
         return frames, []
     return [f for f in frames if f.n_detectors != 0], [no_image_note([Path(f.path).name for f in imageless])]
 
 
+def some_names(names: list[str], shown: int = 3) -> str:
+    """``a, b, c and 4 more``."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def no_image_note(names: list[str]) -> str:
-    some = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return f"left out {len(names)} exposure{'s' if len(names) > 1 else ''} with no image: {some}"
+    return f"left out {len(names)} exposure{'s' if len(names) > 1 else ''} with no image: {some_names(names)}"
 
 
 def refuse_ambiguous_frames(conn, tree: Node | None) -> None:
