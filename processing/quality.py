@@ -43,6 +43,7 @@ METRICS = (
     "repeats",
 )  # fmt: skip
 INTEGER_METRICS = ("nstars", "repeats")
+LARGEST_OVER_DETECTORS = ("repeats",)  # a jump moves every detector: one that shows it tells
 
 
 class QualityError(ObsarchError):
@@ -266,12 +267,13 @@ def _stars(data: np.ndarray, mask: np.ndarray, level: float | None, params: Qual
 _EDGE_PX = 20  # half the largest FWHM fitting box
 
 # A copy of a star is at the same offset (within REPEAT_TOLERANCE_PX) and the
-# same flux ratio (within REPEAT_RATIO_DEX) as the other copies; an offset so
-# shared is a repeat only when uniformly scattered stars would share it this
-# often with a probability under REPEAT_FALSE_ALARM, all pairs considered.
+# same flux ratio (within REPEAT_RATIO_DEX) as the other copies. An
+# offset so shared is a repeat only when chance would share it this often
+# with a probability under REPEAT_FALSE_ALARM, all pairs considered.
 REPEAT_TOLERANCE_PX = 3.0
 REPEAT_RATIO_DEX = 0.3
 REPEAT_FALSE_ALARM = 1e-4
+_LOCAL_RADIUS_PX = 8 * REPEAT_TOLERANCE_PX  # the neighbourhood of offsets that says how crowded they are there
 
 
 def repeats(stars: np.ndarray) -> int | None:
@@ -283,17 +285,24 @@ def repeats(stars: np.ndarray) -> int | None:
     or more places (UB17-033 of the real frames: each star and a dotted
     trail ~310 px away). Each copy is round, so elongation misses it; but
     the offset between a star and its copy is the same for every star, and
-    so is their flux ratio. Unrelated stars share an offset by chance: the
-    count is compared with a Poisson expectation for stars scattered
-    uniformly over the area they cover, with every pair tried as the
-    offset. Only round sources of the stars' usual size take part, so hot
-    columns, dust rings and blends do not.
+    so is their flux ratio. Unrelated stars share an offset by chance, the
+    more so where they crowd (a cluster): the count is compared with the
+    larger of two Poisson expectations, for stars scattered uniformly over
+    the area they cover and for the density of the frame's own pair offsets
+    around this one, with every pair tried as the offset. Only round
+    sources of the stars' usual size take part, so hot columns, dust rings
+    and blends do not. The two images of a jump need not look alike (UB17-033:
+    the first is the head of a dotted trail, the last, where the telescope
+    stayed, brighter and larger), so their sizes are not compared: an optical
+    ghost as sharp as its star, at one offset, counts too (it is at the same
+    offset in every frame of the night, where a jump's offset changes).
     """
+    from scipy.spatial import cKDTree
     from scipy.stats import poisson
 
-    size, elongation = np.hypot(stars["a"], stars["b"]), stars["elongation"]
     if len(stars) < 4:
         return None
+    size, elongation = stars["size"], stars["elongation"]
     typical = np.median(size)
     stars = stars[(elongation < 2) & (size > 0.5 * typical) & (size < 2 * typical) & (stars["flux"] > 0)]
     if len(stars) < 4:
@@ -302,24 +311,34 @@ def repeats(stars: np.ndarray) -> int | None:
     first, second = np.triu_indices(len(stars), 1)
     offsets = xy[second] - xy[first]
     ratios = np.log10(stars["flux"][second] / stars["flux"][first])
-    flip = (offsets[:, 0] < 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] < 0))  # one direction per pair
-    offsets[flip] *= -1
-    ratios[flip] *= -1
-    alike = np.abs(ratios[:, None] - ratios[None, :]) <= REPEAT_RATIO_DEX
-    alike &= np.hypot(*(offsets[:, None, :] - offsets[None, :, :]).transpose(2, 0, 1)) <= REPEAT_TOLERANCE_PX
-    counts = alike.sum(axis=1)
+    # A pair's offset has no sign: each is looked for as itself and reversed
+    # (with its ratio inverted), so a jump along a column is not split in two.
+    tree = cKDTree(np.vstack([offsets, -offsets]))
+    signed_ratios = np.concatenate([ratios, -ratios])
+
+    def alike(k: int, indices: list[int]) -> np.ndarray:
+        indices = np.asarray(indices, dtype=int)
+        return indices[np.abs(signed_ratios[indices] - ratios[k]) <= REPEAT_RATIO_DEX]
+
+    counts = np.array([len(alike(k, near)) for k, near in enumerate(tree.query_ball_point(offsets, REPEAT_TOLERANCE_PX))])
     best = int(np.argmax(counts))
     count = int(counts[best])
-    # The chance that another pair falls within the tolerance of this offset
-    # and ratio: pairs of uniformly scattered points have offsets (dx, dy)
-    # with density 2 (w - |dx|)(h - |dy|) / (w h)^2 over one half-plane.
+    if count < 3:
+        return 0
+    area = np.pi * REPEAT_TOLERANCE_PX**2
+    # Uniformly scattered points: offsets (dx, dy) of density
+    # 2 (w - |dx|)(h - |dy|) / (w h)^2 per pair, either sign.
     width, height = np.ptp(xy[:, 0]) + 1.0, np.ptp(xy[:, 1]) + 1.0
     dx, dy = np.abs(offsets[best])
     density = 2 * max(width - dx, 1.0) * max(height - dy, 1.0) / (width * height) ** 2
     same_ratio = np.mean(np.abs(ratios - ratios[best]) <= REPEAT_RATIO_DEX)
-    expected = (len(offsets) - 1) * density * np.pi * REPEAT_TOLERANCE_PX**2 * same_ratio
-    false_alarm = poisson.sf(count - 2, expected) * len(offsets)  # P(count - 1 others or more), every pair tried
-    return count if count >= 3 and false_alarm < REPEAT_FALSE_ALARM else 0
+    uniform = (len(offsets) - 1) * density * area * same_ratio
+    # The frame's own offsets of that ratio in a ring around this one.
+    around = alike(best, tree.query_ball_point(offsets[best], _LOCAL_RADIUS_PX))
+    ring = len(around) - count
+    local = ring * area / (np.pi * _LOCAL_RADIUS_PX**2 - area)
+    false_alarm = poisson.sf(count - 2, max(uniform, local)) * len(offsets)  # P(count - 1 others or more), every pair tried
+    return count if false_alarm < REPEAT_FALSE_ALARM else 0
 
 
 def _pick_stars(field: StarField, level: float | None, shape: tuple, limit: int) -> np.ndarray:
@@ -393,7 +412,7 @@ def summary_of(detectors: list[tuple[str, int, dict | None, str | None]]) -> tup
     summary = {}
     for name in METRICS:
         values = [m[name] for m in measured if m.get(name) is not None]
-        summary[name] = float(np.median(values)) if values else None
+        summary[name] = (max(values) if name in LARGEST_OVER_DETECTORS else float(np.median(values))) if values else None
     for name in INTEGER_METRICS:
         if summary.get(name) is not None:
             summary[name] = int(round(summary[name]))
@@ -818,24 +837,40 @@ def _medians(members: list[dict], metrics: tuple[str, ...] = METRICS) -> dict[st
     return medians
 
 
-def _same_exptime(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a == b or (a > 0 and b > 0 and max(a, b) <= SAME_EXPTIME * min(a, b))
+_EXPTIME_STEPS = 20  # SAME_EXPTIME in steps of log(exposure time): "within 10%" to half a percent
+
+
+def _exptime_key(exptime) -> tuple:
+    """Frames compare sky with frames of a key near theirs: an unknown (or NaN)
+    exposure time with unknown ones, zero or negative with equal ones, and
+    a positive one by its log, in steps of 1/_EXPTIME_STEPS of SAME_EXPTIME."""
+    if exptime is None or not math.isfinite(exptime):
+        return ("unknown",)
+    if exptime <= 0:
+        return ("exact", exptime)
+    return ("log", round(math.log(exptime) / (math.log(SAME_EXPTIME) / _EXPTIME_STEPS)))
+
+
+def _same_exptime(a: tuple, b: tuple) -> bool:
+    if a[0] == b[0] == "log":
+        return abs(a[1] - b[1]) <= _EXPTIME_STEPS
+    return a == b
 
 
 def _group_medians(members: list[dict]) -> Iterator[tuple[dict, dict[str, float | None]]]:
     """Each frame of one night and band with the medians it is judged
     against: of the whole group, and for EXPTIME_SCALED metrics of the
-    frames with about its exposure time."""
+    frames with about its exposure time (within SAME_EXPTIME). The work
+    grows with the distinct exposure times, not with the frames squared."""
     medians = _medians(members)
-    by_exptime: dict[float | None, dict] = {}
+    by_key: dict[tuple, list[dict]] = {}
     for row in members:
-        exptime = row["exptime"]
-        if exptime not in by_exptime:
-            like = [m for m in members if _same_exptime(m["exptime"], exptime)]
-            by_exptime[exptime] = {**medians, **_medians(like, EXPTIME_SCALED)}
-        yield row, by_exptime[exptime]
+        by_key.setdefault(_exptime_key(row["exptime"]), []).append(row)
+    judged = {key: {**medians, **_medians([m for other, rows in by_key.items() if _same_exptime(key, other) for m in rows],
+                                         EXPTIME_SCALED)}
+              for key in by_key}
+    for row in members:
+        yield row, judged[_exptime_key(row["exptime"])]
 
 
 def _rule_flag(exposure_id: int, assessment: Assessment, run_id: int, now: datetime) -> dict:

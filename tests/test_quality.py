@@ -64,6 +64,42 @@ def test_a_jumped_exposure_shows_its_stars_twice(rng):
     assert measure(_jumped(rng, offset=(-8.0, 140.0), ratio=1.0))["repeats"] >= 10
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_jump_along_a_column_is_not_split_in_two(seed):
+    """An offset has no sign: pairs at (0, +dy) and (0, -dy) are one offset."""
+    assert measure(_jumped(np.random.default_rng(seed), offset=(0.0, 140.0)))["repeats"] >= 8
+
+
+def _cluster(rng, shape=(600, 600), members=30, field=10, radius=60.0, separation=8.0):
+    """An open cluster: ``members`` stars within ``radius`` px of the centre (no
+    two closer than ``separation``), and ``field`` stars over the frame."""
+    centre, positions = np.array(shape[::-1]) / 2, []
+    while len(positions) < members:
+        angle, r = rng.uniform(0, 2 * np.pi), radius * np.sqrt(rng.uniform())
+        point = centre + r * np.array([np.cos(angle), np.sin(angle)])
+        if all(np.hypot(*(point - p)) >= separation for p in positions):
+            positions.append(point)
+    positions = np.vstack([positions, np.column_stack([rng.uniform(20, shape[1] - 21, field), rng.uniform(20, shape[0] - 21, field)])])
+    return star_field(rng, shape, positions=positions)
+
+
+@pytest.mark.parametrize("seed", [119, 131, 133, 137, 5])
+def test_a_cluster_shares_offsets_by_chance_and_has_no_repeats(seed):
+    """Crowded stars share offsets far more often than stars spread over the
+    frame: chance is judged by the frame's own offsets around the one found
+    (these seeds gave 6-7 repeats, graded bad, when it was judged by a uniform
+    spread alone)."""
+    assert measure(_cluster(np.random.default_rng(seed)))["repeats"] == 0
+
+
+def test_an_exposure_shows_the_largest_repeats_of_its_detectors():
+    """A jump moves every detector: one detector that shows it tells (a
+    median of 0, 0, 0, 9 hid it)."""
+    detectors = [(f"CHIP{n}", n, {"repeats": value, "nstars": 10}, None) for n, value in enumerate([0, 0, 0, 9], 1)]
+    assert quality.summary_of(detectors)[1]["repeats"] == 9
+    assert quality.summary_of(detectors[:1] + [("CHIP9", 9, {"repeats": None, "nstars": 3}, None)])[1]["repeats"] == 0
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_unrelated_stars_share_no_offset_beyond_chance(seed):
     """Clean fields, sparse and crowded: their stars have no repeats."""
@@ -278,6 +314,19 @@ def test_sky_and_star_counts_are_compared_between_frames_of_one_exposure_time(ca
     with catalog.engine.connect() as conn:
         note = conn.execute(select(Flag.note).where(Flag.exposure_id == catalog.resolve("9"))).scalar_one()
     assert note == "background 2e+04 > 1.2e+04"  # 3 x the 300 s frames' median, not the night's
+
+
+def test_unknown_and_odd_exposure_times_are_compared_only_with_their_like():
+    """Unknown and NaN exposure times with each other, zero with zero, and
+    positive ones within 10%."""
+    times = [None, float("nan"), None, 0.0, 0.0, 0.0, 30.0, 31.0, 32.9, 36.0]
+    rows = [{"id": n, "exptime": t, "background": 100.0 * (n + 1)} for n, t in enumerate(times)]
+    judged = {row["id"]: medians["background"] for row, medians in quality._group_medians(rows)}
+    assert judged[0] == judged[1] == judged[2] == 200.0  # None, NaN, None
+    assert judged[3] == judged[4] == 500.0  # the three zeros
+    assert judged[6] == 800.0  # 30, 31, 32.9 (36 is 20% off)
+    assert judged[8] == 850.0  # 32.9 has all four within 10%
+    assert judged[9] is None  # 36: only 32.9 and itself, fewer than MIN_GROUP
 
 
 def test_a_frame_alone_at_its_exposure_time_is_not_judged_on_its_sky():
