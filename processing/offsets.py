@@ -36,7 +36,7 @@ from processing.executor import Progress
 from processing.machinery import Item, Step, StepResult, Writer, run_step
 from processing.quality import QualityParams, load_image, saturation_level
 from processing.stars import DetectionError, detect_stars, unsaturated
-from processing.steps import resolve, without_images
+from processing.steps import resolve, some_names, without_images
 
 ALGORITHM = "offsets-3"  # 3: stars found by SEP (processing.stars)
 MAX_SHIFT_ARCSEC = 120.0  # align catalogs: of one list against the other, about their common centre
@@ -510,7 +510,7 @@ class OffsetsStep(Step):
         kept, self.said = without_images(list(frames.values()))  # an event list is no failure of registration
         several = sorted(f.frame_number or f.exposure_id for f in kept if (f.n_detectors or 0) > 1)
         if several:  # measured on one detector: said, since the others are not looked at
-            listed = ", ".join(map(str, several[:5])) + (f" and {len(several) - 5} more" if len(several) > 5 else "")
+            listed = some_names([str(n) for n in several], 5)
             self.said = [*self.said, f"registered on its first image HDU, the other detectors not measured: "
                                      f"{len(several)} exposure{'s' if len(several) > 1 else ''} of several detectors ({listed})"]
         imageless = set(frames) - {f.exposure_id for f in kept}

@@ -93,7 +93,7 @@ def leave_out_bad(engine: Engine, selection, *conditions: Node | None, include_b
     chosen = selected if include_bad else [f for f in selected if f.exposure_id in kept]
     if not bad:
         return chosen, bad, []
-    names = ", ".join(_frame_name(f) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    names = some_names([_frame_name(f) for f in bad], 5)
     frames = f"{len(bad)} {kind + ' ' if kind else ''}frame{'s' if len(bad) > 1 else ''} graded bad"
     said = f"kept {frames} (--include-bad): {names}" if include_bad else f"left out {frames} (--include-bad keeps them): {names}"
     return chosen, bad, [said]
