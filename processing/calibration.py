@@ -228,12 +228,18 @@ class MasterStep(Step):
             tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
         out.product(self.target, f"master_{self.kind}", values)
-        reasons = [f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames" if failed else None,
-                   self.shortfall]
-        if len(used) < self.min_inputs:  # the rules would refuse it to every frame: said, not silently made
-            reasons.append(f"{len(used)} {self.kind} frame{'s' if len(used) > 1 else ''} combined, fewer than min_inputs "
-                           f"{self.min_inputs} of [calibration.{self.kind}]: calibrate will not use it")
-        return "; ".join(r for r in reasons if r) or None
+        made = f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames" if failed else None
+        return "; ".join(r for r in (made, self.shortfall, self._too_few(len(used))) if r) or None
+
+    def short_of(self, items: list[Item]) -> str | None:
+        return "; ".join(r for r in (self.shortfall, self._too_few(sum(i.error is None for i in items))) if r) or None
+
+    def _too_few(self, used: int) -> str | None:
+        if used >= self.min_inputs:
+            return None
+        # the rules would refuse it to every frame: said, not silently made
+        return (f"{used} {self.kind} frame{'s' if used > 1 else ''} combined, fewer than min_inputs "
+                f"{self.min_inputs} of [calibration.{self.kind}]: calibrate will not use it")
 
 
 def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> dict[str, Frame]:

@@ -162,6 +162,12 @@ class Step:
         returns why the result is short, if it is."""
         return None
 
+    def short_of(self, items: list[Item]) -> str | None:
+        """Why a ``whole`` step's product, found up to date, is short of
+        what this command asks (a master of 5 frames where ``--nearest 50``
+        asks for 50); None when it is not."""
+        return None
+
     def close(self) -> None:
         """Remove what the step made for itself (scratch files)."""
 
@@ -260,7 +266,8 @@ def run_step(
         current = set() if force else step.up_to_date(engine, items, prints)
         if step.whole and "*" in current:
             result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
-            result.short = _short_before(engine, prints["*"], result.skipped[0])  # short then, short now
+            if (short := step.short_of(items)) is not None:  # up to date, and still short of what this command asks
+                result.short = [(result.skipped[0], short)]
             return result
         todo = [item for item in items if item.error is None and item.key not in current]
         result.skipped = [item.key for item in items if item.key in current]
@@ -407,18 +414,6 @@ def _child(conn, step, result, item, state, error, prints) -> int:
         insert(Run).values(**row, parent_id=result.run_id, item=item.key, fingerprint=prints.get(item.key) if state == "done" else None,
                            finished_at=utcnow(), error=error).returning(Run.id)
     ).scalar_one()
-
-
-def _short_before(engine: Engine, print_: str, key: str) -> list[tuple[str, str]]:
-    """Why the product of the done run with this fingerprint was short, if it
-    was: a master of 2 frames where 5 were asked is still short when the same
-    command finds it up to date."""
-    from sqlalchemy import select
-
-    run_id = done_before(engine, print_)
-    with transaction(engine) as conn:
-        summary = conn.execute(select(Run.summary_json).where(Run.id == run_id)).scalar_one_or_none()
-    return [(key, why) for _, why in json.loads(summary or "{}").get("short", [])]
 
 
 def _finish_whole(out: Writer, step, result, worked, failed) -> None:

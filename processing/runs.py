@@ -96,7 +96,7 @@ def fingerprint(step: str, params: dict, algorithm: str, contents: list[str]) ->
 
 
 def done_before(engine: Engine, print_: str) -> int | None:
-    """The id of a done run with this fingerprint whose products all still exist."""
+    """The id of a done run with this fingerprint whose products all still exist (on disk)."""
     from sqlalchemy import select
 
     from archive.models import File, Product
@@ -109,8 +109,9 @@ def done_before(engine: Engine, print_: str) -> int | None:
                 select(Product.path, File.status).select_from(Product).outerjoin(File, File.id == Product.file_id)
                 .where(Product.run_id == run_id)
             ).all()
-            # a product that is not FITS is not ingested: its existence is what counts
-            if all(status == "present" if status else os.path.exists(path) for path, status in products):
+            # a product on disk, whatever the catalog last saw (a deleted master is
+            # made again; one the catalog knows to be missing is not there either)
+            if all(status != "missing" and os.path.exists(path) for path, status in products):
                 return run_id
     return None
 
@@ -276,7 +277,7 @@ def _made_again(product, products, newest: dict, reason, by_run: dict) -> str | 
             break
         if (row.step, row.kind) == (product.step, product.kind) and newest.get(row.path) == row.id \
                 and row.path != product.path and same(row) == mine and reason(row) is None \
-                and 2 * len(frames(row) & my_frames) >= len(my_frames):
+                and 2 * len(frames(row) & my_frames) >= len(my_frames) and os.path.exists(row.path):
             return row.path.rsplit("/", 1)[-1]
     return None
 

@@ -194,6 +194,19 @@ def test_a_stale_master_names_the_one_made_again_from_mostly_its_frames(raw):
         f"made again since as {Path(again).name}")
 
 
+def test_a_master_deleted_from_disk_is_made_again_and_named_by_stale_no_more(raw):
+    catalog, tmp, _ = raw
+    engine = catalog.engine
+    first = calibration.make_master(engine, "bias", "3852-3854", out_dir=tmp / "m").products[0]
+    quality.flag(engine, "3853", "bad", reason="trail")
+    again = calibration.make_master(engine, "bias", "3852-3854", out_dir=tmp / "m").products[0]
+    Path(again).unlink()  # the catalog still says present: the disk is what counts
+    (row,) = runs.stale_products(engine)
+    assert row["path"] == first and "made again" not in row["reason"]
+    remade = calibration.make_master(engine, "bias", "3852-3854", out_dir=tmp / "m")
+    assert remade.done and remade.products == [again] and Path(again).exists()
+
+
 def test_a_master_made_with_include_bad_is_not_stale_when_its_frame_is_graded_bad_after(raw):
     catalog, tmp, _ = raw
     kept = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m", include_bad=True)
@@ -247,6 +260,11 @@ def test_nearest_takes_the_nearest_frames_not_graded_bad_and_is_short_when_too_f
     again = calibration.make_master(catalog.engine, "bias", nearest_count=5, to="2017-08-16", out_dir=tmp / "m")
     assert (again.done, again.skipped) == ([], five.done)  # up to date, and still short: said again
     assert again.exit_code == 3 and "--nearest 5 asked, only 4 bias frames match once 1 graded bad are left out" in again.last_line()
+    # The same master answers --nearest 4 (whole) and --nearest 50 (short): shortness is this command's
+    four = calibration.make_master(catalog.engine, "bias", nearest_count=4, to="2017-08-16", out_dir=tmp / "m")
+    assert four.skipped == five.done and four.exit_code == 0 and not four.short
+    fifty = calibration.make_master(catalog.engine, "bias", nearest_count=50, to="2017-08-16", out_dir=tmp / "m")
+    assert fifty.skipped == five.done and fifty.exit_code == 3 and "--nearest 50 asked, only 4 bias frames" in fifty.last_line()
 
 
 def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
