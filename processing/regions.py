@@ -120,7 +120,12 @@ def _is_fits(path: Path) -> bool:
         return handle.read(9) == b"SIMPLE  ="
 
 
-_PROPERTIES = re.compile(r"#[^\n]*|^[ \t]*global\b[^\n]*", re.IGNORECASE | re.MULTILINE)  # a shape's comment, a global line
+# A shape's properties (after '#') or a global line, up to the end of the line
+# or a ';', which starts the next shape (outside braces and quotes).
+_PROPERTIES = re.compile(r"#(?:\{[^}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*|^[ \t]*global\b(?:\{[^}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*",
+                         re.IGNORECASE | re.MULTILINE)
+_SOURCE_SET = re.compile(r"(?<![\w])source\s*=", re.IGNORECASE)
+_BACKGROUND_SET = re.compile(r"(?<![\w])background\s*=\s*1\b", re.IGNORECASE)
 _QUOTED = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"")
 _BARE_ROLE = re.compile(r"(?<![\w=])(background|source)(?![\w=])", re.IGNORECASE)
 
@@ -130,11 +135,17 @@ def _mark_roles(text: str) -> str:
     (or ``# source``), or ``source=0`` / ``source=1``; a ``global`` line sets
     it for the shapes that do not. The regions package drops the bare words
     and keeps ``source=``, where a shape's own value wins over the global
-    one, so each bare word is written as its ``source=`` value."""
+    one, so each bare word (and a ``background=1``) is written as its
+    ``source=`` value, in the properties of its own shape: a ``;`` ends
+    them, as it ends the shape."""
     def mark(match: re.Match) -> str:
         properties = match.group(0)
         plain = _QUOTED.sub("", properties)  # a text={background} label is no role
-        if "source=" in plain.lower() or not (bare := _BARE_ROLE.search(plain)):
+        if _SOURCE_SET.search(plain):
+            return properties
+        if _BACKGROUND_SET.search(plain):
+            return properties + " source=0"
+        if not (bare := _BARE_ROLE.search(plain)):
             return properties
         return properties + (" source=0" if bare.group(1).lower() == "background" else " source=1")
 
