@@ -327,9 +327,12 @@ def repeats(stars: np.ndarray) -> int | None:
         return 0
     area = np.pi * REPEAT_TOLERANCE_PX**2
     # Uniformly scattered points: offsets (dx, dy) of density
-    # 2 (w - |dx|)(h - |dy|) / (w h)^2 per pair, either sign.
-    width, height = np.ptp(xy[:, 0]) + 1.0, np.ptp(xy[:, 1]) + 1.0
-    dx, dy = np.abs(offsets[best])
+    # 2 (w - |dx|)(h - |dy|) / (w h)^2 per pair, either sign, in a w x h box
+    # along the stars' own axes (a row of stars is one whatever its angle).
+    axes = np.linalg.svd(xy - xy.mean(axis=0), full_matrices=False)[2].T
+    along = xy @ axes
+    width, height = np.ptp(along[:, 0]) + 1.0, np.ptp(along[:, 1]) + 1.0
+    dx, dy = np.abs(offsets[best] @ axes)
     density = 2 * max(width - dx, 1.0) * max(height - dy, 1.0) / (width * height) ** 2
     same_ratio = np.mean(np.abs(ratios - ratios[best]) <= REPEAT_RATIO_DEX)
     uniform = (len(offsets) - 1) * density * area * same_ratio
@@ -794,6 +797,9 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
                     new_flags += _not_graded(row, assessment, summary, run.id, now)
                     continue
                 flag_row = _rule_flag(row["id"], assessment, run.id, now)
+                broken = assessment.broken[0] if assessment.broken else None
+                if broken and broken.relative and broken.metric in EXPTIME_SCALED and _exptime_key(row["exptime"]) == ("unknown",):
+                    flag_row["note"] += " (its exposure time is unknown: compared with the frames of its night and band whose exposure time is unknown too)"
                 if _same_verdict(row, flag_row):
                     summary.unchanged += 1
                     continue

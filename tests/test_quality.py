@@ -92,6 +92,16 @@ def test_a_cluster_shares_offsets_by_chance_and_has_no_repeats(seed):
     assert measure(_cluster(np.random.default_rng(seed)))["repeats"] == 0
 
 
+@pytest.mark.parametrize("slope", [0.0, 1.0, 0.05])
+def test_a_row_of_stars_is_no_jump_at_any_angle(rng, slope):
+    """Twenty stars equally spaced along a line (a row, a diagonal, a row 3
+    degrees off) share their spacing by construction; chance is judged
+    along the stars' own axes, so no angle makes them a jump (the diagonal
+    gave 19 when the box was the pixel axes')."""
+    positions = np.column_stack([40 + 22.0 * np.arange(20), 40 + slope * 22.0 * np.arange(20)])
+    assert measure(star_field(rng, (512, 512), positions=positions, fluxes=np.full(20, 2e4), fwhm=4.2))["repeats"] == 0
+
+
 def test_an_exposure_shows_the_largest_repeats_of_its_detectors():
     """A jump moves every detector: one detector that shows it tells (a
     median of 0, 0, 0, 9 hid it)."""
@@ -314,6 +324,20 @@ def test_sky_and_star_counts_are_compared_between_frames_of_one_exposure_time(ca
     with catalog.engine.connect() as conn:
         note = conn.execute(select(Flag.note).where(Flag.exposure_id == catalog.resolve("9"))).scalar_one()
     assert note == "background 2e+04 > 1.2e+04"  # 3 x the 300 s frames' median, not the night's
+
+
+def test_a_frame_of_unknown_exposure_time_flagged_on_its_sky_says_so(catalog, tmp_path, rng):
+    """Frames without an exposure time are compared with each other: a
+    verdict on their sky says so, since they may not be alike."""
+    for number, sky in enumerate([1000.0, 1000.0, 1000.0, 10000.0], 1):
+        write_image(tmp_path / f"u-{number}.fits", star_field(rng, background=sky, noise=np.sqrt(sky)),
+                    {"EXPTIME": None, "DATE-OBS": f"2017-08-16T03:{number:02d}:00"})
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    with catalog.engine.connect() as conn:
+        note = conn.execute(select(Flag.note).where(Flag.exposure_id == catalog.resolve("4"))).scalar_one()
+    assert note.endswith("(its exposure time is unknown: compared with the frames of its night and band whose exposure time is unknown too)")
 
 
 def test_unknown_and_odd_exposure_times_are_compared_only_with_their_like():
