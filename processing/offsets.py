@@ -23,6 +23,7 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, insert, select
@@ -508,9 +509,9 @@ class OffsetsStep(Step):
             raise ObsarchError(f"reference exposure {self.reference_id} ({frames[self.reference_id].path}) "
                                "holds no image to register onto")
         kept, self.said = without_images(list(frames.values()))  # an event list is no failure of registration
-        several = sorted(f.frame_number or f.exposure_id for f in kept if (f.n_detectors or 0) > 1)
+        several = sorted(Path(f.path).name for f in kept if (f.n_detectors or 0) > 1)
         if several:  # measured on one detector: said, since the others are not looked at
-            listed = some_names([str(n) for n in several], 5)
+            listed = some_names(several, 5)
             self.said = [*self.said, f"registered on its first image HDU, the other detectors not measured: "
                                      f"{len(several)} exposure{'s' if len(several) > 1 else ''} of several detectors ({listed})"]
         imageless = set(frames) - {f.exposure_id for f in kept}

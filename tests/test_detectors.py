@@ -413,7 +413,8 @@ def test_offsets_say_that_exposures_of_several_detectors_are_registered_on_their
     ids = offsets.select_ids(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1")
     result = offsets.compute_offsets(catalog.engine, ids, ids[0], method="wcs", workers=1, executor="serial")  # flat frames: no stars
     (note,) = result.step.notes
-    assert note.startswith("registered on its first image HDU, the other detectors not measured: 2 exposures of several detectors (")
+    assert note == "registered on its first image HDU, the other detectors not measured: 2 exposures of several detectors " \
+                   "(sci_SCI1.0_0.fits, sci_SCI1.0_1.fits)"
 
 
 def test_stack_of_several_detectors_refuses_a_rotation(muse):
