@@ -391,11 +391,11 @@ def measure_file(task: tuple) -> list[tuple[str, int, dict | None, str | None]]:
         detectors = select_detectors(pixels.detectors_of(hdul), hdus)
         if not detectors:
             raise QualityError(f"{path}: no HDU with image data")
-        primary = {k: hdul[0].header[k] for k in hdul[0].header if k and k not in ("COMMENT", "HISTORY")}
+        primary = _values(hdul[0].header)  # a card astropy cannot parse (EXPTIME = NaN) is left out, not fatal
         for detector in detectors:
             try:
                 hdu = hdul[detector.hdu_index]
-                header = {**primary, **{k: hdu.header[k] for k in hdu.header if k and k not in ("COMMENT", "HISTORY")}}
+                header = {**primary, **_values(hdu.header)}
                 header["__BITPIX__"] = hdu.header.get("BITPIX")
                 metrics = measure(_image_of(hdu, params.chunk_planes), header, params)
                 results.append((detector.name, detector.hdu_index, metrics, None))

@@ -607,6 +607,23 @@ def test_real_cube_white_light(real_data):
     assert np.isfinite(measure(data)["background"])
 
 
+def test_a_frame_with_a_card_astropy_cannot_parse_is_measured(url, tmp_path, rng):
+    """'EXPTIME = NaN' is no FITS value: ingest keeps it as text, and quality
+    measures the frame without it (it failed with astropy's VerifyError)."""
+    from factories import obsarch
+
+    path = write_image(tmp_path / "nan-card.fits", star_field(rng))
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"EXPTIME =")
+    raw[at:at + 80] = b"EXPTIME =                  NaN".ljust(80)
+    path.write_bytes(bytes(raw))
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path))
+    result = obsarch(url, "quality", "compute")
+    out = result.stdout + result.stderr
+    assert "1 done" in out and "VerifyError" not in out
+
+
 def test_a_failure_names_its_file_once(url, tmp_path):
     """The reader's error already starts with the path: the line gives it once."""
     from factories import obsarch
