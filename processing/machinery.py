@@ -219,6 +219,11 @@ class Writer:
     def __init__(self, conn: Connection, run_id: int, step: Step, result: StepResult):
         self.conn, self.run_id, self._step, self._result = conn, run_id, step, result
 
+    def note(self, text: str) -> None:
+        """Something a person should know of what was written (said on stderr
+        with the step's other notes, when it ends)."""
+        self._result.notes.append(text)
+
     def inputs(self, inputs: list[Input], group_id: int | None = None) -> None:
         if inputs:
             self.conn.execute(insert(RunInput), [

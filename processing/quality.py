@@ -472,6 +472,10 @@ class QualityStep(Step):
         self._store(out, item, hdu_index, metrics, error, result)
         if error:  # no detector could be measured: the frame failed, with its reasons stored
             raise ItemFailed(error)
+        failed = [why for *_, why in result if why]
+        if failed:  # the exposure is the median of the others: said, not hidden in detector_metrics
+            out.note(f"{Path(item.key).name}: {len(failed)} of {len(result)} detectors not measured, "
+                     f"its metrics are the others': {'; '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}")
 
     def record_failure(self, out: Writer, item: Item, reason: str) -> None:
         self._store(out, item, None, None, reason, [])

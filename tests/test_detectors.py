@@ -350,6 +350,8 @@ def test_a_detector_that_cannot_be_measured_costs_only_itself(muse):
 
         errors = conn.execute(text("select detector, error from detector_metrics where error is not null")).all()
     assert len(errors) == 1 and errors[0][0] == "CHAN02" and errors[0][1].startswith("detector CHAN02: ")
+    assert result.notes == ["sci_FAST_0.fits: 1 of 4 detectors not measured, its metrics are the others': "
+                            "detector CHAN02: no finite pixels (all NaN)"]  # said, not only stored
 
 
 # -- stack per detector --------------------------------------------------------------------
