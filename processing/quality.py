@@ -46,6 +46,9 @@ INTEGER_METRICS = ("nstars", "repeats")
 LARGEST_OVER_DETECTORS = ("repeats",)  # a jump moves every detector: one that shows it tells
 
 
+MIN_FINITE_PIXELS, MIN_FINITE_FRACTION = 64, 0.01  # fewer finite pixels than an 8x8 image, or than 1%: not measured
+
+
 class QualityError(ObsarchError):
     """A frame that cannot be measured; the message says why."""
 
@@ -222,6 +225,8 @@ def measure(data: np.ndarray, header: dict | None = None, params: QualityParams 
     values = data[finite] if not finite.all() else data.ravel()
     if values.size == 0:
         raise QualityError("no finite pixels (all NaN)")
+    if values.size < max(MIN_FINITE_PIXELS, MIN_FINITE_FRACTION * data.size):  # a background of 2 pixels is no background
+        raise QualityError(f"only {values.size} finite pixels of {data.size}: too few to measure")
     low, high = float(values.min()), float(values.max())
     if low == high:
         raise QualityError(f"constant image (every pixel is {low:g})")

@@ -153,6 +153,10 @@ def test_microobservatory_gives_its_scale_in_im_scale():
         (np.full((64, 64), np.nan, dtype=np.float32), "no finite pixels (all NaN)"),
         (np.full((64, 64), 7.0, dtype=np.float32), "constant image (every pixel is 7)"),
         (np.zeros((1, 1), dtype=np.float32), "image of shape (1, 1) is too small to measure"),
+        (np.where(np.arange(64 * 64).reshape(64, 64) < 2, 5.0, np.nan).astype(np.float32),
+         "only 2 finite pixels of 4096: too few to measure"),
+        (np.where(np.arange(1000 * 1000).reshape(1000, 1000) < 9000, 5.0, np.nan).astype(np.float32),
+         "only 9000 finite pixels of 1000000: too few to measure"),
     ],
 )
 def test_frames_that_cannot_be_measured(data, message):
