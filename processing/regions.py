@@ -152,10 +152,21 @@ def _mark_roles(text: str) -> str:
     return _PROPERTIES.sub(mark, text)
 
 
+def _region_text(path: Path) -> str:
+    """A DS9 file's text: UTF-8 (a byte-order mark dropped), else Latin-1,
+    as DS9 of old wrote labels; the shapes themselves are ASCII either way,
+    so one odd byte in a label does not cost the file."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def _read_ds9(path: Path):
     from regions import Regions
 
-    text = _mark_roles(path.read_text())
+    text = _mark_roles(_region_text(path))
     physical = bool(_PHYSICAL.search(text))
     if physical:  # the regions package knows no physical frame: read the numbers as pixels
         text = _PHYSICAL.sub(lambda m: "image" + m.group(1), text)

@@ -481,6 +481,18 @@ def test_ds9_roles_from_shapes_and_global_lines(tmp_path, lines, shapes, n_backg
     assert (info.shapes, info.n_background) == (shapes, n_background)
 
 
+@pytest.mark.parametrize("encoded", [b"\xef\xbb\xbf# Region file format: DS9 version 4.1\nfk5\ncircle(150.0,2.6,10\") # text={M31}\n",
+                                     b"# Region file format: DS9 version 4.1\nfk5\ncircle(150.0,2.6,10\") # text={\xc5ngstr\xf6m}\n"])
+def test_a_region_file_with_a_byte_order_mark_or_a_latin1_label_is_read(tmp_path, encoded):
+    """Both were refused whole ('cannot read the region file: utf-8 codec...')."""
+    from processing.regions import read_region_file
+
+    path = tmp_path / "odd.reg"
+    path.write_bytes(encoded)
+    info = read_region_file(path)
+    assert (info.frame, info.shapes, info.skipped) == ("fk5", "circle", 0)
+
+
 def _region_table(kind, shapes, radii):
     columns = [fits.Column(name="X", format="D", array=[10.0] * len(shapes)), fits.Column(name="Y", format="D", array=[20.0] * len(shapes)),
                fits.Column(name="SHAPE", format="16A", array=shapes), fits.Column(name="R", format="2D", array=radii)]
