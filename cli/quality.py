@@ -31,7 +31,7 @@ from cli.steps import finish_step
 @command(quality_app, "compute")
 def quality_compute(selection: Selection = None, force: ForceOption = False, workers: WorkersOption = None,
                     hdu: HduOption = None) -> None:
-    """Measure frames: statistics, background, stars, FWHM, elongation, sharpness.
+    """Measure frames: statistics, background, stars, FWHM, elongation, sharpness, repeats.
     Every detector is measured and stored; the exposure's metrics (what selections
     use) are the median over its detectors. Frames measured before with the same
     parameters and unchanged files are skipped.
@@ -50,8 +50,9 @@ def quality_compute(selection: Selection = None, force: ForceOption = False, wor
 
 @command(quality_app, "rules")
 def quality_rules(selection: Selection = None) -> None:
-    """Flag measured science frames by the rules of obsarch.toml (defaults: background,
-    FWHM and star count against the median of their night and band, elongation, saturation).
+    """Flag measured science frames by the rules of obsarch.toml (defaults: FWHM against
+    the median of their night and band, background and star count against that of its
+    frames of about their exposure time, elongation, repeats (stars seen twice), saturation).
     A person's flag is never overwritten. A frame on which no rule could be checked
     (no stars measured, fewer than 3 frames in its night and band) is not graded.
 
