@@ -231,8 +231,19 @@ class MasterStep(Step):
         made = f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames" if failed else None
         return "; ".join(r for r in (made, self.shortfall, self._too_few(len(used))) if r) or None
 
-    def short_of(self, items: list[Item]) -> str | None:
-        return "; ".join(r for r in (self.shortfall, self._too_few(sum(i.error is None for i in items))) if r) or None
+    def short_of(self, engine, run_id: int | None, items: list[Item]) -> str | None:
+        """What the master that run made falls short of: the frames it could
+        use (one may have failed then), and this command's --nearest and
+        min_inputs."""
+        from sqlalchemy import func, select
+
+        from archive.models import RunInput
+
+        with transaction(engine) as conn:
+            used = conn.execute(select(func.count()).select_from(RunInput)
+                                .where(RunInput.run_id == run_id, RunInput.role == "frame")).scalar_one()
+        made = f"made from {used} of {len(items)} selected {self.kind} frames" if used < len(items) else None
+        return "; ".join(r for r in (made, self.shortfall, self._too_few(used)) if r) or None
 
     def _too_few(self, used: int) -> str | None:
         if used >= self.min_inputs:

@@ -162,11 +162,17 @@ class Step:
         returns why the result is short, if it is."""
         return None
 
-    def short_of(self, items: list[Item]) -> str | None:
-        """Why a ``whole`` step's product, found up to date, is short of
-        what this command asks (a master of 5 frames where ``--nearest 50``
-        asks for 50); None when it is not."""
-        return None
+    def short_of(self, engine: Engine, run_id: int | None, items: list[Item]) -> str | None:
+        """Why a ``whole`` step's product, found up to date (made by the done
+        run ``run_id``), is short; None when it is not. By default what that
+        run said (a stack of 4 of 10 selected frames is still one); a step
+        whose shortness depends on the command too (a master's ``--nearest``)
+        says it anew."""
+        from sqlalchemy import select
+
+        with transaction(engine) as conn:
+            summary = conn.execute(select(Run.summary_json).where(Run.id == run_id)).scalar_one_or_none()
+        return "; ".join(why for _, why in json.loads(summary or "{}").get("short", [])) or None
 
     def close(self) -> None:
         """Remove what the step made for itself (scratch files)."""
@@ -271,7 +277,8 @@ def run_step(
         current = set() if force else step.up_to_date(engine, items, prints)
         if step.whole and "*" in current:
             result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
-            if (short := step.short_of(items)) is not None:  # up to date, and still short of what this command asks
+            # up to date, and still short: of what its run could use, or of what this command asks
+            if (short := step.short_of(engine, done_before(engine, prints["*"]), items)) is not None:
                 result.short = [(result.skipped[0], short)]
             return result
         todo = [item for item in items if item.error is None and item.key not in current]

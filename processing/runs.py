@@ -109,9 +109,9 @@ def done_before(engine: Engine, print_: str) -> int | None:
                 select(Product.path, File.status).select_from(Product).outerjoin(File, File.id == Product.file_id)
                 .where(Product.run_id == run_id)
             ).all()
-            # a product on disk, whatever the catalog last saw (a deleted master is
-            # made again; one the catalog knows to be missing is not there either)
-            if all(status != "missing" and os.path.exists(path) for path, status in products):
+            # a product on disk, as the catalog last saw it when it is catalogued
+            # (a deleted master is made again, and so is one found unreadable)
+            if all(status in (None, "present") and os.path.exists(path) for path, status in products):
                 return run_id
     return None
 

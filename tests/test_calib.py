@@ -267,6 +267,27 @@ def test_nearest_takes_the_nearest_frames_not_graded_bad_and_is_short_when_too_f
     assert fifty.skipped == five.done and fifty.exit_code == 3 and "--nearest 50 asked, only 4 bias frames" in fifty.last_line()
 
 
+def test_a_master_or_stack_short_of_a_frame_that_failed_is_still_short_when_up_to_date(raw):
+    """What the run could not use is said again: a truncated bias, a frame
+    without an offset (the replacement of replayed words by the command's
+    own reasons had lost both)."""
+    catalog, tmp, numbers = raw
+    engine = catalog.engine
+    bias = tmp / "raw" / "ngc3293-3852.fits"
+    with open(bias, "r+b") as handle:
+        handle.truncate(bias.stat().st_size - 5760)
+    first = calibration.make_master(engine, "bias", out_dir=tmp / "m")
+    assert first.exit_code == 3 and "made from 4 of 5 selected bias frames" in first.last_line()
+    again = calibration.make_master(engine, "bias", out_dir=tmp / "m")
+    assert again.skipped and again.exit_code == 3 and "made from 4 of 5 selected bias frames" in again.last_line()
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids[:3], ids[0], workers=1, executor="serial")
+    stacked = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert stacked.exit_code == 3 and "stacked 3 of 4 selected frames" in stacked.last_line()
+    restacked = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
+    assert restacked.skipped and restacked.exit_code == 3 and "stacked 3 of 4 selected frames" in restacked.last_line()
+
+
 def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
     catalog, tmp, _ = raw
     quality.flag(catalog.engine, "3852-3855", "bad", reason="trail")
