@@ -122,11 +122,12 @@ def _is_fits(path: Path) -> bool:
 
 # A shape's properties (after '#') or a global line, up to the end of the line
 # or a ';', which starts the next shape (outside braces and quotes).
-_PROPERTIES = re.compile(r"#(?:\{[^}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*|^[ \t]*global\b(?:\{[^}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*",
+# A failed brace stops at the next brace: unclosed ones cost linear time.
+_PROPERTIES = re.compile(r"#(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*|^[ \t]*global\b(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*",
                          re.IGNORECASE | re.MULTILINE)
 _SOURCE_SET = re.compile(r"(?<![\w])source\s*=", re.IGNORECASE)
 _BACKGROUND_SET = re.compile(r"(?<![\w])background\s*=\s*1\b", re.IGNORECASE)
-_QUOTED = re.compile(r"\{[^}]*\}|'[^']*'|\"[^\"]*\"")
+_QUOTED = re.compile(r"\{[^{}]*\}|'[^']*'|\"[^\"]*\"")
 _BARE_ROLE = re.compile(r"(?<![\w=])(background|source)(?![\w=])", re.IGNORECASE)
 
 

@@ -493,6 +493,22 @@ def test_a_region_file_with_a_byte_order_mark_or_a_latin1_label_is_read(tmp_path
     assert (info.frame, info.shapes, info.skipped) == ("fk5", "circle", 0)
 
 
+def test_a_region_line_of_unclosed_braces_is_refused_without_stalling(tmp_path):
+    """Each unclosed '{' made the property pattern scan to the line's end: a
+    200,000-brace line took minutes (a 1 MB one, about half an hour), and
+    region files are read during an ingest. It is one line, at once."""
+    import time
+
+    from processing.regions import RegionReadError, read_region_file
+
+    path = tmp_path / "braces.reg"
+    path.write_text("# Region file format: DS9 version 4.1\nfk5\n#" + "{" * 200_000 + "\n")
+    start = time.perf_counter()
+    with pytest.raises(RegionReadError, match="no region the regions package can read"):
+        read_region_file(path)
+    assert time.perf_counter() - start < 20  # a guard against minutes, not a speed figure
+
+
 def _region_table(kind, shapes, radii):
     columns = [fits.Column(name="X", format="D", array=[10.0] * len(shapes)), fits.Column(name="Y", format="D", array=[20.0] * len(shapes)),
                fits.Column(name="SHAPE", format="16A", array=shapes), fits.Column(name="R", format="2D", array=radii)]
