@@ -121,9 +121,10 @@ def _is_fits(path: Path) -> bool:
 
 
 # A shape's properties (after '#') or a global line, up to the end of the line
-# or a ';', which starts the next shape (outside braces and quotes).
+# or a ';', which starts the next shape (outside braces and quotes); a brace
+# group before them (a text shape's own text) is matched only to be skipped.
 # A failed brace stops at the next brace: unclosed ones cost linear time.
-_PROPERTIES = re.compile(r"#(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*|^[ \t]*global\b(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*",
+_PROPERTIES = re.compile(r"\{[^{}\n]*\}|#(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*|^[ \t]*global\b(?:\{[^{}\n]*\}|'[^'\n]*'|\"[^\"\n]*\"|[^\n;])*",
                          re.IGNORECASE | re.MULTILINE)
 _SOURCE_SET = re.compile(r"(?<![\w])source\s*=", re.IGNORECASE)
 _BACKGROUND_SET = re.compile(r"(?<![\w])background\s*=\s*1\b", re.IGNORECASE)
@@ -141,6 +142,8 @@ def _mark_roles(text: str) -> str:
     them, as it ends the shape."""
     def mark(match: re.Match) -> str:
         properties = match.group(0)
+        if properties.startswith("{"):  # a shape's own text, text(10,10,{a # b}): no properties in it
+            return properties
         plain = _QUOTED.sub("", properties)  # a text={background} label is no role
         if _SOURCE_SET.search(plain):
             return properties

@@ -469,7 +469,9 @@ def test_ds9_exclusion_shapes_are_counted_apart(tmp_path, lines, shapes, exclude
      (["fk5; circle(150.0,2.6,10\") # background; box(150.01,2.61,20\",10\",0)"], "source: rectangle; background: circle", 1),
      (["global color=red background; fk5; circle(150.0,2.6,10\") # source; box(150.01,2.61,20\",10\",0)"],
       "source: circle; background: rectangle", 1),
-     (["fk5", "circle(150.0,2.6,10\") # source = 0", "circle(150.01,2.61,20\") # text={a;b} background=1"], "background: circle x2", 2)],
+     (["fk5", "circle(150.0,2.6,10\") # source = 0", "circle(150.01,2.61,20\") # text={a;b} background=1"], "background: circle x2", 2),
+     (["fk5", "circle(150.0,2.6,10\") # background", "circle(150.01,2.61,20\")", "text(150.0,2.6,{x # background})"],
+      "source: circle, text; background: circle", 1)],
 )
 def test_ds9_roles_from_shapes_and_global_lines(tmp_path, lines, shapes, n_background):
     """A shape's own word or source= wins over the global line's."""
