@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.schema import CreateIndex
 
-from archive import __version__
+from archive import __version__, promoted
 from archive.cardtext import CardText, card_text
 from archive.db import (
     CARD_PKEY_INDEX,
@@ -99,6 +99,7 @@ class IngestSummary:
     ignored: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the run changed beside the files (a demoted keyword)
 
 
 @dataclass(slots=True)
@@ -1037,6 +1038,9 @@ def ingest(
         if bulk:
             ensure_card_indexes(engine)
             _analyze(engine, len(to_read))
+    # after the card indexes are back: the promoted columns of the files written (archive.promoted);
+    # a failed or interrupted run leaves its files to the next run's refresh
+    summary.notes.extend(promoted.refresh(engine, run_id, statistics=bulk))
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary

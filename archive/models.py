@@ -640,3 +640,19 @@ class RegionFile(Base):
     position: Mapped[str | None] = mapped_column(Text)  # what the position check found, as shown
     how: Mapped[str] = mapped_column(String(16))  # attach (a person), ingest (by its name)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class PromotedKeyword(Base):
+    """A header keyword whose value is also kept in a column of ``exposures``
+    (``column_name``), with indexes of its own, so that a selection on it is
+    one index range (see :mod:`archive.promoted`). ``kind`` is ``number``
+    (numeric and logical cards) or ``text``; ``filled_run`` the last ingest
+    run whose files the column holds."""
+
+    __tablename__ = "promoted_keywords"
+
+    keyword: Mapped[str] = mapped_column(String(128), primary_key=True)
+    column_name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    filled_run: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

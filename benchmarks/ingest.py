@@ -19,7 +19,9 @@ Prints, for each backend:
   command on the small tree;
 - two-predicate queries (a normalized column and a header keyword) over
   ``--exposures`` exposures loaded straight into the catalog, each with its
-  plan's shape, next to fetching as many ids by primary key.
+  plan's shape, next to fetching as many ids by primary key: first from the
+  card rows, then with the hot keywords promoted (``obsarch db promote``,
+  timed too).
 
 PostgreSQL catalogs are made in fresh schemas of ``--pg-url`` and dropped at
 the end. Needs ccdproc and psutil (``pip install '.[bench]'``); a size of 0
@@ -530,8 +532,12 @@ def big_tree(args, backends: Backends, work: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
 
 
+PROMOTED = ("CCD-TEMP", "OBSERVER")  # the keywords of SELECTIONS but KEY007, a selective one
+
+
 def queries(args, backends: Backends) -> None:
     from archive.catalog import Catalog
+    from archive.promoted import promote
 
     results = {}
     for backend in backends.names:
@@ -541,18 +547,26 @@ def queries(args, backends: Backends) -> None:
         print(f"\n{backend}: {args.exposures} exposures x {args.cards} cards loaded in {time.perf_counter() - start:.0f} s; "
               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
         catalog = Catalog(url)
-        for selection in SELECTIONS:
-            seconds, count = time_query(catalog, selection)
-            peer = time_fetch_ids(catalog, count)
-            results.setdefault(selection, {})[backend] = seconds
-            print(f"{backend}: {selection!r:54} {seconds * 1000:7.1f} ms  ({count} exposures; "
-                  f"fetching {count} ids by primary key {peer * 1000:.1f} ms)")
-            print(f"    plan: {plan_shape(catalog, selection)}", flush=True)
+        for layout in ("cards", "promoted"):
+            if layout == "promoted":  # the hot keywords kept in indexed exposure columns too (obsarch db promote)
+                for keyword in PROMOTED:
+                    start = time.perf_counter()
+                    promoted = promote(catalog.engine, keyword)
+                    print(f"{backend}: obsarch db promote {keyword}: {time.perf_counter() - start:.1f} s "
+                          f"({promoted.exposures} exposures, {promoted.kind})", flush=True)
+            for selection in SELECTIONS:
+                seconds, count = time_query(catalog, selection)
+                peer = time_fetch_ids(catalog, count)
+                results.setdefault((layout, selection), {})[backend] = seconds
+                print(f"{backend} ({layout}): {selection!r:54} {seconds * 1000:7.1f} ms  ({count} exposures; "
+                      f"fetching {count} ids by primary key {peer * 1000:.1f} ms)")
+                print(f"    plan: {plan_shape(catalog, selection)}", flush=True)
         catalog.engine.dispose()
-    if len(backends.names) > 1:
-        print("\nside by side (ms): " + ", ".join(backends.names) + f"; load average {os.getloadavg()[0]:.1f}")
-        for selection, by_backend in results.items():
-            print(f"  {selection!r:54} " + "  ".join(f"{by_backend[b] * 1000:7.1f}" for b in backends.names))
+    print("\nside by side (ms): " + ", ".join(f"{b} cards, {b} promoted" for b in backends.names)
+          + f"; load average {os.getloadavg()[0]:.1f}")
+    for selection in SELECTIONS:
+        print(f"  {selection!r:54} " + "  ".join(f"{results[(layout, selection)][b] * 1000:7.1f}"
+                                                 for b in backends.names for layout in ("cards", "promoted")))
 
 
 def main() -> None:

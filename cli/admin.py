@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from cli.app import STATE, FormatOption, command, db_app, open_catalog, roots_app
-from cli.render import Format, console, show_frame, show_rows
+from cli.render import Format, console, err_console, show_frame, show_rows
 
 
 @command(panel="admin")
@@ -120,3 +121,66 @@ def db_history() -> None:
     scripts = ScriptDirectory.from_config(db.alembic_config(engine))
     for script in scripts.walk_revisions():
         console.print(f"{script.revision}  {script.doc}", markup=False)
+
+
+@command(db_app, "promote")
+def db_promote(
+    keywords: Annotated[Optional[list[str]], typer.Argument(help="Header keywords, e.g. OBSERVER CCD-TEMP.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="number or text (default: the kind most of its cards have).")] = None,
+    show: Annotated[bool, typer.Option("--list", help="List the promoted keywords.")] = False,
+) -> None:
+    """Keep header keywords in indexed columns of the exposures as well as in
+    the cards, so that selections pairing them with band, night, frame_type,
+    instrument or obsid are one index range (a large catalog's hot keywords).
+
+    Refused for a keyword a file holds two values of; an ingest that brings
+    such a file demotes it and says so. `obsarch db demote KEYWORD` undoes it.
+
+    Example: obsarch db promote OBSERVER CCD-TEMP
+    """
+    from archive import promoted
+    from archive.exceptions import ObsarchError
+
+    catalog = open_catalog()
+    if show or not keywords:
+        rows = [(p.keyword, p.column, p.kind, p.exposures) for p in promoted.listing(catalog.engine)]
+        if not rows:
+            console.print("no keyword is promoted: selections read every keyword from the cards")
+        show_rows(["keyword", "column", "kind", "exposures"], rows)
+        return
+    failed = 0
+    for keyword in keywords:
+        start = time.perf_counter()
+        try:
+            p = promoted.promote(catalog.engine, keyword, kind)
+        except ObsarchError as exc:
+            failed += 1
+            err_console.print(f"error: {exc}", soft_wrap=True, markup=False)
+            continue
+        console.print(f"promoted {p.keyword} ({p.kind}) to exposures.{p.column}: {p.exposures} exposures hold a value, "
+                      f"{len(promoted.PARTNERS) + 1} indexes ({time.perf_counter() - start:.1f} s)", markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1 if failed == len(keywords) else 3)
+
+
+@command(db_app, "demote")
+def db_demote(keywords: Annotated[list[str], typer.Argument(help="Promoted header keywords.")]) -> None:
+    """Drop promoted keywords' columns; selections read them from the cards again.
+
+    Example: obsarch db demote OBSERVER
+    """
+    from archive import promoted
+    from archive.exceptions import ObsarchError
+
+    catalog = open_catalog()
+    failed = 0
+    for keyword in keywords:
+        try:
+            p = promoted.demote(catalog.engine, keyword)
+        except ObsarchError as exc:
+            failed += 1
+            err_console.print(f"error: {exc}", soft_wrap=True, markup=False)
+            continue
+        console.print(f"demoted {p.keyword}: exposures.{p.column} dropped", markup=False)
+    if failed:
+        raise typer.Exit(1 if failed == len(keywords) else 3)

@@ -53,6 +53,8 @@ def ingest(
         f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
         f"({summary.seconds:.2f} s)" + (f"; {summary.ignored} files without a FITS name ignored" if summary.ignored else "")
     )
+    for note in summary.notes:
+        err_console.print(f"note: {note}", soft_wrap=True, markup=False)
     for path, reason in summary.errors[:20]:
         err_console.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
     if len(summary.errors) > 20:

@@ -1,0 +1,210 @@
+"""Promoted keywords (archive.promoted, ``obsarch db promote``): a keyword
+kept in an indexed column of exposures answers exactly what its cards
+answer, on both backends; a keyword one column cannot hold is refused, and
+an ingest keeps the columns right or demotes the keyword."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from factories import obsarch, write_frame
+from sqlalchemy import inspect, text
+from test_query_shapes import _by_file, shapes  # noqa: F401  (the odd catalog, a fixture)
+
+from archive import promoted
+from archive.exceptions import NotFoundError, ObsarchError
+from archive.query import ids_statement
+
+# (selection, what holds for a file of test_query_shapes' catalog): FRAMENUM is
+# a number on the primary HDU (0..59), FILTER the band's text (absent for some),
+# FLAGGED a logical, OBSERVER text in two HDUs (eve in one, kim in the other)
+SELECTIONS = [
+    ("hdr['FRAMENUM'] > 20 and band == 'V'", lambda f: f["i"] > 20 and f["band"] == "V"),
+    ("hdr['FRAMENUM'] == 12", lambda f: f["i"] == 12),
+    ("hdr['FRAMENUM'] == 12 or hdr['FRAMENUM'] in (15, 16)", lambda f: f["i"] in (12, 15, 16)),
+    ("band == 'B' and hdr['FRAMENUM'] between 10 and 40", lambda f: 10 <= f["i"] <= 40 and f["band"] == "B"),
+    ("band == 'B' and hdr['FRAMENUM'] not between 10 and 40", lambda f: not 10 <= f["i"] <= 40 and f["band"] == "B"),
+    ("not hdr['FRAMENUM'] < 30", lambda f: not f["i"] < 30),
+    ("hdr['FRAMENUM'] != 3 and night == '2017-08-16'", lambda f: f["i"] != 3 and f["night_day"] == 17),
+    ("hdr['FRAMENUM'] == '12'", lambda f: False),  # text against a number card: no card matches, nor the column
+    ("hdr['FRAMENUM'] is not null and band == 'B'", lambda f: f["band"] == "B"),
+    ("hdr[0]['FRAMENUM'] >= 58", lambda f: f["i"] >= 58),
+    ("hdr[1]['FRAMENUM'] >= 58", lambda f: False),
+    ("hdr['FILTER'] == 'V' and night == '2017-08-15'", lambda f: f["band"] == "V" and f["night_day"] == 16),
+    ("not hdr['FILTER'] == 'B'", lambda f: f["band"] != "B"),
+    ("hdr['FILTER'] != 'B'", lambda f: f["band"] == "V"),
+    ("hdr['FILTER'] like 'v%'", lambda f: f["band"] == "V"),
+    ("hdr['FILTER'] glob 'B*' and hdr['FRAMENUM'] < 30", lambda f: f["band"] == "B" and f["i"] < 30),
+    ("hdr['FILTER'] in ('V', 'B', 'R')", lambda f: f["band"] is not None),
+    ("hdr['FILTER'] is null", lambda f: f["band"] is None),
+    ("hdr['FILTER'] == 1", lambda f: False),  # a number against text cards
+    ("hdr['FLAGGED'] == true and band == 'V'", lambda f: f["flagged"] and f["band"] == "V"),
+    ("hdr['FLAGGED'] == 1 and band == 'V'", lambda f: f["flagged"] and f["band"] == "V"),
+    ("hdr['FLAGGED'] == false", lambda f: not f["flagged"]),
+    ("hdr['OBSERVER'] == 'kim' and band == 'V'", lambda f: "kim" in (f["observer"], f["ext_observer"]) and f["band"] == "V"),
+]
+
+
+@pytest.fixture
+def promoted_shapes(shapes):  # noqa: F811
+    for keyword in ("FRAMENUM", "FILTER", "FLAGGED"):
+        promoted.promote(shapes.engine, keyword)
+    return shapes
+
+
+def _ids(catalog, selection):
+    return catalog.exposure_ids(selection)
+
+
+@pytest.mark.parametrize("selection, holds", SELECTIONS)
+def test_a_promoted_keyword_answers_what_its_cards_answer(shapes, selection, holds):  # noqa: F811
+    files = _by_file(shapes)
+    expected = sorted(i for i, f in files.items() if holds(f))
+    assert _ids(shapes, selection) == expected  # from the cards
+    for keyword in ("FRAMENUM", "FILTER", "FLAGGED"):
+        promoted.promote(shapes.engine, keyword)
+    assert _ids(shapes, selection) == expected
+    assert sorted(shapes.rows(selection, columns="id")[1]) == [(i,) for i in expected]
+
+
+def test_the_column_replaces_the_cards_only_where_it_gives_the_same_rows(promoted_shapes):
+    with promoted_shapes.engine.connect() as conn:
+        def sql(selection):
+            return str(ids_statement(selection, promoted_shapes.dialect, conn))
+
+        assert "kw_framenum" in sql("hdr['FRAMENUM'] > 20 and band == 'V'")
+        assert "header_cards" not in sql("hdr['FRAMENUM'] > 20 and band == 'V'")
+        assert "kw_filter" in sql("hdr['FILTER'] like 'v%'")
+        for cards in ("hdr[0]['FRAMENUM'] > 20", "hdr['FRAMENUM'] == '12'", "hdr['FILTER'] is null",
+                      "hdr['FLAGGED'] == true", "hdr['OBSERVER'] == 'kim'"):
+            assert "header_cards" in sql(cards), cards
+        assert "kw_flagged" in sql("hdr['FLAGGED'] == 1")
+
+
+def test_an_unselective_pair_is_one_index_range(promoted_shapes):
+    with promoted_shapes.engine.connect() as conn:
+        statement = ids_statement("hdr['FRAMENUM'] > 20 and band == 'V'", promoted_shapes.dialect, conn)
+        sql = str(statement.compile(conn, compile_kwargs={"literal_binds": True}))
+        if promoted_shapes.dialect == "sqlite":
+            # 60 rows: the planner may rightly prefer another index; INDEXED BY fails unless this one can answer
+            sql = sql.replace("FROM exposures", "FROM exposures INDEXED BY ix_exposures_band_kw_framenum")
+            plan = " ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "(band=? AND kw_framenum>?)" in plan, plan
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # 60 rows: make the planner show the index it can use
+            plan = " ".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+            assert "ix_exposures_band_kw_framenum" in plan, plan
+
+
+def test_a_keyword_with_two_values_in_one_file_is_refused_and_nothing_changes(shapes):  # noqa: F811
+    with pytest.raises(ObsarchError, match=r"OBSERVER cannot be one column: .*f\d{3}\.fits has two values \('\w+' and '\w+'\) in its HDUs"):
+        promoted.promote(shapes.engine, "observer")
+    with pytest.raises(ObsarchError, match=r"LONGSTR cannot be one column: .*f\d{3}\.fits has a value longer than 256 characters"):
+        promoted.promote(shapes.engine, "LONGSTR")
+    with pytest.raises(NotFoundError, match="no file has a card NOSUCH with a value"):
+        promoted.promote(shapes.engine, "NOSUCH")
+    with pytest.raises(NotFoundError, match="no file has a card FILTER with a number value"):
+        promoted.promote(shapes.engine, "FILTER", "number")
+    with pytest.raises(ObsarchError, match="is not a header keyword"):
+        promoted.promote(shapes.engine, "A;DROP TABLE exposures")
+    columns = {c["name"] for c in inspect(shapes.engine).get_columns("exposures")}
+    assert not [c for c in columns if c.startswith("kw_")]
+    assert promoted.listing(shapes.engine) == []
+
+
+def test_promote_twice_and_demote(promoted_shapes):
+    with pytest.raises(ObsarchError, match="FRAMENUM is promoted already"):
+        promoted.promote(promoted_shapes.engine, "FRAMENUM")
+    listed = {p.keyword: p for p in promoted.listing(promoted_shapes.engine)}
+    assert (listed["FRAMENUM"].kind, listed["FRAMENUM"].exposures) == ("number", 60)
+    assert (listed["FILTER"].kind, listed["FILTER"].exposures) == ("text", 54)  # 6 files have no FILTER
+    promoted.demote(promoted_shapes.engine, "framenum")
+    columns = {c["name"] for c in inspect(promoted_shapes.engine).get_columns("exposures")}
+    assert "kw_framenum" not in columns and "kw_filter" in columns
+    assert promoted_shapes.exposure_ids("hdr['FRAMENUM'] == 12") == [e for e, f in _by_file(promoted_shapes).items() if f["i"] == 12]
+    with pytest.raises(NotFoundError, match="FRAMENUM is not promoted"):
+        promoted.demote(promoted_shapes.engine, "FRAMENUM")
+
+
+def test_ingest_fills_the_columns_of_new_and_changed_files(promoted_shapes, tmp_path):
+    catalog = promoted_shapes
+    directory = tmp_path / "shapes"
+    changed = directory / "f012.fits"
+    with fits.open(changed, mode="update") as hdus:
+        hdus[0].header["FRAMENUM"] = 112
+        del hdus[0].header["FILTER"]
+    write_frame(directory / "f100.fits", np.random.default_rng(1), {"FRAMENUM": 100, "FILTER": "R"})
+    summary = catalog.ingest([directory])
+    assert (summary.new, summary.changed, summary.notes) == (1, 1, [])
+    by_number = {n: e for e, n in _framenums(catalog)}
+    assert catalog.exposure_ids("hdr['FRAMENUM'] == 12") == []
+    assert catalog.exposure_ids("hdr['FRAMENUM'] >= 100") == sorted([by_number[112], by_number[100]])
+    assert catalog.exposure_ids("hdr['FILTER'] == 'R'") == [by_number[100]]
+    assert by_number[112] in catalog.exposure_ids("hdr['FILTER'] is null")
+    assert by_number[112] not in catalog.exposure_ids("hdr['FILTER'] like '%'")  # its old 'B' left the column
+
+
+def test_an_ingest_bringing_two_values_demotes_the_keyword_and_says_so(promoted_shapes, tmp_path):
+    catalog = promoted_shapes
+    path = write_frame(tmp_path / "shapes" / "f200.fits", np.random.default_rng(2), {"FRAMENUM": 200}, extensions=1)
+    with fits.open(path, mode="update") as hdus:
+        hdus[1].header["FRAMENUM"] = 201
+    summary = catalog.ingest([tmp_path / "shapes"])
+    assert len(summary.notes) == 1
+    assert summary.notes[0].startswith("FRAMENUM is no longer promoted: ")
+    assert "f200.fits has two values (200.0 and 201.0) in its HDUs" in summary.notes[0]
+    assert {p.keyword for p in promoted.listing(catalog.engine)} == {"FILTER", "FLAGGED"}
+    new = max(e for e, _ in _framenums(catalog))
+    assert catalog.exposure_ids("hdr['FRAMENUM'] == 201") == [new]  # from the cards again
+
+
+def test_an_ingest_still_running_is_filled_by_its_own_refresh(promoted_shapes):
+    """A promotion made while an ingest runs must not mark that run's files
+    as filled: they may be written after the promotion read the cards."""
+    engine = promoted_shapes.engine
+    promoted.demote(engine, "FRAMENUM")
+    with engine.begin() as conn:
+        last = conn.execute(text("SELECT max(id) FROM ingest_runs")).scalar_one()
+        conn.execute(text("UPDATE ingest_runs SET state = 'running' WHERE id = :id"), {"id": last})
+    promoted.promote(engine, "FRAMENUM")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT filled_run FROM promoted_keywords WHERE keyword = 'FRAMENUM'")).scalar_one() == last - 1
+    assert promoted.refresh(engine, last) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT filled_run FROM promoted_keywords WHERE keyword = 'FRAMENUM'")).scalar_one() == last
+
+
+def _framenums(catalog):
+    with catalog.engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT file_id, value_num FROM header_cards WHERE keyword = 'FRAMENUM' AND hdu_index = 0")).all()
+
+
+def test_the_commands(promoted_shapes, url):
+    result = obsarch(url, "db", "promote", "--list")
+    assert result.stdout.splitlines()[0].split() == ["keyword", "column", "kind", "exposures"]
+    assert "FRAMENUM" in result.stdout
+    result = obsarch(url, "db", "promote", "OBSERVER", code=1)
+    assert "error: OBSERVER cannot be one column:" in result.stderr
+    result = obsarch(url, "db", "promote", "DATE-OBS", "OBSERVER", code=3)
+    assert "promoted DATE-OBS (text) to exposures.kw_date_obs: 60 exposures hold a value, 6 indexes" in result.stdout
+    assert "OBSERVER" in result.stderr
+    result = obsarch(url, "db", "demote", "DATE-OBS", "NOPE", code=3)
+    assert "demoted DATE-OBS: exposures.kw_date_obs dropped" in result.stdout
+    assert "error: NOPE is not promoted" in result.stderr
+    obsarch(url, "db", "demote", "NOPE", code=1)
+
+
+def test_a_downgrade_drops_the_promoted_columns(promoted_shapes):
+    from alembic import command
+
+    from archive import db
+
+    engine = promoted_shapes.engine
+    command.downgrade(db.alembic_config(engine), "0017")
+    assert not [c["name"] for c in inspect(engine).get_columns("exposures") if c["name"].startswith("kw_")]
+    assert not [i["name"] for i in inspect(engine).get_indexes("exposures") if "kw_" in i["name"]]
+    db.upgrade(engine)
+    assert promoted.listing(engine) == []
+    assert promoted_shapes.exposure_ids("hdr['FRAMENUM'] == 12") == [e for e, f in _by_file(promoted_shapes).items() if f["i"] == 12]
