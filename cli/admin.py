@@ -136,7 +136,7 @@ def db_promote(
     Refused for a keyword a file holds two values of; an ingest that brings
     such a file demotes it and says so. `obsarch db demote KEYWORD` undoes it.
 
-    Example: obsarch db promote OBSERVER CCD-TEMP
+    Example: obsarch db promote EXPTIME FILTER
     """
     from archive import promoted
     from archive.exceptions import ObsarchError
@@ -167,7 +167,7 @@ def db_promote(
 def db_demote(keywords: Annotated[list[str], typer.Argument(help="Promoted header keywords.")]) -> None:
     """Drop promoted keywords' columns; selections read them from the cards again.
 
-    Example: obsarch db demote OBSERVER
+    Example: obsarch db demote FILTER
     """
     from archive import promoted
     from archive.exceptions import ObsarchError

@@ -228,8 +228,7 @@ class MasterStep(Step):
             tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
         out.product(self.target, f"master_{self.kind}", values)
-        made = f"made from {len(used)} of {len(used) + len(failed)} selected {self.kind} frames" if failed else None
-        return "; ".join(r for r in (made, self.shortfall, self._too_few(len(used))) if r) or None
+        return self._short(len(used), len(used) + len(failed))
 
     def short_of(self, engine, run_id: int | None, items: list[Item]) -> str | None:
         """What the master that run made falls short of: the frames it could
@@ -242,7 +241,11 @@ class MasterStep(Step):
         with transaction(engine) as conn:
             used = conn.execute(select(func.count()).select_from(RunInput)
                                 .where(RunInput.run_id == run_id, RunInput.role == "frame")).scalar_one()
-        made = f"made from {used} of {len(items)} selected {self.kind} frames" if used < len(items) else None
+        return self._short(used, len(items))
+
+    def _short(self, used: int, selected: int) -> str | None:
+        """Why a master of ``used`` of ``selected`` frames falls short, or None."""
+        made = f"made from {used} of {selected} selected {self.kind} frames" if used < selected else None
         return "; ".join(r for r in (made, self.shortfall, self._too_few(used)) if r) or None
 
     def _too_few(self, used: int) -> str | None:

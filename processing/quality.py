@@ -658,10 +658,14 @@ class Rule:
     relative: bool = False
 
 
-# Among rules of the same grade the first broken one gives the reason. Focus
-# is judged on the minor-axis FWHM, which trailing leaves alone, and comes
-# before tracking: defocused stars blend, and blends look elongated.
+# Among rules of the same grade the first broken one gives the reason. A
+# frame mostly at its saturation level (dome lights, a twilight flat taken
+# too late) comes first: its "background" is the saturation level, which
+# the clouds rule would read as a bright sky. Focus is judged on the
+# minor-axis FWHM, which trailing leaves alone, and comes before tracking:
+# defocused stars blend, and blends look elongated.
 DEFAULT_RULES = (
+    Rule("overexposed", "saturated_fraction", "bad", "saturation", above=0.5),
     Rule("clouds", "background", "bad", "clouds", above=3.0, relative=True),
     Rule("focus", "fwhm_minor", "bad", "focus", above=1.5, relative=True),
     Rule("tracking", "elongation", "bad", "tracking", above=1.8),

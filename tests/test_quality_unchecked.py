@@ -27,7 +27,7 @@ def test_a_frame_without_stars_in_a_small_group_has_no_rule_checked():
 def test_only_the_rules_with_a_metric_and_a_group_are_checked():
     row = {"background": 1000.0, "nstars": 2, "fwhm_minor": None, "elongation": 1.1, "saturated_fraction": 0.0}
     result = quality.assess(row, DEFAULT_RULES, {"background": 1000.0, "nstars": 30})
-    assert result.checked == ("clouds", "tracking", "transparency", "saturation")
+    assert result.checked == ("overexposed", "clouds", "tracking", "transparency", "saturation")
     assert result.broken[0].name == "transparency"  # 2 stars < 0.4 * 30
     assert [(name, kind) for name, kind, _ in result.skipped] == [("focus", "unmeasured"), ("double", "unmeasured")]
 
@@ -71,7 +71,7 @@ def test_frames_on_which_no_rule_could_be_checked_stay_ungraded(catalog, tmp_pat
     assert summary.unchecked_why == {"small group": 2, "unmeasured": 2}
     assert _current(catalog, 1) == ("ungraded", None) and _current(catalog, 3) == ("ungraded", None)
     grade, note = _current(catalog, 2)
-    assert grade == "ok" and note.startswith("passed tracking, double, saturation; not checked: clouds (fewer than 3 frames")
+    assert grade == "ok" and note.startswith("passed overexposed, tracking, double, saturation; not checked: clouds (fewer than 3 frames")
     assert "passed every rule" not in note
     again = quality.apply_rules(catalog.engine)
     assert (again.unchanged, again.unchecked, again.passed) == (1, 2, 0)
@@ -88,7 +88,7 @@ def test_a_verdict_of_an_earlier_run_on_an_uncheckable_frame_is_withdrawn(catalo
     assert _current(catalog, 1) == ("ok", "passed every rule")
     quality.apply_rules(catalog.engine)
     grade, note = _current(catalog, 1)
-    assert grade == "ungraded" and note.startswith("no rule could be checked: clouds (")
+    assert grade == "ungraded" and note.startswith("no rule could be checked: overexposed (no saturated_fraction); clouds (")
     assert len(catalog.exposure_ids("grade == 'ungraded'")) == 2
     quality.apply_rules(catalog.engine)  # withdrawn once
     history = quality.flag_history(catalog.engine, exposure)
@@ -110,3 +110,19 @@ def test_the_command_says_which_frames_it_could_not_grade(catalog, url, tmp_path
     assert "1 passed (1 on some rules only, see their notes)" in out
     assert "2 not graded: no rule could be checked (2 in a night and band of fewer than 3 measured frames; " in out
     assert "2 without a metric the rules need" in out
+
+
+def test_a_frame_at_its_saturation_level_is_overexposed_not_cloudy(catalog, tmp_path, rng):
+    """Its background is the saturation level, three times the others' sky:
+    the clouds rule broke first, and the frame was filed under clouds."""
+    _frames(tmp_path, rng, [1, 2, 3, 4])
+    flooded = star_field(rng, (128, 128), nstars=15).clip(0, 65535).astype(np.uint16)
+    flooded[:, :100] = 65535  # 78% of the pixels
+    write_image(tmp_path / "u-5.fits", flooded, {"DATE-OBS": "2017-08-16T03:05:00"})
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    grade, note = _current(catalog, 5)
+    assert grade == "bad" and note.startswith("saturated_fraction 0.78"), note
+    assert catalog.query("5", columns="reason").iloc[0, 0] == "saturation"
+    assert [_current(catalog, n)[0] for n in (1, 2, 3, 4)] == ["ok"] * 4
