@@ -170,7 +170,8 @@ class File(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     first_seen: Mapped[datetime] = mapped_column(DateTime)
     last_seen: Mapped[datetime] = mapped_column(DateTime)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+    # the run that last wrote it (new or changed): indexed for archive.promoted.refresh
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"), index=True)
 
 
 

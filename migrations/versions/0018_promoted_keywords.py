@@ -5,7 +5,8 @@ keyword and one on an indexed column (``hdr['OBSERVER'] == 'eve' and
 band == 'V'``), took 60-110 ms from the card rows: two index ranges in
 different orders. A promoted keyword is also a column of ``exposures``
 with its own indexes; this table lists them. The columns themselves are
-added by ``obsarch db promote``, not here.
+added by ``obsarch db promote``, not here. Each ingest fills the columns
+of the files it wrote, found by ``files.run_id``, now indexed.
 
 Revision ID: 0018
 Revises: 0017
@@ -33,6 +34,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('keyword', name=op.f('pk_promoted_keywords')),
         sa.UniqueConstraint('column_name', name=op.f('uq_promoted_keywords_column_name')),
     )
+    op.create_index(op.f('ix_files_run_id'), 'files', ['run_id'])
 
 
 def downgrade() -> None:
@@ -46,3 +48,4 @@ def downgrade() -> None:
                     op.drop_index(index['name'], table_name='exposures')
             op.drop_column('exposures', column)
     op.drop_table('promoted_keywords')
+    op.drop_index(op.f('ix_files_run_id'), table_name='files')
