@@ -648,7 +648,8 @@ class PromotedKeyword(Base):
     (``column_name``), with indexes of its own, so that a selection on it is
     one index range (see :mod:`archive.promoted`). ``kind`` is ``number``
     (numeric and logical cards) or ``text``; ``filled_run`` the last ingest
-    run whose files the column holds."""
+    run whose files the column holds; ``broken`` why selections read the
+    cards instead, once a file holds two values of it."""
 
     __tablename__ = "promoted_keywords"
 
@@ -656,4 +657,5 @@ class PromotedKeyword(Base):
     column_name: Mapped[str] = mapped_column(String(63), unique=True)
     kind: Mapped[str] = mapped_column(String(8))
     filled_run: Mapped[int] = mapped_column(Integer)
+    broken: Mapped[str | None] = mapped_column(Text)  # why the column no longer answers (a file with two values)
     created_at: Mapped[datetime] = mapped_column(DateTime)

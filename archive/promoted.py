@@ -4,35 +4,39 @@ A keyword condition is answered from ``header_cards``: one index range per
 condition, intersected with the rest of the selection. When both sides pick
 many exposures the two ranges come out in different orders, and over
 1,000,000 exposures ``hdr['OBSERVER'] == 'eve' and band == 'V'`` (66,000
-matches) took 60-110 ms however they were joined. A promoted keyword's value
+matches) took 56-110 ms however they were joined. A promoted keyword's value
 is also kept in a column of ``exposures`` with an index of its own and one
 beside each indexed text column (``(band, value, id)``, ...), so such a
-selection is one index range.
+selection is one index range (18 ms).
 
 The cards stay the truth. The column holds, for each exposure, the value of
 its file's cards of the keyword of one kind: ``number`` (numeric and logical
 cards, as ``value_num``) or ``text`` (the others, as written). A selection
-uses the column only where it gives the rows the cards give: comparisons
-with a value of that kind on any HDU; a logical, an HDU given by number, a
-pattern on a number or ``is null`` still read the cards. A keyword whose
-value one column cannot hold for some file (two different values in its
-HDUs, or text longer than the card index takes) is refused; an ingest that
-brings such a file demotes the keyword and says so.
+uses the column only where it gives the rows the cards give:
 
-Ingest fills the columns of the files it wrote at its end (:func:`refresh`):
-until then a changed file's column holds its old value.
+- comparisons with a value of the column's kind on any HDU (a logical, an
+  HDU given by number, a pattern on a number, ``is null`` or a list holding
+  ``null`` read the cards);
+- while the column holds every file: not while an ingest run has written
+  files since the column was last filled (that run's end, or the next
+  run's, fills them), and not once a file holds two values of the keyword
+  (in two HDUs) or text longer than the card index takes. Such a keyword
+  is refused by ``promote``; an ingest or a step that brings such a file
+  leaves the column unused and says so, and ``obsarch db demote`` drops it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, inspect, text
 
 from archive.db import is_sqlite, serialize, transaction
-from archive.exceptions import NotFoundError, ObsarchError
+from archive.exceptions import DatabaseError, NotFoundError, ObsarchError
 from archive.headers import normalize_keyword
 from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT
 
@@ -40,7 +44,9 @@ from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT
 # per partner: the indexed text columns of exposures a selection pairs it with
 PARTNERS = ("instrument", "obsid", "frame_type", "band", "night")
 KINDS = {"number": NUMERIC, "text": SHORT_TEXT}
-_KEYWORD = re.compile(r"[A-Z0-9_ .\-]{1,68}")  # FITS keywords and HIERARCH names, as stored
+MAX_KEYWORD = 68  # a HIERARCH card's keyword, at most
+_KEYWORD = re.compile(r"[A-Z0-9_ .\-]+")  # FITS keywords and HIERARCH names, as stored
+LOCK_TIMEOUT_S = 10  # PostgreSQL: waiting this long for the exposures table to be free is refused
 
 
 @dataclass(frozen=True)
@@ -49,20 +55,32 @@ class Promotion:
     column: str
     kind: str
     exposures: int = 0  # how many hold a value (counted when promoting and listing)
+    state: str = "in use"  # or why selections read the cards instead
 
 
 def promotions(conn) -> dict[str, Promotion]:
-    """The promoted keywords: keyword -> :class:`Promotion`."""
-    rows = conn.execute(text("SELECT keyword, column_name, kind FROM promoted_keywords")).all()
+    """The promoted keywords whose columns selections may use now: keyword
+    -> :class:`Promotion`. On PostgreSQL the exposures table is then held
+    (ACCESS SHARE) to the end of the caller's transaction, so a demote
+    cannot drop a column between this answer and the query that uses it."""
+    rows = conn.execute(text(  # naming exposures takes its lock, whatever the plan
+        "SELECT keyword, column_name, kind FROM promoted_keywords p WHERE broken IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM files WHERE run_id > p.filled_run) "
+        "AND NOT EXISTS (SELECT 1 FROM exposures WHERE 1 = 0)")).all()
     return {keyword: Promotion(keyword, column, kind) for keyword, column, kind in rows}
 
 
 def listing(engine: Engine) -> list[Promotion]:
+    found = []
     with engine.connect() as conn:
-        found = promotions(conn)
-        return [Promotion(p.keyword, p.column, p.kind,
-                          conn.execute(text(f"SELECT count(*) FROM exposures WHERE {p.column} IS NOT NULL")).scalar_one())
-                for p in sorted(found.values(), key=lambda p: p.keyword)]
+        for keyword, column, kind, filled, broken in conn.execute(text(
+                "SELECT keyword, column_name, kind, filled_run, broken FROM promoted_keywords ORDER BY keyword")).all():
+            held = conn.execute(text(f"SELECT count(*) FROM exposures WHERE {column} IS NOT NULL")).scalar_one()
+            pending = conn.execute(text("SELECT count(*) FROM files WHERE run_id > :r"), {"r": filled}).scalar_one()
+            state = (f"not used: {broken}" if broken else
+                     f"not used until the next ingest fills {pending} files" if pending else "in use")
+            found.append(Promotion(keyword, column, kind, held, state))
+    return found
 
 
 def column_name(keyword: str, taken: set[str]) -> str:
@@ -81,15 +99,18 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
     """Add ``keyword``'s column to ``exposures``, fill it from the cards and
     index it. ``kind`` (number or text) defaults to the kind most of its
     cards have. Refused, with nothing changed, when a file holds two values
-    of that kind for it, or text too long for an index."""
-    keyword = normalize_keyword(keyword)
-    if not _KEYWORD.fullmatch(keyword):
-        raise ObsarchError(f"{keyword!r} is not a header keyword (letters, digits, '-', '_', and spaces of HIERARCH names)")
-    if kind is not None and kind not in KINDS:
+    of that kind for it, or text too long for an index.
+
+    In steps, so that selections go on meanwhile: the checks (reading),
+    the column added (a moment's exclusive lock), filled and indexed (rows
+    written, the table readable), and only then listed for the compiler.
+    An interrupted promote leaves an unlisted column, dropped by the next."""
+    keyword = _checked(keyword)
+    if kind is not None and kind.lower() not in KINDS:
         raise ObsarchError(f"kind is number or text, not {kind!r}")
-    with transaction(engine, write=True) as conn:
-        serialize(conn, "promoted keywords")
-        if keyword in promotions(conn):
+    kind = kind.lower() if kind else None
+    with transaction(engine) as conn:  # refused before the table changes (a column slot is never given back on PostgreSQL)
+        if keyword in _listed(conn):
             raise ObsarchError(f"{keyword} is promoted already (obsarch db promote --list)")
         counts = {"number": _count(conn, keyword, NUMERIC),
                   "text": _count(conn, keyword, SHORT_TEXT) + _count(conn, keyword, LONG_TEXT)}
@@ -99,69 +120,122 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
             kind = max(counts, key=counts.get)
         elif not counts[kind]:
             raise NotFoundError(f"no file has a card {keyword} with a {kind} value: nothing to promote")
-        if problem := _conflict(conn, keyword, kind):
-            raise ObsarchError(f"{keyword} cannot be one column: {problem}; selections read it from the cards")
-        taken = {c["name"] for c in inspect(conn).get_columns("exposures")}
-        column = column_name(keyword, taken)
+        _refuse_conflict(conn, keyword, kind)
+    with _exclusive(engine) as conn:
+        if keyword in _listed(conn):
+            raise ObsarchError(f"{keyword} is promoted already (obsarch db promote --list)")
+        columns = {c["name"] for c in inspect(conn).get_columns("exposures")}
+        left = {c for c in columns if c.startswith("kw_")} - set(_listed(conn).values())
+        for name in sorted(left):  # of an interrupted promote
+            _drop_column(conn, name)
+        column = column_name(keyword, columns - left)
         conn.exec_driver_sql(f"ALTER TABLE exposures ADD COLUMN {column} {_sql_type(conn, kind)}")
-        filled = _fill(conn, keyword, column, kind)
-        for name, columns in _indexes(column):
-            conn.exec_driver_sql(f"CREATE INDEX {name} ON exposures ({', '.join(columns)})")
-        last_run = _filled_through(conn)
-        conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, created_at) "
-                          "VALUES (:k, :c, :kind, :r, :t)"),
-                     {"k": keyword, "c": column, "kind": kind, "r": last_run, "t": datetime.now()})
+    try:
+        with transaction(engine, write=True) as conn:
+            filled_run = _filled_through(conn)  # first: files of runs after it are pending, and read again
+            _refuse_conflict(conn, keyword, kind)  # again: an ingest may have ended since the first look
+            filled = _fill(conn, keyword, column, kind, *_ALL)
+            for name, parts in _indexes(column):
+                conn.exec_driver_sql(f"CREATE INDEX {name} ON exposures ({', '.join(parts)})")
+        with transaction(engine, write=True) as conn:
+            serialize(conn, "promoted keywords")
+            conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, created_at) "
+                              "VALUES (:k, :c, :kind, :r, :t)"),
+                         {"k": keyword, "c": column, "kind": kind, "r": filled_run, "t": datetime.now()})
+    except BaseException:
+        with _exclusive(engine) as conn:
+            if keyword not in _listed(conn):
+                _drop_column(conn, column)
+        raise
     _statistics(engine)
     return Promotion(keyword, column, kind, filled)
 
 
+def _refuse_conflict(conn, keyword: str, kind: str) -> None:
+    if problem := _conflict(conn, keyword, kind, *_ALL):
+        raise ObsarchError(f"{keyword} cannot be one column: {problem}; selections read it from the cards")
+
+
 def demote(engine: Engine, keyword: str) -> Promotion:
     """Drop a promoted keyword's column and indexes; selections read the cards again."""
-    keyword = normalize_keyword(keyword)
-    with transaction(engine, write=True) as conn:
-        serialize(conn, "promoted keywords")
-        found = promotions(conn).get(keyword)
-        if found is None:
+    keyword = _checked(keyword)
+    with _exclusive(engine) as conn:
+        column = _listed(conn).get(keyword)
+        if column is None:
             raise NotFoundError(f"{keyword} is not promoted (obsarch db promote --list)")
-        _drop(conn, found)
-    return found
+        conn.execute(text("DELETE FROM promoted_keywords WHERE keyword = :k"), {"k": keyword})
+        _drop_column(conn, column)
+    return Promotion(keyword, column, "")
 
 
 def refresh(engine: Engine, run_id: int, *, statistics: bool = False) -> list[str]:
     """Fill the promoted columns of the files ingest runs wrote since they
-    were last filled (this run's, and any an interrupted run left); demote a
-    keyword one of those files holds two values of. ``run_id`` is the
-    ingest run that calls it; ``statistics`` after a bulk load, whose
-    approximate ANALYZE hid what the promoted indexes are worth. Returns
-    what to tell."""
+    were last filled (this run's, and any an interrupted run left). A
+    keyword one of those files holds two values of is no longer used.
+    ``run_id`` is the ingest run that calls it; ``statistics`` after a bulk
+    load, whose approximate ANALYZE hid what the promoted indexes are
+    worth. Returns what to tell."""
     notes = []
     with transaction(engine, write=True) as conn:
         serialize(conn, "promoted keywords")
-        found = promotions(conn)
-        if not found:
+        rows = conn.execute(text("SELECT keyword, column_name, kind, filled_run FROM promoted_keywords "
+                                 "WHERE broken IS NULL")).all()
+        if not rows:
             return notes
         last_run = _filled_through(conn, run_id)
-        filled = dict(conn.execute(text("SELECT keyword, filled_run FROM promoted_keywords")).all())
-        for keyword, p in found.items():
-            since = filled[keyword]
-            if problem := _conflict(conn, keyword, p.kind, since):
-                _drop(conn, p)
-                notes.append(f"{keyword} is no longer promoted: {problem}; selections read it from the cards "
-                             "(`obsarch db promote` it again once no file holds two values)")
+        for keyword, column, kind, since in rows:
+            scope = (f"file_id IN ({_WRITTEN})", {"since": since})
+            if problem := _conflict(conn, keyword, kind, *scope):
+                notes.append(_unused(conn, keyword, problem))
                 continue
-            conn.execute(text(f"UPDATE exposures SET {p.column} = NULL WHERE id IN ({_WRITTEN})"), {"since": since})
-            _fill(conn, keyword, p.column, p.kind, since)
+            conn.execute(text(f"UPDATE exposures SET {column} = NULL WHERE id IN ({_WRITTEN})"), {"since": since})
+            _fill(conn, keyword, column, kind, *scope)
             conn.execute(text("UPDATE promoted_keywords SET filled_run = :r WHERE keyword = :k"), {"r": last_run, "k": keyword})
     if statistics:
         _statistics(engine)
     return notes
 
 
+def fill_file(conn, file_id: int) -> list[str]:
+    """Inside the transaction that wrote ``file_id``'s cards and exposure
+    outside an ingest run (a step's product): its promoted columns, or the
+    keyword left unused when the file holds two values of it."""
+    notes = []
+    for keyword, column, kind in conn.execute(text(
+            "SELECT keyword, column_name, kind FROM promoted_keywords WHERE broken IS NULL")).all():
+        scope = ("file_id = :file", {"file": file_id})
+        if problem := _conflict(conn, keyword, kind, *scope):
+            notes.append(_unused(conn, keyword, problem))
+            continue
+        conn.execute(text(f"UPDATE exposures SET {column} = NULL WHERE id = :file"), {"file": file_id})
+        _fill(conn, keyword, column, kind, *scope)
+    return notes
+
+
 # -- helpers -------------------------------------------------------------------
 
-
-# the files ingest runs after run :since wrote (new or changed)
+# the files ingest runs after run :since wrote (new or changed); files.run_id is indexed
 _WRITTEN = "SELECT id FROM files WHERE run_id > :since"
+_ALL = ("1 = 1", {})
+
+
+def _checked(keyword: str) -> str:
+    keyword = normalize_keyword(keyword)
+    if not keyword or len(keyword) > MAX_KEYWORD or not _KEYWORD.fullmatch(keyword):
+        raise ObsarchError(f"{keyword!r} is not a header keyword: at most {MAX_KEYWORD} letters, digits, "
+                           "'-', '_', '.' and the spaces of HIERARCH names")
+    return keyword
+
+
+def _listed(conn) -> dict[str, str]:
+    """Every promoted keyword -> its column, used or not."""
+    return dict(conn.execute(text("SELECT keyword, column_name FROM promoted_keywords")).all())
+
+
+def _unused(conn, keyword: str, problem: str) -> str:
+    conn.execute(text("UPDATE promoted_keywords SET broken = :b WHERE keyword = :k"), {"b": problem, "k": keyword})
+    return (f"{keyword} is no longer read from its column: {problem}; selections read it from the cards "
+            f"(`obsarch db demote {keyword}` drops the column)")
 
 
 def _filled_through(conn, current: int | None = None) -> int:
@@ -182,20 +256,20 @@ def _values(kind: str) -> str:
     return "value_num" if kind == "number" else "value_text"
 
 
-def _conflict(conn, keyword: str, kind: str, since: int | None = None) -> str | None:
-    """Why one column cannot hold ``keyword`` for the files (written after
-    run ``since``, or all): the first file with two values, or with text
-    longer than the index takes; None when it can."""
-    only = f" AND file_id IN ({_WRITTEN})" if since is not None else ""
-    params = {"k": keyword, "since": since}
+def _conflict(conn, keyword: str, kind: str, scope: str, params: dict) -> str | None:
+    """Why one column cannot hold ``keyword`` for the files ``scope`` (a
+    condition on header_cards) picks: the first file with two values, or
+    with text longer than the index takes; None when it can."""
+    params = {"k": keyword, **params}
     value = _values(kind)
     row = conn.execute(text(
-        f"SELECT file_id, min({value}), max({value}) FROM header_cards WHERE keyword = :k AND {KINDS[kind]}{only} "
+        f"SELECT file_id, min({value}), max({value}) FROM header_cards WHERE keyword = :k AND {KINDS[kind]} AND {scope} "
         f"GROUP BY file_id HAVING min({value}) <> max({value}) LIMIT 1"), params).first()
     if row is not None:
         return f"{_path(conn, row[0])} has two values ({row[1]!r} and {row[2]!r}) in its HDUs"
     if kind == "text":
-        row = conn.execute(text(f"SELECT file_id FROM header_cards WHERE keyword = :k AND {LONG_TEXT}{only} LIMIT 1"), params).first()
+        row = conn.execute(text(f"SELECT file_id FROM header_cards WHERE keyword = :k AND {LONG_TEXT} AND {scope} LIMIT 1"),
+                           params).first()
         if row is not None:
             return f"{_path(conn, row[0])} has a value longer than {TEXT_INDEX_LIMIT} characters"
     return None
@@ -207,15 +281,14 @@ def _path(conn, file_id: int) -> str:
     return f"{row[0].rstrip('/')}/{row[1]}" if row else f"file {file_id}"
 
 
-def _fill(conn, keyword: str, column: str, kind: str, since: int | None = None) -> int:
-    """Set ``column`` from the cards (of the files written after run
-    ``since``, or all); returns how many exposures got a value."""
-    only = f" AND file_id IN ({_WRITTEN})" if since is not None else ""
+def _fill(conn, keyword: str, column: str, kind: str, scope: str, params: dict) -> int:
+    """Set ``column`` from the cards of the files ``scope`` picks; returns
+    how many exposures got a value."""
     value = _values(kind)
     result = conn.execute(text(
         f"UPDATE exposures SET {column} = v.value FROM (SELECT file_id, min({value}) AS value FROM header_cards "
-        f"WHERE keyword = :k AND {KINDS[kind]}{only} GROUP BY file_id) AS v WHERE exposures.id = v.file_id"),
-        {"k": keyword, "since": since})
+        f"WHERE keyword = :k AND {KINDS[kind]} AND {scope} GROUP BY file_id) AS v WHERE exposures.id = v.file_id"),
+        {"k": keyword, **params})
     return result.rowcount
 
 
@@ -230,11 +303,31 @@ def _indexes(column: str) -> list[tuple[str, tuple[str, ...]]]:
         (f"ix_exposures_{partner}_{column}", (partner, column, "id")) for partner in PARTNERS]
 
 
-def _drop(conn, p: Promotion) -> None:
-    for name, _ in _indexes(p.column):
+def _drop_column(conn, column: str) -> None:
+    for name, _ in _indexes(column):
         conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-    conn.exec_driver_sql(f"ALTER TABLE exposures DROP COLUMN {p.column}")
-    conn.execute(text("DELETE FROM promoted_keywords WHERE keyword = :k"), {"k": p.keyword})
+    conn.exec_driver_sql(f"ALTER TABLE exposures DROP COLUMN {column}")
+
+
+@contextmanager
+def _exclusive(engine: Engine) -> Iterator:
+    """A writer's transaction that changes the exposures table's columns.
+    On PostgreSQL it waits at most LOCK_TIMEOUT_S for the table: every open
+    transaction that read exposures (a notebook, psql, a long query) holds
+    it, and every selection would queue behind the wait."""
+    try:
+        with transaction(engine, write=True) as conn:
+            serialize(conn, "promoted keywords")
+            if not is_sqlite(conn):
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                conn.exec_driver_sql("LOCK TABLE exposures IN ACCESS EXCLUSIVE MODE")
+            yield conn
+    except DatabaseError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        raise DatabaseError(f"the exposures table stayed in use for {LOCK_TIMEOUT_S} s (another transaction reads or "
+                            "writes it: an open psql or notebook session, a long query, an ingest); nothing changed, "
+                            "try again when it ends") from None
 
 
 def _statistics(engine: Engine) -> None:
@@ -244,8 +337,8 @@ def _statistics(engine: Engine) -> None:
     approximate ANALYZE leaves every index looking alike (1,001 rows per
     value): the planner then took the keyword's own index over ``(band,
     keyword)`` (23 ms where the pair takes 4), or ``(band, id)`` for a range
-    (81 ms). PostgreSQL: also the visibility map, without which an index range
-    still reads each row."""
+    (81 ms). PostgreSQL: also the visibility map, without which an index
+    range still reads each row."""
     if is_sqlite(engine):
         with transaction(engine, write=True) as conn:
             limit = conn.exec_driver_sql("PRAGMA analysis_limit").scalar()

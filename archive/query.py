@@ -792,6 +792,10 @@ class Compiler:
         return Exposure.id.in_(members)
 
     def _compare(self, node: Compare):
+        if node.value is None and node.op not in ("==", "!="):
+            raise SelectionError(f"{_label(node.field)} {node.op} null: null is compared only with == and != (or is null)")
+        if node.value is None and isinstance(node.field, Header):
+            return self._isnull(IsNull(node.field, negate=node.op == "!="))
         if (definition := self._set_def(node.field)) is not None:
             if node.op == "!=":
                 return not_(self._member(definition, lambda v: v == node.value))
@@ -807,6 +811,12 @@ class Compiler:
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
 
     def _in(self, node: In):
+        if None in node.values:  # SQL's IN (..., NULL) is unknown, not false, for other values: NOT would drop them
+            values = tuple(v for v in node.values if v is not None)
+            clause = self._isnull(IsNull(node.field))
+            if values:
+                clause = or_(self._in(In(node.field, values)), clause)
+            return not_(clause) if node.negate else clause
         if (definition := self._set_def(node.field)) is not None:
             clause = self._member(definition, lambda v: _in_values(v, list(node.values), self.sqlite))
             return not_(clause) if node.negate else clause
@@ -825,7 +835,12 @@ class Compiler:
         return not_(clause) if node.negate else clause
 
     def _between(self, node: Between):
+        if node.low is None or node.high is None:
+            raise SelectionError(f"{_label(node.field)} between needs two values, not null")
         if isinstance(node.field, Header):
+            if _value_kind(node.low) != _value_kind(node.high):
+                raise SelectionError(f"{_label(node.field)} between {node.low!r} and {node.high!r}: "
+                                     "both ends are numbers, or both text")
             low, high = _card_value(node.low), _card_value(node.high)
             # (a NOT BETWEEN is no semi-join of the cards: no item to merge)
             clause = self._header(node.field, lambda col: col.between(low, high), _value_kind(node.low),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import STATE, FormatOption, command, db_app, open_catalog, roots_app
+from cli.app import STATE, FormatOption, command, db_app, fail, open_catalog, roots_app
 from cli.render import Format, console, err_console, show_frame, show_rows
 
 
@@ -134,19 +134,24 @@ def db_promote(
     instrument or obsid are one index range (a large catalog's hot keywords).
 
     Refused for a keyword a file holds two values of; an ingest that brings
-    such a file demotes it and says so. `obsarch db demote KEYWORD` undoes it.
+    such a file leaves the column unused and says so. `obsarch db demote
+    KEYWORD` drops it. --list says which columns selections use (state).
 
     Example: obsarch db promote EXPTIME FILTER
     """
     from archive import promoted
     from archive.exceptions import ObsarchError
 
+    if show and keywords:
+        fail(f"--list lists the promoted keywords: give it no keyword ({' '.join(keywords)})", code=2)
+    if kind is not None and not keywords:
+        fail("--kind is the kind of the keywords to promote: name them", code=2)
     catalog = open_catalog()
     if show or not keywords:
-        rows = [(p.keyword, p.column, p.kind, p.exposures) for p in promoted.listing(catalog.engine)]
+        rows = [(p.keyword, p.column, p.kind, p.exposures, p.state) for p in promoted.listing(catalog.engine)]
         if not rows:
             console.print("no keyword is promoted: selections read every keyword from the cards")
-        show_rows(["keyword", "column", "kind", "exposures"], rows)
+        show_rows(["keyword", "column", "kind", "exposures", "state"], rows)
         return
     failed = 0
     for keyword in keywords:

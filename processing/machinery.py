@@ -245,9 +245,13 @@ class Writer:
 
         from archive.ingest import is_fits_name
         from archive.products import register_product
+        from archive.promoted import fill_file
 
         path = Path(path).resolve()
         file_id = register_product(self.conn, path, values or {}) if is_fits_name(path.name) else None
+        if file_id is not None:
+            for note in fill_file(self.conn, file_id):  # promoted keywords: its columns, as an ingest fills them
+                self.note(note)
         self.conn.execute(insert(Product).values(run_id=self.run_id, file_id=file_id, kind=kind, path=str(path),
                                                  created_at=utcnow()))
         self._result.products.append(str(path))

@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from test_query_shapes import _by_file, shapes  # noqa: F401  (the odd catalog, a fixture)
 
 from archive import promoted
-from archive.exceptions import NotFoundError, ObsarchError
+from archive.exceptions import DatabaseError, NotFoundError, ObsarchError
 from archive.query import ids_statement
 
 # (selection, what holds for a file of test_query_shapes' catalog): FRAMENUM is
@@ -145,18 +145,51 @@ def test_ingest_fills_the_columns_of_new_and_changed_files(promoted_shapes, tmp_
     assert by_number[112] not in catalog.exposure_ids("hdr['FILTER'] like '%'")  # its old 'B' left the column
 
 
-def test_an_ingest_bringing_two_values_demotes_the_keyword_and_says_so(promoted_shapes, tmp_path):
+def test_an_ingest_bringing_two_values_leaves_the_column_unused_and_says_so(promoted_shapes, tmp_path):
     catalog = promoted_shapes
     path = write_frame(tmp_path / "shapes" / "f200.fits", np.random.default_rng(2), {"FRAMENUM": 200}, extensions=1)
     with fits.open(path, mode="update") as hdus:
         hdus[1].header["FRAMENUM"] = 201
     summary = catalog.ingest([tmp_path / "shapes"])
     assert len(summary.notes) == 1
-    assert summary.notes[0].startswith("FRAMENUM is no longer promoted: ")
+    assert summary.notes[0].startswith("FRAMENUM is no longer read from its column: ")
     assert "f200.fits has two values (200.0 and 201.0) in its HDUs" in summary.notes[0]
-    assert {p.keyword for p in promoted.listing(catalog.engine)} == {"FILTER", "FLAGGED"}
+    assert "`obsarch db demote FRAMENUM` drops the column" in summary.notes[0]
+    listed = {p.keyword: p.state for p in promoted.listing(catalog.engine)}
+    assert listed["FRAMENUM"].startswith("not used: ") and listed["FILTER"] == "in use"
     new = max(e for e, _ in _framenums(catalog))
-    assert catalog.exposure_ids("hdr['FRAMENUM'] == 201") == [new]  # from the cards again
+    with catalog.engine.connect() as conn:
+        assert "kw_framenum" not in str(ids_statement("hdr['FRAMENUM'] == 201", catalog.dialect, conn))
+    assert catalog.exposure_ids("hdr['FRAMENUM'] == 201") == [new]  # from the cards
+    assert catalog.ingest([tmp_path / "shapes"]).notes == []  # said once
+    promoted.demote(catalog.engine, "FRAMENUM")
+    with pytest.raises(ObsarchError, match="f200.fits has two values"):
+        promoted.promote(catalog.engine, "FRAMENUM")
+
+
+def test_an_interrupted_ingest_leaves_its_files_to_the_cards_until_the_next_fills_them(promoted_shapes, tmp_path):
+    catalog = promoted_shapes
+    rng = np.random.default_rng(3)
+    for i in range(300, 340):
+        write_frame(tmp_path / "shapes" / f"f{i}.fits", rng, {"FRAMENUM": i, "FILTER": "R"})
+
+    def interrupt(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        catalog.ingest([tmp_path / "shapes"], progress=interrupt, workers=1)
+    stored = len(catalog.exposure_ids("hdr['FRAMENUM'] >= 300"))
+    assert 0 < stored  # some chunks were written, the refresh never ran
+    with catalog.engine.connect() as conn:
+        assert "header_cards" in str(ids_statement("hdr['FRAMENUM'] >= 300", catalog.dialect, conn))
+    assert {p.state for p in promoted.listing(catalog.engine)} == {f"not used until the next ingest fills {stored} files"}
+    assert len(catalog.exposure_ids("hdr['FILTER'] == 'R'")) == stored
+    catalog.ingest([tmp_path / "shapes"])
+    assert {p.state for p in promoted.listing(catalog.engine)} == {"in use"}
+    with catalog.engine.connect() as conn:
+        assert "kw_framenum" in str(ids_statement("hdr['FRAMENUM'] >= 300", catalog.dialect, conn))
+    assert len(catalog.exposure_ids("hdr['FRAMENUM'] >= 300")) == len(catalog.exposure_ids("hdr['FILTER'] == 'R'")) == 40
 
 
 def test_an_ingest_still_running_is_filled_by_its_own_refresh(promoted_shapes):
@@ -183,11 +216,17 @@ def _framenums(catalog):
 
 def test_the_commands(promoted_shapes, url):
     result = obsarch(url, "db", "promote", "--list")
-    assert result.stdout.splitlines()[0].split() == ["keyword", "column", "kind", "exposures"]
+    assert result.stdout.splitlines()[0].split() == ["keyword", "column", "kind", "exposures", "state"]
+    assert "FRAMENUM\tkw_framenum\tnumber\t60\tin use" in result.stdout
+    assert "give it no keyword (TELESCOP)" in obsarch(url, "db", "promote", "TELESCOP", "--list", code=2).stderr
+    assert "--kind is the kind of the keywords to promote" in obsarch(url, "db", "promote", "--kind", "text", code=2).stderr
+    assert "'' is not a header keyword" in obsarch(url, "db", "demote", "", code=1).stderr
+    assert "is not a header keyword: at most 68" in obsarch(url, "db", "promote", "A" * 69, code=1).stderr
+    assert "kind is number or text, not 'date'" in obsarch(url, "db", "promote", "DATE-OBS", "--kind", "date", code=1).stderr
     assert "FRAMENUM" in result.stdout
     result = obsarch(url, "db", "promote", "OBSERVER", code=1)
     assert "error: OBSERVER cannot be one column:" in result.stderr
-    result = obsarch(url, "db", "promote", "DATE-OBS", "OBSERVER", code=3)
+    result = obsarch(url, "db", "promote", "DATE-OBS", "OBSERVER", "--kind", "Text", code=3)
     assert "promoted DATE-OBS (text) to exposures.kw_date_obs: 60 exposures hold a value, 6 indexes" in result.stdout
     assert "OBSERVER" in result.stderr
     result = obsarch(url, "db", "demote", "DATE-OBS", "NOPE", code=3)
@@ -208,3 +247,74 @@ def test_a_downgrade_drops_the_promoted_columns(promoted_shapes):
     db.upgrade(engine)
     assert promoted.listing(engine) == []
     assert promoted_shapes.exposure_ids("hdr['FRAMENUM'] == 12") == [e for e, f in _by_file(promoted_shapes).items() if f["i"] == 12]
+
+
+@pytest.mark.parametrize("selection, holds", [
+    ("hdr['FILTER'] not in ('V', null)", lambda f: f["band"] == "B"),
+    ("hdr['FILTER'] in ('V', null)", lambda f: f["band"] != "B"),
+    ("not hdr['FRAMENUM'] in (3, null)", lambda f: f["i"] != 3),
+    ("band not in ('V', null)", lambda f: f["band"] == "B"),
+    ("hdr['FILTER'] == null", lambda f: f["band"] is None),
+    ("hdr['FILTER'] != null", lambda f: f["band"] is not None),
+])
+def test_null_in_a_list_is_no_card_with_or_without_promotion(shapes, selection, holds):  # noqa: F811
+    """SQL's ``x IN ('V', NULL)`` is unknown, not false, for x = 'B', and a
+    NOT of it dropped the row; from the column it dropped it even for a
+    keyword (the cards' ``id IN (...)`` never is unknown)."""
+    expected = sorted(e for e, f in _by_file(shapes).items() if holds(f))
+    assert _ids(shapes, selection) == expected
+    promoted.promote(shapes.engine, "FILTER")
+    promoted.promote(shapes.engine, "FRAMENUM")
+    assert _ids(shapes, selection) == expected
+
+
+@pytest.mark.parametrize("selection, message", [
+    ("hdr['FILTER'] < null", "hdr['FILTER'] < null: null is compared only with == and != (or is null)"),
+    ("exptime >= null", "exptime >= null: null is compared only"),
+    ("hdr['FILTER'] between null and 'Z'", "hdr['FILTER'] between needs two values, not null"),
+    ("hdr['FRAMENUM'] between 1 and 'z'", "hdr['FRAMENUM'] between 1 and 'z': both ends are numbers, or both text"),
+])
+def test_comparisons_that_mean_nothing_are_refused(shapes, selection, message):  # noqa: F811
+    result = obsarch(shapes.engine.url.render_as_string(hide_password=False), "query", selection, code=2)
+    assert message in result.stderr
+
+
+def test_a_product_gets_its_promoted_columns(raw_night):
+    from processing import calibration
+
+    catalog, tmp = raw_night
+    promoted.promote(catalog.engine, "EXPTIME")
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    with catalog.engine.connect() as conn:
+        product = conn.execute(text("SELECT file_id FROM products WHERE kind = 'master_bias'")).scalar_one()
+        assert "kw_exptime" in str(ids_statement("hdr['EXPTIME'] == 0", catalog.dialect, conn))
+    assert product in catalog.exposure_ids("hdr['EXPTIME'] == 0")
+    promoted.demote(catalog.engine, "EXPTIME")
+    assert product in catalog.exposure_ids("hdr['EXPTIME'] == 0")
+
+
+@pytest.fixture
+def raw_night(catalog, tmp_path, rng):
+    from factories import night_of_frames
+
+    night_of_frames(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    return catalog, tmp_path
+
+
+def test_postgresql_waits_for_the_table_a_moment_and_says_why(promoted_shapes, monkeypatch):
+    """A session with an open transaction that read exposures holds it; a
+    promote or demote waits LOCK_TIMEOUT_S, then says so, changing nothing.
+    A selection holds the table from reading the promoted keywords to its
+    end, so no column is dropped between the two."""
+    if promoted_shapes.dialect != "postgresql":
+        pytest.skip("SQLite changes a table under its database lock")
+    monkeypatch.setattr(promoted, "LOCK_TIMEOUT_S", 1)
+    engine = promoted_shapes.engine
+    with engine.connect() as reader:
+        assert set(promoted.promotions(reader)) == {"FRAMENUM", "FILTER", "FLAGGED"}  # a compiler's read
+        with pytest.raises(DatabaseError, match="the exposures table stayed in use for 1 s .* nothing changed"):
+            promoted.demote(engine, "FRAMENUM")
+        reader.rollback()
+    promoted.demote(engine, "FRAMENUM")
+    assert {p.keyword for p in promoted.listing(engine)} == {"FILTER", "FLAGGED"}

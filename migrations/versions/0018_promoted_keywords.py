@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column('column_name', sa.String(63), nullable=False),
         sa.Column('kind', sa.String(8), nullable=False),
         sa.Column('filled_run', sa.Integer(), nullable=False),
+        sa.Column('broken', sa.Text(), nullable=True),
         sa.Column('created_at', sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint('keyword', name=op.f('pk_promoted_keywords')),
         sa.UniqueConstraint('column_name', name=op.f('uq_promoted_keywords_column_name')),
