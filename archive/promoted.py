@@ -7,7 +7,7 @@ many exposures the two ranges come out in different orders, and over
 matches) took 56-110 ms however they were joined. A promoted keyword's value
 is also kept in a column of ``exposures`` with an index of its own and one
 beside each indexed text column (``(band, value, id)``, ...), so such a
-selection is one index range (18 ms).
+selection is one index range (18-37 ms).
 
 The cards stay the truth. The column holds, for each exposure, the value of
 its file's cards of the keyword of one kind: ``number`` (numeric and logical
