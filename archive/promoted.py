@@ -27,7 +27,9 @@ uses the column only where it gives the rows the cards give:
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,7 +112,7 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
         raise ObsarchError(f"kind is number or text, not {kind!r}")
     kind = kind.lower() if kind else None
     with transaction(engine) as conn:  # refused before the table changes (a column slot is never given back on PostgreSQL)
-        if keyword in _listed(conn):
+        if keyword in _listed(conn, settled=True):
             raise ObsarchError(f"{keyword} is promoted already (obsarch db promote --list)")
         counts = {"number": _count(conn, keyword, NUMERIC),
                   "text": _count(conn, keyword, SHORT_TEXT) + _count(conn, keyword, LONG_TEXT)}
@@ -122,33 +124,58 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
             raise NotFoundError(f"no file has a card {keyword} with a {kind} value: nothing to promote")
         _refuse_conflict(conn, keyword, kind)
     with _exclusive(engine) as conn:
+        _clear_abandoned(conn)
         if keyword in _listed(conn):
             raise ObsarchError(f"{keyword} is promoted already (obsarch db promote --list)")
         columns = {c["name"] for c in inspect(conn).get_columns("exposures")}
         left = {c for c in columns if c.startswith("kw_")} - set(_listed(conn).values())
-        for name in sorted(left):  # of an interrupted promote
+        for name in sorted(left):  # of an interrupted promote of an older obsarch
             _drop_column(conn, name)
         column = column_name(keyword, columns - left)
         conn.exec_driver_sql(f"ALTER TABLE exposures ADD COLUMN {column} {_sql_type(conn, kind)}")
+        # listed at once, as being promoted: no selection uses it, no other promote takes it for a leftover
+        conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, broken, created_at) "
+                          "VALUES (:k, :c, :kind, -1, :b, :t)"),
+                     {"k": keyword, "c": column, "kind": kind, "b": _in_progress(), "t": datetime.now()})
     try:
         with transaction(engine, write=True) as conn:
+            serialize(conn, "promoted keywords")
+            if not is_sqlite(conn):  # readers go on; writers (an ingest's chunks) wait, or the index builds deadlock with them
+                conn.exec_driver_sql("LOCK TABLE exposures IN SHARE ROW EXCLUSIVE MODE")
             filled_run = _filled_through(conn)  # first: files of runs after it are pending, and read again
             _refuse_conflict(conn, keyword, kind)  # again: an ingest may have ended since the first look
             filled = _fill(conn, keyword, column, kind, *_ALL)
             for name, parts in _indexes(column):
                 conn.exec_driver_sql(f"CREATE INDEX {name} ON exposures ({', '.join(parts)})")
-        with transaction(engine, write=True) as conn:
-            serialize(conn, "promoted keywords")
-            conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, created_at) "
-                              "VALUES (:k, :c, :kind, :r, :t)"),
-                         {"k": keyword, "c": column, "kind": kind, "r": filled_run, "t": datetime.now()})
+            conn.execute(text("UPDATE promoted_keywords SET filled_run = :r, broken = NULL WHERE keyword = :k"),
+                         {"r": filled_run, "k": keyword})
     except BaseException:
         with _exclusive(engine) as conn:
-            if keyword not in _listed(conn):
-                _drop_column(conn, column)
+            conn.execute(text("DELETE FROM promoted_keywords WHERE keyword = :k"), {"k": keyword})
+            _drop_column(conn, column)
         raise
     _statistics(engine)
     return Promotion(keyword, column, kind, filled)
+
+
+_PROGRESS = re.compile(r"being promoted by process (\d+) on (\S+)")
+
+
+def _in_progress() -> str:
+    return f"being promoted by process {os.getpid()} on {socket.gethostname()}"
+
+
+def _clear_abandoned(conn) -> None:
+    """Drop the columns of promotes whose process died on this host (a
+    kill -9 between the steps); one on another host stays until demoted."""
+    for keyword, column, broken in conn.execute(text(
+            "SELECT keyword, column_name, broken FROM promoted_keywords WHERE broken LIKE 'being promoted%'")).all():
+        from archive.ingest import process_alive  # (ingest imports this module)
+
+        found = _PROGRESS.fullmatch(broken)
+        if found and found[2] == socket.gethostname() and not process_alive(int(found[1])):
+            conn.execute(text("DELETE FROM promoted_keywords WHERE keyword = :k"), {"k": keyword})
+            _drop_column(conn, column)
 
 
 def _refuse_conflict(conn, keyword: str, kind: str) -> None:
@@ -227,9 +254,11 @@ def _checked(keyword: str) -> str:
     return keyword
 
 
-def _listed(conn) -> dict[str, str]:
-    """Every promoted keyword -> its column, used or not."""
-    return dict(conn.execute(text("SELECT keyword, column_name FROM promoted_keywords")).all())
+def _listed(conn, settled: bool = False) -> dict[str, str]:
+    """Every promoted keyword -> its column, used or not (``settled``: but
+    those being promoted)."""
+    where = " WHERE broken IS NULL OR broken NOT LIKE 'being promoted%'" if settled else ""
+    return dict(conn.execute(text(f"SELECT keyword, column_name FROM promoted_keywords{where}")).all())
 
 
 def _unused(conn, keyword: str, problem: str) -> str:
@@ -306,7 +335,8 @@ def _indexes(column: str) -> list[tuple[str, tuple[str, ...]]]:
 def _drop_column(conn, column: str) -> None:
     for name, _ in _indexes(column):
         conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-    conn.exec_driver_sql(f"ALTER TABLE exposures DROP COLUMN {column}")
+    if column in {c["name"] for c in inspect(conn).get_columns("exposures")}:
+        conn.exec_driver_sql(f"ALTER TABLE exposures DROP COLUMN {column}")
 
 
 @contextmanager

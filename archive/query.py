@@ -794,7 +794,7 @@ class Compiler:
     def _compare(self, node: Compare):
         if node.value is None and node.op not in ("==", "!="):
             raise SelectionError(f"{_label(node.field)} {node.op} null: null is compared only with == and != (or is null)")
-        if node.value is None and isinstance(node.field, Header):
+        if node.value is None:  # == null is "is null" for every name, as in a list (see _in)
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         if (definition := self._set_def(node.field)) is not None:
             if node.op == "!=":
@@ -805,8 +805,6 @@ class Compiler:
             short = node.op == "==" and _short(value)
             return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short,
                                 item=node, equality=node.op == "==")
-        if node.value is None:
-            return self._isnull(IsNull(node.field, negate=node.op == "!="))
         expression, kind = self._expression(node.field)
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
 

@@ -318,3 +318,66 @@ def test_postgresql_waits_for_the_table_a_moment_and_says_why(promoted_shapes, m
         reader.rollback()
     promoted.demote(engine, "FRAMENUM")
     assert {p.keyword for p in promoted.listing(engine)} == {"FILTER", "FLAGGED"}
+
+
+def test_null_means_is_null_for_every_name():
+    """``== null``, ``in (null)`` and ``is null`` agree, set-valued names too
+    (a group's ``== null`` compared its members' values before)."""
+    from archive.query import Compiler, parse
+
+    def sql(selection):
+        return str(Compiler("sqlite")(parse(selection)).compile(compile_kwargs={"literal_binds": True}))
+
+    for name in ("group", "group_role", "band", "hdr['FILTER']"):
+        assert sql(f"{name} == null") == sql(f"{name} is null") == sql(f"{name} in (null)"), name
+        assert sql(f"{name} != null") == sql(f"{name} is not null"), name
+
+
+def test_a_promote_in_progress_is_left_alone_and_an_abandoned_one_cleared(shapes):  # noqa: F811
+    import os
+    import socket
+    import subprocess
+
+    engine = shapes.engine
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    host = socket.gethostname()
+    with engine.begin() as conn:
+        for column, keyword, pid in (("kw_live", "LIVE", os.getpid()), ("kw_dead", "DEAD", finished.pid)):
+            conn.exec_driver_sql(f"ALTER TABLE exposures ADD COLUMN {column} REAL")
+            conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, broken, created_at) "
+                              "VALUES (:k, :c, 'number', -1, :b, CURRENT_TIMESTAMP)"),
+                         {"k": keyword, "c": column, "b": f"being promoted by process {pid} on {host}"})
+    promoted.promote(engine, "FRAMENUM")
+    columns = {c["name"] for c in inspect(engine).get_columns("exposures")}
+    assert {"kw_live", "kw_framenum"} <= columns and "kw_dead" not in columns
+    states = {p.keyword: p.state for p in promoted.listing(engine)}
+    assert states == {"LIVE": f"not used: being promoted by process {os.getpid()} on {host}", "FRAMENUM": "in use"}
+    with engine.connect() as conn:
+        assert "kw_live" not in str(ids_statement("hdr['LIVE'] == 1", shapes.dialect, conn))
+
+
+def test_postgresql_promote_lets_readers_in_and_makes_writers_wait_while_it_fills(shapes, monkeypatch):  # noqa: F811
+    """An ingest's chunk updating an exposure while the fill held its rows
+    deadlocked with the index builds; writers now wait for the fill."""
+    if shapes.dialect != "postgresql":
+        pytest.skip("SQLite writers wait for the database lock")
+    seen = {}
+    fill = promoted._fill
+
+    def probing(conn, *args):
+        filled = fill(conn, *args)
+        with shapes.engine.connect() as other:
+            other.exec_driver_sql("SET lock_timeout = '300ms'")
+            seen["read"] = other.exec_driver_sql("SELECT count(*) FROM exposures").scalar()
+            try:
+                other.exec_driver_sql("UPDATE exposures SET band = band WHERE id = (SELECT min(id) FROM exposures)")
+                seen["write"] = "went through"
+            except Exception as exc:  # noqa: BLE001
+                seen["write"] = "waited" if "lock timeout" in str(exc) else str(exc)
+            other.rollback()
+        return filled
+
+    monkeypatch.setattr(promoted, "_fill", probing)
+    promoted.promote(shapes.engine, "FRAMENUM")
+    assert seen == {"read": 60, "write": "waited"}
