@@ -106,7 +106,8 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
     In steps, so that selections go on meanwhile: the checks (reading),
     the column added (a moment's exclusive lock), filled and indexed (rows
     written, the table readable), and only then listed for the compiler.
-    An interrupted promote leaves an unlisted column, dropped by the next."""
+    A promote killed between the steps is listed as being promoted by a
+    dead process; the next promote on this host drops its column."""
     keyword = _checked(keyword)
     if kind is not None and kind.lower() not in KINDS:
         raise ObsarchError(f"kind is number or text, not {kind!r}")
@@ -127,13 +128,9 @@ def promote(engine: Engine, keyword: str, kind: str | None = None) -> Promotion:
         _clear_abandoned(conn)
         if keyword in _listed(conn):
             raise ObsarchError(f"{keyword} is promoted already (obsarch db promote --list)")
-        columns = {c["name"] for c in inspect(conn).get_columns("exposures")}
-        left = {c for c in columns if c.startswith("kw_")} - set(_listed(conn).values())
-        for name in sorted(left):  # of an interrupted promote of an older obsarch
-            _drop_column(conn, name)
-        column = column_name(keyword, columns - left)
+        column = column_name(keyword, {c["name"] for c in inspect(conn).get_columns("exposures")})
         conn.exec_driver_sql(f"ALTER TABLE exposures ADD COLUMN {column} {_sql_type(conn, kind)}")
-        # listed at once, as being promoted: no selection uses it, no other promote takes it for a leftover
+        # listed at once, as being promoted: no selection uses it, a concurrent promote leaves it alone
         conn.execute(text("INSERT INTO promoted_keywords (keyword, column_name, kind, filled_run, broken, created_at) "
                           "VALUES (:k, :c, :kind, -1, :b, :t)"),
                      {"k": keyword, "c": column, "kind": kind, "b": _in_progress(), "t": datetime.now()})
