@@ -1156,10 +1156,29 @@ def _value_hint(conn, name: str, value: str) -> str | None:
     if conn.execute(select(column).where(column == value).limit(1)).first() is not None:
         return None
     stored = [v for (v,) in conn.execute(select(column).distinct().where(column.is_not(None)).limit(10_000))]
+    if name == "night" and (nearest := _nearest_night(value, stored)):
+        return f"no exposure has night {value!r}; the nearest night with exposures is {nearest!r}"
     close = difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
     known = f"; did you mean {close[0]!r}?" if close else (f" (it has {', '.join(map(repr, sorted(stored)[:8]))}"
                                                             f"{', ...' if len(stored) > 8 else ''})" if stored else "")
     return f"no {'group is named' if name == 'group' else f'exposure has {name}'} {value!r}{known}"
+
+
+def _nearest_night(value: str, stored: list[str]) -> str | None:
+    """The stored night nearest in time to ``value`` (a date): '2014-07-27'
+    resembles '2018-07-27' more as text than '2014-08-02', which is nearer.
+    None when ``value`` is no date (a typo: the text match answers)."""
+    try:
+        asked = date.fromisoformat(value)
+    except ValueError:
+        return None
+    dates = {}
+    for night in stored:
+        try:
+            dates[night] = abs((date.fromisoformat(night) - asked).days)
+        except ValueError:
+            continue
+    return min(dates, key=lambda night: (dates[night], night)) if dates else None
 
 
 def _asked_kinds(item, headers: list[tuple[Header, set[str]]]) -> None:

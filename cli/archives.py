@@ -85,10 +85,10 @@ def fetch_command(
         from cli.xray import catch_up
 
         catch_up(engine)  # downloaded X-ray files get their summaries
-    if queue.failed:  # partial: what arrived is stored; the queue keeps the failures with their reasons
+    if queue.failed:  # what arrived is stored; the queue keeps the failures with their reasons
         err_console.print(f"{len(queue.failed)} of {len(queue.failed) + queue.done} files failed: see `obsarch downloads`; "
                           "`obsarch fetch --retry-failed` tries them again", markup=False)
-        raise typer.Exit(3)
+        raise typer.Exit(3 if queue.done else 1)  # partial, or nothing downloaded at all: an error
 
 
 @command(panel="archives")

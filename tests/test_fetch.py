@@ -244,3 +244,19 @@ def test_mast_search_and_fetch(catalog, server, tmp_path):
     assert catalog.query("telescope == 'HST'", columns="relpath")["relpath"].tolist() == ["24842601_flt.fits"]
     with pytest.raises(ObsarchError, match="not a known HST observation; run `obsarch archive search mast"):
         fetch.fetch_mast(catalog.engine, "HST", ["nope"], dest=tmp_path, config=server.config())
+
+
+def test_fetch_exit_code_says_partial_or_nothing(url, server, tmp_path, monkeypatch):
+    """Some files failing while others arrive is partial (3); every file
+    failing is an error (1): the last line says how many, either way."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "obsarch.toml"
+    config.write_text("[archives]\n" + "".join(f'{k} = "{v}"\n' for k, v in server.config()["archives"].items()))
+    obsarch(url, "init", config=config)
+    server.archive.fail_times["/FTP/xmm/data/0013140101/pps/spectrum.fits.gz"] = 99
+    partial = obsarch(url, "fetch", "xmm", "0013140101", "--retries", "1", code=3, config=config)
+    assert "1 files downloaded" in partial.stdout
+    assert partial.stderr.splitlines()[-1].startswith("1 of 2 files failed: see `obsarch downloads`")
+    again = obsarch(url, "fetch", "--retry-failed", "--retries", "1", code=1, config=config)
+    assert "0 files downloaded" in again.stdout
+    assert again.stderr.splitlines()[-1].startswith("1 of 1 files failed: see `obsarch downloads`")

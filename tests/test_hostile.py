@@ -534,7 +534,10 @@ def test_an_unreachable_archive_is_one_line_and_kept_in_the_queue(stocked, tmp_p
     table = run("downloads", "--format", "csv").stdout
     assert "0123456789" in table and "NGC 6397" in table and table.count("failed") == 2
     retried = run("fetch", "--retry-failed")
-    assert retried.exit_code == 3 and "cannot be reached" in retried.stderr
+    # every retry failed: nothing was downloaded, so an error (1), not partial (3)
+    assert retried.exit_code == 1 and "cannot be reached" in retried.stderr
+    assert retried.stderr.splitlines()[-1] == ("2 of 2 files failed: see `obsarch downloads`; "
+                                               "`obsarch fetch --retry-failed` tries them again")
     assert snapshot() == before
 
 

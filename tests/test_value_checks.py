@@ -53,6 +53,21 @@ def test_values_no_exposure_has_are_named_with_the_nearest(catalog, tmp_path, rn
     assert catalog.hints("band != 'Vv' and not band == 'Vv'") == []  # asking for its absence is no typo
 
 
+def test_a_night_no_exposure_has_is_named_with_the_nearest_in_time(catalog, tmp_path, rng):
+    """As text '2014-07-27' is nearer '2018-07-27' than '2017-08-15'; in time it is not."""
+    for name, when in (("a", "2017-08-15T23:00:00"), ("b", "2018-07-27T23:00:00"), ("c", "2012-01-03T23:00:00")):
+        write_frame(tmp_path / "nights" / f"{name}.fits", rng, {"FILTER": "V", "DATE-OBS": when})
+    catalog.ingest([tmp_path / "nights"])
+    nights = sorted(catalog.query("band == 'V'", columns="night")["night"])
+    assert nights == ["2012-01-03", "2017-08-15", "2018-07-27"]
+    assert catalog.hints("night == '2014-07-27'") == [
+        "no exposure has night '2014-07-27'; the nearest night with exposures is '2012-01-03'"]
+    assert catalog.hints("night == '2017-08-16' and band == 'V'") == [
+        "no exposure has night '2017-08-16'; the nearest night with exposures is '2017-08-15'"]
+    assert catalog.hints("night in ('2018-07-27', '2018-07-30')") == [
+        "no exposure has night '2018-07-30'; the nearest night with exposures is '2018-07-27'"]
+
+
 def test_obsarch_query_says_why_it_found_nothing_and_when_a_limit_cut(url, tmp_path, rng):
     from factories import obsarch
 
