@@ -86,8 +86,15 @@ class Transform:
             dx_err=quad(self.dx_err, outer.dx_err), dy_err=quad(self.dy_err, outer.dy_err),
             rotation_err=quad(self.rotation_err, outer.rotation_err), scale_err=quad(self.scale_err, outer.scale_err),
             nmatched=min(x for x in (self.nmatched, outer.nmatched) if x is not None) if self.nmatched or outer.nmatched else None,
-            residual=quad(self.residual, outer.residual),
+            residual=quad(self._residual_or_exact(), outer._residual_or_exact()),
         )
+
+    def _residual_or_exact(self) -> float | None:
+        """The residual; 0 for an exact transform (a reference onto itself:
+        every uncertainty 0, no stars fitted), so that a group's reference
+        composed onto the global one keeps the link's residual."""
+        exact = self.residual is None and (self.dx_err, self.dy_err, self.rotation_err, self.scale_err) == (0.0, 0.0, 0.0, 0.0)
+        return 0.0 if exact else self.residual
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,13 @@ def test_transforms_compose():
     np.testing.assert_allclose(inner.then(outer).apply(point), outer.apply(inner.apply(point)), atol=1e-9)
     assert inner.then(outer).rotation == pytest.approx(0.5)
     assert inner.then(outer).dx_err == pytest.approx(np.hypot(0.1, 0.1))
+    # a group's reference onto itself is exact: composed, it keeps the link's residual and stars
+    reference = Transform(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+    link = Transform(dx=2.0, dy=1.0, dx_err=0.02, dy_err=0.02, rotation_err=0.001, scale_err=0.0001, nmatched=11, residual=0.05)
+    assert (reference.then(link).residual, reference.then(link).nmatched) == (0.05, 11)
+    measured = Transform(dx=1.0, dy=0.0, dx_err=0.02, dy_err=0.02, nmatched=9, residual=0.03)
+    assert measured.then(link).residual == pytest.approx(np.hypot(0.03, 0.05))
+    assert Transform(dx=1.0, dy=0.0, dx_err=0.2, dy_err=0.2).then(link).residual is None  # no residual known: none made up
 
 
 @pytest.mark.parametrize(
@@ -241,6 +248,9 @@ def test_multistage_registration_composes_transforms(shifted):
     offsets.compute_multistage(catalog.engine, ["A", "B"], catalog.resolve("1"), workers=1)
     table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
     assert table[4]["stage"] == 2 and table[4]["method"] == "composed"
+    # B's reference, composed: the residual of its link onto 1, not empty
+    assert table[3]["method"] == "composed" and table[3]["residual"] is not None and table[3]["residual"] > 0
+    assert table[4]["residual"] > table[3]["residual"]
     assert (table[4]["dx"], table[4]["dy"], table[4]["rotation"]) == pytest.approx((truths[4].dx, truths[4].dy, truths[4].rotation), abs=0.08)
     with catalog.engine.connect() as conn:
         chain = conn.execute(select(Offset.chain_json).where(Offset.id == table[4]["id"])).scalar_one()
