@@ -496,6 +496,10 @@ class CalibrateStep(Step):
 
     name, algorithm, item_runs = "calibrate", ALGORITHM, True
     work = staticmethod(_calibrate_one)
+    # the detectors asked for (--hdu) decide no product by themselves: each
+    # item's params name the detectors they resolve to, so `--hdu PRIMARY`
+    # on single-detector frames finds the frames calibrated without it current
+    execution = {"hdus": []}
 
     def __init__(self, selection, use: tuple[str, ...], out_dir: Path, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
                  hdus: tuple[str, ...] | None = None, worker_memory: int = parse_memory(DEFAULT_MEMORY)):

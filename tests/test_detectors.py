@@ -155,6 +155,24 @@ def test_hdu_option_restricts_the_detectors(muse):
         assert _levels(path) == pytest.approx({"CHAN02": SIGNAL * 2 + FLAT * 0}, rel=0.01)
 
 
+def test_a_product_is_current_when_the_same_detectors_are_asked_for_however_named(muse):
+    """--hdu is judged by the detectors it resolves to: naming every detector
+    finds the frames calibrated without --hdu current; naming fewer does not."""
+    catalog, tmp = muse
+    _masters(catalog, tmp)
+    selection = "readout_mode == 'SCI1.0' and xbin == 1"
+
+    def run(hdus):
+        return calibration.calibrate(catalog.engine, selection, use=("bias",), out_dir=tmp / "cal", workers=1, hdus=hdus)
+
+    first = run(None)
+    assert first.exit_code == EXIT_DONE and first.done and not first.skipped
+    every = run(tuple(CHANNELS))
+    assert (every.done, sorted(every.skipped)) == ([], sorted(first.done))
+    fewer = run(("CHAN02",))
+    assert sorted(fewer.done) == sorted(first.done) and not fewer.skipped  # another product: one detector
+
+
 def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
     catalog, tmp = muse
     odd = tmp / "raw2" / "bias_odd.fits"
