@@ -14,8 +14,9 @@ from cli.render import Format, console, err_console, show_frame
 def _bytes_bar():
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    # only on a terminal (as cli.app.progress_bar): elsewhere a stopped bar left a blank line before the message
     return Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err_console.unwrap(),
-                    transient=True)
+                    transient=True, disable=not err_console.is_terminal)
 
 
 @command(archive_app, "search")
