@@ -283,7 +283,7 @@ def align_catalogs(
         raise typer.Exit(3) from None
     t = result.transform
     console.print(
-        f"{t.nmatched} of {result.n_a} sources of A matched to {result.n_b} of B ({result.chance:.1f} expected by chance; "
+        f"{t.nmatched} of the {result.n_a} sources of A matched among the {result.n_b} of B ({result.chance:.1f} expected by chance; "
         f"chance probability 10^{result.log10_p:.0f}, by {result.method}); about RA {result.centre[0]:.5f} Dec {result.centre[1]:.5f}\n"
         f"shift east {t.dx:+.3f}\" +- {t.dx_err:.3f}, north {t.dy:+.3f}\" +- {t.dy_err:.3f}; rotation {t.rotation:+.4f} deg +- {t.rotation_err:.4f}; "
         f"scale {t.scale:.6f}; residual rms {t.residual:.3f}\"", markup=False, soft_wrap=True,

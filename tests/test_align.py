@@ -53,6 +53,16 @@ def test_150_sources_against_3000_stars(tmp_path):
     assert result.log10_p < -50
 
 
+def test_the_command_says_how_many_matched_of_how_many(tmp_path):
+    rng = np.random.default_rng(14)
+    a, b = _lists(tmp_path, rng, n_b=300, n_a=60, rotation_deg=0.0, shift=(1.0, -2.0))
+    result = CliRunner().invoke(app, ["align", "catalogs", a, b])
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    matched = offsets.align_catalogs(a, b).transform.nmatched
+    assert first.startswith(f"{matched} of the 60 sources of A matched among the 300 of B (")
+
+
 def test_unrelated_lists_are_refused_with_exit_3(tmp_path, monkeypatch):
     rng = np.random.default_rng(13)
     a, b = _lists(tmp_path, rng, n_b=3000, n_a=150, rotation_deg=0.0, shift=(0.0, 0.0), related=False)
