@@ -72,13 +72,43 @@ def _many(key: str, members: list[Frame], **values) -> Item:
                                "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)})
 
 
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"})
+_QUOTED = ("paths", "regions")  # lists, each name already quoted for the shell
+
+
+def _shell_script(template: list[str]) -> int | None:
+    """The place of the script in ``template`` when it runs a shell with
+    ``-c`` (``sh -c SCRIPT``, ``bash -ec SCRIPT``, ``env X=1 sh -c SCRIPT``)."""
+    start = 0
+    if template and Path(template[0]).name == "env":
+        start = 1
+        while start < len(template) and (template[start].startswith("-") or "=" in template[start]):
+            start += 1
+    if start >= len(template) or Path(template[start]).name not in SHELLS:
+        return None
+    for place in range(start + 1, len(template) - 1):
+        option = template[place]
+        if not option.startswith("-") or option == "--":
+            return None
+        if not option.startswith("--") and "c" in option[1:]:
+            return place + 1
+    return None
+
+
 def expand(template: list[str], values: dict) -> list[str]:
     """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}``,
-    ``{region}``, ``{regions}`` in each argument."""
+    ``{region}``, ``{regions}`` in each argument.
+
+    An argument is handed to the program as it is, no shell between; but a
+    shell's ``-c`` script is read by the shell, so there every value is
+    quoted for it: a file named ``a$(touch x).fits`` is a name, never a
+    command, and a name with a space or a quote is one word."""
+    script = _shell_script(template)
+    quoted = {key: value if key in _QUOTED else shlex.quote(str(value)) for key, value in values.items()}
     result = []
-    for argument in template:
+    for place, argument in enumerate(template):
         try:
-            expanded = argument.format(**values)
+            expanded = argument.format(**(quoted if place == script else values))
         except KeyError as exc:
             raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item (known: {', '.join(sorted(values))})") from exc
         except (ValueError, IndexError) as exc:

@@ -325,6 +325,36 @@ def test_run_an_external_tool_per_obsid(catalog, tmp_path, rng):
     assert tree["run"]["step"] == "run:sh" and tree["inputs"][0]["path"].endswith("0761220101/ev0.fits")
 
 
+@pytest.mark.parametrize("template, expected", [
+    # a shell's -c script gets each value quoted for the shell
+    (["sh", "-c", "ls {path} {dir}"], ["sh", "-c", "ls '/d/a$(touch x) b.fits' /d"]),
+    (["/bin/bash", "-ec", "cp {path} out/"], ["/bin/bash", "-ec", "cp '/d/a$(touch x) b.fits' out/"]),
+    (["env", "LC_ALL=C", "sh", "-c", "echo {path}"], ["env", "LC_ALL=C", "sh", "-c", "echo '/d/a$(touch x) b.fits'"]),
+    (["sh", "-c", "echo {paths}"], ["sh", "-c", "echo '/d/a$(touch x) b.fits' /d/c.fits"]),  # each already one word
+    # any other argument reaches the program as it is: no shell reads it
+    (["ls", "{path}", "--out={dir}/x"], ["ls", "/d/a$(touch x) b.fits", "--out=/d/x"]),
+    (["ls", "{paths}"], ["ls", "/d/a$(touch x) b.fits", "/d/c.fits"]),
+    (["sh", "script.sh", "{path}"], ["sh", "script.sh", "/d/a$(touch x) b.fits"]),  # a script file: arguments as they are
+])
+def test_values_are_quoted_only_where_a_shell_reads_them(template, expected):
+    import shlex
+
+    values = {"path": "/d/a$(touch x) b.fits", "dir": "/d", "paths": " ".join(map(shlex.quote, ["/d/a$(touch x) b.fits", "/d/c.fits"]))}
+    assert external.expand(template, values) == expected
+
+
+def test_a_file_name_is_never_run_as_a_command(catalog, tmp_path, rng):
+    hostile = tmp_path / "data" / "a$(touch INJECTED) 'b'.fits"
+    write_image(hostile, rng.normal(0, 1, (8, 8)).astype(np.float32), {"OBJECT": "x"})
+    catalog.ingest([tmp_path / "data"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", "ls -l {path} > listing.txt"],
+                                workdir=str(tmp_path / "work" / "{item}"), workers=1)
+    assert len(summary.done) == 1 and not summary.failed
+    assert not list(tmp_path.rglob("INJECTED"))
+    (listing,) = (tmp_path / "work").rglob("listing.txt")
+    assert listing.read_text().rstrip().endswith(str(hostile))
+
+
 @pytest.mark.parametrize(
     "command, message",
     [(["echo", "{nothing}"], "{nothing} in '{nothing}' is not known for this item"), ([], "give the command after --")],
