@@ -413,6 +413,16 @@ def as_tree(selection: str | Node | None) -> Node | None:
     return parse(selection) if isinstance(selection, str) else selection
 
 
+def named(selection: str | Node | None, command: str) -> str | Node:
+    """The selection of a command that changes exposures (grades, groups,
+    metrics, regions): an empty or blank one is refused rather than taken
+    as every exposure, so an empty shell variable cannot regrade a catalog."""
+    if as_tree(selection) is None:
+        raise SelectionError(f"{command} needs frame numbers or a selection, and the one given is empty "
+                             "(for every exposure, say so: \"id > 0\")")
+    return selection
+
+
 def compare(name: str, op: str, value) -> Compare:
     """``name op value`` on a named column, e.g. ``compare("band", "==", "V")``."""
     if op not in _OPS:

@@ -19,7 +19,7 @@ from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
-from archive.query import Column, check_fields, naming, parse_columns, select_exposures
+from archive.query import Column, check_fields, named, naming, parse_columns, select_exposures
 from processing.runs import recorded_run
 
 ALGORITHM = "grouping-1"
@@ -176,7 +176,7 @@ def _value(value) -> str:
 def create_group(engine: Engine, name: str, selection: str, *, reference: str | None = None) -> GroupingResult:
     """A group of the exposures of ``selection`` (frame numbers, ranges, any
     selection), with an optional reference member."""
-    ids = [r.id for r in _selected(engine, selection)]
+    ids = [r.id for r in _selected(engine, named(selection, "group create"))]
     if not ids:
         raise ObsarchError(f"no exposure matches {selection!r}; group {name!r} not made")
     references = {}

@@ -15,7 +15,7 @@ from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import NamedMetric
-from archive.query import select_exposures
+from archive.query import named, select_exposures
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
@@ -92,6 +92,7 @@ def store(conn, exposure_ids: list[int], values: dict[str, float], *, source: st
 
 def set_by_person(engine: Engine, selection: str, values: dict[str, float], who: str | None = None) -> int:
     """Set named metrics of every exposure of ``selection``; returns how many exposures."""
+    named(selection, "metrics set")
     with transaction(engine) as conn:
         ids = list(conn.execute(select_exposures(selection, engine.dialect.name)).scalars())
     if not ids:

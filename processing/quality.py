@@ -24,7 +24,7 @@ from archive.db import bulk_insert, transaction
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, select_exposures
+from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -553,6 +553,7 @@ def flag(
     """A person's verdict on every exposure of ``selection``; returns how many.
     Earlier flags are kept as history."""
     _check_flag(grade, reason)
+    named(selection, "flag set")
     with transaction(engine, write=True) as conn:
         refuse_ambiguous_frames(conn, as_tree(selection))
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()

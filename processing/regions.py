@@ -21,7 +21,7 @@ from archive.db import transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, File, RegionFile, Root
-from archive.query import select_exposures
+from archive.query import named, select_exposures
 
 _PHYSICAL = re.compile(r"^\s*physical\s*(;|$)", re.IGNORECASE | re.MULTILINE)
 _SEPARATORS = "_.-"
@@ -393,6 +393,7 @@ def attach(engine: Engine, path: str | Path, selection: str, how: str = "attach"
     shape is farther than :attr:`Placement.limit_deg` from an exposure's
     pointing is refused with :class:`RegionPlacementError` (nothing is
     attached) unless ``force``."""
+    named(selection, "regions attach")
     info = read_region_file(path)
     statement = select_exposures(selection, engine.dialect.name)
     with transaction(engine) as conn:

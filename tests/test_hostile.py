@@ -597,3 +597,29 @@ def test_runs_of_dead_processes_are_marked_interrupted_at_the_next_ingest(stocke
         assert conn.execute(text("select state from runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
         assert conn.execute(text("select state from ingest_runs where pid = :pid"), {"pid": pid}).scalar() == "interrupted"
     engine.dispose()
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+@pytest.mark.parametrize("command", [
+    ["flag", "set", "{}", "--grade", "bad"],
+    ["group", "create", "ALL", "{}"],
+    ["metrics", "set", "{}", "pileup=0.1"],
+    ["regions", "attach", "{region}", "--to", "{}"],
+])
+def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tmp_path, command, blank):
+    """An empty shell variable must not regrade, group or annotate every exposure."""
+    url, _, _ = stocked
+    region = tmp_path / "r.reg"
+    region.write_text("image\ncircle(10,10,3)\n")
+    args = [a.replace("{region}", str(region)).replace("{}", blank) if "{" in a else a for a in command]
+    result = runner.invoke(app, ["--db", url, *args])
+    name = " ".join(command[:2])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f'error: {name} needs frame numbers or a selection, and the one given is empty '
+                                          '(for every exposure, say so: "id > 0")']
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        counts = [conn.execute(text(f"select count(*) from {table}")).scalar_one()
+                  for table in ("flags", "groups", "named_metrics", "region_files")]
+    engine.dispose()
+    assert counts == [0, 0, 0, 0]
