@@ -99,6 +99,8 @@ def group_create(
     from processing import grouping
 
     result = grouping.create_group(open_catalog().engine, name, selection, reference=reference)
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False)
     console.print(f"group {name}: {len(result.groups[name])} exposures" + (f", reference {reference}" if reference else ""))
 
 
@@ -121,17 +123,14 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
 
     Example: obsarch group show B0
     """
-    from archive.query import all_of, compare
+    from archive.query import compare
+    from processing import grouping
 
     catalog = open_catalog()
-    members = compare("group", "==", name)
-    frame = catalog.query(members, columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
-    if frame.empty:
-        from processing import grouping
-
-        grouping.group_members(catalog.engine, name)  # says which groups exist
-    references = set(catalog.exposure_ids(all_of(members, compare("group_role", "==", "reference"))))
-    frame.insert(1, "role", ["reference" if i in references else "" for i in frame["id"]])
+    _, roles = grouping.group_members(catalog.engine, name)  # this group's roles (or which groups exist)
+    frame = catalog.query(compare("group", "==", name), columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
+    role = dict(roles)  # an exposure may be another group's reference: only this group's role counts
+    frame.insert(1, "role", [role.get(i) or "" for i in frame["id"]])
     show_frame(frame.sort_values("role", ascending=False, kind="stable"), fmt)
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from archive.db import transaction
 from archive.exceptions import ObsarchError
@@ -188,6 +188,12 @@ def create_group(engine: Engine, name: str, selection: str, *, reference: str | 
             raise ObsarchError(f"--reference {reference!r} is not in the group's selection")
         references[name] = ref_id
     result = GroupingResult(groups={name: ids})
+    with transaction(engine) as conn:  # a group of that name made otherwise is replaced: say so
+        before = conn.execute(select(Group.method, func.count(GroupMember.exposure_id)).outerjoin(GroupMember)
+                              .where(Group.name == name).group_by(Group.id, Group.method)).first()
+    if before is not None:
+        made = "by hand" if before.method == "manual" else f"by {before.method}"
+        result.notes.append(f"replaced group {name!r} ({before[1]} members, made {made})")
     params = {"selection": selection, "reference": reference}
     with recorded_run(engine, "group-manual", params, ALGORITHM) as run:
         result.run_id = run.id
@@ -196,7 +202,6 @@ def create_group(engine: Engine, name: str, selection: str, *, reference: str | 
 
 
 def list_groups(engine: Engine) -> list[dict]:
-    from sqlalchemy import func
 
     with transaction(engine) as conn:
         rows = conn.execute(
@@ -318,7 +323,6 @@ def _chained_positions(engine: Engine, frames, workers, executor) -> dict[int, t
 
 def groups_of(engine: Engine, exposure_id: int) -> list[dict]:
     """The groups an exposure is a member of, with its role and the group's size."""
-    from sqlalchemy import func
 
     size = (select(GroupMember.group_id, func.count().label("members")).group_by(GroupMember.group_id).subquery())
     with transaction(engine) as conn:

@@ -327,6 +327,14 @@ def test_groups_and_offsets_tour(url, tmp_path, rng):
     assert "reference 10" in run("group", "create", "B0", "10-12", "--reference", "10").stdout
     assert "B0" in run("groups", "list").stdout
     assert "reference" in run("groups", "show", "B0", "--format", "csv").stdout
+    # 10 is B0's reference, not B1's: each group shows its own roles
+    assert run("group", "create", "B1", "10-11").stderr == ""
+    assert run("group", "create", "pointing-1", "10-11").stderr.splitlines() == [
+        "note: replaced group 'pointing-1' (3 members, made by dbscan)"]
+    roles = [line.split(",")[:3] for line in run("groups", "show", "B1", "--format", "csv").stdout.split()[1:]]
+    assert roles == [["1", "", "10"], ["2", "", "11"]]  # id, role, frame number
+    roles = [line.split(",")[:3] for line in run("groups", "show", "B0", "--format", "csv").stdout.split()[1:]]
+    assert roles == [["1", "reference", "10"], ["2", "", "11"], ["3", "", "12"]]
     assert "3 done, 0 up to date (skipped), 0 failed" in run("offsets", "compute", "--group", "B0").stdout
     shown = run("offsets", "show", "--group", "B0", "--format", "csv").stdout
     assert "drot_posang" in shown and "111.0" in shown
