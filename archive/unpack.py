@@ -70,7 +70,7 @@ def safe_extract(archive_path: Path, target: Path) -> int:
     try:
         with tarfile.open(archive_path) as tar:
             members = tar.getmembers()
-            steps = _Plan(target, archive_path.name).check_all(members)
+            steps = _Plan(target, archive_path.name, tar).check_all(members)
             target.mkdir(parents=True, exist_ok=True)
             _write(tar, target, steps)
     except tarfile.TarError as exc:
@@ -83,8 +83,8 @@ def safe_extract(archive_path: Path, target: Path) -> int:
 class _Plan:
     """The target as it will be once the members checked so far are written."""
 
-    def __init__(self, target: Path, archive_name: str):
-        self.target, self.archive_name = target, archive_name
+    def __init__(self, target: Path, archive_name: str, tar: tarfile.TarFile | None = None):
+        self.target, self.archive_name, self.tar = target, archive_name, tar
         self.laid: dict[tuple[str, ...], _Entry] = {}
         self.written_files: set[tuple[str, ...]] = set()
 
@@ -135,6 +135,12 @@ class _Plan:
             return _Step(member, "dir", parts)
         if existing == "dir":
             raise _Escape("would replace a directory")
+        if existing is not None and parts not in self.laid:  # on disk before: downloaded, or unpacked before
+            if existing == "file" and member.isreg() and self._same_on_disk(member, parts):
+                self.laid[parts] = _Entry("file")
+                self.written_files.add(parts)
+                return _Step(member, "same", parts)  # unpacked before (a retry): left as it is
+            raise _Escape(f"would replace {'/'.join(parts)!r}, which is already there (downloaded or unpacked before)")
         if member.issym():
             return self._symlink(member, parts)
         if member.islnk():
@@ -167,6 +173,19 @@ class _Plan:
         self.laid[parts] = _Entry("file")
         self.written_files.add(parts)
         return _Step(member, "hardlink", parts, source)
+
+    def _same_on_disk(self, member: tarfile.TarInfo, parts: tuple[str, ...]) -> bool:
+        """Whether the file at ``parts`` holds exactly the member's bytes."""
+        path = self.target.joinpath(*parts)
+        if self.tar is None or os.lstat(path).st_size != member.size:
+            return False
+        with open(path, "rb") as disk, self.tar.extractfile(member) as data:
+            while True:
+                mine, theirs = disk.read(1 << 20), data.read(1 << 20)
+                if mine != theirs:
+                    return False
+                if not mine:
+                    return True
 
     def _too_long(self, parts: tuple[str, ...]) -> None:
         if len(str(self.target)) + sum(len(p) + 1 for p in parts) >= PATH_MAX:
@@ -226,6 +245,8 @@ def _write(tar: tarfile.TarFile, target: Path, steps: list[_Step]) -> None:
         path = target.joinpath(*step.parts)
         if step.kind == "dir":
             path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            continue
+        if step.kind == "same":
             continue
         path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         if os.path.lexists(path):

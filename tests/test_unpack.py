@@ -72,6 +72,9 @@ CASES = {
     "file over a directory": ([("d", "dir", None), ("d", "file", None)], "would replace a directory"),
     "directory under a file": ([("f", "file", None), ("f/x", "file", None)], "it is a file"),
     "disk link out": ([("out/secret", "file", None)], "'out/secret' would land outside"),
+    "a file already there": ([("new.fits", "file", None), ("pre-existing.txt", "file", b"other")],
+                             "'pre-existing.txt' would replace 'pre-existing.txt', which is already there"),
+    "a link over a file there": ([("pre-existing.txt", "sym", "new.fits")], "would replace 'pre-existing.txt', which is already there"),
 }
 
 
@@ -116,3 +119,20 @@ def test_an_unreadable_archive_is_one_line(tmp_path):
     bad.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(UnpackRefused, match="x.tar: not a readable tar archive"):
         safe_extract(bad, tmp_path / "t")
+
+
+def test_unpacking_again_leaves_the_same_files_and_refuses_to_overwrite_others(tmp_path):
+    """A retried download unpacks over its own earlier files (the same bytes:
+    left as they are); a member that would replace a different file already
+    there (a downloaded file of the same name) refuses the archive."""
+    archive = make_tar(tmp_path / "obs.tar", [("odf", "dir", None), ("odf/events.fits", "file", b"E" * 100)])
+    target = tmp_path / "t"
+    assert safe_extract(archive, target) == 2
+    first = (target / "odf" / "events.fits").stat().st_mtime_ns
+    assert safe_extract(archive, target) == 2
+    assert (target / "odf" / "events.fits").stat().st_mtime_ns == first
+    (target / "odf" / "events.fits").write_bytes(b"downloaded, verified")
+    with pytest.raises(UnpackRefused, match="obs.tar refused, nothing extracted: member 'odf/events.fits' would replace "
+                                            "'odf/events.fits', which is already there"):
+        safe_extract(archive, target)
+    assert (target / "odf" / "events.fits").read_bytes() == b"downloaded, verified"
