@@ -224,10 +224,14 @@ class MasterStep(Step):
         with pixels.opened(used[0].path) as hdul:
             own = dict(zip((d.name for d in self.detectors), done[0][0].data[1]))
             headers = {name: pixels.detector_header(hdul, d) for name, d in own.items()}
-        write_product(self.target, lambda tmp: pixels.write_detectors(
+        # named by the frames it is made of: when some failed, not the name (and
+        # the file) of the master of them all, which an earlier run may have made
+        target = self.target if not failed else self.target.with_name(
+            master_name(self.kind, used, self.master_params, self.masters, self.include_bad))
+        write_product(target, lambda tmp: pixels.write_detectors(
             tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
-        out.product(self.target, f"master_{self.kind}", values)
+        out.product(target, f"master_{self.kind}", values)
         return self._short(len(used), len(used) + len(failed))
 
     def short_of(self, engine, run_id: int | None, items: list[Item]) -> str | None:

@@ -12,7 +12,7 @@ import test_steps
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from archive.models import Run
+from archive.models import Product, Run
 from cli.main import app
 from processing import calibration, offsets, quality, runs, stacking
 from processing.runs import identity, params_hash
@@ -286,6 +286,30 @@ def test_a_master_or_stack_short_of_a_frame_that_failed_is_still_short_when_up_t
     assert stacked.exit_code == 3 and "stacked 3 of 4 selected frames" in stacked.last_line()
     restacked = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "s", workers=1, executor="serial")
     assert restacked.skipped and restacked.exit_code == 3 and "stacked 3 of 4 selected frames" in restacked.last_line()
+
+
+def test_a_master_short_of_a_failed_frame_never_replaces_the_whole_one(raw):
+    """The name of a master stands for its frames: made again after one of
+    its frames turned bad, the master of the others is another file, and the
+    whole master, its product row and its lineage stay."""
+    catalog, tmp, _ = raw
+    engine = catalog.engine
+    whole = calibration.make_master(engine, "bias", out_dir=tmp / "m")
+    assert whole.exit_code == 0 and len(whole.products) == 1
+    (whole_path,) = whole.products
+    whole_bytes = Path(whole_path).read_bytes()
+    bias = tmp / "raw" / "ngc3293-3852.fits"
+    with open(bias, "r+b") as handle:
+        handle.truncate(bias.stat().st_size - 5760)
+    short = calibration.make_master(engine, "bias", out_dir=tmp / "m", force=True)
+    assert short.exit_code == 3 and "made from 4 of 5 selected bias frames" in short.last_line()
+    (short_path,) = short.products
+    assert short_path != whole_path and Path(whole_path).read_bytes() == whole_bytes
+    assert _inputs_and_ncombine(engine, short)[1] == 4
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(Product.path, Product.run_id)).all())
+    assert (str(whole_path), whole.run_id) in stored and (str(short_path), short.run_id) in stored
+    assert _inputs_and_ncombine(engine, whole)[1] == 5  # the whole master's lineage: still its 5 frames
 
 
 def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
