@@ -77,6 +77,9 @@ def read_region_file(path: str | Path) -> RegionInfo:
     if not shapes:
         extra = f" ({skipped} shapes it cannot read)" if skipped else ""
         raise RegionReadError(f"{path}: no region the regions package can read{extra}")
+    for number, shape in enumerate(shapes, start=1):
+        if not _finite(shape.region):  # circle(nan,nan,5"): no position to check, nothing to extract
+            raise RegionReadError(f"{path}: shape {number} ({shape.name}) has a position or size that is not a finite number")
     return RegionInfo(str(path.resolve()), kind, frame, len(shapes), describe(shapes), skipped,
                       n_excluded=sum(s.excluded for s in shapes), n_background=sum(s.role == "background" for s in shapes),
                       sky_points=_sky_points([s.region for s in shapes]))
@@ -191,6 +194,26 @@ def _frame(regions) -> str | None:
             if point is not None:
                 return point.frame.name if hasattr(point, "frame") else "image"
     return None
+
+
+def _finite(region) -> bool:
+    """Whether every position (centre, vertices, ends) and size of ``region`` is a finite number."""
+    import numpy as np
+
+    values = []
+    for attribute in ("center", "vertices", "start", "end"):
+        point = getattr(region, attribute, None)
+        if point is None:
+            continue
+        if hasattr(point, "icrs") or hasattr(point, "spherical"):  # a SkyCoord, in whatever frame
+            values += [np.atleast_1d(point.spherical.lon.deg), np.atleast_1d(point.spherical.lat.deg)]
+        else:  # a PixCoord
+            values += [np.atleast_1d(point.x), np.atleast_1d(point.y)]
+    for attribute in ("radius", "inner_radius", "outer_radius", "width", "height", "angle"):
+        size = getattr(region, attribute, None)
+        if size is not None:
+            values.append(np.atleast_1d(getattr(size, "value", size)))
+    return all(np.isfinite(np.asarray(v, dtype=float)).all() for v in values)
 
 
 def _sky_points(regions):

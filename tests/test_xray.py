@@ -511,6 +511,23 @@ def test_a_region_line_of_unclosed_braces_is_refused_without_stalling(tmp_path):
     assert time.perf_counter() - start < 20  # a guard against minutes, not a speed figure
 
 
+@pytest.mark.parametrize("body, shape", [
+    ('fk5\ncircle(nan,nan,5")\n', "1 (circle)"),
+    ('fk5\ncircle(150.1,2.2,5")\ncircle(inf,2.2,5")\n', "2 (circle)"),
+    ("image\ncircle(10,10,3)\nbox(10,10,nan,4,0)\n", "2 (rectangle)"),
+    ("image\npolygon(1,1,nan,1,5,5)\n", "1 (polygon)"),
+])
+def test_a_shape_without_a_finite_position_or_size_refuses_the_file(tmp_path, body, shape):
+    """circle(nan,nan,5") was attached, its position 'checked' against NaN."""
+    from processing.regions import RegionReadError, read_region_file
+
+    path = tmp_path / "odd.reg"
+    path.write_text(body)
+    with pytest.raises(RegionReadError) as refused:
+        read_region_file(path)
+    assert str(refused.value) == f"{path}: shape {shape} has a position or size that is not a finite number"
+
+
 def _region_table(kind, shapes, radii):
     columns = [fits.Column(name="X", format="D", array=[10.0] * len(shapes)), fits.Column(name="Y", format="D", array=[20.0] * len(shapes)),
                fits.Column(name="SHAPE", format="16A", array=shapes), fits.Column(name="R", format="2D", array=radii)]
