@@ -796,7 +796,8 @@ def read_sources(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
     try:
         table = Table.read(path, format="ascii.csv" if str(path).lower().endswith(".csv") else None)
     except Exception as exc:  # astropy raises many kinds for unreadable tables
-        raise ObsarchError(f"{path}: cannot read a table: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # not the table of every format it tried
+        raise ObsarchError(f"{path}: cannot read a table: {first}") from exc
     names = {name.lower(): name for name in table.colnames}
     ra = next((names[n] for n in _RA_NAMES if n in names), None)
     dec = next((names[n] for n in _DEC_NAMES if n in names), None)
@@ -808,8 +809,18 @@ def read_sources(path: str) -> tuple[np.ndarray, np.ndarray, bool]:
             table.sort(names[name], reverse=sign < 0)
             ordered = True
             break
-    ra_deg, dec_deg = np.asarray(table[ra], dtype=float), np.asarray(table[dec], dtype=float)
+    try:
+        ra_deg, dec_deg = (np.ma.filled(np.ma.asarray(table[c], dtype=float), np.nan) for c in (ra, dec))
+    except (TypeError, ValueError):
+        raise ObsarchError(f"{path}: the columns {ra} and {dec} must hold degrees (numbers); they hold "
+                           f"{str(table[ra][0])!r}, {str(table[dec][0])!r}...") from None
     good = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    off_sky = good & ((ra_deg < -180) | (ra_deg > 360) | (np.abs(dec_deg) > 90))
+    if off_sky.any():
+        row = int(np.argmax(off_sky))  # the table may have been sorted by brightness: name the values
+        raise ObsarchError(f"{path}: a source at RA {ra_deg[row]:g}, Dec {dec_deg[row]:g} is not on the sky "
+                           f"(RA -180 to 360, Dec -90 to 90 degrees)")
+    ra_deg = np.mod(ra_deg, 360.0)
     if good.sum() < 3:
         raise ObsarchError(f"{path}: fewer than 3 sources with RA and Dec")
     return ra_deg[good], dec_deg[good], ordered

@@ -296,12 +296,32 @@ def test_align_catalogs(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("x,y\n1,2\n3,4\n5,6\n", "no RA/Dec columns"), ("ra,dec\n1,2\n", "fewer than 3 sources")],
+    [("x,y\n1,2\n3,4\n5,6\n", "no RA/Dec columns"), ("ra,dec\n1,2\n", "fewer than 3 sources"),
+     ("ra,dec\n10,20\n11,21\n400,-100\n12,22\n", "a source at RA 400, Dec -100 is not on the sky (RA -180 to 360, Dec -90 to 90 degrees)"),
+     ("ra,dec\n10,20\n11,95\n12,22\n", "a source at RA 11, Dec 95 is not on the sky"),
+     ("ra,dec\n10:00:00,+20:00:00\n11:00:00,+21:00:00\n12:00:00,+22:00:00\n",
+      "the columns ra and dec must hold degrees (numbers); they hold '10:00:00', '+20:00:00'..."),
+     ("ra,dec\nabc,def\nx,y\nz,w\n", "the columns ra and dec must hold degrees (numbers); they hold 'abc', 'def'...")],
 )
 def test_bad_source_lists(tmp_path, content, message):
     (tmp_path / "bad.csv").write_text(content)
-    with pytest.raises(ObsarchError, match=message):
+    with pytest.raises(ObsarchError) as refused:
         offsets.read_sources(str(tmp_path / "bad.csv"))
+    assert str(refused.value).startswith(f"{tmp_path / 'bad.csv'}: ") and message in str(refused.value)
+
+
+def test_a_file_no_table_reader_knows_is_one_line(tmp_path):
+    path = tmp_path / "random.fits"
+    path.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(ObsarchError) as refused:
+        offsets.read_sources(str(path))
+    assert str(refused.value).startswith(f"{path}: cannot read a table: ") and "\n" not in str(refused.value)
+
+
+def test_negative_right_ascensions_are_wrapped(tmp_path):
+    (tmp_path / "w.csv").write_text("ra,dec\n-10,20\n-11,21\n350,22\n")
+    ra, dec, _ = offsets.read_sources(str(tmp_path / "w.csv"))
+    assert ra.tolist() == [350.0, 349.0, 350.0] and dec.tolist() == [20.0, 21.0, 22.0]
 
 
 # -- the command line ----------------------------------------------------------------------------
