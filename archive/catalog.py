@@ -30,6 +30,7 @@ from archive.query import (
     header_columns,
     ids,
     ids_statement,
+    int_param,
     merges_sorted_ranges,
     naming,
     parse_columns,
@@ -198,9 +199,11 @@ class Catalog:
 
     def resolve(self, ref: str | int, *, by_id: bool = False) -> int:
         """The exposure id for a frame number, an exposure id or a file path."""
+        if (by_id or str(ref).isdigit()) and int(ref) >= 2**63:  # beyond any id or frame number a catalog holds
+            raise NotFoundError(f"no exposure with {'exposure id' if by_id else 'frame number'} {ref} in the catalog")
         with self.engine.connect() as conn:
             if by_id:
-                found = conn.execute(select(Exposure.id).where(Exposure.id == int(ref))).scalars().all()
+                found = conn.execute(select(Exposure.id).where(Exposure.id == int_param(int(ref)))).scalars().all()
                 what = f"exposure id {ref}"
             elif str(ref).isdigit():
                 # a frame number names the camera's raw frame, never a product (the tree says so)
@@ -307,10 +310,14 @@ class Catalog:
         text = str(ref).strip()
         if not text.lstrip("i").isdigit():
             raise NotFoundError(f"{ref!r} is no run id: give a number from `obsarch runs` (i3 for ingest run 3)")
+        number = int(text.lstrip("i"))
+        if number >= 2**31:  # beyond any run id (PostgreSQL would refuse the parameter)
+            raise NotFoundError(f"no ingest run i{number} in the catalog" if text.startswith("i")
+                                else f"no run {number} in the catalog (ingest runs are i1, i2...)")
         with self.engine.connect() as conn:
             if text.startswith("i"):
-                return self._ingest_run(conn, int(text[1:]))
-            return self._step_run(conn, int(text))
+                return self._ingest_run(conn, number)
+            return self._step_run(conn, number)
 
     def _ingest_run(self, conn, run_id: int) -> dict:
         run = conn.execute(select(IngestRun).where(IngestRun.id == run_id)).first()

@@ -21,7 +21,12 @@ class ReadOnlyViolation(ObsarchError):
     """A write was attempted through the read-only SQL access."""
 
 
-class SelectionError(ObsarchError):
+class UsageError(ObsarchError):
+    """A value the person gave that the command cannot take: an option out
+    of its range, an angle that cannot be read (the CLI exits 2)."""
+
+
+class SelectionError(UsageError):
     """A selection expression that cannot be parsed or compiled."""
 
 

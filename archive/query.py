@@ -21,7 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
-from sqlalchemy import Boolean, ColumnElement, Float, Select, String, Text, and_, case, cast, func, intersect, not_, or_, select, text, true, union_all
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Float,
+    Select,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    intersect,
+    not_,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import literal, literal_column
 from sqlalchemy.sql.functions import FunctionElement
@@ -411,6 +430,15 @@ def as_tree(selection: str | Node | None) -> Node | None:
     if selection is None or isinstance(selection, str) and not selection.strip():
         return None
     return parse(selection) if isinstance(selection, str) else selection
+
+
+def int_param(value):
+    """``value``, bound as a BIGINT when it is an integer beyond 32 bits:
+    PostgreSQL refuses such a parameter for an integer column (an id, an HDU
+    index) with 'integer out of range' instead of finding nothing."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+        return literal(value, BigInteger())
+    return value
 
 
 def named(selection: str | Node | None, command: str) -> str | Node:
@@ -905,6 +933,8 @@ class Compiler:
             raise SelectionError(f"{_label(field)} is a number; compare it with a number, not {value!r}")
         if kind == "text" and not isinstance(value, str):
             raise SelectionError(f"{_label(field)} is text; compare it with a quoted string, not {value!r}")
+        if kind == "number":
+            return int_param(value)
         if kind == "text" and isinstance(field, Column):
             _check_value(field.name, value, equality)
         if kind == "datetime":
@@ -921,7 +951,7 @@ class Compiler:
     def _cards(self, header: Header, *conditions):
         where = [HeaderCard.keyword == header.keyword, *conditions]
         if header.hdu is not None:
-            where.append(HeaderCard.hdu_index == header.hdu)
+            where.append(HeaderCard.hdu_index == int_param(header.hdu))
         return select(HeaderCard.file_id).where(*where)
 
     def _header(self, header: Header, predicate, kind: str, short_literals: bool = False,
@@ -1343,7 +1373,7 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
     if isinstance(field, Header):
         where = [HeaderCard.file_id == Exposure.id, HeaderCard.keyword == field.keyword]
         if field.hdu is not None:
-            where.append(HeaderCard.hdu_index == field.hdu)
+            where.append(HeaderCard.hdu_index == int_param(field.hdu))
 
         def first(column):
             return (

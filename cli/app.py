@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import sys
 import typing
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from archive import __version__
-from archive.exceptions import ObsarchError, SelectionError
+from archive.exceptions import ObsarchError, UsageError
 from cli.render import Format, err_console, reader_gone, silence_stdout
 
 PANELS = {
@@ -328,8 +329,11 @@ def _reported(exc: Exception) -> None:
     traceback reaches a user); both exit 1, and --debug raises instead."""
     if STATE.debug:
         raise exc
-    if isinstance(exc, SelectionError):  # a selection, column or sort list the user typed: usage
+    if isinstance(exc, UsageError):  # a selection, column or sort list, an option value the user typed: usage
         fail(str(exc), code=2)
+    if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc.reason):  # bytes from argv or a file name
+        shown = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        fail(f"'{shown}' is not valid UTF-8 text: names, notes and values are stored as UTF-8", code=2)
     if isinstance(exc, ObsarchError):
         fail(str(exc))
     if isinstance(exc, OSError) and exc.filename is not None:  # a path the user gave, or one made of it
@@ -402,8 +406,8 @@ ForceOption = Annotated[bool, typer.Option(help="Do it again even where an ident
 RefArg = Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")]
 ByIdOption = Annotated[bool, typer.Option("--id", help="REF is an exposure id.")]
 def _not_negative(value: float) -> float:
-    if value < 0:
-        raise typer.BadParameter(f"{value:g} is below 0; give seconds, or 0 for no limit")
+    if value < 0 or not math.isfinite(value):
+        raise typer.BadParameter(f"{value:g} is {'below 0' if value < 0 else 'no number of seconds'}; give seconds, or 0 for no limit")
     return value
 
 

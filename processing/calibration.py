@@ -15,6 +15,7 @@ inputs, parameters and code are unchanged is skipped.
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +25,12 @@ from astropy.io import fits
 
 from archive.db import transaction
 from archive.detectors import Detector, detectors_of_files, select_detectors
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.keywords import load_maps
 from archive.query import Node, compare, is_null, one_of
 from processing import detectors as pixels
 from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
-from processing.combine import DEFAULT_MEMORY, _size, calibrate_array, combine_files, parse_memory
+from processing.combine import DEFAULT_MEMORY, METHODS, _size, calibrate_array, combine_files, parse_memory
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.runs import identity, params_hash, write_product
@@ -48,6 +49,13 @@ class MasterParams:
     method: str = "median"
     sigma: float = 3.0
     memory: str = DEFAULT_MEMORY
+
+    def __post_init__(self):  # refused before any step runs or is found up to date
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method!r}: use {', '.join(METHODS)}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise UsageError(f"--sigma {self.sigma:g}: give a number above 0")
+        parse_memory(self.memory)
 
 
 # how much memory a master is made in does not change a pixel of it
@@ -83,6 +91,10 @@ def _master_inputs(engine, kind: str, selection, band: str | None, count: int | 
     they are), and what to say of the frames of the selection graded bad: left out (unless
     ``include_bad``) before the nearest are picked, as ``stack`` leaves them
     out, so that ``--nearest N`` takes the N nearest frames fit to use."""
+    if count is not None and count < 1:
+        raise UsageError(f"--nearest {count}: give how many frames, 1 or more")
+    if count is not None and to is None:
+        raise UsageError("--nearest needs --to: a date, a time, an MJD, a frame number or a selection")
     conditions = [is_null("product"), _kind_condition(kind), compare("band", "==", band) if band is not None else None]
     candidates, bad, said = leave_out_bad(engine, selection, *conditions, include_bad=include_bad, kind=kind)
     where = f"{_shown(selection)}" + (f" in band {band}" if band else "")
@@ -93,8 +105,6 @@ def _master_inputs(engine, kind: str, selection, band: str | None, count: int | 
                            "and left out (--include-bad keeps them)")
     short = None
     if count is not None:
-        if to is None:
-            raise ObsarchError("--nearest needs --to: a date, a time, an MJD, a frame number or a selection")
         if len(candidates) < count:
             short = f"--nearest {count} asked, only {len(candidates)} {kind} frames match" + (
                 "" if include_bad or not bad else f" once {len(bad)} graded bad are left out")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 
 METHODS = ("median", "mean", "sigclip", "sigclip-median")  # sigclip: sigma-clipped mean
 DEFAULT_MEMORY = "2GB"
@@ -34,9 +34,9 @@ def parse_memory(text: str | int) -> int:
     """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes -> bytes."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?i?[bB]?)\s*", str(text))
-    if not match:
-        raise CombineError(f"--memory {text!r}: give a size such as 2GB or 500MB")
+    match = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*([kKmMgGtT]?i?[bB]?)\s*", str(text))
+    if not match or float(match[1]) <= 0:
+        raise UsageError(f"--memory {text!r}: give a size such as 2GB or 500MB")
     number, unit = float(match[1]), match[2].upper().rstrip("B").rstrip("I")
     factor = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[unit]
     if "I" in match[2].upper():

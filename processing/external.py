@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.models import Run
 from archive.query import compare, is_null
 from processing.executor import Progress
@@ -38,7 +38,7 @@ def items_of(engine, each: str, selection) -> list[Item]:
     """The items a command runs on: one per exposure, obsid or group.
     ``selection``: a tree, or a person's text."""
     if each not in EACH:
-        raise ObsarchError(f"--each {each!r}: use exposure, obsid or group")
+        raise UsageError(f"--each {each!r}: use exposure, obsid or group")
     chosen = resolve(engine, selection, is_null("product"))  # a tool's own outputs are not its inputs
     if not chosen:
         raise ObsarchError("no raw exposure matches the selection")
@@ -153,7 +153,7 @@ class ExternalStep(Step):
     def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None,
                  metrics_from: str | None = None):
         if not command:
-            raise ObsarchError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
+            raise UsageError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
         self.name = f"run:{Path(command[0]).name}"
         self.each, self.selection, self.command, self.workdir, self.timeout = each, selection, command, workdir, timeout
         self.metrics_from = metrics_from

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select
 
 from archive.db import transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
 from archive.query import Column, check_fields, named, naming, parse_columns, select_exposures
@@ -49,7 +49,7 @@ def cluster_pointings(
         from sklearn.cluster import KMeans
 
         if not k or k < 1:
-            raise ObsarchError("kmeans needs --k, the number of clusters (1 or more)")
+            raise UsageError("kmeans needs --k, the number of clusters (1 or more)")
         if k > len(vectors):
             raise ObsarchError(f"kmeans: --k {k} is more than the {len(vectors)} exposures with a pointing")
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
@@ -57,7 +57,7 @@ def cluster_pointings(
         from sklearn.cluster import DBSCAN
 
         if not radius_deg or radius_deg <= 0:
-            raise ObsarchError("dbscan needs --radius, e.g. 30arcsec or 0.5deg")
+            raise UsageError("dbscan needs --radius, e.g. 30arcsec or 0.5deg")
         chord = 2 * math.sin(math.radians(radius_deg) / 2)
         return DBSCAN(eps=chord, min_samples=1).fit_predict(vectors)
     raise ObsarchError(f"unknown pointing method {method!r}; use kmeans or dbscan")
@@ -69,11 +69,12 @@ def parse_angle(text: str) -> float:
 
     try:
         quantity = u.Quantity(text)
-        if quantity.unit == u.dimensionless_unscaled:
-            return float(quantity.value)
-        return float(quantity.to_value(u.deg))
+        degrees = float(quantity.value if quantity.unit == u.dimensionless_unscaled else quantity.to_value(u.deg))
     except (TypeError, ValueError, u.UnitsError) as exc:
-        raise ObsarchError(f"cannot read the angle {text!r}: give e.g. 30arcsec, 2arcmin or 0.5deg") from exc
+        raise UsageError(f"cannot read the angle {text!r}: give e.g. 30arcsec, 2arcmin or 0.5deg") from exc
+    if not 0 < degrees <= 180:  # 1e999deg, -1arcsec, nan
+        raise UsageError(f"the angle {text!r} is not between 0 and 180 degrees")
+    return degrees
 
 
 def _selected(engine: Engine, selection: str | None, *columns):

@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, transaction
-from archive.exceptions import NotFoundError, ObsarchError
+from archive.exceptions import NotFoundError, ObsarchError, UsageError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
@@ -536,9 +536,9 @@ def _metric_row(exposure_id, run_id, digest, version, hdu_index, metrics, error)
 
 def _check_flag(grade: str, reason: str | None) -> None:
     if grade not in GRADES:
-        raise ObsarchError(f"unknown grade {grade!r}; use one of {', '.join(GRADES)}")
+        raise UsageError(f"unknown grade {grade!r}; use one of {', '.join(GRADES)}")
     if reason is not None and reason not in REASONS:
-        raise ObsarchError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+        raise UsageError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
 
 
 def flag(

@@ -80,6 +80,7 @@ class StackStep(Step):
                  hdus: tuple[str, ...] | None = None):
         self.selection, self.method, self.sigma, self.out_dir = selection, method, sigma, Path(out_dir)
         self.file_name, self.include_bad, self.memory, self.hdus = name, include_bad, memory, hdus
+        parse_memory(memory)  # a size that cannot be read is refused before anything runs
         self.scratch = None
 
     def params(self) -> dict:

@@ -623,3 +623,39 @@ def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tm
                   for table in ("flags", "groups", "named_metrics", "region_files")]
     engine.dispose()
     assert counts == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("args, code, line", [
+    # integers beyond what a column holds find nothing (PostgreSQL refused the parameter: "unexpected DataError")
+    (["query", "id == 9223372036854775807"], 0, "0 exposures"),
+    (["query", "hdr[2147483648]['X'] == 1"], 0, "note: no file has a header keyword X"),
+    (["show", "--id", "9223372036854775807"], 1, "error: no exposure with exposure id 9223372036854775807 in the catalog"),
+    (["show", "99999999999999999999"], 1, "error: no exposure with frame number 99999999999999999999 in the catalog"),
+    (["runs", "show", "99999999999999999999"], 1,
+     "error: no run 99999999999999999999 in the catalog (ingest runs are i1, i2...)"),
+    (["flag", "set", "id == 9223372036854775807", "--grade", "bad"], 1,
+     "error: no exposure matches 'id == 9223372036854775807'; nothing flagged"),
+    # option values a command cannot take: usage errors (2), before anything runs
+    (["query", "id > 0", "--timeout", "1e999"], 2,
+     "error: invalid value for '--timeout': inf is no number of seconds; give seconds, or 0 for no limit (see "),
+    (["group", "pointing", "--method", "dbscan", "--radius", "1e999deg"], 2, "error: the angle '1e999deg' is not between 0 and 180 degrees"),
+    (["group", "pointing", "--method", "dbscan", "--radius", "abc"], 2,
+     "error: cannot read the angle 'abc': give e.g. 30arcsec, 2arcmin or 0.5deg"),
+    (["group", "pointing", "--method", "kmeans", "--k", "0"], 2, "error: kmeans needs --k, the number of clusters (1 or more)"),
+    (["flag", "set", "100", "--grade", "Bad"], 2, "error: unknown grade 'Bad'; use one of great, ok, marginal, bad"),
+    (["flag", "set", "100", "--grade", "ok", "--by", "caf\udce9"], 2,
+     "error: 'caf\\xe9' is not valid UTF-8 text: names, notes and values are stored as UTF-8"),
+    (["group", "create", "\udcff", "100"], 2, "error: '\\xff' is not valid UTF-8 text: names, notes and values are stored as UTF-8"),
+    (["calib", "bias", "--memory", "abc"], 2, "error: --memory 'abc': give a size such as 2GB or 500MB"),
+    (["calib", "bias", "--method", "nosuch"], 2, "error: --method 'nosuch': use median, mean, sigclip, sigclip-median"),
+    (["calib", "bias", "--nearest", "0", "--to", "2017-08-16"], 2, "error: --nearest 0: give how many frames, 1 or more"),
+    (["calib", "bias", "--nearest", "2"], 2, "error: --nearest needs --to: a date, a time, an MJD, a frame number or a selection"),
+    (["run", "--each", "bogus", "100", "--", "true"], 2, "error: --each 'bogus': use exposure, obsid or group"),
+])
+def test_values_beyond_a_column_or_an_option_are_one_line(stocked, args, code, line):
+    url, snapshot, before = stocked
+    result = runner.invoke(app, ["--db", url, *args])
+    assert result.exit_code == code, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == line or line.endswith("(see ") and last.startswith(line)
+    assert "unexpected" not in result.stderr and snapshot() == before

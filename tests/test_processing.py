@@ -14,7 +14,7 @@ from astropy.io import fits
 from factories import obsarch, star_field, write_image
 from sqlalchemy import create_engine, select
 
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.models import Product, Run
 from processing import calibration, external, offsets, runs, stacking
 from processing.combine import CombineError, calibrate_array, combine_files, parse_memory
@@ -104,12 +104,17 @@ def test_combine_stays_within_its_memory(tmp_path, rng, method):
         (lambda p: combine_files(p, memory_bytes=1000), "is too small: 7 frames of 50x40 need at least"),
         (lambda p: combine_files(p, method="mode"), "unknown method 'mode'"),
         (lambda p: combine_files([]), "nothing to combine"),
-        (lambda p: parse_memory("lots"), "give a size such as 2GB"),
     ],
 )
 def test_combine_refusals(small_frames, call, message):
     with pytest.raises(CombineError, match=message):
         call(small_frames)
+
+
+@pytest.mark.parametrize("text", ["lots", "-5GB", "0", "1e999GB", "", "2 parsecs"])
+def test_a_memory_size_that_cannot_be_read_is_a_usage_error(text):
+    with pytest.raises(UsageError, match=f"--memory {text!r}: give a size such as 2GB or 500MB"):
+        parse_memory(text)
 
 
 def test_combine_refuses_mixed_shapes(small_frames, tmp_path):
@@ -469,4 +474,4 @@ def test_processing_tour(url, tmp_path, rng, monkeypatch):
     out = run("run", "--each", "exposure", "11-12 and product is null", "--workdir", "work/{item}", "--workers", "1", "--",
               "sh", "-c", "echo {frame} > n.txt").stdout
     assert "2 done" in out and "2 products written" in out
-    assert "unknown method 'mode'" in run("calib", "bias", "--method", "mode", code=1).stderr
+    assert "--method 'mode': use median, mean, sigclip, sigclip-median" in run("calib", "bias", "--method", "mode", code=2).stderr

@@ -493,8 +493,8 @@ def test_quality_tour(url, tmp_path, rng):
     assert "bad" in run("report", "quality")
     csv = run("sql", "select grade, exposures from quality_summary order by grade", "--format", "csv")
     assert csv.split() == ["grade,exposures", "bad,3", "ok,3"]
-    result = runner.invoke(app, ["--db", url, "flag", "3920", "--grade", "superb"])
-    assert result.exit_code == 1 and "unknown grade 'superb'" in result.stderr
+    result = runner.invoke(app, ["--db", url, "flag", "3920", "--grade", "superb"])  # a usage error: nothing is flagged
+    assert result.exit_code == 2 and "unknown grade 'superb'" in result.stderr
 
 
 # -- the HTML report in a real browser -------------------------------------------------
