@@ -573,7 +573,18 @@ FIELDS["binning"] = FieldDef(
 
 
 def _metric(name: str) -> Callable[[], ColumnElement]:
-    return lambda: select(getattr(Metric, name)).where(Metric.exposure_id == Exposure.id).correlate(Exposure).scalar_subquery()
+    """A quality number of the exposure, measured on its file as it is now:
+    once a changed file is ingested again, the numbers of its earlier
+    version are no answer (NULL) until `quality compute` measures it again."""
+    from archive.models import aliased
+
+    def expression() -> ColumnElement:
+        file = aliased(File)
+        return (select(getattr(Metric, name))
+                .where(Metric.exposure_id == Exposure.id, file.id == Exposure.file_id, Metric.file_version == file.version)
+                .correlate(Exposure).scalar_subquery())
+
+    return expression
 
 
 def current_flag_order(flag=Flag) -> tuple:

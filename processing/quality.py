@@ -923,7 +923,8 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
         .join(Metric, Metric.exposure_id == Exposure.id)
         .join(File, File.id == Exposure.file_id)
         .join(Root, Root.id == File.root_id)
-        .where(Exposure.frame_type == "science", Metric.error.is_(None))
+        # numbers of the file as it is now: a changed file waits for its new ones
+        .where(Exposure.frame_type == "science", Metric.error.is_(None), Metric.file_version == File.version)
         .order_by(Exposure.id)
     )
     if (tree := as_tree(selection)) is not None:

@@ -221,6 +221,10 @@ def test_compute_stores_metrics_and_is_incremental(catalog, tmp_path, rng):
     time.sleep(0.01)
     science(tmp_path, rng, 2, fwhm=6.0)  # the file changes: only it is measured again
     catalog.ingest([tmp_path])
+    # until then its earlier numbers are no answer: not selected, not shown, not graded
+    assert catalog.query("fwhm < 3.15", columns="frame_number")["frame_number"].tolist() == [1, 3, 4]
+    assert catalog.query("frame_number == 2", columns="frame_number,fwhm,nstars")[["fwhm", "nstars"]].isna().all(axis=None)
+    assert quality.apply_rules(catalog.engine).evaluated == 3
     changed = quality.compute(catalog.engine, workers=1)
     assert (len(changed.done), len(changed.skipped)) == (1, 3)
     assert catalog.query("fwhm > 5", columns="frame_number")["frame_number"].tolist() == [2]
@@ -231,7 +235,8 @@ def test_compute_stores_metrics_and_is_incremental(catalog, tmp_path, rng):
     assert len(other.done) == 4  # other parameters: measured again
     with catalog.engine.connect() as conn:
         runs = conn.execute(select(Run.step, Run.state, Run.summary_json).order_by(Run.id)).all()
-    assert [r.step for r in runs] == ["quality"] * 4 and {r.state for r in runs} == {"done"}  # nothing to do: no run
+    steps = [r.step for r in runs]
+    assert steps == ["quality", "quality-rules", "quality", "quality", "quality"] and {r.state for r in runs} == {"done"}  # nothing to do: no run
 
 
 def test_frames_that_cannot_be_measured_are_recorded_and_the_run_goes_on(catalog, tmp_path, rng):
