@@ -261,20 +261,22 @@ def _open(path: str | Path):
     return raw, False
 
 
-def _read_header_bytes(stream, first: bytes, chunk: int) -> tuple[bytes, int]:
-    """Read on until the END card; return the header bytes before END and the
-    header's size in bytes (whole blocks). ``(b"", 0)`` when there is no END."""
+def _read_header_bytes(stream, first: bytes, chunk: int) -> tuple[bytes, int, int]:
+    """Read on until the END card; return the header bytes before END, the
+    header's size in bytes (whole blocks) and how many bytes were read from
+    its start (fewer than its size only when the file ends inside it).
+    ``(b"", 0, n)`` when the file ends (after n bytes) before an END card."""
     data = first
     scanned = 0
     while True:
         whole = len(data) - len(data) % CARD  # only complete cards
         end = (_compiled_find_end or _find_end)(data, scanned, whole)
         if end >= 0:
-            return data[:end], (end // BLOCK + 1) * BLOCK
+            return data[:end], (end // BLOCK + 1) * BLOCK, len(data)
         scanned = whole
         more = stream.read(chunk)
         if not more:
-            return b"", 0
+            return b"", 0, len(data)
         data += more
 
 
@@ -372,43 +374,79 @@ def read_headers(path: str | Path) -> tuple[list[HeaderUnit], str]:
 def _read_all(stream, compressed: bool, path: str | Path, digest) -> list[HeaderUnit]:
     # A gzip stream can only seek forward cheaply, so it is read one block at
     # a time and never past the current header; a plain file is read in
-    # larger chunks and seeks freely.
+    # larger chunks and seeks freely, and its size (one fstat) tells where it
+    # ends without a read. A gzip stream's end is where reading stops.
+    #
+    # Where a file may end (FITS 4.0, 3.3): after the whole blocks of its last
+    # HDU, or where the last HDU's data end (some writers omit the padding of
+    # the last data unit; astropy reads such files). Anything else is a cut
+    # copy: the file ending inside a header, inside data, or inside the
+    # padding after data (the next HDU's header would have started there).
+    # What follows the last HDU and is not an extension header (zeros, a
+    # newline) is ignored, as before and as astropy does.
     chunk = BLOCK if compressed else BLOCK * _READ_BLOCKS
     file_size = None if compressed else os.fstat(stream.fileno()).st_size
+    unpacked = " unpacked" if compressed else ""  # sizes in messages are of the FITS file, not the .gz
     units: list[HeaderUnit] = []
     offset = 0  # byte offset of the current HDU's header
     while True:
+        if offset == file_size and units:
+            return units  # a file that ends after whole blocks
         stream.seek(offset)
         first = stream.read(chunk)
         if not units:
             _check_start(first)
-        elif len(first) < BLOCK or not first.startswith(b"XTENSION"):
+        elif not first:
+            return units
+        elif not (first[:8] == b"XTENSION" if len(first) >= 8 else b"XTENSION".startswith(first)):
             return units  # end of file (anything after the last HDU is not FITS)
-        raw, header_size = _read_header_bytes(stream, first, chunk)
+        raw, header_size, read = _read_header_bytes(stream, first, chunk)
+        if header_size > read or (not header_size and read % BLOCK):
+            # The file ends inside a header block, whether or not its END card came.
+            raise FitsReadError(
+                f"truncated: the file ends inside {_hdu_name(len(units))}{'' if header_size else ', before its END card'}"
+                f" ({offset + read:,} bytes{unpacked}; a FITS file is a multiple of 2880)"
+            )
         if not header_size:
-            which = "the primary header" if not units else f"the header of HDU {len(units)}"
-            raise FitsReadError(f"truncated: {which} has no END card")
+            raise FitsReadError(f"truncated: {_hdu_name(len(units))} has no END card")
         digest.update(raw)
         cards, invalid = parse_header(raw)
         unit, data_size = _describe(len(units), cards)
         unit.invalid = invalid
         units.append(unit)
-        needed = offset + header_size + data_size
-        offset += header_size + math.ceil(data_size / BLOCK) * BLOCK
+        data_end = offset + header_size + data_size
+        offset = offset + header_size + -(-data_size // BLOCK) * BLOCK  # the padded end
         if compressed:
-            stream.seek(needed)
-            reached = stream.tell()
+            stream.seek(data_end)
+            size = stream.tell()
+            if size == data_end and offset > data_end:
+                stream.seek(offset)
+                size = stream.tell()
         else:
-            reached = min(file_size, needed)
-        if reached < needed:
+            size = file_size
+        if size < data_end:
             raise FitsReadError(
-                f"truncated: HDU {unit.index}'s data end at byte {needed}, the file has {reached}"
+                f"truncated: HDU {unit.index}'s data end at byte {data_end:,}, the{unpacked} file ends at byte {size:,} "
+                f"({data_end - size:,} bytes missing)"
             )
+        if size < offset:
+            if size == data_end:
+                return units  # the last data unit written without its padding
+            raise FitsReadError(
+                f"truncated: the file ends inside the padding after HDU {unit.index}'s data "
+                f"({size:,} bytes{unpacked}; a FITS file is a multiple of 2880)"
+            )
+
+
+def _hdu_name(index: int) -> str:
+    return "the primary header" if index == 0 else f"the header of HDU {index}"
 
 
 def _check_start(first: bytes) -> None:
     if not first:
         raise FitsReadError("empty file")
+    if len(first) < 9 and b"SIMPLE  =".startswith(first):
+        raise FitsReadError(f"truncated: the file ends inside the primary header ({len(first)} bytes)")
     if not first.startswith(b"SIMPLE  ="):
         shown = first[:16].decode("ascii", errors="replace")
         raise FitsReadError(f"not a FITS file (starts with {shown!r}, not 'SIMPLE  =')")
