@@ -20,6 +20,7 @@ from archive.exceptions import NotFoundError
 from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Metric, Offset, Product, Root, Run, RunInput
 from archive.query import (
     DEFAULT_COLUMNS,
+    FIELDS,
     Column,
     Compiler,
     Frames,
@@ -148,6 +149,8 @@ class Catalog:
         """(labels, SELECT) of :meth:`rows`. Building it costs more than running it on
         a night's rows, so the same question (a page asked again) reuses it, with the
         shape chosen when it was first asked (every shape gives the same rows)."""
+        if columns and columns.strip() == "all":  # every name a row has one value of (group, say, has many)
+            columns = ",".join(name for name, definition in FIELDS.items() if definition.kind != "set")
         if columns:
             fields = parse_columns(columns)
         else:

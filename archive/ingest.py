@@ -55,7 +55,7 @@ from archive.db import (
     transaction,
     write_scratch_cards,
 )
-from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError
+from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError, UsageError
 from archive.headers import read_headers
 from archive.keywords import COLUMNS, KeywordMaps, NormalizationWarning, load_maps, normalize
 from archive.models import Exposure, File, FileVersion, Hdu, HeaderCard, IngestError, IngestRun, Root, Run, postgresql_options
@@ -991,6 +991,8 @@ def ingest(
     started = datetime.now()
     resolved = []
     for p in paths:
+        if not str(p).strip():  # Path("") is the current directory: an empty shell variable would scan it
+            raise UsageError("ingest: an empty path names no file or directory (for this directory, say '.')")
         path = Path(p).expanduser().absolute()
         if not path.exists() and not path.is_symlink():
             raise NotFoundError(f"{path}: no such file or directory")

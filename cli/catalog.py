@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -29,7 +28,7 @@ from cli.render import Format, console, err_console, readable, show_frame, show_
 
 @command(panel="catalog")
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan.")],
+    paths: Annotated[list[str], typer.Argument(help="Directories or files to scan.")],  # str: Path("") would be "."
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool",
     scheduler: SchedulerOption = None,

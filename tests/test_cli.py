@@ -65,6 +65,14 @@ def test_rescan_prints_the_counts(ingested, tmp_path):
     assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
 
 
+def test_query_columns_all_shows_every_single_valued_name(ingested):
+    from archive.query import FIELDS
+
+    header = run(ingested, "query", "3852", "--columns", "all", "--format", "csv").stdout.splitlines()[0].split(",")
+    assert header == [name for name, definition in FIELDS.items() if definition.kind != "set"]
+    assert {"frame_number", "path", "exptime", "fwhm", "grade"} <= set(header) and "group" not in header
+
+
 def test_show_by_path_and_id(ingested, tmp_path):
     by_path = run(ingested, "show", str(tmp_path / "night" / "ngc3293-3860.fits")).stdout
     by_id = run(ingested, "show", "--id", "9").stdout

@@ -650,6 +650,8 @@ def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tm
     (["calib", "bias", "--method", "nosuch"], 2, "error: --method 'nosuch': use median, mean, sigclip, sigclip-median"),
     (["calib", "bias", "--nearest", "0", "--to", "2017-08-16"], 2, "error: --nearest 0: give how many frames, 1 or more"),
     (["calib", "bias", "--nearest", "2"], 2, "error: --nearest needs --to: a date, a time, an MJD, a frame number or a selection"),
+    (["ingest", ""], 2, "error: ingest: an empty path names no file or directory (for this directory, say '.')"),
+    (["ingest", "  "], 2, "error: ingest: an empty path names no file or directory (for this directory, say '.')"),
     (["run", "--each", "bogus", "100", "--", "true"], 2, "error: --each 'bogus': use exposure, obsid or group"),
 ])
 def test_values_beyond_a_column_or_an_option_are_one_line(stocked, args, code, line):
