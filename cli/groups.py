@@ -84,6 +84,8 @@ def group_positions(
     result = grouping.group_by_position(open_catalog().engine, radius=radius, name=name, selection=selection, workers=workers)
     console.print(f"{len(result.groups)} groups by position (within {radius})")
     _show_groups(result)
+    if result.unmeasured:  # groups made, but some only because a frame could not be placed: partial
+        raise typer.Exit(3)
 
 
 @command(group_app, "create")

@@ -31,6 +31,7 @@ class GroupingResult:
     without_pointing: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was left out and why (files with no image, by position)
     run_id: int | None = None
+    unmeasured: int = 0  # frames grouped alone because their position could not be measured (by position)
 
 
 def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
@@ -273,13 +274,20 @@ def group_by_position(
     if not frames:
         raise ObsarchError(f"none of the {selected} exposures of the selection holds an image (X-ray event lists "
                            "and spectra are tables); nothing to group by position")
+    unmeasured = 0
     current = current_offsets(engine, [f.exposure_id for f in frames])
     references = {c.reference_id for c in current.values() if c.ok}
     if len(references) == 1 and all(current.get(f.exposure_id) and current[f.exposure_id].ok for f in frames):
         positions = {f.exposure_id: (-current[f.exposure_id].transform.dx, -current[f.exposure_id].transform.dy) for f in frames}
         how = "current offsets"
     else:
-        positions, how = _chained_positions(engine, frames, workers, executor), "frame-to-frame registration"
+        positions, unlinked = _chained_positions(engine, frames, workers, executor)
+        how = "frame-to-frame registration"
+        if unlinked:
+            first, why = unlinked[0]
+            notes.append(f"{len(unlinked)} of {len(frames) - 1} frames could not be registered onto the frame before "
+                         f"them, so each starts a group of its own, its position not measured ({first}: {why})")
+            unmeasured = len(unlinked)
     ids = list(positions)
     labels = DBSCAN(eps=radius_px, min_samples=1).fit_predict(np.array([positions[i] for i in ids]))
     clusters: dict[int, list[int]] = {}
@@ -287,7 +295,8 @@ def group_by_position(
         clusters.setdefault(int(label), []).append(exposure_id)
     order = {f.exposure_id: i for i, f in enumerate(frames)}
     ordered = sorted(clusters.values(), key=lambda members: min(order[m] for m in members))
-    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)}, notes=notes)
+    result = GroupingResult(groups={f"{name}-{i}": members for i, members in enumerate(ordered, start=1)}, notes=notes,
+                            unmeasured=unmeasured if how != "current offsets" else 0)
     chosen = {group: _central(members, positions) for group, members in result.groups.items()}
     params = {"radius_px": radius_px, "positions": how, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-positions", params, ALGORITHM) as run:
@@ -302,24 +311,26 @@ def _central(members: list[int], positions: dict[int, tuple[float, float]]) -> i
     return members[int(np.argmin(np.hypot(*(xy - xy.mean(axis=0)).T)))]
 
 
-def _chained_positions(engine: Engine, frames, workers, executor) -> dict[int, tuple[float, float]]:
+def _chained_positions(engine: Engine, frames, workers, executor) -> tuple[dict[int, tuple[float, float]], list[tuple[str, str]]]:
     """Each frame registered onto the one before it, in workers; positions are
     the running sums of the shifts (a frame that cannot be registered starts
-    again far from the others, so it is grouped alone)."""
+    again far from the others, so it is grouped alone). Returns them, and the
+    frames that could not be registered with why."""
     from processing.executor import parallel_map
     from processing.offsets import MatchParams, chain_step
 
     tasks = [(frames[i].path, frames[i - 1].path, MatchParams()) for i in range(1, len(frames))]
     shifts = dict(parallel_map(chain_step, tasks, workers=workers, executor=executor))
-    positions, x, y = {frames[0].exposure_id: (0.0, 0.0)}, 0.0, 0.0
+    positions, x, y, unlinked = {frames[0].exposure_id: (0.0, 0.0)}, 0.0, 0.0, []
     for i in range(1, len(frames)):
         shift = shifts[i - 1]
-        if shift is None:
+        if isinstance(shift, str):
             x, y = x + 1e6, y  # no link to the chain so far
+            unlinked.append((frames[i].path, shift))
         else:
             x, y = x - shift[0], y - shift[1]
         positions[frames[i].exposure_id] = (x, y)
-    return positions
+    return positions, unlinked
 
 
 def groups_of(engine: Engine, exposure_id: int) -> list[dict]:

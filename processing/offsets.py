@@ -464,16 +464,21 @@ def register(task: tuple) -> tuple[Transform, str]:
     return transform_from_wcs(header, reference, data.shape), "wcs"
 
 
-def chain_step(task: tuple) -> tuple[float, float] | None:
+def chain_step(task: tuple) -> tuple[float, float] | str:
     """The shift of a frame onto another (stars, else phase correlation), or
-    None when neither registers it. Runs in a worker; never raises."""
+    why neither registers it. Runs in a worker; never raises (nor warns:
+    scikit-image's warnings on a blank frame would reach the terminal)."""
+    import warnings
+
     path, other, params = task
     try:
-        stars, _, _ = _stars_of(other)
-        transform, _ = register((path, "stars", stars, other, params))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stars, _, _ = _stars_of(other)
+            transform, _ = register((path, "stars", stars, other, params))
         return transform.dx, transform.dy
-    except (ObsarchError, OSError, ValueError):
-        return None
+    except (ObsarchError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
 
 
 def _reference_input(path: str, method: str, box: tuple | None):

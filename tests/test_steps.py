@@ -324,3 +324,22 @@ def test_stale_names_the_input_file_and_its_frame_number(raw):
     quality.flag(catalog.engine, str(bias), "bad", reason="other")
     row = next(row for row in runs.stale_products(catalog.engine) if row["kind"] == "master_bias")
     assert f"ngc3293-{bias}.fits (frame {bias}) was graded bad after it was made" in row["reason"]
+
+
+def test_frames_that_cannot_be_placed_are_said_and_the_grouping_is_partial(url, tmp_path, rng):
+    """Blank frames have no position to measure: each is grouped alone, and
+    the command says so and exits 3 instead of reporting groups as measured;
+    scikit-image's warnings on them do not reach the terminal."""
+    for i in range(3):
+        write_image(tmp_path / "z" / f"z-{i + 1}.fits", np.zeros(SHAPE, np.float32),
+                    {"FRAMENUM": i + 1, "DATE-OBS": f"2017-08-16T03:{i:02d}:00"})
+    runner.invoke(app, ["--db", url, "init"])
+    runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "z")])
+    result = runner.invoke(app, ["--db", url, "group", "positions", "--radius", "20px", "--name", "blank", "--workers", "1"])
+    assert result.exit_code == 3, result.output
+    assert "3 groups by position" in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"group: 2 of 2 frames could not be registered onto the frame before them, so each starts a group of its own, "
+        f"its position not measured ({tmp_path / 'z' / 'z-2.fits'}: ")
+    assert "Warning" not in result.stderr

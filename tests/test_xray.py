@@ -852,8 +852,9 @@ def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, rea
     shutil.copy(real_data / "xray" / "chandra_test.fits", directory)
     run(url, "init")
     run(url, "ingest", str(directory))
-    done = run(url, "group", "positions", "--radius", "20px", "--name", "p", "--selection", "frame_type == 'science'")
+    done = run(url, "group", "positions", "--radius", "20px", "--name", "p", "--selection", "frame_type == 'science'", code=3)
     assert "group: left out 1 exposure with no image: chandra_test.fits" in done.stderr.splitlines()
+    assert "could not be registered onto the frame before them" in done.stderr  # noise frames: said, exit 3
     members = _csv(run(url, "query", "group == 'p-1' or group == 'p-2'", "--columns", "relpath", "--format", "csv").stdout)
     assert sorted(r["relpath"] for r in members) == ["a.fits", "b.fits"]
     alone = run(url, "group", "positions", "--radius", "20px", "--name", "q", "--selection", "xray_kind == 'events'", code=1)
