@@ -36,12 +36,14 @@ def exact(value) -> str:
 
 
 def json_value(value):
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):  # a numpy scalar
+        value = value.item()
     if missing(value):
         return None
+    if isinstance(value, float) and math.isinf(value):  # JSON has no infinity: a string, as JavaScript writes it
+        return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (datetime, date)):
         return iso(value)
-    if hasattr(value, "item"):  # a numpy scalar
-        return value.item()
     return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
 
 
@@ -56,4 +58,4 @@ def rows_to_csv(names: list[str], rows) -> str:
 
 
 def rows_to_json(names: list[str], rows) -> str:
-    return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1)
+    return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1, allow_nan=False)

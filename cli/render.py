@@ -181,11 +181,20 @@ def _choose(names: list[str], rows: list[tuple], columns: str | None) -> tuple[l
     return chosen, [tuple(row[i] for i in where) for row in rows]
 
 
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _tsv(text: str) -> str:
+    return text.translate(_TSV_ESCAPES)
+
+
 def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> None:
     if title:
         typer.echo(f"# {title}")
     lines = ["\t".join(names)]
-    lines += ["\t".join(exact(v).replace("\t", " ").replace("\n", " ") for v in row) for row in rows]
+    # escaped as PostgreSQL's COPY text: a tab or a newline in a value (a file name may hold one) is \t or \n,
+    # a backslash \\, so every row is one line of as many fields, and the value can be read back exactly
+    lines += ["\t".join(_tsv(exact(v)) for v in row) for row in rows]
     typer.echo("\n".join(lines))
 
 

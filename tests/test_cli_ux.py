@@ -214,3 +214,18 @@ def test_help_imports_no_catalog_library(tmp_path, args):
     assert result.returncode == 0 and "Usage" in result.stdout
     heavy = ("pandas", "astropy", "numpy", "pydantic", "alembic", "sqlalchemy")
     assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
+
+
+def test_values_no_format_can_write_plainly_are_written_so_they_read_back(ingested):
+    """Infinity was printed as JSON's invalid Infinity; a tab or a newline in
+    a value became a space in a piped table, so the path shown was no path."""
+    import json
+
+    statement = ("select 'a\tb' as tab, 'c\nd' as newline, 'e\\f' as backslash, "
+                 "cast('Infinity' as float) as big, -cast('Infinity' as float) as small, cast(1.5 as float) as x")
+    if "sqlite" in ingested:
+        statement = "select 'a' || char(9) || 'b' as tab, 'c' || char(10) || 'd' as newline, 'e\\f' as backslash, 9e999 as big, -9e999 as small, 1.5 as x"
+    rows = json.loads(run(ingested, "sql", statement, "--format", "json").stdout)
+    assert rows == [{"tab": "a\tb", "newline": "c\nd", "backslash": "e\\f", "big": "Infinity", "small": "-Infinity", "x": 1.5}]
+    piped = run(ingested, "sql", statement).stdout.splitlines()
+    assert piped == ["tab\tnewline\tbackslash\tbig\tsmall\tx", "a\\tb\tc\\nd\te\\\\f\tinf\t-inf\t1.5"]
