@@ -513,7 +513,7 @@ def test_a_region_line_of_unclosed_braces_is_refused_without_stalling(tmp_path):
 
 @pytest.mark.parametrize("body, shape", [
     ('fk5\ncircle(nan,nan,5")\n', "1 (circle)"),
-    ('fk5\ncircle(150.1,2.2,5")\ncircle(inf,2.2,5")\n', "2 (circle)"),
+    ('fk5\ncircle(150.1,2.2,5")\ncircle(nan,2.2,5")\n', "2 (circle)"),
     ("image\ncircle(10,10,3)\nbox(10,10,nan,4,0)\n", "2 (rectangle)"),
     ("image\npolygon(1,1,nan,1,5,5)\n", "1 (polygon)"),
 ])
