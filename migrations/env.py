@@ -21,6 +21,10 @@ def run_migrations_online() -> None:
 
         postgresql_options()
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite" and config.attributes.get("engine") is not None:
+            # obsarch's engine then begins with BEGIN IMMEDIATE: a second `obsarch init` at
+            # once waits for the first on the busy timeout instead of failing 'database is locked'
+            connection.execution_options(obsarch_write=True)
         if connection.dialect.name == "sqlite":
             # A migration that rebuilds a table (SQLite's way to alter one)
             # must not trip the foreign keys of rows that point at it.
@@ -32,6 +36,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # two `obsarch init`s of one new schema at once: the second waits, then finds it made
+                # (the first's CREATE TABLE alembic_version made the other fail on pg_type's unique index)
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('obsarch schema upgrade'))")
             context.run_migrations()
         connection.commit()
 

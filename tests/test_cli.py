@@ -294,3 +294,19 @@ def test_a_scratch_file_that_cannot_be_written_stops_the_ingest_in_one_line(tmp_
     catalog = Catalog(url)
     assert catalog.query(None, columns="relpath")["relpath"].tolist() == ["kept.fits"]  # what was stored stays
     assert catalog.runs()["state"].tolist() == ["failed", "done"]  # newest first
+
+
+def test_two_inits_of_one_new_catalog_at_once_both_succeed(url):
+    """On PostgreSQL the second init's CREATE TABLE failed on pg_type's unique
+    index ('duplicate key value'); now it waits for the first and finds the
+    schema made. On SQLite the database lock queues them."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'obsarch'; from cli.main import run; run()", "--db", url, "init"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
+    assert [code for code, _ in results] == [0, 0], results
+    assert "up to date" in run(url, "db", "current").stdout
