@@ -868,10 +868,21 @@ def _close_dead_runs(conn: Connection, host: str) -> None:
     for table in (INGEST_RUNS, RUNS):
         dead = [run_id for run_id, pid in conn.execute(
             select(table.c.id, table.c.pid).where(table.c.state == "running", table.c.host == host)) if not process_alive(pid)]
-        if dead:
-            values = {"state": "interrupted"} if table is INGEST_RUNS else {
-                "state": "interrupted", "error": "its process ended without finishing it (killed?)"}
-            conn.execute(update(table).where(table.c.id.in_(dead)).values(**values))
+        if not dead:
+            continue
+        if table is RUNS:
+            conn.execute(update(table).where(table.c.id.in_(dead)).values(
+                state="interrupted", error="its process ended without finishing it (killed?)"))
+            continue
+        for run_id in dead:  # its counts as its chunks committed them: the files it wrote
+            written = FILES.c.run_id == run_id
+            new, changed, failed = conn.execute(select(
+                func.count().filter(written, FILES.c.error.is_(None), FILES.c.version == 1),
+                func.count().filter(written, FILES.c.error.is_(None), FILES.c.version > 1),
+                func.count().filter(written, FILES.c.error.is_not(None)))).one()
+            conn.execute(update(table).where(table.c.id == run_id).values(
+                state="interrupted", n_new=new, n_changed=changed, n_failed=failed,
+                error=f"its process ended without finishing it (killed?); {new + changed + failed} files were stored before"))
 
 
 def _finish_run(engine: Engine, summary: IngestSummary, state: str, error: str | None = None) -> None:

@@ -501,14 +501,19 @@ def test_a_killed_ingest_leaves_a_consistent_catalog_and_no_scratch(url, backend
     with engine.connect() as conn:  # each file whole or absent: every stored exposure has its cards
         orphans = conn.execute(text("select count(*) from exposures e where not exists "
                                     "(select 1 from header_cards c where c.file_id = e.file_id)")).scalar()
+        stored = conn.execute(text("select count(*) from files")).scalar()
     assert orphans == 0
     result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "many")])
     assert result.exit_code == 0, result.stderr
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from exposures")).scalar() == 400
-        states = conn.execute(text("select state from ingest_runs order by id")).scalars().all()
+        runs = conn.execute(text("select state, n_new, n_failed, error from ingest_runs order by id")).all()
     engine.dispose()
-    assert states == ["interrupted", "done"]
+    assert [r.state for r in runs] == ["interrupted", "done"]
+    # the killed run says what its committed chunks stored (it said 0 new)
+    assert (runs[0].n_new, runs[0].n_failed) == (stored, 0) and stored >= 20
+    assert runs[0].error == f"its process ended without finishing it (killed?); {stored} files were stored before"
+    assert runs[1].n_new == 400 - stored
     assert not list(Path(tempfile.gettempdir()).glob(f"obsarch-ingest-{process.pid}-*"))
 
 
