@@ -261,6 +261,28 @@ class Writer:
 # -- the routine ----------------------------------------------------------------------------
 
 
+def _refuse_unreadable(engine: Engine, items: list[Item]) -> None:
+    """An item whose input the last ingest found unreadable (cut, damaged)
+    fails with that reason, before any worker reads it: the catalog still
+    holds that file's earlier, good headers, but its bytes are no longer
+    those (a truncated bias failed with numpy's 'cannot reshape array')."""
+    from sqlalchemy import select
+
+    from archive.models import File, Root
+
+    ids = sorted({i.file_id for item in items if item.error is None for i in item.inputs if i.file_id is not None})
+    bad: dict[int, str] = {}
+    with transaction(engine) as conn:
+        for start in range(0, len(ids), 500):
+            bad.update((file_id, f"{path}: unreadable since it was last ingested: {why} (obsarch errors)")
+                       for file_id, path, why in conn.execute(
+                           select(File.id, Root.path + "/" + File.relpath, File.error).join(Root, Root.id == File.root_id)
+                           .where(File.id.in_(ids[start : start + 500]), File.status == "unreadable")))
+    for item in items:
+        if item.error is None:
+            item.error = next((bad[i.file_id] for i in item.inputs if i.file_id in bad), None)
+
+
 def run_step(
     engine: Engine, step: Step, *, force: bool = False, executor: str = "pool", workers: int | None = None,
     scheduler: str | None = None, progress: Progress | None = None,
@@ -269,6 +291,7 @@ def run_step(
     result = StepResult(step.name)
     try:
         items = step.items(engine)
+        _refuse_unreadable(engine, items)
         result.notes = list(step.notes())
         run_params = step.params()
         same = identity(run_params, step.execution)

@@ -312,6 +312,21 @@ def test_a_master_short_of_a_failed_frame_never_replaces_the_whole_one(raw):
     assert _inputs_and_ncombine(engine, whole)[1] == 5  # the whole master's lineage: still its 5 frames
 
 
+def test_a_frame_the_last_ingest_found_unreadable_fails_with_that_reason(raw):
+    """The catalog keeps a cut file's earlier headers; a step must not read
+    its bytes as if they were that file (numpy's 'cannot reshape array')."""
+    catalog, tmp, _ = raw
+    bias = tmp / "raw" / "ngc3293-3852.fits"
+    with open(bias, "r+b") as handle:
+        handle.truncate(bias.stat().st_size - 5000)
+    catalog.ingest([tmp / "raw"])
+    result = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    assert result.exit_code == 3 and "made from 4 of 5 selected bias frames" in result.last_line()
+    ((key, why),) = result.failed
+    assert key == str(bias) and why.startswith("unreadable since it was last ingested: truncated: ")
+    assert why.endswith("(obsarch errors)") and "reshape" not in why
+
+
 def test_a_master_left_with_fewer_frames_than_its_rule_needs_is_short(raw):
     catalog, tmp, _ = raw
     quality.flag(catalog.engine, "3852-3855", "bad", reason="trail")
