@@ -742,13 +742,31 @@ def glob_to_regex(pattern: str) -> str:
     return "".join(out) + "$"
 
 
+def glob_for_sqlite(pattern: str) -> str:
+    """The shell pattern as SQLite's GLOB reads it: ``[!abc]`` is ``[^abc]``,
+    and a ``[`` that no ``]`` closes is the character itself (``[[]``), as in
+    the shell and in :func:`glob_to_regex` (GLOB matched nothing with it)."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        end = pattern.find("]", i + 2) if char == "[" else -1
+        if char == "[" and end != -1:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append("[[]" if char == "[" else char)
+        i += 1
+    return "".join(out)
+
+
 def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
     try:  # the same refusal on both backends (PostgreSQL's regex engine would fail mid-query)
         re.compile(glob_to_regex(pattern))
     except re.error as exc:
         raise SelectionError(f"the pattern {pattern!r} is no valid glob: {exc}") from None
     # SQLite's GLOB negates a class with [^...], the shell with [!...]
-    return _Glob(value, literal(pattern.replace("[!", "[^") if sqlite else glob_to_regex(pattern)))
+    return _Glob(value, literal(glob_for_sqlite(pattern) if sqlite else glob_to_regex(pattern)))
 
 
 def _balanced(combine, parts: list[ColumnElement]) -> ColumnElement:

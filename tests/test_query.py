@@ -168,3 +168,20 @@ def test_a_keyword_column_of_integers_shows_integers(catalog, tmp_path, rng):
     names, rows = catalog.rows(None, columns="hdr['TELHUM'],hdr['TEMP']")
     assert rows == [(5, 5.0), (12, 7.5)]
     assert [type(v) for v in rows[0]] == [int, float]
+
+
+def test_an_unclosed_bracket_in_a_glob_is_the_character_itself_on_both_backends(catalog, tmp_path, rng):
+    """As in the shell: 'a[1*' matches a[1.fits. SQLite's GLOB matched nothing
+    with it, PostgreSQL's regex took the [ as itself: two answers."""
+
+    for name in ("a[1.fits", "a1.fits", "b[2].fits"):
+        write_frame(tmp_path / "g" / name, rng)
+    catalog.ingest([tmp_path / "g"])
+
+    def names(selection):
+        return sorted(catalog.query(selection, columns="relpath")["relpath"])
+
+    assert names("relpath glob 'a[1*'") == ["a[1.fits"]
+    assert names("relpath glob 'a[1]*'") == ["a1.fits"]  # a class: the digit 1
+    assert names("relpath glob '*[[]*'") == ["a[1.fits", "b[2].fits"]
+    assert names("relpath glob 'b[[]2]*'") == ["b[2].fits"]
