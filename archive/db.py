@@ -268,7 +268,10 @@ def sql_datetime(conn: Connection, value):
     PostgreSQL takes the object."""
     if value is None or not is_sqlite(conn):
         return value
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    # SQLAlchemy's own form, year zero-padded: strftime's %Y wrote year 999 as '999-...', which
+    # SQLAlchemy then could not read back, and every query of the catalog failed
+    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}")
 
 
 # -- schema versions -------------------------------------------------------

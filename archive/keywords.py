@@ -85,6 +85,8 @@ class _Values:
         self.maps = maps
         self.sources: dict[str, str] = {}
         self.utc_offset: timedelta | None = None
+        # (column, the card as written, why): values read but not usable, told once the row is known
+        self.problems: list[tuple[str, str, str]] = []
 
     def card(self, keyword: str) -> Card | None:
         card = self.cards.get(keyword)
@@ -116,6 +118,27 @@ class _Values:
     def note(self, field: str, keyword: str, card: Card) -> None:
         self.sources[field] = f"{keyword}={card[2]!r}"
 
+    def reading(self, column: str, keyword: str) -> float | None:
+        """The number of a card, or None: an absent card says nothing, one
+        whose value is no number is a problem of ``column``."""
+        card = self.card(keyword)
+        if card is None:
+            return None
+        if card[4] in "if":
+            return card[3]
+        self.reject(column, keyword, card, _NOT_A_NUMBER.get(card[4], "not a number"))
+        return None
+
+    def reject(self, column: str, keyword: str, card: Card, why: str) -> None:
+        """A card read for ``column`` whose value cannot be its value. A card
+        that is not valid FITS is told already (``invalid card kept as text``)."""
+        if card[4] != "x":
+            self.problems.append((column, f"{keyword}={card[2]!r}", why))
+
+
+_NOT_A_NUMBER = {"s": "written as text, not as a number", "b": "T or F, not a number",
+                 "c": "a complex number, not a real one"}
+
 
 def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict:
     """The exposure columns of one file, plus ``sources`` (JSON text)."""
@@ -139,6 +162,7 @@ def normalize(units: list[HeaderUnit], filename: str, maps: KeywordMaps) -> dict
     row["ra"], row["dec"] = _pointing(values, units)
     row.update(_detector_columns(values, units))
     row["sources"] = json.dumps(values.sources, sort_keys=True)
+    _tell_problems(values, row, filename)
     return row
 
 
@@ -148,8 +172,9 @@ class NormalizationWarning(UserWarning):
 
 def _guarded(values: _Values, filename: str, field: str, compute):
     """``compute()``, or None with a warning naming the file and the card
-    when the value is legal FITS but beyond what the column holds (a date
-    past year 9999, an integer beyond 64 bits): the card keeps it raw."""
+    when the value is legal FITS but beyond what the column holds: the card
+    keeps it raw. The rules tell such values themselves, in plain words
+    (:func:`_tell_problems`); this catches what one of them did not foresee."""
     try:
         value = compute()
     except (ValueError, OverflowError, ArithmeticError) as exc:
@@ -161,6 +186,26 @@ def _guarded(values: _Values, filename: str, field: str, compute):
     card = values.sources.get(field) or "its card"
     warnings.warn(f"{filename}: {field} left empty, {card} kept as written: {problem}", NormalizationWarning, stacklevel=2)
     return None
+
+
+# Where a column's value came from, when a card read for it was not used (``sources`` keys).
+_SOURCE_KEYS = {"xbin": ("xbinning", "binning"), "ybin": ("ybinning", "binning"),
+                "xbin and ybin": ("binning", "xbinning"), "ra and dec": ("ra",), "night": ("night", "longitude")}
+
+
+def _tell_problems(values: _Values, row: dict, filename: str) -> None:
+    """One warning for each value read from a card that its column could
+    not take, in the form of :func:`_guarded`'s: the column, the card as
+    written, and why; the column is empty, or says where its value came
+    from instead."""
+    for column, written, why in dict.fromkeys(values.problems):
+        if all(row[name] is None for name in column.split(" and ")):
+            told = f"{column} left empty, {written} kept as written: {why}"
+        else:
+            source = next((values.sources[k] for k in _SOURCE_KEYS.get(column, (column,)) if k in values.sources),
+                          "date_obs" if column == "night" else "another card")
+            told = f"{column} from {source}, {written} not used: {why}"
+        warnings.warn(f"{filename}: {told}", NormalizationWarning, stacklevel=3)
 
 
 # The optical and UV telescopes of X-ray missions (Swift's UVOT, XMM's OM,
@@ -256,11 +301,19 @@ def _exptime(values: _Values, xray: bool, filename: str = "") -> float | None:
     # X-ray files: EXPTIME is the CCD frame time (e.g. 3.2 s), EXPOSURE the
     # exposure that matters.
     for keyword in values.maps.sources["exptime_xray" if xray else "exptime"]:
-        number = values.number(keyword)
-        if number is not None and number >= 0:
-            card = values.cards[keyword]
-            values.note("exptime", keyword, card)
-            return _in_seconds(values, filename, keyword, card, number)
+        number = values.reading("exptime", keyword)
+        if number is None:
+            continue
+        card = values.cards[keyword]
+        if number < 0:
+            values.reject("exptime", keyword, card, "negative (an exposure time is 0 or more)")
+            continue
+        values.note("exptime", keyword, card)
+        seconds = _in_seconds(values, filename, keyword, card, number)
+        if seconds is not None:
+            return seconds
+        del values.sources["exptime"]
+        values.reject("exptime", keyword, card, "beyond the numbers a catalog holds once in seconds")
     return None
 
 
@@ -305,7 +358,8 @@ def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
     return (found.pop() if found else None), None
 
 
-def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number: float) -> float:
+def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number: float) -> float | None:
+    """Seconds, or None when the card's unit makes more than a float holds."""
     factor, problem = _comment_unit(card[5])
     written = f"{keyword} = {card[2]} / {card[5]}"
     if problem:
@@ -316,6 +370,8 @@ def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number
     if factor is None or factor == 1.0:
         return number
     seconds = number * factor
+    if not math.isfinite(seconds):
+        return None
     unit = _UNIT_NAMES.get(factor, f"x{factor:g} s")
     warnings.warn(f"{filename}: exptime: {written!r} is in {unit}: converted to {seconds:g} s", NormalizationWarning,
                   stacklevel=2)
@@ -323,20 +379,27 @@ def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number
     return seconds
 
 
+_NOT_AN_AIRMASS = "not an airmass (1 to 100)"
+
+
 def _airmass(values: _Values) -> float | None:
     found = None
     for keyword in values.maps.sources["airmass"]:
-        number = values.number(keyword)
+        number = values.reading("airmass", keyword)
         if number is not None and 1.0 <= number < 100:
             found = (keyword, number)
             break
+        if number is not None:
+            values.reject("airmass", keyword, values.cards[keyword], _NOT_AN_AIRMASS)
     if found is None:
         return None
     keyword, number = found
     values.note("airmass", keyword, values.cards[keyword])
     if keyword == "ESO TEL AIRM START":
         for end_keyword in values.maps.sources.get("airmass_end", ()):
-            end = values.number(end_keyword)
+            end = values.reading("airmass", end_keyword)
+            if end is not None and not 1.0 <= end < 100:
+                values.reject("airmass", end_keyword, values.cards[end_keyword], _NOT_AN_AIRMASS)
             if end is not None and 1.0 <= end < 100:
                 values.sources["airmass"] = (f"mean of {keyword}={values.cards[keyword][2]!r} and "
                                              f"{end_keyword}={values.cards[end_keyword][2]!r}")
@@ -357,8 +420,16 @@ def _obsid(values: _Values) -> str | None:
 
 def _frame_number(values: _Values, filename: str | None) -> int | None:
     for keyword in values.maps.sources["frame_number"]:
-        card = values.card(keyword)
-        if card is not None and card[4] == "i":
+        number = values.reading("frame_number", keyword)
+        if number is None:
+            continue
+        card = values.cards[keyword]
+        if card[4] == "f":
+            values.reject("frame_number", keyword, card, "not a whole number" if number != int(number)
+                          else "written as a real number, not as an integer")
+        elif not -(2**63) <= int(card[2]) < 2**63:
+            values.reject("frame_number", keyword, card, "does not fit in 64 bits")
+        else:
             values.note("frame_number", keyword, card)
             return int(card[2])
     pattern = values.maps.filename_pattern
@@ -398,19 +469,25 @@ def _binning(values: _Values) -> tuple[int | None, int | None]:
         return x, y
     for keyword in values.maps.sources.get("binning", ()):
         card = values.card(keyword)
-        match = _BINNING.match(card[2]) if card is not None and card[4] == "s" else None
+        if card is None or card[4] != "s":  # a number (Chandra's BIN = 1) is no "2x2" binning: not read
+            continue
+        match = _BINNING.match(card[2])
         if match and int(match[1]) > 0 and int(match[2]) > 0:
             values.note("binning", keyword, card)
             return int(match[1]), int(match[2])
+        values.reject("xbin and ybin", keyword, card, "not a binning (two whole numbers of 1 or more, such as '2 2')")
     return x, y
 
 
 def _whole(values: _Values, field: str) -> int | None:
+    column = field[0] + "bin"
     for keyword in values.maps.sources.get(field, ()):
-        number = values.number(keyword)
+        number = values.reading(column, keyword)
         if number is not None and number >= 1 and number == int(number):
             values.note(field, keyword, values.cards[keyword])
             return int(number)
+        if number is not None:
+            values.reject(column, keyword, values.cards[keyword], "not a binning (a whole number of 1 or more)")
     return None
 
 
@@ -453,10 +530,12 @@ def _gain(values: _Values, units: list[HeaderUnit], detectors: list) -> float | 
 
 def _positive(values: _Values, field: str) -> float | None:
     for keyword in values.maps.sources.get(field, ()):
-        number = values.number(keyword)
+        number = values.reading(field, keyword)
         if number is not None and number > 0 and math.isfinite(number):
             values.note(field, keyword, values.cards[keyword])
             return number
+        if number is not None:
+            values.reject(field, keyword, values.cards[keyword], f"not a {field} (a {field} is above 0)")
     return None
 
 
@@ -464,8 +543,11 @@ def _ccd_temp(values: _Values) -> float | None:
     """Degrees Celsius; a value above 100 is read as kelvin (SAAO's STE3
     writes CCD-TEMP = 180.2), one below absolute zero is no temperature."""
     for keyword in values.maps.sources.get("ccd_temp", ()):
-        number = values.number(keyword)
-        if number is None or not math.isfinite(number) or number < -273.15:
+        number = values.reading("ccd_temp", keyword)
+        if number is None:
+            continue
+        if not math.isfinite(number) or number < -273.15:
+            values.reject("ccd_temp", keyword, values.cards[keyword], "below absolute zero (-273.15 C)")
             continue
         values.note("ccd_temp", keyword, values.cards[keyword])
         if number > _KELVIN_ABOVE:
@@ -480,6 +562,8 @@ def _ccd_temp(values: _Values) -> float | None:
 _OLD_DATE = re.compile(r"^\s*(\d\d)/(\d\d)/(\d\d)\s*$")
 _DATE_ONLY = re.compile(r"^\s*\d{4}-\d\d-\d\d\s*$")
 _CLOCK = re.compile(r"^\s*(\d{1,2}):(\d\d):(\d\d(?:\.\d*)?)\s*$")
+_YEAR = re.compile(r"^\s*([+-]?)(\d{4,})-\d\d-\d\d")  # FITS allows a sign and more than four digits
+_BEYOND = "beyond the dates a catalog holds (years 1-9999)"
 
 
 def parse_fits_date(text: str) -> datetime | date | None:
@@ -488,95 +572,160 @@ def parse_fits_date(text: str) -> datetime | date | None:
     Handles ISO 8601 with an optional UTC offset (``-0700``), the old
     ``dd/mm/yy`` form (1900-1999 by the FITS standard) and date-only values.
     """
+    return _read_date(text)[0]
+
+
+def _read_date(text: str) -> tuple[datetime | date | None, str | None]:
+    """(:func:`parse_fits_date` of ``text``, None), or (None, why it is no date)."""
     text = text.strip()
     old = _OLD_DATE.match(text)
-    if old:
-        day, month, year = (int(g) for g in old.groups())
-        try:
-            return date(1900 + year, month, day)
-        except ValueError:
-            return None
-    if _DATE_ONLY.match(text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:
-            return None
     try:
-        return datetime.fromisoformat(text.replace(" ", "T", 1))
-    except ValueError:
-        return None
+        if old:
+            day, month, year = (int(g) for g in old.groups())
+            return date(1900 + year, month, day), None
+        if _DATE_ONLY.match(text):
+            return date.fromisoformat(text), None
+        return datetime.fromisoformat(text.replace(" ", "T", 1)), None
+    except ValueError as exc:
+        return None, _why_not_a_date(text, str(exc))
 
 
-def _clock(text: str) -> timedelta | None:
+def _why_not_a_date(text: str, reason: str) -> str:
+    year = _YEAR.match(text)
+    if (year and not 1 <= int(year[1] + year[2]) <= 9999) or reason.startswith("year "):
+        return _BEYOND
+    if reason.startswith("offset must be"):
+        return "not a date (its UTC offset must be less than 24 hours)"
+    if reason.startswith("Invalid isoformat"):  # Python's words for any other text
+        return "not a date"
+    return f"not a date ({_plain(reason)})"
+
+
+def _plain(reason: str) -> str:
+    """Python's ``month must be in 1..12`` -> ``month must be 1 to 12``."""
+    return re.sub(r"must be in (\d+)\.\.(\d+)", r"must be \1 to \2", reason)
+
+
+def _read_clock(text: str) -> tuple[timedelta | None, str | None]:
+    """(the time of day ``text`` gives, None), or (None, why it gives none)."""
     match = _CLOCK.match(text)
     if not match:
-        return None
+        return None, "not a time of day"
     hours, minutes, seconds = int(match[1]), int(match[2]), float(match[3])
-    if hours > 23 or minutes > 59 or seconds >= 61:
-        return None
-    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    if hours > 23:
+        return None, "not a time of day (hour must be 0 to 23)"
+    if minutes > 59:
+        return None, "not a time of day (minute must be 0 to 59)"
+    if seconds >= 61:
+        return None, "not a time of day (second must be below 61)"
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds), None
 
 
 def _date_obs(values: _Values) -> datetime | None:
-    """Start of the exposure in UTC (naive), or None."""
-    found = _from_date_keywords(values) or _from_mjd(values) or _from_tstart(values)
-    if found is None:
-        return None
-    moment, field = found
+    """Start of the exposure in UTC (naive), or None. The first card (or
+    pair of cards) that gives a moment wins; one whose moment is no date a
+    catalog holds is a problem, and the next is tried."""
+    for moment, field, written in _moments(values):
+        try:
+            moment, offset, scale = _in_utc(values, moment, field)
+        except (ValueError, OverflowError):  # past year 9999, or before year 1, once in UTC
+            values.problems.append(("date_obs", written, f"{_BEYOND} once in UTC"))
+            continue
+        values.sources["date_obs"] = written
+        if offset is not None:
+            values.utc_offset = offset
+        if scale is not None:
+            values.sources["timesys"] = scale
+        return moment
+    return None
+
+
+def _moments(values: _Values):
+    yield from _from_date_keywords(values)
+    yield from _from_mjd(values)
+    yield from _from_tstart(values)
+
+
+def _in_utc(values: _Values, moment: datetime, field: str) -> tuple[datetime, timedelta | None, str | None]:
+    """(``moment`` in UTC, naive; its UTC offset; the time scale it was converted from)."""
+    offset = scale_name = None
     if moment.tzinfo is not None:
-        values.utc_offset = moment.utcoffset()
+        offset = moment.utcoffset()
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     scale = values.card("TIMESYS")
     if scale and scale[4] == "s" and scale[2].strip().upper() in _TT_SCALES and field != "mjd-utc":
         moment = _to_utc(moment, scale[2].strip().lower())
-        values.sources["timesys"] = scale[2].strip()
-    return moment
+        scale_name = scale[2].strip()
+    return moment, offset, scale_name
 
 
 def _from_date_keywords(values: _Values):
+    """(moment, "date", its cards as written) of each date card, in order."""
     for keyword in values.maps.sources["date"]:
         card = values.card(keyword)
-        if card is None or card[4] != "s":
+        if card is None:
             continue
-        parsed = parse_fits_date(card[2])
+        if card[4] != "s":
+            values.reject("date_obs", keyword, card, "not a date (a date is written as text)")
+            continue
+        parsed, why = _read_date(card[2])
         if isinstance(parsed, datetime):
-            values.note("date_obs", keyword, card)
-            return parsed, "date"
-        if isinstance(parsed, date):
+            yield parsed, "date", f"{keyword}={card[2]!r}"
+        elif isinstance(parsed, date):
             for time_keyword in values.maps.sources["time"]:
                 time_card = values.card(time_keyword)
-                offset = _clock(time_card[2]) if time_card and time_card[4] == "s" else None
-                if offset is not None:
-                    values.sources["date_obs"] = f"{keyword}={card[2]!r} + {time_keyword}={time_card[2]!r}"
-                    return datetime.combine(parsed, datetime.min.time()) + offset, "date"
-    return None
+                if time_card is None or time_card[4] != "s":  # MUSE's UT is seconds, not a clock
+                    continue
+                offset, why = _read_clock(time_card[2])
+                if offset is None:
+                    values.reject("date_obs", time_keyword, time_card, why)
+                    continue
+                written = f"{keyword}={card[2]!r} + {time_keyword}={time_card[2]!r}"
+                try:
+                    moment = datetime.combine(parsed, datetime.min.time()) + offset
+                except OverflowError:  # 9999-12-31 + 23:59:60.5
+                    values.problems.append(("date_obs", written, _BEYOND))
+                    continue
+                yield moment, "date", written
+        else:
+            values.reject("date_obs", keyword, card, why)
 
 
 def _from_mjd(values: _Values):
     for keyword in values.maps.sources["mjd"]:
-        number = values.number(keyword)
+        number = values.reading("date_obs", keyword)
+        if number is None or number <= 0:
+            continue
+        try:
+            moment = MJD_EPOCH + timedelta(days=number)
+        except (OverflowError, ValueError):
+            values.reject("date_obs", keyword, values.cards[keyword], _BEYOND)
+            continue
         # A whole-number MJD-OBS (SAAO) is the day, not the time: not used.
-        if number is not None and number > 0 and number != int(number):
-            values.note("date_obs", keyword, values.cards[keyword])
-            return MJD_EPOCH + timedelta(days=number), "mjd"
-    return None
+        if number != int(number):
+            yield moment, "mjd", f"{keyword}={values.cards[keyword][2]!r}"
 
 
 def _from_tstart(values: _Values):
     tstart = values.number("TSTART")
     if tstart is None:
-        return None
+        return
     mjdref = values.number("MJDREF")
     if mjdref is None:
         integer, fraction = values.number("MJDREFI"), values.number("MJDREFF")
         if integer is None:
-            return None
+            return
         mjdref = integer + (fraction or 0.0)
     if mjdref <= 0:
-        return None
+        return
     timezero = values.number("TIMEZERO") or 0.0
-    values.sources["date_obs"] = f"TSTART={tstart!r} MJDREF={mjdref!r}"
-    return MJD_EPOCH + timedelta(days=mjdref) + timedelta(seconds=tstart + timezero), "tstart"
+    written = f"TSTART={tstart!r} MJDREF={mjdref!r}"
+    try:
+        moment = MJD_EPOCH + timedelta(days=mjdref) + timedelta(seconds=tstart + timezero)
+    except (OverflowError, ValueError):
+        values.problems.append(("date_obs", written, _BEYOND))
+        return
+    yield moment, "tstart", written
 
 
 def _to_utc(moment: datetime, scale: str) -> datetime:
@@ -593,22 +742,34 @@ def _night(values: _Values, date_obs: datetime | None, space: bool = False) -> s
     if found:
         keyword, card = found
         text = card[2].strip().replace("-", "")
+        why = "not a date (a night is written YYYY-MM-DD or YYYYMMDD)"
         if len(text) == 8 and text.isdigit():
-            values.note("night", keyword, card)
-            return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+            try:
+                date(int(text[:4]), int(text[4:6]), int(text[6:]))
+            except ValueError as exc:
+                why = _BEYOND if str(exc).startswith("year ") else f"not a date ({_plain(str(exc))})"
+            else:
+                values.note("night", keyword, card)
+                return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+        values.reject("night", keyword, card, why)
     if date_obs is None:
         return None
     if space:
         return date_obs.date().isoformat()
     longitude = _longitude(values)
     if longitude is not None:
-        local = date_obs + timedelta(hours=longitude / 15.0)
+        shift = timedelta(hours=longitude / 15.0)
     elif values.utc_offset is not None:
-        local = date_obs + values.utc_offset
+        shift = values.utc_offset
     else:
         values.sources["night"] = "UTC date of the start minus 12 h (no site longitude)"
-        local = date_obs
-    return (local - timedelta(hours=12)).date().isoformat()
+        shift = timedelta(0)
+    try:  # one step: 9999-12-31T23:00 at a site east of Greenwich has a night, though its local time has no date
+        return (date_obs + (shift - timedelta(hours=12))).date().isoformat()
+    except OverflowError:  # 0001-01-01T03:00 UTC: its night began in year 0
+        values.sources.pop("night", None)
+        values.problems.append(("night", values.sources.get("date_obs", "its date"), f"its night is {_BEYOND}"))
+        return None
 
 
 def _longitude(values: _Values) -> float | None:
@@ -620,6 +781,7 @@ def _longitude(values: _Values) -> float | None:
         if degrees is not None and -360 <= degrees <= 360:
             values.note("longitude", keyword, card)
             return degrees
+        values.reject("night", keyword, card, "not a longitude (-360 to 360 degrees)")
     x, y = values.number("OBSGEO-X"), values.number("OBSGEO-Y")
     if x is not None and y is not None and (x or y):
         values.sources["longitude"] = "OBSGEO-X/Y"
@@ -666,6 +828,10 @@ def _pointing(values: _Values, units: list[HeaderUnit]) -> tuple[float | None, f
             values.note("ra", ra_key, ra_card)
             values.note("dec", dec_key, dec_card)
             return ra, dec
+        if ra is None or not 0 <= ra < 360:
+            values.reject("ra and dec", ra_key, ra_card, "not a right ascension (0 to 360 degrees, or 0 to 24 hours)")
+        if dec is None or not -90 <= dec <= 90:
+            values.reject("ra and dec", dec_key, dec_card, "not a declination (-90 to 90 degrees)")
     return _pointing_from_wcs(values, units)
 
 

@@ -11,12 +11,13 @@ empty ones are filled from their own cards.
 from __future__ import annotations
 
 import json
+import warnings
 
 from sqlalchemy import Engine, select, update
 
 from archive.db import transaction
 from archive.headers import HeaderUnit
-from archive.keywords import load_maps, normalize
+from archive.keywords import NormalizationWarning, load_maps, normalize
 from archive.models import Exposure, File, Hdu, HeaderCard, Product
 
 DETECTOR_COLUMNS = ("xbin", "ybin", "gain", "ccd_temp", "detector", "detector_shape", "n_detectors")
@@ -39,12 +40,14 @@ def _units(hdus, cards) -> list[HeaderUnit]:
                        bitpix=h.bitpix) for h in hdus]
 
 
-def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500) -> int:
+def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500, warned: list[str] | None = None) -> int:
     """Compute the detector columns of every exposure, and those whose rules
     were corrected since (:data:`CORRECTED_COLUMNS`), from its stored cards
     (``config``: the user's keyword maps); returns how many were updated.
     A product's columns that its step gave are kept: only its empty ones
-    are filled. Each batch of files is one transaction."""
+    are filled. Each batch of files is one transaction. What the rules could
+    not use (a value left empty, and why, naming the file) goes to
+    ``warned``, as an ingest stores it, instead of Python's warning lines."""
     maps = load_maps(config)
     with transaction(engine) as conn:
         ids = conn.execute(select(Exposure.id).order_by(Exposure.id)).scalars().all()
@@ -61,7 +64,11 @@ def renormalize(engine: Engine, config: dict | None = None, *, batch: int = 500)
                                  .where(HeaderCard.file_id.in_(chunk))).all()
             hdus_of, cards_of = _grouped(hdus), _grouped(cards)
             for row in rows:
-                _update(conn, row, hdus_of.get(row.id, []), cards_of.get(row.id, []), maps, row.file_id in products)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", NormalizationWarning)
+                    _update(conn, row, hdus_of.get(row.id, []), cards_of.get(row.id, []), maps, row.file_id in products)
+                if warned is not None:
+                    warned += [str(w.message) for w in caught if issubclass(w.category, NormalizationWarning)]
     return len(ids)
 
 

@@ -13,7 +13,7 @@ from cli.app import (
     open_catalog,
     quality_app,
 )
-from cli.render import Format, console, show_frame
+from cli.render import Format, console, err_console, show_frame
 
 
 @command(db_app, "renormalize")
@@ -32,7 +32,10 @@ def db_renormalize() -> None:
     """
     from archive.renormalize import renormalize
 
-    count = renormalize(open_catalog().engine, load_config())
+    warned: list[str] = []
+    count = renormalize(open_catalog().engine, load_config(), warned=warned)
+    for line in warned:  # a value left empty and why, naming the file (as ingest says it)
+        err_console.print(f"warning: {line}", markup=False, soft_wrap=True)
     console.print(f"renormalized {count} exposures")
 
 

@@ -281,3 +281,34 @@ def test_a_card_astropy_cannot_parse_does_not_stop_a_frame_being_used(url, tmp_p
     done = obsarch(url, "group", "positions", "--radius", "20px", "--name", "p", code=3)  # noise: no star to register
     assert "VerifyError" not in done.stdout + done.stderr
     assert "group: 1 of 1 frames could not be registered onto the frame before them, so each starts a group of its own" in done.stderr
+
+
+def test_renormalize_says_what_it_left_empty_as_one_line_per_file(url, tmp_path, rng):
+    """db renormalize printed Python's warning lines (the module's path and
+    source line); it says what ingest says, one line naming the file."""
+    from factories import write_frame
+
+    write_frame(tmp_path / "w" / "odd.fits", rng, {"MJD-OBS": 12345678901.5, "DATE-OBS": None})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "w"))
+    done = obsarch(url, "db", "renormalize")
+    assert done.stdout.strip() == "renormalized 1 exposures"
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("warning: odd.fits: ") and "MJD-OBS" in line for line in lines), lines
+    assert "keywords.py" not in done.stderr and "NormalizationWarning" not in done.stderr
+
+
+def test_a_date_before_year_1000_is_stored_so_that_it_reads_back(catalog, tmp_path, rng):
+    """SQLite got '999-06-01 ...' (strftime does not pad the year), which
+    SQLAlchemy cannot read: every later query of the catalog failed."""
+    from datetime import datetime
+
+    from factories import write_frame
+
+    write_frame(tmp_path / "old" / "old.fits", rng, {"DATE-OBS": "0999-06-01T12:00:00"})
+    write_frame(tmp_path / "old" / "new.fits", rng, {"DATE-OBS": "2017-08-16T01:00:00"})
+    catalog.ingest([tmp_path / "old"])
+    frame = catalog.query(columns="relpath,date_obs", sort="date_obs")
+    assert frame["relpath"].tolist() == ["old.fits", "new.fits"]
+    assert frame["date_obs"].tolist()[0] == datetime(999, 6, 1, 12, 0)
+    assert catalog.query("date_obs < '1000-01-01'", columns="relpath")["relpath"].tolist() == ["old.fits"]
