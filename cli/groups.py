@@ -77,7 +77,7 @@ def group_positions(
     `obsarch offsets compute --groups 'NAME-*'` is the second and last command of
     a two-stage registration.
 
-    Example: obsarch group positions --radius 20px --name drift --selection "night == '2017-08-15'"
+    Example: obsarch group positions --radius 20px --name drift --selection "night == '2017-08-15' and frame_type == 'science'"
     """
     from processing import grouping
 

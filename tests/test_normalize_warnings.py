@@ -160,14 +160,16 @@ def test_the_commands_show_the_line(url, tmp_path):
 README_EXAMPLES = {
     "MJD-OBS 12345678901.5": ("MJD-OBS", "12345678901.5", "date_obs", "12345678901.5"),
     "a date past year 9999": ("DATE-OBS", "'10000-01-01T00:00:00'", "date_obs", "10000-01-01T00:00:00"),
+    "`DATE-OBS = '2020-02-30'`": ("DATE-OBS", "'2020-02-30'", "date_obs", "2020-02-30"),
     "a 20-digit frame number": ("FRAMENUM", "12345678901234567890", "frame_number", "12345678901234567890"),
 }
 
 
 def test_the_readme_still_makes_the_promise():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
-    promise = re.search(r"A value that is legal FITS but beyond what a column holds \((.*?)\) leaves that normalized "
-                        r"column empty with a warning naming the file; the card keeps it as written\.", readme)
+    promise = re.search(r"A value a rule reads but cannot use \((.*?)\) is not used for its column, which stays empty "
+                        r"unless another card gives it, with a warning naming the file, the card and why .*?; the card "
+                        r"keeps it as written\.", readme)
     assert promise, "the README's Reliability section no longer says this"
     assert [e.strip() for e in promise[1].split(",")] == list(README_EXAMPLES)
 
