@@ -11,6 +11,25 @@ from cli.app import FormatOption, archive_app, command, load_config, open_catalo
 from cli.render import Format, console, err_console, show_frame
 
 
+def _night(value: str | None) -> str | None:
+    """A night as the archives take it, checked here: a date that is no date
+    (2017-02-30) is a usage error, not a query sent to an archive."""
+    from datetime import date
+
+    if value is not None:
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is no date written YYYY-MM-DD") from None
+    return value
+
+
+def _seconds(value: float) -> float:
+    if not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value:g}: give a number of seconds above 0")
+    return value
+
+
 def _bytes_bar():
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -25,7 +44,7 @@ def archive_search(
     mission: Annotated[str, typer.Option(help="xmm, nustar, chandra (heasarc); an instrument such as muse (eso); a collection such as hst (mast).")],
     target: Annotated[str, typer.Option(help="A name (resolved by Sesame) or coordinates.")],
     radius: Annotated[float, typer.Option(help="Search radius, arcmin (heasarc).")] = 10.0,
-    night: Annotated[Optional[str], typer.Option(help="Night, YYYY-MM-DD (eso).")] = None,
+    night: Annotated[Optional[str], typer.Option(help="Night, YYYY-MM-DD (eso).", callback=_night)] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List an archive's observations of a target and record them as known
@@ -49,13 +68,13 @@ def fetch_command(
     obsids: Annotated[Optional[list[str]], typer.Argument(help="Observation ids (HEASARC missions).")] = None,
     instrument: Annotated[Optional[str], typer.Option(help="ESO instrument (e.g. MUSE), or MAST collection (e.g. HST).")] = None,
     target: Annotated[Optional[str], typer.Option(help="ESO target.")] = None,
-    night: Annotated[Optional[str], typer.Option(help="ESO night, YYYY-MM-DD.")] = None,
+    night: Annotated[Optional[str], typer.Option(help="ESO night, YYYY-MM-DD.", callback=_night)] = None,
     with_calib: Annotated[bool, typer.Option(help="Also the raw calibrations CalSelector associates (ESO).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Queue failed downloads again and run the queue.")] = False,
     dest: Annotated[Path, typer.Option(help="Where data go: DEST/MISSION/OBSID/.")] = Path("archive-data"),
-    parallel: Annotated[int, typer.Option(help="Downloads at once.")] = 4,
-    retries: Annotated[int, typer.Option(help="Tries per file.")] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds without data before a try fails.")] = 60.0,
+    parallel: Annotated[int, typer.Option(help="Downloads at once.", min=1)] = 4,
+    retries: Annotated[int, typer.Option(help="Tries per file.", min=1)] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds without data before a try fails.", callback=_seconds)] = 60.0,
 ) -> None:
     """Queue, download (resuming, verified), unpack and ingest observations; each
     file is linked to its observation.

@@ -655,6 +655,12 @@ def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tm
     (["calib", "bias", "--method", "nosuch"], 2, "error: --method 'nosuch': use median, mean, sigclip, sigclip-median"),
     (["calib", "bias", "--nearest", "0", "--to", "2017-08-16"], 2, "error: --nearest 0: give how many frames, 1 or more"),
     (["calib", "bias", "--nearest", "2"], 2, "error: --nearest needs --to: a date, a time, an MJD, a frame number or a selection"),
+    # archive options checked before any request leaves (they reached the network unchecked)
+    (["fetch", "xmm", "0123456789", "--parallel", "-1"], 2, "error: invalid value for '--parallel': -1 is below 1 (see "),
+    (["fetch", "xmm", "0123456789", "--timeout", "inf"], 2,
+     "error: invalid value for '--timeout': inf: give a number of seconds above 0 (see "),
+    (["fetch", "eso", "--instrument", "MUSE", "--night", "2017-02-30"], 2,
+     "error: invalid value for '--night': '2017-02-30' is no date written YYYY-MM-DD (see "),
     (["ingest", ""], 2, "error: ingest: an empty path names no file or directory (for this directory, say '.')"),
     (["ingest", "  "], 2, "error: ingest: an empty path names no file or directory (for this directory, say '.')"),
     (["run", "--each", "bogus", "100", "--", "true"], 2, "error: --each 'bogus': use exposure, obsid or group"),
