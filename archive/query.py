@@ -445,7 +445,7 @@ def named(selection: str | Node | None, command: str) -> str | Node:
     """The selection of a command that changes exposures (grades, groups,
     metrics, regions): an empty or blank one is refused rather than taken
     as every exposure, so an empty shell variable cannot regrade a catalog."""
-    if as_tree(selection) is None:
+    if selection is None or isinstance(selection, str) and not selection.strip():  # as_tree's "all", without parsing
         raise SelectionError(f"{command} needs frame numbers or a selection, and the one given is empty "
                              "(for every exposure, say so: \"id > 0\")")
     return selection
@@ -721,43 +721,35 @@ def _glob_regex(element, compiler, **kw):
     return f"{compiler.process(value, **kw)} ~ {compiler.process(pattern, **kw)}"
 
 
-def glob_to_regex(pattern: str) -> str:
-    """A shell pattern (``*``, ``?``, ``[abc]``, ``[!abc]``) as an anchored POSIX regex."""
-    out, i = ["^"], 0
-    while i < len(pattern):
-        char = pattern[i]
-        end = pattern.find("]", i + 2) if char == "[" else -1
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif char == "[" and end != -1:
-            body = pattern[i + 1 : end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return "".join(out) + "$"
-
-
-def glob_for_sqlite(pattern: str) -> str:
-    """The shell pattern as SQLite's GLOB reads it: ``[!abc]`` is ``[^abc]``,
-    and a ``[`` that no ``]`` closes is the character itself (``[[]``), as in
-    the shell and in :func:`glob_to_regex` (GLOB matched nothing with it)."""
-    out, i = [], 0
+def _glob_parts(pattern: str):
+    """A shell pattern as its parts, read once for both backends: ``("*", "*")``,
+    ``("?", "?")``, ``("class", "^abc")`` for ``[!abc]``, or ``("char", c)``.
+    A ``[`` that no ``]`` closes is the character itself, as in the shell."""
+    i = 0
     while i < len(pattern):
         char = pattern[i]
         end = pattern.find("]", i + 2) if char == "[" else -1
         if char == "[" and end != -1:
             body = pattern[i + 1 : end]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end
-        else:
-            out.append("[[]" if char == "[" else char)
+            yield "class", "^" + body[1:] if body.startswith("!") else body
+            i = end + 1
+            continue
+        yield (char if char in "*?" else "char"), char
         i += 1
-    return "".join(out)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A shell pattern (``*``, ``?``, ``[abc]``, ``[!abc]``) as an anchored POSIX regex."""
+    spelled = {"*": lambda _: ".*", "?": lambda _: ".", "class": lambda body: "[" + body.replace("\\", "\\\\") + "]",
+               "char": re.escape}
+    return "^" + "".join(spelled[kind](text) for kind, text in _glob_parts(pattern)) + "$"
+
+
+def glob_for_sqlite(pattern: str) -> str:
+    """The shell pattern as SQLite's GLOB reads it: ``[!abc]`` is ``[^abc]``,
+    and a ``[`` that no ``]`` closes is written ``[[]`` (GLOB matched nothing with it)."""
+    spelled = {"*": str, "?": str, "class": lambda body: f"[{body}]", "char": lambda c: "[[]" if c == "[" else c}
+    return "".join(spelled[kind](text) for kind, text in _glob_parts(pattern))
 
 
 def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
