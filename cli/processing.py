@@ -179,7 +179,9 @@ def stack_command(
     name: Annotated[Optional[str], typer.Option(help="File name (default: BAND_stack.fits).")] = None,
     include_bad: IncludeBadOption = False,
     memory: MemoryOption = "2GB", workers: WorkersOption = None,
-    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
+    executor: ExecutorOption = "pool", scheduler: SchedulerOption = None,
+    force: Annotated[bool, typer.Option(help="Do it again even where an identical earlier run's stack exists, and replace "
+                                        "a file of that name no run wrote.")] = False,
     hdu: HduOption = None,
 ) -> None:
     """Resample frames onto their reference by their stored offsets and combine

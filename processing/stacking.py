@@ -77,11 +77,11 @@ class StackStep(Step):
     work = staticmethod(_resample_one)
 
     def __init__(self, selection, method: str, sigma: float, out_dir: Path, name: str | None, include_bad: bool, memory: str,
-                 hdus: tuple[str, ...] | None = None):
+                 hdus: tuple[str, ...] | None = None, force: bool = False):
         self.selection, self.method, self.sigma, self.out_dir = selection, method, sigma, Path(out_dir)
         self.file_name, self.include_bad, self.memory, self.hdus = name, include_bad, memory, hdus
         parse_memory(memory)  # a size that cannot be read is refused before anything runs
-        self.scratch = None
+        self.scratch, self.force = None, force
 
     def params(self) -> dict:
         return {"method": self.method, "sigma": self.sigma, "include_bad": self.include_bad, "out": str(self.target),
@@ -116,9 +116,33 @@ class StackStep(Step):
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
+        self.replaces = self._replaces(engine)
         _remove_dead_scratch()
         self.scratch = Path(tempfile.mkdtemp(prefix=f"obsarch-stack-{os.getpid()}-"))
         return [self._item(engine, f, offsets.get(f.exposure_id)) for f in chosen]
+
+    def _replaces(self, engine) -> str | None:
+        """What writing the stack will replace, to be said: the newest product
+        at a path supersedes the older ones, so an earlier stack there is
+        replaced (its run keeps its record); a file no run made is refused
+        unless forced."""
+        if not self.target.exists():
+            return None
+        from sqlalchemy import func, select
+
+        from archive.db import transaction
+        from archive.models import Product, RunInput
+
+        with transaction(engine) as conn:
+            run_id = conn.execute(select(Product.run_id).where(Product.path == str(self.target))
+                                  .order_by(Product.id.desc()).limit(1)).scalar()
+            frames = run_id and conn.execute(select(func.count()).where(RunInput.run_id == run_id, RunInput.role == "frame")).scalar()
+        if run_id:
+            return f"replaced {self.target}, the stack of run {run_id} ({frames} frames); --name keeps both"
+        if not self.force:
+            raise ObsarchError(f"{self.target} exists and is no product of obsarch: --name writes the stack to another file, "
+                               "--force replaces that one")
+        return f"replaced {self.target}, which no run made"
 
     def _item(self, engine, frame: Frame, offset) -> Item:
         source = product_of(engine, frame.file_id, "calibrated")
@@ -166,6 +190,8 @@ class StackStep(Step):
         write_product(self.target, lambda tmp: write_detectors(tmp, header, self.detectors, make))
         values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
         out.product(self.target, "stack", values)
+        if self.replaces:
+            out.note(self.replaces)
         if failed:
             return f"stacked {len(used)} of {len(used) + len(failed)} selected frames"
         return None
@@ -199,5 +225,5 @@ def stack(
     calibrated products when they exist) onto the reference of their current
     offsets, detector by detector (``hdus``: only those). Fewer frames
     stacked than selected is a short result (exit 3)."""
-    step = StackStep(selection, method, sigma, out_dir, name, include_bad, memory, hdus)
+    step = StackStep(selection, method, sigma, out_dir, name, include_bad, memory, hdus, force)
     return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)

@@ -343,3 +343,36 @@ def test_frames_that_cannot_be_placed_are_said_and_the_grouping_is_partial(url, 
         f"group: 2 of 2 frames could not be registered onto the frame before them, so each starts a group of its own, "
         f"its position not measured ({tmp_path / 'z' / 'z-2.fits'}: ")
     assert "Warning" not in result.stderr
+
+
+def test_a_stack_that_replaces_another_says_so(raw):
+    """Stacking three of the four frames after stacking all four wrote the
+    same V_stack.fits without a word: the first stack was gone unseen."""
+    catalog, tmp, numbers = raw
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    first = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
+    assert first.notes == []
+    target = (tmp / "stacks" / "V_stack.fits").resolve()
+    again = stacking.stack(catalog.engine, f"{numbers[0]}-{numbers[2]}", out_dir=tmp / "stacks", workers=1)
+    assert again.exit_code == 0 and fits.getheader(target)["NCOMBINE"] == 3
+    assert again.notes == [f"replaced {target}, the stack of run {first.run_id} (4 frames); --name keeps both"]
+    kept = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", name="all.fits", workers=1)
+    assert kept.notes == [] and fits.getheader(target)["NCOMBINE"] == 3
+
+
+def test_a_stack_never_replaces_a_file_no_run_made(raw):
+    catalog, tmp, _ = raw
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    (tmp / "stacks").mkdir()
+    (tmp / "stacks" / "V_stack.fits").write_bytes(b"my own work")
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    result = runner.invoke(app, ["--db", url, "stack", "frame_type == 'science'", "--out", str(tmp / "stacks"), "--workers", "1"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"error: {(tmp / 'stacks' / 'V_stack.fits').resolve()} exists and is no product of obsarch: "
+                                     "--name writes the stack to another file, --force replaces that one")
+    assert (tmp / "stacks" / "V_stack.fits").read_bytes() == b"my own work"
+    forced = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1, force=True)
+    assert forced.notes == [f"replaced {(tmp / 'stacks' / 'V_stack.fits').resolve()}, which no run made"]
+    assert fits.getheader(tmp / "stacks" / "V_stack.fits")["NCOMBINE"] == 4
