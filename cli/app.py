@@ -138,10 +138,21 @@ def _plain(params: list) -> list:
 
 
 class Command(TyperCommand):
-    """A command whose help shows words, not Python types."""
+    """A command whose help shows words, not Python types. For a command that
+    takes extra arguments (``run ... -- tool ARGS``), everything after ``--``
+    is an extra argument: click would give its first word to an optional
+    argument left empty (``run --each obsid -- ls`` read ``ls`` as the selection)."""
 
     def get_params(self, ctx):
         return _plain(super().get_params(ctx))
+
+    def parse_args(self, ctx, args):
+        if not (ctx.allow_extra_args and "--" in args):
+            return super().parse_args(ctx, args)
+        cut = args.index("--")
+        super().parse_args(ctx, args[:cut])
+        ctx.args = [*ctx.args, *args[cut + 1:]]
+        return ctx.args
 
 
 class Group(TyperGroup):

@@ -44,7 +44,7 @@ def items_of(engine, each: str, selection) -> list[Item]:
         raise ObsarchError("no raw exposure matches the selection")
     if each == "exposure":
         return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
-                     {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "dir": str(Path(f.path).parent)})
+                     {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)})
                 for f in chosen]
     if each == "obsid":
         grouped: dict[str, list[Frame]] = {}
@@ -95,6 +95,11 @@ def _shell_script(template: list[str]) -> int | None:
     return None
 
 
+class NoValue(ObsarchError):
+    """A placeholder this item has no value for (an exposure with no frame
+    number, no obsid): the item fails, the others run."""
+
+
 def expand(template: list[str], values: dict) -> list[str]:
     """``{obsid}``, ``{path}``, ``{paths}``, ``{dir}``, ``{id}``, ``{frame}``, ``{group}``, ``{workdir}``,
     ``{region}``, ``{regions}`` in each argument.
@@ -102,15 +107,24 @@ def expand(template: list[str], values: dict) -> list[str]:
     An argument is handed to the program as it is, no shell between; but a
     shell's ``-c`` script is read by the shell, so there every value is
     quoted for it: a file named ``a$(touch x).fits`` is a name, never a
-    command, and a name with a space or a quote is one word."""
+    command, and a name with a space or a quote is one word.
+
+    A value the item lacks (None) is never filled in as ``None``: it raises
+    :class:`NoValue`."""
     script = _shell_script(template)
+    missing = {key for key, value in values.items() if value is None}
+    values = {key: value for key, value in values.items() if value is not None}
     quoted = {key: value if key in _QUOTED else shlex.quote(str(value)) for key, value in values.items()}
     result = []
     for place, argument in enumerate(template):
         try:
             expanded = argument.format(**(quoted if place == script else values))
         except KeyError as exc:
-            raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item (known: {', '.join(sorted(values))})") from exc
+            if exc.args[0] in missing:
+                what = {"frame": "frame number"}.get(exc.args[0], exc.args[0])
+                raise NoValue(f"{{{exc.args[0]}}} in {argument!r}: this item has no {what}") from None
+            raise ObsarchError(f"{{{exc.args[0]}}} in {argument!r} is not known for this item "
+                               f"(known: {', '.join(sorted([*values, *missing]))})") from exc
         except (ValueError, IndexError) as exc:
             raise ObsarchError(f"cannot fill in {argument!r}: {exc}") from exc
         if argument.strip() in ("{paths}", "{regions}"):
@@ -164,9 +178,15 @@ class ExternalStep(Step):
     def items(self, engine) -> list[Item]:
         result = []
         for item in items_of(engine, self.each, self.selection):
-            directory = Path(self.workdir.format(item=safe_name(item.key), **{k: safe_name(v) for k, v in item.values.items()})).resolve()
-            arguments = expand(self.command, {**item.values, **item_regions(engine, item), "workdir": str(directory),
-                                              "item": item.key})
+            inputs = [Input(f.file_id, "frame", f.content) for f in item.frames]
+            try:
+                names = {k: None if v is None else safe_name(v) for k, v in item.values.items()}
+                directory = Path(expand([self.workdir], {**names, "item": safe_name(item.key)})[0]).resolve()
+                arguments = expand(self.command, {**item.values, **item_regions(engine, item), "workdir": str(directory),
+                                                  "item": item.key})
+            except NoValue as exc:
+                result.append(StepItem(item.key, error=str(exc), inputs=inputs))
+                continue
             result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout),
                                     [Input(f.file_id, "frame", f.content) for f in item.frames],
                                     {"item": item.key, "command": arguments, "workdir": str(directory)}))

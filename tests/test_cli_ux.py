@@ -94,6 +94,28 @@ def test_runs_lists_every_run_and_shows_a_tools_output(ingested):
     assert "'x' is no run id" in run(ingested, "runs", "show", "x", code=1).stderr
 
 
+def test_run_with_no_selection_takes_every_word_after_dashes_as_the_tool(ingested, tmp_path, monkeypatch):
+    """``run --each obsid -- ls`` read ``ls`` as the selection (a usage error):
+    after ``--`` every word is the tool's."""
+    monkeypatch.chdir(tmp_path)
+    frames = [row["frame_number"] for row in json.loads(run(ingested, "query", "--format", "json").stdout)]
+    result = run(ingested, "run", "--workers", "1", "--", "sh", "-c", "echo {id} > seen")
+    assert len(list((tmp_path / "runs").glob("*/seen"))) == len(frames) and f"{len(frames)} done" in result.stdout
+    odd = run(ingested, "run", "3852", "--workdir", "w/{item}", "--", "sh", "-c", "echo '--' {frame} > seen")
+    assert (tmp_path / "w" / "3852" / "seen").read_text() == "-- 3852\n" and "1 done" in odd.stdout
+
+
+def test_a_value_an_item_lacks_fails_that_item_and_is_never_filled_in_as_none(ingested, tmp_path, monkeypatch):
+    """odd.fits has no frame number: ``{frame}`` reached the tool as 'None'."""
+    monkeypatch.chdir(tmp_path)
+    result = run(ingested, "run", "relpath glob '*odd.fits' or frame_number == 3852", "--workers", "1", "--",
+                 "sh", "-c", "echo {frame} > seen", code=3)
+    assert "  1: {frame} in 'echo {frame} > seen': this item has no frame number\n" in result.stderr
+    assert (tmp_path / "runs" / "3852" / "seen").read_text() == "3852\n" and not (tmp_path / "runs" / "1").exists()
+    typo = run(ingested, "run", "3852", "--", "echo", "{fram}", code=1)
+    assert "{fram} in '{fram}' is not known for this item (known: dir, frame, id, item, obsid, path" in typo.stderr
+
+
 @pytest.mark.parametrize("command", [["query"], ["summary"], ["runs"], ["group", "list"], ["stale"], ["show", "3852"]])
 def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
