@@ -60,13 +60,15 @@ def ingest(
         err_console.print(f"  ... and {len(summary.errors) - 20} more: see `obsarch errors`")
     from cli.xray import after_ingest
 
-    after_ingest(catalog.engine, summary)
+    unsummarized = after_ingest(catalog.engine, summary)
     if summary.failed:
         files = f"{summary.failed} file{'s' if summary.failed != 1 else ''}"
         if summary.new + summary.changed + summary.unchanged == 0:  # nothing else to store: an error, not partial
             err_console.print(f"{files} failed and no other file was found; see `obsarch errors`", markup=False)
             raise typer.Exit(1)
         err_console.print(f"{files} failed, the others were stored; see `obsarch errors`", markup=False)
+        raise typer.Exit(3)
+    if unsummarized:  # stored, but their counts and rates are missing: partial
         raise typer.Exit(3)
 
 

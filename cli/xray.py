@@ -50,12 +50,13 @@ def report_xray(summary, prefix: str = "x-ray") -> None:
         err_console.print(f"{len(summary.failed)} X-ray files could not be summarized", markup=False)
 
 
-def after_ingest(engine, summary) -> None:
+def after_ingest(engine, summary) -> int:
     """Summarize the X-ray files an ingest run read and attach the region
-    files next to them by name, saying what failed. A run that read nothing
-    costs nothing; one that read no X-ray file, one query."""
+    files next to them by name, saying what failed; returns how many X-ray
+    files could not be summarized. A run that read nothing costs nothing;
+    one that read no X-ray file, one query."""
     if not summary.new and not summary.changed:
-        return
+        return 0
     from processing import regions, xray_catalog  # astropy and numpy: only when there is something to do
 
     result = xray_catalog.summarize(engine, run_id=summary.run_id)
@@ -65,6 +66,7 @@ def after_ingest(engine, summary) -> None:
     for region, data, placement in attached:
         console.print(f"region {region} attached to {data} ({placement.note})", markup=False, soft_wrap=True)
     _print_problems("", problems)
+    return len(result.failed)
 
 
 def catch_up(engine) -> None:

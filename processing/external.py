@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,14 +47,16 @@ def items_of(engine, each: str, selection) -> list[Item]:
         return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
                      {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)})
                 for f in chosen]
-    if each == "obsid":
-        grouped: dict[str, list[Frame]] = {}
+    if each == "obsid":  # an obsid is one observatory's: the same number from two telescopes is two items
+        grouped: dict[tuple[str, str], list[Frame]] = {}
         for frame in chosen:
             if frame.obsid:
-                grouped.setdefault(frame.obsid, []).append(frame)
+                grouped.setdefault((frame.obsid, frame.telescope or ""), []).append(frame)
         if not grouped:
             raise ObsarchError("none of the selected exposures has an obsid")
-        return [_many(obsid, members, obsid=obsid) for obsid, members in sorted(grouped.items())]
+        shared = Counter(obsid for obsid, _ in grouped)
+        return [_many(obsid if shared[obsid] == 1 else f"{obsid} ({telescope or 'no telescope'})", members, obsid=obsid)
+                for (obsid, telescope), members in sorted(grouped.items())]
     from processing.grouping import list_groups
 
     ids = {f.exposure_id for f in chosen}

@@ -342,7 +342,9 @@ def test_bad_x_ray_tables_are_refused_with_a_reason(url, tmp_path):
     _spectrum(directory / "typeii.pha", [fits.Column(name="COUNTS", format="4J", array=np.ones((3, 4)))], HDUCLAS4="TYPE:II")
     _spectrum(directory / "good.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.arange(4))])
     run(url, "init")
-    run(url, "ingest", str(directory))
+    ingested = run(url, "ingest", str(directory), code=3)  # stored, but two have no counts: partial, as a step would say
+    assert "x-ray: 1 summarized, 0 up to date, 2 failed" in ingested.stdout
+    assert ingested.stderr.strip().splitlines()[-1] == "2 X-ray files could not be summarized"
     result = run(url, "xray", "summarize", "--force", code=3)
     assert "nocounts.pha: spectrum has neither a COUNTS nor a RATE column" in result.stderr
     assert "typeii.pha: type II spectrum (3 spectra in one table): not summarized" in result.stderr
@@ -423,6 +425,25 @@ def test_regions_attached_listed_and_passed_to_run(ingested, real_data, tmp_path
         "--", sys.executable, "-c", "import sys; open('used.txt', 'w').write(sys.argv[1])", "{region}")
     (used,) = workdir.glob("*/used.txt")
     assert used.read_text() == str(region)
+
+
+def test_run_each_obsid_never_hands_one_tool_two_observatories_files(url, tmp_path):
+    """A Chandra and a NuSTAR file with OBS_ID 10027 were one item: the Chandra
+    tool got a NuSTAR event list as part of "its" observation."""
+    from factories import write_image
+
+    for telescope in ("CHANDRA", "NuSTAR"):
+        write_image(tmp_path / "raw" / f"{telescope}.fits", np.zeros((4, 4), np.float32), {"OBS_ID": "10027", "TELESCOP": telescope})
+    write_image(tmp_path / "raw" / "other.fits", np.zeros((4, 4), np.float32), {"OBS_ID": "20001", "TELESCOP": "NuSTAR"})
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "raw"))
+    out = run(url, "run", "--each", "obsid", "--workdir", str(tmp_path / "w" / "{item}"), "--workers", "1", "--",
+              "sh", "-c", "echo {obsid} {paths} > seen").stdout
+    assert "3 done" in out
+    seen = {p.parent.name: p.read_text().split() for p in (tmp_path / "w").glob("*/seen")}
+    assert seen == {"10027_CHANDRA": ["10027", str(tmp_path / "raw" / "CHANDRA.fits")],
+                    "10027_NuSTAR": ["10027", str(tmp_path / "raw" / "NuSTAR.fits")],
+                    "20001": ["20001", str(tmp_path / "raw" / "other.fits")]}
 
 
 @pytest.mark.parametrize(
