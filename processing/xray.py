@@ -26,7 +26,7 @@ from astropy.io import (
 
 from archive.xray_kinds import XRAY_KINDS, classify, hdu_kind
 
-ALGORITHM = "xray-summary-1"
+ALGORITHM = "xray-summary-2"
 CHUNK_ROWS = 1_000_000
 KIND_ORDER = XRAY_KINDS  # one list: the selection language refuses a kind not in it
 
@@ -66,57 +66,141 @@ class XraySummary:
 # -- times ---------------------------------------------------------------------
 
 
+class BadTimeCard(ValueError):
+    """A card the times of a file depend on that cannot be used; the message
+    is the one plain line the summary's warnings give."""
+
+
+_SCALES = ("tai", "tcb", "tcg", "tdb", "tt", "ut1", "utc")  # astropy's scales that convert to UTC ('local' does not)
+_UNIT_NAMES = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "days": "d"}  # spellings astropy does not parse
+_LEFT_EMPTY = "times left empty"
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _number(header, keyword: str, default: float | None = None) -> float:
+    """A card the times depend on as a finite number (``default`` when absent)."""
+    value = header.get(keyword, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadTimeCard(f"{keyword} {_shown(value)} is not a number: {_LEFT_EMPTY}")
+    return float(value)
+
+
+def seconds_per(unit, card: str) -> float:
+    """Seconds in one ``unit`` (a TIMEUNIT or TUNIT value, e.g. s, ms, d; blank:
+    seconds), by astropy.units; ``card`` names it in the message of a unit
+    that is no time."""
+    import astropy.units as u
+
+    name = str(unit).strip()
+    if not name:
+        return 1.0
+    try:
+        return float(u.Unit(_UNIT_NAMES.get(name.lower(), name)).to(u.s))
+    except (ValueError, u.UnitsError):
+        raise BadTimeCard(f"{card} {name!r} is not a unit of time: {_LEFT_EMPTY}") from None
+
+
+def header_seconds(header) -> float:
+    """Seconds per unit of TSTART, TSTOP, TIMEZERO and (unless their TUNIT
+    says otherwise) time columns: TIMEUNIT, seconds when absent."""
+    return seconds_per(header.get("TIMEUNIT", ""), "TIMEUNIT")
+
+
+def column_seconds(hdu, name: str) -> float:
+    """Seconds per unit of the time column ``name``: its TUNIT, else the
+    table's TIMEUNIT."""
+    unit = hdu.columns[name].unit
+    if unit is not None and str(unit).strip():
+        return seconds_per(unit, f"TUNIT of {name}")
+    return header_seconds(hdu.header)
+
+
 def _time_scale(header) -> str:
-    scale = str(header.get("TIMESYS", "TT")).strip().lower() or "tt"
-    return {"tdt": "tt", "et": "tt"}.get(scale, scale)
+    value = header.get("TIMESYS", "TT")
+    scale = str(value).strip().lower() or "tt"
+    scale = {"tdt": "tt", "et": "tt"}.get(scale, scale)
+    if scale not in _SCALES:
+        raise BadTimeCard(f"TIMESYS {_shown(value)} is not a time scale astropy converts to UTC: {_LEFT_EMPTY}")
+    return scale
 
 
 def mjd_reference(header) -> tuple[float, float] | None:
     """MJDREF as (integer, fraction) from MJDREFI+MJDREFF or MJDREF."""
     if "MJDREFI" in header:
-        return float(header["MJDREFI"]), float(header.get("MJDREFF", 0.0))
-    if "MJDREF" in header:
-        whole = float(header["MJDREF"])
-        return math.floor(whole), whole - math.floor(whole)
-    return None
-
-
-def mission_time_to_mjd_utc(seconds: float, header) -> float:
-    """Seconds of mission time (TSTART, a TIME value) to MJD in UTC:
-    MJDREF + (t + TIMEZERO) / 86400 in TIMESYS (TT unless said), converted."""
-    from astropy.time import Time
-
-    whole, fraction = mjd_reference(header)
-    offset = (float(seconds) + float(header.get("TIMEZERO", 0.0))) / 86400.0
-    return float(Time(whole, fraction + offset, format="mjd", scale=_time_scale(header)).utc.mjd)
-
-
-def _date_to_mjd_utc(text: str, header) -> float | None:
-    from astropy.time import Time
-
-    try:
-        return float(Time(text.strip(), format="isot", scale=_time_scale(header)).utc.mjd)
-    except ValueError:
+        whole, fraction, keyword = _number(header, "MJDREFI"), _number(header, "MJDREFF", 0.0), "MJDREFI"
+    elif "MJDREF" in header:
+        value = _number(header, "MJDREF")
+        whole, fraction, keyword = math.floor(value), value - math.floor(value), "MJDREF"
+    else:
         return None
+    if abs(whole) > 1e6:  # ~2,700 years either side of 1858: no mission's clock starts there
+        raise BadTimeCard(f"{keyword} {_shown(header[keyword])} is not a date: {_LEFT_EMPTY}")
+    return whole, fraction
+
+
+def mission_time_to_mjd_utc(value: float, header) -> float:
+    """Mission time (TSTART, a TIME value) in the header's TIMEUNIT to MJD
+    in UTC: MJDREF + (t + TIMEZERO) in days, in TIMESYS (TT unless said),
+    converted. Raises :class:`BadTimeCard` naming a card that cannot be used."""
+    from astropy.time import Time
+
+    scale, (whole, fraction) = _time_scale(header), mjd_reference(header)
+    offset = (value + _number(header, "TIMEZERO", 0.0)) * header_seconds(header) / 86400.0
+    return float(Time(whole, fraction + offset, format="mjd", scale=scale).utc.mjd)
+
+
+def _date_to_mjd_utc(keyword: str, header) -> float:
+    from astropy.time import Time
+
+    scale = _time_scale(header)
+    try:
+        return float(Time(str(header[keyword]).strip(), format="isot", scale=scale).utc.mjd)
+    except ValueError:
+        raise BadTimeCard(f"{keyword} {_shown(header[keyword])} is not a date: {_LEFT_EMPTY}") from None
+
+
+def _mission_range(timed: list) -> tuple[float, float]:
+    """The earliest TSTART and latest TSTOP of ``timed`` as MJD (UTC); every
+    bad card is told, not only the first."""
+    problems: list[str] = []
+    for header in timed:
+        for check in (_time_scale, mjd_reference, header_seconds, lambda h: _number(h, "TIMEZERO", 0.0),
+                      lambda h: _number(h, "TSTART"), lambda h: _number(h, "TSTOP")):
+            try:
+                check(header)
+            except BadTimeCard as bad:
+                problems.append(str(bad))
+    if problems:
+        raise BadTimeCard("; ".join(dict.fromkeys(problems)))
+    try:
+        return (min(mission_time_to_mjd_utc(h["TSTART"], h) for h in timed),
+                max(mission_time_to_mjd_utc(h["TSTOP"], h) for h in timed))
+    except (ValueError, TypeError, OverflowError):  # astropy's refusal of a date far outside its tables
+        raise BadTimeCard(f"TSTART/TSTOP from MJDREF are not dates astropy converts: {_LEFT_EMPTY}") from None
 
 
 def time_range(headers: list) -> tuple[float | None, float | None, list[str]]:
     """MJD (UTC) start and stop: TSTART/TSTOP with MJDREF from the first
     header that has all three, else the earliest TSTART and latest TSTOP of
     the headers that have them (an XMM spectrum keeps them only in its GTI
-    extensions), else DATE-OBS/DATE-END."""
-    notes: list[str] = []
-    timed = [h for h in headers if "TSTART" in h and "TSTOP" in h and mjd_reference(h) is not None]
-    if timed:
-        start = min(mission_time_to_mjd_utc(h["TSTART"], h) for h in timed)
-        stop = max(mission_time_to_mjd_utc(h["TSTOP"], h) for h in timed)
-        return start, stop, notes
+    extensions), else DATE-OBS/DATE-END. A card that cannot be used leaves
+    both empty, with one warning per bad card."""
+    timed = [h for h in headers if "TSTART" in h and "TSTOP" in h and ("MJDREF" in h or "MJDREFI" in h)]
     dated = next((h for h in headers if "DATE-OBS" in h), None)
-    if dated is None:
+    if not timed and dated is None:
         return None, None, ["no TSTART/TSTOP with MJDREF and no DATE-OBS: times unknown"]
-    start = _date_to_mjd_utc(str(dated["DATE-OBS"]), dated)
-    stop = _date_to_mjd_utc(str(dated["DATE-END"]), dated) if "DATE-END" in dated else None
-    return start, stop, notes
+    try:
+        if timed:
+            start, stop = _mission_range(timed)
+        else:
+            start = _date_to_mjd_utc("DATE-OBS", dated)
+            stop = _date_to_mjd_utc("DATE-END", dated) if "DATE-END" in dated else None
+    except BadTimeCard as bad:
+        return None, None, str(bad).split("; ")
+    return start, stop, []
 
 
 # -- columns, a chunk at a time --------------------------------------------------
@@ -146,20 +230,82 @@ def column_chunks(hdu, name: str, chunk_rows: int | None = None):
         yield chunk
 
 
-def gti_exposure(hdul) -> float | None:
-    """Sum of STOP - START of the first GTI extension (per-chip GTIs follow
-    it; their union is not the exposure of any one chip)."""
-    for hdu in hdul[1:]:
+def gti_exposure(hdul, notes: list[str]) -> float | None:
+    """Good time in seconds of the first GTI extension (per-chip GTIs follow
+    it; their union is not the exposure of any one chip): the length of the
+    union of its intervals, so that overlapping or repeated rows count once.
+    None, with a note, when a row cannot be an interval. A GTI table is
+    read whole (a few rows per interruption of the observation)."""
+    for index, hdu in enumerate(hdul[1:], 1):
         if not hdu.is_image and hdu_kind(hdu.header, True, True) == "gti":
             start, stop = _column_name(hdu, "START"), _column_name(hdu, "STOP")
             if start and stop:
-                return float(sum(np.sum(b - a, dtype=float) for a, b in zip(column_chunks(hdu, start), column_chunks(hdu, stop))))
+                try:
+                    return _good_time(hdu, start, stop, f"GTI extension {hdu.name or index} (HDU {index})", notes)
+                except BadTimeCard as bad:
+                    notes.append(str(bad))
+                    return None
     return None
 
 
-def _positive(header, keyword: str) -> float | None:
-    value = header.get(keyword)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+def _good_time(hdu, start: str, stop: str, name: str, notes: list[str]) -> float:
+    starts, stops = (np.concatenate([np.asarray(c, dtype=float) for c in column_chunks(hdu, n)] or [np.empty(0)])
+                     * column_seconds(hdu, n) for n in (start, stop))
+    not_finite = int(np.count_nonzero(~(np.isfinite(starts) & np.isfinite(stops))))
+    if not_finite:
+        raise BadTimeCard(f"{name}: START or STOP not a finite number in {_rows(not_finite)}: no GTI exposure")
+    reversed_rows = int(np.count_nonzero(stops < starts))
+    if reversed_rows:
+        raise BadTimeCard(f"{name}: STOP before START in {_rows(reversed_rows)}, not a time interval: no GTI exposure")
+    if not len(starts):
+        return 0.0
+    order = np.argsort(starts, kind="stable")
+    starts, stops = starts[order], np.maximum.accumulate(stops[order])  # the latest stop so far
+    begins = np.flatnonzero(np.concatenate(([True], starts[1:] > stops[:-1])))  # a start after every earlier stop
+    ends = np.concatenate((begins[1:] - 1, [len(starts) - 1]))
+    if len(begins) < len(starts) and np.any(starts[1:] < stops[:-1]):
+        notes.append(f"{name}: overlapping intervals: their union is the GTI exposure")
+    return float(np.sum(stops[ends] - starts[begins]))
+
+
+def _rows(n: int, what: str = "row") -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _exposure(hdul, hdu) -> tuple[float | None, str | None]:
+    """EXPOSURE in seconds from the summarized table's header, else from the
+    primary header (where ingest's exptime reads it first), and a note: why
+    a card was not used, or that the primary's was."""
+    header, where = hdu.header, ""
+    if "EXPOSURE" not in header and hdu is not hdul[0] and "EXPOSURE" in hdul[0].header:
+        header, where = hdul[0].header, " in the primary header"
+    if "EXPOSURE" not in header:
+        return None, None
+    value = header["EXPOSURE"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        why = "is text, not a number" if isinstance(value, str) else "is not a number"
+    elif not math.isfinite(value):
+        why = "is not a finite number"
+    elif value < 0:
+        why = "is negative"
+    elif value == 0:
+        return None, f"EXPOSURE{where} is 0: not used"
+    else:
+        return float(value), (f"EXPOSURE only{where} (not in the {hdu.name or 'table'} table's): used" if where else None)
+    return None, f"EXPOSURE {_shown(value)}{where} {why}: not used"
+
+
+def _scale(hdu, keyword: str, notes: list[str]) -> float | None:
+    """BACKSCAL or AREASCAL of a spectrum as a positive number; None, with a
+    note, for a column or a value that is none."""
+    if keyword in hdu.header:
+        value = hdu.header[keyword]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+        notes.append(f"{keyword} {_shown(value)} is not a positive number: no net rate")
+    elif _column_name(hdu, keyword):
+        notes.append(f"{keyword} is a column: no net rate")
+    return None
 
 
 def _link(header, keyword: str) -> str | None:
@@ -170,15 +316,13 @@ def _link(header, keyword: str) -> str | None:
 # -- per kind ----------------------------------------------------------------------
 
 
-def summarize_spectrum(hdu, result: XraySummary) -> None:
+def summarize_spectrum(hdul, hdu, result: XraySummary) -> None:
     header = hdu.header
-    result.exposure_s = _positive(header, "EXPOSURE")
+    result.exposure_s, exposure_note = _exposure(hdul, hdu)
     result.channels = int(header.get("DETCHANS") or header.get("NAXIS2", 0)) or None
     result.backfile, result.respfile, result.ancrfile = (_link(header, k) for k in ("BACKFILE", "RESPFILE", "ANCRFILE"))
-    if isinstance(header.get("BACKSCAL"), (int, float)):
-        result.backscal = float(header["BACKSCAL"])
-    elif _column_name(hdu, "BACKSCAL"):
-        result.warnings.append("BACKSCAL is a column: no net rate")
+    result.backscal = _scale(hdu, "BACKSCAL", result.warnings)
+    _scale(hdu, "AREASCAL", result.warnings)  # told here; the net rate reads it from the stored cards
     counts_col, rate_col = _column_name(hdu, "COUNTS"), _column_name(hdu, "RATE")
     if counts_col is None and rate_col is None:
         result.error = "spectrum has neither a COUNTS nor a RATE column"
@@ -186,22 +330,43 @@ def summarize_spectrum(hdu, result: XraySummary) -> None:
     if str(header.get("HDUCLAS4", "")).strip().upper() == "TYPE:II" or hdu.columns[counts_col or rate_col].format.repeat > 1:
         result.error = f"type II spectrum ({header.get('NAXIS2')} spectra in one table): not summarized"
         return
-    total = sum(float(np.sum(chunk, dtype=float)) for chunk in column_chunks(hdu, counts_col or rate_col))
-    if counts_col:
+    total = _channel_total(hdu, counts_col or rate_col, result.warnings)
+    if total is not None and counts_col:
         result.counts = total
         result.rate = total / result.exposure_s if result.exposure_s else None
-    else:
+    elif total is not None:
         result.rate = total
         result.counts = total * result.exposure_s if result.exposure_s else None
     if result.exposure_s is None:
-        result.warnings.append("EXPOSURE missing or 0: no rate")
+        missing = "no rate" if counts_col else "no counts"
+        result.warnings.append(f"{exposure_note}, {missing}" if exposure_note else f"EXPOSURE absent: {missing}")
+    elif exposure_note:
+        result.warnings.append(exposure_note)
+
+
+def _channel_total(hdu, column: str, notes: list[str]) -> float | None:
+    """The sum of a spectrum's COUNTS or RATE column; None, with a note, when
+    a channel is not a finite number or is negative (a total without it, or
+    with it, would be a wrong number)."""
+    total, not_finite, negative = 0.0, 0, 0
+    for chunk in column_chunks(hdu, column):
+        values = np.asarray(chunk, dtype=float)
+        finite = np.isfinite(values)
+        not_finite += int(np.count_nonzero(~finite))
+        negative += int(np.count_nonzero(values[finite] < 0))
+        total += float(np.sum(values[finite]))
+    if not_finite:
+        notes.append(f"{column} is not a finite number (NaN or infinite) in {_rows(not_finite, 'channel')}: no counts or rate")
+    elif negative:
+        notes.append(f"{column} is negative in {_rows(negative, 'channel')} (a spectrum's counts are 0 or more): no counts or rate")
+    return None if not_finite or negative else total
 
 
 def summarize_events(hdul, hdu, result: XraySummary) -> None:
     header = hdu.header
     result.n_events = int(header.get("NAXIS2", 0))
-    result.exposure_s = _positive(header, "EXPOSURE")
-    result.gti_exposure_s = gti_exposure(hdul)
+    result.exposure_s, exposure_note = _exposure(hdul, hdu)
+    result.gti_exposure_s = gti_exposure(hdul, result.warnings)
     per = result.exposure_s or result.gti_exposure_s
     if result.exposure_s and result.gti_exposure_s and result.exposure_s > result.gti_exposure_s * 1.001:
         # exposure is live time inside the good intervals: more means the
@@ -210,19 +375,45 @@ def summarize_events(hdul, hdu, result: XraySummary) -> None:
                                f"({result.gti_exposure_s:.1f} s): rate per GTI exposure")
         per = result.gti_exposure_s
     result.rate = result.n_events / per if per else None
+    if result.exposure_s is None and exposure_note:
+        result.warnings.append(f"{exposure_note}, {'rate per GTI exposure' if per else 'no usable GTI: no rate'}")
+    elif exposure_note:
+        result.warnings.append(exposure_note)
+    elif not per:
+        result.warnings.append("no EXPOSURE and no usable GTI: no rate")
     time_col = _column_name(hdu, "TIME")
     if time_col and result.n_events:
-        lows, highs = zip(*((float(np.min(c)), float(np.max(c))) for c in column_chunks(hdu, time_col)))
-        result.time_span_s = max(highs) - min(lows)
+        result.time_span_s = _time_span(hdu, time_col, result.warnings)
 
 
-def summarize_lightcurve(hdu, result: XraySummary) -> None:
+def _time_span(hdu, column: str, notes: list[str]) -> float | None:
+    """Seconds between the first and the last event: times that are not
+    finite numbers are left out, with a note."""
+    try:
+        seconds = column_seconds(hdu, column)
+    except BadTimeCard as bad:
+        notes.append(str(bad))
+        return None
+    lows, highs, not_finite = [], [], 0
+    for chunk in column_chunks(hdu, column):
+        finite = chunk[np.isfinite(chunk)]
+        not_finite += len(chunk) - len(finite)
+        if len(finite):
+            lows.append(float(np.min(finite)))
+            highs.append(float(np.max(finite)))
+    if not_finite:
+        notes.append(f"{column} is not a finite number (NaN or infinite) in {_rows(not_finite)}: left out of the time span")
+    return (max(highs) - min(lows)) * seconds if lows else None
+
+
+def summarize_lightcurve(hdul, hdu, result: XraySummary) -> None:
     """Mean rate and fractional rms over the bins with a finite rate, each
     bin weighted by its exposure (FRACEXP x TIMEDEL where the table has
     them): a bin exposed for a millionth of its width must not dominate.
     Two passes over the columns, a chunk at a time."""
-    header = hdu.header
-    result.exposure_s = _positive(header, "EXPOSURE")
+    result.exposure_s, exposure_note = _exposure(hdul, hdu)
+    if exposure_note:  # the mean rate is of the bins, not of EXPOSURE
+        result.warnings.append(exposure_note)
     rate_col = _column_name(hdu, "RATE")
     if rate_col is None:
         result.error = "light curve without a RATE column: not summarized"
@@ -259,7 +450,7 @@ def _weighted_rates(hdu, rate_col: str):
             weights = weights * (frac[:, 0] if frac.ndim > 1 else frac)
         if width is not None:
             weights = weights * width
-        keep = np.isfinite(rates) & (weights > 0)
+        keep = np.isfinite(rates) & np.isfinite(weights) & (weights > 0)
         yield rates[keep], weights[keep]
 
 
@@ -293,7 +484,36 @@ def summarize_file(path: str) -> XraySummary | None:
         if result.error:
             for name in _FROM_TABLES:
                 setattr(result, name, None)
+        _no_non_finite(result)
+        result.warnings = list(dict.fromkeys(result.warnings))  # a bad card of several HDUs is told once
     return result
+
+
+def _no_non_finite(result: XraySummary) -> None:
+    """A number that is not finite is left empty, with a warning: PostgreSQL
+    would store NaN (greater than every number in its ordering), SQLite NULL."""
+    for name in ("counts", "exposure_s", "rate", "backscal", "gti_exposure_s", "time_span_s", "mean_rate", "frac_rms",
+                 "mjd_start", "mjd_stop", "mjd_mid"):
+        value = getattr(result, name)
+        if value is not None and not math.isfinite(value):
+            setattr(result, name, None)
+            result.warnings.append(f"{name} is {value}, not a finite number: left empty")
+
+
+def _summarize_kind(hdul, hdu, result: XraySummary) -> None:
+    if result.kind == "spectrum":
+        summarize_spectrum(hdul, hdu, result)
+    elif result.kind == "events":
+        summarize_events(hdul, hdu, result)
+    elif result.kind == "lightcurve":
+        summarize_lightcurve(hdul, hdu, result)
+    elif result.kind in ("response", "arf"):
+        summarize_matrix(hdu, result)
+    else:
+        result.exposure_s, note = _exposure(hdul, hdu)
+        result.warnings.extend([note] if note else [])
+        if result.kind == "gti":
+            result.gti_exposure_s = gti_exposure(hdul, result.warnings)
 
 
 def _summarize(path: str) -> XraySummary | None:
@@ -308,18 +528,7 @@ def _summarize(path: str) -> XraySummary | None:
         result = XraySummary(kind=kind, role=role, hdu_index=index)
         hdu = hdul[index]
         try:
-            if kind == "spectrum":
-                summarize_spectrum(hdu, result)
-            elif kind == "events":
-                summarize_events(hdul, hdu, result)
-            elif kind == "lightcurve":
-                summarize_lightcurve(hdu, result)
-            elif kind in ("response", "arf"):
-                summarize_matrix(hdu, result)
-            else:
-                result.exposure_s = _positive(hdu.header, "EXPOSURE") or _positive(hdul[0].header, "EXPOSURE")
-                if kind == "gti":
-                    result.gti_exposure_s = gti_exposure(hdul)
+            _summarize_kind(hdul, hdu, result)
         except (KeyError, ValueError, TypeError, OSError) as exc:
             result.error = f"cannot read the {hdu.header.get('EXTNAME', 'table')} table: {exc}"
         headers = [hdu.header, hdul[0].header] + [h.header for h in hdul[1:] if h is not hdu]
@@ -343,11 +552,13 @@ def summary_row(task: tuple[int, str]) -> dict | None:
 
 
 def net_rate(source: dict, background: dict) -> float | None:
-    """Source rate minus the background rate scaled to the source area:
-    C_s/t_s - C_b/t_b * BACKSCAL_s/BACKSCAL_b (counts per second)."""
-    needed = (source.get("counts"), source.get("exposure_s"), source.get("backscal"),
-              background.get("counts"), background.get("exposure_s"), background.get("backscal"))
-    if any(v is None for v in needed) or not source["exposure_s"] or not background["exposure_s"] or not background["backscal"]:
+    """Source rate minus the background rate scaled to the source, as OGIP
+    (XSPEC, Sherpa) scale it: C_s/(t_s a_s) - C_b/(t_b a_b) * b_s/b_b in
+    counts per second, with t = EXPOSURE, a = AREASCAL and b = BACKSCAL.
+    None when a number is missing, or a scale or exposure is not positive."""
+    names = ("counts", "exposure_s", "areascal", "backscal")
+    values = [side.get(name) for side in (source, background) for name in names]
+    if any(v is None or not math.isfinite(v) for v in values) or any(v <= 0 for v in values[1:4] + values[5:]):
         return None
-    return (source["counts"] / source["exposure_s"]
-            - background["counts"] / background["exposure_s"] * source["backscal"] / background["backscal"])
+    counts_s, time_s, area_s, scale_s, counts_b, time_b, area_b, scale_b = values
+    return counts_s / (time_s * area_s) - counts_b / (time_b * area_b) * scale_s / scale_b

@@ -11,12 +11,13 @@ shown (the selection names check the version).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, delete, exists, or_, select, text, update
+from sqlalchemy import Engine, and_, delete, exists, func, or_, select, text, update
 
 from archive.db import insert_ignoring_conflicts, transaction
 from archive.ingest import utcnow
@@ -202,11 +203,16 @@ def link_all(conn) -> list[tuple[int, str, str]]:
             message = _link_problem(keyword, getattr(row, keyword), target, values[column])
             if message and row.role != "background":
                 warnings.append((row.file_id, path, message))
+        if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
+            values["background_id"] = None
+            warnings.append((row.file_id, path, SELF_BACKGROUND))
         links[row.file_id] = values
         if values["background_id"]:
             backgrounds.add(values["background_id"])
-    numbers = {r.file_id: dict(r._mapping) for r in
-               conn.execute(select(XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal))}
+    areas = areascal(conn)
+    numbers = {r.file_id: {**r._mapping, "areascal": areas.get(r.file_id, 1.0)} for r in
+               conn.execute(select(XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal)
+                            .where(XraySummary.kind == "spectrum"))}
     from processing.xray import net_rate
 
     for file_id, values in links.items():
@@ -217,6 +223,28 @@ def link_all(conn) -> list[tuple[int, str, str]]:
         conn.execute(update(XraySummary).where(XraySummary.file_id.in_(backgrounds), XraySummary.kind == "spectrum")
                      .values(role="background"))
     return warnings
+
+
+SELF_BACKGROUND = "BACKFILE names the file itself: no background linked"
+
+
+def areascal(conn) -> dict[int, float | None]:
+    """AREASCAL of each spectrum's table, from its stored cards: the keyword's
+    number, None where it is no positive number or a column (the summary's
+    warnings say which), absent from the dict where the table has neither
+    (OGIP: 1)."""
+    name = func.upper(func.trim(HeaderCard.value_text))
+    cards = (
+        select(HeaderCard.file_id, HeaderCard.keyword, HeaderCard.value_num)
+        .join(XraySummary, and_(XraySummary.file_id == HeaderCard.file_id, XraySummary.hdu_index == HeaderCard.hdu_index))
+        .where(XraySummary.kind == "spectrum",
+               or_(HeaderCard.keyword == "AREASCAL", and_(HeaderCard.keyword.like("TTYPE%"), name == "AREASCAL")))
+    )
+    found: dict[int, float | None] = {}
+    for file_id, keyword, number in conn.execute(cards):
+        usable = keyword == "AREASCAL" and number is not None and math.isfinite(number) and number > 0
+        found[file_id] = number if usable and found.get(file_id, number) is not None else None
+    return found
 
 
 def _link_problem(keyword: str, value: str | None, target: str | None, file_id: int | None) -> str | None:
@@ -303,9 +331,12 @@ def summary_notes(engine: Engine, file_id: int) -> list[tuple[str, str]]:
         notes = [("warning", w) for w in (row.warnings or "").split("; ") if w]
         if row.error:
             notes.append(("not summarized", row.error))
+        path = _paths_of(conn, [file_id]).get(file_id)
         for keyword, column in LINKS if row.kind == "spectrum" else ():
-            if getattr(row, keyword) and getattr(row, column) is None:
-                notes.append((keyword.upper(), f"{getattr(row, keyword)} (not linked)"))
+            value = getattr(row, keyword)
+            if value and getattr(row, column) is None:
+                itself = path is not None and link_target(os.path.dirname(path), value) == path
+                notes.append((keyword.upper(), f"{value} ({'names the file itself: ' if itself else ''}not linked)"))
     return notes
 
 
