@@ -261,11 +261,14 @@ class Writer:
 # -- the routine ----------------------------------------------------------------------------
 
 
-def _refuse_unreadable(engine: Engine, items: list[Item]) -> None:
-    """An item whose input the last ingest found unreadable (cut, damaged)
-    fails with that reason, before any worker reads it: the catalog still
-    holds that file's earlier, good headers, but its bytes are no longer
-    those (a truncated bias failed with numpy's 'cannot reshape array')."""
+def _refuse_changed(engine: Engine, items: list[Item]) -> None:
+    """An item whose input is not what the catalog says fails with the reason,
+    before any worker reads it: a file the last ingest found unreadable (cut,
+    damaged), or one gone or rewritten on disk since (its size or mtime
+    differ). The catalog still holds the earlier headers and content of such
+    a file, so a step would read other bytes than it records (a truncated
+    bias failed with numpy's 'cannot reshape array'; an event list cut to
+    500 rows was summarized as 500 events under the headers of 2000)."""
     from sqlalchemy import select
 
     from archive.models import File, Root
@@ -274,10 +277,19 @@ def _refuse_unreadable(engine: Engine, items: list[Item]) -> None:
     bad: dict[int, str] = {}
     with transaction(engine) as conn:
         for start in range(0, len(ids), 500):
-            bad.update((file_id, f"{path}: unreadable since it was last ingested: {why} (obsarch errors)")
-                       for file_id, path, why in conn.execute(
-                           select(File.id, Root.path + "/" + File.relpath, File.error).join(Root, Root.id == File.root_id)
-                           .where(File.id.in_(ids[start : start + 500]), File.status == "unreadable")))
+            for file_id, path, status, why, size, mtime_ns in conn.execute(
+                    select(File.id, Root.path + "/" + File.relpath, File.status, File.error, File.size, File.mtime_ns)
+                    .join(Root, Root.id == File.root_id).where(File.id.in_(ids[start : start + 500]))):
+                if status == "unreadable":
+                    bad[file_id] = f"{path}: unreadable since it was last ingested: {why} (obsarch errors)"
+                    continue
+                try:
+                    now = os.stat(path)
+                except OSError:
+                    bad[file_id] = f"{path}: gone from disk since it was last ingested (obsarch ingest records what moved)"
+                    continue
+                if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
+                    bad[file_id] = f"{path}: changed on disk since it was last ingested (obsarch ingest reads it again)"
     for item in items:
         if item.error is None:
             item.error = next((bad[i.file_id] for i in item.inputs if i.file_id in bad), None)
@@ -289,9 +301,11 @@ def run_step(
 ) -> StepResult:
     """Run ``step`` over its items; see the module docstring."""
     result = StepResult(step.name)
+    with transaction(engine, write=True) as conn:  # also when every item turns out up to date
+        _close_dead_runs(conn)
     try:
         items = step.items(engine)
-        _refuse_unreadable(engine, items)
+        _refuse_changed(engine, items)
         result.notes = list(step.notes())
         run_params = step.params()
         same = identity(run_params, step.execution)
@@ -328,7 +342,6 @@ def run_step(
 
 def _start(engine: Engine, step: Step, params: dict, whole_print: str | None) -> int:
     with transaction(engine, write=True) as conn:
-        _close_dead_runs(conn)
         return conn.execute(insert(Run).values(**_run_row(step, params, "running"), fingerprint=whole_print)
                             .returning(Run.id)).scalar_one()
 

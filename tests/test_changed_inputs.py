@@ -1,0 +1,78 @@
+"""A step never reads a file other than the one the catalog describes: an
+input cut, rewritten or deleted on disk since it was last ingested fails its
+item with that reason, before any worker reads it (both backends)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from astropy.io import fits
+from sqlalchemy import insert, select
+from test_steps import night
+
+from archive.db import transaction
+from archive.ingest import utcnow
+from archive.models import Run
+from processing import calibration
+
+
+def _cut(path, keep):
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+
+
+def test_an_input_cut_after_ingest_fails_alone_with_the_reason(catalog, tmp_path, rng):
+    night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    cut = tmp_path / "raw" / "ngc3293-3853.fits"
+    _cut(cut, os.path.getsize(cut) // 2)
+    gone = tmp_path / "raw" / "ngc3293-3854.fits"
+    gone.unlink()
+    result = calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    assert result.exit_code == 3 and len(result.done) == 1
+    assert dict(result.failed) == {
+        str(cut): "changed on disk since it was last ingested (obsarch ingest reads it again)",
+        str(gone): "gone from disk since it was last ingested (obsarch ingest records what moved)",
+    }
+    (master,) = (tmp_path / "masters").glob("master_bias*.fits")
+    assert fits.getheader(master)["NCOMBINE"] == 3
+
+
+def test_a_master_rewritten_after_it_was_made_is_blamed_not_the_science_frame(catalog, tmp_path, rng):
+    science = night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    (master,) = (tmp_path / "masters").glob("master_bias*.fits")
+    _cut(master, os.path.getsize(master) - 2880)
+    result = calibration.calibrate(catalog.engine, f"{science[0]}-{science[1]}", use=("bias",), out_dir=tmp_path / "cal",
+                                   workers=1)
+    assert result.exit_code == 1 and len(result.failed) == 2
+    assert {why for _, why in result.failed} == {f"{master}: changed on disk since it was last ingested (obsarch ingest reads it again)"}
+    assert not (tmp_path / "cal").exists() or not list((tmp_path / "cal").iterdir())
+
+
+def test_an_unchanged_input_still_runs_and_is_up_to_date(catalog, tmp_path, rng):
+    night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters").exit_code == 0
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters").skipped
+
+
+def test_a_killed_run_is_marked_interrupted_by_the_next_step_even_when_all_is_up_to_date(catalog, tmp_path, rng):
+    night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    with transaction(catalog.engine, write=True) as conn:
+        import socket
+
+        conn.execute(insert(Run).values(step="calibrate", params_json="{}", params_hash="x", code_version="x",
+                                        host=socket.gethostname(), user="x", pid=int(dead), started_at=utcnow(), state="running"))
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters").skipped
+    with transaction(catalog.engine) as conn:
+        assert conn.execute(select(Run.state, Run.error).where(Run.step == "calibrate")).one() == ("interrupted",
+                                                                                                  "the process was killed")
+    assert np.isfinite(fits.getdata(next((tmp_path / "masters").glob("*.fits")))).all()
