@@ -43,8 +43,10 @@ def items_of(engine, each: str, selection) -> list[Item]:
     chosen = resolve(engine, selection, is_null("product"))  # a tool's own outputs are not its inputs
     if not chosen:
         raise ObsarchError("no raw exposure matches the selection")
-    if each == "exposure":
-        return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
+    if each == "exposure":  # by frame number, unless two selected frames share it (two cameras): then by id too
+        shared = Counter(f.frame_number for f in chosen if f.frame_number is not None)
+        return [Item(str(f.exposure_id) if f.frame_number is None
+                     else str(f.frame_number) if shared[f.frame_number] == 1 else f"{f.frame_number}-id{f.exposure_id}", [f],
                      {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)})
                 for f in chosen]
     if each == "obsid":  # an obsid is one observatory's: the same number from two telescopes is two items
@@ -74,6 +76,8 @@ def _many(key: str, members: list[Frame], **values) -> Item:
     return Item(key, members, {**values, "dir": os.path.commonpath([str(Path(m.path).parent) for m in members]),
                                "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)})
 
+
+MAX_TIMEOUT_S = 1e9  # ~30 years; beyond, the clock arithmetic of subprocess overflows
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"})
 _QUOTED = ("paths", "regions")  # lists, each name already quoted for the shell
@@ -145,7 +149,10 @@ def run_command(task: tuple) -> dict:
     """Run one item's command in its working directory. Runs in a worker."""
     key, arguments, workdir, timeout = task
     directory = Path(workdir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ObsarchError(f"cannot make the working directory {directory}: {exc.strerror or exc}") from None
     before = _snapshot(directory)
     try:
         finished = subprocess.run(arguments, cwd=directory, capture_output=True, text=True, timeout=timeout, check=False)
@@ -171,15 +178,18 @@ class ExternalStep(Step):
                  metrics_from: str | None = None):
         if not command:
             raise UsageError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
+        if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_S:  # NaN too: every item failed with Python's words
+            raise UsageError(f"--timeout {timeout:g}: give seconds, from 0 (no limit) to {MAX_TIMEOUT_S:.0e}")
         self.name = f"run:{Path(command[0]).name}"
-        self.each, self.selection, self.command, self.workdir, self.timeout = each, selection, command, workdir, timeout
+        self.each, self.selection, self.command, self.workdir = each, selection, command, workdir
+        self.timeout = timeout or None
         self.metrics_from = metrics_from
 
     def params(self) -> dict:
         return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {})}
 
     def items(self, engine) -> list[Item]:
-        result = []
+        result, places = [], {}
         for item in items_of(engine, self.each, self.selection):
             inputs = [Input(f.file_id, "frame", f.content) for f in item.frames]
             try:
@@ -189,6 +199,10 @@ class ExternalStep(Step):
                                                   "item": item.key})
             except NoValue as exc:
                 result.append(StepItem(item.key, error=str(exc), inputs=inputs))
+                continue
+            if (first := places.setdefault(directory, item.key)) != item.key:  # one directory, two items: whose files?
+                result.append(StepItem(item.key, error=f"its working directory {directory} is item {first}'s too: "
+                                       "give --workdir a placeholder that tells them apart ({item}, {id})", inputs=inputs))
                 continue
             result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout),
                                     [Input(f.file_id, "frame", f.content) for f in item.frames],

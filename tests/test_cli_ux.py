@@ -116,6 +116,41 @@ def test_a_value_an_item_lacks_fails_that_item_and_is_never_filled_in_as_none(in
     assert "{fram} in '{fram}' is not known for this item (known: dir, frame, id, item, obsid, path" in typo.stderr
 
 
+def test_items_of_two_cameras_with_one_frame_number_get_a_directory_each(url, tmp_path, rng, monkeypatch):
+    """Frame 111 of two cameras shared runs/111: one product, whose lineage
+    named the item that did not make it."""
+    monkeypatch.chdir(tmp_path)
+    for camera in ("SynCam", "OtherCam"):
+        write_frame(tmp_path / "raw" / f"{camera}.fits", rng, {"INSTRUME": camera, "FRAMENUM": 111})
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "raw"))
+    out = run(url, "run", "frame_number == 111", "--workers", "1", "--", "sh", "-c", "cp {path} out.fits").stdout
+    assert "2 done" in out
+    made = {p.parent.name: p for p in (tmp_path / "runs").glob("*/out.fits")}
+    assert sorted(made) == ["111-id1", "111-id2"]
+    for path in made.values():
+        (frame,) = [line.split()[1] for line in run(url, "lineage", str(path)).stdout.splitlines() if "[frame]" in line]
+        assert open(frame, "rb").read() == path.read_bytes()
+    shared = run(url, "run", "frame_number == 111", "--workdir", "shared", "--force", "--workers", "1", "--", "sh", "-c", "cp {path} out.fits", code=3)
+    assert f"its working directory {tmp_path / 'shared'} is item 111-id1's too" in shared.stderr
+
+
+@pytest.mark.parametrize(("value", "said"), [("nan", "nan"), ("inf", "inf"), ("-1", "-1"), ("1e300", "1e+300")])
+def test_run_refuses_a_timeout_that_is_no_number_of_seconds_before_anything_runs(ingested, tmp_path, monkeypatch, value, said):
+    monkeypatch.chdir(tmp_path)
+    result = run(ingested, "run", "3852", "--timeout", value, "--", "true", code=2)
+    assert result.stderr.strip() == f"error: --timeout {said}: give seconds, from 0 (no limit) to 1e+09"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_with_timeout_0_has_no_limit_and_an_unusable_workdir_is_one_line(ingested, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "1 done" in run(ingested, "run", "3852", "--timeout", "0", "--", "true").stdout
+    (tmp_path / "afile").write_text("")
+    bad = run(ingested, "run", "3852", "--force", "--workdir", str(tmp_path / "afile" / "{item}"), "--", "true", code=1)
+    assert f"3852: cannot make the working directory {tmp_path / 'afile' / '3852'}: Not a directory" in bad.stderr
+
+
 @pytest.mark.parametrize("command", [["query"], ["summary"], ["runs"], ["group", "list"], ["stale"], ["show", "3852"]])
 def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
