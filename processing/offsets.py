@@ -378,13 +378,15 @@ def phase_shift(data: np.ndarray, reference: np.ndarray, stars: np.ndarray, refe
     list (chance coincidences are far fewer). Raises :class:`MatchError`."""
     from skimage.registration import phase_cross_correlation
 
+    if len(stars) == 0 or len(reference_stars) == 0:
+        raise MatchError("phase correlation: no stars to confirm its shift")
     rows, cols = min(data.shape[0], reference.shape[0]), min(data.shape[1], reference.shape[1])
     frame = np.nan_to_num(np.asarray(data[:rows, :cols], dtype=np.float64) - np.nanmedian(data))
     target = np.nan_to_num(np.asarray(reference[:rows, :cols], dtype=np.float64) - np.nanmedian(reference))
-    (shift_y, shift_x), _, _ = phase_cross_correlation(target, frame, upsample_factor=20)
+    with warnings.catch_warnings():  # its error estimate on a blank image warns; the stars judge the shift here
+        warnings.simplefilter("ignore")
+        (shift_y, shift_x), _, _ = phase_cross_correlation(target, frame, upsample_factor=20)
     guess = Transform(float(shift_x), float(shift_y))
-    if len(stars) == 0 or len(reference_stars) == 0:
-        raise MatchError("phase correlation: no stars to confirm its shift")
     pairs = _pairs(stars, reference_stars, guess, params.match_px)
     needed = max(params.min_matched, math.ceil(min(len(stars), len(reference_stars)) / 3))
     if len(pairs) < needed:

@@ -376,3 +376,20 @@ def test_a_stack_never_replaces_a_file_no_run_made(raw):
     forced = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1, force=True)
     assert forced.notes == [f"replaced {(tmp / 'stacks' / 'V_stack.fits').resolve()}, which no run made"]
     assert fits.getheader(tmp / "stacks" / "V_stack.fits")["NCOMBINE"] == 4
+
+
+def test_a_blank_frame_fails_registration_without_a_python_warning(catalog, tmp_path, rng):
+    """scikit-image's 'Could not determine RMS error between images' reached the terminal."""
+    import warnings
+
+    science = night(tmp_path / "raw", rng)
+    write_image(tmp_path / "raw" / "blank.fits", np.zeros(SHAPE, np.float32),
+                {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0, "DATE-OBS": "2017-08-16T03:30:00", "FRAMENUM": 9999})
+    catalog.ingest([tmp_path / "raw"])
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    assert [str(w.message) for w in caught] == []
+    assert result.step.exit_code == 3 and [key for key, _ in result.step.failed] == [str(tmp_path / "raw" / "blank.fits")]
+    assert len(science) == 4
