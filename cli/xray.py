@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.exceptions import ObsarchError, UsageError
 from cli.app import (
     PANELS,
     ByIdOption,
@@ -142,7 +143,10 @@ def metrics_set(
     """
     from processing.named_metrics import parse_assignments, set_by_person
 
-    parsed = parse_assignments(values, "metrics set")
+    try:
+        parsed = parse_assignments(values, "metrics set")
+    except ObsarchError as exc:  # the command line's words, not a tool's file: a usage error
+        raise UsageError(str(exc)) from None
     count = set_by_person(open_catalog().engine, selection, parsed)
     console.print(f"{', '.join(f'{k}={v:g}' for k, v in parsed.items())} set on {count} exposures", markup=False)
 

@@ -51,6 +51,8 @@ def parse_assignments(pairs: list[str], where: str = "metrics") -> dict[str, flo
         if "=" not in pair:
             raise MetricsFileError(f"{where}: {pair!r} is not name=value")
         name, _, value = pair.partition("=")
+        if metric_name(name) in values:
+            raise MetricsFileError(f"{where}: {metric_name(name)} is given twice")
         values[metric_name(name)] = _number(name.strip(), value.strip(), where)
     return values
 

@@ -68,6 +68,10 @@ def read_region_file(path: str | Path) -> RegionInfo:
             shapes, frame, skipped = _read_fits(path)
             kind = "fits"
         else:
+            with open(path, "rb") as handle:
+                head = handle.read(4096)
+            if b"\0" in head or head[:2] == b"\x1f\x8b":  # its bytes would reach the terminal in the parser's message
+                raise RegionReadError(f"{path}: not a region file (binary or compressed data)")
             shapes, frame, skipped = _read_ds9(path)
             kind = "ds9"
     except (OSError, UnicodeDecodeError) as exc:

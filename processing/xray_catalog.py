@@ -284,7 +284,10 @@ def parse_duration_s(text: str) -> float:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ks|s)?\s*", text or "")
     if not match:
         raise ValueError(f"{text!r} is not a duration: give a number with s or ks, e.g. 5ks or 5000s")
-    return float(match.group(1)) * (1000.0 if match.group(2) == "ks" else 1.0)
+    seconds = float(match.group(1)) * (1000.0 if match.group(2) == "ks" else 1.0)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a finite duration")
+    return seconds
 
 
 def spectra_report(engine: Engine, selection: str | None = None, min_exposure_s: float | None = None):

@@ -365,7 +365,7 @@ def test_metrics_set_by_a_person_and_selected(ingested):
     rows = _csv(run(url, "query", "metric['pileup'] > 0.15", "--columns", "relpath,metric['pileup']", "--format", "csv").stdout)
     assert rows == [{"relpath": "3c273.pi", "metric['pileup']": "0.2"}]
     assert "metric pileup = 0.2  (person" in run(url, "show", str(ingested[1] / "3c273.pi")).stdout
-    assert "pileup = 'high' is not a number" in run(url, "metrics", "set", "obsid == '459'", "pileup=high", code=1).stderr
+    assert "pileup = 'high' is not a number" in run(url, "metrics", "set", "obsid == '459'", "pileup=high", code=2).stderr
     assert "'pileup' is not name=value" in run(url, "metrics", "set", "obsid == '459'", "pileup", code=1).stderr
     assert "no exposure matches" in run(url, "metrics", "set", "obsid == 'nope'", "pileup=1", code=1).stderr
 
@@ -925,3 +925,33 @@ def test_an_optical_frame_that_says_hduclas1_image_keeps_its_imagetyp(tmp_path):
     assert frame_type(IMAGETYP="Light Frame") == "science"
     assert frame_type(IMAGETYP="Bias Frame") == "bias"
     assert frame_type(TELESCOP="CHANDRA", IMAGETYP="Light Frame") == "other"
+
+
+def test_metric_and_duration_values_typed_wrong_are_usage_errors(url, tmp_path):
+    from factories import write_image
+
+    write_image(tmp_path / "raw" / "a.fits", np.zeros((4, 4), np.float32), {"OBS_ID": "1"})
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "raw"))
+    assert run(url, "metrics", "set", "obsid == '1'", "pileup=inf", code=2).stderr.strip() == (
+        "error: metrics set: pileup = 'inf' is not a finite number")
+    assert run(url, "metrics", "set", "obsid == '1'", "pileup=abc", code=2).stderr.strip() == (
+        "error: metrics set: pileup = 'abc' is not a number")
+    assert run(url, "metrics", "set", "obsid == '1'", "pileup=1", "Pileup=2", code=2).stderr.strip() == (
+        "error: metrics set: pileup is given twice")
+    assert "'1e999ks' is not a finite duration" in run(url, "report", "spectra", "--min-exposure", "1e999ks", code=2).stderr
+
+
+def test_a_binary_file_is_no_region_file_and_its_bytes_stay_off_the_terminal(url, tmp_path):
+    import gzip
+
+    from factories import write_image
+
+    write_image(tmp_path / "raw" / "a.fits", np.zeros((4, 4), np.float32), {"OBS_ID": "1"})
+    (tmp_path / "r.reg.gz").write_bytes(gzip.compress(b"circle(1,2,3)\n" * 50))
+    (tmp_path / "r.bin").write_bytes(bytes(range(256)) * 4)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "raw"))
+    for name in ("r.reg.gz", "r.bin"):
+        result = run(url, "regions", "attach", str(tmp_path / name), "--to", "obsid == '1'", code=1)
+        assert result.stderr == f"error: {tmp_path / name}: not a region file (binary or compressed data)\n"
