@@ -366,7 +366,7 @@ def test_metrics_set_by_a_person_and_selected(ingested):
     assert rows == [{"relpath": "3c273.pi", "metric['pileup']": "0.2"}]
     assert "metric pileup = 0.2  (person" in run(url, "show", str(ingested[1] / "3c273.pi")).stdout
     assert "pileup = 'high' is not a number" in run(url, "metrics", "set", "obsid == '459'", "pileup=high", code=2).stderr
-    assert "'pileup' is not name=value" in run(url, "metrics", "set", "obsid == '459'", "pileup", code=1).stderr
+    assert "'pileup' is not name=value" in run(url, "metrics", "set", "obsid == '459'", "pileup", code=2).stderr
     assert "no exposure matches" in run(url, "metrics", "set", "obsid == 'nope'", "pileup=1", code=1).stderr
 
 
