@@ -190,8 +190,11 @@ class ExternalStep(Step):
 
     def items(self, engine) -> list[Item]:
         result, places = [], {}
-        for item in items_of(engine, self.each, self.selection):
+        chosen = items_of(engine, self.each, self.selection)
+        linked = _linked_inputs(engine, [f.file_id for item in chosen for f in item.frames])
+        for item in chosen:
             inputs = [Input(f.file_id, "frame", f.content) for f in item.frames]
+            inputs += [i for f in item.frames for i in linked.get(f.file_id, ())]
             try:
                 names = {k: None if v is None else safe_name(v) for k, v in item.values.items()}
                 directory = Path(expand([self.workdir], {**names, "item": safe_name(item.key)})[0]).resolve()
@@ -204,9 +207,8 @@ class ExternalStep(Step):
                 result.append(StepItem(item.key, error=f"its working directory {directory} is item {first}'s too: "
                                        "give --workdir a placeholder that tells them apart ({item}, {id})", inputs=inputs))
                 continue
-            result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout),
-                                    [Input(f.file_id, "frame", f.content) for f in item.frames],
-                                    {"item": item.key, "command": arguments, "workdir": str(directory)}))
+            result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout), inputs,
+                                   {"item": item.key, "command": arguments, "workdir": str(directory)}))
         return result
 
     def write(self, out: Writer, item, result: dict) -> None:
@@ -216,12 +218,40 @@ class ExternalStep(Step):
             raise ItemFailed(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
         if self.metrics_from:
             try:
-                store_tool_metrics(out.conn, out.run_id, [i.file_id for i in item.inputs],  # an exposure has its file's id
+                store_tool_metrics(out.conn, out.run_id, [i.file_id for i in item.inputs if i.role == "frame"],  # its file's id
                                    Path(item.params["workdir"]) / self.metrics_from)
             except ObsarchError as exc:
                 raise ItemFailed(str(exc)) from None
         for path in result["written"]:
             out.product(path, "output")
+
+
+def _linked_inputs(engine, file_ids: list[int]) -> dict[int, list[Input]]:
+    """The background, response and ARF a spectrum links to, as inputs of
+    whatever a tool makes from it: a tool reads them as XSPEC does, so a
+    changed background makes its outputs stale (lineage showed it, yet the
+    run stayed up to date)."""
+    from sqlalchemy import select
+
+    from archive.db import transaction
+    from archive.models import File, XraySummary
+    from processing.runs import file_content
+
+    roles = ("background", "response", "arf")
+    links: dict[int, list[tuple[str, int]]] = {}
+    with transaction(engine) as conn:
+        for start in range(0, len(file_ids), 500):
+            for file_id, *linked in conn.execute(
+                    select(XraySummary.file_id, XraySummary.background_id, XraySummary.response_id, XraySummary.arf_id)
+                    .where(XraySummary.file_id.in_(file_ids[start : start + 500]))):
+                links[file_id] = [(role, other) for role, other in zip(roles, linked) if other is not None]
+        others = sorted({other for pairs in links.values() for _, other in pairs})
+        contents = {}
+        for start in range(0, len(others), 500):
+            contents.update((row.id, file_content(row)) for row in conn.execute(
+                select(File.id, File.header_hash, File.size, File.mtime_ns).where(File.id.in_(others[start : start + 500]))))
+    return {file_id: [Input(other, role, contents[other]) for role, other in pairs if other in contents]
+            for file_id, pairs in links.items()}
 
 
 def run_each(

@@ -397,9 +397,10 @@ def test_metrics_from_a_wrapped_tool_with_lineage(ingested, tmp_path):
     catalog = Catalog(url)
     (product,) = catalog.exposure_ids("product == 'output' and xray_kind == 'spectrum' and counts == 736")
     tree = lineage(catalog.engine, product)
-    (spectrum,) = tree["inputs"]
-    assert spectrum["path"] == str(directory / "3c273.pi")
+    spectrum, background = tree["inputs"]  # the tool read the spectrum and, through BACKFILE, its background
+    assert (spectrum["role"], spectrum["path"]) == ("frame", str(directory / "3c273.pi"))
     assert [(i["role"], i["path"]) for i in spectrum["inputs"]] == [("background", str(directory / "3c273_bg.pi"))]
+    assert (background["role"], background["path"]) == ("background", str(directory / "3c273_bg.pi"))
     catalog.engine.dispose()
     # a tool that wrote no metrics file fails its item with the reason
     result = run(url, "run", "relpath == 'target_sr.pha'", "--each", "exposure", "--workdir", workdir, "--metrics-from",
@@ -955,3 +956,26 @@ def test_a_binary_file_is_no_region_file_and_its_bytes_stay_off_the_terminal(url
     for name in ("r.reg.gz", "r.bin"):
         result = run(url, "regions", "attach", str(tmp_path / name), "--to", "obsid == '1'", code=1)
         assert result.stderr == f"error: {tmp_path / name}: not a region file (binary or compressed data)\n"
+
+
+def test_a_tool_output_of_a_spectrum_is_stale_when_its_background_changes(url, tmp_path):
+    """lineage named the background as an input, yet a changed background left
+    the tool's output current and its run up to date."""
+    directory = tmp_path / "spectra"
+    directory.mkdir()
+    channel = fits.Column(name="CHANNEL", format="J", array=np.arange(4))
+    _spectrum(directory / "src.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.full(4, 10))], BACKFILE="bkg.pha",
+              BACKSCAL=1.0)
+    _spectrum(directory / "bkg.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.full(4, 2))], HDUCLAS2="BKG",
+              BACKSCAL=1.0)
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    tool = ["--workdir", str(tmp_path / "w" / "{item}"), "--workers", "1", "--", "sh", "-c", "echo fitted > fit.txt"]
+    assert "1 done" in run(url, "run", "relpath == 'src.pha'", *tool).stdout
+    assert "0 done, 1 up to date" in run(url, "run", "relpath == 'src.pha'", *tool).stdout
+    with fits.open(directory / "bkg.pha", mode="update") as hdul:
+        hdul[1].data["COUNTS"] *= 3
+    run(url, "ingest", str(directory))
+    stale = run(url, "stale", "--format", "csv").stdout
+    assert "fit.txt" in stale and "bkg.pha" in stale
+    assert "1 done" in run(url, "run", "relpath == 'src.pha'", *tool).stdout
