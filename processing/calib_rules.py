@@ -105,12 +105,18 @@ def _rule(kind: str, table: dict, base: CalibrationRule, where: str) -> Calibrat
     max_age = base.max_age_days
     if "max_age_days" in table:
         max_age = table["max_age_days"]
-        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0:
+        if not _non_negative(max_age):
             raise ConfigError(f"{where} max_age_days: expected a number of days >= 0, got {max_age!r}")
     min_inputs = table.get("min_inputs", base.min_inputs)
     if isinstance(min_inputs, bool) or not isinstance(min_inputs, int) or min_inputs < 1:
         raise ConfigError(f"{where} min_inputs: expected a whole number >= 1, got {min_inputs!r}")
     return CalibrationRule(kind, match, tolerance, prefer, None if max_age is None else float(max_age), min_inputs)
+
+
+def _non_negative(value) -> bool:
+    """A number >= 0: not a bool, and not nan (which no comparison refuses,
+    so every candidate would pass ``|a - b| <= nan``)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0
 
 
 def _names(table: dict, key: str, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
@@ -129,7 +135,7 @@ def _tolerance(value, where: str) -> tuple[tuple[str, float], ...]:
     for key, limit in value.items():
         if key not in TOLERANCE_KEYS:
             raise ConfigError(f"{where} tolerance.{key}: unknown column; expected one of {', '.join(TOLERANCE_KEYS)}")
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        if not _non_negative(limit):
             raise ConfigError(f"{where} tolerance.{key}: expected a number >= 0, got {limit!r}")
     return tuple((k, float(v)) for k, v in value.items())
 

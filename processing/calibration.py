@@ -30,10 +30,10 @@ from archive.keywords import load_maps
 from archive.query import Node, compare, is_null, one_of
 from processing import detectors as pixels
 from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
-from processing.combine import DEFAULT_MEMORY, METHODS, _size, calibrate_array, combine_files, parse_memory
+from processing.combine import DEFAULT_MEMORY, METHODS, _size, calibrate_array, combine_files, parse_memory, quiet_numpy
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
-from processing.runs import identity, params_hash, write_product
+from processing.runs import done_before, identity, output_directory, params_hash, what_is_at, write_product
 from processing.steps import Frame, inherited, leave_out_bad, mjd_of, nearest, one_value, resolve, safe_name, without_images
 
 ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
@@ -142,19 +142,57 @@ def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: d
     return "_".join(parts + [digest]) + ".fits"
 
 
-def _check_frame(task: tuple[str, tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+@dataclass(frozen=True)
+class Inspection:
+    """What a worker checks a master's input by: the detector names of the
+    first input (in the order of each input's HDUs); for a flat, to measure
+    its level, the masters subtracted (role -> path) and the first input's
+    exposure time (s)."""
+
+    names: tuple[str, ...]
+    flat: bool = False
+    masters: tuple[tuple[str, str], ...] = ()
+    exptime: float | None = None
+
+
+def _check_frame(task: tuple) -> tuple[tuple[tuple[int, ...], ...], tuple[float, ...] | None]:
     """The shape of each detector of one input, read one at a time: reading
-    finds a corrupt frame before it spoils the combination. Runs in a worker."""
-    path, hdu_indices = task
-    shapes = []
-    with pixels.opened(path) as hdul:
-        for index in hdu_indices:
+    finds a corrupt frame before it spoils the combination; and for a flat
+    the median of each detector once the master bias and dark are off, which
+    scales it to 1. A detector with no finite pixel, and a flat without
+    light, fail the frame alone (not the master). Runs in a worker."""
+    path, hdu_indices, inspection = task
+    shapes, levels = [], []
+    with quiet_numpy(), pixels.opened(path) as hdul:
+        for position, index in enumerate(hdu_indices):
             data = hdul[index].data
             if data is None:
                 raise ObsarchError(f"{path}: HDU {index} has no data")
             shapes.append(tuple(data.shape))
-            del data
-    return tuple(shapes)
+            name = inspection.names[position]
+            where = f"{path}: " + (f"detector {name}: " if len(hdu_indices) > 1 else "")
+            finite = data[np.isfinite(data)]
+            if finite.size == 0:
+                raise ObsarchError(f"{where}no finite pixel (all NaN or inf)")
+            if inspection.flat:
+                levels.append(_flat_level(where, data, finite, inspection, name))
+            del data, finite
+    return tuple(shapes), (tuple(levels) if inspection.flat else None)
+
+
+def _flat_level(where: str, data: np.ndarray, finite: np.ndarray, inspection: Inspection, name: str) -> float:
+    """The median of a flat's detector once the masters are off (every 4th
+    row: a median needs no more), refused when the flat has no light:
+    constant data (all zero), or a level not above 0."""
+    if finite.min() == finite.max():
+        raise ObsarchError(f"{where}every pixel is {float(finite.min()):g}: no light in this flat")
+    offset = _offset(dict(inspection.masters), inspection.names, name, inspection.exptime)
+    value = float(np.nanmedian(np.asarray(data[::4], dtype=np.float64) - (offset[::4] if offset is not None else 0.0)))
+    if not value > 0:
+        roles = [role for role, _ in inspection.masters]
+        off = f" once the master {' and '.join(roles)} {'are' if len(roles) > 1 else 'is'} subtracted" if roles else ""
+        raise ObsarchError(f"{where}median {value:.4g}{off}: no light in this flat (its level must be above 0)")
+    return value
 
 
 def detector_values(detectors: list[Detector]) -> dict:
@@ -193,21 +231,28 @@ class MasterStep(Step):
 
     def __init__(self, engine, kind, selection, band, count, to, params: MasterParams, out_dir: Path,
                  hdus: tuple[str, ...] | None = None, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
-                 include_bad: bool = False):
+                 include_bad: bool = False, force: bool = False):
         if kind not in KINDS:
             raise ObsarchError(f"unknown master {kind!r}; use bias, dark or flat")
         self.name, self.kind, self.master_params, self.include_bad = f"master-{kind}", kind, params, include_bad
+        self.force = force
         self.inputs, self.shortfall, self.said = _master_inputs(engine, kind, selection, band, count, to, include_bad)
         self.min_inputs = rules.get(kind, DEFAULT_RULES[kind]).min_inputs
         first = self.inputs[0]
         with transaction(engine) as conn:
             self.found = detectors_of_files(conn, [f.file_id for f in self.inputs])
-        self.detectors = select_detectors(self.found[first.file_id], hdus)
+        try:
+            self.detectors = select_detectors(self.found[first.file_id], hdus)
+        except ObsarchError as exc:  # --hdu names no detector of it: say which file
+            raise ObsarchError(f"{first.path}: {exc}") from None
         if not self.detectors:
             raise ObsarchError(f"{first.path}: no detector (image HDU with data) to combine")
         needed = {"dark": ("bias",), "flat": ("bias", "dark")}.get(kind, ())
         self.masters = _masters_for(engine, first, needed, rules, hdus)
-        self.target = (Path(out_dir) / master_name(kind, self.inputs, params, self.masters, include_bad)).resolve()
+        out = output_directory(out_dir)
+        self.target = out / master_name(kind, self.inputs, params, self.masters, include_bad)
+        if why := what_is_at(engine, self.target).refusal(f"master_{kind}", force=force):
+            raise ObsarchError(why)
 
     def params(self) -> dict:
         # include_bad only when set, as in the name: masters made before it existed keep their fingerprint
@@ -218,18 +263,34 @@ class MasterStep(Step):
 
     def items(self, engine) -> list[Item]:
         first = Path(self.inputs[0].path).name
+        inspection = Inspection(tuple(d.name for d in self.detectors), self.kind == "flat",
+                                tuple((k, m.path) for k, m in self.masters.items()), self.inputs[0].exptime)
         items = []
         for frame in self.inputs:
             own, error = _own_detectors(self.detectors, self.found[frame.file_id], first)
-            items.append(Item(frame.path, (frame.path, tuple(d.hdu_index for d in own)),
+            items.append(Item(frame.path, (frame.path, tuple(d.hdu_index for d in own), inspection),
                               [Input(frame.file_id, "frame", frame.content)], error=error, data=(frame, own)))
         return items
+
+    def up_to_date(self, engine, items: list[Item], prints: dict[str, str]) -> set[str]:
+        current = super().up_to_date(engine, items, prints)
+        if "*" in current:  # the master its run made, which is named by the frames it could use
+            from sqlalchemy import select
+
+            from archive.models import Product
+
+            with transaction(engine) as conn:
+                made = conn.execute(select(Product.path).where(Product.run_id == done_before(engine, prints["*"]))
+                                    .order_by(Product.id.desc()).limit(1)).scalar()
+            self.target = Path(made) if made else self.target
+        return current
 
     def finish(self, out: Writer, done, failed) -> str | None:
         used = [item.data[0] for item, _ in done]
         hdus = {item.data[0].file_id: [d.hdu_index for d in item.data[1]] for item, _ in done}
+        levels = {item.data[0].file_id: checked[1] for item, checked in done}
         out.inputs([Input(m.file_id, k, m.content) for k, m in self.masters.items()])
-        combine = _detector_combiner(self.kind, used, hdus, self.detectors, self.masters, self.master_params)
+        combine = _detector_combiner(self.kind, used, hdus, self.detectors, self.masters, self.master_params, levels)
         header = _master_header(self.kind, used, self.masters, self.master_params)
         with pixels.opened(used[0].path) as hdul:
             own = dict(zip((d.name for d in self.detectors), done[0][0].data[1]))
@@ -238,8 +299,11 @@ class MasterStep(Step):
         # the file) of the master of them all, which an earlier run may have made
         target = self.target if not failed else self.target.with_name(
             master_name(self.kind, used, self.master_params, self.masters, self.include_bad))
-        write_product(target, lambda tmp: pixels.write_detectors(
-            tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
+        if why := what_is_at(out.conn, target).refusal(f"master_{self.kind}", force=self.force):
+            raise ObsarchError(why)
+        with quiet_numpy():
+            write_product(target, lambda tmp: pixels.write_detectors(
+                tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
         out.product(target, f"master_{self.kind}", values)
         return self._short(len(used), len(used) + len(failed))
@@ -297,38 +361,45 @@ def make_master(
     dark-subtracted for flats) by the masters ``rules`` choose for its first
     input. ``selection``: a tree, or a person's text. Frames graded bad are
     left out, and the result's notes say how many, unless ``include_bad``."""
-    step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules, include_bad)
+    step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules, include_bad, force)
     return run_step(engine, step, force=force, executor=executor, workers=workers)
 
 
+def _offset(masters: dict[str, str], names, name: str, exptime: float | None) -> np.ndarray | None:
+    """What comes off a dark or a flat's detector ``name`` (one of ``names``,
+    the first input's): the master bias (role -> path), plus the master dark
+    scaled to ``exptime`` (s)."""
+    offset = None
+    for role in ("bias", "dark"):
+        if role in masters:
+            with pixels.opened(masters[role]) as hdul:
+                image = pixels.read(hdul, pixels.paired(hdul, list(names), single=True)[name])
+            if role == "dark":
+                image *= (exptime or 0.0) / _exptime(masters["dark"])
+            offset = image if offset is None else offset + image
+    return offset
+
+
 def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]], detectors: list[Detector],
-                       masters: dict[str, Frame], params: MasterParams):
+                       masters: dict[str, Frame], params: MasterParams, levels: dict[int, tuple[float, ...] | None]):
     """``combine(detector) -> image`` for one detector (of the first input);
-    the arrays held beside the combination (bias, dark) come off the budget."""
+    the arrays held beside the combination (bias, dark) come off the budget.
+    A flat is scaled by its ``levels`` (file id -> each detector's median
+    once the masters are off, measured by :func:`_check_frame`)."""
     memory = parse_memory(params.memory)
     names = [d.name for d in detectors]
     position = {d.name: i for i, d in enumerate(detectors)}
     paths = [f.path for f in inputs]
-
-    def offset_of(detector: Detector) -> np.ndarray | None:
-        offset = None
-        for role in ("bias", "dark"):
-            if role in masters:
-                with pixels.opened(masters[role].path) as hdul:
-                    image = pixels.read(hdul, pixels.paired(hdul, names, single=True)[detector.name])
-                if role == "dark":
-                    image *= (inputs[0].exptime or 0.0) / _exptime(masters["dark"].path)
-                offset = image if offset is None else offset + image
-        return offset
+    subtracted = {role: m.path for role, m in masters.items()}
 
     def combine(detector: Detector) -> np.ndarray:
         own = [hdus[f.file_id][position[detector.name]] for f in inputs]
-        offset = offset_of(detector) if kind in ("dark", "flat") else None
+        offset = _offset(subtracted, names, detector.name, inputs[0].exptime) if kind in ("dark", "flat") else None
         budget = memory - (offset.nbytes if offset is not None else 0)
         if budget <= 0:
             raise ObsarchError(f"--memory {params.memory} cannot even hold the master bias of detector {detector.name}")
         if kind == "flat":
-            scales = [1.0 / _median_after(p, h, offset) for p, h in zip(paths, own)]
+            scales = [1.0 / levels[f.file_id][position[detector.name]] for f in inputs]
             return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
                                  subtract=offset, hdu=own)
         combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
@@ -336,15 +407,6 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
         return combined - offset if offset is not None else combined
 
     return combine
-
-
-def _median_after(path: str, hdu_index: int, offset: np.ndarray | None) -> float:
-    with pixels.opened(path) as hdul:
-        data = np.asarray(hdul[hdu_index].section[::4, :], dtype=np.float64)
-    value = float(np.nanmedian(data - (offset[::4] if offset is not None else 0.0)))
-    if not np.isfinite(value) or value == 0:
-        raise ObsarchError(f"{path}: median {value} cannot normalize a flat")
-    return value
 
 
 def _exptime(path: str) -> float:
@@ -412,6 +474,7 @@ def _calibrate_one(task: tuple) -> str:
     names = [d.name for d in detectors]
     dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
     with ExitStack() as stack:
+        stack.enter_context(quiet_numpy())
         hdul = stack.enter_context(pixels.opened(frame.path))
         opened = {k: stack.enter_context(pixels.opened(m.path)) for k, m in masters.items()}
         pairs = {k: pixels.paired(h, names, single=True) for k, h in opened.items()}
@@ -504,6 +567,41 @@ def fits_stem(path: str) -> str:
     return name
 
 
+def calibrated_paths(conn, frames: list[Frame], out: Path, force: bool = False) -> dict[int, tuple[Path, str | None]]:
+    """Where each frame's calibrated product goes (exposure id -> path, and
+    why it may not be written there, or None). ``STEM_cal.fits`` when that
+    is free, or already this frame's; ``STEM_eID_cal.fits`` (the exposure
+    id) when another frame has it, or takes it in this run: cameras restart
+    their numbering, so raw frames of two nights share file names, and each
+    must keep a file and a lineage of its own. A file that is no calibration
+    of the frame is never replaced but with ``force``, a raw file never
+    (see :meth:`processing.runs.Occupant.refusal`)."""
+    plain = {f.exposure_id: out / f"{fits_stem(f.path)}_cal.fits" for f in frames}
+    found = {path: what_is_at(conn, path) for path in set(plain.values())}
+
+    def others(occupant, frame: Frame) -> bool:
+        return occupant.what == "product" and occupant.kind == "calibrated" and occupant.frames != {frame.file_id}
+
+    def mine(frame: Frame) -> bool:
+        occupant = found[plain[frame.exposure_id]]
+        return occupant.what == "product" and occupant.kind == "calibrated" and not others(occupant, frame)
+
+    claimed: set[Path] = set()
+    targets = {}
+    for frame in sorted(frames, key=lambda f: not mine(f)):  # a name stays with the frame that has it
+        path = plain[frame.exposure_id]
+        occupant = found[path]
+        if path in claimed or others(occupant, frame):
+            path = out / f"{fits_stem(frame.path)}_e{frame.exposure_id}_cal.fits"
+            occupant = what_is_at(conn, path)
+            if path in claimed or others(occupant, frame):
+                targets[frame.exposure_id] = (path, f"{path} is the calibration of another frame")
+                continue
+        claimed.add(path)
+        targets[frame.exposure_id] = (path, occupant.refusal("calibrated", {frame.file_id}, force))
+    return targets
+
+
 class CalibrateStep(Step):
     """Bias, dark and flat correction of raw science frames, one product each
     with one HDU per detector, by the masters the declared rules choose."""
@@ -516,9 +614,9 @@ class CalibrateStep(Step):
     execution = {"hdus": []}
 
     def __init__(self, selection, use: tuple[str, ...], out_dir: Path, rules: dict[str, CalibrationRule] = DEFAULT_RULES,
-                 hdus: tuple[str, ...] | None = None, worker_memory: int = parse_memory(DEFAULT_MEMORY)):
+                 hdus: tuple[str, ...] | None = None, worker_memory: int = parse_memory(DEFAULT_MEMORY), force: bool = False):
         self.selection, self.use, self.out_dir, self.rules, self.hdus = selection, use, Path(out_dir), rules, hdus
-        self.worker_memory = worker_memory
+        self.worker_memory, self.force = worker_memory, force
 
     def params(self) -> dict:
         return {"hdus": list(self.hdus or ())}
@@ -532,20 +630,23 @@ class CalibrateStep(Step):
         if not science:
             raise ObsarchError(f"nothing to calibrate: the {imageless} science exposure{'s' if imageless > 1 else ''} "
                                f"of {_shown(self.selection)} hold no image")
+        out = output_directory(self.out_dir)
+        with transaction(engine) as conn:
+            targets = calibrated_paths(conn, science, out, self.force)
         choices: dict[int, list[Choice]] = {}
         for choice in choose_all(engine, [f.exposure_id for f in science], self.use, self.rules, self.hdus):
             choices.setdefault(choice.frame.exposure_id, []).append(choice)
-        return [self._item(frame, choices[frame.exposure_id]) for frame in science]
+        return [self._item(frame, choices[frame.exposure_id], *targets[frame.exposure_id]) for frame in science]
 
-    def _item(self, frame: Frame, choices: list[Choice]) -> Item:
+    def _item(self, frame: Frame, choices: list[Choice], target: Path, refused: str | None) -> Item:
         masters, error = plan(choices)
+        error = error or refused
         detectors: list[Detector] = []
         if error is None:
             try:
                 detectors = select_detectors(choices[0].frame.detectors, self.hdus)
             except ObsarchError as exc:
                 error = str(exc)
-        target = (self.out_dir / f"{fits_stem(frame.path)}_cal.fits").resolve()
         inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
         return Item(frame.path, (frame, detectors, masters, target, self.worker_memory), inputs,
                     {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
@@ -572,5 +673,5 @@ def calibrate(
     import os
 
     processes = 1 if executor == "serial" else (workers or os.cpu_count() or 1)
-    step = CalibrateStep(selection, use, out_dir, rules, hdus, parse_memory(memory) // processes)
+    step = CalibrateStep(selection, use, out_dir, rules, hdus, parse_memory(memory) // processes, force)
     return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +162,17 @@ def combine_files(
     finally:
         for frame in frames:
             frame.hdul.close()
+
+
+@contextmanager
+def quiet_numpy() -> Iterator[None]:
+    """numpy's RuntimeWarnings (an all-NaN slice, inf - inf, an overflow to
+    float32) silenced: the values they warn of are what the product holds,
+    and a frame that cannot be used is refused with its reason, in one line;
+    a warning's two lines of source would reach the user's terminal."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _size(n: float) -> str:

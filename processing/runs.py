@@ -10,13 +10,14 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine, insert, update
 
 from archive import __version__
 from archive.db import transaction
 from archive.ingest import process_alive, utcnow
-from archive.models import Run
+from archive.models import Run, RunInput
 
 
 def identity(params: dict, execution: dict) -> dict:
@@ -136,6 +137,97 @@ def write_product(path, write) -> None:
             temporary.unlink()
 
 
+@dataclass(frozen=True)
+class Occupant:
+    """What occupies a path a step means to write (see :func:`what_is_at`).
+
+    what : 'nothing', 'directory', 'raw' (a catalogued file no run made,
+        even one gone from disk), 'product' (of ``kind``, made by run
+        ``run_id`` from the raw ``frames``, file ids) or 'foreign' (a file
+        no run made and the catalog does not hold).
+    """
+
+    path: str
+    what: str
+    kind: str | None = None
+    run_id: int | None = None
+    frames: frozenset[int] = frozenset()
+    frame_number: int | None = None
+
+    def refusal(self, kind: str, frames: set[int] | None = None, force: bool = False) -> str | None:
+        """Why a product of ``kind`` (made from ``frames``, when whose frames
+        matter: a calibrated frame) may not replace what is here, or None.
+        Its own earlier version may be replaced; anything else only with
+        ``force``; a raw file of the catalog or a directory never."""
+        if self.what == "nothing" or (self.what == "product" and self.kind == kind
+                                      and (frames is None or set(frames) == set(self.frames))):
+            return None
+        if self.what == "directory":
+            return f"{self.path} is a directory"
+        if self.what == "raw":
+            number = f" (frame {self.frame_number})" if self.frame_number is not None else ""
+            return f"{self.path} is a raw file of the catalog{number}: obsarch never replaces it; --out writes elsewhere"
+        if force:
+            return None
+        if self.what == "foreign":
+            return f"{self.path} exists and is no product of obsarch: --out writes elsewhere, --force replaces it"
+        whose = "" if self.kind != kind else f" of other frames (file {', '.join(map(str, sorted(self.frames)))})"
+        return f"{self.path} is the {self.kind}{whose} made by run {self.run_id}: --out writes elsewhere, --force replaces it"
+
+
+def what_is_at(engine_or_conn, path) -> Occupant:
+    """What occupies ``path`` (absolute): nothing, a directory, a catalogued
+    raw file, the newest product recorded there (its kind, run and the raw
+    frames that run read), or a file no run made. Steps ask this before they
+    write a product (:meth:`Occupant.refusal` says whether they may)."""
+    from sqlalchemy import Connection, select
+
+    from archive.models import Exposure, Product
+    from archive.roots import file_id_of
+
+    if not isinstance(engine_or_conn, Connection):
+        with transaction(engine_or_conn) as conn:
+            return what_is_at(conn, path)
+    conn, path = engine_or_conn, str(path)
+    made = conn.execute(select(Product.run_id, Product.kind).where(Product.path == path)
+                        .order_by(Product.id.desc()).limit(1)).first()
+    file_id = file_id_of(conn, path)
+    if file_id is not None and conn.execute(select(Product.id).where(Product.file_id == file_id).limit(1)).first() is None:
+        number = conn.execute(select(Exposure.frame_number).where(Exposure.file_id == file_id).limit(1)).scalar()
+        return Occupant(path, "raw", frame_number=number)
+    if os.path.isdir(path):
+        return Occupant(path, "directory")
+    if not os.path.lexists(path):
+        return Occupant(path, "nothing")
+    if made is None:
+        return Occupant(path, "foreign")
+    frames = conn.execute(select(RunInput.file_id).where(RunInput.run_id == made.run_id, RunInput.role == "frame")).scalars()
+    return Occupant(path, "product", made.kind, made.run_id, frozenset(f for f in frames if f is not None))
+
+
+def output_directory(directory, option: str = "--out") -> Path:
+    """``directory`` made if need be, as an absolute path; a path that cannot
+    be a directory to write in is refused in one line naming ``option``
+    (before any work, not once per product after it)."""
+    from archive.exceptions import ObsarchError
+
+    given = Path(directory)
+    resolved = given.expanduser().resolve()
+    for part in (resolved, *resolved.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "exists" if part == resolved else f"{part} exists"
+                raise ObsarchError(f"{option} {given}: {where} and is not a directory")
+            break
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ObsarchError(f"{option} {given}: cannot make the directory: {exc.strerror or exc}") from None
+    if not os.access(resolved, os.W_OK | os.X_OK):
+        raise ObsarchError(f"{option} {given}: not writable")
+    return resolved
+
+
 def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None) -> dict:
     """The tree of what a file was made from: its run, that run's inputs, and
     theirs, down to raw files (files no run made)."""
@@ -199,7 +291,7 @@ def stale_products(engine: Engine) -> list[dict]:
         inputs = conn.execute(select(RunInput.run_id, RunInput.file_id, RunInput.role, RunInput.content)).all()
         files = {row.id: row for row in conn.execute(
             select(File.id, File.header_hash, File.size, File.mtime_ns, File.status, (Root.path + "/" + File.relpath).label("path"),
-                   Exposure.frame_number, current_flag("grade", Exposure.id).label("grade"),
+                   Exposure.frame_number, Exposure.id.label("exposure_id"), current_flag("grade", Exposure.id).label("grade"),
                    current_flag("created_at", Exposure.id).label("graded_at"))
             .join(Root, Root.id == File.root_id).outerjoin(Exposure, Exposure.file_id == File.id)
         )}
@@ -208,6 +300,7 @@ def stale_products(engine: Engine) -> list[dict]:
     by_run: dict[int, list] = {}
     for row in inputs:
         by_run.setdefault(row.run_id, []).append(row)
+    offsets = _offsets_now(engine, by_run, files)
     memo: dict[int, str | None] = {}
 
     def name(item) -> str:
@@ -241,6 +334,8 @@ def stale_products(engine: Engine) -> list[dict]:
                     found = f"{name(item)} is stale: {why}"
             if found:
                 break
+        if found is None:
+            found = _offset_moved(product, by_run.get(product.run_id, []), files, offsets, name)
         memo[product.id] = found
         return found
 
@@ -255,6 +350,34 @@ def stale_products(engine: Engine) -> list[dict]:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why, "file_id": product.file_id})
     return result
+
+
+def _offsets_now(engine: Engine, by_run: dict[int, list], files: dict) -> dict[int, str]:
+    """exposure id -> the identity of its current offset, for the frames of
+    runs that read offsets (a stack)."""
+    from processing.offsets import current_offsets
+
+    exposures = {files[item.file_id].exposure_id for items in by_run.values() if any(i.role == "offset" for i in items)
+                 for item in items if item.role == "frame" and item.file_id in files}
+    exposures.discard(None)
+    return {exposure: offset.identity for exposure, offset in current_offsets(engine, sorted(exposures)).items()}
+
+
+def _offset_moved(product, items: list, files: dict, offsets: dict[int, str], name) -> str | None:
+    """Why a product made with offsets is stale: a frame's current offset is
+    none of those it was made with (the frame was registered again), so that
+    running its step again makes another product."""
+    used = {item.content for item in items if item.role == "offset"}
+    if not used:
+        return None
+    for item in items:
+        frame = files.get(item.file_id) if item.role == "frame" else None
+        if frame is None or frame.exposure_id is None or offsets.get(frame.exposure_id) in used:
+            continue
+        if frame.exposure_id not in offsets:
+            return f"{name(item)} has no current offset any more"
+        return f"{name(item)} was registered again since: `obsarch {product.step}` again uses its new offset"
+    return None
 
 
 _WHERE_AND_FROM = ("out", "masters", "master_contents")  # what a master made again from other inputs changes

@@ -1,0 +1,310 @@
+"""Calibration attacked with hostile files and options (findings of the
+processing chain): each bad input costs only itself and is said in one line
+naming the file, and no file obsarch did not make is ever replaced.
+Every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_steps
+from astropy.io import fits
+from factories import write_image
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from archive.exceptions import ConfigError, ObsarchError
+from archive.models import Run
+from cli.main import app
+from processing import calibration, offsets, runs, stacking
+from processing.calib_rules import rules_from_config
+
+runner = CliRunner()
+raw = test_steps.raw  # a night of bias, V flats and 4 V science frames, ingested (a fixture)
+SHAPE = test_steps.SHAPE
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _runs(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Run)).scalar_one()
+
+
+def _cli(url: str, *args: str):
+    return runner.invoke(app, ["--db", url, *args])
+
+
+def _second_night_twin(catalog, tmp: Path, number: int) -> tuple[Path, Path]:
+    """A frame of another night under the file name of science frame ``number``
+    (cameras restart their numbering), 1000 ADU brighter to tell them apart."""
+    first = tmp / "raw" / f"ngc3293-{number}.fits"
+    twin = tmp / "night2" / first.name
+    with fits.open(first) as hdul:
+        header = hdul[0].header.copy()
+        data = hdul[0].data + 1000
+    header["FRAMENUM"], header["DATE-OBS"] = 9000 + number, "2017-08-17T03:00:00"
+    twin.parent.mkdir()
+    fits.PrimaryHDU(data, header).writeto(twin)
+    catalog.ingest([twin.parent])
+    return first, twin
+
+
+# -- 1: raw frames sharing a file name ------------------------------------------------------
+
+
+def test_raw_frames_sharing_a_file_name_are_calibrated_into_a_file_each(raw):
+    catalog, tmp, numbers = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    first, twin = _second_night_twin(catalog, tmp, numbers[0])
+    selection = f"relpath == '{first.name}'"
+    result = calibration.calibrate(catalog.engine, selection, use=("bias",), out_dir=tmp / "cal", executor="serial")
+    assert len(result.done) == 2 and len(set(result.products)) == 2, result
+    plain = tmp / "cal" / f"ngc3293-{numbers[0]}_cal.fits"
+    assert str(plain.resolve()) in result.products
+    for frame in (first, twin):  # each product holds its own frame's pixels, and its lineage names that frame
+        product = next(p for p in result.products if _lineage_frame(catalog, p) == str(frame.resolve()))
+        with fits.open(product) as made, fits.open(frame) as raw_frame:
+            assert made[0].header["FRAMENUM"] == raw_frame[0].header["FRAMENUM"]
+    again = calibration.calibrate(catalog.engine, selection, use=("bias",), out_dir=tmp / "cal", executor="serial")
+    assert len(again.skipped) == 2 and not again.done  # up to date, and true: both files are there
+    assert all(Path(p).exists() for p in result.products)
+
+
+def _lineage_frame(catalog, product: str) -> str:
+    from archive.roots import file_id_of
+
+    with catalog.engine.connect() as conn:
+        file_id = file_id_of(conn, product)
+    tree = runs.lineage(catalog.engine, file_id)
+    return next(node["path"] for node in tree["inputs"] if node["role"] == "frame")
+
+
+# -- 2: never replace a file obsarch did not make ------------------------------------------
+
+
+def test_what_is_at_says_what_occupies_a_path(raw):
+    catalog, tmp, numbers = raw
+    made = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    (master,) = made.products
+    mine = tmp / "mine.fits"
+    mine.write_text("a user's own file")
+    raw_frame = str((tmp / "raw" / f"ngc3293-{numbers[0]}.fits").resolve())
+    assert runs.what_is_at(catalog.engine, str(tmp / "none.fits")).what == "nothing"
+    assert runs.what_is_at(catalog.engine, str(tmp)).what == "directory"
+    assert runs.what_is_at(catalog.engine, str(mine)).what == "foreign"
+    found = runs.what_is_at(catalog.engine, raw_frame)
+    assert (found.what, found.frame_number) == ("raw", numbers[0])
+    found = runs.what_is_at(catalog.engine, master)
+    assert (found.what, found.kind, found.run_id, len(found.frames)) == ("product", "master_bias", made.run_id, 5)
+    assert found.refusal("master_bias") is None and "is the master_bias made by run" in found.refusal("stack")
+    assert "never replaces" in runs.what_is_at(catalog.engine, raw_frame).refusal("calibrated", force=True)
+
+
+def test_calibrate_never_replaces_a_raw_frame_and_replaces_a_users_file_only_when_forced(raw, url):
+    catalog, tmp, numbers = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    out = tmp / "raw2"
+    out.mkdir()
+    for name, number in (("obj_301.fits", 301), ("obj_301_cal.fits", 302)):  # a raw frame named like a product
+        data = np.random.default_rng(number).normal(2000, 5, SHAPE).astype(np.float32)
+        write_image(out / name, data, {"FRAMENUM": number, "DATE-OBS": "2017-08-16T04:00:00", "READOUTM": "SCI1.0"})
+    catalog.ingest([out])
+    victim = out / "obj_301_cal.fits"
+    before = _md5(victim)
+    result = _cli(url, "calibrate", f"frame_number in (301, {numbers[1]})", "--no-dark", "--no-flat", "--out", str(out),
+                  "--executor", "serial")
+    assert result.exit_code == 3, result.output  # the other frame is calibrated
+    line = f"{out / 'obj_301.fits'}: {victim} is a raw file of the catalog (frame 302): obsarch never replaces it"
+    assert line in result.stderr and _md5(victim) == before
+    forced = _cli(url, "calibrate", "301", "--no-dark", "--no-flat", "--out", str(out), "--executor", "serial", "--force")
+    assert forced.exit_code == 1 and _md5(victim) == before
+    assert _cli(url, "show", "302").exit_code == 0  # still a raw exposure
+    users = tmp / "cal2"
+    users.mkdir()
+    (users / f"ngc3293-{numbers[0]}_cal.fits").write_text("my calibrated")
+    refused = _cli(url, "calibrate", str(numbers[0]), "--no-dark", "--no-flat", "--out", str(users), "--executor", "serial")
+    assert refused.exit_code == 1 and "exists and is no product of obsarch" in refused.stderr
+    assert (users / f"ngc3293-{numbers[0]}_cal.fits").read_text() == "my calibrated"
+    assert _cli(url, "calibrate", str(numbers[0]), "--no-dark", "--no-flat", "--out", str(users), "--executor", "serial",
+                "--force").exit_code == 0
+
+
+def test_a_master_is_refused_before_any_work_where_a_file_it_did_not_make_lies(raw, url):
+    catalog, tmp, _ = raw
+    name = Path(calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m").products[0]).name
+    mine = tmp / "mine"
+    mine.mkdir()
+    (mine / name).write_text("x")
+    runs_before = _runs(catalog.engine)
+    result = _cli(url, "calib", "bias", "--out", str(mine))
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        f"error: {mine / name} exists and is no product of obsarch: --out writes elsewhere, --force replaces it")
+    assert (mine / name).read_text() == "x" and _runs(catalog.engine) == runs_before  # refused before any work
+    assert _cli(url, "calib", "bias", "--out", str(mine), "--force").exit_code == 0
+    # a raw frame of the catalog at that name: never, even forced
+    rawdir = tmp / "rawm"
+    rawdir.mkdir()
+    (rawdir / name).write_bytes((tmp / "raw" / f"ngc3293-{_first_bias()}.fits").read_bytes())
+    catalog.ingest([rawdir])
+    before = _md5(rawdir / name)
+    with pytest.raises(ObsarchError, match="is a raw file of the catalog .*never replaces it"):
+        calibration.make_master(catalog.engine, "bias", "relpath glob 'ngc*'", out_dir=rawdir, force=True)
+    assert _md5(rawdir / name) == before
+
+
+def _first_bias() -> int:
+    return 3852  # the first frame (a bias) of test_steps.night
+
+
+# -- 7, 8, 20: flats without light, all-NaN flats, numpy's warnings ---------------------------
+
+
+def _flats(directory: Path, rng, band: str, levels: dict[str, object]) -> None:
+    for i, (name, level) in enumerate(levels.items()):
+        data = level(rng) if callable(level) else np.full(SHAPE, level, dtype=np.float32)
+        write_image(directory / f"{name}.fits", np.asarray(data, dtype=np.float32),
+                    {"IMAGETYP": "Flat Field", "FILTER": band, "EXPTIME": 2.0, "DATE-OBS": f"2017-08-16T05:1{i}:00",
+                     "READOUTM": "SCI1.0"})
+
+
+def _good(rng):
+    return 500 + rng.normal(20000, 100, SHAPE)
+
+
+def test_flats_without_light_fail_alone_and_the_master_is_made_of_the_rest(raw, rng):
+    catalog, tmp, _ = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    _flats(tmp / "rflats", rng, "R", {"zero": 0.0, "constant": 7000.0, "negative": lambda r: 450 + r.normal(0, 3, SHAPE),
+                                     "good1": _good, "good2": _good})
+    _flats(tmp / "iflats", rng, "I", {"izero1": 0.0, "izero2": 0.0})
+    catalog.ingest([tmp / "rflats", tmp / "iflats"])
+    result = calibration.make_master(catalog.engine, "flat", band="R", out_dir=tmp / "m")
+    failed = dict(result.failed)
+    assert failed[str((tmp / "rflats" / "zero.fits").resolve())] == "every pixel is 0: no light in this flat"
+    assert failed[str((tmp / "rflats" / "constant.fits").resolve())] == "every pixel is 7000: no light in this flat"
+    assert re.fullmatch(r"median -(49|50)\.\d+ once the master bias is subtracted: no light in this flat \(its level must be above 0\)",
+                        failed[str((tmp / "rflats" / "negative.fits").resolve())])
+    assert len(result.products) == 1 and result.exit_code == 3 and "made from 2 of 5" in result.short[0][1]
+    with fits.open(result.products[0]) as made:
+        assert made[0].header["NCOMBINE"] == 2 and np.nanmedian(made[0].data) == pytest.approx(1, abs=0.01)
+    none_left = calibration.make_master(catalog.engine, "flat", band="I", out_dir=tmp / "m")
+    assert none_left.exit_code == 1 and not none_left.products and len(none_left.failed) == 2
+
+
+def test_an_all_nan_flat_fails_alone_without_a_python_warning(raw, rng):
+    catalog, tmp, _ = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    _flats(tmp / "rflats", rng, "R", {"nan": np.nan, "good1": _good, "good2": _good, "good3": _good})
+    catalog.ingest([tmp / "rflats"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = calibration.make_master(catalog.engine, "flat", band="R", out_dir=tmp / "m")
+    assert result.failed == [(str((tmp / "rflats" / "nan.fits").resolve()), "no finite pixel (all NaN or inf)")]
+    assert len(result.products) == 1 and result.exit_code == 3
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
+def test_calibrating_frames_with_inf_pixels_prints_no_python_warning(raw):
+    """A mean master bias keeps a frame's inf pixel; a science frame with inf
+    there made numpy warn 'invalid value encountered in subtract'."""
+    catalog, tmp, numbers = raw
+    for path in sorted((tmp / "raw").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            if hdul[0].header["IMAGETYP"] in ("Bias Frame", "Light Frame"):
+                hdul[0].data[5, 5] = np.inf
+    catalog.ingest([tmp / "raw"])
+    calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(method="mean"), out_dir=tmp / "m")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = calibration.calibrate(catalog.engine, str(numbers[0]), use=("bias",), out_dir=tmp / "cal", executor="serial")
+    assert result.exit_code == 0, result.failed
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
+# -- 9: nan in the rules ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"tolerance": {"ccd_temp": float("nan")}}, "tolerance.ccd_temp: expected a number >= 0, got nan"),
+    ({"max_age_days": float("nan")}, "max_age_days: expected a number of days >= 0, got nan"),
+])
+def test_nan_is_refused_as_a_tolerance_or_an_age_limit(table, key):
+    with pytest.raises(ConfigError) as refused:
+        rules_from_config({"calibration": {"bias": table}}, "obsarch.toml")
+    assert str(refused.value) == f"obsarch.toml: [calibration.bias] {key}"
+
+
+def test_calib_explain_refuses_nan_in_obsarch_toml_in_one_line(raw, url):
+    _, tmp, numbers = raw
+    config = tmp / "obsarch.toml"
+    config.write_text("[calibration.bias]\ntolerance = { ccd_temp = nan }\n")
+    result = runner.invoke(app, ["--db", url, "--config", str(config), "calib", "explain", str(numbers[0]), "--type", "bias"])
+    assert result.exit_code != 0 and "[calibration.bias] tolerance.ccd_temp: expected a number >= 0, got nan" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- 11: a stack whose offsets were measured again is stale ----------------------------------
+
+
+def test_stale_lists_a_stack_whose_frames_were_registered_again(raw):
+    catalog, tmp, numbers = raw
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "st", executor="serial")
+    assert not [row for row in runs.stale_products(catalog.engine) if row["kind"] == "stack"]
+    offsets.compute_offsets(catalog.engine, ids, ids[-1], workers=1)
+    (row,) = [row for row in runs.stale_products(catalog.engine) if row["kind"] == "stack"]
+    assert "was registered again since: `obsarch stack` again uses its new offset" in row["reason"]
+    assert str(numbers[0]) in row["reason"]
+    stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "st", executor="serial")
+    assert not [row for row in runs.stale_products(catalog.engine) if row["kind"] == "stack"]
+
+
+# -- 12: a bad --out ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("calib", "bias"), ("calibrate", "frame_type == 'science'", "--no-dark", "--no-flat")])
+def test_a_bad_out_is_one_plain_line_before_any_work(raw, url, command):
+    catalog, tmp, _ = raw
+    if command[0] == "calibrate":
+        calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    (tmp / "afile").write_text("")
+    before = _runs(catalog.engine)
+    for out, said in ((tmp / "afile", f"--out {tmp / 'afile'}: exists and is not a directory"),
+                      (tmp / "afile" / "sub", f"--out {tmp / 'afile' / 'sub'}: {tmp / 'afile'} exists and is not a directory")):
+        result = _cli(url, *command, "--out", str(out))
+        assert result.exit_code == 1 and result.stderr.strip() == f"error: {said}", result.output
+    assert _runs(catalog.engine) == before  # no work, no run recorded
+
+
+# -- 15: an up-to-date short master ----------------------------------------------------------
+
+
+def test_an_up_to_date_short_master_names_the_master_that_exists(raw, rng):
+    catalog, tmp, _ = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    _flats(tmp / "rflats", rng, "R", {"zero": 0.0, "good1": _good, "good2": _good})
+    catalog.ingest([tmp / "rflats"])
+    made = calibration.make_master(catalog.engine, "flat", band="R", out_dir=tmp / "m")
+    again = calibration.make_master(catalog.engine, "flat", band="R", out_dir=tmp / "m")
+    assert again.skipped == made.products and again.short[0][0] == made.products[0]
+    assert Path(again.skipped[0]).exists()
+
+
+# -- 18: --hdu names the file ------------------------------------------------------------------
+
+
+def test_a_master_refusing_hdu_names_the_file(raw, url):
+    _, tmp, _ = raw
+    result = _cli(url, "calib", "bias", "--hdu", "CCD9", "--out", str(tmp / "m"))
+    first = (tmp / "raw" / f"ngc3293-{_first_bias()}.fits").resolve()
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {first}: --hdu CCD9: no such detector (this file has PRIMARY)"
