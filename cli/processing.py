@@ -210,7 +210,7 @@ def run_command(
     selection: Selection = None,
     each: Annotated[str, typer.Option(help="exposure, obsid or group: one run per item.")] = "exposure",
     workdir: Annotated[str, typer.Option(help="Working directory of each item ({item}, {obsid}, {group}...).")] = "runs/{item}",
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds before an item's command is stopped (0: no limit).")] = None,
     workers: WorkersOption = None,
     executor: ExecutorOption = "pool", scheduler: SchedulerOption = None, force: ForceOption = False,
     metrics_from: Annotated[Optional[str], typer.Option(

@@ -19,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from archive.detectors import select_detectors
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.query import compare, is_null
 from processing.calibration import detector_values
 from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, combine_files, parse_memory, resample
@@ -27,7 +27,7 @@ from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
 from processing.offsets import current_offsets
-from processing.runs import write_product
+from processing.runs import output_directory, what_is_at, write_product
 from processing.steps import Frame, inherited, leave_out_bad, product_of, resolve, safe_name, without_images
 
 ALGORITHM = "stack-3"  # 3: detector by detector
@@ -49,12 +49,12 @@ def _remove_dead_scratch() -> None:
 def _resample_one(task: tuple) -> str:
     """Resample each detector of one frame onto the reference grid into a
     scratch FITS file, one detector at a time. Runs in a worker."""
-    path, transform, detectors, target = task
+    path, transform, detectors, target, single = task
     from processing import detectors as pixels
     from processing.quality import _image_of
 
     with pixels.opened(path) as hdul:
-        own = pixels.paired(hdul, [d.name for d in detectors], single=True)
+        own = pixels.paired(hdul, [d.name for d in detectors], single=single)
         fits.PrimaryHDU().writeto(target, overwrite=True)
         for detector in detectors:
             data = _image_of(hdul[own[detector.name].hdu_index], 32)
@@ -81,6 +81,8 @@ class StackStep(Step):
         self.selection, self.method, self.sigma, self.out_dir = selection, method, sigma, Path(out_dir)
         self.file_name, self.include_bad, self.memory, self.hdus = name, include_bad, memory, hdus
         parse_memory(memory)  # a size that cannot be read is refused before anything runs
+        if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
+            raise UsageError(f"--name {name!r}: give a file name, without a directory (--out is the directory)")
         self.scratch, self.force = None, force
 
     def params(self) -> dict:
@@ -109,44 +111,46 @@ class StackStep(Step):
         from processing import detectors as pixels
 
         with pixels.opened(product_of(engine, reference[0].file_id, "calibrated") or reference[0].path) as hdul:
+            every = pixels.detectors_of(hdul)
             self.detectors = [d if len(d.shape) == 2 else type(d)(d.hdu_index, d.name, d.shape[-2:])
-                              for d in select_detectors(pixels.detectors_of(hdul), self.hdus)]
+                              for d in select_detectors(every, self.hdus)]
+        # one detector pairs with the reference's one whatever their names; a detector --hdu chose of several, only by name
+        self.single = len(every) == 1
         if not self.detectors:
             raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
+        output_directory(self.out_dir)
         self.replaces = self._replaces(engine)
         _remove_dead_scratch()
         self.scratch = Path(tempfile.mkdtemp(prefix=f"obsarch-stack-{os.getpid()}-"))
-        return [self._item(engine, f, offsets.get(f.exposure_id)) for f in chosen]
+        sources = {f.file_id: product_of(engine, f.file_id, "calibrated") for f in chosen}
+        calibrated = sum(1 for source in sources.values() if source)
+        # bias-subtracted and raw pixels never go into one stack: the frames not calibrated are left out, and said
+        raw = f"not calibrated, while {calibrated} of the selected frames are: calibrate it first" if 0 < calibrated < len(chosen) else None
+        return [self._item(engine, f, offsets.get(f.exposure_id), sources[f.file_id], raw) for f in chosen]
 
     def _replaces(self, engine) -> str | None:
         """What writing the stack will replace, to be said: the newest product
         at a path supersedes the older ones, so an earlier stack there is
-        replaced (its run keeps its record); a file no run made is refused
-        unless forced."""
-        if not self.target.exists():
-            return None
-        from sqlalchemy import func, select
+        replaced (its run keeps its record). Anything else there is refused
+        (:meth:`processing.runs.Occupant.refusal`): a raw file and another
+        step's product (a master) always, a file no run made unless forced."""
+        occupant = what_is_at(engine, self.target)
+        if occupant.what == "product" and occupant.kind != "stack":  # forced or not: steps would take the stack for a master
+            raise ObsarchError(f"{self.target} is the {occupant.kind} made by run {occupant.run_id}: --name or --out writes elsewhere")
+        if why := occupant.refusal("stack", force=self.force):
+            raise ObsarchError(why.replace("--out writes elsewhere", "--name or --out writes elsewhere"))
+        if occupant.what == "product":
+            return (f"replaced {self.target}, the {occupant.kind} of run {occupant.run_id} ({len(occupant.frames)} frames)"
+                    "; --name keeps both")
+        return None if occupant.what == "nothing" else f"replaced {self.target}, which no run made"
 
-        from archive.db import transaction
-        from archive.models import Product, RunInput
-
-        with transaction(engine) as conn:
-            run_id = conn.execute(select(Product.run_id).where(Product.path == str(self.target))
-                                  .order_by(Product.id.desc()).limit(1)).scalar()
-            frames = run_id and conn.execute(select(func.count()).where(RunInput.run_id == run_id, RunInput.role == "frame")).scalar()
-        if run_id:
-            return f"replaced {self.target}, the stack of run {run_id} ({frames} frames); --name keeps both"
-        if not self.force:
-            raise ObsarchError(f"{self.target} exists and is no product of obsarch: --name writes the stack to another file, "
-                               "--force replaces that one")
-        return f"replaced {self.target}, which no run made"
-
-    def _item(self, engine, frame: Frame, offset) -> Item:
-        source = product_of(engine, frame.file_id, "calibrated")
+    def _item(self, engine, frame: Frame, offset, source: str | None, raw: str | None) -> Item:
         inputs = [Input(frame.file_id, "frame", frame.content)]
+        if raw and not source:
+            return Item(frame.path, error=raw, inputs=inputs, data=frame)
         if source:
             calibrated = resolve(engine, compare("path", "==", source))
             inputs += [Input(c.file_id, "calibrated", c.content) for c in calibrated]
@@ -157,9 +161,9 @@ class StackStep(Step):
         transform = offset.transform
         if len(self.detectors) > 1 and (abs(transform.rotation) > _SHIFT_ROTATION_DEG or abs(transform.scale - 1) > _SHIFT_SCALE):
             return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by {transform.scale:.6f}: "
-                        f"its {len(self.detectors)} detectors move differently and need a WCS to be mosaicked",
+                        f"the stack's {len(self.detectors)} detectors then move differently and need a WCS to be mosaicked",
                         inputs=inputs, data=frame)
-        task = (source or frame.path, transform, self.detectors, str(self.scratch / f"{frame.exposure_id}.fits"))
+        task = (source or frame.path, transform, self.detectors, str(self.scratch / f"{frame.exposure_id}.fits"), self.single)
         return Item(frame.path, task, inputs, {"source": source or frame.path}, data=frame)
 
     def finish(self, out: Writer, done, failed) -> str | None:

@@ -446,7 +446,7 @@ def test_stack_of_several_detectors_refuses_a_rotation(muse):
                             out_dir=tmp / "stacks", workers=1)
     assert result.exit_code == EXIT_PARTIAL
     (failed,) = result.failed
-    assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: its 4 detectors move differently " \
+    assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: the stack's 4 detectors then move differently " \
                         "and need a WCS to be mosaicked"
 
 

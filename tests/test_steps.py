@@ -371,7 +371,7 @@ def test_a_stack_never_replaces_a_file_no_run_made(raw):
     result = runner.invoke(app, ["--db", url, "stack", "frame_type == 'science'", "--out", str(tmp / "stacks"), "--workers", "1"])
     assert result.exit_code == 1
     assert result.stderr.strip() == (f"error: {(tmp / 'stacks' / 'V_stack.fits').resolve()} exists and is no product of obsarch: "
-                                     "--name writes the stack to another file, --force replaces that one")
+                                     "--name or --out writes elsewhere, --force replaces it")
     assert (tmp / "stacks" / "V_stack.fits").read_bytes() == b"my own work"
     forced = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1, force=True)
     assert forced.notes == [f"replaced {(tmp / 'stacks' / 'V_stack.fits').resolve()}, which no run made"]
@@ -393,3 +393,34 @@ def test_a_blank_frame_fails_registration_without_a_python_warning(catalog, tmp_
     assert [str(w.message) for w in caught] == []
     assert result.step.exit_code == 3 and [key for key, _ in result.step.failed] == [str(tmp_path / "raw" / "blank.fits")]
     assert len(science) == 4
+
+
+def test_a_stack_never_takes_the_place_of_a_master(raw):
+    """stack --name master_bias_....fits replaced the master bias and called it
+    'the stack of run 1'; calibration then used a stack as its bias."""
+    catalog, tmp, _ = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    (master,) = (tmp / "masters").glob("master_bias*.fits")
+    made = master.read_bytes()
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    for force in (False, True):
+        with pytest.raises(ObsarchError, match=r"master_bias_.*\.fits is the master_bias made by run 1: --name or --out writes elsewhere$"):
+            stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "masters", name=master.name, workers=1, force=force)
+        assert master.read_bytes() == made
+
+
+def test_a_stack_never_mixes_calibrated_and_raw_frames(raw):
+    """Two calibrated and two raw frames were averaged into one stack: bias-subtracted
+    and raw pixels, 100 ADU apart, without a word."""
+    catalog, tmp, numbers = raw
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    science = numbers
+    calibration.calibrate(catalog.engine, f"{science[0]}-{science[1]}", use=("bias",), out_dir=tmp / "cal", workers=1)
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    result = stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1)
+    assert result.exit_code == 3
+    assert sorted(key for key, _ in result.failed) == [str(tmp / "raw" / f"ngc3293-{n}.fits") for n in science[2:]]
+    assert {why for _, why in result.failed} == {"not calibrated, while 2 of the selected frames are: calibrate it first"}
+    assert fits.getheader(tmp / "stacks" / "V_stack.fits")["NCOMBINE"] == 2
