@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,14 +41,14 @@ def check_exposure(host: str, tokens: list[str] | None) -> None:
 @command(name="serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1/localhost needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    port: Annotated[int, typer.Option(help="Port (0: any free one).", min=0, max=65535)] = 8765,
     allow_write: Annotated[bool, typer.Option("--allow-write", help="Allow grading (a person's flags); read-only without it.")] = False,
     token: Annotated[Optional[list[str]], typer.Option(
         "--token", envvar="OBSARCH_SERVE_TOKEN",
         help="SECRET or NAME:SECRET (repeatable); every request then needs one, and flags are recorded under its NAME.")] = None,
     thumbnails: Annotated[Optional[Path], typer.Option(
         help="Thumbnail cache directory (default: beside a SQLite catalog, DB.thumbnails/; else ~/.cache/obsarch/thumbnails/).")] = None,
-    thumbnail_workers: Annotated[int, typer.Option(help="Background threads making thumbnails.")] = 1,
+    thumbnail_workers: Annotated[int, typer.Option(help="Background threads making thumbnails.", min=1)] = 1,
 ) -> None:
     """Review the catalog in a browser: search, night view with keyboard grading,
     frame pages, processing runs. Read-only unless --allow-write.
@@ -76,8 +77,29 @@ def serve(
     app = create_app(catalog=catalog, allow_write=allow_write, tokens=tokens, thumbnails=thumbnails,
                      thumbnail_workers=thumbnail_workers, allowed_hosts=hosts)
     review = app.state.review
+    listening = listen(host, port)  # bound before the banner: a port in use is one line, not a banner and a failure
+    port = listening.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     console.print(f"obsarch serve: http://{shown}:{port}/ on {catalog.engine.url.render_as_string(hide_password=True)} "
                   f"({'grading allowed' if allow_write else 'read-only'}; thumbnails in {review.thumbnails.directory})",
                   soft_wrap=True, markup=False)
-    uvicorn.run(app, host=host, port=port, log_level="debug" if STATE.debug else "warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="debug" if STATE.debug else "warning"))
+    server.run(sockets=[listening])
+    if not server.started:  # uvicorn said why; its exit status (3) means "partial" here
+        raise ObsarchError(f"the server on {shown}:{port} did not start")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, or one line saying why not (in use, unknown host, not this machine's)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ObsarchError(f"cannot serve on {host}: the host name does not resolve ({getattr(exc, 'strerror', None) or exc})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ObsarchError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return sock

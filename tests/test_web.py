@@ -348,14 +348,15 @@ def test_thumbnails_are_made_once_per_file_version_and_kept(night, tmp_path):
         stamp = cached[0].stat().st_mtime_ns
         again = http.get(f"/exposures/{exposure_id}/thumbnail.png")
         assert first.content[:8] == b"\x89PNG\r\n\x1a\n" and again.content == first.content
-        assert [p.name for p in cached] == [f"{exposure_id}-v1.png"] and cached[0].stat().st_mtime_ns == stamp
+        assert [p.name.split("-")[:2] for p in cached] == [[str(exposure_id), "v1"]] and cached[0].stat().st_mtime_ns == stamp
         time.sleep(0.01)
         write_image(tmp_path / "night" / "ngc3293-3870.fits", np.zeros((64, 64), dtype=np.float32) + 3,
                     {"FILTER": "R", "DATE-OBS": "2017-08-16T02:00:00"})
         night.ingest([tmp_path / "night"])
         changed = http.get(f"/exposures/{exposure_id}/thumbnail.png")
     assert changed.status_code == 200 and changed.content != first.content
-    assert sorted(p.name for p in (tmp_path / "thumbs").glob("*.png")) == [f"{exposure_id}-v1.png", f"{exposure_id}-v2.png"]
+    assert sorted(p.name.split("-")[:2] for p in (tmp_path / "thumbs").glob("*.png")) == [[str(exposure_id), "v1"],
+                                                                                         [str(exposure_id), "v2"]]
 
 
 def test_the_thumbnail_directory_can_be_removed_while_serving(night, tmp_path):
@@ -373,7 +374,7 @@ def test_the_thumbnail_directory_can_be_removed_while_serving(night, tmp_path):
         shutil.rmtree(tmp_path / "gone", ignore_errors=True)
         again = http.get(f"/exposures/{exposure_id}/thumbnail.png")
     assert first.status_code == again.status_code == 200 and again.content == first.content
-    assert (tmp_path / "thumbs" / f"{exposure_id}-v1.png").exists()
+    assert list((tmp_path / "thumbs").glob(f"{exposure_id}-v1-*.png"))
 
 
 def test_a_frame_without_a_picture_says_why(night, tmp_path):
@@ -527,7 +528,7 @@ def test_every_real_file_has_its_pages_and_a_picture_or_the_reason(catalog, real
                 assert answer.text.startswith("no picture: ") and len(answer.text.strip().splitlines()) == 1
             pictures += answer.status_code == 200
     lco = catalog.exposure_ids("relpath glob '*1159-e91.fits.fz'")[0]  # tile-compressed SCI with its BPM
-    assert (tmp_path / "thumbs" / f"{lco}-v1.png").exists()
+    assert list((tmp_path / "thumbs").glob(f"{lco}-v1-*.png"))
     from processing.report import detector_images
 
     path = catalog.query(f"id == {lco}", columns="path")["path"][0]

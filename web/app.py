@@ -9,7 +9,10 @@ HTTP interface (read-only unless writes are allowed):
 - ``GET /exposures.csv?q=...`` / ``GET /exposures.json?q=...`` the rows ``obsarch query --format csv|json`` gives
 - ``GET /exposures/ID`` the frame page; ``GET /exposures/ID/thumbnail.png``; ``GET /exposures/ID/preview.png?stretch=&hdu=``
 - ``POST /exposures/ID/flags`` form fields ``grade``, ``reason``, ``note`` (403 unless writes are allowed)
-- ``POST /flags/retract`` form field ``ids``: take back one's own flags just made (the night view's undo)
+- ``POST /flags/retract`` form field ``ids``: take back one's own flags this server just made (the night view's undo)
+
+Every bad input gets one line and a 4xx: 404 for an id nothing has (ids beyond 64 bits too), 400 naming the
+parameter otherwise (a limit below 0, a NUL byte, form data that is not UTF-8), never a database's message.
 - ``GET /nights``, ``GET /nights/NIGHT?band=B`` the night view; ``GET /processing``, ``GET /processing/runs/ID``
 """
 
@@ -18,9 +21,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import re
+import tempfile
+import time
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -35,22 +43,24 @@ from starlette.templating import Jinja2Templates
 from archive.catalog import Catalog
 from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
-from archive.models import Exposure, Flag
-from archive.query import UNGRADED, BoolOp, Column, Compare, In, IsNull, current_flag_order
+from archive.models import Exposure, File, Flag
+from archive.query import BoolOp, Column, Compare, In, IsNull, current_flag_order
 from archive.results import to_csv, to_json
 from processing import grouping, offsets, quality, regions, runs
 from processing.report import GRADE_COLOURS, STRETCHES, picture, picture_points, write_png
 from web.plots import PLOTS, time_plot
 from web.security import Guard, Policy
 from web.templating import STATIC, environment
-from web.thumbnails import Item, ThumbnailCache, default_directory
+from web.thumbnails import Item, ThumbnailCache, check_directory, default_directory
 
-NIGHT_COLUMNS = ["id", "file_id", "version", "path", "frame_number", "date_obs", "exptime", "band", "frame_type",
+NIGHT_COLUMNS = ["id", "file_id", "version", "path", "size", "header_hash", "frame_number", "date_obs", "exptime", "band", "frame_type",
                  "object", "background", "fwhm", "elongation", "nstars", "grade", "reason", "flag_source"]
 NIGHT_ROW_COLUMNS = NIGHT_COLUMNS[:-3]  # the night view reads the current flags apart (Review.night_rows)
 PREVIEW_PX = 1024
 THUMBNAIL_WAIT_S = 60.0
 DEFAULT_LIMIT = 500
+LARGEST_ID = 2**63 - 1  # ids and limits are 64-bit integers in both backends
+UNDO_WINDOW_S = 15 * 60
 
 
 def records(frame) -> list[dict]:
@@ -68,6 +78,7 @@ class Review:
     def __init__(self, catalog: Catalog, policy: Policy, thumbnails: ThumbnailCache):
         self.catalog, self.policy, self.thumbnails = catalog, policy, thumbnails
         self.templates = Jinja2Templates(env=environment())
+        self.made: dict[int, tuple[str, float]] = {}  # flag id -> (who, when): what the undo may take back
 
     @property
     def engine(self):
@@ -83,42 +94,55 @@ class Review:
             "instrument", "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
         if not rows:
             raise HTTPException(404, f"no exposure with id {exposure_id}")
-        return dict(zip(names, rows[0], strict=True))
+        row = dict(zip(names, rows[0], strict=True))
+        row["mtime_ns"] = self.mtimes(select(Exposure.id).where(Exposure.id == exposure_id)).get(exposure_id)
+        return row
+
+    def mtimes(self, exposure_ids) -> dict[int, int | None]:
+        """The stored mtime of each exposure's file (a SELECT of exposure ids): part of what names its picture."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Exposure.id, File.mtime_ns).join(File, File.id == Exposure.file_id)
+                                     .where(Exposure.id.in_(exposure_ids))).all())
 
     def item(self, row: dict) -> Item:
-        return Item(int(row["file_id"]), int(row["version"]), row["path"])
+        size = row.get("size")
+        return Item(int(row["file_id"]), int(row["version"]), row["path"], None if size is None else int(size),
+                    row.get("mtime_ns"), row.get("header_hash"))
 
     # -- search ------------------------------------------------------------------
 
-    def search(self, request: Request, default_limit: int | None = None) -> tuple[object, str | None]:
-        """The rows of ``q`` with ``columns``, ``sort`` and ``limit`` as `obsarch query` takes them."""
+    def search(self, request: Request, limit: int | None, one_more: bool = False) -> tuple[object, str | None, bool]:
+        """The rows of ``q`` with ``columns``, ``sort`` and ``limit`` as `obsarch query` takes them, and
+        whether more match (``one_more``: one row past the limit is read to know, as the CLI does)."""
         params = request.query_params
-        limit = _int(params.get("limit"), default_limit)
+        asked = None if limit is None else min(limit + 1, LARGEST_ID) if one_more else limit
         try:
             frame = self.catalog.query(params.get("q") or None, columns=params.get("columns") or None,
-                                       sort=params.get("sort") or None, limit=limit)
+                                       sort=params.get("sort") or None, limit=asked)
         except ObsarchError as exc:
-            return None, str(exc)
-        return frame, None
+            return None, str(exc), False
+        more = one_more and limit is not None and len(frame) > limit
+        return (frame.iloc[:limit] if more else frame), None, more
 
     async def exposures(self, request: Request) -> Response:
-        frame, error = await run_in_threadpool(self.search, request, DEFAULT_LIMIT)  # a page shows the first rows
+        limit = _count(request.query_params, "limit", DEFAULT_LIMIT)  # a page shows the first rows
+        frame, error, more = await run_in_threadpool(self.search, request, limit, True)
         template = "_results.html" if request.headers.get("hx-request") else "search.html"
         rows = records(frame) if frame is not None else []
         hints = await run_in_threadpool(self.catalog.hints, request.query_params.get("q")) if frame is not None and not rows else []
-        return self.page(request, template, 400 if error else 200, error=error, rows=rows, hints=hints,
+        return self.page(request, template, 400 if error else 200, error=error, rows=rows, hints=hints, more=more,
                          columns=list(frame.columns) if frame is not None else [], q=request.query_params.get("q", ""),
                          chosen=request.query_params.get("columns", ""), sort=request.query_params.get("sort", ""),
-                         limit=_int(request.query_params.get("limit"), DEFAULT_LIMIT), fields=_field_names())
+                         limit=limit, fields=_field_names())
 
     async def exposures_csv(self, request: Request) -> Response:
-        frame, error = await run_in_threadpool(self.search, request)
+        frame, error, _ = await run_in_threadpool(self.search, request, _count(request.query_params, "limit", None))
         if error:
             return PlainTextResponse(error + "\n", 400)
         return Response(to_csv(frame), media_type="text/csv; charset=utf-8")
 
     async def exposures_json(self, request: Request) -> Response:
-        frame, error = await run_in_threadpool(self.search, request)
+        frame, error, _ = await run_in_threadpool(self.search, request, _count(request.query_params, "limit", None))
         if error:
             return JSONResponse({"error": error}, 400)
         return Response(to_json(frame), media_type="application/json")
@@ -142,7 +166,7 @@ class Review:
         night_ids = select(Exposure.id).where(Exposure.night == night)
         if band is not None:
             night_ids = night_ids.where(Exposure.band.is_(None) if band == "" else Exposure.band == band)
-        current = {}
+        current, mtimes = {}, self.mtimes(night_ids)
         with self.engine.connect() as conn:
             for exposure_id, grade, reason, source in conn.execute(
                     select(Flag.exposure_id, Flag.grade, Flag.reason, Flag.source)
@@ -151,7 +175,9 @@ class Review:
         answer = []
         for row in rows:
             record = dict(zip(names, row, strict=True))
-            record["grade"], record["reason"], record["flag_source"] = current.get(record["id"], (UNGRADED, None, None))
+            # no flag: no grade (None), as the cards and plots take it; 'ungraded' is the selection language's word
+            record["grade"], record["reason"], record["flag_source"] = current.get(record["id"], (None, None, None))
+            record["mtime_ns"] = mtimes.get(record["id"])
             answer.append(record)
         return answer
 
@@ -182,15 +208,14 @@ class Review:
                          grades=quality.GRADES, reasons=quality.REASONS)
 
     def _items(self, ids: list[int]) -> dict[int, Item]:
-        frame = self.catalog.query(In(Column("id"), tuple(ids)), columns=["id", "file_id", "version", "path"])
-        return {int(r["id"]): self.item(r) for r in records(frame)}
+        names, rows = self.catalog.rows(In(Column("id"), tuple(ids)), columns=["id", "file_id", "version", "path", "size",
+                                                                            "header_hash"])
+        mtimes = self.mtimes(ids)
+        return {row[0]: self.item({**dict(zip(names, row, strict=True)), "mtime_ns": mtimes.get(row[0])}) for row in rows}
 
     async def thumbnail_states(self, request: Request) -> Response:
         """{id: {state, reason}} of the thumbnails of ``ids`` (the night view asks while they are made)."""
-        try:
-            ids = [int(i) for i in request.query_params.get("ids", "").split(",") if i.strip()][:500]
-        except ValueError:
-            return PlainTextResponse("ids: exposure ids separated by commas\n", 400)
+        ids = _ids(request.query_params.get("ids", ""), "exposure")[:500]
         items = await run_in_threadpool(self._items, ids) if ids else {}
         answer = {}
         for exposure_id, item in items.items():
@@ -204,7 +229,7 @@ class Review:
     # -- one exposure ---------------------------------------------------------------
 
     async def thumbnail_png(self, request: Request) -> Response:
-        row = await run_in_threadpool(self.exposure_row, request.path_params["id"])
+        row = await run_in_threadpool(self.exposure_row, _path_id(request))
         item = self.item(row)
         if self.thumbnails.state(item)[0] == "ready" and not self.thumbnails.png(item).exists():
             self.thumbnails.forget(item)  # the cache directory was removed while serving
@@ -217,22 +242,26 @@ class Review:
         return PlainTextResponse("the thumbnail is being made; ask again\n", 503, headers={"Retry-After": "2"})
 
     async def preview_png(self, request: Request) -> Response:
-        row = await run_in_threadpool(self.exposure_row, request.path_params["id"])
+        row = await run_in_threadpool(self.exposure_row, _path_id(request))
         how = request.query_params.get("stretch", "zscale")
         hdu = request.query_params.get("hdu") or None
         if how not in STRETCHES:
             return PlainTextResponse(f"unknown stretch {how!r}; use one of {', '.join(STRETCHES)}\n", 400)
-        if hdu is not None and not hdu.isdigit():
-            return PlainTextResponse(f"hdu {hdu!r}: give an HDU index (0, 1, ...)\n", 400)
+        if hdu is not None and not re.fullmatch(r"[0-9]{1,6}", hdu):  # not str.isdigit: it takes '²', which int() refuses
+            return PlainTextResponse(f"hdu {_shown(hdu)}: give an HDU index (0, 1, ...)\n", 400)
         hdu_index = None if hdu is None else int(hdu)
-        name = f"{row['file_id']}-v{row['version']}-{how}-{'all' if hdu_index is None else hdu_index}.png"
+        name = f"{self.item(row).key}-{how}-{'all' if hdu_index is None else hdu_index}.png"
         target = self.thumbnails.directory / "previews" / name
-        if not target.exists():
-            try:
-                image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, hdu_index)
-            except (quality.QualityError, ValueError, OSError) as exc:
-                return PlainTextResponse(f"no picture: {exc}\n", 404)
+        if target.exists():
+            return FileResponse(target, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        try:
+            image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, hdu_index)
+        except (quality.QualityError, ValueError, OSError) as exc:
+            return PlainTextResponse(f"no picture: {exc}\n", 404)
+        try:
             await run_in_threadpool(write_png, image, target)
+        except OSError:  # the cache cannot keep it: the picture is still right, sent without being kept
+            return Response(await run_in_threadpool(_png_bytes, image), media_type="image/png")
         return FileResponse(target, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     def frame_context(self, exposure_id: int) -> dict:
@@ -263,21 +292,24 @@ class Review:
         return {"points": points.round(2).tolist(), "width": width, "height": height, "why": None}
 
     async def exposure(self, request: Request) -> Response:
-        context = await run_in_threadpool(self.frame_context, request.path_params["id"])
+        context = await run_in_threadpool(self.frame_context, _path_id(request))
         return self.page(request, "frame.html", stretches=STRETCHES, grades=quality.GRADES, reasons=quality.REASONS,
                          filter="", **context)
 
     async def headers(self, request: Request) -> Response:
-        exposure_id = request.path_params["id"]
-        headers = await run_in_threadpool(self.catalog.headers, exposure_id)
+        exposure_id = _path_id(request)
+        try:
+            headers = await run_in_threadpool(self.catalog.headers, exposure_id)
+        except NoResultFound:
+            raise HTTPException(404, f"no exposure with id {exposure_id}") from None
         return self.page(request, "_headers.html", headers=headers, filter=request.query_params.get("filter", ""),
                          row={"id": exposure_id})
 
     # -- grading ----------------------------------------------------------------
 
     async def post_flag(self, request: Request) -> Response:
-        exposure_id = request.path_params["id"]
-        form = await request.form()
+        exposure_id = _path_id(request)
+        form = await _form(request)
         grade = (form.get("grade") or "").strip()
         reason = (form.get("reason") or "").strip() or None
         note = (form.get("note") or "").strip() or None
@@ -288,35 +320,56 @@ class Review:
             return PlainTextResponse(f"{exc}\n", 404)
         except ObsarchError as exc:
             return PlainTextResponse(f"{exc}\n", 400)
+        self.remember(flag_ids, request.state.who)
         if "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(f"/exposures/{exposure_id}", 303)
         return JSONResponse({"exposure_id": exposure_id, "flag_ids": flag_ids, "grade": grade,
                              "reason": quality.person_reason(grade, reason), "note": note, "who": request.state.who}, 201)
 
+    def remember(self, flag_ids: list[int], who: str) -> None:
+        """Note the flags just made, for the undo; forget those past its window."""
+        now = time.monotonic()
+        self.made = {i: made for i, made in self.made.items() if now - made[1] < UNDO_WINDOW_S}
+        self.made.update((i, (who, now)) for i in flag_ids)
+
     async def retract(self, request: Request) -> Response:
-        form = await request.form()
+        """The night view's undo: take back flags this server made for this person in the last
+        ``UNDO_WINDOW_S`` seconds, and only those.
+
+        A flag's history is kept (DESIGN.md): one recorded by ``obsarch flag``, by someone else, by
+        an earlier run of the server or longer ago is never removed here, and the undo is refused in
+        one line (record a new grade instead). What it removes is a slip the person takes back at
+        once, before anything else could rely on it.
+        """
+        ids = _ids(str((await _form(request)).get("ids", "")), "flag")
+        who, now = request.state.who, time.monotonic()
+        stale = sorted({i for i in ids if i not in self.made or self.made[i][0] != who or now - self.made[i][1] >= UNDO_WINDOW_S})
+        if stale:
+            return PlainTextResponse(
+                f"flags {', '.join(map(str, stale[:10]))} are not {who}'s to take back: an undo takes back only flags made "
+                f"through this server in the last {UNDO_WINDOW_S // 60} minutes; the rest stay in the history\n", 403)
         try:
-            ids = [int(i) for i in str(form.get("ids", "")).replace(",", " ").split()]
-            removed = await run_in_threadpool(quality.retract_flags, self.engine, ids, request.state.who)
-        except ValueError:
-            return PlainTextResponse("ids: flag ids separated by commas\n", 400)
+            removed = await run_in_threadpool(quality.retract_flags, self.engine, ids, who)
         except ObsarchError as exc:
             return PlainTextResponse(f"{exc}\n", 403)
+        for i in ids:
+            self.made.pop(i, None)
         return JSONResponse({"retracted": removed})
 
     # -- processing ----------------------------------------------------------------
 
     async def processing(self, request: Request) -> Response:
-        run_rows = await run_in_threadpool(runs.list_runs, self.engine, _int(request.query_params.get("limit"), 100),
+        run_rows = await run_in_threadpool(runs.list_runs, self.engine, _count(request.query_params, "limit", 100),
                                            request.query_params.get("step") or None)
         stale = await run_in_threadpool(runs.stale_products, self.engine)
         return self.page(request, "processing.html", runs=run_rows, stale=stale)
 
     async def run(self, request: Request) -> Response:
+        run_id = _path_id(request, "run")
         try:
-            record = await run_in_threadpool(runs.run_detail, self.engine, request.path_params["id"])
+            record = await run_in_threadpool(runs.run_detail, self.engine, run_id)
             # what it did to each item, as `obsarch runs show` lists it (a tool's run per item, each frame measured...)
-            record["items"] = (await run_in_threadpool(self.catalog.run, str(request.path_params["id"])))["items"]
+            record["items"] = (await run_in_threadpool(self.catalog.run, str(run_id)))["items"]
         except NotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
         return self.page(request, "run.html", run=record)
@@ -339,11 +392,101 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _int(value, default):
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
+def _shown(value: str) -> str:
+    return repr(value[:30] + ("..." if len(value) > 30 else ""))
+
+
+def _count(params, name: str, default: int | None) -> int | None:
+    """A non-negative 64-bit integer parameter (a limit), or a 400 naming it, as the CLI's options say."""
+    value = params.get(name)
+    if value in (None, ""):
         return default
+    if not re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
+        raise HTTPException(400, f"{name}: {_shown(value)} is not an integer")
+    if len(value.strip().lstrip("+-")) > 19 or int(value) > LARGEST_ID:
+        raise HTTPException(400, f"{name}: {_shown(value.strip())} does not fit in 64 bits")
+    if int(value) < 0:
+        raise HTTPException(400, f"{name}: {int(value)} is below 0")
+    return int(value)
+
+
+def _id(text: str) -> int | None:
+    """An id as written (ASCII digits), None for anything else; ids beyond 64 bits are kept: nothing has them."""
+    return int(text) if re.fullmatch(r"[0-9]{1,100}", text) else None
+
+
+def _path_id(request: Request, what: str = "exposure") -> int:
+    """The ``{id}`` of the URL; 404 for an id nothing has, beyond 64 bits too (the database would fail, not answer)."""
+    text = request.path_params["id"]
+    number = _id(text)
+    if number is None or number > LARGEST_ID:
+        raise HTTPException(404, f"no {what} with id {text if number is not None else _shown(text)}")
+    return number
+
+
+def _ids(text: str, what: str) -> list[int]:
+    """``ids``: ids separated by commas or spaces, each a 64-bit integer, or a 400 saying which is not."""
+    ids = []
+    for part in text.replace(",", " ").split():
+        number = _id(part)
+        if number is None:
+            raise HTTPException(400, f"ids: {what} ids separated by commas")
+        if number > LARGEST_ID:
+            raise HTTPException(400, f"ids: {_shown(part)} does not fit in 64 bits: no {what} has it")
+        ids.append(number)
+    return ids
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The fields of a form POST, decoded strictly: a value that is not UTF-8 or holds a NUL is
+    refused naming its field (Starlette's parser would store U+FFFD in its place without a word)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("", "application/x-www-form-urlencoded"):
+        raise HTTPException(415, "send the form as application/x-www-form-urlencoded")
+    fields: dict[str, str] = {}
+    for pair in (await request.body()).split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            name_text = _field(name, "a form field's name")
+            fields.setdefault(name_text, _field(value, name_text))
+    return fields
+
+
+def _field(raw: bytes, name: str) -> str:
+    try:
+        text = unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(400, f"{name}: not valid UTF-8") from None
+    if "\x00" in text:
+        raise HTTPException(400, f"{name}: contains a NUL byte, which no stored value may hold")
+    return text
+
+
+def _png_bytes(image) -> bytes:
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / "picture.png"
+        write_png(image, target)
+        return target.read_bytes()
+
+
+class RefuseNul:
+    """A NUL byte in the path or a query parameter is refused in one line: no stored value holds one, and
+    PostgreSQL refuses it with its own message where SQLite quietly finds nothing."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            names = ["the path"] if "\x00" in scope.get("path", "") else []
+            query = scope.get("query_string", b"").decode("latin-1")
+            names += [name or "a parameter" for name, value in parse_qsl(query, keep_blank_values=True)
+                      if "\x00" in name or "\x00" in value]
+            if names:
+                response = PlainTextResponse(f"{names[0]}: contains a NUL byte, which no stored value holds\n", 400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _field_names() -> list[str]:
@@ -353,7 +496,7 @@ def _field_names() -> list[str]:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    if request.url.path.endswith((".png", ".csv", ".json")) or request.method != "GET":
+    if request.url.path.endswith((".png", ".csv", ".json", "/thumbnails/state")) or request.method != "GET":  # for scripts
         return PlainTextResponse(f"{exc.detail}\n", exc.status_code)
     review: Review = request.app.state.review
     return review.page(request, "error.html", exc.status_code, message=exc.detail)
@@ -381,30 +524,32 @@ def create_app(
     ``allowed_hosts`` limits the Host header (against DNS rebinding).
     """
     catalog = catalog or Catalog(url)
+    directory = thumbnails or default_directory(catalog.engine)
+    check_directory(directory)
     policy = Policy(allow_write=allow_write, tokens=dict(tokens or {}), **({"user": user} if user else {}))
-    cache = ThumbnailCache(thumbnails or default_directory(catalog.engine), workers=thumbnail_workers)
+    cache = ThumbnailCache(directory, workers=thumbnail_workers)
     review = Review(catalog, policy, cache)
     routes = [
         Route("/", review.home),
         Route("/exposures", review.exposures),
         Route("/exposures.csv", review.exposures_csv),
         Route("/exposures.json", review.exposures_json),
-        Route("/exposures/{id:int}", review.exposure),
-        Route("/exposures/{id:int}/thumbnail.png", review.thumbnail_png),
-        Route("/exposures/{id:int}/preview.png", review.preview_png),
-        Route("/exposures/{id:int}/headers", review.headers),
-        Route("/exposures/{id:int}/flags", review.post_flag, methods=["POST"]),
+        Route("/exposures/{id}", review.exposure),
+        Route("/exposures/{id}/thumbnail.png", review.thumbnail_png),
+        Route("/exposures/{id}/preview.png", review.preview_png),
+        Route("/exposures/{id}/headers", review.headers),
+        Route("/exposures/{id}/flags", review.post_flag, methods=["POST"]),
         Route("/flags/retract", review.retract, methods=["POST"]),
         Route("/nights", review.nights),
         Route("/nights/{night}", review.night),
         Route("/thumbnails/progress", review.progress),
         Route("/thumbnails/state", review.thumbnail_states),
         Route("/processing", review.processing),
-        Route("/processing/runs/{id:int}", review.run),
+        Route("/processing/runs/{id}", review.run),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
-    middleware.append(Middleware(Guard, policy=policy))
+    middleware += [Middleware(Guard, policy=policy), Middleware(RefuseNul)]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -17,14 +17,24 @@ STATIC = Path(__file__).parent / "static"
 
 
 def cell(value) -> str:
-    """A value as a table shows it: blank for missing, 4 significant digits for floats."""
+    """A value as a table shows it: blank for missing; floats as ``obsarch query`` draws them in a
+    terminal (cli/render.py ``readable``): 5 decimals, trailing zeros dropped, 3 significant digits
+    below 1e-3. So an MJD keeps its time of day (0.86 s) and RA/Dec their arcseconds (0.036")."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT":
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.5f}".rstrip("0").rstrip(".")
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     return str(value)
+
+
+def selection_string(value: str) -> str:
+    """``value`` as a string of the selection language (archive/query.py): in single quotes, with
+    backslashes and quotes escaped by a backslash. Not JSON: the language reads no \\uXXXX escapes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def clock(value) -> str:
@@ -46,5 +56,5 @@ def environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(cell=cell, clock=clock, colour=colour, pretty_json=pretty_json)
+    env.filters.update(cell=cell, clock=clock, colour=colour, pretty_json=pretty_json, selection_string=selection_string)
     return env

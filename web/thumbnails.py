@@ -1,10 +1,14 @@
 """Thumbnails made once per file version by a background worker and kept on
 disk beside the catalog.
 
-The cache is a directory of PNGs named ``FILEID-vVERSION.png`` (and
-``FILEID-vVERSION.txt`` holding the reason a file has no picture). A file that
-changes on disk gets a new version at its next ingest, hence a new picture.
-Deleting the directory is always safe: pictures are made again on demand.
+The cache is a directory of PNGs named ``FILEID-vVERSION-KEY.png`` (and
+``FILEID-vVERSION-KEY.txt`` holding the reason a file has no picture). KEY is
+a digest of the file's path, size, mtime and header hash (:attr:`Item.key`):
+file ids start again at 1 in a catalog made again, and the cache outlives the
+catalog (a SQLite file removed, a PostgreSQL schema dropped), so the id alone
+would show another file's picture. A file that changes on disk gets a new
+version at its next ingest, hence a new picture. Deleting the directory is
+always safe: pictures are made again on demand.
 
 Where it lives (:func:`default_directory`): beside a SQLite catalog,
 ``obsarch.db`` -> ``obsarch.db.thumbnails/``; for PostgreSQL,
@@ -18,12 +22,14 @@ import hashlib
 import os
 import queue
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from archive.exceptions import ObsarchError
 from processing.quality import QualityError
 from processing.report import THUMBNAIL_PX, picture, write_png
 
@@ -44,11 +50,33 @@ def default_directory(engine: Engine) -> Path:
 
 @dataclass(frozen=True)
 class Item:
-    """One file version to picture."""
+    """One file version to picture; ``size``, ``mtime_ns`` and ``header_hash``
+    as the catalog has them tie its picture to this very file."""
 
     file_id: int
     version: int
     path: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    header_hash: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The cache's name for this picture: the catalog's ids and what identifies the file itself."""
+        who = "\0".join(str(v) for v in (self.path, self.size, self.mtime_ns, self.header_hash))
+        return f"{self.file_id}-v{self.version}-{hashlib.sha256(who.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
+
+
+def check_directory(directory: Path) -> None:
+    """Refuse a cache directory that cannot be created or written, in one line (at start-up,
+    not at the first picture: a worker that cannot write could only say so for each frame)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ObsarchError(f"thumbnail directory {directory}: cannot write there ({exc.strerror or exc})") from exc
 
 
 @dataclass
@@ -74,45 +102,51 @@ class ThumbnailCache:
         self.size = size
         self.progress = Progress()
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
-        self._queued: set[tuple[int, int]] = set()
+        self._queued: set[str] = set()
         self._done = threading.Condition()
         self._counter = 0
         self._threads = [threading.Thread(target=self._work, name=f"thumbnails-{i}", daemon=True) for i in range(workers)]
         self._stopping = False
-        self._ready: set[tuple[int, int]] = set()  # seen on disk: a night's page need not look at each file again
+        self._ready: set[str] = set()  # seen on disk: a night's page need not look at each file again
+        self._unwritten: dict[str, str] = {}  # failures whose reason could not be written to the directory either
+        if workers < 1:
+            raise ValueError(f"workers: {workers}; at least one thread must make the thumbnails")
         for thread in self._threads:
             thread.start()
 
     def png(self, item: Item) -> Path:
-        return self.directory / f"{item.file_id}-v{item.version}.png"
+        return self.directory / f"{item.key}.png"
 
     def _reason_file(self, item: Item) -> Path:
-        return self.directory / f"{item.file_id}-v{item.version}.txt"
+        return self.directory / f"{item.key}.txt"
 
     def state(self, item: Item) -> tuple[str, str | None]:
         """('ready', None), ('failed', reason) or ('pending', None)."""
-        key = (item.file_id, item.version)
+        key = item.key
         if key in self._ready:
             return "ready", None
         if self.png(item).exists():
             self._ready.add(key)
             return "ready", None
+        if key in self._unwritten:
+            return "failed", self._unwritten[key]
         reason = self._reason_file(item)
-        if reason.exists():
+        try:
             return "failed", reason.read_text(encoding="utf-8")
-        return "pending", None
+        except OSError:  # none kept, or the directory is unusable: the worker tries, and says why if it fails
+            return "pending", None
 
     def forget(self, item: Item) -> None:
         """The picture of ``item`` is gone from the disk (the directory was removed): make it again when asked."""
         with self._done:
-            self._ready.discard((item.file_id, item.version))
-            self._queued.discard((item.file_id, item.version))
+            self._ready.discard(item.key)
+            self._queued.discard(item.key)
 
     def request(self, items: list[Item], urgent: bool = False) -> None:
         """Queue the pictures not made yet; ``urgent`` ones go first."""
         with self._done:
             for item in items:
-                key = (item.file_id, item.version)
+                key = item.key
                 if key in self._queued or self.state(item)[0] != "pending":
                     continue
                 self._queued.add(key)
@@ -123,7 +157,7 @@ class ThumbnailCache:
     def wait(self, item: Item, timeout: float) -> tuple[str, str | None]:
         """Ask for one picture first in line and wait up to ``timeout`` seconds for it."""
         self.request([item], urgent=True)
-        if (item.file_id, item.version) in self._queued and self.state(item)[0] == "pending":
+        if item.key in self._queued and self.state(item)[0] == "pending":
             self._promote(item)
         with self._done:
             self._done.wait_for(lambda: self.state(item)[0] != "pending", timeout=timeout)
@@ -144,23 +178,32 @@ class ThumbnailCache:
 
     def _make(self, item: Item) -> None:
         try:
-            write_png(picture(item.path, self.size), self.png(item))
-            outcome = "made"
+            image = picture(item.path, self.size)
         except (QualityError, ValueError, OSError, MemoryError) as exc:
             outcome = self._failed(item, str(exc) or type(exc).__name__)
         except Exception as exc:  # noqa: BLE001  one odd file must not stop the worker for every other one
             outcome = self._failed(item, f"cannot make a picture: {type(exc).__name__}: {exc}")
+        else:
+            try:
+                write_png(image, self.png(item))
+                outcome = "made"
+            except OSError as exc:
+                outcome = self._failed(item, f"cannot write the thumbnail in {self.directory}: {exc.strerror or exc}")
         with self._done:
             setattr(self.progress, outcome, getattr(self.progress, outcome) + 1)
             self._done.notify_all()
 
     def _failed(self, item: Item, reason: str) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        reason = " ".join(reason.split())
         target = self._reason_file(item)
         # written aside and renamed, as the PNGs are: a page asking meanwhile must not read an empty reason
         partial = target.with_name(f".{target.name}.{threading.get_ident()}.partial")
-        partial.write_text(" ".join(reason.split()), encoding="utf-8")
-        os.replace(partial, target)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            partial.write_text(reason, encoding="utf-8")
+            os.replace(partial, target)
+        except OSError as exc:  # the directory went away or filled up: say so for this item, and go on
+            self._unwritten[item.key] = f"{reason} (and the thumbnail directory {self.directory} cannot be written: {exc.strerror or exc})"
         return "failed"
 
     def close(self) -> None:

@@ -51,13 +51,21 @@
     return Array.from(selected).sort(function (a, b) { return a - b; }).map(function (i) { return cards[i]; });
   }
 
-  function show(card, grade, reason) {
+  // A card's grade: "" when it has none (an older page may still say "ungraded").
+  function gradeOf(card) {
+    const grade = card.dataset.grade || "";
+    return grade === "ungraded" ? "" : grade;
+  }
+
+  // `source` is who gave the grade shown: "person" for one just recorded, the card's own before an undo.
+  function show(card, grade, reason, source) {
+    if (grade === "ungraded") grade = "";
     card.className = card.className.replace(/grade-\S+/, "grade-" + (grade || "none"));
     card.dataset.grade = grade || "";
     card.dataset.reason = reason || "";
     card.querySelector(".grade-text").textContent = grade || "ungraded";
     card.querySelector(".reason").textContent = reason || "";
-    card.querySelector(".source").textContent = grade ? "person" : "";
+    card.querySelector(".source").textContent = grade ? (source || "") : "";
     document.querySelectorAll('svg.plot .point[data-id="' + card.dataset.id + '"]').forEach(function (point) {
       point.setAttribute("class", point.getAttribute("class").replace(/grade-\S+/, "grade-" + (grade || "none")));
     });
@@ -77,14 +85,16 @@
   async function record(fields, label) {
     if (!writable) { say("read-only: start obsarch serve --allow-write to grade", true); return; }
     const targets = chosen();
-    const before = targets.map(function (card) { return [card, card.dataset.grade, card.dataset.reason]; });
+    const before = targets.map(function (card) {
+      return [card, gradeOf(card), card.dataset.reason, card.querySelector(".source").textContent];
+    });
     const made = [];
     try {
       for (const card of targets) {
         const values = fields(card);
         const answer = await post("/exposures/" + card.dataset.id + "/flags", values);
         made.push.apply(made, answer.flag_ids);
-        show(card, answer.grade, answer.reason);
+        show(card, answer.grade, answer.reason, "person");
       }
       undoStack.push({ flags: made, before: before });
       say(label + " on " + targets.length + " frame" + (targets.length > 1 ? "s" : "") + " (u to undo)");
@@ -97,7 +107,7 @@
   function grade(value) {
     record(function (card) {
       // A reason recorded before stays with a new grade only if the grade keeps its sense.
-      return { grade: value, reason: value === card.dataset.grade ? card.dataset.reason : "" };
+      return { grade: value, reason: value === gradeOf(card) ? card.dataset.reason : "" };
     }, value);
   }
 
@@ -106,7 +116,7 @@
     if (!last) { say("nothing to undo"); return; }
     try {
       await post("/flags/retract", { ids: last.flags.join(",") });
-      last.before.forEach(function (item) { show(item[0], item[1], item[2]); });
+      last.before.forEach(function (item) { show(item[0], item[1], item[2], item[3]); });
       say("undone: " + last.flags.length + " flag" + (last.flags.length > 1 ? "s" : "") + " taken back");
     } catch (error) {
       undoStack.push(last);
@@ -116,7 +126,7 @@
 
   function ask(focus) {
     if (!writable) { say("read-only: start obsarch serve --allow-write to grade", true); return; }
-    const ungraded = chosen().filter(function (card) { return !card.dataset.grade; });
+    const ungraded = chosen().filter(function (card) { return !gradeOf(card); });
     if (ungraded.length) { say("grade the frame first (1-4), then give a reason or a note", true); return; }
     annotate.dataset.mode = focus;
     // r chooses a reason (the frame's own shown first); n adds a note and keeps each frame's reason
@@ -133,7 +143,7 @@
     annotate.hidden = true;
     annotate.elements.note.value = "";
     record(function (card) {
-      return { grade: card.dataset.grade, reason: noteOnly ? card.dataset.reason : reason, note: note };
+      return { grade: gradeOf(card), reason: noteOnly ? card.dataset.reason : reason, note: note };
     }, noteOnly ? "note" : "reason " + reason);
   });
   annotate.querySelector(".cancel").addEventListener("click", function () { annotate.hidden = true; });
