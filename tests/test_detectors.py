@@ -533,3 +533,34 @@ def test_calibrate_works_a_band_of_rows_at_a_time_within_memory(muse):
                                    force=True)
     assert result.exit_code == 1
     assert result.failed[0][1] == "--memory is too small: detector CHAN01 of 16x16 needs at least 1.8 kB per worker"
+
+
+def test_stack_of_one_named_detector_fails_a_frame_without_it(muse):
+    """stack --hdu CHAN02 put the CHAN01 of a frame that has no CHAN02 into the
+    stack's CHAN02 (one detector paired with one whatever its name)."""
+    from datetime import datetime
+
+    from sqlalchemy import insert
+
+    from archive.models import Offset
+    from processing import stacking
+
+    catalog, tmp = muse
+    odd = tmp / "raw2" / "sci_one.fits"
+    odd.parent.mkdir()
+    primary = fits.PrimaryHDU()
+    for key, value in _header("OBJECT", "SCI1.0", 58).items():
+        primary.header[key] = value
+    fits.HDUList([primary, fits.ImageHDU(np.full(SHAPE, 7.0, np.float32), name="CHAN01")]).writeto(odd)
+    catalog.ingest([odd.parent])
+    ids = dict(zip(*catalog.query("relpath in ('sci_SCI1.0_0.fits', 'sci_one.fits')", columns="relpath,id").T.values))
+    with catalog.engine.begin() as conn:
+        for name in ids:
+            conn.execute(insert(Offset).values(exposure_id=ids[name], reference_id=ids["sci_SCI1.0_0.fits"], method="stars", stage=1,
+                                               status="ok", dx=0, dy=0, rotation=0, scale=1.0, created_at=datetime(2026, 12, 1)))
+    result = stacking.stack(catalog.engine, "relpath in ('sci_SCI1.0_0.fits', 'sci_one.fits')", out_dir=tmp / "stacks",
+                            hdus=("CHAN02",), workers=1)
+    assert result.exit_code == EXIT_PARTIAL
+    assert result.failed == [(str(odd), "no detector CHAN02")]
+    (path,) = (tmp / "stacks").glob("*.fits")
+    assert fits.getheader(path)["NCOMBINE"] == 1
