@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.exceptions import ObsarchError
+from archive.exceptions import NotFoundError, ObsarchError
 from cli.app import (
     ColumnsOption,
     ExecutorOption,
@@ -259,7 +259,12 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
     from processing import runs as runs_
 
     catalog = open_catalog()
-    tree = runs_.lineage(catalog.engine, catalog.resolve(str(path)))
+    try:
+        tree = runs_.lineage(catalog.engine, catalog.resolve(str(path)))
+    except NotFoundError:  # a tool's output that is no FITS file: a product by its path only
+        tree = runs_.output_lineage(catalog.engine, path.expanduser().absolute().parent.resolve() / path.name)
+        if tree is None:
+            raise
 
     def show(node, indent=0, role=None):
         label = f"{'  ' * indent}{'[' + role + '] ' if role else ''}{node['path']}"

@@ -253,11 +253,36 @@ def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = Non
         return node
     seen.add(file_id)
     if made_by is not None:
-        node["run"] = {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
-                       "params": json.loads(made_by.params_json)}
+        node["run"] = _run_node(made_by)
         node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
     node["inputs"] += [{"role": role, **lineage(engine, linked, depth + 1, seen)} for role, linked in links]
     return node
+
+
+def _run_node(made_by) -> dict:
+    return {"id": made_by.run_id, "step": made_by.step, "kind": made_by.kind, "finished_at": made_by.finished_at,
+            "params": json.loads(made_by.params_json)}
+
+
+def output_lineage(engine: Engine, path) -> dict | None:
+    """The lineage of a product that is no catalogued file (a tool's log, a
+    text table: products lists them by path), or None when no run wrote it."""
+    from sqlalchemy import select
+
+    from archive.models import Product
+
+    with transaction(engine) as conn:
+        made_by = conn.execute(
+            select(Product.run_id, Product.kind, Run.step, Run.finished_at, Run.params_json)
+            .join(Run, Run.id == Product.run_id).where(Product.path == str(path)).order_by(Product.id.desc()).limit(1)
+        ).first()
+        inputs = [] if made_by is None else conn.execute(
+            select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)).all()
+    if made_by is None:
+        return None
+    seen: set[int] = set()
+    return {"file_id": None, "path": str(path), "run": _run_node(made_by), "shown_above": False,
+            "inputs": [{"role": role, **lineage(engine, input_id, 1, seen)} for input_id, role in inputs if input_id]}
 
 
 def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:

@@ -151,6 +151,16 @@ def test_run_with_timeout_0_has_no_limit_and_an_unusable_workdir_is_one_line(ing
     assert f"3852: cannot make the working directory {tmp_path / 'afile' / '3852'}: Not a directory" in bad.stderr
 
 
+def test_lineage_of_a_tool_output_that_is_no_fits_file(ingested, tmp_path, monkeypatch):
+    """products listed runs/3852/note.txt, and lineage said 'no exposure with file ... in the catalog'."""
+    monkeypatch.chdir(tmp_path)
+    run(ingested, "run", "3852", "--", "sh", "-c", "echo hi > note.txt")
+    tree = run(ingested, "lineage", "runs/3852/note.txt").stdout.splitlines()
+    assert tree[0].startswith(f"{tmp_path / 'runs' / '3852' / 'note.txt'}  <- run ") and " run:sh (" in tree[0]
+    assert tree[1].startswith("  [frame] ") and tree[1].endswith("ngc3293-3852.fits  (raw)")
+    assert "no exposure with file runs/3852/other.txt" in run(ingested, "lineage", "runs/3852/other.txt", code=1).stderr
+
+
 @pytest.mark.parametrize("command", [["query"], ["summary"], ["runs"], ["group", "list"], ["stale"], ["show", "3852"]])
 def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
