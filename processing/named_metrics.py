@@ -44,14 +44,16 @@ def _number(name: str, value, where: str) -> float:
     return number
 
 
-def parse_assignments(pairs: list[str], where: str = "metrics") -> dict[str, float]:
-    """``["pileup=0.12", "single_frac = 0.7"]`` -> {name: value}."""
+def parse_assignments(pairs: list[str], where: str = "metrics", once: bool = False) -> dict[str, float]:
+    """``["pileup=0.12", "single_frac = 0.7"]`` -> {name: value}; the last of
+    a name given twice (a tool's file appended to), or refused with ``once``
+    (a person's command line)."""
     values = {}
     for pair in pairs:
         if "=" not in pair:
             raise MetricsFileError(f"{where}: {pair!r} is not name=value")
         name, _, value = pair.partition("=")
-        if metric_name(name) in values:
+        if once and metric_name(name) in values:
             raise MetricsFileError(f"{where}: {metric_name(name)} is given twice")
         values[metric_name(name)] = _number(name.strip(), value.strip(), where)
     return values

@@ -346,14 +346,16 @@ def summarize_spectrum(hdul, hdu, result: XraySummary) -> None:
 
 def _channel_total(hdu, column: str, notes: list[str]) -> float | None:
     """The sum of a spectrum's COUNTS or RATE column; None, with a note, when
-    a channel is not a finite number or is negative (a total without it, or
-    with it, would be a wrong number)."""
+    a channel is not a finite number, or a count is negative (a total without
+    it, or with it, would be a wrong number). A RATE may be negative: a
+    background-subtracted spectrum (Swift/BAT) has such channels."""
     total, not_finite, negative = 0.0, 0, 0
+    counts = column.upper() == "COUNTS"
     for chunk in column_chunks(hdu, column):
         values = np.asarray(chunk, dtype=float)
         finite = np.isfinite(values)
         not_finite += int(np.count_nonzero(~finite))
-        negative += int(np.count_nonzero(values[finite] < 0))
+        negative += int(np.count_nonzero(values[finite] < 0)) if counts else 0
         total += float(np.sum(values[finite]))
     if not_finite:
         notes.append(f"{column} is not a finite number (NaN or infinite) in {_rows(not_finite, 'channel')}: no counts or rate")

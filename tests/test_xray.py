@@ -334,6 +334,36 @@ def _spectrum(path, columns, **header):
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
 
 
+def test_an_ingest_of_a_kind_obsarch_does_not_summarize_is_no_partial_result(url, tmp_path):
+    """A Chandra grating pha2 is said 'not summarized', and the ingest still exits 0."""
+    directory = tmp_path / "pha2"
+    directory.mkdir()
+    _spectrum(directory / "typeii.pha", [fits.Column(name="COUNTS", format="4J", array=np.ones((3, 4)))], HDUCLAS4="TYPE:II")
+    run(url, "init")
+    result = run(url, "ingest", str(directory))
+    assert "x-ray: 0 summarized, 0 up to date, 1 failed" in result.stdout and "not summarized" in result.stderr
+
+
+def test_a_negative_rate_channel_is_kept_but_a_negative_count_is_not(url, tmp_path):
+    """A background-subtracted spectrum (Swift/BAT) has negative RATE channels: its rate stays."""
+    directory = tmp_path / "bat"
+    directory.mkdir()
+    channel = fits.Column(name="CHANNEL", format="J", array=np.arange(4))
+    _spectrum(directory / "rate.pha", [channel, fits.Column(name="RATE", format="E", array=np.array([0.5, -0.25, 0.25, 0.5]))])
+    _spectrum(directory / "counts.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.array([5, -1, 2, 1]))])
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    rows = _csv(run(url, "query", "xray_kind == 'spectrum'", "--columns", "relpath,rate", "--format", "csv").stdout)
+    assert {r["relpath"]: r["rate"] for r in rows} == {"counts.pha": "", "rate.pha": "1.0"}
+
+
+def test_metrics_a_tool_appends_to_keep_the_last_value(tmp_path):
+    from processing.named_metrics import read_metrics_file
+
+    (tmp_path / "m.txt").write_text("pileup=0.1\npileup=0.2\n")
+    assert read_metrics_file(tmp_path / "m.txt") == {"pileup": 0.2}
+
+
 def test_bad_x_ray_tables_are_refused_with_a_reason(url, tmp_path):
     directory = tmp_path / "bad"
     directory.mkdir()
