@@ -43,10 +43,8 @@ def items_of(engine, each: str, selection) -> list[Item]:
     chosen = resolve(engine, selection, is_null("product"))  # a tool's own outputs are not its inputs
     if not chosen:
         raise ObsarchError("no raw exposure matches the selection")
-    if each == "exposure":  # by frame number, unless two selected frames share it (two cameras): then by id too
-        shared = Counter(f.frame_number for f in chosen if f.frame_number is not None)
-        return [Item(str(f.exposure_id) if f.frame_number is None
-                     else str(f.frame_number) if shared[f.frame_number] == 1 else f"{f.frame_number}-id{f.exposure_id}", [f],
+    if each == "exposure":  # by frame number (two cameras' frame 111 would share runs/{item}: the second is refused)
+        return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
                      {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)})
                 for f in chosen]
     if each == "obsid":  # an obsid is one observatory's: the same number from two telescopes is two items
@@ -203,9 +201,9 @@ class ExternalStep(Step):
             except NoValue as exc:
                 result.append(StepItem(item.key, error=str(exc), inputs=inputs))
                 continue
-            if (first := places.setdefault(directory, item.key)) != item.key:  # one directory, two items: whose files?
-                result.append(StepItem(item.key, error=f"its working directory {directory} is item {first}'s too: "
-                                       "give --workdir a placeholder that tells them apart ({item}, {id})", inputs=inputs))
+            if (first := places.setdefault(directory, item)) is not item:  # one directory, two items: whose files?
+                result.append(StepItem(item.key, error=f"the working directory of {item.frames[0].path}, {directory}, is {first.frames[0].path}'s too: "
+                                       "give --workdir a placeholder that tells them apart (--workdir 'runs/{id}')", inputs=inputs))
                 continue
             result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout), inputs,
                                    {"item": item.key, "command": arguments, "workdir": str(directory)}))

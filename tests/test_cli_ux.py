@@ -116,23 +116,27 @@ def test_a_value_an_item_lacks_fails_that_item_and_is_never_filled_in_as_none(in
     assert "{fram} in '{fram}' is not known for this item (known: dir, frame, id, item, obsid, path" in typo.stderr
 
 
-def test_items_of_two_cameras_with_one_frame_number_get_a_directory_each(url, tmp_path, rng, monkeypatch):
+def test_items_of_two_cameras_with_one_frame_number_never_share_a_directory(url, tmp_path, rng, monkeypatch):
     """Frame 111 of two cameras shared runs/111: one product, whose lineage
-    named the item that did not make it."""
+    named the item that did not make it. The second item is refused, and
+    a placeholder that tells them apart runs both."""
     monkeypatch.chdir(tmp_path)
     for camera in ("SynCam", "OtherCam"):
         write_frame(tmp_path / "raw" / f"{camera}.fits", rng, {"INSTRUME": camera, "FRAMENUM": 111})
     run(url, "init")
     run(url, "ingest", str(tmp_path / "raw"))
-    out = run(url, "run", "frame_number == 111", "--workers", "1", "--", "sh", "-c", "cp {path} out.fits").stdout
-    assert "2 done" in out
-    made = {p.parent.name: p for p in (tmp_path / "runs").glob("*/out.fits")}
-    assert sorted(made) == ["111-id1", "111-id2"]
-    for path in made.values():
+    tool = ["--workers", "1", "--", "sh", "-c", "cp {path} out.fits"]
+    shared = run(url, "run", "frame_number == 111", *tool, code=3)
+    assert (f"the working directory of {tmp_path / 'raw' / 'SynCam.fits'}, {tmp_path / 'runs' / '111'}, is "
+            f"{tmp_path / 'raw' / 'OtherCam.fits'}'s too: give --workdir "
+            "a placeholder that tells them apart (--workdir 'runs/{id}')") in shared.stderr
+    assert "1 done" in shared.stderr.strip().splitlines()[-1]
+    assert "2 done" in run(url, "run", "frame_number == 111", "--workdir", "runs/{id}", *tool).stdout
+    made = list((tmp_path / "runs").glob("*/out.fits"))
+    assert len(made) == 3
+    for path in made:
         (frame,) = [line.split()[1] for line in run(url, "lineage", str(path)).stdout.splitlines() if "[frame]" in line]
         assert open(frame, "rb").read() == path.read_bytes()
-    shared = run(url, "run", "frame_number == 111", "--workdir", "shared", "--force", "--workers", "1", "--", "sh", "-c", "cp {path} out.fits", code=3)
-    assert f"its working directory {tmp_path / 'shared'} is item 111-id1's too" in shared.stderr
 
 
 @pytest.mark.parametrize(("value", "said"), [("nan", "nan"), ("inf", "inf"), ("-1", "-1"), ("1e300", "1e+300")])
