@@ -420,6 +420,8 @@ class Product(Base):
     """A file a run wrote; it is ingested like any other file."""
 
     __tablename__ = "products"
+    # found by path (processing.runs.what_is_at); hash on PostgreSQL: a path may outgrow a B-tree entry
+    __table_args__ = (Index("ix_products_path", "path", postgresql_using="hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
