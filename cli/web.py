@@ -92,7 +92,9 @@ def serve(
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host``:``port``, or one line saying why not (in use, unknown host, not this machine's)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # IPv4 first, as uvicorn binds a host name: a localhost that lists ::1 first must still answer on 127.0.0.1
+        family, kind, proto, _, address = min(found, key=lambda entry: entry[0] != socket.AF_INET)
     except (socket.gaierror, UnicodeError) as exc:
         raise ObsarchError(f"cannot serve on {host}: the host name does not resolve ({getattr(exc, 'strerror', None) or exc})") from None
     sock = socket.socket(family, kind, proto)

@@ -422,13 +422,16 @@ class CurrentOffset:
 
 
 def current_offsets(engine: Engine, ids: list[int]) -> dict[int, CurrentOffset]:
-    """The current offset of each exposure of ``ids`` that has one."""
+    """The current offset of each exposure of ``ids`` that has one (asked
+    500 ids at a time: PostgreSQL refuses more than 65,535 parameters, SQLite
+    more than 32,766 in most builds)."""
     from archive.query import current_offset
 
+    rows = []
     with transaction(engine) as conn:
-        rows = conn.execute(
-            select(Offset).where(Offset.exposure_id.in_(ids), Offset.id == current_offset(Offset.exposure_id))
-        ).all() if ids else []
+        for start in range(0, len(ids), 500):
+            rows += conn.execute(select(Offset).where(Offset.exposure_id.in_(ids[start : start + 500]),
+                                                      Offset.id == current_offset(Offset.exposure_id))).all()
     return {
         row.exposure_id: CurrentOffset(row.id, row.reference_id, row.status == "ok", row.error, Transform(
             row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0, row.dx_err, row.dy_err, row.rotation_err, row.scale_err,

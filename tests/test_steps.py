@@ -424,3 +424,9 @@ def test_a_stack_never_mixes_calibrated_and_raw_frames(raw):
     assert sorted(key for key, _ in result.failed) == [str(tmp / "raw" / f"ngc3293-{n}.fits") for n in science[2:]]
     assert {why for _, why in result.failed} == {"not calibrated, while 2 of the selected frames are: calibrate it first"}
     assert fits.getheader(tmp / "stacks" / "V_stack.fits")["NCOMBINE"] == 2
+
+
+def test_current_offsets_of_more_ids_than_sqlite_takes_parameters(catalog):
+    """stale and stack asked for every frame's offset in one IN list: PostgreSQL
+    refuses more than 65,535 parameters, SQLite more than 32,766 (or its build's limit)."""
+    assert offsets.current_offsets(catalog.engine, list(range(1, 70_001))) == {}

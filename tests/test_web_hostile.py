@@ -379,3 +379,21 @@ def test_the_night_view_never_posts_or_shows_ungraded_as_a_grade(server, browser
     _wait(browser, lambda b: _card(b, rule_id).find_element("css selector", ".source").text == "rule")
     assert _card(browser, rule_id).get_attribute("data-grade") == rule_grade
     assert [f for f in quality.flag_history(catalog.engine, first) if f["source"] == "person"] == []
+
+
+def test_serve_listens_on_ipv4_when_a_host_name_resolves_to_both(monkeypatch):
+    """A localhost that lists ::1 first (Fedora, macOS) must still answer on 127.0.0.1, as uvicorn did."""
+    import socket
+
+    import cli.web as web_cli
+
+    def both(host, port, **_):
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(web_cli.socket, "getaddrinfo", both)
+    listening = web_cli.listen("localhost", 0)
+    try:
+        assert listening.family == socket.AF_INET and listening.getsockname()[0] == "127.0.0.1"
+    finally:
+        listening.close()
