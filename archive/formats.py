@@ -59,3 +59,12 @@ def rows_to_csv(names: list[str], rows) -> str:
 
 def rows_to_json(names: list[str], rows) -> str:
     return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1, allow_nan=False)
+
+
+def rounded(value: float) -> str:
+    """A float as people read it in a table (the terminal's and the web's):
+    5 decimals, trailing zeros dropped, 3 significant digits below 1e-3. So
+    an MJD keeps its time of day (0.86 s) and RA/Dec their arcseconds (0.036")."""
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return f"{value:.5f}".rstrip("0").rstrip(".")

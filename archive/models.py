@@ -56,13 +56,15 @@ LONG_TEXT = f"value_num IS NULL AND length(value_text) > {TEXT_INDEX_LIMIT}"
 
 def postgresql_options() -> None:
     """Give the card indexes their PostgreSQL predicates (the same as
-    SQLite's). Called by :func:`archive.db.make_engine` for a PostgreSQL
+    SQLite's), and the products' path index its hash method. Called by :func:`archive.db.make_engine` for a PostgreSQL
     catalog: declaring a ``postgresql_`` option imports SQLAlchemy's
     PostgreSQL dialect, which a command on SQLite should not pay for."""
     for index in HeaderCard.__table__.indexes:
         where = index.dialect_options["sqlite"]["where"]
         if where is not None and index.dialect_options["postgresql"]["where"] is None:
             index.dialect_kwargs["postgresql_where"] = where
+    for index in Product.__table__.indexes:
+        index.dialect_kwargs["postgresql_using"] = "hash"
 
 
 class _Column:
@@ -420,8 +422,8 @@ class Product(Base):
     """A file a run wrote; it is ingested like any other file."""
 
     __tablename__ = "products"
-    # found by path (processing.runs.what_is_at); hash on PostgreSQL: a path may outgrow a B-tree entry
-    __table_args__ = (Index("ix_products_path", "path", postgresql_using="hash"),)
+    # found by path (processing.runs.what_is_at); hash on PostgreSQL (see postgresql_options): a path may outgrow a B-tree entry
+    __table_args__ = (Index("ix_products_path", "path"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from archive.formats import exact, iso, rows_to_csv, rows_to_json
+from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json
 from archive.formats import missing as _missing
 
 if TYPE_CHECKING:
@@ -122,9 +122,7 @@ def readable(value) -> str:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None, microsecond=0).isoformat()
     if isinstance(value, float) and not _missing(value):
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.3g}"
-        return f"{value:.5f}".rstrip("0").rstrip(".")
+        return rounded(value)
     return exact(value)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from archive.formats import rounded
 from processing.report import GRADE_COLOURS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -18,14 +19,11 @@ STATIC = Path(__file__).parent / "static"
 
 def cell(value) -> str:
     """A value as a table shows it: blank for missing; floats as ``obsarch query`` draws them in a
-    terminal (cli/render.py ``readable``): 5 decimals, trailing zeros dropped, 3 significant digits
-    below 1e-3. So an MJD keeps its time of day (0.86 s) and RA/Dec their arcseconds (0.036")."""
+    terminal (:func:`archive.formats.rounded`)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT":
         return ""
     if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.3g}"
-        return f"{value:.5f}".rstrip("0").rstrip(".")
+        return rounded(value)
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     return str(value)
