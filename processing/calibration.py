@@ -205,8 +205,9 @@ def _flat_level(where: str, data: np.ndarray, inspection: Inspection, name: str)
     offset = _sampled_offset(inspection, name)
     value = float(np.nanmedian(np.asarray(data[::4], dtype=np.float64) - (offset if offset is not None else 0.0)))
     if not value > 0:
-        roles = [role for role, _ in inspection.masters]
-        off = f" once the master {' and '.join(roles)} {'are' if len(roles) > 1 else 'is'} subtracted" if roles else ""
+        roles = tuple(role for role, _ in inspection.masters)
+        off = {("bias",): " once the master bias is subtracted", ("dark",): " once the master dark is subtracted",
+               ("bias", "dark"): " once the master bias and dark are subtracted"}.get(roles, "")
         raise ObsarchError(f"{where}median {value:.4g}{off}: no light in this flat (its level must be above 0)")
     return value
 
