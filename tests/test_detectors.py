@@ -46,6 +46,16 @@ def _header(dpr: str, mode: str, minute: int, **extra) -> dict:
             "FILTER": "V", "HIERARCH ESO DET BINX": 1, "HIERARCH ESO DET BINY": 1, "CCD-TEMP": -110.0, **extra}
 
 
+def _one_channel(path: Path, header: dict, data: np.ndarray) -> Path:
+    """A MUSE-like file with CHAN01 only (the others missing)."""
+    primary = fits.PrimaryHDU()
+    for key, value in header.items():
+        primary.header[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList([primary, fits.ImageHDU(data, name="CHAN01")]).writeto(path)
+    return path
+
+
 def _bias(mode: str) -> dict[str, float]:
     return {name: BIAS[mode] * n for n, name in enumerate(CHANNELS, start=1)}
 
@@ -175,12 +185,7 @@ def test_a_product_is_current_when_the_same_detectors_are_asked_for_however_name
 
 def test_an_input_without_the_detectors_costs_only_itself(muse, rng):
     catalog, tmp = muse
-    odd = tmp / "raw2" / "bias_odd.fits"
-    odd.parent.mkdir()
-    primary = fits.PrimaryHDU()
-    for key, value in _header("BIAS", "SCI1.0", 59).items():
-        primary.header[key] = value
-    fits.HDUList([primary, fits.ImageHDU(np.zeros(SHAPE, np.float32), name="CHAN01")]).writeto(odd)
+    odd = _one_channel(tmp / "raw2" / "bias_odd.fits", _header("BIAS", "SCI1.0", 59), np.zeros(SHAPE, np.float32))
     catalog.ingest([odd.parent])
     result = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m")
     assert result.exit_code == EXIT_PARTIAL
@@ -546,12 +551,7 @@ def test_stack_of_one_named_detector_fails_a_frame_without_it(muse):
     from processing import stacking
 
     catalog, tmp = muse
-    odd = tmp / "raw2" / "sci_one.fits"
-    odd.parent.mkdir()
-    primary = fits.PrimaryHDU()
-    for key, value in _header("OBJECT", "SCI1.0", 58).items():
-        primary.header[key] = value
-    fits.HDUList([primary, fits.ImageHDU(np.full(SHAPE, 7.0, np.float32), name="CHAN01")]).writeto(odd)
+    odd = _one_channel(tmp / "raw2" / "sci_one.fits", _header("OBJECT", "SCI1.0", 58), np.full(SHAPE, 7.0, np.float32))
     catalog.ingest([odd.parent])
     ids = dict(zip(*catalog.query("relpath in ('sci_SCI1.0_0.fits', 'sci_one.fits')", columns="relpath,id").T.values))
     with catalog.engine.begin() as conn:
