@@ -152,9 +152,28 @@ def summarize(
     result = run_step(engine, step, force=force, executor=executor, workers=workers, progress=progress)
     summary = XrayStepSummary(result, [(path, message) for _, path, message in step.warnings])
     if step.written:  # new summaries can make or complete links; none: nothing to link anew
-        with transaction(engine, write=True) as conn:
-            summary.warnings.extend((path, message) for file_id, path, message in link_all(conn) if file_id in step.written)
+        summary.warnings.extend(relink(engine, told=step.written))
     return summary
+
+
+def relink(engine: Engine, told: set[int] = frozenset()) -> list[tuple[str, str]]:
+    """Link every spectrum again (:func:`link_all`), and return the link
+    warnings (path, message) of the spectra in ``told`` and of those whose
+    links changed: a background that went missing, or was replaced by a
+    file of another kind, takes the spectrum's net rate with it, and says so."""
+    with transaction(engine, write=True) as conn:
+        before = _links(conn)
+        warnings = link_all(conn)
+        after = _links(conn)
+    changed = {file_id for file_id, links in after.items() if links != before.get(file_id)}
+    lost = {file_id for file_id in changed if before.get(file_id, (None,))[0] is not None and after[file_id][0] is None}
+    return [(path, f"{message}: its net rate is left empty" if file_id in lost and message.startswith("BACKFILE") else message)
+            for file_id, path, message in warnings if file_id in told or file_id in changed]
+
+
+def _links(conn) -> dict[int, tuple]:
+    return {row[0]: tuple(row[1:]) for row in conn.execute(
+        select(XraySummary.file_id, *(getattr(XraySummary, column) for _, column in LINKS)).where(XraySummary.kind == "spectrum"))}
 
 
 # -- links -------------------------------------------------------------------------

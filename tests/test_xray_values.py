@@ -212,6 +212,24 @@ def test_a_backfile_naming_the_file_itself_links_no_background(url, tmp_path):
     assert "BACKFILE: self.pi (names the file itself: not linked)" in run(url, "show", str(directory / "self.pi")).stdout
 
 
+def test_a_background_gone_missing_takes_the_net_rate_with_it(url, tmp_path):
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    _spectrum(directory / "src.pi", np.full(1024, 2, np.int32), BACKSCAL=0.1, BACKFILE="bkg.pi")
+    _spectrum(directory / "bkg.pi", np.full(1024, 1, np.int32), HDUCLAS2="BKG")
+    _ingested(url, directory)
+    linked = {"net_rate": "0.19456", "background_file": str(directory / "bkg.pi")}
+    assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": linked}
+    (directory / "bkg.pi").rename(tmp_path / "bkg.pi")
+    rescan = run(url, "ingest", str(directory))
+    assert "src.pi: BACKFILE 'bkg.pi': no such file: its net rate is left empty" in rescan.stderr
+    assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": {"net_rate": "", "background_file": ""}}
+    assert "BACKFILE: bkg.pi (not linked)" in run(url, "show", str(directory / "src.pi")).stdout
+    (tmp_path / "bkg.pi").rename(directory / "bkg.pi")  # back: linked again
+    run(url, "ingest", str(directory))
+    assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": linked}
+
+
 # -- #11: bad time cards ---------------------------------------------------------------------------
 
 
