@@ -210,6 +210,7 @@ def link_all(conn) -> list[tuple[int, str, str]]:
     targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
                              for keyword, _ in LINKS} for row in spectra if row.file_id in by_id}
     paths = file_ids_at(conn, {t for found in targets.values() for t in found.values() if t}, status="present")
+    kinds = _kinds_of(conn, list(set(paths.values())))
     warnings, links, backgrounds = [], {}, set()
     for row in spectra:
         path = by_id.get(row.file_id)
@@ -220,6 +221,9 @@ def link_all(conn) -> list[tuple[int, str, str]]:
             target = targets[row.file_id][keyword]
             values[column] = paths.get(target) if target else None
             message = _link_problem(keyword, getattr(row, keyword), target, values[column])
+            if message is None and kinds.get(values[column]) != LINK_KINDS[keyword]:
+                message = _wrong_kind(keyword, getattr(row, keyword), kinds.get(values[column]))
+                values[column] = None
             if message and row.role != "background":
                 warnings.append((row.file_id, path, message))
         if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
@@ -279,6 +283,27 @@ def _link_problem(keyword: str, value: str | None, target: str | None, file_id: 
 
 
 _WHAT = {"backfile": "background", "respfile": "response", "ancrfile": "ARF"}
+# The kind of file each link must name (archive.xray_kinds): a BACKFILE naming an
+# event list, say, would be taken for a background spectrum and give a net rate.
+LINK_KINDS = {"backfile": "spectrum", "respfile": "response", "ancrfile": "arf"}
+_KIND_NAMES = {"spectrum": "a spectrum", "response": "a response (RMF)", "arf": "an ARF", "events": "an event list",
+               "lightcurve": "a light curve", "image": "an image", "region": "a region file", "gti": "a GTI file"}
+
+
+def _wrong_kind(keyword: str, value: str, kind: str | None) -> str:
+    found = _KIND_NAMES.get(kind, "no X-ray file obsarch summarizes") if kind else "no X-ray file obsarch summarizes"
+    return f"{keyword.upper()} {value!r} is {found}, not {_KIND_NAMES[LINK_KINDS[keyword]]}: no {_WHAT[keyword]} linked"
+
+
+def _kinds_of(conn, file_ids: list[int]) -> dict[int, str | None]:
+    """The summarized kind of each file (of its current version); a file
+    not summarized, or summarized as no kind, is absent."""
+    kinds = {}
+    for start in range(0, len(file_ids), 500):
+        kinds.update(conn.execute(select(XraySummary.file_id, XraySummary.kind)
+                                  .join(File, and_(File.id == XraySummary.file_id, File.version == XraySummary.file_version))
+                                  .where(XraySummary.file_id.in_(file_ids[start : start + 500]))).all())
+    return kinds
 
 
 def linked_files(conn, file_id: int) -> list[tuple[str, int]]:

@@ -230,6 +230,22 @@ def test_a_background_gone_missing_takes_the_net_rate_with_it(url, tmp_path):
     assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": linked}
 
 
+def test_a_link_naming_a_file_of_another_kind_is_refused(url, tmp_path, rng):
+    directory = tmp_path / "kinds"
+    directory.mkdir()
+    _events(directory / "obs.evt", rng)
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(directory / "frame.fits")
+    _spectrum(directory / "src.pi", np.full(1024, 2, np.int32), BACKFILE="obs.evt", RESPFILE="src.pi", ANCRFILE="frame.fits")
+    ingested = _ingested(url, directory)
+    for message in ("BACKFILE 'obs.evt' is an event list, not a spectrum: no background linked",
+                    "RESPFILE 'src.pi' is a spectrum, not a response (RMF): no response linked",
+                    "ANCRFILE 'frame.fits' is no X-ray file obsarch summarizes, not an ARF: no ARF linked"):
+        assert f"src.pi: {message}" in ingested.stderr
+    rows = _rows(url, "relpath == 'src.pi'", "net_rate,background_file,response,arf")
+    assert rows == {"src.pi": {"net_rate": "", "background_file": "", "response": "", "arf": ""}}
+    assert _rows(url, "relpath == 'obs.evt'", "xray_kind,xray_role") == {"obs.evt": {"xray_kind": "events", "xray_role": ""}}
+
+
 # -- #11: bad time cards ---------------------------------------------------------------------------
 
 
