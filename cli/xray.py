@@ -160,13 +160,15 @@ def metrics_set(
 def regions_attach(
     region_file: Annotated[Path, typer.Argument(help="A DS9 region file, or a FITS file with REGION tables.")],
     to: Annotated[str, typer.Option("--to", help="The exposures it belongs to (a selection).")],
-    force: Annotated[bool, typer.Option("--force", help="Attach a sky region file even where it lies far from an exposure's pointing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Attach a region file even where it lies far from an exposure's pointing, "
+                                                        "or names another telescope or obsid.")] = False,
 ) -> None:
     """Attach a region file to exposures; `show` lists it and `run` passes it as {region}.
 
     A sky-coordinate file whose nearest shape is more than 1 deg (or the
     exposure's field radius, when larger) from an exposure's ra/dec is
-    refused, naming the exposure and the separation, unless --force.
+    refused, naming the exposure and the separation, unless --force; so is
+    a FITS region file whose TELESCOP or OBS_ID is not the exposure's.
 
     Example: obsarch regions attach src.reg --to "obsid == '0761220101'"
     """
@@ -184,12 +186,12 @@ def _print_placement_notes(placements) -> None:
     each exposure a forced file lies far from."""
     unchecked: dict[str, list[str]] = {}
     for placement in placements:
-        if placement.separation_deg is None:
+        if placement.separation_deg is None and not placement.refused:  # a refused one is told below, once
             unchecked.setdefault(placement.note, []).append(placement.name)
     for note, names in unchecked.items():
         which = names[0] if len(names) == 1 else f"{len(names)} exposures"
         err_console.print(f"  note: {note} ({which})", markup=False, soft_wrap=True)
-    _print_problems("note: ", [(p.name, p.note) for p in placements if p.far])
+    _print_problems("note: ", [(p.name, p.note) for p in placements if p.refused])
 
 
 @command(regions_app, "list")

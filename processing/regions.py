@@ -47,6 +47,7 @@ class RegionInfo:
     n_excluded: int = 0
     n_background: int = 0
     sky_points: object = field(default=None, repr=False)  # SkyCoord (ICRS) of the shapes' centres and vertices
+    made_for: dict[str, str] = field(default_factory=dict)  # a FITS region file's TELESCOP and OBS_ID: {"telescope": ..., "obsid": ...}
 
 
 class RegionReadError(ObsarchError):
@@ -64,8 +65,9 @@ def read_region_file(path: str | Path) -> RegionInfo:
 
     path = Path(path)
     try:
+        made_for = {}
         if _is_fits(path):
-            shapes, frame, skipped = _read_fits(path)
+            shapes, frame, skipped, made_for = _read_fits(path)
             kind = "fits"
         else:
             with open(path, "rb") as handle:
@@ -86,7 +88,7 @@ def read_region_file(path: str | Path) -> RegionInfo:
             raise RegionReadError(f"{path}: shape {number} ({shape.name}) has a position or size that is not a finite number")
     return RegionInfo(str(path.resolve()), kind, frame, len(shapes), describe(shapes), skipped,
                       n_excluded=sum(s.excluded for s in shapes), n_background=sum(s.role == "background" for s in shapes),
-                      sky_points=_sky_points([s.region for s in shapes]))
+                      sky_points=_sky_points([s.region for s in shapes]), made_for=made_for)
 
 
 @dataclass
@@ -247,6 +249,7 @@ def _read_fits(path: Path):
     with fits.open(path) as hdul:
         found = [(i, _role(h.header)) for i, h in enumerate(hdul) if str(h.header.get("HDUCLAS1", "")).strip().upper() == "REGION"
                  or str(h.header.get("EXTNAME", "")).strip().upper() == "REGION"]
+        made_for = _made_for([hdul[i].header for i, _ in found] + [hdul[0].header])
     if not found:
         raise ValueError("no REGION extension (HDUCLAS1 = 'REGION')")
     shapes, skipped = [], 0
@@ -257,7 +260,43 @@ def _read_fits(path: Path):
         more, missed = _fits_rows(table, role)
         shapes.extend(more)
         skipped += missed
-    return shapes, "physical", skipped
+    return shapes, "physical", skipped, made_for
+
+
+def _made_for(headers) -> dict[str, str]:
+    """The telescope and observation a FITS region file names (TELESCOP,
+    OBS_ID or OBSID), from its REGION tables first, then its primary header."""
+    found = {}
+    for name, keywords in (("telescope", ("TELESCOP",)), ("obsid", ("OBS_ID", "OBSID"))):
+        values = (str(h.get(k, "")).strip() for h in headers for k in keywords)
+        value = next((v for v in values if v and v.upper() not in ("NONE", "UNKNOWN")), None)
+        if value:
+            found[name] = value
+    return found
+
+
+def _same(ours: str, theirs: str | None, name: str) -> bool:
+    """Whether a region file's telescope or obsid is an exposure's: case
+    and leading zeros aside (Chandra's OBS_ID '7999' is obsid 07999); an
+    exposure that does not say is not contradicted."""
+    if theirs is None or not str(theirs).strip():
+        return True
+    a, b = ours.strip().upper(), str(theirs).strip().upper()
+    if name == "obsid" and a.isdigit() and b.isdigit():
+        return int(a) == int(b)
+    return a == b
+
+
+def _other(info: RegionInfo, telescope: str | None, obsid: str | None) -> str | None:
+    """Why a region file made for another telescope or observation does
+    not belong to an exposure; None when nothing says so."""
+    theirs = {"telescope": telescope, "obsid": obsid}
+    wrong = [name for name, value in info.made_for.items() if not _same(value, theirs[name], name)]
+    if not wrong:
+        return None
+    def said(values: dict) -> str:
+        return " ".join(f"{'obsid ' if name == 'obsid' else ''}{values[name]}" for name in ("telescope", "obsid") if values.get(name))
+    return f"made for {said(info.made_for)}, the exposure is {said(theirs)}"
 
 
 def _role(header) -> str | None:
@@ -323,32 +362,40 @@ class Placement:
     separation_deg: float | None
     limit_deg: float | None
     note: str  # as shown: "0.0021 deg from the pointing" or "position not checked: ..."
+    other: str | None = None  # made for another telescope or obsid (a FITS region file's TELESCOP, OBS_ID): why
 
     @property
     def far(self) -> bool:
         return self.separation_deg is not None and self.separation_deg > self.limit_deg
+
+    @property
+    def refused(self) -> bool:
+        """Not attached without --force: far from the pointing, or made for another observation."""
+        return self.far or self.other is not None
 
 
 def place(conn, info: RegionInfo, exposure_ids: list[int]) -> list[Placement]:
     """Check a region file's shapes against each exposure's pointing."""
     rows = []
     for chunk in range(0, len(exposure_ids), 500):
-        rows.extend(conn.execute(select(Exposure.id, File.relpath, Exposure.ra, Exposure.dec, Exposure.file_id)
+        rows.extend(conn.execute(select(Exposure.id, File.relpath, Exposure.ra, Exposure.dec, Exposure.file_id, Exposure.telescope,
+                                        Exposure.obsid)
                                  .join(File, File.id == Exposure.file_id).where(Exposure.id.in_(exposure_ids[chunk : chunk + 500]))))
     if info.sky_points is None:
         why = f"{info.frame} coordinates" if info.frame else "no shape on the sky"
-        return [Placement(r.id, r.relpath, None, None, f"position not checked: {why}") for r in rows]
+        return [Placement(r.id, r.relpath, None, None, f"position not checked: {why}", _other(info, r.telescope, r.obsid)) for r in rows]
     from astropy.coordinates import SkyCoord
 
     placements = []
     for row in sorted(rows, key=lambda r: r.id):
+        other = _other(info, row.telescope, row.obsid)
         if row.ra is None or row.dec is None:
-            placements.append(Placement(row.id, row.relpath, None, None, "position not checked: the exposure has no ra/dec"))
+            placements.append(Placement(row.id, row.relpath, None, None, "position not checked: the exposure has no ra/dec", other))
             continue
         pointing = SkyCoord(row.ra, row.dec, unit="deg", frame="icrs")
         separation = float(info.sky_points.separation(pointing).deg.min())
         limit = max(LIMIT_DEG, field_radius_deg(conn, row.file_id) or 0.0)
-        placements.append(Placement(row.id, row.relpath, separation, limit, f"{separation:.3g} deg from the pointing"))
+        placements.append(Placement(row.id, row.relpath, separation, limit, f"{separation:.3g} deg from the pointing", other))
     return placements
 
 
@@ -403,9 +450,20 @@ def _table_radius(cards: dict) -> float | None:
     return min(math.hypot(*sizes[:2]) / 2, 180.0) if len(sizes) >= 2 else None
 
 
+def refusal(refused: list[Placement], hint: str = "--force attaches it anyway") -> str:
+    """Why a region file is not attached (the caller names the file): made
+    for another observation than an exposure's, else the farthest-off
+    exposure, its separation and the limit."""
+    other = [p for p in refused if p.other]
+    if other:
+        more = f" (and {len(other) - 1} more exposure{'s' if len(other) > 2 else ''})" if len(other) > 1 else ""
+        return f"{other[0].other}: {other[0].name} (exposure {other[0].exposure_id}){more}: not attached ({hint})"
+    return too_far(refused, hint)
+
+
 def too_far(far: list[Placement], hint: str = "--force attaches it anyway") -> str:
-    """Why a region file is not attached: the farthest-off exposure, its
-    separation and the limit (the caller names the region file)."""
+    """Why a region file far from the pointing is not attached: the
+    farthest-off exposure, its separation and the limit."""
     worst = max(far, key=lambda p: p.separation_deg)
     more = f" and of {len(far) - 1} more exposure{'s' if len(far) > 2 else ''}" if len(far) > 1 else ""
     return (f"nearest shape {worst.separation_deg:.3g} deg from the pointing of {worst.name} (exposure {worst.exposure_id})"
@@ -428,11 +486,13 @@ def attach(engine: Engine, path: str | Path, selection: str, how: str = "attach"
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}")
         placements = place(conn, info, ids)
-    far = [p for p in placements if p.far]
-    if far and not force:
-        raise RegionPlacementError(f"{info.path}: {too_far(far)}")
-    for p in far:
-        p.note += f", more than {p.limit_deg:.3g} deg: attached with --force"
+    refused = [p for p in placements if p.refused]
+    if refused and not force:
+        raise RegionPlacementError(f"{info.path}: {refusal(refused)}")
+    for p in refused:
+        p.note += f", more than {p.limit_deg:.3g} deg" if p.far else ""
+        p.note += f"; {p.other}" if p.other else ""
+        p.note += ": attached with --force"
     with transaction(engine, write=True) as conn:
         _store(conn, info, placements, how)
     return info, placements
@@ -538,8 +598,8 @@ def attach_by_name(engine: Engine, run_id: int) -> tuple[list[tuple[str, str, Pl
                 continue
             with transaction(engine, write=True) as conn:
                 (placement,) = place(conn, info, [names[owner][0]])
-                if placement.far:
-                    problems.append((str(directory / region), too_far([placement], "regions attach --force attaches it")))
+                if placement.refused:
+                    problems.append((str(directory / region), refusal([placement], "regions attach --force attaches it")))
                     continue
                 _store(conn, info, [placement], "ingest")
             attached.append((str(directory / region), str(directory / owner), placement))

@@ -707,6 +707,27 @@ def test_a_region_named_after_far_data_is_not_attached_at_ingest(url, real_data,
     assert [r["path"] for r in listed] == [str(near)]
 
 
+def test_a_fits_region_file_of_another_observation_is_refused_unless_forced(url, real_data, tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    spectrum = directory / "3c273.pi"  # Chandra obsid 459
+    shutil.copy(real_data / "xray" / spectrum.name, spectrum)
+    region = directory / "3c273_reg.fits"  # its name says 3c273.pi; its cards say Chandra obsid 7999
+    shutil.copy(real_data / "regions" / "acisf07999_000N001_r0035_reg3.fits", region)
+    run(url, "init")
+    result = run(url, "ingest", str(directory))
+    why = "made for CHANDRA obsid 7999, the exposure is CHANDRA obsid 459"
+    assert f"{region}: {why}: 3c273.pi (exposure 1): not attached (regions attach --force attaches it)" in result.stderr
+    assert "attached to" not in result.stdout
+    refused = run(url, "regions", "attach", str(region), "--to", "obsid == '459'", code=1)
+    assert refused.stderr.strip() == f"error: {region}: {why}: 3c273.pi (exposure 1): not attached (--force attaches it anyway)"
+    assert _csv(run(url, "regions", "list", str(spectrum), "--format", "csv").stdout) == []
+    forced = run(url, "regions", "attach", str(region), "--to", "obsid == '459'", "--force")
+    assert f"note: 3c273.pi: position not checked: physical coordinates; {why}: attached with --force" in forced.stderr
+    (listed,) = _csv(run(url, "regions", "list", str(spectrum), "--format", "csv").stdout)
+    assert listed["position"] == f"position not checked: physical coordinates; {why}: attached with --force"
+
+
 def test_the_frame_page_tells_source_from_background(url, real_data, tmp_path):
     from starlette.testclient import TestClient
 
