@@ -97,7 +97,8 @@ def fingerprint(step: str, params: dict, algorithm: str, contents: list[str]) ->
 
 
 def done_before(engine: Engine, print_: str) -> int | None:
-    """The id of a done run with this fingerprint whose products all still exist (on disk)."""
+    """The id of a done run with this fingerprint whose products are all on
+    disk as that run left them."""
     from sqlalchemy import select
 
     from archive.models import File, Product
@@ -107,14 +108,27 @@ def done_before(engine: Engine, print_: str) -> int | None:
             select(Run.id).where(Run.fingerprint == print_, Run.state == "done").order_by(Run.id.desc())
         ):
             products = conn.execute(
-                select(Product.path, File.status).select_from(Product).outerjoin(File, File.id == Product.file_id)
-                .where(Product.run_id == run_id)
+                select(Product.path, File.status, File.size, File.mtime_ns).select_from(Product)
+                .outerjoin(File, File.id == Product.file_id).where(Product.run_id == run_id)
             ).all()
-            # a product on disk, as the catalog last saw it when it is catalogued
-            # (a deleted master is made again, and so is one found unreadable)
-            if all(status in (None, "present") and os.path.exists(path) for path, status in products):
+            if all(_as_made(*product) for product in products):
                 return run_id
     return None
+
+
+def _as_made(path: str, status: str | None, size: int | None, mtime_ns: int | None) -> bool:
+    """Whether a product is on disk as its run catalogued it: a deleted
+    master is made again, so is one found unreadable, and so is one whose
+    size or time changed (another run wrote there and was killed before it
+    could record it, or someone edited it): up to date, it would be taken
+    for what its run made."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    if status is None:  # a product the catalog does not hold (an external tool's output): on disk is all it can say
+        return True
+    return status == "present" and (now.st_size, now.st_mtime_ns) == (size, mtime_ns)
 
 
 def write_product(path, write) -> None:

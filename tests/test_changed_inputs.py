@@ -61,6 +61,21 @@ def test_an_unchanged_input_still_runs_and_is_up_to_date(catalog, tmp_path, rng)
     assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters").skipped
 
 
+def test_a_master_rewritten_on_disk_is_not_up_to_date(catalog, tmp_path, rng):
+    """What a run killed between writing a master and recording it leaves (or
+    an edit): the file at the master's name is not what its run made, so the
+    step makes it again instead of calling it up to date."""
+    night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    assert calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters").exit_code == 0
+    (master,) = (tmp_path / "masters").glob("master_bias*.fits")
+    made = fits.getdata(master)
+    fits.writeto(master, made + 100, fits.getheader(master), overwrite=True)
+    again = calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    assert (again.exit_code, len(again.done), again.skipped) == (0, 1, [])
+    np.testing.assert_array_equal(fits.getdata(master), made)
+
+
 def test_a_killed_run_is_marked_interrupted_by_the_next_step_even_when_all_is_up_to_date(catalog, tmp_path, rng):
     night(tmp_path / "raw", rng)
     catalog.ingest([tmp_path / "raw"])
