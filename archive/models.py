@@ -489,9 +489,10 @@ class DetectorMetric(ImageNumbers, Base):
 
 
 class Flag(Base):
-    """A quality verdict on one exposure. Every flag is kept; the current
-    one (view ``current_flags``) is the latest from a person, else the latest
-    from a rule."""
+    """A quality verdict on one exposure. Every flag is kept (except one its
+    author takes back with the web app's undo, within minutes of making it:
+    a mis-click, not a verdict); the current one (view ``current_flags``) is
+    the latest from a person, else the latest from a rule."""
 
     __tablename__ = "flags"
     __table_args__ = (Index("ix_flags_exposure_id_id", "exposure_id", "id"),)
