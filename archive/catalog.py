@@ -229,7 +229,9 @@ class Catalog:
     def headers(self, exposure_id: int) -> list[dict]:
         """Every HDU of an exposure's file with its cards, as stored."""
         with self.engine.connect() as conn:
-            file_id = conn.execute(select(Exposure.file_id).where(Exposure.id == exposure_id)).scalar_one()
+            file_id = conn.execute(select(Exposure.file_id).where(Exposure.id == exposure_id)).scalar()
+            if file_id is None:
+                raise NotFoundError(f"no exposure with exposure id {exposure_id} in the catalog")
             hdus = conn.execute(select(Hdu).where(Hdu.file_id == file_id).order_by(Hdu.hdu_index)).all()
             cards = conn.execute(
                 select(HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.vtype, HeaderCard.comment)
@@ -251,6 +253,8 @@ class Catalog:
         names, rows = self.rows(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode",
             "xbin", "ybin", "gain", "ccd_temp", "detector", "n_detectors", "status"])
+        if not rows:
+            raise NotFoundError(f"no exposure with exposure id {exposure_id} in the catalog")
         with self.engine.connect() as conn:
             sources = conn.execute(select(Exposure.sources).where(Exposure.id == exposure_id)).scalar()
         return {**dict(zip(names, rows[0])), "sources": json.loads(sources or "{}")}

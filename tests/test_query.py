@@ -185,3 +185,11 @@ def test_an_unclosed_bracket_in_a_glob_is_the_character_itself_on_both_backends(
     assert names("relpath glob 'a[1]*'") == ["a1.fits"]  # a class: the digit 1
     assert names("relpath glob '*[[]*'") == ["a[1.fits", "b[2].fits"]
     assert names("relpath glob 'b[[]2]*'") == ["b[2].fits"]
+
+
+def test_an_exposure_id_not_in_the_catalog_is_said_by_the_library_too(catalog):
+    from archive.exceptions import NotFoundError
+
+    for call in (catalog.headers, catalog.exposure):
+        with pytest.raises(NotFoundError, match="^no exposure with exposure id 424242 in the catalog$"):
+            call(424242)
