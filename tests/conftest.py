@@ -36,6 +36,13 @@ def _find_real_data() -> Path:
 
 REAL_DATA = _find_real_data()
 
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests marked slow first (the README's tour takes a
+    minute or more per backend): under pytest-xdist one picked up last ran
+    alone while the other cores sat idle, and that tail was the CI's."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 _pg_problem: str | None = None
 _pg_checked = False
 
