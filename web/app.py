@@ -28,7 +28,6 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from sqlalchemy import select
-from sqlalchemy.exc import NoResultFound
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -300,7 +299,7 @@ class Review:
         exposure_id = _path_id(request)
         try:
             headers = await run_in_threadpool(self.catalog.headers, exposure_id)
-        except NoResultFound:
+        except NotFoundError:
             raise HTTPException(404, f"no exposure with id {exposure_id}") from None
         return self.page(request, "_headers.html", headers=headers, filter=request.query_params.get("filter", ""),
                          row={"id": exposure_id})
