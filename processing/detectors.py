@@ -118,17 +118,22 @@ def write_detectors(
     detector that was the primary HDU stays the primary, the others are
     extensions named as in the input.
     ``extra`` yields more HDUs to append (companion planes)."""
+    from processing.runs import stamp
+
     target = Path(target)
     first = detectors[0] if detectors else None
     if first is not None and first.hdu_index == 0:
         data, header, *after = make(first)
         merged = header_only(primary)
         merged.update(header)
+        stamp(merged)
         fits.PrimaryHDU(data.astype(np.float32), merged).writeto(target)
         _append(target, after)
         rest = detectors[1:]
     else:
-        fits.PrimaryHDU(header=header_only(primary)).writeto(target)
+        own = header_only(primary)
+        stamp(own)
+        fits.PrimaryHDU(header=own).writeto(target)
         rest = detectors
     for detector in rest:
         data, header, *after = make(detector)

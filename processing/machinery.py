@@ -77,7 +77,7 @@ from archive.db import transaction
 from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
-from processing.runs import done_before, fingerprint, identity, params_hash
+from processing.runs import done_before, fingerprint, identity, params_hash, run_stamp, writing_for
 
 EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -328,9 +328,12 @@ def run_step(
             return result
         result.run_id = _start(engine, step, run_params, prints.get("*"))
         try:
-            outcomes = _compute(step, todo, executor, workers, scheduler, progress)
+            with transaction(engine) as conn:
+                stamped = run_stamp(conn, result.run_id)
+            outcomes = _compute(step, todo, executor, workers, scheduler, progress, stamped)
             failed_early = [item for item in items if item.error is not None]
-            _store(engine, step, result, items, todo, outcomes, failed_early, prints)
+            with writing_for(stamped):  # a whole step's product is written as its rows are stored
+                _store(engine, step, result, items, todo, outcomes, failed_early, prints)
         except BaseException as exc:
             _finish(engine, result.run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                     f"{type(exc).__name__}: {exc}", result)
@@ -369,14 +372,16 @@ def _run_row(step: Step, params: dict, state: str) -> dict:
 
 class _Isolated:
     """Runs a step's work on one task and returns ("ok", result) or
-    ("failed", one line): an exception stays in the worker, as text."""
+    ("failed", one line): an exception stays in the worker, as text. The
+    products it writes carry the run's ``stamp`` (processing.runs.stamp)."""
 
-    def __init__(self, function: Callable):
-        self.function = function
+    def __init__(self, function: Callable, stamp: tuple[int, str] | None = None):
+        self.function, self.stamp = function, stamp
 
     def __call__(self, task):
         try:
-            return "ok", self.function(task)
+            with writing_for(self.stamp):
+                return "ok", self.function(task)
         except MemoryError:
             return "failed", "not enough memory"
         except Exception as exc:  # the boundary of the item: whatever it raised, it costs only this item
@@ -394,10 +399,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text or 'no message'}{place}"
 
 
-def _compute(step, todo, executor, workers, scheduler, progress) -> dict[int, tuple[str, Any]]:
+def _compute(step, todo, executor, workers, scheduler, progress, stamp=None) -> dict[int, tuple[str, Any]]:
     if step.work is None or not todo:
         return {index: ("ok", None) for index in range(len(todo))}
-    work = _Isolated(step.work)
+    work = _Isolated(step.work, stamp)
     return dict(parallel_map(work, [item.task for item in todo], workers=workers, executor=executor,
                              scheduler=scheduler, progress=progress))
 

@@ -131,6 +131,66 @@ def _as_made(path: str, status: str | None, size: int | None, mtime_ns: int | No
     return status == "present" and (now.st_size, now.st_mtime_ns) == (size, mtime_ns)
 
 
+# The run this process writes products for (the step machinery sets it here and in
+# each worker): every product's primary header carries it, so that a file a killed
+# run left under a product's name (written, never recorded) is known for what it is
+# (what_is_at: a 'leftover') instead of passing for a stranger's file.
+STAMP_RUN, STAMP_START = "HIERARCH OBSARCH RUN", "HIERARCH OBSARCH RUN START"
+_writing_for: tuple[int, str] | None = None
+
+
+@contextmanager
+def writing_for(stamp: tuple[int, str] | None):
+    """Products written meanwhile carry ``stamp``: (run id, its start as
+    stored, ISO 8601); see :func:`run_stamp`."""
+    global _writing_for
+    before, _writing_for = _writing_for, stamp
+    try:
+        yield
+    finally:
+        _writing_for = before
+
+
+def run_stamp(conn, run_id: int) -> tuple[int, str]:
+    """What a product of run ``run_id`` carries: its id and its start as the
+    catalog stores it (a run id alone is only unique within one catalog)."""
+    from sqlalchemy import select
+
+    return run_id, conn.execute(select(Run.started_at).where(Run.id == run_id)).scalar_one().isoformat()
+
+
+def stamp(header) -> None:
+    """Write the run a product is written for into its primary ``header``
+    (a stamp copied from an input's header never stays: it names another run)."""
+    for key in (STAMP_RUN, STAMP_START):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    if _writing_for is not None:
+        header[STAMP_RUN] = (_writing_for[0], "obsarch run that wrote this file")
+        header[STAMP_START] = (_writing_for[1], "its start, UTC")
+
+
+def _left_by_a_killed_run(conn, path: str) -> int | None:
+    """The run that wrote the FITS file at ``path`` and ended without
+    recording it (killed, or failed after writing), from its stamp; None
+    for any other file."""
+    from astropy.io import fits
+    from sqlalchemy import select
+
+    from archive.ingest import is_fits_name
+
+    if not is_fits_name(os.path.basename(path)):
+        return None
+    try:
+        header = fits.getheader(path, 0)
+        run_id, started = int(header[STAMP_RUN]), str(header[STAMP_START])
+    except Exception:  # noqa: BLE001  (unreadable, no stamp, a stamp that is no number: not obsarch's to claim)
+        return None
+    row = conn.execute(select(Run.started_at, Run.state).where(Run.id == run_id)).first()
+    if row is None or row.started_at.isoformat() != started or row.state not in ("interrupted", "failed"):
+        return None
+    return run_id
+
+
 def write_product(path, write) -> None:
     """Write a file atomically: ``write(tmp_path)`` then rename, so that an
     interrupted step leaves no half-written product under the real name."""
@@ -157,8 +217,9 @@ class Occupant:
 
     what : 'nothing', 'directory', 'raw' (a catalogued file no run made,
         even one gone from disk), 'product' (of ``kind``, made by run
-        ``run_id`` from the raw ``frames``, file ids) or 'foreign' (a file
-        no run made and the catalog does not hold).
+        ``run_id`` from the raw ``frames``, file ids), 'leftover' (written
+        by run ``run_id``, which ended before it recorded the file: killed)
+        or 'foreign' (a file no run made and the catalog does not hold).
     """
 
     path: str
@@ -171,10 +232,11 @@ class Occupant:
     def refusal(self, kind: str, frames: set[int] | None = None, force: bool = False) -> str | None:
         """Why a product of ``kind`` (made from ``frames``, when whose frames
         matter: a calibrated frame) may not replace what is here, or None.
-        Its own earlier version may be replaced; anything else only with
-        ``force``; a raw file of the catalog or a directory never."""
-        if self.what == "nothing" or (self.what == "product" and self.kind == kind
-                                      and (frames is None or set(frames) == set(self.frames))):
+        Its own earlier version may be replaced, and so may what a killed
+        run left (nothing refers to it); anything else only with ``force``;
+        a raw file of the catalog or a directory never."""
+        if self.what in ("nothing", "leftover") or (self.what == "product" and self.kind == kind
+                                                    and (frames is None or set(frames) == set(self.frames))):
             return None
         if self.what == "directory":
             return f"{self.path} is a directory"
@@ -214,7 +276,8 @@ def what_is_at(engine_or_conn, path) -> Occupant:
     if not os.path.lexists(path):
         return Occupant(path, "nothing")
     if made is None:
-        return Occupant(path, "foreign")
+        left = _left_by_a_killed_run(conn, path)
+        return Occupant(path, "foreign") if left is None else Occupant(path, "leftover", run_id=left)
     frames = conn.execute(select(RunInput.file_id).where(RunInput.run_id == made.run_id, RunInput.role == "frame")).scalars()
     return Occupant(path, "product", made.kind, made.run_id, frozenset(f for f in frames if f is not None))
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from factories import star_field, write_image
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from test_steps import night
 from typer.testing import CliRunner
 
 from archive.db import make_engine, transaction
@@ -98,3 +99,60 @@ def test_kill_9_during_stack(url, tmp_path, rng):
     assert _count(url, select(func.count()).select_from(Product)) == 1
     assert not list(Path("/tmp").glob(f"obsarch-stack-{process.pid}-*"))  # the killed stack's scratch is gone
     assert not list((tmp_path / "stacks").glob(".*.partial"))
+
+
+KILLED_BEFORE_STORING = (
+    "import os, sys\n"
+    "from processing import machinery\n"
+    "machinery._store = lambda *args, **kwargs: os._exit(137)  # as kill -9 after the products are written, before they are recorded\n"
+    "from cli.main import run\n"
+    "sys.argv[0] = 'obsarch'\n"
+    "run()\n"
+)
+
+
+def test_products_a_killed_run_wrote_but_never_recorded_are_made_again(url, tmp_path, rng):
+    """A calibrate killed after its workers wrote the calibrated frames and
+    before it recorded them: the files carry the run that wrote them, so the
+    next run replaces them instead of refusing them as no product of obsarch."""
+    science = night(tmp_path / "raw", rng)
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "raw")]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "calib", "bias", "--out", str(tmp_path / "masters")]).exit_code == 0
+    args = ["calibrate", f"{science[0]}-{science[-1]}", "--no-dark", "--no-flat", "--out", str(tmp_path / "cal"), "--workers", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_STORING, "--db", url, *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
+    left = sorted((tmp_path / "cal").glob("*_cal.fits"))
+    assert len(left) == 4 and _count(url, select(func.count()).select_from(Product).where(Product.kind == "calibrated")) == 0
+    again = runner.invoke(app, ["--db", url, *args])
+    assert again.exit_code == 0 and "4 done" in again.stdout, again.stderr
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        runs = conn.execute(select(Run.id, Run.state).where(Run.step == "calibrate", Run.parent_id.is_(None)).order_by(Run.id)).all()
+    engine.dispose()
+    assert [state for _, state in runs] == ["interrupted", "done"]
+    from astropy.io import fits
+
+    assert {fits.getheader(path)["OBSARCH RUN"] for path in left} == {runs[1][0]}  # the files the catalog records now
+
+
+def test_a_stamp_that_names_no_killed_run_of_this_catalog_is_a_strangers_file(url, tmp_path):
+    from astropy.io import fits
+
+    from processing.runs import STAMP_RUN, STAMP_START, what_is_at
+
+    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    engine = make_engine(url)
+    with transaction(engine, write=True) as conn:  # run 1: killed, as the next step finds it
+        conn.execute(insert(Run).values(step="calibrate", params_json="{}", params_hash="x", code_version="x", host="h",
+                                        user="u", pid=1, started_at=utcnow(), state="interrupted"))
+        started = conn.execute(select(Run.started_at)).scalar_one().isoformat()
+    for name, stamp in (("left.fits", (1, started)), ("other_catalog.fits", (1, "2020-01-01T00:00:00")),
+                        ("unknown_run.fits", (7, started)), ("bad_stamp.fits", ("one", started))):
+        header = fits.Header({STAMP_RUN: stamp[0], STAMP_START: stamp[1]})
+        fits.PrimaryHDU(header=header).writeto(tmp_path / name)
+    found = {name: what_is_at(engine, str(tmp_path / name)).what
+             for name in ("left.fits", "other_catalog.fits", "unknown_run.fits", "bad_stamp.fits")}
+    engine.dispose()
+    assert found == {"left.fits": "leftover", "other_catalog.fits": "foreign", "unknown_run.fits": "foreign", "bad_stamp.fits": "foreign"}
