@@ -431,6 +431,9 @@ class Product(Base):
     kind: Mapped[str] = mapped_column(String(32))  # master_bias, master_dark, master_flat, calibrated, stack, output
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # as written: the product is up to date only while the file is so (processing.runs.done_before); NULL before 0020
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ImageNumbers:

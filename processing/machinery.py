@@ -252,8 +252,9 @@ class Writer:
         if file_id is not None:
             for note in fill_file(self.conn, file_id):  # promoted keywords: its columns, as an ingest fills them
                 self.note(note)
+        written = path.stat()
         self.conn.execute(insert(Product).values(run_id=self.run_id, file_id=file_id, kind=kind, path=str(path),
-                                                 created_at=utcnow()))
+                                                 created_at=utcnow(), size=written.st_size, mtime_ns=written.st_mtime_ns))
         self._result.products.append(str(path))
         return file_id
 

@@ -108,7 +108,7 @@ def done_before(engine: Engine, print_: str) -> int | None:
             select(Run.id).where(Run.fingerprint == print_, Run.state == "done").order_by(Run.id.desc())
         ):
             products = conn.execute(
-                select(Product.path, File.status, File.size, File.mtime_ns).select_from(Product)
+                select(Product.path, Product.size, Product.mtime_ns, File.status, File.size, File.mtime_ns).select_from(Product)
                 .outerjoin(File, File.id == Product.file_id).where(Product.run_id == run_id)
             ).all()
             if all(_as_made(*product) for product in products):
@@ -116,19 +116,26 @@ def done_before(engine: Engine, print_: str) -> int | None:
     return None
 
 
-def _as_made(path: str, status: str | None, size: int | None, mtime_ns: int | None) -> bool:
-    """Whether a product is on disk as its run catalogued it: a deleted
-    master is made again, so is one found unreadable, and so is one whose
-    size or time changed (another run wrote there and was killed before it
-    could record it, or someone edited it): up to date, it would be taken
-    for what its run made."""
+def _as_made(path: str, size: int | None, mtime_ns: int | None, status: str | None, file_size: int | None,
+             file_mtime_ns: int | None) -> bool:
+    """Whether a product is on disk as its run wrote it (its size and time
+    then): a deleted master is made again, so is one found unreadable, and
+    so is one written over since (by another run of the same path, by a run
+    killed before it could record it, by hand; an ingest of the edit does
+    not make it the run's). Up to date, it would be taken for what its run
+    made. A product recorded before its size was (catalogs older than
+    revision 0020) is compared with its files row."""
     try:
         now = os.stat(path)
     except OSError:
         return False
-    if status is None:  # a product the catalog does not hold (an external tool's output): on disk is all it can say
+    if status not in (None, "present"):
+        return False
+    if size is not None:
+        return (now.st_size, now.st_mtime_ns) == (size, mtime_ns)
+    if status is None:  # not catalogued (an external tool's output): on disk is all it can say
         return True
-    return status == "present" and (now.st_size, now.st_mtime_ns) == (size, mtime_ns)
+    return (now.st_size, now.st_mtime_ns) == (file_size, file_mtime_ns)
 
 
 # The run this process writes products for (the step machinery sets it here and in

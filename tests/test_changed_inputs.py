@@ -76,6 +76,44 @@ def test_a_master_rewritten_on_disk_is_not_up_to_date(catalog, tmp_path, rng):
     np.testing.assert_array_equal(fits.getdata(master), made)
 
 
+def test_an_edited_master_ingested_again_is_still_not_up_to_date(catalog, tmp_path, rng):
+    """An ingest of the edit records the file as it is now; the master stays
+    not what its run made."""
+    night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    (master,) = (tmp_path / "masters").glob("master_bias*.fits")
+    made = fits.getdata(master)
+    fits.writeto(master, made + 100, fits.getheader(master), overwrite=True)
+    catalog.ingest([tmp_path / "masters"])
+    again = calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    assert (len(again.done), again.skipped) == (1, [])
+    np.testing.assert_array_equal(fits.getdata(master), made)
+
+
+def test_a_calibration_written_over_by_another_run_is_made_again(catalog, tmp_path, rng):
+    """Bias only, then bias and flat to the same path, then bias only again:
+    the file holds the second run's frame, so the first run's is no longer
+    up to date."""
+    science = night(tmp_path / "raw", rng)
+    catalog.ingest([tmp_path / "raw"])
+    for kind in ("bias", "flat"):
+        calibration.make_master(catalog.engine, kind, out_dir=tmp_path / "masters")
+    frames = f"{science[0]}-{science[0]}"
+
+    def calibrate(use):
+        return calibration.calibrate(catalog.engine, frames, use=use, out_dir=tmp_path / "cal", workers=1)
+
+    assert len(calibrate(("bias",)).done) == 1
+    (product,) = (tmp_path / "cal").glob("*_cal.fits")
+    bias_only = fits.getdata(product)
+    assert len(calibrate(("bias", "flat")).done) == 1
+    assert not np.array_equal(fits.getdata(product), bias_only)
+    again = calibrate(("bias",))
+    assert (len(again.done), again.skipped) == (1, [])
+    np.testing.assert_array_equal(fits.getdata(product), bias_only)
+
+
 def test_a_killed_run_is_marked_interrupted_by_the_next_step_even_when_all_is_up_to_date(catalog, tmp_path, rng):
     night(tmp_path / "raw", rng)
     catalog.ingest([tmp_path / "raw"])
