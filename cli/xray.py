@@ -56,15 +56,15 @@ def after_ingest(engine, summary) -> int:
     files next to them by name, saying what failed; returns how many X-ray
     files could not be summarized for a fault of theirs. A run that read nothing costs nothing;
     one that read no X-ray file, one query."""
-    if not summary.new and not summary.changed and not summary.missing:
+    if not summary.new and not summary.changed and not summary.missing and not summary.failed:
         return 0
     from processing import regions, xray_catalog  # astropy and numpy: only when there is something to do
 
     result = xray_catalog.summarize(engine, run_id=summary.run_id)
-    if not result.summarized and summary.missing:
-        # nothing summarized anew to link, but a background, response or ARF may be gone
+    if summary.missing or summary.failed:
+        # a background, response or ARF gone missing or unreadable takes its links
         # (one that comes back, or changes, is summarized again: linked above)
-        result.warnings.extend(xray_catalog.relink(engine))
+        result.warnings.extend(xray_catalog.relink_broken(engine))
     if result.summarized or result.failed or result.warnings:
         report_xray(result)
     attached, problems = regions.attach_by_name(engine, summary.run_id)

@@ -156,24 +156,62 @@ def summarize(
     return summary
 
 
-def relink(engine: Engine, told: set[int] = frozenset()) -> list[tuple[str, str]]:
-    """Link every spectrum again (:func:`link_all`), and return the link
-    warnings (path, message) of the spectra in ``told`` and of those whose
-    links changed: a background that went missing, or was replaced by a
-    file of another kind, takes the spectrum's net rate with it, and says so."""
+def relink(engine: Engine, told: set[int] = frozenset(), only: set[int] | None = None) -> list[tuple[str, str]]:
+    """Link the spectra again (``only`` these; default every one, see
+    :func:`link_all`) and return the link warnings (path, message): every
+    one of the spectra in ``told``, and of the others each link they lost
+    (a background gone missing, unreadable or replaced by a file of another
+    kind takes the spectrum's net rate with it, and says so)."""
     with transaction(engine, write=True) as conn:
-        before = _links(conn)
-        warnings = link_all(conn)
-        after = _links(conn)
-    changed = {file_id for file_id, links in after.items() if links != before.get(file_id)}
-    lost = {file_id for file_id in changed if before.get(file_id, (None,))[0] is not None and after[file_id][0] is None}
-    return [(path, f"{message}: its net rate is left empty" if file_id in lost and message.startswith("BACKFILE") else message)
-            for file_id, path, message in warnings if file_id in told or file_id in changed]
+        before = _links(conn, only)
+        warnings = link_all(conn, only)
+        after = _links(conn, only)
+    columns = dict(LINKS)
+    said = []
+    for file_id, path, message in warnings:
+        keyword = message.split(" ", 1)[0].lower()
+        if file_id in told:
+            said.append((path, message))
+        elif keyword in columns and before.get(file_id, {}).get(columns[keyword]) and not after.get(file_id, {}).get(columns[keyword]):
+            said.append((path, f"{message}: its net rate is left empty" if keyword == "backfile" else message))
+    return said
 
 
-def _links(conn) -> dict[int, tuple]:
-    return {row[0]: tuple(row[1:]) for row in conn.execute(
-        select(XraySummary.file_id, *(getattr(XraySummary, column) for _, column in LINKS)).where(XraySummary.kind == "spectrum"))}
+def relink_broken(engine: Engine) -> list[tuple[str, str]]:
+    """Link again the spectra (present ones) linked to a file that no longer
+    is (gone missing, or unreadable since): those links go, and with a
+    background the net rate; returns what each lost, as :func:`relink`.
+    One query when no link is broken, whatever the number of spectra."""
+    target, own = File.__table__.alias("target"), File.__table__.alias("own")
+    linked = or_(*(target.c.id == getattr(XraySummary, column) for _, column in LINKS))
+    with transaction(engine) as conn:
+        broken = set(conn.execute(
+            select(XraySummary.file_id).join(target, linked).join(own, own.c.id == XraySummary.file_id)
+            .where(XraySummary.kind == "spectrum", target.c.status != "present", own.c.status == "present")).scalars())
+    return relink(engine, only=broken) if broken else []
+
+
+def _links(conn, only: set[int] | None = None) -> dict[int, dict[str, int | None]]:
+    columns = [column for _, column in LINKS]
+    rows = _spectra(conn, only, XraySummary.file_id, *(getattr(XraySummary, column) for column in columns))
+    return {row[0]: dict(zip(columns, row[1:])) for row in rows}
+
+
+def _spectra(conn, only: set[int] | None, *columns) -> list:
+    """``columns`` of the spectra's summaries (``only`` these file ids, in
+    batches; default all)."""
+    statement = select(*columns).where(XraySummary.kind == "spectrum")
+    if only is None:
+        return conn.execute(statement).all()
+    ids = sorted(only)
+    return [row for start in range(0, len(ids), 500)
+            for row in conn.execute(statement.where(XraySummary.file_id.in_(ids[start : start + 500])))]
+
+
+def _statuses(conn, file_ids) -> dict[int, str]:
+    ids = sorted(set(file_ids))
+    return {file_id: status for start in range(0, len(ids), 500)
+            for file_id, status in conn.execute(select(File.id, File.status).where(File.id.in_(ids[start : start + 500])))}
 
 
 # -- links -------------------------------------------------------------------------
@@ -201,15 +239,20 @@ def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
     return found
 
 
-def link_all(conn) -> list[tuple[int, str, str]]:
-    """Resolve every spectrum's links to catalogued files, mark spectra named
-    by a BACKFILE as backgrounds, and compute net rates. Returns warnings
-    (file id, path, message) for links that name nothing catalogued."""
-    spectra = conn.execute(select(XraySummary).where(XraySummary.kind == "spectrum")).all()
+def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str]]:
+    """Resolve the spectra's links (``only`` these file ids; default every
+    spectrum) to catalogued files present and of the kind each link names,
+    mark spectra named by a BACKFILE as backgrounds, and compute net rates;
+    a row is written only where its links or net rate change. Returns
+    warnings (file id, path, message) for links that name no such file,
+    of the spectra that are themselves present."""
+    spectra = _spectra(conn, only, XraySummary)
     by_id = _paths_of(conn, [row.file_id for row in spectra])
     targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
                              for keyword, _ in LINKS} for row in spectra if row.file_id in by_id}
-    paths = file_ids_at(conn, {t for found in targets.values() for t in found.values() if t}, status="present")
+    catalogued = file_ids_at(conn, {t for found in targets.values() for t in found.values() if t})
+    status = _statuses(conn, [*catalogued.values(), *by_id])
+    paths = {path: file_id for path, file_id in catalogued.items() if status[file_id] == "present"}
     kinds = _kinds_of(conn, list(set(paths.values())))
     warnings, links, backgrounds = [], {}, set()
     for row in spectra:
@@ -220,11 +263,11 @@ def link_all(conn) -> list[tuple[int, str, str]]:
         for keyword, column in LINKS:
             target = targets[row.file_id][keyword]
             values[column] = paths.get(target) if target else None
-            message = _link_problem(keyword, getattr(row, keyword), target, values[column])
+            message = _link_problem(keyword, getattr(row, keyword), target, values[column], status.get(catalogued.get(target)))
             if message is None and kinds.get(values[column]) != LINK_KINDS[keyword]:
                 message = _wrong_kind(keyword, getattr(row, keyword), kinds.get(values[column]))
                 values[column] = None
-            if message and row.role != "background":
+            if message and row.role != "background" and status.get(row.file_id) == "present":
                 warnings.append((row.file_id, path, message))
         if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
             values["background_id"] = None
@@ -232,16 +275,19 @@ def link_all(conn) -> list[tuple[int, str, str]]:
         links[row.file_id] = values
         if values["background_id"]:
             backgrounds.add(values["background_id"])
-    areas = areascal(conn)
-    numbers = {r.file_id: {**r._mapping, "areascal": areas.get(r.file_id, 1.0)} for r in
-               conn.execute(select(XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal)
-                            .where(XraySummary.kind == "spectrum"))}
+    needed = set(links) | {values["background_id"] for values in links.values() if values["background_id"]}
+    areas = areascal(conn, needed)
+    numbers = {r.file_id: {**r._mapping, "areascal": areas.get(r.file_id, 1.0)}
+               for r in _spectra(conn, needed, XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal)}
     from processing.xray import net_rate
 
+    stored = {row.file_id: row for row in spectra}
     for file_id, values in links.items():
         background = values["background_id"]
         net = net_rate(numbers[file_id], numbers[background]) if background in numbers else None
-        conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
+        row = stored[file_id]
+        if any(getattr(row, column) != value for column, value in values.items()) or row.net_rate != net:
+            conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
     if backgrounds:
         conn.execute(update(XraySummary).where(XraySummary.file_id.in_(backgrounds), XraySummary.kind == "spectrum")
                      .values(role="background"))
@@ -251,8 +297,9 @@ def link_all(conn) -> list[tuple[int, str, str]]:
 SELF_BACKGROUND = "BACKFILE names the file itself: no background linked"
 
 
-def areascal(conn) -> dict[int, float | None]:
-    """AREASCAL of each spectrum's table, from its stored cards: the keyword's
+def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
+    """AREASCAL of each spectrum's table (``only`` these file ids; default
+    all), from its stored cards: the keyword's
     number, None where it is no positive number or a column (the summary's
     warnings say which), absent from the dict where the table has neither
     (OGIP: 1)."""
@@ -263,21 +310,32 @@ def areascal(conn) -> dict[int, float | None]:
         .where(XraySummary.kind == "spectrum",
                or_(HeaderCard.keyword == "AREASCAL", and_(HeaderCard.keyword.like("TTYPE%"), name == "AREASCAL")))
     )
+    if only is None:
+        rows = conn.execute(cards).all()
+    else:
+        ids = sorted(only)
+        rows = [row for start in range(0, len(ids), 500)
+                for row in conn.execute(cards.where(HeaderCard.file_id.in_(ids[start : start + 500])))]
     found: dict[int, float | None] = {}
-    for file_id, keyword, number in conn.execute(cards):
+    for file_id, keyword, number in rows:
         usable = keyword == "AREASCAL" and number is not None and math.isfinite(number) and number > 0
         found[file_id] = number if usable and found.get(file_id, number) is not None else None
     return found
 
 
-def _link_problem(keyword: str, value: str | None, target: str | None, file_id: int | None) -> str | None:
+def _link_problem(keyword: str, value: str | None, target: str | None, file_id: int | None,
+                  status: str | None = None) -> str | None:
+    """Why a link names no file to link (``status``: that of the catalogued
+    file at the target, if any); None when it names one."""
     name = keyword.upper()
     if value is None:
         return f"{name} absent: no {_WHAT[keyword]} linked"
     if target is None:
         return f"{name} is {value!r}: no {_WHAT[keyword]} linked"
     if file_id is None:
-        where = "not in the catalog (ingest it)" if Path(target).exists() else "no such file"
+        if status == "unreadable":
+            return f"{name} {value!r}: unreadable (obsarch errors says why)"
+        where = "no such file" if not Path(target).exists() else "not in the catalog (ingest it)"
         return f"{name} {value!r}: {where}"
     return None
 
@@ -291,7 +349,7 @@ _KIND_NAMES = {"spectrum": "a spectrum", "response": "a response (RMF)", "arf": 
 
 
 def _wrong_kind(keyword: str, value: str, kind: str | None) -> str:
-    found = _KIND_NAMES.get(kind, "no X-ray file obsarch summarizes") if kind else "no X-ray file obsarch summarizes"
+    found = _KIND_NAMES.get(kind, "no X-ray file obsarch has summarized") if kind else "no X-ray file obsarch has summarized"
     return f"{keyword.upper()} {value!r} is {found}, not {_KIND_NAMES[LINK_KINDS[keyword]]}: no {_WHAT[keyword]} linked"
 
 

@@ -228,6 +228,26 @@ def test_a_background_gone_missing_takes_the_net_rate_with_it(url, tmp_path):
     (tmp_path / "bkg.pi").rename(directory / "bkg.pi")  # back: linked again
     run(url, "ingest", str(directory))
     assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": linked}
+    with open(directory / "bkg.pi", "r+b") as handle:  # cut: unreadable, as good as gone
+        handle.truncate(100)
+    cut = run(url, "ingest", str(directory), code=3)
+    assert "src.pi: BACKFILE 'bkg.pi': unreadable (obsarch errors says why): its net rate is left empty" in cut.stderr
+    assert _rows(url, "relpath == 'src.pi'", "net_rate,background_file") == {"src.pi": {"net_rate": "", "background_file": ""}}
+
+
+def test_spectra_moved_away_with_their_background_are_not_warned_about(url, tmp_path):
+    """A whole observation moved away: its spectra are gone too, so nothing
+    is said of their links; a spectrum left behind says the one link it lost."""
+    for name in ("obs1", "obs2"):
+        (tmp_path / "root" / name).mkdir(parents=True)
+    _spectrum(tmp_path / "root" / "obs1" / "src.pi", np.full(1024, 2, np.int32), BACKFILE="bkg.pi", RESPFILE="src.rmf")
+    _spectrum(tmp_path / "root" / "obs1" / "bkg.pi", np.full(1024, 1, np.int32), HDUCLAS2="BKG")
+    _spectrum(tmp_path / "root" / "obs2" / "src2.pi", np.full(1024, 2, np.int32), BACKFILE="../obs1/bkg.pi", RESPFILE="src2.rmf")
+    _ingested(url, tmp_path / "root")
+    (tmp_path / "root" / "obs1").rename(tmp_path / "elsewhere")
+    rescan = run(url, "ingest", str(tmp_path / "root"))
+    assert [line for line in rescan.stderr.splitlines() if "warning" in line] == [
+        f"  warning: {tmp_path / 'root' / 'obs2' / 'src2.pi'}: BACKFILE '../obs1/bkg.pi': no such file: its net rate is left empty"]
 
 
 def test_a_link_naming_a_file_of_another_kind_is_refused(url, tmp_path, rng):
@@ -239,7 +259,7 @@ def test_a_link_naming_a_file_of_another_kind_is_refused(url, tmp_path, rng):
     ingested = _ingested(url, directory)
     for message in ("BACKFILE 'obs.evt' is an event list, not a spectrum: no background linked",
                     "RESPFILE 'src.pi' is a spectrum, not a response (RMF): no response linked",
-                    "ANCRFILE 'frame.fits' is no X-ray file obsarch summarizes, not an ARF: no ARF linked"):
+                    "ANCRFILE 'frame.fits' is no X-ray file obsarch has summarized, not an ARF: no ARF linked"):
         assert f"src.pi: {message}" in ingested.stderr
     rows = _rows(url, "relpath == 'src.pi'", "net_rate,background_file,response,arf")
     assert rows == {"src.pi": {"net_rate": "", "background_file": "", "response": "", "arf": ""}}
