@@ -48,8 +48,8 @@ def hdu_kind(header, is_table: bool, has_data: bool) -> str | None:
     class2 = str(header.get("HDUCLAS2", "")).strip().upper()
     if kind == "response" and class2 == "EBOUNDS":
         return None  # the channel bounds of a response, not its matrix
-    if kind == "response" and class2 == "SPECRESP":
-        return "arf"  # OGIP: an ARF is HDUCLAS1 RESPONSE, HDUCLAS2 SPECRESP (an RMF's is RSP_MATRIX)
+    if kind == "response" and (class2 == "SPECRESP" or (not class2 and extname == "SPECRESP")):
+        return "arf"  # OGIP: an ARF is HDUCLAS1 RESPONSE, HDUCLAS2 SPECRESP (an RMF's is RSP_MATRIX); older ones name only the extension
     if kind in ("events", "spectrum", "lightcurve") and not is_table:
         return "image" if has_data else None  # an image binned from events, or a WMAP
     if kind == "image" and not has_data:

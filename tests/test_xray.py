@@ -53,6 +53,8 @@ def _mjd_utc(seconds, header, mjdref):
     ({"HDUCLAS1": "RESPONSE", "HDUCLAS2": "RSP_MATRIX", "EXTNAME": "MATRIX"}, "response"),  # OGIP RMF
     ({"HDUCLAS1": "RESPONSE", "HDUCLAS2": "EBOUNDS", "EXTNAME": "EBOUNDS"}, None),  # the RMF's channel bounds
     ({"EXTNAME": "SPECRESP"}, "arf"),
+    ({"HDUCLAS1": "RESPONSE", "EXTNAME": "SPECRESP"}, "arf"),  # no HDUCLAS2: its extension says ARF (was 'response')
+    ({"HDUCLAS1": "RESPONSE", "EXTNAME": "MATRIX"}, "response"),
 ])
 def test_ogip_responses_tell_an_arf_from_a_matrix(header, kind):
     assert xray.hdu_kind(header, is_table=True, has_data=True) == kind
