@@ -275,14 +275,26 @@ def _made_for(headers) -> dict[str, str]:
     return found
 
 
+# Names one telescope goes by in TELESCOP, as compared (upper case, letters and digits only).
+_TELESCOPE_NAMES = {"XMMNEWTON": "XMM", "AXAF": "CHANDRA", "SRG": "EROSITA", "SRGEROSITA": "EROSITA"}
+
+
+def _telescope(name: str) -> str:
+    key = re.sub(r"[^A-Z0-9]", "", name.upper())
+    return _TELESCOPE_NAMES.get(key, key)
+
+
 def _same(ours: str, theirs: str | None, name: str) -> bool:
     """Whether a region file's telescope or obsid is an exposure's: case
-    and leading zeros aside (Chandra's OBS_ID '7999' is obsid 07999); an
-    exposure that does not say is not contradicted."""
+    and leading zeros aside (Chandra's OBS_ID '7999' is obsid 07999), and
+    a telescope's other spellings (XMM, XMM-Newton, XMM_NEWTON; NuSTAR,
+    NUSTAR; SRG, eROSITA); an exposure that does not say is not contradicted."""
     if theirs is None or not str(theirs).strip():
         return True
     a, b = ours.strip().upper(), str(theirs).strip().upper()
-    if name == "obsid" and a.isdigit() and b.isdigit():
+    if name == "telescope":
+        return _telescope(a) == _telescope(b)
+    if a.isdigit() and b.isdigit():
         return int(a) == int(b)
     return a == b
 

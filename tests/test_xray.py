@@ -1032,3 +1032,23 @@ def test_a_tool_output_of_a_spectrum_is_stale_when_its_background_changes(url, t
     stale = run(url, "stale", "--format", "csv").stdout
     assert "fit.txt" in stale and "bkg.pha" in stale
     assert "1 done" in run(url, "run", "relpath == 'src.pha'", *tool).stdout
+
+
+@pytest.mark.parametrize(("ours", "theirs", "same"), [
+    ("XMM", "XMM-Newton", True), ("XMM_NEWTON", "xmm", True), ("NuSTAR", "NUSTAR", True), ("SRG", "eROSITA", True),
+    ("AXAF", "CHANDRA", True), ("CHANDRA", "XMM", False), ("SWIFT", "XTE", False),
+])
+def test_a_region_files_telescope_is_compared_by_name_not_spelling(ours, theirs, same):
+    from processing.regions import _same
+
+    assert _same(ours, theirs, "telescope") is same
+
+
+@pytest.mark.parametrize(("ours", "theirs", "same"), [
+    ("7999", "07999", True), ("0761220101", "761220101", True), ("93087-01-02-11", "93087-01-02-11", True),
+    ("7999", "459", False), ("93087-01-02-11", "93087-01-02-12", False), ("7999", None, True),
+])
+def test_a_region_files_obsid_is_compared_as_a_number_when_both_are(ours, theirs, same):
+    from processing.regions import _same
+
+    assert _same(ours, theirs, "obsid") is same
