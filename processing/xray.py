@@ -26,7 +26,7 @@ from astropy.io import (
 
 from archive.xray_kinds import XRAY_KINDS, classify, hdu_kind
 
-ALGORITHM = "xray-summary-2"
+ALGORITHM = "xray-summary-3"  # 3: an ARF with no HDUCLAS2 but EXTNAME SPECRESP is an ARF (archive.xray_kinds)
 CHUNK_ROWS = 1_000_000
 KIND_ORDER = XRAY_KINDS  # one list: the selection language refuses a kind not in it
 

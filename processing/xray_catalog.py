@@ -120,10 +120,17 @@ class XraySummaries(Step):
                 for file_id, (path, version, content) in sorted(candidates.items())]
 
     def up_to_date(self, engine: Engine, items: list[Item], prints: dict[str, str]) -> set[str]:
-        """A file whose summary describes its current version is done (the
-        numbers depend on the file only, not on the run that made them)."""
+        """A file whose summary describes its current version, made by this
+        algorithm, is done (the numbers depend on the file and the code, not
+        on the run that made them): a summary of an older algorithm (a kind
+        told wrong, say) is made again by the next `obsarch xray summarize`."""
+        from archive.models import Run
+
+        current = f" {self.algorithm}"
         with transaction(engine) as conn:
-            stored = {fid: version for fid, version in conn.execute(select(XraySummary.file_id, XraySummary.file_version))}
+            stored = {fid: version for fid, version, code in conn.execute(
+                select(XraySummary.file_id, XraySummary.file_version, Run.code_version)
+                .outerjoin(Run, Run.id == XraySummary.run_id)) if code is not None and code.endswith(current)}
         return {item.key for item in items if stored.get(item.data[0]) == item.data[1]}
 
     def write(self, out: Writer, item: Item, row: dict | None) -> None:

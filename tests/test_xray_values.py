@@ -358,3 +358,22 @@ def test_exposure_only_in_the_primary_header_agrees_with_exptime(url, tmp_path):
     assert "primary.pi: EXPOSURE only in the primary header (not in the SPECTRUM table's): used" in ingested.stderr
     rows = _rows(url, "relpath == 'primary.pi'", "exptime,exposure,rate")
     assert rows == {"primary.pi": {"exptime": "1000.0", "exposure": "1000.0", "rate": "0.064"}}  # was "missing or 0"
+
+
+def test_a_summary_of_an_older_algorithm_is_made_again_without_force(url, tmp_path):
+    from sqlalchemy import update
+
+    from archive.db import make_engine, transaction
+    from archive.models import Run
+
+    directory = tmp_path / "old"
+    directory.mkdir()
+    _spectrum(directory / "src.pi", np.full(1024, 2, np.int32))
+    _ingested(url, directory)
+    assert "x-ray: 0 summarized, 1 up to date, 0 failed" in run(url, "xray", "summarize").stdout
+    engine = make_engine(url)
+    with transaction(engine, write=True) as conn:  # as a catalog summarized by the code before
+        conn.execute(update(Run).where(Run.step == "xray-summaries").values(code_version="0.1.0 xray-summary-2"))
+    engine.dispose()
+    assert "x-ray: 1 summarized, 0 up to date, 0 failed" in run(url, "xray", "summarize").stdout
+    assert "x-ray: 0 summarized, 1 up to date, 0 failed" in run(url, "xray", "summarize").stdout
