@@ -124,6 +124,8 @@ class XraySummaries(Step):
         algorithm, is done (the numbers depend on the file and the code, not
         on the run that made them): a summary of an older algorithm (a kind
         told wrong, say) is made again by the next `obsarch xray summarize`."""
+        if not items:
+            return set()  # and processing.xray (astropy, numpy) stays unimported: an ingest of frames reads no X-ray file
         from archive.models import Run
 
         current = f" {self.algorithm}"
