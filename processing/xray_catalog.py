@@ -172,18 +172,9 @@ def relink(engine: Engine, told: set[int] = frozenset(), only: set[int] | None =
     (a background gone missing, unreadable or replaced by a file of another
     kind takes the spectrum's net rate with it, and says so)."""
     with transaction(engine, write=True) as conn:
-        before = _links(conn, only)
         warnings = link_all(conn, only)
-        after = _links(conn, only)
-    columns = dict(LINKS)
-    said = []
-    for file_id, path, message in warnings:
-        keyword = message.split(" ", 1)[0].lower()
-        if file_id in told:
-            said.append((path, message))
-        elif keyword in columns and before.get(file_id, {}).get(columns[keyword]) and not after.get(file_id, {}).get(columns[keyword]):
-            said.append((path, f"{message}: its net rate is left empty" if keyword == "backfile" else message))
-    return said
+    return [(path, message) if file_id in told else (path, f"{message}: its net rate is left empty" if keyword == "backfile" else message)
+            for file_id, path, message, keyword, lost in warnings if file_id in told or lost]
 
 
 def relink_broken(engine: Engine) -> list[tuple[str, str]]:
@@ -198,12 +189,6 @@ def relink_broken(engine: Engine) -> list[tuple[str, str]]:
             select(XraySummary.file_id).join(target, linked).join(own, own.c.id == XraySummary.file_id)
             .where(XraySummary.kind == "spectrum", target.c.status != "present", own.c.status == "present")).scalars())
     return relink(engine, only=broken) if broken else []
-
-
-def _links(conn, only: set[int] | None = None) -> dict[int, dict[str, int | None]]:
-    columns = [column for _, column in LINKS]
-    rows = _spectra(conn, only, XraySummary.file_id, *(getattr(XraySummary, column) for column in columns))
-    return {row[0]: dict(zip(columns, row[1:])) for row in rows}
 
 
 def _spectra(conn, only: set[int] | None, *columns) -> list:
@@ -248,13 +233,14 @@ def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
     return found
 
 
-def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str]]:
+def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, str, bool]]:
     """Resolve the spectra's links (``only`` these file ids; default every
     spectrum) to catalogued files present and of the kind each link names,
     mark spectra named by a BACKFILE as backgrounds, and compute net rates;
     a row is written only where its links or net rate change. Returns
-    warnings (file id, path, message) for links that name no such file,
-    of the spectra that are themselves present."""
+    warnings (file id, path, message, link keyword, whether the spectrum
+    had that link before) for links that name no such file, of the spectra
+    that are themselves present."""
     spectra = _spectra(conn, only, XraySummary)
     by_id = _paths_of(conn, [row.file_id for row in spectra])
     targets = {row.file_id: {keyword: link_target(os.path.dirname(by_id[row.file_id]), getattr(row, keyword))
@@ -277,10 +263,10 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str]]:
                 message = _wrong_kind(keyword, getattr(row, keyword), kinds.get(values[column]))
                 values[column] = None
             if message and row.role != "background" and status.get(row.file_id) == "present":
-                warnings.append((row.file_id, path, message))
+                warnings.append((row.file_id, path, message, keyword, getattr(row, column) is not None and values[column] is None))
         if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
             values["background_id"] = None
-            warnings.append((row.file_id, path, SELF_BACKGROUND))
+            warnings.append((row.file_id, path, SELF_BACKGROUND, "backfile", False))
         links[row.file_id] = values
         if values["background_id"]:
             backgrounds.add(values["background_id"])
