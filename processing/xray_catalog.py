@@ -194,18 +194,21 @@ def relink_broken(engine: Engine) -> list[tuple[str, str]]:
 def _spectra(conn, only: set[int] | None, *columns) -> list:
     """``columns`` of the spectra's summaries (``only`` these file ids, in
     batches; default all)."""
-    statement = select(*columns).where(XraySummary.kind == "spectrum")
-    if only is None:
-        return conn.execute(statement).all()
-    ids = sorted(only)
-    return [row for start in range(0, len(ids), 500)
-            for row in conn.execute(statement.where(XraySummary.file_id.in_(ids[start : start + 500])))]
+    return _rows_of(conn, select(*columns).where(XraySummary.kind == "spectrum"), XraySummary.file_id, only)
 
 
 def _statuses(conn, file_ids) -> dict[int, str]:
-    ids = sorted(set(file_ids))
-    return {file_id: status for start in range(0, len(ids), 500)
-            for file_id, status in conn.execute(select(File.id, File.status).where(File.id.in_(ids[start : start + 500])))}
+    return dict(_rows_of(conn, select(File.id, File.status), File.id, file_ids))
+
+
+def _rows_of(conn, statement, column, ids) -> list:
+    """The rows of ``statement`` whose ``column`` is one of ``ids``, asked
+    500 ids at a time (SQLite binds at most 32,766); every row when ``ids``
+    is None."""
+    if ids is None:
+        return conn.execute(statement).all()
+    ids = sorted(set(ids))
+    return [row for start in range(0, len(ids), 500) for row in conn.execute(statement.where(column.in_(ids[start : start + 500])))]
 
 
 # -- links -------------------------------------------------------------------------
@@ -225,12 +228,8 @@ def link_target(directory: str, value: str | None) -> str | None:
 
 
 def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
-    found = {}
-    for start in range(0, len(file_ids), 500):
-        rows = conn.execute(select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id)
-                            .where(File.id.in_(file_ids[start : start + 500])))
-        found.update({file_id: os.path.normpath(os.path.join(root, relpath)) for file_id, root, relpath in rows})
-    return found
+    rows = _rows_of(conn, select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id), File.id, file_ids)
+    return {file_id: os.path.normpath(os.path.join(root, relpath)) for file_id, root, relpath in rows}
 
 
 def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, str, bool]]:
@@ -305,12 +304,7 @@ def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
         .where(XraySummary.kind == "spectrum",
                or_(HeaderCard.keyword == "AREASCAL", and_(HeaderCard.keyword.like("TTYPE%"), name == "AREASCAL")))
     )
-    if only is None:
-        rows = conn.execute(cards).all()
-    else:
-        ids = sorted(only)
-        rows = [row for start in range(0, len(ids), 500)
-                for row in conn.execute(cards.where(HeaderCard.file_id.in_(ids[start : start + 500])))]
+    rows = _rows_of(conn, cards, HeaderCard.file_id, only)
     found: dict[int, float | None] = {}
     for file_id, keyword, number in rows:
         usable = keyword == "AREASCAL" and number is not None and math.isfinite(number) and number > 0
@@ -351,12 +345,9 @@ def _wrong_kind(keyword: str, value: str, kind: str | None) -> str:
 def _kinds_of(conn, file_ids: list[int]) -> dict[int, str | None]:
     """The summarized kind of each file (of its current version); a file
     not summarized, or summarized as no kind, is absent."""
-    kinds = {}
-    for start in range(0, len(file_ids), 500):
-        kinds.update(conn.execute(select(XraySummary.file_id, XraySummary.kind)
-                                  .join(File, and_(File.id == XraySummary.file_id, File.version == XraySummary.file_version))
-                                  .where(XraySummary.file_id.in_(file_ids[start : start + 500]))).all())
-    return kinds
+    statement = select(XraySummary.file_id, XraySummary.kind).join(
+        File, and_(File.id == XraySummary.file_id, File.version == XraySummary.file_version))
+    return dict(_rows_of(conn, statement, XraySummary.file_id, file_ids))
 
 
 def linked_files(conn, file_id: int) -> list[tuple[str, int]]:
