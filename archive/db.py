@@ -142,22 +142,35 @@ def _writer(engine: Engine) -> Engine:
 
 
 @contextmanager
-def transaction(engine: Engine, *, write: bool = False, attach: str | None = None) -> Iterator[Connection]:
+def transaction(
+    engine: Engine, *, write: bool = False, attach: str | None = None, foreign_keys: bool = True
+) -> Iterator[Connection]:
     """A Core connection inside one transaction (committed on success).
 
     ``attach`` (SQLite): a scratch database file attached as ``scratch`` for
     the transaction; SQLite attaches and detaches only outside one.
+    ``foreign_keys=False`` (SQLite): the transaction's statements are not
+    checked against the foreign keys, and no ON DELETE acts, so it is only
+    for a writer that inserts rows whose parents it has just inserted (and
+    checks that itself); SQLite switches the checks only outside a
+    transaction, and the connection gets them back before it returns to the
+    pool. PostgreSQL ignores it.
     """
     bind = _writer(engine) if write else engine
     try:
         with bind.connect() as conn:
             driver = conn.connection.driver_connection
+            unchecked = not foreign_keys and is_sqlite(conn)
             if attach:
                 driver.execute("ATTACH DATABASE ? AS scratch", (attach,))
+            if unchecked:
+                driver.execute("PRAGMA foreign_keys=OFF")
             try:
                 with conn.begin():
                     yield conn
             finally:
+                if unchecked:
+                    driver.execute("PRAGMA foreign_keys=ON")
                 if attach:
                     driver.execute("DETACH DATABASE scratch")
     except SQLAlchemyError as exc:
@@ -247,11 +260,23 @@ def _write_scratch(scratch, hdus: list[tuple[int, int, list[tuple]]], spans: lis
 def copy_scratch_cards(conn: Connection, file_ids: dict[int, int]) -> None:
     """Copy the attached scratch file's cards into header_cards, giving each
     the id of its file; cards of files not in ``file_ids`` are left out.
-    The copy runs inside SQLite: ~4x faster than inserting rows from Python."""
+    The copy runs inside SQLite: ~4x faster than inserting rows from Python.
+
+    First it checks that every HDU the cards belong to is stored: then the
+    copy holds header_cards' foreign key whether or not SQLite checks it card
+    by card (the checks would cost twice the copy itself; see
+    ``transaction(foreign_keys=False)``)."""
     cursor = conn.connection.driver_connection.cursor()
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scratch_ids (local INTEGER PRIMARY KEY, file_id INTEGER)")
     cursor.execute("DELETE FROM temp.scratch_ids")
     cursor.executemany("INSERT INTO temp.scratch_ids VALUES (?, ?)", file_ids.items())
+    orphan = cursor.execute(
+        "SELECT m.file_id, h.hdu_index FROM scratch.hdus h JOIN temp.scratch_ids m ON m.local = h.local "
+        "WHERE NOT EXISTS (SELECT 1 FROM main.hdus x WHERE x.file_id = m.file_id AND x.hdu_index = h.hdu_index) LIMIT 1"
+    ).fetchone()
+    if orphan:
+        cursor.close()
+        raise DatabaseError(f"cards of file {orphan[0]} HDU {orphan[1]} have no HDU row; nothing of the chunk stored")
     # CROSS JOIN fixes the loop order: each HDU, then its span of cards.
     cursor.execute(
         "INSERT INTO header_cards (file_id, hdu_index, position, keyword, value_text, value_num, vtype, comment) "

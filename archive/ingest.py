@@ -548,15 +548,20 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
     transaction: a kill leaves each file whole or absent."""
     now = utcnow()
     scratch = chunk.cards if isinstance(chunk.cards, str) else None
-    with transaction(engine, write=True, attach=scratch) as conn:
+    items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
+    new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
+    old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
+    # A chunk of new files only inserts, each row after its parent (file,
+    # HDUs, then cards): SQLite's check of every card's foreign key would
+    # cost twice the copy, so it is off and the copy checks the HDUs once
+    # (copy_scratch_cards). A chunk that replaces stored files deletes rows
+    # and keeps the checks.
+    with transaction(engine, write=True, attach=scratch, foreign_keys=bool(old)) as conn:
         if not is_sqlite(conn):
             # Committed without waiting for the WAL to reach disk: a server
             # crash may lose the last chunks (whole; the next scan reads them
             # again), never part of one. The run's last commit waits for all.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-        items = [(i, item) for i, item in enumerate(chunk.items) if only is None or i in only]
-        new = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) not in known]
-        old = [(i, s, r) for i, (s, r) in items if (s.root_id, s.relpath) in known]
         rows_out = _Rows()
         if new:
             rows = [

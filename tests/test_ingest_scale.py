@@ -191,3 +191,38 @@ def test_card_indexes_made_again_keep_their_postgresql_predicates(url, backend, 
             "AND schemaname = current_schema() AND indexname LIKE 'ix_%'")).all())
     engine.dispose()
     assert definitions and all(" WHERE " in definition for definition in definitions.values()), definitions
+
+
+def test_new_files_load_without_sqlite_checking_each_card_and_leave_no_orphan(tmp_path, rng):
+    """A chunk of new files is copied with SQLite's foreign-key checks off
+    (they cost twice the copy); every card still has its HDU, a changed file
+    still replaces its cards, and the pooled connection gets its checks back."""
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    data = _frames(tmp_path / "data", rng, 70)  # enough for the worker pool and its scratch files
+    catalog = Catalog.create(url)
+    assert catalog.ingest([data], workers=2).new == 70
+    write_frame(data / "f001.fits", rng, {"EXPTIME": 99.0, "FRAMENUM": 101}, shape=(4, 4))
+    assert catalog.ingest([data], workers=2).changed == 1
+    with catalog.engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert driver.execute("PRAGMA foreign_key_check").fetchall() == []
+        cards = driver.execute("SELECT count(*) FROM header_cards").fetchone()[0]
+        expected = driver.execute("SELECT sum(ncards) FROM hdus").fetchone()[0]
+    assert cards == expected > 70 * 8
+    assert catalog.query("frame_number == 101")["exptime"].tolist() == [99.0]
+
+
+def test_cards_whose_hdu_is_not_stored_are_refused_whole(tmp_path):
+    from archive.db import copy_scratch_cards, transaction, write_scratch_cards
+    from archive.exceptions import DatabaseError
+
+    catalog = Catalog.create(f"sqlite:///{tmp_path / 'cat.db'}")
+    (tmp_path / "scratch").mkdir()
+    card = (1, "EXPTIME", "1.0", 1.0, "f", None)
+    scratch = write_scratch_cards(str(tmp_path / "scratch"), [(0, 0, [card])])
+    with pytest.raises(DatabaseError, match="cards of file 7 HDU 0 have no HDU row"):
+        with transaction(catalog.engine, write=True, attach=scratch, foreign_keys=False) as conn:
+            copy_scratch_cards(conn, {0: 7})  # file 7 has no HDU 0: no file at all
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM header_cards")).scalar_one() == 0
