@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import FormatOption, archive_app, command, load_config, open_catalog
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, counted, err_console, show_frame
 
 
 def _night(value: str | None) -> str | None:
@@ -96,9 +96,9 @@ def fetch_command(
             summary = fetch.fetch(engine, mission, obsids, instrument=instrument, target=target, night=night,
                                   with_calib=with_calib, dest=dest, **options)
     queue = summary.queue
-    console.print(f"{summary.observations} observations ({summary.new_observations} new); {queue.done} files downloaded "
+    console.print(f"{summary.observations} observations ({summary.new_observations} new); {counted(queue.done, 'file')} downloaded "
                   f"({queue.bytes / 1e6:.1f} MB), {queue.unpacked} unpacked, {len(queue.failed)} failed; "
-                  f"{summary.linked} exposures linked to their observation", soft_wrap=True)
+                  f"{counted(summary.linked, 'exposure')} linked to their observation", soft_wrap=True)
     for url, reason in queue.failed[:20]:
         err_console.print(f"  {url}: {reason}", markup=False, soft_wrap=True)
     if queue.done:

@@ -23,7 +23,7 @@ from cli.app import (
     open_catalog,
     progress,
 )
-from cli.render import Format, console, err_console, readable, show_frame, show_rows
+from cli.render import Format, console, counted, err_console, readable, show_frame, show_rows
 
 
 @command(panel="catalog")
@@ -62,7 +62,7 @@ def ingest(
 
     unsummarized = after_ingest(catalog.engine, summary)
     if summary.failed:
-        files = f"{summary.failed} file{'s' if summary.failed != 1 else ''}"
+        files = counted(summary.failed, "file")
         if summary.new + summary.changed + summary.unchanged == 0:  # nothing else to store: an error, not partial
             err_console.print(f"{files} failed and no other file was found; see `obsarch errors`", markup=False)
             raise typer.Exit(1)
@@ -93,7 +93,7 @@ def query(
     rows = rows[:limit] if more else rows
     show_rows(names, rows, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(rows)} exposures" + (f" (the first {limit}: more match)" if more else ""), markup=False)
+        err_console.print(counted(len(rows), "exposure") + (f" (the first {limit}: more match)" if more else ""), markup=False)
     elif more:  # stdout is data: the note goes beside it
         err_console.print(f"note: the first {limit} exposures: more match", markup=False)
     if not rows and selection:
@@ -171,7 +171,7 @@ def errors(fmt: FormatOption = Format.table) -> None:
     frame = open_catalog().errors()
     show_frame(frame, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(frame)} files with problems")
+        err_console.print(f"{counted(len(frame), 'file')} with problems")
 
 
 @command(panel="catalog")

@@ -13,7 +13,7 @@ from cli.app import (
     open_catalog,
     quality_app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, counted, err_console, show_frame
 
 
 @command(db_app, "renormalize")
@@ -36,7 +36,7 @@ def db_renormalize() -> None:
     count = renormalize(open_catalog().engine, load_config(), warned=warned)
     for line in warned:  # a value left empty and why, naming the file (as ingest says it)
         err_console.print(f"warning: {line}", markup=False, soft_wrap=True)
-    console.print(f"renormalized {count} exposures")
+    console.print(f"renormalized {counted(count, 'exposure')}")
 
 
 @command(quality_app, "detectors")

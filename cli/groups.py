@@ -9,7 +9,7 @@ import typer
 
 from archive.exceptions import ObsarchError
 from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, counted, err_console, show_frame
 from cli.steps import finish_step, merge_results
 
 GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]
@@ -17,9 +17,10 @@ GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help
 
 def _show_groups(result) -> None:
     for name, members in result.groups.items():
-        console.print(f"  {name}: {len(members)} exposures", markup=False)
+        console.print(f"  {name}: {counted(len(members), 'exposure')}", markup=False)
     if result.without_pointing:
-        err_console.print(f"{len(result.without_pointing)} exposures have no pointing and joined no group "
+        alone = len(result.without_pointing)
+        err_console.print(f"{counted(alone, 'exposure')} {'has' if alone == 1 else 'have'} no pointing and joined no group "
                           f"(ids {', '.join(map(str, result.without_pointing[:20]))}{'...' if len(result.without_pointing) > 20 else ''})")
     for note in result.notes:
         err_console.print(f"group: {note}", markup=False)
@@ -41,7 +42,7 @@ def group_pointing(
     from processing import grouping
 
     result = grouping.group_by_pointing(open_catalog().engine, method=method, k=k, radius=radius, name=name, selection=selection)
-    console.print(f"{len(result.groups)} groups by pointing ({method})")
+    console.print(f"{counted(len(result.groups), 'group')} by pointing ({method})")
     _show_groups(result)
 
 
@@ -59,7 +60,7 @@ def group_by(
     from processing import grouping
 
     result = grouping.group_by_values(open_catalog().engine, keys, selection=selection, prefix=prefix)
-    console.print(f"{len(result.groups)} groups by {keys}")
+    console.print(f"{counted(len(result.groups), 'group')} by {keys}")
     _show_groups(result)
 
 
@@ -82,7 +83,7 @@ def group_positions(
     from processing import grouping
 
     result = grouping.group_by_position(open_catalog().engine, radius=radius, name=name, selection=selection, workers=workers)
-    console.print(f"{len(result.groups)} groups by position (within {radius})")
+    console.print(f"{counted(len(result.groups), 'group')} by position (within {radius})")
     _show_groups(result)
     if result.unmeasured:  # groups made, but some only because a frame could not be placed: partial
         raise typer.Exit(3)
@@ -103,7 +104,7 @@ def group_create(
     result = grouping.create_group(open_catalog().engine, name, selection, reference=reference)
     for note in result.notes:
         err_console.print(f"note: {note}", markup=False)
-    console.print(f"group {name}: {len(result.groups[name])} exposures" + (f", reference {reference}" if reference else ""))
+    console.print(f"group {name}: {counted(len(result.groups[name]), 'exposure')}" + (f", reference {reference}" if reference else ""))
 
 
 @command(group_app, "list", aliases=[(groups_app, "list")])

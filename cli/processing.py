@@ -27,7 +27,7 @@ from cli.app import (
     runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, exact, iso, show_frame
+from cli.render import Format, console, counted, err_console, exact, iso, show_frame
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
@@ -297,4 +297,4 @@ def stale(fmt: FormatOption = Format.table) -> None:
     rows = runs_.stale_products(open_catalog().engine)
     show_frame(pd.DataFrame(rows, columns=["product_id", "kind", "path", "run_id", "reason"]), fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(rows)} stale products")
+        err_console.print(counted(len(rows), "stale product"))

@@ -24,7 +24,7 @@ from cli.app import (
     report_app,
 )
 from cli.calib_rules import HduOption, hdu_names
-from cli.render import Format, console, show_frame
+from cli.render import Format, console, counted, show_frame
 from cli.steps import finish_step
 
 
@@ -100,7 +100,7 @@ def flag_set(
     from processing import quality
 
     count = quality.flag(open_catalog().engine, selection, grade, reason=reason, note=note, who=by)
-    console.print(f"flagged {count} exposures {grade}" + (f" ({reason})" if reason else ""))
+    console.print(f"flagged {counted(count, 'exposure')} {grade}" + (f" ({reason})" if reason else ""))
 
 
 @command(flag_app, "history", aliases=[(flags_app, "history")])

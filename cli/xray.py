@@ -22,7 +22,7 @@ from cli.app import (
     open_catalog,
     report_app,
 )
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, counted, err_console, show_frame
 
 xray_app = group("X-ray products: summaries of spectra, events and light curves.")
 metrics_app = group("Named metrics of exposures (from tools or people).")
@@ -134,7 +134,7 @@ def report_spectra(
     frame = spectra_report(open_catalog().engine, selection, _seconds(min_exposure))
     show_frame(frame, fmt)
     if fmt is Format.table:
-        err_console.print(f"{len(frame)} spectra")
+        err_console.print(counted(len(frame), "spectrum", "spectra"))
 
 
 @command(metrics_app, "set")
@@ -176,8 +176,8 @@ def regions_attach(
 
     info, placements = regions.attach(open_catalog().engine, region_file, to, force=force)
     skipped = f"; {info.skipped} shapes the regions package cannot read were skipped" if info.skipped else ""
-    console.print(f"{info.path}: {info.n_shapes} shapes in {info.frame} coordinates ({info.shapes}) attached to "
-                  f"{len(placements)} exposures{skipped}", markup=False, soft_wrap=True)
+    console.print(f"{info.path}: {counted(info.n_shapes, 'shape')} in {info.frame} coordinates ({info.shapes}) attached to "
+                  f"{counted(len(placements), 'exposure')}{skipped}", markup=False, soft_wrap=True)
     _print_placement_notes(placements)
 
 

@@ -272,7 +272,9 @@ def group_by_position(
     selected = len(frames)
     frames, notes = without_images(frames)
     if not frames:
-        raise ObsarchError(f"none of the {selected} exposures of the selection holds an image (X-ray event lists "
+        which = "the one exposure of the selection holds no image" if selected == 1 else \
+            f"none of the {selected} exposures of the selection holds an image"
+        raise ObsarchError(f"{which} (X-ray event lists "
                            "and spectra are tables); nothing to group by position")
     unmeasured = 0
     current = current_offsets(engine, [f.exposure_id for f in frames])

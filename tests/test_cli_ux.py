@@ -75,8 +75,14 @@ def test_old_spellings_still_work(ingested):
     assert "3853" in run(ingested, "groups", "show", "B0").stdout
     assert "B0" in run(ingested, "groups", "list").stdout
     assert "flagged 2 exposures bad" in run(ingested, "flag", "3852,3853", "--grade", "bad").stdout
-    assert "flagged 1 exposures ok" in run(ingested, "flag", "set", "3852", "--grade", "ok").stdout
+    assert "flagged 1 exposure ok" in run(ingested, "flag", "set", "3852", "--grade", "ok").stdout
     assert run(ingested, "flags", "history", "3852").stdout == run(ingested, "flag", "history", "3852").stdout
+
+
+def test_counts_say_one_thing_and_many_things(ingested):
+    assert run(ingested, "query", "frame_number == 3852").stderr.splitlines()[-1] == "1 exposure"
+    assert run(ingested, "query", "frame_number >= 3852 and frame_number <= 3853").stderr.splitlines()[-1] == "2 exposures"
+    assert "group B1: 1 exposure" in run(ingested, "group", "create", "B1", "3852").stdout
 
 
 def test_runs_lists_every_run_and_shows_a_tools_output(ingested):

@@ -255,7 +255,7 @@ def test_fetch_exit_code_says_partial_or_nothing(url, server, tmp_path, monkeypa
     obsarch(url, "init", config=config)
     server.archive.fail_times["/FTP/xmm/data/0013140101/pps/spectrum.fits.gz"] = 99
     partial = obsarch(url, "fetch", "xmm", "0013140101", "--retries", "1", code=3, config=config)
-    assert "1 files downloaded" in partial.stdout
+    assert "1 file downloaded" in partial.stdout
     assert partial.stderr.splitlines()[-1].startswith("1 of 2 files failed: see `obsarch downloads`")
     again = obsarch(url, "fetch", "--retry-failed", "--retries", "1", code=1, config=config)
     assert "0 files downloaded" in again.stdout

@@ -342,7 +342,7 @@ def test_groups_and_offsets_tour(url, tmp_path, rng):
 
     run("init")
     run("ingest", str(tmp_path / "d"))
-    assert "1 groups by pointing" in run("group", "pointing", "--method", "dbscan", "--radius", "30arcsec").stdout
+    assert "1 group by pointing" in run("group", "pointing", "--method", "dbscan", "--radius", "30arcsec").stdout
     assert "band=B" in run("group", "by", "band").stdout
     assert "reference 10" in run("group", "create", "B0", "10-12", "--reference", "10").stdout
     assert "B0" in run("groups", "list").stdout

@@ -149,7 +149,7 @@ def test_the_commands_show_the_line(url, tmp_path):
     assert result.stderr.splitlines() == [f"  {path}: {line}"]
     listed = obsarch(url, "errors")
     assert listed.stdout.splitlines()[1:] == [f"{path}\tpresent\t{line}"]
-    assert "1 files with problems" in listed.stderr
+    assert "1 file with problems" in listed.stderr
     shown = obsarch(url, "query", "hdr['DATE-OBS'] == '2020-02-30'", "--columns", "date_obs,hdr['DATE-OBS']",
                     "--format", "csv")
     assert shown.stdout.splitlines()[1:] == [",2020-02-30"]

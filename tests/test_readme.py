@@ -52,7 +52,7 @@ def tour_lines(text: str) -> list[str]:
 # (a one-column table counts none: such a line fails loudly, never silently).
 LISTING = {"query", "sql", "summary", "errors", "runs", "products", "stale", "downloads", "report spectra",
            "report quality", "flag history", "group list", "group show", "offsets show", "quality detectors"}
-COUNT_LINE = re.compile(r"^(\d+) (exposures|spectra|files with problems|stale products)$", re.MULTILINE)
+COUNT_LINE = re.compile(r"^(\d+) (exposures?|spectrum|spectra|files? with problems|stale products?)$", re.MULTILINE)
 # Listing lines that may list nothing on the demo, and why.
 NO_ROWS_ON_THE_DEMO = {
     "obsarch downloads": "the demo downloads nothing (the tour's archive lines are not run)",

@@ -253,7 +253,7 @@ def test_renormalize_corrects_what_catalogs_stored_under_the_old_rules(url, tmp_
             sources='{"frame_number": "file name \'HATP-32171220013343.fits\'"}'))
     old = obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split()
     assert old == ["exptime,frame_number", "70.0,32171220013343"]
-    assert obsarch(url, "db", "renormalize").stdout.strip() == "renormalized 1 exposures"
+    assert obsarch(url, "db", "renormalize").stdout.strip() == "renormalized 1 exposure"
     assert obsarch(url, "query", "--columns", "exptime,frame_number", "--format", "csv").stdout.split() == \
         ["exptime,frame_number", "4200.0,"]
     sources = obsarch(url, "sql", "select sources from exposures").stdout
@@ -292,7 +292,7 @@ def test_renormalize_says_what_it_left_empty_as_one_line_per_file(url, tmp_path,
     obsarch(url, "init")
     obsarch(url, "ingest", str(tmp_path / "w"))
     done = obsarch(url, "db", "renormalize")
-    assert done.stdout.strip() == "renormalized 1 exposures"
+    assert done.stdout.strip() == "renormalized 1 exposure"
     lines = done.stderr.splitlines()
     assert lines and all(line.startswith("warning: odd.fits: ") and "MJD-OBS" in line for line in lines), lines
     assert "keywords.py" not in done.stderr and "NormalizationWarning" not in done.stderr

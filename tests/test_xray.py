@@ -447,7 +447,7 @@ def test_regions_attached_listed_and_passed_to_run(ingested, real_data, tmp_path
     url, directory, _ = ingested
     region = real_data / "regions" / "30002041016A_StrayCatsI_704.reg"
     out = run(url, "regions", "attach", str(region), "--to", "obsid == '30002041016'").stdout
-    assert "1 shapes in image coordinates (circle) attached to 1 exposures" in out
+    assert "1 shape in image coordinates (circle) attached to 1 exposure" in out
     image = directory / "nu30002041016A01_cl_3to20keV_det1.fits"
     assert (f"region {region}  (ds9, image, 1 shapes: circle; attach; position not checked: image coordinates)"
             in run(url, "show", str(image)).stdout)
@@ -652,7 +652,7 @@ def test_a_sky_region_far_from_the_pointing_is_refused_unless_forced(url, real_d
     both = run(url, "regions", "attach", str(region), "--to", "obsid == '7999'", code=1).stderr
     assert "and of 1 more exposure, more than the 1 deg limit: not attached" in both
     forced = run(url, "regions", "attach", str(region), "--to", f"relpath == '{image.name}'", "--force")
-    assert f"{region}: 1 shapes in fk5 coordinates (circle) attached to 1 exposures" in forced.stdout
+    assert f"{region}: 1 shape in fk5 coordinates (circle) attached to 1 exposure" in forced.stdout
     assert f"note: {image.name}: 84.1 deg from the pointing, more than 1 deg: attached with --force" in forced.stderr
     listed = _csv(run(url, "regions", "list", str(image), "--format", "csv").stdout)
     assert listed[-1]["position"] == "84.1 deg from the pointing, more than 1 deg: attached with --force"
@@ -668,7 +668,7 @@ def test_a_sky_region_near_the_pointing_is_attached_with_its_separation(url, rea
     run(url, "ingest", str(directory))
     region = real_data / "regions" / "test01_fk5.reg"
     out = run(url, "regions", "attach", str(region), "--to", "relpath == 'test01.fits'")
-    assert f"{region}: 4 shapes in fk5 coordinates (source: circle, polygon, rectangle; background: ellipse (excluded)) attached to 1 exposures" in out.stdout
+    assert f"{region}: 4 shapes in fk5 coordinates (source: circle, polygon, rectangle; background: ellipse (excluded)) attached to 1 exposure" in out.stdout
     assert out.stderr == ""
     (listed,) = _csv(run(url, "regions", "list", str(directory / "test01.fits"), "--format", "csv").stdout)
     assert (listed["n_excluded"], listed["n_background"], listed["position"]) == ("1", "1", "0.00888 deg from the pointing")  # a polygon vertex
@@ -686,7 +686,7 @@ def test_the_limit_is_the_field_when_it_is_larger_than_a_degree(url, tmp_path):
     run(url, "init")
     run(url, "ingest", str(directory))
     near = run(url, "regions", "attach", str(_region(tmp_path / "near.reg", 155.0, 0.0)), "--to", "relpath == 'wide.fits'")
-    assert "attached to 1 exposures" in near.stdout
+    assert "attached to 1 exposure" in near.stdout
     far = run(url, "regions", "attach", str(_region(tmp_path / "far.reg", 158.0, 0.0)), "--to", "relpath == 'wide.fits'", code=1)
     assert "nearest shape 8 deg from the pointing of wide.fits (exposure 2), more than the 7.07 deg limit" in far.stderr
     unknown = run(url, "regions", "attach", str(tmp_path / "far.reg"), "--to", "relpath == 'nowhere.fits'")
@@ -933,7 +933,7 @@ def test_group_positions_leaves_an_event_list_out_and_says_so(url, tmp_path, rea
     members = _csv(run(url, "query", "group == 'p-1' or group == 'p-2'", "--columns", "relpath", "--format", "csv").stdout)
     assert sorted(r["relpath"] for r in members) == ["a.fits", "b.fits"]
     alone = run(url, "group", "positions", "--radius", "20px", "--name", "q", "--selection", "xray_kind == 'events'", code=1)
-    assert "none of the 1 exposures of the selection holds an image" in alone.stderr
+    assert "the one exposure of the selection holds no image" in alone.stderr
 
 
 def test_offsets_and_stack_leave_an_event_list_out_and_say_so(url, tmp_path, real_data, rng):
