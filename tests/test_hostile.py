@@ -263,6 +263,61 @@ def test_file_system_oddities(stocked, tmp_path, kind):
     assert snapshot() == before
 
 
+@pytest.mark.parametrize("when", ["at once", "half-way"])
+def test_a_directory_that_cannot_be_listed_costs_only_itself(stocked, tmp_path, monkeypatch, when):
+    """Root reads any directory, so the refusal is made: os.scandir of
+    'locked' fails at once, or after its first entry (a disk error half-way);
+    the files listed before the error are stored, the rest is said."""
+    from factories import write_frame
+
+    from archive.catalog import Catalog
+
+    url, snapshot, before = stocked
+    write_frame(tmp_path / "night" / "open" / "a.fits", header={"FRAMENUM": 7})
+    for name in ("b.fits", "c.fits"):
+        write_frame(tmp_path / "night" / "locked" / name, header={"FRAMENUM": 8})
+    real_scandir = os.scandir
+
+    class HalfWay:
+        def __init__(self, path):
+            self.listing, self.given = real_scandir(path), 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.listing.close()
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if self.given:
+                raise OSError(5, "Input/output error")
+            self.given += 1
+            return next(self.listing)
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            if when == "at once":
+                raise PermissionError(13, "Permission denied")
+            return HalfWay(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "night")])
+    reason = "Permission denied" if when == "at once" else "Input/output error"
+    one_line(result, 3, f"locked: cannot list directory: {reason}")
+    monkeypatch.undo()
+    assert snapshot() == before
+    _, rows = Catalog(url).rows("relpath like 'open/%' or relpath like 'locked/%'", columns="relpath")
+    stored = sorted(r[0] for r in rows)
+    if when == "at once":
+        assert stored == ["open/a.fits"]
+    else:  # the one entry listed before the error (in the file system's order)
+        assert len(stored) == 2 and stored[0] in ("locked/b.fits", "locked/c.fits") and stored[1] == "open/a.fits"
+
+
 def test_ingest_of_a_missing_path(stocked):
     url, snapshot, before = stocked
     one_line(runner.invoke(app, ["--db", url, "ingest", "/no/such/dir"]), 1, "no such file or directory")

@@ -3,6 +3,7 @@ sent as COPY text, the card table's keys dropped and rebuilt by a bulk load."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -200,7 +201,9 @@ def test_new_files_load_without_sqlite_checking_each_card_and_leave_no_orphan(tm
     url = f"sqlite:///{tmp_path / 'cat.db'}"
     data = _frames(tmp_path / "data", rng, 70)  # enough for the worker pool and its scratch files
     catalog = Catalog.create(url)
+    gc.unfreeze()
     assert catalog.ingest([data], workers=2).new == 70
+    assert gc.get_freeze_count() == 0  # the pool forked with the objects frozen; a library caller gets them back
     write_frame(data / "f001.fits", rng, {"EXPTIME": 99.0, "FRAMENUM": 101}, shape=(4, 4))
     assert catalog.ingest([data], workers=2).changed == 1
     with catalog.engine.connect() as conn:
