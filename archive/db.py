@@ -732,6 +732,16 @@ def add_card_constraints(conn: Connection, *, pkey: bool, fkey: bool) -> None:
     conn.exec_driver_sql(f"ALTER TABLE header_cards {', '.join(actions)}")
 
 
+def rows_in(conn: Connection, statement, column, ids) -> list:
+    """The rows of ``statement`` whose ``column`` is one of ``ids``, asked
+    500 ids at a time (SQLite binds at most 32,766 parameters); every row
+    when ``ids`` is None."""
+    if ids is None:
+        return conn.execute(statement).all()
+    ids = sorted(set(ids))
+    return [row for start in range(0, len(ids), 500) for row in conn.execute(statement.where(column.in_(ids[start : start + 500])))]
+
+
 def fetch_tuples(conn: Connection, statement) -> list[tuple]:
     """The rows of a Core SELECT as the driver returns them (plain tuples,
     no result processing): for statements that return very many rows whose

@@ -26,7 +26,7 @@ import stat
 import tempfile
 import time
 import warnings as pywarnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -427,7 +427,7 @@ def _forked_pool(workers: int, config: dict | None):
             gc.unfreeze()
 
 
-def _bounded_imap(pool, function: Callable, args: list, window: int) -> Iterator:
+def _bounded_imap(pool, function: Callable, args: Iterable, window: int) -> Iterator:
     """``pool.imap(function, args)`` with at most ``window`` calls submitted
     and not yet consumed: imap reads ahead without limit, so when the writer
     is slower than the readers (PostgreSQL) every chunk's cards would pile up

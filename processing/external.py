@@ -231,23 +231,20 @@ def _linked_inputs(engine, file_ids: list[int]) -> dict[int, list[Input]]:
     run stayed up to date)."""
     from sqlalchemy import select
 
-    from archive.db import transaction
+    from archive.db import rows_in, transaction
     from archive.models import File, XraySummary
     from processing.runs import file_content
 
     roles = ("background", "response", "arf")
     links: dict[int, list[tuple[str, int]]] = {}
     with transaction(engine) as conn:
-        for start in range(0, len(file_ids), 500):
-            for file_id, *linked in conn.execute(
-                    select(XraySummary.file_id, XraySummary.background_id, XraySummary.response_id, XraySummary.arf_id)
-                    .where(XraySummary.file_id.in_(file_ids[start : start + 500]))):
-                links[file_id] = [(role, other) for role, other in zip(roles, linked) if other is not None]
-        others = sorted({other for pairs in links.values() for _, other in pairs})
-        contents = {}
-        for start in range(0, len(others), 500):
-            contents.update((row.id, file_content(row)) for row in conn.execute(
-                select(File.id, File.header_hash, File.size, File.mtime_ns).where(File.id.in_(others[start : start + 500]))))
+        for file_id, *linked in rows_in(
+                conn, select(XraySummary.file_id, XraySummary.background_id, XraySummary.response_id, XraySummary.arf_id),
+                XraySummary.file_id, file_ids):
+            links[file_id] = [(role, other) for role, other in zip(roles, linked) if other is not None]
+        others = {other for pairs in links.values() for _, other in pairs}
+        contents = {row.id: file_content(row)
+                    for row in rows_in(conn, select(File.id, File.header_hash, File.size, File.mtime_ns), File.id, others)}
     return {file_id: [Input(other, role, contents[other]) for role, other in pairs if other in contents]
             for file_id, pairs in links.items()}
 

@@ -73,7 +73,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, update
 
 from archive import __version__
-from archive.db import transaction
+from archive.db import rows_in, transaction
 from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
@@ -277,20 +277,19 @@ def _refuse_changed(engine: Engine, items: list[Item]) -> None:
     ids = sorted({i.file_id for item in items if item.error is None for i in item.inputs if i.file_id is not None})
     bad: dict[int, str] = {}
     with transaction(engine) as conn:
-        for start in range(0, len(ids), 500):
-            for file_id, path, status, why, size, mtime_ns in conn.execute(
-                    select(File.id, Root.path + "/" + File.relpath, File.status, File.error, File.size, File.mtime_ns)
-                    .join(Root, Root.id == File.root_id).where(File.id.in_(ids[start : start + 500]))):
-                if status == "unreadable":
-                    bad[file_id] = f"{path}: unreadable since it was last ingested: {why} (obsarch errors)"
-                    continue
-                try:
-                    now = os.stat(path)
-                except OSError:
-                    bad[file_id] = f"{path}: gone from disk since it was last ingested (obsarch ingest records what moved)"
-                    continue
-                if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
-                    bad[file_id] = f"{path}: changed on disk since it was last ingested (obsarch ingest reads it again)"
+        for file_id, path, status, why, size, mtime_ns in rows_in(
+                conn, select(File.id, Root.path + "/" + File.relpath, File.status, File.error, File.size, File.mtime_ns)
+                .join(Root, Root.id == File.root_id), File.id, ids):
+            if status == "unreadable":
+                bad[file_id] = f"{path}: unreadable since it was last ingested: {why} (obsarch errors)"
+                continue
+            try:
+                now = os.stat(path)
+            except OSError:
+                bad[file_id] = f"{path}: gone from disk since it was last ingested (obsarch ingest records what moved)"
+                continue
+            if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
+                bad[file_id] = f"{path}: changed on disk since it was last ingested (obsarch ingest reads it again)"
     for item in items:
         if item.error is None:
             item.error = next((bad[i.file_id] for i in item.inputs if i.file_id in bad), None)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, insert, select
 
-from archive.db import transaction
+from archive.db import rows_in, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, Offset
@@ -427,11 +427,8 @@ def current_offsets(engine: Engine, ids: list[int]) -> dict[int, CurrentOffset]:
     more than 32,766 in most builds)."""
     from archive.query import current_offset
 
-    rows = []
     with transaction(engine) as conn:
-        for start in range(0, len(ids), 500):
-            rows += conn.execute(select(Offset).where(Offset.exposure_id.in_(ids[start : start + 500]),
-                                                      Offset.id == current_offset(Offset.exposure_id))).all()
+        rows = rows_in(conn, select(Offset).where(Offset.id == current_offset(Offset.exposure_id)), Offset.exposure_id, ids)
     return {
         row.exposure_id: CurrentOffset(row.id, row.reference_id, row.status == "ok", row.error, Transform(
             row.dx, row.dy, row.rotation or 0.0, row.scale or 1.0, row.dx_err, row.dy_err, row.rotation_err, row.scale_err,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
 
-from archive.db import transaction
+from archive.db import rows_in, transaction
 from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Exposure, File, RegionFile, Root
@@ -388,11 +388,8 @@ class Placement:
 
 def place(conn, info: RegionInfo, exposure_ids: list[int]) -> list[Placement]:
     """Check a region file's shapes against each exposure's pointing."""
-    rows = []
-    for chunk in range(0, len(exposure_ids), 500):
-        rows.extend(conn.execute(select(Exposure.id, File.relpath, Exposure.ra, Exposure.dec, Exposure.file_id, Exposure.telescope,
-                                        Exposure.obsid)
-                                 .join(File, File.id == Exposure.file_id).where(Exposure.id.in_(exposure_ids[chunk : chunk + 500]))))
+    rows = rows_in(conn, select(Exposure.id, File.relpath, Exposure.ra, Exposure.dec, Exposure.file_id, Exposure.telescope,
+                                Exposure.obsid).join(File, File.id == Exposure.file_id), Exposure.id, exposure_ids)
     if info.sky_points is None:
         why = f"{info.frame} coordinates" if info.frame else "no shape on the sky"
         return [Placement(r.id, r.relpath, None, None, f"position not checked: {why}", _other(info, r.telescope, r.obsid)) for r in rows]

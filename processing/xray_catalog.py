@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, and_, delete, exists, func, or_, select, text, update
 
-from archive.db import insert_ignoring_conflicts, transaction
+from archive.db import insert_ignoring_conflicts, rows_in, transaction
 from archive.ingest import utcnow
 from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
 from archive.roots import file_ids_at
@@ -173,8 +173,13 @@ def relink(engine: Engine, told: set[int] = frozenset(), only: set[int] | None =
     kind takes the spectrum's net rate with it, and says so)."""
     with transaction(engine, write=True) as conn:
         warnings = link_all(conn, only)
-    return [(path, message) if file_id in told else (path, f"{message}: its net rate is left empty" if keyword == "backfile" else message)
-            for file_id, path, message, keyword, lost in warnings if file_id in told or lost]
+    said = []
+    for file_id, path, message, keyword, lost in warnings:
+        if file_id in told:
+            said.append((path, message))
+        elif lost:  # a link the spectrum had, gone
+            said.append((path, f"{message}: its net rate is left empty" if keyword == "backfile" else message))
+    return said
 
 
 def relink_broken(engine: Engine) -> list[tuple[str, str]]:
@@ -194,21 +199,11 @@ def relink_broken(engine: Engine) -> list[tuple[str, str]]:
 def _spectra(conn, only: set[int] | None, *columns) -> list:
     """``columns`` of the spectra's summaries (``only`` these file ids, in
     batches; default all)."""
-    return _rows_of(conn, select(*columns).where(XraySummary.kind == "spectrum"), XraySummary.file_id, only)
+    return rows_in(conn, select(*columns).where(XraySummary.kind == "spectrum"), XraySummary.file_id, only)
 
 
 def _statuses(conn, file_ids) -> dict[int, str]:
-    return dict(_rows_of(conn, select(File.id, File.status), File.id, file_ids))
-
-
-def _rows_of(conn, statement, column, ids) -> list:
-    """The rows of ``statement`` whose ``column`` is one of ``ids``, asked
-    500 ids at a time (SQLite binds at most 32,766); every row when ``ids``
-    is None."""
-    if ids is None:
-        return conn.execute(statement).all()
-    ids = sorted(set(ids))
-    return [row for start in range(0, len(ids), 500) for row in conn.execute(statement.where(column.in_(ids[start : start + 500])))]
+    return dict(rows_in(conn, select(File.id, File.status), File.id, file_ids))
 
 
 # -- links -------------------------------------------------------------------------
@@ -228,7 +223,7 @@ def link_target(directory: str, value: str | None) -> str | None:
 
 
 def _paths_of(conn, file_ids: list[int]) -> dict[int, str]:
-    rows = _rows_of(conn, select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id), File.id, file_ids)
+    rows = rows_in(conn, select(File.id, Root.path, File.relpath).join(Root, Root.id == File.root_id), File.id, file_ids)
     return {file_id: os.path.normpath(os.path.join(root, relpath)) for file_id, root, relpath in rows}
 
 
@@ -304,7 +299,7 @@ def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
         .where(XraySummary.kind == "spectrum",
                or_(HeaderCard.keyword == "AREASCAL", and_(HeaderCard.keyword.like("TTYPE%"), name == "AREASCAL")))
     )
-    rows = _rows_of(conn, cards, HeaderCard.file_id, only)
+    rows = rows_in(conn, cards, HeaderCard.file_id, only)
     found: dict[int, float | None] = {}
     for file_id, keyword, number in rows:
         usable = keyword == "AREASCAL" and number is not None and math.isfinite(number) and number > 0
@@ -347,7 +342,7 @@ def _kinds_of(conn, file_ids: list[int]) -> dict[int, str | None]:
     not summarized, or summarized as no kind, is absent."""
     statement = select(XraySummary.file_id, XraySummary.kind).join(
         File, and_(File.id == XraySummary.file_id, File.version == XraySummary.file_version))
-    return dict(_rows_of(conn, statement, XraySummary.file_id, file_ids))
+    return dict(rows_in(conn, statement, XraySummary.file_id, file_ids))
 
 
 def linked_files(conn, file_id: int) -> list[tuple[str, int]]:
