@@ -11,6 +11,11 @@ import math
 from datetime import date, datetime
 
 
+def counted(n: int, thing: str, things: str | None = None) -> str:
+    """``1 exposure``, ``26 exposures``, ``1 spectrum``, ``3 spectra``."""
+    return f"{n} {thing if n == 1 else things or thing + 's'}"
+
+
 def missing(value) -> bool:
     if value is None:
         return True

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.formats import counted
 from cli.app import FormatOption, archive_app, command, load_config, open_catalog
-from cli.render import Format, console, counted, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame
 
 
 def _night(value: str | None) -> str | None:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.formats import counted
 from cli.app import (
     DEFAULT_TIMEOUT_S,
     STATE,
@@ -23,7 +24,7 @@ from cli.app import (
     open_catalog,
     progress,
 )
-from cli.render import Format, console, counted, err_console, readable, show_frame, show_rows
+from cli.render import Format, console, err_console, readable, show_frame, show_rows
 
 
 @command(panel="catalog")

@@ -4,6 +4,7 @@ of files ingested before they existed, from the cards the catalog holds) and
 
 from __future__ import annotations
 
+from archive.formats import counted
 from cli.app import (
     FormatOption,
     Selection,
@@ -13,7 +14,7 @@ from cli.app import (
     open_catalog,
     quality_app,
 )
-from cli.render import Format, console, counted, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame
 
 
 @command(db_app, "renormalize")

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError
+from archive.formats import counted
 from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
-from cli.render import Format, console, counted, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame
 from cli.steps import finish_step, merge_results
 
 GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.formats import counted
 from cli.app import (
     ByIdOption,
     ForceOption,
@@ -24,7 +25,7 @@ from cli.app import (
     report_app,
 )
 from cli.calib_rules import HduOption, hdu_names
-from cli.render import Format, console, counted, show_frame
+from cli.render import Format, console, show_frame
 from cli.steps import finish_step
 
 

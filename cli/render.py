@@ -117,11 +117,6 @@ class Format(str, Enum):
     ecsv = "ecsv"
 
 
-def counted(n: int, thing: str, things: str | None = None) -> str:
-    """``1 exposure``, ``26 exposures``, ``1 spectrum``, ``3 spectra``."""
-    return f"{n} {thing if n == 1 else things or thing + 's'}"
-
-
 def readable(value) -> str:
     """A value rounded for reading in a terminal."""
     if isinstance(value, datetime):

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError, UsageError
+from archive.formats import counted
 from cli.app import (
     PANELS,
     ByIdOption,
@@ -22,7 +23,7 @@ from cli.app import (
     open_catalog,
     report_app,
 )
-from cli.render import Format, console, counted, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame
 
 xray_app = group("X-ray products: summaries of spectra, events and light curves.")
 metrics_app = group("Named metrics of exposures (from tools or people).")
