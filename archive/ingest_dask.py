@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from archive.exceptions import ObsarchError
 
 IN_FLIGHT_PER_WORKER = 3
+CONNECT_TIMEOUT = "10s"  # how long to keep trying a scheduler that does not answer
 
 
 def read_chunk_on_worker(args: tuple, config: dict | None) -> tuple:
@@ -41,7 +42,7 @@ def _client(scheduler: str | None, workers: int | None):
         )
         return Client(cluster), cluster
     try:
-        return Client(scheduler, timeout="10s"), None
+        return Client(scheduler, timeout=CONNECT_TIMEOUT), None
     except (OSError, TimeoutError) as exc:
         raise ObsarchError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
 

@@ -80,7 +80,8 @@ def test_ingest_command_takes_a_dask_scheduler(url, tmp_path, rng, cluster):
         (["--executor", "threads"], "unknown executor 'threads' for ingest; use pool, serial or dask"),
     ],
 )
-def test_bad_executor_options_are_one_line(url, tmp_path, rng, options, message):
+def test_bad_executor_options_are_one_line(url, tmp_path, rng, options, message, monkeypatch):
+    monkeypatch.setattr("archive.ingest_dask.CONNECT_TIMEOUT", "1s")  # the scheduler's port is closed: no need to wait 10 s
     data = _frames(tmp_path / "data", rng, 1)
     runner.invoke(app, ["--db", url, "init"])
     result = runner.invoke(app, ["--db", url, "ingest", str(data), *options])
