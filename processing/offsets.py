@@ -552,6 +552,10 @@ class OffsetsStep(Step):
         self._store(out, item.data, None, reason, self.method)
 
     def _store(self, out: Writer, exposure_id: int, transform, error, method) -> None:
+        if exposure_id == self.reference_id and exposure_id not in self.ids:
+            # a reference from outside the frames registered (--reference, or a group's link onto the
+            # global reference) keeps its own current offset and the group it was measured in
+            return
         row = _offset_row(exposure_id, self.reference_id, transform, error, method, self.stage, self.group_id, out.run_id)
         row_id = out.conn.execute(insert(Offset).values(**row).returning(Offset.id)).scalar_one()
         if transform is not None:

@@ -257,6 +257,22 @@ def test_multistage_registration_composes_transforms(shifted):
     assert len(json.loads(chain)) == 2
 
 
+def test_a_reference_from_outside_keeps_its_own_offset_and_group(shifted):
+    # Linking group B onto frame 1 once stored frame 1's identity again, as measured in B: offsets
+    # show said frame 1 was measured in B, a group it is not in.
+    catalog, truths = shifted
+    grouping.create_group(catalog.engine, "A", "1-2", reference="1")
+    grouping.create_group(catalog.engine, "B", "3-4", reference="3")
+    offsets.compute_multistage(catalog.engine, ["A", "B"], catalog.resolve("1"), workers=1)
+    table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+    assert (table[1]["measured_in"], table[1]["stage"], table[1]["dx"]) == ("A", 1, 0.0)
+    # a registration onto frame 3 of frame 4 alone leaves frame 3 composed onto frame 1
+    offsets.compute_offsets(catalog.engine, [catalog.resolve("4")], catalog.resolve("3"), workers=1)
+    table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+    assert (table[3]["reference_frame"], table[3]["method"]) == (1, "composed")
+    assert (table[4]["reference_frame"], table[4]["measured_in"]) == (3, "selection")
+
+
 def test_wcs_method(catalog, tmp_path, rng):
     base = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 100.0, "CRPIX2": 100.0,
             "CDELT1": -0.0003, "CDELT2": 0.0003, "CUNIT1": "deg", "CUNIT2": "deg"}
