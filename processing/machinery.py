@@ -231,10 +231,12 @@ class Writer:
         self._result.notes.append(text)
 
     def inputs(self, inputs: list[Input], group_id: int | None = None) -> None:
+        """Record what the run read: each file once per role (two spectra of
+        an item linking the same background are one background read)."""
         if inputs:
             self.conn.execute(insert(RunInput), [
                 {"run_id": self.run_id, "file_id": i.file_id, "role": i.role, "content": i.content, "group_id": group_id}
-                for i in inputs
+                for i in dict.fromkeys(inputs)
             ])
 
     def product(self, path, kind: str, values: dict | None = None) -> int | None:

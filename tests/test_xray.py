@@ -1034,6 +1034,34 @@ def test_a_tool_output_of_a_spectrum_is_stale_when_its_background_changes(url, t
     assert "1 done" in run(url, "run", "relpath == 'src.pha'", *tool).stdout
 
 
+def test_a_file_two_spectra_link_is_one_input_of_the_run(url, tmp_path):
+    """runs show listed the background twice when both spectra of an obsid named it."""
+    from sqlalchemy import func, select
+
+    from archive.catalog import Catalog
+    from archive.models import File, RunInput
+
+    directory = tmp_path / "spectra"
+    directory.mkdir()
+    channel = fits.Column(name="CHANNEL", format="J", array=np.arange(4))
+    for name in ("src1.pha", "src2.pha"):
+        _spectrum(directory / name, [channel, fits.Column(name="COUNTS", format="J", array=np.full(4, 10))],
+                  BACKFILE="bkg.pha", BACKSCAL=1.0, OBS_ID="0001")
+    _spectrum(directory / "bkg.pha", [channel, fits.Column(name="COUNTS", format="J", array=np.full(4, 2))], HDUCLAS2="BKG",
+              BACKSCAL=1.0, OBS_ID="0001")
+    run(url, "init")
+    run(url, "ingest", str(directory))
+    assert "1 done" in run(url, "run", "obsid == '0001'", "--each", "obsid", "--workdir", str(tmp_path / "w" / "{item}"),
+                           "--workers", "1", "--", "sh", "-c", "true").stdout
+    catalog = Catalog(url)
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(select(RunInput.role, File.relpath, func.count()).join(File, File.id == RunInput.file_id)
+                            .group_by(RunInput.role, File.relpath).order_by(RunInput.role, File.relpath)).all()
+    catalog.engine.dispose()
+    assert [tuple(r) for r in rows] == [("background", "bkg.pha", 1), ("frame", "bkg.pha", 1), ("frame", "src1.pha", 1),
+                                        ("frame", "src2.pha", 1)]
+
+
 @pytest.mark.parametrize(("ours", "theirs", "same"), [
     ("XMM", "XMM-Newton", True), ("XMM_NEWTON", "xmm", True), ("NuSTAR", "NUSTAR", True), ("SRG", "eROSITA", True),
     ("AXAF", "CHANDRA", True), ("CHANDRA", "XMM", False), ("SWIFT", "XTE", False),
