@@ -247,6 +247,8 @@ class Choice:
             return self.problem
         if self.chosen is not None:
             return f"{Path(self.chosen.master.path).name}: " + "; ".join(self.chosen.met)
+        if not self.verdicts and self.kind == "dark":  # optional: calibrate goes on without one
+            return "no master dark in the catalog: none is subtracted (`obsarch calib dark` makes one)"
         if not self.verdicts:
             return f"no master {self.kind} in the catalog; run `obsarch calib {self.kind}` first"
         refusals = "; ".join(f"{Path(v.master.path).name}: {v.refused}" for v in self.verdicts)
