@@ -120,7 +120,7 @@ def db_history() -> None:
     engine = db.make_engine(STATE.db)
     scripts = ScriptDirectory.from_config(db.alembic_config(engine))
     for script in scripts.walk_revisions():
-        console.print(f"{script.revision}  {script.doc}", markup=False)
+        console.print(f"{script.revision}  {' '.join(script.doc.split())}", markup=False)  # a title of two lines: one
 
 
 @command(db_app, "promote")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 import typer
@@ -101,7 +102,10 @@ def test_db_commands(url):
     assert "up to date" in run(url, "db", "current").stdout
     from archive.db import head_revision
 
-    assert "0001" in run(url, "db", "history").stdout
+    history = run(url, "db", "history").stdout.splitlines()
+    # one line per migration, newest first: a title of two lines (0009's) once wrapped onto a line of its own
+    assert all(re.match(r"\d{4}  \S", line) for line in history) and history[-1].startswith("0001  catalog")
+    assert history[0].startswith(head_revision())
     assert f"schema {head_revision()}: already up to date" in run(url, "db", "upgrade").stdout
 
 

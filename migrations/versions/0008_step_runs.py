@@ -4,6 +4,9 @@ One ``obsarch calibrate`` is one run with one child run per calibrated
 frame: the child holds that frame's inputs and product (lineage per
 product), the parent the step's parameters, state and summary.
 
+It follows 0006: no catalog ever had a 0007 (the migration once numbered
+so was released as 0012).
+
 Revision ID: 0008
 Revises: 0006
 Create Date: 2026-12-01 15:00:00
