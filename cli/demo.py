@@ -271,6 +271,10 @@ def make_night(directory: Path, seed: int = 3293) -> list[Path]:
         header["DATE-OBS"] = (START + timedelta(minutes=3 * i)).isoformat(timespec="seconds")
         header["TELESCOP"], header["INSTRUME"] = "Demo 0.6m", "DemoCam"
         header["READOUTM"] = "SCI1.0"
+        header["XBINNING"], header["YBINNING"] = 1, 1
+        header["GAIN"] = (1.4, "[e-/ADU]")
+        header["DETECTOR"] = "e2v CCD42-40"
+        header["CCD-TEMP"] = (-20.0 + 0.1 * (i % 3 - 1), "[C] regulated")  # no draw: the data stay as they were
         header["HIERARCH ESO INS DROT POSANG"] = float(frame.number % 180)
         path = night / f"ngc3293-{frame.number}.fits"
         fits.PrimaryHDU(data, header).writeto(path, overwrite=True)

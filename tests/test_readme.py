@@ -1,8 +1,9 @@
 """The README's tour runs as written: every `obsarch` line of its code blocks,
 in order, after `cd` into the demo's night, exits 0, and every line that runs
 a listing command (query, sql, report, summary, errors, group list...) with
-its output on the screen lists at least one row: a tour line that shows
-nothing on the demo shows a newcomer nothing. So does the example in every
+its output on the screen lists at least one row, and a value in every
+column it asks for: a tour line that shows nothing on the demo shows a
+newcomer nothing. So does the example in every
 command's help exit 0, run in the order `obsarch --help` lists the commands
 (the order of a night's work).
 
@@ -94,6 +95,17 @@ def listed_rows(stdout: str, stderr: str) -> int:
     return rows
 
 
+def empty_columns(stdout: str) -> list[str]:
+    """The columns of the first table printed (tab-separated) in which no row
+    has a value: a tour line that asks for a column the demo leaves empty
+    shows a newcomer nothing of what it is there to show."""
+    lines = [text for text in stdout.splitlines() if "\t" in text]
+    if len(lines) < 2:
+        return []
+    header, rows = lines[0].split("\t"), [text.split("\t") for text in lines[1:]]
+    return [name for i, name in enumerate(header) if not any(i < len(row) and row[i].strip() for row in rows)]
+
+
 def must_list_rows(line: str) -> bool:
     """A listing command whose rows reach the screen, not a file or a format for scripts."""
     shell = list(shlex.shlex(line, posix=True, punctuation_chars=True))  # ">" in a quoted selection is no redirection
@@ -126,6 +138,11 @@ def test_the_rules_know_the_tour():
 ])
 def test_listed_rows_counts_rows_not_headers(stdout, stderr, rows):
     assert listed_rows(stdout, stderr) == rows
+
+
+def test_empty_columns_are_the_ones_without_any_value():
+    assert empty_columns("frame_number\tgain\tccd_temp\n3852\t\t-20\n3853\t\t\n") == ["gain"]
+    assert empty_columns("frame_number\tgain\n") == [] and empty_columns("3 done\n") == []
 
 
 def test_tour_lines_are_found():
@@ -184,6 +201,8 @@ def _run_lines(lines: list[str], night: Path, env: dict, check_output: bool = Fa
         if check_output and problem is None:
             if must_list_rows(line) and listed_rows(result.stdout, result.stderr) == 0:
                 problem = "lists no row on the demo"
+            elif must_list_rows(line) and "--columns" in line and empty_columns(result.stdout):
+                problem = f"columns without a value on the demo: {', '.join(empty_columns(result.stdout))}"
             expected = next((text for prefix, text in SHOWS.items() if line.startswith(prefix)), None)
             if expected is not None and expected not in result.stdout:
                 problem = f"does not show {expected!r}"
