@@ -29,10 +29,10 @@ from archive.exceptions import ObsarchError, UsageError
 from archive.keywords import load_maps
 from archive.query import Node, compare, is_null, one_of
 from processing import detectors as pixels
-from processing.calib_rules import DEFAULT_RULES, CalibrationRule, Choice, choose_all
+from processing.calib_rules import DEFAULT_RULES, Calib, CalibrationRule, Choice, choose_all
 from processing.combine import DEFAULT_MEMORY, METHODS, _size, calibrate_array, combine_files, parse_memory, quiet_numpy
 from processing.executor import Progress
-from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
+from processing.machinery import Input, Item, Step, StepResult, Writer, run_step, unusable_files
 from processing.runs import done_before, identity, output_directory, params_hash, what_is_at, write_product
 from processing.steps import Frame, inherited, leave_out_bad, mjd_of, nearest, one_value, resolve, safe_name, without_images
 
@@ -82,7 +82,25 @@ def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, 
     frames = raw_frames(engine, selection)
     if not frames:
         raise ObsarchError(f"no raw frames match {_shown(selection)} (products are not calibrated again)")
-    return choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus)
+    choices = choices_by_frame(engine, frames, kinds, rules, hdus)
+    return [choice for frame in frames for choice in choices[frame.exposure_id]]
+
+
+def choices_by_frame(engine, frames: list[Frame], kinds: tuple[str, ...], rules: dict[str, CalibrationRule],
+                     hdus: tuple[str, ...] | None) -> dict[int, list[Choice]]:
+    """The rules' choices of each frame (exposure id -> one per kind). A frame
+    the rules do not see, its file unreadable since the last ingest, gets the
+    reason instead of a master, kind by kind."""
+    choices: dict[int, list[Choice]] = {}
+    for choice in choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus):
+        choices.setdefault(choice.frame.exposure_id, []).append(choice)
+    unseen = [f for f in frames if f.exposure_id not in choices]
+    why = unusable_files(engine, [f.file_id for f in unseen]) if unseen else {}
+    for f in unseen:
+        frame = Calib(f.exposure_id, f.file_id, f.path, f.content, mjd=f.mjd, frame_number=f.frame_number)
+        problem = why.get(f.file_id, f"{f.path}: not readable as the catalog stands (obsarch errors)")
+        choices[f.exposure_id] = [Choice(frame, kind, None, [], rules[kind], problem=problem) for kind in kinds]
+    return choices
 
 
 def _master_inputs(engine, kind: str, selection, band: str | None, count: int | None, to: str | None,
@@ -357,7 +375,7 @@ def _masters_for(engine, frame: Frame, kinds: tuple[str, ...], rules, hdus) -> d
     it; masters that are there but all refused by the rules are an error (a
     flat silently left with its bias would be wrong)."""
     masters = {}
-    for choice in choose_all(engine, [frame.exposure_id], kinds, rules, hdus):
+    for choice in choices_by_frame(engine, [frame], kinds, rules, hdus)[frame.exposure_id]:
         if choice.chosen is not None:
             m = choice.chosen.master
             masters[choice.kind] = Frame(m.exposure_id, m.file_id, m.path, m.content, exptime=m.exptime, mjd=m.mjd)
@@ -650,9 +668,7 @@ class CalibrateStep(Step):
         out = output_directory(self.out_dir)
         with transaction(engine) as conn:
             targets = calibrated_paths(conn, science, out, self.force)
-        choices: dict[int, list[Choice]] = {}
-        for choice in choose_all(engine, [f.exposure_id for f in science], self.use, self.rules, self.hdus):
-            choices.setdefault(choice.frame.exposure_id, []).append(choice)
+        choices = choices_by_frame(engine, science, self.use, self.rules, self.hdus)
         return [self._item(frame, choices[frame.exposure_id], *targets[frame.exposure_id]) for frame in science]
 
     def _item(self, frame: Frame, choices: list[Choice], target: Path, refused: str | None) -> Item:

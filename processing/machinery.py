@@ -266,7 +266,16 @@ class Writer:
 
 def _refuse_changed(engine: Engine, items: list[Item]) -> None:
     """An item whose input is not what the catalog says fails with the reason,
-    before any worker reads it: a file the last ingest found unreadable (cut,
+    before any worker reads it (see :func:`unusable_files`)."""
+    bad = unusable_files(engine, [i.file_id for item in items if item.error is None for i in item.inputs])
+    for item in items:
+        if item.error is None:
+            item.error = next((bad[i.file_id] for i in item.inputs if i.file_id in bad), None)
+
+
+def unusable_files(engine: Engine, file_ids: list[int | None]) -> dict[int, str]:
+    """Why each of ``file_ids`` that a step cannot read as the catalog
+    describes it cannot: a file the last ingest found unreadable (cut,
     damaged), or one gone or rewritten on disk since (its size or mtime
     differ). The catalog still holds the earlier headers and content of such
     a file, so a step would read other bytes than it records (a truncated
@@ -276,7 +285,7 @@ def _refuse_changed(engine: Engine, items: list[Item]) -> None:
 
     from archive.models import File, Root
 
-    ids = sorted({i.file_id for item in items if item.error is None for i in item.inputs if i.file_id is not None})
+    ids = sorted({i for i in file_ids if i is not None})
     bad: dict[int, str] = {}
     with transaction(engine) as conn:
         for file_id, path, status, why, size, mtime_ns in rows_in(
@@ -292,9 +301,7 @@ def _refuse_changed(engine: Engine, items: list[Item]) -> None:
                 continue
             if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
                 bad[file_id] = f"{path}: changed on disk since it was last ingested (obsarch ingest reads it again)"
-    for item in items:
-        if item.error is None:
-            item.error = next((bad[i.file_id] for i in item.inputs if i.file_id in bad), None)
+    return bad
 
 
 def run_step(

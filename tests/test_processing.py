@@ -275,6 +275,26 @@ def test_calibrate_reports_frames_without_masters(night):
     assert "run `obsarch calib bias` first" in summary.failed[0][1]
 
 
+def test_a_frame_unreadable_since_its_ingest_fails_alone(night, url):
+    """calibrate stopped at 'unexpected KeyError' and calibrated nothing when the
+    selection held a frame the last ingest found unreadable; calib explain left
+    the frame out without a word."""
+    catalog, tmp = night
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "masters")
+    calibration.make_master(catalog.engine, "flat", band="V", out_dir=tmp / "masters")
+    cut = tmp / "raw" / "s-12.fits"
+    cut.write_bytes(cut.read_bytes()[:5000])  # its header whole, its data cut
+    catalog.ingest([tmp / "raw"])
+    result = obsarch(url, "calibrate", "frame_type == 'science'", "--out", str(tmp / "cal"), "--workers", "1", code=3)
+    assert result.stdout.count("calibrate: wrote ") == 3
+    assert "3 done" in result.stderr and f"{cut}: unreadable since it was last ingested: " in result.stderr
+    rows = json.loads(obsarch(url, "calib", "explain", "frame_type == 'science'", "--format", "json").stdout)
+    mine = [row for row in rows if row["frame"] == str(cut)]
+    assert [row["type"] for row in mine] == ["bias", "dark", "flat"]
+    assert all(row["chosen"] is None and row["reason"].startswith(f"{cut}: unreadable since it was last ingested: ")
+               for row in mine)
+
+
 def test_an_interrupted_step_leaves_no_product_and_no_successful_run(night, monkeypatch):
     catalog, tmp = night
     engine = catalog.engine
