@@ -172,10 +172,13 @@ def nearest(candidates: list[Frame], count: int, mjd: float) -> list[Frame]:
 
 
 def one_value(frames_: list[Frame], attribute: str, what: str) -> str | None:
-    values = sorted({getattr(f, attribute) for f in frames_}, key=str)
+    values = sorted({getattr(f, attribute) for f in frames_}, key=lambda v: (v is None, str(v)))
     if len(values) > 1:
-        raise ObsarchError(f"the {what} frames are in several {attribute.replace('_', ' ')}s ({', '.join(map(str, values))}); "
-                           f"select one, e.g. \"{attribute} == '{values[0]}'\"")
+        shown = ", ".join("none" if v is None else str(v) for v in values)
+        # frames without the value are selected with `is null`: "== 'None'" would match none of them
+        null = f" (\"{attribute} is null\" for the frames without one)" if values[-1] is None else ""
+        raise ObsarchError(f"the {what} frames are in several {attribute.replace('_', ' ')}s ({shown}); "
+                           f"select one, e.g. \"{attribute} == '{values[0]}'\"{null}")
     return values[0] if values else None
 
 

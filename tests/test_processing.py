@@ -267,6 +267,17 @@ def test_master_choice_rules(catalog, tmp_path, rng):
         calibration.make_master(engine, "dark", out_dir=tmp_path / "m")
 
 
+def test_frames_without_a_value_are_named_with_is_null(catalog, tmp_path, rng):
+    """The advice was "readout_mode == 'None'", which matches no frame."""
+    _night(tmp_path / "raw", rng, modes=(None, "FAST"))
+    catalog.ingest([tmp_path / "raw"])
+    with pytest.raises(ObsarchError) as refused:
+        calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "m")
+    assert str(refused.value).endswith("are in several readout modes (FAST, none); select one, e.g. \"readout_mode == 'FAST'\" "
+                                       "(\"readout_mode is null\" for the frames without one)")
+    assert calibration.make_master(catalog.engine, "bias", "readout_mode is null", out_dir=tmp_path / "m").products
+
+
 def test_calibrate_reports_frames_without_masters(night):
     catalog, tmp = night
     summary = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
