@@ -30,6 +30,7 @@ from sqlalchemy import Engine, insert, select
 
 from archive.db import rows_in, transaction
 from archive.exceptions import ObsarchError
+from archive.formats import counted
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, Offset
 from archive.query import is_null
@@ -627,7 +628,7 @@ def choose_reference(engine: Engine, ids: list[int], *, workers: int | None = No
     best = min(candidates, key=lambda r: (r.fwhm, -(r.nstars or 0), r.id))
     name = f"frame {best.frame_number}" if best.frame_number is not None else f"exposure {best.id}"
     return best.id, (f"reference: {name} (id {best.id}): FWHM {best.fwhm:.2f} px, {best.nstars} stars; the smallest FWHM "
-                     f"of {len(candidates)} frames not graded bad" + (f", {len(unmeasured)} measured first" if unmeasured else ""))
+                     f"of {counted(len(candidates), 'frame')} not graded bad" + (f", {len(unmeasured)} measured first" if unmeasured else ""))
 
 
 def _offset_row(exposure_id, reference_id, transform, error, method, stage, group_id, run_id, chain=None) -> dict:

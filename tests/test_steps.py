@@ -207,6 +207,8 @@ def test_the_automatic_reference_is_the_sharpest_frame_not_graded_bad(raw):
     quality.flag(catalog.engine, f"id == {chosen}", "bad", reason="focus")
     second, _ = offsets.choose_reference(catalog.engine, ids, workers=1)
     assert second != chosen
+    _, why = offsets.choose_reference(catalog.engine, [second], workers=1)
+    assert "the smallest FWHM of 1 frame not graded bad" in why  # was "of 1 frames"
 
 
 # -- groups ---------------------------------------------------------------------------------
