@@ -199,6 +199,25 @@ def test_a_frame_the_star_matcher_cannot_register_gets_a_phase_correlation_shift
         assert conn.execute(select(Offset.method).where(Offset.exposure_id == ids[1])).scalar_one() == "phase"
 
 
+def test_quality_and_offsets_refuse_a_frame_cut_since_its_ingest_with_the_reason(raw):
+    """quality compute said numpy's 'cannot reshape array of size ...' of a frame
+    cut after its ingest, and offsets compute the same of one the last ingest
+    found unreadable; calibrate already said why."""
+    catalog, tmp, numbers = raw
+    first, cut = (tmp / "raw" / f"ngc3293-{n}.fits" for n in numbers[:2])
+    cut.write_bytes(cut.read_bytes()[:5000])
+    measured = quality.compute(catalog.engine, f"{numbers[0]}-{numbers[1]}", workers=1)
+    assert measured.done == [str(first)]
+    assert measured.failed == [(str(cut), "changed on disk since it was last ingested (obsarch ingest reads it again)")]
+    catalog.ingest([tmp / "raw"])  # now unreadable, its headers kept
+    ids = offsets.select_ids(catalog.engine, f"{numbers[0]}-{numbers[2]}")
+    registered = offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    assert len(registered.offsets) == 2 and [key for key, _ in registered.failed] == [str(cut)]
+    assert registered.failed[0][1].startswith("unreadable since it was last ingested: ")
+    with pytest.raises(ObsarchError, match=r"^the reference: .*: unreadable since it was last ingested"):
+        offsets.compute_offsets(catalog.engine, ids, ids[1], workers=1)
+
+
 def test_the_automatic_reference_is_the_sharpest_frame_not_graded_bad(raw):
     catalog, tmp, numbers = raw
     ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
