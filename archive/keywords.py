@@ -82,6 +82,7 @@ class _Values:
         for unit in reversed(units):  # the primary's cards are written last: they win
             merged.update(unit.values())
         self.cards = merged
+        self.units = units
         self.maps = maps
         self.sources: dict[str, str] = {}
         self.utc_offset: timedelta | None = None
@@ -95,6 +96,10 @@ class _Values:
         if card[4] in "sx" and card[2].strip().upper() in self.maps.placeholders:
             return None
         return card
+
+    def hdu_of(self, keyword: str) -> int | None:
+        """The HDU the card of ``keyword`` comes from (the first that has it)."""
+        return next((unit.index for unit in self.units if keyword in unit.values()), None)
 
     def first(self, field: str) -> tuple[str, Card] | None:
         for keyword in self.maps.sources.get(field, ()):
@@ -625,9 +630,9 @@ def _date_obs(values: _Values) -> datetime | None:
     """Start of the exposure in UTC (naive), or None. The first card (or
     pair of cards) that gives a moment wins; one whose moment is no date a
     catalog holds is a problem, and the next is tried."""
-    for moment, field, written in _moments(values):
+    for moment, field, written, keyword in _moments(values):
         try:
-            moment, offset, scale = _in_utc(values, moment, field)
+            moment, offset, scale = _in_utc(values, moment, field, keyword)
         except (ValueError, OverflowError):  # past year 9999, or before year 1, once in UTC
             values.problems.append(("date_obs", written, f"{_BEYOND} once in UTC"))
             continue
@@ -646,17 +651,39 @@ def _moments(values: _Values):
     yield from _from_tstart(values)
 
 
-def _in_utc(values: _Values, moment: datetime, field: str) -> tuple[datetime, timedelta | None, str | None]:
-    """(``moment`` in UTC, naive; its UTC offset; the time scale it was converted from)."""
-    offset = scale_name = None
+def _in_utc(values: _Values, moment: datetime, field: str, keyword: str) -> tuple[datetime, timedelta | None, str | None]:
+    """(``moment``, read from the card ``keyword``, in UTC, naive; its UTC
+    offset; the time scale it was converted from, or why it was not).
+
+    A TIMESYS holds for its own HDU: a primary DATE-OBS beside none is UTC,
+    as FITS says, though the extensions' event times are TT (XMM). A date
+    that is TT by its HDU's TIMESYS stays UTC where the header says so
+    itself: its comment names UTC (eROSITA's 'Start Time (UTC) of
+    exposure'), or it is the TSTART of the same file in UTC to a few seconds
+    and not in TT (Swift's DATE-OBS, 68 s from TSTART in TT)."""
+    offset = None
     if moment.tzinfo is not None:
         offset = moment.utcoffset()
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     scale = values.card("TIMESYS")
-    if scale and scale[4] == "s" and scale[2].strip().upper() in _TT_SCALES and field != "mjd-utc":
-        moment = _to_utc(moment, scale[2].strip().lower())
-        scale_name = scale[2].strip()
-    return moment, offset, scale_name
+    if not (scale and scale[4] == "s" and scale[2].strip().upper() in _TT_SCALES and field != "mjd-utc"
+            and values.hdu_of("TIMESYS") == values.hdu_of(keyword)):
+        return moment, offset, None
+    if field == "date" and re.search(r"\bUTC\b", values.cards[keyword][5] or ""):
+        return moment, offset, f"UTC, as the comment of {keyword} says (TIMESYS {scale[2].strip()} not applied)"
+    converted = _to_utc(moment, scale[2].strip().lower())
+    if field == "date" and _is_tstart_in_utc(values, moment, converted):
+        return moment, offset, f"UTC, as TSTART in UTC says (TIMESYS {scale[2].strip()} not applied)"
+    return converted, offset, scale[2].strip()
+
+
+def _is_tstart_in_utc(values: _Values, as_utc: datetime, as_tt: datetime, within: timedelta = timedelta(seconds=5)) -> bool:
+    """Whether a date read as UTC (``as_utc``) is the file's TSTART in UTC,
+    where read as TT (``as_tt``, converted) it is not."""
+    for start, _, _, keyword in _from_tstart(values):
+        start, _, _ = _in_utc(values, start, "tstart", keyword)
+        return abs(as_utc - start) <= within < abs(as_tt - start)
+    return False
 
 
 def _from_date_keywords(values: _Values):
@@ -670,7 +697,7 @@ def _from_date_keywords(values: _Values):
             continue
         parsed, why = _read_date(card[2])
         if isinstance(parsed, datetime):
-            yield parsed, "date", f"{keyword}={card[2]!r}"
+            yield parsed, "date", f"{keyword}={card[2]!r}", keyword
         elif isinstance(parsed, date):
             for time_keyword in values.maps.sources["time"]:
                 time_card = values.card(time_keyword)
@@ -686,7 +713,7 @@ def _from_date_keywords(values: _Values):
                 except OverflowError:  # 9999-12-31 + 23:59:60.5
                     values.problems.append(("date_obs", written, _BEYOND))
                     continue
-                yield moment, "date", written
+                yield moment, "date", written, keyword
         else:
             values.reject("date_obs", keyword, card, why)
 
@@ -703,7 +730,7 @@ def _from_mjd(values: _Values):
             continue
         # A whole-number MJD-OBS (SAAO) is the day, not the time: not used.
         if number != int(number):
-            yield moment, "mjd", f"{keyword}={values.cards[keyword][2]!r}"
+            yield moment, "mjd", f"{keyword}={values.cards[keyword][2]!r}", keyword
 
 
 def _from_tstart(values: _Values):
@@ -725,7 +752,7 @@ def _from_tstart(values: _Values):
     except (OverflowError, ValueError):
         values.problems.append(("date_obs", written, _BEYOND))
         return
-    yield moment, "tstart", written
+    yield moment, "tstart", written, "TSTART"
 
 
 def _to_utc(moment: datetime, scale: str) -> datetime:

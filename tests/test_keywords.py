@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -107,6 +108,26 @@ def test_date_obs(cards, expected):
 def test_tt_times_are_converted_to_utc():
     row = norm({"DATE-OBS": "2000-01-10T06:47:15", "TIMESYS": "TT"})
     assert row["date_obs"] == datetime(2000, 1, 10, 6, 46, 10, 816000)
+
+
+@pytest.mark.parametrize("primary, extension, expected, said", [
+    # XMM: the primary's DATE-OBS beside no TIMESYS is UTC; the events' TT is theirs
+    ({"DATE-OBS": "2011-08-12T00:30:58"}, {"TIMESYS": "TT", "TSTART": 366424387.921}, datetime(2011, 8, 12, 0, 30, 58), None),
+    # eROSITA: the card says UTC under a TIMESYS of TT
+    ({"DATE-OBS": ("2019-11-03T01:08:06", "Start Time (UTC) of exposure"), "TIMESYS": "TT"}, {},
+     datetime(2019, 11, 3, 1, 8, 6), "UTC, as the comment of DATE-OBS says (TIMESYS TT not applied)"),
+    # Swift: DATE-OBS is the file's TSTART in UTC, 68 s from it in TT
+    ({"DATE-OBS": "2016-01-02T16:12:05", "TIMESYS": "TT", "MJDREFI": 51910, "MJDREFF": 7.428703703703703e-04,
+      "TSTART": 473443929.2}, {}, datetime(2016, 1, 2, 16, 12, 5), "UTC, as TSTART in UTC says (TIMESYS TT not applied)"),
+    # Chandra: DATE-OBS is TSTART in TT: converted
+    ({"DATE-OBS": "2008-10-04T00:44:07", "TIMESYS": "TT", "MJDREF": 50814.0, "TSTART": 339468247.43}, {},
+     datetime(2008, 10, 4, 0, 43, 1, 816000), "TT"),
+])
+def test_a_time_scale_holds_where_the_header_says(primary, extension, expected, said):
+    """DATE-OBS of XMM, eROSITA and Swift files was moved 64-69 s early as if TT."""
+    row = norm(primary, "x.fits", extension) if extension else norm(primary)
+    assert row["date_obs"] == expected
+    assert json.loads(row["sources"]).get("timesys") == said
 
 
 def test_mjd_follows_date_obs():

@@ -132,6 +132,19 @@ def test_sexagesimal_and_local_times(real):
     assert dss["date_obs"].to_pydatetime().date().isoformat() == "1976-03-11"
 
 
+@pytest.mark.parametrize("name, date_obs", [
+    ("xray/MNLup_2138_0670580101_EMOS1_S001_specbg.fits", datetime(2011, 8, 12, 0, 30, 58)),  # UTC: no TIMESYS beside it
+    ("xray/LightCurve_bexvar.fits", datetime(2019, 11, 3, 1, 8, 6)),  # 'Start Time (UTC) of exposure'
+    ("xray/target_sr.pha", datetime(2016, 1, 2, 16, 12, 5)),  # TSTART in UTC, 16:12:05.017
+    ("xray/chandra_test.fits", datetime(2008, 10, 4, 0, 43, 1, 816000)),  # TT, as its TSTART: 00:44:07 less 65.184 s
+    ("xray/xte_test.evt.gz", datetime(2008, 1, 13, 12, 45, 34, 816000)),  # TT too
+])
+def test_xray_start_times_are_utc(real, name, date_obs):
+    """XMM, eROSITA and Swift start times were moved 64-69 s early as if they were TT."""
+    catalog, _, _ = real
+    assert row(catalog, name)["date_obs"].to_pydatetime() == date_obs
+
+
 def test_invalid_cards_are_kept_and_reported(real):
     catalog, _, _ = real
     errors = catalog.errors()
