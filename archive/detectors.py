@@ -71,14 +71,21 @@ def detectors_of_units(units) -> list[Detector]:
     found, versions = [], {}
     for unit in units:
         shape = parse_shape(unit.shape)
-        if not is_detector(unit.hdu_type, unit.extname, shape):
-            continue
         values = unit.values()
+        if not is_detector(unit.hdu_type, unit.extname, shape) or _is_weight_map(values):
+            continue
         keywords = {k: (values[k][2] if k in values else None) for k in NAME_KEYWORDS}
         found.append(Detector(unit.index, detector_name(unit.index, unit.extname, keywords), shape))
         if "EXTVER" in unit.values() and unit.values()["EXTVER"][4] == "i":
             versions[unit.index] = int(unit.values()["EXTVER"][3])
     return _unique(found, versions)
+
+
+def _is_weight_map(values: dict) -> bool:
+    """An OGIP weight map (HDUCLAS2 'WMAP'): the image of a spectrum's
+    extraction region (Swift's primary HDU), no detector's pixels."""
+    card = values.get("HDUCLAS2")
+    return card is not None and card[4] == "s" and (card[2] or "").strip().upper() == "WMAP"
 
 
 def _unique(found: list[Detector], versions: dict[int, int] | None = None) -> list[Detector]:

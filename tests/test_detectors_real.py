@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from archive.exceptions import ObsarchError
 from processing import calibration, quality
 from processing.machinery import EXIT_DONE
 
@@ -84,3 +85,15 @@ def test_a_muse_cube_is_one_detector_measured_on_its_white_light(catalog, real_d
         rows = conn.execute(text("select detector, hdu_index, error from detector_metrics")).all()
     assert [tuple(r) for r in rows] == [("DATA", 1, None)]
     assert list(catalog.query("n_detectors == 1", columns="detector_shape")["detector_shape"]) == ["500x30x30"]
+
+
+def test_a_spectrums_weight_map_is_no_detector(catalog, real_data, tmp_path):
+    """Swift's spectrum carries its extraction region's weight map as a primary
+    image: quality compute measured it as a science frame (3 stars in a map)."""
+    import shutil
+
+    shutil.copy(real_data / "xray" / "target_sr.pha", tmp_path)
+    catalog.ingest([tmp_path])
+    assert catalog.query("n_detectors == 0", columns="relpath")["relpath"].tolist() == ["target_sr.pha"]
+    with pytest.raises(ObsarchError, match=r"nothing to measure: the 1 exposure selected has no image \(target_sr.pha\)"):
+        quality.compute(catalog.engine, "relpath == 'target_sr.pha'", workers=1)
