@@ -67,7 +67,11 @@ def ingest(
         if summary.new + summary.changed + summary.unchanged == 0:  # nothing else to store: an error, not partial
             err_console.print(f"{files} failed and no other file was found; see `obsarch errors`", markup=False)
             raise typer.Exit(1)
-        err_console.print(f"{files} failed, the others were stored; see `obsarch errors`", markup=False)
+        if summary.new + summary.changed:
+            err_console.print(f"{files} failed, the others were stored; see `obsarch errors`", markup=False)
+        else:  # a re-scan whose only news are failures stored none
+            kept = "the unchanged file stays" if summary.unchanged == 1 else f"the {summary.unchanged} unchanged files stay"
+            err_console.print(f"{files} failed and no file was stored; {kept} as stored; see `obsarch errors`", markup=False)
         raise typer.Exit(3)
     if unsummarized:  # stored, but their counts and rates are missing: partial
         raise typer.Exit(3)

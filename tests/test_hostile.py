@@ -179,6 +179,11 @@ def test_bad_fits_costs_only_itself(stocked, tmp_path, kind):
     one_line(result, code, piece)
     if code == 3:
         assert result.stderr.strip().splitlines()[-1].startswith("1 file failed, the others were stored")
+        # again: the neighbour unchanged, nothing stored, and said so (was "the others were stored")
+        again = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "bad")])
+        assert again.exit_code == 3
+        assert again.stderr.strip().splitlines()[-1] == ("1 file failed and no file was stored; the unchanged file stays as "
+                                                         "stored; see `obsarch errors`")
     assert snapshot() == before
     engine = db.make_engine(url)
     with engine.connect() as conn:
