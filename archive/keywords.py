@@ -313,6 +313,10 @@ def _exptime(values: _Values, xray: bool, filename: str = "") -> float | None:
         if number < 0:
             values.reject("exptime", keyword, card, "negative (an exposure time is 0 or more)")
             continue
+        if xray and number == 0:  # a placeholder (eROSITA's merged light curve): no X-ray file is a bias
+            if not any(column == "exptime" for column, _, _ in values.problems):
+                values.reject("exptime", keyword, card, "0 in an X-ray file: no exposure time")
+            continue
         values.note("exptime", keyword, card)
         seconds = _in_seconds(values, filename, keyword, card, number)
         if seconds is not None:

@@ -130,6 +130,18 @@ def test_a_time_scale_holds_where_the_header_says(primary, extension, expected, 
     assert json.loads(row["sources"]).get("timesys") == said
 
 
+def test_an_xray_exposure_of_0_is_no_exposure_time():
+    """eROSITA's merged light curve says EXPOSURE, ONTIME and LIVETIME 0: its
+    exptime was 0 s, a bias's, while the X-ray summary said 'EXPOSURE is 0: not used'."""
+    with pytest.warns(UserWarning) as told:
+        row = norm({"TELESCOP": "eROSITA", "EXPOSURE": 0.0, "ONTIME": 0.0, "LIVETIME": 0.0}, "lc.fits")
+    assert row["exptime"] is None
+    assert [str(w.message) for w in told] == ["lc.fits: exptime left empty, EXPOSURE='0.0' kept as written: "
+                                              "0 in an X-ray file: no exposure time"]
+    assert norm({"TELESCOP": "CHANDRA", "EXPOSURE": 0.0, "LIVETIME": 3000.0})["exptime"] == 3000.0
+    assert norm({"EXPTIME": 0.0})["exptime"] == 0.0  # an optical 0 s is a bias
+
+
 def test_mjd_follows_date_obs():
     assert norm({"DATE-OBS": "2017-08-16T12:00:00"})["mjd"] == pytest.approx(57981.5)
 

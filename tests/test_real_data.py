@@ -75,7 +75,7 @@ def test_lco_frames(real, name, exptime, date_obs, night, frame):
         ("xray/nu30002041016A01_cl_3to20keV_det1.fits", "NuSTAR", "30002041016", 29526.04058639671),
         ("xray/MNLup_2138_0670580101_EMOS1_S001_specbg.fits", "XMM", "0670580101", 42589.3742691135),
         ("xray/target_sr.pha", "SWIFT", "00092220001", 4812.266998952208),
-        ("xray/LightCurve_bexvar.fits", "eROSITA", "300007", 0.0),
+        ("xray/LightCurve_bexvar.fits", "eROSITA", "300007", "empty"),  # EXPOSURE, ONTIME, LIVETIME all 0: none
         ("xray/xte_test.evt.gz", "XTE", "93087-01-02-11", None),
         ("regions/acisf07999_000N001_r0035_regevt3_srcimg.fits", "CHANDRA", "7999", None),
     ],
@@ -84,7 +84,9 @@ def test_xray_files(real, name, telescope, obsid, exposure):
     catalog, _, _ = real
     xray = row(catalog, name)
     assert (xray["telescope"], xray["obsid"]) == (telescope, obsid)
-    if exposure is not None:
+    if exposure == "empty":
+        assert xray["exptime"] is None
+    elif exposure is not None:
         assert xray["exptime"] == pytest.approx(exposure)
     assert xray["frame_number"] is None or xray["frame_number"] != xray["frame_number"]  # NULL: no frame numbers from X-ray names
 
