@@ -292,6 +292,9 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
+        # a file gone since: its reason is of its last reading, not why it is gone
+        rows = [(path, status, f"gone from disk; when last read: {why}" if status == "missing" else why)
+                for path, status, why in rows]
         return frame_of(rows, ["path", "status", "reason"])
 
     def runs(self, limit: int = 20) -> pd.DataFrame:

@@ -231,6 +231,18 @@ def test_a_good_file_gone_bad_keeps_what_was_stored(catalog, tmp_path, rng):
     assert fixed.changed == 1 and catalog.errors().empty
 
 
+def test_a_bad_file_gone_says_its_reason_is_of_its_last_reading(catalog, tmp_path, rng):
+    """errors listed a deleted file as 'missing' beside 'truncated: ...', as if
+    it were missing for being cut."""
+    path = write_frame(tmp_path / "f-0007.fits", rng, shape=(64, 64))
+    path.write_bytes(path.read_bytes()[:-4000])
+    catalog.ingest([tmp_path])
+    (reason,) = catalog.errors()["reason"].tolist()
+    path.unlink()
+    catalog.ingest([tmp_path])
+    assert catalog.errors()[["status", "reason"]].values.tolist() == [["missing", f"gone from disk; when last read: {reason}"]]
+
+
 def test_ingest_twice_leaves_the_same_catalog(catalog, tmp_path, rng):
     night_of_frames(tmp_path, rng)
     catalog.ingest([tmp_path])
