@@ -200,7 +200,24 @@ def time_range(headers: list) -> tuple[float | None, float | None, list[str]]:
             stop = _date_to_mjd_utc("DATE-END", dated) if "DATE-END" in dated else None
     except BadTimeCard as bad:
         return None, None, str(bad).split("; ")
-    return start, stop, []
+    return start, stop, _disagreeing_dates(timed, dated, start)
+
+
+def _disagreeing_dates(timed: list, dated, start: float) -> list[str]:
+    """A warning when TSTART and DATE-OBS of one file name days a day or more
+    apart (eROSITA's merged light curve: DATE-OBS 2019-11-03, TSTART four days
+    later): the start follows TSTART, and says so. Minutes apart is no
+    disagreement (a cleaned event list starts after its observation)."""
+    if not timed or dated is None:
+        return []
+    try:
+        observed = _date_to_mjd_utc("DATE-OBS", dated)
+    except BadTimeCard:
+        return []
+    days = abs(start - observed)
+    if days < 1:
+        return []
+    return [f"TSTART and DATE-OBS ({str(dated['DATE-OBS']).strip()}) are {days:.1f} days apart: the times follow TSTART"]
 
 
 # -- columns, a chunk at a time --------------------------------------------------

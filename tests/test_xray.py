@@ -128,6 +128,8 @@ def test_light_curve_mean_rate_and_fractional_rms(real_data):
     assert summary.mean_rate == pytest.approx(mean, rel=1e-9)
     assert summary.frac_rms == pytest.approx(rms, rel=1e-9)
     assert any("3 energy bands" in w for w in summary.warnings)
+    # its TSTART is four days after its DATE-OBS (and its first TIME): said, not taken as right
+    assert "TSTART and DATE-OBS (2019-11-03T01:08:06) are 4.1 days apart: the times follow TSTART" in summary.warnings
 
 
 @pytest.mark.parametrize(
@@ -158,6 +160,7 @@ def test_mjd_start_agrees_with_date_obs(real_data, name, scale):
     summary = xray.summarize_file(str(real_data / "xray" / name))
     date_obs = Time(header["DATE-OBS"], scale=scale).utc.mjd
     assert abs(summary.mjd_start - date_obs) * 86400 < 1.0
+    assert not any("DATE-OBS" in w for w in summary.warnings)
 
 
 def test_columns_are_read_in_chunks_not_whole(tmp_path, monkeypatch, rng):
