@@ -1409,12 +1409,13 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
 
 def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
     """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending,
-    empty values last)."""
+    empty values last). A header keyword sorts by its number, then by its
+    text: a text keyword has no number, and was left unsorted."""
     result = []
     for field, descending in parse_sort(sort):
         with naming("sort", sort):
             expressions = column_expressions(field, compiler)
         # empty values last either way, on both backends (SQLite puts NULL first, PostgreSQL last)
-        result.extend((expression.desc() if descending else expression.asc()).nulls_last() for _, expression in expressions[:1])
+        result.extend((expression.desc() if descending else expression.asc()).nulls_last() for _, expression in expressions)
     return result
 

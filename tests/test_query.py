@@ -148,6 +148,20 @@ def test_sort_and_limit(night):
     assert frame.values.tolist() == [[3867, 150.0], [3871, 150.0], [3875, 150.0], [3866, 120.0]]
 
 
+def test_a_text_keyword_sorts_by_its_text(catalog, tmp_path, rng):
+    """sort by hdr['OBJECT'] left the rows in id order: only the keyword's
+    number was sorted on, and a text card has none."""
+    for number, name in enumerate(["M31", "ngc 253", "Abell 1689", "M101"], start=1):
+        write_frame(tmp_path / f"f-{number}.fits", rng, {"OBJECT": name, "FRAMENUM": number, "AIRMASS": 1 + number % 3 / 10})
+    catalog.ingest([tmp_path])
+    up = catalog.query(None, columns="hdr['OBJECT']", sort="hdr['OBJECT']")["hdr['OBJECT']"].tolist()
+    assert up == sorted(up) == ["Abell 1689", "M101", "M31", "ngc 253"]
+    down = catalog.query(None, columns="hdr['OBJECT']", sort="-hdr['OBJECT']")["hdr['OBJECT']"].tolist()
+    assert down == up[::-1]
+    numbers = catalog.query(None, columns="frame_number", sort="-hdr['AIRMASS'],frame_number")["frame_number"].tolist()
+    assert numbers == [2, 1, 4, 3]  # a number still sorts as a number (1.2, 1.1, 1.1, 1.0)
+
+
 def test_results_become_astropy_tables(night):
     table = night.query("band == 'V'").to_table()
     assert len(table) == 7 and "frame_number" in table.colnames
