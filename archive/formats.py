@@ -16,6 +16,12 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
     return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
+def frame_label(frame_number, exposure_id) -> str:
+    """``#3852`` for a frame number (``#0`` too), ``exposure 84`` for a frame
+    without one: an exposure id is no frame number."""
+    return f"exposure {exposure_id}" if missing(frame_number) else f"#{int(frame_number)}"
+
+
 def missing(value) -> bool:
     if value is None:
         return True

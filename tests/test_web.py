@@ -550,3 +550,20 @@ def test_the_thumbnail_worker_survives_a_file_it_cannot_picture(tmp_path, monkey
     assert cache.wait(odd, 10) == ("failed", "cannot make a picture: KeyError: 'a surprise'")
     assert cache.wait(fine, 10) == ("ready", None)
     cache.close()
+
+
+def test_a_frame_is_labelled_by_its_frame_number_even_0_and_never_by_its_id(catalog, tmp_path):
+    """Frame 0 was shown as '#84', its exposure id, which reads as frame 84;
+    so was a frame without a number."""
+    rng = np.random.default_rng(5)
+    base = {"IMAGETYP": "Light Frame", "FILTER": "V", "DATE-OBS": "2017-08-16T01:00:00"}
+    write_image(tmp_path / "n" / "zero.fits", rng.normal(100, 1, (16, 16)).astype(np.float32), {**base, "FRAMENUM": 0})
+    write_image(tmp_path / "n" / "unnumbered.fits", rng.normal(100, 1, (16, 16)).astype(np.float32), base)
+    catalog.ingest([tmp_path / "n"])
+    ids = {path.rsplit("/", 1)[1]: i for i, path in catalog.query(None, columns="id,path").itertuples(index=False)}
+    with client(catalog, tmp_path) as http:
+        zero, unnumbered = (http.get(f"/exposures/{ids[name]}").text for name in ("zero.fits", "unnumbered.fits"))
+        cards = http.get(f"/nights/{NIGHT}", params={"band": "V"}).text
+    assert "<h1>#0 <small>" in zero
+    assert f"<h1>exposure {ids['unnumbered.fits']} <small>" in unnumbered
+    assert ">#0</a>" in cards and f">exposure {ids['unnumbered.fits']}</a>" in cards

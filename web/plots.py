@@ -8,6 +8,8 @@ import numbers
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from archive.formats import frame_label
+
 EPOCH = datetime(1970, 1, 1)
 
 # The metrics a night is judged by, against time.
@@ -69,7 +71,7 @@ def time_plot(rows: list[dict], metric: str, label: str) -> Plot | None:
     for row, t, v in zip(usable, times, values, strict=True):
         clock = f"{row['date_obs'].hour:02d}:{row['date_obs'].minute:02d}:{row['date_obs'].second:02d}"  # strftime costs more
         plot.points.append({"x": round(x_of(t), 1), "y": round(y_of(v), 1), "id": row["id"], "grade": row.get("grade"),
-                            "title": f"#{row.get('frame_number') or row['id']} {clock} {label} {v:.4g}"})
+                            "title": f"{frame_label(row.get('frame_number'), row['id'])} {clock} {label} {v:.4g}"})
     plot.y_ticks = [(round(y_of(v), 1), f"{v:.4g}") for v in _ticks(y_low, y_high)]
     plot.x_ticks = [(round(x_of(t), 1), (EPOCH + timedelta(seconds=t)).strftime("%H:%M")) for t in _time_ticks(t_low, t_high)]
     return plot

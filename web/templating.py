@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from archive.formats import counted, rounded
+from archive.formats import counted, frame_label, rounded
 from processing.report import GRADE_COLOURS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -54,5 +54,6 @@ def environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
         undefined=jinja2.StrictUndefined,
     )
+    env.globals.update(frame_label=frame_label)
     env.filters.update(cell=cell, clock=clock, counted=counted, colour=colour, pretty_json=pretty_json, selection_string=selection_string)
     return env
