@@ -126,6 +126,11 @@ SQL_POSTGRES = {
     "pg_read_file": ("select pg_read_file('/etc/hostname')", "is read-only"),
     "pg_terminate_backend": ("select pg_terminate_backend(pid) from pg_stat_activity where pid <> pg_backend_pid()", "is read-only"),
     "set_config role": ("select set_config('role', 'postgres', true)", "refuses set_config"),
+    # a set_config put together at run time, inside a function that runs SQL text (found by a team trial)
+    "query_to_xml": ("select query_to_xml(format('select set_%s(''role'',''postgres'',true), pg_read_file(''/etc/hostname'')', "
+                     "'config'), true, false, '')", "refuses query_to_xml()"),
+    "ts_stat": ("select * from ts_stat(format('select set_%s(''role'',''postgres'',true)::tsvector', 'config'))",
+                "refuses ts_stat()"),
     "DO block": ("DO $$ BEGIN RESET ROLE; END $$", "is read-only"),
     "lo_export": ("select lo_export(1, '{tmp}/lo')", "is read-only"),
 }
