@@ -416,9 +416,14 @@ SchedulerOption = Annotated[Optional[str], typer.Option(help="dask scheduler add
 ForceOption = Annotated[bool, typer.Option(help="Do it again even where an identical earlier run's results exist.")]
 RefArg = Annotated[str, typer.Argument(help="A frame number, a file path, or (with --id) an exposure id.")]
 ByIdOption = Annotated[bool, typer.Option("--id", help="REF is an exposure id.")]
+MAX_TIMEOUT_S = 2_147_483  # PostgreSQL's statement_timeout holds at most 2**31 - 1 ms (24 days)
+
+
 def _not_negative(value: float) -> float:
     if value < 0 or not math.isfinite(value):
         raise typer.BadParameter(f"{value:g} is {'below 0' if value < 0 else 'no number of seconds'}; give seconds, or 0 for no limit")
+    if value > MAX_TIMEOUT_S:
+        raise typer.BadParameter(f"{value:g} s is beyond the longest timeout, {MAX_TIMEOUT_S} s (24 days); 0 for no limit")
     return value
 
 

@@ -708,6 +708,9 @@ def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tm
     # option values a command cannot take: usage errors (2), before anything runs
     (["query", "id > 0", "--timeout", "1e999"], 2,
      "error: invalid value for '--timeout': inf is no number of seconds; give seconds, or 0 for no limit (see "),
+    # past PostgreSQL's statement_timeout (2**31 - 1 ms): was 'unexpected InvalidParameterValue', exit 1
+    (["sql", "select 1", "--timeout", "3000000"], 2,
+     "error: invalid value for '--timeout': 3e+06 s is beyond the longest timeout, 2147483 s (24 days); 0 for no limit (see "),
     (["group", "pointing", "--method", "dbscan", "--radius", "1e999deg"], 2, "error: the angle '1e999deg' is not between 0 and 180 degrees"),
     (["group", "pointing", "--method", "dbscan", "--radius", "abc"], 2,
      "error: cannot read the angle 'abc': give e.g. 30arcsec, 2arcmin or 0.5deg"),
