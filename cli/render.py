@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from datetime import date, datetime
+from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -160,7 +161,10 @@ def _ecsv(names: list[str], rows: list[tuple]) -> None:
 
     from archive.results import frame_of
 
-    frame = frame_of([[iso(v) if isinstance(v, (datetime, date)) else v for v in row] for row in rows], names)
+    def plain(v):  # ECSV has no type for PostgreSQL's numeric (a Decimal): a float64 column holds it
+        return iso(v) if isinstance(v, (datetime, date)) else float(v) if isinstance(v, Decimal) else v
+
+    frame = frame_of([[plain(v) for v in row] for row in rows], names)
     buffer = io.StringIO()
     Table.from_pandas(frame).write(buffer, format="ascii.ecsv")
     typer.echo(buffer.getvalue(), nl=False)

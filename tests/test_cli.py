@@ -43,6 +43,9 @@ def test_tour(ingested, tmp_path):
 
     out = run(ingested, "query", "hdr['EXPTIME'] > 100", "--format", "ecsv").stdout
     assert out.startswith("# %ECSV") and "hdr['EXPTIME']" in out
+    # an average is PostgreSQL's numeric (a Decimal): was 'unexpected TypeError: ... not JSON serializable'
+    out = run(ingested, "sql", "select avg(size) as mean, sum(size) as total from files", "--format", "ecsv").stdout
+    assert "# - {name: mean, datatype: float64}" in out and "# - {name: total, datatype:" in out
 
     table = run(ingested, "query", "frame_type == 'bias'").stdout
     assert "3852" in table and "bias" in table
