@@ -27,6 +27,7 @@ from archive.exceptions import (
     QueryTimeout,
     ReadOnlyViolation,
     SchemaOutOfDate,
+    UsageError,
 )
 
 DEFAULT_URL = "sqlite:///obsarch.db"
@@ -365,12 +366,34 @@ def _stored_revision(engine: Engine) -> str | None:
             return None
 
 
+def known_revisions() -> list[str]:
+    """The schema revisions this obsarch carries, oldest first (their files
+    are named by them: ``0008_step_runs.py``)."""
+    from migrations import versions
+
+    return sorted(p.name[:4] for p in Path(versions.__file__).parent.glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def unknown_schema(engine: Engine, current: str) -> SchemaOutOfDate:
+    """A catalog at a revision this obsarch does not carry: a later obsarch's,
+    or another program's alembic table; upgrading cannot help."""
+    return SchemaOutOfDate(f"the catalog at {_where(engine)} is at schema {current}, which this obsarch (schema "
+                           f"{head_revision()}) does not know: a later obsarch made it (install that one), or it is "
+                           "not an obsarch catalog")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the catalog's schema to ``revision``; a database that cannot
-    hold a catalog is refused in one line, before alembic runs."""
+    hold a catalog, a revision this obsarch does not carry and a catalog at
+    one are refused in one line, before alembic runs."""
     from alembic import command
 
-    current_revision(engine)
+    known = known_revisions()
+    if revision != "head" and revision not in known:
+        raise UsageError(f"unknown schema revision {revision!r}; this obsarch carries {known[0]} to {known[-1]} (or head)")
+    current = current_revision(engine)
+    if current is not None and current not in known:
+        raise unknown_schema(engine, current)
     try:
         command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
@@ -412,6 +435,8 @@ def check_schema(engine: Engine) -> None:
         raise CatalogNotFound(
             f"no obsarch catalog at {where}; run `obsarch init` first (or name one with --db or ${ENV_VAR})"
         )
+    if current not in known_revisions():
+        raise unknown_schema(engine, current)
     raise SchemaOutOfDate(
         f"the catalog at {where} is at schema {current}, this obsarch needs {head}; "
         "run `obsarch db upgrade`"

@@ -103,7 +103,8 @@ def db_current() -> None:
 
     engine = db.make_engine(STATE.db)
     current, head = db.current_revision(engine), db.head_revision(engine)
-    state = "up to date" if current == head else "run `obsarch db upgrade`"
+    state = ("up to date" if current == head else "run `obsarch db upgrade`" if current is None or current in db.known_revisions()
+             else "unknown to this obsarch: a later obsarch made it, or it is not an obsarch catalog")
     console.print(f"catalog: {current or '(none)'}  obsarch: {head}  ({state})")
 
 

@@ -112,6 +112,26 @@ def test_db_commands(url):
     assert f"schema {head_revision()}: already up to date" in run(url, "db", "upgrade").stdout
 
 
+def test_a_catalog_at_a_schema_this_obsarch_does_not_carry_is_told_so(url):
+    """A later obsarch's catalog (0099) was told to run `obsarch db upgrade`,
+    which then failed with 'unexpected CommandError'."""
+    from sqlalchemy import text
+
+    from archive.db import head_revision, make_engine
+
+    run(url, "init")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("update alembic_version set version_num = '0099'"))
+    engine.dispose()
+    told = (f"is at schema 0099, which this obsarch (schema {head_revision()}) does not know: a later obsarch made it "
+            "(install that one), or it is not an obsarch catalog")
+    assert told in obsarch(url, "query", code=1).stderr
+    assert told in obsarch(url, "db", "upgrade", code=1).stderr
+    assert "unknown to this obsarch" in run(url, "db", "current").stdout
+    assert "unknown schema revision 'bogus'; this obsarch carries 0001 to" in obsarch(url, "db", "upgrade", "bogus", code=2).stderr
+
+
 def test_default_url_is_obsarch_db_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OBSARCH_DB", raising=False)
