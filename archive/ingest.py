@@ -27,6 +27,7 @@ import tempfile
 import time
 import warnings as pywarnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -797,9 +798,35 @@ def _build_at_once(engine: Engine, statements: list[str], at_once: int) -> None:
         future.result()
 
 
+class CardTableBusy(Exception):
+    """The card table stayed in use past BULK_LOCK_TIMEOUT_S: its indexes
+    and keys stay, and the load goes in with them (slower, never stuck)."""
+
+
+BULK_LOCK_TIMEOUT_S = 5
+
+
+@contextmanager
+def _bulk_ddl(engine: Engine) -> Iterator[Connection]:
+    """A transaction that drops card indexes or keys for a bulk load. On
+    PostgreSQL it waits at most BULK_LOCK_TIMEOUT_S for the card table: an
+    open transaction that read it (a notebook, psql) would hold the drop,
+    and every keyword query queued behind the drop, for as long as it stays
+    open. Concurrent ingests still take turns (their lock is taken first)."""
+    try:
+        with transaction(engine, write=True) as conn:
+            serialize(conn, "card indexes")
+            if not is_sqlite(conn):
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{BULK_LOCK_TIMEOUT_S}s'")
+            yield conn
+    except DatabaseError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        raise CardTableBusy() from None
+
+
 def _drop_card_indexes(engine: Engine) -> None:
-    with transaction(engine, write=True) as conn:
-        serialize(conn, "card indexes")
+    with _bulk_ddl(engine) as conn:
         names = [index.name for index in card_indexes()]
         # IF EXISTS rather than Index.drop(checkfirst=True), which asks the
         # catalog for each (~20 ms of every first ingest on PostgreSQL)
@@ -835,7 +862,7 @@ def _sort_memory(conn: Connection, megabytes: int = SORT_MEMORY_MB) -> None:
 
 
 def _drop_card_constraints(engine: Engine) -> None:
-    with transaction(engine, write=True) as conn:
+    with _bulk_ddl(engine) as conn:
         drop_card_constraints(conn)
 
 
@@ -1051,8 +1078,18 @@ def ingest(
         to_read, bad, known, gone = _plan(engine, resolved, summary)
         bulk = _is_bulk(engine, len(to_read))
         if bulk:
-            _drop_card_indexes(engine)
-            _drop_card_constraints(engine)
+            busy = (f"the card table stayed in use for {BULK_LOCK_TIMEOUT_S} s (an open transaction: a psql or notebook "
+                    "session, a long query): loaded with its {} in place, slower")
+            try:
+                _drop_card_indexes(engine)
+            except CardTableBusy:
+                bulk = False
+                summary.notes.append(busy.format("indexes and keys"))
+            else:
+                try:
+                    _drop_card_constraints(engine)
+                except CardTableBusy:  # the indexes are made again at the end, as after any bulk load
+                    summary.notes.append(busy.format("keys"))
         total = len(to_read) + len(bad)
         done = 0
         scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
