@@ -352,8 +352,12 @@ def test_thumbnails_are_made_once_per_file_version_and_kept(night, tmp_path):
         time.sleep(0.01)
         write_image(tmp_path / "night" / "ngc3293-3870.fits", np.zeros((64, 64), dtype=np.float32) + 3,
                     {"FILTER": "R", "DATE-OBS": "2017-08-16T02:00:00"})
+        # a browser asks again with the ETag it has: the same picture costs a 304; it kept one a day (max-age) before,
+        # and showed the old picture after the file changed under the same URL
+        assert first.headers["cache-control"] == "private, no-cache"
+        assert http.get(f"/exposures/{exposure_id}/thumbnail.png", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
         night.ingest([tmp_path / "night"])
-        changed = http.get(f"/exposures/{exposure_id}/thumbnail.png")
+        changed = http.get(f"/exposures/{exposure_id}/thumbnail.png", headers={"If-None-Match": first.headers["etag"]})
     assert changed.status_code == 200 and changed.content != first.content
     assert sorted(p.name.split("-")[:2] for p in (tmp_path / "thumbs").glob("*.png")) == [[str(exposure_id), "v1"],
                                                                                          [str(exposure_id), "v2"]]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import re
 import tempfile
 import time
@@ -234,8 +235,7 @@ class Review:
             self.thumbnails.forget(item)  # the cache directory was removed while serving
         state, reason = await run_in_threadpool(self.thumbnails.wait, item, THUMBNAIL_WAIT_S)
         if state == "ready":
-            return FileResponse(self.thumbnails.png(item), media_type="image/png",
-                                headers={"Cache-Control": "private, max-age=86400"})
+            return _png(request, self.thumbnails.png(item))
         if state == "failed":
             return PlainTextResponse(f"no picture: {reason}\n", 404)
         return PlainTextResponse("the thumbnail is being made; ask again\n", 503, headers={"Retry-After": "2"})
@@ -252,7 +252,7 @@ class Review:
         name = f"{self.item(row).key}-{how}-{'all' if hdu_index is None else hdu_index}.png"
         target = self.thumbnails.directory / "previews" / name
         if target.exists():
-            return FileResponse(target, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+            return _png(request, target)
         try:
             image = await run_in_threadpool(picture, row["path"], PREVIEW_PX, how, hdu_index)
         except (quality.QualityError, ValueError, OSError) as exc:
@@ -261,7 +261,7 @@ class Review:
             await run_in_threadpool(write_png, image, target)
         except OSError:  # the cache cannot keep it: the picture is still right, sent without being kept
             return Response(await run_in_threadpool(_png_bytes, image), media_type="image/png")
-        return FileResponse(target, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        return _png(request, target)
 
     def frame_context(self, exposure_id: int) -> dict:
         row = self.exposure_row(exposure_id)
@@ -412,6 +412,18 @@ def _count(params, name: str, default: int | None) -> int | None:
 def _id(text: str) -> int | None:
     """An id as written (ASCII digits), None for anything else; ids beyond 64 bits are kept: nothing has them."""
     return int(text) if re.fullmatch(r"[0-9]{1,100}", text) else None
+
+
+def _png(request: Request, path) -> Response:
+    """A picture the browser keeps but asks about again each time (no-cache,
+    with its ETag): its URL stays when the file it shows changes, and a day's
+    max-age kept the old picture after the file was ingested again. An
+    unchanged picture costs a 304."""
+    response = FileResponse(path, media_type="image/png", stat_result=os.stat(path),
+                            headers={"Cache-Control": "private, no-cache"})
+    if request.headers.get("if-none-match") == response.headers["etag"]:
+        return Response(status_code=304, headers={"ETag": response.headers["etag"], "Cache-Control": "private, no-cache"})
+    return response
 
 
 def _path_id(request: Request, what: str = "exposure") -> int:
