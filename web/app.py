@@ -341,6 +341,8 @@ class Review:
         once, before anything else could rely on it.
         """
         ids = _ids(str((await _form(request)).get("ids", "")), "flag")
+        if not ids:  # an undo of nothing is a mistake of the page, not a success
+            return PlainTextResponse("ids: give the flags to take back, e.g. ids=12,13\n", 400)
         who, now = request.state.who, time.monotonic()
         stale = sorted({i for i in ids if i not in self.made or self.made[i][0] != who or now - self.made[i][1] >= UNDO_WINDOW_S})
         if stale:
