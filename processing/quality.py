@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, delete, insert, literal, select
 
-from archive.db import bulk_insert, transaction
+from archive.db import bulk_insert, serialize, transaction
 from archive.exceptions import NotFoundError, ObsarchError, UsageError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
@@ -793,12 +793,15 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
     Frames a person has flagged are left alone, and a frame whose verdict is
     unchanged gets no new flag, so running the rules twice changes nothing.
     """
-    rows = _measured(engine, selection)
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["night"], row["band"]), []).append(row)
     params = {"rules": [asdict(r) for r in rules], "min_group": MIN_GROUP, "same_exptime": SAME_EXPTIME}
-    with recorded_run(engine, "quality-rules", params, ALGORITHM) as run:
+    measured = _measured(engine.dialect.name, selection)  # a selection that cannot be read records no run
+    with recorded_run(engine, "quality-rules", params, ALGORITHM) as run, transaction(engine, write=True) as conn:
+        # the frames read and their flags written in one transaction, one run at a time: two runs at once
+        # both read the frames unflagged and both flagged them
+        serialize(conn, "quality rules")
+        groups: dict[tuple, list[dict]] = {}
+        for row in (row._asdict() for row in conn.execute(measured)):
+            groups.setdefault((row["night"], row["band"]), []).append(row)
         summary = RulesSummary(run.id, flagged={}, unchecked_why={})
         new_flags = []
         now = utcnow()
@@ -827,8 +830,7 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
                     summary.passed += 1
                     summary.partly_checked += bool(assessment.skipped)
         if new_flags:
-            with transaction(engine, write=True) as conn:
-                conn.execute(insert(Flag), new_flags)
+            conn.execute(insert(Flag), new_flags)
         run.summary = asdict(summary)
     return summary
 
@@ -912,9 +914,9 @@ def _rule_flag(exposure_id: int, assessment: Assessment, run_id: int, now: datet
             "threshold": float(threshold), "note": f"{rule.metric} {value:.4g} {comparison} {threshold:.4g}"}
 
 
-def _measured(engine: Engine, selection: str | None) -> list[dict]:
-    """Science frames with metrics, their night and band, and their current flag."""
-    compiler = Compiler(engine.dialect.name)
+def _measured(dialect: str, selection: str | None):
+    """SELECT the science frames with metrics, their night and band, and their current flag."""
+    compiler = Compiler(dialect)
     statement = (
         select(
             Exposure.id, Exposure.night, Exposure.band, Exposure.exptime, *[getattr(Metric, m) for m in METRICS],
@@ -931,5 +933,4 @@ def _measured(engine: Engine, selection: str | None) -> list[dict]:
     )
     if (tree := as_tree(selection)) is not None:
         statement = statement.where(compiler(tree))
-    with transaction(engine) as conn:
-        return [row._asdict() for row in conn.execute(statement)]
+    return statement

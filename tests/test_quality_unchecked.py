@@ -126,3 +126,33 @@ def test_a_frame_at_its_saturation_level_is_overexposed_not_cloudy(catalog, tmp_
     assert grade == "bad" and note.startswith("saturated_fraction 0.78"), note
     assert catalog.query("5", columns="reason").iloc[0, 0] == "saturation"
     assert [_current(catalog, n)[0] for n in (1, 2, 3, 4)] == ["ok"] * 4
+
+
+def test_two_runs_of_the_rules_at_once_flag_each_frame_once(catalog, tmp_path, rng, monkeypatch):
+    """Both read the frames unflagged, then both flagged them: every rule flag
+    twice (a team trial on PostgreSQL). A run now reads and writes in one
+    transaction, one run at a time: the second finds the first's verdicts."""
+    import threading
+
+    _frames(tmp_path, rng, range(1, 7))
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    both_judging = threading.Barrier(2, timeout=3)  # before the fix both runs reach it; after it, the first waits alone
+    judge = quality._group_medians
+
+    def meet_then_judge(members):
+        try:
+            both_judging.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return judge(members)
+
+    monkeypatch.setattr(quality, "_group_medians", meet_then_judge)
+    runs = [threading.Thread(target=quality.apply_rules, args=(catalog.engine,)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    with catalog.engine.connect() as conn:
+        flags, frames = conn.execute(select(func.count(), func.count(Flag.exposure_id.distinct()))).one()
+    assert flags == frames == 6
