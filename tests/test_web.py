@@ -319,6 +319,13 @@ def test_processing_page_lists_runs_with_parameters_and_stale_products(night, tm
     assert "quality" in page.text and "changed" in page.text  # the stale master and why
     assert run.status_code == 200 and "Parameters" in run.text and "Items read" in run.text
     assert missing.status_code == 404 and "no processing run 99999" in missing.text
+    # runs exist: an empty page says why instead of "no processing runs yet", and a cut list says more exist
+    with client(night, tmp_path) as http:
+        none_asked, no_step, cut = (http.get("/processing", params=p).text for p in ({"limit": 0}, {"step": "bogus"},
+                                                                                      {"limit": 1}))
+    assert "none asked for (limit=0)" in none_asked and "no run of step bogus" in no_step
+    assert "no processing runs yet" not in none_asked + no_step
+    assert "the newest 1 run; more exist" in cut and "more exist" not in page.text
 
 
 def test_a_run_page_lists_its_items_and_each_tool_run_shows_its_output(night, tmp_path):

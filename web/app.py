@@ -360,10 +360,12 @@ class Review:
     # -- processing ----------------------------------------------------------------
 
     async def processing(self, request: Request) -> Response:
-        run_rows = await run_in_threadpool(runs.list_runs, self.engine, _count(request.query_params, "limit", 100),
-                                           request.query_params.get("step") or None)
+        limit, step = _count(request.query_params, "limit", 100), request.query_params.get("step") or None
+        # one more than asked: the page says when more exist, as `obsarch runs` does
+        run_rows = await run_in_threadpool(runs.list_runs, self.engine, min(limit, LARGEST_ID - 1) + 1, step)
         stale = await run_in_threadpool(runs.stale_products, self.engine)
-        return self.page(request, "processing.html", runs=run_rows, stale=stale)
+        return self.page(request, "processing.html", runs=run_rows[:limit], more=len(run_rows) > limit, limit=limit,
+                         step=step, stale=stale)
 
     async def run(self, request: Request) -> Response:
         run_id = _path_id(request, "run")
