@@ -601,17 +601,18 @@ def _record_flags(conn, ids, grade, reason, note, who) -> list[int]:
     return list(conn.execute(insert(Flag).returning(Flag.id, sort_by_parameter_order=True), rows).scalars())
 
 
-def retract_flags(engine: Engine, flag_ids: list[int], who: str) -> int:
+def retract_flags(engine: Engine, flag_ids: list[int], who: str) -> tuple[int, list[int]]:
     """Take back flags a person just made (an undo): only ``who``'s own
-    flags; returns how many were removed. The flags before them are current again."""
+    flags; returns how many were removed, and the exposures they were of.
+    The flags before them are current again, unless a later one is."""
     with transaction(engine, write=True) as conn:
-        owned = conn.execute(
-            select(Flag.id).where(Flag.id.in_(flag_ids), Flag.source == "person", Flag.who == who)
-        ).scalars().all()
+        owned = dict(conn.execute(
+            select(Flag.id, Flag.exposure_id).where(Flag.id.in_(flag_ids), Flag.source == "person", Flag.who == who)
+        ).all())
         if len(owned) != len(set(flag_ids)):
             raise ObsarchError(f"flags {', '.join(map(str, sorted(set(flag_ids) - set(owned))))} are not {who}'s to take back")
-        conn.execute(delete(Flag).where(Flag.id.in_(owned)))
-    return len(owned)
+        conn.execute(delete(Flag).where(Flag.id.in_(list(owned))))
+    return len(owned), sorted(set(owned.values()))
 
 
 def metrics_of(engine: Engine, exposure_id: int) -> dict | None:

@@ -43,6 +43,7 @@ from starlette.templating import Jinja2Templates
 from archive.catalog import Catalog
 from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
+from archive.formats import json_value
 from archive.models import Exposure, File, Flag
 from archive.query import BoolOp, Column, Compare, In, IsNull, current_flag_order
 from archive.results import to_csv, to_json
@@ -350,12 +351,18 @@ class Review:
                 f"flags {', '.join(map(str, stale[:10]))} are not {who}'s to take back: an undo takes back only flags made "
                 f"through this server in the last {UNDO_WINDOW_S // 60} minutes; the rest stay in the history\n", 403)
         try:
-            removed = await run_in_threadpool(quality.retract_flags, self.engine, ids, who)
+            removed, exposures = await run_in_threadpool(quality.retract_flags, self.engine, ids, who)
         except ObsarchError as exc:
             return PlainTextResponse(f"{exc}\n", 403)
         for i in ids:
             self.made.pop(i, None)
-        return JSONResponse({"retracted": removed})
+        # each frame's grade now, as the night view shows it: a flag made since (the command line, another
+        # person) is current, not the grade the page showed before the undone one
+        now = await run_in_threadpool(lambda: self.catalog.query(f"id in ({', '.join(map(str, exposures))})",
+                                                                 columns="id,grade,reason,flag_source"))
+        current = {str(i): {"grade": g, "reason": json_value(r), "source": json_value(s)}
+                   for i, g, r, s in now.itertuples(index=False)}
+        return JSONResponse({"retracted": removed, "current": current})
 
     # -- processing ----------------------------------------------------------------
 

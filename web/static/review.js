@@ -115,8 +115,12 @@
     const last = undoStack.pop();
     if (!last) { say("nothing to undo"); return; }
     try {
-      await post("/flags/retract", { ids: last.flags.join(",") });
-      last.before.forEach(function (item) { show(item[0], item[1], item[2], item[3]); });
+      const answer = await post("/flags/retract", { ids: last.flags.join(",") });
+      last.before.forEach(function (item) {
+        // the grade now (a flag made since, elsewhere, is current), else the one shown before
+        const now = (answer.current || {})[item[0].dataset.id];
+        if (now) show(item[0], now.grade, now.reason, now.source); else show(item[0], item[1], item[2], item[3]);
+      });
       say("undone: " + last.flags.length + " flag" + (last.flags.length > 1 ? "s" : "") + " taken back");
     } catch (error) {
       undoStack.push(last);
