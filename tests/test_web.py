@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import threading
 import time
 import warnings
@@ -83,6 +84,13 @@ def test_search_page_is_a_sortable_table_with_bookmarkable_urls(night, tmp_path)
     assert body.index(">3877<") < body.index(">3866<")  # descending
     assert "sort=frame_number" in body  # the header toggles the order
     assert 'value="frame_type == &#39;science&#39;"' in body  # the selection stays in its box
+    # the CSV and JSON links export every match: they carried the page's limit=500 and cut an export there
+    exports = re.findall(r'href="(/exposures\.(?:csv|json)\?[^"]*)"', body)
+    assert len(exports) == 2 and not any("limit=" in link for link in exports)
+    with client(night, tmp_path) as http:
+        limited = http.get("/exposures", params={"q": "", "limit": 2}).text
+        link = re.search(r'href="(/exposures\.csv\?[^"]*)"', limited).group(1).replace("&amp;", "&")
+        assert "(the first 2: more match)" in limited and len(http.get(link).text.splitlines()) == 1 + len(night.query())
 
 
 def test_a_search_that_finds_nothing_says_which_value_no_exposure_has(night, tmp_path):
