@@ -743,11 +743,16 @@ def test_the_frame_page_tells_source_from_background(url, real_data, tmp_path):
     run(url, "ingest", str(real_data / "regions"))
     catalog = Catalog(url)
     image = catalog.resolve(str(real_data / "regions" / "acisf07999_000N001_r0035_regevt3_srcimg.fits"))
+    regions = catalog.resolve(str(real_data / "regions" / "acisf07999_000N001_r0035_reg3.fits"))
     with TestClient(create_app(catalog=catalog, thumbnails=tmp_path / "thumbs")) as http:
         page = http.get(f"/exposures/{image}").text
+        tables = http.get(f"/exposures/{regions}").text  # a region file: tables only
     catalog.engine.dispose()
     assert "<td>4: source: ellipse; background: ellipse x3 (2 excluded)</td><td>2</td><td>3</td>" in page
     assert "position not checked: physical coordinates" in page
+    assert 'id="preview"' in page
+    # a file without an image says so, where its page showed a broken picture (the preview answers 404)
+    assert 'id="preview"' not in tables and "no picture: the file has no image HDU" in tables
 
 
 def test_region_owner_by_name():
