@@ -33,15 +33,19 @@ def demo(
 ) -> None:
     """Write the night the README's tour uses (B, V, R frames of one field at two
     pointings, bias, darks, flats, two XMM obsids with spectra, two source lists), ingest it into
-    DIRECTORY/obsarch.db and query it; then `cd DIRECTORY` and follow the tour.
+    DIRECTORY/obsarch.db (or the catalog --db or $OBSARCH_DB names, which the tour's commands
+    then use too) and query it; then `cd DIRECTORY` and follow the tour.
 
     Example: obsarch demo obsarch-demo
     """
+    import os
+
     from archive.catalog import Catalog
+    from archive.db import ENV_VAR
     from cli.demo import make_night
 
     paths = make_night(directory)
-    url = STATE.db or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
+    url = STATE.db or os.environ.get(ENV_VAR) or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
     catalog = Catalog.create(url)
     summary = catalog.ingest([directory / "ngc3293", directory / "xmm"])
     console.print(f"wrote {len(paths)} files to {directory}; ingested: {summary.new} new", soft_wrap=True, markup=False)

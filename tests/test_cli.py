@@ -284,7 +284,8 @@ def test_debug_shows_the_traceback(url):
     assert isinstance(result.exception, CatalogNotFound)
 
 
-def test_demo(tmp_path):
+def test_demo(tmp_path, monkeypatch):
+    monkeypatch.delenv("OBSARCH_DB", raising=False)  # else the demo goes into the catalog it names
     result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.stdout
     assert "ingested: 65 new" in result.stdout  # 55 frames and 2 XMM obsids of 5 files each
@@ -300,6 +301,19 @@ def test_demo(tmp_path):
     events = starts["P0761220101PNS003PIEVLI0000.fits"]
     assert abs((events[0] - starts["pn.arf"][0]).total_seconds()) < 0.01
     assert abs(events[1] - starts["pn.arf"][1]) * 86400 < 0.01 and events[2] >= events[1]  # the first GTI may start later
+
+
+def test_the_demo_goes_into_the_catalog_obsarch_db_names(tmp_path, monkeypatch):
+    """The demo wrote DIRECTORY/obsarch.db while $OBSARCH_DB named another
+    catalog, which the tour's commands then used: an empty one."""
+    from archive.catalog import Catalog
+
+    elsewhere = f"sqlite:///{tmp_path / 'team.db'}"
+    monkeypatch.setenv("OBSARCH_DB", elsewhere)
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.stdout
+    assert not (tmp_path / "demo" / "obsarch.db").exists()
+    assert len(Catalog(elsewhere).query("frame_type == 'bias'")) > 0
 
 
 def test_a_scratch_file_that_cannot_be_written_stops_the_ingest_in_one_line(tmp_path, rng, monkeypatch):
