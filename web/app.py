@@ -46,6 +46,7 @@ from archive.exceptions import NotFoundError, ObsarchError
 from archive.formats import json_value
 from archive.models import Exposure, File, Flag
 from archive.query import BoolOp, Column, Compare, In, IsNull, current_flag_order
+from archive.query import ids as query_ids
 from archive.results import to_csv, to_json
 from processing import grouping, offsets, quality, regions, runs
 from processing.report import GRADE_COLOURS, STRETCHES, picture, picture_points, write_png
@@ -358,8 +359,7 @@ class Review:
             self.made.pop(i, None)
         # each frame's grade now, as the night view shows it: a flag made since (the command line, another
         # person) is current, not the grade the page showed before the undone one
-        now = await run_in_threadpool(lambda: self.catalog.query(f"id in ({', '.join(map(str, exposures))})",
-                                                                 columns="id,grade,reason,flag_source"))
+        now = await run_in_threadpool(lambda: self.catalog.query(query_ids(exposures), columns="id,grade,reason,flag_source"))
         current = {str(i): {"grade": g, "reason": json_value(r), "source": json_value(s)}
                    for i, g, r, s in now.itertuples(index=False)}
         return JSONResponse({"retracted": removed, "current": current})
