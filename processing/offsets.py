@@ -35,7 +35,7 @@ from archive.ingest import utcnow
 from archive.models import Exposure, Group, Offset
 from archive.query import is_null
 from processing.executor import Progress
-from processing.machinery import Item, Step, StepResult, Writer, run_step, unusable_files
+from processing.machinery import Input, Item, Step, StepResult, Writer, run_step, unusable_files
 from processing.quality import QualityParams, load_image, saturation_level
 from processing.stars import DetectionError, detect_stars, unsaturated
 from processing.steps import resolve, some_names, without_images
@@ -530,12 +530,14 @@ class OffsetsStep(Step):
             self.said = [*self.said, f"registered on its first image HDU, the other detectors not measured: "
                                      f"{len(several)} exposure{'s' if len(several) > 1 else ''} of several detectors ({listed})"]
         imageless = set(frames) - {f.exposure_id for f in kept}
-        unusable = unusable_files(engine, [f.file_id for f in kept])  # cut or rewritten since the last ingest
-        if frames[self.reference_id].file_id in unusable:
+        # the reference is read here, before the machinery checks the items' inputs
+        unusable = unusable_files(engine, [frames[self.reference_id].file_id])  # cut or rewritten since the last ingest
+        if unusable:
             raise ObsarchError(f"the reference: {unusable[frames[self.reference_id].file_id]}")
         reference_path = frames[self.reference_id].path
         reference = _reference_input(reference_path, self.method, parse_box(self.box) if self.box else None)
-        items = [Item(reference_path, (reference_path, "reference", self.method, None, None), data=self.reference_id)]
+        reads = [Input(frames[self.reference_id].file_id, "reference", frames[self.reference_id].content)]
+        items = [Item(reference_path, (reference_path, "reference", self.method, None, None), inputs=reads, data=self.reference_id)]
         for exposure_id in self.ids:
             frame = frames.get(exposure_id)
             if exposure_id == self.reference_id or exposure_id in imageless:
@@ -543,10 +545,8 @@ class OffsetsStep(Step):
             if frame is None:
                 items.append(Item(f"exposure {exposure_id}", error="its file is missing", data=exposure_id))
                 continue
-            if frame.file_id in unusable:
-                items.append(Item(frame.path, error=unusable[frame.file_id], data=exposure_id))
-                continue
-            items.append(Item(frame.path, (frame.path, self.method, reference, reference_path, self.match), data=exposure_id))
+            items.append(Item(frame.path, (frame.path, self.method, reference, reference_path, self.match),
+                              inputs=[Input(frame.file_id, "frame", frame.content), *reads], data=exposure_id))
         return items
 
     work = staticmethod(register)

@@ -27,8 +27,8 @@ from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
-from processing.machinery import Item, ItemFailed, Step, StepResult, Writer, run_step, unusable_files
-from processing.runs import identity, params_hash, recorded_run
+from processing.machinery import Input, Item, ItemFailed, Step, StepResult, Writer, run_step
+from processing.runs import file_content, identity, params_hash, recorded_run
 from processing.stars import DetectionError, StarField, detect_stars, gaussian_fwhm, unsaturated
 from processing.steps import refuse_ambiguous_frames, some_names, without_images
 
@@ -453,7 +453,7 @@ class QualityStep(Step):
         statement = select_exposures(
             all_of(self.selection, query_ids(self.ids) if self.ids is not None else None), engine.dialect.name,
             (Root.path + "/" + File.relpath).label("path"), File.id.label("file_id"), File.relpath, File.version, File.status,
-            Exposure.n_detectors,
+            File.header_hash, File.size, File.mtime_ns, Exposure.n_detectors,
             Metric.params_hash, Metric.file_version.label("measured_version"), Metric.error.label("measure_error"),
         ).outerjoin(Metric, Metric.exposure_id == Exposure.id).order_by(Exposure.id)
         with transaction(engine) as conn:
@@ -463,9 +463,10 @@ class QualityStep(Step):
         if rows and not kept:
             raise ObsarchError(f"nothing to measure: the {len(rows)} exposure{'s' if len(rows) > 1 else ''} selected "
                                f"{'have' if len(rows) > 1 else 'has'} no image ({some_names([Path(r.path).name for r in rows])})")
-        unusable = unusable_files(engine, [row.file_id for row in kept if row.status != "missing"])  # cut or rewritten
+        # the frame is the item's input: the machinery refuses one cut or rewritten since its ingest
         return [Item(row.path, (row.path, self.quality, self.hdus), data=row,
-                     error=f"{row.path}: the file is missing" if row.status == "missing" else unusable.get(row.file_id))
+                     inputs=[] if row.status == "missing" else [Input(row.file_id, "frame", file_content(row))],
+                     error=f"{row.path}: the file is missing" if row.status == "missing" else None)
                 for row in kept]
 
     def up_to_date(self, engine, items, prints) -> set[str]:
