@@ -308,3 +308,26 @@ def test_a_master_refusing_hdu_names_the_file(raw, url):
     first = (tmp / "raw" / f"ngc3293-{_first_bias()}.fits").resolve()
     assert result.exit_code == 1
     assert result.stderr.strip() == f"error: {first}: --hdu CCD9: no such detector (this file has PRIMARY)"
+
+
+# -- two identical masters at once -------------------------------------------------------------
+
+
+def test_a_file_a_running_run_is_writing_is_said_to_be_its(raw):
+    """A product a run still running has written and not yet recorded (a run
+    on another machine, where the two do not wait for each other) is refused
+    naming that run, never as a file obsarch did not make, and not replaced
+    even with --force."""
+    catalog, tmp, _ = raw
+    target = tmp / "m" / "master.fits"
+    target.parent.mkdir()
+    with runs.recorded_run(catalog.engine, "master-bias", {}, "x") as run:
+        with catalog.engine.connect() as conn, runs.writing_for(runs.run_stamp(conn, run.id)):
+            header = fits.Header()
+            runs.stamp(header)
+        fits.PrimaryHDU(header=header).writeto(target)
+        found = runs.what_is_at(catalog.engine, target)
+        assert (found.what, found.run_id) == ("writing", run.id)
+        why = f"{target} is being written by run {run.id}, which is still running: once it is done, run this again"
+        assert found.refusal("master_bias") == found.refusal("master_bias", force=True) == why
+    assert runs.what_is_at(catalog.engine, target).what == "foreign"  # done, and it recorded no product there
