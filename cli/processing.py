@@ -102,7 +102,14 @@ def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out,
     params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
     finish_step(calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
                                         params=params, out_dir=out, force=force, hdus=hdu_names(hdu),
-                                        rules=configured_rules(), include_bad=include_bad))
+                                        rules=configured_rules(), include_bad=include_bad, on_wait=_waiting(f"master-{kind}")))
+
+
+def _waiting(step: str):
+    """What a step says before it waits for another run writing its product."""
+    def say(path: Path) -> None:
+        err_console.print(f"{step}: waiting for another run writing {path}", markup=False, soft_wrap=True)
+    return say
 
 
 @command(calib_app, "bias")

@@ -219,6 +219,57 @@ def write_product(path, write) -> None:
             temporary.unlink()
 
 
+@contextmanager
+def claimed(paths, on_wait=None) -> Iterator[None]:
+    """Hold ``paths`` (products a run means to write) against every other
+    run that claims them, waiting for one that holds them (``on_wait(path)``
+    is told first). Two runs of one step at once otherwise both found
+    nothing made and made it, or the second found the first's file before
+    its product was stored and refused it as a stranger's. The claim is a
+    lock on a file ``.NAME.claim`` beside each path (flock: between
+    processes and threads alike, let go by the kernel when its holder dies),
+    removed by its holder."""
+    from contextlib import ExitStack
+
+    with ExitStack() as held:
+        for path in sorted({Path(p) for p in paths}):  # in one order: two runs claiming two paths never wait on each other
+            held.enter_context(_claim(path, on_wait))
+        yield
+
+
+@contextmanager
+def _claim(path: Path, on_wait) -> Iterator[None]:
+    import fcntl
+
+    from archive.exceptions import ObsarchError
+
+    lock = path.with_name(f".{path.name}.claim")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ObsarchError(f"{path}: cannot claim it for writing ({lock}): {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(path)
+                on_wait = None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder before removed the file it locked: this one is locked only if it is still the file there
+            on_disk, mine = os.stat(lock), os.fstat(fd)
+            if (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Occupant:
     """What occupies a path a step means to write (see :func:`what_is_at`).
