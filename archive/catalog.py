@@ -32,6 +32,7 @@ from archive.query import (
     ids,
     ids_statement,
     int_param,
+    is_raw_frame,
     merges_sorted_ranges,
     naming,
     parse_columns,
@@ -266,7 +267,7 @@ class Catalog:
         instrument, night, frame type and band, and of files per status."""
         from archive.results import frame_of
 
-        raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
+        raw = is_raw_frame()
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
@@ -388,8 +389,9 @@ class Catalog:
         return items
 
     def nights(self, night: str | None = None) -> list[dict]:
-        """Exposures per night (or of one ``night``) and band, newest night
-        first, with how many carry a person's flag."""
+        """Raw frames per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag: the frames
+        :meth:`summary` counts (products are not a night's frames)."""
         reviewed = (
             select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
         )
@@ -397,6 +399,7 @@ class Catalog:
             select(Exposure.night, Exposure.band, func.count().label("exposures"),
                    func.count(reviewed.c.exposure_id).label("reviewed"))
             .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .where(is_raw_frame())
             .group_by(Exposure.night, Exposure.band)
             .order_by(Exposure.night.desc(), Exposure.band)
         )
