@@ -50,6 +50,22 @@ if TYPE_CHECKING:
 SHOWN_PATHS = 5  # the exposures an error names; more are counted, with the command that lists them
 
 
+LARGEST_LIMIT = 2**63 - 1  # a LIMIT is a 64-bit integer on both backends
+
+
+def first_rows(fetch, limit: int | None) -> tuple:
+    """(the first ``limit`` rows, whether more exist), of ``fetch(n)``, which
+    reads at most ``n`` rows (a list or a DataFrame; every row when None):
+    it is asked for one row past the limit, so that a list cut at its limit
+    says so without counting every row."""
+    if limit is None:
+        return fetch(None), False
+    rows = fetch(min(limit, LARGEST_LIMIT - 1) + 1)
+    if len(rows) <= limit:
+        return rows, False
+    return (rows.iloc[:limit] if hasattr(rows, "iloc") else rows[:limit]), True
+
+
 def _shared_frame(ref, found) -> str:
     """Why a frame number names no one exposure: the ones it names, the
     first few with their path, id and instrument, and how many more."""

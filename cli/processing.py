@@ -55,10 +55,10 @@ def runs(
     Example: obsarch runs --limit 5
     """
     if ctx.invoked_subcommand is None:
-        # one run more than the limit: to say whether more exist, as query does
-        frame = open_catalog().runs(limit + 1)
-        more = len(frame) > limit
-        show_frame(frame.iloc[:limit], fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+        from archive.catalog import first_rows
+
+        frame, more = first_rows(open_catalog().runs, limit)
+        show_frame(frame, fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
         if more:
             err_console.print(f"note: the newest {limit} runs: more exist (--limit N shows N)", markup=False)
 
