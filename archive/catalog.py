@@ -32,6 +32,7 @@ from archive.query import (
     ids,
     ids_statement,
     int_param,
+    is_raw_frame,
     merges_sorted_ranges,
     naming,
     parse_columns,
@@ -47,6 +48,22 @@ if TYPE_CHECKING:
 
 
 SHOWN_PATHS = 5  # the exposures an error names; more are counted, with the command that lists them
+
+
+LARGEST_LIMIT = 2**63 - 1  # a LIMIT is a 64-bit integer on both backends
+
+
+def first_rows(fetch, limit: int | None) -> tuple:
+    """(the first ``limit`` rows, whether more exist), of ``fetch(n)``, which
+    reads at most ``n`` rows (a list or a DataFrame; every row when None):
+    it is asked for one row past the limit, so that a list cut at its limit
+    says so without counting every row."""
+    if limit is None:
+        return fetch(None), False
+    rows = fetch(min(limit, LARGEST_LIMIT - 1) + 1)
+    if len(rows) <= limit:
+        return rows, False
+    return (rows.iloc[:limit] if hasattr(rows, "iloc") else rows[:limit]), True
 
 
 def _shared_frame(ref, found) -> str:
@@ -266,7 +283,7 @@ class Catalog:
         instrument, night, frame type and band, and of files per status."""
         from archive.results import frame_of
 
-        raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
+        raw = is_raw_frame()
         result = {}
         with self.engine.connect() as conn:
             for name in ("instrument", "night", "frame_type", "band"):
@@ -388,8 +405,9 @@ class Catalog:
         return items
 
     def nights(self, night: str | None = None) -> list[dict]:
-        """Exposures per night (or of one ``night``) and band, newest night
-        first, with how many carry a person's flag."""
+        """Raw frames per night (or of one ``night``) and band, newest night
+        first, with how many carry a person's flag: the frames
+        :meth:`summary` counts (products are not a night's frames)."""
         reviewed = (
             select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
         )
@@ -397,6 +415,7 @@ class Catalog:
             select(Exposure.night, Exposure.band, func.count().label("exposures"),
                    func.count(reviewed.c.exposure_id).label("reviewed"))
             .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
+            .where(is_raw_frame())
             .group_by(Exposure.night, Exposure.band)
             .order_by(Exposure.night.desc(), Exposure.band)
         )

@@ -1,6 +1,9 @@
 """How values are written for scripts, in one place for the command line and
 the web app: floats whole, integers as integers, times in one ISO 8601 form
-(``2017-08-16T01:06:00``, UTC), missing values empty (CSV) or null (JSON).
+(``2017-08-16T01:06:00``, UTC), missing values (NULL) empty (CSV, a table) or
+null (JSON). A float that is not a number is a value, not a missing one:
+``nan`` (CSV, a table), the string ``"NaN"`` in JSON, which has no NaN (as
+infinities are ``"Infinity"``, ``"-Infinity"``: JavaScript's names).
 Pure Python: printing a few rows should not import pandas."""
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ def frame_label(frame_number, exposure_id) -> str:
 
 
 def missing(value) -> bool:
-    if value is None:
-        return True
+    """No value, or NaN: for reading a number (a frame number) that may be absent."""
     if isinstance(value, float):
         return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing values, without importing pandas
+    return is_null(value)
+
+
+def is_null(value) -> bool:
+    """No value: None (SQL's NULL) or pandas' NA or NaT; a NaN is a value."""
+    return value is None or type(value).__name__ in ("NAType", "NaTType")  # without importing pandas
 
 
 def iso(value: datetime | date) -> str:
@@ -38,8 +45,9 @@ def iso(value: datetime | date) -> str:
 
 
 def exact(value) -> str:
-    """A value written whole, for scripts: floats at full precision."""
-    if missing(value):
+    """A value written whole, for scripts: floats at full precision, NULL
+    empty, NaN ``nan``."""
+    if is_null(value):
         return ""
     if isinstance(value, (datetime, date)):
         return iso(value)
@@ -49,10 +57,10 @@ def exact(value) -> str:
 def json_value(value):
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):  # a numpy scalar
         value = value.item()
-    if missing(value):
+    if is_null(value):
         return None
-    if isinstance(value, float) and math.isinf(value):  # JSON has no infinity: a string, as JavaScript writes it
-        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN nor infinity: a string, as JavaScript writes it
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (datetime, date)):
         return iso(value)
     return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)

@@ -834,8 +834,7 @@ class Compiler:
 
     def _frames(self, node: Frames):
         # A frame number names a camera's raw exposure, never a product made from it.
-        return and_(_frame_condition(node, self.sqlite),
-                    Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None))))
+        return and_(_frame_condition(node, self.sqlite), is_raw_frame())
 
     def _set_def(self, field: Field) -> FieldDef | None:
         if isinstance(field, Column) and FIELDS.get(field.name) and FIELDS[field.name].kind == "set":
@@ -1111,6 +1110,14 @@ def _count(conn, statement: Select, cap: int) -> int:
     return conn.execute(select(func.count()).select_from(statement.limit(cap).subquery())).scalar_one()
 
 
+def is_raw_frame() -> ColumnElement:
+    """Whether an exposure is a camera's frame: its file is no product of a
+    run (a master, a calibrated frame, a stack). The frames ``obsarch
+    summary`` and the web app's nights count, and the ones a frame number
+    names (as ``product is null`` selects them)."""
+    return Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
+
+
 def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
     singles = [low for low, high in node.ranges if low == high]
     parts = [Exposure.frame_number.between(low, high) for low, high in node.ranges if low != high]
@@ -1127,7 +1134,7 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     terms = frame_ranges(node)
     if not terms:
         return []
-    raw = Exposure.file_id.not_in(select(Product.file_id).where(Product.file_id.is_not(None)))
+    raw = is_raw_frame()
     # what the whole selection picks, among the frame numbers it names
     condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term, conn.dialect.name == "sqlite") for term in terms]))
     rows = conn.execute(

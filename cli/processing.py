@@ -55,10 +55,10 @@ def runs(
     Example: obsarch runs --limit 5
     """
     if ctx.invoked_subcommand is None:
-        # one run more than the limit: to say whether more exist, as query does
-        frame = open_catalog().runs(limit + 1)
-        more = len(frame) > limit
-        show_frame(frame.iloc[:limit], fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+        from archive.catalog import first_rows
+
+        frame, more = first_rows(open_catalog().runs, limit)
+        show_frame(frame, fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
         if more:
             err_console.print(f"note: the newest {limit} runs: more exist (--limit N shows N)", markup=False)
 
@@ -102,7 +102,14 @@ def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out,
     params = calibration.MasterParams(method=method, sigma=sigma, memory=memory)
     finish_step(calibration.make_master(open_catalog().engine, kind, selection, band=band, nearest_count=nearest, to=to,
                                         params=params, out_dir=out, force=force, hdus=hdu_names(hdu),
-                                        rules=configured_rules(), include_bad=include_bad))
+                                        rules=configured_rules(), include_bad=include_bad, on_wait=_waiting(f"master-{kind}")))
+
+
+def _waiting(step: str):
+    """What a step says before it waits for another run writing its product."""
+    def say(path: Path) -> None:
+        err_console.print(f"{step}: waiting for another run writing {path}", markup=False, soft_wrap=True)
+    return say
 
 
 @command(calib_app, "bias")

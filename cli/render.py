@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import re
 import sys
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json
-from archive.formats import missing as _missing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,7 +122,7 @@ def readable(value) -> str:
     """A value rounded for reading in a terminal."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=None, microsecond=0).isoformat()
-    if isinstance(value, float) and not _missing(value):
+    if isinstance(value, float) and math.isfinite(value):
         return rounded(value)
     return exact(value)
 
@@ -133,7 +133,9 @@ _cell = readable  # the name older callers use
 def show_frame(frame: pd.DataFrame, fmt: Format = Format.table, title: str | None = None,
                brief: list[str] | None = None, columns: str | None = None) -> None:
     """Print a DataFrame in the chosen format (see :func:`show_rows`)."""
-    show_rows([str(c) for c in frame.columns], list(frame.itertuples(index=False, name=None)), fmt, title, brief, columns)
+    from archive.results import output_rows
+
+    show_rows([str(c) for c in frame.columns], output_rows(frame), fmt, title, brief, columns)
 
 
 def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, title: str | None = None,

@@ -286,8 +286,6 @@ class MasterStep(Step):
         self.masters = _masters_for(engine, first, needed, rules, hdus)
         out = output_directory(out_dir)
         self.target = out / master_name(kind, self.inputs, params, self.masters, include_bad)
-        if why := what_is_at(engine, self.target).refusal(f"master_{kind}", force=force):
-            raise ObsarchError(why)
 
     def params(self) -> dict:
         # include_bad only when set, as in the name: masters made before it existed keep their fingerprint
@@ -296,7 +294,13 @@ class MasterStep(Step):
                 "master_contents": {k: m.content for k, m in self.masters.items()}, "out": str(self.target),
                 "detectors": [d.name for d in self.detectors]}
 
+    def claims(self) -> list[Path]:
+        return [self.target]
+
     def items(self, engine) -> list[Item]:
+        # asked with the master claimed (before any work): another run may have stored it since this one began
+        if why := what_is_at(engine, self.target).refusal(f"master_{self.kind}", force=self.force):
+            raise ObsarchError(why)
         first = Path(self.inputs[0].path).name
         inspection = Inspection(tuple(d.name for d in self.detectors), self.kind == "flat",
                                 tuple((k, m.path) for k, m in self.masters.items()), self.inputs[0].exptime)
@@ -389,15 +393,17 @@ def make_master(
     engine, kind: str, selection=None, *, band: str | None = None, nearest_count: int | None = None,
     to: str | None = None, params: MasterParams = MasterParams(), out_dir: Path = Path("masters"), force: bool = False,
     executor: str = "serial", workers: int | None = None, hdus: tuple[str, ...] | None = None,
-    rules: dict[str, CalibrationRule] = DEFAULT_RULES, include_bad: bool = False,
+    rules: dict[str, CalibrationRule] = DEFAULT_RULES, include_bad: bool = False, on_wait=None,
 ) -> StepResult:
     """Combine raw frames of ``kind`` into a master with one HDU per detector
     (``hdus``: only those), bias-subtracted for darks and flats (and
     dark-subtracted for flats) by the masters ``rules`` choose for its first
     input. ``selection``: a tree, or a person's text. Frames graded bad are
-    left out, and the result's notes say how many, unless ``include_bad``."""
+    left out, and the result's notes say how many, unless ``include_bad``.
+    Another run making the same master is waited for (``on_wait(path)`` is
+    told first); its master is then up to date."""
     step = MasterStep(engine, kind, selection, band, nearest_count, to, params, out_dir, hdus, rules, include_bad, force)
-    return run_step(engine, step, force=force, executor=executor, workers=workers)
+    return run_step(engine, step, force=force, executor=executor, workers=workers, on_wait=on_wait)
 
 
 def _offset(masters: dict[str, str], names, name: str, exptime: float | None) -> np.ndarray | None:

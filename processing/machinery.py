@@ -48,7 +48,10 @@ Optional hooks: ``up_to_date(engine, items, prints)`` when a step's output
 is rows rather than files (quality: metrics made with these parameters from
 this file version); ``record_failure(out, item, reason)`` to store a failed
 item's row (a metric or offset with its error); ``close()`` to remove scratch
-files. ``write`` may raise :class:`ItemFailed` to fail an item yet keep what
+files; ``claims()``, the paths of products the step will write, known
+before ``items`` (a master's): the run holds them from ``items`` until its
+products are stored, so that a second run of the same step waits and then
+finds them up to date (:func:`processing.runs.claimed`). ``write`` may raise :class:`ItemFailed` to fail an item yet keep what
 it stored (an external tool's log). ``Writer.product(path, kind, values)``
 catalogues a written file directly (:func:`archive.products.register_product`):
 ``values`` are the normalized columns it inherits, usually
@@ -68,6 +71,7 @@ import socket
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, update
@@ -77,7 +81,7 @@ from archive.db import rows_in, transaction
 from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
-from processing.runs import done_before, fingerprint, identity, params_hash, run_stamp, writing_for
+from processing.runs import claimed, done_before, fingerprint, identity, params_hash, run_stamp, writing_for
 
 EXIT_DONE, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -173,6 +177,11 @@ class Step:
         with transaction(engine) as conn:
             summary = conn.execute(select(Run.summary_json).where(Run.id == run_id)).scalar_one_or_none()
         return "; ".join(why for _, why in json.loads(summary or "{}").get("short", [])) or None
+
+    def claims(self) -> list:
+        """Paths of the products this step will write, known before
+        :meth:`items`, that another run may be writing at the same time."""
+        return []
 
     def close(self) -> None:
         """Remove what the step made for itself (scratch files)."""
@@ -306,50 +315,57 @@ def unusable_files(engine: Engine, file_ids: list[int | None]) -> dict[int, str]
 
 def run_step(
     engine: Engine, step: Step, *, force: bool = False, executor: str = "pool", workers: int | None = None,
-    scheduler: str | None = None, progress: Progress | None = None,
+    scheduler: str | None = None, progress: Progress | None = None, on_wait: Callable[[Path], None] | None = None,
 ) -> StepResult:
-    """Run ``step`` over its items; see the module docstring."""
-    result = StepResult(step.name)
+    """Run ``step`` over its items; see the module docstring. ``on_wait(path)``
+    is told when another run holds a path the step claims, before this one
+    waits for it."""
     with transaction(engine, write=True) as conn:  # also when every item turns out up to date
         _close_dead_runs(conn)
     try:
-        items = step.items(engine)
-        _refuse_changed(engine, items)
-        result.notes = list(step.notes())
-        run_params = step.params()
-        same = identity(run_params, step.execution)
-        prints = {item.key: fingerprint(step.name, {**same, **item.params}, step.algorithm,
-                                        [i.content for i in item.inputs])
-                  for item in items if item.error is None}
-        if step.whole:
-            whole_print = fingerprint(step.name, {**same, "items": sorted(prints.values())}, step.algorithm, [])
-            prints = {"*": whole_print}
-        current = set() if force else step.up_to_date(engine, items, prints)
-        if step.whole and "*" in current:
-            result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
-            # up to date, and still short: of what its run could use, or of what this command asks
-            if (short := step.short_of(engine, done_before(engine, prints["*"]), items)) is not None:
-                result.short = [(result.skipped[0], short)]
-            return result
-        todo = [item for item in items if item.error is None and item.key not in current]
-        result.skipped = [item.key for item in items if item.key in current]
-        if not todo and not any(item.error for item in items):
-            return result
-        result.run_id = _start(engine, step, run_params, prints.get("*"))
-        try:
-            with transaction(engine) as conn:
-                stamped = run_stamp(conn, result.run_id)
-            outcomes = _compute(step, todo, executor, workers, scheduler, progress, stamped)
-            failed_early = [item for item in items if item.error is not None]
-            with writing_for(stamped):  # a whole step's product is written as its rows are stored
-                _store(engine, step, result, items, todo, outcomes, failed_early, prints)
-        except BaseException as exc:
-            _finish(engine, result.run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                    f"{type(exc).__name__}: {exc}", result)
-            raise
-        return result
+        with claimed(step.claims(), on_wait):
+            return _run_claimed(engine, step, force, executor, workers, scheduler, progress)
     finally:
         step.close()
+
+
+def _run_claimed(engine, step, force, executor, workers, scheduler, progress) -> StepResult:
+    result = StepResult(step.name)
+    items = step.items(engine)
+    _refuse_changed(engine, items)
+    result.notes = list(step.notes())
+    run_params = step.params()
+    same = identity(run_params, step.execution)
+    prints = {item.key: fingerprint(step.name, {**same, **item.params}, step.algorithm,
+                                    [i.content for i in item.inputs])
+              for item in items if item.error is None}
+    if step.whole:
+        whole_print = fingerprint(step.name, {**same, "items": sorted(prints.values())}, step.algorithm, [])
+        prints = {"*": whole_print}
+    current = set() if force else step.up_to_date(engine, items, prints)
+    if step.whole and "*" in current:
+        result.skipped = [str(getattr(step, "target", step.name))]  # the product, when the step names one
+        # up to date, and still short: of what its run could use, or of what this command asks
+        if (short := step.short_of(engine, done_before(engine, prints["*"]), items)) is not None:
+            result.short = [(result.skipped[0], short)]
+        return result
+    todo = [item for item in items if item.error is None and item.key not in current]
+    result.skipped = [item.key for item in items if item.key in current]
+    if not todo and not any(item.error for item in items):
+        return result
+    result.run_id = _start(engine, step, run_params, prints.get("*"))
+    try:
+        with transaction(engine) as conn:
+            stamped = run_stamp(conn, result.run_id)
+        outcomes = _compute(step, todo, executor, workers, scheduler, progress, stamped)
+        failed_early = [item for item in items if item.error is not None]
+        with writing_for(stamped):  # a whole step's product is written as its rows are stored
+            _store(engine, step, result, items, todo, outcomes, failed_early, prints)
+    except BaseException as exc:
+        _finish(engine, result.run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                f"{type(exc).__name__}: {exc}", result)
+        raise
+    return result
 
 
 def _start(engine: Engine, step: Step, params: dict, whole_print: str | None) -> int:

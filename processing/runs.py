@@ -176,10 +176,11 @@ def stamp(header) -> None:
         header[STAMP_START] = (_writing_for[1], "its start, UTC")
 
 
-def _left_by_a_killed_run(conn, path: str) -> int | None:
-    """The run that wrote the FITS file at ``path`` and ended without
-    recording it (killed, or failed after writing), from its stamp; None
-    for any other file."""
+def _stamped_by_an_unfinished_run(conn, path: str) -> tuple[int, str] | None:
+    """The run that wrote the FITS file at ``path`` and has not recorded it,
+    from its stamp, and its state: 'running' (it is storing it now, or it
+    will), or 'interrupted' / 'failed' (killed, or failed after writing);
+    None for any other file."""
     from astropy.io import fits
     from sqlalchemy import select
 
@@ -193,9 +194,9 @@ def _left_by_a_killed_run(conn, path: str) -> int | None:
     except Exception:  # noqa: BLE001  (unreadable, no stamp, a stamp that is no number: not obsarch's to claim)
         return None
     row = conn.execute(select(Run.started_at, Run.state).where(Run.id == run_id)).first()
-    if row is None or row.started_at.isoformat() != started or row.state not in ("interrupted", "failed"):
+    if row is None or row.started_at.isoformat() != started or row.state not in ("running", "interrupted", "failed"):
         return None
-    return run_id
+    return run_id, row.state
 
 
 def write_product(path, write) -> None:
@@ -218,6 +219,57 @@ def write_product(path, write) -> None:
             temporary.unlink()
 
 
+@contextmanager
+def claimed(paths, on_wait=None) -> Iterator[None]:
+    """Hold ``paths`` (products a run means to write) against every other
+    run that claims them, waiting for one that holds them (``on_wait(path)``
+    is told first). Two runs of one step at once otherwise both found
+    nothing made and made it, or the second found the first's file before
+    its product was stored and refused it as a stranger's. The claim is a
+    lock on a file ``.NAME.claim`` beside each path (flock: between
+    processes and threads alike, let go by the kernel when its holder dies),
+    removed by its holder."""
+    from contextlib import ExitStack
+
+    with ExitStack() as held:
+        for path in sorted({Path(p) for p in paths}):  # in one order: two runs claiming two paths never wait on each other
+            held.enter_context(_claim(path, on_wait))
+        yield
+
+
+@contextmanager
+def _claim(path: Path, on_wait) -> Iterator[None]:
+    import fcntl
+
+    from archive.exceptions import ObsarchError
+
+    lock = path.with_name(f".{path.name}.claim")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ObsarchError(f"{path}: cannot claim it for writing ({lock}): {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(path)
+                on_wait = None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder before removed the file it locked: this one is locked only if it is still the file there
+            on_disk, mine = os.stat(lock), os.fstat(fd)
+            if (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Occupant:
     """What occupies a path a step means to write (see :func:`what_is_at`).
@@ -225,8 +277,10 @@ class Occupant:
     what : 'nothing', 'directory', 'raw' (a catalogued file no run made,
         even one gone from disk), 'product' (of ``kind``, made by run
         ``run_id`` from the raw ``frames``, file ids), 'leftover' (written
-        by run ``run_id``, which ended before it recorded the file: killed)
-        or 'foreign' (a file no run made and the catalog does not hold).
+        by run ``run_id``, which ended before it recorded the file: killed),
+        'writing' (written by run ``run_id``, still running, which has not
+        recorded it yet) or 'foreign' (a file no run made and the catalog
+        does not hold).
     """
 
     path: str
@@ -250,6 +304,8 @@ class Occupant:
         if self.what == "raw":
             number = f" (frame {self.frame_number})" if self.frame_number is not None else ""
             return f"{self.path} is a raw file of the catalog{number}: obsarch never replaces it; --out writes elsewhere"
+        if self.what == "writing":  # replaced now, it would be recorded as that run's product all the same
+            return f"{self.path} is being written by run {self.run_id}, which is still running: once it is done, run this again"
         if force:
             return None
         if self.what == "foreign":
@@ -283,8 +339,10 @@ def what_is_at(engine_or_conn, path) -> Occupant:
     if not os.path.lexists(path):
         return Occupant(path, "nothing")
     if made is None:
-        left = _left_by_a_killed_run(conn, path)
-        return Occupant(path, "foreign") if left is None else Occupant(path, "leftover", run_id=left)
+        # a stamped file with no product row yet: a killed run's, or one another run is storing now
+        if (writer := _stamped_by_an_unfinished_run(conn, path)) is None:
+            return Occupant(path, "foreign")
+        return Occupant(path, "writing" if writer[1] == "running" else "leftover", run_id=writer[0])
     frames = conn.execute(select(RunInput.file_id).where(RunInput.run_id == made.run_id, RunInput.role == "frame")).scalars()
     return Occupant(path, "product", made.kind, made.run_id, frozenset(f for f in frames if f is not None))
 

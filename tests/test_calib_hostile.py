@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from archive.exceptions import ConfigError, ObsarchError
-from archive.models import Run
+from archive.models import Product, Run
 from cli.main import app
 from processing import calibration, offsets, runs, stacking
 from processing.calib_rules import rules_from_config
@@ -308,3 +308,69 @@ def test_a_master_refusing_hdu_names_the_file(raw, url):
     first = (tmp / "raw" / f"ngc3293-{_first_bias()}.fits").resolve()
     assert result.exit_code == 1
     assert result.stderr.strip() == f"error: {first}: --hdu CCD9: no such detector (this file has PRIMARY)"
+
+
+# -- two identical masters at once -------------------------------------------------------------
+
+
+def test_two_identical_masters_at_once_make_one_and_the_second_finds_it_up_to_date(raw, monkeypatch):
+    """Two `obsarch calib bias` started together (a team trial): the second
+    failed with "exists and is no product of obsarch" at the master the
+    first was writing, or both made it. A run now holds the master's path
+    from before it asks what is up to date until the master is stored: the
+    second waits, then finds the first's master up to date, as a repeat does."""
+    import threading
+
+    catalog, tmp, _ = raw
+    both_combining = threading.Barrier(2, timeout=3)  # before the fix both runs reach it; after it, the first waits alone
+    check = calibration.MasterStep.work
+
+    def meet_then_check(task):
+        try:
+            both_combining.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return check(task)
+
+    monkeypatch.setattr(calibration.MasterStep, "work", staticmethod(meet_then_check))
+    results, errors = [], []
+
+    def make():
+        try:
+            results.append(calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m"))
+        except ObsarchError as exc:
+            errors.append(str(exc))
+
+    runs_ = [threading.Thread(target=make) for _ in range(2)]
+    for run in runs_:
+        run.start()
+    for run in runs_:
+        run.join(60)
+    assert not errors
+    assert sorted((len(r.done), len(r.skipped), len(r.failed)) for r in results) == [(0, 1, 0), (1, 0, 0)]
+    (made,) = [r for r in results if r.done]
+    (skipped,) = [r for r in results if r.skipped]
+    assert skipped.skipped == made.products and skipped.exit_code == 0
+    with catalog.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Product)).scalar_one() == 1
+    assert not list((tmp / "m").glob(".*"))  # no claim or partial file left beside the master
+
+
+def test_a_file_a_running_run_is_writing_is_said_to_be_its(raw):
+    """A product a run still running has written and not yet recorded (a run
+    on another machine, where the two do not wait for each other) is refused
+    naming that run, never as a file obsarch did not make, and not replaced
+    even with --force."""
+    catalog, tmp, _ = raw
+    target = tmp / "m" / "master.fits"
+    target.parent.mkdir()
+    with runs.recorded_run(catalog.engine, "master-bias", {}, "x") as run:
+        with catalog.engine.connect() as conn, runs.writing_for(runs.run_stamp(conn, run.id)):
+            header = fits.Header()
+            runs.stamp(header)
+        fits.PrimaryHDU(header=header).writeto(target)
+        found = runs.what_is_at(catalog.engine, target)
+        assert (found.what, found.run_id) == ("writing", run.id)
+        why = f"{target} is being written by run {run.id}, which is still running: once it is done, run this again"
+        assert found.refusal("master_bias") == found.refusal("master_bias", force=True) == why
+    assert runs.what_is_at(catalog.engine, target).what == "foreign"  # done, and it recorded no product there

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import numpy.ma as ma
 import pytest
 import typer
 from factories import leaf_commands, night_of_frames, obsarch, write_frame
@@ -306,3 +307,81 @@ def test_values_no_format_can_write_plainly_are_written_so_they_read_back(ingest
     assert rows == [{"tab": "a\tb", "newline": "c\nd", "backslash": "e\\f", "big": "Infinity", "small": "-Infinity", "x": 1.5}]
     piped = run(ingested, "sql", statement).stdout.splitlines()
     assert piped == ["tab\tnewline\tbackslash\tbig\tsmall\tx", "a\\tb\tc\\nd\te\\\\f\tinf\t-inf\t1.5"]
+
+
+# -- NaN is no NULL ---------------------------------------------------------------------------
+
+NAN_NAMES = ["frame_number", "airmass", "note"]
+NAN_ROWS = [(1, float("nan"), "a"), (2, None, None), (3, 1.25, "c")]  # a value that is not a number; no value
+
+
+def _cells(fmt: str, out: str) -> list[list]:
+    """The cells of rows printed in ``fmt``, as text (JSON: as parsed)."""
+    if fmt == "csv":
+        return list(csv.reader(io.StringIO(out)))[1:]
+    if fmt == "table":
+        return [line.split("\t") for line in out.splitlines()[1:]]
+    if fmt == "json":
+        return [list(record.values()) for record in json.loads(out)]
+    from astropy.table import Table
+
+    table = Table.read(out, format="ascii.ecsv")
+    return [["masked" if value is ma.masked else str(value) for value in row] for row in table.iterrows()]
+
+
+NAN_SHOWN = {
+    "csv": [["1", "nan", "a"], ["2", "", ""], ["3", "1.25", "c"]],
+    "table": [["1", "nan", "a"], ["2", "", ""], ["3", "1.25", "c"]],  # piped: tab-separated
+    "json": [[1, "NaN", "a"], [2, None, None], [3, 1.25, "c"]],  # JSON has no NaN: a string, as "Infinity"
+    "ecsv": [["1", "nan", "a"], ["2", "masked", "masked"], ["3", "1.25", "c"]],
+}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "table", "json", "ecsv"])
+def test_nan_and_null_are_told_apart_in_every_format(fmt, capsys):
+    """NaN and NULL were both printed empty (CSV, a piped table), both null
+    (JSON) or both "" (ECSV): a missing value and one that is not a number
+    (a header's nan, a metric) could not be told apart. Rows as the database
+    gives them, and a DataFrame of them (frame_of: `obsarch sql`, summaries)."""
+    from archive.results import frame_of
+    from cli.render import Format, readable, show_frame, show_rows
+
+    show_rows(NAN_NAMES, NAN_ROWS, Format(fmt))
+    assert _cells(fmt, capsys.readouterr().out) == NAN_SHOWN[fmt]
+    show_frame(frame_of(NAN_ROWS, NAN_NAMES), Format(fmt))
+    assert _cells(fmt, capsys.readouterr().out) == NAN_SHOWN[fmt]
+    assert (readable(float("nan")), readable(None)) == ("nan", "")  # a table drawn in a terminal
+
+
+def test_a_dataframes_own_missing_values_stay_empty(capsys):
+    """In a float64 column pandas holds a missing value as NaN: a DataFrame
+    made by pandas from rows with None prints it empty, not as nan."""
+    import pandas as pd
+
+    from cli.render import Format, show_frame
+
+    show_frame(pd.DataFrame([(1, 2.5), (2, None)], columns=["id", "value"]), Format.csv)
+    assert capsys.readouterr().out.splitlines() == ["id,value", "1,2.5", "2,"]
+
+
+def test_query_and_sql_tell_a_stored_nan_from_null(ingested):
+    """On PostgreSQL a float column holds NaN; SQLite stores a NaN as NULL,
+    so there the catalog holds no NaN to show."""
+    from sqlalchemy import update
+
+    from archive.db import make_engine
+    from archive.models import Exposure
+
+    engine = make_engine(ingested)
+    with engine.begin() as conn:
+        conn.execute(update(Exposure).where(Exposure.frame_number == 3852).values(airmass=float("nan")))
+        conn.execute(update(Exposure).where(Exposure.frame_number == 3853).values(airmass=None))
+    engine.dispose()
+    nan = "" if ingested.startswith("sqlite") else "nan"
+    csv_out = run(ingested, "query", "3852,3853", "--columns", "frame_number,airmass", "--sort", "frame_number",
+                  "--format", "csv").stdout
+    assert csv_out.splitlines() == ["frame_number,airmass", f"3852,{nan}", "3853,"]
+    sql = "select frame_number, airmass from exposures where frame_number in (3852, 3853) order by frame_number"
+    records = json.loads(run(ingested, "sql", sql, "--format", "json").stdout)
+    assert records == [{"frame_number": 3852, "airmass": "NaN" if nan else None}, {"frame_number": 3853, "airmass": None}]
+    assert run(ingested, "sql", sql).stdout.splitlines()[1:] == [f"3852\t{nan}", "3853\t"]

@@ -241,12 +241,22 @@ def test_centroid_method_in_a_box(shifted, tmp_path):
         offsets.compute_offsets(catalog.engine, ids, ids[0], method="centroid", box="5:20,5:20", workers=1)
 
 
-def test_multistage_registration_composes_transforms(shifted):
-    catalog, truths = shifted
+def _offsets_by_frame(catalog) -> dict[int, dict]:
+    return {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+
+
+def _registered_in_two_stages(catalog) -> dict[int, dict]:
+    """Group A (frames 1-2, reference 1) and group B (3-4, reference 3),
+    registered in two stages onto frame 1: the offsets by frame number."""
     grouping.create_group(catalog.engine, "A", "1-2", reference="1")
     grouping.create_group(catalog.engine, "B", "3-4", reference="3")
     offsets.compute_multistage(catalog.engine, ["A", "B"], catalog.resolve("1"), workers=1)
-    table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+    return _offsets_by_frame(catalog)
+
+
+def test_multistage_registration_composes_transforms(shifted):
+    catalog, truths = shifted
+    table = _registered_in_two_stages(catalog)
     assert table[4]["stage"] == 2 and table[4]["method"] == "composed"
     # B's reference, composed: the residual of its link onto 1, not empty
     assert table[3]["method"] == "composed" and table[3]["residual"] is not None and table[3]["residual"] > 0
@@ -260,15 +270,12 @@ def test_multistage_registration_composes_transforms(shifted):
 def test_a_reference_from_outside_keeps_its_own_offset_and_group(shifted):
     # Linking group B onto frame 1 once stored frame 1's identity again, as measured in B: offsets
     # show said frame 1 was measured in B, a group it is not in.
-    catalog, truths = shifted
-    grouping.create_group(catalog.engine, "A", "1-2", reference="1")
-    grouping.create_group(catalog.engine, "B", "3-4", reference="3")
-    offsets.compute_multistage(catalog.engine, ["A", "B"], catalog.resolve("1"), workers=1)
-    table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+    catalog, _ = shifted
+    table = _registered_in_two_stages(catalog)
     assert (table[1]["measured_in"], table[1]["stage"], table[1]["dx"]) == ("A", 1, 0.0)
     # a registration onto frame 3 of frame 4 alone leaves frame 3 composed onto frame 1
     offsets.compute_offsets(catalog.engine, [catalog.resolve("4")], catalog.resolve("3"), workers=1)
-    table = {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
+    table = _offsets_by_frame(catalog)
     assert (table[3]["reference_frame"], table[3]["method"]) == (1, "composed")
     assert (table[4]["reference_frame"], table[4]["measured_in"]) == (3, "selection")
 

@@ -143,6 +143,27 @@ def test_runs_says_when_more_runs_exist_than_it_shows(url, tmp_path, rng):
     assert whole.stdout.count("\tingest\t") == 3 and whole.stderr == ""
 
 
+@pytest.mark.parametrize("limit, shown, more, asked", [(None, 5, False, None), (0, 0, True, 1), (2, 2, True, 3),
+                                                       (5, 5, False, 6), (2**63 - 1, 5, False, 2**63 - 1)])
+def test_first_rows_reads_one_past_the_limit_to_say_more_exist(limit, shown, more, asked):
+    """`obsarch runs` and the web app's processing page both tell whether
+    more runs exist than they show, by the one rule of first_rows."""
+    import pandas as pd
+
+    from archive.catalog import first_rows
+
+    for made in (list, lambda rows: pd.DataFrame({"id": rows})):
+        calls = []
+
+        def fetch(n, made=made, calls=calls):
+            calls.append(n)
+            return made(list(range(5))[:n])
+
+        rows, said = first_rows(fetch, limit)
+        assert (len(rows), said, calls) == (shown, more, [asked])
+        assert list(rows if isinstance(rows, list) else rows["id"]) == list(range(shown))
+
+
 def test_every_group_that_runs_by_itself_has_help_with_an_example():
     group = typer.main.get_command(app)
     runs_by_itself = [name for name, command in group.commands.items() if getattr(command, "invoke_without_command", False)]

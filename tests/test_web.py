@@ -290,6 +290,25 @@ def test_night_view_shows_every_frame_with_its_grade_and_plots(night, tmp_path):
     assert missing.status_code == 404 and "no exposures in night 1999-01-01" in missing.text
 
 
+def test_nights_count_the_frames_obsarch_summary_counts(night, tmp_path):
+    """The nights page counted masters and calibrated frames beside the raw
+    frames, so a night had more frames there than in `obsarch summary`
+    (a user trial): both count raw frames, by one definition."""
+    from processing import calibration
+
+    calibration.make_master(night.engine, "bias", None, out_dir=tmp_path / "masters")
+    calibration.calibrate(night.engine, "band == 'V' and frame_type == 'science'", use=("bias",), out_dir=tmp_path / "cal",
+                          executor="serial")
+    assert len(night.exposure_ids("product is not null")) == 5  # a master and 4 calibrated frames
+    summary = night.summary()["night"].set_index("night")["exposures"].to_dict()
+    with client(night, tmp_path) as http:
+        page = http.get("/nights").text
+    shown: dict[str, int] = {}
+    for day, count in re.findall(r'<a href="/nights/([0-9-]+)">[^<]*</a></td>\s*<td>.*?</td>\s*<td>(\d+)</td>', page):
+        shown[day] = shown.get(day, 0) + int(count)
+    assert shown == summary == {NIGHT: 26}
+
+
 def test_frame_page_shows_headers_metrics_flags_groups_offsets_and_lineage(night, tmp_path):
     from processing import calibration, grouping
 

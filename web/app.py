@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from archive.catalog import Catalog
+from archive.catalog import Catalog, first_rows
 from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.formats import json_value
@@ -368,11 +368,10 @@ class Review:
 
     async def processing(self, request: Request) -> Response:
         limit, step = _count(request.query_params, "limit", 100), request.query_params.get("step") or None
-        # one more than asked: the page says when more exist, as `obsarch runs` does
-        run_rows = await run_in_threadpool(runs.list_runs, self.engine, min(limit, LARGEST_ID - 1) + 1, step)
+        # the page says when more exist, as `obsarch runs` does
+        run_rows, more = await run_in_threadpool(first_rows, lambda n: runs.list_runs(self.engine, n, step), limit)
         stale = await run_in_threadpool(runs.stale_products, self.engine)
-        return self.page(request, "processing.html", runs=run_rows[:limit], more=len(run_rows) > limit, limit=limit,
-                         step=step, stale=stale)
+        return self.page(request, "processing.html", runs=run_rows, more=more, limit=limit, step=step, stale=stale)
 
     async def run(self, request: Request) -> Response:
         run_id = _path_id(request, "run")
