@@ -74,6 +74,24 @@ def test_csv_has_every_row_as_the_cli_unless_a_limit_is_given(night, tmp_path):
     assert some.text.split() == ["frame_number", "3877", "3876"]
 
 
+def test_search_table_tells_a_nan_from_a_missing_value(night, tmp_path):
+    """As obsarch query does: a NULL is a blank cell, a NaN (PostgreSQL stores one; SQLite stores it
+    as NULL) reads nan. The table showed both blank."""
+    from sqlalchemy import update
+
+    from archive.models import Exposure
+
+    with night.engine.begin() as conn:
+        conn.execute(update(Exposure).where(Exposure.frame_number == 3852).values(airmass=float("nan")))
+        conn.execute(update(Exposure).where(Exposure.frame_number == 3853).values(airmass=None))
+    with client(night, tmp_path) as http:
+        page = http.get("/exposures", params={"q": "frame_number in (3852, 3853)", "columns": "frame_number,airmass",
+                                              "sort": "frame_number"}).text
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
+    nan = "" if night.dialect == "sqlite" else "nan"
+    assert [c.strip() for c in cells] == ["3852", nan, "3853", ""], cells
+
+
 def test_search_page_is_a_sortable_table_with_bookmarkable_urls(night, tmp_path):
     with client(night, tmp_path) as http:
         page = http.get("/exposures", params={"q": "frame_type == 'science'", "columns": "id,frame_number,band",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import re
 import tempfile
@@ -47,7 +46,7 @@ from archive.formats import json_value
 from archive.models import Exposure, File, Flag
 from archive.query import BoolOp, Column, Compare, In, IsNull, current_flag_order
 from archive.query import ids as query_ids
-from archive.results import to_csv, to_json
+from archive.results import output_rows, to_csv, to_json
 from processing import grouping, offsets, quality, regions, runs
 from processing.report import GRADE_COLOURS, STRETCHES, picture, picture_points, write_png
 from web.plots import PLOTS, time_plot
@@ -66,12 +65,10 @@ UNDO_WINDOW_S = 15 * 60
 
 
 def records(frame) -> list[dict]:
-    """DataFrame rows as dicts, with None for missing values."""
-    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT"
+    """DataFrame rows as dicts, with None for missing values (a NaN, a value
+    that is not a number, stays: :func:`archive.results.output_rows`)."""
+    names = list(frame.columns)
+    return [dict(zip(names, row, strict=True)) for row in output_rows(frame)]
 
 
 class Review:

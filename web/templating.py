@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from archive.formats import counted, frame_label, rounded
+from archive.formats import counted, frame_label, is_null, rounded
 from processing.report import GRADE_COLOURS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -18,12 +18,12 @@ STATIC = Path(__file__).parent / "static"
 
 
 def cell(value) -> str:
-    """A value as a table shows it: blank for missing; floats as ``obsarch query`` draws them in a
-    terminal (:func:`archive.formats.rounded`)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT":
+    """A value as a table shows it: blank for missing (NULL), ``nan`` for a float that is not a
+    number; floats as ``obsarch query`` draws them in a terminal (:func:`archive.formats.rounded`)."""
+    if is_null(value):
         return ""
     if isinstance(value, float):
-        return rounded(value)
+        return rounded(value) if math.isfinite(value) else str(value)
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     return str(value)
