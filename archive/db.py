@@ -343,20 +343,20 @@ def missing_file(engine: Engine) -> bool:
 def current_revision(engine: Engine) -> str | None:
     """The catalog's schema revision, read without loading alembic (every
     command checks it before doing anything); a file that is no database,
-    or a PostgreSQL search_path naming no schema, is refused in one line."""
+    or a PostgreSQL search_path whose first schema is missing, is refused in
+    one line."""
     if missing_file(engine):
         return None
     try:
-        current = _stored_revision(engine)
-        if current is None and not is_sqlite(engine):
-            _check_search_path(engine)
+        return _stored_revision(engine)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot open the catalog at {_where(engine)}: {_one_line(exc)}") from exc
-    return current
 
 
 def _stored_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
+        if not is_sqlite(conn):
+            return _postgres_revision(conn)
         try:  # one SELECT for a catalog; the table is looked for only when it fails
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         except DBAPIError:
@@ -364,6 +364,22 @@ def _stored_revision(engine: Engine) -> str | None:
             if inspect(conn).has_table("alembic_version"):
                 raise
             return None
+
+
+def _postgres_revision(conn: Connection) -> str | None:
+    """The revision stored in the catalog's schema, the first of the
+    search_path, and only there: a plain ``alembic_version`` would be found
+    in any later schema of the path (``team2,public``: public's catalog
+    passed the check, then ingest created team2's indexes against public's
+    tables and failed)."""
+    schema, path, user, stored = conn.exec_driver_sql(
+        "SELECT current_schema(), current_setting('search_path'), current_user, EXISTS "
+        "(SELECT FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'alembic_version')").one()
+    _check_search_path(conn, schema, path, user)
+    if not stored:
+        return None
+    quoted = conn.dialect.identifier_preparer.quote(schema)
+    return conn.exec_driver_sql(f"SELECT version_num FROM {quoted}.alembic_version").scalar()
 
 
 def known_revisions() -> list[str]:
@@ -404,19 +420,62 @@ def _where(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _check_search_path(engine: Engine) -> None:
-    """Refuse a PostgreSQL connection whose search_path names no schema that
-    exists: every CREATE would fail with "no schema has been selected"."""
-    with engine.connect() as conn:
-        schema, path = conn.exec_driver_sql("SELECT current_schema(), current_setting('search_path')").one()
-    if schema is not None:
+def search_path_schemas(path: str) -> list[str]:
+    """The schemas a PostgreSQL ``search_path`` setting names, in order, as
+    the server reads them: an unquoted name in lower case; ``$user`` kept."""
+    names = []
+    for quoted, plain in re.findall(r'\s*(?:"((?:[^"]|"")*)"|([^,]*?))\s*(?:,|$)', path):
+        name = quoted.replace('""', '"') if quoted else plain.lower()
+        if name:
+            names.append(name)
+    return names
+
+
+def _check_search_path(conn: Connection, schema: str | None, path: str, user: str) -> None:
+    """Refuse a PostgreSQL connection whose search_path does not begin with
+    a schema it may use: PostgreSQL would skip it and work in the next one
+    (another team's catalog, say), or, with none left, every CREATE would
+    fail with "no schema has been selected". A missing ``$user`` schema is
+    skipped, as PostgreSQL's default search_path means it to be."""
+    names = search_path_schemas(path)
+    if names[:1] == ["$user"]:
+        names = [user] if schema == user else names[1:]
+    if names and names[0] == schema:
         return
-    names = [n.strip().strip('"') for n in path.split(",") if n.strip() and n.strip() != '"$user"']
+    where = _where(conn.engine)
     if not names:
-        raise DatabaseError(f"the catalog at {_where(engine)} has an empty search_path; name a schema in it")
-    quoted = engine.dialect.identifier_preparer.quote(names[0])
-    raise DatabaseError(f"schema {names[0]} (the search_path of {_where(engine)}) does not exist; "
-                        f"create it first: CREATE SCHEMA {quoted}")
+        raise DatabaseError(f"the catalog at {where} has an empty search_path; name a schema in it")
+    first = names[0]
+    quoted = conn.dialect.identifier_preparer.quote(first)
+    instead = f", or take it out of the search_path: obsarch works in its first schema only, not in {schema}" if schema else ""
+    if conn.exec_driver_sql("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %(n)s)", {"n": first}).scalar():
+        raise DatabaseError(f"the user {user} may not use schema {first} (the search_path of {where}); "
+                            f"GRANT USAGE ON SCHEMA {quoted} TO {conn.dialect.identifier_preparer.quote(user)}{instead}")
+    raise DatabaseError(f"schema {first} (the search_path of {where}) does not exist; "
+                        f"create it first: CREATE SCHEMA {quoted}{instead}")
+
+
+def _catalog_in_a_later_schema(engine: Engine) -> str:
+    """Where a catalog is, in words, when the search_path's first schema
+    holds none but a later one does (PostgreSQL); else nothing."""
+    if is_sqlite(engine):
+        return ""
+    with engine.connect() as conn:
+        schema, later = conn.exec_driver_sql(
+            "SELECT current_schema(), (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass('alembic_version'))").one()
+    if later is None or later == schema:
+        return ""
+    return (f" (schema {schema}, the first of its search_path, holds none; the catalog in {later} is "
+            f"used only when {later} comes first)")
+
+
+def _own_tables(engine: Engine) -> set[str]:
+    """The tables of the catalog's schema (PostgreSQL: the first of the
+    search_path; without a schema, the inspector lists every table the
+    search_path reaches, other schemas' too)."""
+    inspector = inspect(engine)
+    return set(inspector.get_table_names(schema=None if is_sqlite(engine) else inspector.default_schema_name))
 
 
 def check_schema(engine: Engine) -> None:
@@ -427,13 +486,14 @@ def check_schema(engine: Engine) -> None:
     if current == head:
         return
     if current is None:
-        tables = set() if missing_file(engine) else set(inspect(engine).get_table_names())
+        tables = set() if missing_file(engine) else _own_tables(engine)
         if "files" in tables:
             raise SchemaOutOfDate(
                 f"the catalog at {where} has no schema version; run `obsarch db upgrade`"
             )
         raise CatalogNotFound(
-            f"no obsarch catalog at {where}; run `obsarch init` first (or name one with --db or ${ENV_VAR})"
+            f"no obsarch catalog at {where}{_catalog_in_a_later_schema(engine)}; run `obsarch init` first "
+            f"(or name one with --db or ${ENV_VAR})"
         )
     if current not in known_revisions():
         raise unknown_schema(engine, current)

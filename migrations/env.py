@@ -34,6 +34,10 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            # the catalog's own schema, the search_path's first: unqualified, alembic found another
+            # schema's version table later in the path (team2,public) and left team2 without a catalog
+            version_table_schema=(connection.exec_driver_sql("SELECT current_schema()").scalar()
+                                  if connection.dialect.name == "postgresql" else None),
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
