@@ -181,7 +181,9 @@ def errors(fmt: FormatOption = Format.table) -> None:
 
 @command(panel="catalog")
 def sql(
-    statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
+    statement: Annotated[str, typer.Argument(
+        help="One SQL statement; writes are refused. One that begins with a dash and no space: after --, "
+             "obsarch sql -- '--x...'.")],
     fmt: FormatOption = Format.table,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:

@@ -200,6 +200,21 @@ def test_sql_mistakes_read_the_same_on_both_backends(ingested):
     assert result.exit_code == 2 and "needs a statement" in result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["-- a note\nselect 1 as one", "--format", "csv"],
+    ["--format", "csv", "--a note\nselect 1 as one"],
+    ["--format", "csv", "--", "-- a note\nselect 1 as one"],
+], ids=["comment first", "comment after an option", "after --"])
+def test_sql_takes_a_statement_that_begins_with_a_comment(catalog, url, args):
+    """It was "no such option: -- a note\\x0aselect 1" (found by a team trial)."""
+    assert run(url, "sql", *args).stdout.splitlines() == ["one", "1"]
+
+
+def test_an_option_whose_value_begins_with_a_dash_keeps_it(ingested):
+    run(ingested, "flag", "set", "3852", "--grade", "bad", "--note", "-- clouds, then clear")
+    assert "-- clouds, then clear" in run(ingested, "flag", "history", "3852").stdout
+
+
 def test_sql_keeps_integers_beside_nulls(ingested):
     out = run(ingested, "sql", "select id, case when id = 1 then null else id end as maybe from files "
                                "order by id limit 2", "--format", "csv").stdout
