@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -375,14 +376,26 @@ def test_sql_timeout_is_cancelled_on_the_server(stocked, backend):
     url, snapshot, before = stocked
     slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c" if backend == "sqlite"
             else "select pg_sleep(30)")
-    result = runner.invoke(app, ["--db", url, "sql", "--timeout", "1", slow])
+    tag = f"obsarch-test-{uuid.uuid4().hex[:8]}"
+    result = runner.invoke(app, ["--db", tagged(url, tag, backend), "sql", "--timeout", "1", slow])
     one_line(result, 1, "timeout and was cancelled")
     if backend == "postgresql":
         engine = db.make_engine(url)
-        with engine.connect() as conn:
-            running = conn.execute(text("select count(*) from pg_stat_activity where query = :q"), {"q": slow}).scalar()
+        assert active(engine, tag) == 0
         engine.dispose()
-        assert running == 0
+
+
+def tagged(url: str, tag: str, backend: str) -> str:
+    """``url`` whose PostgreSQL connections carry ``tag`` as their application_name: the statement
+    pg_stat_activity shows is the server-side cursor's FETCH, not the user's text."""
+    return f"{url}&application_name={tag}" if backend == "postgresql" else url
+
+
+def active(engine, tag: str) -> int:
+    """How many statements connections tagged ``tag`` are running (PostgreSQL)."""
+    with engine.connect() as conn:
+        return conn.execute(text("select count(*) from pg_stat_activity where application_name = :tag and state = 'active'"),
+                            {"tag": tag}).scalar()
 
 
 def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
@@ -394,15 +407,13 @@ def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
     import time
 
     url, _, _ = stocked
-    marker = f"select pg_sleep(120), '{tmp_path.name}'"
-    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "sql", marker], env=os.environ.copy(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = f"obsarch-test-{tmp_path.name}"[:63]
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", tagged(url, tag, backend), "sql",
+                                "select pg_sleep(120)"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = db.make_engine(url)
 
     def running() -> int:
-        with engine.connect() as conn:
-            return conn.execute(text("select count(*) from pg_stat_activity where query like :q and pid <> pg_backend_pid()"),
-                                {"q": f"%{tmp_path.name}%"}).scalar()
+        return active(engine, tag)
 
     deadline = time.monotonic() + 30
     while running() == 0 and time.monotonic() < deadline:
