@@ -6,6 +6,7 @@ how a write transaction begins, bulk loading, read-only access) lives here.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -18,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -506,7 +507,80 @@ def check_schema(engine: Engine) -> None:
 
 # -- read-only SQL ---------------------------------------------------------
 
-READER_ROLE = "obsarch_reader"  # created by migration 0012 on PostgreSQL
+SHARED_READER_ROLE = "obsarch_reader"  # one role for the whole server (migration 0012); no catalog's since 0021
+READER_PREFIX = "obsarch_reader_"
+READERS_SINCE = "0021"  # the revision from which each catalog has a reader role of its own
+
+
+def reader_role(database: str, schema: str) -> str:
+    """The role ``obsarch sql`` reads the catalog in ``database``.``schema``
+    as (PostgreSQL): one per catalog, which may read that schema's tables
+    only. One role for the whole server let a user granted it for one
+    catalog read every team's (found by a team trial).
+
+    Role names are server-wide and at most 63 bytes: the database and schema
+    names, in lower-case letters, digits and ``_`` (cut to fit), then a hash
+    of both as given, so that no two catalogs share a role (``a_b``.``c``
+    and ``a``.``b_c`` read alike) and no name needs quoting."""
+    digest = hashlib.sha256(f"{database}\x00{schema}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9]+", "_", f"{database}_{schema}".lower()).strip("_")
+    room = 63 - len(READER_PREFIX) - 1 - len(digest)
+    return f"{READER_PREFIX}{readable[:room].rstrip('_')}_{digest}"
+
+
+def grant_reader(conn: Connection) -> None:
+    """Make the catalog's reader role if it is missing and give it what it
+    reads (PostgreSQL, in the transaction of ``conn``): USAGE of the schema,
+    SELECT on every table and view this user may grant (it owns them, or is
+    a member of their owner), and SELECT on the tables this user makes from
+    now on (default privileges, which only ever apply to their maker's new
+    tables: a table another member makes later is granted when that member
+    runs ``obsarch db upgrade``, which calls this). The user is made a member
+    of the role, so that ``obsarch sql`` may SET ROLE to it.
+
+    Roles belong to the whole server: another catalog's migration may be
+    making one at the same moment, and a user who may not create roles gets
+    a catalog without it; ``obsarch sql`` then says so in one line."""
+    role = reader_role(*conn.exec_driver_sql("SELECT current_database(), current_schema()").one())
+    conn.execute(text(f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION;
+            END IF;
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN NULL;
+            WHEN insufficient_privilege THEN RAISE NOTICE 'cannot create the role {role}: obsarch sql will refuse to run';
+        END $$"""))
+    conn.execute(text(f"""
+        DO $$
+        DECLARE
+            relation regclass;
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                RETURN;
+            END IF;
+            EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
+            FOR relation IN
+                SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                  AND pg_has_role(current_user, c.relowner, 'MEMBER')
+            LOOP
+                BEGIN
+                    EXECUTE format('GRANT SELECT ON %s TO {role}', relation);
+                EXCEPTION WHEN insufficient_privilege THEN NULL;
+                END;
+            END LOOP;
+            EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO {role}', current_schema());
+            BEGIN
+                EXECUTE format('GRANT {role} TO %I', current_user);
+            EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN NULL;
+            END;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'cannot give the role {role} what it reads: %', SQLERRM;
+        END $$"""))
+
+
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 100_000
 _FETCH_ROWS = 10_000  # rows asked of the server (or SQLite) at a time
@@ -531,8 +605,9 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
 
     SQLite: a read-only connection whose authorizer allows reading only
     (no ATTACH, hence no ``VACUUM INTO``; no pragma that writes). PostgreSQL:
-    a read-only transaction under ``SET ROLE`` to the catalog's reader role, a role that
-    may only read the catalog's tables, so server files and programs,
+    a read-only transaction under ``SET ROLE`` to the catalog's reader role
+    (:func:`reader_role`), which may only read the catalog's own tables, so
+    other catalogs of the server, server files and programs,
     signals to other sessions and writes fail even for a superuser; the
     server's own plan of the statement is checked for ``set_config``, the one
     way a query could leave that role. ``timeout_s`` is enforced by the
@@ -621,24 +696,85 @@ def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None, max_r
             cursor.execute("BEGIN READ ONLY")
             deadline = time.monotonic() + timeout_s if timeout_s else None
             _postgres_limits(cursor, driver, timeout_s)
-            try:
-                cursor.execute(f"SET LOCAL ROLE {READER_ROLE}")
-            except psycopg.Error as exc:
-                raise ReadOnlyViolation(
-                    f"`obsarch sql` runs as the role {READER_ROLE}, and the user {driver.info.user!r} cannot SET ROLE to it "
-                    f"({_one_line(exc)}); run `obsarch db upgrade` as a user who may create roles, or "
-                    f"GRANT {READER_ROLE} TO {driver.info.user}") from None
+            database, schema = cursor.execute("SELECT current_database(), current_schema()").fetchone()
+            role = reader_role(database, schema)
+            _set_reader_role(cursor, engine, role, schema)
             try:
                 _refuse_leaving_the_role(cursor, sql)
                 return _postgres_rows(driver, cursor, sql, max_rows, timeout_s, deadline)
             except psycopg.errors.QueryCanceled as exc:
                 raise _sql_error(exc, timeout_s, interrupted=True) from None
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise _refused_read(cursor, engine, exc, role, schema) or _sql_error(exc, timeout_s) from None
             except psycopg.Error as exc:
                 raise _sql_error(exc, timeout_s) from None
     finally:
         with suppress(psycopg.Error):  # a broken connection is dropped below anyway
             driver.execute("ROLLBACK")
         raw.invalidate()  # never hand a connection that ran a user's SQL back to a pool
+
+
+def _set_reader_role(cursor, engine: Engine, role: str, schema: str) -> None:
+    """SET LOCAL ROLE to the catalog's reader, or say in one line who must do what."""
+    import psycopg
+
+    user = cursor.connection.info.user
+    quote = engine.dialect.identifier_preparer.quote
+    try:
+        cursor.execute(f"SET LOCAL ROLE {quote(role)}")
+    except psycopg.errors.InvalidParameterValue:  # no such role
+        raise ReadOnlyViolation(
+            f"`obsarch sql` reads as {role}, the reader role of this catalog (schema {schema}), which does not exist: "
+            f"the user who upgraded the catalog may not create roles; one who may runs `obsarch db upgrade`, "
+            f"then GRANT {role} TO {quote(user)}") from None
+    except psycopg.Error as exc:
+        raise ReadOnlyViolation(
+            f"`obsarch sql` reads as {role}, the reader role of this catalog (schema {schema}), and the user "
+            f"{user} cannot SET ROLE to it ({_one_line(exc)}); an administrator runs: GRANT {role} TO {quote(user)}") from None
+    # the schema the role works in: without USAGE of the catalog's, PostgreSQL passes it over
+    if cursor.execute("SELECT current_schema()").fetchone()[0] != schema:
+        raise ReadOnlyViolation(_not_given_schema(role, schema, quote))
+
+
+def _not_given_schema(role: str, schema: str, quote) -> str:
+    return (f"`obsarch sql` reads as {role}, which was not given this catalog's schema {schema}: "
+            f"its owner runs `obsarch db upgrade`, or GRANT USAGE ON SCHEMA {quote(schema)} TO {role}")
+
+
+_DENIED = re.compile(r"permission denied for (schema|table|view|materialized view|foreign table) (\S+)")
+
+
+def _refused_read(cursor, engine: Engine, exc: Exception, role: str, schema: str) -> Exception | None:
+    """Why the catalog's reader role was refused, when it was a read: a
+    schema other than the catalog's, or a table of the catalog not given to
+    the reader (made by another member after the reader was set up); None
+    for anything else (a write)."""
+    message = _one_line(exc).split(" LINE 1:")[0]  # the rest quotes our EXPLAIN
+    denied = _DENIED.search(message)
+    if denied is None:
+        return None
+    kind, name = denied.groups()
+    quote = engine.dialect.identifier_preparer.quote
+    if kind == "schema" and name != schema:
+        return ReadOnlyViolation(f"`obsarch sql` reads as {role}, which may read this catalog's schema {schema} only, "
+                                 f"not {name}: {message}")
+    if kind == "schema":
+        return ReadOnlyViolation(_not_given_schema(role, schema, quote))
+    import psycopg
+
+    try:  # asked outside the failed transaction, as the user
+        cursor.execute("ROLLBACK")
+        unread = cursor.execute(
+            "SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND NOT has_table_privilege(%s, c.oid, 'SELECT')",
+            (schema, name, role)).fetchone()
+    except psycopg.Error:
+        return None
+    if unread is None:
+        return None
+    return ReadOnlyViolation(f"`obsarch sql` reads as {role}, which may not read the {kind} {name} of this catalog: its owner "
+                             f"{unread[0]} made it without giving it to the reader; {unread[0]} runs `obsarch db upgrade`, "
+                             f"or GRANT SELECT ON {quote(schema)}.{quote(name)} TO {role}")
 
 
 def _postgres_rows(driver, cursor, sql: str, max_rows: int, timeout_s: float | None, deadline: float | None) -> ReadOnlyResult:

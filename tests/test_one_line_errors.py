@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import pytest
-from conftest import PG_URL
+from conftest import PG_URL, drop_schema
 from factories import obsarch
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -104,9 +104,8 @@ def schemas(backend):
         return name
 
     yield make
-    with admin.begin() as conn:
-        for name in made:
-            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+    for name in made:
+        drop_schema(admin, name)
     admin.dispose()
 
 
