@@ -725,11 +725,82 @@ def test_the_shared_reader_role_reads_no_catalog(stocked, pg_admin, catalogs):
     engine.dispose()
 
 
+def test_a_table_another_member_makes_later_is_read_once_they_upgrade(stocked, pg_admin):
+    """Default privileges apply only to the tables of the user who set them: a table another member
+    makes later is refused by `obsarch sql` with what to do, and read once that member upgrades;
+    from then on their new tables are read at once."""
+    url, _, _ = stocked
+    make_user, _, run_as = pg_admin
+    from conftest import reader_of
+
+    schema, reader = url.rsplit("%3D", 1)[1], reader_of(url)
+    carol = make_user(f"GRANT {reader} TO {{user}}", f"GRANT CREATE ON SCHEMA {schema} TO {{user}}")
+    admin = db.make_engine(make_url_as(url, carol))
+    with admin.begin() as conn:
+        conn.execute(text("create table notes (x integer)"))
+        conn.execute(text("insert into notes values (7)"))
+    result = runner.invoke(app, ["--db", url, "sql", "select x from notes"])
+    one_line(result, 1, f"reads as {reader}, which may not read the table notes of this catalog: its owner {carol} made it "
+                        f"without giving it to the reader; {carol} runs `obsarch db upgrade`, "
+                        f"or GRANT SELECT ON {schema}.notes TO {reader}")
+    assert run_as(carol, url, "db", "upgrade").exit_code == 0
+    assert run_as(carol, url, "sql", "select x from notes", "--format", "csv").stdout == "x\n7\n"
+    with admin.begin() as conn:
+        conn.execute(text("create table more_notes (y integer)"))
+    admin.dispose()
+    assert runner.invoke(app, ["--db", url, "sql", "select y from more_notes", "--format", "csv"]).stdout == "y\n"
+
+
+def test_a_catalog_made_by_a_user_who_cannot_create_roles_gets_its_reader_from_an_admins_upgrade(pg_admin):
+    """Its upgrade cannot make the reader role: `obsarch sql` says who must do what, and an
+    administrator's `obsarch db upgrade` (at head, nothing to migrate) makes it and gives it the tables."""
+    from conftest import PG_URL, reader_of
+
+    make_user, make_catalog, run_as = pg_admin
+    dana = make_user()
+    url, schema = make_catalog(owner=dana)
+    role = reader_of(url)
+    one_line(run_as(dana, url, "sql", "select count(*) from files"), 1,
+             f"reads as {role}, the reader role of this catalog (schema {schema}), which does not exist: the user who "
+             f"upgraded the catalog may not create roles; one who may runs `obsarch db upgrade`, then GRANT {role} TO {dana}")
+    assert runner.invoke(app, ["--db", url, "db", "upgrade"]).exit_code == 0
+    admin = db.make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"GRANT {role} TO {dana}"))
+    admin.dispose()
+    result = run_as(dana, url, "sql", "select count(*) as n from files", "--format", "csv")
+    assert (result.exit_code, result.stdout) == (0, "n\n0\n"), result.stderr
+
+
+def test_a_reader_not_given_its_schema_says_so_and_an_upgrade_gives_it(stocked, pg_admin):
+    """Without USAGE of the catalog's schema PostgreSQL passes the schema over: it was
+    "relation files does not exist"."""
+    from conftest import reader_of
+
+    url, _, _ = stocked
+    schema, reader = url.rsplit("%3D", 1)[1], reader_of(url)
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"REVOKE USAGE ON SCHEMA {schema} FROM {reader}"))
+    engine.dispose()
+    one_line(runner.invoke(app, ["--db", url, "sql", "select count(*) from files"]), 1,
+             f"reads as {reader}, which was not given this catalog's schema {schema}: its owner runs `obsarch db upgrade`, "
+             f"or GRANT USAGE ON SCHEMA {schema} TO {reader}")
+    assert runner.invoke(app, ["--db", url, "db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "sql", "select count(*) as n from files", "--format", "csv"]).stdout == "n\n2\n"
+
+
 def test_promoted_keywords_are_read_by_the_reader(stocked, backend):
     url, _, _ = stocked
     assert runner.invoke(app, ["--db", url, "db", "promote", "FRAMENUM"]).exit_code == 0
     result = runner.invoke(app, ["--db", url, "sql", "select * from exposures", "--format", "csv"])
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.stderr
+
+
+def make_url_as(url: str, user: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
 
 
 def test_runs_of_dead_processes_are_marked_interrupted_at_the_next_ingest(stocked, tmp_path):
