@@ -6,6 +6,7 @@ how a write transaction begins, bulk loading, read-only access) lives here.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -16,8 +17,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -343,20 +345,20 @@ def missing_file(engine: Engine) -> bool:
 def current_revision(engine: Engine) -> str | None:
     """The catalog's schema revision, read without loading alembic (every
     command checks it before doing anything); a file that is no database,
-    or a PostgreSQL search_path naming no schema, is refused in one line."""
+    or a PostgreSQL search_path whose first schema is missing, is refused in
+    one line."""
     if missing_file(engine):
         return None
     try:
-        current = _stored_revision(engine)
-        if current is None and not is_sqlite(engine):
-            _check_search_path(engine)
+        return _stored_revision(engine)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot open the catalog at {_where(engine)}: {_one_line(exc)}") from exc
-    return current
 
 
 def _stored_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
+        if not is_sqlite(conn):
+            return _postgres_revision(conn)
         try:  # one SELECT for a catalog; the table is looked for only when it fails
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         except DBAPIError:
@@ -364,6 +366,22 @@ def _stored_revision(engine: Engine) -> str | None:
             if inspect(conn).has_table("alembic_version"):
                 raise
             return None
+
+
+def _postgres_revision(conn: Connection) -> str | None:
+    """The revision stored in the catalog's schema, the first of the
+    search_path, and only there: a plain ``alembic_version`` would be found
+    in any later schema of the path (``team2,public``: public's catalog
+    passed the check, then ingest created team2's indexes against public's
+    tables and failed)."""
+    schema, path, user, stored = conn.exec_driver_sql(
+        "SELECT current_schema(), current_setting('search_path'), current_user, EXISTS "
+        "(SELECT FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'alembic_version')").one()
+    _check_search_path(conn, schema, path, user)
+    if not stored:
+        return None
+    quoted = conn.dialect.identifier_preparer.quote(schema)
+    return conn.exec_driver_sql(f"SELECT version_num FROM {quoted}.alembic_version").scalar()
 
 
 def known_revisions() -> list[str]:
@@ -404,19 +422,62 @@ def _where(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _check_search_path(engine: Engine) -> None:
-    """Refuse a PostgreSQL connection whose search_path names no schema that
-    exists: every CREATE would fail with "no schema has been selected"."""
-    with engine.connect() as conn:
-        schema, path = conn.exec_driver_sql("SELECT current_schema(), current_setting('search_path')").one()
-    if schema is not None:
+def search_path_schemas(path: str) -> list[str]:
+    """The schemas a PostgreSQL ``search_path`` setting names, in order, as
+    the server reads them: an unquoted name in lower case; ``$user`` kept."""
+    names = []
+    for quoted, plain in re.findall(r'\s*(?:"((?:[^"]|"")*)"|([^,]*?))\s*(?:,|$)', path):
+        name = quoted.replace('""', '"') if quoted else plain.lower()
+        if name:
+            names.append(name)
+    return names
+
+
+def _check_search_path(conn: Connection, schema: str | None, path: str, user: str) -> None:
+    """Refuse a PostgreSQL connection whose search_path does not begin with
+    a schema it may use: PostgreSQL would skip it and work in the next one
+    (another team's catalog, say), or, with none left, every CREATE would
+    fail with "no schema has been selected". A missing ``$user`` schema is
+    skipped, as PostgreSQL's default search_path means it to be."""
+    names = search_path_schemas(path)
+    if names[:1] == ["$user"]:
+        names = [user] if schema == user else names[1:]
+    if names and names[0] == schema:
         return
-    names = [n.strip().strip('"') for n in path.split(",") if n.strip() and n.strip() != '"$user"']
+    where = _where(conn.engine)
     if not names:
-        raise DatabaseError(f"the catalog at {_where(engine)} has an empty search_path; name a schema in it")
-    quoted = engine.dialect.identifier_preparer.quote(names[0])
-    raise DatabaseError(f"schema {names[0]} (the search_path of {_where(engine)}) does not exist; "
-                        f"create it first: CREATE SCHEMA {quoted}")
+        raise DatabaseError(f"the catalog at {where} has an empty search_path; name a schema in it")
+    first = names[0]
+    quoted = conn.dialect.identifier_preparer.quote(first)
+    instead = f", or take it out of the search_path: obsarch works in its first schema only, not in {schema}" if schema else ""
+    if conn.exec_driver_sql("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %(n)s)", {"n": first}).scalar():
+        raise DatabaseError(f"the user {user} may not use schema {first} (the search_path of {where}); "
+                            f"GRANT USAGE ON SCHEMA {quoted} TO {conn.dialect.identifier_preparer.quote(user)}{instead}")
+    raise DatabaseError(f"schema {first} (the search_path of {where}) does not exist; "
+                        f"create it first: CREATE SCHEMA {quoted}{instead}")
+
+
+def _catalog_in_a_later_schema(engine: Engine) -> str:
+    """Where a catalog is, in words, when the search_path's first schema
+    holds none but a later one does (PostgreSQL); else nothing."""
+    if is_sqlite(engine):
+        return ""
+    with engine.connect() as conn:
+        schema, later = conn.exec_driver_sql(
+            "SELECT current_schema(), (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass('alembic_version'))").one()
+    if later is None or later == schema:
+        return ""
+    return (f" (schema {schema}, the first of its search_path, holds none; the catalog in {later} is "
+            f"used only when {later} comes first)")
+
+
+def _own_tables(engine: Engine) -> set[str]:
+    """The tables of the catalog's schema (PostgreSQL: the first of the
+    search_path; without a schema, the inspector lists every table the
+    search_path reaches, other schemas' too)."""
+    inspector = inspect(engine)
+    return set(inspector.get_table_names(schema=None if is_sqlite(engine) else inspector.default_schema_name))
 
 
 def check_schema(engine: Engine) -> None:
@@ -427,13 +488,14 @@ def check_schema(engine: Engine) -> None:
     if current == head:
         return
     if current is None:
-        tables = set() if missing_file(engine) else set(inspect(engine).get_table_names())
+        tables = set() if missing_file(engine) else _own_tables(engine)
         if "files" in tables:
             raise SchemaOutOfDate(
                 f"the catalog at {where} has no schema version; run `obsarch db upgrade`"
             )
         raise CatalogNotFound(
-            f"no obsarch catalog at {where}; run `obsarch init` first (or name one with --db or ${ENV_VAR})"
+            f"no obsarch catalog at {where}{_catalog_in_a_later_schema(engine)}; run `obsarch init` first "
+            f"(or name one with --db or ${ENV_VAR})"
         )
     if current not in known_revisions():
         raise unknown_schema(engine, current)
@@ -445,24 +507,115 @@ def check_schema(engine: Engine) -> None:
 
 # -- read-only SQL ---------------------------------------------------------
 
-READER_ROLE = "obsarch_reader"  # created by migration 0012 on PostgreSQL
+SHARED_READER_ROLE = "obsarch_reader"  # one role for the whole server (migration 0012); no catalog's since 0021
+READER_PREFIX = "obsarch_reader_"
+READERS_SINCE = "0021"  # the revision from which each catalog has a reader role of its own
+
+
+def reader_role(database: str, schema: str) -> str:
+    """The role ``obsarch sql`` reads the catalog in ``database``.``schema``
+    as (PostgreSQL): one per catalog, which may read that schema's tables
+    only. One role for the whole server let a user granted it for one
+    catalog read every team's (found by a team trial).
+
+    Role names are server-wide and at most 63 bytes: the database and schema
+    names, in lower-case letters, digits and ``_`` (cut to fit), then a hash
+    of both as given, so that no two catalogs share a role (``a_b``.``c``
+    and ``a``.``b_c`` read alike) and no name needs quoting."""
+    digest = hashlib.sha256(f"{database}\x00{schema}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9]+", "_", f"{database}_{schema}".lower()).strip("_")
+    room = 63 - len(READER_PREFIX) - 1 - len(digest)
+    return f"{READER_PREFIX}{readable[:room].rstrip('_')}_{digest}"
+
+
+def grant_reader(conn: Connection) -> None:
+    """Make the catalog's reader role if it is missing and give it what it
+    reads (PostgreSQL, in the transaction of ``conn``): USAGE of the schema,
+    SELECT on every table and view this user may grant (it owns them, or is
+    a member of their owner), and SELECT on the tables this user makes from
+    now on (default privileges, which only ever apply to their maker's new
+    tables: a table another member makes later is granted when that member
+    runs ``obsarch db upgrade``, which calls this). The user is made a member
+    of the role, so that ``obsarch sql`` may SET ROLE to it.
+
+    Roles belong to the whole server: another catalog's migration may be
+    making one at the same moment, and a user who may not create roles gets
+    a catalog without it; ``obsarch sql`` then says so in one line."""
+    role = reader_role(*conn.exec_driver_sql("SELECT current_database(), current_schema()").one())
+    conn.execute(text(f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION;
+            END IF;
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN NULL;
+            WHEN insufficient_privilege THEN RAISE NOTICE 'cannot create the role {role}: obsarch sql will refuse to run';
+        END $$"""))
+    conn.execute(text(f"""
+        DO $$
+        DECLARE
+            relation regclass;
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                RETURN;
+            END IF;
+            EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
+            FOR relation IN
+                SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                  AND pg_has_role(current_user, c.relowner, 'MEMBER')
+            LOOP
+                BEGIN
+                    EXECUTE format('GRANT SELECT ON %s TO {role}', relation);
+                EXCEPTION WHEN insufficient_privilege THEN NULL;
+                END;
+            END LOOP;
+            EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO {role}', current_schema());
+            BEGIN
+                EXECUTE format('GRANT {role} TO %I', current_user);
+            EXCEPTION WHEN insufficient_privilege OR invalid_grant_operation THEN NULL;
+            END;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'cannot give the role {role} what it reads: %', SQLERRM;
+        END $$"""))
+
+
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_ROWS = 100_000
+_FETCH_ROWS = 10_000  # rows asked of the server (or SQLite) at a time
 _CHECK_CLIENT_MS = 1000  # how soon PostgreSQL notices a client that went away
 
 
-def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[list[str], list[tuple]]:
-    """Run one query, read-only by privilege; return column names and rows.
+class ReadOnlyResult(NamedTuple):
+    """What :func:`run_read_only` returns: the column names, at most
+    ``max_rows`` rows, and whether the statement had more."""
+
+    names: list[str]
+    rows: list[tuple]
+    more: bool
+
+
+def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                  max_rows: int = DEFAULT_MAX_ROWS) -> ReadOnlyResult:
+    """Run one query, read-only by privilege; return its first ``max_rows``
+    rows, fetched in batches so that memory holds no more than those (a
+    query of a billion rows took 1.8 GB in 3 s): a server-side cursor on
+    PostgreSQL, ``fetchmany`` on SQLite.
 
     SQLite: a read-only connection whose authorizer allows reading only
     (no ATTACH, hence no ``VACUUM INTO``; no pragma that writes). PostgreSQL:
-    a read-only transaction under ``SET ROLE obsarch_reader``, a role that
-    may only read the catalog's tables, so server files and programs,
+    a read-only transaction under ``SET ROLE`` to the catalog's reader role
+    (:func:`reader_role`), which may only read the catalog's own tables, so
+    other catalogs of the server, server files and programs,
     signals to other sessions and writes fail even for a superuser; the
     server's own plan of the statement is checked for ``set_config``, the one
     way a query could leave that role. ``timeout_s`` is enforced by the
-    server (``statement_timeout``), which also drops the statement within a
-    second when the client goes away.
+    server (``statement_timeout``, over every fetch together), which also
+    drops the statement within a second when the client goes away.
     """
+    if max_rows < 1:
+        raise UsageError(f"max_rows is {max_rows}; at least 1 row")
     if "\x00" in sql:
         raise ReadOnlyViolation("the statement holds a NUL byte")
     if any("\ud800" <= c <= "\udfff" for c in sql):  # bytes that were not UTF-8 (kept by Python as surrogates)
@@ -470,10 +623,25 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
     engine = make_engine(url, read_only=True)
     try:
         if is_sqlite(engine):
-            return _sqlite_read_only(engine, sql, timeout_s)
-        return _postgres_read_only(engine, sql, timeout_s)
+            return _sqlite_read_only(engine, sql, timeout_s, max_rows)
+        return _postgres_read_only(engine, sql, timeout_s, max_rows)
     finally:
         engine.dispose()
+
+
+def _first_rows(fetch, max_rows: int, before_fetch=None) -> tuple[list[tuple], bool]:
+    """Up to ``max_rows`` rows, ``fetch(n)`` at a time, and whether there
+    were more: one row past the cap is asked for, so that a statement of
+    exactly ``max_rows`` rows is not called cut short."""
+    rows: list[tuple] = []
+    while len(rows) <= max_rows:
+        if before_fetch is not None:
+            before_fetch()
+        batch = fetch(min(_FETCH_ROWS, max_rows + 1 - len(rows)))
+        if not batch:
+            break
+        rows.extend(tuple(row) for row in batch)
+    return rows[:max_rows], len(rows) > max_rows
 
 
 _SQLITE_ALLOWED = {21, 20, 31, 33, 22}  # SELECT, READ, FUNCTION, RECURSIVE, TRANSACTION (sqlite3's codes)
@@ -494,7 +662,7 @@ def _sqlite_authorizer(action, arg1, arg2, _db, _trigger):
     return sqlite3.SQLITE_DENY
 
 
-def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tuple[list[str], list[tuple]]:
+def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int) -> ReadOnlyResult:
     deadline = time.monotonic() + timeout_s if timeout_s else None
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
@@ -504,7 +672,8 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tupl
         try:
             cursor = driver.execute(sql)
             names = [d[0] for d in cursor.description or []]
-            rows = [tuple(r) for r in cursor.fetchall()] if names else []
+            rows, more = _first_rows(cursor.fetchmany, max_rows) if names else ([], False)
+            cursor.close()
         except sqlite3.Warning as exc:  # more than one statement
             raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
         except sqlite3.Error as exc:
@@ -513,10 +682,10 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tupl
             driver.set_authorizer(None)
             driver.set_progress_handler(None, 0)
         conn.rollback()
-        return names, rows
+        return ReadOnlyResult(names, rows, more)
 
 
-def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tuple[list[str], list[tuple]]:
+def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int) -> ReadOnlyResult:
     import psycopg
 
     raw = engine.raw_connection()
@@ -525,29 +694,121 @@ def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None) -> tu
         driver.autocommit = True
         with driver.cursor() as cursor:
             cursor.execute("BEGIN READ ONLY")
+            deadline = time.monotonic() + timeout_s if timeout_s else None
             _postgres_limits(cursor, driver, timeout_s)
-            try:
-                cursor.execute(f"SET LOCAL ROLE {READER_ROLE}")
-            except psycopg.Error as exc:
-                raise ReadOnlyViolation(
-                    f"`obsarch sql` runs as the role {READER_ROLE}, and the user {driver.info.user!r} cannot SET ROLE to it "
-                    f"({_one_line(exc)}); run `obsarch db upgrade` as a user who may create roles, or "
-                    f"GRANT {READER_ROLE} TO {driver.info.user}") from None
+            database, schema = cursor.execute("SELECT current_database(), current_schema()").fetchone()
+            role = reader_role(database, schema)
+            _set_reader_role(cursor, engine, role, schema)
             try:
                 _refuse_leaving_the_role(cursor, sql)
-                # prepare: a prepared statement cannot hold a second statement
-                cursor.execute(sql, prepare=True)
-                names = [d.name for d in cursor.description or []]
-                rows = [tuple(r) for r in cursor.fetchall()] if names else []
+                return _postgres_rows(driver, cursor, sql, max_rows, timeout_s, deadline)
             except psycopg.errors.QueryCanceled as exc:
                 raise _sql_error(exc, timeout_s, interrupted=True) from None
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise _refused_read(cursor, engine, exc, role, schema) or _sql_error(exc, timeout_s) from None
             except psycopg.Error as exc:
                 raise _sql_error(exc, timeout_s) from None
-            return names, rows
     finally:
         with suppress(psycopg.Error):  # a broken connection is dropped below anyway
             driver.execute("ROLLBACK")
         raw.invalidate()  # never hand a connection that ran a user's SQL back to a pool
+
+
+def _set_reader_role(cursor, engine: Engine, role: str, schema: str) -> None:
+    """SET LOCAL ROLE to the catalog's reader, or say in one line who must do what."""
+    import psycopg
+
+    user = cursor.connection.info.user
+    quote = engine.dialect.identifier_preparer.quote
+    try:
+        cursor.execute(f"SET LOCAL ROLE {quote(role)}")
+    except psycopg.errors.InvalidParameterValue:  # no such role
+        raise ReadOnlyViolation(
+            f"`obsarch sql` reads as {role}, the reader role of this catalog (schema {schema}), which does not exist: "
+            f"the user who upgraded the catalog may not create roles; one who may runs `obsarch db upgrade`, "
+            f"then GRANT {role} TO {quote(user)}") from None
+    except psycopg.Error as exc:
+        raise ReadOnlyViolation(
+            f"`obsarch sql` reads as {role}, the reader role of this catalog (schema {schema}), and the user "
+            f"{user} cannot SET ROLE to it ({_one_line(exc)}); an administrator runs: GRANT {role} TO {quote(user)}") from None
+    # the schema the role works in: without USAGE of the catalog's, PostgreSQL passes it over
+    if cursor.execute("SELECT current_schema()").fetchone()[0] != schema:
+        raise ReadOnlyViolation(_not_given_schema(role, schema, quote))
+
+
+def _not_given_schema(role: str, schema: str, quote) -> str:
+    return (f"`obsarch sql` reads as {role}, which was not given this catalog's schema {schema}: "
+            f"its owner runs `obsarch db upgrade`, or GRANT USAGE ON SCHEMA {quote(schema)} TO {role}")
+
+
+_DENIED = re.compile(r"permission denied for (schema|table|view|materialized view|foreign table) (\S+)")
+
+
+def _refused_read(cursor, engine: Engine, exc: Exception, role: str, schema: str) -> Exception | None:
+    """Why the catalog's reader role was refused, when it was a read: a
+    schema other than the catalog's, or a table of the catalog not given to
+    the reader (made by another member after the reader was set up); None
+    for anything else (a write)."""
+    message = _one_line(exc).split(" LINE 1:")[0]  # the rest quotes our EXPLAIN
+    denied = _DENIED.search(message)
+    if denied is None:
+        return None
+    kind, name = denied.groups()
+    quote = engine.dialect.identifier_preparer.quote
+    if kind == "schema" and name != schema:
+        return ReadOnlyViolation(f"`obsarch sql` reads as {role}, which may read this catalog's schema {schema} only, "
+                                 f"not {name}: {message}")
+    if kind == "schema":
+        return ReadOnlyViolation(_not_given_schema(role, schema, quote))
+    import psycopg
+
+    try:  # asked outside the failed transaction, as the user
+        cursor.execute("ROLLBACK")
+        unread = cursor.execute(
+            "SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND NOT has_table_privilege(%s, c.oid, 'SELECT')",
+            (schema, name, role)).fetchone()
+    except psycopg.Error:
+        return None
+    if unread is None:
+        return None
+    return ReadOnlyViolation(f"`obsarch sql` reads as {role}, which may not read the {kind} {name} of this catalog: its owner "
+                             f"{unread[0]} made it without giving it to the reader; {unread[0]} runs `obsarch db upgrade`, "
+                             f"or GRANT SELECT ON {quote(schema)}.{quote(name)} TO {role}")
+
+
+def _postgres_rows(driver, cursor, sql: str, max_rows: int, timeout_s: float | None, deadline: float | None) -> ReadOnlyResult:
+    """The statement's first rows through a server-side cursor (DECLARE,
+    then FETCH a batch at a time): the server keeps the rest, where a
+    plain cursor would have received every row. Each FETCH is a statement
+    of its own, so the timeout each gets is what is left of ``timeout_s``."""
+    import psycopg
+
+    named = driver.cursor(name="obsarch_sql")
+    try:
+        # EXPLAIN took the statement (_refuse_leaving_the_role); one a cursor does not take is no query
+        try:
+            named.execute(sql)  # DECLARE, in one Parse: one statement only
+        except psycopg.errors.SyntaxError:  # CREATE TABLE AS, EXECUTE
+            raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query "
+                                    f"(SELECT, WITH, VALUES or TABLE), not {_first_word(sql).upper()}") from None
+        except psycopg.errors.FeatureNotSupported as exc:  # a WITH that writes
+            raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: {_one_line(exc)}") from None
+        names = [d.name for d in named.description or []]
+
+        def time_left() -> None:
+            if deadline is None:
+                return
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                raise QueryTimeout(f"the statement ran past the {timeout_s:g} s timeout and was cancelled on the server (--timeout)")
+            cursor.execute(f"SET LOCAL statement_timeout = {left_ms}")
+
+        rows, more = _first_rows(named.fetchmany, max_rows, time_left) if names else ([], False)
+        return ReadOnlyResult(names, rows, more)
+    finally:
+        with suppress(psycopg.Error):
+            named.close()
 
 
 def _postgres_limits(cursor, driver, timeout_s: float | None) -> None:
@@ -578,7 +839,7 @@ def _refuse_leaving_the_role(cursor, sql: str) -> None:
         message = _one_line(exc).split(" LINE 1:")[0]  # the rest quotes our EXPLAIN, not the user's text
         if "multiple commands" in message:
             raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from None
-        first = sql.split(None, 1)[0].lower() if sql.strip() else ""
+        first = _first_word(sql).lower()
         cursor.execute("ROLLBACK TO SAVEPOINT plan")
         if cursor.execute("SELECT 1 FROM pg_get_keywords() WHERE word = %s", (first,)).fetchone():
             raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query "
@@ -592,6 +853,20 @@ def _refuse_leaving_the_role(cursor, sql: str) -> None:
     running = sorted({name for name in _RUNS_SQL_TEXT if f"{name}(" in plan})
     if running:
         raise ReadOnlyViolation(f"`obsarch sql` refuses {running[0]}(): it runs SQL text that cannot be checked first")
+
+
+_LEADING_COMMENTS = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/)", re.DOTALL)
+
+
+def _first_word(sql: str) -> str:
+    """The statement's first word, past leading comments (``-- note``, ``/* ... */``)."""
+    position = 0
+    while match := _LEADING_COMMENTS.match(sql, position):
+        if match.end() == position:
+            break
+        position = match.end()
+    words = sql[position:].split(None, 1)
+    return words[0] if words else ""
 
 
 # PostgreSQL's own functions that take a statement as text and run it.

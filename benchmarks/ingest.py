@@ -136,9 +136,13 @@ class Backends:
             return
         import psycopg
 
+        from archive.db import reader_role
+
         with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            database = conn.info.dbname
             for schema in self.schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                conn.execute(f"DROP ROLE IF EXISTS {reader_role(database, schema)}")  # roles outlive schemas (0021)
 
 
 def _env(url: str) -> dict:

@@ -137,14 +137,43 @@ def _plain(params: list) -> list:
     return params
 
 
+def _is_text(arg: str) -> bool:
+    """Whether a word that begins with a dash is text, not an option: an
+    option's name (before any ``=``) holds no space or line break, and a SQL
+    statement that begins with a comment (``-- note\nselect 1``) does."""
+    return any(c.isspace() for c in arg.split("=", 1)[0])
+
+
+@functools.cache
+def _text_aware(parser_class: type) -> type:
+    class TextAwareParser(parser_class):
+        """Click's parser, reading a dashed word that is text (:func:`_is_text`) as an argument."""
+
+        def _process_opts(self, arg, state):
+            if _is_text(arg):
+                state.largs.append(arg)
+            else:
+                super()._process_opts(arg, state)
+
+    return TextAwareParser
+
+
 class Command(TyperCommand):
     """A command whose help shows words, not Python types. For a command that
     takes extra arguments (``run ... -- tool ARGS``), everything after ``--``
     is an extra argument: click would give its first word to an optional
-    argument left empty (``run --each obsid -- ls`` read ``ls`` as the selection)."""
+    argument left empty (``run --each obsid -- ls`` read ``ls`` as the selection).
+    A word that begins with a dash but holds a space or a line break is an
+    argument: ``obsarch sql "-- note\nselect 1"`` was "no such option"."""
 
     def get_params(self, ctx):
         return _plain(super().get_params(ctx))
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        if hasattr(parser, "_process_opts"):  # another click: its own parsing stands (`--` still works)
+            parser.__class__ = _text_aware(type(parser))
+        return parser
 
     def parse_args(self, ctx, args):
         if not (ctx.allow_extra_args and "--" in args):

@@ -179,13 +179,25 @@ def errors(fmt: FormatOption = Format.table) -> None:
         err_console.print(f"{counted(len(frame), 'file')} with problems")
 
 
+SQL_MAX_ROWS = 100_000  # as archive.db.DEFAULT_MAX_ROWS, which this module does not import to start
+
+
 @command(panel="catalog")
 def sql(
-    statement: Annotated[str, typer.Argument(help="One SQL statement; writes are refused.")],
+    statement: Annotated[str, typer.Argument(
+        help="One SQL statement; writes are refused. One that begins with a dash and no space: after --, "
+             "obsarch sql -- '--x...'.")],
     fmt: FormatOption = Format.table,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows", min=1, max=2**62,
+        help=f"Stop after this many rows (default {SQL_MAX_ROWS}): they are shown, a line on stderr says more "
+             "were left, and the exit status is 3. Page with LIMIT and OFFSET, or raise it.")] = SQL_MAX_ROWS,
 ) -> None:
     """Run one read-only SQL statement on the catalog.
+
+    Rows are fetched in batches and at most --max-rows are kept, so a
+    statement of a billion rows does not fill the memory.
 
     Example: obsarch sql "select band, count(*) from exposures group by band"
     """
@@ -197,6 +209,10 @@ def sql(
     if not statement.strip():
         fail("`obsarch sql` needs a statement, e.g. \"select band, count(*) from exposures group by band\"", code=2)
     open_catalog()  # refuses a missing or out-of-date catalog
-    names, rows = db.run_read_only(STATE.db, statement, timeout_s=timeout or None)
+    names, rows, more = db.run_read_only(STATE.db, statement, timeout_s=timeout or None, max_rows=max_rows)
     # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice keeps pandas' own types
     show_frame(frame_of(rows, names) if len(set(names)) == len(names) else pd.DataFrame(rows, columns=names), fmt)
+    if more:  # partial: the last line says so, and how to get the rest
+        err_console.print(f"stopped after {max_rows} rows (--max-rows {max_rows}); the statement returns more: "
+                          "page with LIMIT and OFFSET, or raise --max-rows", markup=False, soft_wrap=True)
+        raise typer.Exit(3)

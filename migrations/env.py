@@ -34,6 +34,10 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            # the catalog's own schema, the search_path's first: unqualified, alembic found another
+            # schema's version table later in the path (team2,public) and left team2 without a catalog
+            version_table_schema=(connection.exec_driver_sql("SELECT current_schema()").scalar()
+                                  if connection.dialect.name == "postgresql" else None),
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
@@ -41,7 +45,24 @@ def run_migrations_online() -> None:
                 # (the first's CREATE TABLE alembic_version made the other fail on pg_type's unique index)
                 connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('obsarch schema upgrade'))")
             context.run_migrations()
+            if connection.dialect.name == "postgresql":
+                _grant_reader(connection)
         connection.commit()
+
+
+def _grant_reader(connection) -> None:
+    """Give the catalog's reader role every table this user may grant, after
+    every upgrade (PostgreSQL, from 0021 on): default privileges apply only
+    to tables their maker makes, so a table a later migration made, run by
+    another member of the team, is given to the reader when that member
+    upgrades; an upgrade at head by a user who may create roles makes the
+    role that a first upgrade could not."""
+    from archive.db import READERS_SINCE, grant_reader
+
+    schema = connection.dialect.identifier_preparer.quote(connection.exec_driver_sql("SELECT current_schema()").scalar())
+    stored = connection.exec_driver_sql(f"SELECT max(version_num) FROM {schema}.alembic_version").scalar()
+    if stored is not None and stored >= READERS_SINCE:
+        grant_reader(connection)
 
 
 def run_migrations_offline() -> None:

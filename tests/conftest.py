@@ -82,8 +82,7 @@ def url(backend, tmp_path) -> str:
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    drop_schema(admin, schema)
     admin.dispose()
 
 
@@ -95,6 +94,27 @@ def sqlite_catalog_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("template") / "catalog.db"
     Catalog.create(f"sqlite:///{path}").engine.dispose()
     return path
+
+
+def drop_schema(admin, schema: str) -> None:
+    """Drop a test's schema, and the catalog's reader role: roles outlive schemas (migration 0021)."""
+    from archive.db import reader_role
+
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        role = reader_role(conn.execute(text("select current_database()")).scalar(), schema)
+        conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+
+
+def reader_of(url: str) -> str:
+    """The reader role of the catalog at ``url`` (PostgreSQL)."""
+    from archive import db
+
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        role = db.reader_role(*conn.execute(text("select current_database(), current_schema()")).one())
+    engine.dispose()
+    return role
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -375,14 +376,26 @@ def test_sql_timeout_is_cancelled_on_the_server(stocked, backend):
     url, snapshot, before = stocked
     slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c" if backend == "sqlite"
             else "select pg_sleep(30)")
-    result = runner.invoke(app, ["--db", url, "sql", "--timeout", "1", slow])
+    tag = f"obsarch-test-{uuid.uuid4().hex[:8]}"
+    result = runner.invoke(app, ["--db", tagged(url, tag, backend), "sql", "--timeout", "1", slow])
     one_line(result, 1, "timeout and was cancelled")
     if backend == "postgresql":
         engine = db.make_engine(url)
-        with engine.connect() as conn:
-            running = conn.execute(text("select count(*) from pg_stat_activity where query = :q"), {"q": slow}).scalar()
+        assert active(engine, tag) == 0
         engine.dispose()
-        assert running == 0
+
+
+def tagged(url: str, tag: str, backend: str) -> str:
+    """``url`` whose PostgreSQL connections carry ``tag`` as their application_name: the statement
+    pg_stat_activity shows is the server-side cursor's FETCH, not the user's text."""
+    return f"{url}&application_name={tag}" if backend == "postgresql" else url
+
+
+def active(engine, tag: str) -> int:
+    """How many statements connections tagged ``tag`` are running (PostgreSQL)."""
+    with engine.connect() as conn:
+        return conn.execute(text("select count(*) from pg_stat_activity where application_name = :tag and state = 'active'"),
+                            {"tag": tag}).scalar()
 
 
 def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
@@ -394,15 +407,13 @@ def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
     import time
 
     url, _, _ = stocked
-    marker = f"select pg_sleep(120), '{tmp_path.name}'"
-    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "sql", marker], env=os.environ.copy(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = f"obsarch-test-{tmp_path.name}"[:63]
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", tagged(url, tag, backend), "sql",
+                                "select pg_sleep(120)"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = db.make_engine(url)
 
     def running() -> int:
-        with engine.connect() as conn:
-            return conn.execute(text("select count(*) from pg_stat_activity where query like :q and pid <> pg_backend_pid()"),
-                                {"q": f"%{tmp_path.name}%"}).scalar()
+        return active(engine, tag)
 
     deadline = time.monotonic() + 30
     while running() == 0 and time.monotonic() < deadline:
@@ -613,31 +624,183 @@ def test_an_unreachable_archive_is_one_line_and_kept_in_the_queue(stocked, tmp_p
     assert snapshot() == before
 
 
-def test_sql_as_a_user_who_cannot_set_the_role(stocked, backend):
+@pytest.fixture
+def pg_admin(backend):
+    """(make_user, make_catalog, run_as) on PostgreSQL: login roles and catalogs in schemas of their own, all
+    dropped after the test (with the catalogs' reader roles)."""
     if backend != "postgresql":
         pytest.skip("roles are PostgreSQL's")
-    import uuid
-
+    from conftest import PG_URL, drop_schema
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    url, _, _ = stocked
-    user = f"obsarch_test_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(url)
-    with admin.begin() as conn:
-        schema = conn.execute(text("select current_schema()")).scalar()
-        conn.execute(text(f"CREATE ROLE {user} LOGIN"))
-        conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {user}"))
-        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {user}"))
-    try:
-        as_user = make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
-        result = runner.invoke(app, ["--db", as_user, "sql", "select count(*) from files"])
-        one_line(result, 1, "cannot SET ROLE to it")
-        assert f"GRANT obsarch_reader TO {user}" in result.stderr
-    finally:
+    admin, users, schemas = create_engine(PG_URL), [], []
+
+    def make_user(*grants: str) -> str:
+        user = f"obsarch_test_{uuid.uuid4().hex[:8]}"
         with admin.begin() as conn:
+            conn.execute(text(f"CREATE ROLE {user} LOGIN"))
+            for grant in grants:
+                conn.execute(text(grant.format(user=user)))
+        users.append(user)
+        return user
+
+    def make_catalog(owner: str | None = None) -> tuple[str, str]:
+        """A catalog in a new schema, made by ``owner`` (whose schema it is) or the admin."""
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}" + (f" AUTHORIZATION {owner}" if owner else "")))
+        schemas.append(schema)
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        result = run_as(owner, url, "init") if owner else runner.invoke(app, ["--db", url, "init"])
+        assert result.exit_code == 0, result.stderr
+        return url, schema
+
+    def run_as(user: str, url: str, *args: str):
+        return runner.invoke(app, ["--db", make_url(url).set(username=user).render_as_string(hide_password=False), *args])
+
+    yield make_user, make_catalog, run_as
+    for schema in schemas:
+        drop_schema(admin, schema)
+    with admin.begin() as conn:
+        for user in users:
             conn.execute(text(f"DROP OWNED BY {user}"))
             conn.execute(text(f"DROP ROLE {user}"))
-        admin.dispose()
+    admin.dispose()
+
+
+def test_sql_as_a_user_who_cannot_set_the_role(stocked, pg_admin):
+    from conftest import reader_of
+
+    url, _, _ = stocked
+    make_user, _, run_as = pg_admin
+    schema = url.rsplit("%3D", 1)[1]
+    user = make_user(f"GRANT USAGE ON SCHEMA {schema} TO {{user}}", f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {{user}}")
+    result = run_as(user, url, "sql", "select count(*) from files")
+    one_line(result, 1, "cannot SET ROLE to it")
+    role = reader_of(url)
+    assert f"reads as {role}, the reader role of this catalog (schema {schema})" in result.stderr
+    assert result.stderr.rstrip().endswith(f"an administrator runs: GRANT {role} TO {user}")
+
+
+def test_a_user_granted_one_catalogs_reader_cannot_read_another_catalog(stocked, pg_admin):
+    """One role for the whole server (obsarch_reader) let a user granted it for one catalog read every
+    team's catalog through `obsarch sql` (found by a team trial): now each catalog has its own."""
+    from conftest import reader_of
+
+    url_a, _, _ = stocked
+    make_user, make_catalog, run_as = pg_admin
+    schema_a = url_a.rsplit("%3D", 1)[1]
+    url_b, schema_b = make_catalog()
+    reader_a, reader_b = reader_of(url_a), reader_of(url_b)
+    assert reader_a != reader_b
+    bob = make_user(f"GRANT {reader_a} TO {{user}}")
+
+    result = run_as(bob, url_a, "sql", "select count(*) as n from files", "--format", "csv")
+    assert (result.exit_code, result.stdout) == (0, "n\n2\n"), result.stderr
+    one_line(run_as(bob, url_a, "sql", f"select count(*) from {schema_b}.files"), 1,
+             f"reads as {reader_a}, which may read this catalog's schema {schema_a} only, not {schema_b}: "
+             f"permission denied for schema {schema_b}")
+    one_line(run_as(bob, url_b, "sql", "select count(*) from files"), 1, f"the user {bob} may not use schema {schema_b}")
+    # past the catalog check (a grant of the schema and its version table), still not past B's reader role
+    carol = make_user(f"GRANT {reader_a} TO {{user}}", f"GRANT USAGE ON SCHEMA {schema_b} TO {{user}}",
+                      f"GRANT SELECT ON {schema_b}.alembic_version TO {{user}}")
+    result = run_as(carol, url_b, "sql", "select count(*) from files")
+    one_line(result, 1, f"an administrator runs: GRANT {reader_b} TO {carol}")
+
+
+@pytest.mark.parametrize("catalogs", [1, 2])
+def test_the_shared_reader_role_reads_no_catalog(stocked, pg_admin, catalogs):
+    """The advice obsarch gave before (GRANT obsarch_reader TO bob) opens no catalog now."""
+    url, _, _ = stocked
+    _, make_catalog, _ = pg_admin
+    schemas = [url.rsplit("%3D", 1)[1]] + [make_catalog()[1] for _ in range(catalogs - 1)]
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        for schema in schemas:
+            assert not conn.execute(text("select has_schema_privilege('obsarch_reader', :s, 'USAGE')"), {"s": schema}).scalar()
+            assert not conn.execute(text(
+                "select count(*) from pg_tables where schemaname = :s and has_table_privilege('obsarch_reader', "
+                "format('%I.%I', schemaname, tablename), 'SELECT')"), {"s": schema}).scalar()
+    engine.dispose()
+
+
+def test_a_table_another_member_makes_later_is_read_once_they_upgrade(stocked, pg_admin):
+    """Default privileges apply only to the tables of the user who set them: a table another member
+    makes later is refused by `obsarch sql` with what to do, and read once that member upgrades;
+    from then on their new tables are read at once."""
+    url, _, _ = stocked
+    make_user, _, run_as = pg_admin
+    from conftest import reader_of
+
+    schema, reader = url.rsplit("%3D", 1)[1], reader_of(url)
+    carol = make_user(f"GRANT {reader} TO {{user}}", f"GRANT CREATE ON SCHEMA {schema} TO {{user}}")
+    admin = db.make_engine(make_url_as(url, carol))
+    with admin.begin() as conn:
+        conn.execute(text("create table notes (x integer)"))
+        conn.execute(text("insert into notes values (7)"))
+    result = runner.invoke(app, ["--db", url, "sql", "select x from notes"])
+    one_line(result, 1, f"reads as {reader}, which may not read the table notes of this catalog: its owner {carol} made it "
+                        f"without giving it to the reader; {carol} runs `obsarch db upgrade`, "
+                        f"or GRANT SELECT ON {schema}.notes TO {reader}")
+    assert run_as(carol, url, "db", "upgrade").exit_code == 0
+    assert run_as(carol, url, "sql", "select x from notes", "--format", "csv").stdout == "x\n7\n"
+    with admin.begin() as conn:
+        conn.execute(text("create table more_notes (y integer)"))
+    admin.dispose()
+    assert runner.invoke(app, ["--db", url, "sql", "select y from more_notes", "--format", "csv"]).stdout == "y\n"
+
+
+def test_a_catalog_made_by_a_user_who_cannot_create_roles_gets_its_reader_from_an_admins_upgrade(pg_admin):
+    """Its upgrade cannot make the reader role: `obsarch sql` says who must do what, and an
+    administrator's `obsarch db upgrade` (at head, nothing to migrate) makes it and gives it the tables."""
+    from conftest import PG_URL, reader_of
+
+    make_user, make_catalog, run_as = pg_admin
+    dana = make_user()
+    url, schema = make_catalog(owner=dana)
+    role = reader_of(url)
+    one_line(run_as(dana, url, "sql", "select count(*) from files"), 1,
+             f"reads as {role}, the reader role of this catalog (schema {schema}), which does not exist: the user who "
+             f"upgraded the catalog may not create roles; one who may runs `obsarch db upgrade`, then GRANT {role} TO {dana}")
+    assert runner.invoke(app, ["--db", url, "db", "upgrade"]).exit_code == 0
+    admin = db.make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"GRANT {role} TO {dana}"))
+    admin.dispose()
+    result = run_as(dana, url, "sql", "select count(*) as n from files", "--format", "csv")
+    assert (result.exit_code, result.stdout) == (0, "n\n0\n"), result.stderr
+
+
+def test_a_reader_not_given_its_schema_says_so_and_an_upgrade_gives_it(stocked, pg_admin):
+    """Without USAGE of the catalog's schema PostgreSQL passes the schema over: it was
+    "relation files does not exist"."""
+    from conftest import reader_of
+
+    url, _, _ = stocked
+    schema, reader = url.rsplit("%3D", 1)[1], reader_of(url)
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"REVOKE USAGE ON SCHEMA {schema} FROM {reader}"))
+    engine.dispose()
+    one_line(runner.invoke(app, ["--db", url, "sql", "select count(*) from files"]), 1,
+             f"reads as {reader}, which was not given this catalog's schema {schema}: its owner runs `obsarch db upgrade`, "
+             f"or GRANT USAGE ON SCHEMA {schema} TO {reader}")
+    assert runner.invoke(app, ["--db", url, "db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["--db", url, "sql", "select count(*) as n from files", "--format", "csv"]).stdout == "n\n2\n"
+
+
+def test_promoted_keywords_are_read_by_the_reader(stocked, backend):
+    url, _, _ = stocked
+    assert runner.invoke(app, ["--db", url, "db", "promote", "FRAMENUM"]).exit_code == 0
+    result = runner.invoke(app, ["--db", url, "sql", "select * from exposures", "--format", "csv"])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.stderr
+
+
+def make_url_as(url: str, user: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(db.resolve_url(url)).set(username=user).render_as_string(hide_password=False)
 
 
 def test_runs_of_dead_processes_are_marked_interrupted_at_the_next_ingest(stocked, tmp_path):

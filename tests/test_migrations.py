@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from archive import db
 from archive.models import Base
@@ -60,3 +63,47 @@ def test_head_constant_is_alembics_head(tmp_path):
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     assert ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head() == db.head_revision()
+
+
+def test_the_catalogs_reader_role_goes_down_and_up_with_0021(url, backend):
+    """0021 gives the catalog a reader role of its own and takes it from the shared obsarch_reader;
+    its downgrade gives the catalog back to obsarch_reader and drops the role."""
+    if backend != "postgresql":
+        pytest.skip("roles are PostgreSQL's")
+    from alembic import command
+    from conftest import reader_of
+
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    role = reader_of(url)
+
+    def readers() -> dict[str, tuple[bool, int]]:
+        """role -> (USAGE of the schema, tables it may SELECT), for the roles that exist"""
+        with engine.connect() as conn:
+            return {name: tuple(conn.execute(text(
+                "select has_schema_privilege(:r, current_schema(), 'USAGE'), count(*) filter (where has_table_privilege("
+                ":r, format('%I.%I', schemaname, tablename), 'SELECT')) from pg_tables where schemaname = current_schema()"),
+                {"r": name}).one()) for name in (role, "obsarch_reader")
+                if conn.execute(text("select count(*) from pg_roles where rolname = :r"), {"r": name}).scalar()}
+
+    with engine.connect() as conn:
+        tables = conn.execute(text("select count(*) from pg_tables where schemaname = current_schema()")).scalar()
+    assert readers() == {role: (True, tables), "obsarch_reader": (False, 0)}
+    command.downgrade(db.alembic_config(engine), "0020")
+    assert readers() == {"obsarch_reader": (True, tables)}
+    db.upgrade(engine)
+    assert readers() == {role: (True, tables), "obsarch_reader": (False, 0)}
+    engine.dispose()
+
+
+# (database, schema) pairs that read alike once cut, lowered or flattened to [a-z0-9_]
+CATALOGS = [("test", "t_0123456789ab"), ("a_b", "c"), ("a", "b_c"), ("Team", "Data Set"), ("team", "data_set"),
+            ("d" * 63, "s" * 63), ("d" * 63, "s" * 62 + "t"), ("ünï", "côdé")]
+
+
+@pytest.mark.parametrize("database, schema", CATALOGS)
+def test_reader_role_names_fit_and_differ(database, schema):
+    role = db.reader_role(database, schema)
+    assert len(role.encode()) <= 63 and re.fullmatch(r"obsarch_reader_[a-z0-9_]+_[0-9a-f]{8}", role)
+    assert role not in {db.reader_role(*other) for other in CATALOGS if other != (database, schema)}
+    assert db.reader_role(database, schema) == role

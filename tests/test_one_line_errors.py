@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import pytest
-from conftest import PG_URL
+from conftest import PG_URL, drop_schema
 from factories import obsarch
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -85,6 +85,83 @@ def test_a_search_path_naming_a_missing_schema_says_how_to_create_it(backend, co
         made = conn.execute(text("SELECT count(*) FROM pg_namespace WHERE nspname = :n"), {"n": schema}).scalar()
     admin.dispose()
     assert made == 0
+
+
+@pytest.fixture
+def schemas(backend):
+    """Makes PostgreSQL schemas on demand (``schemas(catalog=True)``), each dropped after the test."""
+    if backend != "postgresql":
+        pytest.skip("a search_path is PostgreSQL's")
+    admin, made = create_engine(PG_URL), []
+
+    def make(catalog: bool = False) -> str:
+        name = f"sp_{uuid.uuid4().hex[:10]}"
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {name}"))
+        made.append(name)
+        if catalog:
+            obsarch(path_url(name), "init")
+        return name
+
+    yield make
+    for name in made:
+        drop_schema(admin, name)
+    admin.dispose()
+
+
+def path_url(*schemas: str) -> str:
+    return f"{PG_URL}?options=-csearch_path%3D{'%2C'.join(schemas)}"
+
+
+def files_in(schema: str) -> int:
+    admin = create_engine(PG_URL)
+    with admin.connect() as conn:
+        count = conn.execute(text(f"SELECT count(*) FROM {schema}.files")).scalar()
+    admin.dispose()
+    return count
+
+
+@pytest.mark.parametrize("command", [["summary"], ["ingest", "{tmp}"], ["sql", "select 1"]])
+def test_a_search_path_whose_first_schema_is_missing_is_refused_not_passed_over(schemas, tmp_path, command):
+    """team2,public with no team2: PostgreSQL would work in public, another team's catalog (found by a team trial)."""
+    team = schemas(catalog=True)
+    missing = f"nope_{uuid.uuid4().hex[:8]}"
+    url = path_url(missing, team)
+    result = obsarch(url, *[arg.format(tmp=tmp_path) for arg in command], code=1)
+    assert one_line(result) == (f"error: schema {missing} (the search_path of {url}) does not exist; "
+                                f"create it first: CREATE SCHEMA {missing}, or take it out of the search_path: "
+                                f"obsarch works in its first schema only, not in {team}")
+    assert files_in(team) == 0
+
+
+def test_an_empty_first_schema_is_not_passed_over_for_a_later_catalog(schemas, tmp_path):
+    """team2,public where only public holds a catalog: it passed the check and then ingest failed on
+    "relation ix_header_cards_long already exists" (found by a team trial); now the catalog is team2's."""
+    from factories import write_frame
+
+    team, empty = schemas(catalog=True), schemas()
+    url = path_url(empty, team)
+    result = obsarch(url, "summary", code=1)
+    assert one_line(result) == (f"error: no obsarch catalog at {url} (schema {empty}, the first of its search_path, holds "
+                                f"none; the catalog in {team} is used only when {team} comes first); run `obsarch init` "
+                                "first (or name one with --db or $OBSARCH_DB)")
+    obsarch(url, "init")  # makes the catalog in the first schema, though a later one holds one
+    for i in range(2):
+        write_frame(tmp_path / "f" / f"g{i}.fits", header={"FRAMENUM": 100 + i})
+    assert "2 new" in obsarch(url, "ingest", str(tmp_path / "f")).stdout
+    assert (files_in(empty), files_in(team)) == (2, 0)
+
+
+@pytest.mark.parametrize("path, names", [
+    ('"$user", public', ["$user", "public"]),
+    ("Team2,public", ["team2", "public"]),
+    ('"Team 2" , "a""b",x', ["Team 2", 'a"b', "x"]),
+    ("", []),
+])
+def test_search_path_schemas_reads_names_as_the_server_does(path, names):
+    from archive.db import search_path_schemas
+
+    assert search_path_schemas(path) == names
 
 
 # -- 4: an OSError on a path -------------------------------------------------------
