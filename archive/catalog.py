@@ -320,14 +320,20 @@ class Catalog:
         from archive.results import frame_of
 
         with self.engine.connect() as conn:
-            ingests = conn.execute(select(IngestRun).order_by(IngestRun.id.desc()).limit(limit)).all()
+            rows = [(*row[:8], None) for row in _ingest_rows(conn, limit)]  # without who and where
             steps = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit)).all()
-        rows = [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error, None)
-                for r in ingests]
         rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error,
                   None if r.parent_id is None else str(r.parent_id)) for r in steps]
         rows.sort(key=lambda row: row[4], reverse=True)
         return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error", "parent"])
+
+    def ingests(self, limit: int | None = 20) -> list[dict]:
+        """The latest ingest runs, newest first, as :meth:`runs` lists them
+        (``item`` holds the paths scanned), with who ran each where."""
+        with self.engine.connect() as conn:
+            rows = _ingest_rows(conn, limit)
+        names = ("run", "step", "item", "state", "started_at", "seconds", "summary", "error", "user", "host")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def run(self, ref: str) -> dict:
         """One run: ``i3`` is ingest run 3, ``3`` processing run 3. A dict of
@@ -473,6 +479,13 @@ def _seconds(run) -> float | None:
     if run.started_at is None or run.finished_at is None:
         return None
     return round((run.finished_at - run.started_at).total_seconds(), 3)
+
+
+def _ingest_rows(conn, limit: int | None) -> list[tuple]:
+    """(run, step, paths, state, started_at, seconds, counts, error, user, host) of the latest ingests."""
+    statement = select(IngestRun).order_by(IngestRun.id.desc())
+    return [(f"i{r.id}", "ingest", r.paths, r.state, r.started_at, _seconds(r), _ingest_counts(r), r.error, r.user, r.host)
+            for r in conn.execute(statement if limit is None else statement.limit(limit))]
 
 
 def _ingest_counts(run) -> str:

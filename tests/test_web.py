@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import warnings
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -374,6 +375,31 @@ def test_processing_page_lists_runs_with_parameters_and_stale_products(night, tm
     assert "none asked for (limit=0)" in none_asked and "no run of step bogus" in no_step
     assert "no processing runs yet" not in none_asked + no_step
     assert "the newest 1 run; more exist" in cut and "more exist" not in page.text
+
+
+def test_processing_page_lists_the_ingests_as_obsarch_runs_does(night, tmp_path):
+    """The web app showed no ingest: what was read, when, by whom and what failed was only on the command line."""
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "cut.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)  # a header cut short
+    night.ingest([tmp_path / "more"])
+    listed = night.runs()
+    ingests = listed[listed.step == "ingest"]
+    with client(night, tmp_path) as http:
+        page = http.get("/processing").text
+    section = page.split("<h2>Ingests</h2>")[1].split("<h2>")[0]
+    rows = re.findall(r"<tr class=\"state-\w+\"><td>(i\d+)</td><td>([^<]*)</td>", section)
+    assert [run for run, _ in rows] == list(ingests.run) == ["i2", "i1"]
+    assert rows[0][1] == str(tmp_path / "more")
+    assert "0 new, 0 changed, 0 unchanged, 0 missing, 1 failed" in section and getpass.getuser() in section
+    with client(night, tmp_path) as http, patch("web.app.INGESTS_SHOWN", 1):
+        cut = http.get("/processing").text
+    assert "the newest 1 ingest; more exist" in cut
+
+
+def test_processing_page_says_when_nothing_was_ingested(catalog, tmp_path):
+    with client(catalog, tmp_path) as http:
+        page = http.get("/processing").text
+    assert "no ingest yet" in page
 
 
 def test_a_run_page_lists_its_items_and_each_tool_run_shows_its_output(night, tmp_path):

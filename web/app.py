@@ -64,6 +64,9 @@ LARGEST_ID = 2**63 - 1  # ids and limits are 64-bit integers in both backends
 UNDO_WINDOW_S = 15 * 60
 
 
+INGESTS_SHOWN = 20  # the processing page's newest ingest runs (obsarch runs lists more)
+
+
 def records(frame) -> list[dict]:
     """DataFrame rows as dicts, with None for missing values (a NaN, a value
     that is not a number, stays: :func:`archive.results.output_rows`)."""
@@ -368,7 +371,9 @@ class Review:
         # the page says when more exist, as `obsarch runs` does
         run_rows, more = await run_in_threadpool(first_rows, lambda n: runs.list_runs(self.engine, n, step), limit)
         stale = await run_in_threadpool(runs.stale_products, self.engine)
-        return self.page(request, "processing.html", runs=run_rows, more=more, limit=limit, step=step, stale=stale)
+        ingests, more_ingests = await run_in_threadpool(first_rows, self.catalog.ingests, INGESTS_SHOWN)
+        return self.page(request, "processing.html", runs=run_rows, more=more, limit=limit, step=step, stale=stale,
+                         ingests=ingests, more_ingests=more_ingests)
 
     async def run(self, request: Request) -> Response:
         run_id = _path_id(request, "run")
