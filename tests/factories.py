@@ -159,3 +159,20 @@ def leaf_commands(group, prefix=()):
             yield from leaf_commands(command, (*prefix, name))
         else:
             yield (*prefix, name), command
+
+
+def meeting_first(barrier, function):
+    """``function``, called once the other party of ``barrier`` is there too
+    (or it has given up waiting): two runs at once both reach it unless one
+    holds the other back. A broken barrier is the run waited for alone."""
+    import threading
+
+    def meet_then_call(*args):
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return function(*args)
+
+    return meet_then_call
+

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import test_steps
 from astropy.io import fits
-from factories import write_image
+from factories import meeting_first, write_image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -323,16 +323,8 @@ def test_two_identical_masters_at_once_make_one_and_the_second_finds_it_up_to_da
 
     catalog, tmp, _ = raw
     both_combining = threading.Barrier(2, timeout=3)  # before the fix both runs reach it; after it, the first waits alone
-    check = calibration.MasterStep.work
-
-    def meet_then_check(task):
-        try:
-            both_combining.wait()
-        except threading.BrokenBarrierError:
-            pass
-        return check(task)
-
-    monkeypatch.setattr(calibration.MasterStep, "work", staticmethod(meet_then_check))
+    monkeypatch.setattr(calibration.MasterStep, "work",
+                        staticmethod(meeting_first(both_combining, calibration.MasterStep.work)))
     results, errors = [], []
 
     def make():

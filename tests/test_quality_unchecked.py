@@ -4,7 +4,7 @@ such a frame is graded only on what was checked, or not graded at all."""
 from __future__ import annotations
 
 import numpy as np
-from factories import obsarch, star_field, write_image
+from factories import meeting_first, obsarch, star_field, write_image
 from sqlalchemy import func, insert, select, update
 
 from archive.ingest import utcnow
@@ -138,16 +138,7 @@ def test_two_runs_of_the_rules_at_once_flag_each_frame_once(catalog, tmp_path, r
     catalog.ingest([tmp_path])
     quality.compute(catalog.engine, workers=1)
     both_judging = threading.Barrier(2, timeout=3)  # before the fix both runs reach it; after it, the first waits alone
-    judge = quality._group_medians
-
-    def meet_then_judge(members):
-        try:
-            both_judging.wait()
-        except threading.BrokenBarrierError:
-            pass
-        return judge(members)
-
-    monkeypatch.setattr(quality, "_group_medians", meet_then_judge)
+    monkeypatch.setattr(quality, "_group_medians", meeting_first(both_judging, quality._group_medians))
     runs = [threading.Thread(target=quality.apply_rules, args=(catalog.engine,)) for _ in range(2)]
     for run in runs:
         run.start()
