@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -55,17 +56,34 @@ def is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
 
 
+#: Every engine made here, so that a command run in a process that goes on
+#: (a test, a notebook calling the CLI) closes the connections it opened
+#: rather than leaving them to the garbage collector (:func:`dispose_engines`).
+ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def make_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
     """An engine for the catalog at ``url`` (see :func:`resolve_url`)."""
     parsed = _catalog_url(resolve_url(url))
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed, read_only)
-        return _postgresql_engine(parsed, read_only)
+            engine = _sqlite_engine(parsed, read_only)
+        else:
+            engine = _postgresql_engine(parsed, read_only)
     except (ImportError, NoSuchModuleError) as exc:  # postgresql+DRIVER, sqlite+DRIVER: one not installed
         raise DatabaseError(f"{parsed.render_as_string(hide_password=True)}: cannot load the driver "
                             f"{parsed.get_driver_name()} ({_one_line(exc)}); "
                             "sqlite:/// and postgresql:// need none beyond obsarch's own") from None
+    ENGINES.add(engine)
+    return engine
+
+
+def dispose_engines(keep=()) -> None:
+    """Close the pooled connections of every engine made here but those in ``keep``."""
+    for engine in list(ENGINES):
+        if engine not in keep:
+            engine.dispose()
+            ENGINES.discard(engine)
 
 
 def _postgresql_engine(parsed, read_only: bool) -> Engine:

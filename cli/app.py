@@ -346,6 +346,7 @@ def reports_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        before = _engines()
         try:
             return function(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.BadParameter):
@@ -360,8 +361,26 @@ def reports_errors(function):
             if STATE.debug:
                 raise
             fail("interrupted; nothing half-written was kept", code=130)
+        finally:
+            _close_engines(keep=before)
 
     return wrapper
+
+
+def _engines() -> set:
+    """The catalog engines open now (none before archive.db is imported:
+    commands that need no catalog do not import SQLAlchemy for this)."""
+    db = sys.modules.get("archive.db")
+    return set(db.ENGINES) if db else set()
+
+
+def _close_engines(keep: set) -> None:
+    """Close the connections of the engines a command opened: a process that
+    runs several commands (the tests, a notebook) would otherwise leave each
+    PostgreSQL connection open until the garbage collector found it."""
+    db = sys.modules.get("archive.db")
+    if db:
+        db.dispose_engines(keep=keep)
 
 
 def _reported(exc: Exception) -> None:

@@ -408,3 +408,19 @@ def test_two_inits_of_one_new_catalog_at_once_both_succeed(url):
     results = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
     assert [code for code, _ in results] == [0, 0], results
     assert "up to date" in run(url, "db", "current").stdout
+
+
+def test_a_command_closes_the_connections_it_opened(ingested):
+    """A command run in a process that goes on (the tests, a notebook) left
+    each PostgreSQL connection to the garbage collector, whose ResourceWarning
+    then surfaced in whatever ran next."""
+    import gc
+    import warnings
+
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for args in (["query", "frame_type == 'bias'"], ["summary"], ["db", "upgrade"], ["query", "no_such_column == 1"]):
+            runner.invoke(app, ["--db", ingested, *args])
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
