@@ -306,7 +306,7 @@ def test_night_view_shows_every_frame_with_its_grade_and_plots(night, tmp_path):
     assert v_band.text.count('class="point ') == 3 * 4  # background, FWHM, elongation of the science frames
     assert "grade-ok" in v_band.text and "#3871" in v_band.text
     assert f'href="/nights/{NIGHT}?band=V"' in nights.text
-    assert missing.status_code == 404 and "no exposures in night 1999-01-01" in missing.text
+    assert missing.status_code == 404 and "no raw frames in night 1999-01-01" in missing.text
 
 
 def test_nights_count_the_frames_obsarch_summary_counts(night, tmp_path):
@@ -326,6 +326,29 @@ def test_nights_count_the_frames_obsarch_summary_counts(night, tmp_path):
     for day, count in re.findall(r'<a href="/nights/([0-9-]+)">[^<]*</a></td>\s*<td>.*?</td>\s*<td>(\d+)</td>', page):
         shown[day] = shown.get(day, 0) + int(count)
     assert shown == summary == {NIGHT: 26}
+
+
+def test_a_nights_view_shows_its_raw_frames_and_links_to_its_products(night, tmp_path):
+    """The night view showed masters and calibrated frames beside the raw frames,
+    so it had more cards than the /nights row it was opened from (a user trial)."""
+    from processing import calibration
+
+    calibration.make_master(night.engine, "bias", None, out_dir=tmp_path / "masters")
+    calibration.calibrate(night.engine, "band == 'V' and frame_type == 'science'", use=("bias",), out_dir=tmp_path / "cal",
+                          executor="serial")
+    raw = set(night.exposure_ids("product is null"))
+    with client(night, tmp_path) as http:
+        page = http.get(f"/nights/{NIGHT}").text
+        v_page = http.get(f"/nights/{NIGHT}", params={"band": "V"}).text
+        link = re.search(r'also has <a href="(/exposures\?q=[^"]+)">(\d+) products</a>', page)
+        listed = http.get(link.group(1).replace("&amp;", "&") + "&limit=100").text
+        empty = http.get("/nights/2001-01-01")
+    cards = {int(i) for i in re.findall(r'data-id="(\d+)"', page)}
+    assert cards == raw and len(cards) == 26
+    assert int(link.group(2)) == 5  # a master bias and 4 calibrated frames
+    assert "4 products</a>" in v_page  # the calibrated V frames; the bias has no band
+    assert sorted(map(int, re.findall(r'href="/exposures/(\d+)"', listed))) == sorted(night.exposure_ids("product is not null"))
+    assert empty.status_code == 404 and "no raw frames in night 2001-01-01" in empty.text
 
 
 def test_frame_page_shows_headers_metrics_flags_groups_offsets_and_lineage(night, tmp_path):

@@ -42,7 +42,7 @@ from starlette.templating import Jinja2Templates
 from archive.catalog import Catalog, first_rows
 from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
-from archive.formats import json_value
+from archive.formats import counted, json_value
 from archive.models import Exposure, File, Flag
 from archive.query import BoolOp, Column, Compare, In, IsNull, current_flag_order
 from archive.query import ids as query_ids
@@ -155,19 +155,23 @@ class Review:
         rows = await run_in_threadpool(self.catalog.nights)
         return self.page(request, "nights.html", nights=rows)
 
-    def night_rows(self, night: str, band: str | None) -> list[dict]:
-        """The night's frames with their metrics and current flag, in time order."""
-        conditions = [Compare(Column("night"), "==", night)]
+    @staticmethod
+    def night_selection(night: str, band: str | None, products: bool = False) -> BoolOp:
+        """The night's raw frames (of ``band``), the ones ``/nights`` counts;
+        ``products``: the masters, calibrated frames and stacks made of them instead."""
+        conditions = [Compare(Column("night"), "==", night), IsNull(Column("product"), negate=products)]
         if band is not None:
             conditions.append(IsNull(Column("band")) if band == "" else Compare(Column("band"), "==", band))
+        return BoolOp("and", tuple(conditions))
+
+    def night_rows(self, night: str, band: str | None) -> list[dict]:
+        """The night's raw frames with their metrics and current flag, in time order."""
         # plain rows, not a DataFrame: the page reads each value once
-        names, rows = self.catalog.rows(BoolOp("and", tuple(conditions)), columns=NIGHT_ROW_COLUMNS,
+        names, rows = self.catalog.rows(self.night_selection(night, band), columns=NIGHT_ROW_COLUMNS,
                                         sort="date_obs,frame_number")
         # The current flag of every frame from one read of the night's flags, not three
         # correlated look-ups per frame (a seq scan each on a small PostgreSQL table).
-        night_ids = select(Exposure.id).where(Exposure.night == night)
-        if band is not None:
-            night_ids = night_ids.where(Exposure.band.is_(None) if band == "" else Exposure.band == band)
+        night_ids = [row[names.index("id")] for row in rows]
         current, mtimes = {}, self.mtimes(night_ids)
         with self.engine.connect() as conn:
             for exposure_id, grade, reason, source in conn.execute(
@@ -187,8 +191,10 @@ class Review:
         night = request.path_params["night"]
         band = request.query_params.get("band")
         rows = await run_in_threadpool(self.night_rows, night, band)
+        products = await run_in_threadpool(self.night_products, night, band)
         if not rows:
-            raise HTTPException(404, f"no exposures in night {night}" + (f" band {band}" if band else ""))
+            raise HTTPException(404, f"no raw frames in night {night}" + (f" band {band}" if band else "")
+                                + (f"; it has {counted(products, 'product')}: search with product is not null" if products else ""))
         pending = []
         for row in rows:
             item = self.item(row)
@@ -207,7 +213,14 @@ class Review:
         else:
             bands = sorted({r["band"] or "" for r in await run_in_threadpool(self.catalog.nights, night)})
         return self.page(request, "night.html", night=night, band=band, rows=rows, plots=plots, bands=bands,
-                         grades=quality.GRADES, reasons=quality.REASONS)
+                         grades=quality.GRADES, reasons=quality.REASONS, products=products)
+
+    def night_products(self, night: str, band: str | None) -> int:
+        """How many products (masters, calibrated frames, stacks) the night
+        has: its view shows raw frames only, as ``/nights`` and ``obsarch
+        summary`` count them, and links to a search for these."""
+        _, rows = self.catalog.rows(self.night_selection(night, band, products=True), columns="id")
+        return len(rows)
 
     def _items(self, ids: list[int]) -> dict[int, Item]:
         names, rows = self.catalog.rows(In(Column("id"), tuple(ids)), columns=["id", "file_id", "version", "path", "size",
