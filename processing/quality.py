@@ -24,7 +24,7 @@ from archive.db import bulk_insert, serialize, transaction
 from archive.exceptions import NotFoundError, ObsarchError, UsageError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
+from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Input, Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -652,7 +652,8 @@ def flag_history(engine: Engine, exposure_id: int) -> list[dict]:
 class Rule:
     """A metric above (or below) a threshold gives a grade and a reason.
     ``relative``: the threshold is a factor of the median of the frame's
-    night and band (computed over frames with that metric)."""
+    night and band (computed over frames with that metric, raw frames with
+    raw frames and products with products of their kind)."""
 
     name: str
     metric: str
@@ -803,7 +804,10 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
         serialize(conn, "quality rules")
         groups: dict[tuple, list[dict]] = {}
         for row in (row._asdict() for row in conn.execute(measured)):
-            groups.setdefault((row["night"], row["band"]), []).append(row)
+            # a raw frame is judged with raw frames, a product with products of its kind: a calibrated
+            # frame's sky (bias taken off) is no median for a raw frame's (a user trial: every raw V frame
+            # of the demo became "clouds" once its calibrated frames were measured)
+            groups.setdefault((row["night"], row["band"], row["product"]), []).append(row)
         summary = RulesSummary(run.id, flagged={}, unchecked_why={})
         new_flags = []
         now = utcnow()
@@ -924,6 +928,7 @@ def _measured(dialect: str, selection: str | None):
             Exposure.id, Exposure.night, Exposure.band, Exposure.exptime, *[getattr(Metric, m) for m in METRICS],
             current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
             current_flag("rule").label("current_rule"), current_flag("note").label("current_note"),
+            FIELDS["product"].expression().label("product"),
         )
         .select_from(Exposure)
         .join(Metric, Metric.exposure_id == Exposure.id)

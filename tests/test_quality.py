@@ -314,6 +314,30 @@ def test_default_rules_flag_each_defect_with_its_reason_and_no_clean_frame(catal
     assert value > threshold
 
 
+def test_raw_frames_are_judged_with_raw_frames_and_products_with_their_kind(catalog, tmp_path, rng):
+    """Measured calibrated frames (bias taken off: sky 100) went into the median
+    of their raw frames (sky 1000): with two calibrations of three frames, the
+    median was a calibrated frame's and every raw frame became "clouds" (a user
+    trial on the demo)."""
+    from processing import calibration
+
+    for number in range(1, 4):
+        write_image(tmp_path / "raw" / f"bias-{number}.fits", rng.normal(900.0, 5.0, (256, 256)).astype(np.float32),
+                    {"IMAGETYP": "Bias Frame", "EXPTIME": 0.0, "DATE-OBS": f"2017-08-16T02:0{number}:00"})
+        write_image(tmp_path / "raw" / f"sci-{number}.fits", star_field(rng, background=1000.0, noise=30.0),
+                    {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 30.0, "DATE-OBS": f"2017-08-16T03:0{number}:00"})
+    catalog.ingest([tmp_path / "raw"])
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp_path / "masters")
+    for out in ("cal", "cal2"):
+        calibration.calibrate(catalog.engine, "frame_type == 'science'", use=("bias",), out_dir=tmp_path / out, executor="serial")
+    quality.compute(catalog.engine, workers=1)
+    summary = quality.apply_rules(catalog.engine)
+    rows = catalog.query("frame_type == 'science'", columns="product,background,grade,reason", sort="id").fillna("").values.tolist()
+    assert summary.evaluated == 9 and summary.flagged == {}
+    assert [(kind, round(sky, -2), grade) for kind, sky, grade, _ in rows] == (
+        [("", 1000, "ok")] * 3 + [("calibrated", 100, "ok")] * 6)
+
+
 def test_sky_and_star_counts_are_compared_between_frames_of_one_exposure_time(catalog, tmp_path, rng):
     """Five 30 s frames and four 300 s frames of one night and band: the long
     frames' sky is 4x the short ones', which is no cloud (the night's median
