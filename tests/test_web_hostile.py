@@ -183,6 +183,7 @@ def test_a_group_link_lists_the_groups_members_whatever_its_name(frames, tmp_pat
 # -- 5. one line and a 4xx, never a 500 ---------------------------------------------------------
 
 BIG = "99999999999999999999"
+MID = str(2**31)  # beyond the id columns, within 64 bits: PostgreSQL refused the parameter with a 500 (a user trial)
 
 
 @pytest.mark.parametrize("method, path, form, status, message", [
@@ -196,14 +197,21 @@ BIG = "99999999999999999999"
     ("GET", "/exposures?limit=-1", None, 400, "limit: -1 is below 0"),
     ("GET", "/exposures.csv?limit=-5", None, 400, "limit: -5 is below 0"),
     ("GET", "/exposures.json?limit=ten", None, 400, "limit: 'ten' is not an integer"),
-    ("GET", f"/thumbnails/state?ids={BIG}", None, 400, f"ids: '{BIG}' does not fit in 64 bits: no exposure has it"),
+    ("GET", f"/thumbnails/state?ids={BIG}", None, 400, f"ids: '{BIG}' is beyond every id (2147483647 is the largest): no exposure has it"),
+    ("GET", f"/thumbnails/state?ids=1,{MID}", None, 400, f"ids: '{MID}' is beyond every id (2147483647 is the largest): no exposure has it"),
+    ("GET", f"/exposures/{MID}", None, 404, f"no exposure with id {MID}"),
+    ("GET", f"/exposures/{MID}/headers", None, 404, f"no exposure with id {MID}"),
+    ("GET", f"/exposures/{MID}/thumbnail.png", None, 404, f"no exposure with id {MID}"),
+    ("GET", f"/processing/runs/{MID}", None, 404, f"no run with id {MID}"),
+    ("POST", f"/exposures/{MID}/flags", {"grade": "ok"}, 404, f"no exposure with id {MID}"),
+    ("POST", "/flags/retract", {"ids": MID}, 400, f"ids: '{MID}' is beyond every id (2147483647 is the largest): no flag has it"),
     ("GET", f"/processing?limit={BIG}", None, 400, f"limit: '{BIG}' does not fit in 64 bits"),
     ("GET", f"/processing/runs/{BIG}", None, 404, f"no run with id {BIG}"),
     ("GET", "/exposures/{id}/preview.png?hdu=%C2%B2", None, 400, "hdu '²': give an HDU index (0, 1, ...)"),
     ("GET", f"/nights/{FRAME_NIGHT}?band=%00", None, 400, "band: contains a NUL byte"),
     ("GET", "/nights/2017%00", None, 400, "the path: contains a NUL byte"),
     ("POST", f"/exposures/{BIG}/flags", {"grade": "ok"}, 404, f"no exposure with id {BIG}"),
-    ("POST", "/flags/retract", {"ids": BIG}, 400, f"ids: '{BIG}' does not fit in 64 bits: no flag has it"),
+    ("POST", "/flags/retract", {"ids": BIG}, 400, f"ids: '{BIG}' is beyond every id (2147483647 is the largest): no flag has it"),
 ])
 def test_bad_ids_and_limits_get_one_line_and_a_4xx(frames, tmp_path, method, path, form, status, message):
     path = path.replace("{id}", str(frames.exposure_ids("relpath == 'f0.fits'")[0]))

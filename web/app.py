@@ -39,7 +39,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from archive.catalog import Catalog, first_rows
+from archive.catalog import LARGEST_LIMIT, Catalog, first_rows
 from archive.detectors import is_detector, parse_shape
 from archive.exceptions import NotFoundError, ObsarchError
 from archive.formats import counted, json_value
@@ -60,7 +60,7 @@ NIGHT_ROW_COLUMNS = NIGHT_COLUMNS[:-3]  # the night view reads the current flags
 PREVIEW_PX = 1024
 THUMBNAIL_WAIT_S = 60.0
 DEFAULT_LIMIT = 500
-LARGEST_ID = 2**63 - 1  # ids and limits are 64-bit integers in both backends
+LARGEST_ID = 2**31 - 1  # ids are 32-bit integer columns (PostgreSQL refuses a larger parameter): a larger id names nothing
 UNDO_WINDOW_S = 15 * 60
 
 
@@ -117,7 +117,7 @@ class Review:
         """The rows of ``q`` with ``columns``, ``sort`` and ``limit`` as `obsarch query` takes them, and
         whether more match (``one_more``: one row past the limit is read to know, as the CLI does)."""
         params = request.query_params
-        asked = None if limit is None else min(limit + 1, LARGEST_ID) if one_more else limit
+        asked = None if limit is None else min(limit + 1, LARGEST_LIMIT) if one_more else limit
         try:
             frame = self.catalog.query(params.get("q") or None, columns=params.get("columns") or None,
                                        sort=params.get("sort") or None, limit=asked)
@@ -427,7 +427,7 @@ def _count(params, name: str, default: int | None) -> int | None:
         return default
     if not re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
         raise HTTPException(400, f"{name}: {_shown(value)} is not an integer")
-    if len(value.strip().lstrip("+-")) > 19 or int(value) > LARGEST_ID:
+    if len(value.strip().lstrip("+-")) > 19 or int(value) > LARGEST_LIMIT:
         raise HTTPException(400, f"{name}: {_shown(value.strip())} does not fit in 64 bits")
     if int(value) < 0:
         raise HTTPException(400, f"{name}: {int(value)} is below 0")
@@ -435,7 +435,7 @@ def _count(params, name: str, default: int | None) -> int | None:
 
 
 def _id(text: str) -> int | None:
-    """An id as written (ASCII digits), None for anything else; ids beyond 64 bits are kept: nothing has them."""
+    """An id as written (ASCII digits), None for anything else; ids beyond the columns' range are kept: nothing has them."""
     return int(text) if re.fullmatch(r"[0-9]{1,100}", text) else None
 
 
@@ -452,7 +452,8 @@ def _png(request: Request, path) -> Response:
 
 
 def _path_id(request: Request, what: str = "exposure") -> int:
-    """The ``{id}`` of the URL; 404 for an id nothing has, beyond 64 bits too (the database would fail, not answer)."""
+    """The ``{id}`` of the URL; 404 for an id nothing has, beyond the id columns' 32 bits too (PostgreSQL
+    would refuse the parameter, not answer)."""
     text = request.path_params["id"]
     number = _id(text)
     if number is None or number > LARGEST_ID:
@@ -461,14 +462,14 @@ def _path_id(request: Request, what: str = "exposure") -> int:
 
 
 def _ids(text: str, what: str) -> list[int]:
-    """``ids``: ids separated by commas or spaces, each a 64-bit integer, or a 400 saying which is not."""
+    """``ids``: ids separated by commas or spaces, each within the id columns' 32 bits, or a 400 saying which is not."""
     ids = []
     for part in text.replace(",", " ").split():
         number = _id(part)
         if number is None:
             raise HTTPException(400, f"ids: {what} ids separated by commas")
         if number > LARGEST_ID:
-            raise HTTPException(400, f"ids: {_shown(part)} does not fit in 64 bits: no {what} has it")
+            raise HTTPException(400, f"ids: {_shown(part)} is beyond every id ({LARGEST_ID} is the largest): no {what} has it")
         ids.append(number)
     return ids
 
