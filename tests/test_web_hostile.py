@@ -210,6 +210,12 @@ MID = str(2**31)  # beyond the id columns, within 64 bits: PostgreSQL refused th
     ("GET", "/exposures/{id}/preview.png?hdu=%C2%B2", None, 400, "hdu '²': give an HDU index (0, 1, ...)"),
     ("GET", f"/nights/{FRAME_NIGHT}?band=%00", None, 400, "band: contains a NUL byte"),
     ("GET", "/nights/2017%00", None, 400, "the path: contains a NUL byte"),
+    # Starlette read a byte that is no UTF-8 as U+FFFD: the search found nothing where obsarch query refuses it
+    ("GET", "/exposures.csv?q=object+%3D%3D+%27%FF%27", None, 400, "q: not valid UTF-8"),
+    ("GET", "/exposures?q=%FF%FE", None, 400, "q: not valid UTF-8"),
+    ("GET", "/exposures?columns=id&%FF=1", None, 400, "a parameter's name: not valid UTF-8"),
+    ("GET", "/nights/2017-08-16?band=%C3", None, 400, "band: not valid UTF-8"),
+    ("GET", "/nights/%FF", None, 400, "the path: not valid UTF-8"),
     ("POST", f"/exposures/{BIG}/flags", {"grade": "ok"}, 404, f"no exposure with id {BIG}"),
     ("POST", "/flags/retract", {"ids": BIG}, 400, f"ids: '{BIG}' is beyond every id (2147483647 is the largest): no flag has it"),
 ])

@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from sqlalchemy import select
 from starlette.applications import Starlette
@@ -506,24 +506,39 @@ def _png_bytes(image) -> bytes:
         return target.read_bytes()
 
 
-class RefuseNul:
-    """A NUL byte in the path or a query parameter is refused in one line: no stored value holds one, and
-    PostgreSQL refuses it with its own message where SQLite quietly finds nothing."""
+class RefuseBadText:
+    """A NUL byte or text that is not UTF-8 in the path or a query parameter is refused in one line,
+    naming where: no stored value holds a NUL (PostgreSQL refuses it with its own message where SQLite
+    quietly finds nothing), and Starlette reads a byte that is no UTF-8 as U+FFFD, so a search for
+    it found nothing where ``obsarch query`` refuses it."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            names = ["the path"] if "\x00" in scope.get("path", "") else []
-            query = scope.get("query_string", b"").decode("latin-1")
-            names += [name or "a parameter" for name, value in parse_qsl(query, keep_blank_values=True)
-                      if "\x00" in name or "\x00" in value]
-            if names:
-                response = PlainTextResponse(f"{names[0]}: contains a NUL byte, which no stored value holds\n", 400)
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and (problem := self.problem(scope)):
+            await PlainTextResponse(problem + "\n", 400)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def problem(scope) -> str | None:
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+        parts = [(b"the path", unquote_to_bytes(raw_path))]
+        for pair in scope.get("query_string", b"").split(b"&"):
+            if pair:
+                name, _, value = (unquote_to_bytes(part.replace(b"+", b" ")) for part in pair.partition(b"="))
+                parts.append((name or b"a parameter", value))
+                parts.append((b"a parameter's name", name))
+        for name, value in parts:
+            shown = name.decode("utf-8", "backslashreplace")
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"{shown}: not valid UTF-8"
+            if "\x00" in text:
+                return f"{shown}: contains a NUL byte, which no stored value holds"
+        return None
 
 
 def _field_names() -> list[str]:
@@ -586,7 +601,7 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
-    middleware += [Middleware(Guard, policy=policy), Middleware(RefuseNul)]
+    middleware += [Middleware(Guard, policy=policy), Middleware(RefuseBadText)]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
