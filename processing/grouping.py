@@ -149,6 +149,10 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     with naming("keys", keys):
         check_fields(fields)
     frame = Catalog(engine=engine, check=False).query(selection, columns=["id", *[_text(f) for f in fields]])
+    if frame.empty:  # grouping again replaces the family: an empty answer (a typo) would have deleted it
+        family = f"groups {prefix}:..." if prefix else f"groups by {keys}"
+        matched = f"no exposure matches {selection!r}" if isinstance(selection, str) else "no exposure is selected"
+        raise ObsarchError(f"{matched}; nothing grouped, the {family} kept as they were")
     labels = [c for c in frame.columns if c != "id"]
     result = GroupingResult()
     for values, members in frame.groupby(labels, dropna=False, sort=True):

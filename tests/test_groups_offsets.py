@@ -98,6 +98,19 @@ def test_group_by_values_and_manual_group(fields):
     assert [g["name"] for g in grouping.list_groups(fields.engine)][0] == "B0"
 
 
+def test_grouping_by_values_of_a_selection_that_matches_nothing_keeps_the_groups(fields, tmp_path):
+    """group by band --name setup --selection "frame_type == 'sceince'" (a typo)
+    said '0 groups by band', exit 0, and deleted the family's groups (a user trial)."""
+    url = fields.engine.url.render_as_string(hide_password=False)
+    obsarch(url, "group", "by", "band", "--name", "setup", "--selection", "band == 'V'")
+    before = grouping.list_groups(fields.engine)
+    result = obsarch(url, "group", "by", "band", "--name", "setup", "--selection", "band == 'Q'", code=1)
+    assert result.stderr.splitlines() == ["error: no exposure matches \"band == 'Q'\"; nothing grouped, the groups setup:... kept as they were"]
+    assert grouping.list_groups(fields.engine) == before and [g["name"] for g in before] == ["setup:band=V"]
+    with pytest.raises(ObsarchError, match="no exposure matches .band == 'Q'.; nothing grouped, the groups by band kept as they were"):
+        grouping.group_by_values(fields.engine, "band", selection="band == 'Q'")
+
+
 @pytest.mark.parametrize(
     "selection, reference, message",
     [
