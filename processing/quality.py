@@ -489,7 +489,16 @@ class QualityStep(Step):
         self._store(out, item, None, None, reason, [])
 
     def _store(self, out: Writer, item: Item, hdu_index, metrics, error, detectors) -> None:
-        """The exposure's summary in ``metrics``, each detector's in ``detector_metrics``."""
+        """The exposure's summary in ``metrics``, each detector's in ``detector_metrics``.
+
+        A failure never replaces a measurement of the same version of the file:
+        an --hdu its file lacks, or the file cut on disk since its ingest, erased
+        the metrics of the version the catalog holds (a user trial). The failure
+        is still reported; the metrics stay, and the note says so."""
+        if metrics is None and item.data.measure_error is None and item.data.params_hash is not None \
+                and item.data.measured_version == item.data.version:
+            out.note(f"{Path(item.key).name}: its metrics of this version of the file are kept")
+            return
         out.conn.execute(delete(Metric).where(Metric.exposure_id == item.data.id))
         out.conn.execute(delete(DetectorMetric).where(DetectorMetric.exposure_id == item.data.id))
         bulk_insert(out.conn, "metrics", METRIC_COLUMNS,

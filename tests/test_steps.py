@@ -218,6 +218,23 @@ def test_quality_and_offsets_refuse_a_frame_cut_since_its_ingest_with_the_reason
         offsets.compute_offsets(catalog.engine, ids, ids[1], workers=1)
 
 
+def test_a_failed_measurement_keeps_the_metrics_of_the_version_the_catalog_holds(raw):
+    """A frame cut on disk after its ingest, or an --hdu its file lacks, replaced
+    the metrics of the catalogued version with the failure (a user trial)."""
+    catalog, tmp, numbers = raw
+    selection = f"{numbers[0]}-{numbers[1]}"
+    quality.compute(catalog.engine, selection, workers=1)
+    before = catalog.query(selection, columns="frame_number,fwhm,nstars,background", sort="frame_number")
+    assert before["fwhm"].notna().all()
+    missing_hdu = quality.compute(catalog.engine, selection, workers=1, hdus=("CHAN03",))
+    cut = tmp / "raw" / f"ngc3293-{numbers[0]}.fits"
+    cut.write_bytes(cut.read_bytes()[:5000])
+    changed = quality.compute(catalog.engine, selection, workers=1, force=True)
+    assert [len(missing_hdu.failed), missing_hdu.exit_code] == [2, 1] and changed.failed[0][0] == str(cut)
+    assert f"ngc3293-{numbers[0]}.fits: its metrics of this version of the file are kept" in changed.notes
+    assert catalog.query(selection, columns="frame_number,fwhm,nstars,background", sort="frame_number").equals(before)
+
+
 def test_the_automatic_reference_is_the_sharpest_frame_not_graded_bad(raw):
     catalog, tmp, numbers = raw
     ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
