@@ -6,10 +6,14 @@ like, paired by name), each detector shifted by its exposure's offset: exact
 for the pure shifts of a dither, since every detector of a camera moves
 with it. An offset that rotates or scales moves each detector differently;
 such frames need a WCS to be mosaicked, and are refused with that reason.
+A star fit's rotation and scale are never exactly none: within three times
+their uncertainties of none, and moving no detector's corner by more than a
+quarter pixel, they are taken for the shift the frame was dithered by.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -31,8 +35,41 @@ from processing.runs import output_directory, what_is_at, write_product
 from processing.steps import Frame, inherited, leave_out_bad, product_of, resolve, safe_name, without_images
 
 ALGORITHM = "stack-3"  # 3: detector by detector
-# Rotation (degrees) and scale change under which a multi-detector offset is a shift
+# Rotation (degrees) and scale change under which a multi-detector offset is a shift, whatever its uncertainty
 _SHIFT_ROTATION_DEG, _SHIFT_SCALE = 1e-3, 1e-5
+# Beyond them, a fit that cannot tell its rotation and scale from none (within this many sigma) is a shift when
+# they move the mosaic's far corner by at most this many pixels: a small part of any sampled star (FWHM >= 2 px)
+_SHIFT_SIGMAS, _SHIFT_PIXELS = 3.0, 0.25
+
+
+def _reach(detectors) -> float:
+    """Pixels from the origin of the detector an offset is measured on to the
+    farthest corner of the others, not knowing how they lie: laid edge to
+    edge, n detectors reach farthest all in a row, along their long side."""
+    sides = [sorted(d.shape[-2:]) for d in detectors]
+    return math.hypot(len(detectors) * max(long for _, long in sides), max(short for short, _ in sides))
+
+
+def _allowance(threshold: float, error: float | None) -> float:
+    """How far from none a fitted value can be and still be none: the
+    threshold alone when the fit gave no usable uncertainty."""
+    return max(threshold, _SHIFT_SIGMAS * error) if error is not None and math.isfinite(error) else threshold
+
+
+def _moves_as_a_shift(transform, reach: float) -> bool:
+    """Whether every detector moves alike by ``transform``, measured on one of
+    them: its rotation and scale are below the thresholds, or consistent with
+    none and negligible ``reach`` pixels away (a poor fit's large rotation is
+    consistent with none too, yet would misplace the far detectors)."""
+    rotation, change = abs(transform.rotation), abs(transform.scale - 1)
+    if rotation <= _SHIFT_ROTATION_DEG and change <= _SHIFT_SCALE:
+        return True
+    if rotation > _allowance(_SHIFT_ROTATION_DEG, transform.rotation_err) \
+            or change > _allowance(_SHIFT_SCALE, transform.scale_err):
+        return False
+    # scale * R - 1 is [[p, -q], [q, p]]: it moves a point r pixels from the origin by hypot(p, q) * r beyond the shift
+    angle = math.radians(transform.rotation)
+    return math.hypot(transform.scale * math.cos(angle) - 1, transform.scale * math.sin(angle)) * reach <= _SHIFT_PIXELS
 
 
 def _remove_dead_scratch() -> None:
@@ -116,6 +153,7 @@ class StackStep(Step):
                               for d in select_detectors(every, self.hdus)]
         # one detector pairs with the reference's one whatever their names; a detector --hdu chose of several, only by name
         self.single = len(every) == 1
+        self.reach = _reach(every)  # every detector: the offset is measured on the first, which --hdu may leave out
         if not self.detectors:
             raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
         bands = sorted({f.band for f in chosen if f.band}, key=str)
@@ -159,7 +197,7 @@ class StackStep(Step):
             return Item(frame.path, error=why, inputs=inputs, data=frame)
         inputs.append(Input(None, "offset", offset.identity))
         transform = offset.transform
-        if len(self.detectors) > 1 and (abs(transform.rotation) > _SHIFT_ROTATION_DEG or abs(transform.scale - 1) > _SHIFT_SCALE):
+        if len(self.detectors) > 1 and not _moves_as_a_shift(transform, self.reach):
             return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by {transform.scale:.6f}: "
                         f"the stack's {len(self.detectors)} detectors then move differently and need a WCS to be mosaicked",
                         inputs=inputs, data=frame)

@@ -382,8 +382,12 @@ def test_a_detector_that_cannot_be_measured_costs_only_itself(muse):
 # -- stack per detector --------------------------------------------------------------------
 
 
-def _offsets(catalog, shifts: dict[str, tuple[float, float, float]]) -> None:
-    """Offsets of the calibrated SCI1.0 frames' raw exposures onto the first, as a registration would store them."""
+_FIT = ("dx", "dy", "rotation", "scale", "rotation_err", "scale_err")
+
+
+def _offsets(catalog, shifts: dict[str, tuple[float, ...]]) -> None:
+    """Offsets of the calibrated SCI1.0 frames' raw exposures onto the first, as a registration would store them:
+    (dx, dy, rotation) and, as a star fit gives them, scale, rotation_err and scale_err."""
     from datetime import datetime
 
     from sqlalchemy import insert
@@ -396,9 +400,9 @@ def _offsets(catalog, shifts: dict[str, tuple[float, float, float]]) -> None:
                                  columns="relpath,id", sort="relpath")["id"]))
     reference = ids["sci_SCI1.0_0.fits"]
     with catalog.engine.begin() as conn:
-        for name, (dx, dy, rotation) in shifts.items():
+        for name, fit in shifts.items():
             conn.execute(insert(Offset).values(exposure_id=ids[name], reference_id=reference, method="stars", stage=1,
-                                               status="ok", dx=dx, dy=dy, rotation=rotation, scale=1.0,
+                                               status="ok", **{"scale": 1.0, **dict(zip(_FIT, fit))},
                                                created_at=datetime(2026, 12, 1)))
 
 
@@ -455,6 +459,40 @@ def test_stack_of_several_detectors_refuses_a_rotation(muse):
     (failed,) = result.failed
     assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: the stack's 4 detectors then move differently " \
                         "and need a WCS to be mosaicked"
+
+
+def test_stack_of_several_detectors_takes_a_rotation_within_its_errors_for_a_shift(muse):
+    from processing import stacking
+
+    catalog, tmp = muse
+    # a user trial's star fit of a pure dither: rotation and scale within 2 sigma of none, which moves
+    # the far corner of the 4 detectors (16x16) by 0.01 px
+    _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": (2.0, -1.0, 0.0079, 0.999892, 0.0043, 1.0e-4)})
+    result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                            out_dir=tmp / "stacks", workers=1)
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    (path,) = (tmp / "stacks").glob("*.fits")
+    with fits.open(path) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 2
+        assert all(hdul[f"COVERAGE_{name}"].data.max() == 2 for name in CHANNELS)
+
+
+@pytest.mark.parametrize("fit, said", [
+    ((0.5, 0, 0.5, 1.0, 0.004, 1.0e-4), "rotates by 0.5000 deg and scales by 1.000000"),  # rotated, and known to be
+    ((0.5, 0, 0.0, 1.001, 0.004, 1.0e-5), "rotates by 0.0000 deg and scales by 1.001000"),  # scaled, and known to be
+    # within 3 sigma of none, but a rotation that size moves the far detector's corner by 0.35 px
+    ((0.5, 0, 0.3, 1.0, 0.2, 1.0e-4), "rotates by 0.3000 deg and scales by 1.000000"),
+], ids=["rotated", "scaled", "poorly-fitted"])
+def test_stack_of_several_detectors_refuses_a_rotation_its_fit_measures(muse, fit, said):
+    from processing import stacking
+
+    catalog, tmp = muse
+    _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": fit})
+    result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                            out_dir=tmp / "stacks", workers=1)
+    assert result.exit_code == EXIT_PARTIAL
+    (failed,) = result.failed
+    assert failed[1] == f"its offset {said}: the stack's 4 detectors then move differently and need a WCS to be mosaicked"
 
 
 def test_calibrate_command_gives_the_rule_that_refused_each_master(muse):
