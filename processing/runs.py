@@ -370,35 +370,68 @@ def output_directory(directory, option: str = "--out") -> Path:
     return resolved
 
 
-def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None) -> dict:
+def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = None,
+            read: tuple[int, str | None] | None = None) -> dict:
     """The tree of what a file was made from: its run, that run's inputs, and
-    theirs, down to raw files (files no run made)."""
+    theirs, down to raw files (files no run made). An input comes with
+    ``read``: the id of the run that read it and the content it recorded
+    (see :func:`file_content`). Its maker is the run whose product that
+    content is, not the last run to write the path (one that ran after its
+    reader). Where no run made that content, ``unmade`` says so:
+    ``read_by`` (the reader), ``changed_since`` (the file is another content
+    now) and ``now_made_by`` (the run whose product it is now, or None)."""
     from sqlalchemy import select
 
     from archive.models import File, Product, Root, RunInput
 
     seen = seen if seen is not None else set()
     with transaction(engine) as conn:
-        path = conn.execute(
-            select(Root.path + "/" + File.relpath).select_from(File).join(Root, Root.id == File.root_id).where(File.id == file_id)
-        ).scalar()
-        made_by = conn.execute(
-            select(Product.run_id, Product.kind, Run.step, Run.finished_at, Run.params_json)
-            .join(Run, Run.id == Product.run_id).where(Product.file_id == file_id).order_by(Product.id.desc()).limit(1)
+        file = conn.execute(
+            select((Root.path + "/" + File.relpath).label("path"), File.header_hash, File.size, File.mtime_ns)
+            .select_from(File).join(Root, Root.id == File.root_id).where(File.id == file_id)
         ).first()
+        made = conn.execute(
+            select(Product.run_id, Product.kind, Product.size, Product.mtime_ns, Run.step, Run.finished_at, Run.params_json)
+            .join(Run, Run.id == Product.run_id).where(Product.file_id == file_id).order_by(Product.id.desc())
+        ).all()
+        made_by = _maker(made, None if read is None else read[1])
         inputs = [] if made_by is None else conn.execute(
-            select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)
+            select(RunInput.file_id, RunInput.role, RunInput.content).where(RunInput.run_id == made_by.run_id)
+            .order_by(RunInput.id)
         ).all()
         links = _linked_files(conn, file_id)
-    node = {"file_id": file_id, "path": path, "run": None, "inputs": [], "shown_above": file_id in seen}
-    if (made_by is None and not links) or file_id in seen:
+    key = (file_id, None if made_by is None else made_by.run_id)  # one file, two contents: two nodes
+    node = {"file_id": file_id, "path": None if file is None else file.path, "run": None, "inputs": [],
+            "shown_above": key in seen}
+    if made_by is None and made and read is not None:
+        now = None if file is None else file_content(file)
+        node["unmade"] = {"read_by": read[0], "changed_since": now != read[1],
+                          "now_made_by": getattr(_maker(made, now, exact=True), "run_id", None)}
+    if (made_by is None and not links) or key in seen:
         return node
-    seen.add(file_id)
+    seen.add(key)
     if made_by is not None:
         node["run"] = _run_node(made_by)
-        node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen)} for input_id, role in inputs if input_id]
+        node["inputs"] = [{"role": role, **lineage(engine, input_id, depth + 1, seen, (made_by.run_id, content))}
+                          for input_id, role, content in inputs if input_id]
     node["inputs"] += [{"role": role, **lineage(engine, linked, depth + 1, seen)} for role, linked in links]
     return node
+
+
+def _maker(made: list, content: str | None, exact: bool = False):
+    """Which of a file's products (newest first) is ``content`` (see
+    :func:`file_content`): the one written with its size and time. A content
+    not known (the file as it is now, a reader's that recorded none) is the
+    newest product's, and so is one that only a product recorded before
+    sizes were (revision 0020) can be, unless ``exact``; None when no run
+    made it."""
+    if content is None:
+        return None if exact or not made else made[0]
+    size_mtime = content.rsplit(":", 2)[1:]
+    found = next((p for p in made if p.size is not None and [str(p.size), str(p.mtime_ns)] == size_mtime), None)
+    if found is None and not exact:
+        found = next((p for p in made if p.size is None), None)
+    return found
 
 
 def _run_node(made_by) -> dict:
@@ -419,12 +452,14 @@ def output_lineage(engine: Engine, path) -> dict | None:
             .join(Run, Run.id == Product.run_id).where(Product.path == str(path)).order_by(Product.id.desc()).limit(1)
         ).first()
         inputs = [] if made_by is None else conn.execute(
-            select(RunInput.file_id, RunInput.role).where(RunInput.run_id == made_by.run_id).order_by(RunInput.id)).all()
+            select(RunInput.file_id, RunInput.role, RunInput.content).where(RunInput.run_id == made_by.run_id)
+            .order_by(RunInput.id)).all()
     if made_by is None:
         return None
-    seen: set[int] = set()
+    seen: set[tuple[int, int | None]] = set()
     return {"file_id": None, "path": str(path), "run": _run_node(made_by), "shown_above": False,
-            "inputs": [{"role": role, **lineage(engine, input_id, 1, seen)} for input_id, role in inputs if input_id]}
+            "inputs": [{"role": role, **lineage(engine, input_id, 1, seen, (made_by.run_id, content))}
+                       for input_id, role, content in inputs if input_id]}
 
 
 def _linked_files(conn, file_id: int) -> list[tuple[str, int]]:

@@ -221,6 +221,85 @@ def test_raw_to_masters_to_calibrated_to_stack(night):
     assert runs.stale_products(engine) == []
 
 
+def _stacked(night) -> str:
+    """Masters, calibrated frames and offsets of the night, and the path of
+    a stack of them."""
+    catalog, tmp = night
+    engine = catalog.engine
+    calibration.make_master(engine, "bias", out_dir=tmp / "masters")
+    calibration.make_master(engine, "flat", band="V", out_dir=tmp / "masters")
+    calibration.calibrate(engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1)
+    ids = offsets.select_ids(engine, "frame_type == 'science' and product is null")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1)
+    (stack_path,) = stacking.stack(engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1).products
+    return stack_path
+
+
+def _writer(engine, path) -> int:
+    """The run that wrote ``path`` last (a step's run for its item)."""
+    return runs.what_is_at(engine, path).run_id
+
+
+def _calibrated_lines(url: str, stack_path: str) -> dict[str, str]:
+    """Path -> line of the calibrated inputs in ``obsarch lineage`` of a stack."""
+    lines = [line.split(maxsplit=2)[1:] for line in obsarch(url, "lineage", stack_path).stdout.splitlines()
+             if line.lstrip().startswith("[calibrated]")]
+    return dict(lines)
+
+
+def test_lineage_names_the_run_that_made_what_a_stack_read_not_a_later_one(night, url):
+    """A `calibrate --force` after a stack wrote its calibrated frames again,
+    and lineage of the stack named that later run as their maker, though
+    the stack read what the earlier one made (found in a user trial)."""
+    catalog, tmp = night
+    stack_path = _stacked(night)
+    paths = sorted(str(path) for path in (tmp / "cal").glob("*_cal.fits"))
+    made = {path: _writer(catalog.engine, path) for path in paths}
+    time.sleep(0.01)  # the files written again get another modification time
+    again = calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, force=True)
+    assert sorted(again.products) == paths and not set(made.values()) & {_writer(catalog.engine, p) for p in paths}
+
+    tree = runs.lineage(catalog.engine, catalog.resolve(stack_path))
+    calibrated = {node["path"]: node for node in tree["inputs"] if node["role"] == "calibrated"}
+    assert {path: node["run"]["id"] for path, node in calibrated.items()} == made
+    assert all({child["role"] for child in node["inputs"]} == {"frame", "bias", "flat"} for node in calibrated.values())
+    lines = _calibrated_lines(url, stack_path)
+    assert {path: line.split()[:4] for path, line in lines.items()} == {p: ["<-", "run", str(n), "calibrate"]
+                                                                        for p, n in made.items()}
+
+
+def test_lineage_says_when_no_run_made_what_a_stack_read(night, url):
+    """An input that no run made as its reader read it (edited by hand) is
+    said to be so, with whether it changed since, and no run is named its maker."""
+    catalog, tmp = night
+    stack_path = _stacked(night)
+    edited = str(sorted((tmp / "cal").glob("*_cal.fits"))[0])
+    calibrated = _writer(catalog.engine, edited)
+
+    def edit(value: str) -> None:
+        time.sleep(0.01)
+        fits.setval(edited, "OBSERVER", value=value)
+        catalog.ingest([tmp / "cal"])
+
+    edit("by hand")  # after the stack read it: the stack read what the calibrate run made
+    assert _calibrated_lines(url, stack_path)[edited].startswith(f"<- run {calibrated} calibrate (")
+
+    assert stacking.stack(catalog.engine, "frame_type == 'science'", out_dir=tmp / "stacks", workers=1).products
+    stacked = _writer(catalog.engine, stack_path)
+    assert _calibrated_lines(url, stack_path)[edited] == f"(no run made it as run {stacked} used it)"
+
+    edit("by hand again")
+    assert _calibrated_lines(url, stack_path)[edited] == f"(changed since run {stacked} used it: no run made it as it is now)"
+
+    time.sleep(0.01)
+    calibration.calibrate(catalog.engine, "frame_type == 'science'", out_dir=tmp / "cal", workers=1, force=True)
+    rewrote = _writer(catalog.engine, edited)
+    node = next(node for node in runs.lineage(catalog.engine, catalog.resolve(stack_path))["inputs"] if node["path"] == edited)
+    assert (node["run"], node["inputs"]) == (None, [])
+    assert node["unmade"] == {"read_by": stacked, "changed_since": True, "now_made_by": rewrote}
+    assert _calibrated_lines(url, stack_path)[edited] == f"(changed since run {stacked} used it: now made by run {rewrote})"
+
+
 def test_a_frame_graded_bad_is_left_out_of_stacks_and_leaves_its_calibrated_frame_current(night):
     from processing import quality
 
