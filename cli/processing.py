@@ -282,7 +282,7 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
             run = node["run"]
             label += f"  <- run {run['id']} {run['step']} ({run['finished_at']})"
         elif unmade := node.get("unmade"):
-            label += f"  ({_unmade(**unmade)})"
+            label += f"  ({runs_.unmade_text(unmade)})"
         else:
             label += "  (raw)"
         console.print(label, markup=False, soft_wrap=True)
@@ -290,15 +290,6 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
             show(child, indent + 1, child["role"])
 
     show(tree)
-
-
-def _unmade(read_by: int, changed_since: bool, now_made_by: int | None) -> str:
-    """What lineage says of an input that no run made as its reader read it
-    (naming the run that wrote the path last would name one that ran after)."""
-    now = f"now made by run {now_made_by}" if now_made_by is not None else "no run made it as it is now"
-    if changed_since:
-        return f"changed since run {read_by} used it: {now}"
-    return f"no run made it as run {read_by} used it"
 
 
 @command(panel="processing")

@@ -418,6 +418,17 @@ def lineage(engine: Engine, file_id: int, depth: int = 0, seen: set | None = Non
     return node
 
 
+def unmade_text(unmade: dict) -> str:
+    """What lineage says of an input that no run made as its reader read it
+    (``unmade`` of :func:`lineage`; naming the run that wrote the path last
+    would name one that ran after its reader)."""
+    now_made_by = unmade["now_made_by"]
+    now = f"now made by run {now_made_by}" if now_made_by is not None else "no run made it as it is now"
+    if unmade["changed_since"]:
+        return f"changed since run {unmade['read_by']} used it: {now}"
+    return f"no run made it as run {unmade['read_by']} used it"
+
+
 def _maker(made: list, content: str | None, exact: bool = False):
     """Which of a file's products (newest first) is ``content`` (see
     :func:`file_content`): the one written with its size and time. A content

@@ -298,6 +298,13 @@ def test_lineage_says_when_no_run_made_what_a_stack_read(night, url):
     assert (node["run"], node["inputs"]) == (None, [])
     assert node["unmade"] == {"read_by": stacked, "changed_since": True, "now_made_by": rewrote}
     assert _calibrated_lines(url, stack_path)[edited] == f"(changed since run {stacked} used it: now made by run {rewrote})"
+    from starlette.testclient import TestClient
+
+    from web.app import create_app
+
+    with TestClient(create_app(catalog=catalog, thumbnails=tmp / "thumbs")) as http:  # the frame page's lineage too
+        page = http.get(f"/exposures/{catalog.resolve(stack_path)}").text
+    assert f"{edited}</a> (changed since run {stacked} used it: now made by run {rewrote})" in page
 
 
 def test_a_frame_graded_bad_is_left_out_of_stacks_and_leaves_its_calibrated_frame_current(night):

@@ -12,6 +12,7 @@ import jinja2
 
 from archive.formats import counted, frame_label, is_null, rounded
 from processing.report import GRADE_COLOURS
+from processing.runs import unmade_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -55,5 +56,6 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.globals.update(frame_label=frame_label)
-    env.filters.update(cell=cell, clock=clock, counted=counted, colour=colour, pretty_json=pretty_json, selection_string=selection_string)
+    env.filters.update(cell=cell, clock=clock, counted=counted, colour=colour, pretty_json=pretty_json, selection_string=selection_string,
+                       unmade=unmade_text)
     return env
