@@ -459,6 +459,10 @@ class QualityStep(Step):
         with transaction(engine) as conn:
             refuse_ambiguous_frames(conn, all_of(self.selection))
             rows = conn.execute(statement).all()
+        if not rows and self.ids is None:  # as calibrate, offsets and stack say it: not "0 done", exit 0
+            raise ObsarchError(f"no exposure matches {self.selection!r}" if isinstance(self.selection, str)
+                               else "no exposure to measure: the catalog has none" if self.selection is None
+                               else "no exposure matches the selection")
         kept, self.said = without_images(rows)
         if rows and not kept:
             raise ObsarchError(f"nothing to measure: the {len(rows)} exposure{'s' if len(rows) > 1 else ''} selected "

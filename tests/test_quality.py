@@ -314,6 +314,16 @@ def test_default_rules_flag_each_defect_with_its_reason_and_no_clean_frame(catal
     assert value > threshold
 
 
+def test_measuring_a_selection_that_matches_nothing_is_an_error(catalog, tmp_path, rng):
+    """quality compute "band == 'Q'" said '0 done, 0 up to date, 0 failed' and
+    exited 0, where calibrate, offsets and stack say no frame matches (exit 1)."""
+    write_frame(tmp_path / "f.fits", rng, {"FILTER": "V"})
+    catalog.ingest([tmp_path])
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(app, ["--db", url, "quality", "compute", "band == 'Q'"])
+    assert (result.exit_code, result.stderr) == (1, "error: no exposure matches \"band == 'Q'\"\n")
+
+
 def test_raw_frames_are_judged_with_raw_frames_and_products_with_their_kind(catalog, tmp_path, rng):
     """Measured calibrated frames (bias taken off: sky 100) went into the median
     of their raw frames (sky 1000): with two calibrations of three frames, the
