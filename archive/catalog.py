@@ -289,7 +289,8 @@ class Catalog:
             for name in ("instrument", "night", "frame_type", "band"):
                 column = getattr(Exposure, name)
                 rows = conn.execute(
-                    select(column, func.count()).where(raw).group_by(column).order_by(column)
+                    # empty values last on both backends (SQLite put them first, PostgreSQL last)
+                    select(column, func.count()).where(raw).group_by(column).order_by(column.asc().nulls_last())
                 ).all()
                 result[name] = frame_of(rows, [name, "exposures"])
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
@@ -423,7 +424,7 @@ class Catalog:
             .outerjoin(reviewed, reviewed.c.exposure_id == Exposure.id)
             .where(is_raw_frame())
             .group_by(Exposure.night, Exposure.band)
-            .order_by(Exposure.night.desc(), Exposure.band)
+            .order_by(Exposure.night.desc().nulls_last(), Exposure.band.asc().nulls_last())  # as summary: empty last
         )
         if night is not None:
             statement = statement.where(Exposure.night == night)

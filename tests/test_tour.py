@@ -77,6 +77,9 @@ def test_summary_says_it_counts_raw_exposures_and_how_many_products_it_left_out(
     assert "# raw exposures per frame_type\nframe_type\texposures\nbias\t3\nscience\t2\n" in shown.stdout
     assert "# files per status\n" in shown.stdout
     assert "4 exposures" in obsarch(url, "query", "frame_type == 'bias'").stderr  # query counts the master too
+    # the biases have no band: empty last on both backends (SQLite listed it first, PostgreSQL last)
+    assert "# raw exposures per band\nband\texposures\nV\t2\n\t3\n" in shown.stdout
+    assert [(n["band"], n["exposures"]) for n in catalog.nights()] == [("V", 2), (None, 3)]
 
 
 def test_report_quality_says_what_its_table_and_page_count(catalog, url, tmp_path, rng):
