@@ -42,6 +42,7 @@ def demo(
 
     from archive.catalog import Catalog
     from archive.db import ENV_VAR
+    from archive.formats import counted
     from cli.demo import make_night
 
     paths = make_night(directory)
@@ -53,9 +54,12 @@ def demo(
 
     after_ingest(catalog.engine, summary)  # as `obsarch ingest` does: the tour's X-ray lines need the summaries
     selection = "band == 'V' and frame_type == 'science'"
-    console.print(f"\n$ obsarch query \"{selection}\" --columns frame_number,band,exptime,date_obs,relpath", markup=False, soft_wrap=True)
-    names, rows = catalog.rows(selection, columns="frame_number,band,exptime,date_obs,relpath", limit=5)
-    show_rows(names, rows)
+    # the command as it is shown, --limit and the note of more rows included: it is run as printed
+    console.print(f"\n$ obsarch query \"{selection}\" --columns frame_number,band,exptime,date_obs,relpath --limit 5",
+                  markup=False, soft_wrap=True)
+    names, rows = catalog.rows(selection, columns="frame_number,band,exptime,date_obs,relpath", limit=6)
+    show_rows(names, rows[:5])
+    console.print(counted(len(rows[:5]), "exposure") + (" (the first 5: more match)" if len(rows) > 5 else ""), markup=False)
     console.print(f"\nnext: cd {directory} and follow the tour in the README (obsarch summary, obsarch quality compute ...)",
                   soft_wrap=True, markup=False)
 

@@ -348,6 +348,8 @@ def test_demo(tmp_path, monkeypatch):
     assert "ingested: 65 new" in result.stdout  # 55 frames and 2 XMM obsids of 5 files each
     assert "x-ray: 10 summarized, 0 up to date, 0 failed" in result.stdout  # as `obsarch ingest` would
     assert "ngc3293-3866.fits" in result.stdout
+    # the query it shows is the one it ran: five rows of ten, and it says so (it showed five as the whole answer)
+    assert "--limit 5\n" in result.stdout and "5 exposures (the first 5: more match)" in result.stdout
     # One observation, one start: the events' DATE-OBS is in TT (their TIMESYS), read back as
     # the UTC start the response files (UTC) give
     from archive.catalog import Catalog
