@@ -370,6 +370,8 @@ def test_frame_page_shows_headers_metrics_flags_groups_offsets_and_lineage(night
         assert text in frame.text, text
     assert f'href="/exposures/{master}"' in bias_page.text and "master_bias" in bias_page.text  # lineage down
     assert f'href="/exposures/{bias}"' in master_page.text and "bias" in master_page.text  # lineage up
+    # a product says what it is where a raw frame's facts are (only its lineage said it)
+    assert "<b>product</b> master_bias</span>" in master_page.text and "<b>product</b>" not in frame.text
     assert "ESO INS DROT POSANG" in headers.text and "EXPTIME" not in headers.text
     assert missing.status_code == 404 and "no exposure with id 999999" in missing.text
 

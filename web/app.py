@@ -93,7 +93,7 @@ class Review:
 
     def exposure_row(self, exposure_id: int) -> dict:
         names, rows = self.catalog.rows(Compare(Column("id"), "==", exposure_id), columns=NIGHT_COLUMNS + [
-            "instrument", "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status"])
+            "instrument", "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode", "status", "product"])
         if not rows:
             raise HTTPException(404, f"no exposure with id {exposure_id}")
         row = dict(zip(names, rows[0], strict=True))
