@@ -381,6 +381,7 @@ def _close_engines(keep: set) -> None:
     db = sys.modules.get("archive.db")
     if db:
         db.dispose_engines(keep=keep)
+    _OPENED.clear()
 
 
 def _reported(exc: Exception) -> None:
@@ -422,11 +423,18 @@ def command(parent: typer.Typer = app, name: str | None = None, *, panel: str | 
     return decorate
 
 
+_OPENED: list = []  # the catalogs a command opened, alive until it ends and its engines are closed
+
+
 def open_catalog():
-    """The catalog named by --db (refused if it is missing or out of date)."""
+    """The catalog named by --db (refused if it is missing or out of date);
+    kept until the command ends, so that its engine is closed then, not left
+    to the garbage collector when a command only checks it (sql)."""
     from archive.catalog import Catalog
 
-    return Catalog(STATE.db)
+    catalog = Catalog(STATE.db)
+    _OPENED.append(catalog)
+    return catalog
 
 
 def load_config():

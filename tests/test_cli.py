@@ -422,7 +422,8 @@ def test_a_command_closes_the_connections_it_opened(ingested):
     gc.collect()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
-        for args in (["query", "frame_type == 'bias'"], ["summary"], ["db", "upgrade"], ["query", "no_such_column == 1"]):
+        for args in (["query", "frame_type == 'bias'"], ["summary"], ["db", "upgrade"], ["query", "no_such_column == 1"],
+                     ["sql", "select count(*) from exposures"], ["group", "list"]):
             runner.invoke(app, ["--db", ingested, *args])
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
