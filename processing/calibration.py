@@ -16,6 +16,7 @@ inputs, parameters and code are unchanged is skipped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ from processing.runs import done_before, identity, output_directory, params_hash
 from processing.steps import Frame, inherited, leave_out_bad, mjd_of, nearest, one_value, resolve, safe_name, without_images
 
 ALGORITHM = "calibration-2"  # 2: per detector, masters chosen by declared rules
+# 3: pixels the master flat cannot flat-field are NaN, and the flat's level is
+# the mean of the others (masters keep calibration-2: their pixels are as before)
+CALIBRATED_ALGORITHM = "calibration-3"
 KINDS = ("bias", "dark", "flat")
 _COPIED = ("INSTRUME", "TELESCOP", "READOUTM", "FILTER", "XBINNING", "YBINNING", "CCDSUM", "GAIN", "RDNOISE")
 # the keywords normalized columns come from: a master copies them from its
@@ -340,11 +344,21 @@ class MasterStep(Step):
             master_name(self.kind, used, self.master_params, self.masters, self.include_bad))
         if why := what_is_at(out.conn, target).refusal(f"master_{self.kind}", force=self.force):
             raise ObsarchError(why)
+        uses: dict[str, FlatUse] = {}
+
+        def made(detector: Detector) -> tuple[np.ndarray, fits.Header]:
+            image = combine(detector)
+            if self.kind == "flat":
+                uses[detector.name] = use = flat_use(lambda: (image,))
+                headers[detector.name]["FLATBAD"] = (use.unusable, FLAT_CARD)
+            return image, headers[detector.name]
+
         with quiet_numpy():
-            write_product(target, lambda tmp: pixels.write_detectors(
-                tmp, header, self.detectors, lambda d: (combine(d), headers[d.name])))
+            write_product(target, lambda tmp: pixels.write_detectors(tmp, header, self.detectors, made))
         values = {**inherited(used, self.kind), **detector_values(self.detectors)}
         out.product(target, f"master_{self.kind}", values)
+        if note := flat_note(target.name, uses):
+            out.note(note)
         return self._short(len(used), len(used) + len(failed))
 
     def short_of(self, engine, run_id: int | None, items: list[Item]) -> str | None:
@@ -507,12 +521,89 @@ def _master_header(kind: str, inputs: list[Frame], masters: dict[str, Frame], pa
 _CALIBRATE_COPIES = 4  # float64 rows held per master and frame row: the frame, its result, the normalized flat, a temporary
 
 
-def _calibrate_one(task: tuple) -> str:
+# A master flat's pixel that is not finite, or at or below this fraction of
+# the flat's level, cannot flat-field: a dead column (no light, so the flat
+# is the bias level) is 0 or a little below once the bias is off, and
+# dividing by it wrote inf and sign-flipped pixels (-45315 on a sky of 500).
+# Such a pixel is NaN in the calibrated frame, unknown as it is (ccdproc's
+# min_value, IRAF's minreplace, BANZAI's mask); 5% keeps any real vignetting
+# and divides no pixel by less than 1/20 of the level.
+FLAT_FLOOR = 0.05
+FLAT_UNUSABLE_LIMIT = 0.5  # more of a detector unusable than this, and its flat is refused
+FLAT_CARD = f"pixels not finite or <= {FLAT_FLOOR:g} x level"  # FLATBAD of a master flat
+CALIBRATED_CARD = f"NaN: master flat not finite or <= {FLAT_FLOOR:g} x level"  # and of a frame it calibrated
+
+
+@dataclass(frozen=True)
+class FlatUse:
+    """What one detector of a master flat can flat-field: its ``level`` (the
+    mean of its usable pixels, by which it is normalized), the ``floor`` at
+    or below which a pixel is unusable, and how many of its pixels are."""
+
+    level: float
+    floor: float
+    unusable: int
+    pixels: int
+
+    def usable(self, flat: np.ndarray) -> np.ndarray:
+        """``flat`` (a float array, changed in place: no row more than
+        ``--memory`` allows for) with NaN where it cannot flat-field, so that
+        the frame is NaN there."""
+        with np.errstate(invalid="ignore"):
+            flat[~(np.isfinite(flat) & (flat > self.floor))] = np.nan
+        return flat
+
+    def refused(self) -> bool:
+        return self.unusable > FLAT_UNUSABLE_LIMIT * self.pixels
+
+    def said(self) -> str:
+        return f"{self.unusable} of {self.pixels} pixels ({100 * self.unusable / self.pixels:.3g}%)"
+
+
+def flat_use(bands: Callable[[], Iterable[np.ndarray]]) -> FlatUse:
+    """How much of a master flat's detector can flat-field. ``bands()`` yields
+    its rows a band at a time; they are read twice: the mean of the pixels
+    above 0 sets the floor, the mean of those above the floor is the level,
+    so a dead column does not pull the level (and the sky) down."""
+    rough, _, _ = _mean_above(bands(), 0.0)
+    floor = FLAT_FLOOR * rough if rough is not None else math.inf
+    level, usable, pixels = _mean_above(bands(), floor)
+    return FlatUse(level if level is not None else math.nan, floor, pixels - usable, pixels)
+
+
+def _mean_above(bands: Iterable[np.ndarray], floor: float) -> tuple[float | None, int, int]:
+    """The mean of the finite pixels above ``floor`` (None without one),
+    how many they are, and how many pixels there are."""
+    total, count, pixels = 0.0, 0, 0
+    for band in bands:
+        band = np.asarray(band, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(band) & (band > floor)
+        total, count, pixels = total + float(band[good].sum()), count + int(good.sum()), pixels + band.size
+    return (total / count if count else None), count, pixels
+
+
+def flat_note(name: str, uses: dict[str, FlatUse]) -> str | None:
+    """What a person should know of a master flat with unusable pixels (None
+    without any): how many, per detector, and what calibrate does there."""
+    named = len(uses) > 1
+    said = [(f"detector {d} " if named else "") + use.said() + (" (more than half: calibrate refuses it)" if use.refused() else "")
+            for d, use in uses.items() if use.unusable]
+    if not said:
+        return None
+    return (f"the master flat {name}: {', '.join(said)} are not finite or at or below {FLAT_FLOOR:g} x its level: "
+            "NaN in the frames it calibrates (header card FLATBAD)")
+
+
+def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
     """Calibrate one frame detector by detector, a band of rows at a time
     within ``memory_bytes``, and write its product (atomically): one HDU per
-    detector, then the frame's masks. Runs in a worker."""
+    detector, then the frame's masks. Returns the product and what the master
+    flat could flat-field, per detector. A detector whose master flat is
+    mostly unusable fails the frame. Runs in a worker."""
     frame, detectors, masters, target, memory_bytes = task
     names = [d.name for d in detectors]
+    uses: dict[str, FlatUse] = {}
     dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
     with ExitStack() as stack:
         stack.enter_context(quiet_numpy())
@@ -528,15 +619,19 @@ def _calibrate_one(task: tuple) -> str:
                                        f"detector {detector.name} {detector.shape}")
             output = np.empty(detector.shape, dtype=np.float32)
             rows = _rows_within(memory_bytes - output.nbytes, detector, len(own))
-            flat_mean = _mean_by_bands(own["flat"], rows) if "flat" in own else None
+            use = _flat_use_of(own["flat"], rows, masters["flat"], detector, len(detectors) > 1) if "flat" in own else None
             for start in range(0, detector.shape[0], rows):
                 band = slice(start, min(start + rows, detector.shape[0]))
                 read = {k: np.asarray(hdu.section[band], dtype=np.float64) for k, hdu in own.items()}
                 output[band] = calibrate_array(
                     np.asarray(hdul[detector.hdu_index].section[band], dtype=np.float64), bias=read.get("bias"),
-                    dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime, flat=read.get("flat"),
-                    flat_mean=flat_mean)
-            return output, _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+                    dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime,
+                    flat=use.usable(read["flat"]) if use else None, flat_mean=use.level if use else None)
+            header = _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+            if use is not None:
+                uses[detector.name] = use
+                header["FLATBAD"] = (use.unusable, CALIBRATED_CARD)
+            return output, header
 
         def masks():
             for index in pixels.companions_of(hdul):
@@ -544,7 +639,7 @@ def _calibrate_one(task: tuple) -> str:
 
         primary = hdul[0].header if detectors[0].hdu_index != 0 else fits.Header()
         write_product(target, lambda tmp: pixels.write_detectors(tmp, primary, detectors, make, masks))
-    return target
+    return target, uses
 
 
 def _rows_within(budget: int, detector: Detector, masters: int) -> int:
@@ -557,16 +652,16 @@ def _rows_within(budget: int, detector: Detector, masters: int) -> int:
     return int(budget // per_row)
 
 
-def _mean_by_bands(hdu, rows: int) -> float:
-    """The mean of an image's finite pixels, read a band of rows at a time."""
-    total, count = 0.0, 0
-    for start in range(0, hdu.shape[0], rows):
-        band = np.asarray(hdu.section[start : start + rows], dtype=np.float64)
-        finite = np.isfinite(band)
-        total, count = total + float(band[finite].sum()), count + int(finite.sum())
-    if count == 0:
-        raise ObsarchError("the master flat has no finite pixel")
-    return total / count
+def _flat_use_of(hdu, rows: int, master: Frame, detector: Detector, named: bool) -> FlatUse:
+    """What a master flat's detector can flat-field, read a band of rows at
+    a time; refused (the frame fails) when most of it cannot: what is left
+    is no flat-field of that detector."""
+    use = flat_use(lambda: (hdu.section[start : start + rows] for start in range(0, hdu.shape[0], rows)))
+    if use.refused():
+        where = f", detector {detector.name}" if named else ""
+        raise ObsarchError(f"the master flat {Path(master.path).name}{where}: {use.said()} are not finite or at or below "
+                           f"{FLAT_FLOOR:g} x its level, more than {FLAT_UNUSABLE_LIMIT:.0%}: it cannot flat-field")
+    return use
 
 
 def _file_card(header: fits.Header, key: str, path: str, comment: str) -> None:
@@ -647,7 +742,7 @@ class CalibrateStep(Step):
     """Bias, dark and flat correction of raw science frames, one product each
     with one HDU per detector, by the masters the declared rules choose."""
 
-    name, algorithm, item_runs = "calibrate", ALGORITHM, True
+    name, algorithm, item_runs = "calibrate", CALIBRATED_ALGORITHM, True
     work = staticmethod(_calibrate_one)
     # the detectors asked for (--hdu) decide no product by themselves: each
     # item's params name the detectors they resolve to, so `--hdu PRIMARY`
@@ -658,6 +753,7 @@ class CalibrateStep(Step):
                  hdus: tuple[str, ...] | None = None, worker_memory: int = parse_memory(DEFAULT_MEMORY), force: bool = False):
         self.selection, self.use, self.out_dir, self.rules, self.hdus = selection, use, Path(out_dir), rules, hdus
         self.worker_memory, self.force = worker_memory, force
+        self.noted: set[str] = set()  # a master flat's unusable pixels are said once, not once per frame
 
     def params(self) -> dict:
         return {"hdus": list(self.hdus or ())}
@@ -689,11 +785,16 @@ class CalibrateStep(Step):
         inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
         return Item(frame.path, (frame, detectors, masters, target, self.worker_memory), inputs,
                     {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
-                     "detectors": [d.name for d in detectors]}, error, (frame, detectors))
+                     "detectors": [d.name for d in detectors]}, error, (frame, detectors, masters))
 
     def write(self, out: Writer, item: Item, result) -> None:
-        frame, detectors = item.data
-        out.product(result, "calibrated", {**inherited([frame], "science"), **detector_values(detectors)})
+        frame, detectors, masters = item.data
+        target, uses = result
+        out.product(target, "calibrated", {**inherited([frame], "science"), **detector_values(detectors)})
+        note = flat_note(Path(masters["flat"].path).name, uses) if "flat" in masters else None
+        if note is not None and note not in self.noted:
+            self.noted.add(note)
+            out.note(note)
 
 
 def calibrate(

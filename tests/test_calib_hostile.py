@@ -366,3 +366,103 @@ def test_a_file_a_running_run_is_writing_is_said_to_be_its(raw):
         why = f"{target} is being written by run {run.id}, which is still running: once it is done, run this again"
         assert found.refusal("master_bias") == found.refusal("master_bias", force=True) == why
     assert runs.what_is_at(catalog.engine, target).what == "foreign"  # done, and it recorded no product there
+
+
+# -- a master flat with dead pixels (a user trial) ---------------------------------------------
+
+
+DEAD = 10  # dead columns: no light, so the raw flat is the bias level (~500) and ~0, a little either side, once it is off
+SKY = 1500.0
+
+
+def _flat_with_dead_columns(rng):
+    data = 500 + rng.normal(20000, 100, SHAPE)
+    data[:, :DEAD] = 500 + rng.normal(0, 3, (SHAPE[0], DEAD))
+    data[5, 50] = 0.0  # below the bias: -500 once it is off
+    return data
+
+
+def _mostly_nan(rng):
+    data = _good(rng)
+    data[:, : SHAPE[1] * 3 // 5] = np.nan  # the unlit part of a detector, masked
+    return data
+
+
+def _science(directory: Path, band: str, number: int, rng) -> None:
+    write_image(directory / f"sky{number}.fits", (500 + SKY + rng.normal(0, 5, SHAPE)).astype(np.float32),
+                {"IMAGETYP": "Light Frame", "FILTER": band, "EXPTIME": 60.0, "DATE-OBS": "2017-08-16T03:30:00",
+                 "READOUTM": "SCI1.0", "FRAMENUM": number})
+
+
+def _dead_flats(catalog, tmp: Path, rng) -> tuple[str, str]:
+    """Master flats of band R (10 dead columns and a pixel below the bias)
+    and band I (60% NaN), and a sky frame of each band (frames 501, 502)."""
+    calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m")
+    _flats(tmp / "rflats", rng, "R", {f"dead{i}": _flat_with_dead_columns for i in range(3)})
+    _flats(tmp / "iflats", rng, "I", {f"nan{i}": _mostly_nan for i in range(3)})
+    _science(tmp / "sky", "R", 501, rng)
+    _science(tmp / "sky", "I", 502, rng)
+    catalog.ingest([tmp / "rflats", tmp / "iflats", tmp / "sky"])
+    r = calibration.make_master(catalog.engine, "flat", band="R", out_dir=tmp / "m")
+    i = calibration.make_master(catalog.engine, "flat", band="I", out_dir=tmp / "m")
+    return r, i
+
+
+def test_pixels_a_dead_master_flat_cannot_flat_field_are_nan_and_counted(raw, rng):
+    """Dead columns of a master flat (0 or a little either side once the bias
+    is off) made +inf and sign-flipped pixels (-45315 on a sky of 500), pulled
+    the flat's mean and so the sky down by 8%, and calibrate said nothing."""
+    catalog, tmp, _ = raw
+    made, _ = _dead_flats(catalog, tmp, rng)
+    (master,) = made.products
+    unusable = SHAPE[0] * DEAD + 1
+    said = f"{unusable} of {SHAPE[0] * SHAPE[1]} pixels"
+    assert made.exit_code == 0 and any(Path(master).name in n and said in n for n in made.notes), made.notes
+    with fits.open(master) as hdul:
+        assert hdul[0].header["FLATBAD"] == unusable
+    result = calibration.calibrate(catalog.engine, "501", out_dir=tmp / "cal", executor="serial")
+    assert result.exit_code == 0 and len(result.done) == 1, result.failed
+    (note,) = [n for n in result.notes if "FLATBAD" in n]
+    assert note.startswith(f"the master flat {Path(master).name}: {said}")
+    with fits.open(result.products[0]) as hdul:
+        data, header = hdul[0].data, hdul[0].header
+    assert np.isnan(data[:, :DEAD]).all() and np.isnan(data[5, 50])
+    assert header["FLATBAD"] == int(np.isnan(data).sum()) == unusable
+    assert not np.isinf(data).any() and np.nanmin(data) > SKY - 100 and np.nanmax(data) < SKY + 100
+    assert np.nanmedian(data) == pytest.approx(SKY, rel=0.01)
+
+
+def test_a_mostly_unusable_master_flat_fails_its_frame_in_one_line(raw, rng, url):
+    catalog, tmp, _ = raw
+    _, made = _dead_flats(catalog, tmp, rng)
+    (master,) = made.products
+    assert any("more than half: calibrate refuses it" in n for n in made.notes), made.notes
+    result = _cli(url, "calibrate", "frame_number in (501, 502)", "--out", str(tmp / "cal"), "--executor", "serial")
+    assert result.exit_code == 3, result.output  # frame 501 (band R) is calibrated
+    sky = (tmp / "sky" / "sky502.fits").resolve()
+    line = (f"  {sky}: the master flat {Path(master).name}: 9728 of 16384 pixels (59.4%) are not "
+            "finite or at or below 0.05 x its level, more than 50%: it cannot flat-field")
+    assert line in result.stderr.splitlines(), result.stderr
+    assert not (tmp / "cal" / "sky502_cal.fits").exists() and (tmp / "cal" / "sky501_cal.fits").exists()
+
+
+@pytest.mark.parametrize(("bad", "unusable", "refused"), [
+    (lambda f: f, 0, False),
+    (lambda f: _set(f, np.s_[:, :3], 0.0), 30, False),
+    (lambda f: _set(f, np.s_[:, :3], 0.01), 30, False),  # a little light: dividing by it makes 100 times the sky
+    (lambda f: _set(_set(f, np.s_[0, 5], -0.2), np.s_[1, 5], np.inf), 2, False),
+    (lambda f: _set(f, np.s_[:, 4:], np.nan), 60, True),
+    (lambda f: f * 0.0, 100, True),
+], ids=["good", "dead", "dim", "negative-and-inf", "mostly-nan", "all-zero"])
+def test_flat_use_counts_what_a_normalized_flat_cannot_flat_field(bad, unusable, refused):
+    flat = bad(np.full((10, 10), 1.0))
+    use = calibration.flat_use(lambda: (flat[:5], flat[5:]))
+    assert (use.unusable, use.pixels, use.refused()) == (unusable, 100, refused)
+    if not refused:
+        assert use.level == 1.0  # the good pixels' level: no dead pixel pulls it down
+        assert np.isnan(use.usable(flat.copy())).sum() == unusable
+
+
+def _set(array: np.ndarray, where, value: float) -> np.ndarray:
+    array[where] = value
+    return array
