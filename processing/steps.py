@@ -200,8 +200,10 @@ def _same(name: str, value) -> Node:
     return is_null(name) if value is None else compare(name, "==", value)
 
 
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "none"
+def safe_name(text: str | None) -> str:
+    """``text`` as a part of a file name; a value a frame does not have is
+    ``none`` (str(None) gave master_bias_None_... of frames without a read-out mode)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "" if text is None else str(text)).strip("_") or "none"
 
 
 def product_of(engine: Engine, file_id: int, kind: str) -> str | None:

@@ -114,6 +114,9 @@ def test_masters_are_named_by_their_parameters_and_never_overwrite_each_other(ra
     mean = calibration.make_master(catalog.engine, "bias", params=calibration.MasterParams(method="mean"), out_dir=tmp / "m")
     (a,), (b,) = median.products, mean.products
     assert a != b and "_2017-08-15_median_" in a and "_2017-08-15_mean_" in b
+    from processing.steps import safe_name
+
+    assert [safe_name(None), safe_name(""), safe_name("SCI1.0"), safe_name("a b/c")] == ["none", "none", "SCI1.0", "a_b_c"]  # None gave _None_
     again = calibration.make_master(catalog.engine, "bias", out_dir=tmp / "m", force=True)
     assert again.products == [a]
     listed = catalog.products("master_bias")
