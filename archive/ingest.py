@@ -21,6 +21,7 @@ import multiprocessing
 import operator
 import os
 import shutil
+import signal
 import socket
 import stat
 import tempfile
@@ -422,10 +423,49 @@ def _forked_pool(workers: int, config: dict | None):
     frozen_before = gc.get_freeze_count()
     gc.freeze()
     try:
-        return multiprocessing.Pool(workers, initializer=_init_worker, initargs=(config,))
+        return worker_pool(workers, _init_worker, (config,))
     finally:
         if not frozen_before:
             gc.unfreeze()
+
+
+def worker_pool(processes: int, initializer: Callable | None = None, initargs: tuple = ()) -> multiprocessing.pool.Pool:
+    """A process pool whose workers leave Ctrl-C to this process: a
+    terminal sends SIGINT to every process of its group, and each worker
+    then printed a traceback of its KeyboardInterrupt under the command's
+    one line. Only this process is interrupted; leaving its ``with`` block
+    ends the workers (Pool.__exit__ terminates them), each unwinding as from
+    an exit, so a product it was writing is removed by its writer. Every
+    pool of obsarch is made here (processing's too: archive imports no
+    processing)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a worker forked before it ignores SIGINT would still die of one
+    try:
+        pool = multiprocessing.Pool(processes, initializer=_ignore_interrupts, initargs=(initializer, initargs))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held meanwhile is raised here
+    except KeyboardInterrupt:
+        pool.terminate()
+        raise
+    return pool
+
+
+def _ignore_interrupts(initializer: Callable | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: a SIGINT held since the fork is then discarded
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_quietly(signum: int, frame) -> None:
+    """Pool.terminate's SIGTERM as SystemExit: the worker's ``finally``
+    blocks run (a default SIGTERM left a product's ``.partial`` file
+    behind), and multiprocessing ends a process on SystemExit without a
+    traceback."""
+    raise SystemExit(128 + signum)
 
 
 def _bounded_imap(pool, function: Callable, args: Iterable, window: int) -> Iterator:

@@ -6,7 +6,6 @@ the catalog.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -48,7 +47,9 @@ def parallel_map(
             if progress:
                 progress(done, total)
         return
-    with multiprocessing.Pool(min(workers, total)) as pool:
+    from archive.ingest import worker_pool
+
+    with worker_pool(min(workers, total)) as pool:
         results: Iterable = pool.imap_unordered(_Indexed(function), list(enumerate(items)), chunksize=1)
         for done, (index, result) in enumerate(results, start=1):
             yield index, result

@@ -1,5 +1,6 @@
 """kill -9 in the middle of a step: the run is never counted as done, the
-catalog keeps what it had, and the next run completes the work (both backends)."""
+catalog keeps what it had, and the next run completes the work (both backends).
+Ctrl-C in the middle of one: one line, exit 130, no process left."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from factories import star_field, write_image
 from sqlalchemy import func, insert, select
 from test_steps import night
@@ -99,6 +101,54 @@ def test_kill_9_during_stack(url, tmp_path, rng):
     assert _count(url, select(func.count()).select_from(Product)) == 1
     assert not list(Path("/tmp").glob(f"obsarch-stack-{process.pid}-*"))  # the killed stack's scratch is gone
     assert not list((tmp_path / "stacks").glob(".*.partial"))
+
+
+def _session(leader: int) -> list[tuple[int, int]]:
+    """(pid, parent pid) of the live processes of the session ``leader``
+    started (Linux: /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]  # after the command's name
+        except OSError:
+            continue  # ended meanwhile
+        if int(session) == leader and state != "Z":
+            found.append((int(stat.parent.name), int(parent)))
+    return found
+
+
+def test_ctrl_c_during_a_pool_step_prints_one_line_and_leaves_no_worker(url, tmp_path, rng):
+    """A terminal's Ctrl-C reaches every process of its group, the pool's
+    workers too: each printed its own KeyboardInterrupt traceback under the
+    command's line."""
+    for i in range(3):
+        write_image(tmp_path / "raw" / f"b-{i + 1}.fits", rng.normal(500, 3, (1024, 1024)).astype(np.float32),
+                    {"IMAGETYP": "Bias Frame", "FILTER": None, "EXPTIME": 0.0, "DATE-OBS": f"2017-08-16T0{i}:00:00"})
+    _frames(tmp_path / "raw", rng, 24, (1024, 1024))
+    for args in (["init"], ["ingest", str(tmp_path / "raw")], ["calib", "bias", "--out", str(tmp_path / "masters")]):
+        assert runner.invoke(app, ["--db", url, *args]).exit_code == 0
+    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", url, "calibrate", "--no-dark",
+                                "--no-flat", "--out", "cal", "--workers", "2"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if sum(parent == process.pid for _, parent in _session(process.pid)) == 2:
+                break  # the pool is working
+            time.sleep(0.01)
+        assert process.poll() is None, "the step ended before it could be interrupted: give it more work"
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert (process.returncode, stderr) == (130, "error: interrupted; nothing half-written was kept\n")
+    deadline = time.monotonic() + 10
+    while _session(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a worker's exit is not a parent's wait
+    assert _session(process.pid) == []
+    assert not list((tmp_path / "cal").glob(".*.partial"))
+    assert _count(url, select(Run.state).where(Run.step == "calibrate")) == "interrupted"
 
 
 KILLED_BEFORE_STORING = (
