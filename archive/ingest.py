@@ -434,8 +434,7 @@ def worker_pool(processes: int, initializer: Callable | None = None, initargs: t
     terminal sends SIGINT to every process of its group, and each worker
     then printed a traceback of its KeyboardInterrupt under the command's
     one line. Only this process is interrupted; leaving its ``with`` block
-    ends the workers (Pool.__exit__ terminates them), each unwinding as from
-    an exit, so a product it was writing is removed by its writer. Every
+    ends the workers (Pool.__exit__ terminates them). Every
     pool of obsarch is made here (processing's too: archive imports no
     processing)."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a worker forked before it ignores SIGINT would still die of one
@@ -455,17 +454,11 @@ def worker_pool(processes: int, initializer: Callable | None = None, initargs: t
 def _ignore_interrupts(initializer: Callable | None, initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: a SIGINT held since the fork is then discarded
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    # SIGTERM (Pool.terminate) keeps its default, an immediate end: raised as
+    # SystemExit, a worker waiting for its next task exited holding the task
+    # queue's lock, and the other worker waited for it forever
     if initializer is not None:
         initializer(*initargs)
-
-
-def _exit_quietly(signum: int, frame) -> None:
-    """Pool.terminate's SIGTERM as SystemExit: the worker's ``finally``
-    blocks run (a default SIGTERM left a product's ``.partial`` file
-    behind), and multiprocessing ends a process on SystemExit without a
-    traceback."""
-    raise SystemExit(128 + signum)
 
 
 def _bounded_imap(pool, function: Callable, args: Iterable, window: int) -> Iterator:

@@ -379,9 +379,13 @@ def _close_engines(keep: set) -> None:
     runs several commands (the tests, a notebook) would otherwise leave each
     PostgreSQL connection open until the garbage collector found it."""
     db = sys.modules.get("archive.db")
-    if db:
-        db.dispose_engines(keep=keep)
-    _OPENED.clear()
+    try:
+        if db:
+            db.dispose_engines(keep=keep)
+    except KeyboardInterrupt:  # a Ctrl-C as the command ends: its one line, not a traceback from a socket's close
+        fail("interrupted; nothing half-written was kept", code=130)
+    finally:
+        _OPENED.clear()
 
 
 def _reported(exc: Exception) -> None:
