@@ -475,27 +475,38 @@ def _ids(text: str, what: str) -> list[int]:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The fields of a form POST, decoded strictly: a value that is not UTF-8 or holds a NUL is
-    refused naming its field (Starlette's parser would store U+FFFD in its place without a word)."""
+    """The fields of a form POST, decoded strictly (see :func:`_pairs`)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "send the form as application/x-www-form-urlencoded")
     fields: dict[str, str] = {}
-    for pair in (await request.body()).split(b"&"):
-        if pair:
-            name, _, value = pair.partition(b"=")
-            name_text = _field(name, "a form field's name")
-            fields.setdefault(name_text, _field(value, name_text))
+    for name, value in _pairs(await request.body(), "a form field"):
+        fields.setdefault(name, value)
     return fields
 
 
-def _field(raw: bytes, name: str) -> str:
+def _pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
+    """The name=value pairs of a form body or a query string, decoded strictly:
+    a name or value that is not UTF-8 or holds a NUL is a 400 naming it
+    (Starlette's parser reads such a byte as U+FFFD without a word)."""
+    pairs = []
+    for pair in raw.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            name_text = _strict(name, f"{what}'s name")
+            pairs.append((name_text, _strict(value, name_text or what)))
+    return pairs
+
+
+def _strict(raw: bytes, name: str, plus_is_space: bool = True) -> str:
+    """Percent-encoded ``raw`` as text, or a 400 naming ``name``: no stored value holds a
+    NUL (PostgreSQL refuses it with its own message where SQLite quietly finds nothing)."""
     try:
-        text = unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        text = unquote_to_bytes(raw.replace(b"+", b" ") if plus_is_space else raw).decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, f"{name}: not valid UTF-8") from None
     if "\x00" in text:
-        raise HTTPException(400, f"{name}: contains a NUL byte, which no stored value may hold")
+        raise HTTPException(400, f"{name}: contains a NUL byte, which no stored value holds")
     return text
 
 
@@ -508,9 +519,8 @@ def _png_bytes(image) -> bytes:
 
 class RefuseBadText:
     """A NUL byte or text that is not UTF-8 in the path or a query parameter is refused in one line,
-    naming where: no stored value holds a NUL (PostgreSQL refuses it with its own message where SQLite
-    quietly finds nothing), and Starlette reads a byte that is no UTF-8 as U+FFFD, so a search for
-    it found nothing where ``obsarch query`` refuses it."""
+    naming where, as a form's fields are (:func:`_pairs`): Starlette read a byte that is no UTF-8 as
+    U+FFFD, so a search for it found nothing where ``obsarch query`` refuses it."""
 
     def __init__(self, app):
         self.app = app
@@ -523,21 +533,12 @@ class RefuseBadText:
 
     @staticmethod
     def problem(scope) -> str | None:
-        raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
-        parts = [(b"the path", unquote_to_bytes(raw_path))]
-        for pair in scope.get("query_string", b"").split(b"&"):
-            if pair:
-                name, _, value = (unquote_to_bytes(part.replace(b"+", b" ")) for part in pair.partition(b"="))
-                parts.append((name or b"a parameter", value))
-                parts.append((b"a parameter's name", name))
-        for name, value in parts:
-            shown = name.decode("utf-8", "backslashreplace")
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"{shown}: not valid UTF-8"
-            if "\x00" in text:
-                return f"{shown}: contains a NUL byte, which no stored value holds"
+        try:
+            _strict(scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape"), "the path",
+                    plus_is_space=False)
+            _pairs(scope.get("query_string", b""), "a parameter")
+        except HTTPException as exc:
+            return exc.detail
         return None
 
 
