@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli.app import STATE, FormatOption, command, db_app, fail, open_catalog, roots_app
-from cli.render import Format, console, err_console, show_frame, show_rows
+from cli.render import Format, console, err_console, exposures_shown, show_frame, show_rows
 
 
 @command(panel="admin")
@@ -42,7 +42,6 @@ def demo(
 
     from archive.catalog import Catalog
     from archive.db import ENV_VAR
-    from archive.formats import counted
     from cli.demo import make_night
 
     paths = make_night(directory)
@@ -59,7 +58,7 @@ def demo(
                   markup=False, soft_wrap=True)
     names, rows = catalog.rows(selection, columns="frame_number,band,exptime,date_obs,relpath", limit=6)
     show_rows(names, rows[:5])
-    console.print(counted(len(rows[:5]), "exposure") + (" (the first 5: more match)" if len(rows) > 5 else ""), markup=False)
+    console.print(exposures_shown(len(rows[:5]), 5, len(rows) > 5), markup=False)
     console.print(f"\nnext: cd {directory} and follow the tour in the README (obsarch summary, obsarch quality compute ...)",
                   soft_wrap=True, markup=False)
 

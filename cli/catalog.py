@@ -24,7 +24,7 @@ from cli.app import (
     open_catalog,
     progress,
 )
-from cli.render import Format, console, err_console, readable, show_frame, show_rows
+from cli.render import Format, console, err_console, exposures_shown, readable, show_frame, show_rows
 
 
 @command(panel="catalog")
@@ -98,7 +98,7 @@ def query(
     rows = rows[:limit] if more else rows
     show_rows(names, rows, fmt)
     if fmt is Format.table:
-        err_console.print(counted(len(rows), "exposure") + (f" (the first {limit}: more match)" if more else ""), markup=False)
+        err_console.print(exposures_shown(len(rows), limit, more), markup=False)
     elif more:  # stdout is data: the note goes beside it
         err_console.print(f"note: the first {limit} exposures: more match", markup=False)
     if not rows and selection:

@@ -138,6 +138,13 @@ def show_frame(frame: pd.DataFrame, fmt: Format = Format.table, title: str | Non
     show_rows([str(c) for c in frame.columns], output_rows(frame), fmt, title, brief, columns)
 
 
+def exposures_shown(shown: int, limit: int | None, more: bool) -> str:
+    """``10 exposures``, or ``5 exposures (the first 5: more match)`` when a limit cut the list."""
+    from archive.formats import counted
+
+    return counted(shown, "exposure") + (f" (the first {limit}: more match)" if more else "")
+
+
 def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, title: str | None = None,
               brief: list[str] | None = None, columns: str | None = None) -> None:
     """Print rows in the chosen format.
