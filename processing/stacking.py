@@ -153,6 +153,7 @@ class StackStep(Step):
                               for d in select_detectors(every, self.hdus)]
         # one detector pairs with the reference's one whatever their names; a detector --hdu chose of several, only by name
         self.single = len(every) == 1
+        self.measured_on = every[0].name  # an offset of a frame of several detectors is measured on its first
         self.reach = _reach(every)  # every detector: the offset is measured on the first, which --hdu may leave out
         if not self.detectors:
             raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
@@ -197,10 +198,15 @@ class StackStep(Step):
             return Item(frame.path, error=why, inputs=inputs, data=frame)
         inputs.append(Input(None, "offset", offset.identity))
         transform = offset.transform
-        if len(self.detectors) > 1 and not _moves_as_a_shift(transform, self.reach):
-            return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by {transform.scale:.6f}: "
-                        f"the stack's {len(self.detectors)} detectors then move differently and need a WCS to be mosaicked",
-                        inputs=inputs, data=frame)
+        # a rotation or a scale about the first detector's origin moves any other detector differently: only a shift moves them alike
+        elsewhere = len(self.detectors) > 1 or self.detectors[0].name != self.measured_on
+        if elsewhere and not _moves_as_a_shift(transform, self.reach):
+            moved = (f"the stack's {len(self.detectors)} detectors then move differently and need a WCS to be mosaicked"
+                     if len(self.detectors) > 1 else
+                     f"detector {self.detectors[0].name} then moves differently from {self.measured_on}, the detector it was "
+                     "measured on, and needs a WCS to be stacked")
+            return Item(frame.path, error=f"its offset rotates by {transform.rotation:.4f} deg and scales by "
+                        f"{transform.scale:.6f}: {moved}", inputs=inputs, data=frame)
         task = (source or frame.path, transform, self.detectors, str(self.scratch / f"{frame.exposure_id}.fits"), self.single)
         return Item(frame.path, task, inputs, {"source": source or frame.path}, data=frame)
 

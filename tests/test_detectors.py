@@ -461,6 +461,24 @@ def test_stack_of_several_detectors_refuses_a_rotation(muse):
                         "and need a WCS to be mosaicked"
 
 
+@pytest.mark.parametrize("hdu, refused", [("CHAN01", False), ("CHAN03", True)])
+def test_stack_of_one_detector_of_several_takes_a_rotation_only_on_the_detector_it_was_measured_on(muse, hdu, refused):
+    """--hdu CHAN03 alone once took the rotation measured on CHAN01 as its own, turning it about the wrong origin."""
+    from processing import stacking
+
+    catalog, tmp = muse
+    _offsets(catalog, {"sci_SCI1.0_0.fits": (0, 0, 0), "sci_SCI1.0_1.fits": (0.5, 0, 0.3)})
+    result = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                            out_dir=tmp / "stacks", workers=1, hdus=(hdu,))
+    if not refused:
+        assert result.exit_code == EXIT_DONE, result.last_line()
+        return
+    assert result.exit_code == EXIT_PARTIAL
+    (failed,) = result.failed
+    assert failed[1] == "its offset rotates by 0.3000 deg and scales by 1.000000: detector CHAN03 then moves differently " \
+                        "from CHAN01, the detector it was measured on, and needs a WCS to be stacked"
+
+
 def test_stack_of_several_detectors_takes_a_rotation_within_its_errors_for_a_shift(muse):
     from processing import stacking
 
