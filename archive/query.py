@@ -917,7 +917,10 @@ class Compiler:
         if isinstance(node.field, Header):
             clause = self._header(node.field, predicate, "text")
         else:
-            expression, _ = self._expression(node.field)
+            expression, kind = self._expression(node.field)
+            if kind != "text":  # SQLite would match the number's text form, PostgreSQL refuse the operator
+                raise SelectionError(f"{_label(node.field)} is {'a number' if kind == 'number' else 'a time'}: "
+                                     f"{'glob' if node.glob else 'like'} matches text; compare it with ==, <, > or between")
             clause = predicate(expression)
         return not_(clause) if node.negate else clause
 
@@ -1049,14 +1052,16 @@ class Compiler:
 
 
 _NIGHT = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NIGHT_PREFIX = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-\d{2})?)?")  # what an order on nights' text can be given: 2017, 2017-08
 
 
 def _check_value(name: str, value: str, equality: bool = True) -> None:
     """Refuse a value ``name`` can never hold: one outside its fixed
     vocabulary (``grade == 'bda'``), a night that is not a date in an
-    equality (``night == '2017-13-45'``; ``night >= '2017-08'`` compares text,
-    as it always did). Such a selection would match nothing and look like
-    an answer."""
+    equality (``night == '2017-13-45'``), or in an order a date or the
+    start of one (``night >= '2017-08'`` compares text: ``'2017-8-01'``
+    would come after every night of 2017). Such a selection would match
+    nothing, or the wrong nights, and look like an answer."""
     allowed = FIELDS[name].values if name in FIELDS else ()
     if allowed and value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1) or [a for a in allowed if _abbreviates(value, a)][:1]
@@ -1069,6 +1074,15 @@ def _check_value(name: str, value: str, equality: bool = True) -> None:
             date.fromisoformat(value)
         except ValueError:
             raise SelectionError(f"night is a date written YYYY-MM-DD (the evening's date): {value!r} is not one") from None
+    if name == "night" and not equality:
+        try:
+            if not _NIGHT_PREFIX.fullmatch(value):
+                raise ValueError
+            if len(value) == 10:
+                date.fromisoformat(value)
+        except ValueError:
+            raise SelectionError(f"night is compared as its text YYYY-MM-DD (the evening's date), or from a start of it "
+                                 f"(2017, 2017-08): {value!r} is neither") from None
 
 
 def _abbreviates(short: str, word: str) -> bool:

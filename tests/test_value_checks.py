@@ -20,6 +20,17 @@ from archive.query import Compiler, parse
     ("night == '2017-13-45'", "night is a date written YYYY-MM-DD (the evening's date): '2017-13-45' is not one"),
     ("night in ('2017-08-01', '2017-8-3')",
      "night is a date written YYYY-MM-DD (the evening's date): '2017-8-3' is not one"),
+    # in an order, as text: '2025-6-24' comes after every night of 2025 and matched none (a user trial)
+    ("night >= '2025-6-24'", "night is compared as its text YYYY-MM-DD (the evening's date), or from a start of it "
+                             "(2017, 2017-08): '2025-6-24' is neither"),
+    ("night > '2021-02-30'", "night is compared as its text YYYY-MM-DD (the evening's date), or from a start of it "
+                             "(2017, 2017-08): '2021-02-30' is neither"),
+    ("night between '2025-06-24' and '2025-13-45'", "night is compared as its text YYYY-MM-DD (the evening's date), "
+                                                    "or from a start of it (2017, 2017-08): '2025-13-45' is neither"),
+    # like and glob match text: SQLite matched a number's text form, PostgreSQL failed with a traceback
+    ("exptime like '3%'", "exptime is a number: like matches text; compare it with ==, <, > or between"),
+    ("frame_number like '11%'", "frame_number is a number: like matches text; compare it with ==, <, > or between"),
+    ("date_obs glob '2017*'", "date_obs is a time: glob matches text; compare it with ==, <, > or between"),
 ])
 def test_a_value_the_name_cannot_hold_is_refused(selection, message):
     with pytest.raises(SelectionError) as caught:
