@@ -774,7 +774,11 @@ def _balanced(combine, parts: list[ColumnElement]) -> ColumnElement:
 
 def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnElement:
     """``expression IN values``; a long list travels as one parameter (a JSON
-    array on SQLite, an array on PostgreSQL) rather than one per value."""
+    array on SQLite, an array on PostgreSQL) rather than one per value.
+    Numbers are one type: PostgreSQL typed the list by its first value, so
+    99.6 after a 1 was the integer 100, and refused a long mixed array."""
+    if any(isinstance(v, float) for v in values):
+        values = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
     if len(values) <= MAX_IN_PARAMETERS:
         return expression.in_(values)
     if sqlite:

@@ -207,3 +207,22 @@ def test_an_exposure_id_not_in_the_catalog_is_said_by_the_library_too(catalog):
     for call in (catalog.headers, catalog.exposure):
         with pytest.raises(NotFoundError, match="^no exposure with exposure id 424242 in the catalog$"):
             call(424242)
+
+
+def test_a_list_of_whole_and_decimal_numbers_matches_exactly_on_both_backends(catalog, tmp_path, rng):
+    """PostgreSQL typed an IN list by its first value: ``in (1, 99.6)`` matched
+    an EXPTIME of 100, ``exptime in (0, 38564.608926889)`` nothing, and a long
+    mixed list failed with 'cannot dump lists of mixed types' (a user trial)."""
+    for name, exptime in (("a", 100.0), ("b", 99.6), ("c", 38564.608926889)):
+        write_frame(tmp_path / "n" / f"{name}.fits", rng, {"EXPTIME": exptime, "OBJECT": name})
+    catalog.ingest([tmp_path / "n"])
+
+    def objects(selection):
+        return sorted(catalog.query(selection, columns="object")["object"])
+
+    assert objects("hdr['EXPTIME'] in (1, 99.6)") == ["b"]
+    assert objects("exptime in (0, 38564.608926889)") == ["c"]
+    assert objects("exptime in (100, 99.6)") == ["a", "b"]
+    long_list = ", ".join(map(str, range(1000))) + ", 38564.608926889"  # one parameter, an array on PostgreSQL
+    assert objects(f"hdr['EXPTIME'] in ({long_list})") == ["a", "c"]
+    assert objects(f"exptime in ({long_list})") == ["a", "c"]
