@@ -338,7 +338,7 @@ _SECONDS_PER = {
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
     **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
-_UNIT_NAMES = {60.0: "minutes", 3600.0: "hours", 86400.0: "days", 1e-3: "milliseconds", 1e-6: "microseconds", 1e3: "kiloseconds"}
+UNIT_NAMES = {60.0: "minutes", 3600.0: "hours", 86400.0: "days", 1e-3: "milliseconds", 1e-6: "microseconds", 1e3: "kiloseconds"}
 _BRACKETED_UNIT = re.compile(r"^\s*\[([^\]]*)\]")  # the FITS convention: the unit first, in brackets
 _UNIT_IN_BRACKETS = re.compile(r"[\[(]\s*([A-Za-z]+)\s*[\])]")  # "[min]", "(s)" anywhere
 # A unit written as a word: right after "in" or "time" ("Exposure time minutes", "integration time in secs"), in
@@ -348,7 +348,7 @@ _UNIT_AFTER_WORD = re.compile(r"\b(?:in|time)\s+(?=([A-Za-z]+)\b)", re.IGNORECAS
 
 
 @functools.lru_cache(maxsize=1024)  # a camera writes the same comment on every frame
-def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
+def comment_unit(comment: str | None) -> tuple[float | None, str | None]:
     """(seconds per unit, None) when the comment gives one time unit; (None,
     what is not understood) when it puts another unit first in brackets, or
     names several; (None, None) when it names none."""
@@ -369,7 +369,7 @@ def _comment_unit(comment: str | None) -> tuple[float | None, str | None]:
 
 def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number: float) -> float | None:
     """Seconds, or None when the card's unit makes more than a float holds."""
-    factor, problem = _comment_unit(card[5])
+    factor, problem = comment_unit(card[5])
     written = f"{keyword} = {card[2]} / {card[5]}"
     if problem:
         warnings.warn(f"{filename}: exptime: {written!r} names {problem}, not understood: kept as written ({number:g}, "
@@ -381,7 +381,7 @@ def _in_seconds(values: _Values, filename: str, keyword: str, card: Card, number
     seconds = number * factor
     if not math.isfinite(seconds):
         return None
-    unit = _UNIT_NAMES.get(factor, f"x{factor:g} s")
+    unit = UNIT_NAMES.get(factor, f"x{factor:g} s")
     warnings.warn(f"{filename}: exptime: {written!r} is in {unit}: converted to {seconds:g} s", NormalizationWarning,
                   stacklevel=2)
     values.sources["exptime"] += f" ({unit}, converted to seconds)"

@@ -24,9 +24,10 @@ from astropy.io import (
     fits,  # imported before any warning is caught: its logger hooks warnings on import
 )
 
+from archive.keywords import UNIT_NAMES, comment_unit
 from archive.xray_kinds import XRAY_KINDS, classify, hdu_kind
 
-ALGORITHM = "xray-summary-3"  # 3: an ARF with no HDUCLAS2 but EXTNAME SPECRESP is an ARF (archive.xray_kinds)
+ALGORITHM = "xray-summary-4"  # 3: an ARF with no HDUCLAS2 but EXTNAME SPECRESP is an ARF (archive.xray_kinds); 4: EXPOSURE in its comment's unit
 CHUNK_ROWS = 1_000_000
 KIND_ORDER = XRAY_KINDS  # one list: the selection language refuses a kind not in it
 
@@ -308,7 +309,16 @@ def _exposure(hdul, hdu) -> tuple[float | None, str | None]:
     elif value == 0:
         return None, f"EXPOSURE{where} is 0: not used"
     else:
-        return float(value), (f"EXPOSURE only{where} (not in the {hdu.name or 'table'} table's): used" if where else None)
+        notes = [f"EXPOSURE only{where} (not in the {hdu.name or 'table'} table's): used"] if where else []
+        # its comment's unit, as ingest reads exptime from the same card: "[ks]" once gave exptime 10000 s, exposure 10 s
+        factor, problem = comment_unit(header.comments["EXPOSURE"])
+        seconds = float(value) * (factor or 1.0)
+        if problem:
+            notes.append(f"EXPOSURE's comment names {problem}, not understood: taken as seconds")
+        elif factor not in (None, 1.0):
+            notes.append(f"EXPOSURE {_shown(value)}{where} is in {UNIT_NAMES.get(factor, f'x{factor:g} s')}: "
+                         f"converted to {seconds:g} s")
+        return seconds, "; ".join(notes) or None
     return None, f"EXPOSURE {_shown(value)}{where} {why}: not used"
 
 

@@ -54,8 +54,11 @@ def _spectrum(path, counts, *, column="COUNTS", primary=None, **cards):
                                            fits.Column(column, form, array=counts)], name="SPECTRUM")
     table.header.update({"HDUCLAS1": "SPECTRUM", "HDUCLAS2": "TOTAL", "EXPOSURE": SPAN, "BACKSCAL": 1.0, "AREASCAL": 1.0,
                          "BACKFILE": "none", **TIME_CARDS})
-    for key, value in cards.items():
-        table.header.remove(key, ignore_missing=True) if value is None else table.header.set(key, value)
+    for key, value in cards.items():  # a (value, comment) pair too
+        if value is None:
+            table.header.remove(key, ignore_missing=True)
+        else:
+            table.header[key] = value
     fits.HDUList([fits.PrimaryHDU(header=fits.Header(list((primary or {}).items()))), table]).writeto(path)
 
 
@@ -358,6 +361,25 @@ def test_exposure_only_in_the_primary_header_agrees_with_exptime(url, tmp_path):
     assert "primary.pi: EXPOSURE only in the primary header (not in the SPECTRUM table's): used" in ingested.stderr
     rows = _rows(url, "relpath == 'primary.pi'", "exptime,exposure,rate")
     assert rows == {"primary.pi": {"exptime": "1000.0", "exposure": "1000.0", "rate": "0.064"}}  # was "missing or 0"
+
+
+@pytest.mark.parametrize(("comment", "seconds", "message"), [
+    ("[ks] exposure", 10_000.0, "EXPOSURE 10 is in kiloseconds: converted to 10000 s"),
+    ("[s] exposure", 10.0, None),
+    ("[ct] exposure", 10.0, "EXPOSURE's comment names the unit [ct], not understood: taken as seconds"),
+])
+def test_exposure_is_read_in_its_comments_unit_as_exptime_is(url, tmp_path, comment, seconds, message):
+    """exptime converted '[ks]' to seconds while the summary took the number as
+    seconds: exptime 10000, exposure 10, and a rate 1000 times too high (a user trial)."""
+    directory = tmp_path / "ks"
+    directory.mkdir()
+    _spectrum(directory / "ks.pi", np.full(10, 1, np.int32), EXPOSURE=(10.0, comment))
+    summary = xray.summarize_file(str(directory / "ks.pi"))
+    assert (summary.exposure_s, summary.rate) == (seconds, 10 / seconds)
+    assert summary.warnings == ([message] if message else [])
+    _ingested(url, directory)
+    row = _rows(url, "relpath == 'ks.pi'", "exptime,exposure")["ks.pi"]
+    assert float(row["exptime"]) == float(row["exposure"]) == seconds
 
 
 def test_a_summary_of_an_older_algorithm_is_made_again_without_force(url, tmp_path):
