@@ -525,7 +525,10 @@ def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str
         # integers where every card wrote one (TELHUM = 05 is 5, not 5.0)
         whole = numeric and all(_INTEGER.fullmatch(row[j]) for row in rows if row[j] is not None)
         keep.append(label)
-        number = int if whole else float
-        merged.append((lambda row, i=i, number=number: None if row[i] is None else number(row[i])) if numeric
-                      else (lambda row, j=j: row[j]))
+        if whole:  # from the digits: a double rounds an integer beyond 2**53 (a Gaia source id)
+            merged.append(lambda row, j=j: None if row[j] is None else int(row[j]))
+        elif numeric and all(row[j].strip() in ("T", "F") for row in rows if row[j] is not None):
+            merged.append(lambda row, i=i: None if row[i] is None else bool(row[i]))  # logicals as written: T, F
+        else:
+            merged.append((lambda row, i=i: None if row[i] is None else float(row[i])) if numeric else (lambda row, j=j: row[j]))
     return keep, [tuple(get(row) for get in merged) for row in rows]

@@ -865,8 +865,13 @@ class Compiler:
         if isinstance(node.field, Header):
             kind, value = _value_kind(node.value), _card_value(node.value)
             short = node.op == "==" and _short(value)
-            return self._header(node.field, lambda col: _OPS[node.op](col, value), kind, short,
-                                item=node, equality=node.op == "==")
+            predicate = lambda col: _OPS[node.op](col, value)  # noqa: E731
+            if kind == "integer":
+                if node.op not in ("==", "!="):
+                    raise SelectionError(_inexact(node.field, node.value, node.op))
+                predicate = (lambda col: _same_integer(col, value)) if node.op == "==" else \
+                    (lambda col: not_(_same_integer(col, value)))
+            return self._header(node.field, predicate, kind, short, item=node, equality=node.op == "==")
         expression, kind = self._expression(node.field)
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
 
@@ -884,10 +889,13 @@ class Compiler:
             by_kind: dict[str, list] = {}
             for value in node.values:
                 by_kind.setdefault(_value_kind(value), []).append(value)
-            parts = [
-                self._header(node.field, lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite), kind, all(map(_short, values)))
-                for kind, values in by_kind.items()
-            ]
+            def predicate(kind, values):
+                if kind == "integer":
+                    return lambda col: or_(*(_same_integer(col, v) for v in values))
+                return lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite)
+
+            parts = [self._header(node.field, predicate(kind, values), kind, all(map(_short, values)))
+                     for kind, values in by_kind.items()]
             clause = or_(*parts)
         else:
             expression, kind = self._expression(node.field)
@@ -898,6 +906,8 @@ class Compiler:
         if node.low is None or node.high is None:
             raise SelectionError(f"{_label(node.field)} between needs two values, not null")
         if isinstance(node.field, Header):
+            if big := [v for v in (node.low, node.high) if _value_kind(v) == "integer"]:
+                raise SelectionError(_inexact(node.field, big[0], "between"))
             if _value_kind(node.low) != _value_kind(node.high):
                 raise SelectionError(f"{_label(node.field)} between {node.low!r} and {node.high!r}: "
                                      "both ends are numbers, or both text")
@@ -1021,7 +1031,7 @@ class Compiler:
             return and_(column.is_not(None), predicate(column))
         if kind == "bool":
             branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
-        elif kind == "number":
+        elif kind in ("number", "integer"):
             branches = [[text(NUMERIC), predicate(HeaderCard.value_num)]]
         else:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
@@ -1168,6 +1178,16 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     return [(number, sorted(names)) for number, names in found.items()]
 
 
+def _same_integer(number: ColumnElement, value: int) -> ColumnElement:
+    """A card holding the integer ``value``, beyond what a double tells
+    apart: its double (an index range) and the digits it was written with
+    (5853498713190525697 and ...696 are one double; a Gaia source id is one
+    of them)."""
+    digits = str(value)
+    return and_(number == float(value), HeaderCard.vtype == "i",
+                HeaderCard.value_text.in_([digits, "+" + digits] if value > 0 else [digits]))
+
+
 def _card_value(value):
     """Logicals are stored as 1/0 in value_num."""
     return float(value) if isinstance(value, bool) else value
@@ -1177,12 +1197,22 @@ def _short(value) -> bool:
     return isinstance(value, str) and len(value) <= TEXT_INDEX_LIMIT
 
 
+EXACT_INTEGER = 2**53  # a card's number is a double: every integer up to this, and only some beyond
+
+
 def _value_kind(value) -> str:
     if isinstance(value, bool):
         return "bool"
+    if isinstance(value, int) and abs(value) > EXACT_INTEGER:
+        return "integer"  # compared by the card's digits too (see _same_integer)
     if isinstance(value, (int, float)):
         return "number"
     return "text"
+
+
+def _inexact(field: Field, value: int, op: str) -> str:
+    return (f"{value} is beyond 2**53 ({EXACT_INTEGER}), the last integer the doubles a header's numbers are kept in all "
+            f"hold: {op} would compare {_label(field)} with a neighbour; ==, != and in compare it exactly, by its digits")
 
 
 def _label(field: Field) -> str:

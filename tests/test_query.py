@@ -226,3 +226,30 @@ def test_a_list_of_whole_and_decimal_numbers_matches_exactly_on_both_backends(ca
     long_list = ", ".join(map(str, range(1000))) + ", 38564.608926889"  # one parameter, an array on PostgreSQL
     assert objects(f"hdr['EXPTIME'] in ({long_list})") == ["a", "c"]
     assert objects(f"exptime in ({long_list})") == ["a", "c"]
+
+
+GAIA_IDS = {"a": 5853498713190525696, "b": 5853498713190525697, "c": 5853498713190525701}  # one double for a and b
+
+
+def test_integers_beyond_2_53_are_matched_and_shown_by_their_digits(catalog, tmp_path, rng):
+    """A header's numbers are doubles: 5853498713190525697 matched ...696 and
+    ...701 on PostgreSQL, nothing on SQLite, and was shown as ...952, a
+    number no file holds (a user trial)."""
+    for name, source in GAIA_IDS.items():
+        write_frame(tmp_path / "n" / f"{name}.fits", rng, {"OBJECT": name, "GAIAID": source, "LOGF": name == "a"})
+    catalog.ingest([tmp_path / "n"])
+
+    def objects(selection):
+        return sorted(catalog.query(selection, columns="object")["object"])
+
+    assert objects("hdr['GAIAID'] == 5853498713190525697") == ["b"]
+    assert objects("hdr['GAIAID'] != 5853498713190525697") == ["a", "c"]
+    assert objects("hdr['GAIAID'] in (5853498713190525696, 5853498713190525701)") == ["a", "c"]
+    assert objects("hdr['GAIAID'] > 5") == ["a", "b", "c"]  # a small number tells them from it exactly
+    names, rows = catalog.rows(parse("hdr['GAIAID'] > 5"), columns="object,hdr['GAIAID'],hdr['LOGF']", sort="object")
+    assert [tuple(row[1:]) for row in rows] == [(GAIA_IDS["a"], True), (GAIA_IDS["b"], False), (GAIA_IDS["c"], False)]
+    for selection in ("hdr['GAIAID'] > 5853498713190525696", "hdr['GAIAID'] between 0 and 5853498713190525701"):
+        with pytest.raises(SelectionError, match=r"is beyond 2\*\*53 \(9007199254740992\), the last integer the doubles a "
+                                                 r"header's numbers are kept in all hold: (>|between) would compare "
+                                                 r"hdr\['GAIAID'\] with a neighbour; ==, != and in compare it exactly"):
+            catalog.query(selection)
