@@ -60,6 +60,8 @@ class _Escape(Exception):
 class _Entry:
     kind: str  # dir, file, link
     linkname: str = ""
+    member: str = ""  # the member that lays it; for a directory no member names, the first that needs it
+    implied: bool = False
 
 
 @dataclass
@@ -81,7 +83,8 @@ def safe_extract(archive_path: Path, target: Path) -> int:
     is truncated, corrupt or no tar at all, or when a member would land or
     point outside ``target`` (``..``, absolute names, links and chains of
     links, hard links to anything but a member, devices, FIFOs, set-uid or
-    set-gid bits).
+    set-gid bits) or clash with another (a file or link where another member
+    needs a directory).
     """
     target = Path(target).resolve()
     with _Reader(archive_path) as reader:
@@ -219,26 +222,25 @@ class _Plan:
         *parents, last = name.rstrip("/").split("/")
         if last in ("", ".", ".."):
             if member.isdir() and last in ("", "."):
-                return _Step(member, "dir", self.resolve(tuple(parents), follow_last=True))
+                return _Step(member, "dir", self._directories(self.resolve(tuple(parents), follow_last=True), name))
             raise _Escape(f"would land outside {self.target}")
-        where = self.resolve(tuple(parents), follow_last=True)
-        if self.kind_at(where) not in ("dir", None):
-            raise _Escape(f"needs {'/'.join(where)!r} as a directory, but it is a file")
+        where = self._directories(self.resolve(tuple(parents), follow_last=True), name)
         parts = (*where, last)
         self._too_long(parts)
         existing = self.kind_at(parts)
         if member.isdir():
             if existing == "link":
                 parts = self.resolve(parts, follow_last=True)
+                self._directories(parts[:-1], name)
             if self.kind_at(parts) not in ("dir", None):
-                raise _Escape("would replace a file with a directory")
-            self.laid[parts] = _Entry("dir")
+                raise _Escape(f"would replace with a directory the file {'/'.join(parts)!r}{self._whose(parts)}")
+            self.laid[parts] = _Entry("dir", member=name)
             return _Step(member, "dir", parts)
         if existing == "dir":
-            raise _Escape("would replace a directory")
+            raise _Escape(f"would replace the directory {'/'.join(parts)!r}{self._whose(parts)}")
         if existing is not None and parts not in self.laid:  # on disk before: downloaded, or unpacked before
             if existing == "file" and member.isreg() and self._same_on_disk(member, parts):
-                self.laid[parts] = _Entry("file")
+                self.laid[parts] = _Entry("file", member=name)
                 self.written_files.add(parts)
                 return _Step(member, "same", parts)  # unpacked before (a retry): left as it is
             raise _Escape(f"would replace {'/'.join(parts)!r}, which is already there (downloaded or unpacked before)")
@@ -246,15 +248,36 @@ class _Plan:
             return self._symlink(member, parts)
         if member.islnk():
             return self._hardlink(member, parts)
-        self.laid[parts] = _Entry("file")
+        self.laid[parts] = _Entry("file", member=name)
         self.written_files.add(parts)
         return _Step(member, "file", parts)
+
+    def _directories(self, parts: tuple[str, ...], name: str) -> tuple[str, ...]:
+        """Lay out ``parts`` (resolved: no link in it) and each directory above
+        it as directories that member ``name`` needs. Recorded, a later member
+        of the same name but another kind is refused here; unrecorded, the
+        writer had written the members before it when it failed."""
+        for depth in range(1, len(parts) + 1):
+            above = parts[:depth]
+            kind = self.kind_at(above)
+            if kind is None:
+                self.laid[above] = _Entry("dir", member=name, implied=True)
+            elif kind != "dir":
+                raise _Escape(f"needs {'/'.join(above)!r} as a directory, but it is a {kind}{self._whose(above)}")
+        return parts
+
+    def _whose(self, parts: tuple[str, ...]) -> str:
+        """Which member put what is at ``parts`` there, said after its name."""
+        entry = self.laid.get(parts)
+        if entry is None:
+            return ", already there (downloaded or unpacked before)"
+        return f" that member {entry.member!r} needs" if entry.implied else f" made by member {entry.member!r} before it"
 
     def _symlink(self, member: tarfile.TarInfo, parts: tuple[str, ...]) -> _Step:
         link = member.linkname
         if not link or link.startswith("/") or re.match(r"^[A-Za-z]:", link):
             raise _Escape(f"links to {link!r}, outside {self.target}")
-        self.laid[parts] = _Entry("link", link)
+        self.laid[parts] = _Entry("link", link, member.name)
         try:
             self.resolve(parts, follow_last=True)
         except _Escape as escape:
@@ -271,7 +294,7 @@ class _Plan:
             raise _Escape(f"links to {link!r}, outside {self.target}") from None
         if source not in self.written_files:
             raise _Escape(f"is a hard link to {link!r}, which is no file of this archive")
-        self.laid[parts] = _Entry("file")
+        self.laid[parts] = _Entry("file", member=member.name)
         self.written_files.add(parts)
         return _Step(member, "hardlink", parts, source)
 

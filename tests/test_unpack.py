@@ -72,7 +72,8 @@ CASES = {
     "device": ([("dev", "chr", None)], "'dev' is a device or a pipe"),
     "fifo": ([("pipe", "fifo", None)], "'pipe' is a device or a pipe"),
     "set-uid": ([("run", "setuid", None)], "'run' has the set-uid or set-gid bit"),
-    "file over a directory": ([("d", "dir", None), ("d", "file", None)], "would replace a directory"),
+    "file over a directory": ([("d", "dir", None), ("d", "file", None)],
+                              "member 'd' would replace the directory 'd' made by member 'd' before it"),
     "directory under a file": ([("f", "file", None), ("f/x", "file", None)], "it is a file"),
     "disk link out": ([("out/secret", "file", None)], "'out/secret' would land outside"),
     "a file already there": ([("new.fits", "file", None), ("pre-existing.txt", "file", b"other")],
@@ -101,6 +102,58 @@ def test_an_escaping_archive_is_refused_whole_before_writing(tmp_path, kind):
     assert _listing(target) == before
     assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/obsarch-abs.txt").exists()
     assert not Path("/tmp/flag").exists()
+
+
+CLASHES = {  # members: the line, after "clash.tar refused, nothing extracted: member "
+    "file, then under it": ([("x", "file", None), ("x/y.fits", "file", None)],
+                            "'x/y.fits' needs 'x' as a directory, but it is a file made by member 'x' before it"),
+    "under it, then file": ([("x/y.fits", "file", None), ("x", "file", None)],
+                            "'x' would replace the directory 'x' that member 'x/y.fits' needs"),
+    "under it, then link": ([("x/y.fits", "file", None), ("x", "sym", "sub")],
+                            "'x' would replace the directory 'x' that member 'x/y.fits' needs"),
+    "under it, then hard link": ([("a.fits", "file", None), ("x/y.fits", "file", None), ("x", "lnk", "a.fits")],
+                                 "'x' would replace the directory 'x' that member 'x/y.fits' needs"),
+    "two levels under it, then file": ([("a/b/c.fits", "file", None), ("a", "file", None)],
+                                       "'a' would replace the directory 'a' that member 'a/b/c.fits' needs"),
+    "file, then two levels under it": ([("f", "file", None), ("f/a/b.fits", "file", None)],
+                                       "'f/a/b.fits' needs 'f' as a directory, but it is a file made by member 'f' before it"),
+    "a link to a file, then under it": ([("f", "file", None), ("l", "sym", "f"), ("l/y.fits", "file", None)],
+                                        "'l/y.fits' needs 'f' as a directory, but it is a file made by member 'f' before it"),
+    "file, then directory": ([("x", "file", None), ("x/", "dir", None)],
+                             "'x' would replace with a directory the file 'x' made by member 'x' before it"),
+    "under a file on disk": ([("pre-existing.txt/y.fits", "file", None)], "'pre-existing.txt/y.fits' needs "
+                             "'pre-existing.txt' as a directory, but it is a file, already there (downloaded or unpacked before)"),
+    "over a directory on disk": ([("ok.fits", "file", None), ("sub", "file", None)],
+                                 "'sub' would replace the directory 'sub', already there (downloaded or unpacked before)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CLASHES))
+def test_members_that_clash_are_refused_whole_before_writing(tmp_path, kind):
+    """A file or link named like a directory that another member needs, in
+    either order: the writer failed on it ("cannot unpack into ...: Is a
+    directory") after writing the members before it, as the directories no
+    member names were not in the plan."""
+    entries, message = CLASHES[kind]
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "pre-existing.txt").write_text("kept")
+    before = _listing(target)
+    with pytest.raises(UnpackRefused) as refused:
+        safe_extract(make_tar(tmp_path / "clash.tar", entries), target)
+    assert str(refused.value) == f"clash.tar refused, nothing extracted: member {message}"
+    assert _listing(target) == before
+
+
+def test_directories_no_member_names_take_their_members_and_links(tmp_path):
+    archive = make_tar(tmp_path / "good.tar", [
+        ("x/y.fits", "file", b"Y"), ("x/", "dir", None), ("x/z.fits", "file", b"Z"),  # named after it is needed: one directory
+        ("l", "sym", "d/e"), ("l/w.fits", "file", b"W"),  # through a link to directories no member names
+    ])
+    target = tmp_path / "t"
+    assert safe_extract(archive, target) == 5
+    assert _listing(target) == ["d", "d/e", "d/e/w.fits", "l", "x", "x/y.fits", "x/z.fits"]
+    assert (target / "l" / "w.fits").read_bytes() == b"W"
 
 
 def test_a_good_archive_is_laid_out_with_its_links(tmp_path):
