@@ -164,6 +164,46 @@ def test_a_good_tar_is_unpacked(catalog, server, tmp_path):
     assert not (tmp_path / "q" / "0999999999.tar.gz").exists()
 
 
+def test_a_truncated_tar_is_refused_and_the_rest_go_on(catalog, server, tmp_path):
+    """A tar.gz cut short raised a bare EOFError out of the queue: the run
+    stopped, the files downloaded with it were never recorded and the tar
+    stayed 'downloading'. Now it fails with the unpacker's line, the others
+    are done, and a retry that gets the whole tar unpacks it."""
+    whole = good_tar()
+    server.archive.files["/files/0999999999.tar.gz"] = whole[:len(whole) // 2]
+    server.archive.files["/files/ok.fits"] = b"B" * 5000
+    _queue_one(catalog, server, tmp_path, "/files/0999999999.tar.gz")
+    _queue_one(catalog, server, tmp_path, "/files/ok.fits")
+    summary = fetch.run_queue(catalog.engine)
+    assert summary.done == 1 and summary.unpacked == 0
+    assert _states(catalog) == {"ok.fits": ("done", None), "0999999999.tar.gz": (
+        "failed", "0999999999.tar.gz refused, nothing extracted: truncated: the gzip data end early")}
+    assert not (tmp_path / "q" / "0999999999").exists()
+    server.archive.files["/files/0999999999.tar.gz"] = whole
+    assert fetch.retry_failed(catalog.engine) == 1
+    assert fetch.run_queue(catalog.engine).unpacked == 2
+    assert _states(catalog)["0999999999.tar.gz"] == ("done", None)
+
+
+def test_fetch_with_a_truncated_tar_is_partial(url, server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "obsarch.toml"
+    config.write_text("[archives]\n" + "".join(f'{k} = "{v}"\n' for k, v in server.config()["archives"].items()))
+    obsarch(url, "init", config=config)
+    whole = good_tar()
+    server.archive.files["/FTP/xmm/data/0013140101/odf/extra.tar.gz"] = whole[:len(whole) // 2]
+    partial = obsarch(url, "fetch", "xmm", "0013140101", code=3, config=config)
+    assert "2 files downloaded" in partial.stdout and "2 exposures linked" in partial.stdout
+    refused = "extra.tar.gz refused, nothing extracted: truncated: the gzip data end early"
+    assert f"/FTP/xmm/data/0013140101/odf/extra.tar.gz: {refused}" in partial.stderr
+    assert partial.stderr.splitlines()[-1].startswith("1 of 3 files failed: see `obsarch downloads`")
+    row = obsarch(url, "downloads", "--format", "csv", config=config).stdout.splitlines()[1]
+    assert ",failed,3,2," in row and row.endswith(f'"{refused}"')
+    server.archive.files["/FTP/xmm/data/0013140101/odf/extra.tar.gz"] = whole
+    again = obsarch(url, "fetch", "--retry-failed", config=config)
+    assert "1 file downloaded" in again.stdout and "2 unpacked" in again.stdout
+
+
 def test_downloads_run_a_bounded_number_at_once(catalog, server, tmp_path, monkeypatch):
     import threading
     import time
