@@ -811,13 +811,20 @@ def _longitude(values: _Values) -> float | None:
         degrees = card[3] if card[4] in "if" else _sexagesimal(card[2], 1.0) if card[4] == "s" else None
         if degrees is not None and -360 <= degrees <= 360:
             values.note("longitude", keyword, card)
-            return degrees
+            return _east_of_greenwich(degrees)
         values.reject("night", keyword, card, "not a longitude (-360 to 360 degrees)")
     x, y = values.number("OBSGEO-X"), values.number("OBSGEO-Y")
     if x is not None and y is not None and (x or y):
         values.sources["longitude"] = "OBSGEO-X/Y"
         return math.degrees(math.atan2(y, x))
     return None
+
+
+def _east_of_greenwich(degrees: float) -> float:
+    """An east-positive longitude in (-180, 180]: a site written in the 0-360
+    convention (Cerro Pachon as 289.27) is 24 h of local time away from the
+    same site written as -70.73, and its night was a day late."""
+    return 180.0 - (180.0 - degrees) % 360.0
 
 
 # -- pointing ----------------------------------------------------------------
