@@ -408,3 +408,24 @@ def test_show_refuses_an_id_that_is_no_number(url):
         result = run(url, "show", "--id", ref, code=2)
         assert result.stderr.splitlines() == [f"error: --id {ref}: an exposure id is a whole number, such as 3852"]
     assert "no exposure with exposure id 7 in the catalog" in run(url, "show", "--id", "7", code=1).stderr
+
+
+def test_show_prints_an_invalid_card_alike_beside_an_unterminated_string(url, tmp_path):
+    """A user's file holding AIRMASS = INDEF and NOTE = 'unterminated showed
+    'AIRMASS  = = INDEF' and hdr['AIRMASS'] == 'INDEF' did not match it."""
+    def header_file(name, *images):
+        text = "".join(f"{i:<80}" for i in ("SIMPLE  =                    T", "BITPIX  =                    8",
+                                            "NAXIS   =                    0", *images, "END"))
+        (tmp_path / "frames" / name).write_bytes((text + " " * (-len(text) % 2880)).encode("ascii"))
+
+    (tmp_path / "frames").mkdir()
+    header_file("p1.fits", "AIRMASS = INDEF")
+    header_file("p2.fits", "AIRMASS = INDEF", "NOTE    = 'unterminated")
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "frames"))
+    for name in ("p1.fits", "p2.fits"):
+        lines = run(url, "show", str(tmp_path / "frames" / name)).stdout.splitlines()
+        assert "AIRMASS  = INDEF" in lines
+    assert "NOTE     = 'unterminated" in lines
+    matched = run(url, "query", "hdr['AIRMASS'] == 'INDEF'", "--columns", "path", "--format", "csv").stdout
+    assert sorted(matched.splitlines()[1:]) == [str(tmp_path / "frames" / n) for n in ("p1.fits", "p2.fits")]
