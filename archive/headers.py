@@ -9,11 +9,12 @@ data); tile-compressed (fpack) HDUs are binary tables whose ``Z*`` cards give
 the image they hold.
 
 Parsing the value of every card through astropy costs ~3 ms per header; the
-parser here handles the fixed-format cases FITS files are made of and hands
-anything unusual (non-ASCII bytes, unterminated strings) to astropy, keeping
-the raw text of any card that astropy cannot interpret either. The same
-parser, compiled (``archive/_cards.pyx``), takes every header of printable
-ASCII; where it was not built, the Python one here does all the work.
+parser here handles the fixed-format cases FITS files are made of, and keeps
+a card it cannot read (an unterminated string) as it keeps any value that is
+not valid FITS: the text of its value field, listed as invalid. Non-ASCII
+bytes become ``?``. The same parser, compiled (``archive/_cards.pyx``), takes
+every header of printable ASCII and leaves headers with such a card to the
+Python one here, which does all the work where it was not built.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import hashlib
 import math
 import os
 import re
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +72,7 @@ def first_cards(cards: list[Card]) -> dict[str, Card]:
 
 
 class _Unusual(Exception):
-    """A header the fast parser leaves to astropy."""
+    """A card :func:`parse_cards` reads only when lenient."""
 
 
 # -- card parsing ----------------------------------------------------------
@@ -128,32 +128,60 @@ def _parse_value(rest: str) -> tuple[str | None, float | None, str, str | None]:
     return token, None, "x", comment
 
 
-def parse_cards(text: str) -> list[Card]:
-    """Parse the cards of one header (text up to, not including, END)."""
+def parse_cards(text: str, lenient: bool = False) -> list[Card]:
+    """Parse the cards of one header (text up to, not including, END).
+
+    A card no rule here reads (an unterminated string, a HIERARCH card
+    without ``=``) raises :class:`_Unusual`, which is where the compiled
+    parser defers too; with ``lenient`` it is kept as :func:`_unreadable`
+    says and the other cards are read as always, so that one such card does
+    not change how the rest of the header is stored.
+    """
     cards: list[Card] = []
     append = cards.append
     for start in range(0, len(text), CARD):
         image = text[start : start + CARD]
         position = start // CARD
-        head = image[:8]
-        if head == "HIERARCH":
-            equals = image.find("=")
-            if equals < 0:
-                raise _Unusual("HIERARCH card without '='")
-            keyword = " ".join(image[9:equals].upper().split())
-            append((position, keyword, *_parse_value(image[equals + 1 :])))
-            continue
-        keyword = head.rstrip().upper()
-        if keyword == "CONTINUE" and cards and cards[-1][4] == "s" and (cards[-1][2] or "").endswith("&"):
-            _join_continue(cards, image)
-            continue
-        if keyword in _COMMENTARY or image[8:10] != "= ":
-            body = image[8:].rstrip()
-            if keyword or body:
-                append((position, keyword, body, None, "C", None))
-            continue
-        append((position, keyword, *_parse_value(image[10:])))
+        try:
+            head = image[:8]
+            if head == "HIERARCH":
+                equals = image.find("=")
+                if equals < 0:
+                    raise _Unusual("HIERARCH card without '='")
+                keyword = " ".join(image[9:equals].upper().split())
+                append((position, keyword, *_parse_value(image[equals + 1 :])))
+                continue
+            keyword = head.rstrip().upper()
+            if keyword == "CONTINUE" and cards and cards[-1][4] == "s" and (cards[-1][2] or "").endswith("&"):
+                _join_continue(cards, image)
+                continue
+            if keyword in _COMMENTARY or image[8:10] != "= ":
+                body = image[8:].rstrip()
+                if keyword or body:
+                    append((position, keyword, body, None, "C", None))
+                continue
+            append((position, keyword, *_parse_value(image[10:])))
+        except _Unusual:
+            if not lenient:
+                raise
+            append(_unreadable(position, image))
     return cards
+
+
+def _unreadable(position: int, image: str) -> Card:
+    """A card :func:`parse_cards` cannot read, kept as it keeps any value
+    that is not valid FITS: the text of the value field (after ``= ``, or
+    after a HIERARCH keyword's ``=``), stripped, as vtype ``x``. A card with
+    no value indicator is commentary, as any such card is."""
+    if image[:8] == "HIERARCH":
+        equals = image.find("=")
+        keyword = " ".join(image[9:equals].upper().split())
+    else:
+        equals = 8 if image[8:10] == "= " else -1
+        keyword = image[:8].rstrip().upper()
+    if equals < 0:
+        return position, image[:8].rstrip().upper(), image[8:].rstrip(), None, "C", None
+    return position, keyword, image[equals + 1 :].strip(), None, "x", None
 
 
 def _join_continue(cards: list[Card], image: str) -> None:
@@ -164,50 +192,6 @@ def _join_continue(cards: list[Card], image: str) -> None:
     cards[-1] = (position, keyword, text[:-1] + (more or ""), None, vtype, joined_comment)
 
 
-def _parse_with_astropy(raw: bytes) -> tuple[list[Card], list[str]]:
-    """Parse an unusual header with astropy; keep raw text where it fails."""
-    from astropy.io import fits
-    from astropy.utils.exceptions import AstropyWarning
-
-    text = raw.decode("ascii", errors="replace")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyWarning)
-        try:
-            header = fits.Header.fromstring(text)
-        except Exception as exc:  # astropy raises several types for bad headers
-            raise FitsReadError(f"header cannot be parsed: {exc}") from exc
-        cards: list[Card] = []
-        invalid: list[str] = []
-        for position, card in enumerate(header.cards):
-            keyword = normalize_keyword(card.keyword)
-            try:
-                value, comment = card.value, card.comment or None
-                cards.append((position, keyword, *_from_python(keyword, value), comment))
-            except Exception:  # an invalid card: keep its image, say so
-                image = text[position * CARD : (position + 1) * CARD]
-                cards.append((position, keyword, image[8:].rstrip(), None, "x", None))
-                invalid.append(f"{keyword or '(blank)'}: {image.strip()[:60]!r}")
-    return cards, invalid
-
-
-def _from_python(keyword: str, value) -> tuple[str | None, float | None, str]:
-    from astropy.io.fits.card import Undefined
-
-    if keyword in _COMMENTARY:
-        return str(value), None, "C"
-    if isinstance(value, bool):
-        return ("T" if value else "F"), float(value), "b"
-    if isinstance(value, int):
-        return str(value), float(value), "i"
-    if isinstance(value, float):
-        return repr(value), (value if math.isfinite(value) else None), "f"
-    if isinstance(value, complex):
-        return f"({value.real}, {value.imag})", None, "c"
-    if value is None or isinstance(value, Undefined):
-        return None, None, "u"
-    return str(value).rstrip(), None, "s"
-
-
 _CONTROL = re.compile(rb"\x00")  # other control bytes are kept (astropy reads them); a NUL no text column holds
 
 
@@ -215,7 +199,8 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
     """Cards of one raw header (bytes up to END) and a list of invalid cards.
 
     Bytes outside ASCII (not allowed in FITS) become ``?`` and the cards
-    holding them are listed as invalid; malformed cards go to astropy.
+    holding them are listed as invalid, as are cards whose value is not
+    valid FITS (kept as text).
     """
     control = []
     if b"\x00" in raw:  # not FITS, and PostgreSQL text cannot hold it
@@ -236,11 +221,7 @@ def parse_header(raw: bytes) -> tuple[list[Card], list[str]]:
             for i in range(0, len(raw), CARD)
             if not raw[i : i + CARD].isascii()
         ]
-    try:
-        cards = parse_cards(text)
-    except _Unusual:
-        cards, astropy_invalid = _parse_with_astropy(text.encode("ascii"))
-        return cards, invalid + astropy_invalid
+    cards = parse_cards(text, lenient=True)
     return cards, invalid + _invalid_values(cards)
 
 

@@ -88,6 +88,7 @@ class _Values:
         self.utc_offset: timedelta | None = None
         # (column, the card as written, why): values read but not usable, told once the row is known
         self.problems: list[tuple[str, str, str]] = []
+        self.untimed: list[str] = []  # date cards as written that give a day but no time of day, and no time card did
 
     def card(self, keyword: str) -> Card | None:
         card = self.cards.get(keyword)
@@ -646,6 +647,12 @@ def _date_obs(values: _Values) -> datetime | None:
         if scale is not None:
             values.sources["timesys"] = scale
         return moment
+    # Told only when no card gave the moment: a date-only DATE-OBS beside an MJD-OBS is common and harmless.
+    if values.untimed:
+        *others, last = values.maps.sources["time"] or ["time"]
+        cards = f"{', '.join(others)} or {last}" if others else last
+        why = f"a date with no time of day (no {cards} card gives one), so mjd and night are not computed from it"
+        values.problems.extend(("date_obs", written, why) for written in values.untimed)
     return None
 
 
@@ -703,10 +710,12 @@ def _from_date_keywords(values: _Values):
         if isinstance(parsed, datetime):
             yield parsed, "date", f"{keyword}={card[2]!r}", keyword
         elif isinstance(parsed, date):
+            timed = False
             for time_keyword in values.maps.sources["time"]:
                 time_card = values.card(time_keyword)
                 if time_card is None or time_card[4] != "s":  # MUSE's UT is seconds, not a clock
                     continue
+                timed = True
                 offset, why = _read_clock(time_card[2])
                 if offset is None:
                     values.reject("date_obs", time_keyword, time_card, why)
@@ -718,6 +727,8 @@ def _from_date_keywords(values: _Values):
                     values.problems.append(("date_obs", written, _BEYOND))
                     continue
                 yield moment, "date", written, keyword
+            if not timed:
+                values.untimed.append(f"{keyword}={card[2]!r}")
         else:
             values.reject("date_obs", keyword, card, why)
 
@@ -811,13 +822,20 @@ def _longitude(values: _Values) -> float | None:
         degrees = card[3] if card[4] in "if" else _sexagesimal(card[2], 1.0) if card[4] == "s" else None
         if degrees is not None and -360 <= degrees <= 360:
             values.note("longitude", keyword, card)
-            return degrees
+            return _east_of_greenwich(degrees)
         values.reject("night", keyword, card, "not a longitude (-360 to 360 degrees)")
     x, y = values.number("OBSGEO-X"), values.number("OBSGEO-Y")
     if x is not None and y is not None and (x or y):
         values.sources["longitude"] = "OBSGEO-X/Y"
         return math.degrees(math.atan2(y, x))
     return None
+
+
+def _east_of_greenwich(degrees: float) -> float:
+    """An east-positive longitude in (-180, 180]: a site written in the 0-360
+    convention (Cerro Pachon as 289.27) is 24 h of local time away from the
+    same site written as -70.73, and its night was a day late."""
+    return 180.0 - (180.0 - degrees) % 360.0
 
 
 # -- pointing ----------------------------------------------------------------

@@ -119,9 +119,14 @@ def show(
 
     Example: obsarch show 3852
     """
+    if by_id and not (ref.isascii() and ref.isdigit()):
+        fail(f"--id {ref}: an exposure id is a whole number, such as 3852", code=2)
     catalog = open_catalog()
     exposure_id = catalog.resolve(ref, by_id=by_id)
     row = catalog.exposure(exposure_id)
+    units = catalog.headers(exposure_id)
+    if hdu is not None and hdu not in {unit["index"] for unit in units}:  # checked first: a usage error prints nothing else
+        fail(f"--hdu {hdu}: {row['path']} has {_hdus(units)}", code=2)
     console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
     sources = row.pop("sources")
     console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)), soft_wrap=True)
@@ -129,7 +134,7 @@ def show(
     for name, why in sources.items():
         if name in row and not readable(row[name]) and not _PLAIN_SOURCE.fullmatch(why):
             console.print(f"{name} left empty: {why}", markup=False, soft_wrap=True)
-    for unit in catalog.headers(exposure_id):
+    for unit in units:
         if hdu is not None and unit["index"] != hdu:
             continue
         console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}", soft_wrap=True)
@@ -140,6 +145,18 @@ def show(
     from cli.xray import show_xray
 
     show_xray(catalog, exposure_id)
+
+
+def _hdus(units: list[dict]) -> str:
+    """``HDUs 0-2``, ``HDU 0``: the HDU numbers a file has, for --hdu's message."""
+    indices = sorted(unit["index"] for unit in units)
+    if not indices:
+        return "no HDU stored"
+    if len(indices) == 1:
+        return f"HDU {indices[0]}"
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return f"HDUs {indices[0]}-{indices[-1]}"
+    return f"HDUs {', '.join(map(str, indices))}"
 
 
 @command(panel="catalog")

@@ -385,3 +385,47 @@ def test_query_and_sql_tell_a_stored_nan_from_null(ingested):
     records = json.loads(run(ingested, "sql", sql, "--format", "json").stdout)
     assert records == [{"frame_number": 3852, "airmass": "NaN" if nan else None}, {"frame_number": 3853, "airmass": None}]
     assert run(ingested, "sql", sql).stdout.splitlines()[1:] == [f"3852\t{nan}", "3853\t"]
+
+
+def test_show_refuses_an_hdu_the_file_does_not_have(url, tmp_path, rng):
+    """`obsarch show 3c273.pi --hdu 9` (3 HDUs) and `--hdu -1` printed the
+    summary and no header, and exited 0: a user could not tell a typo from an
+    empty HDU."""
+    path = write_frame(tmp_path / "frames" / "mef.fits", rng, extensions=2)
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "frames"))
+    for hdu in ("9", "-1", "3"):
+        result = run(url, "show", str(path), "--hdu", hdu, code=2)
+        assert result.stderr.splitlines() == [f"error: --hdu {hdu}: {path} has HDUs 0-2"]
+        assert result.stdout == ""
+    shown = run(url, "show", str(path), "--hdu", "2").stdout
+    assert "HDU 2" in shown and "EXT2" in shown and "HDU 1" not in shown
+
+
+def test_show_refuses_an_id_that_is_no_number(url):
+    run(url, "init")
+    for ref in ("abc", "1.5", "²"):
+        result = run(url, "show", "--id", ref, code=2)
+        assert result.stderr.splitlines() == [f"error: --id {ref}: an exposure id is a whole number, such as 3852"]
+    assert "no exposure with exposure id 7 in the catalog" in run(url, "show", "--id", "7", code=1).stderr
+
+
+def test_show_prints_an_invalid_card_alike_beside_an_unterminated_string(url, tmp_path):
+    """A user's file holding AIRMASS = INDEF and NOTE = 'unterminated showed
+    'AIRMASS  = = INDEF' and hdr['AIRMASS'] == 'INDEF' did not match it."""
+    def header_file(name, *images):
+        text = "".join(f"{i:<80}" for i in ("SIMPLE  =                    T", "BITPIX  =                    8",
+                                            "NAXIS   =                    0", *images, "END"))
+        (tmp_path / "frames" / name).write_bytes((text + " " * (-len(text) % 2880)).encode("ascii"))
+
+    (tmp_path / "frames").mkdir()
+    header_file("p1.fits", "AIRMASS = INDEF")
+    header_file("p2.fits", "AIRMASS = INDEF", "NOTE    = 'unterminated")
+    run(url, "init")
+    run(url, "ingest", str(tmp_path / "frames"))
+    for name in ("p1.fits", "p2.fits"):
+        lines = run(url, "show", str(tmp_path / "frames" / name)).stdout.splitlines()
+        assert "AIRMASS  = INDEF" in lines
+    assert "NOTE     = 'unterminated" in lines
+    matched = run(url, "query", "hdr['AIRMASS'] == 'INDEF'", "--columns", "path", "--format", "csv").stdout
+    assert sorted(matched.splitlines()[1:]) == [str(tmp_path / "frames" / n) for n in ("p1.fits", "p2.fits")]

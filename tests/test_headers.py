@@ -399,3 +399,54 @@ def test_compiled_end_search_matches_python():
         data = "".join(cards).encode() + b"E" * rng.randint(0, 100)
         start, stop = 80 * rng.randint(0, len(cards)), rng.randint(0, len(data) + 10)
         assert find_end(data, start, stop) == _find_end(data, start, stop), (data, start, stop)
+
+
+# -- a card no rule reads does not change how the others are stored ----------------
+
+
+def _header_file(path, *images: str):
+    """A header-only FITS file of exactly these card images, bytes written here."""
+    text = "".join(card(i) for i in ("SIMPLE  =                    T", "BITPIX  =                    8",
+                                     "NAXIS   =                    0", *images, "END"))
+    path.write_bytes((text + " " * (-len(text) % 2880)).encode("ascii"))
+    return path
+
+
+def test_an_unterminated_string_leaves_the_other_invalid_cards_as_they_were(tmp_path):
+    """A user's two files: AIRMASS = INDEF was stored as 'INDEF' in one and
+    as '= INDEF' in the one that also held NOTE = 'unterminated (the whole
+    header went to astropy, which kept the card image after column 8)."""
+    p1 = _header_file(tmp_path / "p1.fits", "AIRMASS = INDEF")
+    p2 = _header_file(tmp_path / "p2.fits", "AIRMASS = INDEF", "NOTE    = 'unterminated")
+    (one,), _ = read_headers(p1)
+    (two,), _ = read_headers(p2)
+    assert one.values()["AIRMASS"] == two.values()["AIRMASS"] == (3, "AIRMASS", "INDEF", None, "x", None)
+    assert two.values()["NOTE"] == (4, "NOTE", "'unterminated", None, "x", None)
+    assert two.invalid == ["AIRMASS = 'INDEF'", "NOTE = \"'unterminated\""]
+
+
+def test_every_card_beside_an_unreadable_one_is_stored_as_without_it(parse):
+    """Card by card, with each parser reading the header without the
+    unterminated string: whatever text and vtype (``x`` or any other) it
+    gives a card, the header with it gives the same."""
+    values = [v for v in _VALUES if v != "'unterminated"]
+    images = [card(f"K{i:<7}= {value}{_COMMENTS[i % len(_COMMENTS)]}") for i, value in enumerate(values)]
+    images += [card("HIERARCH ESO A B = INDEF / c"), card("HIERARCH ESO C = 'x'")]
+    plain = "".join(images)
+    expected = parse(plain)
+    assert sum(c[4] == "x" for c in expected) >= 10
+    for unreadable in ("NOTE    = 'unterminated", "HIERARCH ESO NOTE = 'no end / x", "HIERARCH NO EQUALS SIGN"):
+        cards, invalid = parse_header((plain + card(unreadable)).encode("ascii"))
+        assert cards[:-1] == expected, unreadable
+        told = headers._invalid_values(expected)
+        assert invalid[: len(told)] == told, unreadable
+    assert parse_header(card("HIERARCH ESO NOTE = 'no end / x").encode())[0] == [
+        (0, "ESO NOTE", "'no end / x", None, "x", None)]
+    assert parse_header(card("HIERARCH NO EQUALS SIGN").encode())[0] == [
+        (0, "HIERARCH", " NO EQUALS SIGN", None, "C", None)]
+
+
+def test_a_continue_card_that_is_no_string_is_kept_as_commentary():
+    cards, invalid = parse_header((card("LONG    = 'a &'") + card("CONTINUE  'no end")).encode())
+    assert cards == [(0, "LONG", "a &", None, "s", None), (1, "CONTINUE", "  'no end", None, "C", None)]
+    assert not invalid

@@ -268,3 +268,35 @@ def test_parse_fits_date_forms():
     assert parse_fits_date("2017-08-16").isoformat() == "2017-08-16"
     assert parse_fits_date("11/03/76").isoformat() == "1976-03-11"
     assert parse_fits_date("31/02/76") is None
+
+
+@pytest.mark.parametrize(
+    "longitude",
+    [
+        {"LONG-OBS": 289.27},  # Cerro Pachon, 0-360 east
+        {"SITELONG": "-70:44:00"},
+        {"HIERARCH ESO TEL GEOLON": -70.73},
+        {"OBSGEO-L": 289.27},
+        {"SITELONG": "289:16:12"},
+    ],
+)
+def test_a_longitude_in_0_to_360_gives_the_night_of_the_same_meridian(longitude):
+    """A user's two files of one site, 08:00 local in Chile: LONG-OBS = 289.27
+    gave the night 2021-03-06 and SITELONG = '-70:44:00' gave 2021-03-05."""
+    assert norm({"DATE-OBS": "2021-03-06T12:00:00", **longitude})["night"] == "2021-03-05"
+
+
+@pytest.mark.parametrize(
+    "longitude, night",
+    [
+        ({"SITELONG": 210.0}, "2021-03-05"),  # 02:00 local at -150
+        ({"LONG-OBS": -150.0}, "2021-03-05"),
+        ({"LONG-OBS": 149.07}, "2021-03-06"),  # Siding Spring, 21:56 local: east-positive stays east
+        ({"LONG-OBS": -210.93}, "2021-03-06"),
+        ({"LONG-OBS": 180.0}, "2021-03-06"),  # midnight local, either way round
+        ({"LONG-OBS": -180.0}, "2021-03-06"),
+        ({"LONG-OBS": 359.9}, "2021-03-05"),  # just west of Greenwich: 11:59 local
+    ],
+)
+def test_a_longitude_is_read_in_minus_180_to_180(longitude, night):
+    assert norm({"DATE-OBS": "2021-03-06T12:00:00", **longitude})["night"] == night

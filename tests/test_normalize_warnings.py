@@ -243,3 +243,55 @@ def test_a_card_that_is_no_fits_value_is_told_once(catalog, tmp_path):
     summary = catalog.ingest([tmp_path / "frames"])
     assert summary.errors == [(str(path), "HDU 0: invalid card kept as text: EXPTIME = 'NAN'")]
     assert stored(catalog, "frame.fits", ("exptime",)) == {"exptime": None}
+
+
+UNTIMED = ("a date with no time of day (no TIME-OBS, UT, UTSTART, UT-START or TIME_OBS card gives one), "
+           "so mjd and night are not computed from it")
+
+
+@pytest.mark.parametrize("written, kept", [("'2021-03-06'", "2021-03-06"), ("'11/03/76'", "11/03/76")])
+def test_a_date_with_no_time_of_day_is_told(catalog, tmp_path, written, kept):
+    """A user's DATE-OBS = '2021-03-06' with no TIME-OBS or UT left date_obs,
+    mjd and night empty and said nothing, where any other unusable date is told."""
+    path = write_header(tmp_path / "frames" / "frame.fits", card("DATE-OBS", written))
+    summary = catalog.ingest([tmp_path / "frames"])
+    line = f"date_obs left empty, DATE-OBS='{kept}' kept as written: {UNTIMED}"
+    assert summary.new == 1 and summary.failed == 0
+    assert summary.errors == [(str(path), line)]
+    assert catalog.errors().to_dict("records") == [{"path": str(path), "status": "present", "reason": line}]
+    assert stored(catalog, "frame.fits", ("date_obs", "mjd", "night")) == {"date_obs": None, "mjd": None, "night": None}
+
+
+# (cards beside a date-only DATE-OBS, date_obs, night, told): only a date that leaves date_obs empty is told
+DATE_ONLY = {
+    "alone": ({}, None, None, True),
+    "and TIME-OBS": ({"TIME-OBS": "03:00:00"}, datetime(2021, 3, 6, 3), "2021-03-05", False),
+    "and a fractional MJD-OBS": ({"MJD-OBS": 59279.5}, datetime(2021, 3, 6, 12), "2021-03-06", False),
+    "and DAY-OBS": ({"DAY-OBS": "20210305"}, None, "2021-03-05", True),
+    "and a placeholder TIME-OBS": ({"TIME-OBS": "UNKNOWN"}, None, None, True),
+}
+
+
+@pytest.mark.parametrize("name", list(DATE_ONLY))
+def test_a_date_only_card_is_told_when_nothing_gives_the_time(name):
+    import warnings
+
+    from test_keywords import norm
+
+    from archive.keywords import NormalizationWarning
+
+    cards, date_obs, night, is_told = DATE_ONLY[name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = norm({"DATE-OBS": "2021-03-06", **cards})
+    assert (row["date_obs"], row["night"]) == (date_obs, night)
+    told = [str(w.message) for w in caught if w.category is NormalizationWarning]
+    assert told == ([f"frame.fits: date_obs left empty, DATE-OBS='2021-03-06' kept as written: {UNTIMED}"] if is_told else [])
+
+
+def test_the_commands_show_the_date_with_no_time_of_day(url, tmp_path):
+    path = write_header(tmp_path / "frames" / "old.fits", card("DATE-OBS", "'11/03/76'"))
+    line = f"date_obs left empty, DATE-OBS='11/03/76' kept as written: {UNTIMED}"
+    obsarch(url, "init")
+    assert obsarch(url, "ingest", str(tmp_path / "frames")).stderr.splitlines() == [f"  {path}: {line}"]
+    assert obsarch(url, "errors").stdout.splitlines()[1:] == [f"{path}\tpresent\t{line}"]
