@@ -239,7 +239,7 @@ def test_ingest_summarizes_and_links(ingested, real_data):
     assert float(by_name["3c273.pi"]["net_rate"]) == pytest.approx(net, rel=1e-9)
     assert float(by_name["3c273.pi"]["exposure_ks"]) == pytest.approx(38.564608926889)
     assert by_name["target_sr.pha"]["net_rate"] == ""  # BACKFILE none: no net rate, never a made-up one
-    shown = run(url, "show", str(directory / "3c273.pi"), "--hdu", "9").stdout
+    shown = run(url, "show", str(directory / "3c273.pi"), "--hdu", "0").stdout
     assert f"background_file={directory / '3c273_bg.pi'}" in shown
     assert "RESPFILE: 3c273.rmf (not linked)" in shown and "xray_role=source" in shown
     # the spectrum named by BACKFILE is a background, though its HDUCLAS2 says TOTAL
