@@ -4,6 +4,7 @@ the web app: floats whole, integers as integers, times in one ISO 8601 form
 null (JSON). A float that is not a number is a value, not a missing one:
 ``nan`` (CSV, a table), the string ``"NaN"`` in JSON, which has no NaN (as
 infinities are ``"Infinity"``, ``"-Infinity"``: JavaScript's names).
+Every column is written: a name that repeats gets a suffix (:func:`unique_names`).
 Pure Python: printing a few rows should not import pandas."""
 
 from __future__ import annotations
@@ -66,17 +67,35 @@ def json_value(value):
     return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Column names, each one that repeats an earlier one suffixed ``_2``,
+    ``_3``, ... (the first free): JSON's objects and ECSV's tables hold one
+    column of a name, and ``select 'a', 'b'`` names both ``?column?`` on
+    PostgreSQL, so a repeated name kept the last column only, or failed."""
+    taken, unique = set(names), []
+    for name in names:
+        if name in unique:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        unique.append(name)
+    return unique
+
+
 def rows_to_csv(names: list[str], rows) -> str:
     import csv
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(names)
+    writer.writerow(unique_names(names))
     writer.writerows([exact(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
 def rows_to_json(names: list[str], rows) -> str:
+    names = unique_names(names)
     return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1, allow_nan=False)
 
 

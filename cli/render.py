@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json
+from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json, unique_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,6 +153,7 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
     comma-separated list, or ``all``) says otherwise; pipes get every column.
     """
     names, rows = _choose(names, rows, columns)
+    names = unique_columns(names)
     if fmt is Format.csv:
         typer.echo(rows_to_csv(names, rows), nl=False)
     elif fmt is Format.json:
@@ -163,6 +164,16 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
         _rich_table(names, rows, title, brief if columns is None else None)
     else:
         _tab_separated(names, rows, title)
+
+
+def unique_columns(names: list[str]) -> list[str]:
+    """Column names made unique (:func:`archive.formats.unique_names`), in
+    every format alike, and a note on stderr naming each renamed column."""
+    unique = unique_names(names)
+    renamed = [f"column {i} ({old}) as {new}" for i, (old, new) in enumerate(zip(names, unique), 1) if old != new]
+    if renamed:
+        err_console.print(f"note: repeated column names renamed: {', '.join(renamed)}", markup=False, soft_wrap=True)
+    return unique
 
 
 def _ecsv(names: list[str], rows: list[tuple]) -> None:
