@@ -16,14 +16,13 @@ import math
 import os
 import re
 import sys
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
 
-from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json, unique_names
+from archive.formats import ecsv_column, exact, iso, rounded, rows_to_csv, rows_to_json, unique_names  # noqa: F401 (cli.processing imports iso from here)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,12 +180,10 @@ def _ecsv(names: list[str], rows: list[tuple]) -> None:
 
     from archive.results import frame_of
 
-    def plain(v):  # ECSV has no type for PostgreSQL's numeric (a Decimal): a float64 column holds it
-        return iso(v) if isinstance(v, (datetime, date)) else float(v) if isinstance(v, Decimal) else v
-
-    frame = frame_of([[plain(v) for v in row] for row in rows], names)
+    columns = [ecsv_column(list(values)) for values in zip(*rows)] if rows else [[] for _ in names]
+    frame = frame_of(list(zip(*columns)), names)
     buffer = io.StringIO()
-    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")
+    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")  # ecsv_column left no value ECSV cannot hold
     typer.echo(buffer.getvalue(), nl=False)
 
 
