@@ -4,6 +4,11 @@ the web app: floats whole, integers as integers, times in one ISO 8601 form
 null (JSON). A float that is not a number is a value, not a missing one:
 ``nan`` (CSV, a table), the string ``"NaN"`` in JSON, which has no NaN (as
 infinities are ``"Infinity"``, ``"-Infinity"``: JavaScript's names).
+What PostgreSQL gives as other Python objects is written as its text, the
+same in every format: bytes in PostgreSQL's hex form (``\\xdeadbeef``), jsonb
+and arrays as JSON (nested in JSON output), an interval as PostgreSQL writes
+it, a numeric whole (``123456789012345678901234567890``), a time, a uuid.
+Every column is written: a name that repeats gets a suffix (:func:`unique_names`).
 Pure Python: printing a few rows should not import pandas."""
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 
 def counted(n: int, thing: str, things: str | None = None) -> str:
@@ -46,15 +52,45 @@ def iso(value: datetime | date) -> str:
 
 def exact(value) -> str:
     """A value written whole, for scripts: floats at full precision, NULL
-    empty, NaN ``nan``."""
+    empty, NaN ``nan``, other objects as their text (:func:`text`)."""
     if is_null(value):
         return ""
     if isinstance(value, (datetime, date)):
         return iso(value)
+    return text(value)
+
+
+def text(value) -> str:
+    """The text of a value that no format has a type for: bytes (bytea, a
+    SQLite blob) in PostgreSQL's hex form ``\\xdeadbeef``, since their own
+    repr is Python's and they need not be UTF-8; jsonb or an array as JSON; an
+    interval as PostgreSQL writes it; anything else (a Decimal, whole; a
+    time; a uuid) its str."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(json_value(value), ensure_ascii=False, allow_nan=False)
+    if isinstance(value, timedelta):
+        return interval(value)
     return str(value)
 
 
+def interval(value: timedelta) -> str:
+    """A duration as PostgreSQL writes an interval: ``1 day 02:00:00``,
+    ``3 days``, ``00:00:01.5``, ``-1 days -02:00:00``."""
+    sign = "-" if value < timedelta(0) else ""
+    value = abs(value)
+    seconds = value.seconds
+    clock = f"{seconds // 3600:02}:{seconds // 60 % 60:02}:{seconds % 60:02}"
+    clock += f".{value.microseconds:06}".rstrip("0") if value.microseconds else ""
+    days = [f"{sign}{value.days} day{'' if value.days == 1 and not sign else 's'}"] if value.days else []
+    return " ".join(days + ([sign + clock] if seconds or value.microseconds or not days else []))
+
+
 def json_value(value):
+    """A value as JSON holds it: numbers, strings, true/false, null, and
+    lists and objects of them (jsonb, arrays); a time ISO 8601, NaN and
+    infinities strings, anything else its text (:func:`text`)."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):  # a numpy scalar
         value = value.item()
     if is_null(value):
@@ -63,7 +99,49 @@ def json_value(value):
         return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (datetime, date)):
         return iso(value)
-    return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool)) else text(value)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names, each one that repeats an earlier one suffixed ``_2``,
+    ``_3``, ... (the first free): JSON's objects and ECSV's tables hold one
+    column of a name, and ``select 'a', 'b'`` names both ``?column?`` on
+    PostgreSQL, so a repeated name kept the last column only, or failed."""
+    taken, unique = set(names), []
+    for name in names:
+        if name in unique:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        unique.append(name)
+    return unique
+
+
+def ecsv_column(values: list) -> list:
+    """A column's values as ECSV can hold them: ints, floats, bools, text,
+    None. PostgreSQL's numeric (a Decimal), which ECSV has no type for, is
+    ints when it has no fraction digits and fits int64 (a sum), floats when it
+    has (an average), and text when a float64 would change an integer in it
+    (beyond 2**53): exact. Times are ISO 8601, other objects :func:`text`."""
+    present = [v for v in values if not is_null(v)]
+    if present and all(isinstance(v, Decimal) for v in present):
+        return _numeric(values, present)
+    return [None if is_null(v) else v if isinstance(v, (bool, int, float, str)) else exact(v) for v in values]
+
+
+def _numeric(values: list, present: list[Decimal]) -> list:
+    whole = [v for v in present if v.is_finite() and v.as_tuple().exponent >= 0]
+    if len(whole) == len(present) and all(-(2**63) <= v < 2**63 for v in whole):
+        return [None if is_null(v) else int(v) for v in values]
+    if any(abs(v) > 2**53 for v in whole):
+        return [None if is_null(v) else str(v) for v in values]
+    return [None if is_null(v) else float(v) for v in values]
 
 
 def rows_to_csv(names: list[str], rows) -> str:
@@ -71,12 +149,13 @@ def rows_to_csv(names: list[str], rows) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(names)
+    writer.writerow(unique_names(names))
     writer.writerows([exact(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
 def rows_to_json(names: list[str], rows) -> str:
+    names = unique_names(names)
     return json.dumps([dict(zip(names, map(json_value, row))) for row in rows], indent=1, allow_nan=False)
 
 

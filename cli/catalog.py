@@ -24,7 +24,7 @@ from cli.app import (
     open_catalog,
     progress,
 )
-from cli.render import Format, console, err_console, exposures_shown, readable, show_frame, show_rows
+from cli.render import Format, console, err_console, exposures_shown, readable, show_frame, show_rows, unique_columns
 
 
 @command(panel="catalog")
@@ -218,8 +218,6 @@ def sql(
 
     Example: obsarch sql "select band, count(*) from exposures group by band"
     """
-    import pandas as pd
-
     from archive import db
     from archive.results import frame_of
 
@@ -227,8 +225,8 @@ def sql(
         fail("`obsarch sql` needs a statement, e.g. \"select band, count(*) from exposures group by band\"", code=2)
     open_catalog()  # refuses a missing or out-of-date catalog
     names, rows, more = db.run_read_only(STATE.db, statement, timeout_s=timeout or None, max_rows=max_rows)
-    # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice keeps pandas' own types
-    show_frame(frame_of(rows, names) if len(set(names)) == len(names) else pd.DataFrame(rows, columns=names), fmt)
+    # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice is renamed first, in every format
+    show_frame(frame_of(rows, unique_columns(names)), fmt)
     if more:  # partial: the last line says so, and how to get the rest
         err_console.print(f"stopped after {max_rows} rows (--max-rows {max_rows}); the statement returns more: "
                           "page with LIMIT and OFFSET, or raise --max-rows", markup=False, soft_wrap=True)

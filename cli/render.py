@@ -16,14 +16,13 @@ import math
 import os
 import re
 import sys
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
 
-from archive.formats import exact, iso, rounded, rows_to_csv, rows_to_json
+from archive.formats import ecsv_column, exact, iso, rounded, rows_to_csv, rows_to_json, unique_names  # noqa: F401 (cli.processing imports iso from here)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,6 +152,7 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
     comma-separated list, or ``all``) says otherwise; pipes get every column.
     """
     names, rows = _choose(names, rows, columns)
+    names = unique_columns(names)
     if fmt is Format.csv:
         typer.echo(rows_to_csv(names, rows), nl=False)
     elif fmt is Format.json:
@@ -165,17 +165,25 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
         _tab_separated(names, rows, title)
 
 
+def unique_columns(names: list[str]) -> list[str]:
+    """Column names made unique (:func:`archive.formats.unique_names`), in
+    every format alike, and a note on stderr naming each renamed column."""
+    unique = unique_names(names)
+    renamed = [f"column {i} ({old}) as {new}" for i, (old, new) in enumerate(zip(names, unique), 1) if old != new]
+    if renamed:
+        err_console.print(f"note: repeated column names renamed: {', '.join(renamed)}", markup=False, soft_wrap=True)
+    return unique
+
+
 def _ecsv(names: list[str], rows: list[tuple]) -> None:
     from astropy.table import Table
 
     from archive.results import frame_of
 
-    def plain(v):  # ECSV has no type for PostgreSQL's numeric (a Decimal): a float64 column holds it
-        return iso(v) if isinstance(v, (datetime, date)) else float(v) if isinstance(v, Decimal) else v
-
-    frame = frame_of([[plain(v) for v in row] for row in rows], names)
+    columns = [ecsv_column(list(values)) for values in zip(*rows)] if rows else [[] for _ in names]
+    frame = frame_of(list(zip(*columns)), names)
     buffer = io.StringIO()
-    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")
+    Table.from_pandas(frame).write(buffer, format="ascii.ecsv")  # ecsv_column left no value ECSV cannot hold
     typer.echo(buffer.getvalue(), nl=False)
 
 

@@ -1,0 +1,157 @@
+"""What `obsarch sql` and `obsarch query` write in every format, on both
+backends: every column (a repeated name renamed, with a note), and values the
+database gives as Python objects (bytes, jsonb, numeric, time, uuid,
+interval) as their text, the same in every format (a user trial)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from factories import obsarch
+
+FORMATS = ["csv", "table", "json", "ecsv"]
+
+
+@pytest.fixture
+def db(url) -> str:
+    obsarch(url, "init")
+    return url
+
+
+@pytest.fixture
+def pg_db(backend, url) -> str:
+    """A catalog on PostgreSQL, for its types SQLite has none of."""
+    if backend == "sqlite":
+        pytest.skip("a PostgreSQL type")
+    obsarch(url, "init")
+    return url
+
+
+def cells(fmt: str, out: str) -> tuple[list[str], list[list]]:
+    """The column names and rows printed in ``fmt``: text, as parsed (JSON, ECSV)."""
+    if fmt == "csv":
+        names, *rows = csv.reader(io.StringIO(out))
+    elif fmt == "table":  # piped: tab-separated
+        names, *rows = [line.split("\t") for line in out.splitlines()]
+    elif fmt == "json":
+        records = json.loads(out)
+        names, rows = list(records[0]), [list(record.values()) for record in records]
+    else:
+        from astropy.table import Table
+
+        table = Table.read(out, format="ascii.ecsv")
+        names, rows = table.colnames, [[str(value) for value in row] for row in table.iterrows()]
+    return names, rows
+
+
+def test_a_repeated_name_keeps_every_column_in_every_format(db):
+    """JSON kept the last column of a name ([{"a": 2}]) and ECSV failed with
+    'DataFrame' object has no attribute 'dtype'."""
+    for fmt in FORMATS:  # in one test: a catalog for each format would be most of the time
+        result = obsarch(db, "sql", "select 1 as a, 2 as a, 3 as a", "--format", fmt)
+        names, rows = cells(fmt, result.stdout)
+        assert names == ["a", "a_2", "a_3"], fmt
+        assert [[str(v) for v in row] for row in rows] == [["1", "2", "3"]], fmt
+        assert result.stderr == "note: repeated column names renamed: column 2 (a) as a_2, column 3 (a) as a_3\n"
+
+
+def test_unnamed_expressions_on_postgresql_are_all_written(db):
+    """PostgreSQL names every unnamed expression ?column?: JSON kept only 'c'."""
+    result = obsarch(db, "sql", "select 'a', 'b', 'c'", "--format", "json")
+    if db.startswith("sqlite"):  # SQLite names an expression by its text
+        assert json.loads(result.stdout) == [{"'a'": "a", "'b'": "b", "'c'": "c"}]
+    else:
+        assert json.loads(result.stdout) == [{"?column?": "a", "?column?_2": "b", "?column?_3": "c"}]
+
+
+def test_query_with_a_column_named_twice(db):
+    for fmt in FORMATS:
+        result = obsarch(db, "query", "id < 3", "--columns", "relpath,relpath", "--format", fmt)
+        if fmt != "json":  # no exposures: JSON's [] has no names
+            assert cells(fmt, result.stdout)[0] == ["relpath", "relpath_2"], fmt
+        assert "note: repeated column names renamed: column 2 (relpath) as relpath_2" in result.stderr
+
+
+def test_a_renamed_name_does_not_take_one_the_statement_gave():
+    from archive.formats import unique_names
+
+    assert unique_names(["a", "a", "a_2", "b"]) == ["a", "a_3", "a_2", "b"]
+    assert unique_names(["x", "y"]) == ["x", "y"]
+
+
+# -- values the database gives as Python objects ------------------------------------------------
+
+BYTES = {"sqlite": "select x'deadbeef' as b", "postgresql": "select '\\xdeadbeef'::bytea as b"}
+
+
+def test_bytes_are_written_in_postgresqls_hex_form(db, backend):
+    """bytea was b'\\xde\\xad\\xbe\\xef' (CSV, a table, JSON) or raw bytes, no
+    UTF-8, in ECSV."""
+    for fmt in FORMATS:
+        out = obsarch(db, "sql", BYTES[backend], "--format", fmt).stdout
+        # a piped table escapes a backslash as PostgreSQL's COPY does
+        assert cells(fmt, out)[1] == [["\\\\xdeadbeef" if fmt == "table" else "\\xdeadbeef"]], fmt
+
+
+POSTGRESQL_TYPES = ("select time '12:00' as tm, '00000000-0000-0000-0000-000000000001'::uuid as u, "
+                    "interval '1 day 2 hours' as i, -interval '90 seconds' as back, "
+                    "123456789012345678901234567890::numeric as n, '{\"a\": 1}'::jsonb as j, inet '10.0.0.1' as ip")
+POSTGRESQL_TEXT = ["12:00:00", "00000000-0000-0000-0000-000000000001", "1 day 02:00:00", "-00:01:30",
+                   "123456789012345678901234567890", '{"a": 1}', "10.0.0.1"]
+
+
+def test_postgresql_types_are_written_as_their_text(pg_db):
+    """ECSV failed ('Object of type time is not JSON serializable'), wrote a
+    numeric as float64 1.2345678901234568e+29; CSV and a table wrote jsonb as
+    Python's {'a': 1}."""
+    for fmt in FORMATS:
+        names, rows = cells(fmt, obsarch(pg_db, "sql", POSTGRESQL_TYPES, "--format", fmt).stdout)
+        assert names == ["tm", "u", "i", "back", "n", "j", "ip"], fmt
+        expected = [*POSTGRESQL_TEXT[:5], {"a": 1} if fmt == "json" else '{"a": 1}', POSTGRESQL_TEXT[6]]
+        assert rows == [expected], fmt
+
+
+def test_ecsv_keeps_numeric_a_number_where_a_number_holds_it_exactly(pg_db):
+    """A sum (numeric, no fraction digits) is int64, an average float64; an
+    integer float64 would change is text."""
+    from astropy.table import Table
+
+    statement = ("select avg(x) as mean, sum(x) as total, sum(x) * 100000000000000000000 as big "
+                 "from (values (1), (2), (4)) as v(x)")
+    table = Table.read(obsarch(pg_db, "sql", statement, "--format", "ecsv").stdout, format="ascii.ecsv")
+    assert [table[name].dtype.kind for name in table.colnames] == ["f", "i", "U"]
+    assert (table["total"][0], table["big"][0]) == (7, "700000000000000000000")
+
+
+def test_json_output_is_valid_json(db, backend):
+    """A NaN in an array (a list) failed: JSON has no NaN; a date in one was not JSON serializable."""
+    statement = {
+        "sqlite": "select 9e999 as big, -9e999 as small, x'00ff' as b, json_array(1, 2) as j",
+        "postgresql": "select 'Infinity'::float8 as big, '-Infinity'::float8 as small, '\\x00ff'::bytea as b, "
+                      "'NaN'::float8 as nan, 'NaN'::numeric as nnan, 1.50::numeric as n, "
+                      "array['NaN'::float8, 1.5] as floats, array[date '2020-01-01'] as days",
+    }[backend]
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is no JSON")
+
+    records = json.loads(obsarch(db, "sql", statement, "--format", "json").stdout, parse_constant=strict)
+    expected = {"big": "Infinity", "small": "-Infinity", "b": "\\x00ff"}
+    if backend == "sqlite":
+        expected["j"] = "[1,2]"  # SQLite's JSON is text
+    else:
+        expected |= {"nan": "NaN", "nnan": "NaN", "n": "1.50", "floats": ["NaN", 1.5], "days": ["2020-01-01"]}
+    assert records == [expected]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "00:00:00"), (86400, "1 day"), (3 * 86400 + 1.5, "3 days 00:00:01.5"),
+                                               (-86400 - 7200, "-1 days -02:00:00")])
+def test_an_interval_is_written_as_postgresql_writes_it(seconds, text):
+    from datetime import timedelta
+
+    from archive.formats import exact
+
+    assert exact(timedelta(seconds=seconds)) == text
