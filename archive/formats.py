@@ -132,6 +132,8 @@ def ecsv_column(values: list) -> list:
     present = [v for v in values if not is_null(v)]
     if present and all(isinstance(v, Decimal) for v in present):
         return _numeric(values, present)
+    if any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in present):  # a header integer of 20 digits: exact, as text
+        return [None if is_null(v) else str(v) for v in values]
     return [None if is_null(v) else v if isinstance(v, (bool, int, float, str)) else exact(v) for v in values]
 
 

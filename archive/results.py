@@ -39,6 +39,8 @@ def _typed(column: pd.Series) -> pd.Series:
     if not values:
         return column
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if not all(-(2**63) <= v < 2**63 for v in values):  # a header's integer of more digits: kept exact, as objects
+            return column
         # plain int64 when nothing is missing: its values iterate as Python ints
         return column.astype("int64" if len(values) == len(column) else "Int64")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -253,3 +253,27 @@ def test_integers_beyond_2_53_are_matched_and_shown_by_their_digits(catalog, tmp
                                                  r"header's numbers are kept in all hold: (>|between) would compare "
                                                  r"hdr\['GAIAID'\] with a neighbour; ==, != and in compare it exactly"):
             catalog.query(selection)
+
+
+def test_integers_of_more_digits_than_int64_are_written_exactly_in_every_format(url, tmp_path):
+    """HUGEI = 123456789012345678901234567890 printed as ...877719597056 and
+    made --format ecsv end in 'unexpected OverflowError' (a user trial)."""
+    import json
+
+    from factories import obsarch
+
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0",
+             "OBJECT  = 'huge'", "MAXI    =  9223372036854775807", "HUGEI   = 123456789012345678901234567890", "END"]
+    text = "".join(c.ljust(80) for c in cards)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "huge.fits").write_bytes((text + " " * (-len(text) % 2880)).encode())
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "d"))
+    columns = ["--columns", "hdr['MAXI'],hdr['HUGEI']"]
+    csv_out = obsarch(url, "query", "object == 'huge'", *columns, "--format", "csv").stdout
+    assert csv_out.splitlines()[1] == "9223372036854775807,123456789012345678901234567890"
+    assert json.loads(obsarch(url, "query", "object == 'huge'", *columns, "--format", "json").stdout) == [
+        {"hdr['MAXI']": 2**63 - 1, "hdr['HUGEI']": 123456789012345678901234567890}]
+    ecsv = obsarch(url, "query", "object == 'huge'", *columns, "--format", "ecsv").stdout
+    assert ecsv.splitlines()[-1] == "9223372036854775807 123456789012345678901234567890"
+    assert len(obsarch(url, "query", "hdr['MAXI'] == 9223372036854775807", "--format", "csv").stdout.splitlines()) == 2
