@@ -218,7 +218,8 @@ def _disagreeing_dates(timed: list, dated, start: float) -> list[str]:
     days = abs(start - observed)
     if days < 1:
         return []
-    return [f"TSTART and DATE-OBS ({str(dated['DATE-OBS']).strip()}) are {days:.1f} days apart: the times follow TSTART"]
+    return [f"TSTART and DATE-OBS ({str(dated['DATE-OBS']).strip()}) are {days:.1f} days apart: "
+            "mjd_start and mjd_stop follow TSTART; date_obs, mjd and night keep DATE-OBS"]
 
 
 # -- columns, a chunk at a time --------------------------------------------------

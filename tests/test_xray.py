@@ -129,7 +129,8 @@ def test_light_curve_mean_rate_and_fractional_rms(real_data):
     assert summary.frac_rms == pytest.approx(rms, rel=1e-9)
     assert any("3 energy bands" in w for w in summary.warnings)
     # its TSTART is four days after its DATE-OBS (and its first TIME): said, not taken as right
-    assert "TSTART and DATE-OBS (2019-11-03T01:08:06) are 4.1 days apart: the times follow TSTART" in summary.warnings
+    assert ("TSTART and DATE-OBS (2019-11-03T01:08:06) are 4.1 days apart: mjd_start and mjd_stop follow TSTART; "
+            "date_obs, mjd and night keep DATE-OBS") in summary.warnings
 
 
 @pytest.mark.parametrize(
