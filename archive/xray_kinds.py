@@ -87,7 +87,7 @@ def _is_table(unit) -> bool:
 
 
 def _has_data(unit) -> bool:
-    card = unit.values().get("ZNAXIS" if unit.hdu_type == "compressed" else "NAXIS")
+    card = unit.values().get("NAXIS")  # a compressed HDU's cards are its image's (archive.headers.image_cards)
     return bool(card and card[3] and card[3] > 0)
 
 

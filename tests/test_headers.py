@@ -338,7 +338,7 @@ def test_parser_agrees_with_astropy_on_every_real_file(real_data):
         units, _ = read_headers(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, disable_image_compression=True) as hdul:
+            with fits.open(path) as hdul:  # a tile-compressed HDU: its image's header, as stored (image_cards)
                 assert len(hdul) == len(units), path
                 for unit, hdu in zip(units, hdul):
                     ours = [c for c in unit.cards if not (c[1] == "" and not (c[2] or "").strip())]
@@ -450,3 +450,49 @@ def test_a_continue_card_that_is_no_string_is_kept_as_commentary():
     cards, invalid = parse_header((card("LONG    = 'a &'") + card("CONTINUE  'no end")).encode())
     assert cards == [(0, "LONG", "a &", None, "s", None), (1, "CONTINUE", "  'no end", None, "C", None)]
     assert not invalid
+
+
+def _as_astropy_gives(header: fits.Header) -> list[tuple[str, object]]:
+    return [(card.keyword, str(card.value).rstrip() if card.keyword in ("COMMENT", "HISTORY") else card.value)
+            for card in header.cards if card.keyword]
+
+
+def _as_stored(unit) -> list[tuple[str, object]]:
+    kinds = {"i": int, "f": float, "b": lambda t: t == "T", "s": str, "C": lambda t: t.rstrip()}
+    return [(c[1], kinds[c[4]](c[2]) if c[4] in kinds else c[2]) for c in unit.cards if c[1]]
+
+
+@pytest.mark.parametrize("dtype, options", [
+    (np.float32, {"compression_type": "RICE_1", "quantize_level": 16}),
+    (np.int16, {"compression_type": "GZIP_2"}),
+    (np.int32, {"compression_type": "RICE_1"}),
+    (np.uint16, {"compression_type": "HCOMPRESS_1"}),
+])
+def test_a_tile_compressed_hdu_keeps_the_header_of_its_image(tmp_path, rng, dtype, options):
+    """An fpack HDU was stored with its binary table's cards: hdr[1]['NAXIS1']
+    was 24 (bytes a row) and BITPIX 8, where astropy and fitsio give the
+    image's 1523 pixels and -32 (a user trial, on LCO frames)."""
+    data = (rng.random((20, 30)) * 1000).astype(dtype)
+    header = fits.Header([("OBJECT", "m31", "target"), ("EXPTIME", 30.0), ("FILTER", "V"), ("BSCALE", 1.0), ("BZERO", 0.0)])
+    hdu = fits.CompImageHDU(data, header=header, name="SCI", **options)
+    hdu.header["CHECKSUM"] = "0000"
+    hdu.header.add_history("flat-fielded")  # the cards astropy moves go before it
+    path = tmp_path / "frame.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    units, _ = read_headers(path)
+    with fits.open(path) as hdul:
+        expected = _as_astropy_gives(hdul[1].header)
+    assert units[1].hdu_type == "compressed" and units[1].shape == "20x30"
+    assert _as_stored(units[1]) == expected
+    assert dict(expected)["NAXIS1"] == 30 and "ZNAXIS1" not in dict(_as_stored(units[1]))
+
+
+def test_lco_fpack_frames_keep_the_header_astropy_gives(real_data):
+    """Every card of the four LCO frames' compressed HDU, in order, as astropy presents it."""
+    frames = sorted((real_data / "ccd_imaging").glob("*.fits.fz"))
+    assert len(frames) == 4
+    for path in frames:
+        units, _ = read_headers(path)
+        with fits.open(path) as hdul:
+            assert _as_stored(units[1]) == _as_astropy_gives(hdul[1].header), path.name
+            assert dict(_as_stored(units[1]))["NAXIS1"] == 1523 and dict(_as_stored(units[1]))["BITPIX"] == -32
