@@ -161,6 +161,7 @@ README_EXAMPLES = {
     "MJD-OBS 12345678901.5": ("MJD-OBS", "12345678901.5", "date_obs", "12345678901.5"),
     "a date past year 9999": ("DATE-OBS", "'10000-01-01T00:00:00'", "date_obs", "10000-01-01T00:00:00"),
     "`DATE-OBS = '2020-02-30'`": ("DATE-OBS", "'2020-02-30'", "date_obs", "2020-02-30"),
+    "a date with no time of day and no TIME-OBS or UT card": ("DATE-OBS", "'2021-03-06'", "date_obs", "2021-03-06"),
     "a 20-digit frame number": ("FRAMENUM", "12345678901234567890", "frame_number", "12345678901234567890"),
 }
 
