@@ -192,14 +192,16 @@ class Catalog:
         if self.dialect == "postgresql" and merges_sorted_ranges(node):
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
-    def hints(self, selection: str | Node | None) -> list[str]:
+    def hints(self, selection: str | Node | None, columns: list[str] = ()) -> list[str]:
         """Values the selection asks for that the catalog does not hold,
         each with the nearest it does (see :func:`archive.query.value_hints`):
-        for saying why a selection matched nothing."""
-        from archive.query import value_hints
+        for saying why a selection matched nothing; and of the header
+        ``columns`` (labels, ``hdr['FILTR']``) each keyword no file has, with
+        the one it resembles: for saying why a column came out empty."""
+        from archive.query import keyword_hints, value_hints
 
         with db.transaction(self.engine) as conn:
-            return value_hints(conn, as_tree(selection))
+            return (value_hints(conn, as_tree(selection)) if selection else []) + keyword_hints(conn, columns)
 
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""

@@ -1327,6 +1327,13 @@ def _has_cards(conn, keyword: str, kind: str) -> bool:
                for partial in _CARD_KINDS[kind])
 
 
+def keyword_hints(conn, labels: list[str]) -> list[str]:
+    """Of the header columns ``labels`` (``hdr['FILTR']``), each keyword no
+    file has, with the nearest one that some file has."""
+    headers = [field for field in parse_columns(",".join(labels)) if isinstance(field, Header)] if labels else []
+    return [hint for header in headers[:20] if (hint := _keyword_hint(conn, header, set()))]
+
+
 def _keyword_hint(conn, header: Header, kinds: set[str]) -> str | None:
     """Why a test of ``header`` with values of ``kinds`` may have found nothing
     (the keyword is in any HDU: a keyword no HDU has is in none)."""
@@ -1336,6 +1343,9 @@ def _keyword_hint(conn, header: Header, kinds: set[str]) -> str | None:
         return f"no file has a header keyword {header.keyword}" + (f"; did you mean {close[0]}?" if close else "")
     if len(kinds) == 1 and not kinds & has:
         (other,) = has
+        if other == "number" and not conn.execute(select(HeaderCard.file_id).where(
+                HeaderCard.keyword == header.keyword, text(NUMERIC), HeaderCard.vtype != "b").limit(1)).first():
+            return f"{header.label} is a logical (T or F) in every file that has it: compare it with true or false"
         with_ = "a number" if other == "number" else "a quoted string"
         return f"{header.label} is {'a number' if other == 'number' else 'text'} in every file that has it: compare it with {with_}"
     return None

@@ -101,8 +101,10 @@ def query(
         err_console.print(exposures_shown(len(rows), limit, more), markup=False)
     elif more:  # stdout is data: the note goes beside it
         err_console.print(f"note: the first {limit} exposures: more match", markup=False)
-    if not rows and selection:
-        for hint in catalog.hints(selection):  # a typo should not pass for an empty answer
+    # a typo should not pass for an empty answer, nor for a header column empty in every row
+    unfilled = [name for i, name in enumerate(names) if name.startswith("hdr[") and rows and all(r[i] is None for r in rows)]
+    if not rows and selection or unfilled:
+        for hint in catalog.hints(selection if not rows else None, unfilled):
             err_console.print(f"note: {hint}", markup=False)
 
 

@@ -95,3 +95,23 @@ def test_obsarch_query_says_why_it_found_nothing_and_when_a_limit_cut(url, tmp_p
     assert len(as_csv.stdout.splitlines()) == 3 and as_csv.stderr.strip() == "note: the first 2 exposures: more match"
     assert obsarch(url, "query", "grade == 'bda'", code=2).stderr.strip() == \
         "error: selection \"grade == 'bda'\": grade is one of great, ok, marginal, bad, ungraded: not 'bda'; did you mean 'bad'?"
+
+
+def test_a_header_column_no_file_has_and_a_logical_compared_with_text_are_named(url, tmp_path, rng):
+    """--columns "hdr['FILTR']" gave an empty column and exit 0 without a word,
+    and hdr['LOGF'] == 'F' said LOGF 'is a number' (a user trial)."""
+    from factories import obsarch
+
+    for n in range(2):
+        write_frame(tmp_path / "night" / f"f{n}.fits", rng, {"FILTER": "V", "LOGF": n == 0})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "night"))
+    typo = obsarch(url, "query", "", "--columns", "relpath,hdr['FILTR'],hdr['FILTER']", "--format", "csv")
+    assert typo.stdout.splitlines()[1:] == ["f0.fits,,V", "f1.fits,,V"]
+    assert typo.stderr.splitlines() == ["note: no file has a header keyword FILTR; did you mean FILTER?"]
+    assert obsarch(url, "query", "", "--columns", "relpath,hdr['FILTER']", "--format", "csv").stderr == ""
+    logical = obsarch(url, "query", "hdr['LOGF'] == 'F'")
+    assert logical.stderr.splitlines()[-1] == ("note: hdr['LOGF'] is a logical (T or F) in every file that has it: "
+                                               "compare it with true or false")
+    shown = obsarch(url, "query", "hdr['LOGF'] == false", "--columns", "relpath,hdr['LOGF']", "--format", "csv")
+    assert shown.stdout.splitlines()[1:] == ["f1.fits,False"]
