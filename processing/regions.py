@@ -246,10 +246,13 @@ def _read_fits(path: Path):
     from astropy.io import fits
     from astropy.table import QTable
 
-    with fits.open(path) as hdul:
-        found = [(i, _role(h.header)) for i, h in enumerate(hdul) if str(h.header.get("HDUCLAS1", "")).strip().upper() == "REGION"
-                 or str(h.header.get("EXTNAME", "")).strip().upper() == "REGION"]
-        made_for = _made_for([hdul[i].header for i, _ in found] + [hdul[0].header])
+    with warnings.catch_warnings():  # what astropy warns of a bad file (many lines) is told in one below
+        warnings.simplefilter("ignore")
+        with fits.open(path) as hdul:
+            found = [(i, _role(h.header)) for i, h in enumerate(hdul)
+                     if str(h.header.get("HDUCLAS1", "")).strip().upper() == "REGION"
+                     or str(h.header.get("EXTNAME", "")).strip().upper() == "REGION"]
+            made_for = _made_for([hdul[i].header for i, _ in found] + [hdul[0].header])
     if not found:
         raise ValueError("no REGION extension (HDUCLAS1 = 'REGION')")
     shapes, skipped = [], 0

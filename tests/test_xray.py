@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -623,6 +624,12 @@ def test_unreadable_region_files_are_refused(ingested, real_data, tmp_path):
     assert "no region the regions package can read" in run(url, "regions", "attach", str(empty), "--to", "obsid == '459'", code=1).stderr
     missing = tmp_path / "absent.reg"
     assert "cannot read the region file" in run(url, "regions", "attach", str(missing), "--to", "obsid == '459'", code=1).stderr
+    header_only = real_data / "regions" / "sample_fits01.header"  # a header cut at 1,120 bytes: astropy warned in 3 lines
+    with warnings.catch_warnings(record=True) as warned:  # a warning reaches a user's terminal: none may be left
+        warnings.simplefilter("always")
+        result = run(url, "regions", "attach", str(header_only), "--to", "obsid == '459'", code=1)
+    assert [str(w.message) for w in warned] == []
+    assert result.stderr.splitlines() == [f"error: {header_only}: cannot read the region file: Empty or corrupt FITS file"]
 
 
 def test_region_files_next_to_the_data_are_attached_at_ingest(url, real_data):
