@@ -689,13 +689,17 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_row
             driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
             cursor = driver.execute(sql)
-            names = [d[0] for d in cursor.description or []]
-            rows, more = _first_rows(cursor.fetchmany, max_rows) if names else ([], False)
+            if cursor.description is None:  # BEGIN, or only comments: PostgreSQL refuses them, SQLite ran them and said nothing
+                raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query (SELECT, WITH, "
+                                        f"VALUES or a PRAGMA that reads), not {_first_word(sql).upper() or 'only comments'}")
+            names = [d[0] for d in cursor.description]
+            rows, more = _first_rows(cursor.fetchmany, max_rows)
             cursor.close()
         except sqlite3.Warning as exc:  # more than one statement
             raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
         except sqlite3.Error as exc:
-            raise _sql_error(exc, timeout_s, interrupted=deadline is not None and time.monotonic() > deadline) from exc
+            interrupted = deadline is not None and time.monotonic() > deadline
+            raise _sql_error(exc, timeout_s, interrupted=interrupted, where="") from exc
         finally:
             driver.set_authorizer(None)
             driver.set_progress_handler(None, 0)
@@ -900,10 +904,10 @@ _WRITE_REFUSALS = re.compile(
 )
 
 
-def _sql_error(exc: Exception, timeout_s: float | None, *, interrupted: bool = False) -> Exception:
+def _sql_error(exc: Exception, timeout_s: float | None, *, interrupted: bool = False, where: str = " on the server") -> Exception:
     message = _one_line(exc)
     if interrupted and timeout_s and ("cancel" in message or "interrupt" in message):
-        return QueryTimeout(f"the statement ran past the {timeout_s:g} s timeout and was cancelled on the server (--timeout)")
+        return QueryTimeout(f"the statement ran past the {timeout_s:g} s timeout and was cancelled{where} (--timeout)")
     if interrupted:
         return QueryTimeout(f"the statement was cancelled: {message}")
     if "multiple commands" in message or "one statement at a time" in message:
