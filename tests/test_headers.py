@@ -496,3 +496,14 @@ def test_lco_fpack_frames_keep_the_header_astropy_gives(real_data):
         with fits.open(path) as hdul:
             assert _as_stored(units[1]) == _as_astropy_gives(hdul[1].header), path.name
             assert dict(_as_stored(units[1]))["NAXIS1"] == 1523 and dict(_as_stored(units[1]))["BITPIX"] == -32
+
+
+def test_a_hostile_znaxis_of_a_compressed_hdu_is_read_at_once(tmp_path):
+    """ZNAXIS = 100000000 (or 1E12) looped that many times converting the header (a review)."""
+    table = fits.BinTableHDU.from_columns([fits.Column("COMPRESSED_DATA", "1PB()", array=[np.zeros(4, np.uint8)])])
+    for key, value in (("ZIMAGE", True), ("ZBITPIX", 16), ("ZNAXIS", 100_000_000), ("ZNAXIS1", 10)):
+        table.header[key] = value
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "hostile.fits", output_verify="ignore")
+    units, _ = read_headers(tmp_path / "hostile.fits")
+    assert units[1].hdu_type == "compressed"
+    assert len(units[1].cards) < 1000
