@@ -24,6 +24,7 @@ from archive.query import (
     Column,
     Compiler,
     Frames,
+    Header,
     Node,
     as_tree,
     base_select,
@@ -41,6 +42,8 @@ from archive.query import (
 from archive.roots import file_id_of
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
 
     from archive.ingest import IngestSummary
@@ -192,16 +195,20 @@ class Catalog:
         if self.dialect == "postgresql" and merges_sorted_ranges(node):
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
-    def hints(self, selection: str | Node | None, columns: list[str] = ()) -> list[str]:
+    def hints(self, selection: str | Node | None, columns: str | None = None, empty: Iterable[str] = ()) -> list[str]:
         """Values the selection asks for that the catalog does not hold,
         each with the nearest it does (see :func:`archive.query.value_hints`):
         for saying why a selection matched nothing; and of the header
-        ``columns`` (labels, ``hdr['FILTR']``) each keyword no file has, with
-        the one it resembles: for saying why a column came out empty."""
+        keywords of ``columns`` (as :meth:`rows` takes them) whose column
+        label is in ``empty``, each that no file has, with the one it
+        resembles: for saying why a column came out empty."""
         from archive.query import keyword_hints, value_hints
 
+        asked = set(empty)
+        headers = [field for field in parse_columns(columns) if isinstance(field, Header) and field.label in asked] \
+            if asked and columns and columns.strip() != "all" else []
         with db.transaction(self.engine) as conn:
-            return (value_hints(conn, as_tree(selection)) if selection else []) + keyword_hints(conn, columns)
+            return (value_hints(conn, as_tree(selection)) if selection else []) + keyword_hints(conn, headers)
 
     def to_table(self, selection: str | None = None, **options):
         """:meth:`query` as an astropy Table."""

@@ -42,6 +42,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import literal, literal_column
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -778,9 +779,11 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
     Numbers are one type: PostgreSQL typed the list by its first value, so
     99.6 after a 1 was the integer 100, and refused a long mixed array."""
     if any(isinstance(v, float) for v in values):
-        values = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+        values = [float(v.value if isinstance(v, BindParameter) else v) if isinstance(v, (int, BindParameter))
+                  and not isinstance(v, bool) else v for v in values]
     if len(values) <= MAX_IN_PARAMETERS:
         return expression.in_(values)
+    values = [v.value if isinstance(v, BindParameter) else v for v in values]  # int_param's BIGINT: the array says so
     if sqlite:
         import json
 
@@ -788,7 +791,8 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
     from sqlalchemy import any_, bindparam
     from sqlalchemy.dialects.postgresql import ARRAY
 
-    return expression == any_(bindparam(None, values, type_=ARRAY(expression.type)))
+    wide = any(isinstance(v, int) and not -(2**31) <= v < 2**31 for v in values)  # an integer column's array would overflow
+    return expression == any_(bindparam(None, values, type_=ARRAY(BigInteger() if wide else expression.type)))
 
 
 # Exposure columns with an index that starts with them: an equality on one is
@@ -869,8 +873,8 @@ class Compiler:
             if kind == "integer":
                 if node.op not in ("==", "!="):
                     raise SelectionError(_inexact(node.field, node.value, node.op))
-                predicate = (lambda col: _same_integer(col, value)) if node.op == "==" else \
-                    (lambda col: not_(_same_integer(col, value)))
+                predicate = (lambda col: _same_integer(col, [value], self.sqlite)) if node.op == "==" else \
+                    (lambda col: not_(_same_integer(col, [value], self.sqlite)))
             return self._header(node.field, predicate, kind, short, item=node, equality=node.op == "==")
         expression, kind = self._expression(node.field)
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
@@ -891,7 +895,7 @@ class Compiler:
                 by_kind.setdefault(_value_kind(value), []).append(value)
             def predicate(kind, values):
                 if kind == "integer":
-                    return lambda col: or_(*(_same_integer(col, v) for v in values))
+                    return lambda col: _same_integer(col, values, self.sqlite)
                 return lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite)
 
             parts = [self._header(node.field, predicate(kind, values), kind, all(map(_short, values)))
@@ -1178,14 +1182,15 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     return [(number, sorted(names)) for number, names in found.items()]
 
 
-def _same_integer(number: ColumnElement, value: int) -> ColumnElement:
-    """A card holding the integer ``value``, beyond what a double tells
-    apart: its double (an index range) and the digits it was written with
-    (5853498713190525697 and ...696 are one double; a Gaia source id is one
-    of them)."""
-    digits = str(value)
-    return and_(number == float(value), HeaderCard.vtype == "i",
-                HeaderCard.value_text.in_([digits, "+" + digits] if value > 0 else [digits]))
+def _same_integer(number: ColumnElement, values: list[int], sqlite: bool) -> ColumnElement:
+    """A card holding one of the integers ``values``, beyond what a double
+    tells apart: its double (an index range) and the digits it was written
+    with (5853498713190525697 and ...696 are one double; a Gaia source id is
+    one of them). The digits name the integer, so the two lists need no
+    pairing, and a long list is one parameter each (:func:`_in_values`)."""
+    spelled = [s for v in values for s in ([str(v), f"+{v}"] if v > 0 else [str(v)])]
+    return and_(_in_values(number, [float(v) for v in values], sqlite), HeaderCard.vtype == "i",
+                _in_values(HeaderCard.value_text, spelled, sqlite))
 
 
 def _card_value(value):
@@ -1197,13 +1202,13 @@ def _short(value) -> bool:
     return isinstance(value, str) and len(value) <= TEXT_INDEX_LIMIT
 
 
-EXACT_INTEGER = 2**53  # a card's number is a double: every integer up to this, and only some beyond
+EXACT_INTEGER = 2**53  # a card's number is a double: every integer below this, and only some from it on
 
 
 def _value_kind(value) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int) and abs(value) > EXACT_INTEGER:
+    if isinstance(value, int) and abs(value) >= EXACT_INTEGER:  # 2**53 + 1 is kept as 2**53
         return "integer"  # compared by the card's digits too (see _same_integer)
     if isinstance(value, (int, float)):
         return "number"
@@ -1327,10 +1332,8 @@ def _has_cards(conn, keyword: str, kind: str) -> bool:
                for partial in _CARD_KINDS[kind])
 
 
-def keyword_hints(conn, labels: list[str]) -> list[str]:
-    """Of the header columns ``labels`` (``hdr['FILTR']``), each keyword no
-    file has, with the nearest one that some file has."""
-    headers = [field for field in parse_columns(",".join(labels)) if isinstance(field, Header)] if labels else []
+def keyword_hints(conn, headers: list[Header]) -> list[str]:
+    """Of the header keywords ``headers``, each that no file has, with the nearest one that some file has."""
     return [hint for header in headers[:20] if (hint := _keyword_hint(conn, header, set()))]
 
 

@@ -104,7 +104,7 @@ def query(
     # a typo should not pass for an empty answer, nor for a header column empty in every row
     unfilled = [name for i, name in enumerate(names) if name.startswith("hdr[") and rows and all(r[i] is None for r in rows)]
     if not rows and selection or unfilled:
-        for hint in catalog.hints(selection if not rows else None, unfilled):
+        for hint in catalog.hints(selection if not rows else None, columns, unfilled):
             err_console.print(f"note: {hint}", markup=False)
 
 

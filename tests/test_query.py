@@ -277,3 +277,36 @@ def test_integers_of_more_digits_than_int64_are_written_exactly_in_every_format(
     ecsv = obsarch(url, "query", "object == 'huge'", *columns, "--format", "ecsv").stdout
     assert ecsv.splitlines()[-1] == "9223372036854775807 123456789012345678901234567890"
     assert len(obsarch(url, "query", "hdr['MAXI'] == 9223372036854775807", "--format", "csv").stdout.splitlines()) == 2
+
+
+def test_integer_lists_at_and_beyond_the_doubles_are_exact_however_long(catalog, tmp_path, rng):
+    """2**53 + 1 is kept as the double 2**53, so 2**53 itself is compared by
+    its digits too; a list of 1,500 Gaia ids was a chain of ORs SQLite refused
+    (depth 1000); a long list with an integer beyond 32 bits failed on
+    PostgreSQL and lost that value on SQLite (a review)."""
+    for name, value in (("a", 2**53 + 1), ("b", 2**53), ("c", 5853498713190525697)):
+        write_frame(tmp_path / "n" / f"{name}.fits", rng, {"OBJECT": name, "X": value})
+    catalog.ingest([tmp_path / "n"])
+
+    def objects(selection):
+        return sorted(catalog.query(selection, columns="object")["object"])
+
+    assert objects(f"hdr['X'] == {2**53}") == ["b"]
+    many = ", ".join(str(5853498713190525697 + 2 * k) for k in range(1500))  # ...697 first, then its odd neighbours
+    assert objects(f"hdr['X'] in ({many})") == ["c"]
+    ids = sorted(catalog.exposure_ids())
+    wide = ", ".join(map(str, [*range(-600, 0), 5_000_000_000, ids[0]]))
+    assert catalog.exposure_ids(f"id in ({wide})") == [ids[0]]
+    assert objects(f"hdr['X'] in ({wide}, {2**53})") == ["b"]
+
+
+def test_a_header_column_hint_takes_any_keyword_the_columns_could_name(url, tmp_path, rng):
+    """The hint parsed the column's label again, and hdr["O'X"] came back as
+    hdr['O'X']: exit 2 after the rows were written (a review)."""
+    from factories import obsarch
+
+    write_frame(tmp_path / "n" / "a.fits", rng, {"OBJECT": "a"})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "n"))
+    result = obsarch(url, "query", "", "--columns", "object,hdr[\"O'X\"]", "--format", "csv")
+    assert result.stderr.splitlines() == ["note: no file has a header keyword O'X"]
