@@ -98,6 +98,16 @@ def safe_extract(archive_path: Path, target: Path) -> int:
     return len(members)
 
 
+def _is_tar_header(block: bytes) -> bool:
+    """Whether ``block`` is a tar header whose checksum holds: a plain tar,
+    whatever its first member's name starts with (``BZh`` is bzip2's magic)."""
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
 class _Reader:
     """A tar archive, plain or gzip, bzip2 or xz compressed, read whole
     before anything is planned; a damaged one raises :class:`UnpackRefused`.
@@ -116,10 +126,10 @@ class _Reader:
     def __enter__(self) -> _Reader:
         try:
             self.raw = open(self.path, "rb")
-            magic = self.raw.read(6)
+            first = self.raw.read(tarfile.BLOCKSIZE)
             self.raw.seek(0)
-            for prefix, kind, opener in _COMPRESSIONS:
-                if magic.startswith(prefix):
+            for prefix, kind, opener in _COMPRESSIONS if not _is_tar_header(first) else ():  # a member may be named BZh...
+                if first.startswith(prefix):
                     self.kind, self.inner = kind, opener(self.raw)
             self.inner = self.inner or self.raw
             self.tar = tarfile.TarFile(fileobj=self, mode="r")  # reads the first header
@@ -148,6 +158,9 @@ class _Reader:
         gzip's CRC and the end markers of bzip2 and xz are checked."""
         try:
             members = self.tar.getmembers()
+            if members and not self.last:  # the data stop where a header or the end-of-archive blocks belong
+                raise _Escape(f"truncated: the tar ends after member {members[-1].name!r}, without the blocks that end an "
+                              "archive: members after it may be missing")
             if self.last.strip(b"\0"):  # not the end: a header tarfile could not read
                 after = f" after member {members[-1].name!r}"
                 raise _Escape(f"truncated: the tar ends inside the header{after}" if len(self.last) < tarfile.BLOCKSIZE

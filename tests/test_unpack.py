@@ -202,6 +202,11 @@ DAMAGED = {  # file name: (bytes, what the user is told after "NAME refused, not
     "text.tar.gz": (b"<html>Service unavailable</html>\n" * 40, "not a tar archive, nor a gzip, bzip2 or xz compressed one"),
     "gzipped-text.tar.gz": (gzip.compress(b"not a tar\n" * 100), "the gzip data hold no tar archive (invalid header)"),
     "empty.tar": (b"", "the file is empty"),
+    # cut where a header belongs: as a tar that lost members after it, so refused (a review: it was laid out, in part)
+    "cut-at-member.tar": (TAR[:1536], "truncated: the tar ends after member 'd/f0.fits', without the blocks that end an "
+                                      "archive: members after it may be missing"),
+    "no-end.tar": (TAR[:3 * 1536], "truncated: the tar ends after member 'd/f2.fits', without the blocks that end an "
+                                   "archive: members after it may be missing"),
 }
 
 
@@ -220,8 +225,8 @@ def test_a_truncated_or_corrupt_archive_is_refused_in_one_line(tmp_path, name):
 
 
 def test_an_archive_damaged_only_in_its_end_blocks_is_whole(tmp_path):
-    """Members are all there when a tar is cut in, or lacks, its end blocks of zeros."""
-    for name, data in (("cut-in-end.tar", TAR[:3 * 1536 + 100]), ("no-end.tar", TAR[:3 * 1536])):
+    """Members are all there when a tar is cut inside its end blocks of zeros."""
+    for name, data in (("cut-in-end.tar", TAR[:3 * 1536 + 100]),):
         (tmp_path / name).write_bytes(data)
         assert safe_extract(tmp_path / name, tmp_path / name.removesuffix(".tar")) == 3
         assert (tmp_path / name.removesuffix(".tar") / "d" / "f2.fits").read_bytes() == b"C" * 1024
@@ -233,6 +238,15 @@ def test_a_compressed_archive_is_told_by_its_bytes(tmp_path, compress):
     archive.write_bytes(compress(TAR))
     assert safe_extract(archive, tmp_path / "t") == 3
     assert (tmp_path / "t" / "d" / "f1.fits").read_bytes() == b"B" * 1024
+
+
+def test_a_plain_tar_whose_first_member_starts_like_a_compressed_stream_is_plain(tmp_path):
+    """A member named BZh_flat.fits begins the tar with bzip2's magic: it was refused as corrupt bzip2 (a review)."""
+    archive = tmp_path / "flats.tar"
+    with archive.open("wb") as handle:
+        make_tar(handle, [("BZh_flat.fits", "file", b"F" * 1024)])
+    assert safe_extract(archive, tmp_path / "t") == 1
+    assert (tmp_path / "t" / "BZh_flat.fits").read_bytes() == b"F" * 1024
 
 
 def test_a_missing_archive_is_one_line(tmp_path):
