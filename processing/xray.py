@@ -314,6 +314,8 @@ def _exposure(hdul, hdu) -> tuple[float | None, str | None]:
         # its comment's unit, as ingest reads exptime from the same card: "[ks]" once gave exptime 10000 s, exposure 10 s
         factor, problem = comment_unit(header.comments["EXPOSURE"])
         seconds = float(value) * (factor or 1.0)
+        if not math.isfinite(seconds):  # as ingest leaves exptime empty for it
+            return None, f"EXPOSURE {_shown(value)}{where} in its unit is beyond the numbers a catalog holds in seconds: not used"
         if problem:
             notes.append(f"EXPOSURE's comment names {problem}, not understood: taken as seconds")
         elif factor not in (None, 1.0):

@@ -382,6 +382,15 @@ def test_exposure_is_read_in_its_comments_unit_as_exptime_is(url, tmp_path, comm
     assert float(row["exptime"]) == float(row["exposure"]) == seconds
 
 
+def test_an_exposure_beyond_a_double_once_in_seconds_is_not_used(tmp_path):
+    """1e306 ks is infinite seconds: ingest left exptime empty while the summary used inf (a review)."""
+    path = tmp_path / "huge.pi"
+    _spectrum(path, np.full(10, 1, np.int32), EXPOSURE=(1e306, "[ks] exposure"))
+    summary = xray.summarize_file(str(path))
+    assert (summary.exposure_s, summary.rate) == (None, None)
+    assert summary.warnings == ["EXPOSURE 1e+306 in its unit is beyond the numbers a catalog holds in seconds: not used, no rate"]
+
+
 def test_a_summary_of_an_older_algorithm_is_made_again_without_force(url, tmp_path):
     from sqlalchemy import update
 
