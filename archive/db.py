@@ -805,8 +805,11 @@ def _postgres_rows(driver, cursor, sql: str, max_rows: int, timeout_s: float | N
     plain cursor would have received every row. Each FETCH is a statement
     of its own, so the timeout each gets is what is left of ``timeout_s``."""
     import psycopg
+    from psycopg.types.string import TextLoader
 
     named = driver.cursor(name="obsarch_sql")
+    # an interval as PostgreSQL writes it: psycopg's timedelta folds 26 hours into a day and a month into 30 days
+    named.adapters.register_loader("interval", TextLoader)
     try:
         # EXPLAIN took the statement (_refuse_leaving_the_role); one a cursor does not take is no query
         try:

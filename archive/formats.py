@@ -7,7 +7,7 @@ infinities are ``"Infinity"``, ``"-Infinity"``: JavaScript's names).
 What PostgreSQL gives as other Python objects is written as its text, the
 same in every format: bytes in PostgreSQL's hex form (``\\xdeadbeef``), jsonb
 and arrays as JSON (nested in JSON output), an interval as PostgreSQL writes
-it, a numeric whole (``123456789012345678901234567890``), a time, a uuid.
+it (loaded as its text), a numeric whole (``123456789012345678901234567890``), a time, a uuid.
 Every column is written: a name that repeats gets a suffix (:func:`unique_names`).
 Pure Python: printing a few rows should not import pandas."""
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 
 
@@ -63,28 +63,14 @@ def exact(value) -> str:
 def text(value) -> str:
     """The text of a value that no format has a type for: bytes (bytea, a
     SQLite blob) in PostgreSQL's hex form ``\\xdeadbeef``, since their own
-    repr is Python's and they need not be UTF-8; jsonb or an array as JSON; an
-    interval as PostgreSQL writes it; anything else (a Decimal, whole; a
-    time; a uuid) its str."""
+    repr is Python's and they need not be UTF-8; jsonb or an array as JSON;
+    anything else (a Decimal, whole; a time; a uuid) its str. (An interval
+    comes as PostgreSQL's own text: archive.db loads it so.)"""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(json_value(value), ensure_ascii=False, allow_nan=False)
-    if isinstance(value, timedelta):
-        return interval(value)
     return str(value)
-
-
-def interval(value: timedelta) -> str:
-    """A duration as PostgreSQL writes an interval: ``1 day 02:00:00``,
-    ``3 days``, ``00:00:01.5``, ``-1 days -02:00:00``."""
-    sign = "-" if value < timedelta(0) else ""
-    value = abs(value)
-    seconds = value.seconds
-    clock = f"{seconds // 3600:02}:{seconds // 60 % 60:02}:{seconds % 60:02}"
-    clock += f".{value.microseconds:06}".rstrip("0") if value.microseconds else ""
-    days = [f"{sign}{value.days} day{'' if value.days == 1 and not sign else 's'}"] if value.days else []
-    return " ".join(days + ([sign + clock] if seconds or value.microseconds or not days else []))
 
 
 def json_value(value):
