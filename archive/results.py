@@ -38,6 +38,8 @@ def _typed(column: pd.Series) -> pd.Series:
     values = [v for v in column if v is not None]
     if not values:
         return column
+    if all(isinstance(v, bool) for v in values):  # logicals: pandas' nullable boolean keeps a NULL apart
+        return column.astype("bool" if len(values) == len(column) else "boolean")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if not all(-(2**63) <= v < 2**63 for v in values):  # a header's integer of more digits: kept exact, as objects
             return column

@@ -310,3 +310,18 @@ def test_a_header_column_hint_takes_any_keyword_the_columns_could_name(url, tmp_
     obsarch(url, "ingest", str(tmp_path / "n"))
     result = obsarch(url, "query", "", "--columns", "object,hdr[\"O'X\"]", "--format", "csv")
     assert result.stderr.splitlines() == ["note: no file has a header keyword O'X"]
+
+
+def test_a_logical_header_column_with_a_missing_value_is_a_masked_bool_in_ecsv(url, tmp_path, rng):
+    """It came out as JSON strings (datatype string, subtype json) once logicals were shown as True/False (a review)."""
+    from astropy.table import Table
+    from factories import obsarch
+
+    for name, header in (("a", {"FLAG": True}), ("b", {"FLAG": False}), ("c", {})):
+        write_frame(tmp_path / "n" / f"{name}.fits", rng, {"OBJECT": name, **header})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "n"))
+    out = obsarch(url, "query", "", "--columns", "object,hdr['FLAG']", "--sort", "object", "--format", "ecsv").stdout
+    table = Table.read(out, format="ascii.ecsv")
+    assert table["hdr['FLAG']"].dtype == bool
+    assert list(table["hdr['FLAG']"].filled(False)) == [True, False, False] and list(table["hdr['FLAG']"].mask) == [False, False, True]
