@@ -778,12 +778,12 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
     array on SQLite, an array on PostgreSQL) rather than one per value.
     Numbers are one type: PostgreSQL typed the list by its first value, so
     99.6 after a 1 was the integer 100, and refused a long mixed array."""
-    if any(isinstance(v, float) for v in values):
-        values = [float(v.value if isinstance(v, BindParameter) else v) if isinstance(v, (int, BindParameter))
-                  and not isinstance(v, bool) else v for v in values]
+    plain = [v.value if isinstance(v, BindParameter) else v for v in values]  # int_param's BIGINT: the list's type says so
+    if any(isinstance(v, float) for v in plain):
+        values = plain = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in plain]
     if len(values) <= MAX_IN_PARAMETERS:
         return expression.in_(values)
-    values = [v.value if isinstance(v, BindParameter) else v for v in values]  # int_param's BIGINT: the array says so
+    values = plain
     if sqlite:
         import json
 

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import NotFoundError, ObsarchError
-from archive.formats import counted
+from archive.formats import counted, exact, iso
 from cli.app import (
     ColumnsOption,
     ExecutorOption,
@@ -28,7 +28,7 @@ from cli.app import (
     runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, exact, iso, show_frame
+from cli.render import Format, console, err_console, show_frame
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from archive.formats import ecsv_column, exact, iso, rounded, rows_to_csv, rows_to_json, unique_names  # noqa: F401 (cli.processing imports iso from here)
+from archive.formats import ecsv_column, exact, rounded, rows_to_csv, rows_to_json, unique_names
 
 if TYPE_CHECKING:
     import pandas as pd
