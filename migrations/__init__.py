@@ -4,4 +4,4 @@
 without loading alembic (tests/test_migrations.py checks that it matches).
 """
 
-HEAD = "0021"
+HEAD = "0022"

@@ -308,6 +308,9 @@ def unusable_files(engine: Engine, file_ids: list[int | None]) -> dict[int, str]
             except OSError:
                 bad[file_id] = f"{path}: gone from disk since it was last ingested (obsarch ingest records what moved)"
                 continue
+            if mtime_ns is None:  # migration 0022: stored by an earlier obsarch with the wrong header
+                bad[file_id] = f"{path}: its headers were stored wrongly by an earlier obsarch (obsarch ingest reads it again)"
+                continue
             if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
                 bad[file_id] = f"{path}: changed on disk since it was last ingested (obsarch ingest reads it again)"
     return bad

@@ -107,3 +107,40 @@ def test_reader_role_names_fit_and_differ(database, schema):
     assert len(role.encode()) <= 63 and re.fullmatch(r"obsarch_reader_[a-z0-9_]+_[0-9a-f]{8}", role)
     assert role not in {db.reader_role(*other) for other in CATALOGS if other != (database, schema)}
     assert db.reader_role(database, schema) == role
+
+
+def test_0022_reads_again_fpack_files_stored_with_their_tables_header(url, tmp_path, rng):
+    """An fpack file that an obsarch before 2026-12-03 stored with its binary table's cards (ZIMAGE = T among them)
+    is read again by the next ingest, and a step refuses it until then; other files stay unchanged."""
+    from alembic import command
+    from astropy.io import fits
+    from factories import obsarch
+
+    from processing.machinery import unusable_files
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    data = rng.normal(100, 5, (32, 32)).astype("float32")
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, name="SCI")]).writeto(frames / "a.fits.fz")
+    fits.PrimaryHDU(data).writeto(frames / "b.fits")
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(frames))
+    engine = db.make_engine(url)
+    command.downgrade(db.alembic_config(engine), "0021")
+    with engine.begin() as conn:  # what the earlier obsarch stored: the table's cards
+        fz = conn.execute(text("select id from files where relpath = 'a.fits.fz'")).scalar()
+        assert conn.execute(text("select count(*) from header_cards where keyword = 'ZIMAGE'")).scalar() == 0
+        conn.execute(text("insert into header_cards (file_id, hdu_index, position, keyword, value_text, value_num, vtype) "
+                          "values (:f, 1, 999, 'ZIMAGE', 'T', 1, 'b')"), {"f": fz})
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        stale = dict(conn.execute(text("select relpath, mtime_ns is null from files")).all())
+    assert stale == {"a.fits.fz": True, "b.fits": False}
+    assert "a.fits.fz: its headers were stored wrongly by an earlier obsarch (obsarch ingest reads it again)" in unusable_files(engine, [fz])[fz]
+    out = obsarch(url, "ingest", str(frames)).stdout
+    assert "0 new, 1 changed, 1 unchanged" in out
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from header_cards where keyword = 'ZIMAGE'")).scalar() == 0
+        assert conn.execute(text("select count(*) from files where mtime_ns is null")).scalar() == 0
+    assert unusable_files(engine, [fz]) == {}
+    engine.dispose()
