@@ -601,25 +601,30 @@ def grant_reader(conn: Connection) -> None:
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_MB = 100  # of values kept: a 600 MB blob took 4 GB as JSON and broke ECSV's numpy strings
 _FETCH_ROWS = 10_000  # rows asked of the server (or SQLite) at a time
 _CHECK_CLIENT_MS = 1000  # how soon PostgreSQL notices a client that went away
 
 
 class ReadOnlyResult(NamedTuple):
     """What :func:`run_read_only` returns: the column names, at most
-    ``max_rows`` rows, and whether the statement had more."""
+    ``max_rows`` rows, whether the statement had more, and whether they were
+    left because the rows kept reached ``max_mb`` (then ``rows`` may be
+    empty: the first row alone was larger)."""
 
     names: list[str]
     rows: list[tuple]
     more: bool
+    too_big: bool = False
 
 
 def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                  max_rows: int = DEFAULT_MAX_ROWS) -> ReadOnlyResult:
+                  max_rows: int = DEFAULT_MAX_ROWS, max_mb: float = DEFAULT_MAX_MB) -> ReadOnlyResult:
     """Run one query, read-only by privilege; return its first ``max_rows``
     rows, fetched in batches so that memory holds no more than those (a
     query of a billion rows took 1.8 GB in 3 s): a server-side cursor on
-    PostgreSQL, ``fetchmany`` on SQLite.
+    PostgreSQL, ``fetchmany`` on SQLite. Rows stop too where their text and
+    bytes pass ``max_mb``; SQLite refuses to make a longer value at all.
 
     SQLite: a read-only connection whose authorizer allows reading only
     (no ATTACH, hence no ``VACUUM INTO``; no pragma that writes). PostgreSQL:
@@ -634,6 +639,8 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
     """
     if max_rows < 1:
         raise UsageError(f"max_rows is {max_rows}; at least 1 row")
+    if not max_mb > 0:
+        raise UsageError(f"max_mb is {max_mb}; more than 0")
     if "\x00" in sql:
         raise ReadOnlyViolation("the statement holds a NUL byte")
     if any("\ud800" <= c <= "\udfff" for c in sql):  # bytes that were not UTF-8 (kept by Python as surrogates)
@@ -641,25 +648,37 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
     engine = make_engine(url, read_only=True)
     try:
         if is_sqlite(engine):
-            return _sqlite_read_only(engine, sql, timeout_s, max_rows)
-        return _postgres_read_only(engine, sql, timeout_s, max_rows)
+            return _sqlite_read_only(engine, sql, timeout_s, max_rows, max_mb)
+        return _postgres_read_only(engine, sql, timeout_s, max_rows, max_mb)
     finally:
         engine.dispose()
 
 
-def _first_rows(fetch, max_rows: int, before_fetch=None) -> tuple[list[tuple], bool]:
-    """Up to ``max_rows`` rows, ``fetch(n)`` at a time, and whether there
-    were more: one row past the cap is asked for, so that a statement of
-    exactly ``max_rows`` rows is not called cut short."""
+def _first_rows(fetch, max_rows: int, max_mb: float, before_fetch=None) -> tuple[list[tuple], bool, bool]:
+    """Up to ``max_rows`` rows, ``fetch(n)`` at a time, whether there were
+    more, and whether they stopped at ``max_mb`` of text and bytes: one row
+    past the cap is asked for, so that a statement of exactly ``max_rows``
+    rows is not called cut short. The first fetch is of one row, the next
+    as many as the rows so far say fit in what is left of ``max_mb`` (a
+    batch of 10,000 rows of 100 MB values would be a terabyte)."""
+    budget = max_mb * 2**20
     rows: list[tuple] = []
+    size = 0
     while len(rows) <= max_rows:
         if before_fetch is not None:
             before_fetch()
-        batch = fetch(min(_FETCH_ROWS, max_rows + 1 - len(rows)))
+        wanted = min(_FETCH_ROWS, max_rows + 1 - len(rows))
+        if rows:
+            wanted = min(wanted, max(1, int((budget - size) * len(rows) / max(size, 1))))
+        batch = fetch(wanted if rows else 1)
         if not batch:
             break
-        rows.extend(tuple(row) for row in batch)
-    return rows[:max_rows], len(rows) > max_rows
+        for row in batch:
+            size += sum(len(value) for value in row if isinstance(value, (str, bytes))) + 8 * len(row)
+            if size > budget:
+                return rows[:max_rows], True, True
+            rows.append(tuple(row))
+    return rows[:max_rows], len(rows) > max_rows, False
 
 
 _SQLITE_ALLOWED = {21, 20, 31, 33, 22}  # SELECT, READ, FUNCTION, RECURSIVE, TRANSACTION (sqlite3's codes)
@@ -680,11 +699,12 @@ def _sqlite_authorizer(action, arg1, arg2, _db, _trigger):
     return sqlite3.SQLITE_DENY
 
 
-def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int) -> ReadOnlyResult:
+def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int, max_mb: float) -> ReadOnlyResult:
     deadline = time.monotonic() + timeout_s if timeout_s else None
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
         driver.set_authorizer(_sqlite_authorizer)
+        length = driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1, min(int(max_mb * 2**20), 2**31 - 1)))
         if deadline is not None:
             driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
@@ -693,21 +713,27 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_row
                 raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query (SELECT, WITH, "
                                         f"VALUES or a PRAGMA that reads), not {_first_word(sql).upper() or 'only comments'}")
             names = [d[0] for d in cursor.description]
-            rows, more = _first_rows(cursor.fetchmany, max_rows)
+            rows, more, too_big = _first_rows(cursor.fetchmany, max_rows, max_mb)
             cursor.close()
         except sqlite3.Warning as exc:  # more than one statement
             raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
+        except sqlite3.DataError as exc:
+            if "too big" not in str(exc):
+                raise _sql_error(exc, timeout_s, interrupted=False, where="") from exc
+            raise DatabaseError(f"the statement makes a value larger than {max_mb:g} MB, which `obsarch sql` does not "
+                                 f"show (--max-mb {max_mb:g}): select a part of it (substr, length) or raise --max-mb") from exc
         except sqlite3.Error as exc:
             interrupted = deadline is not None and time.monotonic() > deadline
             raise _sql_error(exc, timeout_s, interrupted=interrupted, where="") from exc
         finally:
             driver.set_authorizer(None)
             driver.set_progress_handler(None, 0)
+            driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         conn.rollback()
-        return ReadOnlyResult(names, rows, more)
+        return ReadOnlyResult(names, rows, more, too_big)
 
 
-def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int) -> ReadOnlyResult:
+def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None, max_rows: int, max_mb: float) -> ReadOnlyResult:
     import psycopg
 
     raw = engine.raw_connection()
@@ -723,7 +749,7 @@ def _postgres_read_only(engine: Engine, sql: str, timeout_s: float | None, max_r
             _set_reader_role(cursor, engine, role, schema)
             try:
                 _refuse_leaving_the_role(cursor, sql)
-                return _postgres_rows(driver, cursor, sql, max_rows, timeout_s, deadline)
+                return _postgres_rows(driver, cursor, sql, max_rows, max_mb, timeout_s, deadline)
             except psycopg.errors.QueryCanceled as exc:
                 raise _sql_error(exc, timeout_s, interrupted=True) from None
             except psycopg.errors.InsufficientPrivilege as exc:
@@ -799,7 +825,8 @@ def _refused_read(cursor, engine: Engine, exc: Exception, role: str, schema: str
                              f"or GRANT SELECT ON {quote(schema)}.{quote(name)} TO {role}")
 
 
-def _postgres_rows(driver, cursor, sql: str, max_rows: int, timeout_s: float | None, deadline: float | None) -> ReadOnlyResult:
+def _postgres_rows(driver, cursor, sql: str, max_rows: int, max_mb: float, timeout_s: float | None,
+                   deadline: float | None) -> ReadOnlyResult:
     """The statement's first rows through a server-side cursor (DECLARE,
     then FETCH a batch at a time): the server keeps the rest, where a
     plain cursor would have received every row. Each FETCH is a statement
@@ -829,8 +856,8 @@ def _postgres_rows(driver, cursor, sql: str, max_rows: int, timeout_s: float | N
                 raise QueryTimeout(f"the statement ran past the {timeout_s:g} s timeout and was cancelled on the server (--timeout)")
             cursor.execute(f"SET LOCAL statement_timeout = {left_ms}")
 
-        rows, more = _first_rows(named.fetchmany, max_rows, time_left) if names else ([], False)
-        return ReadOnlyResult(names, rows, more)
+        rows, more, too_big = _first_rows(named.fetchmany, max_rows, max_mb, time_left) if names else ([], False, False)
+        return ReadOnlyResult(names, rows, more, too_big)
     finally:
         with suppress(psycopg.Error):
             named.close()

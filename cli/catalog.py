@@ -199,6 +199,7 @@ def errors(fmt: FormatOption = Format.table) -> None:
 
 
 SQL_MAX_ROWS = 100_000  # as archive.db.DEFAULT_MAX_ROWS, which this module does not import to start
+SQL_MAX_MB = 100  # as archive.db.DEFAULT_MAX_MB
 
 
 @command(panel="catalog")
@@ -212,6 +213,10 @@ def sql(
         "--max-rows", min=1, max=2**62,
         help=f"Stop after this many rows (default {SQL_MAX_ROWS}): they are shown, a line on stderr says more "
              "were left, and the exit status is 3. Page with LIMIT and OFFSET, or raise it.")] = SQL_MAX_ROWS,
+    max_mb: Annotated[float, typer.Option(
+        "--max-mb", min=0.001, max=1024,
+        help=f"Stop where the rows' text and bytes pass this many MB (default {SQL_MAX_MB}), as at --max-rows; "
+             "a value larger than this alone is refused.")] = SQL_MAX_MB,
 ) -> None:
     """Run one read-only SQL statement on the catalog.
 
@@ -226,9 +231,16 @@ def sql(
     if not statement.strip():
         fail("`obsarch sql` needs a statement, e.g. \"select band, count(*) from exposures group by band\"", code=2)
     open_catalog()  # refuses a missing or out-of-date catalog
-    names, rows, more = db.run_read_only(STATE.db, statement, timeout_s=timeout or None, max_rows=max_rows)
+    names, rows, more, too_big = db.run_read_only(STATE.db, statement, timeout_s=timeout or None, max_rows=max_rows, max_mb=max_mb)
+    if too_big and not rows:
+        fail(f"the first row is larger than {max_mb:g} MB, which `obsarch sql` does not show (--max-mb {max_mb:g}): "
+             "select a part of it (substr, length) or raise --max-mb")
     # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice is renamed first, in every format
     show_frame(frame_of(rows, unique_columns(names)), fmt)
+    if too_big:
+        err_console.print(f"stopped after {len(rows)} rows: with the next, the rows would pass {max_mb:g} MB (--max-mb {max_mb:g}); "
+                          "the statement returns more: page with LIMIT and OFFSET, or raise --max-mb", markup=False, soft_wrap=True)
+        raise typer.Exit(3)
     if more:  # partial: the last line says so, and how to get the rest
         err_console.print(f"stopped after {max_rows} rows (--max-rows {max_rows}); the statement returns more: "
                           "page with LIMIT and OFFSET, or raise --max-rows", markup=False, soft_wrap=True)

@@ -252,6 +252,35 @@ def test_sql_of_endless_rows_holds_only_max_rows(catalog, url, backend):
     assert result.stderr.splitlines() == [stopped_line(25000)]
 
 
+def zeros(chars: int, backend: str) -> str:
+    """A value of ``chars`` characters '0', made by the server."""
+    return f"hex(zeroblob({chars // 2}))" if backend == "sqlite" else f"repeat('0', {chars})"
+
+
+def test_sql_stops_where_the_rows_pass_max_mb_and_says_so(catalog, url, backend):
+    """Rows of big values stop at --max-mb as at --max-rows (exit 3, one line): a 600 MB blob took 4 GB as JSON,
+    and as ECSV ended in 'unexpected TypeError: string too large to store inside array' (found trying hostile SQL)."""
+    statement = f"with recursive c(x) as (select 1 union all select x + 1 from c) select x, {zeros(300_000, backend)} as z from c"
+    result = runner.invoke(app, ["--db", url, "sql", statement, "--max-mb", "1", "--format", "csv"])
+    assert result.exit_code == 3, result.stderr
+    assert [line[:2] for line in result.stdout.splitlines()] == ["x,", "1,", "2,", "3,"]
+    assert result.stderr.splitlines() == ["stopped after 3 rows: with the next, the rows would pass 1 MB (--max-mb 1); "
+                                          "the statement returns more: page with LIMIT and OFFSET, or raise --max-mb"]
+
+
+def test_sql_refuses_a_value_larger_than_max_mb_in_one_line(catalog, url, backend):
+    """SQLite refuses to make the value at all (its length limit); PostgreSQL's row is fetched, then refused."""
+    result = runner.invoke(app, ["--db", url, "sql", f"select {zeros(2_000_000, backend)} as z", "--max-mb", "1"])
+    assert result.exit_code == 1 and result.stdout == ""
+    if backend == "sqlite":
+        assert result.stderr == ("error: the statement makes a value larger than 1 MB, which `obsarch sql` does not show "
+                                 "(--max-mb 1): select a part of it (substr, length) or raise --max-mb\n")
+    else:
+        assert result.stderr == ("error: the first row is larger than 1 MB, which `obsarch sql` does not show (--max-mb 1): "
+                                 "select a part of it (substr, length) or raise --max-mb\n")
+    assert run(url, "sql", f"select length({zeros(2_000_000, backend)}) as n", "--max-mb", "3", "--format", "csv").stdout == "n\n2000000\n"
+
+
 def test_sql_help_states_the_row_cap():
     result = runner.invoke(app, ["sql", "--help"], terminal_width=200)
     assert "--max-rows" in result.stdout and "default 100000" in " ".join(result.stdout.split())
