@@ -819,10 +819,19 @@ class Compiler:
         self.driving: list[ColumnElement] = []  # the root AND's equalities on indexed exposure columns
         # keyword conditions with many cards beside an indexed equality, with their cards (see ids_statement)
         self.merge: list[tuple[Compare | Between, Select]] = []
+        # keyword -> the card conditions the selection asks of it outside any NOT, which the
+        # keyword's column prefers (column_expressions): the card that matched, not another
+        self.matched: dict[str, list[ColumnElement]] = {}
+        self._negations = 0
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
-        return method(node)
+        flip = isinstance(node, Not) or (getattr(node, "negate", False) and not isinstance(node, IsNull))
+        self._negations += flip
+        try:
+            return method(node)
+        finally:
+            self._negations -= flip
 
     def root(self, node) -> ColumnElement:
         """The clause of a whole selection (the tree's root)."""
@@ -1031,8 +1040,6 @@ class Compiler:
         true or false, as the cards' ``IN`` is, so that a NOT of it keeps
         the exposures without the card.
         """
-        if (column := self._promoted(header, kind)) is not None:
-            return and_(column.is_not(None), predicate(column))
         if kind == "bool":
             branches = [[text(NUMERIC), HeaderCard.vtype == "b", predicate(HeaderCard.value_num)]]
         elif kind in ("number", "integer"):
@@ -1041,6 +1048,11 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
+        if not self._negations:
+            place = [] if header.hdu is None else [HeaderCard.hdu_index == int_param(header.hdu)]
+            self.matched.setdefault(header.keyword, []).append(and_(*place, or_(*(and_(*b) for b in branches))))
+        if (column := self._promoted(header, kind)) is not None:
+            return and_(column.is_not(None), predicate(column))
         if item is not None and self.driving and len(branches) == 1:
             cards = self._cards(header, *branches[0])
             # the counts read a few times the cards the list itself would read, at most
@@ -1457,16 +1469,22 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
     """(label, expression) pairs that show ``field`` as a result column.
 
     A header keyword gives two: its number and its text (the first card with
-    that keyword, primary HDU first); they are merged after fetching.
+    that keyword, primary HDU first); they are merged after fetching. A
+    keyword the selection compiled by ``compiler`` asks a value of (outside
+    any NOT) shows the first card that has it: with FILTER V in the primary
+    HDU and R in the first extension, ``hdr['FILTER'] == 'R'`` showed V.
     """
     if isinstance(field, Header):
         where = [HeaderCard.file_id == Exposure.id, HeaderCard.keyword == field.keyword]
         if field.hdu is not None:
             where.append(HeaderCard.hdu_index == int_param(field.hdu))
+        order = [HeaderCard.hdu_index, HeaderCard.position]
+        if matched := compiler.matched.get(field.keyword):
+            order.insert(0, case((or_(*matched), 0), else_=1))
 
         def first(column):
             return (
-                select(column).where(*where).order_by(HeaderCard.hdu_index, HeaderCard.position)
+                select(column).where(*where).order_by(*order)
                 .limit(1).correlate(Exposure).scalar_subquery()
             )
 

@@ -325,3 +325,32 @@ def test_a_logical_header_column_with_a_missing_value_is_a_masked_bool_in_ecsv(u
     table = Table.read(out, format="ascii.ecsv")
     assert table["hdr['FLAG']"].dtype == bool
     assert list(table["hdr['FLAG']"].filled(False)) == [True, False, False] and list(table["hdr['FLAG']"].mask) == [False, False, True]
+
+
+def test_a_keyword_column_shows_the_card_the_selection_matched(catalog, tmp_path):
+    """With FILTER V in the primary HDU and R in the extension, `hdr['FILTER'] == 'R'` matched the file and its
+    column showed V, the first card: a row that contradicted its own selection. The column now shows the first
+    card that satisfies the selection's condition on the keyword (outside a NOT), else the first card, as before."""
+    import numpy as np
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    primary.header.update({"FILTER": "V", "EXPTIME": 10.0})
+    extension = fits.ImageHDU(np.zeros((4, 4), "f4"), name="SCI")
+    extension.header.update({"FILTER": "R", "EXPTIME": 60.0})
+    fits.HDUList([primary, extension]).writeto(tmp_path / "two.fits")
+    catalog.ingest([tmp_path])
+
+    def shown(selection: str, columns: str = "hdr['FILTER']", sort: str | None = None) -> list[tuple]:
+        return catalog.rows(selection, columns=columns, sort=sort)[1]
+
+    assert shown("hdr['FILTER'] == 'R'") == [("R",)]
+    assert shown("hdr['FILTER'] != 'V'") == [("R",)]
+    assert shown("hdr['FILTER'] == 'V'") == [("V",)]
+    assert shown("hdr['FILTER'] in ('R', 'I') and hdr['EXPTIME'] > 30", "hdr['FILTER'],hdr['EXPTIME']") == [("R", 60)]
+    assert shown("hdr['EXPTIME'] < 30", "hdr['EXPTIME']") == [(10,)]
+    assert shown("hdr[1]['FILTER'] like 'r'", "hdr['FILTER'],hdr[0]['FILTER']", sort="hdr['FILTER']") == [("R", "V")]
+    assert shown("hdr['FILTER'] glob 'V*'") == [("V",)]
+    assert shown("not hdr['FILTER'] == 'I'") == [("V",)]  # under a NOT: no card to prefer, the first
+    assert shown("hdr['FILTER'] not in ('V', 'B')") == []  # some card is V
+    assert shown(None) == [("V",)]
