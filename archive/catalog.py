@@ -533,6 +533,8 @@ def _merge_header_columns(names: list[str], rows: list[tuple]) -> tuple[list[str
         numeric = all(row[i] is not None for row in rows if row[j] is not None)
         # integers where every card wrote one (TELHUM = 05 is 5, not 5.0)
         whole = numeric and all(_INTEGER.fullmatch(row[j]) for row in rows if row[j] is not None)
+        if numeric and not whole and any(abs(row[i]) >= 2**53 and _INTEGER.fullmatch(row[j]) for row in rows if row[j] is not None):
+            numeric = False  # beside a float, an integer a double cannot hold (a Gaia source id) is shown as written
         keep.append(label)
         if whole:  # from the digits: a double rounds an integer beyond 2**53 (a Gaia source id)
             merged.append(lambda row, j=j: None if row[j] is None else int(row[j]))

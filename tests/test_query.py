@@ -354,3 +354,17 @@ def test_a_keyword_column_shows_the_card_the_selection_matched(catalog, tmp_path
     assert shown("not hdr['FILTER'] == 'I'") == [("V",)]  # under a NOT: no card to prefer, the first
     assert shown("hdr['FILTER'] not in ('V', 'B')") == []  # some card is V
     assert shown(None) == [("V",)]
+
+
+def test_a_keyword_column_keeps_a_huge_integer_exact_beside_a_float(catalog, tmp_path):
+    """A column of 1234567890123456789 in one file and 1.5 in another was a float column, which showed the
+    integer as 1.2345678901234568e+18, another number; such a column is shown as the cards wrote it."""
+    from astropy.io import fits
+
+    for name, value in (("big", 1234567890123456789), ("small", 1.5), ("whole", 7)):
+        fits.PrimaryHDU(header=fits.Header({"SRCID": value, "OBJECT": name})).writeto(tmp_path / f"{name}.fits")
+    catalog.ingest([tmp_path])
+    assert catalog.rows("hdr['SRCID'] is not null", columns="object,hdr['SRCID']", sort="object")[1] == [
+        ("big", "1234567890123456789"), ("small", "1.5"), ("whole", "7")]
+    # beside one another, floats and integers a double holds stay numbers
+    assert catalog.rows("hdr['SRCID'] < 100", columns="object,hdr['SRCID']", sort="object")[1] == [("small", 1.5), ("whole", 7.0)]
