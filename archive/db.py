@@ -623,8 +623,8 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
     """Run one query, read-only by privilege; return its first ``max_rows``
     rows, fetched in batches so that memory holds no more than those (a
     query of a billion rows took 1.8 GB in 3 s): a server-side cursor on
-    PostgreSQL, ``fetchmany`` on SQLite. Rows stop too where their text and
-    bytes pass ``max_mb``; SQLite refuses to make a longer value at all.
+    PostgreSQL, row by row on SQLite. Rows stop too where their values
+    would pass ``max_mb`` (see :func:`_first_rows`).
 
     SQLite: a read-only connection whose authorizer allows reading only
     (no ATTACH, hence no ``VACUUM INTO``; no pragma that writes). PostgreSQL:
@@ -656,29 +656,44 @@ def run_read_only(url: str | None, sql: str, *, timeout_s: float | None = DEFAUL
 
 def _first_rows(fetch, max_rows: int, max_mb: float, before_fetch=None) -> tuple[list[tuple], bool, bool]:
     """Up to ``max_rows`` rows, ``fetch(n)`` at a time, whether there were
-    more, and whether they stopped at ``max_mb`` of text and bytes: one row
-    past the cap is asked for, so that a statement of exactly ``max_rows``
-    rows is not called cut short. The first fetch is of one row, the next
-    as many as the rows so far say fit in what is left of ``max_mb`` (a
-    batch of 10,000 rows of 100 MB values would be a terabyte)."""
+    more, and whether they stopped because the next row would take the
+    values kept past ``max_mb`` (then the rows may be none: the first alone
+    was larger). One row past ``max_rows`` is asked for, so that a statement
+    of exactly ``max_rows`` rows is not called cut short; its size is not
+    counted. Batches start at one row and at most double, and hold no more
+    rows than the largest so far says fit in what is left of ``max_mb``: a
+    batch of 10,000 rows of 100 MB values would be a terabyte."""
     budget = max_mb * 2**20
     rows: list[tuple] = []
-    size = 0
-    while len(rows) <= max_rows:
+    size = largest = 0
+    wanted = 1
+    while True:
         if before_fetch is not None:
             before_fetch()
-        wanted = min(_FETCH_ROWS, max_rows + 1 - len(rows))
-        if rows:
-            wanted = min(wanted, max(1, int((budget - size) * len(rows) / max(size, 1))))
-        batch = fetch(wanted if rows else 1)
+        batch = fetch(min(wanted, max_rows + 1 - len(rows)))
         if not batch:
-            break
+            return rows, False, False
         for row in batch:
-            size += sum(len(value) for value in row if isinstance(value, (str, bytes))) + 8 * len(row)
+            if len(rows) == max_rows:
+                return rows, True, False
+            taken = sum(map(_value_bytes, row))
+            size += taken
             if size > budget:
-                return rows[:max_rows], True, True
+                return rows, True, True
+            largest = max(largest, taken)
             rows.append(tuple(row))
-    return rows[:max_rows], len(rows) > max_rows, False
+        wanted = max(1, min(_FETCH_ROWS, 2 * wanted, int((budget - size) // max(largest, 1))))
+
+
+def _value_bytes(value) -> int:
+    """About what a fetched value takes (characters of text): what a row holds, for --max-mb."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value) + 8
+    if value is None or isinstance(value, (int, float, bool)):
+        return 8
+    if isinstance(value, memoryview):
+        return value.nbytes + 8
+    return len(str(value)) + 8  # arrays, JSON, numeric, times: as shown
 
 
 _SQLITE_ALLOWED = {21, 20, 31, 33, 22}  # SELECT, READ, FUNCTION, RECURSIVE, TRANSACTION (sqlite3's codes)
@@ -704,7 +719,6 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_row
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
         driver.set_authorizer(_sqlite_authorizer)
-        length = driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1, min(int(max_mb * 2**20), 2**31 - 1)))
         if deadline is not None:
             driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
@@ -713,22 +727,17 @@ def _sqlite_read_only(engine: Engine, sql: str, timeout_s: float | None, max_row
                 raise ReadOnlyViolation(f"`obsarch sql` is read-only; the statement was refused: it runs one query (SELECT, WITH, "
                                         f"VALUES or a PRAGMA that reads), not {_first_word(sql).upper() or 'only comments'}")
             names = [d[0] for d in cursor.description]
-            rows, more, too_big = _first_rows(cursor.fetchmany, max_rows, max_mb)
+            # one row at a time (the cursor's own loop, in C): SQLite makes each row as it is asked for
+            rows, more, too_big = _first_rows(lambda _: list(itertools.islice(cursor, 1)), max_rows, max_mb)
             cursor.close()
         except sqlite3.Warning as exc:  # more than one statement
             raise ReadOnlyViolation("`obsarch sql` runs one statement at a time") from exc
-        except sqlite3.DataError as exc:
-            if "too big" not in str(exc):
-                raise _sql_error(exc, timeout_s, interrupted=False, where="") from exc
-            raise DatabaseError(f"the statement makes a value larger than {max_mb:g} MB, which `obsarch sql` does not "
-                                 f"show (--max-mb {max_mb:g}): select a part of it (substr, length) or raise --max-mb") from exc
         except sqlite3.Error as exc:
             interrupted = deadline is not None and time.monotonic() > deadline
             raise _sql_error(exc, timeout_s, interrupted=interrupted, where="") from exc
         finally:
             driver.set_authorizer(None)
             driver.set_progress_handler(None, 0)
-            driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         conn.rollback()
         return ReadOnlyResult(names, rows, more, too_big)
 

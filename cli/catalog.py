@@ -200,6 +200,13 @@ def errors(fmt: FormatOption = Format.table) -> None:
 
 SQL_MAX_ROWS = 100_000  # as archive.db.DEFAULT_MAX_ROWS, which this module does not import to start
 SQL_MAX_MB = 100  # as archive.db.DEFAULT_MAX_MB
+SQL_MAX_MB_CAP = 200  # ECSV holds a value in a numpy string of at most 2**31 bytes, 4 a character; bytes print as hex
+
+
+def _megabytes(value: float) -> float:
+    if not 0.001 <= value <= SQL_MAX_MB_CAP:  # NaN too
+        raise typer.BadParameter(f"{value:g} is not a size from 0.001 to {SQL_MAX_MB_CAP} MB")
+    return value
 
 
 @command(panel="catalog")
@@ -214,9 +221,9 @@ def sql(
         help=f"Stop after this many rows (default {SQL_MAX_ROWS}): they are shown, a line on stderr says more "
              "were left, and the exit status is 3. Page with LIMIT and OFFSET, or raise it.")] = SQL_MAX_ROWS,
     max_mb: Annotated[float, typer.Option(
-        "--max-mb", min=0.001, max=1024,
-        help=f"Stop where the rows' text and bytes pass this many MB (default {SQL_MAX_MB}), as at --max-rows; "
-             "a value larger than this alone is refused.")] = SQL_MAX_MB,
+        "--max-mb", callback=_megabytes,
+        help=f"Stop where the rows' values would pass this many MB (default {SQL_MAX_MB}, at most {SQL_MAX_MB_CAP}; text "
+             "counted in characters), as at --max-rows; a first row larger than this is refused.")] = SQL_MAX_MB,
 ) -> None:
     """Run one read-only SQL statement on the catalog.
 
@@ -226,6 +233,7 @@ def sql(
     Example: obsarch sql "select band, count(*) from exposures group by band"
     """
     from archive import db
+    from archive.formats import counted
     from archive.results import frame_of
 
     if not statement.strip():
@@ -238,10 +246,10 @@ def sql(
     # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice is renamed first, in every format
     show_frame(frame_of(rows, unique_columns(names)), fmt)
     if too_big:
-        err_console.print(f"stopped after {len(rows)} rows: with the next, the rows would pass {max_mb:g} MB (--max-mb {max_mb:g}); "
+        err_console.print(f"stopped after {counted(len(rows), 'row')}: with the next, the rows would pass {max_mb:g} MB (--max-mb {max_mb:g}); "
                           "the statement returns more: page with LIMIT and OFFSET, or raise --max-mb", markup=False, soft_wrap=True)
         raise typer.Exit(3)
     if more:  # partial: the last line says so, and how to get the rest
-        err_console.print(f"stopped after {max_rows} rows (--max-rows {max_rows}); the statement returns more: "
+        err_console.print(f"stopped after {counted(max_rows, 'row')} (--max-rows {max_rows}); the statement returns more: "
                           "page with LIMIT and OFFSET, or raise --max-rows", markup=False, soft_wrap=True)
         raise typer.Exit(3)

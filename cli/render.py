@@ -217,6 +217,16 @@ def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> No
     typer.echo("\n".join(lines))
 
 
+TABLE_CELL_CHARS = 2000  # a terminal table folds a long value into lines: 20 MB took 79 s and filled screens
+
+
+def _within_reach(cell: str) -> str:
+    """A terminal table's cell, cut after TABLE_CELL_CHARS with a mark that says so."""
+    if len(cell) <= TABLE_CELL_CHARS:
+        return cell
+    return f"{cell[:TABLE_CELL_CHARS]}... (cut: {len(cell):,} characters; pipe or --format csv shows them all)"
+
+
 def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None) -> None:
     """A table drawn for reading: rounded numbers, short columns never broken
     nor cut, long ones folded; columns that do not fit the terminal are left
@@ -224,7 +234,7 @@ def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: l
     from rich.table import Table
 
     shown = [i for i, name in enumerate(names) if not brief or name in brief]
-    cells = {i: [readable(row[i]) for row in rows] for i in shown}
+    cells = {i: [_within_reach(readable(row[i])) for row in rows] for i in shown}
     widths = {i: max([len(names[i])] + [len(c) for c in cells[i]]) for i in shown}
     least = {i: widths[i] if widths[i] <= 26 else 20 for i in shown}  # a long column folds, at least 20 wide
     while len(shown) > 1 and sum(least[i] + 3 for i in shown) + 1 > console.width:

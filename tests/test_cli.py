@@ -226,7 +226,7 @@ def counting_to(n: int | None, backend: str, source: str) -> str:
 
 
 def stopped_line(cap: int) -> str:
-    return (f"stopped after {cap} rows (--max-rows {cap}); the statement returns more: "
+    return (f"stopped after {cap} row{'s' if cap != 1 else ''} (--max-rows {cap}); the statement returns more: "
             "page with LIMIT and OFFSET, or raise --max-rows")
 
 
@@ -268,17 +268,58 @@ def test_sql_stops_where_the_rows_pass_max_mb_and_says_so(catalog, url, backend)
                                           "the statement returns more: page with LIMIT and OFFSET, or raise --max-mb"]
 
 
-def test_sql_refuses_a_value_larger_than_max_mb_in_one_line(catalog, url, backend):
-    """SQLite refuses to make the value at all (its length limit); PostgreSQL's row is fetched, then refused."""
+def test_sql_refuses_a_first_row_larger_than_max_mb_in_one_line(catalog, url, backend):
+    """The same line on both backends; a value the statement only measures is no row and is answered."""
     result = runner.invoke(app, ["--db", url, "sql", f"select {zeros(2_000_000, backend)} as z", "--max-mb", "1"])
     assert result.exit_code == 1 and result.stdout == ""
-    if backend == "sqlite":
-        assert result.stderr == ("error: the statement makes a value larger than 1 MB, which `obsarch sql` does not show "
-                                 "(--max-mb 1): select a part of it (substr, length) or raise --max-mb\n")
-    else:
-        assert result.stderr == ("error: the first row is larger than 1 MB, which `obsarch sql` does not show (--max-mb 1): "
-                                 "select a part of it (substr, length) or raise --max-mb\n")
-    assert run(url, "sql", f"select length({zeros(2_000_000, backend)}) as n", "--max-mb", "3", "--format", "csv").stdout == "n\n2000000\n"
+    assert result.stderr == ("error: the first row is larger than 1 MB, which `obsarch sql` does not show (--max-mb 1): "
+                             "select a part of it (substr, length) or raise --max-mb\n")
+    assert run(url, "sql", f"select length({zeros(2_000_000, backend)}) as n", "--max-mb", "1", "--format", "csv").stdout == "n\n2000000\n"
+
+
+def test_sql_max_mb_counts_every_row_and_kind_of_value(catalog, url, backend):
+    """Batches grow from one row by the largest row so far: a tiny first row let the next batch take 10,000 rows of
+    450 KB (2.7 GB on SQLite, 5.4 GB on PostgreSQL, a review); a big row after small ones stops the rows on both
+    backends alike; the row read only to say more exist is not counted (--max-rows was blamed on --max-mb)."""
+    rows = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 3000) select x"
+    tiny_first = f"{rows}, case when x = 1 then '' else {zeros(450_000, backend)} end as z from c"
+    result = runner.invoke(app, ["--db", url, "sql", tiny_first, "--max-mb", "1", "--format", "csv"])
+    assert result.exit_code == 3 and [line[:2] for line in result.stdout.splitlines()] == ["x,", "1,", "2,", "3,"]
+    assert result.stderr.startswith("stopped after 3 rows: with the next, the rows would pass 1 MB (--max-mb 1)")
+    big_third = f"{rows}, case when x = 3 then {zeros(2_000_000, backend)} else 'a' end as z from c"
+    result = runner.invoke(app, ["--db", url, "sql", big_third, "--max-mb", "1", "--format", "csv"])
+    assert (result.exit_code, result.stdout) == (3, "x,z\n1,a\n2,a\n")
+    assert result.stderr.startswith("stopped after 2 rows: with the next, the rows would pass 1 MB")
+    even = f"{rows}, {zeros(400_000, backend)} as z from c"
+    result = runner.invoke(app, ["--db", url, "sql", even, "--max-mb", "1", "--max-rows", "2", "--format", "csv"])
+    assert result.exit_code == 3 and result.stderr.splitlines() == [stopped_line(2)]
+    if backend == "postgresql":  # an array is counted as it prints, not as nothing
+        result = runner.invoke(app, ["--db", url, "sql", "select array_agg(repeat('0', 1000)) from generate_series(1, 2000)",
+                                     "--max-mb", "1"])
+        assert result.exit_code == 1 and result.stderr.startswith("error: the first row is larger than 1 MB")
+
+
+@pytest.mark.parametrize("size", ["nan", "0", "300", "-1"])
+def test_sql_max_mb_out_of_range_is_a_usage_error(size):
+    result = runner.invoke(app, ["--db", "sqlite:///nowhere.db", "sql", "select 1", "--max-mb", size])
+    assert result.exit_code == 2
+    assert f"invalid value for '--max-mb': {float(size):g} is not a size from 0.001 to 200 MB" in result.stderr
+
+
+def test_a_terminal_table_cuts_a_huge_cell_and_says_so(monkeypatch):
+    """A terminal table folded a 20 MB value into a million lines (79 s); pipes and other formats keep it whole."""
+    import io
+
+    from rich.console import Console
+
+    from cli import render
+
+    screen = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=screen, force_terminal=True, width=100))
+    render._rich_table(["h", "one"], [("0" * 5_000_000, 1)], None, None)
+    shown = screen.getvalue()
+    assert "(cut: 5,000,000 characters; pipe or --format csv shows them all)" in " ".join(shown.replace("│", " ").split())
+    assert len(shown) < 20_000
 
 
 def test_sql_help_states_the_row_cap():
