@@ -170,7 +170,9 @@ class Catalog:
         a night's rows, so the same question (a page asked again) reuses it, with the
         shape chosen when it was first asked (every shape gives the same rows)."""
         if columns and columns.strip() == "all":  # every name a row has one value of (group, say, has many)
-            columns = ",".join(name for name, definition in FIELDS.items() if definition.kind != "set")
+            # the usual columns first: a terminal table leaves out from the right what does not fit
+            rest = [name for name, definition in FIELDS.items() if definition.kind != "set" and name not in DEFAULT_COLUMNS]
+            columns = ",".join([*DEFAULT_COLUMNS, *rest])
         if columns:
             fields = parse_columns(columns)
         else:

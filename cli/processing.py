@@ -280,7 +280,7 @@ def lineage(path: Annotated[Path, typer.Argument(help="A product (or any ingeste
             label += "  (shown above)"
         elif node["run"]:
             run = node["run"]
-            label += f"  <- run {run['id']} {run['step']} ({run['finished_at']})"
+            label += f"  <- run {run['id']} {run['step']} ({iso(run['finished_at']) if run['finished_at'] else 'not finished'})"
         elif unmade := node.get("unmade"):
             label += f"  ({runs_.unmade_text(unmade)})"
         else:

@@ -404,7 +404,8 @@ def spectra_report(engine: Engine, selection: str | None = None, min_exposure_s:
     with transaction(engine) as conn:
         rows = [tuple(r) for r in conn.execute(statement)]
     frame = pd.DataFrame(rows, columns=[label for label, _ in pairs])
-    return frame.rename(columns={"xray_role": "role", "background_file": "background"})
+    # background_file as in `obsarch query`: `background` is the image-background metric of quality
+    return frame.rename(columns={"xray_role": "role"})
 
 
 def summary_notes(engine: Engine, file_id: int) -> list[tuple[str, str]]:

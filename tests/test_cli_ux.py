@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -168,6 +169,7 @@ def test_lineage_of_a_tool_output_that_is_no_fits_file(ingested, tmp_path, monke
     run(ingested, "run", "3852", "--", "sh", "-c", "echo hi > note.txt")
     tree = run(ingested, "lineage", "runs/3852/note.txt").stdout.splitlines()
     assert tree[0].startswith(f"{tmp_path / 'runs' / '3852' / 'note.txt'}  <- run ") and " run:sh (" in tree[0]
+    assert re.search(r" run:sh \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\)$", tree[0]), tree[0]  # ISO 8601, as everywhere
     assert tree[1].startswith("  [frame] ") and tree[1].endswith("ngc3293-3852.fits  (raw)")
     assert "no exposure with file runs/3852/other.txt" in run(ingested, "lineage", "runs/3852/other.txt", code=1).stderr
 

@@ -274,6 +274,8 @@ def test_report_spectra(ingested):
     assert "00092220001" not in {r["obsid"] for r in rows}  # 4.8 ks
     rows = _csv(run(url, "report", "spectra", "obsid == '00092220001'", "--min-exposure", "4812s", "--format", "csv").stdout)
     assert [(r["obsid"], r["role"], r["counts"]) for r in rows] == [("00092220001", "source", "58.0")]
+    assert list(rows[0]) == ["obsid", "instrument", "object", "role", "mjd_mid", "counts", "rate", "net_rate", "exposure_ks",
+                             "background_file", "response", "arf", "path"]  # the names `obsarch query` takes
     ecsv = run(url, "report", "spectra", "obsid == '459'", "--format", "ecsv").stdout
     assert ecsv.startswith("# %ECSV") and "3c273_bg.pi" in ecsv
     bad = run(url, "report", "spectra", "--min-exposure", "5 min", code=2)
