@@ -143,6 +143,8 @@ def _sqlite_engine(parsed, read_only: bool) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
+        # `like` with letters beyond ASCII (archive.query): SQLite's lower() and LIKE fold ASCII only
+        dbapi_conn.create_function("obsarch_lower", 1, _lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -156,6 +158,10 @@ def _sqlite_engine(parsed, read_only: bool) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def _writer(engine: Engine) -> Engine:

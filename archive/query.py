@@ -26,6 +26,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Float,
+    Numeric,
     Select,
     String,
     Text,
@@ -187,7 +188,8 @@ def tokenize(text: str, what: str = "selection", shown: str | None = None) -> li
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
             if isinstance(value, float) and math.isinf(value):
                 raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)", what, shown)
-            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            negated = bool(tokens) and tokens[-1].kind == "punct" and tokens[-1].text == "-"
+            if isinstance(value, int) and value >= 2**63 + negated:  # -2**63 fits
                 raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits", what, shown)
             tokens.append(Token(kind, raw, pos, value))
         elif kind == "string":
@@ -754,8 +756,16 @@ def glob_for_sqlite(pattern: str) -> str:
 
 
 def _glob(value: ColumnElement, pattern: str, sqlite: bool) -> ColumnElement:
-    try:  # the same refusal on both backends (PostgreSQL's regex engine would fail mid-query)
-        re.compile(glob_to_regex(pattern))
+    import warnings
+
+    # the same refusal on both backends (PostgreSQL's regex engine would fail mid-query, SQLite match nothing)
+    if any(kind == "class" and re.search(r"\[[:.=]", body) for kind, body in _glob_parts(pattern)):
+        raise SelectionError(f"the pattern {pattern!r} holds a POSIX bracket form ([:alpha:], [.x.], [=a=]), which a glob "
+                             "does not take: list the characters, as in [a-zA-Z]")
+    try:
+        with warnings.catch_warnings():  # Python's 'Possible nested set' for a '[' in a class, which the shell takes
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(glob_to_regex(pattern))
     except re.error as exc:
         raise SelectionError(f"the pattern {pattern!r} is no valid glob: {exc}") from None
     # SQLite's GLOB negates a class with [^...], the shell with [!...]
@@ -791,8 +801,13 @@ def _in_values(expression: ColumnElement, values: list, sqlite: bool) -> ColumnE
     from sqlalchemy import any_, bindparam
     from sqlalchemy.dialects.postgresql import ARRAY
 
-    wide = any(isinstance(v, int) and not -(2**31) <= v < 2**31 for v in values)  # an integer column's array would overflow
-    return expression == any_(bindparam(None, values, type_=ARRAY(BigInteger() if wide else expression.type)))
+    if any(isinstance(v, float) for v in values):  # an integer column's array rounded 5.4 to 5
+        kind = Float()
+    elif any(isinstance(v, int) and not -(2**31) <= v < 2**31 for v in values):  # an integer column's array would overflow
+        kind = BigInteger()
+    else:
+        kind = expression.type
+    return expression == any_(bindparam(None, values, type_=ARRAY(kind)))
 
 
 # Exposure columns with an index that starts with them: an equality on one is
@@ -826,7 +841,7 @@ class Compiler:
 
     def __call__(self, node) -> ColumnElement:
         method = getattr(self, f"_{type(node).__name__.lower()}")
-        flip = isinstance(node, Not) or (getattr(node, "negate", False) and not isinstance(node, IsNull))
+        flip = isinstance(node, Not)  # a keyword's not in, not like, not between are conditions on a card, as !=
         self._negations += flip
         try:
             return method(node)
@@ -889,6 +904,12 @@ class Compiler:
         return _OPS[node.op](expression, self._coerce(node.field, kind, node.value, equality=node.op in ("==", "!=")))
 
     def _in(self, node: In):
+        if isinstance(node.field, Header) and node.negate:  # some card not in the list, as != is some card that differs
+            values = [v for v in node.values if v is not None]
+            if not values:  # not in (null): a card with a value
+                return self._isnull(IsNull(node.field, negate=True))
+            return or_(*(self._header(node.field, lambda col, p=predicate: not_(p(col)), kind)
+                         for kind, predicate in self._card_tests(values)))
         if None in node.values:  # SQL's IN (..., NULL) is unknown, not false, for other values: NOT would drop them
             values = tuple(v for v in node.values if v is not None)
             clause = self._isnull(IsNull(node.field))
@@ -899,21 +920,29 @@ class Compiler:
             clause = self._member(definition, lambda v: _in_values(v, list(node.values), self.sqlite))
             return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
-            by_kind: dict[str, list] = {}
-            for value in node.values:
-                by_kind.setdefault(_value_kind(value), []).append(value)
-            def predicate(kind, values):
-                if kind == "integer":
-                    return lambda col: _same_integer(col, values, self.sqlite)
-                return lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite)
-
-            parts = [self._header(node.field, predicate(kind, values), kind, all(map(_short, values)))
-                     for kind, values in by_kind.items()]
-            clause = or_(*parts)
+            clause = or_(*(self._header(node.field, predicate, kind, all(map(_short, values)))
+                           for (kind, predicate), values in zip(self._card_tests(node.values), self._by_kind(node.values))))
         else:
             expression, kind = self._expression(node.field)
             clause = _in_values(expression, [self._coerce(node.field, kind, v) for v in node.values], self.sqlite)
         return not_(clause) if node.negate else clause
+
+    @staticmethod
+    def _by_kind(values) -> list[list]:
+        """``values`` grouped by :func:`_value_kind`, in the order first met."""
+        by_kind: dict[str, list] = {}
+        for value in values:
+            by_kind.setdefault(_value_kind(value), []).append(value)
+        return list(by_kind.values())
+
+    def _card_tests(self, values) -> list[tuple[str, Callable]]:
+        """(kind, predicate on a card's column) of a keyword's ``in values``, one per kind of value."""
+        def test(values):
+            if _value_kind(values[0]) == "integer":
+                return lambda col: _same_integer(col, values, self.sqlite)
+            return lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite)
+
+        return [(_value_kind(group[0]), test(group)) for group in self._by_kind(values)]
 
     def _between(self, node: Between):
         if node.low is None or node.high is None:
@@ -925,9 +954,9 @@ class Compiler:
                 raise SelectionError(f"{_label(node.field)} between {node.low!r} and {node.high!r}: "
                                      "both ends are numbers, or both text")
             low, high = _card_value(node.low), _card_value(node.high)
-            # (a NOT BETWEEN is no semi-join of the cards: no item to merge)
-            clause = self._header(node.field, lambda col: col.between(low, high), _value_kind(node.low),
-                                  item=None if node.negate else node)
+            if node.negate:  # some card outside, as != (two ranges: no item to merge)
+                return self._header(node.field, lambda col: not_(col.between(low, high)), _value_kind(node.low))
+            clause = self._header(node.field, lambda col: col.between(low, high), _value_kind(node.low), item=node)
         else:
             expression, kind = self._expression(node.field)
             low, high = (self._coerce(node.field, kind, v, equality=False) for v in (node.low, node.high))
@@ -936,12 +965,20 @@ class Compiler:
 
     def _match(self, node: Match):
         def predicate(col):
-            return _glob(col, node.pattern, self.sqlite) if node.glob else col.ilike(node.pattern)
+            if node.glob:
+                return _glob(col, node.pattern, self.sqlite)
+            if not self.sqlite:  # a backslash is a character, as on SQLite (PostgreSQL's LIKE escapes with it)
+                return col.ilike(node.pattern, escape="")
+            if node.pattern.isascii():  # SQLite's lower() and LIKE fold ASCII letters only
+                return col.ilike(node.pattern)
+            return func.obsarch_lower(col).like(func.obsarch_lower(literal(node.pattern)))  # archive.db registers it
 
         if (definition := self._set_def(node.field)) is not None:
             clause = self._member(definition, predicate)
             return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
+            if node.negate:  # some card that does not match, as !=
+                return self._header(node.field, lambda col: not_(predicate(col)), "text")
             clause = self._header(node.field, predicate, "text")
         else:
             expression, kind = self._expression(node.field)
@@ -1200,9 +1237,11 @@ def _same_integer(number: ColumnElement, values: list[int], sqlite: bool) -> Col
     with (5853498713190525697 and ...696 are one double; a Gaia source id is
     one of them). The digits name the integer, so the two lists need no
     pairing, and a long list is one parameter each (:func:`_in_values`)."""
-    spelled = [s for v in values for s in ([str(v), f"+{v}"] if v > 0 else [str(v)])]
+    written = HeaderCard.value_text
+    # the digits without a sign's + or leading zeros (09007199254740993 is 9007199254740993, as astropy reads it)
+    digits = case((written.startswith("-"), "-" + func.ltrim(func.substr(written, 2), "0")), else_=func.ltrim(written, "+0"))
     return and_(_in_values(number, [float(v) for v in values], sqlite), HeaderCard.vtype == "i",
-                _in_values(HeaderCard.value_text, spelled, sqlite))
+                _in_values(digits, [str(v) for v in values], sqlite))
 
 
 def _card_value(value):
@@ -1355,7 +1394,7 @@ def _keyword_hint(conn, header: Header, kinds: set[str]) -> str | None:
     has = {kind for kind in _CARD_KINDS if _has_cards(conn, header.keyword, kind)}
     if not has:
         close = difflib.get_close_matches(header.keyword, _keywords(conn), n=1, cutoff=0.75)
-        return f"no file has a header keyword {header.keyword}" + (f"; did you mean {close[0]}?" if close else "")
+        return f"no file has a value for header keyword {header.keyword}" + (f"; did you mean {close[0]}?" if close else "")
     if len(kinds) == 1 and not kinds & has:
         (other,) = has
         if other == "number" and not conn.execute(select(HeaderCard.file_id).where(
@@ -1465,7 +1504,7 @@ def header_columns(node) -> list[Header]:
     return found
 
 
-def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, ColumnElement]]:
+def column_expressions(field: Field, compiler: Compiler, exact: bool = False) -> list[tuple[str, ColumnElement]]:
     """(label, expression) pairs that show ``field`` as a result column.
 
     A header keyword gives two: its number and its text (the first card with
@@ -1473,6 +1512,8 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
     keyword the selection compiled by ``compiler`` asks a value of (outside
     any NOT) shows the first card that has it: with FILTER V in the primary
     HDU and R in the first extension, ``hdr['FILTER'] == 'R'`` showed V.
+    ``exact``: a third, between them, for sorting: an integer card's exact
+    value, which tells apart integers beyond 2**53 that share a double.
     """
     if isinstance(field, Header):
         where = [HeaderCard.file_id == Exposure.id, HeaderCard.keyword == field.keyword]
@@ -1488,7 +1529,11 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
                 .limit(1).correlate(Exposure).scalar_subquery()
             )
 
-        return [(f"{field.label}#num", first(HeaderCard.value_num)), (f"{field.label}#text", first(HeaderCard.value_text))]
+        pairs = [(f"{field.label}#num", first(HeaderCard.value_num)), (f"{field.label}#text", first(HeaderCard.value_text))]
+        if exact:  # SQLite's integers are 64 bits, PostgreSQL's numeric any size; the digits as written (+, 0...)
+            whole = cast(HeaderCard.value_text, BigInteger if compiler.sqlite else Numeric)
+            pairs.insert(1, (f"{field.label}#exact", first(case((HeaderCard.vtype == "i", whole)))))
+        return pairs
     expression, _ = compiler._expression(field)
     return [(_label(field), expression)]
 
@@ -1496,11 +1541,13 @@ def column_expressions(field: Field, compiler: Compiler) -> list[tuple[str, Colu
 def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
     """``-exptime,date_obs`` -> ORDER BY expressions (``-`` for descending,
     empty values last). A header keyword sorts by its number, then by its
-    text: a text keyword has no number, and was left unsorted."""
+    text: a text keyword has no number, and was left unsorted; integers that
+    share a double by their exact value between the two (-9007199254740995
+    sorted before -...996 by its text)."""
     result = []
     for field, descending in parse_sort(sort):
         with naming("sort", sort):
-            expressions = column_expressions(field, compiler)
+            expressions = column_expressions(field, compiler, exact=True)
         # empty values last either way, on both backends (SQLite puts NULL first, PostgreSQL last)
         result.extend((expression.desc() if descending else expression.asc()).nulls_last() for _, expression in expressions)
     return result

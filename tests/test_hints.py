@@ -66,12 +66,12 @@ def mixed(url, tmp_path, rng) -> str:
 
 @pytest.mark.parametrize("selection, hint", [
     ("xray_filter == 'medium'", "no exposure has xray_filter 'medium'; did you mean 'Medium'?"),
-    ("hdr['EXPTIM'] > 1", "no file has a header keyword EXPTIM; did you mean EXPTIME?"),
-    ("hdr[0]['EXPTIM'] between 1 and 100", "no file has a header keyword EXPTIM; did you mean EXPTIME?"),
+    ("hdr['EXPTIM'] > 1", "no file has a value for header keyword EXPTIM; did you mean EXPTIME?"),
+    ("hdr[0]['EXPTIM'] between 1 and 100", "no file has a value for header keyword EXPTIM; did you mean EXPTIME?"),
     ("hdr['EXPTIME'] > '100'", "hdr['EXPTIME'] is a number in every file that has it: compare it with a number"),
     ("hdr['EXPTIME'] in ('30', '60')", "hdr['EXPTIME'] is a number in every file that has it: compare it with a number"),
     ("hdr['FILTER'] == 5", "hdr['FILTER'] is text in every file that has it: compare it with a quoted string"),
-    ("hdr['ZZTOP'] is not null", "no file has a header keyword ZZTOP"),
+    ("hdr['ZZTOP'] is not null", "no file has a value for header keyword ZZTOP"),
 ])
 def test_obsarch_query_says_why_it_found_nothing(mixed, selection, hint):
     result = obsarch(mixed, "query", selection)
@@ -108,7 +108,7 @@ def test_the_web_search_page_shows_the_hints(mixed, tmp_path):
         catalog.engine.dispose()
     assert page.status_code == 200
     assert "no exposure has xray_filter &#39;medium&#39;; did you mean &#39;Medium&#39;?" in page.text
-    assert "no file has a header keyword EXPTIM; did you mean EXPTIME?" in page.text
+    assert "no file has a value for header keyword EXPTIM; did you mean EXPTIME?" in page.text
 
 
 @pytest.mark.parametrize("shared, listed", [(3, "all"), (7, "5 and 2 more")])

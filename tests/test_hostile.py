@@ -864,7 +864,7 @@ def test_a_command_that_changes_exposures_refuses_an_empty_selection(stocked, tm
 @pytest.mark.parametrize("args, code, line", [
     # integers beyond what a column holds find nothing (PostgreSQL refused the parameter: "unexpected DataError")
     (["query", "id == 9223372036854775807"], 0, "0 exposures"),
-    (["query", "hdr[2147483648]['X'] == 1"], 0, "note: no file has a header keyword X"),
+    (["query", "hdr[2147483648]['X'] == 1"], 0, "note: no file has a value for header keyword X"),
     (["show", "--id", "9223372036854775807"], 1, "error: no exposure with exposure id 9223372036854775807 in the catalog"),
     (["show", "99999999999999999999"], 1, "error: no exposure with frame number 99999999999999999999 in the catalog"),
     (["runs", "show", "99999999999999999999"], 1,

@@ -309,7 +309,7 @@ def test_a_header_column_hint_takes_any_keyword_the_columns_could_name(url, tmp_
     obsarch(url, "init")
     obsarch(url, "ingest", str(tmp_path / "n"))
     result = obsarch(url, "query", "", "--columns", "object,hdr[\"O'X\"]", "--format", "csv")
-    assert result.stderr.splitlines() == ["note: no file has a header keyword O'X"]
+    assert result.stderr.splitlines() == ["note: no file has a value for header keyword O'X"]
 
 
 def test_a_logical_header_column_with_a_missing_value_is_a_masked_bool_in_ecsv(url, tmp_path, rng):
@@ -352,7 +352,8 @@ def test_a_keyword_column_shows_the_card_the_selection_matched(catalog, tmp_path
     assert shown("hdr[1]['FILTER'] like 'r'", "hdr['FILTER'],hdr[0]['FILTER']", sort="hdr['FILTER']") == [("R", "V")]
     assert shown("hdr['FILTER'] glob 'V*'") == [("V",)]
     assert shown("not hdr['FILTER'] == 'I'") == [("V",)]  # under a NOT: no card to prefer, the first
-    assert shown("hdr['FILTER'] not in ('V', 'B')") == []  # some card is V
+    assert shown("hdr['FILTER'] not in ('V', 'B')") == [("R",)]  # a card outside the list, as !=
+    assert shown("not hdr['FILTER'] in ('V', 'B')") == []  # some card is V
     assert shown(None) == [("V",)]
 
 
@@ -368,3 +369,85 @@ def test_a_keyword_column_keeps_a_huge_integer_exact_beside_a_float(catalog, tmp
         ("big", "1234567890123456789"), ("small", "1.5"), ("whole", "7")]
     # beside one another, floats and integers a double holds stay numbers
     assert catalog.rows("hdr['SRCID'] < 100", columns="object,hdr['SRCID']", sort="object")[1] == [("small", 1.5), ("whole", 7.0)]
+
+
+def _raw_card_file(path, *cards: str) -> None:
+    """A primary HDU of the 80-character cards as written (astropy would respell them)."""
+    lines = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0", *cards, "END"]
+    path.write_bytes("".join(line.ljust(80) for line in lines).ljust(2880).encode())
+
+
+@pytest.fixture
+def awkward(catalog, tmp_path):
+    """Files whose values the two backends once answered differently (a hostile-input trial)."""
+    from astropy.io import fits
+
+    for name, value in (("a.fits", "a\\b"), ("end.fits", "end\\"), ("café.fits", "c")):
+        fits.PrimaryHDU(header=fits.Header({"OBJECT": value})).writeto(tmp_path / name)
+    _raw_card_file(tmp_path / "g1.fits", "GID     =    09007199254740993", "NID     =    -9007199254740995")
+    _raw_card_file(tmp_path / "g2.fits", "GID     =     9007199254740993", "NID     =    -9007199254740996")
+    _raw_card_file(tmp_path / "u.fits", "UNDEF   =", "FILTER  = 'V       '")
+    two = fits.HDUList([fits.PrimaryHDU(header=fits.Header({"FILTER": "V"})), fits.ImageHDU(header=fits.Header({"FILTER": "R"}))])
+    two.writeto(tmp_path / "vr.fits")
+    catalog.ingest([tmp_path])
+    return catalog
+
+
+def _relpaths(catalog, selection: str, sort: str | None = None) -> list[str]:
+    return [path.rsplit("/", 1)[1] for (path,) in catalog.rows(selection, columns="path", sort=sort)[1]]
+
+
+@pytest.mark.parametrize("selection, found", [
+    ("object like 'a\\\\b'", ["a.fits"]),  # PostgreSQL's LIKE took the backslash as an escape and found nothing
+    ("object like 'end\\\\'", ["end.fits"]),  # ... and failed: 'LIKE pattern must not end with escape character'
+    ("relpath like 'CAFÉ%'", ["café.fits"]),  # SQLite's LIKE folds ASCII letters only
+    ("relpath like 'caf_.fits'", ["café.fits"]),
+    ("hdr['GID'] == 9007199254740993", ["g1.fits", "g2.fits"]),  # 09007199254740993 is the same integer, as astropy reads it
+    ("hdr['GID'] in (9007199254740993, 1)", ["g1.fits", "g2.fits"]),
+    ("hdr['GID'] != 9007199254740993", []),
+    ("hdr['NID'] == -9007199254740995", ["g1.fits"]),
+    ("hdr['FILTER'] not in ('V', 'B')", ["vr.fits"]),  # a card outside the list, as != is a card that differs
+    ("hdr['FILTER'] not like 'v'", ["vr.fits"]),
+    ("hdr['FILTER'] not glob 'V'", ["vr.fits"]),
+    ("hdr['FILTER'] not in (null)", ["u.fits", "vr.fits"]),
+    ("hdr['FILTER'] not in ('V', null)", ["vr.fits"]),
+    ("not hdr['FILTER'] in ('V', 'B')", ["a.fits", "café.fits", "end.fits", "g1.fits", "g2.fits"]),  # no card in the list
+    ("hdr['NID'] not between -9007199254740996.0 and -1e15", []),
+])
+def test_selections_answer_alike_on_both_backends(awkward, selection, found):
+    assert sorted(_relpaths(awkward, selection)) == found
+
+
+def test_sorting_by_integers_beyond_a_double(awkward):
+    """-9007199254740995 sorted before -...996 by its text: integers sharing a double sort by their exact value."""
+    assert _relpaths(awkward, "hdr['NID'] is not null", sort="hdr['NID']") == ["g2.fits", "g1.fits"]
+    assert _relpaths(awkward, "hdr['NID'] is not null", sort="-hdr['NID']") == ["g1.fits", "g2.fits"]
+
+
+@pytest.mark.parametrize("pattern", ["[[:alpha:]]*", "[[.a.]]*", "[[=a=]]*"])
+def test_a_glob_with_a_posix_bracket_form_is_refused_in_one_line(awkward, pattern):
+    """PostgreSQL failed mid-query ('brackets [] not balanced'), SQLite matched nothing, and Python warned."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(SelectionError, match="holds a POSIX bracket form"):
+        warnings.simplefilter("always")
+        awkward.rows(f"object glob '{pattern}'")
+    assert not seen
+
+
+def test_a_long_in_list_with_a_float_on_an_integer_column(awkward):
+    """PostgreSQL's array took the column's integer type and rounded 5.4 to 5 (over 500 values)."""
+    sizes = ",".join(map(str, range(1000, 1600)))
+    assert _relpaths(awkward, f"size in ({sizes}, 2879.5)") == []
+    assert len(_relpaths(awkward, f"size in ({sizes}, 2880.0)")) == 6
+
+
+def test_the_smallest_64_bit_integer_is_a_value(awkward):
+    assert awkward.rows("hdr['GID'] == -9223372036854775808")[1] == []
+    with pytest.raises(SelectionError, match="does not fit in 64 bits"):
+        awkward.rows("hdr['GID'] == 9223372036854775808")
+
+
+def test_a_keyword_of_undefined_values_is_not_called_missing(awkward):
+    """'no file has a header keyword UNDEF' was false: it has cards, none with a value."""
+    assert awkward.hints(None, "hdr['UNDEF']", ["hdr['UNDEF']"]) == ["no file has a value for header keyword UNDEF"]

@@ -108,7 +108,7 @@ def test_a_header_column_no_file_has_and_a_logical_compared_with_text_are_named(
     obsarch(url, "ingest", str(tmp_path / "night"))
     typo = obsarch(url, "query", "", "--columns", "relpath,hdr['FILTR'],hdr['FILTER']", "--format", "csv")
     assert typo.stdout.splitlines()[1:] == ["f0.fits,,V", "f1.fits,,V"]
-    assert typo.stderr.splitlines() == ["note: no file has a header keyword FILTR; did you mean FILTER?"]
+    assert typo.stderr.splitlines() == ["note: no file has a value for header keyword FILTR; did you mean FILTER?"]
     assert obsarch(url, "query", "", "--columns", "relpath,hdr['FILTER']", "--format", "csv").stderr == ""
     logical = obsarch(url, "query", "hdr['LOGF'] == 'F'")
     assert logical.stderr.splitlines()[-1] == ("note: hdr['LOGF'] is a logical (T or F) in every file that has it: "
