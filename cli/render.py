@@ -190,12 +190,14 @@ def _ecsv(names: list[str], rows: list[tuple]) -> None:
 def _choose(names: list[str], rows: list[tuple], columns: str | None) -> tuple[list[str], list[tuple]]:
     if not columns or columns == "all":
         return names, rows
-    chosen = [c.strip() for c in columns.split(",") if c.strip()]
+    chosen = [c.strip() for c in columns.split(",")]
     unknown = [n for n in chosen if n not in names]
-    if unknown:
-        from archive.exceptions import ObsarchError
+    if unknown:  # a usage error (exit 2), as `obsarch query --columns` says of a name it cannot read
+        from archive.exceptions import UsageError
 
-        raise ObsarchError(f"no column {', '.join(unknown)}; the columns are {', '.join(names)}")
+        named = [n for n in unknown if n]
+        said = ([f"no column {', '.join(named)}"] if named else []) + (["a name is empty"] if "" in unknown else [])
+        raise UsageError(f"--columns {columns!r}: {'; '.join(said)}; the columns are {', '.join(names)}")
     where = [names.index(n) for n in chosen]
     return chosen, [tuple(row[i] for i in where) for row in rows]
 
