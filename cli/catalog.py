@@ -129,9 +129,11 @@ def show(
     units = catalog.headers(exposure_id)
     if hdu is not None and hdu not in {unit["index"] for unit in units}:  # checked first: a usage error prints nothing else
         fail(f"--hdu {hdu}: {row['path']} has {_hdus(units)}", code=2)
-    console.print(f"[bold]{row['path']}[/bold]  (exposure {exposure_id}, {row['status']})", soft_wrap=True)
+    # values from files never as markup: a file named a[red]b.fits was shown as ab.fits
+    console.print(f"{row['path']}  (exposure {exposure_id}, {row['status']})", style="bold", markup=False, soft_wrap=True)
     sources = row.pop("sources")
-    console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)), soft_wrap=True)
+    console.print("  ".join(f"{k}={readable(v)}" for k, v in row.items() if k not in ("path", "id", "status") and readable(v)),
+                  markup=False, soft_wrap=True)
     # A value the rules found but could not trust stays empty; its source says why.
     for name, why in sources.items():
         if name in row and not readable(row[name]) and not _PLAIN_SOURCE.fullmatch(why):
@@ -139,7 +141,8 @@ def show(
     for unit in units:
         if hdu is not None and unit["index"] != hdu:
             continue
-        console.print(f"\n[bold]HDU {unit['index']}[/bold] {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}", soft_wrap=True)
+        console.print(f"\nHDU {unit['index']} {unit['extname'] or ''} {unit['type']} {unit['shape'] or ''}",
+                      style="bold", markup=False, soft_wrap=True)
         for keyword, text, vtype, comment in unit["cards"]:
             value = "" if text is None else f"'{text}'" if vtype == "s" else text
             line = f"{keyword:<8} {value}" if vtype == "C" else f"{keyword:<8} = {value}"

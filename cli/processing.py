@@ -28,7 +28,7 @@ from cli.app import (
     runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame, write
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
@@ -77,7 +77,7 @@ def runs_show(
 
     detail = open_catalog().run(run)
     if fmt is Format.json:
-        typer.echo(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)))
+        write(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)) + "\n")
         return
     head = ("run", "parent", "step", "item", "state", "started_at", "finished_at", "code_version", "host", "user", "paths", "summary", "error")
     for key in head:
@@ -93,7 +93,7 @@ def runs_show(
     for stream in ("stdout", "stderr"):
         if detail.get(stream):
             console.print(f"\n{stream}:", markup=False)
-            typer.echo(detail[stream], nl=not detail[stream].endswith("\n"))
+            write(detail[stream] if detail[stream].endswith("\n") else detail[stream] + "\n")  # as the tool wrote it
 
 
 def _master(kind: str, selection, nearest, to, band, method, sigma, memory, out, force, hdu=None, include_bad=False) -> None:

@@ -6,6 +6,9 @@ stdout is a pipe or a file, a table is printed tab-separated, whole: every
 column, numbers at full precision. In every format integers stay integers
 and times are written in one ISO 8601 form (``2017-08-16T01:06:00``, UTC):
 :mod:`archive.formats`, which the web app's downloads use too.
+
+Values are written exactly to a pipe or a file, and shown escaped in a
+terminal (:func:`shown`): the one rule for every command's output.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import sys
 from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING
-
-import typer
 
 from archive.formats import ecsv_column, exact, rounded, rows_to_csv, rows_to_json, unique_names
 
@@ -67,21 +68,20 @@ class _LazyConsole:
         return self._plain_stream() is None and self.unwrap().is_terminal
 
     def print(self, *objects, **options) -> None:
-        """Plain text to a pipe or a file is written as it is, without
-        importing rich; anything rich would change (markup, emoji codes,
-        tabs, control characters, styles) goes through rich."""
+        """Text to a pipe or a file is written exactly, without importing
+        rich (which drops a carriage return, expands tabs: a value shown
+        would be another), unless it holds markup to render (a style is
+        none there); text to a terminal is :func:`shown` first."""
         stream = self._plain_stream()
-        text = objects[0] if len(objects) == 1 else None
-        if (stream is not None and isinstance(text, str) and set(options) <= {"markup", "highlight", "soft_wrap"}
+        text = objects[0] if len(objects) == 1 and isinstance(objects[0], str) else None
+        if (stream is not None and text is not None and set(options) <= {"markup", "highlight", "soft_wrap", "style"}
                 and options.get("soft_wrap", True) and not options.get("highlight")
-                and (text.isprintable() or text.replace("\n", "").isprintable())
-                and ("[" not in text or options.get("markup") is False) and not _EMOJI_CODE.search(text)):
+                and ("[" not in text or options.get("markup") is False)):
             stream.write(text + "\n")
             return
+        if text is not None and self.is_terminal:
+            objects = (shown(text),)
         self.unwrap().print(*objects, **options)
-
-
-_EMOJI_CODE = re.compile(r":\S*?:")  # what rich would take for an emoji code
 
 
 def reader_gone() -> bool:
@@ -106,8 +106,30 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
-console: Console = _LazyConsole(highlight=False, soft_wrap=True)
-err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
+# emoji off: rich made a file named a:smile:.fits a😄.fits
+console: Console = _LazyConsole(highlight=False, soft_wrap=True, emoji=False)
+err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+# C0 controls but tab and line feed, DEL, C1 controls (U+009B is a CSI to some terminals)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Text as a terminal gets it: each control character but a tab and a
+    line break written as its escape, ``\\x1b``. Sent raw, an escape
+    sequence in a file name would recolour the terminal or worse; dropped
+    (as click's echo and rich do), the value shown would be another.
+    Pipes and files get the text exactly (:func:`write`)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def write(text: str) -> None:
+    """Data (CSV, JSON, ECSV, a piped table, a tool's output) to stdout:
+    exactly to a pipe or a file, :func:`shown` in a terminal. Not click's
+    echo, which strips ANSI escape sequences from a pipe: a file named
+    ``esc\\x1b[31mred.fits`` came out as ``escred.fits``, which does not exist."""
+    sys.stdout.write(shown(text) if console.is_terminal else text)
+    sys.stdout.flush()
 
 
 class Format(str, Enum):
@@ -154,9 +176,9 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
     names, rows = _choose(names, rows, columns)
     names = unique_columns(names)
     if fmt is Format.csv:
-        typer.echo(rows_to_csv(names, rows), nl=False)
+        write(rows_to_csv(names, rows))
     elif fmt is Format.json:
-        typer.echo(rows_to_json(names, rows))
+        write(rows_to_json(names, rows) + "\n")  # ASCII JSON: every control character but DEL escaped already
     elif fmt is Format.ecsv:
         _ecsv(names, rows)
     elif console.is_terminal:
@@ -184,18 +206,20 @@ def _ecsv(names: list[str], rows: list[tuple]) -> None:
     frame = frame_of(list(zip(*columns)), names)
     buffer = io.StringIO()
     Table.from_pandas(frame).write(buffer, format="ascii.ecsv")  # ecsv_column left no value ECSV cannot hold
-    typer.echo(buffer.getvalue(), nl=False)
+    write(buffer.getvalue())
 
 
 def _choose(names: list[str], rows: list[tuple], columns: str | None) -> tuple[list[str], list[tuple]]:
     if not columns or columns == "all":
         return names, rows
-    chosen = [c.strip() for c in columns.split(",") if c.strip()]
+    chosen = [c.strip() for c in columns.split(",")]
     unknown = [n for n in chosen if n not in names]
-    if unknown:
-        from archive.exceptions import ObsarchError
+    if unknown:  # a usage error (exit 2), as `obsarch query --columns` says of a name it cannot read
+        from archive.exceptions import UsageError
 
-        raise ObsarchError(f"no column {', '.join(unknown)}; the columns are {', '.join(names)}")
+        named = [n for n in unknown if n]
+        said = ([f"no column {', '.join(named)}"] if named else []) + (["a name is empty"] if "" in unknown else [])
+        raise UsageError(f"--columns {columns!r}: {'; '.join(said)}; the columns are {', '.join(names)}")
     where = [names.index(n) for n in chosen]
     return chosen, [tuple(row[i] for i in where) for row in rows]
 
@@ -208,13 +232,12 @@ def _tsv(text: str) -> str:
 
 
 def _tab_separated(names: list[str], rows: list[tuple], title: str | None) -> None:
-    if title:
-        typer.echo(f"# {title}")
-    lines = ["\t".join(names)]
+    lines = [f"# {title}"] if title else []
+    lines += ["\t".join(_tsv(name) for name in names)]
     # escaped as PostgreSQL's COPY text: a tab or a newline in a value (a file name may hold one) is \t or \n,
     # a backslash \\, so every row is one line of as many fields, and the value can be read back exactly
     lines += ["\t".join(_tsv(exact(v)) for v in row) for row in rows]
-    typer.echo("\n".join(lines))
+    write("\n".join(lines) + "\n")
 
 
 TABLE_CELL_CHARS = 2000  # a terminal table folds a long value into lines: 20 MB took 79 s and filled screens
@@ -232,22 +255,25 @@ def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: l
     nor cut, long ones folded; columns that do not fit the terminal are left
     out, from the right, and named on stderr."""
     from rich.table import Table
+    from rich.text import Text
 
-    shown = [i for i, name in enumerate(names) if not brief or name in brief]
-    cells = {i: [_within_reach(readable(row[i])) for row in rows] for i in shown}
-    widths = {i: max([len(names[i])] + [len(c) for c in cells[i]]) for i in shown}
-    least = {i: widths[i] if widths[i] <= 26 else 20 for i in shown}  # a long column folds, at least 20 wide
-    while len(shown) > 1 and sum(least[i] + 3 for i in shown) + 1 > console.width:
-        shown.pop()
+    kept = [i for i, name in enumerate(names) if not brief or name in brief]
+    # Text, not str: rich would read a value's [red] as markup and :smile: as an emoji
+    cells = {i: [Text(shown(_within_reach(readable(row[i])))) for row in rows] for i in kept}
+    heads = {i: Text(shown(names[i])) for i in kept}
+    widths = {i: max([len(heads[i])] + [len(c) for c in cells[i]]) for i in kept}
+    least = {i: widths[i] if widths[i] <= 26 else 20 for i in kept}  # a long column folds, at least 20 wide
+    while len(kept) > 1 and sum(least[i] + 3 for i in kept) + 1 > console.width:
+        kept.pop()
     table = Table(title=title, show_lines=False)
-    for i in shown:
+    for i in kept:
         if widths[i] <= 26:
-            table.add_column(names[i], no_wrap=True, min_width=widths[i])
+            table.add_column(heads[i], no_wrap=True, min_width=widths[i])
         else:
-            table.add_column(names[i], overflow="fold", min_width=least[i])
+            table.add_column(heads[i], overflow="fold", min_width=least[i])
     for r in range(len(rows)):
-        table.add_row(*(cells[i][r] for i in shown))
+        table.add_row(*(cells[i][r] for i in kept))
     console.print(table)
-    hidden = [name for i, name in enumerate(names) if i not in shown]
+    hidden = [name for i, name in enumerate(names) if i not in kept]
     if hidden:
         err_console.print(f"not shown: {', '.join(hidden)} (name columns with --columns, or pipe the output)", markup=False)

@@ -431,3 +431,23 @@ def test_show_prints_an_invalid_card_alike_beside_an_unterminated_string(url, tm
     assert "NOTE     = 'unterminated" in lines
     matched = run(url, "query", "hdr['AIRMASS'] == 'INDEF'", "--columns", "path", "--format", "csv").stdout
     assert sorted(matched.splitlines()[1:]) == [str(tmp_path / "frames" / n) for n in ("p1.fits", "p2.fits")]
+
+
+def _with_columns(group, prefix=()):
+    """The commands and command groups (`obsarch runs`) that take --columns."""
+    if any("--columns" in getattr(param, "opts", ()) for param in group.params):
+        yield prefix
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _with_columns(command, (*prefix, name))
+
+
+def test_a_columns_list_that_cannot_be_read_is_a_usage_error_in_every_command(ingested):
+    """`obsarch runs --columns bogus` exited 1 where `obsarch query` exits 2,
+    as the README says of a --columns that cannot be read; `runs --columns ,` printed nothing."""
+    commands = list(_with_columns(typer.main.get_command(app)))
+    assert {" ".join(path) for path in commands} >= {"query", "runs", "offsets show"}
+    for path in commands:
+        for columns in ("bogus", ",", "frame_number,,"):
+            result = run(ingested, *path, "--columns", columns, code=2)
+            assert result.stdout == "" and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, path
+    assert "error: --columns 'bogus': no column bogus; the columns are run, step" in run(ingested, "runs", "--columns", "bogus", code=2).stderr
