@@ -14,6 +14,7 @@ Pure Python: printing a few rows should not import pandas."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from datetime import date, datetime
@@ -136,9 +137,12 @@ def rows_to_csv(names: list[str], rows) -> str:
     import csv
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(unique_names(names))
-    writer.writerows([exact(v) for v in row] for row in rows)
+    # csv quotes only its own line terminator: a bare carriage return in a field would end the record
+    # for csv.reader and RFC 4180 readers, so a row holding one has every field quoted
+    plain = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for values in itertools.chain([unique_names(names)], ([exact(v) for v in row] for row in rows)):
+        (quoted if any("\r" in v for v in values) else plain).writerow(values)
     return buffer.getvalue()
 
 
