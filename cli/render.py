@@ -70,13 +70,13 @@ class _LazyConsole:
     def print(self, *objects, **options) -> None:
         """Text to a pipe or a file is written exactly, without importing
         rich (which drops a carriage return, expands tabs: a value shown
-        would be another), unless it holds markup to render (a style is
-        none there); text to a terminal is :func:`shown` first."""
+        would be another), unless it asks for markup to be rendered (a
+        style is none there); text to a terminal is :func:`shown` first."""
         stream = self._plain_stream()
         text = objects[0] if len(objects) == 1 and isinstance(objects[0], str) else None
         if (stream is not None and text is not None and set(options) <= {"markup", "highlight", "soft_wrap", "style"}
                 and options.get("soft_wrap", True) and not options.get("highlight")
-                and ("[" not in text or options.get("markup") is False)):
+                and not (options.get("markup") and "[" in text)):  # markup is off unless asked for
             stream.write(text + "\n")
             return
         if text is not None and self.is_terminal:
@@ -106,9 +106,10 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
-# emoji off: rich made a file named a:smile:.fits a😄.fits
-console: Console = _LazyConsole(highlight=False, soft_wrap=True, emoji=False)
-err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+# emoji off: rich made a file named a:smile:.fits a😄.fits; markup off: messages hold values (a group
+# named [/x] raised rich's MarkupError, a file a[red]b.fits printed as ab.fits); style= makes bold
+console: Console = _LazyConsole(highlight=False, soft_wrap=True, emoji=False, markup=False)
+err_console: Console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 # C0 controls but tab and line feed, DEL, C1 controls (U+009B is a CSI to some terminals)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -58,7 +58,7 @@ def serve(
     try:
         check_exposure(host, token)
     except UsageError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err_console.print(f"error: {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
         import uvicorn
@@ -70,7 +70,7 @@ def serve(
     try:
         tokens = parse_tokens(token, getpass.getuser())
     except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err_console.print(f"error: {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     catalog = open_catalog()
     hosts = None if tokens or not is_loopback(host) else ["127.0.0.1", "localhost", "[::1]", "::1"]

@@ -220,7 +220,7 @@ def show_xray(catalog, exposure_id: int) -> None:
 
     values = {k: v for k, v in xray_catalog.values_of(catalog.engine, exposure_id, _SHOW_COLUMNS).items() if _filled(v)}
     if values:
-        console.print("\n[bold]X-ray[/bold] " + "  ".join(f"{k}={_text(v)}" for k, v in values.items()), soft_wrap=True)
+        console.print("\nX-ray " + "  ".join(f"{k}={_text(v)}" for k, v in values.items()), soft_wrap=True)
     for label, text in xray_catalog.summary_notes(catalog.engine, exposure_id):
         console.print(f"  {label}: {text}", markup=False, soft_wrap=True)
     for metric in named_metrics.metrics_of(catalog.engine, exposure_id):

@@ -236,3 +236,11 @@ def test_a_terminal_gets_a_values_control_characters_escaped(odd, tmp_path, term
         assert "\x1b[31m" not in out and str(path).replace("\x1b", "\\x1b") in out, args
     error = obsarch(odd, "show", "no\x1b[31mne.fits", code=1).stderr
     assert "\x1b[31m" not in error and "no\\x1b[31mne.fits" in error
+
+
+def test_a_name_that_looks_like_markup_is_printed_as_it_is_in_a_terminal(ingested, terminal):
+    """Messages hold values: `obsarch group create "[/x]" ...` in a terminal ended in rich's MarkupError
+    ('closing tag [/x] doesn't match any open tag'), and [red] in a name coloured the rest of the line."""
+    for name in ("[/x]", "a[red]b", "c:smile:"):
+        result = obsarch(ingested, "group", "create", name, "3852-3855")
+        assert re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).strip() == f"group {name}: 4 exposures"
