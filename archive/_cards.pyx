@@ -78,6 +78,8 @@ cdef object _integer(const char* buf, Py_ssize_t t0, Py_ssize_t t1, str token):
         return float(int(token))
     for i in range(d0, t1):
         value = value * 10 + (buf[i] - 48)
+    if value == 0:  # -0 is 0.0, as float(int('-0')) is
+        return 0.0
     # One rounding, to nearest even, as float(int(token)) does.
     return -<double>value if buf[t0] == 45 else <double>value
 
@@ -104,7 +106,7 @@ cdef object _real(const char* buf, Py_ssize_t t0, Py_ssize_t t1):
         return None
     if stop != number + n:
         return None
-    return value
+    return value + 0.0  # -0.0 is 0.0: SQLite stores it so, and PostgreSQL answered -0.0
 
 
 cdef tuple _card(object position, str keyword, const char* buf, Py_ssize_t a, Py_ssize_t b):

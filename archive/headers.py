@@ -121,7 +121,7 @@ def _parse_value(rest: str) -> tuple[str | None, float | None, str, str | None]:
         except ValueError:
             return token, None, "x", comment
         if math.isfinite(number) and "_" not in token:
-            return token, number, "f", comment
+            return token, number + 0.0, "f", comment  # -0.0 is 0.0: SQLite stores it so, PostgreSQL kept the sign
         return token, None, "x", comment
     if first == "(":
         return token, None, "c", comment

@@ -156,6 +156,17 @@ def test_compiled_parser_matches_python_on_random_headers():
         assert compiled(text.encode("ascii")) == _python_or_unusual(text), text
 
 
+def test_a_negative_zero_is_zero_in_both_parsers():
+    """-0.0 was stored as 0.0 by SQLite and kept as -0.0 by PostgreSQL (`--format json` differed), and the
+    compiled parser made the integer -0 a -0.0 where the Python one made 0.0; the text keeps the sign."""
+    import math
+
+    text = "".join(card(c) for c in ("A       = -0.0", "B       = -0", "C       = -0.0D0", "D       = -1.5"))
+    for cards in (_compiled()(text.encode("ascii")), parse_cards(text)):
+        assert [(c[2], c[3], c[4]) for c in cards] == [("-0.0", 0.0, "f"), ("-0", 0.0, "i"), ("-0.0D0", 0.0, "f"), ("-1.5", -1.5, "f")]
+        assert [math.copysign(1, c[3]) for c in cards] == [1, 1, 1, -1]
+
+
 def test_compiled_parser_defers_non_printable_headers():
     compiled = _compiled()
     assert compiled(card("OBJECT  = 'tab\there'").encode()) is None
