@@ -188,7 +188,9 @@ def tokenize(text: str, what: str = "selection", shown: str | None = None) -> li
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
             if isinstance(value, float) and math.isinf(value):
                 raise _error(text, pos, f"the number {raw[:30]} is beyond the largest a catalog stores (about 1.8e308)", what, shown)
-            negated = bool(tokens) and tokens[-1].kind == "punct" and tokens[-1].text == "-"
+            # a minus sign, not a frame range's dash (3852-3860): -2**63 fits
+            negated = (bool(tokens) and tokens[-1].kind == "punct" and tokens[-1].text == "-"
+                       and not (len(tokens) > 1 and tokens[-2].kind == "number"))
             if isinstance(value, int) and value >= 2**63 + negated:  # -2**63 fits
                 raise _error(text, pos, f"the integer {raw[:30]}{'...' if len(raw) > 30 else ''} does not fit in 64 bits", what, shown)
             tokens.append(Token(kind, raw, pos, value))
@@ -908,8 +910,7 @@ class Compiler:
             values = [v for v in node.values if v is not None]
             if not values:  # not in (null): a card with a value
                 return self._isnull(IsNull(node.field, negate=True))
-            return or_(*(self._header(node.field, lambda col, p=predicate: not_(p(col)), kind)
-                         for kind, predicate in self._card_tests(values)))
+            return self._outside(node.field, values)
         if None in node.values:  # SQL's IN (..., NULL) is unknown, not false, for other values: NOT would drop them
             values = tuple(v for v in node.values if v is not None)
             clause = self._isnull(IsNull(node.field))
@@ -926,6 +927,28 @@ class Compiler:
             expression, kind = self._expression(node.field)
             clause = _in_values(expression, [self._coerce(node.field, kind, v) for v in node.values], self.sqlite)
         return not_(clause) if node.negate else clause
+
+    def _outside(self, header: Header, values: list) -> ColumnElement:
+        """Files with a card ``header`` that is none of ``values``, among the
+        cards of the kinds the values have (numbers: numeric cards, logicals
+        alone: logical cards, strings: text cards), as ``!=`` takes them. A
+        card is tested against every value at once: T in ``not in (true, 5)``
+        is in the list, though it is not 5. One branch per partial index."""
+        tests = self._card_tests(values)
+        numeric = [(kind, test) for kind, test in tests if kind != "text"]
+        branches = []
+        if numeric:
+            is_in = [and_(HeaderCard.vtype == "b", test(HeaderCard.value_num)) if kind == "bool" else test(HeaderCard.value_num)
+                     for kind, test in numeric]
+            logical_only = [HeaderCard.vtype == "b"] if all(kind == "bool" for kind, _ in numeric) else []
+            branches.append([text(NUMERIC), *logical_only, not_(or_(*is_in))])
+        for kind, test in tests:
+            if kind == "text":
+                branches += [[text(SHORT_TEXT), not_(test(HeaderCard.value_text))], [text(LONG_TEXT), not_(test(HeaderCard.value_text))]]
+        if not self._negations:  # the column shows a card outside (column_expressions)
+            place = [] if header.hdu is None else [HeaderCard.hdu_index == int_param(header.hdu)]
+            self.matched.setdefault(header.keyword, []).append(and_(*place, or_(*(and_(*b) for b in branches))))
+        return Exposure.id.in_(self._union(header, branches))
 
     @staticmethod
     def _by_kind(values) -> list[list]:

@@ -451,3 +451,24 @@ def test_the_smallest_64_bit_integer_is_a_value(awkward):
 def test_a_keyword_of_undefined_values_is_not_called_missing(awkward):
     """'no file has a header keyword UNDEF' was false: it has cards, none with a value."""
     assert awkward.hints(None, "hdr['UNDEF']", ["hdr['UNDEF']"]) == ["no file has a value for header keyword UNDEF"]
+
+
+def test_not_in_tests_each_card_against_every_value(catalog, tmp_path):
+    """A card in the list for one kind of value counted as outside for another: SRCID = 5853498713190525697
+    matched `not in (5853498713190525697, 12)`, and FLAG = T both `in (true, 5)` and `not in (true, 5)` (a review)."""
+    _raw_card_file(tmp_path / "a.fits", "SRCID   =  5853498713190525697", "FLAG    =                    T", "NAME    = 'x       '")
+    _raw_card_file(tmp_path / "b.fits", "SRCID   =                   12", "FLAG    =                    F", "NAME    = 'y       '")
+    catalog.ingest([tmp_path])
+    assert _relpaths(catalog, "hdr['SRCID'] not in (5853498713190525697, 12)") == []
+    assert _relpaths(catalog, "hdr['SRCID'] not in (5853498713190525697, 13)") == ["b.fits"]
+    assert _relpaths(catalog, "hdr['FLAG'] in (true, 5)") == ["a.fits"]
+    assert _relpaths(catalog, "hdr['FLAG'] not in (true, 5)") == ["b.fits"]
+    assert _relpaths(catalog, "hdr['FLAG'] not in (true)") == ["b.fits"]
+    assert _relpaths(catalog, "hdr['NAME'] not in ('x', 3)") == ["b.fits"]
+    assert catalog.rows("hdr['NAME'] not in ('x', 3)", columns="hdr['NAME']")[1] == [("y",)]
+
+
+def test_a_frame_range_to_2_63_is_refused_in_one_line(awkward):
+    """The range's dash was read as a minus sign once -2**63 became a value: 'unexpected OverflowError' (a review)."""
+    with pytest.raises(SelectionError, match="the integer 9223372036854775808 does not fit in 64 bits"):
+        awkward.rows("1-9223372036854775808")
