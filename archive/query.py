@@ -922,7 +922,7 @@ class Compiler:
             return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
             clause = or_(*(self._header(node.field, predicate, kind, all(map(_short, values)))
-                           for (kind, predicate), values in zip(self._card_tests(node.values), self._by_kind(node.values))))
+                           for kind, predicate, values in self._card_tests(node.values)))
         else:
             expression, kind = self._expression(node.field)
             clause = _in_values(expression, [self._coerce(node.field, kind, v) for v in node.values], self.sqlite)
@@ -935,37 +935,38 @@ class Compiler:
         card is tested against every value at once: T in ``not in (true, 5)``
         is in the list, though it is not 5. One branch per partial index."""
         tests = self._card_tests(values)
-        numeric = [(kind, test) for kind, test in tests if kind != "text"]
+        numeric = [(kind, test) for kind, test, _ in tests if kind != "text"]
         branches = []
         if numeric:
             is_in = [and_(HeaderCard.vtype == "b", test(HeaderCard.value_num)) if kind == "bool" else test(HeaderCard.value_num)
                      for kind, test in numeric]
             logical_only = [HeaderCard.vtype == "b"] if all(kind == "bool" for kind, _ in numeric) else []
             branches.append([text(NUMERIC), *logical_only, not_(or_(*is_in))])
-        for kind, test in tests:
+        for kind, test, _ in tests:
             if kind == "text":
                 branches += [[text(SHORT_TEXT), not_(test(HeaderCard.value_text))], [text(LONG_TEXT), not_(test(HeaderCard.value_text))]]
-        if not self._negations:  # the column shows a card outside (column_expressions)
-            place = [] if header.hdu is None else [HeaderCard.hdu_index == int_param(header.hdu)]
-            self.matched.setdefault(header.keyword, []).append(and_(*place, or_(*(and_(*b) for b in branches))))
+        self._matched(header, branches)  # the column shows a card outside (column_expressions)
         return Exposure.id.in_(self._union(header, branches))
 
-    @staticmethod
-    def _by_kind(values) -> list[list]:
-        """``values`` grouped by :func:`_value_kind`, in the order first met."""
+    def _matched(self, header: Header, branches: list[list]) -> None:
+        """Record the cards ``branches`` pick as those the keyword's column prefers, outside any NOT."""
+        if not self._negations:
+            place = [] if header.hdu is None else [HeaderCard.hdu_index == int_param(header.hdu)]
+            self.matched.setdefault(header.keyword, []).append(and_(*place, or_(*(and_(*b) for b in branches))))
+
+    def _card_tests(self, values) -> list[tuple[str, Callable, list]]:
+        """(kind, predicate on a card's column, the values) of a keyword's ``in values``, one per
+        kind of value (:func:`_value_kind`), in the order first met."""
         by_kind: dict[str, list] = {}
         for value in values:
             by_kind.setdefault(_value_kind(value), []).append(value)
-        return list(by_kind.values())
 
-    def _card_tests(self, values) -> list[tuple[str, Callable]]:
-        """(kind, predicate on a card's column) of a keyword's ``in values``, one per kind of value."""
-        def test(values):
-            if _value_kind(values[0]) == "integer":
+        def test(kind, values):
+            if kind == "integer":
                 return lambda col: _same_integer(col, values, self.sqlite)
             return lambda col, vs=[_card_value(v) for v in values]: _in_values(col, vs, self.sqlite)
 
-        return [(_value_kind(group[0]), test(group)) for group in self._by_kind(values)]
+        return [(kind, test(kind, group), group) for kind, group in by_kind.items()]
 
     def _between(self, node: Between):
         if node.low is None or node.high is None:
@@ -1108,9 +1109,7 @@ class Compiler:
             branches = [[text(SHORT_TEXT), predicate(HeaderCard.value_text)]]
             if not short_literals:  # a pattern or range may match a long value
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
-        if not self._negations:
-            place = [] if header.hdu is None else [HeaderCard.hdu_index == int_param(header.hdu)]
-            self.matched.setdefault(header.keyword, []).append(and_(*place, or_(*(and_(*b) for b in branches))))
+        self._matched(header, branches)
         if (column := self._promoted(header, kind)) is not None:
             return and_(column.is_not(None), predicate(column))
         if item is not None and self.driving and len(branches) == 1:
