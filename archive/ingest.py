@@ -36,7 +36,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.schema import CreateIndex
 
-from archive import __version__, promoted
+from archive import __version__, prescan, promoted
 from archive.cardtext import CardText, card_text
 from archive.db import (
     CARD_PKEY_INDEX,
@@ -261,13 +261,15 @@ def _entries(directory: str, wanted: set[str] | None, failed: list[OSError]) -> 
 
 
 def _scan_compare(
-    path: Path, root_id: int, root: Path, stored: dict[str, tuple], ignored: list[str]
+    path: Path, root_id: int, root: Path, stored: dict[str, tuple], ignored: list[str], listings: dict | None = None
 ) -> tuple[list[tuple[_Seen, tuple | None]], int]:
     """:func:`_scan` of a directory and the comparison with the stored rows
     (``stored``, {relpath: row}, loses every path found) in one pass, for a
     tree without inner roots. Returns the files to read or with a problem,
     each with its stored row (or None), and how many are unchanged: those
-    cost a stat and a dict lookup, no object (a re-scan of 48,000 files)."""
+    cost a stat and a dict lookup, no object (a re-scan of 48,000 files).
+    ``listings``: directories read ahead (:mod:`archive.prescan`), each
+    used once, by its (st_dev, st_ino); the others are read here."""
     found: list[tuple[_Seen, tuple | None]] = []
     unchanged = 0
     pop, regular = stored.pop, stat.S_IFREG
@@ -276,7 +278,14 @@ def _scan_compare(
         directory, prefix = stack.pop()
         wanted = None
         if _settle_unchanged is not None and stored:  # compiled: the unchanged files settled in C, the rest below
-            settled, others = _settle_unchanged(os.fsencode(directory), prefix, stored, _SUFFIXES)
+            listing = None
+            if listings:
+                try:
+                    st = os.stat(directory)
+                    listing = listings.pop((st.st_dev, st.st_ino), None)
+                except OSError:
+                    pass
+            settled, others = _settle_unchanged(os.fsencode(directory), prefix, stored, _SUFFIXES, listing=listing)
             if settled >= 0:
                 unchanged += settled
                 if not others:
@@ -1017,10 +1026,22 @@ def _rehome(seen: list[_Seen], inner: dict[str, int]) -> None:
                 break
 
 
-def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
-    """Scan the paths; return (files to read, files with a problem, known ids, ids gone)."""
+def _plan(
+    engine: Engine, paths: list[Path], summary: IngestSummary, ahead: prescan.Prescan | None = None
+) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
+    """Scan the paths; return (files to read, files with a problem, known ids, ids gone).
+    ``ahead``: the paths' directories being read meanwhile (:mod:`archive.prescan`)."""
+    try:
+        return _plan_paths(engine, paths, summary, ahead)
+    finally:
+        if ahead is not None:
+            ahead.take(paths)  # its thread ended, before readers are forked
+
+
+def _plan_paths(engine, paths, summary, ahead):
     to_read, bad, gone, ignored = [], [], [], []
     known: dict[tuple[int, str], int] = {}
+    listings = None
     for path in paths:
         with transaction(engine, write=True) as conn:
             root_id, root = _root_for(conn, path, utcnow())
@@ -1037,7 +1058,9 @@ def _plan(engine: Engine, paths: list[Path], summary: IngestSummary) -> tuple[li
             by_relpath = {
                 r[1]: r for r in stored if not prefix or r[1] == prefix or r[1].startswith(prefix + "/")
             }
-            found, unchanged = _scan_compare(path, root_id, root, by_relpath, ignored)
+            if listings is None:  # taken once the first stored rows are here: the reading went on meanwhile
+                listings = ahead.take(paths) if ahead is not None else {}
+            found, unchanged = _scan_compare(path, root_id, root, by_relpath, ignored, listings)
             summary.unchanged += unchanged
             for item, row in found:
                 if row is not None:
@@ -1076,6 +1099,7 @@ def ingest(
     progress: Progress | None = None,
     executor: str = "pool",
     scheduler: str | None = None,
+    ahead: prescan.Prescan | None = None,
 ) -> IngestSummary:
     """Scan ``paths`` (directories or files) into the catalog.
 
@@ -1084,7 +1108,9 @@ def ingest(
     ``scheduler`` (``executor`` ``dask``; a local cluster of ``workers``
     processes when no scheduler is given); this process writes.
     Returns the counts of new, changed, unchanged, missing and failed files;
-    the same counts are stored on the ingest run.
+    the same counts are stored on the ingest run. ``ahead``: these paths'
+    directories already being read (:func:`archive.prescan.start`, as the
+    command does while it imports); otherwise they are read meanwhile here.
     """
     if executor not in ("pool", "serial", "dask"):
         raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
@@ -1102,13 +1128,15 @@ def ingest(
         if not path.exists() and not path.is_symlink():
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+    if ahead is None:
+        ahead = prescan.start(resolved)
     remove_dead_scratch()
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
     bulk = False
     try:
-        to_read, bad, known, gone = _plan(engine, resolved, summary)
+        to_read, bad, known, gone = _plan(engine, resolved, summary, ahead)
         bulk = _is_bulk(engine, len(to_read))
         if bulk:
             busy = (f"the card table stayed in use for {BULK_LOCK_TIMEOUT_S} s (an open transaction: a psql or notebook "

@@ -42,11 +42,15 @@ def ingest(
 
     Example: obsarch ingest ngc3293 xmm
     """
+    from archive import prescan
+
+    ahead = prescan.start(paths)  # the tree is read and stat'ed while SQLAlchemy loads
     catalog = open_catalog()
     config = load_config()
     with progress("reading headers") as on_progress:
         summary = catalog.ingest(
-            paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress
+            paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress,
+            ahead=ahead,
         )
     console.print(
         f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "

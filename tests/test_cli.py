@@ -69,6 +69,26 @@ def test_rescan_prints_the_counts(ingested, tmp_path):
     assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
 
 
+def test_the_command_reads_the_tree_ahead_and_the_scan_takes_it(ingested, tmp_path, monkeypatch):
+    """`obsarch ingest` starts reading the tree before it imports the
+    catalog code, and its scan takes those listings (archive/prescan.py)."""
+    from archive import prescan
+
+    taken = []
+    real_take = prescan.Prescan.take
+
+    def take(self, paths):
+        found = real_take(self, paths)
+        taken.append(len(found))
+        return found
+
+    monkeypatch.setattr(prescan.Prescan, "take", take)
+    out = run(ingested, "ingest", str(tmp_path / "night")).stdout
+    assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
+    if prescan.read_directory is not None:
+        assert taken and taken[0] >= 1  # the night's directory, read ahead
+
+
 def test_query_columns_all_shows_every_single_valued_name(ingested):
     """Every one, the usual columns first: a terminal table leaves out from the right what does not fit,
     and `--columns all` in a terminal showed id, file_id, path, relpath, root, status, size and version

@@ -88,3 +88,96 @@ def test_threaded_stats_settle_the_same_files(tmp_path, monkeypatch, threads):
     assert settled == 39 - len(changed)
     assert sorted(map(os.fsdecode, others)) == sorted(changed | {"new.fits", "dir.fits", "link.fits"})
     assert set(left) == {f"sub/{name}" for name in changed}  # what is left is what a re-scan still looks at
+
+
+def test_a_tree_read_ahead_plans_as_one_read_by_the_scan(catalog, tmp_path, rng, monkeypatch):
+    """``obsarch ingest`` reads and stats the tree while it imports
+    (archive/prescan.py); the scan that takes those listings plans exactly
+    what it plans reading the tree itself, subdirectories included, and so
+    does one that found only part of the tree read ahead."""
+    _require_compiled()
+    from archive import prescan
+
+    root = tmp_path / "tree"
+    _odd_tree(root, rng)
+    catalog.ingest([root])
+    with open(root / "sub" / "deeper" / "e.fits", "ab") as f:
+        f.write(b"\0" * 2880)
+    (root / "b.fit").unlink()
+    write_frame(root / "sub" / "new.fits", rng, {})
+
+    read_here = _plan(catalog, root)
+    ahead = prescan.start([root])
+    listings = ahead.take([root])
+    assert len(listings) == 3  # the tree, sub and sub/deeper; not the link to sub
+    with_listings = _plan_with(catalog, root, listings)
+    assert not listings  # each taken by the scan of its directory
+    assert with_listings == read_here
+    assert [r[0] for r in read_here[0]] == ["empty.fits", "sub/new.fits", "sub/deeper/e.fits"]
+
+    monkeypatch.setattr(prescan, "LIMIT", 3)  # the first directory only: the rest read by the scan
+    partial = prescan.start([root]).take([root])
+    assert len(partial) == 1
+    assert _plan_with(catalog, root, partial) == read_here
+
+
+def _plan_with(catalog, root, listings):
+    class Taken:  # what prescan.Prescan gives the scan
+        def take(self, paths):
+            return listings
+
+    summary = ingest.IngestSummary(run_id=0)
+    to_read, bad, known, gone = ingest._plan(catalog.engine, [root], summary, Taken())
+    return ([(s.relpath, s.size, s.mtime_ns) for s in to_read], [(s.relpath, s.error) for s in bad],
+            known, sorted(gone), summary.unchanged, summary.ignored)
+
+
+def test_what_was_read_ahead_serves_only_its_own_directories_and_once(catalog, tmp_path, rng):
+    """A listing read ahead for other directories (or taken already) is
+    never compared: a file changed since is read again, not called unchanged."""
+    _require_compiled()
+    import threading
+
+    from archive import prescan
+
+    root = tmp_path / "tree"
+    write_frame(root / "a.fits", rng, {})
+    write_frame(root / "sub" / "b.fits", rng, {})
+    catalog.ingest([root])
+    ahead = prescan.start([root / "sub"])  # read before the change, for another set of directories
+    ahead._thread.join()
+    with open(root / "sub" / "b.fits", "ab") as f:
+        f.write(b"\0" * 2880)
+    assert ahead.take([root]) == {}
+    assert ahead.take([root / "sub"]) == {}  # taken once: nothing is left for a second scan
+
+    once = prescan.start([root])
+    summary = catalog.ingest([root], ahead=once)
+    assert (summary.changed, summary.unchanged) == (1, 1)
+    assert once.take([root]) == {}
+    assert not [t for t in threading.enumerate() if t.name == "obsarch-prescan"]  # joined before readers fork
+
+    with open(root / "a.fits", "ab") as f:
+        f.write(b"\0" * 2880)
+    summary = catalog.ingest([root])  # a library call reads ahead on its own, around its fetch
+    assert (summary.changed, summary.unchanged) == (1, 1)
+    assert not [t for t in threading.enumerate() if t.name == "obsarch-prescan"]
+
+
+def test_read_directory_lists_every_entry_and_stats_only_regular_files(tmp_path):
+    _require_compiled()
+    from archive import _scan
+
+    (tmp_path / "a.fits").write_bytes(b"x" * 2880)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    os.mkfifo(tmp_path / "pipe.fits")
+    listing = _scan.read_directory(os.fsencode(tmp_path), 2)
+    assert len(listing) == 4
+    assert listing.subdirectories() == [b"sub"]
+    st = os.stat(tmp_path)
+    assert listing.key == (st.st_dev, st.st_ino)
+    assert _scan.read_directory(os.fsencode(tmp_path / "nowhere")) is None
+    settled, others = _scan.settle_unchanged(b"", "", {"a.fits": (1, "a.fits", 1, 2880, os.stat(tmp_path / "a.fits").st_mtime_ns,
+                                                                  "present")}, frozenset({".fits"}), listing=listing)
+    assert settled == 1 and sorted(others) == [b"link", b"pipe.fits", b"sub"]
