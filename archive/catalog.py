@@ -18,27 +18,6 @@ from sqlalchemy import Engine, case, func, select
 from archive import db
 from archive.exceptions import NotFoundError
 from archive.models import Exposure, File, Flag, Hdu, HeaderCard, IngestRun, Metric, Offset, Product, Root, Run, RunInput
-from archive.query import (
-    DEFAULT_COLUMNS,
-    FIELDS,
-    Column,
-    Compiler,
-    Frames,
-    Header,
-    Node,
-    as_tree,
-    base_select,
-    column_expressions,
-    header_columns,
-    ids,
-    ids_statement,
-    int_param,
-    is_raw_frame,
-    merges_sorted_ranges,
-    naming,
-    parse_columns,
-    sort_expressions,
-)
 from archive.roots import file_id_of
 
 if TYPE_CHECKING:
@@ -47,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from archive.ingest import IngestSummary
+    from archive.query import Node
     from archive.results import QueryResult
 
 
@@ -150,6 +130,8 @@ class Catalog:
     ) -> tuple[list[str], list[tuple]]:
         """:meth:`query` as column names and plain rows, without pandas (a
         command that prints a few rows should not pay for importing it)."""
+        from archive.query import as_tree
+
         node = as_tree(selection)
         text = None if not columns else columns if isinstance(columns, str) else ",".join(columns)
         key = (repr(node), text, sort, limit)  # repr: 1, 1.0 and True are equal keys but not equal SQL
@@ -169,6 +151,19 @@ class Catalog:
         """(labels, SELECT) of :meth:`rows`. Building it costs more than running it on
         a night's rows, so the same question (a page asked again) reuses it, with the
         shape chosen when it was first asked (every shape gives the same rows)."""
+        from archive.query import (
+            DEFAULT_COLUMNS,
+            FIELDS,
+            Column,
+            Compiler,
+            base_select,
+            column_expressions,
+            header_columns,
+            naming,
+            parse_columns,
+            sort_expressions,
+        )
+
         if columns and columns.strip() == "all":  # every name a row has one value of (group, say, has many)
             # the usual columns first: a terminal table leaves out from the right what does not fit
             rest = [name for name, definition in FIELDS.items() if definition.kind != "set" and name not in DEFAULT_COLUMNS]
@@ -194,6 +189,8 @@ class Catalog:
     def _serial_merge(self, conn, node: Node | None) -> None:
         """On PostgreSQL, no parallel workers for this transaction when the
         selection merges two id-ordered ranges (see :func:`archive.query.merges_sorted_ranges`)."""
+        from archive.query import merges_sorted_ranges
+
         if self.dialect == "postgresql" and merges_sorted_ranges(node):
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
 
@@ -204,7 +201,7 @@ class Catalog:
         keywords of ``columns`` (as :meth:`rows` takes them) whose column
         label is in ``empty``, each that no file has, with the one it
         resembles: for saying why a column came out empty."""
-        from archive.query import keyword_hints, value_hints
+        from archive.query import Header, as_tree, keyword_hints, parse_columns, value_hints
 
         asked = set(empty)
         headers = [field for field in parse_columns(columns) if isinstance(field, Header) and field.label in asked] \
@@ -218,6 +215,8 @@ class Catalog:
 
     def exposure_ids(self, selection: str | Node | None = None) -> list[int]:
         """Ids of the exposures matching ``selection`` (text or tree), in id order."""
+        from archive.query import as_tree, ids_statement
+
         node = as_tree(selection)
         with self.engine.connect() as conn:
             self._serial_merge(conn, node)
@@ -230,6 +229,8 @@ class Catalog:
 
     def resolve(self, ref: str | int, *, by_id: bool = False) -> int:
         """The exposure id for a frame number, an exposure id or a file path."""
+        from archive.query import Compiler, Frames, base_select, int_param
+
         if (by_id or str(ref).isdigit()) and int(ref) >= 2**63:  # beyond any id or frame number a catalog holds
             raise NotFoundError(f"no exposure with {'exposure id' if by_id else 'frame number'} {ref} in the catalog")
         with self.engine.connect() as conn:
@@ -278,6 +279,8 @@ class Catalog:
     def exposure(self, exposure_id: int) -> dict:
         """The normalized row of one exposure, with its path, and
         ``sources``: which card each value came from, or why it is empty."""
+        from archive.query import DEFAULT_COLUMNS, ids
+
         names, rows = self.rows(ids([exposure_id]), columns=list(DEFAULT_COLUMNS) + [
             "telescope", "obsid", "night", "mjd", "ra", "dec", "airmass", "readout_mode",
             "xbin", "ybin", "gain", "ccd_temp", "detector", "n_detectors", "status"])
@@ -292,6 +295,7 @@ class Catalog:
     def summary(self) -> dict[str, pd.DataFrame]:
         """Counts of raw exposures (products are counted by ``products``) per
         instrument, night, frame type and band, and of files per status."""
+        from archive.query import is_raw_frame
         from archive.results import frame_of
 
         raw = is_raw_frame()
@@ -426,6 +430,8 @@ class Catalog:
         """Raw frames per night (or of one ``night``) and band, newest night
         first, with how many carry a person's flag: the frames
         :meth:`summary` counts (products are not a night's frames)."""
+        from archive.query import is_raw_frame
+
         reviewed = (
             select(Flag.exposure_id).where(Flag.source == "person").distinct().subquery()
         )
