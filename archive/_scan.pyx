@@ -44,7 +44,8 @@ cdef extern from *:
         long long *size, *mtime;   /* of the regular files whose stat worked (ok) */
         char *ok;
         long n;
-        long long dev, ino;        /* the directory's identity */
+        unsigned long long dev, ino;  /* the directory's identity */
+        long long dir_mtime, dir_ctime;  /* and when its entries last changed, in ns */
     } obsarch_listing;
 
     typedef struct {
@@ -112,7 +113,9 @@ cdef extern from *:
         if (listing == NULL) return -1;
         int fd = dirfd(listing);
         if (fstat(fd, &st) != 0) { closedir(listing); return -1; }
-        l->dev = (long long) st.st_dev; l->ino = (long long) st.st_ino;
+        l->dev = (unsigned long long) st.st_dev; l->ino = (unsigned long long) st.st_ino;
+        l->dir_mtime = (long long) st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+        l->dir_ctime = (long long) st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
         for (;;) {
             errno = 0;  /* readdir tells an error from the end only by errno */
             struct dirent *entry = readdir(listing);
@@ -124,14 +127,14 @@ cdef extern from *:
             if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))) continue;
             size_t length = strlen(name) + 1;
             if (used + length > room) {
-                size_t grown = room ? room * 2 : 65536;
+                size_t grown = room ? room * 2 : 1024;  /* small: a tree of 100,000 directories holds them all */
                 while (grown < used + length) grown *= 2;
                 char *arena = realloc(l->arena, grown);
                 if (arena == NULL) { result = -2; break; }
                 l->arena = arena; room = grown;
             }
             if (l->n == slots) {
-                long more = slots ? slots * 2 : 1024;
+                long more = slots ? slots * 2 : 32;
                 size_t *offsets = realloc(l->offsets, more * sizeof(size_t));
                 if (offsets == NULL) { result = -2; break; }
                 l->offsets = offsets;
@@ -144,6 +147,16 @@ cdef extern from *:
             l->types[l->n] = entry->d_type;
             used += length;
             l->n++;
+        }
+        if (result == 0 && l->n > 0 && used < room) {  /* kept until the scan: no room left over */
+            char *arena = realloc(l->arena, used);
+            if (arena != NULL) l->arena = arena;
+        }
+        if (result == 0 && l->n > 0 && l->n < slots) {
+            size_t *offsets = realloc(l->offsets, l->n * sizeof(size_t));
+            if (offsets != NULL) l->offsets = offsets;
+            unsigned char *types = realloc(l->types, l->n);
+            if (types != NULL) l->types = types;
         }
         if (result == 0 && l->n > 0) {
             l->size = malloc(l->n * sizeof(long long));
@@ -166,8 +179,10 @@ cdef extern from *:
         long long *mtime
         char *ok
         long n
-        long long dev
-        long long ino
+        unsigned long long dev
+        unsigned long long ino
+        long long dir_mtime
+        long long dir_ctime
     int obsarch_read_directory(const char *path, obsarch_listing *l, int threads, long parallel_from) nogil
     void obsarch_listing_free(obsarch_listing *l) nogil
     int DT_REG
@@ -180,7 +195,9 @@ PARALLEL_FROM = 2000
 
 cdef class Listing:
     """A directory as :func:`read_directory` found it: its entries and the
-    stat of each regular file. ``key`` is the directory's (st_dev, st_ino)."""
+    stat of each regular file. ``key`` is the directory's (st_dev, st_ino,
+    st_mtime_ns, st_ctime_ns) when it was read: an entry added, removed or
+    renamed since changes the last two, and the listing no longer serves."""
 
     cdef obsarch_listing listing
     cdef readonly tuple key
@@ -214,7 +231,7 @@ def read_directory(bytes directory, int threads=0):
         raise MemoryError()
     if result != 0:
         return None
-    found.key = (found.listing.dev, found.listing.ino)
+    found.key = (found.listing.dev, found.listing.ino, found.listing.dir_mtime, found.listing.dir_ctime)
     return found
 
 

@@ -269,7 +269,8 @@ def _scan_compare(
     each with its stored row (or None), and how many are unchanged: those
     cost a stat and a dict lookup, no object (a re-scan of 48,000 files).
     ``listings``: directories read ahead (:mod:`archive.prescan`), each
-    used once, by its (st_dev, st_ino); the others are read here."""
+    used once, and only while the directory's (st_dev, st_ino, st_mtime_ns,
+    st_ctime_ns) are as when it was read; the others are read here."""
     found: list[tuple[_Seen, tuple | None]] = []
     unchanged = 0
     pop, regular = stored.pop, stat.S_IFREG
@@ -282,7 +283,7 @@ def _scan_compare(
             if listings:
                 try:
                     st = os.stat(directory)
-                    listing = listings.pop((st.st_dev, st.st_ino), None)
+                    listing = listings.pop((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), None)
                 except OSError:
                     pass
             settled, others = _settle_unchanged(os.fsencode(directory), prefix, stored, _SUFFIXES, listing=listing)
@@ -1110,8 +1111,17 @@ def ingest(
     Returns the counts of new, changed, unchanged, missing and failed files;
     the same counts are stored on the ingest run. ``ahead``: these paths'
     directories already being read (:func:`archive.prescan.start`, as the
-    command does while it imports); otherwise they are read meanwhile here.
+    command does while it imports, and stopped here however the ingest
+    ends); otherwise they are read meanwhile here.
     """
+    try:
+        return _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()  # its thread ended, whatever stopped the ingest
+
+
+def _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead) -> IngestSummary:
     if executor not in ("pool", "serial", "dask"):
         raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
     if scheduler is not None and executor != "dask":
@@ -1128,8 +1138,15 @@ def ingest(
         if not path.exists() and not path.is_symlink():
             raise NotFoundError(f"{path}: no such file or directory")
         resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
-    if ahead is None:
-        ahead = prescan.start(resolved)
+    own = prescan.start(resolved) if ahead is None else None
+    try:
+        return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead or own)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead) -> IngestSummary:
     remove_dead_scratch()
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)

@@ -11,7 +11,9 @@ to compare with. Without one, ``Catalog.ingest`` starts its own around its
 fetch of the stored rows.
 
 A listing serves one scan, of the directories it was read for; each
-directory's listing is found by its (st_dev, st_ino). Without the compiled
+directory's listing is found by its (st_dev, st_ino, st_mtime_ns,
+st_ctime_ns), so a directory whose entries changed since it was read (a
+file added, removed or renamed) is read again by the scan. Without the compiled
 module nothing is read ahead. This module imports only the standard
 library, to be ahead of the imports.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable
 
 try:
@@ -37,6 +40,11 @@ LIMIT = 500_000
 # imports keep one busy).
 THREADS = 1
 
+# A directory changed this recently (ns) before it was read is not kept:
+# an entry added in the same tick of the file system's clock (1-2 s on some)
+# would leave its mtime as it was read.
+RACY_NS = 2_000_000_000
+
 
 def _directories(paths: Iterable) -> tuple[str, ...]:
     """The directories among ``paths``, as ingest resolves them."""
@@ -53,20 +61,24 @@ def _directories(paths: Iterable) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _read(directories: tuple[str, ...], found: dict) -> None:
+def _read(directories: tuple[str, ...], found: dict, stop: threading.Event, done: threading.Event) -> None:
     budget = LIMIT
     stack = list(reversed(directories))
     try:
-        while stack and budget > 0:
+        while stack and budget > 0 and not stop.is_set():
             directory = stack.pop()
+            began = time.time_ns()
             listing = read_directory(os.fsencode(directory), THREADS)
             if listing is None:
                 continue
-            found.setdefault(listing.key, listing)
-            budget -= len(listing)
+            if listing.key[2] < began - RACY_NS:  # else an entry made in the same tick would go unseen: the scan reads it
+                found.setdefault(listing.key, listing)
+            budget -= 1 + len(listing)
             stack.extend(os.path.join(directory, os.fsdecode(name)) for name in reversed(listing.subdirectories()))
     except Exception:  # noqa: BLE001  (reading ahead is only a head start: the scan reads what is missing, and says why)
         return
+    finally:
+        done.set()
 
 
 class Prescan:
@@ -75,16 +87,38 @@ class Prescan:
     def __init__(self, directories: tuple[str, ...]):
         self.directories = directories
         self._found: dict = {}
-        self._thread = threading.Thread(target=_read, args=(directories, self._found), name="obsarch-prescan", daemon=True)
+        self._stop, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(
+            target=_read, args=(directories, self._found, self._stop, self._done), name="obsarch-prescan", daemon=True
+        )
         self._thread.start()
 
+    def _join(self) -> None:
+        """Wait for the thread; interrupted (Ctrl-C), tell it to stop after
+        its directory and wait for that before going on: it never outlives
+        the ingest, whose readers are forked later."""
+        try:
+            self._done.wait()
+        except BaseException:
+            self._stop.set()
+            self._done.wait()
+            raise
+        self._thread.join()
+
     def take(self, paths: Iterable) -> dict:
-        """What was read, once the thread has ended ({(st_dev, st_ino):
-        Listing}); empty when ``paths`` are not the directories it read, or
-        it was taken before: a listing serves one scan."""
-        self._thread.join()  # never left running: ingest forks its readers later
+        """What was read, once the thread has ended ({(st_dev, st_ino,
+        st_mtime_ns, st_ctime_ns): Listing}); empty when ``paths`` are not
+        the directories it read, or it was taken before: a listing serves
+        one scan."""
+        self._join()
         found, self._found = self._found, {}
         return found if _directories(paths) == self.directories else {}
+
+    def close(self) -> None:
+        """Stop reading (after the directory being read) and drop what was read."""
+        self._stop.set()
+        self._join()
+        self._found = {}
 
 
 def start(paths: Iterable) -> Prescan | None:

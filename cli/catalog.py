@@ -45,8 +45,13 @@ def ingest(
     from archive import prescan
 
     ahead = prescan.start(paths)  # the tree is read and stat'ed while SQLAlchemy loads
-    catalog = open_catalog()
-    config = load_config()
+    try:
+        catalog = open_catalog()
+        config = load_config()
+    except BaseException:
+        if ahead is not None:
+            ahead.close()  # ingest stops it from here on
+        raise
     with progress("reading headers") as on_progress:
         summary = catalog.ingest(
             paths, config=config, workers=workers, executor=executor, scheduler=scheduler, progress=on_progress,

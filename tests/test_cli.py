@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import time
 
 import pytest
 import typer
@@ -83,6 +85,8 @@ def test_the_command_reads_the_tree_ahead_and_the_scan_takes_it(ingested, tmp_pa
         return found
 
     monkeypatch.setattr(prescan.Prescan, "take", take)
+    old = time.time_ns() - 60_000_000_000  # not changed in the last seconds: its listing is kept (prescan.RACY_NS)
+    os.utime(tmp_path / "night", ns=(old, old))
     out = run(ingested, "ingest", str(tmp_path / "night")).stdout
     assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
     if prescan.read_directory is not None:

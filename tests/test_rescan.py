@@ -24,6 +24,16 @@ def _odd_tree(root, rng):
     (root / "empty.fits").write_bytes(b"")
 
 
+def _settled(root) -> None:
+    """Date the directories of ``root`` a minute back: the read-ahead keeps
+    no listing of a directory changed in the last seconds (prescan.RACY_NS)."""
+    import time
+
+    old = time.time_ns() - 60_000_000_000
+    for directory, _, _ in os.walk(root):
+        os.utime(directory, ns=(old, old))
+
+
 def _require_compiled() -> None:
     """The compiled re-scan; in CI it must have been built."""
     if ingest._settle_unchanged is None:
@@ -106,6 +116,7 @@ def test_a_tree_read_ahead_plans_as_one_read_by_the_scan(catalog, tmp_path, rng,
     (root / "b.fit").unlink()
     write_frame(root / "sub" / "new.fits", rng, {})
 
+    _settled(root)
     read_here = _plan(catalog, root)
     ahead = prescan.start([root])
     listings = ahead.take([root])
@@ -144,6 +155,7 @@ def test_what_was_read_ahead_serves_only_its_own_directories_and_once(catalog, t
     write_frame(root / "a.fits", rng, {})
     write_frame(root / "sub" / "b.fits", rng, {})
     catalog.ingest([root])
+    _settled(root)
     ahead = prescan.start([root / "sub"])  # read before the change, for another set of directories
     ahead._thread.join()
     with open(root / "sub" / "b.fits", "ab") as f:
@@ -176,8 +188,88 @@ def test_read_directory_lists_every_entry_and_stats_only_regular_files(tmp_path)
     assert len(listing) == 4
     assert listing.subdirectories() == [b"sub"]
     st = os.stat(tmp_path)
-    assert listing.key == (st.st_dev, st.st_ino)
+    assert listing.key == (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     assert _scan.read_directory(os.fsencode(tmp_path / "nowhere")) is None
     settled, others = _scan.settle_unchanged(b"", "", {"a.fits": (1, "a.fits", 1, 2880, os.stat(tmp_path / "a.fits").st_mtime_ns,
                                                                   "present")}, frozenset({".fits"}), listing=listing)
     assert settled == 1 and sorted(others) == [b"link", b"pipe.fits", b"sub"]
+
+
+def test_a_directory_changed_after_it_was_read_ahead_is_read_again(catalog, tmp_path, rng):
+    """A file added, or a directory renamed, between the read-ahead and the
+    scan is found: the listing of a directory whose entries changed since
+    (its mtime and ctime moved) no longer serves (a review: the stale
+    listing named the only entries the scan looked at, and new=0)."""
+    _require_compiled()
+    from archive import prescan
+
+    root = tmp_path / "tree"
+    write_frame(root / "a.fits", rng, {})
+    write_frame(root / "sub" / "b.fits", rng, {})
+    catalog.ingest([root])
+    _settled(root)
+    ahead = prescan.start([root])
+    ahead._done.wait()
+    (root / "sub").rename(root / "sub2")
+    write_frame(root / "c.fits", rng, {})
+    write_frame(root / "sub2" / "d.fits", rng, {})
+    summary = catalog.ingest([root], ahead=ahead)
+    assert (summary.new, summary.unchanged, summary.missing) == (3, 1, 1)  # c, sub2/b, sub2/d; a; sub/b
+
+
+def test_a_directory_changed_just_before_it_was_read_is_left_to_the_scan(tmp_path, rng):
+    """Within the file system clock's tick the mtime would not show an entry
+    added after the read: such a fresh directory is not kept."""
+    _require_compiled()
+    from archive import prescan
+
+    write_frame(tmp_path / "a.fits", rng, {})
+    assert prescan.start([tmp_path]).take([tmp_path]) == {}
+    _settled(tmp_path)
+    assert len(prescan.start([tmp_path]).take([tmp_path])) == 1
+
+
+def test_the_read_ahead_stops_when_the_ingest_fails_or_is_interrupted(catalog, tmp_path, rng, monkeypatch):
+    """Its thread never outlives the ingest, whatever ends it: a bad path
+    after it started, an interrupt while it is being waited for."""
+    _require_compiled()
+    import threading
+
+    from archive import prescan
+    from archive.exceptions import NotFoundError
+
+    def reading():
+        return [t for t in threading.enumerate() if t.name == "obsarch-prescan"]
+
+    for number in range(3):
+        write_frame(tmp_path / "tree" / f"d{number}" / "a.fits", rng, {})
+    _settled(tmp_path / "tree")
+    ahead = prescan.start([tmp_path / "tree"])
+    with pytest.raises(NotFoundError):
+        catalog.ingest([tmp_path / "tree", tmp_path / "nowhere"], ahead=ahead)
+    assert not reading()
+
+    gate = threading.Event()
+    real = prescan.read_directory
+
+    def slow(directory, threads):
+        gate.wait(5)
+        return real(directory, threads)
+
+    monkeypatch.setattr(prescan, "read_directory", slow)
+    ahead = prescan.start([tmp_path / "tree"])
+    waits = []
+
+    def interrupted():  # Ctrl-C while the scan waits for the thread
+        waits.append(1)
+        if len(waits) == 1:
+            raise KeyboardInterrupt
+        gate.set()
+        return True
+
+    monkeypatch.setattr(ahead._done, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ahead.take([tmp_path / "tree"])
+    assert ahead._stop.is_set()
+    ahead._thread.join(5)
+    assert not ahead._thread.is_alive() and len(ahead._found) <= 1  # stopped after the directory it was reading
