@@ -1232,25 +1232,19 @@ def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
 def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     """Frame numbers of the tree that raw exposures of several instruments
     share: (frame number, [instrument, ...]). Such a number names no one frame."""
-    from sqlalchemy import distinct
-
     terms = frame_ranges(node)
     if not terms:
         return []
-    raw = is_raw_frame()
-    # what the whole selection picks, among the frame numbers it names
-    condition = and_(Compiler(conn.dialect.name)(node), or_(*[_frame_condition(term, conn.dialect.name == "sqlite") for term in terms]))
-    rows = conn.execute(
-        select(Exposure.frame_number, func.coalesce(Exposure.instrument, "(no instrument)"))
-        .where(condition, raw, Exposure.frame_number.in_(
-            select(Exposure.frame_number).where(condition, raw).group_by(Exposure.frame_number)
-            .having(func.count(distinct(func.coalesce(Exposure.instrument, ""))) > 1)))
-        .distinct().order_by(Exposure.frame_number)
-    ).all()
-    found: dict[int, list[str]] = {}
+    # what the whole selection picks (joined to files and roots when it names
+    # a path: a bare WHERE left them out), among the raw frames it numbers
+    sqlite = conn.dialect.name == "sqlite"
+    picked = select_exposures(node, conn.dialect.name, Exposure.frame_number, Exposure.instrument).where(
+        or_(*[_frame_condition(term, sqlite) for term in terms]), is_raw_frame()).subquery()
+    rows = conn.execute(select(picked.c.frame_number, func.coalesce(picked.c.instrument, "(no instrument)")).distinct()).all()
+    found: dict[int, set[str]] = {}
     for number, instrument in rows:
-        found.setdefault(int(number), []).append(instrument)
-    return [(number, sorted(names)) for number, names in found.items()]
+        found.setdefault(int(number), set()).add(instrument)
+    return [(number, sorted(names)) for number, names in sorted(found.items()) if len(names) > 1]
 
 
 def _same_integer(number: ColumnElement, values: list[int], sqlite: bool) -> ColumnElement:

@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, literal, select
+from sqlalchemy import Engine, delete, insert, literal, or_, select
 
 from archive.db import bulk_insert, serialize, transaction
-from archive.exceptions import NotFoundError, ObsarchError, UsageError
+from archive.exceptions import NotFoundError, ObsarchError, SelectionError, UsageError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, named, select_exposures
+from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, frame_ranges, named, select_exposures
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Input, Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -572,11 +572,41 @@ def flag(
     named(selection, "flag set")
     with transaction(engine, write=True) as conn:
         refuse_ambiguous_frames(conn, as_tree(selection))
+        _refuse_shared_frames(conn, selection)
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
             raise ObsarchError(f"no exposure matches {selection!r}; nothing flagged")
         _record_flags(conn, ids, grade, reason, note, who)
     return len(ids)
+
+
+def _refuse_shared_frames(conn, selection: str) -> None:
+    """A frame number that several raw exposures of the selection share (a
+    night ingested from two copies, a counter that started again) names no
+    one frame to judge: refused, as ``obsarch show`` refuses it, with the
+    files it names."""
+    tree = as_tree(selection)
+    terms = frame_ranges(tree)
+    if not terms:
+        return
+    dialect = conn.dialect.name
+    rows = conn.execute(
+        select_exposures(tree, dialect, Exposure.frame_number)
+        .where(or_(*(Compiler(dialect)(term) for term in terms))).order_by(Exposure.frame_number, Exposure.id)
+    ).all()
+    by_number: dict[int, list[int]] = {}
+    for exposure_id, number in rows:
+        by_number.setdefault(number, []).append(exposure_id)
+    shared = [(number, ids) for number, ids in by_number.items() if len(ids) > 1]
+    if shared:
+        number, ids = shared[0]
+        named_files = conn.execute(select(Exposure.id, Root.path, File.relpath).join(File, File.id == Exposure.file_id)
+                                   .join(Root, Root.id == File.root_id).where(Exposure.id.in_(ids[:3])).order_by(Exposure.id))
+        files = ", ".join(f"{path}/{relpath} (id {i})" for i, path, relpath in named_files)
+        found = ids
+        more = f" and {len(shared) - 1} more frame numbers" if len(shared) > 1 else ""
+        raise SelectionError(f"frame {number} is {len(found)} exposures: {files}{more}; nothing flagged: "
+                             "name one by its id (\"id == ...\") or path")
 
 
 def flag_exposures(

@@ -89,8 +89,12 @@ def test_a_frame_number_of_several_instruments_is_refused_with_the_list(catalog,
     with pytest.raises(SelectionError, match=r"several instruments \(1: CamA, CamB, CamC\)"):
         quality.flag(catalog.engine, "1", "bad")
     assert quality.flag(catalog.engine, "1 and instrument == 'CamB'", "bad") == 1
+    # a path in the selection: the check left files out of its query and failed ('no FROM clauses')
+    assert quality.flag(catalog.engine, "1 and relpath == 'CamC/f.fits'", "ok") == 1
+    with pytest.raises(SelectionError, match=r"several instruments \(1: CamA, CamC\)"):
+        quality.flag(catalog.engine, "1 and relpath != 'CamB/f.fits'", "bad")
     with catalog.engine.connect() as conn:
-        assert len(conn.execute(select(Flag.id)).all()) == 1
+        assert len(conn.execute(select(Flag.id)).all()) == 2
     result = runner.invoke(app, ["--db", catalog.engine.url.render_as_string(hide_password=False), "flag", "1", "--grade", "bad"])
     assert result.exit_code == 2 and "CamA, CamB, CamC" in result.stderr
 
