@@ -9,6 +9,7 @@ import os
 import re
 import time
 
+import numpy as np
 import pytest
 import typer
 from factories import leaf_commands, obsarch, write_frame
@@ -403,6 +404,14 @@ def test_ambiguous_frame_number_names_the_candidates(url, tmp_path, rng):
     message = one_line_error(runner.invoke(app, ["--db", url, "show", "1"]), "frame 1 is 2 exposures")
     assert "name one with --id or its path" in message
 
+    # flag set refused it too: it flagged both (a newcomer's `flag set 3852` on a demo made twice), exit 0
+    message = one_line_error(runner.invoke(app, ["--db", url, "flag", "set", "1", "--grade", "bad"]),
+                             "frame 1 is 2 exposures: ", code=2)
+    assert "a/x-0001.fits (id " in message and "b/y-0001.fits (id " in message and "nothing flagged" in message
+    assert "flagged 1 exposure bad" in run(url, "flag", "set", "1 and relpath == 'b/y-0001.fits'", "--grade", "bad").stdout
+    out = run(url, "query", "grade == 'bad'", "--columns", "relpath", "--format", "csv").stdout
+    assert out.splitlines()[1:] == ["b/y-0001.fits"]
+
 
 def test_bad_config_file(ingested, tmp_path):
     bad = tmp_path / "obsarch.toml"
@@ -525,3 +534,26 @@ def test_a_command_closes_the_connections_it_opened(ingested):
             runner.invoke(app, ["--db", ingested, *args])
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_the_demo_refuses_a_second_night_on_the_first(tmp_path, monkeypatch):
+    """Run twice on one directory the demo ingested its night again (55 new,
+    10 changed: every frame number twice, and the tour's `show 3852`
+    refused); into a catalog that holds files, the tour would find both.
+    Each is refused in one line, before anything is written."""
+    monkeypatch.delenv("OBSARCH_DB", raising=False)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'demo'}: not empty (a demo made before?)" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["notes.txt"]
+
+    team = tmp_path / "team.db"
+    write_frame(tmp_path / "mine" / "a.fits", np.random.default_rng(1), {})
+    assert runner.invoke(app, ["--db", f"sqlite:///{team}", "init"]).exit_code == 0
+    assert runner.invoke(app, ["--db", f"sqlite:///{team}", "ingest", str(tmp_path / "mine")]).exit_code == 0
+    result = runner.invoke(app, ["--db", f"sqlite:///{team}", "demo", str(tmp_path / "fresh")])
+    assert result.exit_code == 1
+    assert "the catalog already holds 1 file; the demo's tour needs one of its own" in result.stderr
+    assert not (tmp_path / "fresh" / "ngc3293").exists()
