@@ -40,13 +40,28 @@ def demo(
     """
     import os
 
+    from sqlalchemy import func, select
+
     from archive.catalog import Catalog
     from archive.db import ENV_VAR
+    from archive.exceptions import ObsarchError
+    from archive.formats import counted
+    from archive.models import File
     from cli.demo import make_night
 
-    paths = make_night(directory)
+    if directory.is_dir() and any(directory.iterdir()):  # a second night on the first: every frame number twice
+        raise ObsarchError(f"{directory}: not empty (a demo made before?); the demo writes a fresh night: "
+                           "remove the directory or name another")
+    directory.mkdir(parents=True, exist_ok=True)
     url = STATE.db or os.environ.get(ENV_VAR) or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
     catalog = Catalog.create(url)
+    with catalog.engine.connect() as conn:
+        held = conn.execute(select(func.count()).select_from(File)).scalar()
+    if held:
+        where = catalog.engine.url.render_as_string(hide_password=True)
+        raise ObsarchError(f"{where}: the catalog already holds {counted(held, 'file')}; the demo's tour needs "
+                           f"one of its own: unset ${ENV_VAR} or pass --db sqlite:///{(directory / 'obsarch.db').resolve()}")
+    paths = make_night(directory)
     summary = catalog.ingest([directory / "ngc3293", directory / "xmm"])
     console.print(f"wrote {len(paths)} files to {directory}; ingested: {summary.new} new", soft_wrap=True, markup=False)
     from cli.xray import after_ingest
