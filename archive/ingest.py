@@ -667,7 +667,12 @@ def _replace(
         summary.unchanged += 1  # a concurrent scan already stored this version
         return
     values = _file_values(seen, result, run_id, now)
-    if result[0] == "ok":
+    if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1]:
+        # The same header bytes (a file touched, copied again, its pixels
+        # rewritten): its cards, HDUs, exposure and version stay as stored,
+        # no copy of them is kept as a version; size, mtime and the run move.
+        values.pop("header_hash")
+    elif result[0] == "ok":
         if row.header_hash is not None:
             _archive_version(conn, row, now, run_id)
             values["version"] = row.version + 1
