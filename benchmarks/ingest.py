@@ -526,7 +526,7 @@ def big_tree(args, backends: Backends, work: Path) -> None:
             url = backends.url(backend, "rescan")
             init_catalog(url)
             first = time_obsarch(url, tree / "a")
-            rescans = [time_obsarch(url, tree / "a") for _ in range(3)]
+            rescans = [time_obsarch(url, tree / "a") for _ in range(7)]
             rescan = statistics.median(rescans)
             print(f"{backend}: re-scan of {args.rescan_files} unchanged files via the command {rescan:.2f} s "
                   f"(runs {min(rescans):.2f}-{max(rescans):.2f} s), {first / rescan:.0f}x faster than its first scan "
