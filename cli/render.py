@@ -164,6 +164,8 @@ def exposures_shown(shown: int, limit: int | None, more: bool) -> str:
     """``10 exposures``, or ``5 exposures (the first 5: more match)`` when a limit cut the list."""
     from archive.formats import counted
 
+    if limit == 0:  # asked whether any matches
+        return "none shown (--limit 0): some match" if more else "0 exposures: none matches"
     return counted(shown, "exposure") + (f" (the first {limit}: more match)" if more else "")
 
 

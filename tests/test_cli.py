@@ -67,6 +67,13 @@ def test_tour(ingested, tmp_path):
     assert "night" in run(ingested, "roots", "list", "--format", "csv").stdout
 
 
+def test_limit_zero_says_whether_any_matches(ingested):
+    """--limit 0 said '0 exposures (the first 0: more match)' (a newcomer)."""
+    assert "none shown (--limit 0): some match" in run(ingested, "query", "band == 'V'", "--limit", "0").stderr
+    assert "0 exposures: none matches" in run(ingested, "query", "band == 'U'", "--limit", "0").stderr
+    assert "2 exposures (the first 2: more match)" in run(ingested, "query", "band == 'V'", "--limit", "2").stderr
+
+
 def test_rescan_prints_the_counts(ingested, tmp_path):
     out = run(ingested, "ingest", str(tmp_path / "night")).stdout
     assert "0 new, 0 changed, 24 unchanged, 0 missing, 0 failed" in out
