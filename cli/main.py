@@ -106,8 +106,13 @@ def run() -> None:
     try:
         app()
     except Exception as exc:  # noqa: BLE001  (raised outside any command: still one line, --debug for the traceback)
-        if "--debug" in sys.argv:
-            raise
+        if "--debug" in sys.argv:  # the traceback, and the status the one line would have had
+            import traceback
+
+            from archive.exceptions import UsageError
+
+            traceback.print_exc()
+            sys.exit(2 if isinstance(exc, UsageError) else 1)
         from cli.app import _one_line
 
         print(f"error: {_one_line(f'unexpected {type(exc).__name__}: {exc}')} (run with --debug for the traceback)",

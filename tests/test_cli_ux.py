@@ -451,3 +451,16 @@ def test_a_columns_list_that_cannot_be_read_is_a_usage_error_in_every_command(in
             result = run(ingested, *path, "--columns", columns, code=2)
             assert result.stdout == "" and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, path
     assert "error: --columns 'bogus': no column bogus; the columns are run, step" in run(ingested, "runs", "--columns", "bogus", code=2).stderr
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):
+    """--debug printed the traceback by letting the exception out, and a
+    usage error (2) exited 1."""
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    run(url, "init")
+    usage, _ = imported_by(["--db", url, "--debug", "query", "band =="], tmp_path)
+    assert usage.returncode == 2 and "Traceback" in usage.stderr and "SelectionError" in usage.stderr
+    error, _ = imported_by(["--db", url, "--debug", "show", "99999"], tmp_path)
+    assert error.returncode == 1 and "Traceback" in error.stderr and "NotFoundError" in error.stderr
+    plain, _ = imported_by(["--db", url, "query", "band =="], tmp_path)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
