@@ -60,8 +60,14 @@ def ingest(
     console.print(
         f"ingest run {summary.run_id}: {summary.new} new, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.missing} missing, {summary.failed} failed "
-        f"({summary.seconds:.2f} s)" + (f"; {summary.ignored} files without a FITS name ignored" if summary.ignored else "")
+        f"({summary.seconds:.2f} s)"
+        + (f"; {counted(summary.ignored, 'entry', 'entries')} without a FITS name ignored" if summary.ignored else "")
     )
+    if not (summary.new or summary.changed or summary.unchanged or summary.missing or summary.failed):
+        from archive.ingest import FITS_SUFFIXES
+
+        err_console.print(f"note: no FITS file in {', '.join(map(str, paths))} (names ending {' '.join(FITS_SUFFIXES)}, "
+                          "each also with .gz; links to directories are not followed)", soft_wrap=True, markup=False)
     for note in summary.notes:
         err_console.print(f"note: {note}", soft_wrap=True, markup=False)
     for path, reason in summary.errors[:20]:

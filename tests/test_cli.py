@@ -564,3 +564,18 @@ def test_the_demo_refuses_a_second_night_on_the_first(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "the catalog already holds 1 file; the demo's tour needs one of its own" in result.stderr
     assert not (tmp_path / "fresh" / "ngc3293").exists()
+
+
+def test_an_ingest_that_finds_no_fits_file_says_so(url, tmp_path):
+    """An empty directory, or only links and notes, was 0 new ... and a line
+    calling a link to a directory a file."""
+    (tmp_path / "night").mkdir()
+    (tmp_path / "night" / "notes.txt").write_text("seeing 1.2")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "night" / "frames").symlink_to(tmp_path / "elsewhere")
+    run(url, "init")
+    result = run(url, "ingest", str(tmp_path / "night"))
+    assert "0 new, 0 changed, 0 unchanged, 0 missing, 0 failed" in result.stdout
+    assert "; 2 entries without a FITS name ignored" in result.stdout
+    assert f"note: no FITS file in {tmp_path / 'night'} (names ending .fits .fit .fts" in result.stderr
+    assert "links to directories are not followed" in result.stderr
