@@ -1332,7 +1332,7 @@ def _stored_values(name: str) -> Select | None:
     """A SELECT of the values ``name`` holds, cheap to read; None for a name that has none."""
     if name == "group":
         return select(Group.name)
-    if name in INDEXED_COLUMNS and FIELDS[name].kind == "text":
+    if (name in INDEXED_COLUMNS or name == "object") and FIELDS[name].kind == "text":  # object: a scan, on an empty answer only
         return select(getattr(Exposure, name))
     stored = FIELDS[name].stored if name in FIELDS else None
     return stored() if stored is not None else None
@@ -1346,7 +1346,10 @@ def _value_hint(conn, name: str, value: str) -> str | None:
     stored = [v for (v,) in conn.execute(select(column).distinct().where(column.is_not(None)).limit(10_000))]
     if name == "night" and (nearest := _nearest_night(value, stored)):
         return f"no exposure has night {value!r}; the nearest night with exposures is {nearest!r}"
-    close = difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
+    def plain(text: str) -> str:  # 'ngc 3293' is 'NGC3293' but for case and spaces
+        return "".join(str(text).casefold().split())
+
+    close = [v for v in stored if plain(v) == plain(value)][:1] or difflib.get_close_matches(value, stored, n=1, cutoff=0.6)
     known = f"; did you mean {close[0]!r}?" if close else (f" (it has {', '.join(map(repr, sorted(stored)[:8]))}"
                                                             f"{', ...' if len(stored) > 8 else ''})" if stored else "")
     return f"no {'group is named' if name == 'group' else f'exposure has {name}'} {value!r}{known}"
