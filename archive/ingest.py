@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.schema import CreateIndex
 
 from archive import __version__, prescan, promoted
@@ -555,34 +555,56 @@ class _Rows:
         bulk_insert(conn, "exposures", EXPOSURE_COLUMNS, exposures)
 
 
-def _update_exposure(conn: Connection, file_id: int, exposure: dict) -> None:
-    existing = conn.execute(select(EXPOSURES.c.id).where(EXPOSURES.c.file_id == file_id)).scalar()
-    if existing is None:
-        conn.execute(insert(EXPOSURES).values(id=file_id, file_id=file_id, **exposure))
-    else:
-        conn.execute(update(EXPOSURES).where(EXPOSURES.c.id == existing).values(**exposure))
-
-
-def _archive_version(conn: Connection, file_row, now: datetime, run_id: int) -> None:
-    """Keep the headers a file had before they are replaced."""
-    cards = conn.execute(
-        select(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position, HEADER_CARDS.c.keyword, HEADER_CARDS.c.value_text, HEADER_CARDS.c.comment)
-        .where(HEADER_CARDS.c.file_id == file_row.id)
-        .order_by(HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position)
-    ).all()
-    if not cards:
+def _update_exposures(conn: Connection, exposures: dict[int, dict]) -> None:
+    """Put the normalized values ``exposures`` ({file id: values}) in their
+    exposures, making those missing; a statement per set of names, not per file."""
+    if not exposures:
         return
-    headers: dict[int, list] = {}
-    for hdu_index, position, keyword, text, comment in cards:
-        headers.setdefault(hdu_index, []).append([position, keyword, text, comment])
-    conn.execute(
-        insert(FILE_VERSIONS).values(
-            file_id=file_row.id, version=file_row.version, size=file_row.size, mtime_ns=file_row.mtime_ns,
-            header_hash=file_row.header_hash, headers_json=json.dumps(headers), replaced_at=now, run_id=run_id,
+    existing = set(conn.execute(select(EXPOSURES.c.file_id).where(EXPOSURES.c.file_id.in_(list(exposures)))).scalars())
+    missing = [{"id": file_id, "file_id": file_id, **values} for file_id, values in exposures.items() if file_id not in existing]
+    by_names: dict[tuple, list[dict]] = {}
+    for file_id, values in exposures.items():
+        if file_id in existing:
+            by_names.setdefault(tuple(values), []).append({"b_file_id": file_id, **values})
+    for params in by_names.values():
+        conn.execute(update(EXPOSURES).where(EXPOSURES.c.file_id == bindparam("b_file_id")), params)
+    for row in missing:
+        conn.execute(insert(EXPOSURES).values(**row))
+
+
+def _archive_version(conn: Connection, file_row, now: datetime, run_id: int | None) -> None:
+    """Keep the headers a file had before they are replaced."""
+    _archive_versions(conn, [file_row], now, run_id)
+
+
+def _archive_versions(conn: Connection, file_rows: list, now: datetime, run_id: int | None) -> None:
+    """Keep the headers the files (rows of ``files``) had in
+    ``file_versions``, and take their cards and HDUs away for the new ones:
+    a statement for all, not one per file (a re-read of 3,000 changed files
+    spent 9 s of 12 in per-file statements)."""
+    if not file_rows:
+        return
+    ids = [row.id for row in file_rows]
+    headers: dict[int, dict[int, list]] = {}
+    for start in range(0, len(ids), 500):
+        cards = conn.execute(
+            select(HEADER_CARDS.c.file_id, HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position, HEADER_CARDS.c.keyword,
+                   HEADER_CARDS.c.value_text, HEADER_CARDS.c.comment)
+            .where(HEADER_CARDS.c.file_id.in_(ids[start : start + 500]))
+            .order_by(HEADER_CARDS.c.file_id, HEADER_CARDS.c.hdu_index, HEADER_CARDS.c.position)
         )
-    )
-    conn.execute(delete(HEADER_CARDS).where(HEADER_CARDS.c.file_id == file_row.id))
-    conn.execute(delete(HDUS).where(HDUS.c.file_id == file_row.id))
+        for file_id, hdu_index, position, keyword, text, comment in cards:
+            headers.setdefault(file_id, {}).setdefault(hdu_index, []).append([position, keyword, text, comment])
+    versions = [
+        {"file_id": row.id, "version": row.version, "size": row.size, "mtime_ns": row.mtime_ns, "header_hash": row.header_hash,
+         "headers_json": json.dumps(headers[row.id]), "replaced_at": now, "run_id": run_id}
+        for row in file_rows if row.id in headers
+    ]
+    if versions:
+        conn.execute(insert(FILE_VERSIONS), versions)
+    for start in range(0, len(ids), 500):
+        conn.execute(delete(HEADER_CARDS).where(HEADER_CARDS.c.file_id.in_(ids[start : start + 500])))
+        conn.execute(delete(HDUS).where(HDUS.c.file_id.in_(ids[start : start + 500])))
 
 
 def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
@@ -651,38 +673,52 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
                 _count(conn, summary, seen, result, file_id, run_id, now, "new")
                 if result[0] == "ok":
                     rows_out.add(local, file_id, result, new_exposure=True)
-        for local, seen, result in old:
-            _replace(conn, local, seen, result, known[(seen.root_id, seen.relpath)], run_id, now, summary, rows_out)
+        _replace(conn, old, known, run_id, now, summary, rows_out)
         rows_out.flush(conn, chunk.cards)
     if scratch and only is None:
         os.unlink(scratch)
 
 
 def _replace(
-    conn: Connection, local: int, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime,
-    summary: IngestSummary, rows: _Rows,
+    conn: Connection, old: list[tuple[int, _Seen, tuple]], known: dict, run_id: int, now: datetime, summary: IngestSummary,
+    rows: _Rows,
 ) -> None:
-    row = conn.execute(lock_rows(select(FILES).where(FILES.c.id == file_id), conn)).one()
-    if row.status == "present" and (row.size, row.mtime_ns) == (seen.size, seen.mtime_ns) and row.run_id != run_id:
-        summary.unchanged += 1  # a concurrent scan already stored this version
+    """Store the new reads ``old`` ([(place in the chunk, seen, result)]) of
+    files the catalog holds: their rows locked and read at once, the
+    previous headers of those whose header changed kept as versions, every
+    row updated; a few statements for the chunk, not several per file."""
+    if not old:
         return
-    values = _file_values(seen, result, run_id, now)
-    if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1]:
-        # The same header bytes (a file touched, copied again, its pixels
-        # rewritten): its cards, HDUs, exposure and version stay as stored,
-        # no copy of them is kept as a version; size, mtime and the run move.
-        values.pop("header_hash")
-    elif result[0] == "ok":
-        if row.header_hash is not None:
-            _archive_version(conn, row, now, run_id)
-            values["version"] = row.version + 1
-        rows.add(local, file_id, result, new_exposure=False)
-        _update_exposure(conn, file_id, result[3])
-    else:
-        # Keep what was stored from the last good read; only say what is wrong.
-        values.pop("header_hash")
-    conn.execute(update(FILES).where(FILES.c.id == file_id).values(**values))
-    _count(conn, summary, seen, result, file_id, run_id, now, "changed")
+    ids = [known[(seen.root_id, seen.relpath)] for _, seen, _ in old]
+    stored = {}
+    for start in range(0, len(ids), 500):
+        stored.update((row.id, row) for row in conn.execute(lock_rows(select(FILES).where(FILES.c.id.in_(ids[start : start + 500])), conn)))
+    archive, exposures, updates, counted_as = [], {}, [], []
+    for (local, seen, result), file_id in zip(old, ids):
+        row = stored[file_id]
+        if row.status == "present" and (row.size, row.mtime_ns) == (seen.size, seen.mtime_ns) and row.run_id != run_id:
+            summary.unchanged += 1  # a concurrent scan already stored this version
+            continue
+        values = {**_file_values(seen, result, run_id, now), "header_hash": row.header_hash, "version": row.version}
+        if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1]:
+            pass  # the same header bytes (a file touched, copied again, its pixels rewritten): its cards, HDUs,
+            # exposure and version stay as stored, no copy of them is kept; size, mtime and the run move
+        elif result[0] == "ok":
+            if row.header_hash is not None:
+                archive.append(row)
+                values["version"] = row.version + 1
+            values["header_hash"] = result[1]
+            rows.add(local, file_id, result, new_exposure=False)
+            exposures[file_id] = result[3]
+        # else: what was stored from the last good read is kept; only what is wrong is said
+        updates.append({"b_id": file_id, **values})
+        counted_as.append((seen, result, file_id))
+    _archive_versions(conn, archive, now, run_id)
+    _update_exposures(conn, exposures)
+    if updates:
+        conn.execute(update(FILES).where(FILES.c.id == bindparam("b_id")), updates)
+    for seen, result, file_id in counted_as:
+        _count(conn, summary, seen, result, file_id, run_id, now, "changed")
 
 
 def _count(conn, summary: IngestSummary, seen: _Seen, result: tuple, file_id: int, run_id: int, now: datetime, kind: str) -> None:

@@ -117,6 +117,35 @@ def test_a_file_with_the_same_header_bytes_keeps_its_cards_and_version(catalog, 
     assert_consistent(catalog)
 
 
+def test_one_scan_replaces_changed_touched_and_broken_files_together(catalog, tmp_path, rng):
+    """The stored files a chunk re-reads are replaced in a few statements for
+    all of them: each still ends as its own case says (headers changed: a
+    version kept; touched: nothing kept; now unreadable: its last good
+    headers kept, the reason said), whatever the others in the chunk are."""
+    paths = {name: write_frame(tmp_path / f"{name}-000{i}.fits", rng, {"OBSERVER": name})
+             for i, name in enumerate(["changed", "touched", "broken", "same"], start=1)}
+    catalog.ingest([tmp_path])
+    time.sleep(0.01)
+    write_frame(paths["changed"], rng, {"OBSERVER": "someone else"})
+    stat = paths["touched"].stat()
+    os.utime(paths["touched"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    paths["broken"].write_bytes(paths["broken"].read_bytes()[:100])
+    write_frame(tmp_path / "new-0005.fits", rng, {"OBSERVER": "new"})
+    summary = catalog.ingest([tmp_path])
+    assert (summary.new, summary.changed, summary.unchanged, summary.failed) == (1, 2, 1, 1)
+    observers = catalog.query("frame_number > 0", columns="frame_number,hdr['OBSERVER']", sort="frame_number")
+    assert observers["hdr['OBSERVER']"].tolist() == ["someone else", "touched", "broken", "same", "new"]
+    with catalog.engine.connect() as conn:
+        versions = dict(conn.execute(select(File.relpath, File.version)).all())
+        kept = conn.execute(select(FileVersion.file_id, FileVersion.version)).all()
+        status = dict(conn.execute(select(File.relpath, File.status)).all())
+    assert versions == {"changed-0001.fits": 2, "touched-0002.fits": 1, "broken-0003.fits": 1, "same-0004.fits": 1,
+                        "new-0005.fits": 1}
+    assert kept == [(catalog.resolve("1"), 1)]
+    assert status["broken-0003.fits"] == "unreadable" and status["touched-0002.fits"] == "present"
+    assert_consistent(catalog)
+
+
 def test_vanished_file_is_marked_missing_never_deleted(catalog, tmp_path, rng):
     paths = night_of_frames(tmp_path, rng)
     catalog.ingest([tmp_path])
