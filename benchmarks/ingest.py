@@ -12,6 +12,8 @@ Prints, for each backend:
 - the storage floor: the database alone storing the same card rows and
   building their keys and indexes (no reading, no Python per row), the most
   files/s any ingest keeping one row per card can reach on one writer;
+- the re-read of those files touched, then with one card changed, next to
+  their first scan;
 - a re-scan of an unchanged tree of ``--rescan-files`` files through the
   command, next to that tree's first scan;
 - the peak memory of a first ingest of ``--rss-files`` files (the largest
@@ -390,6 +392,41 @@ SELECTIONS = (
 # -- the parts -------------------------------------------------------------------
 
 
+def touch_all(data: Path) -> None:
+    """Move every file's mtime by 1 ms: what a copy or a re-download does."""
+    for path in data.iterdir():
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def edit_headers(data: Path) -> None:
+    """Change one card of every file in place (TELESCOP 'Bench 1m' <-> 'Bench
+    2m'): the header bytes change, the size does not."""
+    for path in data.iterdir():
+        with open(path, "r+b") as f:
+            at = f.read(2880).find(b"TELESCOP= 'Bench ") + len(b"TELESCOP= 'Bench ")
+            f.seek(at)
+            digit = f.read(1)
+            f.seek(at)
+            f.write(b"2" if digit == b"1" else b"1")
+
+
+def changed_files(backends: Backends, data: Path, n: int) -> None:
+    """The re-read of files a catalog holds: touched (same header bytes) and
+    with one card changed (previous headers kept as versions), next to their
+    first scan."""
+    for backend in backends.names:
+        url = backends.url(backend, "changed")
+        init_catalog(url)
+        first = time_obsarch(url, data)
+        touch_all(data)
+        touched = time_obsarch(url, data)
+        edit_headers(data)
+        changed = time_obsarch(url, data)
+        print(f"{backend}: re-read of the {n} files touched {touched:.2f} s ({n / touched:.0f} files/s), with a card changed "
+              f"{changed:.2f} s ({n / changed:.0f} files/s); their first scan {first:.2f} s ({n / first:.0f} files/s)", flush=True)
+
+
 def ingest_rounds(args, backends: Backends, data: Path, n: int) -> None:
     # The machine's speed drifts between runs (shared virtual cores), so
     # each round times every reader once, back to back, and the speed-ups
@@ -607,6 +644,7 @@ def main() -> None:
               f"{os.cpu_count()} cores; backends: {', '.join(backends.names)}", flush=True)
         if args.rounds:
             ingest_rounds(args, backends, data, n)
+            changed_files(backends, data, n)
         if args.rescan_files or args.rss_files:
             big_tree(args, backends, work)
         if args.exposures:
