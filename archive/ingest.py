@@ -701,8 +701,12 @@ def _replace(
             continue
         values = {**_file_values(seen, result, run_id, now), "header_hash": row.header_hash, "version": row.version}
         if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1]:
-            pass  # the same header bytes (a file touched, copied again, its pixels rewritten): its cards, HDUs,
-            # exposure and version stay as stored, no copy of them is kept; size, mtime and the run move
+            # The same header bytes (a file touched, copied again, its pixels rewritten): its cards and HDUs
+            # stay, and no copy of them is kept; the version moves on (metrics and X-ray summaries of its
+            # pixels are matched to it, and are made again) and the exposure is normalized again (the config
+            # may have changed)
+            values["version"] = row.version + 1
+            exposures[file_id] = result[3]
         elif result[0] == "ok":
             if row.header_hash is not None:
                 archive.append(row)
