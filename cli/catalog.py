@@ -111,7 +111,7 @@ def query(
     names, rows = catalog.rows(selection, columns=columns, sort=sort, limit=asked, timeout_s=timeout or None)
     more = limit is not None and len(rows) > limit
     rows = rows[:limit] if more else rows
-    show_rows(names, rows, fmt)
+    show_rows(names, rows, fmt, named=columns is not None and columns.strip() != "all")
     if fmt is Format.table:
         err_console.print(exposures_shown(len(rows), limit, more), markup=False)
     elif more:  # stdout is data: the note goes beside it

@@ -116,8 +116,9 @@ def flag_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = For
 
     catalog = open_catalog()
     rows = quality.flag_history(catalog.engine, catalog.resolve(ref, by_id=by_id))
-    show_frame(pd.DataFrame(rows, columns=["id", "created_at", "grade", "reason", "source", "rule", "value",
-                                            "threshold", "who", "note", "current"]), fmt)
+    # current, who and note before a rule's numbers: a terminal table leaves out from the right
+    show_frame(pd.DataFrame(rows, columns=["id", "created_at", "grade", "reason", "source", "current", "who", "note", "rule",
+                                            "value", "threshold"]), fmt)
 
 
 @command(report_app, "quality")

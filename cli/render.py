@@ -170,11 +170,14 @@ def exposures_shown(shown: int, limit: int | None, more: bool) -> str:
 
 
 def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, title: str | None = None,
-              brief: list[str] | None = None, columns: str | None = None) -> None:
+              brief: list[str] | None = None, columns: str | None = None, named: bool | None = None) -> None:
     """Print rows in the chosen format.
 
     ``brief``: the columns a terminal table shows unless ``columns`` (a
     comma-separated list, or ``all``) says otherwise; pipes get every column.
+    ``named``: whether the person named these columns (a terminal table
+    then folds long ones narrower before it leaves any out); None for a
+    command without --columns.
     """
     names, rows = _choose(names, rows, columns)
     names = unique_columns(names)
@@ -185,7 +188,10 @@ def show_rows(names: list[str], rows: list[tuple], fmt: Format = Format.table, t
     elif fmt is Format.ecsv:
         _ecsv(names, rows)
     elif console.is_terminal:
-        _rich_table(names, rows, title, brief if columns is None else None)
+        chose = bool(named) or bool(columns and columns != "all")
+        how = ("pipe the output or use --format csv" if chose or (named is None and brief is None and columns is None)
+               else "name columns with --columns, or pipe the output")
+        _rich_table(names, rows, title, brief if columns is None else None, chose, how)
     else:
         _tab_separated(names, rows, title)
 
@@ -253,10 +259,13 @@ def _within_reach(cell: str) -> str:
     return f"{cell[:TABLE_CELL_CHARS]}... (cut: {len(cell):,} characters; pipe or --format csv shows them all)"
 
 
-def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None) -> None:
+def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: list[str] | None, named: bool = False,
+                how: str = "name columns with --columns, or pipe the output") -> None:
     """A table drawn for reading: rounded numbers, short columns never broken
     nor cut, long ones folded; columns that do not fit the terminal are left
-    out, from the right, and named on stderr."""
+    out, from the right, and named on stderr. Columns the person ``named``
+    may fold to 10 characters before one is left out (the hdr['OBJECT']
+    asked for after a path was left out at 100 columns)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -265,12 +274,13 @@ def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: l
     cells = {i: [Text(shown(_within_reach(readable(row[i])))) for row in rows] for i in kept}
     heads = {i: Text(shown(names[i])) for i in kept}
     widths = {i: max([len(heads[i])] + [len(c) for c in cells[i]]) for i in kept}
-    least = {i: widths[i] if widths[i] <= 26 else 20 for i in kept}  # a long column folds, at least 20 wide
+    # a long column folds, at least 20 wide; every named one may fold to 10 (rich narrows the widest first)
+    least = {i: min(widths[i], 10) if named else widths[i] if widths[i] <= 26 else 20 for i in kept}
     while len(kept) > 1 and sum(least[i] + 3 for i in kept) + 1 > console.width:
         kept.pop()
     table = Table(title=title, show_lines=False)
     for i in kept:
-        if widths[i] <= 26:
+        if widths[i] <= least[i] or not named and widths[i] <= 26:
             table.add_column(heads[i], no_wrap=True, min_width=widths[i])
         else:
             table.add_column(heads[i], overflow="fold", min_width=least[i])
@@ -279,4 +289,4 @@ def _rich_table(names: list[str], rows: list[tuple], title: str | None, brief: l
     console.print(table)
     hidden = [name for i, name in enumerate(names) if i not in kept]
     if hidden:
-        err_console.print(f"not shown: {', '.join(hidden)} (name columns with --columns, or pipe the output)", markup=False)
+        err_console.print(f"not shown: {', '.join(hidden)} (the terminal is {console.width} wide: {how})", markup=False)

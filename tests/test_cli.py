@@ -358,6 +358,36 @@ def test_a_terminal_table_cuts_a_huge_cell_and_says_so(monkeypatch):
     assert len(shown) < 20_000
 
 
+def test_a_terminal_table_folds_the_columns_a_person_named_before_leaving_one_out(monkeypatch):
+    """--columns id,...,path,...,hdr['OBJECT'] at 100 columns left out
+    hdr['OBJECT'], the column asked about, and said to name columns with
+    --columns (a newcomer); the default columns still leave out from the right."""
+    import io
+
+    from rich.console import Console
+
+    from cli import render
+
+    names = ["id", "frame_number", "path", "frame_type", "band", "exptime", "date_obs", "hdr['OBJECT']"]
+    rows = [(11, 3862, "/tmp/demo/ngc3293/ngc3293-3862.fits", "science", "V", 60.0, "2017-08-16T01:00:00", "NGC 3293")]
+    for named, shown in ((True, "NGC 3293"), (False, None)):
+        screen, notes = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(render, "console", Console(file=screen, force_terminal=True, width=100))
+        monkeypatch.setattr(render, "err_console", Console(file=notes, width=100))
+        render.show_rows(names, rows, named=named)
+        assert (shown in screen.getvalue()) if shown else (
+            "not shown: hdr['OBJECT'] (the terminal is 100 wide: name columns with --columns" in notes.getvalue())
+        assert max(len(re.sub(r"\x1b\[[0-9;]*m", "", line)) for line in screen.getvalue().splitlines()) <= 100
+    screen, notes = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=screen, force_terminal=True, width=50))
+    monkeypatch.setattr(render, "err_console", Console(file=notes, width=200))
+    render.show_rows(names, rows, named=True)
+    assert "hdr['OBJECT'] (the terminal is 50 wide: pipe the output or use --format csv)" in notes.getvalue()
+    notes.truncate(0)
+    render.show_rows(names, rows)  # a command without --columns (flag history) said to name columns with it
+    assert "hdr['OBJECT'] (the terminal is 50 wide: pipe the output or use --format csv)" in notes.getvalue()
+
+
 def test_sql_help_states_the_row_cap():
     result = runner.invoke(app, ["sql", "--help"], terminal_width=200)
     assert "--max-rows" in result.stdout and "default 100000" in " ".join(result.stdout.split())
