@@ -1078,10 +1078,15 @@ def _plan(
     """Scan the paths; return (files to read, files with a problem, known ids, ids gone).
     ``ahead``: the paths' directories being read meanwhile (:mod:`archive.prescan`)."""
     try:
-        return _plan_paths(engine, paths, summary, ahead)
-    finally:
+        planned = _plan_paths(engine, paths, summary, ahead)
+    except BaseException:
         if ahead is not None:
-            ahead.take(paths)  # its thread ended, before readers are forked
+            ahead.stop()  # no reader is forked: the interrupt or error goes on at once
+        raise
+    if ahead is not None:
+        ahead.take(paths)  # its thread ended, before readers are forked
+    prescan.join_stopped()  # and those of earlier ingests told to stop
+    return planned
 
 
 def _plan_paths(engine, paths, summary, ahead):
@@ -1156,14 +1161,15 @@ def ingest(
     Returns the counts of new, changed, unchanged, missing and failed files;
     the same counts are stored on the ingest run. ``ahead``: these paths'
     directories already being read (:func:`archive.prescan.start`, as the
-    command does while it imports, and stopped here however the ingest
-    ends); otherwise they are read meanwhile here.
+    command does while it imports; stopped here if the ingest fails);
+    otherwise they are read meanwhile here.
     """
     try:
         return _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead)
-    finally:
+    except BaseException:
         if ahead is not None:
-            ahead.close()  # its thread ended, whatever stopped the ingest
+            ahead.stop()  # however the ingest ended before its scan took it
+        raise
 
 
 def _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead) -> IngestSummary:
@@ -1186,9 +1192,10 @@ def _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead
     own = prescan.start(resolved) if ahead is None else None
     try:
         return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead or own)
-    finally:
+    except BaseException:
         if own is not None:
-            own.close()
+            own.stop()
+        raise
 
 
 def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead) -> IngestSummary:

@@ -93,32 +93,40 @@ class Prescan:
         )
         self._thread.start()
 
-    def _join(self) -> None:
-        """Wait for the thread; interrupted (Ctrl-C), tell it to stop after
-        its directory and wait for that before going on: it never outlives
-        the ingest, whose readers are forked later."""
-        try:
-            self._done.wait()
-        except BaseException:
-            self._stop.set()
-            self._done.wait()
-            raise
-        self._thread.join()
-
     def take(self, paths: Iterable) -> dict:
         """What was read, once the thread has ended ({(st_dev, st_ino,
         st_mtime_ns, st_ctime_ns): Listing}); empty when ``paths`` are not
         the directories it read, or it was taken before: a listing serves
-        one scan."""
-        self._join()
+        one scan. Interrupted while it waits (Ctrl-C), the thread is told to
+        stop and the interrupt goes on at once: no reader is forked after it."""
+        try:
+            self._done.wait()
+        except BaseException:
+            self.stop()
+            raise
+        self._thread.join()
         found, self._found = self._found, {}
         return found if _directories(paths) == self.directories else {}
 
-    def close(self) -> None:
-        """Stop reading (after the directory being read) and drop what was read."""
+    def stop(self) -> None:
+        """Tell the thread to stop after the directory it is reading, and
+        drop what was read, without waiting: for an ingest that is ending
+        anyway. :func:`join_stopped` waits for it, before anything forks."""
         self._stop.set()
-        self._join()
         self._found = {}
+        if self._thread.is_alive():
+            _STOPPED.append(self._thread)
+
+
+# Threads told to stop and not waited for (an ingest interrupted or failed).
+_STOPPED: list[threading.Thread] = []
+
+
+def join_stopped() -> None:
+    """Wait for the threads told to stop: before an ingest forks its readers,
+    no thread of an earlier one is left inside a system call."""
+    while _STOPPED:
+        _STOPPED.pop().join()
 
 
 def start(paths: Iterable) -> Prescan | None:

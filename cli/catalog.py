@@ -50,7 +50,7 @@ def ingest(
         config = load_config()
     except BaseException:
         if ahead is not None:
-            ahead.close()  # ingest stops it from here on
+            ahead.stop()  # ingest stops it from here on
         raise
     with progress("reading headers") as on_progress:
         summary = catalog.ingest(
