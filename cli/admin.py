@@ -40,10 +40,10 @@ def demo(
     """
     import os
 
-    from sqlalchemy import func, select
+    from sqlalchemy import func, inspect, select
 
     from archive.catalog import Catalog
-    from archive.db import ENV_VAR
+    from archive.db import ENV_VAR, make_engine
     from archive.exceptions import ObsarchError
     from archive.formats import counted
     from archive.models import File
@@ -52,15 +52,20 @@ def demo(
     if directory.is_dir() and any(directory.iterdir()):  # a second night on the first: every frame number twice
         raise ObsarchError(f"{directory}: not empty (a demo made before?); the demo writes a fresh night: "
                            "remove the directory or name another")
+    named = STATE.db or os.environ.get(ENV_VAR)
+    if named:  # a catalog of its own, unless it holds files; looked at before it is created or upgraded
+        engine = make_engine(named)
+        try:
+            with engine.connect() as conn:
+                held = conn.execute(select(func.count()).select_from(File)).scalar() if inspect(conn).has_table("files") else 0
+            where = engine.url.render_as_string(hide_password=True)
+        finally:
+            engine.dispose()
+        if held:
+            raise ObsarchError(f"{where}: the catalog already holds {counted(held, 'file')}; the demo's tour needs one of "
+                               f"its own: unset ${ENV_VAR} or pass --db sqlite:///{(directory / 'obsarch.db').resolve()}")
     directory.mkdir(parents=True, exist_ok=True)
-    url = STATE.db or os.environ.get(ENV_VAR) or f"sqlite:///{(directory / 'obsarch.db').resolve()}"
-    catalog = Catalog.create(url)
-    with catalog.engine.connect() as conn:
-        held = conn.execute(select(func.count()).select_from(File)).scalar()
-    if held:
-        where = catalog.engine.url.render_as_string(hide_password=True)
-        raise ObsarchError(f"{where}: the catalog already holds {counted(held, 'file')}; the demo's tour needs "
-                           f"one of its own: unset ${ENV_VAR} or pass --db sqlite:///{(directory / 'obsarch.db').resolve()}")
+    catalog = Catalog.create(named or f"sqlite:///{(directory / 'obsarch.db').resolve()}")
     paths = make_night(directory)
     summary = catalog.ingest([directory / "ngc3293", directory / "xmm"])
     console.print(f"wrote {len(paths)} files to {directory}; ingested: {summary.new} new", soft_wrap=True, markup=False)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import time
 
 import numpy as np
@@ -593,7 +594,13 @@ def test_the_demo_refuses_a_second_night_on_the_first(tmp_path, monkeypatch):
     result = runner.invoke(app, ["--db", f"sqlite:///{team}", "demo", str(tmp_path / "fresh")])
     assert result.exit_code == 1
     assert "the catalog already holds 1 file; the demo's tour needs one of its own" in result.stderr
-    assert not (tmp_path / "fresh" / "ngc3293").exists()
+    assert not (tmp_path / "fresh").exists()  # refused before anything is made (or a catalog upgraded: a review)
+    with sqlite3.connect(team) as conn:  # its schema as it was
+        conn.execute("update alembic_version set version_num = '0021'")
+    result = runner.invoke(app, ["--db", f"sqlite:///{team}", "demo", str(tmp_path / "fresh")])
+    assert result.exit_code == 1 and "already holds 1 file" in result.stderr
+    with sqlite3.connect(team) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0021",)
 
 
 def test_an_ingest_that_finds_no_fits_file_says_so(url, tmp_path):
