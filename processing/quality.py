@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, literal, or_, select
+from sqlalchemy import Engine, delete, func, insert, literal, or_, select
 
 from archive.db import bulk_insert, serialize, transaction
 from archive.exceptions import NotFoundError, ObsarchError, SelectionError, UsageError
@@ -590,22 +590,18 @@ def _refuse_shared_frames(conn, selection: str) -> None:
     if not terms:
         return
     dialect = conn.dialect.name
-    rows = conn.execute(
-        select_exposures(tree, dialect, Exposure.frame_number)
-        .where(or_(*(Compiler(dialect)(term) for term in terms))).order_by(Exposure.frame_number, Exposure.id)
-    ).all()
-    by_number: dict[int, list[int]] = {}
-    for exposure_id, number in rows:
-        by_number.setdefault(number, []).append(exposure_id)
-    shared = [(number, ids) for number, ids in by_number.items() if len(ids) > 1]
+    picked = select_exposures(tree, dialect, Exposure.frame_number).where(
+        or_(*(Compiler(dialect)(term) for term in terms))).subquery()
+    shared = conn.execute(select(picked.c.frame_number, func.count()).group_by(picked.c.frame_number)
+                          .having(func.count() > 1).order_by(picked.c.frame_number).limit(11)).all()
     if shared:
-        number, ids = shared[0]
+        number, count = shared[0]
+        ids = select(picked.c.id).where(picked.c.frame_number == number).order_by(picked.c.id).limit(3)
         named_files = conn.execute(select(Exposure.id, Root.path, File.relpath).join(File, File.id == Exposure.file_id)
-                                   .join(Root, Root.id == File.root_id).where(Exposure.id.in_(ids[:3])).order_by(Exposure.id))
+                                   .join(Root, Root.id == File.root_id).where(Exposure.id.in_(ids)).order_by(Exposure.id))
         files = ", ".join(f"{path}/{relpath} (id {i})" for i, path, relpath in named_files)
-        found = ids
-        more = f" and {len(shared) - 1} more frame numbers" if len(shared) > 1 else ""
-        raise SelectionError(f"frame {number} is {len(found)} exposures: {files}{more}; nothing flagged: "
+        more = f" and {len(shared) - 1}{'+' if len(shared) > 10 else ''} more frame numbers" if len(shared) > 1 else ""
+        raise SelectionError(f"frame {number} is {count} exposures: {files}{more}; nothing flagged: "
                              "name one by its id (\"id == ...\") or path")
 
 
