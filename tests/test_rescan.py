@@ -34,6 +34,16 @@ def _settled(root) -> None:
         os.utime(directory, ns=(old, old))
 
 
+def _stored_tree(catalog, tmp_path, rng):
+    """tree/a.fits and tree/sub/b.fits, ingested, their directories dated back (:func:`_settled`)."""
+    root = tmp_path / "tree"
+    write_frame(root / "a.fits", rng, {})
+    write_frame(root / "sub" / "b.fits", rng, {})
+    catalog.ingest([root])
+    _settled(root)
+    return root
+
+
 def _require_compiled() -> None:
     """The compiled re-scan; in CI it must have been built."""
     if ingest._settle_unchanged is None:
@@ -151,11 +161,7 @@ def test_what_was_read_ahead_serves_only_its_own_directories_and_once(catalog, t
 
     from archive import prescan
 
-    root = tmp_path / "tree"
-    write_frame(root / "a.fits", rng, {})
-    write_frame(root / "sub" / "b.fits", rng, {})
-    catalog.ingest([root])
-    _settled(root)
+    root = _stored_tree(catalog, tmp_path, rng)
     ahead = prescan.start([root / "sub"])  # read before the change, for another set of directories
     ahead._thread.join()
     with open(root / "sub" / "b.fits", "ab") as f:
@@ -203,11 +209,7 @@ def test_a_directory_changed_after_it_was_read_ahead_is_read_again(catalog, tmp_
     _require_compiled()
     from archive import prescan
 
-    root = tmp_path / "tree"
-    write_frame(root / "a.fits", rng, {})
-    write_frame(root / "sub" / "b.fits", rng, {})
-    catalog.ingest([root])
-    _settled(root)
+    root = _stored_tree(catalog, tmp_path, rng)
     ahead = prescan.start([root])
     ahead._done.wait()
     (root / "sub").rename(root / "sub2")
