@@ -700,11 +700,12 @@ def _replace(
             summary.unchanged += 1  # a concurrent scan already stored this version
             continue
         values = {**_file_values(seen, result, run_id, now), "header_hash": row.header_hash, "version": row.version}
-        if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1]:
+        if result[0] == "ok" and row.header_hash is not None and row.header_hash == result[1] and row.mtime_ns is not None:
             # The same header bytes (a file touched, copied again, its pixels rewritten): its cards and HDUs
             # stay, and no copy of them is kept; the version moves on (metrics and X-ray summaries of its
             # pixels are matched to it, and are made again) and the exposure is normalized again (the config
-            # may have changed)
+            # may have changed). A file whose mtime a migration forgot is read again whole: its cards were
+            # stored wrongly by an earlier obsarch (migration 0022)
             values["version"] = row.version + 1
             exposures[file_id] = result[3]
         elif result[0] == "ok":

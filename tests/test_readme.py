@@ -233,7 +233,8 @@ def test_every_commands_example_runs_on_the_demo(url, tmp_path, obsarch_on_path)
     env = _demo(url, night, obsarch_on_path)
     examples = help_examples()
     assert all(example for _, example in examples), [name for name, example in examples if not example]
-    lines = [example for name, example in examples
+    # the demo makes a catalog of its own: it refuses the tour's, which holds a demo already
+    lines = ["env -u OBSARCH_DB " + example if name == "demo" else example for name, example in examples
              if name not in EXAMPLES_LEFT_OUT and name.split()[0] not in LEFT_OUT]
     failures = _run_lines(lines, night, env)
     assert not failures, f"{len(failures)} examples fail on the demo:\n\n" + "\n\n".join(failures)

@@ -9,7 +9,9 @@ test's tmp_path) as ``web-<backend>-<page>.png``.
 from __future__ import annotations
 
 import contextlib
+import csv
 import getpass
+import io
 import os
 import shutil
 import socket
@@ -180,8 +182,9 @@ def test_grade_three_frames_from_the_keyboard_and_find_them_after_a_reload(serve
     url = catalog.engine.url.render_as_string(hide_password=False)
     history = CliRunner().invoke(cli_app, ["--db", url, "flags", "history", str(cards[1]), "--id", "--format", "csv"])
     assert history.exit_code == 0
-    last = history.stdout.strip().splitlines()[-1].split(",")
-    assert last[2:5] == ["bad", "tracking", "person"] and last[-2:] == ["big tracking errors", "True"]
+    rows = list(csv.DictReader(io.StringIO(history.stdout)))
+    assert {k: rows[-1][k] for k in ("grade", "reason", "source", "note", "current")} == {
+        "grade": "bad", "reason": "tracking", "source": "person", "note": "big tracking errors", "current": "True"}
     assert _console_errors(browser) == []
 
 
