@@ -104,14 +104,16 @@ def _postgresql_engine(parsed, read_only: bool) -> Engine:
 
 
 def _catalog_url(url: str):
-    """``url`` parsed, refused in one line unless it names SQLite or PostgreSQL."""
+    """``url`` parsed, refused in one line unless it names SQLite or
+    PostgreSQL: a value the person gave (--db, $OBSARCH_DB, the config), so
+    a usage error (the CLI exits 2)."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # a port that is no number, text that is no URL
-        raise DatabaseError(f"the catalog URL cannot be read ({_one_line(exc)}); "
+        raise UsageError(f"the catalog URL cannot be read ({_one_line(exc)}); "
                             "write sqlite:///FILE or postgresql://USER@HOST:PORT/DBNAME") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise DatabaseError(
+        raise UsageError(
             f"{parsed.render_as_string(hide_password=True)}: obsarch catalogs are SQLite or PostgreSQL URLs "
             f"(sqlite:///FILE, postgresql://HOST/DBNAME), not {parsed.get_backend_name()}"
         )

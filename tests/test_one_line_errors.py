@@ -39,7 +39,7 @@ def exposures(url) -> int:
     ("oracle://h/d", "oracle://h/d", "oracle"),
 ])
 def test_a_url_of_another_database_is_refused_naming_its_scheme(command, given, shown, backend_name):
-    result = obsarch(given, *command, code=1)
+    result = obsarch(given, *command, code=2)  # a value the person gave: usage
     assert one_line(result) == (f"error: {shown}: obsarch catalogs are SQLite or PostgreSQL URLs "
                                 f"(sqlite:///FILE, postgresql://HOST/DBNAME), not {backend_name}")
 
@@ -52,7 +52,7 @@ def test_a_postgresql_driver_that_is_not_installed_is_named():
 
 
 def test_a_url_that_cannot_be_parsed_says_what_a_url_looks_like():
-    result = obsarch("postgresql://h:port/db", "summary", code=1)
+    result = obsarch("postgresql://h:port/db", "summary", code=2)
     assert one_line(result) == ("error: the catalog URL cannot be read (invalid literal for int() with base 10: "
                                 "'port'); write sqlite:///FILE or postgresql://USER@HOST:PORT/DBNAME")
 
