@@ -1078,12 +1078,7 @@ def _plan(
 ) -> tuple[list[_Seen], list[_Seen], dict, list[int]]:
     """Scan the paths; return (files to read, files with a problem, known ids, ids gone).
     ``ahead``: the paths' directories being read meanwhile (:mod:`archive.prescan`)."""
-    try:
-        planned = _plan_paths(engine, paths, summary, ahead)
-    except BaseException:
-        if ahead is not None:
-            ahead.stop()  # no reader is forked: the interrupt or error goes on at once
-        raise
+    planned = _plan_paths(engine, paths, summary, ahead)
     if ahead is not None:
         ahead.take(paths)  # its thread ended, before readers are forked
     prescan.join_stopped()  # and those of earlier ingests told to stop
@@ -1165,37 +1160,30 @@ def ingest(
     command does while it imports; stopped here if the ingest fails);
     otherwise they are read meanwhile here.
     """
+    reading = ahead
     try:
-        return _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead)
+        if executor not in ("pool", "serial", "dask"):
+            raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
+        if scheduler is not None and executor != "dask":
+            raise ObsarchError("--scheduler needs --executor dask")
+        if executor == "serial":
+            workers = 1
+        on_dask = (scheduler or True) if executor == "dask" else None
+        started = datetime.now()
+        resolved = []
+        for p in paths:
+            if not str(p).strip():  # Path("") is the current directory: an empty shell variable would scan it
+                raise UsageError("ingest: an empty path names no file or directory (for this directory, say '.')")
+            path = Path(p).expanduser().absolute()
+            if not path.exists() and not path.is_symlink():
+                raise NotFoundError(f"{path}: no such file or directory")
+            resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+        if reading is None:
+            reading = prescan.start(resolved)
+        return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, reading)
     except BaseException:
-        if ahead is not None:
-            ahead.stop()  # however the ingest ended before its scan took it
-        raise
-
-
-def _ingest(engine, paths, config, workers, progress, executor, scheduler, ahead) -> IngestSummary:
-    if executor not in ("pool", "serial", "dask"):
-        raise ObsarchError(f"unknown executor {executor!r} for ingest; use pool, serial or dask")
-    if scheduler is not None and executor != "dask":
-        raise ObsarchError("--scheduler needs --executor dask")
-    if executor == "serial":
-        workers = 1
-    on_dask = (scheduler or True) if executor == "dask" else None
-    started = datetime.now()
-    resolved = []
-    for p in paths:
-        if not str(p).strip():  # Path("") is the current directory: an empty shell variable would scan it
-            raise UsageError("ingest: an empty path names no file or directory (for this directory, say '.')")
-        path = Path(p).expanduser().absolute()
-        if not path.exists() and not path.is_symlink():
-            raise NotFoundError(f"{path}: no such file or directory")
-        resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
-    own = prescan.start(resolved) if ahead is None else None
-    try:
-        return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead or own)
-    except BaseException:
-        if own is not None:
-            own.stop()
+        if reading is not None:
+            reading.stop()  # however the ingest ended before its scan took it; no reader is forked after it
         raise
 
 
