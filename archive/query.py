@@ -1229,9 +1229,12 @@ def _frame_condition(node: Frames, sqlite: bool) -> ColumnElement:
     return _balanced(or_, parts)
 
 
-def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
-    """Frame numbers of the tree that raw exposures of several instruments
-    share: (frame number, [instrument, ...]). Such a number names no one frame."""
+def shared_frames(conn, node: Node | None) -> list[tuple[int, int, list[str]]]:
+    """Frame numbers of the tree that more than one raw exposure the tree
+    picks holds: (frame number, how many exposures, [instrument, ...]),
+    lowest first. Shared by several instruments, a number names no one
+    frame to any command (:func:`processing.steps.refuse_ambiguous_frames`);
+    by one (a night ingested from two copies), none to judge (``flag set``)."""
     terms = frame_ranges(node)
     if not terms:
         return []
@@ -1240,11 +1243,14 @@ def ambiguous_frames(conn, node: Node | None) -> list[tuple[int, list[str]]]:
     sqlite = conn.dialect.name == "sqlite"
     picked = select_exposures(node, conn.dialect.name, Exposure.frame_number, Exposure.instrument).where(
         or_(*[_frame_condition(term, sqlite) for term in terms]), is_raw_frame()).subquery()
-    rows = conn.execute(select(picked.c.frame_number, func.coalesce(picked.c.instrument, "(no instrument)")).distinct()).all()
-    found: dict[int, set[str]] = {}
-    for number, instrument in rows:
-        found.setdefault(int(number), set()).add(instrument)
-    return [(number, sorted(names)) for number, names in sorted(found.items()) if len(names) > 1]
+    shared = select(picked.c.frame_number).group_by(picked.c.frame_number).having(func.count() > 1)
+    instrument = func.coalesce(picked.c.instrument, "(no instrument)")
+    rows = conn.execute(select(picked.c.frame_number, instrument, func.count()).where(picked.c.frame_number.in_(shared))
+                        .group_by(picked.c.frame_number, instrument)).all()
+    found: dict[int, dict[str, int]] = {}
+    for number, name, count in rows:
+        found.setdefault(int(number), {})[name] = count
+    return [(number, sum(counts.values()), sorted(counts)) for number, counts in sorted(found.items())]
 
 
 def _same_integer(number: ColumnElement, values: list[int], sqlite: bool) -> ColumnElement:

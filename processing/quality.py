@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, literal, or_, select
+from sqlalchemy import Engine, delete, insert, literal, select
 
 from archive.db import bulk_insert, serialize, transaction
 from archive.exceptions import NotFoundError, ObsarchError, SelectionError, UsageError
 from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
-from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, frame_ranges, named, select_exposures
+from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, is_raw_frame, named, select_exposures, shared_frames
 from archive.query import ids as query_ids
 from processing.executor import Progress
 from processing.machinery import Input, Item, ItemFailed, Step, StepResult, Writer, run_step
@@ -571,7 +571,6 @@ def flag(
     _check_flag(grade, reason)
     named(selection, "flag set")
     with transaction(engine, write=True) as conn:
-        refuse_ambiguous_frames(conn, as_tree(selection))
         _refuse_shared_frames(conn, selection)
         ids = conn.execute(select_exposures(selection, engine.dialect.name).order_by(Exposure.id)).scalars().all()
         if not ids:
@@ -581,26 +580,23 @@ def flag(
 
 
 def _refuse_shared_frames(conn, selection: str) -> None:
-    """A frame number that several raw exposures of the selection share (a
-    night ingested from two copies, a counter that started again) names no
-    one frame to judge: refused, as ``obsarch show`` refuses it, with the
-    files it names."""
+    """A frame number that several raw exposures of the selection share
+    names no one frame to judge: shared by instruments, refused as every
+    command refuses it; by one instrument (a night ingested from two copies,
+    a counter that started again), refused as ``obsarch show`` refuses it,
+    with the files it names."""
     tree = as_tree(selection)
-    terms = frame_ranges(tree)
-    if not terms:
-        return
-    dialect = conn.dialect.name
-    picked = select_exposures(tree, dialect, Exposure.frame_number).where(
-        or_(*(Compiler(dialect)(term) for term in terms))).subquery()
-    shared = conn.execute(select(picked.c.frame_number, func.count()).group_by(picked.c.frame_number)
-                          .having(func.count() > 1).order_by(picked.c.frame_number).limit(11)).all()
+    shared = shared_frames(conn, tree)
+    refuse_ambiguous_frames(conn, tree, shared)
     if shared:
-        number, count = shared[0]
-        ids = select(picked.c.id).where(picked.c.frame_number == number).order_by(picked.c.id).limit(3)
+        number, count, _ = shared[0]
+        picked = select_exposures(tree, conn.dialect.name, Exposure.frame_number).where(
+            Exposure.frame_number == number, is_raw_frame()).subquery()
+        ids = select(picked.c.id).order_by(picked.c.id).limit(3)
         named_files = conn.execute(select(Exposure.id, Root.path, File.relpath).join(File, File.id == Exposure.file_id)
                                    .join(Root, Root.id == File.root_id).where(Exposure.id.in_(ids)).order_by(Exposure.id))
         files = ", ".join(f"{path}/{relpath} (id {i})" for i, path, relpath in named_files)
-        more = f" and {len(shared) - 1}{'+' if len(shared) > 10 else ''} more frame numbers" if len(shared) > 1 else ""
+        more = f" and {len(shared) - 1} more frame numbers" if len(shared) > 1 else ""
         raise SelectionError(f"frame {number} is {count} exposures: {files}{more}; nothing flagged: "
                              "name one by its id (\"id == ...\") or path")
 

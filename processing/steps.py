@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from archive.db import transaction
 from archive.exceptions import ObsarchError, SelectionError
 from archive.models import Exposure, File, Product, Root
-from archive.query import FIELDS, Node, all_of, ambiguous_frames, compare, is_null, naming, select_exposures
+from archive.query import FIELDS, Node, all_of, compare, is_null, naming, select_exposures, shared_frames
 from archive.query import ids as query_ids
 from processing.runs import file_content
 
@@ -125,10 +125,13 @@ def no_image_note(names: list[str]) -> str:
     return f"left out {len(names)} exposure{'s' if len(names) > 1 else ''} with no image: {some_names(names)}"
 
 
-def refuse_ambiguous_frames(conn, tree: Node | None) -> None:
+def refuse_ambiguous_frames(conn, tree: Node | None, shared: list | None = None) -> None:
     """A frame number that raw exposures of several instruments share names
-    no one frame: refuse it, listing them."""
-    clashes = ambiguous_frames(conn, tree)
+    no one frame: refuse it, listing them. ``shared``: the tree's
+    :func:`archive.query.shared_frames`, when the caller has them."""
+    if shared is None:
+        shared = shared_frames(conn, tree)
+    clashes = [(number, names) for number, _, names in shared if len(names) > 1]
     if clashes:
         listed = "; ".join(f"{number}: {', '.join(names)}" for number, names in clashes[:10])
         raise SelectionError(f"frame numbers name exposures of several instruments ({listed}); "
