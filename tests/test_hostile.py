@@ -410,7 +410,7 @@ def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
     import time
 
     url, _, _ = stocked
-    tag = f"obsarch-test-{tmp_path.name}"[:63]
+    tag = f"obsarch-test-{uuid.uuid4().hex}"  # not the temporary directory's name: another run's may be sleeping still
     process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", tagged(url, tag, backend), "sql",
                                 "select pg_sleep(120)"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = db.make_engine(url)
