@@ -177,7 +177,7 @@ class Token:
 def tokenize(text: str, what: str = "selection", shown: str | None = None) -> list[Token]:
     bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
     if bad is not None:  # an argument whose bytes were not UTF-8 (Python keeps them as surrogates)
-        raise _error(text.encode("utf-8", "backslashreplace").decode(), bad, "the text is not valid UTF-8", what, shown)
+        raise _error(text, bad, "the text is not valid UTF-8", what, shown)
     tokens, pos = [], 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
@@ -213,11 +213,17 @@ def _error(text: str, pos: int, message: str, what: str = "selection", shown: st
     """``shown``: the text as the person wrote it, where ``text`` was
     respelled for parsing with every column kept in place."""
     near = (shown or text)[pos : pos + 20] or "the end"
-    return SelectionError(f"{what} {_shown(shown or text)}: {message} at column {pos + 1} (near {near!r})")
+    return SelectionError(f"{what} {_shown(shown or text)}: {message} at column {pos + 1} (near {_quoted(near)})")
 
 
 def _shown(text: str) -> str:
-    return repr(text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)")
+    return _quoted(text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)")
+
+
+def _quoted(text: str) -> str:
+    """``text`` in quotes, as repr writes it, but a byte that was not UTF-8
+    (Python's surrogate escape of argv) as the byte: ``'a\\xff'``, not ``'a\\udcff'``."""
+    return re.sub(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])", r"\1\\x\2", repr(text))
 
 
 @contextlib.contextmanager

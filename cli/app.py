@@ -335,8 +335,13 @@ def main(
 
 
 def _one_line(text: str) -> str:
-    """A message as one printable line, whatever bytes it carries."""
-    return " ".join(str(text).replace("\x00", "\\0").split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A message as one printable line, whatever bytes it carries: a byte
+    that is not UTF-8 (in a file name, or argv) as ``\\xff``."""
+    line = " ".join(str(text).replace("\x00", "\\0").split())
+    try:
+        return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def reports_errors(function):
