@@ -1066,11 +1066,15 @@ def card_index_names(conn: Connection) -> set[str]:
     return {name for (name,) in rows}
 
 
-def drop_card_constraints(conn: Connection) -> None:
+def drop_card_constraints(conn: Connection, *, keep_primary: bool = False) -> None:
+    """Drop header_cards' foreign key and, unless ``keep_primary``, its
+    primary key (PostgreSQL), for a bulk load; the ingest adds them back."""
     if is_sqlite(conn):
         return
     serialize(conn, "card indexes")  # as for the indexes: concurrent bulk loads take turns
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_FKEY}")
+    if keep_primary:
+        return
     conn.exec_driver_sql(f"ALTER TABLE header_cards DROP CONSTRAINT IF EXISTS {CARD_PKEY}")
     # a key's index that a killed rebuild made but did not make the key yet
     conn.exec_driver_sql(f"DROP INDEX IF EXISTS {CARD_PKEY}")
@@ -1124,8 +1128,9 @@ def rows_in(conn: Connection, statement, column, ids) -> list:
 def fetch_tuples(conn: Connection, statement) -> list[tuple]:
     """The rows of a Core SELECT as the driver returns them (plain tuples,
     no result processing): for statements that return very many rows whose
-    columns need no conversion (integers, text)."""
-    compiled = statement.compile(dialect=conn.dialect)
+    columns need no conversion (integers, text). An IN list is bound value
+    by value."""
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
     if compiled.positional:
         params = tuple(params[name] for name in compiled.positiontup)

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from factories import night_of_frames, write_frame
 from sqlalchemy import func, select
 
@@ -89,6 +91,48 @@ def test_changed_file_is_reread_and_its_old_headers_kept(catalog, tmp_path, rng)
     assert_consistent(catalog)
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["indexes kept", "bulk"])
+def test_the_kept_headers_are_the_stored_cards_in_order(catalog, tmp_path, rng, monkeypatch, bulk):
+    """The database makes each replaced file's headers into JSON: every HDU
+    of every file re-read, every card in order, with its text and comment
+    (none for a card without one), as the cards stood."""
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 1 if bulk else 10**9)
+    for i in range(3):
+        primary = fits.PrimaryHDU()
+        primary.header["OBJECT"] = (f"field {i}", "what was observed")
+        primary.header["EXPTIME"] = 30.0 + i
+        primary.header["NOCOMM"] = "plain"
+        primary.header["HISTORY"] = "made by a test"
+        primary.header["COMMENT"] = "a 'quoted' comment, with \\ and \"double\" quotes"
+        extensions = [fits.ImageHDU(np.zeros((2, 2), dtype=np.int16), name=f"CHIP{k}") for k in (1, 2)]
+        extensions[1].header["GAIN"] = (1.5 + i, "e-/ADU")
+        fits.HDUList([primary, *extensions]).writeto(tmp_path / f"f{i}.fits")
+    catalog.ingest([tmp_path])
+
+    def stored() -> dict[int, dict[str, list]]:
+        with catalog.engine.connect() as conn:
+            rows = conn.execute(select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.position, HeaderCard.keyword,
+                                       HeaderCard.value_text, HeaderCard.comment)
+                                .order_by(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.position)).all()
+        found: dict[int, dict[str, list]] = {}
+        for file_id, hdu, *card in rows:
+            found.setdefault(file_id, {}).setdefault(str(hdu), []).append(card)
+        return found
+
+    before = stored()
+    assert all(len(hdus) == 3 for hdus in before.values()) and len(before) == 3
+    time.sleep(0.01)
+    for i in range(3):
+        with fits.open(tmp_path / f"f{i}.fits", mode="update") as hdus:
+            hdus[0].header["EXPTIME"] = 99.0
+    assert catalog.ingest([tmp_path]).changed == 3
+    with catalog.engine.connect() as conn:
+        kept = {file_id: json.loads(text) for file_id, text in conn.execute(select(FileVersion.file_id, FileVersion.headers_json))}
+    assert kept == before
+    assert [key for key in kept[min(kept)]] == ["0", "1", "2"]
+    assert_consistent(catalog)
+
+
 def test_a_file_with_the_same_header_bytes_keeps_its_cards(catalog, tmp_path, rng):
     """A file touched, or its pixels rewritten under the same header, is
     changed: size, mtime and version move (metrics of its pixels are matched
@@ -96,8 +140,6 @@ def test_a_file_with_the_same_header_bytes_keeps_its_cards(catalog, tmp_path, rn
     stayed), its exposure is normalized again, but its cards stay and no
     copy of identical headers is kept. Re-reading 3,000 touched files took
     11 s (a version archived and 150 cards replaced each), a first read 1.2 s."""
-    from astropy.io import fits
-
     path = write_frame(tmp_path / "a-0001.fits", rng, {"EXPTIME": 30.0})
     catalog.ingest([tmp_path])
     with catalog.engine.connect() as conn:
@@ -391,6 +433,37 @@ def test_bulk_load_builds_the_card_indexes_after(catalog, tmp_path, rng, monkeyp
     dropped.clear()
     catalog.ingest([tmp_path / "more"])  # small next to the catalog: indexes stay
     assert not dropped
+
+
+def test_a_re_read_of_much_of_the_catalog_is_a_bulk_load_only_when_headers_changed(catalog, backend, tmp_path, rng, monkeypatch):
+    """Files re-read with their headers changed, a quarter of the catalog or
+    more, are loaded with the card indexes dropped and built after (on
+    PostgreSQL the primary key stays: the old cards are found by it); the
+    same files only touched write no card, and keep the indexes."""
+    from test_migrations import schema_diff
+
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    calls = []
+    real = ingest_module._drop_card_constraints
+    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine, **kw: (calls.append(kw), real(engine, **kw)))
+    _many_frames(tmp_path / "data", rng, 40)
+    assert catalog.ingest([tmp_path / "data"]).new == 40
+    assert calls == [{"keep_primary": False}]  # a first ingest: the keys go too (PostgreSQL)
+    paths = sorted((tmp_path / "data").iterdir())
+    for path in paths[:12]:  # 12 of 40: beyond a quarter
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    calls.clear()
+    assert catalog.ingest([tmp_path / "data"]).changed == 12
+    assert calls == []  # touched: the same header bytes, no card written
+    for path in paths[:12]:
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["OBSERVER"] = "someone else"
+    assert catalog.ingest([tmp_path / "data"]).changed == 12
+    assert calls == [{"keep_primary": True}]
+    assert _card_index_names(catalog) == EXPECTED_CARD_INDEXES and schema_diff(catalog.engine) == []
+    assert len(catalog.query("hdr['OBSERVER'] == 'someone else'")) == 12
+    assert count(catalog, FileVersion.id) == 12
+    assert_consistent(catalog)
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def test_bulk_load_takes_back_the_card_keys(catalog, tmp_path, rng, monkeypatch)
     monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
     dropped = []
     real = ingest_module._drop_card_constraints
-    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine: (dropped.append(_keys(catalog)), real(engine)))
+    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine, **kw: (dropped.append(_keys(catalog)), real(engine, **kw)))
     before = _keys(catalog)
     catalog.ingest([_frames(tmp_path / "data", rng, 12)])
     assert dropped == [before]

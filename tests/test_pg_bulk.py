@@ -88,7 +88,7 @@ def test_a_bulk_load_drops_a_key_index_a_killed_rebuild_left(pg_catalog, tmp_pat
     _run(engine, DROP_FKEY, DROP_PKEY, PKEY_INDEX_ONLY)
     seen = []
     real = ingest_module._drop_card_constraints
-    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda e: (real(e), seen.append(_keys(e))))
+    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda e, **kw: (real(e, **kw), seen.append(_keys(e))))
     monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
     for i in range(12):
         write_frame(tmp_path / "more" / f"g{i}.fits", rng, {"EXPTIME": 10.0 + i}, shape=(4, 4))
