@@ -605,7 +605,11 @@ def _headers_json(conn: Connection, ids: list[int]):
     text, comment], ...]} in card order."""
     cards = HEADER_CARDS.c
     if is_sqlite(conn):
-        # grouped on a prefix of the table's key, SQLite reads each HDU's cards in key order, so in order
+        # SQLite (before 3.44) orders no aggregate's input: grouped on a prefix of the table's key, with the
+        # files found by that key, each HDU's cards come in key order, so in card order, and with no sort
+        # between (EXPLAIN QUERY PLAN: no temporary B-tree for the inner GROUP BY; over an ordered subquery
+        # there was one; test_ingest checks it). Each card also carries its position. The HDUs of a file
+        # are grouped through a sort, which keeps them in order too, though a JSON object has no order.
         card = func.json_array(cards.position, cards.keyword, cards.value_text, cards.comment)
         hdus = (select(cards.file_id, cards.hdu_index, func.json_group_array(card).label("cards"))
                 .where(cards.file_id.in_(ids)).group_by(cards.file_id, cards.hdu_index).subquery())
@@ -987,34 +991,48 @@ def _begin_bulk(engine: Engine, summary: IngestSummary, *, replacing: bool) -> b
     return True
 
 
-def _writes_cards(engine: Engine, chunk: _Chunk, known: dict) -> bool:
-    """Whether storing ``chunk`` writes cards: a new file read, or a stored
-    one whose header changed (one touched, copied or with its pixels
-    rewritten keeps its cards)."""
+def _writing(engine: Engine, chunk: _Chunk, known: dict) -> int:
+    """How many files of ``chunk`` write cards: new files read, and stored
+    ones whose header changed (one touched, copied or with its pixels
+    rewritten keeps its cards; one whose mtime a migration forgot is written
+    again too, and not counted here: it costs only speed)."""
     read = {(seen.root_id, seen.relpath): result[1] for seen, result in chunk.items if result[0] == "ok"}
-    if any(key not in known for key in read):
-        return True
-    hashes = {known[key]: digest for key, digest in read.items()}
-    if not hashes:
-        return False
-    with transaction(engine) as conn:
-        stored = dict(conn.execute(select(FILES.c.id, FILES.c.header_hash).where(FILES.c.id.in_(list(hashes)))).all())
-    return any(stored.get(file_id) != digest for file_id, digest in hashes.items())
+    writing = sum(1 for key in read if key not in known)
+    hashes = {known[key]: digest for key, digest in read.items() if key in known}
+    if hashes:
+        with transaction(engine) as conn:
+            stored = dict(conn.execute(select(FILES.c.id, FILES.c.header_hash).where(FILES.c.id.in_(list(hashes)))).all())
+        writing += sum(1 for file_id, digest in hashes.items() if stored.get(file_id) != digest)
+    return writing
 
 
-def _is_bulk(engine: Engine, n_to_read: int) -> bool:
+class _BulkChoice:
     """Whether to load with the card indexes dropped and built again after.
     A build costs in proportion to the whole card table; kept, the indexes
     (and on PostgreSQL the foreign key, checked row by row) cost several
     times a build's share for every card written or replaced: 3,000 files
     re-read with a card changed spent 3.3 s (SQLite) and 6.1 s (PostgreSQL)
-    writing and deleting their cards under them. So bulk once a quarter of
-    the catalog is read (and a chunk writes cards: :func:`_writes_cards`)."""
-    if n_to_read < BULK_MIN_FILES:
-        return False
-    with transaction(engine) as conn:
-        stored = conn.execute(select(func.count()).select_from(Hdu)).scalar_one()
-    return n_to_read * 4 > stored
+    writing and deleting their cards under them. So bulk once the files
+    that write cards are a quarter of the catalog's files or more. How many
+    of the files read will write (files only touched write none) is told by
+    the chunks read so far: the load turns bulk at the first chunk whose
+    count says so."""
+
+    def __init__(self, engine: Engine, n_to_read: int) -> None:
+        self.n_to_read, self.read, self.writing = n_to_read, 0, 0
+        self.stored = None  # the catalog's files, asked only of a load that may turn bulk
+        if n_to_read >= BULK_MIN_FILES:
+            with transaction(engine) as conn:
+                self.stored = conn.execute(select(func.count()).select_from(FILES)).scalar_one()
+
+    def now(self, engine: Engine, chunk: _Chunk, known: dict) -> bool:
+        """Whether the load turns bulk before storing ``chunk``; asked until it does."""
+        if self.stored is None or self.n_to_read * 4 <= self.stored:
+            return False
+        self.read += len(chunk.items)
+        self.writing += _writing(engine, chunk, known)
+        # the files that will write cards, as the chunks so far tell: a quarter of the catalog or more
+        return self.writing * self.n_to_read * 4 > self.read * self.stored
 
 
 # -- the scan ----------------------------------------------------------------
@@ -1247,7 +1265,7 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
     bulk = False
     try:
         to_read, bad, known, gone = _plan(engine, resolved, summary, ahead)
-        large = _is_bulk(engine, len(to_read))  # a bulk load once a chunk writes cards (not for touched files)
+        choice = _BulkChoice(engine, len(to_read))
         total = len(to_read) + len(bad)
         done = 0
         scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
@@ -1255,8 +1273,9 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             sink = scratch_dir if scratch_dir else COPY_TEXT
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
-                if large and not bulk and _writes_cards(engine, chunk, known):
-                    large, bulk = False, _begin_bulk(engine, summary, replacing=bool(known))
+                if not bulk and choice.now(engine, chunk, known):
+                    choice.stored, bulk = None, True  # first: what an error leaves dropped is made again (finally)
+                    bulk = _begin_bulk(engine, summary, replacing=bool(known))
                 _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
@@ -1274,6 +1293,8 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
                     )
             summary.missing = len(gone)
     except BaseException as exc:
+        if ahead is not None:
+            ahead.stop()  # before the run's record, which may wait for the database (ingest stops it too)
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary.seconds = (datetime.now() - started).total_seconds()
         _finish_run(engine, summary, state, f"{type(exc).__name__}: {exc}")

@@ -395,7 +395,8 @@ def _close_engines(keep: set) -> None:
 
 def _reported(exc: Exception) -> None:
     """obsarch's own errors as their one line; anything unexpected too (no
-    traceback reaches a user); both exit 1, and --debug raises instead."""
+    traceback reaches a user); a usage error exits 2, the others 1, and
+    --debug raises instead."""
     if STATE.debug:
         raise exc
     if isinstance(exc, UsageError):  # a selection, column or sort list, an option value the user typed: usage
