@@ -1026,13 +1026,16 @@ class _BulkChoice:
                 self.stored = conn.execute(select(func.count()).select_from(FILES)).scalar_one()
 
     def now(self, engine: Engine, chunk: _Chunk, known: dict) -> bool:
-        """Whether the load turns bulk before storing ``chunk``; asked until it does."""
+        """Whether the load turns bulk before storing ``chunk``: yes once at most."""
         if self.stored is None or self.n_to_read * 4 <= self.stored:
             return False
         self.read += len(chunk.items)
         self.writing += _writing(engine, chunk, known)
         # the files that will write cards, as the chunks so far tell: a quarter of the catalog or more
-        return self.writing * self.n_to_read * 4 > self.read * self.stored
+        if self.writing * self.n_to_read * 4 <= self.read * self.stored:
+            return False
+        self.stored = None  # decided
+        return True
 
 
 # -- the scan ----------------------------------------------------------------
@@ -1273,8 +1276,8 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             sink = scratch_dir if scratch_dir else COPY_TEXT
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
-                if not bulk and choice.now(engine, chunk, known):
-                    choice.stored, bulk = None, True  # first: what an error leaves dropped is made again (finally)
+                if choice.now(engine, chunk, known):
+                    bulk = True  # first: what an error leaves dropped is made again (finally)
                     bulk = _begin_bulk(engine, summary, replacing=bool(known))
                 _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
