@@ -28,7 +28,7 @@ import time
 import warnings as pywarnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -627,20 +627,18 @@ def _headers_json(conn: Connection, ids: list[int]):
 def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary) -> None:
     """Store a chunk in one transaction; when the catalog refuses it, store
     its files one at a time, so that only the file it refuses is recorded
-    (with the reason) and the counts say what was stored."""
-    saved = replace(summary, errors=list(summary.errors))
+    (with the reason). The counts say what was stored: each transaction's
+    are added to ``summary`` once it committed."""
     try:
-        _write_chunk(engine, chunk, known, run_id, summary)
-        return
-    except DatabaseError:
-        _restore(summary, saved)
-    try:
+        try:
+            _write_chunk(engine, chunk, known, run_id, summary)
+            return
+        except DatabaseError:
+            pass
         for local, (seen, _) in enumerate(chunk.items):
-            saved = replace(summary, errors=list(summary.errors))
             try:
                 _write_chunk(engine, chunk, known, run_id, summary, only={local})
             except DatabaseError as exc:
-                _restore(summary, saved)
                 refused = _Chunk([(seen, ("error", f"the catalog refused it: {exc}"))], [])
                 _write_chunk(engine, refused, known, run_id, summary)
     finally:
@@ -648,10 +646,11 @@ def _store_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
             os.unlink(chunk.cards)
 
 
-def _restore(summary: IngestSummary, saved: IngestSummary) -> None:
-    """Counts as they were before a transaction that rolled back."""
-    for name in ("new", "changed", "unchanged", "missing", "failed", "ignored", "errors"):
-        setattr(summary, name, getattr(saved, name))
+def _add(summary: IngestSummary, tally: IngestSummary) -> None:
+    """The counts of a committed transaction (``tally``) added to the run's."""
+    for name in ("new", "changed", "unchanged", "failed"):
+        setattr(summary, name, getattr(summary, name) + getattr(tally, name))
+    summary.errors += tally.errors
 
 
 def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summary: IngestSummary,
@@ -668,6 +667,7 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
     # cost twice the copy, so it is off and the copy checks the HDUs once
     # (copy_scratch_cards). A chunk that replaces stored files deletes rows
     # and keeps the checks.
+    tally = IngestSummary(run_id)  # added to the run's once committed: a rollback counts nothing
     with transaction(engine, write=True, attach=scratch, foreign_keys=bool(old)) as conn:
         if not is_sqlite(conn):
             # Committed without waiting for the WAL to reach disk: a server
@@ -685,13 +685,14 @@ def _write_chunk(engine: Engine, chunk: _Chunk, known: dict, run_id: int, summar
             for local, seen, result in new:
                 file_id = inserted.get((seen.root_id, seen.relpath))
                 if file_id is None:  # a concurrent scan stored it first
-                    summary.unchanged += 1
+                    tally.unchanged += 1
                     continue
-                _count(conn, summary, seen, result, file_id, run_id, now, "new")
+                _count(conn, tally, seen, result, file_id, run_id, now, "new")
                 if result[0] == "ok":
                     rows_out.add(local, file_id, result, new_exposure=True)
-        _replace(conn, old, known, run_id, now, summary, rows_out)
+        _replace(conn, old, known, run_id, now, tally, rows_out)
         rows_out.flush(conn, chunk.cards)
+    _add(summary, tally)
     if scratch and only is None:
         os.unlink(scratch)
 
@@ -772,10 +773,9 @@ def ensure_card_indexes(engine: Engine) -> None:
         return
     with transaction(engine) as conn:
         present = card_index_names(conn)
-    missing = [index for index in card_indexes() if index.name not in present]
-    if missing:
-        with transaction(engine, write=True) as conn:
-            for index in missing:
+    for index in card_indexes():
+        if index.name not in present:
+            with transaction(engine, write=True) as conn:  # each kept once made: an interrupt loses one build at most
                 index.create(conn, checkfirst=True)
 
 
@@ -991,19 +991,19 @@ def _begin_bulk(engine: Engine, summary: IngestSummary, *, replacing: bool) -> b
     return True
 
 
-def _writing(engine: Engine, chunk: _Chunk, known: dict) -> int:
-    """How many files of ``chunk`` write cards: new files read, and stored
-    ones whose header changed (one touched, copied or with its pixels
-    rewritten keeps its cards; one whose mtime a migration forgot is written
-    again too, and not counted here: it costs only speed)."""
-    read = {(seen.root_id, seen.relpath): result[1] for seen, result in chunk.items if result[0] == "ok"}
-    writing = sum(1 for key in read if key not in known)
-    hashes = {known[key]: digest for key, digest in read.items() if key in known}
-    if hashes:
-        with transaction(engine) as conn:
-            stored = dict(conn.execute(select(FILES.c.id, FILES.c.header_hash).where(FILES.c.id.in_(list(hashes)))).all())
-        writing += sum(1 for file_id, digest in hashes.items() if stored.get(file_id) != digest)
-    return writing
+def _rewriting(engine: Engine, chunk: _Chunk, known: dict) -> tuple[int, int]:
+    """How many of the stored files in ``chunk`` were read, and how many of
+    them write cards: those whose header changed (one touched, copied or
+    with its pixels rewritten keeps its cards; one whose mtime a migration
+    forgot is written again too, and not counted here: it costs only speed)."""
+    read = {known[(seen.root_id, seen.relpath)]: result[1] for seen, result in chunk.items
+            if (seen.root_id, seen.relpath) in known}
+    hashes = {file_id: digest for file_id, digest in read.items() if digest is not None}
+    if not hashes:
+        return len(read), 0
+    with transaction(engine) as conn:
+        stored = dict(conn.execute(select(FILES.c.id, FILES.c.header_hash).where(FILES.c.id.in_(list(hashes)))).all())
+    return len(read), sum(1 for file_id, digest in hashes.items() if stored.get(file_id) != digest)
 
 
 class _BulkChoice:
@@ -1013,28 +1013,44 @@ class _BulkChoice:
     times a build's share for every card written or replaced: 3,000 files
     re-read with a card changed spent 3.3 s (SQLite) and 6.1 s (PostgreSQL)
     writing and deleting their cards under them. So bulk once the files
-    that write cards are a quarter of the catalog's files or more. How many
-    of the files read will write (files only touched write none) is told by
-    the chunks read so far: the load turns bulk at the first chunk whose
-    count says so."""
+    that write cards are a quarter of the catalog's files or more.
 
-    def __init__(self, engine: Engine, n_to_read: int) -> None:
-        self.n_to_read, self.read, self.writing = n_to_read, 0, 0
-        self.stored = None  # the catalog's files, asked only of a load that may turn bulk
-        if n_to_read >= BULK_MIN_FILES:
+    A new file writes cards; a stored file read again writes them only if
+    its header changed (touched files write none), which the chunks tell as
+    they come. Once a tenth of the stored files to read again has been seen
+    (in name order the first may all be one reprocessed night), the share
+    of them that changed stands for the rest: the load turns bulk at the
+    first chunk by which new and changed files reach the quarter. A wrong
+    guess costs one build of the indexes."""
+
+    SAMPLE = 10  # a tenth of the stored files to read again, seen before they stand for the rest
+
+    def __init__(self, engine: Engine, to_read: list[_Seen], known: dict) -> None:
+        self.stored_read = sum(1 for seen in to_read if (seen.root_id, seen.relpath) in known)
+        self.new = len(to_read) - self.stored_read
+        self.seen, self.changed = 0, 0
+        self.catalog = None  # the catalog's files, asked only of a load that may turn bulk
+        if len(to_read) >= BULK_MIN_FILES:
             with transaction(engine) as conn:
-                self.stored = conn.execute(select(func.count()).select_from(FILES)).scalar_one()
+                self.catalog = conn.execute(select(func.count()).select_from(FILES)).scalar_one()
+            if len(to_read) * 4 <= self.catalog:
+                self.catalog = None  # too few to write a quarter of it, whatever they hold
 
     def now(self, engine: Engine, chunk: _Chunk, known: dict) -> bool:
-        """Whether the load turns bulk before storing ``chunk``: yes once at most."""
-        if self.stored is None or self.n_to_read * 4 <= self.stored:
+        """Whether the load turns bulk before storing ``chunk`` (a chunk of
+        the files read): yes once at most."""
+        if self.catalog is None:
             return False
-        self.read += len(chunk.items)
-        self.writing += _writing(engine, chunk, known)
-        # the files that will write cards, as the chunks so far tell: a quarter of the catalog or more
-        if self.writing * self.n_to_read * 4 <= self.read * self.stored:
+        writing = self.new
+        if self.stored_read and self.new * 4 <= self.catalog:
+            seen, changed = _rewriting(engine, chunk, known)
+            self.seen, self.changed = self.seen + seen, self.changed + changed
+            if self.seen * self.SAMPLE < self.stored_read:
+                return False
+            writing += self.changed * self.stored_read / self.seen
+        if writing * 4 <= self.catalog:
             return False
-        self.stored = None  # decided
+        self.catalog = None  # decided
         return True
 
 
@@ -1251,6 +1267,7 @@ def ingest(
             if not path.exists() and not path.is_symlink():
                 raise NotFoundError(f"{path}: no such file or directory")
             resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
+        resolved = _distinct(resolved)
         if reading is None:
             reading = prescan.start(resolved)
         return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, reading)
@@ -1260,15 +1277,27 @@ def ingest(
         raise
 
 
+def _distinct(paths: list[Path]) -> list[Path]:
+    """The paths, each once, without those inside a directory among them
+    (``ingest night night/a.fits``): a file scanned twice would be counted
+    twice, and a changed one would take two versions."""
+    directories = [path for path in paths if path.is_dir()]
+    kept: list[Path] = []
+    for path in paths:
+        if path not in kept and not any(directory in path.parents for directory in directories):
+            kept.append(path)
+    return kept
+
+
 def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead) -> IngestSummary:
     remove_dead_scratch()
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
-    bulk = False
+    bulk = rebuilding = False
     try:
         to_read, bad, known, gone = _plan(engine, resolved, summary, ahead)
-        choice = _BulkChoice(engine, len(to_read))
+        choice = _BulkChoice(engine, to_read, known)
         total = len(to_read) + len(bad)
         done = 0
         scratch_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") if is_sqlite(engine) else None
@@ -1276,9 +1305,9 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             sink = scratch_dir if scratch_dir else COPY_TEXT
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
-                if choice.now(engine, chunk, known):
+                if chunk is not bad_chunk and choice.now(engine, chunk, known):
                     bulk = True  # first: what an error leaves dropped is made again (finally)
-                    bulk = _begin_bulk(engine, summary, replacing=bool(known))
+                    bulk = _begin_bulk(engine, summary, replacing=choice.stored_read > 0)
                 _store_chunk(engine, chunk, known, run_id, summary)
                 done += len(chunk.items)
                 if progress:
@@ -1295,21 +1324,33 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
                         update(FILES).where(FILES.c.id.in_(gone[start : start + 500])).values(status="missing", last_seen=utcnow())
                     )
             summary.missing = len(gone)
+        statistics = bulk
+        if bulk:  # every file stored: an error from here on is the run's, and leaves the indexes to the next ingest
+            bulk, rebuilding = False, True
+            _rebuild_after_bulk(engine, len(to_read))
+            rebuilding = False
+        # after the card indexes are back: the promoted columns of the files written (archive.promoted);
+        # a failed or interrupted run leaves its files to the next run's refresh
+        summary.notes.extend(promoted.refresh(engine, run_id, statistics=statistics))
     except BaseException as exc:
         if ahead is not None:
             ahead.stop()  # before the run's record, which may wait for the database (ingest stops it too)
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary.seconds = (datetime.now() - started).total_seconds()
-        _finish_run(engine, summary, state, f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        if rebuilding:
+            error += "; every file was stored, and the next ingest builds the card indexes again"
+        _finish_run(engine, summary, state, error)
         raise
     finally:
-        if bulk:
-            ensure_card_indexes(engine)
-            _analyze(engine, len(to_read))
-    # after the card indexes are back: the promoted columns of the files written (archive.promoted);
-    # a failed or interrupted run leaves its files to the next run's refresh
-    summary.notes.extend(promoted.refresh(engine, run_id, statistics=bulk))
+        if bulk:  # the load ended early: what it dropped is made again
+            _rebuild_after_bulk(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary
+
+
+def _rebuild_after_bulk(engine: Engine, n_read: int) -> None:
+    ensure_card_indexes(engine)
+    _analyze(engine, n_read)
 

@@ -492,6 +492,107 @@ def test_a_re_read_of_much_of_the_catalog_is_a_bulk_load_only_when_headers_chang
     assert_consistent(catalog)
 
 
+def test_a_re_read_turns_bulk_only_once_a_tenth_of_the_stored_files_tell_it(catalog, tmp_path, rng, monkeypatch):
+    """Files are read in name order, and the first may all be one
+    reprocessed night: one changed file read first, the 39 after it only
+    touched, keeps the indexes (it turned the load bulk when one chunk
+    decided). The scan's own errors are no chunk read, and tell nothing."""
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    monkeypatch.setattr(ingest_module, "BATCH_FILES", 1)
+    _many_frames(tmp_path / "data", rng, 40)
+    catalog.ingest([tmp_path / "data"])
+    dropped = []
+    real_drop = ingest_module._drop_card_indexes
+    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    paths = sorted((tmp_path / "data").iterdir())
+    with fits.open(paths[0], mode="update") as hdus:
+        hdus[0].header["OBSERVER"] = "a"
+    for path in paths[1:]:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert catalog.ingest([tmp_path / "data"]).changed == 40
+    assert not dropped and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    for path in paths[:4]:  # 4 of the first 4 (a tenth): all 40 may have changed
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["OBSERVER"] = "b"
+    for path in paths[4:]:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert catalog.ingest([tmp_path / "data"]).changed == 40
+    assert dropped == [1] and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert len(catalog.query("hdr['OBSERVER'] == 'b'")) == 4
+
+
+def test_an_interrupted_chunk_is_not_counted(catalog, tmp_path, rng, monkeypatch):
+    """A Ctrl-C inside a chunk's transaction rolls the chunk back, and its
+    files out of the run's counts: the record says what was stored."""
+    monkeypatch.setattr(ingest_module, "BATCH_FILES", 5)
+    _many_frames(tmp_path / "data", rng, 10)
+    flushes, real_flush = [], ingest_module._Rows.flush
+
+    def flush(self, conn, cards):
+        flushes.append(1)
+        if len(flushes) == 2:
+            raise KeyboardInterrupt
+        real_flush(self, conn, cards)
+
+    monkeypatch.setattr(ingest_module._Rows, "flush", flush)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.ingest([tmp_path / "data"], workers=1)
+    with catalog.engine.connect() as conn:
+        run = conn.execute(select(IngestRun.state, IngestRun.n_new, IngestRun.n_failed)).one()
+    assert tuple(run) == ("interrupted", 5, 0) and count(catalog, File.id) == 5
+    monkeypatch.setattr(ingest_module._Rows, "flush", real_flush)
+    again = catalog.ingest([tmp_path / "data"])
+    assert (again.new, again.unchanged) == (5, 5)
+    assert_consistent(catalog)
+
+
+def test_an_interrupt_while_the_indexes_are_built_again_keeps_the_run_and_its_counts(catalog, tmp_path, rng, monkeypatch):
+    """Every file of a bulk load stored, a Ctrl-C while the card indexes are
+    built again ends the run as interrupted with its counts and says so;
+    the next ingest builds the indexes."""
+    from test_migrations import schema_diff
+
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    _many_frames(tmp_path / "data", rng, 12)
+    calls, real_ensure = [], ingest_module.ensure_card_indexes
+
+    def ensure(engine):
+        calls.append(1)
+        if len(calls) == 2:  # the first is the run's check before it starts
+            raise KeyboardInterrupt
+        real_ensure(engine)
+
+    monkeypatch.setattr(ingest_module, "ensure_card_indexes", ensure)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.ingest([tmp_path / "data"])
+    assert len(calls) == 2  # not made again on the way out: the person asked to stop
+    with catalog.engine.connect() as conn:
+        state, new, error = conn.execute(select(IngestRun.state, IngestRun.n_new, IngestRun.error)).one()
+    assert (state, new) == ("interrupted", 12)
+    assert error == "KeyboardInterrupt: ; every file was stored, and the next ingest builds the card indexes again"
+    assert _card_index_names(catalog) != EXPECTED_CARD_INDEXES
+    monkeypatch.setattr(ingest_module, "ensure_card_indexes", real_ensure)
+    again = catalog.ingest([tmp_path / "data"])
+    assert again.unchanged == 12 and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert schema_diff(catalog.engine) == []
+    assert len(catalog.query("hdr['EXPTIME'] < 3")) == 3
+
+
+def test_a_path_given_twice_is_scanned_once(catalog, tmp_path, rng):
+    """`obsarch ingest night night` or `night night/f00000.fits` (a shell
+    glob): each file is counted once, and a changed one takes one version."""
+    _many_frames(tmp_path / "night", rng, 3)
+    first = catalog.ingest([tmp_path / "night", tmp_path / "night", tmp_path / "night" / "f00000.fits"])
+    assert (first.new, first.unchanged) == (3, 0)
+    with fits.open(tmp_path / "night" / "f00001.fits", mode="update") as hdus:
+        hdus[0].header["OBSERVER"] = "me"
+    again = catalog.ingest([tmp_path / "night" / "f00001.fits", tmp_path / "night"])
+    assert (again.changed, again.unchanged) == (1, 2)
+    with catalog.engine.connect() as conn:
+        versions = dict(conn.execute(select(File.relpath, File.version)).all())
+    assert versions == {"f00000.fits": 1, "f00001.fits": 2, "f00002.fits": 1}
+
+
 @pytest.mark.slow
 def test_bulk_load_killed_half_way_gets_its_indexes_back(catalog, url, tmp_path, rng):
     from test_migrations import schema_diff
