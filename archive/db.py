@@ -445,7 +445,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def _where(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    """The catalog's URL, and the file a relative SQLite path names from here
+    (run from another directory, sqlite:///obsarch.db is another catalog)."""
+    where = engine.url.render_as_string(hide_password=True)
+    database = engine.url.database
+    if is_sqlite(engine) and database and database != ":memory:" and not database.startswith("file:") \
+            and not os.path.isabs(database):
+        where += f" ({os.path.abspath(database)})"
+    return where
 
 
 def search_path_schemas(path: str) -> list[str]:

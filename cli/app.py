@@ -262,7 +262,14 @@ def _usage_line(exc) -> str:
     if message[:1].isupper() and message[1:2].islower():  # "Invalid value", not "FITS"
         message = message[0].lower() + message[1:]
     ctx = getattr(exc, "ctx", None)
-    return f"{message} (see {ctx.command_path} --help)" if ctx is not None else message
+    if ctx is None:
+        return message
+    name, root = getattr(exc, "option_name", None), ctx.find_root()
+    if name and ctx is not root and any(name in param.opts for param in root.command.params):
+        # `obsarch summary --db URL`: the app's own option, given after the command
+        command = ctx.command_path.removeprefix(f"{root.command_path} ")
+        return f"{command} has no option {name}: it is obsarch's own, given before the command ({root.command_path} {name} ... {command})"
+    return f"{message} (see {ctx.command_path} --help)"
 
 
 def group(help: str | None, default: str | None = None, no_args_is_help: bool = True) -> typer.Typer:

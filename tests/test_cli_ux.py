@@ -180,7 +180,7 @@ def test_a_read_command_does_not_create_a_catalog(tmp_path, monkeypatch, command
     monkeypatch.delenv("OBSARCH_DB", raising=False)
     result = runner.invoke(app, command)
     assert result.exit_code == 1
-    assert "no obsarch catalog at sqlite:///obsarch.db; run `obsarch init` first" in result.stderr
+    assert f"no obsarch catalog at sqlite:///obsarch.db ({tmp_path / 'obsarch.db'}); run `obsarch init` first" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 

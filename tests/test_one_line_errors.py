@@ -232,6 +232,10 @@ def test_a_broken_pipe_that_is_not_stdouts_stays_an_error(ingested, monkeypatch)
     (["sql", "select 1", "--timeout", "-1"],
      "invalid value for '--timeout': -1 is below 0; give seconds, or 0 for no limit (see obsarch sql --help)"),
     (["query", "--nope"], "no such option: --nope (see obsarch query --help)"),
+    (["summary", "--db", "sqlite:///x.db"],
+     "summary has no option --db: it is obsarch's own, given before the command (obsarch --db ... summary)"),
+    (["group", "list", "--debug"],
+     "group list has no option --debug: it is obsarch's own, given before the command (obsarch --debug ... group list)"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(tmp_path, args, line):
     result = CliRunner().invoke(app, ["--db", f"sqlite:///{tmp_path / 'none.db'}", *args], prog_name="obsarch")
