@@ -74,11 +74,14 @@ FITS_SUFFIXES = (
     ".rmf", ".arf", ".bkg", ".rsp", ".mt", ".ds",
 )  # fmt: skip
 BATCH_FILES = int(os.environ.get("OBSARCH_INGEST_BATCH", "250"))
-# A scan that reads at least this many files, and more than the catalog
-# holds, loads the card table without its indexes and builds them after:
-# inserting into three indexes halves the write rate (measured in
-# benchmarks/ingest.py), building them afterwards sorts once.
+# A scan that reads at least this many files may load the card table
+# without its indexes and build them after (_BulkChoice): inserting into
+# three indexes halves the write rate (measured in benchmarks/ingest.py),
+# building them afterwards sorts once.
 BULK_MIN_FILES = int(os.environ.get("OBSARCH_BULK_MIN_FILES", "2000"))
+# At most this many files read are held unstored while a re-read's bulk choice
+# waits for its sample (_BulkChoice): ~15 KB of cards each.
+HOLD_FILES = 2500
 # PostgreSQL's statistics of keyword-value pairs cost seconds at any size
 # (a fixed sample); a bulk load this large refreshes them, a smaller one
 # leaves them to autovacuum or the next large load.
@@ -1020,8 +1023,10 @@ class _BulkChoice:
     they come. Once a tenth of the stored files to read again has been seen
     (in name order the first may all be one reprocessed night), the share
     of them that changed stands for the rest: the load turns bulk at the
-    first chunk by which new and changed files reach the quarter. A wrong
-    guess costs one build of the indexes."""
+    first chunk by which new and changed files reach the quarter. The
+    chunks read before the tenth is seen are held (:meth:`hold`), and
+    stored bulk if it turns bulk. A wrong guess costs one build of the
+    indexes."""
 
     SAMPLE = 10  # a tenth of the stored files to read again, seen before they stand for the rest
 
@@ -1035,6 +1040,16 @@ class _BulkChoice:
                 self.catalog = conn.execute(select(func.count()).select_from(FILES)).scalar_one()
             if len(to_read) * 4 <= self.catalog:
                 self.catalog = None  # too few to write a quarter of it, whatever they hold
+        # whether the choice waits for its sample: the chunks read meanwhile are
+        # held (up to HOLD_FILES), so that a re-read that does turn bulk loads them bulk too
+        self.waiting = self.catalog is not None and self.stored_read > 0 and self.new * 4 <= self.catalog
+
+    def hold(self, held: int, more: int) -> bool:
+        """Whether a chunk of ``more`` files read is held unstored, beside
+        ``held`` files held already, until the choice is made."""
+        if self.waiting and held + more > HOLD_FILES:
+            self.waiting = False  # too many: stored as they come, and the choice goes on without holding
+        return self.waiting
 
     def now(self, engine: Engine, chunk: _Chunk, known: dict) -> bool:
         """Whether the load turns bulk before storing ``chunk`` (a chunk of
@@ -1047,6 +1062,7 @@ class _BulkChoice:
             self.seen, self.changed = self.seen + seen, self.changed + changed
             if self.seen * self.SAMPLE < self.stored_read:
                 return False
+            self.waiting = False
             writing += self.changed * self.stored_read / self.seen
         if writing * 4 <= self.catalog:
             return False
@@ -1304,14 +1320,24 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
         try:
             bad_chunk = _Chunk([(item, ("error", item.error)) for item in bad], [])
             sink = scratch_dir if scratch_dir else COPY_TEXT
+            held: list[_Chunk] = []  # read while the choice waits for its sample; stored once it is made
             for chunk in itertools.chain([bad_chunk] if bad else [], _read_all(to_read, config, workers, sink, on_dask)):
-                if chunk is not bad_chunk and choice.now(engine, chunk, known):
-                    bulk = True  # first: what an error leaves dropped is made again (finally)
-                    bulk = _begin_bulk(engine, summary, replacing=choice.stored_read > 0)
-                _store_chunk(engine, chunk, known, run_id, summary)
-                done += len(chunk.items)
-                if progress:
-                    progress(done, total)
+                if chunk is not bad_chunk:
+                    if choice.now(engine, chunk, known):
+                        bulk = True  # first: what an error leaves dropped is made again (finally)
+                        bulk = _begin_bulk(engine, summary, replacing=choice.stored_read > 0)
+                    if choice.hold(sum(len(c.items) for c in held), len(chunk.items)):
+                        held.append(chunk)
+                        continue
+                for ready in (*held, chunk):
+                    _store_chunk(engine, ready, known, run_id, summary)
+                    done += len(ready.items)
+                    if progress:
+                        progress(done, total)
+                held = []
+            for ready in held:  # the sample is part of what is read: none is left held, unless a count went wrong
+                _store_chunk(engine, ready, known, run_id, summary)
+                done += len(ready.items)
         finally:
             if scratch_dir:
                 shutil.rmtree(scratch_dir, ignore_errors=True)

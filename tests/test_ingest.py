@@ -521,6 +521,37 @@ def test_a_re_read_turns_bulk_only_once_a_tenth_of_the_stored_files_tell_it(cata
     assert len(catalog.query("hdr['OBSERVER'] == 'b'")) == 4
 
 
+def test_the_chunks_read_while_the_bulk_choice_waits_are_stored_after_it(catalog, tmp_path, rng, monkeypatch):
+    """A re-read that turns bulk once a tenth of its stored files is seen
+    holds the chunks read before (up to HOLD_FILES files) and stores them
+    bulk too; past the limit they are stored as they come."""
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    monkeypatch.setattr(ingest_module, "BATCH_FILES", 1)
+    _many_frames(tmp_path / "data", rng, 40)
+    catalog.ingest([tmp_path / "data"])
+    events = []
+    real_drop, real_store = ingest_module._drop_card_indexes, ingest_module._store_chunk
+    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (events.append("drop"), real_drop(engine)))
+    monkeypatch.setattr(ingest_module, "_store_chunk", lambda *a: (events.append("chunk"), real_store(*a)))
+    paths = sorted((tmp_path / "data").iterdir())
+
+    def change_all(observer):
+        events.clear()
+        for path in paths:
+            with fits.open(path, mode="update") as hdus:
+                hdus[0].header["OBSERVER"] = observer
+        assert catalog.ingest([tmp_path / "data"]).changed == 40
+
+    change_all("a")
+    assert events == ["drop"] + ["chunk"] * 40  # chunks 1-3 held, chunk 4 completes the tenth
+    monkeypatch.setattr(ingest_module, "HOLD_FILES", 2)
+    change_all("b")
+    assert events == ["chunk"] * 3 + ["drop"] + ["chunk"] * 37
+    assert len(catalog.query("hdr['OBSERVER'] == 'b'")) == 40 and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert count(catalog, FileVersion.id) == 80
+    assert_consistent(catalog)
+
+
 def test_an_interrupted_chunk_is_not_counted(catalog, tmp_path, rng, monkeypatch):
     """A Ctrl-C inside a chunk's transaction rolls the chunk back, and its
     files out of the run's counts: the record says what was stored."""
