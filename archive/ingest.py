@@ -1275,15 +1275,19 @@ def ingest(
             workers = 1
         on_dask = (scheduler or True) if executor == "dask" else None
         started = datetime.now()
-        resolved = []
+        resolved, directories = [], set()
         for p in paths:
             if not str(p).strip():  # Path("") is the current directory: an empty shell variable would scan it
                 raise UsageError("ingest: an empty path names no file or directory (for this directory, say '.')")
             path = Path(p).expanduser().absolute()
             if not path.exists() and not path.is_symlink():
                 raise NotFoundError(f"{path}: no such file or directory")
-            resolved.append(path.resolve() if path.is_dir() else path.parent.resolve() / path.name)
-        resolved = _distinct(resolved)
+            if path.is_dir():
+                resolved.append(path.resolve())
+                directories.add(resolved[-1])
+            else:
+                resolved.append(path.parent.resolve() / path.name)
+        resolved = _distinct(resolved, directories)
         if reading is None:
             reading = prescan.start(resolved)
         return _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, reading)
@@ -1293,16 +1297,27 @@ def ingest(
         raise
 
 
-def _distinct(paths: list[Path]) -> list[Path]:
-    """The paths, each once, without those inside a directory among them
-    (``ingest night night/a.fits``): a file scanned twice would be counted
-    twice, and a changed one would take two versions."""
-    directories = [path for path in paths if path.is_dir()]
-    kept: list[Path] = []
-    for path in paths:
-        if path not in kept and not any(directory in path.parents for directory in directories):
+def _distinct(paths: list[Path], directories: set[Path]) -> list[Path]:
+    """The paths, each once, without those inside one of the ``directories``
+    among them (``ingest night night/a.fits``): a file scanned twice would
+    be counted twice, and a changed one would take two versions."""
+    below = {str(directory) for directory in directories}
+    kept, seen = [], set()
+    for path in paths:  # a shell glob may give tens of thousands: strings and sets
+        text = str(path)
+        if text not in seen and not (below and _inside(text, below)):
             kept.append(path)
+        seen.add(text)
     return kept
+
+
+def _inside(path: str, directories: set[str]) -> bool:
+    """Whether the absolute ``path`` lies below one of ``directories``."""
+    while (parent := os.path.dirname(path)) != path:
+        if parent in directories:
+            return True
+        path = parent
+    return False
 
 
 def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, started, ahead) -> IngestSummary:
