@@ -999,9 +999,9 @@ def _rewriting(engine: Engine, chunk: _Chunk, known: dict) -> tuple[int, int]:
     them write cards: those whose header changed (one touched, copied or
     with its pixels rewritten keeps its cards; one whose mtime a migration
     forgot is written again too, and not counted here: it costs only speed)."""
-    read = {known[(seen.root_id, seen.relpath)]: result[1] for seen, result in chunk.items
+    read = {known[(seen.root_id, seen.relpath)]: result[1] if result[0] == "ok" else None for seen, result in chunk.items
             if (seen.root_id, seen.relpath) in known}
-    hashes = {file_id: digest for file_id, digest in read.items() if digest is not None}
+    hashes = {file_id: digest for file_id, digest in read.items() if digest is not None}  # one unreadable now keeps its cards
     if not hashes:
         return len(read), 0
     with transaction(engine) as conn:
@@ -1023,10 +1023,10 @@ class _BulkChoice:
     they come. Once a tenth of the stored files to read again has been seen
     (in name order the first may all be one reprocessed night), the share
     of them that changed stands for the rest: the load turns bulk at the
-    first chunk by which new and changed files reach the quarter. The
-    chunks read before the tenth is seen are held (:meth:`hold`), and
-    stored bulk if it turns bulk. A wrong guess costs one build of the
-    indexes."""
+    first chunk by which new and changed files reach the quarter (past
+    25,000 files, the first HOLD_FILES stand for them). The chunks read
+    before are held (:meth:`hold`), and stored bulk if it turns bulk. A
+    wrong guess costs one build of the indexes."""
 
     SAMPLE = 10  # a tenth of the stored files to read again, seen before they stand for the rest
 
@@ -1044,11 +1044,12 @@ class _BulkChoice:
         # held (up to HOLD_FILES), so that a re-read that does turn bulk loads them bulk too
         self.waiting = self.catalog is not None and self.stored_read > 0 and self.new * 4 <= self.catalog
 
-    def hold(self, held: int, more: int) -> bool:
-        """Whether a chunk of ``more`` files read is held unstored, beside
-        ``held`` files held already, until the choice is made."""
-        if self.waiting and held + more > HOLD_FILES:
-            self.waiting = False  # too many: stored as they come, and the choice goes on without holding
+    def hold(self, held: int, chunk: _Chunk) -> bool:
+        """Whether ``chunk`` is held unstored, beside ``held`` files held
+        already, until the choice is made. Not its cards as tuples (read in
+        this process or on dask, for SQLite): ~75 KB a file."""
+        if self.waiting and (held + len(chunk.items) > HOLD_FILES or isinstance(chunk.cards, list) and chunk.cards):
+            self.waiting = False  # stored as they come, and the choice goes on without holding
         return self.waiting
 
     def now(self, engine: Engine, chunk: _Chunk, known: dict) -> bool:
@@ -1060,7 +1061,7 @@ class _BulkChoice:
         if self.stored_read and self.new * 4 <= self.catalog:
             seen, changed = _rewriting(engine, chunk, known)
             self.seen, self.changed = self.seen + seen, self.changed + changed
-            if self.seen * self.SAMPLE < self.stored_read:
+            if self.seen * self.SAMPLE < self.stored_read and self.seen < HOLD_FILES:
                 return False
             self.waiting = False
             writing += self.changed * self.stored_read / self.seen
@@ -1305,7 +1306,8 @@ def _distinct(paths: list[Path], directories: set[Path]) -> list[Path]:
     kept, seen = [], set()
     for path in paths:  # a shell glob may give tens of thousands: strings and sets
         text = str(path)
-        if text not in seen and not (below and _inside(text, below)):
+        # a file the scan of its directory would not take (f1.raw) is read as named
+        if text not in seen and not (below and _inside(text, below) and is_fits_name(path.name)):
             kept.append(path)
         seen.add(text)
     return kept
@@ -1325,7 +1327,7 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
     ensure_card_indexes(engine)
     run_id = _start_run(engine, resolved)
     summary = IngestSummary(run_id=run_id)
-    bulk = rebuilding = False
+    bulk, left = False, None
     try:
         to_read, bad, known, gone = _plan(engine, resolved, summary, ahead)
         choice = _BulkChoice(engine, to_read, known)
@@ -1341,7 +1343,7 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
                     if choice.now(engine, chunk, known):
                         bulk = True  # first: what an error leaves dropped is made again (finally)
                         bulk = _begin_bulk(engine, summary, replacing=choice.stored_read > 0)
-                    if choice.hold(sum(len(c.items) for c in held), len(chunk.items)):
+                    if choice.hold(sum(len(c.items) for c in held), chunk):
                         held.append(chunk)
                         continue
                 for ready in (*held, chunk):
@@ -1366,10 +1368,12 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
                     )
             summary.missing = len(gone)
         statistics = bulk
-        if bulk:  # every file stored: an error from here on is the run's, and leaves the indexes to the next ingest
-            bulk, rebuilding = False, True
-            _rebuild_after_bulk(engine, len(to_read))
-            rebuilding = False
+        if bulk:  # every file stored: an error from here on is the run's, and says what it left
+            bulk, left = False, "the next ingest builds the card indexes again"
+            ensure_card_indexes(engine)
+            left = "its cards indexed; the planner's statistics are those of before"
+            _analyze(engine, len(to_read))
+            left = None
         # after the card indexes are back: the promoted columns of the files written (archive.promoted);
         # a failed or interrupted run leaves its files to the next run's refresh
         summary.notes.extend(promoted.refresh(engine, run_id, statistics=statistics))
@@ -1379,19 +1383,16 @@ def _ingest_resolved(engine, resolved, config, workers, progress, on_dask, start
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary.seconds = (datetime.now() - started).total_seconds()
         error = f"{type(exc).__name__}: {exc}"
-        if rebuilding:
-            error += "; every file was stored, and the next ingest builds the card indexes again"
+        if left:
+            error += f"; every file was stored, and {left}"
         _finish_run(engine, summary, state, error)
         raise
     finally:
         if bulk:  # the load ended early: what it dropped is made again
-            _rebuild_after_bulk(engine, len(to_read))
+            ensure_card_indexes(engine)
+            _analyze(engine, len(to_read))
     summary.seconds = (datetime.now() - started).total_seconds()
     _finish_run(engine, summary, "done")
     return summary
 
-
-def _rebuild_after_bulk(engine: Engine, n_read: int) -> None:
-    ensure_card_indexes(engine)
-    _analyze(engine, n_read)
 
