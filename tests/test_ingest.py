@@ -552,6 +552,38 @@ def test_the_chunks_read_while_the_bulk_choice_waits_are_stored_after_it(catalog
     assert_consistent(catalog)
 
 
+def test_the_scans_own_errors_neither_dilute_the_bulk_choice_nor_keep_the_primary_key(catalog, tmp_path, rng, monkeypatch):
+    """Files the scan cannot take (30 pipes named .fits, stored as errors)
+    are stored again before anything is read: they write no card, and tell
+    nothing of the files read (24 changed of 70 stored turn the load bulk with them
+    there too). A stored file among them is no file read again: PostgreSQL
+    drops its primary key for a load of new files."""
+    monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
+    monkeypatch.setattr(ingest_module, "BATCH_FILES", 4)
+    _many_frames(tmp_path / "data", rng, 40)
+    for i in range(30):
+        os.mkfifo(tmp_path / "data" / f"a{i:02d}.fits")
+    catalog.ingest([tmp_path / "data"])
+    drops = []
+    real_drop = ingest_module._drop_card_constraints
+    monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine, **kw: (drops.append(kw), real_drop(engine, **kw)))
+    for path in sorted((tmp_path / "data").glob("f*.fits"))[:24]:
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["OBSERVER"] = "a"
+    summary = catalog.ingest([tmp_path / "data"])
+    assert (summary.changed, summary.failed, drops) == (24, 30, [{"keep_primary": True}])
+    drops.clear()
+    (tmp_path / "data" / "f00000.fits").unlink()
+    os.mkfifo(tmp_path / "data" / "f00000.fits")  # stored, and now a scan error
+    _many_frames(tmp_path / "more", rng, 80)
+    for path in (tmp_path / "more").iterdir():
+        path.rename(tmp_path / "data" / f"n{path.name}")
+    summary = catalog.ingest([tmp_path / "data"])
+    assert (summary.new, summary.failed, drops) == (80, 31, [{"keep_primary": False}])
+    assert _card_index_names(catalog) == EXPECTED_CARD_INDEXES
+    assert_consistent(catalog)
+
+
 def test_stored_files_that_no_longer_read_keep_the_indexes(catalog, tmp_path, rng, monkeypatch):
     """A stored file that now fails to read keeps its cards: it writes none,
     and 40 of them (a truncated copy of the tree) are no bulk load."""
