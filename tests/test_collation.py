@@ -3,8 +3,8 @@
 Many teams' servers collate text as en_US does; the test server's is
 C.UTF-8, which orders ASCII as SQLite does (byte order). On an en-US
 database the same text range and sort gave other answers than on SQLite
-(found 2026-12-04, not mended yet): this test pins it, and turns red (a
-strict xfail that passes) once PostgreSQL compares text in byte order.
+(found 2026-12-04): PostgreSQL now compares text by its bytes for ranges
+and sorts (archive.query.byte_order).
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ def _answers(url: str, data) -> tuple:
         catalog.ingest([data])
         below_a = sorted(catalog.query("object < 'a'")["object"])
         n_range = sorted(catalog.query("hdr['OBJECT'] >= 'N' and hdr['OBJECT'] < 'O'")["object"])
+        between = sorted(catalog.query("object between 'A' and 'Z'")["object"])
+        card_between = sorted(catalog.query("hdr['OBJECT'] between 'A' and 'Z'")["object"])
         ordered = list(catalog.query("", columns="object", sort="object")["object"])
-        return below_a, n_range, ordered
+        by_card = list(catalog.query("", columns="object", sort="-hdr['OBJECT']")["object"])
+        return below_a, n_range, between, card_between, ordered, by_card
     finally:
         catalog.engine.dispose()
 
@@ -59,7 +62,6 @@ def en_us_url():
         admin.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="text ranges and sorts follow the database's collation on PostgreSQL")
 def test_text_ranges_and_sorts_agree_with_sqlite_on_an_en_us_server(tmp_path, en_us_url):
     data = tmp_path / "data"
     data.mkdir()
@@ -68,5 +70,28 @@ def test_text_ranges_and_sorts_agree_with_sqlite_on_an_en_us_server(tmp_path, en
         hdu.header["OBJECT"], hdu.header["EXPTIME"] = name, 1.0
         hdu.writeto(data / f"f{i}.fits")
     sqlite = _answers(f"sqlite:///{tmp_path / 'catalog.db'}", data)
-    assert sqlite == (["M31", "NGC 253", "_test"], ["NGC 253"], ["M31", "NGC 253", "_test", "a-field", "ngc 300"])
+    ordered = ["M31", "NGC 253", "_test", "a-field", "ngc 300"]
+    assert sqlite == (["M31", "NGC 253", "_test"], ["NGC 253"], ["M31", "NGC 253"], ["M31", "NGC 253"], ordered, ordered[::-1])
     assert _answers(en_us_url, data) == sqlite
+
+
+def test_only_text_ranges_and_sorts_are_collated():
+    """Equality keeps its indexes (every deterministic collation agrees on
+    it), and so do night's ranges: digits and dashes, ordered alike by any
+    collation. SQLite's order is its bytes already."""
+    from sqlalchemy.dialects import postgresql
+
+    from archive.query import select_exposures
+
+    def sql(selection: str, dialect: str = "postgresql") -> str:
+        statement = select_exposures(selection, dialect)
+        return str(statement.compile(dialect=postgresql.dialect() if dialect == "postgresql" else None))
+
+    for collated in ("object < 'a'", "object between 'A' and 'Z'", "hdr['OBJECT'] >= 'N'", "hdr['OBJECT'] between 'A' and 'B'",
+                     "obsid > '07'"):
+        assert 'COLLATE "C"' in sql(collated), collated
+    for plain in ("object == 'M31'", "object != 'M31'", "object in ('M31', 'a')", "hdr['OBJECT'] == 'M31'", "object like 'm%'",
+                  "night >= '2017-08'", "night between '2017-08-01' and '2017-08-31'", "exptime > 30", "hdr['EXPTIME'] < 3",
+                  "date_obs > '2017-08-16'"):
+        assert "COLLATE" not in sql(plain), plain
+    assert "COLLATE" not in sql("object < 'a'", "sqlite")
