@@ -922,9 +922,11 @@ class Compiler:
         if node.value is None:  # == null is "is null" for every name, as in a list (see _in)
             return self._isnull(IsNull(node.field, negate=node.op == "!="))
         if (definition := self._set_def(node.field)) is not None:
+            if not isinstance(node.value, str):  # PostgreSQL would refuse the operator, SQLite compare text with a number
+                raise SelectionError(f"{_label(node.field)} is text; compare it with a quoted string, not {node.value!r}")
             if node.op == "!=":
                 return not_(self._member(definition, lambda v: v == node.value))
-            ranged = node.op not in ("==", "!=") and isinstance(node.value, str)
+            ranged = node.op not in ("==", "!=")
             return self._member(definition, lambda v: _OPS[node.op](byte_order(v, self.sqlite) if ranged else v, node.value))
         if isinstance(node.field, Header):
             kind, value = _value_kind(node.value), _card_value(node.value)
@@ -957,6 +959,8 @@ class Compiler:
                 clause = or_(self._in(In(node.field, values)), clause)
             return not_(clause) if node.negate else clause
         if (definition := self._set_def(node.field)) is not None:
+            if other := [v for v in node.values if not isinstance(v, str)]:
+                raise SelectionError(f"{_label(node.field)} is text; compare it with quoted strings, not {other[0]!r}")
             clause = self._member(definition, lambda v: _in_values(v, list(node.values), self.sqlite))
             return not_(clause) if node.negate else clause
         if isinstance(node.field, Header):
@@ -1118,7 +1122,9 @@ class Compiler:
 
         Numbers compare with numeric cards (logicals as 1/0), strings with the
         text of the others; each branch repeats the predicate of one partial
-        index so that it is an index range on both backends.
+        index so that it is an index range on both backends (a text range on
+        PostgreSQL, in byte order, ranges over the keyword only: see
+        :func:`byte_order`).
 
         The clause is ``id IN (the cards' file ids)``. SQLite makes that list
         before it looks at exposures (PostgreSQL merges or hashes it, as its
@@ -1620,8 +1626,9 @@ def sort_expressions(sort: str, compiler: Compiler) -> list[ColumnElement]:
     for field, descending in parse_sort(sort):
         with naming("sort", sort):
             expressions = column_expressions(field, compiler, exact=True)
+        kind = None if isinstance(field, Header) else compiler._expression(field)[1]  # a card's text is its String column
         for _, expression in expressions:
-            if isinstance(expression.type, String) and not _ordered_alike(field):
+            if (kind == "text" or kind is None and isinstance(expression.type, String)) and not _ordered_alike(field):
                 expression = byte_order(expression, compiler.sqlite)
             # empty values last either way, on both backends (SQLite puts NULL first, PostgreSQL last)
             result.append((expression.desc() if descending else expression.asc()).nulls_last())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, Select, case, exists, func, select
+from sqlalchemy import ColumnElement, Select, Text, case, exists, func, select
 
 from archive.models import (
     Exposure,
@@ -91,7 +91,7 @@ def _placeholders() -> list[str]:
 
 def _filter_cards() -> Select:
     """The text of FILTER cards that name a filter (not NONE, N/A...)."""
-    value = func.trim(HeaderCard.value_text)
+    value = func.trim(HeaderCard.value_text, type_=Text)  # typed: a text field, sorted as text (query.byte_order)
     return select(value).where(HeaderCard.keyword == "FILTER", func.upper(value).not_in(_placeholders()))
 
 

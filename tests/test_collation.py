@@ -95,3 +95,27 @@ def test_only_text_ranges_and_sorts_are_collated():
                   "date_obs > '2017-08-16'"):
         assert "COLLATE" not in sql(plain), plain
     assert "COLLATE" not in sql("object < 'a'", "sqlite")
+
+
+def test_a_sort_on_a_text_field_without_a_sql_type_is_in_byte_order_too():
+    """xray_filter is a function of the cards (trim): its sort was left to the collation."""
+    from archive.query import Compiler, sort_expressions
+
+    compiler = Compiler("postgresql")
+    for name in ("xray_filter", "object", "path"):
+        assert [str(e).count('COLLATE "C"') for e in sort_expressions(name, compiler)] == [1], name
+    assert ["COLLATE" in str(e) for e in sort_expressions("night,exptime,hdr['OBJECT']", compiler)] == [
+        False, False, False, False, True]  # night; exptime; the card's number, exact integer and text
+
+
+@pytest.mark.parametrize("selection, said", [
+    ("group >= 5", "group is text; compare it with a quoted string, not 5"),
+    ("group_role in ('target', 3)", "group_role is text; compare it with quoted strings, not 3"),
+])
+def test_a_group_is_compared_with_text(selection, said):
+    """PostgreSQL refused 'group >= 5' (character varying >= integer); it is a usage error on both."""
+    from archive.query import SelectionError, select_exposures
+
+    for dialect in ("sqlite", "postgresql"):
+        with pytest.raises(SelectionError, match=said):
+            select_exposures(selection, dialect)
