@@ -374,6 +374,26 @@ def _many_frames(directory: Path, rng, n: int) -> None:
         write_frame(directory / f"f{i:05d}.fits", rng, {"EXPTIME": float(i)}, shape=(4, 4))
 
 
+def _touch(paths) -> None:
+    """A new mtime, the same bytes."""
+    for path in paths:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+
+
+def _change(paths, observer: str) -> None:
+    """A header changed: its OBSERVER card."""
+    for path in paths:
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["OBSERVER"] = observer
+
+
+def _count_drops(monkeypatch) -> list:
+    """A list that takes a 1 each time the card indexes are dropped for a bulk load."""
+    dropped, real_drop = [], ingest_module._drop_card_indexes
+    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    return dropped
+
+
 def _spawn(url: str, directory: Path, batch: int) -> subprocess.Popen:
     env = {**os.environ, "OBSARCH_INGEST_BATCH": str(batch)}
     return subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, url, str(directory)], env=env,
@@ -430,9 +450,7 @@ EXPECTED_CARD_INDEXES = {"ix_header_cards_num", "ix_header_cards_text", "ix_head
 
 def test_bulk_load_builds_the_card_indexes_after(catalog, tmp_path, rng, monkeypatch):
     monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
-    dropped = []
-    real_drop = ingest_module._drop_card_indexes
-    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    dropped = _count_drops(monkeypatch)
     _many_frames(tmp_path / "data", rng, 30)
     assert catalog.ingest([tmp_path / "data"]).new == 30
     assert dropped and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
@@ -463,28 +481,19 @@ def test_a_re_read_of_much_of_the_catalog_is_a_bulk_load_only_when_headers_chang
     assert events[0] == {"keep_primary": False}  # a first ingest: the keys go too (PostgreSQL)
     paths = sorted((tmp_path / "data").iterdir())
 
-    def touch(chosen):
-        for path in chosen:
-            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
-
-    def change(chosen, observer):
-        for path in chosen:
-            with fits.open(path, mode="update") as hdus:
-                hdus[0].header["OBSERVER"] = observer
-
     def reread(changed: int) -> list:
         events.clear()
         assert catalog.ingest([tmp_path / "data"]).changed == changed
         return [e if e == "chunk" else "drop" for e in events]
 
-    touch(paths[:12])
+    _touch(paths[:12])
     assert reread(12) == ["chunk"] * 3  # touched: the same header bytes, no card written
-    change(paths[:12], "a")
+    _change(paths[:12], "a")
     assert reread(12) == ["drop", "chunk", "chunk", "chunk"] and events[0] == {"keep_primary": True}
-    change(paths[:9], "b")  # 9 of 40: under a quarter
+    _change(paths[:9], "b")  # 9 of 40: under a quarter
     assert reread(9) == ["chunk"] * 3
-    touch(paths[:4])
-    change(paths[4:16], "c")  # 12 of the 16 read: told by the third chunk
+    _touch(paths[:4])
+    _change(paths[4:16], "c")  # 12 of the 16 read: told by the third chunk
     assert reread(16) == ["chunk", "chunk", "drop", "chunk", "chunk"]
     assert _card_index_names(catalog) == EXPECTED_CARD_INDEXES and schema_diff(catalog.engine) == []
     assert len(catalog.query("hdr['OBSERVER'] == 'c'")) == 12 and len(catalog.query("hdr['OBSERVER'] == 'b'")) == 4
@@ -501,21 +510,14 @@ def test_a_re_read_turns_bulk_only_once_a_tenth_of_the_stored_files_tell_it(cata
     monkeypatch.setattr(ingest_module, "BATCH_FILES", 1)
     _many_frames(tmp_path / "data", rng, 40)
     catalog.ingest([tmp_path / "data"])
-    dropped = []
-    real_drop = ingest_module._drop_card_indexes
-    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    dropped = _count_drops(monkeypatch)
     paths = sorted((tmp_path / "data").iterdir())
-    with fits.open(paths[0], mode="update") as hdus:
-        hdus[0].header["OBSERVER"] = "a"
-    for path in paths[1:]:
-        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    _change(paths[:1], "a")
+    _touch(paths[1:])
     assert catalog.ingest([tmp_path / "data"]).changed == 40
     assert not dropped and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
-    for path in paths[:4]:  # 4 of the first 4 (a tenth): all 40 may have changed
-        with fits.open(path, mode="update") as hdus:
-            hdus[0].header["OBSERVER"] = "b"
-    for path in paths[4:]:
-        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    _change(paths[:4], "b")  # 4 of the first 4 (a tenth): all 40 may have changed
+    _touch(paths[4:])
     assert catalog.ingest([tmp_path / "data"]).changed == 40
     assert dropped == [1] and _card_index_names(catalog) == EXPECTED_CARD_INDEXES
     assert len(catalog.query("hdr['OBSERVER'] == 'b'")) == 4
@@ -538,9 +540,7 @@ def test_the_chunks_read_while_the_bulk_choice_waits_are_stored_after_it(catalog
 
     def change_all(observer, **options):
         events.clear()
-        for path in paths:
-            with fits.open(path, mode="update") as hdus:
-                hdus[0].header["OBSERVER"] = observer
+        _change(paths, observer)
         assert catalog.ingest([tmp_path / "data"], **options).changed == 40
 
     change_all("a")
@@ -567,9 +567,7 @@ def test_the_scans_own_errors_neither_dilute_the_bulk_choice_nor_keep_the_primar
     drops = []
     real_drop = ingest_module._drop_card_constraints
     monkeypatch.setattr(ingest_module, "_drop_card_constraints", lambda engine, **kw: (drops.append(kw), real_drop(engine, **kw)))
-    for path in sorted((tmp_path / "data").glob("f*.fits"))[:24]:
-        with fits.open(path, mode="update") as hdus:
-            hdus[0].header["OBSERVER"] = "a"
+    _change(sorted((tmp_path / "data").glob("f*.fits"))[:24], "a")
     summary = catalog.ingest([tmp_path / "data"])
     assert (summary.changed, summary.failed, drops) == (24, 30, [{"keep_primary": True}])
     drops.clear()
@@ -590,9 +588,7 @@ def test_stored_files_that_no_longer_read_keep_the_indexes(catalog, tmp_path, rn
     monkeypatch.setattr(ingest_module, "BULK_MIN_FILES", 10)
     _many_frames(tmp_path / "data", rng, 40)
     catalog.ingest([tmp_path / "data"])
-    dropped = []
-    real_drop = ingest_module._drop_card_indexes
-    monkeypatch.setattr(ingest_module, "_drop_card_indexes", lambda engine: (dropped.append(1), real_drop(engine)))
+    dropped = _count_drops(monkeypatch)
     for path in (tmp_path / "data").iterdir():
         path.write_bytes(b"not a FITS file at all")
     assert catalog.ingest([tmp_path / "data"]).failed == 40
