@@ -642,7 +642,7 @@ def main() -> None:
             path.read_bytes()
         print(f"{n} files ({args.single} single-HDU, {args.multi} with 4 extensions), ~150 cards per header, "
               f"{os.cpu_count()} cores; backends: {', '.join(backends.names)}", flush=True)
-        if args.rounds:
+        if args.rounds and n:
             ingest_rounds(args, backends, data, n)
             changed_files(backends, data, n)
         if args.rescan_files or args.rss_files:
