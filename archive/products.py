@@ -15,10 +15,10 @@ from pathlib import Path
 from sqlalchemy import Connection, insert, select, update
 
 from archive.db import bulk_insert
-from archive.exceptions import FitsReadError
+from archive.exceptions import FitsReadError, ObsarchError
 from archive.ingest import CARD_COLUMNS, HDU_COLUMNS, _archive_version, _root_for, read_file, utcnow
 from archive.keywords import COLUMNS
-from archive.models import Exposure, File
+from archive.models import Exposure, File, Product
 
 
 def register_product(conn: Connection, path: str | Path, values: dict) -> int:
@@ -37,6 +37,11 @@ def register_product(conn: Connection, path: str | Path, values: dict) -> int:
     row = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "header_hash": header_hash, "status": "present",
            "error": "; ".join(warnings) or None, "last_seen": now, "run_id": None}
     existing = conn.execute(select(File).where(File.root_id == root_id, File.relpath == relpath)).first()
+    if existing is not None and conn.execute(select(Product.id).where(Product.file_id == existing.id).limit(1)).first() is None:
+        # a raw file written over (a tool run in the raw directory): as a product its exposure
+        # row lost its frame type, band and frame number, and it left every raw selection
+        raise ObsarchError(f"{path}: a raw file of the catalog, written over in place; not made a product "
+                           "(obsarch ingest reads it again)")
     if existing is None:
         file_id = conn.execute(
             insert(File).values(root_id=root_id, relpath=relpath, first_seen=now, version=1, **row).returning(File.id)

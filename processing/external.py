@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import stat
 import subprocess
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ class Item:
     key: str
     frames: list[Frame]
     values: dict = field(default_factory=dict)
+    label: str | None = None  # ``{item}`` when it is not the key: an exposure's frame number, which may repeat
 
 
 def items_of(engine, each: str, selection) -> list[Item]:
@@ -43,10 +47,15 @@ def items_of(engine, each: str, selection) -> list[Item]:
     chosen = resolve(engine, selection, is_null("product"))  # a tool's own outputs are not its inputs
     if not chosen:
         raise ObsarchError("no raw exposure matches the selection")
-    if each == "exposure":  # by frame number (two cameras' frame 111 would share runs/{item}: the second is refused)
-        return [Item(str(f.frame_number if f.frame_number is not None else f.exposure_id), [f],
-                     {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)})
-                for f in chosen]
+    if each == "exposure":  # {item} is the frame number (two cameras' frame 111 would share runs/{item}: the second is refused)
+        labels = [str(f.frame_number if f.frame_number is not None else f.exposure_id) for f in chosen]
+        repeated = {label for label, n in Counter(labels).items() if n > 1}
+        # the key tells the items apart: each is fingerprinted, skipped and reported by it (two
+        # nights' frame 1 under one key shared a fingerprint, and a changed one was "up to date")
+        return [Item(_exposure_key(f, label, repeated), [f],
+                     {"path": f.path, "id": f.exposure_id, "frame": f.frame_number, "obsid": f.obsid, "dir": str(Path(f.path).parent)},
+                     label)
+                for f, label in zip(chosen, labels)]
     if each == "obsid":  # an obsid is one observatory's: the same number from two telescopes is two items
         grouped: dict[tuple[str, str], list[Frame]] = {}
         for frame in chosen:
@@ -70,6 +79,14 @@ def items_of(engine, each: str, selection) -> list[Item]:
     return result
 
 
+def _exposure_key(frame: Frame, label: str, repeated: set[str]) -> str:
+    """An exposure's item key: its frame number, or its id when it has none
+    (``id 17``, never taken for frame 17); with its path when another
+    selected exposure has the same."""
+    key = label if frame.frame_number is not None else f"id {frame.exposure_id}"
+    return f"{key} ({frame.path})" if label in repeated else key
+
+
 def _many(key: str, members: list[Frame], **values) -> Item:
     return Item(key, members, {**values, "dir": os.path.commonpath([str(Path(m.path).parent) for m in members]),
                                "path": members[0].path, "paths": " ".join(shlex.quote(m.path) for m in members)})
@@ -83,13 +100,11 @@ _QUOTED = ("paths", "regions")  # lists, each name already quoted for the shell
 
 def _shell_script(template: list[str]) -> int | None:
     """The place of the script in ``template`` when it runs a shell with
-    ``-c`` (``sh -c SCRIPT``, ``bash -ec SCRIPT``, ``env X=1 sh -c SCRIPT``)."""
-    start = 0
-    if template and Path(template[0]).name == "env":
-        start = 1
-        while start < len(template) and (template[start].startswith("-") or "=" in template[start]):
-            start += 1
-    if start >= len(template) or Path(template[start]).name not in SHELLS:
+    ``-c`` (``sh -c SCRIPT``, ``bash -ec SCRIPT``), itself or behind a
+    command that runs another (``env X=1 sh -c``, ``nice sh -c``, ``timeout
+    60 bash -c``, ``docker run IMAGE sh -c``): the first shell named."""
+    start = next((place for place, word in enumerate(template) if Path(word).name in SHELLS), len(template))
+    if start >= len(template):
         return None
     for place in range(start + 1, len(template) - 1):
         option = template[place]
@@ -140,7 +155,17 @@ def expand(template: list[str], values: dict) -> list[str]:
 
 
 def _snapshot(directory: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+    """The files under ``directory`` and their mtimes. Links are left out,
+    and not followed: a tool that links its input in (``ln -s {path} .``)
+    wrote no file, and the raw frame behind the link is no product of it."""
+    files = {}
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(folder, name)
+            status = os.lstat(path)
+            if stat.S_ISREG(status.st_mode):
+                files[path] = status.st_mtime_ns
+    return files
 
 
 def run_command(task: tuple) -> dict:
@@ -153,16 +178,48 @@ def run_command(task: tuple) -> dict:
         raise ObsarchError(f"cannot make the working directory {directory}: {exc.strerror or exc}") from None
     before = _snapshot(directory)
     try:
-        finished = subprocess.run(arguments, cwd=directory, capture_output=True, text=True, timeout=timeout, check=False)
-        code, stdout, stderr = finished.returncode, finished.stdout, finished.stderr
+        code, stdout, stderr = _run_tool(arguments, directory, timeout)
     except FileNotFoundError:
         code, stdout, stderr = 127, "", f"command not found: {arguments[0]}"
-    except subprocess.TimeoutExpired as exc:
-        code, stdout, stderr = -1, exc.stdout or "", f"timed out after {timeout} s"
     after = _snapshot(directory)
     written = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
-    return {"key": key, "code": code, "stdout": stdout if isinstance(stdout, str) else stdout.decode(errors="replace"),
-            "stderr": stderr if isinstance(stderr, str) else stderr.decode(errors="replace"), "written": written}
+    return {"key": key, "code": code, "stdout": stdout, "stderr": stderr, "written": written}
+
+
+def _run_tool(arguments: list[str], directory: Path, timeout: float | None) -> tuple[int, str, str]:
+    """Run the tool in a process group of its own, and end the whole group
+    when it times out or the worker is stopped (Ctrl-C ends the pool's
+    workers with SIGTERM): killing only the tool left the rest of a pipeline
+    (``sh -c 'sleep 20 | cat'``) running, and writing, after obsarch exited."""
+    process = subprocess.Popen(arguments, cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               errors="replace", process_group=0)
+    handled = threading.current_thread() is threading.main_thread()  # a dask worker's thread cannot take signals
+    previous = signal.signal(signal.SIGTERM, _stopped) if handled else None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        _end_group(process)
+        stdout, _ = process.communicate()
+        return -1, stdout, f"timed out after {timeout} s"
+    except BaseException:
+        _end_group(process)
+        process.wait()
+        raise
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group has ended
+        pass
 
 
 class ExternalStep(Step):
@@ -195,9 +252,10 @@ class ExternalStep(Step):
             inputs += [i for f in item.frames for i in linked.get(f.file_id, ())]
             try:
                 names = {k: None if v is None else safe_name(v) for k, v in item.values.items()}
-                directory = Path(expand([self.workdir], {**names, "item": safe_name(item.key)})[0]).resolve()
+                label = item.key if item.label is None else item.label
+                directory = Path(expand([self.workdir], {**names, "item": safe_name(label)})[0]).resolve()
                 arguments = expand(self.command, {**item.values, **item_regions(engine, item), "workdir": str(directory),
-                                                  "item": item.key})
+                                                  "item": label})
             except NoValue as exc:
                 result.append(StepItem(item.key, error=str(exc), inputs=inputs))
                 continue
@@ -213,15 +271,19 @@ class ExternalStep(Step):
         out.conn.execute(update(Run).where(Run.id == out.run_id).values(stdout=result["stdout"][-200_000:],
                                                                       stderr=result["stderr"][-200_000:]))
         if result["code"] != 0:
-            raise ItemFailed(f"exit status {result['code']}: {result['stderr'].strip()[-_TAIL:] or '(no error output)'}")
+            # on one line: the error output itself is kept with the item's run
+            raise ItemFailed(f"exit status {result['code']}: {' '.join(result['stderr'][-_TAIL:].split()) or '(no error output)'}")
         if self.metrics_from:
+            metrics = Path(item.params["workdir"]) / self.metrics_from
+            if str(metrics) not in result["written"]:  # one left by an earlier run is not this run's numbers
+                raise ItemFailed(f"the tool did not write {self.metrics_from} (--metrics-from)"
+                                 + (": the one there is an earlier run's" if metrics.exists() else ""))
             try:
                 store_tool_metrics(out.conn, out.run_id, [i.file_id for i in item.inputs if i.role == "frame"],  # its file's id
-                                   Path(item.params["workdir"]) / self.metrics_from)
+                                   metrics)
             except ObsarchError as exc:
                 raise ItemFailed(str(exc)) from None
-        for path in result["written"]:
-            out.product(path, "output")
+        out.products(result["written"], "output")
 
 
 def _linked_inputs(engine, file_ids: list[int]) -> dict[int, list[Input]]:

@@ -69,6 +69,7 @@ import json
 import os
 import socket
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ from sqlalchemy import Connection, Engine, insert, update
 
 from archive import __version__
 from archive.db import rows_in, transaction
+from archive.exceptions import ObsarchError
 from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
@@ -248,6 +250,23 @@ class Writer:
                 for i in dict.fromkeys(inputs)
             ])
 
+    def products(self, paths: list[str], kind: str) -> None:
+        """Catalog the files a tool wrote as products of this run, all or
+        none: one that cannot be catalogued (a ``.fits`` that is no FITS
+        file) fails the item with the reason, and the item's run keeps its
+        log (a rollback of the whole item lost the log that would explain it)."""
+        kept = len(self._result.products)
+        together = self.conn.begin_nested()
+        for path in paths:
+            try:
+                self.product(path, kind)
+            except (ObsarchError, OSError) as exc:
+                together.rollback()
+                del self._result.products[kept:]
+                why = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+                raise ItemFailed(f"it wrote {' '.join(why.split())}") from None
+        together.commit()
+
     def product(self, path, kind: str, values: dict | None = None) -> int | None:
         """Catalog a written file as a product of this run (a FITS file with
         the exposure ``values`` its inputs give it; another file by its path
@@ -335,6 +354,9 @@ def run_step(
 def _run_claimed(engine, step, force, executor, workers, scheduler, progress) -> StepResult:
     result = StepResult(step.name)
     items = step.items(engine)
+    twice = [key for key, n in Counter(item.key for item in items).items() if n > 1]
+    if twice:  # each item is fingerprinted, skipped and reported by its key
+        raise ObsarchError(f"{step.name}: two items share the key {twice[0]!r}; nothing run")
     _refuse_changed(engine, items)
     result.notes = list(step.notes())
     run_params = step.params()

@@ -457,6 +457,11 @@ def test_run_an_external_tool_per_obsid(catalog, tmp_path, rng):
     (["ls", "{path}", "--out={dir}/x"], ["ls", "/d/a$(touch x) b.fits", "--out=/d/x"]),
     (["ls", "{paths}"], ["ls", "/d/a$(touch x) b.fits", "/d/c.fits"]),
     (["sh", "script.sh", "{path}"], ["sh", "script.sh", "/d/a$(touch x) b.fits"]),  # a script file: arguments as they are
+    # a shell behind a command that runs another reads its script as well
+    (["nice", "sh", "-c", "wc -c {path}"], ["nice", "sh", "-c", "wc -c '/d/a$(touch x) b.fits'"]),
+    (["timeout", "60", "bash", "-ec", "cp {path} out/"], ["timeout", "60", "bash", "-ec", "cp '/d/a$(touch x) b.fits' out/"]),
+    (["docker", "run", "--rm", "-v", "{dir}:{dir}", "sas", "sh", "-c", "ls {dir}"],
+     ["docker", "run", "--rm", "-v", "/d:/d", "sas", "sh", "-c", "ls /d"]),
 ])
 def test_values_are_quoted_only_where_a_shell_reads_them(template, expected):
     import shlex
@@ -475,6 +480,112 @@ def test_a_file_name_is_never_run_as_a_command(catalog, tmp_path, rng):
     assert not list(tmp_path.rglob("INJECTED"))
     (listing,) = (tmp_path / "work").rglob("listing.txt")
     assert listing.read_text().rstrip().endswith(str(hostile))
+
+
+def _frame(path, rng, number, **cards):
+    write_image(path, rng.normal(100, 5, (8, 8)).astype(np.float32),
+                {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0, "FRAMENUM": number, **cards})
+
+
+def test_a_tool_that_links_its_input_in_leaves_the_raw_frame_as_it_is(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["ln", "-s", "{path}", "input.fits"],
+                                workdir=str(tmp_path / "w" / "{item}"), workers=1)
+    assert summary.done == ["1"] and summary.products == []
+    row = catalog.query("", columns="frame_number,frame_type,band,exptime,product")
+    assert row.iloc[0].tolist()[:4] == [1, "science", "V", 60.0] and row["product"].isna().all()
+
+
+def test_a_tool_that_writes_over_a_raw_frame_fails_and_leaves_its_row(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", "touch {path}"], workdir=str(tmp_path / "raw"),
+                                workers=1)
+    assert summary.failed == [("1", f"it wrote {tmp_path / 'raw' / 'f001.fits'}: a raw file of the catalog, written over in place; "
+                                     "not made a product (obsarch ingest reads it again)")]
+    assert catalog.query("band == 'V' and frame_type == 'science'", columns="frame_number")["frame_number"].tolist() == [1]
+
+
+def test_two_nights_frame_1_are_two_items_and_a_changed_one_runs_again(catalog, tmp_path, rng):
+    for night in ("n1", "n2"):
+        _frame(tmp_path / night / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path])
+    command = ["sh", "-c", "cksum {path} > out.txt"]
+    first = external.run_each(catalog.engine, "exposure", None, command, workdir=str(tmp_path / "runs" / "{id}"), workers=1)
+    assert sorted(first.done) == [f"1 ({tmp_path / night / 'f001.fits'})" for night in ("n1", "n2")]
+    with catalog.engine.connect() as conn:
+        prints = conn.execute(select(Run.fingerprint).where(Run.parent_id.is_not(None))).scalars().all()
+    assert len(set(prints)) == 2  # one fingerprint each: they had shared one
+    _frame(tmp_path / "n1" / "f001.fits", rng, 1)  # new pixels, a new mtime
+    catalog.ingest([tmp_path / "n1"])
+    again = external.run_each(catalog.engine, "exposure", None, command, workdir=str(tmp_path / "runs" / "{id}"), workers=1)
+    assert again.done == [f"1 ({tmp_path / 'n1' / 'f001.fits'})"] and again.skipped == [f"1 ({tmp_path / 'n2' / 'f001.fits'})"]
+    # the default directory is the frame number: the second frame 1 is refused, with the way out
+    default = external.run_each(catalog.engine, "exposure", None, ["true"], workdir=str(tmp_path / "d" / "{item}"), workers=1)
+    assert len(default.done) == 1 and "--workdir 'runs/{id}'" in default.failed[0][1]
+
+
+def test_a_frame_without_a_number_is_never_taken_for_that_frame_number(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "a.fits", rng, None)
+    catalog.ingest([tmp_path / "raw"])
+    (exposure_id,) = catalog.query("", columns="id")["id"].tolist()
+    _frame(tmp_path / "raw" / "b.fits", rng, exposure_id)  # another frame whose number is the first one's id
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["true"], workdir=str(tmp_path / "w" / "{id}"), workers=1)
+    # the first one's {item} is its id, the second's its frame number: the same, so each key names its file
+    assert sorted(summary.done) == [f"{exposure_id} ({tmp_path / 'raw' / 'b.fits'})", f"id {exposure_id} ({tmp_path / 'raw' / 'a.fits'})"]
+
+
+def test_metrics_left_by_an_earlier_run_are_not_this_runs(catalog, tmp_path, rng):
+    from archive.models import NamedMetric
+
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    workdir = str(tmp_path / "m" / "{item}")
+    first = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", "echo snr=42 > m.txt"], workdir=workdir,
+                              workers=1, metrics_from="m.txt")
+    assert first.done == ["1"]
+    second = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", "echo cannot measure"], workdir=workdir,
+                               workers=1, metrics_from="m.txt")
+    assert second.failed == [("1", "the tool did not write m.txt (--metrics-from): the one there is an earlier run's")]
+    with catalog.engine.connect() as conn:
+        assert conn.execute(select(NamedMetric.run_id)).scalars().all() == [first.run_id + 1]  # the first item's run only
+
+
+def test_a_tool_that_writes_an_unreadable_fits_file_fails_with_its_log_kept(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None,
+                                ["sh", "-c", "echo processing done; cp {path} good.fits; : > empty.fits"],
+                                workdir=str(tmp_path / "w" / "{item}"), workers=1)
+    assert summary.failed == [("1", f"it wrote {tmp_path / 'w' / '1' / 'empty.fits'}: empty file")] and summary.products == []
+    with catalog.engine.connect() as conn:
+        run = conn.execute(select(Run.state, Run.stdout).where(Run.parent_id.is_not(None))).one()
+        assert tuple(run) == ("failed", "processing done\n")
+        assert conn.execute(select(Product.id)).all() == []  # good.fits neither: all or none
+
+
+def test_a_timeout_ends_every_process_of_the_tool(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", "sleep 30 & echo $! > sleep.pid; wait"],
+                                workdir=str(tmp_path / "w" / "{item}"), workers=1, timeout=1)
+    assert summary.failed == [("1", "exit status -1: timed out after 1 s")]
+    pid = (tmp_path / "w" / "1" / "sleep.pid").read_text().strip()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: str) -> bool:
+    from pathlib import Path
+
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has ended
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize(
