@@ -7,6 +7,7 @@ rows from every frame at a time (``hdu.section``), so memory is bounded by
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterator
@@ -123,6 +124,7 @@ def combine_files(
     """
     if method not in METHODS:
         raise CombineError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    clip_reaches(method, sigma, len(paths))
     if not paths:
         raise CombineError("nothing to combine")
     each = hdu if isinstance(hdu, (list, tuple)) else [hdu] * len(paths)
@@ -181,6 +183,37 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def clip_reaches(method: str, sigma: float, n: int) -> None:
+    """Refuse a clip that cannot leave out any value of ``n`` frames. One
+    pass with the frames' own standard deviation, the outlier's included,
+    puts no value farther than sqrt(n - 1) of them from the mean
+    (Samuelson's inequality), nor :func:`_median_reach` from the median: at
+    3 sigma a clipped mean of 10 frames, or a clipped median of 7, is the
+    plain mean or median, whatever a cosmic ray adds, while its header said
+    CLIPSIG = 3."""
+    if not method.startswith("sigclip") or n < 2:
+        return
+    center, reach = ("mean", math.sqrt(n - 1)) if method == "sigclip" else ("median", _median_reach(n))
+    if sigma >= reach:
+        raise CombineError(
+            f"a clip at {sigma:g} sigma leaves out nothing of {n} frames: one pass puts no value farther than "
+            f"{reach:.2f} of their standard deviations from their {center}; clip below {reach:.2f} sigma, "
+            f"combine more frames, or use the median")
+
+
+def _median_reach(n: int) -> float:
+    """The farthest any of ``n`` values can lie from their median, in their
+    standard deviations: the values below the median at it, those above but
+    the farthest at 1 / (n - q) of its distance (q of them), which makes
+    their spread least."""
+    if n < 3:
+        return 1.0
+    q = n - n // 2 - 2
+    a = 1 / (n - q)
+    total, squares = q * a + 1, q * a * a + 1
+    return 1 / math.sqrt(squares / n - (total / n) ** 2)
 
 
 def _reduce(stack: np.ndarray, method: str, sigma: float) -> np.ndarray:
@@ -253,16 +286,33 @@ def calibrate_array(
 def resample(data: np.ndarray, transform, shape: tuple[int, int], order: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """A frame resampled onto the reference's pixel grid by its transform
     (frame -> reference); returns the image (NaN where the frame does not
-    reach) and its coverage (1 where it does)."""
-    from scipy.ndimage import affine_transform
+    reach) and its coverage (1 where it does).
+
+    A spline reaches past its pixel: a gap (NaN: masked, unflattenable)
+    filled with 0 rang through its neighbours (up to 60% of the level one
+    pixel away, and counted as covered), and so did the zeros beyond the
+    frame's edge. A gap takes its nearest value instead, the image beyond
+    the edge its edge, and an output pixel is kept only where the frame's
+    pixels within one of where it falls all have a value."""
+    from scipy.ndimage import affine_transform, binary_dilation, distance_transform_edt
 
     inverse = np.linalg.inv(transform.matrix)
     # scipy works in (row, column) = (y, x) order
     matrix = inverse[:2, :2][::-1, ::-1]
     offset = inverse[:2, 2][::-1]
     finite = np.isfinite(data)
-    filled = np.where(finite, data, 0.0).astype(np.float64)
-    image = affine_transform(filled, matrix, offset=offset, output_shape=shape, order=order, mode="constant", cval=0.0)
-    coverage = affine_transform(finite.astype(np.float32), matrix, offset=offset, output_shape=shape, order=0, mode="constant", cval=0.0)
-    image[coverage < 0.5] = np.nan
-    return image, (coverage >= 0.5).astype(np.float32)
+    if not finite.any():
+        return np.full(shape, np.nan), np.zeros(shape, dtype=np.float32)
+    if finite.all():
+        filled, usable = np.asarray(data, dtype=np.float64), finite
+    else:
+        nearest = distance_transform_edt(~finite, return_distances=False, return_indices=True)
+        filled = np.asarray(data, dtype=np.float64)[tuple(nearest)]
+        usable = ~binary_dilation(~finite, structure=np.ones((3, 3), dtype=bool))
+    image = affine_transform(filled, matrix, offset=offset, output_shape=shape, order=order, mode="nearest")
+    # bilinear weight of usable pixels: 1 only where every pixel around the point is usable and inside the frame
+    weight = affine_transform(usable.astype(np.float32), matrix, offset=offset, output_shape=shape, order=1,
+                              mode="constant", cval=0.0)
+    covered = weight >= 1 - 1e-4
+    image[~covered] = np.nan
+    return image, covered.astype(np.float32)

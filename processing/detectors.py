@@ -86,6 +86,27 @@ def companions_of(hdul: fits.HDUList) -> list[int]:
             and not is_detector(_kind(hdu), hdu.name, tuple(hdu.shape))]
 
 
+# Companion planes whose non-zero pixels are bad (LCO's BPM, HST's DQ): not
+# variances or weights, whose values are no flags
+MASK_PLANES = frozenset(("BPM", "MASK", "DQ", "QUAL", "QUALITY", "FLAGS"))
+
+
+def bad_pixels(hdul: fits.HDUList, detector: Detector) -> np.ndarray | None:
+    """Where the detector's mask plane flags a pixel (non-zero), or None
+    when it has none: a mask plane of its shape that is the file's only one
+    beside its only detector, or that shares its EXTVER."""
+    detectors = detectors_of(hdul)
+    version = hdul[detector.hdu_index].header.get("EXTVER")
+    masks = [i for i in companions_of(hdul) if (hdul[i].name or "").upper() in MASK_PLANES
+             and tuple(hdul[i].shape) == tuple(detector.shape)]
+    if len(detectors) != 1 or len(masks) != 1:
+        masks = [i for i in masks if version is not None and hdul[i].header.get("EXTVER") == version]
+    if len(masks) != 1:
+        return None
+    flags = hdul[masks[0]].data
+    return None if flags is None else np.asarray(flags) != 0
+
+
 def read(hdul: fits.HDUList, detector: Detector) -> np.ndarray:
     """One detector's data as float64."""
     data = hdul[detector.hdu_index].data

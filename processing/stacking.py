@@ -97,6 +97,9 @@ def _resample_one(task: tuple) -> str:
             data = _image_of(hdul[own[detector.name].hdu_index], 32)
             if data.shape != detector.shape[-2:]:
                 raise ObsarchError(f"{path}: detector {detector.name} is {data.shape}, the reference's {detector.shape}")
+            bad = pixels.bad_pixels(hdul, own[detector.name])
+            if bad is not None and bad.shape == data.shape:  # hot pixels and bad columns: no value, not data
+                data = np.where(bad, np.nan, data)
             image, _ = resample(data, transform, data.shape)
             fits.append(target, image.astype(np.float32), fits.Header([("EXTNAME", detector.name)]))
             del data, image

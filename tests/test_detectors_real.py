@@ -97,3 +97,23 @@ def test_a_spectrums_weight_map_is_no_detector(catalog, real_data, tmp_path):
     assert catalog.query("n_detectors == 0", columns="relpath")["relpath"].tolist() == ["target_sr.pha"]
     with pytest.raises(ObsarchError, match=r"nothing to measure: the 1 exposure selected has no image \(target_sr.pha\)"):
         quality.compute(catalog.engine, "relpath == 'target_sr.pha'", workers=1)
+
+
+def test_a_stack_leaves_out_the_pixels_each_frames_mask_flags(lco, real_data):
+    from processing import offsets, stacking
+
+    catalog, tmp = lco
+    ids = offsets.select_ids(catalog.engine, "night == '2017-08-15' and frame_type == 'science'")
+    assert len(ids) == 3
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    result = stacking.stack(catalog.engine, "night == '2017-08-15' and frame_type == 'science'", out_dir=tmp / "st", method="mean",
+                            workers=1)
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    (stack,) = (tmp / "st").glob("*.fits")
+    with fits.open(stack) as ours, fits.open(real_data / "ccd_imaging" / LCO[0]) as reference:
+        flagged = reference["BPM"].data != 0
+        image, coverage = ours[1].data, ours["COVERAGE"].data
+        assert flagged.sum() > 100
+        # the reference's flagged pixels are no value of it: hot pixels of up to 18,000 ADU went in with full coverage
+        assert coverage[flagged].max() < 3 and not (image[flagged] > np.nanpercentile(image, 99.9)).any()
+        assert (coverage == 3).mean() > 0.95  # and the rest of the field is whole

@@ -39,9 +39,10 @@ def small_frames(tmp_path, rng):
     [
         ("median", {"method": "median"}),
         ("mean", {"method": "average"}),
-        ("sigclip", {"method": "average", "sigma_clip": True, "sigma_clip_low_thresh": 3, "sigma_clip_high_thresh": 3,
+        # at 2 sigma: of 7 frames, a clip at 3 leaves out nothing (see test_a_clip_that_can_leave_out_nothing_is_refused)
+        ("sigclip", {"method": "average", "sigma_clip": True, "sigma_clip_low_thresh": 2, "sigma_clip_high_thresh": 2,
                      "sigma_clip_func": np.ma.mean, "sigma_clip_dev_func": np.ma.std}),
-        ("sigclip-median", {"method": "median", "sigma_clip": True, "sigma_clip_low_thresh": 3, "sigma_clip_high_thresh": 3,
+        ("sigclip-median", {"method": "median", "sigma_clip": True, "sigma_clip_low_thresh": 2, "sigma_clip_high_thresh": 2,
                             "sigma_clip_func": np.ma.median, "sigma_clip_dev_func": np.ma.std}),
     ],
 )
@@ -53,8 +54,51 @@ def test_combine_equals_ccdproc(small_frames, method, ccdproc_options, memory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = ccdproc.combine([CCDData.read(p, unit="adu") for p in small_frames], **ccdproc_options)
-    ours = combine_files(small_frames, method=method, memory_bytes=memory, dtype=np.float64)
+    ours = combine_files(small_frames, method=method, sigma=2.0, memory_bytes=memory, dtype=np.float64)
     np.testing.assert_allclose(ours, theirs.data, rtol=1e-12, atol=0)
+    if method == "sigclip":  # the cosmic rays are left out (but where two fell on one pixel)
+        plain = combine_files(small_frames, method="mean", dtype=np.float64)
+        assert (ours > 1300).sum() < (plain > 1300).sum() / 2
+
+
+class _Shift:
+    def __init__(self, dx, dy):
+        self.matrix = np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]])
+
+
+def test_a_gap_in_a_frame_does_not_ring_through_its_resampled_neighbours():
+    from astropy.modeling.models import Gaussian2D
+
+    from processing.combine import resample
+
+    y, x = np.mgrid[0:40, 0:40]
+    flat = np.full((40, 40), 1000.0)
+    flat[:, 30] = np.nan  # a dead column
+    image, covered = resample(flat, _Shift(0.5, 0.0), flat.shape)
+    assert np.nanmax(np.abs(image - 1000)) < 1e-9  # filled with 0, its neighbours were off by up to 60%
+    assert not covered[:, 29:32].any() and covered[:, 5:27].all()
+    star = Gaussian2D(5000, 20, 20, 1.5, 1.5)(x, y) + 100
+    masked = star.copy()
+    masked[20, 20] = np.nan  # its core masked
+    whole, _ = resample(star, _Shift(0.5, 0.25), star.shape)
+    kept, covered = resample(masked, _Shift(0.5, 0.25), star.shape)
+    assert np.nanmax(np.abs(kept - whole) / whole) < 0.03 and covered.sum() > 0.9 * star.size
+
+
+@pytest.mark.parametrize("method, n, refused, kept", [
+    ("sigclip", 10, 3.0, 2.99), ("sigclip", 5, 2.0, 1.99),  # sqrt(n - 1)
+    ("sigclip-median", 7, 3.0, 2.95), ("sigclip-median", 8, 3.1, 3.0), ("sigclip-median", 5, 2.6, 2.55),
+])
+def test_a_clip_that_can_leave_out_nothing_is_refused(tmp_path, rng, method, n, refused, kept):
+    paths = []
+    for i in range(n):
+        data = rng.normal(100, 5, (6, 6)).astype(np.float32)
+        data[3, 3] = 100 if i else 10_000  # a cosmic ray in the first frame
+        fits.PrimaryHDU(data).writeto(tmp_path / f"f{i}.fits")
+        paths.append(tmp_path / f"f{i}.fits")
+    with pytest.raises(CombineError, match=f"a clip at {refused:g} sigma leaves out nothing of {n} frames"):
+        combine_files(paths, method=method, sigma=refused)
+    assert combine_files(paths, method=method, sigma=kept)[3, 3] < 150  # just below the reach, the cosmic ray goes
 
 
 def test_scaled_combine_equals_ccdproc(small_frames):
@@ -636,10 +680,10 @@ def test_stack_median_with_a_sigma_clip_is_a_clipped_median(night, url):
     catalog, tmp = night
     ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
     offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
-    header, params = _stack_header_and_run(url, tmp, "--method", "median", "--sigma-clip", "2.5")
-    assert (header["COMBMETH"], header["CLIPSIG"], params["method"], params["sigma"]) == ("sigclip-median", 2.5, "sigclip-median", 2.5)
-    header, params = _stack_header_and_run(url, tmp, "--sigma-clip", "3")  # as before: a clipped mean
-    assert (header["COMBMETH"], header["CLIPSIG"], params["method"]) == ("sigclip", 3.0, "sigclip")
+    header, params = _stack_header_and_run(url, tmp, "--method", "median", "--sigma-clip", "2")
+    assert (header["COMBMETH"], header["CLIPSIG"], params["method"], params["sigma"]) == ("sigclip-median", 2.0, "sigclip-median", 2.0)
+    header, params = _stack_header_and_run(url, tmp, "--sigma-clip", "1.5")  # as before: a clipped mean
+    assert (header["COMBMETH"], header["CLIPSIG"], params["method"]) == ("sigclip", 1.5, "sigclip")
     header, params = _stack_header_and_run(url, tmp)
     assert header["COMBMETH"] == "median" and "CLIPSIG" not in header and params["method"] == "median"
     refused = obsarch(url, "stack", "frame_type == 'science'", "--method", "mode", "--sigma-clip", "3", code=2)
@@ -693,7 +737,7 @@ def test_processing_tour(url, tmp_path, rng, monkeypatch):
     # frames without an offset (the flats) make a stack short of what was selected: exit 3, the last line says why
     short = run("stack", "band == 'V'", "--out", "short/", "--workers", "1", code=3)
     assert "stacked 4 of 7 selected frames" in short.stderr.strip().splitlines()[-1]
-    assert "V_stack.fits" in run("stack", "band == 'V' and frame_type == 'science'", "--sigma-clip", "3", "--out", "stacks/",
+    assert "V_stack.fits" in run("stack", "band == 'V' and frame_type == 'science'", "--sigma-clip", "1.5", "--out", "stacks/",
                                  "--workers", "1").stdout
     assert "stack" in run("products", "--format", "csv").stdout
     tree = run("lineage", "stacks/V_stack.fits").stdout
