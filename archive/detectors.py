@@ -155,10 +155,13 @@ def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
     return {file_id: _unique(detectors, versions.get(file_id)) for file_id, detectors in found.items()}
 
 
-def pair_detectors(frame: list[Detector], master: list[Detector]) -> tuple[list[tuple[Detector, Detector]], list[str]]:
-    """Each detector of a frame with the master's detector of the same name
-    (one detector each: with each other); and the names the master lacks."""
-    if len(frame) == 1 and len(master) == 1:
+def pair_detectors(frame: list[Detector], master: list[Detector], *, single: bool) -> tuple[list[tuple[Detector, Detector]], list[str]]:
+    """Each detector of a frame with the master's detector of the same name;
+    and the names the master lacks. ``single``: the frame's file has one
+    detector, and so one master detector pairs with it whatever either is
+    called; one detector of several chosen by ``--hdu`` is paired by name
+    (CCD1 took a master of CCD2, 400 ADU of bias off)."""
+    if single and len(frame) == 1 and len(master) == 1:
         return [(frame[0], master[0])], []
     by_name = {d.name: d for d in master}
     pairs = [(d, by_name[d.name]) for d in frame if d.name in by_name]

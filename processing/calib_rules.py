@@ -306,9 +306,9 @@ def _show(value) -> str:
 
 def _match(frame: Calib, detectors: list[Detector], master: Calib, key: str) -> tuple[bool, str]:
     if key == "shape":
-        return _shapes(detectors, master)
+        return _shapes(frame, detectors, master)
     if key == "detector":
-        _, missing = pair_detectors(detectors, master.detectors)
+        _, missing = pair_detectors(detectors, master.detectors, single=len(frame.detectors) == 1)
         if missing:
             return True, f"detector: the master has no {', '.join(missing)}"
         if frame.detector != master.detector:
@@ -321,10 +321,10 @@ def _match(frame: Calib, detectors: list[Detector], master: Calib, key: str) -> 
     return False, f"{key} {_show(ours)}"
 
 
-def _shapes(detectors: list[Detector], master: Calib) -> tuple[bool, str]:
+def _shapes(frame: Calib, detectors: list[Detector], master: Calib) -> tuple[bool, str]:
     if not detectors:
         return True, "shape: the frame has no detector to calibrate"
-    pairs, missing = pair_detectors(detectors, master.detectors)
+    pairs, missing = pair_detectors(detectors, master.detectors, single=len(frame.detectors) == 1)
     if missing:
         return True, f"shape: the master has no detector {', '.join(missing)}"
     for ours, theirs in pairs:

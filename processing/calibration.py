@@ -601,7 +601,7 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
     detector, then the frame's masks. Returns the product and what the master
     flat could flat-field, per detector. A detector whose master flat is
     mostly unusable fails the frame. Runs in a worker."""
-    frame, detectors, masters, target, memory_bytes = task
+    frame, detectors, masters, target, memory_bytes, single = task
     names = [d.name for d in detectors]
     uses: dict[str, FlatUse] = {}
     dark_exptime = _exptime(masters["dark"].path) if "dark" in masters else None
@@ -609,7 +609,7 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
         stack.enter_context(quiet_numpy())
         hdul = stack.enter_context(pixels.opened(frame.path))
         opened = {k: stack.enter_context(pixels.opened(m.path)) for k, m in masters.items()}
-        pairs = {k: pixels.paired(h, names, single=True) for k, h in opened.items()}
+        pairs = {k: pixels.paired(h, names, single=single) for k, h in opened.items()}
 
         def make(detector: Detector) -> tuple[np.ndarray, fits.Header]:
             own = {k: opened[k][pairs[k][detector.name].hdu_index] for k in opened}
@@ -782,8 +782,9 @@ class CalibrateStep(Step):
                 detectors = select_detectors(choices[0].frame.detectors, self.hdus)
             except ObsarchError as exc:
                 error = str(exc)
+        single = len(choices[0].frame.detectors) == 1  # pairs with a master's detector whatever its name
         inputs = [Input(frame.file_id, "frame", frame.content)] + [Input(m.file_id, k, m.content) for k, m in masters.items()]
-        return Item(frame.path, (frame, detectors, masters, target, self.worker_memory), inputs,
+        return Item(frame.path, (frame, detectors, masters, target, self.worker_memory, single), inputs,
                     {"masters": {k: m.file_id for k, m in masters.items()}, "out": str(target),
                      "detectors": [d.name for d in detectors]}, error, (frame, detectors, masters))
 

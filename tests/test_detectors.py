@@ -165,6 +165,24 @@ def test_hdu_option_restricts_the_detectors(muse):
         assert _levels(path) == pytest.approx({"CHAN02": SIGNAL * 2 + FLAT * 0}, rel=0.01)
 
 
+def test_a_master_of_one_detector_of_several_calibrates_that_detector_only(muse):
+    """A master made with --hdu CHAN04 holds one detector: it is no master of
+    CHAN02 (it was paired with it, one detector each, and CHAN04's bias came
+    off CHAN02's pixels, exit 0); a file of one detector pairs as before."""
+    catalog, tmp = muse
+    made = calibration.make_master(catalog.engine, "bias", "readout_mode == 'SCI1.0'", out_dir=tmp / "m", hdus=("CHAN04",))
+    assert made.exit_code == EXIT_DONE, made.last_line()
+    selection = "readout_mode == 'SCI1.0' and xbin == 1 and frame_type == 'science'"
+    (choice, *_) = calibration.explain(catalog.engine, selection, kinds=("bias",), hdus=("CHAN02",))
+    assert choice.chosen is None and "detector: the master has no CHAN02" in choice.verdicts[0].refused
+    result = calibration.calibrate(catalog.engine, selection, use=("bias",), out_dir=tmp / "cal", workers=1, hdus=("CHAN02",))
+    assert result.exit_code == 1 and not list((tmp / "cal").glob("*_cal.fits"))
+    result = calibration.calibrate(catalog.engine, selection, use=("bias",), out_dir=tmp / "cal", workers=1, hdus=("CHAN04",))
+    assert result.exit_code == EXIT_DONE, result.last_line()
+    for path in (tmp / "cal").glob("*_cal.fits"):
+        assert _levels(path) == pytest.approx({"CHAN04": SIGNAL * 4}, rel=0.01)
+
+
 def test_a_product_is_current_when_the_same_detectors_are_asked_for_however_named(muse):
     """--hdu is judged by the detectors it resolves to: naming every detector
     finds the frames calibrated without --hdu current; naming fewer does not."""
