@@ -78,22 +78,45 @@ def parse_angle(text: str) -> float:
     return degrees
 
 
-def _selected(engine: Engine, selection: str | None, *columns):
+def _selected(engine: Engine, selection: str | None, *columns, products: bool = True):
+    """The exposures of ``selection``; ``products=False``: raw frames only."""
+    if not products:
+        from archive.query import all_of, is_null
+
+        selection = all_of(selection, is_null("product"))
     with transaction(engine) as conn:
         return conn.execute(select_exposures(selection, engine.dialect.name, *columns).order_by(Exposure.id)).all()
+
+
+# the command that made a group, by its method: making groups again under a name replaces
+# the groups that command made under it, never another command's
+_KIND = {"dbscan": "pointing", "kmeans": "pointing", "header": "by", "manual": "create", "positions": "positions"}
 
 
 def _store(engine: Engine, result: GroupingResult, method: str, params: dict, references: dict[str, int] | None = None,
            *, family: str | None = None) -> None:
     """Write the groups. Making groups again under a name replaces every
-    group made before under that name (``family``: NAME-1, NAME-2... of an
-    earlier run with more clusters too), and any group of the same name."""
+    group the same command made before under that name (``family``: NAME-1,
+    NAME-2... of an earlier run with more clusters too); a group of the same
+    name made otherwise is replaced too, and said in ``result.notes``.
+    (``group create field`` deleted the groups field-1..3 of ``group pointing
+    --name field``, and said nothing.)"""
     references = references or {}
     now = utcnow()
     params = {**params, "family": family}
     with transaction(engine, write=True) as conn:
-        old = [row.id for row in conn.execute(select(Group.id, Group.name, Group.params_json))
-               if row.name in result.groups or (family is not None and json.loads(row.params_json or "{}").get("family") == family)]
+        old, said = [], []
+        rows = conn.execute(select(Group.id, Group.name, Group.method, Group.params_json,
+                                   func.count(GroupMember.exposure_id).label("members"))
+                            .outerjoin(GroupMember).group_by(Group.id, Group.name, Group.method, Group.params_json)).all()
+        for row in rows:
+            ours = family is not None and _KIND.get(row.method) == _KIND.get(method) \
+                and json.loads(row.params_json or "{}").get("family") == family
+            if ours or row.name in result.groups:
+                old.append(row.id)
+                if not ours or method == "manual":  # a group made by hand is one group: replacing it is news
+                    made = "by hand" if row.method == "manual" else f"by {row.method}"
+                    said.append(f"replaced group {row.name!r} ({row.members} members, made {made})")
         if old:
             conn.execute(delete(GroupMember).where(GroupMember.group_id.in_(old)))
             conn.execute(delete(Group).where(Group.id.in_(old)))
@@ -106,6 +129,7 @@ def _store(engine: Engine, result: GroupingResult, method: str, params: dict, re
                 {"group_id": group_id, "exposure_id": e, "role": "reference" if references.get(name) == e else None}
                 for e in members
             ])
+    result.notes.extend(said)
 
 
 def group_by_pointing(
@@ -115,7 +139,7 @@ def group_by_pointing(
     """Cluster the pointings of ``selection`` into groups ``NAME-1``, ``NAME-2``...
     (numbered by right ascension of their centre)."""
     radius_deg = parse_angle(radius) if radius else None
-    rows = _selected(engine, selection, Exposure.ra, Exposure.dec)
+    rows = _selected(engine, selection, Exposure.ra, Exposure.dec, products=False)  # a calibrated copy is no second pointing
     with_pointing = [r for r in rows if r.ra is not None and r.dec is not None]
     result = GroupingResult(without_pointing=[r.id for r in rows if r.ra is None or r.dec is None])
     if not with_pointing:
@@ -148,7 +172,10 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     fields = parse_columns(keys, what="keys")
     with naming("keys", keys):
         check_fields(fields)
-    frame = Catalog(engine=engine, check=False).query(selection, columns=["id", *[_text(f) for f in fields]])
+    from archive.query import all_of, is_null
+
+    # raw frames: a calibrated copy or a master in the group of its band counted twice
+    frame = Catalog(engine=engine, check=False).query(all_of(selection, is_null("product")), columns=["id", *[_text(f) for f in fields]])
     if frame.empty:  # grouping again replaces the family: an empty answer (a typo) would have deleted it
         family = f"groups {prefix}:..." if prefix else f"groups by {keys}"
         matched = f"no exposure matches {selection!r}" if isinstance(selection, str) else "no exposure is selected"
@@ -158,7 +185,11 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     for values, members in frame.groupby(labels, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
         shown = ",".join(f"{label}={_value(v)}" for label, v in zip(labels, values))
-        result.groups[f"{prefix}:{shown}" if prefix else shown] = [int(i) for i in members["id"]]
+        name = f"{prefix}:{shown}" if prefix else shown
+        if name in result.groups:  # two values written alike ('none' and no value, 1 and 1.0): one would take the other's place
+            raise ObsarchError(f"two different values of {keys} make one group name, {name!r} (a value written 'none' "
+                               "and no value, or 1 and 1.0); nothing grouped")
+        result.groups[name] = [int(i) for i in members["id"]]
     params = {"keys": keys, "selection": selection if isinstance(selection, str) else None}
     with recorded_run(engine, "group-by", params, ALGORITHM) as run:
         result.run_id = run.id
@@ -194,12 +225,6 @@ def create_group(engine: Engine, name: str, selection: str, *, reference: str | 
             raise ObsarchError(f"--reference {reference!r} is not in the group's selection")
         references[name] = ref_id
     result = GroupingResult(groups={name: ids})
-    with transaction(engine) as conn:  # a group of that name made otherwise is replaced: say so
-        before = conn.execute(select(Group.method, func.count(GroupMember.exposure_id)).outerjoin(GroupMember)
-                              .where(Group.name == name).group_by(Group.id, Group.method)).first()
-    if before is not None:
-        made = "by hand" if before.method == "manual" else f"by {before.method}"
-        result.notes.append(f"replaced group {name!r} ({before[1]} members, made {made})")
     params = {"selection": selection, "reference": reference}
     with recorded_run(engine, "group-manual", params, ALGORITHM) as run:
         result.run_id = run.id

@@ -111,6 +111,46 @@ def test_grouping_by_values_of_a_selection_that_matches_nothing_keeps_the_groups
         grouping.group_by_values(fields.engine, "band", selection="band == 'Q'")
 
 
+def test_groups_of_one_name_made_by_other_commands_are_kept(fields):
+    """group create field (or group by --name field) deleted the groups field-1..3 of
+    group pointing --name field, and said nothing."""
+    grouping.group_by_pointing(fields.engine, method="dbscan", radius="1arcmin", name="field")
+    grouping.group_by_values(fields.engine, "band", prefix="field")
+    made = grouping.create_group(fields.engine, "field", "100-101")
+    assert made.notes == []
+    names = sorted(g["name"] for g in grouping.list_groups(fields.engine))
+    assert names == ["field", "field-1", "field-2", "field:band=B", "field:band=V"]
+    again = grouping.group_by_pointing(fields.engine, method="kmeans", k=2, name="field")  # its own family is replaced
+    assert sorted(again.groups) == ["field-1", "field-2"] and again.notes == []
+    replaced = grouping.create_group(fields.engine, "field-1", "100")  # a group of that very name is, and said
+    assert replaced.notes == [f"replaced group 'field-1' ({len(again.groups['field-1'])} members, made by kmeans)"]
+
+
+def test_values_written_alike_are_refused_not_merged(catalog, tmp_path, rng):
+    for i, value in enumerate(("none", "none", None, None)):
+        write_frame(tmp_path / f"c-{i}.fits", rng, {"FILTER": None, "OBSERVER": value})
+    catalog.ingest([tmp_path])
+    with pytest.raises(ObsarchError, match=r"two different values of hdr\['OBSERVER'\] make one group name, "
+                                           r"\"hdr\['OBSERVER'\]=none\""):
+        grouping.group_by_values(catalog.engine, "hdr['OBSERVER']")
+    assert grouping.list_groups(catalog.engine) == []
+
+
+def test_a_calibrated_copy_joins_no_group_of_pointings_or_values(fields, tmp_path):
+    from processing import calibration
+
+    for i in range(3):
+        write_frame(tmp_path / "bias" / f"b-{i}.fits", np.random.default_rng(i), {"IMAGETYP": "Bias Frame", "FILTER": None, "RA": None, "DEC": None})
+    fields.ingest([tmp_path / "bias"])
+    calibration.make_master(fields.engine, "bias", out_dir=tmp_path / "masters")
+    result = calibration.calibrate(fields.engine, "frame_number in (100, 101)", use=("bias",), out_dir=tmp_path / "cal", workers=1)
+    assert len(result.done) == 2
+    pointing = grouping.group_by_pointing(fields.engine, method="dbscan", radius="1arcmin", name="regions")
+    assert sorted(len(m) for m in pointing.groups.values()) == [2, 4]  # 6 and 4 with the copies
+    by_band = grouping.group_by_values(fields.engine, "band")
+    assert sorted(len(m) for m in by_band.groups.values()) == [3, 3, 4]  # B, V and the 3 biases' own band (none)
+
+
 @pytest.mark.parametrize(
     "selection, reference, message",
     [
