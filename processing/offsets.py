@@ -332,6 +332,13 @@ def parse_box(text: str) -> tuple[slice, slice]:
 
 def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, float]:
     """(x, y) of the star in ``box`` by photutils ``centroid_2dg``, 0-based."""
+    x, y, _ = star_in_box(data, box)
+    return x, y
+
+
+def star_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, float, float]:
+    """(x, y) of the star in ``box`` (see :func:`centroid_in_box`) and its
+    peak: the brightest 3x3 mean above the box's median."""
     from photutils.centroids import centroid_2dg
 
     rows, cols = box
@@ -339,13 +346,40 @@ def centroid_in_box(data: np.ndarray, box: tuple[slice, slice]) -> tuple[float, 
         raise MatchError(f"the box runs outside the {data.shape[1]}x{data.shape[0]} image")
     cutout = np.asarray(data[rows, cols], dtype=float)
     cutout = cutout - np.nanmedian(cutout)
+    peak = _star_in(cutout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x, y = centroid_2dg(cutout)
     height, width = cutout.shape
     if not (math.isfinite(x) and math.isfinite(y)) or not (1 <= x <= width - 2 and 1 <= y <= height - 2):
         raise MatchError("no star in the box (its centroid is at the box's edge): did it move out?")
-    return cols.start + float(x), rows.start + float(y)
+    return cols.start + float(x), rows.start + float(y), peak
+
+
+STAR_SIGMA = 5.0  # a star's peak, averaged over 3x3 pixels, above the box's median in the noise of that average
+
+
+def _star_in(cutout: np.ndarray) -> float:
+    """Refuse a box with no star: a 2D Gaussian fitted to noise alone finds
+    a 'centroid' somewhere inside (2 of 5 boxes of pure noise; a star drifted
+    140 px out of the box gave an offset of 4 px, stored as ok). A star is
+    a 3x3 mean at least STAR_SIGMA of its noise (the box's robust sigma / 3)
+    above the median."""
+    from astropy.stats import mad_std
+    from scipy.ndimage import uniform_filter
+
+    finite = np.nan_to_num(cutout, nan=0.0)
+    noise = mad_std(cutout, ignore_nan=True) / 3
+    peak = float(uniform_filter(finite, 3, mode="nearest").max())
+    if noise > 0 and peak < STAR_SIGMA * noise:
+        raise MatchError(f"no star in the box (its brightest 3x3 pixels are {peak / noise:.1f} sigma above its median, "
+                         f"a star {STAR_SIGMA:g}): did it move out?")
+    return peak
+
+
+# The star in a frame's box is the reference's when its peak is within this factor of it
+# (seeing and thin cloud change it a little; a star 100x fainter is another star)
+PEAK_FACTOR = 10.0
 
 
 def transform_from_wcs(header: dict, reference_header: dict, shape: tuple[int, int]) -> Transform:
@@ -459,9 +493,13 @@ def register(task: tuple) -> tuple[Transform, str]:
             except MatchError as second:
                 raise MatchError(f"{first}; {second}") from None
     if method == "centroid":
-        box, (x_ref, y_ref) = reference
+        box, (x_ref, y_ref, peak_ref) = reference
         data, _, _ = load_image(path)
-        x, y = centroid_in_box(data, box)
+        x, y, peak = star_in_box(data, box)
+        if not peak_ref / PEAK_FACTOR <= peak <= peak_ref * PEAK_FACTOR:  # the reference's star drifted out, another is in
+            ratio = f"{peak_ref / peak:.0f}x fainter" if peak < peak_ref else f"{peak / peak_ref:.0f}x brighter"
+            raise MatchError(f"the star in the box is {ratio} than the reference's (peak {peak:.0f} against {peak_ref:.0f} "
+                             "above the median): another star; did the reference's move out?")
         return Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), "centroid"
     data, header, _ = load_image(path)
     return transform_from_wcs(header, reference, data.shape), "wcs"
@@ -494,7 +532,7 @@ def _reference_input(path: str, method: str, box: tuple | None):
     if method == "centroid":
         if box is None:
             raise ObsarchError("the centroid method needs --box x1:x2,y1:y2 around one star")
-        return box, centroid_in_box(data, box)
+        return box, star_in_box(data, box)
     return header
 
 

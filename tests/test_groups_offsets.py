@@ -294,6 +294,30 @@ def test_centroid_method_in_a_box(shifted, tmp_path):
         offsets.compute_offsets(catalog.engine, ids, ids[0], method="centroid", box="5:20,5:20", workers=1)
 
 
+def test_a_box_of_noise_has_no_star():
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # a Gaussian fitted to noise alone found a 'star' in 2 boxes of 5
+        with pytest.raises(MatchError, match="no star in the box"):
+            offsets.centroid_in_box(1000 + rng.normal(0, 10, (100, 100)), offsets.parse_box("30:60,30:60"))
+
+
+def test_a_star_that_drifted_out_of_the_box_is_no_offset(catalog, real_data, tmp_path):
+    """The MicroObservatory night drifts 0, 5, 140 and 275 px: the box around the
+    reference's star holds a faint other star in the last two frames, whose
+    centroid was stored as an ok offset of a few pixels."""
+    for path in sorted((real_data / "ccd_imaging").glob("HATP-32*.FITS")):
+        (tmp_path / "hat").mkdir(exist_ok=True)
+        (tmp_path / "hat" / path.name).symlink_to(path)
+    catalog.ingest([tmp_path / "hat"])
+    ids = catalog.query("", columns="id", sort="date_obs")["id"].tolist()
+    result = offsets.compute_offsets(catalog.engine, ids, ids[0], method="centroid", box="170:200,150:185", workers=1)
+    assert len(result.step.done) == 2 and len(result.step.failed) == 2
+    assert all("than the reference's" in why and "another star" in why for _, why in result.step.failed)
+    measured = {row["exposure_id"]: row for row in offsets.offsets_table(catalog.engine, ids)}
+    assert [measured[i]["status"] for i in ids] == ["ok", "ok", "failed", "failed"]
+    assert measured[ids[2]]["dx"] is None
+
+
 def _offsets_by_frame(catalog) -> dict[int, dict]:
     return {row["frame_number"]: row for row in offsets.offsets_table(catalog.engine)}
 
