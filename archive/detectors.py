@@ -126,21 +126,18 @@ def detectors_of_files(conn, file_ids: list[int]) -> dict[int, list[Detector]]:
     detector keywords of their cards (no file is opened)."""
     from sqlalchemy import select
 
+    from archive.db import rows_in  # 500 files at a time: PostgreSQL takes at most 65,535 parameters
     from archive.models import Hdu, HeaderCard
 
     if not file_ids:
         return {}
-    hdus = conn.execute(
-        select(Hdu.file_id, Hdu.hdu_index, Hdu.extname, Hdu.hdu_type, Hdu.shape)
-        .where(Hdu.file_id.in_(file_ids)).order_by(Hdu.file_id, Hdu.hdu_index)
-    ).all()
+    hdus = sorted(rows_in(conn, select(Hdu.file_id, Hdu.hdu_index, Hdu.extname, Hdu.hdu_type, Hdu.shape), Hdu.file_id, file_ids),
+                  key=lambda h: (h.file_id, h.hdu_index))
     keywords: dict[tuple[int, int], dict[str, str | None]] = {}
     versions: dict[int, dict[int, int]] = {}
-    for row in conn.execute(
-        select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text, HeaderCard.value_num,
-               HeaderCard.vtype)
-        .where(HeaderCard.file_id.in_(sorted(set(file_ids))), HeaderCard.keyword.in_((*NAME_KEYWORDS, "EXTVER")))
-    ):
+    for row in rows_in(conn, select(HeaderCard.file_id, HeaderCard.hdu_index, HeaderCard.keyword, HeaderCard.value_text,
+                                    HeaderCard.value_num, HeaderCard.vtype)
+                       .where(HeaderCard.keyword.in_((*NAME_KEYWORDS, "EXTVER"))), HeaderCard.file_id, file_ids):
         if row.keyword == "EXTVER":
             if row.vtype == "i":
                 versions.setdefault(row.file_id, {})[row.hdu_index] = int(row.value_num)

@@ -171,6 +171,9 @@ def offsets_compute(
             members = sorted({e for name in names for e in offsets.group_exposures(engine, name)[1]})
             reference_id = _automatic(engine, members, workers)
         results = offsets.compute_multistage(engine, names, reference_id, workers=workers)
+        for result in results.values():
+            if result.reference_reason:
+                console.print(result.reference_reason, markup=False, soft_wrap=True)
         finish_step(merge_results("offsets", [r.step for r in results.values()]))
         return
     group_id = None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from archive.db import transaction
+from archive.db import rows_in, transaction
 from archive.detectors import (
     Detector,
     detectors_of_files,
@@ -177,13 +177,14 @@ _COLUMNS = ("instrument", "telescope", "readout_mode", "xbin", "ybin", "gain", "
             "night", "detector", "frame_number")
 
 
-def _load(conn, where) -> list[Calib]:
-    rows = conn.execute(
-        select(Exposure.id, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"), File.header_hash,
-               File.size, File.mtime_ns, *[getattr(Exposure, c) for c in _COLUMNS])
-        .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
-        .where(File.status == "present", *where).order_by(Exposure.mjd, Exposure.id)
-    ).all()
+def _load(conn, where, ids: list[int] | None = None) -> list[Calib]:
+    """The exposures of ``where`` (and of ``ids``, asked 500 at a time:
+    PostgreSQL takes at most 65,535 parameters), in time order."""
+    rows = rows_in(conn, select(Exposure.id, File.id.label("file_id"), (Root.path + "/" + File.relpath).label("path"),
+                                File.header_hash, File.size, File.mtime_ns, *[getattr(Exposure, c) for c in _COLUMNS])
+                   .join(File, File.id == Exposure.file_id).join(Root, Root.id == File.root_id)
+                   .where(File.status == "present", *where), Exposure.id, ids)
+    rows.sort(key=lambda r: (r.mjd is None, r.mjd or 0.0, r.id))
     detectors = detectors_of_files(conn, [r.file_id for r in rows])
     return [Calib(r.id, r.file_id, r.path, file_content(r), *(getattr(r, c) for c in _COLUMNS),
                   detectors=detectors[r.file_id]) for r in rows]
@@ -192,7 +193,7 @@ def _load(conn, where) -> list[Calib]:
 def load_frames(engine: Engine, exposure_ids: list[int]) -> list[Calib]:
     """The exposures ``exposure_ids`` as the rules see them, in time order."""
     with transaction(engine) as conn:
-        return _load(conn, [Exposure.id.in_(exposure_ids)])
+        return _load(conn, [], exposure_ids)
 
 
 def load_masters(engine: Engine, kind: str) -> list[Calib]:

@@ -652,11 +652,9 @@ def choose_reference(engine: Engine, ids: list[int], *, workers: int | None = No
 
     def rows():
         with transaction(engine) as conn:
-            return conn.execute(
-                select(Exposure.id, Exposure.frame_number, FIELDS["fwhm"].expression().label("fwhm"),
-                       FIELDS["nstars"].expression().label("nstars"), FIELDS["grade"].expression().label("grade"))
-                .where(Exposure.id.in_(ids))
-            ).all()
+            return rows_in(conn, select(Exposure.id, Exposure.frame_number, FIELDS["fwhm"].expression().label("fwhm"),
+                                        FIELDS["nstars"].expression().label("nstars"), FIELDS["grade"].expression().label("grade")),
+                           Exposure.id, ids)
 
     found = rows()
     unmeasured = [r.id for r in found if r.fwhm is None]
@@ -722,8 +720,11 @@ def compute_multistage(
     for name in group_names:
         group_id, members = group_members(engine, name)
         ids = [e for e, _ in members]
-        group_reference = next((e for e, role in members if role == "reference"), ids[0])
+        group_reference, why = next((e for e, role in members if role == "reference"), None), None
+        if group_reference is None:  # the best frame, not graded bad, as for a selection (it was the lowest id)
+            group_reference, why = choose_reference(engine, ids, workers=workers, executor=executor)
         inner = compute_offsets(engine, ids, group_reference, group_id=group_id, params=params, workers=workers, executor=executor)
+        inner.reference_reason = why and f"{name}: {why}"
         results[name] = inner
         if group_reference == global_reference:
             continue  # its members are already on the global reference
@@ -768,19 +769,18 @@ def offsets_table(engine: Engine, ids: list[int] | None = None, group: str | Non
     group_id = None
     if group:  # every member: driven by the members, their offsets joined when they have one
         group_id, members = _members(engine, group)
-        statement = statement.select_from(Exposure).where(Exposure.id.in_(members)).join(
+        ids = members if ids is None else sorted(set(members) & set(ids))
+        statement = statement.select_from(Exposure).join(
             Offset, (Offset.exposure_id == Exposure.id) & (Offset.id == current_offset(Exposure.id)), isouter=True)
     else:  # only exposures with offsets: driven by the offsets
         statement = statement.select_from(Offset).join(Exposure, Exposure.id == Offset.exposure_id).where(
             Offset.id == current_offset(Offset.exposure_id))
     statement = (
         statement.join(reference, reference.id == Offset.reference_id, isouter=True)
-        .join(measured, measured.id == Offset.group_id, isouter=True).order_by(Exposure.id)
+        .join(measured, measured.id == Offset.group_id, isouter=True)
     )
-    if ids is not None:
-        statement = statement.where(Exposure.id.in_(ids))
-    with transaction(engine) as conn:
-        rows = conn.execute(statement).all()
+    with transaction(engine) as conn:  # the ids 500 at a time: PostgreSQL takes at most 65,535 parameters
+        rows = sorted(rows_in(conn, statement, Exposure.id, ids), key=lambda row: row.exposure_id)
         posang = dict(conn.execute(
             select(HeaderCard.file_id, HeaderCard.value_num).where(HeaderCard.keyword == "ESO INS DROT POSANG")
         ).all())
@@ -812,13 +812,15 @@ def select_ids(engine: Engine, selection, *, products: bool = False) -> list[int
     return [f.exposure_id for f in resolve(engine, selection, None if products else is_null("product"))]
 
 
-def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int]:
+def group_exposures(engine: Engine, name: str) -> tuple[int, list[int], int | None]:
     """(group id, member ids, reference member) of a group."""
     from processing.grouping import group_members
 
     group_id, members = group_members(engine, name)
     ids = [e for e, _ in members]
-    return group_id, ids, next((e for e, role in members if role == "reference"), ids[0])
+    # None when no member is the reference (groups by pointing or values): the caller chooses
+    # the best frame, as for a selection (the lowest id was taken, even one graded bad, and not said)
+    return group_id, ids, next((e for e, role in members if role == "reference"), None)
 
 
 # -- two source lists on the sky ------------------------------------------------------------

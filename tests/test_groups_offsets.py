@@ -261,6 +261,21 @@ def shifted(catalog, tmp_path, rng):
     return catalog, truths
 
 
+def test_a_group_without_a_reference_member_is_registered_onto_its_best_frame_not_graded_bad(shifted):
+    """offsets compute --group on a group made by values took its lowest id as the
+    reference, even a frame graded bad, and did not say so."""
+    from processing import quality
+
+    catalog, _ = shifted
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    grouping.create_group(catalog.engine, "field", "1-4")  # no reference member
+    quality.flag(catalog.engine, "1", "bad", reason="clouds")
+    run = obsarch(url, "offsets", "compute", "--group", "field", "--workers", "1")
+    assert "reference: frame" in run.stdout and "not graded bad" in run.stdout
+    references = {row["reference_id"] for row in offsets.offsets_table(catalog.engine, group="field")}
+    assert len(references) == 1 and references != {catalog.resolve("1")}
+
+
 def test_offsets_are_stored_queryable_and_failures_recorded(shifted):
     catalog, truths = shifted
     ids = offsets.select_ids(catalog.engine, "1-5")
@@ -292,6 +307,21 @@ def test_centroid_method_in_a_box(shifted, tmp_path):
     assert (moved_offset.dx, moved_offset.dy) == pytest.approx((50.3 - 53.1, 40.7 - 38.2), abs=0.05)
     with pytest.raises(MatchError, match="no star in the box"):  # not even in the reference
         offsets.compute_offsets(catalog.engine, ids, ids[0], method="centroid", box="5:20,5:20", workers=1)
+
+
+def test_more_frames_than_a_statement_takes_parameters(catalog):
+    """PostgreSQL binds at most 65,535 parameters (SQLite's usual build 32,766):
+    calib explain, calibrate and offsets show over a season of frames failed
+    with 'number of parameters must be between 0 and 65535'."""
+    from archive.db import transaction
+    from archive.detectors import detectors_of_files
+    from processing import calib_rules
+
+    many = list(range(1, 70_001))
+    assert offsets.offsets_table(catalog.engine, many) == []
+    assert calib_rules.load_frames(catalog.engine, many) == []
+    with transaction(catalog.engine) as conn:
+        assert detectors_of_files(conn, many) == {i: [] for i in many}
 
 
 def test_a_box_of_noise_has_no_star():

@@ -34,7 +34,7 @@ def regrouped(catalog, tmp_path, rng):
     grouping.create_group(engine, "B0", "1-3", reference="1")
     grouping.create_group(engine, "R", "2-4", reference="2")
     for name in ("B0", "R"):
-        group_id, ids, reference = offsets.group_exposures(engine, name)
+        group_id, ids, reference = offsets.group_exposures(engine, name)  # each has its reference member
         offsets.compute_offsets(engine, ids, reference, method="wcs", group_id=group_id, workers=1, executor="serial")
     return catalog
 
