@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.formats import counted
 from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
 from cli.render import Format, console, err_console, show_frame
@@ -161,6 +161,7 @@ def offsets_compute(
 
     from processing import grouping, offsets
 
+    offsets.check_method(method, box)
     engine = open_catalog().engine
     reference_id = _one(engine, reference) if reference else None
     if groups:
@@ -183,7 +184,7 @@ def offsets_compute(
     elif selection:
         ids = offsets.select_ids(engine, selection, products=products)
     else:
-        raise ObsarchError("say which exposures: a selection, --group NAME or --groups PATTERN")
+        raise UsageError("say which exposures: a selection, --group NAME or --groups PATTERN")
     if not ids:
         raise ObsarchError(f"no {'' if products else 'raw '}exposure matches {selection!r}")
     if reference_id is None:

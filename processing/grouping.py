@@ -61,7 +61,7 @@ def cluster_pointings(
             raise UsageError("dbscan needs --radius, e.g. 30arcsec or 0.5deg")
         chord = 2 * math.sin(math.radians(radius_deg) / 2)
         return DBSCAN(eps=chord, min_samples=1).fit_predict(vectors)
-    raise ObsarchError(f"unknown pointing method {method!r}; use kmeans or dbscan")
+    raise UsageError(f"unknown pointing method {method!r}; use kmeans or dbscan")
 
 
 def parse_angle(text: str) -> float:
@@ -271,7 +271,7 @@ def parse_pixels(text: str) -> float:
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(px|pix|pixels?)?\s*", str(text))
     if not match or float(match[1]) <= 0:
-        raise ObsarchError(f"--radius {text!r}: give a distance in pixels, e.g. 20px")
+        raise UsageError(f"--radius {text!r}: give a distance in pixels, e.g. 20px")
     return float(match[1])
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy import Engine, insert, select
 
 from archive.db import rows_in, transaction
-from archive.exceptions import ObsarchError
+from archive.exceptions import ObsarchError, UsageError
 from archive.formats import counted
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, Offset
@@ -324,9 +324,9 @@ def parse_box(text: str) -> tuple[slice, slice]:
         x1, x2 = (int(v) for v in xs.split(":"))
         y1, y2 = (int(v) for v in ys.split(":"))
     except ValueError as exc:
-        raise ObsarchError(f"--box {text!r}: give x1:x2,y1:y2 in 1-based pixels, e.g. 437:485,1171:1204") from exc
+        raise UsageError(f"--box {text!r}: give x1:x2,y1:y2 in 1-based pixels, e.g. 437:485,1171:1204") from exc
     if x2 - x1 < 4 or y2 - y1 < 4 or x1 < 1 or y1 < 1:
-        raise ObsarchError(f"--box {text!r}: the box must be at least 5x5 pixels inside the image")
+        raise UsageError(f"--box {text!r}: the box must be at least 5x5 pixels inside the image")
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
 
 
@@ -531,9 +531,20 @@ def _reference_input(path: str, method: str, box: tuple | None):
     data, header, _ = load_image(path)
     if method == "centroid":
         if box is None:
-            raise ObsarchError("the centroid method needs --box x1:x2,y1:y2 around one star")
+            raise UsageError("the centroid method needs --box x1:x2,y1:y2 around one star")
         return box, star_in_box(data, box)
     return header
+
+
+def check_method(method: str, box: str | None) -> None:
+    """Refuse a method or a box that cannot be used, before any frame is read
+    (a command checks it before it chooses a reference)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; use stars, centroid or wcs")
+    if method == "centroid" and box is None:
+        raise UsageError("the centroid method needs --box x1:x2,y1:y2 around one star")
+    if box is not None:
+        parse_box(box)
 
 
 class OffsetsStep(Step):
@@ -544,8 +555,7 @@ class OffsetsStep(Step):
 
     def __init__(self, ids: list[int], reference_id: int, method: str, box: str | None, group_id: int | None,
                  params: MatchParams, stage: int = 1):
-        if method not in METHODS:
-            raise ObsarchError(f"unknown method {method!r}; use stars, centroid or wcs")
+        check_method(method, box)
         self.name = f"offsets-{method}"
         self.ids, self.reference_id, self.method, self.box = ids, reference_id, method, box
         self.group_id, self.match, self.stage = group_id, params, stage
