@@ -53,6 +53,9 @@ def cluster_pointings(
             raise UsageError("kmeans needs --k, the number of clusters (1 or more)")
         if k > len(vectors):
             raise ObsarchError(f"kmeans: --k {k} is more than the {len(vectors)} exposures with a pointing")
+        distinct = len(np.unique(np.round(vectors, 12), axis=0))
+        if k > distinct:  # scikit-learn warned (two lines of its source) and made fewer clusters than asked
+            raise ObsarchError(f"kmeans: --k {k} is more than the {distinct} distinct pointings of the exposures")
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
     if method == "dbscan":
         from sklearn.cluster import DBSCAN
@@ -88,6 +91,8 @@ def _selected(engine: Engine, selection: str | None, *columns, products: bool = 
         return conn.execute(select_exposures(selection, engine.dialect.name, *columns).order_by(Exposure.id)).all()
 
 
+GROUP_NAME_LIMIT = 128  # groups.name is String(128)
+
 # the command that made a group, by its method: making groups again under a name replaces
 # the groups that command made under it, never another command's
 _KIND = {"dbscan": "pointing", "kmeans": "pointing", "header": "by", "manual": "create", "positions": "positions"}
@@ -101,6 +106,12 @@ def _store(engine: Engine, result: GroupingResult, method: str, params: dict, re
     name made otherwise is replaced too, and said in ``result.notes``.
     (``group create field`` deleted the groups field-1..3 of ``group pointing
     --name field``, and said nothing.)"""
+    for name in result.groups:
+        if not name.strip():
+            raise UsageError("a group needs a name that is not blank")
+        if len(name) > GROUP_NAME_LIMIT:  # PostgreSQL refused it ('value too long'), SQLite kept it
+            raise UsageError(f"the group name {name[:40]!r}... is {len(name)} characters, at most {GROUP_NAME_LIMIT}: "
+                             "give a shorter --name, or fewer keys")
     references = references or {}
     now = utcnow()
     params = {**params, "family": family}

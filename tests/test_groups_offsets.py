@@ -52,6 +52,11 @@ def test_bad_clustering_requests(kwargs, message):
         grouping.cluster_pointings(np.array([1.0, 2.0]), np.array([0.0, 0.0]), radius_deg=kwargs.pop("radius_deg", None), **kwargs)
 
 
+def test_kmeans_asked_for_more_clusters_than_distinct_pointings_is_refused():
+    with pytest.raises(ObsarchError, match="--k 3 is more than the 2 distinct pointings"):  # scikit-learn only warned
+        grouping.cluster_pointings(np.array([1.0, 1.0, 2.0, 2.0]), np.zeros(4), method="kmeans", k=3)
+
+
 @pytest.mark.parametrize("text, degrees", [("30arcsec", 30 / 3600), ("2arcmin", 2 / 60), ("0.5deg", 0.5), ("0.25", 0.25)])
 def test_parse_angle(text, degrees):
     assert grouping.parse_angle(text) == pytest.approx(degrees)
