@@ -22,7 +22,7 @@ from archive.query import compare, is_null
 from processing.executor import Progress
 from processing.machinery import Input, ItemFailed, Step, StepResult, Writer, run_step
 from processing.machinery import Item as StepItem
-from processing.steps import Frame, resolve, safe_name
+from processing.steps import Frame, inherited, resolve, safe_name
 
 ALGORITHM = "external-1"
 EACH = ("exposure", "obsid", "group")
@@ -137,6 +137,10 @@ def expand(template: list[str], values: dict) -> list[str]:
     quoted = {key: value if key in _QUOTED else shlex.quote(str(value)) for key, value in values.items()}
     result = []
     for place, argument in enumerate(template):
+        joined = next((f"{{{key}}}" for key in _QUOTED if f"{{{key}}}" in argument), None)
+        if joined and place != script and argument.strip() != joined:  # the program would get the shell's quotes
+            raise UsageError(f"{joined} in {argument!r}: a list of names is an argument of its own ('{joined}'), "
+                             "or part of a shell's -c script")
         try:
             expanded = argument.format(**(quoted if place == script else values))
         except KeyError as exc:
@@ -264,7 +268,7 @@ class ExternalStep(Step):
                                        "give --workdir a placeholder that tells them apart (--workdir 'runs/{id}')", inputs=inputs))
                 continue
             result.append(StepItem(item.key, (item.key, arguments, str(directory), self.timeout), inputs,
-                                   {"item": item.key, "command": arguments, "workdir": str(directory)}))
+                                   {"item": item.key, "command": arguments, "workdir": str(directory)}, data=item.frames))
         return result
 
     def write(self, out: Writer, item, result: dict) -> None:
@@ -283,7 +287,8 @@ class ExternalStep(Step):
                                    metrics)
             except ObsarchError as exc:
                 raise ItemFailed(str(exc)) from None
-        out.products(result["written"], "output")
+        # what the item's frames share (instrument, band, night...), as every product inherits it
+        out.products(result["written"], "output", inherited(item.data, None))
 
 
 def _linked_inputs(engine, file_ids: list[int]) -> dict[int, list[Input]]:

@@ -250,7 +250,7 @@ class Writer:
                 for i in dict.fromkeys(inputs)
             ])
 
-    def products(self, paths: list[str], kind: str) -> None:
+    def products(self, paths: list[str], kind: str, values: dict | None = None) -> None:
         """Catalog the files a tool wrote as products of this run, all or
         none: one that cannot be catalogued (a ``.fits`` that is no FITS
         file) fails the item with the reason, and the item's run keeps its
@@ -259,7 +259,7 @@ class Writer:
         together = self.conn.begin_nested()
         for path in paths:
             try:
-                self.product(path, kind)
+                self.product(path, kind, values)
             except (ObsarchError, OSError) as exc:
                 together.rollback()
                 del self._result.products[kept:]

@@ -541,6 +541,16 @@ def test_a_tool_that_links_its_input_in_leaves_the_raw_frame_as_it_is(catalog, t
     assert row.iloc[0].tolist()[:4] == [1, "science", "V", 60.0] and row["product"].isna().all()
 
 
+def test_a_tools_product_inherits_what_its_frames_share(catalog, tmp_path, rng):
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1, INSTRUME="TestCam")
+    catalog.ingest([tmp_path / "raw"])
+    summary = external.run_each(catalog.engine, "exposure", None, ["cp", "{path}", "out.fits"],
+                                workdir=str(tmp_path / "w" / "{item}"), workers=1)
+    assert len(summary.products) == 1
+    row = catalog.query("product == 'output'", columns="instrument,band,exptime,night,frame_number")
+    assert row.iloc[0].tolist()[:3] == ["TestCam", "V", 60.0] and row["frame_number"].isna().all()  # it had none of them
+
+
 def test_a_tool_that_writes_over_a_raw_frame_fails_and_leaves_its_row(catalog, tmp_path, rng):
     _frame(tmp_path / "raw" / "f001.fits", rng, 1)
     catalog.ingest([tmp_path / "raw"])
@@ -634,7 +644,9 @@ def _running(pid: str) -> bool:
 
 @pytest.mark.parametrize(
     "command, message",
-    [(["echo", "{nothing}"], "{nothing} in '{nothing}' is not known for this item"), ([], "give the command after --")],
+    [(["echo", "{nothing}"], "{nothing} in '{nothing}' is not known for this item"), ([], "give the command after --"),
+     # the program got "--files='/tmp/my data/a.fits' /tmp/b.fits", quotes and all
+     (["tool", "--files={paths}"], "{paths} in '--files={paths}': a list of names is an argument of its own")],
 )
 def test_bad_external_commands(night, command, message):
     catalog, _ = night
