@@ -154,6 +154,8 @@ class StackStep(Step):
             every = pixels.detectors_of(hdul)
             self.detectors = [d if len(d.shape) == 2 else type(d)(d.hdu_index, d.name, d.shape[-2:])
                               for d in select_detectors(every, self.hdus)]
+            # the stack is on the reference's pixel grid: its sky coordinates are the reference's
+            self.grid = {d.name: _celestial_cards(hdul[d.hdu_index].header) for d in self.detectors}
         # one detector pairs with the reference's one whatever their names; a detector --hdu chose of several, only by name
         self.single = len(every) == 1
         self.measured_on = every[0].name  # an offset of a frame of several detectors is measured on its first
@@ -236,7 +238,9 @@ class StackStep(Step):
                                   coverage=coverage, hdu=index)
             cover = fits.ImageHDU(coverage, name="COVERAGE" if single else f"COVERAGE_{detector.name}")
             cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
-            return image, fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)]), [cover]
+            own = fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)])
+            own.update(self.grid.get(detector.name, fits.Header()))
+            return image, own, [cover]
 
         write_product(self.target, lambda tmp: write_detectors(tmp, header, self.detectors, make))
         values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
@@ -250,6 +254,22 @@ class StackStep(Step):
     def close(self) -> None:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _celestial_cards(header: fits.Header) -> fits.Header:
+    """The celestial WCS of a detector's header as cards (none when it has
+    none astropy reads)."""
+    import warnings
+
+    from astropy.wcs import WCS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header)
+            return wcs.celestial.to_header(relax=True) if wcs.has_celestial else fits.Header()
+    except (ValueError, KeyError, MemoryError, AttributeError):
+        return fits.Header()
 
 
 def stack_method(method: str | None, sigma_clip: float | None) -> str:

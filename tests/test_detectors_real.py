@@ -117,3 +117,9 @@ def test_a_stack_leaves_out_the_pixels_each_frames_mask_flags(lco, real_data):
         # the reference's flagged pixels are no value of it: hot pixels of up to 18,000 ADU went in with full coverage
         assert coverage[flagged].max() < 3 and not (image[flagged] > np.nanpercentile(image, 99.9)).any()
         assert (coverage == 3).mean() > 0.95  # and the rest of the field is whole
+        # on the reference's pixel grid, with its sky coordinates (the stack had no WCS)
+        from astropy.wcs import WCS
+
+        ours_wcs, theirs_wcs = WCS(ours[1].header), WCS(reference["SCI"].header).celestial
+        corners = np.array([[0, 0], [1522, 1019], [700, 500]], dtype=float)
+        assert np.allclose(ours_wcs.all_pix2world(corners, 0), theirs_wcs.all_pix2world(corners, 0), atol=1e-9)
