@@ -31,7 +31,16 @@ from archive.keywords import load_maps
 from archive.query import Node, compare, is_null, one_of
 from processing import detectors as pixels
 from processing.calib_rules import DEFAULT_RULES, Calib, CalibrationRule, Choice, choose_all
-from processing.combine import DEFAULT_MEMORY, METHODS, _size, calibrate_array, combine_files, parse_memory, quiet_numpy
+from processing.combine import (
+    DEFAULT_MEMORY,
+    METHODS,
+    _size,
+    calibrate_array,
+    clip_reaches,
+    combine_files,
+    parse_memory,
+    quiet_numpy,
+)
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step, unusable_files
 from processing.runs import done_before, identity, output_directory, params_hash, what_is_at, write_product
@@ -286,6 +295,7 @@ class MasterStep(Step):
             raise ObsarchError(f"{first.path}: {exc}") from None
         if not self.detectors:
             raise ObsarchError(f"{first.path}: no detector (image HDU with data) to combine")
+        clip_reaches(params.method, params.sigma, len(self.inputs), "--sigma")  # before a pixel is read
         needed = {"dark": ("bias",), "flat": ("bias", "dark")}.get(kind, ())
         self.masters = _masters_for(engine, first, needed, rules, hdus)
         out = output_directory(out_dir)

@@ -185,22 +185,24 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def clip_reaches(method: str, sigma: float, n: int) -> None:
+def clip_reaches(method: str, sigma: float, n: int, option: str | None = None) -> None:
     """Refuse a clip that cannot leave out any value of ``n`` frames. One
     pass with the frames' own standard deviation, the outlier's included,
     puts no value farther than sqrt(n - 1) of them from the mean
     (Samuelson's inequality), nor :func:`_median_reach` from the median: at
     3 sigma a clipped mean of 10 frames, or a clipped median of 7, is the
     plain mean or median, whatever a cosmic ray adds, while its header said
-    CLIPSIG = 3."""
+    CLIPSIG = 3. ``option``: the command's option of the clip, named in the
+    message of a usage error (a command checks before it reads a pixel)."""
     if not method.startswith("sigclip") or n < 2:
         return
     center, reach = ("mean", math.sqrt(n - 1)) if method == "sigclip" else ("median", _median_reach(n))
     if sigma >= reach:
-        raise CombineError(
+        error = UsageError if option else CombineError
+        raise error(
             f"a clip at {sigma:g} sigma leaves out nothing of {n} frames: one pass puts no value farther than "
-            f"{reach:.2f} of their standard deviations from their {center}; clip below {reach:.2f} sigma, "
-            f"combine more frames, or use the median")
+            f"{reach:.2f} of their standard deviations from their {center}; clip below {reach:.2f} sigma"
+            f"{f' ({option})' if option else ''}, combine more frames, or use the median")
 
 
 def _median_reach(n: int) -> float:

@@ -53,10 +53,15 @@ def cluster_pointings(
             raise UsageError("kmeans needs --k, the number of clusters (1 or more)")
         if k > len(vectors):
             raise ObsarchError(f"kmeans: --k {k} is more than the {len(vectors)} exposures with a pointing")
-        distinct = len(np.unique(np.round(vectors, 12), axis=0))
-        if k > distinct:  # scikit-learn warned (two lines of its source) and made fewer clusters than asked
-            raise ObsarchError(f"kmeans: --k {k} is more than the {distinct} distinct pointings of the exposures")
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+        import warnings
+
+        with warnings.catch_warnings():  # scikit-learn warned (two lines of its source) and made fewer clusters than asked
+            warnings.simplefilter("ignore")
+            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+        found = len(set(labels.tolist()))
+        if found < k:
+            raise ObsarchError(f"kmeans: --k {k} is more than the {found} distinct pointings of the exposures")
+        return labels
     if method == "dbscan":
         from sklearn.cluster import DBSCAN
 

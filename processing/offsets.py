@@ -493,13 +493,10 @@ def register(task: tuple) -> tuple[Transform, str]:
             except MatchError as second:
                 raise MatchError(f"{first}; {second}") from None
     if method == "centroid":
-        box, (x_ref, y_ref, peak_ref) = reference
-        data, _, _ = load_image(path)
+        box, (x_ref, y_ref, peak_ref, time_ref) = reference
+        data, header, _ = load_image(path)
         x, y, peak = star_in_box(data, box)
-        if not peak_ref / PEAK_FACTOR <= peak <= peak_ref * PEAK_FACTOR:  # the reference's star drifted out, another is in
-            ratio = f"{peak_ref / peak:.0f}x fainter" if peak < peak_ref else f"{peak / peak_ref:.0f}x brighter"
-            raise MatchError(f"the star in the box is {ratio} than the reference's (peak {peak:.0f} against {peak_ref:.0f} "
-                             "above the median): another star; did the reference's move out?")
+        _same_star(peak, _exposure_time(header), peak_ref, time_ref)
         return Transform(dx=x_ref - x, dy=y_ref - y, nmatched=1), "centroid"
     data, header, _ = load_image(path)
     return transform_from_wcs(header, reference, data.shape), "wcs"
@@ -532,8 +529,27 @@ def _reference_input(path: str, method: str, box: tuple | None):
     if method == "centroid":
         if box is None:
             raise UsageError("the centroid method needs --box x1:x2,y1:y2 around one star")
-        return box, star_in_box(data, box)
+        return box, (*star_in_box(data, box), _exposure_time(header))
     return header
+
+
+def _exposure_time(cards: dict) -> float | None:
+    value = cards.get("EXPTIME", cards.get("EXPOSURE"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _same_star(peak: float, seconds: float | None, peak_ref: float, seconds_ref: float | None) -> None:
+    """Refuse a star in the box that is not the reference's: its peak per
+    second (per frame when an exposure time is unknown) beyond PEAK_FACTOR of
+    the reference's (a 120 s frame of a 10 s reference's star is the same star)."""
+    timed = seconds is not None and seconds_ref is not None
+    rate, rate_ref = (peak / seconds, peak_ref / seconds_ref) if timed else (peak, peak_ref)
+    if rate_ref <= 0 or rate <= 0 or rate_ref / PEAK_FACTOR <= rate <= rate_ref * PEAK_FACTOR:
+        return
+    ratio = f"{rate_ref / rate:.0f}x fainter" if rate < rate_ref else f"{rate / rate_ref:.0f}x brighter"
+    unit = " per second" if timed else ""
+    raise MatchError(f"the star in the box is {ratio}{unit} than the reference's (peak {peak:.0f} against {peak_ref:.0f} "
+                     "above the median): another star; did the reference's move out?")
 
 
 def check_method(method: str, box: str | None) -> None:

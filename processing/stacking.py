@@ -26,7 +26,7 @@ from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError, UsageError
 from archive.query import compare, is_null
 from processing.calibration import detector_values
-from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, combine_files, parse_memory, resample
+from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, clip_reaches, combine_files, parse_memory, resample
 from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
@@ -162,6 +162,7 @@ class StackStep(Step):
         self.reach = _reach(every)  # every detector: the offset is measured on the first, which --hdu may leave out
         if not self.detectors:
             raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
+        clip_reaches(self.method, self.sigma, len(chosen), "--sigma-clip")  # before a pixel is read
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()
@@ -229,6 +230,10 @@ class StackStep(Step):
         header["IMAGETYP"] = ("STACK", "made by obsarch")
         for item in used:
             header.add_history(f"obsarch input: {Path(item.task[0]).name}")
+        values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
+        if values.get("date_obs") is not None:  # the stack's time, as the catalog's row gives it: not the reference's
+            header["DATE-OBS"] = (values["date_obs"].isoformat(timespec="milliseconds"), "middle of the stacked frames")
+            header["MJD-OBS"] = (values["mjd"], "middle of the stacked frames")
         single = len(self.detectors) == 1
 
         def make(detector):
@@ -243,7 +248,6 @@ class StackStep(Step):
             return image, own, [cover]
 
         write_product(self.target, lambda tmp: write_detectors(tmp, header, self.detectors, make))
-        values = {**inherited([item.data for item in used], "science", exptime=False), **detector_values(self.detectors)}
         out.product(self.target, "stack", values)
         if self.replaces:
             out.note(self.replaces)
@@ -267,9 +271,16 @@ def _celestial_cards(header: fits.Header) -> fits.Header:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wcs = WCS(header)
-            return wcs.celestial.to_header(relax=True) if wcs.has_celestial else fits.Header()
+            cards = wcs.celestial.to_header(relax=True) if wcs.has_celestial else fits.Header()
     except (ValueError, KeyError, MemoryError, AttributeError):
         return fits.Header()
+    for key in list(cards.keys()):  # astropy adds the reference's time and place: the stack's are its own
+        if key.startswith(_NOT_SKY):
+            del cards[key]
+    return cards
+
+
+_NOT_SKY = ("DATE", "MJD", "TIMESYS", "TIMEUNIT", "OBSGEO", "JEPOCH", "BEPOCH", "TSTART", "TSTOP", "XPOSURE", "TELAPSE")
 
 
 def stack_method(method: str | None, sigma_clip: float | None) -> str:

@@ -118,7 +118,8 @@ def test_a_value_an_item_lacks_fails_that_item_and_is_never_filled_in_as_none(in
     monkeypatch.chdir(tmp_path)
     result = run(ingested, "run", "relpath glob '*odd.fits' or frame_number == 3852", "--workers", "1", "--",
                  "sh", "-c", "echo {frame} > seen", code=3)
-    assert "  1: {frame} in 'echo {frame} > seen': this item has no frame number\n" in result.stderr
+    # the key of a frame without a number names its id, never taken for frame 1
+    assert "  id 1: {frame} in 'echo {frame} > seen': this item has no frame number\n" in result.stderr
     assert (tmp_path / "runs" / "3852" / "seen").read_text() == "3852\n" and not (tmp_path / "runs" / "1").exists()
     typo = run(ingested, "run", "3852", "--", "echo", "{fram}", code=1)
     assert "{fram} in '{fram}' is not known for this item (known: dir, frame, id, item, obsid, path" in typo.stderr

@@ -123,3 +123,9 @@ def test_a_stack_leaves_out_the_pixels_each_frames_mask_flags(lco, real_data):
         ours_wcs, theirs_wcs = WCS(ours[1].header), WCS(reference["SCI"].header).celestial
         corners = np.array([[0, 0], [1522, 1019], [700, 500]], dtype=float)
         assert np.allclose(ours_wcs.all_pix2world(corners, 0), theirs_wcs.all_pix2world(corners, 0), atol=1e-9)
+        # and its own time, the middle of the frames as its catalog row says, not the reference's with the WCS
+        import pandas as pd
+
+        middle = pd.Timestamp(catalog.query("product == 'stack'", columns="date_obs")["date_obs"].iloc[0])
+        assert ours[0].header["DATE-OBS"][:19] == middle.isoformat()[:19] != reference["SCI"].header["DATE-OBS"][:19]
+        assert "DATE-OBS" not in ours[1].header and "MJD-OBS" not in ours[1].header

@@ -53,8 +53,9 @@ def test_bad_clustering_requests(kwargs, message):
 
 
 def test_kmeans_asked_for_more_clusters_than_distinct_pointings_is_refused():
-    with pytest.raises(ObsarchError, match="--k 3 is more than the 2 distinct pointings"):  # scikit-learn only warned
-        grouping.cluster_pointings(np.array([1.0, 1.0, 2.0, 2.0]), np.zeros(4), method="kmeans", k=3)
+    for ra in ([1.0, 1.0, 2.0, 2.0], [10.0, 10.000000001, 50.0, 50.0]):  # scikit-learn only warned, and made 2
+        with pytest.raises(ObsarchError, match="--k 3 is more than the 2 distinct pointings"):
+            grouping.cluster_pointings(np.array(ra), np.zeros(4), method="kmeans", k=3)
 
 
 @pytest.mark.parametrize("text, degrees", [("30arcsec", 30 / 3600), ("2arcmin", 2 / 60), ("0.5deg", 0.5), ("0.25", 0.25)])
@@ -334,6 +335,15 @@ def test_a_box_of_noise_has_no_star():
     for _ in range(50):  # a Gaussian fitted to noise alone found a 'star' in 2 boxes of 5
         with pytest.raises(MatchError, match="no star in the box"):
             offsets.centroid_in_box(1000 + rng.normal(0, 10, (100, 100)), offsets.parse_box("30:60,30:60"))
+
+
+def test_the_reference_star_is_told_by_its_peak_per_second():
+    offsets._same_star(2037.0, 120.0, 167.0, 10.0)  # 12x the counts in 12x the time: the same star (it was refused)
+    offsets._same_star(2037.0, None, 1000.0, 10.0)  # an exposure time unknown: the peaks themselves, within 10x
+    with pytest.raises(MatchError, match="the star in the box is 101x fainter per second than the reference's"):
+        offsets._same_star(37.0, 60.0, 3723.0, 60.0)
+    with pytest.raises(MatchError, match="is 24x brighter than the reference's"):
+        offsets._same_star(2400.0, None, 100.0, None)
 
 
 def test_a_star_that_drifted_out_of_the_box_is_no_offset(catalog, real_data, tmp_path):

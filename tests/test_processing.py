@@ -101,6 +101,18 @@ def test_a_clip_that_can_leave_out_nothing_is_refused(tmp_path, rng, method, n, 
     assert combine_files(paths, method=method, sigma=kept)[3, 3] < 150  # just below the reach, the cosmic ray goes
 
 
+def test_a_command_refuses_a_clip_that_can_leave_out_nothing_before_it_reads_a_pixel(night, url):
+    catalog, tmp = night
+    refused = obsarch(url, "calib", "bias", "--method", "sigclip", "--out", str(tmp / "m"), code=2)
+    assert refused.stderr.splitlines() == [
+        "error: a clip at 3 sigma leaves out nothing of 5 frames: one pass puts no value farther than 2.00 of their "
+        "standard deviations from their mean; clip below 2.00 sigma (--sigma), combine more frames, or use the median"]
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    refused = obsarch(url, "stack", "frame_type == 'science'", "--sigma-clip", "3", code=2)
+    assert "leaves out nothing of 4 frames" in refused.stderr and "(--sigma-clip)" in refused.stderr
+
+
 def test_scaled_combine_equals_ccdproc(small_frames):
     import ccdproc
     from astropy.nddata import CCDData

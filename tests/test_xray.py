@@ -444,7 +444,7 @@ def test_metrics_from_a_wrapped_tool_with_lineage(ingested, tmp_path):
     # a tool that wrote no metrics file fails its item with the reason
     result = run(url, "run", "relpath == 'target_sr.pha'", "--each", "exposure", "--workdir", workdir, "--metrics-from",
                  "pileup.json", "--workers", "1", "--", sys.executable, "-c", "pass", code=1)
-    assert "pileup.json: the tool did not write it" in result.stderr.strip().splitlines()[-1]
+    assert "the tool did not write pileup.json (--metrics-from)" in result.stderr.strip().splitlines()[-1]
 
 
 # -- regions ----------------------------------------------------------------------------
