@@ -62,8 +62,8 @@ NO_ROWS_ON_THE_DEMO = {
 }
 # Lines whose output must show a text: the run ids the tour names.
 SHOWS = {
-    "obsarch runs show 35": "step: run:sh\nstate: done",
-    "obsarch runs show 36": "parent: 35\nstep: run:sh\nitem: ",
+    "obsarch runs show 36": "step: run:sh\nstate: done",
+    "obsarch runs show 37": "parent: 36\nstep: run:sh\nitem: ",
 }
 
 
@@ -118,7 +118,7 @@ def test_the_rules_know_the_tour():
     for prefix in (*NO_ROWS_ON_THE_DEMO, *SHOWS):  # no rule outlives the line it was written for
         assert any(line.startswith(prefix) for line in lines), prefix
     assert command_path("obsarch group show B0") == "group show"
-    assert command_path("obsarch runs") == "runs" and command_path("obsarch runs show 35") == "runs show"
+    assert command_path("obsarch runs") == "runs" and command_path("obsarch runs show 36") == "runs show"
     assert command_path("obsarch --db x query 'a'") == ""  # the tour's lines put no option first
     checked = [line for line in lines if must_list_rows(line)]
     assert any(line.startswith("obsarch report spectra \"obsid") for line in checked)
