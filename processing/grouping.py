@@ -19,7 +19,7 @@ from archive.db import transaction
 from archive.exceptions import ObsarchError, UsageError
 from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
-from archive.query import Column, check_fields, named, naming, parse_columns, select_exposures
+from archive.query import Column, all_of, check_fields, is_null, named, naming, parse_columns, select_exposures
 from processing.runs import recorded_run
 
 ALGORITHM = "grouping-1"
@@ -89,8 +89,6 @@ def parse_angle(text: str) -> float:
 def _selected(engine: Engine, selection: str | None, *columns, products: bool = True):
     """The exposures of ``selection``; ``products=False``: raw frames only."""
     if not products:
-        from archive.query import all_of, is_null
-
         selection = all_of(selection, is_null("product"))
     with transaction(engine) as conn:
         return conn.execute(select_exposures(selection, engine.dialect.name, *columns).order_by(Exposure.id)).all()
@@ -188,8 +186,6 @@ def group_by_values(engine: Engine, keys: str, *, selection=None, prefix: str | 
     fields = parse_columns(keys, what="keys")
     with naming("keys", keys):
         check_fields(fields)
-    from archive.query import all_of, is_null
-
     # raw frames: a calibrated copy or a master in the group of its band counted twice
     frame = Catalog(engine=engine, check=False).query(all_of(selection, is_null("product")), columns=["id", *[_text(f) for f in fields]])
     if frame.empty:  # grouping again replaces the family: an empty answer (a typo) would have deleted it
@@ -303,7 +299,6 @@ def group_by_position(
     reaches. A frame that cannot be registered starts a new chain."""
     from sklearn.cluster import DBSCAN
 
-    from archive.query import is_null
     from processing.offsets import current_offsets
     from processing.steps import resolve, without_images
 
