@@ -413,17 +413,21 @@ def test_a_killed_sql_client_leaves_nothing_running(stocked, backend, tmp_path):
 
     url, _, _ = stocked
     tag = f"obsarch-test-{uuid.uuid4().hex}"  # not the temporary directory's name: another run's may be sleeping still
-    process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", tagged(url, tag, backend), "sql",
-                                "select pg_sleep(120)"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own timeout well past the wait: on a loaded CI machine the client took more than 30 s to start once
+    errors = tmp_path / "stderr"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", "from cli.main import run; run()", "--db", tagged(url, tag, backend),
+                                    "sql", "--timeout", "600", "select pg_sleep(600)"], env=os.environ.copy(),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     engine = db.make_engine(url)
 
     def running() -> int:
         return active(engine, tag)
 
-    deadline = time.monotonic() + 30
-    while running() == 0 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while running() == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert running() == 1
+    assert running() == 1, (process.poll(), errors.read_text())
     process.send_signal(signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 10
