@@ -14,6 +14,7 @@ import sys
 import numpy.ma as ma
 import pytest
 import typer
+from conftest import make_catalog
 from factories import leaf_commands, night_of_frames, obsarch, write_frame
 from typer.testing import CliRunner
 
@@ -30,7 +31,7 @@ def ingested(url, tmp_path, rng):
     night_of_frames(tmp_path / "a-directory-with-a-rather-long-name-to-test-wrapping" / "night", rng)
     write_frame(tmp_path / "odd.fits", rng, {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 12.345678901234,
                                             "DATE-OBS": "2017-08-16T03:00:00.25"})
-    run(url, "init")
+    make_catalog(url)
     run(url, "ingest", str(tmp_path))
     return url
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import typer
 from astropy.io import fits
+from conftest import make_catalog
 from factories import obsarch, write_frame
 from typer.testing import CliRunner
 
@@ -59,7 +60,7 @@ def mixed(url, tmp_path, rng) -> str:
     write_frame(tmp_path / "night" / "a-0001.fits", rng, {"FILTER": "V", "EXPTIME": 30.0})
     write_frame(tmp_path / "night" / "a-0002.fits", rng, {"FILTER": "R", "EXPTIME": 60.0})
     _spectrum(tmp_path / "night" / "pn.pha", TELESCOP="XMM", FILTER="Medium")
-    obsarch(url, "init")
+    make_catalog(url)
     obsarch(url, "ingest", str(tmp_path / "night"))
     return url
 

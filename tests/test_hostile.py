@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import make_catalog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -145,7 +146,7 @@ def stocked(url, tmp_path):
     """A catalog holding two good frames; returns (url, snapshot function)."""
     from factories import write_frame
 
-    assert runner.invoke(app, ["--db", url, "init"]).exit_code == 0
+    make_catalog(url)
     for i in range(2):
         write_frame(tmp_path / "good" / f"g{i}.fits", header={"FRAMENUM": 100 + i})
     result = runner.invoke(app, ["--db", url, "ingest", str(tmp_path / "good")])

@@ -144,3 +144,51 @@ def test_0022_reads_again_fpack_files_stored_with_their_tables_header(url, tmp_p
         assert conn.execute(text("select count(*) from files where mtime_ns is null")).scalar() == 0
     assert unusable_files(engine, [fz]) == {}
     engine.dispose()
+
+
+def test_a_catalog_made_from_the_recorded_migrations_is_the_one_they_make(tmp_path):
+    """The suite makes most PostgreSQL catalogs by sending the statements the
+    migrations sent once again (conftest.make_catalog): pg_dump must find
+    such a catalog and one the migrations make alike, schema, rows and
+    privileges, and its reader role made, with the user a member of it."""
+    import shutil
+    import subprocess
+    import uuid
+
+    from conftest import PG_URL, _postgres_problem, drop_schema, make_catalog
+    from factories import missing
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    if _postgres_problem():
+        missing(_postgres_problem())
+    if shutil.which("pg_dump") is None:
+        missing("pg_dump not found (PostgreSQL's client programs)")
+    server = make_url(PG_URL)
+    admin = create_engine(PG_URL)
+    schemas = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    dumps, members = [], []
+    try:
+        for schema in schemas:
+            with admin.begin() as conn:
+                conn.execute(text(f"CREATE SCHEMA {schema}"))
+        engine = db.make_engine(f"{PG_URL}?options=-csearch_path%3D{schemas[0]}")
+        db.upgrade(engine)
+        engine.dispose()
+        make_catalog(f"{PG_URL}?options=-csearch_path%3D{schemas[1]}")
+        for schema in schemas:
+            role = db.reader_role(server.database, schema)
+            dump = subprocess.run(["pg_dump", "-h", server.host, "-p", str(server.port or 5432), "-U", server.username,
+                                   "-d", server.database, "-n", schema], capture_output=True, text=True, check=True).stdout
+            dump = re.sub(r"(?m)^\\(un)?restrict .*$", "", dump)  # a random key per dump (pg_dump 15.14 on)
+            dumps.append(dump.replace(role, "READER").replace(schema, "SCHEMA"))
+            with admin.connect() as conn:
+                members.append(conn.execute(text("select pg_has_role(current_user, :role, 'MEMBER')"), {"role": role}).scalar())
+    finally:
+        for schema in schemas:
+            drop_schema(admin, schema)
+        admin.dispose()
+    assert "CREATE TABLE SCHEMA.files" in dumps[0] and "GRANT SELECT ON TABLE SCHEMA.files TO READER" in dumps[0]
+    assert "INSERT" in dumps[0] or "COPY SCHEMA.alembic_version" in dumps[0]
+    assert dumps[1] == dumps[0]
+    assert members == [True, True]

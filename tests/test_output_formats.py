@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+from conftest import make_catalog
 from factories import obsarch
 
 FORMATS = ["csv", "table", "json", "ecsv"]
@@ -18,7 +19,7 @@ FORMATS = ["csv", "table", "json", "ecsv"]
 
 @pytest.fixture
 def db(url) -> str:
-    obsarch(url, "init")
+    make_catalog(url)
     return url
 
 
@@ -27,7 +28,7 @@ def pg_db(backend, url) -> str:
     """A catalog on PostgreSQL, for its types SQLite has none of."""
     if backend == "sqlite":
         pytest.skip("a PostgreSQL type")
-    obsarch(url, "init")
+    make_catalog(url)
     return url
 
 

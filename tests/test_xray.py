@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time
+from conftest import make_catalog
 from factories import obsarch
 from typer.testing import CliRunner
 
@@ -211,7 +212,7 @@ def xray_dir(tmp_path, real_data):
 
 @pytest.fixture
 def ingested(url, xray_dir):
-    run(url, "init")
+    make_catalog(url)
     result = run(url, "ingest", str(xray_dir))
     return url, xray_dir, result
 
