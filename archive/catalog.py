@@ -34,6 +34,15 @@ SHOWN_PATHS = 5  # the exposures an error names; more are counted, with the comm
 
 
 LARGEST_LIMIT = 2**63 - 1  # a LIMIT is a 64-bit integer on both backends
+RUN_COLUMNS = ("run", "step", "item", "state", "started_at", "seconds", "summary", "error", "parent")  # of Catalog.runs
+
+
+def _frame(table: tuple[list[str], list[tuple]]) -> pd.DataFrame:
+    """(column names, rows) as a DataFrame, each column of the rows' type (:func:`archive.results.frame_of`)."""
+    from archive.results import frame_of
+
+    names, rows = table
+    return frame_of(rows, names)
 
 
 def first_rows(fetch, limit: int | None) -> tuple:
@@ -295,8 +304,11 @@ class Catalog:
     def summary(self) -> dict[str, pd.DataFrame]:
         """Counts of raw exposures (products are counted by ``products``) per
         instrument, night, frame type and band, and of files per status."""
+        return {name: _frame(table) for name, table in self.summary_rows().items()}
+
+    def summary_rows(self) -> dict[str, tuple[list[str], list[tuple]]]:
+        """:meth:`summary` as (column names, rows) per table, without pandas."""
         from archive.query import is_raw_frame
-        from archive.results import frame_of
 
         raw = is_raw_frame()
         result = {}
@@ -307,16 +319,18 @@ class Catalog:
                     # empty values last on both backends (SQLite put them first, PostgreSQL last)
                     select(column, func.count()).where(raw).group_by(column).order_by(column.asc().nulls_last())
                 ).all()
-                result[name] = frame_of(rows, [name, "exposures"])
+                result[name] = [name, "exposures"], [tuple(row) for row in rows]
             rows = conn.execute(select(File.status, func.count()).group_by(File.status).order_by(File.status)).all()
-            result["status"] = frame_of(rows, ["status", "files"])
+            result["status"] = ["status", "files"], [tuple(row) for row in rows]
         return result
 
     def errors(self) -> pd.DataFrame:
         """Files with a problem now: unreadable ones, and ones ingested with
         invalid cards, with the reason."""
-        from archive.results import frame_of
+        return _frame(self.error_rows())
 
+    def error_rows(self) -> tuple[list[str], list[tuple]]:
+        """:meth:`errors` as (column names, rows), without pandas."""
         statement = (
             select((Root.path + "/" + File.relpath).label("path"), File.status, File.error)
             .join(Root, Root.id == File.root_id)
@@ -328,20 +342,22 @@ class Catalog:
         # a file gone since: its reason is of its last reading, not why it is gone
         rows = [(path, status, f"gone from disk; when last read: {why}" if status == "missing" else why)
                 for path, status, why in rows]
-        return frame_of(rows, ["path", "status", "reason"])
+        return ["path", "status", "reason"], rows
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
         """The latest runs of every kind, newest first: ingests (ids ``i1``,
         ``i2``...) and processing steps (``1``, ``2``...), with what each did."""
-        from archive.results import frame_of
+        return _frame(self.run_rows(limit))
 
+    def run_rows(self, limit: int = 20) -> tuple[list[str], list[tuple]]:
+        """:meth:`runs` as (column names, rows), without pandas."""
         with self.engine.connect() as conn:
             rows = [(*row[:8], None) for row in _ingest_rows(conn, limit)]  # without who and where
             steps = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit)).all()
         rows += [(str(r.id), r.step, r.item, r.state, r.started_at, _seconds(r), _summary_text(r.summary_json), r.error,
                   None if r.parent_id is None else str(r.parent_id)) for r in steps]
         rows.sort(key=lambda row: row[4], reverse=True)
-        return frame_of(rows[:limit], ["run", "step", "item", "state", "started_at", "seconds", "summary", "error", "parent"])
+        return list(RUN_COLUMNS), rows[:limit]
 
     def ingests(self, limit: int | None = 20) -> list[dict]:
         """The latest ingest runs, newest first, as :meth:`runs` lists them
@@ -457,8 +473,10 @@ class Catalog:
     def products(self, kind: str | None = None) -> pd.DataFrame:
         """Files made by steps and wrapped tools, each once (its latest making),
         with the run that made it."""
-        from archive.results import frame_of
+        return _frame(self.product_rows(kind))
 
+    def product_rows(self, kind: str | None = None) -> tuple[list[str], list[tuple]]:
+        """:meth:`products` as (column names, rows), without pandas."""
         latest = select(func.max(Product.id)).group_by(Product.path)
         statement = (
             select(Product.id, Product.kind, Product.path, Product.run_id, Run.step, Run.finished_at, File.status)
@@ -471,12 +489,14 @@ class Catalog:
             statement = statement.where(Product.kind == kind)
         with db.transaction(self.engine) as conn:
             rows = conn.execute(statement).all()
-        return frame_of(rows, ["id", "kind", "path", "run", "step", "made", "status"])
+        return ["id", "kind", "path", "run", "step", "made", "status"], [tuple(row) for row in rows]
 
     def roots(self) -> pd.DataFrame:
         """The root directories and how many files each holds."""
-        from archive.results import frame_of
+        return _frame(self.root_rows())
 
+    def root_rows(self) -> tuple[list[str], list[tuple]]:
+        """:meth:`roots` as (column names, rows), without pandas."""
         statement = (
             select(Root.id, Root.path, func.count(File.id).label("files"))
             .outerjoin(File, File.root_id == Root.id)
@@ -485,7 +505,7 @@ class Catalog:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return frame_of(rows, ["id", "path", "files"])
+        return ["id", "path", "files"], [tuple(row) for row in rows]
 
 
 def _item(item, frame_number, state, error, run_id=None) -> dict:

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from archive.formats import typed_rows
 from cli.app import STATE, FormatOption, command, db_app, fail, open_catalog, roots_app
-from cli.render import Format, console, err_console, exposures_shown, show_frame, show_rows
+from cli.render import Format, console, err_console, exposures_shown, show_rows
 
 
 @command(panel="admin")
@@ -89,7 +90,8 @@ def roots_list(fmt: FormatOption = Format.table) -> None:
 
     Example: obsarch roots list
     """
-    show_frame(open_catalog().roots(), fmt)
+    names, rows = open_catalog().root_rows()
+    show_rows(names, typed_rows(rows, names), fmt)
 
 
 @command(roots_app, "move")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.formats import counted
+from archive.formats import counted, typed_rows
 from cli.app import (
     DEFAULT_TIMEOUT_S,
     STATE,
@@ -24,7 +24,7 @@ from cli.app import (
     open_catalog,
     progress,
 )
-from cli.render import Format, console, err_console, exposures_shown, readable, show_frame, show_rows, unique_columns
+from cli.render import Format, console, err_console, exposures_shown, readable, show_rows, unique_columns
 
 
 @command(panel="catalog")
@@ -200,8 +200,9 @@ def summary() -> None:
     if rows:
         err_console.print(f"raw exposures only; {len(rows)} product{'' if len(rows) == 1 else 's'} left out "
                           f"({left_out}): see `obsarch products`", markup=False, soft_wrap=True)
-    for name, frame in catalog.summary().items():
-        show_frame(frame, Format.table, title="files per status" if name == "status" else f"raw exposures per {name}")
+    for name, (names, rows) in catalog.summary_rows().items():
+        show_rows(names, typed_rows(rows, names), Format.table,
+                  title="files per status" if name == "status" else f"raw exposures per {name}")
 
 
 @command(panel="catalog")
@@ -210,10 +211,10 @@ def errors(fmt: FormatOption = Format.table) -> None:
 
     Example: obsarch errors --format csv
     """
-    frame = open_catalog().errors()
-    show_frame(frame, fmt)
+    names, rows = open_catalog().error_rows()
+    show_rows(names, typed_rows(rows, names), fmt)
     if fmt is Format.table:
-        err_console.print(f"{counted(len(frame), 'file')} with problems")
+        err_console.print(f"{counted(len(rows), 'file')} with problems")
 
 
 SQL_MAX_ROWS = 100_000  # as archive.db.DEFAULT_MAX_ROWS, which this module does not import to start
@@ -251,8 +252,6 @@ def sql(
     Example: obsarch sql "select band, count(*) from exposures group by band"
     """
     from archive import db
-    from archive.formats import counted
-    from archive.results import frame_of
 
     if not statement.strip():
         fail("`obsarch sql` needs a statement, e.g. \"select band, count(*) from exposures group by band\"", code=2)
@@ -261,8 +260,9 @@ def sql(
     if too_big and not rows:
         fail(f"the first row is larger than {max_mb:g} MB, which `obsarch sql` does not show (--max-mb {max_mb:g}): "
              "select a part of it (substr, length) or raise --max-mb")
-    # integers with NULLs stay integers (frame_of), as in `obsarch query`; a name given twice is renamed first, in every format
-    show_frame(frame_of(rows, unique_columns(names)), fmt)
+    # integers with NULLs stay integers, as in `obsarch query`; a name given twice is renamed first, in every format
+    names = unique_columns(names)
+    show_rows(names, typed_rows(rows, names), fmt)
     if too_big:
         err_console.print(f"stopped after {counted(len(rows), 'row')}: with the next, the rows would pass {max_mb:g} MB (--max-mb {max_mb:g}); "
                           "the statement returns more: page with LIMIT and OFFSET, or raise --max-mb", markup=False, soft_wrap=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import NotFoundError, ObsarchError
-from archive.formats import counted, exact, iso
+from archive.formats import counted, exact, iso, typed_rows
 from cli.app import (
     ColumnsOption,
     ExecutorOption,
@@ -28,7 +28,7 @@ from cli.app import (
     runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, show_frame, write
+from cli.render import Format, console, err_console, show_frame, show_rows, write
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
@@ -55,10 +55,11 @@ def runs(
     Example: obsarch runs --limit 5
     """
     if ctx.invoked_subcommand is None:
-        from archive.catalog import first_rows
+        from archive.catalog import RUN_COLUMNS, first_rows
 
-        frame, more = first_rows(open_catalog().runs, limit)
-        show_frame(frame, fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
+        catalog = open_catalog()
+        rows, more = first_rows(lambda n: catalog.run_rows(n)[1], limit)
+        show_rows(list(RUN_COLUMNS), typed_rows(rows, RUN_COLUMNS), fmt, brief=["run", "step", "state", "started_at", "summary"], columns=columns)
         if more:
             err_console.print(f"note: the newest {limit} runs: more exist (--limit N shows N)", markup=False)
 
@@ -73,8 +74,6 @@ def runs_show(
 
     Example: obsarch runs show i1
     """
-    from archive.results import frame_of
-
     detail = open_catalog().run(run)
     if fmt is Format.json:
         write(json.dumps(detail, indent=1, default=lambda v: iso(v) if isinstance(v, datetime) else str(v)) + "\n")
@@ -89,7 +88,8 @@ def runs_show(
     for part in ("inputs", "products", "items"):
         if detail[part]:
             console.print(f"\n{part} ({len(detail[part])}):", markup=False)
-            show_frame(frame_of(detail[part], list(detail[part][0])), fmt)
+            names = list(detail[part][0])
+            show_rows(names, typed_rows(detail[part], names), fmt)
     for stream in ("stdout", "stderr"):
         if detail.get(stream):
             console.print(f"\n{stream}:", markup=False)
@@ -255,7 +255,8 @@ def products(
 
     Example: obsarch products --kind stack
     """
-    show_frame(open_catalog().products(kind), fmt)
+    names, rows = open_catalog().product_rows(kind)
+    show_rows(names, typed_rows(rows, names), fmt)
 
 
 @command(panel="processing")

@@ -215,7 +215,7 @@ def test_a_broken_pipe_that_is_not_stdouts_stays_an_error(ingested, monkeypatch)
     def hung_up(self):
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(Catalog, "summary", hung_up)
+    monkeypatch.setattr(Catalog, "summary_rows", hung_up)
     result = obsarch(ingested, "summary", code=1)
     assert one_line(result) == "error: unexpected BrokenPipeError: [Errno 32] Broken pipe (run with --debug for the traceback)"
 

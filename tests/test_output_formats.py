@@ -8,11 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+from datetime import datetime
 
 import pytest
 from conftest import make_catalog
 from factories import obsarch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FORMATS = ["csv", "table", "json", "ecsv"]
 
@@ -245,3 +249,54 @@ def test_a_name_that_looks_like_markup_is_printed_as_it_is_in_a_terminal(ingeste
     for name in ("[/x]", "a[red]b", "c:smile:"):
         result = obsarch(ingested, "group", "create", name, "3852-3855")
         assert re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).strip() == f"group {name}: 4 exposures"
+
+
+# a column of any mix, as SQLite may hold (which stores no NaN: it reads back as NULL)
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False),
+    st.text(max_size=5), st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+    st.dates(), st.decimals(allow_nan=False, places=3),
+)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b or isinstance(a, datetime) and isinstance(b, datetime) and a == b
+
+
+_NUMBERS = st.one_of(st.none(), st.integers(-10, 10), st.floats(-1e3, 1e3), st.just(math.nan))  # a PostgreSQL float column may hold NaN
+
+
+@st.composite
+def _rows(draw):
+    """Rows of columns each of any mix (no NaN) or of numbers, some missing, some NaN."""
+    height = draw(st.integers(0, 6))
+    columns = [draw(st.lists(draw(st.sampled_from([_VALUES, _NUMBERS])), min_size=height, max_size=height))
+               for _ in range(draw(st.integers(1, 3)))]
+    return list(zip(*columns))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_rows())
+def test_listings_write_rows_as_a_frame_of_them_would_without_pandas(rows):
+    """`obsarch sql`, `runs`, `summary`... print rows through typed_rows,
+    without pandas: it gives what a DataFrame of the rows gave, value for value
+    (a pandas Timestamp and a datetime compare equal, and print alike)."""
+    from archive.formats import typed_rows
+    from archive.results import frame_of, output_rows
+
+    names = [f"c{i}" for i in range(len(rows[0]) if rows else 0)]
+    typed, framed = typed_rows(rows, names), output_rows(frame_of(rows, names))
+    assert len(typed) == len(framed)
+    for mine, theirs in zip(typed, framed):
+        assert all(_same(a, b) or (isinstance(b, float) and type(a) is float and a == b) for a, b in zip(mine, theirs, strict=True)), \
+            (rows, mine, theirs)
+
+
+def test_a_column_mixing_integers_and_floats_is_floats_as_a_frame_makes_it():
+    from archive.formats import typed_rows
+
+    assert typed_rows([(1, "a", None), (2.5, None, 3), (None, "b", 4)], ["x", "y", "z"]) == \
+        [(1.0, "a", None), (2.5, None, 3), (None, "b", 4)]
+    assert typed_rows([{"x": 1, "y": True}, {"x": 2.0, "y": 1}], ["x", "y"]) == [(1.0, True), (2.0, 1)]
