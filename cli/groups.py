@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from archive.exceptions import ObsarchError, UsageError
-from archive.formats import counted
+from archive.formats import counted, typed_rows
 from cli.app import ColumnsOption, FormatOption, Selection, WorkersOption, align_app, command, group_app, groups_app, offsets_app, open_catalog, progress
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame, show_rows
 from cli.steps import finish_step, merge_results
 
 GroupSelectionOption = Annotated[Optional[str], typer.Option("--selection", help="Which exposures (default: all).")]
@@ -114,11 +114,10 @@ def groups_list(fmt: FormatOption = Format.table) -> None:
 
     Example: obsarch group list
     """
-    import pandas as pd
-
     from processing import grouping
 
-    show_frame(pd.DataFrame(grouping.list_groups(open_catalog().engine), columns=["name", "method", "members", "created_at"]), fmt)
+    names = ["name", "method", "members", "created_at"]
+    show_rows(names, typed_rows(grouping.list_groups(open_catalog().engine), names), fmt)
 
 
 @command(group_app, "show", aliases=[(groups_app, "show")])
@@ -132,10 +131,11 @@ def groups_show(name: Annotated[str, typer.Argument(help="The group's name.")], 
 
     catalog = open_catalog()
     _, roles = grouping.group_members(catalog.engine, name)  # this group's roles (or which groups exist)
-    frame = catalog.query(compare("group", "==", name), columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
+    names, rows = catalog.rows(compare("group", "==", name), columns="id,frame_number,band,exptime,date_obs,ra,dec,relpath")
     role = dict(roles)  # an exposure may be another group's reference: only this group's role counts
-    frame.insert(1, "role", [role.get(i) or "" for i in frame["id"]])
-    show_frame(frame.sort_values("role", ascending=False, kind="stable"), fmt)
+    rows = sorted(((row[0], role.get(row[0]) or "", *row[1:]) for row in rows), key=lambda row: row[1], reverse=True)  # stable
+    names = [names[0], "role", *names[1:]]
+    show_rows(names, typed_rows(rows, names), fmt)
 
 
 @command(offsets_app, "compute")
@@ -234,17 +234,17 @@ def offsets_show(
 
     engine = open_catalog().engine
     ids = offsets.select_ids(engine, selection) if selection else None
-    from archive.results import frame_of
-
     rows = offsets.offsets_table(engine, ids=ids, group=group)
     names = ["exposure_id", "frame_number", "reference_id", "reference_frame", "measured_in", "method", "stage", "status",
              "dx", "dy", "rotation", "scale", "dx_err", "dy_err", "nmatched", "residual", "drot_posang", "error"]
-    frame = frame_of(rows, names)
-    if frame["drot_posang"].isna().all():
-        frame = frame.drop(columns="drot_posang")
+    shown = typed_rows(rows, names)
+    drot = names.index("drot_posang")
+    if all(row[drot] is None for row in shown):  # no derotator: no column of it
+        names.pop(drot)
+        shown = [row[:drot] + row[drot + 1:] for row in shown]
     main = ["frame_number", "reference_frame", "measured_in", "method", "status", "dx", "dy", "rotation", "nmatched",
             "residual", "drot_posang"]
-    show_frame(frame, fmt, brief=main, columns=columns)
+    show_rows(names, shown, fmt, brief=main, columns=columns)
     if group:
         _say_where_measured(group, rows)
 

@@ -28,7 +28,7 @@ from cli.app import (
     runs_app,
 )
 from cli.calib_rules import HduOption, configured_rules, hdu_names
-from cli.render import Format, console, err_console, show_frame, show_rows, write
+from cli.render import Format, console, err_console, show_rows, write
 from cli.steps import finish_step
 
 NearestOption = Annotated[Optional[int], typer.Option("--nearest", help="Use the N frames nearest in time to --to.")]
@@ -301,11 +301,10 @@ def stale(fmt: FormatOption = Format.table) -> None:
 
     Example: obsarch stale
     """
-    import pandas as pd
-
     from processing import runs as runs_
 
     rows = runs_.stale_products(open_catalog().engine)
-    show_frame(pd.DataFrame(rows, columns=["product_id", "kind", "path", "run_id", "reason"]), fmt)
+    names = ["product_id", "kind", "path", "run_id", "reason"]
+    show_rows(names, typed_rows(rows, names), fmt)
     if fmt is Format.table:
         err_console.print(counted(len(rows), "stale product"))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.formats import counted
+from archive.formats import counted, typed_rows
 from cli.app import (
     ByIdOption,
     ForceOption,
@@ -25,7 +25,7 @@ from cli.app import (
     report_app,
 )
 from cli.calib_rules import HduOption, hdu_names
-from cli.render import Format, console, show_frame
+from cli.render import Format, console, show_frame, show_rows
 from cli.steps import finish_step
 
 
@@ -110,15 +110,13 @@ def flag_history(ref: RefArg, by_id: ByIdOption = False, fmt: FormatOption = For
 
     Example: obsarch flag history 3857
     """
-    import pandas as pd
-
     from processing import quality
 
     catalog = open_catalog()
     rows = quality.flag_history(catalog.engine, catalog.resolve(ref, by_id=by_id))
     # current, who and note before a rule's numbers: a terminal table leaves out from the right
-    show_frame(pd.DataFrame(rows, columns=["id", "created_at", "grade", "reason", "source", "current", "who", "note", "rule",
-                                            "value", "threshold"]), fmt)
+    names = ["id", "created_at", "grade", "reason", "source", "current", "who", "note", "rule", "value", "threshold"]
+    show_rows(names, typed_rows(rows, names), fmt)
 
 
 @command(report_app, "quality")
