@@ -83,13 +83,17 @@ def main() -> None:
         demo = directory / "demo"  # the demo wants a directory of its own (the pycache may be in this one)
         subprocess.run([*OBSARCH, "demo", str(demo)], check=True, stdout=subprocess.DEVNULL, env=ENV)
         query = [*OBSARCH, "query", "band == 'V'", "--limit", "10"]
-        for command in ([sys.executable, "-c", "pass"], [*OBSARCH, "--version"], query, FLOOR):  # the bytecode, untimed
+        listings = [[*OBSARCH, "runs"], [*OBSARCH, "summary"], [*OBSARCH, "group", "list"]]  # rows printed without pandas
+        pandas = [sys.executable, "-c", "import pandas"]  # what each of them paid for it before
+        for command in ([sys.executable, "-c", "pass"], [*OBSARCH, "--version"], query, FLOOR, *listings, pandas):  # bytecode, untimed
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=demo, env=ENV)
         load = os.getloadavg()
         bare = median_seconds([sys.executable, "-c", "pass"], args.rounds)
         version = median_seconds([*OBSARCH, "--version"], args.rounds)
         rows = median_seconds(query, args.rounds, cwd=demo)
         floor = median_seconds(FLOOR, args.rounds)
+        listed = [median_seconds(command, args.rounds, cwd=demo) for command in listings]
+        pandas_alone = median_seconds(pandas, args.rounds)
         load = max(load, os.getloadavg())
         bytecode = "compiled at every start" if args.no_bytecode_cache else "bytecode cached, as installed"
         print(f"{args.rounds} rounds, {bytecode}; load average {load[0]:.2f} (1 min, the higher of start and end)")
@@ -103,6 +107,13 @@ def main() -> None:
         print(f"{'import sqlalchemy, typer':29}{wall * 1000:7.1f} ms {wall / bare[0]:5.1f}x python{'':4}{cpu * 1000:7.1f} ms "
               f"{cpu / bare[1]:5.1f}x python  (the floor of any catalog command: "
               f"obsarch's own share of the query {max(rows[1] - cpu, 0) * 1000:.0f} ms CPU)")
+        for command, (wall, cpu) in zip(listings, listed):
+            label = "obsarch " + " ".join(command[len(OBSARCH):])
+            print(f"{label:29}{wall * 1000:7.1f} ms {wall / bare[0]:5.1f}x python{'':4}{cpu * 1000:7.1f} ms "
+                  f"{cpu / bare[1]:5.1f}x python  (no target)")
+        wall, cpu = pandas_alone
+        print(f"{'import pandas':29}{wall * 1000:7.1f} ms {wall / bare[0]:5.1f}x python{'':4}{cpu * 1000:7.1f} ms "
+              f"{cpu / bare[1]:5.1f}x python  (what a listing paid for its rows before it printed them without pandas)")
         if args.importtime:
             for label, command in (("--version", [*OBSARCH, "--version"]), ("query", query)):
                 heavy = ", ".join(f"{name} {ms:.0f} ms" for ms, name in heaviest_imports(command, directory))
