@@ -378,7 +378,20 @@ def current_revision(engine: Engine) -> str | None:
     try:
         return _stored_revision(engine)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot open the catalog at {_where(engine)}: {_one_line(exc)}") from exc
+        raise cannot(engine, "open", exc) from exc
+
+
+def cannot(engine: Engine, doing: str, exc: BaseException) -> DatabaseError:
+    """``cannot open the catalog at URL: why``, in one line; a SQLite file
+    whose directory does not exist is said so (SQLite says only 'unable to
+    open database file')."""
+    why = _one_line(exc)
+    database = engine.url.database or ""
+    if is_sqlite(engine) and database not in ("", ":memory:") and not database.startswith("file:"):
+        folder = Path(database).resolve().parent
+        if not folder.is_dir():
+            why = f"its directory {folder} does not exist"
+    return DatabaseError(f"cannot {doing} the catalog at {_where(engine)}: {why}")
 
 
 def _stored_revision(engine: Engine) -> str | None:
@@ -441,7 +454,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot upgrade the catalog at {_where(engine)}: {_one_line(exc)}") from exc
+        raise cannot(engine, "upgrade", exc) from exc
 
 
 def _where(engine: Engine) -> str:

@@ -42,9 +42,10 @@ def demo(
     import os
 
     from sqlalchemy import func, inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from archive.catalog import Catalog
-    from archive.db import ENV_VAR, make_engine
+    from archive.db import ENV_VAR, cannot, make_engine
     from archive.exceptions import ObsarchError
     from archive.formats import counted
     from archive.models import File
@@ -60,6 +61,8 @@ def demo(
             with engine.connect() as conn:
                 held = conn.execute(select(func.count()).select_from(File)).scalar() if inspect(conn).has_table("files") else 0
             where = engine.url.render_as_string(hide_password=True)
+        except SQLAlchemyError as exc:
+            raise cannot(engine, "open", exc) from exc
         finally:
             engine.dispose()
         if held:

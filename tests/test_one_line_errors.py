@@ -69,6 +69,17 @@ def test_a_file_that_is_no_database_is_refused_and_left_as_it_was(tmp_path, comm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obsarch.db"]  # no -wal, no -shm left beside it
 
 
+@pytest.mark.parametrize("command, doing", [(["init"], "upgrade"), (["db", "upgrade"], "upgrade"),
+                                            (["demo", "night"], "open")])
+def test_a_catalog_file_in_a_missing_directory_is_named_with_it(tmp_path, command, doing, monkeypatch):
+    """SQLite says only 'unable to open database file'; the demo said it as an unexpected OperationalError."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "no" / "such" / "obsarch.db"
+    result = obsarch(str(path), *command, code=1)
+    assert one_line(result) == f"error: cannot {doing} the catalog at sqlite:///{path}: its directory {path.parent} does not exist"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the demo wrote no night for a catalog it could not open
+
+
 # -- 3: a PostgreSQL search_path naming no schema --------------------------------------
 
 @pytest.mark.parametrize("command", [["init"], ["summary"], ["db", "upgrade"]])
