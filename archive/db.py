@@ -382,15 +382,17 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def cannot(engine: Engine, doing: str, exc: BaseException) -> DatabaseError:
-    """``cannot open the catalog at URL: why``, in one line; a SQLite file
-    whose directory does not exist is said so (SQLite says only 'unable to
-    open database file')."""
+    """``cannot open the catalog at URL: why``, in one line; a SQLite path
+    that is a directory, or whose directory does not exist, is said so
+    (SQLite says only 'unable to open database file')."""
     why = _one_line(exc)
     database = engine.url.database or ""
     if is_sqlite(engine) and database not in ("", ":memory:") and not database.startswith("file:"):
-        folder = Path(database).resolve().parent
-        if not folder.is_dir():
-            why = f"its directory {folder} does not exist"
+        path = Path(database).resolve()
+        if path.is_dir():
+            why = f"{path} is a directory: name a file in it (--db {path / 'obsarch.db'})"
+        elif not path.parent.is_dir():
+            why = f"its directory {path.parent} does not exist"
     return DatabaseError(f"cannot {doing} the catalog at {_where(engine)}: {why}")
 
 

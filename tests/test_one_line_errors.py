@@ -80,6 +80,13 @@ def test_a_catalog_file_in_a_missing_directory_is_named_with_it(tmp_path, comman
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the demo wrote no night for a catalog it could not open
 
 
+@pytest.mark.parametrize("command", [["init"], ["query"], ["demo", "night"]])
+def test_a_directory_given_as_the_catalog_is_refused_naming_a_file_in_it(tmp_path, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = obsarch(str(tmp_path), *command, code=1)
+    assert one_line(result).endswith(f": {tmp_path} is a directory: name a file in it (--db {tmp_path / 'obsarch.db'})")
+
+
 # -- 3: a PostgreSQL search_path naming no schema --------------------------------------
 
 @pytest.mark.parametrize("command", [["init"], ["summary"], ["db", "upgrade"]])
