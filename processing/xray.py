@@ -291,16 +291,16 @@ def _rows(n: int, what: str = "row") -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def _exposure(hdul, hdu) -> tuple[float | None, str | None]:
-    """EXPOSURE in seconds from the summarized table's header, else from the
-    primary header (where ingest's exptime reads it first), and a note: why
-    a card was not used, or that the primary's was."""
+def _exposure(hdul, hdu, keyword: str = "EXPOSURE") -> tuple[float | None, str | None]:
+    """EXPOSURE (or ``keyword``) in seconds from the summarized table's
+    header, else from the primary header (where ingest's exptime reads it
+    first), and a note: why a card was not used, or that the primary's was."""
     header, where = hdu.header, ""
-    if "EXPOSURE" not in header and hdu is not hdul[0] and "EXPOSURE" in hdul[0].header:
+    if keyword not in header and hdu is not hdul[0] and keyword in hdul[0].header:
         header, where = hdul[0].header, " in the primary header"
-    if "EXPOSURE" not in header:
+    if keyword not in header:
         return None, None
-    value = header["EXPOSURE"]
+    value = header[keyword]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         why = "is text, not a number" if isinstance(value, str) else "is not a number"
     elif not math.isfinite(value):
@@ -308,21 +308,21 @@ def _exposure(hdul, hdu) -> tuple[float | None, str | None]:
     elif value < 0:
         why = "is negative"
     elif value == 0:
-        return None, f"EXPOSURE{where} is 0: not used"
+        return None, f"{keyword}{where} is 0: not used"
     else:
-        notes = [f"EXPOSURE only{where} (not in the {hdu.name or 'table'} table's): used"] if where else []
+        notes = [f"{keyword} only{where} (not in the {hdu.name or 'table'} table's): used"] if where else []
         # its comment's unit, as ingest reads exptime from the same card: "[ks]" once gave exptime 10000 s, exposure 10 s
-        factor, problem = comment_unit(header.comments["EXPOSURE"])
+        factor, problem = comment_unit(header.comments[keyword])
         seconds = float(value) * (factor or 1.0)
         if not math.isfinite(seconds):  # as ingest leaves exptime empty for it
-            return None, f"EXPOSURE {_shown(value)}{where} in its unit is beyond the numbers a catalog holds in seconds: not used"
+            return None, f"{keyword} {_shown(value)}{where} in its unit is beyond the numbers a catalog holds in seconds: not used"
         if problem:
-            notes.append(f"EXPOSURE's comment names {problem}, not understood: taken as seconds")
+            notes.append(f"{keyword}'s comment names {problem}, not understood: taken as seconds")
         elif factor not in (None, 1.0):
-            notes.append(f"EXPOSURE {_shown(value)}{where} is in {UNIT_NAMES.get(factor, f'x{factor:g} s')}: "
+            notes.append(f"{keyword} {_shown(value)}{where} is in {UNIT_NAMES.get(factor, f'x{factor:g} s')}: "
                          f"converted to {seconds:g} s")
         return seconds, "; ".join(notes) or None
-    return None, f"EXPOSURE {_shown(value)}{where} {why}: not used"
+    return None, f"{keyword} {_shown(value)}{where} {why}: not used"
 
 
 def _scale(hdu, keyword: str, notes: list[str]) -> float | None:
@@ -398,24 +398,73 @@ def summarize_events(hdul, hdu, result: XraySummary) -> None:
     header = hdu.header
     result.n_events = int(header.get("NAXIS2", 0))
     result.exposure_s, exposure_note = _exposure(hdul, hdu)
+    if result.exposure_s is None and exposure_note is None:  # no EXPOSURE card: LIVETIME is the same live time (XMM's pn)
+        result.exposure_s, exposure_note = _exposure(hdul, hdu, "LIVETIME")
+        if result.exposure_s is not None:
+            exposure_note = "; ".join(filter(None, ["no EXPOSURE: LIVETIME used", exposure_note]))
     result.gti_exposure_s = gti_exposure(hdul, result.warnings)
-    per = result.exposure_s or result.gti_exposure_s
-    if result.exposure_s and result.gti_exposure_s and result.exposure_s > result.gti_exposure_s * 1.001:
+    per, per_gti = result.exposure_s, _per_good_time(hdul, header, result.gti_exposure_s)
+    if result.exposure_s and result.gti_exposure_s and result.exposure_s > _longest_good_time(hdul, result.gti_exposure_s) * 1.001:
         # exposure is live time inside the good intervals: more means the
         # header describes a longer list than the one in the file
         result.warnings.append(f"EXPOSURE ({result.exposure_s:.1f} s) exceeds the good time intervals "
-                               f"({result.gti_exposure_s:.1f} s): rate per GTI exposure")
-        per = result.gti_exposure_s
+                               f"({result.gti_exposure_s:.1f} s): {per_gti[1]}")
+        per = per_gti[0]
+    elif not per:
+        per = per_gti[0]
     result.rate = result.n_events / per if per else None
     if result.exposure_s is None and exposure_note:
-        result.warnings.append(f"{exposure_note}, {'rate per GTI exposure' if per else 'no usable GTI: no rate'}")
+        result.warnings.append(f"{exposure_note}, {per_gti[1] if per else 'no usable GTI: no rate'}")
     elif exposure_note:
         result.warnings.append(exposure_note)
-    elif not per:
-        result.warnings.append("no EXPOSURE and no usable GTI: no rate")
+    elif result.exposure_s is None:
+        result.warnings.append(f"no EXPOSURE or LIVETIME: {per_gti[1]}" if per else "no EXPOSURE and no usable GTI: no rate")
     time_col = _column_name(hdu, "TIME")
     if time_col and result.n_events:
         result.time_span_s = _time_span(hdu, time_col, result.warnings)
+
+
+def _gti_extensions(hdul) -> list[int]:
+    return [index for index, h in enumerate(hdul[1:], 1) if not h.is_image and hdu_kind(h.header, True, True) == "gti"]
+
+
+def _longest_good_time(hdul, first: float) -> float:
+    """The most good time of any GTI extension (one per chip: the events'
+    exposure is one chip's, not always the first's)."""
+    longest = first
+    for index in _gti_extensions(hdul)[1:]:
+        hdu = hdul[index]
+        start, stop = _column_name(hdu, "START"), _column_name(hdu, "STOP")
+        if start and stop:
+            try:
+                longest = max(longest, _good_time(hdu, start, stop, "", []))
+            except BadTimeCard:
+                continue
+    return longest
+
+
+def _per_good_time(hdul, header, good: float | None) -> tuple[float | None, str]:
+    """The live time of the good intervals, and what a rate per it is: the
+    GTI exposure times the live fraction the events' header gives (DTCOR,
+    Chandra's; DEADC, OGIP's), else the GTI exposure itself (on time: a
+    rate per it is low by the dead time); of the first GTI extension, which
+    with more (one per chip) is one chip's and is said so."""
+    if not good:
+        return None, "no usable GTI: no rate"
+    what = "rate per GTI exposure"
+    for keyword in ("DTCOR", "DEADC"):
+        value = header.get(keyword)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= 1:
+            good, what = good * float(value), f"rate per GTI exposure x {keyword} {float(value):.6g} (live time)"
+            break
+    else:
+        what += " (on time: no DTCOR or DEADC, dead time not taken off)"
+    chips = _gti_extensions(hdul)
+    if len(chips) > 1:
+        what += f"; of the first of {len(chips)} GTI extensions (HDU {chips[0]}), one chip's"
+    return good, what
+
+
 
 
 def _time_span(hdu, column: str, notes: list[str]) -> float | None:

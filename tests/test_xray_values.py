@@ -19,6 +19,7 @@ from processing import xray
 
 run = obsarch  # run(url, *args, code=0)
 
+ON_TIME = "rate per GTI exposure (on time: no DTCOR or DEADC, dead time not taken off)"
 T0, SPAN, MJDREF = 5e8, 1e4, 50814.0  # mission seconds of the first event, the list's length, XMM's MJDREF
 TIME_CARDS = {"MJDREF": MJDREF, "TIMESYS": "TT", "TSTART": T0, "TSTOP": T0 + SPAN}
 
@@ -109,11 +110,11 @@ def test_overlapping_gti_rows_count_once(tmp_path, rng, gti, exposure):
     assert "GTI extension STDGTI (HDU 2): overlapping intervals: their union is the GTI exposure" in summary.warnings
 
 
-def test_disjoint_unsorted_gti_rows_add_up_without_a_warning(tmp_path, rng):
+def test_disjoint_unsorted_gti_rows_add_up_without_a_warning_of_overlaps(tmp_path, rng):
     path = tmp_path / "unsorted.evt"
     _events(path, rng, gti=((T0 + 6000, T0 + SPAN), (T0, T0 + 3000)), exposure=None)
     summary = xray.summarize_file(str(path))
-    assert summary.gti_exposure_s == pytest.approx(7000) and summary.warnings == []
+    assert summary.gti_exposure_s == pytest.approx(7000) and summary.warnings == [f"no EXPOSURE or LIVETIME: {ON_TIME}"]
 
 
 # -- #3: TIMEUNIT and TUNIT --------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_times_in_days_or_milliseconds_give_seconds_and_the_right_mjd(tmp_path, 
     assert summary.time_span_s == pytest.approx(float(np.ptp(times)), rel=1e-6)
     start = Time(MJDREF, T0 / 86400, format="mjd", scale="tt").utc.mjd
     assert summary.mjd_start == pytest.approx(start, abs=1e-8)  # 56601.036, not 50814.066
-    assert summary.warnings == []
+    assert summary.warnings == [f"no EXPOSURE or LIVETIME: {ON_TIME}"]
 
 
 @pytest.mark.parametrize(("cards", "message"), [
@@ -339,9 +340,9 @@ def test_a_spectrum_says_why_its_exposure_was_not_used(tmp_path, exposure, messa
 
 
 @pytest.mark.parametrize(("exposure", "gti", "message"), [
-    (-1e4, ((T0, T0 + SPAN),), "EXPOSURE -10000 is negative: not used, rate per GTI exposure"),
-    (0.0, ((T0, T0 + SPAN),), "EXPOSURE is 0: not used, rate per GTI exposure"),
-    ("10000", ((T0, T0 + SPAN),), "EXPOSURE '10000' is text, not a number: not used, rate per GTI exposure"),
+    (-1e4, ((T0, T0 + SPAN),), f"EXPOSURE -10000 is negative: not used, {ON_TIME}"),
+    (0.0, ((T0, T0 + SPAN),), f"EXPOSURE is 0: not used, {ON_TIME}"),
+    ("10000", ((T0, T0 + SPAN),), f"EXPOSURE '10000' is text, not a number: not used, {ON_TIME}"),
     (0.0, (), "EXPOSURE is 0: not used, no usable GTI: no rate"),
 ])
 def test_an_event_list_says_why_its_exposure_was_not_used(tmp_path, rng, exposure, gti, message):
@@ -408,3 +409,30 @@ def test_a_summary_of_an_older_algorithm_is_made_again_without_force(url, tmp_pa
     engine.dispose()
     assert "x-ray: 1 summarized, 0 up to date, 0 failed" in run(url, "xray", "summarize").stdout
     assert "x-ray: 0 summarized, 1 up to date, 0 failed" in run(url, "xray", "summarize").stdout
+
+
+def test_an_event_list_without_exposure_is_rated_by_its_livetime_not_a_chips_gti(tmp_path, rng):
+    """XMM's pn: LIVETIME in the EVENTS header and a GTI extension per CCD, the
+    first of them CCD 1's. 9000 events over 9000 s of live time are 1.0 c/s
+    (the first GTI's 6000 s gave 1.5, without a word)."""
+    path = tmp_path / "pn.evt"
+    _events(path, rng, n=9000, exposure=None, LIVETIME=9000.0)
+    with fits.open(path, mode="update") as hdul:
+        ccd4 = hdul[2].copy()
+        hdul[2].data["STOP"][0] = T0 + 6000  # CCD 1's, in first
+        hdul[2].name, ccd4.name = "STDGTI01", "STDGTI04"
+        hdul.append(ccd4)
+    summary = xray.summarize_file(str(path))
+    assert summary.exposure_s == 9000.0 and summary.rate == pytest.approx(1.0)
+    assert summary.warnings == ["no EXPOSURE: LIVETIME used"]
+
+
+def test_without_exposure_or_livetime_the_rate_says_whose_good_time_it_is(tmp_path, rng):
+    path = tmp_path / "chips.evt"
+    _events(path, rng, n=6000, exposure=None, DEADC=0.5)
+    with fits.open(path, mode="update") as hdul:
+        hdul.append(hdul[2].copy())
+    summary = xray.summarize_file(str(path))
+    assert summary.rate == pytest.approx(6000 / (SPAN * 0.5))
+    assert summary.warnings == ["no EXPOSURE or LIVETIME: rate per GTI exposure x DEADC 0.5 (live time); "
+                                "of the first of 2 GTI extensions (HDU 2), one chip's"]
