@@ -34,6 +34,7 @@ _EXTNAME = {
 _CONTENT = (("PHA", "spectrum"), ("SPECTRUM", "spectrum"), ("EVT", "events"), ("EVENTS", "events"),
             ("LIGHT CURVE", "lightcurve"), ("LIGHTCURVE", "lightcurve"), ("RESPONSE", "response"),
             ("MATRIX", "response"), ("ARF", "arf"), ("SPECRESP", "arf"), ("IMAGE", "image"))
+_SOURCE_NAME = re.compile(r"(^|[^a-z0-9])(src|source)([^a-z]|$)", re.IGNORECASE)
 _BACKGROUND_NAME = re.compile(r"(^|[^a-z0-9])(bg|bkg|bgd|back|background)([^a-z]|$)|bgspec|specbg|bkgspec|_bg\.", re.IGNORECASE)
 
 
@@ -72,8 +73,22 @@ def classify(hdus: list[tuple[int, object, bool, bool]], name: str = "") -> tupl
     if kind == "spectrum":
         header = next(h for i, h, _, _ in hdus if i == found[kind])
         class2 = str(header.get("HDUCLAS2", "")).strip().upper()
-        role = "background" if class2 in ("BKG", "BACKGROUND") or _BACKGROUND_NAME.search(name) else "source"
+        role = spectrum_role(class2, name)
     return kind, role, found[kind]
+
+
+def spectrum_role(class2: str, name: str) -> str:
+    """A spectrum's own role: HDUCLAS2 BKG is a background, NET (background
+    taken off) a source; TOTAL says nothing (SAS and CIAO write it on
+    background spectra too), so then the file's name: a background's word
+    (bkg, bg, back...) unless a source's is there too ('BG_CMi_pn_src.pha'
+    is the star BG CMi's). A spectrum that links a background is a source
+    whatever its name (:func:`processing.xray_catalog.link_all`)."""
+    if class2 in ("BKG", "BACKGROUND"):
+        return "background"
+    if class2 == "NET":
+        return "source"
+    return "background" if _BACKGROUND_NAME.search(name) and not _SOURCE_NAME.search(name) else "source"
 
 
 def _header_of(unit) -> dict[str, str]:

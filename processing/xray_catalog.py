@@ -23,7 +23,7 @@ from archive.db import insert_ignoring_conflicts, rows_in, transaction
 from archive.ingest import utcnow
 from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
 from archive.roots import file_ids_at
-from archive.xray_kinds import XRAY_CLASSES, XRAY_EXTNAMES
+from archive.xray_kinds import XRAY_CLASSES, XRAY_EXTNAMES, spectrum_role
 from processing.machinery import (
     Input,
     Item,
@@ -256,7 +256,7 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
             if message is None and kinds.get(values[column]) != LINK_KINDS[keyword]:
                 message = _wrong_kind(keyword, getattr(row, keyword), kinds.get(values[column]))
                 values[column] = None
-            if message and row.role != "background" and status.get(row.file_id) == "present":
+            if message and status.get(row.file_id) == "present":
                 warnings.append((row.file_id, path, message, keyword, getattr(row, column) is not None and values[column] is None))
         if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
             values["background_id"] = None
@@ -277,10 +277,42 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
         row = stored[file_id]
         if any(getattr(row, column) != value for column, value in values.items()) or row.net_rate != net:
             conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
-    if backgrounds:
-        conn.execute(update(XraySummary).where(XraySummary.file_id.in_(backgrounds), XraySummary.kind == "spectrum")
-                     .values(role="background"))
-    return warnings
+    was = {row.file_id for row in spectra if row.role == "background" or row.background_id is not None}
+    _settle_roles(conn, set(links) | backgrounds | was | {row.background_id for row in spectra if row.background_id})
+    # a background (named by a BACKFILE, or by its own HDUCLAS2 or name) has no links of a source's to warn of
+    roles = dict(rows_in(conn, select(XraySummary.file_id, XraySummary.role), XraySummary.file_id, {w[0] for w in warnings}))
+    return [warning for warning in warnings if roles.get(warning[0]) != "background"]
+
+
+def _named_backgrounds(conn) -> set[int]:
+    """The spectra a present spectrum's BACKFILE links."""
+    own = File.__table__.alias("own")
+    return set(conn.execute(select(XraySummary.background_id).join(own, own.c.id == XraySummary.file_id)
+                            .where(XraySummary.kind == "spectrum", XraySummary.background_id.is_not(None),
+                                   own.c.status == "present").distinct()).scalars())
+
+
+def _settle_roles(conn, file_ids: set[int]) -> None:
+    """The role of each of these spectra as a fresh catalog would give it:
+    a background when a present spectrum's BACKFILE names it, else a source
+    when it links a background itself, else its own (HDUCLAS2, its name:
+    :func:`archive.xray_kinds.spectrum_role`). A role a link gave goes
+    with the link (it stayed until ``xray summarize --force``)."""
+    if not file_ids:
+        return
+    named = _named_backgrounds(conn)
+    class2 = func.upper(func.trim(HeaderCard.value_text))
+    rows = rows_in(conn, select(XraySummary.file_id, XraySummary.role, XraySummary.background_id, File.relpath,
+                                select(class2).where(HeaderCard.file_id == XraySummary.file_id,
+                                                     HeaderCard.hdu_index == XraySummary.hdu_index,
+                                                     HeaderCard.keyword == "HDUCLAS2").limit(1).scalar_subquery())
+                   .join(File, File.id == XraySummary.file_id).where(XraySummary.kind == "spectrum"),
+                   XraySummary.file_id, file_ids)
+    for file_id, role, background_id, relpath, card in rows:
+        settled = ("background" if file_id in named else "source" if background_id is not None
+                   else spectrum_role(card or "", os.path.basename(relpath)))
+        if settled != role:
+            conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(role=settled))
 
 
 SELF_BACKGROUND = "BACKFILE names the file itself: no background linked"

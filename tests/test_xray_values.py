@@ -436,3 +436,29 @@ def test_without_exposure_or_livetime_the_rate_says_whose_good_time_it_is(tmp_pa
     assert summary.rate == pytest.approx(6000 / (SPAN * 0.5))
     assert summary.warnings == ["no EXPOSURE or LIVETIME: rate per GTI exposure x DEADC 0.5 (live time); "
                                 "of the first of 2 GTI extensions (HDU 2), one chip's"]
+
+
+def test_a_spectrum_is_a_background_by_the_links_and_its_own_words_as_a_fresh_catalog_says(url, tmp_path):
+    """'BG_CMi_pn_src.pha' is the star BG CMi's spectrum, with a background of
+    its own: a source (the name's 'BG' made it a background, its links unwarned);
+    a spectrum no BACKFILE names any more is no background again, without
+    `xray summarize --force`; a background is not warned of on the ingest
+    that links it (HDUCLAS2 TOTAL, as SAS and CIAO write on backgrounds)."""
+    directory = tmp_path / "roles"
+    directory.mkdir()
+    _spectrum(directory / "BG_CMi_pn_src.pha", np.full(64, 5, np.int32), BACKFILE="BG_CMi_pn_bkgspec.pha")
+    _spectrum(directory / "BG_CMi_pn_bkgspec.pha", np.full(64, 1, np.int32))
+    _spectrum(directory / "s1.pha", np.full(64, 4, np.int32), BACKFILE="b.pha")
+    _spectrum(directory / "b.pha", np.full(64, 1, np.int32))
+    ingested = _ingested(url, directory)
+    assert "/b.pha:" not in ingested.stderr and "bkgspec.pha:" not in ingested.stderr
+    assert "BG_CMi_pn_src.pha: RESPFILE absent" in ingested.stderr  # a source's links are its own to warn of
+    roles = {name: row["xray_role"] for name, row in _rows(url, "xray_kind == 'spectrum'", "xray_role").items()}
+    assert roles == {"BG_CMi_pn_src.pha": "source", "BG_CMi_pn_bkgspec.pha": "background", "s1.pha": "source",
+                     "b.pha": "background"}
+    with fits.open(directory / "s1.pha", mode="update") as hdul:
+        hdul[1].header["BACKFILE"] = "none"
+    run(url, "ingest", str(directory))
+    assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
+    run(url, "xray", "summarize", "--force")  # what a fresh reading says: the same
+    assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
