@@ -643,3 +643,13 @@ def net_rate(source: dict, background: dict) -> float | None:
         return None
     counts_s, time_s, area_s, scale_s, counts_b, time_b, area_b, scale_b = values
     return counts_s / (time_s * area_s) - counts_b / (time_b * area_b) * scale_s / scale_b
+
+
+def own_rate(spectrum: dict) -> float | None:
+    """The counts per second of a spectrum whose background is taken off
+    already (HDUCLAS2 NET): C/(t a), its net rate."""
+    values = [spectrum.get(name) for name in ("counts", "exposure_s", "areascal")]
+    if any(v is None or not math.isfinite(v) for v in values) or any(v <= 0 for v in values[1:]):
+        return None
+    counts, time, area = values
+    return counts / (time * area)

@@ -243,6 +243,7 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
     status = _statuses(conn, [*catalogued.values(), *by_id])
     paths = {path: file_id for path, file_id in catalogued.items() if status[file_id] == "present"}
     kinds = _kinds_of(conn, list(set(paths.values())))
+    parts = _summarized_parts(conn, set(paths.values()))
     warnings, links, backgrounds = [], {}, set()
     for row in spectra:
         path = by_id.get(row.file_id)
@@ -256,6 +257,10 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
             if message is None and kinds.get(values[column]) != LINK_KINDS[keyword]:
                 message = _wrong_kind(keyword, getattr(row, keyword), kinds.get(values[column]))
                 values[column] = None
+            if message is None and values[column] is not None:
+                message = _another_part(keyword, getattr(row, keyword), parts.get(values[column]))
+                if message:
+                    values[column] = None
             if message and status.get(row.file_id) == "present":
                 warnings.append((row.file_id, path, message, keyword, getattr(row, column) is not None and values[column] is None))
         if values["background_id"] == row.file_id:  # its own background would make it one, with a net rate of 0
@@ -268,12 +273,18 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
     areas = areascal(conn, needed)
     numbers = {r.file_id: {**r._mapping, "areascal": areas.get(r.file_id, 1.0)}
                for r in _spectra(conn, needed, XraySummary.file_id, XraySummary.counts, XraySummary.exposure_s, XraySummary.backscal)}
-    from processing.xray import net_rate
+    from processing.xray import net_rate, own_rate
 
     stored = {row.file_id: row for row in spectra}
+    net_already = _net_spectra(conn, set(links))
     for file_id, values in links.items():
         background = values["background_id"]
-        net = net_rate(numbers[file_id], numbers[background]) if background in numbers else None
+        if file_id in net_already:  # OGIP's NET: the background is taken off already; once more would be twice
+            net = own_rate(numbers[file_id])
+            if background is not None and status.get(file_id) == "present":
+                warnings.append((file_id, by_id[file_id], NET_ALREADY, "backfile", False))
+        else:
+            net = net_rate(numbers[file_id], numbers[background]) if background in numbers else None
         row = stored[file_id]
         if any(getattr(row, column) != value for column, value in values.items()) or row.net_rate != net:
             conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
@@ -316,6 +327,15 @@ def _settle_roles(conn, file_ids: set[int]) -> None:
 
 
 SELF_BACKGROUND = "BACKFILE names the file itself: no background linked"
+NET_ALREADY = "HDUCLAS2 is NET, its background taken off already: its net rate is its rate, BACKFILE's not taken off again"
+
+
+def _net_spectra(conn, file_ids: set[int]) -> set[int]:
+    """The spectra whose summarized HDU says HDUCLAS2 = NET."""
+    statement = (select(XraySummary.file_id)
+                 .join(HeaderCard, and_(HeaderCard.file_id == XraySummary.file_id, HeaderCard.hdu_index == XraySummary.hdu_index))
+                 .where(HeaderCard.keyword == "HDUCLAS2", func.upper(func.trim(HeaderCard.value_text)) == "NET"))
+    return {file_id for file_id, in rows_in(conn, statement, XraySummary.file_id, file_ids)}
 
 
 def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
@@ -337,6 +357,31 @@ def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
         usable = keyword == "AREASCAL" and number is not None and math.isfinite(number) and number > 0
         found[file_id] = number if usable and found.get(file_id, number) is not None else None
     return found
+
+
+def _summarized_parts(conn, file_ids: set[int]) -> dict[int, tuple[int | None, str | None]]:
+    """(HDU index, EXTNAME) of the HDU each file's summary is of."""
+    statement = (select(XraySummary.file_id, XraySummary.hdu_index, Hdu.extname)
+                 .outerjoin(Hdu, and_(Hdu.file_id == XraySummary.file_id, Hdu.hdu_index == XraySummary.hdu_index)))
+    return {file_id: (index, extname) for file_id, index, extname in rows_in(conn, statement, XraySummary.file_id, file_ids)}
+
+
+def _another_part(keyword: str, value: str, part: tuple[int | None, str | None] | None) -> str | None:
+    """Why a link whose value names a part of its file (``pair.pha[2]``,
+    ``[BKG]``, a row ``{3}``) is not linked: the part is not the HDU the
+    file's summary is of (its counts would be another spectrum's: a net rate
+    of -4.0 c/s for 0.99); None when it names none, or that one."""
+    spec = _EXTENSION_SPEC.search(value.strip())
+    if spec is None or part is None:
+        return None
+    index, extname = part
+    first = re.match(r"\[\s*([^\],]*?)\s*(?:,\s*\d+\s*)?\]$", spec.group(0))
+    named = first.group(1) if first else None
+    if named is not None and (named == str(index) or (extname and named.upper() == extname.strip().upper())):
+        return None
+    what = f"HDU {named}" if named and named.isdigit() else f"{spec.group(0)}"
+    return (f"{keyword.upper()} {value!r} names {what} of the file; obsarch summarizes its HDU {index}"
+            f"{f' ({extname})' if extname else ''} only: not linked")
 
 
 def _link_problem(keyword: str, value: str | None, target: str | None, file_id: int | None,

@@ -462,3 +462,39 @@ def test_a_spectrum_is_a_background_by_the_links_and_its_own_words_as_a_fresh_ca
     assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
     run(url, "xray", "summarize", "--force")  # what a fresh reading says: the same
     assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
+
+
+def test_a_backfile_naming_another_hdu_of_its_file_links_nothing(url, tmp_path):
+    """BACKFILE 'pair.pha[2]': HDU 2 of pair.pha, whose summary is of HDU 1, a
+    spectrum of 5000 counts: taken off, the net rate was -4.0 c/s for 0.99.
+    A part that is the summarized HDU (by number or EXTNAME) links."""
+    directory = tmp_path / "parts"
+    directory.mkdir()
+    _spectrum(directory / "src.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[2]", EXPOSURE=1000.0)
+    _spectrum(directory / "pair.pha", np.full(10, 500, np.int32), EXPOSURE=1000.0)
+    with fits.open(directory / "pair.pha", mode="update") as hdul:
+        background = hdul[1].copy()
+        background.name = "BKG"
+        background.data["COUNTS"] = 10
+        background.header["BACKSCAL"] = 10.0
+        hdul.append(background)
+    _spectrum(directory / "src1.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[1]", EXPOSURE=1000.0)
+    _spectrum(directory / "src_named.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[SPECTRUM]", EXPOSURE=1000.0)
+    ingested = _ingested(url, directory)
+    assert ("src.pha: BACKFILE 'pair.pha[2]' names HDU 2 of the file; obsarch summarizes its HDU 1 (SPECTRUM) only: "
+            "not linked") in ingested.stderr
+    rows = _rows(url, "xray_kind == 'spectrum'", "net_rate,background_file")
+    assert rows["src.pha"] == {"net_rate": "", "background_file": ""}
+    assert float(rows["src1.pha"]["net_rate"]) == pytest.approx(1.0 - 5.0)  # HDU 1 it names, HDU 1 it is
+    assert float(rows["src_named.pha"]["net_rate"]) == pytest.approx(1.0 - 5.0)
+
+
+def test_a_net_spectrum_is_not_taken_its_background_off_twice(url, tmp_path):
+    directory = tmp_path / "net"
+    directory.mkdir()
+    _spectrum(directory / "net_src.pha", np.full(10, 100, np.int32), HDUCLAS2="NET", BACKFILE="bkg.pha", EXPOSURE=1000.0)
+    _spectrum(directory / "bkg.pha", np.full(10, 40, np.int32), HDUCLAS2="BKG", EXPOSURE=1000.0)
+    ingested = _ingested(url, directory)
+    assert "net_src.pha: HDUCLAS2 is NET, its background taken off already" in ingested.stderr
+    rows = _rows(url, "relpath == 'net_src.pha'", "rate,net_rate")
+    assert float(rows["net_src.pha"]["net_rate"]) == pytest.approx(1.0) == float(rows["net_src.pha"]["rate"])  # not 0.6
