@@ -30,7 +30,7 @@ from archive.detectors import (
     select_detectors,
 )
 from archive.exceptions import ConfigError, ObsarchError
-from archive.models import Exposure, File, HeaderCard, Product, Root
+from archive.models import Exposure, File, HeaderCard, Product, Root, Run
 from processing.runs import file_content, stale_products
 
 KINDS = ("bias", "dark", "flat")
@@ -167,6 +167,7 @@ class Calib:
     detectors: list[Detector] = field(default_factory=list)
     n_inputs: int | None = None
     stale: str | None = None  # a master: why it is stale (obsarch stale), which refuses it
+    holds_bias: bool = False  # a master dark made without a master bias: the bias is in it
 
     @property
     def binning(self) -> str | None:
@@ -207,11 +208,24 @@ def load_masters(engine: Engine, kind: str) -> list[Calib]:
             .where(HeaderCard.file_id.in_([m.file_id for m in masters]), HeaderCard.keyword == "NCOMBINE")
             .group_by(HeaderCard.file_id)
         ).all()) if masters else {}
+        with_bias = _made_with_bias(conn, [m.file_id for m in masters]) if kind == "dark" else {}
     stale = {row["file_id"]: row["reason"] for row in stale_products(engine)} if masters else {}
     for master in masters:
         master.n_inputs = int(counts[master.file_id]) if counts.get(master.file_id) is not None else None
         master.stale = stale.get(master.file_id)
+        master.holds_bias = kind == "dark" and not with_bias.get(master.file_id, True)
     return masters
+
+
+def _made_with_bias(conn, file_ids: list[int]) -> dict[int, bool]:
+    """Whether the run that last made each master took a master bias off
+    (its parameters name the masters it subtracted)."""
+    import json
+
+    latest = select(func.max(Product.id)).where(Product.file_id.in_(file_ids)).group_by(Product.file_id)
+    rows = conn.execute(select(Product.file_id, Run.params_json).join(Run, Run.id == Product.run_id)
+                        .where(Product.id.in_(latest))).all() if file_ids else []
+    return {file_id: "bias" in (json.loads(params or "{}").get("masters") or {}) for file_id, params in rows}
 
 
 # -- choosing ----------------------------------------------------------------------------
@@ -257,19 +271,19 @@ class Choice:
 
 
 def choose(frame: Calib, kind: str, candidates: list[Calib], rule: CalibrationRule,
-           hdus: tuple[str, ...] | None = None) -> Choice:
+           hdus: tuple[str, ...] | None = None, bias_off: bool = False) -> Choice:
     """Judge every candidate master of ``kind`` for ``frame`` by ``rule``; the
     winner is the best passing one by the rule's preferences. ``hdus``
-    restricts the frame's detectors (``--hdu``). A file with no image (an
-    X-ray event list is a table) has nothing to calibrate, whatever masters
-    there are."""
+    restricts the frame's detectors (``--hdu``); ``bias_off``: a master bias
+    comes off the frame too. A file with no image (an X-ray event list is a
+    table) has nothing to calibrate, whatever masters there are."""
     if not frame.detectors:
         return Choice(frame, kind, None, [], rule, problem=NO_IMAGE)
     try:
         detectors = select_detectors(frame.detectors, hdus)
     except ObsarchError as exc:
         return Choice(frame, kind, None, [], rule, problem=str(exc))
-    verdicts = [_judge(frame, detectors, master, rule) for master in candidates]
+    verdicts = [_judge(frame, detectors, master, rule, bias_off) for master in candidates]
     passing = [v for v in verdicts if v.refused is None]
     chosen = min(passing, key=lambda v: _rank(frame, v, rule)) if passing else None
     if chosen is not None:
@@ -277,11 +291,13 @@ def choose(frame: Calib, kind: str, candidates: list[Calib], rule: CalibrationRu
     return Choice(frame, kind, chosen, verdicts, rule)
 
 
-def _judge(frame: Calib, detectors: list[Detector], master: Calib, rule: CalibrationRule) -> Verdict:
+def _judge(frame: Calib, detectors: list[Detector], master: Calib, rule: CalibrationRule, bias_off: bool = False) -> Verdict:
     met: list[str] = []
     if master.stale:  # made from a frame since graded bad, a changed input, a master since rebuilt...
         again = "" if "`obsarch" in master.stale else f"; make it again: `obsarch calib {rule.kind}`"
         return Verdict(master, f"stale: {master.stale}{again}", met, _distance(frame, master))
+    if master.holds_bias and (why := _bias_held(frame, master, bias_off)):
+        return Verdict(master, why, met, _distance(frame, master))
     checks = [*(("match", key) for key in rule.match if key != "shape"), ("match", "shape"),
               *(("tolerance", key) for key, _ in rule.tolerance), ("age", None), ("inputs", None)]
     for kind, key in checks:
@@ -299,6 +315,21 @@ def _judge(frame: Calib, detectors: list[Detector], master: Calib, rule: Calibra
         if text:
             met.append(text)
     return Verdict(master, None, met, _distance(frame, master))
+
+
+def _bias_held(frame: Calib, dark: Calib, bias_off: bool) -> str | None:
+    """Why a dark made without a master bias (the bias in it) cannot come
+    off ``frame``: a master bias comes off too (the bias would come off
+    twice: a sky of 399 came out -111), or it would be scaled to another
+    exposure time (and its bias with it). None when it can: the frame's
+    exposure time is the dark's and no bias comes off."""
+    held = "holds the bias: made without a master bias"
+    if bias_off:
+        return f"{held}, and this frame's master bias comes off too (twice); make it again: `obsarch calib dark`"
+    if frame.exptime is None or dark.exptime is None or abs(frame.exptime - dark.exptime) > 1e-6 * max(dark.exptime, 1.0):
+        return (f"{held}, and scaled from its {_show(dark.exptime)} s to the frame's {_show(frame.exptime)} s the bias "
+                "would be scaled too; make a master bias, then the dark again")
+    return None
 
 
 def _show(value) -> str:
@@ -403,7 +434,13 @@ def choose_all(engine: Engine, exposure_ids: list[int], kinds: tuple[str, ...], 
     """A choice per frame and type, in time order; the catalog is read once per type."""
     frames = load_frames(engine, exposure_ids)
     masters = {kind: load_masters(engine, kind) for kind in kinds}
-    return [choose(frame, kind, masters[kind], rules[kind], hdus) for frame in frames for kind in kinds]
+    choices = []
+    for frame in frames:
+        bias_off = False
+        for kind in sorted(kinds, key=lambda k: k != "bias"):  # bias first: a dark is judged knowing whether one comes off too
+            choices.append(choose(frame, kind, masters[kind], rules[kind], hdus, bias_off))
+            bias_off = bias_off or (kind == "bias" and choices[-1].chosen is not None)
+    return choices
 
 
 def explain_rows(choices: list[Choice]) -> list[dict]:

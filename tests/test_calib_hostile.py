@@ -466,3 +466,50 @@ def test_flat_use_counts_what_a_normalized_flat_cannot_flat_field(bad, unusable,
 def _set(array: np.ndarray, where, value: float) -> np.ndarray:
     array[where] = value
     return array
+
+
+def _night_with_darks(directory: Path, rng) -> np.ndarray:
+    """uint16 frames of one camera: bias 1000, darks of 60 s at 0.1 ADU/s, V flats,
+    science of 30 s on a sky of 500 x a flat pattern; the pattern returned."""
+    directory.mkdir()
+    bias = np.full((32, 40), 1000.0)
+    pattern = 0.6 + 0.4 * np.mgrid[:32, :40][1] / 40
+
+    def write(name, data, kind, exptime, minute, band=None):
+        header = fits.Header({"IMAGETYP": kind, "EXPTIME": exptime, "DATE-OBS": f"2024-01-01T20:{minute:02d}:00",
+                              "INSTRUME": "SynCam", "READOUTM": "FAST", "XBINNING": 1, "YBINNING": 1, "GAIN": 1.0})
+        if band:
+            header["FILTER"] = band
+        noisy = np.round(data + rng.normal(0, 1, data.shape)).clip(0, 65535).astype(np.uint16)
+        fits.PrimaryHDU(noisy, header).writeto(directory / name)
+
+    for i in range(3):
+        write(f"bias{i}.fits", bias, "Bias Frame", 0.0, i)
+        write(f"dark{i}.fits", bias + 0.1 * 60, "Dark Frame", 60.0, 10 + i)
+        write(f"flat{i}.fits", bias + 0.1 * 5 + 20000 * pattern, "Flat Field", 5.0, 20 + i, "V")
+    for i in range(2):
+        write(f"sci{i}.fits", bias + 0.1 * 30 + 500 * pattern, "Light Frame", 30.0, 40 + i, "V")
+    return pattern
+
+
+def test_a_dark_made_before_the_master_bias_is_never_taken_off_with_it(url, tmp_path, rng):
+    """The dark made first holds the bias: taken off beside the master bias, the
+    bias came off twice (a sky of 399 ADU came out -111, exit 0). It is refused,
+    saying why, until the dark is made again; then the sky is right."""
+    pattern = _night_with_darks(tmp_path / "night", rng)
+    assert _cli(url, "init").exit_code == 0
+    assert _cli(url, "ingest", str(tmp_path / "night")).exit_code == 0
+    masters = str(tmp_path / "masters")
+    assert _cli(url, "calib", "dark", "--out", masters).exit_code == 0  # no master bias yet: the bias stays in it
+    assert _cli(url, "calib", "bias", "--out", masters).exit_code == 0
+    refused = _cli(url, "calib", "flat", "--band", "V", "--out", masters)
+    assert refused.exit_code == 1
+    assert "holds the bias: made without a master bias, and this frame's master bias comes off too (twice)" in refused.stderr
+    explained = _cli(url, "calib", "explain", "frame_type == 'science'")
+    assert "holds the bias" in explained.stdout + explained.stderr
+    assert _cli(url, "calib", "dark", "--out", masters).exit_code == 0  # made again, with the master bias off
+    assert _cli(url, "calib", "flat", "--band", "V", "--out", masters).exit_code == 0
+    done = _cli(url, "calibrate", "frame_type == 'science'", "--out", str(tmp_path / "out"))
+    assert done.exit_code == 0, done.stderr
+    sky = np.nanmedian(fits.getdata(tmp_path / "out" / "sci0_cal.fits"))
+    assert sky == pytest.approx(500 * pattern.mean(), rel=0.01)
