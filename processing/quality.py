@@ -842,7 +842,10 @@ def apply_rules(engine: Engine, rules: tuple[Rule, ...] = DEFAULT_RULES, selecti
             # a raw frame is judged with raw frames, a product with products of its kind: a calibrated
             # frame's sky (bias taken off) is no median for a raw frame's (a user trial: every raw V frame
             # of the demo became "clouds" once its calibrated frames were measured)
-            groups.setdefault((row["night"], row["band"], row["product"]), []).append(row)
+            # and only with frames of its camera and binning: the relative rules compare pixels (FWHM in px,
+            # sky per px), and a 1x1 frame among 2x2 ones of one seeing was "focus" (a review)
+            key = (row["night"], row["band"], row["product"], row["instrument"], row["xbin"], row["ybin"])
+            groups.setdefault(key, []).append(row)
         summary = RulesSummary(run.id, flagged={}, unchecked_why={})
         new_flags = []
         now = utcnow()
@@ -960,7 +963,8 @@ def _measured(dialect: str, selection: str | None):
     compiler = Compiler(dialect)
     statement = (
         select(
-            Exposure.id, Exposure.night, Exposure.band, Exposure.exptime, *[getattr(Metric, m) for m in METRICS],
+            Exposure.id, Exposure.night, Exposure.band, Exposure.exptime, Exposure.instrument, Exposure.xbin, Exposure.ybin,
+            *[getattr(Metric, m) for m in METRICS],
             current_flag("source").label("current_source"), current_flag("grade").label("current_grade"),
             current_flag("rule").label("current_rule"), current_flag("note").label("current_note"),
             FIELDS["product"].expression().label("product"),

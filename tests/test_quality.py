@@ -690,3 +690,25 @@ def test_a_selection_of_files_without_pixels_has_nothing_to_measure(url, tmp_pat
     obsarch(url, "ingest", str(tmp_path))
     result = obsarch(url, "quality", "compute", code=1)
     assert result.stderr.strip() == "error: nothing to measure: the 1 exposure selected has no image (header-only.fits)"
+
+
+def test_frames_of_another_binning_are_judged_among_their_own(catalog, tmp_path, rng):
+    """Four 2x2 frames and one 1x1 frame of one seeing, night and band: the
+    1x1 frame's FWHM is twice as many pixels, and it was graded bad 'focus'
+    next to the 2x2 frames' median. Judged among frames of its binning only
+    (too few to compare), it is not called out of focus."""
+    positions = np.column_stack([rng.uniform(20, 236, 40), rng.uniform(20, 236, 40)])
+    for number in range(1, 6):
+        binned = number <= 4
+        header = {"IMAGETYP": "Light Frame", "FILTER": "V", "DATE-OBS": f"2017-08-16T01:{number:02d}:00",
+                  "XBINNING": 2 if binned else 1, "YBINNING": 2 if binned else 1}
+        field = star_field(rng, positions=positions + rng.normal(0, 1.5, positions.shape), fwhm=2.0 if binned else 4.0,
+                           noise=np.sqrt(1000.0))
+        write_image(tmp_path / f"b-{number}.fits", field, header)
+    catalog.ingest([tmp_path])
+    quality.compute(catalog.engine, workers=1)
+    quality.apply_rules(catalog.engine)
+    grades = catalog.query(columns="frame_number,binning,grade,reason")
+    unbinned = grades[grades["binning"] == "1x1"]
+    assert len(unbinned) == 1 and unbinned["reason"].tolist() != ["focus"], grades
+    assert "focus" not in grades["reason"].tolist(), grades
