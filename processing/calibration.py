@@ -43,6 +43,7 @@ from processing.combine import (
 )
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step, unusable_files
+from processing.quality import raw_saturation_level
 from processing.runs import done_before, identity, output_directory, params_hash, what_is_at, write_product
 from processing.steps import Frame, inherited, leave_out_bad, mjd_of, nearest, one_value, resolve, safe_name, without_images
 
@@ -630,14 +631,22 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
             output = np.empty(detector.shape, dtype=np.float32)
             rows = _rows_within(memory_bytes - output.nbytes, detector, len(own))
             use = _flat_use_of(own["flat"], rows, masters["flat"], detector, len(detectors) > 1) if "flat" in own else None
+            raw_header = pixels.detector_header(hdul, detector)
+            raw_level, level = raw_saturation_level(hdul, detector.hdu_index), math.inf
             for start in range(0, detector.shape[0], rows):
                 band = slice(start, min(start + rows, detector.shape[0]))
                 read = {k: np.asarray(hdu.section[band], dtype=np.float64) for k, hdu in own.items()}
-                output[band] = calibrate_array(
-                    np.asarray(hdul[detector.hdu_index].section[band], dtype=np.float64), bias=read.get("bias"),
-                    dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime,
-                    flat=use.usable(read["flat"]) if use else None, flat_mean=use.level if use else None)
-            header = _calibrated_header(pixels.detector_header(hdul, detector), frame, masters)
+                data = np.asarray(hdul[detector.hdu_index].section[band], dtype=np.float64)
+                options = dict(bias=read.get("bias"), dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime,
+                               flat=use.usable(read["flat"]) if use else None, flat_mean=use.level if use else None)
+                output[band] = calibrate_array(data, **options)
+                if raw_level is not None:  # where the raw saturation level lands, pixel by pixel: the least of it
+                    level = min(level, float(np.nanmin(calibrate_array(np.full_like(data, raw_level), **options), initial=math.inf)))
+            header = _calibrated_header(raw_header, frame, masters)
+            header.remove("SATURATE", ignore_missing=True)  # a raw frame's, in raw units
+            if math.isfinite(level):
+                # a pixel saturated in the frame is at or above this once calibrated: quality leaves its stars out
+                header["SATURATE"] = (level, "least raw saturation level once calibrated")
             if use is not None:
                 uses[detector.name] = use
                 header["FLATBAD"] = (use.unusable, CALIBRATED_CARD)

@@ -190,6 +190,13 @@ def saturation_level(header: dict, configured: float | None = None) -> float | N
     return None
 
 
+def raw_saturation_level(hdul, index: int) -> float | None:
+    """:func:`saturation_level` of HDU ``index`` as ``quality compute`` reads
+    it (the primary's cards under the HDU's, the integer type of its data)."""
+    header = {**_values(hdul[0].header), **_values(hdul[index].header), "__BITPIX__": hdul[index].header.get("BITPIX")}
+    return saturation_level(header)
+
+
 def pixel_scale(header: dict) -> float | None:
     """Arcseconds per pixel from PIXSCALE-like cards or the celestial WCS."""
     for key in ("PIXSCALE", "PIXSCAL1", "SECPIX", "SECPIX1", "PLATESCL", "IM_SCALE"):  # IM_SCALE: MicroObservatory

@@ -513,3 +513,42 @@ def test_a_dark_made_before_the_master_bias_is_never_taken_off_with_it(url, tmp_
     assert done.exit_code == 0, done.stderr
     sky = np.nanmedian(fits.getdata(tmp_path / "out" / "sci0_cal.fits"))
     assert sky == pytest.approx(500 * pattern.mean(), rel=0.01)
+
+
+def test_a_calibrated_frame_keeps_its_saturation_level_for_quality(url, tmp_path, rng):
+    """A 16-bit camera's stars clipped at 65535: the raw frame's level is its
+    data type's top, a calibrated frame's (float) was none, so quality measured
+    its FWHM on the clipped stars (7.4 px for 2.9) and graded it 'ok' where its
+    raw frame was 'marginal', saturation. It now carries SATURATE, where the raw
+    level lands once calibrated (the least of it), and is measured as its raw frame."""
+    from factories import star_field
+
+    night = tmp_path / "night"
+    night.mkdir()
+    positions = np.column_stack([rng.uniform(20, 236, 30), rng.uniform(20, 236, 30)])
+    fluxes = np.concatenate([np.full(12, 4e6), rng.uniform(3e4, 2e5, 18)])  # the 12 brightest clipped
+
+    def write(name, data, kind, minute, band=None):
+        header = fits.Header({"IMAGETYP": kind, "EXPTIME": 0.0 if kind == "Bias Frame" else 10.0, "INSTRUME": "SynCam",
+                              "DATE-OBS": f"2024-01-01T20:{minute:02d}:00", "READOUTM": "FAST", "XBINNING": 1, "YBINNING": 1})
+        if band:
+            header["FILTER"] = band
+        fits.PrimaryHDU(np.round(data).clip(0, 65535).astype(np.uint16), header).writeto(night / name)
+
+    for i in range(3):
+        write(f"bias{i}.fits", np.full((256, 256), 1000.0) + rng.normal(0, 1, (256, 256)), "Bias Frame", i)
+        write(f"flat{i}.fits", np.full((256, 256), 21000.0) + rng.normal(0, 10, (256, 256)), "Flat Field", 10 + i, "V")
+    for i in range(2):
+        write(f"sci{i}.fits", star_field(rng, positions=positions, fluxes=fluxes, fwhm=3.0, background=1500.0),
+              "Light Frame", 30 + i, "V")
+    for args in (["init"], ["ingest", str(night)], ["calib", "bias", "--out", str(tmp_path / "m")],
+                 ["calib", "flat", "--band", "V", "--out", str(tmp_path / "m")],
+                 ["calibrate", "frame_type == 'science'", "--out", str(tmp_path / "c"), "--no-dark"],
+                 ["quality", "compute", "frame_type == 'science'"]):
+        result = _cli(url, *args)
+        assert result.exit_code == 0, (args, result.stderr)
+    assert fits.getheader(tmp_path / "c" / "sci0_cal.fits")["SATURATE"] == pytest.approx(65535 - 1000, rel=0.01)
+    measured = _cli(url, "query", "frame_type == 'science'", "--columns", "relpath,fwhm,saturated_fraction", "--format", "csv")
+    rows = {line.split(",")[0]: [float(v) for v in line.split(",")[1:]] for line in measured.stdout.split()[1:]}
+    assert rows["sci0_cal.fits"][0] == pytest.approx(rows["sci0.fits"][0], rel=0.05) == pytest.approx(3.0, rel=0.1)
+    assert rows["sci0.fits"][1] > 0 and rows["sci0_cal.fits"][1] == pytest.approx(rows["sci0.fits"][1], rel=0.05)
