@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +178,8 @@ def master_name(kind: str, inputs: list[Frame], params: MasterParams, masters: d
 class Inspection:
     """What a worker checks a master's input by: the detector names of the
     first input (in the order of each input's HDUs); for a flat, to measure
-    its level, the masters subtracted (role -> path) and the first input's
-    exposure time (s)."""
+    its level, the masters subtracted (role -> path) and the input's own
+    exposure time (s), to which the master dark is scaled."""
 
     names: tuple[str, ...]
     flat: bool = False
@@ -321,6 +321,8 @@ class MasterStep(Step):
                                 tuple((k, m.path) for k, m in self.masters.items()), self.inputs[0].exptime)
         items = []
         for frame in self.inputs:
+            # a flat's level is measured with its own dark off: twilight flats differ in exposure time
+            inspection = replace(inspection, exptime=frame.exptime)
             own, error = _own_detectors(self.detectors, self.found[frame.file_id], first)
             items.append(Item(frame.path, (frame.path, tuple(d.hdu_index for d in own), inspection),
                               [Input(frame.file_id, "frame", frame.content)], error=error, data=(frame, own)))
@@ -460,14 +462,20 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
 
     def combine(detector: Detector) -> np.ndarray:
         own = [hdus[f.file_id][position[detector.name]] for f in inputs]
-        offset = _offset(subtracted, names, detector.name, inputs[0].exptime) if kind in ("dark", "flat") else None
-        budget = memory - (offset.nbytes if offset is not None else 0)
+        bias = {role: path for role, path in subtracted.items() if role == "bias"}
+        offset = _offset(bias, names, detector.name, None) if kind in ("dark", "flat") else None
+        dark = None
+        if kind == "flat" and "dark" in subtracted:  # each flat's dark scaled to its own exposure time, not the first's
+            seconds = _exptime(subtracted["dark"])
+            dark = (_offset({"dark": subtracted["dark"]}, names, detector.name, seconds),
+                    [(f.exptime or 0.0) / seconds for f in inputs])
+        budget = memory - sum(image.nbytes for image in (offset, dark[0] if dark else None) if image is not None)
         if budget <= 0:
             raise ObsarchError(f"--memory {params.memory} cannot even hold the master bias of detector {detector.name}")
         if kind == "flat":
             scales = [1.0 / levels[f.file_id][position[detector.name]] for f in inputs]
             return combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, scales=scales,
-                                 subtract=offset, hdu=own)
+                                 subtract=offset, dark=dark, hdu=own)
         combined = combine_files(paths, method=params.method, sigma=params.sigma, memory_bytes=budget, hdu=own)
         # combining is linear in a constant: the bias comes off the combined darks
         return combined - offset if offset is not None else combined

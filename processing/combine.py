@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,7 @@ def combine_files(
     sigma: float = 3.0,
     scales: list[float] | None = None,
     subtract: np.ndarray | None = None,
+    dark: tuple[np.ndarray, Sequence[float]] | None = None,
     memory_bytes: int = parse_memory(DEFAULT_MEMORY),
     dtype=np.float32,
     coverage: np.ndarray | None = None,
@@ -114,7 +115,8 @@ def combine_files(
     ``hdu`` (index or EXTNAME, or a list of one per path) picks one detector
     of multi-extension files; by default the first 2D image of each file.
 
-    ``subtract`` (an image) comes off each image, then ``scales`` multiply
+    ``subtract`` (an image) comes off each image, and ``dark`` (an image,
+    and a factor per image) that image times each image's factor, then ``scales`` multiply
     each (flats normalized to 1); NaN pixels are left out, and ``coverage``,
     if given, receives the number of images that had a value. The images
     are read a band of rows at a time so that the working memory stays
@@ -155,6 +157,9 @@ def combine_files(
                 stack[i] = frame.hdu.section[start:stop, :]
             if subtract is not None:
                 stack -= subtract[start:stop]
+            if dark is not None:  # each image's own dark: twilight flats differ in exposure time
+                for i, factor in enumerate(dark[1]):
+                    stack[i] -= dark[0][start:stop] * factor
             if scales is not None:
                 stack *= factors[:, None, None]
             if coverage is not None:

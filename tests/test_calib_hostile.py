@@ -468,11 +468,14 @@ def _set(array: np.ndarray, where, value: float) -> np.ndarray:
     return array
 
 
-def _night_with_darks(directory: Path, rng) -> np.ndarray:
-    """uint16 frames of one camera: bias 1000, darks of 60 s at 0.1 ADU/s, V flats,
-    science of 30 s on a sky of 500 x a flat pattern; the pattern returned."""
+def _night_with_darks(directory: Path, rng, flat_times=(5.0, 5.0, 5.0)) -> np.ndarray:
+    """uint16 frames of one camera: bias 1000, darks of 60 s at 0.1 ADU/s (a
+    hot pixel at [10, 10]: 50 ADU/s), V flats of ``flat_times``, science of
+    30 s on a sky of 500 x a flat pattern; the pattern returned."""
     directory.mkdir()
     bias = np.full((32, 40), 1000.0)
+    rate = np.full((32, 40), 0.1)
+    rate[10, 10] = 50.0
     pattern = 0.6 + 0.4 * np.mgrid[:32, :40][1] / 40
 
     def write(name, data, kind, exptime, minute, band=None):
@@ -485,10 +488,11 @@ def _night_with_darks(directory: Path, rng) -> np.ndarray:
 
     for i in range(3):
         write(f"bias{i}.fits", bias, "Bias Frame", 0.0, i)
-        write(f"dark{i}.fits", bias + 0.1 * 60, "Dark Frame", 60.0, 10 + i)
-        write(f"flat{i}.fits", bias + 0.1 * 5 + 20000 * pattern, "Flat Field", 5.0, 20 + i, "V")
+        write(f"dark{i}.fits", bias + rate * 60, "Dark Frame", 60.0, 10 + i)
+    for i, seconds in enumerate(flat_times):
+        write(f"flat{i}.fits", bias + rate * seconds + 20000 * pattern, "Flat Field", seconds, 20 + i, "V")
     for i in range(2):
-        write(f"sci{i}.fits", bias + 0.1 * 30 + 500 * pattern, "Light Frame", 30.0, 40 + i, "V")
+        write(f"sci{i}.fits", bias + rate * 30 + 500 * pattern, "Light Frame", 30.0, 40 + i, "V")
     return pattern
 
 
@@ -552,3 +556,19 @@ def test_a_calibrated_frame_keeps_its_saturation_level_for_quality(url, tmp_path
     rows = {line.split(",")[0]: [float(v) for v in line.split(",")[1:]] for line in measured.stdout.split()[1:]}
     assert rows["sci0_cal.fits"][0] == pytest.approx(rows["sci0.fits"][0], rel=0.05) == pytest.approx(3.0, rel=0.1)
     assert rows["sci0.fits"][1] > 0 and rows["sci0_cal.fits"][1] == pytest.approx(rows["sci0.fits"][1], rel=0.05)
+
+
+def test_twilight_flats_of_different_exposure_times_each_have_their_own_dark_taken_off(url, tmp_path, rng):
+    """Each flat lost the dark of the first flat's exposure time: a hot pixel
+    kept (t - t_first) x its rate in the master flat, and the science pixel
+    under it came out 4% low (383 for 399)."""
+    pattern = _night_with_darks(tmp_path / "night", rng, flat_times=(1.0, 4.0, 10.0, 20.0, 40.0))
+    masters = str(tmp_path / "masters")
+    for args in (["init"], ["ingest", str(tmp_path / "night")], ["calib", "bias", "--out", masters],
+                 ["calib", "dark", "--out", masters], ["calib", "flat", "--band", "V", "--out", masters],
+                 ["calibrate", "frame_type == 'science'", "--out", str(tmp_path / "out")]):
+        result = _cli(url, *args)
+        assert result.exit_code == 0, (args, result.stderr)
+    calibrated = fits.getdata(tmp_path / "out" / "sci0_cal.fits")
+    assert calibrated[10, 10] == pytest.approx(500 * pattern.mean(), rel=0.01)  # the hot pixel's, as its neighbours'
+    assert np.nanmedian(calibrated) == pytest.approx(500 * pattern.mean(), rel=0.01)
