@@ -33,6 +33,12 @@ class CombineError(ObsarchError):
     pass
 
 
+def least_memory(frames: int, shape: tuple[int, ...], method: str, work_itemsize: int = 4, output_itemsize: int = 4) -> int:
+    """The fewest bytes :func:`combine_files` combines ``frames`` images of
+    ``shape`` in: the output, and one row of every frame with its working copies."""
+    return int(np.prod(shape)) * output_itemsize + int(frames * shape[-1] * work_itemsize * _WORK_COPIES[method])
+
+
 def parse_memory(text: str | int) -> int:
     """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes -> bytes."""
     if isinstance(text, int):
@@ -141,7 +147,7 @@ def combine_files(
         output = np.empty(shape, dtype=dtype)
         work = _work_dtype(frames, dtype, subtract)
         budget = memory_bytes - output.nbytes
-        per_row = int(len(frames) * shape[1] * np.dtype(work).itemsize * _WORK_COPIES[method])
+        per_row = least_memory(len(frames), shape, method, np.dtype(work).itemsize, output.itemsize) - output.nbytes
         rows = budget // per_row
         if rows < 1:
             raise CombineError(

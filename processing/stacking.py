@@ -26,7 +26,17 @@ from archive.detectors import select_detectors
 from archive.exceptions import ObsarchError, UsageError
 from archive.query import compare, is_null
 from processing.calibration import detector_values
-from processing.combine import DEFAULT_MEMORY, METHODS, CombineError, clip_reaches, combine_files, parse_memory, resample
+from processing.combine import (
+    DEFAULT_MEMORY,
+    METHODS,
+    CombineError,
+    _size,
+    clip_reaches,
+    combine_files,
+    least_memory,
+    parse_memory,
+    resample,
+)
 from processing.detectors import write_detectors
 from processing.executor import Progress
 from processing.machinery import Input, Item, Step, StepResult, Writer, run_step
@@ -163,6 +173,11 @@ class StackStep(Step):
         if not self.detectors:
             raise ObsarchError(f"the reference exposure {self.reference_id} has no detector to stack onto")
         clip_reaches(self.method, self.sigma, len(chosen), "--sigma-clip")  # before a pixel is read
+        for detector in self.detectors:  # before any frame is resampled: it was said only once all were
+            need = least_memory(len(chosen), detector.shape, self.method)
+            if parse_memory(self.memory) < need:
+                raise UsageError(f"--memory {self.memory} is too small: {len(chosen)} frames of {detector.shape[-1]}x{detector.shape[-2]} "
+                                 f"need at least {_size(need)} to be stacked")
         bands = sorted({f.band for f in chosen if f.band}, key=str)
         self.band = bands[0] if len(bands) == 1 else None
         self.target = (self.out_dir / (self.file_name or f"{safe_name(self.band or 'mixed')}_stack.fits")).resolve()

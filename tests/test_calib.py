@@ -359,3 +359,20 @@ def test_the_cli_refuses_a_master_of_frames_all_graded_bad_in_one_line(raw, url)
         "error: no raw bias frames to combine in \"readout_mode == 'SCI1.0'\": the 5 that match are graded bad "
         "and left out (--include-bad keeps them)")
     assert not (tmp / "m").exists()
+
+
+def test_a_stack_too_big_for_its_memory_is_refused_before_a_frame_is_resampled(raw, monkeypatch):
+    """`stack --memory` was checked only when the frames were combined, after
+    every one had been resampled (minutes on a night of large frames)."""
+    catalog, tmp, _ = raw
+    engine = catalog.engine
+    ids = offsets.select_ids(engine, "frame_type == 'science'")
+    offsets.compute_offsets(engine, ids, ids[0], workers=1, executor="serial")
+    resampled = []
+    monkeypatch.setattr(stacking, "resample", lambda *args, **kwargs: resampled.append(args))
+    url = engine.url.render_as_string(hide_password=False)
+    result = runner.invoke(app, ["--db", url, "stack", "frame_type == 'science'", "--memory", "20KB", "--out", str(tmp / "s"),
+                                 "--executor", "serial"])
+    assert result.exit_code == 2, result.stderr
+    assert f"error: --memory 20KB is too small: {len(ids)} frames of " in result.stderr and "to be stacked" in result.stderr
+    assert resampled == [] and not (tmp / "s").exists()
