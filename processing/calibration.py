@@ -211,20 +211,27 @@ def _check_frame(task: tuple) -> tuple[tuple[tuple[int, ...], ...], tuple[float,
     return tuple(shapes), (tuple(levels) if inspection.flat else None)
 
 
-_OFFSETS: dict[tuple, np.ndarray | None] = {}  # in a worker: every 4th row of what comes off each detector, by masters
+_OFFSETS: dict[tuple, tuple] = {}  # in a worker: every 4th row of the bias and the dark of each detector, by masters
 
 
 def _sampled_offset(inspection: Inspection, name: str) -> np.ndarray | None:
     """Every 4th row of :func:`_offset` for detector ``name``, read once per
     worker and masters (not once per flat: a 4k x 4k flat took 4.3 s and
     620 MB re-reading its masters)."""
-    key = (inspection.masters, inspection.names, name, inspection.exptime)
+    key = (inspection.masters, inspection.names, name)
     if key not in _OFFSETS:
         if any(k[0] != inspection.masters for k in _OFFSETS):  # other masters: a new master flat
             _OFFSETS.clear()
-        offset = _offset(dict(inspection.masters), inspection.names, name, inspection.exptime)
-        _OFFSETS[key] = None if offset is None else offset[::4].copy()
-    return _OFFSETS[key]
+        masters = dict(inspection.masters)
+        bias = _offset({k: v for k, v in masters.items() if k == "bias"}, inspection.names, name, None)
+        seconds = _exptime(masters["dark"]) if "dark" in masters else None
+        dark = _offset({"dark": masters["dark"]}, inspection.names, name, seconds) if seconds else None
+        _OFFSETS[key] = (None if bias is None else bias[::4].copy(), None if dark is None else dark[::4].copy(), seconds)
+    bias, dark, seconds = _OFFSETS[key]
+    if dark is None:
+        return bias
+    scaled = dark * ((inspection.exptime or 0.0) / seconds)  # each flat's own exposure time: twilight flats differ
+    return scaled if bias is None else bias + scaled
 
 
 def _flat_level(where: str, data: np.ndarray, inspection: Inspection, name: str) -> float:
@@ -640,7 +647,7 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
             rows = _rows_within(memory_bytes - output.nbytes, detector, len(own))
             use = _flat_use_of(own["flat"], rows, masters["flat"], detector, len(detectors) > 1) if "flat" in own else None
             raw_header = pixels.detector_header(hdul, detector)
-            raw_level, level = raw_saturation_level(hdul, detector.hdu_index), math.inf
+            raw_level, levels = raw_saturation_level(hdul, detector.hdu_index), []
             for start in range(0, detector.shape[0], rows):
                 band = slice(start, min(start + rows, detector.shape[0]))
                 read = {k: np.asarray(hdu.section[band], dtype=np.float64) for k, hdu in own.items()}
@@ -648,13 +655,17 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
                 options = dict(bias=read.get("bias"), dark=read.get("dark"), dark_exptime=dark_exptime, exptime=frame.exptime,
                                flat=use.usable(read["flat"]) if use else None, flat_mean=use.level if use else None)
                 output[band] = calibrate_array(data, **options)
-                if raw_level is not None:  # where the raw saturation level lands, pixel by pixel: the least of it
-                    level = min(level, float(np.nanmin(calibrate_array(np.full_like(data, raw_level), **options), initial=math.inf)))
+                if raw_level is not None:  # where the raw saturation level lands, pixel by pixel (every 4th pixel each way)
+                    landed = calibrate_array(np.full_like(data, raw_level), **options)[::4, ::4]
+                    levels.append(landed[np.isfinite(landed)].ravel())
             header = _calibrated_header(raw_header, frame, masters)
             header.remove("SATURATE", ignore_missing=True)  # a raw frame's, in raw units
-            if math.isfinite(level):
-                # a pixel saturated in the frame is at or above this once calibrated: quality leaves its stars out
-                header["SATURATE"] = (level, "least raw saturation level once calibrated")
+            landed = np.concatenate(levels) if levels else np.empty(0)
+            if landed.size:
+                # the 1st percentile: below it lie the hot pixels of the dark (one set the least at 6717 on a sky of 6213,
+                # and every star was 'saturated'), above it the pixels a saturated star's core lands on once calibrated
+                header["SATURATE"] = (float(np.percentile(landed, SATURATE_PERCENTILE)),
+                                      f"raw saturation level once calibrated ({SATURATE_PERCENTILE:g}st pct)")
             if use is not None:
                 uses[detector.name] = use
                 header["FLATBAD"] = (use.unusable, CALIBRATED_CARD)
@@ -667,6 +678,9 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
         primary = hdul[0].header if detectors[0].hdu_index != 0 else fits.Header()
         write_product(target, lambda tmp: pixels.write_detectors(tmp, primary, detectors, make, masks))
     return target, uses
+
+
+SATURATE_PERCENTILE = 1.0  # of a calibrated frame's pixels, where its raw saturation level lands (its SATURATE)
 
 
 def _rows_within(budget: int, detector: Detector, masters: int) -> int:

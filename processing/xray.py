@@ -398,16 +398,18 @@ def summarize_events(hdul, hdu, result: XraySummary) -> None:
     header = hdu.header
     result.n_events = int(header.get("NAXIS2", 0))
     result.exposure_s, exposure_note = _exposure(hdul, hdu)
-    if result.exposure_s is None and exposure_note is None:  # no EXPOSURE card: LIVETIME is the same live time (XMM's pn)
-        result.exposure_s, exposure_note = _exposure(hdul, hdu, "LIVETIME")
-        if result.exposure_s is not None:
-            exposure_note = "; ".join(filter(None, ["no EXPOSURE: LIVETIME used", exposure_note]))
+    used = "EXPOSURE"
+    if result.exposure_s is None:  # no usable EXPOSURE: LIVETIME is the same live time (XMM's pn writes no EXPOSURE)
+        live, live_note = _exposure(hdul, hdu, "LIVETIME")
+        if live is not None:
+            result.exposure_s, used = live, "LIVETIME"
+            exposure_note = "; ".join(filter(None, [exposure_note or "no EXPOSURE", "LIVETIME used", live_note]))
     result.gti_exposure_s = gti_exposure(hdul, result.warnings)
     per, per_gti = result.exposure_s, _per_good_time(hdul, header, result.gti_exposure_s)
     if result.exposure_s and result.gti_exposure_s and result.exposure_s > _longest_good_time(hdul, result.gti_exposure_s) * 1.001:
         # exposure is live time inside the good intervals: more means the
         # header describes a longer list than the one in the file
-        result.warnings.append(f"EXPOSURE ({result.exposure_s:.1f} s) exceeds the good time intervals "
+        result.warnings.append(f"{used} ({result.exposure_s:.1f} s) exceeds the good time intervals "
                                f"({result.gti_exposure_s:.1f} s): {per_gti[1]}")
         per = per_gti[0]
     elif not per:
@@ -458,10 +460,10 @@ def _per_good_time(hdul, header, good: float | None) -> tuple[float | None, str]
             good, what = good * float(value), f"rate per GTI exposure x {keyword} {float(value):.6g} (live time)"
             break
     else:
-        what += " (on time: no DTCOR or DEADC, dead time not taken off)"
+        what += " (on time: no DTCOR or DEADC between 0 and 1, dead time not taken off)"
     chips = _gti_extensions(hdul)
     if len(chips) > 1:
-        what += f"; of the first of {len(chips)} GTI extensions (HDU {chips[0]}), one chip's"
+        what += f"; of the first of {len(chips)} GTI extensions (HDU {chips[0]}) only (one per chip in XMM's and Chandra's lists)"
     return good, what
 
 

@@ -359,14 +359,17 @@ def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
     return found
 
 
-def _summarized_parts(conn, file_ids: set[int]) -> dict[int, tuple[int | None, str | None]]:
-    """(HDU index, EXTNAME) of the HDU each file's summary is of."""
-    statement = (select(XraySummary.file_id, XraySummary.hdu_index, Hdu.extname)
+def _summarized_parts(conn, file_ids: set[int]) -> dict[int, tuple[int | None, str | None, int]]:
+    """(HDU index, EXTNAME, EXTVER: 1 when absent) of the HDU each file's summary is of."""
+    extver = (select(HeaderCard.value_num).where(HeaderCard.file_id == XraySummary.file_id, HeaderCard.hdu_index == XraySummary.hdu_index,
+                                                 HeaderCard.keyword == "EXTVER").limit(1).scalar_subquery())
+    statement = (select(XraySummary.file_id, XraySummary.hdu_index, Hdu.extname, extver)
                  .outerjoin(Hdu, and_(Hdu.file_id == XraySummary.file_id, Hdu.hdu_index == XraySummary.hdu_index)))
-    return {file_id: (index, extname) for file_id, index, extname in rows_in(conn, statement, XraySummary.file_id, file_ids)}
+    return {file_id: (index, extname, 1 if version is None else int(version))
+            for file_id, index, extname, version in rows_in(conn, statement, XraySummary.file_id, file_ids)}
 
 
-def _another_part(keyword: str, value: str, part: tuple[int | None, str | None] | None) -> str | None:
+def _another_part(keyword: str, value: str, part: tuple[int | None, str | None, int] | None) -> str | None:
     """Why a link whose value names a part of its file (``pair.pha[2]``,
     ``[BKG]``, a row ``{3}``) is not linked: the part is not the HDU the
     file's summary is of (its counts would be another spectrum's: a net rate
@@ -374,10 +377,11 @@ def _another_part(keyword: str, value: str, part: tuple[int | None, str | None] 
     spec = _EXTENSION_SPEC.search(value.strip())
     if spec is None or part is None:
         return None
-    index, extname = part
-    first = re.match(r"\[\s*([^\],]*?)\s*(?:,\s*\d+\s*)?\]$", spec.group(0))
-    named = first.group(1) if first else None
-    if named is not None and (named == str(index) or (extname and named.upper() == extname.strip().upper())):
+    index, extname, extver = part
+    first = re.match(r"\[\s*([^\],]*?)\s*(?:,\s*(\d+)\s*)?\]$", spec.group(0))
+    named, version = (first.group(1), int(first.group(2) or 1)) if first else (None, None)
+    if named is not None and (named == str(index) and first.group(2) is None
+                              or extname and named.upper() == extname.strip().upper() and version == extver):
         return None
     what = f"HDU {named}" if named and named.isdigit() else f"{spec.group(0)}"
     return (f"{keyword.upper()} {value!r} names {what} of the file; obsarch summarizes its HDU {index}"

@@ -540,7 +540,9 @@ def test_a_calibrated_frame_keeps_its_saturation_level_for_quality(url, tmp_path
         fits.PrimaryHDU(np.round(data).clip(0, 65535).astype(np.uint16), header).writeto(night / name)
 
     for i in range(3):
-        write(f"bias{i}.fits", np.full((256, 256), 1000.0) + rng.normal(0, 1, (256, 256)), "Bias Frame", i)
+        bias = np.full((256, 256), 1000.0) + rng.normal(0, 1, (256, 256))
+        bias[5, 5] = 60000.0  # a hot pixel in every bias: the least of the landed levels was it (and every star 'saturated')
+        write(f"bias{i}.fits", bias, "Bias Frame", i)
         write(f"flat{i}.fits", np.full((256, 256), 21000.0) + rng.normal(0, 10, (256, 256)), "Flat Field", 10 + i, "V")
     for i in range(2):
         write(f"sci{i}.fits", star_field(rng, positions=positions, fluxes=fluxes, fwhm=3.0, background=1500.0),

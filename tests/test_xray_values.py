@@ -19,7 +19,7 @@ from processing import xray
 
 run = obsarch  # run(url, *args, code=0)
 
-ON_TIME = "rate per GTI exposure (on time: no DTCOR or DEADC, dead time not taken off)"
+ON_TIME = "rate per GTI exposure (on time: no DTCOR or DEADC between 0 and 1, dead time not taken off)"
 T0, SPAN, MJDREF = 5e8, 1e4, 50814.0  # mission seconds of the first event, the list's length, XMM's MJDREF
 TIME_CARDS = {"MJDREF": MJDREF, "TIMESYS": "TT", "TSTART": T0, "TSTOP": T0 + SPAN}
 
@@ -424,7 +424,11 @@ def test_an_event_list_without_exposure_is_rated_by_its_livetime_not_a_chips_gti
         hdul.append(ccd4)
     summary = xray.summarize_file(str(path))
     assert summary.exposure_s == 9000.0 and summary.rate == pytest.approx(1.0)
-    assert summary.warnings == ["no EXPOSURE: LIVETIME used"]
+    assert summary.warnings == ["no EXPOSURE; LIVETIME used"]
+    with fits.open(path, mode="update") as hdul:  # an EXPOSURE of 0 is none either
+        hdul[1].header["EXPOSURE"] = 0.0
+    summary = xray.summarize_file(str(path))
+    assert summary.rate == pytest.approx(1.0) and summary.warnings == ["EXPOSURE is 0: not used; LIVETIME used"]
 
 
 def test_without_exposure_or_livetime_the_rate_says_whose_good_time_it_is(tmp_path, rng):
@@ -435,7 +439,7 @@ def test_without_exposure_or_livetime_the_rate_says_whose_good_time_it_is(tmp_pa
     summary = xray.summarize_file(str(path))
     assert summary.rate == pytest.approx(6000 / (SPAN * 0.5))
     assert summary.warnings == ["no EXPOSURE or LIVETIME: rate per GTI exposure x DEADC 0.5 (live time); "
-                                "of the first of 2 GTI extensions (HDU 2), one chip's"]
+                                "of the first of 2 GTI extensions (HDU 2) only (one per chip in XMM's and Chandra's lists)"]
 
 
 def test_a_spectrum_is_a_background_by_the_links_and_its_own_words_as_a_fresh_catalog_says(url, tmp_path):
@@ -480,6 +484,7 @@ def test_a_backfile_naming_another_hdu_of_its_file_links_nothing(url, tmp_path):
         hdul.append(background)
     _spectrum(directory / "src1.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[1]", EXPOSURE=1000.0)
     _spectrum(directory / "src_named.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[SPECTRUM]", EXPOSURE=1000.0)
+    _spectrum(directory / "src_version.pha", np.full(10, 100, np.int32), BACKFILE="pair.pha[BKG,2]", EXPOSURE=1000.0)
     ingested = _ingested(url, directory)
     assert ("src.pha: BACKFILE 'pair.pha[2]' names HDU 2 of the file; obsarch summarizes its HDU 1 (SPECTRUM) only: "
             "not linked") in ingested.stderr
@@ -487,6 +492,8 @@ def test_a_backfile_naming_another_hdu_of_its_file_links_nothing(url, tmp_path):
     assert rows["src.pha"] == {"net_rate": "", "background_file": ""}
     assert float(rows["src1.pha"]["net_rate"]) == pytest.approx(1.0 - 5.0)  # HDU 1 it names, HDU 1 it is
     assert float(rows["src_named.pha"]["net_rate"]) == pytest.approx(1.0 - 5.0)
+    assert rows["src_version.pha"] == {"net_rate": "", "background_file": ""}  # EXTVER 2 of BKG: there is none
+    assert "src_version.pha: BACKFILE 'pair.pha[BKG,2]' names [BKG,2] of the file" in ingested.stderr
 
 
 def test_a_net_spectrum_is_not_taken_its_background_off_twice(url, tmp_path):
