@@ -186,13 +186,20 @@ def relink_broken(engine: Engine) -> list[tuple[str, str]]:
     """Link again the spectra (present ones) linked to a file that no longer
     is (gone missing, or unreadable since): those links go, and with a
     background the net rate; returns what each lost, as :func:`relink`.
-    One query when no link is broken, whatever the number of spectra."""
+    A background whose source spectra are gone takes its own role again.
+    Two queries when nothing is broken, whatever the number of spectra."""
     target, own = File.__table__.alias("target"), File.__table__.alias("own")
     linked = or_(*(target.c.id == getattr(XraySummary, column) for _, column in LINKS))
     with transaction(engine) as conn:
         broken = set(conn.execute(
             select(XraySummary.file_id).join(target, linked).join(own, own.c.id == XraySummary.file_id)
             .where(XraySummary.kind == "spectrum", target.c.status != "present", own.c.status == "present")).scalars())
+        orphaned = set(conn.execute(
+            select(XraySummary.background_id).join(own, own.c.id == XraySummary.file_id)
+            .where(XraySummary.kind == "spectrum", XraySummary.background_id.is_not(None), own.c.status != "present")).scalars())
+    if orphaned:  # named by a spectrum gone missing: a background only while a present one names it
+        with transaction(engine, write=True) as conn:
+            _settle_roles(conn, orphaned)
     return relink(engine, only=broken) if broken else []
 
 

@@ -466,6 +466,17 @@ def test_a_spectrum_is_a_background_by_the_links_and_its_own_words_as_a_fresh_ca
     assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
     run(url, "xray", "summarize", "--force")  # what a fresh reading says: the same
     assert _rows(url, "relpath == 'b.pha'", "xray_role") == {"b.pha": {"xray_role": "source"}}
+    (directory / "BG_CMi_pn_src.pha").rename(tmp_path / "away.pha")  # the only spectrum naming its background, gone
+    run(url, "ingest", str(directory))
+    assert _rows(url, "relpath == 'BG_CMi_pn_bkgspec.pha'", "xray_role") == {"BG_CMi_pn_bkgspec.pha": {"xray_role": "background"}}
+    (directory / "b.pha").rename(tmp_path / "b.pha")
+    _spectrum(directory / "s2.pha", np.full(64, 4, np.int32), BACKFILE="plain.pha")
+    _spectrum(directory / "plain.pha", np.full(64, 1, np.int32))
+    run(url, "ingest", str(directory))
+    assert _rows(url, "relpath == 'plain.pha'", "xray_role") == {"plain.pha": {"xray_role": "background"}}
+    (directory / "s2.pha").rename(tmp_path / "s2.pha")
+    run(url, "ingest", str(directory))  # plain.pha's only source gone: a source again, without --force
+    assert _rows(url, "relpath == 'plain.pha'", "xray_role") == {"plain.pha": {"xray_role": "source"}}
 
 
 def test_a_backfile_naming_another_hdu_of_its_file_links_nothing(url, tmp_path):
