@@ -392,7 +392,9 @@ def cannot(engine: Engine, doing: str, exc: BaseException) -> DatabaseError:
         if path.is_dir():
             why = f"{path} is a directory: name a file in it (--db {path / 'obsarch.db'})"
         elif not path.parent.is_dir():
-            why = f"its directory {path.parent} does not exist"
+            # the first part of the path that is no directory: missing, or a file
+            folder = next(p for p in reversed([path.parent, *path.parent.parents]) if not p.is_dir())
+            why = f"its directory {path.parent} does not exist" if not folder.exists() else f"{folder} is a file, not a directory"
     return DatabaseError(f"cannot {doing} the catalog at {_where(engine)}: {why}")
 
 

@@ -80,6 +80,15 @@ def test_a_catalog_file_in_a_missing_directory_is_named_with_it(tmp_path, comman
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the demo wrote no night for a catalog it could not open
 
 
+@pytest.mark.parametrize("command", [["init"], ["db", "upgrade"]])
+def test_a_catalog_path_under_a_file_names_the_file(tmp_path, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file\n")
+    path = tmp_path / "notes.txt" / "obsarch.db"
+    result = obsarch(str(path), *command, code=1)
+    assert one_line(result).endswith(f": {tmp_path / 'notes.txt'} is a file, not a directory")
+
+
 @pytest.mark.parametrize("command", [["init"], ["query"], ["demo", "night"]])
 def test_a_directory_given_as_the_catalog_is_refused_naming_a_file_in_it(tmp_path, command, monkeypatch):
     monkeypatch.chdir(tmp_path)
