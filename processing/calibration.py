@@ -223,9 +223,8 @@ def _sampled_offset(inspection: Inspection, name: str) -> np.ndarray | None:
         if any(k[0] != inspection.masters for k in _OFFSETS):  # other masters: a new master flat
             _OFFSETS.clear()
         masters = dict(inspection.masters)
-        bias = _offset({k: v for k, v in masters.items() if k == "bias"}, inspection.names, name, None)
-        seconds = _exptime(masters["dark"]) if "dark" in masters else None
-        dark = _offset({"dark": masters["dark"]}, inspection.names, name, seconds) if seconds else None
+        bias, dark = (_master_image(masters.get(role), inspection.names, name) for role in ("bias", "dark"))
+        seconds = _exptime(masters["dark"]) if dark is not None else None
         _OFFSETS[key] = (None if bias is None else bias[::4].copy(), None if dark is None else dark[::4].copy(), seconds)
     bias, dark, seconds = _OFFSETS[key]
     if dark is None:
@@ -325,7 +324,7 @@ class MasterStep(Step):
             raise ObsarchError(why)
         first = Path(self.inputs[0].path).name
         inspection = Inspection(tuple(d.name for d in self.detectors), self.kind == "flat",
-                                tuple((k, m.path) for k, m in self.masters.items()), self.inputs[0].exptime)
+                                tuple((k, m.path) for k, m in self.masters.items()))
         items = []
         for frame in self.inputs:
             # a flat's level is measured with its own dark off: twilight flats differ in exposure time
@@ -440,19 +439,13 @@ def make_master(
     return run_step(engine, step, force=force, executor=executor, workers=workers, on_wait=on_wait)
 
 
-def _offset(masters: dict[str, str], names, name: str, exptime: float | None) -> np.ndarray | None:
-    """What comes off a dark or a flat's detector ``name`` (one of ``names``,
-    the first input's): the master bias (role -> path), plus the master dark
-    scaled to ``exptime`` (s)."""
-    offset = None
-    for role in ("bias", "dark"):
-        if role in masters:
-            with pixels.opened(masters[role]) as hdul:
-                image = pixels.read(hdul, pixels.paired(hdul, list(names), single=True)[name])
-            if role == "dark":
-                image *= (exptime or 0.0) / _exptime(masters["dark"])
-            offset = image if offset is None else offset + image
-    return offset
+def _master_image(path: str | None, names, name: str) -> np.ndarray | None:
+    """Detector ``name`` (one of ``names``, the first input's) of the master
+    at ``path``, which comes off a dark or a flat; None without one."""
+    if path is None:
+        return None
+    with pixels.opened(path) as hdul:
+        return pixels.read(hdul, pixels.paired(hdul, list(names), single=True)[name])
 
 
 def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]], detectors: list[Detector],
@@ -469,13 +462,11 @@ def _detector_combiner(kind: str, inputs: list[Frame], hdus: dict[int, list[int]
 
     def combine(detector: Detector) -> np.ndarray:
         own = [hdus[f.file_id][position[detector.name]] for f in inputs]
-        bias = {role: path for role, path in subtracted.items() if role == "bias"}
-        offset = _offset(bias, names, detector.name, None) if kind in ("dark", "flat") else None
+        offset = _master_image(subtracted.get("bias"), names, detector.name) if kind in ("dark", "flat") else None
         dark = None
         if kind == "flat" and "dark" in subtracted:  # each flat's dark scaled to its own exposure time, not the first's
             seconds = _exptime(subtracted["dark"])
-            dark = (_offset({"dark": subtracted["dark"]}, names, detector.name, seconds),
-                    [(f.exptime or 0.0) / seconds for f in inputs])
+            dark = (_master_image(subtracted["dark"], names, detector.name), [(f.exptime or 0.0) / seconds for f in inputs])
         budget = memory - sum(image.nbytes for image in (offset, dark[0] if dark else None) if image is not None)
         if budget <= 0:
             raise ObsarchError(f"--memory {params.memory} cannot even hold the master bias of detector {detector.name}")
@@ -656,7 +647,8 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
                                flat=use.usable(read["flat"]) if use else None, flat_mean=use.level if use else None)
                 output[band] = calibrate_array(data, **options)
                 if raw_level is not None:  # where the raw saturation level lands, pixel by pixel (every 4th pixel each way)
-                    landed = calibrate_array(np.full_like(data, raw_level), **options)[::4, ::4]
+                    sample = {k: v[::4, ::4] if isinstance(v, np.ndarray) else v for k, v in options.items()}
+                    landed = calibrate_array(np.full(data[::4, ::4].shape, raw_level), **sample)
                     levels.append(landed[np.isfinite(landed)].ravel())
             header = _calibrated_header(raw_header, frame, masters)
             header.remove("SATURATE", ignore_missing=True)  # a raw frame's, in raw units

@@ -405,8 +405,9 @@ def summarize_events(hdul, hdu, result: XraySummary) -> None:
             result.exposure_s, used = live, "LIVETIME"
             exposure_note = "; ".join(filter(None, [exposure_note or "no EXPOSURE", "LIVETIME used", live_note]))
     result.gti_exposure_s = gti_exposure(hdul, result.warnings)
-    per, per_gti = result.exposure_s, _per_good_time(hdul, header, result.gti_exposure_s)
-    if result.exposure_s and result.gti_exposure_s and result.exposure_s > _longest_good_time(hdul, result.gti_exposure_s) * 1.001:
+    chips = _gti_extensions(hdul)
+    per, per_gti = result.exposure_s, _per_good_time(chips, header, result.gti_exposure_s)
+    if result.exposure_s and result.gti_exposure_s and result.exposure_s > _longest_good_time(hdul, chips, result.gti_exposure_s) * 1.001:
         # exposure is live time inside the good intervals: more means the
         # header describes a longer list than the one in the file
         result.warnings.append(f"{used} ({result.exposure_s:.1f} s) exceeds the good time intervals "
@@ -430,11 +431,11 @@ def _gti_extensions(hdul) -> list[int]:
     return [index for index, h in enumerate(hdul[1:], 1) if not h.is_image and hdu_kind(h.header, True, True) == "gti"]
 
 
-def _longest_good_time(hdul, first: float) -> float:
-    """The most good time of any GTI extension (one per chip: the events'
-    exposure is one chip's, not always the first's)."""
+def _longest_good_time(hdul, chips: list[int], first: float) -> float:
+    """The most good time of any GTI extension (``chips``, one per chip: the
+    events' exposure is one chip's, not always the first's)."""
     longest = first
-    for index in _gti_extensions(hdul)[1:]:
+    for index in chips[1:]:
         hdu = hdul[index]
         start, stop = _column_name(hdu, "START"), _column_name(hdu, "STOP")
         if start and stop:
@@ -445,7 +446,7 @@ def _longest_good_time(hdul, first: float) -> float:
     return longest
 
 
-def _per_good_time(hdul, header, good: float | None) -> tuple[float | None, str]:
+def _per_good_time(chips: list[int], header, good: float | None) -> tuple[float | None, str]:
     """The live time of the good intervals, and what a rate per it is: the
     GTI exposure times the live fraction the events' header gives (DTCOR,
     Chandra's; DEADC, OGIP's), else the GTI exposure itself (on time: a
@@ -461,12 +462,9 @@ def _per_good_time(hdul, header, good: float | None) -> tuple[float | None, str]
             break
     else:
         what += " (on time: no DTCOR or DEADC between 0 and 1, dead time not taken off)"
-    chips = _gti_extensions(hdul)
     if len(chips) > 1:
         what += f"; of the first of {len(chips)} GTI extensions (HDU {chips[0]}) only (one per chip in XMM's and Chandra's lists)"
     return good, what
-
-
 
 
 def _time_span(hdu, column: str, notes: list[str]) -> float | None:
@@ -639,12 +637,11 @@ def net_rate(source: dict, background: dict) -> float | None:
     (XSPEC, Sherpa) scale it: C_s/(t_s a_s) - C_b/(t_b a_b) * b_s/b_b in
     counts per second, with t = EXPOSURE, a = AREASCAL and b = BACKSCAL.
     None when a number is missing, or a scale or exposure is not positive."""
-    names = ("counts", "exposure_s", "areascal", "backscal")
-    values = [side.get(name) for side in (source, background) for name in names]
-    if any(v is None or not math.isfinite(v) for v in values) or any(v <= 0 for v in values[1:4] + values[5:]):
+    rates = own_rate(source), own_rate(background)
+    scales = source.get("backscal"), background.get("backscal")
+    if None in rates or any(v is None or not math.isfinite(v) or v <= 0 for v in scales):
         return None
-    counts_s, time_s, area_s, scale_s, counts_b, time_b, area_b, scale_b = values
-    return counts_s / (time_s * area_s) - counts_b / (time_b * area_b) * scale_s / scale_b
+    return rates[0] - rates[1] * scales[0] / scales[1]
 
 
 def own_rate(spectrum: dict) -> float | None:

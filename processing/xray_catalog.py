@@ -283,7 +283,7 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
     from processing.xray import net_rate, own_rate
 
     stored = {row.file_id: row for row in spectra}
-    net_already = _net_spectra(conn, set(links))
+    net_already = {file_id for file_id, card in _class2(conn, set(links)).items() if card == "NET"}
     for file_id, values in links.items():
         background = values["background_id"]
         if file_id in net_already:  # OGIP's NET: the background is taken off already; once more would be twice
@@ -296,9 +296,8 @@ def link_all(conn, only: set[int] | None = None) -> list[tuple[int, str, str, st
         if any(getattr(row, column) != value for column, value in values.items()) or row.net_rate != net:
             conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(**values, net_rate=net))
     was = {row.file_id for row in spectra if row.role == "background" or row.background_id is not None}
-    _settle_roles(conn, set(links) | backgrounds | was | {row.background_id for row in spectra if row.background_id})
+    roles = _settle_roles(conn, set(links) | backgrounds | was | {row.background_id for row in spectra if row.background_id})
     # a background (named by a BACKFILE, or by its own HDUCLAS2 or name) has no links of a source's to warn of
-    roles = dict(rows_in(conn, select(XraySummary.file_id, XraySummary.role), XraySummary.file_id, {w[0] for w in warnings}))
     return [warning for warning in warnings if roles.get(warning[0]) != "background"]
 
 
@@ -310,39 +309,38 @@ def _named_backgrounds(conn) -> set[int]:
                                    own.c.status == "present").distinct()).scalars())
 
 
-def _settle_roles(conn, file_ids: set[int]) -> None:
-    """The role of each of these spectra as a fresh catalog would give it:
-    a background when a present spectrum's BACKFILE names it, else a source
-    when it links a background itself, else its own (HDUCLAS2, its name:
-    :func:`archive.xray_kinds.spectrum_role`). A role a link gave goes
-    with the link (it stayed until ``xray summarize --force``)."""
+def _settle_roles(conn, file_ids: set[int]) -> dict[int, str]:
+    """The role of each of these spectra as a fresh catalog would give it,
+    stored and returned: a background when a present spectrum's BACKFILE
+    names it, else a source when it links a background itself, else its own
+    (HDUCLAS2, its name: :func:`archive.xray_kinds.spectrum_role`). A role a
+    link gave goes with the link (it stayed until ``xray summarize --force``)."""
     if not file_ids:
-        return
+        return {}
     named = _named_backgrounds(conn)
-    class2 = func.upper(func.trim(HeaderCard.value_text))
-    rows = rows_in(conn, select(XraySummary.file_id, XraySummary.role, XraySummary.background_id, File.relpath,
-                                select(class2).where(HeaderCard.file_id == XraySummary.file_id,
-                                                     HeaderCard.hdu_index == XraySummary.hdu_index,
-                                                     HeaderCard.keyword == "HDUCLAS2").limit(1).scalar_subquery())
+    cards = _class2(conn, file_ids)
+    rows = rows_in(conn, select(XraySummary.file_id, XraySummary.role, XraySummary.background_id, File.relpath)
                    .join(File, File.id == XraySummary.file_id).where(XraySummary.kind == "spectrum"),
                    XraySummary.file_id, file_ids)
-    for file_id, role, background_id, relpath, card in rows:
-        settled = ("background" if file_id in named else "source" if background_id is not None
-                   else spectrum_role(card or "", os.path.basename(relpath)))
-        if settled != role:
-            conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(role=settled))
+    roles = {}
+    for file_id, role, background_id, relpath in rows:
+        roles[file_id] = ("background" if file_id in named else "source" if background_id is not None
+                          else spectrum_role(cards.get(file_id, ""), os.path.basename(relpath)))
+        if roles[file_id] != role:
+            conn.execute(update(XraySummary).where(XraySummary.file_id == file_id).values(role=roles[file_id]))
+    return roles
 
 
 SELF_BACKGROUND = "BACKFILE names the file itself: no background linked"
 NET_ALREADY = "HDUCLAS2 is NET, its background taken off already: its net rate is its rate, BACKFILE's not taken off again"
 
 
-def _net_spectra(conn, file_ids: set[int]) -> set[int]:
-    """The spectra whose summarized HDU says HDUCLAS2 = NET."""
-    statement = (select(XraySummary.file_id)
+def _class2(conn, file_ids: set[int]) -> dict[int, str]:
+    """HDUCLAS2 of the HDU each spectrum's summary is of, upper case (absent: left out)."""
+    statement = (select(XraySummary.file_id, func.upper(func.trim(HeaderCard.value_text)))
                  .join(HeaderCard, and_(HeaderCard.file_id == XraySummary.file_id, HeaderCard.hdu_index == XraySummary.hdu_index))
-                 .where(HeaderCard.keyword == "HDUCLAS2", func.upper(func.trim(HeaderCard.value_text)) == "NET"))
-    return {file_id for file_id, in rows_in(conn, statement, XraySummary.file_id, file_ids)}
+                 .where(HeaderCard.keyword == "HDUCLAS2"))
+    return {file_id: card or "" for file_id, card in rows_in(conn, statement, XraySummary.file_id, file_ids)}
 
 
 def areascal(conn, only: set[int] | None = None) -> dict[int, float | None]:
