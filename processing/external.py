@@ -5,7 +5,9 @@ products linked to their inputs."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +24,7 @@ from archive.query import compare, is_null
 from processing.executor import Progress
 from processing.machinery import Input, ItemFailed, Step, StepResult, Writer, run_step
 from processing.machinery import Item as StepItem
+from processing.runs import done_before, fingerprint
 from processing.steps import Frame, inherited, resolve, safe_name
 
 ALGORITHM = "external-1"
@@ -113,6 +116,78 @@ def _shell_script(template: list[str]) -> int | None:
         if not option.startswith("--") and "c" in option[1:]:
             return place + 1
     return None
+
+
+# commands that run the command after their own options and arguments
+RUNNERS = frozenset({"env", "nice", "nohup", "timeout", "time", "stdbuf", "ionice", "taskset", "chrt", "xvfb-run"})
+# commands that run the rest of the command elsewhere (a container, another host): its programs are not this machine's files
+ELSEWHERE = frozenset({"docker", "podman", "singularity", "apptainer", "ssh", "srun", "kubectl"})
+# words of a shell script after which a command comes, and that are none
+_SHELL_WORDS = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "in", "case", "esac",
+                          "!", "{", "}", "exec", "command", "builtin"})
+_SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", ";;", "|&"})
+
+
+def _program_words(template: list[str]) -> list[str]:
+    """The words of ``template`` that name a program it runs: the first; the
+    one a runner starts (``nice``, ``timeout 60``, ``env X=1``); and the
+    first word of each command of a shell's ``-c`` script, unless a
+    container or another host runs it (``docker run IMAGE sh -c``). A word
+    holding a placeholder names no fixed program and is left out."""
+    words, place = [], 0
+    while place < len(template):
+        word = template[place]
+        words.append(word)
+        if Path(word).name not in RUNNERS:
+            break
+        place += 1  # past the runner's options, assignments and durations, to the program it runs
+        while place < len(template) and (template[place].startswith("-") or "=" in template[place]
+                                         or template[place][:1].isdigit()):
+            place += 1
+    script = _shell_script(template)
+    if script is not None and not any(Path(word).name in ELSEWHERE for word in template[:script]):
+        lexer = shlex.shlex(template[script].replace("\n", ";"), posix=True, punctuation_chars=True)  # a new line ends a command, as ; does
+        lexer.whitespace_split = True
+        start = True
+        try:
+            for token in lexer:
+                if token in _SEPARATORS:
+                    start = True
+                elif start and token not in _SHELL_WORDS and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", token):
+                    words.append(token)
+                    start = False
+        except ValueError:  # an unclosed quote: the shell refuses it too, and the item fails with its words
+            pass
+    return [word for word in words if "{" not in word]
+
+
+def tool_files(template: list[str]) -> dict[str, str]:
+    """The program files ``template`` runs, found as the tool will find them
+    (on PATH, or by an absolute path), each with what changes when it is
+    replaced: ``real path -> "size:mtime_ns"``. An upgraded tool (a new SAS,
+    HEASoft or EsoRex) then has another fingerprint: its items run again,
+    and its products are stale. A relative path (``./fit.sh``) is found
+    from each item's working directory, so it is not looked up here."""
+    found = {}
+    for word in _program_words(template):
+        if "/" in word and not word.startswith("/"):
+            continue
+        path = shutil.which(word)
+        if path is None:
+            continue  # a shell builtin (cd, echo in some shells), or a missing tool: its items fail and say so
+        real = os.path.realpath(path)
+        found[real] = tool_state(real)
+    return found
+
+
+def tool_state(path: str) -> str:
+    """What tells a program file's versions apart: its size and modification
+    time ("gone" when it is no longer there)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return "gone"
+    return f"{status.st_size}:{status.st_mtime_ns}"
 
 
 class NoValue(ObsarchError):
@@ -243,9 +318,23 @@ class ExternalStep(Step):
         self.each, self.selection, self.command, self.workdir = each, selection, command, workdir
         self.timeout = timeout or None
         self.metrics_from = metrics_from
+        self._tools: dict[str, str] | None = None
 
     def params(self) -> dict:
-        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {})}
+        if self._tools is None:  # looked up once per command: every item's run records the same
+            self._tools = tool_files(self.command)
+        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}), "tools": self._tools}
+
+    def up_to_date(self, engine, items, prints: dict[str, str]) -> set[str]:
+        """As every step's, and an item done by a run recorded before obsarch
+        kept the tools' files (params without ``tools``) stays done: which
+        tool made it is not known, and running every item of a long
+        reduction again on upgrading obsarch would be no more right."""
+        current = super().up_to_date(engine, items, prints)
+        earlier = {key: value for key, value in self.params().items() if key != "tools"}
+        legacy = {item.key: fingerprint(self.name, {**earlier, **item.params}, self.algorithm, [i.content for i in item.inputs])
+                  for item in items if item.key in prints and item.key not in current}
+        return current | {key for key, print_ in legacy.items() if done_before(engine, print_)}
 
     def items(self, engine) -> list[Item]:
         result, places = [], {}

@@ -515,6 +515,7 @@ def stale_products(engine: Engine) -> list[dict]:
         by_run.setdefault(row.run_id, []).append(row)
     offsets = _offsets_now(engine, by_run, files)
     memo: dict[int, str | None] = {}
+    tools: dict[str, str] = {}  # each program file's state now, looked up once
 
     def name(item) -> str:
         current = files.get(item.file_id)
@@ -549,6 +550,8 @@ def stale_products(engine: Engine) -> list[dict]:
                 break
         if found is None:
             found = _offset_moved(product, by_run.get(product.run_id, []), files, offsets, name)
+        if found is None:
+            found = _tool_changed(product.params_json, tools)
         memo[product.id] = found
         return found
 
@@ -563,6 +566,20 @@ def stale_products(engine: Engine) -> list[dict]:
             result.append({"product_id": product.id, "kind": product.kind, "path": product.path, "run_id": product.run_id,
                            "reason": why, "file_id": product.file_id})
     return result
+
+
+def _tool_changed(params_json: str | None, now: dict[str, str]) -> str | None:
+    """Why a tool's product is stale: a program file its run recorded
+    (``obsarch run``: processing.external.tool_files) was replaced since,
+    an upgrade say, or is gone. ``now``: the states looked up so far."""
+    from processing.external import tool_state
+
+    recorded = json.loads(params_json or "{}").get("tools") if params_json and '"tools"' in params_json else None
+    for path, state in sorted((recorded or {}).items()):
+        current = now.setdefault(path, tool_state(path))
+        if current != state:
+            return f"the tool {path} {'is gone' if current == 'gone' else 'was replaced since (its size or time changed)'}"
+    return None
 
 
 def _offsets_now(engine: Engine, by_run: dict[int, list], files: dict) -> dict[int, str]:

@@ -543,6 +543,71 @@ def _frame(path, rng, number, **cards):
                 {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0, "FRAMENUM": number, **cards})
 
 
+@pytest.mark.parametrize("template, programs", [
+    (["epchain", "exposure=2"], ["epchain"]),
+    (["sh", "-c", "echo {obsid}; ls {dir} > files.txt && cp {path} out.fits"], ["sh", "echo", "ls", "cp"]),
+    (["timeout", "60", "bash", "-ec", "X=1 epproc a=b\nif test -f x; then fitsverify x | grep ok; fi"],
+     ["timeout", "bash", "epproc", "test", "fitsverify", "grep"]),
+    (["env", "LC_ALL=C", "nice", "-n", "5", "esorex", "muse_bias", "{path}"], ["env", "nice", "esorex"]),
+    (["docker", "run", "--rm", "sas:21", "sh", "-c", "epchain"], ["docker"]),  # the container's programs are not this host's
+    (["{dir}/fit.sh", "{path}"], []),  # a placeholder names no fixed program
+    (["sh", "-c", "echo 'unclosed"], ["sh", "echo"]),
+])
+def test_the_programs_a_tool_command_runs(template, programs):
+    assert external._program_words(template) == programs
+
+
+def test_a_replaced_tool_runs_its_items_again_and_leaves_its_products_stale(catalog, tmp_path, rng, monkeypatch):
+    """A tool's version entered no fingerprint: after an upgrade (a new SAS,
+    HEASoft or EsoRex) every item stayed up to date, made by the old one."""
+    import os
+
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "fit-tool"
+    tool.write_text("#!/bin/sh\necho v1 > out.txt\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1}
+    for command in (["fit-tool"], ["sh", "-c", "fit-tool && echo fitted"]):  # named, or in a shell's script
+        tool.write_text("#!/bin/sh\necho v1 > out.txt\n")
+        first = external.run_each(catalog.engine, "exposure", None, command, **options)
+        assert first.done == ["1"] and external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
+        assert runs.stale_products(catalog.engine) == []
+        with catalog.engine.connect() as conn:
+            recorded = json.loads(conn.execute(select(Run.params_json).where(Run.id == first.run_id)).scalar_one())
+        assert str(tool) in recorded["tools"]  # provenance: which program file made the products
+        tool.write_text("#!/bin/sh\necho version 2 > out.txt\n")  # the upgrade
+        stale = runs.stale_products(catalog.engine)
+        assert [row["reason"] for row in stale] == [f"the tool {tool} was replaced since (its size or time changed)"]
+        again = external.run_each(catalog.engine, "exposure", None, command, **options)
+        assert again.done == ["1"] and (tmp_path / "w" / "1" / "out.txt").read_text() == "version 2\n"
+        assert runs.stale_products(catalog.engine) == []
+    tool.unlink()
+    assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [f"the tool {tool} is gone"]
+
+
+def test_an_item_done_before_tools_were_recorded_stays_done(catalog, tmp_path, rng):
+    """Upgrading obsarch must not run every item of a long reduction again:
+    a run recorded without its tools' files is taken as done by them."""
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1}
+    first = external.run_each(catalog.engine, "exposure", None, ["cp", "{path}", "out.fits"], **options)
+    assert first.done == ["1"]
+    step = external.ExternalStep("exposure", None, ["cp", "{path}", "out.fits"], options["workdir"], None)
+    (item,) = step.items(catalog.engine)
+    earlier = {key: value for key, value in step.params().items() if key != "tools"}
+    legacy = runs.fingerprint(step.name, {**earlier, **item.params}, step.algorithm, [i.content for i in item.inputs])
+    with catalog.engine.begin() as conn:  # as an older obsarch recorded it
+        conn.execute(Run.__table__.update().where(Run.parent_id == first.run_id)
+                     .values(fingerprint=legacy, params_json=json.dumps({"each": "exposure", **item.params})))
+    assert external.run_each(catalog.engine, "exposure", None, ["cp", "{path}", "out.fits"], **options).skipped == ["1"]
+    assert runs.stale_products(catalog.engine) == []
+
+
 def test_a_tool_that_links_its_input_in_leaves_the_raw_frame_as_it_is(catalog, tmp_path, rng):
     _frame(tmp_path / "raw" / "f001.fits", rng, 1)
     catalog.ingest([tmp_path / "raw"])
