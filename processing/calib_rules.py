@@ -431,15 +431,24 @@ def _preference_text(frame: Calib, verdict: Verdict, rule: CalibrationRule) -> s
 
 def choose_all(engine: Engine, exposure_ids: list[int], kinds: tuple[str, ...], rules: dict[str, CalibrationRule],
                hdus: tuple[str, ...] | None = None) -> list[Choice]:
-    """A choice per frame and type, in time order; the catalog is read once per type."""
+    """A choice per frame and type, in time order; the catalog is read once per type.
+
+    A dark is judged knowing whether a master bias comes off too, as every
+    step that takes a dark takes a bias when there is one: the bias is
+    chosen for that even when only darks are asked for (``calib explain
+    --type dark`` showed a dark holding the bias as chosen, one ``calibrate``
+    refuses)."""
     frames = load_frames(engine, exposure_ids)
-    masters = {kind: load_masters(engine, kind) for kind in kinds}
+    judged = (*kinds, "bias") if "dark" in kinds and "bias" not in kinds else tuple(kinds)
+    masters = {kind: load_masters(engine, kind) for kind in judged}
     choices = []
     for frame in frames:
         bias_off = False
-        for kind in sorted(kinds, key=lambda k: k != "bias"):  # bias first: a dark is judged knowing whether one comes off too
-            choices.append(choose(frame, kind, masters[kind], rules[kind], hdus, bias_off))
-            bias_off = bias_off or (kind == "bias" and choices[-1].chosen is not None)
+        for kind in sorted(judged, key=lambda k: k != "bias"):  # bias first
+            choice = choose(frame, kind, masters[kind], rules.get(kind, DEFAULT_RULES[kind]), hdus, bias_off)
+            bias_off = bias_off or (kind == "bias" and choice.chosen is not None)
+            if kind in kinds:
+                choices.append(choice)
     return choices
 
 

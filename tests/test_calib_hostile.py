@@ -511,6 +511,16 @@ def test_a_dark_made_before_the_master_bias_is_never_taken_off_with_it(url, tmp_
     assert "holds the bias: made without a master bias, and this frame's master bias comes off too (twice)" in refused.stderr
     explained = _cli(url, "calib", "explain", "frame_type == 'science'")
     assert "holds the bias" in explained.stdout + explained.stderr
+    # the darks alone, for a frame of the dark's exposure time: judged knowing that the master bias comes off
+    # too, as calibrate takes it (explain showed the dark chosen there)
+    header = fits.getheader(tmp_path / "night" / "sci0.fits")
+    header["EXPTIME"], header["DATE-OBS"] = 60.0, "2024-01-01T20:50:00"
+    fits.PrimaryHDU(fits.getdata(tmp_path / "night" / "sci0.fits"), header).writeto(tmp_path / "night" / "sci60.fits")
+    assert _cli(url, "ingest", str(tmp_path / "night")).exit_code == 0
+    darks = _cli(url, "calib", "explain", "relpath == 'sci60.fits'", "--type", "dark", "--format", "csv")
+    assert darks.exit_code == 0, darks.stderr
+    (row,) = darks.stdout.strip().split("\n")[1:]
+    assert ",dark," in row and ",refused," in row and "comes off too (twice)" in row
     assert _cli(url, "calib", "dark", "--out", masters).exit_code == 0  # made again, with the master bias off
     assert _cli(url, "calib", "flat", "--band", "V", "--out", masters).exit_code == 0
     done = _cli(url, "calibrate", "frame_type == 'science'", "--out", str(tmp_path / "out"))
