@@ -120,6 +120,16 @@ def _catalog_url(url: str):
     return parsed
 
 
+# The page size of a new SQLite catalog (one made before keeps its own: 4096).
+# Measured on 3,000 files of 150 cards: the storage floor took 0.83-0.93 s
+# instead of 1.04-1.08 s, an ingest via the command 1.98-2.01 s instead of
+# 2.14-2.47 s, and the two-predicate queries over 1,000,000 exposures were
+# as fast or faster (benchmarks/ingest.py). 65536 stored a little faster
+# still, but made an empty catalog 6 MB and every small write (a grade) a
+# 64 KB page per table and index touched.
+SQLITE_PAGE_SIZE = 16384
+
+
 def _sqlite_engine(parsed, read_only: bool) -> Engine:
     database = parsed.database or ""
     if read_only and database not in ("", ":memory:"):
@@ -140,6 +150,7 @@ def _sqlite_engine(parsed, read_only: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         if not read_only:
+            cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # before WAL: it sizes a new file's pages, no other
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -270,6 +281,7 @@ def write_scratch_cards(directory: str, hdus: list[tuple[int, int, list[tuple]]]
 def _write_scratch(scratch, hdus: list[tuple[int, int, list[tuple]]], spans: list[tuple]) -> None:
     try:
         for statement in (
+            f"PRAGMA page_size={SQLITE_PAGE_SIZE}",  # as the catalog's: fewer pages to write, and to read in the copy
             "PRAGMA journal_mode=OFF",
             "PRAGMA synchronous=OFF",
             f"CREATE TABLE cards ({', '.join(CARD_FIELDS)})",

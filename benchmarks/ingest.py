@@ -488,10 +488,12 @@ def storage_floor(backend: str, url: str) -> tuple[int, float]:
             statements = [sql for (sql,) in catalog.execute(
                 "SELECT sql FROM sqlite_master WHERE tbl_name = 'header_cards' AND sql IS NOT NULL ORDER BY type DESC")]
             cards = catalog.execute("SELECT count(*) FROM header_cards").fetchone()[0]
+            page_size = catalog.execute("PRAGMA page_size").fetchone()[0]
         floor_path = Path(path).with_suffix(".floor.db")
         conn = sqlite3.connect(floor_path, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")  # as the catalog
+            conn.execute(f"PRAGMA page_size={page_size}")  # as the catalog
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(statements[0])  # the table (ORDER BY type DESC: 'table' before 'index')
             conn.execute("ATTACH ? AS catalog", (path,))
