@@ -216,6 +216,26 @@ def clip_reaches(method: str, sigma: float, n: int, option: str | None = None) -
             f"{f' ({option})' if option else ''}, combine more frames, or use the median")
 
 
+def clip_minimum(method: str, sigma: float, most: int = 100_000) -> int | None:
+    """The fewest values a clip at ``sigma`` can leave one of out (see
+    :func:`clip_reaches`): where fewer frames overlap (a stack's edges) the
+    clipped mean is the plain mean. None when no method clips, or when
+    even ``most`` frames would not do."""
+    if not method.startswith("sigclip"):
+        return None
+    reach = (lambda n: math.sqrt(n - 1)) if method == "sigclip" else _median_reach
+    low, high = 2, most
+    if reach(high) <= sigma:
+        return None
+    while low < high:  # each reach grows with n
+        middle = (low + high) // 2
+        if reach(middle) > sigma:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def _median_reach(n: int) -> float:
     """The farthest any of ``n`` values can lie from their median, in their
     standard deviations: the values below the median at it, those above but

@@ -31,6 +31,7 @@ from processing.combine import (
     METHODS,
     CombineError,
     _size,
+    clip_minimum,
     clip_reaches,
     combine_files,
     least_memory,
@@ -237,8 +238,11 @@ class StackStep(Step):
         header = fits.Header()
         header["NCOMBINE"] = (len(used), "frames stacked")
         header["COMBMETH"] = (self.method, _METHOD_NAMES.get(self.method, "combine method"))
+        fewest = clip_minimum(self.method, self.sigma)
         if self.method.startswith("sigclip"):
             header["CLIPSIG"] = (self.sigma, "sigma-clip threshold, standard deviations")
+            if fewest is not None:
+                header["CLIPMINN"] = (fewest, "fewest frames at a pixel for the clip to act")
         header["REFEXP"] = (self.reference_id, "obsarch exposure id of the reference frame")
         if self.band:
             header["FILTER"] = self.band
@@ -250,12 +254,16 @@ class StackStep(Step):
             header["DATE-OBS"] = (values["date_obs"].isoformat(timespec="milliseconds"), "middle of the stacked frames")
             header["MJD-OBS"] = (values["mjd"], "middle of the stacked frames")
         single = len(self.detectors) == 1
+        unclipped = [0, 0]  # covered pixels with fewer frames than the clip needs, covered pixels
 
         def make(detector):
             coverage = np.zeros(detector.shape, dtype=np.int16)
             index = self.detectors.index(detector) + 1
             image = combine_files(scratches, method=self.method, sigma=self.sigma, memory_bytes=parse_memory(self.memory),
                                   coverage=coverage, hdu=index)
+            if fewest is not None:
+                unclipped[0] += int(np.count_nonzero((coverage > 0) & (coverage < fewest)))
+                unclipped[1] += int(np.count_nonzero(coverage))
             cover = fits.ImageHDU(coverage, name="COVERAGE" if single else f"COVERAGE_{detector.name}")
             cover.header["BUNIT"] = ("frames", "number of frames with a value at each pixel")
             own = fits.Header() if detector.hdu_index == 0 else fits.Header([("EXTNAME", detector.name)])
@@ -266,6 +274,11 @@ class StackStep(Step):
         out.product(self.target, "stack", values)
         if self.replaces:
             out.note(self.replaces)
+        if unclipped[0]:  # a stack's edges, where fewer frames overlap: CLIPSIG would say they were clipped
+            plain = "mean" if self.method == "sigclip" else "median"
+            out.note(f"the clip at {self.sigma:g} sigma can leave a value out only where {fewest} or more frames overlap: "
+                     f"{unclipped[0]:,} of the stack's {unclipped[1]:,} covered pixels ({100 * unclipped[0] / unclipped[1]:.1f}%) "
+                     f"have fewer, and are their plain {plain} (its COVERAGE map shows where; header CLIPMINN)")
         if failed:
             return f"stacked {len(used)} of {len(used) + len(failed)} selected frames"
         return None

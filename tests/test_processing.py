@@ -765,6 +765,26 @@ def _stack_header_and_run(url, tmp, *options):
     return header, json.loads(params)
 
 
+def test_a_stack_says_where_its_clip_could_not_act(night, url):
+    """At a stack's edges fewer frames overlap than a clip needs to leave a
+    value out: there the 'clipped' stack is the plain mean or median, a
+    cosmic ray included, while CLIPSIG said it was clipped."""
+    catalog, tmp = night
+    ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
+    offsets.compute_offsets(catalog.engine, ids, ids[0], workers=1)
+    out = tmp / "clipped"
+    done = obsarch(url, "stack", "band == 'V' and frame_type == 'science'", "--sigma-clip", "2", "--method", "median",
+                   "--out", str(out), "--workers", "1")
+    with fits.open(out / "V_stack.fits") as hdul:
+        assert hdul[0].header["CLIPMINN"] == 3  # a clipped median at 2 sigma acts from 3 frames
+        coverage = hdul["COVERAGE"].data
+    fewer, covered = int(((coverage > 0) & (coverage < 3)).sum()), int((coverage > 0).sum())
+    assert 0 < fewer < covered
+    assert (f"stack: the clip at 2 sigma can leave a value out only where 3 or more frames overlap: {fewer:,} of the "
+            f"stack's {covered:,} covered pixels ({100 * fewer / covered:.1f}%) have fewer, and are their plain median") \
+        in " ".join(done.stderr.split())
+
+
 def test_stack_median_with_a_sigma_clip_is_a_clipped_median(night, url):
     catalog, tmp = night
     ids = offsets.select_ids(catalog.engine, "frame_type == 'science'")
@@ -775,6 +795,7 @@ def test_stack_median_with_a_sigma_clip_is_a_clipped_median(night, url):
     assert (header["COMBMETH"], header["CLIPSIG"], params["method"]) == ("sigclip", 1.5, "sigclip")
     header, params = _stack_header_and_run(url, tmp)
     assert header["COMBMETH"] == "median" and "CLIPSIG" not in header and params["method"] == "median"
+    assert "CLIPMINN" not in header
     refused = obsarch(url, "stack", "frame_type == 'science'", "--method", "mode", "--sigma-clip", "3", code=2)
     assert "unknown method 'mode'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
