@@ -638,7 +638,7 @@ def _calibrate_one(task: tuple) -> tuple[str, dict[str, FlatUse]]:
             rows = _rows_within(memory_bytes - output.nbytes, detector, len(own))
             use = _flat_use_of(own["flat"], rows, masters["flat"], detector, len(detectors) > 1) if "flat" in own else None
             raw_header = pixels.detector_header(hdul, detector)
-            raw_level, levels = raw_saturation_level(hdul, detector.hdu_index), []
+            raw_level, levels = raw_saturation_level(hdul, detector.hdu_index, rows), []
             for start in range(0, detector.shape[0], rows):
                 band = slice(start, min(start + rows, detector.shape[0]))
                 read = {k: np.asarray(hdu.section[band], dtype=np.float64) for k, hdu in own.items()}

@@ -126,7 +126,7 @@ def find_stars(data: np.ndarray, header: dict | None = None, limit: int = 200, d
         raise MatchError(str(exc)) from exc
     stars = field.stars
     keep = np.isfinite(stars["x"]) & np.isfinite(stars["y"]) & (stars["flux"] > 0)
-    keep &= unsaturated(stars, saturation_level(header or {}))
+    keep &= unsaturated(stars, saturation_level(header or {}, data=data))
     return field.xy[keep][:limit]
 
 

@@ -639,6 +639,45 @@ def test_real_lco_fwhm_agrees_with_the_pipeline(real_data, name):
     assert result["fwhm_arcsec"] == pytest.approx(header["L1FWHM"], rel=0.15)
 
 
+@pytest.mark.parametrize("name", ["HATP-32171220013343.FITS", "HATP-32171220013612.FITS"])
+def test_real_12_bit_frames_saturate_at_4095(real_data, name):
+    """MicroObservatory writes 12-bit data as 16-bit integers with no
+    SATURATE: the level was taken as 32767, so stars clipped at 4095 were
+    measured as unsaturated. On 13612 (12 clipped stars) the FWHM was 2.52 px
+    where its unclipped stars, fitted alone with photutils, give 1.78."""
+    data, header, _ = load_image(real_data / "ccd_imaging" / name)
+    result = measure(data, header)
+    assert result["saturation_level"] == 4095.0
+    assert result["saturated_fraction"] == pytest.approx(np.count_nonzero(data >= 4095) / data.size)
+    unclipped = {"HATP-32171220013343.FITS": 2.39, "HATP-32171220013612.FITS": 1.78}[name]
+    assert result["fwhm"] < unclipped * 1.1
+    with fits.open(real_data / "ccd_imaging" / name) as hdul:
+        assert quality.raw_saturation_level(hdul, 0, rows=64) == 4095.0  # what a calibrated frame's SATURATE starts from
+
+
+@pytest.mark.parametrize("top, shift, expected", [
+    (4095, 0, 4095.0),  # a 12-bit camera in 16-bit integers
+    (4095, 4, 65520.0),  # one that shifts its 12 bits left
+    (None, 0, 65535.0),  # nothing clipped: the data type's top
+])
+def test_integer_data_piled_up_below_its_type_top_is_saturated_there(rng, top, shift, expected):
+    sky = rng.normal(300, 8, (200, 200))
+    sky[50:54, 60:64] += 9000  # a bright star's core
+    values = np.round(sky).clip(0, top if top is not None else 65535) * 2 ** shift
+    header = {"__BITPIX__": 16, "BZERO": 32768}
+    assert quality.saturation_level(header, data=values.astype(np.float32)) == expected
+
+
+def test_a_noise_tail_is_no_clip(rng):
+    """The top of a low-noise bias holds a few equal pixels by chance: its
+    tail thins out toward them, where a clip piles up."""
+    for sigma in (0.7, 1.0, 3.0):
+        bias = np.round(rng.normal(100, sigma, (600, 600))).astype(np.float32)
+        assert quality.saturation_level({"__BITPIX__": 16, "BZERO": 32768}, data=bias) == 65535.0
+    assert quality.saturation_level({"BITPIX": 16}, data=bias) == 32767.0  # signed, no BZERO
+    assert quality.saturation_level({"__BITPIX__": -32}, data=bias) is None  # floats: no type top, no clip guessed
+
+
 def test_real_lco_frame_of_next_night(real_data):
     data, header, _ = load_image(next((real_data / "ccd_imaging").glob("*0816-0339*")))
     assert measure(data, header)["fwhm_arcsec"] == pytest.approx(header["L1FWHM"], rel=0.15)

@@ -33,7 +33,11 @@ from processing.stars import DetectionError, detect_stars, gaussian_fwhm, unsatu
 # sources 15% (12%), shapes 5% (4.8%).
 SYNTHETIC = {"background_in_rms": 0.05, "background_rms": 0.01, "nstars": 0.02, "shape": 0.01}
 GRADIENT = {**SYNTHETIC, "shape": 0.03}
-REAL = {"background_in_rms": 0.5, "background_rms": 0.01, "nstars": 0.15, "shape": 0.05}
+# elongation: the median of the 5 brightest unsaturated stars. On HATP-32171220013343,
+# saturated at 4095 (12-bit), the 5th differs: two stars of near-equal flux, (548.9, 364.2)
+# and (496.7, 421.4), swap places between the pipelines' fluxes, and the median moves from
+# 1.61 to 1.70 with the same 4 stars before them.
+REAL = {"background_in_rms": 0.5, "background_rms": 0.01, "nstars": 0.15, "shape": 0.05, "elongation": 0.07}
 
 
 def photutils_metrics(data: np.ndarray, header: dict | None = None, params: QualityParams = QualityParams()) -> dict:
@@ -45,7 +49,7 @@ def photutils_metrics(data: np.ndarray, header: dict | None = None, params: Qual
 
     mask = ~np.isfinite(data)
     mask_or_none = mask if mask.any() else None
-    level = saturation_level(header or {}, params.saturation)
+    level = saturation_level(header or {}, params.saturation, data[~mask])  # the same level: this compares the star metrics
     box = int(min(params.box_size, max(8, min(data.shape) // 4)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -95,7 +99,7 @@ def assert_same_metrics(new: dict, old: dict, tolerance: dict) -> None:
     for name in ("fwhm", "fwhm_minor", "elongation", "sharpness"):
         assert (new[name] is None) == (old[name] is None), name
         if old[name] is not None:
-            assert new[name] == pytest.approx(old[name], rel=tolerance["shape"]), name
+            assert new[name] == pytest.approx(old[name], rel=tolerance.get(name, tolerance["shape"])), name
 
 
 def _frame(kind: str) -> tuple[np.ndarray, dict]:
