@@ -430,16 +430,16 @@ def _preference_text(frame: Calib, verdict: Verdict, rule: CalibrationRule) -> s
 
 
 def choose_all(engine: Engine, exposure_ids: list[int], kinds: tuple[str, ...], rules: dict[str, CalibrationRule],
-               hdus: tuple[str, ...] | None = None) -> list[Choice]:
+               hdus: tuple[str, ...] | None = None, bias_too: bool = False) -> list[Choice]:
     """A choice per frame and type, in time order; the catalog is read once per type.
 
-    A dark is judged knowing whether a master bias comes off too, as every
-    step that takes a dark takes a bias when there is one: the bias is
-    chosen for that even when only darks are asked for (``calib explain
-    --type dark`` showed a dark holding the bias as chosen, one ``calibrate``
-    refuses)."""
+    A dark is judged knowing whether a master bias comes off too. With
+    ``bias_too`` a bias is chosen for that even when only darks are asked
+    for, as ``calibrate`` takes one (``calib explain --type dark`` showed a
+    dark holding the bias as chosen, one ``calibrate`` refuses); without, a
+    caller that takes no bias (``calibrate(use=("dark",))``) has none."""
     frames = load_frames(engine, exposure_ids)
-    judged = (*kinds, "bias") if "dark" in kinds and "bias" not in kinds else tuple(kinds)
+    judged = (*kinds, "bias") if bias_too and "dark" in kinds and "bias" not in kinds else tuple(kinds)
     masters = {kind: load_masters(engine, kind) for kind in judged}
     choices = []
     for frame in frames:

@@ -96,17 +96,17 @@ def explain(engine, selection, kinds: tuple[str, ...] = KINDS, rules: dict[str, 
     frames = raw_frames(engine, selection)
     if not frames:
         raise ObsarchError(f"no raw frames match {_shown(selection)} (products are not calibrated again)")
-    choices = choices_by_frame(engine, frames, kinds, rules, hdus)
+    choices = choices_by_frame(engine, frames, kinds, rules, hdus, bias_too=True)  # as calibrate, which takes a bias
     return [choice for frame in frames for choice in choices[frame.exposure_id]]
 
 
 def choices_by_frame(engine, frames: list[Frame], kinds: tuple[str, ...], rules: dict[str, CalibrationRule],
-                     hdus: tuple[str, ...] | None) -> dict[int, list[Choice]]:
+                     hdus: tuple[str, ...] | None, bias_too: bool = False) -> dict[int, list[Choice]]:
     """The rules' choices of each frame (exposure id -> one per kind). A frame
     the rules do not see, its file unreadable since the last ingest, gets the
     reason instead of a master, kind by kind."""
     choices: dict[int, list[Choice]] = {}
-    for choice in choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus):
+    for choice in choose_all(engine, [f.exposure_id for f in frames], kinds, rules, hdus, bias_too):
         choices.setdefault(choice.frame.exposure_id, []).append(choice)
     unseen = [f for f in frames if f.exposure_id not in choices]
     why = unusable_files(engine, [f.file_id for f in unseen]) if unseen else {}

@@ -521,6 +521,15 @@ def test_a_dark_made_before_the_master_bias_is_never_taken_off_with_it(url, tmp_
     assert darks.exit_code == 0, darks.stderr
     (row,) = darks.stdout.strip().split("\n")[1:]
     assert ",dark," in row and ",refused," in row and "comes off too (twice)" in row
+    # a caller that takes no bias off (the Python API's use=("dark",)) may take that dark: its bias comes off once
+    from archive.catalog import Catalog
+    from processing import calibration
+
+    catalog = Catalog(url)
+    darkened = calibration.calibrate(catalog.engine, "relpath == 'sci60.fits'", use=("dark",), out_dir=tmp_path / "dark-only",
+                                     workers=1)
+    catalog.engine.dispose()
+    assert len(darkened.done) == 1 and not darkened.failed
     assert _cli(url, "calib", "dark", "--out", masters).exit_code == 0  # made again, with the master bias off
     assert _cli(url, "calib", "flat", "--band", "V", "--out", masters).exit_code == 0
     done = _cli(url, "calibrate", "frame_type == 'science'", "--out", str(tmp_path / "out"))
