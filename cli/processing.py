@@ -224,13 +224,19 @@ def run_command(
     metrics_from: Annotated[Optional[str], typer.Option(
         "--metrics-from",
         help="A JSON or name=value file the tool writes in its working directory; its numbers become metrics of the item.")] = None,
+    tool: Annotated[Optional[list[str]], typer.Option(
+        "--tool",
+        help="A file or directory whose change runs the items again (a pipeline's plugins, $SAS_DIR); repeatable.")] = None,
 ) -> None:
     """Run an external tool once per exposure, obsid or group, in parallel, in a
     working directory per item. Arguments after -- may hold {path}, {paths},
     {obsid}, {dir}, {group}, {id}, {frame}, {workdir}, {region}, {regions}. Output is logged with the
     run, written files become products with lineage, items done with the same
     command and inputs are skipped; with --metrics-from the numbers the tool
-    wrote are stored as metric['name'] of the item's exposures.
+    wrote are stored as metric['name'] of the item's exposures. The program
+    files the command runs (and those named by --tool) are recorded with the
+    run: when one is replaced, its items run again and obsarch stale lists
+    their products.
 
     Example: obsarch run --each obsid "obsid in ('0013140101', '0761220101')" -- sh -c 'echo {obsid}: {paths}'
     """
@@ -238,7 +244,8 @@ def run_command(
 
     engine = open_catalog().engine
     summary = external.run_each(engine, each, selection, list(ctx.args), workdir=workdir, workers=workers,
-                                executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from)
+                                executor=executor, scheduler=scheduler, timeout=timeout, force=force, metrics_from=metrics_from,
+                                tools=tool or [])
     if summary.products:
         from cli.xray import catch_up
 

@@ -118,76 +118,237 @@ def _shell_script(template: list[str]) -> int | None:
     return None
 
 
-# commands that run the command after their own options and arguments
-RUNNERS = frozenset({"env", "nice", "nohup", "timeout", "time", "stdbuf", "ionice", "taskset", "chrt", "xvfb-run"})
+# Commands that run another after their own options: those of their options
+# that take a value, and how many words (a duration, a priority, a CPU mask)
+# come before the command they run.
+RUNNERS: dict[str, tuple[frozenset[str], int]] = {
+    "env": (frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}), 0),
+    "nice": (frozenset({"-n", "--adjustment"}), 0),
+    "nohup": (frozenset(), 0),
+    "timeout": (frozenset({"-s", "--signal", "-k", "--kill-after"}), 1),
+    "time": (frozenset({"-f", "--format", "-o", "--output"}), 0),
+    "stdbuf": (frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}), 0),
+    "ionice": (frozenset({"-c", "--class", "-n", "--classdata", "-p", "--pid", "-P", "--pgid", "-u", "--uid"}), 0),
+    "taskset": (frozenset(), 1),
+    "chrt": (frozenset(), 1),
+    "xvfb-run": (frozenset({"-e", "--error-file", "-f", "--auth-file", "-n", "--server-num", "-s", "--server-args",
+                            "-p", "--xauth-protocol", "-w", "--wait"}), 0),
+    "xargs": (frozenset({"-a", "--arg-file", "-d", "--delimiter", "-E", "-e", "--eof", "-I", "-i", "--replace", "-L", "-l",
+                         "--max-lines", "-n", "--max-args", "-P", "--max-procs", "-s", "--max-chars"}), 0),
+    "exec": (frozenset(), 0),
+    "command": (frozenset(), 0),
+}
 # commands that run the rest of the command elsewhere (a container, another host): its programs are not this machine's files
 ELSEWHERE = frozenset({"docker", "podman", "singularity", "apptainer", "ssh", "srun", "kubectl"})
+# interpreters whose first argument is the program (a script file)
+_INTERPRETER = re.compile(r"^(python[0-9.]*|perl|Rscript|ruby|julia|tclsh|wish|node|sh|bash|dash|zsh|ksh)$")
 # words of a shell script after which a command comes, and that are none
-_SHELL_WORDS = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "in", "case", "esac",
-                          "!", "{", "}", "exec", "command", "builtin"})
-_SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")", ";;", "|&"})
+_SHELL_WORDS = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "in", "esac", "!", "{", "}",
+                          "function", "time"})
+# shell words after which no command comes until the next separator (a loop's variable and list)
+_NO_COMMAND_AFTER = frozenset({"for", "select", "case"})
+# commands a shell runs itself: no program file of theirs is run, whatever PATH holds
+_BUILTINS = frozenset({"echo", "printf", "test", "[", "[[", "cd", "pwd", "true", "false", ":", "export", "set", "unset",
+                       "read", "eval", "exit", "return", "shift", "local", "declare", "typeset", "readonly", "trap", "wait",
+                       "type", "hash", "ulimit", "umask", "alias", "unalias", "let", "getopts", "shopt", "pushd", "popd",
+                       "dirs", "jobs", "fg", "bg", "kill", "break", "continue", "times", "mapfile", "readarray", "caller",
+                       "enable", "help", "logout", "disown", "suspend", "compgen", "complete"})
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 
-def _program_words(template: list[str]) -> list[str]:
-    """The words of ``template`` that name a program it runs: the first; the
-    one a runner starts (``nice``, ``timeout 60``, ``env X=1``); and the
-    first word of each command of a shell's ``-c`` script, unless a
-    container or another host runs it (``docker run IMAGE sh -c``). A word
-    holding a placeholder names no fixed program and is left out."""
-    words, place = [], 0
-    while place < len(template):
-        word = template[place]
-        words.append(word)
-        if Path(word).name not in RUNNERS:
-            break
-        place += 1  # past the runner's options, assignments and durations, to the program it runs
-        while place < len(template) and (template[place].startswith("-") or "=" in template[place]
-                                         or template[place][:1].isdigit()):
-            place += 1
+@dataclass
+class Programs:
+    """The program files a command runs, as far as obsarch can tell: the
+    words naming them, and why the list may be short."""
+
+    words: list[str] = field(default_factory=list)
+    scripts: list[str] = field(default_factory=list)  # the files interpreters run
+    unknown: list[str] = field(default_factory=list)
+
+    def program(self, words: list[str], place: int) -> int:
+        """Take the program at ``words[place]``: past a runner's options to
+        the command it runs, and a script an interpreter is given; the
+        place after them."""
+        while place < len(words):
+            word = words[place]
+            name = Path(word).name
+            if name in ELSEWHERE:
+                self.words.append(word)
+                return len(words)  # the rest runs in a container or on another host
+            if "$" in word or "`" in word:
+                self.unknown.append(f"the program {word!r} is a variable's value")
+                return place + 1
+            self.words.append(word)
+            if name in RUNNERS:
+                valued, positional = RUNNERS[name]
+                place += 1
+                while place < len(words):  # the runner's options, assignments (env X=1), and "--"
+                    option = words[place]
+                    if option == "--":
+                        place += 1
+                        break
+                    if option.startswith("-") and len(option) > 1:
+                        place += 2 if option in valued else 1
+                    elif name == "env" and "=" in option:
+                        place += 1
+                    else:
+                        break
+                place += positional
+                continue
+            if _INTERPRETER.match(name):
+                place += 1
+                while place < len(words) and words[place].startswith("-"):
+                    if words[place] in ("-c", "-e", "-m", "-E", "-lc", "-ec") or words[place].endswith("c"):
+                        return len(words)  # code given inline (a shell's -c is read as a script elsewhere)
+                    place += 1
+                if place < len(words):
+                    self.scripts.append(words[place])  # the script it runs
+                return len(words)
+            return place + 1
+        return place
+
+
+def _programs(template: list[str]) -> Programs:
+    """The words of ``template`` that name a program it runs: the first (past
+    runners: ``nice``, ``timeout 60``, ``env X=1``), the script an
+    interpreter runs (``python3 /opt/pipe/reduce.py``), and the commands of
+    a shell's ``-c`` script, unless a container or another host runs it
+    (``docker run IMAGE sh -c``). Shell builtins, loop variables and the
+    lines of a here-document name none. What cannot be told (a program in
+    a variable, a script that sets PATH or sources a setup file, a login
+    shell) is said in ``unknown``. A word holding a placeholder names no
+    fixed program and is left out."""
+    found = Programs()
+    found.program(list(template), 0)
     script = _shell_script(template)
     if script is not None and not any(Path(word).name in ELSEWHERE for word in template[:script]):
-        lexer = shlex.shlex(template[script].replace("\n", ";"), posix=True, punctuation_chars=True)  # a new line ends a command, as ; does
-        lexer.whitespace_split = True
-        start = True
-        try:
-            for token in lexer:
-                if token in _SEPARATORS:
-                    start = True
-                elif start and token not in _SHELL_WORDS and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", token):
-                    words.append(token)
-                    start = False
-        except ValueError:  # an unclosed quote: the shell refuses it too, and the item fails with its words
-            pass
-    return [word for word in words if "{" not in word]
-
-
-def tool_files(template: list[str]) -> dict[str, str]:
-    """The program files ``template`` runs, found as the tool will find them
-    (on PATH, or by an absolute path), each with what changes when it is
-    replaced: ``real path -> "size:mtime_ns"``. An upgraded tool (a new SAS,
-    HEASoft or EsoRex) then has another fingerprint: its items run again,
-    and its products are stale. A relative path (``./fit.sh``) is found
-    from each item's working directory, so it is not looked up here."""
-    found = {}
-    for word in _program_words(template):
-        if "/" in word and not word.startswith("/"):
-            continue
-        path = shutil.which(word)
-        if path is None:
-            continue  # a shell builtin (cd, echo in some shells), or a missing tool: its items fail and say so
-        real = os.path.realpath(path)
-        found[real] = tool_state(real)
+        if any(word.startswith("-") and "l" in word.lstrip("-") for word in template[:script] if not word.startswith("--")):
+            found.unknown.append("a login shell (-l) sets its own PATH")
+        _script_programs(template[script], found)
+    found.words = [word for word in found.words if "{" not in word]
+    found.scripts = [word for word in found.scripts if "{" not in word]
     return found
 
 
+def _script_programs(script: str, found: Programs) -> None:
+    lines = script.replace("\\\n", " ").split("\n")  # a line ended by a backslash goes on on the next
+    heredoc = None
+    for line in lines:
+        if heredoc is not None:  # a here-document's lines are data
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.commenters = ""  # a "#" inside a word (a#b, ${#x}) is no comment: only one starting a word is
+        lexer.whitespace_split = True
+        try:
+            words = list(lexer)
+        except ValueError:
+            found.unknown.append(f"a line of the script obsarch cannot split into words: {line.strip()[:60]!r}")
+            continue
+        _line_programs(words, found)
+        if (match := _HEREDOC.search(line)) is not None:
+            heredoc = match.group(2)
+
+
+def _line_programs(words: list[str], found: Programs) -> None:
+    place, start = 0, True
+    while place < len(words):
+        word = words[place]
+        if word.startswith("#"):
+            return  # a comment, to the end of the line
+        if set(word) <= set("<>"):
+            place += 2  # a redirection and its file
+            continue
+        if set(word) <= set("();|&"):
+            start = True
+            place += 1
+            continue
+        if not start:
+            place += 1
+            continue
+        if word in _NO_COMMAND_AFTER:
+            start = False
+        elif word in ("source", ".") or word.startswith("PATH=") or (word == "export" and any(
+                w.startswith("PATH=") for w in words[place + 1:])):
+            found.unknown.append("the script sets PATH or sources a setup file: the programs it runs are found there")
+            start = False
+        elif word in _SHELL_WORDS or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word):
+            pass  # a command comes next
+        elif word in _BUILTINS:
+            start = False
+        elif "/" in word and not word.startswith("/") and "{" not in word:
+            found.unknown.append(f"{word} is found from each item's working directory")
+            start = False
+        else:
+            place = found.program(words, place)
+            start = False
+            continue
+        place += 1
+
+
+def tool_files(template: list[str], extra: list[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """The program files ``template`` runs (:func:`_programs`), found as the
+    tool will find them (on PATH, or by an absolute path), and the files
+    and directories in ``extra`` (``obsarch run --tool``), each with what
+    changes when it is replaced (:func:`tool_state`): ``real path -> state``;
+    and why that may not be all of them. An upgraded tool (a new SAS,
+    HEASoft or EsoRex) then has another fingerprint: its items run again,
+    and its products are stale."""
+    programs = _programs(template)
+    found, unknown = {}, list(programs.unknown)
+    for word in programs.words + programs.scripts:
+        if not word.startswith("/") and ("/" in word or word in programs.scripts):
+            unknown.append(f"{word} is found from each item's working directory")
+            continue
+        path = shutil.which(word) if word in programs.words and "/" not in word else (word if os.path.isfile(word) else None)
+        if path is None:
+            continue  # a missing tool: its items fail and say so
+        real = os.path.realpath(path)
+        found[real] = tool_state(real)
+    for path in extra:
+        real = os.path.realpath(os.path.expanduser(path))
+        found[real] = tool_state(real)
+    return found, list(dict.fromkeys(unknown))
+
+
+_HASHED: dict[tuple, str] = {}  # (path, size, mtime_ns) -> content hash, within a process
+
+
 def tool_state(path: str) -> str:
-    """What tells a program file's versions apart: its size and modification
-    time ("gone" when it is no longer there)."""
+    """What tells a program file's versions apart: a hash of its content,
+    so that the same program installed on two hosts is the same; for a
+    directory (``--tool $SAS_DIR``), a hash of the names, sizes and times of
+    the files under it. "gone" when it is no longer there."""
+    import hashlib
+
     try:
         status = os.stat(path)
     except OSError:
         return "gone"
-    return f"{status.st_size}:{status.st_mtime_ns}"
+    if os.path.isdir(path):
+        listing = hashlib.sha256()
+        for folder, folders, names in os.walk(path):
+            folders.sort()
+            for name in sorted(names):
+                try:
+                    entry = os.stat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                listing.update(f"{os.path.relpath(os.path.join(folder, name), path)}\0{entry.st_size}\0"
+                               f"{entry.st_mtime_ns}\n".encode())
+        return f"tree:{listing.hexdigest()[:20]}"
+    key = (path, status.st_size, status.st_mtime_ns)
+    if key not in _HASHED:
+        content = hashlib.sha256()
+        try:
+            with open(path, "rb") as stream:
+                while block := stream.read(1 << 20):
+                    content.update(block)
+        except OSError:
+            return "unreadable"
+        _HASHED[key] = f"sha256:{content.hexdigest()[:20]}"
+    return _HASHED[key]
 
 
 class NoValue(ObsarchError):
@@ -309,7 +470,7 @@ class ExternalStep(Step):
     work = staticmethod(run_command)
 
     def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None,
-                 metrics_from: str | None = None):
+                 metrics_from: str | None = None, tools: list[str] = ()):
         if not command:
             raise UsageError("give the command after --, e.g. obsarch run --each obsid ... -- epchain exposure=2")
         if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_S:  # NaN too: every item failed with Python's words
@@ -319,22 +480,46 @@ class ExternalStep(Step):
         self.timeout = timeout or None
         self.metrics_from = metrics_from
         self._tools: dict[str, str] | None = None
+        self._unknown: list[str] = []
+        self.extra_tools = list(tools)
+        for path in self.extra_tools:
+            if not os.path.exists(os.path.expanduser(path)):
+                raise UsageError(f"--tool {path}: no such file or directory")
 
     def params(self) -> dict:
         if self._tools is None:  # looked up once per command: every item's run records the same
-            self._tools = tool_files(self.command)
-        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}), "tools": self._tools}
+            self._tools, self._unknown = tool_files(self.command, self.extra_tools)
+        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}), "tools": self._tools,
+                "template": self.command}
+
+    def notes(self) -> list[str]:
+        self.params()
+        if not self._unknown:
+            return super().notes()
+        return [*super().notes(), f"an upgrade of some of this command's programs goes unseen ({'; '.join(self._unknown)}): "
+                "name their files or directories with --tool"]
 
     def up_to_date(self, engine, items, prints: dict[str, str]) -> set[str]:
         """As every step's, and an item done by a run recorded before obsarch
-        kept the tools' files (params without ``tools``) stays done: which
-        tool made it is not known, and running every item of a long
-        reduction again on upgrading obsarch would be no more right."""
+        kept the tools' files (params without ``tools``) stays done, unless
+        a later run of it recorded them: which tool made it is not known,
+        and running every item of a long reduction again on upgrading
+        obsarch would be no more right."""
+        from sqlalchemy import select
+
+        from archive.db import transaction
+
         current = super().up_to_date(engine, items, prints)
-        earlier = {key: value for key, value in self.params().items() if key != "tools"}
+        earlier = {key: value for key, value in self.params().items() if key not in ("tools", "template")}
         legacy = {item.key: fingerprint(self.name, {**earlier, **item.params}, self.algorithm, [i.content for i in item.inputs])
                   for item in items if item.key in prints and item.key not in current}
-        return current | {key for key, print_ in legacy.items() if done_before(engine, print_)}
+        if not legacy:
+            return current
+        with transaction(engine) as conn:  # items a run kept the tools of: their legacy runs are superseded
+            recorded = set(conn.execute(select(Run.item).where(Run.step == self.name, Run.state == "done",
+                                                               Run.item.in_(list(legacy)),
+                                                               Run.params_json.like('%"tools"%'))).scalars())
+        return current | {key for key, print_ in legacy.items() if key not in recorded and done_before(engine, print_)}
 
     def items(self, engine) -> list[Item]:
         result, places = [], {}
@@ -408,14 +593,14 @@ def _linked_inputs(engine, file_ids: list[int]) -> dict[int, list[Input]]:
 def run_each(
     engine, each: str, selection, command: list[str], *, workdir: str = "runs/{item}", workers: int | None = None,
     executor: str = "pool", scheduler: str | None = None, timeout: float | None = None, force: bool = False,
-    progress: Progress | None = None, metrics_from: str | None = None,
+    progress: Progress | None = None, metrics_from: str | None = None, tools: list[str] = (),
 ) -> StepResult:
     """Run ``command`` once per item, in parallel. Items already done with the
     same command and inputs are skipped; a failing item is recorded with its
     log and the others go on. ``metrics_from``: a file (in the item's working
     directory) the tool writes, whose numbers become named metrics of the
     item's exposures, with the item's run as their lineage."""
-    step = ExternalStep(each, selection, command, workdir, timeout, metrics_from)
+    step = ExternalStep(each, selection, command, workdir, timeout, metrics_from, tools)
     return run_step(engine, step, force=force, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
 
 

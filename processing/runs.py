@@ -497,7 +497,7 @@ def stale_products(engine: Engine) -> list[dict]:
     parent = Run.__table__.alias("parent")
     with transaction(engine) as conn:
         products = conn.execute(
-            select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path, Run.step, Run.params_json,
+            select(Product.id, Product.run_id, Product.file_id, Product.kind, Product.path, Run.step, Run.params_json, Run.host,
                    func.coalesce(parent.c.started_at, Run.started_at).label("started_at"))
             .join(Run, Run.id == Product.run_id).outerjoin(parent, parent.c.id == Run.parent_id).order_by(Product.id)
         ).all()
@@ -515,7 +515,8 @@ def stale_products(engine: Engine) -> list[dict]:
         by_run.setdefault(row.run_id, []).append(row)
     offsets = _offsets_now(engine, by_run, files)
     memo: dict[int, str | None] = {}
-    tools: dict[str, str] = {}  # each program file's state now, looked up once
+    tools: dict = {}  # each program file's state, and each command's programs, now: looked up once
+    here = socket.gethostname()
 
     def name(item) -> str:
         current = files.get(item.file_id)
@@ -550,7 +551,7 @@ def stale_products(engine: Engine) -> list[dict]:
                 break
         if found is None:
             found = _offset_moved(product, by_run.get(product.run_id, []), files, offsets, name)
-        if found is None:
+        if found is None and product.host == here:  # another host's programs are not looked at here
             found = _tool_changed(product.params_json, tools)
         memo[product.id] = found
         return found
@@ -568,17 +569,30 @@ def stale_products(engine: Engine) -> list[dict]:
     return result
 
 
-def _tool_changed(params_json: str | None, now: dict[str, str]) -> str | None:
+def _tool_changed(params_json: str | None, now: dict) -> str | None:
     """Why a tool's product is stale: a program file its run recorded
     (``obsarch run``: processing.external.tool_files) was replaced since,
-    an upgrade say, or is gone. ``now``: the states looked up so far."""
-    from processing.external import tool_state
+    an upgrade say, or is gone, or its command now runs another (a new
+    version first on PATH), as ``obsarch run`` would find. ``now``: what
+    was looked up so far."""
+    from processing.external import tool_files, tool_state
 
-    recorded = json.loads(params_json or "{}").get("tools") if params_json and '"tools"' in params_json else None
-    for path, state in sorted((recorded or {}).items()):
+    if not params_json or '"tools"' not in params_json:
+        return None
+    params = json.loads(params_json)
+    recorded = params.get("tools") or {}
+    for path, state in sorted(recorded.items()):
         current = now.setdefault(path, tool_state(path))
         if current != state:
-            return f"the tool {path} {'is gone' if current == 'gone' else 'was replaced since (its size or time changed)'}"
+            return f"the tool {path} {'is gone' if current == 'gone' else 'was replaced since (its content changed)'}"
+    command = params.get("template")  # as given, placeholders and all: a placeholder names no fixed program
+    if command:
+        key = json.dumps(command)
+        if key not in now:
+            now[key] = tool_files(command)[0]
+        moved = sorted(set(now[key]) - set(recorded))
+        if moved:
+            return f"its command now runs {moved[0]}, not what it ran then"
     return None
 
 

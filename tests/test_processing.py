@@ -7,6 +7,7 @@ import json
 import time
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -543,18 +544,45 @@ def _frame(path, rng, number, **cards):
                 {"IMAGETYP": "Light Frame", "FILTER": "V", "EXPTIME": 60.0, "FRAMENUM": number, **cards})
 
 
-@pytest.mark.parametrize("template, programs", [
-    (["epchain", "exposure=2"], ["epchain"]),
-    (["sh", "-c", "echo {obsid}; ls {dir} > files.txt && cp {path} out.fits"], ["sh", "echo", "ls", "cp"]),
+@pytest.mark.parametrize("template, programs, unknown", [
+    (["epchain", "exposure=2"], ["epchain"], ""),
+    (["sh", "-c", "echo {obsid}; ls {dir} > files.txt && cp {path} out.fits"], ["sh", "ls", "cp"], ""),  # echo: a builtin
     (["timeout", "60", "bash", "-ec", "X=1 epproc a=b\nif test -f x; then fitsverify x | grep ok; fi"],
-     ["timeout", "bash", "epproc", "test", "fitsverify", "grep"]),
-    (["env", "LC_ALL=C", "nice", "-n", "5", "esorex", "muse_bias", "{path}"], ["env", "nice", "esorex"]),
-    (["docker", "run", "--rm", "sas:21", "sh", "-c", "epchain"], ["docker"]),  # the container's programs are not this host's
-    (["{dir}/fit.sh", "{path}"], []),  # a placeholder names no fixed program
-    (["sh", "-c", "echo 'unclosed"], ["sh", "echo"]),
+     ["timeout", "bash", "epproc", "fitsverify", "grep"], ""),
+    (["env", "LC_ALL=C", "nice", "-n", "5", "esorex", "muse_bias", "{path}"], ["env", "nice", "esorex"], ""),
+    (["docker", "run", "--rm", "sas:21", "sh", "-c", "epchain"], ["docker"], ""),  # the container's programs are not this host's
+    (["{dir}/fit.sh", "{path}"], [], ""),  # a placeholder names no fixed program
+    # found by the review of the first version, which missed the tool in each of these
+    (["sh", "-c", "# reduce one obsid\nmytool {path}\n"], ["sh", "mytool"], ""),
+    (["sh", "-c", "echo a#b; mytool"], ["sh", "mytool"], ""),
+    (["bash", "-c", "n=${#x}; mytool"], ["bash", "mytool"], ""),
+    (["sh", "-c", "timeout 3600 mytool"], ["sh", "timeout", "mytool"], ""),
+    (["timeout", "-s", "KILL", "5m", "esorex"], ["timeout", "esorex"], ""),
+    (["env", "-u", "DISPLAY", "esorex"], ["env", "esorex"], ""),
+    (["ionice", "-c", "idle", "esorex"], ["ionice", "esorex"], ""),
+    (["sh", "-c", "mytool\\\n --x"], ["sh", "mytool"], ""),
+    (["sh", "-c", "true;(mytool)|tee log"], ["sh", "mytool", "tee"], ""),
+    (["sh", "-c", "ls | xargs -n1 epchain"], ["sh", "ls", "xargs", "epchain"], ""),
+    (["sh", "-c", "for file in *.fits; do mytool $file; done"], ["sh", "mytool"], ""),  # not /usr/bin/file
+    (["sh", "-c", "xspec <<EOF\ndata x.pha\nfit\nEOF\nmytool"], ["sh", "xspec", "mytool"], ""),  # not data, fit
+    (["python3", "-u", "/opt/pipe/reduce.py", "{path}"], ["python3", "/opt/pipe/reduce.py"], ""),
+    # what cannot be told is said
+    (["sh", "-c", ". headas-init.sh && xrtpipeline"], ["sh", "xrtpipeline"], "sources a setup file"),
+    (["bash", "-lc", "xrtpipeline"], ["bash", "xrtpipeline"], "login shell"),
+    (["sh", "-c", "$TOOL {path}"], ["sh"], "a variable's value"),
+    (["sh", "-c", "echo 'unclosed"], ["sh"], "cannot split into words"),
 ])
-def test_the_programs_a_tool_command_runs(template, programs):
-    assert external._program_words(template) == programs
+def test_the_programs_a_tool_command_runs(template, programs, unknown):
+    found = external._programs(template)
+    assert found.words + found.scripts == programs
+    assert (unknown in " ".join(found.unknown)) if unknown else found.unknown == []
+
+
+def _tool(bin_dir, text: str):
+    tool = bin_dir / "fit-tool"
+    tool.write_text(f"#!/bin/sh\n{text}\n")
+    tool.chmod(0o755)
+    return tool
 
 
 def test_a_replaced_tool_runs_its_items_again_and_leaves_its_products_stale(catalog, tmp_path, rng, monkeypatch):
@@ -566,22 +594,19 @@ def test_a_replaced_tool_runs_its_items_again_and_leaves_its_products_stale(cata
     catalog.ingest([tmp_path / "raw"])
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    tool = bin_dir / "fit-tool"
-    tool.write_text("#!/bin/sh\necho v1 > out.txt\n")
-    tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1}
     for command in (["fit-tool"], ["sh", "-c", "fit-tool && echo fitted"]):  # named, or in a shell's script
-        tool.write_text("#!/bin/sh\necho v1 > out.txt\n")
+        tool = _tool(bin_dir, "echo v1 > out.txt")
         first = external.run_each(catalog.engine, "exposure", None, command, **options)
         assert first.done == ["1"] and external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
         assert runs.stale_products(catalog.engine) == []
         with catalog.engine.connect() as conn:
             recorded = json.loads(conn.execute(select(Run.params_json).where(Run.id == first.run_id)).scalar_one())
         assert str(tool) in recorded["tools"]  # provenance: which program file made the products
-        tool.write_text("#!/bin/sh\necho version 2 > out.txt\n")  # the upgrade
+        _tool(bin_dir, "echo version 2 > out.txt")  # the upgrade
         stale = runs.stale_products(catalog.engine)
-        assert [row["reason"] for row in stale] == [f"the tool {tool} was replaced since (its size or time changed)"]
+        assert [row["reason"] for row in stale] == [f"the tool {tool} was replaced since (its content changed)"]
         again = external.run_each(catalog.engine, "exposure", None, command, **options)
         assert again.done == ["1"] and (tmp_path / "w" / "1" / "out.txt").read_text() == "version 2\n"
         assert runs.stale_products(catalog.engine) == []
@@ -589,23 +614,90 @@ def test_a_replaced_tool_runs_its_items_again_and_leaves_its_products_stale(cata
     assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [f"the tool {tool} is gone"]
 
 
-def test_an_item_done_before_tools_were_recorded_stays_done(catalog, tmp_path, rng):
-    """Upgrading obsarch must not run every item of a long reduction again:
-    a run recorded without its tools' files is taken as done by them."""
+def test_a_new_version_first_on_path_is_a_change_too(catalog, tmp_path, rng, monkeypatch):
+    """A side-by-side upgrade (a link moved to the new version, or a new
+    directory first on PATH) changes no recorded file: `obsarch run` made
+    the items again, `obsarch stale` said nothing."""
+    import os
+
     _frame(tmp_path / "raw" / "f001.fits", rng, 1)
     catalog.ingest([tmp_path / "raw"])
+    old, new, links = tmp_path / "esorex-3.13", tmp_path / "esorex-3.14", tmp_path / "bin"
+    for directory, version in ((old, "3.13"), (new, "3.14"), (links, None)):
+        directory.mkdir()
+        if version:
+            _tool(directory, f"echo {version} > out.txt")
+    (links / "fit-tool").symlink_to(old / "fit-tool")
+    monkeypatch.setenv("PATH", f"{links}{os.pathsep}{os.environ['PATH']}")
     options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1}
-    first = external.run_each(catalog.engine, "exposure", None, ["cp", "{path}", "out.fits"], **options)
+    assert external.run_each(catalog.engine, "exposure", None, ["fit-tool"], **options).done == ["1"]
+    (links / "fit-tool").unlink()
+    (links / "fit-tool").symlink_to(new / "fit-tool")
+    assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [
+        f"its command now runs {new / 'fit-tool'}, not what it ran then"]
+    assert external.run_each(catalog.engine, "exposure", None, ["fit-tool"], **options).done == ["1"]
+    assert runs.stale_products(catalog.engine) == []
+
+
+def test_a_builtin_or_a_tool_named_by_tool_is_what_is_tracked(catalog, tmp_path, rng, monkeypatch):
+    """A shell's echo is no program file (a coreutils update ran every item
+    again); a pipeline's plugins (EsoRex recipes, $SAS_DIR) are files no
+    command names: --tool names them. What obsarch cannot tell is said."""
+    import os
+
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    bin_dir, plugins = tmp_path / "bin", tmp_path / "plugins"
+    bin_dir.mkdir()
+    plugins.mkdir()
+    _tool(bin_dir, "echo v1 > out.txt")
+    (bin_dir / "echo").write_bytes(Path("/bin/echo").read_bytes() if Path("/bin/echo").exists() else b"#!/bin/sh\n")
+    (bin_dir / "echo").chmod(0o755)
+    (plugins / "muse_bias.so").write_bytes(b"v1")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    command = ["sh", "-c", "echo start; fit-tool"]
+    options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1, "tools": [str(plugins)]}
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).done == ["1"]
+    os.utime(bin_dir / "echo", ns=(1, 1))  # dash's echo never runs this file
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
+    (plugins / "muse_bias.so").write_bytes(b"v2")  # the pipeline kit upgraded; the command's programs are as they were
+    assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [f"the tool {plugins} was replaced since (its content changed)"]
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).done == ["1"]
+    with pytest.raises(UsageError, match="--tool /no/such: no such file or directory"):
+        external.run_each(catalog.engine, "exposure", None, command, workdir=options["workdir"], tools=["/no/such"])
+    sourced = external.run_each(catalog.engine, "exposure", None, ["sh", "-c", ". ./setup.sh; fit-tool"], **options)
+    assert any("an upgrade of some of this command's programs goes unseen" in note and "--tool" in note for note in sourced.notes)
+
+
+def test_an_item_done_before_tools_were_recorded_stays_done_until_a_run_records_them(catalog, tmp_path, rng, monkeypatch):
+    """Upgrading obsarch must not run every item of a long reduction again:
+    a run recorded without its tools' files is taken as done by them, until
+    a run of the item records them (then that one decides)."""
+    import os
+
+    _frame(tmp_path / "raw" / "f001.fits", rng, 1)
+    catalog.ingest([tmp_path / "raw"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "echo v1 > $1")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    command = ["fit-tool", str(tmp_path / "results-{id}.txt")]  # written outside the working directory: no product
+    options = {"workdir": str(tmp_path / "w" / "{item}"), "workers": 1}
+    first = external.run_each(catalog.engine, "exposure", None, command, **options)
     assert first.done == ["1"]
-    step = external.ExternalStep("exposure", None, ["cp", "{path}", "out.fits"], options["workdir"], None)
+    step = external.ExternalStep("exposure", None, command, options["workdir"], None)
     (item,) = step.items(catalog.engine)
-    earlier = {key: value for key, value in step.params().items() if key != "tools"}
+    earlier = {key: value for key, value in step.params().items() if key not in ("tools", "template")}
     legacy = runs.fingerprint(step.name, {**earlier, **item.params}, step.algorithm, [i.content for i in item.inputs])
     with catalog.engine.begin() as conn:  # as an older obsarch recorded it
         conn.execute(Run.__table__.update().where(Run.parent_id == first.run_id)
                      .values(fingerprint=legacy, params_json=json.dumps({"each": "exposure", **item.params})))
-    assert external.run_each(catalog.engine, "exposure", None, ["cp", "{path}", "out.fits"], **options).skipped == ["1"]
-    assert runs.stale_products(catalog.engine) == []
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
+    _tool(bin_dir, "echo v2 > $1")
+    assert external.run_each(catalog.engine, "exposure", None, command, force=True, **options).done == ["1"]
+    _tool(bin_dir, "echo v3 > $1")  # the legacy run no longer decides: the forced one recorded its tool
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).done == ["1"]
+    assert Path(item.params["command"][1]).read_text() == "v3\n"
 
 
 def test_a_tool_that_links_its_input_in_leaves_the_raw_frame_as_it_is(catalog, tmp_path, rng):
