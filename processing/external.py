@@ -126,7 +126,7 @@ RUNNERS: dict[str, tuple[frozenset[str], int]] = {
     "nice": (frozenset({"-n", "--adjustment"}), 0),
     "nohup": (frozenset(), 0),
     "timeout": (frozenset({"-s", "--signal", "-k", "--kill-after"}), 1),
-    "time": (frozenset({"-f", "--format", "-o", "--output"}), 0),
+    "time": (frozenset({"-f", "--format", "-o", "--output"}), 0),  # bash's keyword too: its -p is an option either way
     "stdbuf": (frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}), 0),
     "ionice": (frozenset({"-c", "--class", "-n", "--classdata", "-p", "--pid", "-P", "--pgid", "-u", "--uid"}), 0),
     "taskset": (frozenset(), 1),
@@ -142,9 +142,12 @@ RUNNERS: dict[str, tuple[frozenset[str], int]] = {
 ELSEWHERE = frozenset({"docker", "podman", "singularity", "apptainer", "ssh", "srun", "kubectl"})
 # interpreters whose first argument is the program (a script file)
 _INTERPRETER = re.compile(r"^(python[0-9.]*|perl|Rscript|ruby|julia|tclsh|wish|node|sh|bash|dash|zsh|ksh)$")
+# their options that take a value (python -X dev, perl -I lib), and those giving the code itself (no script file)
+_INTERPRETER_VALUED = frozenset({"-X", "-W", "-I", "-M", "-r", "-o", "-O", "--require", "--project", "--load"})
+_INTERPRETER_INLINE = frozenset({"-c", "-e", "-E", "-m", "--eval", "-ec", "-lc", "-xc", "-ce"})
 # words of a shell script after which a command comes, and that are none
 _SHELL_WORDS = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "in", "esac", "!", "{", "}",
-                          "function", "time"})
+                          "function"})
 # shell words after which no command comes until the next separator (a loop's variable and list)
 _NO_COMMAND_AFTER = frozenset({"for", "select", "case"})
 # commands a shell runs itself: no program file of theirs is run, whatever PATH holds
@@ -190,6 +193,8 @@ class Programs:
                     if option.startswith("-") and len(option) > 1:
                         place += 2 if option in valued else 1
                     elif name == "env" and "=" in option:
+                        if option.startswith("PATH="):
+                            self.unknown.append("env sets PATH: the programs it runs are found there")
                         place += 1
                     else:
                         break
@@ -197,10 +202,12 @@ class Programs:
                 continue
             if _INTERPRETER.match(name):
                 place += 1
+                shell = name in SHELLS
                 while place < len(words) and words[place].startswith("-"):
-                    if words[place] in ("-c", "-e", "-m", "-E", "-lc", "-ec") or words[place].endswith("c"):
+                    option = words[place]
+                    if option in _INTERPRETER_INLINE or (shell and not option.startswith("--") and "c" in option[1:]):
                         return len(words)  # code given inline (a shell's -c is read as a script elsewhere)
-                    place += 1
+                    place += 2 if option in _INTERPRETER_VALUED and not shell else 1
                 if place < len(words):
                     self.scripts.append(words[place])  # the script it runs
                 return len(words)
@@ -287,21 +294,22 @@ def _line_programs(words: list[str], found: Programs) -> None:
         place += 1
 
 
-def tool_files(template: list[str], extra: list[str] = ()) -> tuple[dict[str, str], list[str]]:
+def tool_files(template: list[str], extra: list[str] = (), search: str | None = None) -> tuple[dict[str, str], list[str]]:
     """The program files ``template`` runs (:func:`_programs`), found as the
     tool will find them (on PATH, or by an absolute path), and the files
     and directories in ``extra`` (``obsarch run --tool``), each with what
     changes when it is replaced (:func:`tool_state`): ``real path -> state``;
     and why that may not be all of them. An upgraded tool (a new SAS,
     HEASoft or EsoRex) then has another fingerprint: its items run again,
-    and its products are stale."""
+    and its products are stale. ``search``: the PATH to look on (this
+    process's by default)."""
     programs = _programs(template)
     found, unknown = {}, list(programs.unknown)
     for word in programs.words + programs.scripts:
         if not word.startswith("/") and ("/" in word or word in programs.scripts):
             unknown.append(f"{word} is found from each item's working directory")
             continue
-        path = shutil.which(word) if word in programs.words and "/" not in word else (word if os.path.isfile(word) else None)
+        path = shutil.which(word, path=search) if word in programs.words and "/" not in word else (word if os.path.isfile(word) else None)
         if path is None:
             continue  # a missing tool: its items fail and say so
         real = os.path.realpath(path)
@@ -312,14 +320,19 @@ def tool_files(template: list[str], extra: list[str] = ()) -> tuple[dict[str, st
     return found, list(dict.fromkeys(unknown))
 
 
-_HASHED: dict[tuple, str] = {}  # (path, size, mtime_ns) -> content hash, within a process
+_HASHED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> content hash, within a process
+# what a tool writes under its own directory as it runs: no change of the tool
+_RUN_TIME = ("__pycache__", ".pyc", ".pyo", ".log", ".lock", ".pid")
 
 
 def tool_state(path: str) -> str:
     """What tells a program file's versions apart: a hash of its content,
-    so that the same program installed on two hosts is the same; for a
-    directory (``--tool $SAS_DIR``), a hash of the names, sizes and times of
-    the files under it. "gone" when it is no longer there."""
+    so that the same program installed on two hosts is the same. For a
+    directory (``--tool $SAS_DIR``), a hash of the names and sizes of the
+    files under it, byte caches and logs left out (a Python tool writes
+    ``__pycache__`` into its own directory as it first runs): an upgrade
+    adds, removes or resizes files; times differ from host to host. "gone"
+    when it is no longer there."""
     import hashlib
 
     try:
@@ -329,16 +342,17 @@ def tool_state(path: str) -> str:
     if os.path.isdir(path):
         listing = hashlib.sha256()
         for folder, folders, names in os.walk(path):
-            folders.sort()
+            folders[:] = sorted(f for f in folders if not f.endswith(_RUN_TIME))
             for name in sorted(names):
+                if name.endswith(_RUN_TIME):
+                    continue
                 try:
-                    entry = os.stat(os.path.join(folder, name))
+                    size = os.stat(os.path.join(folder, name)).st_size
                 except OSError:
                     continue
-                listing.update(f"{os.path.relpath(os.path.join(folder, name), path)}\0{entry.st_size}\0"
-                               f"{entry.st_mtime_ns}\n".encode())
+                listing.update(f"{os.path.relpath(os.path.join(folder, name), path)}\0{size}\n".encode())
         return f"tree:{listing.hexdigest()[:20]}"
-    key = (path, status.st_size, status.st_mtime_ns)
+    key = (path, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     if key not in _HASHED:
         content = hashlib.sha256()
         try:
@@ -468,6 +482,9 @@ class ExternalStep(Step):
 
     algorithm, item_runs = ALGORITHM, True
     work = staticmethod(run_command)
+    # the PATH the programs were found on: recorded, so that `obsarch stale` looks them up where the run did,
+    # but no part of an item's identity (a shell with another PATH finding the same files is the same run)
+    execution = {"search_path": ""}
 
     def __init__(self, each: str, selection, command: list[str], workdir: str, timeout: float | None,
                  metrics_from: str | None = None, tools: list[str] = ()):
@@ -490,7 +507,7 @@ class ExternalStep(Step):
         if self._tools is None:  # looked up once per command: every item's run records the same
             self._tools, self._unknown = tool_files(self.command, self.extra_tools)
         return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}), "tools": self._tools,
-                "template": self.command}
+                "template": self.command, "search_path": os.environ.get("PATH", os.defpath)}
 
     def notes(self) -> list[str]:
         self.params()
@@ -510,7 +527,7 @@ class ExternalStep(Step):
         from archive.db import transaction
 
         current = super().up_to_date(engine, items, prints)
-        earlier = {key: value for key, value in self.params().items() if key not in ("tools", "template")}
+        earlier = {key: value for key, value in self.params().items() if key not in ("tools", "template", "search_path")}
         legacy = {item.key: fingerprint(self.name, {**earlier, **item.params}, self.algorithm, [i.content for i in item.inputs])
                   for item in items if item.key in prints and item.key not in current}
         if not legacy:

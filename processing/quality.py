@@ -199,10 +199,12 @@ def _type_top(header: dict) -> float | None:
 
 
 # At least this many pixels at the very top of integer data, and more than
-# twice as many as in the 1% of its range just below, make a clip: a 12-bit
-# camera's 4095 in 16-bit data (166 pixels of the real MicroObservatory frame
-# HATP-32171220013343, 2 in 4054-4094), or 65520 where one shifts its 12 bits
-# left. A star's peak is one pixel; a noise tail thins out toward its top.
+# twice as many as at each value of the 1% of its range just below (on
+# average), make a clip: a 12-bit camera's 4095 in 16-bit data (166 pixels
+# of the real MicroObservatory frame HATP-32171220013343, 2 in 4054-4094),
+# an overexposed flat whose sky runs up to it, or 65520 where a camera
+# shifts its 12 bits left. A star's peak is one pixel; a noise tail thins
+# out toward its top.
 PILEUP_MIN = 5
 
 
@@ -220,7 +222,7 @@ def piled_level(bands, top: float) -> float | None:
         return None
     window = max(1.0, 0.01 * abs(high))
     below = sum(int(np.count_nonzero((band >= high - window) & (band < high))) for band in bands())
-    return high if at > 2 * below else None
+    return high if at > 2 * below / window else None  # per value of the window: an overexposed flat's sky runs up to it
 
 
 def raw_saturation_level(hdul, index: int, rows: int | None = None) -> float | None:

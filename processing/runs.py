@@ -584,12 +584,16 @@ def _tool_changed(params_json: str | None, now: dict) -> str | None:
     for path, state in sorted(recorded.items()):
         current = now.setdefault(path, tool_state(path))
         if current != state:
-            return f"the tool {path} {'is gone' if current == 'gone' else 'was replaced since (its content changed)'}"
+            what = "is gone" if current == "gone" else ("changed since (a file in it added, removed or resized)"
+                                                          if current.startswith("tree:") else "was replaced since (its content changed)")
+            return f"the tool {path} {what}"
     command = params.get("template")  # as given, placeholders and all: a placeholder names no fixed program
     if command:
         key = json.dumps(command)
+        search = params.get("search_path")
+        key += f"\0{search}"
         if key not in now:
-            now[key] = tool_files(command)[0]
+            now[key] = tool_files(command, search=search)[0]  # where the run looked
         moved = sorted(set(now[key]) - set(recorded))
         if moved:
             return f"its command now runs {moved[0]}, not what it ran then"

@@ -198,6 +198,8 @@ def _fit_prf(cutout: np.ndarray, good: np.ndarray, grid: np.ndarray, x0: float, 
 
     inv_sqrt_2pi = 1.0 / np.sqrt(2.0 * np.pi)
     values = cutout[good]
+    if not values.max() > 0:
+        return np.nan  # no light to fit: the start would come back as a width
 
     def profile(centre, sigma):
         upper, lower = (grid + 0.5 - centre) / sigma, (grid - 0.5 - centre) / sigma

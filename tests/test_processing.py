@@ -566,6 +566,11 @@ def _frame(path, rng, number, **cards):
     (["sh", "-c", "for file in *.fits; do mytool $file; done"], ["sh", "mytool"], ""),  # not /usr/bin/file
     (["sh", "-c", "xspec <<EOF\ndata x.pha\nfit\nEOF\nmytool"], ["sh", "xspec", "mytool"], ""),  # not data, fit
     (["python3", "-u", "/opt/pipe/reduce.py", "{path}"], ["python3", "/opt/pipe/reduce.py"], ""),
+    # found by the second review
+    (["python3", "-X", "dev", "/opt/pipe/reduce.py"], ["python3", "/opt/pipe/reduce.py"], ""),
+    (["perl", "-I", "lib", "/opt/pipe/run.pl"], ["perl", "/opt/pipe/run.pl"], ""),
+    (["sh", "-c", "time -p mytool"], ["sh", "time", "mytool"], ""),
+    (["env", "-i", "PATH=/x", "ls"], ["env", "ls"], "env sets PATH"),
     # what cannot be told is said
     (["sh", "-c", ". headas-init.sh && xrtpipeline"], ["sh", "xrtpipeline"], "sources a setup file"),
     (["bash", "-lc", "xrtpipeline"], ["bash", "xrtpipeline"], "login shell"),
@@ -637,6 +642,9 @@ def test_a_new_version_first_on_path_is_a_change_too(catalog, tmp_path, rng, mon
         f"its command now runs {new / 'fit-tool'}, not what it ran then"]
     assert external.run_each(catalog.engine, "exposure", None, ["fit-tool"], **options).done == ["1"]
     assert runs.stale_products(catalog.engine) == []
+    # stale looks the command up on the PATH its run had, not on this shell's (a conda env not activated here)
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    assert runs.stale_products(catalog.engine) == []
 
 
 def test_a_builtin_or_a_tool_named_by_tool_is_what_is_tracked(catalog, tmp_path, rng, monkeypatch):
@@ -660,8 +668,12 @@ def test_a_builtin_or_a_tool_named_by_tool_is_what_is_tracked(catalog, tmp_path,
     assert external.run_each(catalog.engine, "exposure", None, command, **options).done == ["1"]
     os.utime(bin_dir / "echo", ns=(1, 1))  # dash's echo never runs this file
     assert external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
-    (plugins / "muse_bias.so").write_bytes(b"v2")  # the pipeline kit upgraded; the command's programs are as they were
-    assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [f"the tool {plugins} was replaced since (its content changed)"]
+    (plugins / "__pycache__").mkdir()  # what a tool writes into its own directory as it runs is no change of it
+    (plugins / "__pycache__" / "muse.cpython-311.pyc").write_bytes(b"cache")
+    assert external.run_each(catalog.engine, "exposure", None, command, **options).skipped == ["1"]
+    (plugins / "muse_bias.so").write_bytes(b"v2 of the kit")  # the pipeline kit upgraded; the command's programs are as they were
+    assert [row["reason"] for row in runs.stale_products(catalog.engine)] == [
+        f"the tool {plugins} changed since (a file in it added, removed or resized)"]
     assert external.run_each(catalog.engine, "exposure", None, command, **options).done == ["1"]
     with pytest.raises(UsageError, match="--tool /no/such: no such file or directory"):
         external.run_each(catalog.engine, "exposure", None, command, workdir=options["workdir"], tools=["/no/such"])
@@ -687,7 +699,7 @@ def test_an_item_done_before_tools_were_recorded_stays_done_until_a_run_records_
     assert first.done == ["1"]
     step = external.ExternalStep("exposure", None, command, options["workdir"], None)
     (item,) = step.items(catalog.engine)
-    earlier = {key: value for key, value in step.params().items() if key not in ("tools", "template")}
+    earlier = {key: value for key, value in step.params().items() if key not in ("tools", "template", "search_path")}
     legacy = runs.fingerprint(step.name, {**earlier, **item.params}, step.algorithm, [i.content for i in item.inputs])
     with catalog.engine.begin() as conn:  # as an older obsarch recorded it
         conn.execute(Run.__table__.update().where(Run.parent_id == first.run_id)

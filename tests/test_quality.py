@@ -659,9 +659,10 @@ def test_real_12_bit_frames_saturate_at_4095(real_data, name):
     (4095, 0, 4095.0),  # a 12-bit camera in 16-bit integers
     (4095, 4, 65520.0),  # one that shifts its 12 bits left
     (None, 0, 65535.0),  # nothing clipped: the data type's top
+    (4095, 0, 4095.0),  # an overexposed flat, its sky running up to the clip (found by a review: it was 32767)
 ])
 def test_integer_data_piled_up_below_its_type_top_is_saturated_there(rng, top, shift, expected):
-    sky = rng.normal(300, 8, (200, 200))
+    sky = rng.normal(300, 8, (200, 200)) if expected != 4095.0 or shift else rng.normal(4000, 60, (200, 200))
     sky[50:54, 60:64] += 9000  # a bright star's core
     values = np.round(sky).clip(0, top if top is not None else 65535) * 2 ** shift
     header = {"__BITPIX__": 16, "BZERO": 32768}

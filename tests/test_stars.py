@@ -168,6 +168,7 @@ def test_a_star_too_near_the_edge_to_fit_gives_nan():
     data = np.zeros((50, 50))
     data[1:4, 1:4] = 100.0
     assert np.isnan(gaussian_fwhm(data, np.array([[2.0, 2.0]]), 9)).all()
+    assert np.isnan(gaussian_fwhm(data, np.array([[25.0, 25.0]]), 9)).all()  # no light: the start came back as a width
 
 
 def test_stars_come_brightest_first_with_their_sky_and_saturation(rng):
