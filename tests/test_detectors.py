@@ -453,6 +453,17 @@ def test_stack_combines_like_detectors(muse):
             assert coverage.max() == 2 and coverage.min() == 1  # the shifted frame leaves a border
     row = catalog.query("product == 'stack'", columns="n_detectors,detector_shape")
     assert list(row.iloc[0]) == [4, "16x16"]
+    # clipped, the 4 detectors' borders (1 frame) are counted together where the clip could not act
+    clipped = stacking.stack(catalog.engine, "readout_mode == 'SCI1.0' and frame_type == 'science' and xbin == 1",
+                             method="sigclip", sigma=0.9, out_dir=tmp / "clipped", workers=1)
+    with fits.open(next((tmp / "clipped").glob("*.fits"))) as hdul:
+        assert hdul[0].header["CLIPMINN"] == 2
+        fewer = sum(int((hdul[f"COVERAGE_{name}"].data == 1).sum()) for name in CHANNELS)
+        covered = sum(int((hdul[f"COVERAGE_{name}"].data > 0).sum()) for name in CHANNELS)
+    assert [note for note in clipped.notes if "can leave a value out" in note] == [
+        f"the clip at 0.9 sigma can leave a value out only where 2 or more frames overlap: {fewer:,} of the stack's "
+        f"{covered:,} covered pixels ({100 * fewer / covered:.1f}%) have fewer, and are their plain mean (its COVERAGE map "
+        "shows where; header CLIPMINN)"]
 
 
 def test_offsets_say_that_exposures_of_several_detectors_are_registered_on_their_first(muse):
