@@ -177,7 +177,7 @@ class Programs:
             name = Path(word).name
             if name in ELSEWHERE:
                 self.words.append(word)
-                return len(words)  # the rest runs in a container or on another host
+                return place + 1  # its words run in a container or on another host: no command until a separator
             if "$" in word or "`" in word:
                 self.unknown.append(f"the program {word!r} is a variable's value")
                 return place + 1
@@ -206,11 +206,11 @@ class Programs:
                 while place < len(words) and words[place].startswith("-"):
                     option = words[place]
                     if option in _INTERPRETER_INLINE or (shell and not option.startswith("--") and "c" in option[1:]):
-                        return len(words)  # code given inline (a shell's -c is read as a script elsewhere)
+                        return place + 2  # code given inline (a shell's -c is read as a script elsewhere)
                     place += 2 if option in _INTERPRETER_VALUED and not shell else 1
                 if place < len(words):
                     self.scripts.append(words[place])  # the script it runs
-                return len(words)
+                return place + 1
             return place + 1
         return place
 

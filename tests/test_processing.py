@@ -571,6 +571,8 @@ def _frame(path, rng, number, **cards):
     (["perl", "-I", "lib", "/opt/pipe/run.pl"], ["perl", "/opt/pipe/run.pl"], ""),
     (["sh", "-c", "time -p mytool"], ["sh", "time", "mytool"], ""),
     (["env", "-i", "PATH=/x", "ls"], ["env", "ls"], "env sets PATH"),
+    (["sh", "-c", "python3 /opt/a.py {path}; python3 -c 'print(1)' && docker run img x; mytool"],
+     ["sh", "python3", "python3", "docker", "mytool", "/opt/a.py"], ""),  # each command of a line, past an interpreter's
     # what cannot be told is said
     (["sh", "-c", ". headas-init.sh && xrtpipeline"], ["sh", "xrtpipeline"], "sources a setup file"),
     (["bash", "-lc", "xrtpipeline"], ["bash", "xrtpipeline"], "login shell"),
