@@ -309,8 +309,8 @@ def tool_files(template: list[str], extra: list[str] = (), search: str | None = 
         if not word.startswith("/") and ("/" in word or word in programs.scripts):
             unknown.append(f"{word} is found from each item's working directory")
             continue
-        path = shutil.which(word, path=search) if word in programs.words and "/" not in word else (word if os.path.isfile(word) else None)
-        if path is None:
+        path = word if word.startswith("/") else shutil.which(word, path=search)
+        if path is None or not os.path.isfile(path):
             continue  # a missing tool: its items fail and say so
         real = os.path.realpath(path)
         found[real] = tool_state(real)
@@ -476,6 +476,10 @@ def _end_group(process: subprocess.Popen) -> None:
         pass
 
 
+# what a step's parameters hold since runs record their tools: a run without them is a legacy one
+_TOOL_PARAMS = ("tools", "template", "search_path")
+
+
 class ExternalStep(Step):
     """A command run once per item in its working directory; its log is kept
     with the item's run, the files it wrote become products."""
@@ -496,24 +500,28 @@ class ExternalStep(Step):
         self.each, self.selection, self.command, self.workdir = each, selection, command, workdir
         self.timeout = timeout or None
         self.metrics_from = metrics_from
-        self._tools: dict[str, str] | None = None
-        self._unknown: list[str] = []
+        self._found: tuple[dict[str, str], list[str]] | None = None
         self.extra_tools = list(tools)
         for path in self.extra_tools:
             if not os.path.exists(os.path.expanduser(path)):
                 raise UsageError(f"--tool {path}: no such file or directory")
 
+    def _looked_up(self) -> tuple[dict[str, str], list[str]]:
+        """The command's program files and what is unknown of them, looked up
+        once per command: every item's run records the same."""
+        if self._found is None:
+            self._found = tool_files(self.command, self.extra_tools)
+        return self._found
+
     def params(self) -> dict:
-        if self._tools is None:  # looked up once per command: every item's run records the same
-            self._tools, self._unknown = tool_files(self.command, self.extra_tools)
-        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}), "tools": self._tools,
-                "template": self.command, "search_path": os.environ.get("PATH", os.defpath)}
+        return {"each": self.each, **({"metrics_from": self.metrics_from} if self.metrics_from else {}),
+                "tools": self._looked_up()[0], "template": self.command, "search_path": os.environ.get("PATH", os.defpath)}
 
     def notes(self) -> list[str]:
-        self.params()
-        if not self._unknown:
+        unknown = self._looked_up()[1]
+        if not unknown:
             return super().notes()
-        return [*super().notes(), f"an upgrade of some of this command's programs goes unseen ({'; '.join(self._unknown)}): "
+        return [*super().notes(), f"an upgrade of some of this command's programs goes unseen ({'; '.join(unknown)}): "
                 "name their files or directories with --tool"]
 
     def up_to_date(self, engine, items, prints: dict[str, str]) -> set[str]:
@@ -527,7 +535,7 @@ class ExternalStep(Step):
         from archive.db import transaction
 
         current = super().up_to_date(engine, items, prints)
-        earlier = {key: value for key, value in self.params().items() if key not in ("tools", "template", "search_path")}
+        earlier = {key: value for key, value in self.params().items() if key not in _TOOL_PARAMS}
         legacy = {item.key: fingerprint(self.name, {**earlier, **item.params}, self.algorithm, [i.content for i in item.inputs])
                   for item in items if item.key in prints and item.key not in current}
         if not legacy:

@@ -186,7 +186,7 @@ def saturation_level(header: dict, configured: float | None = None, data: np.nda
             return float(value)
     top = _type_top(header)
     if top is not None and data is not None:
-        return piled_level(lambda: [np.asarray(data)], top) or top
+        return piled_level(np.asarray(data), top) or top
     return top
 
 
@@ -208,21 +208,28 @@ def _type_top(header: dict) -> float | None:
 PILEUP_MIN = 5
 
 
-def piled_level(bands, top: float) -> float | None:
-    """The level integer data is clipped at below its data type's ``top``,
-    or None: a 12-bit camera's frames written as 16-bit integers saturate at
-    4095, far below 65535, and stars clipped there were measured as
-    unsaturated (their FWHM too wide). ``bands``: a function giving the
-    data's rows in arrays, called again for each pass."""
-    high = max((float(np.nanmax(band)) for band in bands() if band.size and not np.isnan(band).all()), default=None)
-    if high is None or high >= top:
+def piled_level(values: np.ndarray, top: float) -> float | None:
+    """The level integer data (``values``, NaN allowed) is clipped at below
+    its data type's ``top``, or None: a 12-bit camera's frames written as
+    16-bit integers saturate at 4095, far below 65535, and stars clipped
+    there were measured as unsaturated (their FWHM too wide)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: no level
+        high = float(np.nanmax(values)) if values.size else math.nan
+    if not high < top:  # NaN too
         return None
-    at = sum(int(np.count_nonzero(band == high)) for band in bands())
+    at = int(np.count_nonzero(values == high))
     if at < PILEUP_MIN:
         return None
     window = max(1.0, 0.01 * abs(high))
-    below = sum(int(np.count_nonzero((band >= high - window) & (band < high))) for band in bands())
+    below = int(np.count_nonzero((values >= high - window) & (values < high)))
     return high if at > 2 * below / window else None  # per value of the window: an overexposed flat's sky runs up to it
+
+
+# The highest values of each band that the clip search of a calibrated
+# detector keeps: a clip has more pixels at its top than near it, so the top
+# few thousand decide it.
+_TOP_KEPT = 4096
 
 
 def raw_saturation_level(hdul, index: int, rows: int | None = None) -> float | None:
@@ -241,12 +248,7 @@ def raw_saturation_level(hdul, index: int, rows: int | None = None) -> float | N
         band = np.asarray(hdu.section[start : start + step], dtype=np.float64).ravel()
         band = band[np.isfinite(band)]
         tops.append(band if band.size <= _TOP_KEPT else np.partition(band, -_TOP_KEPT)[-_TOP_KEPT:])
-    return piled_level(lambda: tops, level) or level
-
-
-# The highest values of each band that the clip search keeps: a clip has
-# more pixels at its top than near it, so the top few thousand decide it.
-_TOP_KEPT = 4096
+    return piled_level(np.concatenate(tops), level) or level
 
 
 def pixel_scale(header: dict) -> float | None:

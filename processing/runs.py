@@ -582,16 +582,17 @@ def _tool_changed(params_json: str | None, now: dict) -> str | None:
     params = json.loads(params_json)
     recorded = params.get("tools") or {}
     for path, state in sorted(recorded.items()):
-        current = now.setdefault(path, tool_state(path))
+        if path not in now:  # once per stale listing: a --tool directory is walked, a program hashed
+            now[path] = tool_state(path)
+        current = now[path]
         if current != state:
             what = "is gone" if current == "gone" else ("changed since (a file in it added, removed or resized)"
                                                           if current.startswith("tree:") else "was replaced since (its content changed)")
             return f"the tool {path} {what}"
     command = params.get("template")  # as given, placeholders and all: a placeholder names no fixed program
     if command:
-        key = json.dumps(command)
         search = params.get("search_path")
-        key += f"\0{search}"
+        key = (json.dumps(command), search)
         if key not in now:
             now[key] = tool_files(command, search=search)[0]  # where the run looked
         moved = sorted(set(now[key]) - set(recorded))
