@@ -53,6 +53,17 @@ NUMERIC = "value_num IS NOT NULL"
 SHORT_TEXT = f"value_num IS NULL AND length(value_text) <= {TEXT_INDEX_LIMIT}"
 LONG_TEXT = f"value_num IS NULL AND length(value_text) > {TEXT_INDEX_LIMIT}"
 
+# A card's keyword and text, ordered by their bytes on PostgreSQL too (as
+# SQLite orders all text): a selection's text range or sort is collated "C"
+# (query.byte_order), and an index serves only the collation it was built
+# with, so ``hdr['OBSERVER'] >= 'kim'`` filtered every OBSERVER card of the
+# catalog (migration 0023). Equality is the same in every deterministic
+# collation, and ``like`` folds a card's case alike: cards are ASCII (the
+# reader replaces other bytes), which "C" folds as every collation does.
+BYTE_ORDER = "C"
+KEYWORD_TYPE = String(80).with_variant(String(80, collation=BYTE_ORDER), "postgresql")
+CARD_TEXT_TYPE = Text().with_variant(Text(collation=BYTE_ORDER), "postgresql")
+
 
 def postgresql_options() -> None:
     """Give the card indexes their PostgreSQL predicates (the same as
@@ -255,8 +266,8 @@ class HeaderCard(Base):
     file_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hdu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    keyword: Mapped[str] = mapped_column(String(80))
-    value_text: Mapped[str | None] = mapped_column(Text)
+    keyword: Mapped[str] = mapped_column(KEYWORD_TYPE)
+    value_text: Mapped[str | None] = mapped_column(CARD_TEXT_TYPE)
     value_num: Mapped[float | None] = mapped_column(Float)
     vtype: Mapped[str] = mapped_column(String(1))
     comment: Mapped[str | None] = mapped_column(Text)

@@ -40,7 +40,7 @@ from sqlalchemy import Engine, inspect, text
 from archive.db import is_sqlite, serialize, transaction
 from archive.exceptions import DatabaseError, NotFoundError, ObsarchError
 from archive.headers import normalize_keyword
-from archive.models import LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT
+from archive.models import BYTE_ORDER, LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT
 
 # each promoted keyword gets an index (value, id) and one (partner, value, id)
 # per partner: the indexed text columns of exposures a selection pairs it with
@@ -319,8 +319,8 @@ def _fill(conn, keyword: str, column: str, kind: str, scope: str, params: dict) 
 
 
 def _sql_type(conn, kind: str) -> str:
-    if kind == "text":
-        return "TEXT"
+    if kind == "text":  # ordered as the cards it holds (models.CARD_TEXT_TYPE): a selection's ranges use its indexes
+        return "TEXT" if is_sqlite(conn) else f'TEXT COLLATE "{BYTE_ORDER}"'
     return "REAL" if is_sqlite(conn) else "DOUBLE PRECISION"
 
 

@@ -385,6 +385,7 @@ SELECTIONS = (
     "hdr['OBSERVER'] == 'kim' and band == 'V'",  # text, selective
     "hdr['OBSERVER'] == 'eve' and night == '2017-08-03'",  # text, unselective keyword
     "hdr['OBSERVER'] == 'eve' and band == 'V'",  # text, both unselective
+    "hdr['OBSERVER'] >= 'kim' and band == 'V'",  # text range (in byte order), selective
     "hdr['KEY007'] between 500 and 500.5",  # one keyword
 )
 

@@ -4,4 +4,4 @@
 without loading alembic (tests/test_migrations.py checks that it matches).
 """
 
-HEAD = "0022"
+HEAD = "0023"

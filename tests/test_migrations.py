@@ -216,3 +216,46 @@ def test_a_catalog_made_from_the_recorded_migrations_is_the_one_they_make(tmp_pa
     assert "INSERT" in dumps[0] or "COPY SCHEMA.alembic_version" in dumps[0]
     assert dumps[1] == dumps[0]
     assert members == [True, True]
+
+
+def test_0023_orders_card_text_and_promoted_text_by_bytes_in_their_indexes(url, backend, tmp_path, rng):
+    """On PostgreSQL 0023 collates the cards' keyword and text, and a
+    promoted text column, "C" (the byte order a selection compares text in),
+    and downgrade gives them the database's collation back; SQLite orders
+    all text by its bytes already. Answers are the same before and after."""
+    from alembic import command
+    from factories import obsarch, write_frame
+
+    from archive import promoted
+
+    for name, observer in (("a", "ann"), ("b", "kim"), ("c", "Zed"), ("d", "_x")):
+        write_frame(tmp_path / "frames" / f"{name}.fits", rng, {"OBSERVER": observer})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "frames"))
+    engine = db.make_engine(url)
+    promoted.promote(engine, "OBSERVER")
+
+    def collations():
+        if backend == "sqlite":
+            return None
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND column_name IN ('keyword', 'value_text', 'kw_observer') "
+                "AND table_name IN ('header_cards', 'exposures') ORDER BY 1, 2")).all()
+
+    def answers():
+        rows = obsarch(url, "query", "hdr['OBSERVER'] > 'Z'", "--columns", "hdr['OBSERVER']", "--sort", "hdr['OBSERVER']",
+                       "--format", "csv").stdout
+        return rows.split()[1:]
+
+    byte_ordered = None if backend == "sqlite" else [
+        ("exposures", "kw_observer", "C"), ("header_cards", "keyword", "C"), ("header_cards", "value_text", "C")]
+    assert collations() == byte_ordered
+    assert answers() == ["Zed", "_x", "ann", "kim"]  # bytes: upper case, then _, then lower case
+    command.downgrade(db.alembic_config(engine), "0022")
+    assert collations() == (None if backend == "sqlite" else [(table, column, None) for table, column, _ in byte_ordered])
+    db.upgrade(engine)
+    assert collations() == byte_ordered
+    assert answers() == ["Zed", "_x", "ann", "kim"]
+    engine.dispose()

@@ -11,6 +11,8 @@ under the same keyword, long text, logicals.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -200,3 +202,24 @@ def test_postgresql_merges_two_id_ordered_ranges_in_one_process(shapes):
     seen.clear()
     shapes.exposure_ids("hdr['OBSERVER'] > 'e' and band == 'V'")
     assert not any("max_parallel_workers_per_gather" in s for s in seen)
+
+
+def test_a_text_range_on_a_keyword_is_an_index_range(shapes):
+    """``hdr['OBSERVER'] > 'e'`` compares bytes on both backends; on
+    PostgreSQL the card index was built in the database's collation, which a
+    range collated "C" cannot use: every OBSERVER card was read and
+    filtered (migration 0023 collates the card columns "C")."""
+    selection = "hdr['OBSERVER'] between 'e' and 'kim'"
+    with shapes.engine.connect() as conn:
+        sql = str(query.ids_statement(selection, shapes.dialect, conn).compile(conn, compile_kwargs={"literal_binds": True}))
+        if shapes.dialect == "sqlite":
+            plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "ix_header_cards_text (keyword=? AND value_text>? AND value_text<?)" in plan, plan
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a table this small would be read whole
+            plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql))
+            assert re.search(r"Index Cond: \(\(keyword = 'OBSERVER'::text\) AND \(value_text >= 'e'::text\) AND \(value_text <= 'kim'::text\)\)",
+                             plan), plan
+    files = _by_file(shapes)
+    expected = sorted(i for i, f in files.items() if any(isinstance(v, str) and "e" <= v <= "kim" for v in _observers(f)))
+    assert expected and shapes.exposure_ids(selection) == expected
