@@ -590,6 +590,40 @@ def reader_role(database: str, schema: str) -> str:
     return f"{READER_PREFIX}{readable[:room].rstrip('_')}_{digest}"
 
 
+@contextmanager
+def views_set_aside(conn: Connection) -> Iterator[None]:
+    """Drop the views of the catalog's schema (PostgreSQL), and make them
+    again as they were after the block: a column a view reads cannot change
+    type or collation under it, and a user may have made views of the
+    catalog's tables (any SQL client reads it). Each view comes back with
+    its definition, options, owner, comment and grants."""
+    kinds = {"v": "VIEW", "m": "MATERIALIZED VIEW"}
+    views = conn.exec_driver_sql(
+        "SELECT c.relkind, quote_ident(c.relname), pg_get_viewdef(c.oid), c.reloptions, "
+        "quote_ident(pg_get_userbyid(c.relowner)), quote_literal(obj_description(c.oid, 'pg_class')) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('v', 'm') AND n.nspname = current_schema() ORDER BY c.oid").all()  # made in this order
+    grants = conn.exec_driver_sql(
+        "SELECT quote_ident(c.relname), CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
+        "a.privilege_type, a.is_grantable "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a "
+        "WHERE c.relkind IN ('v', 'm') AND n.nspname = current_schema() AND a.grantee <> c.relowner").all()
+    me = conn.exec_driver_sql("SELECT quote_ident(current_user)").scalar_one()
+    cursor = conn.connection.driver_connection.cursor()  # statements as written: a definition's % is no placeholder
+    for kind, name, *_ in reversed(views):
+        cursor.execute(f"DROP {kinds[kind]} {name}")
+    yield
+    for kind, name, definition, options, owner, comment in views:
+        with_options = f" WITH ({', '.join(options)})" if options else ""
+        cursor.execute(f"CREATE {kinds[kind]} {name}{with_options} AS {definition.rstrip().rstrip(';')}")
+        if owner != me:
+            cursor.execute(f"ALTER {kinds[kind]} {name} OWNER TO {owner}")
+        if comment is not None:
+            cursor.execute(f"COMMENT ON {kinds[kind]} {name} IS {comment}")
+    for name, grantee, privilege, grantable in grants:
+        cursor.execute(f"GRANT {privilege} ON {name} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}")
+
+
 def grant_reader(conn: Connection) -> None:
     """Make the catalog's reader role if it is missing and give it what it
     reads (PostgreSQL, in the transaction of ``conn``): USAGE of the schema,

@@ -259,3 +259,44 @@ def test_0023_orders_card_text_and_promoted_text_by_bytes_in_their_indexes(url, 
     assert collations() == byte_ordered
     assert answers() == ["Zed", "_x", "ann", "kim"]
     engine.dispose()
+
+
+def test_0023_keeps_a_users_view_of_the_columns_it_changes(url, backend, tmp_path, rng):
+    """A view reading a card column or a promoted column stopped 0023 on
+    PostgreSQL ("cannot alter type of a column used by a view"; found by a
+    review): views are set aside and made again as they were, with their
+    comment and grants."""
+    from alembic import command
+    from factories import obsarch, write_frame
+
+    from archive import promoted
+
+    for name, observer in (("a", "ann"), ("b", "kim")):
+        write_frame(tmp_path / "frames" / f"{name}.fits", rng, {"OBSERVER": observer})
+    obsarch(url, "init")
+    obsarch(url, "ingest", str(tmp_path / "frames"))
+    engine = db.make_engine(url)
+    promoted.promote(engine, "OBSERVER")
+    command.downgrade(db.alembic_config(engine), "0022")
+    view = ("CREATE VIEW my_observers AS SELECT c.value_text, e.kw_observer FROM header_cards c "
+            "JOIN exposures e ON e.file_id = c.file_id WHERE c.keyword = 'OBSERVER' AND c.value_text LIKE 'k%'")
+    with engine.begin() as conn:
+        conn.execute(text(view))
+        conn.exec_driver_sql("CREATE VIEW my_count AS SELECT count(*) AS n FROM my_observers")  # a view of the view
+        if backend == "postgresql":
+            conn.exec_driver_sql("COMMENT ON VIEW my_observers IS 'the observer''s cards'")
+            conn.exec_driver_sql("GRANT SELECT ON my_observers TO PUBLIC")
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT * FROM my_observers").all() == [("kim", "kim")]
+        assert conn.exec_driver_sql("SELECT n FROM my_count").scalar() == 1
+        if backend == "postgresql":
+            assert conn.exec_driver_sql("SELECT obj_description('my_observers'::regclass, 'pg_class')").scalar() == "the observer's cards"
+            assert conn.exec_driver_sql("SELECT has_table_privilege('public', 'my_observers', 'SELECT')").scalar()
+            assert conn.exec_driver_sql(
+                "SELECT collation_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'header_cards' AND column_name = 'value_text'").scalar() == "C"
+    command.downgrade(db.alembic_config(engine), "0022")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT * FROM my_observers").all() == [("kim", "kim")]
+    engine.dispose()

@@ -13,7 +13,9 @@ builds of a first ingest compare bytes instead of calling the locale's.
 PostgreSQL rebuilds the card indexes that hold the columns (no table
 rewrite): about 24 s per 15 million cards on a 2-core machine, once. It
 also forgets the columns' statistics and the list length of 0011's
-statistics of keyword and value pairs: both are given back here.
+statistics of keyword and value pairs: both are given back here. Views
+of the schema (a user's, reading these columns, would stop the change)
+are set aside and made again as they were, grants included.
 SQLite orders text by its bytes already: nothing changes there.
 
 Downgrade gives the columns the database's collation again.
@@ -25,6 +27,8 @@ Create Date: 2026-12-05 03:00:00
 
 from alembic import op
 from sqlalchemy import text
+
+from archive.db import views_set_aside
 
 
 revision = '0023'
@@ -39,15 +43,16 @@ def _collate(collation: str) -> None:
     bind = op.get_bind()
     if bind.dialect.name != 'postgresql':
         return
-    op.execute(f'ALTER TABLE header_cards ALTER COLUMN keyword TYPE VARCHAR(80) COLLATE "{collation}", '
-               f'ALTER COLUMN value_text TYPE TEXT COLLATE "{collation}"')
     # promoted text columns (archive.promoted), those present: a promote killed midway may have left none
     promoted = bind.execute(text(
         "SELECT p.column_name FROM promoted_keywords p JOIN information_schema.columns c "
         "ON c.table_schema = current_schema() AND c.table_name = 'exposures' AND c.column_name = p.column_name "
         "WHERE p.kind = 'text' ORDER BY p.column_name")).scalars().all()
-    for column in promoted:
-        op.execute(f'ALTER TABLE exposures ALTER COLUMN {column} TYPE TEXT COLLATE "{collation}"')
+    with views_set_aside(bind):  # a view reading a column (a user's) would stop the change
+        op.execute(f'ALTER TABLE header_cards ALTER COLUMN keyword TYPE VARCHAR(80) COLLATE "{collation}", '
+                   f'ALTER COLUMN value_text TYPE TEXT COLLATE "{collation}"')
+        for column in promoted:
+            op.execute(f'ALTER TABLE exposures ALTER COLUMN {column} TYPE TEXT COLLATE "{collation}"')
     op.execute(f'ALTER STATISTICS {STATISTICS} SET STATISTICS 1000')  # as 0011 made it: the change made it anew
     op.execute('ANALYZE header_cards' + (', exposures' if promoted else ''))
 
