@@ -60,6 +60,9 @@ LONG_TEXT = f"value_num IS NULL AND length(value_text) > {TEXT_INDEX_LIMIT}"
 # catalog (migration 0023). Equality is the same in every deterministic
 # collation, and ``like`` folds a card's case alike: cards are ASCII (the
 # reader replaces other bytes), which "C" folds as every collation does.
+# psycopg casts a value compared with these columns to their type, collation
+# included (``%s::VARCHAR COLLATE "C"``), which BETWEEN's lower bound cannot
+# take: a text range is two comparisons (query._text_between).
 BYTE_ORDER = "C"
 KEYWORD_TYPE = String(80).with_variant(String(80, collation=BYTE_ORDER), "postgresql")
 CARD_TEXT_TYPE = Text().with_variant(Text(collation=BYTE_ORDER), "postgresql")

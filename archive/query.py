@@ -1164,7 +1164,14 @@ class Compiler:
                 branches.append([text(LONG_TEXT), predicate(HeaderCard.value_text)])
         self._matched(header, branches)
         if (column := self._promoted(header, kind)) is not None:
-            return and_(column.is_not(None), predicate(column))
+            matched = predicate(column)
+            if self.sqlite:
+                # SQLite has no histograms: it takes a one-sided range to keep a quarter of the rows, and
+                # chose (band, id) and a row lookup each over (band, column, id) for hdr['OBSERVER'] >= 'kim'
+                # and band == 'V' (1,000,000 exposures: 130 ms, 3 ms with the hint); unlikely() is a hint
+                # only, the condition's value and its use of the index unchanged
+                matched = func.unlikely(matched)
+            return and_(column.is_not(None), matched)
         if item is not None and self.driving and len(branches) == 1:
             cards = self._cards(header, *branches[0])
             # the counts read a few times the cards the list itself would read, at most
