@@ -596,7 +596,8 @@ def views_set_aside(conn: Connection) -> Iterator[None]:
     again as they were after the block: a column a view reads cannot change
     type or collation under it, and a user may have made views of the
     catalog's tables (any SQL client reads it). Each view comes back with
-    its definition, options, owner, comment and grants."""
+    its definition, options, owner, comment and grants, a materialized one
+    with its indexes (and its rows made again)."""
     kinds = {"v": "VIEW", "m": "MATERIALIZED VIEW"}
     views = conn.exec_driver_sql(
         "SELECT c.relkind, quote_ident(c.relname), pg_get_viewdef(c.oid), c.reloptions, "
@@ -608,6 +609,10 @@ def views_set_aside(conn: Connection) -> Iterator[None]:
         "a.privilege_type, a.is_grantable "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a "
         "WHERE c.relkind IN ('v', 'm') AND n.nspname = current_schema() AND a.grantee <> c.relowner").all()
+    indexes = conn.exec_driver_sql(  # a materialized view's
+        "SELECT i.indexdef FROM pg_indexes i JOIN pg_class c ON c.relname = i.tablename "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = i.schemaname "
+        "WHERE c.relkind = 'm' AND i.schemaname = current_schema()").scalars().all()
     me = conn.exec_driver_sql("SELECT quote_ident(current_user)").scalar_one()
     cursor = conn.connection.driver_connection.cursor()  # statements as written: a definition's % is no placeholder
     for kind, name, *_ in reversed(views):
@@ -620,6 +625,8 @@ def views_set_aside(conn: Connection) -> Iterator[None]:
             cursor.execute(f"ALTER {kinds[kind]} {name} OWNER TO {owner}")
         if comment is not None:
             cursor.execute(f"COMMENT ON {kinds[kind]} {name} IS {comment}")
+    for statement in indexes:
+        cursor.execute(statement)
     for name, grantee, privilege, grantable in grants:
         cursor.execute(f"GRANT {privilege} ON {name} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}")
 

@@ -286,6 +286,8 @@ def test_0023_keeps_a_users_view_of_the_columns_it_changes(url, backend, tmp_pat
         if backend == "postgresql":
             conn.exec_driver_sql("COMMENT ON VIEW my_observers IS 'the observer''s cards'")
             conn.exec_driver_sql("GRANT SELECT ON my_observers TO PUBLIC")
+            conn.exec_driver_sql("CREATE MATERIALIZED VIEW my_kept AS SELECT keyword, value_text FROM header_cards")
+            conn.exec_driver_sql("CREATE INDEX my_kept_keyword ON my_kept (keyword)")
     db.upgrade(engine)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT * FROM my_observers").all() == [("kim", "kim")]
@@ -293,6 +295,8 @@ def test_0023_keeps_a_users_view_of_the_columns_it_changes(url, backend, tmp_pat
         if backend == "postgresql":
             assert conn.exec_driver_sql("SELECT obj_description('my_observers'::regclass, 'pg_class')").scalar() == "the observer's cards"
             assert conn.exec_driver_sql("SELECT has_table_privilege('public', 'my_observers', 'SELECT')").scalar()
+            assert conn.exec_driver_sql("SELECT count(*) FROM my_kept WHERE keyword = 'OBSERVER'").scalar() == 2
+            assert conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'my_kept'").all() == [("my_kept_keyword",)]
             assert conn.exec_driver_sql(
                 "SELECT collation_name FROM information_schema.columns WHERE table_schema = current_schema() "
                 "AND table_name = 'header_cards' AND column_name = 'value_text'").scalar() == "C"
