@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +36,24 @@ from archive.exceptions import (
 DEFAULT_URL = "sqlite:///obsarch.db"
 ENV_VAR = "OBSARCH_DB"
 SQLITE_BUSY_TIMEOUT_S = 120
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, without a time zone: as the catalog's times are stored."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (another user's counts
+    as running): a run, an ingest or a promote recorded as running by a
+    process that is gone was interrupted."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def resolve_url(url: str | None = None) -> str:

@@ -29,7 +29,7 @@ import warnings as pywarnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Text, bindparam, cast, delete, func, insert, literal, select, update
@@ -52,9 +52,11 @@ from archive.db import (
     is_sqlite,
     lock_rows,
     missing_card_keys,
+    process_alive,
     serialize,
     sql_datetime,
     transaction,
+    utcnow,
     write_scratch_cards,
 )
 from archive.exceptions import DatabaseError, FitsReadError, NotFoundError, ObsarchError, UsageError
@@ -117,10 +119,6 @@ class _Seen:
     size: int | None
     mtime_ns: int | None
     error: str | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 _SUFFIXES = frozenset(FITS_SUFFIXES)
@@ -1088,17 +1086,6 @@ def remove_dead_scratch(directory: str | None = None) -> int:
             shutil.rmtree(candidate, ignore_errors=True)
             removed += 1
     return removed
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still runs (another user's counts as running)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
 
 
 def _start_run(engine: Engine, paths: list[Path]) -> int:

@@ -37,7 +37,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, inspect, text
 
-from archive.db import is_sqlite, serialize, transaction
+from archive.db import is_sqlite, process_alive, serialize, transaction
 from archive.exceptions import DatabaseError, NotFoundError, ObsarchError
 from archive.headers import normalize_keyword
 from archive.models import BYTE_ORDER, LONG_TEXT, NUMERIC, SHORT_TEXT, TEXT_INDEX_LIMIT
@@ -167,8 +167,6 @@ def _clear_abandoned(conn) -> None:
     kill -9 between the steps); one on another host stays until demoted."""
     for keyword, column, broken in conn.execute(text(
             "SELECT keyword, column_name, broken FROM promoted_keywords WHERE broken LIKE 'being promoted%'")).all():
-        from archive.ingest import process_alive  # (ingest imports this module)
-
         found = _PROGRESS.fullmatch(broken)
         if found and found[2] == socket.gethostname() and not process_alive(int(found[1])):
             conn.execute(text("DELETE FROM promoted_keywords WHERE keyword = :k"), {"k": keyword})

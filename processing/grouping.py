@@ -11,16 +11,18 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select
 
-from archive.db import transaction
+from archive.db import transaction, utcnow
 from archive.exceptions import ObsarchError, UsageError
-from archive.ingest import utcnow
 from archive.models import Exposure, Group, GroupMember
 from archive.query import Column, all_of, check_fields, is_null, named, naming, parse_columns, select_exposures
 from processing.runs import recorded_run
+
+if TYPE_CHECKING:  # numpy is imported where groups are made: listing them needs none (~65 ms of each start)
+    import numpy as np
 
 ALGORITHM = "grouping-1"
 
@@ -35,6 +37,8 @@ class GroupingResult:
 
 
 def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
@@ -45,6 +49,8 @@ def cluster_pointings(
 ) -> np.ndarray:
     """Cluster labels of sky positions: KMeans into ``k`` clusters, or DBSCAN
     joining positions within ``radius_deg`` (-1 for a position left alone)."""
+    import numpy as np
+
     vectors = unit_vectors(np.asarray(ra_deg, float), np.asarray(dec_deg, float))
     if method == "kmeans":
         from sklearn.cluster import KMeans
@@ -173,6 +179,8 @@ def group_by_pointing(
 
 
 def _mean_ra(members) -> float:
+    import numpy as np
+
     vector = unit_vectors(np.array([m.ra for m in members]), np.array([m.dec for m in members])).sum(axis=0)
     return math.degrees(math.atan2(vector[1], vector[0])) % 360
 
@@ -297,6 +305,7 @@ def group_by_position(
     the one before it (stars, else a phase-correlation shift) and the shifts
     are added up, which follows a drifting night that no single reference
     reaches. A frame that cannot be registered starts a new chain."""
+    import numpy as np
     from sklearn.cluster import DBSCAN
 
     from processing.offsets import current_offsets
@@ -349,6 +358,8 @@ def group_by_position(
 
 
 def _central(members: list[int], positions: dict[int, tuple[float, float]]) -> int:
+    import numpy as np
+
     xy = np.array([positions[m] for m in members])
     return members[int(np.argmin(np.hypot(*(xy - xy.mean(axis=0)).T)))]
 

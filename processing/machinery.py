@@ -78,9 +78,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, update
 
 from archive import __version__
-from archive.db import rows_in, transaction
+from archive.db import rows_in, transaction, utcnow
 from archive.exceptions import ObsarchError
-from archive.ingest import utcnow
 from archive.models import Product, Run, RunInput
 from processing.executor import Progress, parallel_map
 from processing.runs import claimed, done_before, fingerprint, identity, params_hash, run_stamp, writing_for

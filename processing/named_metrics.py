@@ -11,9 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, insert, select
 
-from archive.db import transaction
+from archive.db import transaction, utcnow
 from archive.exceptions import ObsarchError
-from archive.ingest import utcnow
 from archive.models import NamedMetric
 from archive.query import named, select_exposures
 

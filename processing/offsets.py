@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, insert, select
 
-from archive.db import rows_in, transaction
+from archive.db import rows_in, transaction, utcnow
 from archive.exceptions import ObsarchError, UsageError
 from archive.formats import counted
-from archive.ingest import utcnow
 from archive.models import Exposure, Group, Offset
 from archive.query import is_null
 from processing.executor import Progress

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, delete, insert, literal, select
 
-from archive.db import bulk_insert, serialize, transaction
+from archive.db import bulk_insert, serialize, transaction, utcnow
 from archive.exceptions import NotFoundError, ObsarchError, SelectionError, UsageError
-from archive.ingest import utcnow
 from archive.models import DetectorMetric, Exposure, File, Flag, Metric, Root
 from archive.query import FIELDS, GRADES, UNGRADED, Compiler, all_of, as_tree, current_flag, is_raw_frame, named, select_exposures, shared_frames
 from archive.query import ids as query_ids

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
 
-from archive.db import rows_in, transaction
+from archive.db import rows_in, transaction, utcnow
 from archive.exceptions import ObsarchError
-from archive.ingest import utcnow
 from archive.models import Exposure, File, RegionFile, Root
 from archive.query import named, select_exposures
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, insert, update
 
 from archive import __version__
-from archive.db import transaction
-from archive.ingest import process_alive, utcnow
+from archive.db import process_alive, transaction, utcnow
 from archive.models import Run, RunInput
 
 
@@ -604,11 +603,13 @@ def _tool_changed(params_json: str | None, now: dict) -> str | None:
 def _offsets_now(engine: Engine, by_run: dict[int, list], files: dict) -> dict[int, str]:
     """exposure id -> the identity of its current offset, for the frames of
     runs that read offsets (a stack)."""
-    from processing.offsets import current_offsets
-
     exposures = {files[item.file_id].exposure_id for items in by_run.values() if any(i.role == "offset" for i in items)
                  for item in items if item.role == "frame" and item.file_id in files}
     exposures.discard(None)
+    if not exposures:  # no stack: the offsets module (and numpy, ~150 ms of a start) is not needed
+        return {}
+    from processing.offsets import current_offsets
+
     return {exposure: offset.identity for exposure, offset in current_offsets(engine, sorted(exposures)).items()}
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, and_, delete, exists, func, or_, select, text, update
 
-from archive.db import insert_ignoring_conflicts, rows_in, transaction
-from archive.ingest import utcnow
+from archive.db import insert_ignoring_conflicts, rows_in, transaction, utcnow
 from archive.models import SHORT_TEXT, File, Hdu, HeaderCard, Root, XraySummary
 from archive.roots import file_ids_at
 from archive.xray_kinds import XRAY_CLASSES, XRAY_EXTNAMES, spectrum_role

@@ -266,10 +266,15 @@ def test_listing_commands_import_no_array_library(tmp_path, rng, args):
     assert sorted(m for m in modules if m.split(".")[0] in ("pandas", "numpy", "astropy")) == []
 
 
-@pytest.mark.parametrize("args", [["group", "list"], ["group", "show", "all"], ["offsets", "show", "--group", "all"],
-                                  ["stale"], ["flag", "history", "--id", "ID"]])
-def test_listings_of_processing_import_no_pandas(tmp_path, rng, args):
-    """Their modules compute with numpy; printing their rows needs no pandas (0.2 s of start-up)."""
+@pytest.mark.parametrize("args, also_not", [
+    (["group", "list"], ("numpy", "archive.ingest")), (["group", "show", "all"], ("numpy", "archive.ingest")),
+    (["offsets", "show", "--group", "all"], ()), (["stale"], ("numpy", "archive.ingest")), (["flag", "history", "--id", "ID"], ()),
+])
+def test_listings_of_processing_import_no_pandas(tmp_path, rng, args, also_not):
+    """Their modules compute with numpy; printing their rows needs no pandas
+    (0.2 s of start-up). Listing groups, and products that no stack made,
+    need neither numpy nor the ingest module either (group list 0.70 to 0.56
+    s, stale 0.98 to 0.47 s on the demo, alternated)."""
     night_of_frames(tmp_path / "night", rng)
     url = f"sqlite:///{tmp_path / 'cat.db'}"
     make_catalog(url)
@@ -279,7 +284,7 @@ def test_listings_of_processing_import_no_pandas(tmp_path, rng, args):
     science = run(url, "query", "frame_type == 'science'", "--columns", "id", "--format", "csv").stdout.split()[1]
     result, modules = imported_by(["--db", url, *[science if arg == "ID" else arg for arg in args]], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert sorted(m for m in modules if m.split(".")[0] == "pandas") == []
+    assert sorted(m for m in modules if m.split(".")[0] == "pandas" or m in also_not) == []
 
 
 def test_an_ingest_of_ccd_frames_imports_no_pixel_library_in_the_command(tmp_path, rng):
