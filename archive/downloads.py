@@ -21,9 +21,8 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select, update
 
 from archive.clients import http_session
-from archive.db import insert_ignoring_conflicts, transaction
+from archive.db import insert_ignoring_conflicts, transaction, utcnow
 from archive.exceptions import FetchError, ObsarchError
-from archive.ingest import utcnow
 from archive.models import Download, Observation, Search
 from archive.unpack import is_archive, safe_extract
 

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from archive.formats import counted
+from archive.formats import counted, typed_rows
 from cli.app import FormatOption, archive_app, command, load_config, open_catalog
-from cli.render import Format, console, err_console, show_frame
+from cli.render import Format, console, err_console, show_frame, show_rows
 
 
 def _night(value: str | None) -> str | None:
@@ -118,12 +118,10 @@ def downloads(fmt: FormatOption = Format.table) -> None:
 
     Example: obsarch downloads
     """
-    import pandas as pd
+    from archive.downloads import downloads_table
 
-    from archive import fetch
-
-    rows = fetch.downloads_table(open_catalog().engine)
-    show_frame(pd.DataFrame(rows, columns=["mission", "obsid", "target", "start", "state", "files", "done", "bytes", "last_error"]), fmt)
+    names = ["mission", "obsid", "target", "start", "state", "files", "done", "bytes", "last_error"]
+    show_rows(names, typed_rows(downloads_table(open_catalog().engine), names), fmt)  # no pandas: a fourth of its start
 
 
 @command(name="sync", panel="archives")

@@ -252,7 +252,7 @@ def test_version_and_a_short_query_import_only_what_they_use(tmp_path, rng, args
 
 
 @pytest.mark.parametrize("args", [["runs"], ["runs", "show", "i1"], ["summary"], ["errors"], ["products"], ["roots", "list"],
-                                  ["sql", "select band, count(*), avg(exptime) from exposures group by band"]])
+                                  ["sql", "select band, count(*), avg(exptime) from exposures group by band"], ["downloads"]])
 def test_listing_commands_import_no_array_library(tmp_path, rng, args):
     """A listing prints rows from the database: pandas and numpy were a third
     of its start-up (0.25 s of 0.7 s), to print a few rows."""
